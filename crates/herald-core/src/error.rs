@@ -1,0 +1,39 @@
+//! The one error type of the hub. Front-ends map every variant to their
+//! protocol's error code in a single exhaustive `match`.
+
+use herald_engine::EngineError;
+
+/// Why the hub refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// The channel's namespace is not configured.
+    #[error("unknown channel")]
+    UnknownChannel,
+    /// The connection may not do this in this channel.
+    #[error("permission denied")]
+    PermissionDenied,
+    /// The connection is already subscribed to the channel.
+    #[error("already subscribed")]
+    AlreadySubscribed,
+    /// A configured limit would be exceeded.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(&'static str),
+    /// The payload is larger than the namespace allows.
+    #[error("message too large: {size} bytes, the limit is {limit}")]
+    MessageTooLarge { size: usize, limit: usize },
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The node is shutting down or its engine cannot serve.
+    #[error("not available: {0}")]
+    NotAvailable(String),
+}
+
+impl From<EngineError> for HubError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotStarted => HubError::NotAvailable("engine is not started".into()),
+            EngineError::Unavailable(why) => HubError::NotAvailable(why),
+        }
+    }
+}

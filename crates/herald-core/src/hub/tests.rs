@@ -1,0 +1,343 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_engine::{
+    ChannelName, ClientId, Control, DisconnectReason, MemoryEngine, NodeId, Publication, UserId,
+};
+
+use super::*;
+use crate::connection::{ConnectionSpec, PushEncoder, Subscription};
+use crate::namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
+use crate::outbox::{Drained, Outbox, Outgoing};
+
+/// Encodes a publication as `channel|data`, counting how often it is called.
+#[derive(Debug, Default)]
+struct TestEncoder {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl PushEncoder for TestEncoder {
+    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut out = channel.as_str().as_bytes().to_vec();
+        out.push(b'|');
+        out.extend_from_slice(&publication.data);
+        Bytes::from(out)
+    }
+}
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::new(name).unwrap()
+}
+
+fn rules() -> ChannelRules {
+    let mut namespaces = BTreeMap::new();
+    namespaces.insert(
+        "private".to_string(),
+        NamespaceOptions {
+            subscribe: SubscribePolicy::Token,
+            ..Default::default()
+        },
+    );
+    namespaces.insert(
+        "public".to_string(),
+        NamespaceOptions {
+            subscribe: SubscribePolicy::Anyone,
+            publish: PublishPolicy::Subscribers,
+            max_channels_per_connection: 2,
+            ..Default::default()
+        },
+    );
+    ChannelRules::new(NamespaceOptions::default(), namespaces)
+}
+
+struct Fixture {
+    hub: Arc<Hub>,
+    encoder: Arc<TestEncoder>,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let config = HubConfig {
+            node: NodeId::new("test"),
+            rules: rules(),
+            max_channels_per_connection: 4,
+        };
+        let hub = Hub::new(config, Arc::new(MemoryEngine::new()));
+        hub.start().await.unwrap();
+        Self {
+            hub,
+            encoder: Arc::new(TestEncoder::default()),
+        }
+    }
+
+    fn connect(&self, user: &str, outbox_bytes: usize) -> Arc<Connection> {
+        self.hub
+            .connect(ConnectionSpec {
+                client: ClientId::new(&uuid_like()),
+                user: UserId::new(user).unwrap(),
+                conn_info: None,
+                encoder: self.encoder.clone(),
+                outbox: Arc::new(Outbox::new(outbox_bytes)),
+            })
+            .unwrap()
+    }
+
+    async fn subscribe(&self, conn: &Arc<Connection>, channel: &str) -> Result<(), HubError> {
+        let reply = Outgoing::Frame(Bytes::from(format!("subscribed {channel}")));
+        self.hub
+            .subscribe(
+                conn,
+                &ch(channel),
+                SubscribeAccess::Client,
+                Subscription::default(),
+                Some(reply),
+            )
+            .await
+    }
+
+    async fn publish(&self, channel: &str, data: &str) {
+        self.hub
+            .publish(
+                &ch(channel),
+                Publication::from_data(Bytes::from(data.to_owned())),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("client-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn frames(conn: &Connection) -> Vec<String> {
+    match conn.outbox().drain() {
+        Drained::Items(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Outgoing::Frame(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                Outgoing::Event(event) => format!("{event:?}"),
+            })
+            .collect(),
+        Drained::Closed(reason) => vec![format!("closed: {reason:?}")],
+    }
+}
+
+#[tokio::test]
+async fn a_publication_reaches_every_subscriber_of_its_channel_encoded_once() {
+    let f = Fixture::new().await;
+    let alice = f.connect("alice", 1 << 20);
+    let bob = f.connect("bob", 1 << 20);
+    let carol = f.connect("carol", 1 << 20);
+    f.subscribe(&alice, "news").await.unwrap();
+    f.subscribe(&bob, "news").await.unwrap();
+    f.subscribe(&carol, "sport").await.unwrap();
+
+    f.publish("news", "hello").await;
+
+    assert_eq!(frames(&alice), ["subscribed news", "news|hello"]);
+    assert_eq!(frames(&bob), ["subscribed news", "news|hello"]);
+    assert_eq!(frames(&carol), ["subscribed sport"]);
+    assert_eq!(
+        f.encoder.calls.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn namespace_rules_decide_who_may_subscribe() {
+    let f = Fixture::new().await;
+    let user = f.connect("42", 1 << 20);
+    let anonymous = f.connect("", 1 << 20);
+    let cases = [
+        (&user, "news", Ok(())),
+        (&anonymous, "news", Err(HubError::PermissionDenied)),
+        (&anonymous, "public:x", Ok(())),
+        (&user, "private:x", Err(HubError::PermissionDenied)),
+        (&user, "unknown:x", Err(HubError::UnknownChannel)),
+        (&user, "dialog#42,43", Ok(())),
+        (&user, "dialog#43", Err(HubError::PermissionDenied)),
+    ];
+    for (conn, channel, expected) in cases {
+        assert_eq!(f.subscribe(conn, channel).await, expected, "{channel}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_or_the_server_grants_what_the_namespace_would_not() {
+    let f = Fixture::new().await;
+    let user = f.connect("42", 1 << 20);
+    for (channel, access) in [
+        ("private:a", SubscribeAccess::Token),
+        ("dialog#7", SubscribeAccess::Server),
+    ] {
+        f.hub
+            .subscribe(&user, &ch(channel), access, Subscription::default(), None)
+            .await
+            .unwrap_or_else(|e| panic!("{channel}: {e}"));
+    }
+    let unknown = ch("nope:a");
+    let denied = f.hub.subscribe(
+        &user,
+        &unknown,
+        SubscribeAccess::Server,
+        Subscription::default(),
+        None,
+    );
+    assert_eq!(
+        denied.await,
+        Err(HubError::UnknownChannel),
+        "unknown namespaces stay unknown"
+    );
+}
+
+#[tokio::test]
+async fn subscription_limits_hold_per_connection_and_per_namespace() {
+    let f = Fixture::new().await;
+    let conn = f.connect("42", 1 << 20);
+    f.subscribe(&conn, "public:1").await.unwrap();
+    assert_eq!(
+        f.subscribe(&conn, "public:1").await,
+        Err(HubError::AlreadySubscribed)
+    );
+    f.subscribe(&conn, "public:2").await.unwrap();
+    assert!(matches!(
+        f.subscribe(&conn, "public:3").await,
+        Err(HubError::LimitExceeded(_))
+    ));
+    f.subscribe(&conn, "a").await.unwrap();
+    f.subscribe(&conn, "b").await.unwrap();
+    assert!(matches!(
+        f.subscribe(&conn, "c").await,
+        Err(HubError::LimitExceeded(_))
+    ));
+}
+
+#[tokio::test]
+async fn clients_publish_only_where_the_namespace_allows() {
+    let f = Fixture::new().await;
+    let conn = f.connect("42", 1 << 20);
+    let data = || Bytes::from_static(b"1");
+    assert_eq!(
+        f.hub.client_publish(&conn, &ch("news"), data()).await,
+        Err(HubError::PermissionDenied)
+    );
+    assert_eq!(
+        f.hub.client_publish(&conn, &ch("public:a"), data()).await,
+        Err(HubError::PermissionDenied)
+    );
+    f.subscribe(&conn, "public:a").await.unwrap();
+    f.hub
+        .client_publish(&conn, &ch("public:a"), data())
+        .await
+        .unwrap();
+    assert_eq!(frames(&conn), ["subscribed public:a", "public:a|1"]);
+}
+
+#[tokio::test]
+async fn oversized_publications_are_refused() {
+    let f = Fixture::new().await;
+    let big = Publication::from_data(Bytes::from(vec![b'x'; 64 * 1024 + 1]));
+    assert!(matches!(
+        f.hub.publish(&ch("news"), big).await,
+        Err(HubError::MessageTooLarge { limit: 65536, .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_closed_without_harming_the_others() {
+    let f = Fixture::new().await;
+    let slow = f.connect("slow", 64);
+    let fast = f.connect("fast", 1 << 20);
+    f.subscribe(&slow, "news").await.unwrap();
+    f.subscribe(&fast, "news").await.unwrap();
+
+    for i in 0..10 {
+        f.publish("news", &format!("message number {i}")).await;
+    }
+
+    assert_eq!(frames(&slow), ["closed: Slow"]);
+    assert_eq!(frames(&fast).len(), 11);
+}
+
+#[tokio::test]
+async fn the_last_unsubscribe_drops_the_channel() {
+    let f = Fixture::new().await;
+    let a = f.connect("a", 1 << 20);
+    let b = f.connect("b", 1 << 20);
+    f.subscribe(&a, "news").await.unwrap();
+    f.subscribe(&b, "news").await.unwrap();
+    assert_eq!(f.hub.stats().channels, 1);
+    assert!(f.hub.unsubscribe(&a, &ch("news")).await);
+    assert!(
+        !f.hub.unsubscribe(&a, &ch("news")).await,
+        "a second unsubscribe is a no-op"
+    );
+    assert_eq!(f.hub.stats().subscriptions, 1);
+    f.hub.disconnect(&b).await;
+    assert_eq!(
+        f.hub.stats(),
+        HubStats {
+            clients: 1,
+            users: 1,
+            channels: 0,
+            subscriptions: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_disconnect_command_closes_only_that_users_connections() {
+    let f = Fixture::new().await;
+    let target = f.connect("42", 1 << 20);
+    let bystander = f.connect("43", 1 << 20);
+    let reason = DisconnectReason::ForceDisconnect;
+    f.hub
+        .send_control(Control::Disconnect {
+            user: UserId::new("42").unwrap(),
+            client: None,
+            reason,
+        })
+        .await
+        .unwrap();
+    assert_eq!(frames(&target), ["closed: ForceDisconnect"]);
+    assert!(!bystander.outbox().is_closed());
+}
+
+#[tokio::test]
+async fn closing_all_refuses_new_connections() {
+    let f = Fixture::new().await;
+    let conn = f.connect("42", 1 << 20);
+    f.hub.close_all(DisconnectReason::Shutdown);
+    assert_eq!(frames(&conn), ["closed: Shutdown"]);
+    let refused = f.hub.connect(ConnectionSpec {
+        client: ClientId::new("late"),
+        user: UserId::new("1").unwrap(),
+        conn_info: None,
+        encoder: f.encoder.clone(),
+        outbox: Arc::new(Outbox::new(100)),
+    });
+    assert!(matches!(refused, Err(HubError::NotAvailable(_))));
+}
+
+#[test]
+fn glob_patterns_match_like_shell_stars() {
+    let cases = [
+        ("*", "anything", true),
+        ("chat:*", "chat:lobby", true),
+        ("chat:*", "news", false),
+        ("*:lobby", "chat:lobby", true),
+        ("a*b*c", "aXbYc", true),
+        ("a*b*c", "aXcYb", false),
+        ("exact", "exact", true),
+        ("exact", "exactly", false),
+    ];
+    for (pattern, text, expected) in cases {
+        assert_eq!(glob_match(pattern, text), expected, "{pattern} vs {text}");
+    }
+}

@@ -1,0 +1,32 @@
+//! # herald-core
+//!
+//! The hub: connections, channels, subscriptions, fanout and permissions.
+//! It knows nothing of sockets, HTTP, JSON or Redis; front-ends translate
+//! their protocol into calls on [`Hub`], and the hub talks to the cluster
+//! only through the [`herald_engine::Engine`] it is given.
+//!
+//! # Layout
+//!
+//! - [`hub`]: the registry and the fanout path (`Hub`).
+//! - [`connection`]: a connection as the hub sees it, and the
+//!   [`PushEncoder`] each front-end supplies.
+//! - [`outbox`]: the bounded per-connection queue; owns backpressure.
+//! - [`namespace`]: namespaces, their options and permission rules.
+//! - [`error`]: [`HubError`], mapped to codes by each front-end.
+
+#![forbid(unsafe_code)]
+
+pub mod connection;
+pub mod error;
+pub mod hub;
+pub mod namespace;
+pub mod outbox;
+mod shard;
+
+pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription};
+pub use error::HubError;
+pub use hub::{Hub, HubConfig, HubStats, SubscribeAccess};
+pub use namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
+pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, UnsubscribeReason};
+
+pub use herald_engine as engine;

@@ -1,0 +1,181 @@
+//! Channel namespaces and the permission rules they carry.
+//!
+//! A channel `chat:lobby` belongs to namespace `chat`; a channel without `:`
+//! belongs to the default namespace. Each namespace has one
+//! [`NamespaceOptions`]; a channel whose namespace is not configured is
+//! unknown (error 102 in the Centrifuge protocol). In a user-limited
+//! namespace, `dialog#42,43` is open only to users 42 and 43.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use herald_engine::{ChannelName, UserId};
+
+use crate::error::HubError;
+
+/// Separates the namespace from the rest of a channel name.
+pub const NAMESPACE_SEPARATOR: char = ':';
+/// Starts the list of users allowed in a user-limited channel.
+pub const USER_LIMIT_SEPARATOR: char = '#';
+/// Separates users in that list.
+pub const USER_LIST_SEPARATOR: char = ',';
+
+/// Who may subscribe to a channel without a subscription token. A valid
+/// subscription token for the channel always grants the subscription.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribePolicy {
+    /// Only with a subscription token (private channels).
+    Token,
+    /// Any connection authenticated with a connection token.
+    #[default]
+    Authenticated,
+    /// Any connection, anonymous ones included.
+    Anyone,
+}
+
+/// Who may publish into a channel from a client connection. The server API
+/// may always publish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishPolicy {
+    /// Nobody: only the server API publishes.
+    #[default]
+    Api,
+    /// Connections subscribed to the channel.
+    Subscribers,
+    /// Any connection, subscribed or not.
+    Clients,
+}
+
+/// The options of one namespace. Every field has a default, so an empty
+/// table is a valid namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceOptions {
+    /// Who may subscribe without a subscription token: `token` (private
+    /// channels), `authenticated` (any connection with a connection token) or
+    /// `anyone` (anonymous connections too).
+    pub subscribe: SubscribePolicy,
+    /// Who may publish from a client: `api` (nobody; server API only),
+    /// `subscribers` (connections subscribed to the channel) or `clients`
+    /// (any connection).
+    pub publish: PublishPolicy,
+    /// When true, a channel such as `dialog#42,43` admits only the users
+    /// listed after `#` (unless a subscription token grants it).
+    pub user_limited: bool,
+    /// How many channels of this namespace one connection may hold; 0 means
+    /// only the connection-wide limit applies.
+    pub max_channels_per_connection: usize,
+    /// The largest publication payload accepted, from clients and the API,
+    /// in bytes.
+    pub max_message_size: usize,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        Self {
+            subscribe: SubscribePolicy::default(),
+            publish: PublishPolicy::default(),
+            user_limited: true,
+            max_channels_per_connection: 0,
+            max_message_size: 64 * 1024,
+        }
+    }
+}
+
+/// Every namespace's options, resolved by channel name.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelRules {
+    default: NamespaceOptions,
+    namespaces: BTreeMap<String, NamespaceOptions>,
+}
+
+impl ChannelRules {
+    pub fn new(default: NamespaceOptions, namespaces: BTreeMap<String, NamespaceOptions>) -> Self {
+        Self {
+            default,
+            namespaces,
+        }
+    }
+
+    /// The namespace part of a channel name, if it has one.
+    pub fn namespace_of(channel: &ChannelName) -> Option<&str> {
+        channel
+            .as_str()
+            .split_once(NAMESPACE_SEPARATOR)
+            .map(|(ns, _)| ns)
+    }
+
+    /// The options that govern `channel`, or `UnknownChannel`.
+    pub fn resolve(&self, channel: &ChannelName) -> Result<&NamespaceOptions, HubError> {
+        match Self::namespace_of(channel) {
+            None => Ok(&self.default),
+            Some(ns) => self.namespaces.get(ns).ok_or(HubError::UnknownChannel),
+        }
+    }
+
+    /// Whether `user` is admitted by the user list of a user-limited channel.
+    /// Channels without a user list admit everyone.
+    pub fn user_admitted(channel: &ChannelName, user: &UserId) -> bool {
+        match channel.as_str().rsplit_once(USER_LIMIT_SEPARATOR) {
+            None => true,
+            Some((_, users)) => {
+                !user.is_anonymous()
+                    && users
+                        .split(USER_LIST_SEPARATOR)
+                        .any(|allowed| allowed == user.as_str())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::new(s).unwrap()
+    }
+
+    fn user(s: &str) -> UserId {
+        UserId::new(s).unwrap()
+    }
+
+    #[test]
+    fn channels_resolve_to_their_namespace() {
+        let mut namespaces = BTreeMap::new();
+        let chat = NamespaceOptions {
+            publish: PublishPolicy::Clients,
+            ..Default::default()
+        };
+        namespaces.insert("chat".to_string(), chat.clone());
+        let rules = ChannelRules::new(NamespaceOptions::default(), namespaces);
+
+        assert_eq!(rules.resolve(&ch("news")), Ok(&NamespaceOptions::default()));
+        assert_eq!(rules.resolve(&ch("chat:lobby")), Ok(&chat));
+        assert_eq!(rules.resolve(&ch("chat:a:b")), Ok(&chat));
+        assert_eq!(rules.resolve(&ch("games:1")), Err(HubError::UnknownChannel));
+    }
+
+    #[test]
+    fn user_limited_channels_admit_only_listed_users() {
+        let cases = [
+            ("dialog#42,43", "42", true),
+            ("dialog#42,43", "43", true),
+            ("dialog#42,43", "4", false),
+            ("dialog#42,43", "", false),
+            ("dialog#", "", false),
+            ("news", "7", true),
+            ("news", "", true),
+        ];
+        for (channel, who, admitted) in cases {
+            assert_eq!(
+                ChannelRules::user_admitted(&ch(channel), &user(who)),
+                admitted,
+                "{who:?} in {channel:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The outbound queue of one connection, bounded by bytes.
+//!
+//! # Backpressure
+//!
+//! Fanout never waits for a connection: it pushes pre-encoded frames into the
+//! connection's outbox and moves on. The outbox holds at most `max_bytes` of
+//! frames. A push that would exceed that closes the outbox with
+//! [`DisconnectReason::Slow`] and drops what was queued: the connection is
+//! then closed with the protocol's "slow" code (3008 in Centrifuge), which
+//! advises a reconnect, and the client recovers from its last position. A
+//! slow consumer is never silently skipped.
+//!
+//! The connection's writer takes everything queued in one call
+//! ([`Outbox::drain`]) and writes it together, so a backlog costs one write,
+//! not one per frame. An empty outbox holds no allocation.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use herald_engine::{ChannelName, DisconnectReason};
+
+/// What a non-frame item counts for against the byte limit.
+const EVENT_COST: usize = 64;
+
+/// One thing to send to a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Bytes already encoded for this connection's protocol.
+    Frame(Bytes),
+    /// Something the connection's front-end encodes itself.
+    Event(ConnEvent),
+}
+
+impl Outgoing {
+    fn cost(&self) -> usize {
+        match self {
+            Outgoing::Frame(bytes) => bytes.len(),
+            Outgoing::Event(_) => EVENT_COST,
+        }
+    }
+}
+
+/// A change the server makes to a connection outside of any request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// The server subscribed the connection to a channel.
+    Subscribed { channel: ChannelName },
+    /// The server unsubscribed the connection from a channel.
+    Unsubscribed {
+        channel: ChannelName,
+        reason: UnsubscribeReason,
+    },
+    /// The server moved the connection's expiry (unix seconds), or expired it.
+    Refresh {
+        expire_at: Option<u64>,
+        expired: bool,
+    },
+}
+
+/// Why the server ended a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsubscribeReason {
+    /// Through the server API.
+    Server,
+    /// The subscription's token expired and was not refreshed.
+    Expired,
+}
+
+/// The result of taking what an outbox holds.
+#[derive(Debug)]
+pub enum Drained {
+    /// Items to send, in order (possibly none).
+    Items(VecDeque<Outgoing>),
+    /// The connection must be closed for this reason.
+    Closed(DisconnectReason),
+}
+
+/// The push failed because the outbox is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the connection is closed")]
+pub struct OutboxClosed;
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: Option<DisconnectReason>,
+}
+
+/// A bounded, byte-accounted queue with a wake-up for its single reader.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            max_bytes,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an item. If it would overflow the byte limit, the outbox closes
+    /// as slow instead. One item always fits into an empty outbox.
+    pub fn push(&self, item: Outgoing) -> Result<(), OutboxClosed> {
+        let mut state = self.state();
+        if state.closed.is_some() {
+            return Err(OutboxClosed);
+        }
+        let cost = item.cost();
+        if state.bytes > 0 && state.bytes + cost > self.max_bytes {
+            Self::close_locked(&mut state, DisconnectReason::Slow);
+            drop(state);
+            self.ready.notify_one();
+            return Err(OutboxClosed);
+        }
+        state.bytes += cost;
+        state.items.push_back(item);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Queues an item ahead of everything queued, bypassing the limit. Only
+    /// for the reply that must precede all else (the connect reply).
+    pub fn push_front(&self, item: Outgoing) {
+        let mut state = self.state();
+        if state.closed.is_some() {
+            return;
+        }
+        state.bytes += item.cost();
+        state.items.push_front(item);
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Closes the outbox; the first reason given wins.
+    pub fn close(&self, reason: DisconnectReason) {
+        let mut state = self.state();
+        if state.closed.is_none() {
+            Self::close_locked(&mut state, reason);
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    fn close_locked(state: &mut State, reason: DisconnectReason) {
+        state.closed = Some(reason);
+        state.items = VecDeque::new();
+        state.bytes = 0;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state().closed.is_some()
+    }
+
+    /// Bytes currently queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.state().bytes
+    }
+
+    /// Waits until there is something to drain (items or a close).
+    pub async fn ready(&self) {
+        loop {
+            {
+                let state = self.state();
+                if !state.items.is_empty() || state.closed.is_some() {
+                    return;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Takes everything queued, leaving an empty outbox without allocation.
+    pub fn drain(&self) -> Drained {
+        let mut state = self.state();
+        if let Some(reason) = &state.closed {
+            return Drained::Closed(reason.clone());
+        }
+        state.bytes = 0;
+        Drained::Items(std::mem::take(&mut state.items))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Outgoing {
+        Outgoing::Frame(Bytes::from(vec![b'x'; n]))
+    }
+
+    fn items(drained: Drained) -> Vec<Outgoing> {
+        match drained {
+            Drained::Items(items) => items.into(),
+            Drained::Closed(reason) => panic!("outbox closed: {reason:?}"),
+        }
+    }
+
+    #[test]
+    fn a_drain_takes_everything_in_order() {
+        let outbox = Outbox::new(1000);
+        outbox.push(frame(1)).unwrap();
+        outbox.push(frame(2)).unwrap();
+        assert_eq!(outbox.queued_bytes(), 3);
+        assert_eq!(items(outbox.drain()), vec![frame(1), frame(2)]);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert!(items(outbox.drain()).is_empty());
+    }
+
+    #[test]
+    fn overflowing_the_byte_limit_closes_the_outbox_as_slow() {
+        let outbox = Outbox::new(100);
+        outbox.push(frame(60)).unwrap();
+        assert_eq!(outbox.push(frame(60)), Err(OutboxClosed));
+        assert!(matches!(
+            outbox.drain(),
+            Drained::Closed(DisconnectReason::Slow)
+        ));
+        assert_eq!(
+            outbox.push(frame(1)),
+            Err(OutboxClosed),
+            "a closed outbox stays closed"
+        );
+    }
+
+    #[test]
+    fn one_frame_always_fits_into_an_empty_outbox() {
+        let outbox = Outbox::new(10);
+        outbox.push(frame(50)).unwrap();
+        assert_eq!(items(outbox.drain()).len(), 1);
+    }
+
+    #[test]
+    fn the_first_close_reason_wins() {
+        let outbox = Outbox::new(10);
+        outbox.close(DisconnectReason::Shutdown);
+        outbox.close(DisconnectReason::Slow);
+        assert!(matches!(
+            outbox.drain(),
+            Drained::Closed(DisconnectReason::Shutdown)
+        ));
+    }
+
+    #[test]
+    fn push_front_puts_the_item_before_everything_queued() {
+        let outbox = Outbox::new(100);
+        outbox.push(frame(1)).unwrap();
+        outbox.push_front(frame(2));
+        assert_eq!(items(outbox.drain()), vec![frame(2), frame(1)]);
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_for_a_push_made_before_waiting() {
+        let outbox = Outbox::new(100);
+        outbox.push(frame(1)).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), outbox.ready())
+            .await
+            .expect("ready resolves");
+    }
+}

@@ -1,0 +1,132 @@
+//! What travels through an engine: publications and node-to-node control.
+//!
+//! Payloads are opaque bytes here. Front-ends validate and encode them; the
+//! engine and the hub only move them, so one publication's bytes are shared
+//! (`Bytes` is reference counted) by every subscriber that receives it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChannelName, ClientId, Epoch, Offset, UserId};
+
+/// Who published, as seen by subscribers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub user: UserId,
+    pub client: ClientId,
+    /// Connection-level info from the connection token (`info` claim), as JSON.
+    pub conn_info: Option<Bytes>,
+    /// Channel-level info from the subscription token (`info` claim), as JSON.
+    pub chan_info: Option<Bytes>,
+}
+
+/// One message in a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    /// The payload, already validated by the front-end that accepted it.
+    pub data: Bytes,
+    /// The publishing client, when a client (not the server API) published.
+    pub info: Option<ClientInfo>,
+    /// Position in the channel's stream; zero for channels without history.
+    pub offset: Offset,
+    /// Application tags, delivered along with the data.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Publication {
+    /// A publication carrying only data, as the server API makes them.
+    pub fn from_data(data: Bytes) -> Self {
+        Self {
+            data,
+            info: None,
+            offset: Offset::ZERO,
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where a publication landed in its channel's stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub offset: Offset,
+    pub epoch: Epoch,
+}
+
+/// Why the server ends a connection. Front-ends map each reason to their
+/// protocol's close code in one exhaustive `match`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// The node is shutting down; reconnect (to another node).
+    Shutdown,
+    /// The connection could not keep up with its outbound traffic.
+    Slow,
+    /// The connection's credentials expired and were not refreshed.
+    ConnectionExpired,
+    /// The server asks the client to reconnect.
+    ForceReconnect,
+    /// The server asks the client to go away and not come back unchanged.
+    ForceDisconnect,
+    /// The client did not answer a ping in time.
+    NoPong,
+    /// The client did not authenticate in time.
+    Stale,
+    /// The client broke the protocol.
+    BadRequest,
+    /// The client's credentials are not valid.
+    InvalidToken,
+    /// The client sent a message larger than allowed.
+    MessageTooLarge,
+    /// A custom code and reason given through the server API.
+    Custom {
+        code: u16,
+        reason: String,
+        reconnect: bool,
+    },
+}
+
+/// A cluster-wide instruction, delivered by the engine to every node
+/// (including the one that sent it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Control {
+    /// Disconnect a user's connections (or one of them).
+    Disconnect {
+        user: UserId,
+        client: Option<ClientId>,
+        reason: DisconnectReason,
+    },
+    /// Subscribe a user's connections (or one of them) to a channel.
+    Subscribe {
+        user: UserId,
+        channel: ChannelName,
+        client: Option<ClientId>,
+    },
+    /// Unsubscribe a user's connections (or one of them) from a channel.
+    Unsubscribe {
+        user: UserId,
+        channel: ChannelName,
+        client: Option<ClientId>,
+    },
+    /// Move a user's connection expiry, or expire them now.
+    Refresh {
+        user: UserId,
+        client: Option<ClientId>,
+        expire_at: Option<u64>,
+        expired: bool,
+    },
+}
+
+/// What an engine hands to its node.
+#[derive(Clone, Debug)]
+pub enum EngineEvent {
+    /// A publication in a channel this node subscribed to.
+    Publication {
+        channel: ChannelName,
+        publication: std::sync::Arc<Publication>,
+    },
+    /// A control command for every node.
+    Control(Control),
+}

@@ -1,0 +1,291 @@
+//! The API methods: their parameters, and what each does.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use herald_engine::{ChannelName, ClientId, Control, DisconnectReason, Publication, UserId};
+
+use super::{ApiError, ApiState};
+use crate::centrifuge::encode::compact_json;
+
+/// One API call. As a batch entry it is written `{"<method>": {params}}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiCommand {
+    Publish(PublishParams),
+    Broadcast(BroadcastParams),
+    Subscribe(UserChannelParams),
+    Unsubscribe(UserChannelParams),
+    Disconnect(DisconnectParams),
+    Refresh(RefreshParams),
+    Channels(ChannelsParams),
+    Info(Empty),
+    Batch(BatchParams),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PublishParams {
+    pub channel: String,
+    pub data: Box<RawValue>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BroadcastParams {
+    pub channels: Vec<String>,
+    pub data: Box<RawValue>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UserChannelParams {
+    pub user: String,
+    pub channel: String,
+    #[serde(default)]
+    pub client: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DisconnectParams {
+    pub user: String,
+    #[serde(default)]
+    pub client: Option<String>,
+    #[serde(default)]
+    pub disconnect: Option<CustomDisconnect>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CustomDisconnect {
+    pub code: u16,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefreshParams {
+    pub user: String,
+    #[serde(default)]
+    pub client: Option<String>,
+    #[serde(default)]
+    pub expired: bool,
+    #[serde(default)]
+    pub expire_at: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ChannelsParams {
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Empty {}
+
+#[derive(Debug, Deserialize)]
+pub struct BatchParams {
+    pub commands: Vec<ApiCommand>,
+}
+
+impl ApiCommand {
+    /// Reads a command from `/api/<method>` and its body.
+    pub fn parse(method: &str, body: &[u8]) -> Result<ApiCommand, ApiError> {
+        fn params<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T, ApiError> {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(T::default());
+            }
+            serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))
+        }
+        fn required<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+            serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))
+        }
+        Ok(match method {
+            "publish" => ApiCommand::Publish(required(body)?),
+            "broadcast" => ApiCommand::Broadcast(required(body)?),
+            "subscribe" => ApiCommand::Subscribe(required(body)?),
+            "unsubscribe" => ApiCommand::Unsubscribe(required(body)?),
+            "disconnect" => ApiCommand::Disconnect(required(body)?),
+            "refresh" => ApiCommand::Refresh(required(body)?),
+            "channels" => ApiCommand::Channels(params(body)?),
+            "info" => ApiCommand::Info(params(body)?),
+            "batch" => ApiCommand::Batch(required(body)?),
+            other => return Err(ApiError::MethodNotFound(other.to_owned())),
+        })
+    }
+}
+
+fn channel(name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::new(name).map_err(|e| ApiError::BadRequest(format!("channel {name:?}: {e}")))
+}
+
+fn user(id: &str) -> Result<UserId, ApiError> {
+    UserId::new(id).map_err(|e| ApiError::BadRequest(format!("user: {e}")))
+}
+
+fn client(id: Option<String>) -> Option<ClientId> {
+    id.filter(|c| !c.is_empty()).map(ClientId::from)
+}
+
+fn publication(data: &RawValue, tags: BTreeMap<String, String>) -> Publication {
+    let mut publication = Publication::from_data(compact_json(data.get()));
+    publication.tags = tags;
+    publication
+}
+
+impl ApiState {
+    /// Runs a command; the reply is `{"result": …}` (`{"replies": […]}` for a batch).
+    pub async fn execute(&self, command: ApiCommand) -> Result<Value, ApiError> {
+        match command {
+            ApiCommand::Batch(batch) => {
+                let mut replies = Vec::with_capacity(batch.commands.len());
+                for command in batch.commands {
+                    let name = command.name();
+                    replies.push(match Box::pin(self.run(command)).await {
+                        Ok(result) => json!({ name: result }),
+                        Err(error) => json!({"error": error.body()}),
+                    });
+                }
+                Ok(json!({"replies": replies}))
+            }
+            command => Ok(json!({"result": self.run(command).await?})),
+        }
+    }
+
+    async fn run(&self, command: ApiCommand) -> Result<Value, ApiError> {
+        let hub = &self.hub;
+        match command {
+            ApiCommand::Publish(p) => {
+                let position = hub
+                    .publish(&channel(&p.channel)?, publication(&p.data, p.tags))
+                    .await?;
+                Ok(position_json(position))
+            }
+            ApiCommand::Broadcast(p) => {
+                let mut responses = Vec::with_capacity(p.channels.len());
+                for name in &p.channels {
+                    let outcome = match channel(name) {
+                        Ok(ch) => hub
+                            .publish(&ch, publication(&p.data, p.tags.clone()))
+                            .await
+                            .map_err(ApiError::from),
+                        Err(e) => Err(e),
+                    };
+                    responses.push(match outcome {
+                        Ok(position) => json!({"result": position_json(position)}),
+                        Err(error) => json!({"error": error.body()}),
+                    });
+                }
+                Ok(json!({"responses": responses}))
+            }
+            ApiCommand::Subscribe(p) => {
+                let ch = channel(&p.channel)?;
+                hub.rules().resolve(&ch)?;
+                let command = Control::Subscribe {
+                    user: user(&p.user)?,
+                    channel: ch,
+                    client: client(p.client),
+                };
+                hub.send_control(command).await?;
+                Ok(json!({}))
+            }
+            ApiCommand::Unsubscribe(p) => {
+                let command = Control::Unsubscribe {
+                    user: user(&p.user)?,
+                    channel: channel(&p.channel)?,
+                    client: client(p.client),
+                };
+                hub.send_control(command).await?;
+                Ok(json!({}))
+            }
+            ApiCommand::Disconnect(p) => {
+                let reason = match p.disconnect {
+                    None => DisconnectReason::ForceDisconnect,
+                    Some(custom) if (3000..=4999).contains(&custom.code) => {
+                        DisconnectReason::Custom {
+                            code: custom.code,
+                            reconnect: !((3500..4000).contains(&custom.code)
+                                || custom.code >= 4500),
+                            reason: custom.reason,
+                        }
+                    }
+                    Some(custom) => {
+                        return Err(ApiError::BadRequest(format!(
+                            "disconnect code {} is outside 3000..=4999",
+                            custom.code
+                        )))
+                    }
+                };
+                hub.send_control(Control::Disconnect {
+                    user: user(&p.user)?,
+                    client: client(p.client),
+                    reason,
+                })
+                .await?;
+                Ok(json!({}))
+            }
+            ApiCommand::Refresh(p) => {
+                let command = Control::Refresh {
+                    user: user(&p.user)?,
+                    client: client(p.client),
+                    expire_at: p.expire_at,
+                    expired: p.expired,
+                };
+                hub.send_control(command).await?;
+                Ok(json!({}))
+            }
+            ApiCommand::Channels(p) => {
+                let channels: serde_json::Map<String, Value> = hub
+                    .channels(p.pattern.as_deref())
+                    .into_iter()
+                    .map(|(name, count)| (name.to_string(), json!({"num_clients": count})))
+                    .collect();
+                Ok(json!({"channels": channels}))
+            }
+            ApiCommand::Info(_) => {
+                let stats = hub.stats();
+                Ok(json!({"nodes": [{
+                    "uid": hub.node().as_str(),
+                    "name": hub.node().as_str(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "engine": hub.engine().name(),
+                    "num_clients": stats.clients,
+                    "num_users": stats.users,
+                    "num_channels": stats.channels,
+                    "num_subs": stats.subscriptions,
+                    "uptime": self.started.elapsed().as_secs(),
+                }]}))
+            }
+            ApiCommand::Batch(_) => Err(ApiError::BadRequest(
+                "a batch cannot contain a batch".into(),
+            )),
+        }
+    }
+}
+
+fn position_json(position: herald_engine::StreamPosition) -> Value {
+    if position.offset.get() == 0 {
+        json!({})
+    } else {
+        json!({"offset": position.offset.get(), "epoch": position.epoch.as_str()})
+    }
+}
+
+impl ApiCommand {
+    fn name(&self) -> &'static str {
+        match self {
+            ApiCommand::Publish(_) => "publish",
+            ApiCommand::Broadcast(_) => "broadcast",
+            ApiCommand::Subscribe(_) => "subscribe",
+            ApiCommand::Unsubscribe(_) => "unsubscribe",
+            ApiCommand::Disconnect(_) => "disconnect",
+            ApiCommand::Refresh(_) => "refresh",
+            ApiCommand::Channels(_) => "channels",
+            ApiCommand::Info(_) => "info",
+            ApiCommand::Batch(_) => "batch",
+        }
+    }
+}

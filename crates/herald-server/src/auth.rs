@@ -1,0 +1,225 @@
+//! Connection and subscription tokens (JWT).
+//!
+//! Tokens are verified with the key that matches their header's algorithm
+//! family (HMAC secret for HS*, RSA public key for RS*, ECDSA public key for
+//! ES*), and only that algorithm is accepted for that key, so an RSA public
+//! key can never be used as an HMAC secret. `alg: none` is not an algorithm
+//! Herald knows, and a token carrying it is invalid.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClientConfig;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Well-formed and signed, but past its `exp`.
+    #[error("token expired")]
+    Expired,
+    /// Malformed, badly signed, or signed with an algorithm Herald does not accept.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// The claims of a connection token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ConnectClaims {
+    /// The user id; empty for an anonymous user.
+    #[serde(default)]
+    pub sub: String,
+    /// Expiry, unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Connection info shown to others (presence, publications).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
+    /// Channels the server subscribes this connection to on connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+}
+
+/// The claims of a subscription token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct SubscribeClaims {
+    /// The user id; must match the connection's.
+    #[serde(default)]
+    pub sub: String,
+    /// The channel this token grants.
+    pub channel: String,
+    /// Expiry, unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Channel info shown to others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
+}
+
+/// Verifies tokens with the configured keys.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    hmac: Option<DecodingKey>,
+    rsa: Option<DecodingKey>,
+    ecdsa: Option<DecodingKey>,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("hmac", &self.hmac.is_some())
+            .field("rsa", &self.rsa.is_some())
+            .field("ecdsa", &self.ecdsa.is_some())
+            .finish()
+    }
+}
+
+/// Reads a key setting: PEM text as is, anything else as a file path.
+fn pem_text(setting: &str, value: &str) -> Result<Vec<u8>, String> {
+    if value.trim_start().starts_with("-----BEGIN") {
+        return Ok(value.as_bytes().to_vec());
+    }
+    std::fs::read(value).map_err(|e| {
+        format!(
+            "client.{setting}: cannot read key file {value}: {e}; give PEM text or a readable path"
+        )
+    })
+}
+
+impl TokenVerifier {
+    /// Builds a verifier, or lists every key that cannot be used.
+    pub fn from_config(client: &ClientConfig) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let hmac = client.token_hmac_secret.as_ref().and_then(|secret| {
+            if secret.expose().is_empty() {
+                problems.push("client.token_hmac_secret: must not be empty".to_owned());
+                return None;
+            }
+            Some(DecodingKey::from_secret(secret.expose().as_bytes()))
+        });
+        let rsa = client.token_rsa_public_key.as_deref().and_then(|value| {
+            let pem = pem_text("token_rsa_public_key", value)
+                .map_err(|e| problems.push(e))
+                .ok()?;
+            DecodingKey::from_rsa_pem(&pem)
+                .map_err(|e| {
+                    problems.push(format!(
+                        "client.token_rsa_public_key: not an RSA public key in PEM: {e}"
+                    ))
+                })
+                .ok()
+        });
+        let ecdsa = client.token_ecdsa_public_key.as_deref().and_then(|value| {
+            let pem = pem_text("token_ecdsa_public_key", value)
+                .map_err(|e| problems.push(e))
+                .ok()?;
+            DecodingKey::from_ec_pem(&pem)
+                .map_err(|e| {
+                    problems.push(format!(
+                        "client.token_ecdsa_public_key: not an EC public key in PEM: {e}"
+                    ))
+                })
+                .ok()
+        });
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            hmac,
+            rsa,
+            ecdsa,
+            audience: client.token_audience.clone(),
+            issuer: client.token_issuer.clone(),
+        })
+    }
+
+    /// Verifies a connection token.
+    pub fn connection(&self, token: &str) -> Result<ConnectClaims, TokenError> {
+        self.verify(token)
+    }
+
+    /// Verifies a subscription token.
+    pub fn subscription(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
+        self.verify(token)
+    }
+
+    fn verify<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| TokenError::Invalid(format!("malformed header: {e}")))?;
+        let key = match header.alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
+            Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg))
+        })?;
+
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 0;
+        validation.required_spec_claims.clear();
+        validation.validate_exp = true;
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        jsonwebtoken::decode::<T>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(e.to_string()),
+            })
+    }
+}
+
+/// Mints HS256 tokens (for `herald token` and tests).
+#[derive(Clone)]
+pub struct TokenMinter {
+    key: EncodingKey,
+}
+
+impl std::fmt::Debug for TokenMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenMinter")
+    }
+}
+
+impl TokenMinter {
+    pub fn hmac(secret: &str) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+        }
+    }
+
+    /// Signs any claims with HS256.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.key)
+            .expect("HS256 signing of serializable claims cannot fail")
+    }
+}
+
+/// Seconds since the unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A JSON claim as compact bytes, for connection and channel info.
+pub fn info_bytes(info: &Option<serde_json::Value>) -> Option<Bytes> {
+    info.as_ref()
+        .map(|v| Bytes::from(serde_json::to_vec(v).expect("a JSON value serializes")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! Centrifuge protocol codes: command errors (100–112), unsubscribe codes
+//! (2000–2999) and disconnect (close) codes (3000–4999), each decided in one
+//! exhaustive `match`.
+//!
+//! Close codes below 3500 (and 4000–4499) advise the client to reconnect;
+//! 3500–3999 (and 4500–4999) tell it not to reconnect unchanged.
+
+use herald_core::{HubError, UnsubscribeReason};
+use herald_engine::DisconnectReason;
+
+/// An error returned in reply to a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Hub(HubError),
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("method not found")]
+    MethodNotFound,
+    #[error("token expired")]
+    TokenExpired,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("not available")]
+    NotAvailable,
+    #[error("internal server error")]
+    Internal,
+}
+
+impl From<HubError> for ClientError {
+    fn from(e: HubError) -> Self {
+        ClientError::Hub(e)
+    }
+}
+
+impl ClientError {
+    /// The protocol code and whether the error is temporary.
+    pub fn code(&self) -> (u32, bool) {
+        match self {
+            ClientError::Internal => (100, true),
+            ClientError::Unauthorized => (101, false),
+            ClientError::MethodNotFound => (104, false),
+            ClientError::BadRequest(_) => (107, false),
+            ClientError::NotAvailable => (108, false),
+            ClientError::TokenExpired => (109, false),
+            ClientError::Hub(hub) => match hub {
+                HubError::UnknownChannel => (102, false),
+                HubError::PermissionDenied => (103, false),
+                HubError::AlreadySubscribed => (105, false),
+                HubError::LimitExceeded(_) => (106, false),
+                HubError::MessageTooLarge { .. } => (106, false),
+                HubError::BadRequest(_) => (107, false),
+                HubError::NotAvailable(_) => (108, false),
+            },
+        }
+    }
+}
+
+/// The close code, reason and reconnect advice for a disconnect.
+pub fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
+    let (code, text) = match reason {
+        DisconnectReason::Shutdown => (3001, "shutdown"),
+        DisconnectReason::ConnectionExpired => (3005, "connection expired"),
+        DisconnectReason::Slow => (3008, "slow"),
+        DisconnectReason::ForceReconnect => (3011, "force reconnect"),
+        DisconnectReason::NoPong => (3012, "no pong"),
+        DisconnectReason::InvalidToken => (3500, "invalid token"),
+        DisconnectReason::BadRequest => (3501, "bad request"),
+        DisconnectReason::Stale => (3502, "stale"),
+        DisconnectReason::ForceDisconnect => (3503, "force disconnect"),
+        DisconnectReason::MessageTooLarge => (1009, "message too big"),
+        DisconnectReason::Custom { code, reason, .. } => return (*code, reason.clone()),
+    };
+    (code, text.to_owned())
+}
+
+/// The code and reason of an unsubscribe push.
+pub fn unsubscribe_code(reason: UnsubscribeReason) -> (u32, &'static str) {
+    match reason {
+        UnsubscribeReason::Server => (2000, "server unsubscribe"),
+        UnsubscribeReason::Expired => (2501, "subscription expired"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_advice_follows_the_code_ranges() {
+        let reconnects =
+            |code: u16| !((3500..4000).contains(&code) || (4500..5000).contains(&code));
+        let cases = [
+            (DisconnectReason::Shutdown, true),
+            (DisconnectReason::Slow, true),
+            (DisconnectReason::ConnectionExpired, true),
+            (DisconnectReason::NoPong, true),
+            (DisconnectReason::ForceReconnect, true),
+            (DisconnectReason::InvalidToken, false),
+            (DisconnectReason::BadRequest, false),
+            (DisconnectReason::ForceDisconnect, false),
+            (DisconnectReason::Stale, false),
+        ];
+        for (reason, expected) in cases {
+            let (code, _) = disconnect_code(&reason);
+            assert_eq!(reconnects(code), expected, "{reason:?} -> {code}");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Client commands of the Centrifuge protocol v2, JSON encoding.
+//!
+//! A command is an object with an `id` and exactly one method key:
+//! `{"id":1,"subscribe":{"channel":"news"}}`. The empty object `{}` is the
+//! client's pong. A frame may hold several commands separated by newlines.
+//! Request fields Herald does not use are ignored, as clients add fields
+//! over time; a command with two method keys is malformed.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One decoded command.
+#[derive(Debug)]
+pub struct Command {
+    /// Zero for commands that expect no reply (`send`, the pong).
+    pub id: u32,
+    /// `None` for the empty command, the client's pong.
+    pub method: Option<Method>,
+}
+
+/// What the client asks for.
+#[derive(Debug)]
+pub enum Method {
+    Connect(ConnectRequest),
+    Subscribe(SubscribeRequest),
+    Unsubscribe(ChannelRequest),
+    Publish(PublishRequest),
+    Presence(ChannelRequest),
+    PresenceStats(ChannelRequest),
+    History(ChannelRequest),
+    Ping,
+    Send(SendRequest),
+    Rpc(RpcRequest),
+    Refresh(RefreshRequest),
+    SubRefresh(SubRefreshRequest),
+    /// A method this server does not know; answered with error 104.
+    Unknown(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectRequest {
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+    /// Server-side subscriptions the client asks to recover.
+    #[serde(default)]
+    pub subs: HashMap<String, IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SubscribeRequest {
+    pub channel: String,
+    #[serde(default)]
+    pub token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ChannelRequest {
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PublishRequest {
+    pub channel: String,
+    pub data: Box<RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SendRequest {
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RpcRequest {
+    #[serde(default)]
+    pub method: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RefreshRequest {
+    pub token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SubRefreshRequest {
+    pub channel: String,
+    pub token: String,
+}
+
+impl Command {
+    /// Decodes one command from one line of a frame.
+    pub fn decode(line: &[u8]) -> Result<Command, serde_json::Error> {
+        serde_json::from_slice(line)
+    }
+}
+
+/// Splits a frame into its non-empty lines.
+pub fn lines(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
+    frame
+        .split(|b| *b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(CommandVisitor)
+    }
+}
+
+struct CommandVisitor;
+
+impl<'de> Visitor<'de> for CommandVisitor {
+    type Value = Command;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a command object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Command, A::Error> {
+        let mut id = None;
+        let mut method = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "id" {
+                if id.replace(map.next_value::<u32>()?).is_some() {
+                    return Err(de::Error::duplicate_field("id"));
+                }
+                continue;
+            }
+            let next = match &*key {
+                "connect" => Method::Connect(map.next_value()?),
+                "subscribe" => Method::Subscribe(map.next_value()?),
+                "unsubscribe" => Method::Unsubscribe(map.next_value()?),
+                "publish" => Method::Publish(map.next_value()?),
+                "presence" => Method::Presence(map.next_value()?),
+                "presence_stats" => Method::PresenceStats(map.next_value()?),
+                "history" => Method::History(map.next_value()?),
+                "ping" => {
+                    map.next_value::<IgnoredAny>()?;
+                    Method::Ping
+                }
+                "send" => Method::Send(map.next_value()?),
+                "rpc" => Method::Rpc(map.next_value()?),
+                "refresh" => Method::Refresh(map.next_value()?),
+                "sub_refresh" => Method::SubRefresh(map.next_value()?),
+                other => {
+                    map.next_value::<IgnoredAny>()?;
+                    Method::Unknown(other.to_owned())
+                }
+            };
+            if method.replace(next).is_some() {
+                return Err(de::Error::custom("a command carries exactly one method"));
+            }
+        }
+        Ok(Command {
+            id: id.unwrap_or(0),
+            method,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_decode_by_their_method_key() {
+        let cmd =
+            Command::decode(br#"{"id":3,"subscribe":{"channel":"news","token":"t"}}"#).unwrap();
+        assert_eq!(cmd.id, 3);
+        match cmd.method {
+            Some(Method::Subscribe(req)) => {
+                assert_eq!((req.channel.as_str(), req.token.as_str()), ("news", "t"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_empty_command_is_a_pong() {
+        let cmd = Command::decode(b"{}").unwrap();
+        assert_eq!(cmd.id, 0);
+        assert!(cmd.method.is_none());
+    }
+
+    #[test]
+    fn publish_data_is_kept_verbatim() {
+        let cmd =
+            Command::decode(br#"{"id":1,"publish":{"channel":"c","data":{"a":[1, 2]}}}"#).unwrap();
+        match cmd.method {
+            Some(Method::Publish(req)) => assert_eq!(req.data.get(), r#"{"a":[1, 2]}"#),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_methods_are_named_and_unknown_fields_ignored() {
+        let cmd = Command::decode(br#"{"id":1,"teleport":{"to":"mars"}}"#).unwrap();
+        assert!(matches!(cmd.method, Some(Method::Unknown(m)) if m == "teleport"));
+        let cmd = Command::decode(br#"{"id":2,"connect":{"token":"t","future_field":1}}"#).unwrap();
+        assert!(matches!(cmd.method, Some(Method::Connect(_))));
+    }
+
+    #[test]
+    fn malformed_commands_are_refused() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"[]",
+            b"{",
+            b"null",
+            br#"{"id":"one","ping":{}}"#,
+            br#"{"id":-1,"ping":{}}"#,
+            br#"{"id":1,"ping":{},"rpc":{}}"#,
+            br#"{"id":1,"subscribe":{}}"#,
+            br#"{"id":1,"publish":{"channel":"c"}}"#,
+            br#"{"id":1,"id":2}"#,
+        ];
+        for case in cases {
+            assert!(
+                Command::decode(case).is_err(),
+                "{}",
+                String::from_utf8_lossy(case)
+            );
+        }
+    }
+
+    #[test]
+    fn frames_split_into_non_empty_lines() {
+        let frame = b"{\"id\":1,\"ping\":{}}\n\n{}\r\n  \n";
+        let got: Vec<&[u8]> = lines(frame).collect();
+        assert_eq!(got, [&b"{\"id\":1,\"ping\":{}}"[..], &b"{}"[..]]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = Command::decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_json_shaped_text_never_panics(text in r#"\{("[a-z_]{1,12}":(\{\}|[0-9]{1,3}|"[a-z]*"|\[\]|null),?){0,4}\}"#) {
+            let _ = Command::decode(text.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Replies and pushes of the Centrifuge protocol v2, JSON encoding.
+//!
+//! Frames join messages with `\n`, so every message is written compactly:
+//! payloads that arrive with line breaks between tokens are compacted once
+//! when accepted ([`compact_json`]), never per subscriber.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+use herald_core::PushEncoder;
+use herald_engine::{ChannelName, ClientInfo, Publication};
+
+use super::codes::ClientError;
+
+/// Encodes publications for every Centrifuge connection of a node.
+#[derive(Debug, Default)]
+pub struct CentrifugeEncoder;
+
+impl PushEncoder for CentrifugeEncoder {
+    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
+        let mut out = BytesMut::with_capacity(64 + channel.as_str().len() + publication.data.len());
+        out.put_slice(b"{\"push\":{\"channel\":");
+        put_json_str(&mut out, channel.as_str());
+        out.put_slice(b",\"pub\":");
+        put_publication(&mut out, publication);
+        out.put_slice(b"}}");
+        out.freeze()
+    }
+}
+
+/// Writes a `Publication` object: `{"data":…,"info":…,"offset":…,"tags":…}`.
+pub fn put_publication(out: &mut BytesMut, publication: &Publication) {
+    out.put_slice(b"{\"data\":");
+    out.put_slice(&publication.data);
+    if let Some(info) = &publication.info {
+        out.put_slice(b",\"info\":");
+        put_client_info(out, info);
+    }
+    if publication.offset.get() > 0 {
+        out.put_slice(format!(",\"offset\":{}", publication.offset).as_bytes());
+    }
+    if !publication.tags.is_empty() {
+        out.put_slice(b",\"tags\":");
+        out.put_slice(&serde_json::to_vec(&publication.tags).expect("string map serializes"));
+    }
+    out.put_u8(b'}');
+}
+
+fn put_client_info(out: &mut BytesMut, info: &ClientInfo) {
+    out.put_slice(b"{\"user\":");
+    put_json_str(out, info.user.as_str());
+    out.put_slice(b",\"client\":");
+    put_json_str(out, info.client.as_str());
+    if let Some(conn_info) = &info.conn_info {
+        out.put_slice(b",\"conn_info\":");
+        out.put_slice(conn_info);
+    }
+    if let Some(chan_info) = &info.chan_info {
+        out.put_slice(b",\"chan_info\":");
+        out.put_slice(chan_info);
+    }
+    out.put_u8(b'}');
+}
+
+fn put_json_str(out: &mut BytesMut, s: &str) {
+    out.put_slice(&serde_json::to_vec(s).expect("a string serializes"));
+}
+
+/// `{"id":N,"<method>":<result>}`.
+pub fn reply<T: Serialize>(id: u32, method: &str, result: &T) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_slice(format!("{{\"id\":{id},").as_bytes());
+    put_json_str(&mut out, method);
+    out.put_u8(b':');
+    out.put_slice(&serde_json::to_vec(result).expect("a reply serializes"));
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+/// `{"id":N,"error":{"code":…,"message":…,"temporary":…}}`.
+pub fn error_reply(id: u32, error: &ClientError) -> Bytes {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        code: u32,
+        message: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        temporary: bool,
+    }
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        id: u32,
+        error: Wire<'a>,
+    }
+    let (code, temporary) = error.code();
+    let message = error.to_string();
+    let body = Reply {
+        id,
+        error: Wire {
+            code,
+            message: &message,
+            temporary,
+        },
+    };
+    Bytes::from(serde_json::to_vec(&body).expect("an error reply serializes"))
+}
+
+/// `{"push":{"channel":…,"<kind>":<body>}}`; the channel is omitted when empty.
+pub fn push<T: Serialize>(channel: Option<&ChannelName>, kind: &str, body: &T) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_slice(b"{\"push\":{");
+    if let Some(channel) = channel {
+        out.put_slice(b"\"channel\":");
+        put_json_str(&mut out, channel.as_str());
+        out.put_u8(b',');
+    }
+    put_json_str(&mut out, kind);
+    out.put_u8(b':');
+    out.put_slice(&serde_json::to_vec(body).expect("a push serializes"));
+    out.put_slice(b"}}");
+    out.freeze()
+}
+
+/// The server's ping: an empty object.
+pub const PING: &[u8] = b"{}";
+
+/// Removes whitespace between JSON tokens of an already valid document,
+/// keeping strings (and their escapes) untouched.
+pub fn compact_json(raw: &str) -> Bytes {
+    if !raw
+        .bytes()
+        .any(|b| matches!(b, b'\n' | b'\r' | b'\t' | b' '))
+    {
+        return Bytes::copy_from_slice(raw.as_bytes());
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in raw.bytes() {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !matches!(b, b'\n' | b'\r' | b'\t' | b' ') {
+            out.push(b);
+        }
+    }
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use herald_engine::{ClientId, Offset, UserId};
+
+    use super::*;
+
+    #[test]
+    fn publications_encode_as_push_frames() {
+        let mut publication = Publication::from_data(Bytes::from_static(br#"{"text":"hi"}"#));
+        let frame = CentrifugeEncoder
+            .encode_publication(&ChannelName::new("chat:a").unwrap(), &publication);
+        assert_eq!(
+            frame,
+            r#"{"push":{"channel":"chat:a","pub":{"data":{"text":"hi"}}}}"#
+        );
+
+        publication.offset = Offset::new(7);
+        publication.tags = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+        publication.info = Some(ClientInfo {
+            user: UserId::new("42").unwrap(),
+            client: ClientId::new("c1"),
+            conn_info: Some(Bytes::from_static(br#"{"n":1}"#)),
+            chan_info: None,
+        });
+        let frame =
+            CentrifugeEncoder.encode_publication(&ChannelName::new("q\"").unwrap(), &publication);
+        let parsed: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"push": {"channel": "q\"", "pub": {
+                "data": {"text": "hi"},
+                "info": {"user": "42", "client": "c1", "conn_info": {"n": 1}},
+                "offset": 7,
+                "tags": {"k": "v"}
+            }}})
+        );
+    }
+
+    #[test]
+    fn compacting_keeps_strings_and_drops_token_whitespace() {
+        let cases = [
+            (
+                "{\n  \"a\": [1, 2],\n  \"b\": \"x y\\\" \\n z\"\n}",
+                "{\"a\":[1,2],\"b\":\"x y\\\" \\n z\"}",
+            ),
+            ("\"already\"", "\"already\""),
+            ("[ \"\\\\\" , 1 ]", "[\"\\\\\",1]"),
+        ];
+        for (raw, compact) in cases {
+            assert_eq!(compact_json(raw), compact.as_bytes(), "{raw}");
+            let a: serde_json::Value = serde_json::from_str(raw).unwrap();
+            let b: serde_json::Value = serde_json::from_slice(&compact_json(raw)).unwrap();
+            assert_eq!(a, b);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compacting_any_json_keeps_its_value(value in arbitrary_json()) {
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            let compact = compact_json(&pretty);
+            proptest::prop_assert!(!compact.contains(&b'\n'));
+            let back: serde_json::Value = serde_json::from_slice(&compact).unwrap();
+            proptest::prop_assert_eq!(back, value);
+        }
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,611 @@
+//! One Centrifuge protocol session: a connection's state machine.
+//!
+//! The session is one task that always listens to three things at once: the
+//! client's messages, the connection's outbox (replies, publications,
+//! server-side events) and its timers (connect timeout, ping/pong, token
+//! expiry). It holds no buffer while idle; a write gathers everything the
+//! outbox holds into one frame of newline-separated messages.
+//!
+//! Replies go through the outbox too, so a frame of several commands is
+//! answered by one frame of several replies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use herald_core::{
+    ConnEvent, Connection, ConnectionSpec, Drained, Hub, HubError, Outbox, Outgoing,
+    SubscribeAccess, Subscription, UnsubscribeReason,
+};
+use herald_engine::{ChannelName, ClientId, DisconnectReason, UserId};
+
+use super::codes::{self, ClientError};
+use super::command::{self, Command, ConnectRequest, Method, SubscribeRequest};
+use super::encode::{self, CentrifugeEncoder};
+use crate::auth::{self, ConnectClaims, TokenError, TokenVerifier};
+use crate::transport::{Inbound, Transport, TransportError};
+
+/// Session settings, taken from `[client]`.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub expired_close_delay: Duration,
+    pub expired_sub_close_delay: Duration,
+    pub queue_max_bytes: usize,
+    pub allow_anonymous: bool,
+}
+
+/// What every session of a node shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub hub: Arc<Hub>,
+    pub verifier: TokenVerifier,
+    pub settings: SessionSettings,
+    pub encoder: Arc<CentrifugeEncoder>,
+    /// Turns true when the node shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// How a command can fail: with an error reply, or by ending the session.
+enum Failure {
+    Reply(ClientError),
+    Disconnect(DisconnectReason),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Reply(e)
+    }
+}
+
+impl From<HubError> for Failure {
+    fn from(e: HubError) -> Self {
+        Failure::Reply(ClientError::Hub(e))
+    }
+}
+
+/// Runs a session to its end, then closes the transport and cleans up.
+pub async fn run<T: Transport>(mut transport: T, shared: Arc<Shared>) {
+    let mut session = Session::new(shared.clone());
+    let reason = session.serve(&mut transport).await;
+    if let Some(reason) = &reason {
+        let (code, text) = codes::disconnect_code(reason);
+        transport.close(code, text).await;
+    }
+    if let Some(conn) = session.conn.take() {
+        tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
+        shared.hub.disconnect(&conn).await;
+    }
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    conn: Option<Arc<Connection>>,
+    connect_deadline: Instant,
+    next_ping: Instant,
+    pong_deadline: Option<Instant>,
+    /// When the connection is closed for an expired token (expiry + grace).
+    expire_deadline: Option<Instant>,
+    /// When each expiring subscription ends (expiry + grace).
+    sub_deadlines: HashMap<ChannelName, Instant>,
+}
+
+#[derive(Serialize)]
+struct ConnectResult<'a> {
+    client: &'a str,
+    version: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    expires: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u64>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    subs: serde_json::Map<String, serde_json::Value>,
+    ping: u64,
+    pong: bool,
+    node: &'a str,
+}
+
+#[derive(Serialize, Default)]
+struct ExpiryResult {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    expires: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u64>,
+}
+
+impl ExpiryResult {
+    fn at(exp: Option<u64>) -> Self {
+        match exp {
+            Some(exp) => Self {
+                expires: true,
+                ttl: Some(exp.saturating_sub(auth::unix_now())),
+            },
+            None => Self::default(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+/// The instant `grace` after the unix time `exp`.
+fn deadline_after(exp: u64, grace: Duration) -> Instant {
+    Instant::now() + Duration::from_secs(exp.saturating_sub(auth::unix_now())) + grace
+}
+
+impl Session {
+    fn new(shared: Arc<Shared>) -> Self {
+        let now = Instant::now();
+        let settings = &shared.settings;
+        Self {
+            outbox: Arc::new(Outbox::new(settings.queue_max_bytes)),
+            connect_deadline: now + settings.connect_timeout,
+            next_ping: now + settings.ping_interval,
+            pong_deadline: None,
+            expire_deadline: None,
+            sub_deadlines: HashMap::new(),
+            conn: None,
+            shared,
+        }
+    }
+
+    /// Serves until the session ends; `Some(reason)` when the server ends it.
+    async fn serve<T: Transport>(&mut self, transport: &mut T) -> Option<DisconnectReason> {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                _ = closing(&mut shutdown) => return Some(DisconnectReason::Shutdown),
+                _ = self.outbox.ready() => {
+                    if let Err(end) = self.flush(transport).await {
+                        return end;
+                    }
+                }
+                inbound = transport.recv() => match inbound {
+                    Ok(Some(Inbound::Text(frame))) => {
+                        if let Err(reason) = self.on_frame(&frame).await {
+                            self.log_refusal(&reason, &frame);
+                            return Some(reason);
+                        }
+                    }
+                    Ok(Some(Inbound::Binary(_))) => {
+                        tracing::info!(client = ?self.client(), "binary frame on the JSON protocol; closing");
+                        return Some(DisconnectReason::BadRequest);
+                    }
+                    Ok(None) => return None,
+                    Err(TransportError::TooLarge) => {
+                        tracing::info!(client = ?self.client(), "message above client.max_message_size; closing");
+                        return Some(DisconnectReason::MessageTooLarge);
+                    }
+                    Err(TransportError::Broken(why)) => {
+                        tracing::debug!(client = ?self.client(), %why, "transport broke");
+                        return None;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Err(end) = self.on_timer(transport).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    fn client(&self) -> Option<ClientId> {
+        self.conn.as_ref().map(|c| c.client().clone())
+    }
+
+    fn log_refusal(&self, reason: &DisconnectReason, frame: &[u8]) {
+        let preview = String::from_utf8_lossy(&frame[..frame.len().min(128)]).into_owned();
+        tracing::info!(client = ?self.client(), ?reason, frame = %preview, "closing connection after bad input");
+    }
+
+    fn next_deadline(&self) -> Instant {
+        if self.conn.is_none() {
+            return self.connect_deadline;
+        }
+        let mut next = self.next_ping;
+        for candidate in [self.pong_deadline, self.expire_deadline]
+            .into_iter()
+            .flatten()
+        {
+            next = next.min(candidate);
+        }
+        for deadline in self.sub_deadlines.values() {
+            next = next.min(*deadline);
+        }
+        next
+    }
+
+    /// Writes everything queued as one frame. `Err` ends the session.
+    async fn flush<T: Transport>(
+        &mut self,
+        transport: &mut T,
+    ) -> Result<(), Option<DisconnectReason>> {
+        let items = match self.outbox.drain() {
+            Drained::Closed(reason) => return Err(Some(reason)),
+            Drained::Items(items) => items,
+        };
+        let mut frame = BytesMut::new();
+        for item in items {
+            let message = match item {
+                Outgoing::Frame(bytes) => bytes,
+                Outgoing::Event(event) => match self.on_event(event).await {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => continue,
+                    Err(reason) => return Err(Some(reason)),
+                },
+            };
+            if !frame.is_empty() {
+                frame.put_u8(b'\n');
+            }
+            frame.put_slice(&message);
+        }
+        if frame.is_empty() {
+            return Ok(());
+        }
+        transport.send_text(frame.freeze()).await.map_err(|_| None)
+    }
+
+    async fn on_timer<T: Transport>(
+        &mut self,
+        transport: &mut T,
+    ) -> Result<(), Option<DisconnectReason>> {
+        let now = Instant::now();
+        let Some(conn) = self.conn.clone() else {
+            return if now >= self.connect_deadline {
+                Err(Some(DisconnectReason::Stale))
+            } else {
+                Ok(())
+            };
+        };
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            return Err(Some(DisconnectReason::NoPong));
+        }
+        if self.expire_deadline.is_some_and(|d| now >= d) {
+            return Err(Some(DisconnectReason::ConnectionExpired));
+        }
+        let expired: Vec<ChannelName> = self
+            .sub_deadlines
+            .iter()
+            .filter(|(_, d)| now >= **d)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in expired {
+            self.sub_deadlines.remove(&channel);
+            if self.shared.hub.unsubscribe(&conn, &channel).await {
+                let (code, reason) = codes::unsubscribe_code(UnsubscribeReason::Expired);
+                let push = encode::push(
+                    Some(&channel),
+                    "unsubscribe",
+                    &serde_json::json!({"code": code, "reason": reason}),
+                );
+                let _ = self.outbox.push(Outgoing::Frame(push));
+            }
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.shared.settings.ping_interval;
+            if self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + self.shared.settings.pong_timeout);
+            }
+            transport
+                .send_text(Bytes::from_static(encode::PING))
+                .await
+                .map_err(|_| None)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes a server-side event, updating session state on the way.
+    async fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
+        Ok(Some(match event {
+            ConnEvent::Subscribed { channel } => {
+                encode::push(Some(&channel), "subscribe", &Empty {})
+            }
+            ConnEvent::Unsubscribed { channel, reason } => {
+                self.sub_deadlines.remove(&channel);
+                let (code, reason) = codes::unsubscribe_code(reason);
+                encode::push(
+                    Some(&channel),
+                    "unsubscribe",
+                    &serde_json::json!({"code": code, "reason": reason}),
+                )
+            }
+            ConnEvent::Refresh { expired: true, .. } => {
+                return Err(DisconnectReason::ConnectionExpired)
+            }
+            ConnEvent::Refresh {
+                expire_at,
+                expired: false,
+            } => {
+                let grace = self.shared.settings.expired_close_delay;
+                self.expire_deadline = expire_at.map(|exp| deadline_after(exp, grace));
+                encode::push(None, "refresh", &ExpiryResult::at(expire_at))
+            }
+        }))
+    }
+
+    fn reply(&self, message: Bytes) {
+        // A full outbox closes itself as slow; the loop then ends the session.
+        let _ = self.outbox.push(Outgoing::Frame(message));
+    }
+
+    async fn on_frame(&mut self, frame: &[u8]) -> Result<(), DisconnectReason> {
+        for line in command::lines(frame) {
+            let command = Command::decode(line).map_err(|_| DisconnectReason::BadRequest)?;
+            self.on_command(command).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_command(&mut self, command: Command) -> Result<(), DisconnectReason> {
+        let id = command.id;
+        let Some(method) = command.method else {
+            self.pong_deadline = None;
+            return Ok(());
+        };
+        let expects_reply = !matches!(method, Method::Send(_));
+        if expects_reply == (id == 0) {
+            return Err(DisconnectReason::BadRequest);
+        }
+        if self.conn.is_none() != matches!(method, Method::Connect(_)) {
+            return Err(DisconnectReason::BadRequest);
+        }
+        let outcome = match method {
+            Method::Connect(req) => self.on_connect(id, req).await,
+            Method::Subscribe(req) => self.on_subscribe(id, req).await,
+            Method::Unsubscribe(req) => self.on_unsubscribe(id, &req.channel).await,
+            Method::Publish(req) => self.on_publish(id, &req.channel, req.data.get()).await,
+            Method::Presence(_) | Method::PresenceStats(_) | Method::History(_) => {
+                Err(ClientError::NotAvailable.into())
+            }
+            Method::Ping => {
+                self.reply(encode::reply(id, "ping", &Empty {}));
+                Ok(())
+            }
+            Method::Send(_) => Ok(()),
+            Method::Rpc(_) | Method::Unknown(_) => Err(ClientError::MethodNotFound.into()),
+            Method::Refresh(req) => self.on_refresh(id, &req.token),
+            Method::SubRefresh(req) => self.on_sub_refresh(id, &req.channel, &req.token),
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(Failure::Reply(error)) => {
+                tracing::debug!(client = ?self.client(), id, %error, "command refused");
+                self.reply(encode::error_reply(id, &error));
+                Ok(())
+            }
+            Err(Failure::Disconnect(reason)) => Err(reason),
+        }
+    }
+
+    fn connection(&self) -> Result<Arc<Connection>, Failure> {
+        self.conn
+            .clone()
+            .ok_or(Failure::Disconnect(DisconnectReason::BadRequest))
+    }
+
+    async fn on_connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Failure> {
+        let claims = if req.token.is_empty() {
+            if !self.shared.settings.allow_anonymous {
+                tracing::info!("connect without a token refused: client.allow_anonymous is off");
+                return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+            }
+            ConnectClaims::default()
+        } else {
+            match self.shared.verifier.connection(&req.token) {
+                Ok(claims) => claims,
+                Err(TokenError::Expired) => return Err(ClientError::TokenExpired.into()),
+                Err(TokenError::Invalid(why)) => {
+                    tracing::info!(%why, "connection token refused");
+                    return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+                }
+            }
+        };
+        let user = UserId::new(&claims.sub)
+            .map_err(|_| Failure::Disconnect(DisconnectReason::InvalidToken))?;
+        let hub = self.shared.hub.clone();
+        let conn = hub
+            .connect(ConnectionSpec {
+                client: ClientId::from(uuid::Uuid::new_v4().to_string()),
+                user,
+                conn_info: auth::info_bytes(&claims.info),
+                encoder: self.shared.encoder.clone(),
+                outbox: self.outbox.clone(),
+            })
+            .map_err(|_| Failure::Disconnect(DisconnectReason::Shutdown))?;
+
+        let mut subs = serde_json::Map::new();
+        for name in &claims.channels {
+            let subscribed = match ChannelName::new(name) {
+                Ok(channel) => hub
+                    .subscribe(
+                        &conn,
+                        &channel,
+                        SubscribeAccess::Server,
+                        Subscription::default(),
+                        None,
+                    )
+                    .await
+                    .map_err(ClientError::Hub),
+                Err(e) => Err(ClientError::BadRequest(format!(
+                    "channel {name:?} in token: {e}"
+                ))),
+            };
+            if let Err(error) = subscribed {
+                tracing::warn!(user = %conn.user(), channel = %name, %error, "server-side subscription from token failed");
+                hub.disconnect(&conn).await;
+                return Err(error.into());
+            }
+            subs.insert(name.clone(), serde_json::json!({}));
+        }
+
+        let expiry = ExpiryResult::at(claims.exp);
+        let result = ConnectResult {
+            client: conn.client().as_str(),
+            version: env!("CARGO_PKG_VERSION"),
+            expires: expiry.expires,
+            ttl: expiry.ttl,
+            subs,
+            ping: self.shared.settings.ping_interval.as_secs(),
+            pong: true,
+            node: hub.node().as_str(),
+        };
+        // Ahead of any publication already queued for server-side channels.
+        self.outbox
+            .push_front(Outgoing::Frame(encode::reply(id, "connect", &result)));
+        self.expire_deadline = claims
+            .exp
+            .map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
+        self.next_ping = Instant::now() + self.shared.settings.ping_interval;
+        tracing::debug!(client = %conn.client(), user = %conn.user(), "connected");
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(&req.channel)?;
+        let (access, subscription, exp) = if req.token.is_empty() {
+            (SubscribeAccess::Client, Subscription::default(), None)
+        } else {
+            let claims = self.verify_subscription(&conn, &channel, &req.token)?;
+            let subscription = Subscription {
+                chan_info: auth::info_bytes(&claims.info),
+            };
+            (SubscribeAccess::Token, subscription, claims.exp)
+        };
+        let reply = encode::reply(id, "subscribe", &ExpiryResult::at(exp));
+        self.shared
+            .hub
+            .subscribe(
+                &conn,
+                &channel,
+                access,
+                subscription,
+                Some(Outgoing::Frame(reply)),
+            )
+            .await?;
+        if let Some(exp) = exp {
+            self.sub_deadlines.insert(
+                channel,
+                deadline_after(exp, self.shared.settings.expired_sub_close_delay),
+            );
+        }
+        Ok(())
+    }
+
+    fn verify_subscription(
+        &self,
+        conn: &Connection,
+        channel: &ChannelName,
+        token: &str,
+    ) -> Result<auth::SubscribeClaims, Failure> {
+        let claims = self.shared.verifier.subscription(token).map_err(|e| match e {
+            TokenError::Expired => Failure::Reply(ClientError::TokenExpired),
+            TokenError::Invalid(why) => {
+                tracing::info!(client = %conn.client(), %channel, %why, "subscription token refused");
+                Failure::Reply(ClientError::Hub(HubError::PermissionDenied))
+            }
+        })?;
+        if claims.channel != channel.as_str() || claims.sub != conn.user().as_str() {
+            tracing::info!(client = %conn.client(), %channel, "subscription token is for another channel or user");
+            return Err(HubError::PermissionDenied.into());
+        }
+        Ok(claims)
+    }
+
+    async fn on_unsubscribe(&mut self, id: u32, channel: &str) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(channel)?;
+        self.shared.hub.unsubscribe(&conn, &channel).await;
+        self.sub_deadlines.remove(&channel);
+        self.reply(encode::reply(id, "unsubscribe", &Empty {}));
+        Ok(())
+    }
+
+    async fn on_publish(&mut self, id: u32, channel: &str, data: &str) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(channel)?;
+        self.shared
+            .hub
+            .client_publish(&conn, &channel, encode::compact_json(data))
+            .await?;
+        self.reply(encode::reply(id, "publish", &Empty {}));
+        Ok(())
+    }
+
+    fn on_refresh(&mut self, id: u32, token: &str) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let claims = match self.shared.verifier.connection(token) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Err(ClientError::TokenExpired.into()),
+            Err(TokenError::Invalid(why)) => {
+                tracing::info!(client = %conn.client(), %why, "refresh token refused");
+                return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+            }
+        };
+        if claims.sub != conn.user().as_str() {
+            tracing::info!(client = %conn.client(), "refresh token is for another user");
+            return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+        }
+        self.expire_deadline = claims
+            .exp
+            .map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
+        let expiry = ExpiryResult::at(claims.exp);
+        let result = serde_json::json!({
+            "client": conn.client().as_str(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "expires": expiry.expires,
+            "ttl": expiry.ttl,
+        });
+        self.reply(encode::reply(id, "refresh", &result));
+        Ok(())
+    }
+
+    fn on_sub_refresh(&mut self, id: u32, channel: &str, token: &str) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(channel)?;
+        let claims = self.verify_subscription(&conn, &channel, token)?;
+        if !conn.is_subscribed(&channel) {
+            return Err(HubError::PermissionDenied.into());
+        }
+        match claims.exp {
+            Some(exp) => {
+                let deadline = deadline_after(exp, self.shared.settings.expired_sub_close_delay);
+                self.sub_deadlines.insert(channel, deadline);
+            }
+            None => {
+                self.sub_deadlines.remove(&channel);
+            }
+        }
+        self.reply(encode::reply(
+            id,
+            "sub_refresh",
+            &ExpiryResult::at(claims.exp),
+        ));
+        Ok(())
+    }
+}
+
+/// Resolves once the node starts shutting down.
+async fn closing(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the node is gone, which is a shutdown too.
+    let _ = shutdown.wait_for(|closing| *closing).await;
+}
+
+fn parse_channel(name: &str) -> Result<ChannelName, Failure> {
+    ChannelName::new(name).map_err(|e| Failure::Reply(ClientError::BadRequest(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,383 @@
+//! The command line: `herald serve`, `herald config init|check`, `herald token`.
+//!
+//! This is the binary's edge: errors become messages that say what to do
+//! next, and exit codes (0 ok, 1 runtime failure, 2 bad configuration or
+//! arguments).
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::auth::{self, ConnectClaims, SubscribeClaims, TokenMinter};
+use crate::config::{self, Config, LogFormat, Secret, Sources};
+use crate::server::{Node, CENTRIFUGE_PATH};
+
+/// The file `herald` reads when no `--config` is given and it exists.
+const DEFAULT_CONFIG_FILE: &str = "herald.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A realtime messaging server: WebSockets, channels, presence, history."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (the default command). With no config, runs on the memory
+    /// engine with secrets generated for this run.
+    Serve(ServeArgs),
+    /// Write or check a configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Mint a connection token (or, with --channel, a subscription token)
+    /// signed with the configured HMAC secret, for development and tests.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Default, Args)]
+struct ConfigFlags {
+    /// The TOML config file (default: ./herald.toml when it exists).
+    #[arg(long, short, env = "HERALD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Set any setting, e.g. `--set client.ping_interval=10s`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Debug, Default, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigFlags,
+    /// Address to bind (overrides http.address).
+    #[arg(long)]
+    address: Option<IpAddr>,
+    /// Port to bind, 0 for any free port (overrides http.port).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Write a commented starter config with freshly generated secrets.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = DEFAULT_CONFIG_FILE)]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Report every problem in a config file (exit 2 if there are any).
+    Check {
+        /// The file to check.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigFlags,
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    user: String,
+    /// How long the token is valid, e.g. `1h`, `30m`; `0s` for no expiry.
+    #[arg(long, default_value = "24h")]
+    ttl: humantime::Duration,
+    /// Mint a subscription token for this channel instead.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Subscribe the connection to this channel on connect (`channels` claim); repeatable.
+    #[arg(long = "subscribe", value_name = "CHANNEL")]
+    subscribe: Vec<String>,
+    /// JSON for the `info` claim, e.g. '{"name":"Ann"}'.
+    #[arg(long)]
+    info: Option<String>,
+    /// Sign with this secret instead of the configured client.token_hmac_secret.
+    #[arg(long)]
+    secret: Option<String>,
+}
+
+/// Runs the command line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli
+        .command
+        .unwrap_or_else(|| Command::Serve(ServeArgs::default()))
+    {
+        Command::Serve(args) => serve(args),
+        Command::Config {
+            command: ConfigCommand::Init { path, force },
+        } => config_init(&path, force),
+        Command::Config {
+            command: ConfigCommand::Check { path },
+        } => config_check(&path),
+        Command::Token(args) => token(args),
+    }
+}
+
+fn sources(flags: &ConfigFlags, extra: Vec<(String, String)>) -> Result<Sources, String> {
+    let file = flags.config.clone().or_else(|| {
+        Path::new(DEFAULT_CONFIG_FILE)
+            .exists()
+            .then(|| PathBuf::from(DEFAULT_CONFIG_FILE))
+    });
+    let mut overrides = Vec::new();
+    for setting in &flags.set {
+        let (key, value) = setting.split_once('=').ok_or_else(|| {
+            format!("--set {setting}: expected KEY=VALUE, e.g. --set http.port=9000")
+        })?;
+        overrides.push((key.trim().to_owned(), value.to_owned()));
+    }
+    overrides.extend(extra);
+    Ok(Sources {
+        file,
+        env: Sources::process_env(),
+        overrides,
+    })
+}
+
+fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "herald: {message}");
+    ExitCode::from(code)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut extra = Vec::new();
+    if let Some(address) = args.address {
+        extra.push(("http.address".to_owned(), format!("\"{address}\"")));
+    }
+    if let Some(port) = args.port {
+        extra.push(("http.port".to_owned(), port.to_string()));
+    }
+    let sources = match sources(&args.config, extra) {
+        Ok(sources) => sources,
+        Err(e) => return fail(e, 2),
+    };
+    let mut config = match config::load(&sources) {
+        Ok(config) => config,
+        Err(errors) => return fail(errors, 2),
+    };
+    let generated = if sources.file.is_none() {
+        fill_development_secrets(&mut config)
+    } else {
+        Vec::new()
+    };
+    let missing = config.missing_secrets();
+    if !missing.is_empty() {
+        return fail(config::ConfigErrors(missing), 2);
+    }
+    init_logging(&config);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}"), 1),
+    };
+    match runtime.block_on(serve_async(config, sources.file, generated)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "herald stopped with an error");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Fills in secrets a config-less development node needs; returns what it made.
+fn fill_development_secrets(config: &mut Config) -> Vec<(&'static str, String)> {
+    let mut generated = Vec::new();
+    let client = &mut config.client;
+    let has_key = client.token_hmac_secret.is_some()
+        || client.token_rsa_public_key.is_some()
+        || client.token_ecdsa_public_key.is_some();
+    if !has_key && !client.allow_anonymous {
+        let secret = config::template::random_secret();
+        client.token_hmac_secret = Some(Secret::new(secret.clone()));
+        generated.push(("client.token_hmac_secret", secret));
+    }
+    if config.api.key.is_none() && !config.api.insecure {
+        let key = config::template::random_secret();
+        config.api.key = Some(Secret::new(key.clone()));
+        generated.push(("api.key", key));
+    }
+    generated
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve_async(
+    config: Config,
+    file: Option<PathBuf>,
+    generated: Vec<(&'static str, String)>,
+) -> anyhow::Result<()> {
+    let bind = SocketAddr::new(config.http.address, config.http.port);
+    let listener = TcpListener::bind(bind).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {bind}: {e}; is another process using the port? choose one with --port")
+    })?;
+    let local = listener.local_addr()?;
+    let engine = match &config.engine {
+        config::EngineConfig::Memory => "memory",
+    };
+    let node = Node::build(config).await?;
+    tracing::info!(
+        address = %local,
+        engine,
+        version = env!("CARGO_PKG_VERSION"),
+        "herald listening: WebSocket ws://{local}{CENTRIFUGE_PATH}, server API http://{local}/api/<method>"
+    );
+    match file {
+        Some(file) => {
+            tracing::info!(config = %file.display(), "mint a token: herald token --user 42 --config {}", file.display())
+        }
+        None => {
+            for (setting, value) in &generated {
+                tracing::warn!(setting, value = %value, "no config file: generated for this run only; `herald config init` writes a permanent config");
+            }
+            if let Some((_, secret)) = generated
+                .iter()
+                .find(|(s, _)| *s == "client.token_hmac_secret")
+            {
+                tracing::info!("mint a token: herald token --user 42 --secret {secret}");
+            }
+        }
+    }
+    node.run(listener, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+}
+
+fn config_init(path: &Path, force: bool) -> ExitCode {
+    if path.exists() && !force {
+        return fail(
+            format!("{} exists; pass --force to overwrite it", path.display()),
+            2,
+        );
+    }
+    if let Err(e) = std::fs::write(path, config::starter_config()) {
+        return fail(format!("cannot write {}: {e}", path.display()), 1);
+    }
+    let _ = writeln!(
+        std::io::stdout(),
+        "wrote {} with fresh secrets; run `herald serve` next to it, or `herald serve --config {}`",
+        path.display(),
+        path.display()
+    );
+    ExitCode::SUCCESS
+}
+
+fn config_check(path: &Path) -> ExitCode {
+    let sources = Sources {
+        file: Some(path.to_owned()),
+        ..Sources::default()
+    };
+    let problems = match config::load(&sources) {
+        Ok(config) => config.missing_secrets(),
+        Err(errors) => errors.0,
+    };
+    if problems.is_empty() {
+        let _ = writeln!(std::io::stdout(), "{}: ok", path.display());
+        ExitCode::SUCCESS
+    } else {
+        fail(config::ConfigErrors(problems), 2)
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let secret = match args.secret.clone() {
+        Some(secret) => secret,
+        None => {
+            let loaded = sources(&args.config, Vec::new())
+                .map_err(|e| e.to_string())
+                .and_then(|s| config::load(&s).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(config) => match config.client.token_hmac_secret {
+                    Some(secret) => secret.expose().to_owned(),
+                    None => {
+                        return fail(
+                            "no client.token_hmac_secret configured: pass --secret, or --config with a file from `herald config init`",
+                            2,
+                        )
+                    }
+                },
+                Err(e) => return fail(e, 2),
+            }
+        }
+    };
+    let info = match args
+        .info
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+        .transpose()
+    {
+        Ok(info) => info,
+        Err(e) => return fail(format!("--info is not JSON: {e}"), 2),
+    };
+    let ttl = args.ttl.as_secs();
+    let exp = (ttl > 0).then(|| auth::unix_now() + ttl);
+    let minter = TokenMinter::hmac(&secret);
+    let token = match args.channel {
+        Some(channel) => minter.sign(&SubscribeClaims {
+            sub: args.user,
+            channel,
+            exp,
+            info,
+        }),
+        None => minter.sign(&ConnectClaims {
+            sub: args.user,
+            exp,
+            info,
+            channels: args.subscribe,
+        }),
+    };
+    let _ = writeln!(std::io::stdout(), "{token}");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,213 @@
+//! Loading: file, then environment, then flags; then every problem at once.
+//!
+//! Layers are merged as TOML tables before anything is typed, so an
+//! environment variable or flag can set any setting the file can:
+//! `HERALD_CLIENT__PING_INTERVAL=10s` and `--set client.ping_interval=10s`
+//! both set `[client] ping_interval`. Values are read as TOML (`9000`,
+//! `true`, `["a"]`) and fall back to plain strings (`10s`).
+//!
+//! Each top-level section is typed separately, and a bad key is reported and
+//! set aside before the section is typed again, so one run lists every
+//! problem instead of stopping at the first.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use super::{Config, EngineConfig};
+
+/// The prefix of environment variables that configure Herald.
+pub const ENV_PREFIX: &str = "HERALD_";
+/// Names the config file; not a setting itself.
+pub const ENV_CONFIG_FILE: &str = "HERALD_CONFIG";
+
+/// Where configuration comes from, lowest precedence first.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// A TOML file.
+    pub file: Option<PathBuf>,
+    /// Environment variables, as `(name, value)`; only `HERALD_*` are used.
+    pub env: Vec<(String, String)>,
+    /// Flags, as `(dotted.path, value)`.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The process environment's `HERALD_*` variables.
+    pub fn process_env() -> Vec<(String, String)> {
+        std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect()
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} problem{} in the configuration:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Loads and validates a configuration from its sources.
+pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+    let mut table = match &sources.file {
+        Some(path) => read_file(path)?,
+        None => Table::new(),
+    };
+    let mut errors = Vec::new();
+    for (name, value) in &sources.env {
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if name == ENV_CONFIG_FILE || key.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = key.to_lowercase().split("__").map(str::to_owned).collect();
+        if let Err(e) = set_path(&mut table, &path, parse_value(value)) {
+            errors.push(format!("environment variable {name}: {e}"));
+        }
+    }
+    for (dotted, value) in &sources.overrides {
+        let path: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+        if let Err(e) = set_path(&mut table, &path, parse_value(value)) {
+            errors.push(format!("flag setting {dotted}: {e}"));
+        }
+    }
+
+    let config = Config {
+        http: section(&mut table, "http", &mut errors),
+        engine: section::<EngineConfig>(&mut table, "engine", &mut errors),
+        client: section(&mut table, "client", &mut errors),
+        api: section(&mut table, "api", &mut errors),
+        channel: section(&mut table, "channel", &mut errors),
+        log: section(&mut table, "log", &mut errors),
+    };
+    for unknown in table.keys() {
+        errors.push(format!(
+            "{unknown}: unknown section; expected one of http, engine, client, api, channel, log"
+        ));
+    }
+    errors.extend(config.validate());
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn read_file(path: &Path) -> Result<Table, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![format!(
+            "cannot read {}: {e}; write a starter file with `herald config init`",
+            path.display()
+        )])
+    })?;
+    text.parse::<Table>().map_err(|e| {
+        ConfigErrors(vec![format!(
+            "{} is not valid TOML: {}",
+            path.display(),
+            e.to_string().trim()
+        )])
+    })
+}
+
+/// Reads a flag or environment value as TOML, falling back to a string.
+fn parse_value(raw: &str) -> Value {
+    match format!("v = {raw}").parse::<Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.to_owned())),
+        Err(_) => Value::String(raw.to_owned()),
+    }
+}
+
+fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty setting name")?;
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{key}` is not a table"))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Types one section; on failure records the problem, sets the bad key
+/// aside and tries again, so every bad key of the section is reported.
+fn section<T: DeserializeOwned + Default>(
+    table: &mut Table,
+    name: &str,
+    errors: &mut Vec<String>,
+) -> T {
+    let Some(mut value) = table.remove(name) else {
+        return T::default();
+    };
+    // Each retry removes one key, so this ends; the bound is a backstop.
+    for _ in 0..256 {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(typed) => return typed,
+            Err(e) => {
+                let path = e.path().to_string();
+                let message = e.inner().to_string();
+                let unknown = unknown_field(&message);
+                let shown = match (&unknown, path.as_str()) {
+                    (Some(field), ".") => format!("{name}.{field}"),
+                    (Some(field), p) if !p.ends_with(field.as_str()) => {
+                        format!("{name}.{p}.{field}")
+                    }
+                    (_, ".") => name.to_owned(),
+                    (_, p) => format!("{name}.{p}"),
+                };
+                errors.push(format!("{shown}: {message}"));
+                let mut keys: Vec<String> = shown.split('.').skip(1).map(str::to_owned).collect();
+                if keys.is_empty() || !remove_path(&mut value, &mut keys) {
+                    return T::default();
+                }
+            }
+        }
+    }
+    T::default()
+}
+
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+fn remove_path(value: &mut Value, keys: &mut Vec<String>) -> bool {
+    let Some(last) = keys.pop() else { return false };
+    let mut current = value;
+    for key in keys.iter() {
+        match current.as_table_mut().and_then(|t| t.get_mut(key)) {
+            Some(next) => current = next,
+            None => return false,
+        }
+    }
+    current
+        .as_table_mut()
+        .and_then(|t| t.remove(&last))
+        .is_some()
+}
+
+#[cfg(test)]
+mod tests;

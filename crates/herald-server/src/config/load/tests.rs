@@ -1,0 +1,155 @@
+use std::io::Write;
+
+use super::*;
+use crate::config::LogFormat;
+
+fn file(text: &str) -> tempfile_like::TempFile {
+    tempfile_like::TempFile::with(text)
+}
+
+/// A file in the target's temp dir, removed on drop.
+mod tempfile_like {
+    use super::Write;
+    use std::path::PathBuf;
+
+    pub struct TempFile(pub PathBuf);
+
+    impl TempFile {
+        pub fn with(text: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "herald-config-test-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::File::create(&path)
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn sources(
+    file: Option<&tempfile_like::TempFile>,
+    env: &[(&str, &str)],
+    flags: &[(&str, &str)],
+) -> Sources {
+    Sources {
+        file: file.map(|f| f.0.clone()),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        overrides: flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+#[test]
+fn no_sources_give_the_defaults() {
+    let config = load(&Sources::default()).unwrap();
+    assert_eq!(config.http.port, 8000);
+    assert_eq!(
+        config.client.ping_interval,
+        std::time::Duration::from_secs(25)
+    );
+}
+
+#[test]
+fn flags_override_env_which_overrides_the_file() {
+    let f =
+        file("[http]\nport = 1000\n[client]\nping_interval = \"30s\"\n[log]\nformat = \"json\"\n");
+    let env = [
+        ("HERALD_HTTP__PORT", "2000"),
+        ("HERALD_CLIENT__PING_INTERVAL", "20s"),
+        ("HERALD_CONFIG", "x"),
+    ];
+    let config = load(&sources(Some(&f), &env, &[("http.port", "3000")])).unwrap();
+    assert_eq!(config.http.port, 3000);
+    assert_eq!(
+        config.client.ping_interval,
+        std::time::Duration::from_secs(20)
+    );
+    assert_eq!(config.log.format, LogFormat::Json);
+}
+
+#[test]
+fn numeric_secrets_from_the_environment_stay_secrets() {
+    let config = load(&sources(None, &[("HERALD_API__KEY", "1234")], &[])).unwrap();
+    assert_eq!(config.api.key.unwrap().expose(), "1234");
+}
+
+#[test]
+fn the_starter_config_is_valid_and_complete() {
+    let f = file(&crate::config::starter_config());
+    let config = load(&sources(Some(&f), &[], &[])).unwrap();
+    assert!(config.missing_secrets().is_empty());
+    assert!(config.channel.namespaces.contains_key("chat"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let f = file(
+        r#"
+[http]
+port = "eighty"
+colour = "blue"
+
+[client]
+ping_interval = "soon"
+pong_timeout = "1h"
+token_rsa_public_key = "/nonexistent.pem"
+
+[channel.namespaces."bad:name"]
+subscribe = "everyone"
+
+[mystery]
+x = 1
+"#,
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    let expect = [
+        "http.port",
+        "http.colour",
+        "client.ping_interval",
+        "channel.namespaces.bad:name.subscribe",
+        "mystery",
+        "client.token_rsa_public_key",
+    ];
+    for key in expect {
+        assert!(
+            errors.iter().any(|e| e.starts_with(key)),
+            "no problem reported for {key}: {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_file_says_how_to_make_one() {
+    let missing = Sources {
+        file: Some("/nonexistent/herald.toml".into()),
+        ..Default::default()
+    };
+    let errors = load(&missing).unwrap_err().0;
+    assert!(errors[0].contains("herald config init"), "{errors:?}");
+}
+
+#[test]
+fn missing_secrets_are_named() {
+    let config = load(&Sources::default()).unwrap();
+    let missing = config.missing_secrets();
+    assert_eq!(missing.len(), 2, "{missing:#?}");
+    assert!(missing[0].contains("token_hmac_secret"));
+    assert!(missing[1].contains("api.key"));
+}

@@ -1,0 +1,217 @@
+//! Herald's configuration: one typed tree, loaded from a TOML file, then
+//! `HERALD_*` environment variables, then command-line flags, each layer
+//! overriding the one before (see [`load`]).
+//!
+//! The doc comments on these structs are the user documentation of each
+//! setting; `herald config init` writes a commented starter file.
+
+mod load;
+pub mod template;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use herald_core::NamespaceOptions;
+
+pub use load::{load, ConfigErrors, Sources};
+pub use template::starter_config;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where Herald listens.
+    pub http: HttpConfig,
+    /// Where cross-node state and broadcast live.
+    pub engine: EngineConfig,
+    /// Client connections: authentication, heartbeats, limits.
+    pub client: ClientConfig,
+    /// The server HTTP API.
+    pub api: ApiConfig,
+    /// Channel namespaces and their permissions.
+    pub channel: ChannelConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The HTTP listener (WebSocket endpoint, server API, health).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The address to bind, `0.0.0.0` for every interface.
+    pub address: IpAddr,
+    /// The TCP port; 0 picks a free one.
+    pub port: u16,
+    /// How long a shutdown waits for connections to close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            address: IpAddr::from([0, 0, 0, 0]),
+            port: 8000,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The engine: `type = "memory"` (one node, the default).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EngineConfig {
+    /// Everything in this process; a single node.
+    #[default]
+    Memory,
+}
+
+/// Client connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Secret for HS256/HS384/HS512 connection and subscription tokens.
+    pub token_hmac_secret: Option<Secret>,
+    /// Public key (PEM text, or a path to a PEM file) for RS256/RS384/RS512 tokens.
+    pub token_rsa_public_key: Option<String>,
+    /// Public key (PEM text, or a path to a PEM file) for ES256/ES384 tokens.
+    pub token_ecdsa_public_key: Option<String>,
+    /// When set, tokens must carry this `aud` claim.
+    pub token_audience: Option<String>,
+    /// When set, tokens must carry this `iss` claim.
+    pub token_issuer: Option<String>,
+    /// Accept connections without a token, as anonymous users.
+    pub allow_anonymous: bool,
+    /// How often the server pings each connection.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long a client may take to answer a ping before it is disconnected (3012).
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// How long a new connection may take to send its connect command (else 3502).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Grace after a connection token expires before the connection is closed (3005).
+    #[serde(with = "humantime_serde")]
+    pub expired_close_delay: Duration,
+    /// Grace after a subscription token expires before the subscription ends (2501).
+    #[serde(with = "humantime_serde")]
+    pub expired_sub_close_delay: Duration,
+    /// The largest WebSocket message a client may send, in bytes (else close 1009).
+    pub max_message_size: usize,
+    /// Bytes that may wait in one connection's outbound queue before it is
+    /// disconnected as slow (3008).
+    pub queue_max_bytes: usize,
+    /// How many channels one connection may be subscribed to (0 = no limit).
+    pub max_channels: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            token_hmac_secret: None,
+            token_rsa_public_key: None,
+            token_ecdsa_public_key: None,
+            token_audience: None,
+            token_issuer: None,
+            allow_anonymous: false,
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            connect_timeout: Duration::from_secs(10),
+            expired_close_delay: Duration::from_secs(25),
+            expired_sub_close_delay: Duration::from_secs(25),
+            max_message_size: 64 * 1024,
+            queue_max_bytes: 1024 * 1024,
+            max_channels: 128,
+        }
+    }
+}
+
+/// The server HTTP API (`POST /api/<method>`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The key callers send in `X-API-Key` (or `Authorization: apikey <key>`).
+    pub key: Option<Secret>,
+    /// Serve the API without a key. Only behind a trusted network boundary.
+    pub insecure: bool,
+}
+
+/// Channel namespaces.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// Options for channels without a namespace (`news`).
+    pub without_namespace: NamespaceOptions,
+    /// Options per namespace: `[channel.namespaces.chat]` governs `chat:*`.
+    /// A channel whose namespace is not listed here is unknown (error 102).
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, such as `info` or `herald_server=debug,info`.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A secret string: never printed by `Debug`, accepted from TOML strings or
+/// numbers (an env var `HERALD_API__KEY=1234` is still a key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Integer(i64),
+        }
+        Ok(match Raw::deserialize(deserializer)? {
+            Raw::Text(s) => Secret(s),
+            Raw::Integer(n) => Secret(n.to_string()),
+        })
+    }
+}

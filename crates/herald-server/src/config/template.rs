@@ -1,0 +1,91 @@
+//! The starter configuration `herald config init` writes.
+
+use rand::Rng;
+
+/// A commented configuration with freshly generated secrets.
+pub fn starter_config() -> String {
+    TEMPLATE
+        .replace("{token_secret}", &random_secret())
+        .replace("{api_key}", &random_secret())
+}
+
+/// 32 random bytes, hex-encoded.
+pub fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const TEMPLATE: &str = r#"# Herald configuration. Every setting can also be given as an environment
+# variable (HERALD_<SECTION>__<KEY>, e.g. HERALD_HTTP__PORT=9000) or a flag
+# (herald serve --set http.port=9000); flags win over variables, which win
+# over this file. `herald config check herald.toml` lists every problem.
+
+[http]
+# Address and port for WebSockets (/connection/websocket), the server API
+# (/api/<method>) and /health.
+address = "0.0.0.0"
+port = 8000
+# How long a shutdown waits for connections to close.
+shutdown_timeout = "10s"
+
+[engine]
+# "memory": a single node, nothing to set up.
+type = "memory"
+
+[client]
+# Connection and subscription tokens are JWTs signed with this secret
+# (HS256). Mint one for testing with `herald token --user 42`.
+token_hmac_secret = "{token_secret}"
+# Or verify RS256 / ES256 tokens with a public key (PEM text or file path):
+# token_rsa_public_key = "/etc/herald/jwt-rsa.pem"
+# token_ecdsa_public_key = "/etc/herald/jwt-ec.pem"
+# token_audience = "my-app"
+# token_issuer = "https://auth.example.com"
+# Accept connections without a token, as anonymous users.
+allow_anonymous = false
+# Server pings every ping_interval; a client that does not answer within
+# pong_timeout is disconnected (code 3012).
+ping_interval = "25s"
+pong_timeout = "8s"
+# A connection must send its connect command within this time (code 3502).
+connect_timeout = "10s"
+# Grace after a token expires before the connection (3005) or the
+# subscription (2501) is ended.
+expired_close_delay = "25s"
+expired_sub_close_delay = "25s"
+# Largest message a client may send, in bytes (larger: close code 1009).
+max_message_size = 65536
+# Outbound bytes that may queue for one connection before it is
+# disconnected as slow (code 3008) and told to reconnect and recover.
+queue_max_bytes = 1048576
+# Channels per connection (0 = no limit).
+max_channels = 128
+
+[api]
+# Send as `X-API-Key: <key>` or `Authorization: apikey <key>`.
+key = "{api_key}"
+
+# Channels without a namespace, such as "news".
+[channel.without_namespace]
+# Who may subscribe without a subscription token:
+# "token" (private), "authenticated" (any connection with a token), "anyone".
+subscribe = "authenticated"
+# Who may publish from a client: "api" (nobody), "subscribers", "clients".
+publish = "api"
+# "dialog#42,43" is open only to users 42 and 43.
+user_limited = true
+# Largest publication accepted, in bytes.
+max_message_size = 65536
+
+# A namespace: these options govern every channel "chat:<anything>".
+[channel.namespaces.chat]
+subscribe = "authenticated"
+publish = "subscribers"
+max_channels_per_connection = 16
+
+[log]
+# A tracing filter: "info", "debug", "herald_server=debug,info", ...
+level = "info"
+# "text" or "json".
+format = "text"
+"#;

@@ -1,0 +1,78 @@
+//! Checks that a typed configuration makes sense as a whole. Every check
+//! adds to one list, and each message says what to change.
+
+use std::time::Duration;
+
+use super::Config;
+use crate::auth::TokenVerifier;
+
+impl Config {
+    /// Problems with values that typed correctly but cannot work together.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let client = &self.client;
+        if client.ping_interval < Duration::from_secs(1) {
+            problems.push("client.ping_interval: must be at least 1s".to_owned());
+        }
+        if client.pong_timeout.is_zero() || client.pong_timeout >= client.ping_interval {
+            problems.push(format!(
+                "client.pong_timeout: must be above zero and below client.ping_interval ({})",
+                humantime::format_duration(client.ping_interval)
+            ));
+        }
+        if client.connect_timeout.is_zero() {
+            problems.push("client.connect_timeout: must be above zero".to_owned());
+        }
+        if client.max_message_size < 256 {
+            problems.push("client.max_message_size: must be at least 256 bytes".to_owned());
+        }
+        if client.queue_max_bytes < 1024 {
+            problems.push("client.queue_max_bytes: must be at least 1024 bytes".to_owned());
+        }
+        if let Err(key_problems) = TokenVerifier::from_config(client) {
+            problems.extend(key_problems);
+        }
+        for name in self.channel.namespaces.keys() {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !valid {
+                problems.push(format!(
+                    "channel.namespaces.{name}: a namespace name uses only letters, digits, `_`, `-` and `.`"
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!(
+                "log.level: `{}` is not a valid filter: {e}",
+                self.log.level
+            ));
+        }
+        problems
+    }
+
+    /// Secrets a serving node needs and this configuration lacks.
+    pub fn missing_secrets(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let client = &self.client;
+        let has_key = client.token_hmac_secret.is_some()
+            || client.token_rsa_public_key.is_some()
+            || client.token_ecdsa_public_key.is_some();
+        if !has_key && !client.allow_anonymous {
+            problems.push(
+                "client: no way to verify connection tokens; set client.token_hmac_secret \
+                 (or token_rsa_public_key / token_ecdsa_public_key), or allow_anonymous = true"
+                    .to_owned(),
+            );
+        }
+        if self.api.key.is_none() && !self.api.insecure {
+            problems.push(
+                "api.key: the server API needs a key; set api.key (or api.insecure = true \
+                 behind a trusted network boundary)"
+                    .to_owned(),
+            );
+        }
+        problems
+    }
+}

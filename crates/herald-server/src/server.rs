@@ -1,0 +1,227 @@
+//! Assembling and running a node: engine, hub, front-end, API, listener.
+//!
+//! [`run`] takes a bound listener and a shutdown future, so the caller owns
+//! the socket and the trigger (tests bind `127.0.0.1:0`; the binary binds the
+//! configured address and waits for SIGINT/SIGTERM). On shutdown the node
+//! stops accepting, tells every client to reconnect elsewhere (3001), waits
+//! for the connections to close (bounded by `http.shutdown_timeout`) and
+//! returns.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use herald_core::{ChannelRules, Hub, HubConfig};
+use herald_engine::{DisconnectReason, Engine, Health, MemoryEngine, NodeId};
+
+use crate::api::{self, ApiState};
+use crate::auth::TokenVerifier;
+use crate::centrifuge::{self, CentrifugeEncoder, SessionSettings, Shared};
+use crate::config::{Config, EngineConfig};
+use crate::listener::BackoffListener;
+use crate::transport::WsTransport;
+
+/// The WebSocket endpoint of the Centrifuge protocol.
+pub const CENTRIFUGE_PATH: &str = "/connection/websocket";
+
+/// Counts live sessions so shutdown can wait for them.
+#[derive(Debug, Default)]
+struct SessionTracker {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+struct SessionGuard(Arc<SessionTracker>);
+
+impl SessionTracker {
+    fn enter(self: &Arc<Self>) -> SessionGuard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        SessionGuard(self.clone())
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    tracker: Arc<SessionTracker>,
+    max_message_size: usize,
+}
+
+/// A node assembled from its configuration, not yet serving.
+#[derive(Debug)]
+pub struct Node {
+    pub hub: Arc<Hub>,
+    shared: Arc<Shared>,
+    api: Arc<ApiState>,
+    shutdown: watch::Sender<bool>,
+    config: Config,
+}
+
+impl Node {
+    /// Builds the engine, hub and front-ends. Fails loudly; never falls back.
+    pub async fn build(config: Config) -> anyhow::Result<Node> {
+        let engine: Arc<dyn Engine> = match &config.engine {
+            EngineConfig::Memory => Arc::new(MemoryEngine::new()),
+        };
+        let node_id = NodeId::from(uuid::Uuid::new_v4().to_string());
+        let rules = ChannelRules::new(
+            config.channel.without_namespace.clone(),
+            config.channel.namespaces.clone(),
+        );
+        let hub = Hub::new(
+            HubConfig {
+                node: node_id,
+                rules,
+                max_channels_per_connection: config.client.max_channels,
+            },
+            engine,
+        );
+        hub.start().await.context("starting the engine")?;
+
+        let verifier = TokenVerifier::from_config(&config.client)
+            .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+        let client = &config.client;
+        let settings = SessionSettings {
+            ping_interval: client.ping_interval,
+            pong_timeout: client.pong_timeout,
+            connect_timeout: client.connect_timeout,
+            expired_close_delay: client.expired_close_delay,
+            expired_sub_close_delay: client.expired_sub_close_delay,
+            queue_max_bytes: client.queue_max_bytes,
+            allow_anonymous: client.allow_anonymous,
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            hub: hub.clone(),
+            verifier,
+            settings,
+            encoder: Arc::new(CentrifugeEncoder),
+            shutdown: shutdown_rx,
+        });
+        let api_key = if config.api.insecure {
+            None
+        } else {
+            config.api.key.clone()
+        };
+        let api = Arc::new(ApiState {
+            hub: hub.clone(),
+            key: api_key,
+            started: Instant::now(),
+        });
+        Ok(Node {
+            hub,
+            shared,
+            api,
+            shutdown,
+            config,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let tracker = Arc::new(SessionTracker::default());
+        let state = AppState {
+            shared: self.shared.clone(),
+            tracker: tracker.clone(),
+            max_message_size: self.config.client.max_message_size,
+        };
+        let app = router(state, self.api.clone());
+        let hub = self.hub.clone();
+        let stop = self.shutdown.clone();
+        let graceful = async move {
+            shutdown.await;
+            tracing::info!(
+                "shutting down: closing connections with code 3001 (reconnect elsewhere)"
+            );
+            let _ = stop.send(true);
+            hub.close_all(DisconnectReason::Shutdown);
+        };
+        axum::serve(BackoffListener::new(listener), app)
+            .with_graceful_shutdown(graceful)
+            .await
+            .context("serving HTTP")?;
+
+        let timeout = self.config.http.shutdown_timeout;
+        if tokio::time::timeout(timeout, tracker.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tracker.live.load(Ordering::Acquire),
+                "connections still open after http.shutdown_timeout; exiting anyway"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn router(state: AppState, api: Arc<ApiState>) -> Router {
+    let api_routes = Router::new()
+        .route("/api/{method}", post(api::handle))
+        .with_state(api);
+    Router::new()
+        .route(CENTRIFUGE_PATH, get(centrifuge_websocket))
+        .route("/health", get(health))
+        .with_state(state)
+        .merge(api_routes)
+}
+
+async fn centrifuge_websocket(
+    State(state): State<AppState>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let guard = state.tracker.enter();
+    upgrade
+        .max_message_size(state.max_message_size)
+        .max_frame_size(state.max_message_size)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            let _guard = guard;
+            centrifuge::session::run(WsTransport(socket), state.shared).await;
+        })
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.shared.hub.engine().health().await {
+        Health::Ready => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Health::NotReady { reason } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not ready", "reason": reason})),
+        )
+            .into_response(),
+    }
+}

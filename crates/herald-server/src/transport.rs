@@ -1,0 +1,121 @@
+//! The transport seam: what a protocol session needs from a socket.
+//!
+//! Sessions are generic over [`Transport`], so protocol state machines are
+//! tested over in-memory channels and served over WebSockets by the same
+//! code. WebSocket pings and pongs are answered below this seam.
+
+use std::future::Future;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+
+/// Something a client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A text message (a whole message, however it was fragmented).
+    Text(Bytes),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+/// Why a transport stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The client sent a message above the configured size limit.
+    #[error("message too large")]
+    TooLarge,
+    /// The connection broke.
+    #[error("transport failed: {0}")]
+    Broken(String),
+}
+
+/// A bidirectional message transport.
+pub trait Transport: Send {
+    /// The next message, or `None` once the client closed. Cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Inbound>, TransportError>> + Send;
+
+    /// Sends one text message.
+    fn send_text(&mut self, text: Bytes)
+        -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Closes with a code and reason; errors are moot at this point.
+    fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
+}
+
+/// A WebSocket accepted by axum.
+#[derive(Debug)]
+pub struct WsTransport(pub WebSocket);
+
+impl Transport for WsTransport {
+    async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
+        loop {
+            return match self.0.recv().await {
+                None | Some(Ok(Message::Close(_))) => Ok(None),
+                Some(Ok(Message::Text(text))) => Ok(Some(Inbound::Text(Bytes::from(text)))),
+                Some(Ok(Message::Binary(bytes))) => Ok(Some(Inbound::Binary(bytes))),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Err(e)) => Err(classify(e)),
+            };
+        }
+    }
+
+    async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
+        let text = axum::extract::ws::Utf8Bytes::try_from(text)
+            .map_err(|_| TransportError::Broken("outgoing frame is not UTF-8".into()))?;
+        self.0.send(Message::Text(text)).await.map_err(classify)
+    }
+
+    async fn close(&mut self, code: u16, reason: String) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = self.0.send(Message::Close(Some(frame))).await;
+    }
+}
+
+fn classify(error: axum::Error) -> TransportError {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => TransportError::TooLarge,
+        _ => TransportError::Broken(inner.to_string()),
+    }
+}
+
+/// An in-memory transport for tests: what the "client" sends arrives through
+/// `inbound`, what the session sends leaves through `outbound`.
+#[cfg(test)]
+pub mod memory {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    /// What the session did, as seen by the test's client.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Sent {
+        Text(String),
+        Close(u16, String),
+    }
+
+    #[derive(Debug)]
+    pub struct MemoryTransport {
+        pub inbound: mpsc::UnboundedReceiver<Result<Inbound, TransportError>>,
+        pub outbound: mpsc::UnboundedSender<Sent>,
+    }
+
+    impl Transport for MemoryTransport {
+        async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
+            self.inbound.recv().await.transpose()
+        }
+
+        async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
+            let text = String::from_utf8(text.to_vec()).expect("frames are UTF-8");
+            self.outbound
+                .send(Sent::Text(text))
+                .map_err(|_| TransportError::Broken("closed".into()))
+        }
+
+        async fn close(&mut self, code: u16, reason: String) {
+            let _ = self.outbound.send(Sent::Close(code, reason));
+        }
+    }
+}

@@ -183,6 +183,17 @@ impl Outbox {
         }
     }
 
+    /// Waits until the outbox is closed. Used to abandon a write that a
+    /// client stopped reading once the backlog behind it overflows.
+    pub async fn closed(&self) {
+        loop {
+            if self.is_closed() {
+                return;
+            }
+            self.ready.notified().await;
+        }
+    }
+
     /// Takes everything queued, leaving an empty outbox without allocation.
     pub fn drain(&self) -> Drained {
         let mut state = self.state();

@@ -116,6 +116,7 @@ impl Node {
             expired_close_delay: client.expired_close_delay,
             expired_sub_close_delay: client.expired_sub_close_delay,
             queue_max_bytes: client.queue_max_bytes,
+            write_timeout: client.write_timeout,
             allow_anonymous: client.allow_anonymous,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);

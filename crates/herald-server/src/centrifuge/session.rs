@@ -39,6 +39,7 @@ pub struct SessionSettings {
     pub expired_close_delay: Duration,
     pub expired_sub_close_delay: Duration,
     pub queue_max_bytes: usize,
+    pub write_timeout: Duration,
     pub allow_anonymous: bool,
 }
 
@@ -77,7 +78,9 @@ pub async fn run<T: Transport>(mut transport: T, shared: Arc<Shared>) {
     let reason = session.serve(&mut transport).await;
     if let Some(reason) = &reason {
         let (code, text) = codes::disconnect_code(reason);
-        transport.close(code, text).await;
+        // A client that stopped reading may never take the close frame.
+        let _ =
+            tokio::time::timeout(shared.settings.write_timeout, transport.close(code, text)).await;
     }
     if let Some(conn) = session.conn.take() {
         tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
@@ -253,7 +256,21 @@ impl Session {
         if frame.is_empty() {
             return Ok(());
         }
-        transport.send_text(frame.freeze()).await.map_err(|_| None)
+        self.write(transport, frame.freeze()).await
+    }
+
+    /// Sends one frame, giving up when the client stops reading: when the
+    /// outbox overflows behind the blocked write, or after the write timeout.
+    async fn write<T: Transport>(
+        &self,
+        transport: &mut T,
+        frame: Bytes,
+    ) -> Result<(), Option<DisconnectReason>> {
+        tokio::select! {
+            sent = transport.send_text(frame) => sent.map_err(|_| None),
+            _ = self.outbox.closed() => Err(Some(DisconnectReason::Slow)),
+            _ = tokio::time::sleep(self.shared.settings.write_timeout) => Err(Some(DisconnectReason::Slow)),
+        }
     }
 
     async fn on_timer<T: Transport>(

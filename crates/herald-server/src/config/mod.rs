@@ -107,6 +107,10 @@ pub struct ClientConfig {
     /// Bytes that may wait in one connection's outbound queue before it is
     /// disconnected as slow (3008).
     pub queue_max_bytes: usize,
+    /// How long one write to a client may block before the client is
+    /// disconnected as slow (3008).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// How many channels one connection may be subscribed to (0 = no limit).
     pub max_channels: usize,
 }
@@ -127,6 +131,7 @@ impl Default for ClientConfig {
             expired_sub_close_delay: Duration::from_secs(25),
             max_message_size: 64 * 1024,
             queue_max_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
             max_channels: 128,
         }
     }

@@ -58,6 +58,9 @@ max_message_size = 65536
 # Outbound bytes that may queue for one connection before it is
 # disconnected as slow (code 3008) and told to reconnect and recover.
 queue_max_bytes = 1048576
+# A write that blocks this long (the client stopped reading) disconnects the
+# client as slow (code 3008).
+write_timeout = "10s"
 # Channels per connection (0 = no limit).
 max_channels = 128
 

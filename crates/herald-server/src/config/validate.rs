@@ -29,6 +29,9 @@ impl Config {
         if client.queue_max_bytes < 1024 {
             problems.push("client.queue_max_bytes: must be at least 1024 bytes".to_owned());
         }
+        if client.write_timeout.is_zero() {
+            problems.push("client.write_timeout: must be above zero".to_owned());
+        }
         if let Err(key_problems) = TokenVerifier::from_config(client) {
             problems.extend(key_problems);
         }

@@ -623,6 +623,3 @@ async fn closing(shutdown: &mut watch::Receiver<bool>) {
 fn parse_channel(name: &str) -> Result<ChannelName, Failure> {
     ChannelName::new(name).map_err(|e| Failure::Reply(ClientError::BadRequest(e.to_string())))
 }
-
-#[cfg(test)]
-mod tests;

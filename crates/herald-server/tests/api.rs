@@ -1,0 +1,209 @@
+//! The server HTTP API: every method, against real connections.
+
+mod support;
+
+use serde_json::json;
+use support::TestServer;
+
+#[tokio::test]
+async fn broadcast_publishes_into_every_listed_channel_and_reports_each() {
+    let server = TestServer::start().await;
+    let mut a = server.connected("a").await;
+    let mut b = server.connected("b").await;
+    a.subscribe("room1").await;
+    b.subscribe("room2").await;
+    let (status, reply) = server
+        .api(
+            "broadcast",
+            json!({"channels": ["room1", "room2", "nope:x"], "data": {"all": true}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        reply["result"]["responses"],
+        json!([{"result": {}}, {"result": {}}, {"error": {"code": 102, "message": "unknown channel"}}])
+    );
+    assert_eq!(a.next_push().await["pub"]["data"], json!({"all": true}));
+    assert_eq!(b.next_push().await["pub"]["data"], json!({"all": true}));
+}
+
+#[tokio::test]
+async fn batch_runs_each_command_and_replies_in_order() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("a").await;
+    client.subscribe("news").await;
+    let (status, reply) = server
+        .api(
+            "batch",
+            json!({"commands": [
+                {"publish": {"channel": "news", "data": 1}},
+                {"publish": {"channel": "games:1", "data": 2}},
+                {"publish": {"channel": "news", "data": 3}},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["replies"][0], json!({"publish": {}}));
+    assert_eq!(reply["replies"][1]["error"]["code"], 102);
+    assert_eq!(reply["replies"][2], json!({"publish": {}}));
+    assert_eq!(client.next_push().await["pub"]["data"], 1);
+    assert_eq!(client.next_push().await["pub"]["data"], 3);
+}
+
+#[tokio::test]
+async fn pretty_printed_data_is_delivered_compact() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("a").await;
+    client.subscribe("news").await;
+    let body = "{\"channel\":\"news\",\"data\":{\n  \"text\": \"line one\\nline two\",\n  \"n\": [1,\n 2]\n}}";
+    let (status, _) = support::http_post(
+        server.addr,
+        "/api/publish",
+        &[("X-API-Key", support::API_KEY)],
+        body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let frame = client.next_frame().await.expect("a publication frame");
+    assert_eq!(
+        frame,
+        r#"{"push":{"channel":"news","pub":{"data":{"text":"line one\nline two","n":[1,2]}}}}"#
+    );
+}
+
+#[tokio::test]
+async fn channels_and_info_report_this_nodes_connections() {
+    let server = TestServer::start().await;
+    let mut a = server.connected("a").await;
+    let mut a2 = server.connected("a").await;
+    let mut b = server.connected("b").await;
+    a.subscribe("chat:1").await;
+    a2.subscribe("chat:1").await;
+    b.subscribe("news").await;
+
+    let (_, reply) = server.api("channels", json!({})).await;
+    assert_eq!(
+        reply["result"]["channels"],
+        json!({"chat:1": {"num_clients": 2}, "news": {"num_clients": 1}})
+    );
+    let (_, reply) = server.api("channels", json!({"pattern": "chat:*"})).await;
+    assert_eq!(
+        reply["result"]["channels"],
+        json!({"chat:1": {"num_clients": 2}})
+    );
+
+    let (_, reply) = server.api("info", json!({})).await;
+    let node = &reply["result"]["nodes"][0];
+    assert_eq!(
+        (node["num_clients"].as_u64(), node["num_users"].as_u64()),
+        (Some(3), Some(2)),
+        "{node}"
+    );
+    assert_eq!(
+        (node["num_channels"].as_u64(), node["num_subs"].as_u64()),
+        (Some(2), Some(3)),
+        "{node}"
+    );
+}
+
+#[tokio::test]
+async fn server_side_subscribe_and_unsubscribe_reach_every_connection_of_the_user() {
+    let server = TestServer::start().await;
+    let mut tab1 = server.connected("42").await;
+    let mut tab2 = server.connected("42").await;
+    let mut other = server.connected("43").await;
+    other.subscribe("sport").await;
+
+    let (status, _) = server
+        .api("subscribe", json!({"user": "42", "channel": "chat:vip"}))
+        .await;
+    assert_eq!(status, 200);
+    for tab in [&mut tab1, &mut tab2] {
+        assert_eq!(
+            tab.next_push().await,
+            json!({"channel": "chat:vip", "subscribe": {}})
+        );
+    }
+    server.publish("chat:vip", json!("for 42")).await;
+    for tab in [&mut tab1, &mut tab2] {
+        assert_eq!(tab.next_push().await["pub"]["data"], "for 42");
+    }
+
+    server
+        .api("unsubscribe", json!({"user": "42", "channel": "chat:vip"}))
+        .await;
+    for tab in [&mut tab1, &mut tab2] {
+        assert_eq!(
+            tab.next_push().await,
+            json!({"channel": "chat:vip", "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}})
+        );
+    }
+    server.publish("sport", json!("marker")).await;
+    assert_eq!(
+        other.next_push().await["pub"]["data"],
+        "marker",
+        "user 43 saw none of it"
+    );
+
+    let (_, reply) = server
+        .api("subscribe", json!({"user": "42", "channel": "games:1"}))
+        .await;
+    assert_eq!(reply["error"]["code"], 102);
+}
+
+#[tokio::test]
+async fn disconnect_closes_the_users_connections_with_the_given_or_default_code() {
+    let server = TestServer::start().await;
+    let mut first = server.connected("42").await;
+    let mut second = server.connected("42").await;
+    let mut bystander = server.connected("43").await;
+
+    let client_id = {
+        let reply = second
+            .command(json!({"id": 7, "refresh": {"token": server.token("42")}}))
+            .await;
+        reply["refresh"]["client"].as_str().unwrap().to_owned()
+    };
+    let (status, _) = server
+        .api("disconnect", json!({"user": "42", "client": client_id, "disconnect": {"code": 4000, "reason": "custom"}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(second.closed().await, (4000, "custom".to_owned()));
+    first.assert_alive().await;
+
+    server.api("disconnect", json!({"user": "42"})).await;
+    assert_eq!(first.closed().await.0, 3503);
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn refresh_through_the_api_expires_or_extends_connections() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("42").await;
+    let expire_at = herald_server::auth::unix_now() + 3600;
+    server
+        .api("refresh", json!({"user": "42", "expire_at": expire_at}))
+        .await;
+    let push = client.next_push().await;
+    assert_eq!(push["refresh"]["expires"], true, "{push}");
+
+    server
+        .api("refresh", json!({"user": "42", "expired": true}))
+        .await;
+    assert_eq!(client.closed().await.0, 3005);
+}
+
+#[tokio::test]
+async fn health_reports_ready() {
+    let server = TestServer::start().await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(r#"{"status":"ok"}"#), "{response}");
+}

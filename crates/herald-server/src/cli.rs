@@ -322,8 +322,8 @@ fn config_check(path: &Path) -> ExitCode {
         file: Some(path.to_owned()),
         ..Sources::default()
     };
-    let problems = match config::load(&sources) {
-        Ok(config) => config.missing_secrets(),
+    let problems = match config::load_for_serving(&sources) {
+        Ok(_) => Vec::new(),
         Err(errors) => errors.0,
     };
     if problems.is_empty() {

@@ -166,7 +166,7 @@ export async function startHerald(overrides = {}, { startTimeout = 15000 } = {})
     output += chunk;
   });
 
-  const port = await new Promise((resolve, reject) => {
+  const listening = new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(
@@ -196,6 +196,14 @@ export async function startHerald(overrides = {}, { startTimeout = 15000 } = {})
       );
     });
   });
+
+  let port;
+  try {
+    port = await listening;
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
 
   const base = `127.0.0.1:${port}`;
   const apiKey = config.api.key;

@@ -66,6 +66,30 @@ impl std::error::Error for ConfigErrors {}
 
 /// Loads and validates a configuration from its sources.
 pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+    let (config, errors) = load_collecting(sources)?;
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Loads a configuration for a node that will serve: every problem,
+/// including secrets it lacks, in one list.
+pub fn load_for_serving(sources: &Sources) -> Result<Config, ConfigErrors> {
+    let (config, mut errors) = load_collecting(sources)?;
+    errors.extend(config.missing_secrets());
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// The configuration as far as it could be read (bad settings replaced by
+/// their defaults), and every problem found. Fails outright only when the
+/// file cannot be read or parsed at all.
+fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErrors> {
     let mut table = match &sources.file {
         Some(path) => read_file(path)?,
         None => Table::new(),
@@ -104,11 +128,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         ));
     }
     errors.extend(config.validate());
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    Ok((config, errors))
 }
 
 fn read_file(path: &Path) -> Result<Table, ConfigErrors> {
@@ -168,7 +188,8 @@ fn section<T: DeserializeOwned + Default>(
             Ok(typed) => return typed,
             Err(e) => {
                 let path = e.path().to_string();
-                let message = e.inner().to_string();
+                let full = e.inner().to_string();
+                let message = full.lines().next().unwrap_or_default().to_owned();
                 let unknown = unknown_field(&message);
                 let shown = match (&unknown, path.as_str()) {
                     (Some(field), ".") => format!("{name}.{field}"),

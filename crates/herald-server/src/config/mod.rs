@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer};
 
 use herald_core::NamespaceOptions;
 
-pub use load::{load, ConfigErrors, Sources};
+pub use load::{load, load_for_serving, ConfigErrors, Sources};
 pub use template::starter_config;
 
 /// The whole configuration.

@@ -216,6 +216,16 @@ pub enum Seen {
 }
 
 impl Client {
+    /// Wraps a WebSocket opened elsewhere (for example to a spawned binary).
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Client {
+            ws,
+            next_id: 100,
+            pending: Default::default(),
+            held_pushes: Default::default(),
+        }
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }

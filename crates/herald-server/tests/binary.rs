@@ -1,0 +1,320 @@
+//! The real `herald` binary: its commands, signals and resource limits.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("herald-binary-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn herald(args: &[&str], dir: &Scratch) -> std::process::Output {
+    Command::new(HERALD)
+        .args(args)
+        .current_dir(&dir.0)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run herald")
+}
+
+/// A running `herald serve` and the address it announced.
+struct Served {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Served {
+    /// Starts `sh -c "<prefix> exec herald serve …"` and waits for the
+    /// listening line on stderr.
+    fn start(dir: &Scratch, shell_prefix: &str) -> Self {
+        let script = format!("{shell_prefix} exec '{HERALD}' serve --address 127.0.0.1 --port 0");
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(&dir.0)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herald");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("ws://") {
+                    let addr = line[at + 5..].split('/').next().unwrap().to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(support::PATIENCE)
+            .expect("herald announces where it listens");
+        Served {
+            child,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + support::PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "herald did not exit in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn api_key(config: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("key = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned()
+}
+
+#[test]
+fn config_init_writes_a_config_that_check_accepts_and_refuses_to_overwrite() {
+    let dir = Scratch::new("init");
+    let out = herald(&["config", "init"], &dir);
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.path("herald.toml").exists());
+    let again = herald(&["config", "init"], &dir);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing config is not overwritten"
+    );
+
+    let check = herald(&["config", "check", "herald.toml"], &dir);
+    assert!(check.status.success(), "{check:?}");
+
+    let first = std::fs::read_to_string(dir.path("herald.toml")).unwrap();
+    herald(&["config", "init", "--force", "second.toml"], &dir);
+    let second = std::fs::read_to_string(dir.path("second.toml")).unwrap();
+    assert_ne!(
+        api_key(&first),
+        api_key(&second),
+        "every init generates fresh secrets"
+    );
+}
+
+#[test]
+fn config_check_lists_every_problem_and_exits_2() {
+    let dir = Scratch::new("check");
+    std::fs::write(
+        dir.path("bad.toml"),
+        "[http]\nport = -1\n[client]\nping_interval = \"never\"\nmax_message_size = 10\n[surprise]\n",
+    )
+    .unwrap();
+    let out = herald(&["config", "check", "bad.toml"], &dir);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "http.port",
+        "client.ping_interval",
+        "surprise",
+        "token_hmac_secret",
+        "api.key",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected} missing from:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn token_mints_connection_and_subscription_tokens_that_verify() {
+    let dir = Scratch::new("token");
+    herald(&["config", "init"], &dir);
+    let out = herald(
+        &[
+            "token",
+            "--user",
+            "42",
+            "--ttl",
+            "1h",
+            "--subscribe",
+            "news",
+            "--info",
+            r#"{"n":1}"#,
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let config = herald_server::config::load(&herald_server::config::Sources {
+        file: Some(dir.path("herald.toml")),
+        ..Default::default()
+    })
+    .unwrap();
+    let verifier = herald_server::auth::TokenVerifier::from_config(&config.client).unwrap();
+    let claims = verifier.connection(&token).unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.channels.as_slice()),
+        ("42", &["news".to_owned()][..])
+    );
+    assert!(claims.exp.unwrap() > herald_server::auth::unix_now() + 3000);
+
+    let out = herald(&["token", "--user", "42", "--channel", "private:x"], &dir);
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(verifier.subscription(&token).unwrap().channel, "private:x");
+
+    let elsewhere = Scratch::new("token-none");
+    let out = herald(&["token", "--user", "42"], &elsewhere);
+    assert_eq!(out.status.code(), Some(2), "no secret, no token");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--secret"));
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_3001_and_exits_0() {
+    let dir = Scratch::new("sigterm");
+    herald(&["config", "init"], &dir);
+    let mut served = Served::start(&dir, "");
+    let token = String::from_utf8(herald(&["token", "--user", "7"], &dir).stdout).unwrap();
+
+    let url = format!("ws://{}/connection/websocket", served.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut client = support::Client::from_stream(ws);
+    let reply = client
+        .command(json!({"id": 1, "connect": {"token": token.trim()}}))
+        .await;
+    assert!(reply["connect"]["client"].is_string(), "{reply}");
+
+    served.signal("TERM");
+    assert_eq!(client.closed().await.0, 3001);
+    let status = tokio::task::spawn_blocking(move || served.wait())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn without_a_config_file_serve_runs_on_generated_secrets() {
+    let dir = Scratch::new("zero-config");
+    let served = Served::start(&dir, "");
+    let url = format!("ws://{}/connection/websocket", served.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut client = support::Client::from_stream(ws);
+    client
+        .send(json!({"id": 1, "connect": {"token": "made-up"}}))
+        .await;
+    assert_eq!(
+        client.closed().await.0,
+        3500,
+        "a node with generated secrets still refuses bad tokens"
+    );
+}
+
+/// Out of file descriptors, the accept loop backs off instead of spinning,
+/// and accepts again once descriptors are free.
+#[tokio::test]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    let dir = Scratch::new("emfile");
+    herald(&["config", "init"], &dir);
+    let served = Served::start(&dir, "ulimit -n 64;");
+    let addr = served.addr;
+
+    // Hold connections until the server can no longer accept: a WebSocket
+    // handshake then gets no answer.
+    let mut held = Vec::new();
+    let mut exhausted = false;
+    for _ in 0..200 {
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio_tungstenite::connect_async(format!("ws://{addr}/connection/websocket")),
+        )
+        .await;
+        match attempt {
+            Ok(Ok((ws, _))) => held.push(ws),
+            _ => {
+                exhausted = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        exhausted,
+        "64 descriptors should run out before 200 connections"
+    );
+
+    let cpu_before = cpu_ticks(served.child.id());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_ticks(served.child.id()) - cpu_before;
+    assert!(
+        spent < 50,
+        "the accept loop spun for {spent} ticks in one second"
+    );
+
+    held.clear();
+    let again = tokio::time::timeout(
+        support::PATIENCE,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/connection/websocket")),
+    )
+    .await;
+    assert!(
+        matches!(again, Ok(Ok(_))),
+        "a connection is accepted once descriptors are free"
+    );
+}
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}

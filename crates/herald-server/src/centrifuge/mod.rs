@@ -16,3 +16,6 @@ pub mod session;
 
 pub use encode::CentrifugeEncoder;
 pub use session::{SessionSettings, Shared};
+
+#[cfg(test)]
+mod session_tests;

@@ -1,0 +1,150 @@
+//! The session's timers, driven over an in-memory transport with paused
+//! time: no test here waits for a real clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use herald_core::{ChannelRules, Hub, HubConfig};
+use herald_engine::{MemoryEngine, NodeId};
+
+use super::session::{run, SessionSettings, Shared};
+use super::CentrifugeEncoder;
+use crate::auth::{TokenMinter, TokenVerifier};
+use crate::config::{ClientConfig, Secret};
+use crate::transport::memory::{MemoryTransport, Sent};
+use crate::transport::{Inbound, TransportError};
+
+const SECRET: &str = "session-test-secret";
+
+struct Harness {
+    to_session: mpsc::UnboundedSender<Result<Inbound, TransportError>>,
+    from_session: mpsc::UnboundedReceiver<Sent>,
+    _shutdown: watch::Sender<bool>,
+}
+
+async fn session() -> Harness {
+    let client = ClientConfig {
+        token_hmac_secret: Some(Secret::new(SECRET)),
+        ..ClientConfig::default()
+    };
+    let hub = Hub::new(
+        HubConfig {
+            node: NodeId::new("n"),
+            rules: ChannelRules::default(),
+            max_channels_per_connection: 0,
+        },
+        Arc::new(MemoryEngine::new()),
+    );
+    hub.start().await.unwrap();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        hub,
+        verifier: TokenVerifier::from_config(&client).unwrap(),
+        settings: SessionSettings {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            connect_timeout: Duration::from_secs(10),
+            expired_close_delay: Duration::from_secs(25),
+            expired_sub_close_delay: Duration::from_secs(25),
+            queue_max_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(10),
+            allow_anonymous: false,
+        },
+        encoder: Arc::new(CentrifugeEncoder),
+        shutdown: shutdown_rx,
+    });
+    let (to_session, inbound) = mpsc::unbounded_channel();
+    let (outbound, from_session) = mpsc::unbounded_channel();
+    tokio::spawn(run(MemoryTransport { inbound, outbound }, shared));
+    Harness {
+        to_session,
+        from_session,
+        _shutdown: shutdown,
+    }
+}
+
+impl Harness {
+    fn send(&self, value: serde_json::Value) {
+        self.to_session
+            .send(Ok(Inbound::Text(Bytes::from(value.to_string()))))
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Sent {
+        self.from_session
+            .recv()
+            .await
+            .expect("the session sent something")
+    }
+
+    async fn connect(&mut self, claims: serde_json::Value) {
+        let token = TokenMinter::hmac(SECRET).sign(&claims);
+        self.send(json!({"id": 1, "connect": {"token": token}}));
+        match self.next().await {
+            Sent::Text(reply) => assert!(reply.contains("\"connect\""), "{reply}"),
+            other => panic!("expected the connect reply, got {other:?}"),
+        }
+    }
+}
+
+fn ping() -> Sent {
+    Sent::Text("{}".into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_connect_within_the_timeout_closes_as_stale() {
+    let mut s = session().await;
+    assert_eq!(s.next().await, Sent::Close(3502, "stale".into()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_come_every_interval_and_a_missing_pong_closes_with_3012() {
+    let mut s = session().await;
+    s.connect(json!({"sub": "42"})).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(s.next().await, ping());
+    assert_eq!(started.elapsed(), Duration::from_secs(25));
+    s.send(json!({}));
+    assert_eq!(
+        s.next().await,
+        ping(),
+        "an answered ping is followed by the next one"
+    );
+    assert_eq!(s.next().await, Sent::Close(3012, "no pong".into()));
+    assert_eq!(started.elapsed(), Duration::from_secs(58));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_connection_closes_with_3005_after_the_grace_delay() {
+    let mut s = session().await;
+    let exp = crate::auth::unix_now() + 100;
+    s.connect(json!({"sub": "42", "exp": exp})).await;
+    loop {
+        match s.next().await {
+            Sent::Text(ping) if ping == "{}" => s.send(json!({})),
+            Sent::Close(code, _) => {
+                assert_eq!(code, 3005);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_transport_ends_the_session_quietly() {
+    let mut s = session().await;
+    s.connect(json!({"sub": "42"})).await;
+    s.to_session
+        .send(Err(TransportError::Broken("reset".into())))
+        .unwrap();
+    assert_eq!(
+        s.from_session.recv().await,
+        None,
+        "no close frame on a broken transport"
+    );
+}

@@ -15,6 +15,8 @@ use crate::outbox::Outbox;
 /// publication and protocol, and shares the bytes among all subscribers.
 pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes;
+    fn encode_join(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes;
+    fn encode_leave(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes;
 }
 
 /// What a front-end tells the hub about a connection it authenticated.
@@ -33,6 +35,8 @@ pub struct ConnectionSpec {
 pub struct Subscription {
     /// Channel info from the subscription token, as JSON.
     pub chan_info: Option<Bytes>,
+    /// The subscriber asked for join and leave events.
+    pub join_leave: bool,
 }
 
 /// A registered connection.
@@ -70,9 +74,7 @@ impl Connection {
         &self.outbox
     }
 
-    pub(crate) fn subscriptions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Subscription>> {
+    pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Subscription>> {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -91,10 +93,7 @@ impl Connection {
             user: self.user.clone(),
             client: self.client.clone(),
             conn_info: self.conn_info.clone(),
-            chan_info: self
-                .subscriptions()
-                .get(channel)
-                .and_then(|s| s.chan_info.clone()),
+            chan_info: self.subscriptions().get(channel).and_then(|s| s.chan_info.clone()),
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum HubError {
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A history position from another epoch, or one already trimmed.
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
     /// The node is shutting down or its engine cannot serve.
     #[error("not available: {0}")]
     NotAvailable(String),

@@ -10,24 +10,34 @@
 //!   connection's outbox under the same shard lock that fanout reads under,
 //!   so a subscriber sees its subscribe reply before any publication of the
 //!   channel, and every publication accepted after it.
+//! - A positioned subscription (history on) is first added as *recovering*:
+//!   fanout buffers its publications while the hub reads history. Then,
+//!   under the shard lock, the reply carries the history up to the stream
+//!   top, the buffered publications above the top follow it, and the
+//!   subscriber goes live. Nothing is lost or repeated at that seam.
 //! - Fanout never blocks: it encodes a publication once per protocol and
 //!   pushes the shared bytes into bounded outboxes (see `outbox.rs`).
 
+mod events;
+mod recovery;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_engine::{
-    ChannelName, ClientId, Control, DisconnectReason, Engine, EngineEvent, EventHandler, NodeId,
-    Publication, PublishOptions, StreamPosition, UserId,
+    ChannelName, ClientId, ClientInfo, Control, DisconnectReason, Engine, EngineEvent, EventHandler, HistoryQuery,
+    HistoryResult, NodeId, NodeInfo, PresenceStats, Publication, PublishOptions, PublishResult, StreamPosition, UserId,
 };
 
 use crate::connection::{Connection, ConnectionSpec, Subscription};
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
-use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
+use crate::outbox::Outgoing;
 use crate::shard::{ShardedMap, SHARDS};
+pub use recovery::{decide as decide_recovery, Recovery};
 
 /// Hub-wide settings.
 #[derive(Debug, Clone)]
@@ -36,6 +46,26 @@ pub struct HubConfig {
     pub rules: ChannelRules,
     /// How many channels one connection may hold in all (0 = no limit).
     pub max_channels_per_connection: usize,
+    /// How often presence entries and this node's registry entry are refreshed.
+    pub presence_update_interval: Duration,
+    /// How long a presence entry lives without a refresh.
+    pub presence_ttl: Duration,
+    /// How long a repeated idempotency key is recognised.
+    pub idempotency_window: Duration,
+}
+
+impl HubConfig {
+    /// Defaults for everything but the node id and rules.
+    pub fn new(node: NodeId, rules: ChannelRules) -> Self {
+        Self {
+            node,
+            rules,
+            max_channels_per_connection: 0,
+            presence_update_interval: Duration::from_secs(25),
+            presence_ttl: Duration::from_secs(60),
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
 }
 
 /// On what grounds a subscription is made.
@@ -49,6 +79,33 @@ pub enum SubscribeAccess {
     Server,
 }
 
+/// What a subscriber asks for besides the channel.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeRequest {
+    pub subscription: Subscription,
+    /// Wants stream positions.
+    pub positioned: bool,
+    /// Wants positions and recovery on resubscribe.
+    pub recoverable: bool,
+    /// Resubscribing after this position: recover what came after it.
+    pub recover_since: Option<StreamPosition>,
+}
+
+/// How a subscription came out; front-ends encode their reply from it.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOutcome {
+    /// Positions are tracked (the namespace has history).
+    pub positioned: bool,
+    pub recoverable: bool,
+    /// The stream position the subscriber continues from.
+    pub position: StreamPosition,
+    /// The subscriber asked to recover.
+    pub was_recovering: bool,
+    /// Recovery succeeded; `publications` are exactly what was missed.
+    pub recovered: bool,
+    pub publications: Vec<Arc<Publication>>,
+}
+
 /// Counts for `/api/info` and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HubStats {
@@ -58,7 +115,16 @@ pub struct HubStats {
     pub subscriptions: usize,
 }
 
-type Subscribers = HashMap<ClientId, Arc<Connection>>;
+/// A connection's place in a channel.
+#[derive(Debug)]
+struct Subscriber {
+    conn: Arc<Connection>,
+    join_leave: bool,
+    /// Present while the subscription recovers: publications wait here.
+    recovering: Option<Mutex<Vec<Arc<Publication>>>>,
+}
+
+type Subscribers = HashMap<ClientId, Subscriber>;
 
 /// The node's hub. Cheap to share: hold it in an `Arc`.
 #[derive(Debug)]
@@ -70,6 +136,7 @@ pub struct Hub {
     channels: ShardedMap<ChannelName, Subscribers>,
     interest_locks: Box<[tokio::sync::Mutex<()>]>,
     closing: AtomicBool,
+    started: Instant,
 }
 
 /// Hands engine events to the hub without keeping it alive.
@@ -93,15 +160,60 @@ impl Hub {
             channels: ShardedMap::new(),
             interest_locks: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             closing: AtomicBool::new(false),
+            started: Instant::now(),
         })
     }
 
-    /// Connects the hub to its engine; call once before serving.
+    /// Connects the hub to its engine and starts refreshing presence and
+    /// this node's registry entry; call once before serving.
     pub async fn start(self: &Arc<Self>) -> Result<(), HubError> {
-        self.engine
-            .start(Arc::new(HubEvents(Arc::downgrade(self))))
-            .await?;
+        self.engine.start(Arc::new(HubEvents(Arc::downgrade(self)))).await?;
+        self.heartbeat().await;
+        let hub = Arc::downgrade(self);
+        let every = self.config.presence_update_interval;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(hub) = hub.upgrade() else { return };
+                hub.heartbeat().await;
+            }
+        });
         Ok(())
+    }
+
+    /// Refreshes this node's presence entries and registry entry.
+    async fn heartbeat(&self) {
+        let mut refresh = Vec::new();
+        self.connections.for_each_shard(|shard| {
+            for conn in shard.values() {
+                for (channel, _) in conn.subscriptions().iter() {
+                    if self.config.rules.resolve(channel).is_ok_and(|o| o.presence) {
+                        refresh.push((channel.clone(), conn.info_in(channel)));
+                    }
+                }
+            }
+        });
+        for (channel, info) in refresh {
+            if let Err(error) = self.engine.add_presence(&channel, &info, self.config.presence_ttl).await {
+                tracing::warn!(%channel, %error, "presence refresh failed");
+            }
+        }
+        let stats = self.stats();
+        let info = NodeInfo {
+            id: self.config.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            num_clients: stats.clients,
+            num_users: stats.users,
+            num_channels: stats.channels,
+            num_subscriptions: stats.subscriptions,
+            uptime: self.started.elapsed().as_secs(),
+        };
+        let ttl = self.config.presence_update_interval * 3;
+        if let Err(error) = self.engine.register_node(&info, ttl).await {
+            tracing::warn!(%error, "node registry heartbeat failed");
+        }
     }
 
     pub fn node(&self) -> &NodeId {
@@ -122,14 +234,8 @@ impl Hub {
             return Err(HubError::NotAvailable("node is shutting down".into()));
         }
         let conn = Arc::new(Connection::new(spec));
-        self.connections
-            .write(&conn.client)
-            .insert(conn.client.clone(), conn.clone());
-        self.users
-            .write(&conn.user)
-            .entry(conn.user.clone())
-            .or_default()
-            .insert(conn.client.clone(), conn.clone());
+        self.connections.write(&conn.client).insert(conn.client.clone(), conn.clone());
+        self.users.write(&conn.user).entry(conn.user.clone()).or_default().insert(conn.client.clone(), conn.clone());
         Ok(conn)
     }
 
@@ -175,36 +281,143 @@ impl Hub {
         Ok(options)
     }
 
-    /// Subscribes `conn` to `channel` and queues `reply` ahead of the
-    /// channel's next publication.
+    /// Subscribes `conn` to `channel`. `reply` encodes the front-end's reply
+    /// from the outcome; it is queued ahead of the channel's next
+    /// publication (and of anything recovered that is not in it).
     pub async fn subscribe(
         &self,
         conn: &Arc<Connection>,
         channel: &ChannelName,
         access: SubscribeAccess,
-        subscription: Subscription,
-        reply: Option<Outgoing>,
-    ) -> Result<(), HubError> {
+        request: SubscribeRequest,
+        reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
+    ) -> Result<SubscribeOutcome, HubError> {
         let options = self.authorize_subscribe(conn, channel, access)?;
         let _interest = self.interest_lock(channel).lock().await;
         self.check_subscription_limits(conn, channel, options)?;
+
+        let history = options.history();
+        let recoverable = history.is_some() && (request.recoverable || options.force_recovery);
+        let positioned = recoverable || (history.is_some() && (request.positioned || options.force_positioning));
 
         let known = self.channels.read(channel).contains_key(channel);
         if !known {
             self.engine.subscribe(channel).await?;
         }
+        let subscriber = Subscriber {
+            conn: conn.clone(),
+            join_leave: request.subscription.join_leave,
+            recovering: positioned.then(|| Mutex::new(Vec::new())),
+        };
+        self.add_subscriber(channel, subscriber);
+        conn.subscriptions().insert(channel.clone(), request.subscription.clone());
+
+        let mut outcome = SubscribeOutcome { positioned, recoverable, ..Default::default() };
+        if let Some(history) = &history {
+            if positioned {
+                if let Err(error) = self.read_recovery(channel, &request, options, history, &mut outcome).await {
+                    self.remove_subscriber(conn, channel).await;
+                    return Err(error);
+                }
+            }
+        }
+
+        self.go_live_after(conn, channel, &outcome, reply);
+
+        self.announce_presence(conn, channel, options, true).await;
+        Ok(outcome)
+    }
+
+    /// Queues the reply, then what was buffered above the reply's position,
+    /// and switches the subscriber to live delivery, all under the shard
+    /// lock fanout takes.
+    fn go_live_after(
+        &self,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+        outcome: &SubscribeOutcome,
+        reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
+    ) {
         let mut shard = self.channels.write(channel);
-        shard
-            .entry(channel.clone())
-            .or_default()
-            .insert(conn.client.clone(), conn.clone());
-        conn.subscriptions().insert(channel.clone(), subscription);
-        if let Some(reply) = reply {
+        let buffered = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
+            Some(subscriber) => Self::go_live(subscriber),
+            None => Vec::new(),
+        };
+        if let Some(reply) = reply(outcome) {
             // A full outbox closes itself as slow; the session ends and
             // cleans up this subscription with the rest.
             let _ = conn.outbox.push(reply);
         }
+        let top = outcome.position.offset;
+        for publication in buffered.iter().filter(|p| p.offset > top) {
+            let frame = conn.encoder.encode_publication(channel, publication);
+            let _ = conn.outbox.push(Outgoing::Frame(frame));
+        }
+    }
+
+    /// Reads the stream position and, when recovering, what was missed.
+    async fn read_recovery(
+        &self,
+        channel: &ChannelName,
+        request: &SubscribeRequest,
+        options: &NamespaceOptions,
+        history: &herald_engine::HistoryOptions,
+        outcome: &mut SubscribeOutcome,
+    ) -> Result<(), HubError> {
+        let since = request.recover_since.clone().filter(|_| outcome.recoverable);
+        let query = match &since {
+            Some(since) => HistoryQuery {
+                since: Some(since.clone()),
+                limit: options.recovery_max_publications.saturating_add(1),
+                reverse: false,
+            },
+            None => HistoryQuery::default(),
+        };
+        let read = self.engine.history(channel, &query, history).await?;
+        outcome.position = read.position.clone();
+        if let Some(since) = since {
+            outcome.was_recovering = true;
+            match recovery::decide(&since, read, options.recovery_max_publications) {
+                Recovery::Recovered(publications) => {
+                    outcome.recovered = true;
+                    outcome.publications = publications;
+                }
+                Recovery::Impossible => outcome.recovered = false,
+            }
+        }
         Ok(())
+    }
+
+    /// Adds presence and announces the join (or removes and announces the
+    /// leave) where the namespace keeps presence.
+    async fn announce_presence(
+        &self,
+        conn: &Connection,
+        channel: &ChannelName,
+        options: &NamespaceOptions,
+        joined: bool,
+    ) {
+        if !options.presence && !options.join_leave {
+            return;
+        }
+        let info = conn.info_in(channel);
+        let result = match (options.presence, joined) {
+            (false, _) => Ok(()),
+            (true, true) => self.engine.add_presence(channel, &info, self.config.presence_ttl).await,
+            (true, false) => self.engine.remove_presence(channel, &conn.client).await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(%channel, %error, "presence update failed");
+        }
+        if options.join_leave {
+            let event = match joined {
+                true => EngineEvent::Join { channel: channel.clone(), info },
+                false => EngineEvent::Leave { channel: channel.clone(), info },
+            };
+            if let Err(error) = self.engine.publish_presence_event(event).await {
+                tracing::warn!(%channel, %error, "join/leave event not sent");
+            }
+        }
     }
 
     fn check_subscription_limits(
@@ -219,21 +432,14 @@ impl Hub {
         }
         let total_limit = self.config.max_channels_per_connection;
         if total_limit > 0 && subscriptions.len() >= total_limit {
-            return Err(HubError::LimitExceeded(
-                "too many channels for this connection",
-            ));
+            return Err(HubError::LimitExceeded("too many channels for this connection"));
         }
         let ns_limit = options.max_channels_per_connection;
         if ns_limit > 0 {
             let namespace = ChannelRules::namespace_of(channel);
-            let in_namespace = subscriptions
-                .keys()
-                .filter(|c| ChannelRules::namespace_of(c) == namespace)
-                .count();
+            let in_namespace = subscriptions.keys().filter(|c| ChannelRules::namespace_of(c) == namespace).count();
             if in_namespace >= ns_limit {
-                return Err(HubError::LimitExceeded(
-                    "too many channels in this namespace",
-                ));
+                return Err(HubError::LimitExceeded("too many channels in this namespace"));
             }
         }
         Ok(())
@@ -242,6 +448,22 @@ impl Hub {
     /// Unsubscribes `conn` from `channel`; false if it was not subscribed.
     pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
         let _interest = self.interest_lock(channel).lock().await;
+        let removed = self.remove_subscriber(conn, channel).await;
+        if removed {
+            if let Ok(options) = self.config.rules.resolve(channel) {
+                self.announce_presence(conn, channel, options, false).await;
+            }
+        }
+        removed
+    }
+
+    fn add_subscriber(&self, channel: &ChannelName, subscriber: Subscriber) {
+        let mut shard = self.channels.write(channel);
+        shard.entry(channel.clone()).or_default().insert(subscriber.conn.client.clone(), subscriber);
+    }
+
+    /// Removes the subscription; the caller holds the channel's interest lock.
+    async fn remove_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
         if conn.subscriptions().remove(channel).is_none() {
             return false;
         }
@@ -272,19 +494,20 @@ impl Hub {
         &self,
         channel: &ChannelName,
         publication: Publication,
-    ) -> Result<StreamPosition, HubError> {
+        idempotency_key: Option<String>,
+        skip_history: bool,
+    ) -> Result<PublishResult, HubError> {
         let options = self.config.rules.resolve(channel)?;
         let size = publication.data.len();
         if size > options.max_message_size {
-            return Err(HubError::MessageTooLarge {
-                size,
-                limit: options.max_message_size,
-            });
+            return Err(HubError::MessageTooLarge { size, limit: options.max_message_size });
         }
-        Ok(self
-            .engine
-            .publish(channel, publication, &PublishOptions::default())
-            .await?)
+        let publish = PublishOptions {
+            history: options.history().filter(|_| !skip_history),
+            idempotency_key,
+            idempotency_window: self.config.idempotency_window,
+        };
+        Ok(self.engine.publish(channel, publication, &publish).await?)
     }
 
     /// Publishes on behalf of a client connection, if its namespace allows.
@@ -293,7 +516,7 @@ impl Hub {
         conn: &Arc<Connection>,
         channel: &ChannelName,
         data: Bytes,
-    ) -> Result<StreamPosition, HubError> {
+    ) -> Result<PublishResult, HubError> {
         let options = self.config.rules.resolve(channel)?;
         let allowed = match options.publish {
             PublishPolicy::Api => false,
@@ -305,12 +528,77 @@ impl Hub {
         }
         let mut publication = Publication::from_data(data);
         publication.info = Some(conn.info_in(channel));
-        self.publish(channel, publication).await
+        self.publish(channel, publication, None, false).await
+    }
+
+    /// A channel's history. `since` from another epoch, or already
+    /// trimmed, is an unrecoverable position.
+    pub async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryResult, HubError> {
+        let options = self.config.rules.resolve(channel)?;
+        let history =
+            options.history().ok_or_else(|| HubError::NotAvailable("history is off in this namespace".into()))?;
+        let result = self.engine.history(channel, &query, &history).await?;
+        if let Some(since) = &query.since {
+            let continues = since.epoch == result.position.epoch
+                && since.offset <= result.position.offset
+                && (query.reverse
+                    || since.offset == result.position.offset
+                    || result.publications.first().is_some_and(|p| p.offset.get() == since.offset.get() + 1));
+            if !continues {
+                return Err(HubError::UnrecoverablePosition);
+            }
+        }
+        Ok(result)
+    }
+
+    /// Drops a channel's history (its epoch changes).
+    pub async fn remove_history(&self, channel: &ChannelName) -> Result<(), HubError> {
+        self.config.rules.resolve(channel)?;
+        Ok(self.engine.remove_history(channel).await?)
+    }
+
+    /// Who is in a channel with presence.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, HubError> {
+        self.require_presence(channel)?;
+        Ok(self.engine.presence(channel).await?)
+    }
+
+    pub async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, HubError> {
+        self.require_presence(channel)?;
+        Ok(self.engine.presence_stats(channel).await?)
+    }
+
+    fn require_presence(&self, channel: &ChannelName) -> Result<(), HubError> {
+        match self.config.rules.resolve(channel)?.presence {
+            true => Ok(()),
+            false => Err(HubError::NotAvailable("presence is off in this namespace".into())),
+        }
+    }
+
+    /// Whether `conn` may read history (`presence: false`) or presence
+    /// (`presence: true`) of `channel` as a subscriber.
+    pub fn authorize_read(&self, conn: &Connection, channel: &ChannelName, presence: bool) -> Result<(), HubError> {
+        let options = self.config.rules.resolve(channel)?;
+        let allowed = match presence {
+            true => options.allow_presence_for_subscriber,
+            false => options.allow_history_for_subscriber,
+        };
+        if allowed && conn.is_subscribed(channel) {
+            Ok(())
+        } else {
+            Err(HubError::PermissionDenied)
+        }
     }
 
     /// Sends a control command to every node of the cluster.
     pub async fn send_control(&self, command: Control) -> Result<(), HubError> {
         Ok(self.engine.send_control(command).await?)
+    }
+
+    /// Every live node of the cluster, this one's counts fresh.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, HubError> {
+        self.heartbeat().await;
+        Ok(self.engine.nodes().await?)
     }
 
     /// Local channels with their local subscriber counts, optionally only
@@ -330,8 +618,7 @@ impl Hub {
 
     pub fn stats(&self) -> HubStats {
         let mut stats = HubStats::default();
-        self.connections
-            .for_each_shard(|s| stats.clients += s.len());
+        self.connections.for_each_shard(|s| stats.clients += s.len());
         self.users.for_each_shard(|s| stats.users += s.len());
         self.channels.for_each_shard(|s| {
             stats.channels += s.len();
@@ -353,132 +640,6 @@ impl Hub {
     fn interest_lock(&self, channel: &ChannelName) -> &tokio::sync::Mutex<()> {
         &self.interest_locks[self.channels.shard_index(channel) % self.interest_locks.len()]
     }
-
-    fn on_engine_event(self: Arc<Self>, event: EngineEvent) {
-        match event {
-            EngineEvent::Publication {
-                channel,
-                publication,
-            } => self.fanout(&channel, &publication),
-            EngineEvent::Control(command) => self.on_control(command),
-        }
-    }
-
-    /// Delivers one publication to every local subscriber of its channel.
-    fn fanout(&self, channel: &ChannelName, publication: &Publication) {
-        let shard = self.channels.read(channel);
-        let Some(subscribers) = shard.get(channel) else {
-            return;
-        };
-        // One encoding per protocol, shared by every subscriber speaking it.
-        let mut encoded: Vec<(*const (), Bytes)> = Vec::with_capacity(2);
-        for conn in subscribers.values() {
-            let key = Arc::as_ptr(&conn.encoder) as *const ();
-            let frame = match encoded.iter().find(|(k, _)| *k == key) {
-                Some((_, bytes)) => bytes.clone(),
-                None => {
-                    let bytes = conn.encoder.encode_publication(channel, publication);
-                    encoded.push((key, bytes.clone()));
-                    bytes
-                }
-            };
-            if conn.outbox.push(Outgoing::Frame(frame)).is_err() {
-                tracing::debug!(client = %conn.client, %channel, "publication not queued: connection closing");
-            }
-        }
-    }
-
-    fn local_connections(&self, user: &UserId, client: Option<&ClientId>) -> Vec<Arc<Connection>> {
-        let users = self.users.read(user);
-        let Some(conns) = users.get(user) else {
-            return Vec::new();
-        };
-        conns
-            .values()
-            .filter(|c| client.is_none_or(|id| *id == c.client))
-            .cloned()
-            .collect()
-    }
-
-    fn on_control(self: Arc<Self>, command: Control) {
-        match command {
-            Control::Disconnect {
-                user,
-                client,
-                reason,
-            } => {
-                for conn in self.local_connections(&user, client.as_ref()) {
-                    conn.outbox.close(reason.clone());
-                }
-            }
-            Control::Subscribe {
-                user,
-                channel,
-                client,
-            } => {
-                let conns = self.local_connections(&user, client.as_ref());
-                if conns.is_empty() {
-                    return;
-                }
-                tokio::spawn(async move {
-                    for conn in conns {
-                        let event = Outgoing::Event(ConnEvent::Subscribed {
-                            channel: channel.clone(),
-                        });
-                        let result = self
-                            .subscribe(
-                                &conn,
-                                &channel,
-                                SubscribeAccess::Server,
-                                Subscription::default(),
-                                Some(event),
-                            )
-                            .await;
-                        match result {
-                            Ok(()) | Err(HubError::AlreadySubscribed) => {}
-                            Err(error) => {
-                                tracing::warn!(client = %conn.client, %channel, %error, "server-side subscribe failed")
-                            }
-                        }
-                    }
-                });
-            }
-            Control::Unsubscribe {
-                user,
-                channel,
-                client,
-            } => {
-                let conns = self.local_connections(&user, client.as_ref());
-                if conns.is_empty() {
-                    return;
-                }
-                tokio::spawn(async move {
-                    for conn in conns {
-                        if self.unsubscribe(&conn, &channel).await {
-                            let reason = UnsubscribeReason::Server;
-                            let event = ConnEvent::Unsubscribed {
-                                channel: channel.clone(),
-                                reason,
-                            };
-                            let _ = conn.outbox.push(Outgoing::Event(event));
-                        }
-                    }
-                });
-            }
-            Control::Refresh {
-                user,
-                client,
-                expire_at,
-                expired,
-            } => {
-                for conn in self.local_connections(&user, client.as_ref()) {
-                    let _ = conn
-                        .outbox
-                        .push(Outgoing::Event(ConnEvent::Refresh { expire_at, expired }));
-                }
-            }
-        }
-    }
 }
 
 /// Matches `text` against a pattern where `*` stands for any run of
@@ -486,13 +647,9 @@ impl Hub {
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
     let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
+    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
     for part in middle {
         match rest.find(part) {
             Some(at) => rest = &rest[at + part.len()..],

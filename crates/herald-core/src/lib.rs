@@ -25,7 +25,7 @@ mod shard;
 
 pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription};
 pub use error::HubError;
-pub use hub::{Hub, HubConfig, HubStats, SubscribeAccess};
+pub use hub::{Hub, HubConfig, HubStats, Recovery, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 pub use namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
 pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, UnsubscribeReason};
 

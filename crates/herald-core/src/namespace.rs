@@ -7,10 +7,11 @@
 //! namespace, `dialog#42,43` is open only to users 42 and 43.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use herald_engine::{ChannelName, UserId};
+use herald_engine::{ChannelName, HistoryOptions, UserId};
 
 use crate::error::HubError;
 
@@ -71,6 +72,33 @@ pub struct NamespaceOptions {
     /// The largest publication payload accepted, from clients and the API,
     /// in bytes.
     pub max_message_size: usize,
+    /// Publications kept per channel for recovery and the history command;
+    /// 0 turns history (and positions) off.
+    pub history_size: usize,
+    /// How long publications are kept after a channel's last publication.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// How long a channel's stream position (offset and epoch) is kept
+    /// after its last publication; after that its epoch changes.
+    #[serde(with = "humantime_serde")]
+    pub history_meta_ttl: Duration,
+    /// Send stream positions to every subscriber, even if not asked.
+    pub force_positioning: bool,
+    /// Make every subscription recoverable, even if the client did not ask.
+    pub force_recovery: bool,
+    /// The most publications one recovery replays; a client that missed
+    /// more is told `recovered: false`.
+    pub recovery_max_publications: usize,
+    /// Keep presence (who is subscribed) for channels of this namespace.
+    pub presence: bool,
+    /// Send join and leave events to subscribers that ask for them.
+    pub join_leave: bool,
+    /// Send join and leave events to every subscriber.
+    pub force_push_join_leave: bool,
+    /// Subscribers may call the `history` command.
+    pub allow_history_for_subscriber: bool,
+    /// Subscribers may call the `presence` and `presence_stats` commands.
+    pub allow_presence_for_subscriber: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -81,7 +109,29 @@ impl Default for NamespaceOptions {
             user_limited: true,
             max_channels_per_connection: 0,
             max_message_size: 64 * 1024,
+            history_size: 0,
+            history_ttl: Duration::from_secs(300),
+            history_meta_ttl: Duration::from_secs(24 * 3600),
+            force_positioning: false,
+            force_recovery: false,
+            recovery_max_publications: 300,
+            presence: false,
+            join_leave: false,
+            force_push_join_leave: false,
+            allow_history_for_subscriber: false,
+            allow_presence_for_subscriber: false,
         }
+    }
+}
+
+impl NamespaceOptions {
+    /// How the engine keeps this namespace's history, if it keeps any.
+    pub fn history(&self) -> Option<HistoryOptions> {
+        (self.history_size > 0).then_some(HistoryOptions {
+            size: self.history_size,
+            ttl: self.history_ttl,
+            meta_ttl: self.history_meta_ttl,
+        })
     }
 }
 
@@ -94,18 +144,12 @@ pub struct ChannelRules {
 
 impl ChannelRules {
     pub fn new(default: NamespaceOptions, namespaces: BTreeMap<String, NamespaceOptions>) -> Self {
-        Self {
-            default,
-            namespaces,
-        }
+        Self { default, namespaces }
     }
 
     /// The namespace part of a channel name, if it has one.
     pub fn namespace_of(channel: &ChannelName) -> Option<&str> {
-        channel
-            .as_str()
-            .split_once(NAMESPACE_SEPARATOR)
-            .map(|(ns, _)| ns)
+        channel.as_str().split_once(NAMESPACE_SEPARATOR).map(|(ns, _)| ns)
     }
 
     /// The options that govern `channel`, or `UnknownChannel`.
@@ -122,10 +166,7 @@ impl ChannelRules {
         match channel.as_str().rsplit_once(USER_LIMIT_SEPARATOR) {
             None => true,
             Some((_, users)) => {
-                !user.is_anonymous()
-                    && users
-                        .split(USER_LIST_SEPARATOR)
-                        .any(|allowed| allowed == user.as_str())
+                !user.is_anonymous() && users.split(USER_LIST_SEPARATOR).any(|allowed| allowed == user.as_str())
             }
         }
     }
@@ -146,10 +187,7 @@ mod tests {
     #[test]
     fn channels_resolve_to_their_namespace() {
         let mut namespaces = BTreeMap::new();
-        let chat = NamespaceOptions {
-            publish: PublishPolicy::Clients,
-            ..Default::default()
-        };
+        let chat = NamespaceOptions { publish: PublishPolicy::Clients, ..Default::default() };
         namespaces.insert("chat".to_string(), chat.clone());
         let rules = ChannelRules::new(NamespaceOptions::default(), namespaces);
 
@@ -171,11 +209,7 @@ mod tests {
             ("news", "", true),
         ];
         for (channel, who, admitted) in cases {
-            assert_eq!(
-                ChannelRules::user_admitted(&ch(channel), &user(who)),
-                admitted,
-                "{who:?} in {channel:?}"
-            );
+            assert_eq!(ChannelRules::user_admitted(&ch(channel), &user(who)), admitted, "{who:?} in {channel:?}");
         }
     }
 }

@@ -49,15 +49,9 @@ pub enum ConnEvent {
     /// The server subscribed the connection to a channel.
     Subscribed { channel: ChannelName },
     /// The server unsubscribed the connection from a channel.
-    Unsubscribed {
-        channel: ChannelName,
-        reason: UnsubscribeReason,
-    },
+    Unsubscribed { channel: ChannelName, reason: UnsubscribeReason },
     /// The server moved the connection's expiry (unix seconds), or expired it.
-    Refresh {
-        expire_at: Option<u64>,
-        expired: bool,
-    },
+    Refresh { expire_at: Option<u64>, expired: bool },
 }
 
 /// Why the server ended a subscription.
@@ -100,11 +94,7 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(max_bytes: usize) -> Self {
-        Self {
-            state: Mutex::new(State::default()),
-            ready: Notify::new(),
-            max_bytes,
-        }
+        Self { state: Mutex::new(State::default()), ready: Notify::new(), max_bytes }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -236,15 +226,8 @@ mod tests {
         let outbox = Outbox::new(100);
         outbox.push(frame(60)).unwrap();
         assert_eq!(outbox.push(frame(60)), Err(OutboxClosed));
-        assert!(matches!(
-            outbox.drain(),
-            Drained::Closed(DisconnectReason::Slow)
-        ));
-        assert_eq!(
-            outbox.push(frame(1)),
-            Err(OutboxClosed),
-            "a closed outbox stays closed"
-        );
+        assert!(matches!(outbox.drain(), Drained::Closed(DisconnectReason::Slow)));
+        assert_eq!(outbox.push(frame(1)), Err(OutboxClosed), "a closed outbox stays closed");
     }
 
     #[test]
@@ -259,10 +242,7 @@ mod tests {
         let outbox = Outbox::new(10);
         outbox.close(DisconnectReason::Shutdown);
         outbox.close(DisconnectReason::Slow);
-        assert!(matches!(
-            outbox.drain(),
-            Drained::Closed(DisconnectReason::Shutdown)
-        ));
+        assert!(matches!(outbox.drain(), Drained::Closed(DisconnectReason::Shutdown)));
     }
 
     #[test]
@@ -277,8 +257,6 @@ mod tests {
     async fn ready_wakes_for_a_push_made_before_waiting() {
         let outbox = Outbox::new(100);
         outbox.push(frame(1)).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(5), outbox.ready())
-            .await
-            .expect("ready resolves");
+        tokio::time::timeout(std::time::Duration::from_secs(5), outbox.ready()).await.expect("ready resolves");
     }
 }

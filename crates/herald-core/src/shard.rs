@@ -16,10 +16,7 @@ pub(crate) struct ShardedMap<K, V> {
 
 impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub(crate) fn new() -> Self {
-        Self {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-        }
+        Self { hasher: RandomState::new(), shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
     }
 
     pub(crate) fn shard_index(&self, key: &K) -> usize {
@@ -27,15 +24,11 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     }
 
     pub(crate) fn read(&self, key: &K) -> RwLockReadGuard<'_, HashMap<K, V>> {
-        self.shards[self.shard_index(key)]
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shards[self.shard_index(key)].read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn write(&self, key: &K) -> RwLockWriteGuard<'_, HashMap<K, V>> {
-        self.shards[self.shard_index(key)]
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shards[self.shard_index(key)].write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Visits every shard in turn under its read lock.

@@ -178,9 +178,7 @@ impl From<NodeId> for String {
 /// The position of a publication within its channel's stream: 1 for the
 /// first publication, +1 for each next one. 0 means "no position" (a channel
 /// without history).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Offset(u64);
 

@@ -24,9 +24,12 @@ pub mod message;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
-pub use engine::{Engine, EngineError, EventHandler, Health, PublishOptions};
+pub use engine::{
+    Engine, EngineError, EventHandler, Health, HistoryOptions, HistoryQuery, HistoryResult, PublishOptions,
+    PublishResult,
+};
 pub use ids::{ChannelName, ClientId, Epoch, IdError, NodeId, Offset, UserId};
 pub use memory::MemoryEngine;
 pub use message::{
-    ClientInfo, Control, DisconnectReason, EngineEvent, Publication, StreamPosition,
+    ClientInfo, Control, DisconnectReason, EngineEvent, NodeInfo, PresenceStats, Publication, StreamPosition,
 };

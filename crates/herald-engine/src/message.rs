@@ -38,12 +38,7 @@ pub struct Publication {
 impl Publication {
     /// A publication carrying only data, as the server API makes them.
     pub fn from_data(data: Bytes) -> Self {
-        Self {
-            data,
-            info: None,
-            offset: Offset::ZERO,
-            tags: BTreeMap::new(),
-        }
+        Self { data, info: None, offset: Offset::ZERO, tags: BTreeMap::new() }
     }
 }
 
@@ -80,11 +75,7 @@ pub enum DisconnectReason {
     /// The client sent a message larger than allowed.
     MessageTooLarge,
     /// A custom code and reason given through the server API.
-    Custom {
-        code: u16,
-        reason: String,
-        reconnect: bool,
-    },
+    Custom { code: u16, reason: String, reconnect: bool },
 }
 
 /// A cluster-wide instruction, delivered by the engine to every node
@@ -93,40 +84,45 @@ pub enum DisconnectReason {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Control {
     /// Disconnect a user's connections (or one of them).
-    Disconnect {
-        user: UserId,
-        client: Option<ClientId>,
-        reason: DisconnectReason,
-    },
+    Disconnect { user: UserId, client: Option<ClientId>, reason: DisconnectReason },
     /// Subscribe a user's connections (or one of them) to a channel.
-    Subscribe {
-        user: UserId,
-        channel: ChannelName,
-        client: Option<ClientId>,
-    },
+    Subscribe { user: UserId, channel: ChannelName, client: Option<ClientId> },
     /// Unsubscribe a user's connections (or one of them) from a channel.
-    Unsubscribe {
-        user: UserId,
-        channel: ChannelName,
-        client: Option<ClientId>,
-    },
+    Unsubscribe { user: UserId, channel: ChannelName, client: Option<ClientId> },
     /// Move a user's connection expiry, or expire them now.
-    Refresh {
-        user: UserId,
-        client: Option<ClientId>,
-        expire_at: Option<u64>,
-        expired: bool,
-    },
+    Refresh { user: UserId, client: Option<ClientId>, expire_at: Option<u64>, expired: bool },
 }
 
 /// What an engine hands to its node.
 #[derive(Clone, Debug)]
 pub enum EngineEvent {
     /// A publication in a channel this node subscribed to.
-    Publication {
-        channel: ChannelName,
-        publication: std::sync::Arc<Publication>,
-    },
+    Publication { channel: ChannelName, publication: std::sync::Arc<Publication> },
+    /// A client joined a channel (presence-enabled namespaces).
+    Join { channel: ChannelName, info: ClientInfo },
+    /// A client left a channel.
+    Leave { channel: ChannelName, info: ClientInfo },
     /// A control command for every node.
     Control(Control),
+}
+
+/// Presence counts of one channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceStats {
+    pub num_clients: usize,
+    /// Distinct users: one user with several connections counts once.
+    pub num_users: usize,
+}
+
+/// A node as the registry knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: crate::ids::NodeId,
+    pub version: String,
+    pub num_clients: usize,
+    pub num_users: usize,
+    pub num_channels: usize,
+    pub num_subscriptions: usize,
+    /// Seconds since the node started.
+    pub uptime: u64,
 }

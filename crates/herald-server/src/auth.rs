@@ -83,11 +83,8 @@ fn pem_text(setting: &str, value: &str) -> Result<Vec<u8>, String> {
     if value.trim_start().starts_with("-----BEGIN") {
         return Ok(value.as_bytes().to_vec());
     }
-    std::fs::read(value).map_err(|e| {
-        format!(
-            "client.{setting}: cannot read key file {value}: {e}; give PEM text or a readable path"
-        )
-    })
+    std::fs::read(value)
+        .map_err(|e| format!("client.{setting}: cannot read key file {value}: {e}; give PEM text or a readable path"))
 }
 
 impl TokenVerifier {
@@ -102,39 +99,21 @@ impl TokenVerifier {
             Some(DecodingKey::from_secret(secret.expose().as_bytes()))
         });
         let rsa = client.token_rsa_public_key.as_deref().and_then(|value| {
-            let pem = pem_text("token_rsa_public_key", value)
-                .map_err(|e| problems.push(e))
-                .ok()?;
+            let pem = pem_text("token_rsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
             DecodingKey::from_rsa_pem(&pem)
-                .map_err(|e| {
-                    problems.push(format!(
-                        "client.token_rsa_public_key: not an RSA public key in PEM: {e}"
-                    ))
-                })
+                .map_err(|e| problems.push(format!("client.token_rsa_public_key: not an RSA public key in PEM: {e}")))
                 .ok()
         });
         let ecdsa = client.token_ecdsa_public_key.as_deref().and_then(|value| {
-            let pem = pem_text("token_ecdsa_public_key", value)
-                .map_err(|e| problems.push(e))
-                .ok()?;
+            let pem = pem_text("token_ecdsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
             DecodingKey::from_ec_pem(&pem)
-                .map_err(|e| {
-                    problems.push(format!(
-                        "client.token_ecdsa_public_key: not an EC public key in PEM: {e}"
-                    ))
-                })
+                .map_err(|e| problems.push(format!("client.token_ecdsa_public_key: not an EC public key in PEM: {e}")))
                 .ok()
         });
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(Self {
-            hmac,
-            rsa,
-            ecdsa,
-            audience: client.token_audience.clone(),
-            issuer: client.token_issuer.clone(),
-        })
+        Ok(Self { hmac, rsa, ecdsa, audience: client.token_audience.clone(), issuer: client.token_issuer.clone() })
     }
 
     /// Verifies a connection token.
@@ -148,17 +127,15 @@ impl TokenVerifier {
     }
 
     fn verify<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| TokenError::Invalid(format!("malformed header: {e}")))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(format!("malformed header: {e}")))?;
         let key = match header.alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
             Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
             _ => None,
         }
-        .ok_or_else(|| {
-            TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg))
-        })?;
+        .ok_or_else(|| TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?;
 
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
@@ -172,12 +149,10 @@ impl TokenVerifier {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".to_owned());
         }
-        jsonwebtoken::decode::<T>(token, key, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid(e.to_string()),
-            })
+        jsonwebtoken::decode::<T>(token, key, &validation).map(|data| data.claims).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid(e.to_string()),
+        })
     }
 }
 
@@ -195,9 +170,7 @@ impl std::fmt::Debug for TokenMinter {
 
 impl TokenMinter {
     pub fn hmac(secret: &str) -> Self {
-        Self {
-            key: EncodingKey::from_secret(secret.as_bytes()),
-        }
+        Self { key: EncodingKey::from_secret(secret.as_bytes()) }
     }
 
     /// Signs any claims with HS256.
@@ -209,16 +182,12 @@ impl TokenMinter {
 
 /// Seconds since the unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A JSON claim as compact bytes, for connection and channel info.
 pub fn info_bytes(info: &Option<serde_json::Value>) -> Option<Bytes> {
-    info.as_ref()
-        .map(|v| Bytes::from(serde_json::to_vec(v).expect("a JSON value serializes")))
+    info.as_ref().map(|v| Bytes::from(serde_json::to_vec(v).expect("a JSON value serializes")))
 }
 
 #[cfg(test)]

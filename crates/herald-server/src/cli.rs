@@ -20,11 +20,7 @@ use crate::server::{Node, CENTRIFUGE_PATH};
 const DEFAULT_CONFIG_FILE: &str = "herald.toml";
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "herald",
-    version,
-    about = "A realtime messaging server: WebSockets, channels, presence, history."
-)]
+#[command(name = "herald", version, about = "A realtime messaging server: WebSockets, channels, presence, history.")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -112,40 +108,28 @@ struct TokenArgs {
 /// Runs the command line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli
-        .command
-        .unwrap_or_else(|| Command::Serve(ServeArgs::default()))
-    {
+    match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
-        Command::Config {
-            command: ConfigCommand::Init { path, force },
-        } => config_init(&path, force),
-        Command::Config {
-            command: ConfigCommand::Check { path },
-        } => config_check(&path),
+        Command::Config { command: ConfigCommand::Init { path, force } } => config_init(&path, force),
+        Command::Config { command: ConfigCommand::Check { path } } => config_check(&path),
         Command::Token(args) => token(args),
     }
 }
 
 fn sources(flags: &ConfigFlags, extra: Vec<(String, String)>) -> Result<Sources, String> {
-    let file = flags.config.clone().or_else(|| {
-        Path::new(DEFAULT_CONFIG_FILE)
-            .exists()
-            .then(|| PathBuf::from(DEFAULT_CONFIG_FILE))
-    });
+    let file = flags
+        .config
+        .clone()
+        .or_else(|| Path::new(DEFAULT_CONFIG_FILE).exists().then(|| PathBuf::from(DEFAULT_CONFIG_FILE)));
     let mut overrides = Vec::new();
     for setting in &flags.set {
-        let (key, value) = setting.split_once('=').ok_or_else(|| {
-            format!("--set {setting}: expected KEY=VALUE, e.g. --set http.port=9000")
-        })?;
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("--set {setting}: expected KEY=VALUE, e.g. --set http.port=9000"))?;
         overrides.push((key.trim().to_owned(), value.to_owned()));
     }
     overrides.extend(extra);
-    Ok(Sources {
-        file,
-        env: Sources::process_env(),
-        overrides,
-    })
+    Ok(Sources { file, env: Sources::process_env(), overrides })
 }
 
 fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {
@@ -169,21 +153,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(errors) => return fail(errors, 2),
     };
-    let generated = if sources.file.is_none() {
-        fill_development_secrets(&mut config)
-    } else {
-        Vec::new()
-    };
+    let generated = if sources.file.is_none() { fill_development_secrets(&mut config) } else { Vec::new() };
     let missing = config.missing_secrets();
     if !missing.is_empty() {
         return fail(config::ConfigErrors(missing), 2);
     }
     init_logging(&config);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(format!("cannot start the async runtime: {e}"), 1),
     };
@@ -219,12 +196,8 @@ fn fill_development_secrets(config: &mut Config) -> Vec<(&'static str, String)> 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -259,10 +232,7 @@ async fn serve_async(
             for (setting, value) in &generated {
                 tracing::warn!(setting, value = %value, "no config file: generated for this run only; `herald config init` writes a permanent config");
             }
-            if let Some((_, secret)) = generated
-                .iter()
-                .find(|(s, _)| *s == "client.token_hmac_secret")
-            {
+            if let Some((_, secret)) = generated.iter().find(|(s, _)| *s == "client.token_hmac_secret") {
                 tracing::info!("mint a token: herald token --user 42 --secret {secret}");
             }
         }
@@ -300,10 +270,7 @@ async fn shutdown_signal() {
 
 fn config_init(path: &Path, force: bool) -> ExitCode {
     if path.exists() && !force {
-        return fail(
-            format!("{} exists; pass --force to overwrite it", path.display()),
-            2,
-        );
+        return fail(format!("{} exists; pass --force to overwrite it", path.display()), 2);
     }
     if let Err(e) = std::fs::write(path, config::starter_config()) {
         return fail(format!("cannot write {}: {e}", path.display()), 1);
@@ -318,10 +285,7 @@ fn config_init(path: &Path, force: bool) -> ExitCode {
 }
 
 fn config_check(path: &Path) -> ExitCode {
-    let sources = Sources {
-        file: Some(path.to_owned()),
-        ..Sources::default()
-    };
+    let sources = Sources { file: Some(path.to_owned()), ..Sources::default() };
     let problems = match config::load_for_serving(&sources) {
         Ok(_) => Vec::new(),
         Err(errors) => errors.0,
@@ -355,12 +319,7 @@ fn token(args: TokenArgs) -> ExitCode {
             }
         }
     };
-    let info = match args
-        .info
-        .as_deref()
-        .map(serde_json::from_str::<serde_json::Value>)
-        .transpose()
-    {
+    let info = match args.info.as_deref().map(serde_json::from_str::<serde_json::Value>).transpose() {
         Ok(info) => info,
         Err(e) => return fail(format!("--info is not JSON: {e}"), 2),
     };
@@ -368,18 +327,8 @@ fn token(args: TokenArgs) -> ExitCode {
     let exp = (ttl > 0).then(|| auth::unix_now() + ttl);
     let minter = TokenMinter::hmac(&secret);
     let token = match args.channel {
-        Some(channel) => minter.sign(&SubscribeClaims {
-            sub: args.user,
-            channel,
-            exp,
-            info,
-        }),
-        None => minter.sign(&ConnectClaims {
-            sub: args.user,
-            exp,
-            info,
-            channels: args.subscribe,
-        }),
+        Some(channel) => minter.sign(&SubscribeClaims { sub: args.user, channel, exp, info }),
+        None => minter.sign(&ConnectClaims { sub: args.user, exp, info, channels: args.subscribe }),
     };
     let _ = writeln!(std::io::stdout(), "{token}");
     ExitCode::SUCCESS

@@ -92,22 +92,21 @@ impl Node {
             EngineConfig::Memory => Arc::new(MemoryEngine::new()),
         };
         let node_id = NodeId::from(uuid::Uuid::new_v4().to_string());
-        let rules = ChannelRules::new(
-            config.channel.without_namespace.clone(),
-            config.channel.namespaces.clone(),
-        );
+        let rules = ChannelRules::new(config.channel.without_namespace.clone(), config.channel.namespaces.clone());
         let hub = Hub::new(
             HubConfig {
-                node: node_id,
-                rules,
                 max_channels_per_connection: config.client.max_channels,
+                presence_update_interval: config.client.presence_update_interval,
+                presence_ttl: config.client.presence_ttl,
+                idempotency_window: config.api.idempotency_window,
+                ..HubConfig::new(node_id, rules)
             },
             engine,
         );
         hub.start().await.context("starting the engine")?;
 
-        let verifier = TokenVerifier::from_config(&config.client)
-            .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+        let verifier =
+            TokenVerifier::from_config(&config.client).map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
         let client = &config.client;
         let settings = SessionSettings {
             ping_interval: client.ping_interval,
@@ -127,23 +126,9 @@ impl Node {
             encoder: Arc::new(CentrifugeEncoder),
             shutdown: shutdown_rx,
         });
-        let api_key = if config.api.insecure {
-            None
-        } else {
-            config.api.key.clone()
-        };
-        let api = Arc::new(ApiState {
-            hub: hub.clone(),
-            key: api_key,
-            started: Instant::now(),
-        });
-        Ok(Node {
-            hub,
-            shared,
-            api,
-            shutdown,
-            config,
-        })
+        let api_key = if config.api.insecure { None } else { config.api.key.clone() };
+        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, started: Instant::now() });
+        Ok(Node { hub, shared, api, shutdown, config })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -163,9 +148,7 @@ impl Node {
         let stop = self.shutdown.clone();
         let graceful = async move {
             shutdown.await;
-            tracing::info!(
-                "shutting down: closing connections with code 3001 (reconnect elsewhere)"
-            );
+            tracing::info!("shutting down: closing connections with code 3001 (reconnect elsewhere)");
             let _ = stop.send(true);
             hub.close_all(DisconnectReason::Shutdown);
         };
@@ -175,10 +158,7 @@ impl Node {
             .context("serving HTTP")?;
 
         let timeout = self.config.http.shutdown_timeout;
-        if tokio::time::timeout(timeout, tracker.wait_idle())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(timeout, tracker.wait_idle()).await.is_err() {
             tracing::warn!(
                 remaining = tracker.live.load(Ordering::Acquire),
                 "connections still open after http.shutdown_timeout; exiting anyway"
@@ -190,9 +170,7 @@ impl Node {
 }
 
 fn router(state: AppState, api: Arc<ApiState>) -> Router {
-    let api_routes = Router::new()
-        .route("/api/{method}", post(api::handle))
-        .with_state(api);
+    let api_routes = Router::new().route("/api/{method}", post(api::handle)).with_state(api);
     Router::new()
         .route(CENTRIFUGE_PATH, get(centrifuge_websocket))
         .route("/health", get(health))
@@ -200,10 +178,7 @@ fn router(state: AppState, api: Arc<ApiState>) -> Router {
         .merge(api_routes)
 }
 
-async fn centrifuge_websocket(
-    State(state): State<AppState>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+async fn centrifuge_websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
     let guard = state.tracker.enter();
     upgrade
         .max_message_size(state.max_message_size)
@@ -219,10 +194,9 @@ async fn centrifuge_websocket(
 async fn health(State(state): State<AppState>) -> Response {
     match state.shared.hub.engine().health().await {
         Health::Ready => Json(serde_json::json!({"status": "ok"})).into_response(),
-        Health::NotReady { reason } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "not ready", "reason": reason})),
-        )
-            .into_response(),
+        Health::NotReady { reason } => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not ready", "reason": reason})))
+                .into_response()
+        }
     }
 }

@@ -35,8 +35,7 @@ pub trait Transport: Send {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Inbound>, TransportError>> + Send;
 
     /// Sends one text message.
-    fn send_text(&mut self, text: Bytes)
-        -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn send_text(&mut self, text: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
 
     /// Closes with a code and reason; errors are moot at this point.
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
@@ -66,10 +65,7 @@ impl Transport for WsTransport {
     }
 
     async fn close(&mut self, code: u16, reason: String) {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
+        let frame = CloseFrame { code, reason: reason.into() };
         let _ = self.0.send(Message::Close(Some(frame))).await;
     }
 }
@@ -109,9 +105,7 @@ pub mod memory {
 
         async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
             let text = String::from_utf8(text.to_vec()).expect("frames are UTF-8");
-            self.outbound
-                .send(Sent::Text(text))
-                .map_err(|_| TransportError::Broken("closed".into()))
+            self.outbound.send(Sent::Text(text)).map_err(|_| TransportError::Broken("closed".into()))
         }
 
         async fn close(&mut self, code: u16, reason: String) {

@@ -12,12 +12,8 @@ async fn broadcast_publishes_into_every_listed_channel_and_reports_each() {
     let mut b = server.connected("b").await;
     a.subscribe("room1").await;
     b.subscribe("room2").await;
-    let (status, reply) = server
-        .api(
-            "broadcast",
-            json!({"channels": ["room1", "room2", "nope:x"], "data": {"all": true}}),
-        )
-        .await;
+    let (status, reply) =
+        server.api("broadcast", json!({"channels": ["room1", "room2", "nope:x"], "data": {"all": true}})).await;
     assert_eq!(status, 200);
     assert_eq!(
         reply["result"]["responses"],
@@ -56,19 +52,10 @@ async fn pretty_printed_data_is_delivered_compact() {
     let mut client = server.connected("a").await;
     client.subscribe("news").await;
     let body = "{\"channel\":\"news\",\"data\":{\n  \"text\": \"line one\\nline two\",\n  \"n\": [1,\n 2]\n}}";
-    let (status, _) = support::http_post(
-        server.addr,
-        "/api/publish",
-        &[("X-API-Key", support::API_KEY)],
-        body,
-    )
-    .await;
+    let (status, _) = support::http_post(server.addr, "/api/publish", &[("X-API-Key", support::API_KEY)], body).await;
     assert_eq!(status, 200);
     let frame = client.next_frame().await.expect("a publication frame");
-    assert_eq!(
-        frame,
-        r#"{"push":{"channel":"news","pub":{"data":{"text":"line one\nline two","n":[1,2]}}}}"#
-    );
+    assert_eq!(frame, r#"{"push":{"channel":"news","pub":{"data":{"text":"line one\nline two","n":[1,2]}}}}"#);
 }
 
 #[tokio::test]
@@ -82,28 +69,14 @@ async fn channels_and_info_report_this_nodes_connections() {
     b.subscribe("news").await;
 
     let (_, reply) = server.api("channels", json!({})).await;
-    assert_eq!(
-        reply["result"]["channels"],
-        json!({"chat:1": {"num_clients": 2}, "news": {"num_clients": 1}})
-    );
+    assert_eq!(reply["result"]["channels"], json!({"chat:1": {"num_clients": 2}, "news": {"num_clients": 1}}));
     let (_, reply) = server.api("channels", json!({"pattern": "chat:*"})).await;
-    assert_eq!(
-        reply["result"]["channels"],
-        json!({"chat:1": {"num_clients": 2}})
-    );
+    assert_eq!(reply["result"]["channels"], json!({"chat:1": {"num_clients": 2}}));
 
     let (_, reply) = server.api("info", json!({})).await;
     let node = &reply["result"]["nodes"][0];
-    assert_eq!(
-        (node["num_clients"].as_u64(), node["num_users"].as_u64()),
-        (Some(3), Some(2)),
-        "{node}"
-    );
-    assert_eq!(
-        (node["num_channels"].as_u64(), node["num_subs"].as_u64()),
-        (Some(2), Some(3)),
-        "{node}"
-    );
+    assert_eq!((node["num_clients"].as_u64(), node["num_users"].as_u64()), (Some(3), Some(2)), "{node}");
+    assert_eq!((node["num_channels"].as_u64(), node["num_subs"].as_u64()), (Some(2), Some(3)), "{node}");
 }
 
 #[tokio::test]
@@ -114,24 +87,17 @@ async fn server_side_subscribe_and_unsubscribe_reach_every_connection_of_the_use
     let mut other = server.connected("43").await;
     other.subscribe("sport").await;
 
-    let (status, _) = server
-        .api("subscribe", json!({"user": "42", "channel": "chat:vip"}))
-        .await;
+    let (status, _) = server.api("subscribe", json!({"user": "42", "channel": "chat:vip"})).await;
     assert_eq!(status, 200);
     for tab in [&mut tab1, &mut tab2] {
-        assert_eq!(
-            tab.next_push().await,
-            json!({"channel": "chat:vip", "subscribe": {}})
-        );
+        assert_eq!(tab.next_push().await, json!({"channel": "chat:vip", "subscribe": {}}));
     }
     server.publish("chat:vip", json!("for 42")).await;
     for tab in [&mut tab1, &mut tab2] {
         assert_eq!(tab.next_push().await["pub"]["data"], "for 42");
     }
 
-    server
-        .api("unsubscribe", json!({"user": "42", "channel": "chat:vip"}))
-        .await;
+    server.api("unsubscribe", json!({"user": "42", "channel": "chat:vip"})).await;
     for tab in [&mut tab1, &mut tab2] {
         assert_eq!(
             tab.next_push().await,
@@ -139,15 +105,9 @@ async fn server_side_subscribe_and_unsubscribe_reach_every_connection_of_the_use
         );
     }
     server.publish("sport", json!("marker")).await;
-    assert_eq!(
-        other.next_push().await["pub"]["data"],
-        "marker",
-        "user 43 saw none of it"
-    );
+    assert_eq!(other.next_push().await["pub"]["data"], "marker", "user 43 saw none of it");
 
-    let (_, reply) = server
-        .api("subscribe", json!({"user": "42", "channel": "games:1"}))
-        .await;
+    let (_, reply) = server.api("subscribe", json!({"user": "42", "channel": "games:1"})).await;
     assert_eq!(reply["error"]["code"], 102);
 }
 
@@ -159,9 +119,7 @@ async fn disconnect_closes_the_users_connections_with_the_given_or_default_code(
     let mut bystander = server.connected("43").await;
 
     let client_id = {
-        let reply = second
-            .command(json!({"id": 7, "refresh": {"token": server.token("42")}}))
-            .await;
+        let reply = second.command(json!({"id": 7, "refresh": {"token": server.token("42")}})).await;
         reply["refresh"]["client"].as_str().unwrap().to_owned()
     };
     let (status, _) = server
@@ -181,15 +139,11 @@ async fn refresh_through_the_api_expires_or_extends_connections() {
     let server = TestServer::start().await;
     let mut client = server.connected("42").await;
     let expire_at = herald_server::auth::unix_now() + 3600;
-    server
-        .api("refresh", json!({"user": "42", "expire_at": expire_at}))
-        .await;
+    server.api("refresh", json!({"user": "42", "expire_at": expire_at})).await;
     let push = client.next_push().await;
     assert_eq!(push["refresh"]["expires"], true, "{push}");
 
-    server
-        .api("refresh", json!({"user": "42", "expired": true}))
-        .await;
+    server.api("refresh", json!({"user": "42", "expired": true})).await;
     assert_eq!(client.closed().await.0, 3005);
 }
 
@@ -198,10 +152,7 @@ async fn health_reports_ready() {
     let server = TestServer::start().await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");

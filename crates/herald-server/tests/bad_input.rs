@@ -18,11 +18,7 @@ async fn bystander(server: &TestServer) -> Client {
 
 async fn assert_unaffected(server: &TestServer, bystander: &mut Client, n: u32) {
     server.publish("news", json!({"n": n})).await;
-    assert_eq!(
-        bystander.next_push().await["pub"]["data"]["n"],
-        n,
-        "the bystander still gets publications"
-    );
+    assert_eq!(bystander.next_push().await["pub"]["data"]["n"], n, "the bystander still gets publications");
 }
 
 #[tokio::test]
@@ -51,9 +47,7 @@ async fn malformed_frames_close_the_sender_with_3501() {
 async fn commands_before_connect_close_with_3501() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    client
-        .send(json!({"id": 1, "subscribe": {"channel": "news"}}))
-        .await;
+    client.send(json!({"id": 1, "subscribe": {"channel": "news"}})).await;
     assert_eq!(client.closed().await.0, 3501);
 }
 
@@ -88,21 +82,10 @@ async fn oversized_publications_are_refused_with_106() {
     let mut client = server.connected("42").await;
     client.subscribe("chat:a").await;
     let id = client.id();
-    let reply = client
-        .command(json!({"id": id, "publish": {"channel": "chat:a", "data": "y".repeat(200)}}))
-        .await;
+    let reply = client.command(json!({"id": id, "publish": {"channel": "chat:a", "data": "y".repeat(200)}})).await;
     assert_eq!(reply["error"]["code"], 106, "{reply}");
-    let (status, body) = server
-        .api(
-            "publish",
-            json!({"channel": "chat:a", "data": "y".repeat(200)}),
-        )
-        .await;
-    assert_eq!(
-        (status, &body["error"]["code"]),
-        (413, &json!(106)),
-        "{body}"
-    );
+    let (status, body) = server.api("publish", json!({"channel": "chat:a", "data": "y".repeat(200)})).await;
+    assert_eq!((status, &body["error"]["code"]), (413, &json!(106)), "{body}");
     client.assert_alive().await;
 }
 
@@ -112,19 +95,14 @@ async fn bad_connection_tokens_close_with_3500_and_expired_ones_get_109() {
     let mut watcher = bystander(&server).await;
     let header = |alg: &str| base64url(format!("{{\"alg\":\"{alg}\",\"typ\":\"JWT\"}}").as_bytes());
     let body = base64url(b"{\"sub\":\"42\"}");
-    let rsa_key = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/jwt-rsa.key.pem"
-    ))
-    .unwrap();
+    let rsa_key = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt-rsa.key.pem")).unwrap();
     let rs256 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
         &json!({"sub": "42"}),
         &jsonwebtoken::EncodingKey::from_rsa_pem(&rsa_key).unwrap(),
     )
     .unwrap();
-    let wrong_secret =
-        herald_server::auth::TokenMinter::hmac("not-the-secret").sign(&json!({"sub": "42"}));
+    let wrong_secret = herald_server::auth::TokenMinter::hmac("not-the-secret").sign(&json!({"sub": "42"}));
     let cases = [
         ("garbage", "not-a-jwt".to_owned()),
         ("alg none", format!("{}.{body}.", header("none"))),
@@ -134,28 +112,19 @@ async fn bad_connection_tokens_close_with_3500_and_expired_ones_get_109() {
         ("tampered payload", {
             let good = server.token("42");
             let parts: Vec<&str> = good.split('.').collect();
-            format!(
-                "{}.{}.{}",
-                parts[0],
-                base64url(b"{\"sub\":\"1\"}"),
-                parts[2]
-            )
+            format!("{}.{}.{}", parts[0], base64url(b"{\"sub\":\"1\"}"), parts[2])
         }),
     ];
     for (n, (name, token)) in cases.into_iter().enumerate() {
         let mut client = server.client().await;
-        client
-            .send(json!({"id": 1, "connect": {"token": token}}))
-            .await;
+        client.send(json!({"id": 1, "connect": {"token": token}})).await;
         assert_eq!(client.closed().await.0, 3500, "{name}");
         assert_unaffected(&server, &mut watcher, n as u32).await;
     }
 
     let mut client = server.client().await;
     let expired = server.token_with("42", json!({"exp": unix_now() - 60}));
-    let reply = client
-        .command(json!({"id": 1, "connect": {"token": expired}}))
-        .await;
+    let reply = client.command(json!({"id": 1, "connect": {"token": expired}})).await;
     assert_eq!(reply["error"]["code"], 109);
 }
 
@@ -172,11 +141,7 @@ async fn api_calls_without_or_with_a_wrong_key_get_401() {
     ];
     for headers in cases {
         let (status, reply) = http_post(server.addr, "/api/publish", headers, body).await;
-        assert_eq!(
-            (status, &reply["error"]["code"]),
-            (401, &json!(101)),
-            "{headers:?}"
-        );
+        assert_eq!((status, &reply["error"]["code"]), (401, &json!(101)), "{headers:?}");
     }
     let (status, _) = http_post(
         server.addr,
@@ -186,11 +151,7 @@ async fn api_calls_without_or_with_a_wrong_key_get_401() {
     )
     .await;
     assert_eq!(status, 200, "the apikey authorization scheme works");
-    assert_eq!(
-        watcher.next_push().await["pub"]["data"]["n"],
-        1,
-        "only the authorized publish got through"
-    );
+    assert_eq!(watcher.next_push().await["pub"]["data"]["n"], 1, "only the authorized publish got through");
 }
 
 #[tokio::test]
@@ -203,18 +164,8 @@ async fn malformed_api_calls_get_400_and_unknown_methods_404() {
         ("/api/publish", r#"{"channel":"","data":1}"#, 400, 107),
         ("/api/publish", r#"{"channel":"nope:x","data":1}"#, 200, 102),
         ("/api/teleport", "{}", 404, 104),
-        (
-            "/api/disconnect",
-            r#"{"user":"1","disconnect":{"code":1000}}"#,
-            400,
-            107,
-        ),
-        (
-            "/api/batch",
-            r#"{"commands":[{"batch":{"commands":[]}}]}"#,
-            200,
-            0,
-        ),
+        ("/api/disconnect", r#"{"user":"1","disconnect":{"code":1000}}"#, 400, 107),
+        ("/api/batch", r#"{"commands":[{"batch":{"commands":[]}}]}"#, 200, 0),
     ];
     for (path, body, status, code) in cases {
         let (got_status, reply) = http_post(server.addr, path, &key, body).await;
@@ -222,10 +173,7 @@ async fn malformed_api_calls_get_400_and_unknown_methods_404() {
         if code > 0 {
             assert_eq!(reply["error"]["code"], code, "{path} {body}: {reply}");
         } else {
-            assert_eq!(
-                reply["replies"][0]["error"]["code"], 107,
-                "nested batch refused: {reply}"
-            );
+            assert_eq!(reply["replies"][0]["error"]["code"], 107, "nested batch refused: {reply}");
         }
     }
 }
@@ -234,10 +182,7 @@ fn base64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }

@@ -16,8 +16,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("herald-binary-test-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("herald-binary-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -35,12 +34,7 @@ impl Drop for Scratch {
 }
 
 fn herald(args: &[&str], dir: &Scratch) -> std::process::Output {
-    Command::new(HERALD)
-        .args(args)
-        .current_dir(&dir.0)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run herald")
+    Command::new(HERALD).args(args).current_dir(&dir.0).env("NO_COLOR", "1").output().expect("run herald")
 }
 
 /// A running `herald serve` and the address it announced.
@@ -72,20 +66,12 @@ impl Served {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(support::PATIENCE)
-            .expect("herald announces where it listens");
-        Served {
-            child,
-            addr: addr.parse().unwrap(),
-        }
+        let addr = rx.recv_timeout(support::PATIENCE).expect("herald announces where it listens");
+        Served { child, addr: addr.parse().unwrap() }
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
@@ -95,10 +81,7 @@ impl Served {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "herald did not exit in time"
-            );
+            assert!(std::time::Instant::now() < deadline, "herald did not exit in time");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -112,12 +95,7 @@ impl Drop for Served {
 }
 
 fn api_key(config: &str) -> String {
-    config
-        .lines()
-        .find_map(|l| l.strip_prefix("key = \""))
-        .unwrap()
-        .trim_end_matches('"')
-        .to_owned()
+    config.lines().find_map(|l| l.strip_prefix("key = \"")).unwrap().trim_end_matches('"').to_owned()
 }
 
 #[test]
@@ -127,11 +105,7 @@ fn config_init_writes_a_config_that_check_accepts_and_refuses_to_overwrite() {
     assert!(out.status.success(), "{out:?}");
     assert!(dir.path("herald.toml").exists());
     let again = herald(&["config", "init"], &dir);
-    assert_eq!(
-        again.status.code(),
-        Some(2),
-        "an existing config is not overwritten"
-    );
+    assert_eq!(again.status.code(), Some(2), "an existing config is not overwritten");
 
     let check = herald(&["config", "check", "herald.toml"], &dir);
     assert!(check.status.success(), "{check:?}");
@@ -139,11 +113,7 @@ fn config_init_writes_a_config_that_check_accepts_and_refuses_to_overwrite() {
     let first = std::fs::read_to_string(dir.path("herald.toml")).unwrap();
     herald(&["config", "init", "--force", "second.toml"], &dir);
     let second = std::fs::read_to_string(dir.path("second.toml")).unwrap();
-    assert_ne!(
-        api_key(&first),
-        api_key(&second),
-        "every init generates fresh secrets"
-    );
+    assert_ne!(api_key(&first), api_key(&second), "every init generates fresh secrets");
 }
 
 #[test]
@@ -157,17 +127,8 @@ fn config_check_lists_every_problem_and_exits_2() {
     let out = herald(&["config", "check", "bad.toml"], &dir);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in [
-        "http.port",
-        "client.ping_interval",
-        "surprise",
-        "token_hmac_secret",
-        "api.key",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "{expected} missing from:\n{stderr}"
-        );
+    for expected in ["http.port", "client.ping_interval", "surprise", "token_hmac_secret", "api.key"] {
+        assert!(stderr.contains(expected), "{expected} missing from:\n{stderr}");
     }
 }
 
@@ -175,20 +136,7 @@ fn config_check_lists_every_problem_and_exits_2() {
 fn token_mints_connection_and_subscription_tokens_that_verify() {
     let dir = Scratch::new("token");
     herald(&["config", "init"], &dir);
-    let out = herald(
-        &[
-            "token",
-            "--user",
-            "42",
-            "--ttl",
-            "1h",
-            "--subscribe",
-            "news",
-            "--info",
-            r#"{"n":1}"#,
-        ],
-        &dir,
-    );
+    let out = herald(&["token", "--user", "42", "--ttl", "1h", "--subscribe", "news", "--info", r#"{"n":1}"#], &dir);
     assert!(out.status.success(), "{out:?}");
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
@@ -199,10 +147,7 @@ fn token_mints_connection_and_subscription_tokens_that_verify() {
     .unwrap();
     let verifier = herald_server::auth::TokenVerifier::from_config(&config.client).unwrap();
     let claims = verifier.connection(&token).unwrap();
-    assert_eq!(
-        (claims.sub.as_str(), claims.channels.as_slice()),
-        ("42", &["news".to_owned()][..])
-    );
+    assert_eq!((claims.sub.as_str(), claims.channels.as_slice()), ("42", &["news".to_owned()][..]));
     assert!(claims.exp.unwrap() > herald_server::auth::unix_now() + 3000);
 
     let out = herald(&["token", "--user", "42", "--channel", "private:x"], &dir);
@@ -225,16 +170,12 @@ async fn sigterm_closes_clients_with_3001_and_exits_0() {
     let url = format!("ws://{}/connection/websocket", served.addr);
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let mut client = support::Client::from_stream(ws);
-    let reply = client
-        .command(json!({"id": 1, "connect": {"token": token.trim()}}))
-        .await;
+    let reply = client.command(json!({"id": 1, "connect": {"token": token.trim()}})).await;
     assert!(reply["connect"]["client"].is_string(), "{reply}");
 
     served.signal("TERM");
     assert_eq!(client.closed().await.0, 3001);
-    let status = tokio::task::spawn_blocking(move || served.wait())
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || served.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -245,14 +186,8 @@ async fn without_a_config_file_serve_runs_on_generated_secrets() {
     let url = format!("ws://{}/connection/websocket", served.addr);
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let mut client = support::Client::from_stream(ws);
-    client
-        .send(json!({"id": 1, "connect": {"token": "made-up"}}))
-        .await;
-    assert_eq!(
-        client.closed().await.0,
-        3500,
-        "a node with generated secrets still refuses bad tokens"
-    );
+    client.send(json!({"id": 1, "connect": {"token": "made-up"}})).await;
+    assert_eq!(client.closed().await.0, 3500, "a node with generated secrets still refuses bad tokens");
 }
 
 /// Out of file descriptors, the accept loop backs off instead of spinning,
@@ -282,18 +217,12 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
             }
         }
     }
-    assert!(
-        exhausted,
-        "64 descriptors should run out before 200 connections"
-    );
+    assert!(exhausted, "64 descriptors should run out before 200 connections");
 
     let cpu_before = cpu_ticks(served.child.id());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let spent = cpu_ticks(served.child.id()) - cpu_before;
-    assert!(
-        spent < 50,
-        "the accept loop spun for {spent} ticks in one second"
-    );
+    assert!(spent < 50, "the accept loop spun for {spent} ticks in one second");
 
     held.clear();
     let again = tokio::time::timeout(
@@ -301,20 +230,12 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
         tokio_tungstenite::connect_async(format!("ws://{addr}/connection/websocket")),
     )
     .await;
-    assert!(
-        matches!(again, Ok(Ok(_))),
-        "a connection is accepted once descriptors are free"
-    );
+    assert!(matches!(again, Ok(Ok(_))), "a connection is accepted once descriptors are free");
 }
 
 /// User plus system CPU time of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }

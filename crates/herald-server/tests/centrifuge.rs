@@ -14,21 +14,12 @@ use herald_server::auth::unix_now;
 async fn a_valid_token_connects_and_the_reply_carries_the_client_id_and_ping_settings() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let reply = client
-        .command(json!({"id": 1, "connect": {"token": server.token("42"), "name": "test"}}))
-        .await;
+    let reply = client.command(json!({"id": 1, "connect": {"token": server.token("42"), "name": "test"}})).await;
     let connect = &reply["connect"];
-    assert_eq!(
-        connect["client"].as_str().map(str::len),
-        Some(36),
-        "a UUID client id: {reply}"
-    );
+    assert_eq!(connect["client"].as_str().map(str::len), Some(36), "a UUID client id: {reply}");
     assert_eq!(connect["ping"], 25);
     assert_eq!(connect["pong"], true);
-    assert!(
-        connect.get("expires").is_none(),
-        "a token without exp does not expire"
-    );
+    assert!(connect.get("expires").is_none(), "a token without exp does not expire");
 }
 
 #[tokio::test]
@@ -43,16 +34,9 @@ async fn an_api_publication_reaches_subscribers_of_its_channel_only() {
     server.publish("sport", json!({"score": 1})).await;
 
     let push = news_reader.next_push().await;
-    assert_eq!(
-        push,
-        json!({"channel": "news", "pub": {"data": {"headline": "hello"}}})
-    );
+    assert_eq!(push, json!({"channel": "news", "pub": {"data": {"headline": "hello"}}}));
     let push = sport_reader.next_push().await;
-    assert_eq!(
-        push["pub"]["data"],
-        json!({"score": 1}),
-        "sport got only its own: {push}"
-    );
+    assert_eq!(push["pub"]["data"], json!({"score": 1}), "sport got only its own: {push}");
 }
 
 #[tokio::test]
@@ -64,26 +48,15 @@ async fn clients_publish_where_the_namespace_allows_and_get_103_where_not() {
     bob.subscribe("chat:room").await;
 
     let id = alice.id();
-    let reply = alice
-        .command(json!({"id": id, "publish": {"channel": "chat:room", "data": {"text": "hi"}}}))
-        .await;
+    let reply = alice.command(json!({"id": id, "publish": {"channel": "chat:room", "data": {"text": "hi"}}})).await;
     assert_eq!(reply, json!({"id": id, "publish": {}}));
     let push = bob.next_push().await;
     assert_eq!(push["pub"]["data"], json!({"text": "hi"}));
-    assert_eq!(
-        push["pub"]["info"]["user"], "alice",
-        "the publisher is named: {push}"
-    );
-    assert_eq!(
-        alice.next_push().await,
-        push,
-        "the publisher receives its own publication too"
-    );
+    assert_eq!(push["pub"]["info"]["user"], "alice", "the publisher is named: {push}");
+    assert_eq!(alice.next_push().await, push, "the publisher receives its own publication too");
 
     let id = alice.id();
-    let reply = alice
-        .command(json!({"id": id, "publish": {"channel": "news", "data": 1}}))
-        .await;
+    let reply = alice.command(json!({"id": id, "publish": {"channel": "news", "data": 1}})).await;
     assert_eq!(reply["error"]["code"], 103, "news is API-only: {reply}");
 }
 
@@ -100,19 +73,12 @@ async fn subscribe_errors_carry_the_protocol_codes() {
     ];
     for (channel, code) in cases {
         let id = client.id();
-        let reply = client
-            .command(json!({"id": id, "subscribe": {"channel": channel}}))
-            .await;
+        let reply = client.command(json!({"id": id, "subscribe": {"channel": channel}})).await;
         assert_eq!(reply["error"]["code"], code, "{channel}: {reply}");
     }
     let id = client.id();
-    let reply = client
-        .command(json!({"id": id, "subscribe": {"channel": ""}}))
-        .await;
-    assert_eq!(
-        reply["error"]["code"], 107,
-        "an empty channel name is a bad request: {reply}"
-    );
+    let reply = client.command(json!({"id": id, "subscribe": {"channel": ""}})).await;
+    assert_eq!(reply["error"]["code"], 107, "an empty channel name is a bad request: {reply}");
     client.subscribe("dialog#42,43").await;
 }
 
@@ -121,29 +87,15 @@ async fn private_channels_need_a_subscription_token_for_this_user_and_channel() 
     let server = TestServer::start().await;
     let mut client = server.connected("42").await;
     let cases = [
-        (
-            server.channel_token("42", "private:other", json!({})),
-            Some(103u64),
-        ),
-        (
-            server.channel_token("43", "private:doc", json!({})),
-            Some(103u64),
-        ),
-        (
-            server.channel_token("42", "private:doc", json!({"exp": unix_now() - 5})),
-            Some(109),
-        ),
+        (server.channel_token("42", "private:other", json!({})), Some(103u64)),
+        (server.channel_token("43", "private:doc", json!({})), Some(103u64)),
+        (server.channel_token("42", "private:doc", json!({"exp": unix_now() - 5})), Some(109)),
         ("garbage".to_owned(), Some(103u64)),
-        (
-            server.channel_token("42", "private:doc", json!({"info": {"role": "editor"}})),
-            None,
-        ),
+        (server.channel_token("42", "private:doc", json!({"info": {"role": "editor"}})), None),
     ];
     for (token, error) in cases {
         let id = client.id();
-        let reply = client
-            .command(json!({"id": id, "subscribe": {"channel": "private:doc", "token": token}}))
-            .await;
+        let reply = client.command(json!({"id": id, "subscribe": {"channel": "private:doc", "token": token}})).await;
         assert_eq!(reply["error"]["code"].as_u64(), error, "{reply}");
     }
     server.publish("private:doc", json!("secret")).await;
@@ -158,17 +110,10 @@ async fn commands_sent_in_one_frame_are_answered_in_one_frame() {
         .send_text("{\"id\":10,\"subscribe\":{\"channel\":\"a\"}}\n{\"id\":11,\"subscribe\":{\"channel\":\"b\"}}\n{\"id\":12,\"ping\":{}}")
         .await;
     let frame = client.next_frame().await.expect("a reply frame");
-    let replies: Vec<Value> = frame
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let replies: Vec<Value> = frame.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(
         replies,
-        [
-            json!({"id": 10, "subscribe": {}}),
-            json!({"id": 11, "subscribe": {}}),
-            json!({"id": 12, "ping": {}})
-        ]
+        [json!({"id": 10, "subscribe": {}}), json!({"id": 11, "subscribe": {}}), json!({"id": 12, "ping": {}})]
     );
 }
 
@@ -178,9 +123,7 @@ async fn unknown_methods_get_104_and_rpc_without_a_proxy_too() {
     let mut client = server.connected("42").await;
     let reply = client.command(json!({"id": 5, "teleport": {}})).await;
     assert_eq!(reply["error"]["code"], 104);
-    let reply = client
-        .command(json!({"id": 6, "rpc": {"method": "sum", "data": [1, 2]}}))
-        .await;
+    let reply = client.command(json!({"id": 6, "rpc": {"method": "sum", "data": [1, 2]}})).await;
     assert_eq!(reply["error"]["code"], 104);
     client.assert_alive().await;
 }
@@ -198,20 +141,12 @@ async fn the_server_pings_and_a_client_that_never_pongs_is_closed_with_3012() {
     // The polite client answers each ping as it comes; the silent one's
     // messages wait in its socket until it is read afterwards.
     for _ in 0..2 {
-        assert_eq!(
-            polite.next().await,
-            Seen::Json(json!({})),
-            "the server pings"
-        );
+        assert_eq!(polite.next().await, Seen::Json(json!({})), "the server pings");
         polite.send_text("{}").await;
     }
     polite.assert_alive().await;
 
-    assert_eq!(
-        silent.next().await,
-        Seen::Json(json!({})),
-        "the silent client was pinged too"
-    );
+    assert_eq!(silent.next().await, Seen::Json(json!({})), "the silent client was pinged too");
     assert_eq!(silent.closed().await.0, 3012);
 }
 
@@ -227,16 +162,12 @@ async fn an_expired_connection_token_gets_109_and_an_unrefreshed_connection_is_c
     let server = TestServer::with(|c| c.client.expired_close_delay = Duration::ZERO).await;
     let mut client = server.client().await;
     let expired = server.token_with("42", json!({"exp": unix_now() - 1}));
-    let reply = client
-        .command(json!({"id": 1, "connect": {"token": expired}}))
-        .await;
+    let reply = client.command(json!({"id": 1, "connect": {"token": expired}})).await;
     assert_eq!(reply["error"]["code"], 109);
 
     let mut client = server.client().await;
     let soon = server.token_with("42", json!({"exp": unix_now() + 1}));
-    let reply = client
-        .command(json!({"id": 1, "connect": {"token": soon}}))
-        .await;
+    let reply = client.command(json!({"id": 1, "connect": {"token": soon}})).await;
     assert_eq!(reply["connect"]["expires"], true, "{reply}");
     assert_eq!(client.closed().await.0, 3005);
 }
@@ -247,32 +178,19 @@ async fn refreshing_the_token_keeps_the_connection_past_its_first_expiry() {
     let mut client = server.client().await;
     let first_exp = unix_now() + 1;
     let token = server.token_with("42", json!({"exp": first_exp}));
-    client
-        .command(json!({"id": 1, "connect": {"token": token}}))
-        .await;
+    client.command(json!({"id": 1, "connect": {"token": token}})).await;
 
     let fresh = server.token_with("42", json!({"exp": unix_now() + 600}));
-    let reply = client
-        .command(json!({"id": 2, "refresh": {"token": fresh}}))
-        .await;
+    let reply = client.command(json!({"id": 2, "refresh": {"token": fresh}})).await;
     assert_eq!(reply["refresh"]["expires"], true, "{reply}");
     assert!(reply["refresh"]["ttl"].as_u64().unwrap() > 500);
 
-    support::eventually("the first token's expiry has passed", || {
-        unix_now() > first_exp + 1
-    })
-    .await;
+    support::eventually("the first token's expiry has passed", || unix_now() > first_exp + 1).await;
     client.assert_alive().await;
 
     let stranger = server.token_with("43", json!({"exp": unix_now() + 600}));
-    client
-        .send(json!({"id": 3, "refresh": {"token": stranger}}))
-        .await;
-    assert_eq!(
-        client.closed().await.0,
-        3500,
-        "a token for another user is refused"
-    );
+    client.send(json!({"id": 3, "refresh": {"token": stranger}})).await;
+    assert_eq!(client.closed().await.0, 3500, "a token for another user is refused");
 }
 
 #[tokio::test]
@@ -282,30 +200,18 @@ async fn an_expiring_subscription_ends_with_2501_unless_refreshed() {
     let soon = |channel: &str| server.channel_token("42", channel, json!({"exp": unix_now() + 1}));
 
     let id = client.id();
-    client
-        .command(
-            json!({"id": id, "subscribe": {"channel": "private:a", "token": soon("private:a")}}),
-        )
-        .await;
+    client.command(json!({"id": id, "subscribe": {"channel": "private:a", "token": soon("private:a")}})).await;
     let id = client.id();
-    let reply = client
-        .command(
-            json!({"id": id, "subscribe": {"channel": "private:b", "token": soon("private:b")}}),
-        )
-        .await;
+    let reply =
+        client.command(json!({"id": id, "subscribe": {"channel": "private:b", "token": soon("private:b")}})).await;
     assert_eq!(reply["subscribe"]["expires"], true, "{reply}");
     let later = server.channel_token("42", "private:b", json!({"exp": unix_now() + 600}));
     let id = client.id();
-    let reply = client
-        .command(json!({"id": id, "sub_refresh": {"channel": "private:b", "token": later}}))
-        .await;
+    let reply = client.command(json!({"id": id, "sub_refresh": {"channel": "private:b", "token": later}})).await;
     assert_eq!(reply["sub_refresh"]["expires"], true, "{reply}");
 
     let push = client.next_push().await;
-    assert_eq!(
-        push,
-        json!({"channel": "private:a", "unsubscribe": {"code": 2501, "reason": "subscription expired"}})
-    );
+    assert_eq!(push, json!({"channel": "private:a", "unsubscribe": {"code": 2501, "reason": "subscription expired"}}));
     server.publish("private:b", json!("still here")).await;
     assert_eq!(client.next_push().await["pub"]["data"], "still here");
 }
@@ -315,28 +221,15 @@ async fn server_side_subscriptions_come_from_the_token_channels_claim() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let token = server.token_with("42", json!({"channels": ["news", "chat:lobby"]}));
-    let reply = client
-        .command(json!({"id": 1, "connect": {"token": token}}))
-        .await;
-    assert_eq!(
-        reply["connect"]["subs"],
-        json!({"news": {}, "chat:lobby": {}})
-    );
+    let reply = client.command(json!({"id": 1, "connect": {"token": token}})).await;
+    assert_eq!(reply["connect"]["subs"], json!({"news": {}, "chat:lobby": {}}));
     server.publish("chat:lobby", json!("welcome")).await;
-    assert_eq!(
-        client.next_push().await,
-        json!({"channel": "chat:lobby", "pub": {"data": "welcome"}})
-    );
+    assert_eq!(client.next_push().await, json!({"channel": "chat:lobby", "pub": {"data": "welcome"}}));
 
     let mut refused = server.client().await;
     let token = server.token_with("42", json!({"channels": ["games:1"]}));
-    let reply = refused
-        .command(json!({"id": 1, "connect": {"token": token}}))
-        .await;
-    assert_eq!(
-        reply["error"]["code"], 102,
-        "an unknown channel in the claim fails the connect: {reply}"
-    );
+    let reply = refused.command(json!({"id": 1, "connect": {"token": token}})).await;
+    assert_eq!(reply["error"]["code"], 102, "an unknown channel in the claim fails the connect: {reply}");
 }
 
 #[tokio::test]
@@ -356,13 +249,8 @@ async fn anonymous_connections_only_where_the_config_allows() {
     assert!(reply["connect"]["client"].is_string(), "{reply}");
     client.subscribe("news").await;
     let id = client.id();
-    let reply = client
-        .command(json!({"id": id, "subscribe": {"channel": "chat:x"}}))
-        .await;
-    assert_eq!(
-        reply["error"]["code"], 103,
-        "chat wants authenticated users: {reply}"
-    );
+    let reply = client.command(json!({"id": id, "subscribe": {"channel": "chat:x"}})).await;
+    assert_eq!(reply["error"]["code"], 103, "chat wants authenticated users: {reply}");
 }
 
 #[tokio::test]
@@ -385,18 +273,13 @@ async fn a_slow_consumer_is_disconnected_with_3008_and_others_get_everything() {
         let mut received = 0;
         while received < total {
             let push = fast.next_push().await;
-            assert_eq!(
-                push["pub"]["data"]["n"], received,
-                "in order, nothing skipped"
-            );
+            assert_eq!(push["pub"]["data"]["n"], received, "in order, nothing skipped");
             received += 1;
         }
         fast
     });
     for n in 0..total {
-        server
-            .publish("firehose", json!({"n": n, "pad": payload}))
-            .await;
+        server.publish("firehose", json!({"n": n, "pad": payload})).await;
     }
     let mut fast = reader.await.expect("the fast reader got everything");
     fast.assert_alive().await;
@@ -411,9 +294,7 @@ async fn unsubscribing_stops_delivery() {
     client.subscribe("sport").await;
     let id = client.id();
     assert_eq!(
-        client
-            .command(json!({"id": id, "unsubscribe": {"channel": "news"}}))
-            .await,
+        client.command(json!({"id": id, "unsubscribe": {"channel": "news"}})).await,
         json!({"id": id, "unsubscribe": {}})
     );
     server.publish("news", json!("missed")).await;

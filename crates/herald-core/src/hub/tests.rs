@@ -3,11 +3,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_engine::{
-    ChannelName, ClientId, Control, DisconnectReason, MemoryEngine, NodeId, Publication, UserId,
+    ChannelName, ClientId, ClientInfo, Control, DisconnectReason, MemoryEngine, NodeId, Publication, UserId,
 };
 
 use super::*;
-use crate::connection::{ConnectionSpec, PushEncoder, Subscription};
+use crate::connection::{ConnectionSpec, PushEncoder};
 use crate::namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
 use crate::outbox::{Drained, Outbox, Outgoing};
 
@@ -19,12 +19,19 @@ struct TestEncoder {
 
 impl PushEncoder for TestEncoder {
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
-        self.calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut out = channel.as_str().as_bytes().to_vec();
         out.push(b'|');
         out.extend_from_slice(&publication.data);
         Bytes::from(out)
+    }
+
+    fn encode_join(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes {
+        Bytes::from(format!("{channel}|join {}", info.user))
+    }
+
+    fn encode_leave(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes {
+        Bytes::from(format!("{channel}|leave {}", info.user))
     }
 }
 
@@ -34,13 +41,8 @@ fn ch(name: &str) -> ChannelName {
 
 fn rules() -> ChannelRules {
     let mut namespaces = BTreeMap::new();
-    namespaces.insert(
-        "private".to_string(),
-        NamespaceOptions {
-            subscribe: SubscribePolicy::Token,
-            ..Default::default()
-        },
-    );
+    namespaces
+        .insert("private".to_string(), NamespaceOptions { subscribe: SubscribePolicy::Token, ..Default::default() });
     namespaces.insert(
         "public".to_string(),
         NamespaceOptions {
@@ -60,17 +62,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
-        let config = HubConfig {
-            node: NodeId::new("test"),
-            rules: rules(),
-            max_channels_per_connection: 4,
-        };
+        let mut config = HubConfig::new(NodeId::new("test"), rules());
+        config.max_channels_per_connection = 4;
         let hub = Hub::new(config, Arc::new(MemoryEngine::new()));
         hub.start().await.unwrap();
-        Self {
-            hub,
-            encoder: Arc::new(TestEncoder::default()),
-        }
+        Self { hub, encoder: Arc::new(TestEncoder::default()) }
     }
 
     fn connect(&self, user: &str, outbox_bytes: usize) -> Arc<Connection> {
@@ -88,22 +84,14 @@ impl Fixture {
     async fn subscribe(&self, conn: &Arc<Connection>, channel: &str) -> Result<(), HubError> {
         let reply = Outgoing::Frame(Bytes::from(format!("subscribed {channel}")));
         self.hub
-            .subscribe(
-                conn,
-                &ch(channel),
-                SubscribeAccess::Client,
-                Subscription::default(),
-                Some(reply),
-            )
+            .subscribe(conn, &ch(channel), SubscribeAccess::Client, SubscribeRequest::default(), |_| Some(reply))
             .await
+            .map(|_| ())
     }
 
     async fn publish(&self, channel: &str, data: &str) {
         self.hub
-            .publish(
-                &ch(channel),
-                Publication::from_data(Bytes::from(data.to_owned())),
-            )
+            .publish(&ch(channel), Publication::from_data(Bytes::from(data.to_owned())), None, false)
             .await
             .unwrap();
     }
@@ -143,10 +131,7 @@ async fn a_publication_reaches_every_subscriber_of_its_channel_encoded_once() {
     assert_eq!(frames(&alice), ["subscribed news", "news|hello"]);
     assert_eq!(frames(&bob), ["subscribed news", "news|hello"]);
     assert_eq!(frames(&carol), ["subscribed sport"]);
-    assert_eq!(
-        f.encoder.calls.load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(f.encoder.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -172,28 +157,15 @@ async fn namespace_rules_decide_who_may_subscribe() {
 async fn a_token_or_the_server_grants_what_the_namespace_would_not() {
     let f = Fixture::new().await;
     let user = f.connect("42", 1 << 20);
-    for (channel, access) in [
-        ("private:a", SubscribeAccess::Token),
-        ("dialog#7", SubscribeAccess::Server),
-    ] {
+    for (channel, access) in [("private:a", SubscribeAccess::Token), ("dialog#7", SubscribeAccess::Server)] {
         f.hub
-            .subscribe(&user, &ch(channel), access, Subscription::default(), None)
+            .subscribe(&user, &ch(channel), access, SubscribeRequest::default(), |_| None)
             .await
             .unwrap_or_else(|e| panic!("{channel}: {e}"));
     }
     let unknown = ch("nope:a");
-    let denied = f.hub.subscribe(
-        &user,
-        &unknown,
-        SubscribeAccess::Server,
-        Subscription::default(),
-        None,
-    );
-    assert_eq!(
-        denied.await,
-        Err(HubError::UnknownChannel),
-        "unknown namespaces stay unknown"
-    );
+    let denied = f.hub.subscribe(&user, &unknown, SubscribeAccess::Server, SubscribeRequest::default(), |_| None);
+    assert_eq!(denied.await.map(|_| ()), Err(HubError::UnknownChannel), "unknown namespaces stay unknown");
 }
 
 #[tokio::test]
@@ -201,21 +173,12 @@ async fn subscription_limits_hold_per_connection_and_per_namespace() {
     let f = Fixture::new().await;
     let conn = f.connect("42", 1 << 20);
     f.subscribe(&conn, "public:1").await.unwrap();
-    assert_eq!(
-        f.subscribe(&conn, "public:1").await,
-        Err(HubError::AlreadySubscribed)
-    );
+    assert_eq!(f.subscribe(&conn, "public:1").await, Err(HubError::AlreadySubscribed));
     f.subscribe(&conn, "public:2").await.unwrap();
-    assert!(matches!(
-        f.subscribe(&conn, "public:3").await,
-        Err(HubError::LimitExceeded(_))
-    ));
+    assert!(matches!(f.subscribe(&conn, "public:3").await, Err(HubError::LimitExceeded(_))));
     f.subscribe(&conn, "a").await.unwrap();
     f.subscribe(&conn, "b").await.unwrap();
-    assert!(matches!(
-        f.subscribe(&conn, "c").await,
-        Err(HubError::LimitExceeded(_))
-    ));
+    assert!(matches!(f.subscribe(&conn, "c").await, Err(HubError::LimitExceeded(_))));
 }
 
 #[tokio::test]
@@ -223,19 +186,10 @@ async fn clients_publish_only_where_the_namespace_allows() {
     let f = Fixture::new().await;
     let conn = f.connect("42", 1 << 20);
     let data = || Bytes::from_static(b"1");
-    assert_eq!(
-        f.hub.client_publish(&conn, &ch("news"), data()).await,
-        Err(HubError::PermissionDenied)
-    );
-    assert_eq!(
-        f.hub.client_publish(&conn, &ch("public:a"), data()).await,
-        Err(HubError::PermissionDenied)
-    );
+    assert_eq!(f.hub.client_publish(&conn, &ch("news"), data()).await, Err(HubError::PermissionDenied));
+    assert_eq!(f.hub.client_publish(&conn, &ch("public:a"), data()).await, Err(HubError::PermissionDenied));
     f.subscribe(&conn, "public:a").await.unwrap();
-    f.hub
-        .client_publish(&conn, &ch("public:a"), data())
-        .await
-        .unwrap();
+    f.hub.client_publish(&conn, &ch("public:a"), data()).await.unwrap();
     assert_eq!(frames(&conn), ["subscribed public:a", "public:a|1"]);
 }
 
@@ -244,7 +198,7 @@ async fn oversized_publications_are_refused() {
     let f = Fixture::new().await;
     let big = Publication::from_data(Bytes::from(vec![b'x'; 64 * 1024 + 1]));
     assert!(matches!(
-        f.hub.publish(&ch("news"), big).await,
+        f.hub.publish(&ch("news"), big, None, false).await,
         Err(HubError::MessageTooLarge { limit: 65536, .. })
     ));
 }
@@ -274,21 +228,10 @@ async fn the_last_unsubscribe_drops_the_channel() {
     f.subscribe(&b, "news").await.unwrap();
     assert_eq!(f.hub.stats().channels, 1);
     assert!(f.hub.unsubscribe(&a, &ch("news")).await);
-    assert!(
-        !f.hub.unsubscribe(&a, &ch("news")).await,
-        "a second unsubscribe is a no-op"
-    );
+    assert!(!f.hub.unsubscribe(&a, &ch("news")).await, "a second unsubscribe is a no-op");
     assert_eq!(f.hub.stats().subscriptions, 1);
     f.hub.disconnect(&b).await;
-    assert_eq!(
-        f.hub.stats(),
-        HubStats {
-            clients: 1,
-            users: 1,
-            channels: 0,
-            subscriptions: 0
-        }
-    );
+    assert_eq!(f.hub.stats(), HubStats { clients: 1, users: 1, channels: 0, subscriptions: 0 });
 }
 
 #[tokio::test]
@@ -297,14 +240,7 @@ async fn a_disconnect_command_closes_only_that_users_connections() {
     let target = f.connect("42", 1 << 20);
     let bystander = f.connect("43", 1 << 20);
     let reason = DisconnectReason::ForceDisconnect;
-    f.hub
-        .send_control(Control::Disconnect {
-            user: UserId::new("42").unwrap(),
-            client: None,
-            reason,
-        })
-        .await
-        .unwrap();
+    f.hub.send_control(Control::Disconnect { user: UserId::new("42").unwrap(), client: None, reason }).await.unwrap();
     assert_eq!(frames(&target), ["closed: ForceDisconnect"]);
     assert!(!bystander.outbox().is_closed());
 }

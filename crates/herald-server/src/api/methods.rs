@@ -6,10 +6,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use herald_engine::{ChannelName, ClientId, Control, DisconnectReason, Publication, UserId};
+use herald_engine::{
+    ChannelName, ClientId, Control, DisconnectReason, Epoch, HistoryQuery, Offset, Publication, StreamPosition, UserId,
+};
 
 use super::{ApiError, ApiState};
-use crate::centrifuge::encode::compact_json;
+use crate::centrifuge::encode::{self, compact_json};
 
 /// One API call. As a batch entry it is written `{"<method>": {params}}`.
 #[derive(Debug, Deserialize)]
@@ -23,6 +25,10 @@ pub enum ApiCommand {
     Refresh(RefreshParams),
     Channels(ChannelsParams),
     Info(Empty),
+    History(HistoryParams),
+    HistoryRemove(ChannelParams),
+    Presence(ChannelParams),
+    PresenceStats(ChannelParams),
     Batch(BatchParams),
 }
 
@@ -32,6 +38,36 @@ pub struct PublishParams {
     pub data: Box<RawValue>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// A repeat with the same key inside `api.idempotency_window` returns the
+    /// first result and publishes nothing.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Deliver without keeping the publication in history.
+    #[serde(default)]
+    pub skip_history: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChannelParams {
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryParams {
+    pub channel: String,
+    /// 0 (the default) returns only the stream position; negative means all.
+    #[serde(default)]
+    pub limit: i64,
+    #[serde(default)]
+    pub since: Option<PositionParams>,
+    #[serde(default)]
+    pub reverse: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PositionParams {
+    pub offset: u64,
+    pub epoch: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +148,10 @@ impl ApiCommand {
             "refresh" => ApiCommand::Refresh(required(body)?),
             "channels" => ApiCommand::Channels(params(body)?),
             "info" => ApiCommand::Info(params(body)?),
+            "history" => ApiCommand::History(required(body)?),
+            "history_remove" => ApiCommand::HistoryRemove(required(body)?),
+            "presence" => ApiCommand::Presence(required(body)?),
+            "presence_stats" => ApiCommand::PresenceStats(required(body)?),
             "batch" => ApiCommand::Batch(required(body)?),
             other => return Err(ApiError::MethodNotFound(other.to_owned())),
         })
@@ -159,18 +199,18 @@ impl ApiState {
         let hub = &self.hub;
         match command {
             ApiCommand::Publish(p) => {
-                let position = hub
-                    .publish(&channel(&p.channel)?, publication(&p.data, p.tags))
-                    .await?;
-                Ok(position_json(position))
+                let ch = channel(&p.channel)?;
+                let result = hub.publish(&ch, publication(&p.data, p.tags), p.idempotency_key, p.skip_history).await?;
+                Ok(position_json(result.position))
             }
             ApiCommand::Broadcast(p) => {
                 let mut responses = Vec::with_capacity(p.channels.len());
                 for name in &p.channels {
                     let outcome = match channel(name) {
                         Ok(ch) => hub
-                            .publish(&ch, publication(&p.data, p.tags.clone()))
+                            .publish(&ch, publication(&p.data, p.tags.clone()), None, false)
                             .await
+                            .map(|r| r.position)
                             .map_err(ApiError::from),
                         Err(e) => Err(e),
                     };
@@ -184,11 +224,7 @@ impl ApiState {
             ApiCommand::Subscribe(p) => {
                 let ch = channel(&p.channel)?;
                 hub.rules().resolve(&ch)?;
-                let command = Control::Subscribe {
-                    user: user(&p.user)?,
-                    channel: ch,
-                    client: client(p.client),
-                };
+                let command = Control::Subscribe { user: user(&p.user)?, channel: ch, client: client(p.client) };
                 hub.send_control(command).await?;
                 Ok(json!({}))
             }
@@ -204,14 +240,11 @@ impl ApiState {
             ApiCommand::Disconnect(p) => {
                 let reason = match p.disconnect {
                     None => DisconnectReason::ForceDisconnect,
-                    Some(custom) if (3000..=4999).contains(&custom.code) => {
-                        DisconnectReason::Custom {
-                            code: custom.code,
-                            reconnect: !((3500..4000).contains(&custom.code)
-                                || custom.code >= 4500),
-                            reason: custom.reason,
-                        }
-                    }
+                    Some(custom) if (3000..=4999).contains(&custom.code) => DisconnectReason::Custom {
+                        code: custom.code,
+                        reconnect: !((3500..4000).contains(&custom.code) || custom.code >= 4500),
+                        reason: custom.reason,
+                    },
                     Some(custom) => {
                         return Err(ApiError::BadRequest(format!(
                             "disconnect code {} is outside 3000..=4999",
@@ -219,12 +252,8 @@ impl ApiState {
                         )))
                     }
                 };
-                hub.send_control(Control::Disconnect {
-                    user: user(&p.user)?,
-                    client: client(p.client),
-                    reason,
-                })
-                .await?;
+                hub.send_control(Control::Disconnect { user: user(&p.user)?, client: client(p.client), reason })
+                    .await?;
                 Ok(json!({}))
             }
             ApiCommand::Refresh(p) => {
@@ -246,22 +275,51 @@ impl ApiState {
                 Ok(json!({"channels": channels}))
             }
             ApiCommand::Info(_) => {
-                let stats = hub.stats();
-                Ok(json!({"nodes": [{
-                    "uid": hub.node().as_str(),
-                    "name": hub.node().as_str(),
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "engine": hub.engine().name(),
-                    "num_clients": stats.clients,
-                    "num_users": stats.users,
-                    "num_channels": stats.channels,
-                    "num_subs": stats.subscriptions,
-                    "uptime": self.started.elapsed().as_secs(),
-                }]}))
+                let nodes: Vec<Value> = hub
+                    .nodes()
+                    .await?
+                    .into_iter()
+                    .map(|node| {
+                        json!({
+                            "uid": node.id.as_str(),
+                            "name": node.id.as_str(),
+                            "version": node.version,
+                            "num_clients": node.num_clients,
+                            "num_users": node.num_users,
+                            "num_channels": node.num_channels,
+                            "num_subs": node.num_subscriptions,
+                            "uptime": node.uptime,
+                        })
+                    })
+                    .collect();
+                Ok(json!({"nodes": nodes, "engine": hub.engine().name()}))
             }
-            ApiCommand::Batch(_) => Err(ApiError::BadRequest(
-                "a batch cannot contain a batch".into(),
-            )),
+            ApiCommand::History(p) => {
+                let query = HistoryQuery {
+                    since: p
+                        .since
+                        .map(|s| StreamPosition { offset: Offset::new(s.offset), epoch: Epoch::new(&s.epoch) }),
+                    limit: usize::try_from(p.limit).unwrap_or(usize::MAX),
+                    reverse: p.reverse,
+                };
+                let history = hub.history(&channel(&p.channel)?, query).await?;
+                let raw = encode::history_result(&history);
+                Ok(serde_json::from_slice(&raw).expect("history result is JSON"))
+            }
+            ApiCommand::HistoryRemove(p) => {
+                hub.remove_history(&channel(&p.channel)?).await?;
+                Ok(json!({}))
+            }
+            ApiCommand::Presence(p) => {
+                let present = hub.presence(&channel(&p.channel)?).await?;
+                let raw = encode::presence_result(&present);
+                Ok(serde_json::from_slice(&raw).expect("presence result is JSON"))
+            }
+            ApiCommand::PresenceStats(p) => {
+                let stats = hub.presence_stats(&channel(&p.channel)?).await?;
+                Ok(json!({"num_clients": stats.num_clients, "num_users": stats.num_users}))
+            }
+            ApiCommand::Batch(_) => Err(ApiError::BadRequest("a batch cannot contain a batch".into())),
         }
     }
 }
@@ -285,6 +343,10 @@ impl ApiCommand {
             ApiCommand::Refresh(_) => "refresh",
             ApiCommand::Channels(_) => "channels",
             ApiCommand::Info(_) => "info",
+            ApiCommand::History(_) => "history",
+            ApiCommand::HistoryRemove(_) => "history_remove",
+            ApiCommand::Presence(_) => "presence",
+            ApiCommand::PresenceStats(_) => "presence_stats",
             ApiCommand::Batch(_) => "batch",
         }
     }

@@ -60,6 +60,7 @@ impl ApiError {
                 HubError::MessageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 106),
                 HubError::BadRequest(_) => (StatusCode::OK, 107),
                 HubError::NotAvailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 108),
+                HubError::UnrecoverablePosition => (StatusCode::OK, 112),
             },
         }
     }
@@ -111,10 +112,7 @@ impl ApiState {
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
             .or_else(|| {
-                headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("apikey "))
+                headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("apikey "))
             })
             .ok_or(ApiError::Unauthorized)?;
         if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {

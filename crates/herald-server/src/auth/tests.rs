@@ -26,11 +26,7 @@ fn sign(alg: Algorithm, key: &EncodingKey, claims: serde_json::Value) -> String 
 }
 
 fn hs256(claims: serde_json::Value) -> String {
-    sign(
-        Algorithm::HS256,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-        claims,
-    )
+    sign(Algorithm::HS256, &EncodingKey::from_secret(SECRET.as_bytes()), claims)
 }
 
 fn rs256(claims: serde_json::Value) -> String {
@@ -53,10 +49,7 @@ fn base64_url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -82,48 +75,19 @@ fn connection_tokens_are_verified_with_the_key_of_their_algorithm() {
     let rsa_pub_as_secret = EncodingKey::from_secret(fixture("jwt-rsa.pub.pem").as_bytes());
 
     let cases: Vec<(&str, &TokenVerifier, String, Result<String, &str>)> = vec![
-        (
-            "HS256",
-            &all,
-            hs256(json!({"sub": "42", "exp": future})),
-            Ok("42".into()),
-        ),
-        (
-            "HS256 without exp",
-            &all,
-            hs256(json!({"sub": "42"})),
-            Ok("42".into()),
-        ),
+        ("HS256", &all, hs256(json!({"sub": "42", "exp": future})), Ok("42".into())),
+        ("HS256 without exp", &all, hs256(json!({"sub": "42"})), Ok("42".into())),
         ("RS256", &all, rs256(json!({"sub": "7"})), Ok("7".into())),
         ("ES256", &all, es256(json!({"sub": "8"})), Ok("8".into())),
-        (
-            "expired",
-            &all,
-            hs256(json!({"sub": "42", "exp": past})),
-            Err("expired"),
-        ),
-        (
-            "alg none",
-            &all,
-            unsigned(json!({"sub": "42"})),
-            Err("invalid"),
-        ),
+        ("expired", &all, hs256(json!({"sub": "42", "exp": past})), Err("expired")),
+        ("alg none", &all, unsigned(json!({"sub": "42"})), Err("invalid")),
         (
             "wrong secret",
             &all,
-            sign(
-                Algorithm::HS256,
-                &EncodingKey::from_secret(b"other"),
-                json!({"sub": "42"}),
-            ),
+            sign(Algorithm::HS256, &EncodingKey::from_secret(b"other"), json!({"sub": "42"})),
             Err("invalid"),
         ),
-        (
-            "RS256 without an RSA key",
-            &hmac_only,
-            rs256(json!({"sub": "7"})),
-            Err("invalid"),
-        ),
+        ("RS256 without an RSA key", &hmac_only, rs256(json!({"sub": "7"})), Err("invalid")),
         (
             "HS256 signed with the RSA public key",
             &rsa_only,
@@ -135,18 +99,13 @@ fn connection_tokens_are_verified_with_the_key_of_their_algorithm() {
     ];
     for (name, verifier, token, expected) in cases {
         let got = outcome(verifier.connection(&token));
-        assert_eq!(
-            got.as_ref().map(String::as_str),
-            expected.as_ref().map(String::as_str),
-            "{name}"
-        );
+        assert_eq!(got.as_ref().map(String::as_str), expected.as_ref().map(String::as_str), "{name}");
     }
 }
 
 #[test]
 fn connection_claims_carry_info_and_server_side_channels() {
-    let token =
-        hs256(json!({"sub": "42", "info": {"name": "Ann"}, "channels": ["news", "chat:a"]}));
+    let token = hs256(json!({"sub": "42", "info": {"name": "Ann"}, "channels": ["news", "chat:a"]}));
     let claims = verifier(true, false, false).connection(&token).unwrap();
     assert_eq!(claims.channels, ["news", "chat:a"]);
     assert_eq!(info_bytes(&claims.info).unwrap(), r#"{"name":"Ann"}"#);
@@ -165,29 +124,16 @@ fn audience_and_issuer_are_enforced_when_configured() {
     let wrong_aud = hs256(json!({"sub": "1", "aud": "other", "iss": "auth"}));
     let no_iss = hs256(json!({"sub": "1", "aud": "app"}));
     assert!(verifier.connection(&good).is_ok());
-    assert!(matches!(
-        verifier.connection(&wrong_aud),
-        Err(TokenError::Invalid(_))
-    ));
-    assert!(matches!(
-        verifier.connection(&no_iss),
-        Err(TokenError::Invalid(_))
-    ));
+    assert!(matches!(verifier.connection(&wrong_aud), Err(TokenError::Invalid(_))));
+    assert!(matches!(verifier.connection(&no_iss), Err(TokenError::Invalid(_))));
 }
 
 #[test]
 fn minted_tokens_verify() {
     let minter = TokenMinter::hmac(SECRET);
-    let token = minter.sign(&SubscribeClaims {
-        sub: "42".into(),
-        channel: "private:x".into(),
-        ..Default::default()
-    });
+    let token = minter.sign(&SubscribeClaims { sub: "42".into(), channel: "private:x".into(), ..Default::default() });
     let claims = verifier(true, false, false).subscription(&token).unwrap();
-    assert_eq!(
-        (claims.sub.as_str(), claims.channel.as_str()),
-        ("42", "private:x")
-    );
+    assert_eq!((claims.sub.as_str(), claims.channel.as_str()), ("42", "private:x"));
 }
 
 #[test]
@@ -195,9 +141,7 @@ fn unusable_keys_are_all_reported() {
     let client = ClientConfig {
         token_hmac_secret: Some(Secret::new("")),
         token_rsa_public_key: Some("/nonexistent/key.pem".into()),
-        token_ecdsa_public_key: Some(
-            "-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----".into(),
-        ),
+        token_ecdsa_public_key: Some("-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----".into()),
         ..ClientConfig::default()
     };
     let problems = TokenVerifier::from_config(&client).unwrap_err();

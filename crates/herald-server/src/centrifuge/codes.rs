@@ -51,6 +51,7 @@ impl ClientError {
                 HubError::MessageTooLarge { .. } => (106, false),
                 HubError::BadRequest(_) => (107, false),
                 HubError::NotAvailable(_) => (108, false),
+                HubError::UnrecoverablePosition => (112, false),
             },
         }
     }
@@ -88,8 +89,7 @@ mod tests {
 
     #[test]
     fn reconnect_advice_follows_the_code_ranges() {
-        let reconnects =
-            |code: u16| !((3500..4000).contains(&code) || (4500..5000).contains(&code));
+        let reconnects = |code: u16| !((3500..4000).contains(&code) || (4500..5000).contains(&code));
         let cases = [
             (DisconnectReason::Shutdown, true),
             (DisconnectReason::Slow, true),

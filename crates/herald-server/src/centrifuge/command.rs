@@ -31,7 +31,7 @@ pub enum Method {
     Publish(PublishRequest),
     Presence(ChannelRequest),
     PresenceStats(ChannelRequest),
-    History(ChannelRequest),
+    History(HistoryRequest),
     Ping,
     Send(SendRequest),
     Rpc(RpcRequest),
@@ -51,7 +51,18 @@ pub struct ConnectRequest {
     pub version: String,
     /// Server-side subscriptions the client asks to recover.
     #[serde(default)]
-    pub subs: HashMap<String, IgnoredAny>,
+    pub subs: HashMap<String, RecoverRequest>,
+}
+
+/// Where a client left a server-side subscription.
+#[derive(Debug, Default, Deserialize)]
+pub struct RecoverRequest {
+    #[serde(default)]
+    pub recover: bool,
+    #[serde(default)]
+    pub epoch: String,
+    #[serde(default)]
+    pub offset: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +70,38 @@ pub struct SubscribeRequest {
     pub channel: String,
     #[serde(default)]
     pub token: String,
+    #[serde(default)]
+    pub recover: bool,
+    #[serde(default)]
+    pub epoch: String,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub positioned: bool,
+    #[serde(default)]
+    pub recoverable: bool,
+    #[serde(default)]
+    pub join_leave: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamPositionRequest {
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub epoch: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryRequest {
+    pub channel: String,
+    /// 0 returns only the stream position; negative means all.
+    #[serde(default)]
+    pub limit: i64,
+    #[serde(default)]
+    pub since: Option<StreamPositionRequest>,
+    #[serde(default)]
+    pub reverse: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,10 +203,7 @@ impl<'de> Visitor<'de> for CommandVisitor {
                 return Err(de::Error::custom("a command carries exactly one method"));
             }
         }
-        Ok(Command {
-            id: id.unwrap_or(0),
-            method,
-        })
+        Ok(Command { id: id.unwrap_or(0), method })
     }
 }
 
@@ -173,8 +213,7 @@ mod tests {
 
     #[test]
     fn commands_decode_by_their_method_key() {
-        let cmd =
-            Command::decode(br#"{"id":3,"subscribe":{"channel":"news","token":"t"}}"#).unwrap();
+        let cmd = Command::decode(br#"{"id":3,"subscribe":{"channel":"news","token":"t"}}"#).unwrap();
         assert_eq!(cmd.id, 3);
         match cmd.method {
             Some(Method::Subscribe(req)) => {
@@ -193,8 +232,7 @@ mod tests {
 
     #[test]
     fn publish_data_is_kept_verbatim() {
-        let cmd =
-            Command::decode(br#"{"id":1,"publish":{"channel":"c","data":{"a":[1, 2]}}}"#).unwrap();
+        let cmd = Command::decode(br#"{"id":1,"publish":{"channel":"c","data":{"a":[1, 2]}}}"#).unwrap();
         match cmd.method {
             Some(Method::Publish(req)) => assert_eq!(req.data.get(), r#"{"a":[1, 2]}"#),
             other => panic!("{other:?}"),
@@ -224,11 +262,7 @@ mod tests {
             br#"{"id":1,"id":2}"#,
         ];
         for case in cases {
-            assert!(
-                Command::decode(case).is_err(),
-                "{}",
-                String::from_utf8_lossy(case)
-            );
+            assert!(Command::decode(case).is_err(), "{}", String::from_utf8_lossy(case));
         }
     }
 

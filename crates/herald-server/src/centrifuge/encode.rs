@@ -7,8 +7,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
-use herald_core::PushEncoder;
-use herald_engine::{ChannelName, ClientInfo, Publication};
+use herald_core::{PushEncoder, SubscribeOutcome};
+use herald_engine::{ChannelName, ClientInfo, HistoryResult, Publication};
 
 use super::codes::ClientError;
 
@@ -26,6 +26,138 @@ impl PushEncoder for CentrifugeEncoder {
         out.put_slice(b"}}");
         out.freeze()
     }
+
+    fn encode_join(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes {
+        presence_push(channel, "join", info)
+    }
+
+    fn encode_leave(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes {
+        presence_push(channel, "leave", info)
+    }
+}
+
+/// `{"push":{"channel":…,"join":{"info":{…}}}}` (or `leave`).
+fn presence_push(channel: &ChannelName, kind: &str, info: &ClientInfo) -> Bytes {
+    let mut out = BytesMut::with_capacity(128);
+    out.put_slice(b"{\"push\":{\"channel\":");
+    put_json_str(&mut out, channel.as_str());
+    out.put_slice(format!(",\"{kind}\":{{\"info\":").as_bytes());
+    put_client_info(&mut out, info);
+    out.put_slice(b"}}}");
+    out.freeze()
+}
+
+/// A JSON array of publications.
+pub fn put_publications(out: &mut BytesMut, publications: &[std::sync::Arc<Publication>]) {
+    out.put_u8(b'[');
+    for (i, publication) in publications.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        put_publication(out, publication);
+    }
+    out.put_u8(b']');
+}
+
+/// Serializes `value` (an object) and appends `"name":<raw>` inside it.
+pub fn object_with_raw(value: &impl Serialize, name: &str, raw: &[u8]) -> Bytes {
+    let mut out = BytesMut::from(&serde_json::to_vec(value).expect("an object serializes")[..]);
+    debug_assert_eq!(out.last(), Some(&b'}'));
+    out.truncate(out.len() - 1);
+    if out.len() > 1 {
+        out.put_u8(b',');
+    }
+    put_json_str(&mut out, name);
+    out.put_u8(b':');
+    out.put_slice(raw);
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+/// `{"id":N,"<method>":<raw result>}`.
+pub fn raw_reply(id: u32, method: &str, result: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(32 + result.len());
+    out.put_slice(format!("{{\"id\":{id},").as_bytes());
+    put_json_str(&mut out, method);
+    out.put_u8(b':');
+    out.put_slice(result);
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+/// A `SubscribeResult` object: expiry, positions, recovery, publications.
+pub fn subscribe_result(outcome: &SubscribeOutcome, expiry: &super::session::ExpiryResult) -> Bytes {
+    #[derive(Serialize)]
+    struct Result<'a> {
+        #[serde(flatten)]
+        expiry: &'a super::session::ExpiryResult,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        recoverable: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        positioned: bool,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "is_zero")]
+        offset: u64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        was_recovering: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        recovered: bool,
+    }
+    let result = Result {
+        expiry,
+        recoverable: outcome.recoverable,
+        positioned: outcome.positioned,
+        epoch: if outcome.positioned { outcome.position.epoch.as_str() } else { "" },
+        offset: if outcome.positioned { outcome.position.offset.get() } else { 0 },
+        was_recovering: outcome.was_recovering,
+        recovered: outcome.recovered,
+    };
+    if outcome.publications.is_empty() {
+        return Bytes::from(serde_json::to_vec(&result).expect("a subscribe result serializes"));
+    }
+    let mut publications = BytesMut::new();
+    put_publications(&mut publications, &outcome.publications);
+    object_with_raw(&result, "publications", &publications)
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A `HistoryResult` object.
+pub fn history_result(history: &HistoryResult) -> Bytes {
+    #[derive(Serialize)]
+    struct Position<'a> {
+        epoch: &'a str,
+        offset: u64,
+    }
+    let position = Position { epoch: history.position.epoch.as_str(), offset: history.position.offset.get() };
+    let mut publications = BytesMut::new();
+    put_publications(&mut publications, &history.publications);
+    object_with_raw(&position, "publications", &publications)
+}
+
+/// A `PresenceResult` object: `{"presence":{"<client>":{…}}}`.
+pub fn presence_result(present: &[ClientInfo]) -> Bytes {
+    let mut out = BytesMut::from(&b"{\"presence\":{"[..]);
+    for (i, info) in present.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        put_json_str(&mut out, info.client.as_str());
+        out.put_u8(b':');
+        put_client_info(&mut out, info);
+    }
+    out.put_slice(b"}}");
+    out.freeze()
+}
+
+/// A `ClientInfo` object.
+pub fn client_info_json(info: &ClientInfo) -> Bytes {
+    let mut out = BytesMut::with_capacity(96);
+    put_client_info(&mut out, info);
+    out.freeze()
 }
 
 /// Writes a `Publication` object: `{"data":…,"info":…,"offset":…,"tags":…}`.
@@ -93,14 +225,7 @@ pub fn error_reply(id: u32, error: &ClientError) -> Bytes {
     }
     let (code, temporary) = error.code();
     let message = error.to_string();
-    let body = Reply {
-        id,
-        error: Wire {
-            code,
-            message: &message,
-            temporary,
-        },
-    };
+    let body = Reply { id, error: Wire { code, message: &message, temporary } };
     Bytes::from(serde_json::to_vec(&body).expect("an error reply serializes"))
 }
 
@@ -126,10 +251,7 @@ pub const PING: &[u8] = b"{}";
 /// Removes whitespace between JSON tokens of an already valid document,
 /// keeping strings (and their escapes) untouched.
 pub fn compact_json(raw: &str) -> Bytes {
-    if !raw
-        .bytes()
-        .any(|b| matches!(b, b'\n' | b'\r' | b'\t' | b' '))
-    {
+    if !raw.bytes().any(|b| matches!(b, b'\n' | b'\r' | b'\t' | b' ')) {
         return Bytes::copy_from_slice(raw.as_bytes());
     }
     let mut out = Vec::with_capacity(raw.len());
@@ -166,12 +288,8 @@ mod tests {
     #[test]
     fn publications_encode_as_push_frames() {
         let mut publication = Publication::from_data(Bytes::from_static(br#"{"text":"hi"}"#));
-        let frame = CentrifugeEncoder
-            .encode_publication(&ChannelName::new("chat:a").unwrap(), &publication);
-        assert_eq!(
-            frame,
-            r#"{"push":{"channel":"chat:a","pub":{"data":{"text":"hi"}}}}"#
-        );
+        let frame = CentrifugeEncoder.encode_publication(&ChannelName::new("chat:a").unwrap(), &publication);
+        assert_eq!(frame, r#"{"push":{"channel":"chat:a","pub":{"data":{"text":"hi"}}}}"#);
 
         publication.offset = Offset::new(7);
         publication.tags = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
@@ -181,8 +299,7 @@ mod tests {
             conn_info: Some(Bytes::from_static(br#"{"n":1}"#)),
             chan_info: None,
         });
-        let frame =
-            CentrifugeEncoder.encode_publication(&ChannelName::new("q\"").unwrap(), &publication);
+        let frame = CentrifugeEncoder.encode_publication(&ChannelName::new("q\"").unwrap(), &publication);
         let parsed: serde_json::Value = serde_json::from_slice(&frame).unwrap();
         assert_eq!(
             parsed,
@@ -198,10 +315,7 @@ mod tests {
     #[test]
     fn compacting_keeps_strings_and_drops_token_whitespace() {
         let cases = [
-            (
-                "{\n  \"a\": [1, 2],\n  \"b\": \"x y\\\" \\n z\"\n}",
-                "{\"a\":[1,2],\"b\":\"x y\\\" \\n z\"}",
-            ),
+            ("{\n  \"a\": [1, 2],\n  \"b\": \"x y\\\" \\n z\"\n}", "{\"a\":[1,2],\"b\":\"x y\\\" \\n z\"}"),
             ("\"already\"", "\"already\""),
             ("[ \"\\\\\" , 1 ]", "[\"\\\\\",1]"),
         ];

@@ -19,13 +19,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use herald_core::{
-    ConnEvent, Connection, ConnectionSpec, Drained, Hub, HubError, Outbox, Outgoing,
-    SubscribeAccess, Subscription, UnsubscribeReason,
+    ConnEvent, Connection, ConnectionSpec, Drained, Hub, HubError, Outbox, Outgoing, SubscribeAccess,
+    SubscribeRequest as HubSubscribeRequest, Subscription, UnsubscribeReason,
 };
-use herald_engine::{ChannelName, ClientId, DisconnectReason, UserId};
+use herald_engine::{ChannelName, ClientId, DisconnectReason, Epoch, HistoryQuery, Offset, StreamPosition, UserId};
 
 use super::codes::{self, ClientError};
-use super::command::{self, Command, ConnectRequest, Method, SubscribeRequest};
+use super::command::{self, Command, ConnectRequest, HistoryRequest, Method, SubscribeRequest};
 use super::encode::{self, CentrifugeEncoder};
 use crate::auth::{self, ConnectClaims, TokenError, TokenVerifier};
 use crate::transport::{Inbound, Transport, TransportError};
@@ -79,8 +79,7 @@ pub async fn run<T: Transport>(mut transport: T, shared: Arc<Shared>) {
     if let Some(reason) = &reason {
         let (code, text) = codes::disconnect_code(reason);
         // A client that stopped reading may never take the close frame.
-        let _ =
-            tokio::time::timeout(shared.settings.write_timeout, transport.close(code, text)).await;
+        let _ = tokio::time::timeout(shared.settings.write_timeout, transport.close(code, text)).await;
     }
     if let Some(conn) = session.conn.take() {
         tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
@@ -109,28 +108,23 @@ struct ConnectResult<'a> {
     expires: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     ttl: Option<u64>,
-    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
-    subs: serde_json::Map<String, serde_json::Value>,
     ping: u64,
     pong: bool,
     node: &'a str,
 }
 
-#[derive(Serialize, Default)]
-struct ExpiryResult {
+#[derive(Debug, Serialize, Default)]
+pub struct ExpiryResult {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    expires: bool,
+    pub expires: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ttl: Option<u64>,
+    pub ttl: Option<u64>,
 }
 
 impl ExpiryResult {
     fn at(exp: Option<u64>) -> Self {
         match exp {
-            Some(exp) => Self {
-                expires: true,
-                ttl: Some(exp.saturating_sub(auth::unix_now())),
-            },
+            Some(exp) => Self { expires: true, ttl: Some(exp.saturating_sub(auth::unix_now())) },
             None => Self::default(),
         }
     }
@@ -217,10 +211,7 @@ impl Session {
             return self.connect_deadline;
         }
         let mut next = self.next_ping;
-        for candidate in [self.pong_deadline, self.expire_deadline]
-            .into_iter()
-            .flatten()
-        {
+        for candidate in [self.pong_deadline, self.expire_deadline].into_iter().flatten() {
             next = next.min(candidate);
         }
         for deadline in self.sub_deadlines.values() {
@@ -230,10 +221,7 @@ impl Session {
     }
 
     /// Writes everything queued as one frame. `Err` ends the session.
-    async fn flush<T: Transport>(
-        &mut self,
-        transport: &mut T,
-    ) -> Result<(), Option<DisconnectReason>> {
+    async fn flush<T: Transport>(&mut self, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
         let items = match self.outbox.drain() {
             Drained::Closed(reason) => return Err(Some(reason)),
             Drained::Items(items) => items,
@@ -261,11 +249,7 @@ impl Session {
 
     /// Sends one frame, giving up when the client stops reading: when the
     /// outbox overflows behind the blocked write, or after the write timeout.
-    async fn write<T: Transport>(
-        &self,
-        transport: &mut T,
-        frame: Bytes,
-    ) -> Result<(), Option<DisconnectReason>> {
+    async fn write<T: Transport>(&self, transport: &mut T, frame: Bytes) -> Result<(), Option<DisconnectReason>> {
         tokio::select! {
             sent = transport.send_text(frame) => sent.map_err(|_| None),
             _ = self.outbox.closed() => Err(Some(DisconnectReason::Slow)),
@@ -273,17 +257,10 @@ impl Session {
         }
     }
 
-    async fn on_timer<T: Transport>(
-        &mut self,
-        transport: &mut T,
-    ) -> Result<(), Option<DisconnectReason>> {
+    async fn on_timer<T: Transport>(&mut self, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
         let now = Instant::now();
         let Some(conn) = self.conn.clone() else {
-            return if now >= self.connect_deadline {
-                Err(Some(DisconnectReason::Stale))
-            } else {
-                Ok(())
-            };
+            return if now >= self.connect_deadline { Err(Some(DisconnectReason::Stale)) } else { Ok(()) };
         };
         if self.pong_deadline.is_some_and(|d| now >= d) {
             return Err(Some(DisconnectReason::NoPong));
@@ -291,21 +268,14 @@ impl Session {
         if self.expire_deadline.is_some_and(|d| now >= d) {
             return Err(Some(DisconnectReason::ConnectionExpired));
         }
-        let expired: Vec<ChannelName> = self
-            .sub_deadlines
-            .iter()
-            .filter(|(_, d)| now >= **d)
-            .map(|(c, _)| c.clone())
-            .collect();
+        let expired: Vec<ChannelName> =
+            self.sub_deadlines.iter().filter(|(_, d)| now >= **d).map(|(c, _)| c.clone()).collect();
         for channel in expired {
             self.sub_deadlines.remove(&channel);
             if self.shared.hub.unsubscribe(&conn, &channel).await {
                 let (code, reason) = codes::unsubscribe_code(UnsubscribeReason::Expired);
-                let push = encode::push(
-                    Some(&channel),
-                    "unsubscribe",
-                    &serde_json::json!({"code": code, "reason": reason}),
-                );
+                let push =
+                    encode::push(Some(&channel), "unsubscribe", &serde_json::json!({"code": code, "reason": reason}));
                 let _ = self.outbox.push(Outgoing::Frame(push));
             }
         }
@@ -314,10 +284,7 @@ impl Session {
             if self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + self.shared.settings.pong_timeout);
             }
-            transport
-                .send_text(Bytes::from_static(encode::PING))
-                .await
-                .map_err(|_| None)?;
+            transport.send_text(Bytes::from_static(encode::PING)).await.map_err(|_| None)?;
         }
         Ok(())
     }
@@ -325,25 +292,14 @@ impl Session {
     /// Encodes a server-side event, updating session state on the way.
     async fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
         Ok(Some(match event {
-            ConnEvent::Subscribed { channel } => {
-                encode::push(Some(&channel), "subscribe", &Empty {})
-            }
+            ConnEvent::Subscribed { channel } => encode::push(Some(&channel), "subscribe", &Empty {}),
             ConnEvent::Unsubscribed { channel, reason } => {
                 self.sub_deadlines.remove(&channel);
                 let (code, reason) = codes::unsubscribe_code(reason);
-                encode::push(
-                    Some(&channel),
-                    "unsubscribe",
-                    &serde_json::json!({"code": code, "reason": reason}),
-                )
+                encode::push(Some(&channel), "unsubscribe", &serde_json::json!({"code": code, "reason": reason}))
             }
-            ConnEvent::Refresh { expired: true, .. } => {
-                return Err(DisconnectReason::ConnectionExpired)
-            }
-            ConnEvent::Refresh {
-                expire_at,
-                expired: false,
-            } => {
+            ConnEvent::Refresh { expired: true, .. } => return Err(DisconnectReason::ConnectionExpired),
+            ConnEvent::Refresh { expire_at, expired: false } => {
                 let grace = self.shared.settings.expired_close_delay;
                 self.expire_deadline = expire_at.map(|exp| deadline_after(exp, grace));
                 encode::push(None, "refresh", &ExpiryResult::at(expire_at))
@@ -382,9 +338,9 @@ impl Session {
             Method::Subscribe(req) => self.on_subscribe(id, req).await,
             Method::Unsubscribe(req) => self.on_unsubscribe(id, &req.channel).await,
             Method::Publish(req) => self.on_publish(id, &req.channel, req.data.get()).await,
-            Method::Presence(_) | Method::PresenceStats(_) | Method::History(_) => {
-                Err(ClientError::NotAvailable.into())
-            }
+            Method::Presence(req) => self.on_presence(id, &req.channel, false).await,
+            Method::PresenceStats(req) => self.on_presence(id, &req.channel, true).await,
+            Method::History(req) => self.on_history(id, req).await,
             Method::Ping => {
                 self.reply(encode::reply(id, "ping", &Empty {}));
                 Ok(())
@@ -406,9 +362,7 @@ impl Session {
     }
 
     fn connection(&self) -> Result<Arc<Connection>, Failure> {
-        self.conn
-            .clone()
-            .ok_or(Failure::Disconnect(DisconnectReason::BadRequest))
+        self.conn.clone().ok_or(Failure::Disconnect(DisconnectReason::BadRequest))
     }
 
     async fn on_connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Failure> {
@@ -428,8 +382,7 @@ impl Session {
                 }
             }
         };
-        let user = UserId::new(&claims.sub)
-            .map_err(|_| Failure::Disconnect(DisconnectReason::InvalidToken))?;
+        let user = UserId::new(&claims.sub).map_err(|_| Failure::Disconnect(DisconnectReason::InvalidToken))?;
         let hub = self.shared.hub.clone();
         let conn = hub
             .connect(ConnectionSpec {
@@ -441,29 +394,30 @@ impl Session {
             })
             .map_err(|_| Failure::Disconnect(DisconnectReason::Shutdown))?;
 
-        let mut subs = serde_json::Map::new();
+        let mut subs = BytesMut::new();
         for name in &claims.channels {
+            let recover_since = req.subs.get(name).filter(|r| r.recover).map(|r| position(r.offset, &r.epoch));
+            let request = HubSubscribeRequest { recover_since, ..Default::default() };
             let subscribed = match ChannelName::new(name) {
                 Ok(channel) => hub
-                    .subscribe(
-                        &conn,
-                        &channel,
-                        SubscribeAccess::Server,
-                        Subscription::default(),
-                        None,
-                    )
+                    .subscribe(&conn, &channel, SubscribeAccess::Server, request, |_| None)
                     .await
                     .map_err(ClientError::Hub),
-                Err(e) => Err(ClientError::BadRequest(format!(
-                    "channel {name:?} in token: {e}"
-                ))),
+                Err(e) => Err(ClientError::BadRequest(format!("channel {name:?} in token: {e}"))),
             };
-            if let Err(error) = subscribed {
-                tracing::warn!(user = %conn.user(), channel = %name, %error, "server-side subscription from token failed");
-                hub.disconnect(&conn).await;
-                return Err(error.into());
+            match subscribed {
+                Ok(outcome) => {
+                    subs.put_u8(if subs.is_empty() { b'{' } else { b',' });
+                    subs.put_slice(&serde_json::to_vec(name).expect("a string serializes"));
+                    subs.put_u8(b':');
+                    subs.put_slice(&encode::subscribe_result(&outcome, &ExpiryResult::default()));
+                }
+                Err(error) => {
+                    tracing::warn!(user = %conn.user(), channel = %name, %error, "server-side subscription from token failed");
+                    hub.disconnect(&conn).await;
+                    return Err(error.into());
+                }
             }
-            subs.insert(name.clone(), serde_json::json!({}));
         }
 
         let expiry = ExpiryResult::at(claims.exp);
@@ -472,17 +426,19 @@ impl Session {
             version: env!("CARGO_PKG_VERSION"),
             expires: expiry.expires,
             ttl: expiry.ttl,
-            subs,
             ping: self.shared.settings.ping_interval.as_secs(),
             pong: true,
             node: hub.node().as_str(),
         };
+        let result = if subs.is_empty() {
+            Bytes::from(serde_json::to_vec(&result).expect("a connect result serializes"))
+        } else {
+            subs.put_u8(b'}');
+            encode::object_with_raw(&result, "subs", &subs)
+        };
         // Ahead of any publication already queued for server-side channels.
-        self.outbox
-            .push_front(Outgoing::Frame(encode::reply(id, "connect", &result)));
-        self.expire_deadline = claims
-            .exp
-            .map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
+        self.outbox.push_front(Outgoing::Frame(encode::raw_reply(id, "connect", &result)));
+        self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
         self.next_ping = Instant::now() + self.shared.settings.ping_interval;
         tracing::debug!(client = %conn.client(), user = %conn.user(), "connected");
         self.conn = Some(conn);
@@ -492,31 +448,59 @@ impl Session {
     async fn on_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(&req.channel)?;
-        let (access, subscription, exp) = if req.token.is_empty() {
-            (SubscribeAccess::Client, Subscription::default(), None)
+        let mut subscription = Subscription { chan_info: None, join_leave: req.join_leave };
+        let (access, exp) = if req.token.is_empty() {
+            (SubscribeAccess::Client, None)
         } else {
             let claims = self.verify_subscription(&conn, &channel, &req.token)?;
-            let subscription = Subscription {
-                chan_info: auth::info_bytes(&claims.info),
-            };
-            (SubscribeAccess::Token, subscription, claims.exp)
+            subscription.chan_info = auth::info_bytes(&claims.info);
+            (SubscribeAccess::Token, claims.exp)
         };
-        let reply = encode::reply(id, "subscribe", &ExpiryResult::at(exp));
-        self.shared
-            .hub
-            .subscribe(
-                &conn,
-                &channel,
-                access,
-                subscription,
-                Some(Outgoing::Frame(reply)),
-            )
-            .await?;
+        let request = HubSubscribeRequest {
+            subscription,
+            positioned: req.positioned,
+            recoverable: req.recoverable,
+            recover_since: req.recover.then(|| position(req.offset, &req.epoch)),
+        };
+        let expiry = ExpiryResult::at(exp);
+        let reply = |outcome: &herald_core::SubscribeOutcome| {
+            let result = encode::subscribe_result(outcome, &expiry);
+            Some(Outgoing::Frame(encode::raw_reply(id, "subscribe", &result)))
+        };
+        let outcome = self.shared.hub.subscribe(&conn, &channel, access, request, reply).await?;
+        if outcome.was_recovering {
+            tracing::debug!(client = %conn.client(), %channel, recovered = outcome.recovered, replayed = outcome.publications.len(), "subscription recovery");
+        }
         if let Some(exp) = exp {
-            self.sub_deadlines.insert(
-                channel,
-                deadline_after(exp, self.shared.settings.expired_sub_close_delay),
-            );
+            self.sub_deadlines.insert(channel, deadline_after(exp, self.shared.settings.expired_sub_close_delay));
+        }
+        Ok(())
+    }
+
+    async fn on_history(&mut self, id: u32, req: HistoryRequest) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(&req.channel)?;
+        self.shared.hub.authorize_read(&conn, &channel, false)?;
+        let query = HistoryQuery {
+            since: req.since.map(|s| position(s.offset, &s.epoch)),
+            limit: usize::try_from(req.limit).unwrap_or(usize::MAX),
+            reverse: req.reverse,
+        };
+        let history = self.shared.hub.history(&channel, query).await?;
+        self.reply(encode::raw_reply(id, "history", &encode::history_result(&history)));
+        Ok(())
+    }
+
+    async fn on_presence(&mut self, id: u32, channel: &str, stats_only: bool) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(channel)?;
+        self.shared.hub.authorize_read(&conn, &channel, true)?;
+        if stats_only {
+            let stats = self.shared.hub.presence_stats(&channel).await?;
+            self.reply(encode::reply(id, "presence_stats", &stats));
+        } else {
+            let present = self.shared.hub.presence(&channel).await?;
+            self.reply(encode::raw_reply(id, "presence", &encode::presence_result(&present)));
         }
         Ok(())
     }
@@ -553,10 +537,7 @@ impl Session {
     async fn on_publish(&mut self, id: u32, channel: &str, data: &str) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
-        self.shared
-            .hub
-            .client_publish(&conn, &channel, encode::compact_json(data))
-            .await?;
+        self.shared.hub.client_publish(&conn, &channel, encode::compact_json(data)).await?;
         self.reply(encode::reply(id, "publish", &Empty {}));
         Ok(())
     }
@@ -575,9 +556,7 @@ impl Session {
             tracing::info!(client = %conn.client(), "refresh token is for another user");
             return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
         }
-        self.expire_deadline = claims
-            .exp
-            .map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
+        self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
         let expiry = ExpiryResult::at(claims.exp);
         let result = serde_json::json!({
             "client": conn.client().as_str(),
@@ -605,11 +584,7 @@ impl Session {
                 self.sub_deadlines.remove(&channel);
             }
         }
-        self.reply(encode::reply(
-            id,
-            "sub_refresh",
-            &ExpiryResult::at(claims.exp),
-        ));
+        self.reply(encode::reply(id, "sub_refresh", &ExpiryResult::at(claims.exp)));
         Ok(())
     }
 }
@@ -618,6 +593,11 @@ impl Session {
 async fn closing(shutdown: &mut watch::Receiver<bool>) {
     // An error means the node is gone, which is a shutdown too.
     let _ = shutdown.wait_for(|closing| *closing).await;
+}
+
+/// A stream position as a client reports it.
+fn position(offset: u64, epoch: &str) -> StreamPosition {
+    StreamPosition { offset: Offset::new(offset), epoch: Epoch::new(epoch) }
 }
 
 fn parse_channel(name: &str) -> Result<ChannelName, Failure> {

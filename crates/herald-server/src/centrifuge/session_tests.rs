@@ -27,18 +27,8 @@ struct Harness {
 }
 
 async fn session() -> Harness {
-    let client = ClientConfig {
-        token_hmac_secret: Some(Secret::new(SECRET)),
-        ..ClientConfig::default()
-    };
-    let hub = Hub::new(
-        HubConfig {
-            node: NodeId::new("n"),
-            rules: ChannelRules::default(),
-            max_channels_per_connection: 0,
-        },
-        Arc::new(MemoryEngine::new()),
-    );
+    let client = ClientConfig { token_hmac_secret: Some(Secret::new(SECRET)), ..ClientConfig::default() };
+    let hub = Hub::new(HubConfig::new(NodeId::new("n"), ChannelRules::default()), Arc::new(MemoryEngine::new()));
     hub.start().await.unwrap();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -60,25 +50,16 @@ async fn session() -> Harness {
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
     tokio::spawn(run(MemoryTransport { inbound, outbound }, shared));
-    Harness {
-        to_session,
-        from_session,
-        _shutdown: shutdown,
-    }
+    Harness { to_session, from_session, _shutdown: shutdown }
 }
 
 impl Harness {
     fn send(&self, value: serde_json::Value) {
-        self.to_session
-            .send(Ok(Inbound::Text(Bytes::from(value.to_string()))))
-            .unwrap();
+        self.to_session.send(Ok(Inbound::Text(Bytes::from(value.to_string())))).unwrap();
     }
 
     async fn next(&mut self) -> Sent {
-        self.from_session
-            .recv()
-            .await
-            .expect("the session sent something")
+        self.from_session.recv().await.expect("the session sent something")
     }
 
     async fn connect(&mut self, claims: serde_json::Value) {
@@ -109,11 +90,7 @@ async fn pings_come_every_interval_and_a_missing_pong_closes_with_3012() {
     assert_eq!(s.next().await, ping());
     assert_eq!(started.elapsed(), Duration::from_secs(25));
     s.send(json!({}));
-    assert_eq!(
-        s.next().await,
-        ping(),
-        "an answered ping is followed by the next one"
-    );
+    assert_eq!(s.next().await, ping(), "an answered ping is followed by the next one");
     assert_eq!(s.next().await, Sent::Close(3012, "no pong".into()));
     assert_eq!(started.elapsed(), Duration::from_secs(58));
 }
@@ -139,12 +116,6 @@ async fn an_expired_connection_closes_with_3005_after_the_grace_delay() {
 async fn a_broken_transport_ends_the_session_quietly() {
     let mut s = session().await;
     s.connect(json!({"sub": "42"})).await;
-    s.to_session
-        .send(Err(TransportError::Broken("reset".into())))
-        .unwrap();
-    assert_eq!(
-        s.from_session.recv().await,
-        None,
-        "no close frame on a broken transport"
-    );
+    s.to_session.send(Err(TransportError::Broken("reset".into()))).unwrap();
+    assert_eq!(s.from_session.recv().await, None, "no close frame on a broken transport");
 }

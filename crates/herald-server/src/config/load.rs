@@ -37,9 +37,7 @@ pub struct Sources {
 impl Sources {
     /// The process environment's `HERALD_*` variables.
     pub fn process_env() -> Vec<(String, String)> {
-        std::env::vars()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect()
+        std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
     }
 }
 
@@ -50,11 +48,7 @@ pub struct ConfigErrors(pub Vec<String>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(
-            f,
-            "{n} problem{} in the configuration:",
-            if n == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "{n} problem{} in the configuration:", if n == 1 { "" } else { "s" })?;
         for problem in &self.0 {
             writeln!(f, "  - {problem}")?;
         }
@@ -123,9 +117,7 @@ fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErr
         log: section(&mut table, "log", &mut errors),
     };
     for unknown in table.keys() {
-        errors.push(format!(
-            "{unknown}: unknown section; expected one of http, engine, client, api, channel, log"
-        ));
+        errors.push(format!("{unknown}: unknown section; expected one of http, engine, client, api, channel, log"));
     }
     errors.extend(config.validate());
     Ok((config, errors))
@@ -138,21 +130,14 @@ fn read_file(path: &Path) -> Result<Table, ConfigErrors> {
             path.display()
         )])
     })?;
-    text.parse::<Table>().map_err(|e| {
-        ConfigErrors(vec![format!(
-            "{} is not valid TOML: {}",
-            path.display(),
-            e.to_string().trim()
-        )])
-    })
+    text.parse::<Table>()
+        .map_err(|e| ConfigErrors(vec![format!("{} is not valid TOML: {}", path.display(), e.to_string().trim())]))
 }
 
 /// Reads a flag or environment value as TOML, falling back to a string.
 fn parse_value(raw: &str) -> Value {
     match format!("v = {raw}").parse::<Table>() {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| Value::String(raw.to_owned())),
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.to_owned())),
         Err(_) => Value::String(raw.to_owned()),
     }
 }
@@ -161,12 +146,8 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), Stri
     let (last, parents) = path.split_last().ok_or("empty setting name")?;
     let mut current = table;
     for key in parents {
-        let entry = current
-            .entry(key.clone())
-            .or_insert_with(|| Value::Table(Table::new()));
-        current = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{key}` is not a table"))?;
+        let entry = current.entry(key.clone()).or_insert_with(|| Value::Table(Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| format!("`{key}` is not a table"))?;
     }
     current.insert(last.clone(), value);
     Ok(())
@@ -174,11 +155,7 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), Stri
 
 /// Types one section; on failure records the problem, sets the bad key
 /// aside and tries again, so every bad key of the section is reported.
-fn section<T: DeserializeOwned + Default>(
-    table: &mut Table,
-    name: &str,
-    errors: &mut Vec<String>,
-) -> T {
+fn section<T: DeserializeOwned + Default>(table: &mut Table, name: &str, errors: &mut Vec<String>) -> T {
     let Some(mut value) = table.remove(name) else {
         return T::default();
     };
@@ -224,10 +201,7 @@ fn remove_path(value: &mut Value, keys: &mut Vec<String>) -> bool {
             None => return false,
         }
     }
-    current
-        .as_table_mut()
-        .and_then(|t| t.remove(&last))
-        .is_some()
+    current.as_table_mut().and_then(|t| t.remove(&last)).is_some()
 }
 
 #[cfg(test)]

@@ -54,11 +54,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self {
-            address: IpAddr::from([0, 0, 0, 0]),
-            port: 8000,
-            shutdown_timeout: Duration::from_secs(10),
-        }
+        Self { address: IpAddr::from([0, 0, 0, 0]), port: 8000, shutdown_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -113,6 +109,13 @@ pub struct ClientConfig {
     pub write_timeout: Duration,
     /// How many channels one connection may be subscribed to (0 = no limit).
     pub max_channels: usize,
+    /// How often a node refreshes the presence entries of its connections.
+    #[serde(with = "humantime_serde")]
+    pub presence_update_interval: Duration,
+    /// How long a presence entry outlives its last refresh: the bound on how
+    /// long a client whose node died still shows as present.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
 }
 
 impl Default for ClientConfig {
@@ -133,18 +136,30 @@ impl Default for ClientConfig {
             queue_max_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             max_channels: 128,
+            presence_update_interval: Duration::from_secs(25),
+            presence_ttl: Duration::from_secs(60),
         }
     }
 }
 
 /// The server HTTP API (`POST /api/<method>`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// The key callers send in `X-API-Key` (or `Authorization: apikey <key>`).
     pub key: Option<Secret>,
     /// Serve the API without a key. Only behind a trusted network boundary.
     pub insecure: bool,
+    /// How long a publish's `idempotency_key` is remembered: a repeat inside
+    /// this window returns the first result and publishes nothing.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { key: None, insecure: false, idempotency_window: Duration::from_secs(300) }
+    }
 }
 
 /// Channel namespaces.
@@ -170,10 +185,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
+        Self { level: "info".into(), format: LogFormat::Text }
     }
 }
 

@@ -4,9 +4,7 @@ use rand::Rng;
 
 /// A commented configuration with freshly generated secrets.
 pub fn starter_config() -> String {
-    TEMPLATE
-        .replace("{token_secret}", &random_secret())
-        .replace("{api_key}", &random_secret())
+    TEMPLATE.replace("{token_secret}", &random_secret()).replace("{api_key}", &random_secret())
 }
 
 /// 32 random bytes, hex-encoded.
@@ -63,10 +61,18 @@ queue_max_bytes = 1048576
 write_timeout = "10s"
 # Channels per connection (0 = no limit).
 max_channels = 128
+# Presence entries are refreshed every presence_update_interval and vanish
+# presence_ttl after the last refresh (a client whose node died leaves
+# presence within presence_ttl).
+presence_update_interval = "25s"
+presence_ttl = "60s"
 
 [api]
 # Send as `X-API-Key: <key>` or `Authorization: apikey <key>`.
 key = "{api_key}"
+# A publish repeated with the same idempotency_key within this window
+# returns the first result and is not delivered again.
+idempotency_window = "5m"
 
 # Channels without a namespace, such as "news".
 [channel.without_namespace]
@@ -85,6 +91,22 @@ max_message_size = 65536
 subscribe = "authenticated"
 publish = "subscribers"
 max_channels_per_connection = 16
+# Keep the last 100 publications for 10 minutes after the last one, so a
+# client that reconnects within that time recovers what it missed.
+history_size = 100
+history_ttl = "10m"
+# How long the stream position (offset, epoch) outlives the last publication.
+history_meta_ttl = "24h"
+# Make every subscription recoverable, whatever the client asked.
+force_recovery = true
+# A client that missed more than this is told recovered: false.
+recovery_max_publications = 300
+# Who is in each room, and join/leave events for those who ask.
+presence = true
+join_leave = true
+force_push_join_leave = false
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
 
 [log]
 # A tracing filter: "info", "debug", "herald_server=debug,info", ...

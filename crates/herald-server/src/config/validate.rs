@@ -29,6 +29,33 @@ impl Config {
         if client.queue_max_bytes < 1024 {
             problems.push("client.queue_max_bytes: must be at least 1024 bytes".to_owned());
         }
+        if client.presence_update_interval.is_zero() || client.presence_ttl <= client.presence_update_interval {
+            problems.push(
+                "client.presence_ttl: must be longer than client.presence_update_interval (which must be above zero)"
+                    .to_owned(),
+            );
+        }
+        for (name, options) in std::iter::once(("without_namespace", &self.channel.without_namespace))
+            .chain(self.channel.namespaces.iter().map(|(n, o)| (n.as_str(), o)))
+        {
+            let wants_history =
+                options.force_recovery || options.force_positioning || options.allow_history_for_subscriber;
+            if wants_history && options.history_size == 0 {
+                problems.push(format!(
+                    "channel namespace {name}: recovery, positioning and history need history_size above 0"
+                ));
+            }
+            if options.history_size > 0 && options.history_ttl.is_zero() {
+                problems.push(format!("channel namespace {name}: history_ttl must be above zero"));
+            }
+            if (options.allow_presence_for_subscriber || options.force_push_join_leave)
+                && !(options.presence || options.join_leave)
+            {
+                problems.push(format!(
+                    "channel namespace {name}: presence reads need presence = true, join/leave pushes need join_leave = true"
+                ));
+            }
+        }
         if client.write_timeout.is_zero() {
             problems.push("client.write_timeout: must be above zero".to_owned());
         }
@@ -36,10 +63,8 @@ impl Config {
             problems.extend(key_problems);
         }
         for name in self.channel.namespaces.keys() {
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
             if !valid {
                 problems.push(format!(
                     "channel.namespaces.{name}: a namespace name uses only letters, digits, `_`, `-` and `.`"
@@ -47,10 +72,7 @@ impl Config {
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problems.push(format!(
-                "log.level: `{}` is not a valid filter: {e}",
-                self.log.level
-            ));
+            problems.push(format!("log.level: `{}` is not a valid filter: {e}", self.log.level));
         }
         problems
     }

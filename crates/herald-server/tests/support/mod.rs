@@ -43,10 +43,7 @@ pub fn test_config() -> Config {
     let mut config = Config::default();
     config.client.token_hmac_secret = Some(Secret::new(SECRET));
     config.api.key = Some(Secret::new(API_KEY));
-    let chat = herald_core::NamespaceOptions {
-        publish: herald_core::PublishPolicy::Subscribers,
-        ..Default::default()
-    };
+    let chat = herald_core::NamespaceOptions { publish: herald_core::PublishPolicy::Subscribers, ..Default::default() };
     let private = herald_core::NamespaceOptions {
         subscribe: herald_core::SubscribePolicy::Token,
         publish: herald_core::PublishPolicy::Subscribers,
@@ -78,20 +75,14 @@ impl TestServer {
     pub async fn with_config(config: Config) -> Self {
         let problems = config.validate();
         assert!(problems.is_empty(), "test config is invalid: {problems:#?}");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind an ephemeral port");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
         let addr = listener.local_addr().unwrap();
         let node = Node::build(config).await.expect("node builds");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(node.run(listener, async move {
             let _ = stopped.await;
         }));
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self { addr, stop: Some(stop), task: Some(task) }
     }
 
     pub fn ws_url(&self) -> String {
@@ -122,53 +113,30 @@ impl TestServer {
 
     /// A WebSocket to the Centrifuge endpoint, before any command.
     pub async fn client(&self) -> Client {
-        let (ws, _) =
-            tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(self.ws_url()))
-                .await
-                .expect("WebSocket handshake in time")
-                .expect("WebSocket handshake succeeds");
-        Client {
-            ws,
-            next_id: 100,
-            pending: Default::default(),
-            held_pushes: Default::default(),
-        }
+        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(self.ws_url()))
+            .await
+            .expect("WebSocket handshake in time")
+            .expect("WebSocket handshake succeeds");
+        Client { ws, next_id: 100, pending: Default::default(), held_pushes: Default::default() }
     }
 
     /// A client that has connected as `user`.
     pub async fn connected(&self, user: &str) -> Client {
         let mut client = self.client().await;
-        let reply = client
-            .command(json!({"id": 1, "connect": {"token": self.token(user)}}))
-            .await;
-        assert!(
-            reply["connect"]["client"].is_string(),
-            "connect failed: {reply}"
-        );
+        let reply = client.command(json!({"id": 1, "connect": {"token": self.token(user)}})).await;
+        assert!(reply["connect"]["client"].is_string(), "connect failed: {reply}");
         client
     }
 
     /// Calls the server API with the right key.
     pub async fn api(&self, method: &str, params: Value) -> (u16, Value) {
-        http_post(
-            self.addr,
-            &format!("/api/{method}"),
-            &[("X-API-Key", API_KEY)],
-            &params.to_string(),
-        )
-        .await
+        http_post(self.addr, &format!("/api/{method}"), &[("X-API-Key", API_KEY)], &params.to_string()).await
     }
 
     /// Publishes through the API and asserts it was accepted.
     pub async fn publish(&self, channel: &str, data: Value) {
-        let (status, body) = self
-            .api("publish", json!({"channel": channel, "data": data}))
-            .await;
-        assert_eq!(
-            (status, &body["error"]),
-            (200, &Value::Null),
-            "publish failed: {body}"
-        );
+        let (status, body) = self.api("publish", json!({"channel": channel, "data": data})).await;
+        assert_eq!((status, &body["error"]), (200, &Value::Null), "publish failed: {body}");
     }
 
     /// Triggers shutdown and waits for the node to finish draining.
@@ -218,12 +186,7 @@ pub enum Seen {
 impl Client {
     /// Wraps a WebSocket opened elsewhere (for example to a spawned binary).
     pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
-        Client {
-            ws,
-            next_id: 100,
-            pending: Default::default(),
-            held_pushes: Default::default(),
-        }
+        Client { ws, next_id: 100, pending: Default::default(), held_pushes: Default::default() }
     }
 
     pub async fn send_text(&mut self, text: &str) {
@@ -241,17 +204,11 @@ impl Client {
     /// The next whole frame as text (pings answered by the caller).
     pub async fn next_frame(&mut self) -> Result<String, (u16, String)> {
         loop {
-            let message = tokio::time::timeout(PATIENCE, self.ws.next())
-                .await
-                .expect("a message in time");
+            let message = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a message in time");
             match message {
                 Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    return Err((u16::from(frame.code), frame.reason.to_string()))
-                }
-                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
-                    return Err((0, String::new()))
-                }
+                Some(Ok(Message::Close(Some(frame)))) => return Err((u16::from(frame.code), frame.reason.to_string())),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Err((0, String::new())),
                 Some(Ok(_)) => continue,
             }
         }
@@ -264,10 +221,7 @@ impl Client {
         }
         match self.next_frame().await {
             Ok(frame) => {
-                self.pending = frame
-                    .lines()
-                    .map(|l| serde_json::from_str::<Value>(l).expect("JSON message"))
-                    .collect();
+                self.pending = frame.lines().map(|l| serde_json::from_str::<Value>(l).expect("JSON message")).collect();
                 Seen::Json(self.pending.pop_front().expect("non-empty frame"))
             }
             Err((0, _)) => Seen::Gone,
@@ -284,9 +238,7 @@ impl Client {
             match self.next().await {
                 Seen::Json(v) if v == json!({}) => continue,
                 Seen::Json(v) if v["id"] == id => return v,
-                Seen::Json(v) if v.get("push").is_some() => {
-                    self.held_pushes.push_back(v["push"].clone())
-                }
+                Seen::Json(v) if v.get("push").is_some() => self.held_pushes.push_back(v["push"].clone()),
                 other => panic!("expected the reply to command {id}, got {other:?}"),
             }
         }
@@ -295,13 +247,8 @@ impl Client {
     /// Subscribes and asserts success.
     pub async fn subscribe(&mut self, channel: &str) -> Value {
         self.next_id += 1;
-        let reply = self
-            .command(json!({"id": self.next_id, "subscribe": {"channel": channel}}))
-            .await;
-        assert!(
-            reply.get("error").is_none(),
-            "subscribe to {channel} failed: {reply}"
-        );
+        let reply = self.command(json!({"id": self.next_id, "subscribe": {"channel": channel}})).await;
+        assert!(reply.get("error").is_none(), "subscribe to {channel} failed: {reply}");
         reply
     }
 
@@ -352,12 +299,7 @@ pub fn code(c: CloseCode) -> u16 {
 
 /// A minimal HTTP/1.1 POST; returns the status and the JSON body (or
 /// `Value::Null` when the body is not JSON).
-pub async fn http_post(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, Value) {
+pub async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
     let mut stream = TcpStream::connect(addr).await.expect("connect for HTTP");
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -368,21 +310,14 @@ pub async fn http_post(
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write HTTP request");
+    stream.write_all(request.as_bytes()).await.expect("write HTTP request");
     let mut response = Vec::new();
     tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
         .await
         .expect("HTTP response in time")
         .expect("read HTTP response");
     let text = String::from_utf8_lossy(&response);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("HTTP status line");
+    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("HTTP status line");
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
@@ -391,10 +326,7 @@ pub async fn http_post(
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

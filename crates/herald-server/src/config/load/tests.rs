@@ -23,10 +23,7 @@ mod tempfile_like {
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
             ));
-            std::fs::File::create(&path)
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
+            std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
             Self(path)
         }
     }
@@ -38,21 +35,11 @@ mod tempfile_like {
     }
 }
 
-fn sources(
-    file: Option<&tempfile_like::TempFile>,
-    env: &[(&str, &str)],
-    flags: &[(&str, &str)],
-) -> Sources {
+fn sources(file: Option<&tempfile_like::TempFile>, env: &[(&str, &str)], flags: &[(&str, &str)]) -> Sources {
     Sources {
         file: file.map(|f| f.0.clone()),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        overrides: flags
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        overrides: flags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     }
 }
 
@@ -60,27 +47,16 @@ fn sources(
 fn no_sources_give_the_defaults() {
     let config = load(&Sources::default()).unwrap();
     assert_eq!(config.http.port, 8000);
-    assert_eq!(
-        config.client.ping_interval,
-        std::time::Duration::from_secs(25)
-    );
+    assert_eq!(config.client.ping_interval, std::time::Duration::from_secs(25));
 }
 
 #[test]
 fn flags_override_env_which_overrides_the_file() {
-    let f =
-        file("[http]\nport = 1000\n[client]\nping_interval = \"30s\"\n[log]\nformat = \"json\"\n");
-    let env = [
-        ("HERALD_HTTP__PORT", "2000"),
-        ("HERALD_CLIENT__PING_INTERVAL", "20s"),
-        ("HERALD_CONFIG", "x"),
-    ];
+    let f = file("[http]\nport = 1000\n[client]\nping_interval = \"30s\"\n[log]\nformat = \"json\"\n");
+    let env = [("HERALD_HTTP__PORT", "2000"), ("HERALD_CLIENT__PING_INTERVAL", "20s"), ("HERALD_CONFIG", "x")];
     let config = load(&sources(Some(&f), &env, &[("http.port", "3000")])).unwrap();
     assert_eq!(config.http.port, 3000);
-    assert_eq!(
-        config.client.ping_interval,
-        std::time::Duration::from_secs(20)
-    );
+    assert_eq!(config.client.ping_interval, std::time::Duration::from_secs(20));
     assert_eq!(config.log.format, LogFormat::Json);
 }
 
@@ -128,19 +104,13 @@ x = 1
         "client.token_rsa_public_key",
     ];
     for key in expect {
-        assert!(
-            errors.iter().any(|e| e.starts_with(key)),
-            "no problem reported for {key}: {errors:#?}"
-        );
+        assert!(errors.iter().any(|e| e.starts_with(key)), "no problem reported for {key}: {errors:#?}");
     }
 }
 
 #[test]
 fn a_missing_file_says_how_to_make_one() {
-    let missing = Sources {
-        file: Some("/nonexistent/herald.toml".into()),
-        ..Default::default()
-    };
+    let missing = Sources { file: Some("/nonexistent/herald.toml".into()), ..Default::default() };
     let errors = load(&missing).unwrap_err().0;
     assert!(errors[0].contains("herald config init"), "{errors:?}");
 }

@@ -1,0 +1,143 @@
+//! What the engine delivers, applied to local connections: publications and
+//! joins/leaves fanned out to subscribers, control commands applied to the
+//! named users' connections.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_engine::{ChannelName, ClientId, ClientInfo, Control, EngineEvent, Publication, UserId};
+
+use super::{Hub, SubscribeRequest, Subscriber};
+use crate::connection::Connection;
+use crate::error::HubError;
+use crate::hub::SubscribeAccess;
+use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
+
+/// One encoding per protocol, shared by every subscriber speaking it.
+#[derive(Default)]
+struct SharedFrames(Vec<(*const (), Bytes)>);
+
+impl SharedFrames {
+    fn get(&mut self, conn: &Connection, encode: impl FnOnce() -> Bytes) -> Bytes {
+        let key = Arc::as_ptr(&conn.encoder) as *const ();
+        if let Some((_, bytes)) = self.0.iter().find(|(k, _)| *k == key) {
+            return bytes.clone();
+        }
+        let bytes = encode();
+        self.0.push((key, bytes.clone()));
+        bytes
+    }
+}
+
+impl Hub {
+    pub(super) fn on_engine_event(self: Arc<Self>, event: EngineEvent) {
+        match event {
+            EngineEvent::Publication { channel, publication } => self.fanout(&channel, &publication),
+            EngineEvent::Join { channel, info } => self.fanout_presence(&channel, &info, true),
+            EngineEvent::Leave { channel, info } => self.fanout_presence(&channel, &info, false),
+            EngineEvent::Control(command) => self.on_control(command),
+        }
+    }
+
+    /// Delivers one publication to every local subscriber of its channel.
+    fn fanout(&self, channel: &ChannelName, publication: &Arc<Publication>) {
+        let shard = self.channels.read(channel);
+        let Some(subscribers) = shard.get(channel) else { return };
+        let mut frames = SharedFrames::default();
+        for subscriber in subscribers.values() {
+            if let Some(buffer) = &subscriber.recovering {
+                // Merged with history once the recovery read is done.
+                buffer.lock().unwrap_or_else(|e| e.into_inner()).push(publication.clone());
+                continue;
+            }
+            let conn = &subscriber.conn;
+            let frame = frames.get(conn, || conn.encoder.encode_publication(channel, publication));
+            if conn.outbox.push(Outgoing::Frame(frame)).is_err() {
+                tracing::debug!(client = %conn.client, %channel, "publication not queued: connection closing");
+            }
+        }
+    }
+
+    fn fanout_presence(&self, channel: &ChannelName, info: &ClientInfo, joined: bool) {
+        let force = self.config.rules.resolve(channel).is_ok_and(|o| o.force_push_join_leave);
+        let shard = self.channels.read(channel);
+        let Some(subscribers) = shard.get(channel) else { return };
+        let mut frames = SharedFrames::default();
+        for subscriber in subscribers.values() {
+            if subscriber.recovering.is_some() || !(force || subscriber.join_leave) {
+                continue;
+            }
+            let conn = &subscriber.conn;
+            let frame = frames.get(conn, || match joined {
+                true => conn.encoder.encode_join(channel, info),
+                false => conn.encoder.encode_leave(channel, info),
+            });
+            let _ = conn.outbox.push(Outgoing::Frame(frame));
+        }
+    }
+
+    fn local_connections(&self, user: &UserId, client: Option<&ClientId>) -> Vec<Arc<Connection>> {
+        let users = self.users.read(user);
+        let Some(conns) = users.get(user) else { return Vec::new() };
+        conns.values().filter(|c| client.is_none_or(|id| *id == c.client)).cloned().collect()
+    }
+
+    fn on_control(self: Arc<Self>, command: Control) {
+        match command {
+            Control::Disconnect { user, client, reason } => {
+                for conn in self.local_connections(&user, client.as_ref()) {
+                    conn.outbox.close(reason.clone());
+                }
+            }
+            Control::Subscribe { user, channel, client } => {
+                let conns = self.local_connections(&user, client.as_ref());
+                if conns.is_empty() {
+                    return;
+                }
+                tokio::spawn(async move {
+                    for conn in conns {
+                        let event = Outgoing::Event(ConnEvent::Subscribed { channel: channel.clone() });
+                        let request = SubscribeRequest::default();
+                        let result =
+                            self.subscribe(&conn, &channel, SubscribeAccess::Server, request, |_| Some(event)).await;
+                        match result {
+                            Ok(_) | Err(HubError::AlreadySubscribed) => {}
+                            Err(error) => {
+                                tracing::warn!(client = %conn.client, %channel, %error, "server-side subscribe failed")
+                            }
+                        }
+                    }
+                });
+            }
+            Control::Unsubscribe { user, channel, client } => {
+                let conns = self.local_connections(&user, client.as_ref());
+                if conns.is_empty() {
+                    return;
+                }
+                tokio::spawn(async move {
+                    for conn in conns {
+                        if self.unsubscribe(&conn, &channel).await {
+                            let reason = UnsubscribeReason::Server;
+                            let event = ConnEvent::Unsubscribed { channel: channel.clone(), reason };
+                            let _ = conn.outbox.push(Outgoing::Event(event));
+                        }
+                    }
+                });
+            }
+            Control::Refresh { user, client, expire_at, expired } => {
+                for conn in self.local_connections(&user, client.as_ref()) {
+                    let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Refresh { expire_at, expired }));
+                }
+            }
+        }
+    }
+
+    /// Switches a recovering subscriber to live delivery, returning what it
+    /// buffered meanwhile.
+    pub(super) fn go_live(subscriber: &mut Subscriber) -> Vec<Arc<Publication>> {
+        match subscriber.recovering.take() {
+            Some(buffer) => buffer.into_inner().unwrap_or_else(|e| e.into_inner()),
+            None => Vec::new(),
+        }
+    }
+}

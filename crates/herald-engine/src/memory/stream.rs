@@ -1,0 +1,99 @@
+//! One channel's history stream in memory: bounded by size; its
+//! publications expire `ttl` after the last publication, its position
+//! (offset and epoch) `meta_ttl` after, and then it is reborn under a new
+//! epoch.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::engine::{HistoryOptions, HistoryQuery, HistoryResult};
+use crate::ids::{Epoch, Offset};
+use crate::message::{Publication, StreamPosition};
+
+/// A fresh epoch, unlike any this process made before.
+pub(super) fn new_epoch() -> Epoch {
+    static MINTED: AtomicU64 = AtomicU64::new(0);
+    let seed = MINTED.fetch_add(1, Ordering::Relaxed);
+    Epoch::new(&format!("{:08x}", RandomState::new().hash_one(seed) as u32))
+}
+
+#[derive(Debug)]
+pub(super) struct Stream {
+    epoch: Epoch,
+    top: u64,
+    publications: VecDeque<Arc<Publication>>,
+    publications_expire_at: Instant,
+    meta_expires_at: Instant,
+}
+
+impl Stream {
+    pub(super) fn new(now: Instant, options: &HistoryOptions) -> Self {
+        Self {
+            epoch: new_epoch(),
+            top: 0,
+            publications: VecDeque::new(),
+            publications_expire_at: now + options.ttl,
+            meta_expires_at: now + options.meta_ttl.max(options.ttl),
+        }
+    }
+
+    /// Whether the stream's position has expired (the stream is gone).
+    pub(super) fn is_expired(&self, now: Instant) -> bool {
+        now >= self.meta_expires_at
+    }
+
+    /// Drops publications past their time.
+    pub(super) fn expire_publications(&mut self, now: Instant) {
+        if now >= self.publications_expire_at {
+            self.publications.clear();
+        }
+    }
+
+    pub(super) fn position(&self) -> StreamPosition {
+        StreamPosition { offset: Offset::new(self.top), epoch: self.epoch.clone() }
+    }
+
+    /// Gives the publication the next offset and keeps it.
+    pub(super) fn append(
+        &mut self,
+        mut publication: Publication,
+        options: &HistoryOptions,
+        now: Instant,
+    ) -> Arc<Publication> {
+        self.top += 1;
+        publication.offset = Offset::new(self.top);
+        let publication = Arc::new(publication);
+        self.publications.push_back(publication.clone());
+        while self.publications.len() > options.size {
+            self.publications.pop_front();
+        }
+        self.publications_expire_at = now + options.ttl;
+        self.meta_expires_at = now + options.meta_ttl.max(options.ttl);
+        publication
+    }
+
+    pub(super) fn read(&self, query: &HistoryQuery) -> HistoryResult {
+        let position = self.position();
+        if query.limit == 0 {
+            return HistoryResult { position, publications: Vec::new() };
+        }
+        let after = match &query.since {
+            Some(since) if since.epoch != self.epoch => {
+                return HistoryResult { position, publications: Vec::new() };
+            }
+            Some(since) => since.offset.get(),
+            None => 0,
+        };
+        let newer = self.publications.iter().filter(|p| p.offset.get() > after);
+        let publications: Vec<Arc<Publication>> = if query.reverse {
+            newer.rev().take(query.limit).cloned().collect()
+        } else {
+            newer.take(query.limit).cloned().collect()
+        };
+        HistoryResult { position, publications }
+    }
+}

@@ -49,8 +49,26 @@ pub fn test_config() -> Config {
         publish: herald_core::PublishPolicy::Subscribers,
         ..Default::default()
     };
+    let feed = herald_core::NamespaceOptions {
+        publish: herald_core::PublishPolicy::Subscribers,
+        history_size: 10,
+        history_ttl: Duration::from_secs(300),
+        force_recovery: true,
+        recovery_max_publications: 5,
+        allow_history_for_subscriber: true,
+        ..Default::default()
+    };
+    let room = herald_core::NamespaceOptions {
+        publish: herald_core::PublishPolicy::Subscribers,
+        presence: true,
+        join_leave: true,
+        allow_presence_for_subscriber: true,
+        ..Default::default()
+    };
     config.channel.namespaces.insert("chat".into(), chat);
     config.channel.namespaces.insert("private".into(), private);
+    config.channel.namespaces.insert("feed".into(), feed);
+    config.channel.namespaces.insert("room".into(), room);
     config
 }
 
@@ -326,6 +344,19 @@ pub async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], b
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls an async `condition` until it holds, failing after [`PATIENCE`].
+pub async fn eventually_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

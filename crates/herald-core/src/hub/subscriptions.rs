@@ -1,0 +1,248 @@
+//! Subscribing and unsubscribing: permissions, limits, engine interest,
+//! recovery at the seam between history and live delivery, and presence.
+//! See the invariants in the parent module.
+
+use std::sync::{Arc, Mutex};
+
+use herald_engine::{ChannelName, EngineEvent, HistoryOptions, HistoryQuery};
+
+use super::recovery::{self, Recovery};
+use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest, Subscriber};
+use crate::connection::Connection;
+use crate::error::HubError;
+use crate::namespace::{ChannelRules, NamespaceOptions, SubscribePolicy};
+use crate::outbox::Outgoing;
+
+impl Hub {
+    /// Checks whether `conn` may subscribe to `channel` on these grounds.
+    pub fn authorize_subscribe(
+        &self,
+        conn: &Connection,
+        channel: &ChannelName,
+        access: SubscribeAccess,
+    ) -> Result<&NamespaceOptions, HubError> {
+        let options = self.config.rules.resolve(channel)?;
+        if access == SubscribeAccess::Client {
+            let allowed = match options.subscribe {
+                SubscribePolicy::Anyone => true,
+                SubscribePolicy::Authenticated => !conn.user.is_anonymous(),
+                SubscribePolicy::Token => false,
+            };
+            if !allowed {
+                return Err(HubError::PermissionDenied);
+            }
+            if options.user_limited && !ChannelRules::user_admitted(channel, &conn.user) {
+                return Err(HubError::PermissionDenied);
+            }
+        }
+        Ok(options)
+    }
+
+    /// Subscribes `conn` to `channel`. `reply` encodes the front-end's reply
+    /// from the outcome; it is queued ahead of the channel's next
+    /// publication (and of anything recovered that is not in it).
+    pub async fn subscribe(
+        &self,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+        access: SubscribeAccess,
+        request: SubscribeRequest,
+        reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
+    ) -> Result<SubscribeOutcome, HubError> {
+        let options = self.authorize_subscribe(conn, channel, access)?;
+        let _interest = self.interest_lock(channel).lock().await;
+        self.check_subscription_limits(conn, channel, options)?;
+
+        let history = options.history();
+        let recoverable = history.is_some() && (request.recoverable || options.force_recovery);
+        let positioned = recoverable || (history.is_some() && (request.positioned || options.force_positioning));
+
+        let known = self.channels.read(channel).contains_key(channel);
+        if !known {
+            self.engine.subscribe(channel).await?;
+        }
+        let subscriber = Subscriber {
+            conn: conn.clone(),
+            join_leave: request.subscription.join_leave,
+            recovering: positioned.then(|| Mutex::new(Vec::new())),
+        };
+        self.add_subscriber(channel, subscriber);
+        conn.subscriptions().insert(channel.clone(), request.subscription.clone());
+
+        let mut outcome = SubscribeOutcome { positioned, recoverable, ..Default::default() };
+        if let Some(history) = &history {
+            if positioned {
+                if let Err(error) = self.read_recovery(channel, &request, options, history, &mut outcome).await {
+                    self.remove_subscriber(conn, channel).await;
+                    return Err(error);
+                }
+            }
+        }
+
+        self.go_live_after(conn, channel, &outcome, reply);
+
+        self.announce_presence(conn, channel, options, true).await;
+        Ok(outcome)
+    }
+
+    /// Queues the reply, then what was buffered above the reply's position,
+    /// and switches the subscriber to live delivery, all under the shard
+    /// lock fanout takes.
+    fn go_live_after(
+        &self,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+        outcome: &SubscribeOutcome,
+        reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
+    ) {
+        let mut shard = self.channels.write(channel);
+        let buffered = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
+            Some(subscriber) => Self::go_live(subscriber),
+            None => Vec::new(),
+        };
+        if let Some(reply) = reply(outcome) {
+            // A full outbox closes itself as slow; the session ends and
+            // cleans up this subscription with the rest.
+            let _ = conn.outbox.push(reply);
+        }
+        let top = outcome.position.offset;
+        for publication in buffered.iter().filter(|p| p.offset > top) {
+            let frame = conn.encoder.encode_publication(channel, publication);
+            let _ = conn.outbox.push(Outgoing::Frame(frame));
+        }
+    }
+
+    /// Reads the stream position and, when recovering, what was missed.
+    async fn read_recovery(
+        &self,
+        channel: &ChannelName,
+        request: &SubscribeRequest,
+        options: &NamespaceOptions,
+        history: &HistoryOptions,
+        outcome: &mut SubscribeOutcome,
+    ) -> Result<(), HubError> {
+        let since = request.recover_since.clone().filter(|_| outcome.recoverable);
+        let query = match &since {
+            Some(since) => HistoryQuery {
+                since: Some(since.clone()),
+                limit: options.recovery_max_publications.saturating_add(1),
+                reverse: false,
+            },
+            None => HistoryQuery::default(),
+        };
+        let read = self.engine.history(channel, &query, history).await?;
+        outcome.position = read.position.clone();
+        if let Some(since) = since {
+            outcome.was_recovering = true;
+            match recovery::decide(&since, read, options.recovery_max_publications) {
+                Recovery::Recovered(publications) => {
+                    outcome.recovered = true;
+                    outcome.publications = publications;
+                }
+                Recovery::Impossible => outcome.recovered = false,
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds presence and announces the join (or removes and announces the
+    /// leave) where the namespace keeps presence.
+    async fn announce_presence(
+        &self,
+        conn: &Connection,
+        channel: &ChannelName,
+        options: &NamespaceOptions,
+        joined: bool,
+    ) {
+        if !options.presence && !options.join_leave {
+            return;
+        }
+        let info = conn.info_in(channel);
+        let result = match (options.presence, joined) {
+            (false, _) => Ok(()),
+            (true, true) => self.engine.add_presence(channel, &info, self.config.presence_ttl).await,
+            (true, false) => self.engine.remove_presence(channel, &conn.client).await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(%channel, %error, "presence update failed");
+        }
+        if options.join_leave {
+            let event = match joined {
+                true => EngineEvent::Join { channel: channel.clone(), info },
+                false => EngineEvent::Leave { channel: channel.clone(), info },
+            };
+            if let Err(error) = self.engine.publish_presence_event(event).await {
+                tracing::warn!(%channel, %error, "join/leave event not sent");
+            }
+        }
+    }
+
+    fn check_subscription_limits(
+        &self,
+        conn: &Connection,
+        channel: &ChannelName,
+        options: &NamespaceOptions,
+    ) -> Result<(), HubError> {
+        let subscriptions = conn.subscriptions();
+        if subscriptions.contains_key(channel) {
+            return Err(HubError::AlreadySubscribed);
+        }
+        let total_limit = self.config.max_channels_per_connection;
+        if total_limit > 0 && subscriptions.len() >= total_limit {
+            return Err(HubError::LimitExceeded("too many channels for this connection"));
+        }
+        let ns_limit = options.max_channels_per_connection;
+        if ns_limit > 0 {
+            let namespace = ChannelRules::namespace_of(channel);
+            let in_namespace = subscriptions.keys().filter(|c| ChannelRules::namespace_of(c) == namespace).count();
+            if in_namespace >= ns_limit {
+                return Err(HubError::LimitExceeded("too many channels in this namespace"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes `conn` from `channel`; false if it was not subscribed.
+    pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
+        let _interest = self.interest_lock(channel).lock().await;
+        let removed = self.remove_subscriber(conn, channel).await;
+        if removed {
+            if let Ok(options) = self.config.rules.resolve(channel) {
+                self.announce_presence(conn, channel, options, false).await;
+            }
+        }
+        removed
+    }
+
+    fn add_subscriber(&self, channel: &ChannelName, subscriber: Subscriber) {
+        let mut shard = self.channels.write(channel);
+        shard.entry(channel.clone()).or_default().insert(subscriber.conn.client.clone(), subscriber);
+    }
+
+    /// Removes the subscription; the caller holds the channel's interest lock.
+    async fn remove_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
+        if conn.subscriptions().remove(channel).is_none() {
+            return false;
+        }
+        let now_empty = {
+            let mut shard = self.channels.write(channel);
+            match shard.get_mut(channel) {
+                Some(subscribers) => {
+                    subscribers.remove(&conn.client);
+                    let empty = subscribers.is_empty();
+                    if empty {
+                        shard.remove(channel);
+                    }
+                    empty
+                }
+                None => false,
+            }
+        };
+        if now_empty {
+            if let Err(error) = self.engine.unsubscribe(channel).await {
+                tracing::warn!(%channel, %error, "engine unsubscribe failed; the node may receive publications it drops");
+            }
+        }
+        true
+    }
+}

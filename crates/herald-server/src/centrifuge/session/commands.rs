@@ -1,0 +1,257 @@
+//! The session's command handlers: one method per client command, each
+//! returning the reply it queued or the failure to report.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use herald_core::{
+    ConnectionSpec, HubError, Outgoing, SubscribeAccess, SubscribeRequest as HubSubscribeRequest, Subscription,
+};
+use herald_engine::{ChannelName, ClientId, DisconnectReason, Epoch, HistoryQuery, Offset, StreamPosition, UserId};
+use tokio::time::Instant;
+
+use super::{deadline_after, ConnectResult, Empty, ExpiryResult, Failure, Session};
+use crate::auth::{self, ConnectClaims, TokenError};
+use crate::centrifuge::codes::ClientError;
+use crate::centrifuge::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
+use crate::centrifuge::encode;
+use herald_core::Connection;
+
+impl Session {
+    pub(super) fn connection(&self) -> Result<Arc<Connection>, Failure> {
+        self.conn.clone().ok_or(Failure::Disconnect(DisconnectReason::BadRequest))
+    }
+
+    pub(super) async fn on_connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Failure> {
+        let claims = if req.token.is_empty() {
+            if !self.shared.settings.allow_anonymous {
+                tracing::info!("connect without a token refused: client.allow_anonymous is off");
+                return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+            }
+            ConnectClaims::default()
+        } else {
+            match self.shared.verifier.connection(&req.token) {
+                Ok(claims) => claims,
+                Err(TokenError::Expired) => return Err(ClientError::TokenExpired.into()),
+                Err(TokenError::Invalid(why)) => {
+                    tracing::info!(%why, "connection token refused");
+                    return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+                }
+            }
+        };
+        let user = UserId::new(&claims.sub).map_err(|_| Failure::Disconnect(DisconnectReason::InvalidToken))?;
+        let hub = self.shared.hub.clone();
+        let conn = hub
+            .connect(ConnectionSpec {
+                client: ClientId::from(uuid::Uuid::new_v4().to_string()),
+                user,
+                conn_info: auth::info_bytes(&claims.info),
+                encoder: self.shared.encoder.clone(),
+                outbox: self.outbox.clone(),
+            })
+            .map_err(|_| Failure::Disconnect(DisconnectReason::Shutdown))?;
+
+        let mut subs = BytesMut::new();
+        for name in &claims.channels {
+            let recover_since = req.subs.get(name).filter(|r| r.recover).map(|r| position(r.offset, &r.epoch));
+            let request = HubSubscribeRequest { recover_since, ..Default::default() };
+            let subscribed = match ChannelName::new(name) {
+                Ok(channel) => hub
+                    .subscribe(&conn, &channel, SubscribeAccess::Server, request, |_| None)
+                    .await
+                    .map_err(ClientError::Hub),
+                Err(e) => Err(ClientError::BadRequest(format!("channel {name:?} in token: {e}"))),
+            };
+            match subscribed {
+                Ok(outcome) => {
+                    subs.put_u8(if subs.is_empty() { b'{' } else { b',' });
+                    subs.put_slice(&serde_json::to_vec(name).expect("a string serializes"));
+                    subs.put_u8(b':');
+                    subs.put_slice(&encode::subscribe_result(&outcome, &ExpiryResult::default()));
+                }
+                Err(error) => {
+                    tracing::warn!(user = %conn.user(), channel = %name, %error, "server-side subscription from token failed");
+                    hub.disconnect(&conn).await;
+                    return Err(error.into());
+                }
+            }
+        }
+
+        let expiry = ExpiryResult::at(claims.exp);
+        let result = ConnectResult {
+            client: conn.client().as_str(),
+            version: env!("CARGO_PKG_VERSION"),
+            expires: expiry.expires,
+            ttl: expiry.ttl,
+            ping: self.shared.settings.ping_interval.as_secs(),
+            pong: true,
+            node: hub.node().as_str(),
+        };
+        let result = if subs.is_empty() {
+            Bytes::from(serde_json::to_vec(&result).expect("a connect result serializes"))
+        } else {
+            subs.put_u8(b'}');
+            encode::object_with_raw(&result, "subs", &subs)
+        };
+        // Ahead of any publication already queued for server-side channels.
+        self.outbox.push_front(Outgoing::Frame(encode::raw_reply(id, "connect", &result)));
+        self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
+        self.next_ping = Instant::now() + self.shared.settings.ping_interval;
+        tracing::debug!(client = %conn.client(), user = %conn.user(), "connected");
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    pub(super) async fn on_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(&req.channel)?;
+        let mut subscription = Subscription { chan_info: None, join_leave: req.join_leave };
+        let (access, exp) = if req.token.is_empty() {
+            (SubscribeAccess::Client, None)
+        } else {
+            let claims = self.verify_subscription(&conn, &channel, &req.token)?;
+            subscription.chan_info = auth::info_bytes(&claims.info);
+            (SubscribeAccess::Token, claims.exp)
+        };
+        let request = HubSubscribeRequest {
+            subscription,
+            positioned: req.positioned,
+            recoverable: req.recoverable,
+            recover_since: req.recover.then(|| position(req.offset, &req.epoch)),
+        };
+        let expiry = ExpiryResult::at(exp);
+        let reply = |outcome: &herald_core::SubscribeOutcome| {
+            let result = encode::subscribe_result(outcome, &expiry);
+            Some(Outgoing::Frame(encode::raw_reply(id, "subscribe", &result)))
+        };
+        let outcome = self.shared.hub.subscribe(&conn, &channel, access, request, reply).await?;
+        if outcome.was_recovering {
+            tracing::debug!(client = %conn.client(), %channel, recovered = outcome.recovered, replayed = outcome.publications.len(), "subscription recovery");
+        }
+        if let Some(exp) = exp {
+            self.sub_deadlines.insert(channel, deadline_after(exp, self.shared.settings.expired_sub_close_delay));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_history(&mut self, id: u32, req: HistoryRequest) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(&req.channel)?;
+        self.shared.hub.authorize_read(&conn, &channel, false)?;
+        let query = HistoryQuery {
+            since: req.since.map(|s| position(s.offset, &s.epoch)),
+            limit: usize::try_from(req.limit).unwrap_or(usize::MAX),
+            reverse: req.reverse,
+        };
+        let history = self.shared.hub.history(&channel, query).await?;
+        self.reply(encode::raw_reply(id, "history", &encode::history_result(&history)));
+        Ok(())
+    }
+
+    pub(super) async fn on_presence(&mut self, id: u32, channel: &str, stats_only: bool) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(channel)?;
+        self.shared.hub.authorize_read(&conn, &channel, true)?;
+        if stats_only {
+            let stats = self.shared.hub.presence_stats(&channel).await?;
+            self.reply(encode::reply(id, "presence_stats", &stats));
+        } else {
+            let present = self.shared.hub.presence(&channel).await?;
+            self.reply(encode::raw_reply(id, "presence", &encode::presence_result(&present)));
+        }
+        Ok(())
+    }
+
+    fn verify_subscription(
+        &self,
+        conn: &Connection,
+        channel: &ChannelName,
+        token: &str,
+    ) -> Result<auth::SubscribeClaims, Failure> {
+        let claims = self.shared.verifier.subscription(token).map_err(|e| match e {
+            TokenError::Expired => Failure::Reply(ClientError::TokenExpired),
+            TokenError::Invalid(why) => {
+                tracing::info!(client = %conn.client(), %channel, %why, "subscription token refused");
+                Failure::Reply(ClientError::Hub(HubError::PermissionDenied))
+            }
+        })?;
+        if claims.channel != channel.as_str() || claims.sub != conn.user().as_str() {
+            tracing::info!(client = %conn.client(), %channel, "subscription token is for another channel or user");
+            return Err(HubError::PermissionDenied.into());
+        }
+        Ok(claims)
+    }
+
+    pub(super) async fn on_unsubscribe(&mut self, id: u32, channel: &str) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(channel)?;
+        self.shared.hub.unsubscribe(&conn, &channel).await;
+        self.sub_deadlines.remove(&channel);
+        self.reply(encode::reply(id, "unsubscribe", &Empty {}));
+        Ok(())
+    }
+
+    pub(super) async fn on_publish(&mut self, id: u32, channel: &str, data: &str) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(channel)?;
+        self.shared.hub.client_publish(&conn, &channel, encode::compact_json(data)).await?;
+        self.reply(encode::reply(id, "publish", &Empty {}));
+        Ok(())
+    }
+
+    pub(super) fn on_refresh(&mut self, id: u32, token: &str) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let claims = match self.shared.verifier.connection(token) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Err(ClientError::TokenExpired.into()),
+            Err(TokenError::Invalid(why)) => {
+                tracing::info!(client = %conn.client(), %why, "refresh token refused");
+                return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+            }
+        };
+        if claims.sub != conn.user().as_str() {
+            tracing::info!(client = %conn.client(), "refresh token is for another user");
+            return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+        }
+        self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
+        let expiry = ExpiryResult::at(claims.exp);
+        let result = serde_json::json!({
+            "client": conn.client().as_str(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "expires": expiry.expires,
+            "ttl": expiry.ttl,
+        });
+        self.reply(encode::reply(id, "refresh", &result));
+        Ok(())
+    }
+
+    pub(super) fn on_sub_refresh(&mut self, id: u32, channel: &str, token: &str) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let channel = parse_channel(channel)?;
+        let claims = self.verify_subscription(&conn, &channel, token)?;
+        if !conn.is_subscribed(&channel) {
+            return Err(HubError::PermissionDenied.into());
+        }
+        match claims.exp {
+            Some(exp) => {
+                let deadline = deadline_after(exp, self.shared.settings.expired_sub_close_delay);
+                self.sub_deadlines.insert(channel, deadline);
+            }
+            None => {
+                self.sub_deadlines.remove(&channel);
+            }
+        }
+        self.reply(encode::reply(id, "sub_refresh", &ExpiryResult::at(claims.exp)));
+        Ok(())
+    }
+}
+
+/// A stream position as a client reports it.
+fn position(offset: u64, epoch: &str) -> StreamPosition {
+    StreamPosition { offset: Offset::new(offset), epoch: Epoch::new(epoch) }
+}
+
+fn parse_channel(name: &str) -> Result<ChannelName, Failure> {
+    ChannelName::new(name).map_err(|e| Failure::Reply(ClientError::BadRequest(e.to_string())))
+}

@@ -193,10 +193,16 @@ impl Hub {
         let mut refresh = Vec::new();
         self.connections.for_each_shard(|shard| {
             for conn in shard.values() {
-                for (channel, _) in conn.subscriptions().iter() {
-                    if self.config.rules.resolve(channel).is_ok_and(|o| o.presence) {
-                        refresh.push((channel.clone(), conn.info_in(channel)));
-                    }
+                // Collected first: `info_in` takes the subscriptions lock itself.
+                let present: Vec<ChannelName> = conn
+                    .subscriptions()
+                    .keys()
+                    .filter(|channel| self.config.rules.resolve(channel).is_ok_and(|o| o.presence))
+                    .cloned()
+                    .collect();
+                for channel in present {
+                    let info = conn.info_in(&channel);
+                    refresh.push((channel, info));
                 }
             }
         });
@@ -315,7 +321,8 @@ impl Hub {
             options.history().ok_or_else(|| HubError::NotAvailable("history is off in this namespace".into()))?;
         let result = self.engine.history(channel, &query, &history).await?;
         if let Some(since) = &query.since {
-            let continues = since.epoch == result.position.epoch
+            let same_epoch = since.epoch.is_empty() || since.epoch == result.position.epoch;
+            let continues = same_epoch
                 && since.offset <= result.position.offset
                 && (query.reverse
                     || since.offset == result.position.offset

@@ -202,6 +202,9 @@ pub async fn offsets_grow_by_one_and_history_reads_back_in_order(engine: Arc<dyn
     let other_epoch = StreamPosition { offset: Offset::new(1), epoch: Epoch::new("not-this-one") };
     let (position, offsets) = read(&*engine, &ch, HistoryQuery { since: Some(other_epoch), ..all() }).await;
     assert_eq!((position, offsets), (top, vec![]), "a position from another epoch recovers nothing");
+    let any_epoch = StreamPosition { offset: Offset::new(3), epoch: Epoch::default() };
+    let (_, offsets) = read(&*engine, &ch, HistoryQuery { since: Some(any_epoch), ..all() }).await;
+    assert_eq!(offsets, vec![4], "an empty epoch matches any epoch");
 }
 
 pub async fn history_is_trimmed_to_its_size(engine: Arc<dyn Engine>) {

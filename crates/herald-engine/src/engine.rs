@@ -78,8 +78,9 @@ pub struct PublishResult {
 /// Which publications a history read returns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
-    /// Only publications after this position (its epoch must match, or the
-    /// result is empty and carries the current epoch).
+    /// Only publications after this position. Its epoch must match (or be
+    /// empty, meaning any epoch); otherwise the result is empty and carries
+    /// the current epoch.
     pub since: Option<StreamPosition>,
     /// At most this many; 0 returns only the stream position.
     pub limit: usize,

@@ -321,3 +321,18 @@ export function nextEvent(emitter, event, { timeout = 5000, filter = () => true 
 export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * Kills the WebSocket under a connected Centrifuge client the way a network
+ * failure would: no close frame, no disconnect command. The client only sees
+ * its transport close and reconnects by itself. centrifuge-js keeps its
+ * transport in `_transport`, and that transport keeps the `ws` socket in its
+ * own `_transport`.
+ */
+export function dropTransport(client) {
+  const socket = client._transport?._transport;
+  if (!(socket instanceof WebSocket)) {
+    throw new Error('no ws WebSocket found at client._transport._transport: is the client connected over websocket?');
+  }
+  socket.terminate();
+}

@@ -21,7 +21,9 @@ pub enum Recovery {
 /// `since` and a limit above `max`.
 pub fn decide(since: &StreamPosition, history: HistoryResult, max: usize) -> Recovery {
     let top = &history.position;
-    if since.epoch != top.epoch || since.offset > top.offset {
+    // An empty epoch means "any epoch", as Centrifugo's clients expect.
+    let other_epoch = !since.epoch.is_empty() && since.epoch != top.epoch;
+    if other_epoch || since.offset > top.offset {
         return Recovery::Impossible;
     }
     let missed = top.offset.get() - since.offset.get();
@@ -80,6 +82,7 @@ mod tests {
             ("trimmed", position(1, "e"), history(4, &[3, 4]), Recovery::Impossible),
             ("expired", position(3, "e"), history(5, &[]), Recovery::Impossible),
             ("another epoch", position(5, "old"), history(5, &[]), Recovery::Impossible),
+            ("any epoch", position(4, ""), history(5, &[5]), recovered(&[5])),
             ("from the future", position(9, "e"), history(5, &[]), Recovery::Impossible),
             ("a gap in history", position(2, "e"), history(5, &[3, 5, 5]), Recovery::Impossible),
         ];

@@ -277,3 +277,25 @@ fn glob_patterns_match_like_shell_stars() {
         assert_eq!(glob_match(pattern, text), expected, "{pattern} vs {text}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn presence_outlives_its_ttl_while_the_connection_lives_and_leaves_with_it() {
+    let room = NamespaceOptions { presence: true, ..Default::default() };
+    let rules = ChannelRules::new(NamespaceOptions::default(), BTreeMap::from([("room".to_string(), room)]));
+    let mut config = HubConfig::new(NodeId::new("test"), rules);
+    config.presence_update_interval = std::time::Duration::from_secs(5);
+    config.presence_ttl = std::time::Duration::from_secs(12);
+    let hub = Hub::new(config, Arc::new(MemoryEngine::new()));
+    hub.start().await.unwrap();
+    let f = Fixture { hub: hub.clone(), encoder: Arc::new(TestEncoder::default()) };
+    let ann = f.connect("ann", 1 << 20);
+    f.subscribe(&ann, "room:1").await.unwrap();
+
+    for _ in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let stats = hub.presence_stats(&ch("room:1")).await.unwrap();
+        assert_eq!(stats.num_clients, 1, "the node keeps refreshing a live connection's entry");
+    }
+    hub.disconnect(&ann).await;
+    assert_eq!(hub.presence_stats(&ch("room:1")).await.unwrap().num_clients, 0, "a closed connection leaves at once");
+}

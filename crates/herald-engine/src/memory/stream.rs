@@ -82,7 +82,8 @@ impl Stream {
             return HistoryResult { position, publications: Vec::new() };
         }
         let after = match &query.since {
-            Some(since) if since.epoch != self.epoch => {
+            // An empty epoch means "any epoch".
+            Some(since) if !since.epoch.is_empty() && since.epoch != self.epoch => {
                 return HistoryResult { position, publications: Vec::new() };
             }
             Some(since) => since.offset.get(),

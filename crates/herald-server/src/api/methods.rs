@@ -67,6 +67,8 @@ pub struct HistoryParams {
 #[derive(Debug, Deserialize)]
 pub struct PositionParams {
     pub offset: u64,
+    /// Empty (or absent) means any epoch.
+    #[serde(default)]
     pub epoch: String,
 }
 

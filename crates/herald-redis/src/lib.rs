@@ -1,0 +1,402 @@
+//! # herald-redis
+//!
+//! The Redis engine: nodes that share one Redis form a cluster. History,
+//! stream positions, presence and the node registry live in Redis; Redis
+//! pub/sub carries publications, joins/leaves and control commands between
+//! nodes.
+//!
+//! # Layout
+//!
+//! - [`RedisEngine`] (here): the `Engine` implementation.
+//! - `scripts`: the Lua scripts that make each multi-key step atomic.
+//! - `wire`: the message format shared by pub/sub and history.
+//! - `keys`: key and pub/sub channel names.
+//!
+//! Interest-based routing: a node subscribes to a channel's pub/sub channel
+//! only while it has local subscribers. Subscriptions run on their own
+//! connection, which reconnects by itself and resubscribes everything.
+
+#![forbid(unsafe_code)]
+
+mod keys;
+mod scripts;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod wire;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use herald_engine::{
+    ChannelName, ClientId, ClientInfo, Control, Engine, EngineError, EngineEvent, Epoch, EventHandler, Health,
+    HistoryOptions, HistoryQuery, HistoryResult, NodeInfo, Offset, PresenceStats, Publication, PublishOptions,
+    PublishResult, StreamPosition,
+};
+
+pub use keys::Keys;
+
+/// Where the engine finds Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port[/db]`, or `rediss://` for TLS.
+    pub address: String,
+    /// Prefix of every key and pub/sub channel, so several Herald clusters
+    /// can share one Redis.
+    pub prefix: String,
+    /// How long a command may take before it fails.
+    pub command_timeout: Duration,
+}
+
+/// The Redis engine.
+pub struct RedisEngine {
+    keys: Keys,
+    commands: ConnectionManager,
+    subscriber: ConnectionManager,
+    pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
+    handler: OnceLock<Arc<dyn EventHandler>>,
+    subscribed: Mutex<HashSet<ChannelName>>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    publish: redis::Script,
+    history: redis::Script,
+    presence: redis::Script,
+    add_presence: redis::Script,
+}
+
+impl std::fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine").field("prefix", &self.keys.prefix()).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> EngineError {
+    EngineError::Unavailable(format!("redis: {error}"))
+}
+
+impl RedisEngine {
+    /// Connects to Redis (two connections: commands and subscriptions).
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, EngineError> {
+        let address = with_resp3(&settings.address);
+        let client = redis::Client::open(address.as_str())
+            .map_err(|e| EngineError::Unavailable(format!("bad redis address {}: {e}", settings.address)))?;
+        let base = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.command_timeout))
+            .set_connection_timeout(Some(settings.command_timeout))
+            .set_max_delay(Duration::from_secs(2));
+        let commands = ConnectionManager::new_with_config(client.clone(), base.clone()).await.map_err(unavailable)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let subscriber =
+            ConnectionManager::new_with_config(client, base.set_push_sender(tx).set_automatic_resubscription())
+                .await
+                .map_err(unavailable)?;
+        Ok(Self {
+            keys: Keys::new(&settings.prefix),
+            commands,
+            subscriber,
+            pushes: Mutex::new(Some(rx)),
+            handler: OnceLock::new(),
+            subscribed: Mutex::new(HashSet::new()),
+            scripts: Scripts {
+                publish: scripts::publish(),
+                history: scripts::history(),
+                presence: scripts::presence(),
+                add_presence: scripts::add_presence(),
+            },
+        })
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    /// Hands pub/sub messages to the handler, in arrival order.
+    fn dispatch(&self, mut pushes: mpsc::UnboundedReceiver<PushInfo>, handler: Arc<dyn EventHandler>) {
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            while let Some(push) = pushes.recv().await {
+                match push.kind {
+                    PushKind::Message => {}
+                    PushKind::Disconnection => {
+                        tracing::warn!("lost the redis subscription connection; reconnecting and resubscribing");
+                        continue;
+                    }
+                    _ => continue,
+                }
+                let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) =
+                    (push.data.first(), push.data.get(1))
+                else {
+                    continue;
+                };
+                if name.as_slice() == keys.control_channel().as_bytes() {
+                    match serde_json::from_slice::<Control>(payload) {
+                        Ok(command) => handler.handle(EngineEvent::Control(command)),
+                        Err(error) => tracing::warn!(%error, "unreadable control command from redis"),
+                    }
+                    continue;
+                }
+                let Some(channel) = keys.channel_of(name) else { continue };
+                match wire::decode(Bytes::copy_from_slice(payload)) {
+                    Ok(message) => handler.handle(message.into_event(channel)),
+                    Err(error) => tracing::warn!(%channel, %error, "dropped an unreadable message"),
+                }
+            }
+        });
+    }
+
+    fn decode_history(result: (u64, String, Vec<Vec<u8>>), query: &HistoryQuery) -> HistoryResult {
+        let (top, epoch, messages) = result;
+        let position = StreamPosition { offset: Offset::new(top), epoch: Epoch::new(&epoch) };
+        if query.limit == 0 {
+            return HistoryResult { position, publications: Vec::new() };
+        }
+        let after = match &query.since {
+            Some(since) if !since.epoch.is_empty() && since.epoch != position.epoch => {
+                return HistoryResult { position, publications: Vec::new() };
+            }
+            Some(since) => since.offset.get(),
+            None => 0,
+        };
+        let newer = messages.into_iter().filter_map(|m| match wire::decode(Bytes::from(m)) {
+            Ok(wire::Message { kind: wire::Kind::Publication(p), .. }) if p.offset.get() > after => Some(Arc::new(p)),
+            _ => None,
+        });
+        let publications = if query.reverse {
+            let all: Vec<_> = newer.collect();
+            all.into_iter().rev().take(query.limit).collect()
+        } else {
+            newer.take(query.limit).collect()
+        };
+        HistoryResult { position, publications }
+    }
+}
+
+/// Asks for RESP3, which carries pub/sub pushes on a regular connection.
+fn with_resp3(address: &str) -> String {
+    if address.contains("protocol=") {
+        address.to_owned()
+    } else if address.contains('?') {
+        format!("{address}&protocol=resp3")
+    } else {
+        format!("{address}?protocol=resp3")
+    }
+}
+
+/// A fresh epoch candidate; the scripts keep the first one a stream gets.
+fn epoch_candidate() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MINTED: AtomicU64 = AtomicU64::new(0);
+    let seed = MINTED.fetch_add(1, Ordering::Relaxed);
+    format!("{:08x}", RandomState::new().hash_one(seed) as u32)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
+        let pushes = self.pushes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(pushes) = pushes else { return Ok(()) };
+        let _ = self.handler.set(handler.clone());
+        self.dispatch(pushes, handler);
+        self.subscriber.clone().subscribe(self.keys.control_channel()).await.map_err(unavailable)
+    }
+
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        publication: Publication,
+        options: &PublishOptions,
+    ) -> Result<PublishResult, EngineError> {
+        let history =
+            options.history.unwrap_or(HistoryOptions { size: 0, ttl: Duration::ZERO, meta_ttl: Duration::ZERO });
+        let idempotency_ttl = match &options.idempotency_key {
+            Some(_) => millis(options.idempotency_window),
+            None => 0,
+        };
+        let key = options.idempotency_key.as_deref().unwrap_or("");
+        let (duplicate, result): (u8, String) = self
+            .scripts
+            .publish
+            .key(self.keys.meta(channel))
+            .key(self.keys.history(channel))
+            .key(self.keys.idempotency(channel, key))
+            .arg(wire::publication_body(&publication))
+            .arg(history.size)
+            .arg(millis(history.ttl))
+            .arg(millis(history.meta_ttl.max(history.ttl)))
+            .arg(idempotency_ttl)
+            .arg(self.keys.pubsub(channel))
+            .arg(epoch_candidate())
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        let (offset, epoch) = result.split_once('\n').unwrap_or(("0", ""));
+        let position = StreamPosition { offset: Offset::new(offset.parse().unwrap_or(0)), epoch: Epoch::new(epoch) };
+        Ok(PublishResult { position, duplicate: duplicate == 1 })
+    }
+
+    async fn publish_presence_event(&self, event: EngineEvent) -> Result<(), EngineError> {
+        let (channel, message) = match &event {
+            EngineEvent::Join { channel, info } => (channel, wire::presence_message(true, info)),
+            EngineEvent::Leave { channel, info } => (channel, wire::presence_message(false, info)),
+            EngineEvent::Publication { .. } | EngineEvent::Control(_) => {
+                return Err(EngineError::Unavailable("not a presence event".into()))
+            }
+        };
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.keys.pubsub(channel))
+            .arg(message)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.subscriber.clone().subscribe(self.keys.pubsub(channel)).await.map_err(unavailable)?;
+        self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).insert(channel.clone());
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.subscriber.clone().unsubscribe(self.keys.pubsub(channel)).await.map_err(unavailable)?;
+        self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).remove(channel);
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+        options: &HistoryOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        let result: (u64, String, Vec<Vec<u8>>) = self
+            .scripts
+            .history
+            .key(self.keys.meta(channel))
+            .key(self.keys.history(channel))
+            .arg(millis(options.meta_ttl.max(options.ttl)))
+            .arg(epoch_candidate())
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(Self::decode_history(result, query))
+    }
+
+    async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.meta(channel))
+            .arg(self.keys.history(channel))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn add_presence(&self, channel: &ChannelName, info: &ClientInfo, ttl: Duration) -> Result<(), EngineError> {
+        let json = serde_json::to_vec(info).expect("client info serializes");
+        let (entries, expiries) = self.keys.presence(channel);
+        self.add_expiring(entries, expiries, info.client.as_str(), json, ttl).await
+    }
+
+    async fn remove_presence(&self, channel: &ChannelName, client: &ClientId) -> Result<(), EngineError> {
+        let (entries, expiries) = self.keys.presence(channel);
+        redis::pipe()
+            .atomic()
+            .hdel(entries, client.as_str())
+            .ignore()
+            .zrem(expiries, client.as_str())
+            .ignore()
+            .query_async::<()>(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
+        let (entries, expiries) = self.keys.presence(channel);
+        let raw = self.read_expiring(entries, expiries).await?;
+        Ok(raw.iter().filter_map(|json| serde_json::from_slice(json).ok()).collect())
+    }
+
+    async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, EngineError> {
+        let present = self.presence(channel).await?;
+        let users: HashSet<&str> = present.iter().map(|i| i.user.as_str()).collect();
+        Ok(PresenceStats { num_clients: present.len(), num_users: users.len() })
+    }
+
+    async fn register_node(&self, info: &NodeInfo, ttl: Duration) -> Result<(), EngineError> {
+        let json = serde_json::to_vec(info).expect("node info serializes");
+        let (entries, expiries) = self.keys.nodes();
+        self.add_expiring(entries, expiries, info.id.as_str(), json, ttl).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        let (entries, expiries) = self.keys.nodes();
+        let raw = self.read_expiring(entries, expiries).await?;
+        let mut nodes: Vec<NodeInfo> = raw.iter().filter_map(|json| serde_json::from_slice(json).ok()).collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    async fn send_control(&self, command: Control) -> Result<(), EngineError> {
+        let json = serde_json::to_vec(&command).expect("control serializes");
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.keys.control_channel())
+            .arg(json)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn health(&self) -> Health {
+        match redis::cmd("PING").query_async::<String>(&mut self.connection()).await {
+            Ok(_) => Health::Ready,
+            Err(e) => Health::NotReady { reason: format!("redis: {e}") },
+        }
+    }
+}
+
+impl RedisEngine {
+    async fn add_expiring(
+        &self,
+        entries: String,
+        expiries: String,
+        id: &str,
+        json: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let _: i64 = self
+            .scripts
+            .add_presence
+            .key(entries)
+            .key(expiries)
+            .arg(id)
+            .arg(json)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn read_expiring(&self, entries: String, expiries: String) -> Result<Vec<Vec<u8>>, EngineError> {
+        self.scripts.presence.key(entries).key(expiries).invoke_async(&mut self.connection()).await.map_err(unavailable)
+    }
+}

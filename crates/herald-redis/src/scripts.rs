@@ -1,0 +1,114 @@
+//! The Lua scripts that make multi-key operations atomic.
+//!
+//! Every key a script touches belongs to one channel and carries the
+//! channel's hash tag, so each script runs on one Redis (or one Redis
+//! Cluster slot).
+
+use redis::Script;
+
+/// Publish: idempotency check, offset assignment, history append and trim,
+/// expiry, and the broadcast, as one step. Offset order is therefore
+/// delivery order on every node.
+///
+/// KEYS: meta, history, idempotency (may be unused)
+/// ARGV: body, history size (0 = no history), history ttl ms, meta ttl ms,
+///       idempotency ttl ms (0 = none), pub/sub channel, epoch candidate
+/// Returns: {duplicate (0/1), "offset\nepoch"}
+pub fn publish() -> Script {
+    Script::new(
+        r#"
+local meta, history, idempotency = KEYS[1], KEYS[2], KEYS[3]
+local body, size = ARGV[1], tonumber(ARGV[2])
+local history_ttl, meta_ttl, idempotency_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local channel, candidate = ARGV[6], ARGV[7]
+if idempotency_ttl > 0 then
+  local earlier = redis.call('get', idempotency)
+  if earlier then return {1, earlier} end
+end
+local offset, epoch = 0, ''
+if size > 0 then
+  epoch = redis.call('hget', meta, 'epoch')
+  if not epoch then
+    epoch = candidate
+    redis.call('hset', meta, 'epoch', epoch)
+  end
+  offset = redis.call('hincrby', meta, 'top', 1)
+  local message = offset .. '\n' .. epoch .. '\n' .. body
+  redis.call('rpush', history, message)
+  redis.call('ltrim', history, -size, -1)
+  redis.call('pexpire', history, history_ttl)
+  redis.call('pexpire', meta, meta_ttl)
+  redis.call('publish', channel, message)
+else
+  redis.call('publish', channel, '0\n\n' .. body)
+end
+local result = offset .. '\n' .. epoch
+if idempotency_ttl > 0 then
+  redis.call('set', idempotency, result, 'PX', idempotency_ttl)
+end
+return {0, result}
+"#,
+    )
+}
+
+/// Read a channel's stream: its position (creating the stream if it has
+/// none) and the publications history still holds, oldest first.
+///
+/// KEYS: meta, history
+/// ARGV: meta ttl ms, epoch candidate
+/// Returns: {top, epoch, {messages…}}
+pub fn history() -> Script {
+    Script::new(
+        r#"
+local meta, history = KEYS[1], KEYS[2]
+local epoch = redis.call('hget', meta, 'epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('hset', meta, 'epoch', epoch, 'top', 0)
+  redis.call('pexpire', meta, tonumber(ARGV[1]))
+end
+local top = tonumber(redis.call('hget', meta, 'top') or '0')
+return {top, epoch, redis.call('lrange', history, 0, -1)}
+"#,
+    )
+}
+
+/// Presence of a channel, dropping entries past their expiry first.
+///
+/// KEYS: presence hash, presence expiry sorted set
+/// Returns: {info JSON…}
+pub fn presence() -> Script {
+    Script::new(
+        r#"
+local entries, expiries = KEYS[1], KEYS[2]
+local now = redis.call('time')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local expired = redis.call('zrangebyscore', expiries, '-inf', now_ms)
+if #expired > 0 then
+  redis.call('hdel', entries, unpack(expired))
+  redis.call('zremrangebyscore', expiries, '-inf', now_ms)
+end
+return redis.call('hvals', entries)
+"#,
+    )
+}
+
+/// Add or refresh a presence entry until now + ttl.
+///
+/// KEYS: presence hash, presence expiry sorted set
+/// ARGV: client id, info JSON, ttl ms
+pub fn add_presence() -> Script {
+    Script::new(
+        r#"
+local entries, expiries = KEYS[1], KEYS[2]
+local ttl = tonumber(ARGV[3])
+local now = redis.call('time')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('hset', entries, ARGV[1], ARGV[2])
+redis.call('zadd', expiries, now_ms + ttl, ARGV[1])
+redis.call('pexpire', entries, ttl)
+redis.call('pexpire', expiries, ttl)
+return 1
+"#,
+    )
+}

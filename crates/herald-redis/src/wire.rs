@@ -1,0 +1,158 @@
+//! How publications and presence events travel through Redis.
+//!
+//! A pub/sub message (and a history entry) is text lines followed by the raw
+//! payload, so the payload is never re-encoded:
+//!
+//! ```text
+//! <offset>\n<epoch>\n<kind>\n<meta JSON>\n<data bytes…>
+//! ```
+//!
+//! `kind` is `p` (publication), `j` (join) or `l` (leave). The publish
+//! script prepends offset and epoch, so what is broadcast is exactly what
+//! history keeps.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use herald_engine::{ChannelName, ClientInfo, EngineEvent, Epoch, Offset, Publication};
+
+/// Why a message from Redis could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed message from Redis: {0}")]
+pub struct WireError(pub &'static str);
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    info: Option<ClientInfo>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    tags: BTreeMap<String, String>,
+}
+
+/// The part of a publication message the node writes: kind, meta, data.
+pub fn publication_body(publication: &Publication) -> Vec<u8> {
+    let meta = Meta { info: publication.info.clone(), tags: publication.tags.clone() };
+    body(b'p', &meta, &publication.data)
+}
+
+/// A join or leave, with the offset and epoch lines a publish would add.
+pub fn presence_message(joined: bool, info: &ClientInfo) -> Vec<u8> {
+    let meta = Meta { info: Some(info.clone()), tags: BTreeMap::new() };
+    let mut out = b"0\n\n".to_vec();
+    out.extend(body(if joined { b'j' } else { b'l' }, &meta, b""));
+    out
+}
+
+fn body(kind: u8, meta: &Meta, data: &[u8]) -> Vec<u8> {
+    let meta = serde_json::to_vec(meta).expect("meta serializes");
+    let mut out = Vec::with_capacity(meta.len() + data.len() + 4);
+    out.push(kind);
+    out.push(b'\n');
+    out.extend_from_slice(&meta);
+    out.push(b'\n');
+    out.extend_from_slice(data);
+    out
+}
+
+/// A decoded message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub offset: Offset,
+    pub epoch: Epoch,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Publication(Publication),
+    Join(ClientInfo),
+    Leave(ClientInfo),
+}
+
+impl Message {
+    /// The engine event this message is, in `channel`.
+    pub fn into_event(self, channel: ChannelName) -> EngineEvent {
+        match self.kind {
+            Kind::Publication(publication) => {
+                EngineEvent::Publication { channel, publication: std::sync::Arc::new(publication) }
+            }
+            Kind::Join(info) => EngineEvent::Join { channel, info },
+            Kind::Leave(info) => EngineEvent::Leave { channel, info },
+        }
+    }
+}
+
+fn line(rest: &mut Bytes, what: &'static str) -> Result<Bytes, WireError> {
+    let at = rest.iter().position(|b| *b == b'\n').ok_or(WireError(what))?;
+    let head = rest.split_to(at);
+    let _ = rest.split_to(1);
+    Ok(head)
+}
+
+/// Decodes a message as broadcast or as kept in history.
+pub fn decode(message: Bytes) -> Result<Message, WireError> {
+    let mut rest = message;
+    let offset = line(&mut rest, "offset")?;
+    let offset: u64 = std::str::from_utf8(&offset).ok().and_then(|s| s.parse().ok()).ok_or(WireError("offset"))?;
+    let epoch = line(&mut rest, "epoch")?;
+    let epoch = Epoch::new(std::str::from_utf8(&epoch).map_err(|_| WireError("epoch"))?);
+    let kind = line(&mut rest, "kind")?;
+    let meta = line(&mut rest, "meta")?;
+    let meta: Meta = serde_json::from_slice(&meta).map_err(|_| WireError("meta"))?;
+    let kind = match &kind[..] {
+        b"p" => {
+            Kind::Publication(Publication { data: rest, info: meta.info, offset: Offset::new(offset), tags: meta.tags })
+        }
+        b"j" => Kind::Join(meta.info.ok_or(WireError("join without info"))?),
+        b"l" => Kind::Leave(meta.info.ok_or(WireError("leave without info"))?),
+        _ => return Err(WireError("kind")),
+    };
+    Ok(Message { offset: Offset::new(offset), epoch, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_engine::{ClientId, UserId};
+
+    use super::*;
+
+    fn info() -> ClientInfo {
+        ClientInfo {
+            user: UserId::new("42").unwrap(),
+            client: ClientId::new("c1"),
+            conn_info: Some(Bytes::from_static(br#"{"n":1}"#)),
+            chan_info: None,
+        }
+    }
+
+    #[test]
+    fn publications_round_trip_with_the_offset_and_epoch_the_script_adds() {
+        let publication = Publication {
+            data: Bytes::from_static(b"{\"text\":\"line\\none\"}\nraw tail"),
+            info: Some(info()),
+            offset: Offset::ZERO,
+            tags: BTreeMap::from([("k".into(), "v".into())]),
+        };
+        let mut message = b"7\nabc\n".to_vec();
+        message.extend(publication_body(&publication));
+        let decoded = decode(Bytes::from(message)).unwrap();
+        assert_eq!(decoded.offset, Offset::new(7));
+        assert_eq!(decoded.epoch, Epoch::new("abc"));
+        assert_eq!(decoded.kind, Kind::Publication(Publication { offset: Offset::new(7), ..publication }));
+    }
+
+    #[test]
+    fn joins_and_leaves_round_trip() {
+        assert_eq!(decode(Bytes::from(presence_message(true, &info()))).unwrap().kind, Kind::Join(info()));
+        assert_eq!(decode(Bytes::from(presence_message(false, &info()))).unwrap().kind, Kind::Leave(info()));
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        for bad in [&b""[..], b"x\n", b"1\ne\n", b"1\ne\nq\n{}\n", b"1\ne\np\nnot json\n", b"1\ne\nj\n{}\n"] {
+            assert!(decode(Bytes::copy_from_slice(bad)).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

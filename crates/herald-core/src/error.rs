@@ -27,16 +27,19 @@ pub enum HubError {
     /// A history position from another epoch, or one already trimmed.
     #[error("unrecoverable position")]
     UnrecoverablePosition,
-    /// The node is shutting down or its engine cannot serve.
+    /// The feature is off, or the node is shutting down.
     #[error("not available: {0}")]
     NotAvailable(String),
+    /// The engine cannot serve right now (for example Redis is down); retry.
+    #[error("engine unavailable: {0}")]
+    EngineUnavailable(String),
 }
 
 impl From<EngineError> for HubError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::NotStarted => HubError::NotAvailable("engine is not started".into()),
-            EngineError::Unavailable(why) => HubError::NotAvailable(why),
+            EngineError::NotStarted => HubError::EngineUnavailable("engine is not started".into()),
+            EngineError::Unavailable(why) => HubError::EngineUnavailable(why),
         }
     }
 }

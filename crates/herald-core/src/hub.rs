@@ -120,6 +120,8 @@ pub struct HubStats {
 struct Subscriber {
     conn: Arc<Connection>,
     join_leave: bool,
+    /// Tracks stream positions: must recover when the engine was interrupted.
+    positioned: bool,
     /// Present while the subscription recovers: publications wait here.
     recovering: Option<Mutex<Vec<Arc<Publication>>>>,
 }

@@ -61,6 +61,8 @@ pub enum UnsubscribeReason {
     Server,
     /// The subscription's token expired and was not refreshed.
     Expired,
+    /// The node may have missed publications; resubscribe and recover.
+    InsufficientState,
 }
 
 /// The result of taking what an outbox holds.

@@ -104,6 +104,9 @@ pub enum EngineEvent {
     Leave { channel: ChannelName, info: ClientInfo },
     /// A control command for every node.
     Control(Control),
+    /// The engine may have missed broadcasts (its link to the backplane
+    /// broke): positioned subscriptions must recover from history.
+    Interrupted,
 }
 
 /// Presence counts of one channel.

@@ -126,7 +126,10 @@ impl RedisEngine {
                 match push.kind {
                     PushKind::Message => {}
                     PushKind::Disconnection => {
-                        tracing::warn!("lost the redis subscription connection; reconnecting and resubscribing");
+                        tracing::warn!(
+                            "lost the redis subscription connection; reconnecting, and asking positioned subscribers to recover"
+                        );
+                        handler.handle(EngineEvent::Interrupted);
                         continue;
                     }
                     _ => continue,
@@ -255,7 +258,7 @@ impl Engine for RedisEngine {
         let (channel, message) = match &event {
             EngineEvent::Join { channel, info } => (channel, wire::presence_message(true, info)),
             EngineEvent::Leave { channel, info } => (channel, wire::presence_message(false, info)),
-            EngineEvent::Publication { .. } | EngineEvent::Control(_) => {
+            EngineEvent::Publication { .. } | EngineEvent::Control(_) | EngineEvent::Interrupted => {
                 return Err(EngineError::Unavailable("not a presence event".into()))
             }
         };

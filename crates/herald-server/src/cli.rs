@@ -216,6 +216,7 @@ async fn serve_async(
     let local = listener.local_addr()?;
     let engine = match &config.engine {
         config::EngineConfig::Memory => "memory",
+        config::EngineConfig::Redis(_) => "redis",
     };
     let node = Node::build(config).await?;
     tracing::info!(

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use herald_core::{ChannelRules, Hub, HubConfig};
 use herald_engine::{DisconnectReason, Engine, Health, MemoryEngine, NodeId};
+use herald_redis::{RedisEngine, RedisSettings};
 
 use crate::api::{self, ApiState};
 use crate::auth::TokenVerifier;
@@ -90,6 +91,17 @@ impl Node {
     pub async fn build(config: Config) -> anyhow::Result<Node> {
         let engine: Arc<dyn Engine> = match &config.engine {
             EngineConfig::Memory => Arc::new(MemoryEngine::new()),
+            EngineConfig::Redis(redis) => {
+                let settings = RedisSettings {
+                    address: redis.address.clone(),
+                    prefix: redis.prefix.clone(),
+                    command_timeout: redis.command_timeout,
+                };
+                let engine = RedisEngine::connect(&settings).await.map_err(|e| {
+                    anyhow::anyhow!("cannot reach Redis at {}: {e}; is it running? check engine.address", redis.address)
+                })?;
+                Arc::new(engine)
+            }
         };
         let node_id = NodeId::from(uuid::Uuid::new_v4().to_string());
         let rules = ChannelRules::new(config.channel.without_namespace.clone(), config.channel.namespaces.clone());

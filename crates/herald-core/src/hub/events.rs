@@ -36,7 +36,34 @@ impl Hub {
             EngineEvent::Join { channel, info } => self.fanout_presence(&channel, &info, true),
             EngineEvent::Leave { channel, info } => self.fanout_presence(&channel, &info, false),
             EngineEvent::Control(command) => self.on_control(command),
+            EngineEvent::Interrupted => self.on_interrupted(),
         }
+    }
+
+    /// Publications may have been missed: every positioned subscription is
+    /// ended with "insufficient state", and its client resubscribes and
+    /// recovers from history (or learns it cannot). Others are at-most-once.
+    fn on_interrupted(self: Arc<Self>) {
+        let mut affected = Vec::new();
+        self.channels.for_each_shard(|shard| {
+            for (channel, subscribers) in shard {
+                for subscriber in subscribers.values().filter(|s| s.positioned) {
+                    affected.push((subscriber.conn.clone(), channel.clone()));
+                }
+            }
+        });
+        if affected.is_empty() {
+            return;
+        }
+        tracing::info!(subscriptions = affected.len(), "engine interrupted: positioned subscriptions will recover");
+        tokio::spawn(async move {
+            for (conn, channel) in affected {
+                if self.unsubscribe(&conn, &channel).await {
+                    let reason = UnsubscribeReason::InsufficientState;
+                    let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Unsubscribed { channel, reason }));
+                }
+            }
+        });
     }
 
     /// Delivers one publication to every local subscriber of its channel.

@@ -64,6 +64,7 @@ impl Hub {
         let subscriber = Subscriber {
             conn: conn.clone(),
             join_leave: request.subscription.join_leave,
+            positioned,
             recovering: positioned.then(|| Mutex::new(Vec::new())),
         };
         self.add_subscriber(channel, subscriber);

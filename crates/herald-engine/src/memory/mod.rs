@@ -156,7 +156,7 @@ impl Engine for MemoryEngine {
         let handler = self.handler()?;
         let channel = match &event {
             EngineEvent::Join { channel, .. } | EngineEvent::Leave { channel, .. } => channel,
-            EngineEvent::Publication { .. } | EngineEvent::Control(_) => {
+            EngineEvent::Publication { .. } | EngineEvent::Control(_) | EngineEvent::Interrupted => {
                 return Err(EngineError::Unavailable("not a presence event".into()))
             }
         };

@@ -60,6 +60,7 @@ impl ApiError {
                 HubError::MessageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 106),
                 HubError::BadRequest(_) => (StatusCode::OK, 107),
                 HubError::NotAvailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 108),
+                HubError::EngineUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 100),
                 HubError::UnrecoverablePosition => (StatusCode::OK, 112),
             },
         }

@@ -51,6 +51,7 @@ impl ClientError {
                 HubError::MessageTooLarge { .. } => (106, false),
                 HubError::BadRequest(_) => (107, false),
                 HubError::NotAvailable(_) => (108, false),
+                HubError::EngineUnavailable(_) => (100, true),
                 HubError::UnrecoverablePosition => (112, false),
             },
         }
@@ -79,6 +80,7 @@ pub fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
 pub fn unsubscribe_code(reason: UnsubscribeReason) -> (u32, &'static str) {
     match reason {
         UnsubscribeReason::Server => (2000, "server unsubscribe"),
+        UnsubscribeReason::InsufficientState => (2500, "insufficient state"),
         UnsubscribeReason::Expired => (2501, "subscription expired"),
     }
 }

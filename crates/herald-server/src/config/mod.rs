@@ -58,13 +58,40 @@ impl Default for HttpConfig {
     }
 }
 
-/// The engine: `type = "memory"` (one node, the default).
+/// The engine: `type = "memory"` (one node, the default) or `type = "redis"`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EngineConfig {
     /// Everything in this process; a single node.
     #[default]
     Memory,
+    /// Nodes sharing one Redis form a cluster.
+    Redis(RedisEngineConfig),
+}
+
+/// `[engine] type = "redis"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisEngineConfig {
+    /// `redis://host:port[/db]` (or `rediss://` for TLS; credentials as
+    /// `redis://:password@host:port`).
+    pub address: String,
+    /// Prefix of every key and pub/sub channel, so several Herald clusters
+    /// can share one Redis.
+    pub prefix: String,
+    /// How long one Redis command may take before it fails.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisEngineConfig {
+    fn default() -> Self {
+        Self {
+            address: "redis://127.0.0.1:6379".into(),
+            prefix: "herald".into(),
+            command_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Client connections.

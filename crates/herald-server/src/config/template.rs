@@ -28,6 +28,10 @@ shutdown_timeout = "10s"
 
 [engine]
 # "memory": a single node, nothing to set up.
+# "redis": nodes sharing one Redis form a cluster; then also set
+#   address = "redis://127.0.0.1:6379"
+#   prefix = "herald"          # keys and pub/sub channels start with this
+#   command_timeout = "5s"
 type = "memory"
 
 [client]

@@ -56,6 +56,20 @@ impl Config {
                 ));
             }
         }
+        if let super::EngineConfig::Redis(redis) = &self.engine {
+            if !(redis.address.starts_with("redis://") || redis.address.starts_with("rediss://")) {
+                problems.push(format!(
+                    "engine.address: `{}` is not a Redis URL; write redis://host:port (or rediss:// for TLS)",
+                    redis.address
+                ));
+            }
+            if redis.prefix.is_empty() || redis.prefix.contains(['{', '}']) {
+                problems.push("engine.prefix: must be non-empty and without braces".to_owned());
+            }
+            if redis.command_timeout.is_zero() {
+                problems.push("engine.command_timeout: must be above zero".to_owned());
+            }
+        }
         if client.write_timeout.is_zero() {
             problems.push("client.write_timeout: must be above zero".to_owned());
         }

@@ -1,0 +1,164 @@
+//! Several nodes on one Redis: a cluster. Publications, presence, control
+//! and recovery work across nodes.
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::json;
+use support::{Client, TestServer};
+
+use herald_redis::testing::RedisServer;
+use herald_server::config::{EngineConfig, RedisEngineConfig};
+
+/// `n` nodes sharing `redis` under a prefix of their own.
+async fn cluster(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+    static CLUSTER: AtomicU32 = AtomicU32::new(0);
+    let prefix = format!("cluster{}-{}", std::process::id(), CLUSTER.fetch_add(1, Ordering::Relaxed));
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let engine = RedisEngineConfig { address: redis.url(), prefix: prefix.clone(), ..Default::default() };
+        nodes.push(TestServer::with(|c| c.engine = EngineConfig::Redis(engine)).await);
+    }
+    nodes
+}
+
+async fn subscribed(node: &TestServer, user: &str, channel: &str) -> Client {
+    let mut client = node.connected(user).await;
+    client.subscribe(channel).await;
+    client
+}
+
+#[tokio::test]
+async fn a_publication_through_one_node_reaches_every_node_once_and_in_order() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 3).await;
+    let mut readers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        readers.push(subscribed(node, &format!("reader{i}"), "feed:news").await);
+    }
+    for n in 1..=50 {
+        nodes[0].publish("feed:news", json!({"n": n})).await;
+    }
+    for reader in &mut readers {
+        for n in 1..=50u64 {
+            let push = reader.next_push().await;
+            assert_eq!(
+                (push["pub"]["data"]["n"].as_u64(), push["pub"]["offset"].as_u64()),
+                (Some(n), Some(n)),
+                "{push}"
+            );
+        }
+    }
+    nodes[1].publish("feed:news", json!({"n": "marker"})).await;
+    for reader in &mut readers {
+        assert_eq!(reader.next_push().await["pub"]["data"]["n"], "marker", "nothing was delivered twice");
+    }
+}
+
+#[tokio::test]
+async fn presence_and_stats_answer_the_same_on_every_node() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2).await;
+    let _ann_a = subscribed(&nodes[0], "ann", "room:x").await;
+    let _ann_b = subscribed(&nodes[1], "ann", "room:x").await;
+    let _bob_b = subscribed(&nodes[1], "bob", "room:x").await;
+    for node in &nodes {
+        let (_, stats) = node.api("presence_stats", json!({"channel": "room:x"})).await;
+        assert_eq!(stats["result"], json!({"num_clients": 3, "num_users": 2}), "on {}", node.addr);
+        let (_, presence) = node.api("presence", json!({"channel": "room:x"})).await;
+        assert_eq!(presence["result"]["presence"].as_object().map(|p| p.len()), Some(3));
+    }
+}
+
+#[tokio::test]
+async fn control_through_one_node_reaches_connections_on_the_others() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 2).await;
+    let mut on_b = nodes[1].connected("42").await;
+    let mut bystander = nodes[1].connected("43").await;
+
+    nodes[0].api("subscribe", json!({"user": "42", "channel": "chat:vip"})).await;
+    assert_eq!(on_b.next_push().await, json!({"channel": "chat:vip", "subscribe": {}}));
+    nodes[0].publish("chat:vip", json!("hello")).await;
+    assert_eq!(on_b.next_push().await["pub"]["data"], "hello");
+
+    nodes[0].api("disconnect", json!({"user": "42"})).await;
+    assert_eq!(on_b.closed().await.0, 3503);
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn info_lists_every_live_node() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 3).await;
+    let _a = nodes[0].connected("a").await;
+    let _b = subscribed(&nodes[2], "b", "news").await;
+    let (_, info) = nodes[1].api("info", json!({})).await;
+    let listed = info["result"]["nodes"].as_array().expect("nodes");
+    assert_eq!(listed.len(), 3, "{info}");
+    assert_eq!(info["result"]["engine"], "redis");
+}
+
+#[tokio::test]
+async fn a_subscriber_whose_node_dies_recovers_on_another_node() {
+    let redis = RedisServer::start();
+    let mut nodes = cluster(&redis, 2).await;
+    let mut reader = subscribed(&nodes[1], "reader", "feed:live").await;
+    nodes[0].publish("feed:live", json!(1)).await;
+    let first = reader.next_push().await;
+    assert_eq!(first["pub"]["offset"], 1);
+    let (_, position) = nodes[0].api("history", json!({"channel": "feed:live", "limit": 0})).await;
+    let epoch = position["result"]["epoch"].as_str().unwrap().to_owned();
+
+    drop(nodes.pop()); // the reader's node is gone
+    for n in 2..=4 {
+        nodes[0].publish("feed:live", json!(n)).await;
+    }
+    let mut moved = nodes[0].connected("reader").await;
+    let reply = moved
+        .command(json!({"id": 5, "subscribe": {"channel": "feed:live", "recover": true, "offset": 1, "epoch": epoch}}))
+        .await;
+    assert_eq!(reply["subscribe"]["recovered"], true, "{reply}");
+    let replayed: Vec<u64> =
+        reply["subscribe"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(replayed, [2, 3, 4], "exactly what was missed, in order");
+}
+
+#[tokio::test]
+async fn when_redis_restarts_positioned_subscribers_are_told_to_recover_and_publishes_fail_clearly_meanwhile() {
+    let mut redis = RedisServer::start();
+    let nodes = cluster(&redis, 2).await;
+    let mut reader = subscribed(&nodes[1], "reader", "feed:r").await;
+    nodes[0].publish("feed:r", json!(1)).await;
+    assert_eq!(reader.next_push().await["pub"]["offset"], 1);
+
+    redis.kill();
+    let push = reader.next_push().await;
+    assert_eq!(push, json!({"channel": "feed:r", "unsubscribe": {"code": 2500, "reason": "insufficient state"}}));
+    let (status, reply) = nodes[0].api("publish", json!({"channel": "feed:r", "data": 2})).await;
+    assert_eq!((status, &reply["error"]["code"]), (503, &json!(100)), "{reply}");
+
+    redis.restart();
+    support::eventually_async("the node reaches Redis again", || async {
+        nodes[0].api("publish", json!({"channel": "feed:r", "data": "after"})).await.0 == 200
+    })
+    .await;
+    // As a client does on a temporary error (100), retry until the node's
+    // own subscription connection is back.
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    let reply = loop {
+        let id = reader.id();
+        let subscribe = json!({"channel": "feed:r", "recover": true, "offset": 1, "epoch": "before-restart"});
+        let reply = reader.command(json!({"id": id, "subscribe": subscribe})).await;
+        if reply["error"]["temporary"] != true || tokio::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(reply["subscribe"]["was_recovering"], true, "{reply}");
+    assert!(
+        reply["subscribe"].get("recovered").is_none(),
+        "the restarted Redis lost history: recovered false: {reply}"
+    );
+}

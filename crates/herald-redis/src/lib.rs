@@ -7,17 +7,21 @@
 //!
 //! # Layout
 //!
-//! - [`RedisEngine`] (here): the `Engine` implementation.
+//! - [`RedisEngine`] (here): the `Engine` implementation, over a
+//!   [`backplane::Backplane`]: one Redis, or a Redis Cluster.
 //! - `scripts`: the Lua scripts that make each multi-key step atomic.
 //! - `wire`: the message format shared by pub/sub and history.
 //! - `keys`: key and pub/sub channel names.
 //!
 //! Interest-based routing: a node subscribes to a channel's pub/sub channel
 //! only while it has local subscribers. Subscriptions run on their own
-//! connection, which reconnects by itself and resubscribes everything.
+//! connections, which reconnect by themselves and resubscribe everything; a
+//! lost subscription connection is reported as `EngineEvent::Interrupted`,
+//! so positioned subscribers recover from history.
 
 #![forbid(unsafe_code)]
 
+pub mod backplane;
 mod keys;
 mod scripts;
 #[cfg(feature = "testing")]
@@ -30,7 +34,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
@@ -40,28 +43,30 @@ use herald_engine::{
     PublishResult, StreamPosition,
 };
 
+pub use backplane::{Backplane, Cluster, Single};
 pub use keys::Keys;
 
 /// Where the engine finds Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port[/db]`, or `rediss://` for TLS.
-    pub address: String,
+    /// `redis://host:port[/db]`, or `rediss://` for TLS. One address for a
+    /// single Redis; any number of a Redis Cluster's nodes for a cluster.
+    pub addresses: Vec<String>,
     /// Prefix of every key and pub/sub channel, so several Herald clusters
     /// can share one Redis.
     pub prefix: String,
     /// How long a command may take before it fails.
     pub command_timeout: Duration,
+    /// Pub/sub connections to one Redis that channels are spread over.
+    pub subscriber_connections: usize,
 }
 
 /// The Redis engine.
-pub struct RedisEngine {
+pub struct RedisEngine<B: Backplane> {
     keys: Keys,
-    commands: ConnectionManager,
-    subscriber: ConnectionManager,
+    backplane: B,
     pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
     handler: OnceLock<Arc<dyn EventHandler>>,
-    subscribed: Mutex<HashSet<ChannelName>>,
     scripts: Scripts,
 }
 
@@ -72,7 +77,7 @@ struct Scripts {
     add_presence: redis::Script,
 }
 
-impl std::fmt::Debug for RedisEngine {
+impl<B: Backplane> std::fmt::Debug for RedisEngine<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisEngine").field("prefix", &self.keys.prefix()).finish_non_exhaustive()
     }
@@ -82,40 +87,46 @@ fn unavailable(error: redis::RedisError) -> EngineError {
     EngineError::Unavailable(format!("redis: {error}"))
 }
 
-impl RedisEngine {
-    /// Connects to Redis (two connections: commands and subscriptions).
-    pub async fn connect(settings: &RedisSettings) -> Result<Self, EngineError> {
-        let address = with_resp3(&settings.address);
-        let client = redis::Client::open(address.as_str())
-            .map_err(|e| EngineError::Unavailable(format!("bad redis address {}: {e}", settings.address)))?;
-        let base = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.command_timeout))
-            .set_connection_timeout(Some(settings.command_timeout))
-            .set_max_delay(Duration::from_secs(2));
-        let commands = ConnectionManager::new_with_config(client.clone(), base.clone()).await.map_err(unavailable)?;
+impl RedisEngine<Single> {
+    /// Connects to one Redis.
+    pub async fn single(settings: &RedisSettings) -> Result<Self, EngineError> {
+        let address = settings.addresses.first().ok_or_else(|| EngineError::Unavailable("no redis address".into()))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let subscriber =
-            ConnectionManager::new_with_config(client, base.set_push_sender(tx).set_automatic_resubscription())
-                .await
-                .map_err(unavailable)?;
-        Ok(Self {
+        let backplane = Single::connect(address, settings.command_timeout, settings.subscriber_connections, tx)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self::with(backplane, rx, settings))
+    }
+}
+
+impl RedisEngine<Cluster> {
+    /// Connects to a Redis Cluster through any of its nodes.
+    pub async fn cluster(settings: &RedisSettings) -> Result<Self, EngineError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backplane =
+            Cluster::connect(&settings.addresses, settings.command_timeout, tx).await.map_err(unavailable)?;
+        Ok(Self::with(backplane, rx, settings))
+    }
+}
+
+impl<B: Backplane> RedisEngine<B> {
+    fn with(backplane: B, pushes: mpsc::UnboundedReceiver<PushInfo>, settings: &RedisSettings) -> Self {
+        Self {
             keys: Keys::new(&settings.prefix),
-            commands,
-            subscriber,
-            pushes: Mutex::new(Some(rx)),
+            backplane,
+            pushes: Mutex::new(Some(pushes)),
             handler: OnceLock::new(),
-            subscribed: Mutex::new(HashSet::new()),
             scripts: Scripts {
                 publish: scripts::publish(),
                 history: scripts::history(),
                 presence: scripts::presence(),
                 add_presence: scripts::add_presence(),
             },
-        })
+        }
     }
 
-    fn connection(&self) -> ConnectionManager {
-        self.commands.clone()
+    fn connection(&self) -> B::Connection {
+        self.backplane.commands()
     }
 
     /// Hands pub/sub messages to the handler, in arrival order.
@@ -124,7 +135,7 @@ impl RedisEngine {
         tokio::spawn(async move {
             while let Some(push) = pushes.recv().await {
                 match push.kind {
-                    PushKind::Message => {}
+                    PushKind::Message | PushKind::SMessage => {}
                     PushKind::Disconnection => {
                         tracing::warn!(
                             "lost the redis subscription connection; reconnecting, and asking positioned subscribers to recover"
@@ -182,17 +193,6 @@ impl RedisEngine {
     }
 }
 
-/// Asks for RESP3, which carries pub/sub pushes on a regular connection.
-fn with_resp3(address: &str) -> String {
-    if address.contains("protocol=") {
-        address.to_owned()
-    } else if address.contains('?') {
-        format!("{address}&protocol=resp3")
-    } else {
-        format!("{address}?protocol=resp3")
-    }
-}
-
 /// A fresh epoch candidate; the scripts keep the first one a stream gets.
 fn epoch_candidate() -> String {
     use std::hash::{BuildHasher, RandomState};
@@ -207,7 +207,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 #[async_trait]
-impl Engine for RedisEngine {
+impl<B: Backplane> Engine for RedisEngine<B> {
     fn name(&self) -> &'static str {
         "redis"
     }
@@ -217,7 +217,7 @@ impl Engine for RedisEngine {
         let Some(pushes) = pushes else { return Ok(()) };
         let _ = self.handler.set(handler.clone());
         self.dispatch(pushes, handler);
-        self.subscriber.clone().subscribe(self.keys.control_channel()).await.map_err(unavailable)
+        self.backplane.subscribe_control(&self.keys.control_channel()).await.map_err(unavailable)
     }
 
     async fn publish(
@@ -246,6 +246,7 @@ impl Engine for RedisEngine {
             .arg(idempotency_ttl)
             .arg(self.keys.pubsub(channel))
             .arg(epoch_candidate())
+            .arg(B::PUBLISH)
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)?;
@@ -262,7 +263,7 @@ impl Engine for RedisEngine {
                 return Err(EngineError::Unavailable("not a presence event".into()))
             }
         };
-        let _: i64 = redis::cmd("PUBLISH")
+        let _: i64 = redis::cmd(B::PUBLISH)
             .arg(self.keys.pubsub(channel))
             .arg(message)
             .query_async(&mut self.connection())
@@ -272,15 +273,11 @@ impl Engine for RedisEngine {
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.subscriber.clone().subscribe(self.keys.pubsub(channel)).await.map_err(unavailable)?;
-        self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).insert(channel.clone());
-        Ok(())
+        self.backplane.subscribe(&self.keys.pubsub(channel)).await.map_err(unavailable)
     }
 
     async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.subscriber.clone().unsubscribe(self.keys.pubsub(channel)).await.map_err(unavailable)?;
-        self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).remove(channel);
-        Ok(())
+        self.backplane.unsubscribe(&self.keys.pubsub(channel)).await.map_err(unavailable)
     }
 
     async fn history(
@@ -376,7 +373,7 @@ impl Engine for RedisEngine {
     }
 }
 
-impl RedisEngine {
+impl<B: Backplane> RedisEngine<B> {
     async fn add_expiring(
         &self,
         entries: String,

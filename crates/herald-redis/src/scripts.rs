@@ -12,7 +12,8 @@ use redis::Script;
 ///
 /// KEYS: meta, history, idempotency (may be unused)
 /// ARGV: body, history size (0 = no history), history ttl ms, meta ttl ms,
-///       idempotency ttl ms (0 = none), pub/sub channel, epoch candidate
+///       idempotency ttl ms (0 = none), pub/sub channel, epoch candidate,
+///       publish command (`publish`, or `spublish` on a Redis Cluster)
 /// Returns: {duplicate (0/1), "offset\nepoch"}
 pub fn publish() -> Script {
     Script::new(
@@ -20,7 +21,7 @@ pub fn publish() -> Script {
 local meta, history, idempotency = KEYS[1], KEYS[2], KEYS[3]
 local body, size = ARGV[1], tonumber(ARGV[2])
 local history_ttl, meta_ttl, idempotency_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local channel, candidate = ARGV[6], ARGV[7]
+local channel, candidate, publish = ARGV[6], ARGV[7], ARGV[8]
 if idempotency_ttl > 0 then
   local earlier = redis.call('get', idempotency)
   if earlier then return {1, earlier} end
@@ -38,9 +39,9 @@ if size > 0 then
   redis.call('ltrim', history, -size, -1)
   redis.call('pexpire', history, history_ttl)
   redis.call('pexpire', meta, meta_ttl)
-  redis.call('publish', channel, message)
+  redis.call(publish, channel, message)
 else
-  redis.call('publish', channel, '0\n\n' .. body)
+  redis.call(publish, channel, '0\n\n' .. body)
 end
 local result = offset .. '\n' .. epoch
 if idempotency_ttl > 0 then

@@ -88,3 +88,88 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A Redis Cluster of `masters` redis-servers (no replicas), formed with
+/// `redis-cli --cluster create`, killed when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<(Child, u16)>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> Self {
+        let dir = std::env::temp_dir().join(format!("herald-redis-cluster-{}-{}", std::process::id(), free_port()));
+        let mut nodes = Vec::new();
+        for _ in 0..masters {
+            let (port, bus) = (free_port(), free_port());
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("scratch dir");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+                .args(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run redis-server ({e}); install it (Debian: apt-get install redis-server)")
+                });
+            nodes.push((child, port));
+        }
+        let cluster = Self { nodes, dir };
+        for url in cluster.urls() {
+            let server = RedisServer {
+                child: None,
+                port: url.rsplit(':').next().unwrap().parse().unwrap(),
+                dir: PathBuf::new(),
+            };
+            server.wait_ready();
+        }
+        let addresses: Vec<String> = cluster.nodes.iter().map(|(_, p)| format!("127.0.0.1:{p}")).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}); install it (Debian: apt-get install redis-tools)"));
+        assert!(status.success(), "redis-cli --cluster create failed");
+        cluster.wait_ok();
+        cluster
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for url in self.urls() {
+            loop {
+                let info = redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the redis cluster did not come up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|(_, port)| format!("redis://127.0.0.1:{port}")).collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

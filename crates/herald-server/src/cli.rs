@@ -217,6 +217,7 @@ async fn serve_async(
     let engine = match &config.engine {
         config::EngineConfig::Memory => "memory",
         config::EngineConfig::Redis(_) => "redis",
+        config::EngineConfig::RedisCluster(_) => "redis_cluster",
     };
     let node = Node::build(config).await?;
     tracing::info!(

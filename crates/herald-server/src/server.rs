@@ -93,12 +93,28 @@ impl Node {
             EngineConfig::Memory => Arc::new(MemoryEngine::new()),
             EngineConfig::Redis(redis) => {
                 let settings = RedisSettings {
-                    address: redis.address.clone(),
+                    addresses: vec![redis.address.clone()],
                     prefix: redis.prefix.clone(),
                     command_timeout: redis.command_timeout,
+                    subscriber_connections: redis.subscriber_connections,
                 };
-                let engine = RedisEngine::connect(&settings).await.map_err(|e| {
+                let engine = RedisEngine::single(&settings).await.map_err(|e| {
                     anyhow::anyhow!("cannot reach Redis at {}: {e}; is it running? check engine.address", redis.address)
+                })?;
+                Arc::new(engine)
+            }
+            EngineConfig::RedisCluster(cluster) => {
+                let settings = RedisSettings {
+                    addresses: cluster.addresses.clone(),
+                    prefix: cluster.prefix.clone(),
+                    command_timeout: cluster.command_timeout,
+                    subscriber_connections: 1,
+                };
+                let engine = RedisEngine::cluster(&settings).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot reach the Redis Cluster at {:?}: {e}; is it running and formed? check engine.addresses",
+                        cluster.addresses
+                    )
                 })?;
                 Arc::new(engine)
             }

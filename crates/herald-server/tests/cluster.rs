@@ -8,19 +8,70 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde_json::json;
 use support::{Client, TestServer};
 
-use herald_redis::testing::RedisServer;
-use herald_server::config::{EngineConfig, RedisEngineConfig};
+use herald_redis::testing::{RedisCluster, RedisServer};
+use herald_server::config::{EngineConfig, RedisClusterEngineConfig, RedisEngineConfig};
+
+fn fresh_prefix() -> String {
+    static CLUSTER: AtomicU32 = AtomicU32::new(0);
+    format!("cluster{}-{}", std::process::id(), CLUSTER.fetch_add(1, Ordering::Relaxed))
+}
 
 /// `n` nodes sharing `redis` under a prefix of their own.
 async fn cluster(redis: &RedisServer, n: usize) -> Vec<TestServer> {
-    static CLUSTER: AtomicU32 = AtomicU32::new(0);
-    let prefix = format!("cluster{}-{}", std::process::id(), CLUSTER.fetch_add(1, Ordering::Relaxed));
+    let prefix = fresh_prefix();
     let mut nodes = Vec::new();
     for _ in 0..n {
         let engine = RedisEngineConfig { address: redis.url(), prefix: prefix.clone(), ..Default::default() };
         nodes.push(TestServer::with(|c| c.engine = EngineConfig::Redis(engine)).await);
     }
     nodes
+}
+
+/// `n` nodes sharing a Redis Cluster.
+async fn cluster_on(redis: &RedisCluster, n: usize) -> Vec<TestServer> {
+    let prefix = fresh_prefix();
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let engine = RedisClusterEngineConfig { addresses: redis.urls(), prefix: prefix.clone(), ..Default::default() };
+        nodes.push(TestServer::with(|c| c.engine = EngineConfig::RedisCluster(engine)).await);
+    }
+    nodes
+}
+
+#[tokio::test]
+async fn over_a_redis_cluster_publications_presence_and_control_cross_nodes() {
+    let redis = RedisCluster::start(3);
+    let nodes = cluster_on(&redis, 3).await;
+    let mut readers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        // Channels land on different shards; each reader follows several.
+        let mut reader = subscribed(node, &format!("reader{i}"), "feed:a").await;
+        reader.subscribe("feed:b").await;
+        reader.subscribe("room:c").await;
+        readers.push(reader);
+    }
+    for n in 1..=20u64 {
+        nodes[(n % 3) as usize].publish("feed:a", json!(n)).await;
+        nodes[((n + 1) % 3) as usize].publish("feed:b", json!(n)).await;
+    }
+    for reader in &mut readers {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        while a.len() < 20 || b.len() < 20 {
+            let push = reader.next_push().await;
+            let offset = push["pub"]["offset"].as_u64().expect("a publication");
+            match push["channel"].as_str() {
+                Some("feed:a") => a.push(offset),
+                Some("feed:b") => b.push(offset),
+                other => panic!("unexpected push in {other:?}: {push}"),
+            }
+        }
+        let expected: Vec<u64> = (1..=20).collect();
+        assert_eq!((a, b), (expected.clone(), expected), "each channel in order, once");
+    }
+    let (_, stats) = nodes[2].api("presence_stats", json!({"channel": "room:c"})).await;
+    assert_eq!(stats["result"], json!({"num_clients": 3, "num_users": 3}));
+    nodes[0].api("disconnect", json!({"user": "reader2"})).await;
+    assert_eq!(readers[2].closed().await.0, 3503);
 }
 
 async fn subscribed(node: &TestServer, user: &str, channel: &str) -> Client {

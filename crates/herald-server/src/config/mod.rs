@@ -67,6 +67,8 @@ pub enum EngineConfig {
     Memory,
     /// Nodes sharing one Redis form a cluster.
     Redis(RedisEngineConfig),
+    /// Nodes sharing a Redis Cluster (Redis 7+, sharded pub/sub) form a cluster.
+    RedisCluster(RedisClusterEngineConfig),
 }
 
 /// `[engine] type = "redis"`.
@@ -82,12 +84,39 @@ pub struct RedisEngineConfig {
     /// How long one Redis command may take before it fails.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// Pub/sub connections each node spreads its channels over, so one hot
+    /// channel does not hold up the others.
+    pub subscriber_connections: usize,
 }
 
 impl Default for RedisEngineConfig {
     fn default() -> Self {
         Self {
             address: "redis://127.0.0.1:6379".into(),
+            prefix: "herald".into(),
+            command_timeout: Duration::from_secs(5),
+            subscriber_connections: 4,
+        }
+    }
+}
+
+/// `[engine] type = "redis_cluster"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisClusterEngineConfig {
+    /// Some of the cluster's nodes, `redis://host:port`; the rest are discovered.
+    pub addresses: Vec<String>,
+    /// Prefix of every key and pub/sub channel.
+    pub prefix: String,
+    /// How long one Redis command may take before it fails.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisClusterEngineConfig {
+    fn default() -> Self {
+        Self {
+            addresses: vec!["redis://127.0.0.1:7000".into()],
             prefix: "herald".into(),
             command_timeout: Duration::from_secs(5),
         }

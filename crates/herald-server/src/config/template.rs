@@ -30,7 +30,12 @@ shutdown_timeout = "10s"
 # "memory": a single node, nothing to set up.
 # "redis": nodes sharing one Redis form a cluster; then also set
 #   address = "redis://127.0.0.1:6379"
-#   prefix = "herald"          # keys and pub/sub channels start with this
+#   prefix = "herald"              # keys and pub/sub channels start with this
+#   command_timeout = "5s"
+#   subscriber_connections = 4     # pub/sub connections channels spread over
+# "redis_cluster": nodes sharing a Redis Cluster (Redis 7+); then set
+#   addresses = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
+#   prefix = "herald"
 #   command_timeout = "5s"
 type = "memory"
 

@@ -56,19 +56,35 @@ impl Config {
                 ));
             }
         }
-        if let super::EngineConfig::Redis(redis) = &self.engine {
-            if !(redis.address.starts_with("redis://") || redis.address.starts_with("rediss://")) {
+        let is_url = |a: &str| a.starts_with("redis://") || a.starts_with("rediss://");
+        let (addresses, prefix, timeout): (Vec<(&str, &str)>, &str, Duration) = match &self.engine {
+            super::EngineConfig::Memory => (Vec::new(), "herald", Duration::from_secs(1)),
+            super::EngineConfig::Redis(redis) => {
+                if redis.subscriber_connections == 0 {
+                    problems.push("engine.subscriber_connections: must be at least 1".to_owned());
+                }
+                (vec![("engine.address", redis.address.as_str())], &redis.prefix, redis.command_timeout)
+            }
+            super::EngineConfig::RedisCluster(cluster) => {
+                if cluster.addresses.is_empty() {
+                    problems.push("engine.addresses: name at least one node of the Redis Cluster".to_owned());
+                }
+                let named = cluster.addresses.iter().map(|a| ("engine.addresses", a.as_str())).collect();
+                (named, &cluster.prefix, cluster.command_timeout)
+            }
+        };
+        for (setting, address) in addresses {
+            if !is_url(address) {
                 problems.push(format!(
-                    "engine.address: `{}` is not a Redis URL; write redis://host:port (or rediss:// for TLS)",
-                    redis.address
+                    "{setting}: `{address}` is not a Redis URL; write redis://host:port (or rediss:// for TLS)"
                 ));
             }
-            if redis.prefix.is_empty() || redis.prefix.contains(['{', '}']) {
-                problems.push("engine.prefix: must be non-empty and without braces".to_owned());
-            }
-            if redis.command_timeout.is_zero() {
-                problems.push("engine.command_timeout: must be above zero".to_owned());
-            }
+        }
+        if prefix.is_empty() || prefix.contains(['{', '}']) {
+            problems.push("engine.prefix: must be non-empty and without braces".to_owned());
+        }
+        if timeout.is_zero() {
+            problems.push("engine.command_timeout: must be above zero".to_owned());
         }
         if client.write_timeout.is_zero() {
             problems.push("client.write_timeout: must be above zero".to_owned());

@@ -185,10 +185,41 @@ impl Hub {
         Ok(())
     }
 
-    /// Refreshes this node's presence entries and registry entry.
+    /// Refreshes this node's presence entries and registry entry, and
+    /// announces the leave of clients whose presence expired.
     async fn heartbeat(&self) {
         self.refresh_presence().await;
+        self.announce_expired_presence().await;
         self.register_node().await;
+    }
+
+    /// Clients whose connection or node died never sent a leave; their
+    /// entries expire, and a node with subscribers in the channel announces
+    /// the leave (each expired entry goes to one node only).
+    async fn announce_expired_presence(&self) {
+        let mut channels = Vec::new();
+        self.channels.for_each_shard(|shard| {
+            for channel in shard.keys() {
+                if self.config.rules.resolve(channel).is_ok_and(|o| o.presence && o.join_leave) {
+                    channels.push(channel.clone());
+                }
+            }
+        });
+        for channel in channels {
+            let expired = match self.engine.expire_presence(&channel).await {
+                Ok(expired) => expired,
+                Err(error) => {
+                    tracing::warn!(%channel, %error, "presence expiry sweep failed");
+                    continue;
+                }
+            };
+            for info in expired {
+                let event = EngineEvent::Leave { channel: channel.clone(), info };
+                if let Err(error) = self.engine.publish_presence_event(event).await {
+                    tracing::warn!(%channel, %error, "leave of an expired presence entry not sent");
+                }
+            }
+        }
     }
 
     async fn refresh_presence(&self) {

@@ -327,6 +327,13 @@ where
     let present = engine.presence(&ch).await.expect("presence");
     assert_eq!(present.len(), 1, "only the refreshed entry outlives its ttl: {present:?}");
     assert_eq!(present[0].client, ClientId::new("c3"));
+    assert_eq!(engine.presence_stats(&ch).await.expect("stats"), PresenceStats { num_clients: 1, num_users: 1 });
+
+    let mut expired: Vec<String> =
+        engine.expire_presence(&ch).await.expect("expire").into_iter().map(|i| i.client.to_string()).collect();
+    expired.sort();
+    assert_eq!(expired, ["c1"], "the entry that expired is handed out for its leave");
+    assert!(engine.expire_presence(&ch).await.expect("expire").is_empty(), "and only once");
 }
 
 pub async fn joins_and_leaves_reach_subscribed_nodes(engine: Arc<dyn Engine>) {

@@ -17,7 +17,8 @@
 //!   a stream whose position expired starts again under a new epoch;
 //! - a publish repeated with the same idempotency key inside its window
 //!   returns the first result and delivers nothing;
-//! - presence entries vanish `presence_ttl` after their last refresh;
+//! - presence entries vanish `presence_ttl` after their last refresh, and
+//!   each expired entry is handed to exactly one `expire_presence` caller;
 //! - a control command reaches every node, the sender included.
 
 use std::sync::Arc;
@@ -152,6 +153,13 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
 
     /// How many clients and distinct users are present in a channel.
     async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, EngineError>;
+
+    /// Removes the channel's expired presence entries and returns them,
+    /// each to exactly one caller, so a leave can be announced for every
+    /// client that vanished without leaving (its connection or node died).
+    /// Reads (`presence`, `presence_stats`) skip expired entries but leave
+    /// them for this.
+    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError>;
 
     /// Records this node as alive with its current counts, for `ttl`.
     async fn register_node(&self, info: &NodeInfo, ttl: Duration) -> Result<(), EngineError>;

@@ -74,6 +74,7 @@ struct Scripts {
     publish: redis::Script,
     history: redis::Script,
     presence: redis::Script,
+    expire_presence: redis::Script,
     add_presence: redis::Script,
 }
 
@@ -120,6 +121,7 @@ impl<B: Backplane> RedisEngine<B> {
                 publish: scripts::publish(),
                 history: scripts::history(),
                 presence: scripts::presence(),
+                expire_presence: scripts::expire_presence(),
                 add_presence: scripts::add_presence(),
             },
         }
@@ -340,6 +342,19 @@ impl<B: Backplane> Engine for RedisEngine<B> {
         Ok(PresenceStats { num_clients: present.len(), num_users: users.len() })
     }
 
+    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
+        let (entries, expiries) = self.keys.presence(channel);
+        let raw: Vec<Option<Vec<u8>>> = self
+            .scripts
+            .expire_presence
+            .key(entries)
+            .key(expiries)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(raw.iter().flatten().filter_map(|json| serde_json::from_slice(json).ok()).collect())
+    }
+
     async fn register_node(&self, info: &NodeInfo, ttl: Duration) -> Result<(), EngineError> {
         let json = serde_json::to_vec(info).expect("node info serializes");
         let (entries, expiries) = self.keys.nodes();
@@ -397,6 +412,14 @@ impl<B: Backplane> RedisEngine<B> {
     }
 
     async fn read_expiring(&self, entries: String, expiries: String) -> Result<Vec<Vec<u8>>, EngineError> {
-        self.scripts.presence.key(entries).key(expiries).invoke_async(&mut self.connection()).await.map_err(unavailable)
+        let raw: Vec<Option<Vec<u8>>> = self
+            .scripts
+            .presence
+            .key(entries)
+            .key(expiries)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(raw.into_iter().flatten().collect())
     }
 }

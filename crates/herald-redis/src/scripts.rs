@@ -74,7 +74,7 @@ return {top, epoch, redis.call('lrange', history, 0, -1)}
     )
 }
 
-/// Presence of a channel, dropping entries past their expiry first.
+/// Presence of a channel: the entries not past their expiry.
 ///
 /// KEYS: presence hash, presence expiry sorted set
 /// Returns: {info JSON…}
@@ -84,12 +84,29 @@ pub fn presence() -> Script {
 local entries, expiries = KEYS[1], KEYS[2]
 local now = redis.call('time')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local live = redis.call('zrangebyscore', expiries, '(' .. now_ms, '+inf')
+if #live == 0 then return {} end
+return redis.call('hmget', entries, unpack(live))
+"#,
+    )
+}
+
+/// Removes a channel's expired presence entries and returns them.
+///
+/// KEYS: presence hash, presence expiry sorted set
+/// Returns: {info JSON…}
+pub fn expire_presence() -> Script {
+    Script::new(
+        r#"
+local entries, expiries = KEYS[1], KEYS[2]
+local now = redis.call('time')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local expired = redis.call('zrangebyscore', expiries, '-inf', now_ms)
-if #expired > 0 then
-  redis.call('hdel', entries, unpack(expired))
-  redis.call('zremrangebyscore', expiries, '-inf', now_ms)
-end
-return redis.call('hvals', entries)
+if #expired == 0 then return {} end
+local infos = redis.call('hmget', entries, unpack(expired))
+redis.call('hdel', entries, unpack(expired))
+redis.call('zremrangebyscore', expiries, '-inf', now_ms)
+return infos
 "#,
     )
 }

@@ -239,3 +239,92 @@ fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+/// A config for a node of a cluster on `redis_url`, with fast presence.
+fn cluster_config(redis_url: &str, prefix: &str) -> String {
+    format!(
+        r#"
+[engine]
+type = "redis"
+address = "{redis_url}"
+prefix = "{prefix}"
+
+[client]
+token_hmac_secret = "cluster-secret"
+presence_update_interval = "500ms"
+presence_ttl = "2s"
+
+[api]
+key = "cluster-key"
+
+[channel.namespaces.feed]
+history_size = 100
+force_recovery = true
+
+[channel.namespaces.room]
+presence = true
+join_leave = true
+"#
+    )
+}
+
+async fn connect_as(addr: std::net::SocketAddr, user: &str) -> support::Client {
+    let token = herald_server::auth::TokenMinter::hmac("cluster-secret").sign(&json!({"sub": user}));
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/connection/websocket")).await.unwrap();
+    let mut client = support::Client::from_stream(ws);
+    let reply = client.command(json!({"id": 1, "connect": {"token": token}})).await;
+    assert!(reply["connect"]["client"].is_string(), "{reply}");
+    client
+}
+
+/// A node killed with SIGKILL: its clients' presence expires within
+/// `presence_ttl`, a leave is announced, and its subscribers recover their
+/// missed publications on another node.
+#[tokio::test]
+async fn when_a_node_is_killed_its_clients_leave_presence_and_recover_elsewhere() {
+    let redis = herald_redis::testing::RedisServer::start();
+    let dir = Scratch::new("sigkill-cluster");
+    std::fs::write(dir.path("herald.toml"), cluster_config(&redis.url(), "sigkill")).unwrap();
+    let survivor = Served::start(&dir, "");
+    let mut victim = Served::start(&dir, "");
+
+    let mut watcher = connect_as(survivor.addr, "watcher").await;
+    watcher.command(json!({"id": 2, "subscribe": {"channel": "room:x", "join_leave": true}})).await;
+    assert_eq!(watcher.next_push().await["join"]["info"]["user"], "watcher");
+
+    let mut doomed = connect_as(victim.addr, "doomed").await;
+    doomed.subscribe("room:x").await;
+    let epoch = doomed.subscribe("feed:x").await["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(watcher.next_push().await["join"]["info"]["user"], "doomed");
+
+    let api = |addr| {
+        move |method: &'static str, params: serde_json::Value| async move {
+            support::http_post(addr, &format!("/api/{method}"), &[("X-API-Key", "cluster-key")], &params.to_string())
+                .await
+        }
+    };
+    let survivor_api = api(survivor.addr);
+    survivor_api("publish", json!({"channel": "feed:x", "data": 1})).await;
+    assert_eq!(doomed.next_push().await["pub"]["offset"], 1);
+
+    victim.signal("KILL");
+    victim.wait();
+    for n in 2..=4 {
+        let (status, _) = survivor_api("publish", json!({"channel": "feed:x", "data": n})).await;
+        assert_eq!(status, 200);
+    }
+
+    let leave = watcher.next_push().await;
+    assert_eq!(leave["leave"]["info"]["user"], "doomed", "the dead node's client leaves: {leave}");
+    let (_, stats) = survivor_api("presence_stats", json!({"channel": "room:x"})).await;
+    assert_eq!(stats["result"], json!({"num_clients": 1, "num_users": 1}), "no drift");
+
+    let mut moved = connect_as(survivor.addr, "doomed").await;
+    let reply = moved
+        .command(json!({"id": 3, "subscribe": {"channel": "feed:x", "recover": true, "offset": 1, "epoch": epoch}}))
+        .await;
+    assert_eq!(reply["subscribe"]["recovered"], true, "{reply}");
+    let replayed: Vec<u64> =
+        reply["subscribe"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(replayed, [2, 3, 4], "exactly the missed publications, in order, once");
+}

@@ -102,6 +102,9 @@ impl Engine for RacyHistory {
     async fn presence_stats(&self, c: &ChannelName) -> Result<PresenceStats, EngineError> {
         self.0.presence_stats(c).await
     }
+    async fn expire_presence(&self, c: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
+        self.0.expire_presence(c).await
+    }
     async fn register_node(&self, i: &NodeInfo, t: Duration) -> Result<(), EngineError> {
         self.0.register_node(i, t).await
     }

@@ -214,8 +214,20 @@ impl Engine for MemoryEngine {
         let now = Instant::now();
         let mut shard = self.shard(channel);
         let Some(entries) = shard.presence.get_mut(channel) else { return Ok(Vec::new()) };
-        entries.retain(|_, (_, until)| now < *until);
-        Ok(entries.values().map(|(info, _)| info.clone()).collect())
+        Ok(entries.values().filter(|(_, until)| now < *until).map(|(info, _)| info.clone()).collect())
+    }
+
+    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
+        let now = Instant::now();
+        let mut shard = self.shard(channel);
+        let Some(entries) = shard.presence.get_mut(channel) else { return Ok(Vec::new()) };
+        let expired: Vec<ClientId> =
+            entries.iter().filter(|(_, (_, until))| now >= *until).map(|(c, _)| c.clone()).collect();
+        let gone = expired.iter().filter_map(|client| entries.remove(client)).map(|(info, _)| info).collect();
+        if entries.is_empty() {
+            shard.presence.remove(channel);
+        }
+        Ok(gone)
     }
 
     async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, EngineError> {

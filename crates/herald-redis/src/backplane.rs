@@ -4,6 +4,8 @@
 //!   pub/sub subscriptions are spread over several reconnecting
 //!   connections by channel hash, so one hot channel does not stall the
 //!   others, and each channel's messages keep their order on its connection.
+//! - [`Sharded`]: several independent Redis instances; each channel lives
+//!   on one of them, chosen by rendezvous hashing of its name.
 //! - [`Cluster`]: a Redis Cluster. Keys of one channel share a hash slot,
 //!   publications use sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`), so each
 //!   message travels only within the shard that owns its channel.
@@ -28,16 +30,20 @@ pub trait Backplane: Send + Sync + 'static {
     /// The command that broadcasts a channel's messages from a script.
     const PUBLISH: &'static str;
 
-    /// A handle for commands; cheap to clone.
-    fn commands(&self) -> Self::Connection;
+    /// A handle for commands on the keys of `route` (a channel name, or a
+    /// fixed route for cluster-wide keys); cheap to clone.
+    fn commands(&self, route: &str) -> Self::Connection;
 
-    /// Subscribes to a channel's pub/sub channel.
-    async fn subscribe(&self, name: &str) -> RedisResult<()>;
+    /// Subscribes to the pub/sub channel `name` of `route`.
+    async fn subscribe(&self, route: &str, name: &str) -> RedisResult<()>;
 
-    async fn unsubscribe(&self, name: &str) -> RedisResult<()>;
+    async fn unsubscribe(&self, route: &str, name: &str) -> RedisResult<()>;
 
     /// Subscribes to the cluster-wide control channel (plain pub/sub).
-    async fn subscribe_control(&self, name: &str) -> RedisResult<()>;
+    async fn subscribe_control(&self, route: &str, name: &str) -> RedisResult<()>;
+
+    /// Checks that every Redis behind the backplane answers.
+    async fn ping(&self) -> RedisResult<()>;
 }
 
 /// Asks for RESP3, which carries pub/sub pushes on a regular connection.
@@ -98,20 +104,112 @@ impl Backplane for Single {
     type Connection = ConnectionManager;
     const PUBLISH: &'static str = "publish";
 
-    fn commands(&self) -> ConnectionManager {
+    fn commands(&self, _route: &str) -> ConnectionManager {
         self.commands.clone()
     }
 
-    async fn subscribe(&self, name: &str) -> RedisResult<()> {
+    async fn subscribe(&self, _route: &str, name: &str) -> RedisResult<()> {
         self.subscriber(name).subscribe(name).await
     }
 
-    async fn unsubscribe(&self, name: &str) -> RedisResult<()> {
+    async fn unsubscribe(&self, _route: &str, name: &str) -> RedisResult<()> {
         self.subscriber(name).unsubscribe(name).await
     }
 
-    async fn subscribe_control(&self, name: &str) -> RedisResult<()> {
+    async fn subscribe_control(&self, _route: &str, name: &str) -> RedisResult<()> {
         self.subscriber(name).subscribe(name).await
+    }
+
+    async fn ping(&self) -> RedisResult<()> {
+        redis::cmd("PING").query_async::<String>(&mut self.commands.clone()).await.map(|_| ())
+    }
+}
+
+/// Several independent Redis instances: each channel lives on one of them,
+/// chosen by rendezvous hashing, so adding an instance moves only the
+/// channels that now hash to it.
+pub struct Sharded {
+    shards: Vec<(String, Single)>,
+}
+
+impl std::fmt::Debug for Sharded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sharded").field("shards", &self.shards.iter().map(|(a, _)| a).collect::<Vec<_>>()).finish()
+    }
+}
+
+/// FNV-1a: a hash every node computes the same, whatever its build.
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in *part {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The index of the shard that owns `route`: the one with the highest
+/// score for it (rendezvous hashing).
+pub fn shard_for(addresses: &[&str], route: &str) -> usize {
+    addresses
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, address)| stable_hash(&[route.as_bytes(), address.as_bytes()]))
+        .map(|(index, _)| index)
+        .unwrap_or(0)
+}
+
+impl Sharded {
+    pub async fn connect(
+        addresses: &[String],
+        timeout: Duration,
+        subscriber_connections: usize,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+    ) -> RedisResult<Self> {
+        let mut shards = Vec::new();
+        for address in addresses {
+            let single = Single::connect(address, timeout, subscriber_connections, pushes.clone()).await?;
+            shards.push((address.clone(), single));
+        }
+        Ok(Self { shards })
+    }
+
+    fn shard(&self, route: &str) -> &Single {
+        let addresses: Vec<&str> = self.shards.iter().map(|(a, _)| a.as_str()).collect();
+        &self.shards[shard_for(&addresses, route)].1
+    }
+}
+
+#[async_trait]
+impl Backplane for Sharded {
+    type Connection = ConnectionManager;
+    const PUBLISH: &'static str = "publish";
+
+    fn commands(&self, route: &str) -> ConnectionManager {
+        self.shard(route).commands(route)
+    }
+
+    async fn subscribe(&self, route: &str, name: &str) -> RedisResult<()> {
+        self.shard(route).subscribe(route, name).await
+    }
+
+    async fn unsubscribe(&self, route: &str, name: &str) -> RedisResult<()> {
+        self.shard(route).unsubscribe(route, name).await
+    }
+
+    async fn subscribe_control(&self, route: &str, name: &str) -> RedisResult<()> {
+        self.shard(route).subscribe_control(route, name).await
+    }
+
+    async fn ping(&self) -> RedisResult<()> {
+        for (_, shard) in &self.shards {
+            shard.ping().await?;
+        }
+        Ok(())
     }
 }
 
@@ -148,19 +246,49 @@ impl Backplane for Cluster {
     type Connection = ClusterConnection;
     const PUBLISH: &'static str = "spublish";
 
-    fn commands(&self) -> ClusterConnection {
+    fn commands(&self, _route: &str) -> ClusterConnection {
         self.connection.clone()
     }
 
-    async fn subscribe(&self, name: &str) -> RedisResult<()> {
+    async fn subscribe(&self, _route: &str, name: &str) -> RedisResult<()> {
         self.connection.clone().ssubscribe(name).await
     }
 
-    async fn unsubscribe(&self, name: &str) -> RedisResult<()> {
+    async fn unsubscribe(&self, _route: &str, name: &str) -> RedisResult<()> {
         self.connection.clone().sunsubscribe(name).await
     }
 
-    async fn subscribe_control(&self, name: &str) -> RedisResult<()> {
+    async fn subscribe_control(&self, _route: &str, name: &str) -> RedisResult<()> {
         self.connection.clone().subscribe(name).await
+    }
+
+    async fn ping(&self) -> RedisResult<()> {
+        let pong: RedisResult<String> = redis::cmd("PING").query_async(&mut self.connection.clone()).await;
+        pong.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_hashing_spreads_channels_and_moves_few_when_a_shard_joins() {
+        let three = ["redis://a:6379", "redis://b:6379", "redis://c:6379"];
+        let four = ["redis://a:6379", "redis://b:6379", "redis://c:6379", "redis://d:6379"];
+        let channels: Vec<String> = (0..3000).map(|i| format!("chat:{i}")).collect();
+        let mut counts = [0usize; 3];
+        let mut moved = 0;
+        for channel in &channels {
+            let before = shard_for(&three, channel);
+            counts[before] += 1;
+            let after = shard_for(&four, channel);
+            if after != before {
+                assert_eq!(after, 3, "a channel only ever moves to the new shard");
+                moved += 1;
+            }
+        }
+        assert!(counts.iter().all(|&n| n > 800), "spread evenly: {counts:?}");
+        assert!((600..900).contains(&moved), "about a quarter moves: {moved}");
     }
 }

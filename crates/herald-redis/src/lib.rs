@@ -43,7 +43,7 @@ use herald_engine::{
     PublishResult, StreamPosition,
 };
 
-pub use backplane::{Backplane, Cluster, Single};
+pub use backplane::{Backplane, Cluster, Sharded, Single};
 pub use keys::Keys;
 
 /// Where the engine finds Redis.
@@ -100,6 +100,19 @@ impl RedisEngine<Single> {
     }
 }
 
+impl RedisEngine<Sharded> {
+    /// Connects to several independent Redis instances; channels are spread
+    /// over them by rendezvous hashing of the channel name.
+    pub async fn sharded(settings: &RedisSettings) -> Result<Self, EngineError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backplane =
+            Sharded::connect(&settings.addresses, settings.command_timeout, settings.subscriber_connections, tx)
+                .await
+                .map_err(unavailable)?;
+        Ok(Self::with(backplane, rx, settings))
+    }
+}
+
 impl RedisEngine<Cluster> {
     /// Connects to a Redis Cluster through any of its nodes.
     pub async fn cluster(settings: &RedisSettings) -> Result<Self, EngineError> {
@@ -127,8 +140,10 @@ impl<B: Backplane> RedisEngine<B> {
         }
     }
 
-    fn connection(&self) -> B::Connection {
-        self.backplane.commands()
+    /// The connection for keys of `route` (a channel name, or one of the
+    /// fixed routes).
+    fn connection(&self, route: &str) -> B::Connection {
+        self.backplane.commands(route)
     }
 
     /// Hands pub/sub messages to the handler, in arrival order.
@@ -204,6 +219,11 @@ fn epoch_candidate() -> String {
     format!("{:08x}", RandomState::new().hash_one(seed) as u32)
 }
 
+/// Where the control pub/sub channel lives (with several shards, on one).
+const CONTROL_ROUTE: &str = "\0control";
+/// Where the node registry lives.
+const NODES_ROUTE: &str = "\0nodes";
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -219,7 +239,7 @@ impl<B: Backplane> Engine for RedisEngine<B> {
         let Some(pushes) = pushes else { return Ok(()) };
         let _ = self.handler.set(handler.clone());
         self.dispatch(pushes, handler);
-        self.backplane.subscribe_control(&self.keys.control_channel()).await.map_err(unavailable)
+        self.backplane.subscribe_control(CONTROL_ROUTE, &self.keys.control_channel()).await.map_err(unavailable)
     }
 
     async fn publish(
@@ -249,7 +269,7 @@ impl<B: Backplane> Engine for RedisEngine<B> {
             .arg(self.keys.pubsub(channel))
             .arg(epoch_candidate())
             .arg(B::PUBLISH)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;
         let (offset, epoch) = result.split_once('\n').unwrap_or(("0", ""));
@@ -268,18 +288,18 @@ impl<B: Backplane> Engine for RedisEngine<B> {
         let _: i64 = redis::cmd(B::PUBLISH)
             .arg(self.keys.pubsub(channel))
             .arg(message)
-            .query_async(&mut self.connection())
+            .query_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
     async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.backplane.subscribe(&self.keys.pubsub(channel)).await.map_err(unavailable)
+        self.backplane.subscribe(channel.as_str(), &self.keys.pubsub(channel)).await.map_err(unavailable)
     }
 
     async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.backplane.unsubscribe(&self.keys.pubsub(channel)).await.map_err(unavailable)
+        self.backplane.unsubscribe(channel.as_str(), &self.keys.pubsub(channel)).await.map_err(unavailable)
     }
 
     async fn history(
@@ -295,7 +315,7 @@ impl<B: Backplane> Engine for RedisEngine<B> {
             .key(self.keys.history(channel))
             .arg(millis(options.meta_ttl.max(options.ttl)))
             .arg(epoch_candidate())
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;
         Ok(Self::decode_history(result, query))
@@ -305,7 +325,7 @@ impl<B: Backplane> Engine for RedisEngine<B> {
         let _: i64 = redis::cmd("DEL")
             .arg(self.keys.meta(channel))
             .arg(self.keys.history(channel))
-            .query_async(&mut self.connection())
+            .query_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -314,7 +334,7 @@ impl<B: Backplane> Engine for RedisEngine<B> {
     async fn add_presence(&self, channel: &ChannelName, info: &ClientInfo, ttl: Duration) -> Result<(), EngineError> {
         let json = serde_json::to_vec(info).expect("client info serializes");
         let (entries, expiries) = self.keys.presence(channel);
-        self.add_expiring(entries, expiries, info.client.as_str(), json, ttl).await
+        self.add_expiring(channel.as_str(), entries, expiries, info.client.as_str(), json, ttl).await
     }
 
     async fn remove_presence(&self, channel: &ChannelName, client: &ClientId) -> Result<(), EngineError> {
@@ -325,14 +345,14 @@ impl<B: Backplane> Engine for RedisEngine<B> {
             .ignore()
             .zrem(expiries, client.as_str())
             .ignore()
-            .query_async::<()>(&mut self.connection())
+            .query_async::<()>(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)
     }
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
         let (entries, expiries) = self.keys.presence(channel);
-        let raw = self.read_expiring(entries, expiries).await?;
+        let raw = self.read_expiring(channel.as_str(), entries, expiries).await?;
         Ok(raw.iter().filter_map(|json| serde_json::from_slice(json).ok()).collect())
     }
 
@@ -349,7 +369,7 @@ impl<B: Backplane> Engine for RedisEngine<B> {
             .expire_presence
             .key(entries)
             .key(expiries)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;
         Ok(raw.iter().flatten().filter_map(|json| serde_json::from_slice(json).ok()).collect())
@@ -358,12 +378,12 @@ impl<B: Backplane> Engine for RedisEngine<B> {
     async fn register_node(&self, info: &NodeInfo, ttl: Duration) -> Result<(), EngineError> {
         let json = serde_json::to_vec(info).expect("node info serializes");
         let (entries, expiries) = self.keys.nodes();
-        self.add_expiring(entries, expiries, info.id.as_str(), json, ttl).await
+        self.add_expiring(NODES_ROUTE, entries, expiries, info.id.as_str(), json, ttl).await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
         let (entries, expiries) = self.keys.nodes();
-        let raw = self.read_expiring(entries, expiries).await?;
+        let raw = self.read_expiring(NODES_ROUTE, entries, expiries).await?;
         let mut nodes: Vec<NodeInfo> = raw.iter().filter_map(|json| serde_json::from_slice(json).ok()).collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(nodes)
@@ -374,15 +394,15 @@ impl<B: Backplane> Engine for RedisEngine<B> {
         let _: i64 = redis::cmd("PUBLISH")
             .arg(self.keys.control_channel())
             .arg(json)
-            .query_async(&mut self.connection())
+            .query_async(&mut self.connection(CONTROL_ROUTE))
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
     async fn health(&self) -> Health {
-        match redis::cmd("PING").query_async::<String>(&mut self.connection()).await {
-            Ok(_) => Health::Ready,
+        match self.backplane.ping().await {
+            Ok(()) => Health::Ready,
             Err(e) => Health::NotReady { reason: format!("redis: {e}") },
         }
     }
@@ -391,6 +411,7 @@ impl<B: Backplane> Engine for RedisEngine<B> {
 impl<B: Backplane> RedisEngine<B> {
     async fn add_expiring(
         &self,
+        route: &str,
         entries: String,
         expiries: String,
         id: &str,
@@ -405,19 +426,19 @@ impl<B: Backplane> RedisEngine<B> {
             .arg(id)
             .arg(json)
             .arg(millis(ttl))
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.connection(route))
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn read_expiring(&self, entries: String, expiries: String) -> Result<Vec<Vec<u8>>, EngineError> {
+    async fn read_expiring(&self, route: &str, entries: String, expiries: String) -> Result<Vec<Vec<u8>>, EngineError> {
         let raw: Vec<Option<Vec<u8>>> = self
             .scripts
             .presence
             .key(entries)
             .key(expiries)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.connection(route))
             .await
             .map_err(unavailable)?;
         Ok(raw.into_iter().flatten().collect())

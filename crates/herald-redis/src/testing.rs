@@ -15,6 +15,22 @@ pub struct RedisServer {
     dir: PathBuf,
 }
 
+/// Waits until the redis-server on `port` answers and is process `pid`.
+fn wait_for_process(port: u16, pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let url = format!("redis://127.0.0.1:{port}");
+    while Instant::now() < deadline {
+        let info = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c));
+        if let Ok(info) = info {
+            return info.lines().any(|l| l.trim() == format!("process_id:{pid}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
@@ -30,33 +46,29 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); install it (Debian: apt-get install redis-server)")
-            });
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ready = redis::Client::open(self.url())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if ready {
+        // A port found free may be taken by another test's server before
+        // ours binds it: check that the server answering is this child, and
+        // try another port if not.
+        for _ in 0..5 {
+            let mut child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run redis-server ({e}); install it (Debian: apt-get install redis-server)")
+                });
+            if wait_for_process(self.port, child.id()) {
+                self.child = Some(child);
                 return;
             }
-            assert!(Instant::now() < deadline, "redis-server on port {} did not start", self.port);
-            std::thread::sleep(Duration::from_millis(20));
+            let _ = child.kill();
+            let _ = child.wait();
+            self.port = free_port();
         }
+        panic!("could not start redis-server on a free port");
     }
 
     pub fn url(&self) -> String {
@@ -75,7 +87,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty.
+    /// Starts it again, empty, on the same port (unless another process
+    /// took the port meanwhile).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -120,13 +133,8 @@ impl RedisCluster {
             nodes.push((child, port));
         }
         let cluster = Self { nodes, dir };
-        for url in cluster.urls() {
-            let server = RedisServer {
-                child: None,
-                port: url.rsplit(':').next().unwrap().parse().unwrap(),
-                dir: PathBuf::new(),
-            };
-            server.wait_ready();
+        for (child, port) in &cluster.nodes {
+            assert!(wait_for_process(*port, child.id()), "cluster node on port {port} did not start (port taken?)");
         }
         let addresses: Vec<String> = cluster.nodes.iter().map(|(_, p)| format!("127.0.0.1:{p}")).collect();
         let status = Command::new("redis-cli")

@@ -36,6 +36,20 @@ async fn the_redis_engine_passes_the_conformance_suite_on_a_single_redis() {
 }
 
 #[tokio::test]
+async fn the_redis_engine_passes_the_conformance_suite_sharded_over_two_redis_instances() {
+    let (first, second) = (RedisServer::start(), RedisServer::start());
+    let urls = vec![first.url(), second.url()];
+    herald_engine::conformance::run_all(
+        || {
+            let settings = settings(urls.clone());
+            async move { Arc::new(RedisEngine::sharded(&settings).await.expect("connects")) as Arc<dyn Engine> }
+        },
+        tokio::time::sleep,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn the_redis_engine_passes_the_conformance_suite_on_a_redis_cluster() {
     let cluster = RedisCluster::start(3);
     let urls = cluster.urls();

@@ -91,6 +91,18 @@ impl Node {
     pub async fn build(config: Config) -> anyhow::Result<Node> {
         let engine: Arc<dyn Engine> = match &config.engine {
             EngineConfig::Memory => Arc::new(MemoryEngine::new()),
+            EngineConfig::Redis(redis) if !redis.shards.is_empty() => {
+                let settings = RedisSettings {
+                    addresses: redis.shards.clone(),
+                    prefix: redis.prefix.clone(),
+                    command_timeout: redis.command_timeout,
+                    subscriber_connections: redis.subscriber_connections,
+                };
+                let engine = RedisEngine::sharded(&settings).await.map_err(|e| {
+                    anyhow::anyhow!("cannot reach the Redis shards {:?}: {e}; check engine.shards", redis.shards)
+                })?;
+                Arc::new(engine)
+            }
             EngineConfig::Redis(redis) => {
                 let settings = RedisSettings {
                     addresses: vec![redis.address.clone()],

@@ -108,6 +108,47 @@ async fn a_publication_through_one_node_reaches_every_node_once_and_in_order() {
 }
 
 #[tokio::test]
+async fn channels_spread_over_several_redis_instances_still_reach_every_node() {
+    let shards = [RedisServer::start(), RedisServer::start()];
+    let prefix = fresh_prefix();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let engine = RedisEngineConfig {
+            shards: shards.iter().map(RedisServer::url).collect(),
+            prefix: prefix.clone(),
+            ..Default::default()
+        };
+        nodes.push(TestServer::with(|c| c.engine = EngineConfig::Redis(engine)).await);
+    }
+    let channels: Vec<String> = (0..8).map(|i| format!("feed:spread{i}")).collect();
+    let mut reader = nodes[1].connected("reader").await;
+    for channel in &channels {
+        reader.subscribe(channel).await;
+    }
+    for channel in &channels {
+        nodes[0].publish(channel, json!(channel)).await;
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for _ in &channels {
+        seen.push(reader.next_push().await["pub"]["data"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    let mut expected = channels.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "every channel, whichever Redis owns it");
+
+    let mut used = 0;
+    for shard in &shards {
+        let keys: Vec<String> = redis::Client::open(shard.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("KEYS").arg(format!("{prefix}:*:history")).query(&mut c))
+            .unwrap();
+        used += usize::from(!keys.is_empty());
+    }
+    assert_eq!(used, 2, "both instances hold some channels");
+}
+
+#[tokio::test]
 async fn presence_and_stats_answer_the_same_on_every_node() {
     let redis = RedisServer::start();
     let nodes = cluster(&redis, 2).await;

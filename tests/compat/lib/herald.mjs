@@ -246,6 +246,22 @@ export async function startHerald(overrides = {}, { startTimeout = 15000 } = {})
       }
     },
 
+    /** True until the herald process has exited. */
+    isRunning() {
+      return child.exitCode === null && child.signalCode === null;
+    },
+
+    /**
+     * Sends `signal` (SIGKILL: a crash, no goodbye to anyone) and resolves
+     * with {code, signal} once herald has exited. stop() still cleans up.
+     */
+    async kill(signal = 'SIGKILL') {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill(signal);
+      }
+      return exited;
+    },
+
     /** Sends SIGTERM and resolves with {code, signal} once herald has exited. */
     stop({ timeout = 15000 } = {}) {
       if (!stopped) {
@@ -278,6 +294,24 @@ export async function startHerald(overrides = {}, { startTimeout = 15000 } = {})
 /** A Centrifuge client for `url` over the `ws` package (Node 20 has no global WebSocket). */
 export function newClient(url, options = {}) {
   return new Centrifuge(url, { websocket: WebSocket, ...options });
+}
+
+/**
+ * A WebSocket class for newClient's `websocket` option that stands in for a
+ * load balancer: whatever URL centrifuge-js asks for, each new socket goes to
+ * `pickUrl()`, asked afresh on every (re)connect. `opened` lists the URLs
+ * chosen, in order.
+ */
+export function routedWebSocket(pickUrl) {
+  const opened = [];
+  class RoutedWebSocket extends WebSocket {
+    constructor(_url, protocols) {
+      const url = pickUrl();
+      opened.push(url);
+      super(url, protocols);
+    }
+  }
+  return { WebSocket: RoutedWebSocket, opened };
 }
 
 /** Polls `predicate` every 20 ms until it returns truthy; rejects after `timeout`. */

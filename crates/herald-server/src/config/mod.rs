@@ -78,6 +78,10 @@ pub struct RedisEngineConfig {
     /// `redis://host:port[/db]` (or `rediss://` for TLS; credentials as
     /// `redis://:password@host:port`).
     pub address: String,
+    /// Several independent Redis instances instead of `address`: each
+    /// channel lives on one of them, chosen by consistent (rendezvous)
+    /// hashing of its name. Every node must list the same instances.
+    pub shards: Vec<String>,
     /// Prefix of every key and pub/sub channel, so several Herald clusters
     /// can share one Redis.
     pub prefix: String,
@@ -93,6 +97,7 @@ impl Default for RedisEngineConfig {
     fn default() -> Self {
         Self {
             address: "redis://127.0.0.1:6379".into(),
+            shards: Vec::new(),
             prefix: "herald".into(),
             command_timeout: Duration::from_secs(5),
             subscriber_connections: 4,

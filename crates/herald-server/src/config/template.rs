@@ -33,6 +33,9 @@ shutdown_timeout = "10s"
 #   prefix = "herald"              # keys and pub/sub channels start with this
 #   command_timeout = "5s"
 #   subscriber_connections = 4     # pub/sub connections channels spread over
+#   shards = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
+#                                  # instead of address: channels spread over
+#                                  # several Redis by consistent hashing
 # "redis_cluster": nodes sharing a Redis Cluster (Redis 7+); then set
 #   addresses = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
 #   prefix = "herald"

@@ -63,7 +63,9 @@ impl Config {
                 if redis.subscriber_connections == 0 {
                     problems.push("engine.subscriber_connections: must be at least 1".to_owned());
                 }
-                (vec![("engine.address", redis.address.as_str())], &redis.prefix, redis.command_timeout)
+                let mut named = vec![("engine.address", redis.address.as_str())];
+                named.extend(redis.shards.iter().map(|a| ("engine.shards", a.as_str())));
+                (named, &redis.prefix, redis.command_timeout)
             }
             super::EngineConfig::RedisCluster(cluster) => {
                 if cluster.addresses.is_empty() {

@@ -1,0 +1,114 @@
+// A private redis-server for the cluster tests.
+//
+// startRedis() runs `redis-server` on a free port of 127.0.0.1, with nothing
+// persisted, and resolves once it answers PING. Tests never touch a Redis
+// they did not start.
+
+import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
+
+// Every redis-server this process started, so none outlives a crashed test run.
+const running = new Set();
+process.on('exit', () => {
+  for (const child of running) {
+    child.kill('SIGKILL');
+  }
+});
+
+/** Where redis-server is: REDIS_SERVER, else `redis-server` on the PATH. */
+function redisBinary() {
+  const bin = process.env.REDIS_SERVER ?? 'redis-server';
+  const probe = spawnSync(bin, ['--version'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0) {
+    throw new Error(
+      `redis-server not found (tried \`${bin} --version\`: ${probe.error?.message ?? probe.stderr}): ` +
+        'the cluster tests need their own Redis; install redis-server or point REDIS_SERVER at one',
+    );
+  }
+  return bin;
+}
+
+/** A TCP port of 127.0.0.1 that was free a moment ago. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves true if a Redis on `port` answers PING with +PONG, false otherwise. */
+function pings(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    let reply = '';
+    const done = (answer) => {
+      socket.destroy();
+      resolve(answer);
+    };
+    socket.setTimeout(1000, () => done(false));
+    socket.once('error', () => done(false));
+    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.setEncoding('utf8').on('data', (chunk) => {
+      reply += chunk;
+      if (reply.includes('\r\n')) {
+        done(reply.startsWith('+PONG'));
+      }
+    });
+  });
+}
+
+/** Starts redis-server on a free port and resolves once it answers PING. */
+export async function startRedis({ startTimeout = 10000 } = {}) {
+  const bin = redisBinary();
+  const port = await freePort();
+  const child = spawn(
+    bin,
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  running.add(child);
+  let output = '';
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.setEncoding('utf8').on('data', (chunk) => {
+      output += chunk;
+    });
+  }
+  let exit = null;
+  const exited = new Promise((resolve) => {
+    child.once('exit', (code, signal) => {
+      running.delete(child);
+      exit = { code, signal };
+      resolve(exit);
+    });
+  });
+  child.once('error', () => {});
+
+  const deadline = Date.now() + startTimeout;
+  while (!(await pings(port))) {
+    if (exit !== null || Date.now() >= deadline) {
+      child.kill('SIGKILL');
+      throw new Error(
+        `redis-server on port ${port} did not answer PING ` +
+          `(${exit ? `exited with ${JSON.stringify(exit)}` : `within ${startTimeout} ms`}); output:\n${output}`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    output: () => output,
+    /** Kills redis-server and resolves once it has exited. */
+    async stop() {
+      if (exit === null) {
+        child.kill('SIGKILL');
+      }
+      return exited;
+    },
+  };
+}

@@ -316,6 +316,11 @@ async fn when_a_node_is_killed_its_clients_leave_presence_and_recover_elsewhere(
 
     let leave = watcher.next_push().await;
     assert_eq!(leave["leave"]["info"]["user"], "doomed", "the dead node's client leaves: {leave}");
+    support::eventually_async("the dead node drops out of the registry", || async {
+        let (_, info) = survivor_api("info", json!({})).await;
+        info["result"]["nodes"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
     let (_, stats) = survivor_api("presence_stats", json!({"channel": "room:x"})).await;
     assert_eq!(stats["result"], json!({"num_clients": 1, "num_users": 1}), "no drift");
 

@@ -21,7 +21,12 @@ async fn cluster(redis: &RedisServer, n: usize) -> Vec<TestServer> {
     let prefix = fresh_prefix();
     let mut nodes = Vec::new();
     for _ in 0..n {
-        let engine = RedisEngineConfig { address: redis.url(), prefix: prefix.clone(), ..Default::default() };
+        let engine = RedisEngineConfig {
+            address: redis.url(),
+            prefix: prefix.clone(),
+            command_timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        };
         nodes.push(TestServer::with(|c| c.engine = EngineConfig::Redis(engine)).await);
     }
     nodes
@@ -266,4 +271,113 @@ async fn when_redis_restarts_positioned_subscribers_are_told_to_recover_and_publ
         reply["subscribe"].get("recovered").is_none(),
         "the restarted Redis lost history: recovered false: {reply}"
     );
+}
+
+/// What a following client saw, checked as it goes: publications continue
+/// the stream one by one, a recovery replays exactly what was missed, and
+/// the only way to skip ahead is an explicit `recovered: false`.
+struct Follower {
+    client: Client,
+    channel: &'static str,
+    epoch: String,
+    last: u64,
+    told_unrecoverable: usize,
+    id: u32,
+}
+
+impl Follower {
+    async fn subscribe(node: &TestServer, user: &str, channel: &'static str) -> Follower {
+        let mut client = node.connected(user).await;
+        let reply = client.subscribe(channel).await;
+        let sub = &reply["subscribe"];
+        let epoch = sub["epoch"].as_str().unwrap().to_owned();
+        let last = sub["offset"].as_u64().unwrap_or(0);
+        Follower { client, channel, epoch, last, told_unrecoverable: 0, id: 1000 }
+    }
+
+    /// Resubscribes from the last position, retrying temporary errors as
+    /// clients do.
+    async fn resubscribe(&mut self) {
+        loop {
+            self.id += 1;
+            let request = json!({"channel": self.channel, "recover": true, "offset": self.last, "epoch": self.epoch});
+            let reply = self.client.command(json!({"id": self.id, "subscribe": request})).await;
+            if reply["error"]["temporary"] == true {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            let sub = &reply["subscribe"];
+            assert_eq!(sub["was_recovering"], true, "{reply}");
+            if sub["recovered"] == true {
+                for publication in sub["publications"].as_array().into_iter().flatten() {
+                    self.take(publication["offset"].as_u64().unwrap());
+                }
+            } else {
+                self.told_unrecoverable += 1;
+                self.epoch = sub["epoch"].as_str().unwrap().to_owned();
+                self.last = sub["offset"].as_u64().unwrap_or(0);
+            }
+            return;
+        }
+    }
+
+    fn take(&mut self, offset: u64) {
+        assert_eq!(offset, self.last + 1, "no gap, duplicate or reordering without recovered: false");
+        self.last = offset;
+    }
+
+    /// Follows the channel until the publication with data `"end"`.
+    async fn follow_to_the_end(mut self) -> Self {
+        loop {
+            let push = self.client.next_push().await;
+            if push.get("unsubscribe").is_some() {
+                assert_eq!(push["unsubscribe"]["code"], 2500, "{push}");
+                self.resubscribe().await;
+                continue;
+            }
+            self.take(push["pub"]["offset"].as_u64().expect("a publication"));
+            if push["pub"]["data"] == "end" {
+                return self;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_restarting_in_the_middle_of_a_stream_loses_nothing_silently() {
+    let mut redis = RedisServer::start();
+    let nodes = cluster(&redis, 2).await;
+    let followers = [
+        Follower::subscribe(&nodes[0], "first", "feed:stream").await,
+        Follower::subscribe(&nodes[1], "second", "feed:stream").await,
+    ];
+    let following: Vec<_> = followers.into_iter().map(|f| tokio::spawn(f.follow_to_the_end())).collect();
+
+    let mut accepted = 0;
+    let mut refused = 0;
+    for n in 0..60 {
+        if n == 20 {
+            redis.kill();
+        }
+        if n == 25 {
+            redis.restart();
+        }
+        let (status, _) = nodes[n % 2].api("publish", json!({"channel": "feed:stream", "data": n})).await;
+        match status {
+            200 => accepted += 1,
+            503 => refused += 1,
+            other => panic!("a publish is accepted or refused clearly, not {other}"),
+        }
+    }
+    support::eventually_async("Redis serves publishes again", || async {
+        nodes[0].api("publish", json!({"channel": "feed:stream", "data": "end"})).await.0 == 200
+    })
+    .await;
+    assert!(accepted >= 40 && refused >= 1, "accepted {accepted}, refused {refused}");
+
+    for follower in following {
+        let follower =
+            tokio::time::timeout(support::PATIENCE * 3, follower).await.expect("followed to the end").unwrap();
+        assert_eq!(follower.told_unrecoverable, 1, "the restart lost history, and the client was told so once");
+    }
 }

@@ -247,14 +247,14 @@ impl Client {
         }
     }
 
-    /// Sends a command and returns the reply with its id, skipping pings and
-    /// keeping pushes for `next_push`; fails on anything else.
+    /// Sends a command and returns the reply with its id, answering pings
+    /// and keeping pushes for `next_push`; fails on anything else.
     pub async fn command(&mut self, command: Value) -> Value {
         let id = command["id"].clone();
         self.send(command).await;
         loop {
             match self.next().await {
-                Seen::Json(v) if v == json!({}) => continue,
+                Seen::Json(v) if v == json!({}) => self.send_text("{}").await,
                 Seen::Json(v) if v["id"] == id => return v,
                 Seen::Json(v) if v.get("push").is_some() => self.held_pushes.push_back(v["push"].clone()),
                 other => panic!("expected the reply to command {id}, got {other:?}"),
@@ -276,14 +276,14 @@ impl Client {
         self.next_id
     }
 
-    /// The next push, skipping pings.
+    /// The next push, answering pings on the way.
     pub async fn next_push(&mut self) -> Value {
         if let Some(push) = self.held_pushes.pop_front() {
             return push;
         }
         loop {
             match self.next().await {
-                Seen::Json(v) if v == json!({}) => continue,
+                Seen::Json(v) if v == json!({}) => self.send_text("{}").await,
                 Seen::Json(v) if v.get("push").is_some() => return v["push"].clone(),
                 other => panic!("expected a push, got {other:?}"),
             }

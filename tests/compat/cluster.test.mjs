@@ -13,6 +13,7 @@ import {
   defaultConfig,
   newClient,
   nextEvent,
+  reconnectGate,
   routedWebSocket,
   startHerald,
   waitFor,
@@ -56,26 +57,6 @@ function clusterConfig(redisUrl) {
   };
 }
 
-/**
- * Holds a client's reconnects until the test lets them through. centrifuge-js
- * calls getData before every connect attempt and connects only once it
- * resolves, so while the gate is held the client stays in `connecting`.
- */
-function reconnectGate() {
-  let opened = Promise.resolve(undefined);
-  let open = () => {};
-  return {
-    getData: () => opened,
-    hold() {
-      opened = new Promise((resolve) => {
-        open = () => resolve(undefined);
-      });
-    },
-    release() {
-      open();
-    },
-  };
-}
 
 /** Collects what a subscription receives, as {from, n, offset}. */
 function recordPublications(sub) {

@@ -6,7 +6,7 @@
 import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { dropTransport, newClient, nextEvent, startHerald, waitFor } from './lib/herald.mjs';
+import { dropTransport, newClient, nextEvent, reconnectGate, startHerald, waitFor } from './lib/herald.mjs';
 
 // A recovery replays at most this many missed publications.
 const RECOVERY_LIMIT = 10;
@@ -45,26 +45,6 @@ afterEach(() => {
   }
 });
 
-/**
- * Holds a client's reconnects until the test lets them through. centrifuge-js
- * calls getData before every connect attempt and connects only once it
- * resolves, so while the gate is held the client stays in `connecting`.
- */
-function reconnectGate() {
-  let opened = Promise.resolve(undefined);
-  let open = () => {};
-  return {
-    getData: () => opened,
-    hold() {
-      opened = new Promise((resolve) => {
-        open = () => resolve(undefined);
-      });
-    },
-    release() {
-      open();
-    },
-  };
-}
 
 /** Collects the publications a subscription receives, as {seq, offset}. */
 function recordPublications(sub) {

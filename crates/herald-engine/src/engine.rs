@@ -89,6 +89,28 @@ pub struct HistoryQuery {
     pub reverse: bool,
 }
 
+impl HistoryQuery {
+    /// Applies the query to a stream at `position` holding `publications`
+    /// (oldest first): every engine answers a history read this way.
+    pub fn select(&self, position: StreamPosition, publications: Vec<Arc<Publication>>) -> HistoryResult {
+        if self.limit == 0 {
+            return HistoryResult { position, publications: Vec::new() };
+        }
+        let after = match &self.since {
+            // An empty epoch means "any epoch".
+            Some(since) if !since.epoch.is_empty() && since.epoch != position.epoch => {
+                return HistoryResult { position, publications: Vec::new() };
+            }
+            Some(since) => since.offset.get(),
+            None => 0,
+        };
+        let newer = publications.into_iter().filter(|p| p.offset.get() > after);
+        let publications =
+            if self.reverse { newer.rev().take(self.limit).collect() } else { newer.take(self.limit).collect() };
+        HistoryResult { position, publications }
+    }
+}
+
 /// A history read's result.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistoryResult {

@@ -186,27 +186,14 @@ impl<B: Backplane> RedisEngine<B> {
     fn decode_history(result: (u64, String, Vec<Vec<u8>>), query: &HistoryQuery) -> HistoryResult {
         let (top, epoch, messages) = result;
         let position = StreamPosition { offset: Offset::new(top), epoch: Epoch::new(&epoch) };
-        if query.limit == 0 {
-            return HistoryResult { position, publications: Vec::new() };
-        }
-        let after = match &query.since {
-            Some(since) if !since.epoch.is_empty() && since.epoch != position.epoch => {
-                return HistoryResult { position, publications: Vec::new() };
-            }
-            Some(since) => since.offset.get(),
-            None => 0,
-        };
-        let newer = messages.into_iter().filter_map(|m| match wire::decode(Bytes::from(m)) {
-            Ok(wire::Message { kind: wire::Kind::Publication(p), .. }) if p.offset.get() > after => Some(Arc::new(p)),
-            _ => None,
-        });
-        let publications = if query.reverse {
-            let all: Vec<_> = newer.collect();
-            all.into_iter().rev().take(query.limit).collect()
-        } else {
-            newer.take(query.limit).collect()
-        };
-        HistoryResult { position, publications }
+        let publications = messages
+            .into_iter()
+            .filter_map(|m| match wire::decode(Bytes::from(m)) {
+                Ok(wire::Message { kind: wire::Kind::Publication(p), .. }) => Some(Arc::new(p)),
+                _ => None,
+            })
+            .collect();
+        query.select(position, publications)
     }
 }
 

@@ -370,3 +370,24 @@ export function dropTransport(client) {
   }
   socket.terminate();
 }
+
+/**
+ * Holds a client's reconnects until the test lets them through. centrifuge-js
+ * calls getData before every connect attempt and connects only once it
+ * resolves, so while the gate is held the client stays in `connecting`.
+ */
+export function reconnectGate() {
+  let opened = Promise.resolve(undefined);
+  let open = () => {};
+  return {
+    getData: () => opened,
+    hold() {
+      opened = new Promise((resolve) => {
+        open = () => resolve(undefined);
+      });
+    },
+    release() {
+      open();
+    },
+  };
+}

@@ -77,24 +77,6 @@ impl Stream {
     }
 
     pub(super) fn read(&self, query: &HistoryQuery) -> HistoryResult {
-        let position = self.position();
-        if query.limit == 0 {
-            return HistoryResult { position, publications: Vec::new() };
-        }
-        let after = match &query.since {
-            // An empty epoch means "any epoch".
-            Some(since) if !since.epoch.is_empty() && since.epoch != self.epoch => {
-                return HistoryResult { position, publications: Vec::new() };
-            }
-            Some(since) => since.offset.get(),
-            None => 0,
-        };
-        let newer = self.publications.iter().filter(|p| p.offset.get() > after);
-        let publications: Vec<Arc<Publication>> = if query.reverse {
-            newer.rev().take(query.limit).cloned().collect()
-        } else {
-            newer.take(query.limit).cloned().collect()
-        };
-        HistoryResult { position, publications }
+        query.select(self.position(), self.publications.iter().cloned().collect())
     }
 }

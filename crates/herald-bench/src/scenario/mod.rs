@@ -1,0 +1,129 @@
+//! Scenarios and what they share: connecting many clients at a given
+//! rate over several source addresses, progress lines, latency summaries.
+
+pub mod connections;
+pub mod fanout;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::client::{BenchClient, ConnectError, Target};
+
+/// How clients connect.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectArgs {
+    /// WebSocket endpoints; clients are spread over them round-robin.
+    pub urls: Vec<String>,
+    /// Secret to mint HS256 connection tokens with.
+    #[serde(skip)]
+    pub token_secret: String,
+    /// Connections opened per second.
+    pub connect_rate: f64,
+    /// Loopback source addresses to spread connections over (127.0.0.2, …);
+    /// 0 lets the OS pick.
+    pub source_addresses: u8,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// From a histogram of microseconds.
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            samples: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// A live progress line on stderr.
+pub fn progress(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn token(secret: &str, user: &str) -> String {
+    let claims = serde_json::json!({"sub": user});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
+/// Connects `count` clients at `connect_rate`, each subscribed to the
+/// channels `channels_of(i)` returns. Stops at the first sign of the
+/// open-files limit and says so, instead of reporting nonsense.
+pub async fn connect_all(
+    args: &ConnectArgs,
+    count: usize,
+    channels_of: impl Fn(usize) -> Vec<String>,
+) -> anyhow::Result<(Vec<BenchClient>, usize)> {
+    let targets: Vec<Target> = args.urls.iter().map(|u| Target::parse(u)).collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!targets.is_empty(), "give at least one --url");
+    let interval = Duration::from_secs_f64(1.0 / args.connect_rate.max(1.0));
+    let mut pending = tokio::task::JoinSet::new();
+    let start = tokio::time::Instant::now();
+    for i in 0..count {
+        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+        let target = targets[i % targets.len()].clone();
+        let source = (args.source_addresses > 0)
+            .then(|| IpAddr::from([127, 0, 0, 2 + (i % usize::from(args.source_addresses)) as u8]));
+        let token = token(&args.token_secret, &format!("bench-{i}"));
+        let channels = channels_of(i);
+        pending.spawn(async move {
+            let mut client = BenchClient::connect(&target, source, &token).await?;
+            client.subscribe(&channels).await?;
+            Ok::<_, ConnectError>((i, client))
+        });
+    }
+    let mut clients = Vec::with_capacity(count);
+    let mut failures = 0;
+    let mut file_limit = false;
+    while let Some(joined) = pending.join_next().await {
+        match joined? {
+            Ok(client) => clients.push(client),
+            Err(ConnectError::FileLimit) => {
+                failures += 1;
+                file_limit = true;
+            }
+            Err(error) => {
+                failures += 1;
+                if failures <= 3 {
+                    progress(&format!("connect failed: {error}"));
+                }
+            }
+        }
+    }
+    if file_limit {
+        anyhow::bail!(
+            "this process ran out of file descriptors after {} connections (raise `ulimit -n`, or ask for fewer connections)",
+            clients.len()
+        );
+    }
+    clients.sort_by_key(|(i, _)| *i);
+    progress(&format!(
+        "connected {}/{count} ({failures} failed) in {:.1}s",
+        clients.len(),
+        start.elapsed().as_secs_f64()
+    ));
+    Ok((clients.into_iter().map(|(_, c)| c).collect(), failures))
+}

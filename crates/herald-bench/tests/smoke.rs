@@ -1,0 +1,71 @@
+//! Smoke runs of each scenario against a Herald node in this process: the
+//! tool works end to end and finds nothing wrong where nothing is. These
+//! assert correctness, never speed.
+
+use std::time::Duration;
+
+use herald_bench::scenario::connections::{self, ConnectionsArgs};
+use herald_bench::scenario::fanout::{self, FanoutArgs};
+use herald_bench::scenario::ConnectArgs;
+use herald_server::config::{Config, Secret};
+use herald_server::Node;
+
+const SECRET: &str = "bench-secret";
+const KEY: &str = "bench-key";
+
+async fn herald() -> std::net::SocketAddr {
+    let mut config = Config::default();
+    config.client.token_hmac_secret = Some(Secret::new(SECRET));
+    config.api.key = Some(Secret::new(KEY));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let node = Node::build(config).await.unwrap();
+    tokio::spawn(node.run(listener, std::future::pending()));
+    addr
+}
+
+fn connect_args(addr: std::net::SocketAddr) -> ConnectArgs {
+    ConnectArgs {
+        urls: vec![format!("ws://{addr}/connection/websocket")],
+        token_secret: SECRET.into(),
+        connect_rate: 500.0,
+        source_addresses: 4,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_every_publication_to_every_subscriber_of_its_channel() {
+    let addr = herald().await;
+    let args = FanoutArgs {
+        connect: connect_args(addr),
+        api: addr,
+        api_key: KEY.into(),
+        subscribers: 20,
+        channels: 2,
+        rate: 200.0,
+        duration: Duration::from_secs(1),
+        payload_bytes: 32,
+    };
+    let result = fanout::run(&args).await.expect("the scenario runs");
+    assert_eq!((result.connected, result.connect_failures), (20, 0));
+    assert_eq!((result.published, result.publish_failures), (200, 0));
+    assert_eq!(result.expected_deliveries, 200 * 10, "each channel has 10 subscribers");
+    assert_eq!(result.delivered, result.expected_deliveries);
+    assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
+    assert_eq!(result.latency.samples, result.delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_holds_its_connections_and_reads_the_server_process() {
+    let addr = herald().await;
+    let args = ConnectionsArgs {
+        connect: connect_args(addr),
+        count: 50,
+        hold: Duration::from_millis(300),
+        server_pid: Some(std::process::id()),
+    };
+    let result = connections::run(&args).await.expect("the scenario runs");
+    assert_eq!((result.connected, result.connect_failures), (50, 0));
+    assert!(result.server_rss_kib_per_connection.is_some());
+    assert!(result.server_idle_cpu_percent.is_some());
+}

@@ -52,10 +52,12 @@ fn network(e: std::io::Error) -> ConnectError {
     }
 }
 
-/// A publication as the bench sends it: `{"seq": n, "ts": micros, "pad": …}`.
+/// A publication as the bench sends it: `{"seq": n, "ts": micros, "pad": …}`,
+/// with `"from": member` when a client published it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     pub channel: String,
+    pub from: Option<u64>,
     pub seq: u64,
     /// When the publication was meant to be sent, unix microseconds.
     pub sent_at_micros: u64,
@@ -160,6 +162,14 @@ impl BenchClient {
         }
     }
 
+    /// Publishes from this client without waiting for the reply (the reply
+    /// is skipped by the readers).
+    pub async fn publish_nowait(&mut self, channel: &str, data: &serde_json::Value) -> Result<(), ConnectError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(json!({"id": id, "publish": {"channel": channel, "data": data}}).to_string()).await
+    }
+
     /// The publications of the next frame.
     pub async fn next_publications(&mut self) -> Result<Vec<Received>, ConnectError> {
         let messages = self.next_messages().await?;
@@ -170,6 +180,7 @@ impl BenchClient {
                 let data = &push.get("pub")?["data"];
                 Some(Received {
                     channel: push["channel"].as_str()?.to_owned(),
+                    from: data["from"].as_u64(),
                     seq: data["seq"].as_u64()?,
                     sent_at_micros: data["ts"].as_u64()?,
                 })

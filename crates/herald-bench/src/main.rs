@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
 use herald_bench::scenario::fanout::{self, FanoutArgs};
 use herald_bench::scenario::ConnectArgs;
@@ -59,6 +60,23 @@ enum Scenario {
         /// Padding per publication, in bytes.
         #[arg(long, default_value_t = 64)]
         payload_bytes: usize,
+    },
+    /// Many small rooms; every member publishes and receives.
+    Chat {
+        #[command(flatten)]
+        common: Common,
+        /// A namespace whose subscribers may publish.
+        #[arg(long, default_value = "chat")]
+        namespace: String,
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        #[arg(long, default_value_t = 5)]
+        members_per_room: usize,
+        /// Messages each member sends per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate_per_member: f64,
+        #[arg(long, default_value = "10s")]
+        duration: humantime::Duration,
     },
 }
 
@@ -138,6 +156,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let result = fanout::run(&args).await?;
             finish("fanout", args, result, common.out)
+        }
+        Scenario::Chat { common, namespace, rooms, members_per_room, rate_per_member, duration } => {
+            let args = ChatArgs {
+                connect: common.connect(),
+                namespace,
+                rooms,
+                members_per_room,
+                rate_per_member,
+                duration: duration.into(),
+            };
+            let result = chat::run(&args).await?;
+            finish("chat", args, result, common.out)
         }
     }
 }

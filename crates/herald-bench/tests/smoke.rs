@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
 use herald_bench::scenario::fanout::{self, FanoutArgs};
 use herald_bench::scenario::ConnectArgs;
@@ -15,6 +16,8 @@ const KEY: &str = "bench-key";
 
 async fn herald() -> std::net::SocketAddr {
     let mut config = Config::default();
+    let chat = herald_core::NamespaceOptions { publish: herald_core::PublishPolicy::Subscribers, ..Default::default() };
+    config.channel.namespaces.insert("chat".into(), chat);
     config.client.token_hmac_secret = Some(Secret::new(SECRET));
     config.api.key = Some(Secret::new(KEY));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -53,6 +56,24 @@ async fn fanout_delivers_every_publication_to_every_subscriber_of_its_channel() 
     assert_eq!(result.delivered, result.expected_deliveries);
     assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
     assert_eq!(result.latency.samples, result.delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_members_each_receive_everything_said_in_their_room() {
+    let addr = herald().await;
+    let args = ChatArgs {
+        connect: connect_args(addr),
+        namespace: "chat".into(),
+        rooms: 5,
+        members_per_room: 4,
+        rate_per_member: 10.0,
+        duration: Duration::from_secs(1),
+    };
+    let result = chat::run(&args).await.expect("the scenario runs");
+    assert_eq!(result.sent, 20 * 10);
+    assert_eq!(result.expected_deliveries, 20 * 10 * 4, "each message reaches the 4 members of its room");
+    assert_eq!(result.delivered, result.expected_deliveries);
+    assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

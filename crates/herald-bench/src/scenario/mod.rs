@@ -1,6 +1,7 @@
 //! Scenarios and what they share: connecting many clients at a given
 //! rate over several source addresses, progress lines, latency summaries.
 
+pub mod chat;
 pub mod connections;
 pub mod fanout;
 

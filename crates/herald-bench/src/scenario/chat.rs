@@ -1,0 +1,128 @@
+//! `chat`: many small rooms where every member publishes (as a client) and
+//! receives everything said in its room. Needs a namespace whose
+//! subscribers may publish (`publish = "subscribers"`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{connect_all, progress, ConnectArgs, Latency};
+use crate::publisher::{unix_micros, Schedule};
+use crate::sequence::{Anomalies, SequenceChecker};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatArgs {
+    #[serde(flatten)]
+    pub connect: ConnectArgs,
+    /// The namespace of the rooms: channels are `<namespace>:room<i>`.
+    pub namespace: String,
+    pub rooms: usize,
+    pub members_per_room: usize,
+    /// Messages each member sends per second.
+    pub rate_per_member: f64,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatResult {
+    pub connected: usize,
+    pub connect_failures: usize,
+    pub sent: u64,
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub deliveries_per_second: f64,
+    pub latency: Latency,
+    pub anomalies: Anomalies,
+}
+
+pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
+    let members = args.rooms * args.members_per_room;
+    let room_of = |i: usize| i / args.members_per_room.max(1);
+    let room_name = |room: usize| format!("{}:room{room}", args.namespace);
+    let (connected, failures) = connect_all(&args.connect, members, |i| vec![room_name(room_of(i))]).await?;
+    anyhow::ensure!(failures == 0, "{failures} members could not join; every room must be complete");
+
+    let delivered = Arc::new(AtomicU64::new(0));
+    let schedule = Schedule::new(args.rate_per_member);
+    let per_member = (args.rate_per_member * args.duration.as_secs_f64()).round() as u64;
+    let deadline = schedule.start + args.duration + Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    for (i, mut client) in connected.into_iter().enumerate() {
+        let channel = room_name(room_of(i));
+        let delivered = delivered.clone();
+        let expected_here = per_member * args.members_per_room as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut checker = SequenceChecker::default();
+            let (mut sent, mut received) = (0u64, 0u64);
+            while received < expected_here && tokio::time::Instant::now() < deadline {
+                let (due, due_micros) = schedule.due(sent);
+                let can_send = sent < per_member;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due), if can_send => {
+                        let data = json!({"seq": sent, "ts": due_micros, "from": i});
+                        if client.publish_nowait(&channel, &data).await.is_err() { break; }
+                        sent += 1;
+                    }
+                    batch = client.next_publications() => {
+                        let Ok(batch) = batch else { break };
+                        let now = unix_micros(SystemTime::now());
+                        for publication in batch {
+                            let _ = histogram.record(now.saturating_sub(publication.sent_at_micros).max(1));
+                            let key = format!("{}/{}", publication.channel, publication.from.unwrap_or(0));
+                            checker.observe(&key, publication.seq);
+                            received += 1;
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            (i, histogram, checker, sent)
+        }));
+    }
+    let reporter = {
+        let delivered = delivered.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                progress(&format!("chat: delivered {}", delivered.load(Ordering::Relaxed)));
+            }
+        })
+    };
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await?);
+    }
+    reporter.abort();
+
+    let sent_by: HashMap<usize, u64> = outcomes.iter().map(|(i, _, _, sent)| (*i, *sent)).collect();
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut anomalies = Anomalies::default();
+    let mut expected = 0;
+    for (i, h, checker, _) in outcomes {
+        histogram.add(&h).map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+        let room = room_of(i);
+        let everyone: HashMap<String, u64> = (room * args.members_per_room..(room + 1) * args.members_per_room)
+            .map(|j| (format!("{}/{j}", room_name(room)), sent_by.get(&j).copied().unwrap_or(0)))
+            .collect();
+        expected += everyone.values().sum::<u64>();
+        anomalies.add(checker.finish(&everyone).0);
+    }
+    let delivered = delivered.load(Ordering::Relaxed);
+    Ok(ChatResult {
+        connected: members,
+        connect_failures: failures,
+        sent: sent_by.values().sum(),
+        expected_deliveries: expected,
+        delivered,
+        deliveries_per_second: delivered as f64 / args.duration.as_secs_f64(),
+        latency: Latency::from_histogram(&histogram),
+        anomalies,
+    })
+}

@@ -25,6 +25,7 @@ pub struct ChatArgs {
     pub members_per_room: usize,
     /// Messages each member sends per second.
     pub rate_per_member: f64,
+    #[serde(with = "super::as_text")]
     pub duration: Duration,
 }
 
@@ -54,6 +55,10 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
     let mut tasks = Vec::new();
     for (i, mut client) in connected.into_iter().enumerate() {
         let channel = room_name(room_of(i));
+        // Members speak out of step: each one's schedule is shifted by its
+        // share of one interval, so the load is spread, not a burst.
+        let phase = schedule.interval.mul_f64(i as f64 / members.max(1) as f64);
+        let schedule = Schedule { start: schedule.start + phase, start_wall: schedule.start_wall + phase, ..schedule };
         let delivered = delivered.clone();
         let expected_here = per_member * args.members_per_room as u64;
         tasks.push(tokio::spawn(async move {

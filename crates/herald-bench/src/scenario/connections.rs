@@ -14,6 +14,7 @@ pub struct ConnectionsArgs {
     pub connect: ConnectArgs,
     pub count: usize,
     /// How long to hold the connections idle (pings still flow).
+    #[serde(with = "super::as_text")]
     pub hold: Duration,
     /// The server's process id, to read its RSS and CPU.
     pub server_pid: Option<u32>,

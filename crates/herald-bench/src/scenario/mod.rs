@@ -28,6 +28,13 @@ pub struct ConnectArgs {
     pub source_addresses: u8,
 }
 
+/// Durations in results as people write them (`10s`).
+pub(crate) mod as_text {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Latency {

@@ -122,6 +122,10 @@ struct Subscriber {
     join_leave: bool,
     /// Tracks stream positions: must recover when the engine was interrupted.
     positioned: bool,
+    /// For a positioned subscriber: the position its reply (or recovery)
+    /// already covered. With a remote engine a publication can reach the
+    /// node after the history read that included it; it is not sent twice.
+    live_after: Option<StreamPosition>,
     /// Present while the subscription recovers: publications wait here.
     recovering: Option<Mutex<Vec<Arc<Publication>>>>,
 }

@@ -31,6 +31,8 @@ pub struct Publication {
     pub info: Option<ClientInfo>,
     /// Position in the channel's stream; zero for channels without history.
     pub offset: Offset,
+    /// The epoch of the stream the offset belongs to; empty without history.
+    pub epoch: Epoch,
     /// Application tags, delivered along with the data.
     pub tags: BTreeMap<String, String>,
 }
@@ -38,7 +40,7 @@ pub struct Publication {
 impl Publication {
     /// A publication carrying only data, as the server API makes them.
     pub fn from_data(data: Bytes) -> Self {
-        Self { data, info: None, offset: Offset::ZERO, tags: BTreeMap::new() }
+        Self { data, info: None, offset: Offset::ZERO, epoch: Epoch::default(), tags: BTreeMap::new() }
     }
 }
 

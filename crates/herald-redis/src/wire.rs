@@ -102,9 +102,13 @@ pub fn decode(message: Bytes) -> Result<Message, WireError> {
     let meta = line(&mut rest, "meta")?;
     let meta: Meta = serde_json::from_slice(&meta).map_err(|_| WireError("meta"))?;
     let kind = match &kind[..] {
-        b"p" => {
-            Kind::Publication(Publication { data: rest, info: meta.info, offset: Offset::new(offset), tags: meta.tags })
-        }
+        b"p" => Kind::Publication(Publication {
+            data: rest,
+            info: meta.info,
+            offset: Offset::new(offset),
+            epoch: epoch.clone(),
+            tags: meta.tags,
+        }),
         b"j" => Kind::Join(meta.info.ok_or(WireError("join without info"))?),
         b"l" => Kind::Leave(meta.info.ok_or(WireError("leave without info"))?),
         _ => return Err(WireError("kind")),
@@ -133,6 +137,7 @@ mod tests {
             data: Bytes::from_static(b"{\"text\":\"line\\none\"}\nraw tail"),
             info: Some(info()),
             offset: Offset::ZERO,
+            epoch: Epoch::default(),
             tags: BTreeMap::from([("k".into(), "v".into())]),
         };
         let mut message = b"7\nabc\n".to_vec();
@@ -140,7 +145,8 @@ mod tests {
         let decoded = decode(Bytes::from(message)).unwrap();
         assert_eq!(decoded.offset, Offset::new(7));
         assert_eq!(decoded.epoch, Epoch::new("abc"));
-        assert_eq!(decoded.kind, Kind::Publication(Publication { offset: Offset::new(7), ..publication }));
+        let expected = Publication { offset: Offset::new(7), epoch: Epoch::new("abc"), ..publication };
+        assert_eq!(decoded.kind, Kind::Publication(expected));
     }
 
     #[test]

@@ -77,6 +77,12 @@ impl Hub {
                 buffer.lock().unwrap_or_else(|e| e.into_inner()).push(publication.clone());
                 continue;
             }
+            if subscriber.live_after.as_ref().is_some_and(|after| {
+                publication.offset.get() != 0 && publication.offset <= after.offset && publication.epoch == after.epoch
+            }) {
+                // Already sent with the subscribe reply.
+                continue;
+            }
             let conn = &subscriber.conn;
             let frame = frames.get(conn, || conn.encoder.encode_publication(channel, publication));
             if conn.outbox.push(Outgoing::Frame(frame)).is_err() {

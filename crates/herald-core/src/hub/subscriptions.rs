@@ -65,6 +65,7 @@ impl Hub {
             conn: conn.clone(),
             join_leave: request.subscription.join_leave,
             positioned,
+            live_after: None,
             recovering: positioned.then(|| Mutex::new(Vec::new())),
         };
         self.add_subscriber(channel, subscriber);
@@ -98,7 +99,10 @@ impl Hub {
     ) {
         let mut shard = self.channels.write(channel);
         let buffered = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
-            Some(subscriber) => Self::go_live(subscriber),
+            Some(subscriber) => {
+                subscriber.live_after = outcome.positioned.then(|| outcome.position.clone());
+                Self::go_live(subscriber)
+            }
             None => Vec::new(),
         };
         if let Some(reply) = reply(outcome) {

@@ -66,6 +66,7 @@ impl Stream {
     ) -> Arc<Publication> {
         self.top += 1;
         publication.offset = Offset::new(self.top);
+        publication.epoch = self.epoch.clone();
         let publication = Arc::new(publication);
         self.publications.push_back(publication.clone());
         while self.publications.len() > options.size {

@@ -16,6 +16,7 @@ import {
   reconnectGate,
   routedWebSocket,
   startHerald,
+  subscribed,
   waitFor,
 } from './lib/herald.mjs';
 import { startRedis } from './lib/redis.mjs';
@@ -92,14 +93,6 @@ describe('three herald nodes sharing one Redis', () => {
     const connected = nextEvent(c, 'connected');
     c.connect();
     return { client: c, id: (await connected).client };
-  }
-
-  /** Subscribes `c` to `channel`; resolves with the subscription and its 'subscribed' context. */
-  async function subscribed(c, channel, options = {}) {
-    const sub = c.newSubscription(channel, options);
-    const done = nextEvent(sub, 'subscribed');
-    sub.subscribe();
-    return { sub, ctx: await done };
   }
 
   /** One client per node (users 1, 2 and 3), each subscribed to `channel` and recording what it receives. */

@@ -6,7 +6,7 @@
 import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { dropTransport, newClient, nextEvent, reconnectGate, startHerald, waitFor } from './lib/herald.mjs';
+import { dropTransport, newClient, nextEvent, reconnectGate, startHerald, subscribed, waitFor } from './lib/herald.mjs';
 
 // A recovery replays at most this many missed publications.
 const RECOVERY_LIMIT = 10;
@@ -71,14 +71,6 @@ describe('history, recovery and presence on a herald node', () => {
     const connected = nextEvent(c, 'connected');
     c.connect();
     return { client: c, id: (await connected).client };
-  }
-
-  /** Subscribes `c` to `channel`; resolves with the subscription and its 'subscribed' context. */
-  async function subscribed(c, channel, options = {}) {
-    const sub = c.newSubscription(channel, options);
-    const done = nextEvent(sub, 'subscribed');
-    sub.subscribe();
-    return { sub, ctx: await done };
   }
 
   /** Publishes {seq} for every seq in `seqs` through the API, one after the other; returns the results. */

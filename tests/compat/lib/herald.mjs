@@ -391,3 +391,11 @@ export function reconnectGate() {
     },
   };
 }
+
+/** Subscribes `c` to `channel`; resolves with the subscription and its 'subscribed' context. */
+export async function subscribed(c, channel, options = {}) {
+  const sub = c.newSubscription(channel, options);
+  const done = nextEvent(sub, 'subscribed');
+  sub.subscribe();
+  return { sub, ctx: await done };
+}

@@ -91,29 +91,25 @@ impl Node {
     pub async fn build(config: Config) -> anyhow::Result<Node> {
         let engine: Arc<dyn Engine> = match &config.engine {
             EngineConfig::Memory => Arc::new(MemoryEngine::new()),
-            EngineConfig::Redis(redis) if !redis.shards.is_empty() => {
-                let settings = RedisSettings {
-                    addresses: redis.shards.clone(),
-                    prefix: redis.prefix.clone(),
-                    command_timeout: redis.command_timeout,
-                    subscriber_connections: redis.subscriber_connections,
-                };
-                let engine = RedisEngine::sharded(&settings).await.map_err(|e| {
-                    anyhow::anyhow!("cannot reach the Redis shards {:?}: {e}; check engine.shards", redis.shards)
-                })?;
-                Arc::new(engine)
-            }
             EngineConfig::Redis(redis) => {
+                let sharded = !redis.shards.is_empty();
                 let settings = RedisSettings {
-                    addresses: vec![redis.address.clone()],
+                    addresses: if sharded { redis.shards.clone() } else { vec![redis.address.clone()] },
                     prefix: redis.prefix.clone(),
                     command_timeout: redis.command_timeout,
                     subscriber_connections: redis.subscriber_connections,
                 };
-                let engine = RedisEngine::single(&settings).await.map_err(|e| {
-                    anyhow::anyhow!("cannot reach Redis at {}: {e}; is it running? check engine.address", redis.address)
-                })?;
-                Arc::new(engine)
+                let unreachable = |e| {
+                    anyhow::anyhow!(
+                        "cannot reach Redis at {:?}: {e}; is it running? check engine.address / engine.shards",
+                        settings.addresses
+                    )
+                };
+                if sharded {
+                    Arc::new(RedisEngine::sharded(&settings).await.map_err(unreachable)?)
+                } else {
+                    Arc::new(RedisEngine::single(&settings).await.map_err(unreachable)?)
+                }
             }
             EngineConfig::RedisCluster(cluster) => {
                 let settings = RedisSettings {

@@ -54,7 +54,7 @@ pub struct ConnectRequest {
     pub subs: HashMap<String, RecoverRequest>,
 }
 
-/// Where a client left a server-side subscription.
+/// Where a client left a subscription, and whether it asks to recover.
 #[derive(Debug, Default, Deserialize)]
 pub struct RecoverRequest {
     #[serde(default)]
@@ -70,12 +70,9 @@ pub struct SubscribeRequest {
     pub channel: String,
     #[serde(default)]
     pub token: String,
-    #[serde(default)]
-    pub recover: bool,
-    #[serde(default)]
-    pub epoch: String,
-    #[serde(default)]
-    pub offset: u64,
+    /// Where the client left off, when it asks to recover.
+    #[serde(flatten)]
+    pub position: RecoverRequest,
     #[serde(default)]
     pub positioned: bool,
     #[serde(default)]

@@ -118,7 +118,7 @@ impl Session {
             subscription,
             positioned: req.positioned,
             recoverable: req.recoverable,
-            recover_since: req.recover.then(|| position(req.offset, &req.epoch)),
+            recover_since: req.position.recover.then(|| position(req.position.offset, &req.position.epoch)),
         };
         let expiry = ExpiryResult::at(exp);
         let reply = |outcome: &herald_core::SubscribeOutcome| {

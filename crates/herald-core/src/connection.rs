@@ -11,12 +11,30 @@ use herald_engine::{ChannelName, ClientId, ClientInfo, Publication, UserId};
 
 use crate::outbox::Outbox;
 
+/// A join or leave as the hub delivers it to subscribers.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceChange<'a> {
+    pub info: &'a ClientInfo,
+    /// A join (else a leave).
+    pub joined: bool,
+    /// The client was its user's first connection in the channel (for a
+    /// join) or its last (for a leave): the user arrived or departed.
+    pub user_changed: bool,
+}
+
 /// Encodes pushes for one front-end's protocol. The hub calls it once per
 /// publication and protocol, and shares the bytes among all subscribers.
 pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes;
-    fn encode_join(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes;
-    fn encode_leave(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes;
+
+    /// A join or leave push, or `None` when the protocol does not announce
+    /// this change (Pusher announces users, not connections).
+    fn encode_presence(&self, channel: &ChannelName, change: PresenceChange<'_>) -> Option<Bytes>;
+
+    /// Whether a connection hears the joins and leaves of its own user.
+    fn presence_to_own_user(&self) -> bool {
+        true
+    }
 }
 
 /// What a front-end tells the hub about a connection it authenticated.
@@ -37,13 +55,17 @@ pub struct Subscription {
     pub chan_info: Option<Bytes>,
     /// The subscriber asked for join and leave events.
     pub join_leave: bool,
+    /// Who the connection is in this channel, when not its connection's
+    /// user (a Pusher presence subscription names its member).
+    pub user: Option<UserId>,
 }
 
 /// A registered connection.
 #[derive(Debug)]
 pub struct Connection {
     pub(crate) client: ClientId,
-    pub(crate) user: UserId,
+    /// Changes only when a Pusher connection signs in (see `Hub::sign_in`).
+    pub(crate) user: Mutex<UserId>,
     pub(crate) conn_info: Option<Bytes>,
     pub(crate) encoder: Arc<dyn PushEncoder>,
     pub(crate) outbox: Arc<Outbox>,
@@ -54,7 +76,7 @@ impl Connection {
     pub(crate) fn new(spec: ConnectionSpec) -> Self {
         Self {
             client: spec.client,
-            user: spec.user,
+            user: Mutex::new(spec.user),
             conn_info: spec.conn_info,
             encoder: spec.encoder,
             outbox: spec.outbox,
@@ -66,8 +88,8 @@ impl Connection {
         &self.client
     }
 
-    pub fn user(&self) -> &UserId {
-        &self.user
+    pub fn user(&self) -> UserId {
+        self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
@@ -89,11 +111,15 @@ impl Connection {
 
     /// How this connection appears as a publisher in `channel`.
     pub fn info_in(&self, channel: &ChannelName) -> ClientInfo {
+        let (chan_info, user) = match self.subscriptions().get(channel) {
+            Some(s) => (s.chan_info.clone(), s.user.clone()),
+            None => (None, None),
+        };
         ClientInfo {
-            user: self.user.clone(),
+            user: user.unwrap_or_else(|| self.user()),
             client: self.client.clone(),
             conn_info: self.conn_info.clone(),
-            chan_info: self.subscriptions().get(channel).and_then(|s| s.chan_info.clone()),
+            chan_info,
         }
     }
 }

@@ -19,12 +19,13 @@
 //!   pushes the shared bytes into bounded outboxes (see `outbox.rs`).
 
 mod events;
+mod occupancy;
 mod recovery;
 mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,6 +38,7 @@ use crate::connection::{Connection, ConnectionSpec, Subscription};
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, PublishPolicy};
 use crate::shard::{ShardedMap, SHARDS};
+pub use occupancy::HubObserver;
 pub use recovery::{decide as decide_recovery, Recovery};
 
 /// Hub-wide settings.
@@ -52,6 +54,9 @@ pub struct HubConfig {
     pub presence_ttl: Duration,
     /// How long a repeated idempotency key is recognised.
     pub idempotency_window: Duration,
+    /// Keep cluster-wide occupancy (see `hub/occupancy.rs`): costs an engine
+    /// write per subscribe and unsubscribe.
+    pub track_occupancy: bool,
 }
 
 impl HubConfig {
@@ -64,6 +69,7 @@ impl HubConfig {
             presence_update_interval: Duration::from_secs(25),
             presence_ttl: Duration::from_secs(60),
             idempotency_window: Duration::from_secs(300),
+            track_occupancy: false,
         }
     }
 }
@@ -122,6 +128,8 @@ struct Subscriber {
     join_leave: bool,
     /// Tracks stream positions: must recover when the engine was interrupted.
     positioned: bool,
+    /// Who the connection is in this channel.
+    user: UserId,
     /// For a positioned subscriber: the position its reply (or recovery)
     /// already covered. With a remote engine a publication can reach the
     /// node after the history read that included it; it is not sent twice.
@@ -143,6 +151,7 @@ pub struct Hub {
     interest_locks: Box<[tokio::sync::Mutex<()>]>,
     closing: AtomicBool,
     started: Instant,
+    observer: OnceLock<Arc<dyn HubObserver>>,
 }
 
 /// Hands engine events to the hub without keeping it alive.
@@ -167,6 +176,7 @@ impl Hub {
             interest_locks: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
             closing: AtomicBool::new(false),
             started: Instant::now(),
+            observer: OnceLock::new(),
         })
     }
 
@@ -201,14 +211,10 @@ impl Hub {
     /// entries expire, and a node with subscribers in the channel announces
     /// the leave (each expired entry goes to one node only).
     async fn announce_expired_presence(&self) {
-        let mut channels = Vec::new();
-        self.channels.for_each_shard(|shard| {
-            for channel in shard.keys() {
-                if self.config.rules.resolve(channel).is_ok_and(|o| o.presence && o.join_leave) {
-                    channels.push(channel.clone());
-                }
-            }
-        });
+        let local = self.channels(None);
+        self.refresh_occupancy(&local).await;
+        let channels =
+            local.into_iter().map(|(c, _)| c).filter(|c| self.config.rules.resolve(c).is_ok_and(|o| o.presence));
         for channel in channels {
             let expired = match self.engine.expire_presence(&channel).await {
                 Ok(expired) => expired,
@@ -217,8 +223,17 @@ impl Hub {
                     continue;
                 }
             };
-            for info in expired {
-                let event = EngineEvent::Leave { channel: channel.clone(), info };
+            let join_leave = self.config.rules.resolve(&channel).is_ok_and(|o| o.join_leave);
+            for (info, user_last) in expired {
+                if user_last {
+                    if let Some(observer) = self.observer.get() {
+                        observer.user_left(&channel, &info);
+                    }
+                }
+                if !join_leave {
+                    continue;
+                }
+                let event = EngineEvent::Leave { channel: channel.clone(), info, user_last };
                 if let Err(error) = self.engine.publish_presence_event(event).await {
                     tracing::warn!(%channel, %error, "leave of an expired presence entry not sent");
                 }
@@ -286,23 +301,34 @@ impl Hub {
         }
         let conn = Arc::new(Connection::new(spec));
         self.connections.write(&conn.client).insert(conn.client.clone(), conn.clone());
-        self.users.write(&conn.user).entry(conn.user.clone()).or_default().insert(conn.client.clone(), conn.clone());
+        let user = conn.user();
+        self.users.write(&user).entry(user.clone()).or_default().insert(conn.client.clone(), conn.clone());
         Ok(conn)
+    }
+
+    /// Makes `user` the connection's user (a Pusher sign-in), so commands
+    /// addressed to that user reach it.
+    pub fn sign_in(&self, conn: &Arc<Connection>, user: UserId) {
+        let previous = std::mem::replace(&mut *conn.user.lock().unwrap_or_else(|e| e.into_inner()), user.clone());
+        self.forget_user(conn, &previous);
+        self.users.write(&user).entry(user.clone()).or_default().insert(conn.client.clone(), conn.clone());
+    }
+
+    fn forget_user(&self, conn: &Connection, user: &UserId) {
+        let mut users = self.users.write(user);
+        if let Some(conns) = users.get_mut(user) {
+            conns.remove(&conn.client);
+            if conns.is_empty() {
+                users.remove(user);
+            }
+        }
     }
 
     /// Removes a connection and all its subscriptions. Call when its socket
     /// is gone.
     pub async fn disconnect(&self, conn: &Arc<Connection>) {
         self.connections.write(&conn.client).remove(&conn.client);
-        {
-            let mut users = self.users.write(&conn.user);
-            if let Some(conns) = users.get_mut(&conn.user) {
-                conns.remove(&conn.client);
-                if conns.is_empty() {
-                    users.remove(&conn.user);
-                }
-            }
-        }
+        self.forget_user(conn, &conn.user());
         for channel in conn.channels() {
             self.unsubscribe(conn, &channel).await;
         }

@@ -23,10 +23,10 @@ pub mod namespace;
 pub mod outbox;
 mod shard;
 
-pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription};
+pub use connection::{Connection, ConnectionSpec, PresenceChange, PushEncoder, Subscription};
 pub use error::HubError;
-pub use hub::{Hub, HubConfig, HubStats, Recovery, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-pub use namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
+pub use hub::{Hub, HubConfig, HubObserver, HubStats, Recovery, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
+pub use namespace::{ChannelKind, ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
 pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, UnsubscribeReason};
 
 pub use herald_engine as engine;

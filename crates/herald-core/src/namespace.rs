@@ -5,6 +5,13 @@
 //! [`NamespaceOptions`]; a channel whose namespace is not configured is
 //! unknown (error 102 in the Centrifuge protocol). In a user-limited
 //! namespace, `dialog#42,43` is open only to users 42 and 43.
+//!
+//! With Pusher's channel conventions on (when Pusher apps are served), the
+//! name after the namespace also says what kind of channel it is, whichever
+//! protocol its subscribers speak: `presence-…` channels keep presence and
+//! push joins and leaves to every subscriber, and `cache-…` channels (also
+//! `private-cache-…`, `private-encrypted-cache-…`, `presence-cache-…`) keep
+//! their last publication.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -135,16 +142,101 @@ impl NamespaceOptions {
     }
 }
 
+/// How long a cache channel keeps its last publication when its namespace
+/// keeps no history of its own (Pusher keeps it for 30 minutes).
+pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// What a channel's name says about it under Pusher's conventions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    Plain = 0,
+    Presence = 1,
+    Cache = 2,
+    PresenceCache = 3,
+}
+
+impl ChannelKind {
+    /// The kind of a channel from its name without the namespace.
+    pub fn of(local_name: &str) -> Self {
+        let presence = local_name.starts_with("presence-");
+        let cache = ["cache-", "private-cache-", "private-encrypted-cache-", "presence-cache-"]
+            .iter()
+            .any(|prefix| local_name.starts_with(prefix));
+        match (presence, cache) {
+            (false, false) => Self::Plain,
+            (true, false) => Self::Presence,
+            (false, true) => Self::Cache,
+            (true, true) => Self::PresenceCache,
+        }
+    }
+
+    pub fn is_presence(self) -> bool {
+        matches!(self, Self::Presence | Self::PresenceCache)
+    }
+
+    pub fn is_cache(self) -> bool {
+        matches!(self, Self::Cache | Self::PresenceCache)
+    }
+}
+
+/// One namespace's options for each kind of channel.
+#[derive(Clone, Debug, Default)]
+struct Variants([NamespaceOptions; 4]);
+
+impl Variants {
+    fn uniform(options: NamespaceOptions) -> Self {
+        Self([options.clone(), options.clone(), options.clone(), options])
+    }
+
+    fn with_conventions(options: NamespaceOptions) -> Self {
+        let presence =
+            NamespaceOptions { presence: true, join_leave: true, force_push_join_leave: true, ..options.clone() };
+        let cached = |o: &NamespaceOptions| match o.history_size {
+            0 => NamespaceOptions { history_size: 1, history_ttl: CACHE_TTL, ..o.clone() },
+            _ => o.clone(),
+        };
+        Self([options.clone(), presence.clone(), cached(&options), cached(&presence)])
+    }
+}
+
 /// Every namespace's options, resolved by channel name.
 #[derive(Clone, Debug, Default)]
 pub struct ChannelRules {
-    default: NamespaceOptions,
-    namespaces: BTreeMap<String, NamespaceOptions>,
+    default: Variants,
+    namespaces: BTreeMap<String, Variants>,
+    conventions: bool,
 }
 
 impl ChannelRules {
     pub fn new(default: NamespaceOptions, namespaces: BTreeMap<String, NamespaceOptions>) -> Self {
-        Self { default, namespaces }
+        Self {
+            default: Variants::uniform(default),
+            namespaces: namespaces.into_iter().map(|(name, o)| (name, Variants::uniform(o))).collect(),
+            conventions: false,
+        }
+    }
+
+    /// The same rules with Pusher's channel-name conventions applied.
+    pub fn with_pusher_conventions(self) -> Self {
+        let convert = |v: Variants| Variants::with_conventions(v.0[0].clone());
+        Self {
+            default: convert(self.default),
+            namespaces: self.namespaces.into_iter().map(|(name, v)| (name, convert(v))).collect(),
+            conventions: true,
+        }
+    }
+
+    /// The kind of `channel` (always plain without the conventions).
+    pub fn kind_of(&self, channel: &ChannelName) -> ChannelKind {
+        match self.conventions {
+            true => ChannelKind::of(Self::local_name(channel)),
+            false => ChannelKind::Plain,
+        }
+    }
+
+    /// A channel's name without its namespace.
+    pub fn local_name(channel: &ChannelName) -> &str {
+        channel.as_str().split_once(NAMESPACE_SEPARATOR).map_or(channel.as_str(), |(_, local)| local)
     }
 
     /// The namespace part of a channel name, if it has one.
@@ -154,10 +246,11 @@ impl ChannelRules {
 
     /// The options that govern `channel`, or `UnknownChannel`.
     pub fn resolve(&self, channel: &ChannelName) -> Result<&NamespaceOptions, HubError> {
-        match Self::namespace_of(channel) {
-            None => Ok(&self.default),
-            Some(ns) => self.namespaces.get(ns).ok_or(HubError::UnknownChannel),
-        }
+        let variants = match Self::namespace_of(channel) {
+            None => &self.default,
+            Some(ns) => self.namespaces.get(ns).ok_or(HubError::UnknownChannel)?,
+        };
+        Ok(&variants.0[self.kind_of(channel) as usize])
     }
 
     /// Whether `user` is admitted by the user list of a user-limited channel.
@@ -195,6 +288,29 @@ mod tests {
         assert_eq!(rules.resolve(&ch("chat:lobby")), Ok(&chat));
         assert_eq!(rules.resolve(&ch("chat:a:b")), Ok(&chat));
         assert_eq!(rules.resolve(&ch("games:1")), Err(HubError::UnknownChannel));
+    }
+
+    #[test]
+    fn pusher_conventions_give_presence_and_cache_channels_their_options() {
+        let mut namespaces = BTreeMap::new();
+        namespaces.insert("shop".to_string(), NamespaceOptions { history_size: 10, ..Default::default() });
+        let plain = ChannelRules::new(NamespaceOptions::default(), namespaces.clone());
+        assert!(!plain.resolve(&ch("presence-room")).unwrap().presence, "no conventions without Pusher");
+
+        let rules = plain.with_pusher_conventions();
+        let news = rules.resolve(&ch("news")).unwrap();
+        assert_eq!(news, &NamespaceOptions::default());
+        let room = rules.resolve(&ch("presence-room")).unwrap();
+        assert!(room.presence && room.join_leave && room.force_push_join_leave);
+        assert_eq!(room.history_size, 0);
+        for cached in ["cache-quote", "private-cache-q", "private-encrypted-cache-q", "presence-cache-q"] {
+            let options = rules.resolve(&ch(cached)).unwrap();
+            assert_eq!((options.history_size, options.history_ttl), (1, CACHE_TTL), "{cached}");
+        }
+        assert!(rules.resolve(&ch("presence-cache-q")).unwrap().presence);
+        assert_eq!(rules.resolve(&ch("shop:cache-q")).unwrap().history_size, 10, "a namespace's own history stays");
+        assert!(rules.resolve(&ch("shop:presence-x")).unwrap().presence, "the kind is read after the namespace");
+        assert_eq!(rules.resolve(&ch("nope:presence-x")), Err(HubError::UnknownChannel));
     }
 
     #[test]

@@ -46,6 +46,7 @@ where
     channels_without_history_have_no_positions(make().await).await;
     a_repeated_idempotency_key_publishes_once(make().await, &advance).await;
     presence_counts_users_once_and_expires(make().await, &advance).await;
+    a_users_arrival_and_departure_are_reported_once(make().await).await;
     joins_and_leaves_reach_subscribed_nodes(make().await).await;
     the_node_registry_forgets_silent_nodes(make().await, &advance).await;
     control_commands_reach_the_sending_node(make().await).await;
@@ -308,8 +309,9 @@ where
     let _events = Recorder::start(&*engine).await;
     let ch = channel("conformance:presence");
     let ttl = Duration::from_secs(2);
-    for (user, client) in [("ann", "c1"), ("ann", "c2"), ("bob", "c3")] {
-        engine.add_presence(&ch, &info(user, client), ttl).await.expect("add presence");
+    for (user, client, arrives) in [("ann", "c1", true), ("ann", "c2", false), ("bob", "c3", true)] {
+        let user_first = engine.add_presence(&ch, &info(user, client), ttl).await.expect("add presence");
+        assert_eq!(user_first, arrives, "{client} is {user}'s first entry: {arrives}");
     }
     let mut present: Vec<String> =
         engine.presence(&ch).await.expect("presence").into_iter().map(|i| i.client.to_string()).collect();
@@ -318,22 +320,43 @@ where
     let stats = engine.presence_stats(&ch).await.expect("stats");
     assert_eq!(stats, PresenceStats { num_clients: 3, num_users: 2 }, "a user with two connections counts once");
 
-    engine.remove_presence(&ch, &ClientId::new("c2")).await.expect("remove presence");
+    let user_last = engine.remove_presence(&ch, &info("ann", "c2")).await.expect("remove presence");
+    assert!(!user_last, "ann is still there with c1");
     assert_eq!(engine.presence_stats(&ch).await.expect("stats"), PresenceStats { num_clients: 2, num_users: 2 });
 
     advance(ttl / 2).await;
-    engine.add_presence(&ch, &info("bob", "c3"), ttl).await.expect("refresh presence");
+    let user_first = engine.add_presence(&ch, &info("bob", "c3"), ttl).await.expect("refresh presence");
+    assert!(!user_first, "a refresh is no arrival");
     advance(ttl / 2 + Duration::from_millis(500)).await;
     let present = engine.presence(&ch).await.expect("presence");
     assert_eq!(present.len(), 1, "only the refreshed entry outlives its ttl: {present:?}");
     assert_eq!(present[0].client, ClientId::new("c3"));
     assert_eq!(engine.presence_stats(&ch).await.expect("stats"), PresenceStats { num_clients: 1, num_users: 1 });
 
-    let mut expired: Vec<String> =
-        engine.expire_presence(&ch).await.expect("expire").into_iter().map(|i| i.client.to_string()).collect();
-    expired.sort();
-    assert_eq!(expired, ["c1"], "the entry that expired is handed out for its leave");
+    let expired: Vec<(String, bool)> = engine
+        .expire_presence(&ch)
+        .await
+        .expect("expire")
+        .into_iter()
+        .map(|(i, user_last)| (i.client.to_string(), user_last))
+        .collect();
+    assert_eq!(expired, [("c1".to_owned(), true)], "the entry that expired is handed out for its leave, ann's last");
     assert!(engine.expire_presence(&ch).await.expect("expire").is_empty(), "and only once");
+}
+
+pub async fn a_users_arrival_and_departure_are_reported_once(engine: Arc<dyn Engine>) {
+    let _events = Recorder::start(&*engine).await;
+    let ch = channel("conformance:users");
+    let ttl = Duration::from_secs(60);
+    let (tab1, tab2) = (info("ann", "t1"), info("ann", "t2"));
+    let (first1, first2) = tokio::join!(engine.add_presence(&ch, &tab1, ttl), engine.add_presence(&ch, &tab2, ttl));
+    let arrivals = [first1.expect("add"), first2.expect("add")];
+    assert_eq!(arrivals.iter().filter(|a| **a).count(), 1, "one of two concurrent tabs is the arrival: {arrivals:?}");
+    let (last1, last2) = tokio::join!(engine.remove_presence(&ch, &tab1), engine.remove_presence(&ch, &tab2));
+    let departures = [last1.expect("remove"), last2.expect("remove")];
+    assert_eq!(departures.iter().filter(|d| **d).count(), 1, "one of two tabs is the departure: {departures:?}");
+    assert!(!engine.remove_presence(&ch, &tab2).await.expect("remove"), "removing a missing entry is no departure");
+    assert!(engine.add_presence(&ch, &tab2, ttl).await.expect("add"), "after leaving, ann arrives again");
 }
 
 pub async fn joins_and_leaves_reach_subscribed_nodes(engine: Arc<dyn Engine>) {
@@ -341,14 +364,18 @@ pub async fn joins_and_leaves_reach_subscribed_nodes(engine: Arc<dyn Engine>) {
     let ch = channel("conformance:joins");
     engine.subscribe(&ch).await.expect("subscribe");
     let ann = info("ann", "c1");
-    engine.publish_presence_event(EngineEvent::Join { channel: ch.clone(), info: ann.clone() }).await.expect("join");
-    engine.publish_presence_event(EngineEvent::Leave { channel: ch.clone(), info: ann.clone() }).await.expect("leave");
+    let join = EngineEvent::Join { channel: ch.clone(), info: ann.clone(), user_first: true };
+    engine.publish_presence_event(join).await.expect("join");
+    let leave = EngineEvent::Leave { channel: ch.clone(), info: ann.clone(), user_last: false };
+    engine.publish_presence_event(leave).await.expect("leave");
     match events.next("the join").await {
-        EngineEvent::Join { channel, info } => assert_eq!((channel, info), (ch.clone(), ann.clone())),
+        EngineEvent::Join { channel, info, user_first } => {
+            assert_eq!((channel, info, user_first), (ch.clone(), ann.clone(), true))
+        }
         other => panic!("expected a join, got {other:?}"),
     }
     match events.next("the leave").await {
-        EngineEvent::Leave { channel, info } => assert_eq!((channel, info), (ch, ann)),
+        EngineEvent::Leave { channel, info, user_last } => assert_eq!((channel, info, user_last), (ch, ann, false)),
         other => panic!("expected a leave, got {other:?}"),
     }
 }

@@ -19,6 +19,8 @@
 //!   returns the first result and delivers nothing;
 //! - presence entries vanish `presence_ttl` after their last refresh, and
 //!   each expired entry is handed to exactly one `expire_presence` caller;
+//! - exactly one of the concurrent adds of a user's entries reports the
+//!   user's arrival, and exactly one removal (or expiry) its departure;
 //! - a control command reaches every node, the sender included.
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::ids::{ChannelName, ClientId};
+use crate::ids::ChannelName;
 use crate::message::{ClientInfo, Control, EngineEvent, NodeInfo, PresenceStats, Publication, StreamPosition};
 
 /// Receives what the engine delivers. Implementations must not block: they
@@ -165,10 +167,13 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError>;
 
     /// Adds or refreshes a presence entry, which expires after `ttl`.
-    async fn add_presence(&self, channel: &ChannelName, info: &ClientInfo, ttl: Duration) -> Result<(), EngineError>;
+    /// True when the entry is new and its user had no other entry: the
+    /// user, not only the client, arrived.
+    async fn add_presence(&self, channel: &ChannelName, info: &ClientInfo, ttl: Duration) -> Result<bool, EngineError>;
 
-    /// Removes a presence entry.
-    async fn remove_presence(&self, channel: &ChannelName, client: &ClientId) -> Result<(), EngineError>;
+    /// Removes a presence entry. True when it existed and was its user's
+    /// last entry: the user, not only the client, left.
+    async fn remove_presence(&self, channel: &ChannelName, info: &ClientInfo) -> Result<bool, EngineError>;
 
     /// Who is present in a channel.
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError>;
@@ -180,8 +185,8 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// each to exactly one caller, so a leave can be announced for every
     /// client that vanished without leaving (its connection or node died).
     /// Reads (`presence`, `presence_stats`) skip expired entries but leave
-    /// them for this.
-    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError>;
+    /// them for this. Each entry comes with whether it was its user's last.
+    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<(ClientInfo, bool)>, EngineError>;
 
     /// Records this node as alive with its current counts, for `ttl`.
     async fn register_node(&self, info: &NodeInfo, ttl: Duration) -> Result<(), EngineError>;

@@ -35,12 +35,16 @@ pub struct Publication {
     pub epoch: Epoch,
     /// Application tags, delivered along with the data.
     pub tags: BTreeMap<String, String>,
+    /// A connection that must not receive this publication (the sender of a
+    /// Pusher client event, or the `socket_id` a trigger excludes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<ClientId>,
 }
 
 impl Publication {
     /// A publication carrying only data, as the server API makes them.
     pub fn from_data(data: Bytes) -> Self {
-        Self { data, info: None, offset: Offset::ZERO, epoch: Epoch::default(), tags: BTreeMap::new() }
+        Self { data, info: None, offset: Offset::ZERO, epoch: Epoch::default(), tags: BTreeMap::new(), exclude: None }
     }
 }
 
@@ -101,9 +105,12 @@ pub enum EngineEvent {
     /// A publication in a channel this node subscribed to.
     Publication { channel: ChannelName, publication: std::sync::Arc<Publication> },
     /// A client joined a channel (presence-enabled namespaces).
-    Join { channel: ChannelName, info: ClientInfo },
-    /// A client left a channel.
-    Leave { channel: ChannelName, info: ClientInfo },
+    /// `user_first`: no other connection of its user was present, so the
+    /// user joined too.
+    Join { channel: ChannelName, info: ClientInfo, user_first: bool },
+    /// A client left a channel. `user_last`: it was its user's last
+    /// connection there, so the user left too.
+    Leave { channel: ChannelName, info: ClientInfo, user_last: bool },
     /// A control command for every node.
     Control(Control),
     /// The engine may have missed broadcasts (its link to the backplane

@@ -43,6 +43,11 @@ impl Keys {
         (self.channel_key(channel, "presence"), self.channel_key(channel, "presence:expiry"))
     }
 
+    /// How many presence entries each user has in a channel.
+    pub fn presence_users(&self, channel: &ChannelName) -> String {
+        self.channel_key(channel, "presence:users")
+    }
+
     /// The pub/sub channel of a channel.
     pub fn pubsub(&self, channel: &ChannelName) -> String {
         self.channel_key(channel, "pub")

@@ -38,9 +38,9 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use herald_engine::{
-    ChannelName, ClientId, ClientInfo, Control, Engine, EngineError, EngineEvent, Epoch, EventHandler, Health,
-    HistoryOptions, HistoryQuery, HistoryResult, NodeInfo, Offset, PresenceStats, Publication, PublishOptions,
-    PublishResult, StreamPosition,
+    ChannelName, ClientInfo, Control, Engine, EngineError, EngineEvent, Epoch, EventHandler, Health, HistoryOptions,
+    HistoryQuery, HistoryResult, NodeInfo, Offset, PresenceStats, Publication, PublishOptions, PublishResult,
+    StreamPosition,
 };
 
 pub use backplane::{Backplane, Cluster, Sharded, Single};
@@ -76,6 +76,8 @@ struct Scripts {
     presence: redis::Script,
     expire_presence: redis::Script,
     add_presence: redis::Script,
+    remove_presence: redis::Script,
+    add_expiring: redis::Script,
 }
 
 impl<B: Backplane> std::fmt::Debug for RedisEngine<B> {
@@ -136,6 +138,8 @@ impl<B: Backplane> RedisEngine<B> {
                 presence: scripts::presence(),
                 expire_presence: scripts::expire_presence(),
                 add_presence: scripts::add_presence(),
+                remove_presence: scripts::remove_presence(),
+                add_expiring: scripts::add_expiring(),
             },
         }
     }
@@ -266,8 +270,12 @@ impl<B: Backplane> Engine for RedisEngine<B> {
 
     async fn publish_presence_event(&self, event: EngineEvent) -> Result<(), EngineError> {
         let (channel, message) = match &event {
-            EngineEvent::Join { channel, info } => (channel, wire::presence_message(true, info)),
-            EngineEvent::Leave { channel, info } => (channel, wire::presence_message(false, info)),
+            EngineEvent::Join { channel, info, user_first } => {
+                (channel, wire::presence_message(true, *user_first, info))
+            }
+            EngineEvent::Leave { channel, info, user_last } => {
+                (channel, wire::presence_message(false, *user_last, info))
+            }
             EngineEvent::Publication { .. } | EngineEvent::Control(_) | EngineEvent::Interrupted => {
                 return Err(EngineError::Unavailable("not a presence event".into()))
             }
@@ -318,23 +326,39 @@ impl<B: Backplane> Engine for RedisEngine<B> {
         Ok(())
     }
 
-    async fn add_presence(&self, channel: &ChannelName, info: &ClientInfo, ttl: Duration) -> Result<(), EngineError> {
+    async fn add_presence(&self, channel: &ChannelName, info: &ClientInfo, ttl: Duration) -> Result<bool, EngineError> {
         let json = serde_json::to_vec(info).expect("client info serializes");
         let (entries, expiries) = self.keys.presence(channel);
-        self.add_expiring(channel.as_str(), entries, expiries, info.client.as_str(), json, ttl).await
+        let arrived: i64 = self
+            .scripts
+            .add_presence
+            .key(entries)
+            .key(expiries)
+            .key(self.keys.presence_users(channel))
+            .arg(info.client.as_str())
+            .arg(json)
+            .arg(millis(ttl))
+            .arg(info.user.as_str())
+            .invoke_async(&mut self.connection(channel.as_str()))
+            .await
+            .map_err(unavailable)?;
+        Ok(arrived == 1)
     }
 
-    async fn remove_presence(&self, channel: &ChannelName, client: &ClientId) -> Result<(), EngineError> {
+    async fn remove_presence(&self, channel: &ChannelName, info: &ClientInfo) -> Result<bool, EngineError> {
         let (entries, expiries) = self.keys.presence(channel);
-        redis::pipe()
-            .atomic()
-            .hdel(entries, client.as_str())
-            .ignore()
-            .zrem(expiries, client.as_str())
-            .ignore()
-            .query_async::<()>(&mut self.connection(channel.as_str()))
+        let left: i64 = self
+            .scripts
+            .remove_presence
+            .key(entries)
+            .key(expiries)
+            .key(self.keys.presence_users(channel))
+            .arg(info.client.as_str())
+            .arg(info.user.as_str())
+            .invoke_async(&mut self.connection(channel.as_str()))
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(left == 1)
     }
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
@@ -349,17 +373,21 @@ impl<B: Backplane> Engine for RedisEngine<B> {
         Ok(PresenceStats { num_clients: present.len(), num_users: users.len() })
     }
 
-    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
+    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<(ClientInfo, bool)>, EngineError> {
         let (entries, expiries) = self.keys.presence(channel);
-        let raw: Vec<Option<Vec<u8>>> = self
+        let raw: Vec<Vec<u8>> = self
             .scripts
             .expire_presence
             .key(entries)
             .key(expiries)
+            .key(self.keys.presence_users(channel))
             .invoke_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;
-        Ok(raw.iter().flatten().filter_map(|json| serde_json::from_slice(json).ok()).collect())
+        Ok(raw
+            .chunks_exact(2)
+            .filter_map(|pair| Some((serde_json::from_slice(&pair[0]).ok()?, pair[1] == b"1")))
+            .collect())
     }
 
     async fn register_node(&self, info: &NodeInfo, ttl: Duration) -> Result<(), EngineError> {
@@ -407,7 +435,7 @@ impl<B: Backplane> RedisEngine<B> {
     ) -> Result<(), EngineError> {
         let _: i64 = self
             .scripts
-            .add_presence
+            .add_expiring
             .key(entries)
             .key(expiries)
             .arg(id)

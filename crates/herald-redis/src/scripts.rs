@@ -91,31 +91,89 @@ return redis.call('hmget', entries, unpack(live))
     )
 }
 
-/// Removes a channel's expired presence entries and returns them.
+/// Removes a channel's expired presence entries and returns them, each
+/// followed by "1" when it was its user's last entry (else "0").
 ///
-/// KEYS: presence hash, presence expiry sorted set
-/// Returns: {info JSON…}
+/// KEYS: presence hash, presence expiry sorted set, per-user entry counts
+/// Returns: {info JSON, last flag, …}
 pub fn expire_presence() -> Script {
     Script::new(
         r#"
-local entries, expiries = KEYS[1], KEYS[2]
+local entries, expiries, users = KEYS[1], KEYS[2], KEYS[3]
 local now = redis.call('time')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local expired = redis.call('zrangebyscore', expiries, '-inf', now_ms)
-if #expired == 0 then return {} end
-local infos = redis.call('hmget', entries, unpack(expired))
-redis.call('hdel', entries, unpack(expired))
-redis.call('zremrangebyscore', expiries, '-inf', now_ms)
-return infos
+local out = {}
+for _, client in ipairs(expired) do
+  redis.call('zrem', expiries, client)
+  local info = redis.call('hget', entries, client)
+  if info then
+    redis.call('hdel', entries, client)
+    local user = tostring(cjson.decode(info).user)
+    local last = '0'
+    if redis.call('hincrby', users, user, -1) <= 0 then
+      redis.call('hdel', users, user)
+      last = '1'
+    end
+    table.insert(out, info)
+    table.insert(out, last)
+  end
+end
+return out
 "#,
     )
 }
 
-/// Add or refresh a presence entry until now + ttl.
+/// Adds or refreshes a presence entry until now + ttl, counting entries
+/// per user.
 ///
-/// KEYS: presence hash, presence expiry sorted set
-/// ARGV: client id, info JSON, ttl ms
+/// KEYS: presence hash, presence expiry sorted set, per-user entry counts
+/// ARGV: client id, info JSON, ttl ms, user id
+/// Returns: 1 when the entry is new and its user's first, else 0
 pub fn add_presence() -> Script {
+    Script::new(
+        r#"
+local entries, expiries, users = KEYS[1], KEYS[2], KEYS[3]
+local ttl = tonumber(ARGV[3])
+local now = redis.call('time')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local arrived = 0
+if redis.call('hset', entries, ARGV[1], ARGV[2]) == 1 then
+  if redis.call('hincrby', users, ARGV[4], 1) == 1 then arrived = 1 end
+end
+redis.call('zadd', expiries, now_ms + ttl, ARGV[1])
+for _, key in ipairs(KEYS) do redis.call('pexpire', key, ttl) end
+return arrived
+"#,
+    )
+}
+
+/// Removes a presence entry.
+///
+/// KEYS: presence hash, presence expiry sorted set, per-user entry counts
+/// ARGV: client id, user id
+/// Returns: 1 when the entry existed and was its user's last, else 0
+pub fn remove_presence() -> Script {
+    Script::new(
+        r#"
+local entries, expiries, users = KEYS[1], KEYS[2], KEYS[3]
+redis.call('zrem', expiries, ARGV[1])
+if redis.call('hdel', entries, ARGV[1]) == 0 then return 0 end
+if redis.call('hincrby', users, ARGV[2], -1) <= 0 then
+  redis.call('hdel', users, ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+}
+
+/// Adds or refreshes an entry of an expiring registry (the node registry)
+/// until now + ttl.
+///
+/// KEYS: entries hash, expiry sorted set
+/// ARGV: id, info JSON, ttl ms
+pub fn add_expiring() -> Script {
     Script::new(
         r#"
 local entries, expiries = KEYS[1], KEYS[2]

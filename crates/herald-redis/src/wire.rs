@@ -7,7 +7,9 @@
 //! <offset>\n<epoch>\n<kind>\n<meta JSON>\n<data bytes…>
 //! ```
 //!
-//! `kind` is `p` (publication), `j` (join) or `l` (leave). The publish
+//! `kind` is `p` (publication), `j` (join) or `l` (leave); `J` and `L` are
+//! a join that is its user's arrival and a leave that is its user's
+//! departure. The publish
 //! script prepends offset and epoch, so what is broadcast is exactly what
 //! history keeps.
 
@@ -16,7 +18,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use herald_engine::{ChannelName, ClientInfo, EngineEvent, Epoch, Offset, Publication};
+use herald_engine::{ChannelName, ClientId, ClientInfo, EngineEvent, Epoch, Offset, Publication};
 
 /// Why a message from Redis could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,19 +31,28 @@ struct Meta {
     info: Option<ClientInfo>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exclude: Option<ClientId>,
 }
 
 /// The part of a publication message the node writes: kind, meta, data.
 pub fn publication_body(publication: &Publication) -> Vec<u8> {
-    let meta = Meta { info: publication.info.clone(), tags: publication.tags.clone() };
+    let meta =
+        Meta { info: publication.info.clone(), tags: publication.tags.clone(), exclude: publication.exclude.clone() };
     body(b'p', &meta, &publication.data)
 }
 
 /// A join or leave, with the offset and epoch lines a publish would add.
-pub fn presence_message(joined: bool, info: &ClientInfo) -> Vec<u8> {
-    let meta = Meta { info: Some(info.clone()), tags: BTreeMap::new() };
+pub fn presence_message(joined: bool, user_changed: bool, info: &ClientInfo) -> Vec<u8> {
+    let meta = Meta { info: Some(info.clone()), ..Meta::default() };
+    let kind = match (joined, user_changed) {
+        (true, false) => b'j',
+        (true, true) => b'J',
+        (false, false) => b'l',
+        (false, true) => b'L',
+    };
     let mut out = b"0\n\n".to_vec();
-    out.extend(body(if joined { b'j' } else { b'l' }, &meta, b""));
+    out.extend(body(kind, &meta, b""));
     out
 }
 
@@ -67,8 +78,10 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Publication(Publication),
-    Join(ClientInfo),
-    Leave(ClientInfo),
+    /// A join; true when it is its user's arrival.
+    Join(ClientInfo, bool),
+    /// A leave; true when it is its user's departure.
+    Leave(ClientInfo, bool),
 }
 
 impl Message {
@@ -78,8 +91,8 @@ impl Message {
             Kind::Publication(publication) => {
                 EngineEvent::Publication { channel, publication: std::sync::Arc::new(publication) }
             }
-            Kind::Join(info) => EngineEvent::Join { channel, info },
-            Kind::Leave(info) => EngineEvent::Leave { channel, info },
+            Kind::Join(info, user_first) => EngineEvent::Join { channel, info, user_first },
+            Kind::Leave(info, user_last) => EngineEvent::Leave { channel, info, user_last },
         }
     }
 }
@@ -108,9 +121,10 @@ pub fn decode(message: Bytes) -> Result<Message, WireError> {
             offset: Offset::new(offset),
             epoch: epoch.clone(),
             tags: meta.tags,
+            exclude: meta.exclude,
         }),
-        b"j" => Kind::Join(meta.info.ok_or(WireError("join without info"))?),
-        b"l" => Kind::Leave(meta.info.ok_or(WireError("leave without info"))?),
+        b"j" | b"J" => Kind::Join(meta.info.ok_or(WireError("join without info"))?, kind[..] == *b"J"),
+        b"l" | b"L" => Kind::Leave(meta.info.ok_or(WireError("leave without info"))?, kind[..] == *b"L"),
         _ => return Err(WireError("kind")),
     };
     Ok(Message { offset: Offset::new(offset), epoch, kind })
@@ -118,7 +132,7 @@ pub fn decode(message: Bytes) -> Result<Message, WireError> {
 
 #[cfg(test)]
 mod tests {
-    use herald_engine::{ClientId, UserId};
+    use herald_engine::UserId;
 
     use super::*;
 
@@ -139,6 +153,7 @@ mod tests {
             offset: Offset::ZERO,
             epoch: Epoch::default(),
             tags: BTreeMap::from([("k".into(), "v".into())]),
+            exclude: Some(ClientId::new("c9")),
         };
         let mut message = b"7\nabc\n".to_vec();
         message.extend(publication_body(&publication));
@@ -151,8 +166,12 @@ mod tests {
 
     #[test]
     fn joins_and_leaves_round_trip() {
-        assert_eq!(decode(Bytes::from(presence_message(true, &info()))).unwrap().kind, Kind::Join(info()));
-        assert_eq!(decode(Bytes::from(presence_message(false, &info()))).unwrap().kind, Kind::Leave(info()));
+        for user_changed in [false, true] {
+            let join = presence_message(true, user_changed, &info());
+            assert_eq!(decode(Bytes::from(join)).unwrap().kind, Kind::Join(info(), user_changed));
+            let leave = presence_message(false, user_changed, &info());
+            assert_eq!(decode(Bytes::from(leave)).unwrap().kind, Kind::Leave(info(), user_changed));
+        }
     }
 
     #[test]

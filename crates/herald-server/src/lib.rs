@@ -11,6 +11,7 @@
 //! - [`transport`]: the seam between sockets and protocol sessions.
 //! - [`centrifuge`]: the Centrifuge client protocol v2 (JSON).
 //! - [`api`]: the server HTTP API.
+//! - [`pusher`]: the Pusher protocol 7 front-end, its HTTP API and webhooks.
 //! - [`listener`]: the accept loop with backoff.
 //! - [`server`]: assembling a [`server::Node`] and running it.
 //! - [`cli`]: the command line (`herald serve | config | token`).
@@ -23,6 +24,7 @@ pub mod centrifuge;
 pub mod cli;
 pub mod config;
 pub mod listener;
+pub mod pusher;
 pub mod server;
 pub mod transport;
 

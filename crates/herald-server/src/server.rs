@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -30,6 +30,7 @@ use crate::auth::TokenVerifier;
 use crate::centrifuge::{self, CentrifugeEncoder, SessionSettings, Shared};
 use crate::config::{Config, EngineConfig};
 use crate::listener::BackoffListener;
+use crate::pusher::{self, Frontend};
 use crate::transport::WsTransport;
 
 /// The WebSocket endpoint of the Centrifuge protocol.
@@ -72,6 +73,7 @@ impl Drop for SessionGuard {
 #[derive(Clone)]
 struct AppState {
     shared: Arc<Shared>,
+    pusher: Option<Arc<Frontend>>,
     tracker: Arc<SessionTracker>,
     max_message_size: usize,
 }
@@ -82,6 +84,7 @@ pub struct Node {
     pub hub: Arc<Hub>,
     shared: Arc<Shared>,
     api: Arc<ApiState>,
+    pusher: Option<Arc<Frontend>>,
     shutdown: watch::Sender<bool>,
     config: Config,
 }
@@ -128,13 +131,18 @@ impl Node {
             }
         };
         let node_id = NodeId::from(uuid::Uuid::new_v4().to_string());
-        let rules = ChannelRules::new(config.channel.without_namespace.clone(), config.channel.namespaces.clone());
+        let mut rules = ChannelRules::new(config.channel.without_namespace.clone(), config.channel.namespaces.clone());
+        let serves_pusher = !config.pusher.apps.is_empty();
+        if serves_pusher {
+            rules = rules.with_pusher_conventions();
+        }
         let hub = Hub::new(
             HubConfig {
                 max_channels_per_connection: config.client.max_channels,
                 presence_update_interval: config.client.presence_update_interval,
                 presence_ttl: config.client.presence_ttl,
                 idempotency_window: config.api.idempotency_window,
+                track_occupancy: serves_pusher,
                 ..HubConfig::new(node_id, rules)
             },
             engine,
@@ -155,6 +163,8 @@ impl Node {
             allow_anonymous: client.allow_anonymous,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let pusher =
+            serves_pusher.then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, shutdown_rx.clone()));
         let shared = Arc::new(Shared {
             hub: hub.clone(),
             verifier,
@@ -164,7 +174,7 @@ impl Node {
         });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
         let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, started: Instant::now() });
-        Ok(Node { hub, shared, api, shutdown, config })
+        Ok(Node { hub, shared, api, pusher, shutdown, config })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -176,6 +186,7 @@ impl Node {
         let tracker = Arc::new(SessionTracker::default());
         let state = AppState {
             shared: self.shared.clone(),
+            pusher: self.pusher.clone(),
             tracker: tracker.clone(),
             max_message_size: self.config.client.max_message_size,
         };
@@ -207,11 +218,39 @@ impl Node {
 
 fn router(state: AppState, api: Arc<ApiState>) -> Router {
     let api_routes = Router::new().route("/api/{method}", post(api::handle)).with_state(api);
-    Router::new()
+    let mut router = Router::new()
         .route(CENTRIFUGE_PATH, get(centrifuge_websocket))
+        .route("/app/{key}", get(pusher_websocket))
         .route("/health", get(health))
-        .with_state(state)
-        .merge(api_routes)
+        .with_state(state.clone())
+        .merge(api_routes);
+    if let Some(frontend) = state.pusher {
+        router =
+            router.merge(Router::new().route("/apps/{app_id}/{*rest}", any(pusher::rest::handle)).with_state(frontend));
+    }
+    router
+}
+
+async fn pusher_websocket(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Query(query): Query<pusher::session::ConnectQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(frontend) = state.pusher.clone() else {
+        return (StatusCode::NOT_FOUND, "the Pusher protocol is not configured: add a [[pusher.apps]] table")
+            .into_response();
+    };
+    let guard = state.tracker.enter();
+    upgrade
+        .max_message_size(state.max_message_size)
+        .max_frame_size(state.max_message_size)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            let _guard = guard;
+            pusher::session::run(WsTransport(socket), frontend, key, query).await;
+        })
 }
 
 async fn centrifuge_websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {

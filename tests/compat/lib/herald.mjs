@@ -103,12 +103,24 @@ function tomlValue(value) {
   throw new Error(`cannot write ${typeof value} as a TOML value`);
 }
 
-/** Writes a nested object as TOML: scalars first, then one [table] per sub-object. */
-export function toToml(config, prefix = []) {
+/** A non-empty array of objects: written as an array of tables, `[[name]]` once per element. */
+function isTableArray(value) {
+  return Array.isArray(value) && value.length > 0 && value.every(isTable);
+}
+
+/**
+ * Writes a nested object as TOML: scalars first, then one [table] per
+ * sub-object, then one [[table]] per element of an array of objects.
+ * `header` is false for an element of an array of tables, whose [[name]]
+ * line the caller has written.
+ */
+export function toToml(config, prefix = [], { header = true } = {}) {
   const lines = [];
-  const scalars = Object.entries(config).filter(([, v]) => !isTable(v));
-  const tables = Object.entries(config).filter(([, v]) => isTable(v));
-  if (prefix.length > 0 && scalars.length > 0) {
+  const entries = Object.entries(config);
+  const scalars = entries.filter(([, v]) => !isTable(v) && !isTableArray(v));
+  const tables = entries.filter(([, v]) => isTable(v));
+  const tableArrays = entries.filter(([, v]) => isTableArray(v));
+  if (header && prefix.length > 0 && scalars.length > 0) {
     lines.push(`[${prefix.join('.')}]`);
   }
   for (const [key, value] of scalars) {
@@ -119,6 +131,15 @@ export function toToml(config, prefix = []) {
   }
   for (const [key, value] of tables) {
     lines.push(toToml(value, [...prefix, key]));
+  }
+  // After every plain table: the sub-tables of an element of an array of
+  // tables belong to the element most recently opened by its [[name]].
+  for (const [key, elements] of tableArrays) {
+    const name = [...prefix, key];
+    for (const element of elements) {
+      lines.push(`[[${name.join('.')}]]`);
+      lines.push(toToml(element, name, { header: false }));
+    }
   }
   return lines.join('\n');
 }

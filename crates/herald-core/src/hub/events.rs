@@ -5,20 +5,20 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_engine::{ChannelName, ClientId, ClientInfo, Control, EngineEvent, Publication, UserId};
+use herald_engine::{ChannelName, ClientId, Control, EngineEvent, Publication, UserId};
 
 use super::{Hub, SubscribeRequest, Subscriber};
-use crate::connection::Connection;
+use crate::connection::{Connection, PresenceChange};
 use crate::error::HubError;
 use crate::hub::SubscribeAccess;
 use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
 
 /// One encoding per protocol, shared by every subscriber speaking it.
 #[derive(Default)]
-struct SharedFrames(Vec<(*const (), Bytes)>);
+struct SharedFrames(Vec<(*const (), Option<Bytes>)>);
 
 impl SharedFrames {
-    fn get(&mut self, conn: &Connection, encode: impl FnOnce() -> Bytes) -> Bytes {
+    fn get(&mut self, conn: &Connection, encode: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
         let key = Arc::as_ptr(&conn.encoder) as *const ();
         if let Some((_, bytes)) = self.0.iter().find(|(k, _)| *k == key) {
             return bytes.clone();
@@ -33,8 +33,12 @@ impl Hub {
     pub(super) fn on_engine_event(self: Arc<Self>, event: EngineEvent) {
         match event {
             EngineEvent::Publication { channel, publication } => self.fanout(&channel, &publication),
-            EngineEvent::Join { channel, info } => self.fanout_presence(&channel, &info, true),
-            EngineEvent::Leave { channel, info } => self.fanout_presence(&channel, &info, false),
+            EngineEvent::Join { channel, info, user_first } => {
+                self.fanout_presence(&channel, PresenceChange { info: &info, joined: true, user_changed: user_first })
+            }
+            EngineEvent::Leave { channel, info, user_last } => {
+                self.fanout_presence(&channel, PresenceChange { info: &info, joined: false, user_changed: user_last })
+            }
             EngineEvent::Control(command) => self.on_control(command),
             EngineEvent::Interrupted => self.on_interrupted(),
         }
@@ -84,14 +88,19 @@ impl Hub {
                 continue;
             }
             let conn = &subscriber.conn;
-            let frame = frames.get(conn, || conn.encoder.encode_publication(channel, publication));
+            if publication.exclude.as_ref() == Some(&conn.client) {
+                continue;
+            }
+            let Some(frame) = frames.get(conn, || Some(conn.encoder.encode_publication(channel, publication))) else {
+                continue;
+            };
             if conn.outbox.push(Outgoing::Frame(frame)).is_err() {
                 tracing::debug!(client = %conn.client, %channel, "publication not queued: connection closing");
             }
         }
     }
 
-    fn fanout_presence(&self, channel: &ChannelName, info: &ClientInfo, joined: bool) {
+    fn fanout_presence(&self, channel: &ChannelName, change: PresenceChange<'_>) {
         let force = self.config.rules.resolve(channel).is_ok_and(|o| o.force_push_join_leave);
         let shard = self.channels.read(channel);
         let Some(subscribers) = shard.get(channel) else { return };
@@ -101,11 +110,12 @@ impl Hub {
                 continue;
             }
             let conn = &subscriber.conn;
-            let frame = frames.get(conn, || match joined {
-                true => conn.encoder.encode_join(channel, info),
-                false => conn.encoder.encode_leave(channel, info),
-            });
-            let _ = conn.outbox.push(Outgoing::Frame(frame));
+            if subscriber.user == change.info.user && !conn.encoder.presence_to_own_user() {
+                continue;
+            }
+            if let Some(frame) = frames.get(conn, || conn.encoder.encode_presence(channel, change)) {
+                let _ = conn.outbox.push(Outgoing::Frame(frame));
+            }
         }
     }
 

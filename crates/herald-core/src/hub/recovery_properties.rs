@@ -17,7 +17,7 @@ use herald_engine::{
 use proptest::prelude::*;
 
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-use crate::connection::{Connection, ConnectionSpec, PushEncoder};
+use crate::connection::{Connection, ConnectionSpec, PresenceChange, PushEncoder};
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::{Drained, Outbox, Outgoing};
 
@@ -31,11 +31,8 @@ impl PushEncoder for OffsetEncoder {
     fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Bytes {
         Bytes::from(format!("pub {}", publication.offset))
     }
-    fn encode_join(&self, _: &ChannelName, _: &ClientInfo) -> Bytes {
-        Bytes::from_static(b"join")
-    }
-    fn encode_leave(&self, _: &ChannelName, _: &ClientInfo) -> Bytes {
-        Bytes::from_static(b"leave")
+    fn encode_presence(&self, _: &ChannelName, _: PresenceChange<'_>) -> Option<Bytes> {
+        Some(Bytes::from_static(b"presence"))
     }
 }
 
@@ -109,11 +106,11 @@ impl Engine for RacyHistory {
     async fn remove_history(&self, c: &ChannelName) -> Result<(), EngineError> {
         self.0.remove_history(c).await
     }
-    async fn add_presence(&self, c: &ChannelName, i: &ClientInfo, t: Duration) -> Result<(), EngineError> {
+    async fn add_presence(&self, c: &ChannelName, i: &ClientInfo, t: Duration) -> Result<bool, EngineError> {
         self.0.add_presence(c, i, t).await
     }
-    async fn remove_presence(&self, c: &ChannelName, id: &ClientId) -> Result<(), EngineError> {
-        self.0.remove_presence(c, id).await
+    async fn remove_presence(&self, c: &ChannelName, i: &ClientInfo) -> Result<bool, EngineError> {
+        self.0.remove_presence(c, i).await
     }
     async fn presence(&self, c: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
         self.0.presence(c).await
@@ -121,7 +118,7 @@ impl Engine for RacyHistory {
     async fn presence_stats(&self, c: &ChannelName) -> Result<PresenceStats, EngineError> {
         self.0.presence_stats(c).await
     }
-    async fn expire_presence(&self, c: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
+    async fn expire_presence(&self, c: &ChannelName) -> Result<Vec<(ClientInfo, bool)>, EngineError> {
         self.0.expire_presence(c).await
     }
     async fn register_node(&self, i: &NodeInfo, t: Duration) -> Result<(), EngineError> {

@@ -25,13 +25,13 @@ impl Hub {
         if access == SubscribeAccess::Client {
             let allowed = match options.subscribe {
                 SubscribePolicy::Anyone => true,
-                SubscribePolicy::Authenticated => !conn.user.is_anonymous(),
+                SubscribePolicy::Authenticated => !conn.user().is_anonymous(),
                 SubscribePolicy::Token => false,
             };
             if !allowed {
                 return Err(HubError::PermissionDenied);
             }
-            if options.user_limited && !ChannelRules::user_admitted(channel, &conn.user) {
+            if options.user_limited && !ChannelRules::user_admitted(channel, &conn.user()) {
                 return Err(HubError::PermissionDenied);
             }
         }
@@ -65,17 +65,21 @@ impl Hub {
             conn: conn.clone(),
             join_leave: request.subscription.join_leave,
             positioned,
+            user: request.subscription.user.clone().unwrap_or_else(|| conn.user()),
             live_after: None,
             recovering: positioned.then(|| Mutex::new(Vec::new())),
         };
-        self.add_subscriber(channel, subscriber);
+        let subscribers = self.add_subscriber(channel, subscriber);
         conn.subscriptions().insert(channel.clone(), request.subscription.clone());
+        self.occupy(channel, subscribers).await;
 
         let mut outcome = SubscribeOutcome { positioned, recoverable, ..Default::default() };
         if let Some(history) = &history {
             if positioned {
                 if let Err(error) = self.read_recovery(channel, &request, options, history, &mut outcome).await {
-                    self.remove_subscriber(conn, channel).await;
+                    if let Some(left) = self.remove_subscriber(conn, channel).await {
+                        self.occupy(channel, left).await;
+                    }
                     return Err(error);
                 }
             }
@@ -164,17 +168,26 @@ impl Hub {
         }
         let info = conn.info_in(channel);
         let result = match (options.presence, joined) {
-            (false, _) => Ok(()),
+            (false, _) => Ok(false),
             (true, true) => self.engine.add_presence(channel, &info, self.config.presence_ttl).await,
-            (true, false) => self.engine.remove_presence(channel, &conn.client).await,
+            (true, false) => self.engine.remove_presence(channel, &info).await,
         };
-        if let Err(error) = result {
+        let user_changed = result.unwrap_or_else(|error| {
             tracing::warn!(%channel, %error, "presence update failed");
+            false
+        });
+        if user_changed {
+            if let Some(observer) = self.observer.get() {
+                match joined {
+                    true => observer.user_joined(channel, &info),
+                    false => observer.user_left(channel, &info),
+                }
+            }
         }
         if options.join_leave {
             let event = match joined {
-                true => EngineEvent::Join { channel: channel.clone(), info },
-                false => EngineEvent::Leave { channel: channel.clone(), info },
+                true => EngineEvent::Join { channel: channel.clone(), info, user_first: user_changed },
+                false => EngineEvent::Leave { channel: channel.clone(), info, user_last: user_changed },
             };
             if let Err(error) = self.engine.publish_presence_event(event).await {
                 tracing::warn!(%channel, %error, "join/leave event not sent");
@@ -210,44 +223,46 @@ impl Hub {
     /// Unsubscribes `conn` from `channel`; false if it was not subscribed.
     pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
         let _interest = self.interest_lock(channel).lock().await;
-        let removed = self.remove_subscriber(conn, channel).await;
-        if removed {
-            if let Ok(options) = self.config.rules.resolve(channel) {
-                self.announce_presence(conn, channel, options, false).await;
-            }
+        let Some(left) = self.remove_subscriber(conn, channel).await else { return false };
+        if let Ok(options) = self.config.rules.resolve(channel) {
+            self.announce_presence(conn, channel, options, false).await;
         }
-        removed
+        self.occupy(channel, left).await;
+        true
     }
 
-    fn add_subscriber(&self, channel: &ChannelName, subscriber: Subscriber) {
+    /// Adds the subscriber; returns how many the channel now has here.
+    fn add_subscriber(&self, channel: &ChannelName, subscriber: Subscriber) -> usize {
         let mut shard = self.channels.write(channel);
-        shard.entry(channel.clone()).or_default().insert(subscriber.conn.client.clone(), subscriber);
+        let subscribers = shard.entry(channel.clone()).or_default();
+        subscribers.insert(subscriber.conn.client.clone(), subscriber);
+        subscribers.len()
     }
 
-    /// Removes the subscription; the caller holds the channel's interest lock.
-    async fn remove_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
-        if conn.subscriptions().remove(channel).is_none() {
-            return false;
-        }
-        let now_empty = {
+    /// Removes the subscription and returns how many subscribers the
+    /// channel has left here, or `None` if `conn` was not subscribed. The
+    /// caller holds the channel's interest lock and updates occupancy.
+    async fn remove_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> Option<usize> {
+        conn.subscriptions().remove(channel)?;
+        let left = {
             let mut shard = self.channels.write(channel);
             match shard.get_mut(channel) {
                 Some(subscribers) => {
                     subscribers.remove(&conn.client);
-                    let empty = subscribers.is_empty();
-                    if empty {
+                    let left = subscribers.len();
+                    if left == 0 {
                         shard.remove(channel);
                     }
-                    empty
+                    Some(left)
                 }
-                None => false,
+                None => None,
             }
         };
-        if now_empty {
+        if left == Some(0) {
             if let Err(error) = self.engine.unsubscribe(channel).await {
                 tracing::warn!(%channel, %error, "engine unsubscribe failed; the node may receive publications it drops");
             }
         }
-        true
+        Some(left.unwrap_or(0))
     }
 }

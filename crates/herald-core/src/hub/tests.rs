@@ -2,12 +2,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_engine::{
-    ChannelName, ClientId, ClientInfo, Control, DisconnectReason, MemoryEngine, NodeId, Publication, UserId,
-};
+use herald_engine::{ChannelName, ClientId, Control, DisconnectReason, MemoryEngine, NodeId, Publication, UserId};
 
 use super::*;
-use crate::connection::{ConnectionSpec, PushEncoder};
+use crate::connection::{ConnectionSpec, PresenceChange, PushEncoder};
 use crate::namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
 use crate::outbox::{Drained, Outbox, Outgoing};
 
@@ -26,12 +24,9 @@ impl PushEncoder for TestEncoder {
         Bytes::from(out)
     }
 
-    fn encode_join(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes {
-        Bytes::from(format!("{channel}|join {}", info.user))
-    }
-
-    fn encode_leave(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes {
-        Bytes::from(format!("{channel}|leave {}", info.user))
+    fn encode_presence(&self, channel: &ChannelName, change: PresenceChange<'_>) -> Option<Bytes> {
+        let kind = if change.joined { "join" } else { "leave" };
+        Some(Bytes::from(format!("{channel}|{kind} {}", change.info.user)))
     }
 }
 
@@ -298,4 +293,69 @@ async fn presence_outlives_its_ttl_while_the_connection_lives_and_leaves_with_it
     }
     hub.disconnect(&ann).await;
     assert_eq!(hub.presence_stats(&ch("room:1")).await.unwrap().num_clients, 0, "a closed connection leaves at once");
+}
+
+/// Records what the hub reports to its observer.
+#[derive(Debug, Default)]
+struct Transitions(std::sync::Mutex<Vec<String>>);
+
+impl Transitions {
+    fn taken(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl HubObserver for Transitions {
+    fn channel_occupied(&self, channel: &ChannelName) {
+        self.0.lock().unwrap().push(format!("occupied {channel}"));
+    }
+    fn channel_vacated(&self, channel: &ChannelName) {
+        self.0.lock().unwrap().push(format!("vacated {channel}"));
+    }
+    fn user_joined(&self, channel: &ChannelName, info: &herald_engine::ClientInfo) {
+        self.0.lock().unwrap().push(format!("joined {channel} {}", info.user));
+    }
+    fn user_left(&self, channel: &ChannelName, info: &herald_engine::ClientInfo) {
+        self.0.lock().unwrap().push(format!("left {channel} {}", info.user));
+    }
+}
+
+#[tokio::test]
+async fn occupancy_and_user_presence_are_reported_once_per_transition() {
+    let mut config = HubConfig::new(NodeId::new("test"), rules().with_pusher_conventions());
+    config.track_occupancy = true;
+    let f = Fixture { hub: Hub::new(config, Arc::new(MemoryEngine::new())), encoder: Arc::default() };
+    f.hub.start().await.unwrap();
+    let seen = Arc::new(Transitions::default());
+    f.hub.observe(seen.clone());
+
+    let tab1 = f.connect("ann", 1 << 20);
+    let tab2 = f.connect("ann", 1 << 20);
+    let bob = f.connect("bob", 1 << 20);
+    for conn in [&tab1, &tab2, &bob] {
+        f.subscribe(conn, "presence-room").await.unwrap();
+    }
+    assert_eq!(seen.taken(), ["occupied presence-room", "joined presence-room ann", "joined presence-room bob"]);
+    assert_eq!(f.hub.subscription_count(&ch("presence-room")).await.unwrap(), 3);
+    assert_eq!(f.hub.occupied_channels().await.unwrap(), [ch("presence-room")]);
+
+    f.hub.unsubscribe(&tab1, &ch("presence-room")).await;
+    assert!(seen.taken().is_empty(), "ann is still there in her other tab");
+    f.hub.disconnect(&tab2).await;
+    f.hub.disconnect(&bob).await;
+    assert_eq!(seen.taken(), ["left presence-room ann", "left presence-room bob", "vacated presence-room"]);
+    assert_eq!(f.hub.subscription_count(&ch("presence-room")).await.unwrap(), 0);
+    assert!(f.hub.occupied_channels().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_signed_in_connection_is_reached_as_its_new_user() {
+    let f = Fixture::new().await;
+    let conn = f.connect("", 1 << 20);
+    f.hub.sign_in(&conn, UserId::new("ann").unwrap());
+    assert_eq!(conn.user(), UserId::new("ann").unwrap());
+    let reason = DisconnectReason::ForceDisconnect;
+    f.hub.send_control(Control::Disconnect { user: UserId::new("ann").unwrap(), client: None, reason }).await.unwrap();
+    assert_eq!(frames(&conn), ["closed: ForceDisconnect"]);
+    assert_eq!(f.hub.stats().users, 1, "the anonymous user it was is forgotten");
 }

@@ -192,22 +192,25 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    async fn add_presence(&self, channel: &ChannelName, info: &ClientInfo, ttl: Duration) -> Result<(), EngineError> {
+    async fn add_presence(&self, channel: &ChannelName, info: &ClientInfo, ttl: Duration) -> Result<bool, EngineError> {
         let until = Instant::now() + ttl;
         let mut shard = self.shard(channel);
-        shard.presence.entry(channel.clone()).or_default().insert(info.client.clone(), (info.clone(), until));
-        Ok(())
+        let entries = shard.presence.entry(channel.clone()).or_default();
+        let new = entries.insert(info.client.clone(), (info.clone(), until)).is_none();
+        // Expired entries not yet swept still count, as in the Redis engine:
+        // their user's departure is announced by the sweep.
+        Ok(new && entries.values().filter(|(other, _)| other.user == info.user).count() == 1)
     }
 
-    async fn remove_presence(&self, channel: &ChannelName, client: &ClientId) -> Result<(), EngineError> {
+    async fn remove_presence(&self, channel: &ChannelName, info: &ClientInfo) -> Result<bool, EngineError> {
         let mut shard = self.shard(channel);
-        if let Some(entries) = shard.presence.get_mut(channel) {
-            entries.remove(client);
-            if entries.is_empty() {
-                shard.presence.remove(channel);
-            }
+        let Some(entries) = shard.presence.get_mut(channel) else { return Ok(false) };
+        let removed = entries.remove(&info.client).is_some();
+        let user_left = removed && !entries.values().any(|(other, _)| other.user == info.user);
+        if entries.is_empty() {
+            shard.presence.remove(channel);
         }
-        Ok(())
+        Ok(user_left)
     }
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
@@ -217,13 +220,19 @@ impl Engine for MemoryEngine {
         Ok(entries.values().filter(|(_, until)| now < *until).map(|(info, _)| info.clone()).collect())
     }
 
-    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
+    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<(ClientInfo, bool)>, EngineError> {
         let now = Instant::now();
         let mut shard = self.shard(channel);
         let Some(entries) = shard.presence.get_mut(channel) else { return Ok(Vec::new()) };
         let expired: Vec<ClientId> =
             entries.iter().filter(|(_, (_, until))| now >= *until).map(|(c, _)| c.clone()).collect();
-        let gone = expired.iter().filter_map(|client| entries.remove(client)).map(|(info, _)| info).collect();
+        let mut gone = Vec::with_capacity(expired.len());
+        for client in expired {
+            if let Some((info, _)) = entries.remove(&client) {
+                let user_last = !entries.values().any(|(other, _)| other.user == info.user);
+                gone.push((info, user_last));
+            }
+        }
         if entries.is_empty() {
             shard.presence.remove(channel);
         }

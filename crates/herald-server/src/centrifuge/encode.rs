@@ -7,7 +7,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
-use herald_core::{PushEncoder, SubscribeOutcome};
+use herald_core::{PresenceChange, PushEncoder, SubscribeOutcome};
 use herald_engine::{ChannelName, ClientInfo, HistoryResult, Publication};
 
 use super::codes::ClientError;
@@ -27,12 +27,8 @@ impl PushEncoder for CentrifugeEncoder {
         out.freeze()
     }
 
-    fn encode_join(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes {
-        presence_push(channel, "join", info)
-    }
-
-    fn encode_leave(&self, channel: &ChannelName, info: &ClientInfo) -> Bytes {
-        presence_push(channel, "leave", info)
+    fn encode_presence(&self, channel: &ChannelName, change: PresenceChange<'_>) -> Option<Bytes> {
+        Some(presence_push(channel, if change.joined { "join" } else { "leave" }, change.info))
     }
 }
 

@@ -114,10 +114,13 @@ fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErr
         client: section(&mut table, "client", &mut errors),
         api: section(&mut table, "api", &mut errors),
         channel: section(&mut table, "channel", &mut errors),
+        pusher: section(&mut table, "pusher", &mut errors),
         log: section(&mut table, "log", &mut errors),
     };
     for unknown in table.keys() {
-        errors.push(format!("{unknown}: unknown section; expected one of http, engine, client, api, channel, log"));
+        errors.push(format!(
+            "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log"
+        ));
     }
     errors.extend(config.validate());
     Ok((config, errors))

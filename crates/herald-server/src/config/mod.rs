@@ -35,6 +35,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Channel namespaces and their permissions.
     pub channel: ChannelConfig,
+    /// The Pusher protocol front-end and its apps.
+    pub pusher: PusherConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -233,6 +235,95 @@ pub struct ChannelConfig {
     /// A channel whose namespace is not listed here is unknown (error 102).
     pub namespaces: BTreeMap<String, NamespaceOptions>,
 }
+
+/// The Pusher Channels protocol (pusher-js, Laravel Echo, the Pusher server
+/// SDKs): served at `/app/{key}` and `/apps/{id}/…` for each app listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PusherConfig {
+    /// How long a Pusher client may stay silent before it pings (sent to
+    /// clients as `activity_timeout`); the server closes a connection silent
+    /// for this long plus `pong_timeout` (4201).
+    #[serde(with = "humantime_serde")]
+    pub activity_timeout: Duration,
+    /// How long the server waits for a pong after its own ping.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// The apps: `[[pusher.apps]]` tables.
+    pub apps: Vec<PusherApp>,
+}
+
+impl Default for PusherConfig {
+    fn default() -> Self {
+        Self { activity_timeout: Duration::from_secs(120), pong_timeout: Duration::from_secs(30), apps: Vec::new() }
+    }
+}
+
+/// One Pusher app, with the credentials its clients and server SDK use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PusherApp {
+    /// The app id in HTTP API paths (`/apps/{id}/events`).
+    pub id: String,
+    /// The public key clients connect with (`/app/{key}`).
+    pub key: String,
+    /// The secret that signs channel authorizations, API calls and webhooks.
+    pub secret: Secret,
+    /// Clients may send `client-` events on private and presence channels.
+    pub client_events: bool,
+    /// Client events one connection may send per second (else error 4301).
+    pub client_event_rate: u32,
+    /// Concurrent connections of this app on one node (0 = no limit; over it, close 4004).
+    pub max_connections: usize,
+    /// The largest event `data`, in bytes, from clients and the HTTP API (else 413).
+    pub max_event_size: usize,
+    /// Members one presence channel may hold (else the subscription is refused).
+    pub max_presence_members: usize,
+    /// Puts this app's channels in a namespace (`shop` makes `orders` the
+    /// hub channel `shop:orders`), so several apps do not share channels.
+    /// Empty: the app's channels are the hub's channels without namespace,
+    /// shared with Centrifuge clients. At most one app may leave it empty.
+    pub namespace: String,
+    /// Where this app's webhooks go: `[[pusher.apps.webhooks]]` tables.
+    pub webhooks: Vec<WebhookTarget>,
+}
+
+impl Default for PusherApp {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            key: String::new(),
+            secret: Secret::new(""),
+            client_events: false,
+            client_event_rate: 10,
+            max_connections: 0,
+            max_event_size: 10 * 1024,
+            max_presence_members: 100,
+            namespace: String::new(),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// A webhook endpoint of a Pusher app.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookTarget {
+    /// An `http://` URL that receives signed POSTs.
+    pub url: String,
+    /// Which events it receives: `channel_occupied`, `channel_vacated`,
+    /// `member_added`, `member_removed`, `client_event`, `cache_miss`.
+    /// Empty: all of them.
+    pub events: Vec<String>,
+    /// Several events per request (up to 100, gathered for up to 50 ms)
+    /// instead of one.
+    pub batch: bool,
+}
+
+
+/// The webhook events a target may ask for.
+pub const WEBHOOK_EVENTS: [&str; 6] =
+    ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss"];
 
 /// Logging.
 #[derive(Debug, Clone, Deserialize)]

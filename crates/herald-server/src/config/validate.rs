@@ -103,8 +103,64 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.validate_pusher());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level: `{}` is not a valid filter: {e}", self.log.level));
+        }
+        problems
+    }
+
+    fn validate_pusher(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let pusher = &self.pusher;
+        if pusher.activity_timeout < Duration::from_secs(1) || pusher.pong_timeout.is_zero() {
+            problems.push("pusher.activity_timeout and pusher.pong_timeout: must be at least 1s".to_owned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (n, app) in pusher.apps.iter().enumerate() {
+            let at = format!("pusher.apps[{n}]");
+            for (field, value) in [("id", &app.id), ("key", &app.key)] {
+                let valid = !value.is_empty()
+                    && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if !valid {
+                    problems.push(format!("{at}.{field}: must be non-empty letters, digits, `_`, `-` or `.`"));
+                }
+                if !seen.insert((field, value.clone())) {
+                    problems.push(format!("{at}.{field}: `{value}` is used by another app"));
+                }
+            }
+            if app.secret.expose().len() < 8 {
+                problems.push(format!("{at}.secret: must be at least 8 characters (`herald config init` makes one)"));
+            }
+            if !seen.insert(("namespace", app.namespace.clone())) {
+                problems.push(format!(
+                    "{at}.namespace: another app already uses namespace `{}`; give each app its own",
+                    app.namespace
+                ));
+            }
+            if !app.namespace.is_empty() && !self.channel.namespaces.contains_key(&app.namespace) {
+                problems.push(format!(
+                    "{at}.namespace: add a [channel.namespaces.{}] table for this app's channels",
+                    app.namespace
+                ));
+            }
+            if app.client_event_rate == 0 || app.max_event_size == 0 || app.max_presence_members == 0 {
+                problems.push(format!(
+                    "{at}: client_event_rate, max_event_size and max_presence_members must be above zero"
+                ));
+            }
+            for (w, hook) in app.webhooks.iter().enumerate() {
+                if crate::pusher::webhooks::Endpoint::parse(&hook.url).is_none() {
+                    problems
+                        .push(format!("{at}.webhooks[{w}].url: `{}` is not an http://host[:port]/path URL", hook.url));
+                }
+                for event in hook.events.iter().filter(|e| !super::WEBHOOK_EVENTS.contains(&e.as_str())) {
+                    problems.push(format!(
+                        "{at}.webhooks[{w}].events: unknown event `{event}`; expected some of {}",
+                        super::WEBHOOK_EVENTS.join(", ")
+                    ));
+                }
+            }
         }
         problems
     }

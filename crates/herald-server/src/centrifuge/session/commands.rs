@@ -106,7 +106,7 @@ impl Session {
     pub(super) async fn on_subscribe(&mut self, id: u32, req: SubscribeRequest) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(&req.channel)?;
-        let mut subscription = Subscription { chan_info: None, join_leave: req.join_leave };
+        let mut subscription = Subscription { join_leave: req.join_leave, ..Subscription::default() };
         let (access, exp) = if req.token.is_empty() {
             (SubscribeAccess::Client, None)
         } else {

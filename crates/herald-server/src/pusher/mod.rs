@@ -1,0 +1,296 @@
+//! The Pusher Channels protocol 7 front-end, its HTTP API and webhooks, so
+//! pusher-js, Laravel Echo and the Pusher server SDKs work unchanged.
+//!
+//! Pusher clients share the hub with Centrifuge clients: an app's channel
+//! `news` is the hub channel `news` (or `<namespace>:news` when the app has
+//! a namespace), so a publication reaches subscribers whichever protocol
+//! they speak. A Pusher event is a publication whose `event` tag names it;
+//! a publication without that tag reaches Pusher clients as `message`.
+//!
+//! - [`session`]: one WebSocket connection at `/app/{key}`.
+//! - [`rest`]: the HTTP API at `/apps/{id}/…`, with signature checks.
+//! - [`webhooks`]: signed, batched, retried webhooks.
+//! - [`sign`]: the HMAC signatures all of them use.
+
+pub mod rest;
+pub mod session;
+pub mod sign;
+pub mod webhooks;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use herald_core::{ChannelKind, Hub, PresenceChange, PushEncoder};
+use herald_engine::{ChannelName, Publication};
+
+use crate::config::{PusherApp, PusherConfig};
+use webhooks::Webhooks;
+
+/// The tag that carries a publication's Pusher event name.
+pub const EVENT_TAG: &str = "event";
+/// The event name Pusher clients see for a publication without one.
+pub const DEFAULT_EVENT: &str = "message";
+/// The longest channel name Pusher clients may use.
+pub const MAX_CHANNEL_NAME: usize = 200;
+/// The longest event name.
+pub const MAX_EVENT_NAME: usize = 200;
+/// Where a signed-in user's messages go.
+pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+
+/// One configured app and what its connections share.
+#[derive(Debug)]
+pub struct App {
+    pub config: PusherApp,
+    pub encoder: Arc<PusherEncoder>,
+    /// This node's open connections of the app.
+    connections: AtomicUsize,
+}
+
+impl App {
+    fn new(config: PusherApp) -> Self {
+        let encoder = Arc::new(PusherEncoder { namespace: config.namespace.clone() });
+        Self { config, encoder, connections: AtomicUsize::new(0) }
+    }
+
+    /// The hub channel for one of the app's channel names, if the name is
+    /// one Pusher allows.
+    pub fn channel(&self, name: &str) -> Option<ChannelName> {
+        if !valid_channel_name(name) {
+            return None;
+        }
+        match self.config.namespace.as_str() {
+            "" => ChannelName::new(name).ok(),
+            ns => ChannelName::new(&format!("{ns}:{name}")).ok(),
+        }
+    }
+
+    /// The app's name for a hub channel, if the channel is the app's.
+    pub fn name_of<'a>(&self, channel: &'a ChannelName) -> Option<&'a str> {
+        self.encoder.name_of(channel)
+    }
+
+    /// Counts a new connection unless the app is at `max_connections`.
+    pub fn admit(self: &Arc<Self>) -> Option<AppSlot> {
+        let limit = self.config.max_connections;
+        let previous = self.connections.fetch_add(1, Ordering::AcqRel);
+        if limit > 0 && previous >= limit {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(AppSlot(self.clone()))
+    }
+}
+
+/// A connection's place in its app's count; released on drop.
+#[derive(Debug)]
+pub struct AppSlot(Arc<App>);
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether Pusher clients may use `name`: `[A-Za-z0-9_\-=@,.;]`, at most
+/// 200 characters, or a signed-in user's `#server-to-user-<id>` channel.
+pub fn valid_channel_name(name: &str) -> bool {
+    let body = name.strip_prefix('#').filter(|_| name.starts_with(USER_CHANNEL_PREFIX)).unwrap_or(name);
+    !body.is_empty()
+        && name.len() <= MAX_CHANNEL_NAME
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b))
+}
+
+/// Whether a channel needs a signed authorization to subscribe.
+pub fn is_private(name: &str) -> bool {
+    name.starts_with("private-") || name.starts_with("presence-")
+}
+
+/// The apps by key and by id.
+#[derive(Debug, Default)]
+pub struct Apps {
+    by_key: HashMap<String, Arc<App>>,
+    by_id: HashMap<String, Arc<App>>,
+}
+
+impl Apps {
+    pub fn new(apps: &[PusherApp]) -> Self {
+        let mut out = Self::default();
+        for config in apps {
+            let app = Arc::new(App::new(config.clone()));
+            out.by_key.insert(config.key.clone(), app.clone());
+            out.by_id.insert(config.id.clone(), app);
+        }
+        out
+    }
+
+    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
+        self.by_key.get(key)
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
+        self.by_id.get(id)
+    }
+
+    /// The app whose channel `channel` is.
+    pub fn owner(&self, channel: &ChannelName) -> Option<&Arc<App>> {
+        let namespace = herald_core::ChannelRules::namespace_of(channel).unwrap_or("");
+        self.by_id.values().find(|app| app.config.namespace == namespace)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// Session timers, from `[pusher]` and `[client]`.
+#[derive(Debug, Clone)]
+pub struct PusherSettings {
+    pub activity_timeout: Duration,
+    pub pong_timeout: Duration,
+    pub queue_max_bytes: usize,
+    pub write_timeout: Duration,
+}
+
+/// What every Pusher session and API call of a node shares.
+#[derive(Debug)]
+pub struct Frontend {
+    pub hub: Arc<Hub>,
+    pub apps: Apps,
+    pub settings: PusherSettings,
+    pub webhooks: Arc<Webhooks>,
+    /// Turns true when the node shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Frontend {
+    pub fn new(
+        hub: Arc<Hub>,
+        config: &PusherConfig,
+        client: &crate::config::ClientConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let apps = Apps::new(&config.apps);
+        let webhooks = Webhooks::start(&config.apps);
+        let settings = PusherSettings {
+            activity_timeout: config.activity_timeout,
+            pong_timeout: config.pong_timeout,
+            queue_max_bytes: client.queue_max_bytes,
+            write_timeout: client.write_timeout,
+        };
+        let frontend = Arc::new(Self { hub: hub.clone(), apps, settings, webhooks, shutdown });
+        hub.observe(Arc::new(webhooks::Observer(Arc::downgrade(&frontend))));
+        frontend
+    }
+}
+
+/// Encodes pushes for one app's Pusher connections.
+#[derive(Debug)]
+pub struct PusherEncoder {
+    namespace: String,
+}
+
+/// A Pusher frame: `data` is a string (JSON inside, for pusher-js to parse).
+#[derive(Debug, Serialize)]
+pub struct Frame<'a> {
+    pub event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<&'a str>,
+    pub data: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<&'a str>,
+}
+
+impl Frame<'_> {
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("frames serialize"))
+    }
+}
+
+/// A frame whose `data` is an object (`pusher:error`, `pusher:pong`, …).
+pub fn object_frame(event: &str, channel: Option<&str>, data: &serde_json::Value) -> Bytes {
+    let mut frame = serde_json::json!({ "event": event, "data": data });
+    if let Some(channel) = channel {
+        frame["channel"] = channel.into();
+    }
+    Bytes::from(frame.to_string())
+}
+
+/// `pusher:error` with a code and message.
+pub fn error_frame(code: Option<u16>, message: &str, channel: Option<&str>) -> Bytes {
+    object_frame("pusher:error", channel, &serde_json::json!({ "code": code, "message": message }))
+}
+
+/// A publication's payload as the string a Pusher event carries: a JSON
+/// string payload is unwrapped (pusher-js would only parse it back), other
+/// JSON is passed as its text.
+pub fn event_data(data: &[u8]) -> std::borrow::Cow<'_, str> {
+    if data.first() == Some(&b'"') {
+        if let Ok(text) = serde_json::from_slice::<String>(data) {
+            return text.into();
+        }
+    }
+    String::from_utf8_lossy(data)
+}
+
+/// An event's `data` string as a publication payload: JSON text is kept
+/// (compacted, as every payload is), anything else becomes a JSON string.
+pub fn publication_data(data: &str) -> Bytes {
+    match serde_json::from_str::<&serde_json::value::RawValue>(data) {
+        Ok(_) => crate::centrifuge::encode::compact_json(data),
+        Err(_) => Bytes::from(serde_json::to_string(data).expect("strings serialize")),
+    }
+}
+
+impl PusherEncoder {
+    fn name_of<'a>(&self, channel: &'a ChannelName) -> Option<&'a str> {
+        match self.namespace.as_str() {
+            "" => (!channel.as_str().contains(':')).then_some(channel.as_str()),
+            ns => channel.as_str().strip_prefix(ns)?.strip_prefix(':'),
+        }
+    }
+}
+
+impl PushEncoder for PusherEncoder {
+    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
+        let name = self.name_of(channel).unwrap_or(channel.as_str());
+        let event = publication.tags.get(EVENT_TAG).map_or(DEFAULT_EVENT, String::as_str);
+        // Presence members see who sent a client event.
+        let user_id = match (&publication.info, ChannelKind::of(name).is_presence()) {
+            (Some(info), true) if event.starts_with("client-") => Some(info.user.as_str()),
+            _ => None,
+        };
+        Frame { event, channel: Some(name), data: &event_data(&publication.data), user_id }.encode()
+    }
+
+    fn encode_presence(&self, channel: &ChannelName, change: PresenceChange<'_>) -> Option<Bytes> {
+        if !change.user_changed {
+            return None;
+        }
+        let name = self.name_of(channel).unwrap_or(channel.as_str());
+        let user_id = change.info.user.as_str();
+        let (event, data) = match change.joined {
+            true => {
+                let info = change.info.chan_info.as_deref().unwrap_or(b"{}");
+                let info: &serde_json::value::RawValue =
+                    serde_json::from_slice(info).unwrap_or_else(|_| empty_object());
+                ("pusher_internal:member_added", serde_json::json!({ "user_id": user_id, "user_info": info }))
+            }
+            false => ("pusher_internal:member_removed", serde_json::json!({ "user_id": user_id })),
+        };
+        Some(Frame { event, channel: Some(name), data: &data.to_string(), user_id: None }.encode())
+    }
+
+    fn presence_to_own_user(&self) -> bool {
+        false
+    }
+}
+
+fn empty_object() -> &'static serde_json::value::RawValue {
+    serde_json::from_str("{}").expect("valid JSON")
+}

@@ -1,0 +1,377 @@
+//! The Pusher HTTP API at `/apps/{app_id}/…`, as the Pusher server SDKs
+//! call it: trigger events (one or many channels, batches, `socket_id`
+//! exclusion, `info`), query channels and presence users, and terminate a
+//! user's connections.
+//!
+//! Every request is signed: `auth_key` must be the app's key,
+//! `auth_timestamp` within 600 s of now, `body_md5` the MD5 of a non-empty
+//! body, and `auth_signature` the HMAC of method, path and sorted query.
+//! Failures answer with the status Pusher uses (401 for authentication,
+//! 404 for an unknown app, 400 for bad requests, 413 for data above
+//! `max_event_size`) and a JSON `{"error": …}` that says what is wrong.
+//! Counts are cluster-wide.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use herald_core::{ChannelKind, HubError};
+use herald_engine::{ChannelName, Control, DisconnectReason, Publication, UserId};
+
+use super::{sign, App, Frontend, EVENT_TAG, MAX_EVENT_NAME};
+
+/// How far `auth_timestamp` may be from now.
+const TIMESTAMP_WINDOW_SECS: u64 = 600;
+/// The most channels one trigger may name.
+const MAX_CHANNELS: usize = 100;
+/// The most events one batch may carry.
+const MAX_BATCH: usize = 10;
+
+/// A refused request: status and message.
+#[derive(Debug)]
+pub struct Failure(StatusCode, String);
+
+impl Failure {
+    fn bad(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self(StatusCode::UNAUTHORIZED, message.into())
+    }
+}
+
+impl From<HubError> for Failure {
+    fn from(error: HubError) -> Self {
+        let status = match &error {
+            HubError::EngineUnavailable(_) | HubError::NotAvailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self(status, error.to_string())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// Serves every `/apps/{app_id}/{*rest}` request.
+pub async fn handle(
+    State(frontend): State<Arc<Frontend>>,
+    Path((app_id, rest)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let outcome = async {
+        let app = frontend
+            .apps
+            .by_id(&app_id)
+            .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("app {app_id} does not exist")))?;
+        authenticate(app, &method, &uri, &body)?;
+        let query = query_pairs(&uri);
+        let api = Api { frontend: &frontend, app };
+        let segments: Vec<&str> = rest.split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::POST, ["events"]) => api.trigger(&body).await,
+            (&Method::POST, ["batch_events"]) => api.batch(&body).await,
+            (&Method::GET, ["channels"]) => api.channels(&query).await,
+            (&Method::GET, ["channels", name]) => api.channel(name, &query).await,
+            (&Method::GET, ["channels", name, "users"]) => api.users(name).await,
+            (&Method::POST, ["users", user, "terminate_connections"]) => api.terminate(user).await,
+            _ => Err(Failure(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {}", uri.path()))),
+        }
+    }
+    .await;
+    match outcome {
+        Ok(reply) => Json(reply).into_response(),
+        Err(failure) => {
+            tracing::info!(app = %app_id, path = %uri.path(), status = failure.0.as_u16(), error = %failure.1, "pusher API call refused");
+            failure.into_response()
+        }
+    }
+}
+
+fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default()
+}
+
+fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Checks the request's signature, key, timestamp and body digest.
+fn authenticate(app: &App, method: &Method, uri: &Uri, body: &[u8]) -> Result<(), Failure> {
+    let query = query_pairs(uri);
+    let get = |name| param(&query, name);
+    if get("auth_key") != Some(app.config.key.as_str()) {
+        return Err(Failure::unauthorized("auth_key is missing or not this app's key"));
+    }
+    let timestamp: u64 = get("auth_timestamp")
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| Failure::unauthorized("auth_timestamp is missing"))?;
+    if crate::auth::unix_now().abs_diff(timestamp) > TIMESTAMP_WINDOW_SECS {
+        return Err(Failure::unauthorized(format!(
+            "auth_timestamp is more than {TIMESTAMP_WINDOW_SECS} s from the server's clock; check the caller's clock"
+        )));
+    }
+    match (body.is_empty(), get("body_md5")) {
+        (false, None) => return Err(Failure::unauthorized("body_md5 is missing")),
+        (_, Some(md5)) if md5 != sign::body_md5(body) => {
+            return Err(Failure::unauthorized("body_md5 does not match the body"))
+        }
+        _ => {}
+    }
+    let signature = get("auth_signature").ok_or_else(|| Failure::unauthorized("auth_signature is missing"))?;
+    let message = sign::request_message(method.as_str(), uri.path(), &query);
+    if !sign::verify_hex(app.config.secret.expose(), message.as_bytes(), signature) {
+        return Err(Failure::unauthorized("Invalid signature: check the app secret and how the request is signed"));
+    }
+    Ok(())
+}
+
+/// One event to trigger, as `events` and `batch_events` carry them.
+#[derive(Debug, Deserialize)]
+struct Trigger {
+    name: String,
+    data: Value,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    socket_id: Option<String>,
+    #[serde(default)]
+    info: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Batch {
+    batch: Vec<Trigger>,
+}
+
+/// Which counts a reply includes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Info {
+    user_count: bool,
+    subscription_count: bool,
+    cache: bool,
+}
+
+impl Info {
+    fn parse(text: Option<&str>) -> Result<Self, Failure> {
+        let mut info = Info::default();
+        for attribute in text.unwrap_or("").split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match attribute {
+                "user_count" => info.user_count = true,
+                "subscription_count" => info.subscription_count = true,
+                "cache" => info.cache = true,
+                other => return Err(Failure::bad(format!("unknown info attribute `{other}`"))),
+            }
+        }
+        Ok(info)
+    }
+}
+
+struct Api<'a> {
+    frontend: &'a Frontend,
+    app: &'a Arc<App>,
+}
+
+fn valid_socket_id(id: &str) -> bool {
+    id.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+    })
+}
+
+impl Api<'_> {
+    fn channel_of(&self, name: &str) -> Result<ChannelName, Failure> {
+        self.app.channel(name).ok_or_else(|| Failure::bad(format!("`{name}` is not a valid channel name")))
+    }
+
+    fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Failure> {
+        serde_json::from_slice(body).map_err(|e| Failure::bad(format!("the body is not valid: {e}")))
+    }
+
+    async fn trigger(&self, body: &[u8]) -> Result<Value, Failure> {
+        let trigger: Trigger = Self::parse(body)?;
+        let counts = self.publish(trigger).await?;
+        Ok(counts.map_or_else(|| json!({}), |channels| json!({ "channels": channels })))
+    }
+
+    async fn batch(&self, body: &[u8]) -> Result<Value, Failure> {
+        let batch: Batch = Self::parse(body)?;
+        if batch.batch.len() > MAX_BATCH {
+            return Err(Failure::bad(format!("a batch carries at most {MAX_BATCH} events")));
+        }
+        let mut replies = Vec::with_capacity(batch.batch.len());
+        let mut any_info = false;
+        for trigger in batch.batch {
+            let counts = self.publish(trigger).await?;
+            any_info |= counts.is_some();
+            // A batch item names one channel: its counts, not keyed by name.
+            replies.push(counts.and_then(|c| c.into_iter().next().map(|(_, v)| v)).unwrap_or_else(|| json!({})));
+        }
+        Ok(if any_info { json!({ "batch": replies }) } else { json!({}) })
+    }
+
+    /// Publishes one trigger; returns the counts `info` asked for.
+    async fn publish(&self, trigger: Trigger) -> Result<Option<Map<String, Value>>, Failure> {
+        if trigger.name.is_empty() || trigger.name.len() > MAX_EVENT_NAME {
+            return Err(Failure::bad(format!("the event name must be 1 to {MAX_EVENT_NAME} characters")));
+        }
+        let names: Vec<String> = match (trigger.channels, trigger.channel) {
+            (Some(channels), _) => channels,
+            (None, Some(channel)) => vec![channel],
+            (None, None) => return Err(Failure::bad("name the channels (or channel) to trigger on")),
+        };
+        if names.is_empty() || names.len() > MAX_CHANNELS {
+            return Err(Failure::bad(format!("trigger on 1 to {MAX_CHANNELS} channels")));
+        }
+        let channels = names.iter().map(|n| self.channel_of(n)).collect::<Result<Vec<_>, _>>()?;
+        let data = match trigger.data {
+            Value::String(text) => text,
+            other => other.to_string(),
+        };
+        let limit = self.app.config.max_event_size;
+        if data.len() > limit {
+            return Err(Failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("event data is {} bytes; the limit is {limit} (pusher.apps.max_event_size)", data.len()),
+            ));
+        }
+        let exclude = match trigger.socket_id {
+            Some(id) if valid_socket_id(&id) => Some(herald_engine::ClientId::new(&id)),
+            Some(id) => return Err(Failure::bad(format!("`{id}` is not a socket_id"))),
+            None => None,
+        };
+        let info = Info::parse(trigger.info.as_deref())?;
+        let payload = super::publication_data(&data);
+        for channel in &channels {
+            let mut publication = Publication::from_data(payload.clone());
+            publication.tags.insert(EVENT_TAG.to_owned(), trigger.name.clone());
+            publication.exclude = exclude.clone();
+            self.frontend.hub.publish(channel, publication, None, false).await?;
+        }
+        if !(info.user_count || info.subscription_count) {
+            return Ok(None);
+        }
+        let mut counts = Map::new();
+        for (name, channel) in names.iter().zip(&channels) {
+            counts.insert(name.clone(), self.counts(name, channel, info).await?);
+        }
+        Ok(Some(counts))
+    }
+
+    /// The requested counts of one channel.
+    async fn counts(&self, name: &str, channel: &ChannelName, info: Info) -> Result<Value, Failure> {
+        let mut out = Map::new();
+        if info.user_count {
+            if !ChannelKind::of(name).is_presence() {
+                return Err(Failure::bad("user_count is only available for presence channels"));
+            }
+            out.insert("user_count".into(), self.frontend.hub.presence_stats(channel).await?.num_users.into());
+        }
+        if info.subscription_count {
+            out.insert("subscription_count".into(), self.frontend.hub.subscription_count(channel).await?.into());
+        }
+        Ok(Value::Object(out))
+    }
+
+    async fn channels(&self, query: &[(String, String)]) -> Result<Value, Failure> {
+        let prefix = param(query, "filter_by_prefix").unwrap_or("");
+        let info = Info::parse(param(query, "info"))?;
+        if info.user_count && !prefix.starts_with("presence-") {
+            return Err(Failure::bad("info=user_count needs filter_by_prefix=presence-"));
+        }
+        let mut channels = Map::new();
+        for channel in self.frontend.hub.occupied_channels().await? {
+            let Some(name) = self.app.name_of(&channel) else { continue };
+            if name.starts_with('#') || !name.starts_with(prefix) || !super::valid_channel_name(name) {
+                continue;
+            }
+            channels.insert(name.to_owned(), self.counts(name, &channel, info).await?);
+        }
+        Ok(json!({ "channels": channels }))
+    }
+
+    async fn channel(&self, name: &str, query: &[(String, String)]) -> Result<Value, Failure> {
+        let channel = self.channel_of(name)?;
+        let info = Info::parse(param(query, "info"))?;
+        let subscriptions = self.frontend.hub.subscription_count(&channel).await?;
+        let mut out = match self.counts(name, &channel, Info { cache: false, ..info }).await? {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        out.insert("occupied".into(), (subscriptions > 0).into());
+        if info.cache {
+            out.insert("cache".into(), self.cached(name, &channel).await?);
+        }
+        Ok(Value::Object(out))
+    }
+
+    async fn cached(&self, name: &str, channel: &ChannelName) -> Result<Value, Failure> {
+        if !ChannelKind::of(name).is_cache() {
+            return Err(Failure::bad("cache is only available for cache channels"));
+        }
+        let query = herald_engine::HistoryQuery { since: None, limit: 1, reverse: true };
+        let history = self.frontend.hub.history(channel, query).await?;
+        Ok(match history.publications.first() {
+            Some(last) => json!({
+                "event": last.tags.get(EVENT_TAG).map_or(super::DEFAULT_EVENT, String::as_str),
+                "data": super::event_data(&last.data),
+            }),
+            None => Value::Null,
+        })
+    }
+
+    async fn users(&self, name: &str) -> Result<Value, Failure> {
+        let channel = self.channel_of(name)?;
+        if !ChannelKind::of(name).is_presence() {
+            return Err(Failure::bad("users are only listed for presence channels"));
+        }
+        let present = self.frontend.hub.presence(&channel).await?;
+        let ids: std::collections::BTreeSet<&str> = present.iter().map(|p| p.user.as_str()).collect();
+        let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+        Ok(json!({ "users": users }))
+    }
+
+    async fn terminate(&self, user: &str) -> Result<Value, Failure> {
+        let user = UserId::new(user).map_err(|e| Failure::bad(e.to_string()))?;
+        let reason = DisconnectReason::ForceDisconnect;
+        self.frontend.hub.send_control(Control::Disconnect { user, client: None, reason }).await?;
+        Ok(json!({}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_ids_are_two_numbers() {
+        for good in ["1.2", "123456.654321"] {
+            assert!(valid_socket_id(good), "{good}");
+        }
+        for bad in ["", "1", "1.", ".2", "a.b", "1.2.3", "1 .2"] {
+            assert!(!valid_socket_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn info_lists_known_attributes_only() {
+        let info = Info::parse(Some("user_count,subscription_count")).unwrap();
+        assert!(info.user_count && info.subscription_count && !info.cache);
+        assert!(Info::parse(Some("members")).is_err());
+        assert!(Info::parse(None).is_ok());
+    }
+}

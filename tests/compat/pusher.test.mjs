@@ -138,8 +138,7 @@ describe('a herald node speaking Pusher protocol 7', () => {
       const c = await env.client({ key: 'no-such-key', connect: false });
 
       await c.reach('disconnected', { timeout: 10000 });
-      const codes = c.errors.map((e) => e?.data?.code);
-      assert.ok(codes.includes(4001), `error 4001 "Application does not exist": ${JSON.stringify(c.errors)}`);
+      assert.ok(c.errorCodes().includes(4001), `error 4001 "Application does not exist": ${JSON.stringify(c.errors)}`);
       assert.ok(!c.states.includes('connected'), `never connected: ${JSON.stringify(c.states)}`);
     });
   });

@@ -129,6 +129,22 @@ export class PusherClient {
     return this.pusher.connection.state;
   }
 
+  /**
+   * The Pusher error codes among the connection's errors. pusher-js reports
+   * a refusal during the handshake wrapped, as {type: 'WebSocketError',
+   * error: {type: 'PusherError', data: {code}}}.
+   */
+  errorCodes() {
+    const codes = [];
+    for (let error of this.errors) {
+      while (error) {
+        if (typeof error.data?.code === 'number') codes.push(error.data.code);
+        error = error.error;
+      }
+    }
+    return codes;
+  }
+
   /** The position in `frames` now, to look only at what arrives after it. */
   mark() {
     return this.frames.length;

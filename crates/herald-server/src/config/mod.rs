@@ -320,7 +320,6 @@ pub struct WebhookTarget {
     pub batch: bool,
 }
 
-
 /// The webhook events a target may ask for.
 pub const WEBHOOK_EVENTS: [&str; 6] =
     ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss"];

@@ -252,6 +252,8 @@ impl Session {
                     match inbound {
                         Ok(Some(Inbound::Text(frame))) => {
                             if let Err(reason) = self.on_frame(&frame).await {
+                                // The `pusher:error` that explains the close goes first.
+                                let _ = self.flush(transport).await;
                                 return Some(reason);
                             }
                         }

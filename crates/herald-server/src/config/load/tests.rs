@@ -123,3 +123,58 @@ fn missing_secrets_are_named() {
     assert!(missing[0].contains("token_hmac_secret"));
     assert!(missing[1].contains("api.key"));
 }
+
+#[test]
+fn pusher_apps_load_from_tables_and_every_problem_is_listed() {
+    let good = file(
+        r#"
+[pusher]
+activity_timeout = "60s"
+[[pusher.apps]]
+id = "app-1"
+key = "key-1"
+secret = "a-long-secret"
+client_events = true
+[[pusher.apps.webhooks]]
+url = "http://127.0.0.1:9000/hooks"
+events = ["channel_occupied"]
+batch = true
+"#,
+    );
+    let config = load(&sources(Some(&good), &[], &[])).expect("a valid Pusher config");
+    let app = &config.pusher.apps[0];
+    assert_eq!((app.id.as_str(), app.key.as_str(), app.client_events), ("app-1", "key-1", true));
+    assert_eq!(app.webhooks[0].events, ["channel_occupied"]);
+    assert_eq!(config.pusher.activity_timeout, std::time::Duration::from_secs(60));
+
+    let bad = file(
+        r#"
+[[pusher.apps]]
+id = "app-1"
+key = "key 1"
+secret = "short"
+namespace = "shop"
+[[pusher.apps.webhooks]]
+url = "https://hooks.example/x"
+events = ["channel_ocupied"]
+[[pusher.apps]]
+id = "app-1"
+key = "key-2"
+secret = "a-long-secret"
+namespace = "shop"
+"#,
+    );
+    let errors = load(&sources(Some(&bad), &[], &[])).unwrap_err().0;
+    let expected = [
+        "pusher.apps[0].key",
+        "pusher.apps[0].secret",
+        "pusher.apps[0].namespace: add a [channel.namespaces.shop]",
+        "pusher.apps[0].webhooks[0].url",
+        "pusher.apps[0].webhooks[0].events: unknown event `channel_ocupied`",
+        "pusher.apps[1].id: `app-1` is used by another app",
+        "pusher.apps[1].namespace: another app already uses namespace `shop`",
+    ];
+    for problem in expected {
+        assert!(errors.iter().any(|e| e.starts_with(problem)), "missing {problem:?} in {errors:#?}");
+    }
+}

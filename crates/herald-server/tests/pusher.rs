@@ -1,0 +1,482 @@
+//! The Pusher front-end over real WebSockets and HTTP: bad input of every
+//! kind gets the Pusher error code or HTTP status it should, and never
+//! affects a bystander connection. (The npm clients prove compatibility in
+//! `tests/compat`; these tests pin the refusals.)
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use herald_server::config::{Config, PusherApp, Secret, WebhookTarget};
+use herald_server::pusher::sign;
+use support::{eventually, Client, Seen, TestServer, PATIENCE};
+
+const APP_ID: &str = "app-1";
+const KEY: &str = "app-key";
+const SECRET: &str = "app-secret-for-tests";
+
+fn with_app(config: &mut Config, tweak: impl FnOnce(&mut PusherApp)) {
+    let mut app = PusherApp {
+        id: APP_ID.into(),
+        key: KEY.into(),
+        secret: Secret::new(SECRET),
+        client_events: true,
+        ..PusherApp::default()
+    };
+    tweak(&mut app);
+    config.pusher.apps.push(app);
+}
+
+async fn server() -> TestServer {
+    TestServer::with(|c| with_app(c, |_| {})).await
+}
+
+/// A raw Pusher protocol client.
+struct Pusher {
+    client: Client,
+    socket_id: String,
+}
+
+impl Pusher {
+    async fn open(server: &TestServer, path: &str) -> Client {
+        let url = format!("ws://{}{path}", server.addr);
+        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("handshake in time")
+            .expect("handshake succeeds");
+        Client::from_stream(ws)
+    }
+
+    async fn connect(server: &TestServer) -> Self {
+        let mut client = Self::open(server, &format!("/app/{KEY}?protocol=7&client=js&version=8.4.0")).await;
+        let established = next_json(&mut client).await;
+        assert_eq!(established["event"], "pusher:connection_established");
+        let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["activity_timeout"], 120);
+        let socket_id = data["socket_id"].as_str().unwrap().to_owned();
+        Self { client, socket_id }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.client.send(frame).await;
+    }
+
+    async fn next(&mut self) -> Value {
+        next_json(&mut self.client).await
+    }
+
+    fn auth(&self, channel: &str, channel_data: Option<&str>) -> String {
+        let message = sign::channel_message(&self.socket_id, channel, channel_data);
+        format!("{KEY}:{}", sign::hmac_hex(SECRET, message.as_bytes()))
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Value {
+        let auth = herald_server::pusher::is_private(channel).then(|| self.auth(channel, None));
+        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth}})).await;
+        let reply = self.next().await;
+        assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "subscribe to {channel}: {reply}");
+        reply
+    }
+
+    /// Asserts the connection still answers a ping.
+    async fn assert_alive(&mut self) {
+        self.send(json!({"event": "pusher:ping", "data": {}})).await;
+        assert_eq!(self.next().await["event"], "pusher:pong");
+    }
+}
+
+async fn next_json(client: &mut Client) -> Value {
+    match client.next().await {
+        Seen::Json(value) => value,
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+/// Signs an HTTP API request as the Pusher SDKs do and sends it.
+async fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    tweak: impl FnOnce(&mut Vec<(String, String)>),
+) -> (u16, Value) {
+    let mut params = vec![
+        ("auth_key".to_owned(), KEY.to_owned()),
+        ("auth_timestamp".to_owned(), herald_server::auth::unix_now().to_string()),
+        ("auth_version".to_owned(), "1.0".to_owned()),
+    ];
+    if !body.is_empty() {
+        params.push(("body_md5".to_owned(), sign::body_md5(body.as_bytes())));
+    }
+    let (path, extra) = path.split_once('?').unwrap_or((path, ""));
+    for pair in extra.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap();
+        params.push((k.to_owned(), v.to_owned()));
+    }
+    tweak(&mut params);
+    let signature = sign::hmac_hex(SECRET, sign::request_message(method, path, &params).as_bytes());
+    if !params.iter().any(|(k, _)| k == "auth_signature") {
+        params.push(("auth_signature".to_owned(), signature));
+    }
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    http(addr, method, &format!("{path}?{}", query.join("&")), body).await
+}
+
+async fn http(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+async fn trigger(addr: SocketAddr, body: Value) -> (u16, Value) {
+    api(addr, "POST", &format!("/apps/{APP_ID}/events"), &body.to_string(), |_| {}).await
+}
+
+#[tokio::test]
+async fn connections_to_an_unknown_app_or_protocol_are_refused_with_pusher_codes() {
+    let server = server().await;
+    let mut bystander = Pusher::connect(&server).await;
+    for (path, code) in [
+        ("/app/nope?protocol=7", 4001),
+        (&format!("/app/{KEY}")[..], 4008),
+        (&format!("/app/{KEY}?protocol=3")[..], 4007),
+        (&format!("/app/{KEY}?protocol=x")[..], 4007),
+    ] {
+        let mut client = Pusher::open(&server, path).await;
+        let error = next_json(&mut client).await;
+        assert_eq!(
+            (error["event"].as_str(), error["data"]["code"].as_u64()),
+            (Some("pusher:error"), Some(code)),
+            "{path}"
+        );
+        assert_eq!(u64::from(client.closed().await.0), code, "{path}");
+    }
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_app_over_its_connection_quota_refuses_with_4004() {
+    let server = TestServer::with(|c| with_app(c, |app| app.max_connections = 1)).await;
+    let mut first = Pusher::connect(&server).await;
+    let mut second = Pusher::open(&server, &format!("/app/{KEY}?protocol=7")).await;
+    assert_eq!(next_json(&mut second).await["data"]["code"], 4004);
+    assert_eq!(second.closed().await.0, 4004);
+    first.assert_alive().await;
+}
+
+#[tokio::test]
+async fn bad_authorizations_refuse_the_subscription_not_the_connection() {
+    let server = server().await;
+    let mut client = Pusher::connect(&server).await;
+    let other_socket = sign::channel_message("1.1", "private-a", None);
+    let stolen = format!("{KEY}:{}", sign::hmac_hex(SECRET, other_socket.as_bytes()));
+    let cases = [
+        json!({"channel": "private-a"}),
+        json!({"channel": "private-a", "auth": "app-key:00ff"}),
+        json!({"channel": "private-a", "auth": stolen}),
+        json!({"channel": "presence-a", "auth": client.auth("presence-a", None)}),
+        json!({"channel": "private-encrypted-a", "auth": "other-key:00"}),
+    ];
+    for data in cases {
+        client.send(json!({"event": "pusher:subscribe", "data": data})).await;
+        let refusal = client.next().await;
+        assert_eq!(refusal["event"], "pusher:subscription_error", "{data}");
+        assert_eq!(refusal["channel"], data["channel"]);
+        let status = if data["channel"] == "presence-a" { 400 } else { 401 }; // presence needs channel_data
+        assert_eq!(refusal["data"]["status"], status, "{data}");
+    }
+    client.send(json!({"event": "pusher:subscribe", "data": {"channel": "bad name!"}})).await;
+    assert_eq!(client.next().await["data"]["status"], 400);
+    client.assert_alive().await;
+}
+
+#[tokio::test]
+async fn malformed_and_binary_frames_get_errors_and_closes_without_harming_others() {
+    let server = server().await;
+    let mut bystander = Pusher::connect(&server).await;
+    bystander.subscribe("news").await;
+    let mut client = Pusher::connect(&server).await;
+    for garbage in ["not json", "{\"no_event\":1}", "[]", "{\"event\":\"pusher:subscribe\"}"] {
+        client.client.send_text(garbage).await;
+        assert_eq!(client.next().await["event"], "pusher:error", "{garbage}");
+    }
+    client.assert_alive().await;
+    client.client.send_binary(vec![0, 1, 2]).await;
+    assert_eq!(client.client.closed().await.0, 4007);
+
+    let mut huge = Pusher::connect(&server).await;
+    huge.client.send_text(&"x".repeat(128 * 1024)).await;
+    assert_eq!(huge.client.closed().await.0, 1009);
+
+    trigger(server.addr, json!({"name": "still", "channel": "news", "data": "{}"})).await;
+    assert_eq!(bystander.next().await["event"], "still");
+}
+
+#[tokio::test]
+async fn client_events_are_refused_where_pusher_refuses_them() {
+    let server = TestServer::with(|c| with_app(c, |app| app.max_event_size = 100)).await;
+    let mut alice = Pusher::connect(&server).await;
+    let mut bob = Pusher::connect(&server).await;
+    for client in [&mut alice, &mut bob] {
+        client.subscribe("news").await;
+        client.subscribe("private-chat").await;
+    }
+    let refusals = [
+        json!({"event": "client-x", "channel": "news", "data": {}}),
+        json!({"event": "client-x", "channel": "private-elsewhere", "data": {}}),
+        json!({"event": "client-x", "channel": "private-chat", "data": {"text": "y".repeat(200)}}),
+    ];
+    for frame in refusals {
+        alice.send(frame.clone()).await;
+        let error = alice.next().await;
+        assert_eq!(
+            (error["event"].as_str(), error["data"]["code"].as_u64()),
+            (Some("pusher:error"), Some(4301)),
+            "{frame}"
+        );
+    }
+    alice.send(json!({"event": "client-typing", "channel": "private-chat", "data": {"on": true}})).await;
+    let delivered = bob.next().await;
+    assert_eq!(
+        (delivered["event"].as_str(), delivered["channel"].as_str()),
+        (Some("client-typing"), Some("private-chat"))
+    );
+    assert_eq!(serde_json::from_str::<Value>(delivered["data"].as_str().unwrap()).unwrap(), json!({"on": true}));
+    alice.assert_alive().await; // nothing was echoed to the sender, and it is still connected
+}
+
+#[tokio::test]
+async fn client_events_beyond_the_rate_limit_are_refused() {
+    let server = TestServer::with(|c| with_app(c, |app| app.client_event_rate = 3)).await;
+    let mut alice = Pusher::connect(&server).await;
+    alice.subscribe("private-chat").await;
+    for n in 0..4 {
+        alice.send(json!({"event": "client-n", "channel": "private-chat", "data": {"n": n}})).await;
+    }
+    let error = alice.next().await;
+    assert_eq!(error["data"]["code"], 4301, "the fourth event in a second: {error}");
+    assert!(error["data"]["message"].as_str().unwrap().contains("rate limit"));
+}
+
+#[tokio::test]
+async fn client_events_are_refused_when_the_app_does_not_enable_them() {
+    let server = TestServer::with(|c| with_app(c, |app| app.client_events = false)).await;
+    let mut alice = Pusher::connect(&server).await;
+    alice.subscribe("private-chat").await;
+    alice.send(json!({"event": "client-x", "channel": "private-chat", "data": {}})).await;
+    assert_eq!(alice.next().await["data"]["code"], 4301);
+}
+
+#[tokio::test]
+async fn a_bad_sign_in_is_refused_with_4009() {
+    let server = server().await;
+    let mut bystander = Pusher::connect(&server).await;
+    let mut client = Pusher::connect(&server).await;
+    client.send(json!({"event": "pusher:signin", "data": {"auth": "app-key:00", "user_data": "{\"id\":\"7\"}"}})).await;
+    assert_eq!(client.next().await["data"]["code"], 4009);
+    assert_eq!(client.client.closed().await.0, 4009);
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn api_requests_are_authenticated_as_pusher_signs_them() {
+    let server = server().await;
+    let addr = server.addr;
+    let body = json!({"name": "e", "channel": "news", "data": "{}"}).to_string();
+    let path = format!("/apps/{APP_ID}/events");
+    let set = |name: &'static str, value: String| {
+        move |params: &mut Vec<(String, String)>| {
+            params.retain(|(k, _)| k != name);
+            params.push((name.to_owned(), value));
+        }
+    };
+    let stale = (herald_server::auth::unix_now() - 601).to_string();
+    let cases: Vec<(&str, (u16, Value))> = vec![
+        ("valid", api(addr, "POST", &path, &body, |_| {}).await),
+        ("bad signature", api(addr, "POST", &path, &body, set("auth_signature", "00".repeat(32))).await),
+        ("stale timestamp", api(addr, "POST", &path, &body, set("auth_timestamp", stale)).await),
+        ("other key", api(addr, "POST", &path, &body, set("auth_key", "other".into())).await),
+        ("wrong body_md5", api(addr, "POST", &path, &body, set("body_md5", sign::body_md5(b"other"))).await),
+        ("no body_md5", api(addr, "POST", &path, &body, |p| p.retain(|(k, _)| k != "body_md5")).await),
+        ("unknown app", api(addr, "POST", "/apps/nope/events", &body, |_| {}).await),
+        ("unsigned", http(addr, "POST", &path, &body).await),
+    ];
+    let statuses: Vec<(&str, u16)> = cases.iter().map(|(what, (status, _))| (*what, *status)).collect();
+    assert_eq!(
+        statuses,
+        [
+            ("valid", 200),
+            ("bad signature", 401),
+            ("stale timestamp", 401),
+            ("other key", 401),
+            ("wrong body_md5", 401),
+            ("no body_md5", 401),
+            ("unknown app", 404),
+            ("unsigned", 401),
+        ]
+    );
+    for (what, (_, reply)) in &cases[1..] {
+        assert!(reply["error"].is_string(), "{what} says why: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn api_triggers_validate_their_events() {
+    let server = TestServer::with(|c| with_app(c, |app| app.max_event_size = 1000)).await;
+    let addr = server.addr;
+    let many: Vec<String> = (0..101).map(|n| format!("c{n}")).collect();
+    let cases = [
+        (json!({"name": "e", "channel": "news", "data": "x".repeat(1001)}), 413),
+        (json!({"name": "e", "channels": many, "data": "{}"}), 400),
+        (json!({"name": "e", "channel": "bad name", "data": "{}"}), 400),
+        (json!({"name": "", "channel": "news", "data": "{}"}), 400),
+        (json!({"name": "e", "data": "{}"}), 400),
+        (json!({"name": "e", "channel": "news", "data": "{}", "socket_id": "nope"}), 400),
+        (json!({"name": "e", "channel": "news", "data": "{}", "info": "user_count"}), 400),
+        (json!({"not": "an event"}), 400),
+    ];
+    for (body, status) in cases {
+        let (got, reply) = trigger(addr, body.clone()).await;
+        assert_eq!(got, status, "{body}: {reply}");
+    }
+    let batch: Vec<Value> = (0..11).map(|_| json!({"name": "e", "channel": "news", "data": "{}"})).collect();
+    let (status, _) =
+        api(addr, "POST", &format!("/apps/{APP_ID}/batch_events"), &json!({"batch": batch}).to_string(), |_| {}).await;
+    assert_eq!(status, 400, "a batch carries at most 10 events");
+    let (status, _) = api(addr, "GET", &format!("/apps/{APP_ID}/channels?info=user_count"), "", |_| {}).await;
+    assert_eq!(status, 400, "user_count needs the presence- prefix");
+    let (status, _) = api(addr, "GET", &format!("/apps/{APP_ID}/channels/news/users"), "", |_| {}).await;
+    assert_eq!(status, 400, "users are listed for presence channels only");
+}
+
+#[tokio::test]
+async fn a_trigger_skips_the_excluded_socket_and_reports_counts() {
+    let server = server().await;
+    let mut alice = Pusher::connect(&server).await;
+    let mut bob = Pusher::connect(&server).await;
+    alice.subscribe("news").await;
+    bob.subscribe("news").await;
+    let body = json!({"name": "e", "channels": ["news"], "data": "{\"n\":1}", "socket_id": alice.socket_id, "info": "subscription_count"});
+    let (status, reply) = trigger(server.addr, body).await;
+    assert_eq!((status, reply), (200, json!({"channels": {"news": {"subscription_count": 2}}})));
+    assert_eq!(bob.next().await["data"], "{\"n\":1}");
+    alice.assert_alive().await; // the pong is the next thing alice sees: the event skipped her
+}
+
+/// A webhook receiver that checks signatures and answers 500 to the first
+/// `fail_first` requests.
+struct Hooks {
+    addr: SocketAddr,
+    events: Arc<Mutex<Vec<Value>>>,
+    requests: Arc<Mutex<usize>>,
+}
+
+impl Hooks {
+    async fn start(fail_first: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(0));
+        let (seen, count) = (events.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    raw.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&raw).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break (head.to_owned(), body.to_owned());
+                        }
+                    }
+                };
+                let header = |name: &str| {
+                    head.lines().find_map(|l| {
+                        l.split_once(": ").filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_owned())
+                    })
+                };
+                let signed = header("X-Pusher-Signature") == Some(sign::hmac_hex(SECRET, body.as_bytes()))
+                    && header("X-Pusher-Key").as_deref() == Some(KEY)
+                    && header("Content-Type").as_deref() == Some("application/json");
+                let n = {
+                    let mut count = count.lock().unwrap();
+                    *count += 1;
+                    *count
+                };
+                let status = if !signed {
+                    "401 Unauthorized"
+                } else if n <= fail_first {
+                    "500 Internal Server Error"
+                } else {
+                    let body: Value = serde_json::from_str(&body).unwrap();
+                    seen.lock().unwrap().extend(body["events"].as_array().unwrap().iter().cloned());
+                    "200 OK"
+                };
+                let _ = stream
+                    .write_all(
+                        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        Self { addr, events, requests }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {}", e["name"].as_str().unwrap(), e["channel"].as_str().unwrap()))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_and_retried_until_delivered() {
+    let hooks = Hooks::start(1).await;
+    let url = format!("http://{}/hooks", hooks.addr);
+    let server = TestServer::with(|c| {
+        with_app(c, |app| {
+            app.webhooks.push(WebhookTarget {
+                url,
+                events: vec!["channel_occupied".into(), "channel_vacated".into()],
+                batch: false,
+            })
+        })
+    })
+    .await;
+    let mut alice = Pusher::connect(&server).await;
+    alice.subscribe("news").await;
+    alice.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "news"}})).await;
+    eventually("both webhooks arrive after a retry", || {
+        hooks.names() == ["channel_occupied news", "channel_vacated news"]
+    })
+    .await;
+    assert_eq!(*hooks.requests.lock().unwrap(), 3, "the first request failed and was sent again");
+}

@@ -219,6 +219,7 @@ async fn serve_async(
         config::EngineConfig::Redis(_) => "redis",
         config::EngineConfig::RedisCluster(_) => "redis_cluster",
     };
+    let pusher_apps: Vec<(String, String)> = config.pusher.apps.iter().map(|a| (a.id.clone(), a.key.clone())).collect();
     let node = Node::build(config).await?;
     tracing::info!(
         address = %local,
@@ -226,6 +227,9 @@ async fn serve_async(
         version = env!("CARGO_PKG_VERSION"),
         "herald listening: WebSocket ws://{local}{CENTRIFUGE_PATH}, server API http://{local}/api/<method>"
     );
+    for app in &pusher_apps {
+        tracing::info!(app = %app.0, "pusher app: clients ws://{local}/app/{}, HTTP API http://{local}/apps/{}", app.1, app.0);
+    }
     match file {
         Some(file) => {
             tracing::info!(config = %file.display(), "mint a token: herald token --user 42 --config {}", file.display())

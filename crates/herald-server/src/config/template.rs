@@ -4,7 +4,10 @@ use rand::Rng;
 
 /// A commented configuration with freshly generated secrets.
 pub fn starter_config() -> String {
-    TEMPLATE.replace("{token_secret}", &random_secret()).replace("{api_key}", &random_secret())
+    TEMPLATE
+        .replace("{token_secret}", &random_secret())
+        .replace("{api_key}", &random_secret())
+        .replace("{pusher_secret}", &random_secret())
 }
 
 /// 32 random bytes, hex-encoded.
@@ -119,6 +122,27 @@ join_leave = true
 force_push_join_leave = false
 allow_presence_for_subscriber = true
 allow_history_for_subscriber = true
+
+# Pusher Channels protocol (pusher-js, Laravel Echo, Pusher server SDKs).
+# Uncomment to serve an app: clients connect to ws://host:8000/app/<key>,
+# server SDKs call http://host:8000/apps/<id>/events.
+# [pusher]
+# activity_timeout = "120s"
+# pong_timeout = "30s"
+# [[pusher.apps]]
+# id = "my-app"
+# key = "my-app-key"
+# secret = "{pusher_secret}"
+# client_events = true          # client-* events on private/presence channels
+# client_event_rate = 10        # per connection per second (else error 4301)
+# max_connections = 0           # per node; 0 = no limit (else close 4004)
+# max_event_size = 10240        # bytes of event data (else 413 / 4301)
+# max_presence_members = 100
+# [[pusher.apps.webhooks]]
+# url = "http://127.0.0.1:3000/pusher/webhooks"
+# events = ["channel_occupied", "channel_vacated", "member_added",
+#           "member_removed", "client_event", "cache_miss"]
+# batch = false
 
 [log]
 # A tracing filter: "info", "debug", "herald_server=debug,info", ...

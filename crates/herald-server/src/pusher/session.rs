@@ -12,21 +12,16 @@
 //! `pusher:error` 4301 and the connection stays open.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use herald_core::{
-    ChannelKind, ConnEvent, Connection, ConnectionSpec, Drained, HubError, Outbox, Outgoing, SubscribeAccess,
-    SubscribeRequest, Subscription,
-};
-use herald_engine::{ChannelName, ClientId, DisconnectReason, HistoryQuery, Publication, UserId};
+use herald_core::{ConnEvent, Connection, ConnectionSpec, Drained, HubError, Outbox, Outgoing};
+use herald_engine::{ClientId, DisconnectReason, UserId};
 
-use super::webhooks::Event as Hook;
-use super::{error_frame, object_frame, sign, App, AppSlot, Frame, Frontend, EVENT_TAG, MAX_EVENT_NAME};
+use super::{error_frame, object_frame, App, AppSlot, Frame, Frontend};
 use crate::transport::{Inbound, Transport, TransportError};
 
 /// The protocol versions served; pusher-js 8 speaks 7.
@@ -140,62 +135,11 @@ struct ClientFrame {
     data: Value,
 }
 
-#[derive(Debug, Deserialize)]
-struct SubscribeData {
-    channel: String,
-    #[serde(default)]
-    auth: Option<String>,
-    #[serde(default)]
-    channel_data: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SigninData {
-    auth: String,
-    user_data: String,
-}
-
-/// A refused subscription: `pusher:subscription_error` on its channel.
-struct Refusal {
-    kind: &'static str,
-    error: String,
-    status: u16,
-}
-
-impl Refusal {
-    fn auth(error: impl Into<String>) -> Self {
-        Self { kind: "AuthError", error: error.into(), status: 401 }
-    }
-
-    fn bad(error: impl Into<String>) -> Self {
-        Self { kind: "InvalidRequest", error: error.into(), status: 400 }
-    }
-}
-
-impl From<HubError> for Refusal {
-    fn from(error: HubError) -> Self {
-        let status = match &error {
-            HubError::LimitExceeded(_) => 4100,
-            HubError::EngineUnavailable(_) | HubError::NotAvailable(_) => 503,
-            _ => 400,
-        };
-        Self { kind: "ServerError", error: error.to_string(), status }
-    }
-}
-
 /// Reads `data` that may arrive as an object or as a JSON string of one.
-fn data_as<T: for<'de> Deserialize<'de>>(data: &Value) -> Option<T> {
+pub(crate) fn data_as<T: for<'de> Deserialize<'de>>(data: &Value) -> Option<T> {
     match data {
         Value::String(text) => serde_json::from_str(text).ok(),
         other => T::deserialize(other).ok(),
-    }
-}
-
-/// The text of a client event's `data`: a string as it is, anything else as JSON.
-fn data_text(data: &Value) -> String {
-    match data {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
     }
 }
 
@@ -356,7 +300,8 @@ impl Session {
             "pusher:pong" => {}
             "pusher:subscribe" => self.on_subscribe(&message.data).await,
             "pusher:unsubscribe" => {
-                let channel = data_as::<SubscribeData>(&message.data).and_then(|d| self.app.channel(&d.channel));
+                let channel =
+                    data_as::<subscribe::SubscribeData>(&message.data).and_then(|d| self.app.channel(&d.channel));
                 if let Some(channel) = channel {
                     self.frontend.hub.unsubscribe(&self.conn, &channel).await;
                 }
@@ -372,219 +317,6 @@ impl Session {
         }
         Ok(())
     }
-
-    async fn on_subscribe(&mut self, data: &Value) {
-        let Some(request) = data_as::<SubscribeData>(data) else {
-            self.send(error_frame(None, "pusher:subscribe needs data with a channel", None));
-            return;
-        };
-        let name = request.channel.clone();
-        if let Err(refusal) = self.subscribe(request).await {
-            tracing::debug!(socket_id = %self.socket_id, channel = %name, error = %refusal.error, "subscription refused");
-            let data = serde_json::json!({ "type": refusal.kind, "error": refusal.error, "status": refusal.status });
-            self.send(object_frame("pusher:subscription_error", Some(&name), &data));
-        }
-    }
-
-    async fn subscribe(&mut self, request: SubscribeData) -> Result<(), Refusal> {
-        let name = request.channel.as_str();
-        let channel = self.app.channel(name).ok_or_else(|| Refusal::bad("The channel name is not allowed"))?;
-        let kind = ChannelKind::of(name);
-        let mut subscription = Subscription::default();
-        if let Some(user) = name.strip_prefix(super::USER_CHANNEL_PREFIX) {
-            if !self.signed_in || self.conn.user().as_str() != user {
-                return Err(Refusal::auth("Only the signed-in user may subscribe to its channel"));
-            }
-        } else if super::is_private(name) {
-            let channel_data = request.channel_data.as_deref().filter(|_| kind.is_presence());
-            let message = sign::channel_message(&self.socket_id, name, channel_data);
-            let auth = request.auth.as_deref().unwrap_or("");
-            if !sign::verify_auth(&self.app.config.key, self.app.config.secret.expose(), &message, auth) {
-                return Err(Refusal::auth(
-                    "Invalid signature: the authorization does not match this socket and channel",
-                ));
-            }
-            if kind.is_presence() {
-                let member = channel_data.ok_or_else(|| Refusal::bad("Presence channels need channel_data"))?;
-                let (user, info) = presence_member(member)?;
-                subscription.user = Some(user);
-                subscription.chan_info = info;
-                subscription.join_leave = true;
-            }
-        }
-        if self.conn.is_subscribed(&channel) {
-            // pusher-js resubscribes after a reconnect of its own; confirm again.
-            self.confirm(&channel, name, kind).await?;
-            return Ok(());
-        }
-        if kind.is_presence() {
-            self.check_presence_room(&channel, subscription.user.as_ref()).await?;
-        }
-        let reply = (!kind.is_presence()).then(|| {
-            Outgoing::Frame(
-                Frame {
-                    event: "pusher_internal:subscription_succeeded",
-                    channel: Some(name),
-                    data: "{}",
-                    user_id: None,
-                }
-                .encode(),
-            )
-        });
-        let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
-        self.frontend.hub.subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
-        if kind.is_presence() {
-            self.confirm(&channel, name, kind).await?;
-        } else if kind.is_cache() {
-            self.send_cached(&channel, name).await;
-        }
-        Ok(())
-    }
-
-    /// Refuses a presence subscription that would exceed the app's member limit.
-    async fn check_presence_room(&self, channel: &ChannelName, user: Option<&UserId>) -> Result<(), Refusal> {
-        let present = self.frontend.hub.presence(channel).await?;
-        let already = user.is_some_and(|u| present.iter().any(|p| &p.user == u));
-        let mut users: Vec<&UserId> = present.iter().map(|p| &p.user).collect();
-        users.sort();
-        users.dedup();
-        if !already && users.len() >= self.app.config.max_presence_members {
-            return Err(Refusal {
-                kind: "LimitReached",
-                error: "The maximum members per presence channel limit was reached".into(),
-                status: 4100,
-            });
-        }
-        Ok(())
-    }
-
-    /// Sends `subscription_succeeded`: for presence with the member list
-    /// (one entry per user), else with empty data; then a cache channel's
-    /// last event.
-    async fn confirm(&self, channel: &ChannelName, name: &str, kind: ChannelKind) -> Result<(), Refusal> {
-        let data = match kind.is_presence() {
-            false => "{}".to_owned(),
-            true => {
-                let present = self.frontend.hub.presence(channel).await?;
-                let mut hash = serde_json::Map::new();
-                for info in &present {
-                    let user_info = info
-                        .chan_info
-                        .as_deref()
-                        .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
-                        .unwrap_or_else(|| serde_json::json!({}));
-                    hash.insert(info.user.as_str().to_owned(), user_info);
-                }
-                let ids: Vec<&String> = hash.keys().collect();
-                serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": hash.len() } }).to_string()
-            }
-        };
-        self.send(
-            Frame { event: "pusher_internal:subscription_succeeded", channel: Some(name), data: &data, user_id: None }
-                .encode(),
-        );
-        if kind.is_cache() && kind.is_presence() {
-            self.send_cached(channel, name).await;
-        }
-        Ok(())
-    }
-
-    /// A cache channel's last event, or `pusher:cache_miss` (and its webhook).
-    async fn send_cached(&self, channel: &ChannelName, name: &str) {
-        use herald_core::PushEncoder;
-        let query = HistoryQuery { since: None, limit: 1, reverse: true };
-        match self.frontend.hub.history(channel, query).await {
-            Ok(history) if !history.publications.is_empty() => {
-                self.send(self.app.encoder.encode_publication(channel, &history.publications[0]));
-            }
-            Ok(_) => {
-                self.send(object_frame("pusher:cache_miss", Some(name), &serde_json::json!({})));
-                self.frontend.webhooks.send(&self.app, Hook::CacheMiss { channel: name.to_owned() });
-            }
-            Err(error) => tracing::warn!(channel = %name, %error, "cache channel read failed"),
-        }
-    }
-
-    fn on_signin(&mut self, data: &Value) -> Result<(), DisconnectReason> {
-        let refuse = |session: &Self, why: &str| {
-            tracing::info!(socket_id = %session.socket_id, why, "pusher sign-in refused");
-            session.send(error_frame(Some(close::UNAUTHORIZED), &format!("Connection not authorized: {why}"), None));
-            Err(DisconnectReason::InvalidToken)
-        };
-        let Some(request) = data_as::<SigninData>(data) else {
-            return refuse(self, "pusher:signin needs auth and user_data");
-        };
-        let message = sign::signin_message(&self.socket_id, &request.user_data);
-        if !sign::verify_auth(&self.app.config.key, self.app.config.secret.expose(), &message, &request.auth) {
-            return refuse(self, "invalid signature");
-        }
-        let id = serde_json::from_str::<Value>(&request.user_data)
-            .ok()
-            .and_then(|user| user.get("id").and_then(Value::as_str).map(str::to_owned))
-            .filter(|id| !id.is_empty());
-        let Some(user) = id.and_then(|id| UserId::new(&id).ok()) else {
-            return refuse(self, "user_data needs a non-empty string id");
-        };
-        if self.signed_in && self.conn.user() != user {
-            return refuse(self, "the connection is signed in as another user");
-        }
-        self.frontend.hub.sign_in(&self.conn, user);
-        self.signed_in = true;
-        self.send(object_frame("pusher:signin_success", None, &serde_json::json!({ "user_data": request.user_data })));
-        Ok(())
-    }
-
-    async fn on_client_event(&mut self, event: &str, name: Option<&str>, data: &Value) {
-        let name = name.unwrap_or("");
-        if let Err(why) = self.client_event(event, name, data).await {
-            tracing::debug!(socket_id = %self.socket_id, channel = name, event, why = %why, "client event rejected");
-            self.send(error_frame(Some(close::CLIENT_EVENT_REJECTED), &why, Some(name)));
-        }
-    }
-
-    async fn client_event(&mut self, event: &str, name: &str, data: &Value) -> Result<(), String> {
-        let config = &self.app.config;
-        if !config.client_events {
-            return Err("Client events are not enabled for this app".into());
-        }
-        if !super::is_private(name) {
-            return Err("Client events are only allowed on private and presence channels".into());
-        }
-        let channel = self.app.channel(name).filter(|c| self.conn.is_subscribed(c));
-        let Some(channel) = channel else { return Err(format!("Not subscribed to channel {name}")) };
-        if event.len() > MAX_EVENT_NAME {
-            return Err(format!("Event name is longer than {MAX_EVENT_NAME} characters"));
-        }
-        let text = data_text(data);
-        if text.len() > config.max_event_size {
-            return Err(format!("Event data is larger than {} bytes", config.max_event_size));
-        }
-        let now = Instant::now();
-        if now.duration_since(self.rate_window.0) >= Duration::from_secs(1) {
-            self.rate_window = (now, 0);
-        }
-        if self.rate_window.1 >= config.client_event_rate {
-            return Err("Client event rejected due to rate limit".into());
-        }
-        self.rate_window.1 += 1;
-        let info = self.conn.info_in(&channel);
-        let mut publication = Publication::from_data(super::publication_data(&text));
-        publication.tags.insert(EVENT_TAG.to_owned(), event.to_owned());
-        publication.exclude = Some(self.conn.client().clone());
-        let user_id = ChannelKind::of(name).is_presence().then(|| info.user.as_str().to_owned());
-        publication.info = Some(info);
-        // Client events are not cached: they skip history.
-        self.frontend.hub.publish(&channel, publication, None, true).await.map_err(|e| e.to_string())?;
-        let hook = Hook::ClientEvent {
-            channel: name.to_owned(),
-            event: event.to_owned(),
-            data: text,
-            socket_id: self.socket_id.clone(),
-            user_id,
-        };
-        self.frontend.webhooks.send(&self.app, hook);
-        Ok(())
-    }
 }
 
 /// Resolves once the node starts shutting down.
@@ -593,15 +325,5 @@ async fn closing(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|closing| *closing).await;
 }
 
-/// The member a presence authorization's `channel_data` names.
-fn presence_member(channel_data: &str) -> Result<(UserId, Option<Bytes>), Refusal> {
-    let member: Value = serde_json::from_str(channel_data).map_err(|_| Refusal::bad("channel_data is not JSON"))?;
-    let id = match member.get("user_id") {
-        Some(Value::String(id)) if !id.is_empty() => id.clone(),
-        Some(Value::Number(id)) => id.to_string(),
-        _ => return Err(Refusal::bad("channel_data needs a user_id")),
-    };
-    let user = UserId::new(&id).map_err(|e| Refusal::bad(e.to_string()))?;
-    let info = member.get("user_info").map(|info| Bytes::from(info.to_string()));
-    Ok((user, info))
-}
+mod client_events;
+mod subscribe;

@@ -1,0 +1,197 @@
+//! Subscribing a Pusher connection: channel names, authorizations,
+//! presence members and their limit, cache channels.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+
+use herald_core::{ChannelKind, HubError, Outgoing, SubscribeAccess, SubscribeRequest, Subscription};
+use herald_engine::{ChannelName, HistoryQuery, UserId};
+
+use super::super::webhooks::Event as Hook;
+use super::super::{error_frame, object_frame, sign, Frame};
+use super::{data_as, Session};
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SubscribeData {
+    pub(super) channel: String,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    channel_data: Option<String>,
+}
+
+/// A refused subscription: `pusher:subscription_error` on its channel.
+struct Refusal {
+    kind: &'static str,
+    error: String,
+    status: u16,
+}
+
+impl Refusal {
+    fn auth(error: impl Into<String>) -> Self {
+        Self { kind: "AuthError", error: error.into(), status: 401 }
+    }
+
+    fn bad(error: impl Into<String>) -> Self {
+        Self { kind: "InvalidRequest", error: error.into(), status: 400 }
+    }
+}
+
+impl From<HubError> for Refusal {
+    fn from(error: HubError) -> Self {
+        let status = match &error {
+            HubError::LimitExceeded(_) => 4100,
+            HubError::EngineUnavailable(_) | HubError::NotAvailable(_) => 503,
+            _ => 400,
+        };
+        Self { kind: "ServerError", error: error.to_string(), status }
+    }
+}
+
+impl Session {
+    pub(super) async fn on_subscribe(&mut self, data: &Value) {
+        let Some(request) = data_as::<SubscribeData>(data) else {
+            self.send(error_frame(None, "pusher:subscribe needs data with a channel", None));
+            return;
+        };
+        let name = request.channel.clone();
+        if let Err(refusal) = self.subscribe(request).await {
+            tracing::debug!(socket_id = %self.socket_id, channel = %name, error = %refusal.error, "subscription refused");
+            let data = serde_json::json!({ "type": refusal.kind, "error": refusal.error, "status": refusal.status });
+            self.send(object_frame("pusher:subscription_error", Some(&name), &data));
+        }
+    }
+
+    async fn subscribe(&mut self, request: SubscribeData) -> Result<(), Refusal> {
+        let name = request.channel.as_str();
+        let channel = self.app.channel(name).ok_or_else(|| Refusal::bad("The channel name is not allowed"))?;
+        let kind = ChannelKind::of(name);
+        let mut subscription = Subscription::default();
+        if let Some(user) = name.strip_prefix(super::super::USER_CHANNEL_PREFIX) {
+            if !self.signed_in || self.conn.user().as_str() != user {
+                return Err(Refusal::auth("Only the signed-in user may subscribe to its channel"));
+            }
+        } else if super::super::is_private(name) {
+            let channel_data = request.channel_data.as_deref().filter(|_| kind.is_presence());
+            let message = sign::channel_message(&self.socket_id, name, channel_data);
+            let auth = request.auth.as_deref().unwrap_or("");
+            if !sign::verify_auth(&self.app.config.key, self.app.config.secret.expose(), &message, auth) {
+                return Err(Refusal::auth(
+                    "Invalid signature: the authorization does not match this socket and channel",
+                ));
+            }
+            if kind.is_presence() {
+                let member = channel_data.ok_or_else(|| Refusal::bad("Presence channels need channel_data"))?;
+                let (user, info) = presence_member(member)?;
+                subscription.user = Some(user);
+                subscription.chan_info = info;
+                subscription.join_leave = true;
+            }
+        }
+        if self.conn.is_subscribed(&channel) {
+            // pusher-js resubscribes after a reconnect of its own; confirm again.
+            self.confirm(&channel, name, kind).await?;
+            return Ok(());
+        }
+        if kind.is_presence() {
+            self.check_presence_room(&channel, subscription.user.as_ref()).await?;
+        }
+        let reply = (!kind.is_presence()).then(|| {
+            Outgoing::Frame(
+                Frame {
+                    event: "pusher_internal:subscription_succeeded",
+                    channel: Some(name),
+                    data: "{}",
+                    user_id: None,
+                }
+                .encode(),
+            )
+        });
+        let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
+        self.frontend.hub.subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
+        if kind.is_presence() {
+            self.confirm(&channel, name, kind).await?;
+        } else if kind.is_cache() {
+            self.send_cached(&channel, name).await;
+        }
+        Ok(())
+    }
+
+    /// Refuses a presence subscription that would exceed the app's member limit.
+    async fn check_presence_room(&self, channel: &ChannelName, user: Option<&UserId>) -> Result<(), Refusal> {
+        let present = self.frontend.hub.presence(channel).await?;
+        let already = user.is_some_and(|u| present.iter().any(|p| &p.user == u));
+        let mut users: Vec<&UserId> = present.iter().map(|p| &p.user).collect();
+        users.sort();
+        users.dedup();
+        if !already && users.len() >= self.app.config.max_presence_members {
+            return Err(Refusal {
+                kind: "LimitReached",
+                error: "The maximum members per presence channel limit was reached".into(),
+                status: 4100,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends `subscription_succeeded`: for presence with the member list
+    /// (one entry per user), else with empty data; then a cache channel's
+    /// last event.
+    async fn confirm(&self, channel: &ChannelName, name: &str, kind: ChannelKind) -> Result<(), Refusal> {
+        let data = match kind.is_presence() {
+            false => "{}".to_owned(),
+            true => {
+                let present = self.frontend.hub.presence(channel).await?;
+                let mut hash = serde_json::Map::new();
+                for info in &present {
+                    let user_info = info
+                        .chan_info
+                        .as_deref()
+                        .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
+                        .unwrap_or_else(|| serde_json::json!({}));
+                    hash.insert(info.user.as_str().to_owned(), user_info);
+                }
+                let ids: Vec<&String> = hash.keys().collect();
+                serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": hash.len() } }).to_string()
+            }
+        };
+        self.send(
+            Frame { event: "pusher_internal:subscription_succeeded", channel: Some(name), data: &data, user_id: None }
+                .encode(),
+        );
+        if kind.is_cache() && kind.is_presence() {
+            self.send_cached(channel, name).await;
+        }
+        Ok(())
+    }
+
+    /// A cache channel's last event, or `pusher:cache_miss` (and its webhook).
+    async fn send_cached(&self, channel: &ChannelName, name: &str) {
+        use herald_core::PushEncoder;
+        let query = HistoryQuery { since: None, limit: 1, reverse: true };
+        match self.frontend.hub.history(channel, query).await {
+            Ok(history) if !history.publications.is_empty() => {
+                self.send(self.app.encoder.encode_publication(channel, &history.publications[0]));
+            }
+            Ok(_) => {
+                self.send(object_frame("pusher:cache_miss", Some(name), &serde_json::json!({})));
+                self.frontend.webhooks.send(&self.app, Hook::CacheMiss { channel: name.to_owned() });
+            }
+            Err(error) => tracing::warn!(channel = %name, %error, "cache channel read failed"),
+        }
+    }
+}
+
+/// The member a presence authorization's `channel_data` names.
+fn presence_member(channel_data: &str) -> Result<(UserId, Option<Bytes>), Refusal> {
+    let member: Value = serde_json::from_str(channel_data).map_err(|_| Refusal::bad("channel_data is not JSON"))?;
+    let id = match member.get("user_id") {
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        Some(Value::Number(id)) => id.to_string(),
+        _ => return Err(Refusal::bad("channel_data needs a user_id")),
+    };
+    let user = UserId::new(&id).map_err(|e| Refusal::bad(e.to_string()))?;
+    let info = member.get("user_info").map(|info| Bytes::from(info.to_string()));
+    Ok((user, info))
+}

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use herald_engine::{ChannelName, EngineEvent, HistoryOptions, HistoryQuery};
+use herald_engine::{ChannelName, ClientInfo, EngineEvent, HistoryOptions, HistoryQuery};
 
 use super::recovery::{self, Recovery};
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest, Subscriber};
@@ -87,7 +87,7 @@ impl Hub {
 
         self.go_live_after(conn, channel, &outcome, reply);
 
-        self.announce_presence(conn, channel, options, true).await;
+        self.announce_presence(conn.info_in(channel), channel, options, true).await;
         Ok(outcome)
     }
 
@@ -158,7 +158,7 @@ impl Hub {
     /// leave) where the namespace keeps presence.
     async fn announce_presence(
         &self,
-        conn: &Connection,
+        info: ClientInfo,
         channel: &ChannelName,
         options: &NamespaceOptions,
         joined: bool,
@@ -166,7 +166,6 @@ impl Hub {
         if !options.presence && !options.join_leave {
             return;
         }
-        let info = conn.info_in(channel);
         let result = match (options.presence, joined) {
             (false, _) => Ok(false),
             (true, true) => self.engine.add_presence(channel, &info, self.config.presence_ttl).await,
@@ -223,9 +222,11 @@ impl Hub {
     /// Unsubscribes `conn` from `channel`; false if it was not subscribed.
     pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
         let _interest = self.interest_lock(channel).lock().await;
+        // Who the connection was in the channel, read before the subscription goes.
+        let info = conn.info_in(channel);
         let Some(left) = self.remove_subscriber(conn, channel).await else { return false };
         if let Ok(options) = self.config.rules.resolve(channel) {
-            self.announce_presence(conn, channel, options, false).await;
+            self.announce_presence(info, channel, options, false).await;
         }
         self.occupy(channel, left).await;
         true

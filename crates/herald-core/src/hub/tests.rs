@@ -359,3 +359,32 @@ async fn a_signed_in_connection_is_reached_as_its_new_user() {
     assert_eq!(frames(&conn), ["closed: ForceDisconnect"]);
     assert_eq!(f.hub.stats().users, 1, "the anonymous user it was is forgotten");
 }
+
+#[tokio::test]
+async fn a_member_named_by_its_subscription_joins_and_leaves_under_that_name() {
+    let mut config = HubConfig::new(NodeId::new("test"), rules().with_pusher_conventions());
+    config.track_occupancy = true;
+    let f = Fixture { hub: Hub::new(config, Arc::new(MemoryEngine::new())), encoder: Arc::default() };
+    f.hub.start().await.unwrap();
+    let seen = Arc::new(Transitions::default());
+    f.hub.observe(seen.clone());
+
+    let conn = f.connect("", 1 << 20);
+    let member = UserId::new("member-7").unwrap();
+    let subscription = Subscription { user: Some(member.clone()), join_leave: true, ..Subscription::default() };
+    let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
+    let room = ch("presence-room");
+    f.hub.subscribe(&conn, &room, SubscribeAccess::Token, request, |_| None).await.unwrap();
+    assert_eq!(f.hub.presence(&room).await.unwrap()[0].user, member);
+    f.hub.unsubscribe(&conn, &room).await;
+    assert_eq!(
+        seen.taken(),
+        [
+            "occupied presence-room",
+            "joined presence-room member-7",
+            "left presence-room member-7",
+            "vacated presence-room"
+        ]
+    );
+    assert!(f.hub.presence(&room).await.unwrap().is_empty());
+}

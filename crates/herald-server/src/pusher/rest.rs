@@ -1,7 +1,7 @@
 //! The Pusher HTTP API at `/apps/{app_id}/…`, as the Pusher server SDKs
 //! call it: trigger events (one or many channels, batches, `socket_id`
-//! exclusion, `info`), query channels and presence users, and terminate a
-//! user's connections.
+//! exclusion, `info`), query channels and presence users, send to a
+//! signed-in user, and terminate a user's connections.
 //!
 //! Every request is signed: `auth_key` must be the app's key,
 //! `auth_timestamp` within 600 s of now, `body_md5` the MD5 of a non-empty
@@ -88,6 +88,7 @@ pub async fn handle(
             (&Method::GET, ["channels", name]) => api.channel(name, &query).await,
             (&Method::GET, ["channels", name, "users"]) => api.users(name).await,
             (&Method::POST, ["users", user, "terminate_connections"]) => api.terminate(user).await,
+            (&Method::POST, ["users", user, "events"]) => api.to_user(user, &body).await,
             _ => Err(Failure(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {}", uri.path()))),
         }
     }
@@ -343,6 +344,17 @@ impl Api<'_> {
         let ids: std::collections::BTreeSet<&str> = present.iter().map(|p| p.user.as_str()).collect();
         let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
         Ok(json!({ "users": users }))
+    }
+
+    /// `{name, data}` to every connection signed in as `user` (what the
+    /// SDKs' `sendToUser` does through `/events` and `#server-to-user-<id>`).
+    async fn to_user(&self, user: &str, body: &[u8]) -> Result<Value, Failure> {
+        let mut event: Map<String, Value> = Self::parse(body)?;
+        event.insert("channel".into(), format!("{}{user}", super::USER_CHANNEL_PREFIX).into());
+        event.remove("channels");
+        let trigger: Trigger = serde_json::from_value(Value::Object(event)).map_err(|e| Failure::bad(e.to_string()))?;
+        self.publish(trigger).await?;
+        Ok(json!({}))
     }
 
     async fn terminate(&self, user: &str) -> Result<Value, Failure> {

@@ -383,6 +383,8 @@ struct Hooks {
     addr: SocketAddr,
     events: Arc<Mutex<Vec<Value>>>,
     requests: Arc<Mutex<usize>>,
+    /// How many events each accepted request carried.
+    batches: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Hooks {
@@ -391,7 +393,8 @@ impl Hooks {
         let addr = listener.local_addr().unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(Mutex::new(0));
-        let (seen, count) = (events.clone(), requests.clone());
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let (seen, count, sizes) = (events.clone(), requests.clone(), batches.clone());
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
@@ -434,7 +437,9 @@ impl Hooks {
                     "500 Internal Server Error"
                 } else {
                     let body: Value = serde_json::from_str(&body).unwrap();
-                    seen.lock().unwrap().extend(body["events"].as_array().unwrap().iter().cloned());
+                    let events = body["events"].as_array().unwrap();
+                    sizes.lock().unwrap().push(events.len());
+                    seen.lock().unwrap().extend(events.iter().cloned());
                     "200 OK"
                 };
                 let _ = stream
@@ -444,7 +449,7 @@ impl Hooks {
                     .await;
             }
         });
-        Self { addr, events, requests }
+        Self { addr, events, requests, batches }
     }
 
     fn names(&self) -> Vec<String> {
@@ -479,4 +484,26 @@ async fn webhooks_are_signed_and_retried_until_delivered() {
     })
     .await;
     assert_eq!(*hooks.requests.lock().unwrap(), 3, "the first request failed and was sent again");
+}
+
+#[tokio::test]
+async fn a_batching_target_gets_events_together_and_only_those_it_asked_for() {
+    let hooks = Hooks::start(0).await;
+    let url = format!("http://{}/hooks", hooks.addr);
+    let events = vec!["channel_occupied".into()];
+    let server =
+        TestServer::with(|c| with_app(c, |app| app.webhooks.push(WebhookTarget { url, events, batch: true }))).await;
+    let mut alice = Pusher::connect(&server).await;
+    for n in 0..5 {
+        alice.send(json!({"event": "pusher:subscribe", "data": {"channel": format!("room-{n}")}})).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(alice.next().await["event"], "pusher_internal:subscription_succeeded");
+    }
+    alice.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "room-0"}})).await;
+    eventually("five occupied events arrive", || hooks.names().len() == 5).await;
+    let names = hooks.names();
+    assert!(names.iter().all(|n| n.starts_with("channel_occupied room-")), "vacated was not asked for: {names:?}");
+    let batches = hooks.batches.lock().unwrap().clone();
+    assert!(batches.len() < 5, "events gathered into fewer requests: {batches:?}");
 }

@@ -498,6 +498,53 @@ describe('a herald node speaking Pusher protocol 7', () => {
       assert.deepEqual(ben.framesOf('client-nope'), [], 'ben never got it');
       assert.equal(ann.state, 'connected', 'a refused client event does not cost the connection');
     });
+    test('a burst above client_event_rate (10/s) is cut short: each event is delivered or refused with 4301', async () => {
+      const channel = uniqueName('private-burst');
+      const ann = await env.client({ user: 'ann', label: 'ann' });
+      const ben = await env.client({ user: 'ben', label: 'ben' });
+      const annChannel = await ann.subscribe(channel);
+      await ben.subscribe(channel);
+      const toBen = ben.record(channel, 'client-burst');
+      const since = ann.mark();
+      const refusals = () => ann.framesOf('pusher:error', { since });
+
+      for (let i = 0; i < 15; i += 1) {
+        annChannel.trigger('client-burst', { i });
+      }
+      await until(() => toBen.length + refusals().length >= 15, {
+        what: () => `15 outcomes: ${toBen.length} delivered, refusals ${JSON.stringify(refusals())}`,
+      });
+
+      assert.ok(refusals().length >= 1, 'the burst went over the limit');
+      assert.ok(toBen.length >= 1, 'events within the limit were delivered');
+      assert.equal(toBen.length + refusals().length, 15, 'nothing was dropped silently');
+      assert.deepEqual(
+        refusals().map((f) => f.data.code),
+        refusals().map(() => 4301),
+        `refusals carry code 4301: ${JSON.stringify(refusals())}`,
+      );
+      const delivered = toBen.map((r) => r.data.i);
+      assert.deepEqual(delivered, [...delivered].sort((x, y) => x - y), 'delivered in the order sent');
+      assert.equal(ann.state, 'connected', 'the rate limit does not cost the connection');
+    });
+
+    test('a client event larger than max_event_size is refused with 4301 and not delivered', async () => {
+      const channel = uniqueName('private-bulky');
+      const ann = await env.client({ user: 'ann', label: 'ann' });
+      const ben = await env.client({ user: 'ben', label: 'ben' });
+      const annChannel = await ann.subscribe(channel);
+      await ben.subscribe(channel);
+      const toBen = ben.record(channel, 'client-bulky');
+      const since = ann.mark();
+
+      annChannel.trigger('client-bulky', 'x'.repeat(11000));
+      const error = await ann.frame((f) => f.event === 'pusher:error', { since, what: 'pusher:error for the big event' });
+      assert.equal(error.data.code, 4301, JSON.stringify(error));
+
+      annChannel.trigger('client-bulky', 'small');
+      await until(() => toBen.length >= 1);
+      assert.deepEqual(toBen.map((r) => r.data), ['small'], 'only the small event arrived');
+    });
   });
 
   describe('users', () => {
@@ -831,5 +878,87 @@ describe('a Pusher app with client events off', () => {
     const next = nextPusherEvent(ch, 'evt');
     await json(env.sdk().trigger(channel, 'evt', { ok: true }));
     assert.deepEqual((await next).data, { ok: true });
+  });
+});
+
+describe('a Pusher app with max_connections = 2', () => {
+  let env;
+
+  before(async () => {
+    env = await startHeraldWithPusher({}, { app: { max_connections: 2 } });
+  });
+
+  after(async () => {
+    await env?.stop();
+  });
+
+  afterEach(() => env.closeClients());
+
+  test('a third connection is refused with 4004 and pusher-js does not retry; a freed slot can be used again', async () => {
+    const one = await env.client({ label: 'one' });
+    await env.client({ label: 'two' });
+    const three = await env.client({ label: 'three', connect: false });
+
+    await three.reach('disconnected', { timeout: 10000 });
+    assert.ok(three.errorCodes().includes(4004), `error 4004 "over connection quota": ${JSON.stringify(three.errors)}`);
+    assert.ok(!three.states.includes('connected'), `never connected: ${JSON.stringify(three.states)}`);
+
+    // Once herald has seen `one` leave (its channel is unoccupied), its slot is free.
+    const channel = uniqueName('slot');
+    await one.subscribe(channel);
+    one.disconnect();
+    await until(async () => {
+      const info = await json(env.sdk().get({ path: `/channels/${channel}` }));
+      return info.occupied === false;
+    }, { what: () => `${channel} to be unoccupied after one left` });
+    const four = await env.client({ label: 'four' });
+    assert.equal(four.state, 'connected');
+  });
+});
+
+describe('webhooks with batch = true and an events filter', () => {
+  let env;
+
+  before(async () => {
+    env = await startHeraldWithPusher({}, { webhook: { batch: true, events: ['channel_occupied', 'member_added'] } });
+  });
+
+  after(async () => {
+    await env?.stop();
+  });
+
+  afterEach(() => env.closeClients());
+
+  test('only the listed events are sent, several to a request when they happen together', async () => {
+    const hooks = env.webhooks;
+    const channels = [1, 2, 3, 4, 5].map(() => uniqueName('batched'));
+    const c = await env.client({ label: 'subscriber' });
+    await Promise.all(channels.map((channel) => c.subscribe(channel)));
+    await hooks.waitFor(
+      () => channels.every((channel) => hooks.eventsFor(channel, 'channel_occupied').length === 1),
+      { message: 'channel_occupied for all five channels' },
+    );
+
+    // The five channels are vacated (not a listed event); a join after that marks the end.
+    c.disconnect();
+    for (const channel of channels) {
+      await until(async () => (await json(env.sdk().get({ path: `/channels/${channel}` }))).occupied === false, {
+        what: () => `${channel} to be vacated`,
+      });
+    }
+    const marker = uniqueName('presence-batched');
+    const joiner = await env.client({ user: 'marker', label: 'marker' });
+    await joiner.subscribe(marker);
+    await hooks.waitFor(() => hooks.eventsFor(marker, 'member_added').length === 1, {
+      message: `member_added on ${marker}`,
+    });
+
+    const names = new Set(hooks.events.map((e) => e.name));
+    assert.deepEqual([...names].sort(), ['channel_occupied', 'member_added'], 'nothing outside the filter');
+    assert.ok(
+      hooks.requests.some((r) => r.body.events.length > 1),
+      `some request carried several events: ${JSON.stringify(hooks.requests.map((r) => r.body.events.length))}`,
+    );
+    assert.deepEqual(hooks.rejected, [], 'every batch was signed correctly');
   });
 });

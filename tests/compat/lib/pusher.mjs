@@ -451,9 +451,13 @@ export function pusherApp(overrides = {}) {
  * Starts `nodes` herald nodes (all with the same config: one token secret,
  * one API key, one Pusher app whose webhooks go to a receiver started first)
  * plus an auth server. `overrides` merges into the herald config (an
- * `engine` section for a cluster); `app` into the Pusher app.
+ * `engine` section for a cluster); `app` into the Pusher app; `webhook`
+ * into its one webhook target (`batch`, `events`).
  */
-export async function startHeraldWithPusher(overrides = {}, { nodes: nodeCount = 1, app: appOverrides = {} } = {}) {
+export async function startHeraldWithPusher(
+  overrides = {},
+  { nodes: nodeCount = 1, app: appOverrides = {}, webhook = {} } = {},
+) {
   const app = pusherApp(appOverrides);
   const encryptionMasterKeyBase64 = randomBytes(32).toString('base64');
   const webhooks = await startWebhookReceiver({ appId: app.id, key: app.key, secret: app.secret });
@@ -465,7 +469,7 @@ export async function startHeraldWithPusher(overrides = {}, { nodes: nodeCount =
       api,
       pusher: {
         activity_timeout: '120s',
-        apps: [{ ...app, webhooks: [{ url: webhooks.url }] }],
+        apps: [{ ...app, webhooks: [{ url: webhooks.url, ...webhook }] }],
       },
     },
     overrides,

@@ -1,15 +1,36 @@
-//! The bench's own Centrifuge protocol (JSON) client: just what load needs,
-//! connect, subscribe, receive publications, answer pings. Each connection
-//! may bind its own loopback source address, so one machine can open more
-//! connections to one server port than one source address has ports.
+//! The bench's own client for three protocols, with just what load needs:
+//! connect, subscribe, receive publications, publish from a client, answer
+//! heartbeats.
+//!
+//! - Centrifuge protocol v2 (JSON): Herald's own endpoint.
+//! - Pusher protocol 7: Herald's `/app/{key}`, Sockudo, Soketi, Reverb.
+//! - Socket.IO 4 (Engine.IO 4 over WebSocket): the peer in `bench/peers`.
+//!
+//! Each connection may bind its own loopback source address, so one machine
+//! can open more connections to one server port than one source address
+//! has ports.
 
 use std::net::{IpAddr, SocketAddr};
 
 use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+/// Which protocol the bench speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Centrifuge protocol v2, JSON (Herald, Centrifugo).
+    #[default]
+    Centrifuge,
+    /// Pusher Channels protocol 7 (Herald, Sockudo, Soketi, Reverb).
+    Pusher,
+    /// Socket.IO 4 over WebSocket (the Socket.IO peer in bench/peers).
+    Socketio,
+}
 
 /// Where a WebSocket endpoint lives.
 #[derive(Debug, Clone)]
@@ -39,7 +60,7 @@ pub enum ConnectError {
     /// The source address ran out of ports, or the server refused.
     #[error("cannot connect: {0}")]
     Network(String),
-    /// The server answered, but not as a Centrifuge server would.
+    /// The server answered, but not as a server of this protocol would.
     #[error("protocol: {0}")]
     Protocol(String),
 }
@@ -52,6 +73,10 @@ fn network(e: std::io::Error) -> ConnectError {
     }
 }
 
+fn protocol_error(e: impl std::fmt::Display) -> ConnectError {
+    ConnectError::Protocol(e.to_string())
+}
+
 /// A publication as the bench sends it: `{"seq": n, "ts": micros, "pad": …}`,
 /// with `"from": member` when a client published it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,93 +86,279 @@ pub struct Received {
     pub seq: u64,
     /// When the publication was meant to be sent, unix microseconds.
     pub sent_at_micros: u64,
+    /// Its stream position, when the server gives one (Centrifuge).
+    pub offset: Option<u64>,
+}
+
+impl Received {
+    fn from_data(channel: &str, data: &Value, offset: Option<u64>) -> Option<Self> {
+        Some(Self {
+            channel: channel.to_owned(),
+            from: data["from"].as_u64(),
+            seq: data["seq"].as_u64()?,
+            sent_at_micros: data["ts"].as_u64()?,
+            offset,
+        })
+    }
+}
+
+/// One message from the server, after heartbeats were answered.
+enum Incoming {
+    Json(Value),
+    /// A Socket.IO packet: its type digits and JSON payload.
+    SocketIo(String, Value),
 }
 
 /// One connected client.
 #[derive(Debug)]
 pub struct BenchClient {
     ws: WebSocketStream<TcpStream>,
+    protocol: Protocol,
     next_id: u32,
+    /// Each recoverable channel's last known position: offset and epoch.
+    positions: std::collections::HashMap<String, (u64, String)>,
+}
+
+/// How a recoverable subscription came out.
+#[derive(Debug, Default)]
+pub struct Resubscribed {
+    /// Every channel said `recovered: true` (or had nothing to recover).
+    pub recovered: bool,
+    /// The publications the replies carried (what was missed).
+    pub publications: Vec<Received>,
 }
 
 impl BenchClient {
-    /// Opens a WebSocket from `source` (if given) and sends `connect`.
-    pub async fn connect(target: &Target, source: Option<IpAddr>, token: &str) -> Result<Self, ConnectError> {
+    /// Opens a WebSocket from `source` (if given) and completes the
+    /// protocol's handshake (`token` is the Centrifuge connection token).
+    pub async fn connect(
+        target: &Target,
+        source: Option<IpAddr>,
+        protocol: Protocol,
+        token: &str,
+    ) -> Result<Self, ConnectError> {
         let socket = TcpSocket::new_v4().map_err(network)?;
         if let Some(ip) = source {
             socket.bind(SocketAddr::new(ip, 0)).map_err(network)?;
         }
         let stream = socket.connect(target.addr).await.map_err(network)?;
         let _ = stream.set_nodelay(true);
-        let (ws, _) = tokio_tungstenite::client_async(target.url.as_str(), stream)
-            .await
-            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
-        let mut client = Self { ws, next_id: 1 };
-        let reply = client.command(json!({"connect": {"token": token, "name": "herald-bench"}})).await?;
-        if reply.get("connect").is_none() {
-            return Err(ConnectError::Protocol(format!("connect refused: {reply}")));
+        let (ws, _) = tokio_tungstenite::client_async(target.url.as_str(), stream).await.map_err(protocol_error)?;
+        let mut client = Self { ws, protocol, next_id: 1, positions: Default::default() };
+        match protocol {
+            Protocol::Centrifuge => {
+                let reply = client.command(json!({"connect": {"token": token, "name": "herald-bench"}})).await?;
+                if reply.get("connect").is_none() {
+                    return Err(ConnectError::Protocol(format!("connect refused: {reply}")));
+                }
+            }
+            Protocol::Pusher => {
+                let first = client.next_incoming().await?;
+                let established =
+                    matches!(&first[..], [Incoming::Json(f)] if f["event"] == "pusher:connection_established");
+                if !established {
+                    return Err(ConnectError::Protocol("no pusher:connection_established".into()));
+                }
+            }
+            Protocol::Socketio => {
+                // The Engine.IO open packet came first; join the default namespace.
+                client.send("40".to_owned()).await?;
+                loop {
+                    let connected =
+                        client.next_incoming().await?.iter().any(|m| matches!(m, Incoming::SocketIo(t, _) if t == "0"));
+                    if connected {
+                        break;
+                    }
+                }
+            }
         }
         Ok(client)
     }
 
     async fn send(&mut self, text: String) -> Result<(), ConnectError> {
-        self.ws.send(Message::text(text)).await.map_err(|e| ConnectError::Protocol(e.to_string()))
+        self.ws.send(Message::text(text)).await.map_err(protocol_error)
     }
 
-    /// Sends a command and waits for its reply, answering pings meanwhile.
+    /// Sends a Centrifuge command and waits for its reply.
     async fn command(&mut self, mut command: Value) -> Result<Value, ConnectError> {
         let id = self.next_id;
         self.next_id += 1;
         command["id"] = json!(id);
         self.send(command.to_string()).await?;
         loop {
-            for message in self.next_messages().await? {
-                if message["id"] == id {
-                    return Ok(message);
+            for message in self.next_incoming().await? {
+                if let Incoming::Json(message) = message {
+                    if message["id"] == id {
+                        return Ok(message);
+                    }
                 }
             }
         }
     }
 
-    /// Subscribes to every channel, all commands in one frame.
+    /// Subscribes to every channel (in one frame where the protocol allows).
     pub async fn subscribe(&mut self, channels: &[String]) -> Result<(), ConnectError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        match self.protocol {
+            Protocol::Centrifuge => self.centrifuge_subscribe(channels, false).await.map(drop),
+            Protocol::Pusher => {
+                for channel in channels {
+                    self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel}}).to_string()).await?;
+                }
+                let mut pending = channels.len();
+                while pending > 0 {
+                    for message in self.next_incoming().await? {
+                        let Incoming::Json(frame) = message else { continue };
+                        match frame["event"].as_str() {
+                            Some("pusher_internal:subscription_succeeded") => pending -= 1,
+                            Some("pusher:subscription_error" | "pusher:error") => {
+                                return Err(ConnectError::Protocol(format!("subscribe refused: {frame}")))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Protocol::Socketio => {
+                self.send(format!("420{}", json!(["subscribe", channels]))).await?;
+                loop {
+                    for message in self.next_incoming().await? {
+                        if matches!(&message, Incoming::SocketIo(t, _) if t == "30") {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes recoverably (Centrifuge): channels this client saw before
+    /// recover from their last position, as a client SDK does after a
+    /// reconnect.
+    pub async fn subscribe_recovering(&mut self, channels: &[String]) -> Result<Resubscribed, ConnectError> {
+        if self.protocol != Protocol::Centrifuge {
+            return Err(ConnectError::Protocol("only the centrifuge protocol recovers".into()));
+        }
+        self.centrifuge_subscribe(channels, true).await
+    }
+
+    /// Continues with the positions of an earlier connection.
+    pub fn set_positions(&mut self, positions: std::collections::HashMap<String, (u64, String)>) {
+        self.positions = positions;
+    }
+
+    pub fn positions(&self) -> &std::collections::HashMap<String, (u64, String)> {
+        &self.positions
+    }
+
+    async fn centrifuge_subscribe(
+        &mut self,
+        channels: &[String],
+        recoverable: bool,
+    ) -> Result<Resubscribed, ConnectError> {
+        if channels.is_empty() {
+            return Ok(Resubscribed { recovered: true, publications: Vec::new() });
+        }
         let first = self.next_id;
         let frame: Vec<String> = channels
             .iter()
             .enumerate()
-            .map(|(i, channel)| json!({"id": first + i as u32, "subscribe": {"channel": channel}}).to_string())
+            .map(|(i, channel)| {
+                let mut subscribe = json!({"channel": channel});
+                if recoverable {
+                    subscribe["recoverable"] = json!(true);
+                    if let Some((offset, epoch)) = self.positions.get(channel) {
+                        subscribe["recover"] = json!(true);
+                        subscribe["offset"] = json!(offset);
+                        subscribe["epoch"] = json!(epoch);
+                    }
+                }
+                json!({"id": first + i as u32, "subscribe": subscribe}).to_string()
+            })
             .collect();
         self.next_id += channels.len() as u32;
         self.send(frame.join("\n")).await?;
+        let mut outcome = Resubscribed { recovered: true, publications: Vec::new() };
         let mut pending = channels.len();
         while pending > 0 {
-            for message in self.next_messages().await? {
+            for message in self.next_incoming().await? {
+                let Incoming::Json(message) = message else { continue };
                 let id = message["id"].as_u64().unwrap_or(0) as u32;
-                if id >= first && id < first + channels.len() as u32 {
-                    if message.get("error").is_some() {
-                        return Err(ConnectError::Protocol(format!("subscribe refused: {message}")));
-                    }
-                    pending -= 1;
+                if id < first || id >= first + channels.len() as u32 {
+                    // A publication may overtake the replies of other channels.
+                    outcome.publications.extend(publication(self.protocol, &Incoming::Json(message)));
+                    continue;
+                }
+                if message.get("error").is_some() {
+                    return Err(ConnectError::Protocol(format!("subscribe refused: {message}")));
+                }
+                pending -= 1;
+                let channel = &channels[(id - first) as usize];
+                let reply = &message["subscribe"];
+                if reply["was_recovering"] == true && reply["recovered"] != true {
+                    outcome.recovered = false;
+                }
+                for publication in reply["publications"].as_array().into_iter().flatten() {
+                    outcome.publications.extend(Received::from_data(
+                        channel,
+                        &publication["data"],
+                        publication["offset"].as_u64(),
+                    ));
+                }
+                if let Some(epoch) = reply["epoch"].as_str() {
+                    let offset = reply["offset"].as_u64().unwrap_or(0);
+                    self.positions.insert(channel.clone(), (offset, epoch.to_owned()));
                 }
             }
         }
-        Ok(())
+        // Publications that followed a reply in the same frame moved the position on.
+        for publication in &outcome.publications {
+            if let (Some(offset), Some(position)) = (publication.offset, self.positions.get_mut(&publication.channel)) {
+                position.0 = position.0.max(offset);
+            }
+        }
+        Ok(outcome)
     }
 
-    /// The messages of the next frame; pings are answered on the way.
-    async fn next_messages(&mut self) -> Result<Vec<Value>, ConnectError> {
+    /// The messages of the next WebSocket message; heartbeats are answered
+    /// on the way.
+    async fn next_incoming(&mut self) -> Result<Vec<Incoming>, ConnectError> {
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(text))) => {
                     let mut messages = Vec::new();
-                    for line in text.lines().filter(|l| !l.is_empty()) {
-                        let message: Value =
-                            serde_json::from_str(line).map_err(|e| ConnectError::Protocol(e.to_string()))?;
-                        if message == json!({}) {
-                            self.send("{}".to_owned()).await?;
-                        } else {
-                            messages.push(message);
+                    match self.protocol {
+                        Protocol::Centrifuge => {
+                            for line in text.lines().filter(|l| !l.is_empty()) {
+                                let message: Value = serde_json::from_str(line).map_err(protocol_error)?;
+                                if message == json!({}) {
+                                    self.send("{}".to_owned()).await?;
+                                } else {
+                                    messages.push(Incoming::Json(message));
+                                }
+                            }
                         }
+                        Protocol::Pusher => {
+                            let frame: Value = serde_json::from_str(&text).map_err(protocol_error)?;
+                            if frame["event"] == "pusher:ping" {
+                                self.send(r#"{"event":"pusher:pong","data":{}}"#.to_owned()).await?;
+                            } else {
+                                messages.push(Incoming::Json(frame));
+                            }
+                        }
+                        Protocol::Socketio => match text.as_bytes().first() {
+                            Some(b'2') => self.send("3".to_owned()).await?,
+                            Some(b'4') => {
+                                let body = &text[1..];
+                                let split = body.find(['[', '{']).unwrap_or(body.len());
+                                let payload = serde_json::from_str(&body[split..]).unwrap_or(Value::Null);
+                                messages.push(Incoming::SocketIo(body[..split].to_owned(), payload));
+                            }
+                            _ => {}
+                        },
                     }
                     return Ok(messages);
                 }
@@ -156,46 +367,81 @@ impl BenchClient {
                     return Err(ConnectError::Protocol(format!("closed by the server: {why}")));
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(ConnectError::Protocol(e.to_string())),
+                Some(Err(e)) => return Err(protocol_error(e)),
                 None => return Err(ConnectError::Protocol("connection ended".into())),
             }
         }
     }
 
-    /// Publishes from this client without waiting for the reply (the reply
-    /// is skipped by the readers).
-    pub async fn publish_nowait(&mut self, channel: &str, data: &serde_json::Value) -> Result<(), ConnectError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(json!({"id": id, "publish": {"channel": channel, "data": data}}).to_string()).await
+    /// Publishes from this client without waiting for a reply. Pusher
+    /// clients publish only client events on private channels, which the
+    /// bench does not sign: the chat scenario speaks Centrifuge or Socket.IO.
+    pub async fn publish_nowait(&mut self, channel: &str, data: &Value) -> Result<(), ConnectError> {
+        match self.protocol {
+            Protocol::Centrifuge => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.send(json!({"id": id, "publish": {"channel": channel, "data": data}}).to_string()).await
+            }
+            Protocol::Socketio => {
+                self.send(format!("42{}", json!(["publish", {"channel": channel, "data": data}]))).await
+            }
+            Protocol::Pusher => Err(ConnectError::Protocol("the bench does not publish as a Pusher client".into())),
+        }
     }
 
-    /// The publications of the next frame.
+    /// The publications of the next WebSocket message.
     pub async fn next_publications(&mut self) -> Result<Vec<Received>, ConnectError> {
-        let messages = self.next_messages().await?;
-        Ok(messages
-            .iter()
-            .filter_map(|m| {
-                let push = m.get("push")?;
-                let data = &push.get("pub")?["data"];
-                Some(Received {
-                    channel: push["channel"].as_str()?.to_owned(),
-                    from: data["from"].as_u64(),
-                    seq: data["seq"].as_u64()?,
-                    sent_at_micros: data["ts"].as_u64()?,
-                })
-            })
-            .collect())
+        let protocol = self.protocol;
+        let received: Vec<Received> =
+            self.next_incoming().await?.iter().filter_map(|message| publication(protocol, message)).collect();
+        for publication in &received {
+            if let (Some(offset), Some(position)) = (publication.offset, self.positions.get_mut(&publication.channel)) {
+                position.0 = position.0.max(offset);
+            }
+        }
+        Ok(received)
     }
 
-    /// Keeps the connection alive (answering pings) until `stop` resolves.
+    /// Keeps the connection alive (answering heartbeats) until `stop` resolves.
     pub async fn hold(&mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), ConnectError> {
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
-                messages = self.next_messages() => { messages?; }
+                messages = self.next_incoming() => { messages?; }
             }
         }
+    }
+
+    /// Drops the connection without a goodbye, as a network failure would.
+    pub fn abort(self) {
+        drop(self.ws);
+    }
+}
+
+/// A bench publication in a server message, if it is one.
+fn publication(protocol: Protocol, message: &Incoming) -> Option<Received> {
+    match (protocol, message) {
+        (Protocol::Centrifuge, Incoming::Json(m)) => {
+            let push = m.get("push")?;
+            let publication = push.get("pub")?;
+            Received::from_data(push["channel"].as_str()?, &publication["data"], publication["offset"].as_u64())
+        }
+        (Protocol::Pusher, Incoming::Json(frame)) => {
+            let event = frame["event"].as_str()?;
+            if event.starts_with("pusher") {
+                return None;
+            }
+            let data: Value = match &frame["data"] {
+                Value::String(text) => serde_json::from_str(text).ok()?,
+                other => other.clone(),
+            };
+            Received::from_data(frame["channel"].as_str()?, &data, None)
+        }
+        (Protocol::Socketio, Incoming::SocketIo(kind, payload)) if kind == "2" && payload[0] == "publication" => {
+            Received::from_data(payload[1].as_str()?, &payload[2], None)
+        }
+        _ => None,
     }
 }

@@ -10,13 +10,20 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use herald_bench::client::Protocol;
+use herald_bench::publisher::PublishVia;
 use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
 use herald_bench::scenario::fanout::{self, FanoutArgs};
+use herald_bench::scenario::storm::{self, StormArgs};
 use herald_bench::scenario::ConnectArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "herald-bench", version, about = "Load generator for Herald (Centrifuge protocol, JSON).")]
+#[command(
+    name = "herald-bench",
+    version,
+    about = "Load generator for Herald and its peers (Centrifuge, Pusher and Socket.IO protocols)."
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -42,12 +49,23 @@ enum Scenario {
     Fanout {
         #[command(flatten)]
         common: Common,
-        /// The server API address, IP:port.
+        /// The HTTP API address, IP:port: Herald's server API (centrifuge),
+        /// or the Pusher HTTP API (pusher).
         #[arg(long)]
-        api: SocketAddr,
-        /// The server API key.
+        api: Option<SocketAddr>,
+        /// Herald's server API key (centrifuge).
         #[arg(long, env = "HERALD_BENCH_API_KEY")]
-        api_key: String,
+        api_key: Option<String>,
+        /// Where to POST `{"channel", "data"}` (socketio), e.g. http://127.0.0.1:9100/publish.
+        #[arg(long)]
+        publish_url: Option<String>,
+        /// The Pusher app id, key and secret (pusher).
+        #[arg(long)]
+        pusher_app_id: Option<String>,
+        #[arg(long)]
+        pusher_key: Option<String>,
+        #[arg(long, env = "HERALD_BENCH_PUSHER_SECRET")]
+        pusher_secret: Option<String>,
         #[arg(long, default_value_t = 100)]
         subscribers: usize,
         #[arg(long, default_value_t = 1)]
@@ -60,6 +78,36 @@ enum Scenario {
         /// Padding per publication, in bytes.
         #[arg(long, default_value_t = 64)]
         payload_bytes: usize,
+    },
+    /// Drop every connection at once (or kill a node): time until every
+    /// client is back and recovered, and what was lost.
+    ReconnectStorm {
+        #[command(flatten)]
+        common: Common,
+        /// Herald's server API address, IP:port (a node that survives).
+        #[arg(long)]
+        api: SocketAddr,
+        #[arg(long, env = "HERALD_BENCH_API_KEY")]
+        api_key: String,
+        /// A namespace with history and recovery (history_size, force_recovery or recoverable subscriptions).
+        #[arg(long, default_value = "feed")]
+        namespace: String,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        channels: usize,
+        /// Publications per second, over all channels.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// When the storm starts, after everyone is connected.
+        #[arg(long, default_value = "5s")]
+        storm_after: humantime::Duration,
+        /// How long publications continue after the storm starts.
+        #[arg(long, default_value = "10s")]
+        publish_for: humantime::Duration,
+        /// Kill this process (a Herald node) with SIGKILL instead of cutting connections.
+        #[arg(long)]
+        kill_pid: Option<u32>,
     },
     /// Many small rooms; every member publishes and receives.
     Chat {
@@ -85,9 +133,15 @@ struct Common {
     /// WebSocket endpoint(s), e.g. ws://127.0.0.1:8000/connection/websocket; repeat for a cluster.
     #[arg(long = "url", required = true)]
     urls: Vec<String>,
-    /// The server's client.token_hmac_secret, to mint connection tokens.
-    #[arg(long, env = "HERALD_BENCH_TOKEN_SECRET")]
+    /// The protocol clients speak.
+    #[arg(long, value_enum, default_value_t = Protocol::Centrifuge)]
+    protocol: Protocol,
+    /// The server's client.token_hmac_secret, to mint connection tokens (centrifuge).
+    #[arg(long, env = "HERALD_BENCH_TOKEN_SECRET", default_value = "")]
     token_secret: String,
+    /// A name for this run in reports ("herald 1 node", "socket.io + redis").
+    #[arg(long)]
+    label: Option<String>,
     /// Connections opened per second.
     #[arg(long, default_value_t = 1000.0)]
     connect_rate: f64,
@@ -100,19 +154,50 @@ struct Common {
 }
 
 impl Common {
-    fn connect(&self) -> ConnectArgs {
-        ConnectArgs {
+    fn connect(&self) -> anyhow::Result<ConnectArgs> {
+        anyhow::ensure!(
+            self.protocol != Protocol::Centrifuge || !self.token_secret.is_empty(),
+            "the centrifuge protocol needs --token-secret (the server's client.token_hmac_secret)"
+        );
+        Ok(ConnectArgs {
+            protocol: self.protocol,
             urls: self.urls.clone(),
             token_secret: self.token_secret.clone(),
             connect_rate: self.connect_rate,
             source_addresses: self.source_addresses,
-        }
+        })
     }
+}
+
+/// How `fanout` publishes, from its flags.
+fn publish_via(
+    protocol: Protocol,
+    api: Option<SocketAddr>,
+    api_key: Option<String>,
+    publish_url: Option<String>,
+    pusher: (Option<String>, Option<String>, Option<String>),
+) -> anyhow::Result<PublishVia> {
+    let need = |what: &str| anyhow::anyhow!("--protocol {protocol:?} needs {what}");
+    Ok(match protocol {
+        Protocol::Centrifuge => PublishVia::Herald {
+            addr: api.ok_or_else(|| need("--api"))?,
+            key: api_key.ok_or_else(|| need("--api-key"))?,
+        },
+        Protocol::Pusher => PublishVia::Pusher {
+            addr: api.ok_or_else(|| need("--api (the Pusher HTTP API address)"))?,
+            app_id: pusher.0.ok_or_else(|| need("--pusher-app-id"))?,
+            key: pusher.1.ok_or_else(|| need("--pusher-key"))?,
+            secret: pusher.2.ok_or_else(|| need("--pusher-secret"))?,
+        },
+        Protocol::Socketio => PublishVia::plain(&publish_url.ok_or_else(|| need("--publish-url"))?)?,
+    })
 }
 
 #[derive(Serialize)]
 struct Report<A: Serialize, R: Serialize> {
     scenario: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
     version: &'static str,
     cores: usize,
     args: A,
@@ -121,12 +206,13 @@ struct Report<A: Serialize, R: Serialize> {
 
 fn finish<A: Serialize, R: Serialize>(
     scenario: &'static str,
+    common: Common,
     args: A,
     result: R,
-    out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let report = Report { scenario, version: env!("CARGO_PKG_VERSION"), cores, args, result };
+    let (label, out) = (common.label, common.out);
+    let report = Report { scenario, label, version: env!("CARGO_PKG_VERSION"), cores, args, result };
     let json = serde_json::to_string_pretty(&report)?;
     writeln!(std::io::stdout(), "{json}")?;
     if let Some(path) = out {
@@ -139,15 +225,28 @@ fn finish<A: Serialize, R: Serialize>(
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Connections { common, count, hold, server_pid } => {
-            let args = ConnectionsArgs { connect: common.connect(), count, hold: hold.into(), server_pid };
+            let args = ConnectionsArgs { connect: common.connect()?, count, hold: hold.into(), server_pid };
             let result = connections::run(&args).await?;
-            finish("connections", args, result, common.out)
+            finish("connections", common, args, result)
         }
-        Scenario::Fanout { common, api, api_key, subscribers, channels, rate, duration, payload_bytes } => {
+        Scenario::Fanout {
+            common,
+            api,
+            api_key,
+            publish_url,
+            pusher_app_id,
+            pusher_key,
+            pusher_secret,
+            subscribers,
+            channels,
+            rate,
+            duration,
+            payload_bytes,
+        } => {
+            let pusher = (pusher_app_id, pusher_key, pusher_secret);
             let args = FanoutArgs {
-                connect: common.connect(),
-                api,
-                api_key,
+                connect: common.connect()?,
+                publish: publish_via(common.protocol, api, api_key, publish_url, pusher)?,
                 subscribers,
                 channels,
                 rate,
@@ -155,11 +254,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 payload_bytes,
             };
             let result = fanout::run(&args).await?;
-            finish("fanout", args, result, common.out)
+            finish("fanout", common, args, result)
+        }
+        Scenario::ReconnectStorm {
+            common,
+            api,
+            api_key,
+            namespace,
+            clients,
+            channels,
+            rate,
+            storm_after,
+            publish_for,
+            kill_pid,
+        } => {
+            let args = StormArgs {
+                connect: common.connect()?,
+                publish: PublishVia::Herald { addr: api, key: api_key },
+                namespace,
+                clients,
+                channels,
+                rate,
+                storm_after: storm_after.into(),
+                publish_for: publish_for.into(),
+                kill_pid,
+            };
+            let result = storm::run(&args).await?;
+            finish("reconnect-storm", common, args, result)
         }
         Scenario::Chat { common, namespace, rooms, members_per_room, rate_per_member, duration } => {
+            anyhow::ensure!(
+                common.protocol != Protocol::Pusher,
+                "chat publishes as clients; Pusher clients publish only signed client events: use centrifuge or socketio"
+            );
             let args = ChatArgs {
-                connect: common.connect(),
+                connect: common.connect()?,
                 namespace,
                 rooms,
                 members_per_room,
@@ -167,7 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 duration: duration.into(),
             };
             let result = chat::run(&args).await?;
-            finish("chat", args, result, common.out)
+            finish("chat", common, args, result)
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Publishing through the server API over one keep-alive HTTP/1.1
-//! connection, on a fixed schedule.
+//! Publishing over one keep-alive HTTP/1.1 connection, on a fixed
+//! schedule: through Herald's server API, a Pusher HTTP API (signed as the
+//! Pusher SDKs sign), or the Socket.IO peer's `/publish`.
 //!
 //! Latency is measured without coordinated omission: each publication
 //! carries the time it was *scheduled* to be sent, so when the publisher
@@ -16,31 +17,99 @@ pub fn unix_micros(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-/// A keep-alive connection to the server API.
+/// Where and how publications are sent.
+#[derive(Debug, Clone)]
+pub enum PublishVia {
+    /// Herald's server API, `POST /api/publish` with `X-API-Key`.
+    Herald { addr: SocketAddr, key: String },
+    /// A Pusher HTTP API, `POST /apps/{id}/events`, signed.
+    Pusher { addr: SocketAddr, app_id: String, key: String, secret: String },
+    /// A plain `POST {path}` of `{"channel", "data"}` (the Socket.IO peer).
+    Plain { addr: SocketAddr, path: String },
+}
+
+impl PublishVia {
+    /// Parses `http://IP:port/path` for `Plain`.
+    pub fn plain(url: &str) -> anyhow::Result<Self> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("{url}: only http:// URLs"))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let addr = authority.parse().map_err(|_| anyhow::anyhow!("{url}: the host must be IP:port"))?;
+        Ok(Self::Plain { addr, path: if path.is_empty() { "/".into() } else { path.into() } })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Herald { addr, .. } | Self::Pusher { addr, .. } | Self::Plain { addr, .. } => *addr,
+        }
+    }
+
+    /// The request target, extra headers and body that publish `data`
+    /// (JSON text) into `channel`.
+    fn request(&self, channel: &str, data: &str) -> (String, String, String) {
+        match self {
+            Self::Herald { key, .. } => (
+                "/api/publish".into(),
+                format!("X-API-Key: {key}\r\n"),
+                format!(r#"{{"channel":"{channel}","data":{data}}}"#),
+            ),
+            Self::Plain { path, .. } => {
+                (path.clone(), String::new(), format!(r#"{{"channel":"{channel}","data":{data}}}"#))
+            }
+            Self::Pusher { app_id, key, secret, .. } => {
+                let body = serde_json::json!({"name": "bench", "channel": channel, "data": data}).to_string();
+                let path = format!("/apps/{app_id}/events");
+                let timestamp = unix_micros(SystemTime::now()) / 1_000_000;
+                let md5 = hex::encode(<md5::Md5 as md5::Digest>::digest(body.as_bytes()));
+                let query = format!("auth_key={key}&auth_timestamp={timestamp}&auth_version=1.0&body_md5={md5}");
+                let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(secret.as_bytes())
+                    .expect("HMAC takes any key length");
+                hmac::Mac::update(&mut mac, format!("POST\n{path}\n{query}").as_bytes());
+                let signature = hex::encode(hmac::Mac::finalize(mac).into_bytes());
+                (format!("{path}?{query}&auth_signature={signature}"), String::new(), body)
+            }
+        }
+    }
+
+    /// Whether a reply means the publication was accepted.
+    fn accepted(&self, status: u16, body: &str) -> bool {
+        status == 200 && !(matches!(self, Self::Herald { .. }) && body.contains("\"error\""))
+    }
+}
+
+/// A keep-alive connection that publishes.
 #[derive(Debug)]
 pub struct ApiClient {
-    addr: SocketAddr,
-    key: String,
+    via: PublishVia,
     stream: Option<BufReader<TcpStream>>,
 }
 
 impl ApiClient {
-    pub fn new(addr: SocketAddr, key: &str) -> Self {
-        Self { addr, key: key.to_owned(), stream: None }
+    pub fn new(via: PublishVia) -> Self {
+        Self { via, stream: None }
     }
 
-    /// `POST /api/<method>`; returns the status and body.
-    pub async fn call(&mut self, method: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    pub fn via(&self) -> &PublishVia {
+        &self.via
+    }
+
+    /// Publishes `data` (JSON text) into `channel`; true when accepted.
+    pub async fn publish(&mut self, channel: &str, data: &str) -> anyhow::Result<bool> {
+        let (target, headers, body) = self.via.request(channel, data);
+        let (status, reply) = self.post(&target, &headers, &body).await?;
+        Ok(self.via.accepted(status, &reply))
+    }
+
+    /// `POST target`; returns the status and body.
+    pub async fn post(&mut self, target: &str, headers: &str, body: &str) -> anyhow::Result<(u16, String)> {
+        let addr = self.via.addr();
         if self.stream.is_none() {
-            let stream = TcpStream::connect(self.addr).await?;
+            let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
             self.stream = Some(BufReader::new(stream));
         }
         let stream = self.stream.as_mut().expect("connected above");
         let request = format!(
-            "POST /api/{method} HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.addr,
-            self.key,
+            "POST {target} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.get_mut().write_all(request.as_bytes()).await?;

@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
+use herald_bench::client::Protocol;
+use herald_bench::publisher::PublishVia;
 use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
 use herald_bench::scenario::fanout::{self, FanoutArgs};
+use herald_bench::scenario::storm::{self, StormArgs};
 use herald_bench::scenario::ConnectArgs;
 use herald_server::config::{Config, Secret};
 use herald_server::Node;
@@ -18,8 +21,22 @@ async fn herald() -> std::net::SocketAddr {
     let mut config = Config::default();
     let chat = herald_core::NamespaceOptions { publish: herald_core::PublishPolicy::Subscribers, ..Default::default() };
     config.channel.namespaces.insert("chat".into(), chat);
+    let feed = herald_core::NamespaceOptions {
+        history_size: 1000,
+        history_ttl: Duration::from_secs(300),
+        force_recovery: true,
+        recovery_max_publications: 1000,
+        ..Default::default()
+    };
+    config.channel.namespaces.insert("feed".into(), feed);
     config.client.token_hmac_secret = Some(Secret::new(SECRET));
     config.api.key = Some(Secret::new(KEY));
+    config.pusher.apps.push(herald_server::config::PusherApp {
+        id: "bench-app".into(),
+        key: "bench-app-key".into(),
+        secret: Secret::new("bench-app-secret"),
+        ..Default::default()
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let node = Node::build(config).await.unwrap();
@@ -29,6 +46,7 @@ async fn herald() -> std::net::SocketAddr {
 
 fn connect_args(addr: std::net::SocketAddr) -> ConnectArgs {
     ConnectArgs {
+        protocol: Protocol::Centrifuge,
         urls: vec![format!("ws://{addr}/connection/websocket")],
         token_secret: SECRET.into(),
         connect_rate: 500.0,
@@ -41,8 +59,7 @@ async fn fanout_delivers_every_publication_to_every_subscriber_of_its_channel() 
     let addr = herald().await;
     let args = FanoutArgs {
         connect: connect_args(addr),
-        api: addr,
-        api_key: KEY.into(),
+        publish: PublishVia::Herald { addr, key: KEY.into() },
         subscribers: 20,
         channels: 2,
         rate: 200.0,
@@ -56,6 +73,33 @@ async fn fanout_delivers_every_publication_to_every_subscriber_of_its_channel() 
     assert_eq!(result.delivered, result.expected_deliveries);
     assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
     assert_eq!(result.latency.samples, result.delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_speaks_the_pusher_protocol_and_signs_its_api_calls() {
+    let addr = herald().await;
+    let args = FanoutArgs {
+        connect: ConnectArgs {
+            protocol: Protocol::Pusher,
+            urls: vec![format!("ws://{addr}/app/bench-app-key?protocol=7")],
+            ..connect_args(addr)
+        },
+        publish: PublishVia::Pusher {
+            addr,
+            app_id: "bench-app".into(),
+            key: "bench-app-key".into(),
+            secret: "bench-app-secret".into(),
+        },
+        subscribers: 10,
+        channels: 2,
+        rate: 100.0,
+        duration: Duration::from_secs(1),
+        payload_bytes: 16,
+    };
+    let result = fanout::run(&args).await.expect("the scenario runs");
+    assert_eq!((result.connected, result.published), (10, 100));
+    assert_eq!(result.delivered, 100 * 5, "each channel has 5 subscribers");
+    assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,4 +133,28 @@ async fn connections_holds_its_connections_and_reads_the_server_process() {
     assert_eq!((result.connected, result.connect_failures), (50, 0));
     assert!(result.server_rss_kib_per_connection.is_some());
     assert!(result.server_idle_cpu_percent.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_brings_every_client_back_with_nothing_lost() {
+    let addr = herald().await;
+    let args = StormArgs {
+        connect: connect_args(addr),
+        publish: PublishVia::Herald { addr, key: KEY.into() },
+        namespace: "feed".into(),
+        clients: 20,
+        channels: 2,
+        rate: 100.0,
+        storm_after: Duration::from_millis(500),
+        publish_for: Duration::from_secs(1),
+        kill_pid: None,
+    };
+    let result = storm::run(&args).await.expect("the scenario runs");
+    assert_eq!((result.dropped, result.reconnected, result.not_recovered), (20, 20, 0));
+    assert_eq!(result.published, 150);
+    assert_eq!(
+        result.delivered, result.expected_deliveries,
+        "every client got every publication of its channel: {result:?}"
+    );
+    assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
 }

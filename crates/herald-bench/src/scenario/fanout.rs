@@ -1,5 +1,5 @@
 //! `fanout`: N subscribers over M channels, P publications per second
-//! through the server API; reports deliveries per second, publish→deliver
+//! through the server's HTTP API; reports deliveries per second, publish→deliver
 //! latency percentiles, and loss, duplicates and reordering.
 
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{connect_all, progress, ConnectArgs, Latency};
-use crate::publisher::{unix_micros, ApiClient, Schedule};
+use crate::publisher::{unix_micros, ApiClient, PublishVia, Schedule};
 use crate::sequence::{Anomalies, SequenceChecker};
 
 /// What the scenario does.
@@ -20,10 +20,9 @@ use crate::sequence::{Anomalies, SequenceChecker};
 pub struct FanoutArgs {
     #[serde(flatten)]
     pub connect: ConnectArgs,
-    /// The server API, `IP:port`.
-    pub api: std::net::SocketAddr,
+    /// How publications are sent (Herald's API, a Pusher API, a plain POST).
     #[serde(skip)]
-    pub api_key: String,
+    pub publish: PublishVia,
     /// Subscribers in all.
     pub subscribers: usize,
     /// Channels the subscribers are spread over (round-robin).
@@ -99,21 +98,21 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let publishers = channels.min(MAX_PUBLISHERS);
     let mut sending = tokio::task::JoinSet::new();
     for k in 0..publishers {
-        let (api_addr, key, pad) = (args.api, args.api_key.clone(), "x".repeat(args.payload_bytes));
+        let (via, pad) = (args.publish.clone(), "x".repeat(args.payload_bytes));
         sending.spawn(async move {
-            let mut api = ApiClient::new(api_addr, &key);
+            let mut api = ApiClient::new(via);
             let mut published = 0u64;
             for i in (0..total).filter(|i| (*i as usize % channels) % publishers == k) {
                 let (due, due_micros) = schedule.due(i);
                 tokio::time::sleep_until(due).await;
                 let name = channel_name(i as usize % channels);
                 let seq = i / channels as u64;
-                let body = format!(r#"{{"channel":"{name}","data":{{"seq":{seq},"ts":{due_micros},"pad":"{pad}"}}}}"#);
+                let data = format!(r#"{{"seq":{seq},"ts":{due_micros},"pad":"{pad}"}}"#);
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
-                    match api.call("publish", &body).await {
-                        Ok((200, reply)) if !reply.contains("\"error\"") => break,
+                    match api.publish(&name, &data).await {
+                        Ok(true) => break,
                         outcome if attempts >= 3 => {
                             anyhow::bail!(
                                 "publish {i} to {name} failed three times: {outcome:?}; results would be meaningless"

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod connections;
 pub mod fanout;
+pub mod storm;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -11,11 +12,13 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::client::{BenchClient, ConnectError, Target};
+use crate::client::{BenchClient, ConnectError, Protocol, Target};
 
 /// How clients connect.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectArgs {
+    /// The protocol clients speak.
+    pub protocol: Protocol,
     /// WebSocket endpoints; clients are spread over them round-robin.
     pub urls: Vec<String>,
     /// Secret to mint HS256 connection tokens with.
@@ -67,7 +70,7 @@ pub fn progress(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-fn token(secret: &str, user: &str) -> String {
+pub(crate) fn token(secret: &str, user: &str) -> String {
     let claims = serde_json::json!({"sub": user});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
@@ -95,10 +98,14 @@ pub async fn connect_all(
         let target = targets[i % targets.len()].clone();
         let source = (args.source_addresses > 0)
             .then(|| IpAddr::from([127, 0, 0, 2 + (i % usize::from(args.source_addresses)) as u8]));
-        let token = token(&args.token_secret, &format!("bench-{i}"));
+        let token = match args.protocol {
+            Protocol::Centrifuge => token(&args.token_secret, &format!("bench-{i}")),
+            Protocol::Pusher | Protocol::Socketio => String::new(),
+        };
         let channels = channels_of(i);
+        let protocol = args.protocol;
         pending.spawn(async move {
-            let mut client = BenchClient::connect(&target, source, &token).await?;
+            let mut client = BenchClient::connect(&target, source, protocol, &token).await?;
             client.subscribe(&channels).await?;
             Ok::<_, ConnectError>((i, client))
         });

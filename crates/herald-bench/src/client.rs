@@ -16,6 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -104,6 +105,8 @@ impl Received {
 
 /// One message from the server, after heartbeats were answered.
 enum Incoming {
+    /// A bench publication, read without building a JSON tree.
+    Publication(Received),
     Json(Value),
     /// A Socket.IO packet: its type digits and JSON payload.
     SocketIo(String, Value),
@@ -143,7 +146,13 @@ impl BenchClient {
         }
         let stream = socket.connect(target.addr).await.map_err(network)?;
         let _ = stream.set_nodelay(true);
-        let (ws, _) = tokio_tungstenite::client_async(target.url.as_str(), stream).await.map_err(protocol_error)?;
+        // A small read buffer: tungstenite zeroes its whole read buffer on
+        // every read, and with the default 128 KiB that dominated the
+        // generator's CPU (half its time in memset).
+        let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
+            .await
+            .map_err(protocol_error)?;
         let mut client = Self { ws, protocol, next_id: 1, positions: Default::default() };
         match protocol {
             Protocol::Centrifuge => {
@@ -285,7 +294,14 @@ impl BenchClient {
         let mut pending = channels.len();
         while pending > 0 {
             for message in self.next_incoming().await? {
-                let Incoming::Json(message) = message else { continue };
+                let message = match message {
+                    Incoming::Publication(publication) => {
+                        outcome.publications.push(publication);
+                        continue;
+                    }
+                    Incoming::Json(message) => message,
+                    Incoming::SocketIo(..) => continue,
+                };
                 let id = message["id"].as_u64().unwrap_or(0) as u32;
                 if id < first || id >= first + channels.len() as u32 {
                     // A publication may overtake the replies of other channels.
@@ -333,6 +349,10 @@ impl BenchClient {
                     match self.protocol {
                         Protocol::Centrifuge => {
                             for line in text.lines().filter(|l| !l.is_empty()) {
+                                if let Some(publication) = scan::publication(self.protocol, line) {
+                                    messages.push(Incoming::Publication(publication));
+                                    continue;
+                                }
                                 let message: Value = serde_json::from_str(line).map_err(protocol_error)?;
                                 if message == json!({}) {
                                     self.send("{}".to_owned()).await?;
@@ -342,6 +362,9 @@ impl BenchClient {
                             }
                         }
                         Protocol::Pusher => {
+                            if let Some(publication) = scan::publication(self.protocol, &text) {
+                                return Ok(vec![Incoming::Publication(publication)]);
+                            }
                             let frame: Value = serde_json::from_str(&text).map_err(protocol_error)?;
                             if frame["event"] == "pusher:ping" {
                                 self.send(r#"{"event":"pusher:pong","data":{}}"#.to_owned()).await?;
@@ -352,6 +375,9 @@ impl BenchClient {
                         Protocol::Socketio => match text.as_bytes().first() {
                             Some(b'2') => self.send("3".to_owned()).await?,
                             Some(b'4') => {
+                                if let Some(publication) = scan::publication(self.protocol, &text) {
+                                    return Ok(vec![Incoming::Publication(publication)]);
+                                }
                                 let body = &text[1..];
                                 let split = body.find(['[', '{']).unwrap_or(body.len());
                                 let payload = serde_json::from_str(&body[split..]).unwrap_or(Value::Null);
@@ -393,8 +419,15 @@ impl BenchClient {
     /// The publications of the next WebSocket message.
     pub async fn next_publications(&mut self) -> Result<Vec<Received>, ConnectError> {
         let protocol = self.protocol;
-        let received: Vec<Received> =
-            self.next_incoming().await?.iter().filter_map(|message| publication(protocol, message)).collect();
+        let received: Vec<Received> = self
+            .next_incoming()
+            .await?
+            .into_iter()
+            .filter_map(|message| match message {
+                Incoming::Publication(publication) => Some(publication),
+                other => publication(protocol, &other),
+            })
+            .collect();
         for publication in &received {
             if let (Some(offset), Some(position)) = (publication.offset, self.positions.get_mut(&publication.channel)) {
                 position.0 = position.0.max(offset);
@@ -423,6 +456,7 @@ impl BenchClient {
 /// A bench publication in a server message, if it is one.
 fn publication(protocol: Protocol, message: &Incoming) -> Option<Received> {
     match (protocol, message) {
+        (_, Incoming::Publication(publication)) => Some(publication.clone()),
         (Protocol::Centrifuge, Incoming::Json(m)) => {
             let push = m.get("push")?;
             let publication = push.get("pub")?;
@@ -443,5 +477,76 @@ fn publication(protocol: Protocol, message: &Incoming) -> Option<Received> {
             Received::from_data(payload[1].as_str()?, &payload[2], None)
         }
         _ => None,
+    }
+}
+
+/// Reading bench publications without a JSON tree: the generator shares
+/// the machine with the server, so it must cost little per message. The
+/// bench wrote the payload itself (`seq`, `ts`, `from`, `pad` of `x`s), so
+/// its fields can be found by name; anything unexpected falls back to the
+/// full JSON parse.
+mod scan {
+    use super::{Protocol, Received};
+
+    /// The unsigned number after `"key":` (or `\"key\":` inside a JSON string).
+    fn number(text: &str, key: &str) -> Option<u64> {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(key).map(|i| i + from) {
+            from = at + key.len();
+            let before = text[..at].strip_suffix('"')?;
+            let rest = &text[from..];
+            let rest = match before.ends_with('\\') {
+                true => rest.strip_prefix("\\\":"),
+                false => rest.strip_prefix("\":"),
+            };
+            let Some(rest) = rest else { continue };
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            return rest[..digits].parse().ok();
+        }
+        None
+    }
+
+    /// The string after `"key":"`, up to the next quote.
+    fn string<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+        let start = text.find(key)? + key.len();
+        let rest = &text[start..];
+        Some(&rest[..rest.find('"')?])
+    }
+
+    pub(super) fn publication(protocol: Protocol, text: &str) -> Option<Received> {
+        let channel = match protocol {
+            Protocol::Centrifuge if text.starts_with("{\"push\":{\"channel\":\"") && text.contains("\"pub\":") => {
+                string(text, "{\"push\":{\"channel\":\"")?
+            }
+            Protocol::Pusher if !text.contains("\"event\":\"pusher") => string(text, "\"channel\":\"")?,
+            Protocol::Socketio => string(text, "42[\"publication\",\"")?,
+            _ => return None,
+        };
+        Some(Received {
+            channel: channel.to_owned(),
+            from: number(text, "from"),
+            seq: number(text, "seq")?,
+            sent_at_micros: number(text, "ts")?,
+            offset: if protocol == Protocol::Centrifuge { number(text, "offset") } else { None },
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn publications_of_each_protocol_are_read_without_a_json_tree() {
+            let centrifuge =
+                r#"{"push":{"channel":"bench0","pub":{"data":{"seq":12,"ts":1700,"pad":"xx"},"offset":40}}}"#;
+            let pusher = r#"{"event":"bench","channel":"bench1","data":"{\"seq\":3,\"ts\":99,\"from\":7}"}"#;
+            let socketio = r#"42["publication","room2",{"seq":5,"ts":10,"pad":"x"}]"#;
+            let read = |p, t| publication(p, t).map(|r| (r.channel, r.seq, r.sent_at_micros, r.from, r.offset));
+            assert_eq!(read(Protocol::Centrifuge, centrifuge), Some(("bench0".into(), 12, 1700, None, Some(40))));
+            assert_eq!(read(Protocol::Pusher, pusher), Some(("bench1".into(), 3, 99, Some(7), None)));
+            assert_eq!(read(Protocol::Socketio, socketio), Some(("room2".into(), 5, 10, None, None)));
+            assert_eq!(read(Protocol::Pusher, r#"{"event":"pusher:ping","data":{}}"#), None);
+            assert_eq!(read(Protocol::Centrifuge, r#"{"id":3,"subscribe":{}}"#), None);
+        }
     }
 }

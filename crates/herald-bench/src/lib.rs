@@ -1,17 +1,20 @@
 //! # herald-bench
 //!
 //! Herald's load generator. Every performance figure Herald states comes
-//! from it. It speaks the Centrifuge protocol (JSON) over real WebSockets
-//! and publishes through the server API.
+//! from it. It speaks the Centrifuge protocol (JSON), the Pusher protocol
+//! and Socket.IO over real WebSockets, so the same scenario runs against
+//! Herald and its peers, and publishes through the server's HTTP API.
 //!
 //! # Layout
 //!
-//! - [`client`]: the bench's minimal Centrifuge client, with source-address
-//!   binding.
-//! - [`publisher`]: scheduled publishing through the server API, with
-//!   latency measured from the scheduled send time (no coordinated omission).
+//! - [`client`]: the bench's minimal client for the three protocols, with
+//!   source-address binding.
+//! - [`publisher`]: scheduled publishing through an HTTP API, with latency
+//!   measured from the scheduled send time (no coordinated omission).
 //! - [`sequence`]: per-channel loss, duplicate and reordering detection.
-//! - [`scenario`]: `connections` and `fanout`.
+//! - [`scenario`]: `connections`, `fanout`, `chat` and `reconnect-storm`.
+//! - [`workers`]: `connections` over several processes, past one process's
+//!   open-files limit.
 //! - [`procfs`]: server RSS and CPU from `/proc`.
 
 #![forbid(unsafe_code)]
@@ -21,3 +24,4 @@ pub mod procfs;
 pub mod publisher;
 pub mod scenario;
 pub mod sequence;
+pub mod workers;

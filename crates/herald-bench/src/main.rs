@@ -44,6 +44,10 @@ enum Scenario {
         /// The server's pid, to read its RSS and CPU from /proc.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Spread the connections over this many worker processes (each
+        /// process may hold only so many open files).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// N subscribers over M channels, P publications/s through the API.
     Fanout {
@@ -169,6 +173,27 @@ impl Common {
     }
 }
 
+impl Common {
+    /// The flags a worker process needs to connect as this one would.
+    fn worker_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for url in &self.urls {
+            args.extend(["--url".to_owned(), url.clone()]);
+        }
+        args.extend([
+            "--protocol".to_owned(),
+            format!("{:?}", self.protocol).to_lowercase(),
+            "--token-secret".to_owned(),
+            self.token_secret.clone(),
+            "--connect-rate".to_owned(),
+            self.connect_rate.to_string(),
+            "--source-addresses".to_owned(),
+            self.source_addresses.to_string(),
+        ]);
+        args
+    }
+}
+
 /// How `fanout` publishes, from its flags.
 fn publish_via(
     protocol: Protocol,
@@ -224,9 +249,14 @@ fn finish<A: Serialize, R: Serialize>(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.scenario {
-        Scenario::Connections { common, count, hold, server_pid } => {
+        Scenario::Connections { common, count, hold, server_pid, workers } => {
             let args = ConnectionsArgs { connect: common.connect()?, count, hold: hold.into(), server_pid };
-            let result = connections::run(&args).await?;
+            let result = match workers {
+                0 | 1 => connections::run(&args).await?,
+                n => {
+                    herald_bench::workers::connections(n, count, hold.into(), server_pid, &common.worker_args()).await?
+                }
+            };
             finish("connections", common, args, result)
         }
         Scenario::Fanout {

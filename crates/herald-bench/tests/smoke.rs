@@ -158,3 +158,19 @@ async fn a_reconnect_storm_brings_every_client_back_with_nothing_lost() {
     );
     assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_worker_processes_add_up() {
+    let addr = herald().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(["connections", "--url", &format!("ws://{addr}/connection/websocket"), "--token-secret", SECRET])
+        .args(["--count", "30", "--workers", "3", "--hold", "300ms", "--server-pid", &std::process::id().to_string()])
+        .output()
+        .await
+        .expect("herald-bench runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON result");
+    assert_eq!(report["result"]["connected"], 30, "{report}");
+    assert_eq!(report["result"]["connect_failures"], 0);
+    assert!(report["result"]["server_rss_kib_per_connection"].is_number());
+}

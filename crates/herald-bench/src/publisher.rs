@@ -99,8 +99,18 @@ impl ApiClient {
         Ok(self.via.accepted(status, &reply))
     }
 
-    /// `POST target`; returns the status and body.
+    /// `POST target`; returns the status and body. A connection the server
+    /// closed, or asked to close, is opened again for the next request.
     pub async fn post(&mut self, target: &str, headers: &str, body: &str) -> anyhow::Result<(u16, String)> {
+        let outcome = self.exchange(target, headers, body).await;
+        if !matches!(outcome, Ok((_, _, true))) {
+            self.stream = None;
+        }
+        outcome.map(|(status, body, _)| (status, body))
+    }
+
+    /// One request and response; the flag says whether the connection may be reused.
+    async fn exchange(&mut self, target: &str, headers: &str, body: &str) -> anyhow::Result<(u16, String, bool)> {
         let addr = self.via.addr();
         if self.stream.is_none() {
             let stream = TcpStream::connect(addr).await?;
@@ -114,9 +124,11 @@ impl ApiClient {
         );
         stream.get_mut().write_all(request.as_bytes()).await?;
         let mut status_line = String::new();
-        stream.read_line(&mut status_line).await?;
+        if stream.read_line(&mut status_line).await? == 0 {
+            anyhow::bail!("the server closed the API connection");
+        }
         let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut length = 0usize;
+        let (mut length, mut chunked, mut reusable) = (None, false, true);
         loop {
             let mut header = String::new();
             if stream.read_line(&mut header).await? == 0 {
@@ -126,15 +138,37 @@ impl ApiClient {
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
+            let Some((name, value)) = header.split_once(':') else { continue };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().ok();
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                reusable = !value.eq_ignore_ascii_case("close");
             }
         }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                let mut size = String::new();
+                stream.read_line(&mut size).await?;
+                let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)?;
+                let mut chunk = vec![0; size + 2];
+                stream.read_exact(&mut chunk).await?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(length) = length {
+            body.resize(length, 0);
+            stream.read_exact(&mut body).await?;
+        } else {
+            stream.read_to_end(&mut body).await?;
+            reusable = false;
+        }
+        Ok((status, String::from_utf8_lossy(&body).into_owned(), reusable))
     }
 }
 

@@ -239,12 +239,49 @@ fn finish<A: Serialize, R: Serialize>(
     let (label, out) = (common.label, common.out);
     let report = Report { scenario, label, version: env!("CARGO_PKG_VERSION"), cores, args, result };
     let json = serde_json::to_string_pretty(&report)?;
+    writeln!(std::io::stderr(), "{}", summary(scenario, &serde_json::to_value(&report.result)?))?;
     writeln!(std::io::stdout(), "{json}")?;
     if let Some(path) = out {
         std::fs::write(&path, &json)?;
         writeln!(std::io::stderr(), "result written to {}", path.display())?;
     }
     Ok(())
+}
+
+/// The result for people: one line per field, latency and anomalies first.
+fn summary(scenario: &str, result: &serde_json::Value) -> String {
+    let mut lines = vec![format!("{scenario} result:")];
+    if let Some(latency) = result.get("latency") {
+        let ms = |key: &str| latency[key].as_f64().map_or("-".to_owned(), |v| format!("{v:.1} ms"));
+        lines.push(format!(
+            "  latency   p50 {}   p90 {}   p99 {}   p99.9 {}   max {}",
+            ms("p50_ms"),
+            ms("p90_ms"),
+            ms("p99_ms"),
+            ms("p999_ms"),
+            ms("max_ms")
+        ));
+    }
+    if let Some(anomalies) = result.get("anomalies") {
+        let n = |key: &str| anomalies[key].as_u64().unwrap_or(0);
+        lines.push(format!(
+            "  anomalies lost {}   duplicated {}   reordered {}",
+            n("lost"),
+            n("duplicated"),
+            n("reordered")
+        ));
+    }
+    for (key, value) in result.as_object().into_iter().flatten() {
+        if value.is_number() || value.is_null() {
+            let shown = match value.as_f64() {
+                Some(v) if v.fract() != 0.0 => format!("{v:.2}"),
+                Some(v) => format!("{v}"),
+                None => "-".to_owned(),
+            };
+            lines.push(format!("  {key:<32} {shown}"));
+        }
+    }
+    lines.join("\n")
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

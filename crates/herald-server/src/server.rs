@@ -247,19 +247,24 @@ async fn pusher_websocket(
         return (StatusCode::NOT_FOUND, "the Pusher protocol is not configured: add a [[pusher.apps]] table")
             .into_response();
     };
-    let guard = state.tracker.enter();
-    upgrade
-        .max_message_size(state.max_message_size)
-        .max_frame_size(state.max_message_size)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| async move {
-            let _guard = guard;
-            pusher::session::run(WsTransport(socket), frontend, key, query).await;
-        })
+    serve_websocket(&state, upgrade, move |transport| pusher::session::run(transport, frontend, key, query))
 }
 
 async fn centrifuge_websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let shared = state.shared.clone();
+    serve_websocket(&state, upgrade, move |transport| centrifuge::session::run(transport, shared))
+}
+
+/// Upgrades with the node's WebSocket limits and runs `session` on the
+/// socket, counted by the tracker so shutdown waits for it.
+fn serve_websocket<F>(
+    state: &AppState,
+    upgrade: WebSocketUpgrade,
+    session: impl FnOnce(WsTransport) -> F + Send + 'static,
+) -> Response
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let guard = state.tracker.enter();
     upgrade
         .max_message_size(state.max_message_size)
@@ -268,7 +273,7 @@ async fn centrifuge_websocket(State(state): State<AppState>, upgrade: WebSocketU
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             let _guard = guard;
-            centrifuge::session::run(WsTransport(socket), state.shared).await;
+            session(WsTransport(socket)).await;
         })
 }
 

@@ -320,14 +320,20 @@ impl HubObserver for Transitions {
     }
 }
 
-#[tokio::test]
-async fn occupancy_and_user_presence_are_reported_once_per_transition() {
+/// A hub with Pusher's conventions and occupancy, and what it reports.
+async fn observed_fixture() -> (Fixture, Arc<Transitions>) {
     let mut config = HubConfig::new(NodeId::new("test"), rules().with_pusher_conventions());
     config.track_occupancy = true;
     let f = Fixture { hub: Hub::new(config, Arc::new(MemoryEngine::new())), encoder: Arc::default() };
     f.hub.start().await.unwrap();
     let seen = Arc::new(Transitions::default());
     f.hub.observe(seen.clone());
+    (f, seen)
+}
+
+#[tokio::test]
+async fn occupancy_and_user_presence_are_reported_once_per_transition() {
+    let (f, seen) = observed_fixture().await;
 
     let tab1 = f.connect("ann", 1 << 20);
     let tab2 = f.connect("ann", 1 << 20);
@@ -362,12 +368,7 @@ async fn a_signed_in_connection_is_reached_as_its_new_user() {
 
 #[tokio::test]
 async fn a_member_named_by_its_subscription_joins_and_leaves_under_that_name() {
-    let mut config = HubConfig::new(NodeId::new("test"), rules().with_pusher_conventions());
-    config.track_occupancy = true;
-    let f = Fixture { hub: Hub::new(config, Arc::new(MemoryEngine::new())), encoder: Arc::default() };
-    f.hub.start().await.unwrap();
-    let seen = Arc::new(Transitions::default());
-    f.hub.observe(seen.clone());
+    let (f, seen) = observed_fixture().await;
 
     let conn = f.connect("", 1 << 20);
     let member = UserId::new("member-7").unwrap();

@@ -212,6 +212,11 @@ impl Frame<'_> {
     }
 }
 
+/// `pusher_internal:subscription_succeeded` with `data` (a JSON string).
+pub fn subscription_succeeded(channel: &str, data: &str) -> Bytes {
+    Frame { event: "pusher_internal:subscription_succeeded", channel: Some(channel), data, user_id: None }.encode()
+}
+
 /// A frame whose `data` is an object (`pusher:error`, `pusher:pong`, …).
 pub fn object_frame(event: &str, channel: Option<&str>, data: &serde_json::Value) -> Bytes {
     let mut frame = serde_json::json!({ "event": event, "data": data });

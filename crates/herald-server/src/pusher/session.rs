@@ -269,15 +269,7 @@ impl Session {
         match event {
             ConnEvent::Subscribed { channel } => {
                 let name = self.app.name_of(&channel)?;
-                Some(
-                    Frame {
-                        event: "pusher_internal:subscription_succeeded",
-                        channel: Some(name),
-                        data: "{}",
-                        user_id: None,
-                    }
-                    .encode(),
-                )
+                Some(super::subscription_succeeded(name, "{}"))
             }
             // Pusher has no server-side unsubscribe push; the client simply
             // stops receiving the channel.

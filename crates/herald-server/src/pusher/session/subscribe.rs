@@ -9,7 +9,7 @@ use herald_core::{ChannelKind, HubError, Outgoing, SubscribeAccess, SubscribeReq
 use herald_engine::{ChannelName, HistoryQuery, UserId};
 
 use super::super::webhooks::Event as Hook;
-use super::super::{error_frame, object_frame, sign, Frame};
+use super::super::{error_frame, object_frame, sign, subscription_succeeded};
 use super::{data_as, Session};
 
 #[derive(Debug, Deserialize)]
@@ -97,17 +97,7 @@ impl Session {
         if kind.is_presence() {
             self.check_presence_room(&channel, subscription.user.as_ref()).await?;
         }
-        let reply = (!kind.is_presence()).then(|| {
-            Outgoing::Frame(
-                Frame {
-                    event: "pusher_internal:subscription_succeeded",
-                    channel: Some(name),
-                    data: "{}",
-                    user_id: None,
-                }
-                .encode(),
-            )
-        });
+        let reply = (!kind.is_presence()).then(|| Outgoing::Frame(subscription_succeeded(name, "{}")));
         let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
         self.frontend.hub.subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
         if kind.is_presence() {
@@ -156,10 +146,7 @@ impl Session {
                 serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": hash.len() } }).to_string()
             }
         };
-        self.send(
-            Frame { event: "pusher_internal:subscription_succeeded", channel: Some(name), data: &data, user_id: None }
-                .encode(),
-        );
+        self.send(subscription_succeeded(name, &data));
         if kind.is_cache() && kind.is_presence() {
             self.send_cached(channel, name).await;
         }

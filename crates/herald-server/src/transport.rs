@@ -41,6 +41,46 @@ pub trait Transport: Send {
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
 }
 
+/// What a JSON session makes of the next thing a transport gave it.
+#[derive(Debug)]
+pub enum Next {
+    /// A text message to handle.
+    Text(Bytes),
+    /// The session is over: `Some(reason)` when the server ends it.
+    End(Option<herald_engine::DisconnectReason>),
+}
+
+impl Next {
+    /// Sorts a `recv` result for a protocol that speaks JSON text only:
+    /// binary messages and oversized ones end the session, logged with
+    /// `who`; a closed or broken transport ends it quietly.
+    pub fn of(received: Result<Option<Inbound>, TransportError>, who: &dyn std::fmt::Debug) -> Self {
+        use herald_engine::DisconnectReason;
+        match received {
+            Ok(Some(Inbound::Text(frame))) => Next::Text(frame),
+            Ok(Some(Inbound::Binary(_))) => {
+                tracing::info!(client = ?who, "binary frame on a JSON protocol; closing");
+                Next::End(Some(DisconnectReason::BadRequest))
+            }
+            Ok(None) => Next::End(None),
+            Err(TransportError::TooLarge) => {
+                tracing::info!(client = ?who, "message above client.max_message_size; closing");
+                Next::End(Some(DisconnectReason::MessageTooLarge))
+            }
+            Err(TransportError::Broken(why)) => {
+                tracing::debug!(client = ?who, %why, "transport broke");
+                Next::End(None)
+            }
+        }
+    }
+}
+
+/// Resolves once the node starts shutting down.
+pub async fn closing(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    // An error means the node is gone, which is a shutdown too.
+    let _ = shutdown.wait_for(|closing| *closing).await;
+}
+
 /// A WebSocket accepted by axum.
 #[derive(Debug)]
 pub struct WsTransport(pub WebSocket);

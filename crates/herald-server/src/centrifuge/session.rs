@@ -25,7 +25,7 @@ use super::codes::{self, ClientError};
 use super::command::{self, Command, Method};
 use super::encode::{self, CentrifugeEncoder};
 use crate::auth::{self, TokenVerifier};
-use crate::transport::{Inbound, Transport, TransportError};
+use crate::transport::{closing, Next, Transport};
 
 /// Session settings, taken from `[client]`.
 #[derive(Debug, Clone)]
@@ -164,26 +164,14 @@ impl Session {
                         return end;
                     }
                 }
-                inbound = transport.recv() => match inbound {
-                    Ok(Some(Inbound::Text(frame))) => {
+                inbound = transport.recv() => match Next::of(inbound, &self.client()) {
+                    Next::Text(frame) => {
                         if let Err(reason) = self.on_frame(&frame).await {
                             self.log_refusal(&reason, &frame);
                             return Some(reason);
                         }
                     }
-                    Ok(Some(Inbound::Binary(_))) => {
-                        tracing::info!(client = ?self.client(), "binary frame on the JSON protocol; closing");
-                        return Some(DisconnectReason::BadRequest);
-                    }
-                    Ok(None) => return None,
-                    Err(TransportError::TooLarge) => {
-                        tracing::info!(client = ?self.client(), "message above client.max_message_size; closing");
-                        return Some(DisconnectReason::MessageTooLarge);
-                    }
-                    Err(TransportError::Broken(why)) => {
-                        tracing::debug!(client = ?self.client(), %why, "transport broke");
-                        return None;
-                    }
+                    Next::End(reason) => return reason,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     if let Err(end) = self.on_timer(transport).await {
@@ -357,12 +345,6 @@ impl Session {
             Err(Failure::Disconnect(reason)) => Err(reason),
         }
     }
-}
-
-/// Resolves once the node starts shutting down.
-async fn closing(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the node is gone, which is a shutdown too.
-    let _ = shutdown.wait_for(|closing| *closing).await;
 }
 
 mod commands;

@@ -22,7 +22,7 @@ use herald_core::{ConnEvent, Connection, ConnectionSpec, Drained, HubError, Outb
 use herald_engine::{ClientId, DisconnectReason, UserId};
 
 use super::{error_frame, object_frame, App, AppSlot, Frame, Frontend};
-use crate::transport::{Inbound, Transport, TransportError};
+use crate::transport::{closing, Next, Transport};
 
 /// The protocol versions served; pusher-js 8 speaks 7.
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
@@ -193,27 +193,15 @@ impl Session {
                 inbound = transport.recv() => {
                     self.last_heard = Instant::now();
                     self.pinged = None;
-                    match inbound {
-                        Ok(Some(Inbound::Text(frame))) => {
+                    match Next::of(inbound, &self.socket_id) {
+                        Next::Text(frame) => {
                             if let Err(reason) = self.on_frame(&frame).await {
                                 // The `pusher:error` that explains the close goes first.
                                 let _ = self.flush(transport).await;
                                 return Some(reason);
                             }
                         }
-                        Ok(Some(Inbound::Binary(_))) => {
-                            tracing::info!(socket_id = %self.socket_id, "binary frame on the Pusher protocol; closing");
-                            return Some(DisconnectReason::BadRequest);
-                        }
-                        Ok(None) => return None,
-                        Err(TransportError::TooLarge) => {
-                            tracing::info!(socket_id = %self.socket_id, "message above client.max_message_size; closing");
-                            return Some(DisconnectReason::MessageTooLarge);
-                        }
-                        Err(TransportError::Broken(why)) => {
-                            tracing::debug!(socket_id = %self.socket_id, %why, "transport broke");
-                            return None;
-                        }
+                        Next::End(reason) => return reason,
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -309,12 +297,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-/// Resolves once the node starts shutting down.
-async fn closing(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    // An error means the node is gone, which is a shutdown too.
-    let _ = shutdown.wait_for(|closing| *closing).await;
 }
 
 mod client_events;

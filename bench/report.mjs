@@ -271,18 +271,16 @@ function withExtras(table, runs, skip) {
   return `${table}\n\nOther fields of the same runs:\n\n${markdownTable([labelColumn, ...extras], runs)}`;
 }
 
-function fanoutTable(runs) {
-  const skip = new Set(['delivered', 'expected_deliveries', 'deliveries_per_second', 'published', 'latency', 'anomalies']);
+/** A table of runs that deliver messages: their own argument columns, then
+ * `countField` (what was sent), deliveries, latency and anomalies. */
+function deliveryTable(runs, argColumns, countField) {
+  const skip = new Set(['delivered', 'expected_deliveries', 'deliveries_per_second', countField, 'latency', 'anomalies']);
   const columns = [
     labelColumn,
     ...(hasProtocol(runs) ? [protocolColumn] : []),
     ...nodesColumn(runs),
-    col('subscribers', (run) => run.args.subscribers),
-    col('channels', (run) => run.args.channels),
-    col('publications/s', (run) => run.args.rate),
-    col('payload', (run) => run.args.payload_bytes, fmtBytes),
-    col('duration', (run) => run.args.duration, String),
-    col('published', (run) => run.result.published),
+    ...argColumns,
+    col(countField, (run) => run.result[countField]),
     col('delivered / expected', deliveredColumn, String),
     col('deliveries/s', (run) => run.result.deliveries_per_second, fmtInt),
     ...latencyColumns(),
@@ -292,24 +290,25 @@ function fanoutTable(runs) {
   return withExtras(markdownTable(columns, runs), runs, skip);
 }
 
+function fanoutTable(runs) {
+  const args = [
+    col('subscribers', (run) => run.args.subscribers),
+    col('channels', (run) => run.args.channels),
+    col('publications/s', (run) => run.args.rate),
+    col('payload', (run) => run.args.payload_bytes, fmtBytes),
+    col('duration', (run) => run.args.duration, String),
+  ];
+  return deliveryTable(runs, args, 'published');
+}
+
 function chatTable(runs) {
-  const skip = new Set(['delivered', 'expected_deliveries', 'deliveries_per_second', 'sent', 'latency', 'anomalies']);
-  const columns = [
-    labelColumn,
-    ...(hasProtocol(runs) ? [protocolColumn] : []),
-    ...nodesColumn(runs),
+  const args = [
     col('rooms', (run) => run.args.rooms),
     col('members per room', (run) => run.args.members_per_room),
     col('messages/s per member', (run) => run.args.rate_per_member),
     col('duration', (run) => run.args.duration, String),
-    col('sent', (run) => run.result.sent),
-    col('delivered / expected', deliveredColumn, String),
-    col('deliveries/s', (run) => run.result.deliveries_per_second, fmtInt),
-    ...latencyColumns(),
-    ...anomalyColumns(runs),
-    rssColumn,
   ];
-  return withExtras(markdownTable(columns, runs), runs, skip);
+  return deliveryTable(runs, args, 'sent');
 }
 
 // Scalars from args worth a column, for scenarios known only loosely.

@@ -81,7 +81,7 @@ function isTable(value) {
 }
 
 /** Merges `overrides` into `base` (tables merge, everything else replaces). */
-function merge(base, overrides) {
+export function merge(base, overrides) {
   const out = { ...base };
   for (const [key, value] of Object.entries(overrides ?? {})) {
     out[key] = isTable(value) && isTable(out[key]) ? merge(out[key], value) : value;

@@ -15,7 +15,7 @@ import Echo from 'laravel-echo';
 import PusherSdk from 'pusher';
 import PusherJs from 'pusher-js';
 
-import { defaultConfig, startHerald } from './herald.mjs';
+import { defaultConfig, merge, startHerald } from './herald.mjs';
 
 // pusher-js logs nothing unless told to; keep its last lines for failure messages.
 const pusherJsLog = [];
@@ -37,19 +37,6 @@ let nameCounter = 0;
 export function uniqueName(prefix) {
   nameCounter += 1;
   return `${prefix}-${nameCounter}`;
-}
-
-function isTable(value) {
-  return value !== null && typeof value === 'object' && !Array.isArray(value);
-}
-
-/** Merges tables key by key; anything else (arrays included) replaces. */
-function merge(base, overrides) {
-  const out = { ...base };
-  for (const [key, value] of Object.entries(overrides ?? {})) {
-    out[key] = isTable(value) && isTable(out[key]) ? merge(out[key], value) : value;
-  }
-  return out;
 }
 
 /** Short JSON for failure messages. */
@@ -505,12 +492,8 @@ export async function startHeraldWithPusher(
   // Every client a factory made, so closeClients() can end them all.
   const open = [];
 
-  /** The pusher-js options a browser app would use against herald `node`. */
-  function pusherJsOptions(node, { user, info, authMode } = {}) {
-    const params = {};
-    if (user !== undefined) params.user_id = String(user);
-    if (info !== undefined) params.user_info = JSON.stringify(info);
-    if (authMode !== undefined) params.auth_mode = authMode;
+  /** Where pusher-js (alone or inside Echo) connects: herald `node`, plain ws. */
+  function socketOptions(node) {
     return {
       cluster: 'herald',
       wsHost: '127.0.0.1',
@@ -518,6 +501,17 @@ export async function startHeraldWithPusher(
       forceTLS: false,
       enabledTransports: ['ws'],
       disableStats: true,
+    };
+  }
+
+  /** The pusher-js options a browser app would use against herald `node`. */
+  function pusherJsOptions(node, { user, info, authMode } = {}) {
+    const params = {};
+    if (user !== undefined) params.user_id = String(user);
+    if (info !== undefined) params.user_info = JSON.stringify(info);
+    if (authMode !== undefined) params.auth_mode = authMode;
+    return {
+      ...socketOptions(node),
       channelAuthorization: { endpoint: auth.channelUrl, transport: 'ajax', params },
       userAuthentication: { endpoint: auth.userUrl, transport: 'ajax', params },
     };
@@ -556,12 +550,7 @@ export async function startHeraldWithPusher(
         broadcaster: 'pusher',
         Pusher: PusherJs,
         key: app.key,
-        cluster: 'herald',
-        wsHost: '127.0.0.1',
-        wsPort: nodes[node].port,
-        forceTLS: false,
-        enabledTransports: ['ws'],
-        disableStats: true,
+        ...socketOptions(node),
         authEndpoint: auth.channelUrl,
         bearerToken: user === undefined ? null : String(user),
         auth: { headers: {}, params: info === undefined ? {} : { user_info: JSON.stringify(info) } },

@@ -77,8 +77,8 @@ pub async fn handle(
             .apps
             .by_id(&app_id)
             .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("app {app_id} does not exist")))?;
-        authenticate(app, &method, &uri, &body)?;
         let query = query_pairs(&uri);
+        authenticate(app, &method, uri.path(), &query, &body)?;
         let api = Api { frontend: &frontend, app };
         let segments: Vec<&str> = rest.split('/').collect();
         match (&method, segments.as_slice()) {
@@ -111,9 +111,14 @@ fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Checks the request's signature, key, timestamp and body digest.
-fn authenticate(app: &App, method: &Method, uri: &Uri, body: &[u8]) -> Result<(), Failure> {
-    let query = query_pairs(uri);
-    let get = |name| param(&query, name);
+fn authenticate(
+    app: &App,
+    method: &Method,
+    path: &str,
+    query: &[(String, String)],
+    body: &[u8],
+) -> Result<(), Failure> {
+    let get = |name| param(query, name);
     if get("auth_key") != Some(app.config.key.as_str()) {
         return Err(Failure::unauthorized("auth_key is missing or not this app's key"));
     }
@@ -133,7 +138,7 @@ fn authenticate(app: &App, method: &Method, uri: &Uri, body: &[u8]) -> Result<()
         _ => {}
     }
     let signature = get("auth_signature").ok_or_else(|| Failure::unauthorized("auth_signature is missing"))?;
-    let message = sign::request_message(method.as_str(), uri.path(), &query);
+    let message = sign::request_message(method.as_str(), path, query);
     if !sign::verify_hex(app.config.secret.expose(), message.as_bytes(), signature) {
         return Err(Failure::unauthorized("Invalid signature: check the app secret and how the request is signed"));
     }

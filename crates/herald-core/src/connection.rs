@@ -2,7 +2,6 @@
 //! which channels it is subscribed to. Front-ends own the socket; the hub
 //! owns this record.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -60,6 +59,54 @@ pub struct Subscription {
     pub user: Option<UserId>,
 }
 
+/// A connection's subscriptions: a short list kept exactly as long as it
+/// is. Most connections hold a handful of channels, where a scan is as fast
+/// as hashing; an idle connection's one-entry hash map cost about 300 bytes,
+/// this costs the entry.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions(Vec<(ChannelName, Subscription)>);
+
+impl Subscriptions {
+    fn position(&self, channel: &ChannelName) -> Option<usize> {
+        self.0.iter().position(|(c, _)| c == channel)
+    }
+
+    pub(crate) fn get(&self, channel: &ChannelName) -> Option<&Subscription> {
+        self.position(channel).map(|i| &self.0[i].1)
+    }
+
+    pub(crate) fn contains_key(&self, channel: &ChannelName) -> bool {
+        self.position(channel).is_some()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &ChannelName> {
+        self.0.iter().map(|(c, _)| c)
+    }
+
+    /// Adds or replaces the subscription to `channel`.
+    pub(crate) fn insert(&mut self, channel: ChannelName, subscription: Subscription) {
+        match self.position(&channel) {
+            Some(i) => self.0[i].1 = subscription,
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push((channel, subscription));
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, channel: &ChannelName) -> Option<Subscription> {
+        let removed = self.0.swap_remove(self.position(channel)?).1;
+        if self.0.capacity() > 2 * self.0.len() {
+            self.0.shrink_to_fit();
+        }
+        Some(removed)
+    }
+}
+
 /// A registered connection.
 #[derive(Debug)]
 pub struct Connection {
@@ -69,7 +116,7 @@ pub struct Connection {
     pub(crate) conn_info: Option<Bytes>,
     pub(crate) encoder: Arc<dyn PushEncoder>,
     pub(crate) outbox: Arc<Outbox>,
-    pub(crate) subscriptions: Mutex<HashMap<ChannelName, Subscription>>,
+    pub(crate) subscriptions: Mutex<Subscriptions>,
 }
 
 impl Connection {
@@ -80,7 +127,7 @@ impl Connection {
             conn_info: spec.conn_info,
             encoder: spec.encoder,
             outbox: spec.outbox,
-            subscriptions: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(Subscriptions::default()),
         }
     }
 
@@ -96,7 +143,7 @@ impl Connection {
         &self.outbox
     }
 
-    pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Subscription>> {
+    pub(crate) fn subscriptions(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -135,7 +135,9 @@ struct Subscriber {
     /// node after the history read that included it; it is not sent twice.
     live_after: Option<StreamPosition>,
     /// Present while the subscription recovers: publications wait here.
-    recovering: Option<Mutex<Vec<Arc<Publication>>>>,
+    /// (Boxed: most subscribers never recover, and every one pays for the
+    /// inline size.)
+    recovering: Option<Box<Mutex<Vec<Arc<Publication>>>>>,
 }
 
 type Subscribers = HashMap<ClientId, Subscriber>;
@@ -146,7 +148,10 @@ pub struct Hub {
     config: HubConfig,
     engine: Arc<dyn Engine>,
     connections: ShardedMap<ClientId, Arc<Connection>>,
-    users: ShardedMap<UserId, HashMap<ClientId, Arc<Connection>>>,
+    /// Each user's connections, as a list kept exactly as long as it is:
+    /// most users have one or two, and a hash map per user cost more than
+    /// the rest of an idle connection's hub records.
+    users: ShardedMap<UserId, Vec<Arc<Connection>>>,
     channels: ShardedMap<ChannelName, Subscribers>,
     interest_locks: Box<[tokio::sync::Mutex<()>]>,
     closing: AtomicBool,
@@ -302,7 +307,7 @@ impl Hub {
         let conn = Arc::new(Connection::new(spec));
         self.connections.write(&conn.client).insert(conn.client.clone(), conn.clone());
         let user = conn.user();
-        self.users.write(&user).entry(user.clone()).or_default().insert(conn.client.clone(), conn.clone());
+        self.remember_user(&conn, user);
         Ok(conn)
     }
 
@@ -311,16 +316,26 @@ impl Hub {
     pub fn sign_in(&self, conn: &Arc<Connection>, user: UserId) {
         let previous = std::mem::replace(&mut *conn.user.lock().unwrap_or_else(|e| e.into_inner()), user.clone());
         self.forget_user(conn, &previous);
-        self.users.write(&user).entry(user.clone()).or_default().insert(conn.client.clone(), conn.clone());
+        self.remember_user(conn, user);
+    }
+
+    fn remember_user(&self, conn: &Arc<Connection>, user: UserId) {
+        let mut users = self.users.write(&user);
+        let conns = users.entry(user).or_default();
+        conns.reserve_exact(1);
+        conns.push(conn.clone());
     }
 
     fn forget_user(&self, conn: &Connection, user: &UserId) {
         let mut users = self.users.write(user);
-        if let Some(conns) = users.get_mut(user) {
-            conns.remove(&conn.client);
-            if conns.is_empty() {
-                users.remove(user);
-            }
+        let Some(conns) = users.get_mut(user) else { return };
+        if let Some(at) = conns.iter().position(|c| c.client == conn.client) {
+            conns.swap_remove(at);
+        }
+        if conns.is_empty() {
+            users.remove(user);
+        } else if conns.capacity() > 2 * conns.len() {
+            conns.shrink_to_fit();
         }
     }
 

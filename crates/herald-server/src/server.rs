@@ -37,10 +37,15 @@ use crate::transport::WsTransport;
 pub const CENTRIFUGE_PATH: &str = "/connection/websocket";
 
 /// Bytes each WebSocket reads at a time. The buffer stays allocated for the
-/// connection's life, so it is most of an idle connection's memory: 1 KiB
-/// instead of 4 KiB took 19,000 idle connections from 9.7 to 6.7 KiB of RSS
-/// each (BENCHMARKS.md). Larger messages are read in several reads.
-const READ_BUFFER: usize = 1024;
+/// connection's life, so it weighs on an idle connection's memory (see
+/// BENCHMARKS.md). Clients send little; larger messages take several reads.
+const READ_BUFFER: usize = 256;
+
+/// Bytes of queued WebSocket frames written at once: a session's frames
+/// wait in the write buffer until it flushes or holds this much, so a batch
+/// of Pusher events leaves in one system call. The buffer grows only as
+/// large as what is queued.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Counts live sessions so shutdown can wait for them.
 #[derive(Debug, Default)]
@@ -270,7 +275,7 @@ where
         .max_message_size(state.max_message_size)
         .max_frame_size(state.max_message_size)
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _guard = guard;
             session(WsTransport(socket)).await;

@@ -37,6 +37,16 @@ pub trait Transport: Send {
     /// Sends one text message.
     fn send_text(&mut self, text: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
 
+    /// Sends text messages in order, in as few writes as the transport can.
+    fn send_texts(&mut self, texts: Vec<Bytes>) -> impl Future<Output = Result<(), TransportError>> + Send {
+        async move {
+            for text in texts {
+                self.send_text(text).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Closes with a code and reason; errors are moot at this point.
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
 }
@@ -75,6 +85,32 @@ impl Next {
     }
 }
 
+/// Sends text messages, giving up on a client that stopped reading:
+/// when `outbox` overflows behind the blocked write (it then closes as
+/// slow), or after `timeout`. `Err(None)` means the transport broke,
+/// `Err(Some(Slow))` that the client was too slow.
+///
+/// Nearly every write completes at once, so the timer is armed only for a
+/// write that does not: a timer per message would cost more than the write.
+pub async fn send_guarded<T: Transport>(
+    transport: &mut T,
+    frames: Vec<Bytes>,
+    outbox: &herald_core::Outbox,
+    timeout: std::time::Duration,
+) -> Result<(), Option<herald_engine::DisconnectReason>> {
+    use herald_engine::DisconnectReason;
+    use std::task::Poll;
+    let mut send = std::pin::pin!(transport.send_texts(frames));
+    if let Poll::Ready(sent) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+        return sent.map_err(|_| None);
+    }
+    tokio::select! {
+        sent = send => sent.map_err(|_| None),
+        _ = outbox.closed() => Err(Some(DisconnectReason::Slow)),
+        _ = tokio::time::sleep(timeout) => Err(Some(DisconnectReason::Slow)),
+    }
+}
+
 /// Resolves once the node starts shutting down.
 pub async fn closing(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     // An error means the node is gone, which is a shutdown too.
@@ -99,15 +135,29 @@ impl Transport for WsTransport {
     }
 
     async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
-        let text = axum::extract::ws::Utf8Bytes::try_from(text)
-            .map_err(|_| TransportError::Broken("outgoing frame is not UTF-8".into()))?;
-        self.0.send(Message::Text(text)).await.map_err(classify)
+        self.0.send(text_message(text)?).await.map_err(classify)
+    }
+
+    async fn send_texts(&mut self, texts: Vec<Bytes>) -> Result<(), TransportError> {
+        use futures_util::SinkExt;
+        // Frames gather in the write buffer (see `WRITE_BUFFER` in server.rs)
+        // and leave together at the flush.
+        for text in texts {
+            self.0.feed(text_message(text)?).await.map_err(classify)?;
+        }
+        self.0.flush().await.map_err(classify)
     }
 
     async fn close(&mut self, code: u16, reason: String) {
         let frame = CloseFrame { code, reason: reason.into() };
         let _ = self.0.send(Message::Close(Some(frame))).await;
     }
+}
+
+fn text_message(text: Bytes) -> Result<Message, TransportError> {
+    let text = axum::extract::ws::Utf8Bytes::try_from(text)
+        .map_err(|_| TransportError::Broken("outgoing frame is not UTF-8".into()))?;
+    Ok(Message::Text(text))
 }
 
 fn classify(error: axum::Error) -> TransportError {

@@ -311,3 +311,35 @@ async fn shutdown_tells_clients_to_reconnect_with_3001() {
     assert_eq!(connected.closed().await.0, 3001);
     assert_eq!(connecting.closed().await.0, 3001);
 }
+
+#[tokio::test]
+async fn a_namespace_write_delay_sends_what_arrived_meanwhile_in_one_frame_and_never_delays_replies() {
+    let delay = Duration::from_millis(300);
+    let server = TestServer::with(|config| {
+        let ticks = herald_core::NamespaceOptions { write_delay: delay, ..Default::default() };
+        config.channel.namespaces.insert("ticks".into(), ticks);
+    })
+    .await;
+    let mut client = server.connected("1").await;
+    client.subscribe("ticks:eur").await;
+
+    let published = std::time::Instant::now();
+    for price in [1, 2, 3] {
+        server.publish("ticks:eur", json!({"price": price})).await;
+    }
+    let frame = client.next_frame().await.expect("a frame");
+    assert!(published.elapsed() >= delay - Duration::from_millis(20), "held for the delay");
+    let prices: Vec<Value> = frame
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["push"]["pub"]["data"]["price"].clone())
+        .collect();
+    assert_eq!(prices, [json!(1), json!(2), json!(3)], "the three publications, in order, in one frame: {frame}");
+
+    // A reply is not held back, and takes a queued publication with it.
+    server.publish("ticks:eur", json!({"price": 4})).await;
+    let asked = std::time::Instant::now();
+    client.send(json!({"id": 7, "presence_stats": {"channel": "ticks:eur"}})).await;
+    let frame = client.next_frame().await.expect("a frame");
+    assert!(asked.elapsed() < delay, "the reply came at once: {frame}");
+    assert!(frame.contains(r#""price":4"#) && frame.contains(r#""id":7"#), "publication and reply together: {frame}");
+}

@@ -11,7 +11,7 @@ use super::{Hub, SubscribeRequest, Subscriber};
 use crate::connection::{Connection, PresenceChange};
 use crate::error::HubError;
 use crate::hub::SubscribeAccess;
-use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
+use crate::outbox::{ConnEvent, Outbox, Outgoing, UnsubscribeReason};
 
 /// One encoding per protocol, shared by every subscriber speaking it.
 #[derive(Default)]
@@ -27,6 +27,15 @@ impl SharedFrames {
         self.0.push((key, bytes.clone()));
         bytes
     }
+}
+
+/// Wakes `outboxes` at `due`: one timer for every subscriber a delayed
+/// publication reached.
+fn wake_at(runtime: &tokio::runtime::Handle, due: tokio::time::Instant, outboxes: Vec<Arc<Outbox>>) {
+    runtime.spawn(async move {
+        tokio::time::sleep_until(due).await;
+        outboxes.iter().for_each(|outbox| outbox.wake());
+    });
 }
 
 impl Hub {
@@ -74,6 +83,11 @@ impl Hub {
     fn fanout(&self, channel: &ChannelName, publication: &Arc<Publication>) {
         let shard = self.channels.read(channel);
         let Some(subscribers) = shard.get(channel) else { return };
+        let delay = self.config.rules.resolve(channel).map(|o| o.write_delay).unwrap_or_default();
+        // Outside a runtime (never in the server) nothing could wait: no delay.
+        let runtime = tokio::runtime::Handle::try_current().ok().filter(|_| !delay.is_zero());
+        let due = runtime.as_ref().map(|_| tokio::time::Instant::now() + delay);
+        let mut to_wake = Vec::new();
         let mut frames = SharedFrames::default();
         for subscriber in subscribers.values() {
             if let Some(buffer) = &subscriber.recovering {
@@ -94,8 +108,21 @@ impl Hub {
             let Some(frame) = frames.get(conn, || Some(conn.encoder.encode_publication(channel, publication))) else {
                 continue;
             };
-            if conn.outbox.push(Outgoing::Frame(frame)).is_err() {
-                tracing::debug!(client = %conn.client, %channel, "publication not queued: connection closing");
+            let queued = match due {
+                None => conn.outbox.push(Outgoing::Frame(frame)).map(|_| false),
+                Some(due) => conn.outbox.push_delayed(Outgoing::Frame(frame), due),
+            };
+            match queued {
+                Ok(true) => to_wake.push(conn.outbox.clone()),
+                Ok(false) => {}
+                Err(_) => {
+                    tracing::debug!(client = %conn.client, %channel, "publication not queued: connection closing")
+                }
+            }
+        }
+        if let (Some(runtime), Some(due)) = (&runtime, due) {
+            if !to_wake.is_empty() {
+                wake_at(runtime, due, to_wake);
             }
         }
     }
@@ -122,7 +149,7 @@ impl Hub {
     fn local_connections(&self, user: &UserId, client: Option<&ClientId>) -> Vec<Arc<Connection>> {
         let users = self.users.read(user);
         let Some(conns) = users.get(user) else { return Vec::new() };
-        conns.values().filter(|c| client.is_none_or(|id| *id == c.client)).cloned().collect()
+        conns.iter().filter(|c| client.is_none_or(|id| *id == c.client)).cloned().collect()
     }
 
     fn on_control(self: Arc<Self>, command: Control) {

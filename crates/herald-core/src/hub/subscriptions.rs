@@ -67,7 +67,7 @@ impl Hub {
             positioned,
             user: request.subscription.user.clone().unwrap_or_else(|| conn.user()),
             live_after: None,
-            recovering: positioned.then(|| Mutex::new(Vec::new())),
+            recovering: positioned.then(|| Box::new(Mutex::new(Vec::new()))),
         };
         let subscribers = self.add_subscriber(channel, subscriber);
         conn.subscriptions().insert(channel.clone(), request.subscription.clone());

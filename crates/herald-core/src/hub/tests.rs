@@ -47,6 +47,14 @@ fn rules() -> ChannelRules {
             ..Default::default()
         },
     );
+    namespaces.insert(
+        "ticks".to_string(),
+        NamespaceOptions {
+            subscribe: SubscribePolicy::Anyone,
+            write_delay: std::time::Duration::from_millis(20),
+            ..Default::default()
+        },
+    );
     ChannelRules::new(NamespaceOptions::default(), namespaces)
 }
 
@@ -388,4 +396,23 @@ async fn a_member_named_by_its_subscription_joins_and_leaves_under_that_name() {
         ]
     );
     assert!(f.hub.presence(&room).await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn publications_of_a_namespace_with_a_write_delay_wait_for_it_and_leave_together() {
+    use std::time::Duration;
+    let f = Fixture::new().await;
+    let (ann, bob) = (f.connect("ann", 1 << 20), f.connect("bob", 1 << 20));
+    for conn in [&ann, &bob] {
+        f.subscribe(conn, "ticks:eur").await.unwrap();
+        assert_eq!(frames(conn), ["subscribed ticks:eur"]);
+    }
+    f.publish("ticks:eur", "1").await;
+    f.publish("ticks:eur", "2").await;
+    let early = tokio::time::timeout(Duration::from_millis(19), ann.outbox().ready()).await;
+    assert!(early.is_err(), "nothing is due before the delay has passed");
+    for conn in [&ann, &bob] {
+        tokio::time::timeout(Duration::from_millis(2), conn.outbox().ready()).await.expect("due after 20 ms");
+        assert_eq!(frames(conn), ["ticks:eur|1", "ticks:eur|2"], "both in one drain, in order");
+    }
 }

@@ -10,6 +10,7 @@
 //! answered by one frame of several replies.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use super::codes::{self, ClientError};
 use super::command::{self, Command, Method};
 use super::encode::{self, CentrifugeEncoder};
 use crate::auth::{self, TokenVerifier};
-use crate::transport::{closing, Next, Transport};
+use crate::transport::{closing, send_guarded, Next, Transport};
 
 /// Session settings, taken from `[client]`.
 #[derive(Debug, Clone)]
@@ -70,17 +71,24 @@ impl From<HubError> for Failure {
 }
 
 /// Runs a session to its end, then closes the transport and cleans up.
-pub async fn run<T: Transport>(mut transport: T, shared: Arc<Shared>) {
-    let mut session = Session::new(shared.clone());
-    let reason = session.serve(&mut transport).await;
-    if let Some(reason) = &reason {
-        let (code, text) = codes::disconnect_code(reason);
-        // A client that stopped reading may never take the close frame.
-        let _ = tokio::time::timeout(shared.settings.write_timeout, transport.close(code, text)).await;
-    }
-    if let Some(conn) = session.conn.take() {
-        tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
-        shared.hub.disconnect(&conn).await;
+///
+/// Not an `async fn`: that would keep the transport in the future twice
+/// (as the argument and as the local it moves into), and this future lives
+/// as long as the connection. The async block uses it in place.
+#[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+pub fn run<T: Transport>(mut transport: T, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut session = Session::new(shared.clone());
+        let reason = session.serve(&mut transport).await;
+        if let Some(reason) = &reason {
+            let (code, text) = codes::disconnect_code(reason);
+            // A client that stopped reading may never take the close frame.
+            let _ = Box::pin(tokio::time::timeout(shared.settings.write_timeout, transport.close(code, text))).await;
+        }
+        if let Some(conn) = session.conn.take() {
+            tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
+            Box::pin(shared.hub.disconnect(&conn)).await;
+        }
     }
 }
 
@@ -153,28 +161,38 @@ impl Session {
 
     /// Serves until the session ends; `Some(reason)` when the server ends it.
     async fn serve<T: Transport>(&mut self, transport: &mut T) -> Option<DisconnectReason> {
+        // The shutdown wait and the timer live across iterations: making them
+        // anew for every message would register each again, per message.
+        // The handlers' futures are boxed: they exist only while they run,
+        // and inline they would make every idle connection's task as large
+        // as the largest command's state (3.2 KiB instead of well under 1).
         let mut shutdown = self.shared.shutdown.clone();
+        let mut shutdown = std::pin::pin!(closing(&mut shutdown));
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(self.next_deadline()));
         loop {
             let deadline = self.next_deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
-                _ = closing(&mut shutdown) => return Some(DisconnectReason::Shutdown),
+                _ = &mut shutdown => return Some(DisconnectReason::Shutdown),
                 _ = self.outbox.ready() => {
-                    if let Err(end) = self.flush(transport).await {
+                    if let Err(end) = Box::pin(self.flush(transport)).await {
                         return end;
                     }
                 }
                 inbound = transport.recv() => match Next::of(inbound, &self.client()) {
                     Next::Text(frame) => {
-                        if let Err(reason) = self.on_frame(&frame).await {
+                        if let Err(reason) = Box::pin(self.on_frame(&frame)).await {
                             self.log_refusal(&reason, &frame);
                             return Some(reason);
                         }
                     }
                     Next::End(reason) => return reason,
                 },
-                _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(end) = self.on_timer(transport).await {
+                _ = &mut timer => {
+                    if let Err(end) = Box::pin(self.on_timer(transport)).await {
                         return end;
                     }
                 }
@@ -232,14 +250,9 @@ impl Session {
         self.write(transport, frame.freeze()).await
     }
 
-    /// Sends one frame, giving up when the client stops reading: when the
-    /// outbox overflows behind the blocked write, or after the write timeout.
+    /// Sends one frame, giving up when the client stops reading.
     async fn write<T: Transport>(&self, transport: &mut T, frame: Bytes) -> Result<(), Option<DisconnectReason>> {
-        tokio::select! {
-            sent = transport.send_text(frame) => sent.map_err(|_| None),
-            _ = self.outbox.closed() => Err(Some(DisconnectReason::Slow)),
-            _ = tokio::time::sleep(self.shared.settings.write_timeout) => Err(Some(DisconnectReason::Slow)),
-        }
+        send_guarded(transport, vec![frame], &self.outbox, self.shared.settings.write_timeout).await
     }
 
     async fn on_timer<T: Transport>(&mut self, transport: &mut T) -> Result<(), Option<DisconnectReason>> {

@@ -6,6 +6,9 @@ use std::time::Duration;
 use super::Config;
 use crate::auth::TokenVerifier;
 
+/// The longest `write_delay` a namespace may ask for: it is added latency.
+const MAX_WRITE_DELAY: Duration = Duration::from_secs(1);
+
 impl Config {
     /// Problems with values that typed correctly but cannot work together.
     pub fn validate(&self) -> Vec<String> {
@@ -43,6 +46,12 @@ impl Config {
             if wants_history && options.history_size == 0 {
                 problems.push(format!(
                     "channel namespace {name}: recovery, positioning and history need history_size above 0"
+                ));
+            }
+            if options.write_delay > MAX_WRITE_DELAY {
+                problems.push(format!(
+                    "channel namespace {name}: write_delay must be at most {} (it adds that much latency)",
+                    humantime::format_duration(MAX_WRITE_DELAY)
                 ));
             }
             if options.history_size > 0 && options.history_ttl.is_zero() {

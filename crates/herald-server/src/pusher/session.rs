@@ -22,7 +22,7 @@ use herald_core::{ConnEvent, Connection, ConnectionSpec, Drained, HubError, Outb
 use herald_engine::{ClientId, DisconnectReason, UserId};
 
 use super::{error_frame, object_frame, App, AppSlot, Frame, Frontend};
-use crate::transport::{closing, Next, Transport};
+use crate::transport::{closing, send_guarded, Next, Transport};
 
 /// The protocol versions served; pusher-js 8 speaks 7.
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
@@ -66,47 +66,57 @@ pub struct ConnectQuery {
 }
 
 /// Serves a connection to the app with `key`, or refuses it the Pusher way.
-pub async fn run<T: Transport>(mut transport: T, frontend: Arc<Frontend>, key: String, query: ConnectQuery) {
-    let refusal = |code: u16, message: String| (code, message);
-    let admitted = match frontend.apps.by_key(&key) {
-        None => Err(refusal(close::APP_NOT_FOUND, format!("App key {key} does not exist"))),
-        Some(app) => match query.protocol.as_deref().map(str::parse::<u32>) {
-            None => Err(refusal(close::NO_PROTOCOL, "No protocol version given".into())),
-            Some(Ok(version)) if PROTOCOLS.contains(&version) => match app.admit() {
-                Some(slot) => Ok((app.clone(), slot)),
-                None => Err(refusal(close::OVER_QUOTA, "Application is over connection quota".into())),
+///
+/// Not an `async fn`, for the reason given at the Centrifuge session's `run`.
+#[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+pub fn run<T: Transport>(
+    mut transport: T,
+    frontend: Arc<Frontend>,
+    key: String,
+    query: ConnectQuery,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let refusal = |code: u16, message: String| (code, message);
+        let admitted = match frontend.apps.by_key(&key) {
+            None => Err(refusal(close::APP_NOT_FOUND, format!("App key {key} does not exist"))),
+            Some(app) => match query.protocol.as_deref().map(str::parse::<u32>) {
+                None => Err(refusal(close::NO_PROTOCOL, "No protocol version given".into())),
+                Some(Ok(version)) if PROTOCOLS.contains(&version) => match app.admit() {
+                    Some(slot) => Ok((app.clone(), slot)),
+                    None => Err(refusal(close::OVER_QUOTA, "Application is over connection quota".into())),
+                },
+                Some(_) => Err(refusal(close::UNSUPPORTED_PROTOCOL, "Unsupported protocol version".into())),
             },
-            Some(_) => Err(refusal(close::UNSUPPORTED_PROTOCOL, "Unsupported protocol version".into())),
-        },
-    };
-    let (app, slot) = match admitted {
-        Ok(admitted) => admitted,
-        Err((code, message)) => {
-            tracing::info!(%key, code, %message, "pusher connection refused");
-            let timeout = frontend.settings.write_timeout;
-            let _ = tokio::time::timeout(timeout, async {
-                let _ = transport.send_text(error_frame(Some(code), &message, None)).await;
-                transport.close(code, message).await;
-            })
-            .await;
-            return;
+        };
+        let (app, slot) = match admitted {
+            Ok(admitted) => admitted,
+            Err((code, message)) => {
+                tracing::info!(%key, code, %message, "pusher connection refused");
+                let timeout = frontend.settings.write_timeout;
+                let _ = Box::pin(tokio::time::timeout(timeout, async {
+                    let _ = transport.send_text(error_frame(Some(code), &message, None)).await;
+                    transport.close(code, message).await;
+                }))
+                .await;
+                return;
+            }
+        };
+        let mut session = match Session::open(frontend.clone(), app, slot) {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::info!(%error, "pusher connection refused by the hub");
+                Box::pin(transport.close(close::RECONNECT, error.to_string())).await;
+                return;
+            }
+        };
+        let reason = session.serve(&mut transport).await;
+        if let Some(reason) = &reason {
+            let (code, text) = disconnect_code(reason);
+            let _ = Box::pin(tokio::time::timeout(frontend.settings.write_timeout, transport.close(code, text))).await;
         }
-    };
-    let mut session = match Session::open(frontend.clone(), app, slot) {
-        Ok(session) => session,
-        Err(error) => {
-            tracing::info!(%error, "pusher connection refused by the hub");
-            transport.close(close::RECONNECT, error.to_string()).await;
-            return;
-        }
-    };
-    let reason = session.serve(&mut transport).await;
-    if let Some(reason) = &reason {
-        let (code, text) = disconnect_code(reason);
-        let _ = tokio::time::timeout(frontend.settings.write_timeout, transport.close(code, text)).await;
+        tracing::debug!(socket_id = %session.conn.client(), ?reason, "pusher connection closed");
+        Box::pin(frontend.hub.disconnect(&session.conn)).await;
     }
-    tracing::debug!(socket_id = %session.conn.client(), ?reason, "pusher connection closed");
-    frontend.hub.disconnect(&session.conn).await;
 }
 
 struct Session {
@@ -179,14 +189,20 @@ impl Session {
     }
 
     async fn serve<T: Transport>(&mut self, transport: &mut T) -> Option<DisconnectReason> {
+        // Made once, and handlers boxed: see the Centrifuge session's loop.
         let mut shutdown = self.frontend.shutdown.clone();
+        let mut shutdown = std::pin::pin!(closing(&mut shutdown));
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(self.next_deadline()));
         loop {
             let deadline = self.next_deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 biased;
-                _ = closing(&mut shutdown) => return Some(DisconnectReason::Shutdown),
+                _ = &mut shutdown => return Some(DisconnectReason::Shutdown),
                 _ = self.outbox.ready() => {
-                    if let Err(end) = self.flush(transport).await {
+                    if let Err(end) = Box::pin(self.flush(transport)).await {
                         return end;
                     }
                 }
@@ -195,16 +211,16 @@ impl Session {
                     self.pinged = None;
                     match Next::of(inbound, &self.socket_id) {
                         Next::Text(frame) => {
-                            if let Err(reason) = self.on_frame(&frame).await {
+                            if let Err(reason) = Box::pin(self.on_frame(&frame)).await {
                                 // The `pusher:error` that explains the close goes first.
-                                let _ = self.flush(transport).await;
+                                let _ = Box::pin(self.flush(transport)).await;
                                 return Some(reason);
                             }
                         }
                         Next::End(reason) => return reason,
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut timer => {
                     if self.pinged.is_some() {
                         return Some(DisconnectReason::NoPong);
                     }
@@ -233,23 +249,18 @@ impl Session {
             Drained::Closed(reason) => return Err(Some(reason)),
             Drained::Items(items) => items,
         };
-        for item in items {
-            let frame = match item {
-                Outgoing::Frame(bytes) => bytes,
-                Outgoing::Event(event) => match self.on_event(event) {
-                    Some(bytes) => bytes,
-                    None => continue,
-                },
-            };
-            tokio::select! {
-                sent = transport.send_text(frame) => sent.map_err(|_| None)?,
-                _ = self.outbox.closed() => return Err(Some(DisconnectReason::Slow)),
-                _ = tokio::time::sleep(self.frontend.settings.write_timeout) => {
-                    return Err(Some(DisconnectReason::Slow))
-                }
-            }
+        // One Pusher event per WebSocket message, but all of them in one write.
+        let frames: Vec<Bytes> = items
+            .into_iter()
+            .filter_map(|item| match item {
+                Outgoing::Frame(bytes) => Some(bytes),
+                Outgoing::Event(event) => self.on_event(event),
+            })
+            .collect();
+        if frames.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        send_guarded(transport, frames, &self.outbox, self.frontend.settings.write_timeout).await
     }
 
     /// Server-side subscription changes, as Pusher frames.

@@ -178,3 +178,28 @@ namespace = "shop"
         assert!(errors.iter().any(|e| e.starts_with(problem)), "missing {problem:?} in {errors:#?}");
     }
 }
+
+#[test]
+fn namespace_settings_that_cannot_work_together_are_each_named() {
+    let f = file(
+        r#"
+[channel.namespaces.feed]
+write_delay = "5s"
+force_recovery = true
+"#,
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    for expected in
+        ["feed: write_delay must be at most 1s", "feed: recovery, positioning and history need history_size"]
+    {
+        assert!(errors.iter().any(|e| e.contains(expected)), "no {expected:?} in {errors:#?}");
+    }
+}
+
+#[test]
+fn a_namespace_write_delay_is_read_as_a_duration() {
+    let f = file("[channel.namespaces.ticks]\nwrite_delay = \"10ms\"\n");
+    let config = load(&sources(Some(&f), &[], &[])).unwrap();
+    assert_eq!(config.channel.namespaces["ticks"].write_delay, std::time::Duration::from_millis(10));
+    assert!(config.channel.without_namespace.write_delay.is_zero(), "off unless asked for");
+}

@@ -41,7 +41,10 @@ impl SequenceChecker {
     /// Records the arrival of `seq` (numbers start at 0) in `channel`.
     pub fn observe(&mut self, channel: &str, seq: u64) {
         self.received += 1;
-        let (next, skipped) = self.channels.entry(channel.to_owned()).or_insert((0, Vec::new()));
+        if !self.channels.contains_key(channel) {
+            self.channels.insert(channel.to_owned(), (0, Vec::new()));
+        }
+        let (next, skipped) = self.channels.get_mut(channel).expect("inserted above");
         if seq == *next {
             *next += 1;
         } else if seq > *next {

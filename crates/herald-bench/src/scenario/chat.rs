@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{connect_all, progress, ConnectArgs, Latency};
+use super::{connect_all, progress, ConnectArgs, Latency, LatencyRecorder};
 use crate::publisher::{unix_micros, Schedule};
 use crate::sequence::{Anomalies, SequenceChecker};
 
@@ -49,6 +48,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
     anyhow::ensure!(failures == 0, "{failures} members could not join; every room must be complete");
 
     let delivered = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(LatencyRecorder::new());
     let schedule = Schedule::new(args.rate_per_member);
     let per_member = (args.rate_per_member * args.duration.as_secs_f64()).round() as u64;
     let deadline = schedule.start + args.duration + Duration::from_secs(5);
@@ -59,10 +59,9 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
         // share of one interval, so the load is spread, not a burst.
         let phase = schedule.interval.mul_f64(i as f64 / members.max(1) as f64);
         let schedule = Schedule { start: schedule.start + phase, start_wall: schedule.start_wall + phase, ..schedule };
-        let delivered = delivered.clone();
+        let (delivered, latencies) = (delivered.clone(), latencies.clone());
         let expected_here = per_member * args.members_per_room as u64;
         tasks.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut checker = SequenceChecker::default();
             let (mut sent, mut received) = (0u64, 0u64);
             while received < expected_here && tokio::time::Instant::now() < deadline {
@@ -77,8 +76,8 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
                     batch = client.next_publications() => {
                         let Ok(batch) = batch else { break };
                         let now = unix_micros(SystemTime::now());
+                        latencies.record(i, batch.iter().map(|p| now.saturating_sub(p.sent_at_micros)));
                         for publication in batch {
-                            let _ = histogram.record(now.saturating_sub(publication.sent_at_micros).max(1));
                             let key = format!("{}/{}", publication.channel, publication.from.unwrap_or(0));
                             checker.observe(&key, publication.seq);
                             received += 1;
@@ -88,7 +87,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            (i, histogram, checker, sent)
+            (i, checker, sent)
         }));
     }
     let reporter = {
@@ -106,12 +105,10 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
     }
     reporter.abort();
 
-    let sent_by: HashMap<usize, u64> = outcomes.iter().map(|(i, _, _, sent)| (*i, *sent)).collect();
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let sent_by: HashMap<usize, u64> = outcomes.iter().map(|(i, _, sent)| (*i, *sent)).collect();
     let mut anomalies = Anomalies::default();
     let mut expected = 0;
-    for (i, h, checker, _) in outcomes {
-        histogram.add(&h).map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+    for (i, checker, _) in outcomes {
         let room = room_of(i);
         let everyone: HashMap<String, u64> = (room * args.members_per_room..(room + 1) * args.members_per_room)
             .map(|j| (format!("{}/{j}", room_name(room)), sent_by.get(&j).copied().unwrap_or(0)))
@@ -127,7 +124,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
         expected_deliveries: expected,
         delivered,
         deliveries_per_second: delivered as f64 / args.duration.as_secs_f64(),
-        latency: Latency::from_histogram(&histogram),
+        latency: Latency::from_histogram(&latencies.merged()),
         anomalies,
     })
 }

@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{connect_all, progress, ConnectArgs, Latency};
+use super::{connect_all, progress, ConnectArgs, Latency, LatencyRecorder};
 use crate::publisher::{unix_micros, ApiClient, PublishVia, Schedule};
 use crate::sequence::{Anomalies, SequenceChecker};
 
@@ -65,13 +64,13 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         (0..channels).map(|c| (0..connected.len()).filter(|i| i % channels == c).count() as u64).collect();
 
     let delivered = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(LatencyRecorder::new());
     let (stop_tx, stop) = watch::channel(false);
     let mut readers = Vec::new();
-    for mut client in connected {
-        let delivered = delivered.clone();
+    for (i, mut client) in connected.into_iter().enumerate() {
+        let (delivered, latencies) = (delivered.clone(), latencies.clone());
         let mut stop = stop.clone();
         readers.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut checker = SequenceChecker::default();
             loop {
                 tokio::select! {
@@ -79,15 +78,15 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
                     received = client.next_publications() => {
                         let Ok(received) = received else { break };
                         let now = unix_micros(SystemTime::now());
-                        for publication in received {
-                            let _ = histogram.record(now.saturating_sub(publication.sent_at_micros).max(1));
+                        latencies.record(i, received.iter().map(|p| now.saturating_sub(p.sent_at_micros)));
+                        for publication in &received {
                             checker.observe(&publication.channel, publication.seq);
-                            delivered.fetch_add(1, Ordering::Relaxed);
                         }
+                        delivered.fetch_add(received.len() as u64, Ordering::Relaxed);
                     }
                 }
             }
-            (histogram, checker)
+            checker
         }));
     }
 
@@ -152,13 +151,11 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop_tx.send(true);
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     let mut anomalies = Anomalies::default();
     let mut connected_count = 0;
     for (i, reader) in readers.into_iter().enumerate() {
-        let (h, checker) = reader.await?;
+        let checker = reader.await?;
         connected_count += 1;
-        histogram.add(&h).map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
         // Each subscriber follows one channel: whatever of it never arrived is lost.
         let name = channel_name(i % channels);
         let sent = sent_per_channel.get(&name).copied().unwrap_or(0);
@@ -174,7 +171,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         expected_deliveries: expected,
         delivered,
         deliveries_per_second: delivered as f64 / args.duration.as_secs_f64(),
-        latency: Latency::from_histogram(&histogram),
+        latency: Latency::from_histogram(&latencies.merged()),
         anomalies,
     })
 }

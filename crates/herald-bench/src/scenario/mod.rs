@@ -7,6 +7,7 @@ pub mod fanout;
 pub mod storm;
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -61,6 +62,49 @@ impl Latency {
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
         }
+    }
+}
+
+/// Latencies recorded by many client tasks into a few shared histograms.
+///
+/// One histogram per client would cost about 150 KB each and, with
+/// thousands of clients, turn every record into a cache miss; the shards
+/// stay hot, and a client records a whole frame's worth under one lock.
+#[derive(Debug)]
+pub struct LatencyRecorder {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl LatencyRecorder {
+    const SHARDS: usize = 16;
+
+    pub fn new() -> Self {
+        let histogram = || Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
+        Self { shards: (0..Self::SHARDS).map(|_| histogram()).collect() }
+    }
+
+    /// Records latencies in microseconds; `client` picks the shard.
+    pub fn record(&self, client: usize, micros: impl IntoIterator<Item = u64>) {
+        let mut shard = self.shards[client % Self::SHARDS].lock().unwrap_or_else(|e| e.into_inner());
+        for value in micros {
+            let _ = shard.record(value.max(1));
+        }
+    }
+
+    /// All shards merged.
+    pub fn merged(&self) -> Histogram<u64> {
+        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            all.add(&*shard).expect("shards share their bounds");
+        }
+        all
+    }
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -112,6 +112,11 @@ enum Scenario {
         /// Kill this process (a Herald node) with SIGKILL instead of cutting connections.
         #[arg(long)]
         kill_pid: Option<u32>,
+        /// Where clients reconnect after the storm, instead of the next --url
+        /// (repeat for several). With these, every client can start on the
+        /// node that is killed.
+        #[arg(long = "failover-url")]
+        failover_urls: Vec<String>,
     },
     /// Many small rooms; every member publishes and receives.
     Chat {
@@ -334,6 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             storm_after,
             publish_for,
             kill_pid,
+            failover_urls,
         } => {
             let args = StormArgs {
                 connect: common.connect()?,
@@ -345,6 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 storm_after: storm_after.into(),
                 publish_for: publish_for.into(),
                 kill_pid,
+                failover_urls,
             };
             let result = storm::run(&args).await?;
             finish("reconnect-storm", common, args, result)

@@ -1,7 +1,7 @@
 //! `reconnect-storm`: N clients subscribed recoverably while publications
 //! flow; then every connection drops at once (the bench cuts them, or a
 //! node is killed with `--kill-pid`). Each client reconnects, to the next
-//! URL when there are several, and resubscribes from its last position, as
+//! URL when there are several (or to a `--failover-url`), and resubscribes from its last position, as
 //! the Centrifuge SDKs do. Reports how long until every client was back and
 //! recovered, and what was lost, duplicated or reordered across the storm.
 
@@ -38,6 +38,8 @@ pub struct StormArgs {
     pub publish_for: Duration,
     /// Kill this process (a node) instead of cutting connections.
     pub kill_pid: Option<u32>,
+    /// Where clients reconnect; empty: the next of `connect.urls`.
+    pub failover_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,7 +86,8 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
     );
     let channels = args.channels.max(1);
     let names: Vec<String> = (0..channels).map(|c| channel_name(&args.namespace, c)).collect();
-    let targets: Vec<Target> = args.connect.urls.iter().map(|u| Target::parse(u)).collect::<anyhow::Result<_>>()?;
+    let reconnect_urls = if args.failover_urls.is_empty() { &args.connect.urls } else { &args.failover_urls };
+    let targets: Vec<Target> = reconnect_urls.iter().map(|u| Target::parse(u)).collect::<anyhow::Result<_>>()?;
     let (clients, failures) = connect_all(&args.connect, args.clients, |_| Vec::new()).await?;
     anyhow::ensure!(failures == 0, "{failures} clients could not connect before the storm");
 

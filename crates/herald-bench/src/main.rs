@@ -82,6 +82,23 @@ enum Scenario {
         /// Padding per publication, in bytes.
         #[arg(long, default_value_t = 64)]
         payload_bytes: usize,
+        /// Spread the subscribers over this many worker processes (each
+        /// process may hold only so many open files); this one publishes.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// One worker process of `fanout --workers` (not for direct use).
+    #[command(hide = true)]
+    FanoutWorker {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        subscribers: usize,
+        #[arg(long)]
+        channels: usize,
+        /// The number of this worker's first subscriber.
+        #[arg(long)]
+        first_client: usize,
     },
     /// Drop every connection at once (or kill a node): time until every
     /// client is back and recovered, and what was lost.
@@ -174,6 +191,7 @@ impl Common {
             token_secret: self.token_secret.clone(),
             connect_rate: self.connect_rate,
             source_addresses: self.source_addresses,
+            first_client: 0,
         })
     }
 }
@@ -314,6 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rate,
             duration,
             payload_bytes,
+            workers,
         } => {
             let pusher = (pusher_app_id, pusher_key, pusher_secret);
             let args = FanoutArgs {
@@ -325,8 +344,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 duration: duration.into(),
                 payload_bytes,
             };
-            let result = fanout::run(&args).await?;
+            let result = match workers {
+                0 | 1 => fanout::run(&args).await?,
+                n => herald_bench::workers::fanout(n, &args, &common.worker_args()).await?,
+            };
             finish("fanout", common, args, result)
+        }
+        Scenario::FanoutWorker { common, subscribers, channels, first_client } => {
+            let connect = ConnectArgs { first_client, ..common.connect()? };
+            fanout::work(&connect, subscribers, channels).await
         }
         Scenario::ReconnectStorm {
             common,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 /// What one subscriber found wrong, by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Anomalies {
     /// Sequence numbers skipped over (later ones arrived first or never).
     pub lost: u64,

@@ -1,21 +1,31 @@
 //! Worker processes: one process may hold only so many open files (20,000
-//! here), so `connections --workers N` launches N copies of this binary,
-//! each holding its share of the connections, and measures the server while
-//! all of them hold.
+//! here), so `connections --workers N` and `fanout --workers N` launch N
+//! copies of this binary, each holding its share of the connections.
 //!
-//! A worker prints `connected a/b (f failed)` and then `holding n
-//! connections` on stderr once its share is up; the parent reads those
-//! lines, samples the server, and stops the workers when the hold is over.
+//! For `connections`, a worker prints `connected a/b (f failed)` and then
+//! `holding n connections` on stderr once its share is up; the parent reads
+//! those lines, samples the server, and stops the workers when the hold is
+//! over.
+//!
+//! For `fanout`, a worker (`fanout-worker`) subscribes its share and prints
+//! `subscribed n`, then `delivered n` as publications arrive; the parent
+//! publishes, and once everything has arrived (or five seconds passed)
+//! writes `stop <sent per channel>` to each worker, which answers with its
+//! latencies and anomalies as one JSON line.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::procfs::ProcessSample;
 use crate::scenario::connections::ConnectionsResult;
-use crate::scenario::progress;
+use crate::scenario::fanout::{self, FanoutArgs, FanoutResult, WorkerReport};
+use crate::scenario::{progress, Latency, LatencyRecorder};
+use crate::sequence::Anomalies;
 
 /// What one worker reported.
 #[derive(Debug, Default, Clone, Copy)]
@@ -117,6 +127,87 @@ pub async fn connections(
         connects_per_second: total.connected as f64 / connect_seconds.max(f64::EPSILON),
         server_rss_kib_per_connection: per_connection,
         server_idle_cpu_percent: idle_cpu,
+    })
+}
+
+/// Runs `fanout` with the subscribers spread over `workers` processes;
+/// `worker_args` are the flags every worker gets to connect.
+pub async fn fanout(workers: usize, args: &FanoutArgs, worker_args: &[String]) -> anyhow::Result<FanoutResult> {
+    let exe = std::env::current_exe()?;
+    let channels = args.channels.max(1);
+    let delivered: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect());
+    let (subscribed_tx, mut subscribed) = tokio::sync::mpsc::unbounded_channel();
+    let mut children = Vec::new();
+    let mut first = 0;
+    for w in 0..workers {
+        let share = args.subscribers / workers + usize::from(w < args.subscribers % workers);
+        let mut child = Command::new(&exe)
+            .arg("fanout-worker")
+            .args(worker_args)
+            .args(["--subscribers", &share.to_string(), "--channels", &channels.to_string()])
+            .args(["--first-client", &first.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        first += share;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (delivered, subscribed_tx) = (delivered.clone(), subscribed_tx.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(n) = line.strip_prefix("delivered ").and_then(|n| n.parse().ok()) {
+                    delivered[w].store(n, Ordering::Relaxed);
+                } else if line.starts_with("subscribed ") {
+                    let _ = subscribed_tx.send(Ok(w));
+                } else {
+                    progress(&format!("worker {w}: {line}"));
+                }
+            }
+            let _ = subscribed_tx.send(Err(w));
+        });
+        children.push(child);
+    }
+    drop(subscribed_tx);
+    for _ in 0..workers {
+        match subscribed.recv().await {
+            Some(Ok(_)) => {}
+            Some(Err(w)) => anyhow::bail!("fanout worker {w} exited before subscribing; run it alone to see why"),
+            None => anyhow::bail!("the fanout workers went away"),
+        }
+    }
+    progress(&format!("{workers} workers hold {} subscribers; publishing", args.subscribers));
+    let total_delivered = || delivered.iter().map(|d| d.load(Ordering::Relaxed)).sum::<u64>();
+    let (published, sent) = fanout::publish_all(args, total_delivered).await?;
+    fanout::drain(fanout::expected_deliveries(&sent, args.subscribers, channels), total_delivered).await;
+
+    let stop = format!("stop {}\n", serde_json::to_string(&sent)?);
+    let (mut connected, mut connect_failures, mut delivered_all) = (0, 0, 0);
+    let mut anomalies = Anomalies::default();
+    let latencies = LatencyRecorder::new();
+    for (w, child) in children.iter_mut().enumerate() {
+        child.stdin.as_mut().expect("stdin is piped").write_all(stop.as_bytes()).await?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let line = BufReader::new(stdout).lines().next_line().await?;
+        let report: WorkerReport =
+            serde_json::from_str(&line.ok_or_else(|| anyhow::anyhow!("fanout worker {w} ended without its report"))?)?;
+        connected += report.connected;
+        connect_failures += report.connect_failures;
+        delivered_all += report.delivered;
+        anomalies.add(report.anomalies);
+        latencies.add_counts(&report.latency_counts);
+    }
+    Ok(FanoutResult {
+        connected,
+        connect_failures,
+        published,
+        publish_failures: 0,
+        expected_deliveries: fanout::expected_deliveries(&sent, connected, channels),
+        delivered: delivered_all,
+        deliveries_per_second: delivered_all as f64 / args.duration.as_secs_f64(),
+        latency: Latency::from_histogram(&latencies.merged()),
+        anomalies,
     })
 }
 

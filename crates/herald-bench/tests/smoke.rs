@@ -51,6 +51,7 @@ fn connect_args(addr: std::net::SocketAddr) -> ConnectArgs {
         token_secret: SECRET.into(),
         connect_rate: 500.0,
         source_addresses: 4,
+        first_client: 0,
     }
 }
 
@@ -174,4 +175,25 @@ async fn connections_spread_over_worker_processes_add_up() {
     assert_eq!(report["result"]["connected"], 30, "{report}");
     assert_eq!(report["result"]["connect_failures"], 0);
     assert!(report["result"]["server_rss_kib_per_connection"].is_number());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_worker_processes_merges_every_workers_deliveries_and_checks() {
+    let addr = herald().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(["fanout", "--url", &format!("ws://{addr}/connection/websocket"), "--token-secret", SECRET])
+        .args(["--api", &addr.to_string(), "--api-key", KEY])
+        .args(["--subscribers", "31", "--channels", "2", "--rate", "40", "--duration", "1s", "--workers", "3"])
+        .output()
+        .await
+        .expect("herald-bench runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON result");
+    let result = &report["result"];
+    assert_eq!(result["connected"], 31, "{report}");
+    // 40 publications alternate over 2 channels; 16 subscribers follow one, 15 the other.
+    assert_eq!(result["expected_deliveries"], 20 * 16 + 20 * 15, "{report}");
+    assert_eq!(result["delivered"], result["expected_deliveries"], "{report}");
+    assert_eq!(result["latency"]["samples"], result["delivered"], "every worker's latencies merged: {report}");
+    assert_eq!(result["anomalies"], serde_json::json!({"lost": 0, "duplicated": 0, "reordered": 0}));
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{connect_all, progress, ConnectArgs, Latency, LatencyRecorder};
+use crate::client::BenchClient;
 use crate::publisher::{unix_micros, ApiClient, PublishVia, Schedule};
 use crate::sequence::{Anomalies, SequenceChecker};
 
@@ -60,36 +61,42 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let channels = args.channels.max(1);
     let (connected, connect_failures) =
         connect_all(&args.connect, args.subscribers, |i| vec![channel_name(i % channels)]).await?;
-    let subscribers_per_channel: Vec<u64> =
-        (0..channels).map(|c| (0..connected.len()).filter(|i| i % channels == c).count() as u64).collect();
+    let listening = Listening::start(connected, channels, args.connect.first_client);
+    let (published, sent) = publish_all(args, || listening.delivered()).await?;
+    drain(expected_deliveries(&sent, args.subscribers, channels), || listening.delivered()).await;
+    let report = listening.finish(&sent).await?;
+    Ok(FanoutResult {
+        connected: report.connected,
+        connect_failures,
+        published,
+        publish_failures: 0,
+        expected_deliveries: expected_deliveries(&sent, report.connected, channels),
+        delivered: report.delivered,
+        deliveries_per_second: report.delivered as f64 / args.duration.as_secs_f64(),
+        latency: Latency::from_histogram(&report.latencies.merged()),
+        anomalies: report.anomalies,
+    })
+}
 
-    let delivered = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(LatencyRecorder::new());
-    let (stop_tx, stop) = watch::channel(false);
-    let mut readers = Vec::new();
-    for (i, mut client) in connected.into_iter().enumerate() {
-        let (delivered, latencies) = (delivered.clone(), latencies.clone());
-        let mut stop = stop.clone();
-        readers.push(tokio::spawn(async move {
-            let mut checker = SequenceChecker::default();
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    received = client.next_publications() => {
-                        let Ok(received) = received else { break };
-                        let now = unix_micros(SystemTime::now());
-                        latencies.record(i, received.iter().map(|p| now.saturating_sub(p.sent_at_micros)));
-                        for publication in &received {
-                            checker.observe(&publication.channel, publication.seq);
-                        }
-                        delivered.fetch_add(received.len() as u64, Ordering::Relaxed);
-                    }
-                }
-            }
-            checker
-        }));
-    }
+/// Publications sent to each channel.
+pub type SentPerChannel = HashMap<String, u64>;
 
+/// What `subscribers` clients spread round-robin over `channels` should
+/// receive in all.
+pub fn expected_deliveries(sent: &SentPerChannel, subscribers: usize, channels: usize) -> u64 {
+    (0..channels)
+        .map(|c| {
+            let here = (0..subscribers).filter(|i| i % channels == c).count() as u64;
+            sent.get(&channel_name(c)).copied().unwrap_or(0) * here
+        })
+        .sum()
+}
+
+/// Sends `rate × duration` publications on schedule, round-robin over the
+/// channels; `delivered` feeds the progress line. Returns how many were
+/// published and to which channel.
+pub async fn publish_all(args: &FanoutArgs, delivered: impl Fn() -> u64) -> anyhow::Result<(u64, SentPerChannel)> {
+    let channels = args.channels.max(1);
     let total = (args.rate * args.duration.as_secs_f64()).round() as u64;
     let schedule = Schedule::new(args.rate);
     // One publisher per group of channels, so a channel's publications
@@ -138,40 +145,140 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = tokio::time::Instant::now();
-            progress(&format!("fanout: delivered {}", delivered.load(Ordering::Relaxed)));
+            progress(&format!("fanout: delivered {}", delivered()));
         }
     }
-    let sent_per_channel: HashMap<String, u64> =
+    let sent =
         (0..channels).map(|c| (channel_name(c), (total + (channels - c) as u64 - 1) / channels as u64)).collect();
-    let expected: u64 = (0..channels).map(|c| sent_per_channel[&channel_name(c)] * subscribers_per_channel[c]).sum();
+    Ok((published, sent))
+}
 
-    // Let the last publications arrive, then stop the readers.
-    let drain_until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while delivered.load(Ordering::Relaxed) < expected && tokio::time::Instant::now() < drain_until {
+/// Lets the last publications arrive: waits until `delivered` reaches
+/// `expected`, for at most five seconds.
+pub async fn drain(expected: u64, delivered: impl Fn() -> u64) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while delivered() < expected && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop_tx.send(true);
-    let mut anomalies = Anomalies::default();
-    let mut connected_count = 0;
-    for (i, reader) in readers.into_iter().enumerate() {
-        let checker = reader.await?;
-        connected_count += 1;
-        // Each subscriber follows one channel: whatever of it never arrived is lost.
-        let name = channel_name(i % channels);
-        let sent = sent_per_channel.get(&name).copied().unwrap_or(0);
-        let (found, _) = checker.finish(&HashMap::from([(name, sent)]));
-        anomalies.add(found);
+}
+
+/// Subscribers reading: each client in its own task, recording latency and
+/// checking sequence numbers.
+#[derive(Debug)]
+pub struct Listening {
+    delivered: Arc<AtomicU64>,
+    latencies: Arc<LatencyRecorder>,
+    stop: watch::Sender<bool>,
+    /// Per client: the channel it follows, and its reader.
+    readers: Vec<(String, tokio::task::JoinHandle<SequenceChecker>)>,
+}
+
+/// What the subscribers of one process saw.
+#[derive(Debug)]
+pub struct Heard {
+    pub connected: usize,
+    pub delivered: u64,
+    pub anomalies: Anomalies,
+    pub latencies: LatencyRecorder,
+}
+
+impl Listening {
+    /// Starts reading; client `k` is subscriber `first + k`.
+    pub fn start(clients: Vec<BenchClient>, channels: usize, first: usize) -> Self {
+        let delivered = Arc::new(AtomicU64::new(0));
+        let latencies = Arc::new(LatencyRecorder::new());
+        let (stop_tx, stop) = watch::channel(false);
+        let mut readers = Vec::new();
+        for (k, mut client) in clients.into_iter().enumerate() {
+            let (delivered, latencies) = (delivered.clone(), latencies.clone());
+            let mut stop = stop.clone();
+            let reader = tokio::spawn(async move {
+                let mut checker = SequenceChecker::default();
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        received = client.next_publications() => {
+                            let Ok(received) = received else { break };
+                            let now = unix_micros(SystemTime::now());
+                            latencies.record(k, received.iter().map(|p| now.saturating_sub(p.sent_at_micros)));
+                            for publication in &received {
+                                checker.observe(&publication.channel, publication.seq);
+                            }
+                            delivered.fetch_add(received.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+                checker
+            });
+            readers.push((channel_name((first + k) % channels), reader));
+        }
+        Self { delivered, latencies, stop: stop_tx, readers }
     }
-    let delivered = delivered.load(Ordering::Relaxed);
-    Ok(FanoutResult {
-        connected: connected_count,
+
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Stops the readers; whatever of `sent` a subscriber's channel never
+    /// brought it is lost.
+    pub async fn finish(self, sent: &SentPerChannel) -> anyhow::Result<Heard> {
+        let _ = self.stop.send(true);
+        let mut anomalies = Anomalies::default();
+        let connected = self.readers.len();
+        for (channel, reader) in self.readers {
+            let checker = reader.await?;
+            let sent_here = sent.get(&channel).copied().unwrap_or(0);
+            anomalies.add(checker.finish(&HashMap::from([(channel, sent_here)])).0);
+        }
+        let latencies = Arc::try_unwrap(self.latencies).map_err(|_| anyhow::anyhow!("a reader outlived its stop"))?;
+        Ok(Heard { connected, delivered: self.delivered.load(Ordering::Relaxed), anomalies, latencies })
+    }
+}
+
+/// What a fanout worker process reports when told to stop: one JSON line
+/// on its stdout.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct WorkerReport {
+    pub connected: usize,
+    pub connect_failures: usize,
+    pub delivered: u64,
+    pub anomalies: Anomalies,
+    /// Latency in microseconds, as (value, count) pairs.
+    pub latency_counts: Vec<(u64, u64)>,
+}
+
+/// The worker side of `fanout --workers`: subscribes its share, says
+/// `subscribed`, reports `delivered N` on stderr five times a second, and
+/// at `stop <sent per channel as JSON>` on stdin prints its report.
+pub async fn work(connect: &ConnectArgs, subscribers: usize, channels: usize) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let channels = channels.max(1);
+    let (connected, connect_failures) = connect_all(connect, subscribers, |i| vec![channel_name(i % channels)]).await?;
+    progress(&format!("subscribed {}", connected.len()));
+    let listening = Listening::start(connected, channels, connect.first_client);
+    let mut commands = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let sent: SentPerChannel = loop {
+        tokio::select! {
+            line = commands.next_line() => {
+                let line = line?.ok_or_else(|| anyhow::anyhow!("the parent went away"))?;
+                let sent = line.strip_prefix("stop ").ok_or_else(|| anyhow::anyhow!("unexpected command {line:?}"))?;
+                break serde_json::from_str(sent)?;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                progress(&format!("delivered {}", listening.delivered()));
+            }
+        }
+    };
+    let heard = listening.finish(&sent).await?;
+    let report = WorkerReport {
+        connected: heard.connected,
         connect_failures,
-        published,
-        publish_failures: 0,
-        expected_deliveries: expected,
-        delivered,
-        deliveries_per_second: delivered as f64 / args.duration.as_secs_f64(),
-        latency: Latency::from_histogram(&latencies.merged()),
-        anomalies,
-    })
+        delivered: heard.delivered,
+        anomalies: heard.anomalies,
+        latency_counts: heard.latencies.counts(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    std::io::Write::write_all(&mut stdout, format!("{}\n", serde_json::to_string(&report)?).as_bytes())?;
+    std::io::Write::flush(&mut stdout)?;
+    Ok(())
 }

@@ -30,6 +30,10 @@ pub struct ConnectArgs {
     /// Loopback source addresses to spread connections over (127.0.0.2, …);
     /// 0 lets the OS pick.
     pub source_addresses: u8,
+    /// The number of this process's first client: a worker process holds
+    /// clients `first_client..`, named and spread as one process would.
+    #[serde(skip)]
+    pub first_client: usize,
 }
 
 /// Durations in results as people write them (`10s`).
@@ -83,6 +87,19 @@ impl LatencyRecorder {
         Self { shards: (0..Self::SHARDS).map(|_| histogram()).collect() }
     }
 
+    /// Adds latencies counted elsewhere (a worker process's report).
+    pub fn add_counts(&self, counts: &[(u64, u64)]) {
+        let mut shard = self.shards[0].lock().unwrap_or_else(|e| e.into_inner());
+        for (value, count) in counts {
+            let _ = shard.record_n(*value, *count);
+        }
+    }
+
+    /// Every recorded value with its count, for a worker's report.
+    pub fn counts(&self) -> Vec<(u64, u64)> {
+        self.merged().iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+    }
+
     /// Records latencies in microseconds; `client` picks the shard.
     pub fn record(&self, client: usize, micros: impl IntoIterator<Item = u64>) {
         let mut shard = self.shards[client % Self::SHARDS].lock().unwrap_or_else(|e| e.into_inner());
@@ -125,7 +142,7 @@ pub(crate) fn token(secret: &str, user: &str) -> String {
 }
 
 /// Connects `count` clients at `connect_rate`, each subscribed to the
-/// channels `channels_of(i)` returns. Stops at the first sign of the
+/// channels `channels_of(i)` returns (`i` counts from `first_client`). Stops at the first sign of the
 /// open-files limit and says so, instead of reporting nonsense.
 pub async fn connect_all(
     args: &ConnectArgs,
@@ -137,8 +154,9 @@ pub async fn connect_all(
     let interval = Duration::from_secs_f64(1.0 / args.connect_rate.max(1.0));
     let mut pending = tokio::task::JoinSet::new();
     let start = tokio::time::Instant::now();
-    for i in 0..count {
-        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+    for n in 0..count {
+        tokio::time::sleep_until(start + interval.mul_f64(n as f64)).await;
+        let i = args.first_client + n;
         let target = targets[i % targets.len()].clone();
         let source = (args.source_addresses > 0)
             .then(|| IpAddr::from([127, 0, 0, 2 + (i % usize::from(args.source_addresses)) as u8]));

@@ -92,12 +92,30 @@ pub enum Drained {
 #[error("the connection is closed")]
 pub struct OutboxClosed;
 
+/// When queued items must be written. `Now` sorts before every instant,
+/// and costs no clock read: most pushes are immediate, and fanout makes one
+/// per subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Now,
+    At(Instant),
+}
+
+impl Due {
+    fn has_come(self) -> bool {
+        match self {
+            Due::Now => true,
+            Due::At(at) => at <= Instant::now(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Outgoing>,
     bytes: usize,
     /// When what is queued must be written; `None` while empty.
-    due: Option<Instant>,
+    due: Option<Due>,
     closed: Option<DisconnectReason>,
 }
 
@@ -122,7 +140,7 @@ impl Outbox {
     /// limit, the outbox closes as slow instead. One item always fits into an
     /// empty outbox.
     pub fn push(&self, item: Outgoing) -> Result<(), OutboxClosed> {
-        self.push_due(item, None).map(|_| ())
+        self.push_due(item, Due::Now).map(|_| ())
     }
 
     /// Queues an item that may wait until `due` (see the module docs). The
@@ -130,7 +148,7 @@ impl Outbox {
     /// call [`Outbox::wake`] at `due`. `Ok(false)` means a wake is already
     /// due no later than that.
     pub fn push_delayed(&self, item: Outgoing, due: Instant) -> Result<bool, OutboxClosed> {
-        self.push_due(item, Some(due))
+        self.push_due(item, Due::At(due))
     }
 
     /// Tells the writer to look again (for items pushed with a delay).
@@ -138,9 +156,9 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// Queues `item`, to be written by `due` (`None`: now). Returns whether
-    /// this made the queue due sooner than it was.
-    fn push_due(&self, item: Outgoing, due: Option<Instant>) -> Result<bool, OutboxClosed> {
+    /// Queues `item`, to be written by `due`. Returns whether this made the
+    /// queue due sooner than it was.
+    fn push_due(&self, item: Outgoing, due: Due) -> Result<bool, OutboxClosed> {
         let mut state = self.state();
         if state.closed.is_some() {
             return Err(OutboxClosed);
@@ -156,8 +174,7 @@ impl Outbox {
         state.items.push_back(item);
         // A delayed push never wakes the writer: if what is queued is due
         // already, whoever made it due has woken the writer.
-        let wake_now = due.is_none();
-        let due = due.unwrap_or_else(Instant::now);
+        let wake_now = due == Due::Now;
         let sooner = state.due.is_none_or(|queued| due < queued);
         if sooner {
             state.due = Some(due);
@@ -178,7 +195,7 @@ impl Outbox {
         }
         state.bytes += item.cost();
         state.items.push_front(item);
-        state.due = Some(Instant::now());
+        state.due = Some(Due::Now);
         drop(state);
         self.ready.notify_one();
     }
@@ -216,7 +233,7 @@ impl Outbox {
             let notified = self.ready.notified();
             {
                 let state = self.state();
-                if state.closed.is_some() || state.due.is_some_and(|due| due <= Instant::now()) {
+                if state.closed.is_some() || state.due.is_some_and(Due::has_come) {
                     return;
                 }
             }

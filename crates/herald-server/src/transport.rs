@@ -38,7 +38,11 @@ pub trait Transport: Send {
     fn send_text(&mut self, text: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
 
     /// Sends text messages in order, in as few writes as the transport can.
-    fn send_texts(&mut self, texts: Vec<Bytes>) -> impl Future<Output = Result<(), TransportError>> + Send {
+    fn send_texts<I>(&mut self, texts: I) -> impl Future<Output = Result<(), TransportError>> + Send
+    where
+        I: IntoIterator<Item = Bytes> + Send,
+        I::IntoIter: Send,
+    {
         async move {
             for text in texts {
                 self.send_text(text).await?;
@@ -92,23 +96,32 @@ impl Next {
 ///
 /// Nearly every write completes at once, so the timer is armed only for a
 /// write that does not: a timer per message would cost more than the write.
-pub async fn send_guarded<T: Transport>(
+/// That slow path is boxed: most writes never allocate for it.
+pub async fn send_guarded<T, I>(
     transport: &mut T,
-    frames: Vec<Bytes>,
+    frames: I,
     outbox: &herald_core::Outbox,
     timeout: std::time::Duration,
-) -> Result<(), Option<herald_engine::DisconnectReason>> {
+) -> Result<(), Option<herald_engine::DisconnectReason>>
+where
+    T: Transport,
+    I: IntoIterator<Item = Bytes> + Send,
+    I::IntoIter: Send,
+{
     use herald_engine::DisconnectReason;
     use std::task::Poll;
     let mut send = std::pin::pin!(transport.send_texts(frames));
     if let Poll::Ready(sent) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
         return sent.map_err(|_| None);
     }
-    tokio::select! {
-        sent = send => sent.map_err(|_| None),
-        _ = outbox.closed() => Err(Some(DisconnectReason::Slow)),
-        _ = tokio::time::sleep(timeout) => Err(Some(DisconnectReason::Slow)),
-    }
+    Box::pin(async move {
+        tokio::select! {
+            sent = send => sent.map_err(|_| None),
+            _ = outbox.closed() => Err(Some(DisconnectReason::Slow)),
+            _ = tokio::time::sleep(timeout) => Err(Some(DisconnectReason::Slow)),
+        }
+    })
+    .await
 }
 
 /// Resolves once the node starts shutting down.
@@ -138,7 +151,11 @@ impl Transport for WsTransport {
         self.0.send(text_message(text)?).await.map_err(classify)
     }
 
-    async fn send_texts(&mut self, texts: Vec<Bytes>) -> Result<(), TransportError> {
+    async fn send_texts<I>(&mut self, texts: I) -> Result<(), TransportError>
+    where
+        I: IntoIterator<Item = Bytes> + Send,
+        I::IntoIter: Send,
+    {
         use futures_util::SinkExt;
         // Frames gather in the write buffer (see `WRITE_BUFFER` in server.rs)
         // and leave together at the flush.

@@ -165,7 +165,8 @@ impl Session {
         // anew for every message would register each again, per message.
         // The handlers' futures are boxed: they exist only while they run,
         // and inline they would make every idle connection's task as large
-        // as the largest command's state (a 3.3 KiB future instead of 1.1).
+        // as the largest command's state (a 3.3 KiB future instead of 1.1;
+        // even the write path inline costs idle connections 0.4 KiB each).
         let mut shutdown = self.shared.shutdown.clone();
         let mut shutdown = std::pin::pin!(closing(&mut shutdown));
         let mut timer = std::pin::pin!(tokio::time::sleep_until(self.next_deadline()));
@@ -236,7 +237,7 @@ impl Session {
         for item in items {
             let message = match item {
                 Outgoing::Frame(bytes) => bytes,
-                Outgoing::Event(event) => match self.on_event(event).await {
+                Outgoing::Event(event) => match self.on_event(event) {
                     Ok(Some(bytes)) => bytes,
                     Ok(None) => continue,
                     Err(reason) => return Err(Some(reason)),
@@ -263,7 +264,7 @@ impl Session {
 
     /// Sends one frame, giving up when the client stops reading.
     async fn write<T: Transport>(&self, transport: &mut T, frame: Bytes) -> Result<(), Option<DisconnectReason>> {
-        send_guarded(transport, vec![frame], &self.outbox, self.shared.settings.write_timeout).await
+        send_guarded(transport, std::iter::once(frame), &self.outbox, self.shared.settings.write_timeout).await
     }
 
     async fn on_timer<T: Transport>(&mut self, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
@@ -299,7 +300,7 @@ impl Session {
     }
 
     /// Encodes a server-side event, updating session state on the way.
-    async fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
+    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
         Ok(Some(match event {
             ConnEvent::Subscribed { channel } => encode::push(Some(&channel), "subscribe", &Empty {}),
             ConnEvent::Unsubscribed { channel, reason } => {

@@ -194,9 +194,12 @@ impl Listening {
             let mut stop = stop.clone();
             let reader = tokio::spawn(async move {
                 let mut checker = SequenceChecker::default();
+                // Made once: a new wait per message would register with the
+                // shared stop channel again each time.
+                let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
                 loop {
                     tokio::select! {
-                        _ = stop.wait_for(|s| *s) => break,
+                        _ = &mut stopped => break,
                         received = client.next_publications() => {
                             let Ok(received) = received else { break };
                             let now = unix_micros(SystemTime::now());

@@ -100,37 +100,44 @@ pub async fn publish_all(args: &FanoutArgs, delivered: impl Fn() -> u64) -> anyh
     let total = (args.rate * args.duration.as_secs_f64()).round() as u64;
     let schedule = Schedule::new(args.rate);
     // One publisher per group of channels, so a channel's publications
-    // leave in order while several channels publish in parallel.
+    // leave in order while several channels publish in parallel. They run
+    // on a thread of their own: on the readers' runtime they would queue
+    // behind thousands of reader tasks and leave late, which the latency
+    // figures would then count against the server.
     let publishers = channels.min(MAX_PUBLISHERS);
+    let own_thread = OwnThread::start("publisher")?;
     let mut sending = tokio::task::JoinSet::new();
     for k in 0..publishers {
         let (via, pad) = (args.publish.clone(), "x".repeat(args.payload_bytes));
-        sending.spawn(async move {
-            let mut api = ApiClient::new(via);
-            let mut published = 0u64;
-            for i in (0..total).filter(|i| (*i as usize % channels) % publishers == k) {
-                let (due, due_micros) = schedule.due(i);
-                tokio::time::sleep_until(due).await;
-                let name = channel_name(i as usize % channels);
-                let seq = i / channels as u64;
-                let data = format!(r#"{{"seq":{seq},"ts":{due_micros},"pad":"{pad}"}}"#);
-                let mut attempts = 0;
-                loop {
-                    attempts += 1;
-                    match api.publish(&name, &data).await {
-                        Ok(true) => break,
-                        outcome if attempts >= 3 => {
-                            anyhow::bail!(
+        sending.spawn_on(
+            async move {
+                let mut api = ApiClient::new(via);
+                let mut published = 0u64;
+                for i in (0..total).filter(|i| (*i as usize % channels) % publishers == k) {
+                    let (due, due_micros) = schedule.due(i);
+                    tokio::time::sleep_until(due).await;
+                    let name = channel_name(i as usize % channels);
+                    let seq = i / channels as u64;
+                    let data = format!(r#"{{"seq":{seq},"ts":{due_micros},"pad":"{pad}"}}"#);
+                    let mut attempts = 0;
+                    loop {
+                        attempts += 1;
+                        match api.publish(&name, &data).await {
+                            Ok(true) => break,
+                            outcome if attempts >= 3 => {
+                                anyhow::bail!(
                                 "publish {i} to {name} failed three times: {outcome:?}; results would be meaningless"
                             )
+                            }
+                            _ => continue,
                         }
-                        _ => continue,
                     }
+                    published += 1;
                 }
-                published += 1;
-            }
-            Ok(published)
-        });
+                Ok(published)
+            },
+            own_thread.handle(),
+        );
     }
     let mut published = 0u64;
     let mut last_report = tokio::time::Instant::now();
@@ -151,6 +158,38 @@ pub async fn publish_all(args: &FanoutArgs, delivered: impl Fn() -> u64) -> anyh
     let sent =
         (0..channels).map(|c| (channel_name(c), (total + (channels - c) as u64 - 1) / channels as u64)).collect();
     Ok((published, sent))
+}
+
+/// A current-thread runtime on a thread of its own, until dropped.
+struct OwnThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl OwnThread {
+    fn start(name: &str) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            })
+        })?;
+        Ok(Self { handle, stop: Some(stop) })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for OwnThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// Lets the last publications arrive: waits until `delivered` reaches

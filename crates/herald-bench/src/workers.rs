@@ -51,45 +51,25 @@ pub async fn connections(
     server_pid: Option<u32>,
     worker_args: &[String],
 ) -> anyhow::Result<ConnectionsResult> {
-    let exe = std::env::current_exe()?;
     let before = server_pid.map(ProcessSample::read).transpose()?;
     let started = Instant::now();
-    let mut children: Vec<Child> = Vec::new();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for w in 0..workers {
-        let share = count / workers + usize::from(w < count % workers);
-        let mut child = Command::new(&exe)
-            .arg("connections")
-            .args(worker_args)
-            .args(["--count", &share.to_string(), "--hold", "24h"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send((w, line)).is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send((w, "exited".to_owned()));
-        });
-        children.push(child);
-    }
-    drop(tx);
+    let (mut children, mut lines) = spawn(workers, count, |_, share| {
+        let mut args = vec!["connections".to_owned()];
+        args.extend_from_slice(worker_args);
+        args.extend(["--count".to_owned(), share.to_string(), "--hold".to_owned(), "24h".to_owned()]);
+        args
+    })?;
     let mut shares = vec![None; workers];
     let mut holding = 0;
     while holding < workers {
-        let Some((w, line)) = rx.recv().await else { anyhow::bail!("the workers stopped before holding") };
+        let Some((w, line)) = lines.recv().await else { anyhow::bail!("the workers stopped before holding") };
+        let Some(line) = line else {
+            anyhow::bail!("worker {w} exited before holding its connections; run it alone to see why");
+        };
         if let Some(share) = parse_connected(&line) {
             shares[w] = Some(share);
         } else if line.starts_with("holding ") {
             holding += 1;
-        } else if line == "exited" {
-            anyhow::bail!("worker {w} exited before holding its connections; run it alone to see why");
         } else {
             progress(&format!("worker {w}: {line}"));
         }
@@ -133,43 +113,34 @@ pub async fn connections(
 /// Runs `fanout` with the subscribers spread over `workers` processes;
 /// `worker_args` are the flags every worker gets to connect.
 pub async fn fanout(workers: usize, args: &FanoutArgs, worker_args: &[String]) -> anyhow::Result<FanoutResult> {
-    let exe = std::env::current_exe()?;
     let channels = args.channels.max(1);
+    let (mut children, mut lines) = spawn(workers, args.subscribers, |first, share| {
+        let mut flags = vec!["fanout-worker".to_owned()];
+        flags.extend_from_slice(worker_args);
+        for (flag, value) in [("--subscribers", share), ("--channels", channels), ("--first-client", first)] {
+            flags.extend([flag.to_owned(), value.to_string()]);
+        }
+        flags
+    })?;
     let delivered: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect());
     let (subscribed_tx, mut subscribed) = tokio::sync::mpsc::unbounded_channel();
-    let mut children = Vec::new();
-    let mut first = 0;
-    for w in 0..workers {
-        let share = args.subscribers / workers + usize::from(w < args.subscribers % workers);
-        let mut child = Command::new(&exe)
-            .arg("fanout-worker")
-            .args(worker_args)
-            .args(["--subscribers", &share.to_string(), "--channels", &channels.to_string()])
-            .args(["--first-client", &first.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        first += share;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (delivered, subscribed_tx) = (delivered.clone(), subscribed_tx.clone());
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(n) = line.strip_prefix("delivered ").and_then(|n| n.parse().ok()) {
-                    delivered[w].store(n, Ordering::Relaxed);
-                } else if line.starts_with("subscribed ") {
-                    let _ = subscribed_tx.send(Ok(w));
-                } else {
-                    progress(&format!("worker {w}: {line}"));
+    let counts = delivered.clone();
+    tokio::spawn(async move {
+        while let Some((w, line)) = lines.recv().await {
+            match line {
+                None => {
+                    let _ = subscribed_tx.send(Err(w));
                 }
+                Some(line) => match line.strip_prefix("delivered ").and_then(|n| n.parse().ok()) {
+                    Some(n) => counts[w].store(n, Ordering::Relaxed),
+                    None if line.starts_with("subscribed ") => {
+                        let _ = subscribed_tx.send(Ok(w));
+                    }
+                    None => progress(&format!("worker {w}: {line}")),
+                },
             }
-            let _ = subscribed_tx.send(Err(w));
-        });
-        children.push(child);
-    }
-    drop(subscribed_tx);
+        }
+    });
     for _ in 0..workers {
         match subscribed.recv().await {
             Some(Ok(_)) => {}
@@ -209,6 +180,46 @@ pub async fn fanout(workers: usize, args: &FanoutArgs, worker_args: &[String]) -
         latency: Latency::from_histogram(&latencies.merged()),
         anomalies,
     })
+}
+
+/// Starts `workers` copies of this binary splitting `total` clients; `args`
+/// gives a worker's arguments from its first client's number and its share.
+/// Every worker's stderr lines arrive as `(worker, Some(line))`, then
+/// `(worker, None)` when it ends.
+#[allow(clippy::type_complexity)]
+fn spawn(
+    workers: usize,
+    total: usize,
+    args: impl Fn(usize, usize) -> Vec<String>,
+) -> anyhow::Result<(Vec<Child>, tokio::sync::mpsc::UnboundedReceiver<(usize, Option<String>)>)> {
+    let exe = std::env::current_exe()?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut children = Vec::new();
+    let mut first = 0;
+    for w in 0..workers {
+        let share = total / workers + usize::from(w < total % workers);
+        let mut child = Command::new(&exe)
+            .args(args(first, share))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        first += share;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send((w, Some(line))).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send((w, None));
+        });
+        children.push(child);
+    }
+    Ok((children, rx))
 }
 
 #[cfg(test)]

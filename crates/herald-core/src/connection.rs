@@ -91,20 +91,30 @@ impl Subscriptions {
     pub(crate) fn insert(&mut self, channel: ChannelName, subscription: Subscription) {
         match self.position(&channel) {
             Some(i) => self.0[i].1 = subscription,
-            None => {
-                self.0.reserve_exact(1);
-                self.0.push((channel, subscription));
-            }
+            None => push_exact(&mut self.0, (channel, subscription)),
         }
     }
 
     pub(crate) fn remove(&mut self, channel: &ChannelName) -> Option<Subscription> {
-        let removed = self.0.swap_remove(self.position(channel)?).1;
-        if self.0.capacity() > 2 * self.0.len() {
-            self.0.shrink_to_fit();
-        }
-        Some(removed)
+        remove_first(&mut self.0, |(c, _)| c == channel).map(|(_, subscription)| subscription)
     }
+}
+
+/// Appends without the spare room a growing `Vec` leaves: for the short
+/// per-connection lists idle connections keep.
+pub(crate) fn push_exact<T>(list: &mut Vec<T>, item: T) {
+    list.reserve_exact(1);
+    list.push(item);
+}
+
+/// Removes the first item that matches (order is not kept), and gives back
+/// room the list no longer needs.
+pub(crate) fn remove_first<T>(list: &mut Vec<T>, matches: impl Fn(&T) -> bool) -> Option<T> {
+    let removed = list.swap_remove(list.iter().position(matches)?);
+    if list.capacity() > 2 * list.len() {
+        list.shrink_to_fit();
+    }
+    Some(removed)
 }
 
 /// A registered connection.

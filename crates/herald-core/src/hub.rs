@@ -34,7 +34,7 @@ use herald_engine::{
     HistoryResult, NodeId, NodeInfo, PresenceStats, Publication, PublishOptions, PublishResult, StreamPosition, UserId,
 };
 
-use crate::connection::{Connection, ConnectionSpec, Subscription};
+use crate::connection::{push_exact, remove_first, Connection, ConnectionSpec, Subscription};
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, PublishPolicy};
 use crate::shard::{ShardedMap, SHARDS};
@@ -320,22 +320,15 @@ impl Hub {
     }
 
     fn remember_user(&self, conn: &Arc<Connection>, user: UserId) {
-        let mut users = self.users.write(&user);
-        let conns = users.entry(user).or_default();
-        conns.reserve_exact(1);
-        conns.push(conn.clone());
+        push_exact(self.users.write(&user).entry(user).or_default(), conn.clone());
     }
 
     fn forget_user(&self, conn: &Connection, user: &UserId) {
         let mut users = self.users.write(user);
         let Some(conns) = users.get_mut(user) else { return };
-        if let Some(at) = conns.iter().position(|c| c.client == conn.client) {
-            conns.swap_remove(at);
-        }
+        remove_first(conns, |c| c.client == conn.client);
         if conns.is_empty() {
             users.remove(user);
-        } else if conns.capacity() > 2 * conns.len() {
-            conns.shrink_to_fit();
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_engine::{ChannelName, ClientId, Control, EngineEvent, Publication, UserId};
+use tokio::time::Instant;
 
 use super::{Hub, SubscribeRequest, Subscriber};
 use crate::connection::{Connection, PresenceChange};
@@ -31,7 +32,7 @@ impl SharedFrames {
 
 /// Wakes `outboxes` at `due`: one timer for every subscriber a delayed
 /// publication reached.
-fn wake_at(runtime: &tokio::runtime::Handle, due: tokio::time::Instant, outboxes: Vec<Arc<Outbox>>) {
+fn wake_at(runtime: &tokio::runtime::Handle, due: Instant, outboxes: Vec<Arc<Outbox>>) {
     runtime.spawn(async move {
         tokio::time::sleep_until(due).await;
         outboxes.iter().for_each(|outbox| outbox.wake());
@@ -85,8 +86,10 @@ impl Hub {
         let Some(subscribers) = shard.get(channel) else { return };
         let delay = self.config.rules.resolve(channel).map(|o| o.write_delay).unwrap_or_default();
         // Outside a runtime (never in the server) nothing could wait: no delay.
-        let runtime = tokio::runtime::Handle::try_current().ok().filter(|_| !delay.is_zero());
-        let due = runtime.as_ref().map(|_| tokio::time::Instant::now() + delay);
+        let delayed = match delay.is_zero() {
+            true => None,
+            false => tokio::runtime::Handle::try_current().ok().map(|runtime| (runtime, Instant::now() + delay)),
+        };
         let mut to_wake = Vec::new();
         let mut frames = SharedFrames::default();
         for subscriber in subscribers.values() {
@@ -108,9 +111,9 @@ impl Hub {
             let Some(frame) = frames.get(conn, || Some(conn.encoder.encode_publication(channel, publication))) else {
                 continue;
             };
-            let queued = match due {
+            let queued = match &delayed {
                 None => conn.outbox.push(Outgoing::Frame(frame)).map(|_| false),
-                Some(due) => conn.outbox.push_delayed(Outgoing::Frame(frame), due),
+                Some((_, due)) => conn.outbox.push_delayed(Outgoing::Frame(frame), *due),
             };
             match queued {
                 Ok(true) => to_wake.push(conn.outbox.clone()),
@@ -120,10 +123,8 @@ impl Hub {
                 }
             }
         }
-        if let (Some(runtime), Some(due)) = (&runtime, due) {
-            if !to_wake.is_empty() {
-                wake_at(runtime, due, to_wake);
-            }
+        if let Some((runtime, due)) = delayed.filter(|_| !to_wake.is_empty()) {
+            wake_at(&runtime, due, to_wake);
         }
     }
 

@@ -11,14 +11,13 @@
 //! has ports.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpSocket;
+
+use crate::ws::{WsClient, WsError};
 
 /// Which protocol the bench speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -78,11 +77,19 @@ fn protocol_error(e: impl std::fmt::Display) -> ConnectError {
     ConnectError::Protocol(e.to_string())
 }
 
+fn ws_error(e: WsError) -> ConnectError {
+    match e {
+        WsError::Io(e) => network(e),
+        other => protocol_error(other),
+    }
+}
+
 /// A publication as the bench sends it: `{"seq": n, "ts": micros, "pad": …}`,
 /// with `"from": member` when a client published it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
-    pub channel: String,
+    /// Shared with every publication of the channel this client received.
+    pub channel: Arc<str>,
     pub from: Option<u64>,
     pub seq: u64,
     /// When the publication was meant to be sent, unix microseconds.
@@ -94,7 +101,7 @@ pub struct Received {
 impl Received {
     fn from_data(channel: &str, data: &Value, offset: Option<u64>) -> Option<Self> {
         Some(Self {
-            channel: channel.to_owned(),
+            channel: channel.into(),
             from: data["from"].as_u64(),
             seq: data["seq"].as_u64()?,
             sent_at_micros: data["ts"].as_u64()?,
@@ -104,6 +111,7 @@ impl Received {
 }
 
 /// One message from the server, after heartbeats were answered.
+#[derive(Debug)]
 enum Incoming {
     /// A bench publication, read without building a JSON tree.
     Publication(Received),
@@ -115,11 +123,16 @@ enum Incoming {
 /// One connected client.
 #[derive(Debug)]
 pub struct BenchClient {
-    ws: WebSocketStream<TcpStream>,
+    ws: WsClient,
     protocol: Protocol,
     next_id: u32,
     /// Each recoverable channel's last known position: offset and epoch.
     positions: std::collections::HashMap<String, (u64, String)>,
+    /// The last message's contents, kept to reuse the allocation.
+    incoming: Vec<Incoming>,
+    /// The names of channels publications came from, so that each
+    /// publication does not allocate its channel's name again.
+    names: Names,
 }
 
 /// How a recoverable subscription came out.
@@ -146,14 +159,15 @@ impl BenchClient {
         }
         let stream = socket.connect(target.addr).await.map_err(network)?;
         let _ = stream.set_nodelay(true);
-        // A small read buffer: tungstenite zeroes its whole read buffer on
-        // every read, and with the default 128 KiB that dominated the
-        // generator's CPU (half its time in memset).
-        let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
-            .await
-            .map_err(protocol_error)?;
-        let mut client = Self { ws, protocol, next_id: 1, positions: Default::default() };
+        let ws = WsClient::handshake(stream, &target.url).await.map_err(ws_error)?;
+        let mut client = Self {
+            ws,
+            protocol,
+            next_id: 1,
+            positions: Default::default(),
+            incoming: Vec::new(),
+            names: Names::default(),
+        };
         match protocol {
             Protocol::Centrifuge => {
                 let reply = client.command(json!({"connect": {"token": token, "name": "herald-bench"}})).await?;
@@ -185,7 +199,7 @@ impl BenchClient {
     }
 
     async fn send(&mut self, text: String) -> Result<(), ConnectError> {
-        self.ws.send(Message::text(text)).await.map_err(protocol_error)
+        self.ws.send_text(&text).await.map_err(ws_error)
     }
 
     /// Sends a Centrifuge command and waits for its reply.
@@ -332,7 +346,8 @@ impl BenchClient {
         }
         // Publications that followed a reply in the same frame moved the position on.
         for publication in &outcome.publications {
-            if let (Some(offset), Some(position)) = (publication.offset, self.positions.get_mut(&publication.channel)) {
+            if let (Some(offset), Some(position)) = (publication.offset, self.positions.get_mut(&*publication.channel))
+            {
                 position.0 = position.0.max(offset);
             }
         }
@@ -342,61 +357,19 @@ impl BenchClient {
     /// The messages of the next WebSocket message; heartbeats are answered
     /// on the way.
     async fn next_incoming(&mut self) -> Result<Vec<Incoming>, ConnectError> {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    let mut messages = Vec::new();
-                    match self.protocol {
-                        Protocol::Centrifuge => {
-                            for line in text.lines().filter(|l| !l.is_empty()) {
-                                if let Some(publication) = scan::publication(self.protocol, line) {
-                                    messages.push(Incoming::Publication(publication));
-                                    continue;
-                                }
-                                let message: Value = serde_json::from_str(line).map_err(protocol_error)?;
-                                if message == json!({}) {
-                                    self.send("{}".to_owned()).await?;
-                                } else {
-                                    messages.push(Incoming::Json(message));
-                                }
-                            }
-                        }
-                        Protocol::Pusher => {
-                            if let Some(publication) = scan::publication(self.protocol, &text) {
-                                return Ok(vec![Incoming::Publication(publication)]);
-                            }
-                            let frame: Value = serde_json::from_str(&text).map_err(protocol_error)?;
-                            if frame["event"] == "pusher:ping" {
-                                self.send(r#"{"event":"pusher:pong","data":{}}"#.to_owned()).await?;
-                            } else {
-                                messages.push(Incoming::Json(frame));
-                            }
-                        }
-                        Protocol::Socketio => match text.as_bytes().first() {
-                            Some(b'2') => self.send("3".to_owned()).await?,
-                            Some(b'4') => {
-                                if let Some(publication) = scan::publication(self.protocol, &text) {
-                                    return Ok(vec![Incoming::Publication(publication)]);
-                                }
-                                let body = &text[1..];
-                                let split = body.find(['[', '{']).unwrap_or(body.len());
-                                let payload = serde_json::from_str(&body[split..]).unwrap_or(Value::Null);
-                                messages.push(Incoming::SocketIo(body[..split].to_owned(), payload));
-                            }
-                            _ => {}
-                        },
-                    }
-                    return Ok(messages);
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let why = frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default();
-                    return Err(ConnectError::Protocol(format!("closed by the server: {why}")));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(protocol_error(e)),
-                None => return Err(ConnectError::Protocol("connection ended".into())),
-            }
+        self.read_incoming().await?;
+        Ok(std::mem::take(&mut self.incoming))
+    }
+
+    /// Reads the next WebSocket message into `self.incoming`.
+    async fn read_incoming(&mut self) -> Result<(), ConnectError> {
+        self.incoming.clear();
+        let text = self.ws.next_text().await.map_err(ws_error)?;
+        let answer = read_message(text, self.protocol, &mut self.names, &mut self.incoming)?;
+        if let Some(answer) = answer {
+            self.ws.send_text(answer).await.map_err(ws_error)?;
         }
+        Ok(())
     }
 
     /// Publishes from this client without waiting for a reply. Pusher
@@ -416,24 +389,27 @@ impl BenchClient {
         }
     }
 
-    /// The publications of the next WebSocket message.
-    pub async fn next_publications(&mut self) -> Result<Vec<Received>, ConnectError> {
+    /// The publications of the next WebSocket message, in place of what
+    /// `received` held (a buffer the caller keeps, so reading allocates
+    /// nothing per message).
+    pub async fn next_publications(&mut self, received: &mut Vec<Received>) -> Result<(), ConnectError> {
+        self.read_incoming().await?;
         let protocol = self.protocol;
-        let received: Vec<Received> = self
-            .next_incoming()
-            .await?
-            .into_iter()
-            .filter_map(|message| match message {
-                Incoming::Publication(publication) => Some(publication),
-                other => publication(protocol, &other),
-            })
-            .collect();
-        for publication in &received {
-            if let (Some(offset), Some(position)) = (publication.offset, self.positions.get_mut(&publication.channel)) {
-                position.0 = position.0.max(offset);
+        received.clear();
+        received.extend(self.incoming.drain(..).filter_map(|message| match message {
+            Incoming::Publication(publication) => Some(publication),
+            other => publication(protocol, &other),
+        }));
+        if !self.positions.is_empty() {
+            for publication in received.iter() {
+                if let (Some(offset), Some(position)) =
+                    (publication.offset, self.positions.get_mut(&*publication.channel))
+                {
+                    position.0 = position.0.max(offset);
+                }
             }
         }
-        Ok(received)
+        Ok(())
     }
 
     /// Keeps the connection alive (answering heartbeats) until `stop` resolves.
@@ -450,6 +426,76 @@ impl BenchClient {
     /// Drops the connection without a goodbye, as a network failure would.
     pub fn abort(self) {
         drop(self.ws);
+    }
+}
+
+/// Channel names seen by one client (a handful), each allocated once.
+#[derive(Debug, Default)]
+struct Names(Vec<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|known| ***known == *name) {
+            return known.clone();
+        }
+        let name: Arc<str> = name.into();
+        self.0.push(name.clone());
+        name
+    }
+}
+
+/// Reads one text message of `protocol` into `messages`; returns the
+/// heartbeat answer to send, if the message was a heartbeat.
+fn read_message(
+    text: &str,
+    protocol: Protocol,
+    names: &mut Names,
+    messages: &mut Vec<Incoming>,
+) -> Result<Option<&'static str>, ConnectError> {
+    match protocol {
+        Protocol::Centrifuge => {
+            let mut answer = None;
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                if let Some(publication) = scan::publication(protocol, line, names) {
+                    messages.push(Incoming::Publication(publication));
+                    continue;
+                }
+                let message: Value = serde_json::from_str(line).map_err(protocol_error)?;
+                if message == json!({}) {
+                    answer = Some("{}");
+                } else {
+                    messages.push(Incoming::Json(message));
+                }
+            }
+            Ok(answer)
+        }
+        Protocol::Pusher => {
+            if let Some(publication) = scan::publication(protocol, text, names) {
+                messages.push(Incoming::Publication(publication));
+                return Ok(None);
+            }
+            let frame: Value = serde_json::from_str(text).map_err(protocol_error)?;
+            if frame["event"] == "pusher:ping" {
+                return Ok(Some(r#"{"event":"pusher:pong","data":{}}"#));
+            }
+            messages.push(Incoming::Json(frame));
+            Ok(None)
+        }
+        Protocol::Socketio => match text.as_bytes().first() {
+            Some(b'2') => Ok(Some("3")),
+            Some(b'4') => {
+                if let Some(publication) = scan::publication(protocol, text, names) {
+                    messages.push(Incoming::Publication(publication));
+                    return Ok(None);
+                }
+                let body = &text[1..];
+                let split = body.find(['[', '{']).unwrap_or(body.len());
+                let payload = serde_json::from_str(&body[split..]).unwrap_or(Value::Null);
+                messages.push(Incoming::SocketIo(body[..split].to_owned(), payload));
+                Ok(None)
+            }
+            _ => Ok(None),
+        },
     }
 }
 
@@ -486,7 +532,7 @@ fn publication(protocol: Protocol, message: &Incoming) -> Option<Received> {
 /// its fields can be found by name; anything unexpected falls back to the
 /// full JSON parse.
 mod scan {
-    use super::{Protocol, Received};
+    use super::{Names, Protocol, Received};
 
     /// Where `needle` first occurs in `text`. This runs for every field of
     /// every message the bench receives, so each thread builds the SIMD
@@ -535,7 +581,7 @@ mod scan {
         Some(&rest[..rest.find('"')?])
     }
 
-    pub(super) fn publication(protocol: Protocol, text: &str) -> Option<Received> {
+    pub(super) fn publication(protocol: Protocol, text: &str, names: &mut Names) -> Option<Received> {
         let channel = match protocol {
             Protocol::Centrifuge if text.starts_with("{\"push\":{\"channel\":\"") && text.contains("\"pub\":") => {
                 string(text, "{\"push\":{\"channel\":\"")?
@@ -545,7 +591,7 @@ mod scan {
             _ => return None,
         };
         Some(Received {
-            channel: channel.to_owned(),
+            channel: names.get(channel),
             from: number(text, "from"),
             seq: number(text, "seq")?,
             sent_at_micros: number(text, "ts")?,
@@ -563,7 +609,11 @@ mod scan {
                 r#"{"push":{"channel":"bench0","pub":{"data":{"seq":12,"ts":1700,"pad":"xx"},"offset":40}}}"#;
             let pusher = r#"{"event":"bench","channel":"bench1","data":"{\"seq\":3,\"ts\":99,\"from\":7}"}"#;
             let socketio = r#"42["publication","room2",{"seq":5,"ts":10,"pad":"x"}]"#;
-            let read = |p, t| publication(p, t).map(|r| (r.channel, r.seq, r.sent_at_micros, r.from, r.offset));
+            let mut names = Names::default();
+            let mut read = |p, t| {
+                publication(p, t, &mut names)
+                    .map(|r| (r.channel.to_string(), r.seq, r.sent_at_micros, r.from, r.offset))
+            };
             assert_eq!(read(Protocol::Centrifuge, centrifuge), Some(("bench0".into(), 12, 1700, None, Some(40))));
             assert_eq!(read(Protocol::Pusher, pusher), Some(("bench1".into(), 3, 99, Some(7), None)));
             assert_eq!(read(Protocol::Socketio, socketio), Some(("room2".into(), 5, 10, None, None)));

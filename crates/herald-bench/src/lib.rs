@@ -25,3 +25,4 @@ pub mod publisher;
 pub mod scenario;
 pub mod sequence;
 pub mod workers;
+pub mod ws;

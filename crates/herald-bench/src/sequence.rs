@@ -41,10 +41,11 @@ impl SequenceChecker {
     /// Records the arrival of `seq` (numbers start at 0) in `channel`.
     pub fn observe(&mut self, channel: &str, seq: u64) {
         self.received += 1;
-        if !self.channels.contains_key(channel) {
-            self.channels.insert(channel.to_owned(), (0, Vec::new()));
-        }
-        let (next, skipped) = self.channels.get_mut(channel).expect("inserted above");
+        // One lookup per message; the channel's name is copied only once.
+        let (next, skipped) = match self.channels.get_mut(channel) {
+            Some(entry) => entry,
+            None => self.channels.entry(channel.to_owned()).or_default(),
+        };
         if seq == *next {
             *next += 1;
         } else if seq > *next {

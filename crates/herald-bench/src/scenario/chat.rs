@@ -64,6 +64,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
         tasks.push(tokio::spawn(async move {
             let mut checker = SequenceChecker::default();
             let (mut sent, mut received) = (0u64, 0u64);
+            let mut batch = Vec::new();
             while received < expected_here && tokio::time::Instant::now() < deadline {
                 let (due, due_micros) = schedule.due(sent);
                 let can_send = sent < per_member;
@@ -73,11 +74,11 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
                         if client.publish_nowait(&channel, &data).await.is_err() { break; }
                         sent += 1;
                     }
-                    batch = client.next_publications() => {
-                        let Ok(batch) = batch else { break };
+                    read = client.next_publications(&mut batch) => {
+                        if read.is_err() { break }
                         let now = unix_micros(SystemTime::now());
                         latencies.record(i, batch.iter().map(|p| now.saturating_sub(p.sent_at_micros)));
-                        for publication in batch {
+                        for publication in &batch {
                             let key = format!("{}/{}", publication.channel, publication.from.unwrap_or(0));
                             checker.observe(&key, publication.seq);
                             received += 1;

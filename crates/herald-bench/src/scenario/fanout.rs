@@ -236,11 +236,12 @@ impl Listening {
                 // Made once: a new wait per message would register with the
                 // shared stop channel again each time.
                 let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
+                let mut received = Vec::new();
                 loop {
                     tokio::select! {
                         _ = &mut stopped => break,
-                        received = client.next_publications() => {
-                            let Ok(received) = received else { break };
+                        read = client.next_publications(&mut received) => {
+                            if read.is_err() { break }
                             let now = unix_micros(SystemTime::now());
                             latencies.record(k, received.iter().map(|p| now.saturating_sub(p.sent_at_micros)));
                             for publication in &received {

@@ -124,6 +124,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
             observe(&mut checker, first.publications);
             subscribed.fetch_add(1, Ordering::Relaxed);
             let mut stormed = false;
+            let mut received = Vec::new();
             loop {
                 let dropped = tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
@@ -131,8 +132,8 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
                         stormed = true;
                         true
                     }
-                    received = client.next_publications() => match received {
-                        Ok(received) => { observe(&mut checker, received); false }
+                    read = client.next_publications(&mut received) => match read {
+                        Ok(()) => { observe(&mut checker, std::mem::take(&mut received)); false }
                         Err(_) => true,
                     },
                 };

@@ -249,31 +249,16 @@ impl Session {
             Drained::Closed(reason) => return Err(Some(reason)),
             Drained::Items(items) => items,
         };
-        // One Pusher event per WebSocket message, but all of them in one write.
-        let frames: Vec<Bytes> = items
-            .into_iter()
-            .filter_map(|item| match item {
-                Outgoing::Frame(bytes) => Some(bytes),
-                Outgoing::Event(event) => self.on_event(event),
-            })
-            .collect();
-        if frames.is_empty() {
+        if items.is_empty() {
             return Ok(());
         }
+        // One Pusher event per WebSocket message, but all of them in one write.
+        let app = &self.app;
+        let frames = items.into_iter().filter_map(|item| match item {
+            Outgoing::Frame(bytes) => Some(bytes),
+            Outgoing::Event(event) => event_frame(app, event),
+        });
         send_guarded(transport, frames, &self.outbox, self.frontend.settings.write_timeout).await
-    }
-
-    /// Server-side subscription changes, as Pusher frames.
-    fn on_event(&self, event: ConnEvent) -> Option<Bytes> {
-        match event {
-            ConnEvent::Subscribed { channel } => {
-                let name = self.app.name_of(&channel)?;
-                Some(super::subscription_succeeded(name, "{}"))
-            }
-            // Pusher has no server-side unsubscribe push; the client simply
-            // stops receiving the channel.
-            ConnEvent::Unsubscribed { .. } | ConnEvent::Refresh { .. } => None,
-        }
     }
 
     async fn on_frame(&mut self, frame: &[u8]) -> Result<(), DisconnectReason> {
@@ -312,3 +297,16 @@ impl Session {
 
 mod client_events;
 mod subscribe;
+
+/// A server-side subscription change, as a Pusher frame.
+fn event_frame(app: &App, event: ConnEvent) -> Option<Bytes> {
+    match event {
+        ConnEvent::Subscribed { channel } => {
+            let name = app.name_of(&channel)?;
+            Some(super::subscription_succeeded(name, "{}"))
+        }
+        // Pusher has no server-side unsubscribe push; the client simply
+        // stops receiving the channel.
+        ConnEvent::Unsubscribed { .. } | ConnEvent::Refresh { .. } => None,
+    }
+}

@@ -9,7 +9,6 @@
 //! Replies go through the outbox too, so a frame of several commands is
 //! answered by one frame of several replies.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,7 +101,37 @@ struct Session {
     /// When the connection is closed for an expired token (expiry + grace).
     expire_deadline: Option<Instant>,
     /// When each expiring subscription ends (expiry + grace).
-    sub_deadlines: HashMap<ChannelName, Instant>,
+    sub_deadlines: SubDeadlines,
+}
+
+/// When each expiring subscription ends. A plain list: a connection has a
+/// handful of expiring subscriptions at most, and every connection's
+/// session holds one (a hash map would cost each of them 24 bytes more).
+#[derive(Debug, Default)]
+struct SubDeadlines(Vec<(ChannelName, Instant)>);
+
+impl SubDeadlines {
+    fn insert(&mut self, channel: ChannelName, deadline: Instant) {
+        match self.0.iter_mut().find(|(known, _)| *known == channel) {
+            Some(entry) => entry.1 = deadline,
+            None => self.0.push((channel, deadline)),
+        }
+    }
+
+    fn remove(&mut self, channel: &ChannelName) {
+        self.0.retain(|(known, _)| known != channel);
+    }
+
+    fn earliest(&self) -> Option<Instant> {
+        self.0.iter().map(|(_, deadline)| *deadline).min()
+    }
+
+    /// The channels whose deadline has come, taken out of the list.
+    fn take_due(&mut self, now: Instant) -> Vec<ChannelName> {
+        let (due, kept) = std::mem::take(&mut self.0).into_iter().partition(|(_, deadline)| now >= *deadline);
+        self.0 = kept;
+        due.into_iter().map(|(channel, _)| channel).collect()
+    }
 }
 
 #[derive(Serialize)]
@@ -153,7 +182,7 @@ impl Session {
             next_ping: now + settings.ping_interval,
             pong_deadline: None,
             expire_deadline: None,
-            sub_deadlines: HashMap::new(),
+            sub_deadlines: SubDeadlines::default(),
             conn: None,
             shared,
         }
@@ -218,10 +247,10 @@ impl Session {
         for candidate in [self.pong_deadline, self.expire_deadline].into_iter().flatten() {
             next = next.min(candidate);
         }
-        for deadline in self.sub_deadlines.values() {
-            next = next.min(*deadline);
+        match self.sub_deadlines.earliest() {
+            Some(deadline) => next.min(deadline),
+            None => next,
         }
-        next
     }
 
     /// Writes everything queued as one frame. `Err` ends the session.
@@ -278,10 +307,7 @@ impl Session {
         if self.expire_deadline.is_some_and(|d| now >= d) {
             return Err(Some(DisconnectReason::ConnectionExpired));
         }
-        let expired: Vec<ChannelName> =
-            self.sub_deadlines.iter().filter(|(_, d)| now >= **d).map(|(c, _)| c.clone()).collect();
-        for channel in expired {
-            self.sub_deadlines.remove(&channel);
+        for channel in self.sub_deadlines.take_due(now) {
             if self.shared.hub.unsubscribe(&conn, &channel).await {
                 let (code, reason) = codes::unsubscribe_code(UnsubscribeReason::Expired);
                 let push =

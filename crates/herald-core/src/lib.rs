@@ -27,6 +27,6 @@ pub use connection::{Connection, ConnectionSpec, PresenceChange, PushEncoder, Su
 pub use error::HubError;
 pub use hub::{Hub, HubConfig, HubObserver, HubStats, Recovery, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 pub use namespace::{ChannelKind, ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
-pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, Queued, UnsubscribeReason};
+pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, UnsubscribeReason};
 
 pub use herald_engine as engine;

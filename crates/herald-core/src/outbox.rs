@@ -12,10 +12,7 @@
 //!
 //! The connection's writer takes everything queued in one call
 //! ([`Outbox::drain`]) and writes it together, so a backlog costs one write,
-//! not one per frame. An empty outbox holds no allocation, and neither does
-//! one holding a single item: under fanout a connection usually has one
-//! message queued at a time, and a queue allocated by the fanout's thread
-//! and freed by the writer's cost more than the rest of the push.
+//! not one per frame. An empty outbox holds no allocation.
 //!
 //! # Write delay
 //!
@@ -81,88 +78,11 @@ pub enum UnsubscribeReason {
     InsufficientState,
 }
 
-/// What an outbox holds, in order. A lone item is kept inline; a list is
-/// allocated only for a second one.
-#[derive(Debug, Default)]
-pub enum Queued {
-    #[default]
-    Empty,
-    One(Outgoing),
-    Many(VecDeque<Outgoing>),
-}
-
-impl Queued {
-    fn push_back(&mut self, item: Outgoing) {
-        *self = match std::mem::take(self) {
-            Queued::Empty => Queued::One(item),
-            Queued::One(first) => Queued::Many(VecDeque::from([first, item])),
-            Queued::Many(mut items) => {
-                items.push_back(item);
-                Queued::Many(items)
-            }
-        }
-    }
-
-    fn push_front(&mut self, item: Outgoing) {
-        *self = match std::mem::take(self) {
-            Queued::Empty => Queued::One(item),
-            Queued::One(last) => Queued::Many(VecDeque::from([item, last])),
-            Queued::Many(mut items) => {
-                items.push_front(item);
-                Queued::Many(items)
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        match self {
-            Queued::Empty => 0,
-            Queued::One(_) => 1,
-            Queued::Many(items) => items.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl IntoIterator for Queued {
-    type Item = Outgoing;
-    type IntoIter = QueuedIter;
-
-    fn into_iter(self) -> QueuedIter {
-        match self {
-            Queued::Empty => QueuedIter::One(None),
-            Queued::One(item) => QueuedIter::One(Some(item)),
-            Queued::Many(items) => QueuedIter::Many(items.into_iter()),
-        }
-    }
-}
-
-/// The items of a [`Queued`], in order.
-#[derive(Debug)]
-pub enum QueuedIter {
-    One(Option<Outgoing>),
-    Many(std::collections::vec_deque::IntoIter<Outgoing>),
-}
-
-impl Iterator for QueuedIter {
-    type Item = Outgoing;
-
-    fn next(&mut self) -> Option<Outgoing> {
-        match self {
-            QueuedIter::One(item) => item.take(),
-            QueuedIter::Many(items) => items.next(),
-        }
-    }
-}
-
 /// The result of taking what an outbox holds.
 #[derive(Debug)]
 pub enum Drained {
     /// Items to send, in order (possibly none).
-    Items(Queued),
+    Items(VecDeque<Outgoing>),
     /// The connection must be closed for this reason.
     Closed(DisconnectReason),
 }
@@ -192,30 +112,11 @@ impl Due {
 
 #[derive(Debug, Default)]
 struct State {
-    contents: Contents,
+    items: VecDeque<Outgoing>,
     bytes: usize,
     /// When what is queued must be written; `None` while empty.
     due: Option<Due>,
-}
-
-/// What is queued, or why the outbox closed: a closed outbox holds nothing,
-/// so the two share their memory (every connection has an outbox).
-#[derive(Debug)]
-enum Contents {
-    Open(Queued),
-    Closed(DisconnectReason),
-}
-
-impl Default for Contents {
-    fn default() -> Self {
-        Contents::Open(Queued::Empty)
-    }
-}
-
-impl State {
-    fn is_closed(&self) -> bool {
-        matches!(self.contents, Contents::Closed(_))
-    }
+    closed: Option<DisconnectReason>,
 }
 
 /// A bounded, byte-accounted queue with a wake-up for its single reader.
@@ -258,18 +159,19 @@ impl Outbox {
     /// Queues `item`, to be written by `due`. Returns whether this made the
     /// queue due sooner than it was.
     fn push_due(&self, item: Outgoing, due: Due) -> Result<bool, OutboxClosed> {
-        let mut guard = self.state();
-        let state = &mut *guard;
-        let Contents::Open(items) = &mut state.contents else { return Err(OutboxClosed) };
+        let mut state = self.state();
+        if state.closed.is_some() {
+            return Err(OutboxClosed);
+        }
         let cost = item.cost();
         if state.bytes > 0 && state.bytes + cost > self.max_bytes {
-            Self::close_locked(state, DisconnectReason::Slow);
-            drop(guard);
+            Self::close_locked(&mut state, DisconnectReason::Slow);
+            drop(state);
             self.ready.notify_one();
             return Err(OutboxClosed);
         }
         state.bytes += cost;
-        items.push_back(item);
+        state.items.push_back(item);
         // A delayed push never wakes the writer: if what is queued is due
         // already, whoever made it due has woken the writer.
         let wake_now = due == Due::Now;
@@ -277,7 +179,7 @@ impl Outbox {
         if sooner {
             state.due = Some(due);
         }
-        drop(guard);
+        drop(state);
         if wake_now {
             self.ready.notify_one();
         }
@@ -287,20 +189,21 @@ impl Outbox {
     /// Queues an item ahead of everything queued, bypassing the limit. Only
     /// for the reply that must precede all else (the connect reply).
     pub fn push_front(&self, item: Outgoing) {
-        let mut guard = self.state();
-        let state = &mut *guard;
-        let Contents::Open(items) = &mut state.contents else { return };
+        let mut state = self.state();
+        if state.closed.is_some() {
+            return;
+        }
         state.bytes += item.cost();
-        items.push_front(item);
+        state.items.push_front(item);
         state.due = Some(Due::Now);
-        drop(guard);
+        drop(state);
         self.ready.notify_one();
     }
 
     /// Closes the outbox; the first reason given wins.
     pub fn close(&self, reason: DisconnectReason) {
         let mut state = self.state();
-        if !state.is_closed() {
+        if state.closed.is_none() {
             Self::close_locked(&mut state, reason);
         }
         drop(state);
@@ -308,13 +211,14 @@ impl Outbox {
     }
 
     fn close_locked(state: &mut State, reason: DisconnectReason) {
-        state.contents = Contents::Closed(reason);
+        state.closed = Some(reason);
+        state.items = VecDeque::new();
         state.bytes = 0;
         state.due = None;
     }
 
     pub fn is_closed(&self) -> bool {
-        self.state().is_closed()
+        self.state().closed.is_some()
     }
 
     /// Bytes currently queued.
@@ -329,7 +233,7 @@ impl Outbox {
             let notified = self.ready.notified();
             {
                 let state = self.state();
-                if state.is_closed() || state.due.is_some_and(Due::has_come) {
+                if state.closed.is_some() || state.due.is_some_and(Due::has_come) {
                     return;
                 }
             }
@@ -350,16 +254,13 @@ impl Outbox {
 
     /// Takes everything queued, leaving an empty outbox without allocation.
     pub fn drain(&self) -> Drained {
-        let mut guard = self.state();
-        let state = &mut *guard;
-        match &mut state.contents {
-            Contents::Closed(reason) => Drained::Closed(reason.clone()),
-            Contents::Open(items) => {
-                state.bytes = 0;
-                state.due = None;
-                Drained::Items(std::mem::take(items))
-            }
+        let mut state = self.state();
+        if let Some(reason) = &state.closed {
+            return Drained::Closed(reason.clone());
         }
+        state.bytes = 0;
+        state.due = None;
+        Drained::Items(std::mem::take(&mut state.items))
     }
 }
 
@@ -374,7 +275,7 @@ mod tests {
 
     fn items(drained: Drained) -> Vec<Outgoing> {
         match drained {
-            Drained::Items(items) => items.into_iter().collect(),
+            Drained::Items(items) => items.into(),
             Drained::Closed(reason) => panic!("outbox closed: {reason:?}"),
         }
     }
@@ -388,26 +289,6 @@ mod tests {
         assert_eq!(items(outbox.drain()), vec![frame(1), frame(2)]);
         assert_eq!(outbox.queued_bytes(), 0);
         assert!(items(outbox.drain()).is_empty());
-    }
-
-    #[test]
-    fn one_item_is_held_inline_and_a_second_starts_a_list() {
-        let outbox = Outbox::new(1000);
-        outbox.push(frame(1)).unwrap();
-        assert!(matches!(outbox.state().contents, Contents::Open(Queued::One(_))));
-        assert_eq!(items(outbox.drain()), vec![frame(1)]);
-        outbox.push(frame(1)).unwrap();
-        outbox.push_front(frame(2));
-        outbox.push(frame(3)).unwrap();
-        assert!(matches!(outbox.state().contents, Contents::Open(Queued::Many(_))));
-        assert_eq!(items(outbox.drain()), vec![frame(2), frame(1), frame(3)]);
-        assert!(matches!(outbox.state().contents, Contents::Open(Queued::Empty)), "a drain leaves nothing allocated");
-    }
-
-    #[test]
-    fn the_outbox_state_stays_within_64_bytes() {
-        // Every connection has an outbox; its state is part of the idle cost.
-        assert!(std::mem::size_of::<State>() <= 64, "outbox state grew to {} bytes", std::mem::size_of::<State>());
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //!
 //! - [`client`]: the bench's minimal client for the three protocols, with
 //!   source-address binding.
+//! - [`ws`]: the WebSocket underneath it, made to cost little per message
+//!   (the generator shares the machine with the server it measures).
 //! - [`publisher`]: scheduled publishing through an HTTP API, with latency
 //!   measured from the scheduled send time (no coordinated omission).
 //! - [`sequence`]: per-channel loss, duplicate and reordering detection.
 //! - [`scenario`]: `connections`, `fanout`, `chat` and `reconnect-storm`.
-//! - [`workers`]: `connections` over several processes, past one process's
-//!   open-files limit.
+//! - [`workers`]: `connections` and `fanout` over several processes, past
+//!   one process's open-files limit.
 //! - [`procfs`]: server RSS and CPU from `/proc`.
 
 #![forbid(unsafe_code)]

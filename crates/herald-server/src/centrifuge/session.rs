@@ -399,3 +399,28 @@ impl Session {
 }
 
 mod commands;
+
+#[cfg(test)]
+mod sub_deadline_tests {
+    use super::*;
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::new(name).unwrap()
+    }
+
+    #[test]
+    fn a_channel_keeps_one_deadline_and_the_due_ones_are_taken_out() {
+        let now = Instant::now();
+        let mut deadlines = SubDeadlines::default();
+        assert_eq!(deadlines.earliest(), None);
+        deadlines.insert(channel("a"), now + Duration::from_secs(5));
+        deadlines.insert(channel("b"), now + Duration::from_secs(9));
+        deadlines.insert(channel("a"), now + Duration::from_secs(1));
+        assert_eq!(deadlines.0.len(), 2, "a refreshed channel replaces its deadline");
+        assert_eq!(deadlines.earliest(), Some(now + Duration::from_secs(1)));
+        assert_eq!(deadlines.take_due(now + Duration::from_secs(2)), vec![channel("a")]);
+        assert_eq!(deadlines.earliest(), Some(now + Duration::from_secs(9)));
+        deadlines.remove(&channel("b"));
+        assert_eq!(deadlines.earliest(), None);
+    }
+}

@@ -345,12 +345,7 @@ impl BenchClient {
             }
         }
         // Publications that followed a reply in the same frame moved the position on.
-        for publication in &outcome.publications {
-            if let (Some(offset), Some(position)) = (publication.offset, self.positions.get_mut(&*publication.channel))
-            {
-                position.0 = position.0.max(offset);
-            }
-        }
+        self.advance_positions(&outcome.publications);
         Ok(outcome)
     }
 
@@ -400,16 +395,21 @@ impl BenchClient {
             Incoming::Publication(publication) => Some(publication),
             other => publication(protocol, &other),
         }));
-        if !self.positions.is_empty() {
-            for publication in received.iter() {
-                if let (Some(offset), Some(position)) =
-                    (publication.offset, self.positions.get_mut(&*publication.channel))
-                {
-                    position.0 = position.0.max(offset);
-                }
+        self.advance_positions(received);
+        Ok(())
+    }
+
+    /// Moves each recoverable channel's known position on past `publications`.
+    fn advance_positions(&mut self, publications: &[Received]) {
+        if self.positions.is_empty() {
+            return;
+        }
+        for publication in publications {
+            if let (Some(offset), Some(position)) = (publication.offset, self.positions.get_mut(&*publication.channel))
+            {
+                position.0 = position.0.max(offset);
             }
         }
-        Ok(())
     }
 
     /// Keeps the connection alive (answering heartbeats) until `stop` resolves.

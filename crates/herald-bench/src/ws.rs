@@ -83,7 +83,7 @@ impl WsClient {
         );
         stream.write_all(request.as_bytes()).await?;
 
-        let mut buf = vec![0; INITIAL_BUFFER.max(MAX_HANDSHAKE)];
+        let mut buf = vec![0; MAX_HANDSHAKE];
         let mut end = 0;
         let head_len = loop {
             if let Some(at) = memchr::memmem::find(&buf[..end], b"\r\n\r\n") {
@@ -126,7 +126,7 @@ impl WsClient {
     async fn next_message(&mut self) -> Result<Place, WsError> {
         loop {
             let Some(header) = parse_header(&self.buf[self.start..self.end])? else {
-                self.fill().await?;
+                self.fill_to(self.end - self.start + 1).await?;
                 continue;
             };
             if header.payload_len > MAX_MESSAGE {
@@ -161,9 +161,8 @@ impl WsClient {
                     }
                 }
                 OP_PING => {
-                    let payload = self.buf[from..to].to_vec();
                     self.out.clear();
-                    encode_frame(&mut self.out, OP_PONG, &payload);
+                    encode_frame(&mut self.out, OP_PONG, &self.buf[from..to]);
                     self.stream.write_all(&self.out).await?;
                 }
                 OP_PONG => {}
@@ -182,12 +181,8 @@ impl WsClient {
         }
     }
 
-    /// Reads more, making room first.
-    async fn fill(&mut self) -> Result<(), WsError> {
-        self.fill_to(self.end - self.start + 1).await
-    }
-
-    /// Reads until at least `needed` unconsumed bytes are buffered.
+    /// Reads until at least `needed` unconsumed bytes are buffered, moving
+    /// them to the front of the buffer first and growing it if need be.
     async fn fill_to(&mut self, needed: usize) -> Result<(), WsError> {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);

@@ -114,14 +114,14 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
         let (connect, targets, kill) = (args.connect.clone(), targets.clone(), args.kill_pid.is_some());
         tasks.push(tokio::spawn(async move {
             let mut checker = SequenceChecker::default();
-            let observe = |checker: &mut SequenceChecker, received: Vec<crate::client::Received>| {
+            let observe = |checker: &mut SequenceChecker, received: &[crate::client::Received]| {
                 for publication in received {
                     checker.observe(&publication.channel, publication.seq);
                     delivered.fetch_add(1, Ordering::Relaxed);
                 }
             };
             let first = client.subscribe_recovering(&channel).await?;
-            observe(&mut checker, first.publications);
+            observe(&mut checker, &first.publications);
             subscribed.fetch_add(1, Ordering::Relaxed);
             let mut stormed = false;
             let mut received = Vec::new();
@@ -133,7 +133,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
                         true
                     }
                     read = client.next_publications(&mut received) => match read {
-                        Ok(()) => { observe(&mut checker, std::mem::take(&mut received)); false }
+                        Ok(()) => { observe(&mut checker, &received); false }
                         Err(_) => true,
                     },
                 };
@@ -158,7 +158,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
                 if !outcome.recovered {
                     not_recovered.fetch_add(1, Ordering::Relaxed);
                 }
-                observe(&mut checker, outcome.publications);
+                observe(&mut checker, &outcome.publications);
                 client = fresh;
                 back.fetch_add(1, Ordering::Relaxed);
                 *last_back.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();

@@ -14,7 +14,8 @@
 //! - [`publisher`]: scheduled publishing through an HTTP API, with latency
 //!   measured from the scheduled send time (no coordinated omission).
 //! - [`sequence`]: per-channel loss, duplicate and reordering detection.
-//! - [`scenario`]: `connections`, `fanout`, `chat` and `reconnect-storm`.
+//! - [`scenario`]: `connections`, `fanout`, `chat` and `reconnect-storm`,
+//!   and `floor`, the same measure of latency with no server in the way.
 //! - [`workers`]: `connections` and `fanout` over several processes, past
 //!   one process's open-files limit.
 //! - [`procfs`]: server RSS and CPU from `/proc`.

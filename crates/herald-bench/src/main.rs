@@ -15,6 +15,7 @@ use herald_bench::publisher::PublishVia;
 use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
 use herald_bench::scenario::fanout::{self, FanoutArgs};
+use herald_bench::scenario::floor::{self, FloorArgs};
 use herald_bench::scenario::storm::{self, StormArgs};
 use herald_bench::scenario::ConnectArgs;
 
@@ -135,6 +136,49 @@ enum Scenario {
         #[arg(long = "failover-url")]
         failover_urls: Vec<String>,
     },
+    /// The floor under `fanout` on this machine: an ideal server (plain
+    /// threads writing ready-made frames to loopback TCP, no WebSocket, no
+    /// JSON) and the least a subscriber can do, with the same latency
+    /// measure. No server can deliver faster here.
+    Floor {
+        #[command(flatten)]
+        output: Output,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Publications per second; each goes to every subscriber.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value = "10s")]
+        duration: humantime::Duration,
+        /// Publications before latency is measured.
+        #[arg(long, default_value = "2s")]
+        warmup: humantime::Duration,
+        /// Bytes per delivered frame (a `fanout` publication frame from
+        /// Herald is about 150).
+        #[arg(long, default_value_t = 150)]
+        frame_bytes: usize,
+        /// Threads writing in the ideal server.
+        #[arg(long, default_value_t = 2)]
+        writer_threads: usize,
+        /// Threads reading for the subscribers.
+        #[arg(long, default_value_t = 2)]
+        reader_threads: usize,
+    },
+    /// The writer process of `floor` (not for direct use).
+    #[command(hide = true)]
+    FloorWriter {
+        #[arg(long)]
+        subscribers: usize,
+        #[arg(long)]
+        rate: f64,
+        /// How long to publish.
+        #[arg(long)]
+        length: humantime::Duration,
+        #[arg(long)]
+        frame_bytes: usize,
+        #[arg(long)]
+        writer_threads: usize,
+    },
     /// Many small rooms; every member publishes and receives.
     Chat {
         #[command(flatten)]
@@ -165,15 +209,22 @@ struct Common {
     /// The server's client.token_hmac_secret, to mint connection tokens (centrifuge).
     #[arg(long, env = "HERALD_BENCH_TOKEN_SECRET", default_value = "")]
     token_secret: String,
-    /// A name for this run in reports ("herald 1 node", "socket.io + redis").
-    #[arg(long)]
-    label: Option<String>,
+    #[command(flatten)]
+    output: Output,
     /// Connections opened per second.
     #[arg(long, default_value_t = 1000.0)]
     connect_rate: f64,
     /// Spread connections over this many loopback source addresses (127.0.0.2, …).
     #[arg(long, default_value_t = 8)]
     source_addresses: u8,
+}
+
+/// Where a result goes.
+#[derive(Debug, Args)]
+struct Output {
+    /// A name for this run in reports ("herald 1 node", "socket.io + redis").
+    #[arg(long)]
+    label: Option<String>,
     /// Write the JSON result here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -254,12 +305,12 @@ struct Report<A: Serialize, R: Serialize> {
 
 fn finish<A: Serialize, R: Serialize>(
     scenario: &'static str,
-    common: Common,
+    output: Output,
     args: A,
     result: R,
 ) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (label, out) = (common.label, common.out);
+    let Output { label, out } = output;
     let report = Report { scenario, label, version: env!("CARGO_PKG_VERSION"), cores, args, result };
     let json = serde_json::to_string_pretty(&report)?;
     writeln!(std::io::stderr(), "{}", summary(scenario, &serde_json::to_value(&report.result)?))?;
@@ -317,7 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     herald_bench::workers::connections(n, count, hold.into(), server_pid, &common.worker_args()).await?
                 }
             };
-            finish("connections", common, args, result)
+            finish("connections", common.output, args, result)
         }
         Scenario::Fanout {
             common,
@@ -348,7 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 0 | 1 => fanout::run(&args).await?,
                 n => herald_bench::workers::fanout(n, &args, &common.worker_args()).await?,
             };
-            finish("fanout", common, args, result)
+            finish("fanout", common.output, args, result)
         }
         Scenario::FanoutWorker { common, subscribers, channels, first_client } => {
             let connect = ConnectArgs { first_client, ..common.connect()? };
@@ -380,7 +431,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 failover_urls,
             };
             let result = storm::run(&args).await?;
-            finish("reconnect-storm", common, args, result)
+            finish("reconnect-storm", common.output, args, result)
+        }
+        Scenario::Floor {
+            output,
+            subscribers,
+            rate,
+            duration,
+            warmup,
+            frame_bytes,
+            writer_threads,
+            reader_threads,
+        } => {
+            let args = FloorArgs {
+                subscribers,
+                rate,
+                duration: duration.into(),
+                warmup: warmup.into(),
+                frame_bytes,
+                writer_threads,
+                reader_threads,
+            };
+            let herald_bench = std::env::current_exe()?;
+            let result = {
+                let args = args.clone();
+                tokio::task::spawn_blocking(move || floor::run(&args, &herald_bench)).await??
+            };
+            finish("floor", output, args, result)
+        }
+        Scenario::FloorWriter { subscribers, rate, length, frame_bytes, writer_threads } => {
+            tokio::task::spawn_blocking(move || {
+                floor::write(subscribers, rate, length.into(), frame_bytes, writer_threads)
+            })
+            .await?
         }
         Scenario::Chat { common, namespace, rooms, members_per_room, rate_per_member, duration } => {
             anyhow::ensure!(
@@ -396,7 +479,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 duration: duration.into(),
             };
             let result = chat::run(&args).await?;
-            finish("chat", common, args, result)
+            finish("chat", common.output, args, result)
         }
     }
 }

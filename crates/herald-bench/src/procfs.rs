@@ -8,6 +8,8 @@ pub struct ProcessSample {
     pub rss_kib: u64,
     /// User plus system time, in clock ticks.
     pub cpu_ticks: u64,
+    /// System (kernel) time alone, in clock ticks.
+    pub system_ticks: u64,
     pub at: Instant,
 }
 
@@ -26,12 +28,22 @@ impl ProcessSample {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
         let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        Ok(Self { rss_kib, cpu_ticks: ticks(11) + ticks(12), at: Instant::now() })
+        Ok(Self { rss_kib, cpu_ticks: ticks(11) + ticks(12), system_ticks: ticks(12), at: Instant::now() })
     }
 
     /// CPU used between `earlier` and this sample, in percent of one core.
     pub fn cpu_percent_since(&self, earlier: &ProcessSample) -> f64 {
         let seconds = self.at.duration_since(earlier.at).as_secs_f64().max(f64::EPSILON);
         (self.cpu_ticks.saturating_sub(earlier.cpu_ticks) as f64 / TICKS_PER_SECOND) / seconds * 100.0
+    }
+
+    /// User and system time used between `earlier` and this sample, each
+    /// in cores (1.0 is one core busy the whole time).
+    pub fn cores_since(&self, earlier: &ProcessSample) -> (f64, f64) {
+        let seconds = self.at.duration_since(earlier.at).as_secs_f64().max(f64::EPSILON);
+        let system = self.system_ticks.saturating_sub(earlier.system_ticks);
+        let user = self.cpu_ticks.saturating_sub(earlier.cpu_ticks).saturating_sub(system);
+        let cores = |ticks: u64| ticks as f64 / TICKS_PER_SECOND / seconds;
+        (cores(user), cores(system))
     }
 }

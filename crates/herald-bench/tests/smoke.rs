@@ -197,3 +197,21 @@ async fn fanout_over_worker_processes_merges_every_workers_deliveries_and_checks
     assert_eq!(result["latency"]["samples"], result["delivered"], "every worker's latencies merged: {report}");
     assert_eq!(result["anomalies"], serde_json::json!({"lost": 0, "duplicated": 0, "reordered": 0}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_delivers_every_frame_to_every_subscriber_in_order_and_measures_after_the_warm_up() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(["floor", "--subscribers", "40", "--rate", "200", "--duration", "1s", "--warmup", "500ms"])
+        .output()
+        .await
+        .expect("herald-bench runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON result");
+    let result = &report["result"];
+    assert_eq!(result["published"], 300, "1.5 s at 200/s: {report}");
+    assert_eq!(result["expected_deliveries"], 300 * 40);
+    assert_eq!(result["delivered"], result["expected_deliveries"], "{report}");
+    assert_eq!(result["out_of_order"], 0, "{report}");
+    assert_eq!(result["latency"]["samples"], 200 * 40, "only the 200 publications after the warm-up: {report}");
+    assert!(result["writer_system_cores"].is_number() && result["reader_system_cores"].is_number());
+}

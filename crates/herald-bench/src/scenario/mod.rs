@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod connections;
 pub mod fanout;
+pub mod floor;
 pub mod storm;
 
 use std::net::IpAddr;

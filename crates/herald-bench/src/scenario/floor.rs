@@ -110,6 +110,17 @@ impl Schedule {
     }
 }
 
+/// Says what to do when a process runs out of files (each side holds one
+/// per subscriber).
+fn with_file_hint(error: io::Error, held: usize) -> anyhow::Error {
+    match error.raw_os_error() {
+        Some(23 | 24) => anyhow::anyhow!(
+            "out of file descriptors after {held} connections ({error}): raise `ulimit -n`, or ask for fewer --subscribers"
+        ),
+        _ => error.into(),
+    }
+}
+
 fn unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
@@ -132,7 +143,7 @@ pub fn write(
     out.flush()?;
     let mut shares: Vec<Vec<TcpStream>> = (0..threads.max(1)).map(|_| Vec::new()).collect();
     for i in 0..subscribers {
-        let (stream, _) = listener.accept()?;
+        let (stream, _) = listener.accept().map_err(|e| with_file_hint(e, i))?;
         stream.set_nodelay(true)?;
         let share = i % shares.len();
         shares[share].push(stream);
@@ -208,7 +219,7 @@ pub fn run(args: &FloorArgs, herald_bench: &Path) -> anyhow::Result<FloorResult>
     let port: u16 = expect("port")?.parse()?;
     let mut shares: Vec<Vec<mio::net::TcpStream>> = (0..args.reader_threads.max(1)).map(|_| Vec::new()).collect();
     for i in 0..args.subscribers {
-        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| with_file_hint(e, i))?;
         stream.set_nonblocking(true)?;
         let share = i % shares.len();
         shares[share].push(mio::net::TcpStream::from_std(stream));

@@ -44,6 +44,17 @@ async fn herald() -> std::net::SocketAddr {
     addr
 }
 
+/// Runs the herald-bench binary with these groups of arguments; its JSON report.
+async fn herald_bench(args: &[&[&str]]) -> serde_json::Value {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(args.concat())
+        .output()
+        .await
+        .expect("herald-bench runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("a JSON result")
+}
+
 fn connect_args(addr: std::net::SocketAddr) -> ConnectArgs {
     ConnectArgs {
         protocol: Protocol::Centrifuge,
@@ -164,14 +175,13 @@ async fn a_reconnect_storm_brings_every_client_back_with_nothing_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_spread_over_worker_processes_add_up() {
     let addr = herald().await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args(["connections", "--url", &format!("ws://{addr}/connection/websocket"), "--token-secret", SECRET])
-        .args(["--count", "30", "--workers", "3", "--hold", "300ms", "--server-pid", &std::process::id().to_string()])
-        .output()
-        .await
-        .expect("herald-bench runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON result");
+    let url = format!("ws://{addr}/connection/websocket");
+    let pid = std::process::id().to_string();
+    let report = herald_bench(&[
+        &["connections", "--url", &url, "--token-secret", SECRET],
+        &["--count", "30", "--workers", "3", "--hold", "300ms", "--server-pid", &pid],
+    ])
+    .await;
     assert_eq!(report["result"]["connected"], 30, "{report}");
     assert_eq!(report["result"]["connect_failures"], 0);
     assert!(report["result"]["server_rss_kib_per_connection"].is_number());
@@ -180,15 +190,12 @@ async fn connections_spread_over_worker_processes_add_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_over_worker_processes_merges_every_workers_deliveries_and_checks() {
     let addr = herald().await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args(["fanout", "--url", &format!("ws://{addr}/connection/websocket"), "--token-secret", SECRET])
-        .args(["--api", &addr.to_string(), "--api-key", KEY])
-        .args(["--subscribers", "31", "--channels", "2", "--rate", "40", "--duration", "1s", "--workers", "3"])
-        .output()
-        .await
-        .expect("herald-bench runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON result");
+    let (url, api) = (format!("ws://{addr}/connection/websocket"), addr.to_string());
+    let report = herald_bench(&[
+        &["fanout", "--url", &url, "--token-secret", SECRET, "--api", &api, "--api-key", KEY],
+        &["--subscribers", "31", "--channels", "2", "--rate", "40", "--duration", "1s", "--workers", "3"],
+    ])
+    .await;
     let result = &report["result"];
     assert_eq!(result["connected"], 31, "{report}");
     // 40 publications alternate over 2 channels; 16 subscribers follow one, 15 the other.
@@ -200,13 +207,8 @@ async fn fanout_over_worker_processes_merges_every_workers_deliveries_and_checks
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_floor_delivers_every_frame_to_every_subscriber_in_order_and_measures_after_the_warm_up() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
-        .args(["floor", "--subscribers", "40", "--rate", "200", "--duration", "1s", "--warmup", "500ms"])
-        .output()
-        .await
-        .expect("herald-bench runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON result");
+    let (load, length) = (["--subscribers", "40", "--rate", "200"], ["--duration", "1s", "--warmup", "500ms"]);
+    let report = herald_bench(&[&["floor"], &load, &length]).await;
     let result = &report["result"];
     assert_eq!(result["published"], 300, "1.5 s at 200/s: {report}");
     assert_eq!(result["expected_deliveries"], 300 * 40);

@@ -139,7 +139,7 @@ enum Scenario {
     /// The floor under `fanout` on this machine: an ideal server (plain
     /// threads writing ready-made frames to loopback TCP, no WebSocket, no
     /// JSON) and the least a subscriber can do, with the same latency
-    /// measure. No server can deliver faster here.
+    /// measure and no server in the way.
     Floor {
         #[command(flatten)]
         output: Output,
@@ -460,10 +460,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             finish("floor", output, args, result)
         }
         Scenario::FloorWriter { subscribers, rate, length, frame_bytes, writer_threads } => {
-            tokio::task::spawn_blocking(move || {
-                floor::write(subscribers, rate, length.into(), frame_bytes, writer_threads)
-            })
-            .await?
+            let args =
+                floor::WriterArgs { subscribers, rate, length: length.into(), frame_bytes, threads: writer_threads };
+            tokio::task::spawn_blocking(move || floor::write(args)).await?
         }
         Scenario::Chat { common, namespace, rooms, members_per_room, rate_per_member, duration } => {
             anyhow::ensure!(

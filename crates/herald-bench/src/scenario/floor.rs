@@ -2,24 +2,24 @@
 //! way — the floor under every `fanout` figure measured here.
 //!
 //! A child process (`floor-writer`) plays an ideal server. It holds N
-//! loopback TCP connections and, for each publication, writes one
-//! ready-made frame to every one of them from plain threads, with blocking
-//! writes and nothing else to do. When it falls behind, each write carries
-//! every publication that is due, as a server that coalesces its writes
-//! would. This process plays the subscribers: it reads with epoll (`mio`)
+//! loopback TCP connections and writes ready-made frames to them from
+//! plain threads, with blocking writes and nothing else to do. Each thread
+//! goes round its connections and gives each, in one write, every
+//! publication due by then, as a server that coalesces its writes would. This process plays the subscribers: it reads with epoll (`mio`)
 //! and records the latency from each publication's *scheduled* time, as
 //! `fanout` does.
 //!
 //! Neither side has WebSocket framing, JSON, a hub or an async runtime.
 //! What is left is the kernel's loopback TCP and the two processes'
 //! wake-ups, on the same cores, as in a `fanout` run with the generator on
-//! this machine. No server delivers with less work than this one, so a
-//! latency this floor cannot reach is out of reach for any server here.
+//! this machine. A server that makes a system call per connection to write
+//! (as Herald and its peers do) cannot do less work than this writer, so a
+//! latency the floor does not reach is one no such server reaches here.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -64,32 +64,62 @@ pub struct FloorResult {
     pub writer_system_cores: f64,
     pub reader_user_cores: f64,
     pub reader_system_cores: f64,
+    /// Writes the writer made (one per connection per round it had
+    /// something for), and reads the subscribers made.
+    pub writes: u64,
+    pub reads: u64,
+    /// How long a writer thread's round over its connections took, on
+    /// average, counting only rounds that wrote.
+    pub mean_round_ms: f64,
 }
 
 /// The smallest frame: a sequence number and the scheduled time.
 const HEADER_BYTES: usize = 16;
 
+/// The writer keeps every frame of the run ready; this bounds them.
+const MAX_FRAME_BYTES_IN_ALL: u64 = 64 << 20;
+
+/// From the moment the writer says `start` to its first publication: time
+/// for the subscribers to start reading.
+const HEAD_START: Duration = Duration::from_millis(50);
+
 /// How long subscribers wait for the last frames after the schedule ends.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// `errno` when this process (EMFILE) or the whole system (ENFILE) has no
+/// file descriptor left.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// Publications in a run of `length` at `rate` per second.
+fn publications(rate: f64, length: Duration) -> u64 {
+    (rate * length.as_secs_f64()).round() as u64
+}
+
+/// Nanoseconds from the start of the schedule to publication `n`.
+fn offset_nanos(n: u64, rate: f64) -> u64 {
+    (n as f64 / rate * 1e9) as u64
+}
+
+/// Appends publication `n`'s frame: its number, its scheduled time (from
+/// the start of the schedule), then padding.
+fn frame(n: u64, rate: f64, frame_bytes: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&offset_nanos(n, rate).to_le_bytes());
+    out.resize(out.len() + frame_bytes - HEADER_BYTES, b'x');
+}
 
 /// When each publication is due, shared by the writer's threads.
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
     start: Instant,
-    start_unix_nanos: u64,
     rate: f64,
     total: u64,
 }
 
 impl Schedule {
-    fn new(rate: f64, length: Duration) -> Self {
-        let start = Instant::now() + Duration::from_millis(50);
-        let start_unix_nanos = unix_nanos() + 50_000_000;
-        Self { start, start_unix_nanos, rate, total: (rate * length.as_secs_f64()).round() as u64 }
-    }
-
     fn offset(&self, publication: u64) -> Duration {
-        Duration::from_secs_f64(publication as f64 / self.rate)
+        Duration::from_nanos(offset_nanos(publication, self.rate))
     }
 
     /// How many publications are due at `now`.
@@ -99,23 +129,31 @@ impl Schedule {
             Some(elapsed) => ((elapsed.as_secs_f64() * self.rate) as u64 + 1).min(self.total),
         }
     }
-
-    /// Appends publication `n`'s frame: its number, its scheduled time,
-    /// then padding.
-    fn frame(&self, n: u64, frame_bytes: usize, out: &mut Vec<u8>) {
-        let scheduled = self.start_unix_nanos + self.offset(n).as_nanos() as u64;
-        out.extend_from_slice(&n.to_le_bytes());
-        out.extend_from_slice(&scheduled.to_le_bytes());
-        out.resize(out.len() + frame_bytes - HEADER_BYTES, b'x');
-    }
 }
 
-/// Says what to do when a process runs out of files (each side holds one
+fn check_size(rate: f64, length: Duration, frame_bytes: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(frame_bytes >= HEADER_BYTES, "--frame-bytes must be at least {HEADER_BYTES}");
+    anyhow::ensure!(rate > 0.0, "--rate must be above 0");
+    let in_all = publications(rate, length) * frame_bytes as u64;
+    anyhow::ensure!(
+        in_all <= MAX_FRAME_BYTES_IN_ALL,
+        "the writer keeps every frame ready, and this run's would take {} MiB (at most {} MiB): \
+         shorten --duration or --warmup, or lower --rate or --frame-bytes",
+        in_all >> 20,
+        MAX_FRAME_BYTES_IN_ALL >> 20
+    );
+    Ok(())
+}
+
+/// Says what to do when no file descriptor is left (each side holds one
 /// per subscriber).
 fn with_file_hint(error: io::Error, held: usize) -> anyhow::Error {
     match error.raw_os_error() {
-        Some(23 | 24) => anyhow::anyhow!(
+        Some(EMFILE) => anyhow::anyhow!(
             "out of file descriptors after {held} connections ({error}): raise `ulimit -n`, or ask for fewer --subscribers"
+        ),
+        Some(ENFILE) => anyhow::anyhow!(
+            "the system ran out of file descriptors after {held} connections ({error}): raise fs.file-max, or ask for fewer --subscribers"
         ),
         _ => error.into(),
     }
@@ -125,18 +163,31 @@ fn unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// What the writer process (`floor-writer`) does.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterArgs {
+    pub subscribers: usize,
+    pub rate: f64,
+    /// How long to publish: the warm-up and the measurement.
+    pub length: Duration,
+    pub frame_bytes: usize,
+    pub threads: usize,
+}
+
 /// The writer's side (`floor-writer`): listens, prints `port P`, accepts
-/// `subscribers` connections, prints `start T` (Unix nanoseconds), writes
-/// every publication to every connection on schedule, prints
-/// `cpu USER SYSTEM` (cores over the schedule), and closes them all.
-pub fn write(
-    subscribers: usize,
-    rate: f64,
-    length: Duration,
-    frame_bytes: usize,
-    threads: usize,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(frame_bytes >= HEADER_BYTES, "--frame-bytes must be at least {HEADER_BYTES}");
+/// the subscribers' connections, prints `start T` (Unix nanoseconds, when
+/// the schedule starts), writes every publication to every connection on
+/// schedule, prints `done USER SYSTEM WRITES ROUNDS BUSY` (cores over the
+/// schedule; writes, rounds and seconds spent in them over all threads),
+/// and closes them all.
+pub fn write(args: WriterArgs) -> anyhow::Result<()> {
+    let WriterArgs { subscribers, rate, length, frame_bytes, threads } = args;
+    check_size(rate, length, frame_bytes)?;
+    let total = publications(rate, length);
+    let frames = (0..total).fold(Vec::new(), |mut frames, n| {
+        frame(n, rate, frame_bytes, &mut frames);
+        frames
+    });
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let mut out = io::stdout();
     writeln!(out, "port {}", listener.local_addr()?.port())?;
@@ -148,32 +199,53 @@ pub fn write(
         let share = i % shares.len();
         shares[share].push(stream);
     }
-    let schedule = Schedule::new(rate, length);
-    let frames = (0..schedule.total).fold(Vec::new(), |mut frames, n| {
-        schedule.frame(n, frame_bytes, &mut frames);
-        frames
-    });
-    writeln!(out, "start {}", schedule.start_unix_nanos)?;
+    let schedule = Schedule { start: Instant::now() + HEAD_START, rate, total };
+    writeln!(out, "start {}", unix_nanos() + HEAD_START.as_nanos() as u64)?;
     out.flush()?;
     let before = ProcessSample::read(std::process::id())?;
-    std::thread::scope(|scope| {
-        let writers: Vec<_> =
-            shares.into_iter().map(|share| scope.spawn(|| write_share(share, schedule, &frames))).collect();
-        writers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("a writer panicked"))))
+    let done = std::thread::scope(|scope| {
+        let writers: Vec<_> = shares
+            .into_iter()
+            .map(|share| scope.spawn(|| write_share(share, schedule, &frames, frame_bytes)))
+            .collect();
+        writers.into_iter().try_fold(Rounds::default(), |all, w| {
+            Ok::<_, io::Error>(all.add(w.join().unwrap_or_else(|_| Err(io::Error::other("a writer panicked")))?))
+        })
     })?;
     let (user, system) = ProcessSample::read(std::process::id())?.cores_since(&before);
-    writeln!(out, "cpu {user} {system}")?;
+    writeln!(out, "done {user} {system} {} {} {}", done.writes, done.rounds, done.busy.as_secs_f64())?;
     out.flush()?;
     Ok(())
+}
+
+/// What a writer thread did.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Rounds {
+    writes: u64,
+    /// Rounds that wrote something, and the time they took in all.
+    rounds: u64,
+    busy: Duration,
+}
+
+impl Rounds {
+    fn add(self, other: Rounds) -> Rounds {
+        Rounds { writes: self.writes + other.writes, rounds: self.rounds + other.rounds, busy: self.busy + other.busy }
+    }
 }
 
 /// One writer thread. It goes round its connections and gives each, in
 /// one write, every publication due by then that it has not had yet — so
 /// when it falls behind, a publication waits at most one round.
-fn write_share(mut sockets: Vec<TcpStream>, schedule: Schedule, frames: &[u8]) -> io::Result<()> {
-    let frame_bytes = frames.len() / schedule.total.max(1) as usize;
+fn write_share(
+    mut sockets: Vec<TcpStream>,
+    schedule: Schedule,
+    frames: &[u8],
+    frame_bytes: usize,
+) -> io::Result<Rounds> {
     let mut sent = vec![0; sockets.len()];
+    let mut done = Rounds::default();
     loop {
+        let round = Instant::now();
         let mut behind = false;
         for (socket, sent) in sockets.iter_mut().zip(&mut sent) {
             let due = schedule.due(Instant::now());
@@ -181,11 +253,16 @@ fn write_share(mut sockets: Vec<TcpStream>, schedule: Schedule, frames: &[u8]) -
                 socket.write_all(&frames[*sent as usize * frame_bytes..due as usize * frame_bytes])?;
                 *sent = due;
                 behind = true;
+                done.writes += 1;
             }
+        }
+        if behind {
+            done.rounds += 1;
+            done.busy += round.elapsed();
         }
         let least = sent.iter().copied().min().unwrap_or(schedule.total);
         if least >= schedule.total {
-            return Ok(());
+            return Ok(done);
         }
         if !behind {
             let next = schedule.start + schedule.offset(least);
@@ -194,22 +271,35 @@ fn write_share(mut sockets: Vec<TcpStream>, schedule: Schedule, frames: &[u8]) -
     }
 }
 
+/// The writer process, killed and reaped if the subscribers' side gives up
+/// before it is done.
+struct WriterProcess(Child);
+
+impl Drop for WriterProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The subscribers' side: starts the writer, connects, reads until every
 /// connection is closed, and reports.
 pub fn run(args: &FloorArgs, herald_bench: &Path) -> anyhow::Result<FloorResult> {
-    anyhow::ensure!(args.frame_bytes >= HEADER_BYTES, "--frame-bytes must be at least {HEADER_BYTES}");
     let length = args.warmup + args.duration;
-    let mut writer = Command::new(herald_bench)
-        .arg("floor-writer")
-        .args(["--subscribers", &args.subscribers.to_string()])
-        .args(["--rate", &args.rate.to_string()])
-        .args(["--length", &humantime::format_duration(length).to_string()])
-        .args(["--frame-bytes", &args.frame_bytes.to_string()])
-        .args(["--writer-threads", &args.writer_threads.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(writer.stdout.take().expect("stdout is piped")).lines();
+    check_size(args.rate, length, args.frame_bytes)?;
+    let mut writer = WriterProcess(
+        Command::new(herald_bench)
+            .arg("floor-writer")
+            .args(["--subscribers", &args.subscribers.to_string()])
+            .args(["--rate", &args.rate.to_string()])
+            .args(["--length", &humantime::format_duration(length).to_string()])
+            .args(["--frame-bytes", &args.frame_bytes.to_string()])
+            .args(["--writer-threads", &args.writer_threads.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = BufReader::new(writer.0.stdout.take().expect("stdout is piped")).lines();
     let mut expect = |key: &str| -> anyhow::Result<String> {
         let line = lines.next().transpose()?.unwrap_or_default();
         line.strip_prefix(key)
@@ -226,14 +316,14 @@ pub fn run(args: &FloorArgs, herald_bench: &Path) -> anyhow::Result<FloorResult>
     }
     progress(&format!("connected {} subscribers to the floor writer", args.subscribers));
     let start: u64 = expect("start")?.parse()?;
-    let measure_from = start + args.warmup.as_nanos() as u64;
+    let clock = Clock { start, warmup: args.warmup.as_nanos() as u64 };
     let deadline = Instant::now() + length + DRAIN_LIMIT;
     let before = ProcessSample::read(std::process::id())?;
     let frame_bytes = args.frame_bytes;
     let tallies = std::thread::scope(|scope| {
         let readers: Vec<_> = shares
             .into_iter()
-            .map(|share| scope.spawn(move || read_share(share, frame_bytes, measure_from, deadline)))
+            .map(|share| scope.spawn(move || read_share(share, frame_bytes, clock, deadline)))
             .collect();
         readers
             .into_iter()
@@ -241,18 +331,18 @@ pub fn run(args: &FloorArgs, herald_bench: &Path) -> anyhow::Result<FloorResult>
             .collect::<io::Result<Vec<Tally>>>()
     })?;
     let (reader_user_cores, reader_system_cores) = ProcessSample::read(std::process::id())?.cores_since(&before);
-    let cpu = expect("cpu")?;
-    let mut cores = cpu.split_whitespace().map(str::parse::<f64>);
-    let (Some(Ok(writer_user_cores)), Some(Ok(writer_system_cores))) = (cores.next(), cores.next()) else {
-        anyhow::bail!("the floor writer reported its CPU as {cpu:?}");
+    let done = expect("done")?;
+    let figures: Vec<f64> = done.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let &[writer_user_cores, writer_system_cores, writes, rounds, busy] = figures.as_slice() else {
+        anyhow::bail!("the floor writer reported {done:?}, expected five figures");
     };
-    writer.wait()?;
+    writer.0.wait()?;
 
     let mut all = Tally::new();
     for tally in &tallies {
         all.add(tally);
     }
-    let published = (args.rate * length.as_secs_f64()).round() as u64;
+    let published = publications(args.rate, length);
     Ok(FloorResult {
         published,
         expected_deliveries: published * args.subscribers as u64,
@@ -264,7 +354,18 @@ pub fn run(args: &FloorArgs, herald_bench: &Path) -> anyhow::Result<FloorResult>
         writer_system_cores,
         reader_user_cores,
         reader_system_cores,
+        writes: writes as u64,
+        reads: all.reads,
+        mean_round_ms: busy / rounds.max(1.0) * 1000.0,
     })
+}
+
+/// When the schedule started (Unix nanoseconds), and how long its warm-up
+/// lasts: frames carry their time from the start.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: u64,
+    warmup: u64,
 }
 
 /// What one reader thread counted.
@@ -274,18 +375,20 @@ struct Tally {
     latencies: Histogram<u64>,
     delivered: u64,
     out_of_order: u64,
+    reads: u64,
 }
 
 impl Tally {
     fn new() -> Self {
         let latencies = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-        Self { latencies, delivered: 0, out_of_order: 0 }
+        Self { latencies, delivered: 0, out_of_order: 0, reads: 0 }
     }
 
     fn add(&mut self, other: &Tally) {
         self.latencies.add(&other.latencies).expect("tallies share their bounds");
         self.delivered += other.delivered;
         self.out_of_order += other.out_of_order;
+        self.reads += other.reads;
     }
 }
 
@@ -301,15 +404,14 @@ struct Subscriber {
 #[derive(Debug)]
 struct FrameReader {
     frame_bytes: usize,
-    /// Measure the latency of publications scheduled from this time on.
-    measure_from: u64,
+    clock: Clock,
     partial: Vec<u8>,
     next: u64,
 }
 
 impl FrameReader {
-    fn new(frame_bytes: usize, measure_from: u64) -> Self {
-        Self { frame_bytes, measure_from, partial: Vec::new(), next: 0 }
+    fn new(frame_bytes: usize, clock: Clock) -> Self {
+        Self { frame_bytes, clock, partial: Vec::new(), next: 0 }
     }
 
     /// Takes bytes read at `now` (Unix nanoseconds).
@@ -335,30 +437,31 @@ impl FrameReader {
 
     fn count(&mut self, frame: &[u8], now: u64, tally: &mut Tally) {
         let field = |at: usize| u64::from_le_bytes(frame[at..at + 8].try_into().expect("eight bytes"));
-        let (number, scheduled) = (field(0), field(8));
+        let (number, offset) = (field(0), field(8));
         if number != self.next {
             tally.out_of_order += 1;
         }
         self.next = number + 1;
         tally.delivered += 1;
-        if scheduled >= self.measure_from {
-            let _ = tally.latencies.record((now.saturating_sub(scheduled) / 1000).max(1));
+        if offset >= self.clock.warmup {
+            let scheduled = self.clock.start + offset;
+            tally.latencies.saturating_record((now.saturating_sub(scheduled) / 1000).max(1));
         }
     }
 }
 
-/// One reader thread: reads its connections until each is closed (or the
-/// deadline passes).
+/// One reader thread: reads its connections until each is closed; an
+/// error if some are still open at the deadline.
 fn read_share(
     streams: Vec<mio::net::TcpStream>,
     frame_bytes: usize,
-    measure_from: u64,
+    clock: Clock,
     deadline: Instant,
 ) -> io::Result<Tally> {
     let mut poll = Poll::new()?;
     let mut subscribers: Vec<Subscriber> = streams
         .into_iter()
-        .map(|stream| Subscriber { stream, frames: FrameReader::new(frame_bytes, measure_from), open: true })
+        .map(|stream| Subscriber { stream, frames: FrameReader::new(frame_bytes, clock), open: true })
         .collect();
     for (i, subscriber) in subscribers.iter_mut().enumerate() {
         poll.registry().register(&mut subscriber.stream, Token(i), Interest::READABLE)?;
@@ -374,6 +477,10 @@ fn read_share(
         }
         for event in &events {
             let subscriber = &mut subscribers[event.token().0];
+            // A short read empties the socket, and epoll (edge-triggered)
+            // tells when more comes, so no read is spent to find out; but
+            // once the writer has closed, read on to the end.
+            let closing = event.is_read_closed();
             while subscriber.open {
                 match subscriber.stream.read(&mut buffer) {
                     Ok(0) => {
@@ -381,13 +488,24 @@ fn read_share(
                         open -= 1;
                         poll.registry().deregister(&mut subscriber.stream)?;
                     }
-                    Ok(n) => subscriber.frames.take(&buffer[..n], unix_nanos(), &mut tally),
+                    Ok(n) => {
+                        tally.reads += 1;
+                        subscriber.frames.take(&buffer[..n], unix_nanos(), &mut tally);
+                        if n < buffer.len() && !closing {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
             }
         }
+    }
+    if open > 0 {
+        return Err(io::Error::other(format!(
+            "{open} connections still open {DRAIN_LIMIT:?} after the schedule ended: the writer stalled"
+        )));
     }
     Ok(tally)
 }
@@ -396,23 +514,23 @@ fn read_share(
 mod tests {
     use super::*;
 
-    fn frames(schedule: &Schedule, numbers: std::ops::Range<u64>, frame_bytes: usize) -> Vec<u8> {
+    fn frames(numbers: std::ops::Range<u64>, rate: f64, frame_bytes: usize) -> Vec<u8> {
         let mut out = Vec::new();
         for n in numbers {
-            schedule.frame(n, frame_bytes, &mut out);
+            frame(n, rate, frame_bytes, &mut out);
         }
         out
     }
 
     #[test]
     fn frames_split_anywhere_across_reads_are_each_counted_once_in_order() {
-        let schedule = Schedule::new(1000.0, Duration::from_secs(1));
-        let bytes = frames(&schedule, 0..10, 40);
+        let bytes = frames(0..10, 1000.0, 40);
+        let clock = Clock { start: 1_000_000_000, warmup: 0 };
         for split in [1, 7, 39, 40, 41, 133] {
-            let mut reader = FrameReader::new(40, 0);
+            let mut reader = FrameReader::new(40, clock);
             let mut tally = Tally::new();
             for chunk in bytes.chunks(split) {
-                reader.take(chunk, schedule.start_unix_nanos + 20_000_000, &mut tally);
+                reader.take(chunk, clock.start + 20_000_000, &mut tally);
             }
             assert_eq!((tally.delivered, tally.out_of_order), (10, 0), "reads of {split} bytes");
             assert_eq!(tally.latencies.len(), 10);
@@ -421,24 +539,44 @@ mod tests {
 
     #[test]
     fn a_missing_frame_shows_as_out_of_order_and_the_warm_up_is_not_measured() {
-        let schedule = Schedule::new(100.0, Duration::from_secs(1));
-        let mut bytes = frames(&schedule, 0..3, 16);
-        bytes.extend(frames(&schedule, 4..6, 16));
-        let measure_from = schedule.start_unix_nanos + schedule.offset(2).as_nanos() as u64;
-        let mut reader = FrameReader::new(16, measure_from);
+        let mut bytes = frames(0..3, 100.0, 16);
+        bytes.extend(frames(4..6, 100.0, 16));
+        let clock = Clock { start: 1_000_000_000, warmup: offset_nanos(2, 100.0) };
+        let mut reader = FrameReader::new(16, clock);
         let mut tally = Tally::new();
-        reader.take(&bytes, schedule.start_unix_nanos + 100_000_000, &mut tally);
+        reader.take(&bytes, clock.start + 100_000_000, &mut tally);
         assert_eq!((tally.delivered, tally.out_of_order), (5, 1));
         assert_eq!(tally.latencies.len(), 3, "publications 2, 4 and 5 are after the warm-up");
     }
 
     #[test]
     fn the_schedule_never_runs_ahead_and_never_past_its_end() {
-        let schedule = Schedule::new(100.0, Duration::from_secs(2));
+        let schedule =
+            Schedule { start: Instant::now(), rate: 100.0, total: publications(100.0, Duration::from_secs(2)) };
         assert_eq!(schedule.total, 200);
         assert_eq!(schedule.due(schedule.start - Duration::from_millis(1)), 0);
         assert_eq!(schedule.due(schedule.start), 1);
         assert_eq!(schedule.due(schedule.start + Duration::from_millis(25)), 3);
         assert_eq!(schedule.due(schedule.start + Duration::from_secs(60)), 200);
+    }
+
+    #[test]
+    fn a_writer_that_is_behind_gives_every_connection_everything_due_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let addr = listener.local_addr().expect("bound");
+        let readers: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).expect("connects")).collect();
+        let sockets: Vec<TcpStream> = (0..3).map(|_| listener.accept().expect("accepts").0).collect();
+        let (rate, frame_bytes) = (50.0, 20);
+        let total = publications(rate, Duration::from_secs(1));
+        let all = frames(0..total, rate, frame_bytes);
+        // Started two seconds ago: every publication is already due.
+        let schedule = Schedule { start: Instant::now() - Duration::from_secs(2), rate, total };
+        let done = write_share(sockets, schedule, &all, frame_bytes).expect("writes");
+        assert_eq!((done.writes, done.rounds), (3, 1), "one round, one write per connection");
+        for mut reader in readers {
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).expect("reads to the end");
+            assert_eq!(got, all);
+        }
     }
 }

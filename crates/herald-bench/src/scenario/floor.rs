@@ -5,9 +5,11 @@
 //! loopback TCP connections and writes ready-made frames to them from
 //! plain threads, with blocking writes and nothing else to do. Each thread
 //! goes round its connections and gives each, in one write, every
-//! publication due by then, as a server that coalesces its writes would. This process plays the subscribers: it reads with epoll (`mio`)
-//! and records the latency from each publication's *scheduled* time, as
-//! `fanout` does.
+//! publication due by then, as a server that coalesces its writes would.
+//! This process plays the subscribers: it reads with epoll (`mio`) and
+//! records the latency from each publication's *scheduled* time, as
+//! `fanout` does. Both sides' CPU, the writes and reads made, and how long
+//! a writer's round took are reported with it.
 //!
 //! Neither side has WebSocket framing, JSON, a hub or an async runtime.
 //! What is left is the kernel's loopback TCP and the two processes'

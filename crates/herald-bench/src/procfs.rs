@@ -33,8 +33,8 @@ impl ProcessSample {
 
     /// CPU used between `earlier` and this sample, in percent of one core.
     pub fn cpu_percent_since(&self, earlier: &ProcessSample) -> f64 {
-        let seconds = self.at.duration_since(earlier.at).as_secs_f64().max(f64::EPSILON);
-        (self.cpu_ticks.saturating_sub(earlier.cpu_ticks) as f64 / TICKS_PER_SECOND) / seconds * 100.0
+        let (user, system) = self.cores_since(earlier);
+        (user + system) * 100.0
     }
 
     /// User and system time used between `earlier` and this sample, each

@@ -28,7 +28,7 @@ use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 
-use super::{progress, Latency};
+use super::{latency_histogram, progress, Latency};
 use crate::procfs::ProcessSample;
 
 /// What the scenario does.
@@ -103,12 +103,27 @@ fn offset_nanos(n: u64, rate: f64) -> u64 {
     (n as f64 / rate * 1e9) as u64
 }
 
-/// Appends publication `n`'s frame: its number, its scheduled time (from
-/// the start of the schedule), then padding.
-fn frame(n: u64, rate: f64, frame_bytes: usize, out: &mut Vec<u8>) {
-    out.extend_from_slice(&n.to_le_bytes());
-    out.extend_from_slice(&offset_nanos(n, rate).to_le_bytes());
-    out.resize(out.len() + frame_bytes - HEADER_BYTES, b'x');
+/// The frames of publications `numbers`, one after another: each is its
+/// number, its scheduled time (from the start of the schedule), then
+/// padding.
+fn frames(numbers: std::ops::Range<u64>, rate: f64, frame_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity((numbers.end - numbers.start) as usize * frame_bytes);
+    for n in numbers {
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&offset_nanos(n, rate).to_le_bytes());
+        out.resize(out.len() + frame_bytes - HEADER_BYTES, b'x');
+    }
+    out
+}
+
+/// Deals `items` round-robin into `hands` lists (at least one).
+fn deal<T>(items: impl IntoIterator<Item = T>, hands: usize) -> Vec<Vec<T>> {
+    let mut dealt: Vec<Vec<T>> = (0..hands.max(1)).map(|_| Vec::new()).collect();
+    let count = dealt.len();
+    for (i, item) in items.into_iter().enumerate() {
+        dealt[i % count].push(item);
+    }
+    dealt
 }
 
 /// When each publication is due, shared by the writer's threads.
@@ -186,21 +201,19 @@ pub fn write(args: WriterArgs) -> anyhow::Result<()> {
     let WriterArgs { subscribers, rate, length, frame_bytes, threads } = args;
     check_size(rate, length, frame_bytes)?;
     let total = publications(rate, length);
-    let frames = (0..total).fold(Vec::new(), |mut frames, n| {
-        frame(n, rate, frame_bytes, &mut frames);
-        frames
-    });
+    let frames = frames(0..total, rate, frame_bytes);
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let mut out = io::stdout();
     writeln!(out, "port {}", listener.local_addr()?.port())?;
     out.flush()?;
-    let mut shares: Vec<Vec<TcpStream>> = (0..threads.max(1)).map(|_| Vec::new()).collect();
-    for i in 0..subscribers {
-        let (stream, _) = listener.accept().map_err(|e| with_file_hint(e, i))?;
-        stream.set_nodelay(true)?;
-        let share = i % shares.len();
-        shares[share].push(stream);
-    }
+    let accepted = (0..subscribers)
+        .map(|i| {
+            let (stream, _) = listener.accept().map_err(|e| with_file_hint(e, i))?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+        .collect::<anyhow::Result<Vec<TcpStream>>>()?;
+    let shares = deal(accepted, threads);
     let schedule = Schedule { start: Instant::now() + HEAD_START, rate, total };
     writeln!(out, "start {}", unix_nanos() + HEAD_START.as_nanos() as u64)?;
     out.flush()?;
@@ -221,7 +234,7 @@ pub fn write(args: WriterArgs) -> anyhow::Result<()> {
 }
 
 /// What a writer thread did.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Rounds {
     writes: u64,
     /// Rounds that wrote something, and the time they took in all.
@@ -309,13 +322,14 @@ pub fn run(args: &FloorArgs, herald_bench: &Path) -> anyhow::Result<FloorResult>
             .ok_or_else(|| anyhow::anyhow!("the floor writer said {line:?}, expected `{key} …` (see its error above)"))
     };
     let port: u16 = expect("port")?.parse()?;
-    let mut shares: Vec<Vec<mio::net::TcpStream>> = (0..args.reader_threads.max(1)).map(|_| Vec::new()).collect();
-    for i in 0..args.subscribers {
-        let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| with_file_hint(e, i))?;
-        stream.set_nonblocking(true)?;
-        let share = i % shares.len();
-        shares[share].push(mio::net::TcpStream::from_std(stream));
-    }
+    let connected = (0..args.subscribers)
+        .map(|i| {
+            let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| with_file_hint(e, i))?;
+            stream.set_nonblocking(true)?;
+            Ok(mio::net::TcpStream::from_std(stream))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shares = deal(connected, args.reader_threads);
     progress(&format!("connected {} subscribers to the floor writer", args.subscribers));
     let start: u64 = expect("start")?.parse()?;
     let clock = Clock { start, warmup: args.warmup.as_nanos() as u64 };
@@ -382,8 +396,7 @@ struct Tally {
 
 impl Tally {
     fn new() -> Self {
-        let latencies = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-        Self { latencies, delivered: 0, out_of_order: 0, reads: 0 }
+        Self { latencies: latency_histogram(), delivered: 0, out_of_order: 0, reads: 0 }
     }
 
     fn add(&mut self, other: &Tally) {
@@ -515,14 +528,6 @@ fn read_share(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frames(numbers: std::ops::Range<u64>, rate: f64, frame_bytes: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        for n in numbers {
-            frame(n, rate, frame_bytes, &mut out);
-        }
-        out
-    }
 
     #[test]
     fn frames_split_anywhere_across_reads_are_each_counted_once_in_order() {

@@ -70,6 +70,11 @@ impl Latency {
     }
 }
 
+/// An empty histogram of latencies in microseconds, from 1 µs to a minute.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
 /// Latencies recorded by many client tasks into a few shared histograms.
 ///
 /// One histogram per client would cost about 150 KB each and, with
@@ -84,8 +89,7 @@ impl LatencyRecorder {
     const SHARDS: usize = 16;
 
     pub fn new() -> Self {
-        let histogram = || Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
-        Self { shards: (0..Self::SHARDS).map(|_| histogram()).collect() }
+        Self { shards: (0..Self::SHARDS).map(|_| Mutex::new(latency_histogram())).collect() }
     }
 
     /// Adds latencies counted elsewhere (a worker process's report).
@@ -111,7 +115,7 @@ impl LatencyRecorder {
 
     /// All shards merged.
     pub fn merged(&self) -> Histogram<u64> {
-        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        let mut all = latency_histogram();
         for shard in &self.shards {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             all.add(&*shard).expect("shards share their bounds");

@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_engine::{
-    ChannelName, ClientId, ClientInfo, Control, DisconnectReason, Engine, EngineEvent, EventHandler, HistoryQuery,
-    HistoryResult, NodeId, NodeInfo, PresenceStats, Publication, PublishOptions, PublishResult, StreamPosition, UserId,
+    ChannelName, ClientId, ClientInfo, Control, Departure, DisconnectReason, Engine, EngineEvent, EventHandler,
+    HistoryQuery, HistoryResult, NodeId, NodeInfo, PresenceStats, Publication, PublishOptions, PublishResult,
+    StreamPosition, UserId,
 };
 
 use crate::connection::{push_exact, remove_first, Connection, ConnectionSpec, Subscription};
@@ -146,7 +147,7 @@ type Subscribers = HashMap<ClientId, Subscriber>;
 #[derive(Debug)]
 pub struct Hub {
     config: HubConfig,
-    engine: Arc<dyn Engine>,
+    engine: Engine,
     connections: ShardedMap<ClientId, Arc<Connection>>,
     /// Each user's connections, as a list kept exactly as long as it is:
     /// most users have one or two, and a hash map per user cost more than
@@ -171,7 +172,7 @@ impl EventHandler for HubEvents {
 }
 
 impl Hub {
-    pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Arc<Self> {
+    pub fn new(config: HubConfig, engine: Engine) -> Arc<Self> {
         Arc::new(Self {
             config,
             engine,
@@ -221,7 +222,7 @@ impl Hub {
         let channels =
             local.into_iter().map(|(c, _)| c).filter(|c| self.config.rules.resolve(c).is_ok_and(|o| o.presence));
         for channel in channels {
-            let expired = match self.engine.expire_presence(&channel).await {
+            let expired = match self.engine.presence().expire_presence(&channel).await {
                 Ok(expired) => expired,
                 Err(error) => {
                     tracing::warn!(%channel, %error, "presence expiry sweep failed");
@@ -229,17 +230,18 @@ impl Hub {
                 }
             };
             let join_leave = self.config.rules.resolve(&channel).is_ok_and(|o| o.join_leave);
-            for (info, user_last) in expired {
-                if user_last {
+            for entry in expired {
+                let user_departed = entry.departure == Departure::UserDeparted;
+                if user_departed {
                     if let Some(observer) = self.observer.get() {
-                        observer.user_left(&channel, &info);
+                        observer.user_left(&channel, &entry.info);
                     }
                 }
                 if !join_leave {
                     continue;
                 }
-                let event = EngineEvent::Leave { channel: channel.clone(), info, user_last };
-                if let Err(error) = self.engine.publish_presence_event(event).await {
+                let event = herald_engine::PresenceEvent::Leave { info: entry.info, user_departed };
+                if let Err(error) = self.engine.broker().publish_presence(&channel, event).await {
                     tracing::warn!(%channel, %error, "leave of an expired presence entry not sent");
                 }
             }
@@ -264,7 +266,7 @@ impl Hub {
             }
         });
         for (channel, info) in refresh {
-            if let Err(error) = self.engine.add_presence(&channel, &info, self.config.presence_ttl).await {
+            if let Err(error) = self.engine.presence().add_presence(&channel, &info, self.config.presence_ttl).await {
                 tracing::warn!(%channel, %error, "presence refresh failed");
             }
         }
@@ -282,7 +284,7 @@ impl Hub {
             uptime: self.started.elapsed().as_secs(),
         };
         let ttl = self.config.presence_update_interval * 3;
-        if let Err(error) = self.engine.register_node(&info, ttl).await {
+        if let Err(error) = self.engine.nodes().register_node(&info, ttl).await {
             tracing::warn!(%error, "node registry heartbeat failed");
         }
     }
@@ -291,7 +293,7 @@ impl Hub {
         &self.config.node
     }
 
-    pub fn engine(&self) -> &Arc<dyn Engine> {
+    pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
@@ -360,7 +362,7 @@ impl Hub {
             idempotency_key,
             idempotency_window: self.config.idempotency_window,
         };
-        Ok(self.engine.publish(channel, publication, &publish).await?)
+        Ok(self.engine.broker().publish(channel, publication, &publish).await?)
     }
 
     /// Publishes on behalf of a client connection, if its namespace allows.
@@ -390,7 +392,7 @@ impl Hub {
         let options = self.config.rules.resolve(channel)?;
         let history =
             options.history().ok_or_else(|| HubError::NotAvailable("history is off in this namespace".into()))?;
-        let result = self.engine.history(channel, &query, &history).await?;
+        let result = self.engine.history().history(channel, &query, &history).await?;
         if let Some(since) = &query.since {
             let same_epoch = since.epoch.is_empty() || since.epoch == result.position.epoch;
             let continues = same_epoch
@@ -408,18 +410,18 @@ impl Hub {
     /// Drops a channel's history (its epoch changes).
     pub async fn remove_history(&self, channel: &ChannelName) -> Result<(), HubError> {
         self.config.rules.resolve(channel)?;
-        Ok(self.engine.remove_history(channel).await?)
+        Ok(self.engine.history().remove_history(channel).await?)
     }
 
     /// Who is in a channel with presence.
     pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, HubError> {
         self.require_presence(channel)?;
-        Ok(self.engine.presence(channel).await?)
+        Ok(self.engine.presence().presence(channel).await?)
     }
 
     pub async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, HubError> {
         self.require_presence(channel)?;
-        Ok(self.engine.presence_stats(channel).await?)
+        Ok(self.engine.presence().presence_stats(channel).await?)
     }
 
     fn require_presence(&self, channel: &ChannelName) -> Result<(), HubError> {
@@ -446,13 +448,13 @@ impl Hub {
 
     /// Sends a control command to every node of the cluster.
     pub async fn send_control(&self, command: Control) -> Result<(), HubError> {
-        Ok(self.engine.send_control(command).await?)
+        Ok(self.engine.broker().send_control(command).await?)
     }
 
     /// Every live node of the cluster, this one's counts fresh.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, HubError> {
         self.register_node().await;
-        Ok(self.engine.nodes().await?)
+        Ok(self.engine.nodes().nodes().await?)
     }
 
     /// Local channels with their local subscriber counts, optionally only

@@ -1,4 +1,5 @@
-//! What travels through an engine: publications and node-to-node control.
+//! What travels through an engine: publications, joins and leaves, and
+//! node-to-node control.
 //!
 //! Payloads are opaque bytes here. Front-ends validate and encode them; the
 //! engine and the hub only move them, so one publication's bytes are shared
@@ -99,18 +100,48 @@ pub enum Control {
     Refresh { user: UserId, client: Option<ClientId>, expire_at: Option<u64>, expired: bool },
 }
 
+/// A join or a leave, as broadcast to a channel's subscribers on every node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// A connection joined. `user_arrived`: no other connection of its user
+    /// was present, so the user joined too.
+    Join { info: ClientInfo, user_arrived: bool },
+    /// A connection left. `user_departed`: it was its user's last
+    /// connection there, so the user left too.
+    Leave { info: ClientInfo, user_departed: bool },
+}
+
+impl PresenceEvent {
+    /// The connection that joined or left.
+    pub fn info(&self) -> &ClientInfo {
+        match self {
+            PresenceEvent::Join { info, .. } | PresenceEvent::Leave { info, .. } => info,
+        }
+    }
+
+    /// Whether this is a join.
+    pub fn is_join(&self) -> bool {
+        matches!(self, PresenceEvent::Join { .. })
+    }
+
+    /// Whether the user, not only the connection, arrived or departed.
+    pub fn user_changed(&self) -> bool {
+        match self {
+            PresenceEvent::Join { user_arrived: changed, .. } | PresenceEvent::Leave { user_departed: changed, .. } => {
+                *changed
+            }
+        }
+    }
+}
+
 /// What an engine hands to its node.
 #[derive(Clone, Debug)]
 pub enum EngineEvent {
     /// A publication in a channel this node subscribed to.
     Publication { channel: ChannelName, publication: std::sync::Arc<Publication> },
-    /// A client joined a channel (presence-enabled namespaces).
-    /// `user_first`: no other connection of its user was present, so the
-    /// user joined too.
-    Join { channel: ChannelName, info: ClientInfo, user_first: bool },
-    /// A client left a channel. `user_last`: it was its user's last
-    /// connection there, so the user left too.
-    Leave { channel: ChannelName, info: ClientInfo, user_last: bool },
+    /// A join or leave in a channel this node subscribed to
+    /// (presence-enabled namespaces).
+    Presence { channel: ChannelName, event: PresenceEvent },
     /// A control command for every node.
     Control(Control),
     /// The engine may have missed broadcasts (its link to the backplane

@@ -48,6 +48,18 @@ impl Keys {
         self.channel_key(channel, "presence:users")
     }
 
+    /// The nodes serving a channel (hash: node -> subscribers) and their
+    /// expiry sorted set.
+    pub fn occupancy(&self, channel: &ChannelName) -> (String, String) {
+        (self.channel_key(channel, "occupancy"), self.channel_key(channel, "occupancy:expiry"))
+    }
+
+    /// The index of occupied channels: a sorted set of channel names
+    /// scored by expiry.
+    pub fn occupied(&self) -> String {
+        format!("{}:{{occupied}}:index", self.prefix)
+    }
+
     /// The pub/sub channel of a channel.
     pub fn pubsub(&self, channel: &ChannelName) -> String {
         self.channel_key(channel, "pub")

@@ -1,10 +1,18 @@
 //! The Lua scripts that make multi-key operations atomic.
 //!
 //! Every key a script touches belongs to one channel and carries the
-//! channel's hash tag, so each script runs on one Redis (or one Redis
-//! Cluster slot).
+//! channel's hash tag (or to one of the fixed cluster-wide routes), so
+//! each script runs on one Redis (or one Redis Cluster slot).
 
 use redis::Script;
+
+/// The Lua prelude that reads the server's clock into `now_ms`: every
+/// node's expiries are judged by the one clock of the Redis that holds them.
+macro_rules! now_ms {
+    () => {
+        "\nlocal now = redis.call('time')\nlocal now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)"
+    };
+}
 
 /// Publish: idempotency check, offset assignment, history append and trim,
 /// expiry, and the broadcast, as one step. Offset order is therefore
@@ -74,34 +82,16 @@ return {top, epoch, redis.call('lrange', history, 0, -1)}
     )
 }
 
-/// Presence of a channel: the entries not past their expiry.
-///
-/// KEYS: presence hash, presence expiry sorted set
-/// Returns: {info JSON…}
-pub fn presence() -> Script {
-    Script::new(
-        r#"
-local entries, expiries = KEYS[1], KEYS[2]
-local now = redis.call('time')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local live = redis.call('zrangebyscore', expiries, '(' .. now_ms, '+inf')
-if #live == 0 then return {} end
-return redis.call('hmget', entries, unpack(live))
-"#,
-    )
-}
-
 /// Removes a channel's expired presence entries and returns them, each
 /// followed by "1" when it was its user's last entry (else "0").
 ///
 /// KEYS: presence hash, presence expiry sorted set, per-user entry counts
 /// Returns: {info JSON, last flag, …}
 pub fn expire_presence() -> Script {
-    Script::new(
+    Script::new(concat!(
+        now_ms!(),
         r#"
 local entries, expiries, users = KEYS[1], KEYS[2], KEYS[3]
-local now = redis.call('time')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local expired = redis.call('zrangebyscore', expiries, '-inf', now_ms)
 local out = {}
 for _, client in ipairs(expired) do
@@ -120,8 +110,8 @@ for _, client in ipairs(expired) do
   end
 end
 return out
-"#,
-    )
+"#
+    ))
 }
 
 /// Adds or refreshes a presence entry until now + ttl, counting entries
@@ -131,12 +121,11 @@ return out
 /// ARGV: client id, info JSON, ttl ms, user id
 /// Returns: 1 when the entry is new and its user's first, else 0
 pub fn add_presence() -> Script {
-    Script::new(
+    Script::new(concat!(
+        now_ms!(),
         r#"
 local entries, expiries, users = KEYS[1], KEYS[2], KEYS[3]
 local ttl = tonumber(ARGV[3])
-local now = redis.call('time')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local arrived = 0
 if redis.call('hset', entries, ARGV[1], ARGV[2]) == 1 then
   if redis.call('hincrby', users, ARGV[4], 1) == 1 then arrived = 1 end
@@ -144,8 +133,8 @@ end
 redis.call('zadd', expiries, now_ms + ttl, ARGV[1])
 for _, key in ipairs(KEYS) do redis.call('pexpire', key, ttl) end
 return arrived
-"#,
-    )
+"#
+    ))
 }
 
 /// Removes a presence entry.
@@ -174,17 +163,125 @@ return 0
 /// KEYS: entries hash, expiry sorted set
 /// ARGV: id, info JSON, ttl ms
 pub fn add_expiring() -> Script {
-    Script::new(
+    Script::new(concat!(
+        now_ms!(),
         r#"
 local entries, expiries = KEYS[1], KEYS[2]
 local ttl = tonumber(ARGV[3])
-local now = redis.call('time')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('hset', entries, ARGV[1], ARGV[2])
 redis.call('zadd', expiries, now_ms + ttl, ARGV[1])
 redis.call('pexpire', entries, ttl)
 redis.call('pexpire', expiries, ttl)
 return 1
-"#,
-    )
+"#
+    ))
+}
+
+/// Sets (or refreshes) a node's entry in a channel's occupancy until now +
+/// ttl, after sweeping expired entries (of dead nodes).
+///
+/// KEYS: occupancy hash (node -> subscribers), occupancy expiry sorted set
+/// ARGV: node id, subscribers, ttl ms
+/// Returns: 1 when the channel had no live entry before (it became occupied), else 0
+pub fn occupy() -> Script {
+    Script::new(concat!(
+        now_ms!(),
+        r#"
+local entries, expiries = KEYS[1], KEYS[2]
+local ttl = tonumber(ARGV[3])
+for _, node in ipairs(redis.call('zrangebyscore', expiries, '-inf', now_ms)) do
+  redis.call('zrem', expiries, node)
+  redis.call('hdel', entries, node)
+end
+local first = redis.call('hlen', entries) == 0
+redis.call('hset', entries, ARGV[1], ARGV[2])
+redis.call('zadd', expiries, now_ms + ttl, ARGV[1])
+redis.call('pexpire', entries, ttl)
+redis.call('pexpire', expiries, ttl)
+if first then return 1 end
+return 0
+"#
+    ))
+}
+
+/// Removes a node's entry from a channel's occupancy, then sweeps expired
+/// entries.
+///
+/// KEYS: occupancy hash, occupancy expiry sorted set
+/// ARGV: node id
+/// Returns: 1 when the entry existed and no live entry is left (the
+/// channel was vacated), else 0
+pub fn vacate() -> Script {
+    Script::new(concat!(
+        now_ms!(),
+        r#"
+local entries, expiries = KEYS[1], KEYS[2]
+redis.call('zrem', expiries, ARGV[1])
+local removed = redis.call('hdel', entries, ARGV[1])
+for _, node in ipairs(redis.call('zrangebyscore', expiries, '-inf', now_ms)) do
+  redis.call('zrem', expiries, node)
+  redis.call('hdel', entries, node)
+end
+if removed == 1 and redis.call('hlen', entries) == 0 then return 1 end
+return 0
+"#
+    ))
+}
+
+/// The entries of an expiring hash that are not past their expiry, with
+/// their ids.
+///
+/// KEYS: entries hash, expiry sorted set
+/// Returns: {id, value, id, value, …}
+pub fn live_entries() -> Script {
+    Script::new(concat!(
+        now_ms!(),
+        r#"
+local entries, expiries = KEYS[1], KEYS[2]
+local live = redis.call('zrangebyscore', expiries, '(' .. now_ms, '+inf')
+local out = {}
+for _, id in ipairs(live) do
+  local value = redis.call('hget', entries, id)
+  if value then
+    table.insert(out, id)
+    table.insert(out, value)
+  end
+end
+return out
+"#
+    ))
+}
+
+/// Adds (or refreshes) a member of an expiring sorted set (score: expiry
+/// ms) until now + ttl.
+///
+/// KEYS: sorted set
+/// ARGV: member, ttl ms
+pub fn add_member() -> Script {
+    Script::new(concat!(now_ms!(), "\nreturn redis.call('zadd', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])\n"))
+}
+
+/// The members of an expiring sorted set (score: expiry ms) not past
+/// their expiry.
+///
+/// KEYS: sorted set
+/// Returns: {member…}
+pub fn live_members() -> Script {
+    Script::new(concat!(now_ms!(), "\nreturn redis.call('zrangebyscore', KEYS[1], '(' .. now_ms, '+inf')\n"))
+}
+
+/// Removes the members of an expiring sorted set that are past their
+/// expiry and returns them, so each goes to exactly one caller.
+///
+/// KEYS: sorted set
+/// Returns: {member…}
+pub fn expire_members() -> Script {
+    Script::new(concat!(
+        now_ms!(),
+        r#"
+local expired = redis.call('zrangebyscore', KEYS[1], '-inf', now_ms)
+for _, member in ipairs(expired) do redis.call('zrem', KEYS[1], member) end
+return expired
+"#
+    ))
 }

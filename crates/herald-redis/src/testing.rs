@@ -1,30 +1,69 @@
 //! A real `redis-server` for tests, on an ephemeral port, in its own
 //! scratch directory, killed when dropped. Tests can stop and restart it.
 //! A missing `redis-server` binary is a test failure, never a skip.
+//!
+//! Each server runs under a small watchdog shell that kills it as soon as
+//! the test process lets go of the shell's stdin: when the server is
+//! dropped or killed, and when the test process exits however it exits.
+//! So a server held for a whole test binary (in a `static`, never
+//! dropped) still dies with the binary.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A redis-server owned by a test.
-#[derive(Debug)]
-pub struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
+/// Starts `redis-server "$@"` in the background, waits for stdin to close,
+/// then kills the server and waits for it to be gone.
+const WATCHDOG: &str = r#"redis-server "$@" </dev/null >/dev/null 2>&1 &
+server=$!
+cat >/dev/null
+kill -9 "$server" 2>/dev/null
+wait "$server" 2>/dev/null
+exit 0"#;
+
+/// Fails the test, saying what to install, when `redis-server` is missing.
+fn require_redis_server() {
+    if let Err(e) = Command::new("redis-server").arg("--version").stdout(Stdio::null()).status() {
+        panic!("cannot run redis-server ({e}); install it (Debian: apt-get install redis-server)");
+    }
 }
 
-/// Waits until the redis-server on `port` answers and is process `pid`.
-fn wait_for_process(port: u16, pid: u32) -> bool {
+/// Runs a redis-server with `args` under the watchdog.
+fn spawn_server(args: &[String], dir: &Path) -> Child {
+    require_redis_server();
+    Command::new("sh")
+        .arg("-c")
+        .arg(WATCHDOG)
+        .arg("redis-watchdog")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run sh to start redis-server: {e}"))
+}
+
+/// Kills a server started by [`spawn_server`] and waits until it is gone.
+fn stop_server(mut child: Child) {
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+/// Waits until the redis-server on `port` answers and is the one working
+/// in `dir` (another test's server may have taken a port found free).
+fn wait_for_server(port: u16, dir: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     let url = format!("redis://127.0.0.1:{port}");
+    let expected = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     while Instant::now() < deadline {
-        let info = redis::Client::open(url.as_str())
+        let working_in = redis::Client::open(url.as_str())
             .and_then(|c| c.get_connection())
-            .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c));
-        if let Ok(info) = info {
-            return info.lines().any(|l| l.trim() == format!("process_id:{pid}"));
+            .and_then(|mut c| redis::cmd("CONFIG").arg("GET").arg("dir").query::<Vec<String>>(&mut c));
+        if let Ok(reply) = working_in {
+            return reply.get(1).is_some_and(|d| Path::new(d) == expected);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -33,6 +72,18 @@ fn wait_for_process(port: u16, pid: u32) -> bool {
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn base_args(port: u16) -> Vec<String> {
+    ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(str::to_owned).to_vec()
+}
+
+/// A redis-server owned by a test.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
 }
 
 impl RedisServer {
@@ -47,25 +98,15 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         // A port found free may be taken by another test's server before
-        // ours binds it: check that the server answering is this child, and
-        // try another port if not.
+        // ours binds it: check that the server answering is ours, and try
+        // another port if not.
         for _ in 0..5 {
-            let mut child = Command::new("redis-server")
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&self.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run redis-server ({e}); install it (Debian: apt-get install redis-server)")
-                });
-            if wait_for_process(self.port, child.id()) {
+            let child = spawn_server(&base_args(self.port), &self.dir);
+            if wait_for_server(self.port, &self.dir) {
                 self.child = Some(child);
                 return;
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_server(child);
             self.port = free_port();
         }
         panic!("could not start redis-server on a free port");
@@ -81,9 +122,8 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL): everything in it is lost.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_server(child);
         }
     }
 
@@ -114,27 +154,20 @@ impl RedisCluster {
     pub fn start(masters: usize) -> Self {
         let dir = std::env::temp_dir().join(format!("herald-redis-cluster-{}-{}", std::process::id(), free_port()));
         let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
         for _ in 0..masters {
             let (port, bus) = (free_port(), free_port());
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("scratch dir");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
-                .args(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run redis-server ({e}); install it (Debian: apt-get install redis-server)")
-                });
-            nodes.push((child, port));
+            let mut args = base_args(port);
+            args.extend(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()].map(str::to_owned));
+            args.extend(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"].map(str::to_owned));
+            nodes.push((spawn_server(&args, &node_dir), port));
+            dirs.push(node_dir);
         }
         let cluster = Self { nodes, dir };
-        for (child, port) in &cluster.nodes {
-            assert!(wait_for_process(*port, child.id()), "cluster node on port {port} did not start (port taken?)");
+        for ((_, port), node_dir) in cluster.nodes.iter().zip(&dirs) {
+            assert!(wait_for_server(*port, node_dir), "cluster node on port {port} did not start (port taken?)");
         }
         let addresses: Vec<String> = cluster.nodes.iter().map(|(_, p)| format!("127.0.0.1:{p}")).collect();
         let status = Command::new("redis-cli")
@@ -174,9 +207,8 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for (child, _) in &mut self.nodes {
-            let _ = child.kill();
-            let _ = child.wait();
+        for (child, _) in std::mem::take(&mut self.nodes) {
+            stop_server(child);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

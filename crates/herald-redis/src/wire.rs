@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use herald_engine::{ChannelName, ClientId, ClientInfo, EngineEvent, Epoch, Offset, Publication};
+use herald_engine::{ChannelName, ClientId, ClientInfo, EngineEvent, Epoch, Offset, PresenceEvent, Publication};
 
 /// Why a message from Redis could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,9 +43,9 @@ pub fn publication_body(publication: &Publication) -> Vec<u8> {
 }
 
 /// A join or leave, with the offset and epoch lines a publish would add.
-pub fn presence_message(joined: bool, user_changed: bool, info: &ClientInfo) -> Vec<u8> {
-    let meta = Meta { info: Some(info.clone()), ..Meta::default() };
-    let kind = match (joined, user_changed) {
+pub fn presence_message(event: &PresenceEvent) -> Vec<u8> {
+    let meta = Meta { info: Some(event.info().clone()), ..Meta::default() };
+    let kind = match (event.is_join(), event.user_changed()) {
         (true, false) => b'j',
         (true, true) => b'J',
         (false, false) => b'l',
@@ -78,10 +78,7 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Publication(Publication),
-    /// A join; true when it is its user's arrival.
-    Join(ClientInfo, bool),
-    /// A leave; true when it is its user's departure.
-    Leave(ClientInfo, bool),
+    Presence(PresenceEvent),
 }
 
 impl Message {
@@ -91,8 +88,7 @@ impl Message {
             Kind::Publication(publication) => {
                 EngineEvent::Publication { channel, publication: std::sync::Arc::new(publication) }
             }
-            Kind::Join(info, user_first) => EngineEvent::Join { channel, info, user_first },
-            Kind::Leave(info, user_last) => EngineEvent::Leave { channel, info, user_last },
+            Kind::Presence(event) => EngineEvent::Presence { channel, event },
         }
     }
 }
@@ -123,8 +119,14 @@ pub fn decode(message: Bytes) -> Result<Message, WireError> {
             tags: meta.tags,
             exclude: meta.exclude,
         }),
-        b"j" | b"J" => Kind::Join(meta.info.ok_or(WireError("join without info"))?, kind[..] == *b"J"),
-        b"l" | b"L" => Kind::Leave(meta.info.ok_or(WireError("leave without info"))?, kind[..] == *b"L"),
+        b"j" | b"J" => Kind::Presence(PresenceEvent::Join {
+            info: meta.info.ok_or(WireError("join without info"))?,
+            user_arrived: kind[..] == *b"J",
+        }),
+        b"l" | b"L" => Kind::Presence(PresenceEvent::Leave {
+            info: meta.info.ok_or(WireError("leave without info"))?,
+            user_departed: kind[..] == *b"L",
+        }),
         _ => return Err(WireError("kind")),
     };
     Ok(Message { offset: Offset::new(offset), epoch, kind })
@@ -167,10 +169,10 @@ mod tests {
     #[test]
     fn joins_and_leaves_round_trip() {
         for user_changed in [false, true] {
-            let join = presence_message(true, user_changed, &info());
-            assert_eq!(decode(Bytes::from(join)).unwrap().kind, Kind::Join(info(), user_changed));
-            let leave = presence_message(false, user_changed, &info());
-            assert_eq!(decode(Bytes::from(leave)).unwrap().kind, Kind::Leave(info(), user_changed));
+            let join = PresenceEvent::Join { info: info(), user_arrived: user_changed };
+            assert_eq!(decode(Bytes::from(presence_message(&join))).unwrap().kind, Kind::Presence(join));
+            let leave = PresenceEvent::Leave { info: info(), user_departed: user_changed };
+            assert_eq!(decode(Bytes::from(presence_message(&leave))).unwrap().kind, Kind::Presence(leave));
         }
     }
 

@@ -1,16 +1,18 @@
-//! The Redis engine passes the shared engine conformance suite, on a single
-//! redis-server and on a 3-master Redis Cluster, both started by the test
-//! on ephemeral ports.
+//! The Redis engine passes the shared engine conformance suite on a single
+//! redis-server, sharded over two, and on a 3-master Redis Cluster. Each
+//! shape's servers are started once per test binary, on ephemeral ports,
+//! and die with it; every case runs on a fresh key prefix, so it sees an
+//! empty cluster.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use herald_engine::Engine;
+use herald_engine::conformance::Clock;
 use herald_redis::testing::{RedisCluster, RedisServer};
-use herald_redis::{RedisEngine, RedisSettings};
+use herald_redis::RedisSettings;
 
-/// Settings with a fresh prefix: each case sees an empty cluster.
+/// Settings with a fresh prefix.
 fn settings(addresses: Vec<String>) -> RedisSettings {
     static CASE: AtomicU32 = AtomicU32::new(0);
     RedisSettings {
@@ -21,44 +23,57 @@ fn settings(addresses: Vec<String>) -> RedisSettings {
     }
 }
 
-#[tokio::test]
-async fn the_redis_engine_passes_the_conformance_suite_on_a_single_redis() {
-    let server = RedisServer::start();
-    let url = server.url();
-    herald_engine::conformance::run_all(
-        || {
-            let settings = settings(vec![url.clone()]);
-            async move { Arc::new(RedisEngine::single(&settings).await.expect("connects")) as Arc<dyn Engine> }
+mod single {
+    use super::*;
+
+    fn server() -> &'static RedisServer {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        SERVER.get_or_init(RedisServer::start)
+    }
+
+    herald_engine::engine_conformance! {
+        #[tokio::test]
+        make: || async {
+            let settings = settings(vec![server().url()]);
+            herald_redis::RedisEngine::single(&settings).await.expect("connects").into_engine()
         },
-        tokio::time::sleep,
-    )
-    .await;
+        clock: Clock::Real,
+    }
 }
 
-#[tokio::test]
-async fn the_redis_engine_passes_the_conformance_suite_sharded_over_two_redis_instances() {
-    let (first, second) = (RedisServer::start(), RedisServer::start());
-    let urls = vec![first.url(), second.url()];
-    herald_engine::conformance::run_all(
-        || {
-            let settings = settings(urls.clone());
-            async move { Arc::new(RedisEngine::sharded(&settings).await.expect("connects")) as Arc<dyn Engine> }
+mod sharded {
+    use super::*;
+
+    fn servers() -> &'static (RedisServer, RedisServer) {
+        static SERVERS: OnceLock<(RedisServer, RedisServer)> = OnceLock::new();
+        SERVERS.get_or_init(|| (RedisServer::start(), RedisServer::start()))
+    }
+
+    herald_engine::engine_conformance! {
+        #[tokio::test]
+        make: || async {
+            let (first, second) = servers();
+            let settings = settings(vec![first.url(), second.url()]);
+            herald_redis::RedisEngine::sharded(&settings).await.expect("connects").into_engine()
         },
-        tokio::time::sleep,
-    )
-    .await;
+        clock: Clock::Real,
+    }
 }
 
-#[tokio::test]
-async fn the_redis_engine_passes_the_conformance_suite_on_a_redis_cluster() {
-    let cluster = RedisCluster::start(3);
-    let urls = cluster.urls();
-    herald_engine::conformance::run_all(
-        || {
-            let settings = settings(urls.clone());
-            async move { Arc::new(RedisEngine::cluster(&settings).await.expect("connects")) as Arc<dyn Engine> }
+mod cluster {
+    use super::*;
+
+    fn cluster() -> &'static RedisCluster {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| RedisCluster::start(3))
+    }
+
+    herald_engine::engine_conformance! {
+        #[tokio::test]
+        make: || async {
+            let settings = settings(cluster().urls());
+            herald_redis::RedisEngine::cluster(&settings).await.expect("connects").into_engine()
         },
-        tokio::time::sleep,
-    )
-    .await;
+        clock: Clock::Real,
+    }
 }

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use herald_core::{ChannelRules, Hub, HubConfig};
-use herald_engine::{DisconnectReason, Engine, Health, MemoryEngine, NodeId};
+use herald_engine::{DisconnectReason, Engine, Health, NodeId};
 use herald_redis::{RedisEngine, RedisSettings};
 
 use crate::api::{self, ApiState};
@@ -103,8 +103,8 @@ pub struct Node {
 impl Node {
     /// Builds the engine, hub and front-ends. Fails loudly; never falls back.
     pub async fn build(config: Config) -> anyhow::Result<Node> {
-        let engine: Arc<dyn Engine> = match &config.engine {
-            EngineConfig::Memory => Arc::new(MemoryEngine::new()),
+        let engine: Engine = match &config.engine {
+            EngineConfig::Memory => Engine::memory(),
             EngineConfig::Redis(redis) => {
                 let sharded = !redis.shards.is_empty();
                 let settings = RedisSettings {
@@ -120,9 +120,9 @@ impl Node {
                     )
                 };
                 if sharded {
-                    Arc::new(RedisEngine::sharded(&settings).await.map_err(unreachable)?)
+                    RedisEngine::sharded(&settings).await.map_err(unreachable)?.into_engine()
                 } else {
-                    Arc::new(RedisEngine::single(&settings).await.map_err(unreachable)?)
+                    RedisEngine::single(&settings).await.map_err(unreachable)?.into_engine()
                 }
             }
             EngineConfig::RedisCluster(cluster) => {
@@ -138,7 +138,7 @@ impl Node {
                         cluster.addresses
                     )
                 })?;
-                Arc::new(engine)
+                engine.into_engine()
             }
         };
         let node_id = NodeId::from(uuid::Uuid::new_v4().to_string());

@@ -43,12 +43,10 @@ impl Hub {
     pub(super) fn on_engine_event(self: Arc<Self>, event: EngineEvent) {
         match event {
             EngineEvent::Publication { channel, publication } => self.fanout(&channel, &publication),
-            EngineEvent::Join { channel, info, user_first } => {
-                self.fanout_presence(&channel, PresenceChange { info: &info, joined: true, user_changed: user_first })
-            }
-            EngineEvent::Leave { channel, info, user_last } => {
-                self.fanout_presence(&channel, PresenceChange { info: &info, joined: false, user_changed: user_last })
-            }
+            EngineEvent::Presence { channel, event } => self.fanout_presence(
+                &channel,
+                PresenceChange { info: event.info(), joined: event.is_join(), user_changed: event.user_changed() },
+            ),
             EngineEvent::Control(command) => self.on_control(command),
             EngineEvent::Interrupted => self.on_interrupted(),
         }

@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use herald_engine::{
-    ChannelName, ClientId, ClientInfo, Control, Engine, EngineError, EngineEvent, Epoch, EventHandler, Health,
-    HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine, NodeId, NodeInfo, Offset, PresenceStats, Publication,
+    Broker, ChannelName, ClientId, Control, Engine, EngineError, EngineEvent, Epoch, EventHandler, Health, History,
+    HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine, NodeId, Offset, PresenceEvent, Publication,
     PublishOptions, PublishResult, StreamPosition, UserId,
 };
 use proptest::prelude::*;
@@ -57,20 +56,16 @@ impl EventHandler for Forward {
     }
 }
 
-/// The memory engine, but a history read lets other tasks run before and
-/// after it, and delivery lags behind publishing as with a remote engine,
-/// so publications race the recovery read at the seam from both sides.
+/// The memory engine, but delivery lags behind publishing as with a remote
+/// engine, so history can include a publication the node has not received
+/// yet...
 #[derive(Debug)]
-struct RacyHistory(MemoryEngine);
+struct LateBroker(Arc<MemoryEngine>);
 
 #[async_trait::async_trait]
-impl Engine for RacyHistory {
-    fn name(&self) -> &'static str {
-        "racy-history"
-    }
+impl Broker for LateBroker {
     async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
-        // Like a remote engine, deliver later than the publish (in order):
-        // history can include a publication the node has not received yet.
+        // Deliver later than the publish, in order.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<EngineEvent>();
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
@@ -83,15 +78,30 @@ impl Engine for RacyHistory {
     async fn publish(&self, c: &ChannelName, p: Publication, o: &PublishOptions) -> Result<PublishResult, EngineError> {
         self.0.publish(c, p, o).await
     }
-    async fn publish_presence_event(&self, e: EngineEvent) -> Result<(), EngineError> {
-        self.0.publish_presence_event(e).await
+    async fn publish_presence(&self, c: &ChannelName, e: PresenceEvent) -> Result<(), EngineError> {
+        self.0.publish_presence(c, e).await
     }
     async fn subscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        self.0.subscribe(c).await
+        Broker::subscribe(&*self.0, c).await
     }
     async fn unsubscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        self.0.unsubscribe(c).await
+        Broker::unsubscribe(&*self.0, c).await
     }
+    async fn send_control(&self, c: Control) -> Result<(), EngineError> {
+        self.0.send_control(c).await
+    }
+    async fn health(&self) -> Health {
+        self.0.health().await
+    }
+}
+
+/// ...and a history read lets other tasks run before and after it, so
+/// publications race the recovery read at the seam from both sides.
+#[derive(Debug)]
+struct RacyHistory(Arc<MemoryEngine>);
+
+#[async_trait::async_trait]
+impl History for RacyHistory {
     async fn history(
         &self,
         c: &ChannelName,
@@ -106,33 +116,18 @@ impl Engine for RacyHistory {
     async fn remove_history(&self, c: &ChannelName) -> Result<(), EngineError> {
         self.0.remove_history(c).await
     }
-    async fn add_presence(&self, c: &ChannelName, i: &ClientInfo, t: Duration) -> Result<bool, EngineError> {
-        self.0.add_presence(c, i, t).await
-    }
-    async fn remove_presence(&self, c: &ChannelName, i: &ClientInfo) -> Result<bool, EngineError> {
-        self.0.remove_presence(c, i).await
-    }
-    async fn presence(&self, c: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
-        self.0.presence(c).await
-    }
-    async fn presence_stats(&self, c: &ChannelName) -> Result<PresenceStats, EngineError> {
-        self.0.presence_stats(c).await
-    }
-    async fn expire_presence(&self, c: &ChannelName) -> Result<Vec<(ClientInfo, bool)>, EngineError> {
-        self.0.expire_presence(c).await
-    }
-    async fn register_node(&self, i: &NodeInfo, t: Duration) -> Result<(), EngineError> {
-        self.0.register_node(i, t).await
-    }
-    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
-        self.0.nodes().await
-    }
-    async fn send_control(&self, c: Control) -> Result<(), EngineError> {
-        self.0.send_control(c).await
-    }
-    async fn health(&self) -> Health {
-        self.0.health().await
-    }
+}
+
+fn racy_engine() -> Engine {
+    let memory = Arc::new(MemoryEngine::new());
+    Engine::from_parts(
+        "racy",
+        Arc::new(LateBroker(memory.clone())),
+        Arc::new(RacyHistory(memory.clone())),
+        memory.clone(),
+        memory.clone(),
+        memory,
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -229,7 +224,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         ..Default::default()
     };
     let rules = ChannelRules::new(NamespaceOptions::default(), BTreeMap::from([("feed".to_owned(), feed)]));
-    let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), Arc::new(RacyHistory(MemoryEngine::new())));
+    let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), racy_engine());
     hub.start().await.unwrap();
     let channel = ChannelName::new("feed:x").unwrap();
     let mut client = Client { conn: None, position: None, told_unrecoverable: 0 };

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use herald_engine::{ChannelName, ClientInfo, EngineEvent, HistoryOptions, HistoryQuery};
+use herald_engine::{Arrival, ChannelName, ClientInfo, Departure, HistoryOptions, HistoryQuery, PresenceEvent};
 
 use super::recovery::{self, Recovery};
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest, Subscriber};
@@ -59,7 +59,7 @@ impl Hub {
 
         let known = self.channels.read(channel).contains_key(channel);
         if !known {
-            self.engine.subscribe(channel).await?;
+            self.engine.broker().subscribe(channel).await?;
         }
         let subscriber = Subscriber {
             conn: conn.clone(),
@@ -139,7 +139,7 @@ impl Hub {
             },
             None => HistoryQuery::default(),
         };
-        let read = self.engine.history(channel, &query, history).await?;
+        let read = self.engine.history().history(channel, &query, history).await?;
         outcome.position = read.position.clone();
         if let Some(since) = since {
             outcome.was_recovering = true;
@@ -166,10 +166,16 @@ impl Hub {
         if !options.presence && !options.join_leave {
             return;
         }
+        let presence = self.engine.presence();
         let result = match (options.presence, joined) {
             (false, _) => Ok(false),
-            (true, true) => self.engine.add_presence(channel, &info, self.config.presence_ttl).await,
-            (true, false) => self.engine.remove_presence(channel, &info).await,
+            (true, true) => presence
+                .add_presence(channel, &info, self.config.presence_ttl)
+                .await
+                .map(|arrival| arrival == Arrival::UserArrived),
+            (true, false) => {
+                presence.remove_presence(channel, &info).await.map(|departure| departure == Departure::UserDeparted)
+            }
         };
         let user_changed = result.unwrap_or_else(|error| {
             tracing::warn!(%channel, %error, "presence update failed");
@@ -185,10 +191,10 @@ impl Hub {
         }
         if options.join_leave {
             let event = match joined {
-                true => EngineEvent::Join { channel: channel.clone(), info, user_first: user_changed },
-                false => EngineEvent::Leave { channel: channel.clone(), info, user_last: user_changed },
+                true => PresenceEvent::Join { info, user_arrived: user_changed },
+                false => PresenceEvent::Leave { info, user_departed: user_changed },
             };
-            if let Err(error) = self.engine.publish_presence_event(event).await {
+            if let Err(error) = self.engine.broker().publish_presence(channel, event).await {
                 tracing::warn!(%channel, %error, "join/leave event not sent");
             }
         }
@@ -260,7 +266,7 @@ impl Hub {
             }
         };
         if left == Some(0) {
-            if let Err(error) = self.engine.unsubscribe(channel).await {
+            if let Err(error) = self.engine.broker().unsubscribe(channel).await {
                 tracing::warn!(%channel, %error, "engine unsubscribe failed; the node may receive publications it drops");
             }
         }

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_engine::{ChannelName, ClientId, Control, DisconnectReason, MemoryEngine, NodeId, Publication, UserId};
+use herald_engine::{ChannelName, ClientId, Control, DisconnectReason, Engine, NodeId, Publication, UserId};
 
 use super::*;
 use crate::connection::{ConnectionSpec, PresenceChange, PushEncoder};
@@ -67,7 +67,7 @@ impl Fixture {
     async fn new() -> Self {
         let mut config = HubConfig::new(NodeId::new("test"), rules());
         config.max_channels_per_connection = 4;
-        let hub = Hub::new(config, Arc::new(MemoryEngine::new()));
+        let hub = Hub::new(config, Engine::memory());
         hub.start().await.unwrap();
         Self { hub, encoder: Arc::new(TestEncoder::default()) }
     }
@@ -288,7 +288,7 @@ async fn presence_outlives_its_ttl_while_the_connection_lives_and_leaves_with_it
     let mut config = HubConfig::new(NodeId::new("test"), rules);
     config.presence_update_interval = std::time::Duration::from_secs(5);
     config.presence_ttl = std::time::Duration::from_secs(12);
-    let hub = Hub::new(config, Arc::new(MemoryEngine::new()));
+    let hub = Hub::new(config, Engine::memory());
     hub.start().await.unwrap();
     let f = Fixture { hub: hub.clone(), encoder: Arc::new(TestEncoder::default()) };
     let ann = f.connect("ann", 1 << 20);
@@ -332,7 +332,7 @@ impl HubObserver for Transitions {
 async fn observed_fixture() -> (Fixture, Arc<Transitions>) {
     let mut config = HubConfig::new(NodeId::new("test"), rules().with_pusher_conventions());
     config.track_occupancy = true;
-    let f = Fixture { hub: Hub::new(config, Arc::new(MemoryEngine::new())), encoder: Arc::default() };
+    let f = Fixture { hub: Hub::new(config, Engine::memory()), encoder: Arc::default() };
     f.hub.start().await.unwrap();
     let seen = Arc::new(Transitions::default());
     f.hub.observe(seen.clone());

@@ -6,23 +6,28 @@
 //! Everything is lost when the process exits; a restarted node's streams
 //! start under new epochs, so clients learn that recovery is impossible.
 //! Time is `tokio::time`, so tests can pause and advance it.
+//!
+//! - here: the state, the [`Broker`] and the [`History`];
+//! - `stream`: one channel's history stream;
+//! - `presence`: the [`crate::Presence`] part;
+//! - `occupancy`: the [`crate::Occupancy`] and [`crate::NodeRegistry`] parts.
 
+mod occupancy;
+mod presence;
 mod stream;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::engine::{
-    Engine, EngineError, EventHandler, Health, HistoryOptions, HistoryQuery, HistoryResult, PublishOptions,
-    PublishResult,
-};
+use crate::broker::{Broker, EventHandler, HistoryOptions, PublishOptions, PublishResult};
+use crate::engine::{EngineError, Health};
+use crate::history::{History, HistoryQuery, HistoryResult};
 use crate::ids::{ChannelName, ClientId, NodeId};
-use crate::message::{ClientInfo, Control, EngineEvent, NodeInfo, PresenceStats, Publication};
+use crate::message::{ClientInfo, Control, EngineEvent, NodeInfo, PresenceEvent, Publication};
 use stream::Stream;
 
 /// How many locks the channel state is split over.
@@ -34,12 +39,15 @@ const STREAM_SWEEP_EVERY: u64 = 1024;
 /// Idempotency records are swept once the map holds this many.
 const IDEMPOTENCY_SWEEP_AT: usize = 10_000;
 
+/// The state of the channels that hash to one lock.
 #[derive(Debug, Default)]
 struct Shard {
-    subscribed: std::collections::HashSet<ChannelName>,
+    subscribed: HashSet<ChannelName>,
     streams: HashMap<ChannelName, Stream>,
     idempotency: HashMap<(ChannelName, String), (PublishResult, Instant)>,
     presence: HashMap<ChannelName, HashMap<ClientId, (ClientInfo, Instant)>>,
+    /// Each channel's serving nodes: their subscriber counts and expiry.
+    occupancy: HashMap<ChannelName, HashMap<NodeId, (usize, Instant)>>,
     operations: u64,
 }
 
@@ -48,6 +56,8 @@ pub struct MemoryEngine {
     handler: OnceLock<Arc<dyn EventHandler>>,
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
+    /// The occupied channels, each until its entry expires.
+    occupied: Mutex<HashMap<ChannelName, Instant>>,
     nodes: Mutex<HashMap<NodeId, (NodeInfo, Instant)>>,
 }
 
@@ -63,12 +73,20 @@ impl Default for MemoryEngine {
     }
 }
 
+/// Takes a lock even if a panic poisoned it: the maps stay consistent, as
+/// no operation panics halfway through an update.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl MemoryEngine {
+    /// An engine with nothing in it, not yet started.
     pub fn new() -> Self {
         Self {
             handler: OnceLock::new(),
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            occupied: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
         }
     }
@@ -78,8 +96,8 @@ impl MemoryEngine {
     }
 
     fn shard(&self, channel: &ChannelName) -> MutexGuard<'_, Shard> {
-        let index = self.hasher.hash_one(channel) as usize % self.shards.len();
-        self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
+        // The modulo keeps the index in range.
+        lock(&self.shards[self.hasher.hash_one(channel) as usize % self.shards.len()])
     }
 }
 
@@ -103,11 +121,7 @@ fn live_stream<'a>(
 }
 
 #[async_trait]
-impl Engine for MemoryEngine {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-
+impl Broker for MemoryEngine {
     async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
         // A second start keeps the first handler: one node owns the engine.
         let _ = self.handler.set(handler);
@@ -152,16 +166,10 @@ impl Engine for MemoryEngine {
         Ok(result)
     }
 
-    async fn publish_presence_event(&self, event: EngineEvent) -> Result<(), EngineError> {
+    async fn publish_presence(&self, channel: &ChannelName, event: PresenceEvent) -> Result<(), EngineError> {
         let handler = self.handler()?;
-        let channel = match &event {
-            EngineEvent::Join { channel, .. } | EngineEvent::Leave { channel, .. } => channel,
-            EngineEvent::Publication { .. } | EngineEvent::Control(_) | EngineEvent::Interrupted => {
-                return Err(EngineError::Unavailable("not a presence event".into()))
-            }
-        };
         if self.shard(channel).subscribed.contains(channel) {
-            handler.handle(event);
+            handler.handle(EngineEvent::Presence { channel: channel.clone(), event });
         }
         Ok(())
     }
@@ -174,90 +182,6 @@ impl Engine for MemoryEngine {
     async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
         self.shard(channel).subscribed.remove(channel);
         Ok(())
-    }
-
-    async fn history(
-        &self,
-        channel: &ChannelName,
-        query: &HistoryQuery,
-        options: &HistoryOptions,
-    ) -> Result<HistoryResult, EngineError> {
-        let now = Instant::now();
-        let mut shard = self.shard(channel);
-        Ok(live_stream(&mut shard, channel, options, now).read(query))
-    }
-
-    async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.shard(channel).streams.remove(channel);
-        Ok(())
-    }
-
-    async fn add_presence(&self, channel: &ChannelName, info: &ClientInfo, ttl: Duration) -> Result<bool, EngineError> {
-        let until = Instant::now() + ttl;
-        let mut shard = self.shard(channel);
-        let entries = shard.presence.entry(channel.clone()).or_default();
-        let new = entries.insert(info.client.clone(), (info.clone(), until)).is_none();
-        // Expired entries not yet swept still count, as in the Redis engine:
-        // their user's departure is announced by the sweep.
-        Ok(new && entries.values().filter(|(other, _)| other.user == info.user).count() == 1)
-    }
-
-    async fn remove_presence(&self, channel: &ChannelName, info: &ClientInfo) -> Result<bool, EngineError> {
-        let mut shard = self.shard(channel);
-        let Some(entries) = shard.presence.get_mut(channel) else { return Ok(false) };
-        let removed = entries.remove(&info.client).is_some();
-        let user_left = removed && !entries.values().any(|(other, _)| other.user == info.user);
-        if entries.is_empty() {
-            shard.presence.remove(channel);
-        }
-        Ok(user_left)
-    }
-
-    async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
-        let now = Instant::now();
-        let mut shard = self.shard(channel);
-        let Some(entries) = shard.presence.get_mut(channel) else { return Ok(Vec::new()) };
-        Ok(entries.values().filter(|(_, until)| now < *until).map(|(info, _)| info.clone()).collect())
-    }
-
-    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<(ClientInfo, bool)>, EngineError> {
-        let now = Instant::now();
-        let mut shard = self.shard(channel);
-        let Some(entries) = shard.presence.get_mut(channel) else { return Ok(Vec::new()) };
-        let expired: Vec<ClientId> =
-            entries.iter().filter(|(_, (_, until))| now >= *until).map(|(c, _)| c.clone()).collect();
-        let mut gone = Vec::with_capacity(expired.len());
-        for client in expired {
-            if let Some((info, _)) = entries.remove(&client) {
-                let user_last = !entries.values().any(|(other, _)| other.user == info.user);
-                gone.push((info, user_last));
-            }
-        }
-        if entries.is_empty() {
-            shard.presence.remove(channel);
-        }
-        Ok(gone)
-    }
-
-    async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, EngineError> {
-        let present = self.presence(channel).await?;
-        let users: std::collections::HashSet<&str> = present.iter().map(|i| i.user.as_str()).collect();
-        Ok(PresenceStats { num_clients: present.len(), num_users: users.len() })
-    }
-
-    async fn register_node(&self, info: &NodeInfo, ttl: Duration) -> Result<(), EngineError> {
-        let until = Instant::now() + ttl;
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(info.id.clone(), (info.clone(), until));
-        Ok(())
-    }
-
-    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
-        let now = Instant::now();
-        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes.retain(|_, (_, until)| now < *until);
-        let mut live: Vec<NodeInfo> = nodes.values().map(|(info, _)| info.clone()).collect();
-        live.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(live)
     }
 
     async fn send_control(&self, command: Control) -> Result<(), EngineError> {
@@ -273,16 +197,30 @@ impl Engine for MemoryEngine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[async_trait]
+impl History for MemoryEngine {
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+        options: &HistoryOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        let now = Instant::now();
+        let mut shard = self.shard(channel);
+        Ok(live_stream(&mut shard, channel, options, now).read(query))
+    }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_memory_engine_passes_the_conformance_suite() {
-        crate::conformance::run_all(
-            || async { Arc::new(MemoryEngine::new()) as Arc<dyn Engine> },
-            tokio::time::advance,
-        )
-        .await;
+    async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.shard(channel).streams.remove(channel);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod conformance {
+    crate::engine_conformance! {
+        #[tokio::test(start_paused = true)]
+        make: || async { crate::Engine::memory() },
+        clock: crate::conformance::Clock::Paused,
     }
 }

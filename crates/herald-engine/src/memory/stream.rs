@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::engine::{HistoryOptions, HistoryQuery, HistoryResult};
+use crate::broker::HistoryOptions;
+use crate::history::{HistoryQuery, HistoryResult};
 use crate::ids::{Epoch, Offset};
 use crate::message::{Publication, StreamPosition};
 

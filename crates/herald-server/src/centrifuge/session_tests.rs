@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use herald_core::{ChannelRules, Hub, HubConfig};
-use herald_engine::{MemoryEngine, NodeId};
+use herald_engine::{Engine, NodeId};
 
 use super::session::{run, SessionSettings, Shared};
 use super::CentrifugeEncoder;
@@ -28,7 +28,7 @@ struct Harness {
 
 async fn session() -> Harness {
     let client = ClientConfig { token_hmac_secret: Some(Secret::new(SECRET)), ..ClientConfig::default() };
-    let hub = Hub::new(HubConfig::new(NodeId::new("n"), ChannelRules::default()), Arc::new(MemoryEngine::new()));
+    let hub = Hub::new(HubConfig::new(NodeId::new("n"), ChannelRules::default()), Engine::memory());
     hub.start().await.unwrap();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {

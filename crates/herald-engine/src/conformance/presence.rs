@@ -1,0 +1,77 @@
+//! Presence's cases: counting, expiry, and users' arrivals and departures.
+
+use std::time::Duration;
+
+use super::{channel, info, Clock, Recorder};
+use crate::engine::Engine;
+use crate::ids::ClientId;
+use crate::message::PresenceStats;
+use crate::presence::{Arrival, Departure};
+
+/// A user with two connections counts once; only refreshed entries
+/// outlive their ttl; each expired entry is handed out once.
+pub async fn presence_counts_users_once_and_expires(engine: Engine, clock: Clock) {
+    let _events = Recorder::start(&engine).await;
+    let presence = engine.presence();
+    let ch = channel("conformance:presence");
+    let ttl = Duration::from_secs(2);
+    for (user, client, arrives) in [("ann", "c1", true), ("ann", "c2", false), ("bob", "c3", true)] {
+        let arrival = presence.add_presence(&ch, &info(user, client), ttl).await.expect("add presence");
+        assert_eq!(arrival == Arrival::UserArrived, arrives, "{client} is {user}'s first entry: {arrives}");
+    }
+    let mut present: Vec<String> =
+        presence.presence(&ch).await.expect("presence").into_iter().map(|i| i.client.to_string()).collect();
+    present.sort();
+    assert_eq!(present, ["c1", "c2", "c3"]);
+    let stats = presence.presence_stats(&ch).await.expect("stats");
+    assert_eq!(stats, PresenceStats { num_clients: 3, num_users: 2 }, "a user with two connections counts once");
+
+    let departure = presence.remove_presence(&ch, &info("ann", "c2")).await.expect("remove presence");
+    assert_eq!(departure, Departure::UserRemains, "ann is still there with c1");
+    assert_eq!(presence.presence_stats(&ch).await.expect("stats"), PresenceStats { num_clients: 2, num_users: 2 });
+
+    clock.advance(ttl / 2).await;
+    let arrival = presence.add_presence(&ch, &info("bob", "c3"), ttl).await.expect("refresh presence");
+    assert_eq!(arrival, Arrival::UserWasPresent, "a refresh is no arrival");
+    clock.advance(ttl / 2 + Duration::from_millis(500)).await;
+    let present = presence.presence(&ch).await.expect("presence");
+    assert_eq!(present.len(), 1, "only the refreshed entry outlives its ttl: {present:?}");
+    assert_eq!(present[0].client, ClientId::new("c3"));
+    assert_eq!(presence.presence_stats(&ch).await.expect("stats"), PresenceStats { num_clients: 1, num_users: 1 });
+
+    let expired: Vec<(String, Departure)> = presence
+        .expire_presence(&ch)
+        .await
+        .expect("expire")
+        .into_iter()
+        .map(|entry| (entry.info.client.to_string(), entry.departure))
+        .collect();
+    assert_eq!(
+        expired,
+        [("c1".to_owned(), Departure::UserDeparted)],
+        "the entry that expired is handed out for its leave, ann's last"
+    );
+    assert!(presence.expire_presence(&ch).await.expect("expire").is_empty(), "and only once");
+}
+
+/// Of two concurrent tabs of one user, exactly one is the arrival and
+/// exactly one the departure.
+pub async fn a_users_arrival_and_departure_are_reported_once(engine: Engine, _: Clock) {
+    let _events = Recorder::start(&engine).await;
+    let presence = engine.presence();
+    let ch = channel("conformance:users");
+    let ttl = Duration::from_secs(60);
+    let (tab1, tab2) = (info("ann", "t1"), info("ann", "t2"));
+    let (first1, first2) = tokio::join!(presence.add_presence(&ch, &tab1, ttl), presence.add_presence(&ch, &tab2, ttl));
+    let arrivals = [first1.expect("add"), first2.expect("add")];
+    let arrived = arrivals.iter().filter(|a| **a == Arrival::UserArrived).count();
+    assert_eq!(arrived, 1, "one of two concurrent tabs is the arrival: {arrivals:?}");
+    let (last1, last2) = tokio::join!(presence.remove_presence(&ch, &tab1), presence.remove_presence(&ch, &tab2));
+    let departures = [last1.expect("remove"), last2.expect("remove")];
+    let departed = departures.iter().filter(|d| **d == Departure::UserDeparted).count();
+    assert_eq!(departed, 1, "one of two tabs is the departure: {departures:?}");
+    let again = presence.remove_presence(&ch, &tab2).await.expect("remove");
+    assert_eq!(again, Departure::UserRemains, "removing a missing entry is no departure");
+    let back = presence.add_presence(&ch, &tab2, ttl).await.expect("add");
+    assert_eq!(back, Arrival::UserArrived, "after leaving, ann arrives again");
+}

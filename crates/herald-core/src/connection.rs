@@ -6,34 +6,21 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use herald_engine::{ChannelName, ClientId, ClientInfo, Publication, UserId};
+use herald_engine::{ChannelName, ClientId, ClientInfo, PresenceEvent, Publication, UserId};
 
 use crate::outbox::Outbox;
-
-/// A join or leave as the hub delivers it to subscribers.
-#[derive(Debug, Clone, Copy)]
-pub struct PresenceChange<'a> {
-    pub info: &'a ClientInfo,
-    /// A join (else a leave).
-    pub joined: bool,
-    /// The client was its user's first connection in the channel (for a
-    /// join) or its last (for a leave): the user arrived or departed.
-    pub user_changed: bool,
-}
 
 /// Encodes pushes for one front-end's protocol. The hub calls it once per
 /// publication and protocol, and shares the bytes among all subscribers.
 pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
+    /// A publication push for every subscriber of `channel`.
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes;
 
     /// A join or leave push, or `None` when the protocol does not announce
-    /// this change (Pusher announces users, not connections).
-    fn encode_presence(&self, channel: &ChannelName, change: PresenceChange<'_>) -> Option<Bytes>;
-
-    /// Whether a connection hears the joins and leaves of its own user.
-    fn presence_to_own_user(&self) -> bool {
-        true
-    }
+    /// this change to these subscribers. `to_own_user` tells whether they
+    /// are connections of the user that joined or left (a protocol may
+    /// announce users, and not a user to itself).
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, to_own_user: bool) -> Option<Bytes>;
 }
 
 /// What a front-end tells the hub about a connection it authenticated.
@@ -55,7 +42,8 @@ pub struct Subscription {
     /// The subscriber asked for join and leave events.
     pub join_leave: bool,
     /// Who the connection is in this channel, when not its connection's
-    /// user (a Pusher presence subscription names its member).
+    /// user (a subscription that names its own member, as Pusher's
+    /// presence channels do).
     pub user: Option<UserId>,
 }
 
@@ -121,7 +109,8 @@ pub(crate) fn remove_first<T>(list: &mut Vec<T>, matches: impl Fn(&T) -> bool) -
 #[derive(Debug)]
 pub struct Connection {
     pub(crate) client: ClientId,
-    /// Changes only when a Pusher connection signs in (see `Hub::sign_in`).
+    /// Changes only when the connection authenticates after it connected
+    /// (see `Hub::set_user`).
     pub(crate) user: Mutex<UserId>,
     pub(crate) conn_info: Option<Bytes>,
     pub(crate) encoder: Arc<dyn PushEncoder>,

@@ -1,11 +1,26 @@
 //! The hub: the node's registry of connections and subscriptions, and the
-//! fanout from engine to connections.
+//! fanout from engine to connections. `Hub` is a façade over parts with
+//! one job each:
+//!
+//! - `registry`: the node's connections, by client and by user;
+//! - `channels`: each channel's local subscribers and its interest lock;
+//! - `fanout`: what the engine delivers, pushed into subscribers' outboxes;
+//! - `subscriptions`: subscribing and unsubscribing (permissions, limits,
+//!   engine interest, the recovery seam);
+//! - `recovery`: deciding a recovery from a history read;
+//! - `presence`: presence entries, joins and leaves;
+//! - `occupancy`: cluster-wide occupancy and its transitions;
+//! - `observer`: who hears the transitions this node decides;
+//! - `events`: engine events and control commands applied to connections;
+//! - `heartbeat`: the periodic refresh of presence, occupancy and this
+//!   node's registry entry;
+//! - `reads`: history and presence reads.
 //!
 //! Invariants:
 //! - The node is subscribed to a channel on its engine exactly while at
 //!   least one local connection is subscribed to it. Changes of that interest
-//!   are serialized per channel by `interest_locks`, so "first subscriber"
-//!   and "last unsubscriber" cannot race.
+//!   are serialized per channel by the channel's interest lock, so "first
+//!   subscriber" and "last unsubscriber" cannot race.
 //! - A subscription is added to the channel map and its reply queued in the
 //!   connection's outbox under the same shard lock that fanout reads under,
 //!   so a subscriber sees its subscribe reply before any publication of the
@@ -18,34 +33,46 @@
 //! - Fanout never blocks: it encodes a publication once per protocol and
 //!   pushes the shared bytes into bounded outboxes (see `outbox.rs`).
 
+mod channels;
 mod events;
+mod fanout;
+mod heartbeat;
+mod observer;
 mod occupancy;
+mod presence;
+mod reads;
 mod recovery;
+mod registry;
 mod subscriptions;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_engine::{
-    ChannelName, ClientId, ClientInfo, Control, Departure, DisconnectReason, Engine, EngineEvent, EventHandler,
-    HistoryQuery, HistoryResult, NodeId, NodeInfo, PresenceStats, Publication, PublishOptions, PublishResult,
-    StreamPosition, UserId,
+    ChannelName, Control, DisconnectReason, Engine, EngineEvent, EventHandler, NodeId, NodeInfo, Publication,
+    PublishOptions, PublishResult, StreamPosition, UserId,
 };
 
-use crate::connection::{push_exact, remove_first, Connection, ConnectionSpec, Subscription};
+use crate::connection::{Connection, ConnectionSpec, Subscription};
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, PublishPolicy};
-use crate::shard::{ShardedMap, SHARDS};
-pub use occupancy::HubObserver;
+use channels::Channels;
+use observer::Observer;
+use occupancy::OccupancyTracker;
+use presence::PresenceKeeper;
+use registry::Registry;
+
+pub use channels::glob_match;
+pub use observer::HubObserver;
 pub use recovery::{decide as decide_recovery, Recovery};
 
 /// Hub-wide settings.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
+    /// This node's id in the cluster.
     pub node: NodeId,
+    /// Namespaces and their options.
     pub rules: ChannelRules,
     /// How many channels one connection may hold in all (0 = no limit).
     pub max_channels_per_connection: usize,
@@ -89,6 +116,7 @@ pub enum SubscribeAccess {
 /// What a subscriber asks for besides the channel.
 #[derive(Debug, Clone, Default)]
 pub struct SubscribeRequest {
+    /// Per-subscription state kept with the connection.
     pub subscription: Subscription,
     /// Wants stream positions.
     pub positioned: bool,
@@ -103,6 +131,7 @@ pub struct SubscribeRequest {
 pub struct SubscribeOutcome {
     /// Positions are tracked (the namespace has history).
     pub positioned: bool,
+    /// The subscription recovers on resubscribe.
     pub recoverable: bool,
     /// The stream position the subscriber continues from.
     pub position: StreamPosition,
@@ -110,54 +139,34 @@ pub struct SubscribeOutcome {
     pub was_recovering: bool,
     /// Recovery succeeded; `publications` are exactly what was missed.
     pub recovered: bool,
+    /// What the subscriber missed, when it recovered.
     pub publications: Vec<Arc<Publication>>,
 }
 
 /// Counts for `/api/info` and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HubStats {
+    /// Connections on this node.
     pub clients: usize,
+    /// Distinct users of those connections.
     pub users: usize,
+    /// Channels with a local subscriber.
     pub channels: usize,
+    /// Local subscriptions.
     pub subscriptions: usize,
 }
-
-/// A connection's place in a channel.
-#[derive(Debug)]
-struct Subscriber {
-    conn: Arc<Connection>,
-    join_leave: bool,
-    /// Tracks stream positions: must recover when the engine was interrupted.
-    positioned: bool,
-    /// Who the connection is in this channel.
-    user: UserId,
-    /// For a positioned subscriber: the position its reply (or recovery)
-    /// already covered. With a remote engine a publication can reach the
-    /// node after the history read that included it; it is not sent twice.
-    live_after: Option<StreamPosition>,
-    /// Present while the subscription recovers: publications wait here.
-    /// (Boxed: most subscribers never recover, and every one pays for the
-    /// inline size.)
-    recovering: Option<Box<Mutex<Vec<Arc<Publication>>>>>,
-}
-
-type Subscribers = HashMap<ClientId, Subscriber>;
 
 /// The node's hub. Cheap to share: hold it in an `Arc`.
 #[derive(Debug)]
 pub struct Hub {
     config: HubConfig,
     engine: Engine,
-    connections: ShardedMap<ClientId, Arc<Connection>>,
-    /// Each user's connections, as a list kept exactly as long as it is:
-    /// most users have one or two, and a hash map per user cost more than
-    /// the rest of an idle connection's hub records.
-    users: ShardedMap<UserId, Vec<Arc<Connection>>>,
-    channels: ShardedMap<ChannelName, Subscribers>,
-    interest_locks: Box<[tokio::sync::Mutex<()>]>,
-    closing: AtomicBool,
+    registry: Registry,
+    channels: Channels,
+    presence: PresenceKeeper,
+    occupancy: OccupancyTracker,
+    observer: Observer,
     started: Instant,
-    observer: OnceLock<Arc<dyn HubObserver>>,
 }
 
 /// Hands engine events to the hub without keeping it alive.
@@ -172,173 +181,69 @@ impl EventHandler for HubEvents {
 }
 
 impl Hub {
+    /// A hub over `engine`; call [`Hub::start`] before serving.
     pub fn new(config: HubConfig, engine: Engine) -> Arc<Self> {
+        let observer = Observer::default();
         Arc::new(Self {
+            presence: PresenceKeeper::new(engine.clone(), config.presence_ttl, observer.clone()),
+            occupancy: OccupancyTracker::new(&config, engine.clone(), observer.clone()),
+            observer,
             config,
             engine,
-            connections: ShardedMap::new(),
-            users: ShardedMap::new(),
-            channels: ShardedMap::new(),
-            interest_locks: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
-            closing: AtomicBool::new(false),
+            registry: Registry::new(),
+            channels: Channels::new(),
             started: Instant::now(),
-            observer: OnceLock::new(),
         })
     }
 
-    /// Connects the hub to its engine and starts refreshing presence and
-    /// this node's registry entry; call once before serving.
+    /// Connects the hub to its engine and starts the heartbeat that
+    /// refreshes presence, occupancy and this node's registry entry; call
+    /// once before serving.
     pub async fn start(self: &Arc<Self>) -> Result<(), HubError> {
         self.engine.start(Arc::new(HubEvents(Arc::downgrade(self)))).await?;
-        self.heartbeat().await;
-        let hub = Arc::downgrade(self);
-        let every = self.config.presence_update_interval;
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(hub) = hub.upgrade() else { return };
-                hub.heartbeat().await;
-            }
-        });
+        heartbeat::start(self).await;
         Ok(())
     }
 
-    /// Refreshes this node's presence entries and registry entry, and
-    /// announces the leave of clients whose presence expired.
-    async fn heartbeat(&self) {
-        self.refresh_presence().await;
-        self.announce_expired_presence().await;
-        self.register_node().await;
-    }
-
-    /// Clients whose connection or node died never sent a leave; their
-    /// entries expire, and a node with subscribers in the channel announces
-    /// the leave (each expired entry goes to one node only).
-    async fn announce_expired_presence(&self) {
-        let local = self.channels(None);
-        self.refresh_occupancy(&local).await;
-        let channels =
-            local.into_iter().map(|(c, _)| c).filter(|c| self.config.rules.resolve(c).is_ok_and(|o| o.presence));
-        for channel in channels {
-            let expired = match self.engine.presence().expire_presence(&channel).await {
-                Ok(expired) => expired,
-                Err(error) => {
-                    tracing::warn!(%channel, %error, "presence expiry sweep failed");
-                    continue;
-                }
-            };
-            let join_leave = self.config.rules.resolve(&channel).is_ok_and(|o| o.join_leave);
-            for entry in expired {
-                let user_departed = entry.departure == Departure::UserDeparted;
-                if user_departed {
-                    if let Some(observer) = self.observer.get() {
-                        observer.user_left(&channel, &entry.info);
-                    }
-                }
-                if !join_leave {
-                    continue;
-                }
-                let event = herald_engine::PresenceEvent::Leave { info: entry.info, user_departed };
-                if let Err(error) = self.engine.broker().publish_presence(&channel, event).await {
-                    tracing::warn!(%channel, %error, "leave of an expired presence entry not sent");
-                }
-            }
-        }
-    }
-
-    async fn refresh_presence(&self) {
-        let mut refresh = Vec::new();
-        self.connections.for_each_shard(|shard| {
-            for conn in shard.values() {
-                // Collected first: `info_in` takes the subscriptions lock itself.
-                let present: Vec<ChannelName> = conn
-                    .subscriptions()
-                    .keys()
-                    .filter(|channel| self.config.rules.resolve(channel).is_ok_and(|o| o.presence))
-                    .cloned()
-                    .collect();
-                for channel in present {
-                    let info = conn.info_in(&channel);
-                    refresh.push((channel, info));
-                }
-            }
-        });
-        for (channel, info) in refresh {
-            if let Err(error) = self.engine.presence().add_presence(&channel, &info, self.config.presence_ttl).await {
-                tracing::warn!(%channel, %error, "presence refresh failed");
-            }
-        }
-    }
-
-    async fn register_node(&self) {
-        let stats = self.stats();
-        let info = NodeInfo {
-            id: self.config.node.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            num_clients: stats.clients,
-            num_users: stats.users,
-            num_channels: stats.channels,
-            num_subscriptions: stats.subscriptions,
-            uptime: self.started.elapsed().as_secs(),
-        };
-        let ttl = self.config.presence_update_interval * 3;
-        if let Err(error) = self.engine.nodes().register_node(&info, ttl).await {
-            tracing::warn!(%error, "node registry heartbeat failed");
-        }
-    }
-
+    /// This node's id.
     pub fn node(&self) -> &NodeId {
         &self.config.node
     }
 
+    /// The engine this hub runs on.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
+    /// The namespaces' rules.
     pub fn rules(&self) -> &ChannelRules {
         &self.config.rules
     }
 
+    /// Installs the observer of cluster-wide transitions; only the first
+    /// call takes effect.
+    pub fn observe(&self, observer: Arc<dyn HubObserver>) {
+        self.observer.install(observer);
+    }
+
     /// Registers an authenticated connection.
     pub fn connect(&self, spec: ConnectionSpec) -> Result<Arc<Connection>, HubError> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(HubError::NotAvailable("node is shutting down".into()));
-        }
         let conn = Arc::new(Connection::new(spec));
-        self.connections.write(&conn.client).insert(conn.client.clone(), conn.clone());
-        let user = conn.user();
-        self.remember_user(&conn, user);
+        self.registry.add(conn.clone())?;
         Ok(conn)
     }
 
-    /// Makes `user` the connection's user (a Pusher sign-in), so commands
-    /// addressed to that user reach it.
-    pub fn sign_in(&self, conn: &Arc<Connection>, user: UserId) {
-        let previous = std::mem::replace(&mut *conn.user.lock().unwrap_or_else(|e| e.into_inner()), user.clone());
-        self.forget_user(conn, &previous);
-        self.remember_user(conn, user);
-    }
-
-    fn remember_user(&self, conn: &Arc<Connection>, user: UserId) {
-        push_exact(self.users.write(&user).entry(user).or_default(), conn.clone());
-    }
-
-    fn forget_user(&self, conn: &Connection, user: &UserId) {
-        let mut users = self.users.write(user);
-        let Some(conns) = users.get_mut(user) else { return };
-        remove_first(conns, |c| c.client == conn.client);
-        if conns.is_empty() {
-            users.remove(user);
-        }
+    /// Makes `user` the connection's user, for a connection that
+    /// authenticates after it connected, so commands addressed to that
+    /// user reach it.
+    pub fn set_user(&self, conn: &Arc<Connection>, user: UserId) {
+        self.registry.set_user(conn, user);
     }
 
     /// Removes a connection and all its subscriptions. Call when its socket
     /// is gone.
     pub async fn disconnect(&self, conn: &Arc<Connection>) {
-        self.connections.write(&conn.client).remove(&conn.client);
-        self.forget_user(conn, &conn.user());
+        self.registry.remove(conn);
         for channel in conn.channels() {
             self.unsubscribe(conn, &channel).await;
         }
@@ -386,66 +291,6 @@ impl Hub {
         self.publish(channel, publication, None, false).await
     }
 
-    /// A channel's history. `since` from another epoch, or already
-    /// trimmed, is an unrecoverable position.
-    pub async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryResult, HubError> {
-        let options = self.config.rules.resolve(channel)?;
-        let history =
-            options.history().ok_or_else(|| HubError::NotAvailable("history is off in this namespace".into()))?;
-        let result = self.engine.history().history(channel, &query, &history).await?;
-        if let Some(since) = &query.since {
-            let same_epoch = since.epoch.is_empty() || since.epoch == result.position.epoch;
-            let continues = same_epoch
-                && since.offset <= result.position.offset
-                && (query.reverse
-                    || since.offset == result.position.offset
-                    || result.publications.first().is_some_and(|p| p.offset.get() == since.offset.get() + 1));
-            if !continues {
-                return Err(HubError::UnrecoverablePosition);
-            }
-        }
-        Ok(result)
-    }
-
-    /// Drops a channel's history (its epoch changes).
-    pub async fn remove_history(&self, channel: &ChannelName) -> Result<(), HubError> {
-        self.config.rules.resolve(channel)?;
-        Ok(self.engine.history().remove_history(channel).await?)
-    }
-
-    /// Who is in a channel with presence.
-    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, HubError> {
-        self.require_presence(channel)?;
-        Ok(self.engine.presence().presence(channel).await?)
-    }
-
-    pub async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, HubError> {
-        self.require_presence(channel)?;
-        Ok(self.engine.presence().presence_stats(channel).await?)
-    }
-
-    fn require_presence(&self, channel: &ChannelName) -> Result<(), HubError> {
-        match self.config.rules.resolve(channel)?.presence {
-            true => Ok(()),
-            false => Err(HubError::NotAvailable("presence is off in this namespace".into())),
-        }
-    }
-
-    /// Whether `conn` may read history (`presence: false`) or presence
-    /// (`presence: true`) of `channel` as a subscriber.
-    pub fn authorize_read(&self, conn: &Connection, channel: &ChannelName, presence: bool) -> Result<(), HubError> {
-        let options = self.config.rules.resolve(channel)?;
-        let allowed = match presence {
-            true => options.allow_presence_for_subscriber,
-            false => options.allow_history_for_subscriber,
-        };
-        if allowed && conn.is_subscribed(channel) {
-            Ok(())
-        } else {
-            Err(HubError::PermissionDenied)
-        }
-    }
-
     /// Sends a control command to every node of the cluster.
     pub async fn send_control(&self, command: Control) -> Result<(), HubError> {
         Ok(self.engine.broker().send_control(command).await?)
@@ -460,59 +305,20 @@ impl Hub {
     /// Local channels with their local subscriber counts, optionally only
     /// those whose name matches `pattern` (`*` matches any run of characters).
     pub fn channels(&self, pattern: Option<&str>) -> Vec<(ChannelName, usize)> {
-        let mut out = Vec::new();
-        self.channels.for_each_shard(|shard| {
-            for (name, subscribers) in shard {
-                if pattern.is_none_or(|p| glob_match(p, name.as_str())) {
-                    out.push((name.clone(), subscribers.len()));
-                }
-            }
-        });
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        self.channels.list(pattern)
     }
 
+    /// This node's counts.
     pub fn stats(&self) -> HubStats {
-        let mut stats = HubStats::default();
-        self.connections.for_each_shard(|s| stats.clients += s.len());
-        self.users.for_each_shard(|s| stats.users += s.len());
-        self.channels.for_each_shard(|s| {
-            stats.channels += s.len();
-            stats.subscriptions += s.values().map(HashMap::len).sum::<usize>();
-        });
-        stats
+        let (clients, users) = self.registry.counts();
+        let (channels, subscriptions) = self.channels.counts();
+        HubStats { clients, users, channels, subscriptions }
     }
 
     /// Stops accepting connections and closes every open one with `reason`.
     pub fn close_all(&self, reason: DisconnectReason) {
-        self.closing.store(true, Ordering::Release);
-        self.connections.for_each_shard(|shard| {
-            for conn in shard.values() {
-                conn.outbox.close(reason.clone());
-            }
-        });
+        self.registry.close_all(reason);
     }
-
-    fn interest_lock(&self, channel: &ChannelName) -> &tokio::sync::Mutex<()> {
-        &self.interest_locks[self.channels.shard_index(channel) % self.interest_locks.len()]
-    }
-}
-
-/// Matches `text` against a pattern where `*` stands for any run of
-/// characters (including none) and everything else matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else { return false };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[cfg(test)]

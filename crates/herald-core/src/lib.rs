@@ -7,11 +7,15 @@
 //!
 //! # Layout
 //!
-//! - [`hub`]: the registry and the fanout path (`Hub`).
+//! - [`hub`]: [`Hub`], a façade over the node's parts: its connections,
+//!   channels, fanout, subscriptions, presence, occupancy, engine events and
+//!   heartbeat (one file each under `hub/`).
 //! - [`connection`]: a connection as the hub sees it, and the
 //!   [`PushEncoder`] each front-end supplies.
 //! - [`outbox`]: the bounded per-connection queue; owns backpressure.
-//! - [`namespace`]: namespaces, their options and permission rules.
+//! - [`namespace`]: namespaces, their options and permission rules, and the
+//!   [`ChannelConventions`] interface through which a protocol gives
+//!   channel names a meaning of its own (Pusher's `presence-`, `cache-`).
 //! - [`error`]: [`HubError`], mapped to codes by each front-end.
 
 #![forbid(unsafe_code)]
@@ -23,10 +27,10 @@ pub mod namespace;
 pub mod outbox;
 mod shard;
 
-pub use connection::{Connection, ConnectionSpec, PresenceChange, PushEncoder, Subscription};
+pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription};
 pub use error::HubError;
 pub use hub::{Hub, HubConfig, HubObserver, HubStats, Recovery, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-pub use namespace::{ChannelKind, ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
+pub use namespace::{ChannelConventions, ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
 pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, UnsubscribeReason};
 
 pub use herald_engine as engine;

@@ -6,14 +6,14 @@
 //! unknown (error 102 in the Centrifuge protocol). In a user-limited
 //! namespace, `dialog#42,43` is open only to users 42 and 43.
 //!
-//! With Pusher's channel conventions on (when Pusher apps are served), the
-//! name after the namespace also says what kind of channel it is, whichever
-//! protocol its subscribers speak: `presence-…` channels keep presence and
-//! push joins and leaves to every subscriber, and `cache-…` channels (also
-//! `private-cache-…`, `private-encrypted-cache-…`, `presence-cache-…`) keep
-//! their last publication.
+//! A protocol may read more into a channel's name than its namespace: with
+//! [`ChannelConventions`] installed, the name after the namespace can make a
+//! channel a kind of its own, with options of its own, whichever protocol
+//! its subscribers speak. The hub knows no such convention itself; the
+//! front-end that brings one installs it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -148,95 +148,58 @@ impl NamespaceOptions {
     }
 }
 
-/// How long a cache channel keeps its last publication when its namespace
-/// keeps no history of its own (Pusher keeps it for 30 minutes).
-pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+/// A protocol's reading of channel names: some names make a channel a
+/// special kind, whose options differ from its namespace's.
+pub trait ChannelConventions: Send + Sync + std::fmt::Debug + 'static {
+    /// The options of each special kind of channel, in a namespace whose
+    /// own options are `options`. A channel of no special kind keeps those.
+    fn kinds(&self, options: &NamespaceOptions) -> Vec<NamespaceOptions>;
 
-/// What a channel's name says about it under Pusher's conventions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChannelKind {
-    Plain = 0,
-    Presence = 1,
-    Cache = 2,
-    PresenceCache = 3,
+    /// Which special kind (an index into [`ChannelConventions::kinds`]) the
+    /// channel is, given its name without the namespace; `None` for none.
+    fn kind_of(&self, local_name: &str) -> Option<usize>;
 }
 
-impl ChannelKind {
-    /// The kind of a channel from its name without the namespace.
-    pub fn of(local_name: &str) -> Self {
-        let presence = local_name.starts_with("presence-");
-        let cache = ["cache-", "private-cache-", "private-encrypted-cache-", "presence-cache-"]
-            .iter()
-            .any(|prefix| local_name.starts_with(prefix));
-        match (presence, cache) {
-            (false, false) => Self::Plain,
-            (true, false) => Self::Presence,
-            (false, true) => Self::Cache,
-            (true, true) => Self::PresenceCache,
-        }
-    }
-
-    pub fn is_presence(self) -> bool {
-        matches!(self, Self::Presence | Self::PresenceCache)
-    }
-
-    pub fn is_cache(self) -> bool {
-        matches!(self, Self::Cache | Self::PresenceCache)
-    }
-}
-
-/// One namespace's options for each kind of channel.
+/// One namespace's options, and those of each special kind of channel.
 #[derive(Clone, Debug, Default)]
-struct Variants([NamespaceOptions; 4]);
+struct Namespace {
+    options: NamespaceOptions,
+    kinds: Vec<NamespaceOptions>,
+}
 
-impl Variants {
-    fn uniform(options: NamespaceOptions) -> Self {
-        Self([options.clone(), options.clone(), options.clone(), options])
-    }
-
-    fn with_conventions(options: NamespaceOptions) -> Self {
-        let presence =
-            NamespaceOptions { presence: true, join_leave: true, force_push_join_leave: true, ..options.clone() };
-        let cached = |o: &NamespaceOptions| match o.history_size {
-            0 => NamespaceOptions { history_size: 1, history_ttl: CACHE_TTL, ..o.clone() },
-            _ => o.clone(),
-        };
-        Self([options.clone(), presence.clone(), cached(&options), cached(&presence)])
+impl Namespace {
+    fn new(options: NamespaceOptions, conventions: Option<&dyn ChannelConventions>) -> Self {
+        let kinds = conventions.map(|c| c.kinds(&options)).unwrap_or_default();
+        Self { options, kinds }
     }
 }
 
 /// Every namespace's options, resolved by channel name.
 #[derive(Clone, Debug, Default)]
 pub struct ChannelRules {
-    default: Variants,
-    namespaces: BTreeMap<String, Variants>,
-    conventions: bool,
+    default: Namespace,
+    namespaces: BTreeMap<String, Namespace>,
+    conventions: Option<Arc<dyn ChannelConventions>>,
 }
 
 impl ChannelRules {
+    /// Rules from the options of channels without a namespace and of each
+    /// namespace.
     pub fn new(default: NamespaceOptions, namespaces: BTreeMap<String, NamespaceOptions>) -> Self {
         Self {
-            default: Variants::uniform(default),
-            namespaces: namespaces.into_iter().map(|(name, o)| (name, Variants::uniform(o))).collect(),
-            conventions: false,
+            default: Namespace::new(default, None),
+            namespaces: namespaces.into_iter().map(|(name, o)| (name, Namespace::new(o, None))).collect(),
+            conventions: None,
         }
     }
 
-    /// The same rules with Pusher's channel-name conventions applied.
-    pub fn with_pusher_conventions(self) -> Self {
-        let convert = |v: Variants| Variants::with_conventions(v.0[0].clone());
+    /// The same rules with a protocol's channel-name conventions applied.
+    pub fn with_conventions(self, conventions: Arc<dyn ChannelConventions>) -> Self {
+        let apply = |ns: Namespace| Namespace::new(ns.options, Some(&*conventions));
         Self {
-            default: convert(self.default),
-            namespaces: self.namespaces.into_iter().map(|(name, v)| (name, convert(v))).collect(),
-            conventions: true,
-        }
-    }
-
-    /// The kind of `channel` (always plain without the conventions).
-    pub fn kind_of(&self, channel: &ChannelName) -> ChannelKind {
-        match self.conventions {
-            true => ChannelKind::of(Self::local_name(channel)),
-            false => ChannelKind::Plain,
+            default: apply(self.default),
+            namespaces: self.namespaces.into_iter().map(|(name, ns)| (name, apply(ns))).collect(),
+            conventions: Some(conventions),
         }
     }
 
@@ -252,11 +215,12 @@ impl ChannelRules {
 
     /// The options that govern `channel`, or `UnknownChannel`.
     pub fn resolve(&self, channel: &ChannelName) -> Result<&NamespaceOptions, HubError> {
-        let variants = match Self::namespace_of(channel) {
+        let namespace = match Self::namespace_of(channel) {
             None => &self.default,
             Some(ns) => self.namespaces.get(ns).ok_or(HubError::UnknownChannel)?,
         };
-        Ok(&variants.0[self.kind_of(channel) as usize])
+        let kind = self.conventions.as_ref().and_then(|c| c.kind_of(Self::local_name(channel)));
+        Ok(kind.and_then(|k| namespace.kinds.get(k)).unwrap_or(&namespace.options))
     }
 
     /// Whether `user` is admitted by the user list of a user-limited channel.
@@ -296,27 +260,33 @@ mod tests {
         assert_eq!(rules.resolve(&ch("games:1")), Err(HubError::UnknownChannel));
     }
 
-    #[test]
-    fn pusher_conventions_give_presence_and_cache_channels_their_options() {
-        let mut namespaces = BTreeMap::new();
-        namespaces.insert("shop".to_string(), NamespaceOptions { history_size: 10, ..Default::default() });
-        let plain = ChannelRules::new(NamespaceOptions::default(), namespaces.clone());
-        assert!(!plain.resolve(&ch("presence-room")).unwrap().presence, "no conventions without Pusher");
+    /// Channels named `loud-…` push joins and leaves to everyone.
+    #[derive(Debug)]
+    struct Loud;
 
-        let rules = plain.with_pusher_conventions();
-        let news = rules.resolve(&ch("news")).unwrap();
-        assert_eq!(news, &NamespaceOptions::default());
-        let room = rules.resolve(&ch("presence-room")).unwrap();
-        assert!(room.presence && room.join_leave && room.force_push_join_leave);
-        assert_eq!(room.history_size, 0);
-        for cached in ["cache-quote", "private-cache-q", "private-encrypted-cache-q", "presence-cache-q"] {
-            let options = rules.resolve(&ch(cached)).unwrap();
-            assert_eq!((options.history_size, options.history_ttl), (1, CACHE_TTL), "{cached}");
+    impl ChannelConventions for Loud {
+        fn kinds(&self, options: &NamespaceOptions) -> Vec<NamespaceOptions> {
+            vec![NamespaceOptions { presence: true, force_push_join_leave: true, ..options.clone() }]
         }
-        assert!(rules.resolve(&ch("presence-cache-q")).unwrap().presence);
-        assert_eq!(rules.resolve(&ch("shop:cache-q")).unwrap().history_size, 10, "a namespace's own history stays");
-        assert!(rules.resolve(&ch("shop:presence-x")).unwrap().presence, "the kind is read after the namespace");
-        assert_eq!(rules.resolve(&ch("nope:presence-x")), Err(HubError::UnknownChannel));
+        fn kind_of(&self, local_name: &str) -> Option<usize> {
+            local_name.starts_with("loud-").then_some(0)
+        }
+    }
+
+    #[test]
+    fn conventions_give_special_channels_their_options_after_the_namespace() {
+        let namespaces =
+            BTreeMap::from([("shop".to_string(), NamespaceOptions { history_size: 10, ..Default::default() })]);
+        let plain = ChannelRules::new(NamespaceOptions::default(), namespaces);
+        assert!(!plain.resolve(&ch("loud-room")).unwrap().presence, "no conventions, no special kinds");
+
+        let rules = plain.with_conventions(Arc::new(Loud));
+        assert_eq!(rules.resolve(&ch("news")).unwrap(), &NamespaceOptions::default());
+        let room = rules.resolve(&ch("loud-room")).unwrap();
+        assert!(room.presence && room.force_push_join_leave);
+        let shop_room = rules.resolve(&ch("shop:loud-x")).unwrap();
+        assert!(shop_room.presence && shop_room.history_size == 10, "the kind builds on its namespace's options");
+        assert_eq!(rules.resolve(&ch("nope:loud-x")), Err(HubError::UnknownChannel));
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Node {
         let mut rules = ChannelRules::new(config.channel.without_namespace.clone(), config.channel.namespaces.clone());
         let serves_pusher = !config.pusher.apps.is_empty();
         if serves_pusher {
-            rules = rules.with_pusher_conventions();
+            rules = rules.with_conventions(Arc::new(pusher::conventions::PusherConventions));
         }
         let hub = Hub::new(
             HubConfig {

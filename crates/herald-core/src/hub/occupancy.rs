@@ -1,59 +1,49 @@
 //! Cluster-wide occupancy: which channels have subscribers anywhere in the
-//! cluster, how many, and the transitions webhooks report (a channel
-//! becoming occupied or vacated; a user arriving in or departing from a
-//! presence channel).
+//! cluster, how many, and which node saw a channel become occupied or
+//! vacated.
 //!
-//! Each transition is decided by exactly one node. User arrivals and
-//! departures come from the engine's presence (it reports which add was a
-//! user's first and which removal its last). Occupancy comes from the
-//! engine's occupancy part: each node with local subscribers keeps an
-//! entry with its count; the engine reports which entry made the channel
-//! occupied and which removal vacated it.
-//!
-//! Entries are refreshed with the node's heartbeat. A dead node's entries
-//! expire; a channel whose every node died drops out of the engine's index,
-//! and the node whose sweep finds it reports it vacated.
+//! Each node with local subscribers to a channel keeps an entry with its
+//! count in the engine's occupancy, and the engine reports which change
+//! made the channel occupied and which vacated it, each to exactly one
+//! node. Entries are refreshed with the node's heartbeat. A dead node's
+//! entries expire; a channel whose every node died drops out of the
+//! engine's index, and the node whose sweep finds it reports it vacated.
 //!
 //! Occupancy is tracked only when `HubConfig::track_occupancy` is on (the
 //! Pusher front-end needs it); otherwise queries answer for this node.
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use herald_engine::{ChannelName, ClientInfo, OccupancyChange};
+use herald_engine::{ChannelName, Engine, EngineError, NodeId, OccupancyChange};
 
-use super::Hub;
-use crate::error::HubError;
+use super::observer::Observer;
+use super::HubConfig;
 
-/// Hears the transitions this node decided for the cluster.
-pub trait HubObserver: Send + Sync + std::fmt::Debug + 'static {
-    /// The channel had no subscriber on any node, and now has one.
-    fn channel_occupied(&self, channel: &ChannelName);
-    /// The channel's last subscriber in the cluster left.
-    fn channel_vacated(&self, channel: &ChannelName);
-    /// A user's first connection joined a presence channel.
-    fn user_joined(&self, channel: &ChannelName, info: &ClientInfo);
-    /// A user's last connection left a presence channel.
-    fn user_left(&self, channel: &ChannelName, info: &ClientInfo);
+#[derive(Debug)]
+pub(super) struct OccupancyTracker {
+    engine: Engine,
+    node: NodeId,
+    ttl: Duration,
+    enabled: bool,
+    observer: Observer,
 }
 
-impl Hub {
-    /// Installs the observer; only the first call takes effect.
-    pub fn observe(&self, observer: Arc<dyn HubObserver>) {
-        let _ = self.observer.set(observer);
+impl OccupancyTracker {
+    pub(super) fn new(config: &HubConfig, engine: Engine, observer: Observer) -> Self {
+        Self { engine, node: config.node.clone(), ttl: config.presence_ttl, enabled: config.track_occupancy, observer }
     }
 
     /// Records this node's subscriber count of `channel` after a change,
     /// and reports a cluster-wide transition if this node decided it.
     /// Called under the channel's interest lock.
-    pub(super) async fn occupy(&self, channel: &ChannelName, subscribers: usize) {
-        if !self.config.track_occupancy {
+    pub(super) async fn update(&self, channel: &ChannelName, subscribers: usize) {
+        if !self.enabled {
             return;
         }
         let occupancy = self.engine.occupancy();
-        let node = &self.config.node;
         let changed = match subscribers {
-            0 => occupancy.vacate(channel, node).await,
-            _ => occupancy.occupy(channel, node, subscribers, self.config.presence_ttl).await,
+            0 => occupancy.vacate(channel, &self.node).await,
+            _ => occupancy.occupy(channel, &self.node, subscribers, self.ttl).await,
         };
         match changed {
             Ok(OccupancyChange::Occupied) => {
@@ -73,14 +63,13 @@ impl Hub {
 
     /// Refreshes this node's entries for the channels it serves (which
     /// sweeps dead nodes' entries), and reports channels left by dead nodes.
-    pub(super) async fn refresh_occupancy(&self, channels: &[(ChannelName, usize)]) {
-        if !self.config.track_occupancy {
+    pub(super) async fn refresh(&self, channels: &[(ChannelName, usize)]) {
+        if !self.enabled {
             return;
         }
         let occupancy = self.engine.occupancy();
         for (channel, subscribers) in channels {
-            let refreshed = occupancy.occupy(channel, &self.config.node, *subscribers, self.config.presence_ttl);
-            if let Err(error) = refreshed.await {
+            if let Err(error) = occupancy.occupy(channel, &self.node, *subscribers, self.ttl).await {
                 tracing::warn!(%channel, %error, "occupancy refresh failed");
             }
         }
@@ -97,26 +86,24 @@ impl Hub {
         }
     }
 
-    /// How many subscribers `channel` has in the whole cluster.
-    pub async fn subscription_count(&self, channel: &ChannelName) -> Result<usize, HubError> {
-        let local = self.channels.read(channel).get(channel).map_or(0, |s| s.len());
-        if !self.config.track_occupancy {
-            return Ok(local);
+    /// How many subscribers `channel` has on other nodes (none counted
+    /// when occupancy is not tracked).
+    pub(super) async fn remote_subscribers(&self, channel: &ChannelName) -> Result<usize, EngineError> {
+        if !self.enabled {
+            return Ok(0);
         }
-        let me = &self.config.node;
         let entries = self.engine.occupancy().subscribers(channel).await?;
-        let remote: usize = entries.iter().filter(|e| &e.node != me).map(|e| e.subscribers).sum();
-        Ok(local + remote)
+        Ok(entries.iter().filter(|e| e.node != self.node).map(|e| e.subscribers).sum())
     }
 
-    /// The channels with subscribers anywhere in the cluster, sorted.
-    pub async fn occupied_channels(&self) -> Result<Vec<ChannelName>, HubError> {
-        let mut channels: Vec<ChannelName> = self.channels(None).into_iter().map(|(name, _)| name).collect();
-        if self.config.track_occupancy {
-            channels.extend(self.engine.occupancy().occupied_channels().await?);
-            channels.sort();
-            channels.dedup();
+    /// The channels occupied anywhere in the cluster, with `local` (this
+    /// node's), sorted.
+    pub(super) async fn occupied(&self, mut local: Vec<ChannelName>) -> Result<Vec<ChannelName>, EngineError> {
+        if self.enabled {
+            local.extend(self.engine.occupancy().occupied_channels().await?);
+            local.sort();
+            local.dedup();
         }
-        Ok(channels)
+        Ok(local)
     }
 }

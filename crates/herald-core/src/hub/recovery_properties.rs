@@ -16,7 +16,7 @@ use herald_engine::{
 use proptest::prelude::*;
 
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-use crate::connection::{Connection, ConnectionSpec, PresenceChange, PushEncoder};
+use crate::connection::{Connection, ConnectionSpec, PushEncoder};
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::{Drained, Outbox, Outgoing};
 
@@ -30,7 +30,7 @@ impl PushEncoder for OffsetEncoder {
     fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Bytes {
         Bytes::from(format!("pub {}", publication.offset))
     }
-    fn encode_presence(&self, _: &ChannelName, _: PresenceChange<'_>) -> Option<Bytes> {
+    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Bytes> {
         Some(Bytes::from_static(b"presence"))
     }
 }

@@ -1,13 +1,14 @@
 //! Subscribing and unsubscribing: permissions, limits, engine interest,
-//! recovery at the seam between history and live delivery, and presence.
-//! See the invariants in the parent module.
+//! recovery at the seam between history and live delivery, presence and
+//! occupancy. See the invariants in the parent module.
 
 use std::sync::{Arc, Mutex};
 
-use herald_engine::{Arrival, ChannelName, ClientInfo, Departure, HistoryOptions, HistoryQuery, PresenceEvent};
+use herald_engine::{ChannelName, HistoryOptions, HistoryQuery};
 
+use super::channels::Subscriber;
 use super::recovery::{self, Recovery};
-use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest, Subscriber};
+use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, NamespaceOptions, SubscribePolicy};
@@ -50,15 +51,14 @@ impl Hub {
         reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
     ) -> Result<SubscribeOutcome, HubError> {
         let options = self.authorize_subscribe(conn, channel, access)?;
-        let _interest = self.interest_lock(channel).lock().await;
+        let _interest = self.channels.interest_lock(channel).lock().await;
         self.check_subscription_limits(conn, channel, options)?;
 
         let history = options.history();
         let recoverable = history.is_some() && (request.recoverable || options.force_recovery);
         let positioned = recoverable || (history.is_some() && (request.positioned || options.force_positioning));
 
-        let known = self.channels.read(channel).contains_key(channel);
-        if !known {
+        if !self.channels.contains(channel) {
             self.engine.broker().subscribe(channel).await?;
         }
         let subscriber = Subscriber {
@@ -69,16 +69,16 @@ impl Hub {
             live_after: None,
             recovering: positioned.then(|| Box::new(Mutex::new(Vec::new()))),
         };
-        let subscribers = self.add_subscriber(channel, subscriber);
+        let subscribers = self.channels.add(channel, subscriber);
         conn.subscriptions().insert(channel.clone(), request.subscription.clone());
-        self.occupy(channel, subscribers).await;
+        self.occupancy.update(channel, subscribers).await;
 
         let mut outcome = SubscribeOutcome { positioned, recoverable, ..Default::default() };
         if let Some(history) = &history {
             if positioned {
                 if let Err(error) = self.read_recovery(channel, &request, options, history, &mut outcome).await {
                     if let Some(left) = self.remove_subscriber(conn, channel).await {
-                        self.occupy(channel, left).await;
+                        self.occupancy.update(channel, left).await;
                     }
                     return Err(error);
                 }
@@ -87,7 +87,7 @@ impl Hub {
 
         self.go_live_after(conn, channel, &outcome, reply);
 
-        self.announce_presence(conn.info_in(channel), channel, options, true).await;
+        self.presence.announce(conn.info_in(channel), channel, options, true).await;
         Ok(outcome)
     }
 
@@ -105,7 +105,7 @@ impl Hub {
         let buffered = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
             Some(subscriber) => {
                 subscriber.live_after = outcome.positioned.then(|| outcome.position.clone());
-                Self::go_live(subscriber)
+                subscriber.go_live()
             }
             None => Vec::new(),
         };
@@ -154,52 +154,6 @@ impl Hub {
         Ok(())
     }
 
-    /// Adds presence and announces the join (or removes and announces the
-    /// leave) where the namespace keeps presence.
-    async fn announce_presence(
-        &self,
-        info: ClientInfo,
-        channel: &ChannelName,
-        options: &NamespaceOptions,
-        joined: bool,
-    ) {
-        if !options.presence && !options.join_leave {
-            return;
-        }
-        let presence = self.engine.presence();
-        let result = match (options.presence, joined) {
-            (false, _) => Ok(false),
-            (true, true) => presence
-                .add_presence(channel, &info, self.config.presence_ttl)
-                .await
-                .map(|arrival| arrival == Arrival::UserArrived),
-            (true, false) => {
-                presence.remove_presence(channel, &info).await.map(|departure| departure == Departure::UserDeparted)
-            }
-        };
-        let user_changed = result.unwrap_or_else(|error| {
-            tracing::warn!(%channel, %error, "presence update failed");
-            false
-        });
-        if user_changed {
-            if let Some(observer) = self.observer.get() {
-                match joined {
-                    true => observer.user_joined(channel, &info),
-                    false => observer.user_left(channel, &info),
-                }
-            }
-        }
-        if options.join_leave {
-            let event = match joined {
-                true => PresenceEvent::Join { info, user_arrived: user_changed },
-                false => PresenceEvent::Leave { info, user_departed: user_changed },
-            };
-            if let Err(error) = self.engine.broker().publish_presence(channel, event).await {
-                tracing::warn!(%channel, %error, "join/leave event not sent");
-            }
-        }
-    }
-
     fn check_subscription_limits(
         &self,
         conn: &Connection,
@@ -227,23 +181,15 @@ impl Hub {
 
     /// Unsubscribes `conn` from `channel`; false if it was not subscribed.
     pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
-        let _interest = self.interest_lock(channel).lock().await;
+        let _interest = self.channels.interest_lock(channel).lock().await;
         // Who the connection was in the channel, read before the subscription goes.
         let info = conn.info_in(channel);
         let Some(left) = self.remove_subscriber(conn, channel).await else { return false };
         if let Ok(options) = self.config.rules.resolve(channel) {
-            self.announce_presence(info, channel, options, false).await;
+            self.presence.announce(info, channel, options, false).await;
         }
-        self.occupy(channel, left).await;
+        self.occupancy.update(channel, left).await;
         true
-    }
-
-    /// Adds the subscriber; returns how many the channel now has here.
-    fn add_subscriber(&self, channel: &ChannelName, subscriber: Subscriber) -> usize {
-        let mut shard = self.channels.write(channel);
-        let subscribers = shard.entry(channel.clone()).or_default();
-        subscribers.insert(subscriber.conn.client.clone(), subscriber);
-        subscribers.len()
     }
 
     /// Removes the subscription and returns how many subscribers the
@@ -251,20 +197,7 @@ impl Hub {
     /// caller holds the channel's interest lock and updates occupancy.
     async fn remove_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> Option<usize> {
         conn.subscriptions().remove(channel)?;
-        let left = {
-            let mut shard = self.channels.write(channel);
-            match shard.get_mut(channel) {
-                Some(subscribers) => {
-                    subscribers.remove(&conn.client);
-                    let left = subscribers.len();
-                    if left == 0 {
-                        shard.remove(channel);
-                    }
-                    Some(left)
-                }
-                None => None,
-            }
-        };
+        let left = self.channels.remove(channel, &conn.client);
         if left == Some(0) {
             if let Err(error) = self.engine.broker().unsubscribe(channel).await {
                 tracing::warn!(%channel, %error, "engine unsubscribe failed; the node may receive publications it drops");

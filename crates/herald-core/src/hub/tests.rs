@@ -2,10 +2,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_engine::{ChannelName, ClientId, Control, DisconnectReason, Engine, NodeId, Publication, UserId};
+use herald_engine::{
+    ChannelName, ClientId, Control, DisconnectReason, Engine, NodeId, PresenceEvent, Publication, UserId,
+};
 
 use super::*;
-use crate::connection::{ConnectionSpec, PresenceChange, PushEncoder};
+use crate::connection::{ConnectionSpec, PushEncoder};
+use crate::namespace::ChannelConventions;
 use crate::namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
 use crate::outbox::{Drained, Outbox, Outgoing};
 
@@ -24,9 +27,9 @@ impl PushEncoder for TestEncoder {
         Bytes::from(out)
     }
 
-    fn encode_presence(&self, channel: &ChannelName, change: PresenceChange<'_>) -> Option<Bytes> {
-        let kind = if change.joined { "join" } else { "leave" };
-        Some(Bytes::from(format!("{channel}|{kind} {}", change.info.user)))
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _: bool) -> Option<Bytes> {
+        let kind = if event.is_join() { "join" } else { "leave" };
+        Some(Bytes::from(format!("{channel}|{kind} {}", event.info().user)))
     }
 }
 
@@ -328,9 +331,24 @@ impl HubObserver for Transitions {
     }
 }
 
-/// A hub with Pusher's conventions and occupancy, and what it reports.
+/// Channels named `presence-…` keep presence and push joins and leaves to
+/// every subscriber.
+#[derive(Debug)]
+struct PresenceRooms;
+
+impl ChannelConventions for PresenceRooms {
+    fn kinds(&self, options: &NamespaceOptions) -> Vec<NamespaceOptions> {
+        vec![NamespaceOptions { presence: true, join_leave: true, force_push_join_leave: true, ..options.clone() }]
+    }
+    fn kind_of(&self, local_name: &str) -> Option<usize> {
+        local_name.starts_with("presence-").then_some(0)
+    }
+}
+
+/// A hub with presence rooms and occupancy, and what it reports.
 async fn observed_fixture() -> (Fixture, Arc<Transitions>) {
-    let mut config = HubConfig::new(NodeId::new("test"), rules().with_pusher_conventions());
+    let rules = rules().with_conventions(Arc::new(PresenceRooms));
+    let mut config = HubConfig::new(NodeId::new("test"), rules);
     config.track_occupancy = true;
     let f = Fixture { hub: Hub::new(config, Engine::memory()), encoder: Arc::default() };
     f.hub.start().await.unwrap();
@@ -363,10 +381,10 @@ async fn occupancy_and_user_presence_are_reported_once_per_transition() {
 }
 
 #[tokio::test]
-async fn a_signed_in_connection_is_reached_as_its_new_user() {
+async fn a_connection_that_authenticates_later_is_reached_as_its_new_user() {
     let f = Fixture::new().await;
     let conn = f.connect("", 1 << 20);
-    f.hub.sign_in(&conn, UserId::new("ann").unwrap());
+    f.hub.set_user(&conn, UserId::new("ann").unwrap());
     assert_eq!(conn.user(), UserId::new("ann").unwrap());
     let reason = DisconnectReason::ForceDisconnect;
     f.hub.send_control(Control::Disconnect { user: UserId::new("ann").unwrap(), client: None, reason }).await.unwrap();

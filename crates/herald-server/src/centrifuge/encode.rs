@@ -7,8 +7,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
-use herald_core::{PresenceChange, PushEncoder, SubscribeOutcome};
-use herald_engine::{ChannelName, ClientInfo, HistoryResult, Publication};
+use herald_core::{PushEncoder, SubscribeOutcome};
+use herald_engine::{ChannelName, ClientInfo, HistoryResult, PresenceEvent, Publication};
 
 use super::codes::ClientError;
 
@@ -27,8 +27,9 @@ impl PushEncoder for CentrifugeEncoder {
         out.freeze()
     }
 
-    fn encode_presence(&self, channel: &ChannelName, change: PresenceChange<'_>) -> Option<Bytes> {
-        Some(presence_push(channel, if change.joined { "join" } else { "leave" }, change.info))
+    /// Centrifuge announces every connection's join and leave, to everyone.
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Bytes> {
+        Some(presence_push(channel, if event.is_join() { "join" } else { "leave" }, event.info()))
     }
 }
 

@@ -7,11 +7,13 @@
 //! they speak. A Pusher event is a publication whose `event` tag names it;
 //! a publication without that tag reaches Pusher clients as `message`.
 //!
+//! - [`conventions`]: what `presence-` and `cache-` channel names mean.
 //! - [`session`]: one WebSocket connection at `/app/{key}`.
 //! - [`rest`]: the HTTP API at `/apps/{id}/…`, with signature checks.
 //! - [`webhooks`]: signed, batched, retried webhooks.
 //! - [`sign`]: the HMAC signatures all of them use.
 
+pub mod conventions;
 pub mod rest;
 pub mod session;
 pub mod sign;
@@ -26,8 +28,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use herald_core::{ChannelKind, Hub, PresenceChange, PushEncoder};
-use herald_engine::{ChannelName, Publication};
+use herald_core::{Hub, PushEncoder};
+use herald_engine::{ChannelName, PresenceEvent, Publication};
+
+use conventions::ChannelKind;
 
 use crate::config::{PusherApp, PusherConfig};
 use webhooks::Webhooks;
@@ -273,15 +277,17 @@ impl PushEncoder for PusherEncoder {
         Frame { event, channel: Some(name), data: &event_data(&publication.data), user_id }.encode()
     }
 
-    fn encode_presence(&self, channel: &ChannelName, change: PresenceChange<'_>) -> Option<Bytes> {
-        if !change.user_changed {
+    /// Pusher announces users, not connections, and not to themselves.
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, to_own_user: bool) -> Option<Bytes> {
+        if !event.user_changed() || to_own_user {
             return None;
         }
         let name = self.name_of(channel).unwrap_or(channel.as_str());
-        let user_id = change.info.user.as_str();
-        let (event, data) = match change.joined {
+        let member = event.info();
+        let user_id = member.user.as_str();
+        let (event, data) = match event.is_join() {
             true => {
-                let info = change.info.chan_info.as_deref().unwrap_or(b"{}");
+                let info = member.chan_info.as_deref().unwrap_or(b"{}");
                 let info: &serde_json::value::RawValue =
                     serde_json::from_slice(info).unwrap_or_else(|_| empty_object());
                 ("pusher_internal:member_added", serde_json::json!({ "user_id": user_id, "user_info": info }))
@@ -289,10 +295,6 @@ impl PushEncoder for PusherEncoder {
             false => ("pusher_internal:member_removed", serde_json::json!({ "user_id": user_id })),
         };
         Some(Frame { event, channel: Some(name), data: &data.to_string(), user_id: None }.encode())
-    }
-
-    fn presence_to_own_user(&self) -> bool {
-        false
     }
 }
 

@@ -21,9 +21,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use herald_core::{ChannelKind, HubError};
+use herald_core::HubError;
 use herald_engine::{ChannelName, Control, DisconnectReason, Publication, UserId};
 
+use super::conventions::ChannelKind;
 use super::{sign, App, Frontend, EVENT_TAG, MAX_EVENT_NAME};
 
 /// How far `auth_timestamp` may be from now.

@@ -6,9 +6,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use herald_core::ChannelKind;
 use herald_engine::{DisconnectReason, Publication, UserId};
 
+use super::super::conventions::ChannelKind;
 use super::super::webhooks::Event as Hook;
 use super::super::{error_frame, object_frame, sign, EVENT_TAG, MAX_EVENT_NAME};
 use super::{close, data_as, Session};
@@ -51,7 +51,7 @@ impl Session {
         if self.signed_in && self.conn.user() != user {
             return refuse(self, "the connection is signed in as another user");
         }
-        self.frontend.hub.sign_in(&self.conn, user);
+        self.frontend.hub.set_user(&self.conn, user);
         self.signed_in = true;
         self.send(object_frame("pusher:signin_success", None, &serde_json::json!({ "user_data": request.user_data })));
         Ok(())

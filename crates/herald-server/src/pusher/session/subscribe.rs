@@ -5,9 +5,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-use herald_core::{ChannelKind, HubError, Outgoing, SubscribeAccess, SubscribeRequest, Subscription};
+use herald_core::{HubError, Outgoing, SubscribeAccess, SubscribeRequest, Subscription};
 use herald_engine::{ChannelName, HistoryQuery, UserId};
 
+use super::super::conventions::ChannelKind;
 use super::super::webhooks::Event as Hook;
 use super::super::{error_frame, object_frame, sign, subscription_succeeded};
 use super::{data_as, Session};

@@ -1,0 +1,109 @@
+//! Fanout: a publication, join or leave the engine delivered for a
+//! channel, pushed into the outboxes of the channel's local subscribers.
+//! It never waits for a connection (see `outbox.rs`) and encodes once per
+//! protocol: the bytes are shared by every subscriber speaking it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_engine::{ChannelName, PresenceEvent, Publication};
+use tokio::time::Instant;
+
+use super::channels::Channels;
+use crate::connection::Connection;
+use crate::outbox::{Outbox, Outgoing};
+
+/// One encoding per protocol (and audience), shared by every subscriber
+/// it fits.
+#[derive(Default)]
+struct SharedFrames(Vec<((*const (), bool), Option<Bytes>)>);
+
+impl SharedFrames {
+    fn get(&mut self, conn: &Connection, audience: bool, encode: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
+        let key = (Arc::as_ptr(&conn.encoder) as *const (), audience);
+        if let Some((_, bytes)) = self.0.iter().find(|(k, _)| *k == key) {
+            return bytes.clone();
+        }
+        let bytes = encode();
+        self.0.push((key, bytes.clone()));
+        bytes
+    }
+}
+
+/// Wakes `outboxes` at `due`: one timer for every subscriber a delayed
+/// publication reached.
+fn wake_at(runtime: &tokio::runtime::Handle, due: Instant, outboxes: Vec<Arc<Outbox>>) {
+    runtime.spawn(async move {
+        tokio::time::sleep_until(due).await;
+        outboxes.iter().for_each(|outbox| outbox.wake());
+    });
+}
+
+impl Channels {
+    /// Delivers one publication to every local subscriber of its channel.
+    /// With a `write_delay`, it may wait that long in each outbox so that
+    /// what follows leaves in the same write.
+    pub(super) fn deliver(&self, channel: &ChannelName, publication: &Arc<Publication>, write_delay: Duration) {
+        let shard = self.read(channel);
+        let Some(subscribers) = shard.get(channel) else { return };
+        // Outside a runtime (never in the server) nothing could wait: no delay.
+        let delayed = match write_delay.is_zero() {
+            true => None,
+            false => tokio::runtime::Handle::try_current().ok().map(|runtime| (runtime, Instant::now() + write_delay)),
+        };
+        let mut to_wake = Vec::new();
+        let mut frames = SharedFrames::default();
+        for subscriber in subscribers.values() {
+            if let Some(buffer) = &subscriber.recovering {
+                // Merged with history once the recovery read is done.
+                buffer.lock().unwrap_or_else(|e| e.into_inner()).push(publication.clone());
+                continue;
+            }
+            if subscriber.live_after.as_ref().is_some_and(|after| {
+                publication.offset.get() != 0 && publication.offset <= after.offset && publication.epoch == after.epoch
+            }) {
+                // Already sent with the subscribe reply.
+                continue;
+            }
+            let conn = &subscriber.conn;
+            if publication.exclude.as_ref() == Some(&conn.client) {
+                continue;
+            }
+            let encode = || Some(conn.encoder.encode_publication(channel, publication));
+            let Some(frame) = frames.get(conn, false, encode) else { continue };
+            let queued = match &delayed {
+                None => conn.outbox.push(Outgoing::Frame(frame)).map(|_| false),
+                Some((_, due)) => conn.outbox.push_delayed(Outgoing::Frame(frame), *due),
+            };
+            match queued {
+                Ok(true) => to_wake.push(conn.outbox.clone()),
+                Ok(false) => {}
+                Err(_) => {
+                    tracing::debug!(client = %conn.client, %channel, "publication not queued: connection closing")
+                }
+            }
+        }
+        if let Some((runtime, due)) = delayed.filter(|_| !to_wake.is_empty()) {
+            wake_at(&runtime, due, to_wake);
+        }
+    }
+
+    /// Delivers a join or leave to the local subscribers that hear them:
+    /// those that asked, or all when `to_everyone`.
+    pub(super) fn deliver_presence(&self, channel: &ChannelName, event: &PresenceEvent, to_everyone: bool) {
+        let shard = self.read(channel);
+        let Some(subscribers) = shard.get(channel) else { return };
+        let mut frames = SharedFrames::default();
+        for subscriber in subscribers.values() {
+            if subscriber.recovering.is_some() || !(to_everyone || subscriber.join_leave) {
+                continue;
+            }
+            let conn = &subscriber.conn;
+            let own = subscriber.user == event.info().user;
+            if let Some(frame) = frames.get(conn, own, || conn.encoder.encode_presence(channel, event, own)) {
+                let _ = conn.outbox.push(Outgoing::Frame(frame));
+            }
+        }
+    }
+}

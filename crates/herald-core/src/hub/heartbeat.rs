@@ -1,0 +1,78 @@
+//! The node's heartbeat: every `presence_update_interval` it refreshes the
+//! presence entries of its connections and its occupancy entries, sweeps
+//! what dead nodes and connections left behind, and renews its entry in
+//! the node registry. It holds the hub weakly and ends with it.
+
+use std::sync::Arc;
+
+use herald_engine::{ChannelName, NodeInfo};
+
+use super::Hub;
+
+/// Beats once now, then every interval in a task of its own.
+pub(super) async fn start(hub: &Arc<Hub>) {
+    hub.beat().await;
+    let weak = Arc::downgrade(hub);
+    let every = hub.config.presence_update_interval;
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(hub) = weak.upgrade() else { return };
+            hub.beat().await;
+        }
+    });
+}
+
+impl Hub {
+    async fn beat(&self) {
+        self.presence.refresh(self.present_entries()).await;
+        let local = self.channels.list(None);
+        self.occupancy.refresh(&local).await;
+        for (channel, _) in local {
+            let Ok(options) = self.config.rules.resolve(&channel) else { continue };
+            if options.presence {
+                self.presence.sweep_expired(&channel, options.join_leave).await;
+            }
+        }
+        self.register_node().await;
+    }
+
+    /// Every local connection's presence entry: (channel, who it is there).
+    fn present_entries(&self) -> Vec<(ChannelName, herald_engine::ClientInfo)> {
+        let mut entries = Vec::new();
+        self.registry.for_each(|conn| {
+            // Collected first: `info_in` takes the subscriptions lock itself.
+            let present: Vec<ChannelName> = conn
+                .subscriptions()
+                .keys()
+                .filter(|channel| self.config.rules.resolve(channel).is_ok_and(|o| o.presence))
+                .cloned()
+                .collect();
+            for channel in present {
+                let info = conn.info_in(&channel);
+                entries.push((channel, info));
+            }
+        });
+        entries
+    }
+
+    /// Renews this node's registry entry with its current counts.
+    pub(super) async fn register_node(&self) {
+        let stats = self.stats();
+        let info = NodeInfo {
+            id: self.config.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            num_clients: stats.clients,
+            num_users: stats.users,
+            num_channels: stats.channels,
+            num_subscriptions: stats.subscriptions,
+            uptime: self.started.elapsed().as_secs(),
+        };
+        let ttl = self.config.presence_update_interval * 3;
+        if let Err(error) = self.engine.nodes().register_node(&info, ttl).await {
+            tracing::warn!(%error, "node registry heartbeat failed");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Who hears the cluster-wide transitions this node decides: a channel
+//! becoming occupied or vacated, a user arriving in or departing from a
+//! presence channel. Each transition is decided by exactly one node of the
+//! cluster (see `occupancy.rs` and the engine's presence contract), so an
+//! observer that sends webhooks sends each once per cluster.
+
+use std::sync::{Arc, OnceLock};
+
+use herald_engine::{ChannelName, ClientInfo};
+
+/// Hears the transitions this node decided for the cluster.
+pub trait HubObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// The channel had no subscriber on any node, and now has one.
+    fn channel_occupied(&self, channel: &ChannelName);
+    /// The channel's last subscriber in the cluster left.
+    fn channel_vacated(&self, channel: &ChannelName);
+    /// A user's first connection joined a presence channel.
+    fn user_joined(&self, channel: &ChannelName, info: &ClientInfo);
+    /// A user's last connection left a presence channel.
+    fn user_left(&self, channel: &ChannelName, info: &ClientInfo);
+}
+
+/// The hub's observer, once installed; shared by the parts that decide
+/// transitions. Until one is installed, transitions are not reported.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Observer(Arc<OnceLock<Arc<dyn HubObserver>>>);
+
+impl Observer {
+    /// Installs `observer`; only the first call takes effect.
+    pub(super) fn install(&self, observer: Arc<dyn HubObserver>) {
+        let _ = self.0.set(observer);
+    }
+
+    /// The installed observer, if any.
+    pub(super) fn get(&self) -> Option<&dyn HubObserver> {
+        self.0.get().map(|o| &**o)
+    }
+}

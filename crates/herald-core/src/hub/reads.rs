@@ -1,0 +1,85 @@
+//! Reads for the server API and for subscribers: history, presence, and
+//! cluster-wide subscriber counts and occupied channels.
+
+use herald_engine::{ChannelName, ClientInfo, HistoryQuery, HistoryResult, PresenceStats};
+
+use super::Hub;
+use crate::connection::Connection;
+use crate::error::HubError;
+
+impl Hub {
+    /// A channel's history. `since` from another epoch, or already
+    /// trimmed, is an unrecoverable position.
+    pub async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryResult, HubError> {
+        let options = self.config.rules.resolve(channel)?;
+        let history =
+            options.history().ok_or_else(|| HubError::NotAvailable("history is off in this namespace".into()))?;
+        let result = self.engine.history().history(channel, &query, &history).await?;
+        if let Some(since) = &query.since {
+            let same_epoch = since.epoch.is_empty() || since.epoch == result.position.epoch;
+            let continues = same_epoch
+                && since.offset <= result.position.offset
+                && (query.reverse
+                    || since.offset == result.position.offset
+                    || result.publications.first().is_some_and(|p| p.offset.get() == since.offset.get() + 1));
+            if !continues {
+                return Err(HubError::UnrecoverablePosition);
+            }
+        }
+        Ok(result)
+    }
+
+    /// Drops a channel's history (its epoch changes).
+    pub async fn remove_history(&self, channel: &ChannelName) -> Result<(), HubError> {
+        self.config.rules.resolve(channel)?;
+        Ok(self.engine.history().remove_history(channel).await?)
+    }
+
+    /// Who is in a channel with presence.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, HubError> {
+        self.require_presence(channel)?;
+        Ok(self.engine.presence().presence(channel).await?)
+    }
+
+    /// How many connections and users are in a channel with presence.
+    pub async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, HubError> {
+        self.require_presence(channel)?;
+        Ok(self.engine.presence().presence_stats(channel).await?)
+    }
+
+    fn require_presence(&self, channel: &ChannelName) -> Result<(), HubError> {
+        match self.config.rules.resolve(channel)?.presence {
+            true => Ok(()),
+            false => Err(HubError::NotAvailable("presence is off in this namespace".into())),
+        }
+    }
+
+    /// Whether `conn` may read history (`presence: false`) or presence
+    /// (`presence: true`) of `channel` as a subscriber.
+    pub fn authorize_read(&self, conn: &Connection, channel: &ChannelName, presence: bool) -> Result<(), HubError> {
+        let options = self.config.rules.resolve(channel)?;
+        let allowed = match presence {
+            true => options.allow_presence_for_subscriber,
+            false => options.allow_history_for_subscriber,
+        };
+        if allowed && conn.is_subscribed(channel) {
+            Ok(())
+        } else {
+            Err(HubError::PermissionDenied)
+        }
+    }
+
+    /// How many subscribers `channel` has in the whole cluster (on this
+    /// node only, unless occupancy is tracked).
+    pub async fn subscription_count(&self, channel: &ChannelName) -> Result<usize, HubError> {
+        let local = self.channels.count(channel);
+        Ok(local + self.occupancy.remote_subscribers(channel).await?)
+    }
+
+    /// The channels with subscribers anywhere in the cluster (on this node
+    /// only, unless occupancy is tracked), sorted.
+    pub async fn occupied_channels(&self) -> Result<Vec<ChannelName>, HubError> {
+        let local = self.channels.list(None).into_iter().map(|(name, _)| name).collect();
+        Ok(self.occupancy.occupied(local).await?)
+    }
+}

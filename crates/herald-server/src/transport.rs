@@ -1,8 +1,10 @@
-//! The transport seam: what a protocol session needs from a socket.
+//! The transport seam: what the session driver needs from a socket.
 //!
-//! Sessions are generic over [`Transport`], so protocol state machines are
-//! tested over in-memory channels and served over WebSockets by the same
-//! code. WebSocket pings and pongs are answered below this seam.
+//! The driver (`driver.rs`) is generic over [`Transport`], so protocol
+//! state machines are tested over in-memory channels and served over
+//! WebSockets by the same code. A transport moves whole messages; which
+//! messages a protocol accepts is the protocol's business. WebSocket pings
+//! and pongs are answered below this seam.
 
 use std::future::Future;
 
@@ -53,81 +55,6 @@ pub trait Transport: Send {
 
     /// Closes with a code and reason; errors are moot at this point.
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
-}
-
-/// What a JSON session makes of the next thing a transport gave it.
-#[derive(Debug)]
-pub enum Next {
-    /// A text message to handle.
-    Text(Bytes),
-    /// The session is over: `Some(reason)` when the server ends it.
-    End(Option<herald_engine::DisconnectReason>),
-}
-
-impl Next {
-    /// Sorts a `recv` result for a protocol that speaks JSON text only:
-    /// binary messages and oversized ones end the session, logged with
-    /// `who`; a closed or broken transport ends it quietly.
-    pub fn of(received: Result<Option<Inbound>, TransportError>, who: &dyn std::fmt::Debug) -> Self {
-        use herald_engine::DisconnectReason;
-        match received {
-            Ok(Some(Inbound::Text(frame))) => Next::Text(frame),
-            Ok(Some(Inbound::Binary(_))) => {
-                tracing::info!(client = ?who, "binary frame on a JSON protocol; closing");
-                Next::End(Some(DisconnectReason::BadRequest))
-            }
-            Ok(None) => Next::End(None),
-            Err(TransportError::TooLarge) => {
-                tracing::info!(client = ?who, "message above client.max_message_size; closing");
-                Next::End(Some(DisconnectReason::MessageTooLarge))
-            }
-            Err(TransportError::Broken(why)) => {
-                tracing::debug!(client = ?who, %why, "transport broke");
-                Next::End(None)
-            }
-        }
-    }
-}
-
-/// Sends text messages, giving up on a client that stopped reading:
-/// when `outbox` overflows behind the blocked write (it then closes as
-/// slow), or after `timeout`. `Err(None)` means the transport broke,
-/// `Err(Some(Slow))` that the client was too slow.
-///
-/// Nearly every write completes at once, so the timer is armed only for a
-/// write that does not: a timer per message would cost more than the write.
-/// That slow path is boxed: most writes never allocate for it.
-pub async fn send_guarded<T, I>(
-    transport: &mut T,
-    frames: I,
-    outbox: &herald_core::Outbox,
-    timeout: std::time::Duration,
-) -> Result<(), Option<herald_engine::DisconnectReason>>
-where
-    T: Transport,
-    I: IntoIterator<Item = Bytes> + Send,
-    I::IntoIter: Send,
-{
-    use herald_engine::DisconnectReason;
-    use std::task::Poll;
-    let mut send = std::pin::pin!(transport.send_texts(frames));
-    if let Poll::Ready(sent) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
-        return sent.map_err(|_| None);
-    }
-    Box::pin(async move {
-        tokio::select! {
-            sent = send => sent.map_err(|_| None),
-            _ = outbox.closed() => Err(Some(DisconnectReason::Slow)),
-            _ = tokio::time::sleep(timeout) => Err(Some(DisconnectReason::Slow)),
-        }
-    })
-    .await
-}
-
-/// Resolves once the node starts shutting down.
-pub async fn closing(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    // An error means the node is gone, which is a shutdown too.
-    let _ = shutdown.wait_for(|closing| *closing).await;
 }
 
 /// A WebSocket accepted by axum.

@@ -1,31 +1,30 @@
-//! One Centrifuge protocol session: a connection's state machine.
+//! One Centrifuge protocol session: a connection's state machine, run by
+//! the session driver (`driver.rs`).
 //!
-//! The session is one task that always listens to three things at once: the
-//! client's messages, the connection's outbox (replies, publications,
-//! server-side events) and its timers (connect timeout, ping/pong, token
-//! expiry). It holds no buffer while idle; a write gathers everything the
-//! outbox holds into one frame of newline-separated messages.
-//!
-//! Replies go through the outbox too, so a frame of several commands is
-//! answered by one frame of several replies.
+//! The session decodes the client's frames into commands and handles them
+//! (in `commands`), encodes server-side events, and keeps its timers:
+//! connect timeout, ping/pong, connection and subscription token expiry.
+//! Replies and pings go through the outbox, so a frame of several commands
+//! is answered by one frame of several replies.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use herald_core::{ConnEvent, Connection, Drained, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
+use herald_core::{ConnEvent, Connection, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
 use herald_engine::{ChannelName, ClientId, DisconnectReason};
 
 use super::codes::{self, ClientError};
 use super::command::{self, Command, Method};
 use super::encode::{self, CentrifugeEncoder};
 use crate::auth::{self, TokenVerifier};
-use crate::transport::{closing, send_guarded, Next, Transport};
+use crate::driver::{self, DriverSettings, Framing, Protocol};
+use crate::transport::{Inbound, Transport};
 
 /// Session settings, taken from `[client]`.
 #[derive(Debug, Clone)]
@@ -69,26 +68,15 @@ impl From<HubError> for Failure {
     }
 }
 
-/// Runs a session to its end, then closes the transport and cleans up.
-///
-/// Not an `async fn`: that would keep the transport in the future twice
-/// (as the argument and as the local it moves into), and this future lives
-/// as long as the connection. The async block uses it in place.
-#[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
-pub fn run<T: Transport>(mut transport: T, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
-    async move {
-        let mut session = Session::new(shared.clone());
-        let reason = session.serve(&mut transport).await;
-        if let Some(reason) = &reason {
-            let (code, text) = codes::disconnect_code(reason);
-            // A client that stopped reading may never take the close frame.
-            let _ = Box::pin(tokio::time::timeout(shared.settings.write_timeout, transport.close(code, text))).await;
-        }
-        if let Some(conn) = session.conn.take() {
-            tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
-            Box::pin(shared.hub.disconnect(&conn)).await;
-        }
-    }
+/// Runs a session on `transport` to its end.
+pub fn run<T: Transport>(transport: T, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+    let outbox = Arc::new(Outbox::new(shared.settings.queue_max_bytes));
+    let settings = DriverSettings {
+        hub: shared.hub.clone(),
+        write_timeout: shared.settings.write_timeout,
+        shutdown: shared.shutdown.clone(),
+    };
+    driver::run(transport, Session::new(shared, outbox.clone()), outbox, settings)
 }
 
 struct Session {
@@ -173,11 +161,11 @@ fn deadline_after(exp: u64, grace: Duration) -> Instant {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, outbox: Arc<Outbox>) -> Self {
         let now = Instant::now();
         let settings = &shared.settings;
         Self {
-            outbox: Arc::new(Outbox::new(settings.queue_max_bytes)),
+            outbox,
             connect_deadline: now + settings.connect_timeout,
             next_ping: now + settings.ping_interval,
             pong_deadline: None,
@@ -188,48 +176,6 @@ impl Session {
         }
     }
 
-    /// Serves until the session ends; `Some(reason)` when the server ends it.
-    async fn serve<T: Transport>(&mut self, transport: &mut T) -> Option<DisconnectReason> {
-        // The shutdown wait and the timer live across iterations: making them
-        // anew for every message would register each again, per message.
-        // The handlers' futures are boxed: they exist only while they run,
-        // and inline they would make every idle connection's task as large
-        // as the largest command's state (a 3.3 KiB future instead of 1.1;
-        // even the write path inline costs idle connections 0.4 KiB each).
-        let mut shutdown = self.shared.shutdown.clone();
-        let mut shutdown = std::pin::pin!(closing(&mut shutdown));
-        let mut timer = std::pin::pin!(tokio::time::sleep_until(self.next_deadline()));
-        loop {
-            let deadline = self.next_deadline();
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => return Some(DisconnectReason::Shutdown),
-                _ = self.outbox.ready() => {
-                    if let Err(end) = Box::pin(self.flush(transport)).await {
-                        return end;
-                    }
-                }
-                inbound = transport.recv() => match Next::of(inbound, &self.client()) {
-                    Next::Text(frame) => {
-                        if let Err(reason) = Box::pin(self.on_frame(&frame)).await {
-                            self.log_refusal(&reason, &frame);
-                            return Some(reason);
-                        }
-                    }
-                    Next::End(reason) => return reason,
-                },
-                _ = &mut timer => {
-                    if let Err(end) = Box::pin(self.on_timer(transport)).await {
-                        return end;
-                    }
-                }
-            }
-        }
-    }
-
     fn client(&self) -> Option<ClientId> {
         self.conn.as_ref().map(|c| c.client().clone())
     }
@@ -237,110 +183,6 @@ impl Session {
     fn log_refusal(&self, reason: &DisconnectReason, frame: &[u8]) {
         let preview = String::from_utf8_lossy(&frame[..frame.len().min(128)]).into_owned();
         tracing::info!(client = ?self.client(), ?reason, frame = %preview, "closing connection after bad input");
-    }
-
-    fn next_deadline(&self) -> Instant {
-        if self.conn.is_none() {
-            return self.connect_deadline;
-        }
-        let mut next = self.next_ping;
-        for candidate in [self.pong_deadline, self.expire_deadline].into_iter().flatten() {
-            next = next.min(candidate);
-        }
-        match self.sub_deadlines.earliest() {
-            Some(deadline) => next.min(deadline),
-            None => next,
-        }
-    }
-
-    /// Writes everything queued as one frame. `Err` ends the session.
-    async fn flush<T: Transport>(&mut self, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
-        let items = match self.outbox.drain() {
-            Drained::Closed(reason) => return Err(Some(reason)),
-            Drained::Items(items) => items,
-        };
-        // A lone message (the common case) is sent as it is, shared with
-        // every other subscriber; only several are copied into one frame.
-        let mut lone: Option<Bytes> = None;
-        let mut joined = BytesMut::new();
-        for item in items {
-            let message = match item {
-                Outgoing::Frame(bytes) => bytes,
-                Outgoing::Event(event) => match self.on_event(event) {
-                    Ok(Some(bytes)) => bytes,
-                    Ok(None) => continue,
-                    Err(reason) => return Err(Some(reason)),
-                },
-            };
-            match lone.take() {
-                None if joined.is_empty() => lone = Some(message),
-                first => {
-                    if let Some(first) = first {
-                        joined.put_slice(&first);
-                    }
-                    joined.put_u8(b'\n');
-                    joined.put_slice(&message);
-                }
-            }
-        }
-        let frame = match lone {
-            Some(message) => message,
-            None if joined.is_empty() => return Ok(()),
-            None => joined.freeze(),
-        };
-        self.write(transport, frame).await
-    }
-
-    /// Sends one frame, giving up when the client stops reading.
-    async fn write<T: Transport>(&self, transport: &mut T, frame: Bytes) -> Result<(), Option<DisconnectReason>> {
-        send_guarded(transport, std::iter::once(frame), &self.outbox, self.shared.settings.write_timeout).await
-    }
-
-    async fn on_timer<T: Transport>(&mut self, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
-        let now = Instant::now();
-        let Some(conn) = self.conn.clone() else {
-            return if now >= self.connect_deadline { Err(Some(DisconnectReason::Stale)) } else { Ok(()) };
-        };
-        if self.pong_deadline.is_some_and(|d| now >= d) {
-            return Err(Some(DisconnectReason::NoPong));
-        }
-        if self.expire_deadline.is_some_and(|d| now >= d) {
-            return Err(Some(DisconnectReason::ConnectionExpired));
-        }
-        for channel in self.sub_deadlines.take_due(now) {
-            if self.shared.hub.unsubscribe(&conn, &channel).await {
-                let (code, reason) = codes::unsubscribe_code(UnsubscribeReason::Expired);
-                let push =
-                    encode::push(Some(&channel), "unsubscribe", &serde_json::json!({"code": code, "reason": reason}));
-                let _ = self.outbox.push(Outgoing::Frame(push));
-            }
-        }
-        if now >= self.next_ping {
-            self.next_ping = now + self.shared.settings.ping_interval;
-            if self.pong_deadline.is_none() {
-                self.pong_deadline = Some(now + self.shared.settings.pong_timeout);
-            }
-            transport.send_text(Bytes::from_static(encode::PING)).await.map_err(|_| None)?;
-        }
-        Ok(())
-    }
-
-    /// Encodes a server-side event, updating session state on the way.
-    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
-        Ok(Some(match event {
-            ConnEvent::Subscribed { channel } => encode::push(Some(&channel), "subscribe", &Empty {}),
-            ConnEvent::Unsubscribed { channel, reason } => {
-                self.sub_deadlines.remove(&channel);
-                let (code, reason) = codes::unsubscribe_code(reason);
-                encode::push(Some(&channel), "unsubscribe", &serde_json::json!({"code": code, "reason": reason}))
-            }
-            ConnEvent::Refresh { expired: true, .. } => return Err(DisconnectReason::ConnectionExpired),
-            ConnEvent::Refresh { expire_at, expired: false } => {
-                let grace = self.shared.settings.expired_close_delay;
-                self.expire_deadline = expire_at.map(|exp| deadline_after(exp, grace));
-                encode::push(None, "refresh", &ExpiryResult::at(expire_at))
-            }
-        }))
     }
 
     fn reply(&self, message: Bytes) {
@@ -396,6 +238,90 @@ impl Session {
             Err(Failure::Disconnect(reason)) => Err(reason),
         }
     }
+}
+
+impl Protocol for Session {
+    const FRAMING: Framing = Framing::Lines;
+
+    fn connection(&self) -> Option<&Arc<Connection>> {
+        self.conn.as_ref()
+    }
+
+    fn next_deadline(&self) -> Instant {
+        if self.conn.is_none() {
+            return self.connect_deadline;
+        }
+        let mut next = self.next_ping;
+        for candidate in [self.pong_deadline, self.expire_deadline].into_iter().flatten() {
+            next = next.min(candidate);
+        }
+        match self.sub_deadlines.earliest() {
+            Some(deadline) => next.min(deadline),
+            None => next,
+        }
+    }
+
+    async fn on_message(&mut self, message: Inbound) -> Result<(), DisconnectReason> {
+        let frame = driver::text_only(message, &self.client())?;
+        let handled = self.on_frame(&frame).await;
+        if let Err(reason) = &handled {
+            self.log_refusal(reason, &frame);
+        }
+        handled
+    }
+
+    async fn on_timer(&mut self) -> Result<(), DisconnectReason> {
+        let now = Instant::now();
+        let Some(conn) = self.conn.clone() else {
+            return if now >= self.connect_deadline { Err(DisconnectReason::Stale) } else { Ok(()) };
+        };
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            return Err(DisconnectReason::NoPong);
+        }
+        if self.expire_deadline.is_some_and(|d| now >= d) {
+            return Err(DisconnectReason::ConnectionExpired);
+        }
+        for channel in self.sub_deadlines.take_due(now) {
+            if self.shared.hub.unsubscribe(&conn, &channel).await {
+                self.reply(unsubscribe_push(&channel, UnsubscribeReason::Expired));
+            }
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.shared.settings.ping_interval;
+            if self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + self.shared.settings.pong_timeout);
+            }
+            self.reply(Bytes::from_static(encode::PING));
+        }
+        Ok(())
+    }
+
+    /// Encodes a server-side event, updating session state on the way.
+    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
+        Ok(Some(match event {
+            ConnEvent::Subscribed { channel } => encode::push(Some(&channel), "subscribe", &Empty {}),
+            ConnEvent::Unsubscribed { channel, reason } => {
+                self.sub_deadlines.remove(&channel);
+                unsubscribe_push(&channel, reason)
+            }
+            ConnEvent::Refresh { expired: true, .. } => return Err(DisconnectReason::ConnectionExpired),
+            ConnEvent::Refresh { expire_at, expired: false } => {
+                let grace = self.shared.settings.expired_close_delay;
+                self.expire_deadline = expire_at.map(|exp| deadline_after(exp, grace));
+                encode::push(None, "refresh", &ExpiryResult::at(expire_at))
+            }
+        }))
+    }
+
+    fn close_code(&self, reason: &DisconnectReason) -> (u16, String) {
+        codes::disconnect_code(reason)
+    }
+}
+
+/// The push that tells a client the server ended its subscription.
+fn unsubscribe_push(channel: &ChannelName, reason: UnsubscribeReason) -> Bytes {
+    let (code, reason) = codes::unsubscribe_code(reason);
+    encode::push(Some(channel), "unsubscribe", &serde_json::json!({"code": code, "reason": reason}))
 }
 
 mod commands;

@@ -1,9 +1,10 @@
-//! One Pusher protocol 7 connection at `/app/{key}`.
+//! One Pusher protocol 7 connection at `/app/{key}`: the connection's
+//! state machine, run by the session driver (`driver.rs`).
 //!
-//! Like the Centrifuge session, it is one task listening to the client, the
-//! connection's outbox and its timers at once. Pusher frames are one JSON
-//! message per WebSocket message, so a backlog is written message by
-//! message (in one go, without waiting between them).
+//! Pusher frames are one JSON message per WebSocket message, so a backlog
+//! is written message by message (in one go, without waiting between
+//! them). The server pings a client that stayed silent for the activity
+//! timeout, and closes it if no sign of life follows.
 //!
 //! Refusals follow the protocol: an unknown key, an unsupported protocol
 //! version or a full app gets `pusher:error` and a 4000-range close code
@@ -14,15 +15,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use herald_core::{ConnEvent, Connection, ConnectionSpec, Drained, HubError, Outbox, Outgoing};
+use herald_core::{ConnEvent, Connection, ConnectionSpec, HubError, Outbox, Outgoing};
 use herald_engine::{ClientId, DisconnectReason, UserId};
 
 use super::{error_frame, object_frame, App, AppSlot, Frame, Frontend};
-use crate::transport::{closing, send_guarded, Next, Transport};
+use crate::driver::{self, DriverSettings, Framing, Protocol};
+use crate::transport::{Inbound, Transport};
 
 /// The protocol versions served; pusher-js 8 speaks 7.
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
@@ -67,56 +70,54 @@ pub struct ConnectQuery {
 
 /// Serves a connection to the app with `key`, or refuses it the Pusher way.
 ///
-/// Not an `async fn`, for the reason given at the Centrifuge session's `run`.
-#[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+/// Not an `async fn`: admission is decided before anything is awaited, so
+/// the future is either the session or the refusal, and a served
+/// connection's future does not also keep a slot for the transport the
+/// refusal would have used.
 pub fn run<T: Transport>(
-    mut transport: T,
+    transport: T,
     frontend: Arc<Frontend>,
     key: String,
     query: ConnectQuery,
 ) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let refusal = |code: u16, message: String| (code, message);
-        let admitted = match frontend.apps.by_key(&key) {
-            None => Err(refusal(close::APP_NOT_FOUND, format!("App key {key} does not exist"))),
-            Some(app) => match query.protocol.as_deref().map(str::parse::<u32>) {
-                None => Err(refusal(close::NO_PROTOCOL, "No protocol version given".into())),
-                Some(Ok(version)) if PROTOCOLS.contains(&version) => match app.admit() {
-                    Some(slot) => Ok((app.clone(), slot)),
-                    None => Err(refusal(close::OVER_QUOTA, "Application is over connection quota".into())),
-                },
-                Some(_) => Err(refusal(close::UNSUPPORTED_PROTOCOL, "Unsupported protocol version".into())),
-            },
-        };
-        let (app, slot) = match admitted {
-            Ok(admitted) => admitted,
-            Err((code, message)) => {
-                tracing::info!(%key, code, %message, "pusher connection refused");
-                let timeout = frontend.settings.write_timeout;
-                let _ = Box::pin(tokio::time::timeout(timeout, async {
-                    let _ = transport.send_text(error_frame(Some(code), &message, None)).await;
-                    transport.close(code, message).await;
-                }))
-                .await;
-                return;
-            }
-        };
-        let mut session = match Session::open(frontend.clone(), app, slot) {
-            Ok(session) => session,
-            Err(error) => {
-                tracing::info!(%error, "pusher connection refused by the hub");
-                Box::pin(transport.close(close::RECONNECT, error.to_string())).await;
-                return;
-            }
-        };
-        let reason = session.serve(&mut transport).await;
-        if let Some(reason) = &reason {
-            let (code, text) = disconnect_code(reason);
-            let _ = Box::pin(tokio::time::timeout(frontend.settings.write_timeout, transport.close(code, text))).await;
+    let write_timeout = frontend.settings.write_timeout;
+    match open(&frontend, &key, &query) {
+        Ok((session, outbox)) => {
+            let settings =
+                DriverSettings { hub: frontend.hub.clone(), write_timeout, shutdown: frontend.shutdown.clone() };
+            Either::Left(driver::run(transport, session, outbox, settings))
         }
-        tracing::debug!(socket_id = %session.conn.client(), ?reason, "pusher connection closed");
-        Box::pin(frontend.hub.disconnect(&session.conn)).await;
+        Err((code, message)) => {
+            tracing::info!(%key, code, %message, "pusher connection refused");
+            Either::Right(refuse(transport, code, message, write_timeout))
+        }
     }
+}
+
+/// Admits a connection to the app with `key` and opens its session, or
+/// says with which code and message to refuse it.
+fn open(frontend: &Arc<Frontend>, key: &str, query: &ConnectQuery) -> Result<(Session, Arc<Outbox>), (u16, String)> {
+    let app =
+        frontend.apps.by_key(key).ok_or_else(|| (close::APP_NOT_FOUND, format!("App key {key} does not exist")))?;
+    match query.protocol.as_deref().map(str::parse::<u32>) {
+        None => return Err((close::NO_PROTOCOL, "No protocol version given".into())),
+        Some(Ok(version)) if PROTOCOLS.contains(&version) => {}
+        Some(_) => return Err((close::UNSUPPORTED_PROTOCOL, "Unsupported protocol version".into())),
+    }
+    let slot = app.admit().ok_or_else(|| (close::OVER_QUOTA, "Application is over connection quota".to_owned()))?;
+    let outbox = Arc::new(Outbox::new(frontend.settings.queue_max_bytes));
+    let session = Session::open(frontend.clone(), app.clone(), slot, outbox.clone())
+        .map_err(|error| (close::RECONNECT, error.to_string()))?;
+    Ok((session, outbox))
+}
+
+/// Tells a refused client why, and closes.
+async fn refuse<T: Transport>(mut transport: T, code: u16, message: String, write_timeout: std::time::Duration) {
+    let _ = tokio::time::timeout(write_timeout, async {
+        let _ = transport.send_text(error_frame(Some(code), &message, None)).await;
+        transport.close(code, message).await;
+    })
+    .await;
 }
 
 struct Session {
@@ -158,9 +159,8 @@ fn new_socket_id() -> String {
 }
 
 impl Session {
-    fn open(frontend: Arc<Frontend>, app: Arc<App>, slot: AppSlot) -> Result<Self, HubError> {
+    fn open(frontend: Arc<Frontend>, app: Arc<App>, slot: AppSlot, outbox: Arc<Outbox>) -> Result<Self, HubError> {
         let socket_id = new_socket_id();
-        let outbox = Arc::new(Outbox::new(frontend.settings.queue_max_bytes));
         let conn = frontend.hub.connect(ConnectionSpec {
             client: ClientId::new(&socket_id),
             user: UserId::anonymous(),
@@ -188,77 +188,9 @@ impl Session {
         })
     }
 
-    async fn serve<T: Transport>(&mut self, transport: &mut T) -> Option<DisconnectReason> {
-        // Made once, and handlers boxed: see the Centrifuge session's loop.
-        let mut shutdown = self.frontend.shutdown.clone();
-        let mut shutdown = std::pin::pin!(closing(&mut shutdown));
-        let mut timer = std::pin::pin!(tokio::time::sleep_until(self.next_deadline()));
-        loop {
-            let deadline = self.next_deadline();
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => return Some(DisconnectReason::Shutdown),
-                _ = self.outbox.ready() => {
-                    if let Err(end) = Box::pin(self.flush(transport)).await {
-                        return end;
-                    }
-                }
-                inbound = transport.recv() => {
-                    self.last_heard = Instant::now();
-                    self.pinged = None;
-                    match Next::of(inbound, &self.socket_id) {
-                        Next::Text(frame) => {
-                            if let Err(reason) = Box::pin(self.on_frame(&frame)).await {
-                                // The `pusher:error` that explains the close goes first.
-                                let _ = Box::pin(self.flush(transport)).await;
-                                return Some(reason);
-                            }
-                        }
-                        Next::End(reason) => return reason,
-                    }
-                }
-                _ = &mut timer => {
-                    if self.pinged.is_some() {
-                        return Some(DisconnectReason::NoPong);
-                    }
-                    self.pinged = Some(Instant::now());
-                    self.send(object_frame("pusher:ping", None, &serde_json::json!({})));
-                }
-            }
-        }
-    }
-
-    fn next_deadline(&self) -> Instant {
-        match self.pinged {
-            Some(at) => at + self.frontend.settings.pong_timeout,
-            None => self.last_heard + self.frontend.settings.activity_timeout,
-        }
-    }
-
     fn send(&self, frame: Bytes) {
         // A full outbox closes itself as slow; the loop then ends the session.
         let _ = self.outbox.push(Outgoing::Frame(frame));
-    }
-
-    /// Writes everything queued. `Err` ends the session.
-    async fn flush<T: Transport>(&mut self, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
-        let items = match self.outbox.drain() {
-            Drained::Closed(reason) => return Err(Some(reason)),
-            Drained::Items(items) => items,
-        };
-        if items.is_empty() {
-            return Ok(());
-        }
-        // One Pusher event per WebSocket message, but all of them in one write.
-        let app = &self.app;
-        let frames = items.into_iter().filter_map(|item| match item {
-            Outgoing::Frame(bytes) => Some(bytes),
-            Outgoing::Event(event) => event_frame(app, event),
-        });
-        send_guarded(transport, frames, &self.outbox, self.frontend.settings.write_timeout).await
     }
 
     async fn on_frame(&mut self, frame: &[u8]) -> Result<(), DisconnectReason> {
@@ -298,15 +230,52 @@ impl Session {
 mod client_events;
 mod subscribe;
 
-/// A server-side subscription change, as a Pusher frame.
-fn event_frame(app: &App, event: ConnEvent) -> Option<Bytes> {
-    match event {
-        ConnEvent::Subscribed { channel } => {
-            let name = app.name_of(&channel)?;
-            Some(super::subscription_succeeded(name, "{}"))
+impl Protocol for Session {
+    const FRAMING: Framing = Framing::Messages;
+
+    fn connection(&self) -> Option<&Arc<Connection>> {
+        Some(&self.conn)
+    }
+
+    fn next_deadline(&self) -> Instant {
+        match self.pinged {
+            Some(at) => at + self.frontend.settings.pong_timeout,
+            None => self.last_heard + self.frontend.settings.activity_timeout,
         }
-        // Pusher has no server-side unsubscribe push; the client simply
-        // stops receiving the channel.
-        ConnEvent::Unsubscribed { .. } | ConnEvent::Refresh { .. } => None,
+    }
+
+    async fn on_message(&mut self, message: Inbound) -> Result<(), DisconnectReason> {
+        self.last_heard = Instant::now();
+        self.pinged = None;
+        let frame = driver::text_only(message, &self.socket_id)?;
+        self.on_frame(&frame).await
+    }
+
+    async fn on_timer(&mut self) -> Result<(), DisconnectReason> {
+        if self.pinged.is_some() {
+            return Err(DisconnectReason::NoPong);
+        }
+        self.pinged = Some(Instant::now());
+        self.send(object_frame("pusher:ping", None, &serde_json::json!({})));
+        Ok(())
+    }
+
+    /// A server-side subscription change, as a Pusher frame. Pusher has no
+    /// server-side unsubscribe push; the client simply stops receiving the
+    /// channel.
+    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
+        Ok(match event {
+            ConnEvent::Subscribed { channel } => {
+                self.app.name_of(&channel).map(|name| super::subscription_succeeded(name, "{}"))
+            }
+            ConnEvent::Unsubscribed { .. } | ConnEvent::Refresh { .. } => None,
+        })
+    }
+
+    fn close_code(&self, reason: &DisconnectReason) -> (u16, String) {
+        disconnect_code(reason)
     }
 }
+
+#[cfg(test)]
+mod tests;

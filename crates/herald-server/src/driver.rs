@@ -1,0 +1,294 @@
+//! The session driver: one loop that runs every client connection,
+//! whatever its protocol and transport.
+//!
+//! A session is one task that always listens to four things at once: the
+//! node's shutdown, the connection's outbox (replies, publications,
+//! server-side events, pings), the client's messages and the protocol's
+//! timers. It holds no buffer while idle. The protocol ([`Protocol`])
+//! decodes and handles what the client sends, encodes server-side events,
+//! keeps its timers and names its close codes; the transport
+//! ([`Transport`]) moves messages. Neither brings a loop of its own.
+//!
+//! Everything a session sends goes through the outbox, pings and replies
+//! included, so it is bounded and written by one guarded write: a write
+//! that blocks is abandoned when the outbox overflows behind it or after
+//! `write_timeout`, and the client is closed as slow. A write takes
+//! everything queued; the protocol's [`Framing`] says how several messages
+//! share it.
+//!
+//! When the session ends because of what the client sent, what is queued
+//! (an error that explains the close) is written first; then the transport
+//! is closed with the protocol's code for the reason, and the connection
+//! leaves the hub.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use herald_core::{ConnEvent, Connection, Drained, Hub, Outbox, Outgoing};
+use herald_engine::DisconnectReason;
+
+use crate::transport::{Inbound, Transport, TransportError};
+
+/// How several messages queued at once share a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Joined by newlines into one transport message (Centrifuge JSON).
+    Lines,
+    /// One transport message each, all in one write (Pusher).
+    Messages,
+}
+
+/// One client protocol, as the driver runs it.
+pub(crate) trait Protocol: Send {
+    /// How messages queued together are written.
+    const FRAMING: Framing;
+
+    /// The connection this session registered with the hub, once it has one.
+    fn connection(&self) -> Option<&Arc<Connection>>;
+
+    /// When [`Protocol::on_timer`] is next due.
+    fn next_deadline(&self) -> Instant;
+
+    /// Handles a message from the client. Replies go into the outbox. An
+    /// error ends the session with that reason.
+    fn on_message(&mut self, message: Inbound) -> impl Future<Output = Result<(), DisconnectReason>> + Send;
+
+    /// Handles a due timer (pings, expiries). An error ends the session.
+    fn on_timer(&mut self) -> impl Future<Output = Result<(), DisconnectReason>> + Send;
+
+    /// Encodes a server-side event, or `None` when the protocol has no
+    /// message for it. An error ends the session.
+    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason>;
+
+    /// The close code and reason the client is told for `reason`.
+    fn close_code(&self, reason: &DisconnectReason) -> (u16, String);
+}
+
+/// What every session of a node shares with the driver.
+#[derive(Debug, Clone)]
+pub(crate) struct DriverSettings {
+    pub(crate) hub: Arc<Hub>,
+    /// How long one write may block before the client is closed as slow.
+    pub(crate) write_timeout: Duration,
+    /// Turns true when the node shuts down.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Runs a session to its end, then closes the transport and takes the
+/// connection out of the hub.
+///
+/// Not an `async fn`: that would keep the transport and the protocol in the
+/// future twice (as arguments and as the locals they move into), and this
+/// future lives as long as the connection. The async block uses them in
+/// place.
+#[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+pub(crate) fn run<P: Protocol, T: Transport>(
+    mut transport: T,
+    mut protocol: P,
+    outbox: Arc<Outbox>,
+    settings: DriverSettings,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut session = Session { protocol: &mut protocol, outbox: &outbox, write_timeout: settings.write_timeout };
+        let reason = session.serve(&mut transport, settings.shutdown.clone()).await;
+        if let Some(reason) = &reason {
+            let (code, text) = protocol.close_code(reason);
+            // A client that stopped reading may never take the close frame.
+            let _ = Box::pin(tokio::time::timeout(settings.write_timeout, transport.close(code, text))).await;
+        }
+        if let Some(conn) = protocol.connection() {
+            tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
+            Box::pin(settings.hub.disconnect(conn)).await;
+        }
+    }
+}
+
+struct Session<'a, P> {
+    protocol: &'a mut P,
+    outbox: &'a Outbox,
+    write_timeout: Duration,
+}
+
+impl<P: Protocol> Session<'_, P> {
+    /// Serves until the session ends; `Some(reason)` when the server ends it.
+    async fn serve<T: Transport>(
+        &mut self,
+        transport: &mut T,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<DisconnectReason> {
+        // The shutdown wait and the timer live across iterations: making them
+        // anew for every message would register each again, per message.
+        // The handlers' futures are boxed: they exist only while they run,
+        // and inline they would make every idle connection's task as large
+        // as the largest handler's state.
+        let mut shutdown = std::pin::pin!(closing(&mut shutdown));
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(self.protocol.next_deadline()));
+        loop {
+            let deadline = self.protocol.next_deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return Some(DisconnectReason::Shutdown),
+                _ = self.outbox.ready() => {
+                    if let Err(end) = Box::pin(self.flush(transport)).await {
+                        return end;
+                    }
+                }
+                received = transport.recv() => {
+                    let message = match received {
+                        Ok(Some(message)) => message,
+                        Ok(None) => return None,
+                        Err(TransportError::TooLarge) => {
+                            let client = self.protocol.connection().map(|c| c.client().clone());
+                            tracing::info!(?client, "message above client.max_message_size; closing");
+                            return Some(DisconnectReason::MessageTooLarge);
+                        }
+                        Err(TransportError::Broken(why)) => {
+                            let client = self.protocol.connection().map(|c| c.client().clone());
+                            tracing::debug!(?client, %why, "transport broke");
+                            return None;
+                        }
+                    };
+                    if let Err(reason) = Box::pin(self.protocol.on_message(message)).await {
+                        // What explains the close (an error message) goes first.
+                        let _ = Box::pin(self.flush(transport)).await;
+                        return Some(reason);
+                    }
+                }
+                _ = &mut timer => {
+                    if let Err(reason) = Box::pin(self.protocol.on_timer()).await {
+                        return Some(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes everything queued. `Err` ends the session: `Some(reason)` when
+    /// the server ends it, `None` when the transport broke.
+    async fn flush<T: Transport>(&mut self, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
+        let mut items = match self.outbox.drain() {
+            Drained::Closed(reason) => return Err(Some(reason)),
+            Drained::Items(items) => items,
+        };
+        // Events become frames in place; an event with no message for this
+        // protocol leaves an empty frame, which is skipped.
+        for item in items.iter_mut().filter(|item| matches!(item, Outgoing::Event(_))) {
+            let Outgoing::Event(event) = std::mem::replace(item, Outgoing::Frame(Bytes::new())) else { continue };
+            if let Some(frame) = self.protocol.on_event(event).map_err(Some)? {
+                *item = Outgoing::Frame(frame);
+            }
+        }
+        let frames = items.into_iter().filter_map(|item| match item {
+            Outgoing::Frame(bytes) if !bytes.is_empty() => Some(bytes),
+            Outgoing::Frame(_) | Outgoing::Event(_) => None,
+        });
+        match P::FRAMING {
+            Framing::Messages => send_guarded(transport, frames, self.outbox, self.write_timeout).await,
+            Framing::Lines => match join_lines(frames) {
+                Some(frame) => send_guarded(transport, std::iter::once(frame), self.outbox, self.write_timeout).await,
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+/// Joins messages with newlines into one frame. A lone message (the common
+/// case) is returned as it is, shared with every other subscriber; only
+/// several are copied.
+fn join_lines(frames: impl Iterator<Item = Bytes>) -> Option<Bytes> {
+    let mut lone: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    for message in frames {
+        match lone.take() {
+            None if joined.is_empty() => lone = Some(message),
+            first => {
+                if let Some(first) = first {
+                    joined.put_slice(&first);
+                }
+                joined.put_u8(b'\n');
+                joined.put_slice(&message);
+            }
+        }
+    }
+    match lone {
+        Some(message) => Some(message),
+        None if joined.is_empty() => None,
+        None => Some(joined.freeze()),
+    }
+}
+
+/// Sends messages, giving up on a client that stopped reading: when
+/// `outbox` overflows behind the blocked write (it then closes as slow), or
+/// after `timeout`. `Err(None)` means the transport broke, `Err(Some(Slow))`
+/// that the client was too slow.
+///
+/// Nearly every write completes at once, so the timer is armed only for a
+/// write that does not: a timer per message would cost more than the write.
+/// That slow path is boxed: most writes never allocate for it.
+async fn send_guarded<T, I>(
+    transport: &mut T,
+    frames: I,
+    outbox: &Outbox,
+    timeout: Duration,
+) -> Result<(), Option<DisconnectReason>>
+where
+    T: Transport,
+    I: IntoIterator<Item = Bytes> + Send,
+    I::IntoIter: Send,
+{
+    let mut send = std::pin::pin!(transport.send_texts(frames));
+    if let Poll::Ready(sent) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+        return sent.map_err(|_| None);
+    }
+    Box::pin(async move {
+        tokio::select! {
+            sent = send => sent.map_err(|_| None),
+            _ = outbox.closed() => Err(Some(DisconnectReason::Slow)),
+            _ = tokio::time::sleep(timeout) => Err(Some(DisconnectReason::Slow)),
+        }
+    })
+    .await
+}
+
+/// Resolves once the node starts shutting down.
+async fn closing(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the node is gone, which is a shutdown too.
+    let _ = shutdown.wait_for(|closing| *closing).await;
+}
+
+/// Refuses a binary message on a protocol that speaks text only: the
+/// session ends as a bad request.
+pub(crate) fn text_only(message: Inbound, client: &dyn std::fmt::Debug) -> Result<Bytes, DisconnectReason> {
+    match message {
+        Inbound::Text(text) => Ok(text),
+        Inbound::Binary(_) => {
+            tracing::info!(?client, "binary message on a text protocol; closing");
+            Err(DisconnectReason::BadRequest)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(messages: &[&'static str]) -> Option<Bytes> {
+        join_lines(messages.iter().map(|m| Bytes::from_static(m.as_bytes())))
+    }
+
+    #[test]
+    fn lines_join_several_messages_and_leave_a_lone_one_as_it_is() {
+        assert_eq!(joined(&[]), None);
+        assert_eq!(joined(&["{}"]), Some(Bytes::from_static(b"{}")));
+        assert_eq!(joined(&["{\"a\":1}", "{}", "{\"b\":2}"]), Some(Bytes::from_static(b"{\"a\":1}\n{}\n{\"b\":2}")));
+    }
+}

@@ -1,0 +1,206 @@
+//! The Pusher session over an in-memory transport, with paused time: the
+//! handshake and its refusals, heartbeats, subscriptions, client frames
+//! the protocol refuses, and shutdown. No test here waits for a real clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use herald_core::{ChannelRules, Hub, HubConfig};
+use herald_engine::{ChannelName, Control, Engine, NodeId, Publication, UserId};
+
+use super::{run, ConnectQuery};
+use crate::config::{ClientConfig, PusherApp, PusherConfig, Secret};
+use crate::pusher::conventions::PusherConventions;
+use crate::pusher::{sign, Frontend, EVENT_TAG};
+use crate::transport::memory::{MemoryTransport, Sent};
+use crate::transport::{Inbound, TransportError};
+
+const KEY: &str = "app-key";
+const SECRET: &str = "app-secret-123";
+
+struct Harness {
+    hub: Arc<Hub>,
+    to_session: mpsc::UnboundedSender<Result<Inbound, TransportError>>,
+    from_session: mpsc::UnboundedReceiver<Sent>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A node with one Pusher app (activity timeout 120 s, pong timeout 30 s).
+async fn node() -> (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>) {
+    let rules = ChannelRules::default().with_conventions(Arc::new(PusherConventions));
+    let config = HubConfig { track_occupancy: true, ..HubConfig::new(NodeId::new("n"), rules) };
+    let hub = Hub::new(config, Engine::memory());
+    hub.start().await.unwrap();
+    let app = PusherApp { id: "1".into(), key: KEY.into(), secret: Secret::new(SECRET), ..PusherApp::default() };
+    let pusher = PusherConfig { apps: vec![app], ..PusherConfig::default() };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let frontend = Frontend::new(hub.clone(), &pusher, &ClientConfig::default(), shutdown_rx);
+    (hub, frontend, shutdown)
+}
+
+/// A session of a client that connected to `key` with `protocol`.
+async fn session_with(key: &str, protocol: Option<&str>) -> Harness {
+    let (hub, frontend, shutdown) = node().await;
+    let (to_session, inbound) = mpsc::unbounded_channel();
+    let (outbound, from_session) = mpsc::unbounded_channel();
+    let query = ConnectQuery { protocol: protocol.map(str::to_owned) };
+    tokio::spawn(run(MemoryTransport { inbound, outbound }, frontend, key.to_owned(), query));
+    Harness { hub, to_session, from_session, shutdown }
+}
+
+/// A connected session, past its `pusher:connection_established`; returns
+/// the harness and the socket id.
+async fn connected() -> (Harness, String) {
+    let mut s = session_with(KEY, Some("7")).await;
+    let established = s.next_json().await;
+    assert_eq!(established["event"], "pusher:connection_established");
+    let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["activity_timeout"], 120);
+    let socket_id = data["socket_id"].as_str().unwrap().to_owned();
+    (s, socket_id)
+}
+
+impl Harness {
+    fn send(&self, frame: Value) {
+        self.to_session.send(Ok(Inbound::Text(Bytes::from(frame.to_string())))).unwrap();
+    }
+
+    async fn next(&mut self) -> Sent {
+        self.from_session.recv().await.expect("the session sent something")
+    }
+
+    async fn next_json(&mut self) -> Value {
+        match self.next().await {
+            Sent::Text(text) => serde_json::from_str(&text).unwrap(),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Value {
+        self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel}}));
+        self.next_json().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_app_or_protocol_is_refused_with_an_error_and_its_close_code() {
+    for (key, protocol, code) in [("nope", Some("7"), 4001), (KEY, None, 4008), (KEY, Some("2"), 4007)] {
+        let mut s = session_with(key, protocol).await;
+        let error = s.next_json().await;
+        assert_eq!(
+            (error["event"].as_str(), error["data"]["code"].as_u64()),
+            (Some("pusher:error"), Some(code.into()))
+        );
+        assert!(matches!(s.next().await, Sent::Close(c, _) if c == code), "{key} {protocol:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_pinged_after_the_activity_timeout_and_closed_with_4201_without_a_pong() {
+    let (mut s, _) = connected().await;
+    let started = Instant::now();
+    assert_eq!(s.next_json().await["event"], "pusher:ping");
+    assert_eq!(started.elapsed(), Duration::from_secs(120));
+    assert!(matches!(s.next().await, Sent::Close(4201, _)));
+    assert_eq!(started.elapsed(), Duration::from_secs(150), "the pong timeout after the ping");
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_message_is_a_sign_of_life_and_a_client_ping_gets_a_pong() {
+    let (mut s, _) = connected().await;
+    let started = Instant::now();
+    assert_eq!(s.next_json().await["event"], "pusher:ping");
+    s.send(json!({"event": "pusher:ping", "data": {}}));
+    assert_eq!(s.next_json().await["event"], "pusher:pong");
+    assert_eq!(s.next_json().await["event"], "pusher:ping", "the client spoke: pinged again, not closed");
+    assert_eq!(started.elapsed(), Duration::from_secs(240));
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_frames_get_errors_and_a_binary_frame_closes_with_4007() {
+    let (mut s, _) = connected().await;
+    for garbage in ["not json", "{\"no_event\":1}", "[]"] {
+        s.to_session.send(Ok(Inbound::Text(Bytes::from(garbage)))).unwrap();
+        assert_eq!(s.next_json().await["event"], "pusher:error", "{garbage}");
+    }
+    s.send(json!({"event": "pusher:teleport", "data": {}}));
+    assert_eq!(s.next_json().await["event"], "pusher:error", "an unknown event");
+    s.to_session.send(Ok(Inbound::Binary(Bytes::from_static(&[0, 1])))).unwrap();
+    assert!(matches!(s.next().await, Sent::Close(4007, _)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_public_subscription_is_confirmed_and_its_events_arrive_as_pusher_frames() {
+    let (mut s, _) = connected().await;
+    let confirmed = s.subscribe("news").await;
+    assert_eq!(
+        (confirmed["event"].as_str(), confirmed["channel"].as_str()),
+        (Some("pusher_internal:subscription_succeeded"), Some("news"))
+    );
+    let mut publication = Publication::from_data(Bytes::from_static(br#"{"headline":"hi"}"#));
+    publication.tags.insert(EVENT_TAG.to_owned(), "breaking".to_owned());
+    s.hub.publish(&ChannelName::new("news").unwrap(), publication, None, false).await.unwrap();
+    let event = s.next_json().await;
+    assert_eq!(event, json!({"event": "breaking", "channel": "news", "data": "{\"headline\":\"hi\"}"}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_private_channel_needs_this_sockets_signature() {
+    let (mut s, socket_id) = connected().await;
+    let refusal = s.subscribe("private-orders").await;
+    assert_eq!(
+        (refusal["event"].as_str(), refusal["data"]["status"].as_u64()),
+        (Some("pusher:subscription_error"), Some(401))
+    );
+    let signature = sign::hmac_hex(SECRET, sign::channel_message(&socket_id, "private-orders", None).as_bytes());
+    let auth = format!("{KEY}:{signature}");
+    s.send(json!({"event": "pusher:subscribe", "data": {"channel": "private-orders", "auth": auth}}));
+    assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_4009() {
+    let (mut s, socket_id) = connected().await;
+    let signin = json!({"id": "ann"}).to_string();
+    let auth = format!("{KEY}:{}", sign::hmac_hex(SECRET, sign::signin_message(&socket_id, &signin).as_bytes()));
+    s.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": signin}}));
+    assert_eq!(s.next_json().await["event"], "pusher:signin_success");
+
+    let ann = UserId::new("ann").unwrap();
+    let news = ChannelName::new("news").unwrap();
+    s.hub.send_control(Control::Subscribe { user: ann.clone(), channel: news, client: None }).await.unwrap();
+    let confirmed = s.next_json().await;
+    assert_eq!(
+        (confirmed["event"].as_str(), confirmed["channel"].as_str()),
+        (Some("pusher_internal:subscription_succeeded"), Some("news"))
+    );
+
+    let reason = herald_engine::DisconnectReason::ForceDisconnect;
+    s.hub.send_control(Control::Disconnect { user: ann, client: None, reason }).await.unwrap();
+    assert!(matches!(s.next().await, Sent::Close(4009, _)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_closes_with_4200_and_the_connection_leaves_the_hub() {
+    let (mut s, _) = connected().await;
+    s.subscribe("news").await;
+    assert_eq!(s.hub.stats().subscriptions, 1);
+    s.shutdown.send(true).unwrap();
+    assert!(matches!(s.next().await, Sent::Close(4200, _)));
+    assert_eq!(s.from_session.recv().await, None, "the session ended");
+    assert_eq!(s.hub.stats().clients, 0);
+    assert_eq!(s.hub.stats().subscriptions, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_transport_ends_the_session_quietly() {
+    let (mut s, _) = connected().await;
+    s.to_session.send(Err(TransportError::Broken("reset".into()))).unwrap();
+    assert_eq!(s.from_session.recv().await, None, "no close frame on a broken transport");
+    assert_eq!(s.hub.stats().clients, 0);
+}

@@ -49,6 +49,12 @@ pub(crate) trait Protocol: Send {
     /// How messages queued together are written.
     const FRAMING: Framing;
 
+    /// What every session of the node shares with the driver.
+    fn settings(&self) -> &DriverSettings;
+
+    /// The connection's outbox: everything the session sends goes through it.
+    fn outbox(&self) -> &Outbox;
+
     /// The connection this session registered with the hub, once it has one.
     fn connection(&self) -> Option<&Arc<Connection>>;
 
@@ -72,12 +78,13 @@ pub(crate) trait Protocol: Send {
 
 /// What every session of a node shares with the driver.
 #[derive(Debug, Clone)]
-pub(crate) struct DriverSettings {
-    pub(crate) hub: Arc<Hub>,
+pub struct DriverSettings {
+    /// The node's hub, which a connection leaves when its session ends.
+    pub hub: Arc<Hub>,
     /// How long one write may block before the client is closed as slow.
-    pub(crate) write_timeout: Duration,
+    pub write_timeout: Duration,
     /// Turns true when the node shuts down.
-    pub(crate) shutdown: watch::Receiver<bool>,
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Runs a session to its end, then closes the transport and takes the
@@ -86,17 +93,13 @@ pub(crate) struct DriverSettings {
 /// Not an `async fn`: that would keep the transport and the protocol in the
 /// future twice (as arguments and as the locals they move into), and this
 /// future lives as long as the connection. The async block uses them in
-/// place.
+/// place, and everything the node shares stays behind the protocol's
+/// [`Protocol::settings`].
 #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
-pub(crate) fn run<P: Protocol, T: Transport>(
-    mut transport: T,
-    mut protocol: P,
-    outbox: Arc<Outbox>,
-    settings: DriverSettings,
-) -> impl Future<Output = ()> + Send {
+pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) -> impl Future<Output = ()> + Send {
     async move {
-        let mut session = Session { protocol: &mut protocol, outbox: &outbox, write_timeout: settings.write_timeout };
-        let reason = session.serve(&mut transport, settings.shutdown.clone()).await;
+        let reason = serve(&mut protocol, &mut transport).await;
+        let settings = protocol.settings();
         if let Some(reason) = &reason {
             let (code, text) = protocol.close_code(reason);
             // A client that stopped reading may never take the close frame.
@@ -109,95 +112,97 @@ pub(crate) fn run<P: Protocol, T: Transport>(
     }
 }
 
-struct Session<'a, P> {
-    protocol: &'a mut P,
-    outbox: &'a Outbox,
-    write_timeout: Duration,
-}
-
-impl<P: Protocol> Session<'_, P> {
-    /// Serves until the session ends; `Some(reason)` when the server ends it.
-    async fn serve<T: Transport>(
-        &mut self,
-        transport: &mut T,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Option<DisconnectReason> {
-        // The shutdown wait and the timer live across iterations: making them
-        // anew for every message would register each again, per message.
-        // The handlers' futures are boxed: they exist only while they run,
-        // and inline they would make every idle connection's task as large
-        // as the largest handler's state.
-        let mut shutdown = std::pin::pin!(closing(&mut shutdown));
-        let mut timer = std::pin::pin!(tokio::time::sleep_until(self.protocol.next_deadline()));
-        loop {
-            let deadline = self.protocol.next_deadline();
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
+/// Serves until the session ends; `Some(reason)` when the server ends it.
+async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -> Option<DisconnectReason> {
+    // The shutdown wait and the timer live across iterations: making them
+    // anew for every message would register each again, per message.
+    // The handlers' futures are boxed: they exist only while they run,
+    // and inline they would make every idle connection's task as large
+    // as the largest handler's state.
+    let mut shutdown = protocol.settings().shutdown.clone();
+    let mut shutdown = std::pin::pin!(closing(&mut shutdown));
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(protocol.next_deadline()));
+    loop {
+        let deadline = protocol.next_deadline();
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return Some(DisconnectReason::Shutdown),
+            _ = protocol.outbox().ready() => {
+                if let Err(end) = Box::pin(flush(protocol, transport)).await {
+                    return end;
+                }
             }
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => return Some(DisconnectReason::Shutdown),
-                _ = self.outbox.ready() => {
-                    if let Err(end) = Box::pin(self.flush(transport)).await {
-                        return end;
-                    }
+            received = transport.recv() => {
+                if let Some(end) = Box::pin(receive(protocol, transport, received)).await {
+                    return end;
                 }
-                received = transport.recv() => {
-                    let message = match received {
-                        Ok(Some(message)) => message,
-                        Ok(None) => return None,
-                        Err(TransportError::TooLarge) => {
-                            let client = self.protocol.connection().map(|c| c.client().clone());
-                            tracing::info!(?client, "message above client.max_message_size; closing");
-                            return Some(DisconnectReason::MessageTooLarge);
-                        }
-                        Err(TransportError::Broken(why)) => {
-                            let client = self.protocol.connection().map(|c| c.client().clone());
-                            tracing::debug!(?client, %why, "transport broke");
-                            return None;
-                        }
-                    };
-                    if let Err(reason) = Box::pin(self.protocol.on_message(message)).await {
-                        // What explains the close (an error message) goes first.
-                        let _ = Box::pin(self.flush(transport)).await;
-                        return Some(reason);
-                    }
-                }
-                _ = &mut timer => {
-                    if let Err(reason) = Box::pin(self.protocol.on_timer()).await {
-                        return Some(reason);
-                    }
+            }
+            _ = &mut timer => {
+                if let Err(reason) = Box::pin(protocol.on_timer()).await {
+                    return Some(reason);
                 }
             }
         }
     }
+}
 
-    /// Writes everything queued. `Err` ends the session: `Some(reason)` when
-    /// the server ends it, `None` when the transport broke.
-    async fn flush<T: Transport>(&mut self, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
-        let mut items = match self.outbox.drain() {
-            Drained::Closed(reason) => return Err(Some(reason)),
-            Drained::Items(items) => items,
-        };
-        // Events become frames in place; an event with no message for this
-        // protocol leaves an empty frame, which is skipped.
-        for item in items.iter_mut().filter(|item| matches!(item, Outgoing::Event(_))) {
-            let Outgoing::Event(event) = std::mem::replace(item, Outgoing::Frame(Bytes::new())) else { continue };
-            if let Some(frame) = self.protocol.on_event(event).map_err(Some)? {
-                *item = Outgoing::Frame(frame);
-            }
+/// Hands what the transport received to the protocol. `Some(end)` ends
+/// the session: `end` is `Some(reason)` when the server ends it (what is
+/// queued, such as an error that explains the close, is written first),
+/// `None` when the client left or the transport broke.
+async fn receive<P: Protocol, T: Transport>(
+    protocol: &mut P,
+    transport: &mut T,
+    received: Result<Option<Inbound>, TransportError>,
+) -> Option<Option<DisconnectReason>> {
+    let message = match received {
+        Ok(Some(message)) => message,
+        Ok(None) => return Some(None),
+        Err(TransportError::TooLarge) => {
+            let client = protocol.connection().map(|c| c.client().clone());
+            tracing::info!(?client, "message above client.max_message_size; closing");
+            return Some(Some(DisconnectReason::MessageTooLarge));
         }
-        let frames = items.into_iter().filter_map(|item| match item {
-            Outgoing::Frame(bytes) if !bytes.is_empty() => Some(bytes),
-            Outgoing::Frame(_) | Outgoing::Event(_) => None,
-        });
-        match P::FRAMING {
-            Framing::Messages => send_guarded(transport, frames, self.outbox, self.write_timeout).await,
-            Framing::Lines => match join_lines(frames) {
-                Some(frame) => send_guarded(transport, std::iter::once(frame), self.outbox, self.write_timeout).await,
-                None => Ok(()),
-            },
+        Err(TransportError::Broken(why)) => {
+            let client = protocol.connection().map(|c| c.client().clone());
+            tracing::debug!(?client, %why, "transport broke");
+            return Some(None);
         }
+    };
+    let reason = protocol.on_message(message).await.err()?;
+    let _ = flush(protocol, transport).await;
+    Some(Some(reason))
+}
+
+/// Writes everything queued. `Err` ends the session: `Some(reason)` when
+/// the server ends it, `None` when the transport broke.
+async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
+    let mut items = match protocol.outbox().drain() {
+        Drained::Closed(reason) => return Err(Some(reason)),
+        Drained::Items(items) => items,
+    };
+    // Events become frames in place; an event with no message for this
+    // protocol leaves an empty frame, which is skipped.
+    for item in items.iter_mut().filter(|item| matches!(item, Outgoing::Event(_))) {
+        let Outgoing::Event(event) = std::mem::replace(item, Outgoing::Frame(Bytes::new())) else { continue };
+        if let Some(frame) = protocol.on_event(event).map_err(Some)? {
+            *item = Outgoing::Frame(frame);
+        }
+    }
+    let frames = items.into_iter().filter_map(|item| match item {
+        Outgoing::Frame(bytes) if !bytes.is_empty() => Some(bytes),
+        Outgoing::Frame(_) | Outgoing::Event(_) => None,
+    });
+    let (outbox, timeout) = (protocol.outbox(), protocol.settings().write_timeout);
+    match P::FRAMING {
+        Framing::Messages => send_guarded(transport, frames, outbox, timeout).await,
+        Framing::Lines => match join_lines(frames) {
+            Some(frame) => send_guarded(transport, std::iter::once(frame), outbox, timeout).await,
+            None => Ok(()),
+        },
     }
 }
 

@@ -9,8 +9,8 @@
 //! - [`config`]: the typed configuration tree, layered loading, validation.
 //! - [`auth`]: connection and subscription tokens (JWT).
 //! - [`transport`]: the seam between sockets and protocol sessions.
-//! - `driver`: the one session loop every connection runs on, generic over
-//!   the protocol and the transport.
+//! - [`driver`]: the one session loop every connection runs on, generic
+//!   over the protocol and the transport.
 //! - [`centrifuge`]: the Centrifuge client protocol v2 (JSON).
 //! - [`api`]: the server HTTP API.
 //! - [`pusher`]: the Pusher protocol 7 front-end, its HTTP API and webhooks.
@@ -25,7 +25,7 @@ pub mod auth;
 pub mod centrifuge;
 pub mod cli;
 pub mod config;
-mod driver;
+pub mod driver;
 pub mod listener;
 pub mod pusher;
 pub mod server;

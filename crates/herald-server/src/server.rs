@@ -29,6 +29,7 @@ use crate::api::{self, ApiState};
 use crate::auth::TokenVerifier;
 use crate::centrifuge::{self, CentrifugeEncoder, SessionSettings, Shared};
 use crate::config::{Config, EngineConfig};
+use crate::driver::DriverSettings;
 use crate::listener::BackoffListener;
 use crate::pusher::{self, Frontend};
 use crate::transport::WsTransport;
@@ -170,19 +171,13 @@ impl Node {
             expired_close_delay: client.expired_close_delay,
             expired_sub_close_delay: client.expired_sub_close_delay,
             queue_max_bytes: client.queue_max_bytes,
-            write_timeout: client.write_timeout,
             allow_anonymous: client.allow_anonymous,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let pusher =
             serves_pusher.then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, shutdown_rx.clone()));
-        let shared = Arc::new(Shared {
-            hub: hub.clone(),
-            verifier,
-            settings,
-            encoder: Arc::new(CentrifugeEncoder),
-            shutdown: shutdown_rx,
-        });
+        let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx };
+        let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder) });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
         let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, started: Instant::now() });
         Ok(Node { hub, shared, api, pusher, shutdown, config })
@@ -283,7 +278,7 @@ where
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    match state.shared.hub.engine().health().await {
+    match state.shared.driver.hub.engine().health().await {
         Health::Ready => Json(serde_json::json!({"status": "ok"})).into_response(),
         Health::NotReady { reason } => {
             (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not ready", "reason": reason})))

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use herald_core::{ConnEvent, Connection, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
@@ -35,19 +34,23 @@ pub struct SessionSettings {
     pub expired_close_delay: Duration,
     pub expired_sub_close_delay: Duration,
     pub queue_max_bytes: usize,
-    pub write_timeout: Duration,
     pub allow_anonymous: bool,
 }
 
 /// What every session of a node shares.
 #[derive(Debug)]
 pub struct Shared {
-    pub hub: Arc<Hub>,
+    /// The hub, the write timeout and the shutdown signal.
+    pub driver: DriverSettings,
     pub verifier: TokenVerifier,
     pub settings: SessionSettings,
     pub encoder: Arc<CentrifugeEncoder>,
-    /// Turns true when the node shuts down.
-    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn hub(&self) -> &Arc<Hub> {
+        &self.driver.hub
+    }
 }
 
 /// How a command can fail: with an error reply, or by ending the session.
@@ -71,12 +74,7 @@ impl From<HubError> for Failure {
 /// Runs a session on `transport` to its end.
 pub fn run<T: Transport>(transport: T, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
     let outbox = Arc::new(Outbox::new(shared.settings.queue_max_bytes));
-    let settings = DriverSettings {
-        hub: shared.hub.clone(),
-        write_timeout: shared.settings.write_timeout,
-        shutdown: shared.shutdown.clone(),
-    };
-    driver::run(transport, Session::new(shared, outbox.clone()), outbox, settings)
+    driver::run(transport, Session::new(shared, outbox))
 }
 
 struct Session {
@@ -243,6 +241,14 @@ impl Session {
 impl Protocol for Session {
     const FRAMING: Framing = Framing::Lines;
 
+    fn settings(&self) -> &DriverSettings {
+        &self.shared.driver
+    }
+
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     fn connection(&self) -> Option<&Arc<Connection>> {
         self.conn.as_ref()
     }
@@ -282,7 +288,7 @@ impl Protocol for Session {
             return Err(DisconnectReason::ConnectionExpired);
         }
         for channel in self.sub_deadlines.take_due(now) {
-            if self.shared.hub.unsubscribe(&conn, &channel).await {
+            if self.shared.hub().unsubscribe(&conn, &channel).await {
                 self.reply(unsubscribe_push(&channel, UnsubscribeReason::Expired));
             }
         }

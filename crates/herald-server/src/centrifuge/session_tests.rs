@@ -32,7 +32,7 @@ async fn session() -> Harness {
     hub.start().await.unwrap();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        hub,
+        driver: crate::driver::DriverSettings { hub, write_timeout: Duration::from_secs(10), shutdown: shutdown_rx },
         verifier: TokenVerifier::from_config(&client).unwrap(),
         settings: SessionSettings {
             ping_interval: Duration::from_secs(25),
@@ -41,11 +41,9 @@ async fn session() -> Harness {
             expired_close_delay: Duration::from_secs(25),
             expired_sub_close_delay: Duration::from_secs(25),
             queue_max_bytes: 1 << 20,
-            write_timeout: Duration::from_secs(10),
             allow_anonymous: false,
         },
         encoder: Arc::new(CentrifugeEncoder),
-        shutdown: shutdown_rx,
     });
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();

@@ -29,6 +29,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use herald_core::{Hub, PushEncoder};
+
+use crate::driver::DriverSettings;
 use herald_engine::{ChannelName, PresenceEvent, Publication};
 
 use conventions::ChannelKind;
@@ -158,18 +160,16 @@ pub struct PusherSettings {
     pub activity_timeout: Duration,
     pub pong_timeout: Duration,
     pub queue_max_bytes: usize,
-    pub write_timeout: Duration,
 }
 
 /// What every Pusher session and API call of a node shares.
 #[derive(Debug)]
 pub struct Frontend {
-    pub hub: Arc<Hub>,
+    /// The hub, the write timeout and the shutdown signal.
+    pub driver: DriverSettings,
     pub apps: Apps,
     pub settings: PusherSettings,
     pub webhooks: Arc<Webhooks>,
-    /// Turns true when the node shuts down.
-    pub shutdown: watch::Receiver<bool>,
 }
 
 impl Frontend {
@@ -185,11 +185,16 @@ impl Frontend {
             activity_timeout: config.activity_timeout,
             pong_timeout: config.pong_timeout,
             queue_max_bytes: client.queue_max_bytes,
-            write_timeout: client.write_timeout,
         };
-        let frontend = Arc::new(Self { hub: hub.clone(), apps, settings, webhooks, shutdown });
+        let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown };
+        let frontend = Arc::new(Self { driver, apps, settings, webhooks });
         hub.observe(Arc::new(webhooks::Observer(Arc::downgrade(&frontend))));
         frontend
+    }
+
+    /// The node's hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.driver.hub
     }
 }
 

@@ -267,7 +267,7 @@ impl Api<'_> {
             let mut publication = Publication::from_data(payload.clone());
             publication.tags.insert(EVENT_TAG.to_owned(), trigger.name.clone());
             publication.exclude = exclude.clone();
-            self.frontend.hub.publish(channel, publication, None, false).await?;
+            self.frontend.hub().publish(channel, publication, None, false).await?;
         }
         if !(info.user_count || info.subscription_count) {
             return Ok(None);
@@ -286,10 +286,10 @@ impl Api<'_> {
             if !ChannelKind::of(name).is_presence() {
                 return Err(Failure::bad("user_count is only available for presence channels"));
             }
-            out.insert("user_count".into(), self.frontend.hub.presence_stats(channel).await?.num_users.into());
+            out.insert("user_count".into(), self.frontend.hub().presence_stats(channel).await?.num_users.into());
         }
         if info.subscription_count {
-            out.insert("subscription_count".into(), self.frontend.hub.subscription_count(channel).await?.into());
+            out.insert("subscription_count".into(), self.frontend.hub().subscription_count(channel).await?.into());
         }
         Ok(Value::Object(out))
     }
@@ -301,7 +301,7 @@ impl Api<'_> {
             return Err(Failure::bad("info=user_count needs filter_by_prefix=presence-"));
         }
         let mut channels = Map::new();
-        for channel in self.frontend.hub.occupied_channels().await? {
+        for channel in self.frontend.hub().occupied_channels().await? {
             let Some(name) = self.app.name_of(&channel) else { continue };
             if name.starts_with('#') || !name.starts_with(prefix) || !super::valid_channel_name(name) {
                 continue;
@@ -314,7 +314,7 @@ impl Api<'_> {
     async fn channel(&self, name: &str, query: &[(String, String)]) -> Result<Value, Failure> {
         let channel = self.channel_of(name)?;
         let info = Info::parse(param(query, "info"))?;
-        let subscriptions = self.frontend.hub.subscription_count(&channel).await?;
+        let subscriptions = self.frontend.hub().subscription_count(&channel).await?;
         let mut out = match self.counts(name, &channel, Info { cache: false, ..info }).await? {
             Value::Object(map) => map,
             _ => Map::new(),
@@ -331,7 +331,7 @@ impl Api<'_> {
             return Err(Failure::bad("cache is only available for cache channels"));
         }
         let query = herald_engine::HistoryQuery { since: None, limit: 1, reverse: true };
-        let history = self.frontend.hub.history(channel, query).await?;
+        let history = self.frontend.hub().history(channel, query).await?;
         Ok(match history.publications.first() {
             Some(last) => json!({
                 "event": last.tags.get(EVENT_TAG).map_or(super::DEFAULT_EVENT, String::as_str),
@@ -346,7 +346,7 @@ impl Api<'_> {
         if !ChannelKind::of(name).is_presence() {
             return Err(Failure::bad("users are only listed for presence channels"));
         }
-        let present = self.frontend.hub.presence(&channel).await?;
+        let present = self.frontend.hub().presence(&channel).await?;
         let ids: std::collections::BTreeSet<&str> = present.iter().map(|p| p.user.as_str()).collect();
         let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
         Ok(json!({ "users": users }))
@@ -366,7 +366,7 @@ impl Api<'_> {
     async fn terminate(&self, user: &str) -> Result<Value, Failure> {
         let user = UserId::new(user).map_err(|e| Failure::bad(e.to_string()))?;
         let reason = DisconnectReason::ForceDisconnect;
-        self.frontend.hub.send_control(Control::Disconnect { user, client: None, reason }).await?;
+        self.frontend.hub().send_control(Control::Disconnect { user, client: None, reason }).await?;
         Ok(json!({}))
     }
 }

@@ -80,13 +80,9 @@ pub fn run<T: Transport>(
     key: String,
     query: ConnectQuery,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let write_timeout = frontend.settings.write_timeout;
+    let write_timeout = frontend.driver.write_timeout;
     match open(&frontend, &key, &query) {
-        Ok((session, outbox)) => {
-            let settings =
-                DriverSettings { hub: frontend.hub.clone(), write_timeout, shutdown: frontend.shutdown.clone() };
-            Either::Left(driver::run(transport, session, outbox, settings))
-        }
+        Ok(session) => Either::Left(driver::run(transport, session)),
         Err((code, message)) => {
             tracing::info!(%key, code, %message, "pusher connection refused");
             Either::Right(refuse(transport, code, message, write_timeout))
@@ -96,7 +92,7 @@ pub fn run<T: Transport>(
 
 /// Admits a connection to the app with `key` and opens its session, or
 /// says with which code and message to refuse it.
-fn open(frontend: &Arc<Frontend>, key: &str, query: &ConnectQuery) -> Result<(Session, Arc<Outbox>), (u16, String)> {
+fn open(frontend: &Arc<Frontend>, key: &str, query: &ConnectQuery) -> Result<Session, (u16, String)> {
     let app =
         frontend.apps.by_key(key).ok_or_else(|| (close::APP_NOT_FOUND, format!("App key {key} does not exist")))?;
     match query.protocol.as_deref().map(str::parse::<u32>) {
@@ -106,9 +102,7 @@ fn open(frontend: &Arc<Frontend>, key: &str, query: &ConnectQuery) -> Result<(Se
     }
     let slot = app.admit().ok_or_else(|| (close::OVER_QUOTA, "Application is over connection quota".to_owned()))?;
     let outbox = Arc::new(Outbox::new(frontend.settings.queue_max_bytes));
-    let session = Session::open(frontend.clone(), app.clone(), slot, outbox.clone())
-        .map_err(|error| (close::RECONNECT, error.to_string()))?;
-    Ok((session, outbox))
+    Session::open(frontend.clone(), app.clone(), slot, outbox).map_err(|error| (close::RECONNECT, error.to_string()))
 }
 
 /// Tells a refused client why, and closes.
@@ -161,7 +155,7 @@ fn new_socket_id() -> String {
 impl Session {
     fn open(frontend: Arc<Frontend>, app: Arc<App>, slot: AppSlot, outbox: Arc<Outbox>) -> Result<Self, HubError> {
         let socket_id = new_socket_id();
-        let conn = frontend.hub.connect(ConnectionSpec {
+        let conn = frontend.hub().connect(ConnectionSpec {
             client: ClientId::new(&socket_id),
             user: UserId::anonymous(),
             conn_info: None,
@@ -211,7 +205,7 @@ impl Session {
                 let channel =
                     data_as::<subscribe::SubscribeData>(&message.data).and_then(|d| self.app.channel(&d.channel));
                 if let Some(channel) = channel {
-                    self.frontend.hub.unsubscribe(&self.conn, &channel).await;
+                    self.frontend.hub().unsubscribe(&self.conn, &channel).await;
                 }
             }
             "pusher:signin" => return self.on_signin(&message.data),
@@ -232,6 +226,14 @@ mod subscribe;
 
 impl Protocol for Session {
     const FRAMING: Framing = Framing::Messages;
+
+    fn settings(&self) -> &DriverSettings {
+        &self.frontend.driver
+    }
+
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
 
     fn connection(&self) -> Option<&Arc<Connection>> {
         Some(&self.conn)

@@ -41,7 +41,7 @@ impl Session {
             }
         };
         let user = UserId::new(&claims.sub).map_err(|_| Failure::Disconnect(DisconnectReason::InvalidToken))?;
-        let hub = self.shared.hub.clone();
+        let hub = self.shared.hub().clone();
         let conn = hub
             .connect(ConnectionSpec {
                 client: ClientId::from(uuid::Uuid::new_v4().to_string()),
@@ -125,7 +125,7 @@ impl Session {
             let result = encode::subscribe_result(outcome, &expiry);
             Some(Outgoing::Frame(encode::raw_reply(id, "subscribe", &result)))
         };
-        let outcome = self.shared.hub.subscribe(&conn, &channel, access, request, reply).await?;
+        let outcome = self.shared.hub().subscribe(&conn, &channel, access, request, reply).await?;
         if outcome.was_recovering {
             tracing::debug!(client = %conn.client(), %channel, recovered = outcome.recovered, replayed = outcome.publications.len(), "subscription recovery");
         }
@@ -138,13 +138,13 @@ impl Session {
     pub(super) async fn on_history(&mut self, id: u32, req: HistoryRequest) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(&req.channel)?;
-        self.shared.hub.authorize_read(&conn, &channel, false)?;
+        self.shared.hub().authorize_read(&conn, &channel, false)?;
         let query = HistoryQuery {
             since: req.since.map(|s| position(s.offset, &s.epoch)),
             limit: usize::try_from(req.limit).unwrap_or(usize::MAX),
             reverse: req.reverse,
         };
-        let history = self.shared.hub.history(&channel, query).await?;
+        let history = self.shared.hub().history(&channel, query).await?;
         self.reply(encode::raw_reply(id, "history", &encode::history_result(&history)));
         Ok(())
     }
@@ -152,12 +152,12 @@ impl Session {
     pub(super) async fn on_presence(&mut self, id: u32, channel: &str, stats_only: bool) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
-        self.shared.hub.authorize_read(&conn, &channel, true)?;
+        self.shared.hub().authorize_read(&conn, &channel, true)?;
         if stats_only {
-            let stats = self.shared.hub.presence_stats(&channel).await?;
+            let stats = self.shared.hub().presence_stats(&channel).await?;
             self.reply(encode::reply(id, "presence_stats", &stats));
         } else {
-            let present = self.shared.hub.presence(&channel).await?;
+            let present = self.shared.hub().presence(&channel).await?;
             self.reply(encode::raw_reply(id, "presence", &encode::presence_result(&present)));
         }
         Ok(())
@@ -186,7 +186,7 @@ impl Session {
     pub(super) async fn on_unsubscribe(&mut self, id: u32, channel: &str) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
-        self.shared.hub.unsubscribe(&conn, &channel).await;
+        self.shared.hub().unsubscribe(&conn, &channel).await;
         self.sub_deadlines.remove(&channel);
         self.reply(encode::reply(id, "unsubscribe", &Empty {}));
         Ok(())
@@ -195,7 +195,7 @@ impl Session {
     pub(super) async fn on_publish(&mut self, id: u32, channel: &str, data: &str) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
-        self.shared.hub.client_publish(&conn, &channel, encode::compact_json(data)).await?;
+        self.shared.hub().client_publish(&conn, &channel, encode::compact_json(data)).await?;
         self.reply(encode::reply(id, "publish", &Empty {}));
         Ok(())
     }

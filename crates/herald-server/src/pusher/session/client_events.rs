@@ -51,7 +51,7 @@ impl Session {
         if self.signed_in && self.conn.user() != user {
             return refuse(self, "the connection is signed in as another user");
         }
-        self.frontend.hub.set_user(&self.conn, user);
+        self.frontend.hub().set_user(&self.conn, user);
         self.signed_in = true;
         self.send(object_frame("pusher:signin_success", None, &serde_json::json!({ "user_data": request.user_data })));
         Ok(())
@@ -97,7 +97,7 @@ impl Session {
         let user_id = ChannelKind::of(name).is_presence().then(|| info.user.as_str().to_owned());
         publication.info = Some(info);
         // Client events are not cached: they skip history.
-        self.frontend.hub.publish(&channel, publication, None, true).await.map_err(|e| e.to_string())?;
+        self.frontend.hub().publish(&channel, publication, None, true).await.map_err(|e| e.to_string())?;
         let hook = Hook::ClientEvent {
             channel: name.to_owned(),
             event: event.to_owned(),

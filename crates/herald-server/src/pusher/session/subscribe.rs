@@ -100,7 +100,7 @@ impl Session {
         }
         let reply = (!kind.is_presence()).then(|| Outgoing::Frame(subscription_succeeded(name, "{}")));
         let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
-        self.frontend.hub.subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
+        self.frontend.hub().subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
         if kind.is_presence() {
             self.confirm(&channel, name, kind).await?;
         } else if kind.is_cache() {
@@ -111,7 +111,7 @@ impl Session {
 
     /// Refuses a presence subscription that would exceed the app's member limit.
     async fn check_presence_room(&self, channel: &ChannelName, user: Option<&UserId>) -> Result<(), Refusal> {
-        let present = self.frontend.hub.presence(channel).await?;
+        let present = self.frontend.hub().presence(channel).await?;
         let already = user.is_some_and(|u| present.iter().any(|p| &p.user == u));
         let mut users: Vec<&UserId> = present.iter().map(|p| &p.user).collect();
         users.sort();
@@ -133,7 +133,7 @@ impl Session {
         let data = match kind.is_presence() {
             false => "{}".to_owned(),
             true => {
-                let present = self.frontend.hub.presence(channel).await?;
+                let present = self.frontend.hub().presence(channel).await?;
                 let mut hash = serde_json::Map::new();
                 for info in &present {
                     let user_info = info
@@ -158,7 +158,7 @@ impl Session {
     async fn send_cached(&self, channel: &ChannelName, name: &str) {
         use herald_core::PushEncoder;
         let query = HistoryQuery { since: None, limit: 1, reverse: true };
-        match self.frontend.hub.history(channel, query).await {
+        match self.frontend.hub().history(channel, query).await {
             Ok(history) if !history.publications.is_empty() => {
                 self.send(self.app.encoder.encode_publication(channel, &history.publications[0]));
             }

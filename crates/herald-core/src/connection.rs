@@ -26,11 +26,15 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
 /// What a front-end tells the hub about a connection it authenticated.
 #[derive(Debug)]
 pub struct ConnectionSpec {
+    /// The connection's id, unique in the cluster.
     pub client: ClientId,
+    /// Who it authenticated as.
     pub user: UserId,
     /// Connection info from the token's `info` claim, as JSON.
     pub conn_info: Option<Bytes>,
+    /// Encodes what fanout pushes to it, in its protocol.
     pub encoder: Arc<dyn PushEncoder>,
+    /// Where everything it is sent waits to be written.
     pub outbox: Arc<Outbox>,
 }
 
@@ -130,14 +134,17 @@ impl Connection {
         }
     }
 
+    /// The connection's id.
     pub fn client(&self) -> &ClientId {
         &self.client
     }
 
+    /// Its user.
     pub fn user(&self) -> UserId {
         self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Its outbox.
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
@@ -146,6 +153,7 @@ impl Connection {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether it is subscribed to `channel`.
     pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
         self.subscriptions().contains_key(channel)
     }

@@ -20,7 +20,12 @@ pub enum HubError {
     LimitExceeded(&'static str),
     /// The payload is larger than the namespace allows.
     #[error("message too large: {size} bytes, the limit is {limit}")]
-    MessageTooLarge { size: usize, limit: usize },
+    MessageTooLarge {
+        /// The payload's size, in bytes.
+        size: usize,
+        /// The namespace's `max_message_size`.
+        limit: usize,
+    },
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),

@@ -19,6 +19,7 @@
 //! - [`error`]: [`HubError`], mapped to codes by each front-end.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod connection;
 pub mod error;

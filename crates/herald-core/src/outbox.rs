@@ -60,11 +60,24 @@ impl Outgoing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnEvent {
     /// The server subscribed the connection to a channel.
-    Subscribed { channel: ChannelName },
+    Subscribed {
+        /// The channel.
+        channel: ChannelName,
+    },
     /// The server unsubscribed the connection from a channel.
-    Unsubscribed { channel: ChannelName, reason: UnsubscribeReason },
-    /// The server moved the connection's expiry (unix seconds), or expired it.
-    Refresh { expire_at: Option<u64>, expired: bool },
+    Unsubscribed {
+        /// The channel.
+        channel: ChannelName,
+        /// Why.
+        reason: UnsubscribeReason,
+    },
+    /// The server moved the connection's expiry, or expired it.
+    Refresh {
+        /// The new expiry, unix seconds; `None` for none.
+        expire_at: Option<u64>,
+        /// Expire now.
+        expired: bool,
+    },
 }
 
 /// Why the server ended a subscription.
@@ -128,6 +141,7 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An empty outbox that holds at most `max_bytes` of frames.
     pub fn new(max_bytes: usize) -> Self {
         Self { state: Mutex::new(State::default()), ready: Notify::new(), max_bytes }
     }
@@ -217,6 +231,7 @@ impl Outbox {
         state.due = None;
     }
 
+    /// Whether the outbox was closed.
     pub fn is_closed(&self) -> bool {
         self.state().closed.is_some()
     }

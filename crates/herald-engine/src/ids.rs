@@ -20,12 +20,16 @@ pub const MAX_USER_ID_LEN: usize = 255;
 /// Why a string is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
+    /// A channel name must have at least one byte.
     #[error("channel name is empty")]
     EmptyChannel,
+    /// A channel name is at most [`MAX_CHANNEL_NAME_LEN`] bytes.
     #[error("channel name is longer than {MAX_CHANNEL_NAME_LEN} bytes")]
     ChannelTooLong,
+    /// A channel name has no control characters.
     #[error("channel name contains a control character")]
     ChannelControlChar,
+    /// A user id is at most [`MAX_USER_ID_LEN`] bytes.
     #[error("user id is longer than {MAX_USER_ID_LEN} bytes")]
     UserTooLong,
 }
@@ -53,6 +57,7 @@ impl ChannelName {
         Ok(Self(Arc::from(name)))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -89,6 +94,7 @@ impl ClientId {
         Self(Arc::from(id))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -114,6 +120,7 @@ impl From<ClientId> for String {
 pub struct UserId(Arc<str>);
 
 impl UserId {
+    /// Validates `id` and wraps it; the empty id is the anonymous user.
     pub fn new(id: &str) -> Result<Self, IdError> {
         if id.len() > MAX_USER_ID_LEN {
             return Err(IdError::UserTooLong);
@@ -126,10 +133,12 @@ impl UserId {
         Self(Arc::from(""))
     }
 
+    /// Whether this is the anonymous user.
     pub fn is_anonymous(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -154,10 +163,12 @@ impl From<UserId> for String {
 pub struct NodeId(Arc<str>);
 
 impl NodeId {
+    /// Wraps a node's id (a UUID by default).
     pub fn new(id: &str) -> Self {
         Self(Arc::from(id))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -183,18 +194,22 @@ impl From<NodeId> for String {
 pub struct Offset(u64);
 
 impl Offset {
+    /// No position: a channel without history.
     pub const ZERO: Offset = Offset(0);
 
+    /// The offset `value`.
     pub fn new(value: u64) -> Self {
         Self(value)
     }
 
+    /// The offset as a number.
     pub fn get(self) -> u64 {
         self.0
     }
 
+    /// The offset after this one.
     pub fn next(self) -> Self {
-        Self(self.0 + 1)
+        Self(self.0.saturating_add(1))
     }
 }
 
@@ -205,14 +220,18 @@ impl Offset {
 pub struct Epoch(Arc<str>);
 
 impl Epoch {
+    /// Wraps an epoch minted by an engine (or reported by a client).
     pub fn new(value: &str) -> Self {
         Self(Arc::from(value))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// Whether the epoch is empty, which a client's position uses for
+    /// "any epoch".
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -20,6 +20,7 @@
 //!   cases a test of the engine's own.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod broker;
 mod engine;

@@ -15,7 +15,9 @@ use crate::ids::{ChannelName, ClientId, Epoch, Offset, UserId};
 /// Who published, as seen by subscribers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
+    /// The connection's user.
     pub user: UserId,
+    /// The connection.
     pub client: ClientId,
     /// Connection-level info from the connection token (`info` claim), as JSON.
     pub conn_info: Option<Bytes>,
@@ -52,7 +54,9 @@ impl Publication {
 /// Where a publication landed in its channel's stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamPosition {
+    /// The publication's offset in the stream.
     pub offset: Offset,
+    /// The stream's epoch.
     pub epoch: Epoch,
 }
 
@@ -82,7 +86,14 @@ pub enum DisconnectReason {
     /// The client sent a message larger than allowed.
     MessageTooLarge,
     /// A custom code and reason given through the server API.
-    Custom { code: u16, reason: String, reconnect: bool },
+    Custom {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+        /// Whether the client should reconnect.
+        reconnect: bool,
+    },
 }
 
 /// A cluster-wide instruction, delivered by the engine to every node
@@ -91,24 +102,62 @@ pub enum DisconnectReason {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Control {
     /// Disconnect a user's connections (or one of them).
-    Disconnect { user: UserId, client: Option<ClientId>, reason: DisconnectReason },
+    Disconnect {
+        /// Whose connections.
+        user: UserId,
+        /// Only this connection of the user, when given.
+        client: Option<ClientId>,
+        /// Why, which says which close code the client gets.
+        reason: DisconnectReason,
+    },
     /// Subscribe a user's connections (or one of them) to a channel.
-    Subscribe { user: UserId, channel: ChannelName, client: Option<ClientId> },
+    Subscribe {
+        /// Whose connections.
+        user: UserId,
+        /// To which channel.
+        channel: ChannelName,
+        /// Only this connection of the user, when given.
+        client: Option<ClientId>,
+    },
     /// Unsubscribe a user's connections (or one of them) from a channel.
-    Unsubscribe { user: UserId, channel: ChannelName, client: Option<ClientId> },
+    Unsubscribe {
+        /// Whose connections.
+        user: UserId,
+        /// From which channel.
+        channel: ChannelName,
+        /// Only this connection of the user, when given.
+        client: Option<ClientId>,
+    },
     /// Move a user's connection expiry, or expire them now.
-    Refresh { user: UserId, client: Option<ClientId>, expire_at: Option<u64>, expired: bool },
+    Refresh {
+        /// Whose connections.
+        user: UserId,
+        /// Only this connection of the user, when given.
+        client: Option<ClientId>,
+        /// The new expiry, unix seconds; `None` for none.
+        expire_at: Option<u64>,
+        /// Expire now.
+        expired: bool,
+    },
 }
 
 /// A join or a leave, as broadcast to a channel's subscribers on every node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PresenceEvent {
-    /// A connection joined. `user_arrived`: no other connection of its user
-    /// was present, so the user joined too.
-    Join { info: ClientInfo, user_arrived: bool },
-    /// A connection left. `user_departed`: it was its user's last
-    /// connection there, so the user left too.
-    Leave { info: ClientInfo, user_departed: bool },
+    /// A connection joined.
+    Join {
+        /// Who joined.
+        info: ClientInfo,
+        /// No other connection of its user was present, so the user joined too.
+        user_arrived: bool,
+    },
+    /// A connection left.
+    Leave {
+        /// Who left.
+        info: ClientInfo,
+        /// It was its user's last connection there, so the user left too.
+        user_departed: bool,
+    },
 }
 
 impl PresenceEvent {
@@ -138,10 +187,20 @@ impl PresenceEvent {
 #[derive(Clone, Debug)]
 pub enum EngineEvent {
     /// A publication in a channel this node subscribed to.
-    Publication { channel: ChannelName, publication: std::sync::Arc<Publication> },
+    Publication {
+        /// The channel.
+        channel: ChannelName,
+        /// The publication, shared by everyone it is delivered to.
+        publication: std::sync::Arc<Publication>,
+    },
     /// A join or leave in a channel this node subscribed to
     /// (presence-enabled namespaces).
-    Presence { channel: ChannelName, event: PresenceEvent },
+    Presence {
+        /// The channel.
+        channel: ChannelName,
+        /// The join or leave.
+        event: PresenceEvent,
+    },
     /// A control command for every node.
     Control(Control),
     /// The engine may have missed broadcasts (its link to the backplane
@@ -152,6 +211,7 @@ pub enum EngineEvent {
 /// Presence counts of one channel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceStats {
+    /// Connections present.
     pub num_clients: usize,
     /// Distinct users: one user with several connections counts once.
     pub num_users: usize,
@@ -160,11 +220,17 @@ pub struct PresenceStats {
 /// A node as the registry knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
+    /// The node.
     pub id: crate::ids::NodeId,
+    /// Its Herald version.
     pub version: String,
+    /// Its connections.
     pub num_clients: usize,
+    /// Distinct users of those connections.
     pub num_users: usize,
+    /// Channels with a subscriber on the node.
     pub num_channels: usize,
+    /// Subscriptions on the node.
     pub num_subscriptions: usize,
     /// Seconds since the node started.
     pub uptime: u64,

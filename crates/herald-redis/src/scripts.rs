@@ -23,7 +23,7 @@ macro_rules! now_ms {
 ///       idempotency ttl ms (0 = none), pub/sub channel, epoch candidate,
 ///       publish command (`publish`, or `spublish` on a Redis Cluster)
 /// Returns: {duplicate (0/1), "offset\nepoch"}
-pub fn publish() -> Script {
+pub(crate) fn publish() -> Script {
     Script::new(
         r#"
 local meta, history, idempotency = KEYS[1], KEYS[2], KEYS[3]
@@ -66,7 +66,7 @@ return {0, result}
 /// KEYS: meta, history
 /// ARGV: meta ttl ms, epoch candidate
 /// Returns: {top, epoch, {messages…}}
-pub fn history() -> Script {
+pub(crate) fn history() -> Script {
     Script::new(
         r#"
 local meta, history = KEYS[1], KEYS[2]
@@ -87,7 +87,7 @@ return {top, epoch, redis.call('lrange', history, 0, -1)}
 ///
 /// KEYS: presence hash, presence expiry sorted set, per-user entry counts
 /// Returns: {info JSON, last flag, …}
-pub fn expire_presence() -> Script {
+pub(crate) fn expire_presence() -> Script {
     Script::new(concat!(
         now_ms!(),
         r#"
@@ -120,7 +120,7 @@ return out
 /// KEYS: presence hash, presence expiry sorted set, per-user entry counts
 /// ARGV: client id, info JSON, ttl ms, user id
 /// Returns: 1 when the entry is new and its user's first, else 0
-pub fn add_presence() -> Script {
+pub(crate) fn add_presence() -> Script {
     Script::new(concat!(
         now_ms!(),
         r#"
@@ -142,7 +142,7 @@ return arrived
 /// KEYS: presence hash, presence expiry sorted set, per-user entry counts
 /// ARGV: client id, user id
 /// Returns: 1 when the entry existed and was its user's last, else 0
-pub fn remove_presence() -> Script {
+pub(crate) fn remove_presence() -> Script {
     Script::new(
         r#"
 local entries, expiries, users = KEYS[1], KEYS[2], KEYS[3]
@@ -162,7 +162,7 @@ return 0
 ///
 /// KEYS: entries hash, expiry sorted set
 /// ARGV: id, info JSON, ttl ms
-pub fn add_expiring() -> Script {
+pub(crate) fn add_expiring() -> Script {
     Script::new(concat!(
         now_ms!(),
         r#"
@@ -183,7 +183,7 @@ return 1
 /// KEYS: occupancy hash (node -> subscribers), occupancy expiry sorted set
 /// ARGV: node id, subscribers, ttl ms
 /// Returns: 1 when the channel had no live entry before (it became occupied), else 0
-pub fn occupy() -> Script {
+pub(crate) fn occupy() -> Script {
     Script::new(concat!(
         now_ms!(),
         r#"
@@ -211,7 +211,7 @@ return 0
 /// ARGV: node id
 /// Returns: 1 when the entry existed and no live entry is left (the
 /// channel was vacated), else 0
-pub fn vacate() -> Script {
+pub(crate) fn vacate() -> Script {
     Script::new(concat!(
         now_ms!(),
         r#"
@@ -233,7 +233,7 @@ return 0
 ///
 /// KEYS: entries hash, expiry sorted set
 /// Returns: {id, value, id, value, …}
-pub fn live_entries() -> Script {
+pub(crate) fn live_entries() -> Script {
     Script::new(concat!(
         now_ms!(),
         r#"
@@ -257,7 +257,7 @@ return out
 ///
 /// KEYS: sorted set
 /// ARGV: member, ttl ms
-pub fn add_member() -> Script {
+pub(crate) fn add_member() -> Script {
     Script::new(concat!(now_ms!(), "\nreturn redis.call('zadd', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])\n"))
 }
 
@@ -266,7 +266,7 @@ pub fn add_member() -> Script {
 ///
 /// KEYS: sorted set
 /// Returns: {member…}
-pub fn live_members() -> Script {
+pub(crate) fn live_members() -> Script {
     Script::new(concat!(now_ms!(), "\nreturn redis.call('zrangebyscore', KEYS[1], '(' .. now_ms, '+inf')\n"))
 }
 
@@ -275,7 +275,7 @@ pub fn live_members() -> Script {
 ///
 /// KEYS: sorted set
 /// Returns: {member…}
-pub fn expire_members() -> Script {
+pub(crate) fn expire_members() -> Script {
     Script::new(concat!(
         now_ms!(),
         r#"

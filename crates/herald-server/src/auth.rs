@@ -12,7 +12,7 @@ use bytes::Bytes;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, TokenKeys};
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,42 +78,18 @@ impl std::fmt::Debug for TokenVerifier {
     }
 }
 
-/// Reads a key setting: PEM text as is, anything else as a file path.
-fn pem_text(setting: &str, value: &str) -> Result<Vec<u8>, String> {
-    if value.trim_start().starts_with("-----BEGIN") {
-        return Ok(value.as_bytes().to_vec());
-    }
-    std::fs::read(value)
-        .map_err(|e| format!("client.{setting}: cannot read key file {value}: {e}; give PEM text or a readable path"))
-}
-
 impl TokenVerifier {
-    /// Builds a verifier, or lists every key that cannot be used.
+    /// A verifier of tokens signed with `keys`, that also requires the
+    /// configured audience and issuer.
+    pub fn new(keys: TokenKeys, client: &ClientConfig) -> Self {
+        let TokenKeys { hmac, rsa, ecdsa } = keys;
+        Self { hmac, rsa, ecdsa, audience: client.token_audience.clone(), issuer: client.token_issuer.clone() }
+    }
+
+    /// Reads the configured keys and builds a verifier, or lists every key
+    /// that cannot be used.
     pub fn from_config(client: &ClientConfig) -> Result<Self, Vec<String>> {
-        let mut problems = Vec::new();
-        let hmac = client.token_hmac_secret.as_ref().and_then(|secret| {
-            if secret.expose().is_empty() {
-                problems.push("client.token_hmac_secret: must not be empty".to_owned());
-                return None;
-            }
-            Some(DecodingKey::from_secret(secret.expose().as_bytes()))
-        });
-        let rsa = client.token_rsa_public_key.as_deref().and_then(|value| {
-            let pem = pem_text("token_rsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
-            DecodingKey::from_rsa_pem(&pem)
-                .map_err(|e| problems.push(format!("client.token_rsa_public_key: not an RSA public key in PEM: {e}")))
-                .ok()
-        });
-        let ecdsa = client.token_ecdsa_public_key.as_deref().and_then(|value| {
-            let pem = pem_text("token_ecdsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
-            DecodingKey::from_ec_pem(&pem)
-                .map_err(|e| problems.push(format!("client.token_ecdsa_public_key: not an EC public key in PEM: {e}")))
-                .ok()
-        });
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        Ok(Self { hmac, rsa, ecdsa, audience: client.token_audience.clone(), issuer: client.token_issuer.clone() })
+        Ok(Self::new(TokenKeys::load(client)?, client))
     }
 
     /// Verifies a connection token.

@@ -14,12 +14,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A listener that survives resource exhaustion.
 #[derive(Debug)]
-pub struct BackoffListener {
+pub(crate) struct BackoffListener {
     inner: TcpListener,
 }
 
 impl BackoffListener {
-    pub fn new(inner: TcpListener) -> Self {
+    pub(crate) fn new(inner: TcpListener) -> Self {
         Self { inner }
     }
 }

@@ -10,7 +10,6 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
@@ -35,7 +34,7 @@ use crate::pusher::{self, Frontend};
 use crate::transport::WsTransport;
 
 /// The WebSocket endpoint of the Centrifuge protocol.
-pub const CENTRIFUGE_PATH: &str = "/connection/websocket";
+pub(crate) const CENTRIFUGE_PATH: &str = "/connection/websocket";
 
 /// Bytes each WebSocket reads at a time. The buffer stays allocated for the
 /// connection's life, so it weighs on an idle connection's memory (see
@@ -179,7 +178,7 @@ impl Node {
         let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx };
         let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder) });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
-        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, started: Instant::now() });
+        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key });
         Ok(Node { hub, shared, api, pusher, shutdown, config })
     }
 

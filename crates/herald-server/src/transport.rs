@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 /// Something a client sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     /// A text message (a whole message, however it was fragmented).
     Text(Bytes),
     /// A binary message.
@@ -22,7 +22,7 @@ pub enum Inbound {
 
 /// Why a transport stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
+pub(crate) enum TransportError {
     /// The client sent a message above the configured size limit.
     #[error("message too large")]
     TooLarge,
@@ -32,7 +32,7 @@ pub enum TransportError {
 }
 
 /// A bidirectional message transport.
-pub trait Transport: Send {
+pub(crate) trait Transport: Send {
     /// The next message, or `None` once the client closed. Cancel-safe.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Inbound>, TransportError>> + Send;
 
@@ -59,7 +59,7 @@ pub trait Transport: Send {
 
 /// A WebSocket accepted by axum.
 #[derive(Debug)]
-pub struct WsTransport(pub WebSocket);
+pub(crate) struct WsTransport(pub WebSocket);
 
 impl Transport for WsTransport {
     async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
@@ -115,19 +115,19 @@ fn classify(error: axum::Error) -> TransportError {
 /// An in-memory transport for tests: what the "client" sends arrives through
 /// `inbound`, what the session sends leaves through `outbound`.
 #[cfg(test)]
-pub mod memory {
+pub(crate) mod memory {
     use super::*;
     use tokio::sync::mpsc;
 
     /// What the session did, as seen by the test's client.
     #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Sent {
+    pub(crate) enum Sent {
         Text(String),
         Close(u16, String),
     }
 
     #[derive(Debug)]
-    pub struct MemoryTransport {
+    pub(crate) struct MemoryTransport {
         pub inbound: mpsc::UnboundedReceiver<Result<Inbound, TransportError>>,
         pub outbound: mpsc::UnboundedSender<Sent>,
     }

@@ -39,7 +39,7 @@ pub struct ConnectArgs {
 
 /// Durations in results as people write them (`10s`).
 pub(crate) mod as_text {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
     }
 }

@@ -4,19 +4,18 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 
 use herald_engine::{
     ChannelName, ClientId, Control, DisconnectReason, Epoch, HistoryQuery, Offset, Publication, StreamPosition, UserId,
 };
 
+use super::reply::{Reply, Response};
 use super::{ApiError, ApiState};
-use crate::centrifuge::encode::{self, compact_json};
 
 /// One API call. As a batch entry it is written `{"<method>": {params}}`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ApiCommand {
+pub(crate) enum ApiCommand {
     Publish(PublishParams),
     Broadcast(BroadcastParams),
     Subscribe(UserChannelParams),
@@ -33,7 +32,7 @@ pub enum ApiCommand {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct PublishParams {
+pub(crate) struct PublishParams {
     pub channel: String,
     pub data: Box<RawValue>,
     #[serde(default)]
@@ -48,12 +47,12 @@ pub struct PublishParams {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct ChannelParams {
+pub(crate) struct ChannelParams {
     pub channel: String,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct HistoryParams {
+pub(crate) struct HistoryParams {
     pub channel: String,
     /// 0 (the default) returns only the stream position; negative means all.
     #[serde(default)]
@@ -65,7 +64,7 @@ pub struct HistoryParams {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct PositionParams {
+pub(crate) struct PositionParams {
     pub offset: u64,
     /// Empty (or absent) means any epoch.
     #[serde(default)]
@@ -73,7 +72,7 @@ pub struct PositionParams {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct BroadcastParams {
+pub(crate) struct BroadcastParams {
     pub channels: Vec<String>,
     pub data: Box<RawValue>,
     #[serde(default)]
@@ -81,7 +80,7 @@ pub struct BroadcastParams {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct UserChannelParams {
+pub(crate) struct UserChannelParams {
     pub user: String,
     pub channel: String,
     #[serde(default)]
@@ -89,7 +88,7 @@ pub struct UserChannelParams {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct DisconnectParams {
+pub(crate) struct DisconnectParams {
     pub user: String,
     #[serde(default)]
     pub client: Option<String>,
@@ -98,14 +97,14 @@ pub struct DisconnectParams {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct CustomDisconnect {
+pub(crate) struct CustomDisconnect {
     pub code: u16,
     #[serde(default)]
     pub reason: String,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RefreshParams {
+pub(crate) struct RefreshParams {
     pub user: String,
     #[serde(default)]
     pub client: Option<String>,
@@ -116,22 +115,22 @@ pub struct RefreshParams {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct ChannelsParams {
+pub(crate) struct ChannelsParams {
     #[serde(default)]
     pub pattern: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct Empty {}
+pub(crate) struct Empty {}
 
 #[derive(Debug, Deserialize)]
-pub struct BatchParams {
+pub(crate) struct BatchParams {
     pub commands: Vec<ApiCommand>,
 }
 
 impl ApiCommand {
     /// Reads a command from `/api/<method>` and its body.
-    pub fn parse(method: &str, body: &[u8]) -> Result<ApiCommand, ApiError> {
+    pub(crate) fn parse(method: &str, body: &[u8]) -> Result<ApiCommand, ApiError> {
         fn params<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T, ApiError> {
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Ok(T::default());
@@ -173,37 +172,34 @@ fn client(id: Option<String>) -> Option<ClientId> {
 }
 
 fn publication(data: &RawValue, tags: BTreeMap<String, String>) -> Publication {
-    let mut publication = Publication::from_data(compact_json(data.get()));
+    let mut publication = Publication::from_data(crate::json::compact(data.get()));
     publication.tags = tags;
     publication
 }
 
 impl ApiState {
     /// Runs a command; the reply is `{"result": …}` (`{"replies": […]}` for a batch).
-    pub async fn execute(&self, command: ApiCommand) -> Result<Value, ApiError> {
+    pub(crate) async fn execute(&self, command: ApiCommand) -> Result<Response, ApiError> {
         match command {
             ApiCommand::Batch(batch) => {
                 let mut replies = Vec::with_capacity(batch.commands.len());
                 for command in batch.commands {
                     let name = command.name();
-                    replies.push(match Box::pin(self.run(command)).await {
-                        Ok(result) => json!({ name: result }),
-                        Err(error) => json!({"error": error.body()}),
-                    });
+                    replies.push((name, Box::pin(self.run(command)).await));
                 }
-                Ok(json!({"replies": replies}))
+                Ok(Response::Batch(replies))
             }
-            command => Ok(json!({"result": self.run(command).await?})),
+            command => Ok(Response::Result(self.run(command).await?)),
         }
     }
 
-    async fn run(&self, command: ApiCommand) -> Result<Value, ApiError> {
+    async fn run(&self, command: ApiCommand) -> Result<Reply, ApiError> {
         let hub = &self.hub;
         match command {
             ApiCommand::Publish(p) => {
                 let ch = channel(&p.channel)?;
                 let result = hub.publish(&ch, publication(&p.data, p.tags), p.idempotency_key, p.skip_history).await?;
-                Ok(position_json(result.position))
+                Ok(Reply::Published(result.position))
             }
             ApiCommand::Broadcast(p) => {
                 let mut responses = Vec::with_capacity(p.channels.len());
@@ -216,19 +212,16 @@ impl ApiState {
                             .map_err(ApiError::from),
                         Err(e) => Err(e),
                     };
-                    responses.push(match outcome {
-                        Ok(position) => json!({"result": position_json(position)}),
-                        Err(error) => json!({"error": error.body()}),
-                    });
+                    responses.push(outcome);
                 }
-                Ok(json!({"responses": responses}))
+                Ok(Reply::Broadcast(responses))
             }
             ApiCommand::Subscribe(p) => {
                 let ch = channel(&p.channel)?;
                 hub.rules().resolve(&ch)?;
                 let command = Control::Subscribe { user: user(&p.user)?, channel: ch, client: client(p.client) };
                 hub.send_control(command).await?;
-                Ok(json!({}))
+                Ok(Reply::Done)
             }
             ApiCommand::Unsubscribe(p) => {
                 let command = Control::Unsubscribe {
@@ -237,7 +230,7 @@ impl ApiState {
                     client: client(p.client),
                 };
                 hub.send_control(command).await?;
-                Ok(json!({}))
+                Ok(Reply::Done)
             }
             ApiCommand::Disconnect(p) => {
                 let reason = match p.disconnect {
@@ -256,7 +249,7 @@ impl ApiState {
                 };
                 hub.send_control(Control::Disconnect { user: user(&p.user)?, client: client(p.client), reason })
                     .await?;
-                Ok(json!({}))
+                Ok(Reply::Done)
             }
             ApiCommand::Refresh(p) => {
                 let command = Control::Refresh {
@@ -266,36 +259,10 @@ impl ApiState {
                     expired: p.expired,
                 };
                 hub.send_control(command).await?;
-                Ok(json!({}))
+                Ok(Reply::Done)
             }
-            ApiCommand::Channels(p) => {
-                let channels: serde_json::Map<String, Value> = hub
-                    .channels(p.pattern.as_deref())
-                    .into_iter()
-                    .map(|(name, count)| (name.to_string(), json!({"num_clients": count})))
-                    .collect();
-                Ok(json!({"channels": channels}))
-            }
-            ApiCommand::Info(_) => {
-                let nodes: Vec<Value> = hub
-                    .nodes()
-                    .await?
-                    .into_iter()
-                    .map(|node| {
-                        json!({
-                            "uid": node.id.as_str(),
-                            "name": node.id.as_str(),
-                            "version": node.version,
-                            "num_clients": node.num_clients,
-                            "num_users": node.num_users,
-                            "num_channels": node.num_channels,
-                            "num_subs": node.num_subscriptions,
-                            "uptime": node.uptime,
-                        })
-                    })
-                    .collect();
-                Ok(json!({"nodes": nodes, "engine": hub.engine().name()}))
-            }
+            ApiCommand::Channels(p) => Ok(Reply::Channels(hub.channels(p.pattern.as_deref()))),
+            ApiCommand::Info(_) => Ok(Reply::Info { nodes: hub.nodes().await?, engine: hub.engine().name() }),
             ApiCommand::History(p) => {
                 let query = HistoryQuery {
                     since: p
@@ -304,33 +271,16 @@ impl ApiState {
                     limit: usize::try_from(p.limit).unwrap_or(usize::MAX),
                     reverse: p.reverse,
                 };
-                let history = hub.history(&channel(&p.channel)?, query).await?;
-                let raw = encode::history_result(&history);
-                Ok(serde_json::from_slice(&raw).expect("history result is JSON"))
+                Ok(Reply::History(hub.history(&channel(&p.channel)?, query).await?))
             }
             ApiCommand::HistoryRemove(p) => {
                 hub.remove_history(&channel(&p.channel)?).await?;
-                Ok(json!({}))
+                Ok(Reply::Done)
             }
-            ApiCommand::Presence(p) => {
-                let present = hub.presence(&channel(&p.channel)?).await?;
-                let raw = encode::presence_result(&present);
-                Ok(serde_json::from_slice(&raw).expect("presence result is JSON"))
-            }
-            ApiCommand::PresenceStats(p) => {
-                let stats = hub.presence_stats(&channel(&p.channel)?).await?;
-                Ok(json!({"num_clients": stats.num_clients, "num_users": stats.num_users}))
-            }
+            ApiCommand::Presence(p) => Ok(Reply::Presence(hub.presence(&channel(&p.channel)?).await?)),
+            ApiCommand::PresenceStats(p) => Ok(Reply::PresenceStats(hub.presence_stats(&channel(&p.channel)?).await?)),
             ApiCommand::Batch(_) => Err(ApiError::BadRequest("a batch cannot contain a batch".into())),
         }
-    }
-}
-
-fn position_json(position: herald_engine::StreamPosition) -> Value {
-    if position.offset.get() == 0 {
-        json!({})
-    } else {
-        json!({"offset": position.offset.get(), "epoch": position.epoch.as_str()})
     }
 }
 

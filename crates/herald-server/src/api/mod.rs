@@ -8,33 +8,33 @@
 //! connections on every node.
 
 mod methods;
+mod reply;
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use bytes::Bytes;
-use serde_json::json;
+use bytes::{Bytes, BytesMut};
 
 use herald_core::{Hub, HubError};
 
+use crate::codes;
 use crate::config::Secret;
-pub use methods::ApiCommand;
+pub(crate) use methods::ApiCommand;
+use reply::Response as Reply;
 
 /// What the API handlers share.
 #[derive(Debug)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     pub hub: Arc<Hub>,
     /// `None` only when the API is explicitly insecure.
     pub key: Option<Secret>,
-    pub started: std::time::Instant,
 }
 
 /// Why an API call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("unauthorized: send the API key in X-API-Key")]
     Unauthorized,
     #[error("method not found: {0}")]
@@ -47,41 +47,36 @@ pub enum ApiError {
 
 impl ApiError {
     /// The HTTP status and the protocol error code.
-    pub fn status_and_code(&self) -> (StatusCode, u32) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, u32) {
         match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, 101),
-            ApiError::MethodNotFound(_) => (StatusCode::NOT_FOUND, 104),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, 107),
-            ApiError::Hub(hub) => match hub {
-                HubError::UnknownChannel => (StatusCode::OK, 102),
-                HubError::PermissionDenied => (StatusCode::OK, 103),
-                HubError::AlreadySubscribed => (StatusCode::OK, 105),
-                HubError::LimitExceeded(_) => (StatusCode::OK, 106),
-                HubError::MessageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 106),
-                HubError::BadRequest(_) => (StatusCode::OK, 107),
-                HubError::NotAvailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 108),
-                HubError::EngineUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 100),
-                HubError::UnrecoverablePosition => (StatusCode::OK, 112),
-            },
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
+            ApiError::MethodNotFound(_) => (StatusCode::NOT_FOUND, codes::METHOD_NOT_FOUND),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            ApiError::Hub(hub) => {
+                let reported = codes::hub_error(hub);
+                (reported.api_status, reported.code)
+            }
         }
     }
 
-    /// The `{"code","message"}` object.
-    pub fn body(&self) -> serde_json::Value {
-        let (_, code) = self.status_and_code();
-        json!({"code": code, "message": self.to_string()})
+    /// The protocol error code.
+    pub(crate) fn code(&self) -> u32 {
+        self.status_and_code().1
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _) = self.status_and_code();
-        (status, Json(json!({"error": self.body()}))).into_response()
+        let mut body = BytesMut::from(&b"{\"error\":"[..]);
+        self.write(&mut body);
+        body.extend_from_slice(b"}");
+        (status, [(header::CONTENT_TYPE, "application/json")], body.freeze()).into_response()
     }
 }
 
 /// `POST /api/{method}`.
-pub async fn handle(
+pub(crate) async fn handle(
     State(api): State<Arc<ApiState>>,
     Path(method): Path<String>,
     headers: HeaderMap,
@@ -96,7 +91,7 @@ pub async fn handle(
         Err(error) => Err(error),
     };
     match outcome {
-        Ok(reply) => Json(reply).into_response(),
+        Ok(reply) => ([(header::CONTENT_TYPE, "application/json")], Reply::to_json(&reply)).into_response(),
         Err(error) => {
             tracing::debug!(%method, %error, "API call failed");
             error.into_response()
@@ -125,6 +120,6 @@ impl ApiState {
 }
 
 /// Compares without revealing, through timing, where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,4 +1,5 @@
-//! Centrifuge protocol codes: command errors (100–112), unsubscribe codes
+//! Centrifuge protocol codes: command errors (100–112, numbered in
+//! `crate::codes`, which also maps hub errors), unsubscribe codes
 //! (2000–2999) and disconnect (close) codes (3000–4999), each decided in one
 //! exhaustive `match`.
 //!
@@ -8,23 +9,19 @@
 use herald_core::{HubError, UnsubscribeReason};
 use herald_engine::DisconnectReason;
 
+use crate::codes;
+
 /// An error returned in reply to a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("{0}")]
     Hub(HubError),
-    #[error("unauthorized")]
-    Unauthorized,
     #[error("method not found")]
     MethodNotFound,
     #[error("token expired")]
     TokenExpired,
     #[error("bad request: {0}")]
     BadRequest(String),
-    #[error("not available")]
-    NotAvailable,
-    #[error("internal server error")]
-    Internal,
 }
 
 impl From<HubError> for ClientError {
@@ -35,31 +32,21 @@ impl From<HubError> for ClientError {
 
 impl ClientError {
     /// The protocol code and whether the error is temporary.
-    pub fn code(&self) -> (u32, bool) {
+    pub(crate) fn code(&self) -> (u32, bool) {
         match self {
-            ClientError::Internal => (100, true),
-            ClientError::Unauthorized => (101, false),
-            ClientError::MethodNotFound => (104, false),
-            ClientError::BadRequest(_) => (107, false),
-            ClientError::NotAvailable => (108, false),
-            ClientError::TokenExpired => (109, false),
-            ClientError::Hub(hub) => match hub {
-                HubError::UnknownChannel => (102, false),
-                HubError::PermissionDenied => (103, false),
-                HubError::AlreadySubscribed => (105, false),
-                HubError::LimitExceeded(_) => (106, false),
-                HubError::MessageTooLarge { .. } => (106, false),
-                HubError::BadRequest(_) => (107, false),
-                HubError::NotAvailable(_) => (108, false),
-                HubError::EngineUnavailable(_) => (100, true),
-                HubError::UnrecoverablePosition => (112, false),
-            },
+            ClientError::MethodNotFound => (codes::METHOD_NOT_FOUND, false),
+            ClientError::BadRequest(_) => (codes::BAD_REQUEST, false),
+            ClientError::TokenExpired => (codes::TOKEN_EXPIRED, false),
+            ClientError::Hub(hub) => {
+                let reported = codes::hub_error(hub);
+                (reported.code, reported.temporary)
+            }
         }
     }
 }
 
 /// The close code, reason and reconnect advice for a disconnect.
-pub fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
+pub(crate) fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
     let (code, text) = match reason {
         DisconnectReason::Shutdown => (3001, "shutdown"),
         DisconnectReason::ConnectionExpired => (3005, "connection expired"),
@@ -77,7 +64,7 @@ pub fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
 }
 
 /// The code and reason of an unsubscribe push.
-pub fn unsubscribe_code(reason: UnsubscribeReason) -> (u32, &'static str) {
+pub(crate) fn unsubscribe_code(reason: UnsubscribeReason) -> (u32, &'static str) {
     match reason {
         UnsubscribeReason::Server => (2000, "server unsubscribe"),
         UnsubscribeReason::InsufficientState => (2500, "insufficient state"),

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 /// One decoded command.
 #[derive(Debug)]
-pub struct Command {
+pub(crate) struct Command {
     /// Zero for commands that expect no reply (`send`, the pong).
     pub id: u32,
     /// `None` for the empty command, the client's pong.
@@ -24,7 +24,7 @@ pub struct Command {
 
 /// What the client asks for.
 #[derive(Debug)]
-pub enum Method {
+pub(crate) enum Method {
     Connect(ConnectRequest),
     Subscribe(SubscribeRequest),
     Unsubscribe(ChannelRequest),
@@ -42,7 +42,7 @@ pub enum Method {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct ConnectRequest {
+pub(crate) struct ConnectRequest {
     #[serde(default)]
     pub token: String,
     #[serde(default)]
@@ -56,7 +56,7 @@ pub struct ConnectRequest {
 
 /// Where a client left a subscription, and whether it asks to recover.
 #[derive(Debug, Default, Deserialize)]
-pub struct RecoverRequest {
+pub(crate) struct RecoverRequest {
     #[serde(default)]
     pub recover: bool,
     #[serde(default)]
@@ -66,7 +66,7 @@ pub struct RecoverRequest {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct SubscribeRequest {
+pub(crate) struct SubscribeRequest {
     pub channel: String,
     #[serde(default)]
     pub token: String,
@@ -82,7 +82,7 @@ pub struct SubscribeRequest {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct StreamPositionRequest {
+pub(crate) struct StreamPositionRequest {
     #[serde(default)]
     pub offset: u64,
     #[serde(default)]
@@ -90,7 +90,7 @@ pub struct StreamPositionRequest {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct HistoryRequest {
+pub(crate) struct HistoryRequest {
     pub channel: String,
     /// 0 returns only the stream position; negative means all.
     #[serde(default)]
@@ -102,48 +102,48 @@ pub struct HistoryRequest {
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct ChannelRequest {
+pub(crate) struct ChannelRequest {
     pub channel: String,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct PublishRequest {
+pub(crate) struct PublishRequest {
     pub channel: String,
     pub data: Box<RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct SendRequest {
+pub(crate) struct SendRequest {
     #[serde(default)]
     pub data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RpcRequest {
+pub(crate) struct RpcRequest {
     #[serde(default)]
     pub method: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RefreshRequest {
+pub(crate) struct RefreshRequest {
     pub token: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct SubRefreshRequest {
+pub(crate) struct SubRefreshRequest {
     pub channel: String,
     pub token: String,
 }
 
 impl Command {
     /// Decodes one command from one line of a frame.
-    pub fn decode(line: &[u8]) -> Result<Command, serde_json::Error> {
+    pub(crate) fn decode(line: &[u8]) -> Result<Command, serde_json::Error> {
         serde_json::from_slice(line)
     }
 }
 
 /// Splits a frame into its non-empty lines.
-pub fn lines(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn lines(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
     frame
         .split(|b| *b == b'\n')
         .map(|line| line.strip_suffix(b"\r").unwrap_or(line))

@@ -9,13 +9,13 @@
 //! - [`codes`]: error, unsubscribe and disconnect codes.
 //! - [`session`]: the per-connection state machine.
 
-pub mod codes;
-pub mod command;
-pub mod encode;
-pub mod session;
+pub(crate) mod codes;
+pub(crate) mod command;
+pub(crate) mod encode;
+pub(crate) mod session;
 
-pub use encode::CentrifugeEncoder;
-pub use session::{SessionSettings, Shared};
+pub(crate) use encode::CentrifugeEncoder;
+pub(crate) use session::{SessionSettings, Shared};
 
 #[cfg(test)]
 mod session_tests;

@@ -27,7 +27,7 @@ use crate::transport::{Inbound, Transport};
 
 /// Session settings, taken from `[client]`.
 #[derive(Debug, Clone)]
-pub struct SessionSettings {
+pub(crate) struct SessionSettings {
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub connect_timeout: Duration,
@@ -39,7 +39,7 @@ pub struct SessionSettings {
 
 /// What every session of a node shares.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The hub, the write timeout and the shutdown signal.
     pub driver: DriverSettings,
     pub verifier: TokenVerifier,
@@ -72,7 +72,7 @@ impl From<HubError> for Failure {
 }
 
 /// Runs a session on `transport` to its end.
-pub fn run<T: Transport>(transport: T, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+pub(crate) fn run<T: Transport>(transport: T, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
     let outbox = Arc::new(Outbox::new(shared.settings.queue_max_bytes));
     driver::run(transport, Session::new(shared, outbox))
 }
@@ -134,7 +134,7 @@ struct ConnectResult<'a> {
 }
 
 #[derive(Debug, Serialize, Default)]
-pub struct ExpiryResult {
+pub(crate) struct ExpiryResult {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub expires: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -221,8 +221,19 @@ impl Session {
                 self.reply(encode::reply(id, "ping", &Empty {}));
                 Ok(())
             }
-            Method::Send(_) => Ok(()),
-            Method::Rpc(_) | Method::Unknown(_) => Err(ClientError::MethodNotFound.into()),
+            Method::Send(req) => {
+                let bytes = req.data.as_ref().map_or(0, |data| data.get().len());
+                tracing::debug!(client = ?self.client(), bytes, "send dropped: no backend to deliver it to");
+                Ok(())
+            }
+            Method::Rpc(req) => {
+                tracing::debug!(client = ?self.client(), method = %req.method, "rpc refused: no backend to answer it");
+                Err(ClientError::MethodNotFound.into())
+            }
+            Method::Unknown(name) => {
+                tracing::debug!(client = ?self.client(), method = %name, "unknown command");
+                Err(ClientError::MethodNotFound.into())
+            }
             Method::Refresh(req) => self.on_refresh(id, &req.token),
             Method::SubRefresh(req) => self.on_sub_refresh(id, &req.channel, &req.token),
         };

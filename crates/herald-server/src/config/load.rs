@@ -19,9 +19,9 @@ use toml::{Table, Value};
 use super::{Config, EngineConfig};
 
 /// The prefix of environment variables that configure Herald.
-pub const ENV_PREFIX: &str = "HERALD_";
+pub(super) const ENV_PREFIX: &str = "HERALD_";
 /// Names the config file; not a setting itself.
-pub const ENV_CONFIG_FILE: &str = "HERALD_CONFIG";
+pub(super) const ENV_CONFIG_FILE: &str = "HERALD_CONFIG";
 
 /// Where configuration comes from, lowest precedence first.
 #[derive(Debug, Clone, Default)]

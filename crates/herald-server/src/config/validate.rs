@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use super::Config;
-use crate::auth::TokenVerifier;
+use super::{Config, TokenKeys, WebhookEndpoint};
 
 /// The longest `write_delay` a namespace may ask for: it is added latency.
 const MAX_WRITE_DELAY: Duration = Duration::from_secs(1);
@@ -100,7 +99,7 @@ impl Config {
         if client.write_timeout.is_zero() {
             problems.push("client.write_timeout: must be above zero".to_owned());
         }
-        if let Err(key_problems) = TokenVerifier::from_config(client) {
+        if let Err(key_problems) = TokenKeys::load(client) {
             problems.extend(key_problems);
         }
         for name in self.channel.namespaces.keys() {
@@ -159,7 +158,7 @@ impl Config {
                 ));
             }
             for (w, hook) in app.webhooks.iter().enumerate() {
-                if crate::pusher::webhooks::Endpoint::parse(&hook.url).is_none() {
+                if WebhookEndpoint::parse(&hook.url).is_none() {
                     problems
                         .push(format!("{at}.webhooks[{w}].url: `{}` is not an http://host[:port]/path URL", hook.url));
                 }

@@ -11,11 +11,11 @@ use herald_core::{ChannelConventions, NamespaceOptions};
 
 /// How long a cache channel keeps its last publication when its namespace
 /// keeps no history of its own (Pusher keeps it for 30 minutes).
-pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+pub(crate) const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 
 /// What a channel's name says about it under Pusher's conventions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChannelKind {
+pub(crate) enum ChannelKind {
     Plain,
     Presence,
     Cache,
@@ -24,7 +24,7 @@ pub enum ChannelKind {
 
 impl ChannelKind {
     /// The kind of a channel from its name without the namespace.
-    pub fn of(local_name: &str) -> Self {
+    pub(crate) fn of(local_name: &str) -> Self {
         let presence = local_name.starts_with("presence-");
         let cache = ["cache-", "private-cache-", "private-encrypted-cache-", "presence-cache-"]
             .iter()
@@ -37,18 +37,18 @@ impl ChannelKind {
         }
     }
 
-    pub fn is_presence(self) -> bool {
+    pub(crate) fn is_presence(self) -> bool {
         matches!(self, Self::Presence | Self::PresenceCache)
     }
 
-    pub fn is_cache(self) -> bool {
+    pub(crate) fn is_cache(self) -> bool {
         matches!(self, Self::Cache | Self::PresenceCache)
     }
 }
 
 /// Pusher's conventions, for the hub's channel rules.
 #[derive(Debug, Default)]
-pub struct PusherConventions;
+pub(crate) struct PusherConventions;
 
 impl ChannelConventions for PusherConventions {
     /// Presence, cache, and presence-cache channels, in this order.

@@ -13,11 +13,11 @@
 //! - [`webhooks`]: signed, batched, retried webhooks.
 //! - [`sign`]: the HMAC signatures all of them use.
 
-pub mod conventions;
-pub mod rest;
-pub mod session;
+pub(crate) mod conventions;
+pub(crate) mod rest;
+pub(crate) mod session;
 pub mod sign;
-pub mod webhooks;
+pub(crate) mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -256,7 +256,7 @@ pub fn event_data(data: &[u8]) -> std::borrow::Cow<'_, str> {
 /// (compacted, as every payload is), anything else becomes a JSON string.
 pub fn publication_data(data: &str) -> Bytes {
     match serde_json::from_str::<&serde_json::value::RawValue>(data) {
-        Ok(_) => crate::centrifuge::encode::compact_json(data),
+        Ok(_) => crate::json::compact(data),
         Err(_) => Bytes::from(serde_json::to_string(data).expect("strings serialize")),
     }
 }

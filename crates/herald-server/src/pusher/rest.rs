@@ -36,7 +36,7 @@ const MAX_BATCH: usize = 10;
 
 /// A refused request: status and message.
 #[derive(Debug)]
-pub struct Failure(StatusCode, String);
+pub(crate) struct Failure(StatusCode, String);
 
 impl Failure {
     fn bad(message: impl Into<String>) -> Self {
@@ -50,12 +50,7 @@ impl Failure {
 
 impl From<HubError> for Failure {
     fn from(error: HubError) -> Self {
-        let status = match &error {
-            HubError::EngineUnavailable(_) | HubError::NotAvailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            HubError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Self(status, error.to_string())
+        Self(crate::codes::hub_error(&error).pusher_status, error.to_string())
     }
 }
 
@@ -66,7 +61,7 @@ impl IntoResponse for Failure {
 }
 
 /// Serves every `/apps/{app_id}/{*rest}` request.
-pub async fn handle(
+pub(crate) async fn handle(
     State(frontend): State<Arc<Frontend>>,
     Path((app_id, rest)): Path<(String, String)>,
     method: Method,

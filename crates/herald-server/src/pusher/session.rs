@@ -31,21 +31,21 @@ use crate::transport::{Inbound, Transport};
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
 
 /// Close codes of the Pusher protocol.
-pub mod close {
-    pub const APP_NOT_FOUND: u16 = 4001;
-    pub const OVER_QUOTA: u16 = 4004;
-    pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
-    pub const NO_PROTOCOL: u16 = 4008;
-    pub const UNAUTHORIZED: u16 = 4009;
-    pub const OVER_CAPACITY: u16 = 4100;
-    pub const RECONNECT: u16 = 4200;
-    pub const NO_PONG: u16 = 4201;
-    pub const INACTIVE: u16 = 4202;
-    pub const CLIENT_EVENT_REJECTED: u16 = 4301;
+pub(crate) mod close {
+    pub(crate) const APP_NOT_FOUND: u16 = 4001;
+    pub(crate) const OVER_QUOTA: u16 = 4004;
+    pub(crate) const UNSUPPORTED_PROTOCOL: u16 = 4007;
+    pub(crate) const NO_PROTOCOL: u16 = 4008;
+    pub(crate) const UNAUTHORIZED: u16 = 4009;
+    pub(crate) const OVER_CAPACITY: u16 = 4100;
+    pub(crate) const RECONNECT: u16 = 4200;
+    pub(crate) const NO_PONG: u16 = 4201;
+    pub(crate) const INACTIVE: u16 = 4202;
+    pub(crate) const CLIENT_EVENT_REJECTED: u16 = 4301;
 }
 
 /// The close code and reason for why the server ends a connection.
-pub fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
+pub(crate) fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
     let (code, text) = match reason {
         DisconnectReason::Shutdown => (close::RECONNECT, "server shutting down; reconnect"),
         DisconnectReason::ConnectionExpired => (close::RECONNECT, "connection expired"),
@@ -64,7 +64,7 @@ pub fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
 
 /// What the connection URL asked for.
 #[derive(Debug, Deserialize, Default)]
-pub struct ConnectQuery {
+pub(crate) struct ConnectQuery {
     pub protocol: Option<String>,
 }
 
@@ -74,7 +74,7 @@ pub struct ConnectQuery {
 /// the future is either the session or the refusal, and a served
 /// connection's future does not also keep a slot for the transport the
 /// refusal would have used.
-pub fn run<T: Transport>(
+pub(crate) fn run<T: Transport>(
     transport: T,
     frontend: Arc<Frontend>,
     key: String,

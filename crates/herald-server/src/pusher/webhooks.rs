@@ -25,7 +25,7 @@ use herald_core::HubObserver;
 use herald_engine::{ChannelName, ClientInfo};
 
 use super::{sign, App, Frontend};
-use crate::config::{PusherApp, WebhookTarget};
+use crate::config::{PusherApp, WebhookEndpoint, WebhookTarget};
 
 /// Events a target's queue holds before new ones are dropped.
 const QUEUE: usize = 10_000;
@@ -42,6 +42,7 @@ const RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
 /// One webhook event, named as Pusher names them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)] // the names are Pusher's: `client_event` among them
 pub enum Event {
     ChannelOccupied {
         channel: String,
@@ -83,37 +84,6 @@ impl Event {
     }
 }
 
-/// An `http://host[:port]/path` webhook URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    host: String,
-    port: u16,
-    /// Path and query, starting with `/`.
-    path: String,
-}
-
-impl Endpoint {
-    pub fn parse(url: &str) -> Option<Self> {
-        let rest = url.strip_prefix("http://")?;
-        let (authority, path) = match rest.find('/') {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) => (host, port.parse().ok()?),
-            None => (authority, 80),
-        };
-        if host.is_empty() || authority.contains('@') {
-            return None;
-        }
-        Some(Self { host: host.to_owned(), port, path: path.to_owned() })
-    }
-
-    fn authority(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-}
-
 struct Target {
     events: Vec<String>,
     queue: mpsc::Sender<Event>,
@@ -143,7 +113,7 @@ impl Webhooks {
     }
 
     fn target(app: &PusherApp, hook: &WebhookTarget) -> Option<Target> {
-        let endpoint = Endpoint::parse(&hook.url)?;
+        let endpoint = WebhookEndpoint::parse(&hook.url)?;
         let (queue, events) = mpsc::channel(QUEUE);
         let worker = Worker {
             endpoint,
@@ -173,7 +143,7 @@ impl Webhooks {
 
 /// Sends one target's events in order.
 struct Worker {
-    endpoint: Endpoint,
+    endpoint: WebhookEndpoint,
     url: String,
     key: String,
     secret: String,
@@ -237,7 +207,7 @@ impl Worker {
         let io = hyper_util::rt::TokioIo::new(stream);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
         tokio::spawn(connection);
-        let request = Request::post(&self.endpoint.path)
+        let request = Request::post(self.endpoint.path())
             .header(hyper::header::HOST, &authority)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("X-Pusher-Key", &self.key)
@@ -251,7 +221,7 @@ impl Worker {
 
 /// Turns the hub's cluster-wide transitions into the owning app's webhooks.
 #[derive(Debug)]
-pub struct Observer(pub Weak<Frontend>);
+pub(crate) struct Observer(pub Weak<Frontend>);
 
 impl Observer {
     fn emit(&self, channel: &ChannelName, make: impl FnOnce(String) -> Event) {
@@ -290,21 +260,6 @@ impl HubObserver for Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn webhook_urls_parse_into_host_port_and_path() {
-        let endpoint = Endpoint::parse("http://127.0.0.1:9000/pusher/hooks?x=1").unwrap();
-        assert_eq!(
-            (endpoint.host.as_str(), endpoint.port, endpoint.path.as_str()),
-            ("127.0.0.1", 9000, "/pusher/hooks?x=1")
-        );
-        assert_eq!(Endpoint::parse("http://hooks.local").unwrap().authority(), "hooks.local:80");
-        for bad in
-            ["https://secure.example/hook", "ftp://x/", "http://", "http://:80/", "http://u:p@host/", "http://h:port/"]
-        {
-            assert_eq!(Endpoint::parse(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn events_serialize_as_pusher_names_them() {

@@ -32,14 +32,14 @@ use herald_server::config::{Config, Secret};
 use herald_server::Node;
 
 /// How long anything a test waits for may take.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
-pub const SECRET: &str = "integration-test-secret";
-pub const API_KEY: &str = "integration-test-api-key";
+pub(crate) const SECRET: &str = "integration-test-secret";
+pub(crate) const API_KEY: &str = "integration-test-api-key";
 
 /// The configuration tests start from: the starter config's namespaces,
 /// known secrets, and otherwise defaults.
-pub fn test_config() -> Config {
+pub(crate) fn test_config() -> Config {
     let mut config = Config::default();
     config.client.token_hmac_secret = Some(Secret::new(SECRET));
     config.api.key = Some(Secret::new(API_KEY));
@@ -73,24 +73,24 @@ pub fn test_config() -> Config {
 }
 
 /// A node serving on 127.0.0.1 with an ephemeral port.
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestServer {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::with_config(test_config()).await
     }
 
-    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = test_config();
         tweak(&mut config);
         Self::with_config(config).await
     }
 
-    pub async fn with_config(config: Config) -> Self {
+    pub(crate) async fn with_config(config: Config) -> Self {
         let problems = config.validate();
         assert!(problems.is_empty(), "test config is invalid: {problems:#?}");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
@@ -103,12 +103,12 @@ impl TestServer {
         Self { addr, stop: Some(stop), task: Some(task) }
     }
 
-    pub fn ws_url(&self) -> String {
+    pub(crate) fn ws_url(&self) -> String {
         format!("ws://{}/connection/websocket", self.addr)
     }
 
     /// A connection token for `user`, with extra claims merged in.
-    pub fn token_with(&self, user: &str, extra: Value) -> String {
+    pub(crate) fn token_with(&self, user: &str, extra: Value) -> String {
         let mut claims = json!({"sub": user});
         if let (Some(claims), Value::Object(extra)) = (claims.as_object_mut(), extra) {
             claims.extend(extra);
@@ -116,12 +116,12 @@ impl TestServer {
         TokenMinter::hmac(SECRET).sign(&claims)
     }
 
-    pub fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         self.token_with(user, json!({}))
     }
 
     /// A subscription token for `user` in `channel`.
-    pub fn channel_token(&self, user: &str, channel: &str, extra: Value) -> String {
+    pub(crate) fn channel_token(&self, user: &str, channel: &str, extra: Value) -> String {
         let mut claims = json!({"sub": user, "channel": channel});
         if let (Some(claims), Value::Object(extra)) = (claims.as_object_mut(), extra) {
             claims.extend(extra);
@@ -130,7 +130,7 @@ impl TestServer {
     }
 
     /// A WebSocket to the Centrifuge endpoint, before any command.
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(self.ws_url()))
             .await
             .expect("WebSocket handshake in time")
@@ -139,7 +139,7 @@ impl TestServer {
     }
 
     /// A client that has connected as `user`.
-    pub async fn connected(&self, user: &str) -> Client {
+    pub(crate) async fn connected(&self, user: &str) -> Client {
         let mut client = self.client().await;
         let reply = client.command(json!({"id": 1, "connect": {"token": self.token(user)}})).await;
         assert!(reply["connect"]["client"].is_string(), "connect failed: {reply}");
@@ -147,18 +147,18 @@ impl TestServer {
     }
 
     /// Calls the server API with the right key.
-    pub async fn api(&self, method: &str, params: Value) -> (u16, Value) {
+    pub(crate) async fn api(&self, method: &str, params: Value) -> (u16, Value) {
         http_post(self.addr, &format!("/api/{method}"), &[("X-API-Key", API_KEY)], &params.to_string()).await
     }
 
     /// Publishes through the API and asserts it was accepted.
-    pub async fn publish(&self, channel: &str, data: Value) {
+    pub(crate) async fn publish(&self, channel: &str, data: Value) {
         let (status, body) = self.api("publish", json!({"channel": channel, "data": data})).await;
         assert_eq!((status, &body["error"]), (200, &Value::Null), "publish failed: {body}");
     }
 
     /// Triggers shutdown and waits for the node to finish draining.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -181,7 +181,7 @@ impl Drop for TestServer {
 }
 
 /// A raw Centrifuge protocol client over a real WebSocket.
-pub struct Client {
+pub(crate) struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u32,
     /// Messages of a batched frame not yet returned by `next`.
@@ -192,7 +192,7 @@ pub struct Client {
 
 /// What a client saw next.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Seen {
+pub(crate) enum Seen {
     /// One JSON message (a frame with several is split).
     Json(Value),
     /// The server closed the connection with this code and reason.
@@ -203,24 +203,24 @@ pub enum Seen {
 
 impl Client {
     /// Wraps a WebSocket opened elsewhere (for example to a spawned binary).
-    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+    pub(crate) fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
         Client { ws, next_id: 100, pending: Default::default(), held_pushes: Default::default() }
     }
 
-    pub async fn send_text(&mut self, text: &str) {
+    pub(crate) async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }
 
-    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+    pub(crate) async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::binary(bytes)).await.expect("send");
     }
 
-    pub async fn send(&mut self, command: Value) {
+    pub(crate) async fn send(&mut self, command: Value) {
         self.send_text(&command.to_string()).await;
     }
 
     /// The next whole frame as text (pings answered by the caller).
-    pub async fn next_frame(&mut self) -> Result<String, (u16, String)> {
+    pub(crate) async fn next_frame(&mut self) -> Result<String, (u16, String)> {
         loop {
             let message = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a message in time");
             match message {
@@ -233,7 +233,7 @@ impl Client {
     }
 
     /// The next message; a frame of several messages yields them one by one.
-    pub async fn next(&mut self) -> Seen {
+    pub(crate) async fn next(&mut self) -> Seen {
         if let Some(message) = self.pending.pop_front() {
             return Seen::Json(message);
         }
@@ -249,7 +249,7 @@ impl Client {
 
     /// Sends a command and returns the reply with its id, answering pings
     /// and keeping pushes for `next_push`; fails on anything else.
-    pub async fn command(&mut self, command: Value) -> Value {
+    pub(crate) async fn command(&mut self, command: Value) -> Value {
         let id = command["id"].clone();
         self.send(command).await;
         loop {
@@ -263,7 +263,7 @@ impl Client {
     }
 
     /// Subscribes and asserts success.
-    pub async fn subscribe(&mut self, channel: &str) -> Value {
+    pub(crate) async fn subscribe(&mut self, channel: &str) -> Value {
         self.next_id += 1;
         let reply = self.command(json!({"id": self.next_id, "subscribe": {"channel": channel}})).await;
         assert!(reply.get("error").is_none(), "subscribe to {channel} failed: {reply}");
@@ -271,13 +271,13 @@ impl Client {
     }
 
     /// A command's reply id for tests that send their own.
-    pub fn id(&mut self) -> u32 {
+    pub(crate) fn id(&mut self) -> u32 {
         self.next_id += 1;
         self.next_id
     }
 
     /// The next push, answering pings on the way.
-    pub async fn next_push(&mut self) -> Value {
+    pub(crate) async fn next_push(&mut self) -> Value {
         if let Some(push) = self.held_pushes.pop_front() {
             return push;
         }
@@ -292,7 +292,7 @@ impl Client {
 
     /// Waits for the server to close the connection; pushes and pings on
     /// the way are skipped. Returns the close code and reason.
-    pub async fn closed(&mut self) -> (u16, String) {
+    pub(crate) async fn closed(&mut self) -> (u16, String) {
         loop {
             match self.next().await {
                 Seen::Json(_) => continue,
@@ -303,7 +303,7 @@ impl Client {
     }
 
     /// Asserts the connection still works: a ping command gets its reply.
-    pub async fn assert_alive(&mut self) {
+    pub(crate) async fn assert_alive(&mut self) {
         let id = self.id();
         let reply = self.command(json!({"id": id, "ping": {}})).await;
         assert_eq!(reply, json!({"id": id, "ping": {}}));
@@ -311,13 +311,13 @@ impl Client {
 }
 
 /// The close code a `tungstenite` close code stands for.
-pub fn code(c: CloseCode) -> u16 {
+pub(crate) fn code(c: CloseCode) -> u16 {
     u16::from(c)
 }
 
 /// A minimal HTTP/1.1 POST; returns the status and the JSON body (or
 /// `Value::Null` when the body is not JSON).
-pub async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+pub(crate) async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
     let mut stream = TcpStream::connect(addr).await.expect("connect for HTTP");
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -341,7 +341,7 @@ pub async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], b
 }
 
 /// Polls `condition` until it holds, failing after [`PATIENCE`].
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition() {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
@@ -350,7 +350,7 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// Polls an async `condition` until it holds, failing after [`PATIENCE`].
-pub async fn eventually_async<F, Fut>(what: &str, mut condition: F)
+pub(crate) async fn eventually_async<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -98,7 +98,7 @@ impl Session {
         self.outbox.push_front(Outgoing::Frame(encode::raw_reply(id, "connect", &result)));
         self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
         self.next_ping = Instant::now() + self.shared.settings.ping_interval;
-        tracing::debug!(client = %conn.client(), user = %conn.user(), "connected");
+        tracing::debug!(client = %conn.client(), user = %conn.user(), sdk = %req.name, sdk_version = %req.version, "connected");
         self.conn = Some(conn);
         Ok(())
     }
@@ -195,7 +195,7 @@ impl Session {
     pub(super) async fn on_publish(&mut self, id: u32, channel: &str, data: &str) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
-        self.shared.hub().client_publish(&conn, &channel, encode::compact_json(data)).await?;
+        self.shared.hub().client_publish(&conn, &channel, crate::json::compact(data)).await?;
         self.reply(encode::reply(id, "publish", &Empty {}));
         Ok(())
     }

@@ -12,10 +12,10 @@ mod tempfile_like {
     use super::Write;
     use std::path::PathBuf;
 
-    pub struct TempFile(pub PathBuf);
+    pub(super) struct TempFile(pub PathBuf);
 
     impl TempFile {
-        pub fn with(text: &str) -> Self {
+        pub(super) fn with(text: &str) -> Self {
             use std::sync::atomic::{AtomicU32, Ordering};
             static N: AtomicU32 = AtomicU32::new(0);
             let path = std::env::temp_dir().join(format!(

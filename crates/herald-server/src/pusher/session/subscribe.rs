@@ -41,11 +41,7 @@ impl Refusal {
 
 impl From<HubError> for Refusal {
     fn from(error: HubError) -> Self {
-        let status = match &error {
-            HubError::LimitExceeded(_) => 4100,
-            HubError::EngineUnavailable(_) | HubError::NotAvailable(_) => 503,
-            _ => 400,
-        };
+        let status = crate::codes::hub_error(&error).pusher_subscription_status;
         Self { kind: "ServerError", error: error.to_string(), status }
     }
 }

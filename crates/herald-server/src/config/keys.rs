@@ -1,0 +1,69 @@
+//! The token verification keys, read from their settings: an HMAC secret,
+//! and RSA and ECDSA public keys given as PEM text or as a path to a PEM
+//! file. A key that cannot be read or parsed is a configuration problem,
+//! reported with every other one.
+
+use jsonwebtoken::DecodingKey;
+
+use super::ClientConfig;
+
+/// The keys tokens may be verified with; each is optional.
+#[derive(Clone, Default)]
+pub struct TokenKeys {
+    /// For HS256, HS384 and HS512 tokens.
+    pub hmac: Option<DecodingKey>,
+    /// For RS256, RS384 and RS512 tokens.
+    pub rsa: Option<DecodingKey>,
+    /// For ES256 and ES384 tokens.
+    pub ecdsa: Option<DecodingKey>,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("hmac", &self.hmac.is_some())
+            .field("rsa", &self.rsa.is_some())
+            .field("ecdsa", &self.ecdsa.is_some())
+            .finish()
+    }
+}
+
+/// Reads a key setting: PEM text as is, anything else as a file path.
+fn pem_text(setting: &str, value: &str) -> Result<Vec<u8>, String> {
+    if value.trim_start().starts_with("-----BEGIN") {
+        return Ok(value.as_bytes().to_vec());
+    }
+    std::fs::read(value)
+        .map_err(|e| format!("client.{setting}: cannot read key file {value}: {e}; give PEM text or a readable path"))
+}
+
+impl TokenKeys {
+    /// Reads the configured keys, or lists every one that cannot be used.
+    pub fn load(client: &ClientConfig) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let hmac = client.token_hmac_secret.as_ref().and_then(|secret| {
+            if secret.expose().is_empty() {
+                problems.push("client.token_hmac_secret: must not be empty".to_owned());
+                return None;
+            }
+            Some(DecodingKey::from_secret(secret.expose().as_bytes()))
+        });
+        let rsa = client.token_rsa_public_key.as_deref().and_then(|value| {
+            let pem = pem_text("token_rsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
+            DecodingKey::from_rsa_pem(&pem)
+                .map_err(|e| problems.push(format!("client.token_rsa_public_key: not an RSA public key in PEM: {e}")))
+                .ok()
+        });
+        let ecdsa = client.token_ecdsa_public_key.as_deref().and_then(|value| {
+            let pem = pem_text("token_ecdsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
+            DecodingKey::from_ec_pem(&pem)
+                .map_err(|e| problems.push(format!("client.token_ecdsa_public_key: not an EC public key in PEM: {e}")))
+                .ok()
+        });
+        if problems.is_empty() {
+            Ok(Self { hmac, rsa, ecdsa })
+        } else {
+            Err(problems)
+        }
+    }
+}

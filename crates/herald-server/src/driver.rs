@@ -49,14 +49,8 @@ pub(crate) trait Protocol: Send {
     /// How messages queued together are written.
     const FRAMING: Framing;
 
-    /// What every session of the node shares with the driver.
-    fn settings(&self) -> &DriverSettings;
-
-    /// The connection's outbox: everything the session sends goes through it.
-    fn outbox(&self) -> &Outbox;
-
-    /// The connection this session registered with the hub, once it has one.
-    fn connection(&self) -> Option<&Arc<Connection>>;
+    /// What the driver reads of the session.
+    fn parts(&self) -> Parts<'_>;
 
     /// When [`Protocol::on_timer`] is next due.
     fn next_deadline(&self) -> Instant;
@@ -74,6 +68,17 @@ pub(crate) trait Protocol: Send {
 
     /// The close code and reason the client is told for `reason`.
     fn close_code(&self, reason: &DisconnectReason) -> (u16, String);
+}
+
+/// What the driver reads of a session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parts<'a> {
+    /// What every session of the node shares with the driver.
+    pub(crate) settings: &'a DriverSettings,
+    /// The connection's outbox: everything the session sends goes through it.
+    pub(crate) outbox: &'a Outbox,
+    /// The connection this session registered with the hub, once it has one.
+    pub(crate) connection: Option<&'a Arc<Connection>>,
 }
 
 /// What every session of a node shares with the driver.
@@ -94,18 +99,19 @@ pub struct DriverSettings {
 /// future twice (as arguments and as the locals they move into), and this
 /// future lives as long as the connection. The async block uses them in
 /// place, and everything the node shares stays behind the protocol's
-/// [`Protocol::settings`].
+/// [`Protocol::parts`].
 #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
 pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) -> impl Future<Output = ()> + Send {
     async move {
         let reason = serve(&mut protocol, &mut transport).await;
-        let settings = protocol.settings();
         if let Some(reason) = &reason {
             let (code, text) = protocol.close_code(reason);
+            let timeout = protocol.parts().settings.write_timeout;
             // A client that stopped reading may never take the close frame.
-            let _ = Box::pin(tokio::time::timeout(settings.write_timeout, transport.close(code, text))).await;
+            let _ = Box::pin(tokio::time::timeout(timeout, transport.close(code, text))).await;
         }
-        if let Some(conn) = protocol.connection() {
+        let Parts { settings, connection, .. } = protocol.parts();
+        if let Some(conn) = connection {
             tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
             Box::pin(settings.hub.disconnect(conn)).await;
         }
@@ -119,7 +125,7 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
     // The handlers' futures are boxed: they exist only while they run,
     // and inline they would make every idle connection's task as large
     // as the largest handler's state.
-    let mut shutdown = protocol.settings().shutdown.clone();
+    let mut shutdown = protocol.parts().settings.shutdown.clone();
     let mut shutdown = std::pin::pin!(closing(&mut shutdown));
     let mut timer = std::pin::pin!(tokio::time::sleep_until(protocol.next_deadline()));
     loop {
@@ -130,7 +136,7 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
         tokio::select! {
             biased;
             _ = &mut shutdown => return Some(DisconnectReason::Shutdown),
-            _ = protocol.outbox().ready() => {
+            _ = protocol.parts().outbox.ready() => {
                 if let Err(end) = Box::pin(flush(protocol, transport)).await {
                     return end;
                 }
@@ -162,12 +168,12 @@ async fn receive<P: Protocol, T: Transport>(
         Ok(Some(message)) => message,
         Ok(None) => return Some(None),
         Err(TransportError::TooLarge) => {
-            let client = protocol.connection().map(|c| c.client().clone());
+            let client = protocol.parts().connection.map(|c| c.client().clone());
             tracing::info!(?client, "message above client.max_message_size; closing");
             return Some(Some(DisconnectReason::MessageTooLarge));
         }
         Err(TransportError::Broken(why)) => {
-            let client = protocol.connection().map(|c| c.client().clone());
+            let client = protocol.parts().connection.map(|c| c.client().clone());
             tracing::debug!(?client, %why, "transport broke");
             return Some(None);
         }
@@ -180,7 +186,7 @@ async fn receive<P: Protocol, T: Transport>(
 /// Writes everything queued. `Err` ends the session: `Some(reason)` when
 /// the server ends it, `None` when the transport broke.
 async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
-    let mut items = match protocol.outbox().drain() {
+    let mut items = match protocol.parts().outbox.drain() {
         Drained::Closed(reason) => return Err(Some(reason)),
         Drained::Items(items) => items,
     };
@@ -196,7 +202,8 @@ async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
         Outgoing::Frame(bytes) if !bytes.is_empty() => Some(bytes),
         Outgoing::Frame(_) | Outgoing::Event(_) => None,
     });
-    let (outbox, timeout) = (protocol.outbox(), protocol.settings().write_timeout);
+    let Parts { outbox, settings, .. } = protocol.parts();
+    let timeout = settings.write_timeout;
     match P::FRAMING {
         Framing::Messages => send_guarded(transport, frames, outbox, timeout).await,
         Framing::Lines => match join_lines(frames) {

@@ -22,7 +22,7 @@ use super::codes::{self, ClientError};
 use super::command::{self, Command, Method};
 use super::encode::{self, CentrifugeEncoder};
 use crate::auth::{self, TokenVerifier};
-use crate::driver::{self, DriverSettings, Framing, Protocol};
+use crate::driver::{self, DriverSettings, Framing, Parts, Protocol};
 use crate::transport::{Inbound, Transport};
 
 /// Session settings, taken from `[client]`.
@@ -252,16 +252,8 @@ impl Session {
 impl Protocol for Session {
     const FRAMING: Framing = Framing::Lines;
 
-    fn settings(&self) -> &DriverSettings {
-        &self.shared.driver
-    }
-
-    fn outbox(&self) -> &Outbox {
-        &self.outbox
-    }
-
-    fn connection(&self) -> Option<&Arc<Connection>> {
-        self.conn.as_ref()
+    fn parts(&self) -> Parts<'_> {
+        Parts { settings: &self.shared.driver, outbox: &self.outbox, connection: self.conn.as_ref() }
     }
 
     fn next_deadline(&self) -> Instant {

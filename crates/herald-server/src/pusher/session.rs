@@ -24,7 +24,7 @@ use herald_core::{ConnEvent, Connection, ConnectionSpec, HubError, Outbox, Outgo
 use herald_engine::{ClientId, DisconnectReason, UserId};
 
 use super::{error_frame, object_frame, App, AppSlot, Frame, Frontend};
-use crate::driver::{self, DriverSettings, Framing, Protocol};
+use crate::driver::{self, Framing, Parts, Protocol};
 use crate::transport::{Inbound, Transport};
 
 /// The protocol versions served; pusher-js 8 speaks 7.
@@ -227,16 +227,8 @@ mod subscribe;
 impl Protocol for Session {
     const FRAMING: Framing = Framing::Messages;
 
-    fn settings(&self) -> &DriverSettings {
-        &self.frontend.driver
-    }
-
-    fn outbox(&self) -> &Outbox {
-        &self.outbox
-    }
-
-    fn connection(&self) -> Option<&Arc<Connection>> {
-        Some(&self.conn)
+    fn parts(&self) -> Parts<'_> {
+        Parts { settings: &self.frontend.driver, outbox: &self.outbox, connection: Some(&self.conn) }
     }
 
     fn next_deadline(&self) -> Instant {

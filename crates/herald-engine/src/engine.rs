@@ -77,14 +77,7 @@ impl Engine {
     /// An engine whose every part is `engine`; `name` is for logs and
     /// `/api/info` (`memory`, `redis`, …).
     pub fn new<E: WholeEngine>(name: &'static str, engine: Arc<E>) -> Self {
-        Self {
-            name,
-            broker: engine.clone(),
-            history: engine.clone(),
-            presence: engine.clone(),
-            occupancy: engine.clone(),
-            nodes: engine,
-        }
+        Self::from_parts(name, engine.clone(), engine.clone(), engine.clone(), engine.clone(), engine)
     }
 
     /// An engine assembled from parts of different engines. History must

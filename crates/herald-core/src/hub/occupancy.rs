@@ -10,7 +10,8 @@
 //! engine's index, and the node whose sweep finds it reports it vacated.
 //!
 //! Occupancy is tracked only when `HubConfig::track_occupancy` is on (the
-//! Pusher front-end needs it); otherwise queries answer for this node.
+//! webhooks of occupied and vacated channels need it); otherwise queries
+//! answer for this node.
 
 use std::time::Duration;
 

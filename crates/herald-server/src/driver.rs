@@ -83,13 +83,13 @@ pub(crate) struct Parts<'a> {
 
 /// What every session of a node shares with the driver.
 #[derive(Debug, Clone)]
-pub struct DriverSettings {
+pub(crate) struct DriverSettings {
     /// The node's hub, which a connection leaves when its session ends.
-    pub hub: Arc<Hub>,
+    pub(crate) hub: Arc<Hub>,
     /// How long one write may block before the client is closed as slow.
-    pub write_timeout: Duration,
+    pub(crate) write_timeout: Duration,
     /// Turns true when the node shuts down.
-    pub shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 /// Runs a session to its end, then closes the transport and takes the

@@ -39,21 +39,21 @@ use crate::config::{PusherApp, PusherConfig};
 use webhooks::Webhooks;
 
 /// The tag that carries a publication's Pusher event name.
-pub const EVENT_TAG: &str = "event";
+pub(crate) const EVENT_TAG: &str = "event";
 /// The event name Pusher clients see for a publication without one.
-pub const DEFAULT_EVENT: &str = "message";
+pub(crate) const DEFAULT_EVENT: &str = "message";
 /// The longest channel name Pusher clients may use.
-pub const MAX_CHANNEL_NAME: usize = 200;
+pub(crate) const MAX_CHANNEL_NAME: usize = 200;
 /// The longest event name.
-pub const MAX_EVENT_NAME: usize = 200;
+pub(crate) const MAX_EVENT_NAME: usize = 200;
 /// Where a signed-in user's messages go.
-pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+pub(crate) const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
 
 /// One configured app and what its connections share.
 #[derive(Debug)]
-pub struct App {
-    pub config: PusherApp,
-    pub encoder: Arc<PusherEncoder>,
+pub(crate) struct App {
+    pub(crate) config: PusherApp,
+    pub(crate) encoder: Arc<PusherEncoder>,
     /// This node's open connections of the app.
     connections: AtomicUsize,
 }
@@ -66,7 +66,7 @@ impl App {
 
     /// The hub channel for one of the app's channel names, if the name is
     /// one Pusher allows.
-    pub fn channel(&self, name: &str) -> Option<ChannelName> {
+    pub(crate) fn channel(&self, name: &str) -> Option<ChannelName> {
         if !valid_channel_name(name) {
             return None;
         }
@@ -77,12 +77,12 @@ impl App {
     }
 
     /// The app's name for a hub channel, if the channel is the app's.
-    pub fn name_of<'a>(&self, channel: &'a ChannelName) -> Option<&'a str> {
+    pub(crate) fn name_of<'a>(&self, channel: &'a ChannelName) -> Option<&'a str> {
         self.encoder.name_of(channel)
     }
 
     /// Counts a new connection unless the app is at `max_connections`.
-    pub fn admit(self: &Arc<Self>) -> Option<AppSlot> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<AppSlot> {
         let limit = self.config.max_connections;
         let previous = self.connections.fetch_add(1, Ordering::AcqRel);
         if limit > 0 && previous >= limit {
@@ -95,7 +95,7 @@ impl App {
 
 /// A connection's place in its app's count; released on drop.
 #[derive(Debug)]
-pub struct AppSlot(Arc<App>);
+pub(crate) struct AppSlot(Arc<App>);
 
 impl Drop for AppSlot {
     fn drop(&mut self) {
@@ -105,7 +105,7 @@ impl Drop for AppSlot {
 
 /// Whether Pusher clients may use `name`: `[A-Za-z0-9_\-=@,.;]`, at most
 /// 200 characters, or a signed-in user's `#server-to-user-<id>` channel.
-pub fn valid_channel_name(name: &str) -> bool {
+pub(crate) fn valid_channel_name(name: &str) -> bool {
     let body = name.strip_prefix('#').filter(|_| name.starts_with(USER_CHANNEL_PREFIX)).unwrap_or(name);
     !body.is_empty()
         && name.len() <= MAX_CHANNEL_NAME
@@ -119,13 +119,13 @@ pub fn is_private(name: &str) -> bool {
 
 /// The apps by key and by id.
 #[derive(Debug, Default)]
-pub struct Apps {
+pub(crate) struct Apps {
     by_key: HashMap<String, Arc<App>>,
     by_id: HashMap<String, Arc<App>>,
 }
 
 impl Apps {
-    pub fn new(apps: &[PusherApp]) -> Self {
+    pub(crate) fn new(apps: &[PusherApp]) -> Self {
         let mut out = Self::default();
         for config in apps {
             let app = Arc::new(App::new(config.clone()));
@@ -135,45 +135,41 @@ impl Apps {
         out
     }
 
-    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
+    pub(crate) fn by_key(&self, key: &str) -> Option<&Arc<App>> {
         self.by_key.get(key)
     }
 
-    pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
+    pub(crate) fn by_id(&self, id: &str) -> Option<&Arc<App>> {
         self.by_id.get(id)
     }
 
     /// The app whose channel `channel` is.
-    pub fn owner(&self, channel: &ChannelName) -> Option<&Arc<App>> {
+    pub(crate) fn owner(&self, channel: &ChannelName) -> Option<&Arc<App>> {
         let namespace = herald_core::ChannelRules::namespace_of(channel).unwrap_or("");
         self.by_id.values().find(|app| app.config.namespace == namespace)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
     }
 }
 
 /// Session timers, from `[pusher]` and `[client]`.
 #[derive(Debug, Clone)]
-pub struct PusherSettings {
-    pub activity_timeout: Duration,
-    pub pong_timeout: Duration,
-    pub queue_max_bytes: usize,
+pub(crate) struct PusherSettings {
+    pub(crate) activity_timeout: Duration,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) queue_max_bytes: usize,
 }
 
 /// What every Pusher session and API call of a node shares.
 #[derive(Debug)]
-pub struct Frontend {
+pub(crate) struct Frontend {
     /// The hub, the write timeout and the shutdown signal.
-    pub driver: DriverSettings,
-    pub apps: Apps,
-    pub settings: PusherSettings,
-    pub webhooks: Arc<Webhooks>,
+    pub(crate) driver: DriverSettings,
+    pub(crate) apps: Apps,
+    pub(crate) settings: PusherSettings,
+    pub(crate) webhooks: Arc<Webhooks>,
 }
 
 impl Frontend {
-    pub fn new(
+    pub(crate) fn new(
         hub: Arc<Hub>,
         config: &PusherConfig,
         client: &crate::config::ClientConfig,
@@ -193,41 +189,41 @@ impl Frontend {
     }
 
     /// The node's hub.
-    pub fn hub(&self) -> &Arc<Hub> {
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
         &self.driver.hub
     }
 }
 
 /// Encodes pushes for one app's Pusher connections.
 #[derive(Debug)]
-pub struct PusherEncoder {
+pub(crate) struct PusherEncoder {
     namespace: String,
 }
 
 /// A Pusher frame: `data` is a string (JSON inside, for pusher-js to parse).
 #[derive(Debug, Serialize)]
-pub struct Frame<'a> {
-    pub event: &'a str,
+pub(crate) struct Frame<'a> {
+    pub(crate) event: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub channel: Option<&'a str>,
-    pub data: &'a str,
+    pub(crate) channel: Option<&'a str>,
+    pub(crate) data: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<&'a str>,
+    pub(crate) user_id: Option<&'a str>,
 }
 
 impl Frame<'_> {
-    pub fn encode(&self) -> Bytes {
+    pub(crate) fn encode(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("frames serialize"))
     }
 }
 
 /// `pusher_internal:subscription_succeeded` with `data` (a JSON string).
-pub fn subscription_succeeded(channel: &str, data: &str) -> Bytes {
+pub(crate) fn subscription_succeeded(channel: &str, data: &str) -> Bytes {
     Frame { event: "pusher_internal:subscription_succeeded", channel: Some(channel), data, user_id: None }.encode()
 }
 
 /// A frame whose `data` is an object (`pusher:error`, `pusher:pong`, …).
-pub fn object_frame(event: &str, channel: Option<&str>, data: &serde_json::Value) -> Bytes {
+pub(crate) fn object_frame(event: &str, channel: Option<&str>, data: &serde_json::Value) -> Bytes {
     let mut frame = serde_json::json!({ "event": event, "data": data });
     if let Some(channel) = channel {
         frame["channel"] = channel.into();
@@ -236,14 +232,14 @@ pub fn object_frame(event: &str, channel: Option<&str>, data: &serde_json::Value
 }
 
 /// `pusher:error` with a code and message.
-pub fn error_frame(code: Option<u16>, message: &str, channel: Option<&str>) -> Bytes {
+pub(crate) fn error_frame(code: Option<u16>, message: &str, channel: Option<&str>) -> Bytes {
     object_frame("pusher:error", channel, &serde_json::json!({ "code": code, "message": message }))
 }
 
 /// A publication's payload as the string a Pusher event carries: a JSON
 /// string payload is unwrapped (pusher-js would only parse it back), other
 /// JSON is passed as its text.
-pub fn event_data(data: &[u8]) -> std::borrow::Cow<'_, str> {
+pub(crate) fn event_data(data: &[u8]) -> std::borrow::Cow<'_, str> {
     if data.first() == Some(&b'"') {
         if let Ok(text) = serde_json::from_slice::<String>(data) {
             return text.into();
@@ -254,7 +250,7 @@ pub fn event_data(data: &[u8]) -> std::borrow::Cow<'_, str> {
 
 /// An event's `data` string as a publication payload: JSON text is kept
 /// (compacted, as every payload is), anything else becomes a JSON string.
-pub fn publication_data(data: &str) -> Bytes {
+pub(crate) fn publication_data(data: &str) -> Bytes {
     match serde_json::from_str::<&serde_json::value::RawValue>(data) {
         Ok(_) => crate::json::compact(data),
         Err(_) => Bytes::from(serde_json::to_string(data).expect("strings serialize")),

@@ -43,7 +43,7 @@ const RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
 #[allow(clippy::enum_variant_names)] // the names are Pusher's: `client_event` among them
-pub enum Event {
+pub(crate) enum Event {
     ChannelOccupied {
         channel: String,
     },
@@ -72,7 +72,7 @@ pub enum Event {
 }
 
 impl Event {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Event::ChannelOccupied { .. } => "channel_occupied",
             Event::ChannelVacated { .. } => "channel_vacated",
@@ -91,7 +91,7 @@ struct Target {
 
 /// Every app's webhook targets.
 #[derive(Default)]
-pub struct Webhooks {
+pub(crate) struct Webhooks {
     targets: std::collections::HashMap<String, Vec<Target>>,
 }
 
@@ -103,7 +103,7 @@ impl std::fmt::Debug for Webhooks {
 
 impl Webhooks {
     /// Starts one worker per target. Call inside the runtime.
-    pub fn start(apps: &[PusherApp]) -> Arc<Self> {
+    pub(crate) fn start(apps: &[PusherApp]) -> Arc<Self> {
         let mut targets = std::collections::HashMap::new();
         for app in apps {
             let list: Vec<Target> = app.webhooks.iter().filter_map(|hook| Self::target(app, hook)).collect();
@@ -127,7 +127,7 @@ impl Webhooks {
     }
 
     /// Queues `event` for every target of `app` that wants it.
-    pub fn send(&self, app: &App, event: Event) {
+    pub(crate) fn send(&self, app: &App, event: Event) {
         let Some(targets) = self.targets.get(&app.config.id) else { return };
         for target in targets.iter().filter(|t| t.events.is_empty() || t.events.iter().any(|e| e == event.name())) {
             if target.queue.try_send(event.clone()).is_err() {

@@ -5,6 +5,11 @@
 //! ES*), and only that algorithm is accepted for that key, so an RSA public
 //! key can never be used as an HMAC secret. `alg: none` is not an algorithm
 //! Herald knows, and a token carrying it is invalid.
+//!
+//! `exp` and `nbf` are checked when present (no leeway); a configured
+//! audience or issuer must be present and match. A subscription token
+//! names a `channel`; a token that does is never accepted as a connection
+//! token, so one kind cannot be used as the other.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -40,6 +45,16 @@ pub struct ConnectClaims {
     /// Channels the server subscribes this connection to on connect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+}
+
+/// A connection token's claims, and whether it names a channel (which
+/// makes it a subscription token).
+#[derive(Deserialize)]
+struct ConnectionToken {
+    #[serde(flatten)]
+    claims: ConnectClaims,
+    #[serde(default)]
+    channel: Option<serde::de::IgnoredAny>,
 }
 
 /// The claims of a subscription token.
@@ -94,7 +109,11 @@ impl TokenVerifier {
 
     /// Verifies a connection token.
     pub fn connection(&self, token: &str) -> Result<ConnectClaims, TokenError> {
-        self.verify(token)
+        let token: ConnectionToken = self.verify(token)?;
+        if token.channel.is_some() {
+            return Err(TokenError::Invalid("a subscription token (it names a channel) is not a connection token".into()));
+        }
+        Ok(token.claims)
     }
 
     /// Verifies a subscription token.
@@ -117,8 +136,12 @@ impl TokenVerifier {
         validation.leeway = 0;
         validation.required_spec_claims.clear();
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {

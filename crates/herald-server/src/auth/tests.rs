@@ -122,6 +122,35 @@ fn audience_and_issuer_are_enforced_when_configured() {
 }
 
 #[test]
+fn a_configured_audience_must_be_present_and_a_future_nbf_is_refused() {
+    let client = ClientConfig {
+        token_hmac_secret: Some(Secret::new(SECRET)),
+        token_audience: Some("app".into()),
+        ..ClientConfig::default()
+    };
+    let with_audience = TokenVerifier::from_config(&client).unwrap();
+    let no_aud = hs256(json!({"sub": "1"}));
+    assert!(matches!(with_audience.connection(&no_aud), Err(TokenError::Invalid(_))), "a token without aud");
+    assert!(with_audience.connection(&hs256(json!({"sub": "1", "aud": "app"}))).is_ok());
+
+    let plain = verifier(true, false, false);
+    let later = hs256(json!({"sub": "1", "nbf": unix_now() + 3600}));
+    assert!(matches!(plain.connection(&later), Err(TokenError::Invalid(_))), "not valid before an hour from now");
+    let earlier = hs256(json!({"sub": "1", "nbf": unix_now() - 10}));
+    assert!(plain.connection(&earlier).is_ok());
+}
+
+#[test]
+fn a_subscription_token_is_not_a_connection_token() {
+    let verifier = verifier(true, false, false);
+    let subscription = hs256(json!({"sub": "42", "channel": "private:x"}));
+    assert!(matches!(verifier.connection(&subscription), Err(TokenError::Invalid(_))));
+    assert!(verifier.subscription(&subscription).is_ok());
+    let connection = hs256(json!({"sub": "42"}));
+    assert!(verifier.subscription(&connection).is_err(), "and a connection token grants no channel");
+}
+
+#[test]
 fn minted_tokens_verify() {
     let minter = TokenMinter::hmac(SECRET);
     let token = minter.sign(&SubscribeClaims { sub: "42".into(), channel: "private:x".into(), ..Default::default() });

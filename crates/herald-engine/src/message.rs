@@ -85,6 +85,8 @@ pub enum DisconnectReason {
     InvalidToken,
     /// The client sent a message larger than allowed.
     MessageTooLarge,
+    /// The server failed while handling the connection; reconnect.
+    Internal,
     /// A custom code and reason given through the server API.
     Custom {
         /// The close code.

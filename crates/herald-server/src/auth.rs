@@ -111,7 +111,9 @@ impl TokenVerifier {
     pub fn connection(&self, token: &str) -> Result<ConnectClaims, TokenError> {
         let token: ConnectionToken = self.verify(token)?;
         if token.channel.is_some() {
-            return Err(TokenError::Invalid("a subscription token (it names a channel) is not a connection token".into()));
+            return Err(TokenError::Invalid(
+                "a subscription token (it names a channel) is not a connection token".into(),
+            ));
         }
         Ok(token.claims)
     }

@@ -19,14 +19,18 @@
 //! When the session ends because of what the client sent, what is queued
 //! (an error that explains the close) is written first; then the transport
 //! is closed with the protocol's code for the reason, and the connection
-//! leaves the hub.
+//! leaves the hub. That cleanup runs even if handling the connection
+//! panicked: the client is closed as after an internal error (it
+//! reconnects), and no connection is left counted in the hub.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::FutureExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -103,7 +107,12 @@ pub(crate) struct DriverSettings {
 #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
 pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) -> impl Future<Output = ()> + Send {
     async move {
-        let reason = serve(&mut protocol, &mut transport).await;
+        let served = AssertUnwindSafe(serve(&mut protocol, &mut transport)).catch_unwind().await;
+        let reason = served.unwrap_or_else(|_| {
+            let client = protocol.parts().connection.map(|c| c.client().clone());
+            tracing::error!(?client, "a session failed (a bug; see the panic above); closing the connection");
+            Some(DisconnectReason::Internal)
+        });
         if let Some(reason) = &reason {
             let (code, text) = protocol.close_code(reason);
             let timeout = protocol.parts().settings.write_timeout;
@@ -291,7 +300,73 @@ pub(crate) fn text_only(message: Inbound, client: &dyn std::fmt::Debug) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use herald_core::{ChannelRules, ConnectionSpec, HubConfig};
+    use herald_engine::{ClientId, Engine, NodeId, UserId};
+    use tokio::sync::mpsc;
+
     use super::*;
+    use crate::transport::memory::{MemoryTransport, Sent};
+
+    /// A protocol whose message handler has a bug: it panics.
+    struct Buggy {
+        settings: DriverSettings,
+        outbox: Arc<Outbox>,
+        conn: Arc<Connection>,
+    }
+
+    impl Protocol for Buggy {
+        const FRAMING: Framing = Framing::Lines;
+
+        fn parts(&self) -> Parts<'_> {
+            Parts { settings: &self.settings, outbox: &self.outbox, connection: Some(&self.conn) }
+        }
+
+        fn next_deadline(&self) -> Instant {
+            Instant::now() + Duration::from_secs(3600)
+        }
+
+        async fn on_message(&mut self, _: Inbound) -> Result<(), DisconnectReason> {
+            panic!("a bug in a handler");
+        }
+
+        async fn on_timer(&mut self) -> Result<(), DisconnectReason> {
+            Ok(())
+        }
+
+        fn on_event(&mut self, _: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
+            Ok(None)
+        }
+
+        fn close_code(&self, reason: &DisconnectReason) -> (u16, String) {
+            crate::centrifuge::codes::disconnect_code(reason)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_that_panics_is_closed_for_a_reconnect_and_leaves_the_hub() {
+        let hub = Hub::new(HubConfig::new(NodeId::new("n"), ChannelRules::default()), Engine::memory());
+        hub.start().await.unwrap();
+        let outbox = Arc::new(Outbox::new(1 << 16));
+        let conn = hub
+            .connect(ConnectionSpec {
+                client: ClientId::new("c1"),
+                user: UserId::new("42").unwrap(),
+                conn_info: None,
+                encoder: Arc::new(crate::centrifuge::CentrifugeEncoder),
+                outbox: outbox.clone(),
+            })
+            .unwrap();
+        let (_shutdown, shutdown) = watch::channel(false);
+        let settings = DriverSettings { hub: hub.clone(), write_timeout: Duration::from_secs(1), shutdown };
+        let (to_session, inbound) = mpsc::unbounded_channel();
+        let (outbound, mut from_session) = mpsc::unbounded_channel();
+        let session = tokio::spawn(run(MemoryTransport { inbound, outbound }, Buggy { settings, outbox, conn }));
+
+        to_session.send(Ok(Inbound::Text(Bytes::from_static(b"{}")))).unwrap();
+        assert_eq!(from_session.recv().await, Some(Sent::Close(3004, "internal server error".into())));
+        session.await.expect("the session task ends normally");
+        assert_eq!(hub.stats().clients, 0, "no ghost connection is left");
+    }
 
     fn joined(messages: &[&'static str]) -> Option<Bytes> {
         join_lines(messages.iter().map(|m| Bytes::from_static(m.as_bytes())))

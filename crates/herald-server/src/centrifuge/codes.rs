@@ -58,6 +58,7 @@ pub(crate) fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
         DisconnectReason::Stale => (3502, "stale"),
         DisconnectReason::ForceDisconnect => (3503, "force disconnect"),
         DisconnectReason::MessageTooLarge => (1009, "message too big"),
+        DisconnectReason::Internal => (3004, "internal server error"),
         DisconnectReason::Custom { code, reason, .. } => return (*code, reason.clone()),
     };
     (code, text.to_owned())
@@ -85,6 +86,7 @@ mod tests {
             (DisconnectReason::ConnectionExpired, true),
             (DisconnectReason::NoPong, true),
             (DisconnectReason::ForceReconnect, true),
+            (DisconnectReason::Internal, true),
             (DisconnectReason::InvalidToken, false),
             (DisconnectReason::BadRequest, false),
             (DisconnectReason::ForceDisconnect, false),

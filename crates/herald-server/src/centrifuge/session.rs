@@ -153,9 +153,16 @@ impl ExpiryResult {
 #[derive(Serialize)]
 struct Empty {}
 
-/// The instant `grace` after the unix time `exp`.
+/// Deadlines further ahead than this are as good as never (and an instant
+/// that far ahead may not exist).
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The instant `grace` after the unix time `exp` (which a token or the API
+/// gave, so it may be anything).
 fn deadline_after(exp: u64, grace: Duration) -> Instant {
-    Instant::now() + Duration::from_secs(exp.saturating_sub(auth::unix_now())) + grace
+    let now = Instant::now();
+    let wait = Duration::from_secs(exp.saturating_sub(auth::unix_now())).saturating_add(grace);
+    now.checked_add(wait.min(NEVER)).unwrap_or(now)
 }
 
 impl Session {

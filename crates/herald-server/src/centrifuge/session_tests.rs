@@ -21,6 +21,7 @@ use crate::transport::{Inbound, TransportError};
 const SECRET: &str = "session-test-secret";
 
 struct Harness {
+    hub: Arc<Hub>,
     to_session: mpsc::UnboundedSender<Result<Inbound, TransportError>>,
     from_session: mpsc::UnboundedReceiver<Sent>,
     _shutdown: watch::Sender<bool>,
@@ -32,7 +33,11 @@ async fn session() -> Harness {
     hub.start().await.unwrap();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        driver: crate::driver::DriverSettings { hub, write_timeout: Duration::from_secs(10), shutdown: shutdown_rx },
+        driver: crate::driver::DriverSettings {
+            hub: hub.clone(),
+            write_timeout: Duration::from_secs(10),
+            shutdown: shutdown_rx,
+        },
         verifier: TokenVerifier::from_config(&client).unwrap(),
         settings: SessionSettings {
             ping_interval: Duration::from_secs(25),
@@ -48,7 +53,7 @@ async fn session() -> Harness {
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
     tokio::spawn(run(MemoryTransport { inbound, outbound }, shared));
-    Harness { to_session, from_session, _shutdown: shutdown }
+    Harness { hub, to_session, from_session, _shutdown: shutdown }
 }
 
 impl Harness {
@@ -116,4 +121,26 @@ async fn a_broken_transport_ends_the_session_quietly() {
     s.connect(json!({"sub": "42"})).await;
     s.to_session.send(Err(TransportError::Broken("reset".into()))).unwrap();
     assert_eq!(s.from_session.recv().await, None, "no close frame on a broken transport");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expiry_too_far_ahead_to_be_an_instant_never_comes_and_leaves_no_ghost() {
+    let mut s = session().await;
+    s.connect(json!({"sub": "42", "exp": u64::MAX})).await;
+    s.send(json!({"id": 2, "ping": {}}));
+    assert_eq!(s.next().await, Sent::Text(r#"{"id":2,"ping":{}}"#.into()), "the connection lives");
+
+    let user = herald_engine::UserId::new("42").unwrap();
+    let refresh = herald_engine::Control::Refresh { user, client: None, expire_at: Some(u64::MAX), expired: false };
+    s.hub.send_control(refresh).await.unwrap();
+    match s.next().await {
+        Sent::Text(push) => assert!(push.contains("\"refresh\""), "{push}"),
+        other => panic!("expected the refresh push, got {other:?}"),
+    }
+    s.send(json!({"id": 3, "ping": {}}));
+    assert_eq!(s.next().await, Sent::Text(r#"{"id":3,"ping":{}}"#.into()), "and lives on after the refresh");
+
+    s.to_session.send(Err(TransportError::Broken("gone".into()))).unwrap();
+    assert_eq!(s.from_session.recv().await, None);
+    assert_eq!(s.hub.stats().clients, 0, "the connection left the hub");
 }

@@ -57,6 +57,7 @@ pub(crate) fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
         DisconnectReason::InvalidToken => (close::UNAUTHORIZED, "connection not authorized"),
         DisconnectReason::BadRequest => (close::UNSUPPORTED_PROTOCOL, "malformed frames"),
         DisconnectReason::MessageTooLarge => (1009, "message too big"),
+        DisconnectReason::Internal => (close::RECONNECT, "internal server error; reconnect"),
         DisconnectReason::Custom { code, reason, .. } => return (*code, reason.clone()),
     };
     (code, text.to_owned())

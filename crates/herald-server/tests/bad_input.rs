@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::json;
-use support::{http_post, Client, TestServer, API_KEY};
+use support::{http_post, http_post_raw, Client, TestServer, API_KEY};
 
 use herald_server::auth::unix_now;
 
@@ -181,4 +181,35 @@ async fn malformed_api_calls_get_400_and_unknown_methods_404() {
 fn base64url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// JSON nested deeper than serde's recursion limit is still valid JSON, and
+/// is accepted as a payload or as token info: reading it back through the
+/// server API must not fail (it once panicked, re-parsing its own reply).
+#[tokio::test]
+async fn deeply_nested_payloads_and_infos_read_back_through_the_api() {
+    let server = TestServer::start().await;
+    let mut watcher = bystander(&server).await;
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+
+    let deep = nested(300);
+    let publish = format!(r#"{{"channel":"feed:deep","data":{deep}}}"#);
+    let (status, body) = http_post_raw(server.addr, "/api/publish", &[("X-API-Key", API_KEY)], &publish).await;
+    assert_eq!(status, 200, "the payload is valid JSON: {body}");
+    let history = r#"{"channel":"feed:deep","limit":-1}"#;
+    let (status, body) = http_post_raw(server.addr, "/api/history", &[("X-API-Key", API_KEY)], history).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!(r#""data":{deep}"#)), "the payload reads back as it was published");
+
+    let info: serde_json::Value = serde_json::from_str(&nested(126)).unwrap();
+    let token = server.token_with("ann", json!({ "info": info }));
+    let mut ann = server.client().await;
+    let reply = ann.command(json!({"id": 1, "connect": {"token": token}})).await;
+    assert!(reply["connect"]["client"].is_string(), "{reply}");
+    ann.subscribe("room:deep").await;
+    let (status, body) =
+        http_post_raw(server.addr, "/api/presence", &[("X-API-Key", API_KEY)], r#"{"channel":"room:deep"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!(r#""conn_info":{}"#, nested(126))), "{body}");
+    assert_unaffected(&server, &mut watcher, 1).await;
 }

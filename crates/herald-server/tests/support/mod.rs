@@ -318,6 +318,17 @@ pub(crate) fn code(c: CloseCode) -> u16 {
 /// A minimal HTTP/1.1 POST; returns the status and the JSON body (or
 /// `Value::Null` when the body is not JSON).
 pub(crate) async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+    let (status, body) = http_post_raw(addr, path, headers, body).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A minimal HTTP/1.1 POST; returns the status and the body as text.
+pub(crate) async fn http_post_raw(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect for HTTP");
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -337,7 +348,7 @@ pub(crate) async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &s
     let text = String::from_utf8_lossy(&response);
     let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("HTTP status line");
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    (status, body.to_owned())
 }
 
 /// Polls `condition` until it holds, failing after [`PATIENCE`].

@@ -185,9 +185,10 @@ impl Session {
         self.conn.as_ref().map(|c| c.client().clone())
     }
 
+    /// Logs why a client's frame ends its connection: never the frame
+    /// itself, which may carry a token.
     fn log_refusal(&self, reason: &DisconnectReason, frame: &[u8]) {
-        let preview = String::from_utf8_lossy(&frame[..frame.len().min(128)]).into_owned();
-        tracing::info!(client = ?self.client(), ?reason, frame = %preview, "closing connection after bad input");
+        tracing::info!(client = ?self.client(), ?reason, bytes = frame.len(), "closing connection after bad input");
     }
 
     fn reply(&self, message: Bytes) {
@@ -197,7 +198,11 @@ impl Session {
 
     async fn on_frame(&mut self, frame: &[u8]) -> Result<(), DisconnectReason> {
         for line in command::lines(frame) {
-            let command = Command::decode(line).map_err(|_| DisconnectReason::BadRequest)?;
+            let command = Command::decode(line).map_err(|error| {
+                // Where and how it is malformed; serde's message may quote the input.
+                tracing::debug!(client = ?self.client(), kind = ?error.classify(), column = error.column(), "malformed command");
+                DisconnectReason::BadRequest
+            })?;
             self.on_command(command).await?;
         }
         Ok(())

@@ -144,3 +144,46 @@ async fn an_expiry_too_far_ahead_to_be_an_instant_never_comes_and_leaves_no_ghos
     assert_eq!(s.from_session.recv().await, None);
     assert_eq!(s.hub.stats().clients, 0, "the connection left the hub");
 }
+
+/// Log lines written while a test runs, on this test's thread.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_frames_and_tokens_are_logged_without_the_token() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let secret = "eyJhbGciOiJIUzI1NiJ9.SECRET-CLAIMS.SECRET-SIGNATURE";
+    let mut bad_token = session().await;
+    bad_token.send(json!({"id": 1, "connect": {"token": secret}}));
+    assert_eq!(bad_token.next().await, Sent::Close(3500, "invalid token".into()));
+    let mut malformed = session().await;
+    let frame = format!(r#"{{"id":1,"connect":{{"token":"{secret}"}},"subscribe":{{"channel":1}}}}"#);
+    malformed.to_session.send(Ok(Inbound::Text(Bytes::from(frame)))).unwrap();
+    assert_eq!(malformed.next().await, Sent::Close(3501, "bad request".into()));
+
+    let logged = logs.text();
+    assert!(logged.contains("connection token refused"), "the refusals were logged: {logged}");
+    assert!(logged.contains("closing connection after bad input"), "{logged}");
+    assert!(!logged.contains("SECRET"), "no part of the token is logged: {logged}");
+}

@@ -192,8 +192,10 @@ impl Session {
         let message: ClientFrame = match serde_json::from_slice(frame) {
             Ok(message) => message,
             Err(error) => {
-                let preview = String::from_utf8_lossy(&frame[..frame.len().min(128)]).into_owned();
-                tracing::info!(socket_id = %self.socket_id, %error, frame = %preview, "malformed pusher frame");
+                // Never the frame, nor serde's message (which may quote it):
+                // it may carry a signature.
+                let (kind, column) = (error.classify(), error.column());
+                tracing::info!(socket_id = %self.socket_id, ?kind, column, bytes = frame.len(), "malformed pusher frame");
                 self.send(error_frame(None, &format!("Invalid message: {error}"), None));
                 return Ok(());
             }

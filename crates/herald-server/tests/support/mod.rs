@@ -323,12 +323,7 @@ pub(crate) async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &s
 }
 
 /// A minimal HTTP/1.1 POST; returns the status and the body as text.
-pub(crate) async fn http_post_raw(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
+pub(crate) async fn http_post_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect for HTTP");
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",

@@ -93,9 +93,23 @@ impl Transport for WsTransport {
     }
 
     async fn close(&mut self, code: u16, reason: String) {
-        let frame = CloseFrame { code, reason: reason.into() };
+        let frame = CloseFrame { code, reason: close_reason(reason).into() };
         let _ = self.0.send(Message::Close(Some(frame))).await;
     }
+}
+
+/// The most bytes a close frame's reason may have (RFC 6455: 125 bytes of
+/// payload, two of them the code). A longer reason makes clients fail the
+/// connection with 1002 and never see the code.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason`, cut at a character boundary to fit a close frame.
+fn close_reason(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON {
+        let fits = (0..=MAX_CLOSE_REASON).rev().find(|at| reason.is_char_boundary(*at)).unwrap_or(0);
+        reason.truncate(fits);
+    }
+    reason
 }
 
 fn text_message(text: Bytes) -> Result<Message, TransportError> {
@@ -145,5 +159,21 @@ pub(crate) mod memory {
         async fn close(&mut self, code: u16, reason: String) {
             let _ = self.outbound.send(Sent::Close(code, reason));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_cut_to_fit_a_close_frame_at_a_character_boundary() {
+        assert_eq!(close_reason("short".into()), "short");
+        assert_eq!(close_reason("x".repeat(123)), "x".repeat(123));
+        assert_eq!(close_reason("x".repeat(500)).len(), 123);
+        let accents = "é".repeat(100);
+        let cut = close_reason(accents);
+        assert_eq!(cut.len(), 122, "61 two-byte characters");
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 }

@@ -158,3 +158,16 @@ async fn health_reports_ready() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with(r#"{"status":"ok"}"#), "{response}");
 }
+
+#[tokio::test]
+async fn a_disconnect_reason_longer_than_a_close_frame_allows_is_cut_and_the_code_arrives() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("42").await;
+    let long = "why ".repeat(100);
+    let (status, _) =
+        server.api("disconnect", json!({"user": "42", "disconnect": {"code": 4000, "reason": long}})).await;
+    assert_eq!(status, 200);
+    let (code, reason) = client.closed().await;
+    assert_eq!(code, 4000);
+    assert_eq!(reason, &long[..123], "the first 123 bytes of the reason");
+}

@@ -213,3 +213,14 @@ async fn deeply_nested_payloads_and_infos_read_back_through_the_api() {
     assert!(body.contains(&format!(r#""conn_info":{}"#, nested(126))), "{body}");
     assert_unaffected(&server, &mut watcher, 1).await;
 }
+
+#[tokio::test]
+async fn a_command_with_a_top_level_field_this_server_does_not_know_is_answered() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("42").await;
+    let reply = client.command(json!({"id": 5, "ping": {}, "trace": {"id": "abc"}})).await;
+    assert_eq!(reply, json!({"id": 5, "ping": {}}), "the field is ignored, the connection stays");
+    let reply = client.command(json!({"id": 6, "teleport": {}})).await;
+    assert_eq!(reply["error"]["code"], 104, "a command with no known method is an unknown method");
+    client.assert_alive().await;
+}

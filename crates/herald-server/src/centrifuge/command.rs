@@ -4,7 +4,9 @@
 //! `{"id":1,"subscribe":{"channel":"news"}}`. The empty object `{}` is the
 //! client's pong. A frame may hold several commands separated by newlines.
 //! Request fields Herald does not use are ignored, as clients add fields
-//! over time; a command with two method keys is malformed.
+//! over time, and so are top-level fields beside a known method; a command
+//! with two known methods is malformed, and one with only unknown keys asks
+//! for a method Herald does not have (error 104).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -168,6 +170,10 @@ impl<'de> Visitor<'de> for CommandVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Command, A::Error> {
         let mut id = None;
         let mut method = None;
+        // A field no method has: a method this server does not know, unless
+        // the command carries a known method too (then a newer client's
+        // field, ignored).
+        let mut unknown = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key == "id" {
                 if id.replace(map.next_value::<u32>()?).is_some() {
@@ -193,14 +199,15 @@ impl<'de> Visitor<'de> for CommandVisitor {
                 "sub_refresh" => Method::SubRefresh(map.next_value()?),
                 other => {
                     map.next_value::<IgnoredAny>()?;
-                    Method::Unknown(other.to_owned())
+                    unknown.get_or_insert_with(|| other.to_owned());
+                    continue;
                 }
             };
             if method.replace(next).is_some() {
                 return Err(de::Error::custom("a command carries exactly one method"));
             }
         }
-        Ok(Command { id: id.unwrap_or(0), method })
+        Ok(Command { id: id.unwrap_or(0), method: method.or(unknown.map(Method::Unknown)) })
     }
 }
 
@@ -242,6 +249,14 @@ mod tests {
         assert!(matches!(cmd.method, Some(Method::Unknown(m)) if m == "teleport"));
         let cmd = Command::decode(br#"{"id":2,"connect":{"token":"t","future_field":1}}"#).unwrap();
         assert!(matches!(cmd.method, Some(Method::Connect(_))));
+    }
+
+    #[test]
+    fn unknown_top_level_fields_beside_a_method_are_ignored() {
+        let cmd = Command::decode(br#"{"id":1,"ping":{},"trace_id":"x","future":{"a":1}}"#).unwrap();
+        assert!(matches!(cmd.method, Some(Method::Ping)));
+        let cmd = Command::decode(br#"{"id":2,"future":{},"teleport":{}}"#).unwrap();
+        assert!(matches!(cmd.method, Some(Method::Unknown(m)) if m == "future"), "only unknown keys: 104");
     }
 
     #[test]

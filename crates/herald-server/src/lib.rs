@@ -19,7 +19,8 @@
 //! - `codes`: the error codes, and the one table from hub errors to what
 //!   each front-end reports.
 //! - `json`: JSON as every front-end and the API write it.
-//! - `listener`: the accept loop with backoff.
+//! - `http`: serving HTTP: the accept loop, connection caps, header and
+//!   body deadlines.
 //! - `server`: assembling a [`Node`] and running it.
 //! - [`cli`]: the command line (`herald serve | config | token`).
 
@@ -32,8 +33,8 @@ pub mod cli;
 mod codes;
 pub mod config;
 mod driver;
+mod http;
 mod json;
-mod listener;
 pub mod pusher;
 mod server;
 mod transport;

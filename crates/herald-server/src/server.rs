@@ -8,7 +8,6 @@
 //! returns.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,9 +15,9 @@ use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use herald_core::{ChannelRules, Hub, HubConfig};
 use herald_engine::{DisconnectReason, Engine, Health, NodeId};
@@ -29,7 +28,9 @@ use crate::auth::TokenVerifier;
 use crate::centrifuge::{self, CentrifugeEncoder, SessionSettings, Shared};
 use crate::config::{Config, EngineConfig};
 use crate::driver::DriverSettings;
-use crate::listener::BackoffListener;
+use crate::http::admission::{Limits, Permit};
+use crate::http::body::BodyLimits;
+use crate::http::{self, ServeSettings, Tracker};
 use crate::pusher::{self, Frontend};
 use crate::transport::WsTransport;
 
@@ -47,45 +48,11 @@ const READ_BUFFER: usize = 256;
 /// large as what is queued.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// Counts live sessions so shutdown can wait for them.
-#[derive(Debug, Default)]
-struct SessionTracker {
-    live: AtomicUsize,
-    idle: Notify,
-}
-
-struct SessionGuard(Arc<SessionTracker>);
-
-impl SessionTracker {
-    fn enter(self: &Arc<Self>) -> SessionGuard {
-        self.live.fetch_add(1, Ordering::AcqRel);
-        SessionGuard(self.clone())
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.live.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
 #[derive(Clone)]
 struct AppState {
     shared: Arc<Shared>,
     pusher: Option<Arc<Frontend>>,
-    tracker: Arc<SessionTracker>,
+    tracker: Arc<Tracker>,
     max_message_size: usize,
 }
 
@@ -173,12 +140,13 @@ impl Node {
             allow_anonymous: client.allow_anonymous,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let pusher =
-            serves_pusher.then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, shutdown_rx.clone()));
+        let body = BodyLimits { max_size: config.http.max_body_size, timeout: config.http.body_timeout };
+        let pusher = serves_pusher
+            .then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, body, shutdown_rx.clone()));
         let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx };
         let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder) });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
-        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key });
+        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, body });
         Ok(Node { hub, shared, api, pusher, shutdown, config })
     }
 
@@ -188,7 +156,7 @@ impl Node {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let tracker = Arc::new(SessionTracker::default());
+        let tracker = Arc::new(Tracker::default());
         let state = AppState {
             shared: self.shared.clone(),
             pusher: self.pusher.clone(),
@@ -204,15 +172,20 @@ impl Node {
             let _ = stop.send(true);
             hub.close_all(DisconnectReason::Shutdown);
         };
-        axum::serve(BackoffListener::new(listener), app)
-            .with_graceful_shutdown(graceful)
-            .await
-            .context("serving HTTP")?;
-
-        let timeout = self.config.http.shutdown_timeout;
-        if tokio::time::timeout(timeout, tracker.wait_idle()).await.is_err() {
+        let http = &self.config.http;
+        let limits = Limits {
+            max_connections: http.max_connections,
+            max_connections_per_ip: http.max_connections_per_ip,
+            connection_rate_per_ip: http.connection_rate_per_ip,
+        };
+        let settings =
+            ServeSettings { handshake_timeout: http.handshake_timeout, drain_timeout: http.shutdown_timeout, limits };
+        // Returns once shutdown began and HTTP connections drained (bounded).
+        let stopping = http::serve(listener, app, settings, graceful).await;
+        let left = http.shutdown_timeout.saturating_sub(stopping.elapsed());
+        if tokio::time::timeout(left, tracker.wait_idle()).await.is_err() {
             tracing::warn!(
-                remaining = tracker.live.load(Ordering::Acquire),
+                sessions = tracker.live(),
                 "connections still open after http.shutdown_timeout; exiting anyway"
             );
         }
@@ -240,25 +213,32 @@ async fn pusher_websocket(
     State(state): State<AppState>,
     Path(key): Path<String>,
     Query(query): Query<pusher::session::ConnectQuery>,
+    permit: Option<Extension<Arc<Permit>>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let Some(frontend) = state.pusher.clone() else {
         return (StatusCode::NOT_FOUND, "the Pusher protocol is not configured: add a [[pusher.apps]] table")
             .into_response();
     };
-    serve_websocket(&state, upgrade, move |transport| pusher::session::run(transport, frontend, key, query))
+    serve_websocket(&state, upgrade, permit, move |transport| pusher::session::run(transport, frontend, key, query))
 }
 
-async fn centrifuge_websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn centrifuge_websocket(
+    State(state): State<AppState>,
+    permit: Option<Extension<Arc<Permit>>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let shared = state.shared.clone();
-    serve_websocket(&state, upgrade, move |transport| centrifuge::session::run(transport, shared))
+    serve_websocket(&state, upgrade, permit, move |transport| centrifuge::session::run(transport, shared))
 }
 
 /// Upgrades with the node's WebSocket limits and runs `session` on the
-/// socket, counted by the tracker so shutdown waits for it.
+/// socket, counted by the tracker so shutdown waits for it, and holding
+/// the connection's place under the node's caps while it runs.
 fn serve_websocket<F>(
     state: &AppState,
     upgrade: WebSocketUpgrade,
+    permit: Option<Extension<Arc<Permit>>>,
     session: impl FnOnce(WsTransport) -> F + Send + 'static,
 ) -> Response
 where
@@ -271,7 +251,7 @@ where
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
-            let _guard = guard;
+            let _held = (guard, permit);
             session(WsTransport(socket)).await;
         })
 }

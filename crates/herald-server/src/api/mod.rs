@@ -12,15 +12,17 @@ mod reply;
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use herald_core::{Hub, HubError};
 
 use crate::codes;
 use crate::config::Secret;
+use crate::http;
 pub(crate) use methods::ApiCommand;
 use reply::Response as Reply;
 
@@ -30,6 +32,8 @@ pub(crate) struct ApiState {
     pub hub: Arc<Hub>,
     /// `None` only when the API is explicitly insecure.
     pub key: Option<Secret>,
+    /// How request bodies are read.
+    pub body: http::body::BodyLimits,
 }
 
 /// Why an API call failed.
@@ -42,6 +46,8 @@ pub(crate) enum ApiError {
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("{0}")]
+    Body(http::body::BodyError),
+    #[error("{0}")]
     Hub(#[from] HubError),
 }
 
@@ -52,6 +58,10 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
             ApiError::MethodNotFound(_) => (StatusCode::NOT_FOUND, codes::METHOD_NOT_FOUND),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            ApiError::Body(error @ http::body::BodyError::TooLarge(_)) => (error.status(), codes::LIMIT_EXCEEDED),
+            ApiError::Body(error @ (http::body::BodyError::TooSlow | http::body::BodyError::Broken)) => {
+                (error.status(), codes::BAD_REQUEST)
+            }
             ApiError::Hub(hub) => {
                 let reported = codes::hub_error(hub);
                 (reported.api_status, reported.code)
@@ -76,16 +86,27 @@ impl IntoResponse for ApiError {
 }
 
 /// `POST /api/{method}`.
+///
+/// The caller is authenticated by its key before anything of the body is
+/// read; the body is then read within `http.max_body_size` and
+/// `http.body_timeout`.
 pub(crate) async fn handle(
     State(api): State<Arc<ApiState>>,
     Path(method): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if let Err(error) = api.authorize(&headers) {
         tracing::info!(%method, "API call refused: missing or wrong key");
         return error.into_response();
     }
+    let body = match http::body::read(&headers, body, api.body).await {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::info!(%method, %error, "API call refused");
+            return ApiError::Body(error).into_response();
+        }
+    };
     let outcome = match ApiCommand::parse(&method, &body) {
         Ok(command) => api.execute(command).await,
         Err(error) => Err(error),

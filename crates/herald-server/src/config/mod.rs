@@ -56,11 +56,41 @@ pub struct HttpConfig {
     /// How long a shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request's headers (a WebSocket
+    /// upgrade's included), and how long an idle keep-alive connection may
+    /// wait for its next request, before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How long a client may take to send a request's body (read only
+    /// after the request is authenticated).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// The largest request body accepted, in bytes (else 413).
+    pub max_body_size: usize,
+    /// Open connections this node accepts in all, WebSockets and HTTP
+    /// (0 = no limit); above it new ones get 503.
+    pub max_connections: usize,
+    /// Open connections one source address may hold (0 = no limit); above it
+    /// new ones get 429. Behind a proxy every client shares its address.
+    pub max_connections_per_ip: usize,
+    /// New connections per second one source address may open, as a token
+    /// bucket with as much burst (0 = no limit); above it they get 429.
+    pub connection_rate_per_ip: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { address: IpAddr::from([0, 0, 0, 0]), port: 8000, shutdown_timeout: Duration::from_secs(10) }
+        Self {
+            address: IpAddr::from([0, 0, 0, 0]),
+            port: 8000,
+            shutdown_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_body_size: 1024 * 1024,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            connection_rate_per_ip: 0,
+        }
     }
 }
 

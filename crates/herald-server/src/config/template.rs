@@ -28,6 +28,19 @@ address = "0.0.0.0"
 port = 8000
 # How long a shutdown waits for connections to close.
 shutdown_timeout = "10s"
+# How long a client may take to send a request's headers (WebSocket upgrades
+# included), and an idle keep-alive connection may wait for its next request.
+handshake_timeout = "10s"
+# How long a request body may take (read only once the request is
+# authenticated), and how large it may be.
+body_timeout = "10s"
+max_body_size = 1048576
+# Caps on connections (0 = none): in all, per source address, and new ones
+# per second per source address. Behind a load balancer every client shares
+# its address, so set the per-address ones only where clients connect directly.
+max_connections = 0
+max_connections_per_ip = 0
+connection_rate_per_ip = 0
 
 [engine]
 # "memory": a single node, nothing to set up.

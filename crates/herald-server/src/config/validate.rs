@@ -12,6 +12,13 @@ impl Config {
     /// Problems with values that typed correctly but cannot work together.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        let http = &self.http;
+        if http.handshake_timeout.is_zero() || http.body_timeout.is_zero() {
+            problems.push("http.handshake_timeout and http.body_timeout: must be above zero".to_owned());
+        }
+        if http.max_body_size < 1024 {
+            problems.push("http.max_body_size: must be at least 1024 bytes".to_owned());
+        }
         let client = &self.client;
         if client.ping_interval < Duration::from_secs(1) {
             problems.push("client.ping_interval: must be at least 1s".to_owned());
@@ -176,6 +183,13 @@ impl Config {
     /// Secrets a serving node needs and this configuration lacks.
     pub fn missing_secrets(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        let http = &self.http;
+        if http.handshake_timeout.is_zero() || http.body_timeout.is_zero() {
+            problems.push("http.handshake_timeout and http.body_timeout: must be above zero".to_owned());
+        }
+        if http.max_body_size < 1024 {
+            problems.push("http.max_body_size: must be at least 1024 bytes".to_owned());
+        }
         let client = &self.client;
         let has_key = client.token_hmac_secret.is_some()
             || client.token_rsa_public_key.is_some()

@@ -156,6 +156,8 @@ pub(crate) struct PusherSettings {
     pub(crate) activity_timeout: Duration,
     pub(crate) pong_timeout: Duration,
     pub(crate) queue_max_bytes: usize,
+    /// How the HTTP API's request bodies are read.
+    pub(crate) body: crate::http::body::BodyLimits,
 }
 
 /// What every Pusher session and API call of a node shares.
@@ -173,6 +175,7 @@ impl Frontend {
         hub: Arc<Hub>,
         config: &PusherConfig,
         client: &crate::config::ClientConfig,
+        body: crate::http::body::BodyLimits,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let apps = Apps::new(&config.apps);
@@ -181,6 +184,7 @@ impl Frontend {
             activity_timeout: config.activity_timeout,
             pong_timeout: config.pong_timeout,
             queue_max_bytes: client.queue_max_bytes,
+            body,
         };
         let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown };
         let frontend = Arc::new(Self { driver, apps, settings, webhooks });

@@ -13,11 +13,11 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -60,13 +60,17 @@ impl IntoResponse for Failure {
     }
 }
 
-/// Serves every `/apps/{app_id}/{*rest}` request.
+/// Serves every `/apps/{app_id}/{*rest}` request. The signature (which
+/// covers `body_md5`) is checked before anything of the body is read; the
+/// body is then read within `http.max_body_size` and `http.body_timeout`,
+/// and must match its digest.
 pub(crate) async fn handle(
     State(frontend): State<Arc<Frontend>>,
     Path((app_id, rest)): Path<(String, String)>,
     method: Method,
     uri: Uri,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let outcome = async {
         let app = frontend
@@ -74,7 +78,11 @@ pub(crate) async fn handle(
             .by_id(&app_id)
             .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("app {app_id} does not exist")))?;
         let query = query_pairs(&uri);
-        authenticate(app, &method, uri.path(), &query, &body)?;
+        authenticate(app, &method, uri.path(), &query)?;
+        let body = crate::http::body::read(&headers, body, frontend.settings.body)
+            .await
+            .map_err(|error| Failure(error.status(), error.to_string()))?;
+        check_digest(&query, &body)?;
         let api = Api { frontend: &frontend, app };
         let segments: Vec<&str> = rest.split('/').collect();
         match (&method, segments.as_slice()) {
@@ -106,14 +114,9 @@ fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
     query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-/// Checks the request's signature, key, timestamp and body digest.
-fn authenticate(
-    app: &App,
-    method: &Method,
-    path: &str,
-    query: &[(String, String)],
-    body: &[u8],
-) -> Result<(), Failure> {
+/// Checks the request's key, timestamp and signature: everything but the
+/// body, whose digest the signature covers.
+fn authenticate(app: &App, method: &Method, path: &str, query: &[(String, String)]) -> Result<(), Failure> {
     let get = |name| param(query, name);
     if get("auth_key") != Some(app.config.key.as_str()) {
         return Err(Failure::unauthorized("auth_key is missing or not this app's key"));
@@ -126,19 +129,21 @@ fn authenticate(
             "auth_timestamp is more than {TIMESTAMP_WINDOW_SECS} s from the server's clock; check the caller's clock"
         )));
     }
-    match (body.is_empty(), get("body_md5")) {
-        (false, None) => return Err(Failure::unauthorized("body_md5 is missing")),
-        (_, Some(md5)) if md5 != sign::body_md5(body) => {
-            return Err(Failure::unauthorized("body_md5 does not match the body"))
-        }
-        _ => {}
-    }
     let signature = get("auth_signature").ok_or_else(|| Failure::unauthorized("auth_signature is missing"))?;
     let message = sign::request_message(method.as_str(), path, query);
     if !sign::verify_hex(app.config.secret.expose(), message.as_bytes(), signature) {
         return Err(Failure::unauthorized("Invalid signature: check the app secret and how the request is signed"));
     }
     Ok(())
+}
+
+/// Checks that a body, once read, is the one the signed `body_md5` names.
+fn check_digest(query: &[(String, String)], body: &[u8]) -> Result<(), Failure> {
+    match (body.is_empty(), param(query, "body_md5")) {
+        (false, None) => Err(Failure::unauthorized("body_md5 is missing")),
+        (_, Some(md5)) if md5 != sign::body_md5(body) => Err(Failure::unauthorized("body_md5 does not match the body")),
+        _ => Ok(()),
+    }
 }
 
 /// One event to trigger, as `events` and `batch_events` carry them.

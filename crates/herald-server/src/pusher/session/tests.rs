@@ -39,7 +39,8 @@ async fn node() -> (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>) {
     let app = PusherApp { id: "1".into(), key: KEY.into(), secret: Secret::new(SECRET), ..PusherApp::default() };
     let pusher = PusherConfig { apps: vec![app], ..PusherConfig::default() };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let frontend = Frontend::new(hub.clone(), &pusher, &ClientConfig::default(), shutdown_rx);
+    let body = crate::http::body::BodyLimits { max_size: 1 << 20, timeout: Duration::from_secs(10) };
+    let frontend = Frontend::new(hub.clone(), &pusher, &ClientConfig::default(), body, shutdown_rx);
     (hub, frontend, shutdown)
 }
 

@@ -32,11 +32,10 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-impl axum::serve::Listener for BackoffListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+impl BackoffListener {
+    /// The next connection, however long it takes: errors that concern one
+    /// connection are skipped, running out of resources is waited out.
+    pub(crate) async fn accept(&mut self) -> (TcpStream, SocketAddr) {
         let mut backoff = FIRST_BACKOFF;
         let mut failures: u64 = 0;
         loop {
@@ -64,9 +63,5 @@ impl axum::serve::Listener for BackoffListener {
                 }
             }
         }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
     }
 }

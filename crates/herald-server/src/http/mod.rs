@@ -1,0 +1,196 @@
+//! Serving HTTP: the accept loop and each connection's deadlines and caps.
+//!
+//! Every stage of a connection has a deadline or a bound:
+//! - accepting backs off when the process runs out of files (`listener`);
+//! - a connection is admitted only under the node's and its address's caps
+//!   (`admission`); a refused one gets a 503 or 429 and is closed;
+//! - a request's headers, a WebSocket upgrade's included, must arrive within
+//!   `http.handshake_timeout`, and so must the next request of an idle
+//!   keep-alive connection (hyper's header timer, which restarts whenever a
+//!   connection waits for a request);
+//! - a body is read only by a handler that authenticated the request, with
+//!   a size limit and a deadline (`body`);
+//! - after an upgrade, the session's own timers take over (connect timeout,
+//!   pings, activity timeout).
+//!
+//! On shutdown the loop stops accepting and every HTTP connection finishes
+//! its request in flight and closes; WebSocket sessions are closed by the
+//! node (see `server.rs`).
+
+pub(crate) mod admission;
+pub(crate) mod body;
+mod listener;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use admission::{Admission, Limits, Permit, Refusal};
+pub(crate) use listener::BackoffListener;
+
+/// How long a refused client has to take its 503 or 429.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What serving HTTP needs from `[http]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeSettings {
+    pub(crate) handshake_timeout: Duration,
+    /// How long, once shutdown begins, HTTP connections may take to finish.
+    pub(crate) drain_timeout: Duration,
+    pub(crate) limits: Limits,
+}
+
+/// Counts live tasks (HTTP connections, or sessions) so shutdown can wait
+/// for them.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+/// A live task's place in its [`Tracker`]; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Tracked(Arc<Tracker>);
+
+impl Tracker {
+    pub(crate) fn enter(self: &Arc<Self>) -> Tracked {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        Tracked(self.clone())
+    }
+
+    /// How many are live.
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Waits until none is live.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.live() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets every
+/// HTTP connection finish its request in flight and waits for them, at most
+/// `drain_timeout`. Returns when shutdown began.
+/// Requests carry the peer's address (`ConnectInfo<SocketAddr>`) and, when
+/// a cap is set, the connection's [`Permit`] (`Arc<Permit>`), which a
+/// WebSocket session keeps.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: ServeSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Instant {
+    let mut listener = BackoffListener::new(listener);
+    let admission = Admission::new(settings.limits);
+    let connections = Arc::new(Tracker::default());
+    let (closing, closing_rx) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match admission.admit(peer.ip()) {
+            Ok(permit) => {
+                let tracked = connections.enter();
+                let (router, closing) = (router.clone(), closing_rx.clone());
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, permit, router, settings.handshake_timeout, closing).await;
+                    drop(tracked);
+                });
+            }
+            Err(refusal) => {
+                tracing::debug!(%peer, ?refusal, open = admission.open(), "connection refused");
+                tokio::spawn(refuse(stream, refusal));
+            }
+        }
+    }
+    let stopping = Instant::now();
+    let _ = closing.send(true);
+    if tokio::time::timeout(settings.drain_timeout, connections.wait_idle()).await.is_err() {
+        tracing::warn!(open = connections.live(), "HTTP connections still open after http.shutdown_timeout");
+    }
+    stopping
+}
+
+/// Serves one connection's requests, with the header timeout, until it
+/// closes or the node shuts down (then after its request in flight).
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<Permit>,
+    router: Router,
+    handshake_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+) {
+    let permit = permit.map(Arc::new);
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(permit) = &permit {
+            request.extensions_mut().insert(permit.clone());
+        }
+        let mut router = router.clone();
+        async move {
+            let response: Result<_, Infallible> = Service::call(&mut router, request).await;
+            response
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(handshake_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = shutting_down(&mut closing) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        // Timeouts and clients that left: the connection's own business.
+        tracing::debug!(%peer, %error, "HTTP connection ended");
+    }
+}
+
+/// Resolves once the node starts shutting down.
+async fn shutting_down(closing: &mut watch::Receiver<bool>) {
+    // An error means the node is gone, which is a shutdown too.
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+/// Tells a refused client why, briefly, and closes.
+async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+    let response = format!("HTTP/1.1 {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", refusal.status_line());
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
+}

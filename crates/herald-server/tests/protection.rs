@@ -1,0 +1,185 @@
+//! A hostile client cannot hold the node's resources: each attack runs at
+//! small scale against a node with short deadlines, and a bystander
+//! connection must be unaffected.
+//!
+//! - Slowloris: headers that never finish, and idle keep-alive
+//!   connections, are closed after `http.handshake_timeout`.
+//! - Unauthenticated memory: an API call or a Pusher API call without valid
+//!   credentials is refused before its body is read; a body above
+//!   `http.max_body_size` is refused from its `Content-Length`, and one
+//!   sent too slowly is cut off after `http.body_timeout`.
+//! - Caps: the node's and each address's open connections, and the rate of
+//!   new connections per address.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use herald_server::config::{Config, PusherApp, Secret};
+use support::{Client, TestServer, API_KEY, PATIENCE};
+
+const SHORT: Duration = Duration::from_secs(1);
+
+/// A node whose handshake and body deadlines are one second.
+async fn strict(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    TestServer::with(|config| {
+        config.http.handshake_timeout = SHORT;
+        config.http.body_timeout = SHORT;
+        tweak(config);
+    })
+    .await
+}
+
+async fn bystander(server: &TestServer) -> Client {
+    let mut client = server.connected("bystander").await;
+    client.subscribe("news").await;
+    client
+}
+
+async fn assert_unaffected(server: &TestServer, bystander: &mut Client, n: u32) {
+    server.publish("news", json!({"n": n})).await;
+    assert_eq!(bystander.next_push().await["pub"]["data"]["n"], n, "the bystander still gets publications");
+}
+
+/// Sends `bytes` and returns what the server answers until it closes the
+/// connection; fails if it does not close it within `PATIENCE`.
+async fn answer_then_close(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection in time")
+        .ok();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status of an HTTP answer, 0 for none.
+fn status(answer: &str) -> u16 {
+    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn headers_that_never_finish_are_cut_off_after_the_handshake_timeout() {
+    let server = strict(|_| {}).await;
+    let mut watcher = bystander(&server).await;
+    let half_sent = b"GET /connection/websocket HTTP/1.1\r\nHost: herald\r\nUpgrade: websocket\r\n";
+    let started = tokio::time::Instant::now();
+    let answers = futures_util::future::join_all((0..20).map(|_| answer_then_close(server.addr, half_sent))).await;
+    assert!(started.elapsed() >= SHORT, "not before the timeout");
+    assert!(answers.iter().all(|a| !a.contains("101")), "no half-sent upgrade is accepted: {answers:?}");
+    assert_unaffected(&server, &mut watcher, 1).await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_handshake_timeout() {
+    let server = strict(|_| {}).await;
+    let answer = answer_then_close(server.addr, b"GET /health HTTP/1.1\r\nHost: herald\r\n\r\n").await;
+    assert_eq!(status(&answer), 200, "the request is answered, then the idle connection closed: {answer}");
+}
+
+#[tokio::test]
+async fn an_api_call_without_the_key_is_refused_before_its_body_is_read() {
+    let server = strict(|_| {}).await;
+    let mut watcher = bystander(&server).await;
+    // A body announced but never sent: only a refusal made from the
+    // headers can answer it.
+    for key in ["", "X-API-Key: wrong\r\n"] {
+        let request = format!("POST /api/publish HTTP/1.1\r\nHost: herald\r\n{key}Content-Length: 1000000\r\n\r\n");
+        let answer = answer_then_close(server.addr, request.as_bytes()).await;
+        assert_eq!(status(&answer), 401, "{answer}");
+    }
+    assert_unaffected(&server, &mut watcher, 1).await;
+}
+
+#[tokio::test]
+async fn a_pusher_api_call_with_a_bad_signature_is_refused_before_its_body_is_read() {
+    let server = strict(|config| {
+        let app =
+            PusherApp { id: "1".into(), key: "key".into(), secret: Secret::new("secret-123"), ..PusherApp::default() };
+        config.pusher.apps.push(app);
+    })
+    .await;
+    let now = herald_server::auth::unix_now();
+    let target =
+        format!("/apps/1/events?auth_key=key&auth_timestamp={now}&auth_version=1.0&body_md5=x&auth_signature=00");
+    let request = format!("POST {target} HTTP/1.1\r\nHost: herald\r\nContent-Length: 1000000\r\n\r\n");
+    assert_eq!(status(&answer_then_close(server.addr, request.as_bytes()).await), 401);
+    let unknown = "POST /apps/nope/events HTTP/1.1\r\nHost: herald\r\nContent-Length: 1000000\r\n\r\n";
+    assert_eq!(status(&answer_then_close(server.addr, unknown.as_bytes()).await), 404, "an unknown app, likewise");
+}
+
+#[tokio::test]
+async fn a_body_above_the_limit_is_refused_and_one_sent_too_slowly_is_cut_off() {
+    let server = strict(|config| config.http.max_body_size = 4096).await;
+    let too_large =
+        format!("POST /api/info HTTP/1.1\r\nHost: herald\r\nX-API-Key: {API_KEY}\r\nContent-Length: 5000\r\n\r\n");
+    assert_eq!(status(&answer_then_close(server.addr, too_large.as_bytes()).await), 413);
+
+    let chunked = format!(
+        "POST /api/info HTTP/1.1\r\nHost: herald\r\nX-API-Key: {API_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n{}\r\n1000\r\n{}\r\n0\r\n\r\n",
+        "x".repeat(4096),
+        "x".repeat(4096)
+    );
+    assert_eq!(
+        status(&answer_then_close(server.addr, chunked.as_bytes()).await),
+        413,
+        "a body without a length, counted as it comes"
+    );
+
+    let slow =
+        format!("POST /api/info HTTP/1.1\r\nHost: herald\r\nX-API-Key: {API_KEY}\r\nContent-Length: 100\r\n\r\n{{");
+    let started = tokio::time::Instant::now();
+    assert_eq!(status(&answer_then_close(server.addr, slow.as_bytes()).await), 408);
+    assert!(started.elapsed() >= SHORT);
+
+    let (code, _) = server.api("info", json!({})).await;
+    assert_eq!(code, 200, "a proper call is served");
+}
+
+#[tokio::test]
+async fn an_address_holds_only_its_share_of_connections() {
+    let server = TestServer::with(|config| config.http.max_connections_per_ip = 3).await;
+    let mut held = vec![server.connected("a").await, server.connected("b").await, server.connected("c").await];
+    let refused = answer_then_close(server.addr, b"GET /health HTTP/1.1\r\nHost: herald\r\n\r\n").await;
+    assert_eq!(status(&refused), 429, "{refused}");
+    held.pop();
+    support::eventually_async("the closed connection's place is free again", || async {
+        let answer =
+            answer_then_close(server.addr, b"GET /health HTTP/1.1\r\nHost: herald\r\nConnection: close\r\n\r\n").await;
+        status(&answer) == 200
+    })
+    .await;
+    for client in &mut held {
+        client.assert_alive().await;
+    }
+}
+
+#[tokio::test]
+async fn the_node_refuses_connections_above_its_cap_with_503() {
+    let server = TestServer::with(|config| config.http.max_connections = 2).await;
+    let mut held = vec![server.connected("a").await, server.connected("b").await];
+    let refused = answer_then_close(server.addr, b"GET /health HTTP/1.1\r\nHost: herald\r\n\r\n").await;
+    assert_eq!(status(&refused), 503, "{refused}");
+    for client in &mut held {
+        client.assert_alive().await;
+    }
+}
+
+#[tokio::test]
+async fn an_address_opening_connections_too_fast_is_refused_with_429() {
+    let server = TestServer::with(|config| config.http.connection_rate_per_ip = 5).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let answer =
+            answer_then_close(server.addr, b"GET /health HTTP/1.1\r\nHost: herald\r\nConnection: close\r\n\r\n").await;
+        statuses.push(status(&answer));
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "the burst is the rate: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+}

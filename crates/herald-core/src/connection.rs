@@ -64,7 +64,7 @@ impl Subscriptions {
     }
 
     pub(crate) fn get(&self, channel: &ChannelName) -> Option<&Subscription> {
-        self.position(channel).map(|i| &self.0[i].1)
+        self.0.iter().find(|(c, _)| c == channel).map(|(_, subscription)| subscription)
     }
 
     pub(crate) fn contains_key(&self, channel: &ChannelName) -> bool {
@@ -81,8 +81,8 @@ impl Subscriptions {
 
     /// Adds or replaces the subscription to `channel`.
     pub(crate) fn insert(&mut self, channel: ChannelName, subscription: Subscription) {
-        match self.position(&channel) {
-            Some(i) => self.0[i].1 = subscription,
+        match self.0.iter_mut().find(|(c, _)| *c == channel) {
+            Some(entry) => entry.1 = subscription,
             None => push_exact(&mut self.0, (channel, subscription)),
         }
     }
@@ -103,7 +103,7 @@ pub(crate) fn push_exact<T>(list: &mut Vec<T>, item: T) {
 /// room the list no longer needs.
 pub(crate) fn remove_first<T>(list: &mut Vec<T>, matches: impl Fn(&T) -> bool) -> Option<T> {
     let removed = list.swap_remove(list.iter().position(matches)?);
-    if list.capacity() > 2 * list.len() {
+    if list.capacity() > list.len().saturating_mul(2) {
         list.shrink_to_fit();
     }
     Some(removed)

@@ -19,6 +19,12 @@
 //! - [`error`]: [`HubError`], mapped to codes by each front-end.
 
 #![forbid(unsafe_code)]
+// No input may reach a panic: outside tests, no unwrap, expect, indexing or
+// unchecked arithmetic; each exception is allowed where it stands, with why.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
 #![warn(missing_docs)]
 
 pub mod connection;

@@ -178,13 +178,13 @@ impl Outbox {
             return Err(OutboxClosed);
         }
         let cost = item.cost();
-        if state.bytes > 0 && state.bytes + cost > self.max_bytes {
+        if state.bytes > 0 && state.bytes.saturating_add(cost) > self.max_bytes {
             Self::close_locked(&mut state, DisconnectReason::Slow);
             drop(state);
             self.ready.notify_one();
             return Err(OutboxClosed);
         }
-        state.bytes += cost;
+        state.bytes = state.bytes.saturating_add(cost);
         state.items.push_back(item);
         // A delayed push never wakes the writer: if what is queued is due
         // already, whoever made it due has woken the writer.
@@ -207,7 +207,7 @@ impl Outbox {
         if state.closed.is_some() {
             return;
         }
-        state.bytes += item.cost();
+        state.bytes = state.bytes.saturating_add(item.cost());
         state.items.push_front(item);
         state.due = Some(Due::Now);
         drop(state);

@@ -8,6 +8,15 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 /// How many shards each map has.
 pub(crate) const SHARDS: usize = 64;
 
+/// The item of a fixed pool of [`SHARDS`] items that `hash` falls on.
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+// Every pool is built with SHARDS (> 0) items and never changes size: the
+// modulo is defined and the index in range.
+pub(crate) fn pick<T>(pool: &[T], hash: u64) -> &T {
+    debug_assert_eq!(pool.len(), SHARDS);
+    &pool[(hash % SHARDS as u64) as usize]
+}
+
 #[derive(Debug)]
 pub(crate) struct ShardedMap<K, V> {
     hasher: RandomState,
@@ -19,16 +28,21 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         Self { hasher: RandomState::new(), shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
     }
 
-    pub(crate) fn shard_index(&self, key: &K) -> usize {
-        self.hasher.hash_one(key) as usize % self.shards.len()
+    /// The hash that places `key`, for choosing among other per-shard pools.
+    pub(crate) fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(&self, key: &K) -> &RwLock<HashMap<K, V>> {
+        pick(&self.shards, self.hash(key))
     }
 
     pub(crate) fn read(&self, key: &K) -> RwLockReadGuard<'_, HashMap<K, V>> {
-        self.shards[self.shard_index(key)].read().unwrap_or_else(|e| e.into_inner())
+        self.shard(key).read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn write(&self, key: &K) -> RwLockWriteGuard<'_, HashMap<K, V>> {
-        self.shards[self.shard_index(key)].write().unwrap_or_else(|e| e.into_inner())
+        self.shard(key).write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Visits every shard in turn under its read lock.

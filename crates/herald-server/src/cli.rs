@@ -330,7 +330,7 @@ fn token(args: TokenArgs) -> ExitCode {
         Err(e) => return fail(format!("--info is not JSON: {e}"), 2),
     };
     let ttl = args.ttl.as_secs();
-    let exp = (ttl > 0).then(|| auth::unix_now() + ttl);
+    let exp = (ttl > 0).then(|| auth::unix_now().saturating_add(ttl));
     let minter = TokenMinter::hmac(&secret);
     let token = match args.channel {
         Some(channel) => minter.sign(&SubscribeClaims { sub: args.user, channel, exp, info }),

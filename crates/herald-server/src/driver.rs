@@ -39,6 +39,17 @@ use herald_engine::DisconnectReason;
 
 use crate::transport::{Inbound, Transport, TransportError};
 
+/// Deadlines further ahead than this are as good as never (and an instant
+/// that far ahead may not exist).
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The instant `wait` after `from`, for timers whose length comes from the
+/// configuration, a token or the API: one too far ahead to be an instant
+/// is as good as never.
+pub(crate) fn after(from: Instant, wait: Duration) -> Instant {
+    from.checked_add(wait.min(NEVER)).unwrap_or(from)
+}
+
 /// How several messages queued at once share a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {

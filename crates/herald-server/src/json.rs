@@ -44,6 +44,16 @@ pub(crate) fn compact(raw: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// Serializes one of Herald's own reply types. They hold strings, numbers
+/// and string-keyed maps, which always serialize; were one ever to fail (a
+/// bug), the error is logged and `null` written instead of a panic.
+pub(crate) fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|error| {
+        tracing::error!(%error, "a reply did not serialize (a bug): null written instead");
+        b"null".to_vec()
+    })
+}
+
 /// Writes `s` as a JSON string, escaped as serde_json escapes it.
 pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u8(b'"');
@@ -60,15 +70,15 @@ pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
             0x00..=0x1f => b"",
             _ => continue,
         };
-        out.put_slice(&s.as_bytes()[start..at]);
+        out.put_slice(s.get(start..at).unwrap_or_default().as_bytes());
         if escape.is_empty() {
             out.put_slice(format!("\\u{byte:04x}").as_bytes());
         } else {
             out.put_slice(escape);
         }
-        start = at + 1;
+        start = at.saturating_add(1);
     }
-    out.put_slice(&s.as_bytes()[start..]);
+    out.put_slice(s.get(start..).unwrap_or_default().as_bytes());
     out.put_u8(b'"');
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
 use herald_engine::{ChannelName, ClientId, Publication, StreamPosition, UserId};
 
 use crate::connection::Connection;
-use crate::shard::{ShardedMap, SHARDS};
+use crate::shard::{pick, ShardedMap, SHARDS};
 
 /// A connection's place in a channel.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ impl Channels {
 
     /// The lock that serializes changes of the node's interest in `channel`.
     pub(super) fn interest_lock(&self, channel: &ChannelName) -> &tokio::sync::Mutex<()> {
-        &self.interest_locks[self.map.shard_index(channel) % self.interest_locks.len()]
+        pick(&self.interest_locks, self.map.hash(channel))
     }
 
     /// The shard holding `channel`, for reading (fanout).
@@ -121,8 +121,8 @@ impl Channels {
     pub(super) fn counts(&self) -> (usize, usize) {
         let (mut channels, mut subscriptions) = (0, 0);
         self.map.for_each_shard(|s| {
-            channels += s.len();
-            subscriptions += s.values().map(HashMap::len).sum::<usize>();
+            channels = s.len().saturating_add(channels);
+            subscriptions = s.values().map(HashMap::len).fold(subscriptions, usize::saturating_add);
         });
         (channels, subscriptions)
     }
@@ -150,8 +150,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = parts.collect();
     let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
     for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
+        match rest.split_once(part) {
+            Some((_, after)) => rest = after,
             None => return false,
         }
     }

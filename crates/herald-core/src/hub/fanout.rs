@@ -50,7 +50,9 @@ impl Channels {
         // Outside a runtime (never in the server) nothing could wait: no delay.
         let delayed = match write_delay.is_zero() {
             true => None,
-            false => tokio::runtime::Handle::try_current().ok().map(|runtime| (runtime, Instant::now() + write_delay)),
+            false => tokio::runtime::Handle::try_current()
+                .ok()
+                .and_then(|runtime| Some((runtime, Instant::now().checked_add(write_delay)?))),
         };
         let mut to_wake = Vec::new();
         let mut frames = SharedFrames::default();

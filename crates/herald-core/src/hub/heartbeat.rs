@@ -70,7 +70,7 @@ impl Hub {
             num_subscriptions: stats.subscriptions,
             uptime: self.started.elapsed().as_secs(),
         };
-        let ttl = self.config.presence_update_interval * 3;
+        let ttl = self.config.presence_update_interval.saturating_mul(3);
         if let Err(error) = self.engine.nodes().register_node(&info, ttl).await {
             tracing::warn!(%error, "node registry heartbeat failed");
         }

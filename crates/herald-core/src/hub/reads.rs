@@ -21,7 +21,10 @@ impl Hub {
                 && since.offset <= result.position.offset
                 && (query.reverse
                     || since.offset == result.position.offset
-                    || result.publications.first().is_some_and(|p| p.offset.get() == since.offset.get() + 1));
+                    || result
+                        .publications
+                        .first()
+                        .is_some_and(|p| p.offset > since.offset && p.offset == since.offset.next()));
             if !continues {
                 return Err(HubError::UnrecoverablePosition);
             }
@@ -73,7 +76,7 @@ impl Hub {
     /// node only, unless occupancy is tracked).
     pub async fn subscription_count(&self, channel: &ChannelName) -> Result<usize, HubError> {
         let local = self.channels.count(channel);
-        Ok(local + self.occupancy.remote_subscribers(channel).await?)
+        Ok(local.saturating_add(self.occupancy.remote_subscribers(channel).await?))
     }
 
     /// The channels with subscribers anywhere in the cluster (on this node

@@ -26,7 +26,7 @@ pub fn decide(since: &StreamPosition, history: HistoryResult, max: usize) -> Rec
     if other_epoch || since.offset > top.offset {
         return Recovery::Impossible;
     }
-    let missed = top.offset.get() - since.offset.get();
+    let Some(missed) = top.offset.get().checked_sub(since.offset.get()) else { return Recovery::Impossible };
     if missed == 0 {
         return Recovery::Recovered(Vec::new());
     }
@@ -36,7 +36,7 @@ pub fn decide(since: &StreamPosition, history: HistoryResult, max: usize) -> Rec
     let contiguous = history
         .publications
         .iter()
-        .zip(since.offset.get() + 1..)
+        .zip(since.offset.get().saturating_add(1)..)
         .all(|(publication, expected)| publication.offset.get() == expected);
     if contiguous {
         Recovery::Recovered(history.publications)

@@ -82,8 +82,8 @@ impl Registry {
     /// Connections and distinct users.
     pub(super) fn counts(&self) -> (usize, usize) {
         let (mut clients, mut users) = (0, 0);
-        self.connections.for_each_shard(|s| clients += s.len());
-        self.users.for_each_shard(|s| users += s.len());
+        self.connections.for_each_shard(|s| clients = s.len().saturating_add(clients));
+        self.users.for_each_shard(|s| users = s.len().saturating_add(users));
         (clients, users)
     }
 }

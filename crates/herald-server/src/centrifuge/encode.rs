@@ -21,7 +21,8 @@ pub(crate) struct CentrifugeEncoder;
 
 impl PushEncoder for CentrifugeEncoder {
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
-        let mut out = BytesMut::with_capacity(64 + channel.as_str().len() + publication.data.len());
+        let mut out =
+            BytesMut::with_capacity(channel.as_str().len().saturating_add(publication.data.len()).saturating_add(64));
         out.put_slice(b"{\"push\":{\"channel\":");
         put_str(&mut out, channel.as_str());
         out.put_slice(b",\"pub\":");
@@ -49,9 +50,9 @@ fn presence_push(channel: &ChannelName, kind: &str, info: &ClientInfo) -> Bytes 
 
 /// Serializes `value` (an object) and appends `"name":<raw>` inside it.
 pub(crate) fn object_with_raw(value: &impl Serialize, name: &str, raw: &[u8]) -> Bytes {
-    let mut out = BytesMut::from(&serde_json::to_vec(value).expect("an object serializes")[..]);
+    let mut out = BytesMut::from(&json::to_vec(value)[..]);
     debug_assert_eq!(out.last(), Some(&b'}'));
-    out.truncate(out.len() - 1);
+    out.truncate(out.len().saturating_sub(1));
     if out.len() > 1 {
         out.put_u8(b',');
     }
@@ -64,7 +65,7 @@ pub(crate) fn object_with_raw(value: &impl Serialize, name: &str, raw: &[u8]) ->
 
 /// `{"id":N,"<method>":<raw result>}`.
 pub(crate) fn raw_reply(id: u32, method: &str, result: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(32 + result.len());
+    let mut out = BytesMut::with_capacity(result.len().saturating_add(32));
     out.put_slice(format!("{{\"id\":{id},").as_bytes());
     put_str(&mut out, method);
     out.put_u8(b':');
@@ -128,7 +129,7 @@ pub(crate) fn reply<T: Serialize>(id: u32, method: &str, result: &T) -> Bytes {
     out.put_slice(format!("{{\"id\":{id},").as_bytes());
     put_str(&mut out, method);
     out.put_u8(b':');
-    out.put_slice(&serde_json::to_vec(result).expect("a reply serializes"));
+    out.put_slice(&json::to_vec(result));
     out.put_u8(b'}');
     out.freeze()
 }
@@ -150,7 +151,7 @@ pub(crate) fn error_reply(id: u32, error: &ClientError) -> Bytes {
     let (code, temporary) = error.code();
     let message = error.to_string();
     let body = Reply { id, error: Wire { code, message: &message, temporary } };
-    Bytes::from(serde_json::to_vec(&body).expect("an error reply serializes"))
+    Bytes::from(json::to_vec(&body))
 }
 
 /// `{"push":{"channel":…,"<kind>":<body>}}`; the channel is omitted when empty.
@@ -164,7 +165,7 @@ pub(crate) fn push<T: Serialize>(channel: Option<&ChannelName>, kind: &str, body
     }
     put_str(&mut out, kind);
     out.put_u8(b':');
-    out.put_slice(&serde_json::to_vec(body).expect("a push serializes"));
+    out.put_slice(&json::to_vec(body));
     out.put_slice(b"}}");
     out.freeze()
 }

@@ -153,16 +153,11 @@ impl ExpiryResult {
 #[derive(Serialize)]
 struct Empty {}
 
-/// Deadlines further ahead than this are as good as never (and an instant
-/// that far ahead may not exist).
-const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
 /// The instant `grace` after the unix time `exp` (which a token or the API
 /// gave, so it may be anything).
 fn deadline_after(exp: u64, grace: Duration) -> Instant {
-    let now = Instant::now();
     let wait = Duration::from_secs(exp.saturating_sub(auth::unix_now())).saturating_add(grace);
-    now.checked_add(wait.min(NEVER)).unwrap_or(now)
+    driver::after(Instant::now(), wait)
 }
 
 impl Session {
@@ -171,8 +166,8 @@ impl Session {
         let settings = &shared.settings;
         Self {
             outbox,
-            connect_deadline: now + settings.connect_timeout,
-            next_ping: now + settings.ping_interval,
+            connect_deadline: driver::after(now, settings.connect_timeout),
+            next_ping: driver::after(now, settings.ping_interval),
             pong_deadline: None,
             expire_deadline: None,
             sub_deadlines: SubDeadlines::default(),
@@ -308,9 +303,9 @@ impl Protocol for Session {
             }
         }
         if now >= self.next_ping {
-            self.next_ping = now + self.shared.settings.ping_interval;
+            self.next_ping = driver::after(now, self.shared.settings.ping_interval);
             if self.pong_deadline.is_none() {
-                self.pong_deadline = Some(now + self.shared.settings.pong_timeout);
+                self.pong_deadline = Some(driver::after(now, self.shared.settings.pong_timeout));
             }
             self.reply(Bytes::from_static(encode::PING));
         }

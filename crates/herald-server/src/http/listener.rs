@@ -49,7 +49,7 @@ impl BackoffListener {
                 }
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     // Log the first failure and then every hundredth, not each one.
                     if failures == 1 || failures % 100 == 0 {
                         tracing::warn!(
@@ -59,7 +59,7 @@ impl BackoffListener {
                         );
                     }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
                 }
             }
         }

@@ -217,7 +217,7 @@ pub(crate) struct Frame<'a> {
 
 impl Frame<'_> {
     pub(crate) fn encode(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).expect("frames serialize"))
+        Bytes::from(crate::json::to_vec(self))
     }
 }
 
@@ -228,11 +228,15 @@ pub(crate) fn subscription_succeeded(channel: &str, data: &str) -> Bytes {
 
 /// A frame whose `data` is an object (`pusher:error`, `pusher:pong`, …).
 pub(crate) fn object_frame(event: &str, channel: Option<&str>, data: &serde_json::Value) -> Bytes {
-    let mut frame = serde_json::json!({ "event": event, "data": data });
+    let mut out = bytes::BytesMut::with_capacity(64);
+    let mut frame = crate::json::Object::begin(&mut out);
+    frame.str("event", event);
     if let Some(channel) = channel {
-        frame["channel"] = channel.into();
+        frame.str("channel", channel);
     }
-    Bytes::from(frame.to_string())
+    frame.raw("data", &crate::json::to_vec(data));
+    frame.end();
+    out.freeze()
 }
 
 /// `pusher:error` with a code and message.
@@ -257,7 +261,11 @@ pub(crate) fn event_data(data: &[u8]) -> std::borrow::Cow<'_, str> {
 pub(crate) fn publication_data(data: &str) -> Bytes {
     match serde_json::from_str::<&serde_json::value::RawValue>(data) {
         Ok(_) => crate::json::compact(data),
-        Err(_) => Bytes::from(serde_json::to_string(data).expect("strings serialize")),
+        Err(_) => {
+            let mut quoted = bytes::BytesMut::with_capacity(data.len().saturating_add(2));
+            crate::json::put_str(&mut quoted, data);
+            quoted.freeze()
+        }
     }
 }
 
@@ -290,19 +298,20 @@ impl PushEncoder for PusherEncoder {
         let name = self.name_of(channel).unwrap_or(channel.as_str());
         let member = event.info();
         let user_id = member.user.as_str();
-        let (event, data) = match event.is_join() {
+        let mut data = bytes::BytesMut::with_capacity(64);
+        let mut fields = crate::json::Object::begin(&mut data);
+        fields.str("user_id", user_id);
+        let event = match event.is_join() {
             true => {
-                let info = member.chan_info.as_deref().unwrap_or(b"{}");
-                let info: &serde_json::value::RawValue =
-                    serde_json::from_slice(info).unwrap_or_else(|_| empty_object());
-                ("pusher_internal:member_added", serde_json::json!({ "user_id": user_id, "user_info": info }))
+                // Channel info is JSON the node wrote itself (from a token or
+                // an authorization's channel_data).
+                fields.raw("user_info", member.chan_info.as_deref().unwrap_or(b"{}"));
+                "pusher_internal:member_added"
             }
-            false => ("pusher_internal:member_removed", serde_json::json!({ "user_id": user_id })),
+            false => "pusher_internal:member_removed",
         };
-        Some(Frame { event, channel: Some(name), data: &data.to_string(), user_id: None }.encode())
+        fields.end();
+        let data = String::from_utf8_lossy(&data);
+        Some(Frame { event, channel: Some(name), data: &data, user_id: None }.encode())
     }
-}
-
-fn empty_object() -> &'static serde_json::value::RawValue {
-    serde_json::from_str("{}").expect("valid JSON")
 }

@@ -236,8 +236,8 @@ impl Protocol for Session {
 
     fn next_deadline(&self) -> Instant {
         match self.pinged {
-            Some(at) => at + self.frontend.settings.pong_timeout,
-            None => self.last_heard + self.frontend.settings.activity_timeout,
+            Some(at) => driver::after(at, self.frontend.settings.pong_timeout),
+            None => driver::after(self.last_heard, self.frontend.settings.activity_timeout),
         }
     }
 

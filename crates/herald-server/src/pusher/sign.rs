@@ -8,9 +8,15 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// An HMAC-SHA256 keyed with `secret`.
+#[allow(clippy::expect_used)] // HMAC takes a key of any length: new_from_slice cannot fail
+fn mac(secret: &str) -> HmacSha256 {
+    HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length")
+}
+
 /// Hex HMAC-SHA256 of `message` under `secret`.
 pub fn hmac_hex(secret: &str, message: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = mac(secret);
     mac.update(message);
     hex::encode(mac.finalize().into_bytes())
 }
@@ -18,7 +24,7 @@ pub fn hmac_hex(secret: &str, message: &[u8]) -> String {
 /// Whether `signature` (hex) is the HMAC of `message`, compared in constant time.
 pub fn verify_hex(secret: &str, message: &[u8], signature: &str) -> bool {
     let Ok(raw) = hex::decode(signature) else { return false };
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac = mac(secret);
     mac.update(message);
     mac.verify_slice(&raw).is_ok()
 }

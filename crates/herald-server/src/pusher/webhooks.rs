@@ -180,7 +180,7 @@ impl Worker {
     async fn deliver(&self, events: &[Event]) {
         let time_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
-        let body = Bytes::from(serde_json::to_vec(&Body { time_ms, events }).expect("webhook bodies serialize"));
+        let body = Bytes::from(crate::json::to_vec(&Body { time_ms, events }));
         let signature = sign::hmac_hex(&self.secret, &body);
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_secs(1);
@@ -191,13 +191,13 @@ impl Worker {
                 Ok(Err(error)) => error,
                 Err(_) => format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()),
             };
-            if started.elapsed() + delay > RETRY_FOR {
+            if started.elapsed().saturating_add(delay) > RETRY_FOR {
                 tracing::error!(url = %self.url, events = events.len(), %outcome, "webhook dropped after 5 minutes of retries");
                 return;
             }
             tracing::warn!(url = %self.url, %outcome, retry_in = ?delay, "webhook failed; retrying");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(RETRY_MAX_DELAY);
+            delay = delay.saturating_mul(2).min(RETRY_MAX_DELAY);
         }
     }
 

@@ -66,7 +66,7 @@ impl Session {
             match subscribed {
                 Ok(outcome) => {
                     subs.put_u8(if subs.is_empty() { b'{' } else { b',' });
-                    subs.put_slice(&serde_json::to_vec(name).expect("a string serializes"));
+                    crate::json::put_str(&mut subs, name);
                     subs.put_u8(b':');
                     subs.put_slice(&encode::subscribe_result(&outcome, &ExpiryResult::default()));
                 }
@@ -89,7 +89,7 @@ impl Session {
             node: hub.node().as_str(),
         };
         let result = if subs.is_empty() {
-            Bytes::from(serde_json::to_vec(&result).expect("a connect result serializes"))
+            Bytes::from(crate::json::to_vec(&result))
         } else {
             subs.put_u8(b'}');
             encode::object_with_raw(&result, "subs", &subs)
@@ -97,7 +97,7 @@ impl Session {
         // Ahead of any publication already queued for server-side channels.
         self.outbox.push_front(Outgoing::Frame(encode::raw_reply(id, "connect", &result)));
         self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
-        self.next_ping = Instant::now() + self.shared.settings.ping_interval;
+        self.next_ping = crate::driver::after(Instant::now(), self.shared.settings.ping_interval);
         tracing::debug!(client = %conn.client(), user = %conn.user(), sdk = %req.name, sdk_version = %req.version, "connected");
         self.conn = Some(conn);
         Ok(())

@@ -89,7 +89,7 @@ impl Session {
         if self.rate_window.1 >= config.client_event_rate {
             return Err("Client event rejected due to rate limit".into());
         }
-        self.rate_window.1 += 1;
+        self.rate_window.1 = self.rate_window.1.saturating_add(1);
         let info = self.conn.info_in(&channel);
         let mut publication = Publication::from_data(super::super::publication_data(&text));
         publication.tags.insert(EVENT_TAG.to_owned(), event.to_owned());

@@ -156,7 +156,9 @@ impl Session {
         let query = HistoryQuery { since: None, limit: 1, reverse: true };
         match self.frontend.hub().history(channel, query).await {
             Ok(history) if !history.publications.is_empty() => {
-                self.send(self.app.encoder.encode_publication(channel, &history.publications[0]));
+                if let Some(last) = history.publications.first() {
+                    self.send(self.app.encoder.encode_publication(channel, last));
+                }
             }
             Ok(_) => {
                 self.send(object_frame("pusher:cache_miss", Some(name), &serde_json::json!({})));

@@ -146,7 +146,7 @@ impl Node {
         let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx };
         let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder) });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
-        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, body });
+        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, body, max_batch: config.api.max_batch });
         Ok(Node { hub, shared, api, pusher, shutdown, config })
     }
 

@@ -171,3 +171,16 @@ async fn a_disconnect_reason_longer_than_a_close_frame_allows_is_cut_and_the_cod
     assert_eq!(code, 4000);
     assert_eq!(reason, &long[..123], "the first 123 bytes of the reason");
 }
+
+#[tokio::test]
+async fn a_batch_or_broadcast_above_api_max_batch_is_refused_whole() {
+    let server = TestServer::with(|config| config.api.max_batch = 3).await;
+    let info = || json!({"info": {}});
+    let (status, reply) = server.api("batch", json!({"commands": [info(), info(), info(), info()]})).await;
+    assert_eq!((status, reply["error"]["code"].as_u64()), (400, Some(107)), "{reply}");
+    let (status, reply) = server.api("batch", json!({"commands": [info(), info(), info()]})).await;
+    assert_eq!((status, reply["replies"].as_array().map(Vec::len)), (200, Some(3)));
+    let channels = json!(["a", "b", "c", "d"]);
+    let (status, _) = server.api("broadcast", json!({"channels": channels, "data": {}})).await;
+    assert_eq!(status, 400);
+}

@@ -182,6 +182,7 @@ impl ApiState {
     pub(crate) async fn execute(&self, command: ApiCommand) -> Result<Response, ApiError> {
         match command {
             ApiCommand::Batch(batch) => {
+                self.within_batch_limit(batch.commands.len(), "commands in a batch")?;
                 let mut replies = Vec::with_capacity(batch.commands.len());
                 for command in batch.commands {
                     let name = command.name();
@@ -190,6 +191,13 @@ impl ApiState {
                 Ok(Response::Batch(replies))
             }
             command => Ok(Response::Result(self.run(command).await?)),
+        }
+    }
+
+    fn within_batch_limit(&self, count: usize, what: &str) -> Result<(), ApiError> {
+        match count <= self.max_batch {
+            true => Ok(()),
+            false => Err(ApiError::BadRequest(format!("{count} {what}; at most {} (api.max_batch)", self.max_batch))),
         }
     }
 
@@ -202,6 +210,7 @@ impl ApiState {
                 Ok(Reply::Published(result.position))
             }
             ApiCommand::Broadcast(p) => {
+                self.within_batch_limit(p.channels.len(), "channels in a broadcast")?;
                 let mut responses = Vec::with_capacity(p.channels.len());
                 for name in &p.channels {
                     let outcome = match channel(name) {

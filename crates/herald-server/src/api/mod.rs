@@ -34,6 +34,8 @@ pub(crate) struct ApiState {
     pub key: Option<Secret>,
     /// How request bodies are read.
     pub body: http::body::BodyLimits,
+    /// The most commands a batch, or channels a broadcast, may carry.
+    pub max_batch: usize,
 }
 
 /// Why an API call failed.

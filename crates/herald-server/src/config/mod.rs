@@ -251,11 +251,14 @@ pub struct ApiConfig {
     /// this window returns the first result and publishes nothing.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
+    /// The most commands one `batch` carries, and the most channels one
+    /// `broadcast` publishes into (else 400).
+    pub max_batch: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { key: None, insecure: false, idempotency_window: Duration::from_secs(300) }
+        Self { key: None, insecure: false, idempotency_window: Duration::from_secs(300), max_batch: 1000 }
     }
 }
 

@@ -101,6 +101,8 @@ key = "{api_key}"
 # A publish repeated with the same idempotency_key within this window
 # returns the first result and is not delivered again.
 idempotency_window = "5m"
+# The most commands one batch, and channels one broadcast, may carry.
+max_batch = 1000
 
 # Channels without a namespace, such as "news".
 [channel.without_namespace]

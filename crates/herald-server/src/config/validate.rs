@@ -12,6 +12,9 @@ impl Config {
     /// Problems with values that typed correctly but cannot work together.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.api.max_batch == 0 {
+            problems.push("api.max_batch: must be at least 1".to_owned());
+        }
         let http = &self.http;
         if http.handshake_timeout.is_zero() || http.body_timeout.is_zero() {
             problems.push("http.handshake_timeout and http.body_timeout: must be above zero".to_owned());
@@ -183,6 +186,9 @@ impl Config {
     /// Secrets a serving node needs and this configuration lacks.
     pub fn missing_secrets(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.api.max_batch == 0 {
+            problems.push("api.max_batch: must be at least 1".to_owned());
+        }
         let http = &self.http;
         if http.handshake_timeout.is_zero() || http.body_timeout.is_zero() {
             problems.push("http.handshake_timeout and http.body_timeout: must be above zero".to_owned());

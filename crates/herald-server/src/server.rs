@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Extension, Json, Router};
@@ -30,6 +30,7 @@ use crate::config::{Config, EngineConfig};
 use crate::driver::DriverSettings;
 use crate::http::admission::{Limits, Permit};
 use crate::http::body::BodyLimits;
+use crate::http::origin::OriginPolicy;
 use crate::http::{self, ServeSettings, Tracker};
 use crate::pusher::{self, Frontend};
 use crate::transport::WsTransport;
@@ -54,6 +55,7 @@ struct AppState {
     pusher: Option<Arc<Frontend>>,
     tracker: Arc<Tracker>,
     max_message_size: usize,
+    origins: Arc<OriginPolicy>,
 }
 
 /// A node assembled from its configuration, not yet serving.
@@ -162,6 +164,7 @@ impl Node {
             pusher: self.pusher.clone(),
             tracker: tracker.clone(),
             max_message_size: self.config.client.max_message_size,
+            origins: Arc::new(OriginPolicy::new(&self.config.http.allowed_origins)),
         };
         let app = router(state, self.api.clone());
         let hub = self.hub.clone();
@@ -214,8 +217,12 @@ async fn pusher_websocket(
     Path(key): Path<String>,
     Query(query): Query<pusher::session::ConnectQuery>,
     permit: Option<Extension<Arc<Permit>>>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let Some(refused) = refuse_origin(&state, &headers) {
+        return refused;
+    }
     let Some(frontend) = state.pusher.clone() else {
         return (StatusCode::NOT_FOUND, "the Pusher protocol is not configured: add a [[pusher.apps]] table")
             .into_response();
@@ -226,10 +233,25 @@ async fn pusher_websocket(
 async fn centrifuge_websocket(
     State(state): State<AppState>,
     permit: Option<Extension<Arc<Permit>>>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let Some(refused) = refuse_origin(&state, &headers) {
+        return refused;
+    }
     let shared = state.shared.clone();
     serve_websocket(&state, upgrade, permit, move |transport| centrifuge::session::run(transport, shared))
+}
+
+/// A 403 for a handshake from a page whose origin is not allowed.
+fn refuse_origin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = header(header::ORIGIN);
+    if state.origins.allows(origin, header(header::HOST)) {
+        return None;
+    }
+    tracing::info!(origin = origin.unwrap_or(""), "WebSocket refused: origin not in http.allowed_origins");
+    Some((StatusCode::FORBIDDEN, "this origin may not open connections: see http.allowed_origins").into_response())
 }
 
 /// Upgrades with the node's WebSocket limits and runs `session` on the

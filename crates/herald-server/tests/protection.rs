@@ -183,3 +183,36 @@ async fn an_address_opening_connections_too_fast_is_refused_with_429() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "the burst is the rate: {statuses:?}");
     assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
 }
+
+/// A WebSocket handshake to `path` with this `Origin`; the HTTP status it
+/// got (101 when it was upgraded).
+async fn handshake_status(server: &TestServer, path: &str, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}{path}", server.addr).into_client_request().expect("a request");
+    if let Some(origin) = origin {
+        request.headers_mut().insert("Origin", origin.parse().expect("a header value"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("handshake failed otherwise: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn only_allowed_web_pages_may_open_websockets_on_either_protocol() {
+    let server = TestServer::with(|config| {
+        config.http.allowed_origins = vec!["https://app.example.com".into()];
+        let app =
+            PusherApp { id: "1".into(), key: "key".into(), secret: Secret::new("secret-123"), ..PusherApp::default() };
+        config.pusher.apps.push(app);
+    })
+    .await;
+    let mut watcher = bystander(&server).await;
+    for path in ["/connection/websocket", "/app/key?protocol=7"] {
+        assert_eq!(handshake_status(&server, path, Some("https://evil.example")).await, 403, "{path}");
+        assert_eq!(handshake_status(&server, path, Some("https://app.example.com")).await, 101, "{path}");
+        assert_eq!(handshake_status(&server, path, None).await, 101, "{path}: not a browser");
+    }
+    assert_unaffected(&server, &mut watcher, 1).await;
+}

@@ -76,6 +76,12 @@ pub struct HttpConfig {
     /// New connections per second one source address may open, as a token
     /// bucket with as much burst (0 = no limit); above it they get 429.
     pub connection_rate_per_ip: u32,
+    /// The web pages that may open WebSockets (both protocols), as origins
+    /// such as `https://app.example.com`; `*` stands for any run of
+    /// characters (`https://*.example.com`). Empty: any page. Handshakes
+    /// without an Origin (not from a browser) and from the node's own pages
+    /// are always allowed. Others get 403.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -90,6 +96,7 @@ impl Default for HttpConfig {
             max_connections: 0,
             max_connections_per_ip: 0,
             connection_rate_per_ip: 0,
+            allowed_origins: Vec::new(),
         }
     }
 }

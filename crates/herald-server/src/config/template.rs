@@ -41,6 +41,10 @@ max_body_size = 1048576
 max_connections = 0
 max_connections_per_ip = 0
 connection_rate_per_ip = 0
+# The web pages that may open WebSockets, e.g. ["https://app.example.com",
+# "https://*.example.com"]. Empty allows any page: set it in production, or a
+# page on another site can open connections from your users' browsers.
+allowed_origins = []
 
 [engine]
 # "memory": a single node, nothing to set up.

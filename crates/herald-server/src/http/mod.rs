@@ -10,6 +10,8 @@
 //!   connection waits for a request);
 //! - a body is read only by a handler that authenticated the request, with
 //!   a size limit and a deadline (`body`);
+//! - a WebSocket handshake from a web page is accepted only from an
+//!   allowed origin (`origin`);
 //! - after an upgrade, the session's own timers take over (connect timeout,
 //!   pings, activity timeout).
 //!
@@ -20,6 +22,7 @@
 pub(crate) mod admission;
 pub(crate) mod body;
 mod listener;
+pub(crate) mod origin;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -87,6 +87,8 @@ pub enum DisconnectReason {
     MessageTooLarge,
     /// The server failed while handling the connection; reconnect.
     Internal,
+    /// The client kept sending far over its command rate.
+    TooManyRequests,
     /// A custom code and reason given through the server API.
     Custom {
         /// The close code.

@@ -26,6 +26,8 @@ pub(crate) const BAD_REQUEST: u32 = 107;
 pub(crate) const NOT_AVAILABLE: u32 = 108;
 /// The token expired: get a new one.
 pub(crate) const TOKEN_EXPIRED: u32 = 109;
+/// Over the connection's command rate; retry later.
+pub(crate) const TOO_MANY_REQUESTS: u32 = 111;
 /// A history position that cannot be continued.
 pub(crate) const UNRECOVERABLE_POSITION: u32 = 112;
 

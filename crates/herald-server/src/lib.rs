@@ -19,6 +19,7 @@
 //! - `codes`: the error codes, and the one table from hub errors to what
 //!   each front-end reports.
 //! - `json`: JSON as every front-end and the API write it.
+//! - `rate`: a connection's command rate (token bucket).
 //! - `http`: serving HTTP: the accept loop, connection caps, header and
 //!   body deadlines.
 //! - `server`: assembling a [`Node`] and running it.
@@ -42,6 +43,7 @@ mod driver;
 mod http;
 mod json;
 pub mod pusher;
+mod rate;
 mod server;
 mod transport;
 

@@ -33,6 +33,7 @@ use crate::http::body::BodyLimits;
 use crate::http::origin::OriginPolicy;
 use crate::http::{self, ServeSettings, Tracker};
 use crate::pusher::{self, Frontend};
+use crate::rate::RateLimit;
 use crate::transport::WsTransport;
 
 /// The WebSocket endpoint of the Centrifuge protocol.
@@ -140,6 +141,7 @@ impl Node {
             expired_sub_close_delay: client.expired_sub_close_delay,
             queue_max_bytes: client.queue_max_bytes,
             allow_anonymous: client.allow_anonymous,
+            command_limit: RateLimit { rate: client.command_rate, burst: client.command_burst },
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let body = BodyLimits { max_size: config.http.max_body_size, timeout: config.http.body_timeout };

@@ -22,6 +22,8 @@ pub(crate) enum ClientError {
     TokenExpired,
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("too many requests")]
+    TooManyRequests,
 }
 
 impl From<HubError> for ClientError {
@@ -37,6 +39,7 @@ impl ClientError {
             ClientError::MethodNotFound => (codes::METHOD_NOT_FOUND, false),
             ClientError::BadRequest(_) => (codes::BAD_REQUEST, false),
             ClientError::TokenExpired => (codes::TOKEN_EXPIRED, false),
+            ClientError::TooManyRequests => (codes::TOO_MANY_REQUESTS, true),
             ClientError::Hub(hub) => {
                 let reported = codes::hub_error(hub);
                 (reported.code, reported.temporary)
@@ -59,6 +62,7 @@ pub(crate) fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
         DisconnectReason::ForceDisconnect => (3503, "force disconnect"),
         DisconnectReason::MessageTooLarge => (1009, "message too big"),
         DisconnectReason::Internal => (3004, "internal server error"),
+        DisconnectReason::TooManyRequests => (3013, "too many requests"),
         DisconnectReason::Custom { code, reason, .. } => return (*code, reason.clone()),
     };
     (code, text.to_owned())
@@ -87,6 +91,7 @@ mod tests {
             (DisconnectReason::NoPong, true),
             (DisconnectReason::ForceReconnect, true),
             (DisconnectReason::Internal, true),
+            (DisconnectReason::TooManyRequests, true),
             (DisconnectReason::InvalidToken, false),
             (DisconnectReason::BadRequest, false),
             (DisconnectReason::ForceDisconnect, false),

@@ -23,6 +23,7 @@ use super::command::{self, Command, Method};
 use super::encode::{self, CentrifugeEncoder};
 use crate::auth::{self, TokenVerifier};
 use crate::driver::{self, DriverSettings, Framing, Parts, Protocol};
+use crate::rate::{Bucket, RateLimit, Verdict};
 use crate::transport::{Inbound, Transport};
 
 /// Session settings, taken from `[client]`.
@@ -35,6 +36,8 @@ pub(crate) struct SessionSettings {
     pub expired_sub_close_delay: Duration,
     pub queue_max_bytes: usize,
     pub allow_anonymous: bool,
+    /// The command rate of each connection.
+    pub command_limit: RateLimit,
 }
 
 /// What every session of a node shares.
@@ -88,6 +91,8 @@ struct Session {
     expire_deadline: Option<Instant>,
     /// When each expiring subscription ends (expiry + grace).
     sub_deadlines: SubDeadlines,
+    /// The client's command rate.
+    commands: Bucket,
 }
 
 /// When each expiring subscription ends. A plain list: a connection has a
@@ -171,6 +176,7 @@ impl Session {
             pong_deadline: None,
             expire_deadline: None,
             sub_deadlines: SubDeadlines::default(),
+            commands: Bucket::full(settings.command_limit, now),
             conn: None,
             shared,
         }
@@ -209,6 +215,18 @@ impl Session {
             self.pong_deadline = None;
             return Ok(());
         };
+        match self.commands.take(self.shared.settings.command_limit, Instant::now()) {
+            Verdict::Allowed => {}
+            Verdict::Refused if id > 0 => {
+                self.reply(encode::error_reply(id, &ClientError::TooManyRequests));
+                return Ok(());
+            }
+            Verdict::Refused => return Ok(()),
+            Verdict::Abuse => {
+                tracing::info!(client = ?self.client(), "far over client.command_rate; disconnecting");
+                return Err(DisconnectReason::TooManyRequests);
+            }
+        }
         let expects_reply = !matches!(method, Method::Send(_));
         if expects_reply == (id == 0) {
             return Err(DisconnectReason::BadRequest);

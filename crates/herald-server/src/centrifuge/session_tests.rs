@@ -47,6 +47,7 @@ async fn session() -> Harness {
             expired_sub_close_delay: Duration::from_secs(25),
             queue_max_bytes: 1 << 20,
             allow_anonymous: false,
+            command_limit: crate::rate::RateLimit { rate: 10, burst: 10 },
         },
         encoder: Arc::new(CentrifugeEncoder),
     });
@@ -186,4 +187,35 @@ async fn refused_frames_and_tokens_are_logged_without_the_token() {
     assert!(logged.contains("connection token refused"), "the refusals were logged: {logged}");
     assert!(logged.contains("closing connection after bad input"), "{logged}");
     assert!(!logged.contains("SECRET"), "no part of the token is logged: {logged}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_over_the_rate_are_refused_with_111_and_a_client_that_keeps_on_is_closed_with_3013() {
+    // 10 commands a second, a burst of 10; the connect took one.
+    let mut s = session().await;
+    s.connect(json!({"sub": "42"})).await;
+    let pings: Vec<String> = (2..17).map(|id| json!({"id": id, "ping": {}}).to_string()).collect();
+    s.to_session.send(Ok(Inbound::Text(Bytes::from(pings.join("\n"))))).unwrap();
+    let Sent::Text(frame) = s.next().await else { panic!("expected the replies") };
+    let replies: Vec<serde_json::Value> = frame.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let answered = replies.iter().filter(|r| r.get("ping").is_some()).count();
+    let refused: Vec<&serde_json::Value> = replies.iter().filter(|r| r["error"]["code"] == 111).collect();
+    assert_eq!((answered, refused.len()), (9, 6), "{frame}");
+    assert!(refused.iter().all(|r| r["error"]["temporary"] == true), "a client retries a temporary error");
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    s.send(json!({"id": 20, "ping": {}}));
+    assert_eq!(s.next().await, Sent::Text(r#"{"id":20,"ping":{}}"#.into()), "after a pause the rate is back");
+
+    let flood: Vec<String> = (100..140).map(|id| json!({"id": id, "ping": {}}).to_string()).collect();
+    s.to_session.send(Ok(Inbound::Text(Bytes::from(flood.join("\n"))))).unwrap();
+    loop {
+        match s.next().await {
+            Sent::Text(_) => continue,
+            Sent::Close(code, _) => {
+                assert_eq!(code, 3013);
+                break;
+            }
+        }
+    }
 }

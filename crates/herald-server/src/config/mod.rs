@@ -213,6 +213,14 @@ pub struct ClientConfig {
     pub write_timeout: Duration,
     /// How many channels one connection may be subscribed to (0 = no limit).
     pub max_channels: usize,
+    /// Commands per second one connection may send (pings and pongs aside;
+    /// 0 = no limit). Over it a command is refused (Centrifuge error 111,
+    /// Pusher `pusher:error` 4301); a client that keeps sending is
+    /// disconnected (3013, Pusher 4301).
+    pub command_rate: u32,
+    /// Commands one connection may send at once after a pause (the burst of
+    /// `command_rate`); a reconnecting client resubscribes in one burst.
+    pub command_burst: u32,
     /// How often a node refreshes the presence entries of its connections.
     #[serde(with = "humantime_serde")]
     pub presence_update_interval: Duration,
@@ -240,6 +248,8 @@ impl Default for ClientConfig {
             queue_max_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             max_channels: 128,
+            command_rate: 100,
+            command_burst: 500,
             presence_update_interval: Duration::from_secs(25),
             presence_ttl: Duration::from_secs(60),
         }

@@ -73,6 +73,11 @@ token_hmac_secret = "{token_secret}"
 # token_issuer = "https://auth.example.com"
 # Accept connections without a token, as anonymous users.
 allow_anonymous = false
+# Commands per second one connection may send, and at once after a pause
+# (pings and pongs aside; 0 = no limit). Over it a command is refused (111);
+# a client that keeps sending is disconnected (3013).
+command_rate = 100
+command_burst = 500
 # Server pings every ping_interval; a client that does not answer within
 # pong_timeout is disconnected (code 3012).
 ping_interval = "25s"

@@ -106,6 +106,9 @@ impl Config {
         if timeout.is_zero() {
             problems.push("engine.command_timeout: must be above zero".to_owned());
         }
+        if client.command_rate > 0 && client.command_burst == 0 {
+            problems.push("client.command_burst: must be at least 1 when client.command_rate is set".to_owned());
+        }
         if client.write_timeout.is_zero() {
             problems.push("client.write_timeout: must be above zero".to_owned());
         }

@@ -158,6 +158,8 @@ pub(crate) struct PusherSettings {
     pub(crate) queue_max_bytes: usize,
     /// How the HTTP API's request bodies are read.
     pub(crate) body: crate::http::body::BodyLimits,
+    /// The command rate of each connection.
+    pub(crate) command_limit: crate::rate::RateLimit,
 }
 
 /// What every Pusher session and API call of a node shares.
@@ -185,6 +187,7 @@ impl Frontend {
             pong_timeout: config.pong_timeout,
             queue_max_bytes: client.queue_max_bytes,
             body,
+            command_limit: crate::rate::RateLimit { rate: client.command_rate, burst: client.command_burst },
         };
         let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown };
         let frontend = Arc::new(Self { driver, apps, settings, webhooks });

@@ -25,6 +25,7 @@ use herald_engine::{ClientId, DisconnectReason, UserId};
 
 use super::{error_frame, object_frame, App, AppSlot, Frame, Frontend};
 use crate::driver::{self, Framing, Parts, Protocol};
+use crate::rate::{Bucket, Verdict};
 use crate::transport::{Inbound, Transport};
 
 /// The protocol versions served; pusher-js 8 speaks 7.
@@ -58,6 +59,7 @@ pub(crate) fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
         DisconnectReason::BadRequest => (close::UNSUPPORTED_PROTOCOL, "malformed frames"),
         DisconnectReason::MessageTooLarge => (1009, "message too big"),
         DisconnectReason::Internal => (close::RECONNECT, "internal server error; reconnect"),
+        DisconnectReason::TooManyRequests => (close::CLIENT_EVENT_REJECTED, "too many messages; slow down"),
         DisconnectReason::Custom { code, reason, .. } => return (*code, reason.clone()),
     };
     (code, text.to_owned())
@@ -128,6 +130,8 @@ struct Session {
     pinged: Option<Instant>,
     /// Client events in the current one-second window.
     rate_window: (Instant, u32),
+    /// The client's command rate.
+    commands: Bucket,
     signed_in: bool,
 }
 
@@ -169,6 +173,7 @@ impl Session {
             Frame { event: "pusher:connection_established", channel: None, data: &established, user_id: None }.encode(),
         ));
         let now = Instant::now();
+        let commands = Bucket::full(frontend.settings.command_limit, now);
         Ok(Self {
             frontend,
             app,
@@ -179,6 +184,7 @@ impl Session {
             last_heard: now,
             pinged: None,
             rate_window: (now, 0),
+            commands,
             signed_in: false,
         })
     }
@@ -188,10 +194,31 @@ impl Session {
         let _ = self.outbox.push(Outgoing::Frame(frame));
     }
 
+    /// Counts a message against the command rate: `Ok(false)` when it is
+    /// refused (the client is told), `Err` when the client keeps sending
+    /// far over the rate.
+    fn within_rate(&mut self) -> Result<bool, DisconnectReason> {
+        match self.commands.take(self.frontend.settings.command_limit, Instant::now()) {
+            Verdict::Allowed => Ok(true),
+            Verdict::Refused => {
+                let message = "Too many messages: slow down (client.command_rate)";
+                self.send(error_frame(Some(close::CLIENT_EVENT_REJECTED), message, None));
+                Ok(false)
+            }
+            Verdict::Abuse => {
+                tracing::info!(socket_id = %self.socket_id, "far over client.command_rate; disconnecting");
+                Err(DisconnectReason::TooManyRequests)
+            }
+        }
+    }
+
     async fn on_frame(&mut self, frame: &[u8]) -> Result<(), DisconnectReason> {
         let message: ClientFrame = match serde_json::from_slice(frame) {
             Ok(message) => message,
             Err(error) => {
+                if !self.within_rate()? {
+                    return Ok(());
+                }
                 // Never the frame, nor serde's message (which may quote it):
                 // it may carry a signature.
                 let (kind, column) = (error.classify(), error.column());
@@ -200,6 +227,10 @@ impl Session {
                 return Ok(());
             }
         };
+        let heartbeat = matches!(message.event.as_str(), "pusher:ping" | "pusher:pong");
+        if !heartbeat && !self.within_rate()? {
+            return Ok(());
+        }
         match message.event.as_str() {
             "pusher:ping" => self.send(object_frame("pusher:pong", None, &serde_json::json!({}))),
             "pusher:pong" => {}

@@ -40,7 +40,8 @@ async fn node() -> (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>) {
     let pusher = PusherConfig { apps: vec![app], ..PusherConfig::default() };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let body = crate::http::body::BodyLimits { max_size: 1 << 20, timeout: Duration::from_secs(10) };
-    let frontend = Frontend::new(hub.clone(), &pusher, &ClientConfig::default(), body, shutdown_rx);
+    let client = ClientConfig { command_rate: 10, command_burst: 10, ..ClientConfig::default() };
+    let frontend = Frontend::new(hub.clone(), &pusher, &client, body, shutdown_rx);
     (hub, frontend, shutdown)
 }
 
@@ -204,4 +205,31 @@ async fn a_broken_transport_ends_the_session_quietly() {
     s.to_session.send(Err(TransportError::Broken("reset".into()))).unwrap();
     assert_eq!(s.from_session.recv().await, None, "no close frame on a broken transport");
     assert_eq!(s.hub.stats().clients, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_over_the_rate_get_4301_and_a_client_that_keeps_on_is_closed_but_pings_never_count() {
+    // 10 messages a second, a burst of 10.
+    let (mut s, _) = connected().await;
+    for _ in 0..30 {
+        s.send(json!({"event": "pusher:ping", "data": {}}));
+        assert_eq!(s.next_json().await["event"], "pusher:pong", "heartbeats are never counted");
+    }
+    for n in 0..10 {
+        s.send(json!({"event": "pusher:teleport", "data": {}}));
+        assert_eq!(s.next_json().await["data"]["code"], Value::Null, "message {n} is within the rate");
+    }
+    s.send(json!({"event": "pusher:teleport", "data": {}}));
+    let refused = s.next_json().await;
+    assert_eq!((refused["event"].as_str(), refused["data"]["code"].as_u64()), (Some("pusher:error"), Some(4301)));
+    loop {
+        s.send(json!({"event": "pusher:teleport", "data": {}}));
+        match s.next().await {
+            Sent::Text(_) => continue,
+            Sent::Close(code, _) => {
+                assert_eq!(code, 4301);
+                break;
+            }
+        }
+    }
 }

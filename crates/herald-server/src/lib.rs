@@ -40,6 +40,8 @@ pub mod cli;
 mod codes;
 pub mod config;
 mod driver;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod http;
 mod json;
 pub mod pusher;

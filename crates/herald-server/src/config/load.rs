@@ -108,22 +108,38 @@ fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErr
         }
     }
 
+    let config = type_table(table, &mut errors);
+    errors.extend(config.validate());
+    Ok((config, errors))
+}
+
+/// Types each section of a merged table, setting aside (and reporting) what
+/// does not type, and reports unknown sections.
+fn type_table(mut table: Table, errors: &mut Vec<String>) -> Config {
     let config = Config {
-        http: section(&mut table, "http", &mut errors),
-        engine: section::<EngineConfig>(&mut table, "engine", &mut errors),
-        client: section(&mut table, "client", &mut errors),
-        api: section(&mut table, "api", &mut errors),
-        channel: section(&mut table, "channel", &mut errors),
-        pusher: section(&mut table, "pusher", &mut errors),
-        log: section(&mut table, "log", &mut errors),
+        http: section(&mut table, "http", errors),
+        engine: section::<EngineConfig>(&mut table, "engine", errors),
+        client: section(&mut table, "client", errors),
+        api: section(&mut table, "api", errors),
+        channel: section(&mut table, "channel", errors),
+        pusher: section(&mut table, "pusher", errors),
+        log: section(&mut table, "log", errors),
     };
     for unknown in table.keys() {
         errors.push(format!(
             "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log"
         ));
     }
-    errors.extend(config.validate());
-    Ok((config, errors))
+    config
+}
+
+/// Parses and types TOML text as a config file is, without validating it
+/// (validation reads key files): the config fuzz target's entry.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn type_toml(text: &str) -> Option<(Config, Vec<String>)> {
+    let mut errors = Vec::new();
+    let table = text.parse::<Table>().ok()?;
+    Some((type_table(table, &mut errors), errors))
 }
 
 fn read_file(path: &Path) -> Result<Table, ConfigErrors> {

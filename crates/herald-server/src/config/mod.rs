@@ -21,6 +21,8 @@ use serde::{Deserialize, Deserializer};
 use herald_core::NamespaceOptions;
 
 pub use keys::TokenKeys;
+#[cfg(feature = "fuzzing")]
+pub(crate) use load::type_toml;
 pub use load::{load, load_for_serving, ConfigErrors, Sources};
 pub use template::starter_config;
 pub use webhook::WebhookEndpoint;

@@ -258,6 +258,22 @@ impl Session {
 mod client_events;
 mod subscribe;
 
+/// Reads a client frame as a session does, then every kind of `data` it
+/// may carry: the Pusher frame fuzz target's entry.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn read_frame(frame: &[u8]) {
+    let Ok(message) = serde_json::from_slice::<ClientFrame>(frame) else { return };
+    if let Some(request) = data_as::<subscribe::SubscribeData>(&message.data) {
+        let _ = super::valid_channel_name(&request.channel);
+        let _ = super::conventions::ChannelKind::of(&request.channel);
+        if let Some(channel_data) = request.channel_data() {
+            let _ = subscribe::presence_member(channel_data);
+        }
+    }
+    let _ = data_as::<client_events::SigninData>(&message.data);
+    let _ = super::publication_data(&client_events::data_text(&message.data));
+}
+
 impl Protocol for Session {
     const FRAMING: Framing = Framing::Messages;
 

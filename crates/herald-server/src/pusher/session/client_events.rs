@@ -14,13 +14,13 @@ use super::super::{error_frame, object_frame, sign, EVENT_TAG, MAX_EVENT_NAME};
 use super::{close, data_as, Session};
 
 #[derive(Debug, Deserialize)]
-struct SigninData {
+pub(super) struct SigninData {
     auth: String,
     user_data: String,
 }
 
 /// The text of a client event's `data`: a string as it is, anything else as JSON.
-fn data_text(data: &Value) -> String {
+pub(super) fn data_text(data: &Value) -> String {
     match data {
         Value::String(text) => text.clone(),
         other => other.to_string(),

@@ -22,8 +22,16 @@ pub(super) struct SubscribeData {
     channel_data: Option<String>,
 }
 
+impl SubscribeData {
+    /// The presence member an authorization names, as the client sent it.
+    #[cfg(feature = "fuzzing")]
+    pub(super) fn channel_data(&self) -> Option<&str> {
+        self.channel_data.as_deref()
+    }
+}
+
 /// A refused subscription: `pusher:subscription_error` on its channel.
-struct Refusal {
+pub(super) struct Refusal {
     kind: &'static str,
     error: String,
     status: u16,
@@ -170,7 +178,7 @@ impl Session {
 }
 
 /// The member a presence authorization's `channel_data` names.
-fn presence_member(channel_data: &str) -> Result<(UserId, Option<Bytes>), Refusal> {
+pub(super) fn presence_member(channel_data: &str) -> Result<(UserId, Option<Bytes>), Refusal> {
     let member: Value = serde_json::from_str(channel_data).map_err(|_| Refusal::bad("channel_data is not JSON"))?;
     let id = match member.get("user_id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),

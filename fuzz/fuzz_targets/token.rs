@@ -1,0 +1,4 @@
+//! Fuzzes `herald_server::fuzzing::token`: it must never panic.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| herald_server::fuzzing::token(data));

@@ -93,9 +93,14 @@ impl Engine {
         Self { name, broker, history, presence, occupancy, nodes }
     }
 
-    /// The embedded single-node engine.
+    /// The embedded single-node engine, with the default limits.
     pub fn memory() -> Self {
-        Self::new("memory", Arc::new(crate::MemoryEngine::new()))
+        Self::memory_with(crate::MemoryLimits::default())
+    }
+
+    /// The embedded single-node engine, with these limits.
+    pub fn memory_with(limits: crate::MemoryLimits) -> Self {
+        Self::new("memory", Arc::new(crate::MemoryEngine::with_limits(limits)))
     }
 
     /// This engine with another history reader (for tests that need to

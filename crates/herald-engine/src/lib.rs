@@ -39,7 +39,7 @@ pub use broker::{Broker, EventHandler, HistoryOptions, PublishOptions, PublishRe
 pub use engine::{Engine, EngineError, Health, WholeEngine};
 pub use history::{History, HistoryQuery, HistoryResult};
 pub use ids::{ChannelName, ClientId, Epoch, IdError, NodeId, Offset, UserId};
-pub use memory::MemoryEngine;
+pub use memory::{MemoryEngine, MemoryLimits};
 pub use message::{
     ClientInfo, Control, DisconnectReason, EngineEvent, NodeInfo, PresenceEvent, PresenceStats, Publication,
     StreamPosition,

@@ -215,7 +215,7 @@ async fn serve_async(
     })?;
     let local = listener.local_addr()?;
     let engine = match &config.engine {
-        config::EngineConfig::Memory => "memory",
+        config::EngineConfig::Memory(_) => "memory",
         config::EngineConfig::Redis(_) => "redis",
         config::EngineConfig::RedisCluster(_) => "redis_cluster",
     };

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use herald_core::{ChannelRules, Hub, HubConfig};
-use herald_engine::{DisconnectReason, Engine, Health, NodeId};
+use herald_engine::{DisconnectReason, Engine, Health, MemoryLimits, NodeId};
 use herald_redis::{RedisEngine, RedisSettings};
 
 use crate::api::{self, ApiState};
@@ -74,7 +74,7 @@ impl Node {
     /// Builds the engine, hub and front-ends. Fails loudly; never falls back.
     pub async fn build(config: Config) -> anyhow::Result<Node> {
         let engine: Engine = match &config.engine {
-            EngineConfig::Memory => Engine::memory(),
+            EngineConfig::Memory(memory) => Engine::memory_with(MemoryLimits { max_streams: memory.max_streams }),
             EngineConfig::Redis(redis) => {
                 let sharded = !redis.shards.is_empty();
                 let settings = RedisSettings {

@@ -7,6 +7,17 @@
 //! start under new epochs, so clients learn that recovery is impossible.
 //! Time is `tokio::time`, so tests can pause and advance it.
 //!
+//! Memory is bounded by a budget of streams (`MemoryLimits::max_streams`):
+//! a client can make the node keep a stream for a channel nobody publishes
+//! to, just by reading its position. When a new stream would exceed its
+//! shard's share of the budget, expired streams go first, then the stream
+//! of a channel with no subscriber on this node that was created or
+//! written longest ago. Its readers lose nothing they could recover: its
+//! epoch is gone, so a position in it is refused (`recovered: false`).
+//! Streams of channels this node's clients are subscribed to are never
+//! evicted: those are bounded by the clients' own subscription limits, and
+//! may take a shard past its share.
+//!
 //! - here: the state, the [`Broker`] and the [`History`];
 //! - `stream`: one channel's history stream;
 //! - `presence`: the [`crate::Presence`] part;
@@ -51,8 +62,23 @@ struct Shard {
     operations: u64,
 }
 
+/// What the memory engine may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// History streams kept at most (spread evenly over the shards).
+    pub max_streams: usize,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        Self { max_streams: 100_000 }
+    }
+}
+
 /// The embedded single-node engine.
 pub struct MemoryEngine {
+    /// Streams one shard may hold before it evicts.
+    streams_per_shard: usize,
     handler: OnceLock<Arc<dyn EventHandler>>,
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
@@ -80,9 +106,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryEngine {
-    /// An engine with nothing in it, not yet started.
+    /// An engine with nothing in it, not yet started, with the default limits.
     pub fn new() -> Self {
+        Self::with_limits(MemoryLimits::default())
+    }
+
+    /// An engine with nothing in it, not yet started.
+    pub fn with_limits(limits: MemoryLimits) -> Self {
         Self {
+            streams_per_shard: limits.max_streams.div_ceil(SHARDS).max(1),
             handler: OnceLock::new(),
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
@@ -101,16 +133,21 @@ impl MemoryEngine {
     }
 }
 
-/// The live stream of a channel, replacing an expired one.
+/// The live stream of a channel, replacing an expired one, and making room
+/// under the shard's budget for a new one.
 fn live_stream<'a>(
     shard: &'a mut Shard,
+    budget: usize,
     channel: &ChannelName,
     options: &HistoryOptions,
     now: Instant,
 ) -> &'a mut Stream {
-    shard.operations += 1;
+    shard.operations = shard.operations.wrapping_add(1);
     if shard.operations % STREAM_SWEEP_EVERY == 0 {
         shard.streams.retain(|_, stream| !stream.is_expired(now));
+    }
+    if shard.streams.len() >= budget && !shard.streams.contains_key(channel) {
+        make_room(shard, now);
     }
     let stream = shard.streams.entry(channel.clone()).or_insert_with(|| Stream::new(now, options));
     if stream.is_expired(now) {
@@ -118,6 +155,26 @@ fn live_stream<'a>(
     }
     stream.expire_publications(now);
     stream
+}
+
+/// Frees a place in a full shard: expired streams first, else the
+/// longest-untouched stream of a channel without local subscribers.
+fn make_room(shard: &mut Shard, now: Instant) {
+    let before = shard.streams.len();
+    shard.streams.retain(|_, stream| !stream.is_expired(now));
+    if shard.streams.len() < before {
+        return;
+    }
+    let subscribed = &shard.subscribed;
+    let oldest = shard
+        .streams
+        .iter()
+        .filter(|(channel, _)| !subscribed.contains(*channel))
+        .min_by_key(|(_, stream)| stream.expires_at())
+        .map(|(channel, _)| channel.clone());
+    if let Some(channel) = oldest {
+        shard.streams.remove(&channel);
+    }
 }
 
 #[async_trait]
@@ -147,7 +204,7 @@ impl Broker for MemoryEngine {
         }
         let (publication, position) = match &options.history {
             Some(history) if history.size > 0 => {
-                let stream = live_stream(&mut shard, channel, history, now);
+                let stream = live_stream(&mut shard, self.streams_per_shard, channel, history, now);
                 let publication = stream.append(publication, history, now);
                 (publication, stream.position())
             }
@@ -207,12 +264,66 @@ impl History for MemoryEngine {
     ) -> Result<HistoryResult, EngineError> {
         let now = Instant::now();
         let mut shard = self.shard(channel);
-        Ok(live_stream(&mut shard, channel, options, now).read(query))
+        Ok(live_stream(&mut shard, self.streams_per_shard, channel, options, now).read(query))
     }
 
     async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError> {
         self.shard(channel).streams.remove(channel);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod budget {
+    use super::*;
+    use crate::broker::EventHandler;
+    use crate::message::EngineEvent;
+
+    struct Ignore;
+    impl EventHandler for Ignore {
+        fn handle(&self, _: EngineEvent) {}
+    }
+
+    const HISTORY: HistoryOptions = HistoryOptions {
+        size: 10,
+        ttl: std::time::Duration::from_secs(60),
+        meta_ttl: std::time::Duration::from_secs(3600),
+    };
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::new(name).unwrap()
+    }
+
+    impl MemoryEngine {
+        fn streams(&self) -> usize {
+            self.shards.iter().map(|shard| lock(shard).streams.len()).sum()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn positions_read_for_many_channels_stay_within_the_budget_and_subscribed_streams_stay() {
+        let engine = MemoryEngine::with_limits(MemoryLimits { max_streams: 128 });
+        engine.start(Arc::new(Ignore)).await.unwrap();
+        let kept = channel("kept");
+        engine.subscribe(&kept).await.unwrap();
+        let with_history = PublishOptions { history: Some(HISTORY), ..PublishOptions::default() };
+        let mut top = None;
+        for n in 0..3 {
+            let data = Publication::from_data(bytes::Bytes::from(n.to_string()));
+            top = Some(engine.publish(&kept, data, &with_history).await.unwrap().position);
+        }
+        let position_only = HistoryQuery::default();
+        let first = engine.history(&channel("probe-0"), &position_only, &HISTORY).await.unwrap().position;
+        for n in 0..10_000 {
+            tokio::time::advance(std::time::Duration::from_millis(1)).await;
+            engine.history(&channel(&format!("probe-{n}")), &position_only, &HISTORY).await.unwrap();
+        }
+        assert!(engine.streams() <= 128 + 1, "{} streams for a budget of 128", engine.streams());
+        let read = engine.history(&kept, &HistoryQuery { limit: 10, ..Default::default() }, &HISTORY).await.unwrap();
+        assert_eq!(Some(read.position), top, "the subscribed channel's stream is intact");
+        assert_eq!(read.publications.len(), 3);
+        let again = engine.history(&channel("probe-0"), &position_only, &HISTORY).await.unwrap().position;
+        assert_ne!(again.epoch, first.epoch, "an evicted stream comes back under a new epoch: nothing to recover");
     }
 }
 

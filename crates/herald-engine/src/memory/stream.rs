@@ -42,6 +42,12 @@ impl Stream {
         }
     }
 
+    /// When the stream's position expires unless it is written again: the
+    /// later, the more recently it was created or written.
+    pub(super) fn expires_at(&self) -> Instant {
+        self.meta_expires_at
+    }
+
     /// Whether the stream's position has expired (the stream is gone).
     pub(super) fn is_expired(&self, now: Instant) -> bool {
         now >= self.meta_expires_at

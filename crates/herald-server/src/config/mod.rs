@@ -104,16 +104,38 @@ impl Default for HttpConfig {
 }
 
 /// The engine: `type = "memory"` (one node, the default) or `type = "redis"`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EngineConfig {
     /// Everything in this process; a single node.
-    #[default]
-    Memory,
+    Memory(MemoryEngineConfig),
     /// Nodes sharing one Redis form a cluster.
     Redis(RedisEngineConfig),
     /// Nodes sharing a Redis Cluster (Redis 7+, sharded pub/sub) form a cluster.
     RedisCluster(RedisClusterEngineConfig),
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig::Memory(MemoryEngineConfig::default())
+    }
+}
+
+/// `[engine] type = "memory"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryEngineConfig {
+    /// History streams kept at most. A client can make the node keep one
+    /// for a channel just by reading its position; past this, the streams
+    /// of channels nobody on the node is subscribed to are evicted, the
+    /// longest untouched first (their readers then get `recovered: false`).
+    pub max_streams: usize,
+}
+
+impl Default for MemoryEngineConfig {
+    fn default() -> Self {
+        Self { max_streams: 100_000 }
+    }
 }
 
 /// `[engine] type = "redis"`.

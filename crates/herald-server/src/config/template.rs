@@ -47,7 +47,9 @@ connection_rate_per_ip = 0
 allowed_origins = []
 
 [engine]
-# "memory": a single node, nothing to set up.
+# "memory": a single node, nothing to set up; optionally
+#   max_streams = 100000           # history streams kept; past it, those of
+#                                  # channels nobody here subscribes to go
 # "redis": nodes sharing one Redis form a cluster; then also set
 #   address = "redis://127.0.0.1:6379"
 #   prefix = "herald"              # keys and pub/sub channels start with this

@@ -76,7 +76,12 @@ impl Config {
         }
         let is_url = |a: &str| a.starts_with("redis://") || a.starts_with("rediss://");
         let (addresses, prefix, timeout): (Vec<(&str, &str)>, &str, Duration) = match &self.engine {
-            super::EngineConfig::Memory => (Vec::new(), "herald", Duration::from_secs(1)),
+            super::EngineConfig::Memory(memory) => {
+                if memory.max_streams == 0 {
+                    problems.push("engine.max_streams: must be at least 1".to_owned());
+                }
+                (Vec::new(), "herald", Duration::from_secs(1))
+            }
             super::EngineConfig::Redis(redis) => {
                 if redis.subscriber_connections == 0 {
                     problems.push("engine.subscriber_connections: must be at least 1".to_owned());

@@ -2,7 +2,8 @@
 //!
 //! Tokens are verified with the key that matches their header's algorithm
 //! family (HMAC secret for HS*, RSA public key for RS*, ECDSA public key for
-//! ES*), and only that algorithm is accepted for that key, so an RSA public
+//! ES*, Ed25519 public key for EdDSA), and only that algorithm is accepted
+//! for that key, so an RSA public
 //! key can never be used as an HMAC secret. `alg: none` is not an algorithm
 //! Herald knows, and a token carrying it is invalid.
 //!
@@ -79,6 +80,7 @@ pub struct TokenVerifier {
     hmac: Option<DecodingKey>,
     rsa: Option<DecodingKey>,
     ecdsa: Option<DecodingKey>,
+    ed25519: Option<DecodingKey>,
     audience: Option<String>,
     issuer: Option<String>,
 }
@@ -89,6 +91,7 @@ impl std::fmt::Debug for TokenVerifier {
             .field("hmac", &self.hmac.is_some())
             .field("rsa", &self.rsa.is_some())
             .field("ecdsa", &self.ecdsa.is_some())
+            .field("ed25519", &self.ed25519.is_some())
             .finish()
     }
 }
@@ -97,8 +100,8 @@ impl TokenVerifier {
     /// A verifier of tokens signed with `keys`, that also requires the
     /// configured audience and issuer.
     pub fn new(keys: TokenKeys, client: &ClientConfig) -> Self {
-        let TokenKeys { hmac, rsa, ecdsa } = keys;
-        Self { hmac, rsa, ecdsa, audience: client.token_audience.clone(), issuer: client.token_issuer.clone() }
+        let TokenKeys { hmac, rsa, ecdsa, ed25519 } = keys;
+        Self { hmac, rsa, ecdsa, ed25519, audience: client.token_audience.clone(), issuer: client.token_issuer.clone() }
     }
 
     /// Reads the configured keys and builds a verifier, or lists every key
@@ -130,6 +133,7 @@ impl TokenVerifier {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
             Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
+            Algorithm::EdDSA => self.ed25519.as_ref(),
             _ => None,
         }
         .ok_or_else(|| TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?;

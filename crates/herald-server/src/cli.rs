@@ -179,7 +179,8 @@ fn fill_development_secrets(config: &mut Config) -> Vec<(&'static str, String)> 
     let client = &mut config.client;
     let has_key = client.token_hmac_secret.is_some()
         || client.token_rsa_public_key.is_some()
-        || client.token_ecdsa_public_key.is_some();
+        || client.token_ecdsa_public_key.is_some()
+        || client.token_ed25519_public_key.is_some();
     if !has_key && !client.allow_anonymous {
         let secret = config::template::random_secret();
         client.token_hmac_secret = Some(Secret::new(secret.clone()));

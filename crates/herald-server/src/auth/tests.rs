@@ -16,6 +16,7 @@ fn verifier(hmac: bool, rsa: bool, ecdsa: bool) -> TokenVerifier {
         token_hmac_secret: hmac.then(|| Secret::new(SECRET)),
         token_rsa_public_key: rsa.then(|| format!("{FIXTURES}/jwt-rsa.pub.pem")),
         token_ecdsa_public_key: ecdsa.then(|| fixture("jwt-ec.pub.pem")),
+        token_ed25519_public_key: ecdsa.then(|| format!("{FIXTURES}/jwt-ed25519.pub.pem")),
         ..ClientConfig::default()
     };
     TokenVerifier::from_config(&client).unwrap()
@@ -32,6 +33,11 @@ fn hs256(claims: serde_json::Value) -> String {
 fn rs256(claims: serde_json::Value) -> String {
     let key = EncodingKey::from_rsa_pem(fixture("jwt-rsa.key.pem").as_bytes()).unwrap();
     sign(Algorithm::RS256, &key, claims)
+}
+
+fn eddsa(claims: serde_json::Value) -> String {
+    let key = EncodingKey::from_ed_pem(fixture("jwt-ed25519.key.pem").as_bytes()).unwrap();
+    sign(Algorithm::EdDSA, &key, claims)
 }
 
 fn es256(claims: serde_json::Value) -> String {
@@ -72,6 +78,8 @@ fn connection_tokens_are_verified_with_the_key_of_their_algorithm() {
         ("HS256 without exp", &all, hs256(json!({"sub": "42"})), Ok("42".into())),
         ("RS256", &all, rs256(json!({"sub": "7"})), Ok("7".into())),
         ("ES256", &all, es256(json!({"sub": "8"})), Ok("8".into())),
+        ("EdDSA", &all, eddsa(json!({"sub": "9"})), Ok("9".into())),
+        ("EdDSA without an Ed25519 key", &hmac_only, eddsa(json!({"sub": "9"})), Err("invalid")),
         ("expired", &all, hs256(json!({"sub": "42", "exp": past})), Err("expired")),
         ("alg none", &all, unsigned(json!({"sub": "42"})), Err("invalid")),
         (
@@ -164,8 +172,9 @@ fn unusable_keys_are_all_reported() {
         token_hmac_secret: Some(Secret::new("")),
         token_rsa_public_key: Some("/nonexistent/key.pem".into()),
         token_ecdsa_public_key: Some("-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----".into()),
+        token_ed25519_public_key: Some(format!("{FIXTURES}/jwt-rsa.pub.pem")),
         ..ClientConfig::default()
     };
     let problems = TokenVerifier::from_config(&client).unwrap_err();
-    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert_eq!(problems.len(), 4, "{problems:#?}");
 }

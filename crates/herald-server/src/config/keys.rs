@@ -1,6 +1,6 @@
 //! The token verification keys, read from their settings: an HMAC secret,
-//! and RSA and ECDSA public keys given as PEM text or as a path to a PEM
-//! file. A key that cannot be read or parsed is a configuration problem,
+//! and RSA, ECDSA and Ed25519 public keys given as PEM text or as a path to
+//! a PEM file. A key that cannot be read or parsed is a configuration problem,
 //! reported with every other one.
 
 use jsonwebtoken::DecodingKey;
@@ -16,6 +16,8 @@ pub struct TokenKeys {
     pub rsa: Option<DecodingKey>,
     /// For ES256 and ES384 tokens.
     pub ecdsa: Option<DecodingKey>,
+    /// For EdDSA (Ed25519) tokens.
+    pub ed25519: Option<DecodingKey>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -24,6 +26,7 @@ impl std::fmt::Debug for TokenKeys {
             .field("hmac", &self.hmac.is_some())
             .field("rsa", &self.rsa.is_some())
             .field("ecdsa", &self.ecdsa.is_some())
+            .field("ed25519", &self.ed25519.is_some())
             .finish()
     }
 }
@@ -60,8 +63,16 @@ impl TokenKeys {
                 .map_err(|e| problems.push(format!("client.token_ecdsa_public_key: not an EC public key in PEM: {e}")))
                 .ok()
         });
+        let ed25519 = client.token_ed25519_public_key.as_deref().and_then(|value| {
+            let pem = pem_text("token_ed25519_public_key", value).map_err(|e| problems.push(e)).ok()?;
+            DecodingKey::from_ed_pem(&pem)
+                .map_err(|e| {
+                    problems.push(format!("client.token_ed25519_public_key: not an Ed25519 public key in PEM: {e}"))
+                })
+                .ok()
+        });
         if problems.is_empty() {
-            Ok(Self { hmac, rsa, ecdsa })
+            Ok(Self { hmac, rsa, ecdsa, ed25519 })
         } else {
             Err(problems)
         }

@@ -205,6 +205,8 @@ pub struct ClientConfig {
     pub token_rsa_public_key: Option<String>,
     /// Public key (PEM text, or a path to a PEM file) for ES256/ES384 tokens.
     pub token_ecdsa_public_key: Option<String>,
+    /// Public key (PEM text, or a path to a PEM file) for EdDSA (Ed25519) tokens.
+    pub token_ed25519_public_key: Option<String>,
     /// When set, tokens must carry this `aud` claim.
     pub token_audience: Option<String>,
     /// When set, tokens must carry this `iss` claim.
@@ -260,6 +262,7 @@ impl Default for ClientConfig {
             token_hmac_secret: None,
             token_rsa_public_key: None,
             token_ecdsa_public_key: None,
+            token_ed25519_public_key: None,
             token_audience: None,
             token_issuer: None,
             allow_anonymous: false,

@@ -71,6 +71,7 @@ token_hmac_secret = "{token_secret}"
 # Or verify RS256 / ES256 tokens with a public key (PEM text or file path):
 # token_rsa_public_key = "/etc/herald/jwt-rsa.pem"
 # token_ecdsa_public_key = "/etc/herald/jwt-ec.pem"
+# token_ed25519_public_key = "/etc/herald/jwt-ed25519.pem"
 # token_audience = "my-app"
 # token_issuer = "https://auth.example.com"
 # Accept connections without a token, as anonymous users.

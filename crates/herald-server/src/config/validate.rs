@@ -207,11 +207,12 @@ impl Config {
         let client = &self.client;
         let has_key = client.token_hmac_secret.is_some()
             || client.token_rsa_public_key.is_some()
-            || client.token_ecdsa_public_key.is_some();
+            || client.token_ecdsa_public_key.is_some()
+            || client.token_ed25519_public_key.is_some();
         if !has_key && !client.allow_anonymous {
             problems.push(
                 "client: no way to verify connection tokens; set client.token_hmac_secret \
-                 (or token_rsa_public_key / token_ecdsa_public_key), or allow_anonymous = true"
+                 (or token_rsa_public_key / token_ecdsa_public_key / token_ed25519_public_key), or allow_anonymous = true"
                     .to_owned(),
             );
         }

@@ -135,6 +135,15 @@ pub struct BenchClient {
     names: Names,
 }
 
+/// One message from the server, for [`BenchClient::next_events`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A bench publication.
+    Publication(Received),
+    /// Anything else: a reply, a push, an error.
+    Message(Value),
+}
+
 /// How a recoverable subscription came out.
 #[derive(Debug, Default)]
 pub struct Resubscribed {
@@ -153,7 +162,23 @@ impl BenchClient {
         protocol: Protocol,
         token: &str,
     ) -> Result<Self, ConnectError> {
+        Self::connect_with(target, source, protocol, token, None).await
+    }
+
+    /// As [`connect`](Self::connect), with the socket's receive buffer set
+    /// to `receive_buffer` bytes (the kernel doubles it): a client that
+    /// stops reading then holds up the server after that little.
+    pub async fn connect_with(
+        target: &Target,
+        source: Option<IpAddr>,
+        protocol: Protocol,
+        token: &str,
+        receive_buffer: Option<u32>,
+    ) -> Result<Self, ConnectError> {
         let socket = TcpSocket::new_v4().map_err(network)?;
+        if let Some(bytes) = receive_buffer {
+            socket.set_recv_buffer_size(bytes).map_err(network)?;
+        }
         if let Some(ip) = source {
             socket.bind(SocketAddr::new(ip, 0)).map_err(network)?;
         }
@@ -364,6 +389,35 @@ impl BenchClient {
         if let Some(answer) = answer {
             self.ws.send_text(answer).await.map_err(ws_error)?;
         }
+        Ok(())
+    }
+
+    /// Sends Centrifuge commands in one frame, numbering them; returns the
+    /// first one's id (the rest follow it).
+    pub async fn send_commands(&mut self, commands: Vec<Value>) -> Result<u32, ConnectError> {
+        let first = self.next_id;
+        let mut frame = Vec::with_capacity(commands.len());
+        for mut command in commands {
+            command["id"] = json!(self.next_id);
+            self.next_id += 1;
+            frame.push(command.to_string());
+        }
+        self.send(frame.join("\n")).await?;
+        Ok(first)
+    }
+
+    /// The next WebSocket message's contents, in order, in place of what
+    /// `events` held: for callers that follow the protocol themselves.
+    /// Heartbeats are answered on the way; positions are not tracked.
+    pub async fn next_events(&mut self, events: &mut Vec<Event>) -> Result<(), ConnectError> {
+        self.read_incoming().await?;
+        let protocol = self.protocol;
+        events.clear();
+        events.extend(self.incoming.drain(..).map(|message| match (publication(protocol, &message), message) {
+            (Some(publication), _) | (None, Incoming::Publication(publication)) => Event::Publication(publication),
+            (None, Incoming::Json(message)) => Event::Message(message),
+            (None, Incoming::SocketIo(kind, payload)) => Event::Message(json!([kind, payload])),
+        }));
         Ok(())
     }
 

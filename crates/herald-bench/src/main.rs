@@ -16,6 +16,7 @@ use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
 use herald_bench::scenario::fanout::{self, FanoutArgs};
 use herald_bench::scenario::floor::{self, FloorArgs};
+use herald_bench::scenario::soak::{self, SoakArgs};
 use herald_bench::scenario::storm::{self, StormArgs};
 use herald_bench::scenario::ConnectArgs;
 
@@ -178,6 +179,44 @@ enum Scenario {
         frame_bytes: usize,
         #[arg(long)]
         writer_threads: usize,
+    },
+    /// A chaos soak: starts redis-server and Herald nodes of its own, has
+    /// clients follow channels while nodes and Redis are killed and
+    /// restarted and clients are cut and stalled, and checks that every
+    /// publication reached every client once and in order, or the client
+    /// was told `recovered: false`. Exits non-zero on any anomaly.
+    Soak {
+        #[command(flatten)]
+        output: Output,
+        /// The herald binary (default: `herald` beside this one).
+        #[arg(long)]
+        herald: Option<PathBuf>,
+        /// Where node configs and logs and Redis's data go (default: a new
+        /// directory under the system's temporary one, kept).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 60)]
+        clients: usize,
+        #[arg(long, default_value_t = 12)]
+        channels: usize,
+        #[arg(long, default_value_t = 3)]
+        channels_per_client: usize,
+        /// Publications per second, over all channels.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value = "60s")]
+        duration: humantime::Duration,
+        /// How often a fault is injected.
+        #[arg(long, default_value = "5s")]
+        fault_every: humantime::Duration,
+        /// The share of clients with a small receive buffer, which faults stall.
+        #[arg(long, default_value_t = 0.2)]
+        stallable_share: f64,
+        /// Seeds the choice of clients to cut and stall.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Many small rooms; every member publishes and receives.
     Chat {
@@ -463,6 +502,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let args =
                 floor::WriterArgs { subscribers, rate, length: length.into(), frame_bytes, threads: writer_threads };
             tokio::task::spawn_blocking(move || floor::write(args)).await?
+        }
+        Scenario::Soak {
+            output,
+            herald,
+            dir,
+            nodes,
+            clients,
+            channels,
+            channels_per_client,
+            rate,
+            duration,
+            fault_every,
+            stallable_share,
+            seed,
+        } => {
+            let herald = match herald {
+                Some(path) => path,
+                None => std::env::current_exe()?.with_file_name("herald"),
+            };
+            let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("herald-soak-{}", std::process::id())));
+            let args = SoakArgs {
+                herald,
+                dir,
+                nodes,
+                clients,
+                channels,
+                channels_per_client,
+                rate,
+                duration: duration.into(),
+                fault_every: fault_every.into(),
+                stallable_share,
+                seed,
+            };
+            let result = soak::run(&args).await?;
+            let (anomalies, dir) = (result.anomaly_count, args.dir.clone());
+            for note in &result.notes {
+                writeln!(std::io::stderr(), "  anomaly: {note}")?;
+            }
+            finish("soak", output, args, result)?;
+            anyhow::ensure!(anomalies == 0, "{anomalies} anomalies; the nodes' logs are in {}", dir.display());
+            Ok(())
         }
         Scenario::Chat { common, namespace, rooms, members_per_room, rate_per_member, duration } => {
             anyhow::ensure!(

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod connections;
 pub mod fanout;
 pub mod floor;
+pub mod soak;
 pub mod storm;
 
 use std::net::IpAddr;

@@ -214,6 +214,9 @@ enum Scenario {
         /// The share of clients with a small receive buffer, which faults stall.
         #[arg(long, default_value_t = 0.2)]
         stallable_share: f64,
+        /// Padding in each publication, in bytes.
+        #[arg(long, default_value_t = 300)]
+        payload_bytes: usize,
         /// Seeds the choice of clients to cut and stall.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -515,6 +518,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             fault_every,
             stallable_share,
+            payload_bytes,
             seed,
         } => {
             let herald = match herald {
@@ -533,6 +537,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 duration: duration.into(),
                 fault_every: fault_every.into(),
                 stallable_share,
+                payload_bytes,
                 seed,
             };
             let result = soak::run(&args).await?;

@@ -14,6 +14,8 @@
 //! - `events`: engine events and control commands applied to connections;
 //! - `heartbeat`: the periodic refresh of presence, occupancy and this
 //!   node's registry entry;
+//! - `position_check`: the periodic check of positioned subscriptions
+//!   against their streams;
 //! - `reads`: history and presence reads.
 //!
 //! Invariants:
@@ -30,6 +32,11 @@
 //!   under the shard lock, the reply carries the history up to the stream
 //!   top, the buffered publications above the top follow it, and the
 //!   subscriber goes live. Nothing is lost or repeated at that seam.
+//! - A live positioned subscriber is sent each offset of its stream once,
+//!   in order, and nothing else of the stream: a gap or another epoch (the
+//!   node missed publications) ends the subscription with "insufficient
+//!   state" instead, and so does falling behind the stream by a whole
+//!   position check. Its client then recovers, or learns it cannot.
 //! - Fanout never blocks: it encodes a publication once per protocol and
 //!   pushes the shared bytes into bounded outboxes (see `outbox.rs`).
 
@@ -39,6 +46,7 @@ mod fanout;
 mod heartbeat;
 mod observer;
 mod occupancy;
+mod position_check;
 mod presence;
 mod reads;
 mod recovery;
@@ -85,6 +93,9 @@ pub struct HubConfig {
     /// Keep cluster-wide occupancy (see `hub/occupancy.rs`): costs an engine
     /// write per subscribe and unsubscribe.
     pub track_occupancy: bool,
+    /// How often positioned subscriptions are checked against their
+    /// streams (see `hub/position_check.rs`); zero never.
+    pub position_check_interval: Duration,
 }
 
 impl HubConfig {
@@ -98,6 +109,7 @@ impl HubConfig {
             presence_ttl: Duration::from_secs(60),
             idempotency_window: Duration::from_secs(300),
             track_occupancy: false,
+            position_check_interval: Duration::from_secs(30),
         }
     }
 }
@@ -202,6 +214,7 @@ impl Hub {
     pub async fn start(self: &Arc<Self>) -> Result<(), HubError> {
         self.engine.start(Arc::new(HubEvents(Arc::downgrade(self)))).await?;
         heartbeat::start(self).await;
+        position_check::start(self);
         Ok(())
     }
 
@@ -326,3 +339,6 @@ mod tests;
 
 #[cfg(test)]
 mod recovery_properties;
+
+#[cfg(test)]
+mod stale_tests;

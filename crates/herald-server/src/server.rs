@@ -124,6 +124,7 @@ impl Node {
                 presence_ttl: config.client.presence_ttl,
                 idempotency_window: config.api.idempotency_window,
                 track_occupancy: serves_pusher,
+                position_check_interval: config.client.position_check_interval,
                 ..HubConfig::new(node_id, rules)
             },
             engine,

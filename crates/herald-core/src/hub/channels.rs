@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
 
-use herald_engine::{ChannelName, ClientId, Publication, StreamPosition, UserId};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use herald_engine::{ChannelName, ClientId, Epoch, Publication, StreamPosition, UserId};
 
 use crate::connection::Connection;
 use crate::shard::{pick, ShardedMap, SHARDS};
@@ -19,14 +21,84 @@ pub(super) struct Subscriber {
     pub(super) positioned: bool,
     /// Who the connection is in this channel.
     pub(super) user: UserId,
-    /// For a positioned subscriber: the position its reply (or recovery)
-    /// already covered. With a remote engine a publication can reach the
-    /// node after the history read that included it; it is not sent twice.
-    pub(super) live_after: Option<StreamPosition>,
+    /// For a positioned subscriber once live: the stream it follows and
+    /// the last offset it was sent (see [`Followed`]).
+    pub(super) followed: Option<Box<Followed>>,
     /// Present while the subscription recovers: publications wait here.
     /// (Boxed: most subscribers never recover, and every one pays for the
     /// inline size.)
     pub(super) recovering: Option<Box<Mutex<Vec<Arc<Publication>>>>>,
+}
+
+/// Where a positioned subscriber is in its channel's stream. Fanout sends
+/// it only the next offset of that stream: one already sent (a publication
+/// that reached the node after the history read that included it) is
+/// skipped, and a gap or another epoch means this node missed publications
+/// (its engine connection broke, or the stream was lost and started again).
+/// Then the subscriber is *stale*: it is sent nothing more, and the hub ends
+/// the subscription with "insufficient state" so that its client recovers
+/// from history or learns it cannot. A subscriber never sees a hole.
+#[derive(Debug)]
+pub(super) struct Followed {
+    epoch: Epoch,
+    sent: AtomicU64,
+    stale: AtomicBool,
+}
+
+/// What to do with a publication for a positioned subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// The next one of its stream: send it.
+    Send,
+    /// Sent already, or the subscriber is stale: skip it.
+    Skip,
+    /// A gap, or another stream: the subscriber just became stale.
+    Stale,
+}
+
+impl Followed {
+    pub(super) fn at(position: &StreamPosition) -> Self {
+        Self {
+            epoch: position.epoch.clone(),
+            sent: AtomicU64::new(position.offset.get()),
+            stale: AtomicBool::new(false),
+        }
+    }
+
+    /// Decides on `publication`, and moves on past it when it is sent.
+    /// Fanout calls this for one channel at a time, in the stream's order.
+    pub(super) fn next(&self, publication: &Publication) -> Next {
+        if self.stale.load(Ordering::Relaxed) {
+            return Next::Skip;
+        }
+        let offset = publication.offset.get();
+        if offset == 0 {
+            // Published without history: not part of the stream.
+            return Next::Send;
+        }
+        let sent = self.sent.load(Ordering::Relaxed);
+        if publication.epoch == self.epoch && offset <= sent {
+            return Next::Skip;
+        }
+        if publication.epoch == self.epoch && Some(offset) == sent.checked_add(1) {
+            self.sent.store(offset, Ordering::Relaxed);
+            return Next::Send;
+        }
+        match self.stale.swap(true, Ordering::Relaxed) {
+            true => Next::Skip,
+            false => Next::Stale,
+        }
+    }
+
+    /// Whether the subscriber missed publications, seen from the stream's
+    /// position `now` and the one read a check `earlier`: it follows
+    /// another epoch, or it was not sent what the stream already held
+    /// then. Marks it stale if so (and returns false if it was already).
+    pub(super) fn fell_behind(&self, now: &StreamPosition, earlier: Option<&StreamPosition>) -> bool {
+        let sent = self.sent.load(Ordering::Relaxed);
+        let behind = now.epoch != self.epoch || earlier.is_some_and(|e| e.epoch == self.epoch && sent < e.offset.get());
+        behind && !self.stale.swap(true, Ordering::Relaxed)
+    }
 }
 
 impl Subscriber {
@@ -125,6 +197,37 @@ impl Channels {
             subscriptions = s.values().map(HashMap::len).fold(subscriptions, usize::saturating_add);
         });
         (channels, subscriptions)
+    }
+
+    /// Channels with a positioned subscriber that is live.
+    pub(super) fn followed(&self) -> Vec<ChannelName> {
+        let mut out = Vec::new();
+        self.map.for_each_shard(|shard| {
+            for (channel, subscribers) in shard {
+                if subscribers.values().any(|s| s.followed.is_some()) {
+                    out.push(channel.clone());
+                }
+            }
+        });
+        out
+    }
+
+    /// The live positioned subscribers of `channel` that missed
+    /// publications, seen from its stream's position `now` and `earlier`
+    /// (see `Followed::fell_behind`); each is marked stale.
+    pub(super) fn fell_behind(
+        &self,
+        channel: &ChannelName,
+        now: &StreamPosition,
+        earlier: Option<&StreamPosition>,
+    ) -> Vec<Arc<Connection>> {
+        let shard = self.read(channel);
+        let Some(subscribers) = shard.get(channel) else { return Vec::new() };
+        subscribers
+            .values()
+            .filter(|s| s.followed.as_ref().is_some_and(|f| f.fell_behind(now, earlier)))
+            .map(|s| s.conn.clone())
+            .collect()
     }
 
     /// Every positioned subscription, as (connection, channel).

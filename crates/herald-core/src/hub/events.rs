@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use herald_engine::{Control, EngineEvent};
+use herald_engine::{ChannelName, Control, EngineEvent};
 
 use super::{Hub, SubscribeAccess, SubscribeRequest};
+use crate::connection::Connection;
 use crate::error::HubError;
 use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
 
@@ -15,7 +16,15 @@ impl Hub {
         match event {
             EngineEvent::Publication { channel, publication } => {
                 let delay = self.config.rules.resolve(&channel).map(|o| o.write_delay).unwrap_or_default();
-                self.channels.deliver(&channel, &publication, delay);
+                let stale = self.channels.deliver(&channel, &publication, delay);
+                if !stale.is_empty() {
+                    tracing::info!(
+                        %channel,
+                        subscriptions = stale.len(),
+                        "publications missed here (a gap or a new epoch): those subscriptions will recover"
+                    );
+                    self.end_stale(stale.into_iter().map(|conn| (conn, channel.clone())).collect());
+                }
             }
             EngineEvent::Presence { channel, event } => {
                 let to_everyone = self.config.rules.resolve(&channel).is_ok_and(|o| o.force_push_join_leave);
@@ -35,8 +44,14 @@ impl Hub {
             return;
         }
         tracing::info!(subscriptions = affected.len(), "engine interrupted: positioned subscriptions will recover");
+        self.end_stale(affected);
+    }
+
+    /// Ends each subscription with "insufficient state": its client
+    /// resubscribes and recovers from history (or learns it cannot).
+    pub(super) fn end_stale(self: Arc<Self>, subscriptions: Vec<(Arc<Connection>, ChannelName)>) {
         tokio::spawn(async move {
-            for (conn, channel) in affected {
+            for (conn, channel) in subscriptions {
                 if self.unsubscribe(&conn, &channel).await {
                     let reason = UnsubscribeReason::InsufficientState;
                     let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Unsubscribed { channel, reason }));

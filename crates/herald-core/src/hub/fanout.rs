@@ -10,7 +10,7 @@ use bytes::Bytes;
 use herald_engine::{ChannelName, PresenceEvent, Publication};
 use tokio::time::Instant;
 
-use super::channels::Channels;
+use super::channels::{Channels, Next};
 use crate::connection::Connection;
 use crate::outbox::{Outbox, Outgoing};
 
@@ -43,10 +43,18 @@ fn wake_at(runtime: &tokio::runtime::Handle, due: Instant, outboxes: Vec<Arc<Out
 impl Channels {
     /// Delivers one publication to every local subscriber of its channel.
     /// With a `write_delay`, it may wait that long in each outbox so that
-    /// what follows leaves in the same write.
-    pub(super) fn deliver(&self, channel: &ChannelName, publication: &Arc<Publication>, write_delay: Duration) {
+    /// what follows leaves in the same write. Returns the positioned
+    /// subscribers it found stale (see `channels::Followed`): the hub ends their
+    /// subscriptions so that they recover.
+    pub(super) fn deliver(
+        &self,
+        channel: &ChannelName,
+        publication: &Arc<Publication>,
+        write_delay: Duration,
+    ) -> Vec<Arc<Connection>> {
+        let mut stale = Vec::new();
         let shard = self.read(channel);
-        let Some(subscribers) = shard.get(channel) else { return };
+        let Some(subscribers) = shard.get(channel) else { return stale };
         // Outside a runtime (never in the server) nothing could wait: no delay.
         let delayed = match write_delay.is_zero() {
             true => None,
@@ -62,13 +70,15 @@ impl Channels {
                 buffer.lock().unwrap_or_else(|e| e.into_inner()).push(publication.clone());
                 continue;
             }
-            if subscriber.live_after.as_ref().is_some_and(|after| {
-                publication.offset.get() != 0 && publication.offset <= after.offset && publication.epoch == after.epoch
-            }) {
-                // Already sent with the subscribe reply.
-                continue;
-            }
             let conn = &subscriber.conn;
+            match subscriber.followed.as_ref().map(|f| f.next(publication)) {
+                None | Some(Next::Send) => {}
+                Some(Next::Skip) => continue,
+                Some(Next::Stale) => {
+                    stale.push(conn.clone());
+                    continue;
+                }
+            }
             if publication.exclude.as_ref() == Some(&conn.client) {
                 continue;
             }
@@ -89,6 +99,7 @@ impl Channels {
         if let Some((runtime, due)) = delayed.filter(|_| !to_wake.is_empty()) {
             wake_at(&runtime, due, to_wake);
         }
+        stale
     }
 
     /// Delivers a join or leave to the local subscribers that hear them:

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use herald_engine::{ChannelName, HistoryOptions, HistoryQuery};
 
-use super::channels::Subscriber;
+use super::channels::{Followed, Next, Subscriber};
 use super::recovery::{self, Recovery};
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, NamespaceOptions, SubscribePolicy};
-use crate::outbox::Outgoing;
+use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
 
 impl Hub {
     /// Checks whether `conn` may subscribe to `channel` on these grounds.
@@ -66,7 +66,7 @@ impl Hub {
             join_leave: request.subscription.join_leave,
             positioned,
             user: request.subscription.user.clone().unwrap_or_else(|| conn.user()),
-            live_after: None,
+            followed: None,
             recovering: positioned.then(|| Box::new(Mutex::new(Vec::new()))),
         };
         let subscribers = self.channels.add(channel, subscriber);
@@ -85,7 +85,17 @@ impl Hub {
             }
         }
 
-        self.go_live_after(conn, channel, &outcome, reply);
+        if self.go_live_after(conn, channel, &outcome, reply) == Next::Stale {
+            // What came while the subscription recovered does not continue
+            // the stream it read: this node missed publications. The client
+            // is told at once, after its reply, and recovers again.
+            if let Some(left) = self.remove_subscriber(conn, channel).await {
+                self.occupancy.update(channel, left).await;
+            }
+            let reason = UnsubscribeReason::InsufficientState;
+            let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Unsubscribed { channel: channel.clone(), reason }));
+            return Ok(outcome);
+        }
 
         self.presence.announce(conn.info_in(channel), channel, options, true).await;
         Ok(outcome)
@@ -93,32 +103,41 @@ impl Hub {
 
     /// Queues the reply, then what was buffered above the reply's position,
     /// and switches the subscriber to live delivery, all under the shard
-    /// lock fanout takes.
+    /// lock fanout takes. `Next::Stale` if what was buffered does not
+    /// continue the stream from the reply's position.
     fn go_live_after(
         &self,
         conn: &Arc<Connection>,
         channel: &ChannelName,
         outcome: &SubscribeOutcome,
         reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
-    ) {
+    ) -> Next {
         let mut shard = self.channels.write(channel);
-        let buffered = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
+        let (buffered, followed) = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
             Some(subscriber) => {
-                subscriber.live_after = outcome.positioned.then(|| outcome.position.clone());
-                subscriber.go_live()
+                if outcome.positioned {
+                    subscriber.followed = Some(Box::new(Followed::at(&outcome.position)));
+                }
+                (subscriber.go_live(), subscriber.followed.as_deref())
             }
-            None => Vec::new(),
+            None => (Vec::new(), None),
         };
         if let Some(reply) = reply(outcome) {
             // A full outbox closes itself as slow; the session ends and
             // cleans up this subscription with the rest.
             let _ = conn.outbox.push(reply);
         }
-        let top = outcome.position.offset;
-        for publication in buffered.iter().filter(|p| p.offset > top) {
-            let frame = conn.encoder.encode_publication(channel, publication);
-            let _ = conn.outbox.push(Outgoing::Frame(frame));
+        for publication in &buffered {
+            match followed.map_or(Next::Send, |f| f.next(publication)) {
+                Next::Send => {
+                    let frame = conn.encoder.encode_publication(channel, publication);
+                    let _ = conn.outbox.push(Outgoing::Frame(frame));
+                }
+                Next::Skip => {}
+                Next::Stale => return Next::Stale,
+            }
         }
+        Next::Send
     }
 
     /// Reads the stream position and, when recovering, what was missed.

@@ -254,6 +254,11 @@ pub struct ClientConfig {
     /// long a client whose node died still shows as present.
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// How often a node checks its positioned subscriptions against their
+    /// streams: one that missed publications (and saw nothing after them
+    /// to show it) is ended with 2500 and recovers. "0s" never checks.
+    #[serde(with = "humantime_serde")]
+    pub position_check_interval: Duration,
 }
 
 impl Default for ClientConfig {
@@ -279,6 +284,7 @@ impl Default for ClientConfig {
             command_burst: 500,
             presence_update_interval: Duration::from_secs(25),
             presence_ttl: Duration::from_secs(60),
+            position_check_interval: Duration::from_secs(30),
         }
     }
 }

@@ -106,6 +106,10 @@ max_channels = 128
 # presence within presence_ttl).
 presence_update_interval = "25s"
 presence_ttl = "60s"
+# How often a node checks positioned subscriptions against their streams: one
+# that missed publications (its node lost Redis for a moment) is ended with
+# 2500 and its client recovers. "0s" never checks.
+position_check_interval = "30s"
 
 [api]
 # Send as `X-API-Key: <key>` or `Authorization: apikey <key>`.

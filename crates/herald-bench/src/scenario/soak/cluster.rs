@@ -320,8 +320,7 @@ token_hmac_secret = "{TOKEN_SECRET}"
 command_rate = 0
 queue_max_bytes = {queue_max_bytes}
 write_timeout = "{write_timeout}"
-ping_interval = "5s"
-pong_timeout = "3s"
+position_check_interval = "2s"
 
 [api]
 key = "{API_KEY}"

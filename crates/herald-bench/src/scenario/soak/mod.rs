@@ -58,6 +58,8 @@ pub struct SoakArgs {
     pub fault_every: Duration,
     /// The share of clients with a small receive buffer, which faults stall.
     pub stallable_share: f64,
+    /// Padding in each publication, in bytes.
+    pub payload_bytes: usize,
     pub seed: u64,
 }
 
@@ -102,7 +104,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakResult> {
         "--channels-per-client must be between 1 and --channels"
     );
     let settings =
-        NodeSettings { queue_max_bytes: 16 * 1024, write_timeout: Duration::from_secs(2), history_size: 1_000_000 };
+        NodeSettings { queue_max_bytes: 128 * 1024, write_timeout: Duration::from_secs(2), history_size: 1_000_000 };
     progress(&format!("soak: starting redis and {} nodes in {}", args.nodes, args.dir.display()));
     let cluster = Cluster::start(&args.herald, &args.dir, args.nodes, &settings).await?;
     let names: Vec<(u32, String)> = (0..args.channels).map(|c| (c as u32, format!("{NAMESPACE}:ch{c}"))).collect();
@@ -145,7 +147,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakResult> {
         let task = publishers::publish(
             p,
             own,
-            rate,
+            (rate, args.payload_bytes),
             apis.clone(),
             shared.clone(),
             published.clone(),
@@ -163,7 +165,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakResult> {
         redis_down: Duration::from_secs(1),
         cut_share: 0.25,
         stall_share: 0.5,
-        stall_for: settings.write_timeout * 3,
+        stall_for: settings.write_timeout * 8,
     };
     let clients = Clients { orders, stallable };
     let rng = rand::rngs::StdRng::seed_from_u64(args.seed);

@@ -34,11 +34,12 @@ const ATTEMPT: Duration = Duration::from_secs(3);
 const GIVE_UP: Duration = Duration::from_secs(120);
 
 /// Publishes into `channels` ((number, name)), `rate` publications a
-/// second in all, through the nodes in `apis`, until `stop`.
+/// second in all, each with `padding` bytes of padding, through the nodes
+/// in `apis`, until `stop`.
 pub async fn publish(
     id: usize,
     channels: Vec<(u32, String)>,
-    rate: f64,
+    (rate, padding): (f64, usize),
     apis: Vec<PublishVia>,
     shared: Arc<Shared>,
     published: Arc<Published>,
@@ -47,6 +48,7 @@ pub async fn publish(
     let mut clients: Vec<ApiClient> = apis.into_iter().map(ApiClient::new).collect();
     let mut node = id;
     let mut seqs = vec![0u64; channels.len()];
+    let pad = "x".repeat(padding);
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut turn = 0usize;
@@ -59,7 +61,7 @@ pub async fn publish(
         let (Some((number, name)), Some(seq)) = (channels.get(at), seqs.get_mut(at)) else { return Ok(()) };
         let body = json!({
             "channel": name,
-            "data": {"seq": *seq, "ts": unix_micros(SystemTime::now())},
+            "data": {"seq": *seq, "ts": unix_micros(SystemTime::now()), "pad": pad},
             "idempotency_key": format!("{name}-{seq}"),
         })
         .to_string();

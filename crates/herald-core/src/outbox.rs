@@ -241,6 +241,12 @@ impl Outbox {
         self.state().bytes
     }
 
+    /// Whether more than half the byte limit is queued: a session then
+    /// lets it drain before it answers more of the client's commands.
+    pub fn past_half(&self) -> bool {
+        self.state().bytes > self.max_bytes / 2
+    }
+
     /// Waits until there is something due to drain (items or a close).
     /// Delayed items are found when their pusher wakes the outbox.
     pub async fn ready(&self) {

@@ -70,9 +70,16 @@ pub(crate) trait Protocol: Send {
     /// When [`Protocol::on_timer`] is next due.
     fn next_deadline(&self) -> Instant;
 
-    /// Handles a message from the client. Replies go into the outbox. An
-    /// error ends the session with that reason.
-    fn on_message(&mut self, message: Inbound) -> impl Future<Output = Result<(), DisconnectReason>> + Send;
+    /// Handles a message from the client. Replies go into the outbox.
+    /// `Ok(Some(rest))` when the replies filled the outbox before the
+    /// message was done: the driver writes what is queued, then hands
+    /// `rest` back, before it reads another message (so a client's own
+    /// requests never overflow its outbox, and the client waits instead).
+    /// An error ends the session with that reason.
+    fn on_message(
+        &mut self,
+        message: Inbound,
+    ) -> impl Future<Output = Result<Option<Inbound>, DisconnectReason>> + Send;
 
     /// Handles a due timer (pings, expiries). An error ends the session.
     fn on_timer(&mut self) -> impl Future<Output = Result<(), DisconnectReason>> + Send;
@@ -198,9 +205,23 @@ async fn receive<P: Protocol, T: Transport>(
             return Some(None);
         }
     };
-    let reason = protocol.on_message(message).await.err()?;
-    let _ = flush(protocol, transport).await;
-    Some(Some(reason))
+    let mut message = Some(message);
+    while let Some(part) = message.take() {
+        match protocol.on_message(part).await {
+            Ok(None) => {}
+            Ok(Some(rest)) => {
+                if let Err(end) = flush(protocol, transport).await {
+                    return Some(end);
+                }
+                message = Some(rest);
+            }
+            Err(reason) => {
+                let _ = flush(protocol, transport).await;
+                return Some(Some(reason));
+            }
+        }
+    }
+    None
 }
 
 /// Writes everything queued. `Err` ends the session: `Some(reason)` when
@@ -336,7 +357,7 @@ mod tests {
             Instant::now() + Duration::from_secs(3600)
         }
 
-        async fn on_message(&mut self, _: Inbound) -> Result<(), DisconnectReason> {
+        async fn on_message(&mut self, _: Inbound) -> Result<Option<Inbound>, DisconnectReason> {
             panic!("a bug in a handler");
         }
 

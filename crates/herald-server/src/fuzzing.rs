@@ -7,8 +7,9 @@ use herald_engine::ChannelName;
 
 /// A Centrifuge frame: its lines, each decoded as a command.
 pub fn centrifuge_frame(data: &[u8]) {
-    for line in crate::centrifuge::command::lines(data) {
-        let _ = crate::centrifuge::command::Command::decode(line);
+    let mut rest = bytes::Bytes::copy_from_slice(data);
+    while let Some(line) = crate::centrifuge::command::next_line(&mut rest) {
+        let _ = crate::centrifuge::command::Command::decode(&line);
     }
 }
 

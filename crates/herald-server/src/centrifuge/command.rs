@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use bytes::{Buf, Bytes};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -145,11 +146,23 @@ impl Command {
 }
 
 /// Splits a frame into its non-empty lines.
-pub(crate) fn lines(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
-    frame
-        .split(|b| *b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
+/// Takes the first command line (blank lines skipped) off the front of
+/// `rest`, sharing its bytes: what is left can wait for later.
+pub(crate) fn next_line(rest: &mut Bytes) -> Option<Bytes> {
+    while !rest.is_empty() {
+        let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+        let mut line = rest.split_to(end);
+        if !rest.is_empty() {
+            rest.advance(1);
+        }
+        if line.last() == Some(&b'\r') {
+            line.truncate(line.len().saturating_sub(1));
+        }
+        if line.iter().any(|b| !b.is_ascii_whitespace()) {
+            return Some(line);
+        }
+    }
+    None
 }
 
 impl<'de> Deserialize<'de> for Command {
@@ -280,9 +293,12 @@ mod tests {
 
     #[test]
     fn frames_split_into_non_empty_lines() {
-        let frame = b"{\"id\":1,\"ping\":{}}\n\n{}\r\n  \n";
-        let got: Vec<&[u8]> = lines(frame).collect();
-        assert_eq!(got, [&b"{\"id\":1,\"ping\":{}}"[..], &b"{}"[..]]);
+        let mut rest = Bytes::from_static(b"{\"id\":1,\"ping\":{}}\n\n{}\r\n  \n");
+        let mut lines = Vec::new();
+        while let Some(line) = next_line(&mut rest) {
+            lines.push(line);
+        }
+        assert_eq!(lines, [&b"{\"id\":1,\"ping\":{}}"[..], &b"{}"[..]]);
     }
 
     proptest::proptest! {

@@ -197,16 +197,24 @@ impl Session {
         let _ = self.outbox.push(Outgoing::Frame(message));
     }
 
-    async fn on_frame(&mut self, frame: &[u8]) -> Result<(), DisconnectReason> {
-        for line in command::lines(frame) {
-            let command = Command::decode(line).map_err(|error| {
+    /// Handles a frame's commands in order. Once their replies fill half
+    /// the outbox, what is left of the frame is returned, to be handled
+    /// after the driver has written the replies: a reconnecting client
+    /// that recovers many channels at once gets them one after another
+    /// instead of being closed as slow.
+    async fn on_frame(&mut self, mut rest: Bytes) -> Result<Option<Bytes>, DisconnectReason> {
+        while let Some(line) = command::next_line(&mut rest) {
+            let command = Command::decode(&line).map_err(|error| {
                 // Where and how it is malformed; serde's message may quote the input.
                 tracing::debug!(client = ?self.client(), kind = ?error.classify(), column = error.column(), "malformed command");
                 DisconnectReason::BadRequest
             })?;
             self.on_command(command).await?;
+            if !rest.is_empty() && self.outbox.past_half() {
+                return Ok(Some(rest));
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn on_command(&mut self, command: Command) -> Result<(), DisconnectReason> {
@@ -295,13 +303,13 @@ impl Protocol for Session {
         }
     }
 
-    async fn on_message(&mut self, message: Inbound) -> Result<(), DisconnectReason> {
+    async fn on_message(&mut self, message: Inbound) -> Result<Option<Inbound>, DisconnectReason> {
         let frame = driver::text_only(message, &self.client())?;
-        let handled = self.on_frame(&frame).await;
+        let handled = self.on_frame(frame.clone()).await;
         if let Err(reason) = &handled {
             self.log_refusal(reason, &frame);
         }
-        handled
+        handled.map(|rest| rest.map(Inbound::Text))
     }
 
     async fn on_timer(&mut self) -> Result<(), DisconnectReason> {

@@ -28,8 +28,12 @@ struct Harness {
 }
 
 async fn session() -> Harness {
+    session_with(ChannelRules::default(), 1 << 20).await
+}
+
+async fn session_with(rules: ChannelRules, queue_max_bytes: usize) -> Harness {
     let client = ClientConfig { token_hmac_secret: Some(Secret::new(SECRET)), ..ClientConfig::default() };
-    let hub = Hub::new(HubConfig::new(NodeId::new("n"), ChannelRules::default()), Engine::memory());
+    let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), Engine::memory());
     hub.start().await.unwrap();
     let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -45,7 +49,7 @@ async fn session() -> Harness {
             connect_timeout: Duration::from_secs(10),
             expired_close_delay: Duration::from_secs(25),
             expired_sub_close_delay: Duration::from_secs(25),
-            queue_max_bytes: 1 << 20,
+            queue_max_bytes,
             allow_anonymous: false,
             command_limit: crate::rate::RateLimit { rate: 10, burst: 10 },
         },
@@ -218,4 +222,58 @@ async fn commands_over_the_rate_are_refused_with_111_and_a_client_that_keeps_on_
             }
         }
     }
+}
+
+#[tokio::test]
+async fn recoveries_that_overflow_the_queue_together_are_written_one_after_another() {
+    // Two channels, each with ~6 KB to recover; together they are more
+    // than the 8 KiB queue. Sent back to back in one frame (as SDKs send
+    // them after a reconnect) they must not close the client as slow: it
+    // would reconnect and ask again, forever.
+    let feed = herald_core::NamespaceOptions {
+        history_size: 100,
+        force_recovery: true,
+        recovery_max_publications: 100,
+        subscribe: herald_core::SubscribePolicy::Authenticated,
+        ..Default::default()
+    };
+    let rules = ChannelRules::new(Default::default(), std::collections::BTreeMap::from([("feed".to_owned(), feed)]));
+    let mut s = session_with(rules, 8 * 1024).await;
+    s.connect(json!({"sub": "42"})).await;
+    let mut epochs = Vec::new();
+    for (id, channel) in [(2, "feed:a"), (3, "feed:b")] {
+        s.send(json!({"id": id, "subscribe": {"channel": channel}}));
+        let Sent::Text(reply) = s.next().await else { panic!("expected the subscribe reply") };
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        epochs.push(reply["subscribe"]["epoch"].as_str().unwrap().to_owned());
+        s.send(json!({"id": id + 10, "unsubscribe": {"channel": channel}}));
+        s.next().await;
+    }
+    let data = format!("\"{}\"", "x".repeat(200));
+    for channel in ["feed:a", "feed:b"] {
+        let channel = herald_engine::ChannelName::new(channel).unwrap();
+        for _ in 0..30 {
+            let publication = herald_engine::Publication::from_data(Bytes::from(data.clone()));
+            s.hub.publish(&channel, publication, None, false).await.unwrap();
+        }
+    }
+    let resubscribe = [(20, "feed:a", &epochs[0]), (21, "feed:b", &epochs[1])].map(|(id, channel, epoch)| {
+        json!({"id": id, "subscribe": {"channel": channel, "recover": true, "offset": 0, "epoch": epoch}}).to_string()
+    });
+    s.to_session.send(Ok(Inbound::Text(Bytes::from(resubscribe.join("\n"))))).unwrap();
+    let mut recovered = Vec::new();
+    while recovered.len() < 2 {
+        match s.next().await {
+            Sent::Text(frame) => {
+                for line in frame.lines() {
+                    let reply: serde_json::Value = serde_json::from_str(line).unwrap();
+                    let publications = reply["subscribe"]["publications"].as_array().map_or(0, Vec::len);
+                    assert_eq!(reply["subscribe"]["recovered"], true, "{line}");
+                    recovered.push((reply["id"].as_u64().unwrap(), publications));
+                }
+            }
+            Sent::Close(code, reason) => panic!("closed with {code} {reason} instead of recovering"),
+        }
+    }
+    assert_eq!(recovered, [(20, 30), (21, 30)]);
 }

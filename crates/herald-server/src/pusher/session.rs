@@ -288,11 +288,12 @@ impl Protocol for Session {
         }
     }
 
-    async fn on_message(&mut self, message: Inbound) -> Result<(), DisconnectReason> {
+    async fn on_message(&mut self, message: Inbound) -> Result<Option<Inbound>, DisconnectReason> {
         self.last_heard = Instant::now();
         self.pinged = None;
         let frame = driver::text_only(message, &self.socket_id)?;
-        self.on_frame(&frame).await
+        // One event per message: nothing is ever left for later.
+        self.on_frame(&frame).await.map(|()| None)
     }
 
     async fn on_timer(&mut self) -> Result<(), DisconnectReason> {

@@ -184,8 +184,12 @@ impl Node {
             max_connections_per_ip: http.max_connections_per_ip,
             connection_rate_per_ip: http.connection_rate_per_ip,
         };
-        let settings =
-            ServeSettings { handshake_timeout: http.handshake_timeout, drain_timeout: http.shutdown_timeout, limits };
+        let settings = ServeSettings {
+            handshake_timeout: http.handshake_timeout,
+            drain_timeout: http.shutdown_timeout,
+            limits,
+            max_unsent_bytes: http.max_unsent_bytes,
+        };
         // Returns once shutdown began and HTTP connections drained (bounded).
         let stopping = http::serve(listener, app, settings, graceful).await;
         let left = http.shutdown_timeout.saturating_sub(stopping.elapsed());

@@ -10,6 +10,9 @@
 //!   sent too slowly is cut off after `http.body_timeout`.
 //! - Caps: the node's and each address's open connections, and the rate of
 //!   new connections per address.
+//! - Slow reads: a client that stops reading cannot make the kernel hold
+//!   its publications (`http.max_unsent_bytes`); its blocked writes close
+//!   it as slow.
 
 mod support;
 
@@ -215,4 +218,52 @@ async fn only_allowed_web_pages_may_open_websockets_on_either_protocol() {
         assert_eq!(handshake_status(&server, path, None).await, 101, "{path}: not a browser");
     }
     assert_unaffected(&server, &mut watcher, 1).await;
+}
+
+/// Opens a WebSocket whose socket takes only a few kilobytes before the
+/// server's writes to it block (a small receive buffer), connected as `user`.
+async fn tight_client(server: &TestServer, user: &str) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(server.ws_url(), tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut client = Client::from_stream(ws);
+    let token = server.token(user);
+    let reply = client.command(json!({"id": 1, "connect": {"token": token}})).await;
+    assert!(reply.get("connect").is_some(), "{reply}");
+    client
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_trickle_is_closed_as_slow_after_the_write_timeout() {
+    // Far less than the outbox holds arrives, slowly: only the blocked
+    // write can tell that the client stopped reading.
+    let server = TestServer::with(|c| c.client.write_timeout = SHORT).await;
+    let mut stalled = tight_client(&server, "stalled").await;
+    stalled.subscribe("trickle").await;
+    let mut bystander = server.connected("bystander").await;
+    bystander.subscribe("trickle").await;
+    let pad = "x".repeat(1000);
+    let started = tokio::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        server.publish("trickle", json!({"n": sent, "pad": pad})).await;
+        assert_eq!(bystander.next_push().await["pub"]["data"]["n"], sent);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, info) = server.api("info", json!({})).await;
+    assert_eq!(info["result"]["nodes"][0]["num_clients"], 1, "only the bystander is left after {sent} publications");
+    // What the stalled client finds once it reads again: what was sent
+    // before the close, then the close (3008), or just the end of the
+    // connection when its socket had no room left for the close frame.
+    loop {
+        match stalled.next().await {
+            support::Seen::Json(_) => continue,
+            support::Seen::Closed(code, _) => break assert_eq!(code, 3008),
+            support::Seen::Gone => break,
+        }
+    }
 }

@@ -84,6 +84,12 @@ pub struct HttpConfig {
     /// without an Origin (not from a browser) and from the node's own pages
     /// are always allowed. Others get 403.
     pub allowed_origins: Vec<String>,
+    /// The most unsent bytes the kernel keeps for one connection (Linux's
+    /// `TCP_NOTSENT_LOWAT`; 0 leaves the kernel's default, which lets a
+    /// client that stops reading make it hold megabytes). With it, such a
+    /// client's writes block soon, and `client.write_timeout` and
+    /// `client.queue_max_bytes` govern it.
+    pub max_unsent_bytes: u32,
 }
 
 impl Default for HttpConfig {
@@ -99,6 +105,7 @@ impl Default for HttpConfig {
             max_connections_per_ip: 0,
             connection_rate_per_ip: 0,
             allowed_origins: Vec::new(),
+            max_unsent_bytes: 128 * 1024,
         }
     }
 }

@@ -45,6 +45,9 @@ connection_rate_per_ip = 0
 # "https://*.example.com"]. Empty allows any page: set it in production, or a
 # page on another site can open connections from your users' browsers.
 allowed_origins = []
+# The most unsent bytes the kernel keeps for one connection (Linux; 0 = the
+# kernel's default, which lets a client that stops reading pin megabytes).
+max_unsent_bytes = 131072
 
 [engine]
 # "memory": a single node, nothing to set up; optionally

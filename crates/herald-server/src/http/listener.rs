@@ -16,11 +16,28 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct BackoffListener {
     inner: TcpListener,
+    /// Unsent bytes the kernel may keep per connection (0: its default).
+    max_unsent_bytes: u32,
 }
 
 impl BackoffListener {
-    pub(crate) fn new(inner: TcpListener) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: TcpListener, max_unsent_bytes: u32) -> Self {
+        Self { inner, max_unsent_bytes }
+    }
+
+    /// Bounds what the kernel buffers for a client that stops reading. By
+    /// default Linux grows a socket's send buffer to megabytes; past this
+    /// many unsent bytes, writes wait instead, and the session's write
+    /// timeout and outbox limit see a slow client for what it is.
+    fn bound_unsent(&self, stream: &TcpStream) {
+        #[cfg(target_os = "linux")]
+        if self.max_unsent_bytes > 0 {
+            if let Err(error) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(self.max_unsent_bytes) {
+                tracing::debug!(%error, "cannot set TCP_NOTSENT_LOWAT");
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = stream;
     }
 }
 
@@ -45,6 +62,7 @@ impl BackoffListener {
                         tracing::info!(failures, "accepting connections again");
                     }
                     let _ = stream.set_nodelay(true);
+                    self.bound_unsent(&stream);
                     return (stream, addr);
                 }
                 Err(e) if is_connection_error(&e) => continue,

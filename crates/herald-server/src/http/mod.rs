@@ -56,6 +56,8 @@ pub(crate) struct ServeSettings {
     /// How long, once shutdown begins, HTTP connections may take to finish.
     pub(crate) drain_timeout: Duration,
     pub(crate) limits: Limits,
+    /// Unsent bytes the kernel may keep per connection (0: its default).
+    pub(crate) max_unsent_bytes: u32,
 }
 
 /// Counts live tasks (HTTP connections, or sessions) so shutdown can wait
@@ -113,7 +115,7 @@ pub(crate) async fn serve(
     settings: ServeSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Instant {
-    let mut listener = BackoffListener::new(listener);
+    let mut listener = BackoffListener::new(listener, settings.max_unsent_bytes);
     let admission = Admission::new(settings.limits);
     let connections = Arc::new(Tracker::default());
     let (closing, closing_rx) = watch::channel(false);

@@ -333,7 +333,7 @@ force_recovery = true
 recovery_max_publications = {history_size}
 
 [log]
-level = "info"
+level = "info,herald_server::driver=debug"
 "#
     )
 }

@@ -24,15 +24,18 @@ enum Fault {
     WipeRedis,
 }
 
+/// The faults in turn. A Redis fault ends every subscription (2500), so a
+/// stall comes right after one: the stalled clients' subscriptions then
+/// live on through the next faults, and the server finds them too slow.
 const CYCLE: [Fault; 8] = [
     Fault::KillNode,
-    Fault::CutClients,
-    Fault::StallClients,
     Fault::RestartRedis,
-    Fault::KillNode,
-    Fault::CutClients,
     Fault::StallClients,
+    Fault::CutClients,
+    Fault::KillNode,
     Fault::WipeRedis,
+    Fault::StallClients,
+    Fault::CutClients,
 ];
 
 /// How faults are injected.

@@ -39,6 +39,8 @@ mod centrifuge;
 pub mod cli;
 mod codes;
 pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod driver;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -274,15 +274,21 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let guard = state.tracker.enter();
+    with_limits(upgrade, state.max_message_size).on_upgrade(move |socket| async move {
+        let _held = (guard, permit);
+        session(WsTransport(socket)).await;
+    })
+}
+
+/// The node's WebSocket settings: messages and frames up to
+/// `max_message_size`, and its read and write buffers. Every WebSocket the
+/// node serves, and the conformance echo endpoint, is upgraded with these.
+pub(crate) fn with_limits(upgrade: WebSocketUpgrade, max_message_size: usize) -> WebSocketUpgrade {
     upgrade
-        .max_message_size(state.max_message_size)
-        .max_frame_size(state.max_message_size)
+        .max_message_size(max_message_size)
+        .max_frame_size(max_message_size)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let _held = (guard, permit);
-            session(WsTransport(socket)).await;
-        })
 }
 
 async fn health(State(state): State<AppState>) -> Response {

@@ -57,6 +57,9 @@ pub(crate) trait Transport: Send {
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
 }
 
+/// How long the reply to a client's close frame may take to write.
+const CLOSE_REPLY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A WebSocket accepted by axum.
 #[derive(Debug)]
 pub(crate) struct WsTransport(pub WebSocket);
@@ -65,7 +68,15 @@ impl Transport for WsTransport {
     async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
         loop {
             return match self.0.recv().await {
-                None | Some(Ok(Message::Close(_))) => Ok(None),
+                None => Ok(None),
+                Some(Ok(Message::Close(_))) => {
+                    // The stack has queued the close reply; the next read
+                    // writes it and ends, completing the closing handshake
+                    // (else the client sees an unclean close, 1006). A
+                    // client that stopped reading is not waited for long.
+                    let _ = tokio::time::timeout(CLOSE_REPLY, self.0.recv()).await;
+                    Ok(None)
+                }
                 Some(Ok(Message::Text(text))) => Ok(Some(Inbound::Text(Bytes::from(text)))),
                 Some(Ok(Message::Binary(bytes))) => Ok(Some(Inbound::Binary(bytes))),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,

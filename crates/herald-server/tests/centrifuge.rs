@@ -287,6 +287,22 @@ async fn a_slow_consumer_is_disconnected_with_3008_and_others_get_everything() {
 }
 
 #[tokio::test]
+async fn a_client_that_closes_gets_the_close_frame_back_and_leaves_the_node() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("42").await;
+    client.subscribe("news").await;
+    client.send_close(1000).await;
+    // The closing handshake completes: the server answers with its own
+    // close frame (else browsers report an unclean close, 1006).
+    assert_eq!(client.closed().await.0, 1000);
+    support::eventually_async("the connection left the node", || async {
+        let (_, info) = server.api("info", json!({})).await;
+        info["result"]["nodes"][0]["num_clients"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn unsubscribing_stops_delivery() {
     let server = TestServer::start().await;
     let mut client = server.connected("42").await;

@@ -302,6 +302,12 @@ impl Client {
         }
     }
 
+    /// Starts the closing handshake with `code`.
+    pub(crate) async fn send_close(&mut self, code: u16) {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame { code: code.into(), reason: "bye".into() };
+        self.ws.send(Message::Close(Some(frame))).await.expect("send the close frame");
+    }
+
     /// Asserts the connection still works: a ping command gets its reply.
     pub(crate) async fn assert_alive(&mut self) {
         let id = self.id();

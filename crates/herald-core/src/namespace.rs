@@ -111,6 +111,12 @@ pub struct NamespaceOptions {
     pub allow_history_for_subscriber: bool,
     /// Subscribers may call the `presence` and `presence_stats` commands.
     pub allow_presence_for_subscriber: bool,
+    /// Commands per second one connection may send about this namespace's
+    /// channels (subscribe, publish, history, presence), beside
+    /// `client.command_rate`; 0 for no limit of its own.
+    pub command_rate: u32,
+    /// Such commands one connection may send at once after a pause.
+    pub command_burst: u32,
 }
 
 impl Default for NamespaceOptions {
@@ -133,6 +139,8 @@ impl Default for NamespaceOptions {
             force_push_join_leave: false,
             allow_history_for_subscriber: false,
             allow_presence_for_subscriber: false,
+            command_rate: 0,
+            command_burst: 0,
         }
     }
 }

@@ -1,5 +1,14 @@
-//! A connection's command rate (`client.command_rate`, `client.command_burst`):
-//! a token bucket that refills at the rate and holds at most the burst.
+//! Command rates, each a token bucket that refills at its rate and holds at
+//! most its burst:
+//!
+//! - every command of a connection (`client.command_rate`);
+//! - every command of a user, all its connections on this node together
+//!   (`client.user_command_rate`; anonymous connections share no identity
+//!   and are bounded by the others);
+//! - a connection's commands about one namespace's channels (a namespace's
+//!   `command_rate`);
+//! - a connection's subscriptions (`client.subscribe_rate`): how fast it
+//!   may make the node take up channels.
 //!
 //! A command with no token left is refused (the protocol's "too many
 //! requests" error) and still costs one: a client that keeps sending sinks
@@ -7,6 +16,11 @@
 //! that pauses climbs back out. Heartbeats (pings and pongs) are never
 //! counted.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+
+use herald_engine::UserId;
 use tokio::time::Instant;
 
 /// The configured rate; a rate of 0 turns the limit off.
@@ -18,8 +32,9 @@ pub(crate) struct RateLimit {
     pub(crate) burst: u32,
 }
 
-/// What a command may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a command may do; a command counted by several buckets gets the
+/// worst of their verdicts (the greatest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Verdict {
     /// Within the rate.
     Allowed,
@@ -63,6 +78,133 @@ impl Bucket {
             Verdict::Abuse
         }
     }
+
+    /// Whether the bucket has refilled to its burst by `now`: it is then
+    /// no different from a new one.
+    fn is_full(&self, limit: RateLimit, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f32();
+        self.tokens + elapsed * limit.rate as f32 >= limit.burst as f32
+    }
+}
+
+/// The limits every connection of a node is held to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RateLimits {
+    /// All of a connection's commands.
+    pub(crate) commands: RateLimit,
+    /// A connection's subscriptions.
+    pub(crate) subscriptions: RateLimit,
+}
+
+impl RateLimits {
+    /// From `[client]`.
+    pub(crate) fn of(client: &crate::config::ClientConfig) -> Self {
+        Self {
+            commands: RateLimit { rate: client.command_rate, burst: client.command_burst },
+            subscriptions: RateLimit { rate: client.subscribe_rate, burst: client.subscribe_burst },
+        }
+    }
+}
+
+/// One connection's buckets.
+#[derive(Debug)]
+pub(crate) struct ConnectionRates {
+    commands: Bucket,
+    subscriptions: Bucket,
+    /// One per namespace with a `command_rate`, made on first use: at most
+    /// as many as the configuration has namespaces. Boxed: most
+    /// connections never have one, and every idle connection pays for the
+    /// inline size.
+    namespaces: Option<Box<NamespaceBuckets>>,
+}
+
+/// A connection's buckets for namespaces, by name.
+#[derive(Debug, Default)]
+struct NamespaceBuckets(Vec<(String, Bucket)>);
+
+impl ConnectionRates {
+    /// Full buckets.
+    pub(crate) fn new(limits: RateLimits, now: Instant) -> Self {
+        Self {
+            commands: Bucket::full(limits.commands, now),
+            subscriptions: Bucket::full(limits.subscriptions, now),
+            namespaces: None,
+        }
+    }
+
+    /// Counts one command.
+    pub(crate) fn command(&mut self, limits: RateLimits, now: Instant) -> Verdict {
+        self.commands.take(limits.commands, now)
+    }
+
+    /// Counts one subscription.
+    pub(crate) fn subscription(&mut self, limits: RateLimits, now: Instant) -> Verdict {
+        self.subscriptions.take(limits.subscriptions, now)
+    }
+
+    /// Counts one command about a channel of `namespace`, whose limit is `limit`.
+    pub(crate) fn in_namespace(&mut self, namespace: &str, limit: RateLimit, now: Instant) -> Verdict {
+        if limit.rate == 0 {
+            return Verdict::Allowed;
+        }
+        let buckets = &mut self.namespaces.get_or_insert_with(Default::default).0;
+        if let Some((_, bucket)) = buckets.iter_mut().find(|(name, _)| name == namespace) {
+            return bucket.take(limit, now);
+        }
+        let mut bucket = Bucket::full(limit, now);
+        let verdict = bucket.take(limit, now);
+        buckets.push((namespace.to_owned(), bucket));
+        verdict
+    }
+}
+
+/// Users are swept of refilled buckets once a shard holds this many.
+const USERS_SWEEP_AT: usize = 4096;
+const USER_SHARDS: usize = 16;
+
+/// A node's per-user buckets: every connection of a user on this node
+/// draws from one. Bounded: a shard that reaches [`USERS_SWEEP_AT`] users
+/// drops the buckets that have refilled, which only users who sent a burst
+/// within the last few seconds keep.
+#[derive(Debug)]
+pub(crate) struct UserRates {
+    limit: RateLimit,
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<UserId, Bucket>>]>,
+}
+
+impl UserRates {
+    /// From `[client]`.
+    pub(crate) fn of(client: &crate::config::ClientConfig) -> Self {
+        Self::new(RateLimit { rate: client.user_command_rate, burst: client.user_command_burst })
+    }
+
+    pub(crate) fn new(limit: RateLimit) -> Self {
+        let shards = (0..USER_SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Self { limit, hasher: RandomState::new(), shards }
+    }
+
+    /// Counts one command of `user`. Anonymous users are not counted here.
+    pub(crate) fn take(&self, user: &UserId, now: Instant) -> Verdict {
+        let limit = self.limit;
+        if limit.rate == 0 || user.is_anonymous() {
+            return Verdict::Allowed;
+        }
+        let hash = self.hasher.hash_one(user).checked_rem(USER_SHARDS as u64).unwrap_or(0);
+        let at = usize::try_from(hash).unwrap_or(0);
+        let Some(shard) = self.shards.get(at) else { return Verdict::Allowed };
+        let mut users = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if users.len() >= USERS_SWEEP_AT && !users.contains_key(user) {
+            users.retain(|_, bucket| !bucket.is_full(limit, now));
+        }
+        users.entry(user.clone()).or_insert_with(|| Bucket::full(limit, now)).take(limit, now)
+    }
+
+    /// Users with a bucket, for tests.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+    }
 }
 
 #[cfg(test)]
@@ -94,5 +236,45 @@ mod tests {
         assert_eq!(bucket.take(limit, start + Duration::from_secs(1)), Verdict::Allowed, "a second later: back");
         let off = RateLimit { rate: 0, burst: 0 };
         assert!((0..1000).all(|_| bucket.take(off, start) == Verdict::Allowed), "rate 0: no limit");
+    }
+
+    #[test]
+    fn a_users_connections_draw_from_one_bucket_and_anonymous_ones_from_none() {
+        let users = UserRates::new(RateLimit { rate: 10, burst: 3 });
+        let now = Instant::now();
+        let alice = UserId::new("alice").unwrap();
+        let verdicts: Vec<Verdict> = (0..4).map(|_| users.take(&alice, now)).collect();
+        assert_eq!(verdicts, [Verdict::Allowed, Verdict::Allowed, Verdict::Allowed, Verdict::Refused]);
+        assert_eq!(users.take(&UserId::new("bob").unwrap(), now), Verdict::Allowed, "another user: their own");
+        let anonymous = UserId::anonymous();
+        assert!((0..100).all(|_| users.take(&anonymous, now) == Verdict::Allowed));
+    }
+
+    #[test]
+    fn the_user_table_sheds_refilled_buckets_when_it_grows() {
+        let users = UserRates::new(RateLimit { rate: 100, burst: 1 });
+        let start = Instant::now();
+        for n in 0..(USERS_SWEEP_AT * USER_SHARDS * 2) {
+            users.take(&UserId::new(&format!("u{n}")).unwrap(), start + Duration::from_millis(n as u64));
+        }
+        assert!(users.len() <= USERS_SWEEP_AT * USER_SHARDS, "{} users kept", users.len());
+    }
+
+    #[test]
+    fn a_namespace_has_its_own_bucket_beside_the_connections() {
+        let limits = RateLimits {
+            commands: RateLimit { rate: 100, burst: 100 },
+            subscriptions: RateLimit { rate: 1, burst: 2 },
+        };
+        let now = Instant::now();
+        let mut rates = ConnectionRates::new(limits, now);
+        let chat = RateLimit { rate: 1, burst: 2 };
+        let verdicts: Vec<Verdict> = (0..3).map(|_| rates.in_namespace("chat", chat, now)).collect();
+        assert_eq!(verdicts, [Verdict::Allowed, Verdict::Allowed, Verdict::Refused]);
+        assert_eq!(rates.in_namespace("news", chat, now), Verdict::Allowed, "another namespace");
+        assert_eq!(rates.command(limits, now), Verdict::Allowed, "the connection's own bucket is apart");
+        let subscriptions: Vec<Verdict> = (0..3).map(|_| rates.subscription(limits, now)).collect();
+        assert_eq!(subscriptions, [Verdict::Allowed, Verdict::Allowed, Verdict::Refused]);
+        assert!(Verdict::Abuse > Verdict::Refused && Verdict::Refused > Verdict::Allowed, "the worst wins");
     }
 }

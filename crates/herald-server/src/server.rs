@@ -33,7 +33,7 @@ use crate::http::body::BodyLimits;
 use crate::http::origin::OriginPolicy;
 use crate::http::{self, ServeSettings, Tracker};
 use crate::pusher::{self, Frontend};
-use crate::rate::RateLimit;
+use crate::rate::{RateLimits, UserRates};
 use crate::transport::WsTransport;
 
 /// The WebSocket endpoint of the Centrifuge protocol.
@@ -134,6 +134,8 @@ impl Node {
         let verifier =
             TokenVerifier::from_config(&config.client).map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
         let client = &config.client;
+        // One table of users for both protocols: a user's every connection counts.
+        let users = Arc::new(UserRates::of(client));
         let settings = SessionSettings {
             ping_interval: client.ping_interval,
             pong_timeout: client.pong_timeout,
@@ -142,12 +144,13 @@ impl Node {
             expired_sub_close_delay: client.expired_sub_close_delay,
             queue_max_bytes: client.queue_max_bytes,
             allow_anonymous: client.allow_anonymous,
-            command_limit: RateLimit { rate: client.command_rate, burst: client.command_burst },
+            rates: RateLimits::of(client),
+            users: users.clone(),
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let body = BodyLimits { max_size: config.http.max_body_size, timeout: config.http.body_timeout };
         let pusher = serves_pusher
-            .then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, body, shutdown_rx.clone()));
+            .then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, (body, users), shutdown_rx.clone()));
         let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx };
         let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder) });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };

@@ -267,3 +267,51 @@ async fn a_client_that_stops_reading_a_trickle_is_closed_as_slow_after_the_write
         }
     }
 }
+
+#[tokio::test]
+async fn a_user_is_held_to_one_rate_across_its_connections_and_others_are_not() {
+    let server = TestServer::with(|c| {
+        c.client.user_command_rate = 1;
+        c.client.user_command_burst = 2;
+    })
+    .await;
+    // Commands count once the connection has a user (after its connect).
+    let mut first = server.connected("alice").await;
+    let mut second = server.connected("alice").await;
+    let mut bystander = server.connected("bob").await;
+    let mut codes = Vec::new();
+    for n in 0..3 {
+        let client = if n == 1 { &mut second } else { &mut first };
+        let id = client.id();
+        let reply = client.command(json!({"id": id, "ping": {}})).await;
+        codes.push(reply["error"]["code"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(codes, [0, 0, 111], "the third command of the user is over its rate");
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_namespace_rate_holds_commands_about_its_channels_only() {
+    let server = TestServer::with(|c| {
+        let feed = herald_core::NamespaceOptions {
+            command_rate: 1,
+            command_burst: 2,
+            history_size: 10,
+            allow_history_for_subscriber: true,
+            ..Default::default()
+        };
+        c.channel.namespaces.insert("feed".into(), feed);
+    })
+    .await;
+    let mut client = server.connected("42").await;
+    client.subscribe("feed:a").await;
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let id = client.id();
+        let reply = client.command(json!({"id": id, "history": {"channel": "feed:a", "limit": 1}})).await;
+        codes.push(reply["error"]["code"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(codes, [0, 111], "the subscribe and one history read make the burst of feed:*");
+    client.subscribe("news").await;
+    client.assert_alive().await;
+}

@@ -44,6 +44,20 @@ pub(crate) enum Method {
     Unknown(String),
 }
 
+impl Method {
+    /// The channel the command is about, if it is about one.
+    pub(crate) fn channel(&self) -> Option<&str> {
+        match self {
+            Method::Subscribe(r) => Some(&r.channel),
+            Method::Unsubscribe(r) | Method::Presence(r) | Method::PresenceStats(r) => Some(&r.channel),
+            Method::Publish(r) => Some(&r.channel),
+            Method::History(r) => Some(&r.channel),
+            Method::SubRefresh(r) => Some(&r.channel),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ConnectRequest {
     #[serde(default)]

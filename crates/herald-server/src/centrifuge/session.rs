@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use herald_core::{ConnEvent, Connection, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
+use herald_core::{ChannelRules, ConnEvent, Connection, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
 use herald_engine::{ChannelName, ClientId, DisconnectReason};
 
 use super::codes::{self, ClientError};
@@ -23,7 +23,7 @@ use super::command::{self, Command, Method};
 use super::encode::{self, CentrifugeEncoder};
 use crate::auth::{self, TokenVerifier};
 use crate::driver::{self, DriverSettings, Framing, Parts, Protocol};
-use crate::rate::{Bucket, RateLimit, Verdict};
+use crate::rate::{ConnectionRates, RateLimit, RateLimits, UserRates, Verdict};
 use crate::transport::{Inbound, Transport};
 
 /// Session settings, taken from `[client]`.
@@ -36,8 +36,10 @@ pub(crate) struct SessionSettings {
     pub expired_sub_close_delay: Duration,
     pub queue_max_bytes: usize,
     pub allow_anonymous: bool,
-    /// The command rate of each connection.
-    pub command_limit: RateLimit,
+    /// The rates each connection is held to.
+    pub rates: RateLimits,
+    /// The node's per-user buckets.
+    pub users: Arc<UserRates>,
 }
 
 /// What every session of a node shares.
@@ -91,8 +93,8 @@ struct Session {
     expire_deadline: Option<Instant>,
     /// When each expiring subscription ends (expiry + grace).
     sub_deadlines: SubDeadlines,
-    /// The client's command rate.
-    commands: Bucket,
+    /// The client's command and subscription rates.
+    rates: ConnectionRates,
 }
 
 /// When each expiring subscription ends. A plain list: a connection has a
@@ -176,7 +178,7 @@ impl Session {
             pong_deadline: None,
             expire_deadline: None,
             sub_deadlines: SubDeadlines::default(),
-            commands: Bucket::full(settings.command_limit, now),
+            rates: ConnectionRates::new(settings.rates, now),
             conn: None,
             shared,
         }
@@ -217,13 +219,37 @@ impl Session {
         Ok(None)
     }
 
+    /// Counts a command against every rate it falls under: the
+    /// connection's, its user's, its channel's namespace's, and for a
+    /// subscribe the connection's subscription rate. The worst verdict wins.
+    fn rate_of(&mut self, method: &Method) -> Verdict {
+        let now = Instant::now();
+        let settings = &self.shared.settings;
+        let mut verdict = self.rates.command(settings.rates, now);
+        if let Some(conn) = &self.conn {
+            verdict = verdict.max(settings.users.take(&conn.user(), now));
+        }
+        let channel = method.channel().and_then(|name| ChannelName::new(name).ok());
+        if let Some(channel) = &channel {
+            let rules = self.shared.hub().rules();
+            if let (Some(namespace), Ok(options)) = (ChannelRules::namespace_of(channel), rules.resolve(channel)) {
+                let limit = RateLimit { rate: options.command_rate, burst: options.command_burst };
+                verdict = verdict.max(self.rates.in_namespace(namespace, limit, now));
+            }
+        }
+        if matches!(method, Method::Subscribe(_)) {
+            verdict = verdict.max(self.rates.subscription(settings.rates, now));
+        }
+        verdict
+    }
+
     async fn on_command(&mut self, command: Command) -> Result<(), DisconnectReason> {
         let id = command.id;
         let Some(method) = command.method else {
             self.pong_deadline = None;
             return Ok(());
         };
-        match self.commands.take(self.shared.settings.command_limit, Instant::now()) {
+        match self.rate_of(&method) {
             Verdict::Allowed => {}
             Verdict::Refused if id > 0 => {
                 self.reply(encode::error_reply(id, &ClientError::TooManyRequests));
@@ -231,7 +257,7 @@ impl Session {
             }
             Verdict::Refused => return Ok(()),
             Verdict::Abuse => {
-                tracing::info!(client = ?self.client(), "far over client.command_rate; disconnecting");
+                tracing::info!(client = ?self.client(), "far over a command rate; disconnecting");
                 return Err(DisconnectReason::TooManyRequests);
             }
         }

@@ -27,11 +27,14 @@ struct Harness {
     _shutdown: watch::Sender<bool>,
 }
 
+/// Subscriptions as `client.subscribe_rate` and `client.subscribe_burst` default.
+const SUBSCRIBE_RATE: crate::rate::RateLimit = crate::rate::RateLimit { rate: 10, burst: 128 };
+
 async fn session() -> Harness {
-    session_with(ChannelRules::default(), 1 << 20).await
+    session_with(ChannelRules::default(), 1 << 20, SUBSCRIBE_RATE).await
 }
 
-async fn session_with(rules: ChannelRules, queue_max_bytes: usize) -> Harness {
+async fn session_with(rules: ChannelRules, queue_max_bytes: usize, subscriptions: crate::rate::RateLimit) -> Harness {
     let client = ClientConfig { token_hmac_secret: Some(Secret::new(SECRET)), ..ClientConfig::default() };
     let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), Engine::memory());
     hub.start().await.unwrap();
@@ -51,7 +54,8 @@ async fn session_with(rules: ChannelRules, queue_max_bytes: usize) -> Harness {
             expired_sub_close_delay: Duration::from_secs(25),
             queue_max_bytes,
             allow_anonymous: false,
-            command_limit: crate::rate::RateLimit { rate: 10, burst: 10 },
+            rates: crate::rate::RateLimits { commands: crate::rate::RateLimit { rate: 10, burst: 10 }, subscriptions },
+            users: Arc::new(crate::rate::UserRates::new(crate::rate::RateLimit { rate: 0, burst: 0 })),
         },
         encoder: Arc::new(CentrifugeEncoder),
     });
@@ -238,7 +242,7 @@ async fn recoveries_that_overflow_the_queue_together_are_written_one_after_anoth
         ..Default::default()
     };
     let rules = ChannelRules::new(Default::default(), std::collections::BTreeMap::from([("feed".to_owned(), feed)]));
-    let mut s = session_with(rules, 8 * 1024).await;
+    let mut s = session_with(rules, 8 * 1024, SUBSCRIBE_RATE).await;
     s.connect(json!({"sub": "42"})).await;
     let mut epochs = Vec::new();
     for (id, channel) in [(2, "feed:a"), (3, "feed:b")] {
@@ -276,4 +280,25 @@ async fn recoveries_that_overflow_the_queue_together_are_written_one_after_anoth
         }
     }
     assert_eq!(recovered, [(20, 30), (21, 30)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscriptions_over_the_subscribe_rate_are_refused_with_111() {
+    // One a second, three at once; the command rate (10) is not the limit.
+    let subscriptions = crate::rate::RateLimit { rate: 1, burst: 3 };
+    let mut s = session_with(ChannelRules::default(), 1 << 20, subscriptions).await;
+    s.connect(json!({"sub": "42"})).await;
+    let subscribes: Vec<String> =
+        (2..7).map(|id| json!({"id": id, "subscribe": {"channel": format!("c{id}")}}).to_string()).collect();
+    s.to_session.send(Ok(Inbound::Text(Bytes::from(subscribes.join("\n"))))).unwrap();
+    let Sent::Text(frame) = s.next().await else { panic!("expected the replies") };
+    let replies: Vec<serde_json::Value> = frame.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let refused: Vec<u64> =
+        replies.iter().filter(|r| r["error"]["code"] == 111).map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(refused, [5, 6], "{frame}");
+    // The two refused ones cost too: three seconds pay them back and make room.
+    tokio::time::advance(Duration::from_secs(3)).await;
+    s.send(json!({"id": 7, "subscribe": {"channel": "c7"}}));
+    let Sent::Text(reply) = s.next().await else { panic!("expected the reply") };
+    assert!(reply.contains("\"subscribe\""), "room again: {reply}");
 }

@@ -254,6 +254,17 @@ pub struct ClientConfig {
     /// Commands one connection may send at once after a pause (the burst of
     /// `command_rate`); a reconnecting client resubscribes in one burst.
     pub command_burst: u32,
+    /// Commands per second one user may send, all its connections on this
+    /// node together (0 = no limit). Anonymous connections are not counted.
+    pub user_command_rate: u32,
+    /// Commands one user may send at once after a pause.
+    pub user_command_burst: u32,
+    /// Subscriptions per second one connection may make (0 = no limit):
+    /// how fast it may make the node take up channels.
+    pub subscribe_rate: u32,
+    /// Subscriptions one connection may make at once (a reconnecting client
+    /// subscribes to all its channels at once).
+    pub subscribe_burst: u32,
     /// How often a node refreshes the presence entries of its connections.
     #[serde(with = "humantime_serde")]
     pub presence_update_interval: Duration,
@@ -289,6 +300,10 @@ impl Default for ClientConfig {
             max_channels: 128,
             command_rate: 100,
             command_burst: 500,
+            user_command_rate: 0,
+            user_command_burst: 0,
+            subscribe_rate: 10,
+            subscribe_burst: 128,
             presence_update_interval: Duration::from_secs(25),
             presence_ttl: Duration::from_secs(60),
             position_check_interval: Duration::from_secs(30),

@@ -84,6 +84,15 @@ allow_anonymous = false
 # a client that keeps sending is disconnected (3013).
 command_rate = 100
 command_burst = 500
+# Commands per second one user may send, all its connections on a node
+# together (anonymous ones aside; 0 = no limit), and at once after a pause.
+user_command_rate = 0
+user_command_burst = 0
+# Subscriptions per second one connection may make, and at once (a client
+# that reconnects subscribes to all its channels at once). Over it a
+# subscribe is refused (111, Pusher pusher:subscription_error 429).
+subscribe_rate = 10
+subscribe_burst = 128
 # Server pings every ping_interval; a client that does not answer within
 # pong_timeout is disconnected (code 3012).
 ping_interval = "25s"
@@ -159,6 +168,10 @@ presence = true
 join_leave = true
 force_push_join_leave = false
 allow_presence_for_subscriber = true
+# Commands per second one connection may send about this namespace's
+# channels, beside client.command_rate (0 = no limit of its own).
+command_rate = 0
+command_burst = 0
 allow_history_for_subscriber = true
 
 # Pusher Channels protocol (pusher-js, Laravel Echo, Pusher server SDKs).

@@ -63,6 +63,11 @@ impl Config {
                     humantime::format_duration(MAX_WRITE_DELAY)
                 ));
             }
+            if options.command_rate > 0 && options.command_burst == 0 {
+                problems.push(format!(
+                    "channel namespace {name}: command_burst must be at least 1 when command_rate is set"
+                ));
+            }
             if options.history_size > 0 && options.history_ttl.is_zero() {
                 problems.push(format!("channel namespace {name}: history_ttl must be above zero"));
             }
@@ -111,8 +116,20 @@ impl Config {
         if timeout.is_zero() {
             problems.push("engine.command_timeout: must be above zero".to_owned());
         }
-        if client.command_rate > 0 && client.command_burst == 0 {
-            problems.push("client.command_burst: must be at least 1 when client.command_rate is set".to_owned());
+        let rates = [
+            ("client.command_rate", client.command_rate, "client.command_burst", client.command_burst),
+            (
+                "client.user_command_rate",
+                client.user_command_rate,
+                "client.user_command_burst",
+                client.user_command_burst,
+            ),
+            ("client.subscribe_rate", client.subscribe_rate, "client.subscribe_burst", client.subscribe_burst),
+        ];
+        for (rate_name, rate, burst_name, burst) in rates {
+            if rate > 0 && burst == 0 {
+                problems.push(format!("{burst_name}: must be at least 1 when {rate_name} is set"));
+            }
         }
         if client.write_timeout.is_zero() {
             problems.push("client.write_timeout: must be above zero".to_owned());

@@ -158,8 +158,10 @@ pub(crate) struct PusherSettings {
     pub(crate) queue_max_bytes: usize,
     /// How the HTTP API's request bodies are read.
     pub(crate) body: crate::http::body::BodyLimits,
-    /// The command rate of each connection.
-    pub(crate) command_limit: crate::rate::RateLimit,
+    /// The rates each connection is held to.
+    pub(crate) rates: crate::rate::RateLimits,
+    /// The node's per-user buckets.
+    pub(crate) users: Arc<crate::rate::UserRates>,
 }
 
 /// What every Pusher session and API call of a node shares.
@@ -177,7 +179,7 @@ impl Frontend {
         hub: Arc<Hub>,
         config: &PusherConfig,
         client: &crate::config::ClientConfig,
-        body: crate::http::body::BodyLimits,
+        (body, users): (crate::http::body::BodyLimits, Arc<crate::rate::UserRates>),
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let apps = Apps::new(&config.apps);
@@ -187,7 +189,8 @@ impl Frontend {
             pong_timeout: config.pong_timeout,
             queue_max_bytes: client.queue_max_bytes,
             body,
-            command_limit: crate::rate::RateLimit { rate: client.command_rate, burst: client.command_burst },
+            rates: crate::rate::RateLimits::of(client),
+            users,
         };
         let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown };
         let frontend = Arc::new(Self { driver, apps, settings, webhooks });

@@ -25,7 +25,7 @@ use herald_engine::{ClientId, DisconnectReason, UserId};
 
 use super::{error_frame, object_frame, App, AppSlot, Frame, Frontend};
 use crate::driver::{self, Framing, Parts, Protocol};
-use crate::rate::{Bucket, Verdict};
+use crate::rate::{ConnectionRates, Verdict};
 use crate::transport::{Inbound, Transport};
 
 /// The protocol versions served; pusher-js 8 speaks 7.
@@ -130,8 +130,8 @@ struct Session {
     pinged: Option<Instant>,
     /// Client events in the current one-second window.
     rate_window: (Instant, u32),
-    /// The client's command rate.
-    commands: Bucket,
+    /// The client's command and subscription rates.
+    rates: ConnectionRates,
     signed_in: bool,
 }
 
@@ -173,7 +173,7 @@ impl Session {
             Frame { event: "pusher:connection_established", channel: None, data: &established, user_id: None }.encode(),
         ));
         let now = Instant::now();
-        let commands = Bucket::full(frontend.settings.command_limit, now);
+        let rates = ConnectionRates::new(frontend.settings.rates, now);
         Ok(Self {
             frontend,
             app,
@@ -184,7 +184,7 @@ impl Session {
             last_heard: now,
             pinged: None,
             rate_window: (now, 0),
-            commands,
+            rates,
             signed_in: false,
         })
     }
@@ -198,7 +198,9 @@ impl Session {
     /// refused (the client is told), `Err` when the client keeps sending
     /// far over the rate.
     fn within_rate(&mut self) -> Result<bool, DisconnectReason> {
-        match self.commands.take(self.frontend.settings.command_limit, Instant::now()) {
+        let (settings, now) = (&self.frontend.settings, Instant::now());
+        let verdict = self.rates.command(settings.rates, now).max(settings.users.take(&self.conn.user(), now));
+        match verdict {
             Verdict::Allowed => Ok(true),
             Verdict::Refused => {
                 let message = "Too many messages: slow down (client.command_rate)";
@@ -206,7 +208,7 @@ impl Session {
                 Ok(false)
             }
             Verdict::Abuse => {
-                tracing::info!(socket_id = %self.socket_id, "far over client.command_rate; disconnecting");
+                tracing::info!(socket_id = %self.socket_id, "far over a command rate; disconnecting");
                 Err(DisconnectReason::TooManyRequests)
             }
         }
@@ -234,7 +236,7 @@ impl Session {
         match message.event.as_str() {
             "pusher:ping" => self.send(object_frame("pusher:pong", None, &serde_json::json!({}))),
             "pusher:pong" => {}
-            "pusher:subscribe" => self.on_subscribe(&message.data).await,
+            "pusher:subscribe" => self.on_subscribe(&message.data).await?,
             "pusher:unsubscribe" => {
                 let channel =
                     data_as::<subscribe::SubscribeData>(&message.data).and_then(|d| self.app.channel(&d.channel));

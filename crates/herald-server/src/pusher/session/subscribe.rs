@@ -5,13 +5,15 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-use herald_core::{HubError, Outgoing, SubscribeAccess, SubscribeRequest, Subscription};
-use herald_engine::{ChannelName, HistoryQuery, UserId};
+use herald_core::{ChannelRules, HubError, Outgoing, SubscribeAccess, SubscribeRequest, Subscription};
+use herald_engine::{ChannelName, DisconnectReason, HistoryQuery, UserId};
+use tokio::time::Instant;
 
 use super::super::conventions::ChannelKind;
 use super::super::webhooks::Event as Hook;
 use super::super::{error_frame, object_frame, sign, subscription_succeeded};
 use super::{data_as, Session};
+use crate::rate::{RateLimit, Verdict};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct SubscribeData {
@@ -45,6 +47,11 @@ impl Refusal {
     fn bad(error: impl Into<String>) -> Self {
         Self { kind: "InvalidRequest", error: error.into(), status: 400 }
     }
+
+    fn too_fast() -> Self {
+        let error = "Too many subscriptions: slow down (client.subscribe_rate)".to_owned();
+        Self { kind: "LimitReached", error, status: 429 }
+    }
 }
 
 impl From<HubError> for Refusal {
@@ -55,17 +62,43 @@ impl From<HubError> for Refusal {
 }
 
 impl Session {
-    pub(super) async fn on_subscribe(&mut self, data: &Value) {
+    /// Subscribes, or tells the client why not on the channel. `Err` when
+    /// the client keeps subscribing far over its rate.
+    pub(super) async fn on_subscribe(&mut self, data: &Value) -> Result<(), DisconnectReason> {
         let Some(request) = data_as::<SubscribeData>(data) else {
             self.send(error_frame(None, "pusher:subscribe needs data with a channel", None));
-            return;
+            return Ok(());
         };
         let name = request.channel.clone();
-        if let Err(refusal) = self.subscribe(request).await {
+        let outcome = match self.subscription_rate(&name) {
+            Verdict::Allowed => self.subscribe(request).await,
+            Verdict::Refused => Err(Refusal::too_fast()),
+            Verdict::Abuse => {
+                tracing::info!(socket_id = %self.socket_id, "far over client.subscribe_rate; disconnecting");
+                return Err(DisconnectReason::TooManyRequests);
+            }
+        };
+        if let Err(refusal) = outcome {
             tracing::debug!(socket_id = %self.socket_id, channel = %name, error = %refusal.error, "subscription refused");
             let data = serde_json::json!({ "type": refusal.kind, "error": refusal.error, "status": refusal.status });
             self.send(object_frame("pusher:subscription_error", Some(&name), &data));
         }
+        Ok(())
+    }
+
+    /// Counts a subscription against the connection's subscription rate
+    /// and, when its channel's namespace has one, that namespace's rate.
+    fn subscription_rate(&mut self, name: &str) -> Verdict {
+        let (settings, now) = (&self.frontend.settings, Instant::now());
+        let mut verdict = self.rates.subscription(settings.rates, now);
+        if let Some(channel) = self.app.channel(name) {
+            let rules = self.frontend.hub().rules();
+            if let (Some(namespace), Ok(options)) = (ChannelRules::namespace_of(&channel), rules.resolve(&channel)) {
+                let limit = RateLimit { rate: options.command_rate, burst: options.command_burst };
+                verdict = verdict.max(self.rates.in_namespace(namespace, limit, now));
+            }
+        }
+        verdict
     }
 
     async fn subscribe(&mut self, request: SubscribeData) -> Result<(), Refusal> {

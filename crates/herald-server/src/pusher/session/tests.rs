@@ -32,6 +32,11 @@ struct Harness {
 
 /// A node with one Pusher app (activity timeout 120 s, pong timeout 30 s).
 async fn node() -> (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>) {
+    node_with(ClientConfig { command_rate: 10, command_burst: 10, ..ClientConfig::default() }).await
+}
+
+/// The same, with these client settings.
+async fn node_with(client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>) {
     let rules = ChannelRules::default().with_conventions(Arc::new(PusherConventions));
     let config = HubConfig { track_occupancy: true, ..HubConfig::new(NodeId::new("n"), rules) };
     let hub = Hub::new(config, Engine::memory());
@@ -40,14 +45,22 @@ async fn node() -> (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>) {
     let pusher = PusherConfig { apps: vec![app], ..PusherConfig::default() };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let body = crate::http::body::BodyLimits { max_size: 1 << 20, timeout: Duration::from_secs(10) };
-    let client = ClientConfig { command_rate: 10, command_burst: 10, ..ClientConfig::default() };
-    let frontend = Frontend::new(hub.clone(), &pusher, &client, body, shutdown_rx);
+    let users = Arc::new(crate::rate::UserRates::of(&client));
+    let frontend = Frontend::new(hub.clone(), &pusher, &client, (body, users), shutdown_rx);
     (hub, frontend, shutdown)
 }
 
 /// A session of a client that connected to `key` with `protocol`.
 async fn session_with(key: &str, protocol: Option<&str>) -> Harness {
-    let (hub, frontend, shutdown) = node().await;
+    session_on(node().await, key, protocol)
+}
+
+/// The same, on this node.
+fn session_on(
+    (hub, frontend, shutdown): (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>),
+    key: &str,
+    protocol: Option<&str>,
+) -> Harness {
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
     let query = ConnectQuery { protocol: protocol.map(str::to_owned) };
@@ -58,7 +71,12 @@ async fn session_with(key: &str, protocol: Option<&str>) -> Harness {
 /// A connected session, past its `pusher:connection_established`; returns
 /// the harness and the socket id.
 async fn connected() -> (Harness, String) {
-    let mut s = session_with(KEY, Some("7")).await;
+    connected_on(node().await).await
+}
+
+/// The same, on this node.
+async fn connected_on(node: (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>)) -> (Harness, String) {
+    let mut s = session_on(node, KEY, Some("7"));
     let established = s.next_json().await;
     assert_eq!(established["event"], "pusher:connection_established");
     let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
@@ -230,6 +248,32 @@ async fn messages_over_the_rate_get_4301_and_a_client_that_keeps_on_is_closed_bu
                 assert_eq!(code, 4301);
                 break;
             }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscriptions_over_the_subscribe_rate_get_a_429_subscription_error_and_a_flood_closes_with_4301() {
+    let client = ClientConfig { subscribe_rate: 1, subscribe_burst: 2, ..ClientConfig::default() };
+    let (mut s, _) = connected_on(node_with(client).await).await;
+    for n in 0..2 {
+        assert_eq!(s.subscribe(&format!("c{n}")).await["event"], "pusher_internal:subscription_succeeded");
+    }
+    let refusal = s.subscribe("c2").await;
+    assert_eq!(
+        (refusal["event"].as_str(), refusal["data"]["status"].as_u64(), refusal["data"]["type"].as_str()),
+        (Some("pusher:subscription_error"), Some(429), Some("LimitReached"))
+    );
+    // The refused one cost too: two seconds pay it back and make room.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(s.subscribe("c3").await["event"], "pusher_internal:subscription_succeeded", "room again");
+    for n in 4..10 {
+        s.send(json!({"event": "pusher:subscribe", "data": {"channel": format!("c{n}")}}));
+    }
+    loop {
+        match s.next().await {
+            Sent::Text(_) => continue,
+            Sent::Close(code, _) => break assert_eq!(code, 4301),
         }
     }
 }

@@ -7,11 +7,17 @@
 //! key can never be used as an HMAC secret. `alg: none` is not an algorithm
 //! Herald knows, and a token carrying it is invalid.
 //!
+//! A token whose header names a `kid`, on a node with a JWKS URL, is
+//! verified with that key of the set instead (see [`jwks`]).
+//!
 //! `exp` and `nbf` are checked when present (no leeway); a configured
 //! audience or issuer must be present and match. A subscription token
 //! names a `channel`; a token that does is never accepted as a connection
 //! token, so one kind cannot be used as the other.
 
+pub mod jwks;
+
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -29,6 +35,9 @@ pub enum TokenError {
     /// Malformed, badly signed, or signed with an algorithm Herald does not accept.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// It names a key (`kid`) the JWKS does not have (yet).
+    #[error("invalid token: no key {0} in the JWKS")]
+    UnknownKey(String),
 }
 
 /// The claims of a connection token.
@@ -81,6 +90,7 @@ pub struct TokenVerifier {
     rsa: Option<DecodingKey>,
     ecdsa: Option<DecodingKey>,
     ed25519: Option<DecodingKey>,
+    jwks: Option<Arc<jwks::Jwks>>,
     audience: Option<String>,
     issuer: Option<String>,
 }
@@ -92,6 +102,7 @@ impl std::fmt::Debug for TokenVerifier {
             .field("rsa", &self.rsa.is_some())
             .field("ecdsa", &self.ecdsa.is_some())
             .field("ed25519", &self.ed25519.is_some())
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -100,8 +111,45 @@ impl TokenVerifier {
     /// A verifier of tokens signed with `keys`, that also requires the
     /// configured audience and issuer.
     pub fn new(keys: TokenKeys, client: &ClientConfig) -> Self {
-        let TokenKeys { hmac, rsa, ecdsa, ed25519 } = keys;
-        Self { hmac, rsa, ecdsa, ed25519, audience: client.token_audience.clone(), issuer: client.token_issuer.clone() }
+        let TokenKeys { hmac, rsa, ecdsa, ed25519, jwks } = keys;
+        let (audience, issuer) = (client.token_audience.clone(), client.token_issuer.clone());
+        Self { hmac, rsa, ecdsa, ed25519, jwks, audience, issuer }
+    }
+
+    /// Starts fetching the JWKS, if there is one, every `every`.
+    pub fn start(&self, every: std::time::Duration) {
+        if let Some(jwks) = &self.jwks {
+            jwks.start(every);
+        }
+    }
+
+    /// Verifies a connection token; a token naming a key the JWKS does not
+    /// have makes the set be fetched again (at most every 10 s) first.
+    pub async fn connection_now(&self, token: &str) -> Result<ConnectClaims, TokenError> {
+        match self.connection(token) {
+            Err(TokenError::UnknownKey(_)) => {
+                self.refresh_keys().await;
+                self.connection(token).map_err(known_or_invalid)
+            }
+            verified => verified,
+        }
+    }
+
+    /// Verifies a subscription token, as [`Self::connection_now`] does.
+    pub async fn subscription_now(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
+        match self.subscription(token) {
+            Err(TokenError::UnknownKey(_)) => {
+                self.refresh_keys().await;
+                self.subscription(token).map_err(known_or_invalid)
+            }
+            verified => verified,
+        }
+    }
+
+    async fn refresh_keys(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.refresh_for_unknown_key().await;
+        }
     }
 
     /// Reads the configured keys and builds a verifier, or lists every key
@@ -129,14 +177,25 @@ impl TokenVerifier {
     fn verify<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(format!("malformed header: {e}")))?;
-        let key = match header.alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
-            Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
-            Algorithm::EdDSA => self.ed25519.as_ref(),
-            _ => None,
-        }
-        .ok_or_else(|| TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?;
+        let from_set;
+        let key = match (&self.jwks, &header.kid) {
+            (Some(jwks), Some(kid)) => {
+                let key = jwks.key(kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+                if !key.algorithms.contains(&header.alg) {
+                    return Err(TokenError::Invalid(format!("key {kid} does not verify {:?}", header.alg)));
+                }
+                from_set = key.key;
+                &from_set
+            }
+            _ => match header.alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
+                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
+                Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
+                Algorithm::EdDSA => self.ed25519.as_ref(),
+                _ => None,
+            }
+            .ok_or_else(|| TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?,
+        };
 
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
@@ -158,6 +217,14 @@ impl TokenVerifier {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
             _ => TokenError::Invalid(e.to_string()),
         })
+    }
+}
+
+/// A key still unknown after the set was fetched again: the token is invalid.
+fn known_or_invalid(error: TokenError) -> TokenError {
+    match error {
+        TokenError::UnknownKey(kid) => TokenError::Invalid(format!("no key {kid} in the JWKS")),
+        other => other,
     }
 }
 

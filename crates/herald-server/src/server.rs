@@ -133,6 +133,7 @@ impl Node {
 
         let verifier =
             TokenVerifier::from_config(&config.client).map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+        verifier.start(config.client.token_jwks_refresh);
         let client = &config.client;
         // One table of users for both protocols: a user's every connection counts.
         let users = Arc::new(UserRates::of(client));

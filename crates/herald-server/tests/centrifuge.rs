@@ -193,6 +193,41 @@ async fn refreshing_the_token_keeps_the_connection_past_its_first_expiry() {
     assert_eq!(client.closed().await.0, 3500, "a token for another user is refused");
 }
 
+/// An identity provider's key set on a local port: the fixture keys `rsa-1`,
+/// `ec-1` and `ed-1`.
+async fn serve_key_set() -> String {
+    let set = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks.json")).unwrap();
+    let app = axum::Router::new().route("/.well-known/jwks.json", axum::routing::get(move || async move { set }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn signed_by_the_set(kid: &str, user: &str) -> String {
+    let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt-ed25519.key.pem")).unwrap();
+    let header =
+        jsonwebtoken::Header { kid: Some(kid.to_owned()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA) };
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(&pem).unwrap();
+    jsonwebtoken::encode(&header, &json!({"sub": user}), &key).unwrap()
+}
+
+#[tokio::test]
+async fn a_token_naming_a_key_of_the_jwks_connects_and_one_naming_an_unknown_key_is_refused() {
+    let url = serve_key_set().await;
+    let server = TestServer::with(|c| c.client.token_jwks_url = Some(url)).await;
+
+    let mut client = server.client().await;
+    let reply = client.command(json!({"id": 1, "connect": {"token": signed_by_the_set("ed-1", "42")}})).await;
+    assert!(reply["connect"]["client"].is_string(), "{reply}");
+
+    let mut forger = server.client().await;
+    forger.send(json!({"id": 1, "connect": {"token": signed_by_the_set("made-up", "42")}})).await;
+    assert_eq!(forger.closed().await.0, 3500);
+    let mut hmac_user = server.connected("7").await;
+    hmac_user.assert_alive().await;
+}
+
 #[tokio::test]
 async fn an_expiring_subscription_ends_with_2501_unless_refreshed() {
     let server = TestServer::with(|c| c.client.expired_sub_close_delay = Duration::ZERO).await;

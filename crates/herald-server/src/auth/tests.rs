@@ -60,7 +60,7 @@ fn outcome(result: Result<ConnectClaims, TokenError>) -> Result<String, &'static
     match result {
         Ok(claims) => Ok(claims.sub),
         Err(TokenError::Expired) => Err("expired"),
-        Err(TokenError::Invalid(_)) => Err("invalid"),
+        Err(TokenError::Invalid(_) | TokenError::UnknownKey(_)) => Err("invalid"),
     }
 }
 

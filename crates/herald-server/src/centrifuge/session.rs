@@ -293,8 +293,8 @@ impl Session {
                 tracing::debug!(client = ?self.client(), method = %name, "unknown command");
                 Err(ClientError::MethodNotFound.into())
             }
-            Method::Refresh(req) => self.on_refresh(id, &req.token),
-            Method::SubRefresh(req) => self.on_sub_refresh(id, &req.channel, &req.token),
+            Method::Refresh(req) => self.on_refresh(id, &req.token).await,
+            Method::SubRefresh(req) => self.on_sub_refresh(id, &req.channel, &req.token).await,
         };
         match outcome {
             Ok(()) => Ok(()),

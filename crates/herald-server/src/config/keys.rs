@@ -18,6 +18,8 @@ pub struct TokenKeys {
     pub ecdsa: Option<DecodingKey>,
     /// For EdDSA (Ed25519) tokens.
     pub ed25519: Option<DecodingKey>,
+    /// For tokens that name a `kid`: the set at `client.token_jwks_url`.
+    pub jwks: Option<std::sync::Arc<crate::auth::jwks::Jwks>>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -27,6 +29,7 @@ impl std::fmt::Debug for TokenKeys {
             .field("rsa", &self.rsa.is_some())
             .field("ecdsa", &self.ecdsa.is_some())
             .field("ed25519", &self.ed25519.is_some())
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -37,7 +40,7 @@ fn pem_text(setting: &str, value: &str) -> Result<Vec<u8>, String> {
         return Ok(value.as_bytes().to_vec());
     }
     std::fs::read(value)
-        .map_err(|e| format!("client.{setting}: cannot read key file {value}: {e}; give PEM text or a readable path"))
+        .map_err(|e| format!("client.{setting}: cannot read {value}: {e}; give PEM text or a readable path"))
 }
 
 impl TokenKeys {
@@ -71,8 +74,23 @@ impl TokenKeys {
                 })
                 .ok()
         });
+        let jwks = client.token_jwks_url.as_deref().and_then(|url| {
+            let ca = client.token_jwks_ca.as_deref().map(|value| pem_text("token_jwks_ca", value)).transpose();
+            let endpoint = crate::auth::jwks::Endpoint::parse(url);
+            match (ca, endpoint) {
+                (Ok(ca), Ok(_)) => crate::auth::jwks::Jwks::new(url, ca.as_deref())
+                    .map(std::sync::Arc::new)
+                    .map_err(|e| problems.push(format!("client.token_jwks_ca: {e}")))
+                    .ok(),
+                (ca, endpoint) => {
+                    problems.extend(ca.err());
+                    problems.extend(endpoint.err().map(|e| format!("client.token_jwks_url: {e}")));
+                    None
+                }
+            }
+        });
         if problems.is_empty() {
-            Ok(Self { hmac, rsa, ecdsa, ed25519 })
+            Ok(Self { hmac, rsa, ecdsa, ed25519, jwks })
         } else {
             Err(problems)
         }

@@ -214,6 +214,18 @@ pub struct ClientConfig {
     pub token_ecdsa_public_key: Option<String>,
     /// Public key (PEM text, or a path to a PEM file) for EdDSA (Ed25519) tokens.
     pub token_ed25519_public_key: Option<String>,
+    /// A JWKS URL (`https://…/.well-known/jwks.json`): tokens whose header
+    /// names a `kid` are verified with that key of the set. Keys are
+    /// fetched at start, every `token_jwks_refresh`, and again (at most once
+    /// every 10 s) when a token names a key not in the set.
+    pub token_jwks_url: Option<String>,
+    /// How often the JWKS is fetched again (a key removed from it stops
+    /// being accepted then).
+    #[serde(with = "humantime_serde")]
+    pub token_jwks_refresh: Duration,
+    /// A CA certificate (PEM text, or a path to a PEM file) to trust for
+    /// the JWKS URL, besides the system's.
+    pub token_jwks_ca: Option<String>,
     /// When set, tokens must carry this `aud` claim.
     pub token_audience: Option<String>,
     /// When set, tokens must carry this `iss` claim.
@@ -286,6 +298,9 @@ impl Default for ClientConfig {
             token_rsa_public_key: None,
             token_ecdsa_public_key: None,
             token_ed25519_public_key: None,
+            token_jwks_url: None,
+            token_jwks_refresh: Duration::from_secs(600),
+            token_jwks_ca: None,
             token_audience: None,
             token_issuer: None,
             allow_anonymous: false,

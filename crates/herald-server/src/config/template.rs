@@ -71,10 +71,13 @@ type = "memory"
 # Connection and subscription tokens are JWTs signed with this secret
 # (HS256). Mint one for testing with `herald token --user 42`.
 token_hmac_secret = "{token_secret}"
-# Or verify RS256 / ES256 tokens with a public key (PEM text or file path):
+# Or verify RS256 / ES256 / EdDSA tokens with a public key (PEM text or file path):
 # token_rsa_public_key = "/etc/herald/jwt-rsa.pem"
 # token_ecdsa_public_key = "/etc/herald/jwt-ec.pem"
 # token_ed25519_public_key = "/etc/herald/jwt-ed25519.pem"
+# Or follow an identity provider's key set (tokens naming a `kid`):
+# token_jwks_url = "https://auth.example.com/.well-known/jwks.json"
+# token_jwks_refresh = "10m"
 # token_audience = "my-app"
 # token_issuer = "https://auth.example.com"
 # Accept connections without a token, as anonymous users.

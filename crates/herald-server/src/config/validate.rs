@@ -137,6 +137,9 @@ impl Config {
         if let Err(key_problems) = TokenKeys::load(client) {
             problems.extend(key_problems);
         }
+        if client.token_jwks_url.is_some() && client.token_jwks_refresh.is_zero() {
+            problems.push("client.token_jwks_refresh: must be above zero".to_owned());
+        }
         for name in self.channel.namespaces.keys() {
             let valid =
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
@@ -211,25 +214,17 @@ impl Config {
     /// Secrets a serving node needs and this configuration lacks.
     pub fn missing_secrets(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.api.max_batch == 0 {
-            problems.push("api.max_batch: must be at least 1".to_owned());
-        }
-        let http = &self.http;
-        if http.handshake_timeout.is_zero() || http.body_timeout.is_zero() {
-            problems.push("http.handshake_timeout and http.body_timeout: must be above zero".to_owned());
-        }
-        if http.max_body_size < 1024 {
-            problems.push("http.max_body_size: must be at least 1024 bytes".to_owned());
-        }
         let client = &self.client;
         let has_key = client.token_hmac_secret.is_some()
             || client.token_rsa_public_key.is_some()
             || client.token_ecdsa_public_key.is_some()
-            || client.token_ed25519_public_key.is_some();
+            || client.token_ed25519_public_key.is_some()
+            || client.token_jwks_url.is_some();
         if !has_key && !client.allow_anonymous {
             problems.push(
                 "client: no way to verify connection tokens; set client.token_hmac_secret \
-                 (or token_rsa_public_key / token_ecdsa_public_key / token_ed25519_public_key), or allow_anonymous = true"
+                 (or token_rsa_public_key / token_ecdsa_public_key / token_ed25519_public_key / token_jwks_url), \
+                 or allow_anonymous = true"
                     .to_owned(),
             );
         }

@@ -31,10 +31,10 @@ impl Session {
             }
             ConnectClaims::default()
         } else {
-            match self.shared.verifier.connection(&req.token) {
+            match self.shared.verifier.connection_now(&req.token).await {
                 Ok(claims) => claims,
                 Err(TokenError::Expired) => return Err(ClientError::TokenExpired.into()),
-                Err(TokenError::Invalid(why)) => {
+                Err(TokenError::Invalid(why) | TokenError::UnknownKey(why)) => {
                     tracing::info!(%why, "connection token refused");
                     return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
                 }
@@ -110,7 +110,7 @@ impl Session {
         let (access, exp) = if req.token.is_empty() {
             (SubscribeAccess::Client, None)
         } else {
-            let claims = self.verify_subscription(&conn, &channel, &req.token)?;
+            let claims = self.verify_subscription(&conn, &channel, &req.token).await?;
             subscription.chan_info = auth::info_bytes(&claims.info);
             (SubscribeAccess::Token, claims.exp)
         };
@@ -163,15 +163,15 @@ impl Session {
         Ok(())
     }
 
-    fn verify_subscription(
+    async fn verify_subscription(
         &self,
         conn: &Connection,
         channel: &ChannelName,
         token: &str,
     ) -> Result<auth::SubscribeClaims, Failure> {
-        let claims = self.shared.verifier.subscription(token).map_err(|e| match e {
+        let claims = self.shared.verifier.subscription_now(token).await.map_err(|e| match e {
             TokenError::Expired => Failure::Reply(ClientError::TokenExpired),
-            TokenError::Invalid(why) => {
+            TokenError::Invalid(why) | TokenError::UnknownKey(why) => {
                 tracing::info!(client = %conn.client(), %channel, %why, "subscription token refused");
                 Failure::Reply(ClientError::Hub(HubError::PermissionDenied))
             }
@@ -200,12 +200,12 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn on_refresh(&mut self, id: u32, token: &str) -> Result<(), Failure> {
+    pub(super) async fn on_refresh(&mut self, id: u32, token: &str) -> Result<(), Failure> {
         let conn = self.connection()?;
-        let claims = match self.shared.verifier.connection(token) {
+        let claims = match self.shared.verifier.connection_now(token).await {
             Ok(claims) => claims,
             Err(TokenError::Expired) => return Err(ClientError::TokenExpired.into()),
-            Err(TokenError::Invalid(why)) => {
+            Err(TokenError::Invalid(why) | TokenError::UnknownKey(why)) => {
                 tracing::info!(client = %conn.client(), %why, "refresh token refused");
                 return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
             }
@@ -226,10 +226,10 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn on_sub_refresh(&mut self, id: u32, channel: &str, token: &str) -> Result<(), Failure> {
+    pub(super) async fn on_sub_refresh(&mut self, id: u32, channel: &str, token: &str) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
-        let claims = self.verify_subscription(&conn, &channel, token)?;
+        let claims = self.verify_subscription(&conn, &channel, token).await?;
         if !conn.is_subscribed(&channel) {
             return Err(HubError::PermissionDenied.into());
         }

@@ -109,6 +109,22 @@ x = 1
 }
 
 #[test]
+fn a_jwks_url_that_cannot_work_is_named_with_its_refresh_and_ca() {
+    let f = file(
+        r#"
+[client]
+token_jwks_url = "ftp://auth.example.com/jwks.json"
+token_jwks_refresh = "0s"
+token_jwks_ca = "/nonexistent-ca.pem"
+"#,
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    for key in ["client.token_jwks_url", "client.token_jwks_refresh", "client.token_jwks_ca"] {
+        assert!(errors.iter().any(|e| e.starts_with(key)), "no problem reported for {key}: {errors:#?}");
+    }
+}
+
+#[test]
 fn a_missing_file_says_how_to_make_one() {
     let missing = Sources { file: Some("/nonexistent/herald.toml".into()), ..Default::default() };
     let errors = load(&missing).unwrap_err().0;

@@ -18,6 +18,11 @@
 //! evicted: those are bounded by the clients' own subscription limits, and
 //! may take a shard past its share.
 //!
+//! Once started, the engine sweeps every shard each [`SWEEP_EVERY`]:
+//! expired publications, streams and idempotency records go, and
+//! maps that shrank give their space back, so a node that falls quiet
+//! returns the memory its history held without waiting for more traffic.
+//!
 //! - here: the state, the [`Broker`] and the [`History`];
 //! - `stream`: one channel's history stream;
 //! - `presence`: the [`crate::Presence`] part;
@@ -30,6 +35,7 @@ mod stream;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -49,6 +55,9 @@ const STREAM_SWEEP_EVERY: u64 = 1024;
 
 /// Idempotency records are swept once the map holds this many.
 const IDEMPOTENCY_SWEEP_AT: usize = 10_000;
+
+/// How often a started engine drops what expired in every shard.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The state of the channels that hash to one lock.
 #[derive(Debug, Default)]
@@ -81,7 +90,8 @@ pub struct MemoryEngine {
     streams_per_shard: usize,
     handler: OnceLock<Arc<dyn EventHandler>>,
     hasher: RandomState,
-    shards: Box<[Mutex<Shard>]>,
+    /// Shared with the sweeper, which holds it weakly.
+    shards: Arc<[Mutex<Shard>]>,
     /// The occupied channels, each until its entry expires.
     occupied: Mutex<HashMap<ChannelName, Instant>>,
     nodes: Mutex<HashMap<NodeId, (NodeInfo, Instant)>>,
@@ -123,6 +133,23 @@ impl MemoryEngine {
         }
     }
 
+    /// Sweeps every shard each [`SWEEP_EVERY`], until the engine is dropped.
+    fn start_sweeping(&self) {
+        let shards = Arc::downgrade(&self.shards);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(SWEEP_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(shards) = shards.upgrade() else { return };
+                let now = Instant::now();
+                for shard in shards.iter() {
+                    sweep(&mut lock(shard), now);
+                }
+            }
+        });
+    }
+
     fn handler(&self) -> Result<&Arc<dyn EventHandler>, EngineError> {
         self.handler.get().ok_or(EngineError::NotStarted)
     }
@@ -157,6 +184,25 @@ fn live_stream<'a>(
     stream
 }
 
+/// Drops a shard's expired streams, publications and idempotency records,
+/// and gives back the space of maps that are mostly empty.
+fn sweep(shard: &mut Shard, now: Instant) {
+    shard.streams.retain(|_, stream| !stream.is_expired(now));
+    for stream in shard.streams.values_mut() {
+        stream.expire_publications(now);
+    }
+    shard.idempotency.retain(|_, (_, until)| now < *until);
+    shrink_if_sparse(&mut shard.streams);
+    shrink_if_sparse(&mut shard.idempotency);
+}
+
+/// Halves a map's table when it holds under a quarter of its capacity.
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len().saturating_mul(2));
+    }
+}
+
 /// Frees a place in a full shard: expired streams first, else the
 /// longest-untouched stream of a channel without local subscribers.
 fn make_room(shard: &mut Shard, now: Instant) {
@@ -180,8 +226,10 @@ fn make_room(shard: &mut Shard, now: Instant) {
 #[async_trait]
 impl Broker for MemoryEngine {
     async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
-        // A second start keeps the first handler: one node owns the engine.
-        let _ = self.handler.set(handler);
+        // A second start keeps the first handler and sweeper: one node owns the engine.
+        if self.handler.set(handler).is_ok() {
+            self.start_sweeping();
+        }
         Ok(())
     }
 
@@ -298,6 +346,29 @@ mod budget {
         fn streams(&self) -> usize {
             self.shards.iter().map(|shard| lock(shard).streams.len()).sum()
         }
+
+        /// Publications held, whether or not they expired.
+        fn publications_held(&self) -> usize {
+            self.shards.iter().map(|shard| lock(shard).streams.values().map(Stream::held).sum::<usize>()).sum()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_node_drops_expired_history_without_being_asked() {
+        let engine = MemoryEngine::new();
+        engine.start(Arc::new(Ignore)).await.unwrap();
+        let with_history = PublishOptions { history: Some(HISTORY), ..PublishOptions::default() };
+        for n in 0..500 {
+            let data = Publication::from_data(bytes::Bytes::from(n.to_string()));
+            engine.publish(&channel(&format!("quiet-{}", n % 50)), data, &with_history).await.unwrap();
+        }
+        assert_eq!((engine.streams(), engine.publications_held()), (50, 500));
+
+        tokio::time::sleep(HISTORY.ttl + SWEEP_EVERY * 2).await;
+        assert_eq!((engine.streams(), engine.publications_held()), (50, 0), "the publications' ttl passed");
+
+        tokio::time::sleep(HISTORY.meta_ttl).await;
+        assert_eq!(engine.streams(), 0, "the positions' ttl passed");
     }
 
     #[tokio::test(start_paused = true)]

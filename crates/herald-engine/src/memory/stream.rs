@@ -53,10 +53,16 @@ impl Stream {
         now >= self.meta_expires_at
     }
 
-    /// Drops publications past their time.
+    /// The publications held, expired or not.
+    #[cfg(test)]
+    pub(super) fn held(&self) -> usize {
+        self.publications.len()
+    }
+
+    /// Drops publications past their time, and the space they took.
     pub(super) fn expire_publications(&mut self, now: Instant) {
-        if now >= self.publications_expire_at {
-            self.publications.clear();
+        if now >= self.publications_expire_at && self.publications.capacity() > 0 {
+            self.publications = VecDeque::new();
         }
     }
 

@@ -13,6 +13,9 @@ use crate::outbox::Outbox;
 /// Encodes pushes for one front-end's protocol. The hub calls it once per
 /// publication and protocol, and shares the bytes among all subscribers.
 pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
+    /// The protocol's name, for metrics (`centrifuge`, `pusher`).
+    fn protocol(&self) -> &'static str;
+
     /// A publication push for every subscriber of `channel`.
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes;
 

@@ -11,6 +11,7 @@
 //! - `presence`: presence entries, joins and leaves;
 //! - `occupancy`: cluster-wide occupancy and its transitions;
 //! - `observer`: who hears the transitions this node decides;
+//! - `meter`: who hears what the hub measures (fanouts, recoveries);
 //! - `events`: engine events and control commands applied to connections;
 //! - `heartbeat`: the periodic refresh of presence, occupancy and this
 //!   node's registry entry;
@@ -44,6 +45,7 @@ mod channels;
 mod events;
 mod fanout;
 mod heartbeat;
+mod meter;
 mod observer;
 mod occupancy;
 mod position_check;
@@ -66,12 +68,14 @@ use crate::connection::{Connection, ConnectionSpec, Subscription};
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, PublishPolicy};
 use channels::Channels;
+use meter::Meter;
 use observer::Observer;
 use occupancy::OccupancyTracker;
 use presence::PresenceKeeper;
 use registry::Registry;
 
 pub use channels::glob_match;
+pub use meter::HubMeter;
 pub use observer::HubObserver;
 pub use recovery::{decide as decide_recovery, Recovery};
 
@@ -178,6 +182,7 @@ pub struct Hub {
     presence: PresenceKeeper,
     occupancy: OccupancyTracker,
     observer: Observer,
+    meter: Meter,
     started: Instant,
 }
 
@@ -200,6 +205,7 @@ impl Hub {
             presence: PresenceKeeper::new(engine.clone(), config.presence_ttl, observer.clone()),
             occupancy: OccupancyTracker::new(&config, engine.clone(), observer.clone()),
             observer,
+            meter: Meter::default(),
             config,
             engine,
             registry: Registry::new(),
@@ -231,6 +237,12 @@ impl Hub {
     /// The namespaces' rules.
     pub fn rules(&self) -> &ChannelRules {
         &self.config.rules
+    }
+
+    /// Installs what hears the hub's measurements; only the first call
+    /// takes effect.
+    pub fn measure(&self, meter: Arc<dyn HubMeter>) {
+        self.meter.install(meter);
     }
 
     /// Installs the observer of cluster-wide transitions; only the first
@@ -319,6 +331,21 @@ impl Hub {
     /// those whose name matches `pattern` (`*` matches any run of characters).
     pub fn channels(&self, pattern: Option<&str>) -> Vec<(ChannelName, usize)> {
         self.channels.list(pattern)
+    }
+
+    /// This node's connections and subscriptions by protocol (as the
+    /// connections' encoders name it), for metrics.
+    pub fn counts_by_protocol(&self) -> std::collections::BTreeMap<&'static str, (usize, usize)> {
+        let mut counts: std::collections::BTreeMap<&'static str, (usize, usize)> = Default::default();
+        self.registry.for_each(|conn| {
+            let entry = counts.entry(conn.encoder.protocol()).or_default();
+            entry.0 = entry.0.saturating_add(1);
+        });
+        self.channels.for_each_subscriber(|conn| {
+            let entry = counts.entry(conn.encoder.protocol()).or_default();
+            entry.1 = entry.1.saturating_add(1);
+        });
+        counts
     }
 
     /// This node's counts.

@@ -36,7 +36,9 @@ mod shard;
 
 pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription};
 pub use error::HubError;
-pub use hub::{Hub, HubConfig, HubObserver, HubStats, Recovery, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
+pub use hub::{
+    Hub, HubConfig, HubMeter, HubObserver, HubStats, Recovery, SubscribeAccess, SubscribeOutcome, SubscribeRequest,
+};
 pub use namespace::{ChannelConventions, ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
 pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, UnsubscribeReason};
 

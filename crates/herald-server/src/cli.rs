@@ -215,6 +215,17 @@ async fn serve_async(
         anyhow::anyhow!("cannot listen on {bind}: {e}; is another process using the port? choose one with --port")
     })?;
     let local = listener.local_addr()?;
+    let internal = match config.http.internal_port {
+        Some(port) => {
+            let bind = SocketAddr::new(config.http.address, port);
+            let listener = TcpListener::bind(bind).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {bind} (http.internal_port): {e}; is another process using the port?")
+            })?;
+            tracing::info!(address = %bind, "operators' port: metrics http://{bind}/metrics, health http://{bind}/health");
+            Some(listener)
+        }
+        None => None,
+    };
     let engine = match &config.engine {
         config::EngineConfig::Memory(_) => "memory",
         config::EngineConfig::Redis(_) => "redis",
@@ -244,7 +255,7 @@ async fn serve_async(
             }
         }
     }
-    node.run(listener, shutdown_signal()).await
+    node.run_with_internal(listener, internal, shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -63,6 +63,8 @@ pub(crate) enum Framing {
 pub(crate) trait Protocol: Send {
     /// How messages queued together are written.
     const FRAMING: Framing;
+    /// The protocol's name in metrics.
+    const NAME: &'static str;
 
     /// What the driver reads of the session.
     fn parts(&self) -> Parts<'_>;
@@ -112,6 +114,8 @@ pub(crate) struct DriverSettings {
     pub(crate) write_timeout: Duration,
     /// Turns true when the node shuts down.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The node's metrics: the driver counts how sessions end.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Runs a session to its end, then closes the transport and takes the
@@ -137,7 +141,9 @@ pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) 
             // A client that stopped reading may never take the close frame.
             let _ = Box::pin(tokio::time::timeout(timeout, transport.close(code, text))).await;
         }
+        let code = reason.as_ref().map(|reason| protocol.close_code(reason).0);
         let Parts { settings, connection, .. } = protocol.parts();
+        settings.metrics.disconnected(P::NAME, code);
         if let Some(conn) = connection {
             tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
             Box::pin(settings.hub.disconnect(conn)).await;
@@ -348,6 +354,7 @@ mod tests {
 
     impl Protocol for Buggy {
         const FRAMING: Framing = Framing::Lines;
+        const NAME: &'static str = "test";
 
         fn parts(&self) -> Parts<'_> {
             Parts { settings: &self.settings, outbox: &self.outbox, connection: Some(&self.conn) }
@@ -389,7 +396,12 @@ mod tests {
             })
             .unwrap();
         let (_shutdown, shutdown) = watch::channel(false);
-        let settings = DriverSettings { hub: hub.clone(), write_timeout: Duration::from_secs(1), shutdown };
+        let settings = DriverSettings {
+            hub: hub.clone(),
+            write_timeout: Duration::from_secs(1),
+            shutdown,
+            metrics: Default::default(),
+        };
         let (to_session, inbound) = mpsc::unbounded_channel();
         let (outbound, mut from_session) = mpsc::unbounded_channel();
         let session = tokio::spawn(run(MemoryTransport { inbound, outbound }, Buggy { settings, outbox, conn }));

@@ -46,6 +46,7 @@ mod driver;
 pub mod fuzzing;
 mod http;
 mod json;
+mod metrics;
 pub mod pusher;
 mod rate;
 mod server;

@@ -32,6 +32,7 @@ use crate::http::admission::{Limits, Permit};
 use crate::http::body::BodyLimits;
 use crate::http::origin::OriginPolicy;
 use crate::http::{self, ServeSettings, Tracker};
+use crate::metrics::{self, Metrics};
 use crate::pusher::{self, Frontend};
 use crate::rate::{RateLimits, UserRates};
 use crate::transport::WsTransport;
@@ -150,12 +151,15 @@ impl Node {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let body = BodyLimits { max_size: config.http.max_body_size, timeout: config.http.body_timeout };
+        let metrics = Metrics::of(&hub);
+        let driver =
+            DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx, metrics };
         let pusher = serves_pusher
-            .then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, (body, users), shutdown_rx.clone()));
-        let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx };
+            .then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, (body, users), driver.clone()));
         let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder) });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
-        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, body, max_batch: config.api.max_batch });
+        let metrics = shared.driver.metrics.clone();
+        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, body, max_batch: config.api.max_batch, metrics });
         Ok(Node { hub, shared, api, pusher, shutdown, config })
     }
 
@@ -163,6 +167,17 @@ impl Node {
     pub async fn run(
         self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        self.run_with_internal(listener, None, shutdown).await
+    }
+
+    /// Serves on `listener`, and `/metrics` and `/health` on `internal`
+    /// (see `http.internal_port`), until `shutdown` resolves, then drains.
+    pub async fn run_with_internal(
+        self,
+        listener: TcpListener,
+        internal: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let tracker = Arc::new(Tracker::default());
@@ -173,7 +188,7 @@ impl Node {
             max_message_size: self.config.client.max_message_size,
             origins: Arc::new(OriginPolicy::new(&self.config.http.allowed_origins)),
         };
-        let app = router(state, self.api.clone());
+        let app = router(state.clone(), self.api.clone(), internal.is_none());
         let hub = self.hub.clone();
         let stop = self.shutdown.clone();
         let graceful = async move {
@@ -194,6 +209,13 @@ impl Node {
             limits,
             max_unsent_bytes: http.max_unsent_bytes,
         };
+        if let Some(internal) = internal {
+            let mut stopped = self.shutdown.subscribe();
+            let until_stopped = async move {
+                let _ = stopped.wait_for(|stopped| *stopped).await;
+            };
+            tokio::spawn(http::serve(internal, internal_router(state), settings, until_stopped));
+        }
         // Returns once shutdown began and HTTP connections drained (bounded).
         let stopping = http::serve(listener, app, settings, graceful).await;
         let left = http.shutdown_timeout.saturating_sub(stopping.elapsed());
@@ -208,14 +230,16 @@ impl Node {
     }
 }
 
-fn router(state: AppState, api: Arc<ApiState>) -> Router {
+fn router(state: AppState, api: Arc<ApiState>, with_metrics: bool) -> Router {
     let api_routes = Router::new().route("/api/{method}", post(api::handle)).with_state(api);
-    let mut router = Router::new()
+    let mut routes = Router::new()
         .route(CENTRIFUGE_PATH, get(centrifuge_websocket))
         .route("/app/{key}", get(pusher_websocket))
-        .route("/health", get(health))
-        .with_state(state.clone())
-        .merge(api_routes);
+        .route("/health", get(health));
+    if with_metrics {
+        routes = routes.route("/metrics", get(metrics_text));
+    }
+    let mut router = routes.with_state(state.clone()).merge(api_routes);
     if let Some(frontend) = state.pusher {
         router =
             router.merge(Router::new().route("/apps/{app_id}/{*rest}", any(pusher::rest::handle)).with_state(frontend));
@@ -293,6 +317,15 @@ pub(crate) fn with_limits(upgrade: WebSocketUpgrade, max_message_size: usize) ->
         .max_frame_size(max_message_size)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
+}
+
+/// What `http.internal_port` serves: metrics and health, for operators.
+fn internal_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(metrics_text)).route("/health", get(health)).with_state(state)
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], state.shared.driver.metrics.render()).into_response()
 }
 
 async fn health(State(state): State<AppState>) -> Response {

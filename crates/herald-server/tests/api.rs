@@ -184,3 +184,91 @@ async fn a_batch_or_broadcast_above_api_max_batch_is_refused_whole() {
     let (status, _) = server.api("broadcast", json!({"channels": channels, "data": {}})).await;
     assert_eq!(status, 400);
 }
+
+/// The samples of an OpenMetrics exposition, by series as written
+/// (`name{label="value",…}`), after checking its shape: every sample's
+/// family is declared with `# TYPE`, and the exposition ends with `# EOF`.
+fn scrape(text: &str) -> std::collections::HashMap<String, f64> {
+    assert!(text.trim_end().ends_with("# EOF"), "not an OpenMetrics exposition:\n{text}");
+    let declared: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').expect("a sample is a series and a value");
+        let name = series.split('{').next().unwrap_or(series);
+        assert!(declared.iter().any(|family| name.starts_with(family)), "{name} has no # TYPE line:\n{text}");
+        samples.insert(series.to_owned(), value.parse::<f64>().expect("a numeric value"));
+    }
+    samples
+}
+
+async fn metrics_of(addr: std::net::SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (status, content_type, body) = support::http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    scrape(&body)
+}
+
+#[tokio::test]
+async fn metrics_count_connections_publications_deliveries_api_calls_recoveries_and_disconnects() {
+    let server = TestServer::start().await;
+    let mut reader = server.connected("reader").await;
+    let reply = reader.subscribe("feed:scores").await;
+    let epoch = reply["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    server.publish("feed:scores", json!(1)).await;
+    server.publish("feed:scores", json!(2)).await;
+    reader.next_push().await;
+    reader.next_push().await;
+    let (status, _) = server.api("no_such_method", json!({})).await;
+    assert_eq!(status, 404);
+    let mut recovering = server.connected("late").await;
+    let subscribe = json!({"channel": "feed:scores", "recover": true, "offset": 1, "epoch": epoch});
+    let reply = recovering.command(json!({"id": 9, "subscribe": subscribe})).await;
+    assert_eq!(reply["subscribe"]["recovered"], true, "{reply}");
+
+    let seen = metrics_of(server.addr).await;
+
+    let value = |series: &str| seen.get(series).copied().unwrap_or_else(|| panic!("no {series} in {seen:#?}"));
+    assert_eq!(value(r#"herald_build_info{version="0.1.0"}"#), 1.0);
+    assert_eq!(value(r#"herald_connections{protocol="centrifuge"}"#), 2.0);
+    assert_eq!(value(r#"herald_connections{protocol="pusher"}"#), 0.0);
+    assert_eq!(value(r#"herald_subscriptions{protocol="centrifuge"}"#), 2.0);
+    assert_eq!(value("herald_users"), 2.0);
+    assert_eq!(value(r#"herald_publications_total{source="api"}"#), 2.0);
+    assert_eq!(value("herald_deliveries_total"), 2.0);
+    assert_eq!(value("herald_fanout_seconds_count"), 2.0);
+    assert_eq!(value(r#"herald_api_requests_total{api="server",method="publish",status="200"}"#), 2.0);
+    assert_eq!(value(r#"herald_api_requests_total{api="server",method="unknown",status="404"}"#), 1.0);
+    assert_eq!(value(r#"herald_recoveries_total{outcome="recovered"}"#), 1.0);
+
+    server.api("disconnect", json!({"user": "late"})).await;
+    assert_eq!(recovering.closed().await.0, 3503);
+    drop(reader);
+    support::eventually_async("both disconnects are counted", || async {
+        let seen = metrics_of(server.addr).await;
+        seen.get(r#"herald_disconnects_total{protocol="centrifuge",code="3503"}"#) == Some(&1.0)
+            && seen.get(r#"herald_disconnects_total{protocol="centrifuge",code="none"}"#) == Some(&1.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_an_internal_port_metrics_are_served_there_and_not_on_the_public_port() {
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (public_addr, internal_addr) = (public.local_addr().unwrap(), internal.local_addr().unwrap());
+    let node = herald_server::Node::build(support::test_config()).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(node.run_with_internal(public, Some(internal), async move {
+        let _ = stopped.await;
+    }));
+
+    let on_internal = metrics_of(internal_addr).await;
+    let (on_public, _, _) = support::http_get(public_addr, "/metrics").await;
+    let (health, _, _) = support::http_get(internal_addr, "/health").await;
+
+    assert!(on_internal.contains_key(r#"herald_connections{protocol="centrifuge"}"#));
+    assert_eq!(on_public, 404);
+    assert_eq!(health, 200);
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+}

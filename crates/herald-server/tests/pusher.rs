@@ -377,6 +377,29 @@ async fn a_trigger_skips_the_excluded_socket_and_reports_counts() {
     alice.assert_alive().await; // the pong is the next thing alice sees: the event skipped her
 }
 
+#[tokio::test]
+async fn metrics_count_pusher_connections_and_http_api_calls_by_endpoint() {
+    let server = server().await;
+    let mut reader = Pusher::connect(&server).await;
+    reader.subscribe("news").await;
+    let (status, _) = trigger(server.addr, json!({"name": "e", "channel": "news", "data": "{}"})).await;
+    assert_eq!(status, 200);
+    reader.next().await;
+
+    let (status, _, text) = support::http_get(server.addr, "/metrics").await;
+
+    assert_eq!(status, 200);
+    for line in [
+        r#"herald_connections{protocol="pusher"} 1"#,
+        r#"herald_subscriptions{protocol="pusher"} 1"#,
+        r#"herald_api_requests_total{api="pusher",method="events",status="200"} 1"#,
+        r#"herald_publications_total{source="api"} 1"#,
+        "herald_deliveries_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+}
+
 /// A webhook receiver that checks signatures and answers 500 to the first
 /// `fail_first` requests.
 struct Hooks {

@@ -199,6 +199,11 @@ impl Channels {
         (channels, subscriptions)
     }
 
+    /// Visits every subscription's connection.
+    pub(super) fn for_each_subscriber(&self, mut visit: impl FnMut(&Connection)) {
+        self.map.for_each_shard(|s| s.values().flat_map(HashMap::values).for_each(|sub| visit(&sub.conn)));
+    }
+
     /// Channels with a positioned subscriber that is live.
     pub(super) fn followed(&self) -> Vec<ChannelName> {
         let mut out = Vec::new();

@@ -16,7 +16,11 @@ impl Hub {
         match event {
             EngineEvent::Publication { channel, publication } => {
                 let delay = self.config.rules.resolve(&channel).map(|o| o.write_delay).unwrap_or_default();
-                let stale = self.channels.deliver(&channel, &publication, delay);
+                let started = std::time::Instant::now();
+                let (stale, queued) = self.channels.deliver(&channel, &publication, delay);
+                if let Some(meter) = self.meter.get() {
+                    meter.fanned_out(queued, started.elapsed());
+                }
                 if !stale.is_empty() {
                     tracing::info!(
                         %channel,

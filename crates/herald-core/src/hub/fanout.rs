@@ -45,16 +45,17 @@ impl Channels {
     /// With a `write_delay`, it may wait that long in each outbox so that
     /// what follows leaves in the same write. Returns the positioned
     /// subscribers it found stale (see `channels::Followed`): the hub ends their
-    /// subscriptions so that they recover.
+    /// subscriptions so that they recover; and how many it queued it for.
     pub(super) fn deliver(
         &self,
         channel: &ChannelName,
         publication: &Arc<Publication>,
         write_delay: Duration,
-    ) -> Vec<Arc<Connection>> {
+    ) -> (Vec<Arc<Connection>>, usize) {
         let mut stale = Vec::new();
+        let mut queued_for = 0usize;
         let shard = self.read(channel);
-        let Some(subscribers) = shard.get(channel) else { return stale };
+        let Some(subscribers) = shard.get(channel) else { return (stale, queued_for) };
         // Outside a runtime (never in the server) nothing could wait: no delay.
         let delayed = match write_delay.is_zero() {
             true => None,
@@ -88,6 +89,9 @@ impl Channels {
                 None => conn.outbox.push(Outgoing::Frame(frame)).map(|_| false),
                 Some((_, due)) => conn.outbox.push_delayed(Outgoing::Frame(frame), *due),
             };
+            if queued.is_ok() {
+                queued_for = queued_for.saturating_add(1);
+            }
             match queued {
                 Ok(true) => to_wake.push(conn.outbox.clone()),
                 Ok(false) => {}
@@ -99,7 +103,7 @@ impl Channels {
         if let Some((runtime, due)) = delayed.filter(|_| !to_wake.is_empty()) {
             wake_at(&runtime, due, to_wake);
         }
-        stale
+        (stale, queued_for)
     }
 
     /// Delivers a join or leave to the local subscribers that hear them:

@@ -27,6 +27,10 @@ const RECOVERY_LIMIT: usize = 5;
 struct OffsetEncoder;
 
 impl PushEncoder for OffsetEncoder {
+    fn protocol(&self) -> &'static str {
+        "test"
+    }
+
     fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Bytes {
         Bytes::from(format!("pub {}", publication.offset))
     }

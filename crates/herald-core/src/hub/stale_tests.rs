@@ -23,6 +23,10 @@ use crate::outbox::{ConnEvent, Drained, Outbox, Outgoing, UnsubscribeReason};
 struct OffsetEncoder;
 
 impl PushEncoder for OffsetEncoder {
+    fn protocol(&self) -> &'static str {
+        "test"
+    }
+
     fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Bytes {
         Bytes::from(format!("pub {}", publication.offset))
     }

@@ -169,6 +169,9 @@ impl Hub {
                 }
                 Recovery::Impossible => outcome.recovered = false,
             }
+            if let Some(meter) = self.meter.get() {
+                meter.recovery(outcome.recovered);
+            }
         }
         Ok(())
     }

@@ -19,6 +19,10 @@ struct TestEncoder {
 }
 
 impl PushEncoder for TestEncoder {
+    fn protocol(&self) -> &'static str {
+        "test"
+    }
+
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut out = channel.as_str().as_bytes().to_vec();

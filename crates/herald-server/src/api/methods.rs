@@ -207,6 +207,7 @@ impl ApiState {
             ApiCommand::Publish(p) => {
                 let ch = channel(&p.channel)?;
                 let result = hub.publish(&ch, publication(&p.data, p.tags), p.idempotency_key, p.skip_history).await?;
+                self.metrics.published("api", 1);
                 Ok(Reply::Published(result.position))
             }
             ApiCommand::Broadcast(p) => {
@@ -217,7 +218,10 @@ impl ApiState {
                         Ok(ch) => hub
                             .publish(&ch, publication(&p.data, p.tags.clone()), None, false)
                             .await
-                            .map(|r| r.position)
+                            .map(|r| {
+                                self.metrics.published("api", 1);
+                                r.position
+                            })
                             .map_err(ApiError::from),
                         Err(e) => Err(e),
                     };

@@ -36,6 +36,8 @@ pub(crate) struct ApiState {
     pub body: http::body::BodyLimits,
     /// The most commands a batch, or channels a broadcast, may carry.
     pub max_batch: usize,
+    /// The node's metrics: calls by method and status, publications.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why an API call failed.
@@ -98,6 +100,12 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let response = respond(&api, &method, headers, body).await;
+    api.metrics.api_request("server", &method, response.status().as_u16());
+    response
+}
+
+async fn respond(api: &ApiState, method: &str, headers: HeaderMap, body: Body) -> Response {
     if let Err(error) = api.authorize(&headers) {
         tracing::info!(%method, "API call refused: missing or wrong key");
         return error.into_response();
@@ -109,7 +117,7 @@ pub(crate) async fn handle(
             return ApiError::Body(error).into_response();
         }
     };
-    let outcome = match ApiCommand::parse(&method, &body) {
+    let outcome = match ApiCommand::parse(method, &body) {
         Ok(command) => api.execute(command).await,
         Err(error) => Err(error),
     };

@@ -20,6 +20,10 @@ use crate::json::{self, put_client_info, put_publication, put_str, Object};
 pub(crate) struct CentrifugeEncoder;
 
 impl PushEncoder for CentrifugeEncoder {
+    fn protocol(&self) -> &'static str {
+        "centrifuge"
+    }
+
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
         let mut out =
             BytesMut::with_capacity(channel.as_str().len().saturating_add(publication.data.len()).saturating_add(64));

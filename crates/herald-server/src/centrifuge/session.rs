@@ -310,6 +310,7 @@ impl Session {
 
 impl Protocol for Session {
     const FRAMING: Framing = Framing::Lines;
+    const NAME: &'static str = "centrifuge";
 
     fn parts(&self) -> Parts<'_> {
         Parts { settings: &self.shared.driver, outbox: &self.outbox, connection: self.conn.as_ref() }

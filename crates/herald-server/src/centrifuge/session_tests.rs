@@ -44,6 +44,7 @@ async fn session_with(rules: ChannelRules, queue_max_bytes: usize, subscriptions
             hub: hub.clone(),
             write_timeout: Duration::from_secs(10),
             shutdown: shutdown_rx,
+            metrics: Default::default(),
         },
         verifier: TokenVerifier::from_config(&client).unwrap(),
         settings: SessionSettings {

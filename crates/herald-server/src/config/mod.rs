@@ -90,6 +90,10 @@ pub struct HttpConfig {
     /// client's writes block soon, and `client.write_timeout` and
     /// `client.queue_max_bytes` govern it.
     pub max_unsent_bytes: u32,
+    /// A second port for operators: `/metrics` and `/health` are served
+    /// there (and `/metrics` no longer on `port`), to be kept off the
+    /// public network.
+    pub internal_port: Option<u16>,
 }
 
 impl Default for HttpConfig {
@@ -106,6 +110,7 @@ impl Default for HttpConfig {
             connection_rate_per_ip: 0,
             allowed_origins: Vec::new(),
             max_unsent_bytes: 128 * 1024,
+            internal_port: None,
         }
     }
 }

@@ -48,6 +48,9 @@ allowed_origins = []
 # The most unsent bytes the kernel keeps for one connection (Linux; 0 = the
 # kernel's default, which lets a client that stops reading pin megabytes).
 max_unsent_bytes = 131072
+# Serve /metrics and /health on a port of their own, kept off the public
+# network (else /metrics is served on `port`).
+# internal_port = 9000
 
 [engine]
 # "memory": a single node, nothing to set up; optionally

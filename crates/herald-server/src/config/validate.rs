@@ -22,6 +22,12 @@ impl Config {
         if http.max_body_size < 1024 {
             problems.push("http.max_body_size: must be at least 1024 bytes".to_owned());
         }
+        if http.internal_port.is_some_and(|internal| internal == http.port && internal != 0) {
+            problems.push(format!(
+                "http.internal_port: {} is http.port too; give the operators' port a port of its own",
+                http.port
+            ));
+        }
         let client = &self.client;
         if client.ping_interval < Duration::from_secs(1) {
             problems.push("client.ping_interval: must be at least 1s".to_owned());

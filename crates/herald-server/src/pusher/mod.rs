@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::watch;
 
 use herald_core::{Hub, PushEncoder};
 
@@ -180,7 +179,7 @@ impl Frontend {
         config: &PusherConfig,
         client: &crate::config::ClientConfig,
         (body, users): (crate::http::body::BodyLimits, Arc<crate::rate::UserRates>),
-        shutdown: watch::Receiver<bool>,
+        driver: DriverSettings,
     ) -> Arc<Self> {
         let apps = Apps::new(&config.apps);
         let webhooks = Webhooks::start(&config.apps);
@@ -192,7 +191,6 @@ impl Frontend {
             rates: crate::rate::RateLimits::of(client),
             users,
         };
-        let driver = DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown };
         let frontend = Arc::new(Self { driver, apps, settings, webhooks });
         hub.observe(Arc::new(webhooks::Observer(Arc::downgrade(&frontend))));
         frontend
@@ -285,6 +283,10 @@ impl PusherEncoder {
 }
 
 impl PushEncoder for PusherEncoder {
+    fn protocol(&self) -> &'static str {
+        "pusher"
+    }
+
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
         let name = self.name_of(channel).unwrap_or(channel.as_str());
         let event = publication.tags.get(EVENT_TAG).map_or(DEFAULT_EVENT, String::as_str);

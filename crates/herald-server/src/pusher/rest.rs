@@ -72,6 +72,7 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let endpoint = endpoint(&method, &rest);
     let outcome = async {
         let app = frontend
             .apps
@@ -97,12 +98,29 @@ pub(crate) async fn handle(
         }
     }
     .await;
-    match outcome {
+    let response = match outcome {
         Ok(reply) => Json(reply).into_response(),
         Err(failure) => {
             tracing::info!(app = %app_id, path = %uri.path(), status = failure.0.as_u16(), error = %failure.1, "pusher API call refused");
             failure.into_response()
         }
+    };
+    frontend.driver.metrics.pusher_request(endpoint, response.status().as_u16());
+    response
+}
+
+/// The endpoint a Pusher API path names, for metrics: a fixed set of names.
+fn endpoint(method: &Method, rest: &str) -> &'static str {
+    let segments: Vec<&str> = rest.split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["events"]) => "events",
+        (&Method::POST, ["batch_events"]) => "batch_events",
+        (&Method::GET, ["channels"]) => "channels",
+        (&Method::GET, ["channels", _]) => "channel",
+        (&Method::GET, ["channels", _, "users"]) => "channel_users",
+        (&Method::POST, ["users", _, "terminate_connections"]) => "terminate_connections",
+        (&Method::POST, ["users", _, "events"]) => "user_events",
+        _ => "unknown",
     }
 }
 
@@ -268,6 +286,7 @@ impl Api<'_> {
             publication.tags.insert(EVENT_TAG.to_owned(), trigger.name.clone());
             publication.exclude = exclude.clone();
             self.frontend.hub().publish(channel, publication, None, false).await?;
+            self.frontend.driver.metrics.published("api", 1);
         }
         if !(info.user_count || info.subscription_count) {
             return Ok(None);

@@ -352,6 +352,26 @@ pub(crate) async fn http_post_raw(addr: SocketAddr, path: &str, headers: &[(&str
     (status, body.to_owned())
 }
 
+/// A minimal HTTP/1.1 GET; returns the status, the content type and the body.
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect for HTTP");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write HTTP request");
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP response in time")
+        .expect("read HTTP response");
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("HTTP status line");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let content_type = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
 /// Polls `condition` until it holds, failing after [`PATIENCE`].
 pub(crate) async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;

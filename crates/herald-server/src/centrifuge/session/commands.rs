@@ -196,6 +196,7 @@ impl Session {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
         self.shared.hub().client_publish(&conn, &channel, crate::json::compact(data)).await?;
+        self.shared.driver.metrics.published("client", 1);
         self.reply(encode::reply(id, "publish", &Empty {}));
         Ok(())
     }

@@ -98,6 +98,7 @@ impl Session {
         publication.info = Some(info);
         // Client events are not cached: they skip history.
         self.frontend.hub().publish(&channel, publication, None, true).await.map_err(|e| e.to_string())?;
+        self.frontend.driver.metrics.published("client", 1);
         let hook = Hook::ClientEvent {
             channel: name.to_owned(),
             event: event.to_owned(),

@@ -46,7 +46,13 @@ async fn node_with(client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, watch::Sen
     let (shutdown, shutdown_rx) = watch::channel(false);
     let body = crate::http::body::BodyLimits { max_size: 1 << 20, timeout: Duration::from_secs(10) };
     let users = Arc::new(crate::rate::UserRates::of(&client));
-    let frontend = Frontend::new(hub.clone(), &pusher, &client, (body, users), shutdown_rx);
+    let driver = crate::driver::DriverSettings {
+        hub: hub.clone(),
+        write_timeout: client.write_timeout,
+        shutdown: shutdown_rx,
+        metrics: Default::default(),
+    };
+    let frontend = Frontend::new(hub.clone(), &pusher, &client, (body, users), driver);
     (hub, frontend, shutdown)
 }
 

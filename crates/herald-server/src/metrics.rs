@@ -1,0 +1,239 @@
+//! The node's Prometheus metrics, served at `GET /metrics` in the
+//! OpenMetrics text format (which Prometheus reads).
+//!
+//! Labels are few and bounded: a protocol, a close code, an API method from
+//! the known list, an HTTP status, a source. A channel or user name is never
+//! a label, so a client cannot grow the series.
+//!
+//! Counters are kept here as things happen; the hub's counts (connections,
+//! subscriptions, users, channels) are read from it at each scrape; the hub
+//! reports each fanout and recovery through [`HubMeter`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{Hub, HubMeter};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s output.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Fanout times, in seconds: 10 µs to 1 s.
+const FANOUT_BUCKETS: [f64; 12] =
+    [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];
+
+/// The server API's methods; anything else is counted as `unknown`.
+const API_METHODS: [&str; 13] = [
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "refresh",
+    "channels",
+    "info",
+    "history",
+    "history_remove",
+    "presence",
+    "presence_stats",
+    "batch",
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Disconnect {
+    protocol: &'static str,
+    /// The close code the server sent, or `none` when the client left or
+    /// its connection broke.
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequest {
+    /// `server` (the server API) or `pusher` (the Pusher HTTP API).
+    api: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Source {
+    /// `api` (the server API or the Pusher HTTP API) or `client`.
+    source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    /// `recovered`, or `not_recovered` (the client was told `recovered: false`).
+    outcome: &'static str,
+}
+
+/// Everything the node counts, and the registry that renders it.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    disconnects: Family<Disconnect, Counter>,
+    api_requests: Family<ApiRequest, Counter>,
+    published: Family<Source, Counter>,
+    deliveries: Counter,
+    fanout_seconds: Histogram,
+    recoveries: Family<Outcome, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// The metrics of a node that reads no hub (in tests); see [`Metrics::of`].
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let metrics = Self {
+            disconnects: Family::default(),
+            api_requests: Family::default(),
+            published: Family::default(),
+            deliveries: Counter::default(),
+            fanout_seconds: Histogram::new(FANOUT_BUCKETS),
+            recoveries: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("build", "The running build", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        registry.register(
+            "disconnects",
+            "Connections ended, by protocol and the close code the server sent (none: the client left); \
+             3008 and 4100 are slow consumers",
+            metrics.disconnects.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Server API and Pusher HTTP API requests, by method and HTTP status",
+            metrics.api_requests.clone(),
+        );
+        registry.register(
+            "publications",
+            "Publications accepted on this node, by source (api or client)",
+            metrics.published.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Publications queued for local subscribers (one per subscriber)",
+            metrics.deliveries.clone(),
+        );
+        registry.register(
+            "fanout_seconds",
+            "Time to queue one publication for every local subscriber of its channel",
+            metrics.fanout_seconds.clone(),
+        );
+        registry.register("recoveries", "Subscriptions that asked to recover, by outcome", metrics.recoveries.clone());
+        Self { registry, ..metrics }
+    }
+
+    /// The metrics of a node whose hub is `hub`: its counts are read at
+    /// each scrape, and it reports fanouts and recoveries here.
+    pub(crate) fn of(hub: &Arc<Hub>) -> Arc<Self> {
+        let mut metrics = Self::new();
+        metrics.registry.register_collector(Box::new(HubCounts(Arc::downgrade(hub))));
+        let metrics = Arc::new(metrics);
+        hub.measure(Arc::new(Meter(metrics.clone())));
+        metrics
+    }
+
+    /// The exposition text.
+    pub(crate) fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(%error, "metrics could not be rendered");
+        }
+        text
+    }
+
+    /// A connection ended; `code` is what the server closed it with.
+    pub(crate) fn disconnected(&self, protocol: &'static str, code: Option<u16>) {
+        let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        self.disconnects.get_or_create(&Disconnect { protocol, code }).inc();
+    }
+
+    /// A server API (`api = "server"`) or Pusher HTTP API call was answered.
+    pub(crate) fn api_request(&self, api: &'static str, method: &str, status: u16) {
+        let method = API_METHODS.iter().find(|known| **known == method).copied().unwrap_or("unknown");
+        self.api_requests.get_or_create(&ApiRequest { api, method, status }).inc();
+    }
+
+    /// A Pusher HTTP API call, its method named by the caller.
+    pub(crate) fn pusher_request(&self, method: &'static str, status: u16) {
+        self.api_requests.get_or_create(&ApiRequest { api: "pusher", method, status }).inc();
+    }
+
+    /// `count` publications were accepted from `source` (`api` or `client`).
+    pub(crate) fn published(&self, source: &'static str, count: u64) {
+        self.published.get_or_create(&Source { source }).inc_by(count);
+    }
+}
+
+/// Reports the hub's measurements into the metrics.
+#[derive(Debug)]
+struct Meter(Arc<Metrics>);
+
+impl HubMeter for Meter {
+    fn fanned_out(&self, queued: usize, took: Duration) {
+        self.0.deliveries.inc_by(u64::try_from(queued).unwrap_or(u64::MAX));
+        self.0.fanout_seconds.observe(took.as_secs_f64());
+    }
+
+    fn recovery(&self, recovered: bool) {
+        let outcome = if recovered { "recovered" } else { "not_recovered" };
+        self.0.recoveries.get_or_create(&Outcome { outcome }).inc();
+    }
+}
+
+/// The hub's counts, read at each scrape. Holds the hub weakly: the
+/// metrics must not keep a stopped node's hub alive.
+#[derive(Debug)]
+struct HubCounts(std::sync::Weak<Hub>);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Protocol {
+    protocol: &'static str,
+}
+
+impl Collector for HubCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(hub) = self.0.upgrade() else { return Ok(()) };
+        let by_protocol = hub.counts_by_protocol();
+        let stats = hub.stats();
+        let connections = |counts: &(usize, usize)| counts.0;
+        let subscriptions = |counts: &(usize, usize)| counts.1;
+        for (name, help, pick) in [
+            (
+                "connections",
+                "Connections on this node, by protocol.",
+                &connections as &dyn Fn(&(usize, usize)) -> usize,
+            ),
+            ("subscriptions", "Subscriptions on this node, by protocol.", &subscriptions),
+        ] {
+            let gauge = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for protocol in ["centrifuge", "pusher"] {
+                let value = by_protocol.get(protocol).map_or(0, pick);
+                let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+                gauge.encode(family.encode_family(&Protocol { protocol })?)?;
+            }
+        }
+        for (name, help, value) in [
+            ("users", "Distinct users connected to this node.", stats.users),
+            ("channels", "Channels with a subscriber on this node.", stats.channels),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}

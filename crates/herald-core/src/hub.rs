@@ -348,6 +348,13 @@ impl Hub {
         counts
     }
 
+    /// Bytes waiting in this node's connections' outboxes.
+    pub fn queued_bytes(&self) -> usize {
+        let mut bytes = 0usize;
+        self.registry.for_each(|conn| bytes = bytes.saturating_add(conn.outbox.queued_bytes()));
+        bytes
+    }
+
     /// This node's counts.
     pub fn stats(&self) -> HubStats {
         let (clients, users) = self.registry.counts();

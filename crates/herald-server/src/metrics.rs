@@ -69,6 +69,13 @@ struct Source {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Webhook {
+    /// `delivered`, `retried` (an attempt failed), `given_up` (after five
+    /// minutes of retries) or `queue_full` (the event was dropped).
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     /// `recovered`, or `not_recovered` (the client was told `recovered: false`).
     outcome: &'static str,
@@ -84,6 +91,7 @@ pub(crate) struct Metrics {
     deliveries: Counter,
     fanout_seconds: Histogram,
     recoveries: Family<Outcome, Counter>,
+    webhooks: Family<Webhook, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,6 +111,7 @@ impl Metrics {
             deliveries: Counter::default(),
             fanout_seconds: Histogram::new(FANOUT_BUCKETS),
             recoveries: Family::default(),
+            webhooks: Family::default(),
             registry: Registry::default(),
         };
         registry.register("build", "The running build", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
@@ -133,6 +142,11 @@ impl Metrics {
             metrics.fanout_seconds.clone(),
         );
         registry.register("recoveries", "Subscriptions that asked to recover, by outcome", metrics.recoveries.clone());
+        registry.register(
+            "webhooks",
+            "Pusher webhook requests, by outcome: delivered, retried, given_up, queue_full",
+            metrics.webhooks.clone(),
+        );
         Self { registry, ..metrics }
     }
 
@@ -170,6 +184,11 @@ impl Metrics {
     /// A Pusher HTTP API call, its method named by the caller.
     pub(crate) fn pusher_request(&self, method: &'static str, status: u16) {
         self.api_requests.get_or_create(&ApiRequest { api: "pusher", method, status }).inc();
+    }
+
+    /// A webhook request ended with `outcome` (see [`Webhook`]).
+    pub(crate) fn webhook(&self, outcome: &'static str) {
+        self.webhooks.get_or_create(&Webhook { outcome }).inc();
     }
 
     /// `count` publications were accepted from `source` (`api` or `client`).
@@ -230,6 +249,7 @@ impl Collector for HubCounts {
         for (name, help, value) in [
             ("users", "Distinct users connected to this node.", stats.users),
             ("channels", "Channels with a subscriber on this node.", stats.channels),
+            ("queued_bytes", "Bytes waiting in connections' outboxes to be written.", hub.queued_bytes()),
         ] {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;

@@ -507,6 +507,10 @@ async fn webhooks_are_signed_and_retried_until_delivered() {
     })
     .await;
     assert_eq!(*hooks.requests.lock().unwrap(), 3, "the first request failed and was sent again");
+    let (_, _, metrics) = support::http_get(server.addr, "/metrics").await;
+    for line in [r#"herald_webhooks_total{outcome="delivered"} 2"#, r#"herald_webhooks_total{outcome="retried"} 1"#] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
 }
 
 #[tokio::test]

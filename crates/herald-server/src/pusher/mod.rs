@@ -182,7 +182,7 @@ impl Frontend {
         driver: DriverSettings,
     ) -> Arc<Self> {
         let apps = Apps::new(&config.apps);
-        let webhooks = Webhooks::start(&config.apps);
+        let webhooks = Webhooks::start(&config.apps, &driver.metrics);
         let settings = PusherSettings {
             activity_timeout: config.activity_timeout,
             pong_timeout: config.pong_timeout,

@@ -26,6 +26,7 @@ use herald_engine::{ChannelName, ClientInfo};
 
 use super::{sign, App, Frontend};
 use crate::config::{PusherApp, WebhookEndpoint, WebhookTarget};
+use crate::metrics::Metrics;
 
 /// Events a target's queue holds before new ones are dropped.
 const QUEUE: usize = 10_000;
@@ -87,6 +88,7 @@ impl Event {
 struct Target {
     events: Vec<String>,
     queue: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
 }
 
 /// Every app's webhook targets.
@@ -103,16 +105,17 @@ impl std::fmt::Debug for Webhooks {
 
 impl Webhooks {
     /// Starts one worker per target. Call inside the runtime.
-    pub(crate) fn start(apps: &[PusherApp]) -> Arc<Self> {
+    pub(crate) fn start(apps: &[PusherApp], metrics: &Arc<Metrics>) -> Arc<Self> {
         let mut targets = std::collections::HashMap::new();
         for app in apps {
-            let list: Vec<Target> = app.webhooks.iter().filter_map(|hook| Self::target(app, hook)).collect();
+            let list: Vec<Target> =
+                app.webhooks.iter().filter_map(|hook| Self::target(app, hook, metrics.clone())).collect();
             targets.insert(app.id.clone(), list);
         }
         Arc::new(Self { targets })
     }
 
-    fn target(app: &PusherApp, hook: &WebhookTarget) -> Option<Target> {
+    fn target(app: &PusherApp, hook: &WebhookTarget, metrics: Arc<Metrics>) -> Option<Target> {
         let endpoint = WebhookEndpoint::parse(&hook.url)?;
         let (queue, events) = mpsc::channel(QUEUE);
         let worker = Worker {
@@ -121,9 +124,10 @@ impl Webhooks {
             key: app.key.clone(),
             secret: app.secret.expose().to_owned(),
             batch: hook.batch,
+            metrics: metrics.clone(),
         };
         tokio::spawn(worker.run(events));
-        Some(Target { events: hook.events.clone(), queue })
+        Some(Target { events: hook.events.clone(), queue, metrics })
     }
 
     /// Queues `event` for every target of `app` that wants it.
@@ -131,6 +135,7 @@ impl Webhooks {
         let Some(targets) = self.targets.get(&app.config.id) else { return };
         for target in targets.iter().filter(|t| t.events.is_empty() || t.events.iter().any(|e| e == event.name())) {
             if target.queue.try_send(event.clone()).is_err() {
+                target.metrics.webhook("queue_full");
                 tracing::warn!(app = %app.config.id, event = event.name(), "webhook queue full; event dropped");
             }
         }
@@ -148,6 +153,7 @@ struct Worker {
     key: String,
     secret: String,
     batch: bool,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Serialize)]
@@ -186,15 +192,20 @@ impl Worker {
         let mut delay = Duration::from_secs(1);
         loop {
             let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, self.post(body.clone(), &signature)).await {
-                Ok(Ok(status)) if (200..300).contains(&status) => return,
+                Ok(Ok(status)) if (200..300).contains(&status) => {
+                    self.metrics.webhook("delivered");
+                    return;
+                }
                 Ok(Ok(status)) => format!("answered {status}"),
                 Ok(Err(error)) => error,
                 Err(_) => format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()),
             };
             if started.elapsed().saturating_add(delay) > RETRY_FOR {
+                self.metrics.webhook("given_up");
                 tracing::error!(url = %self.url, events = events.len(), %outcome, "webhook dropped after 5 minutes of retries");
                 return;
             }
+            self.metrics.webhook("retried");
             tracing::warn!(url = %self.url, %outcome, retry_in = ?delay, "webhook failed; retrying");
             tokio::time::sleep(delay).await;
             delay = delay.saturating_mul(2).min(RETRY_MAX_DELAY);

@@ -61,6 +61,21 @@ pub trait WholeEngine: Broker + History + Presence + Occupancy + NodeRegistry {}
 
 impl<T: Broker + History + Presence + Occupancy + NodeRegistry> WholeEngine for T {}
 
+/// Wraps each part of an engine in another implementation of its trait
+/// (see [`Engine::wrapped`]).
+pub trait PartWrapper {
+    /// The broker to use instead of `part`.
+    fn broker(&self, part: Arc<dyn Broker>) -> Arc<dyn Broker>;
+    /// The history to use instead of `part`.
+    fn history(&self, part: Arc<dyn History>) -> Arc<dyn History>;
+    /// The presence to use instead of `part`.
+    fn presence(&self, part: Arc<dyn Presence>) -> Arc<dyn Presence>;
+    /// The occupancy to use instead of `part`.
+    fn occupancy(&self, part: Arc<dyn Occupancy>) -> Arc<dyn Occupancy>;
+    /// The node registry to use instead of `part`.
+    fn nodes(&self, part: Arc<dyn NodeRegistry>) -> Arc<dyn NodeRegistry>;
+}
+
 /// The engine a node runs on: one implementation of each part. Exactly one
 /// per node, picked at start-up. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -107,6 +122,19 @@ impl Engine {
     /// interpose on history reads).
     pub fn with_history(self, history: Arc<dyn History>) -> Self {
         Self { history, ..self }
+    }
+
+    /// This engine with every part passed through `wrap` (for decorators
+    /// that see every call, such as the server's metrics).
+    pub fn wrapped(self, wrap: &impl PartWrapper) -> Self {
+        Self {
+            name: self.name,
+            broker: wrap.broker(self.broker),
+            history: wrap.history(self.history),
+            presence: wrap.presence(self.presence),
+            occupancy: wrap.occupancy(self.occupancy),
+            nodes: wrap.nodes(self.nodes),
+        }
     }
 
     /// A short name for logs (`memory`, `redis`, …).

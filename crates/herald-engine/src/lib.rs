@@ -36,7 +36,7 @@ mod presence;
 pub mod conformance;
 
 pub use broker::{Broker, EventHandler, HistoryOptions, PublishOptions, PublishResult};
-pub use engine::{Engine, EngineError, Health, WholeEngine};
+pub use engine::{Engine, EngineError, Health, PartWrapper, WholeEngine};
 pub use history::{History, HistoryQuery, HistoryResult};
 pub use ids::{ChannelName, ClientId, Epoch, IdError, NodeId, Offset, UserId};
 pub use memory::{MemoryEngine, MemoryLimits};

@@ -9,7 +9,9 @@
 //! subscriptions, users, channels) are read from it at each scrape; the hub
 //! reports each fanout and recovery through [`HubMeter`].
 
-use std::sync::Arc;
+mod engine;
+
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use herald_core::{Hub, HubMeter};
@@ -22,12 +24,17 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+pub(crate) use engine::Metering;
+
 /// The content type of [`Metrics::render`]'s output.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Fanout times, in seconds: 10 µs to 1 s.
 const FANOUT_BUCKETS: [f64; 12] =
     [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];
+
+/// Engine call times, in seconds: 50 µs to 5 s.
+const ENGINE_BUCKETS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 5.0];
 
 /// The server API's methods; anything else is counted as `unknown`.
 const API_METHODS: [&str; 13] = [
@@ -69,6 +76,17 @@ struct Source {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineCall {
+    /// The engine trait method (`publish`, `history`, `add_presence`, …).
+    call: &'static str,
+}
+
+/// A histogram with the engine's buckets.
+fn engine_histogram() -> Histogram {
+    Histogram::new(ENGINE_BUCKETS)
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Webhook {
     /// `delivered`, `retried` (an attempt failed), `given_up` (after five
     /// minutes of retries) or `queue_full` (the event was dropped).
@@ -92,6 +110,11 @@ pub(crate) struct Metrics {
     fanout_seconds: Histogram,
     recoveries: Family<Outcome, Counter>,
     webhooks: Family<Webhook, Counter>,
+    engine_seconds: Family<EngineCall, Histogram, fn() -> Histogram>,
+    engine_errors: Family<EngineCall, Counter>,
+    engine_interruptions: Counter,
+    /// The hub whose counts are read at each scrape, once attached.
+    hub: Arc<OnceLock<Weak<Hub>>>,
 }
 
 impl Default for Metrics {
@@ -112,6 +135,10 @@ impl Metrics {
             fanout_seconds: Histogram::new(FANOUT_BUCKETS),
             recoveries: Family::default(),
             webhooks: Family::default(),
+            engine_seconds: Family::new_with_constructor(engine_histogram),
+            engine_errors: Family::default(),
+            engine_interruptions: Counter::default(),
+            hub: Arc::default(),
             registry: Registry::default(),
         };
         registry.register("build", "The running build", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
@@ -147,17 +174,35 @@ impl Metrics {
             "Pusher webhook requests, by outcome: delivered, retried, given_up, queue_full",
             metrics.webhooks.clone(),
         );
+        registry.register(
+            "engine_call_seconds",
+            "Engine calls (Redis commands and scripts, or the memory engine's), by call",
+            metrics.engine_seconds.clone(),
+        );
+        registry.register("engine_errors", "Engine calls that failed, by call", metrics.engine_errors.clone());
+        registry.register(
+            "engine_interruptions",
+            "Times the engine lost its subscription to the backplane (each makes positioned subscribers recover)",
+            metrics.engine_interruptions.clone(),
+        );
+        registry.register_collector(Box::new(HubCounts(metrics.hub.clone())));
         Self { registry, ..metrics }
     }
 
-    /// The metrics of a node whose hub is `hub`: its counts are read at
-    /// each scrape, and it reports fanouts and recoveries here.
-    pub(crate) fn of(hub: &Arc<Hub>) -> Arc<Self> {
-        let mut metrics = Self::new();
-        metrics.registry.register_collector(Box::new(HubCounts(Arc::downgrade(hub))));
-        let metrics = Arc::new(metrics);
-        hub.measure(Arc::new(Meter(metrics.clone())));
-        metrics
+    /// Reads `hub`'s counts at each scrape, and has it report fanouts,
+    /// recoveries and interruptions here.
+    pub(crate) fn attach(self: &Arc<Self>, hub: &Arc<Hub>) {
+        let _ = self.hub.set(Arc::downgrade(hub));
+        hub.measure(Arc::new(Meter(self.clone())));
+    }
+
+    /// An engine call named `call` took `took`, and failed or not.
+    pub(crate) fn engine_call(&self, call: &'static str, took: Duration, failed: bool) {
+        let label = EngineCall { call };
+        self.engine_seconds.get_or_create(&label).observe(took.as_secs_f64());
+        if failed {
+            self.engine_errors.get_or_create(&label).inc();
+        }
     }
 
     /// The exposition text.
@@ -211,12 +256,16 @@ impl HubMeter for Meter {
         let outcome = if recovered { "recovered" } else { "not_recovered" };
         self.0.recoveries.get_or_create(&Outcome { outcome }).inc();
     }
+
+    fn engine_interrupted(&self) {
+        self.0.engine_interruptions.inc();
+    }
 }
 
 /// The hub's counts, read at each scrape. Holds the hub weakly: the
 /// metrics must not keep a stopped node's hub alive.
 #[derive(Debug)]
-struct HubCounts(std::sync::Weak<Hub>);
+struct HubCounts(Arc<OnceLock<Weak<Hub>>>);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Protocol {
@@ -225,7 +274,7 @@ struct Protocol {
 
 impl Collector for HubCounts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(hub) = self.0.upgrade() else { return Ok(()) };
+        let Some(hub) = self.0.get().and_then(Weak::upgrade) else { return Ok(()) };
         let by_protocol = hub.counts_by_protocol();
         let stats = hub.stats();
         let connections = |counts: &(usize, usize)| counts.0;

@@ -112,6 +112,8 @@ impl Node {
                 engine.into_engine()
             }
         };
+        let metrics = Arc::new(Metrics::new());
+        let engine = engine.wrapped(&metrics::Metering(metrics.clone()));
         let node_id = NodeId::from(uuid::Uuid::new_v4().to_string());
         let mut rules = ChannelRules::new(config.channel.without_namespace.clone(), config.channel.namespaces.clone());
         let serves_pusher = !config.pusher.apps.is_empty();
@@ -151,7 +153,7 @@ impl Node {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let body = BodyLimits { max_size: config.http.max_body_size, timeout: config.http.body_timeout };
-        let metrics = Metrics::of(&hub);
+        metrics.attach(&hub);
         let driver =
             DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx, metrics };
         let pusher = serves_pusher

@@ -240,6 +240,8 @@ async fn metrics_count_connections_publications_deliveries_api_calls_recoveries_
     assert_eq!(value(r#"herald_api_requests_total{api="server",method="publish",status="200"}"#), 2.0);
     assert_eq!(value(r#"herald_api_requests_total{api="server",method="unknown",status="404"}"#), 1.0);
     assert_eq!(value(r#"herald_recoveries_total{outcome="recovered"}"#), 1.0);
+    assert_eq!(value(r#"herald_engine_call_seconds_count{call="publish"}"#), 2.0);
+    assert!(value(r#"herald_engine_call_seconds_count{call="history"}"#) >= 1.0, "the recovery read history");
 
     server.api("disconnect", json!({"user": "late"})).await;
     assert_eq!(recovering.closed().await.0, 3503);

@@ -271,6 +271,18 @@ async fn when_redis_restarts_positioned_subscribers_are_told_to_recover_and_publ
         reply["subscribe"].get("recovered").is_none(),
         "the restarted Redis lost history: recovered false: {reply}"
     );
+
+    let (_, _, metrics) = support::http_get(nodes[1].addr, "/metrics").await;
+    let value = |series: &str| -> f64 {
+        let line =
+            metrics.lines().find(|l| l.starts_with(&format!("{series} "))).unwrap_or_else(|| panic!("no {series}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap()
+    };
+    assert!(value("herald_engine_interruptions_total") >= 1.0, "the lost subscription is counted");
+    assert_eq!(value(r#"herald_recoveries_total{outcome="not_recovered"}"#), 1.0);
+    let (_, _, metrics) = support::http_get(nodes[0].addr, "/metrics").await;
+    let failed = metrics.lines().find(|l| l.starts_with(r#"herald_engine_errors_total{call="publish"} "#));
+    assert!(failed.is_some(), "the publish refused while Redis was down is counted:\n{metrics}");
 }
 
 /// What a following client saw, checked as it goes: publications continue

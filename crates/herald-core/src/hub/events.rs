@@ -43,6 +43,9 @@ impl Hub {
     /// ended with "insufficient state", and its client resubscribes and
     /// recovers from history (or learns it cannot). Others are at-most-once.
     fn on_interrupted(self: Arc<Self>) {
+        if let Some(meter) = self.meter.get() {
+            meter.engine_interrupted();
+        }
         let affected = self.channels.positioned();
         if affected.is_empty() {
             return;

@@ -1,6 +1,7 @@
 //! What the hub measures for monitoring, handed to whoever exports it (the
 //! server's Prometheus metrics). The hub knows nothing of the format; it
-//! reports each fanout and each recovery once, as it happens.
+//! reports each fanout, recovery and engine interruption once, as it
+//! happens.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,6 +14,9 @@ pub trait HubMeter: Send + Sync + std::fmt::Debug + 'static {
     /// A subscription asked to recover: it got what it missed, or was told
     /// it could not (`recovered: false`).
     fn recovery(&self, recovered: bool);
+    /// The engine lost its subscription to the backplane: publications may
+    /// have been missed, and positioned subscribers are made to recover.
+    fn engine_interrupted(&self);
 }
 
 /// The hub's meter, once installed. Until then nothing is measured.

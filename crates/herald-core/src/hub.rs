@@ -159,6 +159,9 @@ pub struct SubscribeOutcome {
     pub publications: Vec<Arc<Publication>>,
 }
 
+/// The shortest pause between two steps of [`Hub::close_spread`].
+pub const DRAIN_STEP: Duration = Duration::from_millis(20);
+
 /// Counts for `/api/info` and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HubStats {
@@ -364,6 +367,27 @@ impl Hub {
 
     /// Stops accepting connections and closes every open one with `reason`.
     pub fn close_all(&self, reason: DisconnectReason) {
+        self.registry.close_all(reason);
+    }
+
+    /// Stops accepting connections and closes the open ones with `reason`
+    /// in even steps over `window` (one every [`DRAIN_STEP`] at most), so
+    /// that their clients do not all reconnect elsewhere in the same
+    /// instant; returns once every one is closed.
+    pub async fn close_spread(&self, reason: DisconnectReason, window: Duration) {
+        self.registry.refuse_new();
+        let open = self.registry.snapshot();
+        let most_steps = window.as_millis().checked_div(DRAIN_STEP.as_millis()).unwrap_or(1);
+        let most_steps = usize::try_from(most_steps).unwrap_or(usize::MAX);
+        let steps = most_steps.clamp(1, open.len().max(1));
+        let pause = window.checked_div(u32::try_from(steps).unwrap_or(u32::MAX)).unwrap_or_default();
+        let mut ticks = tokio::time::interval(pause.max(Duration::from_millis(1)));
+        for step in open.chunks(open.len().div_ceil(steps).max(1)) {
+            ticks.tick().await;
+            for conn in step {
+                conn.outbox.close(reason.clone());
+            }
+        }
         self.registry.close_all(reason);
     }
 }

@@ -37,7 +37,7 @@ const FANOUT_BUCKETS: [f64; 12] =
 const ENGINE_BUCKETS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 5.0];
 
 /// The server API's methods; anything else is counted as `unknown`.
-const API_METHODS: [&str; 13] = [
+const API_METHODS: [&str; 14] = [
     "publish",
     "broadcast",
     "subscribe",
@@ -51,6 +51,7 @@ const API_METHODS: [&str; 13] = [
     "presence",
     "presence_stats",
     "batch",
+    "drain",
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -58,6 +58,8 @@ struct AppState {
     tracker: Arc<Tracker>,
     max_message_size: usize,
     origins: Arc<OriginPolicy>,
+    /// True once the node drains: `/ready` answers 503.
+    draining: watch::Receiver<bool>,
 }
 
 /// A node assembled from its configuration, not yet serving.
@@ -68,6 +70,8 @@ pub struct Node {
     api: Arc<ApiState>,
     pusher: Option<Arc<Frontend>>,
     shutdown: watch::Sender<bool>,
+    /// Set (by SIGTERM, or the API's `drain`) to drain the node.
+    drain: watch::Sender<bool>,
     config: Config,
 }
 
@@ -161,8 +165,10 @@ impl Node {
         let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder) });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
         let metrics = shared.driver.metrics.clone();
-        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, body, max_batch: config.api.max_batch, metrics });
-        Ok(Node { hub, shared, api, pusher, shutdown, config })
+        let (drain, _) = watch::channel(false);
+        let max_batch = config.api.max_batch;
+        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, body, max_batch, metrics, drain: drain.clone() });
+        Ok(Node { hub, shared, api, pusher, shutdown, drain, config })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -189,17 +195,29 @@ impl Node {
             tracker: tracker.clone(),
             max_message_size: self.config.client.max_message_size,
             origins: Arc::new(OriginPolicy::new(&self.config.http.allowed_origins)),
+            draining: self.drain.subscribe(),
         };
         let app = router(state.clone(), self.api.clone(), internal.is_none());
-        let hub = self.hub.clone();
-        let stop = self.shutdown.clone();
-        let graceful = async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing connections with code 3001 (reconnect elsewhere)");
-            let _ = stop.send(true);
-            hub.close_all(DisconnectReason::Shutdown);
-        };
         let http = &self.config.http;
+        let window = http.drain_window;
+        let (draining, mut asked) = (self.drain.clone(), self.drain.subscribe());
+        let hub = self.hub.clone();
+        // While connections close, the node still answers HTTP: `/ready`
+        // (503), the API, metrics; WebSocket handshakes get 503. Then it
+        // stops accepting.
+        let graceful = async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = asked.wait_for(|asked| *asked) => {}
+            }
+            draining.send_replace(true);
+            tracing::info!(
+                ?window,
+                "draining: /ready answers 503, new connections are refused, and open ones are closed with 3001 \
+                 (Pusher 4200: reconnect elsewhere) spread over http.drain_window"
+            );
+            hub.close_spread(DisconnectReason::Shutdown, window).await;
+        };
         let limits = Limits {
             max_connections: http.max_connections,
             max_connections_per_ip: http.max_connections_per_ip,
@@ -218,8 +236,10 @@ impl Node {
             };
             tokio::spawn(http::serve(internal, internal_router(state), settings, until_stopped));
         }
-        // Returns once shutdown began and HTTP connections drained (bounded).
+        // Returns once the drain began and HTTP requests in flight ended (bounded).
         let stopping = http::serve(listener, app, settings, graceful).await;
+        // Sessions that never connected, and the operators' port.
+        let _ = self.shutdown.send(true);
         let left = http.shutdown_timeout.saturating_sub(stopping.elapsed());
         if tokio::time::timeout(left, tracker.wait_idle()).await.is_err() {
             tracing::warn!(
@@ -237,7 +257,8 @@ fn router(state: AppState, api: Arc<ApiState>, with_metrics: bool) -> Router {
     let mut routes = Router::new()
         .route(CENTRIFUGE_PATH, get(centrifuge_websocket))
         .route("/app/{key}", get(pusher_websocket))
-        .route("/health", get(health));
+        .route("/health", get(health))
+        .route("/ready", get(ready));
     if with_metrics {
         routes = routes.route("/metrics", get(metrics_text));
     }
@@ -257,7 +278,7 @@ async fn pusher_websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Some(refused) = refuse_origin(&state, &headers) {
+    if let Some(refused) = refuse_draining(&state).or_else(|| refuse_origin(&state, &headers)) {
         return refused;
     }
     let Some(frontend) = state.pusher.clone() else {
@@ -273,11 +294,20 @@ async fn centrifuge_websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Some(refused) = refuse_origin(&state, &headers) {
+    if let Some(refused) = refuse_draining(&state).or_else(|| refuse_origin(&state, &headers)) {
         return refused;
     }
     let shared = state.shared.clone();
     serve_websocket(&state, upgrade, permit, move |transport| centrifuge::session::run(transport, shared))
+}
+
+/// A 503 for a handshake while the node drains: the client should connect
+/// to another node.
+fn refuse_draining(state: &AppState) -> Option<Response> {
+    if !*state.draining.borrow() {
+        return None;
+    }
+    Some((StatusCode::SERVICE_UNAVAILABLE, "this node is draining; connect to another one").into_response())
 }
 
 /// A 403 for a handshake from a page whose origin is not allowed.
@@ -323,14 +353,28 @@ pub(crate) fn with_limits(upgrade: WebSocketUpgrade, max_message_size: usize) ->
 
 /// What `http.internal_port` serves: metrics and health, for operators.
 fn internal_router(state: AppState) -> Router {
-    Router::new().route("/metrics", get(metrics_text)).route("/health", get(health)).with_state(state)
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(state)
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], state.shared.driver.metrics.render()).into_response()
 }
 
-async fn health(State(state): State<AppState>) -> Response {
+/// Alive: the process serves. (Whether it should be sent traffic is `/ready`.)
+async fn health() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// Ready for traffic: not draining, and the engine can serve.
+async fn ready(State(state): State<AppState>) -> Response {
+    if *state.draining.borrow() {
+        let body = serde_json::json!({"status": "draining"});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     match state.shared.driver.hub.engine().health().await {
         Health::Ready => Json(serde_json::json!({"status": "ok"})).into_response(),
         Health::NotReady { reason } => {

@@ -148,7 +148,14 @@ async fn refresh_through_the_api_expires_or_extends_connections() {
 }
 
 #[tokio::test]
-async fn health_reports_ready() {
+async fn health_reports_alive_and_ready_reports_ready() {
+    let server = TestServer::start().await;
+    let (status, _, body) = support::http_get(server.addr, "/ready").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+}
+
+#[tokio::test]
+async fn health_reports_alive() {
     let server = TestServer::start().await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -274,4 +281,46 @@ async fn with_an_internal_port_metrics_are_served_there_and_not_on_the_public_po
     assert_eq!(health, 200);
     let _ = stop.send(());
     served.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_drain_turns_ready_to_503_refuses_new_clients_and_closes_the_open_ones_with_3001_over_its_window() {
+    let mut config = support::test_config();
+    config.http.drain_window = std::time::Duration::from_secs(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let node = herald_server::Node::build(config).await.unwrap();
+    let served = tokio::spawn(node.run(listener, std::future::pending()));
+    let server = TestServer::at(addr);
+    let mut clients = Vec::new();
+    for n in 0..20 {
+        clients.push(server.connected(&format!("u{n}")).await);
+    }
+
+    let asked = std::time::Instant::now();
+    let (status, _) = server.api("drain", json!({})).await;
+    assert_eq!(status, 200);
+    let (ready, _, _) = support::http_get(addr, "/ready").await;
+    assert_eq!(ready, 503, "a draining node is not ready the moment it is asked");
+    let url = format!("ws://{addr}/connection/websocket");
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("a draining node took a new client: {other:?}"),
+    }
+
+    let closes = clients.iter_mut().map(|client| async move {
+        let code = client.closed().await.0;
+        (code, asked.elapsed())
+    });
+    let closes = futures_util::future::join_all(closes).await;
+    served.await.unwrap().unwrap();
+
+    assert!(closes.iter().all(|(code, _)| *code == 3001), "{closes:?}");
+    let mut closed_after: Vec<_> = closes.into_iter().map(|(_, after)| after).collect();
+
+    closed_after.sort();
+    let (first, last) = (closed_after[0], closed_after[19]);
+    assert!(first < std::time::Duration::from_millis(400), "the first closed after {first:?}");
+    assert!(last > std::time::Duration::from_millis(700), "all closed at once, by {last:?}: not spread");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "a drained node accepts nothing");
 }

@@ -79,14 +79,9 @@ async fn over_a_redis_cluster_publications_presence_and_control_cross_nodes() {
     assert_eq!(readers[2].closed().await.0, 3503);
 }
 
-/// The status of `GET /health`.
-async fn health(node: &TestServer) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
-    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+/// The status of `GET /ready` (whether the node should be sent traffic).
+async fn ready(node: &TestServer) -> u16 {
+    support::http_get(node.addr, "/ready").await.0
 }
 
 async fn subscribed(node: &TestServer, user: &str, channel: &str) -> Client {
@@ -245,7 +240,8 @@ async fn when_redis_restarts_positioned_subscribers_are_told_to_recover_and_publ
     assert_eq!(push, json!({"channel": "feed:r", "unsubscribe": {"code": 2500, "reason": "insufficient state"}}));
     let (status, reply) = nodes[0].api("publish", json!({"channel": "feed:r", "data": 2})).await;
     assert_eq!((status, &reply["error"]["code"]), (503, &json!(100)), "{reply}");
-    assert_eq!(health(&nodes[0]).await, 503, "the node reports not ready while Redis is down");
+    assert_eq!(ready(&nodes[0]).await, 503, "the node reports not ready while Redis is down");
+    assert_eq!(support::http_get(nodes[0].addr, "/health").await.0, 200, "but alive");
     reader.assert_alive().await;
 
     redis.restart();
@@ -256,7 +252,7 @@ async fn when_redis_restarts_positioned_subscribers_are_told_to_recover_and_publ
     // As a client does on a temporary error (100), retry until the node's
     // own subscription connection is back.
     let deadline = tokio::time::Instant::now() + support::PATIENCE;
-    assert_eq!(health(&nodes[0]).await, 200, "ready again");
+    assert_eq!(ready(&nodes[0]).await, 200, "ready again");
     let reply = loop {
         let id = reader.id();
         let subscribe = json!({"channel": "feed:r", "recover": true, "offset": 1, "epoch": "before-restart"});

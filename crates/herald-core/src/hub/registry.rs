@@ -73,6 +73,18 @@ impl Registry {
         self.connections.for_each_shard(|shard| shard.values().for_each(&mut visit));
     }
 
+    /// Refuses new connections from now on.
+    pub(super) fn refuse_new(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// The open connections, at this moment.
+    pub(super) fn snapshot(&self) -> Vec<Arc<Connection>> {
+        let mut all = Vec::new();
+        self.for_each(|conn| all.push(conn.clone()));
+        all
+    }
+
     /// Refuses new connections and closes every open one with `reason`.
     pub(super) fn close_all(&self, reason: DisconnectReason) {
         self.closing.store(true, Ordering::Release);

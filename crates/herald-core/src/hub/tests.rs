@@ -438,3 +438,36 @@ async fn publications_of_a_namespace_with_a_write_delay_wait_for_it_and_leave_to
         assert_eq!(frames(conn), ["ticks:eur|1", "ticks:eur|2"], "both in one drain, in order");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_closes_connections_in_even_steps_over_its_window_and_refuses_new_ones() {
+    let f = Fixture::new().await;
+    let conns: Vec<_> = (0..100).map(|n| f.connect(&format!("u{n}"), 1 << 16)).collect();
+    let window = Duration::from_secs(2);
+    let started = tokio::time::Instant::now();
+    let drain = tokio::spawn({
+        let hub = f.hub.clone();
+        async move { hub.close_spread(DisconnectReason::Shutdown, window).await }
+    });
+
+    let mut closed_at = Vec::new();
+    while closed_at.len() < conns.len() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = conns.iter().filter(|c| c.outbox().is_closed()).count();
+        closed_at.extend(std::iter::repeat_n(started.elapsed(), now - closed_at.len()));
+    }
+    drain.await.unwrap();
+
+    let closed_in_first_half = closed_at.iter().filter(|at| **at < window / 2).count();
+    assert!((40..=60).contains(&closed_in_first_half), "{closed_in_first_half} of 100 closed in the first half");
+    assert!(closed_at.iter().all(|at| *at <= window), "all closed within the window");
+    assert!(matches!(frames(&conns[0]).as_slice(), [closed] if closed.contains("Shutdown")));
+    let late = f.hub.connect(ConnectionSpec {
+        client: ClientId::new("late"),
+        user: UserId::new("late").unwrap(),
+        conn_info: None,
+        encoder: f.encoder.clone(),
+        outbox: Arc::new(Outbox::new(1024)),
+    });
+    assert!(late.is_err(), "a draining node takes no new connection");
+}

@@ -29,6 +29,8 @@ pub(crate) enum ApiCommand {
     Presence(ChannelParams),
     PresenceStats(ChannelParams),
     Batch(BatchParams),
+    /// Drains this node: see `http.drain_window`.
+    Drain(Empty),
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +156,7 @@ impl ApiCommand {
             "presence" => ApiCommand::Presence(required(body)?),
             "presence_stats" => ApiCommand::PresenceStats(required(body)?),
             "batch" => ApiCommand::Batch(required(body)?),
+            "drain" => ApiCommand::Drain(params(body)?),
             other => return Err(ApiError::MethodNotFound(other.to_owned())),
         })
     }
@@ -293,6 +296,11 @@ impl ApiState {
             ApiCommand::Presence(p) => Ok(Reply::Presence(hub.presence(&channel(&p.channel)?).await?)),
             ApiCommand::PresenceStats(p) => Ok(Reply::PresenceStats(hub.presence_stats(&channel(&p.channel)?).await?)),
             ApiCommand::Batch(_) => Err(ApiError::BadRequest("a batch cannot contain a batch".into())),
+            ApiCommand::Drain(_) => {
+                tracing::info!("drain asked for through the API");
+                self.drain.send_replace(true);
+                Ok(Reply::Done)
+            }
         }
     }
 }
@@ -313,6 +321,7 @@ impl ApiCommand {
             ApiCommand::Presence(_) => "presence",
             ApiCommand::PresenceStats(_) => "presence_stats",
             ApiCommand::Batch(_) => "batch",
+            ApiCommand::Drain(_) => "drain",
         }
     }
 }

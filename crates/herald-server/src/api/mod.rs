@@ -38,6 +38,8 @@ pub(crate) struct ApiState {
     pub max_batch: usize,
     /// The node's metrics: calls by method and status, publications.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set to drain the node (`drain`), as SIGTERM does.
+    pub drain: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why an API call failed.

@@ -55,7 +55,8 @@ pub struct HttpConfig {
     pub address: IpAddr,
     /// The TCP port; 0 picks a free one.
     pub port: u16,
-    /// How long a shutdown waits for connections to close.
+    /// After the drain window, how long a shutdown waits for what is left
+    /// to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// How long a client may take to send a request's headers (a WebSocket
@@ -94,6 +95,11 @@ pub struct HttpConfig {
     /// there (and `/metrics` no longer on `port`), to be kept off the
     /// public network.
     pub internal_port: Option<u16>,
+    /// On SIGTERM (or the API's `drain`), how long the node takes to close
+    /// its connections: evenly over this window, so that their clients
+    /// reconnect to other nodes a few at a time rather than all at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
 }
 
 impl Default for HttpConfig {
@@ -111,6 +117,7 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             max_unsent_bytes: 128 * 1024,
             internal_port: None,
+            drain_window: Duration::from_secs(5),
         }
     }
 }

@@ -23,10 +23,13 @@ const TEMPLATE: &str = r#"# Herald configuration. Every setting can also be give
 
 [http]
 # Address and port for WebSockets (/connection/websocket), the server API
-# (/api/<method>) and /health.
+# (/api/<method>), /health, /ready and /metrics.
 address = "0.0.0.0"
 port = 8000
-# How long a shutdown waits for connections to close.
+# On SIGTERM (or the API's `drain`), how long the node takes to close its
+# connections, evenly, so that clients move to other nodes a few at a time.
+drain_window = "5s"
+# After that, how long shutdown waits for what is left to close.
 shutdown_timeout = "10s"
 # How long a client may take to send a request's headers (WebSocket upgrades
 # included), and an idle keep-alive connection may wait for its next request.

@@ -90,6 +90,11 @@ impl TestServer {
         Self::with_config(config).await
     }
 
+    /// A handle on a node the test runs itself, serving at `addr`.
+    pub(crate) fn at(addr: SocketAddr) -> Self {
+        Self { addr, stop: None, task: None }
+    }
+
     pub(crate) async fn with_config(config: Config) -> Self {
         let problems = config.validate();
         assert!(problems.is_empty(), "test config is invalid: {problems:#?}");

@@ -131,6 +131,10 @@ enum Scenario {
         /// Kill this process (a Herald node) with SIGKILL instead of cutting connections.
         #[arg(long)]
         kill_pid: Option<u32>,
+        /// Send this process (a Herald node) SIGTERM instead: it drains,
+        /// closing its clients over its http.drain_window.
+        #[arg(long, conflicts_with = "kill_pid")]
+        drain_pid: Option<u32>,
         /// Where clients reconnect after the storm, instead of the next --url
         /// (repeat for several). With these, every client can start on the
         /// node that is killed.
@@ -458,6 +462,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             storm_after,
             publish_for,
             kill_pid,
+            drain_pid,
             failover_urls,
         } => {
             let args = StormArgs {
@@ -470,6 +475,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 storm_after: storm_after.into(),
                 publish_for: publish_for.into(),
                 kill_pid,
+                drain_pid,
                 failover_urls,
             };
             let result = storm::run(&args).await?;

@@ -160,6 +160,7 @@ async fn a_reconnect_storm_brings_every_client_back_with_nothing_lost() {
         storm_after: Duration::from_millis(500),
         publish_for: Duration::from_secs(1),
         kill_pid: None,
+        drain_pid: None,
         failover_urls: Vec::new(),
     };
     let result = storm::run(&args).await.expect("the scenario runs");

@@ -1,9 +1,13 @@
 //! `reconnect-storm`: N clients subscribed recoverably while publications
 //! flow; then every connection drops at once (the bench cuts them, or a
-//! node is killed with `--kill-pid`). Each client reconnects, to the next
+//! node is killed with `--kill-pid`, or drained with `--drain-pid`: sent
+//! SIGTERM, it closes its clients over its `http.drain_window`). Each
+//! client reconnects, to the next
 //! URL when there are several (or to a `--failover-url`), and resubscribes from its last position, as
 //! the Centrifuge SDKs do. Reports how long until every client was back and
-//! recovered, and what was lost, duplicated or reordered across the storm.
+//! recovered, what was lost, duplicated or reordered across the storm, and
+//! the latency of live deliveries during it (publications due after the
+//! storm began, received live: on the nodes still serving).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,9 +17,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{connect_all, progress, token, ConnectArgs};
+use super::{connect_all, progress, token, ConnectArgs, Latency, LatencyRecorder};
 use crate::client::{BenchClient, Target};
-use crate::publisher::{ApiClient, PublishVia, Schedule};
+use crate::publisher::{unix_micros, ApiClient, PublishVia, Schedule};
 use crate::sequence::{Anomalies, SequenceChecker};
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +42,8 @@ pub struct StormArgs {
     pub publish_for: Duration,
     /// Kill this process (a node) instead of cutting connections.
     pub kill_pid: Option<u32>,
+    /// Or send it SIGTERM: a Herald node drains.
+    pub drain_pid: Option<u32>,
     /// Where clients reconnect; empty: the next of `connect.urls`.
     pub failover_urls: Vec<String>,
 }
@@ -57,6 +63,9 @@ pub struct StormResult {
     pub expected_deliveries: u64,
     pub delivered: u64,
     pub anomalies: Anomalies,
+    /// Publications due after the storm began and received live (not in a
+    /// recovery reply): what clients of the serving nodes saw meanwhile.
+    pub latency_during_storm: Latency,
 }
 
 fn channel_name(namespace: &str, i: usize) -> String {
@@ -98,6 +107,10 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
     let delivered = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicUsize::new(0));
     let subscribed = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(LatencyRecorder::new());
+    // Unix microseconds at which the storm began; 0 until then.
+    let storm_began = Arc::new(AtomicU64::new(0));
+    let node_stopped = args.kill_pid.or(args.drain_pid).is_some();
     let last_back = Arc::new(std::sync::Mutex::new(Instant::now()));
     let mut tasks = Vec::new();
     for (i, mut client) in clients.into_iter().enumerate() {
@@ -111,7 +124,8 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
             dropped.clone(),
             subscribed.clone(),
         );
-        let (connect, targets, kill) = (args.connect.clone(), targets.clone(), args.kill_pid.is_some());
+        let (connect, targets, kill) = (args.connect.clone(), targets.clone(), node_stopped);
+        let (latencies, storm_began) = (latencies.clone(), storm_began.clone());
         tasks.push(tokio::spawn(async move {
             let mut checker = SequenceChecker::default();
             let observe = |checker: &mut SequenceChecker, received: &[crate::client::Received]| {
@@ -133,7 +147,16 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
                         true
                     }
                     read = client.next_publications(&mut received) => match read {
-                        Ok(()) => { observe(&mut checker, &received); false }
+                        Ok(()) => {
+                            let began = storm_began.load(Ordering::Relaxed);
+                            if began > 0 {
+                                let now = unix_micros(std::time::SystemTime::now());
+                                let during = received.iter().filter(|p| p.sent_at_micros >= began);
+                                latencies.record(i, during.map(|p| now.saturating_sub(p.sent_at_micros)));
+                            }
+                            observe(&mut checker, &received);
+                            false
+                        }
                         Err(_) => true,
                     },
                 };
@@ -200,13 +223,19 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
 
     tokio::time::sleep_until(schedule.start + args.storm_after).await;
     let started = Instant::now();
-    match args.kill_pid {
-        Some(pid) => {
+    storm_began.store(unix_micros(std::time::SystemTime::now()), Ordering::Relaxed);
+    match (args.kill_pid, args.drain_pid) {
+        (Some(pid), _) => {
             progress(&format!("reconnect-storm: killing process {pid}"));
             let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
             anyhow::ensure!(status.success(), "could not kill process {pid}");
         }
-        None => {
+        (None, Some(pid)) => {
+            progress(&format!("reconnect-storm: sending process {pid} SIGTERM (a node drains)"));
+            let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+            anyhow::ensure!(status.success(), "could not signal process {pid}");
+        }
+        (None, None) => {
             progress(&format!("reconnect-storm: dropping all {} connections", args.clients));
             let _ = storm_tx.send(true);
         }
@@ -214,9 +243,12 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
     // Cut connections all drop; a killed node drops only its own clients,
     // which the bench learns as they notice.
     let deadline = started + args.publish_for + Duration::from_secs(60);
-    let settled = |dropped: usize, back: usize| match args.kill_pid {
-        None => back == args.clients,
-        Some(_) => dropped > 0 && back == dropped && started.elapsed() > Duration::from_secs(2),
+    // A drained node closes its clients over its window: wait that long
+    // (the default 5 s, plus a margin) before taking "all back" as final.
+    let settle_after = if args.drain_pid.is_some() { Duration::from_secs(8) } else { Duration::from_secs(2) };
+    let settled = |dropped: usize, back: usize| match node_stopped {
+        false => back == args.clients,
+        true => dropped > 0 && back == dropped && started.elapsed() > settle_after,
     };
     while !settled(dropped.load(Ordering::Relaxed), back.load(Ordering::Relaxed)) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -251,6 +283,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
         expected_deliveries: expected,
         delivered: delivered.load(Ordering::Relaxed),
         anomalies,
+        latency_during_storm: Latency::from_histogram(&latencies.merged()),
     })
 }
 

@@ -45,6 +45,7 @@ mod channels;
 mod events;
 mod fanout;
 mod heartbeat;
+mod installed;
 mod meter;
 mod observer;
 mod occupancy;

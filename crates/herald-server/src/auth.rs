@@ -126,29 +126,27 @@ impl TokenVerifier {
     /// Verifies a connection token; a token naming a key the JWKS does not
     /// have makes the set be fetched again (at most every 10 s) first.
     pub async fn connection_now(&self, token: &str) -> Result<ConnectClaims, TokenError> {
-        match self.connection(token) {
-            Err(TokenError::UnknownKey(_)) => {
-                self.refresh_keys().await;
-                self.connection(token).map_err(known_or_invalid)
-            }
-            verified => verified,
-        }
+        self.with_fresh_keys(token, Self::connection).await
     }
 
     /// Verifies a subscription token, as [`Self::connection_now`] does.
     pub async fn subscription_now(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
-        match self.subscription(token) {
-            Err(TokenError::UnknownKey(_)) => {
-                self.refresh_keys().await;
-                self.subscription(token).map_err(known_or_invalid)
-            }
-            verified => verified,
-        }
+        self.with_fresh_keys(token, Self::subscription).await
     }
 
-    async fn refresh_keys(&self) {
-        if let Some(jwks) = &self.jwks {
-            jwks.refresh_for_unknown_key().await;
+    /// `verify`, and again after fetching the JWKS if the token named a
+    /// key it did not have.
+    async fn with_fresh_keys<T>(
+        &self,
+        token: &str,
+        verify: impl Fn(&Self, &str) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        match (verify(self, token), &self.jwks) {
+            (Err(TokenError::UnknownKey(_)), Some(jwks)) => {
+                jwks.refresh_for_unknown_key().await;
+                verify(self, token).map_err(known_or_invalid)
+            }
+            (verified, _) => verified,
         }
     }
 

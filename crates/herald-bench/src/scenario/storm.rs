@@ -243,12 +243,18 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
     // Cut connections all drop; a killed node drops only its own clients,
     // which the bench learns as they notice.
     let deadline = started + args.publish_for + Duration::from_secs(60);
-    // A drained node closes its clients over its window: wait that long
-    // (the default 5 s, plus a margin) before taking "all back" as final.
-    let settle_after = if args.drain_pid.is_some() { Duration::from_secs(8) } else { Duration::from_secs(2) };
-    let settled = |dropped: usize, back: usize| match node_stopped {
-        false => back == args.clients,
-        true => dropped > 0 && back == dropped && started.elapsed() > settle_after,
+    // A stopped node's clients notice one by one (a drained node closes
+    // them over its window): "all back" is final once no client has
+    // dropped for a while.
+    let mut last_count = (0, Instant::now());
+    let mut settled = |dropped: usize, back: usize| {
+        if dropped != last_count.0 {
+            last_count = (dropped, Instant::now());
+        }
+        match node_stopped {
+            false => back == args.clients,
+            true => dropped > 0 && back == dropped && last_count.1.elapsed() > Duration::from_secs(2),
+        }
     };
     while !settled(dropped.load(Ordering::Relaxed), back.load(Ordering::Relaxed)) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;

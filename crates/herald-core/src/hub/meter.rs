@@ -3,7 +3,6 @@
 //! reports each fanout, recovery and engine interruption once, as it
 //! happens.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Hears what the hub measures.
@@ -20,17 +19,4 @@ pub trait HubMeter: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The hub's meter, once installed. Until then nothing is measured.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Meter(Arc<OnceLock<Arc<dyn HubMeter>>>);
-
-impl Meter {
-    /// Installs `meter`; only the first call takes effect.
-    pub(super) fn install(&self, meter: Arc<dyn HubMeter>) {
-        let _ = self.0.set(meter);
-    }
-
-    /// The installed meter, if any.
-    pub(super) fn get(&self) -> Option<&dyn HubMeter> {
-        self.0.get().map(|m| &**m)
-    }
-}
+pub(super) type Meter = super::installed::Installed<dyn HubMeter>;

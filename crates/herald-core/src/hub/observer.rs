@@ -4,8 +4,6 @@
 //! cluster (see `occupancy.rs` and the engine's presence contract), so an
 //! observer that sends webhooks sends each once per cluster.
 
-use std::sync::{Arc, OnceLock};
-
 use herald_engine::{ChannelName, ClientInfo};
 
 /// Hears the transitions this node decided for the cluster.
@@ -22,17 +20,4 @@ pub trait HubObserver: Send + Sync + std::fmt::Debug + 'static {
 
 /// The hub's observer, once installed; shared by the parts that decide
 /// transitions. Until one is installed, transitions are not reported.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Observer(Arc<OnceLock<Arc<dyn HubObserver>>>);
-
-impl Observer {
-    /// Installs `observer`; only the first call takes effect.
-    pub(super) fn install(&self, observer: Arc<dyn HubObserver>) {
-        let _ = self.0.set(observer);
-    }
-
-    /// The installed observer, if any.
-    pub(super) fn get(&self) -> Option<&dyn HubObserver> {
-        self.0.get().map(|o| &**o)
-    }
-}
+pub(super) type Observer = super::installed::Installed<dyn HubObserver>;

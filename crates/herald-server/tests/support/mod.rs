@@ -335,7 +335,6 @@ pub(crate) async fn http_post(addr: SocketAddr, path: &str, headers: &[(&str, &s
 
 /// A minimal HTTP/1.1 POST; returns the status and the body as text.
 pub(crate) async fn http_post_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect for HTTP");
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -345,22 +344,14 @@ pub(crate) async fn http_post_raw(addr: SocketAddr, path: &str, headers: &[(&str
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream.write_all(request.as_bytes()).await.expect("write HTTP request");
-    let mut response = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
-        .await
-        .expect("HTTP response in time")
-        .expect("read HTTP response");
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("HTTP status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_owned())
+    let (status, _, body) = exchange(addr, &request).await;
+    (status, body)
 }
 
-/// A minimal HTTP/1.1 GET; returns the status, the content type and the body.
-pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+/// Sends a whole HTTP/1.1 request and reads the response to its end: the
+/// status, the head and the body.
+async fn exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect for HTTP");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write HTTP request");
     let mut response = Vec::new();
     tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
@@ -370,11 +361,18 @@ pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, Stri
     let text = String::from_utf8_lossy(&response);
     let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("HTTP status line");
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A minimal HTTP/1.1 GET; returns the status, the content type and the body.
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let (status, head, body) = exchange(addr, &request).await;
     let content_type = head
         .lines()
         .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
         .unwrap_or_default();
-    (status, content_type, body.to_owned())
+    (status, content_type, body)
 }
 
 /// Polls `condition` until it holds, failing after [`PATIENCE`].

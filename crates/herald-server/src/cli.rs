@@ -231,16 +231,17 @@ async fn serve_async(
         config::EngineConfig::Redis(_) => "redis",
         config::EngineConfig::RedisCluster(_) => "redis_cluster",
     };
+    let (ws, web) = if config.http.tls_cert.is_some() { ("wss", "https") } else { ("ws", "http") };
     let pusher_apps: Vec<(String, String)> = config.pusher.apps.iter().map(|a| (a.id.clone(), a.key.clone())).collect();
     let node = Node::build(config).await?;
     tracing::info!(
         address = %local,
         engine,
         version = env!("CARGO_PKG_VERSION"),
-        "herald listening: WebSocket ws://{local}{CENTRIFUGE_PATH}, server API http://{local}/api/<method>"
+        "herald listening: WebSocket {ws}://{local}{CENTRIFUGE_PATH}, server API {web}://{local}/api/<method>"
     );
     for app in &pusher_apps {
-        tracing::info!(app = %app.0, "pusher app: clients ws://{local}/app/{}, HTTP API http://{local}/apps/{}", app.1, app.0);
+        tracing::info!(app = %app.0, "pusher app: clients {ws}://{local}/app/{}, HTTP API {web}://{local}/apps/{}", app.1, app.0);
     }
     match file {
         Some(file) => {

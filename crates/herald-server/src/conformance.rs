@@ -24,6 +24,7 @@ use crate::http::{self, ServeSettings};
 pub async fn serve_echo(listener: TcpListener, max_message_size: usize, shutdown: impl Future<Output = ()>) {
     let defaults = HttpConfig::default();
     let settings = ServeSettings {
+        tls: None,
         handshake_timeout: defaults.handshake_timeout,
         drain_timeout: Duration::from_secs(1),
         limits: Limits::default(),

@@ -223,7 +223,16 @@ impl Node {
             max_connections_per_ip: http.max_connections_per_ip,
             connection_rate_per_ip: http.connection_rate_per_ip,
         };
+        let tls = self.config.tls_acceptor().map_err(|problem| anyhow::anyhow!(problem))?;
+        let internal_settings = ServeSettings {
+            tls: None,
+            handshake_timeout: http.handshake_timeout,
+            drain_timeout: http.shutdown_timeout,
+            limits,
+            max_unsent_bytes: http.max_unsent_bytes,
+        };
         let settings = ServeSettings {
+            tls,
             handshake_timeout: http.handshake_timeout,
             drain_timeout: http.shutdown_timeout,
             limits,
@@ -234,7 +243,7 @@ impl Node {
             let until_stopped = async move {
                 let _ = stopped.wait_for(|stopped| *stopped).await;
             };
-            tokio::spawn(http::serve(internal, internal_router(state), settings, until_stopped));
+            tokio::spawn(http::serve(internal, internal_router(state), internal_settings, until_stopped));
         }
         // Returns once the drain began and HTTP requests in flight ended (bounded).
         let stopping = http::serve(listener, app, settings, graceful).await;

@@ -394,3 +394,73 @@ async fn a_namespace_write_delay_sends_what_arrived_meanwhile_in_one_frame_and_n
     assert!(asked.elapsed() < delay, "the reply came at once: {frame}");
     assert!(frame.contains(r#""price":4"#) && frame.contains(r#""id":7"#), "publication and reply together: {frame}");
 }
+
+/// A TLS connection to `addr` that trusts only the test CA, as `localhost`.
+async fn tls_to(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let ca = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls-ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap()
+}
+
+type TlsSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+async fn tls_send(ws: &mut TlsSocket, command: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(command.to_string())).await.unwrap();
+}
+
+async fn tls_next(ws: &mut TlsSocket) -> Value {
+    use futures_util::StreamExt;
+    let message = tokio::time::timeout(support::PATIENCE, ws.next()).await.unwrap().unwrap().unwrap();
+    serde_json::from_str(message.to_text().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn with_a_certificate_clients_connect_over_wss_and_the_api_answers_over_https() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let server = TestServer::with(|c| {
+        c.http.tls_cert = Some(format!("{fixtures}/tls-server.pem"));
+        c.http.tls_key = Some(format!("{fixtures}/tls-server.key.pem"));
+    })
+    .await;
+    let url = format!("wss://localhost:{}/connection/websocket", server.addr.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls_to(server.addr).await).await.unwrap();
+    tls_send(&mut ws, json!({"id": 1, "connect": {"token": server.token("42")}})).await;
+    let reply = tls_next(&mut ws).await;
+    assert!(reply["connect"]["client"].is_string(), "{reply}");
+    tls_send(&mut ws, json!({"id": 2, "subscribe": {"channel": "news"}})).await;
+    assert_eq!(tls_next(&mut ws).await["id"], 2);
+
+    let mut plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    plain.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(support::PATIENCE, plain.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "plain HTTP was served on the TLS port");
+
+    let body = r#"{"channel": "news", "data": "over tls"}"#;
+    let mut https = tls_to(server.addr).await;
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: localhost\r\nAuthorization: apikey {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        support::API_KEY,
+        body.len()
+    );
+    https.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = https.read_to_end(&mut response).await;
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&response));
+    let push = tls_next(&mut ws).await;
+    assert_eq!(push["push"]["pub"]["data"], "over tls", "{push}");
+}

@@ -80,6 +80,23 @@ async fn headers_that_never_finish_are_cut_off_after_the_handshake_timeout() {
 }
 
 #[tokio::test]
+async fn tls_handshakes_that_never_finish_are_cut_off_after_the_handshake_timeout() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let server = strict(|c| {
+        c.http.tls_cert = Some(format!("{fixtures}/tls-server.pem"));
+        c.http.tls_key = Some(format!("{fixtures}/tls-server.key.pem"));
+    })
+    .await;
+    // Nothing, and the first bytes of a ClientHello that never goes on.
+    let started = tokio::time::Instant::now();
+    let silent = (0..10).map(|_| answer_then_close(server.addr, b""));
+    let stalled = (0..10).map(|_| answer_then_close(server.addr, &[0x16, 0x03, 0x01, 0x02, 0x00]));
+    let answers = futures_util::future::join_all(silent.chain(stalled)).await;
+    assert!(started.elapsed() >= SHORT, "not before the timeout");
+    assert!(answers.iter().all(String::is_empty), "{answers:?}");
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_handshake_timeout() {
     let server = strict(|_| {}).await;
     let answer = answer_then_close(server.addr, b"GET /health HTTP/1.1\r\nHost: herald\r\n\r\n").await;

@@ -100,6 +100,11 @@ pub struct HttpConfig {
     /// reconnect to other nodes a few at a time rather than all at once.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
+    /// The certificate chain (PEM text, or a path to a PEM file) to serve
+    /// `https://` and `wss://` with; set with `tls_key`.
+    pub tls_cert: Option<String>,
+    /// The certificate's private key (PEM text, or a path).
+    pub tls_key: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -118,6 +123,8 @@ impl Default for HttpConfig {
             max_unsent_bytes: 128 * 1024,
             internal_port: None,
             drain_window: Duration::from_secs(5),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -54,6 +54,9 @@ max_unsent_bytes = 131072
 # Serve /metrics and /health on a port of their own, kept off the public
 # network (else /metrics is served on `port`).
 # internal_port = 9000
+# Serve https:// and wss:// with this certificate chain and key (PEM).
+# tls_cert = "/etc/herald/fullchain.pem"
+# tls_key = "/etc/herald/privkey.pem"
 
 [engine]
 # "memory": a single node, nothing to set up; optionally

@@ -22,6 +22,9 @@ impl Config {
         if http.max_body_size < 1024 {
             problems.push("http.max_body_size: must be at least 1024 bytes".to_owned());
         }
+        if let Err(problem) = self.tls_acceptor() {
+            problems.push(problem);
+        }
         if http.internal_port.is_some_and(|internal| internal == http.port && internal != 0) {
             problems.push(format!(
                 "http.internal_port: {} is http.port too; give the operators' port a port of its own",
@@ -242,5 +245,29 @@ impl Config {
             );
         }
         problems
+    }
+}
+
+impl Config {
+    /// The TLS acceptor `http.tls_cert` and `http.tls_key` make, if set;
+    /// or what is wrong with them.
+    pub(crate) fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+        let read = |setting: &str, value: &str| -> Result<Vec<u8>, String> {
+            if value.trim_start().starts_with("-----BEGIN") {
+                return Ok(value.as_bytes().to_vec());
+            }
+            std::fs::read(value)
+                .map_err(|e| format!("http.{setting}: cannot read {value}: {e}; give PEM text or a readable path"))
+        };
+        match (&self.http.tls_cert, &self.http.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                crate::http::tls::acceptor(&read("tls_cert", cert)?, &read("tls_key", key)?).map(Some)
+            }
+            _ => {
+                Err("http.tls_cert and http.tls_key: set both (the certificate chain and its key), or neither"
+                    .to_owned())
+            }
+        }
     }
 }

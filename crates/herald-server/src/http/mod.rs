@@ -2,6 +2,8 @@
 //!
 //! Every stage of a connection has a deadline or a bound:
 //! - accepting backs off when the process runs out of files (`listener`);
+//! - with TLS (`tls`), the handshake must finish within
+//!   `http.handshake_timeout`;
 //! - a connection is admitted only under the node's and its address's caps
 //!   (`admission`); a refused one gets a 503 or 429 and is closed;
 //! - a request's headers, a WebSocket upgrade's included, must arrive within
@@ -23,6 +25,7 @@ pub(crate) mod admission;
 pub(crate) mod body;
 mod listener;
 pub(crate) mod origin;
+pub(crate) mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,7 +40,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -50,8 +53,10 @@ pub(crate) use listener::BackoffListener;
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What serving HTTP needs from `[http]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct ServeSettings {
+    /// Serve HTTPS and `wss://` with this, when set.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) handshake_timeout: Duration,
     /// How long, once shutdown begins, HTTP connections may take to finish.
     pub(crate) drain_timeout: Duration,
@@ -129,9 +134,17 @@ pub(crate) async fn serve(
         match admission.admit(peer.ip()) {
             Ok(permit) => {
                 let tracked = connections.enter();
-                let (router, closing) = (router.clone(), closing_rx.clone());
+                let (router, closing, tls) = (router.clone(), closing_rx.clone(), settings.tls.clone());
+                let deadline = settings.handshake_timeout;
                 tokio::spawn(async move {
-                    serve_connection(stream, peer, permit, router, settings.handshake_timeout, closing).await;
+                    match tls {
+                        None => serve_connection(stream, peer, permit, router, deadline, closing).await,
+                        Some(tls) => match tokio::time::timeout(deadline, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => serve_connection(stream, peer, permit, router, deadline, closing).await,
+                            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake not done within http.handshake_timeout"),
+                        },
+                    }
                     drop(tracked);
                 });
             }
@@ -151,8 +164,8 @@ pub(crate) async fn serve(
 
 /// Serves one connection's requests, with the header timeout, until it
 /// closes or the node shuts down (then after its request in flight).
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: IO,
     peer: SocketAddr,
     permit: Option<Permit>,
     router: Router,

@@ -125,6 +125,17 @@ token_jwks_ca = "/nonexistent-ca.pem"
 }
 
 #[test]
+fn a_certificate_without_its_key_or_that_is_not_pem_is_named() {
+    let lone = file("[http]\ntls_cert = \"/nonexistent-cert.pem\"\n");
+    let errors = load(&sources(Some(&lone), &[], &[])).unwrap_err().0;
+    assert!(errors.iter().any(|e| e.starts_with("http.tls_cert and http.tls_key: set both")), "{errors:#?}");
+
+    let garbage = file("[http]\ntls_cert = \"-----BEGIN CERTIFICATE-----\\nnope\\n-----END CERTIFICATE-----\"\ntls_key = \"/nonexistent-key.pem\"\n");
+    let errors = load(&sources(Some(&garbage), &[], &[])).unwrap_err().0;
+    assert!(errors.iter().any(|e| e.starts_with("http.tls_")), "{errors:#?}");
+}
+
+#[test]
 fn a_missing_file_says_how_to_make_one() {
     let missing = Sources { file: Some("/nonexistent/herald.toml".into()), ..Default::default() };
     let errors = load(&missing).unwrap_err().0;

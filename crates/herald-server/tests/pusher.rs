@@ -412,67 +412,109 @@ struct Hooks {
 
 impl Hooks {
     async fn start(fail_first: usize) -> Self {
+        Self::serving(fail_first, None).await
+    }
+
+    /// A receiver at `https://localhost:port`, with the test CA's certificate.
+    async fn start_over_tls(fail_first: usize) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let chain = std::fs::read(format!("{fixtures}/tls-server.pem")).unwrap();
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&chain).map(Result::unwrap).collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(format!("{fixtures}/tls-server.key.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Self::serving(fail_first, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serving(fail_first: usize, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let requests = Arc::new(Mutex::new(0));
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let (seen, count, sizes) = (events.clone(), requests.clone(), batches.clone());
+        let hooks = Self {
+            addr,
+            events: Arc::new(Mutex::new(Vec::new())),
+            requests: Arc::new(Mutex::new(0)),
+            batches: Arc::new(Mutex::new(Vec::new())),
+        };
+        let seen = hooks.shared();
         tokio::spawn(async move {
             loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let mut raw = Vec::new();
-                let mut buf = [0u8; 4096];
-                let (head, body) = loop {
-                    let n = stream.read(&mut buf).await.unwrap();
-                    raw.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&raw).into_owned();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length: ")
-                                    .map(|v| v.trim().parse().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= length {
-                            break (head.to_owned(), body.to_owned());
-                        }
-                    }
-                };
-                let header = |name: &str| {
-                    head.lines().find_map(|l| {
-                        l.split_once(": ").filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_owned())
-                    })
-                };
-                let signed = header("X-Pusher-Signature") == Some(sign::hmac_hex(SECRET, body.as_bytes()))
-                    && header("X-Pusher-Key").as_deref() == Some(KEY)
-                    && header("Content-Type").as_deref() == Some("application/json");
-                let n = {
-                    let mut count = count.lock().unwrap();
-                    *count += 1;
-                    *count
-                };
-                let status = if !signed {
-                    "401 Unauthorized"
-                } else if n <= fail_first {
-                    "500 Internal Server Error"
-                } else {
-                    let body: Value = serde_json::from_str(&body).unwrap();
-                    let events = body["events"].as_array().unwrap();
-                    sizes.lock().unwrap().push(events.len());
-                    seen.lock().unwrap().extend(events.iter().cloned());
-                    "200 OK"
-                };
-                let _ = stream
-                    .write_all(
-                        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
-                    )
-                    .await;
+                let (tcp, _) = listener.accept().await.unwrap();
+                match &tls {
+                    None => seen.answer(tcp, fail_first).await,
+                    Some(tls) => match tls.accept(tcp).await {
+                        Ok(stream) => seen.answer(stream, fail_first).await,
+                        Err(_) => continue,
+                    },
+                }
             }
         });
-        Self { addr, events, requests, batches }
+        hooks
+    }
+
+    /// Another handle on the same records.
+    fn shared(&self) -> Self {
+        Self {
+            addr: self.addr,
+            events: self.events.clone(),
+            requests: self.requests.clone(),
+            batches: self.batches.clone(),
+        }
+    }
+
+    /// Reads one request, checks its signature, records its events and
+    /// answers (500 to the first `fail_first` requests).
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(&self, mut stream: S, fail_first: usize) {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        let (head, body) = loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    break (head.to_owned(), body.to_owned());
+                }
+            }
+        };
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                l.split_once(": ").filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_owned())
+            })
+        };
+        let signed = header("X-Pusher-Signature") == Some(sign::hmac_hex(SECRET, body.as_bytes()))
+            && header("X-Pusher-Key").as_deref() == Some(KEY)
+            && header("Content-Type").as_deref() == Some("application/json");
+        let n = {
+            let mut count = self.requests.lock().unwrap();
+            *count += 1;
+            *count
+        };
+        let status = if !signed {
+            "401 Unauthorized"
+        } else if n <= fail_first {
+            "500 Internal Server Error"
+        } else {
+            let body: Value = serde_json::from_str(&body).unwrap();
+            let events = body["events"].as_array().unwrap();
+            self.batches.lock().unwrap().push(events.len());
+            self.events.lock().unwrap().extend(events.iter().cloned());
+            "200 OK"
+        };
+        let response = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
     }
 
     fn names(&self) -> Vec<String> {
@@ -511,6 +553,22 @@ async fn webhooks_are_signed_and_retried_until_delivered() {
     for line in [r#"herald_webhooks_total{outcome="delivered"} 2"#, r#"herald_webhooks_total{outcome="retried"} 1"#] {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
     }
+}
+
+#[tokio::test]
+async fn webhooks_reach_an_https_target_whose_ca_is_configured() {
+    let hooks = Hooks::start_over_tls(0).await;
+    let url = format!("https://localhost:{}/hooks", hooks.addr.port());
+    let server = TestServer::with(|c| {
+        c.pusher.webhook_ca = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls-ca.pem").to_owned());
+        with_app(c, |app| {
+            app.webhooks.push(WebhookTarget { url, events: vec!["channel_occupied".into()], batch: false })
+        })
+    })
+    .await;
+    let mut alice = Pusher::connect(&server).await;
+    alice.subscribe("news").await;
+    eventually("the webhook arrives over TLS", || hooks.names() == ["channel_occupied news"]).await;
 }
 
 #[tokio::test]

@@ -21,12 +21,9 @@ use std::time::Duration;
 
 use axum::http::{header, Request, StatusCode, Uri};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use rustls::pki_types::pem::PemObject;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// The longest a fetch may take, connection and body included.
@@ -103,32 +100,10 @@ impl Jwks {
     /// (PEM), if given. Fetches nothing yet.
     pub fn new(url: &str, ca: Option<&[u8]>) -> Result<Self, String> {
         let endpoint = Endpoint::parse(url)?;
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for error in &native.errors {
-            tracing::debug!(%error, "a system CA certificate could not be read");
-        }
-        roots.add_parsable_certificates(native.certs);
-        if let Some(pem) = ca {
-            let mut added = false;
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
-                roots.add(cert).map_err(|e| format!("not a usable CA certificate: {e}"))?;
-                added = true;
-            }
-            if !added {
-                return Err("no certificate in it".to_owned());
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::http::client::connector(ca)?;
         Ok(Self {
             endpoint,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            tls,
             keys: RwLock::new(Arc::default()),
             unknown_fetched: tokio::sync::Mutex::new(None),
             refetch_after: REFETCH_AFTER,
@@ -199,44 +174,23 @@ impl Jwks {
     /// One GET of the set's URL; its body.
     async fn fetch(&self) -> Result<Bytes, String> {
         let endpoint = &self.endpoint;
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        if endpoint.tls {
-            let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
-                .map_err(|e| format!("not a TLS server name: {e}"))?;
-            let tls = self.tls.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-            get(TokioIo::new(tls), endpoint).await
-        } else {
-            get(TokioIo::new(tcp), endpoint).await
+        let request = Request::get(endpoint.path.as_str())
+            .header(header::HOST, endpoint.authority())
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("request: {e}"))?;
+        let tls = endpoint.tls.then_some(&self.tls);
+        let response = crate::http::client::send(tls, &endpoint.host, endpoint.port, request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("answered {}", response.status()));
         }
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("body (at most {MAX_BODY} bytes): {e}"))?;
+        Ok(body.to_bytes())
     }
-}
-
-async fn get<IO>(io: IO, endpoint: &Endpoint) -> Result<Bytes, String>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let request = Request::get(endpoint.path.as_str())
-        .header(header::HOST, endpoint.authority())
-        .header(header::ACCEPT, "application/json")
-        .header(header::USER_AGENT, concat!("herald/", env!("CARGO_PKG_VERSION")))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("request: {e}"))?;
-    let response = sender.send_request(request).await.map_err(|e| format!("request failed: {e}"))?;
-    if response.status() != StatusCode::OK {
-        return Err(format!("answered {}", response.status()));
-    }
-    let body = Limited::new(response.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("body (at most {MAX_BODY} bytes): {e}"))?;
-    Ok(body.to_bytes())
 }
 
 /// The usable keys of a JWKS document, by `kid`: at most [`MAX_KEYS`].

@@ -394,11 +394,34 @@ pub struct PusherConfig {
     pub pong_timeout: Duration,
     /// The apps: `[[pusher.apps]]` tables.
     pub apps: Vec<PusherApp>,
+    /// A CA certificate (PEM text, or a path) to trust for `https://`
+    /// webhook targets, besides the system's.
+    pub webhook_ca: Option<String>,
 }
 
 impl Default for PusherConfig {
     fn default() -> Self {
-        Self { activity_timeout: Duration::from_secs(120), pong_timeout: Duration::from_secs(30), apps: Vec::new() }
+        Self {
+            activity_timeout: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
+            apps: Vec::new(),
+            webhook_ca: None,
+        }
+    }
+}
+
+impl PusherConfig {
+    /// The TLS client for `https://` webhook targets; or what is wrong with
+    /// `webhook_ca`.
+    pub(crate) fn webhook_tls(&self) -> Result<tokio_rustls::TlsConnector, String> {
+        let ca = match &self.webhook_ca {
+            None => None,
+            Some(value) if value.trim_start().starts_with("-----BEGIN") => Some(value.as_bytes().to_vec()),
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                format!("pusher.webhook_ca: cannot read {path}: {e}; give PEM text or a readable path")
+            })?),
+        };
+        crate::http::client::connector(ca.as_deref()).map_err(|e| format!("pusher.webhook_ca: {e}"))
     }
 }
 

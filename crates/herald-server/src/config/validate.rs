@@ -167,6 +167,9 @@ impl Config {
 
     fn validate_pusher(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Err(problem) = self.pusher.webhook_tls() {
+            problems.push(problem);
+        }
         let pusher = &self.pusher;
         if pusher.activity_timeout < Duration::from_secs(1) || pusher.pong_timeout.is_zero() {
             problems.push("pusher.activity_timeout and pusher.pong_timeout: must be at least 1s".to_owned());
@@ -206,8 +209,10 @@ impl Config {
             }
             for (w, hook) in app.webhooks.iter().enumerate() {
                 if WebhookEndpoint::parse(&hook.url).is_none() {
-                    problems
-                        .push(format!("{at}.webhooks[{w}].url: `{}` is not an http://host[:port]/path URL", hook.url));
+                    problems.push(format!(
+                        "{at}.webhooks[{w}].url: `{}` is not an http(s)://host[:port]/path URL",
+                        hook.url
+                    ));
                 }
                 for event in hook.events.iter().filter(|e| !super::WEBHOOK_EVENTS.contains(&e.as_str())) {
                     problems.push(format!(

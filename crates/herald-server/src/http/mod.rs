@@ -23,6 +23,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod body;
+pub(crate) mod client;
 mod listener;
 pub(crate) mod origin;
 pub(crate) mod tls;

@@ -182,7 +182,12 @@ impl Frontend {
         driver: DriverSettings,
     ) -> Arc<Self> {
         let apps = Apps::new(&config.apps);
-        let webhooks = Webhooks::start(&config.apps, &driver.metrics);
+        // The configuration's check has read webhook_ca already.
+        let tls = config
+            .webhook_tls()
+            .map_err(|problem| tracing::error!(%problem, "https:// webhook targets will not be reached"))
+            .ok();
+        let webhooks = Webhooks::start(&config.apps, tls.as_ref(), &driver.metrics);
         let settings = PusherSettings {
             activity_timeout: config.activity_timeout,
             pong_timeout: config.pong_timeout,

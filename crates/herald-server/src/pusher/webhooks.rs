@@ -18,14 +18,15 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
 
 use herald_core::HubObserver;
 use herald_engine::{ChannelName, ClientInfo};
 
 use super::{sign, App, Frontend};
 use crate::config::{PusherApp, WebhookEndpoint, WebhookTarget};
+use crate::http::client;
 use crate::metrics::Metrics;
 
 /// Events a target's queue holds before new ones are dropped.
@@ -105,18 +106,24 @@ impl std::fmt::Debug for Webhooks {
 
 impl Webhooks {
     /// Starts one worker per target. Call inside the runtime.
-    pub(crate) fn start(apps: &[PusherApp], metrics: &Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn start(apps: &[PusherApp], tls: Option<&TlsConnector>, metrics: &Arc<Metrics>) -> Arc<Self> {
         let mut targets = std::collections::HashMap::new();
         for app in apps {
             let list: Vec<Target> =
-                app.webhooks.iter().filter_map(|hook| Self::target(app, hook, metrics.clone())).collect();
+                app.webhooks.iter().filter_map(|hook| Self::target(app, hook, tls, metrics.clone())).collect();
             targets.insert(app.id.clone(), list);
         }
         Arc::new(Self { targets })
     }
 
-    fn target(app: &PusherApp, hook: &WebhookTarget, metrics: Arc<Metrics>) -> Option<Target> {
+    fn target(
+        app: &PusherApp,
+        hook: &WebhookTarget,
+        tls: Option<&TlsConnector>,
+        metrics: Arc<Metrics>,
+    ) -> Option<Target> {
         let endpoint = WebhookEndpoint::parse(&hook.url)?;
+        let tls = if endpoint.is_tls() { Some(tls?.clone()) } else { None };
         let (queue, events) = mpsc::channel(QUEUE);
         let worker = Worker {
             endpoint,
@@ -124,6 +131,7 @@ impl Webhooks {
             key: app.key.clone(),
             secret: app.secret.expose().to_owned(),
             batch: hook.batch,
+            tls,
             metrics: metrics.clone(),
         };
         tokio::spawn(worker.run(events));
@@ -153,6 +161,8 @@ struct Worker {
     key: String,
     secret: String,
     batch: bool,
+    /// For an `https://` target.
+    tls: Option<TlsConnector>,
     metrics: Arc<Metrics>,
 }
 
@@ -213,19 +223,15 @@ impl Worker {
     }
 
     async fn post(&self, body: Bytes, signature: &str) -> Result<u16, String> {
-        let authority = self.endpoint.authority();
-        let stream = TcpStream::connect(&authority).await.map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let request = Request::post(self.endpoint.path())
-            .header(hyper::header::HOST, &authority)
+        let endpoint = &self.endpoint;
+        let request = Request::post(endpoint.path())
+            .header(hyper::header::HOST, endpoint.authority())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("X-Pusher-Key", &self.key)
             .header("X-Pusher-Signature", signature)
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let response = client::send(self.tls.as_ref(), endpoint.host(), endpoint.port(), request).await?;
         Ok(response.status().as_u16())
     }
 }

@@ -182,7 +182,7 @@ key = "key 1"
 secret = "short"
 namespace = "shop"
 [[pusher.apps.webhooks]]
-url = "https://hooks.example/x"
+url = "ftp://hooks.example/x"
 events = ["channel_ocupied"]
 [[pusher.apps]]
 id = "app-1"

@@ -85,6 +85,8 @@ pub use recovery::{decide as decide_recovery, Recovery};
 pub struct HubConfig {
     /// This node's id in the cluster.
     pub node: NodeId,
+    /// What operators call this node (in `/api/info`).
+    pub node_name: String,
     /// Namespaces and their options.
     pub rules: ChannelRules,
     /// How many channels one connection may hold in all (0 = no limit).
@@ -107,6 +109,7 @@ impl HubConfig {
     /// Defaults for everything but the node id and rules.
     pub fn new(node: NodeId, rules: ChannelRules) -> Self {
         Self {
+            node_name: node.as_str().to_owned(),
             node,
             rules,
             max_channels_per_connection: 0,

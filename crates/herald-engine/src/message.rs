@@ -226,6 +226,12 @@ pub struct PresenceStats {
 pub struct NodeInfo {
     /// The node.
     pub id: crate::ids::NodeId,
+    /// The name an operator knows it by (`node.name`; the host name by default).
+    #[serde(default)]
+    pub name: String,
+    /// When the figures below were taken, in unix milliseconds.
+    #[serde(default)]
+    pub updated_at_ms: u64,
     /// Its Herald version.
     pub version: String,
     /// Its connections.

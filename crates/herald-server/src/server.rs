@@ -132,6 +132,7 @@ impl Node {
                 idempotency_window: config.api.idempotency_window,
                 track_occupancy: serves_pusher,
                 position_check_interval: config.client.position_check_interval,
+                node_name: config.node.name_or(node_id.as_str()),
                 ..HubConfig::new(node_id, rules)
             },
             engine,

@@ -75,6 +75,8 @@ async fn channels_and_info_report_this_nodes_connections() {
 
     let (_, reply) = server.api("info", json!({})).await;
     let node = &reply["result"]["nodes"][0];
+    assert!(node["name"].as_str().is_some_and(|name| !name.is_empty()), "named after the host: {node}");
+    assert!(node["age_ms"].as_u64().is_some_and(|age| age < 1000), "{node}");
     assert_eq!((node["num_clients"].as_u64(), node["num_users"].as_u64()), (Some(3), Some(2)), "{node}");
     assert_eq!((node["num_channels"].as_u64(), node["num_subs"].as_u64()), (Some(2), Some(3)), "{node}");
 }

@@ -16,18 +16,24 @@ fn fresh_prefix() -> String {
     format!("cluster{}-{}", std::process::id(), CLUSTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// `n` nodes sharing `redis` under a prefix of their own.
+/// `n` nodes sharing `redis` under a prefix of their own, named `node-0`, ….
 async fn cluster(redis: &RedisServer, n: usize) -> Vec<TestServer> {
     let prefix = fresh_prefix();
     let mut nodes = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
         let engine = RedisEngineConfig {
             address: redis.url(),
             prefix: prefix.clone(),
             command_timeout: std::time::Duration::from_secs(2),
             ..Default::default()
         };
-        nodes.push(TestServer::with(|c| c.engine = EngineConfig::Redis(engine)).await);
+        nodes.push(
+            TestServer::with(|c| {
+                c.engine = EngineConfig::Redis(engine);
+                c.node.name = Some(format!("node-{i}"));
+            })
+            .await,
+        );
     }
     nodes
 }
@@ -200,6 +206,16 @@ async fn info_lists_every_live_node() {
     let listed = info["result"]["nodes"].as_array().expect("nodes");
     assert_eq!(listed.len(), 3, "{info}");
     assert_eq!(info["result"]["engine"], "redis");
+    let mut names: Vec<&str> = listed.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["node-0", "node-1", "node-2"]);
+    let asked = listed.iter().find(|n| n["name"] == "node-1").unwrap();
+    assert!(asked["age_ms"].as_u64().unwrap() < 1000, "the asked node's figures are fresh: {asked}");
+    for node in listed {
+        let heartbeat = 3 * 25_000; // at most the registry entry's life
+        assert!(node["age_ms"].as_u64().unwrap() <= heartbeat, "{node}");
+        assert!(node["updated_at"].as_u64().unwrap() > 1_700_000_000_000, "{node}");
+    }
 }
 
 #[tokio::test]

@@ -61,8 +61,13 @@ impl Hub {
     /// Renews this node's registry entry with its current counts.
     pub(super) async fn register_node(&self) {
         let stats = self.stats();
+        let updated_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
         let info = NodeInfo {
             id: self.config.node.clone(),
+            name: self.config.node_name.clone(),
+            updated_at_ms,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             num_clients: stats.clients,
             num_users: stats.users,

@@ -13,6 +13,8 @@ pub async fn the_node_registry_forgets_silent_nodes(engine: Engine, clock: Clock
     let registry = engine.nodes();
     let node = |id: &str, clients: usize| NodeInfo {
         id: NodeId::new(id),
+        name: format!("host-{id}"),
+        updated_at_ms: 1_700_000_000_000,
         version: "test".into(),
         num_clients: clients,
         num_users: clients,

@@ -121,10 +121,19 @@ fn put_position(out: &mut BytesMut, position: &StreamPosition) {
     body.end();
 }
 
+/// A node's entry: its counts, when they were taken (`updated_at`, unix
+/// ms) and how old they are now (`age_ms`: the asked node's are fresh,
+/// others' up to a heartbeat old).
 fn put_node(out: &mut BytesMut, node: &NodeInfo) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    let name = if node.name.is_empty() { node.id.as_str() } else { node.name.as_str() };
     let mut body = Object::begin(out);
     body.str("uid", node.id.as_str())
-        .str("name", node.id.as_str())
+        .str("name", name)
+        .u64("updated_at", node.updated_at_ms)
+        .u64("age_ms", now_ms.saturating_sub(node.updated_at_ms))
         .str("version", &node.version)
         .u64("num_clients", count(node.num_clients))
         .u64("num_users", count(node.num_users))

@@ -124,10 +124,11 @@ fn type_table(mut table: Table, errors: &mut Vec<String>) -> Config {
         channel: section(&mut table, "channel", errors),
         pusher: section(&mut table, "pusher", errors),
         log: section(&mut table, "log", errors),
+        node: section(&mut table, "node", errors),
     };
     for unknown in table.keys() {
         errors.push(format!(
-            "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log"
+            "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log, node"
         ));
     }
     config

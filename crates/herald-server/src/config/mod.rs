@@ -45,6 +45,33 @@ pub struct Config {
     pub pusher: PusherConfig,
     /// Logging.
     pub log: LogConfig,
+    /// This node.
+    pub node: NodeConfig,
+}
+
+/// This node, as operators know it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Its name in `/api/info` (default: the host name).
+    pub name: Option<String>,
+}
+
+impl NodeConfig {
+    /// The configured name, else the host name, else `fallback`.
+    pub fn name_or(&self, fallback: &str) -> String {
+        self.name.clone().or_else(host_name).unwrap_or_else(|| fallback.to_owned())
+    }
+}
+
+/// The machine's host name, as Linux tells it (or `$HOSTNAME`).
+fn host_name() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 /// The HTTP listener (WebSocket endpoint, server API, health).

@@ -207,6 +207,10 @@ allow_history_for_subscriber = true
 #           "member_removed", "client_event", "cache_miss"]
 # batch = false
 
+[node]
+# This node's name in /api/info (default: the host name).
+# name = "herald-1"
+
 [log]
 # A tracing filter: "info", "debug", "herald_server=debug,info", ...
 level = "info"

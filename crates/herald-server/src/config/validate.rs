@@ -22,6 +22,11 @@ impl Config {
         if http.max_body_size < 1024 {
             problems.push("http.max_body_size: must be at least 1024 bytes".to_owned());
         }
+        if let Some(name) = &self.node.name {
+            if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+                problems.push("node.name: 1 to 64 characters, none of them control characters".to_owned());
+            }
+        }
         if let Err(problem) = self.tls_acceptor() {
             problems.push(problem);
         }

@@ -12,6 +12,7 @@
 //! - `occupancy`: cluster-wide occupancy and its transitions;
 //! - `observer`: who hears the transitions this node decides;
 //! - `meter`: who hears what the hub measures (fanouts, recoveries);
+//! - `survey`: questions every node answers (the cluster's channel list);
 //! - `events`: engine events and control commands applied to connections;
 //! - `heartbeat`: the periodic refresh of presence, occupancy and this
 //!   node's registry entry;
@@ -55,6 +56,7 @@ mod reads;
 mod recovery;
 mod registry;
 mod subscriptions;
+mod survey;
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -79,6 +81,7 @@ pub use channels::glob_match;
 pub use meter::HubMeter;
 pub use observer::HubObserver;
 pub use recovery::{decide as decide_recovery, Recovery};
+pub use survey::SURVEY_TIMEOUT;
 
 /// Hub-wide settings.
 #[derive(Debug, Clone)]
@@ -190,6 +193,7 @@ pub struct Hub {
     occupancy: OccupancyTracker,
     observer: Observer,
     meter: Meter,
+    surveys: survey::Surveys,
     started: Instant,
 }
 
@@ -213,6 +217,7 @@ impl Hub {
             occupancy: OccupancyTracker::new(&config, engine.clone(), observer.clone()),
             observer,
             meter: Meter::default(),
+            surveys: survey::Surveys::default(),
             config,
             engine,
             registry: Registry::new(),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ChannelName, ClientId, Epoch, Offset, UserId};
+use crate::ids::{ChannelName, ClientId, Epoch, NodeId, Offset, UserId};
 
 /// Who published, as seen by subscribers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +143,27 @@ pub enum Control {
         /// Expire now.
         expired: bool,
     },
+    /// Every node is asked for its channels (those matching `pattern`) and
+    /// their local subscriber counts, for a cluster-wide list.
+    ChannelsAsked {
+        /// Names this survey among the asking node's.
+        survey: u64,
+        /// Who asks, and is to be answered.
+        from: NodeId,
+        /// Only channels matching it (`*` matches any run of characters).
+        pattern: Option<String>,
+    },
+    /// One node's answer to [`Control::ChannelsAsked`].
+    ChannelsAnswered {
+        /// The survey answered.
+        survey: u64,
+        /// The node that asked.
+        to: NodeId,
+        /// The node that answers.
+        node: NodeId,
+        /// Its channels and their local subscriber counts.
+        channels: Vec<(ChannelName, usize)>,
+    },
 }
 
 /// A join or a leave, as broadcast to a channel's subscribers on every node.
@@ -225,7 +246,7 @@ pub struct PresenceStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// The node.
-    pub id: crate::ids::NodeId,
+    pub id: NodeId,
     /// The name an operator knows it by (`node.name`; the host name by default).
     #[serde(default)]
     pub name: String,

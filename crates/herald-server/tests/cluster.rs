@@ -197,6 +197,27 @@ async fn control_through_one_node_reaches_connections_on_the_others() {
 }
 
 #[tokio::test]
+async fn the_channel_list_is_the_clusters_whichever_node_is_asked() {
+    let redis = RedisServer::start();
+    let nodes = cluster(&redis, 3).await;
+    let _a = subscribed(&nodes[1], "a", "news").await;
+    let _b = subscribed(&nodes[2], "b", "news").await;
+    let _c = subscribed(&nodes[2], "c", "chat:lobby").await;
+
+    for node in &nodes {
+        let (status, reply) = node.api("channels", json!({})).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            reply["result"]["channels"],
+            json!({"chat:lobby": {"num_clients": 1}, "news": {"num_clients": 2}}),
+            "asked on one node, it answers for the cluster"
+        );
+    }
+    let (_, reply) = nodes[0].api("channels", json!({"pattern": "chat:*"})).await;
+    assert_eq!(reply["result"]["channels"], json!({"chat:lobby": {"num_clients": 1}}));
+}
+
+#[tokio::test]
 async fn info_lists_every_live_node() {
     let redis = RedisServer::start();
     let nodes = cluster(&redis, 3).await;

@@ -69,6 +69,12 @@ impl Hub {
 
     fn on_control(self: Arc<Self>, command: Control) {
         match command {
+            Control::ChannelsAsked { survey, from, pattern } => self.answer_channels(survey, from, pattern),
+            Control::ChannelsAnswered { survey, to, node, channels } => {
+                if to == self.config.node {
+                    self.channels_answered(survey, node, channels);
+                }
+            }
             Control::Disconnect { user, client, reason } => {
                 for conn in self.registry.of_user(&user, client.as_ref()) {
                     conn.outbox.close(reason.clone());

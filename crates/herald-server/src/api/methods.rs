@@ -277,7 +277,7 @@ impl ApiState {
                 hub.send_control(command).await?;
                 Ok(Reply::Done)
             }
-            ApiCommand::Channels(p) => Ok(Reply::Channels(hub.channels(p.pattern.as_deref()))),
+            ApiCommand::Channels(p) => Ok(Reply::Channels(hub.cluster_channels(p.pattern.as_deref()).await?)),
             ApiCommand::Info(_) => Ok(Reply::Info { nodes: hub.nodes().await?, engine: hub.engine().name() }),
             ApiCommand::History(p) => {
                 let query = HistoryQuery {

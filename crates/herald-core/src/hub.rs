@@ -81,7 +81,7 @@ pub use channels::glob_match;
 pub use meter::HubMeter;
 pub use observer::HubObserver;
 pub use recovery::{decide as decide_recovery, Recovery};
-pub use survey::SURVEY_TIMEOUT;
+pub use survey::{ClusterChannels, SURVEY_TIMEOUT};
 
 /// Hub-wide settings.
 #[derive(Debug, Clone)]
@@ -387,12 +387,15 @@ impl Hub {
         self.registry.refuse_new();
         let open = self.registry.snapshot();
         let most_steps = window.as_millis().checked_div(DRAIN_STEP.as_millis()).unwrap_or(1);
-        let most_steps = usize::try_from(most_steps).unwrap_or(usize::MAX);
-        let steps = most_steps.clamp(1, open.len().max(1));
+        let most_steps = usize::try_from(most_steps).unwrap_or(usize::MAX).max(1);
+        let per_step = open.len().div_ceil(most_steps).max(1);
+        let steps = open.len().div_ceil(per_step).max(1);
+        // Steps at 0, pause, 2 pauses, …: the last just before the window ends.
         let pause = window.checked_div(u32::try_from(steps).unwrap_or(u32::MAX)).unwrap_or_default();
-        let mut ticks = tokio::time::interval(pause.max(Duration::from_millis(1)));
-        for step in open.chunks(open.len().div_ceil(steps).max(1)) {
-            ticks.tick().await;
+        for (n, step) in open.chunks(per_step).enumerate() {
+            if n > 0 {
+                tokio::time::sleep(pause).await;
+            }
             for conn in step {
                 conn.outbox.close(reason.clone());
             }

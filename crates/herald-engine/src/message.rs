@@ -163,6 +163,9 @@ pub enum Control {
         node: NodeId,
         /// Its channels and their local subscriber counts.
         channels: Vec<(ChannelName, usize)>,
+        /// Whether it had more than it could send.
+        #[serde(default)]
+        truncated: bool,
     },
 }
 

@@ -24,6 +24,16 @@ async fn broadcast_publishes_into_every_listed_channel_and_reports_each() {
 }
 
 #[tokio::test]
+async fn a_batch_refuses_the_channel_list_which_asks_every_node() {
+    let server = TestServer::start().await;
+    let (status, reply) = server.api("batch", json!({"commands": [{"channels": {}}, {"info": {}}]})).await;
+    assert_eq!(status, 200);
+    let replies = reply["replies"].as_array().unwrap_or_else(|| panic!("{reply}"));
+    assert!(replies[0]["error"]["message"].as_str().unwrap().contains("on its own"), "{reply}");
+    assert!(replies[1]["info"]["nodes"].is_array(), "{reply}");
+}
+
+#[tokio::test]
 async fn batch_runs_each_command_and_replies_in_order() {
     let server = TestServer::start().await;
     let mut client = server.connected("a").await;

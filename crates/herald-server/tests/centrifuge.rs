@@ -433,7 +433,7 @@ async fn with_a_certificate_clients_connect_over_wss_and_the_api_answers_over_ht
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let server = TestServer::with(|c| {
         c.http.tls_cert = Some(format!("{fixtures}/tls-server.pem"));
-        c.http.tls_key = Some(format!("{fixtures}/tls-server.key.pem"));
+        c.http.tls_key = Some(herald_server::config::Secret::new(format!("{fixtures}/tls-server.key.pem")));
     })
     .await;
     let url = format!("wss://localhost:{}/connection/websocket", server.addr.port());

@@ -84,7 +84,7 @@ async fn tls_handshakes_that_never_finish_are_cut_off_after_the_handshake_timeou
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let server = strict(|c| {
         c.http.tls_cert = Some(format!("{fixtures}/tls-server.pem"));
-        c.http.tls_key = Some(format!("{fixtures}/tls-server.key.pem"));
+        c.http.tls_key = Some(herald_server::config::Secret::new(format!("{fixtures}/tls-server.key.pem")));
     })
     .await;
     // Nothing, and the first bytes of a ClientHello that never goes on.

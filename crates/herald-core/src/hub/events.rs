@@ -70,9 +70,9 @@ impl Hub {
     fn on_control(self: Arc<Self>, command: Control) {
         match command {
             Control::ChannelsAsked { survey, from, pattern } => self.answer_channels(survey, from, pattern),
-            Control::ChannelsAnswered { survey, to, node, channels } => {
+            Control::ChannelsAnswered { survey, to, node, channels, truncated } => {
                 if to == self.config.node {
-                    self.channels_answered(survey, node, channels);
+                    self.channels_answered(survey, node, channels, truncated);
                 }
             }
             Control::Disconnect { user, client, reason } => {

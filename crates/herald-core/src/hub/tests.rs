@@ -471,3 +471,17 @@ async fn a_drain_closes_connections_in_even_steps_over_its_window_and_refuses_ne
     });
     assert!(late.is_err(), "a draining node takes no new connection");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_uses_its_whole_window_whatever_the_number_of_connections() {
+    let f = Fixture::new().await;
+    let conns: Vec<_> = (0..1001).map(|n| f.connect(&format!("u{n}"), 1 << 16)).collect();
+    let window = Duration::from_secs(20);
+    let started = tokio::time::Instant::now();
+
+    f.hub.close_spread(DisconnectReason::Shutdown, window).await;
+
+    let took = started.elapsed();
+    assert!(conns.iter().all(|c| c.outbox().is_closed()));
+    assert!(took >= window * 9 / 10 && took <= window, "the last step came after {took:?} of a {window:?} window");
+}

@@ -189,6 +189,13 @@ impl ApiState {
                 let mut replies = Vec::with_capacity(batch.commands.len());
                 for command in batch.commands {
                     let name = command.name();
+                    // It asks every node and may wait for them: a batch of
+                    // them would have no deadline worth the name.
+                    if matches!(command, ApiCommand::Channels(_)) {
+                        let refusal = "call channels on its own, not in a batch: it asks every node";
+                        replies.push((name, Err(ApiError::BadRequest(refusal.into()))));
+                        continue;
+                    }
                     replies.push((name, Box::pin(self.run(command)).await));
                 }
                 Ok(Response::Batch(replies))

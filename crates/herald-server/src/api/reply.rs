@@ -3,7 +3,7 @@
 //! are, so nothing is encoded, parsed back and encoded again.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_engine::{ChannelName, ClientInfo, HistoryResult, NodeInfo, PresenceStats, StreamPosition};
+use herald_engine::{ClientInfo, HistoryResult, NodeInfo, PresenceStats, StreamPosition};
 
 use super::ApiError;
 use crate::json::{self, Object};
@@ -18,7 +18,7 @@ pub(crate) enum Reply {
     /// One outcome per channel of a broadcast, in order.
     Broadcast(Vec<Result<StreamPosition, ApiError>>),
     /// Channels with their subscriber counts.
-    Channels(Vec<(ChannelName, usize)>),
+    Channels(herald_core::hub::ClusterChannels),
     /// The live nodes of the cluster, and the engine's name.
     Info { nodes: Vec<NodeInfo>, engine: &'static str },
     /// A history read.
@@ -76,15 +76,18 @@ impl Reply {
                 });
                 body.end();
             }
-            Reply::Channels(channels) => {
+            Reply::Channels(listed) => {
                 let mut body = Object::begin(out);
                 let mut map = Object::begin(body.key("channels"));
-                for (name, clients) in channels {
+                for (name, clients) in &listed.channels {
                     let mut channel = Object::begin(map.key(name.as_str()));
                     channel.u64("num_clients", count(*clients));
                     channel.end();
                 }
                 map.end();
+                if listed.incomplete {
+                    body.bool("incomplete", true);
+                }
                 body.end();
             }
             Reply::Info { nodes, engine } => {
@@ -150,7 +153,7 @@ fn count(n: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use herald_core::HubError;
-    use herald_engine::{Epoch, Offset};
+    use herald_engine::{ChannelName, Epoch, Offset};
     use serde_json::json;
 
     use super::*;
@@ -176,7 +179,8 @@ mod tests {
                 {"error": {"code": 102, "message": "unknown channel"}}
             ]}})
         );
-        let channels = Reply::Channels(vec![(ChannelName::new("chat:1").unwrap(), 2)]);
+        let listed = vec![(ChannelName::new("chat:1").unwrap(), 2)];
+        let channels = Reply::Channels(herald_core::hub::ClusterChannels { channels: listed, incomplete: false });
         assert_eq!(parsed(Response::Result(channels)), json!({"result": {"channels": {"chat:1": {"num_clients": 2}}}}));
         let stats = Reply::PresenceStats(PresenceStats { num_clients: 3, num_users: 2 });
         let batch = Response::Batch(vec![

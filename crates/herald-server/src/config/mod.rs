@@ -131,7 +131,7 @@ pub struct HttpConfig {
     /// `https://` and `wss://` with; set with `tls_key`.
     pub tls_cert: Option<String>,
     /// The certificate's private key (PEM text, or a path).
-    pub tls_key: Option<String>,
+    pub tls_key: Option<Secret>,
 }
 
 impl Default for HttpConfig {

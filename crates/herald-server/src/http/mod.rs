@@ -5,7 +5,8 @@
 //! - with TLS (`tls`), the handshake must finish within
 //!   `http.handshake_timeout`;
 //! - a connection is admitted only under the node's and its address's caps
-//!   (`admission`); a refused one gets a 503 or 429 and is closed;
+//!   (`admission`); a refused one gets a 503 or 429 and is closed (over
+//!   TLS, just closed);
 //! - a request's headers, a WebSocket upgrade's included, must arrive within
 //!   `http.handshake_timeout`, and so must the next request of an idle
 //!   keep-alive connection (hyper's header timer, which restarts whenever a
@@ -151,7 +152,11 @@ pub(crate) async fn serve(
             }
             Err(refusal) => {
                 tracing::debug!(%peer, ?refusal, open = admission.open(), "connection refused");
-                tokio::spawn(refuse(stream, refusal));
+                // Over TLS a plain-text answer would only be a TLS error:
+                // the refused client is just closed.
+                if settings.tls.is_none() {
+                    tokio::spawn(refuse(stream, refusal));
+                }
             }
         }
     }

@@ -9,6 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod reload;
+
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
@@ -158,13 +160,13 @@ fn serve(args: ServeArgs) -> ExitCode {
     if !missing.is_empty() {
         return fail(config::ConfigErrors(missing), 2);
     }
-    init_logging(&config);
+    let log = init_logging(&config);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(format!("cannot start the async runtime: {e}"), 1),
     };
-    match runtime.block_on(serve_async(config, sources.file, generated)) {
+    match runtime.block_on(serve_async(config, sources, generated, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "herald stopped with an error");
@@ -194,22 +196,31 @@ fn fill_development_secrets(config: &mut Config) -> Vec<(&'static str, String)> 
     generated
 }
 
-fn init_logging(config: &Config) {
+/// Installs the log; the returned handle changes its filter (SIGHUP).
+fn init_logging(config: &Config) -> reload::LogHandle {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(text).init(),
+        LogFormat::Json => registry.with(text.json()).init(),
     }
+    handle
 }
 
 async fn serve_async(
     config: Config,
-    file: Option<PathBuf>,
+    sources: Sources,
     generated: Vec<(&'static str, String)>,
+    log: reload::LogHandle,
 ) -> anyhow::Result<()> {
+    let file = sources.file.clone();
+    tokio::spawn(reload::on_hangup(sources, config.clone(), log));
     let bind = SocketAddr::new(config.http.address, config.http.port);
     let listener = TcpListener::bind(bind).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {bind}: {e}; is another process using the port? choose one with --port")

@@ -1,0 +1,100 @@
+//! The `herald` binary itself: what it does on SIGHUP.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A `herald serve` process and the lines it has logged so far.
+struct Herald {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    port: u16,
+}
+
+impl Herald {
+    fn serve(config: &std::path::Path, port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("herald starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let seen = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                seen.lock().unwrap().push(line);
+            }
+        });
+        let herald = Self { child, lines, port };
+        herald.wait_for("it listens", |l| l.contains("herald listening"));
+        herald
+    }
+
+    /// Waits (up to the tests' patience) for a logged line that `matches`.
+    fn wait_for(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + support::PATIENCE;
+        loop {
+            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}; logged:\n{:#?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn hang_up(&self) {
+        let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_text(port: u16, level: &str, api_key: &str) -> String {
+    format!(
+        "[http]\nport = {port}\naddress = \"127.0.0.1\"\n[api]\nkey = \"{api_key}\"\n\
+         [client]\ntoken_hmac_secret = \"a-test-secret-long-enough\"\n[log]\nlevel = \"{level}\"\n"
+    )
+}
+
+#[tokio::test]
+async fn sighup_applies_the_log_level_names_what_needs_a_restart_and_refuses_a_bad_file() {
+    let dir = std::env::temp_dir().join(format!("herald-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("herald.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(&file, config_text(port, "info", "first-key-0123456789")).unwrap();
+    let herald = Herald::serve(&file, port);
+
+    std::fs::write(&file, config_text(port, "debug", "second-key-0123456789")).unwrap();
+    herald.hang_up();
+    let read = herald.wait_for("the file is read again", |l| l.contains("configuration read again"));
+    assert!(read.contains("log.level = \\\"debug\\\""), "{read}");
+    let restart = herald.wait_for("what needs a restart is named", |l| l.contains("only after a restart"));
+    assert!(restart.contains("api.key") && !restart.contains("second-key"), "named, not shown: {restart}");
+
+    std::fs::write(&file, "[http]\nport = \"eighty\"\n").unwrap();
+    herald.hang_up();
+    let refused = herald.wait_for("the bad file is refused", |l| l.contains("configuration refused"));
+    assert!(refused.contains("http.port"), "{refused}");
+    herald.wait_for("the running config is kept", |l| l.contains("running configuration is kept"));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], herald.port));
+    assert_eq!(support::http_get(addr, "/health").await.0, 200, "still serving");
+    let _ = std::fs::remove_dir_all(&dir);
+}

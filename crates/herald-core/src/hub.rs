@@ -194,6 +194,8 @@ pub struct Hub {
     observer: Observer,
     meter: Meter,
     surveys: survey::Surveys,
+    /// The namespaces' rules: `config.rules` at start, replaced on reload.
+    rules: std::sync::RwLock<Arc<ChannelRules>>,
     started: Instant,
 }
 
@@ -218,6 +220,7 @@ impl Hub {
             observer,
             meter: Meter::default(),
             surveys: survey::Surveys::default(),
+            rules: std::sync::RwLock::new(Arc::new(config.rules.clone())),
             config,
             engine,
             registry: Registry::new(),
@@ -246,9 +249,16 @@ impl Hub {
         &self.engine
     }
 
-    /// The namespaces' rules.
-    pub fn rules(&self) -> &ChannelRules {
-        &self.config.rules
+    /// The namespaces' rules, as they are now.
+    pub fn rules(&self) -> Arc<ChannelRules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the namespaces' rules (a configuration reload). What a
+    /// connection was already granted stays; every later command, publication
+    /// and subscription is judged by the new rules.
+    pub fn set_rules(&self, rules: ChannelRules) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
     }
 
     /// Installs what hears the hub's measurements; only the first call
@@ -294,7 +304,8 @@ impl Hub {
         idempotency_key: Option<String>,
         skip_history: bool,
     ) -> Result<PublishResult, HubError> {
-        let options = self.config.rules.resolve(channel)?;
+        let rules = self.rules();
+        let options = rules.resolve(channel)?;
         let size = publication.data.len();
         if size > options.max_message_size {
             return Err(HubError::MessageTooLarge { size, limit: options.max_message_size });
@@ -314,7 +325,8 @@ impl Hub {
         channel: &ChannelName,
         data: Bytes,
     ) -> Result<PublishResult, HubError> {
-        let options = self.config.rules.resolve(channel)?;
+        let rules = self.rules();
+        let options = rules.resolve(channel)?;
         let allowed = match options.publish {
             PublishPolicy::Api => false,
             PublishPolicy::Subscribers => conn.is_subscribed(channel),

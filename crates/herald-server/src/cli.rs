@@ -220,7 +220,7 @@ async fn serve_async(
     log: reload::LogHandle,
 ) -> anyhow::Result<()> {
     let file = sources.file.clone();
-    tokio::spawn(reload::on_hangup(sources, config.clone(), log));
+    let running = config.clone();
     let bind = SocketAddr::new(config.http.address, config.http.port);
     let listener = TcpListener::bind(bind).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {bind}: {e}; is another process using the port? choose one with --port")
@@ -245,6 +245,7 @@ async fn serve_async(
     let (ws, web) = if config.http.tls_cert.is_some() { ("wss", "https") } else { ("ws", "http") };
     let pusher_apps: Vec<(String, String)> = config.pusher.apps.iter().map(|a| (a.id.clone(), a.key.clone())).collect();
     let node = Node::build(config).await?;
+    tokio::spawn(reload::on_hangup(sources, running, reload::Live { log, hub: node.hub.clone() }));
     tracing::info!(
         address = %local,
         engine,

@@ -119,11 +119,8 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let engine = engine.wrapped(&metrics::Metering(metrics.clone()));
         let node_id = NodeId::from(uuid::Uuid::new_v4().to_string());
-        let mut rules = ChannelRules::new(config.channel.without_namespace.clone(), config.channel.namespaces.clone());
         let serves_pusher = !config.pusher.apps.is_empty();
-        if serves_pusher {
-            rules = rules.with_conventions(Arc::new(pusher::conventions::PusherConventions));
-        }
+        let rules = channel_rules(&config, serves_pusher);
         let hub = Hub::new(
             HubConfig {
                 max_channels_per_connection: config.client.max_channels,
@@ -259,6 +256,16 @@ impl Node {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The namespaces' rules of `config`; with Pusher's channel conventions
+/// when the node serves Pusher apps.
+pub(crate) fn channel_rules(config: &Config, serves_pusher: bool) -> ChannelRules {
+    let rules = ChannelRules::new(config.channel.without_namespace.clone(), config.channel.namespaces.clone());
+    match serves_pusher {
+        true => rules.with_conventions(Arc::new(pusher::conventions::PusherConventions)),
+        false => rules,
     }
 }
 

@@ -66,11 +66,24 @@ impl Drop for Herald {
     }
 }
 
-fn config_text(port: u16, level: &str, api_key: &str) -> String {
+const SECRET: &str = "a-test-secret-long-enough";
+
+fn config_text(port: u16, level: &str, api_key: &str, namespaces: &str) -> String {
     format!(
         "[http]\nport = {port}\naddress = \"127.0.0.1\"\n[api]\nkey = \"{api_key}\"\n\
-         [client]\ntoken_hmac_secret = \"a-test-secret-long-enough\"\n[log]\nlevel = \"{level}\"\n"
+         [client]\ntoken_hmac_secret = \"{SECRET}\"\n[log]\nlevel = \"{level}\"\n{namespaces}"
     )
+}
+
+/// A client connected to `port` as `user`, and the reply to its
+/// subscription to `channel`.
+async fn subscribe_reply(port: u16, channel: &str) -> serde_json::Value {
+    let url = format!("ws://127.0.0.1:{port}/connection/websocket");
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket handshake");
+    let mut client = support::Client::from_stream(ws);
+    let token = herald_server::auth::TokenMinter::hmac(SECRET).sign(&serde_json::json!({"sub": "42"}));
+    client.command(serde_json::json!({"id": 1, "connect": {"token": token}})).await;
+    client.command(serde_json::json!({"id": 2, "subscribe": {"channel": channel}})).await
 }
 
 #[tokio::test]
@@ -79,13 +92,18 @@ async fn sighup_applies_the_log_level_names_what_needs_a_restart_and_refuses_a_b
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("herald.toml");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(&file, config_text(port, "info", "first-key-0123456789")).unwrap();
+    std::fs::write(&file, config_text(port, "info", "first-key-0123456789", "")).unwrap();
     let herald = Herald::serve(&file, port);
+    let before = subscribe_reply(port, "games:1").await;
+    assert_eq!(before["error"]["code"], 102, "no games namespace yet: {before}");
 
-    std::fs::write(&file, config_text(port, "debug", "second-key-0123456789")).unwrap();
+    let games = "[channel.namespaces.games]\nsubscribe = \"anyone\"\n";
+    std::fs::write(&file, config_text(port, "debug", "second-key-0123456789", games)).unwrap();
     herald.hang_up();
     let read = herald.wait_for("the file is read again", |l| l.contains("configuration read again"));
-    assert!(read.contains("log.level = \\\"debug\\\""), "{read}");
+    assert!(read.contains("log.level = \\\"debug\\\"") && read.contains("channel namespaces"), "{read}");
+    let after = subscribe_reply(port, "games:1").await;
+    assert!(after["subscribe"].is_object(), "the new namespace serves at once: {after}");
     let restart = herald.wait_for("what needs a restart is named", |l| l.contains("only after a restart"));
     assert!(restart.contains("api.key") && !restart.contains("second-key"), "named, not shown: {restart}");
 

@@ -15,7 +15,8 @@ impl Hub {
     pub(super) fn on_engine_event(self: Arc<Self>, event: EngineEvent) {
         match event {
             EngineEvent::Publication { channel, publication } => {
-                let delay = self.config.rules.resolve(&channel).map(|o| o.write_delay).unwrap_or_default();
+                let rules = self.rules();
+                let delay = rules.resolve(&channel).map(|o| o.write_delay).unwrap_or_default();
                 let started = std::time::Instant::now();
                 let (stale, queued) = self.channels.deliver(&channel, &publication, delay);
                 if let Some(meter) = self.meter.get() {
@@ -31,7 +32,8 @@ impl Hub {
                 }
             }
             EngineEvent::Presence { channel, event } => {
-                let to_everyone = self.config.rules.resolve(&channel).is_ok_and(|o| o.force_push_join_leave);
+                let rules = self.rules();
+                let to_everyone = rules.resolve(&channel).is_ok_and(|o| o.force_push_join_leave);
                 self.channels.deliver_presence(&channel, &event, to_everyone);
             }
             EngineEvent::Control(command) => self.on_control(command),

@@ -31,7 +31,8 @@ impl Hub {
         let local = self.channels.list(None);
         self.occupancy.refresh(&local).await;
         for (channel, _) in local {
-            let Ok(options) = self.config.rules.resolve(&channel) else { continue };
+            let rules = self.rules();
+            let Ok(options) = rules.resolve(&channel) else { continue };
             if options.presence {
                 self.presence.sweep_expired(&channel, options.join_leave).await;
             }
@@ -47,7 +48,7 @@ impl Hub {
             let present: Vec<ChannelName> = conn
                 .subscriptions()
                 .keys()
-                .filter(|channel| self.config.rules.resolve(channel).is_ok_and(|o| o.presence))
+                .filter(|channel| self.rules().resolve(channel).is_ok_and(|o| o.presence))
                 .cloned()
                 .collect();
             for channel in present {

@@ -46,7 +46,8 @@ impl Hub {
         let mut now = HashMap::with_capacity(channels.len());
         let mut stale = Vec::new();
         for channel in channels {
-            let Some(history) = self.config.rules.resolve(&channel).ok().and_then(|o| o.history()) else { continue };
+            let rules = self.rules();
+            let Some(history) = rules.resolve(&channel).ok().and_then(|o| o.history()) else { continue };
             // An engine that cannot answer was interrupted, and that
             // already ended these subscriptions.
             let Ok(read) = self.engine.history().history(&channel, &HistoryQuery::default(), &history).await else {

@@ -11,7 +11,8 @@ impl Hub {
     /// A channel's history. `since` from another epoch, or already
     /// trimmed, is an unrecoverable position.
     pub async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryResult, HubError> {
-        let options = self.config.rules.resolve(channel)?;
+        let rules = self.rules();
+        let options = rules.resolve(channel)?;
         let history =
             options.history().ok_or_else(|| HubError::NotAvailable("history is off in this namespace".into()))?;
         let result = self.engine.history().history(channel, &query, &history).await?;
@@ -34,7 +35,7 @@ impl Hub {
 
     /// Drops a channel's history (its epoch changes).
     pub async fn remove_history(&self, channel: &ChannelName) -> Result<(), HubError> {
-        self.config.rules.resolve(channel)?;
+        self.rules().resolve(channel)?;
         Ok(self.engine.history().remove_history(channel).await?)
     }
 
@@ -51,7 +52,7 @@ impl Hub {
     }
 
     fn require_presence(&self, channel: &ChannelName) -> Result<(), HubError> {
-        match self.config.rules.resolve(channel)?.presence {
+        match self.rules().resolve(channel)?.presence {
             true => Ok(()),
             false => Err(HubError::NotAvailable("presence is off in this namespace".into())),
         }
@@ -60,7 +61,8 @@ impl Hub {
     /// Whether `conn` may read history (`presence: false`) or presence
     /// (`presence: true`) of `channel` as a subscriber.
     pub fn authorize_read(&self, conn: &Connection, channel: &ChannelName, presence: bool) -> Result<(), HubError> {
-        let options = self.config.rules.resolve(channel)?;
+        let rules = self.rules();
+        let options = rules.resolve(channel)?;
         let allowed = match presence {
             true => options.allow_presence_for_subscriber,
             false => options.allow_history_for_subscriber,

@@ -21,8 +21,9 @@ impl Hub {
         conn: &Connection,
         channel: &ChannelName,
         access: SubscribeAccess,
-    ) -> Result<&NamespaceOptions, HubError> {
-        let options = self.config.rules.resolve(channel)?;
+    ) -> Result<NamespaceOptions, HubError> {
+        let rules = self.rules();
+        let options = rules.resolve(channel)?;
         if access == SubscribeAccess::Client {
             let allowed = match options.subscribe {
                 SubscribePolicy::Anyone => true,
@@ -36,7 +37,7 @@ impl Hub {
                 return Err(HubError::PermissionDenied);
             }
         }
-        Ok(options)
+        Ok(options.clone())
     }
 
     /// Subscribes `conn` to `channel`. `reply` encodes the front-end's reply
@@ -50,7 +51,7 @@ impl Hub {
         request: SubscribeRequest,
         reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
     ) -> Result<SubscribeOutcome, HubError> {
-        let options = self.authorize_subscribe(conn, channel, access)?;
+        let options = &self.authorize_subscribe(conn, channel, access)?;
         let _interest = self.channels.interest_lock(channel).lock().await;
         self.check_subscription_limits(conn, channel, options)?;
 
@@ -207,7 +208,7 @@ impl Hub {
         // Who the connection was in the channel, read before the subscription goes.
         let info = conn.info_in(channel);
         let Some(left) = self.remove_subscriber(conn, channel).await else { return false };
-        if let Ok(options) = self.config.rules.resolve(channel) {
+        if let Ok(options) = self.rules().resolve(channel) {
             self.presence.announce(info, channel, options, false).await;
         }
         self.occupancy.update(channel, left).await;

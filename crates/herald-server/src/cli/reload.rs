@@ -3,20 +3,31 @@
 //!
 //! - A configuration with problems is refused: every problem is logged,
 //!   and the running configuration is kept.
-//! - `log.level` changes at once.
+//! - `log.level` and the channel namespaces (`[channel]`) change at once:
+//!   what a connection was already granted stays, every later command,
+//!   publication and subscription is judged by the new rules.
 //! - Every other changed setting is named in the log as needing a restart
 //!   (the running node keeps its value).
 
+use std::sync::Arc;
+
+use herald_core::Hub;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::{self, Config, Sources};
+
+/// What a reload can change in the running node.
+pub(super) struct Live {
+    pub(super) log: LogHandle,
+    pub(super) hub: Arc<Hub>,
+}
 
 /// Changes the running log filter.
 pub(super) type LogHandle = reload::Handle<EnvFilter, Registry>;
 
 /// Reads the configuration again on every SIGHUP, for as long as the node runs.
 #[cfg(unix)]
-pub(super) async fn on_hangup(sources: Sources, mut running: Config, log: LogHandle) {
+pub(super) async fn on_hangup(sources: Sources, mut running: Config, live: Live) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hangups) => hangups,
         Err(error) => {
@@ -25,17 +36,17 @@ pub(super) async fn on_hangup(sources: Sources, mut running: Config, log: LogHan
         }
     };
     while hangups.recv().await.is_some() {
-        reload(&sources, &mut running, &log);
+        reload(&sources, &mut running, &live);
     }
 }
 
 /// Without SIGHUP, nothing to listen for.
 #[cfg(not(unix))]
-pub(super) async fn on_hangup(_: Sources, _: Config, _: LogHandle) {}
+pub(super) async fn on_hangup(_: Sources, _: Config, _: Live) {}
 
 /// One reload: refuses a configuration with problems, else applies what
 /// can change live and names what cannot.
-pub(super) fn reload(sources: &Sources, running: &mut Config, log: &LogHandle) {
+pub(super) fn reload(sources: &Sources, running: &mut Config, live: &Live) {
     let Some(file) = &sources.file else {
         tracing::warn!("SIGHUP: no config file to read again (the node runs on generated secrets)");
         return;
@@ -49,7 +60,7 @@ pub(super) fn reload(sources: &Sources, running: &mut Config, log: &LogHandle) {
     if fresh.log.level != running.log.level {
         match EnvFilter::try_new(&fresh.log.level)
             .map_err(|e| e.to_string())
-            .and_then(|filter| log.modify(|current| *current = filter).map_err(|e| e.to_string()))
+            .and_then(|filter| live.log.modify(|current| *current = filter).map_err(|e| e.to_string()))
         {
             Ok(()) => {
                 applied.push(format!("log.level = {:?}", fresh.log.level));
@@ -57,6 +68,12 @@ pub(super) fn reload(sources: &Sources, running: &mut Config, log: &LogHandle) {
             }
             Err(error) => tracing::error!(%error, "SIGHUP: log.level could not be changed"),
         }
+    }
+    if format!("{:?}", fresh.channel) != format!("{:?}", running.channel) {
+        let serves_pusher = !running.pusher.apps.is_empty();
+        live.hub.set_rules(crate::server::channel_rules(&fresh, serves_pusher));
+        applied.push("channel namespaces".to_owned());
+        running.channel = fresh.channel.clone();
     }
     let restart = needs_restart(running, &fresh);
     tracing::info!(config = %file.display(), ?applied, "SIGHUP: configuration read again");

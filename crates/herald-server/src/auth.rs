@@ -218,6 +218,33 @@ impl TokenVerifier {
     }
 }
 
+/// The node's verifiers: after a reload that changed the token keys, a
+/// token the current keys refuse is tried with the previous ones while
+/// their overlap lasts.
+impl crate::rotating::Rotating<TokenVerifier> {
+    /// A connection token, as [`TokenVerifier::connection_now`] checks it.
+    pub(crate) async fn connection_now(&self, token: &str) -> Result<ConnectClaims, TokenError> {
+        let (current, previous) = self.accepted();
+        match (current.connection_now(token).await, previous) {
+            (Err(refused @ (TokenError::Invalid(_) | TokenError::UnknownKey(_))), Some(previous)) => {
+                previous.connection_now(token).await.map_err(|_| refused)
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// A subscription token, as [`TokenVerifier::subscription_now`] checks it.
+    pub(crate) async fn subscription_now(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
+        let (current, previous) = self.accepted();
+        match (current.subscription_now(token).await, previous) {
+            (Err(refused @ (TokenError::Invalid(_) | TokenError::UnknownKey(_))), Some(previous)) => {
+                previous.subscription_now(token).await.map_err(|_| refused)
+            }
+            (outcome, _) => outcome,
+        }
+    }
+}
+
 /// A key still unknown after the set was fetched again: the token is invalid.
 fn known_or_invalid(error: TokenError) -> TokenError {
     match error {

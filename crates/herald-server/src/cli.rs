@@ -245,7 +245,7 @@ async fn serve_async(
     let (ws, web) = if config.http.tls_cert.is_some() { ("wss", "https") } else { ("ws", "http") };
     let pusher_apps: Vec<(String, String)> = config.pusher.apps.iter().map(|a| (a.id.clone(), a.key.clone())).collect();
     let node = Node::build(config).await?;
-    tokio::spawn(reload::on_hangup(sources, running, reload::Live { log, hub: node.hub.clone() }));
+    tokio::spawn(reload::on_hangup(sources, running, reload::Live { log, node: node.reloadable() }));
     tracing::info!(
         address = %local,
         engine,

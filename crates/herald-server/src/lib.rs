@@ -49,6 +49,7 @@ mod json;
 mod metrics;
 pub mod pusher;
 mod rate;
+mod rotating;
 mod server;
 mod transport;
 

@@ -160,12 +160,14 @@ impl Node {
             DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx, metrics };
         let pusher = serves_pusher
             .then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, (body, users), driver.clone()));
+        let verifier = crate::rotating::Rotating::new(verifier);
         let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder) });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
         let metrics = shared.driver.metrics.clone();
         let (drain, _) = watch::channel(false);
         let max_batch = config.api.max_batch;
-        let api = Arc::new(ApiState { hub: hub.clone(), key: api_key, body, max_batch, metrics, drain: drain.clone() });
+        let key = crate::rotating::Rotating::new(api_key);
+        let api = Arc::new(ApiState { hub: hub.clone(), key, body, max_batch, metrics, drain: drain.clone() });
         Ok(Node { hub, shared, api, pusher, shutdown, drain, config })
     }
 
@@ -255,6 +257,55 @@ impl Node {
             );
         }
         tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// What a configuration reload can change in a running node.
+#[derive(Clone)]
+pub struct Reloadable {
+    hub: Arc<Hub>,
+    api: Arc<ApiState>,
+    shared: Arc<Shared>,
+    serves_pusher: bool,
+}
+
+impl std::fmt::Debug for Reloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloadable").field("serves_pusher", &self.serves_pusher).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A handle on what a reload can change, for as long as the node runs.
+    pub fn reloadable(&self) -> Reloadable {
+        Reloadable {
+            hub: self.hub.clone(),
+            api: self.api.clone(),
+            shared: self.shared.clone(),
+            serves_pusher: self.pusher.is_some(),
+        }
+    }
+}
+
+impl Reloadable {
+    /// Applies `config`'s channel namespaces.
+    pub fn set_namespaces(&self, config: &Config) {
+        self.hub.set_rules(channel_rules(config, self.serves_pusher));
+    }
+
+    /// Makes `config`'s API key current; the previous one is accepted for `overlap`.
+    pub fn rotate_api_key(&self, config: &Config, overlap: std::time::Duration) {
+        let key = if config.api.insecure { None } else { config.api.key.clone() };
+        self.api.key.rotate(key, overlap);
+    }
+
+    /// Makes `config`'s token keys current; the previous ones are accepted
+    /// for `overlap`. Fails, changing nothing, if a key cannot be used.
+    pub fn rotate_token_keys(&self, config: &Config, overlap: std::time::Duration) -> Result<(), String> {
+        let verifier = TokenVerifier::from_config(&config.client).map_err(|problems| problems.join("; "))?;
+        verifier.start(config.client.token_jwks_refresh);
+        self.shared.verifier.rotate(verifier, overlap);
         Ok(())
     }
 }

@@ -66,46 +66,63 @@ impl Drop for Herald {
     }
 }
 
-const SECRET: &str = "a-test-secret-long-enough";
+const OLD_SECRET: &str = "a-test-secret-long-enough";
+const NEW_SECRET: &str = "another-test-secret-long-enough";
 
-fn config_text(port: u16, level: &str, api_key: &str, namespaces: &str) -> String {
+fn config_text(port: u16, level: &str, api_key: &str, secret: &str, more: &str) -> String {
     format!(
         "[http]\nport = {port}\naddress = \"127.0.0.1\"\n[api]\nkey = \"{api_key}\"\n\
-         [client]\ntoken_hmac_secret = \"{SECRET}\"\n[log]\nlevel = \"{level}\"\n{namespaces}"
+         [client]\ntoken_hmac_secret = \"{secret}\"\n[log]\nlevel = \"{level}\"\n{more}"
     )
 }
 
-/// A client connected to `port` as `user`, and the reply to its
+/// The reply to a connect with a token signed with `secret`, and then to a
 /// subscription to `channel`.
-async fn subscribe_reply(port: u16, channel: &str) -> serde_json::Value {
+async fn connect_and_subscribe(port: u16, secret: &str, channel: &str) -> (serde_json::Value, serde_json::Value) {
     let url = format!("ws://127.0.0.1:{port}/connection/websocket");
     let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket handshake");
     let mut client = support::Client::from_stream(ws);
-    let token = herald_server::auth::TokenMinter::hmac(SECRET).sign(&serde_json::json!({"sub": "42"}));
-    client.command(serde_json::json!({"id": 1, "connect": {"token": token}})).await;
-    client.command(serde_json::json!({"id": 2, "subscribe": {"channel": channel}})).await
+    let token = herald_server::auth::TokenMinter::hmac(secret).sign(&serde_json::json!({"sub": "42"}));
+    let connected = client.command(serde_json::json!({"id": 1, "connect": {"token": token}})).await;
+    let subscribed = client.command(serde_json::json!({"id": 2, "subscribe": {"channel": channel}})).await;
+    (connected, subscribed)
+}
+
+async fn api_status(port: u16, key: &str) -> u16 {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    support::http_post(addr, "/api/info", &[("X-API-Key", key)], "{}").await.0
 }
 
 #[tokio::test]
-async fn sighup_applies_the_log_level_names_what_needs_a_restart_and_refuses_a_bad_file() {
+async fn sighup_applies_levels_namespaces_and_keys_names_what_needs_a_restart_and_refuses_a_bad_file() {
     let dir = std::env::temp_dir().join(format!("herald-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("herald.toml");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(&file, config_text(port, "info", "first-key-0123456789", "")).unwrap();
+    std::fs::write(&file, config_text(port, "info", "first-key-0123456789", OLD_SECRET, "")).unwrap();
     let herald = Herald::serve(&file, port);
-    let before = subscribe_reply(port, "games:1").await;
+    let (_, before) = connect_and_subscribe(port, OLD_SECRET, "games:1").await;
     assert_eq!(before["error"]["code"], 102, "no games namespace yet: {before}");
 
-    let games = "[channel.namespaces.games]\nsubscribe = \"anyone\"\n";
-    std::fs::write(&file, config_text(port, "debug", "second-key-0123456789", games)).unwrap();
+    let more = "[channel.namespaces.games]\nsubscribe = \"anyone\"\n[pusher]\nactivity_timeout = \"60s\"\n";
+    std::fs::write(&file, config_text(port, "debug", "second-key-0123456789", NEW_SECRET, more)).unwrap();
     herald.hang_up();
+
     let read = herald.wait_for("the file is read again", |l| l.contains("configuration read again"));
-    assert!(read.contains("log.level = \\\"debug\\\"") && read.contains("channel namespaces"), "{read}");
-    let after = subscribe_reply(port, "games:1").await;
-    assert!(after["subscribe"].is_object(), "the new namespace serves at once: {after}");
+    for applied in ["log.level = \\\"debug\\\"", "channel namespaces", "api.key", "client token keys"] {
+        assert!(read.contains(applied), "{applied} not applied: {read}");
+    }
     let restart = herald.wait_for("what needs a restart is named", |l| l.contains("only after a restart"));
-    assert!(restart.contains("api.key") && !restart.contains("second-key"), "named, not shown: {restart}");
+    assert!(restart.contains("pusher") && !restart.contains("api"), "{restart}");
+    let (_, after) = connect_and_subscribe(port, NEW_SECRET, "games:1").await;
+    assert!(after["subscribe"].is_object(), "the new namespace and secret serve at once: {after}");
+    let (old_token, _) = connect_and_subscribe(port, OLD_SECRET, "games:1").await;
+    assert!(old_token["connect"].is_object(), "the old secret is still accepted during the overlap: {old_token}");
+    assert_eq!(
+        (api_status(port, "first-key-0123456789").await, api_status(port, "second-key-0123456789").await),
+        (200, 200)
+    );
+    assert_eq!(api_status(port, "no-such-key-0123456789").await, 401);
 
     std::fs::write(&file, "[http]\nport = \"eighty\"\n").unwrap();
     herald.hang_up();

@@ -30,8 +30,8 @@ use reply::Response as Reply;
 #[derive(Debug)]
 pub(crate) struct ApiState {
     pub hub: Arc<Hub>,
-    /// `None` only when the API is explicitly insecure.
-    pub key: Option<Secret>,
+    /// `None` only when the API is explicitly insecure; a reload rotates it.
+    pub key: crate::rotating::Rotating<Option<Secret>>,
     /// How request bodies are read.
     pub body: http::body::BodyLimits,
     /// The most commands a batch, or channels a broadcast, may carry.
@@ -134,7 +134,8 @@ async fn respond(api: &ApiState, method: &str, headers: HeaderMap, body: Body) -
 
 impl ApiState {
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.key else {
+        let (current, previous) = self.key.accepted();
+        let Some(expected) = current.as_ref() else {
             return Ok(());
         };
         let given = headers
@@ -144,7 +145,8 @@ impl ApiState {
                 headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("apikey "))
             })
             .ok_or(ApiError::Unauthorized)?;
-        if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+        let matches = |key: &Secret| constant_time_eq(given.as_bytes(), key.expose().as_bytes());
+        if matches(expected) || previous.as_deref().and_then(Option::as_ref).is_some_and(matches) {
             Ok(())
         } else {
             Err(ApiError::Unauthorized)

@@ -47,7 +47,8 @@ pub(crate) struct SessionSettings {
 pub(crate) struct Shared {
     /// The hub, the write timeout and the shutdown signal.
     pub driver: DriverSettings,
-    pub verifier: TokenVerifier,
+    /// Rotated by a reload that changes the token keys.
+    pub verifier: crate::rotating::Rotating<TokenVerifier>,
     pub settings: SessionSettings,
     pub encoder: Arc<CentrifugeEncoder>,
 }

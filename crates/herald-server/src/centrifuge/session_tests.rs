@@ -46,7 +46,7 @@ async fn session_with(rules: ChannelRules, queue_max_bytes: usize, subscriptions
             shutdown: shutdown_rx,
             metrics: Default::default(),
         },
-        verifier: TokenVerifier::from_config(&client).unwrap(),
+        verifier: crate::rotating::Rotating::new(TokenVerifier::from_config(&client).unwrap()),
         settings: SessionSettings {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),

@@ -6,12 +6,13 @@
 //! - `log.level` and the channel namespaces (`[channel]`) change at once:
 //!   what a connection was already granted stays, every later command,
 //!   publication and subscription is judged by the new rules.
+//! - A new `api.key`, or new client token keys (secret, public keys, JWKS,
+//!   audience, issuer), become current at once, and the previous ones are
+//!   still accepted for `node.key_overlap` (10 minutes by default), so that
+//!   API clients and tokens move over without a gap.
 //! - Every other changed setting is named in the log as needing a restart
 //!   (the running node keeps its value).
 
-use std::sync::Arc;
-
-use herald_core::Hub;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::{self, Config, Sources};
@@ -19,7 +20,7 @@ use crate::config::{self, Config, Sources};
 /// What a reload can change in the running node.
 pub(super) struct Live {
     pub(super) log: LogHandle,
-    pub(super) hub: Arc<Hub>,
+    pub(super) node: crate::server::Reloadable,
 }
 
 /// Changes the running log filter.
@@ -70,10 +71,29 @@ pub(super) fn reload(sources: &Sources, running: &mut Config, live: &Live) {
         }
     }
     if format!("{:?}", fresh.channel) != format!("{:?}", running.channel) {
-        let serves_pusher = !running.pusher.apps.is_empty();
-        live.hub.set_rules(crate::server::channel_rules(&fresh, serves_pusher));
+        live.node.set_namespaces(&fresh);
         applied.push("channel namespaces".to_owned());
         running.channel = fresh.channel.clone();
+    }
+    let overlap = fresh.node.key_overlap;
+    let secret = |s: &Option<config::Secret>| s.as_ref().map(|s| s.expose().to_owned());
+    if secret(&fresh.api.key) != secret(&running.api.key) || fresh.api.insecure != running.api.insecure {
+        live.node.rotate_api_key(&fresh, overlap);
+        applied.push(format!("api.key (the previous one is accepted for {})", humantime::format_duration(overlap)));
+        running.api.key.clone_from(&fresh.api.key);
+        running.api.insecure = fresh.api.insecure;
+    }
+    if token_keys(&fresh) != token_keys(running) {
+        match live.node.rotate_token_keys(&fresh, overlap) {
+            Ok(()) => {
+                let kept = humantime::format_duration(overlap);
+                applied.push(format!("client token keys (the previous ones are accepted for {kept})"));
+                copy_token_keys(&fresh, running);
+            }
+            Err(problem) => {
+                tracing::error!(%problem, "SIGHUP: the new token keys cannot be used; the running ones are kept")
+            }
+        }
     }
     let restart = needs_restart(running, &fresh);
     tracing::info!(config = %file.display(), ?applied, "SIGHUP: configuration read again");
@@ -95,6 +115,36 @@ fn refused(problems: &[String]) {
     );
 }
 
+/// The client settings tokens are verified with, secrets included.
+fn token_keys(config: &Config) -> String {
+    let c = &config.client;
+    let secret = c.token_hmac_secret.as_ref().map(config::Secret::expose);
+    format!(
+        "{secret:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        c.token_rsa_public_key,
+        c.token_ecdsa_public_key,
+        c.token_ed25519_public_key,
+        c.token_jwks_url,
+        c.token_jwks_ca,
+        c.token_jwks_refresh,
+        c.token_audience,
+        c.token_issuer
+    )
+}
+
+fn copy_token_keys(from: &Config, to: &mut Config) {
+    let (from, to) = (&from.client, &mut to.client);
+    to.token_hmac_secret.clone_from(&from.token_hmac_secret);
+    to.token_rsa_public_key.clone_from(&from.token_rsa_public_key);
+    to.token_ecdsa_public_key.clone_from(&from.token_ecdsa_public_key);
+    to.token_ed25519_public_key.clone_from(&from.token_ed25519_public_key);
+    to.token_jwks_url.clone_from(&from.token_jwks_url);
+    to.token_jwks_ca.clone_from(&from.token_jwks_ca);
+    to.token_jwks_refresh = from.token_jwks_refresh;
+    to.token_audience.clone_from(&from.token_audience);
+    to.token_issuer.clone_from(&from.token_issuer);
+}
+
 /// The sections (and secrets, which print as `***`) that differ.
 fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
@@ -110,7 +160,7 @@ fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
     differ("channel (namespaces)", format!("{:?}", running.channel), format!("{:?}", fresh.channel));
     differ("pusher", format!("{:?}", running.pusher), format!("{:?}", fresh.pusher));
     differ("log.format", format!("{:?}", running.log.format), format!("{:?}", fresh.log.format));
-    differ("node", format!("{:?}", running.node), format!("{:?}", fresh.node));
+    differ("node.name", format!("{:?}", running.node.name), format!("{:?}", fresh.node.name));
     let secret = |s: &Option<config::Secret>| s.as_ref().map(|s| s.expose().to_owned());
     differ("api.key", secret(&running.api.key).unwrap_or_default(), secret(&fresh.api.key).unwrap_or_default());
     differ(

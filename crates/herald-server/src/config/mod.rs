@@ -50,11 +50,21 @@ pub struct Config {
 }
 
 /// This node, as operators know it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Its name in `/api/info` (default: the host name).
     pub name: Option<String>,
+    /// After a reload (SIGHUP) replaces `api.key` or the client token keys,
+    /// how long the previous ones are still accepted.
+    #[serde(with = "humantime_serde")]
+    pub key_overlap: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { name: None, key_overlap: Duration::from_secs(600) }
+    }
 }
 
 impl NodeConfig {

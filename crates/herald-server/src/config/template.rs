@@ -210,6 +210,9 @@ allow_history_for_subscriber = true
 [node]
 # This node's name in /api/info (default: the host name).
 # name = "herald-1"
+# After a reload (SIGHUP) replaces api.key or the token keys, how long the
+# previous ones are still accepted.
+key_overlap = "10m"
 
 [log]
 # A tracing filter: "info", "debug", "herald_server=debug,info", ...

@@ -267,6 +267,7 @@ pub struct Reloadable {
     hub: Arc<Hub>,
     api: Arc<ApiState>,
     shared: Arc<Shared>,
+    pusher: Option<Arc<Frontend>>,
     serves_pusher: bool,
 }
 
@@ -283,6 +284,7 @@ impl Node {
             hub: self.hub.clone(),
             api: self.api.clone(),
             shared: self.shared.clone(),
+            pusher: self.pusher.clone(),
             serves_pusher: self.pusher.is_some(),
         }
     }
@@ -298,6 +300,18 @@ impl Reloadable {
     pub fn rotate_api_key(&self, config: &Config, overlap: std::time::Duration) {
         let key = if config.api.insecure { None } else { config.api.key.clone() };
         self.api.key.rotate(key, overlap);
+    }
+
+    /// Makes `config`'s Pusher apps current: see `Frontend::reload_apps`.
+    /// A node started without Pusher apps needs a restart to serve them.
+    pub fn reload_pusher_apps(&self, config: &Config, overlap: std::time::Duration) -> Result<(), String> {
+        match &self.pusher {
+            Some(frontend) => {
+                frontend.reload_apps(&config.pusher, overlap);
+                Ok(())
+            }
+            None => Err("the node started without Pusher apps: serving them needs a restart".to_owned()),
+        }
     }
 
     /// Makes `config`'s token keys current; the previous ones are accepted

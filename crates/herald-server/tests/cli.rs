@@ -88,6 +88,26 @@ async fn connect_and_subscribe(port: u16, secret: &str, channel: &str) -> (serde
     (connected, subscribed)
 }
 
+/// The status of a Pusher HTTP API call to app 1, signed with `secret`.
+async fn pusher_status(port: u16, secret: &str) -> u16 {
+    use herald_server::pusher::sign;
+    let params = vec![
+        ("auth_key".to_owned(), "app-key".to_owned()),
+        ("auth_timestamp".to_owned(), herald_server::auth::unix_now().to_string()),
+        ("auth_version".to_owned(), "1.0".to_owned()),
+    ];
+    let path = "/apps/1/channels";
+    let signature = sign::hmac_hex(secret, sign::request_message("GET", path, &params).as_bytes());
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let target = format!("{path}?{}&auth_signature={signature}", query.join("&"));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    support::http_get(addr, &target).await.0
+}
+
+fn pusher_app(secret: &str) -> String {
+    format!("[[pusher.apps]]\nid = \"1\"\nkey = \"app-key\"\nsecret = \"{secret}\"\n")
+}
+
 async fn api_status(port: u16, key: &str) -> u16 {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     support::http_post(addr, "/api/info", &[("X-API-Key", key)], "{}").await.0
@@ -99,17 +119,21 @@ async fn sighup_applies_levels_namespaces_and_keys_names_what_needs_a_restart_an
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("herald.toml");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(&file, config_text(port, "info", "first-key-0123456789", OLD_SECRET, "")).unwrap();
+    let first = pusher_app("first-app-secret");
+    std::fs::write(&file, config_text(port, "info", "first-key-0123456789", OLD_SECRET, &first)).unwrap();
     let herald = Herald::serve(&file, port);
     let (_, before) = connect_and_subscribe(port, OLD_SECRET, "games:1").await;
     assert_eq!(before["error"]["code"], 102, "no games namespace yet: {before}");
 
-    let more = "[channel.namespaces.games]\nsubscribe = \"anyone\"\n[pusher]\nactivity_timeout = \"60s\"\n";
-    std::fs::write(&file, config_text(port, "debug", "second-key-0123456789", NEW_SECRET, more)).unwrap();
+    let more = format!(
+        "[channel.namespaces.games]\nsubscribe = \"anyone\"\n[pusher]\nactivity_timeout = \"60s\"\n{}",
+        pusher_app("second-app-secret")
+    );
+    std::fs::write(&file, config_text(port, "debug", "second-key-0123456789", NEW_SECRET, &more)).unwrap();
     herald.hang_up();
 
     let read = herald.wait_for("the file is read again", |l| l.contains("configuration read again"));
-    for applied in ["log.level = \\\"debug\\\"", "channel namespaces", "api.key", "client token keys"] {
+    for applied in ["log.level = \\\"debug\\\"", "channel namespaces", "api.key", "client token keys", "pusher apps"] {
         assert!(read.contains(applied), "{applied} not applied: {read}");
     }
     let restart = herald.wait_for("what needs a restart is named", |l| l.contains("only after a restart"));
@@ -123,6 +147,9 @@ async fn sighup_applies_levels_namespaces_and_keys_names_what_needs_a_restart_an
         (200, 200)
     );
     assert_eq!(api_status(port, "no-such-key-0123456789").await, 401);
+    let signed = (pusher_status(port, "first-app-secret").await, pusher_status(port, "second-app-secret").await);
+    assert_eq!(signed, (200, 200), "the replaced app secret still signs during the overlap");
+    assert_eq!(pusher_status(port, "not-the-app-secret").await, 401);
 
     std::fs::write(&file, "[http]\nport = \"eighty\"\n").unwrap();
     herald.hang_up();

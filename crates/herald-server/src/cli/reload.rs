@@ -10,6 +10,10 @@
 //!   audience, issuer), become current at once, and the previous ones are
 //!   still accepted for `node.key_overlap` (10 minutes by default), so that
 //!   API clients and tokens move over without a gap.
+//! - Pusher apps (`[[pusher.apps]]`) are replaced: open connections keep
+//!   the app they opened with, new ones and API calls use the new apps,
+//!   and an API call signed with a replaced secret is accepted during the
+//!   same overlap; webhook workers start for the new targets.
 //! - Every other changed setting is named in the log as needing a restart
 //!   (the running node keeps its value).
 
@@ -93,6 +97,20 @@ pub(super) fn reload(sources: &Sources, running: &mut Config, live: &Live) {
             Err(problem) => {
                 tracing::error!(%problem, "SIGHUP: the new token keys cannot be used; the running ones are kept")
             }
+        }
+    }
+    let apps = |c: &Config| {
+        let secrets: Vec<&str> = c.pusher.apps.iter().map(|a| a.secret.expose()).collect();
+        format!("{:?} {secrets:?}", c.pusher.apps)
+    };
+    if apps(&fresh) != apps(running) {
+        match live.node.reload_pusher_apps(&fresh, overlap) {
+            Ok(()) => {
+                let kept = humantime::format_duration(overlap);
+                applied.push(format!("pusher apps (replaced secrets still sign API calls for {kept})"));
+                running.pusher.apps.clone_from(&fresh.pusher.apps);
+            }
+            Err(problem) => tracing::warn!(%problem, "SIGHUP: pusher apps not reloaded"),
         }
     }
     let restart = needs_restart(running, &fresh);

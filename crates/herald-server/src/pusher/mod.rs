@@ -164,13 +164,22 @@ pub(crate) struct PusherSettings {
 }
 
 /// What every Pusher session and API call of a node shares.
-#[derive(Debug)]
 pub(crate) struct Frontend {
     /// The hub, the write timeout and the shutdown signal.
     pub(crate) driver: DriverSettings,
-    pub(crate) apps: Apps,
+    /// Replaced by a reload; the previous apps' secrets still sign HTTP API
+    /// calls during `node.key_overlap`.
+    pub(crate) apps: crate::rotating::Rotating<Apps>,
     pub(crate) settings: PusherSettings,
-    pub(crate) webhooks: Arc<Webhooks>,
+    webhooks: std::sync::RwLock<Arc<Webhooks>>,
+    /// What starting webhook workers needs again on a reload.
+    webhook_tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frontend").field("apps", &self.apps).field("settings", &self.settings).finish_non_exhaustive()
+    }
 }
 
 impl Frontend {
@@ -196,9 +205,25 @@ impl Frontend {
             rates: crate::rate::RateLimits::of(client),
             users,
         };
-        let frontend = Arc::new(Self { driver, apps, settings, webhooks });
+        let (apps, webhooks) = (crate::rotating::Rotating::new(apps), std::sync::RwLock::new(webhooks));
+        let frontend = Arc::new(Self { driver, apps, settings, webhooks, webhook_tls: tls });
         hub.observe(Arc::new(webhooks::Observer(Arc::downgrade(&frontend))));
         frontend
+    }
+
+    /// The webhook targets of the apps as they are now.
+    pub(crate) fn webhooks(&self) -> Arc<Webhooks> {
+        self.webhooks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the apps (a reload): connections keep the app they opened
+    /// with; new connections and API calls use the new apps, and API calls
+    /// signed with a replaced secret are accepted for `overlap`. Webhook
+    /// workers start for the new targets; the old ones finish their queues.
+    pub(crate) fn reload_apps(&self, config: &PusherConfig, overlap: std::time::Duration) {
+        self.apps.rotate(Apps::new(&config.apps), overlap);
+        let webhooks = Webhooks::start(&config.apps, self.webhook_tls.as_ref(), &self.driver.metrics);
+        *self.webhooks.write().unwrap_or_else(|e| e.into_inner()) = webhooks;
     }
 
     /// The node's hub.

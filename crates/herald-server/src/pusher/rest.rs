@@ -74,12 +74,19 @@ pub(crate) async fn handle(
 ) -> Response {
     let endpoint = endpoint(&method, &rest);
     let outcome = async {
-        let app = frontend
-            .apps
+        let (apps, previous) = frontend.apps.accepted();
+        let app = apps
             .by_id(&app_id)
             .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("app {app_id} does not exist")))?;
         let query = query_pairs(&uri);
-        authenticate(app, &method, uri.path(), &query)?;
+        // A call signed with the secret a reload replaced is accepted
+        // during the overlap.
+        authenticate(app, &method, uri.path(), &query).or_else(|refused| {
+            match previous.as_deref().and_then(|previous| previous.by_id(&app_id)) {
+                Some(before) => authenticate(before, &method, uri.path(), &query).map_err(|_| refused),
+                None => Err(refused),
+            }
+        })?;
         let body = crate::http::body::read(&headers, body, frontend.settings.body)
             .await
             .map_err(|error| Failure(error.status(), error.to_string()))?;

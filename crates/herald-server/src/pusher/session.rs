@@ -96,8 +96,8 @@ pub(crate) fn run<T: Transport>(
 /// Admits a connection to the app with `key` and opens its session, or
 /// says with which code and message to refuse it.
 fn open(frontend: &Arc<Frontend>, key: &str, query: &ConnectQuery) -> Result<Session, (u16, String)> {
-    let app =
-        frontend.apps.by_key(key).ok_or_else(|| (close::APP_NOT_FOUND, format!("App key {key} does not exist")))?;
+    let (apps, _) = frontend.apps.accepted();
+    let app = apps.by_key(key).ok_or_else(|| (close::APP_NOT_FOUND, format!("App key {key} does not exist")))?;
     match query.protocol.as_deref().map(str::parse::<u32>) {
         None => return Err((close::NO_PROTOCOL, "No protocol version given".into())),
         Some(Ok(version)) if PROTOCOLS.contains(&version) => {}

@@ -243,14 +243,16 @@ pub(crate) struct Observer(pub Weak<Frontend>);
 impl Observer {
     fn emit(&self, channel: &ChannelName, make: impl FnOnce(String) -> Event) {
         let Some(frontend) = self.0.upgrade() else { return };
-        let Some(app) = frontend.apps.owner(channel) else { return };
-        if !frontend.webhooks.wants(app) {
+        let (apps, _) = frontend.apps.accepted();
+        let webhooks = frontend.webhooks();
+        let Some(app) = apps.owner(channel) else { return };
+        if !webhooks.wants(app) {
             return;
         }
         let Some(name) = app.name_of(channel).filter(|n| !n.starts_with('#') && super::valid_channel_name(n)) else {
             return;
         };
-        frontend.webhooks.send(app, make(name.to_owned()));
+        webhooks.send(app, make(name.to_owned()));
     }
 }
 

@@ -106,7 +106,7 @@ impl Session {
             socket_id: self.socket_id.clone(),
             user_id,
         };
-        self.frontend.webhooks.send(&self.app, hook);
+        self.frontend.webhooks().send(&self.app, hook);
         Ok(())
     }
 }

@@ -203,7 +203,7 @@ impl Session {
             }
             Ok(_) => {
                 self.send(object_frame("pusher:cache_miss", Some(name), &serde_json::json!({})));
-                self.frontend.webhooks.send(&self.app, Hook::CacheMiss { channel: name.to_owned() });
+                self.frontend.webhooks().send(&self.app, Hook::CacheMiss { channel: name.to_owned() });
             }
             Err(error) => tracing::warn!(channel = %name, %error, "cache channel read failed"),
         }

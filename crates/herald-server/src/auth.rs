@@ -224,21 +224,26 @@ impl TokenVerifier {
 impl crate::rotating::Rotating<TokenVerifier> {
     /// A connection token, as [`TokenVerifier::connection_now`] checks it.
     pub(crate) async fn connection_now(&self, token: &str) -> Result<ConnectClaims, TokenError> {
-        let (current, previous) = self.accepted();
-        match (current.connection_now(token).await, previous) {
-            (Err(refused @ (TokenError::Invalid(_) | TokenError::UnknownKey(_))), Some(previous)) => {
-                previous.connection_now(token).await.map_err(|_| refused)
-            }
-            (outcome, _) => outcome,
-        }
+        self.current_then_previous(|verifier| async move { verifier.connection_now(token).await }).await
     }
 
     /// A subscription token, as [`TokenVerifier::subscription_now`] checks it.
     pub(crate) async fn subscription_now(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
+        self.current_then_previous(|verifier| async move { verifier.subscription_now(token).await }).await
+    }
+
+    /// `verify` with the current keys; if they refuse the token, with the
+    /// previous ones while their overlap lasts (the current refusal stands
+    /// if those refuse it too).
+    async fn current_then_previous<T, F, Fut>(&self, verify: F) -> Result<T, TokenError>
+    where
+        F: Fn(Arc<TokenVerifier>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, TokenError>>,
+    {
         let (current, previous) = self.accepted();
-        match (current.subscription_now(token).await, previous) {
+        match (verify(current).await, previous) {
             (Err(refused @ (TokenError::Invalid(_) | TokenError::UnknownKey(_))), Some(previous)) => {
-                previous.subscription_now(token).await.map_err(|_| refused)
+                verify(previous).await.map_err(|_| refused)
             }
             (outcome, _) => outcome,
         }

@@ -116,7 +116,14 @@ pub(crate) struct Metrics {
     engine_interruptions: Counter,
     /// The hub whose counts are read at each scrape, once attached.
     hub: Arc<OnceLock<Weak<Hub>>>,
+    /// The last exposition and when it was made: a scrape walks every
+    /// connection and channel, so scrapes closer than [`RENDER_EVERY`] get
+    /// the same text.
+    rendered: std::sync::Mutex<Option<(tokio::time::Instant, Arc<str>)>>,
 }
+
+/// The least time between two walks of the node for `/metrics`.
+const RENDER_EVERY: Duration = Duration::from_secs(1);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -140,6 +147,7 @@ impl Metrics {
             engine_errors: Family::default(),
             engine_interruptions: Counter::default(),
             hub: Arc::default(),
+            rendered: std::sync::Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register("build", "The running build", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
@@ -207,11 +215,20 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub(crate) fn render(&self) -> String {
+    pub(crate) fn render(&self) -> Arc<str> {
+        let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        if let Some((at, text)) = rendered.as_ref() {
+            if now.saturating_duration_since(*at) < RENDER_EVERY {
+                return text.clone();
+            }
+        }
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(%error, "metrics could not be rendered");
         }
+        let text: Arc<str> = text.into();
+        *rendered = Some((now, text.clone()));
         text
     }
 
@@ -305,5 +322,24 @@ impl Collector for HubCounts {
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn scrapes_closer_than_a_second_share_one_walk_of_the_node() {
+        let metrics = Metrics::new();
+        let first = metrics.render();
+        metrics.published("api", 1);
+
+        let soon = metrics.render();
+        tokio::time::advance(RENDER_EVERY).await;
+        let later = metrics.render();
+
+        assert_eq!(soon, first, "within a second: the same exposition");
+        assert!(later.contains(r#"herald_publications_total{source="api"} 1"#), "{later}");
     }
 }

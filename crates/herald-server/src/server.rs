@@ -443,7 +443,7 @@ fn internal_router(state: AppState) -> Router {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], state.shared.driver.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], state.shared.driver.metrics.render().to_string()).into_response()
 }
 
 /// Alive: the process serves. (Whether it should be sent traffic is `/ready`.)

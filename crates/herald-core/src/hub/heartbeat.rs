@@ -30,8 +30,8 @@ impl Hub {
         self.presence.refresh(self.present_entries()).await;
         let local = self.channels.list(None);
         self.occupancy.refresh(&local).await;
+        let rules = self.rules();
         for (channel, _) in local {
-            let rules = self.rules();
             let Ok(options) = rules.resolve(&channel) else { continue };
             if options.presence {
                 self.presence.sweep_expired(&channel, options.join_leave).await;

@@ -45,8 +45,8 @@ impl Hub {
         let channels = self.channels.followed();
         let mut now = HashMap::with_capacity(channels.len());
         let mut stale = Vec::new();
+        let rules = self.rules();
         for channel in channels {
-            let rules = self.rules();
             let Some(history) = rules.resolve(&channel).ok().and_then(|o| o.history()) else { continue };
             // An engine that cannot answer was interrupted, and that
             // already ended these subscriptions.

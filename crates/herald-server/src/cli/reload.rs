@@ -80,8 +80,7 @@ pub(super) fn reload(sources: &Sources, running: &mut Config, live: &Live) {
         running.channel = fresh.channel.clone();
     }
     let overlap = fresh.node.key_overlap;
-    let secret = |s: &Option<config::Secret>| s.as_ref().map(|s| s.expose().to_owned());
-    if secret(&fresh.api.key) != secret(&running.api.key) || fresh.api.insecure != running.api.insecure {
+    if exposed(&fresh.api.key) != exposed(&running.api.key) || fresh.api.insecure != running.api.insecure {
         live.node.rotate_api_key(&fresh, overlap);
         applied.push(format!("api.key (the previous one is accepted for {})", humantime::format_duration(overlap)));
         running.api.key.clone_from(&fresh.api.key);
@@ -133,10 +132,15 @@ fn refused(problems: &[String]) {
     );
 }
 
+/// A secret setting's value, for comparing (never for showing).
+fn exposed(secret: &Option<config::Secret>) -> Option<&str> {
+    secret.as_ref().map(config::Secret::expose)
+}
+
 /// The client settings tokens are verified with, secrets included.
 fn token_keys(config: &Config) -> String {
     let c = &config.client;
-    let secret = c.token_hmac_secret.as_ref().map(config::Secret::expose);
+    let secret = exposed(&c.token_hmac_secret);
     format!(
         "{secret:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
         c.token_rsa_public_key,
@@ -179,18 +183,14 @@ fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
     differ("pusher", format!("{:?}", running.pusher), format!("{:?}", fresh.pusher));
     differ("log.format", format!("{:?}", running.log.format), format!("{:?}", fresh.log.format));
     differ("node.name", format!("{:?}", running.node.name), format!("{:?}", fresh.node.name));
-    let secret = |s: &Option<config::Secret>| s.as_ref().map(|s| s.expose().to_owned());
-    differ("api.key", secret(&running.api.key).unwrap_or_default(), secret(&fresh.api.key).unwrap_or_default());
+    let secret = |s: &Option<config::Secret>| exposed(s).unwrap_or_default().to_owned();
+    differ("api.key", secret(&running.api.key), secret(&fresh.api.key));
     differ(
         "client.token_hmac_secret",
-        secret(&running.client.token_hmac_secret).unwrap_or_default(),
-        secret(&fresh.client.token_hmac_secret).unwrap_or_default(),
+        secret(&running.client.token_hmac_secret),
+        secret(&fresh.client.token_hmac_secret),
     );
-    differ(
-        "http.tls_key",
-        secret(&running.http.tls_key).unwrap_or_default(),
-        secret(&fresh.http.tls_key).unwrap_or_default(),
-    );
+    differ("http.tls_key", secret(&running.http.tls_key), secret(&fresh.http.tls_key));
     let app_secrets =
         |c: &Config| c.pusher.apps.iter().map(|a| a.secret.expose().to_owned()).collect::<Vec<_>>().join(",");
     differ("pusher app secrets", app_secrets(running), app_secrets(fresh));

@@ -34,13 +34,16 @@ impl std::fmt::Debug for TokenKeys {
     }
 }
 
-/// Reads a key setting: PEM text as is, anything else as a file path.
-fn pem_text(setting: &str, value: &str) -> Result<Vec<u8>, String> {
-    if value.trim_start().starts_with("-----BEGIN") {
+/// Reads a PEM setting (`setting` is its full name): PEM text anywhere in
+/// the value (keys exported with "Bag Attributes" before it, say) is the
+/// PEM itself, anything else a file path. The value is never repeated in an
+/// error: it may be a private key.
+pub(crate) fn pem_text(setting: &str, value: &str) -> Result<Vec<u8>, String> {
+    if value.contains("-----BEGIN") || value.contains('\n') {
         return Ok(value.as_bytes().to_vec());
     }
     std::fs::read(value)
-        .map_err(|e| format!("client.{setting}: cannot read {value}: {e}; give PEM text or a readable path"))
+        .map_err(|e| format!("{setting}: cannot read the file it names: {e}; give PEM text or a readable path"))
 }
 
 impl TokenKeys {
@@ -55,19 +58,19 @@ impl TokenKeys {
             Some(DecodingKey::from_secret(secret.expose().as_bytes()))
         });
         let rsa = client.token_rsa_public_key.as_deref().and_then(|value| {
-            let pem = pem_text("token_rsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
+            let pem = pem_text("client.token_rsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
             DecodingKey::from_rsa_pem(&pem)
                 .map_err(|e| problems.push(format!("client.token_rsa_public_key: not an RSA public key in PEM: {e}")))
                 .ok()
         });
         let ecdsa = client.token_ecdsa_public_key.as_deref().and_then(|value| {
-            let pem = pem_text("token_ecdsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
+            let pem = pem_text("client.token_ecdsa_public_key", value).map_err(|e| problems.push(e)).ok()?;
             DecodingKey::from_ec_pem(&pem)
                 .map_err(|e| problems.push(format!("client.token_ecdsa_public_key: not an EC public key in PEM: {e}")))
                 .ok()
         });
         let ed25519 = client.token_ed25519_public_key.as_deref().and_then(|value| {
-            let pem = pem_text("token_ed25519_public_key", value).map_err(|e| problems.push(e)).ok()?;
+            let pem = pem_text("client.token_ed25519_public_key", value).map_err(|e| problems.push(e)).ok()?;
             DecodingKey::from_ed_pem(&pem)
                 .map_err(|e| {
                     problems.push(format!("client.token_ed25519_public_key: not an Ed25519 public key in PEM: {e}"))
@@ -75,7 +78,7 @@ impl TokenKeys {
                 .ok()
         });
         let jwks = client.token_jwks_url.as_deref().and_then(|url| {
-            let ca = client.token_jwks_ca.as_deref().map(|value| pem_text("token_jwks_ca", value)).transpose();
+            let ca = client.token_jwks_ca.as_deref().map(|value| pem_text("client.token_jwks_ca", value)).transpose();
             let endpoint = crate::auth::jwks::Endpoint::parse(url);
             match (ca, endpoint) {
                 (Ok(ca), Ok(_)) => crate::auth::jwks::Jwks::new(url, ca.as_deref())

@@ -451,13 +451,7 @@ impl PusherConfig {
     /// The TLS client for `https://` webhook targets; or what is wrong with
     /// `webhook_ca`.
     pub(crate) fn webhook_tls(&self) -> Result<tokio_rustls::TlsConnector, String> {
-        let ca = match &self.webhook_ca {
-            None => None,
-            Some(value) if value.trim_start().starts_with("-----BEGIN") => Some(value.as_bytes().to_vec()),
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                format!("pusher.webhook_ca: cannot read {path}: {e}; give PEM text or a readable path")
-            })?),
-        };
+        let ca = self.webhook_ca.as_deref().map(|value| keys::pem_text("pusher.webhook_ca", value)).transpose()?;
         crate::http::client::connector(ca.as_deref()).map_err(|e| format!("pusher.webhook_ca: {e}"))
     }
 }

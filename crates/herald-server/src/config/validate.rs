@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::keys::pem_text;
 use super::{Config, TokenKeys, WebhookEndpoint};
 
 /// The longest `write_delay` a namespace may ask for: it is added latency.
@@ -262,21 +263,11 @@ impl Config {
     /// The TLS acceptor `http.tls_cert` and `http.tls_key` make, if set;
     /// or what is wrong with them.
     pub(crate) fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
-        // PEM text anywhere in the value (keys exported with "Bag
-        // Attributes" before it, say) is taken as the PEM itself; and the
-        // value is never repeated in an error, as it may be the key.
-        let read = |setting: &str, value: &str| -> Result<Vec<u8>, String> {
-            if value.contains("-----BEGIN") || value.contains('\n') {
-                return Ok(value.as_bytes().to_vec());
-            }
-            std::fs::read(value).map_err(|e| {
-                format!("http.{setting}: cannot read the file it names: {e}; give PEM text or a readable path")
-            })
-        };
         match (&self.http.tls_cert, &self.http.tls_key) {
             (None, None) => Ok(None),
             (Some(cert), Some(key)) => {
-                crate::http::tls::acceptor(&read("tls_cert", cert)?, &read("tls_key", key.expose())?).map(Some)
+                let (cert, key) = (pem_text("http.tls_cert", cert)?, pem_text("http.tls_key", key.expose())?);
+                crate::http::tls::acceptor(&cert, &key).map(Some)
             }
             _ => {
                 Err("http.tls_cert and http.tls_key: set both (the certificate chain and its key), or neither"

@@ -57,6 +57,7 @@ mod recovery;
 mod registry;
 mod subscriptions;
 mod survey;
+mod watch;
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -78,10 +79,12 @@ use presence::PresenceKeeper;
 use registry::Registry;
 
 pub use channels::glob_match;
+pub use heartbeat::NODE_INFO_EVERY;
 pub use meter::HubMeter;
 pub use observer::HubObserver;
 pub use recovery::{decide as decide_recovery, Recovery};
 pub use survey::{ClusterChannels, SURVEY_TIMEOUT};
+pub use watch::{Watch, MAX_WATCHES, WATCH_QUEUE};
 
 /// Hub-wide settings.
 #[derive(Debug, Clone)]
@@ -197,6 +200,17 @@ pub struct Hub {
     /// The namespaces' rules: `config.rules` at start, replaced on reload.
     rules: std::sync::RwLock<Arc<ChannelRules>>,
     started: Instant,
+    watchers: watch::Watchers,
+    counters: Counters,
+}
+
+/// What the node counts since it started, for the rates operators watch.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Publications accepted here (server API and clients).
+    published: std::sync::atomic::AtomicU64,
+    /// Publications queued to local subscribers.
+    delivered: std::sync::atomic::AtomicU64,
 }
 
 /// Hands engine events to the hub without keeping it alive.
@@ -226,6 +240,8 @@ impl Hub {
             registry: Registry::new(),
             channels: Channels::new(),
             started: Instant::now(),
+            watchers: watch::Watchers::default(),
+            counters: Counters::default(),
         })
     }
 
@@ -315,7 +331,9 @@ impl Hub {
             idempotency_key,
             idempotency_window: self.config.idempotency_window,
         };
-        Ok(self.engine.broker().publish(channel, publication, &publish).await?)
+        let published = self.engine.broker().publish(channel, publication, &publish).await?;
+        self.counters.published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(published)
     }
 
     /// Publishes on behalf of a client connection, if its namespace allows.

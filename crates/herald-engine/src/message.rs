@@ -268,4 +268,11 @@ pub struct NodeInfo {
     pub num_subscriptions: usize,
     /// Seconds since the node started.
     pub uptime: u64,
+    /// Publications the node accepted since it started (server API and
+    /// clients), for rates.
+    #[serde(default)]
+    pub num_publications: u64,
+    /// Publications queued to its clients since it started, for rates.
+    #[serde(default)]
+    pub num_deliveries: u64,
 }

@@ -15,6 +15,7 @@
 //!   over the protocol and the transport.
 //! - `centrifuge`: the Centrifuge client protocol v2 (JSON).
 //! - `api`: the server HTTP API.
+//! - `admin`: the admin web UI (`/admin`), over the server API.
 //! - [`pusher`]: the Pusher protocol 7 front-end, its HTTP API and webhooks.
 //! - `codes`: the error codes, and the one table from hub errors to what
 //!   each front-end reports.
@@ -33,6 +34,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
 )]
 
+mod admin;
 mod api;
 pub mod auth;
 mod centrifuge;

@@ -72,6 +72,8 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     /// Set (by SIGTERM, or the API's `drain`) to drain the node.
     drain: watch::Sender<bool>,
+    /// The admin UI, when `admin.password` is set.
+    admin: Option<Arc<crate::admin::Admin>>,
     config: Config,
 }
 
@@ -168,7 +170,9 @@ impl Node {
         let max_batch = config.api.max_batch;
         let key = crate::rotating::Rotating::new(api_key);
         let api = Arc::new(ApiState { hub: hub.clone(), key, body, max_batch, metrics, drain: drain.clone() });
-        Ok(Node { hub, shared, api, pusher, shutdown, drain, config })
+        let node_name = config.node.name_or(hub.node().as_str());
+        let admin = crate::admin::Admin::start(&config.admin, api.clone(), node_name, body.timeout, drain.subscribe());
+        Ok(Node { hub, shared, api, pusher, shutdown, drain, admin, config })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -197,7 +201,7 @@ impl Node {
             origins: Arc::new(OriginPolicy::new(&self.config.http.allowed_origins)),
             draining: self.drain.subscribe(),
         };
-        let app = router(state.clone(), self.api.clone(), internal.is_none());
+        let mut app = router(state.clone(), self.api.clone(), internal.is_none());
         let http = &self.config.http;
         let window = http.drain_window;
         let (draining, mut asked) = (self.drain.clone(), self.drain.subscribe());
@@ -238,12 +242,20 @@ impl Node {
             limits,
             max_unsent_bytes: http.max_unsent_bytes,
         };
+        // The admin UI goes with the operators' endpoints: on the internal
+        // port when there is one.
         if let Some(internal) = internal {
             let mut stopped = self.shutdown.subscribe();
             let until_stopped = async move {
                 let _ = stopped.wait_for(|stopped| *stopped).await;
             };
-            tokio::spawn(http::serve(internal, internal_router(state), internal_settings, until_stopped));
+            let mut operators = internal_router(state);
+            if let Some(admin) = &self.admin {
+                operators = operators.merge(crate::admin::router(admin.clone(), false));
+            }
+            tokio::spawn(http::serve(internal, operators, internal_settings, until_stopped));
+        } else if let Some(admin) = &self.admin {
+            app = app.merge(crate::admin::router(admin.clone(), settings.tls.is_some()));
         }
         // Returns once the drain began and HTTP requests in flight ended (bounded).
         let stopping = http::serve(listener, app, settings, graceful).await;
@@ -433,7 +445,8 @@ pub(crate) fn with_limits(upgrade: WebSocketUpgrade, max_message_size: usize) ->
         .write_buffer_size(WRITE_BUFFER)
 }
 
-/// What `http.internal_port` serves: metrics and health, for operators.
+/// What `http.internal_port` serves: metrics and health, for operators
+/// (and the admin UI, when it is on).
 fn internal_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))

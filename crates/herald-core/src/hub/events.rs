@@ -22,6 +22,9 @@ impl Hub {
                 if let Some(meter) = self.meter.get() {
                     meter.fanned_out(queued, started.elapsed());
                 }
+                let queued_count = u64::try_from(queued).unwrap_or(u64::MAX);
+                self.counters.delivered.fetch_add(queued_count, std::sync::atomic::Ordering::Relaxed);
+                self.watchers.deliver(&channel, &publication);
                 if !stale.is_empty() {
                     tracing::info!(
                         %channel,

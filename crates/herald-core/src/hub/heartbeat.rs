@@ -2,12 +2,21 @@
 //! presence entries of its connections and its occupancy entries, sweeps
 //! what dead nodes and connections left behind, and renews its entry in
 //! the node registry. It holds the hub weakly and ends with it.
+//!
+//! The registry entry is also renewed every [`NODE_INFO_EVERY`] on its
+//! own, when that is sooner: operators watch its counts and rates, and one
+//! small write every few seconds costs the engine nothing.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_engine::{ChannelName, NodeInfo};
 
 use super::Hub;
+
+/// How often, at most, the node's registry entry is renewed.
+pub const NODE_INFO_EVERY: Duration = Duration::from_secs(5);
 
 /// Beats once now, then every interval in a task of its own.
 pub(super) async fn start(hub: &Arc<Hub>) {
@@ -23,6 +32,18 @@ pub(super) async fn start(hub: &Arc<Hub>) {
             hub.beat().await;
         }
     });
+    if NODE_INFO_EVERY < every {
+        let weak = Arc::downgrade(hub);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(NODE_INFO_EVERY);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.register_node().await;
+            }
+        });
+    }
 }
 
 impl Hub {
@@ -75,6 +96,8 @@ impl Hub {
             num_channels: stats.channels,
             num_subscriptions: stats.subscriptions,
             uptime: self.started.elapsed().as_secs(),
+            num_publications: self.counters.published.load(Ordering::Relaxed),
+            num_deliveries: self.counters.delivered.load(Ordering::Relaxed),
         };
         let ttl = self.config.presence_update_interval.saturating_mul(3);
         if let Err(error) = self.engine.nodes().register_node(&info, ttl).await {

@@ -59,7 +59,7 @@ impl Hub {
         let recoverable = history.is_some() && (request.recoverable || options.force_recovery);
         let positioned = recoverable || (history.is_some() && (request.positioned || options.force_positioning));
 
-        if !self.channels.contains(channel) {
+        if !self.channels.contains(channel) && !self.watchers.watching(channel) {
             self.engine.broker().subscribe(channel).await?;
         }
         let subscriber = Subscriber {
@@ -221,7 +221,7 @@ impl Hub {
     async fn remove_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> Option<usize> {
         conn.subscriptions().remove(channel)?;
         let left = self.channels.remove(channel, &conn.client);
-        if left == Some(0) {
+        if left == Some(0) && !self.watchers.watching(channel) {
             if let Err(error) = self.engine.broker().unsubscribe(channel).await {
                 tracing::warn!(%channel, %error, "engine unsubscribe failed; the node may receive publications it drops");
             }

@@ -485,3 +485,68 @@ async fn a_drain_uses_its_whole_window_whatever_the_number_of_connections() {
     assert!(conns.iter().all(|c| c.outbox().is_closed()));
     assert!(took >= window * 9 / 10 && took <= window, "the last step came after {took:?} of a {window:?} window");
 }
+
+#[tokio::test]
+async fn a_watcher_sees_publications_without_being_a_subscriber() {
+    let f = Fixture::new().await;
+    let alice = f.connect("alice", 1 << 20);
+    f.subscribe(&alice, "news").await.unwrap();
+    let mut watch = f.hub.watch(&ch("news")).await.unwrap();
+
+    // The only subscriber leaves: the node must stay on the channel for the watcher.
+    assert!(f.hub.unsubscribe(&alice, &ch("news")).await);
+    f.publish("news", "hello").await;
+
+    let seen = watch.next().await.expect("the watcher hears the publication");
+    assert_eq!(&seen.data[..], b"hello");
+    assert!(f.hub.channels(None).is_empty(), "a watcher is not counted as a subscriber");
+    assert_eq!(f.hub.stats().subscriptions, 0);
+    assert_eq!(f.hub.stats().clients, 1, "nor as a connection");
+}
+
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_dropped_not_waited_for() {
+    let f = Fixture::new().await;
+    let mut watch = f.hub.watch(&ch("news")).await.unwrap();
+    for n in 0..=WATCH_QUEUE {
+        f.publish("news", &n.to_string()).await;
+    }
+    let mut seen = 0;
+    while watch.next().await.is_some() {
+        seen += 1;
+    }
+    assert_eq!(seen, WATCH_QUEUE, "the queue's worth, then the end of the watch");
+    // The dropped watcher's place is free again.
+    let mut again = f.hub.watch(&ch("news")).await.unwrap();
+    f.publish("news", "after").await;
+    assert_eq!(&again.next().await.unwrap().data[..], b"after");
+}
+
+#[tokio::test]
+async fn watches_are_bounded_per_node_and_need_a_namespace() {
+    let f = Fixture::new().await;
+    let mut open = Vec::new();
+    for _ in 0..MAX_WATCHES {
+        open.push(f.hub.watch(&ch("news")).await.unwrap());
+    }
+    let refused = f.hub.watch(&ch("sport")).await.map(|_| ());
+    assert_eq!(refused, Err(HubError::LimitExceeded("watches open on this node")));
+    open.pop();
+    assert!(f.hub.watch(&ch("sport")).await.is_ok(), "a closed watch frees its place");
+    assert_eq!(f.hub.watch(&ch("unknown:x")).await.map(|_| ()), Err(HubError::UnknownChannel));
+}
+
+#[tokio::test]
+async fn the_node_counts_what_it_published_and_delivered() {
+    let f = Fixture::new().await;
+    let alice = f.connect("alice", 1 << 20);
+    let bob = f.connect("bob", 1 << 20);
+    f.subscribe(&alice, "news").await.unwrap();
+    f.subscribe(&bob, "news").await.unwrap();
+    f.publish("news", "one").await;
+    f.publish("news", "two").await;
+
+    let nodes = f.hub.nodes().await.unwrap();
+    let this = nodes.iter().find(|n| &n.id == f.hub.node()).unwrap();
+    assert_eq!((this.num_publications, this.num_deliveries), (2, 4));
+}

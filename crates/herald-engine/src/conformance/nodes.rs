@@ -21,6 +21,8 @@ pub async fn the_node_registry_forgets_silent_nodes(engine: Engine, clock: Clock
         num_channels: 0,
         num_subscriptions: 0,
         uptime: 0,
+        num_publications: 7,
+        num_deliveries: 70,
     };
     let ttl = Duration::from_secs(2);
     registry.register_node(&node("a", 1), ttl).await.expect("register a");

@@ -112,7 +112,14 @@ async fn respond(api: &ApiState, method: &str, headers: HeaderMap, body: Body) -
         tracing::info!(%method, "API call refused: missing or wrong key");
         return error.into_response();
     }
-    let body = match http::body::read(&headers, body, api.body).await {
+    call(api, method, &headers, body).await
+}
+
+/// Runs `method` for a caller already authenticated (by its API key, or
+/// by an admin UI session): reads the body within the limits, runs the
+/// command and encodes the reply.
+pub(crate) async fn call(api: &ApiState, method: &str, headers: &HeaderMap, body: Body) -> Response {
+    let body = match http::body::read(headers, body, api.body).await {
         Ok(body) => body,
         Err(error) => {
             tracing::info!(%method, %error, "API call refused");

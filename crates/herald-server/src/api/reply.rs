@@ -126,7 +126,8 @@ fn put_position(out: &mut BytesMut, position: &StreamPosition) {
 
 /// A node's entry: its counts, when they were taken (`updated_at`, unix
 /// ms) and how old they are now (`age_ms`: the asked node's are fresh,
-/// others' up to a heartbeat old).
+/// others' up to a heartbeat old), with the publications it accepted and
+/// delivered since it started (for rates).
 fn put_node(out: &mut BytesMut, node: &NodeInfo) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -142,7 +143,9 @@ fn put_node(out: &mut BytesMut, node: &NodeInfo) {
         .u64("num_users", count(node.num_users))
         .u64("num_channels", count(node.num_channels))
         .u64("num_subs", count(node.num_subscriptions))
-        .u64("uptime", node.uptime);
+        .u64("uptime", node.uptime)
+        .u64("num_publications", node.num_publications)
+        .u64("num_deliveries", node.num_deliveries);
     body.end();
 }
 

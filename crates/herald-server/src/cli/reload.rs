@@ -191,6 +191,8 @@ fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
         secret(&fresh.client.token_hmac_secret),
     );
     differ("http.tls_key", secret(&running.http.tls_key), secret(&fresh.http.tls_key));
+    differ("admin", format!("{:?}", running.admin), format!("{:?}", fresh.admin));
+    differ("admin.password", secret(&running.admin.password), secret(&fresh.admin.password));
     let app_secrets =
         |c: &Config| c.pusher.apps.iter().map(|a| a.secret.expose().to_owned()).collect::<Vec<_>>().join(",");
     differ("pusher app secrets", app_secrets(running), app_secrets(fresh));

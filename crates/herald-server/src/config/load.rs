@@ -125,10 +125,11 @@ fn type_table(mut table: Table, errors: &mut Vec<String>) -> Config {
         pusher: section(&mut table, "pusher", errors),
         log: section(&mut table, "log", errors),
         node: section(&mut table, "node", errors),
+        admin: section(&mut table, "admin", errors),
     };
     for unknown in table.keys() {
         errors.push(format!(
-            "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log, node"
+            "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log, node, admin"
         ));
     }
     config

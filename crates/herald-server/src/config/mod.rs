@@ -47,6 +47,26 @@ pub struct Config {
     pub log: LogConfig,
     /// This node.
     pub node: NodeConfig,
+    /// The admin web UI (`/admin`); off unless a password is set.
+    pub admin: AdminConfig,
+}
+
+/// The admin web UI at `/admin`: served only when `password` is set, on
+/// `http.internal_port` when there is one, else on the public port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// What an operator types to log in (at least 12 characters).
+    pub password: Option<Secret>,
+    /// How long a login lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { password: None, session_ttl: Duration::from_secs(8 * 3600) }
+    }
 }
 
 /// This node, as operators know it.

@@ -9,10 +9,23 @@ use super::{Config, TokenKeys, WebhookEndpoint};
 /// The longest `write_delay` a namespace may ask for: it is added latency.
 const MAX_WRITE_DELAY: Duration = Duration::from_secs(1);
 
+/// The shortest admin password accepted.
+const ADMIN_PASSWORD_MIN: usize = 12;
+
 impl Config {
     /// Problems with values that typed correctly but cannot work together.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(password) = &self.admin.password {
+            if password.expose().chars().count() < ADMIN_PASSWORD_MIN {
+                problems.push(format!(
+                    "admin.password: at least {ADMIN_PASSWORD_MIN} characters (try `openssl rand -base64 18`)"
+                ));
+            }
+        }
+        if self.admin.session_ttl < Duration::from_secs(60) {
+            problems.push("admin.session_ttl: at least 1m".to_owned());
+        }
         if self.api.max_batch == 0 {
             problems.push("api.max_batch: must be at least 1".to_owned());
         }

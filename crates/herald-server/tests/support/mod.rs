@@ -350,7 +350,7 @@ pub(crate) async fn http_post_raw(addr: SocketAddr, path: &str, headers: &[(&str
 
 /// Sends a whole HTTP/1.1 request and reads the response to its end: the
 /// status, the head and the body.
-async fn exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
+pub(crate) async fn exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect for HTTP");
     stream.write_all(request.as_bytes()).await.expect("write HTTP request");
     let mut response = Vec::new();

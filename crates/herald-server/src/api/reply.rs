@@ -126,7 +126,7 @@ fn put_position(out: &mut BytesMut, position: &StreamPosition) {
 
 /// A node's entry: its counts, when they were taken (`updated_at`, unix
 /// ms) and how old they are now (`age_ms`: the asked node's are fresh,
-/// others' up to a heartbeat old), with the publications it accepted and
+/// others' up to `NODE_INFO_EVERY` (5 s) old), with the publications it accepted and
 /// delivered since it started (for rates).
 fn put_node(out: &mut BytesMut, node: &NodeInfo) {
     let now_ms = std::time::SystemTime::now()

@@ -8,6 +8,7 @@ pub fn starter_config() -> String {
         .replace("{token_secret}", &random_secret())
         .replace("{api_key}", &random_secret())
         .replace("{pusher_secret}", &random_secret())
+        .replace("{admin_password}", &random_secret())
 }
 
 /// 32 random bytes, hex-encoded.
@@ -51,8 +52,8 @@ allowed_origins = []
 # The most unsent bytes the kernel keeps for one connection (Linux; 0 = the
 # kernel's default, which lets a client that stops reading pin megabytes).
 max_unsent_bytes = 131072
-# Serve /metrics and /health on a port of their own, kept off the public
-# network (else /metrics is served on `port`).
+# Serve /metrics, /health, /ready and the admin UI on a port of their own,
+# kept off the public network (else they are served on `port`).
 # internal_port = 9000
 # Serve https:// and wss:// with this certificate chain and key (PEM).
 # tls_cert = "/etc/herald/fullchain.pem"
@@ -213,6 +214,13 @@ allow_history_for_subscriber = true
 # After a reload (SIGHUP) replaces api.key or the token keys, how long the
 # previous ones are still accepted.
 key_overlap = "10m"
+
+# The admin web UI at /admin: nodes, charts, channels, a channel inspector
+# with a live tail, publish and disconnect. Off unless a password is set
+# (at least 12 characters); served on http.internal_port when there is one.
+# [admin]
+# password = "{admin_password}"
+# session_ttl = "8h"
 
 [log]
 # A tracing filter: "info", "debug", "herald_server=debug,info", ...

@@ -216,9 +216,11 @@ function niceCeiling(value) {
 
 function renderCharts(series) {
   const windowMs = Math.max(series.every_ms * 120, 60000);
+  // Published is drawn last, dashed: with one subscriber per channel the
+  // two lines coincide.
   drawChart($('chart-messages'), series.samples, [
-    { key: 'published', className: 'published' },
     { key: 'delivered', className: 'delivered' },
+    { key: 'published', className: 'published' },
   ], windowMs);
   drawChart($('chart-connections'), series.samples, [
     { key: 'connections', className: 'connections' },

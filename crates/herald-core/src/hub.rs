@@ -366,6 +366,12 @@ impl Hub {
     /// Every live node of the cluster, this one's counts fresh.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, HubError> {
         self.register_node().await;
+        self.registered_nodes().await
+    }
+
+    /// Every live node of the cluster as last registered (this one's
+    /// figures up to [`NODE_INFO_EVERY`] old), without writing anything.
+    pub async fn registered_nodes(&self) -> Result<Vec<NodeInfo>, HubError> {
         Ok(self.engine.nodes().nodes().await?)
     }
 

@@ -187,3 +187,16 @@ async fn read_until(stream: &mut tokio::net::TcpStream, into: &mut String, wante
     .await
     .unwrap_or_else(|_| panic!("{wanted:?} in time: {into}"));
 }
+
+#[tokio::test]
+async fn a_tail_of_a_channel_outside_every_namespace_is_refused_with_400() {
+    let server = with_admin().await;
+    let session = log_in(server.addr).await;
+    let request = format!(
+        "GET /admin/tail?channel=nope:x HTTP/1.1\r\nHost: {}\r\nCookie: herald_admin={session}\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    let (status, _, body) = support::exchange(server.addr, &request).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown channel"), "{body}");
+}

@@ -24,7 +24,10 @@ impl Hub {
                 }
                 let queued_count = u64::try_from(queued).unwrap_or(u64::MAX);
                 self.counters.delivered.fetch_add(queued_count, std::sync::atomic::Ordering::Relaxed);
-                self.watchers.deliver(&channel, &publication);
+                if self.watchers.deliver(&channel, &publication) {
+                    let (hub, channel) = (self.clone(), channel.clone());
+                    tokio::spawn(async move { hub.drop_interest_if_unused(&channel).await });
+                }
                 if !stale.is_empty() {
                     tracing::info!(
                         %channel,

@@ -7,7 +7,8 @@
 //! subscriber or a watcher (under the channel's interest lock, as for
 //! subscribers). A watcher gets publications through a bounded queue; one
 //! that falls [`WATCH_QUEUE`] behind is dropped (its [`Watch`] ends), never
-//! waited for. At most [`MAX_WATCHES`] watches are open on a node.
+//! waited for. At most [`MAX_WATCHES`] watches exist on a node at once,
+//! counted until each [`Watch`] is dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -48,13 +49,15 @@ impl Watchers {
     }
 
     /// Hands `publication` to the channel's watchers; drops those that
-    /// fell behind.
-    pub(super) fn deliver(&self, channel: &ChannelName, publication: &Arc<Publication>) {
+    /// fell behind (their watch ends once it has read what it was given).
+    /// True if that left the channel without a watcher: the node may no
+    /// longer need it.
+    pub(super) fn deliver(&self, channel: &ChannelName, publication: &Arc<Publication>) -> bool {
         if self.open.load(Ordering::Acquire) == 0 {
-            return;
+            return false;
         }
         let mut by_channel = self.lock();
-        let Some(watchers) = by_channel.get_mut(channel) else { return };
+        let Some(watchers) = by_channel.get_mut(channel) else { return false };
         let before = watchers.len();
         watchers.retain(|(_, sender)| sender.try_send(publication.clone()).is_ok());
         let dropped = before.saturating_sub(watchers.len());
@@ -63,8 +66,9 @@ impl Watchers {
         }
         if watchers.is_empty() {
             by_channel.remove(channel);
+            return true;
         }
-        self.open.fetch_sub(dropped, Ordering::AcqRel);
+        false
     }
 
     fn add(&self, channel: &ChannelName) -> Result<(u64, mpsc::Receiver<Arc<Publication>>), HubError> {
@@ -80,13 +84,15 @@ impl Watchers {
         Ok((id, receiver))
     }
 
-    /// Removes watch `id`; true if the channel has no watcher left.
+    /// Removes watch `id` (which stops counting against [`MAX_WATCHES`]);
+    /// true if the channel has no watcher left.
     fn remove(&self, channel: &ChannelName, id: u64) -> bool {
         let mut by_channel = self.lock();
+        // A watch counts until it is dropped, even one that fell behind:
+        // the publications it holds are memory too.
+        self.open.fetch_sub(1, Ordering::AcqRel);
         let Some(watchers) = by_channel.get_mut(channel) else { return true };
-        let before = watchers.len();
         watchers.retain(|(watcher, _)| *watcher != id);
-        self.open.fetch_sub(before.saturating_sub(watchers.len()), Ordering::AcqRel);
         if watchers.is_empty() {
             by_channel.remove(channel);
             return true;
@@ -154,7 +160,7 @@ impl Hub {
 
     /// Unsubscribes the node from `channel` on the engine if nothing here
     /// needs it any more.
-    async fn drop_interest_if_unused(&self, channel: &ChannelName) {
+    pub(super) async fn drop_interest_if_unused(&self, channel: &ChannelName) {
         let _interest = self.channels.interest_lock(channel).lock().await;
         if self.channels.contains(channel) || self.watchers.watching(channel) {
             return;

@@ -8,11 +8,14 @@
 //! internal port). At most [`MAX_SESSIONS`] are open; a new login past
 //! that ends the one closest to expiry.
 //!
-//! Each address may fail [`FAILURES_ALLOWED`] times per [`FAILURE_WINDOW`];
-//! past that its attempts get 429 without the password being looked at,
-//! until the window ends. The table of addresses is bounded too: when it
-//! is full of addresses still inside their window, every address is
-//! braked (a flood from many addresses does not earn more guesses).
+//! Each address (an IPv6 address by its /64 network, which one host
+//! usually holds whole) may fail [`FAILURES_ALLOWED`] times per
+//! [`FAILURE_WINDOW`]; past that its attempts get 429 without the password
+//! being looked at, until the window ends. Many addresses do not earn more
+//! guesses: past [`FAILURES_ALLOWED_IN_ALL`] failures in a window, or when
+//! the bounded table of addresses is full, every address is braked. An
+//! attack can then keep operators out for a while, but never gets far
+//! with guessing.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,6 +34,8 @@ pub(crate) const MAX_SESSIONS: usize = 64;
 pub(crate) const FAILURES_ALLOWED: u32 = 5;
 /// The window wrong passwords are counted in.
 pub(crate) const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Wrong passwords from all addresses together per window.
+pub(crate) const FAILURES_ALLOWED_IN_ALL: u32 = 100;
 /// Addresses whose failures are remembered at once.
 const MAX_TRACKED_ADDRESSES: usize = 10_000;
 
@@ -55,12 +60,16 @@ pub(crate) struct Gate {
     password: Secret,
     ttl: Duration,
     sessions: Mutex<HashMap<String, Instant>>,
+    /// By address: when its window began, and its failures in it.
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// The same, for all addresses together.
+    all_failures: Mutex<(Instant, u32)>,
 }
 
 impl Gate {
     pub(crate) fn new(password: Secret, ttl: Duration) -> Self {
-        Self { password, ttl, sessions: Mutex::default(), failures: Mutex::default() }
+        let all_failures = Mutex::new((Instant::now(), 0));
+        Self { password, ttl, sessions: Mutex::default(), failures: Mutex::default(), all_failures }
     }
 
     /// How long a session lasts.
@@ -118,9 +127,14 @@ impl Gate {
 
     /// How long `peer` must wait, if it is braked.
     fn braked(&self, peer: IpAddr, now: Instant) -> Option<Duration> {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let within = |since: Instant| now.saturating_duration_since(since) < FAILURE_WINDOW;
         let wait = |since: Instant| FAILURE_WINDOW.saturating_sub(now.saturating_duration_since(since));
+        let (since, count) = *self.all_failures.lock().unwrap_or_else(|e| e.into_inner());
+        if within(since) && count >= FAILURES_ALLOWED_IN_ALL {
+            return Some(wait(since));
+        }
+        let peer = network_of(peer);
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if failures.len() >= MAX_TRACKED_ADDRESSES {
             failures.retain(|_, (since, _)| within(*since));
             if failures.len() >= MAX_TRACKED_ADDRESSES {
@@ -135,12 +149,24 @@ impl Gate {
     }
 
     fn count_failure(&self, peer: IpAddr, now: Instant) {
+        let count = |entry: &mut (Instant, u32)| {
+            if now.saturating_duration_since(entry.0) >= FAILURE_WINDOW {
+                *entry = (now, 0);
+            }
+            entry.1 = entry.1.saturating_add(1);
+        };
+        count(&mut self.all_failures.lock().unwrap_or_else(|e| e.into_inner()));
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = failures.entry(peer).or_insert((now, 0));
-        if now.saturating_duration_since(entry.0) >= FAILURE_WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
+        count(failures.entry(network_of(peer)).or_insert((now, 0)));
+    }
+}
+
+/// Whom failures are counted against: an IPv4 address, or an IPv6
+/// address's /64 network.
+fn network_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
     }
 }
 
@@ -209,6 +235,30 @@ mod tests {
 
         tokio::time::advance(FAILURE_WINDOW).await;
         assert!(matches!(gate.log_in(peer(1), PASSWORD), Login::Opened(_)), "the brake ends with its window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_network_is_braked_as_one_and_many_addresses_earn_no_more_guesses() {
+        let gate = gate();
+        let host = |n: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, n]);
+        for n in 0..u16::try_from(FAILURES_ALLOWED).unwrap() {
+            assert_eq!(gate.log_in(host(n), "guess"), Login::Refused);
+        }
+        assert!(matches!(gate.log_in(host(999), PASSWORD), Login::Braked(_)), "the same /64");
+
+        let gate = gate_with_failures_from_many_addresses();
+        assert!(matches!(gate.log_in(peer(250), PASSWORD), Login::Braked(_)), "past the budget of all addresses");
+        tokio::time::advance(FAILURE_WINDOW).await;
+        assert!(matches!(gate.log_in(peer(250), PASSWORD), Login::Opened(_)));
+    }
+
+    fn gate_with_failures_from_many_addresses() -> Gate {
+        let gate = gate();
+        for n in 0..FAILURES_ALLOWED_IN_ALL {
+            let address = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            assert_eq!(gate.log_in(address, "guess"), Login::Refused);
+        }
+        gate
     }
 
     #[tokio::test(start_paused = true)]

@@ -34,7 +34,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use herald_core::Hub;
+use herald_core::{Hub, HubError};
 use tokio::sync::watch;
 
 use crate::api::ApiState;
@@ -82,7 +82,7 @@ impl Admin {
     ) -> Option<Arc<Admin>> {
         let password = config.password.clone()?;
         let series = Arc::new(Series::default());
-        Series::start(&series, api.hub.clone());
+        Series::start(&series, &api.hub);
         let login_body = BodyLimits { max_size: LOGIN_BODY, timeout: body_timeout };
         let hub = api.hub.clone();
         let gate = Gate::new(password, config.session_ttl);
@@ -260,8 +260,25 @@ async fn tail(State((admin, _)): AdminState, headers: HeaderMap, Query(query): Q
     if let Some(refused) = refusal(&admin, &headers, false) {
         return refused;
     }
-    match tail::open(&admin.hub, &query.channel).await {
+    if *admin.draining.borrow() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, crate::codes::NOT_AVAILABLE, "this node is draining");
+    }
+    let channel = match herald_engine::ChannelName::new(&query.channel) {
+        Ok(channel) => channel,
+        Err(problem) => {
+            let message = format!("channel {:?}: {problem}", query.channel);
+            return error(StatusCode::BAD_REQUEST, crate::codes::BAD_REQUEST, &message);
+        }
+    };
+    match admin.hub.watch(&channel).await {
         Ok(watch) => tail::stream(watch, admin.draining.clone()).into_response(),
-        Err(problem) => error(StatusCode::BAD_REQUEST, crate::codes::BAD_REQUEST, &problem),
+        Err(refused) => {
+            let status = match &refused {
+                HubError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+                HubError::EngineUnavailable(_) | HubError::NotAvailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            error(status, crate::codes::hub_error(&refused).code, &refused.to_string())
+        }
     }
 }

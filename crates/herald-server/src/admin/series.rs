@@ -70,14 +70,16 @@ pub(crate) struct Snapshot {
 impl Series {
     /// Samples `hub`'s cluster now and then every [`SAMPLE_EVERY`], for as
     /// long as `series` is alive.
-    pub(crate) fn start(series: &Arc<Series>, hub: Arc<Hub>) {
+    pub(crate) fn start(series: &Arc<Series>, hub: &Arc<Hub>) {
         let weak: Weak<Series> = Arc::downgrade(series);
+        let hub = Arc::downgrade(hub);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(SAMPLE_EVERY);
             loop {
                 ticks.tick().await;
-                let Some(series) = weak.upgrade() else { return };
-                match hub.nodes().await {
+                let (Some(series), Some(hub)) = (weak.upgrade(), hub.upgrade()) else { return };
+                // As registered: each node renews its entry every SAMPLE_EVERY.
+                match hub.registered_nodes().await {
                     Ok(nodes) => series.record(&nodes, now_ms()),
                     Err(error) => tracing::debug!(%error, "admin chart: the cluster's nodes could not be read"),
                 }

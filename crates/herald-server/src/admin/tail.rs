@@ -9,12 +9,11 @@
 //! `EventSource` then reconnects by itself.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
-use herald_core::{Hub, Watch};
+use herald_core::Watch;
 use herald_engine::Publication;
 use tokio::sync::watch;
 
@@ -38,12 +37,6 @@ pub(crate) fn stream(
         }
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-}
-
-/// Starts watching `channel` for a tail.
-pub(crate) async fn open(hub: &Arc<Hub>, channel: &str) -> Result<Watch, String> {
-    let channel = herald_engine::ChannelName::new(channel).map_err(|e| format!("channel {channel:?}: {e}"))?;
-    hub.watch(&channel).await.map_err(|e| e.to_string())
 }
 
 fn publication_event(publication: &Publication) -> Event {

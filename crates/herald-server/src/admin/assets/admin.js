@@ -65,7 +65,9 @@ async function showApp() {
     session = await getJson('/admin/session');
   } catch (error) {
     if (error instanceof LoggedOut) return showLogin();
-    throw error;
+    $('problem').hidden = false;
+    $('problem').textContent = `The node did not answer: ${error.message}. Reload the page to try again.`;
+    return;
   }
   $('login-view').hidden = true;
   $('app').hidden = false;
@@ -236,8 +238,14 @@ function searchPattern() {
   return term.includes('*') ? term : `*${term}*`;
 }
 
+// Refreshes and searches may overlap: only the latest one's answer is shown.
+let channelsAsked = 0;
+
 async function refreshChannels() {
+  channelsAsked += 1;
+  const asked = channelsAsked;
   const result = await api('channels', { pattern: searchPattern() });
+  if (asked !== channelsAsked) return;
   const names = Object.keys(result.channels).sort();
   const rows = names.map((name) => {
     const row = el('tr');
@@ -306,6 +314,9 @@ async function refreshInspector() {
     api('history', { channel, limit: HISTORY_SHOWN, reverse: true }),
   ]);
   if (channel !== inspected) return;
+  for (const outcome of [presence, history]) {
+    if (outcome.status === 'rejected' && outcome.reason instanceof LoggedOut) throw outcome.reason;
+  }
   if (presence.status === 'fulfilled') {
     const present = Object.values(presence.value.presence);
     $('presence-count').textContent = `(${present.length})`;
@@ -323,12 +334,15 @@ async function refreshInspector() {
   }
 }
 
-function openTail(channel) {
+const TAIL_RETRY_MAX_MS = 30000;
+
+function openTail(channel, retryMs = 1000) {
   const source = new EventSource(`/admin/tail?channel=${encodeURIComponent(channel)}`);
   tail = source;
   $('tail-state').textContent = '(connecting)';
   source.addEventListener('open', () => {
     $('tail-state').textContent = '(live)';
+    retryMs = 1000;
   });
   source.addEventListener('publication', (event) => {
     const publication = JSON.parse(event.data);
@@ -343,8 +357,16 @@ function openTail(channel) {
     $('tail-state').textContent = '(reconnecting)';
   });
   source.addEventListener('error', () => {
-    if (source.readyState === EventSource.CLOSED) $('tail-state').textContent = '(closed)';
-    else $('tail-state').textContent = '(reconnecting)';
+    if (source.readyState !== EventSource.CLOSED) {
+      $('tail-state').textContent = '(reconnecting)';
+      return;
+    }
+    // Refused (a limit, an engine outage, a drain): the browser gives up,
+    // so try again later while the channel is still inspected.
+    $('tail-state').textContent = `(closed; retrying in ${Math.round(retryMs / 1000)} s)`;
+    setTimeout(() => {
+      if (tail === source && inspected === channel) openTail(channel, Math.min(retryMs * 2, TAIL_RETRY_MAX_MS));
+    }, retryMs);
   });
 }
 

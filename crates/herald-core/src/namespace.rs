@@ -117,6 +117,15 @@ pub struct NamespaceOptions {
     pub command_rate: u32,
     /// Such commands one connection may send at once after a pause.
     pub command_burst: u32,
+    /// The proxy (the server's `[proxies.<name>]`) that decides, instead of
+    /// `subscribe`, on subscriptions made without a token.
+    pub subscribe_proxy: Option<String>,
+    /// The proxy that decides, instead of `publish`, on client publications,
+    /// and may replace their data.
+    pub publish_proxy: Option<String>,
+    /// The proxy asked to extend subscriptions the subscribe proxy made
+    /// expiring.
+    pub sub_refresh_proxy: Option<String>,
 }
 
 impl Default for NamespaceOptions {
@@ -141,6 +150,9 @@ impl Default for NamespaceOptions {
             allow_presence_for_subscriber: false,
             command_rate: 0,
             command_burst: 0,
+            subscribe_proxy: None,
+            publish_proxy: None,
+            sub_refresh_proxy: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 //!   over the protocol and the transport.
 //! - `centrifuge`: the Centrifuge client protocol v2 (JSON).
 //! - `api`: the server HTTP API.
+//! - `proxy`: client events proxied to the application's backend.
 //! - `admin`: the admin web UI (`/admin`), over the server API.
 //! - [`pusher`]: the Pusher protocol 7 front-end, its HTTP API and webhooks.
 //! - `codes`: the error codes, and the one table from hub errors to what
@@ -49,6 +50,7 @@ pub mod fuzzing;
 mod http;
 mod json;
 mod metrics;
+mod proxy;
 pub mod pusher;
 mod rate;
 mod rotating;

@@ -95,6 +95,23 @@ struct Webhook {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyCall {
+    /// The event: `connect`, `refresh`, `subscribe`, `sub_refresh`,
+    /// `publish`, `rpc` or `send`.
+    kind: &'static str,
+    /// `result`, `error` or `disconnect` (what the backend answered), or
+    /// `failed` (no usable answer: unreachable, timed out, not 200, not
+    /// JSON), or `dropped` (a `send` over the node's limit of calls in
+    /// flight).
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyKind {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     /// `recovered`, or `not_recovered` (the client was told `recovered: false`).
     outcome: &'static str,
@@ -114,6 +131,8 @@ pub(crate) struct Metrics {
     engine_seconds: Family<EngineCall, Histogram, fn() -> Histogram>,
     engine_errors: Family<EngineCall, Counter>,
     engine_interruptions: Counter,
+    proxy_calls: Family<ProxyCall, Counter>,
+    proxy_seconds: Family<ProxyKind, Histogram, fn() -> Histogram>,
     /// The hub whose counts are read at each scrape, once attached.
     hub: Arc<OnceLock<Weak<Hub>>>,
     /// The last exposition and when it was made: a scrape walks every
@@ -146,6 +165,8 @@ impl Metrics {
             engine_seconds: Family::new_with_constructor(engine_histogram),
             engine_errors: Family::default(),
             engine_interruptions: Counter::default(),
+            proxy_calls: Family::default(),
+            proxy_seconds: Family::new_with_constructor(engine_histogram),
             hub: Arc::default(),
             rendered: std::sync::Mutex::new(None),
             registry: Registry::default(),
@@ -194,6 +215,16 @@ impl Metrics {
             "Times the engine lost its subscription to the backplane (each makes positioned subscribers recover)",
             metrics.engine_interruptions.clone(),
         );
+        registry.register(
+            "proxy_calls",
+            "Calls to the application's proxy endpoints, by event and outcome",
+            metrics.proxy_calls.clone(),
+        );
+        registry.register(
+            "proxy_call_seconds",
+            "Time the application's proxy endpoints took to answer, by event",
+            metrics.proxy_seconds.clone(),
+        );
         registry.register_collector(Box::new(HubCounts(metrics.hub.clone())));
         Self { registry, ..metrics }
     }
@@ -203,6 +234,12 @@ impl Metrics {
     pub(crate) fn attach(self: &Arc<Self>, hub: &Arc<Hub>) {
         let _ = self.hub.set(Arc::downgrade(hub));
         hub.measure(Arc::new(Meter(self.clone())));
+    }
+
+    /// A proxy call for `kind` ended with `outcome` after `took`.
+    pub(crate) fn proxy_call(&self, kind: &'static str, outcome: &'static str, took: Duration) {
+        self.proxy_calls.get_or_create(&ProxyCall { kind, outcome }).inc();
+        self.proxy_seconds.get_or_create(&ProxyKind { kind }).observe(took.as_secs_f64());
     }
 
     /// An engine call named `call` took `took`, and failed or not.

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -163,7 +163,9 @@ impl Node {
         let pusher = serves_pusher
             .then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, (body, users), driver.clone()));
         let verifier = crate::rotating::Rotating::new(verifier);
-        let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder) });
+        let proxies =
+            Arc::new(crate::proxy::Proxies::from_config(&config, &driver.metrics).map_err(anyhow::Error::msg)?);
+        let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder), proxies });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
         let metrics = shared.driver.metrics.clone();
         let (drain, _) = watch::channel(false);
@@ -384,6 +386,7 @@ async fn pusher_websocket(
 
 async fn centrifuge_websocket(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     permit: Option<Extension<Arc<Permit>>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -392,7 +395,10 @@ async fn centrifuge_websocket(
         return refused;
     }
     let shared = state.shared.clone();
-    serve_websocket(&state, upgrade, permit, move |transport| centrifuge::session::run(transport, shared))
+    // What the proxies pass on of the handshake, kept only when there are any.
+    let proxies = &shared.proxies;
+    let context = proxies.any().then(|| Arc::new(crate::proxy::ClientContext::capture(proxies, &headers, peer.ip())));
+    serve_websocket(&state, upgrade, permit, move |transport| centrifuge::session::run(transport, shared, context))
 }
 
 /// A 503 for a handshake while the node drains: the client should connect

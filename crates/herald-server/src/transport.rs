@@ -211,7 +211,7 @@ mod size_tests {
     fn an_idle_connections_task_stays_within_its_budget() {
         let receive = size_of_output(|transport: &'static mut WsTransport| transport.recv());
         let centrifuge =
-            size_of_output(|(transport, shared): (WsTransport, Arc<Shared>)| session::run(transport, shared));
+            size_of_output(|(transport, shared): (WsTransport, Arc<Shared>)| session::run(transport, shared, None));
 
         assert!(receive <= 96, "a WebSocket receive is {receive} bytes");
         assert!(centrifuge <= 1200, "a Centrifuge session over a WebSocket is {centrifuge} bytes");

@@ -24,6 +24,12 @@ pub(crate) enum ClientError {
     BadRequest(String),
     #[error("too many requests")]
     TooManyRequests,
+    /// The application's backend refused, with its own code.
+    #[error("{message}")]
+    Backend { code: u32, message: String, temporary: bool },
+    /// The application's backend gave no usable answer: try again.
+    #[error("internal server error")]
+    BackendUnavailable,
 }
 
 impl From<HubError> for ClientError {
@@ -40,6 +46,8 @@ impl ClientError {
             ClientError::BadRequest(_) => (codes::BAD_REQUEST, false),
             ClientError::TokenExpired => (codes::TOKEN_EXPIRED, false),
             ClientError::TooManyRequests => (codes::TOO_MANY_REQUESTS, true),
+            ClientError::Backend { code, temporary, .. } => (*code, *temporary),
+            ClientError::BackendUnavailable => (codes::INTERNAL, true),
             ClientError::Hub(hub) => {
                 let reported = codes::hub_error(hub);
                 (reported.code, reported.temporary)

@@ -69,6 +69,9 @@ pub(crate) struct ConnectRequest {
     /// Server-side subscriptions the client asks to recover.
     #[serde(default)]
     pub subs: HashMap<String, RecoverRequest>,
+    /// Data for the connect proxy.
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
 }
 
 /// Where a client left a subscription, and whether it asks to recover.
@@ -96,6 +99,9 @@ pub(crate) struct SubscribeRequest {
     pub recoverable: bool,
     #[serde(default)]
     pub join_leave: bool,
+    /// Data for the subscribe proxy.
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +145,8 @@ pub(crate) struct SendRequest {
 pub(crate) struct RpcRequest {
     #[serde(default)]
     pub method: String,
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

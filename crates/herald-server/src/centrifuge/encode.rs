@@ -79,9 +79,16 @@ pub(crate) fn raw_reply(id: u32, method: &str, result: &[u8]) -> Bytes {
 }
 
 /// A `SubscribeResult` object: expiry, positions, recovery, publications.
-pub(crate) fn subscribe_result(outcome: &SubscribeOutcome, expiry: &super::session::ExpiryResult) -> Bytes {
+pub(crate) fn subscribe_result(
+    outcome: &SubscribeOutcome,
+    expiry: &super::session::ExpiryResult,
+    data: Option<&serde_json::value::RawValue>,
+) -> Bytes {
     let mut out = BytesMut::with_capacity(64);
     let mut result = Object::begin(&mut out);
+    if let Some(data) = data {
+        result.raw("data", data.get().as_bytes());
+    }
     if expiry.expires {
         result.bool("expires", true);
     }

@@ -23,6 +23,7 @@ use super::command::{self, Command, Method};
 use super::encode::{self, CentrifugeEncoder};
 use crate::auth::{self, TokenVerifier};
 use crate::driver::{self, DriverSettings, Framing, Parts, Protocol};
+use crate::proxy::{ClientContext, Proxies};
 use crate::rate::{ConnectionRates, RateLimit, RateLimits, UserRates, Verdict};
 use crate::transport::{Inbound, Transport};
 
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub verifier: crate::rotating::Rotating<TokenVerifier>,
     pub settings: SessionSettings,
     pub encoder: Arc<CentrifugeEncoder>,
+    /// The application's proxies, if any are configured.
+    pub proxies: Arc<Proxies>,
 }
 
 impl Shared {
@@ -77,10 +80,15 @@ impl From<HubError> for Failure {
     }
 }
 
-/// Runs a session on `transport` to its end.
-pub(crate) fn run<T: Transport>(transport: T, shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+/// Runs a session on `transport` to its end. `context` is what the
+/// proxies pass on of the client's HTTP request, when any is configured.
+pub(crate) fn run<T: Transport>(
+    transport: T,
+    shared: Arc<Shared>,
+    context: Option<Arc<ClientContext>>,
+) -> impl Future<Output = ()> + Send {
     let outbox = Arc::new(Outbox::new(shared.settings.queue_max_bytes));
-    driver::run(transport, Session::new(shared, outbox))
+    driver::run(transport, Session::new(shared, outbox, context))
 }
 
 struct Session {
@@ -96,35 +104,42 @@ struct Session {
     sub_deadlines: SubDeadlines,
     /// The client's command and subscription rates.
     rates: ConnectionRates,
+    /// The client's request headers and address, for the proxies.
+    context: Option<Arc<ClientContext>>,
+    /// At `expire_deadline` the refresh proxy is asked to extend the
+    /// connection, instead of closing it.
+    refresh_by_proxy: bool,
 }
 
-/// When each expiring subscription ends. A plain list: a connection has a
+/// When each expiring subscription ends, or (`true`) is to be extended by
+/// the namespace's sub_refresh proxy. A plain list: a connection has a
 /// handful of expiring subscriptions at most, and every connection's
 /// session holds one (a hash map would cost each of them 24 bytes more).
 #[derive(Debug, Default)]
-struct SubDeadlines(Vec<(ChannelName, Instant)>);
+struct SubDeadlines(Vec<(ChannelName, Instant, bool)>);
 
 impl SubDeadlines {
-    fn insert(&mut self, channel: ChannelName, deadline: Instant) {
-        match self.0.iter_mut().find(|(known, _)| *known == channel) {
-            Some(entry) => entry.1 = deadline,
-            None => self.0.push((channel, deadline)),
+    fn insert(&mut self, channel: ChannelName, deadline: Instant, by_proxy: bool) {
+        match self.0.iter_mut().find(|(known, _, _)| *known == channel) {
+            Some(entry) => (entry.1, entry.2) = (deadline, by_proxy),
+            None => self.0.push((channel, deadline, by_proxy)),
         }
     }
 
     fn remove(&mut self, channel: &ChannelName) {
-        self.0.retain(|(known, _)| known != channel);
+        self.0.retain(|(known, _, _)| known != channel);
     }
 
     fn earliest(&self) -> Option<Instant> {
-        self.0.iter().map(|(_, deadline)| *deadline).min()
+        self.0.iter().map(|(_, deadline, _)| *deadline).min()
     }
 
-    /// The channels whose deadline has come, taken out of the list.
-    fn take_due(&mut self, now: Instant) -> Vec<ChannelName> {
-        let (due, kept) = std::mem::take(&mut self.0).into_iter().partition(|(_, deadline)| now >= *deadline);
+    /// The channels whose deadline has come (and whether the proxy is to
+    /// extend them), taken out of the list.
+    fn take_due(&mut self, now: Instant) -> Vec<(ChannelName, bool)> {
+        let (due, kept) = std::mem::take(&mut self.0).into_iter().partition(|(_, deadline, _)| now >= *deadline);
         self.0 = kept;
-        due.into_iter().map(|(channel, _)| channel).collect()
+        due.into_iter().map(|(channel, _, by_proxy)| (channel, by_proxy)).collect()
     }
 }
 
@@ -139,6 +154,9 @@ struct ConnectResult<'a> {
     ping: u64,
     pong: bool,
     node: &'a str,
+    /// The connect proxy's data for the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -169,7 +187,7 @@ fn deadline_after(exp: u64, grace: Duration) -> Instant {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, outbox: Arc<Outbox>) -> Self {
+    fn new(shared: Arc<Shared>, outbox: Arc<Outbox>, context: Option<Arc<ClientContext>>) -> Self {
         let now = Instant::now();
         let settings = &shared.settings;
         Self {
@@ -182,6 +200,8 @@ impl Session {
             rates: ConnectionRates::new(settings.rates, now),
             conn: None,
             shared,
+            context,
+            refresh_by_proxy: false,
         }
     }
 
@@ -273,7 +293,7 @@ impl Session {
             Method::Connect(req) => self.on_connect(id, req).await,
             Method::Subscribe(req) => self.on_subscribe(id, req).await,
             Method::Unsubscribe(req) => self.on_unsubscribe(id, &req.channel).await,
-            Method::Publish(req) => self.on_publish(id, &req.channel, req.data.get()).await,
+            Method::Publish(req) => self.on_publish(id, &req.channel, &req.data).await,
             Method::Presence(req) => self.on_presence(id, &req.channel, false).await,
             Method::PresenceStats(req) => self.on_presence(id, &req.channel, true).await,
             Method::History(req) => self.on_history(id, req).await,
@@ -282,14 +302,10 @@ impl Session {
                 Ok(())
             }
             Method::Send(req) => {
-                let bytes = req.data.as_ref().map_or(0, |data| data.get().len());
-                tracing::debug!(client = ?self.client(), bytes, "send dropped: no backend to deliver it to");
+                self.on_send(req.data.as_deref());
                 Ok(())
             }
-            Method::Rpc(req) => {
-                tracing::debug!(client = ?self.client(), method = %req.method, "rpc refused: no backend to answer it");
-                Err(ClientError::MethodNotFound.into())
-            }
+            Method::Rpc(req) => self.on_rpc(id, &req.method, req.data.as_deref()).await,
             Method::Unknown(name) => {
                 tracing::debug!(client = ?self.client(), method = %name, "unknown command");
                 Err(ClientError::MethodNotFound.into())
@@ -349,9 +365,16 @@ impl Protocol for Session {
             return Err(DisconnectReason::NoPong);
         }
         if self.expire_deadline.is_some_and(|d| now >= d) {
-            return Err(DisconnectReason::ConnectionExpired);
+            if !self.refresh_by_proxy {
+                return Err(DisconnectReason::ConnectionExpired);
+            }
+            self.refresh_through_proxy(&conn).await?;
         }
-        for channel in self.sub_deadlines.take_due(now) {
+        for (channel, by_proxy) in self.sub_deadlines.take_due(now) {
+            if by_proxy {
+                self.sub_refresh_through_proxy(&conn, channel).await;
+                continue;
+            }
             if self.shared.hub().unsubscribe(&conn, &channel).await {
                 self.reply(unsubscribe_push(&channel, UnsubscribeReason::Expired));
             }
@@ -395,6 +418,7 @@ fn unsubscribe_push(channel: &ChannelName, reason: UnsubscribeReason) -> Bytes {
 }
 
 mod commands;
+mod proxied;
 
 #[cfg(test)]
 mod sub_deadline_tests {
@@ -409,12 +433,12 @@ mod sub_deadline_tests {
         let now = Instant::now();
         let mut deadlines = SubDeadlines::default();
         assert_eq!(deadlines.earliest(), None);
-        deadlines.insert(channel("a"), now + Duration::from_secs(5));
-        deadlines.insert(channel("b"), now + Duration::from_secs(9));
-        deadlines.insert(channel("a"), now + Duration::from_secs(1));
+        deadlines.insert(channel("a"), now + Duration::from_secs(5), false);
+        deadlines.insert(channel("b"), now + Duration::from_secs(9), false);
+        deadlines.insert(channel("a"), now + Duration::from_secs(1), true);
         assert_eq!(deadlines.0.len(), 2, "a refreshed channel replaces its deadline");
         assert_eq!(deadlines.earliest(), Some(now + Duration::from_secs(1)));
-        assert_eq!(deadlines.take_due(now + Duration::from_secs(2)), vec![channel("a")]);
+        assert_eq!(deadlines.take_due(now + Duration::from_secs(2)), vec![(channel("a"), true)]);
         assert_eq!(deadlines.earliest(), Some(now + Duration::from_secs(9)));
         deadlines.remove(&channel("b"));
         assert_eq!(deadlines.earliest(), None);

@@ -126,10 +126,11 @@ fn type_table(mut table: Table, errors: &mut Vec<String>) -> Config {
         log: section(&mut table, "log", errors),
         node: section(&mut table, "node", errors),
         admin: section(&mut table, "admin", errors),
+        proxies: section(&mut table, "proxies", errors),
     };
     for unknown in table.keys() {
         errors.push(format!(
-            "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log, node, admin"
+            "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log, node, admin, proxies"
         ));
     }
     config

@@ -49,6 +49,37 @@ pub struct Config {
     pub node: NodeConfig,
     /// The admin web UI (`/admin`); off unless a password is set.
     pub admin: AdminConfig,
+    /// The application's HTTP endpoints that client events are proxied to,
+    /// by name (`[proxies.<name>]`); see `client.connect_proxy` and the
+    /// namespaces' `subscribe_proxy`, `publish_proxy`, `sub_refresh_proxy`.
+    pub proxies: BTreeMap<String, ProxyConfig>,
+}
+
+/// One backend endpoint events are proxied to (Centrifugo's proxy format).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// The `http(s)://host[:port]/path` every event is POSTed to.
+    pub endpoint: String,
+    /// How long the backend has to answer.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Headers of the client's HTTP request passed on (for example
+    /// `Cookie`, `Authorization`, `Origin`); no other header is.
+    pub http_headers: Vec<String>,
+    /// Headers added to every request (for example a shared secret).
+    pub static_headers: BTreeMap<String, Secret>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            timeout: Duration::from_secs(1),
+            http_headers: Vec::new(),
+            static_headers: BTreeMap::new(),
+        }
+    }
 }
 
 /// The admin web UI at `/admin`: served only when `password` is set, on
@@ -282,6 +313,16 @@ impl Default for RedisClusterEngineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
+    /// The proxy (`[proxies.<name>]`) that authenticates connections made
+    /// without a token.
+    pub connect_proxy: Option<String>,
+    /// The proxy asked to extend connections the connect proxy made
+    /// expiring.
+    pub refresh_proxy: Option<String>,
+    /// The proxy that answers clients' RPC calls.
+    pub rpc_proxy: Option<String>,
+    /// The proxy that receives clients' `send` messages.
+    pub send_proxy: Option<String>,
     /// Secret for HS256/HS384/HS512 connection and subscription tokens.
     pub token_hmac_secret: Option<Secret>,
     /// Public key (PEM text, or a path to a PEM file) for RS256/RS384/RS512 tokens.
@@ -370,6 +411,10 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
+            connect_proxy: None,
+            refresh_proxy: None,
+            rpc_proxy: None,
+            send_proxy: None,
             token_hmac_secret: None,
             token_rsa_public_key: None,
             token_ecdsa_public_key: None,

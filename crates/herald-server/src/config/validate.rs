@@ -26,6 +26,7 @@ impl Config {
         if self.admin.session_ttl < Duration::from_secs(60) {
             problems.push("admin.session_ttl: at least 1m".to_owned());
         }
+        self.check_proxies(&mut problems);
         if self.api.max_batch == 0 {
             problems.push("api.max_batch: must be at least 1".to_owned());
         }
@@ -286,6 +287,69 @@ impl Config {
                 Err("http.tls_cert and http.tls_key: set both (the certificate chain and its key), or neither"
                     .to_owned())
             }
+        }
+    }
+}
+
+/// The longest a proxy may be given to answer: a proxied command holds the
+/// connection's next commands until it is answered.
+const MAX_PROXY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// Each `[proxies.<name>]` is usable, and every proxy named elsewhere
+    /// is defined.
+    fn check_proxies(&self, problems: &mut Vec<String>) {
+        for (name, proxy) in &self.proxies {
+            let valid_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !valid_name {
+                problems.push(format!("proxies.{name}: a name of letters, digits, '-', '_' and '.'"));
+            }
+            if WebhookEndpoint::parse(&proxy.endpoint).is_none() {
+                problems.push(format!(
+                    "proxies.{name}.endpoint: {:?} is not an http(s)://host[:port]/path URL",
+                    proxy.endpoint
+                ));
+            }
+            if proxy.timeout.is_zero() || proxy.timeout > MAX_PROXY_TIMEOUT {
+                problems.push(format!("proxies.{name}.timeout: above zero and at most 30s"));
+            }
+            for header in &proxy.http_headers {
+                if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    problems.push(format!("proxies.{name}.http_headers: {header:?} is not a header name"));
+                }
+            }
+            for (header, value) in &proxy.static_headers {
+                if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    problems.push(format!("proxies.{name}.static_headers: {header:?} is not a header name"));
+                }
+                if axum::http::HeaderValue::from_str(value.expose()).is_err() {
+                    problems.push(format!("proxies.{name}.static_headers.{header}: not a valid header value"));
+                }
+            }
+        }
+        let mut named = vec![
+            ("client.connect_proxy".to_owned(), &self.client.connect_proxy),
+            ("client.refresh_proxy".to_owned(), &self.client.refresh_proxy),
+            ("client.rpc_proxy".to_owned(), &self.client.rpc_proxy),
+            ("client.send_proxy".to_owned(), &self.client.send_proxy),
+        ];
+        let namespaces = std::iter::once(("channel.without_namespace".to_owned(), &self.channel.without_namespace))
+            .chain(self.channel.namespaces.iter().map(|(name, o)| (format!("channel.namespaces.{name}"), o)));
+        for (path, options) in namespaces {
+            named.push((format!("{path}.subscribe_proxy"), &options.subscribe_proxy));
+            named.push((format!("{path}.publish_proxy"), &options.publish_proxy));
+            named.push((format!("{path}.sub_refresh_proxy"), &options.sub_refresh_proxy));
+        }
+        for (setting, name) in named {
+            if let Some(name) = name {
+                if !self.proxies.contains_key(name) {
+                    problems.push(format!("{setting}: no [proxies.{name}] is defined"));
+                }
+            }
+        }
+        if self.client.refresh_proxy.is_some() && self.client.connect_proxy.is_none() {
+            problems.push("client.refresh_proxy: only connections the connect proxy made are refreshed by it; set client.connect_proxy".to_owned());
         }
     }
 }

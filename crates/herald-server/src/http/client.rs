@@ -1,6 +1,7 @@
 //! The node's outbound HTTP(S): one request per connection, over TLS for
 //! `https://` URLs (rustls, trusting the system's CAs and any the
-//! configuration adds). The JWKS fetch and the Pusher webhooks use it.
+//! configuration adds). The JWKS fetch and the Pusher webhooks use it;
+//! the proxy keeps connections open with [`open`] and reuses them.
 
 use std::sync::Arc;
 
@@ -41,6 +42,9 @@ pub(crate) fn connector(extra: Option<&[u8]>) -> Result<TlsConnector, String> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// An open HTTP/1.1 connection, to send requests on one after another.
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
 /// Sends `request` to `host:port`, over TLS with `tls` when given; the
 /// response, its body not yet read.
 pub(crate) async fn send(
@@ -49,26 +53,33 @@ pub(crate) async fn send(
     port: u16,
     request: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, String> {
+    let mut sender = open(tls, host, port).await?;
+    sender.send_request(request).await.map_err(|e| format!("request failed: {e}"))
+}
+
+/// Opens a connection to `host:port`, over TLS with `tls` when given.
+pub(crate) async fn open(tls: Option<&TlsConnector>, host: &str, port: u16) -> Result<Sender, String> {
     let tcp = TcpStream::connect((host, port)).await.map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
     match tls {
-        None => exchange(TokioIo::new(tcp), request).await,
+        None => handshake(TokioIo::new(tcp)).await,
         Some(tls) => {
             let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| format!("{host} is not a TLS server name: {e}"))?;
             let stream = tls.connect(name, tcp).await.map_err(|e| format!("TLS with {host}: {e}"))?;
-            exchange(TokioIo::new(stream), request).await
+            handshake(TokioIo::new(stream)).await
         }
     }
 }
 
-async fn exchange<IO>(io: IO, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, String>
+async fn handshake<IO>(io: IO) -> Result<Sender, String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    sender.send_request(request).await.map_err(|e| format!("request failed: {e}"))
+    Ok(sender)
 }

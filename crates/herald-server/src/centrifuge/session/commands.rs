@@ -24,7 +24,13 @@ impl Session {
     }
 
     pub(super) async fn on_connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Failure> {
-        let claims = if req.token.is_empty() {
+        let client = ClientId::from(uuid::Uuid::new_v4().to_string());
+        let mut backend = None;
+        let claims = if req.token.is_empty() && self.shared.proxies.connect.is_some() {
+            let (claims, result) = self.connect_through_proxy(&client, &req).await?;
+            backend = Some(result);
+            claims
+        } else if req.token.is_empty() {
             if !self.shared.settings.allow_anonymous {
                 tracing::info!("connect without a token refused: client.allow_anonymous is off");
                 return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
@@ -44,7 +50,7 @@ impl Session {
         let hub = self.shared.hub().clone();
         let conn = hub
             .connect(ConnectionSpec {
-                client: ClientId::from(uuid::Uuid::new_v4().to_string()),
+                client,
                 user,
                 conn_info: auth::info_bytes(&claims.info),
                 encoder: self.shared.encoder.clone(),
@@ -55,7 +61,12 @@ impl Session {
         let mut subs = BytesMut::new();
         for name in &claims.channels {
             let recover_since = req.subs.get(name).filter(|r| r.recover).map(|r| position(r.offset, &r.epoch));
-            let request = HubSubscribeRequest { recover_since, ..Default::default() };
+            let from_backend = backend.as_ref().and_then(|b| b.subs.get(name));
+            let chan_info =
+                from_backend.and_then(|sub| sub.info.as_ref()).map(|info| Bytes::from(info.get().to_owned()));
+            let subscription = Subscription { chan_info, ..Subscription::default() };
+            let request = HubSubscribeRequest { recover_since, subscription, ..Default::default() };
+            let data = from_backend.and_then(|sub| sub.data.as_deref());
             let subscribed = match ChannelName::new(name) {
                 Ok(channel) => hub
                     .subscribe(&conn, &channel, SubscribeAccess::Server, request, |_| None)
@@ -68,7 +79,7 @@ impl Session {
                     subs.put_u8(if subs.is_empty() { b'{' } else { b',' });
                     crate::json::put_str(&mut subs, name);
                     subs.put_u8(b':');
-                    subs.put_slice(&encode::subscribe_result(&outcome, &ExpiryResult::default()));
+                    subs.put_slice(&encode::subscribe_result(&outcome, &ExpiryResult::default(), data));
                 }
                 Err(error) => {
                     tracing::warn!(user = %conn.user(), channel = %name, %error, "server-side subscription from token failed");
@@ -78,7 +89,10 @@ impl Session {
             }
         }
 
-        let expiry = ExpiryResult::at(claims.exp);
+        // Connections the refresh proxy extends do not expire for the
+        // client: the node asks the backend when the time comes.
+        self.refresh_by_proxy = backend.is_some() && self.shared.proxies.refresh.is_some();
+        let expiry = if self.refresh_by_proxy { ExpiryResult::default() } else { ExpiryResult::at(claims.exp) };
         let result = ConnectResult {
             client: conn.client().as_str(),
             version: env!("CARGO_PKG_VERSION"),
@@ -87,6 +101,7 @@ impl Session {
             ping: self.shared.settings.ping_interval.as_secs(),
             pong: true,
             node: hub.node().as_str(),
+            data: backend.as_ref().and_then(|b| b.data.as_deref()),
         };
         let result = if subs.is_empty() {
             Bytes::from(crate::json::to_vec(&result))
@@ -96,7 +111,9 @@ impl Session {
         };
         // Ahead of any publication already queued for server-side channels.
         self.outbox.push_front(Outgoing::Frame(encode::raw_reply(id, "connect", &result)));
-        self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
+        let grace =
+            if self.refresh_by_proxy { std::time::Duration::ZERO } else { self.shared.settings.expired_close_delay };
+        self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, grace));
         self.next_ping = crate::driver::after(Instant::now(), self.shared.settings.ping_interval);
         tracing::debug!(client = %conn.client(), user = %conn.user(), sdk = %req.name, sdk_version = %req.version, "connected");
         self.conn = Some(conn);
@@ -107,7 +124,23 @@ impl Session {
         let conn = self.connection()?;
         let channel = parse_channel(&req.channel)?;
         let mut subscription = Subscription { join_leave: req.join_leave, ..Subscription::default() };
-        let (access, exp) = if req.token.is_empty() {
+        let rules = self.shared.hub().rules();
+        let proxy = rules.resolve(&channel).ok().and_then(|o| self.shared.proxies.named(o.subscribe_proxy.as_ref()));
+        let mut backend_data = None;
+        let mut by_proxy = false;
+        let (access, exp) = if let (true, Some(proxy)) = (req.token.is_empty(), proxy.cloned()) {
+            let result = self.subscribe_through_proxy(&proxy, &conn, &channel, req.data.as_deref()).await?;
+            subscription.chan_info = result.info.as_ref().map(|info| Bytes::from(info.get().to_owned()));
+            backend_data = result.data;
+            let exp = crate::proxy::events::expiry(result.expire_at);
+            by_proxy = exp.is_some()
+                && rules
+                    .resolve(&channel)
+                    .ok()
+                    .and_then(|o| self.shared.proxies.named(o.sub_refresh_proxy.as_ref()))
+                    .is_some();
+            (SubscribeAccess::Server, exp)
+        } else if req.token.is_empty() {
             (SubscribeAccess::Client, None)
         } else {
             let claims = self.verify_subscription(&conn, &channel, &req.token).await?;
@@ -120,9 +153,9 @@ impl Session {
             recoverable: req.recoverable,
             recover_since: req.position.recover.then(|| position(req.position.offset, &req.position.epoch)),
         };
-        let expiry = ExpiryResult::at(exp);
+        let expiry = if by_proxy { ExpiryResult::default() } else { ExpiryResult::at(exp) };
         let reply = |outcome: &herald_core::SubscribeOutcome| {
-            let result = encode::subscribe_result(outcome, &expiry);
+            let result = encode::subscribe_result(outcome, &expiry, backend_data.as_deref());
             Some(Outgoing::Frame(encode::raw_reply(id, "subscribe", &result)))
         };
         let outcome = self.shared.hub().subscribe(&conn, &channel, access, request, reply).await?;
@@ -130,7 +163,8 @@ impl Session {
             tracing::debug!(client = %conn.client(), %channel, recovered = outcome.recovered, replayed = outcome.publications.len(), "subscription recovery");
         }
         if let Some(exp) = exp {
-            self.sub_deadlines.insert(channel, deadline_after(exp, self.shared.settings.expired_sub_close_delay));
+            let grace = if by_proxy { std::time::Duration::ZERO } else { self.shared.settings.expired_sub_close_delay };
+            self.sub_deadlines.insert(channel, deadline_after(exp, grace), by_proxy);
         }
         Ok(())
     }
@@ -192,10 +226,22 @@ impl Session {
         Ok(())
     }
 
-    pub(super) async fn on_publish(&mut self, id: u32, channel: &str, data: &str) -> Result<(), Failure> {
+    pub(super) async fn on_publish(
+        &mut self,
+        id: u32,
+        channel: &str,
+        data: &serde_json::value::RawValue,
+    ) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
-        self.shared.hub().client_publish(&conn, &channel, crate::json::compact(data)).await?;
+        let rules = self.shared.hub().rules();
+        let proxy = rules.resolve(&channel).ok().and_then(|o| self.shared.proxies.named(o.publish_proxy.as_ref()));
+        match proxy.cloned() {
+            Some(proxy) => self.publish_through_proxy(&proxy, &conn, &channel, data).await?,
+            None => {
+                self.shared.hub().client_publish(&conn, &channel, crate::json::compact(data.get())).await?;
+            }
+        }
         self.shared.driver.metrics.published("client", 1);
         self.reply(encode::reply(id, "publish", &Empty {}));
         Ok(())
@@ -237,7 +283,7 @@ impl Session {
         match claims.exp {
             Some(exp) => {
                 let deadline = deadline_after(exp, self.shared.settings.expired_sub_close_delay);
-                self.sub_deadlines.insert(channel, deadline);
+                self.sub_deadlines.insert(channel, deadline, false);
             }
             None => {
                 self.sub_deadlines.remove(&channel);

@@ -1,0 +1,229 @@
+//! The session's side of the proxy (`crate::proxy`): the events it sends to
+//! the application's backend and what it does with each answer.
+//!
+//! A backend's result goes ahead; its error reaches the client as sent
+//! (code, message, temporary); its disconnect closes the connection with
+//! its code and reason. A call without a usable answer is a temporary
+//! error 100, so the client retries: never a hang, never an accepted
+//! request. A proxied command holds the connection's next commands until
+//! it is answered, at most the proxy's `timeout`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use herald_core::Connection;
+use herald_engine::{ChannelName, ClientId, DisconnectReason, Publication};
+
+use super::{deadline_after, Failure, Session};
+use crate::auth::ConnectClaims;
+use crate::centrifuge::codes::ClientError;
+use crate::centrifuge::command::ConnectRequest;
+use crate::centrifuge::encode;
+use crate::proxy::events::{self, Client};
+use crate::proxy::{Answer, ClientContext, Failed, Proxy};
+
+/// When a refresh proxy gave no usable answer, it is asked again this much
+/// later (the connection or subscription lives on meanwhile).
+const RETRY_REFRESH: Duration = Duration::from_secs(60);
+
+/// What a session without a client context passes on: nothing.
+static NO_CONTEXT: ClientContext = ClientContext::EMPTY;
+
+/// A backend's answer as the session's failure, if it is not a result.
+fn refused<R>(answer: Result<Answer<R>, Failed>) -> Result<R, Failure> {
+    match answer {
+        Ok(Answer::Result(result)) => Ok(result),
+        Ok(Answer::Error { code, message, temporary }) => {
+            Err(Failure::Reply(ClientError::Backend { code, message, temporary }))
+        }
+        Ok(Answer::Disconnect { code, reason }) => Err(Failure::Disconnect(backend_disconnect(code, reason))),
+        Err(Failed) => Err(Failure::Reply(ClientError::BackendUnavailable)),
+    }
+}
+
+/// The close a backend asked for. Codes outside 3000–4999 cannot be sent
+/// to a WebSocket client: those close as an internal error (3004).
+fn backend_disconnect(code: u16, mut reason: String) -> DisconnectReason {
+    if !(3000..5000).contains(&code) {
+        tracing::warn!(code, "a backend asked for a disconnect code outside 3000-4999; closing with 3004");
+        return DisconnectReason::Internal;
+    }
+    // A close frame's reason is at most 123 bytes.
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    let reconnect = !((3500..4000).contains(&code) || (4500..5000).contains(&code));
+    DisconnectReason::Custom { code, reason, reconnect }
+}
+
+impl Session {
+    fn context(&self) -> &ClientContext {
+        self.context.as_deref().unwrap_or(&NO_CONTEXT)
+    }
+
+    /// Asks the connect proxy who a client without a token is.
+    pub(super) async fn connect_through_proxy(
+        &self,
+        client: &ClientId,
+        req: &ConnectRequest,
+    ) -> Result<(ConnectClaims, events::ConnectResult), Failure> {
+        let proxy = self.shared.proxies.connect.clone().ok_or(Failure::Disconnect(DisconnectReason::Internal))?;
+        let request = events::Connect {
+            client: Client::websocket(client.as_str()),
+            name: &req.name,
+            version: &req.version,
+            data: req.data.as_deref(),
+        };
+        let result =
+            refused(proxy.call::<events::ConnectResult>("connect", self.context(), events::body(&request)).await)?;
+        let info = match &result.info {
+            Some(info) => {
+                Some(serde_json::from_str(info.get()).map_err(|_| Failure::Reply(ClientError::BackendUnavailable))?)
+            }
+            None => None,
+        };
+        let mut channels = result.channels.clone();
+        channels.extend(result.subs.keys().filter(|name| !result.channels.contains(name)).cloned());
+        let claims = ConnectClaims { sub: result.user.clone(), exp: events::expiry(result.expire_at), info, channels };
+        Ok((claims, result))
+    }
+
+    /// Asks the refresh proxy to extend the connection, now due to expire.
+    pub(super) async fn refresh_through_proxy(&mut self, conn: &Arc<Connection>) -> Result<(), DisconnectReason> {
+        let Some(proxy) = self.shared.proxies.refresh.clone() else {
+            return Err(DisconnectReason::ConnectionExpired);
+        };
+        let user = conn.user();
+        let request =
+            events::Refresh { client: Client::websocket(conn.client().as_str()), user: user.as_str(), channel: None };
+        let answer = proxy.call::<events::RefreshResult>("refresh", self.context(), events::body(&request)).await;
+        match answer {
+            Ok(Answer::Result(result)) if result.expired => Err(DisconnectReason::ConnectionExpired),
+            Ok(Answer::Result(result)) => {
+                self.expire_deadline = events::expiry(result.expire_at).map(|exp| deadline_after(exp, Duration::ZERO));
+                Ok(())
+            }
+            Ok(Answer::Disconnect { code, reason }) => Err(backend_disconnect(code, reason)),
+            Ok(Answer::Error { .. }) | Err(Failed) => {
+                tracing::info!(client = %conn.client(), "connection not refreshed; asking the refresh proxy again later");
+                self.expire_deadline = Some(crate::driver::after(Instant::now(), RETRY_REFRESH));
+                Ok(())
+            }
+        }
+    }
+
+    /// Asks the namespace's sub_refresh proxy to extend a subscription, now
+    /// due to expire; ends it if the backend says so.
+    pub(super) async fn sub_refresh_through_proxy(&mut self, conn: &Arc<Connection>, channel: ChannelName) {
+        let rules = self.shared.hub().rules();
+        let proxy = rules.resolve(&channel).ok().and_then(|o| self.shared.proxies.named(o.sub_refresh_proxy.as_ref()));
+        let Some(proxy) = proxy.cloned() else {
+            self.end_expired_subscription(conn, channel).await;
+            return;
+        };
+        let user = conn.user();
+        let request = events::Refresh {
+            client: Client::websocket(conn.client().as_str()),
+            user: user.as_str(),
+            channel: Some(channel.as_str()),
+        };
+        let answer = proxy.call::<events::RefreshResult>("sub_refresh", self.context(), events::body(&request)).await;
+        match answer {
+            Ok(Answer::Result(result)) if !result.expired => {
+                if let Some(exp) = events::expiry(result.expire_at) {
+                    self.sub_deadlines.insert(channel, deadline_after(exp, Duration::ZERO), true);
+                }
+            }
+            Ok(Answer::Result(_) | Answer::Disconnect { .. }) => self.end_expired_subscription(conn, channel).await,
+            Ok(Answer::Error { .. }) | Err(Failed) => {
+                let retry = crate::driver::after(Instant::now(), RETRY_REFRESH);
+                self.sub_deadlines.insert(channel, retry, true);
+            }
+        }
+    }
+
+    async fn end_expired_subscription(&mut self, conn: &Arc<Connection>, channel: ChannelName) {
+        if self.shared.hub().unsubscribe(conn, &channel).await {
+            self.reply(super::unsubscribe_push(&channel, herald_core::UnsubscribeReason::Expired));
+        }
+    }
+
+    /// Asks a namespace's subscribe proxy whether the connection may
+    /// subscribe; its result's info, data and expiry.
+    pub(super) async fn subscribe_through_proxy(
+        &self,
+        proxy: &Proxy,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+        data: Option<&RawValue>,
+    ) -> Result<events::SubscribeResult, Failure> {
+        let user = conn.user();
+        let request = events::Subscribe {
+            client: Client::websocket(conn.client().as_str()),
+            user: user.as_str(),
+            channel: channel.as_str(),
+            data,
+        };
+        refused(proxy.call("subscribe", self.context(), events::body(&request)).await)
+    }
+
+    /// Asks a namespace's publish proxy, then publishes what it allows:
+    /// the client's data or the backend's replacement.
+    pub(super) async fn publish_through_proxy(
+        &self,
+        proxy: &Proxy,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+        data: &RawValue,
+    ) -> Result<(), Failure> {
+        let user = conn.user();
+        let request = events::Publish {
+            client: Client::websocket(conn.client().as_str()),
+            user: user.as_str(),
+            channel: channel.as_str(),
+            data,
+        };
+        let result: events::PublishResult =
+            refused(proxy.call("publish", self.context(), events::body(&request)).await)?;
+        let published = result.data.as_deref().unwrap_or(data);
+        let mut publication = Publication::from_data(crate::json::compact(published.get()));
+        publication.info = Some(conn.info_in(channel));
+        self.shared.hub().publish(channel, publication, None, result.skip_history).await?;
+        Ok(())
+    }
+
+    /// Answers an RPC through the RPC proxy (104 without one).
+    pub(super) async fn on_rpc(&mut self, id: u32, method: &str, data: Option<&RawValue>) -> Result<(), Failure> {
+        let conn = self.connection()?;
+        let Some(proxy) = self.shared.proxies.rpc.clone() else {
+            tracing::debug!(client = %conn.client(), %method, "rpc refused: no client.rpc_proxy to answer it");
+            return Err(ClientError::MethodNotFound.into());
+        };
+        let user = conn.user();
+        let request =
+            events::Rpc { client: Client::websocket(conn.client().as_str()), user: user.as_str(), method, data };
+        let result: events::RpcResult = refused(proxy.call("rpc", self.context(), events::body(&request)).await)?;
+        let data = result.data.as_deref().map_or(b"null".as_slice(), |data| data.get().as_bytes());
+        let mut body = bytes::BytesMut::from(&b"{\"data\":"[..]);
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"}");
+        self.reply(encode::raw_reply(id, "rpc", &body));
+        Ok(())
+    }
+
+    /// Hands a `send` message to the send proxy, without waiting for it.
+    pub(super) fn on_send(&self, data: Option<&RawValue>) {
+        let Some(conn) = &self.conn else { return };
+        if self.shared.proxies.send.is_none() {
+            tracing::debug!(client = %conn.client(), "send dropped: no client.send_proxy to deliver it to");
+            return;
+        }
+        let user = conn.user();
+        let request = events::Send { client: Client::websocket(conn.client().as_str()), user: user.as_str(), data };
+        let context = self.context.clone().unwrap_or_default();
+        self.shared.proxies.send(context, events::body(&request));
+    }
+}

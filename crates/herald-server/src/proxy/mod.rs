@@ -1,0 +1,352 @@
+//! Proxying client events to the application's HTTP backend, in
+//! Centrifugo's proxy format, so a backend written for Centrifugo's HTTP
+//! proxy works unchanged.
+//!
+//! Each event is a `POST` of a JSON body to the endpoint of a named proxy
+//! (`[proxies.<name>]`), with the client's allow-listed request headers,
+//! the proxy's static headers and the client's address
+//! (`X-Forwarded-For`, `X-Real-Ip`). The backend answers `200` with one of
+//! `{"result": …}`, `{"error": {"code", "message", "temporary"}}` or
+//! `{"disconnect": {"code", "reason"}}` (see [`Answer`]); anything else —
+//! unreachable, slower than the proxy's `timeout`, another status, a body
+//! that is not such JSON or larger than [`MAX_ANSWER`] — is a [`Failed`]
+//! call, logged and counted, which the session turns into a temporary
+//! error (the client retries) and never into an accepted request.
+//!
+//! Connections to a backend are kept open and reused (at most
+//! [`MAX_IDLE`] idle per proxy).
+//!
+//! Which events go where: `client.connect_proxy`, `refresh_proxy`,
+//! `rpc_proxy`, `send_proxy`, and the namespaces' `subscribe_proxy`,
+//! `publish_proxy`, `sub_refresh_proxy` name the proxies (`events`
+//! has each event's request and result).
+
+pub(crate) mod events;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::config::{Config, ProxyConfig, WebhookEndpoint};
+use crate::http::client::{self, Sender};
+use crate::metrics::Metrics;
+
+/// The largest answer read from a backend.
+pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
+/// Idle connections kept per proxy.
+pub(crate) const MAX_IDLE: usize = 32;
+/// `send` calls in flight at once on a node; past it they are dropped.
+pub(crate) const MAX_SENDS_IN_FLIGHT: usize = 256;
+
+/// What a backend answered to an event.
+#[derive(Debug)]
+pub(crate) enum Answer<R> {
+    /// Go ahead, with this result.
+    Result(R),
+    /// Refuse the request with this error.
+    Error { code: u32, message: String, temporary: bool },
+    /// Close the client's connection with this code and reason.
+    Disconnect { code: u16, reason: String },
+}
+
+/// A call without a usable answer; why is in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failed;
+
+#[derive(serde::Deserialize)]
+struct Envelope<R> {
+    #[serde(default = "Option::default")]
+    result: Option<R>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+    #[serde(default)]
+    disconnect: Option<DisconnectBody>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    code: u32,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    temporary: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct DisconnectBody {
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Who a client is to the backend beyond its protocol: the headers of its
+/// HTTP request that some proxy passes on, and its address. Taken once,
+/// at the WebSocket handshake.
+#[derive(Debug, Default)]
+pub(crate) struct ClientContext {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    ip: Option<IpAddr>,
+}
+
+impl ClientContext {
+    /// Nothing passed on.
+    pub(crate) const EMPTY: ClientContext = ClientContext { headers: Vec::new(), ip: None };
+
+    /// The headers of `request` that any of `proxies` passes on.
+    pub(crate) fn capture(proxies: &Proxies, request: &HeaderMap, ip: IpAddr) -> Self {
+        let headers = proxies
+            .passed_headers
+            .iter()
+            .flat_map(|name| request.get_all(name).iter().map(move |value| (name.clone(), value.clone())))
+            .collect();
+        Self { headers, ip: Some(ip) }
+    }
+}
+
+/// One backend endpoint.
+pub(crate) struct Proxy {
+    name: String,
+    endpoint: WebhookEndpoint,
+    timeout: Duration,
+    passed: Vec<HeaderName>,
+    fixed: Vec<(HeaderName, HeaderValue)>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    idle: Mutex<Vec<Sender>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("name", &self.name).field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    fn new(name: &str, config: &ProxyConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let endpoint = WebhookEndpoint::parse(&config.endpoint)
+            .ok_or_else(|| format!("proxies.{name}.endpoint: not an http(s) URL"))?;
+        let tls = match endpoint.is_tls() {
+            true => Some(client::connector(None).map_err(|e| format!("proxies.{name}: {e}"))?),
+            false => None,
+        };
+        let header = |h: &String| HeaderName::from_bytes(h.as_bytes()).map_err(|e| format!("proxies.{name}: {e}"));
+        let passed = config.http_headers.iter().map(header).collect::<Result<_, _>>()?;
+        let mut fixed = Vec::new();
+        for (name_text, value) in &config.static_headers {
+            let value = HeaderValue::from_str(value.expose())
+                .map_err(|_| format!("proxies.{name}.static_headers.{name_text}: not a header value"))?;
+            fixed.push((header(name_text)?, value));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            endpoint,
+            timeout: config.timeout,
+            passed,
+            fixed,
+            tls,
+            idle: Mutex::new(Vec::new()),
+            metrics,
+        })
+    }
+
+    /// POSTs `body` for event `kind` on behalf of the client in `context`,
+    /// and reads the answer, within the proxy's timeout.
+    pub(crate) async fn call<R: DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        context: &ClientContext,
+        body: Vec<u8>,
+    ) -> Result<Answer<R>, Failed> {
+        let started = Instant::now();
+        let answered = tokio::time::timeout(self.timeout, self.exchange(context, body)).await;
+        let outcome = match answered {
+            Err(_) => Err(format!("no answer within {:?} (proxies.{}.timeout)", self.timeout, self.name)),
+            Ok(Err(problem)) => Err(problem),
+            Ok(Ok(bytes)) => serde_json::from_slice::<Envelope<R>>(&bytes)
+                .map_err(|e| format!("the answer is not a proxy reply: {e}"))
+                .and_then(Self::read_envelope),
+        };
+        let label = match &outcome {
+            Ok(Answer::Result(_)) => "result",
+            Ok(Answer::Error { .. }) => "error",
+            Ok(Answer::Disconnect { .. }) => "disconnect",
+            Err(_) => "failed",
+        };
+        self.metrics.proxy_call(kind, label, started.elapsed());
+        outcome.map_err(|problem| {
+            tracing::warn!(proxy = %self.name, event = kind, %problem, "proxy call failed; the client gets a temporary error");
+            Failed
+        })
+    }
+
+    fn read_envelope<R>(envelope: Envelope<R>) -> Result<Answer<R>, String> {
+        if let Some(disconnect) = envelope.disconnect {
+            return Ok(Answer::Disconnect { code: disconnect.code, reason: disconnect.reason });
+        }
+        if let Some(error) = envelope.error {
+            return Ok(Answer::Error { code: error.code, message: error.message, temporary: error.temporary });
+        }
+        envelope.result.map(Answer::Result).ok_or_else(|| "the answer has no result, error or disconnect".to_owned())
+    }
+
+    async fn exchange(&self, context: &ClientContext, body: Vec<u8>) -> Result<Bytes, String> {
+        let mut request = Request::post(self.endpoint.path())
+            .header(header::HOST, self.endpoint.authority())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("request: {e}"))?;
+        let headers = request.headers_mut();
+        for (name, value) in &context.headers {
+            if self.passed.contains(name) && !headers.contains_key(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        for (name, value) in &self.fixed {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(ip) = context.ip {
+            let forwarded = match context.headers.iter().find(|(n, _)| n.as_str() == "x-forwarded-for") {
+                Some((_, earlier)) if self.passed.iter().any(|n| n.as_str() == "x-forwarded-for") => {
+                    format!("{}, {ip}", earlier.to_str().unwrap_or_default())
+                }
+                _ => ip.to_string(),
+            };
+            if let Ok(value) = HeaderValue::from_str(&forwarded) {
+                headers.insert("x-forwarded-for", value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+                headers.insert("x-real-ip", value);
+            }
+        }
+        let mut sender = self.connection().await?;
+        let response = sender.send_request(request).await.map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        self.give_back(sender);
+        if status != axum::http::StatusCode::OK {
+            return Err(format!("the backend answered HTTP {status}"));
+        }
+        Ok(body)
+    }
+
+    /// An idle connection to the backend, or a new one.
+    async fn connection(&self) -> Result<Sender, String> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match idle {
+                Some(mut sender) if !sender.is_closed() => {
+                    if sender.ready().await.is_ok() {
+                        return Ok(sender);
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        client::open(self.tls.as_ref(), self.endpoint.host(), self.endpoint.port()).await
+    }
+
+    fn give_back(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+}
+
+/// The node's proxies, and which one each client-wide event goes to.
+#[derive(Debug)]
+pub(crate) struct Proxies {
+    by_name: HashMap<String, Arc<Proxy>>,
+    pub(crate) connect: Option<Arc<Proxy>>,
+    pub(crate) refresh: Option<Arc<Proxy>>,
+    pub(crate) rpc: Option<Arc<Proxy>>,
+    pub(crate) send: Option<Arc<Proxy>>,
+    /// Every header some proxy passes on: what is kept of a handshake.
+    passed_headers: Vec<HeaderName>,
+    /// `send` calls in flight.
+    sends: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Proxies {
+    /// No proxy.
+    fn default() -> Self {
+        Self {
+            by_name: HashMap::new(),
+            connect: None,
+            refresh: None,
+            rpc: None,
+            send: None,
+            passed_headers: Vec::new(),
+            sends: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS_IN_FLIGHT)),
+        }
+    }
+}
+
+impl Proxies {
+    /// The proxies `config` defines. The configuration was validated, so
+    /// a failure here is a bug or an unusable TLS setup.
+    pub(crate) fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, String> {
+        let mut by_name = HashMap::new();
+        let mut passed_headers: Vec<HeaderName> = Vec::new();
+        for (name, proxy) in &config.proxies {
+            let proxy = Proxy::new(name, proxy, metrics.clone())?;
+            for header in &proxy.passed {
+                if !passed_headers.contains(header) {
+                    passed_headers.push(header.clone());
+                }
+            }
+            by_name.insert(name.clone(), Arc::new(proxy));
+        }
+        let pick = |name: &Option<String>| name.as_ref().and_then(|name| by_name.get(name).cloned());
+        let client = &config.client;
+        Ok(Self {
+            connect: pick(&client.connect_proxy),
+            refresh: pick(&client.refresh_proxy),
+            rpc: pick(&client.rpc_proxy),
+            send: pick(&client.send_proxy),
+            passed_headers,
+            sends: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS_IN_FLIGHT)),
+            by_name,
+        })
+    }
+
+    /// Whether any proxy is defined (else no client context is kept).
+    pub(crate) fn any(&self) -> bool {
+        !self.by_name.is_empty()
+    }
+
+    /// The proxy named `name`.
+    pub(crate) fn named(&self, name: Option<&String>) -> Option<&Arc<Proxy>> {
+        self.by_name.get(name?)
+    }
+
+    /// Sends a client's `send` message to the send proxy without waiting
+    /// for it; dropped (and counted) when too many are in flight.
+    pub(crate) fn send(&self, context: Arc<ClientContext>, body: Vec<u8>) {
+        let Some(proxy) = self.send.clone() else { return };
+        let Ok(permit) = self.sends.clone().try_acquire_owned() else {
+            proxy.metrics.proxy_call("send", "dropped", Duration::ZERO);
+            tracing::warn!(proxy = %proxy.name, "send dropped: {MAX_SENDS_IN_FLIGHT} sends already in flight");
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = proxy.call::<serde::de::IgnoredAny>("send", &context, body).await;
+            drop(permit);
+        });
+    }
+}

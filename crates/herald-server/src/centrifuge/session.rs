@@ -95,10 +95,12 @@ struct Session {
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
     conn: Option<Arc<Connection>>,
-    connect_deadline: Instant,
     next_ping: Instant,
     pong_deadline: Option<Instant>,
-    /// When the connection is closed for an expired token (expiry + grace).
+    /// Before the connect command: when the connection is closed for not
+    /// sending it. After: when it is closed for an expired token (expiry +
+    /// grace), or refreshed through the proxy. (One field for both: every
+    /// idle connection holds a session.)
     expire_deadline: Option<Instant>,
     /// When each expiring subscription ends (expiry + grace).
     sub_deadlines: SubDeadlines,
@@ -192,10 +194,9 @@ impl Session {
         let settings = &shared.settings;
         Self {
             outbox,
-            connect_deadline: driver::after(now, settings.connect_timeout),
             next_ping: driver::after(now, settings.ping_interval),
             pong_deadline: None,
-            expire_deadline: None,
+            expire_deadline: Some(driver::after(now, settings.connect_timeout)),
             sub_deadlines: SubDeadlines::default(),
             rates: ConnectionRates::new(settings.rates, now),
             conn: None,
@@ -335,7 +336,7 @@ impl Protocol for Session {
 
     fn next_deadline(&self) -> Instant {
         if self.conn.is_none() {
-            return self.connect_deadline;
+            return self.expire_deadline.unwrap_or(self.next_ping);
         }
         let mut next = self.next_ping;
         for candidate in [self.pong_deadline, self.expire_deadline].into_iter().flatten() {
@@ -359,7 +360,8 @@ impl Protocol for Session {
     async fn on_timer(&mut self) -> Result<(), DisconnectReason> {
         let now = Instant::now();
         let Some(conn) = self.conn.clone() else {
-            return if now >= self.connect_deadline { Err(DisconnectReason::Stale) } else { Ok(()) };
+            let connect_timed_out = self.expire_deadline.is_some_and(|deadline| now >= deadline);
+            return if connect_timed_out { Err(DisconnectReason::Stale) } else { Ok(()) };
         };
         if self.pong_deadline.is_some_and(|d| now >= d) {
             return Err(DisconnectReason::NoPong);

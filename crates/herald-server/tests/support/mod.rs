@@ -143,6 +143,22 @@ impl TestServer {
         Client { ws, next_id: 100, pending: Default::default(), held_pushes: Default::default() }
     }
 
+    /// A WebSocket to the Centrifuge endpoint whose handshake carries
+    /// `headers` (a cookie, for example), before any command.
+    pub(crate) async fn client_with_headers(&self, headers: &[(&str, &str)]) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = self.ws_url().into_client_request().expect("a WebSocket request");
+        for (name, value) in headers {
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("WebSocket handshake in time")
+            .expect("WebSocket handshake succeeds");
+        Client { ws, next_id: 100, pending: Default::default(), held_pushes: Default::default() }
+    }
+
     /// A client that has connected as `user`.
     pub(crate) async fn connected(&self, user: &str) -> Client {
         let mut client = self.client().await;

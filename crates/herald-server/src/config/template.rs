@@ -215,6 +215,17 @@ allow_history_for_subscriber = true
 # previous ones are still accepted.
 key_overlap = "10m"
 
+# Proxy client events to your application's HTTP backend (Centrifugo's
+# proxy format): connections without a token are authenticated by it, and
+# namespaces may let it decide subscriptions and publications. Name a
+# [proxies.<name>] in client.connect_proxy / refresh_proxy / rpc_proxy /
+# send_proxy and in a namespace's subscribe_proxy / publish_proxy /
+# sub_refresh_proxy.
+# [proxies.connect]
+# endpoint = "http://127.0.0.1:3000/centrifugo/connect"
+# timeout = "1s"
+# http_headers = ["Cookie"]
+
 # The admin web UI at /admin: nodes, charts, channels, a channel inspector
 # with a live tail, publish and disconnect. Off unless a password is set
 # (at least 12 characters); served on http.internal_port when there is one.

@@ -37,6 +37,9 @@ pub enum Protocol {
 pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
+    /// A `Cookie` header for the handshake (a session cookie a connect
+    /// proxy authenticates by).
+    pub cookie: Option<String>,
 }
 
 impl Target {
@@ -47,7 +50,7 @@ impl Target {
         let addr: SocketAddr = authority
             .parse()
             .map_err(|_| anyhow::anyhow!("{url}: the host must be IP:port, e.g. ws://127.0.0.1:8000/…"))?;
-        Ok(Self { url: url.to_owned(), addr })
+        Ok(Self { url: url.to_owned(), addr, cookie: None })
     }
 }
 
@@ -184,7 +187,7 @@ impl BenchClient {
         }
         let stream = socket.connect(target.addr).await.map_err(network)?;
         let _ = stream.set_nodelay(true);
-        let ws = WsClient::handshake(stream, &target.url).await.map_err(ws_error)?;
+        let ws = WsClient::handshake(stream, &target.url, target.cookie.as_deref()).await.map_err(ws_error)?;
         let mut client = Self {
             ws,
             protocol,

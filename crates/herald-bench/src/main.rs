@@ -263,6 +263,14 @@ struct Common {
     /// Spread connections over this many loopback source addresses (127.0.0.2, …).
     #[arg(long, default_value_t = 8)]
     source_addresses: u8,
+    /// Connect without a token (centrifuge): the server's connect proxy
+    /// (or `client.allow_anonymous`) decides who each client is.
+    #[arg(long)]
+    without_token: bool,
+    /// Send this as the `Cookie` header of every WebSocket handshake, e.g.
+    /// a session cookie the connect proxy's backend checks.
+    #[arg(long)]
+    cookie: Option<String>,
 }
 
 /// Where a result goes.
@@ -279,13 +287,15 @@ struct Output {
 impl Common {
     fn connect(&self) -> anyhow::Result<ConnectArgs> {
         anyhow::ensure!(
-            self.protocol != Protocol::Centrifuge || !self.token_secret.is_empty(),
+            self.protocol != Protocol::Centrifuge || self.without_token || !self.token_secret.is_empty(),
             "the centrifuge protocol needs --token-secret (the server's client.token_hmac_secret)"
         );
         Ok(ConnectArgs {
             protocol: self.protocol,
             urls: self.urls.clone(),
             token_secret: self.token_secret.clone(),
+            without_token: self.without_token,
+            cookie: self.cookie.clone(),
             connect_rate: self.connect_rate,
             source_addresses: self.source_addresses,
             first_client: 0,

@@ -69,17 +69,19 @@ enum Place {
 }
 
 impl WsClient {
-    /// Upgrades `stream` to a WebSocket at `url` (`ws://host:port/path?query`).
-    pub async fn handshake(mut stream: TcpStream, url: &str) -> Result<Self, WsError> {
+    /// Upgrades `stream` to a WebSocket at `url` (`ws://host:port/path?query`),
+    /// sending `cookie` as the `Cookie` header when given.
+    pub async fn handshake(mut stream: TcpStream, url: &str, cookie: Option<&str>) -> Result<Self, WsError> {
         let rest = url.strip_prefix("ws://").ok_or_else(|| protocol(format!("{url}: not a ws:// URL")))?;
         let (host, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, "/"),
         };
         let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+        let cookie = cookie.map(|value| format!("Cookie: {value}\r\n")).unwrap_or_default();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{cookie}\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
 

@@ -27,6 +27,12 @@ pub struct ConnectArgs {
     /// Secret to mint HS256 connection tokens with.
     #[serde(skip)]
     pub token_secret: String,
+    /// Connect with an empty token (a connect proxy, or anonymous
+    /// connections, decide who the client is).
+    pub without_token: bool,
+    /// A `Cookie` header sent with every handshake.
+    #[serde(skip)]
+    pub cookie: Option<String>,
     /// Connections opened per second.
     pub connect_rate: f64,
     /// Loopback source addresses to spread connections over (127.0.0.2, …);
@@ -155,8 +161,11 @@ pub async fn connect_all(
     count: usize,
     channels_of: impl Fn(usize) -> Vec<String>,
 ) -> anyhow::Result<(Vec<BenchClient>, usize)> {
-    let targets: Vec<Target> = args.urls.iter().map(|u| Target::parse(u)).collect::<anyhow::Result<_>>()?;
+    let mut targets: Vec<Target> = args.urls.iter().map(|u| Target::parse(u)).collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!targets.is_empty(), "give at least one --url");
+    for target in &mut targets {
+        target.cookie.clone_from(&args.cookie);
+    }
     let interval = Duration::from_secs_f64(1.0 / args.connect_rate.max(1.0));
     let mut pending = tokio::task::JoinSet::new();
     let start = tokio::time::Instant::now();
@@ -167,6 +176,7 @@ pub async fn connect_all(
         let source = (args.source_addresses > 0)
             .then(|| IpAddr::from([127, 0, 0, 2 + (i % usize::from(args.source_addresses)) as u8]));
         let token = match args.protocol {
+            Protocol::Centrifuge if args.without_token => String::new(),
             Protocol::Centrifuge => token(&args.token_secret, &format!("bench-{i}")),
             Protocol::Pusher | Protocol::Socketio => String::new(),
         };

@@ -60,6 +60,8 @@ fn connect_args(addr: std::net::SocketAddr) -> ConnectArgs {
         protocol: Protocol::Centrifuge,
         urls: vec![format!("ws://{addr}/connection/websocket")],
         token_secret: SECRET.into(),
+        without_token: false,
+        cookie: None,
         connect_rate: 500.0,
         source_addresses: 4,
         first_client: 0,

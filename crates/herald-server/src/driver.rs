@@ -116,6 +116,8 @@ pub(crate) struct DriverSettings {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// The node's metrics: the driver counts how sessions end.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// The events webhooks, told of connections opened and closed.
+    pub(crate) events: Option<Arc<crate::events::HubWebhooks>>,
 }
 
 /// Runs a session to its end, then closes the transport and takes the
@@ -144,6 +146,10 @@ pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) 
         let code = reason.as_ref().map(|reason| protocol.close_code(reason).0);
         let Parts { settings, connection, .. } = protocol.parts();
         settings.metrics.disconnected(P::NAME, code);
+        if let (Some(events), Some(conn)) = (&settings.events, connection) {
+            let text = reason.as_ref().map_or_else(|| "client left".to_owned(), |r| protocol.close_code(r).1);
+            events.disconnected(conn, P::NAME, code, &text);
+        }
         if let Some(conn) = connection {
             tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
             Box::pin(settings.hub.disconnect(conn)).await;
@@ -158,6 +164,14 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
     // The handlers' futures are boxed: they exist only while they run,
     // and inline they would make every idle connection's task as large
     // as the largest handler's state.
+    // A protocol that authenticates at the handshake (Pusher) is connected
+    // already; one that waits for a connect command is reported when it
+    // comes (see `receive`).
+    if let Parts { settings: DriverSettings { events: Some(events), .. }, connection: Some(conn), .. } =
+        protocol.parts()
+    {
+        events.connected(conn, P::NAME);
+    }
     let mut shutdown = protocol.parts().settings.shutdown.clone();
     let mut shutdown = std::pin::pin!(closing(&mut shutdown));
     let mut timer = std::pin::pin!(tokio::time::sleep_until(protocol.next_deadline()));
@@ -211,6 +225,24 @@ async fn receive<P: Protocol, T: Transport>(
             return Some(None);
         }
     };
+    let was_connected = protocol.parts().connection.is_some();
+    let end = handle(protocol, transport, message).await;
+    if !was_connected {
+        let Parts { settings, connection, .. } = protocol.parts();
+        if let (Some(events), Some(conn)) = (&settings.events, connection) {
+            events.connected(conn, P::NAME);
+        }
+    }
+    end
+}
+
+/// Hands one message (and what is left of it, after each flush) to the
+/// protocol; as [`receive`].
+async fn handle<P: Protocol, T: Transport>(
+    protocol: &mut P,
+    transport: &mut T,
+    message: Inbound,
+) -> Option<Option<DisconnectReason>> {
     let mut message = Some(message);
     while let Some(part) = message.take() {
         match protocol.on_message(part).await {
@@ -401,6 +433,7 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             shutdown,
             metrics: Default::default(),
+            events: None,
         };
         let (to_session, inbound) = mpsc::unbounded_channel();
         let (outbound, mut from_session) = mpsc::unbounded_channel();

@@ -16,6 +16,8 @@
 //! - `centrifuge`: the Centrifuge client protocol v2 (JSON).
 //! - `api`: the server HTTP API.
 //! - `proxy`: client events proxied to the application's backend.
+//! - `events`: the hub's events webhooks; `webhook`: the sender they and
+//!   the Pusher webhooks share.
 //! - `admin`: the admin web UI (`/admin`), over the server API.
 //! - [`pusher`]: the Pusher protocol 7 front-end, its HTTP API and webhooks.
 //! - `codes`: the error codes, and the one table from hub errors to what
@@ -45,6 +47,7 @@ pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod driver;
+mod events;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;
@@ -56,5 +59,6 @@ mod rate;
 mod rotating;
 mod server;
 mod transport;
+mod webhook;
 
 pub use server::Node;

@@ -122,6 +122,7 @@ impl Node {
         let engine = engine.wrapped(&metrics::Metering(metrics.clone()));
         let node_id = NodeId::from(uuid::Uuid::new_v4().to_string());
         let serves_pusher = !config.pusher.apps.is_empty();
+        let wants_occupancy = crate::events::HubWebhooks::wants_occupancy(&config.webhooks);
         let rules = channel_rules(&config, serves_pusher);
         let hub = Hub::new(
             HubConfig {
@@ -129,7 +130,7 @@ impl Node {
                 presence_update_interval: config.client.presence_update_interval,
                 presence_ttl: config.client.presence_ttl,
                 idempotency_window: config.api.idempotency_window,
-                track_occupancy: serves_pusher,
+                track_occupancy: serves_pusher || wants_occupancy,
                 position_check_interval: config.client.position_check_interval,
                 node_name: config.node.name_or(node_id.as_str()),
                 ..HubConfig::new(node_id, rules)
@@ -158,10 +159,30 @@ impl Node {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let body = BodyLimits { max_size: config.http.max_body_size, timeout: config.http.body_timeout };
         metrics.attach(&hub);
-        let driver =
-            DriverSettings { hub: hub.clone(), write_timeout: client.write_timeout, shutdown: shutdown_rx, metrics };
-        let pusher = serves_pusher
-            .then(|| Frontend::new(hub.clone(), &config.pusher, &config.client, (body, users), driver.clone()));
+        let events = match config.webhooks.is_empty() {
+            true => None,
+            false => {
+                let tls = config.pusher.webhook_tls().map_err(anyhow::Error::msg)?;
+                crate::events::HubWebhooks::start(&config.webhooks, Some(&tls), &metrics)
+            }
+        };
+        let driver = DriverSettings {
+            hub: hub.clone(),
+            write_timeout: client.write_timeout,
+            shutdown: shutdown_rx,
+            metrics,
+            events: events.clone(),
+        };
+        let pusher =
+            serves_pusher.then(|| Frontend::new(&config.pusher, &config.client, (body, users), driver.clone()));
+        let mut observers: Vec<Arc<dyn herald_core::HubObserver>> = Vec::new();
+        observers.extend(pusher.as_ref().map(Frontend::observer));
+        observers.extend(events.map(|events| events as Arc<dyn herald_core::HubObserver>));
+        match observers.len() {
+            0 => {}
+            1 => observers.into_iter().for_each(|observer| hub.observe(observer)),
+            _ => hub.observe(Arc::new(crate::events::Observers(observers))),
+        }
         let verifier = crate::rotating::Rotating::new(verifier);
         let proxies =
             Arc::new(crate::proxy::Proxies::from_config(&config, &driver.metrics).map_err(anyhow::Error::msg)?);

@@ -45,6 +45,7 @@ async fn session_with(rules: ChannelRules, queue_max_bytes: usize, subscriptions
             write_timeout: Duration::from_secs(10),
             shutdown: shutdown_rx,
             metrics: Default::default(),
+            events: None,
         },
         verifier: crate::rotating::Rotating::new(TokenVerifier::from_config(&client).unwrap()),
         settings: SessionSettings {

@@ -127,10 +127,11 @@ fn type_table(mut table: Table, errors: &mut Vec<String>) -> Config {
         node: section(&mut table, "node", errors),
         admin: section(&mut table, "admin", errors),
         proxies: section(&mut table, "proxies", errors),
+        webhooks: section(&mut table, "webhooks", errors),
     };
     for unknown in table.keys() {
         errors.push(format!(
-            "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log, node, admin, proxies"
+            "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log, node, admin, proxies, webhooks"
         ));
     }
     config

@@ -53,6 +53,28 @@ pub struct Config {
     /// by name (`[proxies.<name>]`); see `client.connect_proxy` and the
     /// namespaces' `subscribe_proxy`, `publish_proxy`, `sub_refresh_proxy`.
     pub proxies: BTreeMap<String, ProxyConfig>,
+    /// Where the hub's events (occupancy, presence, connections) are
+    /// POSTed, for both protocols (`[[webhooks]]`).
+    pub webhooks: Vec<HubWebhookConfig>,
+}
+
+/// One target of the hub's events webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubWebhookConfig {
+    /// The `http(s)://host[:port]/path` events are POSTed to.
+    pub url: String,
+    /// Signs each request: the hex HMAC-SHA256 of its body, in
+    /// `X-Herald-Signature`.
+    pub secret: Secret,
+    /// The events it wants (`channel_occupied`, `channel_vacated`,
+    /// `user_joined`, `user_left`, `connected`, `disconnected`); empty for
+    /// all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Gather the events of up to 50 ms into one request.
+    #[serde(default)]
+    pub batch: bool,
 }
 
 /// One backend endpoint events are proxied to (Centrifugo's proxy format).

@@ -27,6 +27,22 @@ impl Config {
             problems.push("admin.session_ttl: at least 1m".to_owned());
         }
         self.check_proxies(&mut problems);
+        for (n, hook) in self.webhooks.iter().enumerate() {
+            if WebhookEndpoint::parse(&hook.url).is_none() {
+                problems.push(format!("webhooks[{n}].url: {:?} is not an http(s)://host[:port]/path URL", hook.url));
+            }
+            if hook.secret.expose().len() < 16 {
+                problems.push(format!("webhooks[{n}].secret: at least 16 characters, to sign the requests"));
+            }
+            for event in &hook.events {
+                if !crate::events::EVENT_NAMES.contains(&event.as_str()) {
+                    problems.push(format!(
+                        "webhooks[{n}].events: {event:?} is not one of {}",
+                        crate::events::EVENT_NAMES.join(", ")
+                    ));
+                }
+            }
+        }
         if self.api.max_batch == 0 {
             problems.push("api.max_batch: must be at least 1".to_owned());
         }

@@ -184,7 +184,6 @@ impl std::fmt::Debug for Frontend {
 
 impl Frontend {
     pub(crate) fn new(
-        hub: Arc<Hub>,
         config: &PusherConfig,
         client: &crate::config::ClientConfig,
         (body, users): (crate::http::body::BodyLimits, Arc<crate::rate::UserRates>),
@@ -206,9 +205,13 @@ impl Frontend {
             users,
         };
         let (apps, webhooks) = (crate::rotating::Rotating::new(apps), std::sync::RwLock::new(webhooks));
-        let frontend = Arc::new(Self { driver, apps, settings, webhooks, webhook_tls: tls });
-        hub.observe(Arc::new(webhooks::Observer(Arc::downgrade(&frontend))));
-        frontend
+        Arc::new(Self { driver, apps, settings, webhooks, webhook_tls: tls })
+    }
+
+    /// What turns the hub's transitions into the apps' webhooks; the node
+    /// installs it in the hub (with the events webhooks, if any).
+    pub(crate) fn observer(self: &Arc<Self>) -> Arc<dyn herald_core::HubObserver> {
+        Arc::new(webhooks::Observer(Arc::downgrade(self)))
     }
 
     /// The webhook targets of the apps as they are now.

@@ -51,8 +51,10 @@ async fn node_with(client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, watch::Sen
         write_timeout: client.write_timeout,
         shutdown: shutdown_rx,
         metrics: Default::default(),
+        events: None,
     };
-    let frontend = Frontend::new(hub.clone(), &pusher, &client, (body, users), driver);
+    let frontend = Frontend::new(&pusher, &client, (body, users), driver);
+    hub.observe(frontend.observer());
     (hub, frontend, shutdown)
 }
 

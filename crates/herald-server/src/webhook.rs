@@ -1,0 +1,177 @@
+//! Sending webhooks: signed POSTs of `{"time_ms", "events": […]}` to one
+//! target, batched when it asks, retried with backoff. The Pusher apps'
+//! webhooks and the hub's events webhooks both send through this.
+//!
+//! Sending never holds up the node: events go into a bounded queue per
+//! target, and a full queue drops the event with a warning. Each target has
+//! one worker that sends in order. A request that fails (connection error
+//! or a non-2xx answer) is retried after 1 s, 2 s, 4 s, … up to 60 s apart,
+//! for 5 minutes, then dropped with an error in the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+use crate::config::WebhookEndpoint;
+use crate::http::client;
+use crate::metrics::Metrics;
+
+/// Events a target's queue holds before new ones are dropped.
+const QUEUE: usize = 10_000;
+/// The most events one batched request carries.
+const BATCH_MAX: usize = 100;
+/// How long a batch gathers events after its first.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failing request is retried.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// An event a target may subscribe to by name.
+pub(crate) trait Named {
+    fn name(&self) -> &'static str;
+}
+
+/// How a target's requests are signed: `signature` carries the hex
+/// HMAC-SHA256 of the body with `secret`; `key` is an extra header naming
+/// the key (Pusher's `X-Pusher-Key`), if any.
+#[derive(Clone)]
+pub(crate) struct Signing {
+    pub(crate) key: Option<(&'static str, String)>,
+    pub(crate) signature: &'static str,
+    pub(crate) secret: String,
+}
+
+/// Where one target's events go, and which it wants.
+pub(crate) struct Target<E> {
+    /// Event names it wants; empty for all.
+    events: Vec<String>,
+    queue: mpsc::Sender<E>,
+    metrics: Arc<Metrics>,
+}
+
+impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
+    /// Starts the target's worker; `None` if `url` is unusable (the
+    /// configuration's check reports it) or needs TLS that is not set up.
+    pub(crate) fn start(
+        url: &str,
+        events: Vec<String>,
+        batch: bool,
+        signing: Signing,
+        tls: Option<&TlsConnector>,
+        metrics: &Arc<Metrics>,
+    ) -> Option<Self> {
+        let endpoint = WebhookEndpoint::parse(url)?;
+        let tls = if endpoint.is_tls() { Some(tls?.clone()) } else { None };
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let worker = Worker { endpoint, url: url.to_owned(), signing, batch, tls, metrics: metrics.clone() };
+        tokio::spawn(worker.run(receiver));
+        Some(Self { events, queue, metrics: metrics.clone() })
+    }
+
+    /// Whether the target wants events named `name`.
+    pub(crate) fn wants(&self, name: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|wanted| wanted == name)
+    }
+
+    /// Queues `event` if the target wants it; drops it (counted, logged)
+    /// when the queue is full.
+    pub(crate) fn send(&self, event: &E) {
+        if !self.wants(event.name()) {
+            return;
+        }
+        if self.queue.try_send(event.clone()).is_err() {
+            self.metrics.webhook("queue_full");
+            tracing::warn!(event = event.name(), "webhook queue full; event dropped");
+        }
+    }
+}
+
+/// Sends one target's events in order.
+struct Worker {
+    endpoint: WebhookEndpoint,
+    url: String,
+    signing: Signing,
+    batch: bool,
+    /// For an `https://` target.
+    tls: Option<TlsConnector>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Serialize)]
+struct Body<'a, E> {
+    time_ms: u128,
+    events: &'a [E],
+}
+
+impl Worker {
+    async fn run<E: Serialize>(self, mut queue: mpsc::Receiver<E>) {
+        while let Some(first) = queue.recv().await {
+            let mut events = vec![first];
+            if self.batch {
+                let window = tokio::time::sleep(BATCH_WINDOW);
+                tokio::pin!(window);
+                while events.len() < BATCH_MAX {
+                    tokio::select! {
+                        next = queue.recv() => match next {
+                            Some(event) => events.push(event),
+                            None => break,
+                        },
+                        _ = &mut window => break,
+                    }
+                }
+            }
+            self.deliver(&events).await;
+        }
+    }
+
+    async fn deliver<E: Serialize>(&self, events: &[E]) {
+        let time_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let body = Bytes::from(crate::json::to_vec(&Body { time_ms, events }));
+        let signature = crate::pusher::sign::hmac_hex(&self.signing.secret, &body);
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, self.post(body.clone(), &signature)).await {
+                Ok(Ok(status)) if (200..300).contains(&status) => {
+                    self.metrics.webhook("delivered");
+                    return;
+                }
+                Ok(Ok(status)) => format!("answered {status}"),
+                Ok(Err(error)) => error,
+                Err(_) => format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()),
+            };
+            if started.elapsed().saturating_add(delay) > RETRY_FOR {
+                self.metrics.webhook("given_up");
+                tracing::error!(url = %self.url, events = events.len(), %outcome, "webhook dropped after 5 minutes of retries");
+                return;
+            }
+            self.metrics.webhook("retried");
+            tracing::warn!(url = %self.url, %outcome, retry_in = ?delay, "webhook failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2).min(RETRY_MAX_DELAY);
+        }
+    }
+
+    async fn post(&self, body: Bytes, signature: &str) -> Result<u16, String> {
+        let endpoint = &self.endpoint;
+        let mut request = Request::post(endpoint.path())
+            .header(hyper::header::HOST, endpoint.authority())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(self.signing.signature, signature);
+        if let Some((name, value)) = &self.signing.key {
+            request = request.header(*name, value);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let response = client::send(self.tls.as_ref(), endpoint.host(), endpoint.port(), request).await?;
+        Ok(response.status().as_u16())
+    }
+}

@@ -13,8 +13,11 @@
 //! call, logged and counted, which the session turns into a temporary
 //! error (the client retries) and never into an accepted request.
 //!
-//! Connections to a backend are kept open and reused (at most
-//! [`MAX_IDLE`] idle per proxy).
+//! Connections to a backend are kept open and reused: at most
+//! [`MAX_CONNECTIONS`] per proxy, so a storm of connects (every client of
+//! a failed node at once) queues at the backend's door instead of opening
+//! thousands of connections to it; a call that waits there longer than the
+//! proxy's timeout fails like any slow call.
 //!
 //! Which events go where: `client.connect_proxy`, `refresh_proxy`,
 //! `rpc_proxy`, `send_proxy`, and the namespaces' `subscribe_proxy`,
@@ -40,8 +43,8 @@ use crate::metrics::Metrics;
 
 /// The largest answer read from a backend.
 pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
-/// Idle connections kept per proxy.
-pub(crate) const MAX_IDLE: usize = 32;
+/// Connections open at once to one proxy's backend (and requests in flight).
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// `send` calls in flight at once on a node; past it they are dropped.
 pub(crate) const MAX_SENDS_IN_FLIGHT: usize = 256;
 
@@ -119,6 +122,8 @@ pub(crate) struct Proxy {
     fixed: Vec<(HeaderName, HeaderValue)>,
     tls: Option<tokio_rustls::TlsConnector>,
     idle: Mutex<Vec<Sender>>,
+    /// A permit per request in flight, [`MAX_CONNECTIONS`] in all.
+    in_flight: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
 }
 
@@ -152,6 +157,7 @@ impl Proxy {
             fixed,
             tls,
             idle: Mutex::new(Vec::new()),
+            in_flight: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
             metrics,
         })
     }
@@ -225,6 +231,7 @@ impl Proxy {
                 headers.insert("x-real-ip", value);
             }
         }
+        let _permit = self.in_flight.acquire().await.map_err(|_| "the proxy is closed".to_owned())?;
         let mut sender = self.connection().await?;
         let response = sender.send_request(request).await.map_err(|e| format!("request failed: {e}"))?;
         let status = response.status();
@@ -262,7 +269,7 @@ impl Proxy {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
+        if idle.len() < MAX_CONNECTIONS {
             idle.push(sender);
         }
     }

@@ -177,6 +177,10 @@ impl HubObserver for Observers {
     fn user_left(&self, channel: &ChannelName, info: &ClientInfo) {
         self.0.iter().for_each(|o| o.user_left(channel, info));
     }
+
+    fn subscribers_changed(&self, channel: &ChannelName) {
+        self.0.iter().for_each(|o| o.subscribers_changed(channel));
+    }
 }
 
 #[cfg(test)]

@@ -592,3 +592,42 @@ async fn a_batching_target_gets_events_together_and_only_those_it_asked_for() {
     let batches = hooks.batches.lock().unwrap().clone();
     assert!(batches.len() < 5, "events gathered into fewer requests: {batches:?}");
 }
+
+#[tokio::test]
+async fn with_subscription_counting_subscribers_hear_the_channels_count_as_it_changes() {
+    let server = TestServer::with(|c| with_app(c, |app| app.subscription_count = true)).await;
+    let mut first = Pusher::connect(&server).await;
+    first.subscribe("scores").await;
+    let count = first.next().await;
+    assert_eq!(count["event"], "pusher_internal:subscription_count");
+    assert_eq!(count["channel"], "scores");
+    let data: Value = serde_json::from_str(count["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data, json!({"subscription_count": 1}));
+
+    // Two more at once: one event, with the new count.
+    let mut second = Pusher::connect(&server).await;
+    let mut third = Pusher::connect(&server).await;
+    second.subscribe("scores").await;
+    third.subscribe("scores").await;
+    let count = first.next().await;
+    let data: Value = serde_json::from_str(count["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data, json!({"subscription_count": 3}), "gathered: {count}");
+
+    drop(third);
+    let data: Value = serde_json::from_str(first.next().await["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data, json!({"subscription_count": 2}), "a subscriber that left is counted out");
+}
+
+#[tokio::test]
+async fn without_subscription_counting_no_count_is_sent() {
+    let server = server().await;
+    let mut first = Pusher::connect(&server).await;
+    first.subscribe("scores").await;
+    let mut second = Pusher::connect(&server).await;
+    second.subscribe("scores").await;
+    // Proving an absence takes waiting: longer than a count would be
+    // gathered (250 ms), then the next thing the first subscriber gets is
+    // the pong, not a count.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    first.assert_alive().await;
+}

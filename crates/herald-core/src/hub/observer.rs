@@ -16,6 +16,10 @@ pub trait HubObserver: Send + Sync + std::fmt::Debug + 'static {
     fn user_joined(&self, channel: &ChannelName, info: &ClientInfo);
     /// A user's last connection left a presence channel.
     fn user_left(&self, channel: &ChannelName, info: &ClientInfo);
+    /// The channel gained or lost a subscriber on this node (its count in
+    /// the cluster may have changed). Called on every such change, under
+    /// the channel's interest lock: an observer only takes note.
+    fn subscribers_changed(&self, _channel: &ChannelName) {}
 }
 
 /// The hub's observer, once installed; shared by the parts that decide

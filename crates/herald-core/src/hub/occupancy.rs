@@ -38,6 +38,9 @@ impl OccupancyTracker {
     /// and reports a cluster-wide transition if this node decided it.
     /// Called under the channel's interest lock.
     pub(super) async fn update(&self, channel: &ChannelName, subscribers: usize) {
+        if let Some(observer) = self.observer.get() {
+            observer.subscribers_changed(channel);
+        }
         if !self.enabled {
             return;
         }

@@ -570,6 +570,10 @@ pub struct PusherApp {
     pub namespace: String,
     /// Where this app's webhooks go: `[[pusher.apps.webhooks]]` tables.
     pub webhooks: Vec<WebhookTarget>,
+    /// Tell subscribers of each non-presence channel how many subscribers
+    /// it has (`pusher:subscription_count` in pusher-js) when that changes,
+    /// and send the `subscription_count` webhook.
+    pub subscription_count: bool,
 }
 
 impl Default for PusherApp {
@@ -585,6 +589,7 @@ impl Default for PusherApp {
             max_presence_members: 100,
             namespace: String::new(),
             webhooks: Vec::new(),
+            subscription_count: false,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! - [`sign`]: the HMAC signatures all of them use.
 
 pub(crate) mod conventions;
+mod counts;
 pub(crate) mod rest;
 pub(crate) mod session;
 pub mod sign;
@@ -174,6 +175,8 @@ pub(crate) struct Frontend {
     webhooks: std::sync::RwLock<Arc<Webhooks>>,
     /// What starting webhook workers needs again on a reload.
     webhook_tls: Option<tokio_rustls::TlsConnector>,
+    /// Subscription counts about to be sent.
+    counts: counts::Counts,
 }
 
 impl std::fmt::Debug for Frontend {
@@ -205,7 +208,7 @@ impl Frontend {
             users,
         };
         let (apps, webhooks) = (crate::rotating::Rotating::new(apps), std::sync::RwLock::new(webhooks));
-        Arc::new(Self { driver, apps, settings, webhooks, webhook_tls: tls })
+        Arc::new(Self { driver, apps, settings, webhooks, webhook_tls: tls, counts: counts::Counts::default() })
     }
 
     /// What turns the hub's transitions into the apps' webhooks; the node

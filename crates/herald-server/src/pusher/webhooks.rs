@@ -49,6 +49,10 @@ pub(crate) enum Event {
     CacheMiss {
         channel: String,
     },
+    SubscriptionCount {
+        channel: String,
+        subscription_count: usize,
+    },
 }
 
 impl Named for Event {
@@ -60,6 +64,7 @@ impl Named for Event {
             Event::MemberRemoved { .. } => "member_removed",
             Event::ClientEvent { .. } => "client_event",
             Event::CacheMiss { .. } => "cache_miss",
+            Event::SubscriptionCount { .. } => "subscription_count",
         }
     }
 }
@@ -152,6 +157,12 @@ impl HubObserver for Observer {
     fn user_left(&self, channel: &ChannelName, info: &ClientInfo) {
         let user_id = info.user.as_str().to_owned();
         self.emit(channel, |channel| Event::MemberRemoved { channel, user_id });
+    }
+
+    fn subscribers_changed(&self, channel: &ChannelName) {
+        if let Some(frontend) = self.0.upgrade() {
+            super::counts::changed(&frontend, channel);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 
 import { newClient, nextEvent, subscribed } from './lib/herald.mjs';
+import { startRedis } from './lib/redis.mjs';
 import {
   json,
   nextPusherEvent,
@@ -631,7 +632,7 @@ describe('a herald node speaking Pusher protocol 7', () => {
       await json(sdk.trigger(channel, 'price', { v: 2 }));
       await until(() => firstPrices.length === 2);
 
-      const second = await env.client({ label: 'second' });
+      const second = await env.client({ node: 1, label: 'second, on the other node' });
       const secondMiss = second.record(channel, 'pusher:cache_miss');
       const secondPrices = second.record(channel, 'price');
       await second.subscribe(channel);
@@ -960,5 +961,47 @@ describe('webhooks with batch = true and an events filter', () => {
       `some request carried several events: ${JSON.stringify(hooks.requests.map((r) => r.body.events.length))}`,
     );
     assert.deepEqual(hooks.rejected, [], 'every batch was signed correctly');
+  });
+});
+
+describe('subscription counting (an app with subscription_count = true), on two nodes', () => {
+  let env;
+  let redis;
+
+  before(async () => {
+    redis = await startRedis();
+    env = await startHeraldWithPusher(
+      { engine: { type: 'redis', address: redis.url, prefix: `herald-count-${process.pid}` } },
+      { nodes: 2, app: { subscription_count: true } },
+    );
+  });
+
+  after(async () => {
+    await env?.stop();
+    await redis?.stop();
+  });
+
+  afterEach(() => env.closeClients());
+
+  test('pusher-js hears pusher:subscription_count as subscribers come and go, and the webhook is sent', async () => {
+    const channel = uniqueName('scores');
+    const first = await env.client({ label: 'first' });
+    const firstChannel = await first.subscribe(channel);
+    const counts = [];
+    firstChannel.bind('pusher:subscription_count', (data) => counts.push(data.subscription_count));
+    await until(() => counts.at(-1) === 1, { what: () => `a count of 1 on ${channel}: ${counts}` });
+
+    const second = await env.client({ label: 'second' });
+    await second.subscribe(channel);
+    await until(() => counts.at(-1) === 2, { what: () => `a count of 2 on ${channel}: ${counts}` });
+    assert.equal(firstChannel.subscriptionCount, 2, 'pusher-js keeps the last count on the channel');
+
+    second.pusher.unsubscribe(channel);
+    await until(() => counts.at(-1) === 1, { what: () => `back to 1 on ${channel}: ${counts}` });
+    const hooks = await env.webhooks.waitFor(() => {
+      const found = env.webhooks.eventsFor(channel, 'subscription_count');
+      return found.length >= 3 ? found : undefined;
+    }, { message: `subscription_count webhooks for ${channel}` });
+    assert.deepEqual(hooks.map((e) => e.subscription_count), [1, 2, 1]);
   });
 });

@@ -9,6 +9,7 @@ pub fn starter_config() -> String {
         .replace("{api_key}", &random_secret())
         .replace("{pusher_secret}", &random_secret())
         .replace("{admin_password}", &random_secret())
+        .replace("{webhook_secret}", &random_secret())
 }
 
 /// 32 random bytes, hex-encoded.
@@ -202,6 +203,7 @@ allow_history_for_subscriber = true
 # max_connections = 0           # per node; 0 = no limit (else close 4004)
 # max_event_size = 10240        # bytes of event data (else 413 / 4301)
 # max_presence_members = 100
+# subscription_count = false    # pusher:subscription_count to subscribers
 # [[pusher.apps.webhooks]]
 # url = "http://127.0.0.1:3000/pusher/webhooks"
 # events = ["channel_occupied", "channel_vacated", "member_added",
@@ -225,6 +227,15 @@ key_overlap = "10m"
 # endpoint = "http://127.0.0.1:3000/centrifugo/connect"
 # timeout = "1s"
 # http_headers = ["Cookie"]
+
+# The hub's events, for clients of both protocols, POSTed to your app and
+# signed (X-Herald-Signature: hex HMAC-SHA256 of the body).
+# [[webhooks]]
+# url = "http://127.0.0.1:3000/herald/events"
+# secret = "{webhook_secret}"
+# events = ["channel_occupied", "channel_vacated", "user_joined", "user_left",
+#           "connected", "disconnected"]
+# batch = true
 
 # The admin web UI at /admin: nodes, charts, channels, a channel inspector
 # with a live tail, publish and disconnect. Off unless a password is set

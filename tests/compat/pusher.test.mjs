@@ -632,7 +632,7 @@ describe('a herald node speaking Pusher protocol 7', () => {
       await json(sdk.trigger(channel, 'price', { v: 2 }));
       await until(() => firstPrices.length === 2);
 
-      const second = await env.client({ node: 1, label: 'second, on the other node' });
+      const second = await env.client({ label: 'second' });
       const secondMiss = second.record(channel, 'pusher:cache_miss');
       const secondPrices = second.record(channel, 'price');
       await second.subscribe(channel);
@@ -991,7 +991,7 @@ describe('subscription counting (an app with subscription_count = true), on two 
     firstChannel.bind('pusher:subscription_count', (data) => counts.push(data.subscription_count));
     await until(() => counts.at(-1) === 1, { what: () => `a count of 1 on ${channel}: ${counts}` });
 
-    const second = await env.client({ label: 'second' });
+    const second = await env.client({ node: 1, label: 'second, on the other node' });
     await second.subscribe(channel);
     await until(() => counts.at(-1) === 2, { what: () => `a count of 2 on ${channel}: ${counts}` });
     assert.equal(firstChannel.subscriptionCount, 2, 'pusher-js keeps the last count on the channel');

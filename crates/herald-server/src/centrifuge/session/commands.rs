@@ -82,7 +82,7 @@ impl Session {
                     subs.put_slice(&encode::subscribe_result(&outcome, &ExpiryResult::default(), data));
                 }
                 Err(error) => {
-                    tracing::warn!(user = %conn.user(), channel = %name, %error, "server-side subscription from token failed");
+                    tracing::warn!(user = %conn.user(), channel = %name, %error, "server-side subscription (from the token or the connect proxy) failed");
                     hub.disconnect(&conn).await;
                     return Err(error.into());
                 }

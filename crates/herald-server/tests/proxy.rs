@@ -61,6 +61,11 @@ async fn answer(
         },
         "refresh" => json!({"result": {"expire_at": unix_now() + 2}}),
         "subscribe" if body["channel"] == "chat:secret" => json!({"error": {"code": 1403, "message": "not for you"}}),
+        "subscribe" if body["channel"].as_str().is_some_and(|c| c.starts_with("chat:short")) => {
+            json!({"result": {"expire_at": unix_now() + 1}})
+        }
+        "sub_refresh" if body["channel"] == "chat:short-ending" => json!({"result": {"expired": true}}),
+        "sub_refresh" => json!({"result": {"expire_at": unix_now() + 1}}),
         "subscribe" => json!({"result": {"info": {"role": "member"}, "data": {"motd": "be nice"}}}),
         "publish" => match body["data"]["text"].as_str() {
             Some(text) if text.contains("darn") => {
@@ -134,7 +139,7 @@ fn proxied(config: &mut Config, backend: SocketAddr, timeout: Duration) {
         http_headers: vec!["Cookie".into(), "Origin".into()],
         static_headers: [("X-Backend-Secret".to_owned(), Secret::new("s3cret"))].into(),
     };
-    for event in ["connect", "refresh", "subscribe", "publish", "rpc", "send"] {
+    for event in ["connect", "refresh", "subscribe", "sub_refresh", "publish", "rpc", "send"] {
         let mut proxy = proxy.clone();
         proxy.endpoint = proxy.endpoint.replace("EVENT", event);
         config.proxies.insert(event.to_owned(), proxy);
@@ -146,6 +151,7 @@ fn proxied(config: &mut Config, backend: SocketAddr, timeout: Duration) {
     let chat = config.channel.namespaces.get_mut("chat").unwrap();
     chat.subscribe_proxy = Some("subscribe".into());
     chat.publish_proxy = Some("publish".into());
+    chat.sub_refresh_proxy = Some("sub_refresh".into());
     config.channel.namespaces.insert("personal".into(), herald_core::NamespaceOptions::default());
 }
 
@@ -302,4 +308,27 @@ async fn a_backend_that_is_down_slow_or_garbled_gives_temporary_errors_and_nothi
     setup.running = Some(setup.backend.serve(setup.backend_addr).await);
     assert!(publish(&mut client, 14).await.get("error").is_none());
     assert!(newcomer.command(json!({"id": 2, "connect": {}})).await["connect"]["client"].is_string());
+}
+
+#[tokio::test]
+async fn the_sub_refresh_proxy_extends_subscriptions_or_ends_them_when_the_backend_says_so() {
+    let setup = setup(Duration::from_secs(2)).await;
+    let (mut client, _) = connect_as(&setup, "ada", json!({})).await;
+    let kept = client.command(json!({"id": 2, "subscribe": {"channel": "chat:short"}})).await;
+    assert!(kept["subscribe"].get("expires").is_none(), "the node refreshes it, not the client: {kept}");
+    client.command(json!({"id": 3, "subscribe": {"channel": "chat:short-ending"}})).await;
+
+    // The backend ends one at its first refresh: unsubscribed with 2501.
+    let push = client.next_push().await;
+    assert_eq!(push["channel"], "chat:short-ending", "{push}");
+    assert_eq!(push["unsubscribe"]["code"], 2501, "{push}");
+
+    // The other is refreshed again and again, and still delivers.
+    support::eventually_async("two refreshes of chat:short", || {
+        let backend = setup.backend.clone();
+        async move { backend.events("sub_refresh").iter().filter(|(b, _)| b["channel"] == "chat:short").count() >= 2 }
+    })
+    .await;
+    setup.server.publish("chat:short", json!({"still": "here"})).await;
+    assert_eq!(client.next_push().await["pub"]["data"], json!({"still": "here"}));
 }

@@ -82,7 +82,9 @@ async fn answer(
         "send" => json!({"result": {}}),
         _ => json!({"error": {"code": 1000, "message": "unknown event"}}),
     };
-    reply.to_string()
+    // Pretty-printed, as some frameworks answer: Herald must not pass the
+    // line breaks on into its one-line frames.
+    serde_json::to_string_pretty(&reply).unwrap()
 }
 
 fn unix_now() -> i64 {
@@ -331,4 +333,22 @@ async fn the_sub_refresh_proxy_extends_subscriptions_or_ends_them_when_the_backe
     .await;
     setup.server.publish("chat:short", json!({"still": "here"})).await;
     assert_eq!(client.next_push().await["pub"]["data"], json!({"still": "here"}));
+}
+
+#[test]
+fn headers_that_frame_the_request_cannot_be_passed_on() {
+    let mut config = support::test_config();
+    let proxy = ProxyConfig {
+        endpoint: "http://127.0.0.1:9/x".into(),
+        http_headers: vec!["Cookie".into(), "Content-Length".into(), "Transfer-Encoding".into()],
+        ..ProxyConfig::default()
+    };
+    config.proxies.insert("p".into(), proxy);
+    config.client.connect_proxy = Some("p".into());
+    config.channel.namespaces.get_mut("chat").unwrap().publish_proxy = Some("nope".into());
+    let problems = config.validate().join("\n");
+    assert!(problems.contains("\"Content-Length\" belongs to the request"), "{problems}");
+    assert!(problems.contains("\"Transfer-Encoding\" belongs to the request"), "{problems}");
+    assert!(!problems.contains("\"Cookie\""), "{problems}");
+    assert!(problems.contains("channel.namespaces.chat.publish_proxy: no [proxies.nope]"), "{problems}");
 }

@@ -372,9 +372,18 @@ impl Protocol for Session {
             }
             self.refresh_through_proxy(&conn).await?;
         }
+        // One backend call per pass: others due wait for the next pass (at
+        // once, after the driver has written and read), so a slow backend
+        // never holds the connection for more than one timeout.
+        let mut asked = false;
         for (channel, by_proxy) in self.sub_deadlines.take_due(now) {
+            if by_proxy && asked {
+                self.sub_deadlines.insert(channel, now, true);
+                continue;
+            }
             if by_proxy {
-                self.sub_refresh_through_proxy(&conn, channel).await;
+                asked = true;
+                self.sub_refresh_through_proxy(&conn, channel).await?;
                 continue;
             }
             if self.shared.hub().unsubscribe(&conn, &channel).await {

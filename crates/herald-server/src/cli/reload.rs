@@ -192,6 +192,8 @@ fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
     );
     differ("http.tls_key", secret(&running.http.tls_key), secret(&fresh.http.tls_key));
     differ("admin", format!("{:?}", running.admin), format!("{:?}", fresh.admin));
+    differ("proxies", format!("{:?}", running.proxies), format!("{:?}", fresh.proxies));
+    differ("webhooks", format!("{:?}", running.webhooks), format!("{:?}", fresh.webhooks));
     differ("admin.password", secret(&running.admin.password), secret(&fresh.admin.password));
     let app_secrets =
         |c: &Config| c.pusher.apps.iter().map(|a| a.secret.expose().to_owned()).collect::<Vec<_>>().join(",");

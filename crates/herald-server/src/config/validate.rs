@@ -307,6 +307,22 @@ impl Config {
     }
 }
 
+/// Headers that frame an HTTP request: the proxy's own request sets them,
+/// a client's are never passed on.
+const FRAMING_HEADERS: [&str; 11] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
 /// The longest a proxy may be given to answer: a proxied command holds the
 /// connection's next commands until it is answered.
 const MAX_PROXY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -333,6 +349,11 @@ impl Config {
             for header in &proxy.http_headers {
                 if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                     problems.push(format!("proxies.{name}.http_headers: {header:?} is not a header name"));
+                }
+                if FRAMING_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+                    problems.push(format!(
+                        "proxies.{name}.http_headers: {header:?} belongs to the request Herald makes and cannot be passed on"
+                    ));
                 }
             }
             for (header, value) in &proxy.static_headers {

@@ -45,8 +45,10 @@ use crate::metrics::Metrics;
 pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
 /// Connections open at once to one proxy's backend (and requests in flight).
 pub(crate) const MAX_CONNECTIONS: usize = 64;
-/// `send` calls in flight at once on a node; past it they are dropped.
-pub(crate) const MAX_SENDS_IN_FLIGHT: usize = 256;
+/// `send` calls in flight at once on a node; past it they are dropped. Half
+/// of a backend's connections at most, so sends never starve the events
+/// a client waits for.
+pub(crate) const MAX_SENDS_IN_FLIGHT: usize = MAX_CONNECTIONS / 2;
 
 /// What a backend answered to an event.
 #[derive(Debug)]
@@ -175,9 +177,21 @@ impl Proxy {
         let outcome = match answered {
             Err(_) => Err(format!("no answer within {:?} (proxies.{}.timeout)", self.timeout, self.name)),
             Ok(Err(problem)) => Err(problem),
-            Ok(Ok(bytes)) => serde_json::from_slice::<Envelope<R>>(&bytes)
-                .map_err(|e| format!("the answer is not a proxy reply: {e}"))
-                .and_then(Self::read_envelope),
+            // Compacted first: what the backend returns is embedded in
+            // frames of one line each, and may go to other clients.
+            Ok(Ok(bytes)) => match std::str::from_utf8(&bytes) {
+                Err(_) => Err("the answer is not UTF-8 JSON".to_owned()),
+                Ok(text) => serde_json::from_slice::<Envelope<R>>(&crate::json::compact(text))
+                    .map_err(|e| {
+                        format!(
+                            "the answer is not a proxy reply ({:?} at line {}, column {})",
+                            e.classify(),
+                            e.line(),
+                            e.column()
+                        )
+                    })
+                    .and_then(Self::read_envelope),
+            },
         };
         let label = match &outcome {
             Ok(Answer::Result(_)) => "result",
@@ -203,10 +217,40 @@ impl Proxy {
     }
 
     async fn exchange(&self, context: &ClientContext, body: Vec<u8>) -> Result<Bytes, String> {
+        let body = Bytes::from(body);
+        let _permit = self.in_flight.acquire().await.map_err(|_| "the proxy is closed".to_owned())?;
+        let (mut sender, reused) = self.connection().await?;
+        let response = match sender.send_request(self.request(context, body.clone())?).await {
+            Ok(response) => response,
+            // The backend closed a kept-alive connection as it was reused:
+            // once more, on a new one.
+            Err(error) if reused => {
+                tracing::debug!(proxy = %self.name, %error, "a reused connection failed; trying a new one");
+                sender = client::open(self.tls.as_ref(), self.endpoint.host(), self.endpoint.port()).await?;
+                sender.send_request(self.request(context, body)?).await.map_err(|e| format!("request failed: {e}"))?
+            }
+            Err(error) => return Err(format!("request failed: {error}")),
+        };
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        self.give_back(sender);
+        if status != axum::http::StatusCode::OK {
+            return Err(format!("the backend answered HTTP {status}"));
+        }
+        Ok(body)
+    }
+
+    /// The request for one event: its body, the passed and static headers
+    /// and the client's address.
+    fn request(&self, context: &ClientContext, body: Bytes) -> Result<Request<Full<Bytes>>, String> {
         let mut request = Request::post(self.endpoint.path())
             .header(header::HOST, self.endpoint.authority())
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| format!("request: {e}"))?;
         let headers = request.headers_mut();
         for (name, value) in &context.headers {
@@ -227,41 +271,31 @@ impl Proxy {
             if let Ok(value) = HeaderValue::from_str(&forwarded) {
                 headers.insert("x-forwarded-for", value);
             }
-            if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
-                headers.insert("x-real-ip", value);
+            // An allow-listed X-Real-Ip (set by your load balancer) stays.
+            if !headers.contains_key("x-real-ip") {
+                if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+                    headers.insert("x-real-ip", value);
+                }
             }
         }
-        let _permit = self.in_flight.acquire().await.map_err(|_| "the proxy is closed".to_owned())?;
-        let mut sender = self.connection().await?;
-        let response = sender.send_request(request).await.map_err(|e| format!("request failed: {e}"))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        self.give_back(sender);
-        if status != axum::http::StatusCode::OK {
-            return Err(format!("the backend answered HTTP {status}"));
-        }
-        Ok(body)
+        Ok(request)
     }
 
-    /// An idle connection to the backend, or a new one.
-    async fn connection(&self) -> Result<Sender, String> {
+    /// An idle connection to the backend (`true`: reused), or a new one.
+    async fn connection(&self) -> Result<(Sender, bool), String> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match idle {
                 Some(mut sender) if !sender.is_closed() => {
                     if sender.ready().await.is_ok() {
-                        return Ok(sender);
+                        return Ok((sender, true));
                     }
                 }
                 Some(_) => {}
                 None => break,
             }
         }
-        client::open(self.tls.as_ref(), self.endpoint.host(), self.endpoint.port()).await
+        Ok((client::open(self.tls.as_ref(), self.endpoint.host(), self.endpoint.port()).await?, false))
     }
 
     fn give_back(&self, sender: Sender) {
@@ -337,9 +371,20 @@ impl Proxies {
         !self.by_name.is_empty()
     }
 
-    /// The proxy named `name`.
-    pub(crate) fn named(&self, name: Option<&String>) -> Option<&Arc<Proxy>> {
-        self.by_name.get(name?)
+    /// The proxy a namespace names for an event: `Ok(None)` when it names
+    /// none, `Err` when it names one this node does not have (a reload
+    /// added it; proxies change only with a restart). The caller refuses
+    /// the command then: a namespace that wants a backend's say never goes
+    /// ahead without it.
+    pub(crate) fn named(&self, name: Option<&String>) -> Result<Option<&Arc<Proxy>>, Failed> {
+        let Some(name) = name else { return Ok(None) };
+        match self.by_name.get(name) {
+            Some(proxy) => Ok(Some(proxy)),
+            None => {
+                tracing::warn!(proxy = %name, "a namespace names a proxy this node does not have (restart to add it); refusing");
+                Err(Failed)
+            }
+        }
     }
 
     /// Sends a client's `send` message to the send proxy without waiting
@@ -355,5 +400,17 @@ impl Proxies {
             let _ = proxy.call::<serde::de::IgnoredAny>("send", &context, body).await;
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_naming_a_proxy_the_node_lacks_is_refused_not_waved_through() {
+        let proxies = Proxies::default();
+        assert!(matches!(proxies.named(None), Ok(None)), "no proxy named: the namespace's own rules");
+        assert_eq!(proxies.named(Some(&"added-by-a-reload".to_owned())).map(|p| p.is_some()), Err(Failed));
     }
 }

@@ -125,7 +125,11 @@ impl Session {
         let channel = parse_channel(&req.channel)?;
         let mut subscription = Subscription { join_leave: req.join_leave, ..Subscription::default() };
         let rules = self.shared.hub().rules();
-        let proxy = rules.resolve(&channel).ok().and_then(|o| self.shared.proxies.named(o.subscribe_proxy.as_ref()));
+        let options = rules.resolve(&channel).ok();
+        let proxy = match &options {
+            Some(o) => self.shared.proxies.named(o.subscribe_proxy.as_ref())?,
+            None => None,
+        };
         let mut backend_data = None;
         let mut by_proxy = false;
         let (access, exp) = if let (true, Some(proxy)) = (req.token.is_empty(), proxy.cloned()) {
@@ -133,12 +137,7 @@ impl Session {
             subscription.chan_info = result.info.as_ref().map(|info| Bytes::from(info.get().to_owned()));
             backend_data = result.data;
             let exp = crate::proxy::events::expiry(result.expire_at);
-            by_proxy = exp.is_some()
-                && rules
-                    .resolve(&channel)
-                    .ok()
-                    .and_then(|o| self.shared.proxies.named(o.sub_refresh_proxy.as_ref()))
-                    .is_some();
+            by_proxy = exp.is_some() && options.as_ref().is_some_and(|o| o.sub_refresh_proxy.is_some());
             (SubscribeAccess::Server, exp)
         } else if req.token.is_empty() {
             (SubscribeAccess::Client, None)
@@ -235,7 +234,10 @@ impl Session {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
         let rules = self.shared.hub().rules();
-        let proxy = rules.resolve(&channel).ok().and_then(|o| self.shared.proxies.named(o.publish_proxy.as_ref()));
+        let proxy = match rules.resolve(&channel) {
+            Ok(options) => self.shared.proxies.named(options.publish_proxy.as_ref())?,
+            Err(_) => None,
+        };
         match proxy.cloned() {
             Some(proxy) => self.publish_through_proxy(&proxy, &conn, &channel, data).await?,
             None => {

@@ -44,6 +44,12 @@ fn refused<R>(answer: Result<Answer<R>, Failed>) -> Result<R, Failure> {
     }
 }
 
+/// Whether an expiry a backend gave (unix seconds, 0 for never) has come
+/// already: extending to it would ask again at once.
+fn already_past(expire_at: i64) -> bool {
+    events::expiry(expire_at).is_some_and(|exp| exp <= crate::auth::unix_now())
+}
+
 /// The close a backend asked for. Codes outside 3000–4999 cannot be sent
 /// to a WebSocket client: those close as an internal error (3004).
 fn backend_disconnect(code: u16, mut reason: String) -> DisconnectReason {
@@ -85,8 +91,12 @@ impl Session {
             }
             None => None,
         };
-        let mut channels = result.channels.clone();
-        channels.extend(result.subs.keys().filter(|name| !result.channels.contains(name)).cloned());
+        let mut channels: Vec<String> = Vec::new();
+        for name in result.channels.iter().chain(result.subs.keys()) {
+            if !channels.contains(name) {
+                channels.push(name.clone());
+            }
+        }
         let claims = ConnectClaims { sub: result.user.clone(), exp: events::expiry(result.expire_at), info, channels };
         Ok((claims, result))
     }
@@ -101,7 +111,9 @@ impl Session {
             events::Refresh { client: Client::websocket(conn.client().as_str()), user: user.as_str(), channel: None };
         let answer = proxy.call::<events::RefreshResult>("refresh", self.context(), events::body(&request)).await;
         match answer {
-            Ok(Answer::Result(result)) if result.expired => Err(DisconnectReason::ConnectionExpired),
+            Ok(Answer::Result(result)) if result.expired || already_past(result.expire_at) => {
+                Err(DisconnectReason::ConnectionExpired)
+            }
             Ok(Answer::Result(result)) => {
                 self.expire_deadline = events::expiry(result.expire_at).map(|exp| deadline_after(exp, Duration::ZERO));
                 Ok(())
@@ -116,13 +128,18 @@ impl Session {
     }
 
     /// Asks the namespace's sub_refresh proxy to extend a subscription, now
-    /// due to expire; ends it if the backend says so.
-    pub(super) async fn sub_refresh_through_proxy(&mut self, conn: &Arc<Connection>, channel: ChannelName) {
+    /// due to expire; ends it if the backend says so (and the connection,
+    /// if the backend asks for a disconnect).
+    pub(super) async fn sub_refresh_through_proxy(
+        &mut self,
+        conn: &Arc<Connection>,
+        channel: ChannelName,
+    ) -> Result<(), DisconnectReason> {
         let rules = self.shared.hub().rules();
-        let proxy = rules.resolve(&channel).ok().and_then(|o| self.shared.proxies.named(o.sub_refresh_proxy.as_ref()));
-        let Some(proxy) = proxy.cloned() else {
+        let named = rules.resolve(&channel).ok().map(|o| self.shared.proxies.named(o.sub_refresh_proxy.as_ref()));
+        let Some(Ok(Some(proxy))) = named.map(|named| named.map(Option::<&Arc<Proxy>>::cloned)) else {
             self.end_expired_subscription(conn, channel).await;
-            return;
+            return Ok(());
         };
         let user = conn.user();
         let request = events::Refresh {
@@ -132,17 +149,19 @@ impl Session {
         };
         let answer = proxy.call::<events::RefreshResult>("sub_refresh", self.context(), events::body(&request)).await;
         match answer {
-            Ok(Answer::Result(result)) if !result.expired => {
+            Ok(Answer::Result(result)) if !result.expired && !already_past(result.expire_at) => {
                 if let Some(exp) = events::expiry(result.expire_at) {
                     self.sub_deadlines.insert(channel, deadline_after(exp, Duration::ZERO), true);
                 }
             }
-            Ok(Answer::Result(_) | Answer::Disconnect { .. }) => self.end_expired_subscription(conn, channel).await,
+            Ok(Answer::Result(_)) => self.end_expired_subscription(conn, channel).await,
+            Ok(Answer::Disconnect { code, reason }) => return Err(backend_disconnect(code, reason)),
             Ok(Answer::Error { .. }) | Err(Failed) => {
                 let retry = crate::driver::after(Instant::now(), RETRY_REFRESH);
                 self.sub_deadlines.insert(channel, retry, true);
             }
         }
+        Ok(())
     }
 
     async fn end_expired_subscription(&mut self, conn: &Arc<Connection>, channel: ChannelName) {
@@ -225,5 +244,12 @@ impl Session {
         let request = events::Send { client: Client::websocket(conn.client().as_str()), user: user.as_str(), data };
         let context = self.context.clone().unwrap_or_default();
         self.shared.proxies.send(context, events::body(&request));
+    }
+}
+
+impl From<Failed> for Failure {
+    /// A proxy that could not be asked: the client tries again.
+    fn from(_: Failed) -> Self {
+        Failure::Reply(ClientError::BackendUnavailable)
     }
 }

@@ -21,29 +21,30 @@ pub const NODE_INFO_EVERY: Duration = Duration::from_secs(5);
 /// Beats once now, then every interval in a task of its own.
 pub(super) async fn start(hub: &Arc<Hub>) {
     hub.beat().await;
-    let weak = Arc::downgrade(hub);
     let every = hub.config.presence_update_interval;
+    repeat(hub, every, |hub| async move { hub.beat().await });
+    if NODE_INFO_EVERY < every {
+        repeat(hub, NODE_INFO_EVERY, |hub| async move { hub.register_node().await });
+    }
+}
+
+/// Runs `act` every `every` (the first time one interval from now) in a
+/// task of its own, for as long as the hub lives.
+fn repeat<F, Fut>(hub: &Arc<Hub>, every: Duration, act: F)
+where
+    F: Fn(Arc<Hub>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let weak = Arc::downgrade(hub);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.tick().await;
         loop {
             ticks.tick().await;
             let Some(hub) = weak.upgrade() else { return };
-            hub.beat().await;
+            act(hub).await;
         }
     });
-    if NODE_INFO_EVERY < every {
-        let weak = Arc::downgrade(hub);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(NODE_INFO_EVERY);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(hub) = weak.upgrade() else { return };
-                hub.register_node().await;
-            }
-        });
-    }
 }
 
 impl Hub {

@@ -139,11 +139,18 @@ fn error(status: StatusCode, code: u32, message: &str) -> Response {
     response
 }
 
+/// The refusal (403) of a `POST` without the admin header, which a form
+/// on another site cannot send.
+fn forged(headers: &HeaderMap) -> Option<Response> {
+    let missing = !headers.contains_key(CSRF_HEADER);
+    missing.then(|| error(StatusCode::FORBIDDEN, crate::codes::PERMISSION_DENIED, "send the X-Herald-Admin header"))
+}
+
 /// The refusal of a request without a live session (401), or of a
 /// `POST` without the admin header (403); `None` to go ahead.
 fn refusal(admin: &Admin, headers: &HeaderMap, posting: bool) -> Option<Response> {
-    if posting && !headers.contains_key(CSRF_HEADER) {
-        return Some(error(StatusCode::FORBIDDEN, crate::codes::PERMISSION_DENIED, "send the X-Herald-Admin header"));
+    if let Some(refused) = forged(headers).filter(|_| posting) {
+        return Some(refused);
     }
     match login::session_cookie(headers) {
         Some(token) if admin.gate.is_open(token) => None,
@@ -162,8 +169,8 @@ async fn log_in(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !headers.contains_key(CSRF_HEADER) {
-        return error(StatusCode::FORBIDDEN, crate::codes::PERMISSION_DENIED, "send the X-Herald-Admin header");
+    if let Some(refused) = forged(&headers) {
+        return refused;
     }
     if let Some(wait) = admin.gate.braked_for(peer.ip()) {
         return braked(peer, wait);
@@ -203,8 +210,8 @@ fn braked(peer: SocketAddr, wait: std::time::Duration) -> Response {
 }
 
 async fn log_out(State((admin, secure)): AdminState, headers: HeaderMap) -> Response {
-    if !headers.contains_key(CSRF_HEADER) {
-        return error(StatusCode::FORBIDDEN, crate::codes::PERMISSION_DENIED, "send the X-Herald-Admin header");
+    if let Some(refused) = forged(&headers) {
+        return refused;
     }
     if let Some(token) = login::session_cookie(&headers) {
         admin.gate.close(token);

@@ -31,6 +31,7 @@ pub mod message;
 mod nodes;
 mod occupancy;
 mod presence;
+pub mod wire;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

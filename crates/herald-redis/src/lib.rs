@@ -33,7 +33,8 @@ mod presence;
 mod scripts;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod wire;
+/// The message format, shared with the other backplanes.
+pub use herald_engine::wire;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

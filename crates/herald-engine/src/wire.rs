@@ -1,6 +1,7 @@
-//! How publications and presence events travel through Redis.
+//! How publications and presence events travel through a backplane (Redis
+//! pub/sub and history entries, NATS subjects).
 //!
-//! A pub/sub message (and a history entry) is text lines followed by the raw
+//! A message (and a history entry) is text lines followed by the raw
 //! payload, so the payload is never re-encoded:
 //!
 //! ```text
@@ -18,11 +19,12 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use herald_engine::{ChannelName, ClientId, ClientInfo, EngineEvent, Epoch, Offset, PresenceEvent, Publication};
+use crate::ids::{ChannelName, ClientId, Epoch, Offset};
+use crate::message::{ClientInfo, EngineEvent, PresenceEvent, Publication};
 
-/// Why a message from Redis could not be read.
+/// Why a message from the backplane could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed message from Redis: {0}")]
+#[error("malformed message from the backplane: {0}")]
 pub struct WireError(pub &'static str);
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -40,6 +42,14 @@ pub fn publication_body(publication: &Publication) -> Vec<u8> {
     let meta =
         Meta { info: publication.info.clone(), tags: publication.tags.clone(), exclude: publication.exclude.clone() };
     body(b'p', &meta, &publication.data)
+}
+
+/// A whole publication message, its offset and epoch lines included (for
+/// a backplane that broadcasts what the node encodes, as is).
+pub fn publication_message(publication: &Publication) -> Vec<u8> {
+    let mut message = format!("{}\n{}\n", publication.offset.get(), publication.epoch.as_str()).into_bytes();
+    message.extend_from_slice(&publication_body(publication));
+    message
 }
 
 /// A join or leave, with the offset and epoch lines a publish would add.
@@ -70,14 +80,20 @@ fn body(kind: u8, meta: &Meta, data: &[u8]) -> Vec<u8> {
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// Its offset in the channel's stream (0 without history).
     pub offset: Offset,
+    /// The epoch of that stream (empty without history).
     pub epoch: Epoch,
+    /// What it carries.
     pub kind: Kind,
 }
 
+/// What a message carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
+    /// A publication.
     Publication(Publication),
+    /// A join or a leave.
     Presence(PresenceEvent),
 }
 
@@ -134,7 +150,7 @@ pub fn decode(message: Bytes) -> Result<Message, WireError> {
 
 #[cfg(test)]
 mod tests {
-    use herald_engine::UserId;
+    use crate::ids::UserId;
 
     use super::*;
 

@@ -1,0 +1,227 @@
+//! The `Broker` part over core NATS.
+//!
+//! Each channel a node has subscribers for is one NATS subscription, read
+//! by a task of its own in delivery order; unsubscribing ends it. Control
+//! commands travel on one subject every node subscribes to at start (NATS
+//! delivers a client's own messages to its subscriptions, so the sender
+//! gets its command too). When the connection to NATS drops, the client
+//! reconnects and resubscribes by itself; messages sent meanwhile are
+//! lost, so the node is told with `EngineEvent::Interrupted` when the
+//! connection comes back, and its positioned subscribers recover.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+
+use herald_engine::wire;
+use herald_engine::{
+    Broker, ChannelName, Control, EngineError, EngineEvent, EventHandler, Health, PresenceEvent, Publication,
+    PublishOptions, PublishResult,
+};
+
+use crate::subjects::Subjects;
+
+/// How to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// `nats://host:port` addresses of the cluster's servers.
+    pub addresses: Vec<String>,
+    /// The first tokens of every subject (`herald`).
+    pub prefix: String,
+    /// How long a publish may wait to be flushed to the server.
+    pub command_timeout: Duration,
+}
+
+/// The node's handler, once the hub starts the broker.
+type Handler = Arc<OnceLock<Arc<dyn EventHandler>>>;
+
+/// Publications, joins and leaves, and control commands over core NATS.
+pub struct NatsBroker {
+    client: async_nats::Client,
+    subjects: Subjects,
+    handler: Handler,
+    timeout: Duration,
+    /// The reading task of each channel the node is subscribed to.
+    channels: Mutex<HashMap<ChannelName, JoinHandle<()>>>,
+    control: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBroker").field("subjects", &self.subjects).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(format!("nats: {error}"))
+}
+
+impl NatsBroker {
+    /// Connects to NATS. Fails if no server of `settings.addresses` answers.
+    pub async fn connect(settings: &NatsSettings) -> Result<Self, EngineError> {
+        let handler: Handler = Arc::default();
+        let on_event = handler.clone();
+        let lost = Arc::new(AtomicBool::new(false));
+        let options = async_nats::ConnectOptions::new()
+            .name("herald")
+            .connection_timeout(settings.command_timeout)
+            .event_callback(move |event| {
+                let (handler, lost) = (on_event.clone(), lost.clone());
+                async move { on_connection_event(&event, &handler, &lost) }
+            });
+        let addresses: Vec<async_nats::ServerAddr> = settings
+            .addresses
+            .iter()
+            .map(|address| address.parse().map_err(|e| unavailable(format!("{address}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        let client = options.connect(addresses).await.map_err(unavailable)?;
+        Ok(Self {
+            client,
+            subjects: Subjects::new(&settings.prefix),
+            handler,
+            timeout: settings.command_timeout,
+            channels: Mutex::default(),
+            control: Mutex::default(),
+        })
+    }
+
+    fn handler(&self) -> Result<Arc<dyn EventHandler>, EngineError> {
+        self.handler.get().cloned().ok_or(EngineError::NotStarted)
+    }
+
+    /// Publishes `payload` on `subject` and waits until it reached the
+    /// server (or the timeout passed).
+    async fn send(&self, subject: String, payload: Vec<u8>) -> Result<(), EngineError> {
+        let sent = async {
+            self.client.publish(subject, Bytes::from(payload)).await.map_err(unavailable)?;
+            self.client.flush().await.map_err(unavailable)
+        };
+        tokio::time::timeout(self.timeout, sent)
+            .await
+            .map_err(|_| unavailable("no answer within the command timeout"))?
+    }
+}
+
+/// Reports a connection that came back after it was lost: what was sent
+/// meanwhile never reached this node.
+fn on_connection_event(event: &async_nats::Event, handler: &Handler, lost: &AtomicBool) {
+    match event {
+        async_nats::Event::Disconnected => {
+            lost.store(true, Ordering::Relaxed);
+            tracing::warn!("lost the connection to nats; reconnecting");
+        }
+        async_nats::Event::Connected => {
+            if lost.swap(false, Ordering::Relaxed) {
+                tracing::warn!("reconnected to nats; asking positioned subscribers to recover");
+                if let Some(handler) = handler.get() {
+                    handler.handle(EngineEvent::Interrupted);
+                }
+            }
+        }
+        other => tracing::debug!(event = %other, "nats connection event"),
+    }
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
+        if self.handler.set(handler.clone()).is_err() {
+            return Ok(());
+        }
+        let mut commands = self.client.subscribe(self.subjects.control()).await.map_err(unavailable)?;
+        let task = tokio::spawn(async move {
+            while let Some(message) = commands.next().await {
+                match serde_json::from_slice::<Control>(&message.payload) {
+                    Ok(command) => handler.handle(EngineEvent::Control(command)),
+                    Err(error) => tracing::warn!(%error, "unreadable control command from nats"),
+                }
+            }
+        });
+        *self.control.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        publication: Publication,
+        options: &PublishOptions,
+    ) -> Result<PublishResult, EngineError> {
+        if options.history.is_some() || options.idempotency_key.is_some() {
+            return Err(EngineError::Unavailable(
+                "the nats broker keeps no history and no idempotency keys yet; use the redis engine for them".into(),
+            ));
+        }
+        self.send(self.subjects.channel(channel), wire::publication_message(&publication)).await?;
+        Ok(PublishResult::default())
+    }
+
+    async fn publish_presence(&self, channel: &ChannelName, event: PresenceEvent) -> Result<(), EngineError> {
+        self.send(self.subjects.channel(channel), wire::presence_message(&event)).await
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let handler = self.handler()?;
+        if self.channels.lock().unwrap_or_else(|e| e.into_inner()).contains_key(channel) {
+            return Ok(());
+        }
+        let mut messages = self.client.subscribe(self.subjects.channel(channel)).await.map_err(unavailable)?;
+        // The subscription is live once the server has it: flushed, so a
+        // publish right after subscribing reaches it.
+        tokio::time::timeout(self.timeout, self.client.flush())
+            .await
+            .map_err(|_| unavailable("no answer within the command timeout"))?
+            .map_err(unavailable)?;
+        let name = channel.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = messages.next().await {
+                match wire::decode(message.payload) {
+                    Ok(decoded) => handler.handle(decoded.into_event(name.clone())),
+                    Err(error) => tracing::warn!(channel = %name, %error, "dropped an unreadable message"),
+                }
+            }
+        });
+        let replaced = self.channels.lock().unwrap_or_else(|e| e.into_inner()).insert(channel.clone(), task);
+        if let Some(earlier) = replaced {
+            earlier.abort();
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        // Ending the reading task drops the subscription, which unsubscribes.
+        if let Some(task) = self.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(channel) {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    async fn send_control(&self, command: Control) -> Result<(), EngineError> {
+        let payload = serde_json::to_vec(&command).map_err(unavailable)?;
+        self.send(self.subjects.control(), payload).await
+    }
+
+    async fn health(&self) -> Health {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Health::Ready,
+            state => Health::NotReady { reason: format!("nats connection is {state:?}") },
+        }
+    }
+}
+
+impl Drop for NatsBroker {
+    fn drop(&mut self) {
+        for (_, task) in self.channels.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            task.abort();
+        }
+        if let Some(task) = self.control.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}

@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
-use crate::config::WebhookEndpoint;
+use crate::config::HttpEndpoint;
 use crate::http::client;
 use crate::metrics::Metrics;
 
@@ -68,7 +68,7 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
         tls: Option<&TlsConnector>,
         metrics: &Arc<Metrics>,
     ) -> Option<Self> {
-        let endpoint = WebhookEndpoint::parse(url)?;
+        let endpoint = HttpEndpoint::parse(url)?;
         let tls = if endpoint.is_tls() { Some(tls?.clone()) } else { None };
         let (queue, receiver) = mpsc::channel(QUEUE);
         let worker = Worker { endpoint, url: url.to_owned(), signing, batch, tls, metrics: metrics.clone() };
@@ -96,7 +96,7 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
 
 /// Sends one target's events in order.
 struct Worker {
-    endpoint: WebhookEndpoint,
+    endpoint: HttpEndpoint,
     url: String,
     signing: Signing,
     batch: bool,

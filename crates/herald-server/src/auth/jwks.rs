@@ -19,12 +19,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::http::{header, Request, StatusCode, Uri};
+use axum::http::{header, Request, StatusCode};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::time::Instant;
+
+use crate::config::HttpEndpoint;
 
 /// The longest a fetch may take, connection and body included.
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,40 +37,6 @@ pub(crate) const MAX_KEYS: usize = 100;
 /// The least time between two fetches made for unknown keys.
 pub(crate) const REFETCH_AFTER: Duration = Duration::from_secs(10);
 
-/// Where the set is: scheme, host, port and path of the URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    tls: bool,
-    host: String,
-    port: u16,
-    path: String,
-}
-
-impl Endpoint {
-    /// Reads an `http://` or `https://` URL with a host.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("`{url}`: write an https:// (or http://) URL")),
-        };
-        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("`{url}` has no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        Ok(Self { tls, host, port, path })
-    }
-
-    fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        match (self.tls, self.port) {
-            (true, 443) | (false, 80) => host,
-            (_, port) => format!("{host}:{port}"),
-        }
-    }
-}
-
 /// A key of the set, and the algorithms it verifies.
 #[derive(Clone)]
 pub(crate) struct SetKey {
@@ -78,7 +46,7 @@ pub(crate) struct SetKey {
 
 /// The set, its source, and when it was last fetched for an unknown key.
 pub struct Jwks {
-    endpoint: Endpoint,
+    endpoint: HttpEndpoint,
     tls: tokio_rustls::TlsConnector,
     keys: RwLock<Arc<HashMap<String, SetKey>>>,
     /// When the set was last fetched because of an unknown key; held while
@@ -99,7 +67,8 @@ impl Jwks {
     /// A set to fetch from `url`, trusting the system's CAs and `ca`
     /// (PEM), if given. Fetches nothing yet.
     pub fn new(url: &str, ca: Option<&[u8]>) -> Result<Self, String> {
-        let endpoint = Endpoint::parse(url)?;
+        let endpoint = HttpEndpoint::parse(url)
+            .ok_or_else(|| format!("`{url}`: write an https:// (or http://) URL with a host"))?;
         let tls = crate::http::client::connector(ca)?;
         Ok(Self {
             endpoint,
@@ -174,14 +143,14 @@ impl Jwks {
     /// One GET of the set's URL; its body.
     async fn fetch(&self) -> Result<Bytes, String> {
         let endpoint = &self.endpoint;
-        let request = Request::get(endpoint.path.as_str())
+        let request = Request::get(endpoint.path())
             .header(header::HOST, endpoint.authority())
             .header(header::ACCEPT, "application/json")
             .header(header::USER_AGENT, concat!("herald/", env!("CARGO_PKG_VERSION")))
             .body(Full::new(Bytes::new()))
             .map_err(|e| format!("request: {e}"))?;
-        let tls = endpoint.tls.then_some(&self.tls);
-        let response = crate::http::client::send(tls, &endpoint.host, endpoint.port, request).await?;
+        let tls = endpoint.is_tls().then_some(&self.tls);
+        let response = crate::http::client::send(tls, endpoint.host(), endpoint.port(), request).await?;
         if response.status() != StatusCode::OK {
             return Err(format!("answered {}", response.status()));
         }

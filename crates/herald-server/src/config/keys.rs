@@ -79,7 +79,8 @@ impl TokenKeys {
         });
         let jwks = client.token_jwks_url.as_deref().and_then(|url| {
             let ca = client.token_jwks_ca.as_deref().map(|value| pem_text("client.token_jwks_ca", value)).transpose();
-            let endpoint = crate::auth::jwks::Endpoint::parse(url);
+            let endpoint = super::HttpEndpoint::parse(url)
+                .ok_or_else(|| format!("`{url}`: write an https:// (or http://) URL with a host"));
             match (ca, endpoint) {
                 (Ok(ca), Ok(_)) => crate::auth::jwks::Jwks::new(url, ca.as_deref())
                     .map(std::sync::Arc::new)

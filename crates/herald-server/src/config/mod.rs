@@ -5,11 +5,11 @@
 //! The doc comments on these structs are the user documentation of each
 //! setting; `herald config init` writes a commented starter file.
 
+mod endpoint;
 mod keys;
 mod load;
 pub mod template;
 mod validate;
-mod webhook;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,12 +20,12 @@ use serde::{Deserialize, Deserializer};
 
 use herald_core::NamespaceOptions;
 
+pub use endpoint::HttpEndpoint;
 pub use keys::TokenKeys;
 #[cfg(feature = "fuzzing")]
 pub(crate) use load::type_toml;
 pub use load::{load, load_for_serving, ConfigErrors, Sources};
 pub use template::starter_config;
-pub use webhook::WebhookEndpoint;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::keys::pem_text;
-use super::{Config, TokenKeys, WebhookEndpoint};
+use super::{Config, HttpEndpoint, TokenKeys};
 
 /// The longest `write_delay` a namespace may ask for: it is added latency.
 const MAX_WRITE_DELAY: Duration = Duration::from_secs(1);
@@ -28,7 +28,7 @@ impl Config {
         }
         self.check_proxies(&mut problems);
         for (n, hook) in self.webhooks.iter().enumerate() {
-            if WebhookEndpoint::parse(&hook.url).is_none() {
+            if HttpEndpoint::parse(&hook.url).is_none() {
                 problems.push(format!("webhooks[{n}].url: {:?} is not an http(s)://host[:port]/path URL", hook.url));
             }
             if hook.secret.expose().len() < 16 {
@@ -244,7 +244,7 @@ impl Config {
                 ));
             }
             for (w, hook) in app.webhooks.iter().enumerate() {
-                if WebhookEndpoint::parse(&hook.url).is_none() {
+                if HttpEndpoint::parse(&hook.url).is_none() {
                     problems.push(format!(
                         "{at}.webhooks[{w}].url: `{}` is not an http(s)://host[:port]/path URL",
                         hook.url
@@ -337,7 +337,7 @@ impl Config {
             if !valid_name {
                 problems.push(format!("proxies.{name}: a name of letters, digits, '-', '_' and '.'"));
             }
-            if WebhookEndpoint::parse(&proxy.endpoint).is_none() {
+            if HttpEndpoint::parse(&proxy.endpoint).is_none() {
                 problems.push(format!(
                     "proxies.{name}.endpoint: {:?} is not an http(s)://host[:port]/path URL",
                     proxy.endpoint

@@ -37,7 +37,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::config::{Config, ProxyConfig, WebhookEndpoint};
+use crate::config::{Config, HttpEndpoint, ProxyConfig};
 use crate::http::client::{self, Sender};
 use crate::metrics::Metrics;
 
@@ -118,7 +118,7 @@ impl ClientContext {
 /// One backend endpoint.
 pub(crate) struct Proxy {
     name: String,
-    endpoint: WebhookEndpoint,
+    endpoint: HttpEndpoint,
     timeout: Duration,
     passed: Vec<HeaderName>,
     fixed: Vec<(HeaderName, HeaderValue)>,
@@ -137,7 +137,7 @@ impl std::fmt::Debug for Proxy {
 
 impl Proxy {
     fn new(name: &str, config: &ProxyConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let endpoint = WebhookEndpoint::parse(&config.endpoint)
+        let endpoint = HttpEndpoint::parse(&config.endpoint)
             .ok_or_else(|| format!("proxies.{name}.endpoint: not an http(s) URL"))?;
         let tls = match endpoint.is_tls() {
             true => Some(client::connector(None).map_err(|e| format!("proxies.{name}: {e}"))?),

@@ -91,6 +91,11 @@ impl NatsBroker {
         })
     }
 
+    /// The connection, for the other parts on the same NATS.
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
     fn handler(&self) -> Result<Arc<dyn EventHandler>, EngineError> {
         self.handler.get().cloned().ok_or(EngineError::NotStarted)
     }
@@ -103,6 +108,26 @@ impl NatsBroker {
             self.client.flush().await.map_err(unavailable)
         };
         tokio::time::timeout(self.timeout, sent)
+            .await
+            .map_err(|_| unavailable("no answer within the command timeout"))?
+    }
+}
+
+impl NatsBroker {
+    /// Waits until the server has handled everything this node sent so
+    /// far: a message to a fresh inbox comes back through the server only
+    /// after the commands before it. (A flush only empties the client's
+    /// buffer; a subscription is live, and a publish from another node
+    /// reaches it, once the server has it.)
+    async fn round_trip(&self) -> Result<(), EngineError> {
+        let inbox = self.client.new_inbox();
+        let mut echo = self.client.subscribe(inbox.clone()).await.map_err(unavailable)?;
+        let came_back = async {
+            self.client.publish(inbox, Bytes::new()).await.map_err(unavailable)?;
+            echo.next().await.ok_or_else(|| unavailable("the connection closed"))?;
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, came_back)
             .await
             .map_err(|_| unavailable("no answer within the command timeout"))?
     }
@@ -135,6 +160,7 @@ impl Broker for NatsBroker {
             return Ok(());
         }
         let mut commands = self.client.subscribe(self.subjects.control()).await.map_err(unavailable)?;
+        self.round_trip().await?;
         let task = tokio::spawn(async move {
             while let Some(message) = commands.next().await {
                 match serde_json::from_slice::<Control>(&message.payload) {
@@ -172,12 +198,7 @@ impl Broker for NatsBroker {
             return Ok(());
         }
         let mut messages = self.client.subscribe(self.subjects.channel(channel)).await.map_err(unavailable)?;
-        // The subscription is live once the server has it: flushed, so a
-        // publish right after subscribing reaches it.
-        tokio::time::timeout(self.timeout, self.client.flush())
-            .await
-            .map_err(|_| unavailable("no answer within the command timeout"))?
-            .map_err(unavailable)?;
+        self.round_trip().await?;
         let name = channel.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = messages.next().await {

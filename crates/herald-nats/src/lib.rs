@@ -6,10 +6,12 @@
 //! channel's subject only while it has local subscribers) and the same
 //! message format as the Redis engine (`herald_engine::wire`).
 //!
-//! What the broker does not do yet, and the engine built on it will:
+//! It also holds the [`NatsNodeRegistry`], the live nodes in a JetStream
+//! stream.
+//!
+//! What is not here yet, and the engine built on these will have:
 //! history and stream positions (JetStream), idempotent publishes
-//! (JetStream de-duplication), presence, occupancy and the node registry
-//! (key-value buckets). Until then it is not an `engine.type` a node can be
+//! (JetStream de-duplication), presence and occupancy. Until then it is not an `engine.type` a node can be
 //! configured with; a publish that asks for history or idempotency is
 //! refused with [`EngineError::Unavailable`] rather than quietly done
 //! without.
@@ -17,6 +19,7 @@
 //! # Layout
 //!
 //! - [`NatsBroker`] (`broker`): the `Broker` part.
+//! - [`NatsNodeRegistry`] (`nodes`): the `NodeRegistry` part.
 //! - `subjects`: subject names, with channel names encoded into one valid
 //!   token each.
 //! - [`testing`] (feature `testing`): a real `nats-server` for tests.
@@ -32,9 +35,11 @@
 )]
 
 mod broker;
+mod nodes;
 mod subjects;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use broker::{NatsBroker, NatsSettings};
+pub use nodes::NatsNodeRegistry;
 pub use subjects::Subjects;

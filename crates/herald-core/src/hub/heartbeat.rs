@@ -1,11 +1,10 @@
 //! The node's heartbeat: every `presence_update_interval` it refreshes the
-//! presence entries of its connections and its occupancy entries, sweeps
-//! what dead nodes and connections left behind, and renews its entry in
-//! the node registry. It holds the hub weakly and ends with it.
-//!
-//! The registry entry is also renewed every [`NODE_INFO_EVERY`] on its
-//! own, when that is sooner: operators watch its counts and rates, and one
-//! small write every few seconds costs the engine nothing.
+//! presence entries of its connections and its occupancy entries and
+//! sweeps what dead nodes and connections left behind. Its entry in the
+//! node registry is renewed on its own, every `presence_update_interval`
+//! or [`NODE_INFO_EVERY`], whichever is sooner: operators watch its counts
+//! and rates, and one small write every few seconds costs the engine
+//! nothing. Both hold the hub weakly and end with it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,14 +17,14 @@ use super::Hub;
 /// How often, at most, the node's registry entry is renewed.
 pub const NODE_INFO_EVERY: Duration = Duration::from_secs(5);
 
-/// Beats once now, then every interval in a task of its own.
+/// Beats and registers once now, then each every interval in a task of
+/// its own: the registry entry every [`NODE_INFO_EVERY`] at most.
 pub(super) async fn start(hub: &Arc<Hub>) {
     hub.beat().await;
+    hub.register_node().await;
     let every = hub.config.presence_update_interval;
     repeat(hub, every, |hub| async move { hub.beat().await });
-    if NODE_INFO_EVERY < every {
-        repeat(hub, NODE_INFO_EVERY, |hub| async move { hub.register_node().await });
-    }
+    repeat(hub, every.min(NODE_INFO_EVERY), |hub| async move { hub.register_node().await });
 }
 
 /// Runs `act` every `every` (the first time one interval from now) in a
@@ -59,18 +58,18 @@ impl Hub {
                 self.presence.sweep_expired(&channel, options.join_leave).await;
             }
         }
-        self.register_node().await;
     }
 
     /// Every local connection's presence entry: (channel, who it is there).
     fn present_entries(&self) -> Vec<(ChannelName, herald_engine::ClientInfo)> {
         let mut entries = Vec::new();
+        let rules = self.rules();
         self.registry.for_each(|conn| {
             // Collected first: `info_in` takes the subscriptions lock itself.
             let present: Vec<ChannelName> = conn
                 .subscriptions()
                 .keys()
-                .filter(|channel| self.rules().resolve(channel).is_ok_and(|o| o.presence))
+                .filter(|channel| rules.resolve(channel).is_ok_and(|o| o.presence))
                 .cloned()
                 .collect();
             for channel in present {

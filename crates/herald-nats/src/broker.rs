@@ -1,5 +1,9 @@
 //! The `Broker` part over core NATS.
 //!
+//! Publications without history travel on the channel's core subject.
+//! Those with history (or an idempotency key) are appended to a JetStream
+//! stream, which republishes them to the same subject (see `history`).
+//!
 //! Each channel a node has subscribers for is one NATS subscription, read
 //! by a task of its own in delivery order; unsubscribing ends it. Control
 //! commands travel on one subject every node subscribes to at start (NATS
@@ -25,6 +29,7 @@ use herald_engine::{
     PublishOptions, PublishResult,
 };
 
+use crate::history::{NatsHistory, StreamSettings};
 use crate::subjects::Subjects;
 
 /// How to reach NATS.
@@ -34,8 +39,10 @@ pub struct NatsSettings {
     pub addresses: Vec<String>,
     /// The first tokens of every subject (`herald`).
     pub prefix: String,
-    /// How long a publish may wait to be flushed to the server.
+    /// How long one request to NATS (a publish, a read) may take.
     pub command_timeout: Duration,
+    /// How JetStream keeps history streams.
+    pub streams: StreamSettings,
 }
 
 /// The node's handler, once the hub starts the broker.
@@ -45,6 +52,7 @@ type Handler = Arc<OnceLock<Arc<dyn EventHandler>>>;
 pub struct NatsBroker {
     client: async_nats::Client,
     subjects: Subjects,
+    history: Arc<NatsHistory>,
     handler: Handler,
     timeout: Duration,
     /// The reading task of each channel the node is subscribed to.
@@ -81,8 +89,11 @@ impl NatsBroker {
             .map(|address| address.parse().map_err(|e| unavailable(format!("{address}: {e}"))))
             .collect::<Result<_, _>>()?;
         let client = options.connect(addresses).await.map_err(unavailable)?;
+        let history =
+            Arc::new(NatsHistory::new(client.clone(), &settings.prefix, settings.streams, settings.command_timeout));
         Ok(Self {
             client,
+            history,
             subjects: Subjects::new(&settings.prefix),
             handler,
             timeout: settings.command_timeout,
@@ -94,6 +105,11 @@ impl NatsBroker {
     /// The connection, for the other parts on the same NATS.
     pub fn client(&self) -> async_nats::Client {
         self.client.clone()
+    }
+
+    /// The history the broker appends to (the engine's `History` part).
+    pub fn history(&self) -> Arc<NatsHistory> {
+        self.history.clone()
     }
 
     fn handler(&self) -> Result<Arc<dyn EventHandler>, EngineError> {
@@ -179,10 +195,11 @@ impl Broker for NatsBroker {
         publication: Publication,
         options: &PublishOptions,
     ) -> Result<PublishResult, EngineError> {
-        if options.history.is_some() || options.idempotency_key.is_some() {
-            return Err(EngineError::Unavailable(
-                "the nats broker keeps no history and no idempotency keys yet; use the redis engine for them".into(),
-            ));
+        if let Some(history) = &options.history {
+            return self.history.append(channel, publication, history, options).await;
+        }
+        if let Some(key) = &options.idempotency_key {
+            return self.history.publish_once(channel, &publication, key, options.idempotency_window).await;
         }
         self.send(self.subjects.channel(channel), wire::publication_message(&publication)).await?;
         Ok(PublishResult::default())
@@ -202,6 +219,10 @@ impl Broker for NatsBroker {
         let name = channel.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = messages.next().await {
+                if message.payload.is_empty() {
+                    // A history stream's marker, republished: not a message.
+                    continue;
+                }
                 match wire::decode(message.payload) {
                     Ok(decoded) => handler.handle(decoded.into_event(name.clone())),
                     Err(error) => tracing::warn!(channel = %name, %error, "dropped an unreadable message"),

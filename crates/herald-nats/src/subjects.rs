@@ -11,6 +11,23 @@ fn kept(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"-_:#,=@!~+".contains(&byte)
 }
 
+/// `text` as one subject token: kept bytes as they are, every other
+/// byte `%XX`; the empty text is `%` (which no escape produces).
+pub(crate) fn token(text: &str) -> String {
+    if text.is_empty() {
+        return "%".to_owned();
+    }
+    let mut token = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if kept(byte) {
+            token.push(char::from(byte));
+        } else {
+            token.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    token
+}
+
 /// The subjects of one Herald cluster, under its prefix.
 #[derive(Debug, Clone)]
 pub struct Subjects {
@@ -25,15 +42,62 @@ impl Subjects {
 
     /// Where `channel`'s publications, joins and leaves travel.
     pub fn channel(&self, channel: &ChannelName) -> String {
-        let mut subject = format!("{}.ch.", self.prefix);
-        for byte in channel.as_str().bytes() {
-            if kept(byte) {
-                subject.push(char::from(byte));
-            } else {
-                subject.push_str(&format!("%{byte:02X}"));
-            }
-        }
-        subject
+        format!("{}.ch.{}", self.prefix, token(channel.as_str()))
+    }
+
+    /// Every channel's subject (the other end of a stream's republish).
+    pub(crate) fn channels_mapped(&self) -> String {
+        format!("{}.ch.{{{{wildcard(1)}}}}", self.prefix)
+    }
+
+    /// `channel`'s history in the history set `set`.
+    pub(crate) fn history(&self, set: &str, channel: &ChannelName) -> String {
+        format!("{}.h.{set}.{}", self.prefix, token(channel.as_str()))
+    }
+
+    /// Every channel's history in the set `set`.
+    pub(crate) fn history_set(&self, set: &str) -> String {
+        format!("{}.h.{set}.*", self.prefix)
+    }
+
+    /// Where a publication with an idempotency key and no history goes.
+    pub(crate) fn once(&self, channel: &ChannelName) -> String {
+        format!("{}.once.{}", self.prefix, token(channel.as_str()))
+    }
+
+    /// Every channel's subject for publications with a key and no history.
+    pub(crate) fn once_all(&self) -> String {
+        format!("{}.once.*", self.prefix)
+    }
+
+    /// The presence record of `user` in `channel`.
+    pub(crate) fn presence(&self, channel: &ChannelName, user: &str) -> String {
+        format!("{}.pr.{}.{}", self.prefix, token(channel.as_str()), token(user))
+    }
+
+    /// Every user's presence record in `channel`.
+    pub(crate) fn presence_in(&self, channel: &ChannelName) -> String {
+        format!("{}.pr.{}.*", self.prefix, token(channel.as_str()))
+    }
+
+    /// Every presence record.
+    pub(crate) fn presence_all(&self) -> String {
+        format!("{}.pr.*.*", self.prefix)
+    }
+
+    /// The occupancy record of `channel`.
+    pub(crate) fn occupancy(&self, channel: &ChannelName) -> String {
+        format!("{}.oc.{}", self.prefix, token(channel.as_str()))
+    }
+
+    /// Every occupancy record.
+    pub(crate) fn occupancy_all(&self) -> String {
+        format!("{}.oc.*", self.prefix)
+    }
+
+    /// The subject prefix.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Where control commands travel.
@@ -57,6 +121,7 @@ mod tests {
         assert_eq!(subject("a%2Eb"), "herald.ch.a%252Eb", "an escaped-looking name is escaped again");
         assert_eq!(subject("news*>"), "herald.ch.news%2A%3E");
         assert_eq!(subject("dialog#42,43"), "herald.ch.dialog#42,43");
+        assert_eq!(token(""), "%", "an empty user id is a token too");
         for name in ["a.b", "a b", "ü", "x>y", "$sys"] {
             let token = subject(name).trim_start_matches("herald.ch.").to_owned();
             assert!(

@@ -1,0 +1,403 @@
+//! History and stream positions in JetStream, and the publishes that
+//! append to them.
+//!
+//! # Layout
+//!
+//! Channels with the same `history_size` and `history_meta_ttl` share a
+//! stream (a *set*, `<prefix>_h_s<size>m<meta ms>`); each channel is one
+//! subject of it, `<prefix>.h.<set>.<channel>`. The stream keeps the last
+//! `size + 1` messages of each subject for `meta_ttl`. Every message
+//! carries its offset and epoch (the wire format's first lines), so the
+//! subject's last message is the channel's stream position, and it
+//! survives as long as the position must.
+//!
+//! # Appending
+//!
+//! A publish reads the subject's last message and writes the next offset
+//! with `Nats-Expected-Last-Subject-Sequence` set to that message's
+//! sequence. Of two publishers that read the same top, JetStream stores
+//! exactly one; the other reads again. Offsets are therefore contiguous
+//! and assigned atomically with the append. An empty subject starts a new
+//! epoch at offset 1; a read of an empty subject writes a *marker* (an
+//! empty message whose `Herald-Epoch` header names a new epoch at offset 0)
+//! so that every node reads the same epoch.
+//!
+//! # Delivery
+//!
+//! The stream republishes every stored message to the channel's core
+//! subject (`<prefix>.ch.<channel>`), where the nodes' brokers listen: a
+//! publication is broadcast only once JetStream stored it, and in stream
+//! order, which is offset order. (Publishing on the core subject directly
+//! would deliver a publication whose append then failed.) Markers are
+//! republished too and ignored by the readers.
+//!
+//! # Expiry and idempotency
+//!
+//! `history_ttl` drops all of a channel's publications `ttl` after its last
+//! one, as on the other engines: a read returns none once the newest is
+//! older than that. Idempotency keys are JetStream message ids
+//! (`<channel>|<key>`), de-duplicated for the stream's duplicate window,
+//! which is the publish's idempotency window (at most `meta_ttl`). A keyed
+//! publish without history goes through a stream of its own
+//! (`<prefix>_once`), republished the same way.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage as Publish;
+use async_nats::jetstream::stream::{self, DirectGetErrorKind, StorageType};
+use async_nats::jetstream::{self, Context};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use tokio::sync::Mutex;
+
+use herald_engine::wire;
+use herald_engine::{
+    ChannelName, EngineError, Epoch, History, HistoryOptions, HistoryQuery, HistoryResult, Offset, Publication,
+    PublishOptions, PublishResult, StreamPosition,
+};
+
+use crate::records::{now_ms, stream_name, unavailable, within, ATTEMPTS};
+use crate::subjects::{token, Subjects};
+
+/// The header naming a marker's epoch.
+const EPOCH_HEADER: &str = "Herald-Epoch";
+
+/// The duplicate window when a publish names none (JetStream's default).
+const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
+
+/// How the streams are stored and replicated.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// Copies of each stream in a NATS cluster (1 on a single server).
+    pub replicas: usize,
+    /// Keep streams in memory rather than on disk (faster; lost when the
+    /// NATS server restarts).
+    pub memory: bool,
+}
+
+/// The top of a channel's stream: its last message.
+#[derive(Debug, Clone)]
+struct Top {
+    sequence: u64,
+    position: StreamPosition,
+    /// Milliseconds since the Unix epoch at which JetStream stored it.
+    stored_ms: u64,
+    /// An empty stream's marker, not a publication.
+    marker: bool,
+}
+
+/// Channels' history streams in JetStream.
+pub struct NatsHistory {
+    jetstream: Context,
+    subjects: Subjects,
+    settings: StreamSettings,
+    /// The stream of each history set made so far, with its duplicate window.
+    sets: Mutex<HashMap<String, (stream::Stream, Duration)>>,
+    once: Mutex<Option<(stream::Stream, Duration)>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsHistory").field("subjects", &self.subjects).finish_non_exhaustive()
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A new epoch: eight hex digits, random.
+fn new_epoch() -> Epoch {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let random = std::collections::hash_map::RandomState::new().hash_one(seed);
+    Epoch::new(&format!("{:08x}", random & 0xffff_ffff))
+}
+
+/// The set a channel's history options put it in.
+fn set_of(options: &HistoryOptions) -> String {
+    format!("s{}m{}", options.size, millis(options.meta_ttl))
+}
+
+impl NatsHistory {
+    pub(crate) fn new(client: async_nats::Client, prefix: &str, settings: StreamSettings, timeout: Duration) -> Self {
+        Self {
+            jetstream: jetstream::new(client),
+            subjects: Subjects::new(prefix),
+            settings,
+            sets: Mutex::default(),
+            once: Mutex::default(),
+            timeout,
+        }
+    }
+
+    fn config(&self, name: String, subjects: String, window: Duration) -> stream::Config {
+        stream::Config {
+            name,
+            subjects: vec![subjects.clone()],
+            duplicate_window: window,
+            allow_direct: true,
+            num_replicas: self.settings.replicas.max(1),
+            storage: match self.settings.memory {
+                true => StorageType::Memory,
+                false => StorageType::File,
+            },
+            republish: Some(stream::Republish {
+                source: subjects,
+                destination: self.subjects.channels_mapped(),
+                headers_only: false,
+            }),
+            ..stream::Config::default()
+        }
+    }
+
+    /// Gets or makes a stream, updating it when its duplicate window or
+    /// age is not `config`'s.
+    async fn ensure(&self, config: stream::Config) -> Result<stream::Stream, EngineError> {
+        match self.jetstream.get_stream(&config.name).await {
+            Ok(found) => {
+                let have = &found.cached_info().config;
+                if have.duplicate_window == config.duplicate_window && have.max_age == config.max_age {
+                    return Ok(found);
+                }
+                let name = config.name.clone();
+                self.jetstream.update_stream(config).await.map_err(unavailable)?;
+                self.jetstream.get_stream(&name).await.map_err(unavailable)
+            }
+            Err(_) => self.jetstream.get_or_create_stream(config).await.map_err(unavailable),
+        }
+    }
+
+    /// The stream of `options`' set, with a duplicate window of `window`
+    /// when given (a read leaves the window as it is).
+    async fn set(
+        &self,
+        options: &HistoryOptions,
+        window: Option<Duration>,
+    ) -> Result<(stream::Stream, String), EngineError> {
+        let set = set_of(options);
+        let mut sets = self.sets.lock().await;
+        let wanted = window.map(|w| if w.is_zero() { DEFAULT_WINDOW } else { w }.min(options.meta_ttl));
+        if let Some((stream, have)) = sets.get(&set) {
+            if wanted.is_none_or(|w| w == *have) {
+                return Ok((stream.clone(), set));
+            }
+        }
+        let window = wanted.unwrap_or(DEFAULT_WINDOW.min(options.meta_ttl));
+        let mut config = self.config(
+            stream_name(self.subjects.prefix(), &format!("h_{set}")),
+            self.subjects.history_set(&set),
+            window,
+        );
+        config.max_messages_per_subject = i64::try_from(options.size.saturating_add(1)).unwrap_or(i64::MAX);
+        config.max_age = options.meta_ttl;
+        let stream = self.ensure(config).await?;
+        sets.insert(set.clone(), (stream.clone(), window));
+        Ok((stream, set))
+    }
+
+    /// The stream for keyed publishes without history, with `window`.
+    async fn once(&self, window: Duration) -> Result<stream::Stream, EngineError> {
+        let window = if window.is_zero() { DEFAULT_WINDOW } else { window };
+        let mut once = self.once.lock().await;
+        if let Some((stream, have)) = &*once {
+            if *have == window {
+                return Ok(stream.clone());
+            }
+        }
+        let mut config = self.config(stream_name(self.subjects.prefix(), "once"), self.subjects.once_all(), window);
+        config.max_age = window;
+        let stream = self.ensure(config).await?;
+        *once = Some((stream.clone(), window));
+        Ok(stream)
+    }
+
+    /// The last message of `subject`, read as a stream top.
+    async fn top(&self, stream: &stream::Stream, subject: &str) -> Result<Option<Top>, EngineError> {
+        let message = match stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => message,
+            Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(unavailable(error)),
+        };
+        let stored_ms = u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        if message.payload.is_empty() {
+            let epoch = message.headers.get(EPOCH_HEADER).map(|v| v.as_str().to_owned()).unwrap_or_default();
+            let position = StreamPosition { offset: Offset::ZERO, epoch: Epoch::new(&epoch) };
+            return Ok(Some(Top { sequence: message.sequence, position, stored_ms, marker: true }));
+        }
+        let decoded = wire::decode(message.payload).map_err(|e| unavailable(format!("{subject}: {e}")))?;
+        let position = StreamPosition { offset: decoded.offset, epoch: decoded.epoch };
+        Ok(Some(Top { sequence: message.sequence, position, stored_ms, marker: false }))
+    }
+
+    /// The top of `subject`, starting the stream with a marker if it is empty.
+    async fn top_or_start(&self, stream: &stream::Stream, subject: &str) -> Result<Top, EngineError> {
+        for _ in 0..ATTEMPTS {
+            if let Some(top) = self.top(stream, subject).await? {
+                return Ok(top);
+            }
+            let epoch = new_epoch();
+            let marker = Publish::build().header(EPOCH_HEADER, epoch.as_str()).expected_last_subject_sequence(0);
+            let ack = self.jetstream.send_publish(subject.to_owned(), marker).await.map_err(unavailable)?;
+            match ack.await {
+                Ok(_) => {}
+                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {}
+                Err(error) => return Err(unavailable(error)),
+            }
+        }
+        Err(unavailable(format!("{subject} changed {ATTEMPTS} times while its stream was started")))
+    }
+
+    /// Appends `publication` to `channel`'s history and broadcasts it.
+    pub(crate) async fn append(
+        &self,
+        channel: &ChannelName,
+        mut publication: Publication,
+        history: &HistoryOptions,
+        options: &PublishOptions,
+    ) -> Result<PublishResult, EngineError> {
+        within(self.timeout, async {
+            let window = options.idempotency_key.as_ref().map(|_| options.idempotency_window);
+            let (stream, set) = self.set(history, window).await?;
+            let subject = self.subjects.history(&set, channel);
+            for _ in 0..ATTEMPTS {
+                let top = self.top(&stream, &subject).await?;
+                let (expected, position) = match &top {
+                    Some(top) => (
+                        top.sequence,
+                        StreamPosition { offset: top.position.offset.next(), epoch: top.position.epoch.clone() },
+                    ),
+                    None => (0, StreamPosition { offset: Offset::new(1), epoch: new_epoch() }),
+                };
+                publication.offset = position.offset;
+                publication.epoch = position.epoch.clone();
+                let mut publish = Publish::build()
+                    .payload(Bytes::from(wire::publication_message(&publication)))
+                    .expected_last_subject_sequence(expected);
+                if let Some(key) = &options.idempotency_key {
+                    publish = publish.message_id(format!("{}|{key}", token(channel.as_str())));
+                }
+                let ack = self.jetstream.send_publish(subject.clone(), publish).await.map_err(unavailable)?;
+                match ack.await {
+                    Ok(ack) if ack.duplicate => {
+                        let earlier = self.position_at(&stream, ack.sequence).await;
+                        let position = earlier.or(top.map(|t| t.position)).unwrap_or_default();
+                        return Ok(PublishResult { position, duplicate: true });
+                    }
+                    Ok(_) => return Ok(PublishResult { position, duplicate: false }),
+                    Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => continue,
+                    Err(error) => return Err(unavailable(error)),
+                }
+            }
+            Err(unavailable(format!("{ATTEMPTS} publishers raced for {channel}'s next offset; try again")))
+        })
+        .await
+    }
+
+    /// Where the stored message at `sequence` landed, if it is still kept.
+    async fn position_at(&self, stream: &stream::Stream, sequence: u64) -> Option<StreamPosition> {
+        let message = stream.direct_get(sequence).await.ok()?;
+        let decoded = wire::decode(message.payload).ok()?;
+        Some(StreamPosition { offset: decoded.offset, epoch: decoded.epoch })
+    }
+
+    /// Broadcasts a keyed publication without history, once per key.
+    pub(crate) async fn publish_once(
+        &self,
+        channel: &ChannelName,
+        publication: &Publication,
+        key: &str,
+        window: Duration,
+    ) -> Result<PublishResult, EngineError> {
+        within(self.timeout, async {
+            self.once(window).await?;
+            let publish = Publish::build()
+                .payload(Bytes::from(wire::publication_message(publication)))
+                .message_id(format!("{}|{key}", token(channel.as_str())));
+            let ack = self.jetstream.send_publish(self.subjects.once(channel), publish).await.map_err(unavailable)?;
+            let ack = ack.await.map_err(unavailable)?;
+            Ok(PublishResult { position: StreamPosition::default(), duplicate: ack.duplicate })
+        })
+        .await
+    }
+
+    /// Every message of `subject`, oldest first, up to `top`.
+    async fn read_subject(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        top: u64,
+    ) -> Result<Vec<Arc<Publication>>, EngineError> {
+        let mut publications = Vec::new();
+        let mut next = None;
+        loop {
+            let message = match stream.direct_get_next_for_subject(subject, next).await {
+                Ok(message) => message,
+                Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
+                Err(error) => return Err(unavailable(error)),
+            };
+            if message.sequence > top {
+                break;
+            }
+            next = Some(message.sequence.saturating_add(1));
+            if message.payload.is_empty() {
+                continue;
+            }
+            match wire::decode(message.payload) {
+                Ok(wire::Message { kind: wire::Kind::Publication(publication), .. }) => {
+                    publications.push(Arc::new(publication))
+                }
+                Ok(_) => tracing::warn!(subject, "a join or leave in a history stream; skipped"),
+                Err(error) => tracing::warn!(subject, %error, "an unreadable history entry; skipped"),
+            }
+            if message.sequence == top {
+                break;
+            }
+        }
+        Ok(publications)
+    }
+}
+
+#[async_trait]
+impl History for NatsHistory {
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+        options: &HistoryOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        within(self.timeout, async {
+            let (stream, set) = self.set(options, None).await?;
+            let subject = self.subjects.history(&set, channel);
+            let top = self.top_or_start(&stream, &subject).await?;
+            let expired = top.stored_ms.saturating_add(millis(options.ttl)) <= now_ms();
+            if query.limit == 0 || top.marker || expired {
+                return Ok(HistoryResult { position: top.position, publications: Vec::new() });
+            }
+            let mut publications = self.read_subject(&stream, &subject, top.sequence).await?;
+            let surplus = publications.len().saturating_sub(options.size);
+            publications.drain(..surplus);
+            Ok(query.select(top.position, publications))
+        })
+        .await
+    }
+
+    async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        within(self.timeout, async {
+            let sets = format!("{}h_", stream_name(self.subjects.prefix(), ""));
+            let names: Vec<String> = self.jetstream.stream_names().try_collect().await.map_err(unavailable)?;
+            for name in names {
+                let Some(set) = name.strip_prefix(&sets) else { continue };
+                let stream = self.jetstream.get_stream(&name).await.map_err(unavailable)?;
+                stream.purge().filter(self.subjects.history(set, channel)).await.map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}

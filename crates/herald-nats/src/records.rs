@@ -1,0 +1,226 @@
+//! Records kept in a JetStream stream, one per subject, changed by
+//! compare-and-set: the state behind presence and occupancy.
+//!
+//! A record is the one message of its subject (the stream keeps at most
+//! one per subject). Writing it names the sequence of the message it
+//! replaces (`Nats-Expected-Last-Subject-Sequence`, 0 for none), so of two
+//! writers that read the same record exactly one succeeds and the other
+//! reads again; deleting it names its sequence too, which fails once a
+//! newer write replaced it. Every change is therefore atomic per record,
+//! which is what makes "exactly one caller sees the first arrival / the
+//! last departure" hold across nodes.
+//!
+//! The stream's `max_age` only collects records nobody has touched for a
+//! long time (their every node died and nobody swept them); live records
+//! are rewritten far more often.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage as Publish;
+use async_nats::jetstream::stream::{self, DeleteMessageErrorKind, DirectGetErrorKind};
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::{self, Context};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use herald_engine::EngineError;
+
+use crate::history::StreamSettings;
+
+/// How many times a compare-and-set change is tried before giving up.
+pub(crate) const ATTEMPTS: usize = 32;
+
+/// How many records are read at once when listing.
+const READS_IN_FLIGHT: usize = 16;
+
+pub(crate) fn unavailable(error: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(format!("nats: {error}"))
+}
+
+/// Runs `work`, failing with `Unavailable` after `timeout`.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    tokio::time::timeout(timeout, work).await.map_err(|_| unavailable("no answer within the command timeout"))?
+}
+
+/// Milliseconds since the Unix epoch, by this node's clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+/// `now_ms() + ttl`, saturating.
+pub(crate) fn expiry(ttl: Duration) -> u64 {
+    now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A stream name from the subject prefix: letters, digits and `-`, the
+/// rest `_`.
+pub(crate) fn stream_name(prefix: &str, part: &str) -> String {
+    let safe: String = prefix.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    format!("{safe}_{part}")
+}
+
+/// A record as read: its value and the sequence a change must name.
+#[derive(Debug)]
+pub(crate) struct Read<T> {
+    pub(crate) subject: String,
+    pub(crate) sequence: u64,
+    pub(crate) value: T,
+}
+
+/// One stream of records under `<subjects>` (a filter such as
+/// `herald.pr.*.*`), made on first use.
+pub(crate) struct Records {
+    jetstream: Context,
+    name: String,
+    subjects: String,
+    settings: StreamSettings,
+    made: Mutex<Option<(stream::Stream, Duration)>>,
+    pub(crate) timeout: Duration,
+}
+
+impl std::fmt::Debug for Records {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Records").field("stream", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Records {
+    pub(crate) fn new(
+        client: async_nats::Client,
+        name: String,
+        subjects: String,
+        settings: StreamSettings,
+        timeout: Duration,
+    ) -> Self {
+        Self { jetstream: jetstream::new(client), name, subjects, settings, made: Mutex::new(None), timeout }
+    }
+
+    /// The stream, made (or its age updated) to collect untouched records
+    /// after `max_age`; with `None`, the stream as it is, if any node made it.
+    pub(crate) async fn stream(&self, max_age: Option<Duration>) -> Result<Option<stream::Stream>, EngineError> {
+        let mut made = self.made.lock().await;
+        match (&*made, max_age) {
+            (Some((stream, age)), Some(wanted)) if *age == wanted => return Ok(Some(stream.clone())),
+            (Some((stream, _)), None) => return Ok(Some(stream.clone())),
+            _ => {}
+        }
+        let Some(max_age) = max_age else {
+            return Ok(self.jetstream.get_stream(&self.name).await.ok());
+        };
+        let config = stream::Config {
+            name: self.name.clone(),
+            subjects: vec![self.subjects.clone()],
+            max_messages_per_subject: 1,
+            max_age,
+            allow_direct: true,
+            num_replicas: self.settings.replicas.max(1),
+            storage: match self.settings.memory {
+                true => stream::StorageType::Memory,
+                false => stream::StorageType::File,
+            },
+            ..stream::Config::default()
+        };
+        let stream = match self.jetstream.get_stream(&self.name).await {
+            Ok(found) if found.cached_info().config.max_age == max_age => found,
+            Ok(_) => {
+                self.jetstream.update_stream(config).await.map_err(unavailable)?;
+                self.jetstream.get_stream(&self.name).await.map_err(unavailable)?
+            }
+            Err(_) => self.jetstream.get_or_create_stream(config).await.map_err(unavailable)?,
+        };
+        *made = Some((stream.clone(), max_age));
+        Ok(Some(stream))
+    }
+
+    /// The stream, made for `max_age` if it was not.
+    pub(crate) async fn made(&self, max_age: Duration) -> Result<stream::Stream, EngineError> {
+        self.stream(Some(max_age)).await?.ok_or_else(|| unavailable(format!("stream {} was not made", self.name)))
+    }
+
+    /// The record at `subject`, if there is one.
+    pub(crate) async fn read<T: DeserializeOwned>(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+    ) -> Result<Option<Read<T>>, EngineError> {
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => match serde_json::from_slice(&message.payload) {
+                Ok(value) => Ok(Some(Read { subject: subject.to_owned(), sequence: message.sequence, value })),
+                Err(error) => {
+                    // Not written by Herald: it must not block the subject for good.
+                    tracing::warn!(subject, %error, "an unreadable record in nats; deleted");
+                    self.delete(stream, message.sequence).await?;
+                    Ok(None)
+                }
+            },
+            Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    /// Writes `value` at `subject` if its record is still the one at
+    /// `expected` (0: none). False when another writer came first.
+    pub(crate) async fn write<T: Serialize>(
+        &self,
+        subject: &str,
+        value: &T,
+        expected: u64,
+    ) -> Result<bool, EngineError> {
+        let payload = serde_json::to_vec(value).map_err(unavailable)?;
+        let publish = Publish::build().payload(Bytes::from(payload)).expected_last_subject_sequence(expected);
+        let ack = self.jetstream.send_publish(subject.to_owned(), publish).await.map_err(unavailable)?;
+        match ack.await {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    /// Writes `value` at `subject`, whatever was there.
+    pub(crate) async fn put<T: Serialize>(&self, subject: &str, value: &T) -> Result<(), EngineError> {
+        let payload = serde_json::to_vec(value).map_err(unavailable)?;
+        let ack = self.jetstream.publish(subject.to_owned(), Bytes::from(payload)).await.map_err(unavailable)?;
+        ack.await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Deletes the record at `sequence`. False when a newer write replaced
+    /// it (or another caller deleted it) first.
+    pub(crate) async fn delete(&self, stream: &stream::Stream, sequence: u64) -> Result<bool, EngineError> {
+        match stream.delete_message(sequence).await {
+            Ok(_) => Ok(true),
+            Err(error) => match error.kind() {
+                DeleteMessageErrorKind::JetStream(e)
+                    if e.error_code() == ErrorCode::NO_MESSAGE_FOUND
+                        || e.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED =>
+                {
+                    Ok(false)
+                }
+                _ => Err(unavailable(error)),
+            },
+        }
+    }
+
+    /// Every record whose subject matches `filter`. A record deleted
+    /// between the listing and its read is left out.
+    pub(crate) async fn read_all<T: DeserializeOwned>(
+        &self,
+        stream: &stream::Stream,
+        filter: &str,
+    ) -> Result<Vec<Read<T>>, EngineError> {
+        let subjects: Vec<(String, usize)> =
+            stream.info_with_subjects(filter).await.map_err(unavailable)?.try_collect().await.map_err(unavailable)?;
+        let reads = futures_util::stream::iter(subjects)
+            .map(|(subject, _)| async move { self.read::<T>(stream, &subject).await })
+            .buffer_unordered(READS_IN_FLIGHT);
+        let found: Vec<Option<Read<T>>> = reads.try_collect().await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+}

@@ -11,7 +11,8 @@
 //! gets its command too). When the connection to NATS drops, the client
 //! reconnects and resubscribes by itself; messages sent meanwhile are
 //! lost, so the node is told with `EngineEvent::Interrupted` when the
-//! connection comes back, and its positioned subscribers recover.
+//! connection drops (its positioned subscribers are ended, to recover) and
+//! again when it comes back (for any that subscribed in between).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,6 +113,16 @@ impl NatsBroker {
         self.history.clone()
     }
 
+    /// Fails at once while the connection is down, rather than queueing
+    /// until the command timeout: a publish then gets its error in time to
+    /// be retried elsewhere.
+    fn connected(&self) -> Result<(), EngineError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(unavailable("not connected to any server (reconnecting)")),
+        }
+    }
+
     fn handler(&self) -> Result<Arc<dyn EventHandler>, EngineError> {
         self.handler.get().cloned().ok_or(EngineError::NotStarted)
     }
@@ -149,13 +160,19 @@ impl NatsBroker {
     }
 }
 
-/// Reports a connection that came back after it was lost: what was sent
-/// meanwhile never reached this node.
+/// Reports a lost connection, and again the connection coming back: what
+/// was sent meanwhile never reached this node.
 fn on_connection_event(event: &async_nats::Event, handler: &Handler, lost: &AtomicBool) {
     match event {
         async_nats::Event::Disconnected => {
-            lost.store(true, Ordering::Relaxed);
-            tracing::warn!("lost the connection to nats; reconnecting");
+            // Positioned subscribers stop now (to recover once NATS is back)
+            // rather than wait on a stream that has stopped.
+            if !lost.swap(true, Ordering::Relaxed) {
+                tracing::warn!("lost the connection to nats; reconnecting");
+                if let Some(handler) = handler.get() {
+                    handler.handle(EngineEvent::Interrupted);
+                }
+            }
         }
         async_nats::Event::Connected => {
             if lost.swap(false, Ordering::Relaxed) {
@@ -195,6 +212,7 @@ impl Broker for NatsBroker {
         publication: Publication,
         options: &PublishOptions,
     ) -> Result<PublishResult, EngineError> {
+        self.connected()?;
         if let Some(history) = &options.history {
             return self.history.append(channel, publication, history, options).await;
         }
@@ -206,6 +224,7 @@ impl Broker for NatsBroker {
     }
 
     async fn publish_presence(&self, channel: &ChannelName, event: PresenceEvent) -> Result<(), EngineError> {
+        self.connected()?;
         self.send(self.subjects.channel(channel), wire::presence_message(&event)).await
     }
 

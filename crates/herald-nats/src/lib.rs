@@ -55,6 +55,13 @@ pub use subjects::Subjects;
 
 use herald_engine::{Engine, EngineError};
 
+/// Whether `address` is a NATS server URL this engine can connect to
+/// (`nats://host:port` or `tls://host:port`).
+pub fn valid_address(address: &str) -> bool {
+    (address.starts_with("nats://") || address.starts_with("tls://"))
+        && address.parse::<async_nats::ServerAddr>().is_ok()
+}
+
 /// The `nats` engine's parts, on one connection.
 #[derive(Debug)]
 pub struct NatsEngine {

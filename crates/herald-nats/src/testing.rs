@@ -8,7 +8,7 @@
 //! so it dies with the test however the test ends.
 
 // A test harness: failing the test loudly is its job.
-#![allow(clippy::expect_used, clippy::arithmetic_side_effects)]
+#![allow(clippy::expect_used, clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -31,6 +31,9 @@ pub struct NatsServer {
     port: u16,
     name: String,
     dir: PathBuf,
+    /// Arguments beyond the client port, name, JetStream and store (a
+    /// cluster member's routes).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -41,19 +44,25 @@ fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a server on a free port.
     pub fn start() -> Self {
+        Self::start_with(free_port(), Vec::new())
+    }
+
+    fn start_with(port: u16, extra: Vec<String>) -> Self {
         if let Err(e) = Command::new("nats-server").arg("--version").stdout(Stdio::null()).status() {
             panic!("cannot run nats-server ({e}); install it (Debian: apt-get install nats-server)");
         }
         let name = format!("herald-test-{}-{}", std::process::id(), free_port());
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).expect("a store directory for nats-server");
+        let mut port = port;
         for _ in 0..5 {
-            let mut server = Self { port: free_port(), name: name.clone(), dir: dir.clone(), child: None };
+            let mut server = Self { port, name: name.clone(), dir: dir.clone(), extra: extra.clone(), child: None };
             server.spawn();
             if server.answers() {
                 return server;
             }
             server.stop();
+            port = free_port();
         }
         panic!("nats-server did not start on a free port after 5 tries");
     }
@@ -95,6 +104,7 @@ impl NatsServer {
             .arg(WATCHDOG)
             .arg("nats-watchdog")
             .args(args)
+            .args(&self.extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -124,5 +134,65 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three (or more) `nats-server`s routed into one cluster with clustered
+/// JetStream, each with its own store; any of them can be stopped and
+/// restarted.
+#[derive(Debug)]
+pub struct NatsCluster {
+    servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers routed to each other.
+    pub fn start(n: usize) -> Self {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let all_routes = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let cluster_name = format!("herald-test-{}-{}", std::process::id(), free_port());
+        let servers = routes
+            .iter()
+            .map(|route| {
+                let extra = vec![
+                    "--cluster_name".to_owned(),
+                    cluster_name.clone(),
+                    "--cluster".to_owned(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".to_owned(),
+                    all_routes.clone(),
+                ];
+                NatsServer::start_with(free_port(), extra)
+            })
+            .collect();
+        Self { servers }
+    }
+
+    /// Every server's `nats://127.0.0.1:<port>`.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(NatsServer::url).collect()
+    }
+
+    /// The `i`th server, to stop or restart.
+    pub fn server(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.servers[i]
+    }
+
+    /// Waits until the cluster has elected its JetStream leader and serves
+    /// JetStream requests.
+    pub async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let client = async_nats::connect(self.servers[0].url()).await.expect("connect to the nats cluster");
+        // A raw request: this client cannot parse nats-server 2.9's account info.
+        let answers = || async {
+            let reply = client.request("$JS.API.INFO", bytes::Bytes::new()).await;
+            reply.is_ok_and(|m| {
+                m.payload.starts_with(b"{") && !String::from_utf8_lossy(&m.payload).contains("\"error\"")
+            })
+        };
+        while !answers().await {
+            assert!(tokio::time::Instant::now() < deadline, "the nats cluster's JetStream did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -241,6 +241,8 @@ async fn serve_async(
         config::EngineConfig::Memory(_) => "memory",
         config::EngineConfig::Redis(_) => "redis",
         config::EngineConfig::RedisCluster(_) => "redis_cluster",
+        config::EngineConfig::Nats(nats) if nats.redis_address.is_some() => "nats+redis",
+        config::EngineConfig::Nats(_) => "nats",
     };
     let (ws, web) = if config.http.tls_cert.is_some() { ("wss", "https") } else { ("ws", "http") };
     let pusher_apps: Vec<(String, String)> = config.pusher.apps.iter().map(|a| (a.id.clone(), a.key.clone())).collect();

@@ -47,6 +47,7 @@ pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod driver;
+mod engines;
 mod events;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -20,13 +20,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use herald_core::{ChannelRules, Hub, HubConfig};
-use herald_engine::{DisconnectReason, Engine, Health, MemoryLimits, NodeId};
-use herald_redis::{RedisEngine, RedisSettings};
+use herald_engine::{DisconnectReason, Health, NodeId};
 
 use crate::api::{self, ApiState};
 use crate::auth::TokenVerifier;
 use crate::centrifuge::{self, CentrifugeEncoder, SessionSettings, Shared};
-use crate::config::{Config, EngineConfig};
+use crate::config::Config;
 use crate::driver::DriverSettings;
 use crate::http::admission::{Limits, Permit};
 use crate::http::body::BodyLimits;
@@ -80,44 +79,7 @@ pub struct Node {
 impl Node {
     /// Builds the engine, hub and front-ends. Fails loudly; never falls back.
     pub async fn build(config: Config) -> anyhow::Result<Node> {
-        let engine: Engine = match &config.engine {
-            EngineConfig::Memory(memory) => Engine::memory_with(MemoryLimits { max_streams: memory.max_streams }),
-            EngineConfig::Redis(redis) => {
-                let sharded = !redis.shards.is_empty();
-                let settings = RedisSettings {
-                    addresses: if sharded { redis.shards.clone() } else { vec![redis.address.clone()] },
-                    prefix: redis.prefix.clone(),
-                    command_timeout: redis.command_timeout,
-                    subscriber_connections: redis.subscriber_connections,
-                };
-                let unreachable = |e| {
-                    anyhow::anyhow!(
-                        "cannot reach Redis at {:?}: {e}; is it running? check engine.address / engine.shards",
-                        settings.addresses
-                    )
-                };
-                if sharded {
-                    RedisEngine::sharded(&settings).await.map_err(unreachable)?.into_engine()
-                } else {
-                    RedisEngine::single(&settings).await.map_err(unreachable)?.into_engine()
-                }
-            }
-            EngineConfig::RedisCluster(cluster) => {
-                let settings = RedisSettings {
-                    addresses: cluster.addresses.clone(),
-                    prefix: cluster.prefix.clone(),
-                    command_timeout: cluster.command_timeout,
-                    subscriber_connections: 1,
-                };
-                let engine = RedisEngine::cluster(&settings).await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot reach the Redis Cluster at {:?}: {e}; is it running and formed? check engine.addresses",
-                        cluster.addresses
-                    )
-                })?;
-                engine.into_engine()
-            }
-        };
+        let engine = crate::engines::build(&config.engine).await?;
         let metrics = Arc::new(Metrics::new());
         let engine = engine.wrapped(&metrics::Metering(metrics.clone()));
         let node_id = NodeId::from(uuid::Uuid::new_v4().to_string());

@@ -239,7 +239,8 @@ impl Default for HttpConfig {
     }
 }
 
-/// The engine: `type = "memory"` (one node, the default) or `type = "redis"`.
+/// The engine: `type = "memory"` (one node, the default), `"redis"`,
+/// `"redis_cluster"` or `"nats"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EngineConfig {
@@ -249,6 +250,8 @@ pub enum EngineConfig {
     Redis(RedisEngineConfig),
     /// Nodes sharing a Redis Cluster (Redis 7+, sharded pub/sub) form a cluster.
     RedisCluster(RedisClusterEngineConfig),
+    /// Nodes sharing a NATS server or cluster (with JetStream) form a cluster.
+    Nats(NatsEngineConfig),
 }
 
 impl Default for EngineConfig {
@@ -327,6 +330,54 @@ impl Default for RedisClusterEngineConfig {
             addresses: vec!["redis://127.0.0.1:7000".into()],
             prefix: "herald".into(),
             command_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[engine] type = "nats"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsEngineConfig {
+    /// Servers of the NATS cluster, `nats://host:port` (`tls://` for TLS;
+    /// credentials as `nats://user:password@host:port`).
+    pub addresses: Vec<String>,
+    /// First tokens of every subject and of the JetStream streams' names,
+    /// so several Herald clusters can share one NATS.
+    pub prefix: String,
+    /// How long one request to NATS may take before it fails.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Copies JetStream keeps of each of Herald's streams: 1 on a single
+    /// server, 3 on a three-server cluster to survive losing one.
+    pub replicas: usize,
+    /// `"file"` (survives a NATS restart) or `"memory"` (faster; history,
+    /// presence and positions are lost when NATS restarts).
+    pub storage: NatsStorage,
+    /// Keep presence, occupancy and the node registry in this Redis
+    /// (`redis://host:port`) instead of JetStream; publications and history
+    /// stay on NATS.
+    pub redis_address: Option<String>,
+}
+
+/// Where JetStream keeps Herald's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatsStorage {
+    /// On disk.
+    File,
+    /// In memory.
+    Memory,
+}
+
+impl Default for NatsEngineConfig {
+    fn default() -> Self {
+        Self {
+            addresses: vec!["nats://127.0.0.1:4222".into()],
+            prefix: "herald".into(),
+            command_timeout: Duration::from_secs(5),
+            replicas: 1,
+            storage: NatsStorage::File,
+            redis_address: None,
         }
     }
 }

@@ -76,6 +76,15 @@ max_unsent_bytes = 131072
 #   addresses = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
 #   prefix = "herald"
 #   command_timeout = "5s"
+# "nats": nodes sharing a NATS server or cluster with JetStream (-js); then set
+#   addresses = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+#   prefix = "herald"              # subjects and stream names start with this
+#   command_timeout = "5s"
+#   replicas = 1                   # 3 on a three-server NATS cluster
+#   storage = "file"               # or "memory": faster, lost on NATS restart
+#   redis_address = "redis://127.0.0.1:6379"
+#                                  # optional: presence, occupancy and the node
+#                                  # registry in Redis instead of JetStream
 type = "memory"
 
 [client]

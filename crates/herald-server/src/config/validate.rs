@@ -140,6 +140,10 @@ impl Config {
                 named.extend(redis.shards.iter().map(|a| ("engine.shards", a.as_str())));
                 (named, &redis.prefix, redis.command_timeout)
             }
+            super::EngineConfig::Nats(nats) => {
+                let named = nats.redis_address.iter().map(|a| ("engine.redis_address", a.as_str())).collect();
+                (named, "herald", nats.command_timeout)
+            }
             super::EngineConfig::RedisCluster(cluster) => {
                 if cluster.addresses.is_empty() {
                     problems.push("engine.addresses: name at least one node of the Redis Cluster".to_owned());
@@ -148,6 +152,9 @@ impl Config {
                 (named, &cluster.prefix, cluster.command_timeout)
             }
         };
+        if let super::EngineConfig::Nats(nats) = &self.engine {
+            problems.extend(nats_problems(nats));
+        }
         for (setting, address) in addresses {
             if !is_url(address) {
                 problems.push(format!(
@@ -389,4 +396,30 @@ impl Config {
             problems.push("client.refresh_proxy: only connections the connect proxy made are refreshed by it; set client.connect_proxy".to_owned());
         }
     }
+}
+
+/// What is wrong with a `nats` engine's settings.
+fn nats_problems(nats: &super::NatsEngineConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if nats.addresses.is_empty() {
+        problems.push("engine.addresses: name at least one NATS server (nats://host:port)".to_owned());
+    }
+    for address in &nats.addresses {
+        if !herald_nats::valid_address(address) {
+            problems.push(format!(
+                "engine.addresses: `{address}` is not a NATS URL; write nats://host:port (or tls:// for TLS)"
+            ));
+        }
+    }
+    let token_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !nats.prefix.split('.').all(token_ok) {
+        problems.push(format!(
+            "engine.prefix: `{}` is not a subject prefix; use letters, digits, - and _ in dot-separated tokens",
+            nats.prefix
+        ));
+    }
+    if nats.replicas == 0 || nats.replicas > 5 {
+        problems.push("engine.replicas: must be 1 to 5 (JetStream's limit); 3 on a three-server cluster".to_owned());
+    }
+    problems
 }

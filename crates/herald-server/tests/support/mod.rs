@@ -14,6 +14,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub(crate) mod follower;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -230,3 +230,20 @@ fn a_namespace_write_delay_is_read_as_a_duration() {
     assert_eq!(config.channel.namespaces["ticks"].write_delay, std::time::Duration::from_millis(10));
     assert!(config.channel.without_namespace.write_delay.is_zero(), "off unless asked for");
 }
+
+#[test]
+fn a_nats_engine_is_read_with_its_defaults_and_its_mistakes_listed_together() {
+    let f = file("[engine]\ntype = \"nats\"\naddresses = [\"nats://10.0.0.1:4222\"]\nreplicas = 3\n");
+    let config = load(&sources(Some(&f), &[], &[])).unwrap();
+    let crate::config::EngineConfig::Nats(nats) = &config.engine else { panic!("{:?}", config.engine) };
+    assert_eq!((nats.prefix.as_str(), nats.replicas, nats.storage), ("herald", 3, crate::config::NatsStorage::File));
+    assert!(config.validate().is_empty(), "{:?}", config.validate());
+
+    let f = file(
+        "[engine]\ntype = \"nats\"\naddresses = [\"http://x:1\"]\nprefix = \"a..b\"\nreplicas = 0\nredis_address = \"nats://y:2\"\n",
+    );
+    let problems = format!("{:?}", load(&sources(Some(&f), &[], &[])).unwrap_err());
+    for expected in ["engine.addresses", "engine.prefix", "engine.replicas", "engine.redis_address"] {
+        assert!(problems.contains(expected), "{expected} in:\n{problems}");
+    }
+}

@@ -1,0 +1,85 @@
+//! Builds the engine a node runs on from `[engine]`: memory, Redis (one,
+//! sharded, or a Redis Cluster), or NATS (alone, or with presence,
+//! occupancy and the node registry on Redis). Fails loudly, saying what to
+//! check; never falls back to another engine.
+
+use std::sync::Arc;
+
+use herald_engine::{Engine, MemoryLimits};
+use herald_nats::{NatsEngine, NatsSettings, StreamSettings};
+use herald_redis::{RedisEngine, RedisSettings};
+
+use crate::config::{EngineConfig, NatsEngineConfig, NatsStorage};
+
+/// The engine `config` describes, connected.
+pub(crate) async fn build(config: &EngineConfig) -> anyhow::Result<Engine> {
+    let engine = match config {
+        EngineConfig::Memory(memory) => Engine::memory_with(MemoryLimits { max_streams: memory.max_streams }),
+        EngineConfig::Redis(redis) => {
+            let sharded = !redis.shards.is_empty();
+            let settings = RedisSettings {
+                addresses: if sharded { redis.shards.clone() } else { vec![redis.address.clone()] },
+                prefix: redis.prefix.clone(),
+                command_timeout: redis.command_timeout,
+                subscriber_connections: redis.subscriber_connections,
+            };
+            let unreachable = |e| {
+                anyhow::anyhow!(
+                    "cannot reach Redis at {:?}: {e}; is it running? check engine.address / engine.shards",
+                    settings.addresses
+                )
+            };
+            if sharded {
+                RedisEngine::sharded(&settings).await.map_err(unreachable)?.into_engine()
+            } else {
+                RedisEngine::single(&settings).await.map_err(unreachable)?.into_engine()
+            }
+        }
+        EngineConfig::RedisCluster(cluster) => {
+            let settings = RedisSettings {
+                addresses: cluster.addresses.clone(),
+                prefix: cluster.prefix.clone(),
+                command_timeout: cluster.command_timeout,
+                subscriber_connections: 1,
+            };
+            let engine = RedisEngine::cluster(&settings).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the Redis Cluster at {:?}: {e}; is it running and formed? check engine.addresses",
+                    cluster.addresses
+                )
+            })?;
+            engine.into_engine()
+        }
+        EngineConfig::Nats(nats) => nats_engine(nats).await?,
+    };
+    Ok(engine)
+}
+
+/// The `nats` engine, with presence, occupancy and the registry on Redis
+/// when `redis_address` is set.
+async fn nats_engine(nats: &NatsEngineConfig) -> anyhow::Result<Engine> {
+    let settings = NatsSettings {
+        addresses: nats.addresses.clone(),
+        prefix: nats.prefix.clone(),
+        command_timeout: nats.command_timeout,
+        streams: StreamSettings { replicas: nats.replicas, memory: nats.storage == NatsStorage::Memory },
+    };
+    let parts = NatsEngine::connect(&settings).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach NATS at {:?}: {e}; is it running, with JetStream (-js)? check engine.addresses",
+            nats.addresses
+        )
+    })?;
+    let Some(address) = &nats.redis_address else { return Ok(parts.into_engine()) };
+    let redis_settings = RedisSettings {
+        addresses: vec![address.clone()],
+        prefix: nats.prefix.clone(),
+        command_timeout: nats.command_timeout,
+        subscriber_connections: 1,
+    };
+    let redis = RedisEngine::single(&redis_settings).await.map_err(|e| {
+        anyhow::anyhow!("cannot reach Redis at {address}: {e}; is it running? check engine.redis_address")
+    })?;
+    let redis = Arc::new(redis);
+    Ok(Engine::from_parts("nats+redis", parts.broker, parts.history, redis.clone(), redis.clone(), redis))
+}

@@ -1,10 +1,11 @@
-// Three Herald nodes sharing one Redis form a cluster. The official Centrifuge
-// JavaScript client (npm `centrifuge`) talks to real `herald serve` processes
-// on every node; publications, presence, join/leave and recovery must work
-// across them as if there were one server.
+// Three Herald nodes sharing one Redis, and then one NATS, form a cluster.
+// The official Centrifuge JavaScript client (npm `centrifuge`) talks to real
+// `herald serve` processes on every node; publications, presence,
+// join/leave and recovery must work across them as if there were one
+// server, whichever backplane carries them.
 //
-// The tests start their own redis-server on a free port and never use any
-// other Redis. Run with: cd tests/compat && npm install && npm test
+// The tests start their own redis-server and nats-server on free ports and
+// never use any other. Run with: cd tests/compat && npm install && npm test
 
 import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,7 +20,7 @@ import {
   subscribed,
   waitFor,
 } from './lib/herald.mjs';
-import { startRedis } from './lib/redis.mjs';
+import { BACKPLANES, backplane } from './lib/nats.mjs';
 
 // Clients a test opens; each is disconnected after the test, pass or fail.
 const clients = [];
@@ -30,15 +31,11 @@ afterEach(() => {
   }
 });
 
-/** The configuration of every node of a cluster on `redisUrl`: one secret, one API key, one set of namespaces. */
-function clusterConfig(redisUrl) {
+/** The configuration of every node of a cluster on `engine`: one secret, one API key, one set of namespaces. */
+function clusterConfig(engine) {
   const { client, api } = defaultConfig();
   return {
-    engine: {
-      type: 'redis',
-      address: redisUrl,
-      prefix: `herald-compat-${process.pid}`,
-    },
+    engine,
     client,
     api,
     channel: {
@@ -70,20 +67,20 @@ function range(from, to) {
   return Array.from({ length: to - from + 1 }, (_, i) => from + i);
 }
 
-describe('three herald nodes sharing one Redis', () => {
-  let redis;
+for (const kind of BACKPLANES) describe(`three herald nodes sharing one ${kind}`, () => {
+  let shared;
   // Nodes A, B and C, in that order.
   let nodes = [];
 
   before(async () => {
-    redis = await startRedis();
-    const config = clusterConfig(redis.url);
+    shared = await backplane(kind, `herald-compat-${process.pid}`);
+    const config = clusterConfig(shared.engine);
     nodes = await Promise.all([1, 2, 3].map(() => startHerald(config)));
   });
 
   after(async () => {
     await Promise.allSettled(nodes.map((node) => node.stop()));
-    await redis?.stop();
+    await shared?.stop();
   });
 
   /** Opens a client for `user` on `node` and waits until it is connected. */

@@ -1,35 +1,33 @@
-// Two Herald nodes sharing one Redis serve one Pusher app as a cluster.
+// Two Herald nodes sharing one Redis, and then one NATS, serve one Pusher
+// app as a cluster.
 // pusher-js, laravel-echo and the `pusher` server SDK talk to both nodes;
 // triggers, presence, client events, webhooks and channel queries must
 // behave as if there were one server.
 //
-// The test starts its own redis-server on a free port and never uses any
-// other Redis. Run with: cd tests/compat && npm install && node --test pusher-cluster.test.mjs
+// The test starts its own redis-server and nats-server on free ports and
+// never uses any other. Run with: cd tests/compat && npm install && node --test pusher-cluster.test.mjs
 
 import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { json, startHeraldWithPusher, uniqueName, until, within } from './lib/pusher.mjs';
-import { startRedis } from './lib/redis.mjs';
+import { BACKPLANES, backplane } from './lib/nats.mjs';
 
 const A = 0;
 const B = 1;
 
-describe('two herald nodes sharing one Redis, speaking Pusher', () => {
-  let redis;
+for (const kind of BACKPLANES) describe(`two herald nodes sharing one ${kind}, speaking Pusher`, () => {
+  let shared;
   let env;
 
   before(async () => {
-    redis = await startRedis();
-    env = await startHeraldWithPusher(
-      { engine: { type: 'redis', address: redis.url, prefix: `herald-compat-pusher-${process.pid}` } },
-      { nodes: 2 },
-    );
+    shared = await backplane(kind, `herald-compat-pusher-${process.pid}`);
+    env = await startHeraldWithPusher({ engine: shared.engine }, { nodes: 2 });
   });
 
   after(async () => {
     await env?.stop();
-    await redis?.stop();
+    await shared?.stop();
   });
 
   afterEach(() => env.closeClients());

@@ -1,0 +1,121 @@
+// A private nats-server (with JetStream) for the cluster tests, and the
+// backplanes those tests run over.
+//
+// startNats() runs `nats-server -js` on a free port of 127.0.0.1 with a
+// store directory of its own, and resolves once the server greets a client.
+// backplane(kind) starts a Redis or a NATS and gives the `[engine]` table
+// of the nodes that share it. Tests never touch a server they did not start.
+
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+import { freePort, startRedis } from './redis.mjs';
+
+const running = new Set();
+process.on('exit', () => {
+  for (const child of running) {
+    child.kill('SIGKILL');
+  }
+});
+
+/** Where nats-server is: NATS_SERVER, else `nats-server` on the PATH. */
+function natsBinary() {
+  const bin = process.env.NATS_SERVER ?? 'nats-server';
+  const probe = spawnSync(bin, ['--version'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0) {
+    throw new Error(
+      `nats-server not found (tried \`${bin} --version\`: ${probe.error?.message ?? probe.stderr}): ` +
+        'the cluster tests over NATS need their own; install nats-server or point NATS_SERVER at one',
+    );
+  }
+  return bin;
+}
+
+/** Resolves true if a NATS server on `port` greets with INFO, false otherwise. */
+function greets(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    const done = (answer) => {
+      socket.destroy();
+      resolve(answer);
+    };
+    socket.setTimeout(1000, () => done(false));
+    socket.once('error', () => done(false));
+    socket.setEncoding('utf8').once('data', (chunk) => done(chunk.startsWith('INFO ')));
+  });
+}
+
+/** Starts nats-server with JetStream on a free port; resolves once it greets. */
+export async function startNats({ startTimeout = 10000 } = {}) {
+  const bin = natsBinary();
+  const port = await freePort();
+  const store = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-compat-nats-'));
+  const child = spawn(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  running.add(child);
+  let output = '';
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.setEncoding('utf8').on('data', (chunk) => {
+      output += chunk;
+    });
+  }
+  let exit = null;
+  const exited = new Promise((resolve) => {
+    child.once('exit', (code, signal) => {
+      running.delete(child);
+      exit = { code, signal };
+      resolve(exit);
+    });
+  });
+  child.once('error', () => {});
+
+  const deadline = Date.now() + startTimeout;
+  while (!(await greets(port))) {
+    if (exit !== null || Date.now() >= deadline) {
+      child.kill('SIGKILL');
+      throw new Error(
+        `nats-server on port ${port} did not greet ` +
+          `(${exit ? `exited with ${JSON.stringify(exit)}` : `within ${startTimeout} ms`}); output:\n${output}`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+
+  return {
+    port,
+    url: `nats://127.0.0.1:${port}`,
+    output: () => output,
+    /** Kills nats-server, removes its store, and resolves once it has exited. */
+    async stop() {
+      if (exit === null) {
+        child.kill('SIGKILL');
+      }
+      const result = await exited;
+      fs.rmSync(store, { recursive: true, force: true });
+      return result;
+    },
+  };
+}
+
+/** The backplanes the cluster suites run over. */
+export const BACKPLANES = ['redis', 'nats'];
+
+/**
+ * Starts a `kind` backplane ('redis' or 'nats'). Resolves to the
+ * `[engine]` table for nodes sharing it under `prefix`, and stop().
+ */
+export async function backplane(kind, prefix) {
+  if (kind === 'redis') {
+    const redis = await startRedis();
+    return { engine: { type: 'redis', address: redis.url, prefix }, stop: () => redis.stop() };
+  }
+  if (kind === 'nats') {
+    const nats = await startNats();
+    return { engine: { type: 'nats', addresses: [nats.url], prefix }, stop: () => nats.stop() };
+  }
+  throw new Error(`unknown backplane ${kind}`);
+}

@@ -10,7 +10,10 @@
 //!   publications use sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`), so each
 //!   message travels only within the shard that owns its channel.
 //!
-//! Both hand every pub/sub message to one `mpsc` receiver as `PushInfo`.
+//! - [`Sentinel`](crate::Sentinel) (in `sentinel`): one Redis master
+//!   found through Sentinel, followed when it fails over.
+//!
+//! All hand every pub/sub message to one `mpsc` receiver as `PushInfo`.
 
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
@@ -44,6 +47,13 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Checks that every Redis behind the backplane answers.
     async fn ping(&self) -> RedisResult<()>;
+
+    /// Which Redis master the streams are written on, when that can change
+    /// under the node (Sentinel): a stream written under another one starts
+    /// again under a new epoch. Empty: it never changes.
+    fn generation(&self) -> String {
+        String::new()
+    }
 }
 
 /// Asks for RESP3, which carries pub/sub pushes on a regular connection.

@@ -51,6 +51,7 @@ impl<B: Backplane> Broker for RedisEngine<B> {
             .arg(self.keys.pubsub(channel))
             .arg(epoch_candidate())
             .arg(B::PUBLISH)
+            .arg(self.backplane.generation())
             .invoke_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;
@@ -114,6 +115,7 @@ impl<B: Backplane> History for RedisEngine<B> {
             .key(self.keys.history(channel))
             .arg(millis(options.meta_ttl.max(options.ttl)))
             .arg(epoch_candidate())
+            .arg(self.backplane.generation())
             .invoke_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;

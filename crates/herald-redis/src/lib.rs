@@ -8,12 +8,14 @@
 //! # Layout
 //!
 //! - [`RedisEngine`] (here): the engine over a [`backplane::Backplane`]
-//!   (one Redis, several sharded ones, or a Redis Cluster), its
+//!   (one Redis, several sharded ones, a Redis Cluster, or a master
+//!   behind Sentinel), its
 //!   connections and the dispatch of what pub/sub delivers.
 //! - `broker`: the `Broker` and `History` parts.
 //! - `presence`: the `Presence` part.
 //! - `occupancy`: the `Occupancy` and `NodeRegistry` parts.
 //! - `scripts`: the Lua scripts that make each multi-key step atomic.
+//! - `sentinel`: the master found through Sentinel, followed on failover.
 //! - `wire`: the message format shared by pub/sub and history.
 //! - `keys`: key and pub/sub channel names.
 //!
@@ -31,6 +33,7 @@ mod keys;
 mod occupancy;
 mod presence;
 mod scripts;
+mod sentinel;
 #[cfg(feature = "testing")]
 pub mod testing;
 /// The message format, shared with the other backplanes.
@@ -49,6 +52,7 @@ use herald_engine::{
 
 pub use backplane::{Backplane, Cluster, Sharded, Single};
 pub use keys::Keys;
+pub use sentinel::{Sentinel, SentinelSettings};
 
 /// Where the engine finds Redis.
 #[derive(Debug, Clone)]
@@ -120,6 +124,18 @@ impl RedisEngine<Sharded> {
             Sharded::connect(&settings.addresses, settings.command_timeout, settings.subscriber_connections, tx)
                 .await
                 .map_err(unavailable)?;
+        Ok(Self::with(backplane, rx, settings))
+    }
+}
+
+impl RedisEngine<Sentinel> {
+    /// Connects to the master the sentinels name, and follows it through
+    /// failovers (`settings.addresses` is not used).
+    pub async fn sentinel(settings: &RedisSettings, sentinel: SentinelSettings) -> Result<Self, EngineError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backplane = Sentinel::connect(sentinel, settings.command_timeout, settings.subscriber_connections, tx)
+            .await
+            .map_err(unavailable)?;
         Ok(Self::with(backplane, rx, settings))
     }
 }

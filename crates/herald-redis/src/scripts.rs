@@ -14,6 +14,25 @@ macro_rules! now_ms {
     };
 }
 
+/// Lua, after `epoch` was read from `meta`: a stream last written under
+/// another generation (behind Sentinel, another master's run id) is
+/// dropped, so it starts again under a new epoch. Redis replicates
+/// asynchronously: the replica promoted by a failover may lack the last
+/// publications of the old master, which subscribers may have seen. Its
+/// stream would hand out their offsets again to other publications, and a
+/// client recovering from one of them would silently miss those. A new
+/// epoch makes every such client learn `recovered: false` instead. An
+/// empty generation (no Sentinel) never resets.
+macro_rules! reset_on_new_generation {
+    () => {
+        r#"
+if epoch and generation ~= '' and redis.call('hget', meta, 'gen') ~= generation then
+  redis.call('del', meta, history)
+  epoch = nil
+end"#
+    };
+}
+
 /// Publish: idempotency check, offset assignment, history append and trim,
 /// expiry, and the broadcast, as one step. Offset order is therefore
 /// delivery order on every node.
@@ -21,25 +40,28 @@ macro_rules! now_ms {
 /// KEYS: meta, history, idempotency (may be unused)
 /// ARGV: body, history size (0 = no history), history ttl ms, meta ttl ms,
 ///       idempotency ttl ms (0 = none), pub/sub channel, epoch candidate,
-///       publish command (`publish`, or `spublish` on a Redis Cluster)
+///       publish command (`publish`, or `spublish` on a Redis Cluster),
+///       generation (see `reset_on_new_generation!`)
 /// Returns: {duplicate (0/1), "offset\nepoch"}
 pub(crate) fn publish() -> Script {
-    Script::new(
+    Script::new(concat!(
         r#"
 local meta, history, idempotency = KEYS[1], KEYS[2], KEYS[3]
 local body, size = ARGV[1], tonumber(ARGV[2])
 local history_ttl, meta_ttl, idempotency_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local channel, candidate, publish = ARGV[6], ARGV[7], ARGV[8]
+local channel, candidate, publish, generation = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 if idempotency_ttl > 0 then
   local earlier = redis.call('get', idempotency)
   if earlier then return {1, earlier} end
 end
 local offset, epoch = 0, ''
 if size > 0 then
-  epoch = redis.call('hget', meta, 'epoch')
+  epoch = redis.call('hget', meta, 'epoch')"#,
+        reset_on_new_generation!(),
+        r#"
   if not epoch then
     epoch = candidate
-    redis.call('hset', meta, 'epoch', epoch)
+    redis.call('hset', meta, 'epoch', epoch, 'gen', generation)
   end
   offset = redis.call('hincrby', meta, 'top', 1)
   local message = offset .. '\n' .. epoch .. '\n' .. body
@@ -57,29 +79,33 @@ if idempotency_ttl > 0 then
 end
 return {0, result}
 "#,
-    )
+    ))
 }
 
 /// Read a channel's stream: its position (creating the stream if it has
 /// none) and the publications history still holds, oldest first.
 ///
 /// KEYS: meta, history
-/// ARGV: meta ttl ms, epoch candidate
+/// ARGV: meta ttl ms, epoch candidate, generation (see
+///       `reset_on_new_generation!`)
 /// Returns: {top, epoch, {messages…}}
 pub(crate) fn history() -> Script {
-    Script::new(
+    Script::new(concat!(
         r#"
 local meta, history = KEYS[1], KEYS[2]
-local epoch = redis.call('hget', meta, 'epoch')
+local generation = ARGV[3]
+local epoch = redis.call('hget', meta, 'epoch')"#,
+        reset_on_new_generation!(),
+        r#"
 if not epoch then
   epoch = ARGV[2]
-  redis.call('hset', meta, 'epoch', epoch, 'top', 0)
+  redis.call('hset', meta, 'epoch', epoch, 'top', 0, 'gen', generation)
   redis.call('pexpire', meta, tonumber(ARGV[1]))
 end
 local top = tonumber(redis.call('hget', meta, 'top') or '0')
 return {top, epoch, redis.call('lrange', history, 0, -1)}
 "#,
-    )
+    ))
 }
 
 /// Removes a channel's expired presence entries and returns them, each

@@ -84,14 +84,21 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Arguments beyond the base ones (a replica's `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a fresh server and waits until it answers.
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// Starts a fresh server with `extra` arguments.
+    fn start_with(extra: Vec<String>) -> Self {
         let dir = std::env::temp_dir().join(format!("herald-redis-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        let mut server = Self { child: None, port: free_port(), dir };
+        let mut server = Self { child: None, port: free_port(), dir, extra };
         server.spawn();
         server
     }
@@ -101,7 +108,9 @@ impl RedisServer {
         // ours binds it: check that the server answering is ours, and try
         // another port if not.
         for _ in 0..5 {
-            let child = spawn_server(&base_args(self.port), &self.dir);
+            let mut args = base_args(self.port);
+            args.extend(self.extra.iter().cloned());
+            let child = spawn_server(&args, &self.dir);
             if wait_for_server(self.port, &self.dir) {
                 self.child = Some(child);
                 return;
@@ -208,6 +217,97 @@ impl RedisCluster {
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         for (child, _) in std::mem::take(&mut self.nodes) {
+            stop_server(child);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A master, one replica and three sentinels monitoring the master as
+/// [`RedisSentinel::MASTER_NAME`], quick to fail over (the master is
+/// judged down after one second). Killed when dropped.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    /// The master at start.
+    pub master: RedisServer,
+    /// Its replica, promoted when the master dies.
+    pub replica: RedisServer,
+    sentinels: Vec<(Child, u16)>,
+    dir: PathBuf,
+}
+
+impl RedisSentinel {
+    /// The name the sentinels monitor the master under.
+    pub const MASTER_NAME: &'static str = "herald-test";
+
+    /// Starts the master, the replica and the sentinels, and waits until
+    /// the replica is in sync and the sentinels know each other.
+    pub fn start() -> Self {
+        let master = RedisServer::start();
+        let replica = RedisServer::start_with(vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()]);
+        let dir = std::env::temp_dir().join(format!("herald-sentinel-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{i}.conf"));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                name = Self::MASTER_NAME,
+                master = master.port,
+            );
+            std::fs::write(&conf, text).expect("a sentinel config");
+            let child = spawn_server(&[conf.display().to_string(), "--sentinel".into()], &dir);
+            sentinels.push((child, port));
+        }
+        let cluster = Self { master, replica, sentinels, dir };
+        cluster.wait_until_formed();
+        cluster
+    }
+
+    fn wait_until_formed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let query = |url: &str, cmd: &mut redis::Cmd| -> Option<redis::Value> {
+            let mut connection = redis::Client::open(url).ok()?.get_connection().ok()?;
+            cmd.query::<redis::Value>(&mut connection).ok()
+        };
+        loop {
+            let synced = query(&self.master.url(), redis::cmd("INFO").arg("replication"))
+                .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                .is_some_and(|info| info.contains("connected_slaves:1") && info.contains("state=online"));
+            let known = self.sentinel_urls().iter().all(|url| {
+                query(url, redis::cmd("SENTINEL").arg("sentinels").arg(Self::MASTER_NAME))
+                    .and_then(|v| redis::from_redis_value::<Vec<redis::Value>>(v).ok())
+                    .is_some_and(|others| others.len() == 2)
+            });
+            if synced && known {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the sentinels did not form (synced {synced}, known {known})");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` of each sentinel.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(|(_, port)| format!("redis://127.0.0.1:{port}")).collect()
+    }
+
+    /// The master's address as the sentinels give it now.
+    pub fn current_master(&self) -> Option<String> {
+        let url = self.sentinel_urls().into_iter().next()?;
+        let mut connection = redis::Client::open(url).ok()?.get_connection().ok()?;
+        let (host, port): (String, u16) =
+            redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(Self::MASTER_NAME).query(&mut connection).ok()?;
+        Some(format!("redis://{host}:{port}"))
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for (child, _) in self.sentinels.drain(..) {
             stop_server(child);
         }
         let _ = std::fs::remove_dir_all(&self.dir);

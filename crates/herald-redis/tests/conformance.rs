@@ -1,5 +1,6 @@
 //! The Redis engine passes the shared engine conformance suite on a single
-//! redis-server, sharded over two, and on a 3-master Redis Cluster. Each
+//! redis-server, sharded over two, on a 3-master Redis Cluster, and behind
+//! Sentinel (a master, a replica and three sentinels). Each
 //! shape's servers are started once per test binary, on ephemeral ports,
 //! and die with it; every case runs on a fresh key prefix, so it sees an
 //! empty cluster.
@@ -73,6 +74,31 @@ mod cluster {
         make: || async {
             let settings = settings(cluster().urls());
             herald_redis::RedisEngine::cluster(&settings).await.expect("connects").into_engine()
+        },
+        clock: Clock::Real,
+    }
+}
+
+mod sentinel {
+    use super::*;
+    use herald_redis::testing::RedisSentinel;
+    use herald_redis::SentinelSettings;
+
+    fn servers() -> &'static RedisSentinel {
+        static SERVERS: OnceLock<RedisSentinel> = OnceLock::new();
+        SERVERS.get_or_init(RedisSentinel::start)
+    }
+
+    herald_engine::engine_conformance! {
+        #[tokio::test]
+        make: || async {
+            let servers = servers();
+            let sentinel = SentinelSettings {
+                sentinels: servers.sentinel_urls(),
+                master_name: RedisSentinel::MASTER_NAME.into(),
+            };
+            let settings = settings(Vec::new());
+            herald_redis::RedisEngine::sentinel(&settings, sentinel).await.expect("connects").into_engine()
         },
         clock: Clock::Real,
     }

@@ -1,5 +1,5 @@
 //! Builds the engine a node runs on from `[engine]`: memory, Redis (one,
-//! sharded, or a Redis Cluster), or NATS (alone, or with presence,
+//! sharded, behind Sentinel, or a Redis Cluster), or NATS (alone, or with presence,
 //! occupancy and the node registry on Redis). Fails loudly, saying what to
 //! check; never falls back to another engine.
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use herald_engine::{Engine, MemoryLimits};
 use herald_nats::{NatsEngine, NatsSettings, StreamSettings};
-use herald_redis::{RedisEngine, RedisSettings};
+use herald_redis::{RedisEngine, RedisSettings, SentinelSettings};
 
 use crate::config::{EngineConfig, NatsEngineConfig, NatsStorage};
 
@@ -29,7 +29,21 @@ pub(crate) async fn build(config: &EngineConfig) -> anyhow::Result<Engine> {
                     settings.addresses
                 )
             };
-            if sharded {
+            if !redis.sentinels.is_empty() {
+                let sentinel = SentinelSettings {
+                    sentinels: redis.sentinels.clone(),
+                    master_name: redis.master_name.clone().unwrap_or_default(),
+                };
+                RedisEngine::sentinel(&settings, sentinel)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot reach the Redis master through the sentinels {:?}: {e}; check engine.sentinels and engine.master_name",
+                            redis.sentinels
+                        )
+                    })?
+                    .into_engine()
+            } else if sharded {
                 RedisEngine::sharded(&settings).await.map_err(unreachable)?.into_engine()
             } else {
                 RedisEngine::single(&settings).await.map_err(unreachable)?.into_engine()

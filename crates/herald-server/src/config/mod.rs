@@ -297,12 +297,19 @@ pub struct RedisEngineConfig {
     /// Pub/sub connections each node spreads its channels over, so one hot
     /// channel does not hold up the others.
     pub subscriber_connections: usize,
+    /// Find the master through these Redis Sentinels (`redis://host:port`)
+    /// instead of `address`, and follow it when it fails over.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under.
+    pub master_name: Option<String>,
 }
 
 impl Default for RedisEngineConfig {
     fn default() -> Self {
         Self {
             address: "redis://127.0.0.1:6379".into(),
+            sentinels: Vec::new(),
+            master_name: None,
             shards: Vec::new(),
             prefix: "herald".into(),
             command_timeout: Duration::from_secs(5),

@@ -72,6 +72,9 @@ max_unsent_bytes = 131072
 #   shards = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
 #                                  # instead of address: channels spread over
 #                                  # several Redis by consistent hashing
+#   sentinels = ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
+#   master_name = "mymaster"       # instead of address: the master Sentinel
+#                                  # names, followed when it fails over
 # "redis_cluster": nodes sharing a Redis Cluster (Redis 7+); then set
 #   addresses = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
 #   prefix = "herald"

@@ -136,8 +136,18 @@ impl Config {
                 if redis.subscriber_connections == 0 {
                     problems.push("engine.subscriber_connections: must be at least 1".to_owned());
                 }
+                if !redis.sentinels.is_empty() && !redis.shards.is_empty() {
+                    problems.push("engine.sentinels: Sentinel watches one master; drop engine.shards".to_owned());
+                }
+                if !redis.sentinels.is_empty() && redis.master_name.as_deref().unwrap_or("").is_empty() {
+                    problems.push(
+                        "engine.master_name: name the master the sentinels monitor (their `sentinel monitor <name>`)"
+                            .to_owned(),
+                    );
+                }
                 let mut named = vec![("engine.address", redis.address.as_str())];
                 named.extend(redis.shards.iter().map(|a| ("engine.shards", a.as_str())));
+                named.extend(redis.sentinels.iter().map(|a| ("engine.sentinels", a.as_str())));
                 (named, &redis.prefix, redis.command_timeout)
             }
             super::EngineConfig::Nats(nats) => {

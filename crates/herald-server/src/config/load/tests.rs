@@ -247,3 +247,19 @@ fn a_nats_engine_is_read_with_its_defaults_and_its_mistakes_listed_together() {
         assert!(problems.contains(expected), "{expected} in:\n{problems}");
     }
 }
+
+#[test]
+fn sentinel_settings_need_a_master_name_and_no_shards() {
+    let f = file("[engine]\ntype = \"redis\"\nsentinels = [\"redis://10.0.0.1:26379\"]\nmaster_name = \"main\"\n");
+    let config = load(&sources(Some(&f), &[], &[])).unwrap();
+    let crate::config::EngineConfig::Redis(redis) = &config.engine else { panic!("{:?}", config.engine) };
+    assert_eq!(redis.master_name.as_deref(), Some("main"));
+
+    let f = file(
+        "[engine]\ntype = \"redis\"\nsentinels = [\"sentinel:26379\"]\nshards = [\"redis://a:1\", \"redis://b:1\"]\n",
+    );
+    let problems = format!("{:?}", load(&sources(Some(&f), &[], &[])).unwrap_err());
+    for expected in ["engine.master_name", "drop engine.shards", "`sentinel:26379` is not a Redis URL"] {
+        assert!(problems.contains(expected), "{expected} in:\n{problems}");
+    }
+}

@@ -2,7 +2,9 @@
 //!
 //! Publications without history travel on the channel's core subject.
 //! Those with history (or an idempotency key) are appended to a JetStream
-//! stream, which republishes them to the same subject (see `history`).
+//! stream, which republishes them to the same subject (see `history`); a
+//! channel's reader puts republished publications back in offset order
+//! (see `reorder`).
 //!
 //! Each channel a node has subscribers for is one NATS subscription, read
 //! by a task of its own in delivery order; unsubscribing ends it. Control
@@ -31,6 +33,7 @@ use herald_engine::{
 };
 
 use crate::history::{NatsHistory, StreamSettings};
+use crate::reorder::Reorder;
 use crate::subjects::Subjects;
 
 /// How to reach NATS.
@@ -160,6 +163,14 @@ impl NatsBroker {
     }
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Reports a lost connection, and again the connection coming back: what
 /// was sent meanwhile never reached this node.
 fn on_connection_event(event: &async_nats::Event, handler: &Handler, lost: &AtomicBool) {
@@ -237,14 +248,28 @@ impl Broker for NatsBroker {
         self.round_trip().await?;
         let name = channel.clone();
         let task = tokio::spawn(async move {
-            while let Some(message) = messages.next().await {
-                if message.payload.is_empty() {
-                    // A history stream's marker, republished: not a message.
-                    continue;
-                }
-                match wire::decode(message.payload) {
-                    Ok(decoded) => handler.handle(decoded.into_event(name.clone())),
-                    Err(error) => tracing::warn!(channel = %name, %error, "dropped an unreadable message"),
+            let mut order = Reorder::default();
+            loop {
+                let deadline = order.deadline();
+                let ready = tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        if message.payload.is_empty() {
+                            // A history stream's marker, republished: not a message.
+                            continue;
+                        }
+                        match wire::decode(message.payload) {
+                            Ok(decoded) => order.take(decoded, tokio::time::Instant::now()),
+                            Err(error) => {
+                                tracing::warn!(channel = %name, %error, "dropped an unreadable message");
+                                continue;
+                            }
+                        }
+                    }
+                    _ = sleep_until_some(deadline) => order.release(),
+                };
+                for message in ready {
+                    handler.handle(message.into_event(name.clone()));
                 }
             }
         });

@@ -17,7 +17,9 @@
 //! with `Nats-Expected-Last-Subject-Sequence` set to that message's
 //! sequence. Of two publishers that read the same top, JetStream stores
 //! exactly one; the other reads again. Offsets are therefore contiguous
-//! and assigned atomically with the append. An empty subject starts a new
+//! and assigned atomically with the append. Within a node, appends to one
+//! channel take turns, so only nodes race (and back off by a random
+//! moment when they lose). An empty subject starts a new
 //! epoch at offset 1; a read of an empty subject writes a *marker* (an
 //! empty message whose `Herald-Epoch` header names a new epoch at offset 0)
 //! so that every node reads the same epoch.
@@ -26,10 +28,11 @@
 //!
 //! The stream republishes every stored message to the channel's core
 //! subject (`<prefix>.ch.<channel>`), where the nodes' brokers listen: a
-//! publication is broadcast only once JetStream stored it, and in stream
-//! order, which is offset order. (Publishing on the core subject directly
-//! would deliver a publication whose append then failed.) Markers are
-//! republished too and ignored by the readers.
+//! publication is broadcast only once JetStream stored it. (Publishing on
+//! the core subject directly would deliver a publication whose append then
+//! failed.) The server may republish two appends made at the same moment
+//! in swapped order; the readers put them back in offset order (see
+//! `reorder`). Markers are republished too and ignored by the readers.
 //!
 //! # Expiry and idempotency
 //!
@@ -99,8 +102,15 @@ pub struct NatsHistory {
     /// The stream of each history set made so far, with its duplicate window.
     sets: Mutex<HashMap<String, (stream::Stream, Duration)>>,
     once: Mutex<Option<(stream::Stream, Duration)>>,
+    /// Appends to one channel from this node take turns (a channel uses
+    /// the stripe its name hashes to), so only nodes race for an offset.
+    stripes: Box<[Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
     timeout: Duration,
 }
+
+/// Stripes of the per-channel append turn.
+const STRIPES: usize = 256;
 
 impl std::fmt::Debug for NatsHistory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +142,8 @@ impl NatsHistory {
             settings,
             sets: Mutex::default(),
             once: Mutex::default(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
             timeout,
         }
     }
@@ -265,7 +277,21 @@ impl NatsHistory {
             let window = options.idempotency_key.as_ref().map(|_| options.idempotency_window);
             let (stream, set) = self.set(history, window).await?;
             let subject = self.subjects.history(&set, channel);
-            for _ in 0..ATTEMPTS {
+            let stripes = u64::try_from(STRIPES).unwrap_or(1);
+            let stripe = usize::try_from(self.hasher.hash_one(channel).checked_rem(stripes).unwrap_or(0)).unwrap_or(0);
+            let _turn = match self.stripes.get(stripe) {
+                Some(turn) => Some(turn.lock().await),
+                None => None,
+            };
+            for attempt in 0..ATTEMPTS as u32 {
+                if attempt > 0 {
+                    // Another node won the offset: back off a random moment,
+                    // up to twice as long each time (at most 50 ms), so the
+                    // nodes fall out of step.
+                    let ceiling = 250u64.checked_shl(attempt.min(8)).unwrap_or(50_000).min(50_000);
+                    let jitter = self.hasher.hash_one((channel, attempt, now_ms())).checked_rem(ceiling).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_micros(jitter)).await;
+                }
                 let top = self.top(&stream, &subject).await?;
                 let (expected, position) = match &top {
                     Some(top) => (

@@ -22,6 +22,7 @@
 //! - [`NatsPresence`] (`presence`), [`NatsOccupancy`] (`occupancy`),
 //!   [`NatsNodeRegistry`] (`nodes`): records.
 //! - `records`: compare-and-set records in a stream.
+//! - `reorder`: a channel's republished publications back in offset order.
 //! - `subjects`: subject names, with channel names encoded into one valid
 //!   token each.
 //! - [`testing`] (feature `testing`): a real `nats-server` for tests.
@@ -40,6 +41,7 @@ mod nodes;
 mod occupancy;
 mod presence;
 mod records;
+mod reorder;
 mod subjects;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -76,3 +76,110 @@ async fn a_restarted_server_is_reported_as_an_interruption_and_delivery_resumes(
         assert!(tokio::time::Instant::now() < deadline, "no publication after the server came back");
     }
 }
+
+/// Collects each channel's publications as (offset, epoch), per node.
+#[derive(Default)]
+struct Streams(std::sync::Mutex<std::collections::HashMap<ChannelName, Vec<(u64, String)>>>);
+
+impl herald_engine::EventHandler for Streams {
+    fn handle(&self, event: EngineEvent) {
+        if let EngineEvent::Publication { channel, publication } = event {
+            let mut streams = self.0.lock().unwrap();
+            streams.entry(channel).or_default().push((publication.offset.get(), publication.epoch.to_string()));
+        }
+    }
+}
+
+const PER_PUBLISHER: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_racing_on_four_nodes_are_delivered_in_offset_order_on_each() {
+    let server = NatsServer::start();
+    let history =
+        herald_engine::HistoryOptions { size: 100, ttl: Duration::from_secs(300), meta_ttl: Duration::from_secs(3600) };
+    let with_history = PublishOptions { history: Some(history), ..PublishOptions::default() };
+    let channels: Vec<ChannelName> = (0..20).map(|i| channel(&format!("race:{i}"))).collect();
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        let node = std::sync::Arc::new(engine(&server).await);
+        let seen = std::sync::Arc::new(Streams::default());
+        node.start(seen.clone()).await.unwrap();
+        for ch in &channels {
+            node.broker().subscribe(ch).await.unwrap();
+        }
+        nodes.push((node, seen));
+    }
+    // A publisher per channel on every node, all at once: the nodes'
+    // appends interleave, and nats-server may republish two of them swapped.
+    let mut publishers = Vec::new();
+    for ch in &channels {
+        for (p, (node, _)) in nodes.iter().enumerate() {
+            let (node, ch, with_history) = (node.clone(), ch.clone(), with_history.clone());
+            publishers.push(tokio::spawn(async move {
+                for n in 0..PER_PUBLISHER {
+                    // A temporary error is retried, as clients do (on a
+                    // starved machine an answer can come too late; the
+                    // publication may then be in the stream twice).
+                    let publication = Publication::from_data(Bytes::from(format!("{p}/{n}")));
+                    while let Err(error) = node.broker().publish(&ch, publication.clone(), &with_history).await {
+                        assert!(matches!(error, herald_engine::EngineError::Unavailable(_)), "{error}");
+                    }
+                }
+            }));
+        }
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let mut tops = std::collections::HashMap::new();
+    for ch in &channels {
+        let query = herald_engine::HistoryQuery::default();
+        let read = nodes[0].0.history().history(ch, &query, &history).await.unwrap();
+        tops.insert(ch.clone(), read.position.offset.get());
+    }
+    for (i, (_, seen)) in nodes.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let all_in = |ch: &ChannelName| {
+            let read = tops.get(ch).copied().unwrap_or(0);
+            seen.0.lock().unwrap().get(ch).map_or(0, Vec::len) as u64 >= read
+        };
+        while !channels.iter().all(all_in) {
+            assert!(tokio::time::Instant::now() < deadline, "node {i} did not receive every publication");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (ch, stream) in seen.0.lock().unwrap().iter() {
+            let offsets: Vec<u64> = stream.iter().map(|(offset, _)| *offset).collect();
+            let top = tops[ch];
+            assert!(top >= 4 * PER_PUBLISHER as u64, "{ch}: every publish landed");
+            assert_eq!(offsets, (1..=top).collect::<Vec<_>>(), "node {i}, {ch}: offsets in order, once each");
+            assert!(stream.iter().all(|(_, epoch)| *epoch == stream[0].1), "node {i}, {ch}: one epoch");
+        }
+    }
+}
+
+#[tokio::test]
+async fn republished_publications_that_arrive_swapped_are_delivered_in_offset_order() {
+    let server = NatsServer::start();
+    let node = engine(&server).await;
+    let mut events = Recorder::start(&node).await;
+    let ch = channel("swapped");
+    node.broker().subscribe(&ch).await.unwrap();
+    // What nats-server does under load: republish two appends swapped.
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let subject = herald_nats::Subjects::new("herald-test").channel(&ch);
+    let send = |offset: u64| {
+        let mut publication = Publication::from_data(Bytes::from(offset.to_string()));
+        publication.offset = herald_engine::Offset::new(offset);
+        publication.epoch = herald_engine::Epoch::new("e");
+        Bytes::from(herald_engine::wire::publication_message(&publication))
+    };
+    for offset in [1, 3, 2, 4, 5, 7] {
+        raw.publish(subject.clone(), send(offset)).await.unwrap();
+    }
+    raw.flush().await.unwrap();
+    let mut offsets = Vec::new();
+    for _ in 0..6 {
+        offsets.push(events.next_publication("a republished publication").await.1.offset.get());
+    }
+    assert_eq!(offsets, [1, 2, 3, 4, 5, 7], "3 waited for 2; 7 waited for a 6 that never came, then went");
+}

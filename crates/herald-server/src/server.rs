@@ -449,8 +449,14 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 }
 
 /// Alive: the process serves. (Whether it should be sent traffic is `/ready`.)
-async fn health() -> Response {
-    Json(serde_json::json!({"status": "ok"})).into_response()
+/// Alive: 200 while the process serves, saying whether its engine can
+/// reach the backplane (readiness, and draining, are `/ready`'s).
+async fn health(State(state): State<AppState>) -> Response {
+    let body = match state.shared.driver.hub.engine().health().await {
+        Health::Ready => serde_json::json!({"status": "ok", "engine": "ready"}),
+        Health::NotReady { reason } => serde_json::json!({"status": "ok", "engine": "unavailable", "reason": reason}),
+    };
+    Json(body).into_response()
 }
 
 /// Ready for traffic: not draining, and the engine can serve.

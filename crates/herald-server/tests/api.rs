@@ -175,7 +175,7 @@ async fn health_reports_alive() {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.ends_with(r#"{"status":"ok"}"#), "{response}");
+    assert!(response.ends_with(r#"{"engine":"ready","status":"ok"}"#), "{response}");
 }
 
 #[tokio::test]

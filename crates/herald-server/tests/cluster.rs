@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::json;
 use support::follower::Follower;
-use support::{Client, TestServer};
+use support::scenarios::{self, subscribed};
+use support::TestServer;
 
 use herald_redis::testing::{RedisCluster, RedisServer};
 use herald_server::config::{EngineConfig, RedisClusterEngineConfig, RedisEngineConfig};
@@ -91,37 +92,10 @@ async fn ready(node: &TestServer) -> u16 {
     support::http_get(node.addr, "/ready").await.0
 }
 
-async fn subscribed(node: &TestServer, user: &str, channel: &str) -> Client {
-    let mut client = node.connected(user).await;
-    client.subscribe(channel).await;
-    client
-}
-
 #[tokio::test]
 async fn a_publication_through_one_node_reaches_every_node_once_and_in_order() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 3).await;
-    let mut readers = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        readers.push(subscribed(node, &format!("reader{i}"), "feed:news").await);
-    }
-    for n in 1..=50 {
-        nodes[0].publish("feed:news", json!({"n": n})).await;
-    }
-    for reader in &mut readers {
-        for n in 1..=50u64 {
-            let push = reader.next_push().await;
-            assert_eq!(
-                (push["pub"]["data"]["n"].as_u64(), push["pub"]["offset"].as_u64()),
-                (Some(n), Some(n)),
-                "{push}"
-            );
-        }
-    }
-    nodes[1].publish("feed:news", json!({"n": "marker"})).await;
-    for reader in &mut readers {
-        assert_eq!(reader.next_push().await["pub"]["data"]["n"], "marker", "nothing was delivered twice");
-    }
+    scenarios::a_publication_reaches_every_node_once_and_in_order(&cluster(&redis, 3).await).await;
 }
 
 #[tokio::test]
@@ -243,26 +217,7 @@ async fn info_lists_every_live_node() {
 #[tokio::test]
 async fn a_subscriber_whose_node_dies_recovers_on_another_node() {
     let redis = RedisServer::start();
-    let mut nodes = cluster(&redis, 2).await;
-    let mut reader = subscribed(&nodes[1], "reader", "feed:live").await;
-    nodes[0].publish("feed:live", json!(1)).await;
-    let first = reader.next_push().await;
-    assert_eq!(first["pub"]["offset"], 1);
-    let (_, position) = nodes[0].api("history", json!({"channel": "feed:live", "limit": 0})).await;
-    let epoch = position["result"]["epoch"].as_str().unwrap().to_owned();
-
-    drop(nodes.pop()); // the reader's node is gone
-    for n in 2..=4 {
-        nodes[0].publish("feed:live", json!(n)).await;
-    }
-    let mut moved = nodes[0].connected("reader").await;
-    let reply = moved
-        .command(json!({"id": 5, "subscribe": {"channel": "feed:live", "recover": true, "offset": 1, "epoch": epoch}}))
-        .await;
-    assert_eq!(reply["subscribe"]["recovered"], true, "{reply}");
-    let replayed: Vec<u64> =
-        reply["subscribe"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
-    assert_eq!(replayed, [2, 3, 4], "exactly what was missed, in order");
+    scenarios::a_subscriber_whose_node_dies_recovers_on_another(cluster(&redis, 2).await).await;
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::follower::Follower;
+use support::scenarios::{self, subscribed};
 use support::{Client, TestServer};
 
 use herald_nats::testing::{NatsCluster, NatsServer};
@@ -59,41 +60,14 @@ async fn cluster(nats: &NatsServer, n: usize) -> Vec<TestServer> {
     nodes_on(vec![nats.url()], n, 1, None).await
 }
 
-async fn subscribed(node: &TestServer, user: &str, channel: &str) -> Client {
-    let mut client = node.connected(user).await;
-    client.subscribe(channel).await;
-    client
-}
-
 async fn ready(node: &TestServer) -> u16 {
     support::http_get(node.addr, "/ready").await.0
 }
 
 #[tokio::test]
-async fn a_publication_through_one_node_reaches_every_node_once_and_in_order() {
+async fn a_publication_through_any_node_reaches_every_node_once_and_in_order() {
     let nats = NatsServer::start();
-    let nodes = cluster(&nats, 3).await;
-    let mut readers = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        readers.push(subscribed(node, &format!("reader{i}"), "feed:news").await);
-    }
-    for n in 1..=50 {
-        nodes[n % 3].publish("feed:news", json!({"n": n})).await;
-    }
-    for reader in &mut readers {
-        for n in 1..=50u64 {
-            let push = reader.next_push().await;
-            assert_eq!(
-                (push["pub"]["data"]["n"].as_u64(), push["pub"]["offset"].as_u64()),
-                (Some(n), Some(n)),
-                "{push}"
-            );
-        }
-    }
-    nodes[1].publish("feed:news", json!({"n": "marker"})).await;
-    for reader in &mut readers {
-        assert_eq!(reader.next_push().await["pub"]["data"]["n"], "marker", "nothing was delivered twice");
-    }
+    scenarios::a_publication_reaches_every_node_once_and_in_order(&cluster(&nats, 3).await).await;
 }
 
 /// Presence, the channel list, the node list and control commands answer
@@ -145,25 +119,7 @@ async fn on_the_mixed_engine_presence_lives_in_redis_and_the_cluster_still_answe
 #[tokio::test]
 async fn a_subscriber_whose_node_dies_recovers_on_another_node() {
     let nats = NatsServer::start();
-    let mut nodes = cluster(&nats, 2).await;
-    let mut reader = subscribed(&nodes[1], "reader", "feed:live").await;
-    nodes[0].publish("feed:live", json!(1)).await;
-    assert_eq!(reader.next_push().await["pub"]["offset"], 1);
-    let (_, position) = nodes[0].api("history", json!({"channel": "feed:live", "limit": 0})).await;
-    let epoch = position["result"]["epoch"].as_str().unwrap().to_owned();
-
-    drop(nodes.pop()); // the reader's node is gone
-    for n in 2..=4 {
-        nodes[0].publish("feed:live", json!(n)).await;
-    }
-    let mut moved = nodes[0].connected("reader").await;
-    let reply = moved
-        .command(json!({"id": 5, "subscribe": {"channel": "feed:live", "recover": true, "offset": 1, "epoch": epoch}}))
-        .await;
-    assert_eq!(reply["subscribe"]["recovered"], true, "{reply}");
-    let replayed: Vec<u64> =
-        reply["subscribe"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
-    assert_eq!(replayed, [2, 3, 4], "exactly what was missed, in order");
+    scenarios::a_subscriber_whose_node_dies_recovers_on_another(cluster(&nats, 2).await).await;
 }
 
 #[tokio::test]
@@ -186,7 +142,9 @@ async fn when_nats_restarts_subscribers_recover_from_its_stored_history_and_publ
         ready(&nodes[0]).await == 503
     })
     .await;
-    assert_eq!(support::http_get(nodes[0].addr, "/health").await.0, 200, "but alive");
+    let (status, _, health) = support::http_get(nodes[0].addr, "/health").await;
+    assert_eq!(status, 200, "but alive");
+    assert!(health.contains(r#""engine":"unavailable""#), "and saying why: {health}");
     reader.assert_alive().await;
 
     nats.restart();

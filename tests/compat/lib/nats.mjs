@@ -6,20 +6,14 @@
 // backplane(kind) starts a Redis or a NATS and gives the `[engine]` table
 // of the nodes that share it. Tests never touch a server they did not start.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
+import { startServer } from './process.mjs';
 import { freePort, startRedis } from './redis.mjs';
-
-const running = new Set();
-process.on('exit', () => {
-  for (const child of running) {
-    child.kill('SIGKILL');
-  }
-});
 
 /** Where nats-server is: NATS_SERVER, else `nats-server` on the PATH. */
 function natsBinary() {
@@ -50,53 +44,24 @@ function greets(port) {
 
 /** Starts nats-server with JetStream on a free port; resolves once it greets. */
 export async function startNats({ startTimeout = 10000 } = {}) {
-  const bin = natsBinary();
   const port = await freePort();
   const store = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-compat-nats-'));
-  const child = spawn(bin, ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const server = await startServer({
+    bin: natsBinary(),
+    args: ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store],
+    what: `nats-server on port ${port}`,
+    answers: () => greets(port),
+    startTimeout,
   });
-  running.add(child);
-  let output = '';
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.setEncoding('utf8').on('data', (chunk) => {
-      output += chunk;
-    });
-  }
-  let exit = null;
-  const exited = new Promise((resolve) => {
-    child.once('exit', (code, signal) => {
-      running.delete(child);
-      exit = { code, signal };
-      resolve(exit);
-    });
-  });
-  child.once('error', () => {});
-
-  const deadline = Date.now() + startTimeout;
-  while (!(await greets(port))) {
-    if (exit !== null || Date.now() >= deadline) {
-      child.kill('SIGKILL');
-      throw new Error(
-        `nats-server on port ${port} did not greet ` +
-          `(${exit ? `exited with ${JSON.stringify(exit)}` : `within ${startTimeout} ms`}); output:\n${output}`,
-      );
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-
   return {
     port,
     url: `nats://127.0.0.1:${port}`,
-    output: () => output,
+    output: server.output,
     /** Kills nats-server, removes its store, and resolves once it has exited. */
     async stop() {
-      if (exit === null) {
-        child.kill('SIGKILL');
-      }
-      const result = await exited;
+      const exit = await server.stop();
       fs.rmSync(store, { recursive: true, force: true });
-      return result;
+      return exit;
     },
   };
 }

@@ -4,16 +4,10 @@
 // persisted, and resolves once it answers PING. Tests never touch a Redis
 // they did not start.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 
-// Every redis-server this process started, so none outlives a crashed test run.
-const running = new Set();
-process.on('exit', () => {
-  for (const child of running) {
-    child.kill('SIGKILL');
-  }
-});
+import { startServer } from './process.mjs';
 
 /** Where redis-server is: REDIS_SERVER, else `redis-server` on the PATH. */
 function redisBinary() {
@@ -63,52 +57,19 @@ function pings(port) {
 
 /** Starts redis-server on a free port and resolves once it answers PING. */
 export async function startRedis({ startTimeout = 10000 } = {}) {
-  const bin = redisBinary();
   const port = await freePort();
-  const child = spawn(
-    bin,
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  running.add(child);
-  let output = '';
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.setEncoding('utf8').on('data', (chunk) => {
-      output += chunk;
-    });
-  }
-  let exit = null;
-  const exited = new Promise((resolve) => {
-    child.once('exit', (code, signal) => {
-      running.delete(child);
-      exit = { code, signal };
-      resolve(exit);
-    });
+  const server = await startServer({
+    bin: redisBinary(),
+    args: ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    what: `redis-server on port ${port}`,
+    answers: () => pings(port),
+    startTimeout,
   });
-  child.once('error', () => {});
-
-  const deadline = Date.now() + startTimeout;
-  while (!(await pings(port))) {
-    if (exit !== null || Date.now() >= deadline) {
-      child.kill('SIGKILL');
-      throw new Error(
-        `redis-server on port ${port} did not answer PING ` +
-          `(${exit ? `exited with ${JSON.stringify(exit)}` : `within ${startTimeout} ms`}); output:\n${output}`,
-      );
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
-    output: () => output,
+    output: server.output,
     /** Kills redis-server and resolves once it has exited. */
-    async stop() {
-      if (exit === null) {
-        child.kill('SIGKILL');
-      }
-      return exited;
-    },
+    stop: () => server.stop(),
   };
 }

@@ -15,6 +15,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub(crate) mod follower;
+pub(crate) mod scenarios;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -140,35 +140,9 @@ async fn channels_spread_over_several_redis_instances_still_reach_every_node() {
 }
 
 #[tokio::test]
-async fn presence_and_stats_answer_the_same_on_every_node() {
+async fn presence_channels_nodes_and_control_are_the_clusters_on_every_node() {
     let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2).await;
-    let _ann_a = subscribed(&nodes[0], "ann", "room:x").await;
-    let _ann_b = subscribed(&nodes[1], "ann", "room:x").await;
-    let _bob_b = subscribed(&nodes[1], "bob", "room:x").await;
-    for node in &nodes {
-        let (_, stats) = node.api("presence_stats", json!({"channel": "room:x"})).await;
-        assert_eq!(stats["result"], json!({"num_clients": 3, "num_users": 2}), "on {}", node.addr);
-        let (_, presence) = node.api("presence", json!({"channel": "room:x"})).await;
-        assert_eq!(presence["result"]["presence"].as_object().map(|p| p.len()), Some(3));
-    }
-}
-
-#[tokio::test]
-async fn control_through_one_node_reaches_connections_on_the_others() {
-    let redis = RedisServer::start();
-    let nodes = cluster(&redis, 2).await;
-    let mut on_b = nodes[1].connected("42").await;
-    let mut bystander = nodes[1].connected("43").await;
-
-    nodes[0].api("subscribe", json!({"user": "42", "channel": "chat:vip"})).await;
-    assert_eq!(on_b.next_push().await, json!({"channel": "chat:vip", "subscribe": {}}));
-    nodes[0].publish("chat:vip", json!("hello")).await;
-    assert_eq!(on_b.next_push().await["pub"]["data"], "hello");
-
-    nodes[0].api("disconnect", json!({"user": "42"})).await;
-    assert_eq!(on_b.closed().await.0, 3503);
-    bystander.assert_alive().await;
+    scenarios::the_cluster_answers_as_one(&cluster(&redis, 2).await, "redis").await;
 }
 
 #[tokio::test]

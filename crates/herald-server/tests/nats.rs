@@ -70,47 +70,18 @@ async fn a_publication_through_any_node_reaches_every_node_once_and_in_order() {
     scenarios::a_publication_reaches_every_node_once_and_in_order(&cluster(&nats, 3).await).await;
 }
 
-/// Presence, the channel list, the node list and control commands answer
-/// for the cluster on any node; `engine` names the engine.
-async fn the_cluster_answers_as_one(nodes: &[TestServer], engine: &str) {
-    let _ann_a = subscribed(&nodes[0], "ann", "room:x").await;
-    let _ann_b = subscribed(&nodes[1], "ann", "room:x").await;
-    let _bob_b = subscribed(&nodes[1], "bob", "room:x").await;
-    for node in nodes {
-        let (_, stats) = node.api("presence_stats", json!({"channel": "room:x"})).await;
-        assert_eq!(stats["result"], json!({"num_clients": 3, "num_users": 2}), "on {}", node.addr);
-        let (_, presence) = node.api("presence", json!({"channel": "room:x"})).await;
-        assert_eq!(presence["result"]["presence"].as_object().map(|p| p.len()), Some(3));
-        let (_, channels) = node.api("channels", json!({})).await;
-        assert_eq!(channels["result"]["channels"], json!({"room:x": {"num_clients": 3}}), "on {}", node.addr);
-    }
-    let (_, info) = nodes[0].api("info", json!({})).await;
-    assert_eq!(info["result"]["engine"], engine);
-    assert_eq!(info["result"]["nodes"].as_array().map(Vec::len), Some(nodes.len()), "{info}");
-
-    let mut on_b = nodes[1].connected("42").await;
-    let mut bystander = nodes[1].connected("43").await;
-    nodes[0].api("subscribe", json!({"user": "42", "channel": "chat:vip"})).await;
-    assert_eq!(on_b.next_push().await, json!({"channel": "chat:vip", "subscribe": {}}));
-    nodes[0].publish("chat:vip", json!("hello")).await;
-    assert_eq!(on_b.next_push().await["pub"]["data"], "hello");
-    nodes[0].api("disconnect", json!({"user": "42"})).await;
-    assert_eq!(on_b.closed().await.0, 3503);
-    bystander.assert_alive().await;
-}
-
 #[tokio::test]
 async fn presence_channels_nodes_and_control_are_the_clusters_on_every_node() {
     let nats = NatsServer::start();
     let nodes = cluster(&nats, 2).await;
-    the_cluster_answers_as_one(&nodes, "nats").await;
+    scenarios::the_cluster_answers_as_one(&nodes, "nats").await;
 }
 
 #[tokio::test]
 async fn on_the_mixed_engine_presence_lives_in_redis_and_the_cluster_still_answers_as_one() {
     let (nats, redis) = (NatsServer::start(), RedisServer::start());
     let nodes = nodes_on(vec![nats.url()], 2, 1, Some(redis.url())).await;
-    the_cluster_answers_as_one(&nodes, "nats+redis").await;
+    scenarios::the_cluster_answers_as_one(&nodes, "nats+redis").await;
     let mut connection = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
     assert!(keys.iter().any(|k| k.contains("room:x")), "presence is kept in Redis: {keys:?}");

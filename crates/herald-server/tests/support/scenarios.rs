@@ -60,3 +60,32 @@ pub(crate) async fn a_subscriber_whose_node_dies_recovers_on_another(mut nodes: 
         reply["subscribe"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
     assert_eq!(replayed, [2, 3, 4], "exactly what was missed, in order");
 }
+
+/// Presence, the channel list, the node list and control commands answer
+/// for the cluster on any node; `engine` names the engine.
+pub(crate) async fn the_cluster_answers_as_one(nodes: &[TestServer], engine: &str) {
+    let _ann_a = subscribed(&nodes[0], "ann", "room:x").await;
+    let _ann_b = subscribed(&nodes[1], "ann", "room:x").await;
+    let _bob_b = subscribed(&nodes[1], "bob", "room:x").await;
+    for node in nodes {
+        let (_, stats) = node.api("presence_stats", json!({"channel": "room:x"})).await;
+        assert_eq!(stats["result"], json!({"num_clients": 3, "num_users": 2}), "on {}", node.addr);
+        let (_, presence) = node.api("presence", json!({"channel": "room:x"})).await;
+        assert_eq!(presence["result"]["presence"].as_object().map(|p| p.len()), Some(3));
+        let (_, channels) = node.api("channels", json!({})).await;
+        assert_eq!(channels["result"]["channels"], json!({"room:x": {"num_clients": 3}}), "on {}", node.addr);
+    }
+    let (_, info) = nodes[0].api("info", json!({})).await;
+    assert_eq!(info["result"]["engine"], engine);
+    assert_eq!(info["result"]["nodes"].as_array().map(Vec::len), Some(nodes.len()), "{info}");
+
+    let mut on_b = nodes[1].connected("42").await;
+    let mut bystander = nodes[1].connected("43").await;
+    nodes[0].api("subscribe", json!({"user": "42", "channel": "chat:vip"})).await;
+    assert_eq!(on_b.next_push().await, json!({"channel": "chat:vip", "subscribe": {}}));
+    nodes[0].publish("chat:vip", json!("hello")).await;
+    assert_eq!(on_b.next_push().await["pub"]["data"], "hello");
+    nodes[0].api("disconnect", json!({"user": "42"})).await;
+    assert_eq!(on_b.closed().await.0, 3503);
+    bystander.assert_alive().await;
+}

@@ -9,7 +9,12 @@ use herald_engine::{Engine, MemoryLimits};
 use herald_nats::{NatsEngine, NatsSettings, StreamSettings};
 use herald_redis::{RedisEngine, RedisSettings, SentinelSettings};
 
-use crate::config::{EngineConfig, NatsEngineConfig, NatsStorage};
+use crate::config::{redacted, EngineConfig, NatsEngineConfig, NatsStorage};
+
+/// Addresses as they may appear in a message: without credentials.
+fn shown(addresses: &[String]) -> Vec<String> {
+    addresses.iter().map(|a| redacted(a)).collect()
+}
 
 /// The engine `config` describes, connected.
 pub(crate) async fn build(config: &EngineConfig) -> anyhow::Result<Engine> {
@@ -26,7 +31,7 @@ pub(crate) async fn build(config: &EngineConfig) -> anyhow::Result<Engine> {
             let unreachable = |e| {
                 anyhow::anyhow!(
                     "cannot reach Redis at {:?}: {e}; is it running? check engine.address / engine.shards",
-                    settings.addresses
+                    shown(&settings.addresses)
                 )
             };
             if !redis.sentinels.is_empty() {
@@ -39,7 +44,7 @@ pub(crate) async fn build(config: &EngineConfig) -> anyhow::Result<Engine> {
                     .map_err(|e| {
                         anyhow::anyhow!(
                             "cannot reach the Redis master through the sentinels {:?}: {e}; check engine.sentinels and engine.master_name",
-                            redis.sentinels
+                            shown(&redis.sentinels)
                         )
                     })?
                     .into_engine()
@@ -59,7 +64,7 @@ pub(crate) async fn build(config: &EngineConfig) -> anyhow::Result<Engine> {
             let engine = RedisEngine::cluster(&settings).await.map_err(|e| {
                 anyhow::anyhow!(
                     "cannot reach the Redis Cluster at {:?}: {e}; is it running and formed? check engine.addresses",
-                    cluster.addresses
+                    shown(&cluster.addresses)
                 )
             })?;
             engine.into_engine()
@@ -81,7 +86,7 @@ async fn nats_engine(nats: &NatsEngineConfig) -> anyhow::Result<Engine> {
     let parts = NatsEngine::connect(&settings).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot reach NATS at {:?}: {e}; is it running, with JetStream (-js)? check engine.addresses",
-            nats.addresses
+            shown(&nats.addresses)
         )
     })?;
     let Some(address) = &nats.redis_address else { return Ok(parts.into_engine()) };
@@ -92,7 +97,7 @@ async fn nats_engine(nats: &NatsEngineConfig) -> anyhow::Result<Engine> {
         subscriber_connections: 1,
     };
     let redis = RedisEngine::single(&redis_settings).await.map_err(|e| {
-        anyhow::anyhow!("cannot reach Redis at {address}: {e}; is it running? check engine.redis_address")
+        anyhow::anyhow!("cannot reach Redis at {}: {e}; is it running? check engine.redis_address", redacted(address))
     })?;
     let redis = Arc::new(redis);
     Ok(Engine::from_parts("nats+redis", parts.broker, parts.history, redis.clone(), redis.clone(), redis))

@@ -730,3 +730,26 @@ impl<'de> Deserialize<'de> for Secret {
         })
     }
 }
+
+/// `url` with its credentials (`user:password@`) hidden, for messages and
+/// logs: backplane URLs may carry a password.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #[test]
+    fn credentials_in_backplane_urls_are_hidden() {
+        assert_eq!(super::redacted("redis://:hunter2@10.0.0.1:6379/2"), "redis://***@10.0.0.1:6379/2");
+        assert_eq!(super::redacted("nats://user:pw@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(super::redacted("nats://nats:4222"), "nats://nats:4222");
+        assert_eq!(super::redacted("not a url"), "not a url");
+    }
+}

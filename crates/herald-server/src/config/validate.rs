@@ -168,7 +168,8 @@ impl Config {
         for (setting, address) in addresses {
             if !is_url(address) {
                 problems.push(format!(
-                    "{setting}: `{address}` is not a Redis URL; write redis://host:port (or rediss:// for TLS)"
+                    "{setting}: `{}` is not a Redis URL; write redis://host:port (or rediss:// for TLS)",
+                    super::redacted(address)
                 ));
             }
         }
@@ -417,7 +418,8 @@ fn nats_problems(nats: &super::NatsEngineConfig) -> Vec<String> {
     for address in &nats.addresses {
         if !herald_nats::valid_address(address) {
             problems.push(format!(
-                "engine.addresses: `{address}` is not a NATS URL; write nats://host:port (or tls:// for TLS)"
+                "engine.addresses: `{}` is not a NATS URL; write nats://host:port (or tls:// for TLS)",
+                super::redacted(address)
             ));
         }
     }

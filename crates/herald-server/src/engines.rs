@@ -5,9 +5,12 @@
 
 use std::sync::Arc;
 
-use herald_engine::{Engine, MemoryLimits};
-use herald_nats::{NatsEngine, NatsSettings, StreamSettings};
-use herald_redis::{RedisEngine, RedisSettings, SentinelSettings};
+use herald_engine::{
+    Broker, ChannelName, Control, Engine, EngineError, EventHandler, Health, MemoryLimits, PresenceEvent, Publication,
+    PublishOptions, PublishResult,
+};
+use herald_nats::{NatsBroker, NatsEngine, NatsSettings, StreamSettings};
+use herald_redis::{RedisEngine, RedisSettings, SentinelSettings, Single};
 
 use crate::config::{redacted, EngineConfig, NatsEngineConfig, NatsStorage};
 
@@ -100,5 +103,53 @@ async fn nats_engine(nats: &NatsEngineConfig) -> anyhow::Result<Engine> {
         anyhow::anyhow!("cannot reach Redis at {}: {e}; is it running? check engine.redis_address", redacted(address))
     })?;
     let redis = Arc::new(redis);
-    Ok(Engine::from_parts("nats+redis", parts.broker, parts.history, redis.clone(), redis.clone(), redis))
+    let broker = Arc::new(MixedBroker { nats: parts.broker, redis: redis.clone() });
+    Ok(Engine::from_parts("nats+redis", broker, parts.history, redis.clone(), redis.clone(), redis))
+}
+
+/// The mixed engine's broker: NATS's, healthy only while Redis (which
+/// holds presence, occupancy and the registry) answers too.
+#[derive(Debug)]
+struct MixedBroker {
+    nats: Arc<NatsBroker>,
+    redis: Arc<RedisEngine<Single>>,
+}
+
+#[async_trait::async_trait]
+impl Broker for MixedBroker {
+    async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
+        self.nats.start(handler).await
+    }
+
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        publication: Publication,
+        options: &PublishOptions,
+    ) -> Result<PublishResult, EngineError> {
+        self.nats.publish(channel, publication, options).await
+    }
+
+    async fn publish_presence(&self, channel: &ChannelName, event: PresenceEvent) -> Result<(), EngineError> {
+        self.nats.publish_presence(channel, event).await
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.nats.subscribe(channel).await
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.nats.unsubscribe(channel).await
+    }
+
+    async fn send_control(&self, command: Control) -> Result<(), EngineError> {
+        self.nats.send_control(command).await
+    }
+
+    async fn health(&self) -> Health {
+        match self.nats.health().await {
+            Health::Ready => self.redis.health().await,
+            not_ready => not_ready,
+        }
+    }
 }

@@ -79,12 +79,17 @@ async fn presence_channels_nodes_and_control_are_the_clusters_on_every_node() {
 
 #[tokio::test]
 async fn on_the_mixed_engine_presence_lives_in_redis_and_the_cluster_still_answers_as_one() {
-    let (nats, redis) = (NatsServer::start(), RedisServer::start());
+    let (nats, mut redis) = (NatsServer::start(), RedisServer::start());
     let nodes = nodes_on(vec![nats.url()], 2, 1, Some(redis.url())).await;
     scenarios::the_cluster_answers_as_one(&nodes, "nats+redis").await;
     let mut connection = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
     assert!(keys.iter().any(|k| k.contains("room:x")), "presence is kept in Redis: {keys:?}");
+
+    redis.kill();
+    let (status, _, body) = support::http_get(nodes[0].addr, "/ready").await;
+    assert_eq!(status, 503, "without its Redis the node is not ready: {body}");
+    assert!(body.contains("redis"), "and says which part is missing: {body}");
 }
 
 #[tokio::test]

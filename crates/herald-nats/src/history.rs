@@ -19,7 +19,9 @@
 //! exactly one; the other reads again. Offsets are therefore contiguous
 //! and assigned atomically with the append. Within a node, appends to one
 //! channel take turns, so only nodes race (and back off by a random
-//! moment when they lose). An empty subject starts a new
+//! moment when they lose). A node remembers what it appended last to each
+//! channel and first tries to append after that without reading: when
+//! another node wrote since, the compare-and-set fails and it reads. An empty subject starts a new
 //! epoch at offset 1; a read of an empty subject writes a *marker* (an
 //! empty message whose `Herald-Epoch` header names a new epoch at offset 0)
 //! so that every node reads the same epoch.
@@ -106,11 +108,17 @@ pub struct NatsHistory {
     /// the stripe its name hashes to), so only nodes race for an offset.
     stripes: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// What this node appended last to each subject (its sequence and
+    /// position), so that its next append there can skip reading the top.
+    appended: std::sync::Mutex<HashMap<String, (u64, StreamPosition)>>,
     timeout: Duration,
 }
 
 /// Stripes of the per-channel append turn.
 const STRIPES: usize = 256;
+
+/// Subjects whose last append a node remembers; past this it forgets all.
+const MAX_REMEMBERED: usize = 16_384;
 
 impl std::fmt::Debug for NatsHistory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,6 +152,7 @@ impl NatsHistory {
             once: Mutex::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            appended: std::sync::Mutex::default(),
             timeout,
         }
     }
@@ -292,12 +301,20 @@ impl NatsHistory {
                     let jitter = self.hasher.hash_one((channel, attempt, now_ms())).checked_rem(ceiling).unwrap_or(0);
                     tokio::time::sleep(Duration::from_micros(jitter)).await;
                 }
-                let top = self.top(&stream, &subject).await?;
+                // The first try trusts what this node appended last; a
+                // wrong guess only fails the compare-and-set.
+                let remembered = match attempt {
+                    0 => self.last_appended(&subject),
+                    _ => None,
+                };
+                let top = match remembered {
+                    Some(top) => Some(top),
+                    None => self.top(&stream, &subject).await?.map(|t| (t.sequence, t.position)),
+                };
                 let (expected, position) = match &top {
-                    Some(top) => (
-                        top.sequence,
-                        StreamPosition { offset: top.position.offset.next(), epoch: top.position.epoch.clone() },
-                    ),
+                    Some((sequence, at)) => {
+                        (*sequence, StreamPosition { offset: at.offset.next(), epoch: at.epoch.clone() })
+                    }
                     None => (0, StreamPosition { offset: Offset::new(1), epoch: new_epoch() }),
                 };
                 publication.offset = position.offset;
@@ -308,14 +325,18 @@ impl NatsHistory {
                 if let Some(key) = &options.idempotency_key {
                     publish = publish.message_id(format!("{}|{key}", token(channel.as_str())));
                 }
+                self.forget_appended(&subject);
                 let ack = self.jetstream.send_publish(subject.clone(), publish).await.map_err(unavailable)?;
                 match ack.await {
                     Ok(ack) if ack.duplicate => {
                         let earlier = self.position_at(&stream, ack.sequence).await;
-                        let position = earlier.or(top.map(|t| t.position)).unwrap_or_default();
+                        let position = earlier.or(top.map(|(_, at)| at)).unwrap_or_default();
                         return Ok(PublishResult { position, duplicate: true });
                     }
-                    Ok(_) => return Ok(PublishResult { position, duplicate: false }),
+                    Ok(ack) => {
+                        self.remember_appended(&subject, ack.sequence, &position);
+                        return Ok(PublishResult { position, duplicate: false });
+                    }
                     Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => continue,
                     Err(error) => return Err(unavailable(error)),
                 }
@@ -323,6 +344,23 @@ impl NatsHistory {
             Err(unavailable(format!("{ATTEMPTS} publishers raced for {channel}'s next offset; try again")))
         })
         .await
+    }
+
+    /// What this node appended last to `subject`, if it remembers.
+    fn last_appended(&self, subject: &str) -> Option<(u64, StreamPosition)> {
+        self.appended.lock().unwrap_or_else(|e| e.into_inner()).get(subject).cloned()
+    }
+
+    fn forget_appended(&self, subject: &str) {
+        self.appended.lock().unwrap_or_else(|e| e.into_inner()).remove(subject);
+    }
+
+    fn remember_appended(&self, subject: &str, sequence: u64, position: &StreamPosition) {
+        let mut appended = self.appended.lock().unwrap_or_else(|e| e.into_inner());
+        if appended.len() >= MAX_REMEMBERED {
+            appended.clear();
+        }
+        appended.insert(subject.to_owned(), (sequence, position.clone()));
     }
 
     /// Where the stored message at `sequence` landed, if it is still kept.

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use herald_engine::wire;
 use herald_engine::{
     Broker, ChannelName, Control, EngineError, EngineEvent, EventHandler, Health, PresenceEvent, Publication,
-    PublishOptions, PublishResult,
+    PublishOptions, PublishResult, StreamPosition,
 };
 
 use crate::history::{NatsHistory, StreamSettings};
@@ -246,7 +246,7 @@ impl Broker for NatsBroker {
         }
         let mut messages = self.client.subscribe(self.subjects.channel(channel)).await.map_err(unavailable)?;
         self.round_trip().await?;
-        let name = channel.clone();
+        let (name, history) = (channel.clone(), self.history.clone());
         let task = tokio::spawn(async move {
             let mut order = Reorder::default();
             loop {
@@ -259,7 +259,13 @@ impl Broker for NatsBroker {
                             continue;
                         }
                         match wire::decode(message.payload) {
-                            Ok(decoded) => order.take(decoded, tokio::time::Instant::now()),
+                            Ok(decoded) => {
+                                if let Some(headers) = &message.headers {
+                                    let at = StreamPosition { offset: decoded.offset, epoch: decoded.epoch.clone() };
+                                    history.observed(headers, &at);
+                                }
+                                order.take(decoded, tokio::time::Instant::now())
+                            }
                             Err(error) => {
                                 tracing::warn!(channel = %name, %error, "dropped an unreadable message");
                                 continue;

@@ -19,8 +19,9 @@
 //! exactly one; the other reads again. Offsets are therefore contiguous
 //! and assigned atomically with the append. Within a node, appends to one
 //! channel take turns, so only nodes race (and back off by a random
-//! moment when they lose). A node remembers what it appended last to each
-//! channel and first tries to append after that without reading: when
+//! moment when they lose). A node remembers the top of each channel it
+//! appended to or receives (republished messages name their stream
+//! sequence) and first tries to append after that without reading: when
 //! another node wrote since, the compare-and-set fails and it reads. An empty subject starts a new
 //! epoch at offset 1; a read of an empty subject writes a *marker* (an
 //! empty message whose `Herald-Epoch` header names a new epoch at offset 0)
@@ -111,6 +112,8 @@ pub struct NatsHistory {
     /// What this node appended last to each subject (its sequence and
     /// position), so that its next append there can skip reading the top.
     appended: std::sync::Mutex<HashMap<String, (u64, StreamPosition)>>,
+    /// `<prefix>.h.`: the subjects `appended` may learn from republished messages.
+    history_prefix: String,
     timeout: Duration,
 }
 
@@ -153,6 +156,7 @@ impl NatsHistory {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             appended: std::sync::Mutex::default(),
+            history_prefix: format!("{prefix}.h."),
             timeout,
         }
     }
@@ -292,8 +296,9 @@ impl NatsHistory {
                 Some(turn) => Some(turn.lock().await),
                 None => None,
             };
+            let mut raced = false;
             for attempt in 0..ATTEMPTS as u32 {
-                if attempt > 0 {
+                if raced {
                     // Another node won the offset: back off a random moment,
                     // up to twice as long each time (at most 50 ms), so the
                     // nodes fall out of step.
@@ -307,6 +312,9 @@ impl NatsHistory {
                     0 => self.last_appended(&subject),
                     _ => None,
                 };
+                // A failure after a fresh read is a race with another node
+                // (back off before the next try); after a guess, it is not.
+                raced = remembered.is_none();
                 let top = match remembered {
                     Some(top) => Some(top),
                     None => self.top(&stream, &subject).await?.map(|t| (t.sequence, t.position)),
@@ -360,7 +368,26 @@ impl NatsHistory {
         if appended.len() >= MAX_REMEMBERED {
             appended.clear();
         }
-        appended.insert(subject.to_owned(), (sequence, position.clone()));
+        match appended.get_mut(subject) {
+            Some(known) if known.0 >= sequence => {}
+            Some(known) => *known = (sequence, position.clone()),
+            None => {
+                appended.insert(subject.to_owned(), (sequence, position.clone()));
+            }
+        }
+    }
+
+    /// Learns a channel's top from a publication the stream republished
+    /// (`Nats-Subject` and `Nats-Sequence` name where it is stored), so
+    /// that appends after other nodes' need not read it either.
+    pub(crate) fn observed(&self, headers: &async_nats::HeaderMap, position: &StreamPosition) {
+        let stored_in = headers.get(async_nats::header::NATS_SUBJECT).map(|v| v.as_str());
+        let sequence = headers.get(async_nats::header::NATS_SEQUENCE).and_then(|v| v.as_str().parse().ok());
+        if let (Some(subject), Some(sequence)) = (stored_in, sequence) {
+            if subject.starts_with(&self.history_prefix) {
+                self.remember_appended(subject, sequence, position);
+            }
+        }
     }
 
     /// Where the stored message at `sequence` landed, if it is still kept.

@@ -332,7 +332,8 @@ pub(crate) fn channel_rules(config: &Config, serves_pusher: bool) -> ChannelRule
 }
 
 fn router(state: AppState, api: Arc<ApiState>, with_metrics: bool) -> Router {
-    let api_routes = Router::new().route("/api/{method}", post(api::handle)).with_state(api);
+    let api_routes =
+        Router::new().route("/api/{method}", post(api::handle).fallback(api::wrong_method)).with_state(api);
     let mut routes = Router::new()
         .route(CENTRIFUGE_PATH, get(centrifuge_websocket))
         .route("/app/{key}", get(pusher_websocket))

@@ -336,3 +336,21 @@ async fn a_drain_turns_ready_to_503_refuses_new_clients_and_closes_the_open_ones
     assert!(last > std::time::Duration::from_millis(700), "all closed at once, by {last:?}: not spread");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "a drained node accepts nothing");
 }
+
+#[tokio::test]
+async fn a_missing_and_a_wrong_key_are_told_apart_and_a_get_is_told_to_post() {
+    let server = TestServer::start().await;
+    let body = r#"{"channel": "news", "data": 1}"#;
+    let (status, missing) = support::http_post(server.addr, "/api/publish", &[], body).await;
+    assert_eq!(status, 401);
+    let message = missing["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no API key") && message.contains("X-API-Key"), "{missing}");
+    let (status, wrong) = support::http_post(server.addr, "/api/publish", &[("X-API-Key", "not-the-key")], body).await;
+    assert_eq!(status, 401);
+    assert!(wrong["error"]["message"].as_str().unwrap_or_default().contains("wrong API key"), "{wrong}");
+
+    let (status, content_type, answer) = support::http_get(server.addr, "/api/publish").await;
+    assert_eq!(status, 405);
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    assert!(answer.contains("POST /api/publish"), "{answer}");
+}

@@ -45,8 +45,10 @@ pub(crate) struct ApiState {
 /// Why an API call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ApiError {
-    #[error("unauthorized: send the API key in X-API-Key")]
-    Unauthorized,
+    #[error("unauthorized: no API key; send api.key in the X-API-Key header (or Authorization: apikey <key>)")]
+    MissingKey,
+    #[error("unauthorized: wrong API key; it must be api.key of this node's configuration")]
+    WrongKey,
     #[error("method not found: {0}")]
     MethodNotFound(String),
     #[error("bad request: {0}")]
@@ -61,7 +63,7 @@ impl ApiError {
     /// The HTTP status and the protocol error code.
     pub(crate) fn status_and_code(&self) -> (StatusCode, u32) {
         match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
+            ApiError::MissingKey | ApiError::WrongKey => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
             ApiError::MethodNotFound(_) => (StatusCode::NOT_FOUND, codes::METHOD_NOT_FOUND),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
             ApiError::Body(error @ http::body::BodyError::TooLarge(_)) => (error.status(), codes::LIMIT_EXCEEDED),
@@ -109,10 +111,17 @@ pub(crate) async fn handle(
 
 async fn respond(api: &ApiState, method: &str, headers: HeaderMap, body: Body) -> Response {
     if let Err(error) = api.authorize(&headers) {
-        tracing::info!(%method, "API call refused: missing or wrong key");
+        tracing::info!(%method, %error, "API call refused");
         return error.into_response();
     }
     call(api, method, &headers, body).await
+}
+
+/// Any other HTTP method on `/api/{method}`: 405, saying what to send.
+pub(crate) async fn wrong_method(Path(method): Path<String>) -> Response {
+    let message = format!("method not allowed: API calls are POST /api/{method} with a JSON body");
+    let body = serde_json::json!({"error": {"code": codes::BAD_REQUEST, "message": message}});
+    (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")], axum::Json(body)).into_response()
 }
 
 /// Runs `method` for a caller already authenticated (by its API key, or
@@ -151,12 +160,12 @@ impl ApiState {
             .or_else(|| {
                 headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("apikey "))
             })
-            .ok_or(ApiError::Unauthorized)?;
+            .ok_or(ApiError::MissingKey)?;
         let matches = |key: &Secret| constant_time_eq(given.as_bytes(), key.expose().as_bytes());
         if matches(expected) || previous.as_deref().and_then(Option::as_ref).is_some_and(matches) {
             Ok(())
         } else {
-            Err(ApiError::Unauthorized)
+            Err(ApiError::WrongKey)
         }
     }
 }

@@ -225,6 +225,16 @@ impl Epoch {
         Self(Arc::from(value))
     }
 
+    /// A fresh epoch for a new stream: eight hex digits, random, unlike
+    /// any this process made before.
+    pub fn fresh() -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static MINTED: AtomicU64 = AtomicU64::new(0);
+        let seed = MINTED.fetch_add(1, Ordering::Relaxed);
+        Self::new(&format!("{:08x}", RandomState::new().hash_one(seed) as u32))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -33,6 +33,7 @@ use herald_engine::{
 };
 
 use crate::history::{NatsHistory, StreamSettings};
+use crate::records::{unavailable, within};
 use crate::reorder::Reorder;
 use crate::subjects::Subjects;
 
@@ -68,10 +69,6 @@ impl std::fmt::Debug for NatsBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsBroker").field("subjects", &self.subjects).finish_non_exhaustive()
     }
-}
-
-fn unavailable(error: impl std::fmt::Display) -> EngineError {
-    EngineError::Unavailable(format!("nats: {error}"))
 }
 
 impl NatsBroker {
@@ -137,9 +134,7 @@ impl NatsBroker {
             self.client.publish(subject, Bytes::from(payload)).await.map_err(unavailable)?;
             self.client.flush().await.map_err(unavailable)
         };
-        tokio::time::timeout(self.timeout, sent)
-            .await
-            .map_err(|_| unavailable("no answer within the command timeout"))?
+        within(self.timeout, sent).await
     }
 }
 
@@ -157,9 +152,7 @@ impl NatsBroker {
             echo.next().await.ok_or_else(|| unavailable("the connection closed"))?;
             Ok(())
         };
-        tokio::time::timeout(self.timeout, came_back)
-            .await
-            .map_err(|_| unavailable("no answer within the command timeout"))?
+        within(self.timeout, came_back).await
     }
 }
 

@@ -67,7 +67,7 @@ use herald_engine::{
     PublishOptions, PublishResult, StreamPosition,
 };
 
-use crate::records::{now_ms, stream_name, unavailable, within, ATTEMPTS};
+use crate::records::{millis, now_ms, stream_name, unavailable, within, ATTEMPTS};
 use crate::subjects::{token, Subjects};
 
 /// The header naming a marker's epoch.
@@ -127,17 +127,6 @@ impl std::fmt::Debug for NatsHistory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsHistory").field("subjects", &self.subjects).finish_non_exhaustive()
     }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A new epoch: eight hex digits, random.
-fn new_epoch() -> Epoch {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let random = std::collections::hash_map::RandomState::new().hash_one(seed);
-    Epoch::new(&format!("{:08x}", random & 0xffff_ffff))
 }
 
 /// The set a channel's history options put it in.
@@ -266,7 +255,7 @@ impl NatsHistory {
             if let Some(top) = self.top(stream, subject).await? {
                 return Ok(top);
             }
-            let epoch = new_epoch();
+            let epoch = Epoch::fresh();
             let marker = Publish::build().header(EPOCH_HEADER, epoch.as_str()).expected_last_subject_sequence(0);
             let ack = self.jetstream.send_publish(subject.to_owned(), marker).await.map_err(unavailable)?;
             match ack.await {
@@ -294,7 +283,7 @@ impl NatsHistory {
             let stripe = usize::try_from(self.hasher.hash_one(channel).checked_rem(stripes).unwrap_or(0)).unwrap_or(0);
             let _turn = match self.stripes.get(stripe) {
                 Some(turn) => Some(turn.lock().await),
-                None => None,
+                None => None, // cannot happen: the stripe is taken modulo their number
             };
             let mut raced = false;
             for attempt in 0..ATTEMPTS as u32 {
@@ -323,7 +312,7 @@ impl NatsHistory {
                     Some((sequence, at)) => {
                         (*sequence, StreamPosition { offset: at.offset.next(), epoch: at.epoch.clone() })
                     }
-                    None => (0, StreamPosition { offset: Offset::new(1), epoch: new_epoch() }),
+                    None => (0, StreamPosition { offset: Offset::new(1), epoch: Epoch::fresh() }),
                 };
                 publication.offset = position.offset;
                 publication.epoch = position.epoch.clone();

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use herald_engine::{ChannelName, EngineError, NodeId, NodeSubscribers, Occupancy, OccupancyChange};
 
 use crate::history::StreamSettings;
-use crate::records::{expiry, now_ms, stream_name, within, Read, Records, ATTEMPTS};
+use crate::records::{collect_after, contended, expiry, now_ms, stream_name, within, Read, Records, ATTEMPTS};
 use crate::subjects::Subjects;
 
 /// A channel's serving nodes.
@@ -42,10 +42,6 @@ pub struct NatsOccupancy {
     subjects: Subjects,
 }
 
-fn contended() -> EngineError {
-    EngineError::Unavailable(format!("nats: an occupancy record changed {ATTEMPTS} times while being written"))
-}
-
 impl NatsOccupancy {
     /// Occupancy on `client`, under the subject prefix `prefix`.
     pub fn new(client: async_nats::Client, prefix: &str, streams: StreamSettings, timeout: Duration) -> Self {
@@ -53,11 +49,6 @@ impl NatsOccupancy {
         let records =
             Records::new(client, stream_name(prefix, "occupancy"), subjects.occupancy_all(), streams, timeout);
         Self { records, subjects }
-    }
-
-    /// Records nobody swept are collected after ten ttls.
-    fn max_age(ttl: Duration) -> Duration {
-        ttl.saturating_mul(10).max(Duration::from_secs(60))
     }
 
     async fn all(&self) -> Result<Vec<Read<ChannelRecord>>, EngineError> {
@@ -76,7 +67,7 @@ impl Occupancy for NatsOccupancy {
         ttl: Duration,
     ) -> Result<OccupancyChange, EngineError> {
         within(self.records.timeout, async {
-            let stream = self.records.made(Self::max_age(ttl)).await?;
+            let stream = self.records.made(collect_after(ttl)).await?;
             let subject = self.subjects.occupancy(channel);
             for _ in 0..ATTEMPTS {
                 let now = now_ms();
@@ -99,7 +90,7 @@ impl Occupancy for NatsOccupancy {
                     return Ok(change);
                 }
             }
-            Err(contended())
+            Err(contended("an occupancy record"))
         })
         .await
     }
@@ -119,15 +110,16 @@ impl Occupancy for NatsOccupancy {
                 }
                 let now = now_ms();
                 value.nodes.retain(|_, (_, expires)| *expires > now);
-                if value.nodes.is_empty() {
-                    if self.records.delete(&stream, sequence).await? {
-                        return Ok(OccupancyChange::Vacated);
-                    }
-                } else if self.records.write(&subject, &value, sequence).await? {
-                    return Ok(OccupancyChange::Unchanged);
+                let vacated = value.nodes.is_empty();
+                let left = (!vacated).then_some(&value);
+                if self.records.replace(&stream, &subject, sequence, left).await? {
+                    return Ok(match vacated {
+                        true => OccupancyChange::Vacated,
+                        false => OccupancyChange::Unchanged,
+                    });
                 }
             }
-            Err(contended())
+            Err(contended("an occupancy record"))
         })
         .await
     }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use herald_engine::{Arrival, ChannelName, ClientInfo, Departure, EngineError, ExpiredEntry, Presence, PresenceStats};
 
 use crate::history::StreamSettings;
-use crate::records::{expiry, now_ms, stream_name, within, Read, Records, ATTEMPTS};
+use crate::records::{collect_after, contended, expiry, now_ms, stream_name, within, Read, Records, ATTEMPTS};
 use crate::subjects::Subjects;
 
 /// A user's connections in a channel.
@@ -49,22 +49,12 @@ pub struct NatsPresence {
     subjects: Subjects,
 }
 
-fn contended() -> EngineError {
-    EngineError::Unavailable(format!("nats: a presence record changed {ATTEMPTS} times while being written"))
-}
-
 impl NatsPresence {
     /// Presence on `client`, under the subject prefix `prefix`.
     pub fn new(client: async_nats::Client, prefix: &str, streams: StreamSettings, timeout: Duration) -> Self {
         let subjects = Subjects::new(prefix);
         let records = Records::new(client, stream_name(prefix, "presence"), subjects.presence_all(), streams, timeout);
         Self { records, subjects }
-    }
-
-    /// Records of untouched users are collected after ten ttls: every node
-    /// refreshes its entries well within one.
-    fn max_age(ttl: Duration) -> Duration {
-        ttl.saturating_mul(10).max(Duration::from_secs(60))
     }
 
     async fn users(&self, channel: &ChannelName) -> Result<Vec<Read<UserRecord>>, EngineError> {
@@ -82,7 +72,7 @@ impl Presence for NatsPresence {
         ttl: Duration,
     ) -> Result<Arrival, EngineError> {
         within(self.records.timeout, async {
-            let stream = self.records.made(Self::max_age(ttl)).await?;
+            let stream = self.records.made(collect_after(ttl)).await?;
             let subject = self.subjects.presence(channel, info.user.as_str());
             for _ in 0..ATTEMPTS {
                 let read = self.records.read::<UserRecord>(&stream, &subject).await?;
@@ -97,7 +87,7 @@ impl Presence for NatsPresence {
                     return Ok(arrival);
                 }
             }
-            Err(contended())
+            Err(contended("a presence record"))
         })
         .await
     }
@@ -116,15 +106,16 @@ impl Presence for NatsPresence {
                 if value.entries.len() == before {
                     return Ok(Departure::UserRemains);
                 }
-                if value.entries.is_empty() {
-                    if self.records.delete(&stream, sequence).await? {
-                        return Ok(Departure::UserDeparted);
-                    }
-                } else if self.records.write(&subject, &value, sequence).await? {
-                    return Ok(Departure::UserRemains);
+                let departed = value.entries.is_empty();
+                let left = (!departed).then_some(&value);
+                if self.records.replace(&stream, &subject, sequence, left).await? {
+                    return Ok(match departed {
+                        true => Departure::UserDeparted,
+                        false => Departure::UserRemains,
+                    });
                 }
             }
-            Err(contended())
+            Err(contended("a presence record"))
         })
         .await
     }
@@ -172,10 +163,8 @@ impl Presence for NatsPresence {
                         break;
                     }
                     let departed = live.is_empty();
-                    let done = match departed {
-                        true => self.records.delete(&stream, sequence).await?,
-                        false => self.records.write(&subject, &UserRecord { entries: live }, sequence).await?,
-                    };
+                    let left = UserRecord { entries: live };
+                    let done = self.records.replace(&stream, &subject, sequence, (!departed).then_some(&left)).await?;
                     if done {
                         // The user departed with the last of its expired entries.
                         let last = expired.len();

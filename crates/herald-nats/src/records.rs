@@ -49,14 +49,31 @@ pub(crate) async fn within<T>(
     tokio::time::timeout(timeout, work).await.map_err(|_| unavailable("no answer within the command timeout"))?
 }
 
+/// `duration` in whole milliseconds, saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Milliseconds since the Unix epoch, by this node's clock.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
 }
 
 /// `now_ms() + ttl`, saturating.
 pub(crate) fn expiry(ttl: Duration) -> u64 {
-    now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+    now_ms().saturating_add(millis(ttl))
+}
+
+/// How long records that expire after `ttl` stay in their stream untouched
+/// before it collects them: ten ttls (at least a minute), since every node
+/// rewrites its live ones well within one.
+pub(crate) fn collect_after(ttl: Duration) -> Duration {
+    ttl.saturating_mul(10).max(Duration::from_secs(60))
+}
+
+/// A record that kept changing under every one of [`ATTEMPTS`] tries.
+pub(crate) fn contended(what: &str) -> EngineError {
+    EngineError::Unavailable(format!("nats: {what} changed {ATTEMPTS} times while being written"))
 }
 
 /// A stream name from the subject prefix: letters, digits and `-`, the
@@ -205,6 +222,21 @@ impl Records {
                 }
                 _ => Err(unavailable(error)),
             },
+        }
+    }
+
+    /// Replaces the record at `sequence` with `value`, or deletes it when
+    /// `value` is `None`. False when another writer came first.
+    pub(crate) async fn replace<T: Serialize>(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        sequence: u64,
+        value: Option<&T>,
+    ) -> Result<bool, EngineError> {
+        match value {
+            Some(value) => self.write(subject, value, sequence).await,
+            None => self.delete(stream, sequence).await,
         }
     }
 

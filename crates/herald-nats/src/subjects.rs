@@ -22,7 +22,10 @@ pub(crate) fn token(text: &str) -> String {
         if kept(byte) {
             token.push(char::from(byte));
         } else {
-            token.push_str(&format!("%{byte:02X}"));
+            token.push('%');
+            for digit in [byte >> 4, byte & 0x0f] {
+                token.extend(char::from_digit(u32::from(digit), 16).map(|c| c.to_ascii_uppercase()));
+            }
         }
     }
     token

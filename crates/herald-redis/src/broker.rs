@@ -7,12 +7,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use herald_engine::{
-    Broker, ChannelName, Control, EngineError, EventHandler, Health, History, HistoryOptions, HistoryQuery,
+    Broker, ChannelName, Control, EngineError, Epoch, EventHandler, Health, History, HistoryOptions, HistoryQuery,
     HistoryResult, Offset, PresenceEvent, Publication, PublishOptions, PublishResult, StreamPosition,
 };
 
 use crate::backplane::Backplane;
-use crate::{epoch_candidate, millis, unavailable, wire, RedisEngine, CONTROL_ROUTE};
+use crate::{millis, unavailable, wire, RedisEngine, CONTROL_ROUTE};
 
 #[async_trait]
 impl<B: Backplane> Broker for RedisEngine<B> {
@@ -49,17 +49,14 @@ impl<B: Backplane> Broker for RedisEngine<B> {
             .arg(millis(history.meta_ttl.max(history.ttl)))
             .arg(idempotency_ttl)
             .arg(self.keys.pubsub(channel))
-            .arg(epoch_candidate())
+            .arg(Epoch::fresh().as_str())
             .arg(B::PUBLISH)
             .arg(self.backplane.generation())
             .invoke_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;
         let (offset, epoch) = result.split_once('\n').unwrap_or(("0", ""));
-        let position = StreamPosition {
-            offset: Offset::new(offset.parse().unwrap_or(0)),
-            epoch: herald_engine::Epoch::new(epoch),
-        };
+        let position = StreamPosition { offset: Offset::new(offset.parse().unwrap_or(0)), epoch: Epoch::new(epoch) };
         Ok(PublishResult { position, duplicate: duplicate == 1 })
     }
 
@@ -114,7 +111,7 @@ impl<B: Backplane> History for RedisEngine<B> {
             .key(self.keys.meta(channel))
             .key(self.keys.history(channel))
             .arg(millis(options.meta_ttl.max(options.ttl)))
-            .arg(epoch_candidate())
+            .arg(Epoch::fresh().as_str())
             .arg(self.backplane.generation())
             .invoke_async(&mut self.connection(channel.as_str()))
             .await

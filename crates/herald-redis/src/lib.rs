@@ -236,15 +236,6 @@ impl<B: Backplane> RedisEngine<B> {
     }
 }
 
-/// A fresh epoch candidate; the scripts keep the first one a stream gets.
-fn epoch_candidate() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static MINTED: AtomicU64 = AtomicU64::new(0);
-    let seed = MINTED.fetch_add(1, Ordering::Relaxed);
-    format!("{:08x}", RandomState::new().hash_one(seed) as u32)
-}
-
 /// Where the control pub/sub channel lives (with several shards, on one).
 const CONTROL_ROUTE: &str = "\0control";
 /// Where the node registry lives.

@@ -116,16 +116,24 @@ async fn run_id(commands: &ConnectionManager) -> RedisResult<String> {
         .ok_or_else(|| failed("INFO server has no run_id".into()))
 }
 
+impl Master {
+    /// Connects to the master at `address` as to a single Redis.
+    async fn connect(
+        address: String,
+        timeout: Duration,
+        subscriber_connections: usize,
+        pushes: &mpsc::UnboundedSender<PushInfo>,
+    ) -> RedisResult<Self> {
+        let single = Single::connect(&address, timeout, subscriber_connections, pushes.clone()).await?;
+        let run_id =
+            run_id(&single.commands("")).await.map_err(|e| failed(format!("{address} did not say its run id: {e}")))?;
+        Ok(Self { address, run_id, single })
+    }
+}
+
 impl Shared {
     fn current(&self) -> Arc<Master> {
         self.master.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    async fn connect(&self, address: String) -> RedisResult<Master> {
-        let single = Single::connect(&address, self.timeout, self.subscriber_connections, self.pushes.clone()).await?;
-        let run_id =
-            run_id(&single.commands("")).await.map_err(|e| failed(format!("{address} did not say its run id: {e}")))?;
-        Ok(Master { address, run_id, single })
     }
 
     /// Switches to the master the sentinels name, if it is another.
@@ -135,7 +143,7 @@ impl Shared {
             return Ok(());
         }
         let subscribed = self.subscribed.lock().await;
-        let master = self.connect(address).await?;
+        let master = Master::connect(address, self.timeout, self.subscriber_connections, &self.pushes).await?;
         for name in subscribed.iter() {
             master.single.subscribe("", name).await?;
         }
@@ -161,14 +169,13 @@ impl Sentinel {
         pushes: mpsc::UnboundedSender<PushInfo>,
     ) -> RedisResult<Self> {
         let address = master_address(&settings, timeout).await?;
-        let single = Single::connect(&address, timeout, subscriber_connections, pushes.clone()).await?;
-        let run_id = run_id(&single.commands("")).await?;
+        let master = Master::connect(address, timeout, subscriber_connections, &pushes).await?;
         let shared = Arc::new(Shared {
             settings,
             timeout,
             subscriber_connections,
             pushes,
-            master: RwLock::new(Arc::new(Master { address, run_id, single })),
+            master: RwLock::new(Arc::new(master)),
             subscribed: Mutex::default(),
         });
         let watched = Arc::downgrade(&shared);

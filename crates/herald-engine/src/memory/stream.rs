@@ -4,8 +4,6 @@
 //! epoch.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -14,13 +12,6 @@ use crate::broker::HistoryOptions;
 use crate::history::{HistoryQuery, HistoryResult};
 use crate::ids::{Epoch, Offset};
 use crate::message::{Publication, StreamPosition};
-
-/// A fresh epoch, unlike any this process made before.
-pub(super) fn new_epoch() -> Epoch {
-    static MINTED: AtomicU64 = AtomicU64::new(0);
-    let seed = MINTED.fetch_add(1, Ordering::Relaxed);
-    Epoch::new(&format!("{:08x}", RandomState::new().hash_one(seed) as u32))
-}
 
 #[derive(Debug)]
 pub(super) struct Stream {
@@ -34,7 +25,7 @@ pub(super) struct Stream {
 impl Stream {
     pub(super) fn new(now: Instant, options: &HistoryOptions) -> Self {
         Self {
-            epoch: new_epoch(),
+            epoch: Epoch::fresh(),
             top: 0,
             publications: VecDeque::new(),
             publications_expire_at: now + options.ttl,

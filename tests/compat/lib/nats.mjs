@@ -6,27 +6,13 @@
 // backplane(kind) starts a Redis or a NATS and gives the `[engine]` table
 // of the nodes that share it. Tests never touch a server they did not start.
 
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
-import { startServer } from './process.mjs';
+import { serverBinary, startServer } from './process.mjs';
 import { freePort, startRedis } from './redis.mjs';
-
-/** Where nats-server is: NATS_SERVER, else `nats-server` on the PATH. */
-function natsBinary() {
-  const bin = process.env.NATS_SERVER ?? 'nats-server';
-  const probe = spawnSync(bin, ['--version'], { encoding: 'utf8' });
-  if (probe.error || probe.status !== 0) {
-    throw new Error(
-      `nats-server not found (tried \`${bin} --version\`: ${probe.error?.message ?? probe.stderr}): ` +
-        'the cluster tests over NATS need their own; install nats-server or point NATS_SERVER at one',
-    );
-  }
-  return bin;
-}
 
 /** Resolves true if a NATS server on `port` greets with INFO, false otherwise. */
 function greets(port) {
@@ -47,7 +33,7 @@ export async function startNats({ startTimeout = 10000 } = {}) {
   const port = await freePort();
   const store = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-compat-nats-'));
   const server = await startServer({
-    bin: natsBinary(),
+    bin: serverBinary('nats-server', 'NATS_SERVER'),
     args: ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', store],
     what: `nats-server on port ${port}`,
     answers: () => greets(port),

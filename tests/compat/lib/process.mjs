@@ -1,7 +1,7 @@
 // A backplane server process for the cluster tests: spawned, waited for
 // until it answers, killed when the test is done or the test process exits.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 
 // Every server this process started, so none outlives a crashed test run.
 const running = new Set();
@@ -10,6 +10,23 @@ process.on('exit', () => {
     child.kill('SIGKILL');
   }
 });
+
+/**
+ * Where the server binary `name` is: the environment variable `variable`,
+ * else `name` on the PATH. Fails, saying what to install, when it does not
+ * run (a missing server is a failure, never a skip).
+ */
+export function serverBinary(name, variable) {
+  const bin = process.env[variable] ?? name;
+  const probe = spawnSync(bin, ['--version'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0) {
+    throw new Error(
+      `${name} not found (tried \`${bin} --version\`: ${probe.error?.message ?? probe.stderr}): ` +
+        `the cluster tests need their own; install ${name} or point ${variable} at one`,
+    );
+  }
+  return bin;
+}
 
 /**
  * Runs `bin args…` and resolves once `answers()` resolves true, with the

@@ -4,23 +4,9 @@
 // persisted, and resolves once it answers PING. Tests never touch a Redis
 // they did not start.
 
-import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 
-import { startServer } from './process.mjs';
-
-/** Where redis-server is: REDIS_SERVER, else `redis-server` on the PATH. */
-function redisBinary() {
-  const bin = process.env.REDIS_SERVER ?? 'redis-server';
-  const probe = spawnSync(bin, ['--version'], { encoding: 'utf8' });
-  if (probe.error || probe.status !== 0) {
-    throw new Error(
-      `redis-server not found (tried \`${bin} --version\`: ${probe.error?.message ?? probe.stderr}): ` +
-        'the cluster tests need their own Redis; install redis-server or point REDIS_SERVER at one',
-    );
-  }
-  return bin;
-}
+import { serverBinary, startServer } from './process.mjs';
 
 /** A TCP port of 127.0.0.1 that was free a moment ago. */
 export function freePort() {
@@ -59,7 +45,7 @@ function pings(port) {
 export async function startRedis({ startTimeout = 10000 } = {}) {
   const port = await freePort();
   const server = await startServer({
-    bin: redisBinary(),
+    bin: serverBinary('redis-server', 'REDIS_SERVER'),
     args: ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
     what: `redis-server on port ${port}`,
     answers: () => pings(port),

@@ -73,7 +73,7 @@ use crate::error::HubError;
 use crate::namespace::{ChannelRules, PublishPolicy};
 use channels::Channels;
 use meter::Meter;
-use observer::Observer;
+use observer::{Observer, Relay};
 use occupancy::OccupancyTracker;
 use presence::PresenceKeeper;
 use registry::Registry;
@@ -81,7 +81,7 @@ use registry::Registry;
 pub use channels::glob_match;
 pub use heartbeat::NODE_INFO_EVERY;
 pub use meter::HubMeter;
-pub use observer::HubObserver;
+pub use observer::{HubObserver, SessionRelay};
 pub use recovery::{decide as decide_recovery, Recovery};
 pub use survey::{ClusterChannels, SURVEY_TIMEOUT};
 pub use watch::{Watch, MAX_WATCHES, WATCH_QUEUE};
@@ -196,6 +196,7 @@ pub struct Hub {
     occupancy: OccupancyTracker,
     observer: Observer,
     meter: Meter,
+    relay: Relay,
     surveys: survey::Surveys,
     /// The namespaces' rules: `config.rules` at start, replaced on reload.
     rules: std::sync::RwLock<Arc<ChannelRules>>,
@@ -233,6 +234,7 @@ impl Hub {
             occupancy: OccupancyTracker::new(&config, engine.clone(), observer.clone()),
             observer,
             meter: Meter::default(),
+            relay: Relay::default(),
             surveys: survey::Surveys::default(),
             rules: std::sync::RwLock::new(Arc::new(config.rules.clone())),
             config,
@@ -287,6 +289,13 @@ impl Hub {
     /// call takes effect.
     pub fn observe(&self, observer: Arc<dyn HubObserver>) {
         self.observer.install(observer);
+    }
+
+    /// Installs where client commands relayed from other nodes go (see
+    /// [`Control::Relay`]); only the first call takes effect. Until then
+    /// they are dropped.
+    pub fn relay_to(&self, relay: Arc<dyn SessionRelay>) {
+        self.relay.install(relay);
     }
 
     /// Registers an authenticated connection.

@@ -37,8 +37,8 @@ mod shard;
 pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription};
 pub use error::HubError;
 pub use hub::{
-    Hub, HubConfig, HubMeter, HubObserver, HubStats, Recovery, SubscribeAccess, SubscribeOutcome, SubscribeRequest,
-    Watch, MAX_WATCHES, NODE_INFO_EVERY, WATCH_QUEUE,
+    Hub, HubConfig, HubMeter, HubObserver, HubStats, Recovery, SessionRelay, SubscribeAccess, SubscribeOutcome,
+    SubscribeRequest, Watch, MAX_WATCHES, NODE_INFO_EVERY, WATCH_QUEUE,
 };
 pub use namespace::{ChannelConventions, ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
 pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, UnsubscribeReason};

@@ -153,6 +153,18 @@ pub enum Control {
         /// Only channels matching it (`*` matches any run of characters).
         pattern: Option<String>,
     },
+    /// Client commands for a session another node holds: a client on a
+    /// bidirectional emulation transport (HTTP-streaming, SSE) posts its
+    /// commands to whichever node its load balancer picks, and that node
+    /// relays them to the node that streams to it. Only `to` acts on it.
+    Relay {
+        /// The node holding the session.
+        to: NodeId,
+        /// The session's key, as the node gave it to the client.
+        session: String,
+        /// The client's commands, as it sent them.
+        data: String,
+    },
     /// One node's answer to [`Control::ChannelsAsked`].
     ChannelsAnswered {
         /// The survey answered.

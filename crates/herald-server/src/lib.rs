@@ -14,6 +14,8 @@
 //! - `driver`: the one session loop every connection runs on, generic
 //!   over the protocol and the transport.
 //! - `centrifuge`: the Centrifuge client protocol v2 (JSON).
+//! - `streams`: its endpoints besides the WebSocket: HTTP-streaming and
+//!   SSE with emulation, and the uni-directional transports.
 //! - `api`: the server HTTP API.
 //! - `proxy`: client events proxied to the application's backend.
 //! - `events`: the hub's events webhooks; `webhook`: the sender they and
@@ -59,6 +61,7 @@ pub mod pusher;
 mod rate;
 mod rotating;
 mod server;
+mod streams;
 mod transport;
 mod webhook;
 

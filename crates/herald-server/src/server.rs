@@ -24,8 +24,10 @@ use herald_engine::{DisconnectReason, Health, NodeId};
 
 use crate::api::{self, ApiState};
 use crate::auth::TokenVerifier;
-use crate::centrifuge::{self, CentrifugeEncoder, SessionSettings, Shared};
-use crate::config::Config;
+use crate::centrifuge::emulation::Emulation;
+use crate::centrifuge::session::Mode;
+use crate::centrifuge::{self, CentrifugeEncoder, SessionSettings, Shared, UniEncoder};
+use crate::config::{Config, TransportName};
 use crate::driver::DriverSettings;
 use crate::http::admission::{Limits, Permit};
 use crate::http::body::BodyLimits;
@@ -50,15 +52,23 @@ const READ_BUFFER: usize = 256;
 /// large as what is queued.
 const WRITE_BUFFER: usize = 16 * 1024;
 
+/// What the connection endpoints share.
 #[derive(Clone)]
-struct AppState {
-    shared: Arc<Shared>,
+pub(crate) struct AppState {
+    pub(crate) shared: Arc<Shared>,
     pusher: Option<Arc<Frontend>>,
-    tracker: Arc<Tracker>,
-    max_message_size: usize,
+    pub(crate) tracker: Arc<Tracker>,
+    pub(crate) max_message_size: usize,
+    /// How long the body that opens a stream, or an emulation request's,
+    /// may take to arrive.
+    pub(crate) body_timeout: std::time::Duration,
     origins: Arc<OriginPolicy>,
     /// True once the node drains: `/ready` answers 503.
     draining: watch::Receiver<bool>,
+    /// The Centrifuge transports served.
+    pub(crate) transports: Vec<TransportName>,
+    /// The node's emulated sessions (HTTP-streaming and SSE).
+    pub(crate) emulation: Arc<Emulation>,
 }
 
 /// A node assembled from its configuration, not yet serving.
@@ -73,6 +83,8 @@ pub struct Node {
     drain: watch::Sender<bool>,
     /// The admin UI, when `admin.password` is set.
     admin: Option<Arc<crate::admin::Admin>>,
+    /// The emulated sessions, which relayed commands reach.
+    emulation: Arc<Emulation>,
     config: Config,
 }
 
@@ -148,7 +160,14 @@ impl Node {
         let verifier = crate::rotating::Rotating::new(verifier);
         let proxies =
             Arc::new(crate::proxy::Proxies::from_config(&config, &driver.metrics).map_err(anyhow::Error::msg)?);
-        let shared = Arc::new(Shared { driver, verifier, settings, encoder: Arc::new(CentrifugeEncoder), proxies });
+        let shared = Arc::new(Shared {
+            driver,
+            verifier,
+            settings,
+            encoder: Arc::new(CentrifugeEncoder),
+            uni_encoder: Arc::new(UniEncoder),
+            proxies,
+        });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
         let metrics = shared.driver.metrics.clone();
         let (drain, _) = watch::channel(false);
@@ -157,7 +176,9 @@ impl Node {
         let api = Arc::new(ApiState { hub: hub.clone(), key, body, max_batch, metrics, drain: drain.clone() });
         let node_name = config.node.name_or(hub.node().as_str());
         let admin = crate::admin::Admin::start(&config.admin, api.clone(), node_name, body.timeout, drain.subscribe());
-        Ok(Node { hub, shared, api, pusher, shutdown, drain, admin, config })
+        let emulation = Emulation::new();
+        hub.relay_to(emulation.clone());
+        Ok(Node { hub, shared, api, pusher, shutdown, drain, admin, emulation, config })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -183,8 +204,11 @@ impl Node {
             pusher: self.pusher.clone(),
             tracker: tracker.clone(),
             max_message_size: self.config.client.max_message_size,
+            body_timeout: self.config.http.body_timeout,
             origins: Arc::new(OriginPolicy::new(&self.config.http.allowed_origins)),
             draining: self.drain.subscribe(),
+            transports: self.config.client.transports.clone(),
+            emulation: self.emulation.clone(),
         };
         let mut app = router(state.clone(), self.api.clone(), internal.is_none());
         let http = &self.config.http;
@@ -334,11 +358,13 @@ pub(crate) fn channel_rules(config: &Config, serves_pusher: bool) -> ChannelRule
 fn router(state: AppState, api: Arc<ApiState>, with_metrics: bool) -> Router {
     let api_routes =
         Router::new().route("/api/{method}", post(api::handle).fallback(api::wrong_method)).with_state(api);
-    let mut routes = Router::new()
-        .route(CENTRIFUGE_PATH, get(centrifuge_websocket))
+    let mut routes = crate::streams::routes(&state)
         .route("/app/{key}", get(pusher_websocket))
         .route("/health", get(health))
         .route("/ready", get(ready));
+    if state.transports.contains(&TransportName::Websocket) {
+        routes = routes.route(CENTRIFUGE_PATH, get(centrifuge_websocket));
+    }
     if with_metrics {
         routes = routes.route("/metrics", get(metrics_text));
     }
@@ -375,19 +401,32 @@ async fn centrifuge_websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Some(refused) = refuse_draining(&state).or_else(|| refuse_origin(&state, &headers)) {
+    centrifuge_upgrade(&state, peer, permit, &headers, upgrade, Mode::Bidirectional)
+}
+
+/// Runs a Centrifuge session in `mode` on the WebSocket of `upgrade`,
+/// unless the node drains or the page's origin is not allowed.
+pub(crate) fn centrifuge_upgrade(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    permit: Option<Extension<Arc<Permit>>>,
+    headers: &HeaderMap,
+    upgrade: WebSocketUpgrade,
+    mode: Mode,
+) -> Response {
+    if let Some(refused) = refuse_draining(state).or_else(|| refuse_origin(state, headers)) {
         return refused;
     }
     let shared = state.shared.clone();
     // What the proxies pass on of the handshake, kept only when there are any.
     let proxies = &shared.proxies;
-    let context = proxies.any().then(|| Arc::new(crate::proxy::ClientContext::capture(proxies, &headers, peer.ip())));
-    serve_websocket(&state, upgrade, permit, move |transport| centrifuge::session::run(transport, shared, context))
+    let context = proxies.any().then(|| Arc::new(crate::proxy::ClientContext::capture(proxies, headers, peer.ip())));
+    serve_websocket(state, upgrade, permit, move |transport| centrifuge::session::run(transport, shared, context, mode))
 }
 
 /// A 503 for a handshake while the node drains: the client should connect
 /// to another node.
-fn refuse_draining(state: &AppState) -> Option<Response> {
+pub(crate) fn refuse_draining(state: &AppState) -> Option<Response> {
     if !*state.draining.borrow() {
         return None;
     }
@@ -395,7 +434,7 @@ fn refuse_draining(state: &AppState) -> Option<Response> {
 }
 
 /// A 403 for a handshake from a page whose origin is not allowed.
-fn refuse_origin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn refuse_origin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let origin = header(header::ORIGIN);
     if state.origins.allows(origin, header(header::HOST)) {

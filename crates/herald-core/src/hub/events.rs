@@ -83,6 +83,13 @@ impl Hub {
                     self.channels_answered(survey, node, channels, truncated);
                 }
             }
+            Control::Relay { to, session, data } => {
+                if to == self.config.node {
+                    if let Some(relay) = self.relay.get() {
+                        relay.deliver(session, data);
+                    }
+                }
+            }
             Control::Disconnect { user, client, reason } => {
                 for conn in self.registry.of_user(&user, client.as_ref()) {
                     conn.outbox.close(reason.clone());

@@ -25,3 +25,13 @@ pub trait HubObserver: Send + Sync + std::fmt::Debug + 'static {
 /// The hub's observer, once installed; shared by the parts that decide
 /// transitions. Until one is installed, transitions are not reported.
 pub(super) type Observer = super::installed::Installed<dyn HubObserver>;
+
+/// Takes client commands relayed from another node (see
+/// `Control::Relay`) to the session this node holds.
+pub trait SessionRelay: Send + Sync + std::fmt::Debug + 'static {
+    /// Hands `data` to the session with key `session`, if this node holds it.
+    fn deliver(&self, session: String, data: String);
+}
+
+/// The hub's relay target, once installed.
+pub(super) type Relay = super::installed::Installed<dyn SessionRelay>;

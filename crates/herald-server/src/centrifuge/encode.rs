@@ -25,30 +25,68 @@ impl PushEncoder for CentrifugeEncoder {
     }
 
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
-        let mut out =
-            BytesMut::with_capacity(channel.as_str().len().saturating_add(publication.data.len()).saturating_add(64));
-        out.put_slice(b"{\"push\":{\"channel\":");
-        put_str(&mut out, channel.as_str());
-        out.put_slice(b",\"pub\":");
-        put_publication(&mut out, publication);
-        out.put_slice(b"}}");
-        out.freeze()
+        publication_push(channel, publication, true)
     }
 
     /// Centrifuge announces every connection's join and leave, to everyone.
     fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Bytes> {
-        Some(presence_push(channel, if event.is_join() { "join" } else { "leave" }, event.info()))
+        Some(presence_push(channel, if event.is_join() { "join" } else { "leave" }, event.info(), true))
     }
 }
 
-/// `{"push":{"channel":…,"join":{"info":{…}}}}` (or `leave`).
-fn presence_push(channel: &ChannelName, kind: &str, info: &ClientInfo) -> Bytes {
+/// Encodes publications for the node's uni-directional Centrifuge
+/// connections: the same pushes, without the `{"push":…}` envelope (a
+/// uni-directional client gets nothing but pushes).
+#[derive(Debug, Default)]
+pub(crate) struct UniEncoder;
+
+impl PushEncoder for UniEncoder {
+    fn protocol(&self) -> &'static str {
+        "centrifuge"
+    }
+
+    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
+        publication_push(channel, publication, false)
+    }
+
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Bytes> {
+        Some(presence_push(channel, if event.is_join() { "join" } else { "leave" }, event.info(), false))
+    }
+}
+
+/// `{"push":{"channel":…,"pub":{…}}}`, or without the envelope.
+fn publication_push(channel: &ChannelName, publication: &Publication, envelope: bool) -> Bytes {
+    let mut out =
+        BytesMut::with_capacity(channel.as_str().len().saturating_add(publication.data.len()).saturating_add(64));
+    if envelope {
+        out.put_slice(b"{\"push\":");
+    }
+    out.put_slice(b"{\"channel\":");
+    put_str(&mut out, channel.as_str());
+    out.put_slice(b",\"pub\":");
+    put_publication(&mut out, publication);
+    out.put_u8(b'}');
+    if envelope {
+        out.put_u8(b'}');
+    }
+    out.freeze()
+}
+
+/// `{"push":{"channel":…,"join":{"info":{…}}}}` (or `leave`), or without
+/// the envelope.
+fn presence_push(channel: &ChannelName, kind: &str, info: &ClientInfo, envelope: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(128);
-    out.put_slice(b"{\"push\":{\"channel\":");
+    if envelope {
+        out.put_slice(b"{\"push\":");
+    }
+    out.put_slice(b"{\"channel\":");
     put_str(&mut out, channel.as_str());
     out.put_slice(format!(",\"{kind}\":{{\"info\":").as_bytes());
     put_client_info(&mut out, info);
-    out.put_slice(b"}}}");
+    out.put_slice(b"}}");
+    if envelope {
+        out.put_u8(b'}');
+    }
     out.freeze()
 }
 
@@ -74,6 +112,18 @@ pub(crate) fn raw_reply(id: u32, method: &str, result: &[u8]) -> Bytes {
     put_str(&mut out, method);
     out.put_u8(b':');
     out.put_slice(result);
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+/// `{"<kind>":<raw>}`: a push for a uni-directional client, whose body
+/// is already encoded.
+pub(crate) fn bare_push(kind: &str, raw: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(raw.len().saturating_add(16));
+    out.put_u8(b'{');
+    put_str(&mut out, kind);
+    out.put_u8(b':');
+    out.put_slice(raw);
     out.put_u8(b'}');
     out.freeze()
 }
@@ -165,10 +215,14 @@ pub(crate) fn error_reply(id: u32, error: &ClientError) -> Bytes {
     Bytes::from(json::to_vec(&body))
 }
 
-/// `{"push":{"channel":…,"<kind>":<body>}}`; the channel is omitted when empty.
-pub(crate) fn push<T: Serialize>(channel: Option<&ChannelName>, kind: &str, body: &T) -> Bytes {
+/// A push, `{"push":{…}}` when `envelope`, else bare `{…}` (what a
+/// uni-directional client gets).
+pub(crate) fn push<T: Serialize>(channel: Option<&ChannelName>, kind: &str, body: &T, envelope: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(64);
-    out.put_slice(b"{\"push\":{");
+    if envelope {
+        out.put_slice(b"{\"push\":");
+    }
+    out.put_u8(b'{');
     if let Some(channel) = channel {
         out.put_slice(b"\"channel\":");
         put_str(&mut out, channel.as_str());
@@ -177,11 +231,13 @@ pub(crate) fn push<T: Serialize>(channel: Option<&ChannelName>, kind: &str, body
     put_str(&mut out, kind);
     out.put_u8(b':');
     out.put_slice(&json::to_vec(body));
-    out.put_slice(b"}}");
+    out.put_u8(b'}');
+    if envelope {
+        out.put_u8(b'}');
+    }
     out.freeze()
 }
 
-/// The server's ping: an empty object.
 pub(crate) const PING: &[u8] = b"{}";
 
 #[cfg(test)]
@@ -216,6 +272,32 @@ mod tests {
                 "offset": 7,
                 "tags": {"k": "v"}
             }}})
+        );
+    }
+
+    #[test]
+    fn uni_directional_clients_get_the_same_pushes_without_the_envelope() {
+        let channel = ChannelName::new("scores").unwrap();
+        let publication = Publication::from_data(Bytes::from_static(br#"{"goal":1}"#));
+        assert_eq!(
+            UniEncoder.encode_publication(&channel, &publication),
+            r#"{"channel":"scores","pub":{"data":{"goal":1}}}"#
+        );
+        let info = ClientInfo {
+            user: UserId::new("7").unwrap(),
+            client: ClientId::new("c"),
+            conn_info: None,
+            chan_info: None,
+        };
+        let join = PresenceEvent::Join { info, user_arrived: true };
+        assert_eq!(
+            UniEncoder.encode_presence(&channel, &join, false).unwrap(),
+            r#"{"channel":"scores","join":{"info":{"user":"7","client":"c"}}}"#
+        );
+        assert_eq!(push(None, "refresh", &serde_json::json!({}), false), r#"{"refresh":{}}"#);
+        assert_eq!(
+            push(Some(&channel), "subscribe", &serde_json::json!({}), true),
+            r#"{"push":{"channel":"scores","subscribe":{}}}"#
         );
     }
 }

@@ -1,5 +1,5 @@
 //! The Centrifuge client protocol v2 (JSON) front-end, served at
-//! `/connection/websocket`, so centrifuge-js, centrifuge-python and the other
+//! `/connection/websocket` (and the streams of `crate::streams`), so centrifuge-js, centrifuge-python and the other
 //! Centrifugo SDKs work against Herald unchanged.
 //!
 //! # Layout
@@ -8,13 +8,16 @@
 //! - [`encode`]: encoding replies, pushes and publications.
 //! - [`codes`]: error, unsubscribe and disconnect codes.
 //! - [`session`]: the per-connection state machine.
+//! - [`emulation`]: commands posted by clients on HTTP streams, routed to
+//!   their session's node.
 
 pub(crate) mod codes;
 pub(crate) mod command;
+pub(crate) mod emulation;
 pub(crate) mod encode;
 pub(crate) mod session;
 
-pub(crate) use encode::CentrifugeEncoder;
+pub(crate) use encode::{CentrifugeEncoder, UniEncoder};
 pub(crate) use session::{SessionSettings, Shared};
 
 #[cfg(test)]

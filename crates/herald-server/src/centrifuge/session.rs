@@ -20,7 +20,7 @@ use herald_engine::{ChannelName, ClientId, DisconnectReason};
 
 use super::codes::{self, ClientError};
 use super::command::{self, Command, Method};
-use super::encode::{self, CentrifugeEncoder};
+use super::encode::{self, CentrifugeEncoder, UniEncoder};
 use crate::auth::{self, TokenVerifier};
 use crate::driver::{self, DriverSettings, Framing, Parts, Protocol};
 use crate::proxy::{ClientContext, Proxies};
@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub verifier: crate::rotating::Rotating<TokenVerifier>,
     pub settings: SessionSettings,
     pub encoder: Arc<CentrifugeEncoder>,
+    /// The encoder of uni-directional connections (bare pushes).
+    pub uni_encoder: Arc<UniEncoder>,
     /// The application's proxies, if any are configured.
     pub proxies: Arc<Proxies>,
 }
@@ -60,6 +62,19 @@ impl Shared {
     fn hub(&self) -> &Arc<Hub> {
         &self.driver.hub
     }
+}
+
+/// What a client speaks over its transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Commands and replies, both over the transport (WebSocket).
+    Bidirectional,
+    /// Commands and replies, the commands posted to `/emulation` by key
+    /// (the context's `emulation_key`, which the connect reply names).
+    Emulated,
+    /// Server to client only: the client's one message is a connect
+    /// request; then it gets bare pushes and pings it need not answer.
+    Unidirectional,
 }
 
 /// How a command can fail: with an error reply, or by ending the session.
@@ -86,9 +101,10 @@ pub(crate) fn run<T: Transport>(
     transport: T,
     shared: Arc<Shared>,
     context: Option<Arc<ClientContext>>,
+    mode: Mode,
 ) -> impl Future<Output = ()> + Send {
     let outbox = Arc::new(Outbox::new(shared.settings.queue_max_bytes));
-    driver::run(transport, Session::new(shared, outbox, context))
+    driver::run(transport, Session::new(shared, outbox, context, mode))
 }
 
 struct Session {
@@ -111,6 +127,7 @@ struct Session {
     /// At `expire_deadline` the refresh proxy is asked to extend the
     /// connection, instead of closing it.
     refresh_by_proxy: bool,
+    mode: Mode,
 }
 
 /// When each expiring subscription ends, or (`true`) is to be extended by
@@ -156,6 +173,9 @@ struct ConnectResult<'a> {
     ping: u64,
     pong: bool,
     node: &'a str,
+    /// The key of an emulated session, which the client's commands carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
     /// The connect proxy's data for the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a serde_json::value::RawValue>,
@@ -189,7 +209,7 @@ fn deadline_after(exp: u64, grace: Duration) -> Instant {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, outbox: Arc<Outbox>, context: Option<Arc<ClientContext>>) -> Self {
+    fn new(shared: Arc<Shared>, outbox: Arc<Outbox>, context: Option<Arc<ClientContext>>, mode: Mode) -> Self {
         let now = Instant::now();
         let settings = &shared.settings;
         Self {
@@ -203,6 +223,49 @@ impl Session {
             shared,
             context,
             refresh_by_proxy: false,
+            mode,
+        }
+    }
+
+    /// Whether the client gets bare pushes and nothing else.
+    fn unidirectional(&self) -> bool {
+        self.mode == Mode::Unidirectional
+    }
+
+    /// A push in the client's framing.
+    fn push<T: Serialize>(&self, channel: Option<&ChannelName>, kind: &str, body: &T) -> Bytes {
+        encode::push(channel, kind, body, !self.unidirectional())
+    }
+
+    /// The push that tells the client the server ended its subscription.
+    fn unsubscribe_push(&self, channel: &ChannelName, reason: UnsubscribeReason) -> Bytes {
+        let (code, reason) = codes::unsubscribe_code(reason);
+        self.push(Some(channel), "unsubscribe", &serde_json::json!({"code": code, "reason": reason}))
+    }
+
+    /// A uni-directional client's one message: its connect request. What
+    /// it sends after that is ignored. A refused connect ends the session,
+    /// as the client cannot be sent an error reply.
+    async fn on_uni_message(&mut self, frame: Bytes) -> Result<(), DisconnectReason> {
+        if self.conn.is_some() {
+            tracing::debug!(client = ?self.client(), bytes = frame.len(), "message on a uni-directional connection ignored");
+            return Ok(());
+        }
+        let text = if frame.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { &frame[..] };
+        let request = serde_json::from_slice(text).map_err(|error| {
+            tracing::debug!(column = error.column(), "malformed uni-directional connect request");
+            DisconnectReason::BadRequest
+        })?;
+        match self.on_connect(0, request).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Disconnect(reason)) => Err(reason),
+            Err(Failure::Reply(error)) => {
+                tracing::info!(%error, "uni-directional connect refused");
+                Err(match error {
+                    ClientError::TokenExpired => DisconnectReason::ConnectionExpired,
+                    _ => DisconnectReason::BadRequest,
+                })
+            }
         }
     }
 
@@ -350,6 +413,9 @@ impl Protocol for Session {
 
     async fn on_message(&mut self, message: Inbound) -> Result<Option<Inbound>, DisconnectReason> {
         let frame = driver::text_only(message, &self.client())?;
+        if self.unidirectional() {
+            return self.on_uni_message(frame).await.map(|()| None);
+        }
         let handled = self.on_frame(frame.clone()).await;
         if let Err(reason) = &handled {
             self.log_refusal(reason, &frame);
@@ -387,12 +453,13 @@ impl Protocol for Session {
                 continue;
             }
             if self.shared.hub().unsubscribe(&conn, &channel).await {
-                self.reply(unsubscribe_push(&channel, UnsubscribeReason::Expired));
+                self.reply(self.unsubscribe_push(&channel, UnsubscribeReason::Expired));
             }
         }
         if now >= self.next_ping {
             self.next_ping = driver::after(now, self.shared.settings.ping_interval);
-            if self.pong_deadline.is_none() {
+            // A uni-directional client cannot answer.
+            if self.pong_deadline.is_none() && !self.unidirectional() {
                 self.pong_deadline = Some(driver::after(now, self.shared.settings.pong_timeout));
             }
             self.reply(Bytes::from_static(encode::PING));
@@ -403,16 +470,16 @@ impl Protocol for Session {
     /// Encodes a server-side event, updating session state on the way.
     fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
         Ok(Some(match event {
-            ConnEvent::Subscribed { channel } => encode::push(Some(&channel), "subscribe", &Empty {}),
+            ConnEvent::Subscribed { channel } => self.push(Some(&channel), "subscribe", &Empty {}),
             ConnEvent::Unsubscribed { channel, reason } => {
                 self.sub_deadlines.remove(&channel);
-                unsubscribe_push(&channel, reason)
+                self.unsubscribe_push(&channel, reason)
             }
             ConnEvent::Refresh { expired: true, .. } => return Err(DisconnectReason::ConnectionExpired),
             ConnEvent::Refresh { expire_at, expired: false } => {
                 let grace = self.shared.settings.expired_close_delay;
                 self.expire_deadline = expire_at.map(|exp| deadline_after(exp, grace));
-                encode::push(None, "refresh", &ExpiryResult::at(expire_at))
+                self.push(None, "refresh", &ExpiryResult::at(expire_at))
             }
         }))
     }
@@ -420,12 +487,6 @@ impl Protocol for Session {
     fn close_code(&self, reason: &DisconnectReason) -> (u16, String) {
         codes::disconnect_code(reason)
     }
-}
-
-/// The push that tells a client the server ended its subscription.
-fn unsubscribe_push(channel: &ChannelName, reason: UnsubscribeReason) -> Bytes {
-    let (code, reason) = codes::unsubscribe_code(reason);
-    encode::push(Some(channel), "unsubscribe", &serde_json::json!({"code": code, "reason": reason}))
 }
 
 mod commands;

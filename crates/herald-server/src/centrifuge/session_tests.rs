@@ -60,11 +60,12 @@ async fn session_with(rules: ChannelRules, queue_max_bytes: usize, subscriptions
             users: Arc::new(crate::rate::UserRates::new(crate::rate::RateLimit { rate: 0, burst: 0 })),
         },
         encoder: Arc::new(CentrifugeEncoder),
+        uni_encoder: Arc::default(),
         proxies: Default::default(),
     });
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
-    tokio::spawn(run(MemoryTransport { inbound, outbound }, shared, None));
+    tokio::spawn(run(MemoryTransport { inbound, outbound }, shared, None, super::session::Mode::Bidirectional));
     Harness { hub, to_session, from_session, _shutdown: shutdown }
 }
 

@@ -486,6 +486,41 @@ pub struct ClientConfig {
     /// to show it) is ended with 2500 and recovers. "0s" never checks.
     #[serde(with = "humantime_serde")]
     pub position_check_interval: Duration,
+    /// The Centrifuge transports served (all by default): `websocket`,
+    /// `http_stream` and `sse` (with `/emulation`, centrifuge-js's
+    /// fallbacks), and the uni-directional `uni_websocket`, `uni_sse` and
+    /// `uni_http_stream`.
+    pub transports: Vec<TransportName>,
+}
+
+/// A Centrifuge transport, by its endpoint's name (`/connection/<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportName {
+    /// `/connection/websocket`.
+    Websocket,
+    /// `/connection/http_stream`, commands through `/emulation`.
+    HttpStream,
+    /// `/connection/sse`, commands through `/emulation`.
+    Sse,
+    /// `/connection/uni_websocket`.
+    UniWebsocket,
+    /// `/connection/uni_sse`.
+    UniSse,
+    /// `/connection/uni_http_stream`.
+    UniHttpStream,
+}
+
+impl TransportName {
+    /// Every transport, as served by default.
+    pub const ALL: [TransportName; 6] = [
+        TransportName::Websocket,
+        TransportName::HttpStream,
+        TransportName::Sse,
+        TransportName::UniWebsocket,
+        TransportName::UniSse,
+        TransportName::UniHttpStream,
+    ];
 }
 
 impl Default for ClientConfig {
@@ -523,6 +558,7 @@ impl Default for ClientConfig {
             presence_update_interval: Duration::from_secs(25),
             presence_ttl: Duration::from_secs(60),
             position_check_interval: Duration::from_secs(30),
+            transports: TransportName::ALL.to_vec(),
         }
     }
 }

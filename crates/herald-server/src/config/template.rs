@@ -148,6 +148,10 @@ presence_ttl = "60s"
 # that missed publications (its node lost Redis for a moment) is ended with
 # 2500 and its client recovers. "0s" never checks.
 position_check_interval = "30s"
+# Centrifuge transports served: WebSocket; HTTP-streaming and SSE with
+# commands POSTed to /emulation (centrifuge-js's fallbacks where WebSocket
+# is blocked); and uni-directional ones for clients that only listen.
+transports = ["websocket", "http_stream", "sse", "uni_websocket", "uni_sse", "uni_http_stream"]
 
 [api]
 # Send as `X-API-Key: <key>` or `Authorization: apikey <key>`.

@@ -93,16 +93,21 @@ struct DisconnectBody {
 
 /// Who a client is to the backend beyond its protocol: the headers of its
 /// HTTP request that some proxy passes on, and its address. Taken once,
-/// at the WebSocket handshake.
+/// when its connection opens. A client on an emulated stream also keeps
+/// here its session's key (the session itself stays small: every idle
+/// connection holds one).
 #[derive(Debug, Default)]
 pub(crate) struct ClientContext {
     headers: Vec<(HeaderName, HeaderValue)>,
     ip: Option<IpAddr>,
+    /// The key of an emulated session, which the client's posted
+    /// commands carry.
+    pub(crate) emulation_key: Option<Arc<str>>,
 }
 
 impl ClientContext {
     /// Nothing passed on.
-    pub(crate) const EMPTY: ClientContext = ClientContext { headers: Vec::new(), ip: None };
+    pub(crate) const EMPTY: ClientContext = ClientContext { headers: Vec::new(), ip: None, emulation_key: None };
 
     /// The headers of `request` that any of `proxies` passes on.
     pub(crate) fn capture(proxies: &Proxies, request: &HeaderMap, ip: IpAddr) -> Self {
@@ -111,7 +116,7 @@ impl ClientContext {
             .iter()
             .flat_map(|name| request.get_all(name).iter().map(move |value| (name.clone(), value.clone())))
             .collect();
-        Self { headers, ip: Some(ip) }
+        Self { headers, ip: Some(ip), emulation_key: None }
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub(crate) mod follower;
 pub(crate) mod scenarios;
+pub(crate) mod stream;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -11,7 +11,7 @@ use herald_core::{
 use herald_engine::{ChannelName, ClientId, DisconnectReason, Epoch, HistoryQuery, Offset, StreamPosition, UserId};
 use tokio::time::Instant;
 
-use super::{deadline_after, ConnectResult, Empty, ExpiryResult, Failure, Session};
+use super::{deadline_after, ConnectResult, Empty, ExpiryResult, Failure, Mode, Session};
 use crate::auth::{self, ConnectClaims, TokenError};
 use crate::centrifuge::codes::ClientError;
 use crate::centrifuge::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
@@ -53,7 +53,10 @@ impl Session {
                 client,
                 user,
                 conn_info: auth::info_bytes(&claims.info),
-                encoder: self.shared.encoder.clone(),
+                encoder: match self.mode {
+                    Mode::Unidirectional => self.shared.uni_encoder.clone(),
+                    Mode::Bidirectional | Mode::Emulated => self.shared.encoder.clone(),
+                },
                 outbox: self.outbox.clone(),
             })
             .map_err(|_| Failure::Disconnect(DisconnectReason::Shutdown))?;
@@ -99,8 +102,12 @@ impl Session {
             expires: expiry.expires,
             ttl: expiry.ttl,
             ping: self.shared.settings.ping_interval.as_secs(),
-            pong: true,
+            pong: self.mode != Mode::Unidirectional,
             node: hub.node().as_str(),
+            session: match self.mode {
+                Mode::Emulated => self.context.as_ref().and_then(|context| context.emulation_key.as_deref()),
+                Mode::Bidirectional | Mode::Unidirectional => None,
+            },
             data: backend.as_ref().and_then(|b| b.data.as_deref()),
         };
         let result = if subs.is_empty() {
@@ -110,7 +117,11 @@ impl Session {
             encode::object_with_raw(&result, "subs", &subs)
         };
         // Ahead of any publication already queued for server-side channels.
-        self.outbox.push_front(Outgoing::Frame(encode::raw_reply(id, "connect", &result)));
+        let frame = match self.mode {
+            Mode::Unidirectional => encode::bare_push("connect", &result),
+            Mode::Bidirectional | Mode::Emulated => encode::raw_reply(id, "connect", &result),
+        };
+        self.outbox.push_front(Outgoing::Frame(frame));
         let grace =
             if self.refresh_by_proxy { std::time::Duration::ZERO } else { self.shared.settings.expired_close_delay };
         self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, grace));

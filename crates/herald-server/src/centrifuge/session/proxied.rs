@@ -166,7 +166,7 @@ impl Session {
 
     async fn end_expired_subscription(&mut self, conn: &Arc<Connection>, channel: ChannelName) {
         if self.shared.hub().unsubscribe(conn, &channel).await {
-            self.reply(super::unsubscribe_push(&channel, herald_core::UnsubscribeReason::Expired));
+            self.reply(self.unsubscribe_push(&channel, herald_core::UnsubscribeReason::Expired));
         }
     }
 

@@ -2,11 +2,14 @@
 //!
 //! The driver (`driver.rs`) is generic over [`Transport`], so protocol
 //! state machines are tested over in-memory channels and served over
-//! WebSockets by the same code. A transport moves whole messages; which
+//! WebSockets and HTTP response streams (`stream`: HTTP-streaming and
+//! Server-Sent Events) by the same code. A transport moves whole messages; which
 //! messages a protocol accepts is the protocol's business. WebSocket pings
 //! and pongs are answered below this seam.
 
 use std::future::Future;
+
+pub(crate) mod stream;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
@@ -210,8 +213,9 @@ mod size_tests {
     #[test]
     fn an_idle_connections_task_stays_within_its_budget() {
         let receive = size_of_output(|transport: &'static mut WsTransport| transport.recv());
-        let centrifuge =
-            size_of_output(|(transport, shared): (WsTransport, Arc<Shared>)| session::run(transport, shared, None));
+        let centrifuge = size_of_output(|(transport, shared): (WsTransport, Arc<Shared>)| {
+            session::run(transport, shared, None, session::Mode::Bidirectional)
+        });
 
         assert!(receive <= 96, "a WebSocket receive is {receive} bytes");
         assert!(centrifuge <= 1200, "a Centrifuge session over a WebSocket is {centrifuge} bytes");

@@ -1,0 +1,248 @@
+//! Bidirectional emulation: a client whose server-to-client direction is
+//! an HTTP stream (HTTP-streaming or SSE) posts its commands to
+//! `/emulation`, naming its session's key and node (both from its connect
+//! reply). The POST may reach any node behind a load balancer: the node
+//! holding the session takes the commands into it; any other relays them
+//! through the engine (`Control::Relay`) and only the named node acts.
+//!
+//! A session's key is 128 random bits, known only to its client, so no
+//! one else can post commands into it (client ids are not secret: presence
+//! shows them). The table of keys holds one entry per open emulated stream,
+//! so the node's connection caps bound it.
+//!
+//! Answers: 204 once the commands are handed over (replies come on the
+//! stream), also when the session has just ended (its stream ends too);
+//! 404 for a node the cluster does not know (the client reconnects at
+//! once); 503 when the session does not take commands in time or the
+//! engine cannot relay; 400 for a malformed request, 413 for one above
+//! `client.max_message_size`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use herald_core::{Hub, SessionRelay};
+use herald_engine::{Control, NodeId};
+
+use crate::http::body::{self, BodyLimits};
+
+/// Command batches one session may have waiting before a POST waits.
+const INBOUND: usize = 16;
+
+/// How long a POST waits for its session to take the commands.
+const DELIVERY_WAIT: Duration = Duration::from_secs(2);
+
+/// How often, at most, the cluster's node list is read again to check a
+/// node the node does not know yet.
+const NODES_REREAD: Duration = Duration::from_secs(1);
+
+/// The node's emulated sessions, by key.
+#[derive(Debug)]
+pub(crate) struct Emulation {
+    sessions: Mutex<HashMap<Arc<str>, mpsc::Sender<Bytes>>>,
+    known_nodes: Mutex<KnownNodes>,
+}
+
+#[derive(Debug, Default)]
+struct KnownNodes {
+    ids: HashSet<String>,
+    read_at: Option<Instant>,
+}
+
+/// An emulated session's place in the table; taken out when dropped (the
+/// session's stream ended).
+#[derive(Debug)]
+pub(crate) struct Registration {
+    emulation: Arc<Emulation>,
+    key: Arc<str>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.emulation.table().remove(&self.key);
+    }
+}
+
+/// What happened to commands for a session of this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Taken,
+    /// No such session (any more).
+    Gone,
+    /// The session did not take them in time.
+    Busy,
+}
+
+/// The body of a POST to `/emulation` (JSON).
+#[derive(Debug, Deserialize)]
+struct EmulationRequest {
+    session: String,
+    node: String,
+    /// The client's commands, newline-separated, as it would write them to
+    /// a WebSocket.
+    data: String,
+}
+
+impl Emulation {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self { sessions: Mutex::default(), known_nodes: Mutex::default() })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, mpsc::Sender<Bytes>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new session's key, its inbound commands (starting with `first`,
+    /// what opened the stream) and its registration.
+    pub(crate) fn open(self: &Arc<Self>, first: Bytes) -> (Arc<str>, mpsc::Receiver<Bytes>, Registration) {
+        let (sender, inbound) = mpsc::channel(INBOUND);
+        // The channel is new and empty: the first message always fits.
+        let _ = sender.try_send(first);
+        let key: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
+        self.table().insert(key.clone(), sender);
+        (key.clone(), inbound, Registration { emulation: self.clone(), key })
+    }
+
+    /// How many emulated sessions the node holds.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table().len()
+    }
+
+    async fn deliver(&self, key: &str, data: Bytes) -> Delivery {
+        let Some(sender) = self.table().get(key).cloned() else { return Delivery::Gone };
+        match sender.send_timeout(data, DELIVERY_WAIT).await {
+            Ok(()) => Delivery::Taken,
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Delivery::Gone,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Delivery::Busy,
+        }
+    }
+
+    /// Whether `node` is a live node of the cluster, as last read; a node
+    /// not in the list has the list read again (at most every
+    /// [`NODES_REREAD`]).
+    async fn knows(&self, hub: &Hub, node: &str) -> bool {
+        {
+            let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+            if known.ids.contains(node) {
+                return true;
+            }
+            if known.read_at.is_some_and(|at| at.elapsed() < NODES_REREAD) {
+                return false;
+            }
+            known.read_at = Some(Instant::now());
+        }
+        let Ok(nodes) = hub.registered_nodes().await else {
+            // The engine cannot say; the relay will tell.
+            return true;
+        };
+        let ids: HashSet<String> = nodes.into_iter().map(|node| node.id.as_str().to_owned()).collect();
+        let known = ids.contains(node);
+        self.known_nodes.lock().unwrap_or_else(|e| e.into_inner()).ids = ids;
+        known
+    }
+
+    /// Answers a POST to `/emulation`.
+    pub(crate) async fn handle(
+        &self,
+        hub: &Hub,
+        headers: &HeaderMap,
+        body: axum::body::Body,
+        limits: BodyLimits,
+    ) -> Response {
+        let bytes = match body::read(headers, body, limits).await {
+            Ok(bytes) => bytes,
+            Err(error) => return (error.status(), error.to_string()).into_response(),
+        };
+        let request: EmulationRequest = match serde_json::from_slice(&bytes) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(column = error.column(), "malformed emulation request");
+                let message = "an emulation request is JSON: {\"session\": …, \"node\": …, \"data\": …}";
+                return (StatusCode::BAD_REQUEST, message).into_response();
+            }
+        };
+        let data = Bytes::from(request.data);
+        if request.node == hub.node().as_str() {
+            return match self.deliver(&request.session, data).await {
+                Delivery::Taken | Delivery::Gone => StatusCode::NO_CONTENT.into_response(),
+                Delivery::Busy => {
+                    tracing::info!("an emulated session did not take its commands in time");
+                    (StatusCode::SERVICE_UNAVAILABLE, "the session is not taking commands; reconnect").into_response()
+                }
+            };
+        }
+        if !self.knows(hub, &request.node).await {
+            return (StatusCode::NOT_FOUND, "no such node in the cluster; reconnect").into_response();
+        }
+        let Ok(data) = String::from_utf8(data.to_vec()) else {
+            return (StatusCode::BAD_REQUEST, "emulation data must be text").into_response();
+        };
+        let relay = Control::Relay { to: NodeId::new(&request.node), session: request.session, data };
+        match hub.send_control(relay).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(error) => {
+                tracing::warn!(%error, "could not relay emulated commands to their node");
+                (StatusCode::SERVICE_UNAVAILABLE, "the engine cannot reach the session's node; retry").into_response()
+            }
+        }
+    }
+}
+
+impl SessionRelay for Emulation {
+    fn deliver(&self, session: String, data: String) {
+        let Some(sender) = self.table().get(session.as_str()).cloned() else { return };
+        tokio::spawn(async move {
+            if sender.send_timeout(Bytes::from(data), DELIVERY_WAIT).await.is_err() {
+                tracing::info!("relayed commands for an emulated session were not taken in time; dropped");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::{ChannelRules, HubConfig};
+    use herald_engine::Engine;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn commands_reach_the_session_with_the_key_and_the_key_is_gone_with_the_session() {
+        let emulation = Emulation::new();
+        let (key, mut inbound, registration) = emulation.open(Bytes::from_static(b"connect"));
+        assert_eq!(key.len(), 32);
+        assert_eq!(inbound.recv().await.unwrap(), "connect");
+        assert_eq!(emulation.deliver(&key, Bytes::from_static(b"ping")).await, Delivery::Taken);
+        assert_eq!(inbound.recv().await.unwrap(), "ping");
+        assert_eq!(emulation.deliver("0123", Bytes::new()).await, Delivery::Gone, "a guessed key reaches nothing");
+        drop(registration);
+        assert_eq!(emulation.len(), 0);
+        assert_eq!(emulation.deliver(&key, Bytes::new()).await, Delivery::Gone);
+    }
+
+    #[tokio::test]
+    async fn keys_differ_between_sessions() {
+        let emulation = Emulation::new();
+        let (a, _, _held_a) = emulation.open(Bytes::new());
+        let (b, _, _held_b) = emulation.open(Bytes::new());
+        assert_ne!(a, b);
+        assert_eq!(emulation.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_node_the_cluster_does_not_know_is_not_known() {
+        let hub = Hub::new(HubConfig::new(NodeId::new("n1"), ChannelRules::default()), Engine::memory());
+        hub.start().await.unwrap();
+        let emulation = Emulation::new();
+        assert!(!emulation.knows(&hub, "elsewhere").await);
+        assert!(!emulation.knows(&hub, "n1-twin").await, "not read again within a second");
+    }
+}

@@ -1,0 +1,271 @@
+//! The Centrifuge endpoints besides `/connection/websocket`: for clients
+//! where WebSocket is blocked, and for clients that only listen.
+//!
+//! - `POST /connection/http_stream` and `GET /connection/sse`: bidirectional
+//!   emulation, as centrifuge-js falls back to. The request carries the
+//!   connect command (the body, or `cf_connect` in the query); replies and
+//!   pushes come down the response; later commands are POSTed to
+//!   `/emulation` (see `centrifuge::emulation`).
+//! - `GET /connection/uni_websocket`, `GET|POST /connection/uni_sse`,
+//!   `POST /connection/uni_http_stream`: uni-directional. The client sends a
+//!   connect request (its first WebSocket message, `cf_connect`, or the body)
+//!   and then only listens: a connect push, then bare pushes, and pings
+//!   (`{}`) it need not answer. Channels come from the token's `channels`
+//!   claim (or the connect proxy); a reconnecting client recovers by naming
+//!   its positions in the request's `subs`.
+//!
+//! Every one runs the same session (`centrifuge::session`) on the session
+//! driver, with the same limits, codes, backpressure, drain and metrics as
+//! a WebSocket. A page on another origin may use them when its origin is
+//! allowed (`http.allowed_origins`): the answers then carry CORS headers.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::centrifuge::session::{self, Mode};
+use crate::config::TransportName;
+use crate::http::admission::Permit;
+use crate::http::body::{self, BodyLimits};
+use crate::server::AppState;
+use crate::transport::stream::{self, Closing, Format};
+
+/// The routes of the enabled transports besides `/connection/websocket`.
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
+    use axum::routing::{get, post};
+    let on = |name| state.transports.contains(&name);
+    let mut router = Router::new();
+    if on(TransportName::HttpStream) {
+        router = router.route("/connection/http_stream", post(http_stream).options(preflight));
+    }
+    if on(TransportName::Sse) {
+        router = router.route("/connection/sse", get(sse));
+    }
+    if on(TransportName::HttpStream) || on(TransportName::Sse) {
+        router = router.route("/emulation", post(emulation).options(preflight));
+    }
+    if on(TransportName::UniWebsocket) {
+        router = router.route("/connection/uni_websocket", get(uni_websocket));
+    }
+    if on(TransportName::UniSse) {
+        router = router.route("/connection/uni_sse", get(uni_sse).post(uni_sse_posted).options(preflight));
+    }
+    if on(TransportName::UniHttpStream) {
+        router = router.route("/connection/uni_http_stream", post(uni_http_stream).options(preflight));
+    }
+    router
+}
+
+/// The connect request of an SSE stream, in its URL.
+#[derive(Debug, Deserialize)]
+struct ConnectQuery {
+    #[serde(default)]
+    cf_connect: Option<String>,
+}
+
+/// Who opens a stream: what the handlers share.
+struct Opening {
+    peer: std::net::SocketAddr,
+    permit: Option<Extension<Arc<Permit>>>,
+    headers: HeaderMap,
+}
+
+async fn http_stream(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    permit: Option<Extension<Arc<Permit>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let opening = Opening { peer, permit, headers };
+    match read_connect(&state, &opening.headers, body).await {
+        Ok(first) => open_emulated(&state, opening, first, Format::Lines),
+        Err(refused) => refused,
+    }
+}
+
+async fn sse(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    permit: Option<Extension<Arc<Permit>>>,
+    headers: HeaderMap,
+    Query(query): Query<ConnectQuery>,
+) -> Response {
+    let first = Bytes::from(query.cf_connect.unwrap_or_default());
+    open_emulated(&state, Opening { peer, permit, headers }, first, Format::Events)
+}
+
+async fn emulation(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(refused) = crate::server::refuse_origin(&state, &headers) {
+        return refused;
+    }
+    let limits = BodyLimits { max_size: state.max_message_size, timeout: state.body_timeout };
+    let answer = state.emulation.handle(state.shared.driver.hub.as_ref(), &headers, body, limits).await;
+    with_cors(&headers, answer)
+}
+
+async fn uni_websocket(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    permit: Option<Extension<Arc<Permit>>>,
+    headers: HeaderMap,
+    upgrade: axum::extract::WebSocketUpgrade,
+) -> Response {
+    crate::server::centrifuge_upgrade(&state, peer, permit, &headers, upgrade, Mode::Unidirectional)
+}
+
+async fn uni_sse(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    permit: Option<Extension<Arc<Permit>>>,
+    headers: HeaderMap,
+    Query(query): Query<ConnectQuery>,
+) -> Response {
+    let first = Bytes::from(query.cf_connect.unwrap_or_default());
+    open_unidirectional(&state, Opening { peer, permit, headers }, first, Format::Events)
+}
+
+async fn uni_sse_posted(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    permit: Option<Extension<Arc<Permit>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let opening = Opening { peer, permit, headers };
+    match read_connect(&state, &opening.headers, body).await {
+        Ok(first) => open_unidirectional(&state, opening, first, Format::Events),
+        Err(refused) => refused,
+    }
+}
+
+async fn uni_http_stream(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    permit: Option<Extension<Arc<Permit>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let opening = Opening { peer, permit, headers };
+    match read_connect(&state, &opening.headers, body).await {
+        Ok(first) => open_unidirectional(&state, opening, first, Format::Lines),
+        Err(refused) => refused,
+    }
+}
+
+/// The body that opens a stream: the connect command or request, within
+/// `client.max_message_size` and `http.body_timeout`.
+async fn read_connect(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let limits = BodyLimits { max_size: state.max_message_size, timeout: state.body_timeout };
+    body::read(headers, body, limits).await.map_err(|error| {
+        tracing::info!(%error, "stream not opened: its connect request could not be read");
+        (error.status(), error.to_string()).into_response()
+    })
+}
+
+/// Refuses a stream the node would refuse as a WebSocket: while draining,
+/// or from a page whose origin is not allowed.
+fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    crate::server::refuse_draining(state).or_else(|| crate::server::refuse_origin(state, headers))
+}
+
+fn open_emulated(state: &AppState, opening: Opening, first: Bytes, format: Format) -> Response {
+    if let Some(refused) = refused(state, &opening.headers) {
+        return refused;
+    }
+    let (key, inbound, registration) = state.emulation.open(first);
+    open(state, opening, inbound, registration, format, Closing::Push, Some(key))
+}
+
+fn open_unidirectional(state: &AppState, opening: Opening, first: Bytes, format: Format) -> Response {
+    if let Some(refused) = refused(state, &opening.headers) {
+        return refused;
+    }
+    let (sender, inbound) = mpsc::channel(1);
+    // The channel is new and empty: the one message fits.
+    let _ = sender.try_send(first);
+    open(state, opening, inbound, (), format, Closing::Bare, None)
+}
+
+/// Starts the session on a stream and answers with the stream: an
+/// emulated session when it has an emulation key, else a uni-directional
+/// one.
+fn open<Held: Send + 'static>(
+    state: &AppState,
+    opening: Opening,
+    inbound: mpsc::Receiver<Bytes>,
+    held: Held,
+    format: Format,
+    closing: Closing,
+    emulation_key: Option<Arc<str>>,
+) -> Response {
+    let Opening { peer, permit, headers } = opening;
+    let shared = state.shared.clone();
+    let proxies = &shared.proxies;
+    let mode = if emulation_key.is_some() { Mode::Emulated } else { Mode::Unidirectional };
+    let context = match (proxies.any(), emulation_key) {
+        (false, None) => None,
+        (any, emulation_key) => {
+            let mut context = match any {
+                true => crate::proxy::ClientContext::capture(proxies, &headers, peer.ip()),
+                false => crate::proxy::ClientContext::default(),
+            };
+            context.emulation_key = emulation_key;
+            Some(Arc::new(context))
+        }
+    };
+    // The session keeps the node's count of live sessions (shutdown waits
+    // for it) and the connection's place under the caps.
+    let held = (held, state.tracker.enter(), permit);
+    let (transport, body) = stream::open(format, closing, inbound, held);
+    tokio::spawn(session::run(transport, shared, context, mode));
+    let content_type = match format {
+        Format::Lines => "application/json",
+        Format::Events => "text/event-stream",
+    };
+    let response = (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store")),
+            // Proxies such as nginx would otherwise buffer the stream.
+            (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+        ],
+        body,
+    )
+        .into_response();
+    with_cors(&headers, response)
+}
+
+/// Answers a CORS preflight from an allowed origin.
+async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = crate::server::refuse_origin(&state, &headers) {
+        return refused;
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let answer = response.headers_mut();
+    answer.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+    if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        answer.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    answer.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    with_cors(&headers, response)
+}
+
+/// `response`, with the CORS headers a page on the request's (allowed)
+/// origin needs to read it.
+fn with_cors(request: &HeaderMap, mut response: Response) -> Response {
+    if let Some(origin) = request.get(header::ORIGIN) {
+        let answer = response.headers_mut();
+        answer.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        answer.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        answer.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    response
+}

@@ -1,0 +1,195 @@
+//! An HTTP response that stays open as a transport: HTTP-streaming (one
+//! message per line) and Server-Sent Events (one message per event).
+//!
+//! What the session sends goes through a small bounded channel into the
+//! response body, so a client that stops reading stops the body, fills the
+//! channel and blocks the session's write: the driver then closes it as
+//! slow, as it would a WebSocket. What the client sends arrives through
+//! another channel: the request that opened the stream (its connect
+//! command) and, for bidirectional emulation, the commands it posts to
+//! `/emulation` afterwards. A uni-directional stream gets only the first.
+//!
+//! A stream has no close frame: the session's close code goes out as a
+//! Centrifuge disconnect push, and then the body ends.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::{Inbound, Transport, TransportError};
+
+/// Body chunks waiting for the client to read them. Each is one write of
+/// the session's (everything it had queued), so a few are plenty; the
+/// session's outbox holds the rest and decides when the client is slow.
+const BODY_CHUNKS: usize = 4;
+
+/// How messages are written into the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// HTTP-streaming: each message ends with a newline.
+    Lines,
+    /// Server-Sent Events: each line of a message is a `data:` field, and
+    /// a blank line ends the event.
+    Events,
+}
+
+/// How the session's close is told to the client before the stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// As a push, for a client speaking the bidirectional protocol.
+    Push,
+    /// As a bare disconnect object, for a uni-directional client.
+    Bare,
+}
+
+/// The session's side of a streamed response.
+#[derive(Debug)]
+pub(crate) struct StreamTransport<Held: Send = ()> {
+    body: mpsc::Sender<Bytes>,
+    inbound: mpsc::Receiver<Bytes>,
+    /// False once nothing more can arrive from the client.
+    listening: bool,
+    format: Format,
+    closing: Closing,
+    /// Kept for as long as the session runs (its emulation registration).
+    _held: Held,
+}
+
+/// A transport and the response body it writes into.
+pub(crate) fn open<Held: Send>(
+    format: Format,
+    closing: Closing,
+    inbound: mpsc::Receiver<Bytes>,
+    held: Held,
+) -> (StreamTransport<Held>, Body) {
+    let (body, mut chunks) = mpsc::channel::<Bytes>(BODY_CHUNKS);
+    let stream =
+        futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx).map(|chunk| chunk.map(Ok::<_, Infallible>)));
+    let transport = StreamTransport { body, inbound, listening: true, format, closing, _held: held };
+    (transport, Body::from_stream(stream))
+}
+
+impl<Held: Send> StreamTransport<Held> {
+    /// `message` as this stream writes it.
+    fn frame(&self, message: &[u8]) -> Bytes {
+        match self.format {
+            Format::Lines => {
+                let mut out = BytesMut::with_capacity(message.len().saturating_add(1));
+                out.put_slice(message);
+                out.put_u8(b'\n');
+                out.freeze()
+            }
+            Format::Events => {
+                let mut out = BytesMut::with_capacity(message.len().saturating_add(16));
+                for line in message.split(|byte| *byte == b'\n') {
+                    out.put_slice(b"data: ");
+                    out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
+                    out.put_u8(b'\n');
+                }
+                out.put_u8(b'\n');
+                out.freeze()
+            }
+        }
+    }
+}
+
+impl<Held: Send> Transport for StreamTransport<Held> {
+    async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
+        loop {
+            tokio::select! {
+                message = self.inbound.recv(), if self.listening => match message {
+                    Some(message) => return Ok(Some(Inbound::Text(message))),
+                    None => self.listening = false,
+                },
+                // The client went away: the body was dropped.
+                _ = self.body.closed() => return Ok(None),
+            }
+        }
+    }
+
+    async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
+        let frame = self.frame(&text);
+        self.body.send(frame).await.map_err(|_| TransportError::Broken("the client closed the stream".into()))
+    }
+
+    async fn close(&mut self, code: u16, reason: String) {
+        let disconnect = serde_json::json!({ "code": code, "reason": reason });
+        let message = match self.closing {
+            Closing::Push => serde_json::json!({ "push": { "disconnect": disconnect } }),
+            Closing::Bare => serde_json::json!({ "disconnect": disconnect }),
+        };
+        let frame = self.frame(message.to_string().as_bytes());
+        let _ = self.body.send(frame).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn next_chunk(body: &mut Body) -> String {
+        let frame = body.frame().await.expect("a chunk").expect("no error");
+        String::from_utf8(frame.into_data().expect("data").to_vec()).expect("UTF-8")
+    }
+
+    #[tokio::test]
+    async fn events_put_every_line_in_a_data_field_and_end_with_a_blank_line() {
+        let (_to_session, inbound) = mpsc::channel(1);
+        let (mut transport, mut body) = open(Format::Events, Closing::Push, inbound, ());
+        transport.send_text(Bytes::from_static(b"{\"id\":1}\n{\"push\":{}}")).await.unwrap();
+        assert_eq!(next_chunk(&mut body).await, "data: {\"id\":1}\ndata: {\"push\":{}}\n\n");
+    }
+
+    #[tokio::test]
+    async fn lines_end_each_message_with_a_newline_and_a_close_is_a_disconnect_push() {
+        let (_to_session, inbound) = mpsc::channel(1);
+        let (mut transport, mut body) = open(Format::Lines, Closing::Push, inbound, ());
+        transport.send_text(Bytes::from_static(b"{}")).await.unwrap();
+        transport.close(3001, "shutdown".into()).await;
+        drop(transport);
+        assert_eq!(next_chunk(&mut body).await, "{}\n");
+        assert_eq!(
+            next_chunk(&mut body).await,
+            "{\"push\":{\"disconnect\":{\"code\":3001,\"reason\":\"shutdown\"}}}\n"
+        );
+        assert!(body.frame().await.is_none(), "the body ends with the transport");
+    }
+
+    #[tokio::test]
+    async fn a_unidirectional_close_is_a_bare_disconnect() {
+        let (_to_session, inbound) = mpsc::channel(1);
+        let (mut transport, mut body) = open(Format::Events, Closing::Bare, inbound, ());
+        transport.close(3501, "bad request".into()).await;
+        assert_eq!(
+            next_chunk(&mut body).await,
+            "data: {\"disconnect\":{\"code\":3501,\"reason\":\"bad request\"}}\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_client_going_away_ends_the_receive_even_after_its_last_message() {
+        let (to_session, inbound) = mpsc::channel(1);
+        let (mut transport, body) = open(Format::Lines, Closing::Push, inbound, ());
+        to_session.send(Bytes::from_static(b"{\"id\":1,\"connect\":{}}")).await.unwrap();
+        drop(to_session);
+        assert_eq!(transport.recv().await, Ok(Some(Inbound::Text(Bytes::from_static(b"{\"id\":1,\"connect\":{}}")))));
+        drop(body);
+        assert_eq!(transport.recv().await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_blocks_the_sessions_writes() {
+        let (_to_session, inbound) = mpsc::channel(1);
+        let (mut transport, _unread) = open(Format::Lines, Closing::Push, inbound, ());
+        for _ in 0..BODY_CHUNKS {
+            transport.send_text(Bytes::from_static(b"{}")).await.unwrap();
+        }
+        let blocked =
+            tokio::time::timeout(std::time::Duration::from_millis(50), transport.send_text("{}".into())).await;
+        assert!(blocked.is_err(), "the write waits for the client (and the driver's timeout)");
+    }
+}

@@ -5,7 +5,8 @@
 // it: centrifuge-js falls back to HTTP-streaming, and where that endpoint
 // is not served, on to SSE. Messages arrive, HTML in them shows as text,
 // and a cut stream recovers. A second page listens with a plain
-// EventSource on the uni-directional SSE endpoint.
+// EventSource on the uni-directional SSE endpoint, and recovers through
+// EventSource's own reconnect.
 //
 // With SCREENSHOTS_DIR=<dir> the test saves the screenshots the README shows.
 
@@ -73,13 +74,20 @@ const UNI_PAGE = `<!doctype html>
   const connect = JSON.stringify({ token: params.get('token') });
   const source = new EventSource(params.get('herald') + '/connection/uni_sse?cf_connect=' + encodeURIComponent(connect));
   window.pushes = [];
+  const show = (channel, pub) => {
+    const item = document.createElement('li');
+    item.textContent = channel + ': ' + pub.data.home + ' - ' + pub.data.away;
+    document.getElementById('scores').append(item);
+  };
+  window.connects = 0;
   source.onmessage = (event) => {
     const push = JSON.parse(event.data);
     window.pushes.push(push);
-    if (!push.pub) return;
-    const item = document.createElement('li');
-    item.textContent = push.channel + ': ' + push.pub.data.home + ' - ' + push.pub.data.away;
-    document.getElementById('scores').append(item);
+    if (push.connect) {
+      window.connects += 1;
+      for (const [channel, sub] of Object.entries(push.connect.subs)) (sub.publications || []).forEach((pub) => show(channel, pub));
+    }
+    if (push.pub) show(push.channel, push.pub);
   };
 </script>`;
 
@@ -188,9 +196,19 @@ describe('fallbacks in a real browser', () => {
     await herald.api('publish', { channel, data: { home: 1, away: 0 } });
     await herald.api('publish', { channel, data: { home: 1, away: 1 } });
     await page.waitForFunction(() => window.pushes.filter((push) => push.pub).length === 2, WAIT);
+
+    // The server ends the stream (asking the client to come back); EventSource
+    // reconnects by itself, with the last event id it saw, and gets what it missed.
+    await herald.api('disconnect', { user: 'fan', disconnect: { code: 4000, reason: 'moving you' } });
+    await page.waitForFunction(() => window.pushes.some((push) => push.disconnect), WAIT);
+    await herald.api('publish', { channel, data: { home: 2, away: 1 } });
+    await page.waitForFunction(() => window.connects === 2, { timeout: 20000 });
+    const recovered = await page.evaluate(() => window.pushes.filter((push) => push.connect)[1].connect.subs);
+    assert.equal(recovered[channel].recovered, true, JSON.stringify(recovered));
     assert.deepEqual(await page.$$eval('#scores li', (items) => items.map((item) => item.textContent)), [
       `${channel}: 1 - 0`,
       `${channel}: 1 - 1`,
+      `${channel}: 2 - 1`,
     ]);
     if (SCREENSHOTS) await page.screenshot({ path: path.join(SCREENSHOTS, 'uni-sse.png') });
     await page.close();

@@ -62,7 +62,7 @@ pub(crate) enum Framing {
 /// One client protocol, as the driver runs it.
 pub(crate) trait Protocol: Send {
     /// How messages queued together are written.
-    const FRAMING: Framing;
+    fn framing(&self) -> Framing;
     /// The protocol's name in metrics.
     const NAME: &'static str;
 
@@ -283,7 +283,7 @@ async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
     });
     let Parts { outbox, settings, .. } = protocol.parts();
     let timeout = settings.write_timeout;
-    match P::FRAMING {
+    match protocol.framing() {
         Framing::Messages => send_guarded(transport, frames, outbox, timeout).await,
         Framing::Lines => match join_lines(frames) {
             Some(frame) => send_guarded(transport, std::iter::once(frame), outbox, timeout).await,
@@ -385,8 +385,11 @@ mod tests {
     }
 
     impl Protocol for Buggy {
-        const FRAMING: Framing = Framing::Lines;
         const NAME: &'static str = "test";
+
+        fn framing(&self) -> Framing {
+            Framing::Lines
+        }
 
         fn parts(&self) -> Parts<'_> {
             Parts { settings: &self.settings, outbox: &self.outbox, connection: Some(&self.conn) }

@@ -12,7 +12,8 @@
 //!   and then only listens: a connect push, then bare pushes, and pings
 //!   (`{}`) it need not answer. Channels come from the token's `channels`
 //!   claim (or the connect proxy); a reconnecting client recovers by naming
-//!   its positions in the request's `subs`.
+//!   its positions in the request's `subs`, or, on uni SSE, by the
+//!   `Last-Event-ID` that `EventSource` sends back by itself.
 //!
 //! Every one runs the same session (`centrifuge::session`) on the session
 //! driver, with the same limits, codes, backpressure, drain and metrics as
@@ -30,6 +31,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::centrifuge::positions;
 use crate::centrifuge::session::{self, Mode};
 use crate::config::TransportName;
 use crate::http::admission::Permit;
@@ -128,7 +130,12 @@ async fn uni_sse(
     headers: HeaderMap,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
-    let first = Bytes::from(query.cf_connect.unwrap_or_default());
+    let mut first = Bytes::from(query.cf_connect.unwrap_or_default());
+    // `EventSource` reconnecting by itself: recover from the positions it saw.
+    let last_event_id = headers.get("last-event-id").and_then(|id| id.to_str().ok());
+    if let Some(request) = last_event_id.and_then(|id| positions::with_recovery(&first, id)) {
+        first = Bytes::from(request);
+    }
     open_unidirectional(&state, Opening { peer, permit, headers }, first, Format::Events)
 }
 

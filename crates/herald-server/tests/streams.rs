@@ -190,6 +190,50 @@ async fn uni_directional_sse_takes_the_connect_request_in_the_url_and_sends_bare
 }
 
 #[tokio::test]
+async fn an_event_source_reconnecting_with_its_last_event_id_recovers_what_it_missed() {
+    let server = TestServer::start().await;
+    let token = server.token_with("liv", json!({"channels": ["feed:ids", "feed:quiet"]}));
+    let path = format!("/connection/uni_sse?cf_connect={}", form_encoded(&json!({"token": token}).to_string()));
+    let mut stream = StreamClient::get(server.addr, &path).await;
+    stream.next_not_ping().await;
+    server.publish("feed:ids", json!({"n": 1})).await;
+    assert_eq!(stream.next_not_ping().await["pub"]["data"], json!({"n": 1}));
+    let id = stream.last_event_id.clone().expect("events that move a position carry an id");
+    let named: Value = serde_json::from_str(&id).unwrap();
+    assert_eq!(named["feed:ids"][1], 1, "{id}");
+    assert_eq!(named["feed:quiet"][1], 0, "{id}");
+    drop(stream);
+
+    server.publish("feed:ids", json!({"n": 2})).await;
+    server.publish("feed:quiet", json!({"n": 3})).await;
+    // What `EventSource` does by itself: the same URL, and the last id it saw.
+    let headers = [("Accept", "text/event-stream"), ("Last-Event-ID", id.as_str())];
+    let mut again = StreamClient::open(server.addr, "GET", &path, &headers, "").await;
+    let subs = again.next_not_ping().await["connect"]["subs"].clone();
+    for (channel, n) in [("feed:ids", 2), ("feed:quiet", 3)] {
+        assert_eq!(subs[channel]["recovered"], true, "{subs}");
+        assert_eq!(subs[channel]["publications"][0]["data"]["n"], n, "{subs}");
+    }
+}
+
+#[tokio::test]
+async fn a_uni_directional_client_that_may_have_missed_publications_is_told_to_reconnect_and_recover() {
+    let mut redis = RedisServer::start();
+    let engine =
+        RedisEngineConfig { address: redis.url(), prefix: format!("uni{}", std::process::id()), ..Default::default() };
+    let server = TestServer::with(|c| c.engine = EngineConfig::Redis(engine)).await;
+    let token = server.token_with("max", json!({"channels": ["feed:gone"]}));
+    let mut stream =
+        StreamClient::post(server.addr, "/connection/uni_http_stream", &json!({"token": token}).to_string()).await;
+    assert!(stream.next_not_ping().await["connect"]["subs"]["feed:gone"]["recoverable"] == true);
+
+    // The node's link to the backplane breaks: it may miss publications.
+    redis.restart();
+    let disconnect = json!({"disconnect": {"code": 3010, "reason": "insufficient state"}});
+    assert_eq!(stream.rest().await, vec![disconnect], "not a silent gap: the client reconnects with its positions");
+}
+
+#[tokio::test]
 async fn a_uni_directional_websocket_connects_with_its_first_message_and_ignores_the_rest() {
     let server = TestServer::start().await;
     let url = format!("ws://{}/connection/uni_websocket", server.addr);

@@ -57,6 +57,10 @@ impl ClientError {
 }
 
 /// The close code, reason and reconnect advice for a disconnect.
+/// The close code that tells a uni-directional client it may have missed
+/// publications: it reconnects with its positions and recovers.
+pub(crate) const INSUFFICIENT_STATE: u16 = 3010;
+
 pub(crate) fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
     let (code, text) = match reason {
         DisconnectReason::Shutdown => (3001, "shutdown"),

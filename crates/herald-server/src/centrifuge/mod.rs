@@ -10,11 +10,13 @@
 //! - [`session`]: the per-connection state machine.
 //! - [`emulation`]: commands posted by clients on HTTP streams, routed to
 //!   their session's node.
+//! - [`positions`]: a uni-directional SSE client's positions, as event ids.
 
 pub(crate) mod codes;
 pub(crate) mod command;
 pub(crate) mod emulation;
 pub(crate) mod encode;
+pub(crate) mod positions;
 pub(crate) mod session;
 
 pub(crate) use encode::{CentrifugeEncoder, UniEncoder};

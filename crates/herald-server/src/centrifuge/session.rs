@@ -390,8 +390,16 @@ impl Session {
 }
 
 impl Protocol for Session {
-    const FRAMING: Framing = Framing::Lines;
     const NAME: &'static str = "centrifuge";
+
+    /// Replies and pushes share a frame, a line each; a uni-directional
+    /// client, which has no SDK to split lines, gets one push per message.
+    fn framing(&self) -> Framing {
+        match self.mode {
+            Mode::Unidirectional => Framing::Messages,
+            Mode::Bidirectional | Mode::Emulated => Framing::Lines,
+        }
+    }
 
     fn parts(&self) -> Parts<'_> {
         Parts { settings: &self.shared.driver, outbox: &self.outbox, connection: self.conn.as_ref() }
@@ -471,6 +479,15 @@ impl Protocol for Session {
     fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
         Ok(Some(match event {
             ConnEvent::Subscribed { channel } => self.push(Some(&channel), "subscribe", &Empty {}),
+            // A uni-directional client cannot resubscribe to recover: it
+            // reconnects, naming its positions.
+            ConnEvent::Unsubscribed { reason: UnsubscribeReason::InsufficientState, .. } if self.unidirectional() => {
+                return Err(DisconnectReason::Custom {
+                    code: codes::INSUFFICIENT_STATE,
+                    reason: "insufficient state".to_owned(),
+                    reconnect: true,
+                })
+            }
             ConnEvent::Unsubscribed { channel, reason } => {
                 self.sub_deadlines.remove(&channel);
                 self.unsubscribe_push(&channel, reason)

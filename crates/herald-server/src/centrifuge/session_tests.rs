@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use herald_core::{ChannelRules, Hub, HubConfig};
 use herald_engine::{Engine, NodeId};
 
+use super::session::Mode;
 use super::session::{run, SessionSettings, Shared};
 use super::CentrifugeEncoder;
 use crate::auth::{TokenMinter, TokenVerifier};
@@ -35,6 +36,15 @@ async fn session() -> Harness {
 }
 
 async fn session_with(rules: ChannelRules, queue_max_bytes: usize, subscriptions: crate::rate::RateLimit) -> Harness {
+    session_in(Mode::Bidirectional, rules, queue_max_bytes, subscriptions).await
+}
+
+async fn session_in(
+    mode: Mode,
+    rules: ChannelRules,
+    queue_max_bytes: usize,
+    subscriptions: crate::rate::RateLimit,
+) -> Harness {
     let client = ClientConfig { token_hmac_secret: Some(Secret::new(SECRET)), ..ClientConfig::default() };
     let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), Engine::memory());
     hub.start().await.unwrap();
@@ -65,7 +75,7 @@ async fn session_with(rules: ChannelRules, queue_max_bytes: usize, subscriptions
     });
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
-    tokio::spawn(run(MemoryTransport { inbound, outbound }, shared, None, super::session::Mode::Bidirectional));
+    tokio::spawn(run(MemoryTransport { inbound, outbound }, shared, None, mode));
     Harness { hub, to_session, from_session, _shutdown: shutdown }
 }
 
@@ -305,4 +315,28 @@ async fn subscriptions_over_the_subscribe_rate_are_refused_with_111() {
     s.send(json!({"id": 7, "subscribe": {"channel": "c7"}}));
     let Sent::Text(reply) = s.next().await else { panic!("expected the reply") };
     assert!(reply.contains("\"subscribe\""), "room again: {reply}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_uni_directional_client_gets_a_connect_push_and_pings_it_need_not_answer() {
+    let mut s = session_in(Mode::Unidirectional, ChannelRules::default(), 1 << 20, SUBSCRIBE_RATE).await;
+    let token = TokenMinter::hmac(SECRET).sign(&json!({"sub": "42"}));
+    s.send(json!({"token": token, "name": "curl"}));
+    let Sent::Text(connect) = s.next().await else { panic!("expected the connect push") };
+    let connect: serde_json::Value = serde_json::from_str(&connect).unwrap();
+    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    assert_eq!(connect["connect"]["pong"], false, "{connect}");
+    assert!(connect.get("id").is_none(), "a push, not a reply: {connect}");
+    for _ in 0..3 {
+        assert_eq!(s.next().await, ping(), "pinged, and never closed for not answering");
+    }
+    s.send(json!({"id": 2, "subscribe": {"channel": "news"}}));
+    assert_eq!(s.next().await, ping(), "whatever it sends later is ignored");
+}
+
+#[tokio::test]
+async fn a_uni_directional_connect_that_is_not_json_ends_as_a_bad_request() {
+    let mut s = session_in(Mode::Unidirectional, ChannelRules::default(), 1 << 20, SUBSCRIBE_RATE).await;
+    s.to_session.send(Ok(Inbound::Text(Bytes::from_static(b"token=abc")))).unwrap();
+    assert_eq!(s.next().await, Sent::Close(3501, "bad request".into()));
 }

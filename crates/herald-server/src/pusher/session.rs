@@ -277,8 +277,11 @@ pub(crate) fn read_frame(frame: &[u8]) {
 }
 
 impl Protocol for Session {
-    const FRAMING: Framing = Framing::Messages;
     const NAME: &'static str = "pusher";
+
+    fn framing(&self) -> Framing {
+        Framing::Messages
+    }
 
     fn parts(&self) -> Parts<'_> {
         Parts { settings: &self.frontend.driver, outbox: &self.outbox, connection: Some(&self.conn) }

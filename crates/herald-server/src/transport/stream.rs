@@ -10,7 +10,10 @@
 //! `/emulation` afterwards. A uni-directional stream gets only the first.
 //!
 //! A stream has no close frame: the session's close code goes out as a
-//! Centrifuge disconnect push, and then the body ends.
+//! Centrifuge disconnect push, and then the body ends. A uni-directional
+//! event stream also names, in its events' ids, where the client is in
+//! each channel (`centrifuge::positions`), for `EventSource` to send back
+//! when it reconnects.
 
 use std::convert::Infallible;
 
@@ -19,6 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::{Inbound, Transport, TransportError};
+use crate::centrifuge::positions::Positions;
 
 /// Body chunks waiting for the client to read them. Each is one write of
 /// the session's (everything it had queued), so a few are plenty; the
@@ -53,6 +57,8 @@ pub(crate) struct StreamTransport<Held: Send = ()> {
     listening: bool,
     format: Format,
     closing: Closing,
+    /// For a uni-directional event stream: its positions, sent as event ids.
+    positions: Option<Box<Positions>>,
     /// Kept for as long as the session runs (its emulation registration).
     _held: Held,
 }
@@ -67,31 +73,45 @@ pub(crate) fn open<Held: Send>(
     let (body, mut chunks) = mpsc::channel::<Bytes>(BODY_CHUNKS);
     let stream =
         futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx).map(|chunk| chunk.map(Ok::<_, Infallible>)));
-    let transport = StreamTransport { body, inbound, listening: true, format, closing, _held: held };
+    // A uni-directional event stream's ids let `EventSource` recover.
+    let positions = (format == Format::Events && closing == Closing::Bare).then(Box::default);
+    let transport = StreamTransport { body, inbound, listening: true, format, closing, positions, _held: held };
     (transport, Body::from_stream(stream))
 }
 
 impl<Held: Send> StreamTransport<Held> {
-    /// `message` as this stream writes it.
-    fn frame(&self, message: &[u8]) -> Bytes {
+    /// Appends `message` to `out` as this stream writes it.
+    fn put_frame(&mut self, out: &mut BytesMut, message: &[u8]) {
+        if let Some(id) = self.positions.as_mut().and_then(|positions| positions.observe(message)) {
+            out.put_slice(b"id: ");
+            out.put_slice(id.as_bytes());
+            out.put_u8(b'\n');
+        }
         match self.format {
             Format::Lines => {
-                let mut out = BytesMut::with_capacity(message.len().saturating_add(1));
                 out.put_slice(message);
                 out.put_u8(b'\n');
-                out.freeze()
             }
             Format::Events => {
-                let mut out = BytesMut::with_capacity(message.len().saturating_add(16));
                 for line in message.split(|byte| *byte == b'\n') {
                     out.put_slice(b"data: ");
                     out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
                     out.put_u8(b'\n');
                 }
                 out.put_u8(b'\n');
-                out.freeze()
             }
         }
+    }
+
+    /// `message` alone, as this stream writes it.
+    fn frame(&mut self, message: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(message.len().saturating_add(16));
+        self.put_frame(&mut out, message);
+        out.freeze()
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), TransportError> {
+        self.body.send(chunk).await.map_err(|_| TransportError::Broken("the client closed the stream".into()))
     }
 }
 
@@ -111,7 +131,23 @@ impl<Held: Send> Transport for StreamTransport<Held> {
 
     async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
         let frame = self.frame(&text);
-        self.body.send(frame).await.map_err(|_| TransportError::Broken("the client closed the stream".into()))
+        self.write(frame).await
+    }
+
+    async fn send_texts<I>(&mut self, texts: I) -> Result<(), TransportError>
+    where
+        I: IntoIterator<Item = Bytes> + Send,
+        I::IntoIter: Send,
+    {
+        // Everything queued leaves as one chunk.
+        let mut chunk = BytesMut::new();
+        for text in texts {
+            self.put_frame(&mut chunk, &text);
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.write(chunk.freeze()).await
     }
 
     async fn close(&mut self, code: u16, reason: String) {
@@ -168,6 +204,21 @@ mod tests {
             next_chunk(&mut body).await,
             "data: {\"disconnect\":{\"code\":3501,\"reason\":\"bad request\"}}\n\n"
         );
+    }
+
+    #[tokio::test]
+    async fn a_uni_directional_event_stream_names_its_positions_in_event_ids() {
+        let (_to_session, inbound) = mpsc::channel(1);
+        let (mut transport, mut body) = open(Format::Events, Closing::Bare, inbound, ());
+        let connect = Bytes::from_static(br#"{"connect":{"subs":{"a":{"epoch":"e","offset":1}}}}"#);
+        let publication = Bytes::from_static(br#"{"channel":"a","pub":{"data":{},"offset":2}}"#);
+        transport.send_texts([connect.clone(), Bytes::from_static(b"{}"), publication.clone()]).await.unwrap();
+        let expected = [
+            "id: {\"a\":[\"e\",1]}\ndata: ".to_owned() + std::str::from_utf8(&connect).unwrap() + "\n\n",
+            "data: {}\n\n".to_owned(),
+            "id: {\"a\":[\"e\",2]}\ndata: ".to_owned() + std::str::from_utf8(&publication).unwrap() + "\n\n",
+        ];
+        assert_eq!(next_chunk(&mut body).await, expected.concat(), "one chunk, an event per push");
     }
 
     #[tokio::test]

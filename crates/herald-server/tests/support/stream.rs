@@ -30,6 +30,8 @@ pub(crate) struct StreamClient {
     raw: Vec<u8>,
     ended: bool,
     messages: VecDeque<Value>,
+    /// The last event id the stream sent (SSE).
+    pub last_event_id: Option<String>,
     /// The response's status and head.
     pub status: u16,
     pub head: String,
@@ -53,6 +55,7 @@ impl StreamClient {
             raw: Vec::new(),
             ended: false,
             messages: VecDeque::new(),
+            last_event_id: None,
             status: 0,
             head: String::new(),
         };
@@ -122,11 +125,16 @@ impl StreamClient {
             self.body.drain(..end + separator.len());
             let text = match self.framing {
                 Framing::Lines => unit,
-                Framing::Events => unit
-                    .lines()
-                    .map(|line| line.strip_prefix("data: ").expect("only data fields"))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                Framing::Events => {
+                    let mut data = Vec::new();
+                    for line in unit.lines() {
+                        match line.strip_prefix("id: ") {
+                            Some(id) => self.last_event_id = Some(id.to_owned()),
+                            None => data.push(line.strip_prefix("data: ").expect("only id and data fields")),
+                        }
+                    }
+                    data.join("\n")
+                }
             };
             for line in text.lines().filter(|line| !line.trim().is_empty()) {
                 self.messages.push_back(serde_json::from_str(line).expect("JSON messages"));

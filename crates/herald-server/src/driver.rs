@@ -57,6 +57,9 @@ pub(crate) enum Framing {
     Lines,
     /// One transport message each, all in one write (Pusher).
     Messages,
+    /// Concatenated into one binary transport message (Centrifuge
+    /// Protobuf, whose messages are length-delimited).
+    Binary,
 }
 
 /// One client protocol, as the driver runs it.
@@ -284,12 +287,27 @@ async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
     let Parts { outbox, settings, .. } = protocol.parts();
     let timeout = settings.write_timeout;
     match protocol.framing() {
-        Framing::Messages => send_guarded(transport, frames, outbox, timeout).await,
+        Framing::Messages => guarded(transport.send_texts(frames), outbox, timeout).await,
         Framing::Lines => match join_lines(frames) {
-            Some(frame) => send_guarded(transport, std::iter::once(frame), outbox, timeout).await,
+            Some(frame) => guarded(transport.send_texts(std::iter::once(frame)), outbox, timeout).await,
+            None => Ok(()),
+        },
+        Framing::Binary => match concatenated(frames) {
+            Some(frame) => guarded(transport.send_binary(frame), outbox, timeout).await,
             None => Ok(()),
         },
     }
+}
+
+/// Joins binary messages end to end; a lone one is returned as it is,
+/// shared with every other subscriber.
+fn concatenated(mut frames: impl Iterator<Item = Bytes>) -> Option<Bytes> {
+    let first = frames.next()?;
+    let Some(second) = frames.next() else { return Some(first) };
+    let mut joined = BytesMut::from(&first[..]);
+    joined.put_slice(&second);
+    frames.for_each(|frame| joined.put_slice(&frame));
+    Some(joined.freeze())
 }
 
 /// Joins messages with newlines into one frame. A lone message (the common
@@ -317,26 +335,20 @@ fn join_lines(frames: impl Iterator<Item = Bytes>) -> Option<Bytes> {
     }
 }
 
-/// Sends messages, giving up on a client that stopped reading: when
-/// `outbox` overflows behind the blocked write (it then closes as slow), or
-/// after `timeout`. `Err(None)` means the transport broke, `Err(Some(Slow))`
-/// that the client was too slow.
+/// Runs `send` (a transport's write), giving up on a client that stopped
+/// reading: when `outbox` overflows behind the blocked write (it then
+/// closes as slow), or after `timeout`. `Err(None)` means the transport
+/// broke, `Err(Some(Slow))` that the client was too slow.
 ///
 /// Nearly every write completes at once, so the timer is armed only for a
 /// write that does not: a timer per message would cost more than the write.
 /// That slow path is boxed: most writes never allocate for it.
-async fn send_guarded<T, I>(
-    transport: &mut T,
-    frames: I,
+async fn guarded(
+    send: impl Future<Output = Result<(), TransportError>> + Send,
     outbox: &Outbox,
     timeout: Duration,
-) -> Result<(), Option<DisconnectReason>>
-where
-    T: Transport,
-    I: IntoIterator<Item = Bytes> + Send,
-    I::IntoIter: Send,
-{
-    let mut send = std::pin::pin!(transport.send_texts(frames));
+) -> Result<(), Option<DisconnectReason>> {
+    let mut send = std::pin::pin!(send);
     if let Poll::Ready(sent) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
         return sent.map_err(|_| None);
     }

@@ -13,6 +13,15 @@ pub fn centrifuge_frame(data: &[u8]) {
     }
 }
 
+/// A Centrifuge Protobuf frame: its length-delimited commands, each
+/// decoded into the session's command; and the same bytes as a JSON reply
+/// to put in Protobuf.
+pub fn protobuf_frame(data: &[u8]) {
+    let mut rest = bytes::Bytes::copy_from_slice(data);
+    while let Some(Ok(_)) = crate::centrifuge::protobuf::next_command(&mut rest) {}
+    let _ = crate::centrifuge::protobuf::transcode(data);
+}
+
 /// A Pusher client frame, and the data of every event it may be.
 pub fn pusher_frame(data: &[u8]) {
     crate::pusher::session::read_frame(data);

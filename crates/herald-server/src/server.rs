@@ -25,7 +25,7 @@ use herald_engine::{DisconnectReason, Health, NodeId};
 use crate::api::{self, ApiState};
 use crate::auth::TokenVerifier;
 use crate::centrifuge::emulation::Emulation;
-use crate::centrifuge::session::Mode;
+use crate::centrifuge::session::{Encoding, Mode};
 use crate::centrifuge::{self, CentrifugeEncoder, SessionSettings, Shared, UniEncoder};
 use crate::config::{Config, TransportName};
 use crate::driver::DriverSettings;
@@ -166,6 +166,7 @@ impl Node {
             settings,
             encoder: Arc::new(CentrifugeEncoder),
             uni_encoder: Arc::new(UniEncoder),
+            protobuf_encoder: Arc::default(),
             proxies,
         });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
@@ -420,8 +421,21 @@ pub(crate) fn centrifuge_upgrade(
     let shared = state.shared.clone();
     // What the proxies pass on of the handshake, kept only when there are any.
     let proxies = &shared.proxies;
-    let context = proxies.any().then(|| Arc::new(crate::proxy::ClientContext::capture(proxies, headers, peer.ip())));
-    serve_websocket(state, upgrade, permit, move |transport| centrifuge::session::run(transport, shared, context, mode))
+    let transport = if mode == Mode::Unidirectional { "uni_websocket" } else { "websocket" };
+    let context =
+        proxies.any().then(|| Arc::new(crate::proxy::ClientContext::capture(proxies, headers, peer.ip(), transport)));
+    // A client that asks for `centrifuge-protobuf` speaks Protobuf (both ways only).
+    let upgrade = match mode {
+        Mode::Bidirectional => upgrade.protocols([centrifuge::protobuf::SUBPROTOCOL]),
+        Mode::Emulated | Mode::Unidirectional => upgrade,
+    };
+    let encoding = match upgrade.selected_protocol() {
+        Some(_) => Encoding::Protobuf,
+        None => Encoding::Json,
+    };
+    serve_websocket(state, upgrade, permit, move |transport| {
+        centrifuge::session::run(transport, shared, context, mode, encoding)
+    })
 }
 
 /// A 503 for a handshake while the node drains: the client should connect

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::centrifuge::positions;
-use crate::centrifuge::session::{self, Mode};
+use crate::centrifuge::session::{self, Encoding, Mode};
 use crate::config::TransportName;
 use crate::http::admission::Permit;
 use crate::http::body::{self, BodyLimits};
@@ -217,11 +217,17 @@ fn open<Held: Send + 'static>(
     let shared = state.shared.clone();
     let proxies = &shared.proxies;
     let mode = if emulation_key.is_some() { Mode::Emulated } else { Mode::Unidirectional };
+    let transport = match (format, mode) {
+        (Format::Lines, Mode::Emulated) => "http_stream",
+        (Format::Events, Mode::Emulated) => "sse",
+        (Format::Lines, _) => "uni_http_stream",
+        (Format::Events, _) => "uni_sse",
+    };
     let context = match (proxies.any(), emulation_key) {
         (false, None) => None,
         (any, emulation_key) => {
             let mut context = match any {
-                true => crate::proxy::ClientContext::capture(proxies, &headers, peer.ip()),
+                true => crate::proxy::ClientContext::capture(proxies, &headers, peer.ip(), transport),
                 false => crate::proxy::ClientContext::default(),
             };
             context.emulation_key = emulation_key;
@@ -232,7 +238,7 @@ fn open<Held: Send + 'static>(
     // for it) and the connection's place under the caps.
     let held = (held, state.tracker.enter(), permit);
     let (transport, body) = stream::open(format, closing, inbound, held);
-    tokio::spawn(session::run(transport, shared, context, mode));
+    tokio::spawn(session::run(transport, shared, context, mode, Encoding::Json));
     let content_type = match format {
         Format::Lines => "application/json",
         Format::Events => "text/event-stream",

@@ -44,6 +44,7 @@ macro_rules! replays {
 
 replays! {
     centrifuge_frame => fuzzing::centrifuge_frame,
+    protobuf_frame => fuzzing::protobuf_frame,
     pusher_frame => fuzzing::pusher_frame,
     api_call => fuzzing::api_call,
     token => fuzzing::token,

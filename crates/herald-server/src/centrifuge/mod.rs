@@ -1,4 +1,4 @@
-//! The Centrifuge client protocol v2 (JSON) front-end, served at
+//! The Centrifuge client protocol v2 (JSON and Protobuf) front-end, served at
 //! `/connection/websocket` (and the streams of `crate::streams`), so centrifuge-js, centrifuge-python and the other
 //! Centrifugo SDKs work against Herald unchanged.
 //!
@@ -11,12 +11,14 @@
 //! - [`emulation`]: commands posted by clients on HTTP streams, routed to
 //!   their session's node.
 //! - [`positions`]: a uni-directional SSE client's positions, as event ids.
+//! - [`protobuf`]: the Protobuf encoding, at the session's edge.
 
 pub(crate) mod codes;
 pub(crate) mod command;
 pub(crate) mod emulation;
 pub(crate) mod encode;
 pub(crate) mod positions;
+pub(crate) mod protobuf;
 pub(crate) mod session;
 
 pub(crate) use encode::{CentrifugeEncoder, UniEncoder};

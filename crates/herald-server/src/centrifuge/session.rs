@@ -21,6 +21,7 @@ use herald_engine::{ChannelName, ClientId, DisconnectReason};
 use super::codes::{self, ClientError};
 use super::command::{self, Command, Method};
 use super::encode::{self, CentrifugeEncoder, UniEncoder};
+use super::protobuf::{self, ProtobufEncoder};
 use crate::auth::{self, TokenVerifier};
 use crate::driver::{self, DriverSettings, Framing, Parts, Protocol};
 use crate::proxy::{ClientContext, Proxies};
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub encoder: Arc<CentrifugeEncoder>,
     /// The encoder of uni-directional connections (bare pushes).
     pub uni_encoder: Arc<UniEncoder>,
+    /// The encoder of Protobuf connections.
+    pub protobuf_encoder: Arc<ProtobufEncoder>,
     /// The application's proxies, if any are configured.
     pub proxies: Arc<Proxies>,
 }
@@ -75,6 +78,31 @@ pub(crate) enum Mode {
     /// Server to client only: the client's one message is a connect
     /// request; then it gets bare pushes and pings it need not answer.
     Unidirectional,
+}
+
+/// How a client's messages are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// JSON text, messages a line each.
+    Json,
+    /// Protobuf, length-delimited messages in binary frames
+    /// (the `centrifuge-protobuf` subprotocol).
+    Protobuf,
+}
+
+/// `json` (a reply or push the session wrote) as a client speaking
+/// `encoding` reads it; empty (and so not sent) if it cannot be, which
+/// would be a bug, logged.
+pub(crate) fn encoded(encoding: Encoding, json: Bytes) -> Bytes {
+    match encoding {
+        Encoding::Json => json,
+        // The commonest message of all.
+        Encoding::Protobuf if json == encode::PING => Bytes::from_static(protobuf::PING),
+        Encoding::Protobuf => protobuf::transcode(&json).unwrap_or_else(|error| {
+            tracing::error!(%error, "a reply could not be put in Protobuf (a bug); not sent");
+            Bytes::new()
+        }),
+    }
 }
 
 /// How a command can fail: with an error reply, or by ending the session.
@@ -102,9 +130,10 @@ pub(crate) fn run<T: Transport>(
     shared: Arc<Shared>,
     context: Option<Arc<ClientContext>>,
     mode: Mode,
+    encoding: Encoding,
 ) -> impl Future<Output = ()> + Send {
     let outbox = Arc::new(Outbox::new(shared.settings.queue_max_bytes));
-    driver::run(transport, Session::new(shared, outbox, context, mode))
+    driver::run(transport, Session::new(shared, outbox, context, mode, encoding))
 }
 
 struct Session {
@@ -128,6 +157,7 @@ struct Session {
     /// connection, instead of closing it.
     refresh_by_proxy: bool,
     mode: Mode,
+    encoding: Encoding,
 }
 
 /// When each expiring subscription ends, or (`true`) is to be extended by
@@ -209,7 +239,13 @@ fn deadline_after(exp: u64, grace: Duration) -> Instant {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, outbox: Arc<Outbox>, context: Option<Arc<ClientContext>>, mode: Mode) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        outbox: Arc<Outbox>,
+        context: Option<Arc<ClientContext>>,
+        mode: Mode,
+        encoding: Encoding,
+    ) -> Self {
         let now = Instant::now();
         let settings = &shared.settings;
         Self {
@@ -224,6 +260,7 @@ impl Session {
             context,
             refresh_by_proxy: false,
             mode,
+            encoding,
         }
     }
 
@@ -281,7 +318,22 @@ impl Session {
 
     fn reply(&self, message: Bytes) {
         // A full outbox closes itself as slow; the loop then ends the session.
-        let _ = self.outbox.push(Outgoing::Frame(message));
+        let _ = self.outbox.push(Outgoing::Frame(encoded(self.encoding, message)));
+    }
+
+    /// Handles a Protobuf frame's commands in order, as [`Self::on_frame`].
+    async fn on_protobuf_frame(&mut self, mut rest: Bytes) -> Result<Option<Bytes>, DisconnectReason> {
+        while let Some(command) = protobuf::next_command(&mut rest) {
+            let command = command.map_err(|error| {
+                tracing::debug!(client = ?self.client(), %error, "malformed Protobuf command");
+                DisconnectReason::BadRequest
+            })?;
+            self.on_command(command).await?;
+            if !rest.is_empty() && self.outbox.past_half() {
+                return Ok(Some(rest));
+            }
+        }
+        Ok(None)
     }
 
     /// Handles a frame's commands in order. Once their replies fill half
@@ -395,9 +447,10 @@ impl Protocol for Session {
     /// Replies and pushes share a frame, a line each; a uni-directional
     /// client, which has no SDK to split lines, gets one push per message.
     fn framing(&self) -> Framing {
-        match self.mode {
-            Mode::Unidirectional => Framing::Messages,
-            Mode::Bidirectional | Mode::Emulated => Framing::Lines,
+        match (self.encoding, self.mode) {
+            (Encoding::Protobuf, _) => Framing::Binary,
+            (Encoding::Json, Mode::Unidirectional) => Framing::Messages,
+            (Encoding::Json, Mode::Bidirectional | Mode::Emulated) => Framing::Lines,
         }
     }
 
@@ -420,6 +473,17 @@ impl Protocol for Session {
     }
 
     async fn on_message(&mut self, message: Inbound) -> Result<Option<Inbound>, DisconnectReason> {
+        if self.encoding == Encoding::Protobuf {
+            let Inbound::Binary(frame) = message else {
+                tracing::info!(client = ?self.client(), "text message on a Protobuf connection; closing");
+                return Err(DisconnectReason::BadRequest);
+            };
+            let handled = self.on_protobuf_frame(frame.clone()).await;
+            if let Err(reason) = &handled {
+                self.log_refusal(reason, &frame);
+            }
+            return handled.map(|rest| rest.map(Inbound::Binary));
+        }
         let frame = driver::text_only(message, &self.client())?;
         if self.unidirectional() {
             return self.on_uni_message(frame).await.map(|()| None);
@@ -477,7 +541,19 @@ impl Protocol for Session {
 
     /// Encodes a server-side event, updating session state on the way.
     fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
-        Ok(Some(match event {
+        let json = self.event_push(event)?;
+        Ok(Some(encoded(self.encoding, json)))
+    }
+
+    fn close_code(&self, reason: &DisconnectReason) -> (u16, String) {
+        codes::disconnect_code(reason)
+    }
+}
+
+impl Session {
+    /// The push (JSON) that tells the client of a server-side event.
+    fn event_push(&mut self, event: ConnEvent) -> Result<Bytes, DisconnectReason> {
+        Ok(match event {
             ConnEvent::Subscribed { channel } => self.push(Some(&channel), "subscribe", &Empty {}),
             // A uni-directional client cannot resubscribe to recover: it
             // reconnects, naming its positions.
@@ -498,11 +574,7 @@ impl Protocol for Session {
                 self.expire_deadline = expire_at.map(|exp| deadline_after(exp, grace));
                 self.push(None, "refresh", &ExpiryResult::at(expire_at))
             }
-        }))
-    }
-
-    fn close_code(&self, reason: &DisconnectReason) -> (u16, String) {
-        codes::disconnect_code(reason)
+        })
     }
 }
 

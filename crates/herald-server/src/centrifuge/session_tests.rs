@@ -71,11 +71,12 @@ async fn session_in(
         },
         encoder: Arc::new(CentrifugeEncoder),
         uni_encoder: Arc::default(),
+        protobuf_encoder: Arc::default(),
         proxies: Default::default(),
     });
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
-    tokio::spawn(run(MemoryTransport { inbound, outbound }, shared, None, mode));
+    tokio::spawn(run(MemoryTransport { inbound, outbound }, shared, None, mode, super::session::Encoding::Json));
     Harness { hub, to_session, from_session, _shutdown: shutdown }
 }
 
@@ -233,7 +234,7 @@ async fn commands_over_the_rate_are_refused_with_111_and_a_client_that_keeps_on_
     s.to_session.send(Ok(Inbound::Text(Bytes::from(flood.join("\n"))))).unwrap();
     loop {
         match s.next().await {
-            Sent::Text(_) => continue,
+            Sent::Text(_) | Sent::Binary(_) => continue,
             Sent::Close(code, _) => {
                 assert_eq!(code, 3013);
                 break;
@@ -291,6 +292,7 @@ async fn recoveries_that_overflow_the_queue_together_are_written_one_after_anoth
                 }
             }
             Sent::Close(code, reason) => panic!("closed with {code} {reason} instead of recovering"),
+            Sent::Binary(_) => panic!("binary on a JSON connection"),
         }
     }
     assert_eq!(recovered, [(20, 30), (21, 30)]);

@@ -1,9 +1,9 @@
 //! Each proxied event's request body and the result a backend may give,
 //! with Centrifugo's field names. Every request names the connection
-//! (`client`), how it is connected (`transport`, `protocol`, `encoding`)
-//! and, except for connect, its `user`. Payloads are JSON (`data`; the
-//! `b64data` forms of Centrifugo's binary encoding are not used, as Herald
-//! speaks JSON to clients).
+//! (`client`), how it is connected (`transport`: `websocket`, `http_stream`,
+//! `sse`, `uni_…`; `protocol`: `json` or `protobuf`; `encoding`) and, except
+//! for connect, its `user`. Payloads are JSON in both protocols (`data`;
+//! the `b64data` forms of Centrifugo's binary encoding are not used).
 
 use std::collections::BTreeMap;
 
@@ -19,6 +19,7 @@ pub(crate) struct Client<'a> {
     pub(crate) encoding: &'static str,
 }
 
+#[cfg(test)]
 impl<'a> Client<'a> {
     /// A Centrifuge JSON client over WebSocket.
     pub(crate) fn websocket(client: &'a str) -> Self {

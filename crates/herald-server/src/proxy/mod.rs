@@ -96,27 +96,37 @@ struct DisconnectBody {
 /// when its connection opens. A client on an emulated stream also keeps
 /// here its session's key (the session itself stays small: every idle
 /// connection holds one).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ClientContext {
     headers: Vec<(HeaderName, HeaderValue)>,
     ip: Option<IpAddr>,
+    /// The transport's name, as the proxies tell the backend.
+    pub(crate) transport: &'static str,
     /// The key of an emulated session, which the client's posted
     /// commands carry.
     pub(crate) emulation_key: Option<Arc<str>>,
 }
 
+impl Default for ClientContext {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
 impl ClientContext {
     /// Nothing passed on.
-    pub(crate) const EMPTY: ClientContext = ClientContext { headers: Vec::new(), ip: None, emulation_key: None };
+    pub(crate) const EMPTY: ClientContext =
+        ClientContext { headers: Vec::new(), ip: None, transport: "websocket", emulation_key: None };
 
-    /// The headers of `request` that any of `proxies` passes on.
-    pub(crate) fn capture(proxies: &Proxies, request: &HeaderMap, ip: IpAddr) -> Self {
+    /// The headers of `request` that any of `proxies` passes on, of a
+    /// client on `transport`.
+    pub(crate) fn capture(proxies: &Proxies, request: &HeaderMap, ip: IpAddr, transport: &'static str) -> Self {
         let headers = proxies
             .passed_headers
             .iter()
             .flat_map(|name| request.get_all(name).iter().map(move |value| (name.clone(), value.clone())))
             .collect();
-        Self { headers, ip: Some(ip), emulation_key: None }
+        Self { headers, ip: Some(ip), transport, emulation_key: None }
     }
 }
 

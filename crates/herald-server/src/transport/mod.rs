@@ -56,6 +56,9 @@ pub(crate) trait Transport: Send {
         }
     }
 
+    /// Sends one binary message.
+    fn send_binary(&mut self, bytes: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
+
     /// Closes with a code and reason; errors are moot at this point.
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
 }
@@ -92,6 +95,10 @@ impl Transport for WsTransport {
 
     async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
         self.0.send(text_message(text)?).await.map_err(classify)
+    }
+
+    async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
+        self.0.send(Message::Binary(bytes)).await.map_err(classify)
     }
 
     async fn send_texts<I>(&mut self, texts: I) -> Result<(), TransportError>
@@ -153,6 +160,7 @@ pub(crate) mod memory {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub(crate) enum Sent {
         Text(String),
+        Binary(Vec<u8>),
         Close(u16, String),
     }
 
@@ -170,6 +178,10 @@ pub(crate) mod memory {
         async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
             let text = String::from_utf8(text.to_vec()).expect("frames are UTF-8");
             self.outbound.send(Sent::Text(text)).map_err(|_| TransportError::Broken("closed".into()))
+        }
+
+        async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
+            self.outbound.send(Sent::Binary(bytes.to_vec())).map_err(|_| TransportError::Broken("closed".into()))
         }
 
         async fn close(&mut self, code: u16, reason: String) {
@@ -214,7 +226,7 @@ mod size_tests {
     fn an_idle_connections_task_stays_within_its_budget() {
         let receive = size_of_output(|transport: &'static mut WsTransport| transport.recv());
         let centrifuge = size_of_output(|(transport, shared): (WsTransport, Arc<Shared>)| {
-            session::run(transport, shared, None, session::Mode::Bidirectional)
+            session::run(transport, shared, None, session::Mode::Bidirectional, session::Encoding::Json)
         });
 
         assert!(receive <= 96, "a WebSocket receive is {receive} bytes");

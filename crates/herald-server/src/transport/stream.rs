@@ -150,6 +150,12 @@ impl<Held: Send> Transport for StreamTransport<Held> {
         self.write(chunk.freeze()).await
     }
 
+    /// Binary messages (Protobuf) are length-delimited already: they go
+    /// into the stream as they are.
+    async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
+        self.write(bytes).await
+    }
+
     async fn close(&mut self, code: u16, reason: String) {
         let disconnect = serde_json::json!({ "code": code, "reason": reason });
         let message = match self.closing {

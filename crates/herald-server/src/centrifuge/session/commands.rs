@@ -11,7 +11,7 @@ use herald_core::{
 use herald_engine::{ChannelName, ClientId, DisconnectReason, Epoch, HistoryQuery, Offset, StreamPosition, UserId};
 use tokio::time::Instant;
 
-use super::{deadline_after, ConnectResult, Empty, ExpiryResult, Failure, Mode, Session};
+use super::{deadline_after, ConnectResult, Empty, Encoding, ExpiryResult, Failure, Mode, Session};
 use crate::auth::{self, ConnectClaims, TokenError};
 use crate::centrifuge::codes::ClientError;
 use crate::centrifuge::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
@@ -53,9 +53,10 @@ impl Session {
                 client,
                 user,
                 conn_info: auth::info_bytes(&claims.info),
-                encoder: match self.mode {
-                    Mode::Unidirectional => self.shared.uni_encoder.clone(),
-                    Mode::Bidirectional | Mode::Emulated => self.shared.encoder.clone(),
+                encoder: match (self.encoding, self.mode) {
+                    (Encoding::Protobuf, _) => self.shared.protobuf_encoder.clone(),
+                    (Encoding::Json, Mode::Unidirectional) => self.shared.uni_encoder.clone(),
+                    (Encoding::Json, Mode::Bidirectional | Mode::Emulated) => self.shared.encoder.clone(),
                 },
                 outbox: self.outbox.clone(),
             })
@@ -121,7 +122,7 @@ impl Session {
             Mode::Unidirectional => encode::bare_push("connect", &result),
             Mode::Bidirectional | Mode::Emulated => encode::raw_reply(id, "connect", &result),
         };
-        self.outbox.push_front(Outgoing::Frame(frame));
+        self.outbox.push_front(Outgoing::Frame(super::encoded(self.encoding, frame)));
         let grace =
             if self.refresh_by_proxy { std::time::Duration::ZERO } else { self.shared.settings.expired_close_delay };
         self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, grace));
@@ -164,9 +165,10 @@ impl Session {
             recover_since: req.position.recover.then(|| position(req.position.offset, &req.position.epoch)),
         };
         let expiry = if by_proxy { ExpiryResult::default() } else { ExpiryResult::at(exp) };
+        let encoding = self.encoding;
         let reply = |outcome: &herald_core::SubscribeOutcome| {
             let result = encode::subscribe_result(outcome, &expiry, backend_data.as_deref());
-            Some(Outgoing::Frame(encode::raw_reply(id, "subscribe", &result)))
+            Some(Outgoing::Frame(super::encoded(encoding, encode::raw_reply(id, "subscribe", &result))))
         };
         let outcome = self.shared.hub().subscribe(&conn, &channel, access, request, reply).await?;
         if outcome.was_recovering {

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use herald_core::Connection;
 use herald_engine::{ChannelName, ClientId, DisconnectReason, Publication};
 
-use super::{deadline_after, Failure, Session};
+use super::{deadline_after, Encoding, Failure, Session};
 use crate::auth::ConnectClaims;
 use crate::centrifuge::codes::ClientError;
 use crate::centrifuge::command::ConnectRequest;
@@ -66,6 +66,16 @@ fn backend_disconnect(code: u16, mut reason: String) -> DisconnectReason {
 }
 
 impl Session {
+    /// How the proxies name this client: its id, transport and protocol
+    /// (payloads are JSON in both protocols).
+    fn proxy_client<'a>(&'a self, client: &'a str) -> Client<'a> {
+        let protocol = match self.encoding {
+            Encoding::Json => "json",
+            Encoding::Protobuf => "protobuf",
+        };
+        Client { client, transport: self.context().transport, protocol, encoding: "json" }
+    }
+
     fn context(&self) -> &ClientContext {
         self.context.as_deref().unwrap_or(&NO_CONTEXT)
     }
@@ -78,7 +88,7 @@ impl Session {
     ) -> Result<(ConnectClaims, events::ConnectResult), Failure> {
         let proxy = self.shared.proxies.connect.clone().ok_or(Failure::Disconnect(DisconnectReason::Internal))?;
         let request = events::Connect {
-            client: Client::websocket(client.as_str()),
+            client: self.proxy_client(client.as_str()),
             name: &req.name,
             version: &req.version,
             data: req.data.as_deref(),
@@ -108,7 +118,7 @@ impl Session {
         };
         let user = conn.user();
         let request =
-            events::Refresh { client: Client::websocket(conn.client().as_str()), user: user.as_str(), channel: None };
+            events::Refresh { client: self.proxy_client(conn.client().as_str()), user: user.as_str(), channel: None };
         let answer = proxy.call::<events::RefreshResult>("refresh", self.context(), events::body(&request)).await;
         match answer {
             Ok(Answer::Result(result)) if result.expired || already_past(result.expire_at) => {
@@ -143,7 +153,7 @@ impl Session {
         };
         let user = conn.user();
         let request = events::Refresh {
-            client: Client::websocket(conn.client().as_str()),
+            client: self.proxy_client(conn.client().as_str()),
             user: user.as_str(),
             channel: Some(channel.as_str()),
         };
@@ -181,7 +191,7 @@ impl Session {
     ) -> Result<events::SubscribeResult, Failure> {
         let user = conn.user();
         let request = events::Subscribe {
-            client: Client::websocket(conn.client().as_str()),
+            client: self.proxy_client(conn.client().as_str()),
             user: user.as_str(),
             channel: channel.as_str(),
             data,
@@ -200,7 +210,7 @@ impl Session {
     ) -> Result<(), Failure> {
         let user = conn.user();
         let request = events::Publish {
-            client: Client::websocket(conn.client().as_str()),
+            client: self.proxy_client(conn.client().as_str()),
             user: user.as_str(),
             channel: channel.as_str(),
             data,
@@ -223,7 +233,7 @@ impl Session {
         };
         let user = conn.user();
         let request =
-            events::Rpc { client: Client::websocket(conn.client().as_str()), user: user.as_str(), method, data };
+            events::Rpc { client: self.proxy_client(conn.client().as_str()), user: user.as_str(), method, data };
         let result: events::RpcResult = refused(proxy.call("rpc", self.context(), events::body(&request)).await)?;
         let data = result.data.as_deref().map_or(b"null".as_slice(), |data| data.get().as_bytes());
         let mut body = bytes::BytesMut::from(&b"{\"data\":"[..]);
@@ -241,7 +251,7 @@ impl Session {
             return;
         }
         let user = conn.user();
-        let request = events::Send { client: Client::websocket(conn.client().as_str()), user: user.as_str(), data };
+        let request = events::Send { client: self.proxy_client(conn.client().as_str()), user: user.as_str(), data };
         let context = self.context.clone().unwrap_or_default();
         self.shared.proxies.send(context, events::body(&request));
     }

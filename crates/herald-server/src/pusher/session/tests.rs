@@ -251,7 +251,7 @@ async fn messages_over_the_rate_get_4301_and_a_client_that_keeps_on_is_closed_bu
     loop {
         s.send(json!({"event": "pusher:teleport", "data": {}}));
         match s.next().await {
-            Sent::Text(_) => continue,
+            Sent::Text(_) | Sent::Binary(_) => continue,
             Sent::Close(code, _) => {
                 assert_eq!(code, 4301);
                 break;
@@ -280,7 +280,7 @@ async fn subscriptions_over_the_subscribe_rate_get_a_429_subscription_error_and_
     }
     loop {
         match s.next().await {
-            Sent::Text(_) => continue,
+            Sent::Text(_) | Sent::Binary(_) => continue,
             Sent::Close(code, _) => break assert_eq!(code, 4301),
         }
     }

@@ -11,6 +11,7 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { Centrifuge } from 'centrifuge';
+import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
 import { EventSource } from 'eventsource';
 
 import { defaultConfig, newClient, nextEvent, startHerald, subscribed, waitFor } from './lib/herald.mjs';
@@ -70,9 +71,10 @@ describe('centrifuge-js on HTTP-streaming and SSE, two nodes over Redis', () => 
    * A centrifuge-js client for `user` that may use only `transport`, streaming
    * from `streamNode` and posting its commands to `commandNode`.
    */
-  function fallbackClient(transport, user, { streamNode = nodes[0], commandNode = nodes[1], options = {} } = {}) {
+  function fallbackClient(transport, user, { streamNode = nodes[0], commandNode = nodes[1], protobuf = false, options = {} } = {}) {
     const base = (node) => `http://127.0.0.1:${node.port}`;
-    const c = new Centrifuge([{ transport, endpoint: `${base(streamNode)}/connection/${transport}` }], {
+    const Client = protobuf ? ProtobufCentrifuge : Centrifuge;
+    const c = new Client([{ transport, endpoint: `${base(streamNode)}/connection/${transport}` }], {
       token: streamNode.token({ user }),
       emulationEndpoint: `${base(commandNode)}/emulation`,
       fetch,
@@ -152,6 +154,32 @@ describe('centrifuge-js on HTTP-streaming and SSE, two nodes over Redis', () => 
       assert.deepEqual(received, [1, 2, 3, 4, 5], 'each once, in order');
     });
   }
+
+  test('the Protobuf build over http_stream publishes, reads presence and recovers a cut stream, through the other node', async () => {
+    const channel = 'feed:pb-stream';
+    const encode = (value) => new TextEncoder().encode(JSON.stringify(value));
+    const decode = (bytes) => JSON.parse(new TextDecoder().decode(bytes));
+    const c = fallbackClient('http_stream', 'pat', { protobuf: true });
+    assert.equal((await connected(c)).transport, 'http_stream');
+    const { sub } = await subscribed(c, channel);
+    const received = [];
+    sub.on('publication', (ctx) => received.push(decode(ctx.data).n));
+
+    await sub.publish(encode({ n: 1 }));
+    await nodes[1].api('publish', { channel, data: { n: 2 } });
+    await waitFor(() => received.length === 2, { message: `two publications, got ${received}` });
+    const present = await c.presence(channel);
+    assert.deepEqual(Object.values(present.clients).map((info) => info.user), ['pat']);
+
+    const reconnecting = nextEvent(c, 'connecting');
+    c._transport.close();
+    await reconnecting;
+    for (const n of [3, 4]) await nodes[1].api('publish', { channel, data: { n } });
+    const resubscribed = await nextEvent(sub, 'subscribed');
+    assert.equal(resubscribed.recovered, true, JSON.stringify(resubscribed));
+    await waitFor(() => received.length === 4, { message: `four publications, got ${received}` });
+    assert.deepEqual(received, [1, 2, 3, 4]);
+  });
 
   test('a plain EventSource on the uni-directional SSE endpoint gets its token channels and recovers by naming its position', async () => {
     const channel = 'feed:uni-sse';

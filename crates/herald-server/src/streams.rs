@@ -2,7 +2,8 @@
 //! where WebSocket is blocked, and for clients that only listen.
 //!
 //! - `POST /connection/http_stream` and `GET /connection/sse`: bidirectional
-//!   emulation, as centrifuge-js falls back to. The request carries the
+//!   emulation, as centrifuge-js falls back to (HTTP-streaming in JSON or,
+//!   posted as `application/octet-stream`, Protobuf). The request carries the
 //!   connect command (the body, or `cf_connect` in the query); replies and
 //!   pushes come down the response; later commands are POSTed to
 //!   `/emulation` (see `centrifuge::emulation`).
@@ -86,9 +87,14 @@ async fn http_stream(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // centrifuge-js's Protobuf build posts its commands as bytes.
+    let protobuf = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/octet-stream"));
+    let format = if protobuf { Format::Binary } else { Format::Lines };
     let opening = Opening { peer, permit, headers };
     match read_connect(&state, &opening.headers, body).await {
-        Ok(first) => open_emulated(&state, opening, first, Format::Lines),
+        Ok(first) => open_emulated(&state, opening, first, format),
         Err(refused) => refused,
     }
 }
@@ -187,7 +193,7 @@ fn open_emulated(state: &AppState, opening: Opening, first: Bytes, format: Forma
     if let Some(refused) = refused(state, &opening.headers) {
         return refused;
     }
-    let (key, inbound, registration) = state.emulation.open(first);
+    let (key, inbound, registration) = state.emulation.open(first, format == Format::Binary);
     open(state, opening, inbound, registration, format, Closing::Push, Some(key))
 }
 
@@ -218,9 +224,9 @@ fn open<Held: Send + 'static>(
     let proxies = &shared.proxies;
     let mode = if emulation_key.is_some() { Mode::Emulated } else { Mode::Unidirectional };
     let transport = match (format, mode) {
-        (Format::Lines, Mode::Emulated) => "http_stream",
+        (Format::Lines | Format::Binary, Mode::Emulated) => "http_stream",
         (Format::Events, Mode::Emulated) => "sse",
-        (Format::Lines, _) => "uni_http_stream",
+        (Format::Lines | Format::Binary, _) => "uni_http_stream",
         (Format::Events, _) => "uni_sse",
     };
     let context = match (proxies.any(), emulation_key) {
@@ -238,8 +244,10 @@ fn open<Held: Send + 'static>(
     // for it) and the connection's place under the caps.
     let held = (held, state.tracker.enter(), permit);
     let (transport, body) = stream::open(format, closing, inbound, held);
-    tokio::spawn(session::run(transport, shared, context, mode, Encoding::Json));
+    let encoding = if format == Format::Binary { Encoding::Protobuf } else { Encoding::Json };
+    tokio::spawn(session::run(transport, shared, context, mode, encoding));
     let content_type = match format {
+        Format::Binary => "application/octet-stream",
         Format::Lines => "application/json",
         Format::Events => "text/event-stream",
     };

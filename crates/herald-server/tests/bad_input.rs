@@ -224,3 +224,54 @@ async fn a_command_with_a_top_level_field_this_server_does_not_know_is_answered(
     assert_eq!(reply["error"]["code"], 104, "a command with no known method is an unknown method");
     client.assert_alive().await;
 }
+
+/// Length-delimited Protobuf commands, as centrifuge-js's Protobuf build
+/// frames them: `connect` with `token` (command id 1).
+fn protobuf_connect(token: &str) -> Vec<u8> {
+    let token = token.as_bytes();
+    let mut request = vec![0x0a, token.len() as u8];
+    if token.len() >= 0x80 {
+        request = vec![0x0a, (token.len() as u8 & 0x7f) | 0x80, (token.len() >> 7) as u8];
+    }
+    request.extend_from_slice(token);
+    let mut command = vec![0x08, 0x01, 0x22];
+    command.extend(varint(request.len()));
+    command.extend(request);
+    let mut frame = varint(command.len());
+    frame.extend(command);
+    frame
+}
+
+fn varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out
+}
+
+#[tokio::test]
+async fn garbage_protobuf_truncated_varints_text_and_oversized_frames_close_a_protobuf_client() {
+    let server = TestServer::start().await;
+    let mut watcher = bystander(&server).await;
+    let protocol = [("Sec-WebSocket-Protocol", "centrifuge-protobuf")];
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        ("garbage", b"\xff\xfe\xfd not protobuf".to_vec(), 3501),
+        ("a truncated varint", vec![0x80, 0x80], 3501),
+        ("a length past the end", vec![0x7f, 0x08], 3501),
+        ("oversized", vec![0u8; 70_000], 1009),
+    ];
+    for (n, (what, frame, code)) in cases.into_iter().enumerate() {
+        let mut client = server.client_with_headers(&protocol).await;
+        client.send_binary(protobuf_connect(&server.token("pb"))).await;
+        assert!(!client.next_binary().await.is_empty(), "{what}: the connect reply first");
+        client.send_binary(frame).await;
+        assert_eq!(client.closed().await.0, code, "{what}");
+        assert_unaffected(&server, &mut watcher, n as u32).await;
+    }
+    let mut text = server.client_with_headers(&protocol).await;
+    text.send_text("{\"id\":1,\"connect\":{}}").await;
+    assert_eq!(text.closed().await.0, 3501, "JSON text on a Protobuf connection");
+}

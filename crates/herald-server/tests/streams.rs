@@ -129,6 +129,16 @@ async fn bad_emulation_requests_get_clear_answers_and_harm_no_session() {
     let (status, body) = http_post_raw(server.addr, "/emulation", &[], "{not json").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("session"), "the answer says what is expected: {body}");
+    let garbage = "\u{7f}\u{1}garbage";
+    let protobuf = format!(
+        "POST /emulation HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{garbage}",
+        server.addr,
+        garbage.len()
+    );
+    let (status, _, body) = support::exchange(server.addr, &protobuf).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("EmulationRequest"), "{body}");
     let unknown_node = json!({"session": connected["session"], "node": "no-such-node", "data": "{}"});
     assert_eq!(http_post_raw(server.addr, "/emulation", &[], &unknown_node.to_string()).await.0, 404);
     let guessed = json!({"session": "0".repeat(32), "node": connected["node"], "data": "{\"id\":9,\"ping\":{}}"});

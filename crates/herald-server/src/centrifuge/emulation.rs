@@ -5,6 +5,10 @@
 //! holding the session takes the commands into it; any other relays them
 //! through the engine (`Control::Relay`) and only the named node acts.
 //!
+//! A Protobuf client posts an `EmulationRequest` message
+//! (`Content-Type: application/octet-stream`); its commands cross the
+//! engine as base64.
+//!
 //! A session's key is 128 random bits, known only to its client, so no
 //! one else can post commands into it (client ids are not secret: presence
 //! shows them). The table of keys holds one entry per open emulated stream,
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -46,8 +51,16 @@ const NODES_REREAD: Duration = Duration::from_secs(1);
 /// The node's emulated sessions, by key.
 #[derive(Debug)]
 pub(crate) struct Emulation {
-    sessions: Mutex<HashMap<Arc<str>, mpsc::Sender<Bytes>>>,
+    sessions: Mutex<HashMap<Arc<str>, Inbox>>,
     known_nodes: Mutex<KnownNodes>,
+}
+
+/// Where a session's commands go, and whether it speaks Protobuf (its
+/// relayed commands are then base64 in `Control::Relay`, which is text).
+#[derive(Debug, Clone)]
+struct Inbox {
+    sender: mpsc::Sender<Bytes>,
+    protobuf: bool,
 }
 
 #[derive(Debug, Default)]
@@ -80,14 +93,37 @@ enum Delivery {
     Busy,
 }
 
-/// The body of a POST to `/emulation` (JSON).
+/// The body of a POST to `/emulation`: JSON, or Protobuf from a Protobuf
+/// client (`Content-Type: application/octet-stream`).
 #[derive(Debug, Deserialize)]
 struct EmulationRequest {
     session: String,
     node: String,
-    /// The client's commands, newline-separated, as it would write them to
-    /// a WebSocket.
-    data: String,
+    /// The client's commands, as it would write them to a WebSocket.
+    #[serde(deserialize_with = "text_bytes")]
+    data: Bytes,
+}
+
+fn text_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    String::deserialize(deserializer).map(Bytes::from)
+}
+
+impl EmulationRequest {
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Self, bool), &'static str> {
+        let protobuf = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/octet-stream"));
+        match protobuf {
+            true => match super::protobuf::emulation_request(body) {
+                Ok((session, node, data)) => Ok((Self { session, node, data }, true)),
+                Err(_) => Err("a Protobuf emulation request is an EmulationRequest message"),
+            },
+            false => match serde_json::from_slice(body) {
+                Ok(request) => Ok((request, false)),
+                Err(_) => Err("an emulation request is JSON: {\"session\": …, \"node\": …, \"data\": …}"),
+            },
+        }
+    }
 }
 
 impl Emulation {
@@ -95,18 +131,22 @@ impl Emulation {
         Arc::new(Self { sessions: Mutex::default(), known_nodes: Mutex::default() })
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, mpsc::Sender<Bytes>>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Inbox>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A new session's key, its inbound commands (starting with `first`,
     /// what opened the stream) and its registration.
-    pub(crate) fn open(self: &Arc<Self>, first: Bytes) -> (Arc<str>, mpsc::Receiver<Bytes>, Registration) {
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        first: Bytes,
+        protobuf: bool,
+    ) -> (Arc<str>, mpsc::Receiver<Bytes>, Registration) {
         let (sender, inbound) = mpsc::channel(INBOUND);
         // The channel is new and empty: the first message always fits.
         let _ = sender.try_send(first);
         let key: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
-        self.table().insert(key.clone(), sender);
+        self.table().insert(key.clone(), Inbox { sender, protobuf });
         (key.clone(), inbound, Registration { emulation: self.clone(), key })
     }
 
@@ -117,8 +157,8 @@ impl Emulation {
     }
 
     async fn deliver(&self, key: &str, data: Bytes) -> Delivery {
-        let Some(sender) = self.table().get(key).cloned() else { return Delivery::Gone };
-        match sender.send_timeout(data, DELIVERY_WAIT).await {
+        let Some(inbox) = self.table().get(key).cloned() else { return Delivery::Gone };
+        match inbox.sender.send_timeout(data, DELIVERY_WAIT).await {
             Ok(()) => Delivery::Taken,
             Err(mpsc::error::SendTimeoutError::Closed(_)) => Delivery::Gone,
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => Delivery::Busy,
@@ -161,15 +201,14 @@ impl Emulation {
             Ok(bytes) => bytes,
             Err(error) => return (error.status(), error.to_string()).into_response(),
         };
-        let request: EmulationRequest = match serde_json::from_slice(&bytes) {
-            Ok(request) => request,
-            Err(error) => {
-                tracing::debug!(column = error.column(), "malformed emulation request");
-                let message = "an emulation request is JSON: {\"session\": …, \"node\": …, \"data\": …}";
+        let (request, protobuf) = match EmulationRequest::parse(headers, &bytes) {
+            Ok(parsed) => parsed,
+            Err(message) => {
+                tracing::debug!("malformed emulation request");
                 return (StatusCode::BAD_REQUEST, message).into_response();
             }
         };
-        let data = Bytes::from(request.data);
+        let data = request.data;
         if request.node == hub.node().as_str() {
             return match self.deliver(&request.session, data).await {
                 Delivery::Taken | Delivery::Gone => StatusCode::NO_CONTENT.into_response(),
@@ -182,8 +221,12 @@ impl Emulation {
         if !self.knows(hub, &request.node).await {
             return (StatusCode::NOT_FOUND, "no such node in the cluster; reconnect").into_response();
         }
-        let Ok(data) = String::from_utf8(data.to_vec()) else {
-            return (StatusCode::BAD_REQUEST, "emulation data must be text").into_response();
+        let data = match protobuf {
+            true => base64::engine::general_purpose::STANDARD.encode(&data),
+            false => match String::from_utf8(data.to_vec()) {
+                Ok(text) => text,
+                Err(_) => return (StatusCode::BAD_REQUEST, "emulation data must be text").into_response(),
+            },
         };
         let relay = Control::Relay { to: NodeId::new(&request.node), session: request.session, data };
         match hub.send_control(relay).await {
@@ -198,9 +241,16 @@ impl Emulation {
 
 impl SessionRelay for Emulation {
     fn deliver(&self, session: String, data: String) {
-        let Some(sender) = self.table().get(session.as_str()).cloned() else { return };
+        let Some(inbox) = self.table().get(session.as_str()).cloned() else { return };
+        let data = match inbox.protobuf {
+            true => match base64::engine::general_purpose::STANDARD.decode(&data) {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(_) => return tracing::info!("relayed Protobuf commands that are not base64; dropped"),
+            },
+            false => Bytes::from(data),
+        };
         tokio::spawn(async move {
-            if sender.send_timeout(Bytes::from(data), DELIVERY_WAIT).await.is_err() {
+            if inbox.sender.send_timeout(data, DELIVERY_WAIT).await.is_err() {
                 tracing::info!("relayed commands for an emulated session were not taken in time; dropped");
             }
         });
@@ -217,7 +267,7 @@ mod tests {
     #[tokio::test]
     async fn commands_reach_the_session_with_the_key_and_the_key_is_gone_with_the_session() {
         let emulation = Emulation::new();
-        let (key, mut inbound, registration) = emulation.open(Bytes::from_static(b"connect"));
+        let (key, mut inbound, registration) = emulation.open(Bytes::from_static(b"connect"), false);
         assert_eq!(key.len(), 32);
         assert_eq!(inbound.recv().await.unwrap(), "connect");
         assert_eq!(emulation.deliver(&key, Bytes::from_static(b"ping")).await, Delivery::Taken);
@@ -231,8 +281,8 @@ mod tests {
     #[tokio::test]
     async fn keys_differ_between_sessions() {
         let emulation = Emulation::new();
-        let (a, _, _held_a) = emulation.open(Bytes::new());
-        let (b, _, _held_b) = emulation.open(Bytes::new());
+        let (a, _, _held_a) = emulation.open(Bytes::new(), false);
+        let (b, _, _held_b) = emulation.open(Bytes::new(), false);
         assert_ne!(a, b);
         assert_eq!(emulation.len(), 2);
     }

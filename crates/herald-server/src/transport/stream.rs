@@ -9,6 +9,9 @@
 //! command) and, for bidirectional emulation, the commands it posts to
 //! `/emulation` afterwards. A uni-directional stream gets only the first.
 //!
+//! A Protobuf stream carries length-delimited messages as they are, in
+//! both directions.
+//!
 //! A stream has no close frame: the session's close code goes out as a
 //! Centrifuge disconnect push, and then the body ends. A uni-directional
 //! event stream also names, in its events' ids, where the client is in
@@ -37,6 +40,9 @@ pub(crate) enum Format {
     /// Server-Sent Events: each line of a message is a `data:` field, and
     /// a blank line ends the event.
     Events,
+    /// Protobuf HTTP-streaming: length-delimited messages end to end, in
+    /// and out.
+    Binary,
 }
 
 /// How the session's close is told to the client before the stream ends.
@@ -92,6 +98,7 @@ impl<Held: Send> StreamTransport<Held> {
                 out.put_slice(message);
                 out.put_u8(b'\n');
             }
+            Format::Binary => out.put_slice(message),
             Format::Events => {
                 for line in message.split(|byte| *byte == b'\n') {
                     out.put_slice(b"data: ");
@@ -120,6 +127,7 @@ impl<Held: Send> Transport for StreamTransport<Held> {
         loop {
             tokio::select! {
                 message = self.inbound.recv(), if self.listening => match message {
+                    Some(message) if self.format == Format::Binary => return Ok(Some(Inbound::Binary(message))),
                     Some(message) => return Ok(Some(Inbound::Text(message))),
                     None => self.listening = false,
                 },
@@ -162,7 +170,12 @@ impl<Held: Send> Transport for StreamTransport<Held> {
             Closing::Push => serde_json::json!({ "push": { "disconnect": disconnect } }),
             Closing::Bare => serde_json::json!({ "disconnect": disconnect }),
         };
-        let frame = self.frame(message.to_string().as_bytes());
+        let frame = match self.format {
+            Format::Binary => {
+                crate::centrifuge::protobuf::transcode(message.to_string().as_bytes()).unwrap_or_default()
+            }
+            Format::Lines | Format::Events => self.frame(message.to_string().as_bytes()),
+        };
         let _ = self.body.send(frame).await;
     }
 }

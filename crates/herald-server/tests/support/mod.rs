@@ -257,6 +257,18 @@ impl Client {
         }
     }
 
+    /// The next binary message (a Protobuf frame).
+    pub(crate) async fn next_binary(&mut self) -> Vec<u8> {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("a message in time");
+            match message {
+                Some(Ok(Message::Binary(bytes))) => return bytes.to_vec(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a binary message, got {other:?}"),
+            }
+        }
+    }
+
     /// The next message; a frame of several messages yields them one by one.
     pub(crate) async fn next(&mut self) -> Seen {
         if let Some(message) = self.pending.pop_front() {

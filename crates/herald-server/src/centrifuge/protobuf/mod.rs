@@ -209,5 +209,11 @@ fn command(wire: wire::Command) -> Result<Command, Malformed> {
     Ok(Command { id, method: Some(method) })
 }
 
+/// An emulation request's session, node and commands, from its body.
+pub(crate) fn emulation_request(body: &[u8]) -> Result<(String, String, Bytes), prost::DecodeError> {
+    let request = wire::EmulationRequest::decode(body)?;
+    Ok((request.session, request.node, request.data))
+}
+
 #[cfg(test)]
 mod tests;

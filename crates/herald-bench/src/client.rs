@@ -17,6 +17,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpSocket;
 
+use crate::protobuf;
+use crate::sse::SseClient;
 use crate::ws::{WsClient, WsError};
 
 /// Which protocol the bench speaks.
@@ -26,10 +28,24 @@ pub enum Protocol {
     /// Centrifuge protocol v2, JSON (Herald, Centrifugo).
     #[default]
     Centrifuge,
+    /// Centrifuge protocol v2, Protobuf (the `centrifuge-protobuf` subprotocol).
+    #[serde(rename = "centrifuge-protobuf")]
+    CentrifugeProtobuf,
+    /// Herald's uni-directional SSE (`/connection/uni_sse`): channels come
+    /// with the token, publications as events; the client sends nothing.
+    #[serde(rename = "uni-sse")]
+    UniSse,
     /// Pusher Channels protocol 7 (Herald, Sockudo, Soketi, Reverb).
     Pusher,
     /// Socket.IO 4 over WebSocket (the Socket.IO peer in bench/peers).
     Socketio,
+}
+
+impl Protocol {
+    /// Whether this is the Centrifuge protocol, in either encoding.
+    pub fn centrifuge(self) -> bool {
+        matches!(self, Protocol::Centrifuge | Protocol::CentrifugeProtobuf)
+    }
 }
 
 /// Where a WebSocket endpoint lives.
@@ -43,9 +59,13 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `ws://host:port/path`; the host must be an IP address.
+    /// Parses `ws://host:port/path` (or `http://` for an event stream); the
+    /// host must be an IP address.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let rest = url.strip_prefix("ws://").ok_or_else(|| anyhow::anyhow!("{url}: only ws:// URLs are supported"))?;
+        let rest = url
+            .strip_prefix("ws://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| anyhow::anyhow!("{url}: only ws:// (and http:// for uni-sse) URLs are supported"))?;
         let authority = rest.split('/').next().unwrap_or(rest);
         let addr: SocketAddr = authority
             .parse()
@@ -126,7 +146,7 @@ enum Incoming {
 /// One connected client.
 #[derive(Debug)]
 pub struct BenchClient {
-    ws: WsClient,
+    link: Link,
     protocol: Protocol,
     next_id: u32,
     /// Each recoverable channel's last known position: offset and epoch.
@@ -136,6 +156,22 @@ pub struct BenchClient {
     /// The names of channels publications came from, so that each
     /// publication does not allocate its channel's name again.
     names: Names,
+}
+
+/// The connection under a client.
+#[derive(Debug)]
+enum Link {
+    Ws(WsClient),
+    Sse(SseClient),
+}
+
+impl Link {
+    fn ws(&mut self) -> Result<&mut WsClient, ConnectError> {
+        match self {
+            Link::Ws(ws) => Ok(ws),
+            Link::Sse(_) => Err(ConnectError::Protocol("a uni-directional client sends nothing".into())),
+        }
+    }
 }
 
 /// One message from the server, for [`BenchClient::next_events`].
@@ -187,9 +223,24 @@ impl BenchClient {
         }
         let stream = socket.connect(target.addr).await.map_err(network)?;
         let _ = stream.set_nodelay(true);
-        let ws = WsClient::handshake(stream, &target.url, target.cookie.as_deref()).await.map_err(ws_error)?;
+        let link = match protocol {
+            Protocol::UniSse => {
+                let path =
+                    target.url.split_once("//").map_or("/", |(_, rest)| rest.find('/').map_or("/", |at| &rest[at..]));
+                let request = json!({"token": token, "name": "herald-bench"}).to_string();
+                let path = format!("{path}?cf_connect={}", form_encoded(&request));
+                Link::Sse(SseClient::open(stream, &target.addr.to_string(), &path).await.map_err(ws_error)?)
+            }
+            _ => {
+                let subprotocol = (protocol == Protocol::CentrifugeProtobuf).then_some("centrifuge-protobuf");
+                let ws = WsClient::handshake_with(stream, &target.url, target.cookie.as_deref(), subprotocol)
+                    .await
+                    .map_err(ws_error)?;
+                Link::Ws(ws)
+            }
+        };
         let mut client = Self {
-            ws,
+            link,
             protocol,
             next_id: 1,
             positions: Default::default(),
@@ -197,7 +248,17 @@ impl BenchClient {
             names: Names::default(),
         };
         match protocol {
-            Protocol::Centrifuge => {
+            Protocol::UniSse => loop {
+                let connected = client
+                    .next_incoming()
+                    .await?
+                    .iter()
+                    .any(|m| matches!(m, Incoming::Json(m) if m.get("connect").is_some()));
+                if connected {
+                    break;
+                }
+            },
+            Protocol::Centrifuge | Protocol::CentrifugeProtobuf => {
                 let reply = client.command(json!({"connect": {"token": token, "name": "herald-bench"}})).await?;
                 if reply.get("connect").is_none() {
                     return Err(ConnectError::Protocol(format!("connect refused: {reply}")));
@@ -227,7 +288,12 @@ impl BenchClient {
     }
 
     async fn send(&mut self, text: String) -> Result<(), ConnectError> {
-        self.ws.send_text(&text).await.map_err(ws_error)
+        let protobuf = self.protocol == Protocol::CentrifugeProtobuf;
+        let ws = self.link.ws()?;
+        if protobuf {
+            return ws.send_binary(&protobuf::commands(&text)).await.map_err(ws_error);
+        }
+        ws.send_text(&text).await.map_err(ws_error)
     }
 
     /// Sends a Centrifuge command and waits for its reply.
@@ -253,7 +319,11 @@ impl BenchClient {
             return Ok(());
         }
         match self.protocol {
-            Protocol::Centrifuge => self.centrifuge_subscribe(channels, false).await.map(drop),
+            // Its channels came with its token.
+            Protocol::UniSse => Ok(()),
+            Protocol::Centrifuge | Protocol::CentrifugeProtobuf => {
+                self.centrifuge_subscribe(channels, false).await.map(drop)
+            }
             Protocol::Pusher => {
                 for channel in channels {
                     self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel}}).to_string()).await?;
@@ -290,7 +360,7 @@ impl BenchClient {
     /// recover from their last position, as a client SDK does after a
     /// reconnect.
     pub async fn subscribe_recovering(&mut self, channels: &[String]) -> Result<Resubscribed, ConnectError> {
-        if self.protocol != Protocol::Centrifuge {
+        if !self.protocol.centrifuge() {
             return Err(ConnectError::Protocol("only the centrifuge protocol recovers".into()));
         }
         self.centrifuge_subscribe(channels, true).await
@@ -387,10 +457,28 @@ impl BenchClient {
     /// Reads the next WebSocket message into `self.incoming`.
     async fn read_incoming(&mut self) -> Result<(), ConnectError> {
         self.incoming.clear();
-        let text = self.ws.next_text().await.map_err(ws_error)?;
+        let ws = match &mut self.link {
+            Link::Sse(sse) => {
+                let data = sse.next_event().await.map_err(ws_error)?;
+                let text = std::str::from_utf8(data).map_err(protocol_error)?;
+                // Its pings need no answer.
+                read_message(text, self.protocol, &mut self.names, &mut self.incoming)?;
+                return Ok(());
+            }
+            Link::Ws(ws) => ws,
+        };
+        if self.protocol == Protocol::CentrifugeProtobuf {
+            let frame = ws.next_bytes().await.map_err(ws_error)?;
+            let ping = read_protobuf(frame, &mut self.names, &mut self.incoming)?;
+            if ping {
+                ws.send_binary(protobuf::PONG).await.map_err(ws_error)?;
+            }
+            return Ok(());
+        }
+        let text = ws.next_text().await.map_err(ws_error)?;
         let answer = read_message(text, self.protocol, &mut self.names, &mut self.incoming)?;
         if let Some(answer) = answer {
-            self.ws.send_text(answer).await.map_err(ws_error)?;
+            ws.send_text(answer).await.map_err(ws_error)?;
         }
         Ok(())
     }
@@ -424,12 +512,34 @@ impl BenchClient {
         Ok(())
     }
 
+    /// The next WebSocket message's contents as JSON, each with its size in
+    /// bytes (Centrifuge JSON; pings are answered): for callers that weigh
+    /// what they receive.
+    pub async fn next_raw(&mut self, events: &mut Vec<(usize, Event)>) -> Result<(), ConnectError> {
+        events.clear();
+        let ws = self.link.ws()?;
+        let text = ws.next_text().await.map_err(ws_error)?;
+        let mut pinged = false;
+        for line in text.lines().filter(|line| !line.is_empty()) {
+            let message: Value = serde_json::from_str(line).map_err(protocol_error)?;
+            if message == json!({}) {
+                pinged = true;
+                continue;
+            }
+            events.push((line.len(), Event::Message(message)));
+        }
+        if pinged {
+            ws.send_text("{}").await.map_err(ws_error)?;
+        }
+        Ok(())
+    }
+
     /// Publishes from this client without waiting for a reply. Pusher
     /// clients publish only client events on private channels, which the
     /// bench does not sign: the chat scenario speaks Centrifuge or Socket.IO.
     pub async fn publish_nowait(&mut self, channel: &str, data: &Value) -> Result<(), ConnectError> {
         match self.protocol {
-            Protocol::Centrifuge => {
+            Protocol::Centrifuge | Protocol::CentrifugeProtobuf => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.send(json!({"id": id, "publish": {"channel": channel, "data": data}}).to_string()).await
@@ -438,6 +548,7 @@ impl BenchClient {
                 self.send(format!("42{}", json!(["publish", {"channel": channel, "data": data}]))).await
             }
             Protocol::Pusher => Err(ConnectError::Protocol("the bench does not publish as a Pusher client".into())),
+            Protocol::UniSse => Err(ConnectError::Protocol("a uni-directional client sends nothing".into())),
         }
     }
 
@@ -482,8 +593,20 @@ impl BenchClient {
 
     /// Drops the connection without a goodbye, as a network failure would.
     pub fn abort(self) {
-        drop(self.ws);
+        drop(self.link);
     }
+}
+
+/// `text` as one `application/x-www-form-urlencoded` value.
+fn form_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(byte)),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 /// Channel names seen by one client (a handful), each allocated once.
@@ -501,6 +624,28 @@ impl Names {
     }
 }
 
+/// Reads one Protobuf frame into `messages`; true if it held a ping.
+fn read_protobuf(frame: &[u8], names: &mut Names, messages: &mut Vec<Incoming>) -> Result<bool, ConnectError> {
+    let mut ping = false;
+    for reply in protobuf::replies(frame).ok_or_else(|| protocol_error("a frame that is not Protobuf"))? {
+        if reply.is_empty() {
+            ping = true;
+            continue;
+        }
+        // A bench publication, read without building a JSON tree.
+        if let Some((channel, data, offset)) = protobuf::publication_parts(reply) {
+            if let Some((seq, sent_at_micros, from)) = scan::bench_fields(data) {
+                let channel = names.get(&String::from_utf8_lossy(channel));
+                messages.push(Incoming::Publication(Received { channel, from, seq, sent_at_micros, offset }));
+                continue;
+            }
+        }
+        let message = protobuf::reply(reply).ok_or_else(|| protocol_error("a reply that is not Protobuf"))?;
+        messages.push(Incoming::Json(message));
+    }
+    Ok(ping)
+}
+
 /// Reads one text message of `protocol` into `messages`; returns the
 /// heartbeat answer to send, if the message was a heartbeat.
 fn read_message(
@@ -510,7 +655,7 @@ fn read_message(
     messages: &mut Vec<Incoming>,
 ) -> Result<Option<&'static str>, ConnectError> {
     match protocol {
-        Protocol::Centrifuge => {
+        Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::UniSse => {
             let mut answer = None;
             for line in text.lines().filter(|l| !l.is_empty()) {
                 if let Some(publication) = scan::publication(protocol, line, names) {
@@ -560,7 +705,11 @@ fn read_message(
 fn publication(protocol: Protocol, message: &Incoming) -> Option<Received> {
     match (protocol, message) {
         (_, Incoming::Publication(publication)) => Some(publication.clone()),
-        (Protocol::Centrifuge, Incoming::Json(m)) => {
+        (Protocol::UniSse, Incoming::Json(m)) => {
+            let publication = m.get("pub")?;
+            Received::from_data(m["channel"].as_str()?, &publication["data"], publication["offset"].as_u64())
+        }
+        (Protocol::Centrifuge | Protocol::CentrifugeProtobuf, Incoming::Json(m)) => {
             let push = m.get("push")?;
             let publication = push.get("pub")?;
             Received::from_data(push["channel"].as_str()?, &publication["data"], publication["offset"].as_u64())
@@ -645,11 +794,18 @@ mod scan {
     });
 
     const CENTRIFUGE_PUSH: &str = "{\"push\":{\"channel\":\"";
+    const UNI_PUSH: &str = "{\"channel\":\"";
     const SOCKETIO_PUBLICATION: &str = "42[\"publication\",\"";
 
     /// The text up to the next quote.
     fn up_to_quote(text: &str) -> Option<&str> {
         Some(&text[..memchr::memchr(b'"', text.as_bytes())?])
+    }
+
+    /// The `seq`, `ts` and `from` of a bench publication's data.
+    pub(super) fn bench_fields(data: &[u8]) -> Option<(u64, u64, Option<u64>)> {
+        let searchers = &*SEARCHERS;
+        Some((searchers.seq.number(data)?, searchers.ts.number(data)?, searchers.from.number(data)))
     }
 
     pub(super) fn publication(protocol: Protocol, text: &str, names: &mut Names) -> Option<Received> {
@@ -666,6 +822,11 @@ mod scan {
                 up_to_quote(&text[at..])?
             }
             Protocol::Socketio => up_to_quote(text.strip_prefix(SOCKETIO_PUBLICATION)?)?,
+            Protocol::UniSse => {
+                let rest = text.strip_prefix(UNI_PUSH)?;
+                searchers.centrifuge_pub.find(bytes)?;
+                up_to_quote(rest)?
+            }
             _ => return None,
         };
         Some(Received {
@@ -673,7 +834,11 @@ mod scan {
             from: searchers.from.number(bytes),
             seq: searchers.seq.number(bytes)?,
             sent_at_micros: searchers.ts.number(bytes)?,
-            offset: if protocol == Protocol::Centrifuge { searchers.offset.number(bytes) } else { None },
+            offset: if matches!(protocol, Protocol::Centrifuge | Protocol::UniSse) {
+                searchers.offset.number(bytes)
+            } else {
+                None
+            },
         })
     }
 

@@ -24,8 +24,10 @@
 
 pub mod client;
 pub mod procfs;
+mod protobuf;
 pub mod publisher;
 pub mod scenario;
 pub mod sequence;
+mod sse;
 pub mod workers;
 pub mod ws;

@@ -14,6 +14,7 @@ use herald_bench::client::Protocol;
 use herald_bench::publisher::PublishVia;
 use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
+use herald_bench::scenario::deltas::{self, DeltasArgs};
 use herald_bench::scenario::fanout::{self, FanoutArgs};
 use herald_bench::scenario::floor::{self, FloorArgs};
 use herald_bench::scenario::soak::{self, SoakArgs};
@@ -50,6 +51,35 @@ enum Scenario {
         /// process may hold only so many open files).
         #[arg(long, default_value_t = 1)]
         workers: usize,
+    },
+    /// What fossil deltas save: subscribers of one channel (asking for
+    /// deltas or not) rebuild a large state the API republishes with a few
+    /// fields changed; reports payload bytes per delivery.
+    Deltas {
+        #[command(flatten)]
+        common: Common,
+        /// Herald's server API address, IP:port.
+        #[arg(long)]
+        api: SocketAddr,
+        /// Herald's server API key.
+        #[arg(long, env = "HERALD_BENCH_API_KEY")]
+        api_key: String,
+        /// The channel; its namespace must allow fossil deltas.
+        #[arg(long, default_value = "dashboard:ops")]
+        channel: String,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Subscribe asking for fossil deltas.
+        #[arg(long)]
+        delta: bool,
+        #[arg(long, default_value_t = 200)]
+        publications: u64,
+        /// Publications per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// About how large the state is, in bytes of JSON.
+        #[arg(long, default_value_t = 4096)]
+        state_bytes: usize,
     },
     /// N subscribers over M channels, P publications/s through the API.
     Fanout {
@@ -287,7 +317,9 @@ struct Output {
 impl Common {
     fn connect(&self) -> anyhow::Result<ConnectArgs> {
         anyhow::ensure!(
-            self.protocol != Protocol::Centrifuge || self.without_token || !self.token_secret.is_empty(),
+            !(self.protocol.centrifuge() || self.protocol == Protocol::UniSse)
+                || self.without_token
+                || !self.token_secret.is_empty(),
             "the centrifuge protocol needs --token-secret (the server's client.token_hmac_secret)"
         );
         Ok(ConnectArgs {
@@ -334,7 +366,7 @@ fn publish_via(
 ) -> anyhow::Result<PublishVia> {
     let need = |what: &str| anyhow::anyhow!("--protocol {protocol:?} needs {what}");
     Ok(match protocol {
-        Protocol::Centrifuge => PublishVia::Herald {
+        Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::UniSse => PublishVia::Herald {
             addr: api.ok_or_else(|| need("--api"))?,
             key: api_key.ok_or_else(|| need("--api-key"))?,
         },
@@ -457,6 +489,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             finish("fanout", common.output, args, result)
         }
+        Scenario::Deltas { common, api, api_key, channel, subscribers, delta, publications, rate, state_bytes } => {
+            let args = DeltasArgs {
+                connect: common.connect()?,
+                publish: PublishVia::Herald { addr: api, key: api_key },
+                channel,
+                subscribers,
+                delta,
+                publications,
+                rate,
+                state_bytes,
+            };
+            let result = deltas::run(&args).await?;
+            anyhow::ensure!(result.mismatched == 0, "{} states were rebuilt wrong", result.mismatched);
+            finish("deltas", common.output, args, result)
+        }
         Scenario::FanoutWorker { common, subscribers, channels, first_client } => {
             let connect = ConnectArgs { first_client, ..common.connect()? };
             fanout::work(&connect, subscribers, channels).await
@@ -567,8 +614,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Scenario::Chat { common, namespace, rooms, members_per_room, rate_per_member, duration } => {
             anyhow::ensure!(
-                common.protocol != Protocol::Pusher,
-                "chat publishes as clients; Pusher clients publish only signed client events: use centrifuge or socketio"
+                !matches!(common.protocol, Protocol::Pusher | Protocol::UniSse),
+                "chat publishes as clients; Pusher clients publish only signed client events, and uni-sse clients \
+                 send nothing: use centrifuge or socketio"
             );
             let args = ChatArgs {
                 connect: common.connect()?,

@@ -8,7 +8,8 @@
 //!   is joined in a second buffer (servers rarely fragment).
 //! - Client frames are masked as the RFC requires; server frames are not.
 //!
-//! It speaks text messages only, which is all the bench's protocols use.
+//! It sends text messages, and binary ones for the Centrifuge protocol's
+//! Protobuf encoding.
 
 use std::io;
 
@@ -71,7 +72,17 @@ enum Place {
 impl WsClient {
     /// Upgrades `stream` to a WebSocket at `url` (`ws://host:port/path?query`),
     /// sending `cookie` as the `Cookie` header when given.
-    pub async fn handshake(mut stream: TcpStream, url: &str, cookie: Option<&str>) -> Result<Self, WsError> {
+    pub async fn handshake(stream: TcpStream, url: &str, cookie: Option<&str>) -> Result<Self, WsError> {
+        Self::handshake_with(stream, url, cookie, None).await
+    }
+
+    /// [`handshake`](Self::handshake), asking for `subprotocol` too.
+    pub async fn handshake_with(
+        mut stream: TcpStream,
+        url: &str,
+        cookie: Option<&str>,
+        subprotocol: Option<&str>,
+    ) -> Result<Self, WsError> {
         let rest = url.strip_prefix("ws://").ok_or_else(|| protocol(format!("{url}: not a ws:// URL")))?;
         let (host, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
@@ -79,9 +90,10 @@ impl WsClient {
         };
         let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
         let cookie = cookie.map(|value| format!("Cookie: {value}\r\n")).unwrap_or_default();
+        let subprotocol = subprotocol.map(|name| format!("Sec-WebSocket-Protocol: {name}\r\n")).unwrap_or_default();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{cookie}\r\n"
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{cookie}{subprotocol}\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
 
@@ -112,6 +124,23 @@ impl WsClient {
         encode_frame(&mut self.out, OP_TEXT, text.as_bytes());
         self.stream.write_all(&self.out).await?;
         Ok(())
+    }
+
+    /// Sends one binary message.
+    pub async fn send_binary(&mut self, bytes: &[u8]) -> Result<(), WsError> {
+        self.out.clear();
+        encode_frame(&mut self.out, OP_BINARY, bytes);
+        self.stream.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    /// The next message, text or binary, as bytes; valid until the next call.
+    pub async fn next_bytes(&mut self) -> Result<&[u8], WsError> {
+        let place = self.next_message().await?;
+        Ok(match place {
+            Place::Buffer(from, to) => &self.buf[from..to],
+            Place::Fragments => &self.fragments[..],
+        })
     }
 
     /// The next text message; pings are answered on the way. The text is

@@ -19,6 +19,21 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
     /// A publication push for every subscriber of `channel`.
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes;
 
+    /// A publication push for the subscribers that take fossil deltas: in
+    /// full (`delta` is `None`), or as `delta`, the difference from the
+    /// previous publication they received. Called once per publication,
+    /// protocol and base, shared like [`Self::encode_publication`]. A
+    /// protocol without delta compression sends it in full.
+    fn encode_delta_publication(
+        &self,
+        channel: &ChannelName,
+        publication: &Publication,
+        delta: Option<&[u8]>,
+    ) -> Bytes {
+        let _ = delta;
+        self.encode_publication(channel, publication)
+    }
+
     /// A join or leave push, or `None` when the protocol does not announce
     /// this change to these subscribers. `to_own_user` tells whether they
     /// are connections of the user that joined or left (a protocol may

@@ -150,6 +150,8 @@ pub struct SubscribeRequest {
     pub recoverable: bool,
     /// Resubscribing after this position: recover what came after it.
     pub recover_since: Option<StreamPosition>,
+    /// Asks for fossil deltas (granted where the namespace allows them).
+    pub delta: bool,
 }
 
 /// How a subscription came out; front-ends encode their reply from it.
@@ -167,6 +169,8 @@ pub struct SubscribeOutcome {
     pub recovered: bool,
     /// What the subscriber missed, when it recovered.
     pub publications: Vec<Arc<Publication>>,
+    /// Publications after the first go to it as fossil deltas.
+    pub delta: bool,
 }
 
 /// The shortest pause between two steps of [`Hub::close_spread`].
@@ -457,3 +461,6 @@ mod recovery_properties;
 
 #[cfg(test)]
 mod stale_tests;
+
+#[cfg(test)]
+mod delta_tests;

@@ -29,6 +29,7 @@
 
 pub mod connection;
 pub mod error;
+pub mod fossil;
 pub mod hub;
 pub mod namespace;
 pub mod outbox;
@@ -40,7 +41,7 @@ pub use hub::{
     Hub, HubConfig, HubMeter, HubObserver, HubStats, Recovery, SessionRelay, SubscribeAccess, SubscribeOutcome,
     SubscribeRequest, Watch, MAX_WATCHES, NODE_INFO_EVERY, WATCH_QUEUE,
 };
-pub use namespace::{ChannelConventions, ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
+pub use namespace::{ChannelConventions, ChannelRules, DeltaType, NamespaceOptions, PublishPolicy, SubscribePolicy};
 pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, UnsubscribeReason};
 
 pub use herald_engine as engine;

@@ -126,6 +126,18 @@ pub struct NamespaceOptions {
     /// The proxy asked to extend subscriptions the subscribe proxy made
     /// expiring.
     pub sub_refresh_proxy: Option<String>,
+    /// The delta compressions a subscriber may ask for (`["fossil"]`): it
+    /// then gets, after the first publication, the difference from the
+    /// previous one it received.
+    pub allowed_delta_types: Vec<DeltaType>,
+}
+
+/// A delta compression of publications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaType {
+    /// Fossil deltas (see `crate::fossil`).
+    Fossil,
 }
 
 impl Default for NamespaceOptions {
@@ -153,6 +165,7 @@ impl Default for NamespaceOptions {
             subscribe_proxy: None,
             publish_proxy: None,
             sub_refresh_proxy: None,
+            allowed_delta_types: Vec::new(),
         }
     }
 }

@@ -149,10 +149,27 @@ pub(crate) fn put_array<T>(out: &mut BytesMut, items: &[T], mut write: impl FnMu
     out.put_u8(b']');
 }
 
-/// A `Publication` object: `{"data":…,"info":…,"offset":…,"tags":…}`.
-pub(crate) fn put_publication(out: &mut BytesMut, publication: &Publication) {
+/// How a publication's `data` is written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Data<'a> {
+    /// As the JSON it is.
+    Raw,
+    /// As a string holding its JSON text: what a subscriber that takes
+    /// fossil deltas is sent (centrifuge-js reads it so).
+    Text,
+    /// As a string holding this fossil delta of it, with `"delta":true`.
+    Delta(&'a str),
+}
+
+/// A `Publication` object, its `data` written as `data` says.
+pub(crate) fn put_publication_as(out: &mut BytesMut, publication: &Publication, data: Data<'_>) {
     let mut object = Object::begin(out);
-    object.raw("data", &publication.data);
+    match data {
+        Data::Raw => drop(object.raw("data", &publication.data)),
+        // Publication data is JSON, which is UTF-8.
+        Data::Text => drop(object.str("data", &String::from_utf8_lossy(&publication.data))),
+        Data::Delta(delta) => drop(object.str("data", delta).bool("delta", true)),
+    }
     if let Some(info) = &publication.info {
         put_client_info(object.key("info"), info);
     }
@@ -172,7 +189,12 @@ pub(crate) fn put_publication(out: &mut BytesMut, publication: &Publication) {
 
 /// A JSON array of publications.
 pub(crate) fn put_publications(out: &mut BytesMut, publications: &[Arc<Publication>]) {
-    put_array(out, publications, |out, publication| put_publication(out, publication));
+    put_publications_as(out, publications, Data::Raw);
+}
+
+/// A JSON array of publications, their data written as `data` says.
+pub(crate) fn put_publications_as(out: &mut BytesMut, publications: &[Arc<Publication>], data: Data<'_>) {
+    put_array(out, publications, |out, publication| put_publication_as(out, publication, data));
 }
 
 /// A `ClientInfo` object: `{"user":…,"client":…,"conn_info":…,"chan_info":…}`.

@@ -92,6 +92,9 @@ async fn http_stream(
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/octet-stream"));
     let format = if protobuf { Format::Binary } else { Format::Lines };
+    if let Some(refused) = refused(&state, &headers) {
+        return refused;
+    }
     let opening = Opening { peer, permit, headers };
     match read_connect(&state, &opening.headers, body).await {
         Ok(first) => open_emulated(&state, opening, first, format),
@@ -152,6 +155,9 @@ async fn uni_sse_posted(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(refused) = refused(&state, &headers) {
+        return refused;
+    }
     let opening = Opening { peer, permit, headers };
     match read_connect(&state, &opening.headers, body).await {
         Ok(first) => open_unidirectional(&state, opening, first, Format::Events),
@@ -166,6 +172,9 @@ async fn uni_http_stream(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(refused) = refused(&state, &headers) {
+        return refused;
+    }
     let opening = Opening { peer, permit, headers };
     match read_connect(&state, &opening.headers, body).await {
         Ok(first) => open_unidirectional(&state, opening, first, Format::Lines),
@@ -174,7 +183,9 @@ async fn uni_http_stream(
 }
 
 /// The body that opens a stream: the connect command or request, within
-/// `client.max_message_size` and `http.body_timeout`.
+/// `client.max_message_size` and `http.body_timeout`. Read only once the
+/// node has checked what it can before (draining, origin); the session
+/// authenticates what it says.
 async fn read_connect(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
     let limits = BodyLimits { max_size: state.max_message_size, timeout: state.body_timeout };
     body::read(headers, body, limits).await.map_err(|error| {

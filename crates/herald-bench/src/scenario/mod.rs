@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod connections;
+pub mod deltas;
 pub mod fanout;
 pub mod floor;
 pub mod soak;
@@ -144,7 +145,16 @@ pub fn progress(line: &str) {
 }
 
 pub(crate) fn token(secret: &str, user: &str) -> String {
-    let claims = serde_json::json!({"sub": user});
+    token_with(secret, user, &[])
+}
+
+/// A connection token for `user`, subscribing it to `channels` on the
+/// server's side (the `channels` claim).
+pub(crate) fn token_with(secret: &str, user: &str, channels: &[String]) -> String {
+    let claims = match channels {
+        [] => serde_json::json!({"sub": user}),
+        _ => serde_json::json!({"sub": user, "channels": channels}),
+    };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -176,9 +186,11 @@ pub async fn connect_all(
         let source = (args.source_addresses > 0)
             .then(|| IpAddr::from([127, 0, 0, 2 + (i % usize::from(args.source_addresses)) as u8]));
         let token = match args.protocol {
-            Protocol::Centrifuge if args.without_token => String::new(),
-            Protocol::Centrifuge => token(&args.token_secret, &format!("bench-{i}")),
+            Protocol::Centrifuge | Protocol::CentrifugeProtobuf if args.without_token => String::new(),
+            Protocol::Centrifuge | Protocol::CentrifugeProtobuf => token(&args.token_secret, &format!("bench-{i}")),
             Protocol::Pusher | Protocol::Socketio => String::new(),
+            // A uni-directional client's channels come with its token.
+            Protocol::UniSse => token_with(&args.token_secret, &format!("bench-{i}"), &channels_of(i)),
         };
         let channels = channels_of(i);
         let protocol = args.protocol;

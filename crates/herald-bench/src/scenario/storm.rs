@@ -90,7 +90,7 @@ async fn reconnect(args: &ConnectArgs, targets: &[Target], i: usize, attempt_bas
 
 pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
     anyhow::ensure!(
-        args.connect.protocol == crate::client::Protocol::Centrifuge,
+        args.connect.protocol.centrifuge(),
         "reconnect-storm measures recovery, which the centrifuge protocol has"
     );
     let channels = args.channels.max(1);

@@ -28,6 +28,23 @@ pub(super) struct Subscriber {
     /// (Boxed: most subscribers never recover, and every one pays for the
     /// inline size.)
     pub(super) recovering: Option<Box<Mutex<Vec<Arc<Publication>>>>>,
+    /// For a subscriber that takes fossil deltas: the base of its next one.
+    pub(super) delta: Option<Box<DeltaBase>>,
+}
+
+/// The publication a delta subscriber last received in full or as a delta:
+/// the next one goes to it as the difference from this one. Subscribers
+/// that received the same publication share one delta (see `fanout.rs`).
+/// None yet (just subscribed or recovered): the next one goes in full.
+#[derive(Debug, Default)]
+pub(super) struct DeltaBase(Mutex<Option<Arc<Publication>>>);
+
+impl DeltaBase {
+    /// Takes note that `publication` is being sent; returns the base it
+    /// is to be sent against.
+    pub(super) fn advance(&self, publication: &Arc<Publication>) -> Option<Arc<Publication>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).replace(publication.clone())
+    }
 }
 
 /// Where a positioned subscriber is in its channel's stream. Fanout sends

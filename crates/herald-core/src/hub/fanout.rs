@@ -1,7 +1,10 @@
 //! Fanout: a publication, join or leave the engine delivered for a
 //! channel, pushed into the outboxes of the channel's local subscribers.
 //! It never waits for a connection (see `outbox.rs`) and encodes once per
-//! protocol: the bytes are shared by every subscriber speaking it.
+//! protocol: the bytes are shared by every subscriber speaking it. A
+//! subscriber that takes fossil deltas gets the difference from the
+//! publication it received before, computed once for all those that
+//! received the same one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +31,50 @@ impl SharedFrames {
         let bytes = encode();
         self.0.push((key, bytes.clone()));
         bytes
+    }
+}
+
+/// The frames of one publication for the subscribers that take deltas:
+/// in full, and as the delta from each base they are at (computed once per
+/// base, and encoded once per protocol and base). Subscribers that
+/// received the same previous publication share everything.
+#[derive(Default)]
+struct DeltaFrames {
+    /// The delta from each base, or `None` where it is no smaller than the
+    /// data itself (the publication then goes in full).
+    diffs: Vec<(*const Publication, Option<Arc<[u8]>>)>,
+    frames: Vec<((*const (), *const Publication, bool), Bytes)>,
+}
+
+impl DeltaFrames {
+    fn get(
+        &mut self,
+        conn: &Connection,
+        channel: &ChannelName,
+        publication: &Publication,
+        base: Option<&Arc<Publication>>,
+    ) -> Bytes {
+        let diff = base.and_then(|base| {
+            let key = Arc::as_ptr(base);
+            if let Some((_, diff)) = self.diffs.iter().find(|(known, _)| *known == key) {
+                return diff.clone();
+            }
+            let diff = crate::fossil::delta(&base.data, &publication.data);
+            let diff: Option<Arc<[u8]>> = (diff.len() < publication.data.len()).then(|| diff.into());
+            self.diffs.push((key, diff.clone()));
+            diff
+        });
+        let base_key = match (&diff, base) {
+            (Some(_), Some(base)) => Arc::as_ptr(base),
+            _ => std::ptr::null(),
+        };
+        let key = (Arc::as_ptr(&conn.encoder) as *const (), base_key, diff.is_some());
+        if let Some((_, frame)) = self.frames.iter().find(|(known, _)| *known == key) {
+            return frame.clone();
+        }
+        let frame = conn.encoder.encode_delta_publication(channel, publication, diff.as_deref());
+        self.frames.push((key, frame.clone()));
+        frame
     }
 }
 
@@ -65,6 +112,7 @@ impl Channels {
         };
         let mut to_wake = Vec::new();
         let mut frames = SharedFrames::default();
+        let mut deltas = DeltaFrames::default();
         for subscriber in subscribers.values() {
             if let Some(buffer) = &subscriber.recovering {
                 // Merged with history once the recovery read is done.
@@ -83,8 +131,17 @@ impl Channels {
             if publication.exclude.as_ref() == Some(&conn.client) {
                 continue;
             }
-            let encode = || Some(conn.encoder.encode_publication(channel, publication));
-            let Some(frame) = frames.get(conn, false, encode) else { continue };
+            let frame = match &subscriber.delta {
+                Some(base) => {
+                    let base = base.advance(publication);
+                    deltas.get(conn, channel, publication, base.as_ref())
+                }
+                None => {
+                    let encode = || Some(conn.encoder.encode_publication(channel, publication));
+                    let Some(frame) = frames.get(conn, false, encode) else { continue };
+                    frame
+                }
+            };
             let queued = match &delayed {
                 None => conn.outbox.push(Outgoing::Frame(frame)).map(|_| false),
                 Some((_, due)) => conn.outbox.push_delayed(Outgoing::Frame(frame), *due),

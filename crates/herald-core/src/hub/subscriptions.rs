@@ -11,7 +11,7 @@ use super::recovery::{self, Recovery};
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
 use crate::error::HubError;
-use crate::namespace::{ChannelRules, NamespaceOptions, SubscribePolicy};
+use crate::namespace::{ChannelRules, DeltaType, NamespaceOptions, SubscribePolicy};
 use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
 
 impl Hub {
@@ -62,6 +62,7 @@ impl Hub {
         if !self.channels.contains(channel) && !self.watchers.watching(channel) {
             self.engine.broker().subscribe(channel).await?;
         }
+        let delta = request.delta && options.allowed_delta_types.contains(&DeltaType::Fossil);
         let subscriber = Subscriber {
             conn: conn.clone(),
             join_leave: request.subscription.join_leave,
@@ -69,12 +70,13 @@ impl Hub {
             user: request.subscription.user.clone().unwrap_or_else(|| conn.user()),
             followed: None,
             recovering: positioned.then(|| Box::new(Mutex::new(Vec::new()))),
+            delta: delta.then(Box::default),
         };
         let subscribers = self.channels.add(channel, subscriber);
         conn.subscriptions().insert(channel.clone(), request.subscription.clone());
         self.occupancy.update(channel, subscribers).await;
 
-        let mut outcome = SubscribeOutcome { positioned, recoverable, ..Default::default() };
+        let mut outcome = SubscribeOutcome { positioned, recoverable, delta, ..Default::default() };
         if let Some(history) = &history {
             if positioned {
                 if let Err(error) = self.read_recovery(channel, &request, options, history, &mut outcome).await {
@@ -114,14 +116,14 @@ impl Hub {
         reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
     ) -> Next {
         let mut shard = self.channels.write(channel);
-        let (buffered, followed) = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
+        let (buffered, followed, delta) = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
             Some(subscriber) => {
                 if outcome.positioned {
                     subscriber.followed = Some(Box::new(Followed::at(&outcome.position)));
                 }
-                (subscriber.go_live(), subscriber.followed.as_deref())
+                (subscriber.go_live(), subscriber.followed.as_deref(), subscriber.delta.as_deref())
             }
-            None => (Vec::new(), None),
+            None => (Vec::new(), None, None),
         };
         if let Some(reply) = reply(outcome) {
             // A full outbox closes itself as slow; the session ends and
@@ -131,7 +133,14 @@ impl Hub {
         for publication in &buffered {
             match followed.map_or(Next::Send, |f| f.next(publication)) {
                 Next::Send => {
-                    let frame = conn.encoder.encode_publication(channel, publication);
+                    let frame = match delta {
+                        // In full; the next live one may be a delta from it.
+                        Some(base) => {
+                            base.advance(publication);
+                            conn.encoder.encode_delta_publication(channel, publication, None)
+                        }
+                        None => conn.encoder.encode_publication(channel, publication),
+                    };
                     let _ = conn.outbox.push(Outgoing::Frame(frame));
                 }
                 Next::Skip => {}

@@ -99,6 +99,9 @@ pub(crate) struct SubscribeRequest {
     pub recoverable: bool,
     #[serde(default)]
     pub join_leave: bool,
+    /// The delta compression asked for: `fossil`, or none.
+    #[serde(default)]
+    pub delta: String,
     /// Data for the subscribe proxy.
     #[serde(default)]
     pub data: Option<Box<RawValue>>,

@@ -13,7 +13,7 @@ use herald_core::{PushEncoder, SubscribeOutcome};
 use herald_engine::{ChannelName, ClientInfo, HistoryResult, PresenceEvent, Publication};
 
 use super::codes::ClientError;
-use crate::json::{self, put_client_info, put_publication, put_str, Object};
+use crate::json::{self, put_client_info, put_publication_as, put_str, Data, Object};
 
 /// Encodes publications for every Centrifuge connection of a node.
 #[derive(Debug, Default)]
@@ -25,7 +25,23 @@ impl PushEncoder for CentrifugeEncoder {
     }
 
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
-        publication_push(channel, publication, true)
+        publication_push(channel, publication, true, Data::Raw)
+    }
+
+    /// Data as a string, a delta's with `"delta":true`. A delta that is not
+    /// text cannot be a JSON string: the publication then goes in full,
+    /// which is as good for the client.
+    fn encode_delta_publication(
+        &self,
+        channel: &ChannelName,
+        publication: &Publication,
+        delta: Option<&[u8]>,
+    ) -> Bytes {
+        let data = match delta.map(std::str::from_utf8) {
+            Some(Ok(delta)) => Data::Delta(delta),
+            Some(Err(_)) | None => Data::Text,
+        };
+        publication_push(channel, publication, true, data)
     }
 
     /// Centrifuge announces every connection's join and leave, to everyone.
@@ -46,7 +62,7 @@ impl PushEncoder for UniEncoder {
     }
 
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
-        publication_push(channel, publication, false)
+        publication_push(channel, publication, false, Data::Raw)
     }
 
     fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Bytes> {
@@ -55,7 +71,7 @@ impl PushEncoder for UniEncoder {
 }
 
 /// `{"push":{"channel":…,"pub":{…}}}`, or without the envelope.
-fn publication_push(channel: &ChannelName, publication: &Publication, envelope: bool) -> Bytes {
+fn publication_push(channel: &ChannelName, publication: &Publication, envelope: bool, data: Data<'_>) -> Bytes {
     let mut out =
         BytesMut::with_capacity(channel.as_str().len().saturating_add(publication.data.len()).saturating_add(64));
     if envelope {
@@ -64,7 +80,7 @@ fn publication_push(channel: &ChannelName, publication: &Publication, envelope: 
     out.put_slice(b"{\"channel\":");
     put_str(&mut out, channel.as_str());
     out.put_slice(b",\"pub\":");
-    put_publication(&mut out, publication);
+    put_publication_as(&mut out, publication, data);
     out.put_u8(b'}');
     if envelope {
         out.put_u8(b'}');
@@ -129,10 +145,13 @@ pub(crate) fn bare_push(kind: &str, raw: &[u8]) -> Bytes {
 }
 
 /// A `SubscribeResult` object: expiry, positions, recovery, publications.
+/// `text_data`: publications' data as strings (a JSON subscriber that
+/// takes deltas).
 pub(crate) fn subscribe_result(
     outcome: &SubscribeOutcome,
     expiry: &super::session::ExpiryResult,
     data: Option<&serde_json::value::RawValue>,
+    text_data: bool,
 ) -> Bytes {
     let mut out = BytesMut::with_capacity(64);
     let mut result = Object::begin(&mut out);
@@ -163,8 +182,12 @@ pub(crate) fn subscribe_result(
     if outcome.recovered {
         result.bool("recovered", true);
     }
+    if outcome.delta {
+        result.bool("delta", true);
+    }
     if !outcome.publications.is_empty() {
-        json::put_publications(result.key("publications"), &outcome.publications);
+        let data = if text_data { Data::Text } else { Data::Raw };
+        json::put_publications_as(result.key("publications"), &outcome.publications, data);
     }
     result.end();
     out.freeze()

@@ -177,6 +177,10 @@ max_message_size = 65536
 # "0s" (the default) sends each at once; "5ms"-"20ms" saves most system
 # calls when subscribers get hundreds of messages a second.
 write_delay = "0s"
+# Delta compressions subscribers may ask for: ["fossil"] sends each
+# publication after the first as the difference from the previous one
+# (for large states that change a little, such as dashboards).
+allowed_delta_types = []
 
 # A namespace: these options govern every channel "chat:<anything>".
 [channel.namespaces.chat]

@@ -101,6 +101,17 @@ impl PushEncoder for ProtobufEncoder {
         push(channel, wire::Push { r#pub: Some(publication(published)), ..Default::default() })
     }
 
+    /// Data is bytes in Protobuf: a full publication is as to anyone, a
+    /// delta goes in its place with `delta` set.
+    fn encode_delta_publication(&self, channel: &ChannelName, published: &Publication, delta: Option<&[u8]>) -> Bytes {
+        let mut publication = publication(published);
+        if let Some(delta) = delta {
+            publication.data = Bytes::copy_from_slice(delta);
+            publication.delta = true;
+        }
+        push(channel, wire::Push { r#pub: Some(publication), ..Default::default() })
+    }
+
     fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Bytes> {
         let info = Some(client_info(event.info()));
         Some(match event.is_join() {
@@ -170,6 +181,7 @@ fn command(wire: wire::Command) -> Result<Command, Malformed> {
             positioned: r.positioned,
             recoverable: r.recoverable,
             join_leave: r.join_leave,
+            delta: r.delta,
             data: json(r.data, "subscribe data")?,
         })
     } else if let Some(r) = unsubscribe {

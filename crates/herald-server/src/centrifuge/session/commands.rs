@@ -83,7 +83,7 @@ impl Session {
                     subs.put_u8(if subs.is_empty() { b'{' } else { b',' });
                     crate::json::put_str(&mut subs, name);
                     subs.put_u8(b':');
-                    subs.put_slice(&encode::subscribe_result(&outcome, &ExpiryResult::default(), data));
+                    subs.put_slice(&encode::subscribe_result(&outcome, &ExpiryResult::default(), data, false));
                 }
                 Err(error) => {
                     tracing::warn!(user = %conn.user(), channel = %name, %error, "server-side subscription (from the token or the connect proxy) failed");
@@ -163,11 +163,15 @@ impl Session {
             positioned: req.positioned,
             recoverable: req.recoverable,
             recover_since: req.position.recover.then(|| position(req.position.offset, &req.position.epoch)),
+            // Uni-directional clients never subscribe; others may take deltas.
+            delta: req.delta == "fossil",
         };
         let expiry = if by_proxy { ExpiryResult::default() } else { ExpiryResult::at(exp) };
         let encoding = self.encoding;
         let reply = |outcome: &herald_core::SubscribeOutcome| {
-            let result = encode::subscribe_result(outcome, &expiry, backend_data.as_deref());
+            // Protobuf carries data as bytes either way.
+            let text_data = outcome.delta && encoding == Encoding::Json;
+            let result = encode::subscribe_result(outcome, &expiry, backend_data.as_deref(), text_data);
             Some(Outgoing::Frame(super::encoded(encoding, encode::raw_reply(id, "subscribe", &result))))
         };
         let outcome = self.shared.hub().subscribe(&conn, &channel, access, request, reply).await?;

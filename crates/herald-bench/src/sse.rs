@@ -110,6 +110,8 @@ impl SseClient {
 
     /// The next event's data, valid until the next call.
     pub(crate) async fn next_event(&mut self) -> Result<&[u8], WsError> {
+        // What came with the response head, or after the last event.
+        self.dechunk()?;
         loop {
             let pending = &self.body[self.body_start..];
             if let Some(end) = memchr::memmem::find(pending, b"\n\n") {

@@ -8,6 +8,7 @@ use herald_bench::client::Protocol;
 use herald_bench::publisher::PublishVia;
 use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
+use herald_bench::scenario::deltas::{self, DeltasArgs};
 use herald_bench::scenario::fanout::{self, FanoutArgs};
 use herald_bench::scenario::storm::{self, StormArgs};
 use herald_bench::scenario::ConnectArgs;
@@ -29,6 +30,11 @@ async fn herald() -> std::net::SocketAddr {
         ..Default::default()
     };
     config.channel.namespaces.insert("feed".into(), feed);
+    let dashboard = herald_core::NamespaceOptions {
+        allowed_delta_types: vec![herald_core::DeltaType::Fossil],
+        ..Default::default()
+    };
+    config.channel.namespaces.insert("dashboard".into(), dashboard);
     config.client.token_hmac_secret = Some(Secret::new(SECRET));
     config.api.key = Some(Secret::new(KEY));
     config.pusher.apps.push(herald_server::config::PusherApp {
@@ -87,6 +93,52 @@ async fn fanout_delivers_every_publication_to_every_subscriber_of_its_channel() 
     assert_eq!(result.delivered, result.expected_deliveries);
     assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
     assert_eq!(result.latency.samples, result.delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_speaks_protobuf_and_uni_directional_sse_too() {
+    let addr = herald().await;
+    for (protocol, url) in [
+        (Protocol::CentrifugeProtobuf, format!("ws://{addr}/connection/websocket")),
+        (Protocol::UniSse, format!("http://{addr}/connection/uni_sse")),
+    ] {
+        let args = FanoutArgs {
+            connect: ConnectArgs { protocol, urls: vec![url], ..connect_args(addr) },
+            publish: PublishVia::Herald { addr, key: KEY.into() },
+            subscribers: 10,
+            channels: 2,
+            rate: 100.0,
+            duration: Duration::from_secs(1),
+            payload_bytes: 16,
+        };
+        let result = fanout::run(&args).await.expect("the scenario runs");
+        assert_eq!((result.connected, result.published), (10, 100), "{protocol:?}");
+        assert_eq!(result.delivered, 100 * 5, "{protocol:?}: each channel has 5 subscribers");
+        assert!(result.anomalies.is_clean(), "{protocol:?}: {:?}", result.anomalies);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_rebuild_every_state_and_weigh_far_less_than_the_full_ones() {
+    let addr = herald().await;
+    let mut weights = Vec::new();
+    for delta in [false, true] {
+        let args = DeltasArgs {
+            connect: connect_args(addr),
+            publish: PublishVia::Herald { addr, key: KEY.into() },
+            channel: format!("dashboard:smoke-{delta}"),
+            subscribers: 5,
+            delta,
+            publications: 20,
+            rate: 100.0,
+            state_bytes: 4096,
+        };
+        let result = deltas::run(&args).await.expect("the scenario runs");
+        assert_eq!((result.delivered, result.mismatched), (100, 0), "delta {delta}");
+        assert_eq!(result.as_deltas, if delta { 95 } else { 0 });
+        weights.push(result.bytes_per_delivery);
+    }
+    assert!(weights[1] * 4.0 < weights[0], "{weights:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

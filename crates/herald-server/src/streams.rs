@@ -92,14 +92,7 @@ async fn http_stream(
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/octet-stream"));
     let format = if protobuf { Format::Binary } else { Format::Lines };
-    if let Some(refused) = refused(&state, &headers) {
-        return refused;
-    }
-    let opening = Opening { peer, permit, headers };
-    match read_connect(&state, &opening.headers, body).await {
-        Ok(first) => open_emulated(&state, opening, first, format),
-        Err(refused) => refused,
-    }
+    posted(&state, Opening { peer, permit, headers }, body, format, true).await
 }
 
 async fn sse(
@@ -155,14 +148,7 @@ async fn uni_sse_posted(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(refused) = refused(&state, &headers) {
-        return refused;
-    }
-    let opening = Opening { peer, permit, headers };
-    match read_connect(&state, &opening.headers, body).await {
-        Ok(first) => open_unidirectional(&state, opening, first, Format::Events),
-        Err(refused) => refused,
-    }
+    posted(&state, Opening { peer, permit, headers }, body, Format::Events, false).await
 }
 
 async fn uni_http_stream(
@@ -172,12 +158,17 @@ async fn uni_http_stream(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(refused) = refused(&state, &headers) {
+    posted(&state, Opening { peer, permit, headers }, body, Format::Lines, false).await
+}
+
+/// Opens a stream whose connect command or request is the POST's body.
+async fn posted(state: &AppState, opening: Opening, body: Body, format: Format, emulated: bool) -> Response {
+    if let Some(refused) = refused(state, &opening.headers) {
         return refused;
     }
-    let opening = Opening { peer, permit, headers };
-    match read_connect(&state, &opening.headers, body).await {
-        Ok(first) => open_unidirectional(&state, opening, first, Format::Lines),
+    match read_connect(state, &opening.headers, body).await {
+        Ok(first) if emulated => open_emulated(state, opening, first, format),
+        Ok(first) => open_unidirectional(state, opening, first, format),
         Err(refused) => refused,
     }
 }

@@ -296,6 +296,37 @@ async fn on_shutdown_every_stream_is_told_to_reconnect_and_ends() {
 }
 
 #[tokio::test]
+async fn a_stream_client_that_stops_reading_is_closed_as_slow_and_harms_no_one() {
+    let server = TestServer::with(|c| {
+        c.client.queue_max_bytes = 64 * 1024;
+        c.client.write_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let token = server.token_with("sam", json!({"channels": ["feed:flood"]}));
+    let mut stalled =
+        StreamClient::post(server.addr, "/connection/uni_http_stream", &json!({"token": token}).to_string()).await;
+    stalled.next_not_ping().await;
+    let mut watcher = server.connected("watcher").await;
+    watcher.subscribe("news").await;
+
+    // Far more than the socket buffers and the 64 KiB queue hold, while the
+    // stalled client reads nothing.
+    let big = "x".repeat(60 * 1024);
+    for n in 0..300 {
+        server.publish("feed:flood", json!({"n": n, "pad": big})).await;
+        if server.api("info", json!({})).await.1["result"]["nodes"][0]["num_clients"] == 1 {
+            break;
+        }
+    }
+    support::eventually_async("the stalled stream is closed", || async {
+        server.api("info", json!({})).await.1["result"]["nodes"][0]["num_clients"] == 1
+    })
+    .await;
+    server.publish("news", json!({"still": "here"})).await;
+    assert_eq!(watcher.next_push().await["pub"]["data"]["still"], "here", "the other connection is unaffected");
+}
+
+#[tokio::test]
 async fn transports_left_out_of_the_config_are_not_served() {
     let server = TestServer::with(|c| c.client.transports = vec![TransportName::Websocket]).await;
     for path in ["/connection/http_stream", "/connection/uni_http_stream", "/emulation"] {

@@ -321,19 +321,20 @@ impl Session {
         let _ = self.outbox.push(Outgoing::Frame(encoded(self.encoding, message)));
     }
 
-    /// Handles a Protobuf frame's commands in order, as [`Self::on_frame`].
-    async fn on_protobuf_frame(&mut self, mut rest: Bytes) -> Result<Option<Bytes>, DisconnectReason> {
-        while let Some(command) = protobuf::next_command(&mut rest) {
-            let command = command.map_err(|error| {
+    /// Takes the next command off the front of a frame: a line of JSON, or
+    /// a length-delimited Protobuf message. `None` once it is empty.
+    fn next_command(&self, rest: &mut Bytes) -> Option<Result<Command, DisconnectReason>> {
+        Some(match self.encoding {
+            Encoding::Json => Command::decode(&command::next_line(rest)?).map_err(|error| {
+                // Where and how it is malformed; serde's message may quote the input.
+                tracing::debug!(client = ?self.client(), kind = ?error.classify(), column = error.column(), "malformed command");
+                DisconnectReason::BadRequest
+            }),
+            Encoding::Protobuf => protobuf::next_command(rest)?.map_err(|error| {
                 tracing::debug!(client = ?self.client(), %error, "malformed Protobuf command");
                 DisconnectReason::BadRequest
-            })?;
-            self.on_command(command).await?;
-            if !rest.is_empty() && self.outbox.past_half() {
-                return Ok(Some(rest));
-            }
-        }
-        Ok(None)
+            }),
+        })
     }
 
     /// Handles a frame's commands in order. Once their replies fill half
@@ -342,13 +343,8 @@ impl Session {
     /// that recovers many channels at once gets them one after another
     /// instead of being closed as slow.
     async fn on_frame(&mut self, mut rest: Bytes) -> Result<Option<Bytes>, DisconnectReason> {
-        while let Some(line) = command::next_line(&mut rest) {
-            let command = Command::decode(&line).map_err(|error| {
-                // Where and how it is malformed; serde's message may quote the input.
-                tracing::debug!(client = ?self.client(), kind = ?error.classify(), column = error.column(), "malformed command");
-                DisconnectReason::BadRequest
-            })?;
-            self.on_command(command).await?;
+        while let Some(command) = self.next_command(&mut rest) {
+            self.on_command(command?).await?;
             if !rest.is_empty() && self.outbox.past_half() {
                 return Ok(Some(rest));
             }
@@ -473,18 +469,16 @@ impl Protocol for Session {
     }
 
     async fn on_message(&mut self, message: Inbound) -> Result<Option<Inbound>, DisconnectReason> {
-        if self.encoding == Encoding::Protobuf {
-            let Inbound::Binary(frame) = message else {
-                tracing::info!(client = ?self.client(), "text message on a Protobuf connection; closing");
-                return Err(DisconnectReason::BadRequest);
-            };
-            let handled = self.on_protobuf_frame(frame.clone()).await;
-            if let Err(reason) = &handled {
-                self.log_refusal(reason, &frame);
-            }
-            return handled.map(|rest| rest.map(Inbound::Binary));
-        }
-        let frame = driver::text_only(message, &self.client())?;
+        let frame = match self.encoding {
+            Encoding::Json => driver::text_only(message, &self.client())?,
+            Encoding::Protobuf => match message {
+                Inbound::Binary(frame) => frame,
+                Inbound::Text(_) => {
+                    tracing::info!(client = ?self.client(), "text message on a Protobuf connection; closing");
+                    return Err(DisconnectReason::BadRequest);
+                }
+            },
+        };
         if self.unidirectional() {
             return self.on_uni_message(frame).await.map(|()| None);
         }
@@ -492,7 +486,11 @@ impl Protocol for Session {
         if let Err(reason) = &handled {
             self.log_refusal(reason, &frame);
         }
-        handled.map(|rest| rest.map(Inbound::Text))
+        let rest = match self.encoding {
+            Encoding::Json => Inbound::Text,
+            Encoding::Protobuf => Inbound::Binary,
+        };
+        handled.map(|left| left.map(rest))
     }
 
     async fn on_timer(&mut self) -> Result<(), DisconnectReason> {

@@ -17,6 +17,8 @@
 //!   [`ChannelConventions`] interface through which a protocol gives
 //!   channel names a meaning of its own (Pusher's `presence-`, `cache-`).
 //! - [`error`]: [`HubError`], mapped to codes by each front-end.
+//! - [`fossil`]: fossil deltas, which fanout sends to subscribers that ask
+//!   for delta compression.
 
 #![forbid(unsafe_code)]
 // No input may reach a panic: outside tests, no unwrap, expect, indexing or

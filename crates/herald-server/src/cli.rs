@@ -79,6 +79,7 @@ enum ConfigCommand {
     /// Report every problem in a config file (exit 2 if there are any).
     Check {
         /// The file to check.
+        #[arg(default_value = DEFAULT_CONFIG_FILE)]
         path: PathBuf,
     },
 }
@@ -155,7 +156,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(errors) => return fail(errors, 2),
     };
-    let generated = if sources.file.is_none() { fill_development_secrets(&mut config) } else { Vec::new() };
+    let generated = if sources.file.is_none() { fill_development_defaults(&mut config) } else { Vec::new() };
     let missing = config.missing_secrets();
     if !missing.is_empty() {
         return fail(config::ConfigErrors(missing), 2);
@@ -175,8 +176,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// Fills in secrets a config-less development node needs; returns what it made.
-fn fill_development_secrets(config: &mut Config) -> Vec<(&'static str, String)> {
+/// Fills in what a config-less development node needs: secrets (returns
+/// what it made), and, unless namespaces were given otherwise, the starter
+/// config's (so `chat:lobby` works as the README's quickstart shows).
+fn fill_development_defaults(config: &mut Config) -> Vec<(&'static str, String)> {
+    if config.channel.namespaces.is_empty() {
+        if let Some((starter, _)) = config::type_toml(&config::template::starter_config()) {
+            config.channel.namespaces = starter.channel.namespaces;
+        }
+    }
     let mut generated = Vec::new();
     let client = &mut config.client;
     let has_key = client.token_hmac_secret.is_some()

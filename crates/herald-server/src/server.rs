@@ -360,6 +360,7 @@ fn router(state: AppState, api: Arc<ApiState>, with_metrics: bool) -> Router {
     let api_routes =
         Router::new().route("/api/{method}", post(api::handle).fallback(api::wrong_method)).with_state(api);
     let mut routes = crate::streams::routes(&state)
+        .route("/", get(index))
         .route("/app/{key}", get(pusher_websocket))
         .route("/health", get(health))
         .route("/ready", get(ready));
@@ -375,6 +376,36 @@ fn router(state: AppState, api: Arc<ApiState>, with_metrics: bool) -> Router {
             router.merge(Router::new().route("/apps/{app_id}/{*rest}", any(pusher::rest::handle)).with_state(frontend));
     }
     router
+}
+
+/// What a person who opens the node's address in a browser is told: what
+/// it serves, and where.
+async fn index(State(state): State<AppState>) -> Response {
+    let mut text =
+        format!("Herald {}: a realtime messaging server.\n\nClients connect to:\n", env!("CARGO_PKG_VERSION"));
+    for name in &state.transports {
+        let path = match name {
+            TransportName::Websocket => {
+                "/connection/websocket        Centrifuge protocol (centrifuge-js, the Centrifugo SDKs)"
+            }
+            TransportName::HttpStream => {
+                "/connection/http_stream      HTTP-streaming fallback (commands: POST /emulation)"
+            }
+            TransportName::Sse => "/connection/sse              SSE fallback (commands: POST /emulation)",
+            TransportName::UniWebsocket => "/connection/uni_websocket    listen only, over WebSocket",
+            TransportName::UniSse => "/connection/uni_sse          listen only, with EventSource",
+            TransportName::UniHttpStream => "/connection/uni_http_stream  listen only, over HTTP-streaming",
+        };
+        text.push_str(&format!("  {path}\n"));
+    }
+    if state.pusher.is_some() {
+        text.push_str("  /app/<key>                   Pusher protocol (pusher-js, Laravel Echo)\n");
+    }
+    text.push_str(
+        "\nBackends publish with POST /api/<method> and the X-API-Key header (the README's Server API).\n\
+         Health: /health and /ready.\n",
+    );
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
 async fn pusher_websocket(

@@ -3,12 +3,16 @@
 //! webhooks and the hub's events webhooks both send through this.
 //!
 //! Sending never holds up the node: events go into a bounded queue per
-//! target, and a full queue drops the event with a warning. Each target has
-//! one worker that sends in order. A request that fails (connection error
-//! or a non-2xx answer) is retried after 1 s, 2 s, 4 s, … up to 60 s apart,
-//! for 5 minutes, then dropped with an error in the log.
+//! target, and a full queue drops the event (counted; a warning at most
+//! every 10 s says how many). Each target has one worker that sends in
+//! order. A request that fails (connection error or a non-2xx answer) is
+//! retried after 1 s, 2 s, 4 s, … up to 60 s apart, for 5 minutes, then
+//! dropped with an error in the log. A target that stops answering is
+//! logged once when it starts failing and once when it answers again, not
+//! at every retry: a target nobody runs must not flood the log.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +34,8 @@ const BATCH_MAX: usize = 100;
 const BATCH_WINDOW: Duration = Duration::from_millis(50);
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least time between two warnings about dropped events.
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// How long a failing request is retried.
 const RETRY_FOR: Duration = Duration::from_secs(300);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
@@ -55,6 +61,9 @@ pub(crate) struct Target<E> {
     events: Vec<String>,
     queue: mpsc::Sender<E>,
     metrics: Arc<Metrics>,
+    /// Events dropped since the last warning, and when that was.
+    dropped: AtomicU64,
+    warned_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
@@ -71,9 +80,17 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
         let endpoint = HttpEndpoint::parse(url)?;
         let tls = if endpoint.is_tls() { Some(tls?.clone()) } else { None };
         let (queue, receiver) = mpsc::channel(QUEUE);
-        let worker = Worker { endpoint, url: url.to_owned(), signing, batch, tls, metrics: metrics.clone() };
+        let worker = Worker {
+            endpoint,
+            url: url.to_owned(),
+            signing,
+            batch,
+            tls,
+            metrics: metrics.clone(),
+            failing_since: None,
+        };
         tokio::spawn(worker.run(receiver));
-        Some(Self { events, queue, metrics: metrics.clone() })
+        Some(Self { events, queue, metrics: metrics.clone(), dropped: AtomicU64::new(0), warned_at: Mutex::new(None) })
     }
 
     /// Whether the target wants events named `name`.
@@ -89,7 +106,16 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
         }
         if self.queue.try_send(event.clone()).is_err() {
             self.metrics.webhook("queue_full");
-            tracing::warn!(event = event.name(), "webhook queue full; event dropped");
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let mut warned_at = self.warned_at.lock().unwrap_or_else(|e| e.into_inner());
+            if warned_at.is_none_or(|at| at.elapsed() >= DROP_WARNING_EVERY) {
+                *warned_at = Some(tokio::time::Instant::now());
+                self.dropped.store(0, Ordering::Relaxed);
+                tracing::warn!(
+                    dropped,
+                    "webhook queue full (its target is slow or down): events dropped; see herald_webhooks_total"
+                );
+            }
         }
     }
 }
@@ -103,6 +129,8 @@ struct Worker {
     /// For an `https://` target.
     tls: Option<TlsConnector>,
     metrics: Arc<Metrics>,
+    /// Since when requests to the target have been failing, if they are.
+    failing_since: Option<tokio::time::Instant>,
 }
 
 #[derive(Serialize)]
@@ -112,7 +140,7 @@ struct Body<'a, E> {
 }
 
 impl Worker {
-    async fn run<E: Serialize>(self, mut queue: mpsc::Receiver<E>) {
+    async fn run<E: Serialize>(mut self, mut queue: mpsc::Receiver<E>) {
         while let Some(first) = queue.recv().await {
             let mut events = vec![first];
             if self.batch {
@@ -132,7 +160,7 @@ impl Worker {
         }
     }
 
-    async fn deliver<E: Serialize>(&self, events: &[E]) {
+    async fn deliver<E: Serialize>(&mut self, events: &[E]) {
         let time_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
         let body = Bytes::from(crate::json::to_vec(&Body { time_ms, events }));
@@ -143,6 +171,9 @@ impl Worker {
             let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, self.post(body.clone(), &signature)).await {
                 Ok(Ok(status)) if (200..300).contains(&status) => {
                     self.metrics.webhook("delivered");
+                    if let Some(since) = self.failing_since.take() {
+                        tracing::info!(url = %self.url, failed_for = ?since.elapsed(), "webhook target answers again");
+                    }
                     return;
                 }
                 Ok(Ok(status)) => format!("answered {status}"),
@@ -155,7 +186,13 @@ impl Worker {
                 return;
             }
             self.metrics.webhook("retried");
-            tracing::warn!(url = %self.url, %outcome, retry_in = ?delay, "webhook failed; retrying");
+            match self.failing_since {
+                None => {
+                    self.failing_since = Some(started);
+                    tracing::warn!(url = %self.url, %outcome, "webhook failed; retrying with backoff (until it answers, further failures are logged at debug)");
+                }
+                Some(_) => tracing::debug!(url = %self.url, %outcome, retry_in = ?delay, "webhook failed; retrying"),
+            }
             tokio::time::sleep(delay).await;
             delay = delay.saturating_mul(2).min(RETRY_MAX_DELAY);
         }

@@ -109,6 +109,8 @@ fn config_init_writes_a_config_that_check_accepts_and_refuses_to_overwrite() {
 
     let check = herald(&["config", "check", "herald.toml"], &dir);
     assert!(check.status.success(), "{check:?}");
+    let by_default = herald(&["config", "check"], &dir);
+    assert!(by_default.status.success(), "check reads ./herald.toml, as serve does: {by_default:?}");
 
     let first = std::fs::read_to_string(dir.path("herald.toml")).unwrap();
     herald(&["config", "init", "--force", "second.toml"], &dir);
@@ -188,6 +190,20 @@ async fn without_a_config_file_serve_runs_on_generated_secrets() {
     let mut client = support::Client::from_stream(ws);
     client.send(json!({"id": 1, "connect": {"token": "made-up"}})).await;
     assert_eq!(client.closed().await.0, 3500, "a node with generated secrets still refuses bad tokens");
+
+    // The starter config's namespaces, so the quickstart's `chat:lobby` exists.
+    let (status, _, body) = support::http_get(served.addr, "/").await;
+    assert_eq!(status, 200, "/ says what the node serves");
+    assert!(body.contains("/connection/websocket") && body.contains("/api/<method>"), "{body}");
+    let with_secret = Served::start(&dir, "HERALD_CLIENT__TOKEN_HMAC_SECRET=zero-config-secret");
+    let url = format!("ws://{}/connection/websocket", with_secret.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut client = support::Client::from_stream(ws);
+    let token = herald_server::auth::TokenMinter::hmac("zero-config-secret").sign(&json!({"sub": "42"}));
+    let connected = client.command(json!({"id": 1, "connect": {"token": token}})).await;
+    assert!(connected.get("connect").is_some(), "{connected}");
+    let subscribed = client.command(json!({"id": 2, "subscribe": {"channel": "chat:lobby"}})).await;
+    assert!(subscribed.get("subscribe").is_some(), "the chat namespace exists without a config: {subscribed}");
 }
 
 /// Out of file descriptors, the accept loop backs off instead of spinning,

@@ -138,8 +138,8 @@ fn type_table(mut table: Table, errors: &mut Vec<String>) -> Config {
 }
 
 /// Parses and types TOML text as a config file is, without validating it
-/// (validation reads key files): the config fuzz target's entry.
-#[cfg(feature = "fuzzing")]
+/// (validation reads key files): the config fuzz target's entry, and how a
+/// config-less node reads the starter config's namespaces.
 pub(crate) fn type_toml(text: &str) -> Option<(Config, Vec<String>)> {
     let mut errors = Vec::new();
     let table = text.parse::<Table>().ok()?;

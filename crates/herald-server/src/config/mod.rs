@@ -22,7 +22,6 @@ use herald_core::NamespaceOptions;
 
 pub use endpoint::HttpEndpoint;
 pub use keys::TokenKeys;
-#[cfg(feature = "fuzzing")]
 pub(crate) use load::type_toml;
 pub use load::{load, load_for_serving, ConfigErrors, Sources};
 pub use template::starter_config;

@@ -84,9 +84,9 @@ pub fn load_for_serving(sources: &Sources) -> Result<Config, ConfigErrors> {
 /// their defaults), and every problem found. Fails outright only when the
 /// file cannot be read or parsed at all.
 fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErrors> {
-    let mut table = match &sources.file {
+    let (mut table, text) = match &sources.file {
         Some(path) => read_file(path)?,
-        None => Table::new(),
+        None => (Table::new(), String::new()),
     };
     let mut errors = Vec::new();
     for (name, value) in &sources.env {
@@ -108,9 +108,67 @@ fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErr
         }
     }
 
+    let typed_from = errors.len();
     let config = type_table(table, &mut errors);
+    // Where in the file each typing problem stands, unless a variable or a
+    // flag set that setting.
+    if let Some(path) = &sources.file {
+        let overridden: Vec<String> = sources
+            .env
+            .iter()
+            .filter_map(|(name, _)| name.strip_prefix(ENV_PREFIX))
+            .map(|key| key.to_lowercase().replace("__", "."))
+            .chain(sources.overrides.iter().map(|(dotted, _)| dotted.clone()))
+            .collect();
+        for problem in errors.iter_mut().skip(typed_from) {
+            let Some((setting, _)) = problem.split_once(": ") else { continue };
+            if overridden.iter().any(|o| o == setting) {
+                continue;
+            }
+            if let Some(line) = line_of(&text, setting) {
+                problem.push_str(&format!(" ({} line {line})", path.display()));
+            }
+        }
+    }
     errors.extend(config.validate());
     Ok((config, errors))
+}
+
+/// The line of `text` (a TOML file) that sets `setting` (`http.port`), if
+/// it is a plain `key = value` line under a `[table]` header.
+fn line_of(text: &str, setting: &str) -> Option<usize> {
+    let unquote = |part: &str| part.trim().trim_matches('"').to_owned();
+    let mut table = String::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|rest| rest.split(']').next()) {
+            let header = header.trim_start_matches('[');
+            table = header.split('.').map(unquote).collect::<Vec<_>>().join(".");
+            continue;
+        }
+        let Some((key, _)) = line.split_once('=') else { continue };
+        if key.trim_start().starts_with('#') {
+            continue;
+        }
+        let key = key.split('.').map(unquote).collect::<Vec<_>>().join(".");
+        let full = if table.is_empty() { key } else { format!("{table}.{key}") };
+        if full == setting {
+            return number.checked_add(1);
+        }
+    }
+    None
+}
+
+/// A serde message in the words of a config file: `expected u16` means
+/// nothing to someone writing `port = -1`.
+fn plain_types(message: &str) -> String {
+    message
+        .replace("expected u16", "expected a whole number from 0 to 65535")
+        .replace("expected u32", "expected a whole number from 0 to 4294967295")
+        .replace("expected u64", "expected a whole number, 0 or more")
+        .replace("expected usize", "expected a whole number, 0 or more")
+        .replace("expected i64", "expected a whole number")
+        .replace("expected f64", "expected a number")
 }
 
 /// Types each section of a merged table, setting aside (and reporting) what
@@ -146,15 +204,18 @@ pub(crate) fn type_toml(text: &str) -> Option<(Config, Vec<String>)> {
     Some((type_table(table, &mut errors), errors))
 }
 
-fn read_file(path: &Path) -> Result<Table, ConfigErrors> {
+/// The file's table, and its text (to say where a problem stands).
+fn read_file(path: &Path) -> Result<(Table, String), ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![format!(
             "cannot read {}: {e}; write a starter file with `herald config init`",
             path.display()
         )])
     })?;
-    text.parse::<Table>()
-        .map_err(|e| ConfigErrors(vec![format!("{} is not valid TOML: {}", path.display(), e.to_string().trim())]))
+    let table = text
+        .parse::<Table>()
+        .map_err(|e| ConfigErrors(vec![format!("{} is not valid TOML: {}", path.display(), e.to_string().trim())]))?;
+    Ok((table, text))
 }
 
 /// Reads a flag or environment value as TOML, falling back to a string.
@@ -189,7 +250,7 @@ fn section<T: DeserializeOwned + Default>(table: &mut Table, name: &str, errors:
             Err(e) => {
                 let path = e.path().to_string();
                 let full = e.inner().to_string();
-                let message = full.lines().next().unwrap_or_default().to_owned();
+                let message = plain_types(full.lines().next().unwrap_or_default());
                 let unknown = unknown_field(&message);
                 let shown = match (&unknown, path.as_str()) {
                     (Some(field), ".") => format!("{name}.{field}"),

@@ -109,6 +109,22 @@ x = 1
 }
 
 #[test]
+fn value_problems_say_what_is_expected_in_plain_words_and_where_in_the_file() {
+    let f = file("[http]\nport = -1\n\n[client]\nmax_channels = \"many\"\n");
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    let port = errors.iter().find(|e| e.starts_with("http.port")).expect("the port is named");
+    assert!(port.contains("a whole number from 0 to 65535"), "{port}");
+    assert!(port.ends_with("line 2)"), "{port}");
+    let channels = errors.iter().find(|e| e.starts_with("client.max_channels")).expect("max_channels is named");
+    assert!(channels.contains("a whole number, 0 or more") && channels.ends_with("line 5)"), "{channels}");
+
+    // Set by a flag, a bad value has no line in the file to point at.
+    let flagged = load(&sources(Some(&f), &[], &[("http.port", "-2")])).unwrap_err().0;
+    let port = flagged.iter().find(|e| e.starts_with("http.port")).expect("the port is named");
+    assert!(!port.contains("line"), "{port}");
+}
+
+#[test]
 fn a_jwks_url_that_cannot_work_is_named_with_its_refresh_and_ca() {
     let f = file(
         r#"

@@ -162,6 +162,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         return fail(config::ConfigErrors(missing), 2);
     }
     let log = init_logging(&config);
+    warn_of_overridden_mistakes(&sources);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -172,6 +173,28 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "herald stopped with an error");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs the file's mistakes that a variable or flag hid by setting the
+/// same setting (`serve --port 8001` over a bad `port`): the node runs,
+/// but `herald config check` would fail on that file.
+fn warn_of_overridden_mistakes(sources: &Sources) {
+    let Some(file) = &sources.file else { return };
+    let file_only = Sources { file: Some(file.clone()), env: Vec::new(), overrides: Vec::new() };
+    let Err(errors) = config::load(&file_only) else { return };
+    let overridden: Vec<String> = sources
+        .env
+        .iter()
+        .filter_map(|(name, _)| name.strip_prefix("HERALD_"))
+        .map(|key| key.to_lowercase().replace("__", "."))
+        .chain(sources.overrides.iter().map(|(dotted, _)| dotted.clone()))
+        .collect();
+    for problem in errors.0 {
+        let setting = problem.split_once(": ").map_or(problem.as_str(), |(setting, _)| setting);
+        if overridden.iter().any(|o| o == setting) {
+            tracing::warn!(file = %file.display(), %problem, "a mistake in the config file, hidden by a variable or flag that sets the same setting; fix the file");
         }
     }
 }

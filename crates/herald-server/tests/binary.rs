@@ -41,6 +41,8 @@ fn herald(args: &[&str], dir: &Scratch) -> std::process::Output {
 struct Served {
     child: Child,
     addr: std::net::SocketAddr,
+    /// What it has written to stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Served {
@@ -58,16 +60,19 @@ impl Served {
             .expect("spawn herald");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(at) = line.find("ws://") {
                     let addr = line[at + 5..].split('/').next().unwrap().to_owned();
                     let _ = tx.send(addr);
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         let addr = rx.recv_timeout(support::PATIENCE).expect("herald announces where it listens");
-        Served { child, addr: addr.parse().unwrap() }
+        Served { child, addr: addr.parse().unwrap(), log }
     }
 
     fn signal(&self, name: &str) {
@@ -204,6 +209,19 @@ async fn without_a_config_file_serve_runs_on_generated_secrets() {
     assert!(connected.get("connect").is_some(), "{connected}");
     let subscribed = client.command(json!({"id": 2, "subscribe": {"channel": "chat:lobby"}})).await;
     assert!(subscribed.get("subscribe").is_some(), "the chat namespace exists without a config: {subscribed}");
+}
+
+#[tokio::test]
+async fn a_mistake_in_the_file_hidden_by_a_flag_is_still_told() {
+    let dir = Scratch::new("hidden");
+    herald(&["config", "init"], &dir);
+    let text = std::fs::read_to_string(dir.path("herald.toml")).unwrap().replacen("port = 8000", "port = 99999", 1);
+    std::fs::write(dir.path("herald.toml"), text).unwrap();
+    let served = Served::start(&dir, "");
+    support::eventually("the hidden mistake is logged", || {
+        served.log.lock().unwrap().iter().any(|line| line.contains("http.port") && line.contains("fix the file"))
+    })
+    .await;
 }
 
 /// Out of file descriptors, the accept loop backs off instead of spinning,

@@ -184,13 +184,7 @@ fn warn_of_overridden_mistakes(sources: &Sources) {
     let Some(file) = &sources.file else { return };
     let file_only = Sources { file: Some(file.clone()), env: Vec::new(), overrides: Vec::new() };
     let Err(errors) = config::load(&file_only) else { return };
-    let overridden: Vec<String> = sources
-        .env
-        .iter()
-        .filter_map(|(name, _)| name.strip_prefix("HERALD_"))
-        .map(|key| key.to_lowercase().replace("__", "."))
-        .chain(sources.overrides.iter().map(|(dotted, _)| dotted.clone()))
-        .collect();
+    let overridden = sources.overridden_settings();
     for problem in errors.0 {
         let setting = problem.split_once(": ").map_or(problem.as_str(), |(setting, _)| setting);
         if overridden.iter().any(|o| o == setting) {

@@ -87,11 +87,7 @@ async fn http_stream(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // centrifuge-js's Protobuf build posts its commands as bytes.
-    let protobuf = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/octet-stream"));
-    let format = if protobuf { Format::Binary } else { Format::Lines };
+    let format = if crate::centrifuge::protobuf::posted(&headers) { Format::Binary } else { Format::Lines };
     posted(&state, Opening { peer, permit, headers }, body, format, true).await
 }
 

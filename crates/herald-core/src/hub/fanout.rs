@@ -42,8 +42,9 @@ impl SharedFrames {
 struct DeltaFrames {
     /// The delta from each base, or `None` where it is no smaller than the
     /// data itself (the publication then goes in full).
-    diffs: Vec<(*const Publication, Option<Arc<[u8]>>)>,
-    frames: Vec<((*const (), *const Publication, bool), Bytes)>,
+    diffs: Vec<(*const Publication, Option<Vec<u8>>)>,
+    /// By protocol and base; the base is null for the publication in full.
+    frames: Vec<((*const (), *const Publication), Bytes)>,
 }
 
 impl DeltaFrames {
@@ -54,26 +55,20 @@ impl DeltaFrames {
         publication: &Publication,
         base: Option<&Arc<Publication>>,
     ) -> Bytes {
-        let diff = base.and_then(|base| {
-            let key = Arc::as_ptr(base);
-            if let Some((_, diff)) = self.diffs.iter().find(|(known, _)| *known == key) {
-                return diff.clone();
-            }
+        let key = base.map_or(std::ptr::null(), Arc::as_ptr);
+        if let Some(base) = base.filter(|_| !self.diffs.iter().any(|(known, _)| *known == key)) {
             let diff = crate::fossil::delta(&base.data, &publication.data);
-            let diff: Option<Arc<[u8]>> = (diff.len() < publication.data.len()).then(|| diff.into());
-            self.diffs.push((key, diff.clone()));
-            diff
-        });
-        let base_key = match (&diff, base) {
-            (Some(_), Some(base)) => Arc::as_ptr(base),
-            _ => std::ptr::null(),
-        };
-        let key = (Arc::as_ptr(&conn.encoder) as *const (), base_key, diff.is_some());
-        if let Some((_, frame)) = self.frames.iter().find(|(known, _)| *known == key) {
+            self.diffs.push((key, (diff.len() < publication.data.len()).then_some(diff)));
+        }
+        let diff = self.diffs.iter().find(|(known, _)| *known == key).and_then(|(_, diff)| diff.as_deref());
+        // Sent in full, whatever the base: one frame per protocol.
+        let base_key = if diff.is_some() { key } else { std::ptr::null() };
+        let frame_key = (Arc::as_ptr(&conn.encoder) as *const (), base_key);
+        if let Some((_, frame)) = self.frames.iter().find(|(known, _)| *known == frame_key) {
             return frame.clone();
         }
-        let frame = conn.encoder.encode_delta_publication(channel, publication, diff.as_deref());
-        self.frames.push((key, frame.clone()));
+        let frame = conn.encoder.encode_delta_publication(channel, publication, diff);
+        self.frames.push((frame_key, frame.clone()));
         frame
     }
 }

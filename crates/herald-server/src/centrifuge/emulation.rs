@@ -110,10 +110,7 @@ fn text_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Bytes
 
 impl EmulationRequest {
     fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Self, bool), &'static str> {
-        let protobuf = headers
-            .get(axum::http::header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/octet-stream"));
-        match protobuf {
+        match super::protobuf::posted(headers) {
             true => match super::protobuf::emulation_request(body) {
                 Ok((session, node, data)) => Ok((Self { session, node, data }, true)),
                 Err(_) => Err("a Protobuf emulation request is an EmulationRequest message"),

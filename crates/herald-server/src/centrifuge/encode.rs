@@ -72,34 +72,44 @@ impl PushEncoder for UniEncoder {
 
 /// `{"push":{"channel":…,"pub":{…}}}`, or without the envelope.
 fn publication_push(channel: &ChannelName, publication: &Publication, envelope: bool, data: Data<'_>) -> Bytes {
-    let mut out =
-        BytesMut::with_capacity(channel.as_str().len().saturating_add(publication.data.len()).saturating_add(64));
-    if envelope {
-        out.put_slice(b"{\"push\":");
-    }
-    out.put_slice(b"{\"channel\":");
-    put_str(&mut out, channel.as_str());
-    out.put_slice(b",\"pub\":");
-    put_publication_as(&mut out, publication, data);
-    out.put_u8(b'}');
-    if envelope {
-        out.put_u8(b'}');
-    }
-    out.freeze()
+    let capacity = channel.as_str().len().saturating_add(publication.data.len()).saturating_add(64);
+    push_with(Some(channel), "pub", envelope, capacity, |out| put_publication_as(out, publication, data))
 }
 
 /// `{"push":{"channel":…,"join":{"info":{…}}}}` (or `leave`), or without
 /// the envelope.
 fn presence_push(channel: &ChannelName, kind: &str, info: &ClientInfo, envelope: bool) -> Bytes {
-    let mut out = BytesMut::with_capacity(128);
+    push_with(Some(channel), kind, envelope, 128, |out| {
+        out.put_slice(b"{\"info\":");
+        put_client_info(out, info);
+        out.put_u8(b'}');
+    })
+}
+
+/// A push whose body `body` writes: `{"push":{"channel":…,"<kind>":<body>}}`
+/// when `envelope`, else bare `{…}` (what a uni-directional client gets);
+/// the channel is left out when there is none.
+fn push_with(
+    channel: Option<&ChannelName>,
+    kind: &str,
+    envelope: bool,
+    capacity: usize,
+    body: impl FnOnce(&mut BytesMut),
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(capacity);
     if envelope {
         out.put_slice(b"{\"push\":");
     }
-    out.put_slice(b"{\"channel\":");
-    put_str(&mut out, channel.as_str());
-    out.put_slice(format!(",\"{kind}\":{{\"info\":").as_bytes());
-    put_client_info(&mut out, info);
-    out.put_slice(b"}}");
+    out.put_u8(b'{');
+    if let Some(channel) = channel {
+        out.put_slice(b"\"channel\":");
+        put_str(&mut out, channel.as_str());
+        out.put_u8(b',');
+    }
+    put_str(&mut out, kind);
+    out.put_u8(b':');
+    body(&mut out);
+    out.put_u8(b'}');
     if envelope {
         out.put_u8(b'}');
     }
@@ -241,24 +251,7 @@ pub(crate) fn error_reply(id: u32, error: &ClientError) -> Bytes {
 /// A push, `{"push":{…}}` when `envelope`, else bare `{…}` (what a
 /// uni-directional client gets).
 pub(crate) fn push<T: Serialize>(channel: Option<&ChannelName>, kind: &str, body: &T, envelope: bool) -> Bytes {
-    let mut out = BytesMut::with_capacity(64);
-    if envelope {
-        out.put_slice(b"{\"push\":");
-    }
-    out.put_u8(b'{');
-    if let Some(channel) = channel {
-        out.put_slice(b"\"channel\":");
-        put_str(&mut out, channel.as_str());
-        out.put_u8(b',');
-    }
-    put_str(&mut out, kind);
-    out.put_u8(b':');
-    out.put_slice(&json::to_vec(body));
-    out.put_u8(b'}');
-    if envelope {
-        out.put_u8(b'}');
-    }
-    out.freeze()
+    push_with(channel, kind, envelope, 64, |out| out.put_slice(&json::to_vec(body)))
 }
 
 pub(crate) const PING: &[u8] = b"{}";

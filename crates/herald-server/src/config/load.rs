@@ -39,6 +39,16 @@ impl Sources {
     pub fn process_env() -> Vec<(String, String)> {
         std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
     }
+
+    /// The settings (`http.port`) a variable or a flag sets, over the file.
+    pub fn overridden_settings(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .filter_map(|(name, _)| name.strip_prefix(ENV_PREFIX))
+            .map(|key| key.to_lowercase().replace("__", "."))
+            .chain(self.overrides.iter().map(|(dotted, _)| dotted.clone()))
+            .collect()
+    }
 }
 
 /// Every problem found in a configuration.
@@ -113,13 +123,7 @@ fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErr
     // Where in the file each typing problem stands, unless a variable or a
     // flag set that setting.
     if let Some(path) = &sources.file {
-        let overridden: Vec<String> = sources
-            .env
-            .iter()
-            .filter_map(|(name, _)| name.strip_prefix(ENV_PREFIX))
-            .map(|key| key.to_lowercase().replace("__", "."))
-            .chain(sources.overrides.iter().map(|(dotted, _)| dotted.clone()))
-            .collect();
+        let overridden = sources.overridden_settings();
         for problem in errors.iter_mut().skip(typed_from) {
             let Some((setting, _)) = problem.split_once(": ") else { continue };
             if overridden.iter().any(|o| o == setting) {

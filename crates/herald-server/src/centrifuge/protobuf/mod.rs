@@ -221,6 +221,14 @@ fn command(wire: wire::Command) -> Result<Command, Malformed> {
     Ok(Command { id, method: Some(method) })
 }
 
+/// Whether a request's body is Protobuf (`Content-Type:
+/// application/octet-stream`, as centrifuge-js's Protobuf build posts).
+pub(crate) fn posted(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/octet-stream"))
+}
+
 /// An emulation request's session, node and commands, from its body.
 pub(crate) fn emulation_request(body: &[u8]) -> Result<(String, String, Bytes), prost::DecodeError> {
     let request = wire::EmulationRequest::decode(body)?;

@@ -1,4 +1,5 @@
-//! The command line: `herald serve`, `herald config init|check`, `herald token`.
+//! The command line: `herald serve`, `herald config init|check`, `herald token`,
+//! `herald demo`.
 //!
 //! This is the binary's edge: errors become messages that say what to do
 //! next, and exit codes (0 ok, 1 runtime failure, 2 bad configuration or
@@ -9,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod demo;
 mod reload;
 
 use clap::{Args, Parser, Subcommand};
@@ -41,6 +43,9 @@ enum Command {
     /// Mint a connection token (or, with --channel, a subscription token)
     /// signed with the configured HMAC secret, for development and tests.
     Token(TokenArgs),
+    /// Run a node with the demo apps (chat, live dashboard, live event,
+    /// collaborative editor, fleet tracking) at http://127.0.0.1:8000/demos/.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Default, Args)]
@@ -116,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Config { command: ConfigCommand::Init { path, force } } => config_init(&path, force),
         Command::Config { command: ConfigCommand::Check { path } } => config_check(&path),
         Command::Token(args) => token(args),
+        Command::Demo(args) => demo::demo(args),
     }
 }
 
@@ -124,15 +130,22 @@ fn sources(flags: &ConfigFlags, extra: Vec<(String, String)>) -> Result<Sources,
         .config
         .clone()
         .or_else(|| Path::new(DEFAULT_CONFIG_FILE).exists().then(|| PathBuf::from(DEFAULT_CONFIG_FILE)));
-    let mut overrides = Vec::new();
-    for setting in &flags.set {
-        let (key, value) = setting
-            .split_once('=')
-            .ok_or_else(|| format!("--set {setting}: expected KEY=VALUE, e.g. --set http.port=9000"))?;
-        overrides.push((key.trim().to_owned(), value.to_owned()));
-    }
+    let mut overrides = parse_settings(&flags.set)?;
     overrides.extend(extra);
     Ok(Sources { file, env: Sources::process_env(), overrides })
+}
+
+/// `--set KEY=VALUE` flags as `(key, value)` pairs.
+fn parse_settings(settings: &[String]) -> Result<Vec<(String, String)>, String> {
+    settings
+        .iter()
+        .map(|setting| {
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| format!("--set {setting}: expected KEY=VALUE, e.g. --set http.port=9000"))?;
+            Ok((key.trim().to_owned(), value.to_owned()))
+        })
+        .collect()
 }
 
 fn fail(message: impl std::fmt::Display, code: u8) -> ExitCode {

@@ -29,7 +29,8 @@
 //! - `http`: serving HTTP: the accept loop, connection caps, header and
 //!   body deadlines.
 //! - `server`: assembling a [`Node`] and running it.
-//! - [`cli`]: the command line (`herald serve | config | token`).
+//! - [`cli`]: the command line (`herald serve | config | token | demo`).
+//! - `demo`: what `herald demo` adds to a node: the demo pages and feeds.
 
 #![forbid(unsafe_code)]
 // No input may reach a panic: outside tests, no unwrap, expect, indexing or
@@ -48,6 +49,7 @@ mod codes;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod demo;
 mod driver;
 mod engines;
 mod events;

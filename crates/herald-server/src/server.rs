@@ -85,6 +85,8 @@ pub struct Node {
     admin: Option<Arc<crate::admin::Admin>>,
     /// The emulated sessions, which relayed commands reach.
     emulation: Arc<Emulation>,
+    /// Routes served beside the node's own (`herald demo`'s pages).
+    also: Option<Router>,
     config: Config,
 }
 
@@ -179,7 +181,15 @@ impl Node {
         let admin = crate::admin::Admin::start(&config.admin, api.clone(), node_name, body.timeout, drain.subscribe());
         let emulation = Emulation::new();
         hub.relay_to(emulation.clone());
-        Ok(Node { hub, shared, api, pusher, shutdown, drain, admin, emulation, config })
+        Ok(Node { hub, shared, api, pusher, shutdown, drain, admin, emulation, also: None, config })
+    }
+
+    /// Serves `routes` too, on the node's port, beside its own.
+    pub(crate) fn also_serve(&mut self, routes: Router) {
+        self.also = Some(match self.also.take() {
+            Some(also) => also.merge(routes),
+            None => routes,
+        });
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -212,6 +222,9 @@ impl Node {
             emulation: self.emulation.clone(),
         };
         let mut app = router(state.clone(), self.api.clone(), internal.is_none());
+        if let Some(also) = self.also {
+            app = app.merge(also);
+        }
         let http = &self.config.http;
         let window = http.drain_window;
         let (draining, mut asked) = (self.drain.clone(), self.drain.subscribe());

@@ -233,8 +233,22 @@ fn parse_value(raw: &str) -> Value {
 fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
     let (last, parents) = path.split_last().ok_or("empty setting name")?;
     let mut current = table;
-    for key in parents {
+    let mut keys = parents.iter();
+    while let Some(key) = keys.next() {
         let entry = current.entry(key.clone()).or_insert_with(|| Value::Table(Table::new()));
+        // An array of tables is entered by index: `pusher.apps.0.secret`.
+        let entry = match entry {
+            Value::Array(elements) => {
+                let index = keys.next().ok_or_else(|| format!("`{key}` is a list: name an element, as `{key}.0`"))?;
+                let count = elements.len();
+                index
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|position| elements.get_mut(position))
+                    .ok_or_else(|| format!("`{key}` has {count} element(s), numbered from 0; there is no `{index}`"))?
+            }
+            entry => entry,
+        };
         current = entry.as_table_mut().ok_or_else(|| format!("`{key}` is not a table"))?;
     }
     current.insert(last.clone(), value);

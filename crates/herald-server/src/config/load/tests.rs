@@ -61,6 +61,19 @@ fn flags_override_env_which_overrides_the_file() {
 }
 
 #[test]
+fn an_element_of_a_list_of_tables_is_set_by_its_index() {
+    let f =
+        file("[[pusher.apps]]\nid = \"app-1\"\nkey = \"key-1\"\n[[pusher.apps]]\nid = \"app-2\"\nkey = \"key-2\"\n");
+    let env = [("HERALD_PUSHER__APPS__1__SECRET", "from-the-environment")];
+    let config = load(&sources(Some(&f), &env, &[("pusher.apps.0.secret", "from-a-flag")])).unwrap();
+    let secrets: Vec<&str> = config.pusher.apps.iter().map(|app| app.secret.expose()).collect();
+    assert_eq!(secrets, ["from-a-flag", "from-the-environment"]);
+
+    let errors = load(&sources(Some(&f), &[], &[("pusher.apps.2.secret", "x")])).unwrap_err();
+    assert!(errors.0.iter().any(|e| e.contains("pusher.apps.2.secret") && e.contains("numbered from 0")), "{errors}");
+}
+
+#[test]
 fn numeric_secrets_from_the_environment_stay_secrets() {
     let config = load(&sources(None, &[("HERALD_API__KEY", "1234")], &[])).unwrap();
     assert_eq!(config.api.key.unwrap().expose(), "1234");

@@ -63,7 +63,7 @@ fn flags_override_env_which_overrides_the_file() {
 #[test]
 fn an_element_of_a_list_of_tables_is_set_by_its_index() {
     let f =
-        file("[[pusher.apps]]\nid = \"app-1\"\nkey = \"key-1\"\n[[pusher.apps]]\nid = \"app-2\"\nkey = \"key-2\"\n");
+        file("[[pusher.apps]]\nid = \"app-1\"\nkey = \"key-1\"\n[[pusher.apps]]\nid = \"app-2\"\nkey = \"key-2\"\nnamespace = \"two\"\n[channel.namespaces.two]\n");
     let env = [("HERALD_PUSHER__APPS__1__SECRET", "from-the-environment")];
     let config = load(&sources(Some(&f), &env, &[("pusher.apps.0.secret", "from-a-flag")])).unwrap();
     let secrets: Vec<&str> = config.pusher.apps.iter().map(|app| app.secret.expose()).collect();

@@ -1,0 +1,49 @@
+// The fleet tracking demo in a real browser: the demo's feed moves vans
+// through the server API; every page draws them on the map from
+// `fleet:all`, and following a van subscribes to that van's own channel
+// (its panel fills at once from history) and leaves the one followed before.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { WAIT, launchBrowser, person, screenshotPath, startDemo } from '../lib/demo.mjs';
+
+const detailsOf = (page) => page.$$eval('#details dd', (items) => Object.fromEntries(items.map((dd) => [dd.dataset.field, dd.textContent])));
+const vanAt = (page, id) => page.$eval(`[data-van="${id}"]`, (van) => van.getAttribute('transform'));
+
+describe('the fleet tracking demo', () => {
+  let node;
+  let browser;
+
+  before(async () => {
+    node = await startDemo();
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await node?.stop();
+  });
+
+  test('every page shows the vans moving, and each follows a van of its own', async () => {
+    const [one, two] = [await person(browser, `${node.url}/demos/fleet.html?name=ops1`), await person(browser, `${node.url}/demos/fleet.html?name=ops2`)];
+    for (const page of [one, two]) await page.waitForFunction(() => document.querySelectorAll('[data-van]').length === 6, WAIT);
+    const before = await vanAt(one, 1);
+    await one.waitForFunction((was) => document.querySelector('[data-van="1"]').getAttribute('transform') !== was, WAIT, before);
+
+    // Following van 3 shows its driver at once; van 4 replaces it.
+    await one.click('[data-van="3"]');
+    await one.waitForFunction(() => document.querySelector('#details [data-field="driver"]')?.textContent === 'Linus', WAIT);
+    await two.click('[data-van="5"]');
+    await two.waitForFunction(() => document.querySelector('#details [data-field="driver"]')?.textContent === 'Ken', WAIT);
+    await one.click('[data-van="4"]');
+    await one.waitForFunction(() => document.querySelector('#details [data-field="driver"]')?.textContent === 'Margaret', WAIT);
+    await one.waitForFunction(() => document.querySelector('.trail').getAttribute('points').split(' ').length >= 4, WAIT);
+    const subscribed = await one.evaluate(() => Object.keys(window.demo.client.subscriptions()).sort());
+    assert.deepEqual(subscribed, ['fleet:all', 'fleet:van-4'], 'the van followed before was left');
+    assert.match((await detailsOf(one)).speed, /^\d+ km\/h$/);
+    const shot = screenshotPath('demo-fleet.png');
+    if (shot) await one.screenshot({ path: shot });
+    assert.deepEqual([...one.errors, ...two.errors], []);
+  });
+});

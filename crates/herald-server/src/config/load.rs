@@ -216,10 +216,61 @@ fn read_file(path: &Path) -> Result<(Table, String), ConfigErrors> {
             path.display()
         )])
     })?;
-    let table = text
-        .parse::<Table>()
-        .map_err(|e| ConfigErrors(vec![format!("{} is not valid TOML: {}", path.display(), e.to_string().trim())]))?;
+    let table = text.parse::<Table>().map_err(|e| ConfigErrors(syntax_errors(path, &text, &e)))?;
     Ok((table, text))
+}
+
+/// Every syntax mistake of a file that is not valid TOML, not just the
+/// first (where the parser stops): the text is cut at its table headers
+/// and each piece parsed alone, so a mistake under `[http]` does not hide
+/// one under `[client]`. When every piece parses alone (a table defined
+/// twice), the whole file's error is the one.
+fn syntax_errors(path: &Path, text: &str, whole: &toml::de::Error) -> Vec<String> {
+    let mut pieces = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0usize, 1usize, 0usize);
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        if offset > start && is_table_header(line) {
+            pieces.push((start_line, text.get(start..offset).unwrap_or_default()));
+            (start, start_line) = (offset, number.saturating_add(1));
+        }
+        offset = offset.saturating_add(line.len());
+    }
+    pieces.push((start_line, text.get(start..).unwrap_or_default()));
+    let errors: Vec<String> = pieces
+        .into_iter()
+        .filter_map(|(first_line, piece)| {
+            let error = piece.parse::<Table>().err()?;
+            Some(syntax_error(path, piece, first_line, &error))
+        })
+        .collect();
+    if errors.is_empty() {
+        vec![syntax_error(path, text, 1, whole)]
+    } else {
+        errors
+    }
+}
+
+/// `herald.toml is not valid TOML at line 3, column 8: <what>`, for an
+/// error in `piece`, whose first line is the file's `first_line`.
+fn syntax_error(path: &Path, piece: &str, first_line: usize, error: &toml::de::Error) -> String {
+    let what = error.message().trim().replace('\n', "; ");
+    let Some(before) = error.span().and_then(|span| piece.get(..span.start)) else {
+        return format!("{} is not valid TOML: {what}", path.display());
+    };
+    let line = first_line.saturating_add(before.matches('\n').count());
+    let column = before.rsplit('\n').next().map_or(0, |last| last.chars().count()).saturating_add(1);
+    format!("{} is not valid TOML at line {line}, column {column}: {what}", path.display())
+}
+
+/// A line that opens a table (`[http]`, `[[pusher.apps]]`), not an array
+/// value that happens to start with a bracket.
+fn is_table_header(line: &str) -> bool {
+    let line = line.split('#').next().unwrap_or_default().trim();
+    let name = line.trim_start_matches('[').trim_end_matches(']');
+    line.starts_with('[')
+        && line.ends_with(']')
+        && !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | '\'' | ' '))
 }
 
 /// Reads a flag or environment value as TOML, falling back to a string.

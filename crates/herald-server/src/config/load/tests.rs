@@ -165,6 +165,25 @@ fn a_certificate_without_its_key_or_that_is_not_pem_is_named() {
 }
 
 #[test]
+fn every_table_s_syntax_mistake_is_reported_with_its_line() {
+    let f = file(
+        "[http]\nport = 80 80\n\n[client]\nping_interval = \"25s\n[api]\nkey = \"fine\"\nevents = [\n  [1, 2],\n]\n",
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    assert_eq!(errors.len(), 2, "one per broken table, none for the nested array: {errors:?}");
+    assert!(errors[0].contains("is not valid TOML at line 2, column "), "{errors:?}");
+    assert!(errors[1].contains("is not valid TOML at line 5, column "), "{errors:?}");
+
+    let twice = file("[http]\nport = 80\n[http]\nport = 81\n");
+    let errors = load(&sources(Some(&twice), &[], &[])).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("is not valid TOML at line 3"),
+        "a table defined twice is the whole file's error: {errors:?}"
+    );
+}
+
+#[test]
 fn a_missing_file_says_how_to_make_one() {
     let missing = Sources { file: Some("/nonexistent/herald.toml".into()), ..Default::default() };
     let errors = load(&missing).unwrap_err().0;

@@ -100,7 +100,7 @@ function openRoom(id) {
   });
   typing.subscribe();
 
-  // Send: a message that cannot leave (the network is down) stays in the box.
+  // Send: a message that cannot leave (the network is down) goes back in the box.
   const form = document.getElementById('send');
   const input = document.getElementById('text');
   let lastTyping = 0;
@@ -113,12 +113,13 @@ function openRoom(id) {
     event.preventDefault();
     const text = input.value.trim();
     if (!text) return;
+    input.value = ''; // at once: whatever is typed next is the next message
     try {
       await sub.publish({ text });
-      input.value = '';
       lastTyping = 0;
     } catch (error) {
-      note(`Not sent (${error.message ?? 'offline'}): it is still in the box, send it again.`);
+      if (!input.value) input.value = text;
+      note(`Not sent (${error.message ?? 'offline'}): it is back in the box, send it again.`);
     }
   };
   form.addEventListener('submit', onSubmit);

@@ -166,18 +166,22 @@ document.getElementById('new-poll').addEventListener('submit', async (event) => 
   if (options.length < 2) return alert('Give at least two options, separated by commas.');
   const question = document.getElementById('question').value.trim();
   const quiz = document.getElementById('quiz').checked;
+  event.target.reset();
   if (quiz) {
     localStorage.setItem(`herald-demo-quiz:${question}`, options[0]);
-    options.sort(() => Math.random() - 0.5);
+    for (let n = options.length - 1; n > 0; n -= 1) {
+      const other = Math.floor(Math.random() * (n + 1));
+      [options[n], options[other]] = [options[other], options[n]];
+    }
   }
   await act({ kind: 'poll', question, options, quiz });
-  event.target.reset();
 });
 
 document.getElementById('ask').addEventListener('submit', async (event) => {
   event.preventDefault();
   const input = document.getElementById('ask-text');
-  if (!input.value.trim()) return;
-  await act({ kind: 'ask', text: input.value });
+  const text = input.value.trim();
+  if (!text) return;
   input.value = '';
+  await act({ kind: 'ask', text });
 });

@@ -3,34 +3,20 @@
 // (never as markup), and one whose network is cut is told so, then gets
 // what was said meanwhile once it is back. A late joiner reads history.
 
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { WAIT, cuttableNetwork, launchBrowser, person, screenshotPath, startDemo, textOf } from '../lib/demo.mjs';
+import { WAIT, oneNode, person, screenshotPath, textOf } from '../lib/demo.mjs';
 
 const messagesOf = (page) => page.$$eval('#messages li:not(.system)', (items) => items.map((item) => item.textContent));
 const membersOf = (page) => page.$$eval('#members li', (items) => items.map((item) => item.textContent));
 
 describe('the chat demo', () => {
-  let node;
-  let network;
-  let browser;
-
-  before(async () => {
-    node = await startDemo({ feeds: false });
-    network = await cuttableNetwork(node.port);
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await network?.close();
-    await node?.stop();
-  });
+  const demo = oneNode({ network: true });
 
   test('people chat, see each other and who is typing, and one cut off catches up when back', async () => {
-    const ann = await person(browser, `${node.url}/demos/chat.html?name=ann&room=rust`);
-    const bob = await person(browser, `${network.url}/demos/chat.html?name=bob&room=rust`);
+    const ann = await person(demo.browser, `${demo.node.url}/demos/chat.html?name=ann&room=rust`);
+    const bob = await person(demo.browser, `${demo.network.url}/demos/chat.html?name=bob&room=rust`);
     await ann.waitForFunction(() => document.querySelectorAll('#members li').length === 2, WAIT);
     assert.deepEqual(await membersOf(ann), ['ann', 'bob']);
     await bob.waitForFunction(() => document.querySelectorAll('#members li').length === 2, WAIT);
@@ -47,7 +33,7 @@ describe('the chat demo', () => {
     await ann.waitForFunction(() => document.querySelectorAll('#messages li:not(.system)').length === 2, WAIT);
 
     // Bob's network goes down: his page says so; ann talks on.
-    network.cut();
+    demo.network.cut();
     await bob.waitForFunction(() => !document.getElementById('banner').hidden, WAIT);
     assert.match(await textOf(bob, '#banner'), /reconnecting/);
     for (const text of ['are you there?', 'you missed this', 'and this']) {
@@ -57,7 +43,7 @@ describe('the chat demo', () => {
     await ann.waitForFunction(() => document.querySelectorAll('#messages li:not(.system)').length === 5, WAIT);
 
     // Back: the banner goes, and the three messages arrive once each, in order.
-    network.restore();
+    demo.network.restore();
     await bob.waitForFunction(() => document.getElementById('banner').hidden, WAIT);
     await bob.waitForFunction(() => document.querySelectorAll('#messages li:not(.system)').length === 5, WAIT);
     assert.deepEqual(await messagesOf(bob), await messagesOf(ann));
@@ -65,7 +51,7 @@ describe('the chat demo', () => {
     assert.doesNotMatch(await textOf(bob, '#messages'), /away too long/, 'recovered, not reloaded from history');
 
     // A late joiner reads the conversation from history.
-    const cleo = await person(browser, `${node.url}/demos/chat.html?name=cleo&room=rust`);
+    const cleo = await person(demo.browser, `${demo.node.url}/demos/chat.html?name=cleo&room=rust`);
     await cleo.waitForFunction(() => document.querySelectorAll('#messages li:not(.system)').length === 5, WAIT);
     assert.deepEqual(await messagesOf(cleo), await messagesOf(ann));
     await ann.waitForFunction(() => document.querySelectorAll('#members li').length === 3, WAIT);
@@ -81,8 +67,8 @@ describe('the chat demo', () => {
   });
 
   test('rooms are separate channels', async () => {
-    const dana = await person(browser, `${node.url}/demos/chat.html?name=dana&room=lobby`);
-    const eli = await person(browser, `${node.url}/demos/chat.html?name=eli&room=random`);
+    const dana = await person(demo.browser, `${demo.node.url}/demos/chat.html?name=dana&room=lobby`);
+    const eli = await person(demo.browser, `${demo.node.url}/demos/chat.html?name=eli&room=random`);
     await dana.waitForFunction(() => document.querySelectorAll('#members li').length === 1, WAIT);
     await eli.waitForFunction(() => document.querySelectorAll('#members li').length === 1, WAIT);
     await dana.type('#text', 'only for the lobby');

@@ -4,10 +4,10 @@
 // else's meet; a late joiner reads the document from history; each page
 // shows where the others' cursors are.
 
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { WAIT, cuttableNetwork, launchBrowser, person, screenshotPath, startDemo, textOf } from '../lib/demo.mjs';
+import { WAIT, oneNode, person, screenshotPath, textOf } from '../lib/demo.mjs';
 
 const textIn = (page) => page.$eval('#text', (area) => area.value);
 
@@ -35,26 +35,12 @@ async function converged(pages) {
 }
 
 describe('the collaborative editor demo', () => {
-  let node;
-  let network;
-  let browser;
-
-  before(async () => {
-    node = await startDemo({ feeds: false });
-    network = await cuttableNetwork(node.port);
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await network?.close();
-    await node?.stop();
-  });
+  const demo = oneNode({ network: true });
 
   test('concurrent edits converge, a cut-off editor merges on return, and a late joiner catches up', async () => {
     const url = (base, name) => `${base}/demos/editor.html?doc=plan&name=${name}`;
-    const ada = await person(browser, url(node.url, 'ada'));
-    const ben = await person(browser, url(network.url, 'ben'));
+    const ada = await person(demo.browser, url(demo.node.url, 'ada'));
+    const ben = await person(demo.browser, url(demo.network.url, 'ben'));
     for (const page of [ada, ben]) await page.waitForFunction(() => document.getElementById('status').textContent === 'in sync', WAIT);
 
     // Both type at once, at opposite ends.
@@ -67,11 +53,11 @@ describe('the collaborative editor demo', () => {
     await ben.waitForFunction(() => document.querySelector('.caret[data-name="ada"]'), WAIT);
 
     // Ben's network goes down; both keep typing.
-    network.cut();
+    demo.network.cut();
     await ben.waitForFunction(() => !document.getElementById('banner').hidden, WAIT);
     await typeAt(ada, 'end', ' Ada, while Ben is away.');
     await typeAt(ben, 'start', 'Ben, offline: ');
-    network.restore();
+    demo.network.restore();
     await ben.waitForFunction(() => document.getElementById('banner').hidden, WAIT);
     const merged = await converged([ada, ben]);
     for (const part of ['Ada writes first. ', 'Ben adds <i>this</i>.', ' Ada, while Ben is away.', 'Ben, offline: ']) {
@@ -79,7 +65,7 @@ describe('the collaborative editor demo', () => {
     }
 
     // A late joiner reads the document from history, then edits with the rest.
-    const cal = await person(browser, url(node.url, 'cal'));
+    const cal = await person(demo.browser, url(demo.node.url, 'cal'));
     await cal.waitForFunction(() => document.getElementById('status').textContent === 'in sync', WAIT);
     assert.equal(await converged([ada, ben, cal]), merged);
     await Promise.all([typeAt(cal, 'end', ' Cal was here.'), typeAt(ada, 'start', '# Plan\n')]);

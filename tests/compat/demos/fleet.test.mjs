@@ -3,30 +3,19 @@
 // `fleet:all`, and following a van subscribes to that van's own channel
 // (its panel fills at once from history) and leaves the one followed before.
 
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { WAIT, launchBrowser, person, screenshotPath, startDemo } from '../lib/demo.mjs';
+import { WAIT, oneNode, person, screenshotPath } from '../lib/demo.mjs';
 
 const detailsOf = (page) => page.$$eval('#details dd', (items) => Object.fromEntries(items.map((dd) => [dd.dataset.field, dd.textContent])));
 const vanAt = (page, id) => page.$eval(`[data-van="${id}"]`, (van) => van.getAttribute('transform'));
 
 describe('the fleet tracking demo', () => {
-  let node;
-  let browser;
-
-  before(async () => {
-    node = await startDemo();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close();
-    await node?.stop();
-  });
+  const demo = oneNode({ feeds: true });
 
   test('every page shows the vans moving, and each follows a van of its own', async () => {
-    const [one, two] = [await person(browser, `${node.url}/demos/fleet.html?name=ops1`), await person(browser, `${node.url}/demos/fleet.html?name=ops2`)];
+    const [one, two] = [await person(demo.browser, `${demo.node.url}/demos/fleet.html?name=ops1`), await person(demo.browser, `${demo.node.url}/demos/fleet.html?name=ops2`)];
     for (const page of [one, two]) await page.waitForFunction(() => document.querySelectorAll('[data-van]').length === 6, WAIT);
     const before = await vanAt(one, 1);
     await one.waitForFunction((was) => document.querySelector('[data-van="1"]').getAttribute('transform') !== was, WAIT, before);

@@ -9,6 +9,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { after, before } from 'node:test';
+
 import puppeteer from 'puppeteer-core';
 
 import { heraldBinary } from './herald.mjs';
@@ -162,4 +164,25 @@ export async function person(browser, url, { width = 1100, height = 640 } = {}) 
 /** The text of the element `selector` on `page`. */
 export function textOf(page, selector) {
   return page.$eval(selector, (element) => element.textContent);
+}
+
+/**
+ * For a test suite on one demo node: registers hooks that start the node
+ * (`feeds` as startDemo's), a cuttable network to it when `network`, and
+ * a browser, and stop them afterwards. The returned object holds them once
+ * started: `{ node, network, browser }`.
+ */
+export function oneNode({ feeds = false, network = false } = {}) {
+  const world = {};
+  before(async () => {
+    world.node = await startDemo({ feeds });
+    if (network) world.network = await cuttableNetwork(world.node.port);
+    world.browser = await launchBrowser();
+  });
+  after(async () => {
+    await world.browser?.close();
+    await world.network?.close();
+    await world.node?.stop();
+  });
+  return world;
 }

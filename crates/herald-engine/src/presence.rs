@@ -9,11 +9,18 @@
 //! - of concurrent adds of one user's entries, exactly one reports the
 //!   user's arrival; of their removals (or expiries), exactly one reports
 //!   the departure. Expired entries not yet handed out still count;
-//! - a user with several connections counts once in `num_users`.
+//! - a user with several connections counts once in `num_users`;
+//! - [`Presence::refresh_presence`] and [`Presence::expire_presence_of`]
+//!   do for many channels at once what `add_presence` and
+//!   `expire_presence` do for one: a node's heartbeat refreshes every
+//!   entry of its connections and sweeps every channel it serves, and an
+//!   engine answers that in a few round trips (Redis: one script call per
+//!   Redis and a few hundred entries), not one per entry.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::{stream, StreamExt};
 
 use crate::engine::EngineError;
 use crate::ids::ChannelName;
@@ -72,4 +79,45 @@ pub trait Presence: Send + Sync + std::fmt::Debug + 'static {
     /// Removes the channel's expired entries and returns them, each to
     /// exactly one caller.
     async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ExpiredEntry>, EngineError>;
+
+    /// Refreshes many entries, as [`add_presence`](Self::add_presence)
+    /// each (an entry that expired meanwhile is added again), without
+    /// telling arrivals. Returns what failed; the rest is refreshed. This
+    /// default adds them one by one, sixteen at a time; engines that
+    /// can batch them do.
+    async fn refresh_presence(&self, entries: &[(ChannelName, ClientInfo)], ttl: Duration) -> Vec<EngineError> {
+        let adds: Vec<_> = entries.iter().map(|(channel, info)| self.add_presence(channel, info, ttl)).collect();
+        let outcomes: Vec<_> = stream::iter(adds).buffer_unordered(IN_FLIGHT).collect().await;
+        outcomes.into_iter().filter_map(Result::err).collect()
+    }
+
+    /// Sweeps many channels, as [`expire_presence`](Self::expire_presence)
+    /// each: every expired entry with its channel, handed out once, and
+    /// what failed. This default sweeps them one by one, sixteen at a
+    /// time; engines that can batch them do.
+    async fn expire_presence_of(&self, channels: &[ChannelName]) -> Swept {
+        let sweeps: Vec<_> =
+            channels.iter().map(|channel| async move { (channel, self.expire_presence(channel).await) }).collect();
+        let outcomes: Vec<_> = stream::iter(sweeps).buffer_unordered(IN_FLIGHT).collect().await;
+        let mut swept = Swept::default();
+        for (channel, outcome) in outcomes {
+            match outcome {
+                Ok(entries) => swept.expired.extend(entries.into_iter().map(|entry| (channel.clone(), entry))),
+                Err(error) => swept.failed.push(error),
+            }
+        }
+        swept
+    }
+}
+
+/// How many calls the default batch methods keep in flight.
+const IN_FLIGHT: usize = 16;
+
+/// What a sweep of many channels found.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Each expired entry, with its channel.
+    pub expired: Vec<(ChannelName, ExpiredEntry)>,
+    /// Batches that could not be swept (their entries are swept next time).
+    pub failed: Vec<EngineError>,
 }

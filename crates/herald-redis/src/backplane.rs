@@ -48,6 +48,14 @@ pub trait Backplane: Send + Sync + 'static {
     /// Checks that every Redis behind the backplane answers.
     async fn ping(&self) -> RedisResult<()>;
 
+    /// Which Redis the keys of `route` live on, where one script may take
+    /// the keys of several routes that live on the same one (the
+    /// heartbeat's batches); `None` where each route's keys must stay in a
+    /// script of their own (a Redis Cluster's hash slots).
+    fn batch_group(&self, _route: &str) -> Option<usize> {
+        Some(0)
+    }
+
     /// Which Redis master the streams are written on, when that can change
     /// under the node (Sentinel): a stream written under another one starts
     /// again under a new epoch. Empty: it never changes.
@@ -203,6 +211,11 @@ impl Backplane for Sharded {
         self.shard(route).commands(route)
     }
 
+    fn batch_group(&self, route: &str) -> Option<usize> {
+        let addresses: Vec<&str> = self.shards.iter().map(|(a, _)| a.as_str()).collect();
+        Some(shard_for(&addresses, route))
+    }
+
     async fn subscribe(&self, route: &str, name: &str) -> RedisResult<()> {
         self.shard(route).subscribe(route, name).await
     }
@@ -258,6 +271,10 @@ impl Backplane for Cluster {
 
     fn commands(&self, _route: &str) -> ClusterConnection {
         self.connection.clone()
+    }
+
+    fn batch_group(&self, _route: &str) -> Option<usize> {
+        None
     }
 
     async fn subscribe(&self, _route: &str, name: &str) -> RedisResult<()> {

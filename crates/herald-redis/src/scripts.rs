@@ -2,7 +2,10 @@
 //!
 //! Every key a script touches belongs to one channel and carries the
 //! channel's hash tag (or to one of the fixed cluster-wide routes), so
-//! each script runs on one Redis (or one Redis Cluster slot).
+//! each script runs on one Redis (or one Redis Cluster slot). The
+//! heartbeat's batches ([`refresh_presence`], [`expire_presence_of`]) take
+//! the keys of many channels, and are given only channels that live on
+//! the same Redis (on a Redis Cluster, one channel each).
 
 use redis::Script;
 
@@ -159,6 +162,78 @@ end
 redis.call('zadd', expiries, now_ms + ttl, ARGV[1])
 for _, key in ipairs(KEYS) do redis.call('pexpire', key, ttl) end
 return arrived
+"#
+    ))
+}
+
+/// Refreshes many presence entries of many channels until now + ttl, as
+/// [`add_presence`] each (an entry that expired meanwhile comes back and
+/// counts for its user again), without telling arrivals.
+///
+/// KEYS: per channel, its presence hash, expiry sorted set and per-user
+/// entry counts
+/// ARGV: ttl ms; then per channel, in KEYS' order, its number of entries
+/// and that many (client id, info JSON, user id)
+pub(crate) fn refresh_presence() -> Script {
+    Script::new(concat!(
+        now_ms!(),
+        r#"
+local ttl = tonumber(ARGV[1])
+local until_ms = now_ms + ttl
+local at = 2
+for k = 1, #KEYS, 3 do
+  local entries, expiries, users = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local count = tonumber(ARGV[at])
+  at = at + 1
+  for _ = 1, count do
+    if redis.call('hset', entries, ARGV[at], ARGV[at + 1]) == 1 then
+      redis.call('hincrby', users, ARGV[at + 2], 1)
+    end
+    redis.call('zadd', expiries, until_ms, ARGV[at])
+    at = at + 3
+  end
+  redis.call('pexpire', entries, ttl)
+  redis.call('pexpire', expiries, ttl)
+  redis.call('pexpire', users, ttl)
+end
+return 0
+"#
+    ))
+}
+
+/// Sweeps many channels' expired presence entries, as [`expire_presence`]
+/// each.
+///
+/// KEYS: per channel, its presence hash, expiry sorted set and per-user
+/// entry counts
+/// Returns: per expired entry, the channel's place in KEYS' order (from
+/// 0), its info JSON, and '1' when it was its user's last entry, else '0'
+pub(crate) fn expire_presence_of() -> Script {
+    Script::new(concat!(
+        now_ms!(),
+        r#"
+local out = {}
+for k = 1, #KEYS, 3 do
+  local entries, expiries, users = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local expired = redis.call('zrangebyscore', expiries, '-inf', now_ms)
+  for _, client in ipairs(expired) do
+    redis.call('zrem', expiries, client)
+    local info = redis.call('hget', entries, client)
+    if info then
+      redis.call('hdel', entries, client)
+      local user = tostring(cjson.decode(info).user)
+      local last = '0'
+      if redis.call('hincrby', users, user, -1) <= 0 then
+        redis.call('hdel', users, user)
+        last = '1'
+      end
+      table.insert(out, tostring((k - 1) / 3))
+      table.insert(out, info)
+      table.insert(out, last)
+    end
+  end
+end
+return out
 "#
     ))
 }

@@ -52,12 +52,14 @@ impl Hub {
         let local = self.channels.list(None);
         self.occupancy.refresh(&local).await;
         let rules = self.rules();
-        for (channel, _) in local {
-            let Ok(options) = rules.resolve(&channel) else { continue };
-            if options.presence {
-                self.presence.sweep_expired(&channel, options.join_leave).await;
-            }
-        }
+        let present = local
+            .into_iter()
+            .filter_map(|(channel, _)| {
+                let options = rules.resolve(&channel).ok()?;
+                options.presence.then_some((channel, options.join_leave))
+            })
+            .collect();
+        self.presence.sweep_expired(present).await;
     }
 
     /// Every local connection's presence entry: (channel, who it is there).

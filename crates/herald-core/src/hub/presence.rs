@@ -4,6 +4,7 @@
 //! without leaving (their connection or node died), announced once their
 //! entry expires.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use herald_engine::{Arrival, ChannelName, ClientInfo, Departure, Engine, PresenceEvent};
@@ -69,37 +70,43 @@ impl PresenceKeeper {
         }
     }
 
-    /// Refreshes the entries of live connections, so they outlive their ttl.
+    /// Refreshes the entries of live connections, so they outlive their
+    /// ttl: all in one call, which the engine batches.
     pub(super) async fn refresh(&self, entries: Vec<(ChannelName, ClientInfo)>) {
-        for (channel, info) in entries {
-            if let Err(error) = self.engine.presence().add_presence(&channel, &info, self.ttl).await {
-                tracing::warn!(%channel, %error, "presence refresh failed");
-            }
+        if entries.is_empty() {
+            return;
+        }
+        for error in self.engine.presence().refresh_presence(&entries, self.ttl).await {
+            tracing::warn!(%error, "presence refresh failed for some entries; the next heartbeat tries again");
         }
     }
 
-    /// Announces the leave of every client whose entry in `channel`
-    /// expired (each expired entry goes to one node only).
-    pub(super) async fn sweep_expired(&self, channel: &ChannelName, join_leave: bool) {
-        let expired = match self.engine.presence().expire_presence(channel).await {
-            Ok(expired) => expired,
-            Err(error) => {
-                tracing::warn!(%channel, %error, "presence expiry sweep failed");
-                return;
-            }
-        };
-        for entry in expired {
+    /// Announces the leave of every client whose entry expired in one of
+    /// `channels` (each expired entry goes to one node only). Each channel
+    /// comes with whether its namespace tells joins and leaves.
+    pub(super) async fn sweep_expired(&self, channels: Vec<(ChannelName, bool)>) {
+        if channels.is_empty() {
+            return;
+        }
+        let told: HashSet<ChannelName> =
+            channels.iter().filter(|(_, join_leave)| *join_leave).map(|(channel, _)| channel.clone()).collect();
+        let names: Vec<ChannelName> = channels.into_iter().map(|(channel, _)| channel).collect();
+        let swept = self.engine.presence().expire_presence_of(&names).await;
+        for error in swept.failed {
+            tracing::warn!(%error, "presence expiry sweep failed for some channels; the next heartbeat tries again");
+        }
+        for (channel, entry) in swept.expired {
             let user_departed = entry.departure == Departure::UserDeparted;
             if user_departed {
                 if let Some(observer) = self.observer.get() {
-                    observer.user_left(channel, &entry.info);
+                    observer.user_left(&channel, &entry.info);
                 }
             }
-            if !join_leave {
+            if !told.contains(&channel) {
                 continue;
             }
             let event = PresenceEvent::Leave { info: entry.info, user_departed };
-            if let Err(error) = self.engine.broker().publish_presence(channel, event).await {
+            if let Err(error) = self.engine.broker().publish_presence(&channel, event).await {
                 tracing::warn!(%channel, %error, "leave of an expired presence entry not sent");
             }
         }

@@ -89,6 +89,7 @@ macro_rules! engine_conformance {
         $crate::engine_conformance!(@group [$(#[$test])*] $make, $clock; presence:
             presence_counts_users_once_and_expires,
             a_users_arrival_and_departure_are_reported_once,
+            many_channels_are_refreshed_and_swept_together,
         );
         $crate::engine_conformance!(@group [$(#[$test])*] $make, $clock; occupancy:
             the_first_node_occupies_and_the_last_vacates,

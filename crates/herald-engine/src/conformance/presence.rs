@@ -75,3 +75,55 @@ pub async fn a_users_arrival_and_departure_are_reported_once(engine: Engine, _: 
     let back = presence.add_presence(&ch, &tab2, ttl).await.expect("add");
     assert_eq!(back, Arrival::UserArrived, "after leaving, ann arrives again");
 }
+
+/// The heartbeat's batches: entries of many channels refreshed in one call
+/// outlive their ttl as if added one by one, and one sweep of many
+/// channels hands out each expired entry once, with its channel. More
+/// channels and entries than an engine's batch holds (Redis: 200 channels,
+/// 500 entries), so the batches' seams are crossed.
+pub async fn many_channels_are_refreshed_and_swept_together(engine: Engine, clock: Clock) {
+    let _events = Recorder::start(&engine).await;
+    let presence = engine.presence();
+    // Longer than the other cases': hundreds of entries are refreshed and
+    // swept between the clock's steps, on engines with a real clock.
+    let ttl = Duration::from_secs(6);
+    let channels: Vec<_> = (0..210).map(|n| channel(&format!("conformance:room-{n}"))).collect();
+    let everyone = [info("ann", "a1"), info("ann", "a2"), info("bob", "b1")];
+    let entries: Vec<_> =
+        channels.iter().flat_map(|ch| everyone.iter().map(move |who| (ch.clone(), who.clone()))).collect();
+    assert!(presence.refresh_presence(&entries, ttl).await.is_empty(), "refreshed");
+    let sample = [&channels[0], &channels[105], &channels[209]];
+    for ch in sample {
+        let stats = presence.presence_stats(ch).await.expect("stats");
+        assert_eq!(
+            stats,
+            PresenceStats { num_clients: 3, num_users: 2 },
+            "refreshed entries count as added ones in {ch}"
+        );
+    }
+
+    clock.advance(ttl / 2).await;
+    let without_bob: Vec<_> = entries.iter().filter(|(_, who)| who.user.as_str() != "bob").cloned().collect();
+    assert!(presence.refresh_presence(&without_bob, ttl).await.is_empty(), "refreshed again");
+    clock.advance(ttl / 2 + Duration::from_millis(500)).await;
+
+    let swept = presence.expire_presence_of(&channels).await;
+    assert!(swept.failed.is_empty(), "{:?}", swept.failed);
+    let mut expired: Vec<_> = swept
+        .expired
+        .iter()
+        .map(|(ch, entry)| (ch.clone(), entry.info.client.to_string(), entry.departure == Departure::UserDeparted))
+        .collect();
+    expired.sort();
+    let mut expected: Vec<_> = channels.iter().map(|ch| (ch.clone(), "b1".to_owned(), true)).collect();
+    expected.sort();
+    assert_eq!(
+        expired, expected,
+        "bob's entry, not refreshed, expired in every channel, handed out with its channel as his departure"
+    );
+    assert!(presence.expire_presence_of(&channels).await.expired.is_empty(), "and only once");
+    for ch in sample {
+        let stats = presence.presence_stats(ch).await.expect("stats");
+        assert_eq!(stats, PresenceStats { num_clients: 2, num_users: 1 }, "ann's refreshed entries remain in {ch}");
+    }
+}

@@ -11,6 +11,7 @@ use herald_engine::{
     Arrival, Broker, ChannelName, ClientInfo, Control, Departure, EngineError, EventHandler, ExpiredEntry, Health,
     History, HistoryOptions, HistoryQuery, HistoryResult, NodeId, NodeInfo, NodeRegistry, NodeSubscribers, Occupancy,
     OccupancyChange, PartWrapper, Presence, PresenceEvent, PresenceStats, Publication, PublishOptions, PublishResult,
+    Swept,
 };
 
 use super::Metrics;
@@ -122,6 +123,18 @@ impl Presence for Metered<dyn Presence> {
     }
     async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ExpiredEntry>, EngineError> {
         self.timed("expire_presence", self.part.expire_presence(channel)).await
+    }
+    async fn refresh_presence(&self, entries: &[(ChannelName, ClientInfo)], ttl: Duration) -> Vec<EngineError> {
+        let started = Instant::now();
+        let failed = self.part.refresh_presence(entries, ttl).await;
+        self.metrics.engine_call("refresh_presence", started.elapsed(), !failed.is_empty());
+        failed
+    }
+    async fn expire_presence_of(&self, channels: &[ChannelName]) -> Swept {
+        let started = Instant::now();
+        let swept = self.part.expire_presence_of(channels).await;
+        self.metrics.engine_call("expire_presence_of", started.elapsed(), !swept.failed.is_empty());
+        swept
     }
 }
 

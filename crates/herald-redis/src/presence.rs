@@ -4,9 +4,8 @@
 //!
 //! The heartbeat's refresh and sweep go in batches: one script call takes
 //! up to [`BATCH_ENTRIES`] entries (or [`BATCH_CHANNELS`] channels) of
-//! channels on the same Redis, and a few batches are in flight at once.
-//! A node with 20,000 entries makes about 40 calls a heartbeat, not 20,000
-//! one after another. On a Redis Cluster each channel's keys hash to a
+//! channels on the same Redis, one call at a time. A node with 20,000
+//! entries makes about 600 calls a heartbeat, not 20,000. On a Redis Cluster each channel's keys hash to a
 //! slot of their own, so there a batch holds one channel.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,12 +21,17 @@ use herald_engine::{
 use crate::backplane::Backplane;
 use crate::{millis, unavailable, RedisEngine};
 
-/// The most entries one refresh call carries.
-const BATCH_ENTRIES: usize = 500;
+/// The most entries one refresh call carries. Redis runs one script at a
+/// time, and publications wait behind it: small calls, one at a time,
+/// keep the heartbeat from delaying them (BENCHMARKS.md, "Presence at
+/// scale": at 500 entries a call and 8 in flight, chat's p99 went from
+/// 6 ms to 30 ms; at 64 and 2, to 7.5 ms; at 32 and 1 it stays within
+/// the runs' noise).
+const BATCH_ENTRIES: usize = 32;
 /// The most channels one sweep call looks at.
-const BATCH_CHANNELS: usize = 200;
+const BATCH_CHANNELS: usize = 32;
 /// Batch calls of one heartbeat in flight at once.
-const IN_FLIGHT: usize = 8;
+const IN_FLIGHT: usize = 1;
 
 #[async_trait]
 impl<B: Backplane> Presence for RedisEngine<B> {

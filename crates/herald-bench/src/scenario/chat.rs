@@ -51,7 +51,9 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
     let latencies = Arc::new(LatencyRecorder::new());
     let schedule = Schedule::new(args.rate_per_member);
     let per_member = (args.rate_per_member * args.duration.as_secs_f64()).round() as u64;
-    let deadline = schedule.start + args.duration + Duration::from_secs(5);
+    // Each member's schedule is shifted by up to one interval (below), so
+    // its last message may be due up to an interval after the duration.
+    let deadline = schedule.start + args.duration + schedule.interval + Duration::from_secs(5);
     let mut tasks = Vec::new();
     for (i, mut client) in connected.into_iter().enumerate() {
         let channel = room_name(room_of(i));

@@ -79,8 +79,8 @@ pub async fn a_users_arrival_and_departure_are_reported_once(engine: Engine, _: 
 /// The heartbeat's batches: entries of many channels refreshed in one call
 /// outlive their ttl as if added one by one, and one sweep of many
 /// channels hands out each expired entry once, with its channel. More
-/// channels and entries than an engine's batch holds (Redis: 200 channels,
-/// 500 entries), so the batches' seams are crossed.
+/// channels and entries than an engine's batch holds (Redis: 32 channels,
+/// 32 entries), so the batches' seams are crossed.
 pub async fn many_channels_are_refreshed_and_swept_together(engine: Engine, clock: Clock) {
     let _events = Recorder::start(&engine).await;
     let presence = engine.presence();

@@ -87,22 +87,8 @@ impl<B: Backplane> Presence for RedisEngine<B> {
     }
 
     async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ExpiredEntry>, EngineError> {
-        let (entries, expiries) = self.keys.presence(channel);
-        let raw: Vec<(Vec<u8>, String)> = self
-            .scripts
-            .expire_presence
-            .key(entries)
-            .key(expiries)
-            .key(self.keys.presence_users(channel))
-            .invoke_async(&mut self.connection(channel.as_str()))
-            .await
-            .map_err(unavailable)?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(json, last)| {
-                Some(ExpiredEntry { info: serde_json::from_slice(&json).ok()?, departure: departure(last == "1") })
-            })
-            .collect())
+        let swept = self.sweep_batch(vec![(channel, ())]).await?;
+        Ok(swept.into_iter().map(|(_, entry)| entry).collect())
     }
 
     async fn refresh_presence(&self, entries: &[(ChannelName, ClientInfo)], ttl: Duration) -> Vec<EngineError> {

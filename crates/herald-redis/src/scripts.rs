@@ -111,38 +111,6 @@ return {top, epoch, redis.call('lrange', history, 0, -1)}
     ))
 }
 
-/// Removes a channel's expired presence entries and returns them, each
-/// followed by "1" when it was its user's last entry (else "0").
-///
-/// KEYS: presence hash, presence expiry sorted set, per-user entry counts
-/// Returns: {info JSON, last flag, …}
-pub(crate) fn expire_presence() -> Script {
-    Script::new(concat!(
-        now_ms!(),
-        r#"
-local entries, expiries, users = KEYS[1], KEYS[2], KEYS[3]
-local expired = redis.call('zrangebyscore', expiries, '-inf', now_ms)
-local out = {}
-for _, client in ipairs(expired) do
-  redis.call('zrem', expiries, client)
-  local info = redis.call('hget', entries, client)
-  if info then
-    redis.call('hdel', entries, client)
-    local user = tostring(cjson.decode(info).user)
-    local last = '0'
-    if redis.call('hincrby', users, user, -1) <= 0 then
-      redis.call('hdel', users, user)
-      last = '1'
-    end
-    table.insert(out, info)
-    table.insert(out, last)
-  end
-end
-return out
-"#
-    ))
-}
-
 /// Adds or refreshes a presence entry until now + ttl, counting entries
 /// per user.
 ///
@@ -201,8 +169,8 @@ return 0
     ))
 }
 
-/// Sweeps many channels' expired presence entries, as [`expire_presence`]
-/// each.
+/// Sweeps the expired presence entries of one or many channels, handing
+/// each out once (a sweep of one channel is a batch of one).
 ///
 /// KEYS: per channel, its presence hash, expiry sorted set and per-user
 /// entry counts

@@ -177,17 +177,30 @@ fn serve(args: ServeArgs) -> ExitCode {
     let log = init_logging(&config);
     warn_of_overridden_mistakes(&sources);
 
+    run_to_end(serve_async(config, sources, generated, log))
+}
+
+/// Runs a node's work on a multi-threaded runtime until it ends: exit 0,
+/// or 1 with the error logged.
+fn run_to_end(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(format!("cannot start the async runtime: {e}"), 1),
     };
-    match runtime.block_on(serve_async(config, sources, generated, log)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "herald stopped with an error");
             ExitCode::from(1)
         }
     }
+}
+
+/// Binds the node's listener, saying what to do when the port is taken.
+async fn listen(bind: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(bind).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {bind}: {e}; is another process using the port? choose one with --port")
+    })
 }
 
 /// Logs the file's mistakes that a variable or flag hid by setting the
@@ -260,9 +273,7 @@ async fn serve_async(
     let file = sources.file.clone();
     let running = config.clone();
     let bind = SocketAddr::new(config.http.address, config.http.port);
-    let listener = TcpListener::bind(bind).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {bind}: {e}; is another process using the port? choose one with --port")
-    })?;
+    let listener = listen(bind).await?;
     let local = listener.local_addr()?;
     let internal = match config.http.internal_port {
         Some(port) => {

@@ -2,7 +2,6 @@
 // headless chromium with one browser context per person, and a network
 // between a person and a node that a test can cut and restore.
 
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
@@ -14,6 +13,8 @@ import { after, before } from 'node:test';
 import puppeteer from 'puppeteer-core';
 
 import { heraldBinary } from './herald.mjs';
+import { startServer } from './process.mjs';
+import { freePort } from './redis.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const DEMOS_DIR = path.resolve(here, '..', '..', '..', 'examples', 'demos');
@@ -28,10 +29,6 @@ export function screenshotPath(name) {
   return path.join(dir, name);
 }
 
-// Every node this process started, so none outlives a crashed test run.
-const running = new Set();
-process.on('exit', () => running.forEach((child) => child.kill('SIGKILL')));
-
 /** Secrets a demo cluster's nodes share (each node would make up its own). */
 export function demoSecrets() {
   return {
@@ -44,7 +41,7 @@ export function demoSecrets() {
 /**
  * Runs `herald demo` on a free port with `secrets`, and `redis` (a URL) as
  * its engine when given; `feeds: false` passes --no-feeds. Resolves once
- * the node tells where the demos are.
+ * its sign-in answers.
  */
 export async function startDemo({ secrets = demoSecrets(), redis, feeds = true } = {}) {
   const bin = heraldBinary();
@@ -52,50 +49,33 @@ export async function startDemo({ secrets = demoSecrets(), redis, feeds = true }
   if (!existsSync(path.join(DEMOS_DIR, 'node_modules', 'yjs'))) {
     throw new Error(`the demos' npm packages are missing: run \`npm ci --prefix examples/demos\``);
   }
+  const port = await freePort();
   const settings = { ...secrets, ...(redis ? { 'engine.type': 'redis', 'engine.address': redis } : {}) };
-  const args = ['demo', '--dir', DEMOS_DIR, '--port', '0'];
+  const args = ['demo', '--dir', DEMOS_DIR, '--port', String(port)];
   for (const [key, value] of Object.entries(settings)) args.push('--set', `${key}=${JSON.stringify(value)}`);
   if (!feeds) args.push('--no-feeds');
-  const child = spawn(bin, args, { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
-  running.add(child);
-  let output = '';
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => {
-    running.delete(child);
-    resolve({ code, signal });
-  }));
-  child.stdout.setEncoding('utf8').on('data', (chunk) => { output += chunk; });
-  const port = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`herald demo did not start within 15 s:\n${output}`)), 15000);
-    child.stderr.setEncoding('utf8').on('data', (chunk) => {
-      output += chunk;
-      const match = /open http:\/\/[^/]+:(\d+)\/demos\//.exec(output);
-      if (match) {
-        clearTimeout(timer);
-        resolve(Number(match[1]));
-      }
-    });
-    exited.then(({ code }) => {
-      clearTimeout(timer);
-      reject(new Error(`herald demo exited (${code}) before it started:\n${output}`));
-    });
+  const url = `http://127.0.0.1:${port}`;
+  const server = await startServer({
+    bin,
+    args,
+    what: 'herald demo',
+    answers: () => fetch(`${url}/demos/token?user=probe`).then((response) => response.ok, () => false),
+    startTimeout: 15000,
   });
   return {
     port,
-    url: `http://127.0.0.1:${port}`,
-    output: () => output,
+    url,
+    output: server.output,
     /** Calls the server API as the demos' backend would. */
     async api(method, params) {
-      const response = await fetch(`http://127.0.0.1:${port}/api/${method}`, {
+      const response = await fetch(`${url}/api/${method}`, {
         method: 'POST',
         headers: { 'Content-Type': 'application/json', 'X-API-Key': secrets['api.key'] },
         body: JSON.stringify(params),
       });
       return response.json();
     },
-    async stop() {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      await exited;
-    },
+    stop: () => server.stop(),
   };
 }
 

@@ -10,9 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use tokio::net::TcpListener;
 
-use super::{fail, init_logging, parse_settings, shutdown_signal};
+use super::{fail, init_logging, listen, parse_settings, run_to_end, shutdown_signal};
 use crate::config::{self, Sources};
 use crate::demo::{feeds, site};
 use crate::server::Node;
@@ -69,24 +68,12 @@ pub(super) fn demo(args: DemoArgs) -> ExitCode {
         Err(errors) => return fail(errors, 2),
     };
     let _log = init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(format!("cannot start the async runtime: {e}"), 1),
-    };
-    match runtime.block_on(run(config, args.dir, !args.no_feeds)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "herald demo stopped with an error");
-            ExitCode::from(1)
-        }
-    }
+    run_to_end(run(config, args.dir, !args.no_feeds))
 }
 
 async fn run(config: config::Config, dir: PathBuf, with_feeds: bool) -> anyhow::Result<()> {
     let bind = SocketAddr::new(config.http.address, config.http.port);
-    let listener = TcpListener::bind(bind).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {bind}: {e}; is another process using the port? choose one with --port")
-    })?;
+    let listener = listen(bind).await?;
     let port = listener.local_addr()?.port();
     let secret = config.client.token_hmac_secret.as_ref().map(|s| s.expose().to_owned()).unwrap_or_default();
     let api_key = config.api.key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default();

@@ -144,12 +144,11 @@ fn line_of(text: &str, setting: &str) -> Option<usize> {
     let unquote = |part: &str| part.trim().trim_matches('"').to_owned();
     let mut table = String::new();
     for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if let Some(header) = line.strip_prefix('[').and_then(|rest| rest.split(']').next()) {
-            let header = header.trim_start_matches('[');
+        if let Some(header) = table_header(line) {
             table = header.split('.').map(unquote).collect::<Vec<_>>().join(".");
             continue;
         }
+        let line = line.trim();
         let Some((key, _)) = line.split_once('=') else { continue };
         if key.trim_start().starts_with('#') {
             continue;
@@ -229,7 +228,7 @@ fn syntax_errors(path: &Path, text: &str, whole: &toml::de::Error) -> Vec<String
     let mut pieces = Vec::new();
     let (mut start, mut start_line, mut offset) = (0usize, 1usize, 0usize);
     for (number, line) in text.split_inclusive('\n').enumerate() {
-        if offset > start && is_table_header(line) {
+        if offset > start && table_header(line).is_some() {
             pieces.push((start_line, text.get(start..offset).unwrap_or_default()));
             (start, start_line) = (offset, number.saturating_add(1));
         }
@@ -262,15 +261,14 @@ fn syntax_error(path: &Path, piece: &str, first_line: usize, error: &toml::de::E
     format!("{} is not valid TOML at line {line}, column {column}: {what}", path.display())
 }
 
-/// A line that opens a table (`[http]`, `[[pusher.apps]]`), not an array
+/// The name a line opens a table with (`http` of `[http]`, `pusher.apps`
+/// of `[[pusher.apps]]`), or `None` for any other line, such as an array
 /// value that happens to start with a bracket.
-fn is_table_header(line: &str) -> bool {
+fn table_header(line: &str) -> Option<&str> {
     let line = line.split('#').next().unwrap_or_default().trim();
     let name = line.trim_start_matches('[').trim_end_matches(']');
-    line.starts_with('[')
-        && line.ends_with(']')
-        && !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | '\'' | ' '))
+    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | '\'' | ' '));
+    (line.starts_with('[') && line.ends_with(']') && !name.is_empty() && plain).then_some(name)
 }
 
 /// Reads a flag or environment value as TOML, falling back to a string.

@@ -119,7 +119,7 @@ impl Metrics {
         self.orders = self.orders.saturating_add(rng.random_range(0..=6));
         let round = |value: f64| (value * 10.0).round() / 10.0;
         json!({
-            "at": chrono_millis(),
+            "at": unix_millis(),
             "requests": round(self.requests),
             "latency_p99": round(self.latency),
             "error_rate": round(self.errors),
@@ -129,7 +129,7 @@ impl Metrics {
     }
 }
 
-fn chrono_millis() -> u128 {
+fn unix_millis() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
 }
 

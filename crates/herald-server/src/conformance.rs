@@ -1,15 +1,13 @@
 //! A WebSocket echo endpoint on the node's own stack, for the Autobahn
 //! conformance suite (`tests/autobahn.rs`): the same accept loop and HTTP
-//! server (`http::serve`, with its deadlines), the same upgrade settings
-//! and buffers as `/connection/websocket` and `/app/{key}`, and an echo of
+//! server (`http::serve`, with its deadlines), the same handshake and
+//! WebSocket as `/connection/websocket` and `/app/{key}`, and an echo of
 //! every text and binary message. `herald` never serves it. (Compiled with
 //! the `conformance` feature only.)
 
 use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::ws::Message;
-use axum::extract::WebSocketUpgrade;
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
@@ -18,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::config::HttpConfig;
 use crate::http::admission::Limits;
 use crate::http::{self, ServeSettings};
+use crate::transport::{Inbound, Transport, TransportError, WsUpgrade};
 
 /// Serves the echo on every path of `listener` until `shutdown`, with
 /// messages up to `max_message_size` bytes (the suite sends up to 16 MiB).
@@ -30,21 +29,25 @@ pub async fn serve_echo(listener: TcpListener, max_message_size: usize, shutdown
         limits: Limits::default(),
         max_unsent_bytes: defaults.max_unsent_bytes,
     };
-    let echo = move |upgrade: WebSocketUpgrade| async move { echo(upgrade, max_message_size) };
+    let echo = move |upgrade: WsUpgrade| async move { echo(upgrade, max_message_size) };
     let router = Router::new().route("/", any(echo)).route("/{*path}", any(echo));
     http::serve(listener, router, settings, shutdown).await;
 }
 
-fn echo(upgrade: WebSocketUpgrade, max_message_size: usize) -> Response {
-    crate::server::with_limits(upgrade, max_message_size).on_upgrade(|mut socket| async move {
-        while let Some(Ok(message)) = socket.recv().await {
-            let reply = match message {
-                Message::Text(_) | Message::Binary(_) => message,
-                // Pings are answered by the stack; after a close, the next
-                // read writes the close reply and ends the loop.
-                Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,
+fn echo(upgrade: WsUpgrade, max_message_size: usize) -> Response {
+    // Pings and the closing handshake are the WebSocket's own business.
+    upgrade.on_upgrade(max_message_size, |mut socket| async move {
+        loop {
+            let message = match socket.recv().await {
+                Ok(Some(message)) => message,
+                Err(TransportError::TooLarge) => break socket.close(1009, "message too large".into()).await,
+                Ok(None) | Err(TransportError::Broken(_)) => break,
             };
-            if socket.send(reply).await.is_err() {
+            let sent = match message {
+                Inbound::Text(text) => socket.send_text(text).await,
+                Inbound::Binary(bytes) => socket.send_binary(bytes).await,
+            };
+            if sent.is_err() {
                 break;
             }
         }

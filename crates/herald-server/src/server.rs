@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -36,21 +36,10 @@ use crate::http::{self, ServeSettings, Tracker};
 use crate::metrics::{self, Metrics};
 use crate::pusher::{self, Frontend};
 use crate::rate::{RateLimits, UserRates};
-use crate::transport::WsTransport;
+use crate::transport::{WebSocket, WsUpgrade};
 
 /// The WebSocket endpoint of the Centrifuge protocol.
 pub(crate) const CENTRIFUGE_PATH: &str = "/connection/websocket";
-
-/// Bytes each WebSocket reads at a time. The buffer stays allocated for the
-/// connection's life, so it weighs on an idle connection's memory (see
-/// BENCHMARKS.md). Clients send little; larger messages take several reads.
-const READ_BUFFER: usize = 256;
-
-/// Bytes of queued WebSocket frames written at once: a session's frames
-/// wait in the write buffer until it flushes or holds this much, so a batch
-/// of Pusher events leaves in one system call. The buffer grows only as
-/// large as what is queued.
-const WRITE_BUFFER: usize = 16 * 1024;
 
 /// What the connection endpoints share.
 #[derive(Clone)]
@@ -427,7 +416,7 @@ async fn pusher_websocket(
     Query(query): Query<pusher::session::ConnectQuery>,
     permit: Option<Extension<Arc<Permit>>>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
 ) -> Response {
     if let Some(refused) = refuse_draining(&state).or_else(|| refuse_origin(&state, &headers)) {
         return refused;
@@ -444,7 +433,7 @@ async fn centrifuge_websocket(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     permit: Option<Extension<Arc<Permit>>>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
 ) -> Response {
     centrifuge_upgrade(&state, peer, permit, &headers, upgrade, Mode::Bidirectional)
 }
@@ -456,7 +445,7 @@ pub(crate) fn centrifuge_upgrade(
     peer: std::net::SocketAddr,
     permit: Option<Extension<Arc<Permit>>>,
     headers: &HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
     mode: Mode,
 ) -> Response {
     if let Some(refused) = refuse_draining(state).or_else(|| refuse_origin(state, headers)) {
@@ -507,29 +496,18 @@ pub(crate) fn refuse_origin(state: &AppState, headers: &HeaderMap) -> Option<Res
 /// the connection's place under the node's caps while it runs.
 fn serve_websocket<F>(
     state: &AppState,
-    upgrade: WebSocketUpgrade,
+    upgrade: WsUpgrade,
     permit: Option<Extension<Arc<Permit>>>,
-    session: impl FnOnce(WsTransport) -> F + Send + 'static,
+    session: impl FnOnce(WebSocket) -> F + Send + 'static,
 ) -> Response
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let guard = state.tracker.enter();
-    with_limits(upgrade, state.max_message_size).on_upgrade(move |socket| async move {
+    upgrade.on_upgrade(state.max_message_size, move |socket| async move {
         let _held = (guard, permit);
-        session(WsTransport(socket)).await;
+        session(socket).await;
     })
-}
-
-/// The node's WebSocket settings: messages and frames up to
-/// `max_message_size`, and its read and write buffers. Every WebSocket the
-/// node serves, and the conformance echo endpoint, is upgraded with these.
-pub(crate) fn with_limits(upgrade: WebSocketUpgrade, max_message_size: usize) -> WebSocketUpgrade {
-    upgrade
-        .max_message_size(max_message_size)
-        .max_frame_size(max_message_size)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
 }
 
 /// What `http.internal_port` serves: metrics and health, for operators

@@ -116,7 +116,7 @@ async fn uni_websocket(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     permit: Option<Extension<Arc<Permit>>>,
     headers: HeaderMap,
-    upgrade: axum::extract::WebSocketUpgrade,
+    upgrade: crate::transport::WsUpgrade,
 ) -> Response {
     crate::server::centrifuge_upgrade(&state, peer, permit, &headers, upgrade, Mode::Unidirectional)
 }

@@ -4,15 +4,18 @@
 //! state machines are tested over in-memory channels and served over
 //! WebSockets and HTTP response streams (`stream`: HTTP-streaming and
 //! Server-Sent Events) by the same code. A transport moves whole messages; which
-//! messages a protocol accepts is the protocol's business. WebSocket pings
-//! and pongs are answered below this seam.
+//! messages a protocol accepts is the protocol's business. WebSocket pings,
+//! pongs and the closing handshake are handled below this seam, by
+//! Herald's own WebSocket (`websocket`).
 
 use std::future::Future;
 
 pub(crate) mod stream;
+pub(crate) mod websocket;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
+
+pub(crate) use websocket::{WebSocket, WsUpgrade};
 
 /// Something a client sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,92 +66,6 @@ pub(crate) trait Transport: Send {
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
 }
 
-/// How long the reply to a client's close frame may take to write.
-const CLOSE_REPLY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A WebSocket accepted by axum.
-#[derive(Debug)]
-pub(crate) struct WsTransport(pub WebSocket);
-
-impl Transport for WsTransport {
-    async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
-        loop {
-            return match self.0.recv().await {
-                None => Ok(None),
-                Some(Ok(Message::Close(_))) => {
-                    // The stack has queued the close reply; the next read
-                    // writes it and ends, completing the closing handshake
-                    // (else the client sees an unclean close, 1006). A
-                    // client that stopped reading is not waited for long.
-                    // Boxed: inline, its timer would sit in every idle
-                    // connection's task.
-                    let _ = Box::pin(tokio::time::timeout(CLOSE_REPLY, self.0.recv())).await;
-                    Ok(None)
-                }
-                Some(Ok(Message::Text(text))) => Ok(Some(Inbound::Text(Bytes::from(text)))),
-                Some(Ok(Message::Binary(bytes))) => Ok(Some(Inbound::Binary(bytes))),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Err(e)) => Err(classify(e)),
-            };
-        }
-    }
-
-    async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
-        self.0.send(text_message(text)?).await.map_err(classify)
-    }
-
-    async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
-        self.0.send(Message::Binary(bytes)).await.map_err(classify)
-    }
-
-    async fn send_texts<I>(&mut self, texts: I) -> Result<(), TransportError>
-    where
-        I: IntoIterator<Item = Bytes> + Send,
-        I::IntoIter: Send,
-    {
-        use futures_util::SinkExt;
-        // Frames gather in the write buffer (see `WRITE_BUFFER` in server.rs)
-        // and leave together at the flush.
-        for text in texts {
-            self.0.feed(text_message(text)?).await.map_err(classify)?;
-        }
-        self.0.flush().await.map_err(classify)
-    }
-
-    async fn close(&mut self, code: u16, reason: String) {
-        let frame = CloseFrame { code, reason: close_reason(reason).into() };
-        let _ = self.0.send(Message::Close(Some(frame))).await;
-    }
-}
-
-/// The most bytes a close frame's reason may have (RFC 6455: 125 bytes of
-/// payload, two of them the code). A longer reason makes clients fail the
-/// connection with 1002 and never see the code.
-const MAX_CLOSE_REASON: usize = 123;
-
-/// `reason`, cut at a character boundary to fit a close frame.
-fn close_reason(mut reason: String) -> String {
-    if reason.len() > MAX_CLOSE_REASON {
-        let fits = (0..=MAX_CLOSE_REASON).rev().find(|at| reason.is_char_boundary(*at)).unwrap_or(0);
-        reason.truncate(fits);
-    }
-    reason
-}
-
-fn text_message(text: Bytes) -> Result<Message, TransportError> {
-    let text = axum::extract::ws::Utf8Bytes::try_from(text)
-        .map_err(|_| TransportError::Broken("outgoing frame is not UTF-8".into()))?;
-    Ok(Message::Text(text))
-}
-
-fn classify(error: axum::Error) -> TransportError {
-    let inner = error.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => TransportError::TooLarge,
-        _ => TransportError::Broken(inner.to_string()),
-    }
-}
-
 /// An in-memory transport for tests: what the "client" sends arrives through
 /// `inbound`, what the session sends leaves through `outbound`.
 #[cfg(test)]
@@ -191,22 +108,6 @@ pub(crate) mod memory {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_reasons_are_cut_to_fit_a_close_frame_at_a_character_boundary() {
-        assert_eq!(close_reason("short".into()), "short");
-        assert_eq!(close_reason("x".repeat(123)), "x".repeat(123));
-        assert_eq!(close_reason("x".repeat(500)).len(), 123);
-        let accents = "é".repeat(100);
-        let cut = close_reason(accents);
-        assert_eq!(cut.len(), 122, "61 two-byte characters");
-        assert!(cut.chars().all(|c| c == 'é'));
-    }
-}
-
-#[cfg(test)]
 mod size_tests {
     use std::sync::Arc;
 
@@ -224,12 +125,12 @@ mod size_tests {
     /// only with a measurement that says the bytes are worth it.
     #[test]
     fn an_idle_connections_task_stays_within_its_budget() {
-        let receive = size_of_output(|transport: &'static mut WsTransport| transport.recv());
-        let centrifuge = size_of_output(|(transport, shared): (WsTransport, Arc<Shared>)| {
+        let receive = size_of_output(|transport: &'static mut WebSocket| transport.recv());
+        let centrifuge = size_of_output(|(transport, shared): (WebSocket, Arc<Shared>)| {
             session::run(transport, shared, None, session::Mode::Bidirectional, session::Encoding::Json)
         });
 
-        assert!(receive <= 96, "a WebSocket receive is {receive} bytes");
-        assert!(centrifuge <= 1200, "a Centrifuge session over a WebSocket is {centrifuge} bytes");
+        assert!(receive <= 48, "a WebSocket receive is {receive} bytes");
+        assert!(centrifuge <= 900, "a Centrifuge session over a WebSocket is {centrifuge} bytes");
     }
 }

@@ -1,0 +1,370 @@
+//! Herald's own server side of RFC 6455, under the [`Transport`] seam.
+//!
+//! Every client connection of a node is a WebSocket that idles far more
+//! than it talks, so this one holds nothing between messages: bytes read
+//! land in a buffer on the stack and are kept on the heap only while a
+//! frame or message is unfinished, and frames to send are kept only while
+//! a write is unfinished. Writes go straight to the socket: one system call
+//! for everything the session drained at once.
+//!
+//! What it does for the client: answers pings, completes the closing
+//! handshake (echoing the client's code), and fails the connection with
+//! 1002 (protocol), 1007 (text that is not UTF-8) or 1009 (too large) when
+//! the client breaks the rules. A message or frame above the limit is
+//! refused from its header, before its payload is read. No extension is
+//! negotiated (so no compression). `tests/autobahn.rs` holds it to the
+//! Autobahn suite.
+//!
+//! Every state survives a cancelled call: what is half read stays in
+//! `input`, what is half written in `output` (written first by the next
+//! call), so the session driver may drop a receive whenever something else
+//! is ready.
+
+mod frame;
+#[cfg(test)]
+mod tests;
+mod upgrade;
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{Inbound, Transport, TransportError};
+use frame::{Opcode, Violation};
+
+pub(crate) use upgrade::WsUpgrade;
+
+/// How long the reply to a client's close frame, or the client's reply to
+/// ours, may take.
+const CLOSE_REPLY: Duration = Duration::from_secs(1);
+
+/// Bytes read at a time, into a buffer on the stack.
+const READ_CHUNK: usize = 4096;
+
+/// One client's WebSocket.
+#[derive(Debug)]
+pub(crate) struct WebSocket {
+    io: Io,
+    /// Bytes read and not yet taken as frames; empty, and unallocated,
+    /// between frames.
+    input: Vec<u8>,
+    /// A fragmented message whose last frame has not come.
+    partial: Option<Box<Partial>>,
+    /// Frames to send, written up to `written`; empty, and unallocated,
+    /// when all is written.
+    output: Vec<u8>,
+    written: usize,
+    max_message_size: usize,
+    /// A close frame has been sent: nothing more may be.
+    close_sent: bool,
+}
+
+/// The socket under the WebSocket: a plain TCP stream, taken back from
+/// hyper, or (over TLS) hyper's upgraded connection.
+#[derive(Debug)]
+enum Io {
+    Tcp(TcpStream),
+    Upgraded(TokioIo<Upgraded>),
+}
+
+#[derive(Debug)]
+struct Partial {
+    binary: bool,
+    bytes: Vec<u8>,
+    /// How much of a text message's bytes are known to be UTF-8.
+    checked: usize,
+}
+
+impl Partial {
+    /// Adds a fragment. A text message fails as soon as its bytes so far
+    /// cannot begin UTF-8 text, not only once it is whole.
+    fn extend(&mut self, fragment: &[u8]) -> Result<(), Violation> {
+        self.bytes.extend_from_slice(fragment);
+        if self.binary {
+            return Ok(());
+        }
+        let unchecked = self.bytes.get(self.checked..).unwrap_or_default();
+        let valid = match std::str::from_utf8(unchecked) {
+            Ok(text) => text.len(),
+            // A character cut by the end of the fragment may go on in the next.
+            Err(error) if error.error_len().is_none() => error.valid_up_to(),
+            Err(_) => return Err(Violation::NotUtf8),
+        };
+        self.checked = self.checked.saturating_add(valid);
+        Ok(())
+    }
+}
+
+/// What reading frames came to.
+#[derive(Debug)]
+enum Read {
+    Message(Inbound),
+    Ping(Vec<u8>),
+    Close(Option<u16>),
+    /// The client closed the connection without a close frame.
+    Eof,
+}
+
+#[derive(Debug)]
+enum ReadError {
+    Violation(Violation),
+    Io(io::Error),
+}
+
+impl WebSocket {
+    /// The WebSocket on a connection hyper has upgraded, taking messages up
+    /// to `max_message_size` bytes.
+    pub(crate) fn new(upgraded: Upgraded, max_message_size: usize) -> WebSocket {
+        let (io, read_ahead) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
+        };
+        WebSocket::over(io, read_ahead.to_vec(), max_message_size)
+    }
+
+    fn over(io: Io, read_ahead: Vec<u8>, max_message_size: usize) -> WebSocket {
+        WebSocket {
+            io,
+            input: read_ahead,
+            partial: None,
+            output: Vec::new(),
+            written: 0,
+            max_message_size,
+            close_sent: false,
+        }
+    }
+
+    /// The next frame that means something to the caller, reading as
+    /// needed; pongs are skipped and fragments gathered.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<Read, ReadError>> {
+        // A pong owed from before goes out as soon as the socket takes it.
+        if self.written < self.output.len() {
+            let _ = self.poll_write_owed(cx);
+        }
+        loop {
+            if let Some(read) = self.next_frame().map_err(ReadError::Violation)? {
+                return Poll::Ready(Ok(read));
+            }
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            ready!(self.io.poll_read(cx, &mut buf)).map_err(ReadError::Io)?;
+            if buf.filled().is_empty() {
+                return Poll::Ready(Ok(Read::Eof));
+            }
+            self.input.extend_from_slice(buf.filled());
+        }
+    }
+
+    /// Takes whole frames from `input` until one means something to the
+    /// caller; `None` when the next frame has not all arrived.
+    fn next_frame(&mut self) -> Result<Option<Read>, Violation> {
+        loop {
+            let Some(header) = frame::parse_header(&self.input, self.max_message_size)? else {
+                return Ok(None);
+            };
+            let end = header.header_len.checked_add(header.len).ok_or(Violation::TooLarge)?;
+            let Some(masked) = self.input.get(header.header_len..end) else {
+                return Ok(None);
+            };
+            let mut payload = masked.to_vec();
+            if self.input.len() == end {
+                self.input = Vec::new();
+            } else {
+                self.input.drain(..end);
+            }
+            frame::unmask(&mut payload, header.mask);
+            let binary = match header.opcode {
+                Opcode::Pong => continue,
+                Opcode::Ping => return Ok(Some(Read::Ping(payload))),
+                Opcode::Close => return Ok(Some(Read::Close(frame::close_code(&payload)?))),
+                Opcode::Continuation => {
+                    let partial = self
+                        .partial
+                        .as_mut()
+                        .ok_or(Violation::Protocol("a continuation with no message to continue"))?;
+                    let total = partial.bytes.len().saturating_add(payload.len());
+                    if total > self.max_message_size {
+                        return Err(Violation::TooLarge);
+                    }
+                    partial.extend(&payload)?;
+                    if !header.fin {
+                        continue;
+                    }
+                    let Some(whole) = self.partial.take() else { continue };
+                    return message(whole.binary, whole.bytes).map(|m| Some(Read::Message(m)));
+                }
+                Opcode::Text => false,
+                Opcode::Binary => true,
+            };
+            if self.partial.is_some() {
+                return Err(Violation::Protocol("a new message began before the last one ended"));
+            }
+            if header.fin {
+                return message(binary, payload).map(|m| Some(Read::Message(m)));
+            }
+            let mut partial = Box::new(Partial { binary, bytes: Vec::new(), checked: 0 });
+            partial.extend(&payload)?;
+            self.partial = Some(partial);
+        }
+    }
+
+    /// Writes what is owed; `output` is let go once all of it is written.
+    fn poll_write_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(rest) = self.output.get(self.written..).filter(|rest| !rest.is_empty()) {
+            let wrote = ready!(self.io.poll_write(cx, rest))?;
+            if wrote == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written = self.written.saturating_add(wrote);
+        }
+        ready!(self.io.poll_flush(cx))?;
+        self.output = Vec::new();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues a frame and writes everything owed.
+    async fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) -> io::Result<()> {
+        if self.close_sent && opcode != Opcode::Close {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        self.output.reserve_exact(frame::frame_len(payload.len()));
+        frame::write_frame(&mut self.output, opcode, payload);
+        poll_fn(|cx| self.poll_write_owed(cx)).await
+    }
+
+    /// Sends a close frame (once), then waits briefly for the client's, so
+    /// the client reads ours before the connection goes.
+    async fn close_with(&mut self, code: u16, reason: &str, wait_for_reply: bool) {
+        if std::mem::replace(&mut self.close_sent, true) {
+            return;
+        }
+        let payload = frame::close_payload(code, reason);
+        let exchange = async {
+            if self.send_frame(Opcode::Close, &payload).await.is_err() || !wait_for_reply {
+                return;
+            }
+            while let Ok(Read::Message(_) | Read::Ping(_)) = poll_fn(|cx| self.poll_read(cx)).await {}
+        };
+        let _ = tokio::time::timeout(CLOSE_REPLY, exchange).await;
+    }
+}
+
+impl WebSocket {
+    /// What ends reading: the client's close (answered), the connection
+    /// lost, or the client's mistake (told with its code, unless it is one
+    /// the session answers in its own protocol's terms).
+    async fn end_reading(&mut self, ending: Result<Read, ReadError>) -> Result<Option<Inbound>, TransportError> {
+        match ending {
+            Ok(Read::Message(message)) => Ok(Some(message)),
+            Ok(Read::Close(code)) => {
+                // The closing handshake: the client's code echoed.
+                if !std::mem::replace(&mut self.close_sent, true) {
+                    let payload = code.map(|code| code.to_be_bytes().to_vec()).unwrap_or_default();
+                    let _ = tokio::time::timeout(CLOSE_REPLY, self.send_frame(Opcode::Close, &payload)).await;
+                }
+                Ok(None)
+            }
+            Ok(Read::Ping(_) | Read::Eof) => Ok(None),
+            Err(ReadError::Violation(Violation::TooLarge)) => Err(TransportError::TooLarge),
+            Err(ReadError::Violation(violation)) => {
+                self.close_with(violation.code(), violation.reason(), false).await;
+                Err(TransportError::Broken(violation.reason().to_owned()))
+            }
+            Err(ReadError::Io(error)) => Err(TransportError::Broken(error.to_string())),
+        }
+    }
+}
+
+/// A whole message: text must be UTF-8.
+fn message(binary: bool, bytes: Vec<u8>) -> Result<Inbound, Violation> {
+    if binary {
+        return Ok(Inbound::Binary(Bytes::from(bytes)));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Inbound::Text(Bytes::from(text))),
+        Err(_) => Err(Violation::NotUtf8),
+    }
+}
+
+impl Transport for WebSocket {
+    async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
+        loop {
+            match poll_fn(|cx| self.poll_read(cx)).await {
+                Ok(Read::Message(message)) => return Ok(Some(message)),
+                // Written by the next read, first thing, or before
+                // whatever is sent next.
+                Ok(Read::Ping(payload)) => frame::write_frame(&mut self.output, Opcode::Pong, &payload),
+                // Boxed: inline, the end's futures would sit in every idle
+                // connection's task.
+                ending => return Box::pin(self.end_reading(ending)).await,
+            }
+        }
+    }
+
+    async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
+        self.send_texts(std::iter::once(text)).await
+    }
+
+    async fn send_texts<I>(&mut self, texts: I) -> Result<(), TransportError>
+    where
+        I: IntoIterator<Item = Bytes> + Send,
+        I::IntoIter: Send,
+    {
+        if self.close_sent {
+            return Err(TransportError::Broken("the WebSocket is closing".into()));
+        }
+        for text in texts {
+            if std::str::from_utf8(&text).is_err() {
+                return Err(TransportError::Broken("outgoing frame is not UTF-8".into()));
+            }
+            self.output.reserve(frame::frame_len(text.len()));
+            frame::write_frame(&mut self.output, Opcode::Text, &text);
+        }
+        poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken)
+    }
+
+    async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
+        self.send_frame(Opcode::Binary, &bytes).await.map_err(broken)
+    }
+
+    async fn close(&mut self, code: u16, reason: String) {
+        self.close_with(code, &reason, true).await;
+    }
+}
+
+fn broken(error: io::Error) -> TransportError {
+    TransportError::Broken(error.to_string())
+}
+
+impl Io {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Upgraded(upgraded) => Pin::new(upgraded).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_write(cx, bytes),
+            Io::Upgraded(upgraded) => Pin::new(upgraded).poll_write(cx, bytes),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Tcp(_) => Poll::Ready(Ok(())),
+            Io::Upgraded(upgraded) => Pin::new(upgraded).poll_flush(cx),
+        }
+    }
+}

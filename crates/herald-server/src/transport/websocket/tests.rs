@@ -1,0 +1,212 @@
+//! The WebSocket against a raw client socket: what arrives in pieces is
+//! read whole, a cancelled receive loses nothing, the closing handshake and
+//! the client's mistakes are answered with their codes, and nothing is kept
+//! once a message is read or written. (`tests/autobahn.rs` holds it to the
+//! whole of RFC 6455.)
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// A server WebSocket and the raw client socket at its other end.
+async fn pair(max_message_size: usize) -> (WebSocket, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (WebSocket::over(Io::Tcp(server), Vec::new(), max_message_size), client)
+}
+
+/// A frame as a client sends it: masked.
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xFA, 0x21, 0x3D];
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    let mut masked = payload.to_vec();
+    frame::unmask(&mut masked, mask);
+    frame.extend_from_slice(&masked);
+    frame
+}
+
+/// The next frame the server sent: its first byte and its payload.
+async fn server_frame(client: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let len = match head[1] & 0x7F {
+        126 => client.read_u16().await.unwrap() as usize,
+        127 => client.read_u64().await.unwrap() as usize,
+        short => short as usize,
+    };
+    let mut payload = vec![0; len];
+    client.read_exact(&mut payload).await.unwrap();
+    (head[0], payload)
+}
+
+/// A close frame's code.
+fn code_of(payload: &[u8]) -> u16 {
+    u16::from_be_bytes([payload[0], payload[1]])
+}
+
+#[tokio::test]
+async fn fragments_trickled_a_byte_at_a_time_arrive_as_one_message_and_a_ping_between_them_is_answered() {
+    let (mut socket, mut client) = pair(1024).await;
+    let mut bytes = client_frame(false, 0x1, b"hello, ");
+    bytes.extend(client_frame(true, 0x9, b"are you there"));
+    bytes.extend(client_frame(false, 0x0, "wörld".as_bytes()));
+    bytes.extend(client_frame(true, 0x0, b"!"));
+    let trickle = tokio::spawn(async move {
+        for byte in bytes {
+            client.write_all(&[byte]).await.unwrap();
+        }
+        client
+    });
+
+    let message = socket.recv().await.unwrap();
+
+    assert_eq!(message, Some(Inbound::Text(Bytes::from("hello, wörld!"))));
+    let mut client = trickle.await.unwrap();
+    assert_eq!(server_frame(&mut client).await, (0x8A, b"are you there".to_vec()), "a pong with the ping's payload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_receive_dropped_halfway_through_a_frame_loses_none_of_it() {
+    let (mut socket, mut client) = pair(1024).await;
+    let frame = client_frame(true, 0x2, b"binary payload");
+    client.write_all(&frame[..6]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while socket.input.is_empty() {
+        assert!(socket.recv().now_or_never().is_none(), "half a frame is no message");
+        assert!(tokio::time::Instant::now() < deadline, "the first half never arrived");
+        tokio::task::yield_now().await;
+    }
+
+    client.write_all(&frame[6..]).await.unwrap();
+
+    assert_eq!(socket.recv().await.unwrap(), Some(Inbound::Binary(Bytes::from_static(b"binary payload"))));
+    assert_eq!(socket.input.capacity(), 0, "nothing kept once the message is read");
+}
+
+#[tokio::test]
+async fn the_clients_close_is_answered_with_its_own_code() {
+    let (mut socket, mut client) = pair(1024).await;
+    let mut close = 4000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    client.write_all(&client_frame(true, 0x8, &close)).await.unwrap();
+
+    assert_eq!(socket.recv().await.unwrap(), None, "the client left");
+    let (first, payload) = server_frame(&mut client).await;
+    assert_eq!((first, code_of(&payload)), (0x88, 4000));
+}
+
+#[tokio::test]
+async fn a_close_from_the_server_is_sent_once_and_waits_for_the_clients_reply() {
+    let (mut socket, mut client) = pair(1024).await;
+    let client_side = tokio::spawn(async move {
+        let (first, payload) = server_frame(&mut client).await;
+        client.write_all(&client_frame(true, 0x8, &payload[..2])).await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        (first, code_of(&payload), String::from_utf8(payload[2..].to_vec()).unwrap(), rest)
+    });
+
+    socket.close(3001, "going away for a bit".into()).await;
+    socket.close(3002, "again".into()).await;
+    drop(socket);
+
+    let (first, code, reason, rest) = client_side.await.unwrap();
+    assert_eq!((first, code, reason.as_str()), (0x88, 3001, "going away for a bit"));
+    assert!(rest.is_empty(), "nothing after the close frame: {rest:?}");
+}
+
+#[tokio::test]
+async fn an_unmasked_frame_is_a_protocol_error_told_with_1002() {
+    let (mut socket, mut client) = pair(1024).await;
+    let mut unmasked = client_frame(true, 0x1, b"hi");
+    unmasked[1] &= 0x7F;
+    client.write_all(&unmasked).await.unwrap();
+
+    assert!(matches!(socket.recv().await, Err(TransportError::Broken(_))));
+    let (first, payload) = server_frame(&mut client).await;
+    assert_eq!((first, code_of(&payload)), (0x88, 1002));
+}
+
+#[tokio::test]
+async fn text_that_is_not_utf8_is_told_with_1007() {
+    let (mut socket, mut client) = pair(1024).await;
+    client.write_all(&client_frame(true, 0x1, &[b'o', b'k', 0xC3, 0x28])).await.unwrap();
+
+    assert!(matches!(socket.recv().await, Err(TransportError::Broken(_))));
+    let (_, payload) = server_frame(&mut client).await;
+    assert_eq!(code_of(&payload), 1007);
+}
+
+#[tokio::test]
+async fn a_frame_above_the_limit_is_refused_from_its_header_before_any_payload() {
+    let (mut socket, mut client) = pair(100).await;
+    let frame = client_frame(true, 0x1, &[b'x'; 101]);
+    client.write_all(&frame[..8]).await.unwrap();
+
+    assert_eq!(socket.recv().await, Err(TransportError::TooLarge));
+}
+
+#[tokio::test]
+async fn fragments_that_add_up_past_the_limit_are_refused() {
+    let (mut socket, mut client) = pair(100).await;
+    client.write_all(&client_frame(false, 0x2, &[1; 60])).await.unwrap();
+    client.write_all(&client_frame(true, 0x0, &[2; 60])).await.unwrap();
+
+    assert_eq!(socket.recv().await, Err(TransportError::TooLarge));
+}
+
+#[tokio::test]
+async fn messages_sent_together_arrive_in_order_and_nothing_is_kept_after_the_write() {
+    let (mut socket, mut client) = pair(1024).await;
+    let long = "y".repeat(300);
+    let texts = [Bytes::from("one"), Bytes::from(long.clone()), Bytes::from("three")];
+
+    socket.send_texts(texts).await.unwrap();
+
+    assert_eq!(server_frame(&mut client).await, (0x81, b"one".to_vec()));
+    assert_eq!(server_frame(&mut client).await, (0x81, long.into_bytes()));
+    assert_eq!(server_frame(&mut client).await, (0x81, b"three".to_vec()));
+    assert_eq!((socket.output.capacity(), socket.input.capacity()), (0, 0));
+}
+
+#[tokio::test]
+async fn bytes_read_with_the_handshake_are_the_first_message() {
+    let (server, _client) = {
+        let (socket, client) = pair(1024).await;
+        let Io::Tcp(tcp) = socket.io else { unreachable!() };
+        (tcp, client)
+    };
+    let ahead = client_frame(true, 0x1, b"{\"connect\":{}}");
+    let mut socket = WebSocket::over(Io::Tcp(server), ahead, 1024);
+
+    assert_eq!(socket.recv().await.unwrap(), Some(Inbound::Text(Bytes::from_static(b"{\"connect\":{}}"))));
+}
+
+#[tokio::test]
+async fn nothing_is_sent_after_a_close() {
+    let (mut socket, mut client) = pair(1024).await;
+    let reply = tokio::spawn(async move {
+        let (_, payload) = server_frame(&mut client).await;
+        client.write_all(&client_frame(true, 0x8, &payload[..2])).await.unwrap();
+        client
+    });
+    socket.close(1000, String::new()).await;
+    let _client = reply.await.unwrap();
+
+    assert!(socket.send_text(Bytes::from("late")).await.is_err());
+    assert!(socket.send_binary(Bytes::from("late")).await.is_err());
+}

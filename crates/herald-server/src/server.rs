@@ -503,11 +503,12 @@ fn serve_websocket<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    use futures_util::FutureExt;
     let guard = state.tracker.enter();
-    upgrade.on_upgrade(state.max_message_size, move |socket| async move {
-        let _held = (guard, permit);
-        session(socket).await;
-    })
+    // The session's future, with what it holds let go when it ends: not an
+    // async block, which would keep the session's arguments beside it for
+    // every connection's life.
+    upgrade.on_upgrade(state.max_message_size, move |socket| session(socket).map(move |()| drop((guard, permit))))
 }
 
 /// What `http.internal_port` serves: metrics and health, for operators

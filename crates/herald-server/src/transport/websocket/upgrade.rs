@@ -79,7 +79,12 @@ impl WsUpgrade {
 
     /// Switches protocols and, once hyper hands the connection over, runs
     /// `session` on it as a WebSocket taking messages of up to
-    /// `max_message_size` bytes.
+    /// `max_message_size` bytes, as a task of its own.
+    ///
+    /// The session's task is the session's future alone: a task that
+    /// awaited the upgrade first would also keep, for the connection's
+    /// life, the upgrade's and the session's arguments (the task's size is
+    /// the idle connection's largest cost).
     pub(crate) fn on_upgrade<F, Fut>(self, max_message_size: usize, session: F) -> Response
     where
         F: FnOnce(WebSocket) -> Fut + Send + 'static,
@@ -88,7 +93,7 @@ impl WsUpgrade {
         let WsUpgrade { key, selected, on_upgrade, .. } = self;
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => session(WebSocket::new(upgraded, max_message_size)).await,
+                Ok(upgraded) => drop(tokio::spawn(session(WebSocket::new(upgraded, max_message_size)))),
                 Err(error) => tracing::debug!(%error, "the WebSocket upgrade did not complete"),
             }
         });

@@ -27,10 +27,12 @@
 //! never held back by a delayed publication.
 
 use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
 use std::sync::Mutex;
+use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
 use herald_engine::{ChannelName, DisconnectReason};
@@ -133,17 +135,21 @@ struct State {
 }
 
 /// A bounded, byte-accounted queue with a wake-up for its single reader.
+///
+/// One task reads an outbox (its connection's session): the wake-up is
+/// one waker, not a list of waiters, which keeps every connection's outbox
+/// and the future its session waits on small.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    ready: Notify,
+    reader: AtomicWaker,
     max_bytes: usize,
 }
 
 impl Outbox {
     /// An empty outbox that holds at most `max_bytes` of frames.
     pub fn new(max_bytes: usize) -> Self {
-        Self { state: Mutex::new(State::default()), ready: Notify::new(), max_bytes }
+        Self { state: Mutex::new(State::default()), reader: AtomicWaker::new(), max_bytes }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -167,7 +173,7 @@ impl Outbox {
 
     /// Tells the writer to look again (for items pushed with a delay).
     pub fn wake(&self) {
-        self.ready.notify_one();
+        self.reader.wake();
     }
 
     /// Queues `item`, to be written by `due`. Returns whether this made the
@@ -181,7 +187,7 @@ impl Outbox {
         if state.bytes > 0 && state.bytes.saturating_add(cost) > self.max_bytes {
             Self::close_locked(&mut state, DisconnectReason::Slow);
             drop(state);
-            self.ready.notify_one();
+            self.reader.wake();
             return Err(OutboxClosed);
         }
         state.bytes = state.bytes.saturating_add(cost);
@@ -195,7 +201,7 @@ impl Outbox {
         }
         drop(state);
         if wake_now {
-            self.ready.notify_one();
+            self.reader.wake();
         }
         Ok(sooner)
     }
@@ -211,7 +217,7 @@ impl Outbox {
         state.items.push_front(item);
         state.due = Some(Due::Now);
         drop(state);
-        self.ready.notify_one();
+        self.reader.wake();
     }
 
     /// Closes the outbox; the first reason given wins.
@@ -221,7 +227,7 @@ impl Outbox {
             Self::close_locked(&mut state, reason);
         }
         drop(state);
-        self.ready.notify_one();
+        self.reader.wake();
     }
 
     fn close_locked(state: &mut State, reason: DisconnectReason) {
@@ -248,29 +254,30 @@ impl Outbox {
     }
 
     /// Waits until there is something due to drain (items or a close).
-    /// Delayed items are found when their pusher wakes the outbox.
-    pub async fn ready(&self) {
-        loop {
-            let notified = self.ready.notified();
-            {
-                let state = self.state();
-                if state.closed.is_some() || state.due.is_some_and(Due::has_come) {
-                    return;
-                }
-            }
-            notified.await;
-        }
+    /// Delayed items are found when their pusher wakes the outbox. Only
+    /// the outbox's one reader task may wait on it.
+    pub fn ready(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.wait_until(|state| state.closed.is_some() || state.due.is_some_and(Due::has_come))
     }
 
     /// Waits until the outbox is closed. Used to abandon a write that a
-    /// client stopped reading once the backlog behind it overflows.
-    pub async fn closed(&self) {
-        loop {
-            if self.is_closed() {
-                return;
+    /// client stopped reading once the backlog behind it overflows. Only
+    /// the outbox's one reader task may wait on it.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.wait_until(|state| state.closed.is_some())
+    }
+
+    /// Resolves once `condition` holds. The waker is registered before the
+    /// state is looked at, so a change made in between wakes the reader.
+    fn wait_until(&self, condition: fn(&State) -> bool) -> impl Future<Output = ()> + Send + '_ {
+        poll_fn(move |cx| {
+            self.reader.register(cx.waker());
+            if condition(&self.state()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            self.ready.notified().await;
-        }
+        })
     }
 
     /// Takes everything queued, leaving an empty outbox without allocation.

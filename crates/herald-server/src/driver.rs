@@ -175,8 +175,13 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
     {
         events.connected(conn, P::NAME);
     }
+    // The node only ever sends `true`, so any change (or the node gone)
+    // is the shutdown.
     let mut shutdown = protocol.parts().settings.shutdown.clone();
-    let mut shutdown = std::pin::pin!(closing(&mut shutdown));
+    if *shutdown.borrow_and_update() {
+        return Some(DisconnectReason::Shutdown);
+    }
+    let mut shutdown = std::pin::pin!(shutdown.changed());
     let mut timer = std::pin::pin!(tokio::time::sleep_until(protocol.next_deadline()));
     loop {
         let deadline = protocol.next_deadline();
@@ -360,12 +365,6 @@ async fn guarded(
         }
     })
     .await
-}
-
-/// Resolves once the node starts shutting down.
-async fn closing(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the node is gone, which is a shutdown too.
-    let _ = shutdown.wait_for(|closing| *closing).await;
 }
 
 /// Refuses a binary message on a protocol that speaks text only: the

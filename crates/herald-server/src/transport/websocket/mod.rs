@@ -69,11 +69,12 @@ pub(crate) struct WebSocket {
 }
 
 /// The socket under the WebSocket: a plain TCP stream, taken back from
-/// hyper, or (over TLS) hyper's upgraded connection.
+/// hyper, or (over TLS) hyper's upgraded connection, boxed so that it does
+/// not make every plain connection larger.
 #[derive(Debug)]
 enum Io {
     Tcp(TcpStream),
-    Upgraded(TokioIo<Upgraded>),
+    Upgraded(Box<TokioIo<Upgraded>>),
 }
 
 #[derive(Debug)]
@@ -126,7 +127,7 @@ impl WebSocket {
     pub(crate) fn new(upgraded: Upgraded, max_message_size: usize) -> WebSocket {
         let (io, read_ahead) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
+            Err(upgraded) => (Io::Upgraded(Box::new(TokioIo::new(upgraded))), Bytes::new()),
         };
         WebSocket::over(io, read_ahead.to_vec(), max_message_size)
     }
@@ -350,21 +351,21 @@ impl Io {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self {
             Io::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Io::Upgraded(upgraded) => Pin::new(upgraded).poll_read(cx, buf),
+            Io::Upgraded(upgraded) => Pin::new(upgraded.as_mut()).poll_read(cx, buf),
         }
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         match self {
             Io::Tcp(tcp) => Pin::new(tcp).poll_write(cx, bytes),
-            Io::Upgraded(upgraded) => Pin::new(upgraded).poll_write(cx, bytes),
+            Io::Upgraded(upgraded) => Pin::new(upgraded.as_mut()).poll_write(cx, bytes),
         }
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Io::Tcp(_) => Poll::Ready(Ok(())),
-            Io::Upgraded(upgraded) => Pin::new(upgraded).poll_flush(cx),
+            Io::Upgraded(upgraded) => Pin::new(upgraded.as_mut()).poll_flush(cx),
         }
     }
 }

@@ -22,20 +22,7 @@ async fn pair(max_message_size: usize) -> (WebSocket, TcpStream) {
 
 /// A frame as a client sends it: masked.
 fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xFA, 0x21, 0x3D];
-    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    let mut masked = payload.to_vec();
-    frame::unmask(&mut masked, mask);
-    frame.extend_from_slice(&masked);
-    frame
+    frame::client_frame(fin, opcode, payload, [0x37, 0xFA, 0x21, 0x3D])
 }
 
 /// The next frame the server sent: its first byte and its payload.

@@ -50,6 +50,11 @@ const CLOSE_REPLY: Duration = Duration::from_secs(1);
 /// Bytes read at a time, into a buffer on the stack.
 const READ_CHUNK: usize = 4096;
 
+/// Pongs owed past this many unwritten bytes stop the reading: a client
+/// that pings without reading the answers does not make the server queue
+/// them without end.
+const MAX_OWED: usize = 64 * 1024;
+
 /// One client's WebSocket.
 #[derive(Debug)]
 pub(crate) struct WebSocket {
@@ -147,9 +152,13 @@ impl WebSocket {
     /// The next frame that means something to the caller, reading as
     /// needed; pongs are skipped and fragments gathered.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<Read, ReadError>> {
-        // A pong owed from before goes out as soon as the socket takes it.
+        // A pong owed from before goes out as soon as the socket takes it;
+        // past `MAX_OWED` nothing more is read until it has.
         if self.written < self.output.len() {
-            let _ = self.poll_write_owed(cx);
+            let owed = self.poll_write_owed(cx);
+            if owed.is_pending() && self.output.len().saturating_sub(self.written) > MAX_OWED {
+                return Poll::Pending;
+            }
         }
         loop {
             if let Some(read) = self.next_frame().map_err(ReadError::Violation)? {
@@ -233,34 +242,29 @@ impl WebSocket {
         Poll::Ready(Ok(()))
     }
 
-    /// Queues a frame and writes everything owed.
-    async fn send_frame(&mut self, opcode: Opcode, payload: &[u8]) -> io::Result<()> {
-        if self.close_sent && opcode != Opcode::Close {
-            return Err(io::ErrorKind::NotConnected.into());
-        }
-        self.output.reserve_exact(frame::frame_len(payload.len()));
+    /// Queues a frame behind what is owed.
+    fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
+        self.output.reserve(frame::frame_len(payload.len()));
         frame::write_frame(&mut self.output, opcode, payload);
-        poll_fn(|cx| self.poll_write_owed(cx)).await
     }
 
-    /// Sends a close frame (once), then waits briefly for the client's, so
-    /// the client reads ours before the connection goes.
-    async fn close_with(&mut self, code: u16, reason: &str, wait_for_reply: bool) {
+    /// Sends a close frame with `payload` (once), then, when
+    /// `wait_for_reply`, waits for the client's, so the client reads ours
+    /// before the connection goes; all of it within `CLOSE_REPLY`.
+    async fn send_close(&mut self, payload: &[u8], wait_for_reply: bool) {
         if std::mem::replace(&mut self.close_sent, true) {
             return;
         }
-        let payload = frame::close_payload(code, reason);
+        self.queue(Opcode::Close, payload);
         let exchange = async {
-            if self.send_frame(Opcode::Close, &payload).await.is_err() || !wait_for_reply {
+            if poll_fn(|cx| self.poll_write_owed(cx)).await.is_err() || !wait_for_reply {
                 return;
             }
             while let Ok(Read::Message(_) | Read::Ping(_)) = poll_fn(|cx| self.poll_read(cx)).await {}
         };
         let _ = tokio::time::timeout(CLOSE_REPLY, exchange).await;
     }
-}
 
-impl WebSocket {
     /// What ends reading: the client's close (answered), the connection
     /// lost, or the client's mistake (told with its code, unless it is one
     /// the session answers in its own protocol's terms).
@@ -269,16 +273,14 @@ impl WebSocket {
             Ok(Read::Message(message)) => Ok(Some(message)),
             Ok(Read::Close(code)) => {
                 // The closing handshake: the client's code echoed.
-                if !std::mem::replace(&mut self.close_sent, true) {
-                    let payload = code.map(|code| code.to_be_bytes().to_vec()).unwrap_or_default();
-                    let _ = tokio::time::timeout(CLOSE_REPLY, self.send_frame(Opcode::Close, &payload)).await;
-                }
+                let payload = code.map(u16::to_be_bytes);
+                self.send_close(payload.as_ref().map_or(&[][..], |code| &code[..]), false).await;
                 Ok(None)
             }
             Ok(Read::Ping(_) | Read::Eof) => Ok(None),
             Err(ReadError::Violation(Violation::TooLarge)) => Err(TransportError::TooLarge),
             Err(ReadError::Violation(violation)) => {
-                self.close_with(violation.code(), violation.reason(), false).await;
+                self.send_close(&frame::close_payload(violation.code(), violation.reason()), false).await;
                 Err(TransportError::Broken(violation.reason().to_owned()))
             }
             Err(ReadError::Io(error)) => Err(TransportError::Broken(error.to_string())),
@@ -304,7 +306,7 @@ impl Transport for WebSocket {
                 Ok(Read::Message(message)) => return Ok(Some(message)),
                 // Written by the next read, first thing, or before
                 // whatever is sent next.
-                Ok(Read::Ping(payload)) => frame::write_frame(&mut self.output, Opcode::Pong, &payload),
+                Ok(Read::Ping(payload)) => self.queue(Opcode::Pong, &payload),
                 // Boxed: inline, the end's futures would sit in every idle
                 // connection's task.
                 ending => return Box::pin(self.end_reading(ending)).await,
@@ -328,18 +330,21 @@ impl Transport for WebSocket {
             if std::str::from_utf8(&text).is_err() {
                 return Err(TransportError::Broken("outgoing frame is not UTF-8".into()));
             }
-            self.output.reserve(frame::frame_len(text.len()));
-            frame::write_frame(&mut self.output, Opcode::Text, &text);
+            self.queue(Opcode::Text, &text);
         }
         poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken)
     }
 
     async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
-        self.send_frame(Opcode::Binary, &bytes).await.map_err(broken)
+        if self.close_sent {
+            return Err(TransportError::Broken("the WebSocket is closing".into()));
+        }
+        self.queue(Opcode::Binary, &bytes);
+        poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken)
     }
 
     async fn close(&mut self, code: u16, reason: String) {
-        self.close_with(code, &reason, true).await;
+        self.send_close(&frame::close_payload(code, &reason), true).await;
     }
 }
 

@@ -197,3 +197,26 @@ async fn nothing_is_sent_after_a_close() {
     assert!(socket.send_text(Bytes::from("late")).await.is_err());
     assert!(socket.send_binary(Bytes::from("late")).await.is_err());
 }
+
+#[tokio::test]
+async fn a_client_that_pings_without_reading_the_pongs_is_not_read_past_a_bound() {
+    let (mut socket, mut client) = pair(1024).await;
+    let pings: Vec<u8> = (0..2_000).flat_map(|_| client_frame(true, 0x9, &[b'p'; 125])).collect();
+    let flood = tokio::spawn(async move {
+        // Never reads: the pongs fill the kernel's buffers, then the server's.
+        loop {
+            if client.write_all(&pings).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    // Reading stops once the unwritten pongs pass the bound, so this
+    // receive waits; it is given a second to go past it.
+    assert!(tokio::time::timeout(Duration::from_secs(1), socket.recv()).await.is_err());
+
+    let owed = socket.output.len() - socket.written;
+    assert!(owed > 0, "the kernel's buffers filled: pongs are owed");
+    assert!(owed <= MAX_OWED + 127, "{owed} bytes of pongs owed");
+    flood.abort();
+}

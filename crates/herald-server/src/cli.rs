@@ -196,9 +196,28 @@ fn run_to_end(work: impl std::future::Future<Output = anyhow::Result<()>>) -> Ex
     }
 }
 
+/// Connections the kernel may hold for a listener before it accepts them.
+/// Linux caps it at `net.core.somaxconn` (4,096 by default), so this asks
+/// for the most the machine allows, as Go servers do. Tokio's own bind asks
+/// for 1,024: in a reconnect storm the queue overflowed, the kernel dropped
+/// handshakes, and clients waited out SYN retries of 1, 3 and 7 seconds.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds a listener with the deepest accept queue the kernel allows.
+fn bind_listener(bind: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match bind {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(bind)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds the node's listener, saying what to do when the port is taken.
-async fn listen(bind: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(bind).await.map_err(|e| {
+fn listen(bind: SocketAddr) -> anyhow::Result<TcpListener> {
+    bind_listener(bind).map_err(|e| {
         anyhow::anyhow!("cannot listen on {bind}: {e}; is another process using the port? choose one with --port")
     })
 }
@@ -273,12 +292,12 @@ async fn serve_async(
     let file = sources.file.clone();
     let running = config.clone();
     let bind = SocketAddr::new(config.http.address, config.http.port);
-    let listener = listen(bind).await?;
+    let listener = listen(bind)?;
     let local = listener.local_addr()?;
     let internal = match config.http.internal_port {
         Some(port) => {
             let bind = SocketAddr::new(config.http.address, port);
-            let listener = TcpListener::bind(bind).await.map_err(|e| {
+            let listener = bind_listener(bind).map_err(|e| {
                 anyhow::anyhow!("cannot listen on {bind} (http.internal_port): {e}; is another process using the port?")
             })?;
             tracing::info!(address = %bind, "operators' port: metrics http://{bind}/metrics, health http://{bind}/health");
@@ -414,4 +433,35 @@ fn token(args: TokenArgs) -> ExitCode {
     };
     let _ = writeln!(std::io::stdout(), "{token}");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A reconnect storm reaches the listener faster than the node accepts:
+    /// the kernel must hold the connections, not drop them and leave their
+    /// clients to retry seconds later. Tokio's own bind holds 1,024.
+    #[tokio::test]
+    async fn the_listener_holds_a_storm_of_connections_it_has_not_accepted_yet() {
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let address = listener.local_addr().unwrap();
+        let storm = 1_500;
+
+        let mut connecting = tokio::task::JoinSet::new();
+        for _ in 0..storm {
+            connecting.spawn(tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address)));
+        }
+        let mut held = Vec::new();
+        while let Some(connected) = connecting.join_next().await {
+            if let Ok(Ok(stream)) = connected.unwrap() {
+                held.push(stream);
+            }
+        }
+
+        assert_eq!(held.len(), storm, "connections the kernel held before the node accepted any");
+        drop(listener);
+    }
 }

@@ -79,7 +79,8 @@ async fn reconnect(args: &ConnectArgs, targets: &[Target], i: usize, attempt_bas
     for attempt in attempt_base.. {
         let target = &targets[attempt % targets.len()];
         let token = token(&args.token_secret, &format!("bench-{i}"));
-        if let Ok(client) = BenchClient::connect(target, None, args.protocol, &token).await {
+        let source = super::source_address(args, i);
+        if let Ok(client) = BenchClient::connect(target, source, args.protocol, &token).await {
             return client;
         }
         tokio::time::sleep(delay).await;

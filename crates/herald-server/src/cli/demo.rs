@@ -73,7 +73,7 @@ pub(super) fn demo(args: DemoArgs) -> ExitCode {
 
 async fn run(config: config::Config, dir: PathBuf, with_feeds: bool) -> anyhow::Result<()> {
     let bind = SocketAddr::new(config.http.address, config.http.port);
-    let listener = listen(bind).await?;
+    let listener = listen(bind)?;
     let port = listener.local_addr()?.port();
     let secret = config.client.token_hmac_secret.as_ref().map(|s| s.expose().to_owned()).unwrap_or_default();
     let api_key = config.api.key.as_ref().map(|k| k.expose().to_owned()).unwrap_or_default();

@@ -1,10 +1,11 @@
 //! The session driver: one loop that runs every client connection,
 //! whatever its protocol and transport.
 //!
-//! A session is one task that always listens to four things at once: the
-//! node's shutdown, the connection's outbox (replies, publications,
-//! server-side events, pings), the client's messages and the protocol's
-//! timers. It holds no buffer while idle. The protocol ([`Protocol`])
+//! A session is one task that always listens to three things at once: the
+//! connection's outbox (replies, publications, server-side events, pings,
+//! and its closing, by the hub or by the node's shutdown: see
+//! [`Sessions`]), the client's messages and the protocol's timers. It holds
+//! no buffer while idle. The protocol ([`Protocol`])
 //! decodes and handles what the client sends, encodes server-side events,
 //! keeps its timers and names its close codes; the transport
 //! ([`Transport`]) moves messages. Neither brings a loop of its own.
@@ -31,13 +32,15 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use herald_core::{ConnEvent, Connection, Drained, Hub, Outbox, Outgoing};
 use herald_engine::DisconnectReason;
 
 use crate::transport::{Inbound, Transport, TransportError};
+
+mod sessions;
+pub(crate) use sessions::Sessions;
 
 /// Deadlines further ahead than this are as good as never (and an instant
 /// that far ahead may not exist).
@@ -103,7 +106,7 @@ pub(crate) struct Parts<'a> {
     /// What every session of the node shares with the driver.
     pub(crate) settings: &'a DriverSettings,
     /// The connection's outbox: everything the session sends goes through it.
-    pub(crate) outbox: &'a Outbox,
+    pub(crate) outbox: &'a Arc<Outbox>,
     /// The connection this session registered with the hub, once it has one.
     pub(crate) connection: Option<&'a Arc<Connection>>,
 }
@@ -115,8 +118,8 @@ pub(crate) struct DriverSettings {
     pub(crate) hub: Arc<Hub>,
     /// How long one write may block before the client is closed as slow.
     pub(crate) write_timeout: Duration,
-    /// Turns true when the node shuts down.
-    pub(crate) shutdown: watch::Receiver<bool>,
+    /// The node's running sessions, which it closes when it shuts down.
+    pub(crate) sessions: Arc<Sessions>,
     /// The node's metrics: the driver counts how sessions end.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// The events webhooks, told of connections opened and closed.
@@ -134,6 +137,7 @@ pub(crate) struct DriverSettings {
 #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
 pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) -> impl Future<Output = ()> + Send {
     async move {
+        protocol.parts().settings.sessions.enter(protocol.parts().outbox);
         let served = AssertUnwindSafe(serve(&mut protocol, &mut transport)).catch_unwind().await;
         let reason = served.unwrap_or_else(|_| {
             let client = protocol.parts().connection.map(|c| c.client().clone());
@@ -147,7 +151,8 @@ pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) 
             let _ = Box::pin(tokio::time::timeout(timeout, transport.close(code, text))).await;
         }
         let code = reason.as_ref().map(|reason| protocol.close_code(reason).0);
-        let Parts { settings, connection, .. } = protocol.parts();
+        let Parts { settings, connection, outbox } = protocol.parts();
+        settings.sessions.leave(outbox);
         settings.metrics.disconnected(P::NAME, code);
         if let (Some(events), Some(conn)) = (&settings.events, connection) {
             let text = reason.as_ref().map_or_else(|| "client left".to_owned(), |r| protocol.close_code(r).1);
@@ -162,8 +167,8 @@ pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) 
 
 /// Serves until the session ends; `Some(reason)` when the server ends it.
 async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -> Option<DisconnectReason> {
-    // The shutdown wait and the timer live across iterations: making them
-    // anew for every message would register each again, per message.
+    // The timer lives across iterations: making it anew for every message
+    // would register it again, per message.
     // The handlers' futures are boxed: they exist only while they run,
     // and inline they would make every idle connection's task as large
     // as the largest handler's state.
@@ -175,13 +180,6 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
     {
         events.connected(conn, P::NAME);
     }
-    // The node only ever sends `true`, so any change (or the node gone)
-    // is the shutdown.
-    let mut shutdown = protocol.parts().settings.shutdown.clone();
-    if *shutdown.borrow_and_update() {
-        return Some(DisconnectReason::Shutdown);
-    }
-    let mut shutdown = std::pin::pin!(shutdown.changed());
     let mut timer = std::pin::pin!(tokio::time::sleep_until(protocol.next_deadline()));
     loop {
         let deadline = protocol.next_deadline();
@@ -190,7 +188,6 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
         }
         tokio::select! {
             biased;
-            _ = &mut shutdown => return Some(DisconnectReason::Shutdown),
             _ = protocol.parts().outbox.ready() => {
                 if let Err(end) = Box::pin(flush(protocol, transport)).await {
                     return end;
@@ -441,11 +438,10 @@ mod tests {
                 outbox: outbox.clone(),
             })
             .unwrap();
-        let (_shutdown, shutdown) = watch::channel(false);
         let settings = DriverSettings {
             hub: hub.clone(),
             write_timeout: Duration::from_secs(1),
-            shutdown,
+            sessions: Arc::default(),
             metrics: Default::default(),
             events: None,
         };

@@ -121,7 +121,7 @@ impl Node {
             rates: RateLimits::of(client),
             users: users.clone(),
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, _) = watch::channel(false);
         let body = BodyLimits { max_size: config.http.max_body_size, timeout: config.http.body_timeout };
         metrics.attach(&hub);
         let events = match config.webhooks.is_empty() {
@@ -134,7 +134,7 @@ impl Node {
         let driver = DriverSettings {
             hub: hub.clone(),
             write_timeout: client.write_timeout,
-            shutdown: shutdown_rx,
+            sessions: Arc::default(),
             metrics,
             events: events.clone(),
         };
@@ -272,6 +272,7 @@ impl Node {
         // Returns once the drain began and HTTP requests in flight ended (bounded).
         let stopping = http::serve(listener, app, settings, graceful).await;
         // Sessions that never connected, and the operators' port.
+        self.shared.driver.sessions.stop();
         let _ = self.shutdown.send(true);
         let left = http.shutdown_timeout.saturating_sub(stopping.elapsed());
         if tokio::time::timeout(left, tracker.wait_idle()).await.is_err() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use herald_core::{ChannelRules, Hub, HubConfig};
 use herald_engine::{Engine, NodeId};
@@ -25,7 +25,7 @@ struct Harness {
     hub: Arc<Hub>,
     to_session: mpsc::UnboundedSender<Result<Inbound, TransportError>>,
     from_session: mpsc::UnboundedReceiver<Sent>,
-    _shutdown: watch::Sender<bool>,
+    sessions: Arc<crate::driver::Sessions>,
 }
 
 /// Subscriptions as `client.subscribe_rate` and `client.subscribe_burst` default.
@@ -48,12 +48,12 @@ async fn session_in(
     let client = ClientConfig { token_hmac_secret: Some(Secret::new(SECRET)), ..ClientConfig::default() };
     let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), Engine::memory());
     hub.start().await.unwrap();
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let sessions = Arc::new(crate::driver::Sessions::default());
     let shared = Arc::new(Shared {
         driver: crate::driver::DriverSettings {
             hub: hub.clone(),
             write_timeout: Duration::from_secs(10),
-            shutdown: shutdown_rx,
+            sessions: sessions.clone(),
             metrics: Default::default(),
             events: None,
         },
@@ -77,7 +77,7 @@ async fn session_in(
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
     tokio::spawn(run(MemoryTransport { inbound, outbound }, shared, None, mode, super::session::Encoding::Json));
-    Harness { hub, to_session, from_session, _shutdown: shutdown }
+    Harness { hub, to_session, from_session, sessions }
 }
 
 impl Harness {
@@ -107,6 +107,20 @@ fn ping() -> Sent {
 async fn no_connect_within_the_timeout_closes_as_stale() {
     let mut s = session().await;
     assert_eq!(s.next().await, Sent::Close(3502, "stale".into()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_has_not_connected_yet_is_closed_with_3001_when_the_node_stops() {
+    let mut s = session().await;
+    while s.sessions.len() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let stopped = tokio::time::Instant::now();
+    s.sessions.stop();
+    assert_eq!(s.next().await, Sent::Close(3001, "shutdown".into()));
+    assert_eq!(stopped.elapsed(), Duration::ZERO, "closed at once, not at the connect timeout");
+    assert_eq!(s.from_session.recv().await, None, "the session ended");
+    assert_eq!(s.sessions.len(), 0);
 }
 
 #[tokio::test(start_paused = true)]

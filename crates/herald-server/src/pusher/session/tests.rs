@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use herald_core::{ChannelRules, Hub, HubConfig};
@@ -15,6 +15,7 @@ use herald_engine::{ChannelName, Control, Engine, NodeId, Publication, UserId};
 
 use super::{run, ConnectQuery};
 use crate::config::{ClientConfig, PusherApp, PusherConfig, Secret};
+use crate::driver::Sessions;
 use crate::pusher::conventions::PusherConventions;
 use crate::pusher::{sign, Frontend, EVENT_TAG};
 use crate::transport::memory::{MemoryTransport, Sent};
@@ -27,35 +28,35 @@ struct Harness {
     hub: Arc<Hub>,
     to_session: mpsc::UnboundedSender<Result<Inbound, TransportError>>,
     from_session: mpsc::UnboundedReceiver<Sent>,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<Sessions>,
 }
 
 /// A node with one Pusher app (activity timeout 120 s, pong timeout 30 s).
-async fn node() -> (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>) {
+async fn node() -> (Arc<Hub>, Arc<Frontend>, Arc<Sessions>) {
     node_with(ClientConfig { command_rate: 10, command_burst: 10, ..ClientConfig::default() }).await
 }
 
 /// The same, with these client settings.
-async fn node_with(client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>) {
+async fn node_with(client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, Arc<Sessions>) {
     let rules = ChannelRules::default().with_conventions(Arc::new(PusherConventions));
     let config = HubConfig { track_occupancy: true, ..HubConfig::new(NodeId::new("n"), rules) };
     let hub = Hub::new(config, Engine::memory());
     hub.start().await.unwrap();
     let app = PusherApp { id: "1".into(), key: KEY.into(), secret: Secret::new(SECRET), ..PusherApp::default() };
     let pusher = PusherConfig { apps: vec![app], ..PusherConfig::default() };
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let sessions = Arc::new(Sessions::default());
     let body = crate::http::body::BodyLimits { max_size: 1 << 20, timeout: Duration::from_secs(10) };
     let users = Arc::new(crate::rate::UserRates::of(&client));
     let driver = crate::driver::DriverSettings {
         hub: hub.clone(),
         write_timeout: client.write_timeout,
-        shutdown: shutdown_rx,
+        sessions: sessions.clone(),
         metrics: Default::default(),
         events: None,
     };
     let frontend = Frontend::new(&pusher, &client, (body, users), driver);
     hub.observe(frontend.observer());
-    (hub, frontend, shutdown)
+    (hub, frontend, sessions)
 }
 
 /// A session of a client that connected to `key` with `protocol`.
@@ -65,7 +66,7 @@ async fn session_with(key: &str, protocol: Option<&str>) -> Harness {
 
 /// The same, on this node.
 fn session_on(
-    (hub, frontend, shutdown): (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>),
+    (hub, frontend, shutdown): (Arc<Hub>, Arc<Frontend>, Arc<Sessions>),
     key: &str,
     protocol: Option<&str>,
 ) -> Harness {
@@ -83,7 +84,7 @@ async fn connected() -> (Harness, String) {
 }
 
 /// The same, on this node.
-async fn connected_on(node: (Arc<Hub>, Arc<Frontend>, watch::Sender<bool>)) -> (Harness, String) {
+async fn connected_on(node: (Arc<Hub>, Arc<Frontend>, Arc<Sessions>)) -> (Harness, String) {
     let mut s = session_on(node, KEY, Some("7"));
     let established = s.next_json().await;
     assert_eq!(established["event"], "pusher:connection_established");
@@ -218,7 +219,7 @@ async fn shutdown_closes_with_4200_and_the_connection_leaves_the_hub() {
     let (mut s, _) = connected().await;
     s.subscribe("news").await;
     assert_eq!(s.hub.stats().subscriptions, 1);
-    s.shutdown.send(true).unwrap();
+    s.shutdown.stop();
     assert!(matches!(s.next().await, Sent::Close(4200, _)));
     assert_eq!(s.from_session.recv().await, None, "the session ended");
     assert_eq!(s.hub.stats().clients, 0);

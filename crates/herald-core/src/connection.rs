@@ -162,6 +162,11 @@ impl Connection {
         self.user.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether its user is `user` (without a copy of the id).
+    pub fn is_user(&self, user: &UserId) -> bool {
+        *self.user.lock().unwrap_or_else(|e| e.into_inner()) == *user
+    }
+
     /// Its outbox.
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox

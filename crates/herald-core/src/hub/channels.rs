@@ -12,24 +12,91 @@ use herald_engine::{ChannelName, ClientId, Epoch, Publication, StreamPosition, U
 use crate::connection::Connection;
 use crate::shard::{pick, ShardedMap, SHARDS};
 
-/// A connection's place in a channel.
+/// A connection's place in a channel. Kept small: a channel's table holds
+/// one per subscriber (a 19,000-subscriber channel's table is some 32,768
+/// slots), and most subscribers need none of what [`More`] holds.
 #[derive(Debug)]
 pub(super) struct Subscriber {
     pub(super) conn: Arc<Connection>,
     pub(super) join_leave: bool,
     /// Tracks stream positions: must recover when the engine was interrupted.
     pub(super) positioned: bool,
-    /// Who the connection is in this channel.
-    pub(super) user: UserId,
+    more: Option<Box<More>>,
+}
+
+/// What only some subscribers need.
+#[derive(Debug, Default)]
+struct More {
+    /// Who the connection is in this channel, when not its connection's user.
+    user: Option<UserId>,
     /// For a positioned subscriber once live: the stream it follows and
     /// the last offset it was sent (see [`Followed`]).
-    pub(super) followed: Option<Box<Followed>>,
+    followed: Option<Followed>,
     /// Present while the subscription recovers: publications wait here.
-    /// (Boxed: most subscribers never recover, and every one pays for the
-    /// inline size.)
-    pub(super) recovering: Option<Box<Mutex<Vec<Arc<Publication>>>>>,
+    recovering: Option<Mutex<Vec<Arc<Publication>>>>,
     /// For a subscriber that takes fossil deltas: the base of its next one.
-    pub(super) delta: Option<Box<DeltaBase>>,
+    delta: Option<DeltaBase>,
+}
+
+impl Subscriber {
+    /// A subscriber of `conn`; `user` when it is someone else in this
+    /// channel than its connection's user. A positioned subscriber starts
+    /// out recovering: publications wait for its history read.
+    pub(super) fn new(
+        conn: Arc<Connection>,
+        join_leave: bool,
+        positioned: bool,
+        user: Option<UserId>,
+        delta: bool,
+    ) -> Self {
+        let user = user.filter(|user| !conn.is_user(user));
+        let more = (user.is_some() || positioned || delta).then(|| {
+            Box::new(More {
+                user,
+                followed: None,
+                recovering: positioned.then(Mutex::default),
+                delta: delta.then(DeltaBase::default),
+            })
+        });
+        Self { conn, join_leave, positioned, more }
+    }
+
+    /// The buffer of a subscriber that recovers.
+    pub(super) fn recovering(&self) -> Option<&Mutex<Vec<Arc<Publication>>>> {
+        self.more.as_ref()?.recovering.as_ref()
+    }
+
+    /// The stream a live positioned subscriber follows.
+    pub(super) fn followed(&self) -> Option<&Followed> {
+        self.more.as_ref()?.followed.as_ref()
+    }
+
+    /// The base of a delta subscriber's next delta.
+    pub(super) fn delta(&self) -> Option<&DeltaBase> {
+        self.more.as_ref()?.delta.as_ref()
+    }
+
+    /// Whether the subscriber is `user` in this channel.
+    pub(super) fn is_user(&self, user: &UserId) -> bool {
+        match self.more.as_ref().and_then(|more| more.user.as_ref()) {
+            Some(own) => own == user,
+            None => self.conn.is_user(user),
+        }
+    }
+
+    /// Switches a recovering subscriber to live delivery, following the
+    /// stream from `position` when it is positioned; returns what it
+    /// buffered meanwhile.
+    pub(super) fn go_live(&mut self, position: Option<&StreamPosition>) -> Vec<Arc<Publication>> {
+        let Some(more) = self.more.as_mut() else { return Vec::new() };
+        if let Some(position) = position {
+            more.followed = Some(Followed::at(position));
+        }
+        match more.recovering.take() {
+            Some(buffer) => buffer.into_inner().unwrap_or_else(|e| e.into_inner()),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// The publication a delta subscriber last received in full or as a delta:
@@ -118,17 +185,6 @@ impl Followed {
     }
 }
 
-impl Subscriber {
-    /// Switches a recovering subscriber to live delivery, returning what it
-    /// buffered meanwhile.
-    pub(super) fn go_live(&mut self) -> Vec<Arc<Publication>> {
-        match self.recovering.take() {
-            Some(buffer) => buffer.into_inner().unwrap_or_else(|e| e.into_inner()),
-            None => Vec::new(),
-        }
-    }
-}
-
 /// One channel's local subscribers, by client.
 pub(super) type Subscribers = HashMap<ClientId, Subscriber>;
 
@@ -169,12 +225,17 @@ impl Channels {
         self.read(channel).get(channel).map_or(0, HashMap::len)
     }
 
-    /// Adds the subscriber; returns how many the channel now has here.
-    pub(super) fn add(&self, channel: &ChannelName, subscriber: Subscriber) -> usize {
+    /// Adds the subscriber; returns the name as the table holds it and how
+    /// many subscribers the channel now has here.
+    pub(super) fn add(&self, channel: &ChannelName, subscriber: Subscriber) -> (ChannelName, usize) {
         let mut shard = self.write(channel);
         let subscribers = shard.entry(channel.clone()).or_default();
         subscribers.insert(subscriber.conn.client.clone(), subscriber);
-        subscribers.len()
+        let count = subscribers.len();
+        // The table's own copy of the name, shared by every subscriber's
+        // connection instead of one copy each.
+        let name = shard.get_key_value(channel).map_or_else(|| channel.clone(), |(name, _)| name.clone());
+        (name, count)
     }
 
     /// Removes `client`'s subscription, dropping the channel when it was
@@ -226,7 +287,7 @@ impl Channels {
         let mut out = Vec::new();
         self.map.for_each_shard(|shard| {
             for (channel, subscribers) in shard {
-                if subscribers.values().any(|s| s.followed.is_some()) {
+                if subscribers.values().any(|s| s.followed().is_some()) {
                     out.push(channel.clone());
                 }
             }
@@ -247,7 +308,7 @@ impl Channels {
         let Some(subscribers) = shard.get(channel) else { return Vec::new() };
         subscribers
             .values()
-            .filter(|s| s.followed.as_ref().is_some_and(|f| f.fell_behind(now, earlier)))
+            .filter(|s| s.followed().is_some_and(|f| f.fell_behind(now, earlier)))
             .map(|s| s.conn.clone())
             .collect()
     }
@@ -281,4 +342,17 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A channel's table holds a slot per subscriber and more slots spare:
+    /// a few bytes more here are tens more per idle connection (the
+    /// idle-memory figure in BENCHMARKS.md).
+    #[test]
+    fn a_subscribers_slot_stays_within_its_budget() {
+        assert!(std::mem::size_of::<(ClientId, Subscriber)>() <= 40);
+    }
 }

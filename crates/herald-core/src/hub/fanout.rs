@@ -109,13 +109,13 @@ impl Channels {
         let mut frames = SharedFrames::default();
         let mut deltas = DeltaFrames::default();
         for subscriber in subscribers.values() {
-            if let Some(buffer) = &subscriber.recovering {
+            if let Some(buffer) = subscriber.recovering() {
                 // Merged with history once the recovery read is done.
                 buffer.lock().unwrap_or_else(|e| e.into_inner()).push(publication.clone());
                 continue;
             }
             let conn = &subscriber.conn;
-            match subscriber.followed.as_ref().map(|f| f.next(publication)) {
+            match subscriber.followed().map(|f| f.next(publication)) {
                 None | Some(Next::Send) => {}
                 Some(Next::Skip) => continue,
                 Some(Next::Stale) => {
@@ -126,7 +126,7 @@ impl Channels {
             if publication.exclude.as_ref() == Some(&conn.client) {
                 continue;
             }
-            let frame = match &subscriber.delta {
+            let frame = match subscriber.delta() {
                 Some(base) => {
                     let base = base.advance(publication);
                     deltas.get(conn, channel, publication, base.as_ref())
@@ -165,11 +165,11 @@ impl Channels {
         let Some(subscribers) = shard.get(channel) else { return };
         let mut frames = SharedFrames::default();
         for subscriber in subscribers.values() {
-            if subscriber.recovering.is_some() || !(to_everyone || subscriber.join_leave) {
+            if subscriber.recovering().is_some() || !(to_everyone || subscriber.join_leave) {
                 continue;
             }
             let conn = &subscriber.conn;
-            let own = subscriber.user == event.info().user;
+            let own = subscriber.is_user(&event.info().user);
             if let Some(frame) = frames.get(conn, own, || conn.encoder.encode_presence(channel, event, own)) {
                 let _ = conn.outbox.push(Outgoing::Frame(frame));
             }

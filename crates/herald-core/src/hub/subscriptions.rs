@@ -2,11 +2,11 @@
 //! recovery at the seam between history and live delivery, presence and
 //! occupancy. See the invariants in the parent module.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use herald_engine::{ChannelName, HistoryOptions, HistoryQuery};
 
-use super::channels::{Followed, Next, Subscriber};
+use super::channels::{Next, Subscriber};
 use super::recovery::{self, Recovery};
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
@@ -63,17 +63,11 @@ impl Hub {
             self.engine.broker().subscribe(channel).await?;
         }
         let delta = request.delta && options.allowed_delta_types.contains(&DeltaType::Fossil);
-        let subscriber = Subscriber {
-            conn: conn.clone(),
-            join_leave: request.subscription.join_leave,
-            positioned,
-            user: request.subscription.user.clone().unwrap_or_else(|| conn.user()),
-            followed: None,
-            recovering: positioned.then(|| Box::new(Mutex::new(Vec::new()))),
-            delta: delta.then(Box::default),
-        };
-        let subscribers = self.channels.add(channel, subscriber);
-        conn.subscriptions().insert(channel.clone(), request.subscription.clone());
+        let subscription = &request.subscription;
+        let subscriber =
+            Subscriber::new(conn.clone(), subscription.join_leave, positioned, subscription.user.clone(), delta);
+        let (name, subscribers) = self.channels.add(channel, subscriber);
+        conn.subscriptions().insert(name, request.subscription.clone());
         self.occupancy.update(channel, subscribers).await;
 
         let mut outcome = SubscribeOutcome { positioned, recoverable, delta, ..Default::default() };
@@ -118,10 +112,8 @@ impl Hub {
         let mut shard = self.channels.write(channel);
         let (buffered, followed, delta) = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
             Some(subscriber) => {
-                if outcome.positioned {
-                    subscriber.followed = Some(Box::new(Followed::at(&outcome.position)));
-                }
-                (subscriber.go_live(), subscriber.followed.as_deref(), subscriber.delta.as_deref())
+                let buffered = subscriber.go_live(outcome.positioned.then_some(&outcome.position));
+                (buffered, subscriber.followed(), subscriber.delta())
             }
             None => (Vec::new(), None, None),
         };

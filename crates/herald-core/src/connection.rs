@@ -72,17 +72,35 @@ pub struct Subscription {
 /// A connection's subscriptions: a short list kept exactly as long as it
 /// is. Most connections hold a handful of channels, where a scan is as fast
 /// as hashing; an idle connection's one-entry hash map cost about 300 bytes,
-/// this costs the entry.
+/// this costs the entry: 24 bytes, since most subscriptions have no
+/// channel info and no member id of their own (see [`Seen`]).
 #[derive(Debug, Default)]
-pub(crate) struct Subscriptions(Vec<(ChannelName, Subscription)>);
+pub(crate) struct Subscriptions(Vec<(ChannelName, Option<Box<Seen>>)>);
+
+/// How a subscriber appears to its channel, when not simply as its
+/// connection's user: its channel info, and its own member id.
+#[derive(Debug)]
+pub(crate) struct Seen {
+    chan_info: Option<Bytes>,
+    user: Option<UserId>,
+}
+
+impl Seen {
+    fn of(subscription: Subscription) -> Option<Box<Self>> {
+        let Subscription { chan_info, user, join_leave: _ } = subscription;
+        (chan_info.is_some() || user.is_some()).then(|| Box::new(Self { chan_info, user }))
+    }
+}
 
 impl Subscriptions {
     fn position(&self, channel: &ChannelName) -> Option<usize> {
         self.0.iter().position(|(c, _)| c == channel)
     }
 
-    pub(crate) fn get(&self, channel: &ChannelName) -> Option<&Subscription> {
-        self.0.iter().find(|(c, _)| c == channel).map(|(_, subscription)| subscription)
+    /// How the subscriber appears in `channel` (`Some(None)`: as its
+    /// connection's user, with no channel info); `None` if not subscribed.
+    pub(crate) fn seen(&self, channel: &ChannelName) -> Option<Option<&Seen>> {
+        self.0.iter().find(|(c, _)| c == channel).map(|(_, seen)| seen.as_deref())
     }
 
     pub(crate) fn contains_key(&self, channel: &ChannelName) -> bool {
@@ -99,14 +117,16 @@ impl Subscriptions {
 
     /// Adds or replaces the subscription to `channel`.
     pub(crate) fn insert(&mut self, channel: ChannelName, subscription: Subscription) {
+        let seen = Seen::of(subscription);
         match self.0.iter_mut().find(|(c, _)| *c == channel) {
-            Some(entry) => entry.1 = subscription,
-            None => push_exact(&mut self.0, (channel, subscription)),
+            Some(entry) => entry.1 = seen,
+            None => push_exact(&mut self.0, (channel, seen)),
         }
     }
 
-    pub(crate) fn remove(&mut self, channel: &ChannelName) -> Option<Subscription> {
-        remove_first(&mut self.0, |(c, _)| c == channel).map(|(_, subscription)| subscription)
+    /// Removes the subscription to `channel`; false if there was none.
+    pub(crate) fn remove(&mut self, channel: &ChannelName) -> bool {
+        remove_first(&mut self.0, |(c, _)| c == channel).is_some()
     }
 }
 
@@ -188,8 +208,8 @@ impl Connection {
 
     /// How this connection appears as a publisher in `channel`.
     pub fn info_in(&self, channel: &ChannelName) -> ClientInfo {
-        let (chan_info, user) = match self.subscriptions().get(channel) {
-            Some(s) => (s.chan_info.clone(), s.user.clone()),
+        let (chan_info, user) = match self.subscriptions().seen(channel).flatten() {
+            Some(seen) => (seen.chan_info.clone(), seen.user.clone()),
             None => (None, None),
         };
         ClientInfo {
@@ -198,5 +218,28 @@ impl Connection {
             conn_info: self.conn_info.clone(),
             chan_info,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subscription of every connection holds one: a few bytes more
+    /// here are a few bytes more per idle connection.
+    #[test]
+    fn a_subscription_entry_stays_within_its_budget() {
+        assert!(std::mem::size_of::<(ChannelName, Option<Box<Seen>>)>() <= 24);
+    }
+
+    #[test]
+    fn only_a_subscription_with_channel_info_or_its_own_member_keeps_them() {
+        assert!(Seen::of(Subscription { join_leave: true, ..Subscription::default() }).is_none());
+        let member = UserId::new("member-7").unwrap();
+        let seen = Seen::of(Subscription { user: Some(member.clone()), ..Subscription::default() }).unwrap();
+        assert_eq!(seen.user, Some(member));
+        let info = Bytes::from_static(br#"{"role":"host"}"#);
+        let seen = Seen::of(Subscription { chan_info: Some(info.clone()), ..Subscription::default() }).unwrap();
+        assert_eq!(seen.chan_info, Some(info));
     }
 }

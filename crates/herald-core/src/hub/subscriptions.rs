@@ -220,7 +220,9 @@ impl Hub {
     /// channel has left here, or `None` if `conn` was not subscribed. The
     /// caller holds the channel's interest lock and updates occupancy.
     async fn remove_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> Option<usize> {
-        conn.subscriptions().remove(channel)?;
+        if !conn.subscriptions().remove(channel) {
+            return None;
+        }
         let left = self.channels.remove(channel, &conn.client);
         if left == Some(0) && !self.watchers.watching(channel) {
             if let Err(error) = self.engine.broker().unsubscribe(channel).await {

@@ -271,6 +271,14 @@ enum Scenario {
         rate_per_member: f64,
         #[arg(long, default_value = "10s")]
         duration: humantime::Duration,
+        /// The first room's number: several processes (one holds at most
+        /// ~19,500 connections) share a larger chat by taking disjoint rooms.
+        #[arg(long, default_value_t = 0)]
+        first_room: usize,
+        /// Put the latency histogram in the result as (µs, count) pairs, so
+        /// that the results of several processes can be merged.
+        #[arg(long)]
+        latency_counts: bool,
     },
 }
 
@@ -612,7 +620,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(anomalies == 0, "{anomalies} anomalies; the nodes' logs are in {}", dir.display());
             Ok(())
         }
-        Scenario::Chat { common, namespace, rooms, members_per_room, rate_per_member, duration } => {
+        Scenario::Chat {
+            common,
+            namespace,
+            rooms,
+            members_per_room,
+            rate_per_member,
+            duration,
+            first_room,
+            latency_counts,
+        } => {
             anyhow::ensure!(
                 !matches!(common.protocol, Protocol::Pusher | Protocol::UniSse),
                 "chat publishes as clients; Pusher clients publish only signed client events, and uni-sse clients \
@@ -621,10 +638,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let args = ChatArgs {
                 connect: common.connect()?,
                 namespace,
+                first_room,
                 rooms,
                 members_per_room,
                 rate_per_member,
                 duration: duration.into(),
+                latency_counts,
             };
             let result = chat::run(&args).await?;
             finish("chat", common.output, args, result)

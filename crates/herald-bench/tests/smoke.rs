@@ -174,16 +174,42 @@ async fn chat_members_each_receive_everything_said_in_their_room() {
     let args = ChatArgs {
         connect: connect_args(addr),
         namespace: "chat".into(),
+        first_room: 0,
         rooms: 5,
         members_per_room: 4,
         rate_per_member: 10.0,
         duration: Duration::from_secs(1),
+        latency_counts: false,
     };
     let result = chat::run(&args).await.expect("the scenario runs");
     assert_eq!(result.sent, 20 * 10);
     assert_eq!(result.expected_deliveries, 20 * 10 * 4, "each message reaches the 4 members of its room");
     assert_eq!(result.delivered, result.expected_deliveries);
     assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
+    assert!(result.latency_counts.is_empty(), "the histogram only when asked for");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chats_with_disjoint_rooms_share_one_server_and_report_their_histograms() {
+    let addr = herald().await;
+    let share = |first_room| ChatArgs {
+        connect: connect_args(addr),
+        namespace: "chat".into(),
+        first_room,
+        rooms: 3,
+        members_per_room: 4,
+        rate_per_member: 10.0,
+        duration: Duration::from_secs(1),
+        latency_counts: true,
+    };
+    let (first, second) = (share(0), share(3));
+    let (first, second) = tokio::join!(chat::run(&first), chat::run(&second));
+    for result in [first.expect("the first share runs"), second.expect("the second share runs")] {
+        assert_eq!(result.delivered, 12 * 10 * 4, "each message reaches the 4 members of its room, no one else");
+        assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
+        let counted: u64 = result.latency_counts.iter().map(|(_, count)| count).sum();
+        assert_eq!(counted, result.delivered, "every delivery is in the histogram");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

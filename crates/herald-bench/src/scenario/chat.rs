@@ -20,12 +20,16 @@ pub struct ChatArgs {
     pub connect: ConnectArgs,
     /// The namespace of the rooms: channels are `<namespace>:room<i>`.
     pub namespace: String,
+    /// This process's rooms are `first_room..first_room + rooms`.
+    pub first_room: usize,
     pub rooms: usize,
     pub members_per_room: usize,
     /// Messages each member sends per second.
     pub rate_per_member: f64,
     #[serde(with = "super::as_text")]
     pub duration: Duration,
+    /// Report the latency histogram as (µs, count) pairs too.
+    pub latency_counts: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -38,13 +42,21 @@ pub struct ChatResult {
     pub deliveries_per_second: f64,
     pub latency: Latency,
     pub anomalies: Anomalies,
+    /// The latency histogram as (µs, count) pairs, when asked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latency_counts: Vec<(u64, u64)>,
 }
 
 pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
     let members = args.rooms * args.members_per_room;
-    let room_of = |i: usize| i / args.members_per_room.max(1);
+    let room_of = |i: usize| args.first_room + i / args.members_per_room.max(1);
     let room_name = |room: usize| format!("{}:room{room}", args.namespace);
-    let (connected, failures) = connect_all(&args.connect, members, |i| vec![room_name(room_of(i))]).await?;
+    // Clients are numbered across processes (their tokens' users differ);
+    // `i` below is this process's own count.
+    let first_client = args.first_room * args.members_per_room;
+    let connect = ConnectArgs { first_client, ..args.connect.clone() };
+    let (connected, failures) =
+        connect_all(&connect, members, |client| vec![room_name(room_of(client - first_client))]).await?;
     anyhow::ensure!(failures == 0, "{failures} members could not join; every room must be complete");
 
     let delivered = Arc::new(AtomicU64::new(0));
@@ -113,13 +125,15 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
     let mut expected = 0;
     for (i, checker, _) in outcomes {
         let room = room_of(i);
-        let everyone: HashMap<String, u64> = (room * args.members_per_room..(room + 1) * args.members_per_room)
+        let first = (room - args.first_room) * args.members_per_room;
+        let everyone: HashMap<String, u64> = (first..first + args.members_per_room)
             .map(|j| (format!("{}/{j}", room_name(room)), sent_by.get(&j).copied().unwrap_or(0)))
             .collect();
         expected += everyone.values().sum::<u64>();
         anomalies.add(checker.finish(&everyone).0);
     }
     let delivered = delivered.load(Ordering::Relaxed);
+    let latency_counts = if args.latency_counts { latencies.counts() } else { Vec::new() };
     Ok(ChatResult {
         connected: members,
         connect_failures: failures,
@@ -129,5 +143,6 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
         deliveries_per_second: delivered as f64 / args.duration.as_secs_f64(),
         latency: Latency::from_histogram(&latencies.merged()),
         anomalies,
+        latency_counts,
     })
 }

@@ -67,6 +67,8 @@ pub struct Node {
     shared: Arc<Shared>,
     api: Arc<ApiState>,
     pusher: Option<Arc<Frontend>>,
+    /// Set once the node has stopped: ends the operators' port (sessions
+    /// are ended through `driver::Sessions`).
     shutdown: watch::Sender<bool>,
     /// Set (by SIGTERM, or the API's `drain`) to drain the node.
     drain: watch::Sender<bool>,

@@ -137,7 +137,8 @@ pub(crate) struct DriverSettings {
 #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
 pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) -> impl Future<Output = ()> + Send {
     async move {
-        protocol.parts().settings.sessions.enter(protocol.parts().outbox);
+        let Parts { settings, outbox, .. } = protocol.parts();
+        settings.sessions.enter(outbox);
         let served = AssertUnwindSafe(serve(&mut protocol, &mut transport)).catch_unwind().await;
         let reason = served.unwrap_or_else(|_| {
             let client = protocol.parts().connection.map(|c| c.client().clone());

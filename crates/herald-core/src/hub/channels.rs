@@ -229,13 +229,13 @@ impl Channels {
     /// many subscribers the channel now has here.
     pub(super) fn add(&self, channel: &ChannelName, subscriber: Subscriber) -> (ChannelName, usize) {
         let mut shard = self.write(channel);
-        let subscribers = shard.entry(channel.clone()).or_default();
+        let entry = shard.entry(channel.clone());
+        // The table's own copy of the name (the one it keeps, or is about
+        // to), shared by every subscriber's connection instead of one each.
+        let name = entry.key().clone();
+        let subscribers = entry.or_default();
         subscribers.insert(subscriber.conn.client.clone(), subscriber);
-        let count = subscribers.len();
-        // The table's own copy of the name, shared by every subscriber's
-        // connection instead of one copy each.
-        let name = shard.get_key_value(channel).map_or_else(|| channel.clone(), |(name, _)| name.clone());
-        (name, count)
+        (name, subscribers.len())
     }
 
     /// Removes `client`'s subscription, dropping the channel when it was

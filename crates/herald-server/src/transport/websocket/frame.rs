@@ -218,25 +218,17 @@ pub(crate) fn close_code(payload: &[u8]) -> Result<Option<u16>, Violation> {
 }
 
 /// A client frame: masked with `mask`, as a client sends it (for the
-/// tests of this module and of the WebSocket).
+/// tests of this module and of the WebSocket). Any `opcode`, valid or not.
 #[cfg(test)]
 pub(super) fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    let mut masked = payload.to_vec();
-    unmask(&mut masked, mask);
-    out.extend_from_slice(&masked);
+    // The server's frame, then the first byte, the mask bit and the mask.
+    let mut out = Vec::new();
+    write_frame(&mut out, Opcode::Binary, payload);
+    let header = out.len() - payload.len();
+    out[0] = if fin { 0x80 } else { 0 } | opcode;
+    out[1] |= 0x80;
+    unmask(&mut out[header..], mask);
+    out.splice(header..header, mask);
     out
 }
 

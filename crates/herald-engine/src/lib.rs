@@ -47,4 +47,4 @@ pub use message::{
 };
 pub use nodes::NodeRegistry;
 pub use occupancy::{NodeSubscribers, Occupancy, OccupancyChange};
-pub use presence::{Arrival, Departure, ExpiredEntry, Presence, Swept};
+pub use presence::{expire_each, refresh_each, Arrival, Departure, ExpiredEntry, Presence, Swept};

@@ -86,9 +86,7 @@ pub trait Presence: Send + Sync + std::fmt::Debug + 'static {
     /// default adds them one by one, sixteen at a time; engines that
     /// can batch them do.
     async fn refresh_presence(&self, entries: &[(ChannelName, ClientInfo)], ttl: Duration) -> Vec<EngineError> {
-        let adds: Vec<_> = entries.iter().map(|(channel, info)| self.add_presence(channel, info, ttl)).collect();
-        let outcomes: Vec<_> = stream::iter(adds).buffer_unordered(IN_FLIGHT).collect().await;
-        outcomes.into_iter().filter_map(Result::err).collect()
+        refresh_each(self, entries, ttl).await
     }
 
     /// Sweeps many channels, as [`expire_presence`](Self::expire_presence)
@@ -96,18 +94,38 @@ pub trait Presence: Send + Sync + std::fmt::Debug + 'static {
     /// what failed. This default sweeps them one by one, sixteen at a
     /// time; engines that can batch them do.
     async fn expire_presence_of(&self, channels: &[ChannelName]) -> Swept {
-        let sweeps: Vec<_> =
-            channels.iter().map(|channel| async move { (channel, self.expire_presence(channel).await) }).collect();
-        let outcomes: Vec<_> = stream::iter(sweeps).buffer_unordered(IN_FLIGHT).collect().await;
-        let mut swept = Swept::default();
-        for (channel, outcome) in outcomes {
-            match outcome {
-                Ok(entries) => swept.expired.extend(entries.into_iter().map(|entry| (channel.clone(), entry))),
-                Err(error) => swept.failed.push(error),
-            }
-        }
-        swept
+        expire_each(self, channels).await
     }
+}
+
+/// [`Presence::refresh_presence`] by one [`Presence::add_presence`] per
+/// entry, sixteen at a time: the default, and the way an engine that
+/// batches only some refreshes does the rest.
+pub async fn refresh_each<P: Presence + ?Sized>(
+    presence: &P,
+    entries: &[(ChannelName, ClientInfo)],
+    ttl: Duration,
+) -> Vec<EngineError> {
+    let adds: Vec<_> = entries.iter().map(|(channel, info)| presence.add_presence(channel, info, ttl)).collect();
+    let outcomes: Vec<_> = stream::iter(adds).buffer_unordered(IN_FLIGHT).collect().await;
+    outcomes.into_iter().filter_map(Result::err).collect()
+}
+
+/// [`Presence::expire_presence_of`] by one [`Presence::expire_presence`]
+/// per channel, sixteen at a time: the default, and the way an engine
+/// that batches only some sweeps does the rest.
+pub async fn expire_each<P: Presence + ?Sized>(presence: &P, channels: &[ChannelName]) -> Swept {
+    let sweeps: Vec<_> =
+        channels.iter().map(|channel| async move { (channel, presence.expire_presence(channel).await) }).collect();
+    let outcomes: Vec<_> = stream::iter(sweeps).buffer_unordered(IN_FLIGHT).collect().await;
+    let mut swept = Swept::default();
+    for (channel, outcome) in outcomes {
+        match outcome {
+            Ok(entries) => swept.expired.extend(entries.into_iter().map(|entry| (channel.clone(), entry))),
+            Err(error) => swept.failed.push(error),
+        }
+    }
+    swept
 }
 
 /// How many calls the default batch methods keep in flight.

@@ -9,18 +9,33 @@
 //! stay in the record (and keep their user present, as the contract asks)
 //! until a sweep removes them and hands each out once.
 //!
+//! The heartbeat's batches read what they change by one scan of the
+//! stream where that pays (`records::scan_pays`): a refresh of a node's
+//! entries then costs one write per record (a user's connections in a
+//! channel are one record, so one write), and a sweep of every channel a
+//! node serves costs the scan and a write per record with an expired
+//! entry, not a listing per channel and a read per record. A write that
+//! meets a record changed since the scan reads it again, as any change.
+//!
 //! Expiry times are by the writing node's clock: nodes' clocks must agree
 //! to well within the presence ttl (as NTP keeps them).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use async_nats::jetstream::stream::Stream;
 use async_trait::async_trait;
+use futures_util::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use herald_engine::{Arrival, ChannelName, ClientInfo, Departure, EngineError, ExpiredEntry, Presence, PresenceStats};
+use herald_engine::{
+    expire_each, Arrival, ChannelName, ClientInfo, Departure, EngineError, ExpiredEntry, Presence, PresenceStats, Swept,
+};
 
 use crate::history::StreamSettings;
-use crate::records::{collect_after, contended, expiry, now_ms, stream_name, within, Read, Records, ATTEMPTS};
+use crate::records::{
+    collect_after, contended, expiry, now_ms, scan_pays, stream_name, within, Read, Records, ATTEMPTS,
+};
 use crate::subjects::Subjects;
 
 /// A user's connections in a channel.
@@ -49,6 +64,17 @@ pub struct NatsPresence {
     subjects: Subjects,
 }
 
+/// How many records a batch changes at once.
+const WRITES_IN_FLIGHT: usize = 64;
+
+/// What a change knows of its record before it starts.
+enum Known {
+    /// The record as a scan found it (`None`: there was none).
+    Scanned(Option<Read<UserRecord>>),
+    /// Nothing: the change reads it.
+    Unread,
+}
+
 impl NatsPresence {
     /// Presence on `client`, under the subject prefix `prefix`.
     pub fn new(client: async_nats::Client, prefix: &str, streams: StreamSettings, timeout: Duration) -> Self {
@@ -60,6 +86,87 @@ impl NatsPresence {
     async fn users(&self, channel: &ChannelName) -> Result<Vec<Read<UserRecord>>, EngineError> {
         let Some(stream) = self.records.stream(None).await? else { return Ok(Vec::new()) };
         self.records.read_all(&stream, &self.subjects.presence_in(channel)).await
+    }
+
+    /// Every record by subject, when scanning the stream is cheaper than
+    /// reading the `needed` records (or channels' records) alone.
+    async fn scanned(
+        &self,
+        stream: &Stream,
+        needed: usize,
+    ) -> Result<Option<HashMap<String, Read<UserRecord>>>, EngineError> {
+        if !scan_pays(self.records.count(stream).await?, needed) {
+            return Ok(None);
+        }
+        let all = self.records.scan::<UserRecord>(stream, &self.subjects.presence_all()).await?;
+        Ok(Some(all.into_iter().map(|read| (read.subject.clone(), read)).collect()))
+    }
+
+    /// Adds or refreshes the entries of `clients` (one user's, in one
+    /// channel) in the record at `subject`, by compare-and-set.
+    async fn upsert(
+        &self,
+        stream: &Stream,
+        subject: &str,
+        clients: &[&ClientInfo],
+        ttl: Duration,
+        mut known: Known,
+    ) -> Result<Arrival, EngineError> {
+        for _ in 0..ATTEMPTS {
+            let read = match std::mem::replace(&mut known, Known::Unread) {
+                Known::Scanned(read) => read,
+                Known::Unread => self.records.read::<UserRecord>(stream, subject).await?,
+            };
+            let (sequence, mut record) = read.map_or((0, UserRecord::default()), |r| (r.sequence, r.value));
+            let arrival = match record.entries.is_empty() {
+                true => Arrival::UserArrived,
+                false => Arrival::UserWasPresent,
+            };
+            let expires = expiry(ttl);
+            record.entries.retain(|entry| clients.iter().all(|info| info.client != entry.info.client));
+            record.entries.extend(clients.iter().map(|info| Entry { info: (*info).clone(), expires }));
+            if self.records.write(subject, &record, sequence).await? {
+                return Ok(arrival);
+            }
+        }
+        Err(contended("a presence record"))
+    }
+
+    /// Removes the entries of `first` that expired by `now` and returns
+    /// them, each once; re-reads the record when another writer came first.
+    async fn expire_record(
+        &self,
+        stream: &Stream,
+        first: Read<UserRecord>,
+        now: u64,
+    ) -> Result<Vec<ExpiredEntry>, EngineError> {
+        let mut read = Some(first);
+        for _ in 0..ATTEMPTS {
+            let Some(Read { subject, sequence, value }) = read.take() else { return Ok(Vec::new()) };
+            let (expired, live): (Vec<Entry>, Vec<Entry>) = value.entries.into_iter().partition(|e| !e.live(now));
+            if expired.is_empty() {
+                return Ok(Vec::new());
+            }
+            let departed = live.is_empty();
+            let left = UserRecord { entries: live };
+            if self.records.replace(stream, &subject, sequence, (!departed).then_some(&left)).await? {
+                // The user departed with the last of its expired entries.
+                let last = expired.len();
+                return Ok(expired
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, entry)| ExpiredEntry {
+                        info: entry.info,
+                        departure: match departed && i.saturating_add(1) == last {
+                            true => Departure::UserDeparted,
+                            false => Departure::UserRemains,
+                        },
+                    })
+                    .collect());
+            }
+            read = self.records.read::<UserRecord>(stream, &subject).await?;
+        }
+        Err(contended("a presence record"))
     }
 }
 
@@ -74,20 +181,7 @@ impl Presence for NatsPresence {
         within(self.records.timeout, async {
             let stream = self.records.made(collect_after(ttl)).await?;
             let subject = self.subjects.presence(channel, info.user.as_str());
-            for _ in 0..ATTEMPTS {
-                let read = self.records.read::<UserRecord>(&stream, &subject).await?;
-                let (sequence, mut record) = read.map_or((0, UserRecord::default()), |r| (r.sequence, r.value));
-                let arrival = match record.entries.is_empty() {
-                    true => Arrival::UserArrived,
-                    false => Arrival::UserWasPresent,
-                };
-                record.entries.retain(|entry| entry.info.client != info.client);
-                record.entries.push(Entry { info: info.clone(), expires: expiry(ttl) });
-                if self.records.write(&subject, &record, sequence).await? {
-                    return Ok(arrival);
-                }
-            }
-            Err(contended("a presence record"))
+            self.upsert(&stream, &subject, &[info], ttl, Known::Unread).await
         })
         .await
     }
@@ -148,40 +242,83 @@ impl Presence for NatsPresence {
     async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ExpiredEntry>, EngineError> {
         within(self.records.timeout, async {
             let Some(stream) = self.records.stream(None).await? else { return Ok(Vec::new()) };
-            let mut handed_out = Vec::new();
             let now = now_ms();
+            let mut handed_out = Vec::new();
             for user in self.users(channel).await? {
-                if user.value.entries.iter().all(|e| e.live(now)) {
-                    continue;
-                }
-                let mut read = Some(user);
-                for _ in 0..ATTEMPTS {
-                    let Some(Read { subject, sequence, value }) = read.take() else { break };
-                    let (expired, live): (Vec<Entry>, Vec<Entry>) =
-                        value.entries.into_iter().partition(|e| !e.live(now));
-                    if expired.is_empty() {
-                        break;
-                    }
-                    let departed = live.is_empty();
-                    let left = UserRecord { entries: live };
-                    let done = self.records.replace(&stream, &subject, sequence, (!departed).then_some(&left)).await?;
-                    if done {
-                        // The user departed with the last of its expired entries.
-                        let last = expired.len();
-                        handed_out.extend(expired.into_iter().enumerate().map(|(i, entry)| ExpiredEntry {
-                            info: entry.info,
-                            departure: match departed && i.saturating_add(1) == last {
-                                true => Departure::UserDeparted,
-                                false => Departure::UserRemains,
-                            },
-                        }));
-                        break;
-                    }
-                    read = self.records.read::<UserRecord>(&stream, &subject).await?;
-                }
+                handed_out.extend(self.expire_record(&stream, user, now).await?);
             }
             Ok(handed_out)
         })
         .await
+    }
+
+    async fn refresh_presence(&self, entries: &[(ChannelName, ClientInfo)], ttl: Duration) -> Vec<EngineError> {
+        let timeout = self.records.timeout;
+        let mut records: HashMap<String, Vec<&ClientInfo>> = HashMap::new();
+        for (channel, info) in entries {
+            records.entry(self.subjects.presence(channel, info.user.as_str())).or_default().push(info);
+        }
+        let stream = match within(timeout, self.records.made(collect_after(ttl))).await {
+            Ok(stream) => stream,
+            Err(error) => return vec![error],
+        };
+        let mut scanned = match within(timeout, self.scanned(&stream, records.len())).await {
+            Ok(scanned) => scanned,
+            Err(error) => {
+                tracing::debug!(%error, "presence scan failed; each record is read on its own");
+                None
+            }
+        };
+        let writes: Vec<_> = records
+            .into_iter()
+            .map(|(subject, clients)| {
+                let known = match &mut scanned {
+                    Some(found) => Known::Scanned(found.remove(&subject)),
+                    None => Known::Unread,
+                };
+                let stream = &stream;
+                async move { within(timeout, self.upsert(stream, &subject, &clients, ttl, known)).await }
+            })
+            .collect();
+        let outcomes: Vec<_> = stream::iter(writes).buffer_unordered(WRITES_IN_FLIGHT).collect().await;
+        outcomes.into_iter().filter_map(Result::err).collect()
+    }
+
+    async fn expire_presence_of(&self, channels: &[ChannelName]) -> Swept {
+        let timeout = self.records.timeout;
+        let stream = match within(timeout, self.records.stream(None)).await {
+            Ok(Some(stream)) => stream,
+            Ok(None) => return Swept::default(),
+            Err(error) => return Swept { expired: Vec::new(), failed: vec![error] },
+        };
+        let scanned = match within(timeout, self.scanned(&stream, channels.len())).await {
+            Ok(Some(scanned)) => scanned,
+            Ok(None) => return expire_each(self, channels).await,
+            Err(error) => return Swept { expired: Vec::new(), failed: vec![error] },
+        };
+        // A record's subject is its channel's prefix, a dot and its user's token.
+        let wanted: HashMap<String, &ChannelName> = channels
+            .iter()
+            .map(|channel| (self.subjects.presence_in(channel).trim_end_matches(".*").to_owned(), channel))
+            .collect();
+        let now = now_ms();
+        let sweeps: Vec<_> = scanned
+            .into_values()
+            .filter(|read| read.value.entries.iter().any(|entry| !entry.live(now)))
+            .filter_map(|read| {
+                let channel = read.subject.rsplit_once('.').and_then(|(prefix, _)| wanted.get(prefix).copied())?;
+                let stream = &stream;
+                Some(async move { (channel, within(timeout, self.expire_record(stream, read, now)).await) })
+            })
+            .collect();
+        let mut swept = Swept::default();
+        let mut outcomes = stream::iter(sweeps).buffer_unordered(WRITES_IN_FLIGHT);
+        while let Some((channel, outcome)) = outcomes.next().await {
+            match outcome {
+                Ok(expired) => swept.expired.extend(expired.into_iter().map(|entry| (channel.clone(), entry))),
+                Err(error) => swept.failed.push(error),
+            }
+        }
+        swept
     }
 }

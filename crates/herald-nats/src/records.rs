@@ -10,12 +10,20 @@
 //! which is what makes "exactly one caller sees the first arrival / the
 //! last departure" hold across nodes.
 //!
+//! A batch of changes (the presence heartbeat's) reads the records it
+//! needs by [`Records::scan`]: one short-lived consumer hands out the
+//! stream's records a few hundred to a reply, where reading each is a
+//! request and reply of its own. That pays while the stream is not much
+//! larger than the batch ([`scan_pays`]); a node that needs a few records
+//! of a large stream reads them one by one.
+//!
 //! The stream's `max_age` only collects records nobody has touched for a
 //! long time (their every node died and nobody swept them); live records
 //! are rewritten far more often.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::stream::{self, DeleteMessageErrorKind, DirectGetErrorKind};
@@ -36,6 +44,25 @@ pub(crate) const ATTEMPTS: usize = 32;
 
 /// How many records are read at once when listing.
 const READS_IN_FLIGHT: usize = 16;
+
+/// How many records one reply of a scan holds at most.
+const SCAN_BATCH: usize = 256;
+
+/// A scan reads the whole stream while it holds at most this many
+/// records per record (or channel) the batch needs: a scanned record
+/// costs the server a share of one reply, a record read alone a request
+/// and a reply.
+const SCAN_RATIO: u64 = 16;
+
+/// How long the server keeps a scan's consumer that its scan left
+/// behind (the node died mid-scan, or the delete failed).
+const SCAN_LEFT_BEHIND: Duration = Duration::from_secs(30);
+
+/// Whether reading every one of a stream's `records` is cheaper than
+/// reading what a batch of `needed` records (or channels) needs alone.
+pub(crate) fn scan_pays(records: u64, needed: usize) -> bool {
+    records <= u64::try_from(needed).unwrap_or(u64::MAX).saturating_mul(SCAN_RATIO)
+}
 
 pub(crate) fn unavailable(error: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(format!("nats: {error}"))
@@ -254,5 +281,127 @@ impl Records {
             .buffer_unordered(READS_IN_FLIGHT);
         let found: Vec<Option<Read<T>>> = reads.try_collect().await?;
         Ok(found.into_iter().flatten().collect())
+    }
+
+    /// How many records the stream holds.
+    pub(crate) async fn count(&self, stream: &stream::Stream) -> Result<u64, EngineError> {
+        Ok(stream.get_info().await.map_err(unavailable)?.state.messages)
+    }
+
+    /// Every record whose subject matches `filter`, handed out by one
+    /// consumer [`SCAN_BATCH`] at a time, deleted after. Unreadable
+    /// records are left out (a read of their own deletes them). Records
+    /// written during the scan may or may not be in it.
+    pub(crate) async fn scan<T: DeserializeOwned>(
+        &self,
+        stream: &stream::Stream,
+        filter: &str,
+    ) -> Result<Vec<Read<T>>, EngineError> {
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: filter.to_owned(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: SCAN_LEFT_BEHIND,
+                memory_storage: true,
+                num_replicas: 1,
+                ..pull::Config::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let name = consumer.cached_info().name.clone();
+        let found = Self::drain(&consumer, consumer.cached_info().num_pending).await;
+        if let Err(error) = stream.delete_consumer(&name).await {
+            tracing::debug!(consumer = name, %error, "a scan's consumer not deleted; the server drops it when idle");
+        }
+        found
+    }
+
+    /// The records `consumer` has, `pending` of them when it was made.
+    async fn drain<T: DeserializeOwned>(
+        consumer: &Consumer<pull::Config>,
+        mut pending: u64,
+    ) -> Result<Vec<Read<T>>, EngineError> {
+        let mut found = Vec::with_capacity(usize::try_from(pending).unwrap_or(0).min(SCAN_BATCH * 64));
+        while pending > 0 {
+            // `fetch` asks for what is there now and waits for nothing: a
+            // reply that brings no record ends the scan even if records it
+            // counted were deleted meanwhile.
+            let mut batch = consumer.fetch().max_messages(SCAN_BATCH).messages().await.map_err(unavailable)?;
+            let mut brought = false;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(unavailable)?;
+                let info = message.info().map_err(unavailable)?;
+                pending = info.pending;
+                brought = true;
+                let sequence = info.stream_sequence;
+                match serde_json::from_slice(&message.payload) {
+                    Ok(value) => found.push(Read { subject: message.subject.to_string(), sequence, value }),
+                    Err(error) => tracing::debug!(subject = %message.subject, %error, "an unreadable record skipped"),
+                }
+            }
+            if !brought {
+                break;
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use crate::testing::NatsServer;
+
+    async fn records(server: &NatsServer) -> Records {
+        let client = async_nats::connect(server.url()).await.expect("connects");
+        let settings = StreamSettings { replicas: 1, memory: true };
+        Records::new(client, "scan-test".into(), "scan.*.*".into(), settings, Duration::from_secs(5))
+    }
+
+    #[test]
+    fn a_scan_pays_while_the_stream_is_at_most_sixteen_times_what_the_batch_needs() {
+        assert!(scan_pays(0, 0), "an empty stream costs one reply");
+        assert!(scan_pays(8_000, 2_000), "a node of three in the chat benchmark");
+        assert!(scan_pays(160, 10));
+        assert!(!scan_pays(161, 10));
+        assert!(!scan_pays(1_000_000, 4), "a few records of a large stream are read one by one");
+    }
+
+    #[tokio::test]
+    async fn a_scan_hands_out_the_last_record_of_every_subject_across_replies() {
+        let server = NatsServer::start();
+        let records = records(&server).await;
+        let stream = records.made(Duration::from_secs(60)).await.expect("stream");
+        assert!(records.scan::<u32>(&stream, "scan.*.*").await.expect("scan").is_empty(), "nothing to hand out");
+
+        // More subjects than one reply holds, each written twice: only the
+        // second write of each is its record.
+        let subjects: Vec<String> = (0..SCAN_BATCH + 44).map(|n| format!("scan.room-{}.user-{n}", n % 7)).collect();
+        for (n, subject) in subjects.iter().enumerate() {
+            records.put(subject, &0_u32).await.expect("first write");
+            records.put(subject, &u32::try_from(n).unwrap()).await.expect("second write");
+        }
+        assert_eq!(records.count(&stream).await.expect("count"), 300, "one record per subject");
+
+        let mut scanned = records.scan::<u32>(&stream, "scan.*.*").await.expect("scan");
+        scanned.sort_by_key(|read| read.value);
+        assert_eq!(scanned.len(), subjects.len(), "every subject once");
+        for (n, read) in scanned.iter().enumerate() {
+            assert_eq!(read.subject, subjects[n]);
+            assert_eq!(read.value, u32::try_from(n).unwrap(), "the last write of {}", read.subject);
+            let alone = records.read::<u32>(&stream, &read.subject).await.expect("read").expect("there");
+            assert_eq!(read.sequence, alone.sequence, "the sequence a change of {} must name", read.subject);
+        }
+
+        let room = records.scan::<u32>(&stream, "scan.room-3.*").await.expect("scan one room");
+        assert!(
+            !room.is_empty() && room.iter().all(|read| read.subject.starts_with("scan.room-3.")),
+            "the filter holds"
+        );
+        let consumers = stream.get_info().await.expect("info").state.consumer_count;
+        assert_eq!(consumers, 0, "every scan deleted its consumer");
     }
 }

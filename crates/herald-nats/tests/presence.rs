@@ -1,0 +1,67 @@
+//! NATS presence beyond the conformance suite: a heartbeat that needs a
+//! few records of a large presence stream reads them one by one (where
+//! the conformance suite's batches scan the stream, `records::scan_pays`
+//! decides), and its answers are the same.
+
+use std::time::{Duration, Instant};
+
+use herald_engine::{ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceStats, UserId};
+use herald_nats::testing::NatsServer;
+use herald_nats::{NatsEngine, NatsSettings, StreamSettings};
+
+async fn engine(server: &NatsServer) -> Engine {
+    let settings = NatsSettings {
+        addresses: vec![server.url()],
+        prefix: "herald-presence".into(),
+        command_timeout: Duration::from_secs(5),
+        streams: StreamSettings { replicas: 1, memory: true },
+    };
+    NatsEngine::connect(&settings).await.expect("connects").into_engine()
+}
+
+fn channel(name: &str) -> ChannelName {
+    ChannelName::new(name).expect("valid channel")
+}
+
+fn info(user: &str, client: &str) -> ClientInfo {
+    ClientInfo {
+        user: UserId::new(user).expect("valid user"),
+        client: ClientId::new(client),
+        conn_info: None,
+        chan_info: None,
+    }
+}
+
+#[tokio::test]
+async fn a_heartbeat_for_a_few_records_of_a_large_stream_answers_as_a_scan_would() {
+    let server = NatsServer::start();
+    let engine = engine(&server).await;
+    let presence = engine.presence();
+    let (lobby, quiet) = (channel("lobby"), channel("quiet"));
+    let long = Duration::from_secs(60);
+    // Forty records in the lobby: more than sixteen per channel swept below.
+    let crowd: Vec<_> = (0..40).map(|n| (lobby.clone(), info(&format!("user-{n}"), &format!("c{n}")))).collect();
+    assert!(presence.refresh_presence(&crowd, long).await.is_empty(), "the crowd is present");
+    let zoe = info("zoe", "z1");
+    let short = Duration::from_millis(800);
+    assert!(presence.refresh_presence(&[(quiet.clone(), zoe.clone())], short).await.is_empty(), "zoe alone");
+    assert_eq!(presence.presence_stats(&quiet).await.expect("stats"), PresenceStats { num_clients: 1, num_users: 1 });
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !presence.presence(&quiet).await.expect("presence").is_empty() {
+        assert!(Instant::now() < deadline, "zoe's entry never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let swept = presence.expire_presence_of(std::slice::from_ref(&quiet)).await;
+    assert!(swept.failed.is_empty(), "{:?}", swept.failed);
+    let handed: Vec<_> =
+        swept.expired.iter().map(|(ch, e)| (ch.as_str(), e.info.client.to_string(), e.departure)).collect();
+    assert_eq!(handed, [("quiet", "z1".to_owned(), Departure::UserDeparted)], "zoe's departure, once");
+    assert!(presence.expire_presence_of(&[quiet.clone(), lobby.clone()]).await.expired.is_empty(), "and only once");
+
+    // A refresh of one of the crowd's records, among forty, reads it alone.
+    let second_tab = info("user-7", "c7-b");
+    assert!(presence.refresh_presence(&[(lobby.clone(), second_tab)], long).await.is_empty(), "refreshed");
+    let stats = presence.presence_stats(&lobby).await.expect("stats");
+    assert_eq!(stats, PresenceStats { num_clients: 41, num_users: 40 }, "user-7's second tab joins its record");
+}

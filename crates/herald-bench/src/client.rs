@@ -21,6 +21,20 @@ use crate::protobuf;
 use crate::sse::SseClient;
 use crate::ws::{WsClient, WsError};
 
+/// How many times a Centrifuge subscription refused with a temporary
+/// error is asked for.
+const SUBSCRIBE_ATTEMPTS: u32 = 5;
+
+/// Subscriptions asked for again after a temporary error, by every client
+/// of this process.
+static SUBSCRIBE_RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many subscriptions this process's clients asked for again after a
+/// temporary error.
+pub fn subscribe_retries() -> usize {
+    SUBSCRIBE_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Which protocol the bench speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -375,13 +389,47 @@ impl BenchClient {
         &self.positions
     }
 
+    /// Subscribes to `channels`; those refused with a temporary error
+    /// (the server's engine did not answer in time) are asked again after
+    /// a pause, up to [`SUBSCRIBE_ATTEMPTS`] times, as client SDKs do.
     async fn centrifuge_subscribe(
         &mut self,
         channels: &[String],
         recoverable: bool,
     ) -> Result<Resubscribed, ConnectError> {
+        let mut outcome = Resubscribed { recovered: true, publications: Vec::new() };
+        let mut channels = channels.to_vec();
+        for attempt in 1..=SUBSCRIBE_ATTEMPTS {
+            let again = self.centrifuge_subscribe_once(&channels, recoverable, &mut outcome).await?;
+            if again.is_empty() {
+                break;
+            }
+            if attempt == SUBSCRIBE_ATTEMPTS {
+                return Err(ConnectError::Protocol(format!(
+                    "subscribe refused {SUBSCRIBE_ATTEMPTS} times with a temporary error: {}",
+                    again.join(", ")
+                )));
+            }
+            SUBSCRIBE_RETRIES.fetch_add(again.len(), std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(250 << attempt)).await;
+            channels = again;
+        }
+        // Publications that followed a reply in the same frame moved the position on.
+        self.advance_positions(&outcome.publications);
+        Ok(outcome)
+    }
+
+    /// One subscribe frame for `channels`; returns those refused with a
+    /// temporary error.
+    async fn centrifuge_subscribe_once(
+        &mut self,
+        channels: &[String],
+        recoverable: bool,
+        outcome: &mut Resubscribed,
+    ) -> Result<Vec<String>, ConnectError> {
+        let mut again = Vec::new();
         if channels.is_empty() {
-            return Ok(Resubscribed { recovered: true, publications: Vec::new() });
+            return Ok(again);
         }
         let first = self.next_id;
         let frame: Vec<String> = channels
@@ -402,7 +450,6 @@ impl BenchClient {
             .collect();
         self.next_id += channels.len() as u32;
         self.send(frame.join("\n")).await?;
-        let mut outcome = Resubscribed { recovered: true, publications: Vec::new() };
         let mut pending = channels.len();
         while pending > 0 {
             for message in self.next_incoming().await? {
@@ -420,11 +467,15 @@ impl BenchClient {
                     outcome.publications.extend(publication(self.protocol, &Incoming::Json(message)));
                     continue;
                 }
-                if message.get("error").is_some() {
-                    return Err(ConnectError::Protocol(format!("subscribe refused: {message}")));
-                }
                 pending -= 1;
                 let channel = &channels[(id - first) as usize];
+                if let Some(error) = message.get("error") {
+                    if error["temporary"] == true {
+                        again.push(channel.clone());
+                        continue;
+                    }
+                    return Err(ConnectError::Protocol(format!("subscribe refused: {message}")));
+                }
                 let reply = &message["subscribe"];
                 if reply["was_recovering"] == true && reply["recovered"] != true {
                     outcome.recovered = false;
@@ -442,9 +493,7 @@ impl BenchClient {
                 }
             }
         }
-        // Publications that followed a reply in the same frame moved the position on.
-        self.advance_positions(&outcome.publications);
-        Ok(outcome)
+        Ok(again)
     }
 
     /// The messages of the next WebSocket message; heartbeats are answered

@@ -64,8 +64,11 @@ pub struct NatsPresence {
     subjects: Subjects,
 }
 
-/// How many records a batch changes at once.
-const WRITES_IN_FLIGHT: usize = 64;
+/// How many records a batch changes at once: few, so a refresh's writes
+/// do not queue ahead of publications in the server (the chat benchmark
+/// at 2,000 rooms: p99 23 ms at 8, 34 ms at 64, CPU alike); 8 round trips
+/// at a time still refresh tens of thousands of records in seconds.
+const WRITES_IN_FLIGHT: usize = 8;
 
 /// What a change knows of its record before it starts.
 enum Known {

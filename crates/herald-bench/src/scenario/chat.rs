@@ -36,6 +36,9 @@ pub struct ChatArgs {
 pub struct ChatResult {
     pub connected: usize,
     pub connect_failures: usize,
+    /// Subscriptions asked for again after a temporary error (the server's
+    /// engine did not answer in time).
+    pub subscribe_retries: usize,
     pub sent: u64,
     pub expected_deliveries: u64,
     pub delivered: u64,
@@ -137,6 +140,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
     Ok(ChatResult {
         connected: members,
         connect_failures: failures,
+        subscribe_retries: crate::client::subscribe_retries(),
         sent: sent_by.values().sum(),
         expected_deliveries: expected,
         delivered,

@@ -428,7 +428,14 @@ impl Session {
         match outcome {
             Ok(()) => Ok(()),
             Err(Failure::Reply(error)) => {
-                tracing::debug!(client = ?self.client(), id, %error, "command refused");
+                match &error {
+                    // Not the client's doing: the operator must see it.
+                    ClientError::Hub(HubError::EngineUnavailable(_)) => tracing::warn!(
+                        client = ?self.client(), id, %error,
+                        "command failed: the engine did not answer in time; the client was told to retry (check the backplane's load and its command_timeout)"
+                    ),
+                    _ => tracing::debug!(client = ?self.client(), id, %error, "command refused"),
+                }
                 self.reply(encode::error_reply(id, &error));
                 Ok(())
             }

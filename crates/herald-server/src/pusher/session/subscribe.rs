@@ -79,7 +79,15 @@ impl Session {
             }
         };
         if let Err(refusal) = outcome {
-            tracing::debug!(socket_id = %self.socket_id, channel = %name, error = %refusal.error, "subscription refused");
+            match refusal.status >= 500 {
+                // Not the client's doing (the engine did not answer): the operator must see it.
+                true => {
+                    tracing::warn!(socket_id = %self.socket_id, channel = %name, error = %refusal.error, "subscription failed on the server's side; the client may retry (check the backplane's load and its command_timeout)")
+                }
+                false => {
+                    tracing::debug!(socket_id = %self.socket_id, channel = %name, error = %refusal.error, "subscription refused")
+                }
+            }
             let data = serde_json::json!({ "type": refusal.kind, "error": refusal.error, "status": refusal.status });
             self.send(object_frame("pusher:subscription_error", Some(&name), &data));
         }

@@ -35,6 +35,37 @@ pub fn subscribe_retries() -> usize {
     SUBSCRIBE_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Commands sent without waiting (publications) that the server answered
+/// with an error, by every client of this process.
+static REFUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many commands sent without waiting the server refused, and the
+/// first refusal, so a publication refused is not taken for one lost.
+pub fn refused() -> (usize, Option<String>) {
+    let first = FIRST_REFUSAL.lock().ok().and_then(|first| first.clone());
+    (REFUSED.load(std::sync::atomic::Ordering::Relaxed), first)
+}
+
+/// Subscriptions the server ended (an `unsubscribe` push, such as 2500
+/// "insufficient state", after which an SDK subscribes again and
+/// recovers), by every client of this process.
+static UNSUBSCRIBED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many subscriptions the server ended while clients read publications.
+pub fn unsubscribed() -> usize {
+    UNSUBSCRIBED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static FIRST_REFUSAL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn count_refusal(reply: &Value) {
+    if REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+        if let Ok(mut first) = FIRST_REFUSAL.lock() {
+            *first = Some(reply.to_string());
+        }
+    }
+}
+
 /// Which protocol the bench speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -610,6 +641,14 @@ impl BenchClient {
         received.clear();
         received.extend(self.incoming.drain(..).filter_map(|message| match message {
             Incoming::Publication(publication) => Some(publication),
+            Incoming::Json(reply) if reply.get("id").is_some() && reply.get("error").is_some() => {
+                count_refusal(&reply);
+                None
+            }
+            Incoming::Json(push) if push["push"]["unsubscribe"].is_object() => {
+                UNSUBSCRIBED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
             other => publication(protocol, &other),
         }));
         self.advance_positions(received);

@@ -442,11 +442,12 @@ fn summary(scenario: &str, result: &serde_json::Value) -> String {
         ));
     }
     for (key, value) in result.as_object().into_iter().flatten() {
-        if value.is_number() || value.is_null() {
-            let shown = match value.as_f64() {
-                Some(v) if v.fract() != 0.0 => format!("{v:.2}"),
-                Some(v) => format!("{v}"),
-                None => "-".to_owned(),
+        if value.is_number() || value.is_null() || value.is_string() {
+            let shown = match (value.as_f64(), value.as_str()) {
+                (Some(v), _) if v.fract() != 0.0 => format!("{v:.2}"),
+                (Some(v), _) => format!("{v}"),
+                (None, Some(text)) => text.to_owned(),
+                (None, None) => "-".to_owned(),
             };
             lines.push(format!("  {key:<32} {shown}"));
         }

@@ -243,6 +243,7 @@ impl Records {
             Err(error) => match error.kind() {
                 DeleteMessageErrorKind::JetStream(e)
                     if e.error_code() == ErrorCode::NO_MESSAGE_FOUND
+                        || e.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
                         || e.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED =>
                 {
                     Ok(false)
@@ -368,6 +369,21 @@ mod tests {
         assert!(scan_pays(160, 10));
         assert!(!scan_pays(161, 10));
         assert!(!scan_pays(1_000_000, 4), "a few records of a large stream are read one by one");
+    }
+
+    #[tokio::test]
+    async fn deleting_a_record_that_a_newer_write_replaced_is_a_lost_race_not_an_error() {
+        let server = NatsServer::start();
+        let records = records(&server).await;
+        let stream = records.made(Duration::from_secs(60)).await.expect("stream");
+        records.put("scan.room.ann", &1_u32).await.expect("write");
+        let first = records.read::<u32>(&stream, "scan.room.ann").await.expect("read").expect("there");
+        records.put("scan.room.ann", &2_u32).await.expect("a newer write");
+        assert!(!records.delete(&stream, first.sequence).await.expect("no error"), "the newer write came first");
+        let newer = records.read::<u32>(&stream, "scan.room.ann").await.expect("read").expect("still there");
+        assert_eq!(newer.value, 2, "and stays");
+        assert!(records.delete(&stream, newer.sequence).await.expect("no error"), "deleting what is there works");
+        assert!(!records.delete(&stream, newer.sequence).await.expect("no error"), "and twice is a lost race too");
     }
 
     #[tokio::test]

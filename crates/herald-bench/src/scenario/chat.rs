@@ -39,6 +39,13 @@ pub struct ChatResult {
     /// Subscriptions asked for again after a temporary error (the server's
     /// engine did not answer in time).
     pub subscribe_retries: usize,
+    /// Publications the server refused (each counts as lost by every
+    /// member), and the first refusal.
+    pub publish_refused: usize,
+    pub first_refusal: Option<String>,
+    /// Subscriptions the server ended during the run (the members do not
+    /// subscribe again: what they miss after counts as lost).
+    pub unsubscribed: usize,
     pub sent: u64,
     pub expected_deliveries: u64,
     pub delivered: u64,
@@ -141,6 +148,9 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
         connected: members,
         connect_failures: failures,
         subscribe_retries: crate::client::subscribe_retries(),
+        publish_refused: crate::client::refused().0,
+        first_refusal: crate::client::refused().1,
+        unsubscribed: crate::client::unsubscribed(),
         sent: sent_by.values().sum(),
         expected_deliveries: expected,
         delivered,

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use herald_engine::{ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceStats, UserId};
+use herald_engine::conformance::info;
+use herald_engine::{ChannelName, Departure, Engine, PresenceStats};
 use herald_nats::testing::NatsServer;
 use herald_nats::{NatsEngine, NatsSettings, StreamSettings};
 
@@ -21,15 +22,6 @@ async fn engine(server: &NatsServer) -> Engine {
 
 fn channel(name: &str) -> ChannelName {
     ChannelName::new(name).expect("valid channel")
-}
-
-fn info(user: &str, client: &str) -> ClientInfo {
-    ClientInfo {
-        user: UserId::new(user).expect("valid user"),
-        client: ClientId::new(client),
-        conn_info: None,
-        chan_info: None,
-    }
 }
 
 #[tokio::test]

@@ -173,7 +173,9 @@ async fn publish(engine: &Engine, ch: &ChannelName, text: &str, options: &Publis
     engine.broker().publish(ch, data(text), options).await.expect("publish succeeds")
 }
 
-fn info(user: &str, client: &str) -> ClientInfo {
+/// A presence entry of `client`, a connection of `user`, with no info:
+/// what the cases add, and engines' own tests beside them.
+pub fn info(user: &str, client: &str) -> ClientInfo {
     ClientInfo {
         user: UserId::new(user).expect("valid user"),
         client: ClientId::new(client),

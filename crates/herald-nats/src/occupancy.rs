@@ -9,9 +9,10 @@
 //! time passed (every node serving it died) is deleted by one sweeper,
 //! which reports it vacated.
 //!
-//! Listing the index reads every record: one request for the subjects and
-//! one per channel, so `occupied_channels` and the heartbeat's sweep cost
-//! grows with the number of occupied channels.
+//! Listing the index reads every record by one scan of the stream
+//! (`Records::scan`: a few hundred records a reply), so `occupied_channels`
+//! and the heartbeat's sweep cost grows with the number of occupied
+//! channels, in replies rather than in requests.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -53,7 +54,7 @@ impl NatsOccupancy {
 
     async fn all(&self) -> Result<Vec<Read<ChannelRecord>>, EngineError> {
         let Some(stream) = self.records.stream(None).await? else { return Ok(Vec::new()) };
-        self.records.read_all(&stream, &self.subjects.occupancy_all()).await
+        self.records.scan(&stream, &self.subjects.occupancy_all()).await
     }
 }
 

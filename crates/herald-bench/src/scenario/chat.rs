@@ -143,13 +143,14 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
         anomalies.add(checker.finish(&everyone).0);
     }
     let delivered = delivered.load(Ordering::Relaxed);
+    let (publish_refused, first_refusal) = crate::client::refused();
     let latency_counts = if args.latency_counts { latencies.counts() } else { Vec::new() };
     Ok(ChatResult {
         connected: members,
         connect_failures: failures,
         subscribe_retries: crate::client::subscribe_retries(),
-        publish_refused: crate::client::refused().0,
-        first_refusal: crate::client::refused().1,
+        publish_refused,
+        first_refusal,
         unsubscribed: crate::client::unsubscribed(),
         sent: sent_by.values().sum(),
         expected_deliveries: expected,

@@ -239,6 +239,7 @@ impl Broker for NatsBroker {
         }
         let mut messages = self.client.subscribe(self.subjects.channel(channel)).await.map_err(unavailable)?;
         self.round_trip().await?;
+        self.history.reader_listens(channel);
         let (name, history) = (channel.clone(), self.history.clone());
         let task = tokio::spawn(async move {
             let mut order = Reorder::default();
@@ -256,6 +257,11 @@ impl Broker for NatsBroker {
                                 if let Some(headers) = &message.headers {
                                     let at = StreamPosition { offset: decoded.offset, epoch: decoded.epoch.clone() };
                                     history.observed(headers, &at);
+                                }
+                                if decoded.offset.get() > 0 && !order.started() {
+                                    if let Some(start) = history.reader_starts(&name) {
+                                        order.start_at(start);
+                                    }
                                 }
                                 order.take(decoded, tokio::time::Instant::now())
                             }
@@ -284,6 +290,7 @@ impl Broker for NatsBroker {
         if let Some(task) = self.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(channel) {
             task.abort();
         }
+        self.history.reader_stops(channel);
         Ok(())
     }
 

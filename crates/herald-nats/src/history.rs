@@ -35,7 +35,12 @@
 //! the core subject directly would deliver a publication whose append then
 //! failed.) The server may republish two appends made at the same moment
 //! in swapped order; the readers put them back in offset order (see
-//! `reorder`). Markers are republished too and ignored by the readers.
+//! `reorder`). A reader that has not yet seen a publication of its
+//! channel's stream starts from the lowest position this node read for the
+//! channel since the reader listened (`reader_listens`, `reader_starts`):
+//! a subscriber that read the stream's top is then never sent the second
+//! publication after it before the first. Markers are republished too and
+//! ignored by the readers.
 //!
 //! # Expiry and idempotency
 //!
@@ -112,6 +117,9 @@ pub struct NatsHistory {
     /// What this node appended last to each subject (its sequence and
     /// position), so that its next append there can skip reading the top.
     appended: std::sync::Mutex<HashMap<String, (u64, StreamPosition)>>,
+    /// Channels whose reader listens and has not yet seen a publication of
+    /// the stream, with the lowest position read since it listened.
+    starts: std::sync::Mutex<HashMap<ChannelName, Option<StreamPosition>>>,
     /// `<prefix>.h.`: the subjects `appended` may learn from republished messages.
     history_prefix: String,
     timeout: Duration,
@@ -145,6 +153,7 @@ impl NatsHistory {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             appended: std::sync::Mutex::default(),
+            starts: std::sync::Mutex::default(),
             history_prefix: format!("{prefix}.h."),
             timeout,
         }
@@ -379,6 +388,38 @@ impl NatsHistory {
         }
     }
 
+    /// `channel`'s reader listens (its subscription is live): reads of the
+    /// channel from now on are where its stream may start.
+    pub(crate) fn reader_listens(&self, channel: &ChannelName) {
+        self.starts.lock().unwrap_or_else(|e| e.into_inner()).insert(channel.clone(), None);
+    }
+
+    /// `channel`'s reader stopped listening.
+    pub(crate) fn reader_stops(&self, channel: &ChannelName) {
+        self.starts.lock().unwrap_or_else(|e| e.into_inner()).remove(channel);
+    }
+
+    /// `channel`'s reader sees the stream's first publication: the lowest
+    /// position read since it listened, if any. Every publication stored
+    /// after it reaches the reader, so the reader waits for the next one.
+    pub(crate) fn reader_starts(&self, channel: &ChannelName) -> Option<StreamPosition> {
+        self.starts.lock().unwrap_or_else(|e| e.into_inner()).remove(channel).flatten()
+    }
+
+    /// Keeps `position` as where `channel`'s reader starts, if it listens
+    /// and no lower position of the same stream was read.
+    fn read_at(&self, channel: &ChannelName, position: &StreamPosition) {
+        let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(start) = starts.get_mut(channel) else { return };
+        let lower = match start {
+            Some(earlier) => earlier.epoch != position.epoch || position.offset < earlier.offset,
+            None => true,
+        };
+        if lower {
+            *start = Some(position.clone());
+        }
+    }
+
     /// Where the stored message at `sequence` landed, if it is still kept.
     async fn position_at(&self, stream: &stream::Stream, sequence: u64) -> Option<StreamPosition> {
         let message = stream.direct_get(sequence).await.ok()?;
@@ -455,6 +496,7 @@ impl History for NatsHistory {
             let (stream, set) = self.set(options, None).await?;
             let subject = self.subjects.history(&set, channel);
             let top = self.top_or_start(&stream, &subject).await?;
+            self.read_at(channel, &top.position);
             let expired = top.stored_ms.saturating_add(millis(options.ttl)) <= now_ms();
             if query.limit == 0 || top.marker || expired {
                 return Ok(HistoryResult { position: top.position, publications: Vec::new() });

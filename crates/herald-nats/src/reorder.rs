@@ -14,9 +14,12 @@
 //! held publications go out in order, and the node's gap detection ends
 //! the subscriptions that missed something, which then recover.
 //!
-//! The first publication a reader sees sets where the stream is; one that
-//! overtook it then counts as already past, and the hub's own checks
-//! decide (an extra recovery at worst, never a silent gap).
+//! A reader starts where this node last read the stream while the reader
+//! listened (a subscriber's position; see `history`), so the stream's
+//! first two publications are put in order too. Without such a read, the
+//! first publication it sees sets where the stream is; one that overtook
+//! it then counts as already past, and the hub's own checks decide (an
+//! extra recovery at worst, never a silent gap).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use herald_engine::wire::Message;
-use herald_engine::Epoch;
+use herald_engine::{Epoch, StreamPosition};
 
 /// How long a publication that arrived ahead of its turn waits.
 pub(crate) const WAIT: Duration = Duration::from_millis(250);
@@ -44,6 +47,19 @@ pub(crate) struct Reorder {
 }
 
 impl Reorder {
+    /// Whether the reader knows where the stream is.
+    pub(crate) fn started(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// The stream was at `position` while the reader listened: what comes
+    /// next is the publication after it. Ignored once started.
+    pub(crate) fn start_at(&mut self, position: StreamPosition) {
+        if self.next.is_none() {
+            self.next = Some((position.epoch, position.offset.get().saturating_add(1)));
+        }
+    }
+
     /// Takes one message; returns what can be delivered now, in order.
     pub(crate) fn take(&mut self, message: Message, now: Instant) -> Vec<Message> {
         let offset = message.offset.get();
@@ -135,6 +151,27 @@ mod tests {
         assert_eq!(offsets(&reorder.take(message(2, "e"), now)), [2, 3, 4], "then all go, in order");
         assert_eq!(reorder.deadline(), None);
         assert_eq!(offsets(&reorder.take(message(5, "e"), now)), [5]);
+    }
+
+    #[test]
+    fn a_reader_started_at_a_read_position_puts_the_streams_first_publications_in_order() {
+        let mut reorder = Reorder::default();
+        let now = Instant::now();
+        assert!(!reorder.started());
+        reorder.start_at(StreamPosition { offset: Offset::new(0), epoch: Epoch::new("e") });
+        assert!(reorder.take(message(2, "e"), now).is_empty(), "2 overtook 1: it waits");
+        assert_eq!(offsets(&reorder.take(message(1, "e"), now)), [1, 2]);
+        reorder.start_at(StreamPosition { offset: Offset::new(9), epoch: Epoch::new("e") });
+        assert_eq!(offsets(&reorder.take(message(3, "e"), now)), [3], "a later start changes nothing");
+    }
+
+    #[test]
+    fn a_reader_started_before_a_new_epoch_follows_the_new_one() {
+        let mut reorder = Reorder::default();
+        let now = Instant::now();
+        reorder.start_at(StreamPosition { offset: Offset::new(5), epoch: Epoch::new("old") });
+        assert_eq!(offsets(&reorder.take(message(1, "new"), now)), [1]);
+        assert_eq!(offsets(&reorder.take(message(2, "new"), now)), [2]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The NATS broker against a real `nats-server`, beyond the conformance
 //! suite: two nodes hearing each other whatever the channel's name, and a
-//! restarted server reported as an interruption.
+//! restarted server reported as an interruption, and republished
+//! publications put back in offset order.
 
 use std::time::Duration;
 
@@ -182,4 +183,35 @@ async fn republished_publications_that_arrive_swapped_are_delivered_in_offset_or
         offsets.push(events.next_publication("a republished publication").await.1.offset.get());
     }
     assert_eq!(offsets, [1, 2, 3, 4, 5, 7], "3 waited for 2; 7 waited for a 6 that never came, then went");
+}
+
+#[tokio::test]
+async fn a_streams_first_two_publications_arriving_swapped_reach_a_subscriber_that_read_its_start_in_order() {
+    let server = NatsServer::start();
+    let node = engine(&server).await;
+    let mut events = Recorder::start(&node).await;
+    let ch = channel("first-two");
+    node.broker().subscribe(&ch).await.unwrap();
+    // A subscriber reads where the (new, empty) stream is: offset 0.
+    let history =
+        herald_engine::HistoryOptions { size: 10, ttl: Duration::from_secs(60), meta_ttl: Duration::from_secs(600) };
+    let read = node.history().history(&ch, &herald_engine::HistoryQuery::default(), &history).await.unwrap();
+    assert_eq!(read.position.offset.get(), 0);
+    // Then the stream's first two appends are republished swapped.
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let subject = herald_nats::Subjects::new("herald-test").channel(&ch);
+    for offset in [2, 1] {
+        let mut publication = Publication::from_data(Bytes::from(offset.to_string()));
+        publication.offset = herald_engine::Offset::new(offset);
+        publication.epoch = read.position.epoch.clone();
+        raw.publish(subject.clone(), Bytes::from(herald_engine::wire::publication_message(&publication)))
+            .await
+            .unwrap();
+    }
+    raw.flush().await.unwrap();
+    let mut offsets = Vec::new();
+    for _ in 0..2 {
+        offsets.push(events.next_publication("a republished publication").await.1.offset.get());
+    }
+    assert_eq!(offsets, [1, 2], "the reader started where the subscriber read, so 2 waited for 1");
 }

@@ -201,6 +201,9 @@ pub struct BenchClient {
     /// The names of channels publications came from, so that each
     /// publication does not allocate its channel's name again.
     names: Names,
+    /// Channels whose subscription the server ended, asking the client to
+    /// subscribe again, since the caller last took them (`take_ended`).
+    ended: Vec<String>,
 }
 
 /// The connection under a client.
@@ -291,6 +294,7 @@ impl BenchClient {
             positions: Default::default(),
             incoming: Vec::new(),
             names: Names::default(),
+            ended: Vec::new(),
         };
         match protocol {
             Protocol::UniSse => loop {
@@ -647,12 +651,22 @@ impl BenchClient {
             }
             Incoming::Json(push) if push["push"]["unsubscribe"].is_object() => {
                 UNSUBSCRIBED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // 2500 and up ask the client to subscribe again; below, the server meant it.
+                if push["push"]["unsubscribe"]["code"].as_u64().is_some_and(|code| code >= 2500) {
+                    self.ended.extend(push["push"]["channel"].as_str().map(str::to_owned));
+                }
                 None
             }
             other => publication(protocol, &other),
         }));
         self.advance_positions(received);
         Ok(())
+    }
+
+    /// The channels whose subscription the server ended since the last
+    /// call (an SDK subscribes to them again, recovering).
+    pub fn take_ended(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.ended)
     }
 
     /// Moves each recoverable channel's known position on past `publications`.

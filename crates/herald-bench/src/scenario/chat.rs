@@ -3,7 +3,7 @@
 //! subscribers may publish (`publish = "subscribers"`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -43,9 +43,13 @@ pub struct ChatResult {
     /// member), and the first refusal.
     pub publish_refused: usize,
     pub first_refusal: Option<String>,
-    /// Subscriptions the server ended during the run (the members do not
-    /// subscribe again: what they miss after counts as lost).
+    /// Subscriptions the server ended during the run (such as 2500
+    /// "insufficient state"). A member subscribes again at once,
+    /// recovering from its last position, as SDKs do.
     pub unsubscribed: usize,
+    /// Of those, the ones that could not recover (what was missed counts
+    /// as lost) or could not subscribe again.
+    pub not_recovered: usize,
     pub sent: u64,
     pub expected_deliveries: u64,
     pub delivered: u64,
@@ -70,6 +74,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
     anyhow::ensure!(failures == 0, "{failures} members could not join; every room must be complete");
 
     let delivered = Arc::new(AtomicU64::new(0));
+    let not_recovered = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(LatencyRecorder::new());
     let schedule = Schedule::new(args.rate_per_member);
     let per_member = (args.rate_per_member * args.duration.as_secs_f64()).round() as u64;
@@ -83,7 +88,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
         // share of one interval, so the load is spread, not a burst.
         let phase = schedule.interval.mul_f64(i as f64 / members.max(1) as f64);
         let schedule = Schedule { start: schedule.start + phase, start_wall: schedule.start_wall + phase, ..schedule };
-        let (delivered, latencies) = (delivered.clone(), latencies.clone());
+        let (delivered, latencies, not_recovered) = (delivered.clone(), latencies.clone(), not_recovered.clone());
         let expected_here = per_member * args.members_per_room as u64;
         tasks.push(tokio::spawn(async move {
             let mut checker = SequenceChecker::default();
@@ -100,6 +105,20 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
                     }
                     read = client.next_publications(&mut batch) => {
                         if read.is_err() { break }
+                        let ended = client.take_ended();
+                        if !ended.is_empty() {
+                            match client.subscribe_recovering(&ended).await {
+                                Ok(again) if again.recovered => batch.extend(again.publications),
+                                Ok(again) => {
+                                    not_recovered.fetch_add(ended.len(), Ordering::Relaxed);
+                                    batch.extend(again.publications);
+                                }
+                                Err(_) => {
+                                    not_recovered.fetch_add(ended.len(), Ordering::Relaxed);
+                                    break;
+                                }
+                            }
+                        }
                         let now = unix_micros(SystemTime::now());
                         latencies.record(i, batch.iter().map(|p| now.saturating_sub(p.sent_at_micros)));
                         for publication in &batch {
@@ -152,6 +171,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
         publish_refused,
         first_refusal,
         unsubscribed: crate::client::unsubscribed(),
+        not_recovered: not_recovered.load(Ordering::Relaxed),
         sent: sent_by.values().sum(),
         expected_deliveries: expected,
         delivered,

@@ -171,6 +171,40 @@ async fn messages_sent_together_arrive_in_order_and_nothing_is_kept_after_the_wr
 }
 
 #[tokio::test]
+async fn a_lone_frame_arrives_whole_whatever_its_header_length() {
+    let (mut socket, mut client) = pair(1024).await;
+    for len in [3usize, 300, 70_000] {
+        let text = "z".repeat(len);
+        socket.send_text(Bytes::from(text.clone())).await.unwrap();
+        assert_eq!(socket.output.capacity(), 0, "{len} bytes written: nothing kept");
+        assert_eq!(server_frame(&mut client).await, (0x81, text.into_bytes()));
+    }
+    socket.send_binary(Bytes::from_static(&[0, 1, 2])).await.unwrap();
+    assert_eq!(server_frame(&mut client).await, (0x82, vec![0, 1, 2]));
+}
+
+#[tokio::test]
+async fn a_frame_the_socket_cannot_take_at_once_is_owed_and_goes_out_whole_before_the_next() {
+    let (mut socket, mut client) = pair(1024).await;
+    // More than the socket buffers hold while the client reads nothing.
+    let big: Vec<u8> = (0..16 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let send = socket.send_binary(Bytes::from(big.clone()));
+    assert!(send.now_or_never().is_none(), "the write waits for the client to read");
+    assert!(!socket.output.is_empty(), "what the socket did not take is owed");
+
+    let reader = tokio::spawn(async move {
+        let first = server_frame(&mut client).await;
+        let second = server_frame(&mut client).await;
+        (first, second)
+    });
+    socket.send_text(Bytes::from("after")).await.unwrap();
+    let (first, second) = reader.await.unwrap();
+    assert_eq!(first, (0x82, big), "the owed frame, whole");
+    assert_eq!(second, (0x81, b"after".to_vec()), "then the next");
+    assert_eq!(socket.output.capacity(), 0);
+}
+
+#[tokio::test]
 async fn bytes_read_with_the_handshake_are_the_first_message() {
     let (server, _client) = {
         let (socket, client) = pair(1024).await;

@@ -18,8 +18,10 @@
 //! listened (a subscriber's position; see `history`), so the stream's
 //! first two publications are put in order too. Without such a read, the
 //! first publication it sees sets where the stream is; one that overtook
-//! it then counts as already past, and the hub's own checks decide (an
-//! extra recovery at worst, never a silent gap).
+//! it then counts as already past, and the hub decides: a subscriber still
+//! reading its position gets both in order (the hub sorts what it buffered
+//! meanwhile), any other is ended to recover (an extra recovery at worst,
+//! never a silent gap).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

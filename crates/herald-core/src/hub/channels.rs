@@ -99,6 +99,28 @@ impl Subscriber {
     }
 }
 
+/// Puts the publications of the stream `epoch` names among `buffered` in
+/// offset order, in the places they hold (the others stay where they are).
+/// An engine may hand a node two publications of a stream swapped before
+/// its reader knows where the stream is (see `herald-nats`'s `reorder`);
+/// a recovering subscriber's buffer then holds them swapped, and taken in
+/// that order they would look like a gap.
+pub(super) fn in_stream_order(buffered: &mut [Arc<Publication>], epoch: &Epoch) {
+    let in_stream = |publication: &&Arc<Publication>| publication.offset.get() > 0 && publication.epoch == *epoch;
+    let offsets = buffered.iter().filter(in_stream).map(|publication| publication.offset.get());
+    if offsets.clone().zip(offsets.skip(1)).all(|(before, after)| before <= after) {
+        return;
+    }
+    let slots: Vec<usize> = (0..buffered.len()).filter(|&i| buffered.get(i).is_some_and(|p| in_stream(&p))).collect();
+    let mut stream: Vec<Arc<Publication>> = slots.iter().filter_map(|&i| buffered.get(i).cloned()).collect();
+    stream.sort_by_key(|publication| publication.offset.get());
+    for (slot, publication) in slots.into_iter().zip(stream) {
+        if let Some(place) = buffered.get_mut(slot) {
+            *place = publication;
+        }
+    }
+}
+
 /// The publication a delta subscriber last received in full or as a delta:
 /// the next one goes to it as the difference from this one. Subscribers
 /// that received the same publication share one delta (see `fanout.rs`).

@@ -1,7 +1,8 @@
 //! A node that misses publications never shows its subscribers a hole:
 //! a gap or a new epoch in what reaches it, or a stream that moved on
 //! without it, ends the positioned subscriptions with "insufficient
-//! state" so that their clients recover.
+//! state" so that their clients recover; publications handed over
+//! swapped while a subscriber recovers are put back in order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -9,11 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_engine::{
-    Broker, ChannelName, ClientId, Control, Engine, EngineError, EngineEvent, EventHandler, Health, MemoryEngine,
-    NodeId, PresenceEvent, Publication, PublishOptions, PublishResult, StreamPosition, UserId,
+    Broker, ChannelName, ClientId, Control, Engine, EngineError, EngineEvent, EventHandler, Health, History,
+    HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine, NodeId, PresenceEvent, Publication, PublishOptions,
+    PublishResult, StreamPosition, UserId,
 };
 
-use super::channels::{Followed, Next};
+use super::channels::{in_stream_order, Followed, Next};
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::{Connection, ConnectionSpec, PushEncoder};
 use crate::namespace::{ChannelRules, NamespaceOptions};
@@ -42,6 +44,50 @@ impl PushEncoder for OffsetEncoder {
 struct LossyBroker {
     memory: Arc<MemoryEngine>,
     lost: Arc<Mutex<BTreeSet<u64>>>,
+    /// Where the node's handler is kept, for `OvertakenOnRead`.
+    handler: Handler,
+}
+
+/// The node's handler, once its broker starts.
+#[derive(Default, Clone)]
+struct Handler(Arc<Mutex<Option<Arc<dyn EventHandler>>>>);
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handler")
+    }
+}
+
+/// The memory engine's history, except that a read first hands the node
+/// the stream's next publications at the offsets in `overtaking`, in that
+/// order, as an engine may while a subscriber recovers.
+#[derive(Debug, Default)]
+struct OvertakenOnRead {
+    memory: Arc<MemoryEngine>,
+    handler: Handler,
+    overtaking: Arc<Mutex<Vec<u64>>>,
+}
+
+#[async_trait::async_trait]
+impl History for OvertakenOnRead {
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+        options: &HistoryOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        let read = self.memory.history(channel, query, options).await?;
+        let handler = self.handler.0.lock().unwrap().clone();
+        for offset in std::mem::take(&mut *self.overtaking.lock().unwrap()) {
+            let publication = publication(offset, read.position.epoch.as_str());
+            let event = EngineEvent::Publication { channel: channel.clone(), publication: Arc::new(publication) };
+            handler.as_ref().expect("the broker started").handle(event);
+        }
+        Ok(read)
+    }
+    async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.memory.remove_history(channel).await
+    }
 }
 
 struct DropLost {
@@ -63,6 +109,7 @@ impl EventHandler for DropLost {
 #[async_trait::async_trait]
 impl Broker for LossyBroker {
     async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
+        *self.handler.0.lock().unwrap() = Some(handler.clone());
         self.memory.start(Arc::new(DropLost { handler, lost: self.lost.clone() })).await
     }
     async fn publish(&self, c: &ChannelName, p: Publication, o: &PublishOptions) -> Result<PublishResult, EngineError> {
@@ -88,6 +135,7 @@ impl Broker for LossyBroker {
 struct Node {
     hub: Arc<Hub>,
     lost: Arc<Mutex<BTreeSet<u64>>>,
+    overtaking: Arc<Mutex<Vec<u64>>>,
     channel: ChannelName,
 }
 
@@ -95,14 +143,16 @@ impl Node {
     async fn start(position_check_interval: Duration) -> Self {
         let broker = LossyBroker::default();
         let (memory, lost) = (broker.memory.clone(), broker.lost.clone());
+        let history = OvertakenOnRead { memory: memory.clone(), handler: broker.handler.clone(), ..Default::default() };
+        let overtaking = history.overtaking.clone();
         let engine =
-            Engine::from_parts("lossy", Arc::new(broker), memory.clone(), memory.clone(), memory.clone(), memory);
+            Engine::from_parts("lossy", Arc::new(broker), Arc::new(history), memory.clone(), memory.clone(), memory);
         let feed = NamespaceOptions { history_size: 100, force_recovery: true, ..Default::default() };
         let rules = ChannelRules::new(NamespaceOptions::default(), BTreeMap::from([("feed".to_owned(), feed)]));
         let config = HubConfig { position_check_interval, ..HubConfig::new(NodeId::new("n"), rules) };
         let hub = Hub::new(config, engine);
         hub.start().await.unwrap();
-        Self { hub, lost, channel: ChannelName::new("feed:x").unwrap() }
+        Self { hub, lost, overtaking, channel: ChannelName::new("feed:x").unwrap() }
     }
 
     async fn subscriber(&self) -> Arc<Connection> {
@@ -173,6 +223,27 @@ async fn a_subscriber_is_told_to_recover_instead_of_being_shown_a_gap() {
     assert_eq!(next_sent(&conn).await, ["sub 0", "pub 1"]);
     assert_eq!(next_sent(&conn).await, ["recover"], "offset 3 after 1 is a gap: nothing after it is sent");
     assert!(!conn.subscriptions().contains_key(&node.channel), "the subscription ended");
+}
+
+#[tokio::test]
+async fn publications_handed_over_swapped_while_a_subscriber_recovers_reach_it_in_order() {
+    let node = Node::start(Duration::ZERO).await;
+    node.overtaking.lock().unwrap().extend([2, 1]);
+    let conn = node.subscriber().await;
+    assert_eq!(next_sent(&conn).await, ["sub 0", "pub 1", "pub 2"]);
+    assert!(conn.subscriptions().contains_key(&node.channel), "nothing was missed");
+}
+
+#[test]
+fn a_recovering_subscribers_buffer_is_put_in_stream_order_around_what_is_not_of_the_stream() {
+    let mut buffered: Vec<Arc<Publication>> =
+        [publication(3, "e"), publication(0, ""), publication(1, "e"), publication(9, "old"), publication(2, "e")]
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+    in_stream_order(&mut buffered, &herald_engine::Epoch::new("e"));
+    let order: Vec<(u64, &str)> = buffered.iter().map(|p| (p.offset.get(), p.epoch.as_str())).collect();
+    assert_eq!(order, [(1, "e"), (0, ""), (2, "e"), (9, "old"), (3, "e")]);
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use herald_engine::{ChannelName, HistoryOptions, HistoryQuery};
 
-use super::channels::{Next, Subscriber};
+use super::channels::{in_stream_order, Next, Subscriber};
 use super::recovery::{self, Recovery};
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
@@ -98,7 +98,7 @@ impl Hub {
         Ok(outcome)
     }
 
-    /// Queues the reply, then what was buffered above the reply's position,
+    /// Queues the reply, then what was buffered above the reply's position (in the stream's order),
     /// and switches the subscriber to live delivery, all under the shard
     /// lock fanout takes. `Next::Stale` if what was buffered does not
     /// continue the stream from the reply's position.
@@ -112,7 +112,10 @@ impl Hub {
         let mut shard = self.channels.write(channel);
         let (buffered, followed, delta) = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
             Some(subscriber) => {
-                let buffered = subscriber.go_live(outcome.positioned.then_some(&outcome.position));
+                let mut buffered = subscriber.go_live(outcome.positioned.then_some(&outcome.position));
+                if outcome.positioned {
+                    in_stream_order(&mut buffered, &outcome.position.epoch);
+                }
                 (buffered, subscriber.followed(), subscriber.delta())
             }
             None => (Vec::new(), None, None),

@@ -158,6 +158,35 @@ async fn publishers_racing_on_four_nodes_are_delivered_in_offset_order_on_each()
     }
 }
 
+/// Sends on `ch`'s subject, in the order given, what its stream would
+/// republish for each of `offsets` in `epoch`; returns the offsets of the
+/// first `count` publications the node then delivers.
+async fn republish(
+    server: &NatsServer,
+    events: &mut Recorder,
+    ch: &ChannelName,
+    epoch: &herald_engine::Epoch,
+    offsets: &[u64],
+    count: usize,
+) -> Vec<u64> {
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let subject = herald_nats::Subjects::new("herald-test").channel(ch);
+    for &offset in offsets {
+        let mut publication = Publication::from_data(Bytes::from(offset.to_string()));
+        publication.offset = herald_engine::Offset::new(offset);
+        publication.epoch = epoch.clone();
+        raw.publish(subject.clone(), Bytes::from(herald_engine::wire::publication_message(&publication)))
+            .await
+            .unwrap();
+    }
+    raw.flush().await.unwrap();
+    let mut delivered = Vec::new();
+    for _ in 0..count {
+        delivered.push(events.next_publication("a republished publication").await.1.offset.get());
+    }
+    delivered
+}
+
 #[tokio::test]
 async fn republished_publications_that_arrive_swapped_are_delivered_in_offset_order() {
     let server = NatsServer::start();
@@ -166,23 +195,9 @@ async fn republished_publications_that_arrive_swapped_are_delivered_in_offset_or
     let ch = channel("swapped");
     node.broker().subscribe(&ch).await.unwrap();
     // What nats-server does under load: republish two appends swapped.
-    let raw = async_nats::connect(server.url()).await.unwrap();
-    let subject = herald_nats::Subjects::new("herald-test").channel(&ch);
-    let send = |offset: u64| {
-        let mut publication = Publication::from_data(Bytes::from(offset.to_string()));
-        publication.offset = herald_engine::Offset::new(offset);
-        publication.epoch = herald_engine::Epoch::new("e");
-        Bytes::from(herald_engine::wire::publication_message(&publication))
-    };
-    for offset in [1, 3, 2, 4, 5, 7] {
-        raw.publish(subject.clone(), send(offset)).await.unwrap();
-    }
-    raw.flush().await.unwrap();
-    let mut offsets = Vec::new();
-    for _ in 0..6 {
-        offsets.push(events.next_publication("a republished publication").await.1.offset.get());
-    }
-    assert_eq!(offsets, [1, 2, 3, 4, 5, 7], "3 waited for 2; 7 waited for a 6 that never came, then went");
+    let epoch = herald_engine::Epoch::new("e");
+    let delivered = republish(&server, &mut events, &ch, &epoch, &[1, 3, 2, 4, 5, 7], 6).await;
+    assert_eq!(delivered, [1, 2, 3, 4, 5, 7], "3 waited for 2; 7 waited for a 6 that never came, then went");
 }
 
 #[tokio::test]
@@ -198,20 +213,6 @@ async fn a_streams_first_two_publications_arriving_swapped_reach_a_subscriber_th
     let read = node.history().history(&ch, &herald_engine::HistoryQuery::default(), &history).await.unwrap();
     assert_eq!(read.position.offset.get(), 0);
     // Then the stream's first two appends are republished swapped.
-    let raw = async_nats::connect(server.url()).await.unwrap();
-    let subject = herald_nats::Subjects::new("herald-test").channel(&ch);
-    for offset in [2, 1] {
-        let mut publication = Publication::from_data(Bytes::from(offset.to_string()));
-        publication.offset = herald_engine::Offset::new(offset);
-        publication.epoch = read.position.epoch.clone();
-        raw.publish(subject.clone(), Bytes::from(herald_engine::wire::publication_message(&publication)))
-            .await
-            .unwrap();
-    }
-    raw.flush().await.unwrap();
-    let mut offsets = Vec::new();
-    for _ in 0..2 {
-        offsets.push(events.next_publication("a republished publication").await.1.offset.get());
-    }
-    assert_eq!(offsets, [1, 2], "the reader started where the subscriber read, so 2 waited for 1");
+    let delivered = republish(&server, &mut events, &ch, &read.position.epoch, &[2, 1], 2).await;
+    assert_eq!(delivered, [1, 2], "the reader started where the subscriber read, so 2 waited for 1");
 }

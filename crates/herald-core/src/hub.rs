@@ -234,7 +234,12 @@ impl Hub {
     pub fn new(config: HubConfig, engine: Engine) -> Arc<Self> {
         let observer = Observer::default();
         Arc::new(Self {
-            presence: PresenceKeeper::new(engine.clone(), config.presence_ttl, observer.clone()),
+            presence: PresenceKeeper::new(
+                engine.clone(),
+                config.presence_update_interval,
+                config.presence_ttl,
+                observer.clone(),
+            ),
             occupancy: OccupancyTracker::new(&config, engine.clone(), observer.clone()),
             observer,
             meter: Meter::default(),
@@ -464,3 +469,6 @@ mod stale_tests;
 
 #[cfg(test)]
 mod delta_tests;
+
+#[cfg(test)]
+mod presence_tests;

@@ -54,6 +54,7 @@ impl Hub {
         if let Some(meter) = self.meter.get() {
             meter.engine_interrupted();
         }
+        self.presence.link_broke();
         let affected = self.channels.positioned();
         if affected.is_empty() {
             return;

@@ -1,6 +1,7 @@
 //! The node's heartbeat: every `presence_update_interval` it refreshes the
-//! presence entries of its connections and its occupancy entries and
-//! sweeps what dead nodes and connections left behind. Its entry in the
+//! presence entries of its connections (each every few beats, as
+//! `presence` decides) and its occupancy entries and sweeps what dead
+//! nodes and connections left behind. Its entry in the
 //! node registry is renewed on its own, every `presence_update_interval`
 //! or [`NODE_INFO_EVERY`], whichever is sooner: operators watch its counts
 //! and rates, and one small write every few seconds costs the engine

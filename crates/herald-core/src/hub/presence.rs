@@ -3,8 +3,17 @@
 //! broadcast through the engine, and the leave of clients that vanished
 //! without leaving (their connection or node died), announced once their
 //! entry expires.
+//!
+//! An entry is refreshed every few beats rather than at each: as seldom as
+//! keeps it alive with two beats to spare ([`beats_between_refreshes`]),
+//! each (channel, user) on a beat of its own so that every beat writes a
+//! like share. A beat whose refresh failed, or that follows a break in
+//! the engine's link (the backplane may have lost its data), is followed
+//! by one that refreshes every entry.
 
 use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_engine::{Arrival, ChannelName, ClientInfo, Departure, Engine, PresenceEvent};
@@ -17,11 +26,50 @@ pub(super) struct PresenceKeeper {
     engine: Engine,
     ttl: Duration,
     observer: Observer,
+    /// Beats from one refresh of an entry to its next.
+    every: u64,
+    /// Beats so far.
+    beats: AtomicU64,
+    /// The next beat refreshes every entry.
+    refresh_all: AtomicBool,
+}
+
+/// How many beats apart an entry is refreshed, for beats `interval` apart
+/// and entries that live `ttl` after a write: as many as leave two beats
+/// before the entry expires, one for a beat that runs late and one for a
+/// refresh that fails and is made again at the next beat; at least one.
+/// (The defaults, 25 s and 60 s, give one: every beat.)
+pub(super) fn beats_between_refreshes(interval: Duration, ttl: Duration) -> u64 {
+    let whole = ttl.as_nanos().checked_div(interval.as_nanos()).unwrap_or(0);
+    u64::try_from(whole.saturating_sub(2)).unwrap_or(u64::MAX).max(1)
+}
+
+/// Which of `every` beats refreshes the entries of `user` in `channel`:
+/// one user's connections in a channel together (engines keep them in one
+/// record), the pairs spread evenly over the beats.
+fn refresh_beat(channel: &ChannelName, user: &str, every: u64) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    channel.as_str().hash(&mut hasher);
+    user.hash(&mut hasher);
+    hasher.finish().checked_rem(every).unwrap_or(0)
 }
 
 impl PresenceKeeper {
-    pub(super) fn new(engine: Engine, ttl: Duration, observer: Observer) -> Self {
-        Self { engine, ttl, observer }
+    pub(super) fn new(engine: Engine, interval: Duration, ttl: Duration, observer: Observer) -> Self {
+        Self {
+            engine,
+            ttl,
+            observer,
+            every: beats_between_refreshes(interval, ttl),
+            beats: AtomicU64::new(0),
+            refresh_all: AtomicBool::new(false),
+        }
+    }
+
+    /// The engine's link broke: the backplane may have lost entries, so
+    /// the next beat writes them all again.
+    pub(super) fn link_broke(&self) {
+        self.refresh_all.store(true, Ordering::Relaxed);
     }
 
     /// Adds the connection's entry and announces its join (`joined`), or
@@ -70,14 +118,23 @@ impl PresenceKeeper {
         }
     }
 
-    /// Refreshes the entries of live connections, so they outlive their
-    /// ttl: all in one call, which the engine batches.
-    pub(super) async fn refresh(&self, entries: Vec<(ChannelName, ClientInfo)>) {
+    /// Refreshes those of the live connections' `entries` whose beat this
+    /// is (all of them after a failure or a break in the link), so they
+    /// outlive their ttl: in one call, which the engine batches.
+    pub(super) async fn refresh(&self, mut entries: Vec<(ChannelName, ClientInfo)>) {
+        let beat = self.beats.fetch_add(1, Ordering::Relaxed).checked_rem(self.every).unwrap_or(0);
+        if !self.refresh_all.swap(false, Ordering::Relaxed) {
+            entries.retain(|(channel, info)| refresh_beat(channel, info.user.as_str(), self.every) == beat);
+        }
         if entries.is_empty() {
             return;
         }
-        for error in self.engine.presence().refresh_presence(&entries, self.ttl).await {
-            tracing::warn!(%error, "presence refresh failed for some entries; the next heartbeat tries again");
+        let failed = self.engine.presence().refresh_presence(&entries, self.ttl).await;
+        if !failed.is_empty() {
+            self.refresh_all.store(true, Ordering::Relaxed);
+        }
+        for error in failed {
+            tracing::warn!(%error, "presence refresh failed for some entries; the next heartbeat refreshes all");
         }
     }
 

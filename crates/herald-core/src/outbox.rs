@@ -12,7 +12,9 @@
 //!
 //! The connection's writer takes everything queued in one call
 //! ([`Outbox::drain`]) and writes it together, so a backlog costs one write,
-//! not one per frame. An empty outbox holds no allocation.
+//! not one per frame. An empty outbox holds no allocation, and neither does
+//! one holding a lone item (a publication reaching a connection that had
+//! nothing queued, the common case): only a second item makes a queue.
 //!
 //! # Write delay
 //!
@@ -93,11 +95,88 @@ pub enum UnsubscribeReason {
     InsufficientState,
 }
 
+/// Items in order: none or one without an allocation, more in a queue.
+#[derive(Debug, Default)]
+pub enum Queued {
+    /// Nothing.
+    #[default]
+    Empty,
+    /// A lone item.
+    One(Outgoing),
+    /// Two or more.
+    Many(VecDeque<Outgoing>),
+}
+
+impl Queued {
+    fn push_back(&mut self, item: Outgoing) {
+        match self {
+            Queued::Empty => *self = Queued::One(item),
+            Queued::One(_) => {
+                let Queued::One(first) = std::mem::take(self) else { return };
+                *self = Queued::Many(VecDeque::from([first, item]));
+            }
+            Queued::Many(items) => items.push_back(item),
+        }
+    }
+
+    fn push_front(&mut self, item: Outgoing) {
+        match std::mem::take(self) {
+            Queued::Empty => *self = Queued::One(item),
+            Queued::One(second) => *self = Queued::Many(VecDeque::from([item, second])),
+            Queued::Many(mut items) => {
+                items.push_front(item);
+                *self = Queued::Many(items);
+            }
+        }
+    }
+
+    /// How many items.
+    pub fn len(&self) -> usize {
+        match self {
+            Queued::Empty => 0,
+            Queued::One(_) => 1,
+            Queued::Many(items) => items.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The items, in order, to change in place.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Outgoing> {
+        let (one, many) = match self {
+            Queued::Empty => (None, None),
+            Queued::One(item) => (Some(item), None),
+            Queued::Many(items) => (None, Some(items.iter_mut())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+impl IntoIterator for Queued {
+    type Item = Outgoing;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Outgoing>,
+        std::iter::Flatten<std::option::IntoIter<VecDeque<Outgoing>>>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let (one, many) = match self {
+            Queued::Empty => (None, None),
+            Queued::One(item) => (Some(item), None),
+            Queued::Many(items) => (None, Some(items)),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 /// The result of taking what an outbox holds.
 #[derive(Debug)]
 pub enum Drained {
     /// Items to send, in order (possibly none).
-    Items(VecDeque<Outgoing>),
+    Items(Queued),
     /// The connection must be closed for this reason.
     Closed(DisconnectReason),
 }
@@ -127,7 +206,7 @@ impl Due {
 
 #[derive(Debug, Default)]
 struct State {
-    items: VecDeque<Outgoing>,
+    items: Queued,
     bytes: usize,
     /// When what is queued must be written; `None` while empty.
     due: Option<Due>,
@@ -232,7 +311,7 @@ impl Outbox {
 
     fn close_locked(state: &mut State, reason: DisconnectReason) {
         state.closed = Some(reason);
-        state.items = VecDeque::new();
+        state.items = Queued::Empty;
         state.bytes = 0;
         state.due = None;
     }
@@ -303,7 +382,7 @@ mod tests {
 
     fn items(drained: Drained) -> Vec<Outgoing> {
         match drained {
-            Drained::Items(items) => items.into(),
+            Drained::Items(items) => items.into_iter().collect(),
             Drained::Closed(reason) => panic!("outbox closed: {reason:?}"),
         }
     }
@@ -341,6 +420,30 @@ mod tests {
         outbox.close(DisconnectReason::Shutdown);
         outbox.close(DisconnectReason::Slow);
         assert!(matches!(outbox.drain(), Drained::Closed(DisconnectReason::Shutdown)));
+    }
+
+    #[test]
+    fn a_lone_item_is_held_without_a_queue_and_a_second_makes_one_in_order() {
+        let outbox = Outbox::new(1000);
+        outbox.push(frame(1)).unwrap();
+        assert!(matches!(outbox.drain(), Drained::Items(Queued::One(item)) if item == frame(1)));
+        for n in 1..=3 {
+            outbox.push(frame(n)).unwrap();
+        }
+        let Drained::Items(mut queued) = outbox.drain() else { panic!("closed") };
+        assert!(matches!(queued, Queued::Many(_)));
+        assert_eq!(queued.len(), 3);
+        assert_eq!(queued.iter_mut().map(|item| item.clone()).collect::<Vec<_>>(), vec![frame(1), frame(2), frame(3)]);
+        assert_eq!(queued.into_iter().collect::<Vec<_>>(), vec![frame(1), frame(2), frame(3)]);
+    }
+
+    #[test]
+    fn push_front_on_an_empty_outbox_holds_the_item_alone() {
+        let outbox = Outbox::new(100);
+        outbox.push_front(frame(2));
+        outbox.push(frame(1)).unwrap();
+        outbox.push_front(frame(3));
+        assert_eq!(items(outbox.drain()), vec![frame(3), frame(2), frame(1)]);
     }
 
     #[test]

@@ -176,6 +176,29 @@ pub(crate) fn write_frame(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Writes a server frame (unmasked, final) into the start of `out` and
+/// returns its length, or `None` when it does not fit there.
+pub(crate) fn write_frame_into(out: &mut [u8], opcode: Opcode, payload: &[u8]) -> Option<usize> {
+    let len = frame_len(payload.len());
+    let frame = out.get_mut(..len)?;
+    let (header, body) = frame.split_at_mut_checked(len.saturating_sub(payload.len()))?;
+    let first = 0x80 | opcode.bits();
+    match header {
+        [a, b] => [*a, *b] = [first, payload.len() as u8],
+        [a, b, rest @ ..] if rest.len() == 2 => {
+            [*a, *b] = [first, 126];
+            rest.copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        [a, b, rest @ ..] => {
+            [*a, *b] = [first, 127];
+            rest.copy_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+        _ => return None,
+    }
+    body.copy_from_slice(payload);
+    Some(len)
+}
+
 /// How many bytes [`write_frame`] writes for `payload_len`.
 pub(crate) fn frame_len(payload_len: usize) -> usize {
     let header = match payload_len {
@@ -283,6 +306,20 @@ mod tests {
         let frame = client_frame(true, 0x2, &[0; 1001], [0; 4]);
         assert_eq!(parse_header(&frame[..8], 1000), Err(Violation::TooLarge));
         assert!(parse_header(&frame, 1001).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_frame_written_into_a_slice_is_the_frame_written_into_a_vec() {
+        let mut buffer = vec![0u8; 70_100];
+        for len in [0usize, 1, 125, 126, 300, 0xFFFF, 0x10000, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut expected = Vec::new();
+            write_frame(&mut expected, Opcode::Text, &payload);
+            let written = write_frame_into(&mut buffer, Opcode::Text, &payload);
+            assert_eq!(written, Some(expected.len()), "{len}");
+            assert_eq!(&buffer[..expected.len()], &expected[..], "{len}");
+        }
+        assert_eq!(write_frame_into(&mut [0u8; 10], Opcode::Text, b"twelve bytes"), None, "does not fit");
     }
 
     #[test]

@@ -50,6 +50,10 @@ const CLOSE_REPLY: Duration = Duration::from_secs(1);
 /// Bytes read at a time, into a buffer on the stack.
 const READ_CHUNK: usize = 4096;
 
+/// The largest frame written from the stack (`poll_write_lone`): a
+/// publication's frame is usually a few hundred bytes.
+const LONE_FRAME: usize = 512;
+
 /// Pongs owed past this many unwritten bytes stop the reading: a client
 /// that pings without reading the answers does not make the server queue
 /// them without end.
@@ -242,6 +246,44 @@ impl WebSocket {
         Poll::Ready(Ok(()))
     }
 
+    /// Writes one frame when nothing is owed, from the stack: header and
+    /// payload in one buffer for one write, with no allocation. What the
+    /// socket does not take at once becomes owed, for `poll_write_owed`.
+    /// A frame too large for the buffer, or behind owed bytes, is queued.
+    fn poll_write_lone(&mut self, cx: &mut Context<'_>, opcode: Opcode, payload: &[u8]) -> Poll<io::Result<()>> {
+        let mut buffer = [0u8; LONE_FRAME];
+        let written = match self.output.is_empty() {
+            true => frame::write_frame_into(&mut buffer, opcode, payload),
+            false => None,
+        };
+        let Some(frame) = written.and_then(|len| buffer.get(..len)) else {
+            self.queue(opcode, payload);
+            return self.poll_write_owed(cx);
+        };
+        let taken = match self.io.poll_write(cx, frame) {
+            Poll::Ready(Ok(taken)) => taken,
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => 0,
+        };
+        self.output.extend_from_slice(frame.get(taken..).unwrap_or_default());
+        self.poll_write_owed(cx)
+    }
+
+    /// Sends one message (a text one must be UTF-8), written at once
+    /// where the socket takes it (`poll_write_lone`).
+    async fn send_lone(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), TransportError> {
+        if opcode == Opcode::Text && std::str::from_utf8(&payload).is_err() {
+            return Err(TransportError::Broken("outgoing frame is not UTF-8".into()));
+        }
+        let mut lone = Some(payload);
+        poll_fn(|cx| match lone.take() {
+            Some(payload) => self.poll_write_lone(cx, opcode, &payload),
+            None => self.poll_write_owed(cx),
+        })
+        .await
+        .map_err(broken)
+    }
+
     /// Queues a frame behind what is owed.
     fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
         self.output.reserve(frame::frame_len(payload.len()));
@@ -326,7 +368,10 @@ impl Transport for WebSocket {
         if self.close_sent {
             return Err(TransportError::Broken("the WebSocket is closing".into()));
         }
-        for text in texts {
+        let mut texts = texts.into_iter();
+        let Some(first) = texts.next() else { return poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken) };
+        let Some(second) = texts.next() else { return self.send_lone(Opcode::Text, first).await };
+        for text in [first, second].into_iter().chain(texts) {
             if std::str::from_utf8(&text).is_err() {
                 return Err(TransportError::Broken("outgoing frame is not UTF-8".into()));
             }
@@ -339,8 +384,7 @@ impl Transport for WebSocket {
         if self.close_sent {
             return Err(TransportError::Broken("the WebSocket is closing".into()));
         }
-        self.queue(Opcode::Binary, &bytes);
-        poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken)
+        self.send_lone(Opcode::Binary, bytes).await
     }
 
     async fn close(&mut self, code: u16, reason: String) {

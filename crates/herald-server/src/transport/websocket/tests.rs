@@ -205,6 +205,30 @@ async fn a_frame_the_socket_cannot_take_at_once_is_owed_and_goes_out_whole_befor
 }
 
 #[tokio::test]
+async fn a_lone_frame_the_socket_cannot_take_now_is_owed_whole_and_follows_what_it_holds() {
+    let (mut socket, mut client) = pair(1024).await;
+    // The socket's buffers filled, with nothing owed by the WebSocket.
+    let mut filled = 0usize;
+    let Io::Tcp(tcp) = &socket.io else { unreachable!() };
+    while let Ok(n) = tcp.try_write(&[b'f'; 4096]) {
+        filled += n;
+    }
+    let send = socket.send_text(Bytes::from("late"));
+    assert!(send.now_or_never().is_none(), "the socket takes nothing now");
+    assert_eq!(socket.output, b"\x81\x04late", "the whole frame is owed");
+
+    let reader = tokio::spawn(async move {
+        let mut held = vec![0u8; filled];
+        client.read_exact(&mut held).await.unwrap();
+        assert!(held.iter().all(|&b| b == b'f'));
+        server_frame(&mut client).await
+    });
+    socket.send_text(Bytes::from("next")).await.unwrap();
+    assert_eq!(reader.await.unwrap(), (0x81, b"late".to_vec()), "after what the socket held");
+    assert_eq!(socket.output.capacity(), 0);
+}
+
+#[tokio::test]
 async fn bytes_read_with_the_handshake_are_the_first_message() {
     let (server, _client) = {
         let (socket, client) = pair(1024).await;

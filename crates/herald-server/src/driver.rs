@@ -27,7 +27,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use herald_core::{ConnEvent, Connection, Drained, Hub, Outbox, Outgoing};
 use herald_engine::DisconnectReason;
 
-use crate::transport::{Inbound, Transport, TransportError};
+use crate::transport::{Inbound, Started, Transport, TransportError};
 
 mod sessions;
 pub(crate) use sessions::Sessions;
@@ -190,8 +190,18 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
         tokio::select! {
             biased;
             _ = protocol.parts().outbox.ready() => {
-                if let Err(end) = Box::pin(flush(protocol, transport)).await {
-                    return end;
+                // Nearly every write is taken at once and needs no future;
+                // one that is not finishes in a boxed one.
+                // (Only a flag lives across the boxed finish: the start's
+                // result there would sit in every idle connection's task.)
+                let owed = match std::future::poll_fn(|cx| Poll::Ready(start_flush(protocol, transport, cx))).await {
+                    Ok(started) => started == Started::Owed,
+                    Err(end) => return end,
+                };
+                if owed {
+                    if let Err(end) = Box::pin(finish_flush(protocol, transport)).await {
+                        return end;
+                    }
                 }
             }
             received = transport.recv() => {
@@ -271,6 +281,19 @@ async fn handle<P: Protocol, T: Transport>(
 /// Writes everything queued. `Err` ends the session: `Some(reason)` when
 /// the server ends it, `None` when the transport broke.
 async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
+    match std::future::poll_fn(|cx| Poll::Ready(start_flush(protocol, transport, cx))).await? {
+        Started::Written => Ok(()),
+        Started::Owed => finish_flush(protocol, transport).await,
+    }
+}
+
+/// Starts writing everything queued, without a future: what the socket
+/// does not take at once is owed, for [`finish_flush`]. `Err` as [`flush`].
+fn start_flush<P: Protocol, T: Transport>(
+    protocol: &mut P,
+    transport: &mut T,
+    cx: &mut Context<'_>,
+) -> Result<Started, Option<DisconnectReason>> {
     let mut items = match protocol.parts().outbox.drain() {
         Drained::Closed(reason) => return Err(Some(reason)),
         Drained::Items(items) => items,
@@ -287,19 +310,27 @@ async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
         Outgoing::Frame(bytes) if !bytes.is_empty() => Some(bytes),
         Outgoing::Frame(_) | Outgoing::Event(_) => None,
     });
-    let Parts { outbox, settings, .. } = protocol.parts();
-    let timeout = settings.write_timeout;
-    match protocol.framing() {
-        Framing::Messages => guarded(transport.send_texts(frames), outbox, timeout).await,
+    let started = match protocol.framing() {
+        Framing::Messages => transport.start_texts(cx, frames),
         Framing::Lines => match join_lines(frames) {
-            Some(frame) => guarded(transport.send_texts(std::iter::once(frame)), outbox, timeout).await,
-            None => Ok(()),
+            Some(frame) => transport.start_texts(cx, std::iter::once(frame)),
+            None => Ok(Started::Written),
         },
         Framing::Binary => match concatenated(frames) {
-            Some(frame) => guarded(transport.send_binary(frame), outbox, timeout).await,
-            None => Ok(()),
+            Some(frame) => transport.start_binary(cx, frame),
+            None => Ok(Started::Written),
         },
-    }
+    };
+    started.map_err(|_| None)
+}
+
+/// Writes what [`start_flush`] left owed, guarded as every write is.
+async fn finish_flush<P: Protocol, T: Transport>(
+    protocol: &mut P,
+    transport: &mut T,
+) -> Result<(), Option<DisconnectReason>> {
+    let Parts { outbox, settings, .. } = protocol.parts();
+    guarded(transport.send_owed(), outbox, settings.write_timeout).await
 }
 
 /// Joins binary messages end to end; a lone one is returned as it is,

@@ -29,7 +29,7 @@ impl Hub {
                     tokio::spawn(async move { hub.drop_interest_if_unused(&channel).await });
                 }
                 if !stale.is_empty() {
-                    tracing::info!(
+                    tracing::warn!(
                         %channel,
                         subscriptions = stale.len(),
                         "publications missed here (a gap or a new epoch): those subscriptions will recover"
@@ -59,7 +59,7 @@ impl Hub {
         if affected.is_empty() {
             return;
         }
-        tracing::info!(subscriptions = affected.len(), "engine interrupted: positioned subscriptions will recover");
+        tracing::warn!(subscriptions = affected.len(), "engine interrupted: positioned subscriptions will recover");
         self.end_stale(affected);
     }
 

@@ -58,7 +58,7 @@ impl Hub {
             now.insert(channel, read.position);
         }
         if !stale.is_empty() {
-            tracing::info!(
+            tracing::warn!(
                 subscriptions = stale.len(),
                 "position check: subscriptions behind their stream (publications missed here) will recover"
             );

@@ -9,6 +9,7 @@
 //! Herald's own WebSocket (`websocket`).
 
 use std::future::Future;
+use std::task::Context;
 
 pub(crate) mod stream;
 pub(crate) mod websocket;
@@ -37,8 +38,32 @@ pub(crate) enum TransportError {
     Broken(String),
 }
 
+/// What starting a send did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Started {
+    /// Everything is written.
+    Written,
+    /// The socket did not take all of it: the rest is owed, and
+    /// [`Transport::send_owed`] writes it.
+    Owed,
+}
+
 /// A bidirectional message transport.
 pub(crate) trait Transport: Send {
+    /// Starts sending text messages, in order, without a future: writes
+    /// what the socket takes now and keeps the rest owed. The driver's
+    /// common case, a write the socket takes at once, then costs nothing
+    /// more; only what is owed needs [`Transport::send_owed`].
+    fn start_texts<I>(&mut self, cx: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
+    where
+        I: IntoIterator<Item = Bytes>;
+
+    /// Starts sending one binary message, as [`Transport::start_texts`].
+    fn start_binary(&mut self, cx: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError>;
+
+    /// Writes what a start left owed (nothing: at once).
+    fn send_owed(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
+
     /// The next message, or `None` once the client closed. Cancel-safe.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Inbound>, TransportError>> + Send;
 
@@ -88,6 +113,26 @@ pub(crate) mod memory {
     }
 
     impl Transport for MemoryTransport {
+        fn start_texts<I>(&mut self, _: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
+        where
+            I: IntoIterator<Item = Bytes>,
+        {
+            for text in texts {
+                let text = String::from_utf8(text.to_vec()).expect("frames are UTF-8");
+                self.outbound.send(Sent::Text(text)).map_err(|_| TransportError::Broken("closed".into()))?;
+            }
+            Ok(Started::Written)
+        }
+
+        fn start_binary(&mut self, _: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError> {
+            self.outbound.send(Sent::Binary(bytes.to_vec())).map_err(|_| TransportError::Broken("closed".into()))?;
+            Ok(Started::Written)
+        }
+
+        async fn send_owed(&mut self) -> Result<(), TransportError> {
+            Ok(())
+        }
+
         async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
             self.inbound.recv().await.transpose()
         }

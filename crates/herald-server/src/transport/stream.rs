@@ -19,12 +19,13 @@
 //! when it reconnects.
 
 use std::convert::Infallible;
+use std::task::Context;
 
 use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::{Inbound, Transport, TransportError};
+use super::{Inbound, Started, Transport, TransportError};
 use crate::centrifuge::positions::Positions;
 
 /// Body chunks waiting for the client to read them. Each is one write of
@@ -65,6 +66,8 @@ pub(crate) struct StreamTransport<Held: Send = ()> {
     closing: Closing,
     /// For a uni-directional event stream: its positions, sent as event ids.
     positions: Option<Box<Positions>>,
+    /// A chunk the body had no room for when a send started.
+    owed: Option<Bytes>,
     /// Kept for as long as the session runs (its emulation registration).
     _held: Held,
 }
@@ -81,7 +84,8 @@ pub(crate) fn open<Held: Send>(
         futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx).map(|chunk| chunk.map(Ok::<_, Infallible>)));
     // A uni-directional event stream's ids let `EventSource` recover.
     let positions = (format == Format::Events && closing == Closing::Bare).then(Box::default);
-    let transport = StreamTransport { body, inbound, listening: true, format, closing, positions, _held: held };
+    let transport =
+        StreamTransport { body, inbound, listening: true, format, closing, positions, owed: None, _held: held };
     (transport, Body::from_stream(stream))
 }
 
@@ -118,8 +122,30 @@ impl<Held: Send> StreamTransport<Held> {
     }
 
     async fn write(&mut self, chunk: Bytes) -> Result<(), TransportError> {
-        self.body.send(chunk).await.map_err(|_| TransportError::Broken("the client closed the stream".into()))
+        self.send_owed().await?;
+        self.body.send(chunk).await.map_err(|_| gone())
     }
+
+    /// Hands `chunk` to the body if it has room now, behind anything
+    /// owed; keeps it owed if not.
+    fn start(&mut self, chunk: Bytes) -> Result<Started, TransportError> {
+        let chunk = match self.owed.take() {
+            Some(owed) => [owed, chunk].concat().into(),
+            None => chunk,
+        };
+        match self.body.try_send(chunk) {
+            Ok(()) => Ok(Started::Written),
+            Err(mpsc::error::TrySendError::Full(chunk)) => {
+                self.owed = Some(chunk);
+                Ok(Started::Owed)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(gone()),
+        }
+    }
+}
+
+fn gone() -> TransportError {
+    TransportError::Broken("the client closed the stream".into())
 }
 
 impl<Held: Send> Transport for StreamTransport<Held> {
@@ -134,6 +160,31 @@ impl<Held: Send> Transport for StreamTransport<Held> {
                 // The client went away: the body was dropped.
                 _ = self.body.closed() => return Ok(None),
             }
+        }
+    }
+
+    fn start_texts<I>(&mut self, _: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
+    where
+        I: IntoIterator<Item = Bytes>,
+    {
+        let mut chunk = BytesMut::new();
+        for text in texts {
+            self.put_frame(&mut chunk, &text);
+        }
+        match chunk.is_empty() && self.owed.is_none() {
+            true => Ok(Started::Written),
+            false => self.start(chunk.freeze()),
+        }
+    }
+
+    fn start_binary(&mut self, _: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError> {
+        self.start(bytes)
+    }
+
+    async fn send_owed(&mut self) -> Result<(), TransportError> {
+        match self.owed.take() {
+            Some(chunk) => self.body.send(chunk).await.map_err(|_| gone()),
+            None => Ok(()),
         }
     }
 
@@ -176,7 +227,7 @@ impl<Held: Send> Transport for StreamTransport<Held> {
             }
             Format::Lines | Format::Events => self.frame(message.to_string().as_bytes()),
         };
-        let _ = self.body.send(frame).await;
+        let _ = self.write(frame).await;
     }
 }
 
@@ -249,6 +300,30 @@ mod tests {
         assert_eq!(transport.recv().await, Ok(Some(Inbound::Text(Bytes::from_static(b"{\"id\":1,\"connect\":{}}")))));
         drop(body);
         assert_eq!(transport.recv().await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_send_the_body_has_no_room_for_is_owed_and_goes_out_first_once_it_has() {
+        let (_to_session, inbound) = mpsc::channel(1);
+        let (mut transport, mut body) = open(Format::Lines, Closing::Push, inbound, ());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for n in 0..BODY_CHUNKS {
+            let text = Bytes::from(format!("{{\"n\":{n}}}"));
+            assert_eq!(transport.start_texts(&mut cx, [text]), Ok(Started::Written));
+        }
+        let owed = transport.start_texts(&mut cx, [Bytes::from_static(b"{\"owed\":1}")]);
+        assert_eq!(owed, Ok(Started::Owed), "the body is full");
+        let more = transport.start_texts(&mut cx, [Bytes::from_static(b"{\"owed\":2}")]);
+        assert_eq!(more, Ok(Started::Owed), "still full: kept behind what is owed");
+
+        for n in 0..BODY_CHUNKS {
+            assert_eq!(next_chunk(&mut body).await, format!("{{\"n\":{n}}}\n"));
+        }
+        transport.send_owed().await.unwrap();
+        assert_eq!(next_chunk(&mut body).await, "{\"owed\":1}\n{\"owed\":2}\n", "in order, whole");
+        transport.send_text(Bytes::from_static(b"{}")).await.unwrap();
+        assert_eq!(next_chunk(&mut body).await, "{}\n");
     }
 
     #[tokio::test]

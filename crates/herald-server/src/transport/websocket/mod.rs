@@ -38,7 +38,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{Inbound, Transport, TransportError};
+use super::{Inbound, Started, Transport, TransportError};
 use frame::{Opcode, Violation};
 
 pub(crate) use upgrade::WsUpgrade;
@@ -269,19 +269,16 @@ impl WebSocket {
         self.poll_write_owed(cx)
     }
 
-    /// Sends one message (a text one must be UTF-8), written at once
-    /// where the socket takes it (`poll_write_lone`).
-    async fn send_lone(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), TransportError> {
-        if opcode == Opcode::Text && std::str::from_utf8(&payload).is_err() {
+    /// Starts sending one message (a text one must be UTF-8), written at
+    /// once where the socket takes it (`poll_write_lone`).
+    fn start_lone(&mut self, cx: &mut Context<'_>, opcode: Opcode, payload: &[u8]) -> Result<Started, TransportError> {
+        if self.close_sent {
+            return Err(TransportError::Broken("the WebSocket is closing".into()));
+        }
+        if opcode == Opcode::Text && std::str::from_utf8(payload).is_err() {
             return Err(TransportError::Broken("outgoing frame is not UTF-8".into()));
         }
-        let mut lone = Some(payload);
-        poll_fn(|cx| match lone.take() {
-            Some(payload) => self.poll_write_lone(cx, opcode, &payload),
-            None => self.poll_write_owed(cx),
-        })
-        .await
-        .map_err(broken)
+        started(self.poll_write_lone(cx, opcode, payload))
     }
 
     /// Queues a frame behind what is owed.
@@ -330,6 +327,15 @@ impl WebSocket {
     }
 }
 
+/// What a write that may be owed came to, as a start.
+fn started(written: Poll<io::Result<()>>) -> Result<Started, TransportError> {
+    match written {
+        Poll::Ready(Ok(())) => Ok(Started::Written),
+        Poll::Ready(Err(error)) => Err(broken(error)),
+        Poll::Pending => Ok(Started::Owed),
+    }
+}
+
 /// A whole message: text must be UTF-8.
 fn message(binary: bool, bytes: Vec<u8>) -> Result<Inbound, Violation> {
     if binary {
@@ -356,6 +362,33 @@ impl Transport for WebSocket {
         }
     }
 
+    fn start_texts<I>(&mut self, cx: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
+    where
+        I: IntoIterator<Item = Bytes>,
+    {
+        if self.close_sent {
+            return Err(TransportError::Broken("the WebSocket is closing".into()));
+        }
+        let mut texts = texts.into_iter();
+        let Some(first) = texts.next() else { return started(self.poll_write_owed(cx)) };
+        let Some(second) = texts.next() else { return self.start_lone(cx, Opcode::Text, &first) };
+        for text in [first, second].into_iter().chain(texts) {
+            if std::str::from_utf8(&text).is_err() {
+                return Err(TransportError::Broken("outgoing frame is not UTF-8".into()));
+            }
+            self.queue(Opcode::Text, &text);
+        }
+        started(self.poll_write_owed(cx))
+    }
+
+    fn start_binary(&mut self, cx: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError> {
+        self.start_lone(cx, Opcode::Binary, &bytes)
+    }
+
+    async fn send_owed(&mut self) -> Result<(), TransportError> {
+        poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken)
+    }
+
     async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
         self.send_texts(std::iter::once(text)).await
     }
@@ -365,26 +398,21 @@ impl Transport for WebSocket {
         I: IntoIterator<Item = Bytes> + Send,
         I::IntoIter: Send,
     {
-        if self.close_sent {
-            return Err(TransportError::Broken("the WebSocket is closing".into()));
+        let mut texts = Some(texts);
+        let start = poll_fn(|cx| Poll::Ready(texts.take().map_or(Ok(Started::Written), |t| self.start_texts(cx, t))));
+        match start.await? {
+            Started::Written => Ok(()),
+            Started::Owed => self.send_owed().await,
         }
-        let mut texts = texts.into_iter();
-        let Some(first) = texts.next() else { return poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken) };
-        let Some(second) = texts.next() else { return self.send_lone(Opcode::Text, first).await };
-        for text in [first, second].into_iter().chain(texts) {
-            if std::str::from_utf8(&text).is_err() {
-                return Err(TransportError::Broken("outgoing frame is not UTF-8".into()));
-            }
-            self.queue(Opcode::Text, &text);
-        }
-        poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken)
     }
 
     async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
-        if self.close_sent {
-            return Err(TransportError::Broken("the WebSocket is closing".into()));
+        let mut bytes = Some(bytes);
+        let start = poll_fn(|cx| Poll::Ready(bytes.take().map_or(Ok(Started::Written), |b| self.start_binary(cx, b))));
+        match start.await? {
+            Started::Written => Ok(()),
+            Started::Owed => self.send_owed().await,
         }
-        self.send_lone(Opcode::Binary, bytes).await
     }
 
     async fn close(&mut self, code: u16, reason: String) {

@@ -84,9 +84,6 @@ pub(crate) trait Transport: Send {
         }
     }
 
-    /// Sends one binary message.
-    fn send_binary(&mut self, bytes: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
-
     /// Closes with a code and reason; errors are moot at this point.
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
 }
@@ -140,10 +137,6 @@ pub(crate) mod memory {
         async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
             let text = String::from_utf8(text.to_vec()).expect("frames are UTF-8");
             self.outbound.send(Sent::Text(text)).map_err(|_| TransportError::Broken("closed".into()))
-        }
-
-        async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
-            self.outbound.send(Sent::Binary(bytes.to_vec())).map_err(|_| TransportError::Broken("closed".into()))
         }
 
         async fn close(&mut self, code: u16, reason: String) {

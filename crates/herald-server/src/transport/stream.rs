@@ -177,6 +177,8 @@ impl<Held: Send> Transport for StreamTransport<Held> {
         }
     }
 
+    /// Binary messages (Protobuf) are length-delimited already: they go
+    /// into the stream as they are.
     fn start_binary(&mut self, _: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError> {
         self.start(bytes)
     }
@@ -207,12 +209,6 @@ impl<Held: Send> Transport for StreamTransport<Held> {
             return Ok(());
         }
         self.write(chunk.freeze()).await
-    }
-
-    /// Binary messages (Protobuf) are length-delimited already: they go
-    /// into the stream as they are.
-    async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
-        self.write(bytes).await
     }
 
     async fn close(&mut self, code: u16, reason: String) {

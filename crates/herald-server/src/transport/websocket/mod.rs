@@ -281,6 +281,18 @@ impl WebSocket {
         started(self.poll_write_lone(cx, opcode, payload))
     }
 
+    /// Sends one binary message (the conformance echo and tests; sessions
+    /// send through the driver's `start_binary`).
+    #[cfg(any(test, feature = "conformance"))]
+    pub(crate) async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
+        let mut bytes = Some(bytes);
+        let start = poll_fn(|cx| Poll::Ready(bytes.take().map_or(Ok(Started::Written), |b| self.start_binary(cx, b))));
+        match start.await? {
+            Started::Written => Ok(()),
+            Started::Owed => self.send_owed().await,
+        }
+    }
+
     /// Queues a frame behind what is owed.
     fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
         self.output.reserve(frame::frame_len(payload.len()));
@@ -400,15 +412,6 @@ impl Transport for WebSocket {
     {
         let mut texts = Some(texts);
         let start = poll_fn(|cx| Poll::Ready(texts.take().map_or(Ok(Started::Written), |t| self.start_texts(cx, t))));
-        match start.await? {
-            Started::Written => Ok(()),
-            Started::Owed => self.send_owed().await,
-        }
-    }
-
-    async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
-        let mut bytes = Some(bytes);
-        let start = poll_fn(|cx| Poll::Ready(bytes.take().map_or(Ok(Started::Written), |b| self.start_binary(cx, b))));
         match start.await? {
             Started::Written => Ok(()),
             Started::Owed => self.send_owed().await,

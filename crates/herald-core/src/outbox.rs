@@ -109,25 +109,25 @@ pub enum Queued {
 
 impl Queued {
     fn push_back(&mut self, item: Outgoing) {
-        match self {
-            Queued::Empty => *self = Queued::One(item),
-            Queued::One(_) => {
-                let Queued::One(first) = std::mem::take(self) else { return };
-                *self = Queued::Many(VecDeque::from([first, item]));
+        *self = match std::mem::take(self) {
+            Queued::Empty => Queued::One(item),
+            Queued::One(first) => Queued::Many(VecDeque::from([first, item])),
+            Queued::Many(mut items) => {
+                items.push_back(item);
+                Queued::Many(items)
             }
-            Queued::Many(items) => items.push_back(item),
-        }
+        };
     }
 
     fn push_front(&mut self, item: Outgoing) {
-        match std::mem::take(self) {
-            Queued::Empty => *self = Queued::One(item),
-            Queued::One(second) => *self = Queued::Many(VecDeque::from([item, second])),
+        *self = match std::mem::take(self) {
+            Queued::Empty => Queued::One(item),
+            Queued::One(second) => Queued::Many(VecDeque::from([item, second])),
             Queued::Many(mut items) => {
                 items.push_front(item);
-                *self = Queued::Many(items);
+                Queued::Many(items)
             }
-        }
+        };
     }
 
     /// How many items.

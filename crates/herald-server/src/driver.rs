@@ -194,7 +194,7 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
                 // one that is not finishes in a boxed one.
                 // (Only a flag lives across the boxed finish: the start's
                 // result there would sit in every idle connection's task.)
-                let owed = match std::future::poll_fn(|cx| Poll::Ready(start_flush(protocol, transport, cx))).await {
+                let owed = match start(protocol, transport).await {
                     Ok(started) => started == Started::Owed,
                     Err(end) => return end,
                 };
@@ -281,10 +281,18 @@ async fn handle<P: Protocol, T: Transport>(
 /// Writes everything queued. `Err` ends the session: `Some(reason)` when
 /// the server ends it, `None` when the transport broke.
 async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
-    match std::future::poll_fn(|cx| Poll::Ready(start_flush(protocol, transport, cx))).await? {
+    match start(protocol, transport).await? {
         Started::Written => Ok(()),
         Started::Owed => finish_flush(protocol, transport).await,
     }
+}
+
+/// [`start_flush`] with the task's context: ready at its first poll.
+fn start<'a, P: Protocol, T: Transport>(
+    protocol: &'a mut P,
+    transport: &'a mut T,
+) -> impl Future<Output = Result<Started, Option<DisconnectReason>>> + 'a {
+    std::future::poll_fn(move |cx| Poll::Ready(start_flush(protocol, transport, cx)))
 }
 
 /// Starts writing everything queued, without a future: what the socket
@@ -369,31 +377,22 @@ fn join_lines(frames: impl Iterator<Item = Bytes>) -> Option<Bytes> {
     }
 }
 
-/// Runs `send` (a transport's write), giving up on a client that stopped
-/// reading: when `outbox` overflows behind the blocked write (it then
-/// closes as slow), or after `timeout`. `Err(None)` means the transport
-/// broke, `Err(Some(Slow))` that the client was too slow.
-///
-/// Nearly every write completes at once, so the timer is armed only for a
-/// write that does not: a timer per message would cost more than the write.
-/// That slow path is boxed: most writes never allocate for it.
+/// Runs `send` (the rest of a write the socket did not take at once),
+/// giving up on a client that stopped reading: when `outbox` overflows
+/// behind the blocked write (it then closes as slow), or after `timeout`.
+/// `Err(None)` means the transport broke, `Err(Some(Slow))` that the
+/// client was too slow. Only owed writes come here (see [`start_flush`]),
+/// so the timer is armed only for a write that waits.
 async fn guarded(
     send: impl Future<Output = Result<(), TransportError>> + Send,
     outbox: &Outbox,
     timeout: Duration,
 ) -> Result<(), Option<DisconnectReason>> {
-    let mut send = std::pin::pin!(send);
-    if let Poll::Ready(sent) = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
-        return sent.map_err(|_| None);
+    tokio::select! {
+        sent = send => sent.map_err(|_| None),
+        _ = outbox.closed() => Err(Some(DisconnectReason::Slow)),
+        _ = tokio::time::sleep(timeout) => Err(Some(DisconnectReason::Slow)),
     }
-    Box::pin(async move {
-        tokio::select! {
-            sent = send => sent.map_err(|_| None),
-            _ = outbox.closed() => Err(Some(DisconnectReason::Slow)),
-            _ = tokio::time::sleep(timeout) => Err(Some(DisconnectReason::Slow)),
-        }
-    })
-    .await
 }
 
 /// Refuses a binary message on a protocol that speaks text only: the

@@ -8,8 +8,8 @@
 //! pongs and the closing handshake are handled below this seam, by
 //! Herald's own WebSocket (`websocket`).
 
-use std::future::Future;
-use std::task::Context;
+use std::future::{poll_fn, Future};
+use std::task::{Context, Poll};
 
 pub(crate) mod stream;
 pub(crate) mod websocket;
@@ -68,24 +68,39 @@ pub(crate) trait Transport: Send {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Inbound>, TransportError>> + Send;
 
     /// Sends one text message.
-    fn send_text(&mut self, text: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn send_text(&mut self, text: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send
+    where
+        Self: Sized,
+    {
+        self.send_texts(std::iter::once(text))
+    }
 
-    /// Sends text messages in order, in as few writes as the transport can.
+    /// Sends text messages in order, in as few writes as the transport
+    /// can: started, then what is owed.
     fn send_texts<I>(&mut self, texts: I) -> impl Future<Output = Result<(), TransportError>> + Send
     where
+        Self: Sized,
         I: IntoIterator<Item = Bytes> + Send,
-        I::IntoIter: Send,
     {
-        async move {
-            for text in texts {
-                self.send_text(text).await?;
-            }
-            Ok(())
-        }
+        send_started(self, |transport, cx| transport.start_texts(cx, texts))
     }
 
     /// Closes with a code and reason; errors are moot at this point.
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs `start` with the task's context, then writes what it left owed.
+pub(crate) async fn send_started<T, F>(transport: &mut T, start: F) -> Result<(), TransportError>
+where
+    T: Transport,
+    F: FnOnce(&mut T, &mut Context<'_>) -> Result<Started, TransportError> + Send,
+{
+    let mut start = Some(start);
+    let started = poll_fn(|cx| Poll::Ready(start.take().map_or(Ok(Started::Written), |start| start(transport, cx))));
+    match started.await? {
+        Started::Written => Ok(()),
+        Started::Owed => transport.send_owed().await,
+    }
 }
 
 /// An in-memory transport for tests: what the "client" sends arrives through
@@ -132,11 +147,6 @@ pub(crate) mod memory {
 
         async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
             self.inbound.recv().await.transpose()
-        }
-
-        async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
-            let text = String::from_utf8(text.to_vec()).expect("frames are UTF-8");
-            self.outbound.send(Sent::Text(text)).map_err(|_| TransportError::Broken("closed".into()))
         }
 
         async fn close(&mut self, code: u16, reason: String) {

@@ -190,27 +190,6 @@ impl<Held: Send> Transport for StreamTransport<Held> {
         }
     }
 
-    async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
-        let frame = self.frame(&text);
-        self.write(frame).await
-    }
-
-    async fn send_texts<I>(&mut self, texts: I) -> Result<(), TransportError>
-    where
-        I: IntoIterator<Item = Bytes> + Send,
-        I::IntoIter: Send,
-    {
-        // Everything queued leaves as one chunk.
-        let mut chunk = BytesMut::new();
-        for text in texts {
-            self.put_frame(&mut chunk, &text);
-        }
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        self.write(chunk.freeze()).await
-    }
-
     async fn close(&mut self, code: u16, reason: String) {
         let disconnect = serde_json::json!({ "code": code, "reason": reason });
         let message = match self.closing {

@@ -285,12 +285,7 @@ impl WebSocket {
     /// send through the driver's `start_binary`).
     #[cfg(any(test, feature = "conformance"))]
     pub(crate) async fn send_binary(&mut self, bytes: Bytes) -> Result<(), TransportError> {
-        let mut bytes = Some(bytes);
-        let start = poll_fn(|cx| Poll::Ready(bytes.take().map_or(Ok(Started::Written), |b| self.start_binary(cx, b))));
-        match start.await? {
-            Started::Written => Ok(()),
-            Started::Owed => self.send_owed().await,
-        }
+        super::send_started(self, |socket, cx| socket.start_binary(cx, bytes)).await
     }
 
     /// Queues a frame behind what is owed.
@@ -399,23 +394,6 @@ impl Transport for WebSocket {
 
     async fn send_owed(&mut self) -> Result<(), TransportError> {
         poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken)
-    }
-
-    async fn send_text(&mut self, text: Bytes) -> Result<(), TransportError> {
-        self.send_texts(std::iter::once(text)).await
-    }
-
-    async fn send_texts<I>(&mut self, texts: I) -> Result<(), TransportError>
-    where
-        I: IntoIterator<Item = Bytes> + Send,
-        I::IntoIter: Send,
-    {
-        let mut texts = Some(texts);
-        let start = poll_fn(|cx| Poll::Ready(texts.take().map_or(Ok(Started::Written), |t| self.start_texts(cx, t))));
-        match start.await? {
-            Started::Written => Ok(()),
-            Started::Owed => self.send_owed().await,
-        }
     }
 
     async fn close(&mut self, code: u16, reason: String) {

@@ -20,7 +20,7 @@
 //!   one process's open-files limit.
 //! - [`procfs`]: server RSS and CPU from `/proc`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod client;
 pub mod procfs;

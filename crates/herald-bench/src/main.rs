@@ -198,6 +198,10 @@ enum Scenario {
         /// Threads reading for the subscribers.
         #[arg(long, default_value_t = 2)]
         reader_threads: usize,
+        /// How the ideal server hands its writes to the kernel: a
+        /// `write` call each, or batched through io_uring.
+        #[arg(long, value_enum, default_value_t)]
+        writes: floor::Writes,
     },
     /// The writer process of `floor` (not for direct use).
     #[command(hide = true)]
@@ -213,6 +217,8 @@ enum Scenario {
         frame_bytes: usize,
         #[arg(long)]
         writer_threads: usize,
+        #[arg(long, value_enum)]
+        writes: floor::Writes,
     },
     /// A chaos soak: starts redis-server and Herald nodes of its own, has
     /// clients follow channels while nodes and Redis are killed and
@@ -556,6 +562,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             frame_bytes,
             writer_threads,
             reader_threads,
+            writes,
         } => {
             let args = FloorArgs {
                 subscribers,
@@ -565,6 +572,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 frame_bytes,
                 writer_threads,
                 reader_threads,
+                writes,
             };
             let herald_bench = std::env::current_exe()?;
             let result = {
@@ -573,9 +581,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             finish("floor", output, args, result)
         }
-        Scenario::FloorWriter { subscribers, rate, length, frame_bytes, writer_threads } => {
-            let args =
-                floor::WriterArgs { subscribers, rate, length: length.into(), frame_bytes, threads: writer_threads };
+        Scenario::FloorWriter { subscribers, rate, length, frame_bytes, writer_threads, writes } => {
+            let args = floor::WriterArgs {
+                subscribers,
+                rate,
+                length: length.into(),
+                frame_bytes,
+                threads: writer_threads,
+                writes,
+            };
             tokio::task::spawn_blocking(move || floor::write(args)).await?
         }
         Scenario::Soak {

@@ -17,6 +17,12 @@
 //! this machine. A server that makes a system call per connection to write
 //! (as Herald and its peers do) cannot do less work than this writer, so a
 //! latency the floor does not reach is one no such server reaches here.
+//!
+//! With `--writes uring` the writer submits each round's sends through
+//! io_uring in batches ([`uring`]), to show what a server that batched its
+//! system calls would save.
+
+mod uring;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -49,6 +55,27 @@ pub struct FloorArgs {
     pub frame_bytes: usize,
     pub writer_threads: usize,
     pub reader_threads: usize,
+    pub writes: Writes,
+}
+
+/// How the writer hands its sends to the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Writes {
+    /// A blocking `write` system call per connection per round.
+    #[default]
+    Blocking,
+    /// A round's sends queued to io_uring, up to 1,024 per system call.
+    Uring,
+}
+
+impl Writes {
+    fn name(self) -> &'static str {
+        match self {
+            Writes::Blocking => "blocking",
+            Writes::Uring => "uring",
+        }
+    }
 }
 
 /// What the scenario measured.
@@ -189,6 +216,7 @@ pub struct WriterArgs {
     pub length: Duration,
     pub frame_bytes: usize,
     pub threads: usize,
+    pub writes: Writes,
 }
 
 /// The writer's side (`floor-writer`): listens, prints `port P`, accepts
@@ -198,7 +226,7 @@ pub struct WriterArgs {
 /// schedule; writes, rounds and seconds spent in them over all threads),
 /// and closes them all.
 pub fn write(args: WriterArgs) -> anyhow::Result<()> {
-    let WriterArgs { subscribers, rate, length, frame_bytes, threads } = args;
+    let WriterArgs { subscribers, rate, length, frame_bytes, threads, writes } = args;
     check_size(rate, length, frame_bytes)?;
     let total = publications(rate, length);
     let frames = frames(0..total, rate, frame_bytes);
@@ -221,7 +249,12 @@ pub fn write(args: WriterArgs) -> anyhow::Result<()> {
     let done = std::thread::scope(|scope| {
         let writers: Vec<_> = shares
             .into_iter()
-            .map(|share| scope.spawn(|| write_share(share, schedule, &frames, frame_bytes)))
+            .map(|share| {
+                scope.spawn(|| match writes {
+                    Writes::Blocking => write_share(share, schedule, &frames, frame_bytes),
+                    Writes::Uring => uring::write_share(share, schedule, &frames, frame_bytes),
+                })
+            })
             .collect();
         writers.into_iter().try_fold(Rounds::default(), |all, w| {
             Ok::<_, io::Error>(all.add(w.join().unwrap_or_else(|_| Err(io::Error::other("a writer panicked")))?))
@@ -310,6 +343,7 @@ pub fn run(args: &FloorArgs, herald_bench: &Path) -> anyhow::Result<FloorResult>
             .args(["--length", &humantime::format_duration(length).to_string()])
             .args(["--frame-bytes", &args.frame_bytes.to_string()])
             .args(["--writer-threads", &args.writer_threads.to_string()])
+            .args(["--writes", args.writes.name()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()?,

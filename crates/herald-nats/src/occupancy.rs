@@ -87,7 +87,7 @@ impl Occupancy for NatsOccupancy {
                 };
                 let mut record = record;
                 record.nodes.insert(node.as_str().to_owned(), (subscribers.max(1), until));
-                if self.records.write(&subject, &record, sequence).await? {
+                if self.records.write(&subject, &record, sequence).await?.is_some() {
                     return Ok(change);
                 }
             }

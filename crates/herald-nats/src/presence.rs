@@ -16,12 +16,18 @@
 //! node serves costs the scan and a write per record with an expired
 //! entry, not a listing per channel and a read per record. A write that
 //! meets a record changed since the scan reads it again, as any change.
+//! The heartbeat sweeps right after it refreshes, so the refresh's scan,
+//! with what the refresh wrote, is kept for the sweep ([`Scan`]): one scan
+//! a beat, not two. However old a scan, the sweep stays exact: whether an
+//! entry has expired is judged when the sweep runs, and its removal is a
+//! compare-and-set against the record as scanned.
 //!
 //! Expiry times are by the writing node's clock: nodes' clocks must agree
 //! to well within the presence ttl (as NTP keeps them).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::Stream;
 use async_trait::async_trait;
@@ -62,7 +68,22 @@ impl Entry {
 pub struct NatsPresence {
     records: Records,
     subjects: Subjects,
+    /// The last refresh's scan, for the sweep that follows it.
+    scan: Mutex<Option<Scan>>,
 }
+
+/// Every record of the stream as a refresh scanned and then wrote them.
+#[derive(Debug)]
+struct Scan {
+    taken: Instant,
+    records: HashMap<String, Read<UserRecord>>,
+}
+
+/// How old a refresh's scan the sweep takes instead of scanning again.
+/// The sweep is exact with any scan; an older one only finds more
+/// records changed since, each read again (and misses records made since,
+/// whose entries have not expired yet unless their ttl is shorter).
+const SCAN_KEPT: Duration = Duration::from_secs(5);
 
 /// How many records a batch changes at once: few, so a refresh's writes
 /// do not queue ahead of publications in the server (the chat benchmark
@@ -83,7 +104,17 @@ impl NatsPresence {
     pub fn new(client: async_nats::Client, prefix: &str, streams: StreamSettings, timeout: Duration) -> Self {
         let subjects = Subjects::new(prefix);
         let records = Records::new(client, stream_name(prefix, "presence"), subjects.presence_all(), streams, timeout);
-        Self { records, subjects }
+        Self { records, subjects, scan: Mutex::new(None) }
+    }
+
+    fn keep_scan(&self, scan: Option<Scan>) {
+        *self.scan.lock().unwrap_or_else(|e| e.into_inner()) = scan;
+    }
+
+    /// The last refresh's scan, if it is recent enough to sweep with.
+    fn kept_scan(&self) -> Option<HashMap<String, Read<UserRecord>>> {
+        let scan = self.scan.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        (scan.taken.elapsed() <= SCAN_KEPT).then_some(scan.records)
     }
 
     async fn users(&self, channel: &ChannelName) -> Result<Vec<Read<UserRecord>>, EngineError> {
@@ -106,7 +137,8 @@ impl NatsPresence {
     }
 
     /// Adds or refreshes the entries of `clients` (one user's, in one
-    /// channel) in the record at `subject`, by compare-and-set.
+    /// channel) in the record at `subject`, by compare-and-set; answers
+    /// with the record as written.
     async fn upsert(
         &self,
         stream: &Stream,
@@ -114,7 +146,7 @@ impl NatsPresence {
         clients: &[&ClientInfo],
         ttl: Duration,
         mut known: Known,
-    ) -> Result<Arrival, EngineError> {
+    ) -> Result<(Arrival, Read<UserRecord>), EngineError> {
         for _ in 0..ATTEMPTS {
             let read = match std::mem::replace(&mut known, Known::Unread) {
                 Known::Scanned(read) => read,
@@ -128,8 +160,8 @@ impl NatsPresence {
             let expires = expiry(ttl);
             record.entries.retain(|entry| clients.iter().all(|info| info.client != entry.info.client));
             record.entries.extend(clients.iter().map(|info| Entry { info: (*info).clone(), expires }));
-            if self.records.write(subject, &record, sequence).await? {
-                return Ok(arrival);
+            if let Some(sequence) = self.records.write(subject, &record, sequence).await? {
+                return Ok((arrival, Read { subject: subject.to_owned(), sequence, value: record }));
             }
         }
         Err(contended("a presence record"))
@@ -184,7 +216,7 @@ impl Presence for NatsPresence {
         within(self.records.timeout, async {
             let stream = self.records.made(collect_after(ttl)).await?;
             let subject = self.subjects.presence(channel, info.user.as_str());
-            self.upsert(&stream, &subject, &[info], ttl, Known::Unread).await
+            Ok(self.upsert(&stream, &subject, &[info], ttl, Known::Unread).await?.0)
         })
         .await
     }
@@ -265,6 +297,7 @@ impl Presence for NatsPresence {
             Ok(stream) => stream,
             Err(error) => return vec![error],
         };
+        let taken = Instant::now();
         let mut scanned = match within(timeout, self.scanned(&stream, records.len())).await {
             Ok(scanned) => scanned,
             Err(error) => {
@@ -284,7 +317,18 @@ impl Presence for NatsPresence {
             })
             .collect();
         let outcomes: Vec<_> = stream::iter(writes).buffer_unordered(WRITES_IN_FLIGHT).collect().await;
-        outcomes.into_iter().filter_map(Result::err).collect()
+        let mut failed = Vec::new();
+        for outcome in outcomes {
+            match (outcome, &mut scanned) {
+                (Ok((_, written)), Some(scan)) => drop(scan.insert(written.subject.clone(), written)),
+                (Ok(_), None) => {}
+                (Err(error), _) => failed.push(error),
+            }
+        }
+        // A record whose write failed is missing from the scan: the sweep
+        // scans again rather than miss it.
+        self.keep_scan(scanned.filter(|_| failed.is_empty()).map(|records| Scan { taken, records }));
+        failed
     }
 
     async fn expire_presence_of(&self, channels: &[ChannelName]) -> Swept {
@@ -294,7 +338,12 @@ impl Presence for NatsPresence {
             Ok(None) => return Swept::default(),
             Err(error) => return Swept { expired: Vec::new(), failed: vec![error] },
         };
-        let scanned = match within(timeout, self.scanned(&stream, channels.len())).await {
+        let kept = self.kept_scan();
+        let scanned = match kept {
+            Some(kept) => Ok(Some(kept)),
+            None => within(timeout, self.scanned(&stream, channels.len())).await,
+        };
+        let scanned = match scanned {
             Ok(Some(scanned)) => scanned,
             Ok(None) => return expire_each(self, channels).await,
             Err(error) => return Swept { expired: Vec::new(), failed: vec![error] },

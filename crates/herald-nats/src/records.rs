@@ -210,19 +210,20 @@ impl Records {
     }
 
     /// Writes `value` at `subject` if its record is still the one at
-    /// `expected` (0: none). False when another writer came first.
+    /// `expected` (0: none): the written record's sequence, or `None` when
+    /// another writer came first.
     pub(crate) async fn write<T: Serialize>(
         &self,
         subject: &str,
         value: &T,
         expected: u64,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Option<u64>, EngineError> {
         let payload = serde_json::to_vec(value).map_err(unavailable)?;
         let publish = Publish::build().payload(Bytes::from(payload)).expected_last_subject_sequence(expected);
         let ack = self.jetstream.send_publish(subject.to_owned(), publish).await.map_err(unavailable)?;
         match ack.await {
-            Ok(_) => Ok(true),
-            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
             Err(error) => Err(unavailable(error)),
         }
     }
@@ -263,7 +264,7 @@ impl Records {
         value: Option<&T>,
     ) -> Result<bool, EngineError> {
         match value {
-            Some(value) => self.write(subject, value, sequence).await,
+            Some(value) => Ok(self.write(subject, value, sequence).await?.is_some()),
             None => self.delete(stream, sequence).await,
         }
     }

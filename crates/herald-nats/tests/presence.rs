@@ -1,7 +1,8 @@
 //! NATS presence beyond the conformance suite: a heartbeat that needs a
 //! few records of a large presence stream reads them one by one (where
 //! the conformance suite's batches scan the stream, `records::scan_pays`
-//! decides), and its answers are the same.
+//! decides), and its answers are the same; a sweep that follows a refresh
+//! sweeps with the refresh's scan and misses nothing the refresh wrote.
 
 use std::time::{Duration, Instant};
 
@@ -56,4 +57,35 @@ async fn a_heartbeat_for_a_few_records_of_a_large_stream_answers_as_a_scan_would
     assert!(presence.refresh_presence(&[(lobby.clone(), second_tab)], long).await.is_empty(), "refreshed");
     let stats = presence.presence_stats(&lobby).await.expect("stats");
     assert_eq!(stats, PresenceStats { num_clients: 41, num_users: 40 }, "user-7's second tab joins its record");
+}
+
+#[tokio::test]
+async fn a_sweep_after_a_refresh_hands_out_an_expired_entry_of_a_record_the_refresh_rewrote() {
+    let server = NatsServer::start();
+    let engine = engine(&server).await;
+    let presence = engine.presence();
+    let lobby = channel("lobby");
+    // Ann's first connection was on a node that died: its entry expires.
+    let dead = info("ann", "a-dead");
+    presence.add_presence(&lobby, &dead, Duration::from_millis(800)).await.expect("added");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !presence.presence(&lobby).await.expect("presence").is_empty() {
+        assert!(Instant::now() < deadline, "the dead connection's entry never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // This node's heartbeat: a refresh that scans the stream and rewrites
+    // ann's record (her live connection joins the expired entry), then the
+    // sweep.
+    let (live, bob) = (info("ann", "a-live"), info("bob", "b1"));
+    let entries = [(lobby.clone(), live), (lobby.clone(), bob)];
+    assert!(presence.refresh_presence(&entries, Duration::from_secs(60)).await.is_empty(), "refreshed");
+    let swept = presence.expire_presence_of(std::slice::from_ref(&lobby)).await;
+    assert!(swept.failed.is_empty(), "{:?}", swept.failed);
+    let handed: Vec<_> =
+        swept.expired.iter().map(|(ch, e)| (ch.as_str(), e.info.client.to_string(), e.departure)).collect();
+    assert_eq!(handed, [("lobby", "a-dead".to_owned(), Departure::UserRemains)], "the dead entry, ann stays");
+    assert!(presence.expire_presence_of(std::slice::from_ref(&lobby)).await.expired.is_empty(), "and only once");
+    let stats = presence.presence_stats(&lobby).await.expect("stats");
+    assert_eq!(stats, PresenceStats { num_clients: 2, num_users: 2 }, "ann's live entry and bob's");
 }

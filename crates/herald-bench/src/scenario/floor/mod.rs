@@ -26,6 +26,7 @@ mod uring;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::ops::Range;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -281,30 +282,41 @@ impl Rounds {
     }
 }
 
-/// One writer thread. It goes round its connections and gives each, in
+/// How a writer thread hands a round's writes to the kernel.
+trait RoundWriter {
+    /// Writes `bytes` of the frames to connection `connection` (or queues
+    /// them, to be written by [`RoundWriter::end_round`]).
+    fn write(&mut self, connection: usize, bytes: Range<usize>) -> io::Result<()>;
+
+    /// Ends a round that wrote: everything written or queued has gone.
+    fn end_round(&mut self) -> io::Result<()>;
+}
+
+/// One writer thread. It goes round its `connections` and gives each, in
 /// one write, every publication due by then that it has not had yet — so
 /// when it falls behind, a publication waits at most one round.
-fn write_share(
-    mut sockets: Vec<TcpStream>,
+fn go_round(
+    connections: usize,
     schedule: Schedule,
-    frames: &[u8],
     frame_bytes: usize,
+    writer: &mut impl RoundWriter,
 ) -> io::Result<Rounds> {
-    let mut sent = vec![0; sockets.len()];
+    let mut sent = vec![0; connections];
     let mut done = Rounds::default();
     loop {
         let round = Instant::now();
         let mut behind = false;
-        for (socket, sent) in sockets.iter_mut().zip(&mut sent) {
+        for (connection, sent) in sent.iter_mut().enumerate() {
             let due = schedule.due(Instant::now());
             if due > *sent {
-                socket.write_all(&frames[*sent as usize * frame_bytes..due as usize * frame_bytes])?;
+                writer.write(connection, *sent as usize * frame_bytes..due as usize * frame_bytes)?;
                 *sent = due;
                 behind = true;
                 done.writes += 1;
             }
         }
         if behind {
+            writer.end_round()?;
             done.rounds += 1;
             done.busy += round.elapsed();
         }
@@ -317,6 +329,31 @@ fn write_share(
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
     }
+}
+
+/// The blocking writer: a `write` system call per connection per round.
+struct Blocking<'a> {
+    sockets: Vec<TcpStream>,
+    frames: &'a [u8],
+}
+
+impl RoundWriter for Blocking<'_> {
+    fn write(&mut self, connection: usize, bytes: Range<usize>) -> io::Result<()> {
+        match (self.sockets.get_mut(connection), self.frames.get(bytes)) {
+            (Some(socket), Some(bytes)) => socket.write_all(bytes),
+            _ => Err(io::Error::other("a write outside the writer's sockets or frames")),
+        }
+    }
+
+    fn end_round(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One blocking writer thread.
+fn write_share(sockets: Vec<TcpStream>, schedule: Schedule, frames: &[u8], frame_bytes: usize) -> io::Result<Rounds> {
+    let connections = sockets.len();
+    go_round(connections, schedule, frame_bytes, &mut Blocking { sockets, frames })
 }
 
 /// The writer process, killed and reaped if the subscribers' side gives up
@@ -601,23 +638,38 @@ mod tests {
         assert_eq!(schedule.due(schedule.start + Duration::from_secs(60)), 200);
     }
 
-    #[test]
-    fn a_writer_that_is_behind_gives_every_connection_everything_due_in_order() {
+    /// `count` connected loopback pairs: (reader, writer) sockets.
+    pub(super) fn loopback_pairs(count: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         let addr = listener.local_addr().expect("bound");
-        let readers: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).expect("connects")).collect();
-        let sockets: Vec<TcpStream> = (0..3).map(|_| listener.accept().expect("accepts").0).collect();
-        let (rate, frame_bytes) = (50.0, 20);
-        let total = publications(rate, Duration::from_secs(1));
-        let all = frames(0..total, rate, frame_bytes);
-        // Started two seconds ago: every publication is already due.
-        let schedule = Schedule { start: Instant::now() - Duration::from_secs(2), rate, total };
-        let done = write_share(sockets, schedule, &all, frame_bytes).expect("writes");
-        assert_eq!((done.writes, done.rounds), (3, 1), "one round, one write per connection");
-        for mut reader in readers {
-            let mut got = Vec::new();
-            reader.read_to_end(&mut got).expect("reads to the end");
-            assert_eq!(got, all);
+        // One at a time: the listener's queue may hold fewer.
+        (0..count)
+            .map(|_| {
+                let reader = TcpStream::connect(addr).expect("connects");
+                (reader, listener.accept().expect("accepts").0)
+            })
+            .unzip()
+    }
+
+    type WriteShare = fn(Vec<TcpStream>, Schedule, &[u8], usize) -> io::Result<Rounds>;
+
+    #[test]
+    fn a_writer_that_is_behind_gives_every_connection_everything_due_in_order() {
+        let writers: [(Writes, WriteShare); 2] = [(Writes::Blocking, write_share), (Writes::Uring, uring::write_share)];
+        for (writes, write_share) in writers {
+            let (readers, sockets) = loopback_pairs(3);
+            let (rate, frame_bytes) = (50.0, 20);
+            let total = publications(rate, Duration::from_secs(1));
+            let all = frames(0..total, rate, frame_bytes);
+            // Started two seconds ago: every publication is already due.
+            let schedule = Schedule { start: Instant::now() - Duration::from_secs(2), rate, total };
+            let done = write_share(sockets, schedule, &all, frame_bytes).expect("writes");
+            assert_eq!((done.writes, done.rounds), (3, 1), "{writes:?}: one round, one write per connection");
+            for mut reader in readers {
+                let mut got = Vec::new();
+                reader.read_to_end(&mut got).expect("reads to the end");
+                assert_eq!(got, all, "{writes:?}");
+            }
         }
     }
 }

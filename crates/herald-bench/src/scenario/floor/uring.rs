@@ -16,11 +16,10 @@ use std::io;
 use std::net::TcpStream;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
 
 use io_uring::{opcode, types, IoUring};
 
-use super::{Rounds, Schedule};
+use super::{go_round, RoundWriter, Rounds, Schedule};
 
 /// Sends queued per `io_uring_enter`.
 const RING_ENTRIES: u32 = 1024;
@@ -29,6 +28,25 @@ const RING_ENTRIES: u32 = 1024;
 const EINTR: i32 = 4;
 const EAGAIN: i32 = 11;
 
+/// The batched writer: a round's sends queued, then sent by [`send_all`].
+struct Batched<'a> {
+    ring: IoUring,
+    sockets: Vec<TcpStream>,
+    frames: &'a [u8],
+    round: Vec<Pending>,
+}
+
+impl RoundWriter for Batched<'_> {
+    fn write(&mut self, connection: usize, bytes: Range<usize>) -> io::Result<()> {
+        self.round.push(Pending { socket: connection, bytes });
+        Ok(())
+    }
+
+    fn end_round(&mut self) -> io::Result<()> {
+        send_all(&mut self.ring, &self.sockets, self.frames, &mut self.round)
+    }
+}
+
 /// One writer thread, as [`super::write_share`], its sends batched.
 pub(super) fn write_share(
     sockets: Vec<TcpStream>,
@@ -36,37 +54,9 @@ pub(super) fn write_share(
     frames: &[u8],
     frame_bytes: usize,
 ) -> io::Result<Rounds> {
-    let mut ring = IoUring::new(RING_ENTRIES)?;
-    let mut sent = vec![0; sockets.len()];
-    let mut done = Rounds::default();
-    let mut round_sends = Vec::with_capacity(sockets.len());
-    loop {
-        let round = Instant::now();
-        round_sends.clear();
-        for (i, sent) in sent.iter_mut().enumerate() {
-            let due = schedule.due(Instant::now());
-            if due > *sent {
-                round_sends
-                    .push(Pending { socket: i, bytes: *sent as usize * frame_bytes..due as usize * frame_bytes });
-                *sent = due;
-            }
-        }
-        let behind = !round_sends.is_empty();
-        if behind {
-            done.writes += round_sends.len() as u64;
-            send_all(&mut ring, &sockets, frames, &mut round_sends)?;
-            done.rounds += 1;
-            done.busy += round.elapsed();
-        }
-        let least = sent.iter().copied().min().unwrap_or(schedule.total);
-        if least >= schedule.total {
-            return Ok(done);
-        }
-        if !behind {
-            let next = schedule.start + schedule.offset(least);
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        }
-    }
+    let connections = sockets.len();
+    let mut writer = Batched { ring: IoUring::new(RING_ENTRIES)?, sockets, frames, round: Vec::new() };
+    go_round(connections, schedule, frame_bytes, &mut writer)
 }
 
 /// Bytes of `frames` still to go to a socket.
@@ -140,44 +130,14 @@ fn send_all(ring: &mut IoUring, sockets: &[TcpStream], frames: &[u8], sends: &mu
 #[cfg(test)]
 mod tests {
     use std::io::Read;
-    use std::net::TcpListener;
-    use std::time::Duration;
 
-    use super::super::{frames, publications};
+    use super::super::tests::loopback_pairs;
     use super::*;
-
-    fn pairs(count: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-        let addr = listener.local_addr().expect("bound");
-        // One at a time: the listener's queue holds fewer than a ring's worth.
-        (0..count)
-            .map(|_| {
-                let reader = TcpStream::connect(addr).expect("connects");
-                (reader, listener.accept().expect("accepts").0)
-            })
-            .unzip()
-    }
-
-    #[test]
-    fn a_batched_writer_that_is_behind_gives_every_connection_everything_due_in_order() {
-        let (readers, sockets) = pairs(3);
-        let (rate, frame_bytes) = (50.0, 20);
-        let total = publications(rate, Duration::from_secs(1));
-        let all = frames(0..total, rate, frame_bytes);
-        let schedule = Schedule { start: Instant::now() - Duration::from_secs(2), rate, total };
-        let done = write_share(sockets, schedule, &all, frame_bytes).expect("writes");
-        assert_eq!((done.writes, done.rounds), (3, 1), "one round, one send per connection");
-        for mut reader in readers {
-            let mut got = Vec::new();
-            reader.read_to_end(&mut got).expect("reads to the end");
-            assert_eq!(got, all);
-        }
-    }
 
     #[test]
     fn more_sends_than_the_ring_holds_and_more_bytes_than_a_socket_takes_all_arrive_whole() {
         let count = RING_ENTRIES as usize + 5;
-        let (readers, sockets) = pairs(count);
+        let (readers, sockets) = loopback_pairs(count);
         // Larger than a loopback socket's buffers, so sends come back short
         // or wait for the reader.
         let bytes: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();

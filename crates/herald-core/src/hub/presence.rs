@@ -10,13 +10,20 @@
 //! like share. A beat whose refresh failed, or that follows a break in
 //! the engine's link (the backplane may have lost its data), is followed
 //! by one that refreshes every entry.
+//!
+//! A refresh writes entries it listed before its first write, so a leave
+//! in between would be undone: the entry written back, shown until its
+//! ttl, and its leave told twice. Leaves made while a refresh is under way
+//! are noted, and the refresh removes those of its entries again after it
+//! has written.
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use herald_engine::{Arrival, ChannelName, ClientInfo, Departure, Engine, PresenceEvent};
+use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent};
 
 use super::observer::Observer;
 use crate::namespace::NamespaceOptions;
@@ -32,6 +39,8 @@ pub(super) struct PresenceKeeper {
     beats: AtomicU64,
     /// The next beat refreshes every entry.
     refresh_all: AtomicBool,
+    /// While a refresh is under way, the entries removed since it began.
+    left_while_refreshing: Mutex<Option<HashSet<(ChannelName, ClientId)>>>,
 }
 
 /// How many beats apart an entry is refreshed, for beats `interval` apart
@@ -63,6 +72,23 @@ impl PresenceKeeper {
             every: beats_between_refreshes(interval, ttl),
             beats: AtomicU64::new(0),
             refresh_all: AtomicBool::new(false),
+            left_while_refreshing: Mutex::new(None),
+        }
+    }
+
+    fn left_while_refreshing(&self) -> MutexGuard<'_, Option<HashSet<(ChannelName, ClientId)>>> {
+        self.left_while_refreshing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that the entry of `client` in `channel` is being added
+    /// (`joined`) or removed, for a refresh under way.
+    fn note_change(&self, channel: &ChannelName, client: &ClientId, joined: bool) {
+        if let Some(left) = self.left_while_refreshing().as_mut() {
+            let key = (channel.clone(), client.clone());
+            match joined {
+                true => drop(left.remove(&key)),
+                false => drop(left.insert(key)),
+            }
         }
     }
 
@@ -86,6 +112,9 @@ impl PresenceKeeper {
             return;
         }
         let presence = self.engine.presence();
+        if options.presence {
+            self.note_change(channel, &info.client, joined);
+        }
         let result = match (options.presence, joined) {
             (false, _) => Ok(false),
             (true, true) => {
@@ -129,12 +158,44 @@ impl PresenceKeeper {
         if entries.is_empty() {
             return;
         }
+        // The entries were listed just before this call, with no await
+        // between: a leave noted from here on may have come after.
+        *self.left_while_refreshing() = Some(HashSet::new());
         let failed = self.engine.presence().refresh_presence(&entries, self.ttl).await;
         if !failed.is_empty() {
             self.refresh_all.store(true, Ordering::Relaxed);
         }
         for error in failed {
             tracing::warn!(%error, "presence refresh failed for some entries; the next heartbeat refreshes all");
+        }
+        self.remove_again(&entries).await;
+        *self.left_while_refreshing() = None;
+    }
+
+    /// Removes again those of a refresh's `entries` that left while it
+    /// wrote (and did not come back), which it may have written back.
+    /// Their leaves were told.
+    async fn remove_again(&self, entries: &[(ChannelName, ClientInfo)]) {
+        let noted = |channel: &ChannelName, client: &ClientId| {
+            let key = (channel.clone(), client.clone());
+            self.left_while_refreshing().as_ref().is_some_and(|left| left.contains(&key))
+        };
+        let raced: Vec<_> = match self.left_while_refreshing().as_ref() {
+            Some(left) if !left.is_empty() => entries
+                .iter()
+                .filter(|(channel, info)| left.contains(&(channel.clone(), info.client.clone())))
+                .collect(),
+            _ => return,
+        };
+        let presence = self.engine.presence();
+        for (channel, info) in raced {
+            // Unless it came back meanwhile.
+            if !noted(channel, &info.client) {
+                continue;
+            }
+            if let Err(error) = presence.remove_presence(channel, info).await {
+                tracing::warn!(%channel, %error, "an entry that left during a presence refresh may show until its ttl");
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The heartbeat refreshes each presence entry every few beats, as seldom
 //! as keeps it alive, a like share of them at each beat; after a refresh
-//! fails or the engine's link breaks, the next beat refreshes them all.
+//! fails or the engine's link breaks, the next beat refreshes them all; a
+//! leave while a refresh writes stays a leave.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,9 @@ struct Recorded {
     refreshes: Mutex<Vec<Vec<(String, String)>>>,
     fail_next_refresh: Mutex<bool>,
     sweeps: tokio::sync::watch::Sender<usize>,
+    /// The next refresh waits for this before it writes, saying so in `held`.
+    hold_next_refresh: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 #[async_trait::async_trait]
@@ -78,6 +82,11 @@ impl Presence for Recorded {
         }
         let pairs = entries.iter().map(|(channel, info)| (channel.to_string(), info.user.to_string())).collect();
         self.refreshes.lock().unwrap().push(pairs);
+        let hold = self.hold_next_refresh.lock().unwrap().take();
+        if let Some(hold) = hold {
+            self.held.send_replace(true);
+            hold.await.unwrap();
+        }
         self.memory.refresh_presence(entries, ttl).await
     }
     async fn expire_presence_of(&self, channels: &[ChannelName]) -> Swept {
@@ -107,6 +116,8 @@ async fn hub() -> (Arc<Hub>, Arc<Recorded>) {
         refreshes: Mutex::default(),
         fail_next_refresh: Mutex::default(),
         sweeps: tokio::sync::watch::channel(0).0,
+        hold_next_refresh: Mutex::default(),
+        held: tokio::sync::watch::channel(false).0,
     });
     let engine =
         Engine::from_parts("recorded", memory.clone(), memory.clone(), recorded.clone(), memory.clone(), memory);
@@ -229,4 +240,60 @@ async fn after_a_break_in_the_engines_link_the_next_beat_refreshes_every_entry()
     assert_eq!(recorded.take_refreshes().concat().len(), USERS + 1, "the backplane may have lost them: all again");
     next_beat(&recorded).await;
     assert!(recorded.take_refreshes().concat().len() < USERS / 2, "then a share again");
+}
+
+/// Brings the next beat, one that refreshes every entry (after a break in
+/// the engine's link), and holds its refresh before it writes. The beat
+/// goes on when the returned sender is used; `finish_beat` waits for it.
+async fn hold_next_refresh(hub: &Arc<Hub>, recorded: &Recorded) -> (tokio::sync::oneshot::Sender<()>, usize) {
+    hub.clone().on_engine_event(EngineEvent::Interrupted);
+    recorded.take_refreshes();
+    let (release, hold) = tokio::sync::oneshot::channel();
+    *recorded.hold_next_refresh.lock().unwrap() = Some(hold);
+    let sweeps = *recorded.sweeps.borrow();
+    tokio::time::sleep(INTERVAL).await;
+    recorded.held.subscribe().wait_for(|held| *held).await.unwrap();
+    (release, sweeps)
+}
+
+async fn finish_beat(recorded: &Recorded, (release, sweeps): (tokio::sync::oneshot::Sender<()>, usize)) {
+    release.send(()).unwrap();
+    recorded.sweeps.subscribe().wait_for(|done| *done > sweeps).await.unwrap();
+}
+
+async fn present(hub: &Hub, channel: &str) -> usize {
+    hub.presence_stats(&ChannelName::new(channel).unwrap()).await.unwrap().num_clients
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leave_while_a_refresh_is_writing_is_not_undone_by_it() {
+    let (hub, recorded) = hub().await;
+    let ann = join(&hub, "ann", "room:0").await;
+    let _bob = join(&hub, "bob", "room:1").await;
+    next_beat(&recorded).await;
+
+    // The refresh lists ann's entry before she leaves and writes it after.
+    let held = hold_next_refresh(&hub, &recorded).await;
+    assert!(hub.unsubscribe(&ann, &ChannelName::new("room:0").unwrap()).await, "ann leaves");
+    assert_eq!(present(&hub, "room:0").await, 0, "her entry is gone");
+    finish_beat(&recorded, held).await;
+
+    assert_eq!(recorded.take_refreshes().concat().len(), 2, "the refresh wrote both entries");
+    assert_eq!(present(&hub, "room:0").await, 0, "the refresh that listed her before she left did not bring her back");
+    assert_eq!(present(&hub, "room:1").await, 1, "bob's entry stays");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_leaves_and_comes_back_while_a_refresh_is_writing_stays_present() {
+    let (hub, recorded) = hub().await;
+    let ann = join(&hub, "ann", "room:0").await;
+    next_beat(&recorded).await;
+
+    let held = hold_next_refresh(&hub, &recorded).await;
+    let room = ChannelName::new("room:0").unwrap();
+    assert!(hub.unsubscribe(&ann, &room).await, "ann leaves");
+    hub.subscribe(&ann, &room, SubscribeAccess::Client, SubscribeRequest::default(), |_| None).await.unwrap();
+    finish_beat(&recorded, held).await;
+
+    assert_eq!(present(&hub, "room:0").await, 1, "she came back: her entry stays");
 }

@@ -338,8 +338,7 @@ impl Presence for NatsPresence {
             Ok(None) => return Swept::default(),
             Err(error) => return Swept { expired: Vec::new(), failed: vec![error] },
         };
-        let kept = self.kept_scan();
-        let scanned = match kept {
+        let scanned = match self.kept_scan() {
             Some(kept) => Ok(Some(kept)),
             None => within(timeout, self.scanned(&stream, channels.len())).await,
         };

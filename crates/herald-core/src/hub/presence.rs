@@ -53,6 +53,11 @@ pub(super) fn beats_between_refreshes(interval: Duration, ttl: Duration) -> u64 
     u64::try_from(whole.saturating_sub(2)).unwrap_or(u64::MAX).max(1)
 }
 
+/// How an entry is known while a refresh is under way.
+fn key(channel: &ChannelName, client: &ClientId) -> (ChannelName, ClientId) {
+    (channel.clone(), client.clone())
+}
+
 /// Which of `every` beats refreshes the entries of `user` in `channel`:
 /// one user's connections in a channel together (engines keep them in one
 /// record), the pairs spread evenly over the beats.
@@ -84,7 +89,7 @@ impl PresenceKeeper {
     /// (`joined`) or removed, for a refresh under way.
     fn note_change(&self, channel: &ChannelName, client: &ClientId, joined: bool) {
         if let Some(left) = self.left_while_refreshing().as_mut() {
-            let key = (channel.clone(), client.clone());
+            let key = key(channel, client);
             match joined {
                 true => drop(left.remove(&key)),
                 false => drop(left.insert(key)),
@@ -176,21 +181,16 @@ impl PresenceKeeper {
     /// wrote (and did not come back), which it may have written back.
     /// Their leaves were told.
     async fn remove_again(&self, entries: &[(ChannelName, ClientInfo)]) {
-        let noted = |channel: &ChannelName, client: &ClientId| {
-            let key = (channel.clone(), client.clone());
-            self.left_while_refreshing().as_ref().is_some_and(|left| left.contains(&key))
-        };
-        let raced: Vec<_> = match self.left_while_refreshing().as_ref() {
-            Some(left) if !left.is_empty() => entries
-                .iter()
-                .filter(|(channel, info)| left.contains(&(channel.clone(), info.client.clone())))
-                .collect(),
-            _ => return,
+        let raced: Vec<_> = {
+            let left = self.left_while_refreshing();
+            let Some(left) = left.as_ref().filter(|left| !left.is_empty()) else { return };
+            entries.iter().filter(|(channel, info)| left.contains(&key(channel, &info.client))).collect()
         };
         let presence = self.engine.presence();
         for (channel, info) in raced {
             // Unless it came back meanwhile.
-            if !noted(channel, &info.client) {
+            let key = key(channel, &info.client);
+            if !self.left_while_refreshing().as_ref().is_some_and(|left| left.contains(&key)) {
                 continue;
             }
             if let Err(error) = presence.remove_presence(channel, info).await {

@@ -60,7 +60,7 @@ pub(super) fn write_share(
 }
 
 /// Bytes of `frames` still to go to a socket.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Pending {
     socket: usize,
     bytes: Range<usize>,

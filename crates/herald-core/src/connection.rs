@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use herald_engine::{ChannelName, ClientId, ClientInfo, PresenceEvent, Publication, UserId};
 
+use crate::frame::Frame;
 use crate::outbox::Outbox;
 
 /// Encodes pushes for one front-end's protocol. The hub calls it once per
@@ -17,7 +18,7 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
     fn protocol(&self) -> &'static str;
 
     /// A publication push for every subscriber of `channel`.
-    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes;
+    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Frame;
 
     /// A publication push for the subscribers that take fossil deltas: in
     /// full (`delta` is `None`), or as `delta`, the difference from the
@@ -29,7 +30,7 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
         channel: &ChannelName,
         publication: &Publication,
         delta: Option<&[u8]>,
-    ) -> Bytes {
+    ) -> Frame {
         let _ = delta;
         self.encode_publication(channel, publication)
     }
@@ -38,7 +39,7 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
     /// this change to these subscribers. `to_own_user` tells whether they
     /// are connections of the user that joined or left (a protocol may
     /// announce users, and not a user to itself).
-    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, to_own_user: bool) -> Option<Bytes>;
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, to_own_user: bool) -> Option<Frame>;
 }
 
 /// What a front-end tells the hub about a connection it authenticated.

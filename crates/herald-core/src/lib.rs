@@ -13,6 +13,8 @@
 //! - [`connection`]: a connection as the hub sees it, and the
 //!   [`PushEncoder`] each front-end supplies.
 //! - [`outbox`]: the bounded per-connection queue; owns backpressure.
+//! - [`frame`]: what it holds for a socket: [`Frame`]s, text ([`Text`],
+//!   checked to be UTF-8 once) or binary.
 //! - [`namespace`]: namespaces, their options and permission rules, and the
 //!   [`ChannelConventions`] interface through which a protocol gives
 //!   channel names a meaning of its own (Pusher's `presence-`, `cache-`).
@@ -32,6 +34,7 @@
 pub mod connection;
 pub mod error;
 pub mod fossil;
+pub mod frame;
 pub mod hub;
 pub mod namespace;
 pub mod outbox;
@@ -39,6 +42,7 @@ mod shard;
 
 pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription};
 pub use error::HubError;
+pub use frame::{Frame, NotUtf8, Text};
 pub use hub::{
     Hub, HubConfig, HubMeter, HubObserver, HubStats, Recovery, SessionRelay, SubscribeAccess, SubscribeOutcome,
     SubscribeRequest, Watch, MAX_WATCHES, NODE_INFO_EVERY, WATCH_QUEUE,

@@ -33,11 +33,12 @@ use std::future::{poll_fn, Future};
 use std::sync::Mutex;
 use std::task::Poll;
 
-use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
 use herald_engine::{ChannelName, DisconnectReason};
+
+use crate::frame::Frame;
 
 /// What a non-frame item counts for against the byte limit.
 const EVENT_COST: usize = 64;
@@ -45,8 +46,8 @@ const EVENT_COST: usize = 64;
 /// One thing to send to a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
-    /// Bytes already encoded for this connection's protocol.
-    Frame(Bytes),
+    /// A message already encoded for this connection's protocol.
+    Frame(Frame),
     /// Something the connection's front-end encodes itself.
     Event(ConnEvent),
 }
@@ -54,7 +55,7 @@ pub enum Outgoing {
 impl Outgoing {
     fn cost(&self) -> usize {
         match self {
-            Outgoing::Frame(bytes) => bytes.len(),
+            Outgoing::Frame(frame) => frame.len(),
             Outgoing::Event(_) => EVENT_COST,
         }
     }
@@ -374,10 +375,11 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Text;
     use std::sync::Arc;
 
     fn frame(n: usize) -> Outgoing {
-        Outgoing::Frame(Bytes::from(vec![b'x'; n]))
+        Outgoing::Frame(Frame::Text(Text::from("x".repeat(n))))
     }
 
     fn items(drained: Drained) -> Vec<Outgoing> {

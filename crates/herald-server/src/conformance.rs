@@ -13,6 +13,8 @@ use axum::routing::any;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use herald_core::Text;
+
 use crate::config::HttpConfig;
 use crate::http::admission::Limits;
 use crate::http::{self, ServeSettings};
@@ -44,7 +46,11 @@ fn echo(upgrade: WsUpgrade, max_message_size: usize) -> Response {
                 Ok(None) | Err(TransportError::Broken(_)) => break,
             };
             let sent = match message {
-                Inbound::Text(text) => socket.send_text(text).await,
+                // The WebSocket took it as text: it is UTF-8.
+                Inbound::Text(text) => match Text::new(text) {
+                    Ok(text) => socket.send_text(text).await,
+                    Err(_) => break,
+                },
                 Inbound::Binary(bytes) => socket.send_binary(bytes).await,
             };
             if sent.is_err() {

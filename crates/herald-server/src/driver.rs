@@ -34,7 +34,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
-use herald_core::{ConnEvent, Connection, Drained, Hub, Outbox, Outgoing};
+use herald_core::{ConnEvent, Connection, Drained, Frame, Hub, Outbox, Outgoing, Text};
 use herald_engine::DisconnectReason;
 
 use crate::transport::{Inbound, Started, Transport, TransportError};
@@ -94,7 +94,7 @@ pub(crate) trait Protocol: Send {
 
     /// Encodes a server-side event, or `None` when the protocol has no
     /// message for it. An error ends the session.
-    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason>;
+    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Frame>, DisconnectReason>;
 
     /// The close code and reason the client is told for `reason`.
     fn close_code(&self, reason: &DisconnectReason) -> (u16, String);
@@ -309,22 +309,25 @@ fn start_flush<P: Protocol, T: Transport>(
     // Events become frames in place; an event with no message for this
     // protocol leaves an empty frame, which is skipped.
     for item in items.iter_mut().filter(|item| matches!(item, Outgoing::Event(_))) {
-        let Outgoing::Event(event) = std::mem::replace(item, Outgoing::Frame(Bytes::new())) else { continue };
+        let empty = Outgoing::Frame(Frame::Binary(Bytes::new()));
+        let Outgoing::Event(event) = std::mem::replace(item, empty) else { continue };
         if let Some(frame) = protocol.on_event(event).map_err(Some)? {
             *item = Outgoing::Frame(frame);
         }
     }
     let frames = items.into_iter().filter_map(|item| match item {
-        Outgoing::Frame(bytes) if !bytes.is_empty() => Some(bytes),
+        Outgoing::Frame(frame) if !frame.is_empty() => Some(frame),
         Outgoing::Frame(_) | Outgoing::Event(_) => None,
     });
     let started = match protocol.framing() {
-        Framing::Messages => transport.start_texts(cx, frames),
-        Framing::Lines => match join_lines(frames) {
+        Framing::Messages => transport.start_texts(cx, frames.filter_map(text)),
+        // A lone message (the common case) is sent as it is, shared with
+        // every other subscriber; only several are copied.
+        Framing::Lines => match Text::join(frames.filter_map(text), "\n") {
             Some(frame) => transport.start_texts(cx, std::iter::once(frame)),
             None => Ok(Started::Written),
         },
-        Framing::Binary => match concatenated(frames) {
+        Framing::Binary => match concatenated(frames.filter_map(binary)) {
             Some(frame) => transport.start_binary(cx, frame),
             None => Ok(Started::Written),
         },
@@ -352,28 +355,27 @@ fn concatenated(mut frames: impl Iterator<Item = Bytes>) -> Option<Bytes> {
     Some(joined.freeze())
 }
 
-/// Joins messages with newlines into one frame. A lone message (the common
-/// case) is returned as it is, shared with every other subscriber; only
-/// several are copied.
-fn join_lines(frames: impl Iterator<Item = Bytes>) -> Option<Bytes> {
-    let mut lone: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
-    for message in frames {
-        match lone.take() {
-            None if joined.is_empty() => lone = Some(message),
-            first => {
-                if let Some(first) = first {
-                    joined.put_slice(&first);
-                }
-                joined.put_u8(b'\n');
-                joined.put_slice(&message);
-            }
+/// A frame for a protocol that speaks text. A binary one would be a bug,
+/// logged, and not sent.
+fn text(frame: Frame) -> Option<Text> {
+    match frame {
+        Frame::Text(text) => Some(text),
+        Frame::Binary(bytes) => {
+            tracing::error!(bytes = bytes.len(), "a binary frame for a text protocol (a bug); not sent");
+            None
         }
     }
-    match lone {
-        Some(message) => Some(message),
-        None if joined.is_empty() => None,
-        None => Some(joined.freeze()),
+}
+
+/// A frame for a protocol that speaks binary. A text one would be a bug,
+/// logged, and not sent.
+fn binary(frame: Frame) -> Option<Bytes> {
+    match frame {
+        Frame::Binary(bytes) => Some(bytes),
+        Frame::Text(text) => {
+            tracing::error!(bytes = text.len(), "a text frame for a binary protocol (a bug); not sent");
+            None
+        }
     }
 }
 
@@ -446,7 +448,7 @@ mod tests {
             Ok(())
         }
 
-        fn on_event(&mut self, _: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
+        fn on_event(&mut self, _: ConnEvent) -> Result<Option<Frame>, DisconnectReason> {
             Ok(None)
         }
 
@@ -484,16 +486,5 @@ mod tests {
         assert_eq!(from_session.recv().await, Some(Sent::Close(3004, "internal server error".into())));
         session.await.expect("the session task ends normally");
         assert_eq!(hub.stats().clients, 0, "no ghost connection is left");
-    }
-
-    fn joined(messages: &[&'static str]) -> Option<Bytes> {
-        join_lines(messages.iter().map(|m| Bytes::from_static(m.as_bytes())))
-    }
-
-    #[test]
-    fn lines_join_several_messages_and_leave_a_lone_one_as_it_is() {
-        assert_eq!(joined(&[]), None);
-        assert_eq!(joined(&["{}"]), Some(Bytes::from_static(b"{}")));
-        assert_eq!(joined(&["{\"a\":1}", "{}", "{\"b\":2}"]), Some(Bytes::from_static(b"{\"a\":1}\n{}\n{\"b\":2}")));
     }
 }

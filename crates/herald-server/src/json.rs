@@ -5,6 +5,10 @@
 //! spliced into what is written around them. So replies are written here
 //! directly, field by field, instead of through a JSON tree.
 //!
+//! What is written is sent as text, which must be UTF-8: [`text`] checks a
+//! frame once, where it is made, so the frames fanout shares are not
+//! checked again per subscriber on their way out.
+//!
 //! The shapes of a publication, a client's info, a history read and a
 //! presence list are the same in the Centrifuge client protocol and the
 //! server API (both follow Centrifugo's), so they are written here once.
@@ -12,6 +16,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use herald_core::Text;
 use herald_engine::{ClientInfo, HistoryResult, Publication};
 
 /// Removes whitespace between JSON tokens of an already valid document,
@@ -51,6 +56,31 @@ pub(crate) fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_else(|error| {
         tracing::error!(%error, "a reply did not serialize (a bug): null written instead");
         b"null".to_vec()
+    })
+}
+
+/// [`to_vec`], as text.
+pub(crate) fn to_text<T: serde::Serialize + ?Sized>(value: &T) -> Text {
+    Text::from(serde_json::to_string(value).unwrap_or_else(|error| {
+        tracing::error!(%error, "a reply did not serialize (a bug): null written instead");
+        "null".to_owned()
+    }))
+}
+
+/// A frame written here, as text. Everything Herald writes is UTF-8, and
+/// so is every payload and info it accepts (JSON); only bytes another
+/// program put into the backplane (a publication's data in a Redis or NATS
+/// record) could not be. Such bytes are sent as U+FFFD, logged, rather
+/// than as a text frame no client could read or no frame at all (which
+/// would leave a gap in the channel's stream).
+pub(crate) fn text(frame: Bytes) -> Text {
+    Text::new(frame.clone()).unwrap_or_else(|_| {
+        tracing::warn!(
+            bytes = frame.len(),
+            "a frame holds bytes that are not UTF-8 (publication data or info another program wrote into \
+             the backplane?); sent with U+FFFD in their place"
+        );
+        Text::from(String::from_utf8_lossy(&frame).into_owned())
     })
 }
 
@@ -241,6 +271,15 @@ mod tests {
         let mut out = BytesMut::new();
         write(&mut out);
         serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn a_frame_is_text_as_it_is_and_bytes_that_are_not_utf8_become_replacement_characters() {
+        let frame = Bytes::from_static("{\"data\":\"café\"}".as_bytes());
+        let taken = text(frame.clone());
+        assert_eq!(taken.as_bytes().as_ptr(), frame.as_ptr(), "UTF-8 is taken as it is, not copied");
+        let foreign = text(Bytes::from_static(b"{\"data\":\"caf\xff\"}"));
+        assert_eq!(foreign, Text::from("{\"data\":\"caf\u{fffd}\"}"));
     }
 
     fn info() -> ClientInfo {

@@ -20,12 +20,16 @@ fn fresh_prefix() -> String {
 
 /// `n` nodes sharing `redis` under a prefix of their own, named `node-0`, ….
 async fn cluster(redis: &RedisServer, n: usize) -> Vec<TestServer> {
-    let prefix = fresh_prefix();
+    cluster_under(redis, n, &fresh_prefix()).await
+}
+
+/// [`cluster`], under `prefix`.
+async fn cluster_under(redis: &RedisServer, n: usize, prefix: &str) -> Vec<TestServer> {
     let mut nodes = Vec::new();
     for i in 0..n {
         let engine = RedisEngineConfig {
             address: redis.url(),
-            prefix: prefix.clone(),
+            prefix: prefix.to_owned(),
             command_timeout: std::time::Duration::from_secs(2),
             ..Default::default()
         };
@@ -137,6 +141,26 @@ async fn channels_spread_over_several_redis_instances_still_reach_every_node() {
         used += usize::from(!keys.is_empty());
     }
     assert_eq!(used, 2, "both instances hold some channels");
+}
+
+#[tokio::test]
+async fn a_publication_another_program_put_into_redis_with_data_that_is_not_utf8_reaches_json_clients_readably() {
+    // Only a program other than Herald could publish such bytes (Herald
+    // takes JSON); a text frame must be UTF-8, and a subscriber cut off
+    // for it would reconnect, recover it and be cut off again.
+    let redis = RedisServer::start();
+    let prefix = fresh_prefix();
+    let node = cluster_under(&redis, 1, &prefix).await.remove(0);
+    let mut reader = subscribed(&node, "reader", "chat:lobby").await;
+    let foreign = b"0\n\np\n{}\n\"caf\xff\"".to_vec();
+    let _: i64 = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("PUBLISH").arg(format!("{prefix}:{{chat:lobby}}:pub")).arg(foreign).query(&mut c))
+        .unwrap();
+    assert_eq!(reader.next_push().await["pub"]["data"], "caf\u{fffd}", "the bytes that are not UTF-8 as U+FFFD");
+    reader.assert_alive().await;
+    node.publish("chat:lobby", json!("after")).await;
+    assert_eq!(reader.next_push().await["pub"]["data"], "after");
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use herald_engine::{ChannelName, ClientId, Engine, NodeId, PresenceEvent, Public
 
 use super::*;
 use crate::connection::{ConnectionSpec, PushEncoder};
+use crate::frame::Frame;
 use crate::namespace::{ChannelRules, DeltaType, NamespaceOptions, SubscribePolicy};
 use crate::outbox::{Drained, Outbox, Outgoing};
 
@@ -25,21 +26,21 @@ impl PushEncoder for DeltaEncoder {
         "test"
     }
 
-    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Bytes {
-        Bytes::from([&b"plain|"[..], &publication.data].concat())
+    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Frame {
+        Frame::Binary(Bytes::from([&b"plain|"[..], &publication.data].concat()))
     }
 
-    fn encode_delta_publication(&self, _: &ChannelName, publication: &Publication, delta: Option<&[u8]>) -> Bytes {
-        match delta {
+    fn encode_delta_publication(&self, _: &ChannelName, publication: &Publication, delta: Option<&[u8]>) -> Frame {
+        Frame::Binary(match delta {
             None => Bytes::from([&b"full|"[..], &publication.data].concat()),
             Some(delta) => {
                 self.deltas.fetch_add(1, Ordering::Relaxed);
                 Bytes::from([&b"delta|"[..], delta].concat())
             }
-        }
+        })
     }
 
-    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Bytes> {
+    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Frame> {
         None
     }
 }
@@ -97,7 +98,10 @@ fn frames(conn: &Connection) -> Vec<Bytes> {
     match conn.outbox().drain() {
         Drained::Items(items) => items
             .into_iter()
-            .filter_map(|item| if let Outgoing::Frame(frame) = item { Some(frame) } else { None })
+            .filter_map(|item| match item {
+                Outgoing::Frame(frame) => Some(Bytes::copy_from_slice(frame.as_bytes())),
+                Outgoing::Event(_) => None,
+            })
             .collect(),
         Drained::Closed(reason) => panic!("closed: {reason:?}"),
     }

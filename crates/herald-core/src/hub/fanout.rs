@@ -9,21 +9,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use herald_engine::{ChannelName, PresenceEvent, Publication};
 use tokio::time::Instant;
 
 use super::channels::{Channels, Next};
 use crate::connection::Connection;
+use crate::frame::Frame;
 use crate::outbox::{Outbox, Outgoing};
 
 /// One encoding per protocol (and audience), shared by every subscriber
 /// it fits.
 #[derive(Default)]
-struct SharedFrames(Vec<((*const (), bool), Option<Bytes>)>);
+struct SharedFrames(Vec<((*const (), bool), Option<Frame>)>);
 
 impl SharedFrames {
-    fn get(&mut self, conn: &Connection, audience: bool, encode: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
+    fn get(&mut self, conn: &Connection, audience: bool, encode: impl FnOnce() -> Option<Frame>) -> Option<Frame> {
         let key = (Arc::as_ptr(&conn.encoder) as *const (), audience);
         if let Some((_, bytes)) = self.0.iter().find(|(k, _)| *k == key) {
             return bytes.clone();
@@ -44,7 +44,7 @@ struct DeltaFrames {
     /// data itself (the publication then goes in full).
     diffs: Vec<(*const Publication, Option<Vec<u8>>)>,
     /// By protocol and base; the base is null for the publication in full.
-    frames: Vec<((*const (), *const Publication), Bytes)>,
+    frames: Vec<((*const (), *const Publication), Frame)>,
 }
 
 impl DeltaFrames {
@@ -54,7 +54,7 @@ impl DeltaFrames {
         channel: &ChannelName,
         publication: &Publication,
         base: Option<&Arc<Publication>>,
-    ) -> Bytes {
+    ) -> Frame {
         let key = base.map_or(std::ptr::null(), Arc::as_ptr);
         if let Some(base) = base.filter(|_| !self.diffs.iter().any(|(known, _)| *known == key)) {
             let diff = crate::fossil::delta(&base.data, &publication.data);

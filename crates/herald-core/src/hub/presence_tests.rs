@@ -16,6 +16,7 @@ use herald_engine::{
 use super::presence::beats_between_refreshes;
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeRequest};
 use crate::connection::{Connection, ConnectionSpec, PushEncoder};
+use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::Outbox;
 
@@ -31,10 +32,10 @@ impl PushEncoder for Silent {
     fn protocol(&self) -> &'static str {
         "test"
     }
-    fn encode_publication(&self, _: &ChannelName, _: &Publication) -> Bytes {
-        Bytes::new()
+    fn encode_publication(&self, _: &ChannelName, _: &Publication) -> Frame {
+        Frame::Binary(Bytes::new())
     }
-    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Bytes> {
+    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Frame> {
         None
     }
 }

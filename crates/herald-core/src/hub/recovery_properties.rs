@@ -17,6 +17,7 @@ use proptest::prelude::*;
 
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::{Connection, ConnectionSpec, PushEncoder};
+use crate::frame::{Frame, Text};
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::{Drained, Outbox, Outgoing};
 
@@ -31,24 +32,24 @@ impl PushEncoder for OffsetEncoder {
         "test"
     }
 
-    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Bytes {
-        Bytes::from(format!("pub {}", publication.offset))
+    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Frame {
+        Frame::Text(format!("pub {}", publication.offset).into())
     }
-    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Bytes> {
-        Some(Bytes::from_static(b"presence"))
+    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Frame> {
+        Some(Frame::Text("presence".into()))
     }
 }
 
 fn reply(outcome: &SubscribeOutcome) -> Option<Outgoing> {
     let offsets: Vec<String> = outcome.publications.iter().map(|p| p.offset.to_string()).collect();
-    Some(Outgoing::Frame(Bytes::from(format!(
+    Some(Outgoing::Frame(Frame::Text(Text::from(format!(
         "sub {} {} {} {} {}",
         outcome.was_recovering,
         outcome.recovered,
         outcome.position.epoch,
         outcome.position.offset,
         offsets.join(",")
-    ))))
+    )))))
 }
 
 /// Hands events to a forwarding task.
@@ -169,7 +170,7 @@ impl Client {
         };
         for item in items {
             let Outgoing::Frame(frame) = item else { continue };
-            let text = String::from_utf8(frame.to_vec()).unwrap();
+            let text = String::from_utf8(frame.as_bytes().to_vec()).unwrap();
             let words: Vec<&str> = text.split(' ').collect();
             match words[0] {
                 "pub" => {

@@ -18,6 +18,7 @@ use herald_engine::{
 use super::channels::{in_stream_order, Followed, Next};
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::{Connection, ConnectionSpec, PushEncoder};
+use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::{ConnEvent, Drained, Outbox, Outgoing, UnsubscribeReason};
 
@@ -29,10 +30,10 @@ impl PushEncoder for OffsetEncoder {
         "test"
     }
 
-    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Bytes {
-        Bytes::from(format!("pub {}", publication.offset))
+    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Frame {
+        Frame::Text(format!("pub {}", publication.offset).into())
     }
-    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Bytes> {
+    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Frame> {
         None
     }
 }
@@ -166,7 +167,8 @@ impl Node {
                 outbox: Arc::new(Outbox::new(1 << 20)),
             })
             .unwrap();
-        let reply = |o: &SubscribeOutcome| Some(Outgoing::Frame(Bytes::from(format!("sub {}", o.position.offset))));
+        let reply =
+            |o: &SubscribeOutcome| Some(Outgoing::Frame(Frame::Text(format!("sub {}", o.position.offset).into())));
         let request = SubscribeRequest::default();
         self.hub.subscribe(&conn, &self.channel, SubscribeAccess::Client, request, reply).await.unwrap();
         conn
@@ -189,7 +191,7 @@ fn sent(conn: &Connection) -> Vec<String> {
         Drained::Items(items) => items
             .into_iter()
             .map(|item| match item {
-                Outgoing::Frame(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                Outgoing::Frame(frame) => String::from_utf8(frame.as_bytes().to_vec()).unwrap(),
                 Outgoing::Event(ConnEvent::Unsubscribed { reason: UnsubscribeReason::InsufficientState, .. }) => {
                     "recover".to_owned()
                 }

@@ -8,6 +8,7 @@ use herald_engine::{
 
 use super::*;
 use crate::connection::{ConnectionSpec, PushEncoder};
+use crate::frame::Frame;
 use crate::namespace::ChannelConventions;
 use crate::namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
 use crate::outbox::{Drained, Outbox, Outgoing};
@@ -23,17 +24,17 @@ impl PushEncoder for TestEncoder {
         "test"
     }
 
-    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
+    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Frame {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut out = channel.as_str().as_bytes().to_vec();
         out.push(b'|');
         out.extend_from_slice(&publication.data);
-        Bytes::from(out)
+        Frame::Binary(Bytes::from(out))
     }
 
-    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _: bool) -> Option<Bytes> {
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _: bool) -> Option<Frame> {
         let kind = if event.is_join() { "join" } else { "leave" };
-        Some(Bytes::from(format!("{channel}|{kind} {}", event.info().user)))
+        Some(Frame::Binary(Bytes::from(format!("{channel}|{kind} {}", event.info().user))))
     }
 }
 
@@ -92,7 +93,7 @@ impl Fixture {
     }
 
     async fn subscribe(&self, conn: &Arc<Connection>, channel: &str) -> Result<(), HubError> {
-        let reply = Outgoing::Frame(Bytes::from(format!("subscribed {channel}")));
+        let reply = Outgoing::Frame(Frame::Text(format!("subscribed {channel}").into()));
         self.hub
             .subscribe(conn, &ch(channel), SubscribeAccess::Client, SubscribeRequest::default(), |_| Some(reply))
             .await
@@ -118,7 +119,7 @@ fn frames(conn: &Connection) -> Vec<String> {
         Drained::Items(items) => items
             .into_iter()
             .map(|item| match item {
-                Outgoing::Frame(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+                Outgoing::Frame(frame) => String::from_utf8(frame.as_bytes().to_vec()).unwrap(),
                 Outgoing::Event(event) => format!("{event:?}"),
             })
             .collect(),

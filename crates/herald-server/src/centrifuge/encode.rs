@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
-use herald_core::{PushEncoder, SubscribeOutcome};
+use herald_core::{Frame, PushEncoder, SubscribeOutcome};
 use herald_engine::{ChannelName, ClientInfo, HistoryResult, PresenceEvent, Publication};
 
 use super::codes::ClientError;
@@ -24,8 +24,8 @@ impl PushEncoder for CentrifugeEncoder {
         "centrifuge"
     }
 
-    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
-        publication_push(channel, publication, true, Data::Raw)
+    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Frame {
+        Frame::Text(json::text(publication_push(channel, publication, true, Data::Raw)))
     }
 
     /// Data as a string, a delta's with `"delta":true`. A delta that is not
@@ -36,17 +36,18 @@ impl PushEncoder for CentrifugeEncoder {
         channel: &ChannelName,
         publication: &Publication,
         delta: Option<&[u8]>,
-    ) -> Bytes {
+    ) -> Frame {
         let data = match delta.map(std::str::from_utf8) {
             Some(Ok(delta)) => Data::Delta(delta),
             Some(Err(_)) | None => Data::Text,
         };
-        publication_push(channel, publication, true, data)
+        Frame::Text(json::text(publication_push(channel, publication, true, data)))
     }
 
     /// Centrifuge announces every connection's join and leave, to everyone.
-    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Bytes> {
-        Some(presence_push(channel, if event.is_join() { "join" } else { "leave" }, event.info(), true))
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Frame> {
+        let push = presence_push(channel, if event.is_join() { "join" } else { "leave" }, event.info(), true);
+        Some(Frame::Text(json::text(push)))
     }
 }
 
@@ -61,12 +62,13 @@ impl PushEncoder for UniEncoder {
         "centrifuge"
     }
 
-    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
-        publication_push(channel, publication, false, Data::Raw)
+    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Frame {
+        Frame::Text(json::text(publication_push(channel, publication, false, Data::Raw)))
     }
 
-    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Bytes> {
-        Some(presence_push(channel, if event.is_join() { "join" } else { "leave" }, event.info(), false))
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Frame> {
+        let push = presence_push(channel, if event.is_join() { "join" } else { "leave" }, event.info(), false);
+        Some(Frame::Text(json::text(push)))
     }
 }
 
@@ -264,11 +266,15 @@ mod tests {
 
     use super::*;
 
+    fn text(json: &'static str) -> Frame {
+        Frame::Text(json.into())
+    }
+
     #[test]
     fn publications_encode_as_push_frames() {
         let mut publication = Publication::from_data(Bytes::from_static(br#"{"text":"hi"}"#));
         let frame = CentrifugeEncoder.encode_publication(&ChannelName::new("chat:a").unwrap(), &publication);
-        assert_eq!(frame, r#"{"push":{"channel":"chat:a","pub":{"data":{"text":"hi"}}}}"#);
+        assert_eq!(frame, text(r#"{"push":{"channel":"chat:a","pub":{"data":{"text":"hi"}}}}"#));
 
         publication.offset = Offset::new(7);
         publication.tags = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
@@ -279,7 +285,7 @@ mod tests {
             chan_info: None,
         });
         let frame = CentrifugeEncoder.encode_publication(&ChannelName::new("q\"").unwrap(), &publication);
-        let parsed: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(frame.as_bytes()).unwrap();
         assert_eq!(
             parsed,
             serde_json::json!({"push": {"channel": "q\"", "pub": {
@@ -297,7 +303,7 @@ mod tests {
         let publication = Publication::from_data(Bytes::from_static(br#"{"goal":1}"#));
         assert_eq!(
             UniEncoder.encode_publication(&channel, &publication),
-            r#"{"channel":"scores","pub":{"data":{"goal":1}}}"#
+            text(r#"{"channel":"scores","pub":{"data":{"goal":1}}}"#)
         );
         let info = ClientInfo {
             user: UserId::new("7").unwrap(),
@@ -308,7 +314,7 @@ mod tests {
         let join = PresenceEvent::Join { info, user_arrived: true };
         assert_eq!(
             UniEncoder.encode_presence(&channel, &join, false).unwrap(),
-            r#"{"channel":"scores","join":{"info":{"user":"7","client":"c"}}}"#
+            text(r#"{"channel":"scores","join":{"info":{"user":"7","client":"c"}}}"#)
         );
         assert_eq!(push(None, "refresh", &serde_json::json!({}), false), r#"{"refresh":{}}"#);
         assert_eq!(

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use herald_core::{ChannelRules, ConnEvent, Connection, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
+use herald_core::{ChannelRules, ConnEvent, Connection, Frame, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
 use herald_engine::{ChannelName, ClientId, DisconnectReason};
 
 use super::codes::{self, ClientError};
@@ -93,15 +93,15 @@ pub(crate) enum Encoding {
 /// `json` (a reply or push the session wrote) as a client speaking
 /// `encoding` reads it; empty (and so not sent) if it cannot be, which
 /// would be a bug, logged.
-pub(crate) fn encoded(encoding: Encoding, json: Bytes) -> Bytes {
+pub(crate) fn encoded(encoding: Encoding, json: Bytes) -> Frame {
     match encoding {
-        Encoding::Json => json,
+        Encoding::Json => Frame::Text(crate::json::text(json)),
         // The commonest message of all.
-        Encoding::Protobuf if json == encode::PING => Bytes::from_static(protobuf::PING),
-        Encoding::Protobuf => protobuf::transcode(&json).unwrap_or_else(|error| {
+        Encoding::Protobuf if json == encode::PING => Frame::Binary(Bytes::from_static(protobuf::PING)),
+        Encoding::Protobuf => Frame::Binary(protobuf::transcode(&json).unwrap_or_else(|error| {
             tracing::error!(%error, "a reply could not be put in Protobuf (a bug); not sent");
             Bytes::new()
-        }),
+        })),
     }
 }
 
@@ -545,7 +545,7 @@ impl Protocol for Session {
     }
 
     /// Encodes a server-side event, updating session state on the way.
-    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
+    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Frame>, DisconnectReason> {
         let json = self.event_push(event)?;
         Ok(Some(encoded(self.encoding, json)))
     }

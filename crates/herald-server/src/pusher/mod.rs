@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use herald_core::{Hub, PushEncoder};
+use herald_core::{Hub, PushEncoder, Text};
 
 use crate::driver::DriverSettings;
 use herald_engine::{ChannelName, PresenceEvent, Publication};
@@ -256,18 +256,18 @@ pub(crate) struct Frame<'a> {
 }
 
 impl Frame<'_> {
-    pub(crate) fn encode(&self) -> Bytes {
-        Bytes::from(crate::json::to_vec(self))
+    pub(crate) fn encode(&self) -> Text {
+        crate::json::to_text(self)
     }
 }
 
 /// `pusher_internal:subscription_succeeded` with `data` (a JSON string).
-pub(crate) fn subscription_succeeded(channel: &str, data: &str) -> Bytes {
+pub(crate) fn subscription_succeeded(channel: &str, data: &str) -> Text {
     Frame { event: "pusher_internal:subscription_succeeded", channel: Some(channel), data, user_id: None }.encode()
 }
 
 /// A frame whose `data` is an object (`pusher:error`, `pusher:pong`, …).
-pub(crate) fn object_frame(event: &str, channel: Option<&str>, data: &serde_json::Value) -> Bytes {
+pub(crate) fn object_frame(event: &str, channel: Option<&str>, data: &serde_json::Value) -> Text {
     let mut out = bytes::BytesMut::with_capacity(64);
     let mut frame = crate::json::Object::begin(&mut out);
     frame.str("event", event);
@@ -276,11 +276,11 @@ pub(crate) fn object_frame(event: &str, channel: Option<&str>, data: &serde_json
     }
     frame.raw("data", &crate::json::to_vec(data));
     frame.end();
-    out.freeze()
+    crate::json::text(out.freeze())
 }
 
 /// `pusher:error` with a code and message.
-pub(crate) fn error_frame(code: Option<u16>, message: &str, channel: Option<&str>) -> Bytes {
+pub(crate) fn error_frame(code: Option<u16>, message: &str, channel: Option<&str>) -> Text {
     object_frame("pusher:error", channel, &serde_json::json!({ "code": code, "message": message }))
 }
 
@@ -323,7 +323,7 @@ impl PushEncoder for PusherEncoder {
         "pusher"
     }
 
-    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Bytes {
+    fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> herald_core::Frame {
         let name = self.name_of(channel).unwrap_or(channel.as_str());
         let event = publication.tags.get(EVENT_TAG).map_or(DEFAULT_EVENT, String::as_str);
         // Presence members see who sent a client event.
@@ -331,11 +331,16 @@ impl PushEncoder for PusherEncoder {
             (Some(info), true) if event.starts_with("client-") => Some(info.user.as_str()),
             _ => None,
         };
-        Frame { event, channel: Some(name), data: &event_data(&publication.data), user_id }.encode()
+        Frame { event, channel: Some(name), data: &event_data(&publication.data), user_id }.encode().into()
     }
 
     /// Pusher announces users, not connections, and not to themselves.
-    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, to_own_user: bool) -> Option<Bytes> {
+    fn encode_presence(
+        &self,
+        channel: &ChannelName,
+        event: &PresenceEvent,
+        to_own_user: bool,
+    ) -> Option<herald_core::Frame> {
         if !event.user_changed() || to_own_user {
             return None;
         }
@@ -356,6 +361,6 @@ impl PushEncoder for PusherEncoder {
         };
         fields.end();
         let data = String::from_utf8_lossy(&data);
-        Some(Frame { event, channel: Some(name), data: &data, user_id: None }.encode())
+        Some(Frame { event, channel: Some(name), data: &data, user_id: None }.encode().into())
     }
 }

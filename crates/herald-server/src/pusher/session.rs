@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::future::Either;
 use serde::Deserialize;
 use serde_json::Value;
@@ -170,7 +169,9 @@ impl Session {
         let timeout = frontend.settings.activity_timeout.as_secs();
         let established = serde_json::json!({ "socket_id": socket_id, "activity_timeout": timeout }).to_string();
         let _ = outbox.push(Outgoing::Frame(
-            Frame { event: "pusher:connection_established", channel: None, data: &established, user_id: None }.encode(),
+            Frame { event: "pusher:connection_established", channel: None, data: &established, user_id: None }
+                .encode()
+                .into(),
         ));
         let now = Instant::now();
         let rates = ConnectionRates::new(frontend.settings.rates, now);
@@ -189,9 +190,9 @@ impl Session {
         })
     }
 
-    fn send(&self, frame: Bytes) {
+    fn send(&self, frame: impl Into<herald_core::Frame>) {
         // A full outbox closes itself as slow; the loop then ends the session.
-        let _ = self.outbox.push(Outgoing::Frame(frame));
+        let _ = self.outbox.push(Outgoing::Frame(frame.into()));
     }
 
     /// Counts a message against the command rate: `Ok(false)` when it is
@@ -314,10 +315,10 @@ impl Protocol for Session {
     /// A server-side subscription change, as a Pusher frame. Pusher has no
     /// server-side unsubscribe push; the client simply stops receiving the
     /// channel.
-    fn on_event(&mut self, event: ConnEvent) -> Result<Option<Bytes>, DisconnectReason> {
+    fn on_event(&mut self, event: ConnEvent) -> Result<Option<herald_core::Frame>, DisconnectReason> {
         Ok(match event {
             ConnEvent::Subscribed { channel } => {
-                self.app.name_of(&channel).map(|name| super::subscription_succeeded(name, "{}"))
+                self.app.name_of(&channel).map(|name| super::subscription_succeeded(name, "{}").into())
             }
             ConnEvent::Unsubscribed { .. } | ConnEvent::Refresh { .. } => None,
         })

@@ -15,6 +15,7 @@ pub(crate) mod stream;
 pub(crate) mod websocket;
 
 use bytes::Bytes;
+use herald_core::Text;
 
 pub(crate) use websocket::{WebSocket, WsUpgrade};
 
@@ -51,12 +52,14 @@ pub(crate) enum Started {
 /// A bidirectional message transport.
 pub(crate) trait Transport: Send {
     /// Starts sending text messages, in order, without a future: writes
-    /// what the socket takes now and keeps the rest owed. The driver's
+    /// what the socket takes now and keeps the rest owed. The text was
+    /// checked to be UTF-8 where it was made (once for a frame fanout
+    /// shares), so it is not checked here. The driver's
     /// common case, a write the socket takes at once, then costs nothing
     /// more; only what is owed needs [`Transport::send_owed`].
     fn start_texts<I>(&mut self, cx: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
     where
-        I: IntoIterator<Item = Bytes>;
+        I: IntoIterator<Item = Text>;
 
     /// Starts sending one binary message, as [`Transport::start_texts`].
     fn start_binary(&mut self, cx: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError>;
@@ -68,7 +71,7 @@ pub(crate) trait Transport: Send {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Inbound>, TransportError>> + Send;
 
     /// Sends one text message.
-    fn send_text(&mut self, text: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send
+    fn send_text(&mut self, text: Text) -> impl Future<Output = Result<(), TransportError>> + Send
     where
         Self: Sized,
     {
@@ -80,7 +83,7 @@ pub(crate) trait Transport: Send {
     fn send_texts<I>(&mut self, texts: I) -> impl Future<Output = Result<(), TransportError>> + Send
     where
         Self: Sized,
-        I: IntoIterator<Item = Bytes> + Send,
+        I: IntoIterator<Item = Text> + Send,
     {
         send_started(self, |transport, cx| transport.start_texts(cx, texts))
     }
@@ -127,10 +130,10 @@ pub(crate) mod memory {
     impl Transport for MemoryTransport {
         fn start_texts<I>(&mut self, _: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
         where
-            I: IntoIterator<Item = Bytes>,
+            I: IntoIterator<Item = Text>,
         {
             for text in texts {
-                let text = String::from_utf8(text.to_vec()).expect("frames are UTF-8");
+                let text = String::from_utf8(text.as_bytes().to_vec()).expect("frames are UTF-8");
                 self.outbound.send(Sent::Text(text)).map_err(|_| TransportError::Broken("closed".into()))?;
             }
             Ok(Started::Written)

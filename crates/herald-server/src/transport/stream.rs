@@ -23,6 +23,7 @@ use std::task::Context;
 
 use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
+use herald_core::Text;
 use tokio::sync::mpsc;
 
 use super::{Inbound, Started, Transport, TransportError};
@@ -165,11 +166,11 @@ impl<Held: Send> Transport for StreamTransport<Held> {
 
     fn start_texts<I>(&mut self, _: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
     where
-        I: IntoIterator<Item = Bytes>,
+        I: IntoIterator<Item = Text>,
     {
         let mut chunk = BytesMut::new();
         for text in texts {
-            self.put_frame(&mut chunk, &text);
+            self.put_frame(&mut chunk, text.as_bytes());
         }
         match chunk.is_empty() && self.owed.is_none() {
             true => Ok(Started::Written),
@@ -221,7 +222,7 @@ mod tests {
     async fn events_put_every_line_in_a_data_field_and_end_with_a_blank_line() {
         let (_to_session, inbound) = mpsc::channel(1);
         let (mut transport, mut body) = open(Format::Events, Closing::Push, inbound, ());
-        transport.send_text(Bytes::from_static(b"{\"id\":1}\n{\"push\":{}}")).await.unwrap();
+        transport.send_text(Text::from("{\"id\":1}\n{\"push\":{}}")).await.unwrap();
         assert_eq!(next_chunk(&mut body).await, "data: {\"id\":1}\ndata: {\"push\":{}}\n\n");
     }
 
@@ -229,7 +230,7 @@ mod tests {
     async fn lines_end_each_message_with_a_newline_and_a_close_is_a_disconnect_push() {
         let (_to_session, inbound) = mpsc::channel(1);
         let (mut transport, mut body) = open(Format::Lines, Closing::Push, inbound, ());
-        transport.send_text(Bytes::from_static(b"{}")).await.unwrap();
+        transport.send_text(Text::from("{}")).await.unwrap();
         transport.close(3001, "shutdown".into()).await;
         drop(transport);
         assert_eq!(next_chunk(&mut body).await, "{}\n");
@@ -255,13 +256,13 @@ mod tests {
     async fn a_uni_directional_event_stream_names_its_positions_in_event_ids() {
         let (_to_session, inbound) = mpsc::channel(1);
         let (mut transport, mut body) = open(Format::Events, Closing::Bare, inbound, ());
-        let connect = Bytes::from_static(br#"{"connect":{"subs":{"a":{"epoch":"e","offset":1}}}}"#);
-        let publication = Bytes::from_static(br#"{"channel":"a","pub":{"data":{},"offset":2}}"#);
-        transport.send_texts([connect.clone(), Bytes::from_static(b"{}"), publication.clone()]).await.unwrap();
+        let connect = Text::from(r#"{"connect":{"subs":{"a":{"epoch":"e","offset":1}}}}"#);
+        let publication = Text::from(r#"{"channel":"a","pub":{"data":{},"offset":2}}"#);
+        transport.send_texts([connect.clone(), Text::from("{}"), publication.clone()]).await.unwrap();
         let expected = [
-            "id: {\"a\":[\"e\",1]}\ndata: ".to_owned() + std::str::from_utf8(&connect).unwrap() + "\n\n",
+            "id: {\"a\":[\"e\",1]}\ndata: ".to_owned() + std::str::from_utf8(connect.as_bytes()).unwrap() + "\n\n",
             "data: {}\n\n".to_owned(),
-            "id: {\"a\":[\"e\",2]}\ndata: ".to_owned() + std::str::from_utf8(&publication).unwrap() + "\n\n",
+            "id: {\"a\":[\"e\",2]}\ndata: ".to_owned() + std::str::from_utf8(publication.as_bytes()).unwrap() + "\n\n",
         ];
         assert_eq!(next_chunk(&mut body).await, expected.concat(), "one chunk, an event per push");
     }
@@ -284,12 +285,12 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         for n in 0..BODY_CHUNKS {
-            let text = Bytes::from(format!("{{\"n\":{n}}}"));
+            let text = Text::from(format!("{{\"n\":{n}}}"));
             assert_eq!(transport.start_texts(&mut cx, [text]), Ok(Started::Written));
         }
-        let owed = transport.start_texts(&mut cx, [Bytes::from_static(b"{\"owed\":1}")]);
+        let owed = transport.start_texts(&mut cx, [Text::from("{\"owed\":1}")]);
         assert_eq!(owed, Ok(Started::Owed), "the body is full");
-        let more = transport.start_texts(&mut cx, [Bytes::from_static(b"{\"owed\":2}")]);
+        let more = transport.start_texts(&mut cx, [Text::from("{\"owed\":2}")]);
         assert_eq!(more, Ok(Started::Owed), "still full: kept behind what is owed");
 
         for n in 0..BODY_CHUNKS {
@@ -297,7 +298,7 @@ mod tests {
         }
         transport.send_owed().await.unwrap();
         assert_eq!(next_chunk(&mut body).await, "{\"owed\":1}\n{\"owed\":2}\n", "in order, whole");
-        transport.send_text(Bytes::from_static(b"{}")).await.unwrap();
+        transport.send_text(Text::from("{}")).await.unwrap();
         assert_eq!(next_chunk(&mut body).await, "{}\n");
     }
 
@@ -306,7 +307,7 @@ mod tests {
         let (_to_session, inbound) = mpsc::channel(1);
         let (mut transport, _unread) = open(Format::Lines, Closing::Push, inbound, ());
         for _ in 0..BODY_CHUNKS {
-            transport.send_text(Bytes::from_static(b"{}")).await.unwrap();
+            transport.send_text(Text::from("{}")).await.unwrap();
         }
         let blocked =
             tokio::time::timeout(std::time::Duration::from_millis(50), transport.send_text("{}".into())).await;

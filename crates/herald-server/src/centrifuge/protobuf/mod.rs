@@ -31,7 +31,7 @@ use prost::Message as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use herald_core::PushEncoder;
+use herald_core::{Frame, PushEncoder};
 use herald_engine::{ChannelName, ClientInfo, PresenceEvent, Publication};
 
 use super::command::{self, Command, Method};
@@ -97,27 +97,27 @@ impl PushEncoder for ProtobufEncoder {
         "centrifuge"
     }
 
-    fn encode_publication(&self, channel: &ChannelName, published: &Publication) -> Bytes {
-        push(channel, wire::Push { r#pub: Some(publication(published)), ..Default::default() })
+    fn encode_publication(&self, channel: &ChannelName, published: &Publication) -> Frame {
+        Frame::Binary(push(channel, wire::Push { r#pub: Some(publication(published)), ..Default::default() }))
     }
 
     /// Data is bytes in Protobuf: a full publication is as to anyone, a
     /// delta goes in its place with `delta` set.
-    fn encode_delta_publication(&self, channel: &ChannelName, published: &Publication, delta: Option<&[u8]>) -> Bytes {
+    fn encode_delta_publication(&self, channel: &ChannelName, published: &Publication, delta: Option<&[u8]>) -> Frame {
         let mut publication = publication(published);
         if let Some(delta) = delta {
             publication.data = Bytes::copy_from_slice(delta);
             publication.delta = true;
         }
-        push(channel, wire::Push { r#pub: Some(publication), ..Default::default() })
+        Frame::Binary(push(channel, wire::Push { r#pub: Some(publication), ..Default::default() }))
     }
 
-    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Bytes> {
+    fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, _to_own_user: bool) -> Option<Frame> {
         let info = Some(client_info(event.info()));
-        Some(match event.is_join() {
+        Some(Frame::Binary(match event.is_join() {
             true => push(channel, wire::Push { join: Some(wire::Join { info }), ..Default::default() }),
             false => push(channel, wire::Push { leave: Some(wire::Leave { info }), ..Default::default() }),
-        })
+        }))
     }
 }
 

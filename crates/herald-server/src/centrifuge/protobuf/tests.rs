@@ -27,7 +27,8 @@ fn a_publication_is_a_push_reply_with_its_data_info_offset_and_tags() {
         conn_info: None,
         chan_info: None,
     });
-    let reply = decode_reply(ProtobufEncoder.encode_publication(&ChannelName::new("scores").unwrap(), &published));
+    let frame = ProtobufEncoder.encode_publication(&ChannelName::new("scores").unwrap(), &published);
+    let reply = decode_reply(Bytes::copy_from_slice(frame.as_bytes()));
     let push = reply.push.expect("a push");
     assert_eq!(reply.id, 0);
     assert_eq!(push.channel, "scores");

@@ -143,7 +143,7 @@ impl Session {
         if kind.is_presence() {
             self.check_presence_room(&channel, subscription.user.as_ref()).await?;
         }
-        let reply = (!kind.is_presence()).then(|| Outgoing::Frame(subscription_succeeded(name, "{}")));
+        let reply = (!kind.is_presence()).then(|| Outgoing::Frame(subscription_succeeded(name, "{}").into()));
         let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
         self.frontend.hub().subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
         if kind.is_presence() {

@@ -33,6 +33,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use herald_core::Text;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -269,14 +270,11 @@ impl WebSocket {
         self.poll_write_owed(cx)
     }
 
-    /// Starts sending one message (a text one must be UTF-8), written at
-    /// once where the socket takes it (`poll_write_lone`).
+    /// Starts sending one message (a text one is UTF-8: [`Text`]), written
+    /// at once where the socket takes it (`poll_write_lone`).
     fn start_lone(&mut self, cx: &mut Context<'_>, opcode: Opcode, payload: &[u8]) -> Result<Started, TransportError> {
         if self.close_sent {
             return Err(TransportError::Broken("the WebSocket is closing".into()));
-        }
-        if opcode == Opcode::Text && std::str::from_utf8(payload).is_err() {
-            return Err(TransportError::Broken("outgoing frame is not UTF-8".into()));
         }
         started(self.poll_write_lone(cx, opcode, payload))
     }
@@ -371,19 +369,16 @@ impl Transport for WebSocket {
 
     fn start_texts<I>(&mut self, cx: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
     where
-        I: IntoIterator<Item = Bytes>,
+        I: IntoIterator<Item = Text>,
     {
         if self.close_sent {
             return Err(TransportError::Broken("the WebSocket is closing".into()));
         }
         let mut texts = texts.into_iter();
         let Some(first) = texts.next() else { return started(self.poll_write_owed(cx)) };
-        let Some(second) = texts.next() else { return self.start_lone(cx, Opcode::Text, &first) };
+        let Some(second) = texts.next() else { return self.start_lone(cx, Opcode::Text, first.as_bytes()) };
         for text in [first, second].into_iter().chain(texts) {
-            if std::str::from_utf8(&text).is_err() {
-                return Err(TransportError::Broken("outgoing frame is not UTF-8".into()));
-            }
-            self.queue(Opcode::Text, &text);
+            self.queue(Opcode::Text, text.as_bytes());
         }
         started(self.poll_write_owed(cx))
     }

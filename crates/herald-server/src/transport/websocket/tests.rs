@@ -160,7 +160,7 @@ async fn fragments_that_add_up_past_the_limit_are_refused() {
 async fn messages_sent_together_arrive_in_order_and_nothing_is_kept_after_the_write() {
     let (mut socket, mut client) = pair(1024).await;
     let long = "y".repeat(300);
-    let texts = [Bytes::from("one"), Bytes::from(long.clone()), Bytes::from("three")];
+    let texts = [Text::from("one"), Text::from(long.clone()), Text::from("three")];
 
     socket.send_texts(texts).await.unwrap();
 
@@ -175,7 +175,7 @@ async fn a_lone_frame_arrives_whole_whatever_its_header_length() {
     let (mut socket, mut client) = pair(1024).await;
     for len in [3usize, 300, 70_000] {
         let text = "z".repeat(len);
-        socket.send_text(Bytes::from(text.clone())).await.unwrap();
+        socket.send_text(Text::from(text.clone())).await.unwrap();
         assert_eq!(socket.output.capacity(), 0, "{len} bytes written: nothing kept");
         assert_eq!(server_frame(&mut client).await, (0x81, text.into_bytes()));
     }
@@ -197,7 +197,7 @@ async fn a_frame_the_socket_cannot_take_at_once_is_owed_and_goes_out_whole_befor
         let second = server_frame(&mut client).await;
         (first, second)
     });
-    socket.send_text(Bytes::from("after")).await.unwrap();
+    socket.send_text(Text::from("after")).await.unwrap();
     let (first, second) = reader.await.unwrap();
     assert_eq!(first, (0x82, big), "the owed frame, whole");
     assert_eq!(second, (0x81, b"after".to_vec()), "then the next");
@@ -213,7 +213,7 @@ async fn a_lone_frame_the_socket_cannot_take_now_is_owed_whole_and_follows_what_
     while let Ok(n) = tcp.try_write(&[b'f'; 4096]) {
         filled += n;
     }
-    let send = socket.send_text(Bytes::from("late"));
+    let send = socket.send_text(Text::from("late"));
     assert!(send.now_or_never().is_none(), "the socket takes nothing now");
     assert_eq!(socket.output, b"\x81\x04late", "the whole frame is owed");
 
@@ -223,7 +223,7 @@ async fn a_lone_frame_the_socket_cannot_take_now_is_owed_whole_and_follows_what_
         assert!(held.iter().all(|&b| b == b'f'));
         server_frame(&mut client).await
     });
-    socket.send_text(Bytes::from("next")).await.unwrap();
+    socket.send_text(Text::from("next")).await.unwrap();
     assert_eq!(reader.await.unwrap(), (0x81, b"late".to_vec()), "after what the socket held");
     assert_eq!(socket.output.capacity(), 0);
 }
@@ -252,7 +252,7 @@ async fn nothing_is_sent_after_a_close() {
     socket.close(1000, String::new()).await;
     let _client = reply.await.unwrap();
 
-    assert!(socket.send_text(Bytes::from("late")).await.is_err());
+    assert!(socket.send_text(Text::from("late")).await.is_err());
     assert!(socket.send_binary(Bytes::from("late")).await.is_err());
 }
 

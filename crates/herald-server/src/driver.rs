@@ -34,7 +34,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
-use herald_core::{ConnEvent, Connection, Drained, Frame, Hub, Outbox, Outgoing, Text};
+use herald_core::{ConnEvent, Connection, Drained, Frame, Hub, Outbox, Outgoing, Queued, Text};
 use herald_engine::DisconnectReason;
 
 use crate::transport::{Inbound, Started, Transport, TransportError};
@@ -302,24 +302,50 @@ fn start_flush<P: Protocol, T: Transport>(
     transport: &mut T,
     cx: &mut Context<'_>,
 ) -> Result<Started, Option<DisconnectReason>> {
-    let mut items = match protocol.parts().outbox.drain() {
+    let items = match protocol.parts().outbox.drain() {
         Drained::Closed(reason) => return Err(Some(reason)),
         Drained::Items(items) => items,
     };
-    // Events become frames in place; an event with no message for this
-    // protocol leaves an empty frame, which is skipped.
-    for item in items.iter_mut().filter(|item| matches!(item, Outgoing::Event(_))) {
-        let empty = Outgoing::Frame(Frame::Binary(Bytes::new()));
-        let Outgoing::Event(event) = std::mem::replace(item, empty) else { continue };
-        if let Some(frame) = protocol.on_event(event).map_err(Some)? {
-            *item = Outgoing::Frame(frame);
+    let framing = protocol.framing();
+    let started = match items {
+        Queued::Empty => start_frames(framing, transport, cx, std::iter::empty()),
+        // The common case (a publication reaching a connection that had
+        // nothing queued), spared the queue's iterators.
+        Queued::One(item) => {
+            let frame = match item {
+                Outgoing::Frame(frame) => Some(frame),
+                Outgoing::Event(event) => protocol.on_event(event).map_err(Some)?,
+            };
+            start_frames(framing, transport, cx, frame.into_iter().filter(|frame| !frame.is_empty()))
         }
-    }
-    let frames = items.into_iter().filter_map(|item| match item {
-        Outgoing::Frame(frame) if !frame.is_empty() => Some(frame),
-        Outgoing::Frame(_) | Outgoing::Event(_) => None,
-    });
-    let started = match protocol.framing() {
+        Queued::Many(mut items) => {
+            // Events become frames in place; an event with no message for
+            // this protocol leaves an empty frame, which is skipped.
+            for item in items.iter_mut().filter(|item| matches!(item, Outgoing::Event(_))) {
+                let empty = Outgoing::Frame(Frame::Binary(Bytes::new()));
+                let Outgoing::Event(event) = std::mem::replace(item, empty) else { continue };
+                if let Some(frame) = protocol.on_event(event).map_err(Some)? {
+                    *item = Outgoing::Frame(frame);
+                }
+            }
+            let frames = items.into_iter().filter_map(|item| match item {
+                Outgoing::Frame(frame) if !frame.is_empty() => Some(frame),
+                Outgoing::Frame(_) | Outgoing::Event(_) => None,
+            });
+            start_frames(framing, transport, cx, frames)
+        }
+    };
+    started.map_err(|_| None)
+}
+
+/// Starts writing `frames` as `framing` says.
+fn start_frames<T: Transport>(
+    framing: Framing,
+    transport: &mut T,
+    cx: &mut Context<'_>,
+    frames: impl Iterator<Item = Frame>,
+) -> Result<Started, TransportError> {
+    match framing {
         Framing::Messages => transport.start_texts(cx, frames.filter_map(text)),
         // A lone message (the common case) is sent as it is, shared with
         // every other subscriber; only several are copied.
@@ -331,8 +357,7 @@ fn start_flush<P: Protocol, T: Transport>(
             Some(frame) => transport.start_binary(cx, frame),
             None => Ok(Started::Written),
         },
-    };
-    started.map_err(|_| None)
+    }
 }
 
 /// Writes what [`start_flush`] left owed, guarded as every write is.

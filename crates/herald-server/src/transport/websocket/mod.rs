@@ -55,6 +55,10 @@ const READ_CHUNK: usize = 4096;
 /// publication's frame is usually a few hundred bytes.
 const LONE_FRAME: usize = 512;
 
+/// Frames up to this size are written from a smaller buffer: zeroing the
+/// buffer costs about as much as writing the frame into it.
+const SMALL_FRAME: usize = 256;
+
 /// Pongs owed past this many unwritten bytes stop the reading: a client
 /// that pings without reading the answers does not make the server queue
 /// them without end.
@@ -252,7 +256,20 @@ impl WebSocket {
     /// socket does not take at once becomes owed, for `poll_write_owed`.
     /// A frame too large for the buffer, or behind owed bytes, is queued.
     fn poll_write_lone(&mut self, cx: &mut Context<'_>, opcode: Opcode, payload: &[u8]) -> Poll<io::Result<()>> {
-        let mut buffer = [0u8; LONE_FRAME];
+        match frame::frame_len(payload.len()) <= SMALL_FRAME {
+            true => self.poll_write_lone_in::<SMALL_FRAME>(cx, opcode, payload),
+            false => self.poll_write_lone_in::<LONE_FRAME>(cx, opcode, payload),
+        }
+    }
+
+    /// [`Self::poll_write_lone`] from a buffer of `N` bytes.
+    fn poll_write_lone_in<const N: usize>(
+        &mut self,
+        cx: &mut Context<'_>,
+        opcode: Opcode,
+        payload: &[u8],
+    ) -> Poll<io::Result<()>> {
+        let mut buffer = [0u8; N];
         let written = match self.output.is_empty() {
             true => frame::write_frame_into(&mut buffer, opcode, payload),
             false => None,

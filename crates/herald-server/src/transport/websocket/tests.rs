@@ -173,7 +173,8 @@ async fn messages_sent_together_arrive_in_order_and_nothing_is_kept_after_the_wr
 #[tokio::test]
 async fn a_lone_frame_arrives_whole_whatever_its_header_length() {
     let (mut socket, mut client) = pair(1024).await;
-    for len in [3usize, 300, 70_000] {
+    // Either side of each header length and of each stack buffer's size.
+    for len in [3usize, 125, 126, 252, 253, 300, 508, 509, 70_000] {
         let text = "z".repeat(len);
         socket.send_text(Text::from(text.clone())).await.unwrap();
         assert_eq!(socket.output.capacity(), 0, "{len} bytes written: nothing kept");

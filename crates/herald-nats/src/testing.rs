@@ -6,6 +6,10 @@
 //! As with the Redis harness, the server runs under a small watchdog shell
 //! that kills it as soon as the test process lets go of the shell's stdin,
 //! so it dies with the test however the test ends.
+//!
+//! Each server logs to a file in its store directory (restarts append to
+//! it); when a test fails, dropping the server prints the log's last lines
+//! with the test's output, so the failure says what NATS did meanwhile.
 
 // A test harness: failing the test loudly is its job.
 #![allow(clippy::expect_used, clippy::arithmetic_side_effects, clippy::indexing_slicing)]
@@ -88,6 +92,8 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        // The log goes into the store directory, which a failed start took away.
+        std::fs::create_dir_all(&self.dir).expect("a store directory for nats-server");
         let args = [
             "-a".to_owned(),
             "127.0.0.1".to_owned(),
@@ -98,6 +104,8 @@ impl NatsServer {
             "-js".to_owned(),
             "-sd".to_owned(),
             self.dir.display().to_string(),
+            "-l".to_owned(),
+            self.log_file().display().to_string(),
         ];
         let child = Command::new("sh")
             .arg("-c")
@@ -111,6 +119,10 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run sh to start nats-server: {e}"));
         self.child = Some(child);
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.join("nats-server.log")
     }
 
     /// Whether the server on our port answers, and is ours (its INFO names it).
@@ -130,9 +142,19 @@ impl NatsServer {
     }
 }
 
+/// How much of a server's log a failed test shows.
+const LOG_LINES_SHOWN: usize = 80;
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let shown = lines.get(lines.len().saturating_sub(LOG_LINES_SHOWN)..).unwrap_or_default();
+            eprintln!("--- the last {} lines of nats-server {} (port {}):", shown.len(), self.name, self.port);
+            eprintln!("{}", shown.join("\n"));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -195,6 +195,7 @@ async fn publish_through_a_disruption(nodes: &[TestServer], followers: Vec<Follo
 
 #[tokio::test]
 async fn nats_restarting_in_the_middle_of_a_stream_loses_nothing() {
+    let _logs = support::keep_node_logs();
     let mut nats = NatsServer::start();
     let nodes = cluster(&nats, 2).await;
     let followers = vec![
@@ -211,6 +212,7 @@ async fn nats_restarting_in_the_middle_of_a_stream_loses_nothing() {
 
 #[tokio::test]
 async fn a_nats_server_killed_under_load_in_a_three_server_cluster_loses_nothing_acknowledged() {
+    let _logs = support::keep_node_logs();
     let mut nats = NatsCluster::start(3);
     nats.ready().await;
     let nodes = nodes_on(nats.urls(), 3, 3, None).await;

@@ -38,6 +38,17 @@ use herald_server::Node;
 /// How long anything a test waits for may take.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Sends the logs of the nodes this test runs (at `info`) where the test
+/// harness captures a test's output, which it shows only when the test
+/// fails: a failure then says what each node did. Nodes run on the test's
+/// own thread (`#[tokio::test]`'s runtime), which is what the returned
+/// guard covers; keep it for the whole test.
+pub(crate) fn keep_node_logs() -> tracing::subscriber::DefaultGuard {
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_ansi(false).with_test_writer().finish();
+    tracing::subscriber::set_default(subscriber)
+}
+
 pub(crate) const SECRET: &str = "integration-test-secret";
 pub(crate) const API_KEY: &str = "integration-test-api-key";
 

@@ -27,10 +27,21 @@
 //! of a publication instead of one timer per connection. An item pushed
 //! without a delay makes everything queued ready at once, so replies are
 //! never held back by a delayed publication.
+//!
+//! # The session's read side
+//!
+//! The session waits on its outbox and on its socket together, and is
+//! woken once per delivery by the outbox. Polling the socket again at each
+//! of those wake-ups would find nothing, at a cost comparable to the
+//! delivery's write. So an outbox is also a waker for the socket
+//! ([`Outbox::read_parked`]): the session reads with it, and a read that
+//! found nothing stays parked, not polled again, until the socket wakes
+//! it (which wakes the session through the outbox's one waker).
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
@@ -173,6 +184,19 @@ impl IntoIterator for Queued {
     }
 }
 
+/// The socket the session reads woke it: the read is polled again at the
+/// session's next turn, to which the outbox's waker wakes it.
+impl std::task::Wake for Outbox {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.unpark_read();
+        self.reader.wake();
+    }
+}
+
 /// The result of taking what an outbox holds.
 #[derive(Debug)]
 pub enum Drained {
@@ -224,12 +248,31 @@ pub struct Outbox {
     state: Mutex<State>,
     reader: AtomicWaker,
     max_bytes: usize,
+    /// The session's read found nothing and waits for the socket's wake.
+    read_parked: AtomicBool,
 }
 
 impl Outbox {
     /// An empty outbox that holds at most `max_bytes` of frames.
     pub fn new(max_bytes: usize) -> Self {
-        Self { state: Mutex::new(State::default()), reader: AtomicWaker::new(), max_bytes }
+        Self { state: Mutex::new(State::default()), reader: AtomicWaker::new(), max_bytes, read_parked: false.into() }
+    }
+
+    /// Whether the session's read is parked: it found nothing, and what it
+    /// waits on has not woken this outbox (as a [`std::task::Wake`]) since.
+    pub fn read_parked(&self) -> bool {
+        self.read_parked.load(Ordering::SeqCst)
+    }
+
+    /// Marks the read parked, before it is polled with this outbox as its
+    /// waker: a wake during the poll unparks it again, so none is lost.
+    pub fn park_read(&self) {
+        self.read_parked.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks the read as one to poll (it found something).
+    pub fn unpark_read(&self) {
+        self.read_parked.store(false, Ordering::SeqCst);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -454,6 +497,31 @@ mod tests {
         outbox.push(frame(1)).unwrap();
         outbox.push_front(frame(2));
         assert_eq!(items(outbox.drain()), vec![frame(2), frame(1)]);
+    }
+
+    #[test]
+    fn a_wake_of_the_outbox_as_a_waker_unparks_the_read_and_wakes_the_session() {
+        use std::future::Future;
+        use std::sync::atomic::AtomicUsize;
+        use std::task::{Context, Waker};
+
+        struct Counted(AtomicUsize);
+        impl std::task::Wake for Counted {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let session = Arc::new(Counted(AtomicUsize::new(0)));
+        let outbox = Arc::new(Outbox::new(1024));
+        let mut ready = std::pin::pin!(outbox.ready());
+        let waker = Waker::from(session.clone());
+        assert!(ready.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        outbox.park_read();
+        assert!(outbox.read_parked());
+
+        Waker::from(outbox.clone()).wake_by_ref();
+        assert!(!outbox.read_parked(), "the read is polled again");
+        assert_eq!(session.0.load(Ordering::SeqCst), 1, "the session was woken");
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -204,7 +204,7 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
                     }
                 }
             }
-            received = transport.recv() => {
+            received = WhenWoken { recv: transport.recv(), outbox: protocol.parts().outbox } => {
                 if let Some(end) = Box::pin(receive(protocol, transport, received)).await {
                     return end;
                 }
@@ -287,6 +287,40 @@ async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
     }
 }
 
+pin_project_lite::pin_project! {
+    /// `recv` (the transport's), polled only when its socket may have
+    /// something for it. It is polled with the outbox as its waker; when
+    /// it finds nothing, it stays parked (answering `Pending` without
+    /// polling the socket) until the socket wakes the outbox, so the
+    /// session's wake-ups for deliveries cost no read (see `outbox.rs`). A
+    /// parked read's wake-up reaches the task through the outbox's waker,
+    /// which the `select!` registers first. No larger than the read plus a
+    /// reference: it lives in every idle connection's task.
+    struct WhenWoken<'a, F> {
+        #[pin]
+        recv: F,
+        outbox: &'a Arc<Outbox>,
+    }
+}
+
+impl<F: Future> Future for WhenWoken<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if this.outbox.read_parked() {
+            return Poll::Pending;
+        }
+        this.outbox.park_read();
+        let waker = Waker::from(Arc::clone(this.outbox));
+        let received = this.recv.poll(&mut Context::from_waker(&waker));
+        if received.is_ready() {
+            this.outbox.unpark_read();
+        }
+        received
+    }
+}
+
 /// [`start_flush`] with the task's context: ready at its first poll.
 fn start<'a, P: Protocol, T: Transport>(
     protocol: &'a mut P,
@@ -366,7 +400,12 @@ async fn finish_flush<P: Protocol, T: Transport>(
     transport: &mut T,
 ) -> Result<(), Option<DisconnectReason>> {
     let Parts { outbox, settings, .. } = protocol.parts();
-    guarded(transport.send_owed(), outbox, settings.write_timeout).await
+    let finished = guarded(transport.send_owed(), outbox, settings.write_timeout).await;
+    // The write waited with the task's own waker, which may have taken the
+    // place of a parked read's (a read that waits to write a pong): the
+    // read is polled again, and waits anew.
+    outbox.unpark_read();
+    finished
 }
 
 /// Joins binary messages end to end; a lone one is returned as it is,

@@ -45,6 +45,17 @@ async fn session_in(
     queue_max_bytes: usize,
     subscriptions: crate::rate::RateLimit,
 ) -> Harness {
+    session_over(mode, rules, queue_max_bytes, subscriptions, |memory| memory).await
+}
+
+/// [`session_in`], over the transport `transport` makes of the in-memory one.
+async fn session_over<T: crate::transport::Transport + 'static>(
+    mode: Mode,
+    rules: ChannelRules,
+    queue_max_bytes: usize,
+    subscriptions: crate::rate::RateLimit,
+    transport: impl FnOnce(MemoryTransport) -> T,
+) -> Harness {
     let client = ClientConfig { token_hmac_secret: Some(Secret::new(SECRET)), ..ClientConfig::default() };
     let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), Engine::memory());
     hub.start().await.unwrap();
@@ -76,7 +87,13 @@ async fn session_in(
     });
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
-    tokio::spawn(run(MemoryTransport { inbound, outbound }, shared, None, mode, super::session::Encoding::Json));
+    tokio::spawn(run(
+        transport(MemoryTransport { inbound, outbound }),
+        shared,
+        None,
+        mode,
+        super::session::Encoding::Json,
+    ));
     Harness { hub, to_session, from_session, sessions }
 }
 
@@ -355,4 +372,73 @@ async fn a_uni_directional_connect_that_is_not_json_ends_as_a_bad_request() {
     let mut s = session_in(Mode::Unidirectional, ChannelRules::default(), 1 << 20, SUBSCRIBE_RATE).await;
     s.to_session.send(Ok(Inbound::Text(Bytes::from_static(b"token=abc")))).unwrap();
     assert_eq!(s.next().await, Sent::Close(3501, "bad request".into()));
+}
+
+/// A memory transport that counts how often the session polls its read.
+struct Counted {
+    inner: MemoryTransport,
+    read_polls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl crate::transport::Transport for Counted {
+    fn start_texts<I>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        texts: I,
+    ) -> Result<crate::transport::Started, TransportError>
+    where
+        I: IntoIterator<Item = herald_core::Text>,
+    {
+        self.inner.start_texts(cx, texts)
+    }
+
+    fn start_binary(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        bytes: Bytes,
+    ) -> Result<crate::transport::Started, TransportError> {
+        self.inner.start_binary(cx, bytes)
+    }
+
+    async fn send_owed(&mut self) -> Result<(), TransportError> {
+        self.inner.send_owed().await
+    }
+
+    async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
+        use std::future::Future;
+        let mut recv = std::pin::pin!(self.inner.recv());
+        std::future::poll_fn(|cx| {
+            self.read_polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            recv.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    async fn close(&mut self, code: u16, reason: String) {
+        self.inner.close(code, reason).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deliveries_do_not_poll_the_socket_and_what_the_client_sends_next_is_read() {
+    let read_polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let polls = read_polls.clone();
+    let counted = move |inner| Counted { inner, read_polls: polls };
+    let mut s = session_over(Mode::Bidirectional, ChannelRules::default(), 1 << 20, SUBSCRIBE_RATE, counted).await;
+    s.connect(json!({"sub": "42"})).await;
+    s.send(json!({"id": 2, "subscribe": {"channel": "news"}}));
+    assert!(matches!(s.next().await, Sent::Text(reply) if reply.contains("\"id\":2")));
+    let before = read_polls.load(std::sync::atomic::Ordering::SeqCst);
+
+    let channel = herald_engine::ChannelName::new("news").unwrap();
+    for n in 0..100 {
+        let publication = herald_engine::Publication::from_data(Bytes::from(n.to_string()));
+        s.hub.publish(&channel, publication, None, false).await.unwrap();
+        assert!(matches!(s.next().await, Sent::Text(push) if push.contains("\"pub\"")));
+    }
+    let during = read_polls.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(during <= 2, "100 deliveries polled the socket {during} times");
+
+    s.send(json!({"id": 3, "ping": {}}));
+    assert_eq!(s.next().await, Sent::Text(r#"{"id":3,"ping":{}}"#.into()), "a parked read still reads");
 }

@@ -9,6 +9,9 @@
 //! decodes and handles what the client sends, encodes server-side events,
 //! keeps its timers and names its close codes; the transport
 //! ([`Transport`]) moves messages. Neither brings a loop of its own.
+//! The client's side is read only when its socket has woken the session:
+//! the wake-ups of the outbox (one per delivery) do not poll it again
+//! (`WhenWoken`).
 //!
 //! Everything a session sends goes through the outbox, pings and replies
 //! included, so it is bounded and written by one guarded write: a write

@@ -231,7 +231,11 @@ impl<B: Backplane> RedisEngine<B> {
             .into_iter()
             .filter_map(|m| match wire::decode(Bytes::from(m)) {
                 Ok(wire::Message { kind: wire::Kind::Publication(p), .. }) => Some(Arc::new(p)),
-                Ok(wire::Message { kind: wire::Kind::Presence(_), .. }) | Err(_) => None,
+                Ok(wire::Message { kind: wire::Kind::Presence(_), .. }) => None,
+                Err(error) => {
+                    tracing::warn!(%error, "an unreadable history entry; skipped");
+                    None
+                }
             })
             .collect();
         query.select(position, publications)

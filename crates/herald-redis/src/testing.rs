@@ -162,22 +162,8 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start(masters: usize) -> Self {
         let dir = std::env::temp_dir().join(format!("herald-redis-cluster-{}-{}", std::process::id(), free_port()));
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        for _ in 0..masters {
-            let (port, bus) = (free_port(), free_port());
-            let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("scratch dir");
-            let mut args = base_args(port);
-            args.extend(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()].map(str::to_owned));
-            args.extend(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"].map(str::to_owned));
-            nodes.push((spawn_server(&args, &node_dir), port));
-            dirs.push(node_dir);
-        }
+        let nodes = (0..masters).map(|_| start_cluster_node(&dir)).collect();
         let cluster = Self { nodes, dir };
-        for ((_, port), node_dir) in cluster.nodes.iter().zip(&dirs) {
-            assert!(wait_for_server(*port, node_dir), "cluster node on port {port} did not start (port taken?)");
-        }
         let addresses: Vec<String> = cluster.nodes.iter().map(|(_, p)| format!("127.0.0.1:{p}")).collect();
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -212,6 +198,27 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(|(_, port)| format!("redis://127.0.0.1:{port}")).collect()
     }
+}
+
+/// One cluster node, under `dir`. Ports found free may be taken by
+/// another test's server before the node binds them: as with
+/// [`RedisServer`], the node answering must be ours, else another pair of
+/// ports is tried.
+fn start_cluster_node(dir: &Path) -> (Child, u16) {
+    for _ in 0..5 {
+        let (port, bus) = (free_port(), free_port());
+        let node_dir = dir.join(port.to_string());
+        std::fs::create_dir_all(&node_dir).expect("scratch dir");
+        let mut args = base_args(port);
+        args.extend(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()].map(str::to_owned));
+        args.extend(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"].map(str::to_owned));
+        let child = spawn_server(&args, &node_dir);
+        if wait_for_server(port, &node_dir) {
+            return (child, port);
+        }
+        stop_server(child);
+    }
+    panic!("could not start a redis cluster node on free ports");
 }
 
 impl Drop for RedisCluster {

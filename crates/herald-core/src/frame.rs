@@ -70,11 +70,6 @@ impl Text {
         &self.0
     }
 
-    /// Its bytes, given up.
-    pub fn into_bytes(self) -> Bytes {
-        self.0
-    }
-
     /// Its length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -4,7 +4,11 @@
 //!
 //! Latency is measured without coordinated omission: each publication
 //! carries the time it was *scheduled* to be sent, so when the publisher
-//! (or the server) falls behind, the waiting counts as latency too.
+//! (or the server) falls behind, the waiting counts as latency too. So
+//! the publisher must not be late itself: tokio's timer fires on whole
+//! milliseconds, up to two after the deadline, which would add about a
+//! millisecond to every figure (the floor's writer sleeps with the
+//! system's timer). [`Schedule::wait`] ends the wait on the system's timer.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -192,5 +196,87 @@ impl Schedule {
     pub fn due(&self, i: u64) -> (tokio::time::Instant, u64) {
         let offset = self.interval.mul_f64(i as f64);
         (self.start + offset, unix_micros(self.start_wall + offset))
+    }
+
+    /// Waits until publication `i` is due, to within the system timer's
+    /// precision plus a thread hand-off (about a tenth of a millisecond),
+    /// and answers the Unix time in microseconds it was due at, for its
+    /// payload. For a few publishers: the last stretch of each wait holds a
+    /// blocking-pool thread.
+    pub async fn wait(&self, i: u64) -> u64 {
+        let (due, due_micros) = self.due(i);
+        sleep_until_precisely(due, Alone::No).await;
+        due_micros
+    }
+
+    /// [`Schedule::wait`] for a task that has its thread to itself: the
+    /// last stretch blocks that thread, with no hand-off to wait for.
+    pub async fn wait_alone(&self, i: u64) -> u64 {
+        let (due, due_micros) = self.due(i);
+        sleep_until_precisely(due, Alone::Yes).await;
+        due_micros
+    }
+}
+
+/// Whether the waiting task is the only one on its thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alone {
+    Yes,
+    No,
+}
+
+/// How late tokio's timer may fire: it rounds a deadline up to its next
+/// millisecond tick, and the wait for that tick is rounded up again.
+const TOKIO_TIMER_SLACK: Duration = Duration::from_millis(2);
+
+/// Sleeps until `due`, never before it: tokio's timer until shortly
+/// before, then a sleep on the system's timer for the rest — on this
+/// thread if the task is `alone` on it, else on the blocking pool.
+pub async fn sleep_until_precisely(due: tokio::time::Instant, alone: Alone) {
+    if let Some(early) = due.checked_sub(TOKIO_TIMER_SLACK) {
+        tokio::time::sleep_until(early).await;
+    }
+    let rest = due.saturating_duration_since(tokio::time::Instant::now());
+    match alone {
+        _ if rest.is_zero() => {}
+        Alone::Yes => std::thread::sleep(rest),
+        // Only a panic in `sleep` could fail it; the deadline has passed either way.
+        Alone::No => {
+            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How late each of `waits` deadlines, a few milliseconds apart and off
+    /// tokio's millisecond ticks, was met.
+    async fn lateness(waits: u32, wait: impl AsyncFn(tokio::time::Instant)) -> Vec<Duration> {
+        let mut late = Vec::new();
+        for i in 0..waits {
+            let due = tokio::time::Instant::now() + Duration::from_micros(3_300 + u64::from(i) * 37);
+            wait(due).await;
+            late.push(tokio::time::Instant::now().checked_duration_since(due).expect("woke before the deadline"));
+        }
+        late.sort();
+        late
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_scheduled_publication_leaves_on_time_where_tokios_timer_would_be_a_millisecond_late() {
+        let tokio_late = lateness(21, async |due| tokio::time::sleep_until(due).await).await;
+        let shared_late = lateness(21, async |due| sleep_until_precisely(due, Alone::No).await).await;
+        let alone_late = lateness(21, async |due| sleep_until_precisely(due, Alone::Yes).await).await;
+        // The premise: tokio's timer alone leaves late by a large part of a millisecond.
+        assert!(tokio_late[10] >= Duration::from_micros(400), "tokio's timer was late by only {:?}", tokio_late[10]);
+        for (how, late) in [("on the blocking pool", shared_late), ("alone on its thread", alone_late)] {
+            assert!(
+                late[10] < Duration::from_micros(300),
+                "the wait {how} was late by {:?} (median of {late:?})",
+                late[10]
+            );
+        }
     }
 }

@@ -95,6 +95,8 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<ChatResult> {
             let (mut sent, mut received) = (0u64, 0u64);
             let mut batch = Vec::new();
             while received < expected_here && tokio::time::Instant::now() < deadline {
+                // Tokio's timer (up to a millisecond late, counted as latency):
+                // a blocking-pool sleep per member would not scale to thousands.
                 let (due, due_micros) = schedule.due(sent);
                 let can_send = sent < per_member;
                 tokio::select! {

@@ -100,8 +100,7 @@ pub async fn run(args: &DeltasArgs) -> anyhow::Result<DeltasResult> {
     let mut api = ApiClient::new(args.publish.clone());
     let schedule = Schedule::new(args.rate);
     for tick in 1..=args.publications {
-        let (due, _) = schedule.due(tick - 1);
-        tokio::time::sleep_until(due).await;
+        schedule.wait(tick - 1).await;
         anyhow::ensure!(api.publish(&args.channel, &state(tick, rows).to_string()).await?, "publish {tick} refused");
     }
     let (mut delivered, mut mismatched, mut as_deltas, mut bytes) = (0, 0, 0, 0u64);

@@ -100,22 +100,22 @@ pub async fn publish_all(args: &FanoutArgs, delivered: impl Fn() -> u64) -> anyh
     let total = (args.rate * args.duration.as_secs_f64()).round() as u64;
     let schedule = Schedule::new(args.rate);
     // One publisher per group of channels, so a channel's publications
-    // leave in order while several channels publish in parallel. They run
-    // on a thread of their own: on the readers' runtime they would queue
+    // leave in order while several channels publish in parallel. Each runs
+    // on a thread of its own: on the readers' runtime they would queue
     // behind thousands of reader tasks and leave late, which the latency
-    // figures would then count against the server.
+    // figures would then count against the server; alone on its thread, a
+    // publisher ends each wait with the system's timer (`wait_alone`).
     let publishers = channels.min(MAX_PUBLISHERS);
-    let own_thread = OwnThread::start("publisher")?;
+    let own_threads = (0..publishers).map(|_| OwnThread::start("publisher")).collect::<anyhow::Result<Vec<_>>>()?;
     let mut sending = tokio::task::JoinSet::new();
-    for k in 0..publishers {
+    for (k, own_thread) in own_threads.iter().enumerate() {
         let (via, pad) = (args.publish.clone(), "x".repeat(args.payload_bytes));
         sending.spawn_on(
             async move {
                 let mut api = ApiClient::new(via);
                 let mut published = 0u64;
                 for i in (0..total).filter(|i| (*i as usize % channels) % publishers == k) {
-                    let (due, due_micros) = schedule.due(i);
-                    tokio::time::sleep_until(due).await;
+                    let due_micros = schedule.wait_alone(i).await;
                     let name = channel_name(i as usize % channels);
                     let seq = i / channels as u64;
                     let data = format!(r#"{{"seq":{seq},"ts":{due_micros},"pad":"{pad}"}}"#);

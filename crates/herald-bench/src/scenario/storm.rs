@@ -206,8 +206,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
         tokio::spawn(async move {
             let mut api = ApiClient::new(via);
             for i in 0..total {
-                let (due, due_micros) = schedule.due(i);
-                tokio::time::sleep_until(due).await;
+                let due_micros = schedule.wait(i).await;
                 let name = &names[i as usize % names.len()];
                 let data = format!(r#"{{"seq":{},"ts":{due_micros}}}"#, i / names.len() as u64);
                 let mut attempts = 0;

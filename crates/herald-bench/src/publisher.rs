@@ -282,7 +282,7 @@ mod tests {
             }
             assert!(
                 attempts.iter().any(|median| *median < Duration::from_micros(300)),
-                "the wait ({alone:?} on its thread) was late by medians of {attempts:?}"
+                "the wait (alone on its thread: {alone:?}) was late by medians of {attempts:?}"
             );
         }
     }

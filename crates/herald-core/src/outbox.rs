@@ -220,6 +220,13 @@ enum Due {
     At(Instant),
 }
 
+/// Whether a push wakes the writer, or leaves that to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waking {
+    Now,
+    ByCaller,
+}
+
 impl Due {
     fn has_come(self) -> bool {
         match self {
@@ -283,7 +290,17 @@ impl Outbox {
     /// limit, the outbox closes as slow instead. One item always fits into an
     /// empty outbox.
     pub fn push(&self, item: Outgoing) -> Result<(), OutboxClosed> {
-        self.push_due(item, Due::Now).map(|_| ())
+        self.push_due(item, Due::Now, Waking::Now).map(|_| ())
+    }
+
+    /// [`Outbox::push`] without waking the writer: the caller must call
+    /// [`Outbox::wake`] soon after, once it has pushed to a few other
+    /// outboxes too. A fanout wakes its subscribers in batches, so that
+    /// the worker thread the first wake-up brings finds several queued and
+    /// takes half at once, rather than taking them one by one as they come
+    /// and parking in between.
+    pub fn push_unwoken(&self, item: Outgoing) -> Result<(), OutboxClosed> {
+        self.push_due(item, Due::Now, Waking::ByCaller).map(|_| ())
     }
 
     /// Queues an item that may wait until `due` (see the module docs). The
@@ -291,7 +308,9 @@ impl Outbox {
     /// call [`Outbox::wake`] at `due`. `Ok(false)` means a wake is already
     /// due no later than that.
     pub fn push_delayed(&self, item: Outgoing, due: Instant) -> Result<bool, OutboxClosed> {
-        self.push_due(item, Due::At(due))
+        // If what is queued is due already, whoever made it due has woken
+        // the writer; else the caller wakes it at `due`.
+        self.push_due(item, Due::At(due), Waking::ByCaller)
     }
 
     /// Tells the writer to look again (for items pushed with a delay).
@@ -299,9 +318,10 @@ impl Outbox {
         self.reader.wake();
     }
 
-    /// Queues `item`, to be written by `due`. Returns whether this made the
-    /// queue due sooner than it was.
-    fn push_due(&self, item: Outgoing, due: Due) -> Result<bool, OutboxClosed> {
+    /// Queues `item`, to be written by `due`, and wakes the writer if
+    /// `waking` says so. Returns whether this made the queue due sooner
+    /// than it was.
+    fn push_due(&self, item: Outgoing, due: Due, waking: Waking) -> Result<bool, OutboxClosed> {
         let mut state = self.state();
         if state.closed.is_some() {
             return Err(OutboxClosed);
@@ -315,15 +335,12 @@ impl Outbox {
         }
         state.bytes = state.bytes.saturating_add(cost);
         state.items.push_back(item);
-        // A delayed push never wakes the writer: if what is queued is due
-        // already, whoever made it due has woken the writer.
-        let wake_now = due == Due::Now;
         let sooner = state.due.is_none_or(|queued| due < queued);
         if sooner {
             state.due = Some(due);
         }
         drop(state);
-        if wake_now {
+        if waking == Waking::Now {
             self.reader.wake();
         }
         Ok(sooner)

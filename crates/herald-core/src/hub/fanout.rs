@@ -73,6 +73,14 @@ impl DeltaFrames {
     }
 }
 
+/// A fanout queues for this many subscribers, then wakes them together
+/// (see [`Outbox::push_unwoken`]): a second worker thread, woken by the
+/// first of them, then finds a batch to take, rather than one session at
+/// a time with a park in between. All at the end instead overflows the
+/// waking thread's run queue (256 tasks) at a thousand subscribers, and
+/// cost more than it saved there.
+const WAKE_IN_BATCHES_OF: usize = 64;
+
 /// Wakes `outboxes` at `due`: one timer for every subscriber a delayed
 /// publication reached.
 fn wake_at(runtime: &tokio::runtime::Handle, due: Instant, outboxes: Vec<Arc<Outbox>>) {
@@ -83,7 +91,8 @@ fn wake_at(runtime: &tokio::runtime::Handle, due: Instant, outboxes: Vec<Arc<Out
 }
 
 impl Channels {
-    /// Delivers one publication to every local subscriber of its channel.
+    /// Delivers one publication to every local subscriber of its channel,
+    /// waking their sessions in batches of [`WAKE_IN_BATCHES_OF`].
     /// With a `write_delay`, it may wait that long in each outbox so that
     /// what follows leaves in the same write. Returns the positioned
     /// subscribers it found stale (see `channels::Followed`): the hub ends their
@@ -106,6 +115,7 @@ impl Channels {
                 .and_then(|runtime| Some((runtime, Instant::now().checked_add(write_delay)?))),
         };
         let mut to_wake = Vec::new();
+        let mut to_wake_now = Vec::new();
         let mut frames = SharedFrames::default();
         let mut deltas = DeltaFrames::default();
         for subscriber in subscribers.values() {
@@ -138,7 +148,13 @@ impl Channels {
                 }
             };
             let queued = match &delayed {
-                None => conn.outbox.push(Outgoing::Frame(frame)).map(|_| false),
+                None => conn.outbox.push_unwoken(Outgoing::Frame(frame)).map(|_| {
+                    to_wake_now.push(&conn.outbox);
+                    if to_wake_now.len() == WAKE_IN_BATCHES_OF {
+                        to_wake_now.drain(..).for_each(|outbox| outbox.wake());
+                    }
+                    false
+                }),
                 Some((_, due)) => conn.outbox.push_delayed(Outgoing::Frame(frame), *due),
             };
             if queued.is_ok() {
@@ -152,6 +168,7 @@ impl Channels {
                 }
             }
         }
+        to_wake_now.into_iter().for_each(|outbox| outbox.wake());
         if let Some((runtime, due)) = delayed.filter(|_| !to_wake.is_empty()) {
             wake_at(&runtime, due, to_wake);
         }

@@ -440,6 +440,39 @@ async fn publications_of_a_namespace_with_a_write_delay_wait_for_it_and_leave_to
     }
 }
 
+/// A waker that counts its wake-ups.
+#[derive(Debug, Default)]
+struct CountedWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountedWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_publication_to_more_subscribers_than_a_batch_of_wake_ups_wakes_each_of_them_once() {
+    let f = Fixture::new().await;
+    let conns: Vec<_> = (0..150).map(|n| f.connect(&format!("u{n}"), 1 << 16)).collect();
+    for conn in &conns {
+        f.subscribe(conn, "news").await.unwrap();
+        frames(conn);
+    }
+    let wakers: Vec<_> = conns.iter().map(|_| Arc::new(CountedWaker::default())).collect();
+    let mut readies: Vec<_> = conns.iter().map(|conn| Box::pin(conn.outbox().ready())).collect();
+    for (ready, waker) in readies.iter_mut().zip(&wakers) {
+        let waker = std::task::Waker::from(waker.clone());
+        let polled = std::future::Future::poll(ready.as_mut(), &mut std::task::Context::from_waker(&waker));
+        assert!(polled.is_pending(), "nothing is queued yet");
+    }
+
+    f.publish("news", "hello").await;
+
+    let woken: Vec<_> = wakers.iter().map(|w| w.0.load(std::sync::atomic::Ordering::SeqCst)).collect();
+    assert!(woken.iter().all(|times| *times == 1), "wake-ups per subscriber: {woken:?}");
+    assert!(conns.iter().all(|conn| frames(conn) == ["news|hello"]));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_drain_closes_connections_in_even_steps_over_its_window_and_refuses_new_ones() {
     let f = Fixture::new().await;

@@ -199,26 +199,19 @@ impl Schedule {
     }
 
     /// Waits until publication `i` is due, to within the system timer's
-    /// precision plus a thread hand-off (about a tenth of a millisecond),
-    /// and answers the Unix time in microseconds it was due at, for its
-    /// payload. For a few publishers: the last stretch of each wait holds a
-    /// blocking-pool thread.
-    pub async fn wait(&self, i: u64) -> u64 {
+    /// precision (plus a thread hand-off, about a tenth of a millisecond,
+    /// unless the task is `alone` on its thread), and answers the Unix time
+    /// in microseconds it was due at, for its payload.
+    pub async fn wait(&self, i: u64, alone: Alone) -> u64 {
         let (due, due_micros) = self.due(i);
-        sleep_until_precisely(due, Alone::No).await;
-        due_micros
-    }
-
-    /// [`Schedule::wait`] for a task that has its thread to itself: the
-    /// last stretch blocks that thread, with no hand-off to wait for.
-    pub async fn wait_alone(&self, i: u64) -> u64 {
-        let (due, due_micros) = self.due(i);
-        sleep_until_precisely(due, Alone::Yes).await;
+        sleep_until_precisely(due, alone).await;
         due_micros
     }
 }
 
-/// Whether the waiting task is the only one on its thread.
+/// Whether the waiting task is the only one on its thread: then the last
+/// stretch of a wait blocks that thread; else it holds a blocking-pool
+/// thread, which suits a few publishers, not thousands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alone {
     Yes,

@@ -432,6 +432,25 @@ impl Outbox {
     }
 }
 
+/// A waker that counts its wake-ups, for tests of who wakes a session.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct CountedWaker(std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl CountedWaker {
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl std::task::Wake for CountedWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,16 +538,9 @@ mod tests {
     #[test]
     fn a_wake_of_the_outbox_as_a_waker_unparks_the_read_and_wakes_the_session() {
         use std::future::Future;
-        use std::sync::atomic::AtomicUsize;
         use std::task::{Context, Waker};
 
-        struct Counted(AtomicUsize);
-        impl std::task::Wake for Counted {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let session = Arc::new(Counted(AtomicUsize::new(0)));
+        let session = Arc::new(CountedWaker::default());
         let outbox = Arc::new(Outbox::new(1024));
         let mut ready = std::pin::pin!(outbox.ready());
         let waker = Waker::from(session.clone());
@@ -538,7 +550,7 @@ mod tests {
 
         Waker::from(outbox.clone()).wake_by_ref();
         assert!(!outbox.read_parked(), "the read is polled again");
-        assert_eq!(session.0.load(Ordering::SeqCst), 1, "the session was woken");
+        assert_eq!(session.count(), 1, "the session was woken");
     }
 
     #[tokio::test]

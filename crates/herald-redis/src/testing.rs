@@ -103,22 +103,18 @@ impl RedisServer {
         server
     }
 
+    /// Starts the server on its port (again, after a restart), or on
+    /// another if that one is taken.
     fn spawn(&mut self) {
-        // A port found free may be taken by another test's server before
-        // ours binds it: check that the server answering is ours, and try
-        // another port if not.
-        for _ in 0..5 {
-            let mut args = base_args(self.port);
-            args.extend(self.extra.iter().cloned());
-            let child = spawn_server(&args, &self.dir);
-            if wait_for_server(self.port, &self.dir) {
-                self.child = Some(child);
-                return;
-            }
-            stop_server(child);
-            self.port = free_port();
-        }
-        panic!("could not start redis-server on a free port");
+        let (first_port, extra, dir) = (self.port, &self.extra, &self.dir);
+        let started = until_ours(|attempt| {
+            let port = if attempt == 0 { first_port } else { free_port() };
+            let mut args = base_args(port);
+            args.extend(extra.iter().cloned());
+            (spawn_server(&args, dir), port, dir.clone())
+        });
+        let (child, port) = started.unwrap_or_else(|| panic!("could not start redis-server on a free port"));
+        (self.child, self.port) = (Some(child), port);
     }
 
     pub fn url(&self) -> String {
@@ -200,25 +196,32 @@ impl RedisCluster {
     }
 }
 
-/// One cluster node, under `dir`. Ports found free may be taken by
-/// another test's server before the node binds them: as with
-/// [`RedisServer`], the node answering must be ours, else another pair of
-/// ports is tried.
+/// One cluster node, under `dir`, on ports found free.
 fn start_cluster_node(dir: &Path) -> (Child, u16) {
-    for _ in 0..5 {
+    let started = until_ours(|_| {
         let (port, bus) = (free_port(), free_port());
         let node_dir = dir.join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("scratch dir");
         let mut args = base_args(port);
         args.extend(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()].map(str::to_owned));
         args.extend(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"].map(str::to_owned));
-        let child = spawn_server(&args, &node_dir);
-        if wait_for_server(port, &node_dir) {
-            return (child, port);
+        (spawn_server(&args, &node_dir), port, node_dir)
+    });
+    started.unwrap_or_else(|| panic!("could not start a redis cluster node on free ports"))
+}
+
+/// Starts a server with `attempt` (told which try it is: 0, 1, …) until
+/// the one answering on its port is ours, five tries at most. A port found
+/// free may be taken by another test's server before ours binds it.
+fn until_ours(mut attempt: impl FnMut(usize) -> (Child, u16, PathBuf)) -> Option<(Child, u16)> {
+    for n in 0..5 {
+        let (child, port, dir) = attempt(n);
+        if wait_for_server(port, &dir) {
+            return Some((child, port));
         }
         stop_server(child);
     }
-    panic!("could not start a redis cluster node on free ports");
+    None
 }
 
 impl Drop for RedisCluster {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{connect_all, progress, ConnectArgs};
 use crate::client::{BenchClient, Event};
-use crate::publisher::{ApiClient, PublishVia, Schedule};
+use crate::publisher::{Alone, ApiClient, PublishVia, Schedule};
 
 /// What the scenario does.
 #[derive(Debug, Clone, Serialize)]
@@ -100,7 +100,7 @@ pub async fn run(args: &DeltasArgs) -> anyhow::Result<DeltasResult> {
     let mut api = ApiClient::new(args.publish.clone());
     let schedule = Schedule::new(args.rate);
     for tick in 1..=args.publications {
-        schedule.wait(tick - 1).await;
+        schedule.wait(tick - 1, Alone::No).await;
         anyhow::ensure!(api.publish(&args.channel, &state(tick, rows).to_string()).await?, "publish {tick} refused");
     }
     let (mut delivered, mut mismatched, mut as_deltas, mut bytes) = (0, 0, 0, 0u64);

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::{connect_all, progress, ConnectArgs, Latency, LatencyRecorder};
 use crate::client::BenchClient;
-use crate::publisher::{unix_micros, ApiClient, PublishVia, Schedule};
+use crate::publisher::{unix_micros, Alone, ApiClient, PublishVia, Schedule};
 use crate::sequence::{Anomalies, SequenceChecker};
 
 /// What the scenario does.
@@ -104,7 +104,7 @@ pub async fn publish_all(args: &FanoutArgs, delivered: impl Fn() -> u64) -> anyh
     // on a thread of its own: on the readers' runtime they would queue
     // behind thousands of reader tasks and leave late, which the latency
     // figures would then count against the server; alone on its thread, a
-    // publisher ends each wait with the system's timer (`wait_alone`).
+    // publisher ends each wait with the system's timer on it (`Alone::Yes`).
     let publishers = channels.min(MAX_PUBLISHERS);
     let own_threads = (0..publishers).map(|_| OwnThread::start("publisher")).collect::<anyhow::Result<Vec<_>>>()?;
     let mut sending = tokio::task::JoinSet::new();
@@ -115,7 +115,7 @@ pub async fn publish_all(args: &FanoutArgs, delivered: impl Fn() -> u64) -> anyh
                 let mut api = ApiClient::new(via);
                 let mut published = 0u64;
                 for i in (0..total).filter(|i| (*i as usize % channels) % publishers == k) {
-                    let due_micros = schedule.wait_alone(i).await;
+                    let due_micros = schedule.wait(i, Alone::Yes).await;
                     let name = channel_name(i as usize % channels);
                     let seq = i / channels as u64;
                     let data = format!(r#"{{"seq":{seq},"ts":{due_micros},"pad":"{pad}"}}"#);

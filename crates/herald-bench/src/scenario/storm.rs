@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::{connect_all, progress, token, ConnectArgs, Latency, LatencyRecorder};
 use crate::client::{BenchClient, Target};
-use crate::publisher::{unix_micros, ApiClient, PublishVia, Schedule};
+use crate::publisher::{unix_micros, Alone, ApiClient, PublishVia, Schedule};
 use crate::sequence::{Anomalies, SequenceChecker};
 
 #[derive(Debug, Clone, Serialize)]
@@ -206,7 +206,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
         tokio::spawn(async move {
             let mut api = ApiClient::new(via);
             for i in 0..total {
-                let due_micros = schedule.wait(i).await;
+                let due_micros = schedule.wait(i, Alone::No).await;
                 let name = &names[i as usize % names.len()];
                 let data = format!(r#"{{"seq":{},"ts":{due_micros}}}"#, i / names.len() as u64);
                 let mut attempts = 0;

@@ -81,6 +81,26 @@ impl DeltaFrames {
 /// cost more than it saved there.
 const WAKE_IN_BATCHES_OF: usize = 64;
 
+/// Outboxes queued for and not woken yet, woken [`WAKE_IN_BATCHES_OF`] at a time.
+struct WakeBatch<'a>(Vec<&'a Outbox>);
+
+impl<'a> WakeBatch<'a> {
+    fn for_subscribers(subscribers: usize) -> Self {
+        Self(Vec::with_capacity(subscribers.min(WAKE_IN_BATCHES_OF)))
+    }
+
+    fn add(&mut self, outbox: &'a Outbox) {
+        self.0.push(outbox);
+        if self.0.len() >= WAKE_IN_BATCHES_OF {
+            self.wake_all();
+        }
+    }
+
+    fn wake_all(&mut self) {
+        self.0.drain(..).for_each(|outbox| outbox.wake());
+    }
+}
+
 /// Wakes `outboxes` at `due`: one timer for every subscriber a delayed
 /// publication reached.
 fn wake_at(runtime: &tokio::runtime::Handle, due: Instant, outboxes: Vec<Arc<Outbox>>) {
@@ -115,7 +135,7 @@ impl Channels {
                 .and_then(|runtime| Some((runtime, Instant::now().checked_add(write_delay)?))),
         };
         let mut to_wake = Vec::new();
-        let mut to_wake_now = Vec::new();
+        let mut wake_now = WakeBatch::for_subscribers(subscribers.len());
         let mut frames = SharedFrames::default();
         let mut deltas = DeltaFrames::default();
         for subscriber in subscribers.values() {
@@ -148,13 +168,13 @@ impl Channels {
                 }
             };
             let queued = match &delayed {
-                None => conn.outbox.push_unwoken(Outgoing::Frame(frame)).map(|_| {
-                    to_wake_now.push(&conn.outbox);
-                    if to_wake_now.len() == WAKE_IN_BATCHES_OF {
-                        to_wake_now.drain(..).for_each(|outbox| outbox.wake());
+                None => {
+                    let queued = conn.outbox.push_unwoken(Outgoing::Frame(frame));
+                    if queued.is_ok() {
+                        wake_now.add(&conn.outbox);
                     }
-                    false
-                }),
+                    queued.map(|_| false)
+                }
                 Some((_, due)) => conn.outbox.push_delayed(Outgoing::Frame(frame), *due),
             };
             if queued.is_ok() {
@@ -168,7 +188,7 @@ impl Channels {
                 }
             }
         }
-        to_wake_now.into_iter().for_each(|outbox| outbox.wake());
+        wake_now.wake_all();
         if let Some((runtime, due)) = delayed.filter(|_| !to_wake.is_empty()) {
             wake_at(&runtime, due, to_wake);
         }

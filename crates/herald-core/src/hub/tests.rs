@@ -11,7 +11,7 @@ use crate::connection::{ConnectionSpec, PushEncoder};
 use crate::frame::Frame;
 use crate::namespace::ChannelConventions;
 use crate::namespace::{ChannelRules, NamespaceOptions, PublishPolicy, SubscribePolicy};
-use crate::outbox::{Drained, Outbox, Outgoing};
+use crate::outbox::{CountedWaker, Drained, Outbox, Outgoing};
 
 /// Encodes a publication as `channel|data`, counting how often it is called.
 #[derive(Debug, Default)]
@@ -440,16 +440,6 @@ async fn publications_of_a_namespace_with_a_write_delay_wait_for_it_and_leave_to
     }
 }
 
-/// A waker that counts its wake-ups.
-#[derive(Debug, Default)]
-struct CountedWaker(std::sync::atomic::AtomicUsize);
-
-impl std::task::Wake for CountedWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 #[tokio::test]
 async fn a_publication_to_more_subscribers_than_a_batch_of_wake_ups_wakes_each_of_them_once() {
     let f = Fixture::new().await;
@@ -468,7 +458,7 @@ async fn a_publication_to_more_subscribers_than_a_batch_of_wake_ups_wakes_each_o
 
     f.publish("news", "hello").await;
 
-    let woken: Vec<_> = wakers.iter().map(|w| w.0.load(std::sync::atomic::Ordering::SeqCst)).collect();
+    let woken: Vec<_> = wakers.iter().map(|w| w.count()).collect();
     assert!(woken.iter().all(|times| *times == 1), "wake-ups per subscriber: {woken:?}");
     assert!(conns.iter().all(|conn| frames(conn) == ["news|hello"]));
 }

@@ -76,6 +76,7 @@ function load(file) {
     scenario: data.scenario,
     version: data.version,
     cores: data.cores,
+    cpu: isObject(data.machine) && typeof data.machine.cpu === 'string' ? data.machine.cpu : null,
     args,
     result: data.result,
     rssKib: readRss(file),
@@ -812,6 +813,7 @@ function main() {
     labelColumn,
     col('herald-bench', (run) => run.version, String),
     col('cores', (run) => run.cores),
+    col('cpu', (run) => run.cpu, (cpu) => cpu ?? 'not recorded'),
   ], runs));
   md.push('');
 

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use herald_bench::client::Protocol;
+use herald_bench::procfs::Machine;
 use herald_bench::publisher::PublishVia;
 use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
@@ -400,7 +401,9 @@ struct Report<A: Serialize, R: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     label: Option<String>,
     version: &'static str,
+    /// Kept beside `machine` for the result files written before it.
     cores: usize,
+    machine: Machine,
     args: A,
     result: R,
 }
@@ -411,11 +414,13 @@ fn finish<A: Serialize, R: Serialize>(
     args: A,
     result: R,
 ) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let machine = Machine::this();
     let Output { label, out } = output;
-    let report = Report { scenario, label, version: env!("CARGO_PKG_VERSION"), cores, args, result };
+    let version = env!("CARGO_PKG_VERSION");
+    let report = Report { scenario, label, version, cores: machine.cores, machine, args, result };
     let json = serde_json::to_string_pretty(&report)?;
     writeln!(std::io::stderr(), "{}", summary(scenario, &serde_json::to_value(&report.result)?))?;
+    writeln!(std::io::stderr(), "  measured on {}", report.machine)?;
     writeln!(std::io::stdout(), "{json}")?;
     if let Some(path) = out {
         std::fs::write(&path, &json)?;

@@ -1,4 +1,5 @@
-//! Reading a server's memory and CPU from `/proc/<pid>` (Linux).
+//! Reading a server's memory and CPU from `/proc/<pid>`, and what machine
+//! a run is on, from `/proc` (Linux).
 
 use std::time::Instant;
 
@@ -45,5 +46,69 @@ impl ProcessSample {
         let user = self.cpu_ticks.saturating_sub(earlier.cpu_ticks).saturating_sub(system);
         let cores = |ticks: u64| ticks as f64 / TICKS_PER_SECOND / seconds;
         (cores(user), cores(system))
+    }
+}
+
+/// What a result was measured on: the same VM can land on hosts whose
+/// kernels spend several times as long on a socket write, so a figure is
+/// comparable only with figures from the same CPU.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Machine {
+    /// The first `model name` of `/proc/cpuinfo`; `None` where there is none.
+    pub cpu: Option<String>,
+    /// `/proc/sys/kernel/osrelease`.
+    pub kernel: Option<String>,
+    pub cores: usize,
+}
+
+impl Machine {
+    /// This machine; fields that cannot be read are `None`.
+    pub fn this() -> Self {
+        let read = |path: &str| std::fs::read_to_string(path).ok();
+        Self {
+            cpu: read("/proc/cpuinfo").as_deref().and_then(cpu_model),
+            kernel: read("/proc/sys/kernel/osrelease").map(|release| release.trim().to_owned()),
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unknown = "unknown";
+        let (cpu, kernel) = (self.cpu.as_deref().unwrap_or(unknown), self.kernel.as_deref().unwrap_or(unknown));
+        write!(f, "{} cores of {cpu}, Linux {kernel}", self.cores)
+    }
+}
+
+/// The CPU's model name in `/proc/cpuinfo`'s text.
+fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "model name" && !value.trim().is_empty()).then(|| value.trim().to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_is_the_first_model_name_in_cpuinfo() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n\n\
+                       processor\t: 1\nmodel name\t: AMD EPYC\n";
+        assert_eq!(cpu_model(cpuinfo).as_deref(), Some("AMD EPYC"));
+    }
+
+    #[test]
+    fn cpuinfo_without_a_model_name_names_no_cpu() {
+        assert_eq!(cpu_model("processor\t: 0\nmodel\t\t: 1\nmodel name\t:   \n"), None);
+    }
+
+    #[test]
+    fn this_machine_has_at_least_one_core_and_a_kernel() {
+        let machine = Machine::this();
+        assert!(machine.cores >= 1);
+        assert!(machine.kernel.is_some_and(|release| !release.is_empty()));
     }
 }

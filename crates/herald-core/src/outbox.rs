@@ -28,15 +28,17 @@
 //! without a delay makes everything queued ready at once, so replies are
 //! never held back by a delayed publication.
 //!
-//! # The session's read side
+//! # What else the session waits on
 //!
-//! The session waits on its outbox and on its socket together, and is
-//! woken once per delivery by the outbox. Polling the socket again at each
-//! of those wake-ups would find nothing, at a cost comparable to the
-//! delivery's write. So an outbox is also a waker for the socket
-//! ([`Outbox::read_parked`]): the session reads with it, and a read that
-//! found nothing stays parked, not polled again, until the socket wakes
-//! it (which wakes the session through the outbox's one waker).
+//! The session waits on its outbox, its socket and its timer together, and
+//! is woken once per delivery by the outbox. Polling the socket and the
+//! timer again at each of those wake-ups would find nothing, at a cost
+//! comparable to the delivery's write. So an outbox is also a waker for
+//! them ([`Outbox::parked`]): the session polls its read and its timer
+//! with it, and one that found nothing stays parked, not polled again,
+//! until a wake of that waker (which wakes the session through the
+//! outbox's one waker). The wake does not say whether the socket or the
+//! timer sent it, so it unparks both: the other is polled once more.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -184,7 +186,7 @@ impl IntoIterator for Queued {
     }
 }
 
-/// The socket the session reads woke it: the read is polled again at the
+/// The session's socket or timer woke it: both are polled again at the
 /// session's next turn, to which the outbox's waker wakes it.
 impl std::task::Wake for Outbox {
     fn wake(self: Arc<Self>) {
@@ -192,9 +194,20 @@ impl std::task::Wake for Outbox {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.unpark_read();
+        self.unpark(Waiting::Read);
+        self.unpark(Waiting::Timer);
         self.reader.wake();
     }
+}
+
+/// What a session waits on beside its outbox, polled with the outbox as
+/// its waker (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The client's next message, from the socket.
+    Read,
+    /// The protocol's next deadline.
+    Timer,
 }
 
 /// The result of taking what an outbox holds.
@@ -257,29 +270,45 @@ pub struct Outbox {
     max_bytes: usize,
     /// The session's read found nothing and waits for the socket's wake.
     read_parked: AtomicBool,
+    /// The session's timer is not due and waits for its own wake.
+    timer_parked: AtomicBool,
 }
 
 impl Outbox {
     /// An empty outbox that holds at most `max_bytes` of frames.
     pub fn new(max_bytes: usize) -> Self {
-        Self { state: Mutex::new(State::default()), reader: AtomicWaker::new(), max_bytes, read_parked: false.into() }
+        Self {
+            state: Mutex::new(State::default()),
+            reader: AtomicWaker::new(),
+            max_bytes,
+            read_parked: false.into(),
+            timer_parked: false.into(),
+        }
     }
 
-    /// Whether the session's read is parked: it found nothing, and what it
-    /// waits on has not woken this outbox (as a [`std::task::Wake`]) since.
-    pub fn read_parked(&self) -> bool {
-        self.read_parked.load(Ordering::SeqCst)
+    /// Whether the session's read or timer is parked: it found nothing, and
+    /// nothing has woken this outbox (as a [`std::task::Wake`]) since.
+    pub fn parked(&self, what: Waiting) -> bool {
+        self.parking(what).load(Ordering::SeqCst)
     }
 
-    /// Marks the read parked, before it is polled with this outbox as its
+    /// Marks `what` parked, before it is polled with this outbox as its
     /// waker: a wake during the poll unparks it again, so none is lost.
-    pub fn park_read(&self) {
-        self.read_parked.store(true, Ordering::SeqCst);
+    pub fn park(&self, what: Waiting) {
+        self.parking(what).store(true, Ordering::SeqCst);
     }
 
-    /// Marks the read as one to poll (it found something).
-    pub fn unpark_read(&self) {
-        self.read_parked.store(false, Ordering::SeqCst);
+    /// Marks `what` as one to poll: it found something, or may now wake
+    /// someone else than this outbox.
+    pub fn unpark(&self, what: Waiting) {
+        self.parking(what).store(false, Ordering::SeqCst);
+    }
+
+    fn parking(&self, what: Waiting) -> &AtomicBool {
+        match what {
+            Waiting::Read => &self.read_parked,
+            Waiting::Timer => &self.timer_parked,
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -536,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wake_of_the_outbox_as_a_waker_unparks_the_read_and_wakes_the_session() {
+    fn a_wake_of_the_outbox_as_a_waker_unparks_the_read_and_the_timer_and_wakes_the_session() {
         use std::future::Future;
         use std::task::{Context, Waker};
 
@@ -545,12 +574,26 @@ mod tests {
         let mut ready = std::pin::pin!(outbox.ready());
         let waker = Waker::from(session.clone());
         assert!(ready.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
-        outbox.park_read();
-        assert!(outbox.read_parked());
+        outbox.park(Waiting::Read);
+        outbox.park(Waiting::Timer);
+        assert!(outbox.parked(Waiting::Read) && outbox.parked(Waiting::Timer));
 
         Waker::from(outbox.clone()).wake_by_ref();
-        assert!(!outbox.read_parked(), "the read is polled again");
+        assert!(!outbox.parked(Waiting::Read), "the read is polled again");
+        assert!(!outbox.parked(Waiting::Timer), "the timer is polled again");
         assert_eq!(session.count(), 1, "the session was woken");
+    }
+
+    #[test]
+    fn the_read_and_the_timer_park_apart() {
+        let outbox = Outbox::new(1024);
+        outbox.park(Waiting::Timer);
+        assert!(outbox.parked(Waiting::Timer));
+        assert!(!outbox.parked(Waiting::Read), "parking the timer leaves the read to be polled");
+        outbox.unpark(Waiting::Timer);
+        outbox.park(Waiting::Read);
+        assert!(!outbox.parked(Waiting::Timer));
+        assert!(outbox.parked(Waiting::Read));
     }
 
     #[tokio::test]

@@ -9,9 +9,9 @@
 //! decodes and handles what the client sends, encodes server-side events,
 //! keeps its timers and names its close codes; the transport
 //! ([`Transport`]) moves messages. Neither brings a loop of its own.
-//! The client's side is read only when its socket has woken the session:
-//! the wake-ups of the outbox (one per delivery) do not poll it again
-//! (`WhenWoken`).
+//! The client's side is read, and the timer polled, only when the socket
+//! or the timer has woken the session: the wake-ups of the outbox (one
+//! per delivery) poll neither again (`WhenWoken`).
 //!
 //! Everything a session sends goes through the outbox, pings and replies
 //! included, so it is bounded and written by one guarded write: a write
@@ -37,7 +37,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
-use herald_core::{ConnEvent, Connection, Drained, Frame, Hub, Outbox, Outgoing, Queued, Text};
+use herald_core::{ConnEvent, Connection, Drained, Frame, Hub, Outbox, Outgoing, Queued, Text, Waiting};
 use herald_engine::DisconnectReason;
 
 use crate::transport::{Inbound, Started, Transport, TransportError};
@@ -189,6 +189,7 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
         let deadline = protocol.next_deadline();
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
+            protocol.parts().outbox.unpark(Waiting::Timer);
         }
         tokio::select! {
             biased;
@@ -207,17 +208,26 @@ async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
                     }
                 }
             }
-            received = WhenWoken { recv: transport.recv(), outbox: protocol.parts().outbox } => {
-                if let Some(end) = Box::pin(receive(protocol, transport, received)).await {
+            woke = WhenWoken { read: transport.recv(), timer: &mut timer, outbox: protocol.parts().outbox } => {
+                if let Some(end) = Box::pin(woken(protocol, transport, woke)).await {
                     return end;
                 }
             }
-            _ = &mut timer => {
-                if let Err(reason) = Box::pin(protocol.on_timer()).await {
-                    return Some(reason);
-                }
-            }
         }
+    }
+}
+
+/// Handles what woke the session beside its outbox: what the transport
+/// received, or the protocol's timer. `Some(end)` ends the session, as
+/// for [`receive`].
+async fn woken<P: Protocol, T: Transport>(
+    protocol: &mut P,
+    transport: &mut T,
+    woke: Woke<Result<Option<Inbound>, TransportError>>,
+) -> Option<Option<DisconnectReason>> {
+    match woke {
+        Woke::Read(received) => receive(protocol, transport, received).await,
+        Woke::Timer => protocol.on_timer().await.err().map(Some),
     }
 }
 
@@ -291,36 +301,57 @@ async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
 }
 
 pin_project_lite::pin_project! {
-    /// `recv` (the transport's), polled only when its socket may have
-    /// something for it. It is polled with the outbox as its waker; when
-    /// it finds nothing, it stays parked (answering `Pending` without
-    /// polling the socket) until the socket wakes the outbox, so the
-    /// session's wake-ups for deliveries cost no read (see `outbox.rs`). A
-    /// parked read's wake-up reaches the task through the outbox's waker,
-    /// which the `select!` registers first. No larger than the read plus a
-    /// reference: it lives in every idle connection's task.
-    struct WhenWoken<'a, F> {
+    /// What a session waits on beside its outbox: the transport's `read`
+    /// and the protocol's `timer`, each polled only when it may have woken
+    /// the session. Each is polled with the outbox as its waker; one that
+    /// finds nothing stays parked (not polled again) until a wake of that
+    /// waker, so the session's wake-ups for deliveries poll neither the
+    /// socket nor the timer (see `outbox.rs`). A parked one's wake-up
+    /// reaches the task through the outbox's waker, which the `select!`
+    /// registers first. The read is polled before the timer. Both in one
+    /// future, with one reference to the outbox: it lives in every idle
+    /// connection's task.
+    struct WhenWoken<'a, R, T> {
         #[pin]
-        recv: F,
+        read: R,
+        timer: T,
         outbox: &'a Arc<Outbox>,
     }
 }
 
-impl<F: Future> Future for WhenWoken<'_, F> {
-    type Output = F::Output;
+/// Which of a [`WhenWoken`]'s two was ready.
+enum Woke<R> {
+    Read(R),
+    Timer,
+}
 
-    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<F::Output> {
+impl<R: Future, T: Future + Unpin> Future for WhenWoken<'_, R, T> {
+    type Output = Woke<R::Output>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if this.outbox.read_parked() {
+        let outbox = *this.outbox;
+        let (read_parked, timer_parked) = (outbox.parked(Waiting::Read), outbox.parked(Waiting::Timer));
+        if read_parked && timer_parked {
             return Poll::Pending;
         }
-        this.outbox.park_read();
-        let waker = Waker::from(Arc::clone(this.outbox));
-        let received = this.recv.poll(&mut Context::from_waker(&waker));
-        if received.is_ready() {
-            this.outbox.unpark_read();
+        let waker = Waker::from(Arc::clone(outbox));
+        let mut cx = Context::from_waker(&waker);
+        if !read_parked {
+            outbox.park(Waiting::Read);
+            if let Poll::Ready(received) = this.read.poll(&mut cx) {
+                outbox.unpark(Waiting::Read);
+                return Poll::Ready(Woke::Read(received));
+            }
         }
-        received
+        if !timer_parked {
+            outbox.park(Waiting::Timer);
+            if std::pin::Pin::new(this.timer).poll(&mut cx).is_ready() {
+                outbox.unpark(Waiting::Timer);
+                return Poll::Ready(Woke::Timer);
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -407,7 +438,7 @@ async fn finish_flush<P: Protocol, T: Transport>(
     // The write waited with the task's own waker, which may have taken the
     // place of a parked read's (a read that waits to write a pong): the
     // read is polled again, and waits anew.
-    outbox.unpark_read();
+    outbox.unpark(Waiting::Read);
     finished
 }
 
@@ -553,5 +584,41 @@ mod tests {
         assert_eq!(from_session.recv().await, Some(Sent::Close(3004, "internal server error".into())));
         session.await.expect("the session task ends normally");
         assert_eq!(hub.stats().clients, 0, "no ghost connection is left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_that_is_not_due_is_not_polled_for_deliveries_and_still_fires() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let outbox = Arc::new(Outbox::new(1 << 16));
+        let polls = AtomicUsize::new(0);
+        let mut sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(5)));
+        let counted = std::future::poll_fn(|cx| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            sleep.as_mut().poll(cx)
+        });
+        let counted = std::pin::pin!(counted);
+        let never_read = std::future::pending::<()>();
+        let mut timer = std::pin::pin!(WhenWoken { read: never_read, timer: counted, outbox: &outbox });
+        let started = Instant::now();
+
+        for n in 0..100 {
+            let delivery = Outgoing::Frame(Frame::Text(Text::from(n.to_string())));
+            outbox.push(delivery).expect("the outbox has room");
+            assert!(matches!(outbox.drain(), Drained::Items(_)));
+            assert!(timer.as_mut().now_or_never().is_none(), "the timer is not due");
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "only the first of 100 wake-ups polled the timer");
+
+        // As the session's `select!` does: the outbox registers the task's
+        // waker first, then the timer is polled.
+        let fired = std::future::poll_fn(|cx| {
+            let _ = std::pin::pin!(outbox.ready()).poll(cx);
+            timer.as_mut().poll(cx)
+        });
+        let woke = tokio::time::timeout(Duration::from_secs(60), fired).await;
+        assert!(matches!(woke, Ok(Woke::Timer)), "the parked timer's wake-up polls it");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 }

@@ -420,6 +420,25 @@ impl crate::transport::Transport for Counted {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_ping_comes_on_time_after_deliveries_left_the_timer_parked() {
+    let mut s = session().await;
+    s.connect(json!({"sub": "42"})).await;
+    let connected = tokio::time::Instant::now();
+    s.send(json!({"id": 2, "subscribe": {"channel": "news"}}));
+    assert!(matches!(s.next().await, Sent::Text(reply) if reply.contains("\"id\":2")));
+
+    let channel = herald_engine::ChannelName::new("news").unwrap();
+    for n in 0..100 {
+        let publication = herald_engine::Publication::from_data(Bytes::from(n.to_string()));
+        s.hub.publish(&channel, publication, None, false).await.unwrap();
+        assert!(matches!(s.next().await, Sent::Text(push) if push.contains("\"pub\"")));
+    }
+    let next = tokio::time::timeout(Duration::from_secs(60), s.next()).await;
+    assert_eq!(next.ok(), Some(ping()), "the ping timer still fires");
+    assert_eq!(connected.elapsed(), Duration::from_secs(25));
+}
+
+#[tokio::test(start_paused = true)]
 async fn deliveries_do_not_poll_the_socket_and_what_the_client_sends_next_is_read() {
     let read_polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let polls = read_polls.clone();

@@ -425,11 +425,12 @@ impl Io {
         }
     }
 
-    /// Over TCP, the write is tried first without registering the task's
-    /// waker: nearly every write is taken at once, and only one that would
-    /// block needs the waker (`poll_write`, which then registers it). That
-    /// saves the readiness poll and the registration, a tenth of what a
-    /// delivery costs in user space.
+    /// Over TCP, the write is tried first (`try_write`: the readiness flags
+    /// looked at, then the system call). Nearly every write is taken at
+    /// once; only one that would block goes through `poll_write`, which
+    /// registers the task's waker for when the socket has room. That skips
+    /// `poll_write`'s cooperative budget and readiness poll, about 80 of
+    /// the 2,500 instructions a delivery costs in user space.
     fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         match self {
             Io::Tcp(tcp) => match tcp.try_write(bytes) {

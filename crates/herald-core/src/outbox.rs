@@ -425,8 +425,25 @@ impl Outbox {
     /// Waits until there is something due to drain (items or a close).
     /// Delayed items are found when their pusher wakes the outbox. Only
     /// the outbox's one reader task may wait on it.
+    ///
+    /// What the session takes counts against its task's budget, as a
+    /// message taken from one of tokio's channels does: a session whose
+    /// outbox is refilled as fast as it writes still yields to the other
+    /// tasks of its thread every so often (nothing else it polls between
+    /// deliveries takes from the budget: its read and timer are parked, and
+    /// its writes are tried without `poll_write`).
     pub fn ready(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.wait_until(|state| state.closed.is_some() || state.due.is_some_and(Due::has_come))
+        poll_fn(move |cx| {
+            let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            self.reader.register(cx.waker());
+            let state = self.state();
+            if state.closed.is_some() || state.due.is_some_and(Due::has_come) {
+                budget.made_progress();
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     /// Waits until the outbox is closed. Used to abandon a write that a
@@ -594,6 +611,28 @@ mod tests {
         outbox.park(Waiting::Read);
         assert!(!outbox.parked(Waiting::Timer));
         assert!(outbox.parked(Waiting::Read));
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_outbox_stays_full_still_yields_to_other_tasks() {
+        use std::future::Future;
+
+        let outbox = Outbox::new(1 << 20);
+        let taken_in_one_turn = poll_fn(|cx| {
+            let mut taken = 0usize;
+            while taken < 10_000 {
+                outbox.push(frame(1)).expect("the outbox has room");
+                if std::pin::pin!(outbox.ready()).poll(cx).is_pending() {
+                    break;
+                }
+                assert!(matches!(outbox.drain(), Drained::Items(_)));
+                taken += 1;
+            }
+            Poll::Ready(taken)
+        })
+        .await;
+        assert!(taken_in_one_turn <= 128, "{taken_in_one_turn} takes in one turn of the task: it never yields");
+        assert!(taken_in_one_turn > 0);
     }
 
     #[tokio::test]

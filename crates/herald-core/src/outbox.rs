@@ -434,15 +434,15 @@ impl Outbox {
     /// its writes are tried without `poll_write`).
     pub fn ready(&self) -> impl Future<Output = ()> + Send + '_ {
         poll_fn(move |cx| {
-            let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             self.reader.register(cx.waker());
             let state = self.state();
-            if state.closed.is_some() || state.due.is_some_and(Due::has_come) {
-                budget.made_progress();
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+            if !(state.closed.is_some() || state.due.is_some_and(Due::has_come)) {
+                return Poll::Pending;
             }
+            drop(state);
+            // Only a take is counted: the wait costs nothing.
+            std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+            Poll::Ready(())
         })
     }
 

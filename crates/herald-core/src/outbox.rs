@@ -434,12 +434,9 @@ impl Outbox {
     /// its writes are tried without `poll_write`).
     pub fn ready(&self) -> impl Future<Output = ()> + Send + '_ {
         poll_fn(move |cx| {
-            self.reader.register(cx.waker());
-            let state = self.state();
-            if !(state.closed.is_some() || state.due.is_some_and(Due::has_come)) {
-                return Poll::Pending;
-            }
-            drop(state);
+            std::task::ready!(
+                self.poll_until(cx, |state| state.closed.is_some() || state.due.is_some_and(Due::has_come))
+            );
             // Only a take is counted: the wait costs nothing.
             std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
             Poll::Ready(())
@@ -456,14 +453,16 @@ impl Outbox {
     /// Resolves once `condition` holds. The waker is registered before the
     /// state is looked at, so a change made in between wakes the reader.
     fn wait_until(&self, condition: fn(&State) -> bool) -> impl Future<Output = ()> + Send + '_ {
-        poll_fn(move |cx| {
-            self.reader.register(cx.waker());
-            if condition(&self.state()) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
+        poll_fn(move |cx| self.poll_until(cx, condition))
+    }
+
+    /// One poll of [`Outbox::wait_until`].
+    fn poll_until(&self, cx: &mut std::task::Context<'_>, condition: fn(&State) -> bool) -> Poll<()> {
+        self.reader.register(cx.waker());
+        match condition(&self.state()) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
     }
 
     /// Takes everything queued, leaving an empty outbox without allocation.

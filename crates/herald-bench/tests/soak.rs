@@ -16,7 +16,7 @@ fn herald_binary() -> PathBuf {
     let herald = profile_dir.join("herald");
     assert!(
         herald.exists(),
-        "{} is missing: build it first (cargo build -p herald-server --bin herald; scripts/test does)",
+        "{} is missing: run the workspace's tests (cargo test --workspace), which build it",
         herald.display()
     );
     herald

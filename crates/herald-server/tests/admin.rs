@@ -4,12 +4,12 @@
 //! (The pages themselves are driven in a real browser by
 //! `tests/compat/admin.test.mjs`.)
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 
+use crate::support::{TestServer, PATIENCE};
 use serde_json::{json, Value};
-use support::{TestServer, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "admin-password-for-tests";

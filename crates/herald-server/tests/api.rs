@@ -1,9 +1,9 @@
 //! The server HTTP API: every method, against real connections.
 
-mod support;
+use crate::support;
 
+use crate::support::TestServer;
 use serde_json::json;
-use support::TestServer;
 
 #[tokio::test]
 async fn broadcast_publishes_into_every_listed_channel_and_reports_each() {

@@ -2,10 +2,8 @@
 //! nothing else is affected: after each case a bystander connection still
 //! receives publications.
 
-mod support;
-
+use crate::support::{http_post, http_post_raw, Client, TestServer, API_KEY};
 use serde_json::json;
-use support::{http_post, http_post_raw, Client, TestServer, API_KEY};
 
 use herald_server::auth::unix_now;
 

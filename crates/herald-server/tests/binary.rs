@@ -1,6 +1,6 @@
 //! The real `herald` binary: its commands, signals and resource limits.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -1,12 +1,12 @@
 //! The Centrifuge protocol over real WebSockets: connecting, subscribing,
 //! publishing, permissions, batching, heartbeats, expiry and backpressure.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::{Seen, TestServer};
 use serde_json::{json, Value};
-use support::{Seen, TestServer};
 
 use herald_server::auth::unix_now;
 

@@ -1,6 +1,6 @@
 //! The `herald` binary itself: what it does on SIGHUP.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,14 +1,14 @@
 //! Several nodes on one Redis: a cluster. Publications, presence, control
 //! and recovery work across nodes.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::support::follower::Follower;
+use crate::support::scenarios::{self, subscribed};
+use crate::support::TestServer;
 use serde_json::json;
-use support::follower::Follower;
-use support::scenarios::{self, subscribed};
-use support::TestServer;
 
 use herald_redis::testing::{RedisCluster, RedisServer};
 use herald_server::config::{EngineConfig, RedisClusterEngineConfig, RedisEngineConfig};

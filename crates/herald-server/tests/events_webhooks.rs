@@ -3,10 +3,11 @@
 //! occupied and vacated, a user joining and leaving a presence channel,
 //! each signed with the target's secret.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 
+use crate::support::TestServer;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -15,7 +16,6 @@ use axum::Router;
 use futures_util::StreamExt;
 use herald_server::config::{HubWebhookConfig, PusherApp, Secret};
 use serde_json::{json, Value};
-use support::TestServer;
 
 const SECRET: &str = "events-webhook-secret";
 

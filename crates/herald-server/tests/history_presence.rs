@@ -1,9 +1,9 @@
 //! History, recovery, presence and join/leave over real WebSockets.
 
-mod support;
+use crate::support;
 
+use crate::support::TestServer;
 use serde_json::{json, Value};
-use support::TestServer;
 
 fn offsets(publications: &Value) -> Vec<u64> {
     publications.as_array().map(|a| a.iter().map(|p| p["offset"].as_u64().unwrap()).collect()).unwrap_or_default()

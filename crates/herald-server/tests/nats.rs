@@ -3,15 +3,15 @@
 //! engine (NATS with presence on Redis), and on a three-server NATS
 //! cluster with replicated streams that loses a server under load.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::support::follower::Follower;
+use crate::support::scenarios::{self, subscribed};
+use crate::support::{Client, TestServer};
 use serde_json::{json, Value};
-use support::follower::Follower;
-use support::scenarios::{self, subscribed};
-use support::{Client, TestServer};
 
 use herald_nats::testing::{NatsCluster, NatsServer};
 use herald_redis::testing::RedisServer;

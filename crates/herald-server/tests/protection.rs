@@ -14,7 +14,7 @@
 //!   its publications (`http.max_unsent_bytes`); its blocked writes close
 //!   it as slow.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,8 +23,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::{Client, TestServer, API_KEY, PATIENCE};
 use herald_server::config::{Config, PusherApp, Secret};
-use support::{Client, TestServer, API_KEY, PATIENCE};
 
 const SHORT: Duration = Duration::from_secs(1);
 

@@ -48,6 +48,6 @@ fn the_committed_wire_types_are_what_the_schema_generates() {
     assert!(
         committed == generated,
         "src/centrifuge/protobuf/wire.rs is not what proto/centrifuge.proto generates: \
-         run REGENERATE=1 cargo test -p herald-server --test protobuf_schema"
+         run REGENERATE=1 cargo test -p herald-server --test server protobuf_schema"
     );
 }

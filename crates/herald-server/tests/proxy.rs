@@ -2,20 +2,20 @@
 //! started by each test plays the backend (written as a Centrifugo proxy
 //! backend would be), and real WebSocket clients speak to a node.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::TestServer;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use herald_server::config::{Config, ProxyConfig, Secret};
 use serde_json::{json, Value};
-use support::TestServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 

@@ -3,7 +3,7 @@
 //! affects a bystander connection. (The npm clients prove compatibility in
 //! `tests/compat`; these tests pin the refusals.)
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::support::{eventually, Client, Seen, TestServer, PATIENCE};
 use herald_server::config::{Config, PusherApp, Secret, WebhookTarget};
 use herald_server::pusher::sign;
-use support::{eventually, Client, Seen, TestServer, PATIENCE};
 
 const APP_ID: &str = "app-1";
 const KEY: &str = "app-key";

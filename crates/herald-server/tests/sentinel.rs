@@ -4,13 +4,13 @@
 //! subscriber sees each publication once, in order, or is told
 //! `recovered: false` — never a silent gap.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::follower::Follower;
+use crate::support::TestServer;
 use serde_json::json;
-use support::follower::Follower;
-use support::TestServer;
 
 use herald_redis::testing::RedisSentinel;
 use herald_server::config::{EngineConfig, RedisEngineConfig};

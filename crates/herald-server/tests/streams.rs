@@ -3,12 +3,12 @@
 //! another node of a cluster), and the uni-directional WebSocket, SSE and
 //! HTTP-streaming endpoints, with recovery, bad input and shutdown.
 
-mod support;
+use crate::support;
 
+use crate::support::stream::StreamClient;
+use crate::support::{http_post_raw, TestServer};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
-use support::stream::StreamClient;
-use support::{http_post_raw, TestServer};
 use tokio_tungstenite::tungstenite::Message;
 
 use herald_redis::testing::RedisServer;

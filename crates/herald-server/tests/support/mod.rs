@@ -12,8 +12,6 @@
 //! Waits are bounded by [`PATIENCE`] and end as soon as the awaited thing
 //! happens; nothing sleeps for a fixed time.
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
-
 pub(crate) mod follower;
 pub(crate) mod scenarios;
 pub(crate) mod stream;
@@ -27,7 +25,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -362,11 +359,6 @@ impl Client {
         let reply = self.command(json!({"id": id, "ping": {}})).await;
         assert_eq!(reply, json!({"id": id, "ping": {}}));
     }
-}
-
-/// The close code a `tungstenite` close code stands for.
-pub(crate) fn code(c: CloseCode) -> u16 {
-    u16::from(c)
 }
 
 /// A minimal HTTP/1.1 POST; returns the status and the JSON body (or

@@ -21,6 +21,9 @@ use crate::protobuf;
 use crate::sse::SseClient;
 use crate::ws::{WsClient, WsError};
 
+mod detached;
+pub use detached::Detached;
+
 /// How many times a Centrifuge subscription refused with a temporary
 /// error is asked for.
 const SUBSCRIBE_ATTEMPTS: u32 = 5;
@@ -541,28 +544,19 @@ impl BenchClient {
     /// Reads the next WebSocket message into `self.incoming`.
     async fn read_incoming(&mut self) -> Result<(), ConnectError> {
         self.incoming.clear();
-        let ws = match &mut self.link {
+        let (protocol, names, incoming) = (self.protocol, &mut self.names, &mut self.incoming);
+        match &mut self.link {
             Link::Sse(sse) => {
                 let data = sse.next_event().await.map_err(ws_error)?;
-                let text = std::str::from_utf8(data).map_err(protocol_error)?;
                 // Its pings need no answer.
-                read_message(text, self.protocol, &mut self.names, &mut self.incoming)?;
-                return Ok(());
+                interpret(protocol, data, names, incoming)?;
             }
-            Link::Ws(ws) => ws,
-        };
-        if self.protocol == Protocol::CentrifugeProtobuf {
-            let frame = ws.next_bytes().await.map_err(ws_error)?;
-            let ping = read_protobuf(frame, &mut self.names, &mut self.incoming)?;
-            if ping {
-                ws.send_binary(protobuf::PONG).await.map_err(ws_error)?;
+            Link::Ws(ws) => {
+                let message = ws.next_bytes().await.map_err(ws_error)?;
+                if let Some(Answer { binary, payload }) = interpret(protocol, message, names, incoming)? {
+                    ws.send_message(binary, payload).await.map_err(ws_error)?;
+                }
             }
-            return Ok(());
-        }
-        let text = ws.next_text().await.map_err(ws_error)?;
-        let answer = read_message(text, self.protocol, &mut self.names, &mut self.incoming)?;
-        if let Some(answer) = answer {
-            ws.send_text(answer).await.map_err(ws_error)?;
         }
         Ok(())
     }
@@ -641,26 +635,16 @@ impl BenchClient {
     /// nothing per message).
     pub async fn next_publications(&mut self, received: &mut Vec<Received>) -> Result<(), ConnectError> {
         self.read_incoming().await?;
-        let protocol = self.protocol;
         received.clear();
-        received.extend(self.incoming.drain(..).filter_map(|message| match message {
-            Incoming::Publication(publication) => Some(publication),
-            Incoming::Json(reply) if reply.get("id").is_some() && reply.get("error").is_some() => {
-                count_refusal(&reply);
-                None
-            }
-            Incoming::Json(push) if push["push"]["unsubscribe"].is_object() => {
-                UNSUBSCRIBED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // 2500 and up ask the client to subscribe again; below, the server meant it.
-                if push["push"]["unsubscribe"]["code"].as_u64().is_some_and(|code| code >= 2500) {
-                    self.ended.extend(push["push"]["channel"].as_str().map(str::to_owned));
-                }
-                None
-            }
-            other => publication(protocol, &other),
-        }));
+        keep_publications(self.protocol, &mut self.incoming, received, &mut self.ended);
         self.advance_positions(received);
         Ok(())
+    }
+
+    /// This client's connection, to be read on a plain thread from now on
+    /// (see [`Detached`]).
+    pub fn detach(self) -> Result<Detached, ConnectError> {
+        Detached::new(self.link, self.protocol)
     }
 
     /// The channels whose subscription the server ended since the last
@@ -724,6 +708,58 @@ impl Names {
         self.0.push(name.clone());
         name
     }
+}
+
+/// What a heartbeat asks the client to send back: a text message, or a
+/// binary one.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    binary: bool,
+    payload: &'static [u8],
+}
+
+/// Reads one message of `protocol` into `messages`; returns the heartbeat
+/// answer to send, if the message was a heartbeat.
+fn interpret(
+    protocol: Protocol,
+    message: &[u8],
+    names: &mut Names,
+    messages: &mut Vec<Incoming>,
+) -> Result<Option<Answer>, ConnectError> {
+    if protocol == Protocol::CentrifugeProtobuf {
+        let ping = read_protobuf(message, names, messages)?;
+        return Ok(ping.then_some(Answer { binary: true, payload: protobuf::PONG }));
+    }
+    let text = std::str::from_utf8(message).map_err(|_| protocol_error("a text message is not valid UTF-8"))?;
+    let answer = read_message(text, protocol, names, messages)?;
+    Ok(answer.map(|text| Answer { binary: false, payload: text.as_bytes() }))
+}
+
+/// Moves the bench publications among `incoming` to `received`, emptying
+/// it; refusals and ended subscriptions are counted, and the channels the
+/// server asks to subscribe to again added to `ended`.
+fn keep_publications(
+    protocol: Protocol,
+    incoming: &mut Vec<Incoming>,
+    received: &mut Vec<Received>,
+    ended: &mut Vec<String>,
+) {
+    received.extend(incoming.drain(..).filter_map(|message| match message {
+        Incoming::Publication(publication) => Some(publication),
+        Incoming::Json(reply) if reply.get("id").is_some() && reply.get("error").is_some() => {
+            count_refusal(&reply);
+            None
+        }
+        Incoming::Json(push) if push["push"]["unsubscribe"].is_object() => {
+            UNSUBSCRIBED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // 2500 and up ask the client to subscribe again; below, the server meant it.
+            if push["push"]["unsubscribe"]["code"].as_u64().is_some_and(|code| code >= 2500) {
+                ended.extend(push["push"]["channel"].as_str().map(str::to_owned));
+            }
+            None
+        }
+        other => publication(protocol, &other),
+    }));
 }
 
 /// Reads one Protobuf frame into `messages`; true if it held a ping.

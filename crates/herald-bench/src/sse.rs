@@ -15,6 +15,16 @@ const MAX_EVENT: usize = 64 * 1024 * 1024;
 #[derive(Debug)]
 pub(crate) struct SseClient {
     stream: TcpStream,
+    events: Events,
+}
+
+/// The reading side of an event stream, without its socket: the bytes
+/// read and not yet handed out, cut into events. [`SseClient`] fills it
+/// from its async stream; a caller holding the plain socket
+/// ([`SseClient::into_std`]) gives it what it reads with
+/// [`take`](Self::take).
+#[derive(Debug)]
+pub(crate) struct Events {
     /// Raw bytes read and not yet de-chunked: `raw[start..]`.
     raw: Vec<u8>,
     start: usize,
@@ -36,24 +46,24 @@ impl SseClient {
             "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
-        let mut client = Self {
-            stream,
+        let events = Events {
             raw: Vec::with_capacity(INITIAL_BUFFER),
             start: 0,
             body: Vec::new(),
             body_start: 0,
             event: Vec::new(),
         };
+        let mut client = Self { stream, events };
         let head_end = loop {
-            if let Some(at) = memchr::memmem::find(&client.raw, b"\r\n\r\n") {
+            if let Some(at) = memchr::memmem::find(&client.events.raw, b"\r\n\r\n") {
                 break at + 4;
             }
-            if client.raw.len() > 16 * 1024 {
+            if client.events.raw.len() > 16 * 1024 {
                 return Err(protocol("the response head is longer than 16 KiB"));
             }
             client.read_more().await?;
         };
-        let head = String::from_utf8_lossy(&client.raw[..head_end]).to_ascii_lowercase();
+        let head = String::from_utf8_lossy(&client.events.raw[..head_end]).to_ascii_lowercase();
         let status = head.split(' ').nth(1).unwrap_or_default().to_owned();
         if status != "200" {
             return Err(protocol(format!("the server answered {status}, not an event stream")));
@@ -61,7 +71,7 @@ impl SseClient {
         if !head.contains("transfer-encoding: chunked") {
             return Err(protocol("the event stream is not chunked"));
         }
-        client.start = head_end;
+        client.events.start = head_end;
         Ok(client)
     }
 
@@ -71,8 +81,53 @@ impl SseClient {
         if n == 0 {
             return Err(WsError::Closed("the stream ended".into()));
         }
-        self.raw.extend_from_slice(&chunk[..n]);
+        self.events.take(&chunk[..n]);
         Ok(())
+    }
+
+    /// The next event's data, valid until the next call.
+    pub(crate) async fn next_event(&mut self) -> Result<&[u8], WsError> {
+        while !self.events.next()? {
+            self.read_more().await?;
+        }
+        Ok(self.events.event())
+    }
+
+    /// The plain socket (still non-blocking) and what was read from it but
+    /// not yet handed out, for a caller that reads on a thread of its own.
+    pub(crate) fn into_std(self) -> std::io::Result<(std::net::TcpStream, Events)> {
+        Ok((self.stream.into_std()?, self.events))
+    }
+}
+
+impl Events {
+    /// Adds bytes read from the stream.
+    pub(crate) fn take(&mut self, bytes: &[u8]) {
+        self.raw.extend_from_slice(bytes);
+    }
+
+    /// Cuts the next event out of the bytes taken: true if there was a
+    /// whole one, now in [`event`](Self::event).
+    pub(crate) fn next(&mut self) -> Result<bool, WsError> {
+        self.dechunk()?;
+        let pending = &self.body[self.body_start..];
+        let Some(end) = memchr::memmem::find(pending, b"\n\n") else { return Ok(false) };
+        self.event.clear();
+        for line in pending[..end].split(|b| *b == b'\n') {
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                if !self.event.is_empty() {
+                    self.event.push(b'\n');
+                }
+                self.event.extend_from_slice(data);
+            }
+        }
+        self.body_start += end + 2;
+        Ok(true)
+    }
+
+    /// The data of the event [`next`](Self::next) found.
+    pub(crate) fn event(&self) -> &[u8] {
+        &self.event
     }
 
     /// Moves the whole chunks of `raw` into `body`.
@@ -106,29 +161,5 @@ impl SseClient {
             self.start = 0;
         }
         Ok(())
-    }
-
-    /// The next event's data, valid until the next call.
-    pub(crate) async fn next_event(&mut self) -> Result<&[u8], WsError> {
-        // What came with the response head, or after the last event.
-        self.dechunk()?;
-        loop {
-            let pending = &self.body[self.body_start..];
-            if let Some(end) = memchr::memmem::find(pending, b"\n\n") {
-                self.event.clear();
-                for line in pending[..end].split(|b| *b == b'\n') {
-                    if let Some(data) = line.strip_prefix(b"data: ") {
-                        if !self.event.is_empty() {
-                            self.event.push(b'\n');
-                        }
-                        self.event.extend_from_slice(data);
-                    }
-                }
-                self.body_start += end + 2;
-                return Ok(&self.event);
-            }
-            self.read_more().await?;
-            self.dechunk()?;
-        }
     }
 }

@@ -51,6 +51,18 @@ fn protocol(what: impl Into<String>) -> WsError {
 #[derive(Debug)]
 pub struct WsClient {
     stream: TcpStream,
+    frames: Frames,
+    /// Frames about to be written.
+    out: Vec<u8>,
+}
+
+/// The reading side of a client WebSocket, without its socket: the bytes
+/// read and not yet consumed, cut into messages. [`WsClient`] fills it from
+/// its async stream; a caller holding the plain socket
+/// ([`WsClient::into_std`]) fills it with [`room`](Self::room) and
+/// [`filled`](Self::filled).
+#[derive(Debug)]
+pub struct Frames {
     /// Bytes read and not yet consumed are `buf[start..end]`.
     buf: Vec<u8>,
     start: usize,
@@ -59,12 +71,14 @@ pub struct WsClient {
     fragments: Vec<u8>,
     /// Whether `fragments` holds the start of a message.
     in_message: bool,
-    /// Frames about to be written.
-    out: Vec<u8>,
+    /// How many unconsumed bytes the next message needs at least, once
+    /// [`next`](Self::next) found too few.
+    needed: usize,
 }
 
-/// Where the last message lies: in the read buffer or the fragment buffer.
-enum Place {
+/// Where a message lies: in the read buffer or the fragment buffer.
+#[derive(Debug, Clone, Copy)]
+pub enum Place {
     Buffer(usize, usize),
     Fragments,
 }
@@ -115,21 +129,24 @@ impl WsClient {
         let head = std::str::from_utf8(&buf[..head_len]).map_err(|_| protocol("the upgrade response is not text"))?;
         check_upgrade(head, &key)?;
         buf.truncate(INITIAL_BUFFER.max(end));
-        Ok(Self { stream, buf, start: head_len, end, fragments: Vec::new(), in_message: false, out: Vec::new() })
+        let frames = Frames { buf, start: head_len, end, fragments: Vec::new(), in_message: false, needed: 1 };
+        Ok(Self { stream, frames, out: Vec::new() })
     }
 
     /// Sends one text message.
     pub async fn send_text(&mut self, text: &str) -> Result<(), WsError> {
-        self.out.clear();
-        encode_frame(&mut self.out, OP_TEXT, text.as_bytes());
-        self.stream.write_all(&self.out).await?;
-        Ok(())
+        self.send_message(false, text.as_bytes()).await
     }
 
     /// Sends one binary message.
     pub async fn send_binary(&mut self, bytes: &[u8]) -> Result<(), WsError> {
+        self.send_message(true, bytes).await
+    }
+
+    /// Sends one message: text, or with `binary` binary.
+    pub async fn send_message(&mut self, binary: bool, payload: &[u8]) -> Result<(), WsError> {
         self.out.clear();
-        encode_frame(&mut self.out, OP_BINARY, bytes);
+        encode_message(&mut self.out, binary, payload);
         self.stream.write_all(&self.out).await?;
         Ok(())
     }
@@ -137,36 +154,58 @@ impl WsClient {
     /// The next message, text or binary, as bytes; valid until the next call.
     pub async fn next_bytes(&mut self) -> Result<&[u8], WsError> {
         let place = self.next_message().await?;
-        Ok(match place {
-            Place::Buffer(from, to) => &self.buf[from..to],
-            Place::Fragments => &self.fragments[..],
-        })
+        Ok(self.frames.message(place))
     }
 
     /// The next text message; pings are answered on the way. The text is
     /// valid until the next call.
     pub async fn next_text(&mut self) -> Result<&str, WsError> {
         let place = self.next_message().await?;
-        let bytes = match place {
-            Place::Buffer(from, to) => &self.buf[from..to],
-            Place::Fragments => &self.fragments[..],
-        };
-        std::str::from_utf8(bytes).map_err(|_| protocol("a text message is not valid UTF-8"))
+        std::str::from_utf8(self.frames.message(place)).map_err(|_| protocol("a text message is not valid UTF-8"))
     }
 
     async fn next_message(&mut self) -> Result<Place, WsError> {
         loop {
+            self.out.clear();
+            let next = self.frames.next(&mut self.out)?;
+            if !self.out.is_empty() {
+                self.stream.write_all(&self.out).await?;
+            }
+            if let Some(place) = next {
+                return Ok(place);
+            }
+            let n = self.stream.read(self.frames.room()).await?;
+            if n == 0 {
+                return Err(WsError::Closed("the connection ended".into()));
+            }
+            self.frames.filled(n);
+        }
+    }
+
+    /// The plain socket (still non-blocking) and what was read from it but
+    /// not yet handed out, for a caller that reads on a thread of its own.
+    pub fn into_std(self) -> io::Result<(std::net::TcpStream, Frames)> {
+        Ok((self.stream.into_std()?, self.frames))
+    }
+}
+
+impl Frames {
+    /// The next whole message among the bytes read, or `None` if more are
+    /// needed. A ping on the way appends its pong, a masked client frame,
+    /// to `pongs`, for the caller to send.
+    pub fn next(&mut self, pongs: &mut Vec<u8>) -> Result<Option<Place>, WsError> {
+        loop {
             let Some(header) = parse_header(&self.buf[self.start..self.end])? else {
-                self.fill_to(self.end - self.start + 1).await?;
-                continue;
+                self.needed = self.end - self.start + 1;
+                return Ok(None);
             };
             if header.payload_len > MAX_MESSAGE {
                 return Err(protocol(format!("a {} byte frame is over the 64 MiB limit", header.payload_len)));
             }
             let frame_len = header.len + header.payload_len;
             if self.end - self.start < frame_len {
-                self.fill_to(frame_len).await?;
-                continue;
+                self.needed = frame_len;
+                return Ok(None);
             }
             let from = self.start + header.len;
             let to = from + header.payload_len;
@@ -175,7 +214,7 @@ impl WsClient {
                 unmask(&mut self.buf[from..to], mask);
             }
             match header.opcode {
-                OP_TEXT | OP_BINARY if header.fin && !self.in_message => return Ok(Place::Buffer(from, to)),
+                OP_TEXT | OP_BINARY if header.fin && !self.in_message => return Ok(Some(Place::Buffer(from, to))),
                 OP_TEXT | OP_BINARY if !self.in_message => {
                     self.fragments.clear();
                     self.fragments.extend_from_slice(&self.buf[from..to]);
@@ -188,14 +227,10 @@ impl WsClient {
                     self.fragments.extend_from_slice(&self.buf[from..to]);
                     if header.fin {
                         self.in_message = false;
-                        return Ok(Place::Fragments);
+                        return Ok(Some(Place::Fragments));
                     }
                 }
-                OP_PING => {
-                    self.out.clear();
-                    encode_frame(&mut self.out, OP_PONG, &self.buf[from..to]);
-                    self.stream.write_all(&self.out).await?;
-                }
+                OP_PING => encode_frame(pongs, OP_PONG, &self.buf[from..to]),
                 OP_PONG => {}
                 OP_CLOSE => {
                     let payload = &self.buf[from..to];
@@ -212,25 +247,33 @@ impl WsClient {
         }
     }
 
-    /// Reads until at least `needed` unconsumed bytes are buffered, moving
-    /// them to the front of the buffer first and growing it if need be.
-    async fn fill_to(&mut self, needed: usize) -> Result<(), WsError> {
+    /// The message at `place`, as [`next`](Self::next) gave it; valid until
+    /// the buffer is next filled.
+    pub fn message(&self, place: Place) -> &[u8] {
+        match place {
+            Place::Buffer(from, to) => &self.buf[from..to],
+            Place::Fragments => &self.fragments,
+        }
+    }
+
+    /// Free space to read into after the unconsumed bytes, enough at least
+    /// for the message [`next`](Self::next) last found incomplete: those
+    /// bytes move to the front of the buffer first, and it grows if need be.
+    pub fn room(&mut self) -> &mut [u8] {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() < needed {
-            self.buf.resize(needed.next_power_of_two(), 0);
+        if self.buf.len() < self.needed {
+            self.buf.resize(self.needed.next_power_of_two(), 0);
         }
-        while self.end < needed {
-            let n = self.stream.read(&mut self.buf[self.end..]).await?;
-            if n == 0 {
-                return Err(WsError::Closed("the connection ended".into()));
-            }
-            self.end += n;
-        }
-        Ok(())
+        &mut self.buf[self.end..]
+    }
+
+    /// Counts `n` bytes read into [`room`](Self::room).
+    pub fn filled(&mut self, n: usize) {
+        self.end += n;
     }
 }
 
@@ -293,6 +336,12 @@ fn parse_header(bytes: &[u8]) -> Result<Option<Header>, WsError> {
     Ok(Some(Header { fin: first & 0x80 != 0, opcode: first & 0x0F, mask, payload_len, len }))
 }
 
+/// Appends one masked client message: a text frame, or with `binary` a
+/// binary one, as [`WsClient::send_text`] and `send_binary` write it.
+pub fn encode_message(out: &mut Vec<u8>, binary: bool, payload: &[u8]) {
+    encode_frame(out, if binary { OP_BINARY } else { OP_TEXT }, payload);
+}
+
 /// Appends one masked client frame.
 fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.push(0x80 | opcode);
@@ -338,6 +387,29 @@ mod tests {
         let masked = parse_header(&[0x81, 0x83, 1, 2, 3, 4]).unwrap().unwrap();
         assert_eq!((masked.mask, masked.len), (Some([1, 2, 3, 4]), 6));
         assert!(parse_header(&[0xC1, 0]).is_err(), "a compressed frame without the extension is refused");
+    }
+
+    #[test]
+    fn messages_fed_a_byte_at_a_time_come_out_once_whole_and_pings_leave_their_pong() {
+        let mut stream = vec![0x89, 2, b'h', b'i', 0x81, 5];
+        stream.extend_from_slice(b"hello");
+        stream.extend_from_slice(&[0x01, 2, b'a', b'b', 0x80, 1, b'c']);
+        let mut frames =
+            Frames { buf: vec![0; 2], start: 0, end: 0, fragments: Vec::new(), in_message: false, needed: 1 };
+        let (mut messages, mut pongs) = (Vec::new(), Vec::new());
+        for byte in stream {
+            frames.room()[0] = byte;
+            frames.filled(1);
+            while let Some(place) = frames.next(&mut pongs).unwrap() {
+                messages.push(String::from_utf8(frames.message(place).to_vec()).unwrap());
+            }
+        }
+        assert_eq!(messages, ["hello", "abc"], "a fragmented message is joined");
+        let pong = parse_header(&pongs).unwrap().unwrap();
+        assert_eq!((pong.opcode, pong.payload_len, pongs.len()), (OP_PONG, 2, pong.len + 2));
+        let mut payload = pongs[pong.len..].to_vec();
+        unmask(&mut payload, pong.mask.expect("a client's pong is masked"));
+        assert_eq!(payload, b"hi");
     }
 
     #[test]

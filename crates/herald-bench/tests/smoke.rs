@@ -19,6 +19,11 @@ const SECRET: &str = "bench-secret";
 const KEY: &str = "bench-key";
 
 async fn herald() -> std::net::SocketAddr {
+    herald_with(|_| {}).await
+}
+
+/// A node with the configuration below, changed by `change`.
+async fn herald_with(change: impl FnOnce(&mut Config)) -> std::net::SocketAddr {
     let mut config = Config::default();
     let chat = herald_core::NamespaceOptions { publish: herald_core::PublishPolicy::Subscribers, ..Default::default() };
     config.channel.namespaces.insert("chat".into(), chat);
@@ -43,6 +48,7 @@ async fn herald() -> std::net::SocketAddr {
         secret: Secret::new("bench-app-secret"),
         ..Default::default()
     });
+    change(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let node = Node::build(config).await.unwrap();
@@ -166,6 +172,53 @@ async fn fanout_speaks_the_pusher_protocol_and_signs_its_api_calls() {
     assert_eq!((result.connected, result.published), (10, 100));
     assert_eq!(result.delivered, 100 * 5, "each channel has 5 subscribers");
     assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_subscribers_answer_every_protocols_heartbeats_and_miss_nothing() {
+    // The node pings each second and disconnects a client that has not
+    // answered within half a second: a subscriber that did not answer
+    // would be gone within the run, and what it then missed would be lost.
+    let addr = herald_with(|config| {
+        config.client.ping_interval = Duration::from_secs(1);
+        config.client.pong_timeout = Duration::from_millis(500);
+        config.pusher.activity_timeout = Duration::from_secs(1);
+        config.pusher.pong_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let pusher = PublishVia::Pusher {
+        addr,
+        app_id: "bench-app".into(),
+        key: "bench-app-key".into(),
+        secret: "bench-app-secret".into(),
+    };
+    for (protocol, url, publish) in [
+        (
+            Protocol::Centrifuge,
+            format!("ws://{addr}/connection/websocket"),
+            PublishVia::Herald { addr, key: KEY.into() },
+        ),
+        (
+            Protocol::CentrifugeProtobuf,
+            format!("ws://{addr}/connection/websocket"),
+            PublishVia::Herald { addr, key: KEY.into() },
+        ),
+        (Protocol::Pusher, format!("ws://{addr}/app/bench-app-key?protocol=7"), pusher),
+    ] {
+        let args = FanoutArgs {
+            connect: ConnectArgs { protocol, urls: vec![url], ..connect_args(addr) },
+            publish,
+            subscribers: 6,
+            channels: 2,
+            rate: 20.0,
+            duration: Duration::from_millis(3500),
+            payload_bytes: 16,
+        };
+        let result = fanout::run(&args).await.expect("the scenario runs");
+        assert_eq!((result.connected, result.published), (6, 70), "{protocol:?}");
+        assert_eq!(result.delivered, 70 * 3, "{protocol:?}: each channel has 3 subscribers");
+        assert!(result.anomalies.is_clean(), "{protocol:?}: {:?}", result.anomalies);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,17 +3,16 @@
 //! latency percentiles, and loss, duplicates and reordering.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
 
-use super::{connect_all, progress, ConnectArgs, Latency, LatencyRecorder};
-use crate::client::BenchClient;
-use crate::publisher::{unix_micros, Alone, ApiClient, PublishVia, Schedule};
-use crate::sequence::{Anomalies, SequenceChecker};
+use super::{connect_all, histogram_counts, progress, ConnectArgs, Latency};
+use crate::publisher::{Alone, ApiClient, PublishVia, Schedule};
+use crate::sequence::Anomalies;
+
+mod listening;
+pub use listening::{Heard, Listening};
 
 /// What the scenario does.
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +60,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let channels = args.channels.max(1);
     let (connected, connect_failures) =
         connect_all(&args.connect, args.subscribers, |i| vec![channel_name(i % channels)]).await?;
-    let listening = Listening::start(connected, channels, args.connect.first_client);
+    let listening = Listening::start(connected, channels, args.connect.first_client)?;
     let (published, sent) = publish_all(args, || listening.delivered()).await?;
     drain(expected_deliveries(&sent, args.subscribers, channels), || listening.delivered()).await;
     let report = listening.finish(&sent).await?;
@@ -73,7 +72,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         expected_deliveries: expected_deliveries(&sent, report.connected, channels),
         delivered: report.delivered,
         deliveries_per_second: report.delivered as f64 / args.duration.as_secs_f64(),
-        latency: Latency::from_histogram(&report.latencies.merged()),
+        latency: Latency::from_histogram(&report.latencies),
         anomalies: report.anomalies,
     })
 }
@@ -201,83 +200,6 @@ pub async fn drain(expected: u64, delivered: impl Fn() -> u64) {
     }
 }
 
-/// Subscribers reading: each client in its own task, recording latency and
-/// checking sequence numbers.
-#[derive(Debug)]
-pub struct Listening {
-    delivered: Arc<AtomicU64>,
-    latencies: Arc<LatencyRecorder>,
-    stop: watch::Sender<bool>,
-    /// Per client: the channel it follows, and its reader.
-    readers: Vec<(String, tokio::task::JoinHandle<SequenceChecker>)>,
-}
-
-/// What the subscribers of one process saw.
-#[derive(Debug)]
-pub struct Heard {
-    pub connected: usize,
-    pub delivered: u64,
-    pub anomalies: Anomalies,
-    pub latencies: LatencyRecorder,
-}
-
-impl Listening {
-    /// Starts reading; client `k` is subscriber `first + k`.
-    pub fn start(clients: Vec<BenchClient>, channels: usize, first: usize) -> Self {
-        let delivered = Arc::new(AtomicU64::new(0));
-        let latencies = Arc::new(LatencyRecorder::new());
-        let (stop_tx, stop) = watch::channel(false);
-        let mut readers = Vec::new();
-        for (k, mut client) in clients.into_iter().enumerate() {
-            let (delivered, latencies) = (delivered.clone(), latencies.clone());
-            let mut stop = stop.clone();
-            let reader = tokio::spawn(async move {
-                let mut checker = SequenceChecker::default();
-                // Made once: a new wait per message would register with the
-                // shared stop channel again each time.
-                let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
-                let mut received = Vec::new();
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => break,
-                        read = client.next_publications(&mut received) => {
-                            if read.is_err() { break }
-                            let now = unix_micros(SystemTime::now());
-                            latencies.record(k, received.iter().map(|p| now.saturating_sub(p.sent_at_micros)));
-                            for publication in &received {
-                                checker.observe(&publication.channel, publication.seq);
-                            }
-                            delivered.fetch_add(received.len() as u64, Ordering::Relaxed);
-                        }
-                    }
-                }
-                checker
-            });
-            readers.push((channel_name((first + k) % channels), reader));
-        }
-        Self { delivered, latencies, stop: stop_tx, readers }
-    }
-
-    pub fn delivered(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
-    }
-
-    /// Stops the readers; whatever of `sent` a subscriber's channel never
-    /// brought it is lost.
-    pub async fn finish(self, sent: &SentPerChannel) -> anyhow::Result<Heard> {
-        let _ = self.stop.send(true);
-        let mut anomalies = Anomalies::default();
-        let connected = self.readers.len();
-        for (channel, reader) in self.readers {
-            let checker = reader.await?;
-            let sent_here = sent.get(&channel).copied().unwrap_or(0);
-            anomalies.add(checker.finish(&HashMap::from([(channel, sent_here)])).0);
-        }
-        let latencies = Arc::try_unwrap(self.latencies).map_err(|_| anyhow::anyhow!("a reader outlived its stop"))?;
-        Ok(Heard { connected, delivered: self.delivered.load(Ordering::Relaxed), anomalies, latencies })
-    }
-}
-
 /// What a fanout worker process reports when told to stop: one JSON line
 /// on its stdout.
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -298,7 +220,7 @@ pub async fn work(connect: &ConnectArgs, subscribers: usize, channels: usize) ->
     let channels = channels.max(1);
     let (connected, connect_failures) = connect_all(connect, subscribers, |i| vec![channel_name(i % channels)]).await?;
     progress(&format!("subscribed {}", connected.len()));
-    let listening = Listening::start(connected, channels, connect.first_client);
+    let listening = Listening::start(connected, channels, connect.first_client)?;
     let mut commands = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let sent: SentPerChannel = loop {
         tokio::select! {
@@ -318,7 +240,7 @@ pub async fn work(connect: &ConnectArgs, subscribers: usize, channels: usize) ->
         connect_failures,
         delivered: heard.delivered,
         anomalies: heard.anomalies,
-        latency_counts: heard.latencies.counts(),
+        latency_counts: histogram_counts(&heard.latencies),
     };
     let mut stdout = std::io::stdout().lock();
     std::io::Write::write_all(&mut stdout, format!("{}\n", serde_json::to_string(&report)?).as_bytes())?;

@@ -83,6 +83,11 @@ pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
+/// Every value `histogram` recorded, with its count.
+pub(crate) fn histogram_counts(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
+    histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+}
+
 /// Latencies recorded by many client tasks into a few shared histograms.
 ///
 /// One histogram per client would cost about 150 KB each and, with
@@ -110,7 +115,7 @@ impl LatencyRecorder {
 
     /// Every recorded value with its count, for a worker's report.
     pub fn counts(&self) -> Vec<(u64, u64)> {
-        self.merged().iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+        histogram_counts(&self.merged())
     }
 
     /// Records latencies in microseconds; `client` picks the shard.

@@ -634,6 +634,14 @@ impl PusherConfig {
         let ca = self.webhook_ca.as_deref().map(|value| keys::pem_text("pusher.webhook_ca", value)).transpose()?;
         crate::http::client::connector(ca.as_deref()).map_err(|e| format!("pusher.webhook_ca: {e}"))
     }
+
+    /// What is wrong with `webhook_ca`, if anything (without reading the
+    /// system's CAs, as [`webhook_tls`](Self::webhook_tls) does).
+    pub(crate) fn check_webhook_ca(&self) -> Result<(), String> {
+        let Some(value) = self.webhook_ca.as_deref() else { return Ok(()) };
+        let pem = keys::pem_text("pusher.webhook_ca", value)?;
+        crate::http::client::check_ca(&pem).map_err(|e| format!("pusher.webhook_ca: {e}"))
+    }
 }
 
 /// One Pusher app, with the credentials its clients and server SDK use.

@@ -221,7 +221,7 @@ impl Config {
 
     fn validate_pusher(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Err(problem) = self.pusher.webhook_tls() {
+        if let Err(problem) = self.pusher.check_webhook_ca() {
             problems.push(problem);
         }
         let pusher = &self.pusher;

@@ -154,6 +154,26 @@ token_jwks_ca = "/nonexistent-ca.pem"
 }
 
 #[test]
+fn a_webhook_ca_that_holds_no_usable_certificate_is_named_and_a_good_one_passes() {
+    for (value, why) in [
+        ("/nonexistent-ca.pem", "cannot read the file it names"),
+        ("-----BEGIN CERTIFICATE-----\\nno*pe!\\n-----END CERTIFICATE-----", "not a PEM certificate"),
+        ("-----BEGIN CERTIFICATE-----\\nnope\\n-----END CERTIFICATE-----", "not a usable CA certificate"),
+        ("-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----", "no certificate in it"),
+    ] {
+        let f = file(&format!("[pusher]\nwebhook_ca = \"{value}\"\n"));
+        let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+        let named = errors.iter().find(|e| e.starts_with("pusher.webhook_ca")).expect("the setting is named");
+        assert!(named.contains(why), "{value}: {named}");
+    }
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls-ca.pem");
+    let f = file(&format!("[pusher]\nwebhook_ca = \"{ca}\"\n"));
+    if let Err(errors) = load(&sources(Some(&f), &[], &[])) {
+        assert!(!errors.0.iter().any(|e| e.starts_with("pusher.webhook_ca")), "{:#?}", errors.0);
+    }
+}
+
+#[test]
 fn a_certificate_without_its_key_or_that_is_not_pem_is_named() {
     let lone = file("[http]\ntls_cert = \"/nonexistent-cert.pem\"\n");
     let errors = load(&sources(Some(&lone), &[], &[])).unwrap_err().0;

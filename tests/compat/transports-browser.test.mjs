@@ -47,9 +47,16 @@ const FALLBACK_PAGE = `<!doctype html>
     { transport: 'http_stream', endpoint: herald + '/connection/http_stream' },
     { transport: 'sse', endpoint: herald + '/connection/sse' },
   ], { token: params.get('token'), emulationEndpoint: herald + '/emulation', minReconnectDelay: 50, maxReconnectDelay: 300 });
-  client.on('state', (ctx) => { document.getElementById('state').textContent = ctx.newState; });
-  client.on('connected', (ctx) => { document.getElementById('transport').textContent = 'over ' + ctx.transport; });
+  // What the client went through, for a failed test to show.
+  window.events = [];
+  const note = (what) => window.events.push(Math.round(performance.now()) + 'ms ' + what);
+  client.on('state', (ctx) => { document.getElementById('state').textContent = ctx.newState; note('state ' + ctx.newState); });
+  client.on('connected', (ctx) => { document.getElementById('transport').textContent = 'over ' + ctx.transport; note('connected over ' + ctx.transport); });
+  client.on('disconnected', (ctx) => note('disconnected ' + ctx.code + ' ' + ctx.reason));
+  client.on('error', (ctx) => note('error ' + ctx.type + ' ' + (ctx.error && ctx.error.message)));
   const sub = client.newSubscription(params.get('channel'));
+  sub.on('state', (ctx) => note('subscription ' + ctx.newState));
+  sub.on('error', (ctx) => note('subscription error ' + ctx.type + ' ' + (ctx.error && ctx.error.message)));
   window.received = [];
   sub.on('publication', (ctx) => {
     window.received.push(ctx.data.n);
@@ -57,7 +64,10 @@ const FALLBACK_PAGE = `<!doctype html>
     item.textContent = '#' + ctx.data.n + ' ' + ctx.data.text;
     document.getElementById('messages').append(item);
   });
-  sub.on('subscribed', (ctx) => { window.lastSubscribed = { recovered: ctx.recovered, wasRecovering: ctx.wasRecovering }; });
+  sub.on('subscribed', (ctx) => {
+    window.lastSubscribed = { recovered: ctx.recovered, wasRecovering: ctx.wasRecovering };
+    note('subscribed ' + JSON.stringify(window.lastSubscribed));
+  });
   sub.subscribe();
   client.connect();
   window.herald = client;
@@ -133,6 +143,20 @@ describe('fallbacks in a real browser', () => {
     await Promise.allSettled([herald?.stop(), streamless?.stop()]);
   });
 
+  /** Waits until `condition` holds on `page`; on a timeout, says what the page saw. */
+  async function waitOn(page, condition, what, wait = WAIT) {
+    try {
+      await page.waitForFunction(condition, wait);
+    } catch (error) {
+      const seen = await page
+        .evaluate(() =>
+          JSON.stringify({ state: window.herald?.state, received: window.received, pushes: window.pushes, events: window.events }),
+        )
+        .catch((e) => `nothing (the page did not answer: ${e.message})`);
+      throw new Error(`waiting for ${what}: ${error.message}; the page saw ${seen}`);
+    }
+  }
+
   /** A page without WebSocket, connected to `node` for `channel`. */
   async function pageWithoutWebSocket(node, channel, user) {
     const page = await browser.newPage();
@@ -142,7 +166,7 @@ describe('fallbacks in a real browser', () => {
     });
     const query = new URLSearchParams({ herald: `http://127.0.0.1:${node.port}`, token: node.token({ user }), channel });
     await page.goto(`${siteUrl}/?${query}`);
-    await page.waitForFunction(() => window.lastSubscribed !== undefined, WAIT);
+    await waitOn(page, () => window.lastSubscribed !== undefined, 'the subscription');
     return page;
   }
 
@@ -158,14 +182,14 @@ describe('fallbacks in a real browser', () => {
     assert.equal(await page.$eval('#transport', (el) => el.textContent), 'over http_stream');
 
     await publish(herald, channel, 1, 2);
-    await page.waitForFunction(() => window.received.length === 2, WAIT);
+    await waitOn(page, () => window.received.length === 2, 'publications 1-2');
     assert.equal(await page.evaluate(() => window.hacked), undefined, 'HTML in a message is not run');
     assert.match(await page.$eval('#messages', (el) => el.textContent), /<img src=x/);
 
     await page.evaluate(() => window.herald._transport.close());
-    await page.waitForFunction(() => window.herald.state !== 'connected', WAIT);
+    await waitOn(page, () => window.herald.state !== 'connected', 'the cut to show');
     await publish(herald, channel, 3, 4);
-    await page.waitForFunction(() => window.received.length === 4, WAIT);
+    await waitOn(page, () => window.received.length === 4, 'publications 3-4, recovered');
     assert.deepEqual(await page.evaluate(() => window.received), [1, 2, 3, 4]);
     assert.deepEqual(await page.evaluate(() => window.lastSubscribed), { recovered: true, wasRecovering: true });
     if (SCREENSHOTS) await page.screenshot({ path: path.join(SCREENSHOTS, 'fallback-http-stream.png') });
@@ -177,7 +201,7 @@ describe('fallbacks in a real browser', () => {
     const page = await pageWithoutWebSocket(streamless, channel, 'viewer');
     assert.equal(await page.$eval('#transport', (el) => el.textContent), 'over sse');
     await publish(streamless, channel, 1, 3);
-    await page.waitForFunction(() => window.received.length === 3, WAIT);
+    await waitOn(page, () => window.received.length === 3, 'publications 1-3 over SSE');
     assert.deepEqual(await page.evaluate(() => window.received), [1, 2, 3]);
     if (SCREENSHOTS) await page.screenshot({ path: path.join(SCREENSHOTS, 'fallback-sse.png') });
     await page.close();
@@ -192,17 +216,17 @@ describe('fallbacks in a real browser', () => {
       token: herald.token({ user: 'fan', subscribe: [channel] }),
     });
     await page.goto(`${siteUrl}/uni?${query}`);
-    await page.waitForFunction(() => window.pushes.some((push) => push.connect), WAIT);
+    await waitOn(page, () => window.pushes.some((push) => push.connect), 'the connect push');
     await herald.api('publish', { channel, data: { home: 1, away: 0 } });
     await herald.api('publish', { channel, data: { home: 1, away: 1 } });
-    await page.waitForFunction(() => window.pushes.filter((push) => push.pub).length === 2, WAIT);
+    await waitOn(page, () => window.pushes.filter((push) => push.pub).length === 2, 'two publications');
 
     // The server ends the stream (asking the client to come back); EventSource
     // reconnects by itself, with the last event id it saw, and gets what it missed.
     await herald.api('disconnect', { user: 'fan', disconnect: { code: 4000, reason: 'moving you' } });
-    await page.waitForFunction(() => window.pushes.some((push) => push.disconnect), WAIT);
+    await waitOn(page, () => window.pushes.some((push) => push.disconnect), 'the disconnect push');
     await herald.api('publish', { channel, data: { home: 2, away: 1 } });
-    await page.waitForFunction(() => window.connects === 2, { timeout: 20000 });
+    await waitOn(page, () => window.connects === 2, 'EventSource to reconnect', { timeout: 20000 });
     const recovered = await page.evaluate(() => window.pushes.filter((push) => push.connect)[1].connect.subs);
     assert.equal(recovered[channel].recovered, true, JSON.stringify(recovered));
     assert.deepEqual(await page.$$eval('#scores li', (items) => items.map((item) => item.textContent)), [

@@ -142,6 +142,7 @@ pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) 
     async move {
         let Parts { settings, outbox, .. } = protocol.parts();
         settings.sessions.enter(outbox);
+        settings.metrics.session_opened(P::NAME, transport.name());
         let served = AssertUnwindSafe(serve(&mut protocol, &mut transport)).catch_unwind().await;
         let reason = served.unwrap_or_else(|_| {
             let client = protocol.parts().connection.map(|c| c.client().clone());
@@ -157,6 +158,7 @@ pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) 
         let code = reason.as_ref().map(|reason| protocol.close_code(reason).0);
         let Parts { settings, connection, outbox } = protocol.parts();
         settings.sessions.leave(outbox);
+        settings.metrics.session_closed(P::NAME, transport.name());
         settings.metrics.disconnected(P::NAME, code);
         if let (Some(events), Some(conn)) = (&settings.events, connection) {
             let text = reason.as_ref().map_or_else(|| "client left".to_owned(), |r| protocol.close_code(r).1);

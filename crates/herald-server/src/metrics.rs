@@ -1,8 +1,8 @@
 //! The node's Prometheus metrics, served at `GET /metrics` in the
 //! OpenMetrics text format (which Prometheus reads).
 //!
-//! Labels are few and bounded: a protocol, a close code, an API method from
-//! the known list, an HTTP status, a source. A channel or user name is never
+//! Labels are few and bounded: a protocol, a transport, a close code, an API
+//! method from the known list, an HTTP status, a source. A channel or user name is never
 //! a label, so a client cannot grow the series.
 //!
 //! Counters are kept here as things happen; the hub's counts (connections,
@@ -19,7 +19,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -60,6 +60,13 @@ struct Disconnect {
     /// The close code the server sent, or `none` when the client left or
     /// its connection broke.
     code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionKind {
+    protocol: &'static str,
+    /// `websocket`, `http_stream`, `sse`, `uni_http_stream` or `uni_sse`.
+    transport: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +128,7 @@ struct Outcome {
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
+    sessions: Family<SessionKind, Gauge>,
     disconnects: Family<Disconnect, Counter>,
     api_requests: Family<ApiRequest, Counter>,
     published: Family<Source, Counter>,
@@ -155,6 +163,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("herald");
         let metrics = Self {
+            sessions: Family::default(),
             disconnects: Family::default(),
             api_requests: Family::default(),
             published: Family::default(),
@@ -172,6 +181,12 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("build", "The running build", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        registry.register(
+            "sessions",
+            "Open client sessions on this node, by protocol and transport (websocket, http_stream, sse, \
+             uni_http_stream, uni_sse); a session counts from its handshake, before its client has connected",
+            metrics.sessions.clone(),
+        );
         registry.register(
             "disconnects",
             "Connections ended, by protocol and the close code the server sent (none: the client left); \
@@ -267,6 +282,16 @@ impl Metrics {
         let text: Arc<str> = text.into();
         *rendered = Some((now, text.clone()));
         text
+    }
+
+    /// A session of `protocol` started on `transport`.
+    pub(crate) fn session_opened(&self, protocol: &'static str, transport: &'static str) {
+        self.sessions.get_or_create(&SessionKind { protocol, transport }).inc();
+    }
+
+    /// A session of `protocol` on `transport` ended.
+    pub(crate) fn session_closed(&self, protocol: &'static str, transport: &'static str) {
+        self.sessions.get_or_create(&SessionKind { protocol, transport }).dec();
     }
 
     /// A connection ended; `code` is what the server closed it with.

@@ -250,6 +250,7 @@ async fn metrics_count_connections_publications_deliveries_api_calls_recoveries_
     assert_eq!(value(r#"herald_build_info{version="0.1.0"}"#), 1.0);
     assert_eq!(value(r#"herald_connections{protocol="centrifuge"}"#), 2.0);
     assert_eq!(value(r#"herald_connections{protocol="pusher"}"#), 0.0);
+    assert_eq!(value(r#"herald_sessions{protocol="centrifuge",transport="websocket"}"#), 2.0);
     assert_eq!(value(r#"herald_subscriptions{protocol="centrifuge"}"#), 2.0);
     assert_eq!(value("herald_users"), 2.0);
     assert_eq!(value("herald_queued_bytes"), 0.0, "both clients have read everything");

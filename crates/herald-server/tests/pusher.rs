@@ -392,6 +392,7 @@ async fn metrics_count_pusher_connections_and_http_api_calls_by_endpoint() {
     for line in [
         r#"herald_connections{protocol="pusher"} 1"#,
         r#"herald_subscriptions{protocol="pusher"} 1"#,
+        r#"herald_sessions{protocol="pusher",transport="websocket"} 1"#,
         r#"herald_api_requests_total{api="pusher",method="events",status="200"} 1"#,
         r#"herald_publications_total{source="api"} 1"#,
         "herald_deliveries_total 1",

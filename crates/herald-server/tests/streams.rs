@@ -95,6 +95,39 @@ async fn over_sse_the_connect_command_travels_in_the_url_and_presence_works_by_e
     assert_eq!(users, vec!["bob"]);
 }
 
+/// The value of `series` in the node's `/metrics`, if it has one.
+async fn metric(server: &TestServer, series: &str) -> Option<f64> {
+    let (_, _, body) = support::http_get(server.addr, "/metrics").await;
+    body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn the_node_counts_its_sessions_by_protocol_and_transport() {
+    let server = TestServer::start().await;
+    let mut http =
+        StreamClient::post(server.addr, "/connection/http_stream", &connect_command(&server, "ann").to_string()).await;
+    reply(&mut http, 1).await;
+    let query = form_encoded(&connect_command(&server, "bob").to_string());
+    let mut sse = StreamClient::get(server.addr, &format!("/connection/sse?cf_connect={query}")).await;
+    reply(&mut sse, 1).await;
+    let token = server.token_with("fay", json!({"channels": ["room:uni"]}));
+    let query = form_encoded(&json!({"token": token}).to_string());
+    let mut uni = StreamClient::get(server.addr, &format!("/connection/uni_sse?cf_connect={query}")).await;
+    uni.next_not_ping().await;
+    let websocket = server.connected("cy").await;
+
+    let series = |transport: &str| format!(r#"herald_sessions{{protocol="centrifuge",transport="{transport}"}}"#);
+    for transport in ["http_stream", "sse", "uni_sse", "websocket"] {
+        assert_eq!(metric(&server, &series(transport)).await, Some(1.0), "{transport}");
+    }
+    drop(websocket);
+    support::eventually_async("the closed WebSocket's session is no longer counted", || async {
+        metric(&server, &series("websocket")).await == Some(0.0)
+    })
+    .await;
+    assert_eq!(metric(&server, &series("http_stream")).await, Some(1.0), "the other sessions are still counted");
+}
+
 #[tokio::test]
 async fn commands_posted_to_another_node_reach_the_session_through_the_engine() {
     let redis = RedisServer::start();

@@ -381,6 +381,10 @@ struct Counted {
 }
 
 impl crate::transport::Transport for Counted {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
     fn start_texts<I>(
         &mut self,
         cx: &mut std::task::Context<'_>,

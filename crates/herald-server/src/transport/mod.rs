@@ -51,6 +51,10 @@ pub(crate) enum Started {
 
 /// A bidirectional message transport.
 pub(crate) trait Transport: Send {
+    /// What the transport is called in the metrics: `websocket`,
+    /// `http_stream`, `sse`, `uni_http_stream` or `uni_sse`.
+    fn name(&self) -> &'static str;
+
     /// Starts sending text messages, in order, without a future: writes
     /// what the socket takes now and keeps the rest owed. The text was
     /// checked to be UTF-8 where it was made (once for a frame fanout
@@ -128,6 +132,10 @@ pub(crate) mod memory {
     }
 
     impl Transport for MemoryTransport {
+        fn name(&self) -> &'static str {
+            "memory"
+        }
+
         fn start_texts<I>(&mut self, _: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
         where
             I: IntoIterator<Item = Text>,

@@ -150,6 +150,15 @@ fn gone() -> TransportError {
 }
 
 impl<Held: Send> Transport for StreamTransport<Held> {
+    fn name(&self) -> &'static str {
+        match (self.format, self.closing) {
+            (Format::Lines | Format::Binary, Closing::Push) => "http_stream",
+            (Format::Events, Closing::Push) => "sse",
+            (Format::Lines | Format::Binary, Closing::Bare) => "uni_http_stream",
+            (Format::Events, Closing::Bare) => "uni_sse",
+        }
+    }
+
     async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
         loop {
             tokio::select! {

@@ -370,6 +370,10 @@ fn message(binary: bool, bytes: Vec<u8>) -> Result<Inbound, Violation> {
 }
 
 impl Transport for WebSocket {
+    fn name(&self) -> &'static str {
+        "websocket"
+    }
+
     async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
         loop {
             match poll_fn(|cx| self.poll_read(cx)).await {

@@ -8,7 +8,8 @@
 //! # Layout
 //!
 //! - [`client`]: the bench's minimal client for the three protocols, with
-//!   source-address binding.
+//!   source-address binding; once subscribed, a client can be detached to
+//!   be read from a plain thread (`fanout` reads its subscribers so).
 //! - [`ws`]: the WebSocket underneath it, made to cost little per message
 //!   (the generator shares the machine with the server it measures).
 //! - [`publisher`]: scheduled publishing through an HTTP API, with latency

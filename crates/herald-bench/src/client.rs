@@ -644,7 +644,7 @@ impl BenchClient {
     /// This client's connection, to be read on a plain thread from now on
     /// (see [`Detached`]).
     pub fn detach(self) -> Result<Detached, ConnectError> {
-        Detached::new(self.link, self.protocol)
+        Detached::new(self.link, self.protocol, self.names)
     }
 
     /// The channels whose subscription the server ended since the last

@@ -25,9 +25,6 @@ pub struct Detached {
     protocol: Protocol,
     names: Names,
     incoming: Vec<Incoming>,
-    /// Channels the server asked to subscribe to again; a detached client
-    /// does not, so they are only kept.
-    ended: Vec<String>,
     /// Heartbeat answers the socket has not taken yet.
     owed: Vec<u8>,
 }
@@ -43,7 +40,7 @@ enum Decoder {
 const SSE_READ: usize = 4 * 1024;
 
 impl Detached {
-    pub(super) fn new(link: Link, protocol: Protocol) -> Result<Self, ConnectError> {
+    pub(super) fn new(link: Link, protocol: Protocol, names: Names) -> Result<Self, ConnectError> {
         let (stream, decoder) = match link {
             Link::Ws(ws) => {
                 let (stream, frames) = ws.into_std().map_err(network)?;
@@ -58,9 +55,8 @@ impl Detached {
             stream: mio::net::TcpStream::from_std(stream),
             decoder,
             protocol,
-            names: Names::default(),
+            names,
             incoming: Vec::new(),
-            ended: Vec::new(),
             owed: Vec::new(),
         })
     }
@@ -123,7 +119,9 @@ impl Detached {
             if let Some(answer) = interpret(self.protocol, message, &mut self.names, &mut self.incoming)? {
                 encode_message(&mut self.owed, answer.binary, answer.payload);
             }
-            keep_publications(self.protocol, &mut self.incoming, received, &mut self.ended);
+            // A detached client does not subscribe again to a channel the
+            // server ended (nothing is allocated unless one was).
+            keep_publications(self.protocol, &mut self.incoming, received, &mut Vec::new());
         }
         self.write_owed()
     }

@@ -168,13 +168,15 @@ impl Subscriber {
         latencies: &mut Histogram<u64>,
         delivered: &AtomicU64,
     ) -> bool {
-        let now = unix_micros(SystemTime::now());
-        for publication in received.iter() {
-            latencies.saturating_record(now.saturating_sub(publication.sent_at_micros).max(1));
-            self.checker.observe(&publication.channel, publication.seq);
+        if !received.is_empty() {
+            let now = unix_micros(SystemTime::now());
+            for publication in received.iter() {
+                latencies.saturating_record(now.saturating_sub(publication.sent_at_micros).max(1));
+                self.checker.observe(&publication.channel, publication.seq);
+            }
+            delivered.fetch_add(received.len() as u64, Ordering::Relaxed);
+            received.clear();
         }
-        delivered.fetch_add(received.len() as u64, Ordering::Relaxed);
-        received.clear();
         match read {
             Ok(more) => more,
             Err(_) => {

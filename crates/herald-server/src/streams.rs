@@ -18,27 +18,28 @@
 //!
 //! Every one runs the same session (`centrifuge::session`) on the session
 //! driver, with the same limits, codes, backpressure, drain and metrics as
-//! a WebSocket. A page on another origin may use them when its origin is
+//! a WebSocket. A stream takes its connection from hyper once it opens
+//! (`http::takeover`) and writes its response itself (`transport::stream`). A page on another origin may use them when its origin is
 //! allowed (`http.allowed_origins`): the answers then carry CORS headers.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use crate::centrifuge::positions;
 use crate::centrifuge::session::{self, Encoding, Mode};
 use crate::config::TransportName;
 use crate::http::admission::Permit;
 use crate::http::body::{self, BodyLimits};
+use crate::http::takeover::Takeover;
 use crate::server::AppState;
-use crate::transport::stream::{self, Closing, Format};
+use crate::transport::stream::{Closing, Coding, Commands, Format, Opening as StreamOpening, StreamTransport};
 
 /// The routes of the enabled transports besides `/connection/websocket`.
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
@@ -78,28 +79,34 @@ struct Opening {
     peer: std::net::SocketAddr,
     permit: Option<Extension<Arc<Permit>>>,
     headers: HeaderMap,
+    version: Version,
+    takeover: Takeover,
 }
 
 async fn http_stream(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     permit: Option<Extension<Arc<Permit>>>,
+    Extension(takeover): Extension<Takeover>,
+    version: Version,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let format = if crate::centrifuge::protobuf::posted(&headers) { Format::Binary } else { Format::Lines };
-    posted(&state, Opening { peer, permit, headers }, body, format, true).await
+    posted(&state, Opening { peer, permit, headers, version, takeover }, body, format, true).await
 }
 
 async fn sse(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     permit: Option<Extension<Arc<Permit>>>,
+    Extension(takeover): Extension<Takeover>,
+    version: Version,
     headers: HeaderMap,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
     let first = Bytes::from(query.cf_connect.unwrap_or_default());
-    open_emulated(&state, Opening { peer, permit, headers }, first, Format::Events)
+    open_emulated(&state, Opening { peer, permit, headers, version, takeover }, first, Format::Events)
 }
 
 async fn emulation(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -125,6 +132,8 @@ async fn uni_sse(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     permit: Option<Extension<Arc<Permit>>>,
+    Extension(takeover): Extension<Takeover>,
+    version: Version,
     headers: HeaderMap,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
@@ -134,27 +143,31 @@ async fn uni_sse(
     if let Some(request) = last_event_id.and_then(|id| positions::with_recovery(&first, id)) {
         first = Bytes::from(request);
     }
-    open_unidirectional(&state, Opening { peer, permit, headers }, first, Format::Events)
+    open_unidirectional(&state, Opening { peer, permit, headers, version, takeover }, first, Format::Events)
 }
 
 async fn uni_sse_posted(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     permit: Option<Extension<Arc<Permit>>>,
+    Extension(takeover): Extension<Takeover>,
+    version: Version,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    posted(&state, Opening { peer, permit, headers }, body, Format::Events, false).await
+    posted(&state, Opening { peer, permit, headers, version, takeover }, body, Format::Events, false).await
 }
 
 async fn uni_http_stream(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     permit: Option<Extension<Arc<Permit>>>,
+    Extension(takeover): Extension<Takeover>,
+    version: Version,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    posted(&state, Opening { peer, permit, headers }, body, Format::Lines, false).await
+    posted(&state, Opening { peer, permit, headers, version, takeover }, body, Format::Lines, false).await
 }
 
 /// Opens a stream whose connect command or request is the POST's body.
@@ -191,33 +204,30 @@ fn open_emulated(state: &AppState, opening: Opening, first: Bytes, format: Forma
     if let Some(refused) = refused(state, &opening.headers) {
         return refused;
     }
-    let (key, inbound, registration) = state.emulation.open(first, format == Format::Binary);
-    open(state, opening, inbound, registration, format, Closing::Push, Some(key))
+    let (key, posted, registration) = state.emulation.open(first, format == Format::Binary);
+    open(state, opening, Commands::Posted(posted), registration, format, Closing::Push, Some(key))
 }
 
 fn open_unidirectional(state: &AppState, opening: Opening, first: Bytes, format: Format) -> Response {
     if let Some(refused) = refused(state, &opening.headers) {
         return refused;
     }
-    let (sender, inbound) = mpsc::channel(1);
-    // The channel is new and empty: the one message fits.
-    let _ = sender.try_send(first);
-    open(state, opening, inbound, (), format, Closing::Bare, None)
+    open(state, opening, Commands::First(first), (), format, Closing::Bare, None)
 }
 
-/// Starts the session on a stream and answers with the stream: an
-/// emulated session when it has an emulation key, else a uni-directional
-/// one.
+/// Takes the connection over for the stream and starts the session on it
+/// once hyper has let it go: an emulated session when it has an emulation
+/// key, else a uni-directional one.
 fn open<Held: Send + 'static>(
     state: &AppState,
     opening: Opening,
-    inbound: mpsc::Receiver<Bytes>,
+    commands: Commands,
     held: Held,
     format: Format,
     closing: Closing,
     emulation_key: Option<Arc<str>>,
 ) -> Response {
-    let Opening { peer, permit, headers } = opening;
+    let Opening { peer, permit, headers, version, takeover } = opening;
     let shared = state.shared.clone();
     let proxies = &shared.proxies;
     let mode = if emulation_key.is_some() { Mode::Emulated } else { Mode::Unidirectional };
@@ -241,25 +251,48 @@ fn open<Held: Send + 'static>(
     // The session keeps the node's count of live sessions (shutdown waits
     // for it) and the connection's place under the caps.
     let held = (held, state.tracker.enter(), permit);
-    let (transport, body) = stream::open(format, closing, inbound, held);
     let encoding = if format == Format::Binary { Encoding::Protobuf } else { Encoding::Json };
-    tokio::spawn(session::run(transport, shared, context, mode, encoding));
     let content_type = match format {
         Format::Binary => "application/octet-stream",
         Format::Lines => "application/json",
         Format::Events => "text/event-stream",
     };
-    let response = (
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store")),
-            // Proxies such as nginx would otherwise buffer the stream.
-            (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
-        ],
-        body,
-    )
-        .into_response();
-    with_cors(&headers, response)
+    let mut answer = HeaderMap::new();
+    answer.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    answer.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    // Proxies such as nginx would otherwise buffer the stream.
+    answer.insert(header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    add_cors(&headers, &mut answer);
+    let coding = if version == Version::HTTP_10 { Coding::Bare } else { Coding::Chunked };
+    let head = response_head(&answer, coding);
+    let opening = StreamOpening { head, coding, format, closing, commands, held };
+    takeover.take(Box::new(move |socket| {
+        let transport = StreamTransport::over(socket, opening);
+        drop(tokio::spawn(session::run(transport, shared, context, mode, encoding)));
+    }));
+    // Never written: the stream writes its own head once it has the socket.
+    StatusCode::OK.into_response()
+}
+
+/// A stream's response head: `200 OK` with `headers`, the date, and how
+/// the body is framed; the connection closes when the stream ends.
+fn response_head(headers: &HeaderMap, coding: Coding) -> Vec<u8> {
+    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let framing: &[(&str, &[u8])] = match coding {
+        Coding::Chunked => &[("transfer-encoding", b"chunked")],
+        Coding::Bare => &[],
+    };
+    let fixed = [("date", date.as_bytes()), ("connection", b"close".as_slice())];
+    let given = headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes()));
+    for (name, value) in given.chain(fixed).chain(framing.iter().copied()) {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// Answers a CORS preflight from an allowed origin.
@@ -280,11 +313,16 @@ async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Respons
 /// `response`, with the CORS headers a page on the request's (allowed)
 /// origin needs to read it.
 fn with_cors(request: &HeaderMap, mut response: Response) -> Response {
+    add_cors(request, response.headers_mut());
+    response
+}
+
+/// Adds to `answer` the CORS headers a page on the request's (allowed)
+/// origin needs to read it.
+fn add_cors(request: &HeaderMap, answer: &mut HeaderMap) {
     if let Some(origin) = request.get(header::ORIGIN) {
-        let answer = response.headers_mut();
         answer.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         answer.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         answer.append(header::VARY, HeaderValue::from_static("origin"));
     }
-    response
 }

@@ -464,3 +464,45 @@ async fn with_a_certificate_clients_connect_over_wss_and_the_api_answers_over_ht
     let push = tls_next(&mut ws).await;
     assert_eq!(push["push"]["pub"]["data"], "over tls", "{push}");
 }
+
+#[tokio::test]
+async fn over_tls_a_stream_takes_its_connection_and_delivers_on_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let server = TestServer::with(|c| {
+        c.http.tls_cert = Some(format!("{fixtures}/tls-server.pem"));
+        c.http.tls_key = Some(herald_server::config::Secret::new(format!("{fixtures}/tls-server.key.pem")));
+    })
+    .await;
+    let body = json!({"token": server.token_with("tia", json!({"channels": ["room:tls"]}))}).to_string();
+    let mut stream = tls_to(server.addr).await;
+    let request = format!(
+        "POST /connection/uni_http_stream HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let mut read_until = async |what: &str| {
+        while !seen.contains(what) {
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(support::PATIENCE, stream.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(read > 0, "the stream ended before {what}: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&chunk[..read]));
+        }
+        seen.clone()
+    };
+    let head = read_until("\"connect\"").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let publication = r#"{"channel": "room:tls", "data": {"over": "tls"}}"#;
+    let mut https = tls_to(server.addr).await;
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: localhost\r\nAuthorization: apikey {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{publication}",
+        support::API_KEY,
+        publication.len()
+    );
+    https.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = https.read_to_end(&mut response).await;
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&response));
+    read_until(r#"{"channel":"room:tls","pub":{"data":{"over":"tls"}}}"#).await;
+}

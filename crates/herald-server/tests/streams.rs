@@ -233,6 +233,36 @@ async fn uni_directional_sse_takes_the_connect_request_in_the_url_and_sends_bare
 }
 
 #[tokio::test]
+async fn a_stream_answers_as_http_1_1_with_a_date_and_closes_when_it_ends() {
+    let server = TestServer::start().await;
+    let token = server.token_with("ned", json!({"channels": ["room:head"]}));
+    let query = form_encoded(&json!({"token": token}).to_string());
+    let mut stream = StreamClient::get(server.addr, &format!("/connection/uni_sse?cf_connect={query}")).await;
+    let head = stream.head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for line in ["content-type: text/event-stream", "transfer-encoding: chunked", "connection: close", "date: "] {
+        assert!(head.contains(line), "{line} in {head}");
+    }
+    assert!(stream.next_not_ping().await["connect"]["client"].is_string());
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_its_stream_unchunked_and_the_connection_closing_ends_it() {
+    let server = TestServer::start().await;
+    let token = server.token_with("old", json!({"channels": ["room:old"]}));
+    let query = form_encoded(&json!({"token": token}).to_string());
+    let path = format!("/connection/uni_sse?cf_connect={query}");
+    let mut stream = StreamClient::open_as(server.addr, "HTTP/1.0", "GET", &path, &[], "").await;
+    assert!(!stream.head.to_ascii_lowercase().contains("transfer-encoding"), "{}", stream.head);
+    assert!(stream.next_not_ping().await["connect"]["client"].is_string());
+    server.publish("room:old", json!({"n": 1})).await;
+    assert_eq!(stream.next_not_ping().await, json!({"channel": "room:old", "pub": {"data": {"n": 1}}}));
+
+    server.shutdown().await;
+    assert_eq!(stream.rest().await, vec![json!({"disconnect": {"code": 3001, "reason": "shutdown"}})]);
+}
+
+#[tokio::test]
 async fn an_event_source_reconnecting_with_its_last_event_id_recovers_what_it_missed() {
     let server = TestServer::start().await;
     let token = server.token_with("liv", json!({"channels": ["feed:ids", "feed:quiet"]}));

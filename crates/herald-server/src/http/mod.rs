@@ -16,7 +16,10 @@
 //! - a WebSocket handshake from a web page is accepted only from an
 //!   allowed origin (`origin`);
 //! - after an upgrade, the session's own timers take over (connect timeout,
-//!   pings, activity timeout).
+//!   pings, activity timeout);
+//! - a request that opens an HTTP-streaming or SSE session takes its
+//!   connection from hyper (`takeover`), and the session's timers take
+//!   over as after an upgrade.
 //!
 //! On shutdown the loop stops accepting and every HTTP connection finishes
 //! its request in flight and closes; WebSocket sessions are closed by the
@@ -27,6 +30,7 @@ pub(crate) mod body;
 pub(crate) mod client;
 mod listener;
 pub(crate) mod origin;
+pub(crate) mod takeover;
 pub(crate) mod tls;
 
 use std::convert::Infallible;
@@ -42,14 +46,16 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::transport::io::IntoIo;
 use admission::{Admission, Limits, Permit, Refusal};
 pub(crate) use listener::BackoffListener;
+use takeover::{Slot, Takeable, Takeover};
 
 /// How long a refused client has to take its 503 or 429.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -169,18 +175,43 @@ pub(crate) async fn serve(
 }
 
 /// Serves one connection's requests, with the header timeout, until it
-/// closes or the node shuts down (then after its request in flight).
-async fn serve_connection<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+/// closes or the node shuts down (then after its request in flight), or
+/// until a request takes it over: then runs what that request asked for on
+/// the bare socket.
+async fn serve_connection<IO: IntoIo>(
     stream: IO,
     peer: SocketAddr,
     permit: Option<Permit>,
     router: Router,
     handshake_timeout: Duration,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
 ) {
+    let slot = Arc::new(Slot::default());
+    let socket = Takeable::new(stream, slot.clone());
+    // hyper is gone once this returns: a socket taken over is in the slot.
+    let served = serve_http(socket, Takeover(slot.clone()), peer, permit, router, handshake_timeout, closing).await;
+    match (slot.taken(), served) {
+        (Some((socket, then)), _) => then(socket),
+        (None, Ok(())) => {}
+        // Timeouts and clients that left: the connection's own business.
+        (None, Err(error)) => tracing::debug!(%peer, %error, "HTTP connection ended"),
+    }
+}
+
+/// hyper's part of [`serve_connection`], over `socket`.
+async fn serve_http<IO: IntoIo>(
+    socket: Takeable<IO>,
+    takeover: Takeover,
+    peer: SocketAddr,
+    permit: Option<Permit>,
+    router: Router,
+    handshake_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+) -> hyper::Result<()> {
     let permit = permit.map(Arc::new);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(takeover.clone());
         if let Some(permit) = &permit {
             request.extensions_mut().insert(permit.clone());
         }
@@ -192,18 +223,14 @@ async fn serve_connection<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(handshake_timeout);
-    let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let connection = builder.serve_connection(TokioIo::new(socket), service).with_upgrades();
     let mut connection = std::pin::pin!(connection);
-    let served = tokio::select! {
+    tokio::select! {
         served = connection.as_mut() => served,
         _ = shutting_down(&mut closing) => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
-    };
-    if let Err(error) = served {
-        // Timeouts and clients that left: the connection's own business.
-        tracing::debug!(%peer, %error, "HTTP connection ended");
     }
 }
 

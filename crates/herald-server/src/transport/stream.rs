@@ -1,38 +1,55 @@
 //! An HTTP response that stays open as a transport: HTTP-streaming (one
 //! message per line) and Server-Sent Events (one message per event).
 //!
-//! What the session sends goes through a small bounded channel into the
-//! response body, so a client that stops reading stops the body, fills the
-//! channel and blocks the session's write: the driver then closes it as
-//! slow, as it would a WebSocket. What the client sends arrives through
-//! another channel: the request that opened the stream (its connect
-//! command) and, for bidirectional emulation, the commands it posts to
-//! `/emulation` afterwards. A uni-directional stream gets only the first.
+//! The request that opens a stream takes its connection from hyper
+//! (`crate::http::takeover`), so the stream holds what a WebSocket holds:
+//! the socket, and bytes to write only while a write is unfinished. The
+//! response's head goes out first; each write of the session's (everything
+//! it had queued) is then one chunk of the chunked transfer coding (an
+//! HTTP/1.0 client gets the bytes bare, and the end of the connection ends
+//! the response). A client that stops reading makes the writes owed, and
+//! the session driver closes it as slow, as it would a WebSocket.
+//!
+//! What the client sends arrives apart from the socket: the request that
+//! opened the stream (its connect command) and, for bidirectional
+//! emulation, the commands it posts to `/emulation` afterwards, through a
+//! channel. The socket itself only says when the client has gone; a client
+//! that sends anything more on it is cut off.
 //!
 //! A Protobuf stream carries length-delimited messages as they are, in
 //! both directions.
 //!
 //! A stream has no close frame: the session's close code goes out as a
-//! Centrifuge disconnect push, and then the body ends. A uni-directional
-//! event stream also names, in its events' ids, where the client is in
-//! each channel (`centrifuge::positions`), for `EventSource` to send back
-//! when it reconnects.
+//! Centrifuge disconnect push, and then the response ends. A
+//! uni-directional event stream also names, in its events' ids, where the
+//! client is in each channel (`centrifuge::positions`), for `EventSource`
+//! to send back when it reconnects.
 
-use std::convert::Infallible;
-use std::task::Context;
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
-use axum::body::Body;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use herald_core::Text;
+use tokio::io::ReadBuf;
 use tokio::sync::mpsc;
 
+use super::io::Io;
 use super::{Inbound, Started, Transport, TransportError};
 use crate::centrifuge::positions::Positions;
 
-/// Body chunks waiting for the client to read them. Each is one write of
-/// the session's (everything it had queued), so a few are plenty; the
-/// session's outbox holds the rest and decides when the client is slow.
-const BODY_CHUNKS: usize = 4;
+/// Room left before a chunk's bytes for its size line: up to 16 hex digits
+/// and a line end.
+const CHUNK_ROOM: usize = 18;
+
+/// The chunk that ends a chunked response.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How long the session's last words and the response's end may take to
+/// leave.
+const CLOSE_WRITE: Duration = Duration::from_secs(1);
 
 /// How messages are written into the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,97 +73,222 @@ pub(crate) enum Closing {
     Bare,
 }
 
-/// The session's side of a streamed response.
+/// Where a session's messages come from.
+#[derive(Debug)]
+pub(crate) enum Commands {
+    /// Only the request that opened the stream (uni-directional).
+    First(Bytes),
+    /// The opening command and the ones posted to `/emulation` after it.
+    Posted(mpsc::Receiver<Bytes>),
+}
+
+/// How the stream's response is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coding {
+    /// HTTP/1.1: each write one chunk, and a last chunk at the end.
+    Chunked,
+    /// HTTP/1.0: the bytes as they are, ended by closing the connection.
+    Bare,
+}
+
+/// A session's stream, on the connection it took over.
 #[derive(Debug)]
 pub(crate) struct StreamTransport<Held: Send = ()> {
-    body: mpsc::Sender<Bytes>,
-    inbound: mpsc::Receiver<Bytes>,
-    /// False once nothing more can arrive from the client.
-    listening: bool,
+    io: Io,
+    coding: Coding,
+    /// Bytes to write, written up to `written`; empty, and unallocated,
+    /// when all is written.
+    output: Vec<u8>,
+    written: usize,
+    /// What the client sent that the session has not received yet.
+    first: Option<Bytes>,
+    /// The commands posted for an emulated session; `None` once nothing
+    /// more can come.
+    posted: Option<mpsc::Receiver<Bytes>>,
     format: Format,
     closing: Closing,
     /// For a uni-directional event stream: its positions, sent as event ids.
     positions: Option<Box<Positions>>,
-    /// A chunk the body had no room for when a send started.
-    owed: Option<Bytes>,
-    /// Kept for as long as the session runs (its emulation registration).
+    /// The response has ended: nothing more may be written.
+    ended: bool,
+    /// Kept for as long as the session runs (its emulation registration,
+    /// its place under the node's caps).
     _held: Held,
 }
 
-/// A transport and the response body it writes into.
-pub(crate) fn open<Held: Send>(
-    format: Format,
-    closing: Closing,
-    inbound: mpsc::Receiver<Bytes>,
-    held: Held,
-) -> (StreamTransport<Held>, Body) {
-    let (body, mut chunks) = mpsc::channel::<Bytes>(BODY_CHUNKS);
-    let stream =
-        futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx).map(|chunk| chunk.map(Ok::<_, Infallible>)));
-    // A uni-directional event stream's ids let `EventSource` recover.
-    let positions = (format == Format::Events && closing == Closing::Bare).then(Box::default);
-    let transport =
-        StreamTransport { body, inbound, listening: true, format, closing, positions, owed: None, _held: held };
-    (transport, Body::from_stream(stream))
+/// What the stream's response needs besides the socket.
+#[derive(Debug)]
+pub(crate) struct Opening<Held> {
+    /// The response's status line and headers, ending with the blank line.
+    pub(crate) head: Vec<u8>,
+    pub(crate) coding: Coding,
+    pub(crate) format: Format,
+    pub(crate) closing: Closing,
+    pub(crate) commands: Commands,
+    pub(crate) held: Held,
 }
 
 impl<Held: Send> StreamTransport<Held> {
+    /// The stream over `io`, its response's head written at once where the
+    /// socket takes it (else owed, ahead of everything else).
+    pub(crate) fn over(io: Io, opening: Opening<Held>) -> Self {
+        let Opening { head, coding, format, closing, commands, held } = opening;
+        let (first, posted) = match commands {
+            Commands::First(first) => (Some(first), None),
+            Commands::Posted(posted) => (None, Some(posted)),
+        };
+        // A uni-directional event stream's ids let `EventSource` recover.
+        let positions = (format == Format::Events && closing == Closing::Bare).then(Box::default);
+        let mut stream = StreamTransport {
+            io,
+            coding,
+            output: head,
+            written: 0,
+            first,
+            posted,
+            format,
+            closing,
+            positions,
+            ended: false,
+            _held: held,
+        };
+        stream.try_write_owed();
+        stream
+    }
+
+    /// Writes what is owed as far as a plain TCP socket takes it now,
+    /// without a task to wake (the next send writes the rest).
+    fn try_write_owed(&mut self) {
+        let Io::Tcp(tcp) = &self.io else { return };
+        while let Some(rest) = self.output.get(self.written..).filter(|rest| !rest.is_empty()) {
+            match tcp.try_write(rest) {
+                Ok(wrote) if wrote > 0 => self.written = self.written.saturating_add(wrote),
+                _ => return,
+            }
+        }
+        self.output = Vec::new();
+        self.written = 0;
+    }
+
     /// Appends `message` to `out` as this stream writes it.
-    fn put_frame(&mut self, out: &mut BytesMut, message: &[u8]) {
+    fn put_frame(&mut self, out: &mut Vec<u8>, message: &[u8]) {
         if let Some(id) = self.positions.as_mut().and_then(|positions| positions.observe(message)) {
-            out.put_slice(b"id: ");
-            out.put_slice(id.as_bytes());
-            out.put_u8(b'\n');
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.push(b'\n');
         }
         match self.format {
             Format::Lines => {
-                out.put_slice(message);
-                out.put_u8(b'\n');
+                out.extend_from_slice(message);
+                out.push(b'\n');
             }
-            Format::Binary => out.put_slice(message),
+            Format::Binary => out.extend_from_slice(message),
             Format::Events => {
                 for line in message.split(|byte| *byte == b'\n') {
-                    out.put_slice(b"data: ");
-                    out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
-                    out.put_u8(b'\n');
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+                    out.push(b'\n');
                 }
-                out.put_u8(b'\n');
+                out.push(b'\n');
             }
         }
     }
 
-    /// `message` alone, as this stream writes it.
-    fn frame(&mut self, message: &[u8]) -> Bytes {
-        let mut out = BytesMut::with_capacity(message.len().saturating_add(16));
-        self.put_frame(&mut out, message);
-        out.freeze()
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> Result<(), TransportError> {
-        self.send_owed().await?;
-        self.body.send(chunk).await.map_err(|_| gone())
-    }
-
-    /// Hands `chunk` to the body if it has room now, behind anything
-    /// owed; keeps it owed if not.
-    fn start(&mut self, chunk: Bytes) -> Result<Started, TransportError> {
-        let chunk = match self.owed.take() {
-            Some(owed) => [owed, chunk].concat().into(),
-            None => chunk,
-        };
-        match self.body.try_send(chunk) {
-            Ok(()) => Ok(Started::Written),
-            Err(mpsc::error::TrySendError::Full(chunk)) => {
-                self.owed = Some(chunk);
-                Ok(Started::Owed)
+    /// Queues `chunk` (its bytes after [`CHUNK_ROOM`]) behind what is
+    /// owed, as one chunk of the response. Nothing owed, it becomes the
+    /// output as it is, its size line written into the room before it.
+    fn queue(&mut self, mut chunk: Vec<u8>) {
+        let size = chunk.len().saturating_sub(CHUNK_ROOM);
+        if size == 0 {
+            return;
+        }
+        let start = match self.coding {
+            Coding::Bare => CHUNK_ROOM,
+            Coding::Chunked => {
+                let line = size_line(size);
+                let start = CHUNK_ROOM.saturating_sub(line.len());
+                if let Some(room) = chunk.get_mut(start..CHUNK_ROOM) {
+                    room.copy_from_slice(&line);
+                }
+                chunk.extend_from_slice(b"\r\n");
+                start
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(gone()),
+        };
+        if self.output.is_empty() {
+            self.output = chunk;
+            self.written = start;
+        } else {
+            self.output.extend_from_slice(chunk.get(start..).unwrap_or_default());
+        }
+    }
+
+    /// Writes what is owed; `output` is let go once all of it is written.
+    fn poll_write_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(rest) = self.output.get(self.written..).filter(|rest| !rest.is_empty()) {
+            let wrote = ready!(self.io.poll_write(cx, rest))?;
+            if wrote == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written = self.written.saturating_add(wrote);
+        }
+        ready!(self.io.poll_flush(cx))?;
+        self.output = Vec::new();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues one chunk made by `frame` and writes what the socket takes.
+    fn start(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: impl FnOnce(&mut Self, &mut Vec<u8>),
+    ) -> Result<Started, TransportError> {
+        if self.ended {
+            return Err(TransportError::Broken("the stream has ended".into()));
+        }
+        let mut chunk = vec![0; CHUNK_ROOM];
+        frame(self, &mut chunk);
+        self.queue(chunk);
+        match self.poll_write_owed(cx) {
+            Poll::Ready(Ok(())) => Ok(Started::Written),
+            Poll::Ready(Err(error)) => Err(broken(error)),
+            Poll::Pending => Ok(Started::Owed),
+        }
+    }
+
+    /// A message from the client, as the session takes it.
+    fn inbound(&self, message: Bytes) -> Inbound {
+        match self.format {
+            Format::Binary => Inbound::Binary(message),
+            Format::Lines | Format::Events => Inbound::Text(message),
         }
     }
 }
 
-fn gone() -> TransportError {
-    TransportError::Broken("the client closed the stream".into())
+/// A chunk's size line: `size` in hex, then a line end.
+fn size_line(size: usize) -> Vec<u8> {
+    format!("{size:x}\r\n").into_bytes()
+}
+
+/// Resolves once the client has gone: its end of the connection closed, or
+/// reset (as a client does that closes with bytes unread). A client has
+/// nothing to send on a stream's connection after the request that opened
+/// it; anything it does send ends the stream.
+fn poll_gone(io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<Option<Inbound>, TransportError>> {
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    let mut buf = ReadBuf::uninit(&mut byte);
+    match ready!(io.poll_read(cx, &mut buf)) {
+        Ok(()) if buf.filled().is_empty() => Poll::Ready(Ok(None)),
+        Err(error) if error.kind() == io::ErrorKind::ConnectionReset => Poll::Ready(Ok(None)),
+        Ok(()) => Poll::Ready(Err(TransportError::Broken(
+            "the client sent bytes after the request that opened its stream".into(),
+        ))),
+        Err(error) => Poll::Ready(Err(broken(error))),
+    }
+}
+
+fn broken(error: io::Error) -> TransportError {
+    TransportError::Broken(error.to_string())
 }
 
 impl<Held: Send> Transport for StreamTransport<Held> {
@@ -160,166 +302,216 @@ impl<Held: Send> Transport for StreamTransport<Held> {
     }
 
     async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(self.inbound(first)));
+        }
         loop {
+            let Some(posted) = self.posted.as_mut() else {
+                return poll_fn(|cx| poll_gone(&mut self.io, cx)).await;
+            };
             tokio::select! {
-                message = self.inbound.recv(), if self.listening => match message {
-                    Some(message) if self.format == Format::Binary => return Ok(Some(Inbound::Binary(message))),
-                    Some(message) => return Ok(Some(Inbound::Text(message))),
-                    None => self.listening = false,
+                message = posted.recv() => match message {
+                    Some(message) => return Ok(Some(self.inbound(message))),
+                    None => self.posted = None,
                 },
-                // The client went away: the body was dropped.
-                _ = self.body.closed() => return Ok(None),
+                gone = poll_fn(|cx| poll_gone(&mut self.io, cx)) => return gone,
             }
         }
     }
 
-    fn start_texts<I>(&mut self, _: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
+    fn start_texts<I>(&mut self, cx: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
     where
         I: IntoIterator<Item = Text>,
     {
-        let mut chunk = BytesMut::new();
-        for text in texts {
-            self.put_frame(&mut chunk, text.as_bytes());
-        }
-        match chunk.is_empty() && self.owed.is_none() {
-            true => Ok(Started::Written),
-            false => self.start(chunk.freeze()),
-        }
+        self.start(cx, |stream, chunk| {
+            for text in texts {
+                stream.put_frame(chunk, text.as_bytes());
+            }
+        })
     }
 
     /// Binary messages (Protobuf) are length-delimited already: they go
     /// into the stream as they are.
-    fn start_binary(&mut self, _: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError> {
-        self.start(bytes)
+    fn start_binary(&mut self, cx: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError> {
+        self.start(cx, |_, chunk| chunk.extend_from_slice(&bytes))
     }
 
     async fn send_owed(&mut self) -> Result<(), TransportError> {
-        match self.owed.take() {
-            Some(chunk) => self.body.send(chunk).await.map_err(|_| gone()),
-            None => Ok(()),
-        }
+        poll_fn(|cx| self.poll_write_owed(cx)).await.map_err(broken)
     }
 
     async fn close(&mut self, code: u16, reason: String) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
         let disconnect = serde_json::json!({ "code": code, "reason": reason });
         let message = match self.closing {
             Closing::Push => serde_json::json!({ "push": { "disconnect": disconnect } }),
             Closing::Bare => serde_json::json!({ "disconnect": disconnect }),
         };
-        let frame = match self.format {
-            Format::Binary => {
-                crate::centrifuge::protobuf::transcode(message.to_string().as_bytes()).unwrap_or_default()
+        let mut chunk = vec![0; CHUNK_ROOM];
+        match self.format {
+            Format::Binary => chunk.extend_from_slice(
+                &crate::centrifuge::protobuf::transcode(message.to_string().as_bytes()).unwrap_or_default(),
+            ),
+            Format::Lines | Format::Events => self.put_frame(&mut chunk, message.to_string().as_bytes()),
+        }
+        self.queue(chunk);
+        if self.coding == Coding::Chunked {
+            self.output.extend_from_slice(LAST_CHUNK);
+        }
+        let ending = async {
+            if poll_fn(|cx| self.poll_write_owed(cx)).await.is_ok() {
+                let _ = poll_fn(|cx| self.io.poll_shutdown(cx)).await;
             }
-            Format::Lines | Format::Events => self.frame(message.to_string().as_bytes()),
         };
-        let _ = self.write(frame).await;
+        let _ = tokio::time::timeout(CLOSE_WRITE, ending).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
-    async fn next_chunk(body: &mut Body) -> String {
-        let frame = body.frame().await.expect("a chunk").expect("no error");
-        String::from_utf8(frame.into_data().expect("data").to_vec()).expect("UTF-8")
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+
+    /// A stream over a real socket, and the client's end of it.
+    async fn open(
+        format: Format,
+        closing: Closing,
+        coding: Coding,
+        commands: Commands,
+    ) -> (StreamTransport, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let opening = Opening { head: HEAD.to_vec(), coding, format, closing, commands, held: () };
+        (StreamTransport::over(Io::Tcp(server), opening), client)
+    }
+
+    async fn uni(format: Format, coding: Coding) -> (StreamTransport, TcpStream) {
+        open(format, Closing::Bare, coding, Commands::First(Bytes::from_static(b"{}"))).await
+    }
+
+    /// Exactly the next `expected.len()` bytes the client reads.
+    async fn read_exactly(client: &mut TcpStream, expected: &str) {
+        let mut read = vec![0; expected.len()];
+        client.read_exact(&mut read).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&read), expected);
+    }
+
+    /// One chunk of the chunked coding, as the client reads it.
+    fn chunk(bytes: &str) -> String {
+        format!("{:x}\r\n{bytes}\r\n", bytes.len())
+    }
+
+    #[tokio::test]
+    async fn the_head_goes_out_at_once_and_each_send_is_one_chunk() {
+        let (mut stream, mut client) = uni(Format::Lines, Coding::Chunked).await;
+        read_exactly(&mut client, "HTTP/1.1 200 OK\r\n\r\n").await;
+        stream.send_texts([Text::from("{\"a\":1}"), Text::from("{\"b\":2}")]).await.unwrap();
+        read_exactly(&mut client, &chunk("{\"a\":1}\n{\"b\":2}\n")).await;
+        assert!(stream.output.capacity() == 0, "nothing is kept once written");
     }
 
     #[tokio::test]
     async fn events_put_every_line_in_a_data_field_and_end_with_a_blank_line() {
-        let (_to_session, inbound) = mpsc::channel(1);
-        let (mut transport, mut body) = open(Format::Events, Closing::Push, inbound, ());
-        transport.send_text(Text::from("{\"id\":1}\n{\"push\":{}}")).await.unwrap();
-        assert_eq!(next_chunk(&mut body).await, "data: {\"id\":1}\ndata: {\"push\":{}}\n\n");
+        let (mut stream, mut client) =
+            open(Format::Events, Closing::Push, Coding::Chunked, Commands::First(Bytes::new())).await;
+        stream.send_text(Text::from("{\"id\":1}\n{\"push\":{}}")).await.unwrap();
+        read_exactly(&mut client, "HTTP/1.1 200 OK\r\n\r\n").await;
+        read_exactly(&mut client, &chunk("data: {\"id\":1}\ndata: {\"push\":{}}\n\n")).await;
     }
 
     #[tokio::test]
-    async fn lines_end_each_message_with_a_newline_and_a_close_is_a_disconnect_push() {
-        let (_to_session, inbound) = mpsc::channel(1);
-        let (mut transport, mut body) = open(Format::Lines, Closing::Push, inbound, ());
-        transport.send_text(Text::from("{}")).await.unwrap();
-        transport.close(3001, "shutdown".into()).await;
-        drop(transport);
-        assert_eq!(next_chunk(&mut body).await, "{}\n");
-        assert_eq!(
-            next_chunk(&mut body).await,
-            "{\"push\":{\"disconnect\":{\"code\":3001,\"reason\":\"shutdown\"}}}\n"
-        );
-        assert!(body.frame().await.is_none(), "the body ends with the transport");
+    async fn a_close_is_a_disconnect_push_then_the_last_chunk_then_the_end() {
+        let (mut stream, mut client) =
+            open(Format::Lines, Closing::Push, Coding::Chunked, Commands::First(Bytes::new())).await;
+        stream.close(3001, "shutdown".into()).await;
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        let disconnect = chunk("{\"push\":{\"disconnect\":{\"code\":3001,\"reason\":\"shutdown\"}}}\n");
+        assert_eq!(all, format!("HTTP/1.1 200 OK\r\n\r\n{disconnect}0\r\n\r\n"));
+        let after = stream.send_text(Text::from("{}")).await;
+        assert!(after.is_err(), "nothing is sent after the end");
     }
 
     #[tokio::test]
-    async fn a_unidirectional_close_is_a_bare_disconnect() {
-        let (_to_session, inbound) = mpsc::channel(1);
-        let (mut transport, mut body) = open(Format::Events, Closing::Bare, inbound, ());
-        transport.close(3501, "bad request".into()).await;
-        assert_eq!(
-            next_chunk(&mut body).await,
-            "data: {\"disconnect\":{\"code\":3501,\"reason\":\"bad request\"}}\n\n"
-        );
+    async fn an_http_1_0_client_gets_the_bytes_bare_and_a_close_ends_them() {
+        let (mut stream, mut client) = uni(Format::Events, Coding::Bare).await;
+        stream.close(3501, "bad request".into()).await;
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "HTTP/1.1 200 OK\r\n\r\ndata: {\"disconnect\":{\"code\":3501,\"reason\":\"bad request\"}}\n\n");
     }
 
     #[tokio::test]
     async fn a_uni_directional_event_stream_names_its_positions_in_event_ids() {
-        let (_to_session, inbound) = mpsc::channel(1);
-        let (mut transport, mut body) = open(Format::Events, Closing::Bare, inbound, ());
-        let connect = Text::from(r#"{"connect":{"subs":{"a":{"epoch":"e","offset":1}}}}"#);
-        let publication = Text::from(r#"{"channel":"a","pub":{"data":{},"offset":2}}"#);
-        transport.send_texts([connect.clone(), Text::from("{}"), publication.clone()]).await.unwrap();
-        let expected = [
-            "id: {\"a\":[\"e\",1]}\ndata: ".to_owned() + std::str::from_utf8(connect.as_bytes()).unwrap() + "\n\n",
+        let (mut stream, mut client) = uni(Format::Events, Coding::Chunked).await;
+        let connect = r#"{"connect":{"subs":{"a":{"epoch":"e","offset":1}}}}"#;
+        let publication = r#"{"channel":"a","pub":{"data":{},"offset":2}}"#;
+        stream.send_texts([Text::from(connect), Text::from("{}"), Text::from(publication)]).await.unwrap();
+        let events = [
+            format!("id: {{\"a\":[\"e\",1]}}\ndata: {connect}\n\n"),
             "data: {}\n\n".to_owned(),
-            "id: {\"a\":[\"e\",2]}\ndata: ".to_owned() + std::str::from_utf8(publication.as_bytes()).unwrap() + "\n\n",
+            format!("id: {{\"a\":[\"e\",2]}}\ndata: {publication}\n\n"),
         ];
-        assert_eq!(next_chunk(&mut body).await, expected.concat(), "one chunk, an event per push");
+        read_exactly(&mut client, "HTTP/1.1 200 OK\r\n\r\n").await;
+        read_exactly(&mut client, &chunk(&events.concat())).await;
     }
 
     #[tokio::test]
-    async fn the_client_going_away_ends_the_receive_even_after_its_last_message() {
-        let (to_session, inbound) = mpsc::channel(1);
-        let (mut transport, body) = open(Format::Lines, Closing::Push, inbound, ());
-        to_session.send(Bytes::from_static(b"{\"id\":1,\"connect\":{}}")).await.unwrap();
-        drop(to_session);
-        assert_eq!(transport.recv().await, Ok(Some(Inbound::Text(Bytes::from_static(b"{\"id\":1,\"connect\":{}}")))));
-        drop(body);
-        assert_eq!(transport.recv().await, Ok(None));
+    async fn a_uni_directional_session_receives_its_request_then_learns_the_client_left() {
+        let (mut stream, client) = uni(Format::Lines, Coding::Chunked).await;
+        assert_eq!(stream.recv().await, Ok(Some(Inbound::Text(Bytes::from_static(b"{}")))));
+        drop(client);
+        assert_eq!(stream.recv().await, Ok(None));
     }
 
     #[tokio::test]
-    async fn a_send_the_body_has_no_room_for_is_owed_and_goes_out_first_once_it_has() {
-        let (_to_session, inbound) = mpsc::channel(1);
-        let (mut transport, mut body) = open(Format::Lines, Closing::Push, inbound, ());
+    async fn an_emulated_session_receives_what_was_posted_until_the_client_leaves() {
+        let (posting, posted) = mpsc::channel(2);
+        let (mut stream, client) = open(Format::Binary, Closing::Push, Coding::Chunked, Commands::Posted(posted)).await;
+        posting.send(Bytes::from_static(b"\x01\x02")).await.unwrap();
+        assert_eq!(stream.recv().await, Ok(Some(Inbound::Binary(Bytes::from_static(b"\x01\x02")))));
+        drop(posting);
+        drop(client);
+        assert_eq!(stream.recv().await, Ok(None), "the posting's end is not the client's: its socket's is");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_more_on_its_streams_connection_is_cut_off() {
+        let (mut stream, mut client) = uni(Format::Lines, Coding::Chunked).await;
+        stream.recv().await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(matches!(stream.recv().await, Err(TransportError::Broken(_))));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_leaves_the_writes_owed_in_order() {
+        let (mut stream, mut client) = uni(Format::Lines, Coding::Chunked).await;
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        for n in 0..BODY_CHUNKS {
-            let text = Text::from(format!("{{\"n\":{n}}}"));
-            assert_eq!(transport.start_texts(&mut cx, [text]), Ok(Started::Written));
+        let big = "x".repeat(64 * 1024);
+        let mut sent = 0;
+        while stream.start_texts(&mut cx, [Text::from(big.clone())]) == Ok(Started::Written) {
+            sent += 1;
         }
-        let owed = transport.start_texts(&mut cx, [Text::from("{\"owed\":1}")]);
-        assert_eq!(owed, Ok(Started::Owed), "the body is full");
-        let more = transport.start_texts(&mut cx, [Text::from("{\"owed\":2}")]);
-        assert_eq!(more, Ok(Started::Owed), "still full: kept behind what is owed");
-
-        for n in 0..BODY_CHUNKS {
-            assert_eq!(next_chunk(&mut body).await, format!("{{\"n\":{n}}}\n"));
-        }
-        transport.send_owed().await.unwrap();
-        assert_eq!(next_chunk(&mut body).await, "{\"owed\":1}\n{\"owed\":2}\n", "in order, whole");
-        transport.send_text(Text::from("{}")).await.unwrap();
-        assert_eq!(next_chunk(&mut body).await, "{}\n");
-    }
-
-    #[tokio::test]
-    async fn a_client_that_stops_reading_blocks_the_sessions_writes() {
-        let (_to_session, inbound) = mpsc::channel(1);
-        let (mut transport, _unread) = open(Format::Lines, Closing::Push, inbound, ());
-        for _ in 0..BODY_CHUNKS {
-            transport.send_text(Text::from("{}")).await.unwrap();
-        }
-        let blocked =
-            tokio::time::timeout(std::time::Duration::from_millis(50), transport.send_text("{}".into())).await;
+        assert_eq!(stream.start_texts(&mut cx, [Text::from("{\"last\":1}")]), Ok(Started::Owed), "kept behind");
+        let blocked = tokio::time::timeout(Duration::from_millis(50), stream.send_owed()).await;
         assert!(blocked.is_err(), "the write waits for the client (and the driver's timeout)");
+
+        let reading = tokio::spawn(async move {
+            read_exactly(&mut client, "HTTP/1.1 200 OK\r\n\r\n").await;
+            for _ in 0..=sent {
+                read_exactly(&mut client, &chunk(&format!("{big}\n"))).await;
+            }
+            read_exactly(&mut client, &chunk("{\"last\":1}\n")).await;
+        });
+        stream.send_owed().await.unwrap();
+        reading.await.unwrap();
     }
 }

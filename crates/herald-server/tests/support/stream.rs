@@ -1,6 +1,7 @@
 //! A client of the node's HTTP streams (HTTP-streaming and Server-Sent
 //! Events) over a plain TCP connection: it sends one request, then reads
-//! the chunked response as it arrives, message by message.
+//! the response as it arrives (chunked, or bare to an HTTP/1.0 request),
+//! message by message.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub(crate) struct StreamClient {
     body: Vec<u8>,
     /// Raw bytes read, not yet de-chunked.
     raw: Vec<u8>,
+    /// Whether the response is chunked (else its bytes are the body).
+    chunked: bool,
     ended: bool,
     messages: VecDeque<Value>,
     /// The last event id the stream sent (SSE).
@@ -40,8 +43,20 @@ pub(crate) struct StreamClient {
 impl StreamClient {
     /// Sends `method path` with `body` and reads the response head.
     pub(crate) async fn open(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Self {
+        Self::open_as(addr, "HTTP/1.1", method, path, headers, body).await
+    }
+
+    /// [`StreamClient::open`] with the request's HTTP `version`.
+    pub(crate) async fn open_as(
+        addr: SocketAddr,
+        version: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Self {
         let mut socket = TcpStream::connect(addr).await.expect("connect for a stream");
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+        let mut request = format!("{method} {path} {version}\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -53,6 +68,7 @@ impl StreamClient {
             framing: Framing::Lines,
             body: Vec::new(),
             raw: Vec::new(),
+            chunked: true,
             ended: false,
             messages: VecDeque::new(),
             last_event_id: None,
@@ -72,6 +88,7 @@ impl StreamClient {
         if lower.contains("content-type: text/event-stream") {
             client.framing = Framing::Events;
         }
+        client.chunked = lower.contains("transfer-encoding: chunked");
         client
     }
 
@@ -97,6 +114,10 @@ impl StreamClient {
 
     /// Moves whole chunks from `raw` to `body`.
     fn dechunk(&mut self) {
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+            return;
+        }
         while let Some(line_end) = find(&self.raw, b"\r\n") {
             let size_text = String::from_utf8_lossy(&self.raw[..line_end]).into_owned();
             let size = usize::from_str_radix(size_text.trim(), 16).expect("a chunk size");

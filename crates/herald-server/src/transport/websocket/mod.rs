@@ -28,17 +28,15 @@ mod upgrade;
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
-use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::Text;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::ReadBuf;
 
+use super::io::Io;
 use super::{Inbound, Started, Transport, TransportError};
 use frame::{Opcode, Violation};
 
@@ -80,15 +78,6 @@ pub(crate) struct WebSocket {
     max_message_size: usize,
     /// A close frame has been sent: nothing more may be.
     close_sent: bool,
-}
-
-/// The socket under the WebSocket: a plain TCP stream, taken back from
-/// hyper, or (over TLS) hyper's upgraded connection, boxed so that it does
-/// not make every plain connection larger.
-#[derive(Debug)]
-enum Io {
-    Tcp(TcpStream),
-    Upgraded(Box<TokioIo<Upgraded>>),
 }
 
 #[derive(Debug)]
@@ -139,10 +128,7 @@ impl WebSocket {
     /// The WebSocket on a connection hyper has upgraded, taking messages up
     /// to `max_message_size` bytes.
     pub(crate) fn new(upgraded: Upgraded, max_message_size: usize) -> WebSocket {
-        let (io, read_ahead) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf),
-            Err(upgraded) => (Io::Upgraded(Box::new(TokioIo::new(upgraded))), Bytes::new()),
-        };
+        let (io, read_ahead) = crate::http::takeover::upgraded_io(upgraded);
         WebSocket::over(io, read_ahead.to_vec(), max_message_size)
     }
 
@@ -419,36 +405,4 @@ impl Transport for WebSocket {
 
 fn broken(error: io::Error) -> TransportError {
     TransportError::Broken(error.to_string())
-}
-
-impl Io {
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Io::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Io::Upgraded(upgraded) => Pin::new(upgraded.as_mut()).poll_read(cx, buf),
-        }
-    }
-
-    /// Over TCP, the write is tried first (`try_write`: the readiness flags
-    /// looked at, then the system call). Nearly every write is taken at
-    /// once; only one that would block goes through `poll_write`, which
-    /// registers the task's waker for when the socket has room. That skips
-    /// `poll_write`'s cooperative budget and readiness poll, about 80 of
-    /// the 2,500 instructions a delivery costs in user space.
-    fn poll_write(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        match self {
-            Io::Tcp(tcp) => match tcp.try_write(bytes) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => Pin::new(tcp).poll_write(cx, bytes),
-                written => Poll::Ready(written),
-            },
-            Io::Upgraded(upgraded) => Pin::new(upgraded.as_mut()).poll_write(cx, bytes),
-        }
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Io::Tcp(_) => Poll::Ready(Ok(())),
-            Io::Upgraded(upgraded) => Pin::new(upgraded.as_mut()).poll_flush(cx),
-        }
-    }
 }

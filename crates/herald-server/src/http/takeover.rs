@@ -1,0 +1,253 @@
+//! A request that becomes a long-lived stream takes its connection away
+//! from hyper.
+//!
+//! hyper keeps two 8 KiB buffers for every HTTP/1 connection it serves (the
+//! one it reads requests into and the one it writes response heads from),
+//! for as long as the connection lives. A WebSocket leaves hyper at its
+//! upgrade; an HTTP-streaming or SSE response used to stay, and an idle SSE
+//! client cost about ten times what an idle WebSocket client costs. A
+//! handler that opens such a stream now asks for the connection instead
+//! ([`Takeover::take`]) with what to run on it: the connection's socket
+//! ([`Takeable`]) stops serving hyper, hyper ends, and the connection's
+//! task hands the bare socket to the stream ([`Slot::taken`]).
+//!
+//! Only a request whose body has been read whole may be taken over: bytes
+//! hyper read past it (a client pipelining a request behind a stream it
+//! opened, which no browser does) go with hyper.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::transport::io::{IntoIo, Io};
+
+/// What to run on a connection once it is taken over.
+pub(crate) type Then = Box<dyn FnOnce(Io) + Send>;
+
+/// A connection's takeover, shared by its socket (inside hyper), its
+/// requests (as an extension) and its task.
+#[derive(Default)]
+pub(crate) struct Slot {
+    /// Set once a handler asked for the connection: from then on the
+    /// socket refuses hyper every read and write.
+    requested: AtomicBool,
+    handed: Mutex<Handed>,
+}
+
+#[derive(Default)]
+struct Handed {
+    then: Option<Then>,
+    io: Option<Io>,
+}
+
+impl Slot {
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    fn handed(&self) -> std::sync::MutexGuard<'_, Handed> {
+        self.handed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The socket and what to run on it, once hyper is done with a
+    /// connection a handler took over; `None` for every other connection.
+    pub(crate) fn taken(&self) -> Option<(Io, Then)> {
+        if !self.requested() {
+            return None;
+        }
+        let mut handed = self.handed();
+        Some((handed.io.take()?, handed.then.take()?))
+    }
+}
+
+/// A request's way to take its connection over (a request extension).
+#[derive(Clone)]
+pub(crate) struct Takeover(pub(crate) Arc<Slot>);
+
+impl Takeover {
+    /// Asks for the connection, to run `then` on its socket once hyper has
+    /// let it go. The response the handler then returns is never written:
+    /// `then` writes its own.
+    pub(crate) fn take(&self, then: Then) {
+        self.0.handed().then = Some(then);
+        self.0.requested.store(true, Ordering::Release);
+    }
+}
+
+/// A connection's socket as hyper sees it, which a takeover takes back.
+pub(crate) struct Takeable<IO: IntoIo> {
+    io: Option<IO>,
+    slot: Arc<Slot>,
+}
+
+impl<IO: IntoIo> Takeable<IO> {
+    pub(crate) fn new(io: IO, slot: Arc<Slot>) -> Self {
+        Takeable { io: Some(io), slot }
+    }
+
+    /// The socket itself, while hyper may still use it; an error once it
+    /// is taken over, which ends hyper's connection.
+    fn io(&mut self) -> io::Result<Pin<&mut IO>> {
+        match self.io.as_mut() {
+            Some(io) if !self.slot.requested() => Ok(Pin::new(io)),
+            _ => Err(io::Error::other("the connection was taken over by a stream")),
+        }
+    }
+}
+
+impl<IO: IntoIo> Drop for Takeable<IO> {
+    fn drop(&mut self) {
+        if self.slot.requested() {
+            if let Some(io) = self.io.take() {
+                self.slot.handed().io = Some(io.into_io());
+            }
+        }
+    }
+}
+
+impl<IO: IntoIo> AsyncRead for Takeable<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.io()?.poll_read(cx, buf)
+    }
+}
+
+impl<IO: IntoIo> AsyncWrite for Takeable<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.io()?.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(IO::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io()?.poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io()?.poll_shutdown(cx)
+    }
+}
+
+/// The socket under a connection hyper upgraded (a WebSocket), and the
+/// bytes hyper had read past the handshake: the bare TCP or TLS stream
+/// when the connection is one of the node's, else hyper's upgraded one.
+pub(crate) fn upgraded_io(upgraded: Upgraded) -> (Io, Bytes) {
+    let upgraded = match upgraded.downcast::<TokioIo<Takeable<TcpStream>>>() {
+        Ok(parts) => return bare(parts.io.into_inner(), parts.read_buf, Io::Tcp),
+        Err(upgraded) => upgraded,
+    };
+    type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+    match upgraded.downcast::<TokioIo<Takeable<Tls>>>() {
+        Ok(parts) => bare(parts.io.into_inner(), parts.read_buf, |tls| Io::Boxed(Box::new(tls))),
+        Err(upgraded) => (Io::Boxed(Box::new(TokioIo::new(upgraded))), Bytes::new()),
+    }
+}
+
+fn bare<IO: IntoIo>(mut socket: Takeable<IO>, read_ahead: Bytes, io: impl FnOnce(IO) -> Io) -> (Io, Bytes) {
+    match socket.io.take() {
+        Some(inner) => (io(inner), read_ahead),
+        // Never so: only a takeover's drop takes the socket out. A socket
+        // at its end, should it be.
+        None => (Io::Boxed(Box::new(tokio::io::duplex(1).0)), Bytes::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::routing::get;
+    use axum::{Extension, Router};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::config::HttpConfig;
+    use crate::http::admission::Limits;
+    use crate::http::ServeSettings;
+
+    /// A node's HTTP serving with one route that takes its connection over
+    /// and writes `taken:` and then what it reads, and one plain route.
+    async fn serving() -> (std::net::SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let take = |Extension(takeover): Extension<Takeover>| async move {
+            takeover.take(Box::new(|mut io| {
+                tokio::spawn(async move {
+                    let written = poll_fn_write(&mut io, b"taken:").await;
+                    assert!(written.is_ok());
+                    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 16];
+                    let mut buf = ReadBuf::uninit(&mut byte);
+                    std::future::poll_fn(|cx| io.poll_read(cx, &mut buf)).await.unwrap();
+                    let echoed = buf.filled().to_vec();
+                    poll_fn_write(&mut io, &echoed).await.unwrap();
+                });
+            }));
+            "never written"
+        };
+        let router = Router::new().route("/take", get(take)).route("/plain", get(|| async { "plain" }));
+        let defaults = HttpConfig::default();
+        let settings = ServeSettings {
+            tls: None,
+            handshake_timeout: defaults.handshake_timeout,
+            drain_timeout: Duration::from_secs(5),
+            limits: Limits::default(),
+            max_unsent_bytes: defaults.max_unsent_bytes,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(async move {
+            crate::http::serve(listener, router, settings, async move { drop(stopped.await) }).await;
+        });
+        (addr, stop, serving)
+    }
+
+    async fn poll_fn_write(io: &mut Io, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let wrote = std::future::poll_fn(|cx| io.poll_write(cx, bytes)).await?;
+            bytes = bytes.get(wrote..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_request_that_takes_its_connection_over_gets_the_bare_socket_and_hyper_writes_nothing() {
+        let (addr, stop, serving) = serving().await;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut plain = vec![0; 512];
+        let read = client.read(&mut plain).await.unwrap();
+        assert!(String::from_utf8_lossy(&plain[..read]).ends_with("\r\n\r\nplain"), "served by hyper as before");
+
+        client.write_all(b"GET /take HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut taken = [0; 6];
+        client.read_exact(&mut taken).await.unwrap();
+        assert_eq!(&taken, b"taken:", "the handler's response is never written: the socket's new owner writes");
+
+        // hyper has let the connection go: the node's HTTP connections
+        // drain at once on shutdown while the taken one stays open.
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), serving).await.expect("no HTTP connection left").unwrap();
+        client.write_all(b"ping").await.unwrap();
+        let mut echoed = [0; 4];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping");
+    }
+}

@@ -19,14 +19,18 @@
 //! Every one runs the same session (`centrifuge::session`) on the session
 //! driver, with the same limits, codes, backpressure, drain and metrics as
 //! a WebSocket. A stream takes its connection from hyper once it opens
-//! (`http::takeover`) and writes its response itself (`transport::stream`). A page on another origin may use them when its origin is
-//! allowed (`http.allowed_origins`): the answers then carry CORS headers.
+//! (`http::takeover`) and writes its response itself (`transport::stream`);
+//! so an event stream refuses the `HEAD` that other `GET` routes answer
+//! (it would open a session and get a body). A page on another origin
+//! may use them when its origin is allowed (`http.allowed_origins`): the
+//! answers then carry CORS headers.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use bytes::Bytes;
@@ -74,39 +78,51 @@ struct ConnectQuery {
     cf_connect: Option<String>,
 }
 
-/// Who opens a stream: what the handlers share.
+/// Who opens a stream: what the handlers share, from the request's head.
 struct Opening {
     peer: std::net::SocketAddr,
     permit: Option<Extension<Arc<Permit>>>,
     headers: HeaderMap,
     version: Version,
+    /// The request is a `HEAD`, which axum routes to a `GET` handler.
+    head: bool,
     takeover: Takeover,
 }
 
-async fn http_stream(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    permit: Option<Extension<Arc<Permit>>>,
-    Extension(takeover): Extension<Takeover>,
-    version: Version,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let format = if crate::centrifuge::protobuf::posted(&headers) { Format::Binary } else { Format::Lines };
-    posted(&state, Opening { peer, permit, headers, version, takeover }, body, format, true).await
+impl<S: Send + Sync> FromRequestParts<S> for Opening {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Opening, Response> {
+        let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|info| info.0);
+        let takeover = parts.extensions.get::<Takeover>().cloned();
+        let (Some(peer), Some(takeover)) = (peer, takeover) else {
+            // Every request the node's listener serves has both.
+            return Err(
+                (StatusCode::INTERNAL_SERVER_ERROR, "streams are served on the node's listener").into_response()
+            );
+        };
+        Ok(Opening {
+            peer,
+            permit: parts.extensions.get::<Arc<Permit>>().cloned().map(Extension),
+            headers: parts.headers.clone(),
+            version: parts.version,
+            head: parts.method == Method::HEAD,
+            takeover,
+        })
+    }
 }
 
-async fn sse(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    permit: Option<Extension<Arc<Permit>>>,
-    Extension(takeover): Extension<Takeover>,
-    version: Version,
-    headers: HeaderMap,
-    Query(query): Query<ConnectQuery>,
-) -> Response {
+async fn http_stream(State(state): State<AppState>, opening: Opening, body: Body) -> Response {
+    let format = if crate::centrifuge::protobuf::posted(&opening.headers) { Format::Binary } else { Format::Lines };
+    posted(&state, opening, body, format, true).await
+}
+
+async fn sse(State(state): State<AppState>, opening: Opening, Query(query): Query<ConnectQuery>) -> Response {
+    if opening.head {
+        return head_refused();
+    }
     let first = Bytes::from(query.cf_connect.unwrap_or_default());
-    open_emulated(&state, Opening { peer, permit, headers, version, takeover }, first, Format::Events)
+    open_emulated(&state, opening, first, Format::Events)
 }
 
 async fn emulation(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -128,46 +144,33 @@ async fn uni_websocket(
     crate::server::centrifuge_upgrade(&state, peer, permit, &headers, upgrade, Mode::Unidirectional)
 }
 
-async fn uni_sse(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    permit: Option<Extension<Arc<Permit>>>,
-    Extension(takeover): Extension<Takeover>,
-    version: Version,
-    headers: HeaderMap,
-    Query(query): Query<ConnectQuery>,
-) -> Response {
+async fn uni_sse(State(state): State<AppState>, opening: Opening, Query(query): Query<ConnectQuery>) -> Response {
+    if opening.head {
+        return head_refused();
+    }
     let mut first = Bytes::from(query.cf_connect.unwrap_or_default());
     // `EventSource` reconnecting by itself: recover from the positions it saw.
-    let last_event_id = headers.get("last-event-id").and_then(|id| id.to_str().ok());
+    let last_event_id = opening.headers.get("last-event-id").and_then(|id| id.to_str().ok());
     if let Some(request) = last_event_id.and_then(|id| positions::with_recovery(&first, id)) {
         first = Bytes::from(request);
     }
-    open_unidirectional(&state, Opening { peer, permit, headers, version, takeover }, first, Format::Events)
+    open_unidirectional(&state, opening, first, Format::Events)
 }
 
-async fn uni_sse_posted(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    permit: Option<Extension<Arc<Permit>>>,
-    Extension(takeover): Extension<Takeover>,
-    version: Version,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    posted(&state, Opening { peer, permit, headers, version, takeover }, body, Format::Events, false).await
+async fn uni_sse_posted(State(state): State<AppState>, opening: Opening, body: Body) -> Response {
+    posted(&state, opening, body, Format::Events, false).await
 }
 
-async fn uni_http_stream(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    permit: Option<Extension<Arc<Permit>>>,
-    Extension(takeover): Extension<Takeover>,
-    version: Version,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    posted(&state, Opening { peer, permit, headers, version, takeover }, body, Format::Lines, false).await
+async fn uni_http_stream(State(state): State<AppState>, opening: Opening, body: Body) -> Response {
+    posted(&state, opening, body, Format::Lines, false).await
+}
+
+/// The answer to a `HEAD` of an event stream: it has no head without a
+/// session, which a `HEAD` must not open.
+fn head_refused() -> Response {
+    let mut refused = StatusCode::METHOD_NOT_ALLOWED.into_response();
+    refused.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+    refused
 }
 
 /// Opens a stream whose connect command or request is the POST's body.
@@ -227,7 +230,7 @@ fn open<Held: Send + 'static>(
     closing: Closing,
     emulation_key: Option<Arc<str>>,
 ) -> Response {
-    let Opening { peer, permit, headers, version, takeover } = opening;
+    let Opening { peer, permit, headers, version, takeover, .. } = opening;
     let shared = state.shared.clone();
     let proxies = &shared.proxies;
     let mode = if emulation_key.is_some() { Mode::Emulated } else { Mode::Unidirectional };

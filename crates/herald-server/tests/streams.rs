@@ -247,6 +247,21 @@ async fn a_stream_answers_as_http_1_1_with_a_date_and_closes_when_it_ends() {
 }
 
 #[tokio::test]
+async fn a_head_of_an_event_stream_is_refused_and_opens_no_session() {
+    let server = TestServer::start().await;
+    let token = server.token_with("hal", json!({"channels": ["room:head"]}));
+    let query = form_encoded(&json!({"token": token}).to_string());
+    for path in [format!("/connection/uni_sse?cf_connect={query}"), format!("/connection/sse?cf_connect={query}")] {
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, head, body) = support::exchange(server.addr, &request).await;
+        assert_eq!(status, 405, "{head}");
+        assert_eq!(body, "", "a HEAD has no body");
+    }
+    let info = server.api("info", json!({})).await.1;
+    assert_eq!(info["result"]["nodes"][0]["num_clients"], 0, "{info}");
+}
+
+#[tokio::test]
 async fn an_http_1_0_client_gets_its_stream_unchunked_and_the_connection_closing_ends_it() {
     let server = TestServer::start().await;
     let token = server.token_with("old", json!({"channels": ["room:old"]}));

@@ -22,8 +22,8 @@
 //!   over as after an upgrade.
 //!
 //! On shutdown the loop stops accepting and every HTTP connection finishes
-//! its request in flight and closes; WebSocket sessions are closed by the
-//! node (see `server.rs`).
+//! its request in flight and closes; sessions (WebSockets, and streams that
+//! took their connections over) are closed by the node (see `server.rs`).
 
 pub(crate) mod admission;
 pub(crate) mod body;

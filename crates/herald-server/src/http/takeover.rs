@@ -11,9 +11,12 @@
 //! ([`Takeable`]) stops serving hyper, hyper ends, and the connection's
 //! task hands the bare socket to the stream ([`Slot::taken`]).
 //!
-//! Only a request whose body has been read whole may be taken over: bytes
-//! hyper read past it (a client pipelining a request behind a stream it
-//! opened, which no browser does) go with hyper.
+//! A handler takes its connection over once it has read the request's body
+//! whole (the stream handlers read a POST's; a GET's body, which no client
+//! sends, is left unread, and the stream ends on it). Bytes hyper read past
+//! the request go with hyper, and so would an earlier response of the
+//! connection that hyper had not finished writing: only a client that
+//! pipelines requests (which no browser does) could send either.
 
 use std::io;
 use std::pin::Pin;

@@ -156,18 +156,11 @@ impl<Held: Send> StreamTransport<Held> {
         stream
     }
 
-    /// Writes what is owed as far as a plain TCP socket takes it now,
-    /// without a task to wake (the next send writes the rest).
+    /// Writes what is owed as far as the socket takes it now, with no task
+    /// to wake yet: the next send writes the rest (and over TLS flushes
+    /// what the TLS layer kept).
     fn try_write_owed(&mut self) {
-        let Io::Tcp(tcp) = &self.io else { return };
-        while let Some(rest) = self.output.get(self.written..).filter(|rest| !rest.is_empty()) {
-            match tcp.try_write(rest) {
-                Ok(wrote) if wrote > 0 => self.written = self.written.saturating_add(wrote),
-                _ => return,
-            }
-        }
-        self.output = Vec::new();
-        self.written = 0;
+        let _ = self.poll_write_owed(&mut Context::from_waker(std::task::Waker::noop()));
     }
 
     /// Appends `message` to `out` as this stream writes it.

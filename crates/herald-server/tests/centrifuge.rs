@@ -427,15 +427,35 @@ async fn tls_next(ws: &mut TlsSocket) -> Value {
     serde_json::from_str(message.to_text().unwrap()).unwrap()
 }
 
-#[tokio::test]
-async fn with_a_certificate_clients_connect_over_wss_and_the_api_answers_over_https() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A node serving HTTPS with the test certificate.
+async fn tls_server() -> TestServer {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let server = TestServer::with(|c| {
+    TestServer::with(|c| {
         c.http.tls_cert = Some(format!("{fixtures}/tls-server.pem"));
         c.http.tls_key = Some(herald_server::config::Secret::new(format!("{fixtures}/tls-server.key.pem")));
     })
-    .await;
+    .await
+}
+
+/// Publishes `body` through the server API over HTTPS.
+async fn tls_publish(addr: std::net::SocketAddr, body: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut https = tls_to(addr).await;
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: localhost\r\nAuthorization: apikey {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        support::API_KEY,
+        body.len()
+    );
+    https.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = https.read_to_end(&mut response).await;
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&response));
+}
+
+#[tokio::test]
+async fn with_a_certificate_clients_connect_over_wss_and_the_api_answers_over_https() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = tls_server().await;
     let url = format!("wss://localhost:{}/connection/websocket", server.addr.port());
     let (mut ws, _) = tokio_tungstenite::client_async(url, tls_to(server.addr).await).await.unwrap();
     tls_send(&mut ws, json!({"id": 1, "connect": {"token": server.token("42")}})).await;
@@ -450,17 +470,7 @@ async fn with_a_certificate_clients_connect_over_wss_and_the_api_answers_over_ht
     let _ = tokio::time::timeout(support::PATIENCE, plain.read_to_end(&mut answer)).await;
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "plain HTTP was served on the TLS port");
 
-    let body = r#"{"channel": "news", "data": "over tls"}"#;
-    let mut https = tls_to(server.addr).await;
-    let request = format!(
-        "POST /api/publish HTTP/1.1\r\nHost: localhost\r\nAuthorization: apikey {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        support::API_KEY,
-        body.len()
-    );
-    https.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    let _ = https.read_to_end(&mut response).await;
-    assert!(response.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&response));
+    tls_publish(server.addr, r#"{"channel": "news", "data": "over tls"}"#).await;
     let push = tls_next(&mut ws).await;
     assert_eq!(push["push"]["pub"]["data"], "over tls", "{push}");
 }
@@ -468,12 +478,7 @@ async fn with_a_certificate_clients_connect_over_wss_and_the_api_answers_over_ht
 #[tokio::test]
 async fn over_tls_a_stream_takes_its_connection_and_delivers_on_it() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let server = TestServer::with(|c| {
-        c.http.tls_cert = Some(format!("{fixtures}/tls-server.pem"));
-        c.http.tls_key = Some(herald_server::config::Secret::new(format!("{fixtures}/tls-server.key.pem")));
-    })
-    .await;
+    let server = tls_server().await;
     let body = json!({"token": server.token_with("tia", json!({"channels": ["room:tls"]}))}).to_string();
     let mut stream = tls_to(server.addr).await;
     let request = format!(
@@ -493,16 +498,6 @@ async fn over_tls_a_stream_takes_its_connection_and_delivers_on_it() {
     };
     let head = read_until("\"connect\"").await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    let publication = r#"{"channel": "room:tls", "data": {"over": "tls"}}"#;
-    let mut https = tls_to(server.addr).await;
-    let request = format!(
-        "POST /api/publish HTTP/1.1\r\nHost: localhost\r\nAuthorization: apikey {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{publication}",
-        support::API_KEY,
-        publication.len()
-    );
-    https.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    let _ = https.read_to_end(&mut response).await;
-    assert!(response.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&response));
+    tls_publish(server.addr, r#"{"channel": "room:tls", "data": {"over": "tls"}}"#).await;
     read_until(r#"{"channel":"room:tls","pub":{"data":{"over":"tls"}}}"#).await;
 }

@@ -215,9 +215,7 @@ async fn a_uni_directional_stream_gets_its_token_channels_and_recovers_what_it_m
 #[tokio::test]
 async fn uni_directional_sse_takes_the_connect_request_in_the_url_and_sends_bare_pushes() {
     let server = TestServer::start().await;
-    let token = server.token_with("fay", json!({"channels": ["room:uni"]}));
-    let query = form_encoded(&json!({"token": token}).to_string());
-    let mut stream = StreamClient::get(server.addr, &format!("/connection/uni_sse?cf_connect={query}")).await;
+    let mut stream = StreamClient::get(server.addr, &uni_sse_path(&server, "fay", "room:uni")).await;
     let connect = stream.next_not_ping().await;
     assert!(connect["connect"]["client"].is_string(), "{connect}");
     assert!(connect["connect"].get("session").is_none(), "no emulation key for a stream that only listens");
@@ -235,9 +233,7 @@ async fn uni_directional_sse_takes_the_connect_request_in_the_url_and_sends_bare
 #[tokio::test]
 async fn a_stream_answers_as_http_1_1_with_a_date_and_closes_when_it_ends() {
     let server = TestServer::start().await;
-    let token = server.token_with("ned", json!({"channels": ["room:head"]}));
-    let query = form_encoded(&json!({"token": token}).to_string());
-    let mut stream = StreamClient::get(server.addr, &format!("/connection/uni_sse?cf_connect={query}")).await;
+    let mut stream = StreamClient::get(server.addr, &uni_sse_path(&server, "ned", "room:head")).await;
     let head = stream.head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     for line in ["content-type: text/event-stream", "transfer-encoding: chunked", "connection: close", "date: "] {
@@ -264,9 +260,7 @@ async fn a_head_of_an_event_stream_is_refused_and_opens_no_session() {
 #[tokio::test]
 async fn an_http_1_0_client_gets_its_stream_unchunked_and_the_connection_closing_ends_it() {
     let server = TestServer::start().await;
-    let token = server.token_with("old", json!({"channels": ["room:old"]}));
-    let query = form_encoded(&json!({"token": token}).to_string());
-    let path = format!("/connection/uni_sse?cf_connect={query}");
+    let path = uni_sse_path(&server, "old", "room:old");
     let mut stream = StreamClient::open_as(server.addr, "HTTP/1.0", "GET", &path, &[], "").await;
     assert!(!stream.head.to_ascii_lowercase().contains("transfer-encoding"), "{}", stream.head);
     assert!(stream.next_not_ping().await["connect"]["client"].is_string());
@@ -456,6 +450,13 @@ async fn a_uni_directional_websocket_closed_by_its_client_leaves_the_node() {
 }
 
 /// `text` as one `application/x-www-form-urlencoded` value.
+/// The path of a uni-directional event stream for `user`, whose token
+/// lists `channel`.
+fn uni_sse_path(server: &TestServer, user: &str, channel: &str) -> String {
+    let token = server.token_with(user, json!({"channels": [channel]}));
+    format!("/connection/uni_sse?cf_connect={}", form_encoded(&json!({"token": token}).to_string()))
+}
+
 fn form_encoded(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -71,6 +71,27 @@ impl Io {
             },
             Io::Boxed(other) => Pin::new(other.as_mut()).poll_write(cx, bytes),
         }
+    }
+
+    /// Writes `output` from `written` on, then flushes: what a transport
+    /// owes its client. `output` is let go once all of it is written.
+    pub(crate) fn poll_write_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        output: &mut Vec<u8>,
+        written: &mut usize,
+    ) -> Poll<io::Result<()>> {
+        while let Some(rest) = output.get(*written..).filter(|rest| !rest.is_empty()) {
+            let wrote = ready!(self.poll_write(cx, rest))?;
+            if wrote == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written = written.saturating_add(wrote);
+        }
+        ready!(self.poll_flush(cx))?;
+        *output = Vec::new();
+        *written = 0;
+        Poll::Ready(Ok(()))
     }
 
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -224,17 +224,7 @@ impl WebSocket {
 
     /// Writes what is owed; `output` is let go once all of it is written.
     fn poll_write_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some(rest) = self.output.get(self.written..).filter(|rest| !rest.is_empty()) {
-            let wrote = ready!(self.io.poll_write(cx, rest))?;
-            if wrote == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written = self.written.saturating_add(wrote);
-        }
-        ready!(self.io.poll_flush(cx))?;
-        self.output = Vec::new();
-        self.written = 0;
-        Poll::Ready(Ok(()))
+        self.io.poll_write_out(cx, &mut self.output, &mut self.written)
     }
 
     /// Writes one frame when nothing is owed, from the stack: header and

@@ -84,8 +84,6 @@ struct Opening {
     permit: Option<Extension<Arc<Permit>>>,
     headers: HeaderMap,
     version: Version,
-    /// The request is a `HEAD`, which axum routes to a `GET` handler.
-    head: bool,
     takeover: Takeover,
 }
 
@@ -93,6 +91,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Opening {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Opening, Response> {
+        // axum routes a `HEAD` to a `GET` handler; refused before the rest
+        // of the request is looked at.
+        if parts.method == Method::HEAD {
+            return Err(head_refused(parts.uri.path()));
+        }
         let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|info| info.0);
         let takeover = parts.extensions.get::<Takeover>().cloned();
         let (Some(peer), Some(takeover)) = (peer, takeover) else {
@@ -106,7 +109,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Opening {
             permit: parts.extensions.get::<Arc<Permit>>().cloned().map(Extension),
             headers: parts.headers.clone(),
             version: parts.version,
-            head: parts.method == Method::HEAD,
             takeover,
         })
     }
@@ -118,9 +120,6 @@ async fn http_stream(State(state): State<AppState>, opening: Opening, body: Body
 }
 
 async fn sse(State(state): State<AppState>, opening: Opening, Query(query): Query<ConnectQuery>) -> Response {
-    if opening.head {
-        return head_refused();
-    }
     let first = Bytes::from(query.cf_connect.unwrap_or_default());
     open_emulated(&state, opening, first, Format::Events)
 }
@@ -145,9 +144,6 @@ async fn uni_websocket(
 }
 
 async fn uni_sse(State(state): State<AppState>, opening: Opening, Query(query): Query<ConnectQuery>) -> Response {
-    if opening.head {
-        return head_refused();
-    }
     let mut first = Bytes::from(query.cf_connect.unwrap_or_default());
     // `EventSource` reconnecting by itself: recover from the positions it saw.
     let last_event_id = opening.headers.get("last-event-id").and_then(|id| id.to_str().ok());
@@ -165,11 +161,15 @@ async fn uni_http_stream(State(state): State<AppState>, opening: Opening, body: 
     posted(&state, opening, body, Format::Lines, false).await
 }
 
-/// The answer to a `HEAD` of an event stream: it has no head without a
-/// session, which a `HEAD` must not open.
-fn head_refused() -> Response {
+/// The answer to a `HEAD` of an event stream at `path`: it has no head
+/// without a session, which a `HEAD` must not open.
+fn head_refused(path: &str) -> Response {
+    let allowed = match path {
+        "/connection/uni_sse" => "GET, POST, OPTIONS",
+        _ => "GET",
+    };
     let mut refused = StatusCode::METHOD_NOT_ALLOWED.into_response();
-    refused.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+    refused.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
     refused
 }
 
@@ -230,7 +230,7 @@ fn open<Held: Send + 'static>(
     closing: Closing,
     emulation_key: Option<Arc<str>>,
 ) -> Response {
-    let Opening { peer, permit, headers, version, takeover, .. } = opening;
+    let Opening { peer, permit, headers, version, takeover } = opening;
     let shared = state.shared.clone();
     let proxies = &shared.proxies;
     let mode = if emulation_key.is_some() { Mode::Emulated } else { Mode::Unidirectional };

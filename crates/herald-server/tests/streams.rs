@@ -110,9 +110,7 @@ async fn the_node_counts_its_sessions_by_protocol_and_transport() {
     let query = form_encoded(&connect_command(&server, "bob").to_string());
     let mut sse = StreamClient::get(server.addr, &format!("/connection/sse?cf_connect={query}")).await;
     reply(&mut sse, 1).await;
-    let token = server.token_with("fay", json!({"channels": ["room:uni"]}));
-    let query = form_encoded(&json!({"token": token}).to_string());
-    let mut uni = StreamClient::get(server.addr, &format!("/connection/uni_sse?cf_connect={query}")).await;
+    let mut uni = StreamClient::get(server.addr, &uni_sse_path(&server, "fay", &["room:uni"])).await;
     uni.next_not_ping().await;
     let websocket = server.connected("cy").await;
 
@@ -215,7 +213,7 @@ async fn a_uni_directional_stream_gets_its_token_channels_and_recovers_what_it_m
 #[tokio::test]
 async fn uni_directional_sse_takes_the_connect_request_in_the_url_and_sends_bare_pushes() {
     let server = TestServer::start().await;
-    let mut stream = StreamClient::get(server.addr, &uni_sse_path(&server, "fay", "room:uni")).await;
+    let mut stream = StreamClient::get(server.addr, &uni_sse_path(&server, "fay", &["room:uni"])).await;
     let connect = stream.next_not_ping().await;
     assert!(connect["connect"]["client"].is_string(), "{connect}");
     assert!(connect["connect"].get("session").is_none(), "no emulation key for a stream that only listens");
@@ -233,7 +231,7 @@ async fn uni_directional_sse_takes_the_connect_request_in_the_url_and_sends_bare
 #[tokio::test]
 async fn a_stream_answers_as_http_1_1_with_a_date_and_closes_when_it_ends() {
     let server = TestServer::start().await;
-    let mut stream = StreamClient::get(server.addr, &uni_sse_path(&server, "ned", "room:head")).await;
+    let mut stream = StreamClient::get(server.addr, &uni_sse_path(&server, "ned", &["room:head"])).await;
     let head = stream.head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     for line in ["content-type: text/event-stream", "transfer-encoding: chunked", "connection: close", "date: "] {
@@ -247,10 +245,12 @@ async fn a_head_of_an_event_stream_is_refused_and_opens_no_session() {
     let server = TestServer::start().await;
     let token = server.token_with("hal", json!({"channels": ["room:head"]}));
     let query = form_encoded(&json!({"token": token}).to_string());
-    for path in [format!("/connection/uni_sse?cf_connect={query}"), format!("/connection/sse?cf_connect={query}")] {
-        let request = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let refusals = [("/connection/uni_sse", "allow: GET, POST, OPTIONS"), ("/connection/sse", "allow: GET")];
+    for (path, allowed) in refusals {
+        let request = format!("HEAD {path}?cf_connect={query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let (status, head, body) = support::exchange(server.addr, &request).await;
         assert_eq!(status, 405, "{head}");
+        assert!(head.to_ascii_lowercase().contains(&allowed.to_ascii_lowercase()), "{allowed} in {head}");
         assert_eq!(body, "", "a HEAD has no body");
     }
     let info = server.api("info", json!({})).await.1;
@@ -260,7 +260,7 @@ async fn a_head_of_an_event_stream_is_refused_and_opens_no_session() {
 #[tokio::test]
 async fn an_http_1_0_client_gets_its_stream_unchunked_and_the_connection_closing_ends_it() {
     let server = TestServer::start().await;
-    let path = uni_sse_path(&server, "old", "room:old");
+    let path = uni_sse_path(&server, "old", &["room:old"]);
     let mut stream = StreamClient::open_as(server.addr, "HTTP/1.0", "GET", &path, &[], "").await;
     assert!(!stream.head.to_ascii_lowercase().contains("transfer-encoding"), "{}", stream.head);
     assert!(stream.next_not_ping().await["connect"]["client"].is_string());
@@ -274,8 +274,7 @@ async fn an_http_1_0_client_gets_its_stream_unchunked_and_the_connection_closing
 #[tokio::test]
 async fn an_event_source_reconnecting_with_its_last_event_id_recovers_what_it_missed() {
     let server = TestServer::start().await;
-    let token = server.token_with("liv", json!({"channels": ["feed:ids", "feed:quiet"]}));
-    let path = format!("/connection/uni_sse?cf_connect={}", form_encoded(&json!({"token": token}).to_string()));
+    let path = uni_sse_path(&server, "liv", &["feed:ids", "feed:quiet"]);
     let mut stream = StreamClient::get(server.addr, &path).await;
     stream.next_not_ping().await;
     server.publish("feed:ids", json!({"n": 1})).await;
@@ -449,14 +448,14 @@ async fn a_uni_directional_websocket_closed_by_its_client_leaves_the_node() {
     .await;
 }
 
-/// `text` as one `application/x-www-form-urlencoded` value.
 /// The path of a uni-directional event stream for `user`, whose token
-/// lists `channel`.
-fn uni_sse_path(server: &TestServer, user: &str, channel: &str) -> String {
-    let token = server.token_with(user, json!({"channels": [channel]}));
+/// lists `channels`.
+fn uni_sse_path(server: &TestServer, user: &str, channels: &[&str]) -> String {
+    let token = server.token_with(user, json!({ "channels": channels }));
     format!("/connection/uni_sse?cf_connect={}", form_encoded(&json!({"token": token}).to_string()))
 }
 
+/// `text` as one `application/x-www-form-urlencoded` value.
 fn form_encoded(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {

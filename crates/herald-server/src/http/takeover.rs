@@ -12,8 +12,9 @@
 //! task hands the bare socket to the stream ([`Slot::taken`]).
 //!
 //! A handler takes its connection over once it has read the request's body
-//! whole (the stream handlers read a POST's; a GET's body, which no client
-//! sends, is left unread, and the stream ends on it). Bytes hyper read past
+//! whole (the stream handlers read a POST's). A GET's body, which no client
+//! sends, is left unread: what hyper had read of it is dropped, and the
+//! stream ends on any byte that comes after. Bytes hyper read past
 //! the request go with hyper, and so would an earlier response of the
 //! connection that hyper had not finished writing: only a client that
 //! pipelines requests (which no browser does) could send either.

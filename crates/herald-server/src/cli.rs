@@ -329,16 +329,45 @@ async fn serve_async(
         Some(file) => {
             tracing::info!(config = %file.display(), "mint a token: herald token --user 42 --config {}", file.display())
         }
-        None => {
-            for (setting, value) in &generated {
-                tracing::warn!(setting, value = %value, "no config file: generated for this run only; `herald config init` writes a permanent config");
-            }
-            if let Some((_, secret)) = generated.iter().find(|(s, _)| *s == "client.token_hmac_secret") {
-                tracing::info!("mint a token: herald token --user 42 --secret {secret}");
-            }
-        }
+        None if generated.is_empty() => {}
+        None => tell_generated(&generated, std::io::IsTerminal::is_terminal(&std::io::stderr())),
     }
     node.run_with_internal(listener, internal, shutdown_signal()).await
+}
+
+/// Tells the person who started a config-less node the secrets it made up:
+/// on their terminal, never in the log (a log is kept and shipped, and a
+/// secret in it is a leak). Off a terminal (a service manager, a pipe)
+/// they are not shown at all: such a node needs a config.
+fn tell_generated(generated: &[(&'static str, String)], on_terminal: bool) {
+    let settings: Vec<&str> = generated.iter().map(|(setting, _)| *setting).collect();
+    if !on_terminal {
+        tracing::warn!(
+            ?settings,
+            "no config file: generated for this run only and not shown, as the output is not a terminal; \
+             `herald config init` writes a config, or set them (HERALD_CLIENT__TOKEN_HMAC_SECRET, HERALD_API__KEY)"
+        );
+        return;
+    }
+    tracing::warn!(
+        ?settings,
+        "no config file: generated for this run only, shown below on the terminal and not logged; \
+         `herald config init` writes a permanent config"
+    );
+    let _ = std::io::stderr().write_all(generated_for_terminal(generated).as_bytes());
+}
+
+/// What a config-less node shows on its terminal: each generated setting,
+/// and how to mint a token with the secret.
+fn generated_for_terminal(generated: &[(&'static str, String)]) -> String {
+    let mut shown = String::new();
+    for (setting, value) in generated {
+        shown.push_str(&format!("  {setting} = {value}\n"));
+    }
+    if let Some((_, secret)) = generated.iter().find(|(setting, _)| *setting == "client.token_hmac_secret") {
+        shown.push_str(&format!("  mint a token: herald token --user 42 --secret {secret}\n"));
+    }
+    shown
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -463,5 +492,17 @@ mod tests {
 
         assert_eq!(held.len(), storm, "connections the kernel held before the node accepted any");
         drop(listener);
+    }
+
+    #[test]
+    fn a_config_less_nodes_terminal_shows_each_secret_and_how_to_mint_a_token() {
+        let generated = [("client.token_hmac_secret", "s3cret".to_owned()), ("api.key", "k3y".to_owned())];
+        let shown = generated_for_terminal(&generated);
+        assert_eq!(
+            shown,
+            "  client.token_hmac_secret = s3cret\n  api.key = k3y\n  mint a token: herald token --user 42 --secret s3cret\n"
+        );
+        let key_only = generated_for_terminal(&[("api.key", "k3y".to_owned())]);
+        assert!(!key_only.contains("mint"), "no token secret was generated: {key_only}");
     }
 }

@@ -200,6 +200,11 @@ async fn without_a_config_file_serve_runs_on_generated_secrets() {
     let (status, _, body) = support::http_get(served.addr, "/").await;
     assert_eq!(status, 200, "/ says what the node serves");
     assert!(body.contains("/connection/websocket") && body.contains("/api/<method>"), "{body}");
+    // Its output is a pipe, not a terminal: the secrets it made up are
+    // named, and shown nowhere.
+    let log = served.log.lock().unwrap().join("\n");
+    assert!(log.contains("not shown") && log.contains("client.token_hmac_secret"), "{log}");
+    assert!(!log.contains("--secret") && !log.contains(" = "), "a generated secret in the log: {log}");
     let with_secret = Served::start(&dir, "HERALD_CLIENT__TOKEN_HMAC_SECRET=zero-config-secret");
     let url = format!("ws://{}/connection/websocket", with_secret.addr);
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();

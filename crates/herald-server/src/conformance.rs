@@ -15,22 +15,13 @@ use tokio::net::TcpListener;
 
 use herald_core::Text;
 
-use crate::config::HttpConfig;
-use crate::http::admission::Limits;
 use crate::http::{self, ServeSettings};
 use crate::transport::{Inbound, Transport, TransportError, WsUpgrade};
 
 /// Serves the echo on every path of `listener` until `shutdown`, with
 /// messages up to `max_message_size` bytes (the suite sends up to 16 MiB).
 pub async fn serve_echo(listener: TcpListener, max_message_size: usize, shutdown: impl Future<Output = ()>) {
-    let defaults = HttpConfig::default();
-    let settings = ServeSettings {
-        tls: None,
-        handshake_timeout: defaults.handshake_timeout,
-        drain_timeout: Duration::from_secs(1),
-        limits: Limits::default(),
-        max_unsent_bytes: defaults.max_unsent_bytes,
-    };
+    let settings = ServeSettings::plain(Duration::from_secs(1));
     let echo = move |upgrade: WsUpgrade| async move { echo(upgrade, max_message_size) };
     let router = Router::new().route("/", any(echo)).route("/{*path}", any(echo));
     http::serve(listener, router, settings, shutdown).await;

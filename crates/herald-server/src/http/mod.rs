@@ -73,6 +73,22 @@ pub(crate) struct ServeSettings {
     pub(crate) max_unsent_bytes: u32,
 }
 
+impl ServeSettings {
+    /// Plain HTTP with `[http]`'s default deadlines, no caps, and
+    /// `drain_timeout`: the conformance echo server's, and the tests'.
+    #[cfg(any(test, feature = "conformance"))]
+    pub(crate) fn plain(drain_timeout: Duration) -> Self {
+        let defaults = crate::config::HttpConfig::default();
+        ServeSettings {
+            tls: None,
+            handshake_timeout: defaults.handshake_timeout,
+            drain_timeout,
+            limits: Limits::default(),
+            max_unsent_bytes: defaults.max_unsent_bytes,
+        }
+    }
+}
+
 /// Counts live tasks (HTTP connections, or sessions) so shutdown can wait
 /// for them.
 #[derive(Debug, Default)]

@@ -184,8 +184,6 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::config::HttpConfig;
-    use crate::http::admission::Limits;
     use crate::http::ServeSettings;
 
     /// A node's HTTP serving with one route that takes its connection over
@@ -196,26 +194,18 @@ mod tests {
         let take = |Extension(takeover): Extension<Takeover>| async move {
             takeover.take(Box::new(|mut io| {
                 tokio::spawn(async move {
-                    let written = poll_fn_write(&mut io, b"taken:").await;
-                    assert!(written.is_ok());
+                    write_all(&mut io, b"taken:".to_vec()).await.unwrap();
                     let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 16];
                     let mut buf = ReadBuf::uninit(&mut byte);
                     std::future::poll_fn(|cx| io.poll_read(cx, &mut buf)).await.unwrap();
-                    let echoed = buf.filled().to_vec();
-                    poll_fn_write(&mut io, &echoed).await.unwrap();
+                    write_all(&mut io, buf.filled().to_vec()).await.unwrap();
                 });
             }));
             "never written"
         };
         let router = Router::new().route("/take", get(take)).route("/plain", get(|| async { "plain" }));
-        let defaults = HttpConfig::default();
-        let settings = ServeSettings {
-            tls: None,
-            handshake_timeout: defaults.handshake_timeout,
-            drain_timeout: Duration::from_secs(5),
-            limits: Limits::default(),
-            max_unsent_bytes: defaults.max_unsent_bytes,
-        };
+        // A connection hyper still held would keep the drain waiting 5 s.
+        let settings = ServeSettings::plain(Duration::from_secs(5));
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(async move {
             crate::http::serve(listener, router, settings, async move { drop(stopped.await) }).await;
@@ -223,12 +213,9 @@ mod tests {
         (addr, stop, serving)
     }
 
-    async fn poll_fn_write(io: &mut Io, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            let wrote = std::future::poll_fn(|cx| io.poll_write(cx, bytes)).await?;
-            bytes = bytes.get(wrote..).unwrap_or_default();
-        }
-        Ok(())
+    async fn write_all(io: &mut Io, mut bytes: Vec<u8>) -> io::Result<()> {
+        let mut written = 0;
+        std::future::poll_fn(|cx| io.poll_write_out(cx, &mut bytes, &mut written)).await
     }
 
     #[tokio::test]

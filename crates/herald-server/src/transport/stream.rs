@@ -26,7 +26,7 @@
 //! to send back when it reconnects.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -198,10 +198,10 @@ impl<Held: Send> StreamTransport<Held> {
         let start = match self.coding {
             Coding::Bare => CHUNK_ROOM,
             Coding::Chunked => {
-                let line = size_line(size);
-                let start = CHUNK_ROOM.saturating_sub(line.len());
-                if let Some(room) = chunk.get_mut(start..CHUNK_ROOM) {
-                    room.copy_from_slice(&line);
+                let (line, len) = size_line(size);
+                let start = CHUNK_ROOM.saturating_sub(len);
+                if let (Some(room), Some(line)) = (chunk.get_mut(start..CHUNK_ROOM), line.get(..len)) {
+                    room.copy_from_slice(line);
                 }
                 chunk.extend_from_slice(b"\r\n");
                 start
@@ -248,9 +248,15 @@ impl<Held: Send> StreamTransport<Held> {
     }
 }
 
-/// A chunk's size line: `size` in hex, then a line end.
-fn size_line(size: usize) -> Vec<u8> {
-    format!("{size:x}\r\n").into_bytes()
+/// A chunk's size line, `size` in hex then a line end, and its length:
+/// on the stack, as it is made for every write.
+fn size_line(size: usize) -> ([u8; CHUNK_ROOM], usize) {
+    let mut line = [0u8; CHUNK_ROOM];
+    let mut rest = &mut line[..];
+    // Sixteen hex digits and a line end always fit.
+    let _ = write!(rest, "{size:x}\r\n");
+    let len = CHUNK_ROOM.saturating_sub(rest.len());
+    (line, len)
 }
 
 /// Resolves once the client has gone: its end of the connection closed, or

@@ -469,7 +469,11 @@ pub(crate) fn centrifuge_upgrade(
         Some(_) => Encoding::Protobuf,
         None => Encoding::Json,
     };
-    serve_websocket(state, upgrade, permit, move |transport| {
+    serve_websocket(state, upgrade, permit, move |socket| {
+        let transport = match mode {
+            Mode::Unidirectional => socket.listen_only(),
+            Mode::Bidirectional | Mode::Emulated => socket,
+        };
         centrifuge::session::run(transport, shared, context, mode, encoding)
     })
 }

@@ -113,9 +113,14 @@ async fn the_node_counts_its_sessions_by_protocol_and_transport() {
     let mut uni = StreamClient::get(server.addr, &uni_sse_path(&server, "fay", &["room:uni"])).await;
     uni.next_not_ping().await;
     let websocket = server.connected("cy").await;
+    let url = format!("ws://{}/connection/uni_websocket", server.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("uni WebSocket");
+    let mut listener = support::Client::from_stream(ws);
+    listener.send_text(&json!({"token": server.token("gus")}).to_string()).await;
+    listener.next_frame().await.expect("the uni WebSocket's connect reply");
 
     let series = |transport: &str| format!(r#"herald_sessions{{protocol="centrifuge",transport="{transport}"}}"#);
-    for transport in ["http_stream", "sse", "uni_sse", "websocket"] {
+    for transport in ["http_stream", "sse", "uni_sse", "uni_websocket", "websocket"] {
         assert_eq!(metric(&server, &series(transport)).await, Some(1.0), "{transport}");
     }
     drop(websocket);

@@ -78,6 +78,9 @@ pub(crate) struct WebSocket {
     max_message_size: usize,
     /// A close frame has been sent: nothing more may be.
     close_sent: bool,
+    /// The client only listens (`/connection/uni_websocket`): only the
+    /// transport's name in metrics tells the two apart.
+    listen_only: bool,
 }
 
 #[derive(Debug)]
@@ -141,7 +144,13 @@ impl WebSocket {
             written: 0,
             max_message_size,
             close_sent: false,
+            listen_only: false,
         }
+    }
+
+    /// The same WebSocket, named `uni_websocket`: its client only listens.
+    pub(crate) fn listen_only(self) -> WebSocket {
+        WebSocket { listen_only: true, ..self }
     }
 
     /// The next frame that means something to the caller, reading as
@@ -347,7 +356,10 @@ fn message(binary: bool, bytes: Vec<u8>) -> Result<Inbound, Violation> {
 
 impl Transport for WebSocket {
     fn name(&self) -> &'static str {
-        "websocket"
+        match self.listen_only {
+            true => "uni_websocket",
+            false => "websocket",
+        }
     }
 
     async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {

@@ -30,16 +30,13 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use herald_core::{Hub, SessionRelay};
 use herald_engine::{Control, NodeId};
 
 use crate::http::body::{self, BodyLimits};
-
-/// Command batches one session may have waiting before a POST waits.
-const INBOUND: usize = 16;
+use crate::transport::posted::{inbox, NotTaken, Posted, Poster};
 
 /// How long a POST waits for its session to take the commands.
 const DELIVERY_WAIT: Duration = Duration::from_secs(2);
@@ -59,7 +56,7 @@ pub(crate) struct Emulation {
 /// relayed commands are then base64 in `Control::Relay`, which is text).
 #[derive(Debug, Clone)]
 struct Inbox {
-    sender: mpsc::Sender<Bytes>,
+    poster: Poster,
     protobuf: bool,
 }
 
@@ -134,16 +131,12 @@ impl Emulation {
 
     /// A new session's key, its inbound commands (starting with `first`,
     /// what opened the stream) and its registration.
-    pub(crate) fn open(
-        self: &Arc<Self>,
-        first: Bytes,
-        protobuf: bool,
-    ) -> (Arc<str>, mpsc::Receiver<Bytes>, Registration) {
-        let (sender, inbound) = mpsc::channel(INBOUND);
-        // The channel is new and empty: the first message always fits.
-        let _ = sender.try_send(first);
+    pub(crate) fn open(self: &Arc<Self>, first: Bytes, protobuf: bool) -> (Arc<str>, Posted, Registration) {
+        let (poster, inbound) = inbox();
+        // The inbox is new and empty: the first batch always fits.
+        let _ = poster.try_post(first);
         let key: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
-        self.table().insert(key.clone(), Inbox { sender, protobuf });
+        self.table().insert(key.clone(), Inbox { poster, protobuf });
         (key.clone(), inbound, Registration { emulation: self.clone(), key })
     }
 
@@ -155,10 +148,10 @@ impl Emulation {
 
     async fn deliver(&self, key: &str, data: Bytes) -> Delivery {
         let Some(inbox) = self.table().get(key).cloned() else { return Delivery::Gone };
-        match inbox.sender.send_timeout(data, DELIVERY_WAIT).await {
+        match inbox.poster.post(data, DELIVERY_WAIT).await {
             Ok(()) => Delivery::Taken,
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => Delivery::Gone,
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Delivery::Busy,
+            Err(NotTaken::Ended) => Delivery::Gone,
+            Err(NotTaken::Busy) => Delivery::Busy,
         }
     }
 
@@ -247,8 +240,12 @@ impl SessionRelay for Emulation {
             false => Bytes::from(data),
         };
         tokio::spawn(async move {
-            if inbox.sender.send_timeout(data, DELIVERY_WAIT).await.is_err() {
-                tracing::info!("relayed commands for an emulated session were not taken in time; dropped");
+            match inbox.poster.post(data, DELIVERY_WAIT).await {
+                Ok(()) => {}
+                Err(NotTaken::Busy) => {
+                    tracing::info!("relayed commands for an emulated session were not taken in time; dropped")
+                }
+                Err(NotTaken::Ended) => tracing::debug!("relayed commands for an emulated session that has ended"),
             }
         });
     }
@@ -266,9 +263,9 @@ mod tests {
         let emulation = Emulation::new();
         let (key, mut inbound, registration) = emulation.open(Bytes::from_static(b"connect"), false);
         assert_eq!(key.len(), 32);
-        assert_eq!(inbound.recv().await.unwrap(), "connect");
+        assert_eq!(inbound.recv().await, "connect");
         assert_eq!(emulation.deliver(&key, Bytes::from_static(b"ping")).await, Delivery::Taken);
-        assert_eq!(inbound.recv().await.unwrap(), "ping");
+        assert_eq!(inbound.recv().await, "ping");
         assert_eq!(emulation.deliver("0123", Bytes::new()).await, Delivery::Gone, "a guessed key reaches nothing");
         drop(registration);
         assert_eq!(emulation.len(), 0);

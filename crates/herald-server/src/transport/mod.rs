@@ -12,6 +12,7 @@ use std::future::{poll_fn, Future};
 use std::task::{Context, Poll};
 
 pub(crate) mod io;
+pub(crate) mod posted;
 pub(crate) mod stream;
 pub(crate) mod websocket;
 

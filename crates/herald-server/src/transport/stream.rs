@@ -34,9 +34,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_core::Text;
 use tokio::io::ReadBuf;
-use tokio::sync::mpsc;
 
 use super::io::Io;
+use super::posted::Posted;
 use super::{Inbound, Started, Transport, TransportError};
 use crate::centrifuge::positions::Positions;
 
@@ -79,7 +79,7 @@ pub(crate) enum Commands {
     /// Only the request that opened the stream (uni-directional).
     First(Bytes),
     /// The opening command and the ones posted to `/emulation` after it.
-    Posted(mpsc::Receiver<Bytes>),
+    Posted(Posted),
 }
 
 /// How the stream's response is framed on the wire.
@@ -102,9 +102,8 @@ pub(crate) struct StreamTransport<Held: Send = ()> {
     written: usize,
     /// What the client sent that the session has not received yet.
     first: Option<Bytes>,
-    /// The commands posted for an emulated session; `None` once nothing
-    /// more can come.
-    posted: Option<mpsc::Receiver<Bytes>>,
+    /// The commands posted for an emulated session.
+    posted: Option<Posted>,
     format: Format,
     closing: Closing,
     /// For a uni-directional event stream: its positions, sent as event ids.
@@ -294,17 +293,12 @@ impl<Held: Send> Transport for StreamTransport<Held> {
         if let Some(first) = self.first.take() {
             return Ok(Some(self.inbound(first)));
         }
-        loop {
-            let Some(posted) = self.posted.as_mut() else {
-                return poll_fn(|cx| poll_gone(&mut self.io, cx)).await;
-            };
-            tokio::select! {
-                message = posted.recv() => match message {
-                    Some(message) => return Ok(Some(self.inbound(message))),
-                    None => self.posted = None,
-                },
-                gone = poll_fn(|cx| poll_gone(&mut self.io, cx)) => return gone,
-            }
+        let Some(posted) = self.posted.as_mut() else {
+            return poll_fn(|cx| poll_gone(&mut self.io, cx)).await;
+        };
+        tokio::select! {
+            message = posted.recv() => Ok(Some(self.inbound(message))),
+            gone = poll_fn(|cx| poll_gone(&mut self.io, cx)) => gone,
         }
     }
 
@@ -462,9 +456,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_emulated_session_receives_what_was_posted_until_the_client_leaves() {
-        let (posting, posted) = mpsc::channel(2);
+        let (posting, posted) = crate::transport::posted::inbox();
         let (mut stream, client) = open(Format::Binary, Closing::Push, Coding::Chunked, Commands::Posted(posted)).await;
-        posting.send(Bytes::from_static(b"\x01\x02")).await.unwrap();
+        posting.try_post(Bytes::from_static(b"\x01\x02")).unwrap();
         assert_eq!(stream.recv().await, Ok(Some(Inbound::Binary(Bytes::from_static(b"\x01\x02")))));
         drop(posting);
         drop(client);

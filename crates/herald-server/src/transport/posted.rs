@@ -1,0 +1,222 @@
+//! The commands posted for an emulated stream's session (`/emulation`),
+//! waiting for the session to take them.
+//!
+//! Every bidirectional HTTP-streaming or SSE session has one inbox for its
+//! whole life, so an idle one must cost little: the queue holds no
+//! allocation while it is empty (a tokio channel allocates a block of 32
+//! slots up front, over a kilobyte per connection). At most [`CAPACITY`]
+//! batches wait; a poster then waits for room, up to its deadline, and is
+//! told the session is busy if none comes.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
+
+/// Batches of commands one session may have waiting before a poster waits.
+pub(crate) const CAPACITY: usize = 16;
+
+/// A new inbox: the posters' end and the session's.
+pub(crate) fn inbox() -> (Poster, Posted) {
+    let shared = Arc::new(Shared::default());
+    (Poster(shared.clone()), Posted(shared))
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// The session, waiting for a batch.
+    session: AtomicWaker,
+    /// Posters waiting for room, or to learn that the session ended.
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Unallocated while empty.
+    queue: VecDeque<Bytes>,
+    /// The session's end is gone: nothing more will be taken.
+    ended: bool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where posted batches go; clones post into the same inbox.
+#[derive(Debug, Clone)]
+pub(crate) struct Poster(Arc<Shared>);
+
+/// The session's end: batches in the order they were posted.
+#[derive(Debug)]
+pub(crate) struct Posted(Arc<Shared>);
+
+/// Why a batch was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotTaken {
+    /// The session has ended.
+    Ended,
+    /// The session had no room for it within the wait.
+    Busy,
+}
+
+impl Poster {
+    /// Queues `batch` if there is room now.
+    pub(crate) fn try_post(&self, batch: Bytes) -> Result<(), NotTaken> {
+        let mut state = self.0.state();
+        if state.ended {
+            return Err(NotTaken::Ended);
+        }
+        if state.queue.len() >= CAPACITY {
+            return Err(NotTaken::Busy);
+        }
+        state.queue.push_back(batch);
+        drop(state);
+        self.0.session.wake();
+        Ok(())
+    }
+
+    /// Queues `batch`, waiting up to `wait` for room.
+    pub(crate) async fn post(&self, batch: Bytes, wait: Duration) -> Result<(), NotTaken> {
+        let deadline = crate::driver::after(tokio::time::Instant::now(), wait);
+        loop {
+            // Registered before looking, so that room made after the look
+            // is not missed.
+            let room = self.0.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_post(batch.clone()) {
+                Err(NotTaken::Busy) => {}
+                done => return done,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(NotTaken::Busy);
+            }
+        }
+    }
+}
+
+impl Posted {
+    /// The next batch; waits until one is posted.
+    pub(crate) async fn recv(&mut self) -> Bytes {
+        poll_fn(|cx| {
+            self.0.session.register(cx.waker());
+            let mut state = self.0.state();
+            let Some(batch) = state.queue.pop_front() else { return Poll::Pending };
+            if state.queue.is_empty() {
+                // Give the queue's memory back: most of a session's life
+                // nothing waits in it.
+                state.queue = VecDeque::new();
+            }
+            drop(state);
+            self.0.room.notify_one();
+            Poll::Ready(batch)
+        })
+        .await
+    }
+}
+
+impl Drop for Posted {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.ended = true;
+        state.queue = VecDeque::new();
+        drop(state);
+        self.0.room.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn batches_reach_the_session_in_the_order_they_were_posted() {
+        let (poster, mut posted) = inbox();
+        poster.try_post(batch("connect")).unwrap();
+        poster.post(batch("subscribe"), Duration::from_secs(1)).await.unwrap();
+        assert_eq!(posted.recv().await, "connect");
+        assert_eq!(posted.recv().await, "subscribe");
+    }
+
+    #[tokio::test]
+    async fn a_session_waiting_for_a_batch_is_woken_by_its_posting() {
+        let (poster, mut posted) = inbox();
+        let waiting = tokio::spawn(async move { posted.recv().await });
+        tokio::task::yield_now().await;
+        poster.post(batch("ping"), Duration::from_secs(1)).await.unwrap();
+        assert_eq!(waiting.await.unwrap(), "ping");
+    }
+
+    #[tokio::test]
+    async fn an_idle_inbox_holds_no_memory_for_its_queue() {
+        let (poster, mut posted) = inbox();
+        assert_eq!(posted.0.state().queue.capacity(), 0, "nothing allocated before the first batch");
+        poster.try_post(batch("a")).unwrap();
+        poster.try_post(batch("b")).unwrap();
+        posted.recv().await;
+        posted.recv().await;
+        assert_eq!(posted.0.state().queue.capacity(), 0, "given back once emptied");
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_makes_a_poster_wait_for_room_and_then_takes_its_batch() {
+        let (poster, mut posted) = inbox();
+        for _ in 0..CAPACITY {
+            poster.try_post(batch("early")).unwrap();
+        }
+        assert_eq!(poster.try_post(batch("late")), Err(NotTaken::Busy));
+        let late = {
+            let poster = poster.clone();
+            tokio::spawn(async move { poster.post(batch("late"), Duration::from_secs(10)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!late.is_finished(), "no room yet");
+        assert_eq!(posted.recv().await, "early");
+        assert_eq!(late.await.unwrap(), Ok(()));
+        for _ in 1..CAPACITY {
+            assert_eq!(posted.recv().await, "early");
+        }
+        assert_eq!(posted.recv().await, "late", "behind what was queued before it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poster_that_finds_no_room_in_time_is_told_the_session_is_busy_and_queues_nothing() {
+        let (poster, mut posted) = inbox();
+        for _ in 0..CAPACITY {
+            poster.try_post(batch("early")).unwrap();
+        }
+        assert_eq!(poster.post(batch("late"), Duration::from_secs(2)).await, Err(NotTaken::Busy));
+        for _ in 0..CAPACITY {
+            assert_eq!(posted.recv().await, "early");
+        }
+        assert_eq!(posted.0.state().queue.len(), 0, "the late batch was not queued");
+    }
+
+    #[tokio::test]
+    async fn once_the_session_ends_posting_says_so_and_a_waiting_poster_is_let_go() {
+        let (poster, posted) = inbox();
+        for _ in 0..CAPACITY {
+            poster.try_post(batch("early")).unwrap();
+        }
+        let waiting = {
+            let poster = poster.clone();
+            tokio::spawn(async move { poster.post(batch("late"), Duration::from_secs(3600)).await })
+        };
+        tokio::task::yield_now().await;
+        drop(posted);
+        assert_eq!(waiting.await.unwrap(), Err(NotTaken::Ended));
+        assert_eq!(poster.try_post(batch("after")), Err(NotTaken::Ended));
+    }
+}

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 use crate::protobuf;
@@ -83,6 +84,10 @@ pub enum Protocol {
     /// with the token, publications as events; the client sends nothing.
     #[serde(rename = "uni-sse")]
     UniSse,
+    /// Centrifuge protocol v2, JSON, over Server-Sent Events with
+    /// bidirectional emulation (`/connection/sse`): replies and pushes come
+    /// as events, commands and heartbeat answers are posted to `/emulation`.
+    Sse,
     /// Pusher Channels protocol 7 (Herald, Sockudo, Soketi, Reverb).
     Pusher,
     /// Socket.IO 4 over WebSocket (the Socket.IO peer in bench/peers).
@@ -90,9 +95,10 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// Whether this is the Centrifuge protocol, in either encoding.
+    /// Whether this is the bidirectional Centrifuge protocol, in either
+    /// encoding, over a WebSocket or emulated over SSE.
     pub fn centrifuge(self) -> bool {
-        matches!(self, Protocol::Centrifuge | Protocol::CentrifugeProtobuf)
+        matches!(self, Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::Sse)
     }
 }
 
@@ -113,7 +119,7 @@ impl Target {
         let rest = url
             .strip_prefix("ws://")
             .or_else(|| url.strip_prefix("http://"))
-            .ok_or_else(|| anyhow::anyhow!("{url}: only ws:// (and http:// for uni-sse) URLs are supported"))?;
+            .ok_or_else(|| anyhow::anyhow!("{url}: only ws:// (and http:// for uni-sse and sse) URLs are supported"))?;
         let authority = rest.split('/').next().unwrap_or(rest);
         let addr: SocketAddr = authority
             .parse()
@@ -207,6 +213,53 @@ pub struct BenchClient {
     /// Channels whose subscription the server ended, asking the client to
     /// subscribe again, since the caller last took them (`take_ended`).
     ended: Vec<String>,
+    /// Where an emulated client posts what it sends (`Protocol::Sse`).
+    emulated: Option<Box<Emulated>>,
+}
+
+/// What an emulated client needs to post its commands: the node, the
+/// source address its stream came from, and its session as the connect
+/// reply named it.
+#[derive(Debug)]
+struct Emulated {
+    server: SocketAddr,
+    source: Option<IpAddr>,
+    session: String,
+    node: String,
+}
+
+/// The most of `/emulation`'s answer read.
+const EMULATION_ANSWER: u64 = 4 * 1024;
+
+impl Emulated {
+    /// Posts `data` (commands, as a WebSocket client would send them) to
+    /// the node's `/emulation` on a connection of its own, and reads the
+    /// answer to its end, so that the node closes first and keeps the
+    /// closed connection's `TIME_WAIT`, not this process's ports.
+    async fn post(&self, data: &str) -> Result<(), ConnectError> {
+        let socket = TcpSocket::new_v4().map_err(network)?;
+        if let Some(ip) = self.source {
+            socket.bind(SocketAddr::new(ip, 0)).map_err(network)?;
+        }
+        let mut stream = socket.connect(self.server).await.map_err(network)?;
+        let body = json!({"session": self.session, "node": self.node, "data": data}).to_string();
+        let request = format!(
+            "POST /emulation HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            self.server,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.map_err(network)?;
+        let mut answer = Vec::new();
+        (&mut stream).take(EMULATION_ANSWER).read_to_end(&mut answer).await.map_err(network)?;
+        match answer.starts_with(b"HTTP/1.1 204") {
+            true => Ok(()),
+            false => {
+                let status = answer.split(|b| *b == b'\r').next().unwrap_or_default();
+                Err(ConnectError::Protocol(format!("/emulation answered {}", String::from_utf8_lossy(status))))
+            }
+        }
+    }
 }
 
 /// The connection under a client.
@@ -275,10 +328,14 @@ impl BenchClient {
         let stream = socket.connect(target.addr).await.map_err(network)?;
         let _ = stream.set_nodelay(true);
         let link = match protocol {
-            Protocol::UniSse => {
+            Protocol::UniSse | Protocol::Sse => {
                 let path =
                     target.url.split_once("//").map_or("/", |(_, rest)| rest.find('/').map_or("/", |at| &rest[at..]));
-                let request = json!({"token": token, "name": "herald-bench"}).to_string();
+                let request = match protocol {
+                    Protocol::Sse => json!({"id": 1, "connect": {"token": token, "name": "herald-bench"}}),
+                    _ => json!({"token": token, "name": "herald-bench"}),
+                }
+                .to_string();
                 let path = format!("{path}?cf_connect={}", form_encoded(&request));
                 Link::Sse(SseClient::open(stream, &target.addr.to_string(), &path).await.map_err(ws_error)?)
             }
@@ -298,6 +355,7 @@ impl BenchClient {
             incoming: Vec::new(),
             names: Names::default(),
             ended: Vec::new(),
+            emulated: None,
         };
         match protocol {
             Protocol::UniSse => loop {
@@ -310,6 +368,24 @@ impl BenchClient {
                     break;
                 }
             },
+            Protocol::Sse => {
+                let reply = loop {
+                    let reply = client.next_incoming().await?.into_iter().find_map(|m| match m {
+                        Incoming::Json(m) if m["id"] == 1 => Some(m),
+                        _ => None,
+                    });
+                    if let Some(reply) = reply {
+                        break reply;
+                    }
+                };
+                let connected = &reply["connect"];
+                let (Some(session), Some(node)) = (connected["session"].as_str(), connected["node"].as_str()) else {
+                    return Err(ConnectError::Protocol(format!("connect refused or not emulated: {reply}")));
+                };
+                let (session, node) = (session.to_owned(), node.to_owned());
+                client.emulated = Some(Box::new(Emulated { server: target.addr, source, session, node }));
+                client.next_id = 2;
+            }
             Protocol::Centrifuge | Protocol::CentrifugeProtobuf => {
                 let reply = client.command(json!({"connect": {"token": token, "name": "herald-bench"}})).await?;
                 if reply.get("connect").is_none() {
@@ -340,6 +416,9 @@ impl BenchClient {
     }
 
     async fn send(&mut self, text: String) -> Result<(), ConnectError> {
+        if let Some(emulated) = &self.emulated {
+            return emulated.post(&text).await;
+        }
         let protobuf = self.protocol == Protocol::CentrifugeProtobuf;
         let ws = self.link.ws()?;
         if protobuf {
@@ -373,7 +452,7 @@ impl BenchClient {
         match self.protocol {
             // Its channels came with its token.
             Protocol::UniSse => Ok(()),
-            Protocol::Centrifuge | Protocol::CentrifugeProtobuf => {
+            Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::Sse => {
                 self.centrifuge_subscribe(channels, false).await.map(drop)
             }
             Protocol::Pusher => {
@@ -548,8 +627,12 @@ impl BenchClient {
         match &mut self.link {
             Link::Sse(sse) => {
                 let data = sse.next_event().await.map_err(ws_error)?;
-                // Its pings need no answer.
-                interpret(protocol, data, names, incoming)?;
+                let answer = interpret(protocol, data, names, incoming)?;
+                // A uni-directional stream's pings need no answer; an
+                // emulated client posts its.
+                if let (Some(Answer { payload, .. }), Some(emulated)) = (answer, &self.emulated) {
+                    emulated.post(std::str::from_utf8(payload).unwrap_or("{}")).await?;
+                }
             }
             Link::Ws(ws) => {
                 let message = ws.next_bytes().await.map_err(ws_error)?;
@@ -617,7 +700,7 @@ impl BenchClient {
     /// bench does not sign: the chat scenario speaks Centrifuge or Socket.IO.
     pub async fn publish_nowait(&mut self, channel: &str, data: &Value) -> Result<(), ConnectError> {
         match self.protocol {
-            Protocol::Centrifuge | Protocol::CentrifugeProtobuf => {
+            Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::Sse => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.send(json!({"id": id, "publish": {"channel": channel, "data": data}}).to_string()).await
@@ -644,6 +727,10 @@ impl BenchClient {
     /// This client's connection, to be read on a plain thread from now on
     /// (see [`Detached`]).
     pub fn detach(self) -> Result<Detached, ConnectError> {
+        if self.emulated.is_some() {
+            // Its heartbeat answers are posts, which a reader thread does not make.
+            return Err(ConnectError::Protocol("an emulated SSE client is read by its own task only".into()));
+        }
         Detached::new(self.link, self.protocol, self.names)
     }
 
@@ -793,7 +880,7 @@ fn read_message(
     messages: &mut Vec<Incoming>,
 ) -> Result<Option<&'static str>, ConnectError> {
     match protocol {
-        Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::UniSse => {
+        Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::UniSse | Protocol::Sse => {
             let mut answer = None;
             for line in text.lines().filter(|l| !l.is_empty()) {
                 if let Some(publication) = scan::publication(protocol, line, names) {
@@ -847,7 +934,7 @@ fn publication(protocol: Protocol, message: &Incoming) -> Option<Received> {
             let publication = m.get("pub")?;
             Received::from_data(m["channel"].as_str()?, &publication["data"], publication["offset"].as_u64())
         }
-        (Protocol::Centrifuge | Protocol::CentrifugeProtobuf, Incoming::Json(m)) => {
+        (Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::Sse, Incoming::Json(m)) => {
             let push = m.get("push")?;
             let publication = push.get("pub")?;
             Received::from_data(push["channel"].as_str()?, &publication["data"], publication["offset"].as_u64())
@@ -950,7 +1037,7 @@ mod scan {
         let searchers = &*SEARCHERS;
         let bytes = text.as_bytes();
         let channel = match protocol {
-            Protocol::Centrifuge => {
+            Protocol::Centrifuge | Protocol::Sse => {
                 let rest = text.strip_prefix(CENTRIFUGE_PUSH)?;
                 searchers.centrifuge_pub.find(bytes)?;
                 up_to_quote(rest)?
@@ -972,7 +1059,7 @@ mod scan {
             from: searchers.from.number(bytes),
             seq: searchers.seq.number(bytes)?,
             sent_at_micros: searchers.ts.number(bytes)?,
-            offset: if matches!(protocol, Protocol::Centrifuge | Protocol::UniSse) {
+            offset: if matches!(protocol, Protocol::Centrifuge | Protocol::UniSse | Protocol::Sse) {
                 searchers.offset.number(bytes)
             } else {
                 None

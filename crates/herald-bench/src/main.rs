@@ -381,7 +381,7 @@ fn publish_via(
 ) -> anyhow::Result<PublishVia> {
     let need = |what: &str| anyhow::anyhow!("--protocol {protocol:?} needs {what}");
     Ok(match protocol {
-        Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::UniSse => PublishVia::Herald {
+        Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::UniSse | Protocol::Sse => PublishVia::Herald {
             addr: api.ok_or_else(|| need("--api"))?,
             key: api_key.ok_or_else(|| need("--api-key"))?,
         },

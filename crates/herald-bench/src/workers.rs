@@ -107,6 +107,7 @@ pub async fn connections(
         connects_per_second: total.connected as f64 / connect_seconds.max(f64::EPSILON),
         server_rss_kib_per_connection: per_connection,
         server_idle_cpu_percent: idle_cpu,
+        lost_during_hold: None,
     })
 }
 

@@ -278,6 +278,31 @@ async fn connections_holds_its_connections_and_reads_the_server_process() {
     assert_eq!((result.connected, result.connect_failures), (50, 0));
     assert!(result.server_rss_kib_per_connection.is_some());
     assert!(result.server_idle_cpu_percent.is_some());
+    assert_eq!(result.lost_during_hold, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulated_sse_clients_subscribe_and_answer_their_heartbeats_by_posting() {
+    // Pings every 100 ms, to be answered within 300: a client that did not
+    // post its answers would be closed well within the hold.
+    let addr = herald_with(|config| {
+        config.client.ping_interval = Duration::from_millis(100);
+        config.client.pong_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let args = ConnectionsArgs {
+        connect: ConnectArgs {
+            protocol: Protocol::Sse,
+            urls: vec![format!("http://{addr}/connection/sse")],
+            ..connect_args(addr)
+        },
+        count: 20,
+        hold: Duration::from_millis(1500),
+        server_pid: None,
+    };
+    let result = connections::run(&args).await.expect("the scenario runs");
+    assert_eq!((result.connected, result.connect_failures), (20, 0));
+    assert_eq!(result.lost_during_hold, Some(0), "every connection is still open after the hold");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

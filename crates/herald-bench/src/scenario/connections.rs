@@ -30,6 +30,11 @@ pub struct ConnectionsResult {
     pub server_rss_kib_per_connection: Option<f64>,
     /// Server CPU while idle, in percent of one core.
     pub server_idle_cpu_percent: Option<f64>,
+    /// Connections that ended during the hold (a client that did not keep
+    /// its connection alive, or a server that closed it): the memory
+    /// figure is then for fewer connections than it divides by. `None`
+    /// when the connections were held by worker processes.
+    pub lost_during_hold: Option<usize>,
 }
 
 pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<ConnectionsResult> {
@@ -45,20 +50,26 @@ pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<ConnectionsResult> {
     for mut client in clients.drain(..) {
         let mut stop = stop.clone();
         holders.push(tokio::spawn(async move {
-            let _ = client
+            let held = client
                 .hold(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;
-            client
+            (client, held.is_ok())
         }));
     }
     tokio::time::sleep(args.hold).await;
     let held_until = args.server_pid.map(ProcessSample::read).transpose()?;
     let _ = stop_tx.send(true);
     let connected = holders.len();
+    let mut lost = 0;
     for holder in holders {
-        drop(holder.await?);
+        let (client, held) = holder.await?;
+        lost += usize::from(!held);
+        drop(client);
+    }
+    if lost > 0 {
+        progress(&format!("{lost} of {connected} connections ended during the hold"));
     }
 
     let per_connection = match (&before, &held_until) {
@@ -76,5 +87,6 @@ pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<ConnectionsResult> {
         connects_per_second: connected as f64 / connect_seconds.max(f64::EPSILON),
         server_rss_kib_per_connection: per_connection,
         server_idle_cpu_percent: idle_cpu,
+        lost_during_hold: Some(lost),
     })
 }

@@ -201,8 +201,10 @@ pub async fn connect_all(
         let target = targets[i % targets.len()].clone();
         let source = source_address(args, i);
         let token = match args.protocol {
-            Protocol::Centrifuge | Protocol::CentrifugeProtobuf if args.without_token => String::new(),
-            Protocol::Centrifuge | Protocol::CentrifugeProtobuf => token(&args.token_secret, &format!("bench-{i}")),
+            Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::Sse if args.without_token => String::new(),
+            Protocol::Centrifuge | Protocol::CentrifugeProtobuf | Protocol::Sse => {
+                token(&args.token_secret, &format!("bench-{i}"))
+            }
             Protocol::Pusher | Protocol::Socketio => String::new(),
             // A uni-directional client's channels come with its token.
             Protocol::UniSse => token_with(&args.token_secret, &format!("bench-{i}"), &channels_of(i)),

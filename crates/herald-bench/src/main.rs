@@ -493,6 +493,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             payload_bytes,
             workers,
         } => {
+            anyhow::ensure!(
+                common.protocol != Protocol::Sse,
+                "fanout reads its subscribers on plain threads, which do not post heartbeat answers: measure \
+                 emulated SSE with connections, or use uni-sse"
+            );
             let pusher = (pusher_app_id, pusher_key, pusher_secret);
             let args = FanoutArgs {
                 connect: common.connect()?,

@@ -231,12 +231,22 @@ struct Emulated {
 /// The most of `/emulation`'s answer read.
 const EMULATION_ANSWER: u64 = 4 * 1024;
 
+/// How long a post to `/emulation` may take, answer included (the node
+/// waits up to 2 s for the session to take the commands).
+const EMULATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Emulated {
     /// Posts `data` (commands, as a WebSocket client would send them) to
     /// the node's `/emulation` on a connection of its own, and reads the
     /// answer to its end, so that the node closes first and keeps the
     /// closed connection's `TIME_WAIT`, not this process's ports.
     async fn post(&self, data: &str) -> Result<(), ConnectError> {
+        tokio::time::timeout(EMULATION_DEADLINE, self.post_unbounded(data))
+            .await
+            .map_err(|_| ConnectError::Protocol("/emulation did not answer within 10 s".into()))?
+    }
+
+    async fn post_unbounded(&self, data: &str) -> Result<(), ConnectError> {
         let socket = TcpSocket::new_v4().map_err(network)?;
         if let Some(ip) = self.source {
             socket.bind(SocketAddr::new(ip, 0)).map_err(network)?;
@@ -273,7 +283,7 @@ impl Link {
     fn ws(&mut self) -> Result<&mut WsClient, ConnectError> {
         match self {
             Link::Ws(ws) => Ok(ws),
-            Link::Sse(_) => Err(ConnectError::Protocol("a uni-directional client sends nothing".into())),
+            Link::Sse(_) => Err(ConnectError::Protocol("an SSE client has no WebSocket to send on".into())),
         }
     }
 }

@@ -515,6 +515,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             finish("fanout", common.output, args, result)
         }
         Scenario::Deltas { common, api, api_key, channel, subscribers, delta, publications, rate, state_bytes } => {
+            anyhow::ensure!(
+                common.protocol != Protocol::Sse,
+                "deltas reads its subscribers' messages over a WebSocket: use --protocol centrifuge"
+            );
             let args = DeltasArgs {
                 connect: common.connect()?,
                 publish: PublishVia::Herald { addr: api, key: api_key },

@@ -65,7 +65,8 @@ struct Disconnect {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SessionKind {
     protocol: &'static str,
-    /// `websocket`, `http_stream`, `sse`, `uni_http_stream` or `uni_sse`.
+    /// `websocket`, `http_stream`, `sse`, `uni_websocket`, `uni_http_stream`
+    /// or `uni_sse`.
     transport: &'static str,
 }
 
@@ -184,7 +185,7 @@ impl Metrics {
         registry.register(
             "sessions",
             "Open client sessions on this node, by protocol and transport (websocket, http_stream, sse, \
-             uni_http_stream, uni_sse); a session counts from its handshake, before its client has connected",
+             uni_websocket, uni_http_stream, uni_sse); a session counts from its handshake, before its client has connected",
             metrics.sessions.clone(),
         );
         registry.register(

@@ -30,10 +30,11 @@ pub struct ConnectionsResult {
     pub server_rss_kib_per_connection: Option<f64>,
     /// Server CPU while idle, in percent of one core.
     pub server_idle_cpu_percent: Option<f64>,
-    /// Connections that ended during the hold (a client that did not keep
-    /// its connection alive, or a server that closed it): the memory
-    /// figure is then for fewer connections than it divides by. `None`
-    /// when the connections were held by worker processes.
+    /// Connections that stopped being held during the hold: the server
+    /// closed them or they broke (the memory figure is then for fewer
+    /// connections than it divides by), or, for an emulated client, a
+    /// heartbeat answer it had to post failed. `None` when the connections
+    /// were held by worker processes.
     pub lost_during_hold: Option<usize>,
 }
 

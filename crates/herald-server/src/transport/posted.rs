@@ -6,7 +6,11 @@
 //! allocation while it is empty (a tokio channel allocates a block of 32
 //! slots up front, over a kilobyte per connection). At most [`CAPACITY`]
 //! batches wait; a poster then waits for room, up to its deadline, and is
-//! told the session is busy if none comes.
+//! told the session is busy if none comes. Room is not handed to posters
+//! in the order they came (a tokio channel did that): a poster arriving
+//! as room is made may take it before one that was waiting, which then
+//! waits on, at most until its deadline. Posts on separate HTTP requests
+//! have no order between them anyway.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -181,8 +185,11 @@ mod tests {
             let poster = poster.clone();
             tokio::spawn(async move { poster.post(batch("late"), Duration::from_secs(10)).await })
         };
-        tokio::task::yield_now().await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         assert!(!late.is_finished(), "no room yet");
+        assert_eq!(posted.0.state().queue.len(), CAPACITY, "the late batch is not in");
         assert_eq!(posted.recv().await, "early");
         assert_eq!(late.await.unwrap(), Ok(()));
         for _ in 1..CAPACITY {
@@ -204,7 +211,7 @@ mod tests {
         assert_eq!(posted.0.state().queue.len(), 0, "the late batch was not queued");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn once_the_session_ends_posting_says_so_and_a_waiting_poster_is_let_go() {
         let (poster, posted) = inbox();
         for _ in 0..CAPACITY {
@@ -216,6 +223,8 @@ mod tests {
         };
         tokio::task::yield_now().await;
         drop(posted);
+        // Time stands still but for timers: a poster left waiting would be
+        // told `Busy` at its hour's end, not `Ended`.
         assert_eq!(waiting.await.unwrap(), Err(NotTaken::Ended));
         assert_eq!(poster.try_post(batch("after")), Err(NotTaken::Ended));
     }

@@ -12,8 +12,8 @@
 //!
 //! What the client sends arrives apart from the socket: the request that
 //! opened the stream (its connect command) and, for bidirectional
-//! emulation, the commands it posts to `/emulation` afterwards, through a
-//! channel. The socket itself only says when the client has gone; a client
+//! emulation, the commands it posts to `/emulation` afterwards, through
+//! its inbox (`transport::posted`). The socket itself only says when the client has gone; a client
 //! that sends anything more on it is cut off.
 //!
 //! A Protobuf stream carries length-delimited messages as they are, in
@@ -460,9 +460,8 @@ mod tests {
         let (mut stream, client) = open(Format::Binary, Closing::Push, Coding::Chunked, Commands::Posted(posted)).await;
         posting.try_post(Bytes::from_static(b"\x01\x02")).unwrap();
         assert_eq!(stream.recv().await, Ok(Some(Inbound::Binary(Bytes::from_static(b"\x01\x02")))));
-        drop(posting);
         drop(client);
-        assert_eq!(stream.recv().await, Ok(None), "the posting's end is not the client's: its socket's is");
+        assert_eq!(stream.recv().await, Ok(None), "the client's leaving is learnt from its socket");
     }
 
     #[tokio::test]

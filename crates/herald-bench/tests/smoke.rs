@@ -223,23 +223,27 @@ async fn fanout_subscribers_answer_every_protocols_heartbeats_and_miss_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_members_each_receive_everything_said_in_their_room() {
-    let addr = herald().await;
-    let args = ChatArgs {
-        connect: connect_args(addr),
-        namespace: "chat".into(),
-        first_room: 0,
-        rooms: 5,
-        members_per_room: 4,
-        rate_per_member: 10.0,
-        duration: Duration::from_secs(1),
-        latency_counts: false,
-    };
-    let result = chat::run(&args).await.expect("the scenario runs");
-    assert_eq!(result.sent, 20 * 10);
-    assert_eq!(result.expected_deliveries, 20 * 10 * 4, "each message reaches the 4 members of its room");
-    assert_eq!(result.delivered, result.expected_deliveries);
-    assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
-    assert!(result.latency_counts.is_empty(), "the histogram only when asked for");
+    for (protocol, path) in
+        [(Protocol::Centrifuge, "ws://{}/connection/websocket"), (Protocol::Sse, "http://{}/connection/sse")]
+    {
+        let addr = herald().await;
+        let args = ChatArgs {
+            connect: ConnectArgs { protocol, urls: vec![path.replace("{}", &addr.to_string())], ..connect_args(addr) },
+            namespace: "chat".into(),
+            first_room: 0,
+            rooms: 5,
+            members_per_room: 4,
+            rate_per_member: 10.0,
+            duration: Duration::from_secs(1),
+            latency_counts: false,
+        };
+        let result = chat::run(&args).await.expect("the scenario runs");
+        assert_eq!(result.sent, 20 * 10, "{protocol:?}");
+        assert_eq!(result.expected_deliveries, 20 * 10 * 4, "each message reaches the 4 members of its room");
+        assert_eq!(result.delivered, result.expected_deliveries, "{protocol:?}");
+        assert!(result.anomalies.is_clean(), "{protocol:?}: {:?}", result.anomalies);
+        assert!(result.latency_counts.is_empty(), "the histogram only when asked for");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,28 +311,32 @@ async fn emulated_sse_clients_subscribe_and_answer_their_heartbeats_by_posting()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_brings_every_client_back_with_nothing_lost() {
-    let addr = herald().await;
-    let args = StormArgs {
-        connect: connect_args(addr),
-        publish: PublishVia::Herald { addr, key: KEY.into() },
-        namespace: "feed".into(),
-        clients: 20,
-        channels: 2,
-        rate: 100.0,
-        storm_after: Duration::from_millis(500),
-        publish_for: Duration::from_secs(1),
-        kill_pid: None,
-        drain_pid: None,
-        failover_urls: Vec::new(),
-    };
-    let result = storm::run(&args).await.expect("the scenario runs");
-    assert_eq!((result.dropped, result.reconnected, result.not_recovered), (20, 20, 0));
-    assert_eq!(result.published, 150);
-    assert_eq!(
-        result.delivered, result.expected_deliveries,
-        "every client got every publication of its channel: {result:?}"
-    );
-    assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
+    for (protocol, path) in
+        [(Protocol::Centrifuge, "ws://{}/connection/websocket"), (Protocol::Sse, "http://{}/connection/sse")]
+    {
+        let addr = herald().await;
+        let args = StormArgs {
+            connect: ConnectArgs { protocol, urls: vec![path.replace("{}", &addr.to_string())], ..connect_args(addr) },
+            publish: PublishVia::Herald { addr, key: KEY.into() },
+            namespace: "feed".into(),
+            clients: 20,
+            channels: 2,
+            rate: 100.0,
+            storm_after: Duration::from_millis(500),
+            publish_for: Duration::from_secs(1),
+            kill_pid: None,
+            drain_pid: None,
+            failover_urls: Vec::new(),
+        };
+        let result = storm::run(&args).await.expect("the scenario runs");
+        assert_eq!((result.dropped, result.reconnected, result.not_recovered), (20, 20, 0), "{protocol:?}");
+        assert_eq!(result.published, 150);
+        assert_eq!(
+            result.delivered, result.expected_deliveries,
+            "{protocol:?}: every client got every publication of its channel: {result:?}"
+        );
+        assert!(result.anomalies.is_clean(), "{protocol:?}: {:?}", result.anomalies);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,10 +45,11 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(2);
 /// node the node does not know yet.
 const NODES_REREAD: Duration = Duration::from_secs(1);
 
-/// The node's emulated sessions, by key.
+/// The node's emulated sessions, by key (the number: its text is the
+/// client's, in its connect reply).
 #[derive(Debug)]
 pub(crate) struct Emulation {
-    sessions: Mutex<HashMap<Arc<str>, Inbox>>,
+    sessions: Mutex<HashMap<u128, Inbox>>,
     known_nodes: Mutex<KnownNodes>,
 }
 
@@ -71,7 +72,7 @@ struct KnownNodes {
 #[derive(Debug)]
 pub(crate) struct Registration {
     emulation: Arc<Emulation>,
-    key: Arc<str>,
+    key: u128,
 }
 
 impl Drop for Registration {
@@ -125,7 +126,7 @@ impl Emulation {
         Arc::new(Self { sessions: Mutex::default(), known_nodes: Mutex::default() })
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Inbox>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Inbox>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -135,9 +136,9 @@ impl Emulation {
         let (poster, inbound) = inbox();
         // The inbox is new and empty: the first batch always fits.
         let _ = poster.try_post(first);
-        let key: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
-        self.table().insert(key.clone(), Inbox { poster, protobuf });
-        (key.clone(), inbound, Registration { emulation: self.clone(), key })
+        let key = rand::random::<u128>();
+        self.table().insert(key, Inbox { poster, protobuf });
+        (format!("{key:032x}").into(), inbound, Registration { emulation: self.clone(), key })
     }
 
     /// How many emulated sessions the node holds.
@@ -146,8 +147,14 @@ impl Emulation {
         self.table().len()
     }
 
+    /// The inbox of the session whose key is `text`, if the node has it.
+    fn inbox(&self, text: &str) -> Option<Inbox> {
+        let key = parse_key(text)?;
+        self.table().get(&key).cloned()
+    }
+
     async fn deliver(&self, key: &str, data: Bytes) -> Delivery {
-        let Some(inbox) = self.table().get(key).cloned() else { return Delivery::Gone };
+        let Some(inbox) = self.inbox(key) else { return Delivery::Gone };
         match inbox.poster.post(data, DELIVERY_WAIT).await {
             Ok(()) => Delivery::Taken,
             Err(NotTaken::Ended) => Delivery::Gone,
@@ -231,7 +238,7 @@ impl Emulation {
 
 impl SessionRelay for Emulation {
     fn deliver(&self, session: String, data: String) {
-        let Some(inbox) = self.table().get(session.as_str()).cloned() else { return };
+        let Some(inbox) = self.inbox(&session) else { return };
         let data = match inbox.protobuf {
             true => match base64::engine::general_purpose::STANDARD.decode(&data) {
                 Ok(bytes) => Bytes::from(bytes),
@@ -248,6 +255,16 @@ impl SessionRelay for Emulation {
                 Err(NotTaken::Ended) => tracing::debug!("relayed commands for an emulated session that has ended"),
             }
         });
+    }
+}
+
+/// A session's key from its text: exactly the 32 lower-case hex digits
+/// the connect reply gave, no other spelling of the number.
+fn parse_key(text: &str) -> Option<u128> {
+    let digits = text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    match text.len() == 32 && digits {
+        true => u128::from_str_radix(text, 16).ok(),
+        false => None,
     }
 }
 
@@ -270,6 +287,16 @@ mod tests {
         drop(registration);
         assert_eq!(emulation.len(), 0);
         assert_eq!(emulation.deliver(&key, Bytes::new()).await, Delivery::Gone);
+    }
+
+    #[test]
+    fn a_key_is_taken_only_as_the_connect_reply_spells_it() {
+        assert_eq!(parse_key(&"1f".repeat(16)), Some(0x1f1f_1f1f_1f1f_1f1f_1f1f_1f1f_1f1f_1f1f));
+        assert_eq!(parse_key(&"1F".repeat(16)), None, "upper case");
+        assert_eq!(parse_key(&format!("+{}", "1".repeat(31))), None, "a sign");
+        assert_eq!(parse_key("1f1f"), None, "short");
+        assert_eq!(parse_key(&"1".repeat(33)), None, "long");
+        assert_eq!(parse_key(""), None);
     }
 
     #[tokio::test]

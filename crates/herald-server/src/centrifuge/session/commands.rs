@@ -123,6 +123,12 @@ impl Session {
             Mode::Bidirectional | Mode::Emulated => encode::raw_reply(id, "connect", &result),
         };
         self.outbox.push_front(Outgoing::Frame(super::encoded(self.encoding, frame)));
+        if !self.shared.proxies.any() {
+            // Without proxies the context only carried an emulated
+            // session's key to this reply: an idle connection need not
+            // keep it.
+            self.context = None;
+        }
         let grace =
             if self.refresh_by_proxy { std::time::Duration::ZERO } else { self.shared.settings.expired_close_delay };
         self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, grace));

@@ -80,6 +80,16 @@ fn connect_args(addr: std::net::SocketAddr) -> ConnectArgs {
     }
 }
 
+/// How clients of `protocol` reach the node: Centrifuge over a WebSocket,
+/// or over SSE with its commands posted to `/emulation`.
+fn bidirectional(protocol: Protocol, addr: std::net::SocketAddr) -> ConnectArgs {
+    let url = match protocol {
+        Protocol::Sse => format!("http://{addr}/connection/sse"),
+        _ => format!("ws://{addr}/connection/websocket"),
+    };
+    ConnectArgs { protocol, urls: vec![url], ..connect_args(addr) }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_delivers_every_publication_to_every_subscriber_of_its_channel() {
     let addr = herald().await;
@@ -223,12 +233,10 @@ async fn fanout_subscribers_answer_every_protocols_heartbeats_and_miss_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_members_each_receive_everything_said_in_their_room() {
-    for (protocol, path) in
-        [(Protocol::Centrifuge, "ws://{}/connection/websocket"), (Protocol::Sse, "http://{}/connection/sse")]
-    {
+    for protocol in [Protocol::Centrifuge, Protocol::Sse] {
         let addr = herald().await;
         let args = ChatArgs {
-            connect: ConnectArgs { protocol, urls: vec![path.replace("{}", &addr.to_string())], ..connect_args(addr) },
+            connect: bidirectional(protocol, addr),
             namespace: "chat".into(),
             first_room: 0,
             rooms: 5,
@@ -311,12 +319,10 @@ async fn emulated_sse_clients_subscribe_and_answer_their_heartbeats_by_posting()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_brings_every_client_back_with_nothing_lost() {
-    for (protocol, path) in
-        [(Protocol::Centrifuge, "ws://{}/connection/websocket"), (Protocol::Sse, "http://{}/connection/sse")]
-    {
+    for protocol in [Protocol::Centrifuge, Protocol::Sse] {
         let addr = herald().await;
         let args = StormArgs {
-            connect: ConnectArgs { protocol, urls: vec![path.replace("{}", &addr.to_string())], ..connect_args(addr) },
+            connect: bidirectional(protocol, addr),
             publish: PublishVia::Herald { addr, key: KEY.into() },
             namespace: "feed".into(),
             clients: 20,

@@ -379,15 +379,8 @@ impl BenchClient {
                 }
             },
             Protocol::Sse => {
-                let reply = loop {
-                    let reply = client.next_incoming().await?.into_iter().find_map(|m| match m {
-                        Incoming::Json(m) if m["id"] == 1 => Some(m),
-                        _ => None,
-                    });
-                    if let Some(reply) = reply {
-                        break reply;
-                    }
-                };
+                // Its connect command went in the URL, as id 1.
+                let reply = client.reply(1).await?;
                 let connected = &reply["connect"];
                 let (Some(session), Some(node)) = (connected["session"].as_str(), connected["node"].as_str()) else {
                     return Err(ConnectError::Protocol(format!("connect refused or not emulated: {reply}")));
@@ -443,6 +436,11 @@ impl BenchClient {
         self.next_id += 1;
         command["id"] = json!(id);
         self.send(command.to_string()).await?;
+        self.reply(id).await
+    }
+
+    /// Reads until the reply with `id`, skipping what comes before it.
+    async fn reply(&mut self, id: u32) -> Result<Value, ConnectError> {
         loop {
             for message in self.next_incoming().await? {
                 if let Incoming::Json(message) = message {

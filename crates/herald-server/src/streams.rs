@@ -207,25 +207,24 @@ fn open_emulated(state: &AppState, opening: Opening, first: Bytes, format: Forma
     if let Some(refused) = refused(state, &opening.headers) {
         return refused;
     }
-    let (key, posted, registration) = state.emulation.open(first, format == Format::Binary);
-    open(state, opening, Commands::Posted(posted), registration, format, Closing::Push, Some(key))
+    let (key, posted) = state.emulation.open(first, format == Format::Binary);
+    open(state, opening, Commands::Posted(posted), format, Closing::Push, Some(key.to_string().into()))
 }
 
 fn open_unidirectional(state: &AppState, opening: Opening, first: Bytes, format: Format) -> Response {
     if let Some(refused) = refused(state, &opening.headers) {
         return refused;
     }
-    open(state, opening, Commands::First(first), (), format, Closing::Bare, None)
+    open(state, opening, Commands::First(first), format, Closing::Bare, None)
 }
 
 /// Takes the connection over for the stream and starts the session on it
 /// once hyper has let it go: an emulated session when it has an emulation
 /// key, else a uni-directional one.
-fn open<Held: Send + 'static>(
+fn open(
     state: &AppState,
     opening: Opening,
     commands: Commands,
-    held: Held,
     format: Format,
     closing: Closing,
     emulation_key: Option<Arc<str>>,
@@ -253,7 +252,7 @@ fn open<Held: Send + 'static>(
     };
     // The session keeps the node's count of live sessions (shutdown waits
     // for it) and the connection's place under the caps.
-    let held = (held, state.tracker.enter(), permit);
+    let held = (state.tracker.enter(), permit);
     let encoding = if format == Format::Binary { Encoding::Protobuf } else { Encoding::Json };
     let content_type = match format {
         Format::Binary => "application/octet-stream",

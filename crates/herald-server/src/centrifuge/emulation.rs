@@ -21,7 +21,7 @@
 //! engine cannot relay; 400 for a malformed request, 413 for one above
 //! `client.max_message_size`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ use herald_core::{Hub, SessionRelay};
 use herald_engine::{Control, NodeId};
 
 use crate::http::body::{self, BodyLimits};
-use crate::transport::posted::{inbox, NotTaken, Posted, Poster};
+use crate::transport::posted::{inbox, Key, NotTaken, Posted, Poster};
 
 /// How long a POST waits for its session to take the commands.
 const DELIVERY_WAIT: Duration = Duration::from_secs(2);
@@ -45,40 +45,18 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(2);
 /// node the node does not know yet.
 const NODES_REREAD: Duration = Duration::from_secs(1);
 
-/// The node's emulated sessions, by key (the number: its text is the
-/// client's, in its connect reply).
+/// The node's emulated sessions: each one's inbox, found by its key (the
+/// number: its text is the client's, in its connect reply).
 #[derive(Debug)]
 pub(crate) struct Emulation {
-    sessions: Mutex<HashMap<u128, Inbox>>,
+    sessions: Mutex<HashSet<Poster>>,
     known_nodes: Mutex<KnownNodes>,
-}
-
-/// Where a session's commands go, and whether it speaks Protobuf (its
-/// relayed commands are then base64 in `Control::Relay`, which is text).
-#[derive(Debug, Clone)]
-struct Inbox {
-    poster: Poster,
-    protobuf: bool,
 }
 
 #[derive(Debug, Default)]
 struct KnownNodes {
     ids: HashSet<String>,
     read_at: Option<Instant>,
-}
-
-/// An emulated session's place in the table; taken out when dropped (the
-/// session's stream ended).
-#[derive(Debug)]
-pub(crate) struct Registration {
-    emulation: Arc<Emulation>,
-    key: u128,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.emulation.table().remove(&self.key);
-    }
 }
 
 /// What happened to commands for a session of this node.
@@ -126,19 +104,25 @@ impl Emulation {
         Arc::new(Self { sessions: Mutex::default(), known_nodes: Mutex::default() })
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Inbox>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashSet<Poster>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new session's key, its inbound commands (starting with `first`,
-    /// what opened the stream) and its registration.
-    pub(crate) fn open(self: &Arc<Self>, first: Bytes, protobuf: bool) -> (Arc<str>, Posted, Registration) {
-        let (poster, inbound) = inbox();
+    /// A new session's key and its inbound commands, starting with
+    /// `first` (what opened the stream). The session is listed until its
+    /// end of the inbox is dropped.
+    pub(crate) fn open(self: &Arc<Self>, first: Bytes, protobuf: bool) -> (Key, Posted) {
+        let key = Key::from(rand::random::<u128>());
+        let (poster, inbound) = inbox(self.clone(), key, protobuf);
         // The inbox is new and empty: the first batch always fits.
         let _ = poster.try_post(first);
-        let key = rand::random::<u128>();
-        self.table().insert(key, Inbox { poster, protobuf });
-        (format!("{key:032x}").into(), inbound, Registration { emulation: self.clone(), key })
+        self.table().insert(poster);
+        (key, inbound)
+    }
+
+    /// Unlists the session of `key` (its stream ended).
+    pub(crate) fn forget(&self, key: &Key) {
+        self.table().remove(key);
     }
 
     /// How many emulated sessions the node holds.
@@ -148,14 +132,14 @@ impl Emulation {
     }
 
     /// The inbox of the session whose key is `text`, if the node has it.
-    fn inbox(&self, text: &str) -> Option<Inbox> {
+    fn inbox(&self, text: &str) -> Option<Poster> {
         let key = parse_key(text)?;
         self.table().get(&key).cloned()
     }
 
     async fn deliver(&self, key: &str, data: Bytes) -> Delivery {
         let Some(inbox) = self.inbox(key) else { return Delivery::Gone };
-        match inbox.poster.post(data, DELIVERY_WAIT).await {
+        match inbox.post(data, DELIVERY_WAIT).await {
             Ok(()) => Delivery::Taken,
             Err(NotTaken::Ended) => Delivery::Gone,
             Err(NotTaken::Busy) => Delivery::Busy,
@@ -239,7 +223,7 @@ impl Emulation {
 impl SessionRelay for Emulation {
     fn deliver(&self, session: String, data: String) {
         let Some(inbox) = self.inbox(&session) else { return };
-        let data = match inbox.protobuf {
+        let data = match inbox.protobuf() {
             true => match base64::engine::general_purpose::STANDARD.decode(&data) {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(_) => return tracing::info!("relayed Protobuf commands that are not base64; dropped"),
@@ -247,7 +231,7 @@ impl SessionRelay for Emulation {
             false => Bytes::from(data),
         };
         tokio::spawn(async move {
-            match inbox.poster.post(data, DELIVERY_WAIT).await {
+            match inbox.post(data, DELIVERY_WAIT).await {
                 Ok(()) => {}
                 Err(NotTaken::Busy) => {
                     tracing::info!("relayed commands for an emulated session were not taken in time; dropped")
@@ -260,10 +244,10 @@ impl SessionRelay for Emulation {
 
 /// A session's key from its text: exactly the 32 lower-case hex digits
 /// the connect reply gave, no other spelling of the number.
-fn parse_key(text: &str) -> Option<u128> {
+fn parse_key(text: &str) -> Option<Key> {
     let digits = text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     match text.len() == 32 && digits {
-        true => u128::from_str_radix(text, 16).ok(),
+        true => u128::from_str_radix(text, 16).ok().map(Key::from),
         false => None,
     }
 }
@@ -278,20 +262,24 @@ mod tests {
     #[tokio::test]
     async fn commands_reach_the_session_with_the_key_and_the_key_is_gone_with_the_session() {
         let emulation = Emulation::new();
-        let (key, mut inbound, registration) = emulation.open(Bytes::from_static(b"connect"), false);
+        let (key, mut inbound) = emulation.open(Bytes::from_static(b"connect"), false);
+        let key = key.to_string();
         assert_eq!(key.len(), 32);
         assert_eq!(inbound.recv().await, "connect");
         assert_eq!(emulation.deliver(&key, Bytes::from_static(b"ping")).await, Delivery::Taken);
         assert_eq!(inbound.recv().await, "ping");
         assert_eq!(emulation.deliver("0123", Bytes::new()).await, Delivery::Gone, "a guessed key reaches nothing");
-        drop(registration);
+        drop(inbound);
         assert_eq!(emulation.len(), 0);
         assert_eq!(emulation.deliver(&key, Bytes::new()).await, Delivery::Gone);
     }
 
     #[test]
     fn a_key_is_taken_only_as_the_connect_reply_spells_it() {
-        assert_eq!(parse_key(&"1f".repeat(16)), Some(0x1f1f_1f1f_1f1f_1f1f_1f1f_1f1f_1f1f_1f1f));
+        let key = 0x1f1f_1f1f_1f1f_1f1f_1f1f_1f1f_1f1f_1f1f;
+        assert_eq!(parse_key(&"1f".repeat(16)), Some(Key::from(key)));
+        assert_eq!(Key::from(key).to_string(), format!("{key:032x}"), "its text is the number's");
+        assert_eq!(Key::from(5).to_string(), format!("{:032x}", 5), "with its leading zeros");
         assert_eq!(parse_key(&"1F".repeat(16)), None, "upper case");
         assert_eq!(parse_key(&format!("+{}", "1".repeat(31))), None, "a sign");
         assert_eq!(parse_key("1f1f"), None, "short");
@@ -302,8 +290,8 @@ mod tests {
     #[tokio::test]
     async fn keys_differ_between_sessions() {
         let emulation = Emulation::new();
-        let (a, _, _held_a) = emulation.open(Bytes::new(), false);
-        let (b, _, _held_b) = emulation.open(Bytes::new(), false);
+        let (a, _held_a) = emulation.open(Bytes::new(), false);
+        let (b, _held_b) = emulation.open(Bytes::new(), false);
         assert_ne!(a, b);
         assert_eq!(emulation.len(), 2);
     }

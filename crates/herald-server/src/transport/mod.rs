@@ -197,4 +197,26 @@ mod size_tests {
         assert!(receive <= 48, "a WebSocket receive is {receive} bytes");
         assert!(centrifuge <= 624, "a Centrifuge session over a WebSocket is {centrifuge} bytes");
     }
+
+    /// A stream's session holds its guard and permit in its transport, and
+    /// stays in the same task step as a WebSocket's: at most the
+    /// WebSocket's budget and the 24 bytes mapped onto it (one step up
+    /// was 128 bytes more for every SSE client).
+    #[test]
+    fn an_idle_streams_task_stays_within_a_websockets_budget() {
+        type Held = (crate::http::Tracked, Option<axum::Extension<Arc<crate::http::admission::Permit>>>);
+        type Stream = stream::StreamTransport<Held>;
+        let receive = size_of_output(|transport: &'static mut Stream| transport.recv());
+        let session = |mode| {
+            move |(transport, shared): (Stream, Arc<Shared>)| {
+                session::run(transport, shared, None, mode, session::Encoding::Json)
+            }
+        };
+        let unidirectional = size_of_output(session(session::Mode::Unidirectional));
+        let emulated = size_of_output(session(session::Mode::Emulated));
+
+        assert!(receive <= 48, "a stream's receive is {receive} bytes");
+        assert!(unidirectional <= 648, "a uni-directional stream's session is {unidirectional} bytes");
+        assert!(emulated <= 648, "an emulated stream's session is {emulated} bytes");
+    }
 }

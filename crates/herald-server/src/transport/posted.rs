@@ -4,7 +4,11 @@
 //! Every bidirectional HTTP-streaming or SSE session has one inbox for its
 //! whole life, so an idle one must cost little: the queue holds no
 //! allocation while it is empty (a tokio channel allocates a block of 32
-//! slots up front, over a kilobyte per connection). At most [`CAPACITY`]
+//! slots up front, over a kilobyte per connection), and the inbox is also
+//! the session's entry in the node's table (`centrifuge::emulation`): the
+//! table is a set of inboxes found by the key each keeps, and the
+//! session's end of the inbox takes it out of the table when dropped, so
+//! the session itself holds nothing for its listing. At most [`CAPACITY`]
 //! batches wait; a poster then waits for room, up to its deadline, and is
 //! told the session is busy if none comes. Room is not handed to posters
 //! in the order they came (a tokio channel did that): a poster arriving
@@ -12,30 +16,58 @@
 //! waits on, at most until its deadline. Posts on separate HTTP requests
 //! have no order between them anyway.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
+
+use crate::centrifuge::emulation::Emulation;
 
 /// Batches of commands one session may have waiting before a poster waits.
 pub(crate) const CAPACITY: usize = 16;
 
-/// A new inbox: the posters' end and the session's.
-pub(crate) fn inbox() -> (Poster, Posted) {
-    let shared = Arc::new(Shared::default());
+/// What posters name an inbox by: 128 random bits, as two words (a `u128`
+/// would align every inbox to 16 bytes and make it larger). Its text is
+/// the 32 lower-case hex digits of the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Key([u64; 2]);
+
+impl From<u128> for Key {
+    fn from(number: u128) -> Self {
+        // Splits the number into its high and low words; nothing is lost.
+        Key([(number >> 64) as u64, number as u64])
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [high, low] = self.0;
+        write!(f, "{high:016x}{low:016x}")
+    }
+}
+
+/// A new inbox for an emulated session, listed in `table` under `key`
+/// until the session's end is dropped: the posters' end and the
+/// session's. `protobuf` says what the session speaks (its relayed
+/// commands cross the engine as base64).
+pub(crate) fn inbox(table: Arc<Emulation>, key: Key, protobuf: bool) -> (Poster, Posted) {
+    let shared = Arc::new(Shared { key, protobuf, table, state: Mutex::default(), room: Notify::new() });
     (Poster(shared.clone()), Posted(shared))
 }
 
-#[derive(Debug, Default)]
+/// One inbox. The table holds it (as a [`Poster`]) by its key, so it
+/// keeps the key itself, and an idle one holds no allocation besides.
 struct Shared {
+    key: Key,
+    protobuf: bool,
+    table: Arc<Emulation>,
     state: Mutex<State>,
-    /// The session, waiting for a batch.
-    session: AtomicWaker,
     /// Posters waiting for room, or to learn that the session ended.
     room: Notify,
 }
@@ -44,8 +76,17 @@ struct Shared {
 struct State {
     /// Unallocated while empty.
     queue: VecDeque<Bytes>,
+    /// The session, waiting for a batch.
+    session: Option<Waker>,
     /// The session's end is gone: nothing more will be taken.
     ended: bool,
+}
+
+/// The key alone: the table, which lists every inbox, is left out.
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox").field("key", &self.key).field("protobuf", &self.protobuf).finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -54,9 +95,38 @@ impl Shared {
     }
 }
 
-/// Where posted batches go; clones post into the same inbox.
+/// Where posted batches go; clones post into the same inbox. The node's
+/// table of emulated sessions holds one per session, found by its key.
 #[derive(Debug, Clone)]
 pub(crate) struct Poster(Arc<Shared>);
+
+impl Poster {
+    /// Whether the session speaks Protobuf.
+    pub(crate) fn protobuf(&self) -> bool {
+        self.0.protobuf
+    }
+}
+
+impl PartialEq for Poster {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for Poster {}
+
+/// Hashed as its key, so that the table finds it by the key alone.
+impl Hash for Poster {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl Borrow<Key> for Poster {
+    fn borrow(&self) -> &Key {
+        &self.0.key
+    }
+}
 
 /// The session's end: batches in the order they were posted.
 #[derive(Debug)]
@@ -82,8 +152,11 @@ impl Poster {
             return Err(NotTaken::Busy);
         }
         state.queue.push_back(batch);
+        let session = state.session.take();
         drop(state);
-        self.0.session.wake();
+        if let Some(session) = session {
+            session.wake();
+        }
         Ok(())
     }
 
@@ -108,38 +181,54 @@ impl Poster {
 }
 
 impl Posted {
-    /// The next batch; waits until one is posted.
-    pub(crate) async fn recv(&mut self) -> Bytes {
-        poll_fn(|cx| {
-            self.0.session.register(cx.waker());
-            let mut state = self.0.state();
-            let Some(batch) = state.queue.pop_front() else { return Poll::Pending };
-            if state.queue.is_empty() {
-                // Give the queue's memory back: most of a session's life
-                // nothing waits in it.
-                state.queue = VecDeque::new();
+    /// The next batch, if one is waiting; else the session is woken when
+    /// one is posted.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        let mut state = self.0.state();
+        let Some(batch) = state.queue.pop_front() else {
+            if !state.session.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+                state.session = Some(cx.waker().clone());
             }
-            drop(state);
-            self.0.room.notify_one();
-            Poll::Ready(batch)
-        })
-        .await
+            return Poll::Pending;
+        };
+        if state.queue.is_empty() {
+            // Give the queue's memory back: most of a session's life
+            // nothing waits in it.
+            state.queue = VecDeque::new();
+        }
+        drop(state);
+        self.0.room.notify_one();
+        Poll::Ready(batch)
+    }
+
+    /// The next batch; waits until one is posted.
+    #[cfg(test)]
+    pub(crate) async fn recv(&mut self) -> Bytes {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 }
 
+/// The session's end gone, the inbox takes nothing more, lets its waiting
+/// posters go, and leaves the table.
 impl Drop for Posted {
     fn drop(&mut self) {
         let mut state = self.0.state();
         state.ended = true;
         state.queue = VecDeque::new();
+        state.session = None;
         drop(state);
         self.0.room.notify_waiters();
+        self.0.table.forget(&self.0.key);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inbox() -> (Poster, Posted) {
+        super::inbox(Emulation::new(), Key::from(7), false)
+    }
 
     fn batch(text: &'static str) -> Bytes {
         Bytes::from_static(text.as_bytes())

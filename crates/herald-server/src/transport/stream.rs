@@ -80,6 +80,9 @@ pub(crate) enum Commands {
     First(Bytes),
     /// The opening command and the ones posted to `/emulation` after it.
     Posted(Posted),
+    /// A uni-directional session's request, once taken: nothing more
+    /// comes.
+    Taken,
 }
 
 /// How the stream's response is framed on the wire.
@@ -100,10 +103,9 @@ pub(crate) struct StreamTransport<Held: Send = ()> {
     /// when all is written.
     output: Vec<u8>,
     written: usize,
-    /// What the client sent that the session has not received yet.
-    first: Option<Bytes>,
-    /// The commands posted for an emulated session.
-    posted: Option<Posted>,
+    /// Where the session's messages come from; the opening request is
+    /// taken once.
+    commands: Commands,
     format: Format,
     closing: Closing,
     /// For a uni-directional event stream: its positions, sent as event ids.
@@ -132,10 +134,6 @@ impl<Held: Send> StreamTransport<Held> {
     /// socket takes it (else owed, ahead of everything else).
     pub(crate) fn over(io: Io, opening: Opening<Held>) -> Self {
         let Opening { head, coding, format, closing, commands, held } = opening;
-        let (first, posted) = match commands {
-            Commands::First(first) => (Some(first), None),
-            Commands::Posted(posted) => (None, Some(posted)),
-        };
         // A uni-directional event stream's ids let `EventSource` recover.
         let positions = (format == Format::Events && closing == Closing::Bare).then(Box::default);
         let mut stream = StreamTransport {
@@ -143,8 +141,7 @@ impl<Held: Send> StreamTransport<Held> {
             coding,
             output: head,
             written: 0,
-            first,
-            posted,
+            commands,
             format,
             closing,
             positions,
@@ -289,17 +286,28 @@ impl<Held: Send> Transport for StreamTransport<Held> {
         }
     }
 
+    /// What the client sent next, else the client's end. One poll
+    /// function, not a `select!` of two futures: the future is kept in
+    /// every idle session's (see `size_tests`).
     async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
-        if let Some(first) = self.first.take() {
-            return Ok(Some(self.inbound(first)));
-        }
-        let Some(posted) = self.posted.as_mut() else {
-            return poll_fn(|cx| poll_gone(&mut self.io, cx)).await;
-        };
-        tokio::select! {
-            message = posted.recv() => Ok(Some(self.inbound(message))),
-            gone = poll_fn(|cx| poll_gone(&mut self.io, cx)) => gone,
-        }
+        poll_fn(|cx| {
+            let message = match &mut self.commands {
+                Commands::First(_) => match std::mem::replace(&mut self.commands, Commands::Taken) {
+                    Commands::First(first) => Some(first),
+                    _ => None,
+                },
+                Commands::Posted(posted) => match posted.poll_recv(cx) {
+                    Poll::Ready(message) => Some(message),
+                    Poll::Pending => None,
+                },
+                Commands::Taken => None,
+            };
+            match message {
+                Some(message) => Poll::Ready(Ok(Some(self.inbound(message)))),
+                None => poll_gone(&mut self.io, cx),
+            }
+        })
+        .await
     }
 
     fn start_texts<I>(&mut self, cx: &mut Context<'_>, texts: I) -> Result<Started, TransportError>
@@ -456,7 +464,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_emulated_session_receives_what_was_posted_until_the_client_leaves() {
-        let (posting, posted) = crate::transport::posted::inbox();
+        let emulation = crate::centrifuge::emulation::Emulation::new();
+        let (posting, posted) = crate::transport::posted::inbox(emulation, 7.into(), true);
         let (mut stream, client) = open(Format::Binary, Closing::Push, Coding::Chunked, Commands::Posted(posted)).await;
         posting.try_post(Bytes::from_static(b"\x01\x02")).unwrap();
         assert_eq!(stream.recv().await, Ok(Some(Inbound::Binary(Bytes::from_static(b"\x01\x02")))));

@@ -8,7 +8,9 @@
 //! channel's offset, an unsubscribe forgets the channel. An event that
 //! moved a position carries the positions of every channel, as compact
 //! JSON: `{"feed:scores":["<epoch>",42]}`. Only uni-directional SSE streams
-//! pay for this (a parse of each push they are sent).
+//! pay for this (a parse of each push they are sent), and only while they
+//! have a position to follow: channels come only with the connect push, so
+//! a stream left with none stops reading its pushes.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +22,11 @@ const MAX_CHANNELS: usize = 1024;
 
 /// A client's positions, by channel: the epoch and the last offset seen.
 #[derive(Debug, Default)]
-pub(crate) struct Positions(BTreeMap<String, (String, u64)>);
+pub(crate) struct Positions {
+    channels: BTreeMap<String, (String, u64)>,
+    /// The connect push has been read: no channel is added after it.
+    connected: bool,
+}
 
 #[derive(Deserialize)]
 struct Push {
@@ -60,20 +66,21 @@ impl Positions {
     pub(crate) fn observe(&mut self, push: &[u8]) -> Option<String> {
         let push: Push = serde_json::from_slice(push).ok()?;
         if let Some(connect) = push.connect {
+            self.connected = true;
             for (channel, sub) in connect.subs.into_iter().filter(|(_, sub)| !sub.epoch.is_empty()) {
-                if self.0.len() < MAX_CHANNELS || self.0.contains_key(&channel) {
-                    self.0.insert(channel, (sub.epoch, sub.offset));
+                if self.channels.len() < MAX_CHANNELS || self.channels.contains_key(&channel) {
+                    self.channels.insert(channel, (sub.epoch, sub.offset));
                 }
             }
             return self.id();
         }
         let channel = push.channel?;
         if push.unsubscribe.is_some() {
-            self.0.remove(&channel);
+            self.channels.remove(&channel);
             return None;
         }
         let offset = push.publication?.offset;
-        let (_, seen) = self.0.get_mut(&channel)?;
+        let (_, seen) = self.channels.get_mut(&channel)?;
         if offset <= *seen {
             return None;
         }
@@ -82,10 +89,17 @@ impl Positions {
     }
 
     fn id(&self) -> Option<String> {
-        if self.0.is_empty() {
+        if self.channels.is_empty() {
             return None;
         }
-        serde_json::to_string(&self.0).ok()
+        serde_json::to_string(&self.channels).ok()
+    }
+
+    /// Connected, with no position left to follow: no push can move one
+    /// any more (channels come only with the connect push), so the stream
+    /// need not read its pushes.
+    pub(crate) fn follows_nothing(&self) -> bool {
+        self.connected && self.channels.is_empty()
     }
 
     /// The positions a `Last-Event-ID` names (none when it is not one of
@@ -130,8 +144,21 @@ mod tests {
         assert_eq!(positions.observe(publication.to_string().as_bytes()), None, "an offset seen already moves nothing");
         assert_eq!(positions.observe(br#"{"channel":"b","pub":{"data":1}}"#), None, "b has no position");
         assert_eq!(positions.observe(b"{}"), None, "a ping");
+        assert!(!positions.follows_nothing(), "b is gone, a is followed");
         assert_eq!(positions.observe(br#"{"channel":"a","unsubscribe":{"code":2000}}"#), None);
         assert_eq!(positions.id(), None);
+        assert!(positions.follows_nothing(), "nothing left to follow, and nothing can be added");
+    }
+
+    #[test]
+    fn a_connect_that_names_no_position_leaves_nothing_to_follow() {
+        let mut positions = Positions::default();
+        assert!(!positions.follows_nothing(), "not before the connect push");
+        assert_eq!(positions.observe(b"{}"), None);
+        assert!(!positions.follows_nothing(), "a push before the connect's changes nothing");
+        let connect = json!({"connect": {"client": "c", "subs": {"news": {}}}});
+        assert_eq!(positions.observe(connect.to_string().as_bytes()), None);
+        assert!(positions.follows_nothing());
     }
 
     #[test]

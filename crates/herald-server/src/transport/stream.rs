@@ -108,7 +108,8 @@ pub(crate) struct StreamTransport<Held: Send = ()> {
     commands: Commands,
     format: Format,
     closing: Closing,
-    /// For a uni-directional event stream: its positions, sent as event ids.
+    /// For a uni-directional event stream: its positions, sent as event
+    /// ids, until none is left to follow.
     positions: Option<Box<Positions>>,
     /// The response has ended: nothing more may be written.
     ended: bool,
@@ -161,10 +162,16 @@ impl<Held: Send> StreamTransport<Held> {
 
     /// Appends `message` to `out` as this stream writes it.
     fn put_frame(&mut self, out: &mut Vec<u8>, message: &[u8]) {
-        if let Some(id) = self.positions.as_mut().and_then(|positions| positions.observe(message)) {
-            out.extend_from_slice(b"id: ");
-            out.extend_from_slice(id.as_bytes());
-            out.push(b'\n');
+        if let Some(positions) = self.positions.as_mut() {
+            if let Some(id) = positions.observe(message) {
+                out.extend_from_slice(b"id: ");
+                out.extend_from_slice(id.as_bytes());
+                out.push(b'\n');
+            }
+            if positions.follows_nothing() {
+                // No event will carry an id: its pushes are not read again.
+                self.positions = None;
+            }
         }
         match self.format {
             Format::Lines => {
@@ -452,6 +459,20 @@ mod tests {
         ];
         read_exactly(&mut client, "HTTP/1.1 200 OK\r\n\r\n").await;
         read_exactly(&mut client, &chunk(&events.concat())).await;
+        assert!(stream.positions.is_some(), "a is still followed");
+    }
+
+    #[tokio::test]
+    async fn a_uni_directional_event_stream_with_no_position_to_follow_stops_reading_its_pushes() {
+        let (mut stream, mut client) = uni(Format::Events, Coding::Chunked).await;
+        let connect = r#"{"connect":{"subs":{"news":{}}}}"#;
+        stream.send_texts([Text::from(connect)]).await.unwrap();
+        assert!(stream.positions.is_none(), "nothing to follow: no push is parsed for an id again");
+        let publication = r#"{"channel":"news","pub":{"data":{},"offset":2}}"#;
+        stream.send_texts([Text::from(publication)]).await.unwrap();
+        read_exactly(&mut client, "HTTP/1.1 200 OK\r\n\r\n").await;
+        read_exactly(&mut client, &chunk(&format!("data: {connect}\n\n"))).await;
+        read_exactly(&mut client, &chunk(&format!("data: {publication}\n\n"))).await;
     }
 
     #[tokio::test]

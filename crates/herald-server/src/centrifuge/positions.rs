@@ -9,8 +9,10 @@
 //! moved a position carries the positions of every channel, as compact
 //! JSON: `{"feed:scores":["<epoch>",42]}`. Only uni-directional SSE streams
 //! pay for this (a parse of each push they are sent), and only while they
-//! have a position to follow: channels come only with the connect push, so
-//! a stream left with none stops reading its pushes.
+//! have a position to follow: positions come only with the connect push (a
+//! server-side subscribe pushed later names none, so such a channel is not
+//! named in ids and is not recovered by `EventSource`), and a stream left
+//! with none stops reading its pushes.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +26,7 @@ const MAX_CHANNELS: usize = 1024;
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
     channels: BTreeMap<String, (String, u64)>,
-    /// The connect push has been read: no channel is added after it.
+    /// The connect push has been read: no position is added after it.
     connected: bool,
 }
 
@@ -96,7 +98,7 @@ impl Positions {
     }
 
     /// Connected, with no position left to follow: no push can move one
-    /// any more (channels come only with the connect push), so the stream
+    /// any more (positions come only with the connect push), so the stream
     /// need not read its pushes.
     pub(crate) fn follows_nothing(&self) -> bool {
         self.connected && self.channels.is_empty()

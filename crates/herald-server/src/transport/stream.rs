@@ -113,8 +113,8 @@ pub(crate) struct StreamTransport<Held: Send = ()> {
     positions: Option<Box<Positions>>,
     /// The response has ended: nothing more may be written.
     ended: bool,
-    /// Kept for as long as the session runs (its emulation registration,
-    /// its place under the node's caps).
+    /// Kept for as long as the session runs (its place in the node's count
+    /// of live sessions and under the node's caps).
     _held: Held,
 }
 
@@ -492,6 +492,19 @@ mod tests {
         assert_eq!(stream.recv().await, Ok(Some(Inbound::Binary(Bytes::from_static(b"\x01\x02")))));
         drop(client);
         assert_eq!(stream.recv().await, Ok(None), "the client's leaving is learnt from its socket");
+    }
+
+    #[tokio::test]
+    async fn an_emulated_session_waiting_for_its_client_is_woken_by_a_post() {
+        let emulation = crate::centrifuge::emulation::Emulation::new();
+        let (posting, posted) = crate::transport::posted::inbox(emulation, 7.into(), false);
+        let (mut stream, _client) = open(Format::Lines, Closing::Push, Coding::Chunked, Commands::Posted(posted)).await;
+        let waiting = tokio::spawn(async move { stream.recv().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing posted yet, and the client is still there");
+        posting.try_post(Bytes::from_static(b"{\"id\":1}")).unwrap();
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert_eq!(received.unwrap().unwrap(), Ok(Some(Inbound::Text(Bytes::from_static(b"{\"id\":1}")))));
     }
 
     #[tokio::test]

@@ -17,17 +17,36 @@
 use std::collections::BTreeMap;
 
 use serde::de::IgnoredAny;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The most channels an id names (and that a `Last-Event-ID` may name).
 const MAX_CHANNELS: usize = 1024;
 
-/// A client's positions, by channel: the epoch and the last offset seen.
+/// A client's positions: for each channel, the epoch and the last offset
+/// seen. A sorted list, not a map: a connection has a few channels, and a
+/// map's first node alone is larger than a list of ten.
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
-    channels: BTreeMap<String, (String, u64)>,
+    /// Sorted by channel name, the order ids name them in.
+    channels: Vec<Followed>,
     /// The connect push has been read: no position is added after it.
     connected: bool,
+}
+
+#[derive(Debug)]
+struct Followed {
+    channel: Box<str>,
+    epoch: Box<str>,
+    offset: u64,
+}
+
+/// The positions as an id names them: `{"<channel>":["<epoch>",<offset>],…}`.
+struct Named<'a>(&'a [Followed]);
+
+impl Serialize for Named<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|followed| (&*followed.channel, (&*followed.epoch, followed.offset))))
+    }
 }
 
 #[derive(Deserialize)]
@@ -70,31 +89,49 @@ impl Positions {
         if let Some(connect) = push.connect {
             self.connected = true;
             for (channel, sub) in connect.subs.into_iter().filter(|(_, sub)| !sub.epoch.is_empty()) {
-                if self.channels.len() < MAX_CHANNELS || self.channels.contains_key(&channel) {
-                    self.channels.insert(channel, (sub.epoch, sub.offset));
+                let (epoch, offset) = (sub.epoch.into_boxed_str(), sub.offset);
+                match self.find(&channel) {
+                    Ok(at) => {
+                        if let Some(followed) = self.channels.get_mut(at) {
+                            (followed.epoch, followed.offset) = (epoch, offset);
+                        }
+                    }
+                    Err(at) if self.channels.len() < MAX_CHANNELS => {
+                        self.channels.insert(at, Followed { channel: channel.into_boxed_str(), epoch, offset });
+                    }
+                    Err(_) => {}
                 }
             }
+            self.channels.shrink_to_fit();
             return self.id();
         }
         let channel = push.channel?;
         if push.unsubscribe.is_some() {
-            self.channels.remove(&channel);
+            if let Ok(at) = self.find(&channel) {
+                self.channels.remove(at);
+            }
             return None;
         }
         let offset = push.publication?.offset;
-        let (_, seen) = self.channels.get_mut(&channel)?;
-        if offset <= *seen {
+        let at = self.find(&channel).ok()?;
+        let followed = self.channels.get_mut(at)?;
+        if offset <= followed.offset {
             return None;
         }
-        *seen = offset;
+        followed.offset = offset;
         self.id()
+    }
+
+    /// Where `channel` is in the list, or where it would go.
+    fn find(&self, channel: &str) -> Result<usize, usize> {
+        self.channels.binary_search_by(|followed| (*followed.channel).cmp(channel))
     }
 
     fn id(&self) -> Option<String> {
         if self.channels.is_empty() {
             return None;
         }
-        serde_json::to_string(&self.channels).ok()
+        serde_json::to_string(&Named(&self.channels)).ok()
     }
 
     /// Connected, with no position left to follow: no push can move one
@@ -150,6 +187,30 @@ mod tests {
         assert_eq!(positions.observe(br#"{"channel":"a","unsubscribe":{"code":2000}}"#), None);
         assert_eq!(positions.id(), None);
         assert!(positions.follows_nothing(), "nothing left to follow, and nothing can be added");
+    }
+
+    #[test]
+    fn an_id_names_every_followed_channel_in_name_order_and_a_publication_moves_only_its_own() {
+        let mut positions = Positions::default();
+        let connect = json!({"connect": {"subs": {
+            "feed:b": {"epoch": "eb", "offset": 7},
+            "feed:a": {"epoch": "ea", "offset": 3},
+            "feed:c": {"epoch": "ec"},
+        }}});
+        let id = positions.observe(connect.to_string().as_bytes());
+        assert_eq!(id.as_deref(), Some(r#"{"feed:a":["ea",3],"feed:b":["eb",7],"feed:c":["ec",0]}"#));
+        let publication = json!({"channel": "feed:b", "pub": {"offset": 8}});
+        let id = positions.observe(publication.to_string().as_bytes());
+        assert_eq!(id.as_deref(), Some(r#"{"feed:a":["ea",3],"feed:b":["eb",8],"feed:c":["ec",0]}"#));
+        assert_eq!(positions.observe(br#"{"channel":"feed:a","unsubscribe":{}}"#), None);
+        let id = positions.observe(json!({"channel": "feed:c", "pub": {"offset": 1}}).to_string().as_bytes());
+        assert_eq!(id.as_deref(), Some(r#"{"feed:b":["eb",8],"feed:c":["ec",1]}"#));
+        let named = Positions::from_id(id.as_deref().unwrap_or_default());
+        assert_eq!(
+            named,
+            [("feed:b".into(), "eb".into(), 8), ("feed:c".into(), "ec".into(), 1)],
+            "read back as written"
+        );
     }
 
     #[test]

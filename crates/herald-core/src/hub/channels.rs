@@ -24,16 +24,25 @@ pub(super) struct Subscriber {
     more: Option<Box<More>>,
 }
 
-/// What only some subscribers need.
+/// What only some subscribers need. A positioned subscriber (recovery
+/// on) holds one for its subscription's life, so the box holds little
+/// more than its stream: what it needs only while recovering, and what
+/// fewer subscribers still need, are boxed again.
 #[derive(Debug, Default)]
 struct More {
-    /// Who the connection is in this channel, when not its connection's user.
-    user: Option<UserId>,
     /// For a positioned subscriber once live: the stream it follows and
     /// the last offset it was sent (see [`Followed`]).
     followed: Option<Followed>,
     /// Present while the subscription recovers: publications wait here.
-    recovering: Option<Mutex<Vec<Arc<Publication>>>>,
+    recovering: Option<Box<Mutex<Vec<Arc<Publication>>>>>,
+    rare: Option<Box<Rare>>,
+}
+
+/// What a subscriber needs that few do.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Who the connection is in this channel, when not its connection's user.
+    user: Option<UserId>,
     /// For a subscriber that takes fossil deltas: the base of its next one.
     delta: Option<DeltaBase>,
 }
@@ -50,20 +59,15 @@ impl Subscriber {
         delta: bool,
     ) -> Self {
         let user = user.filter(|user| !conn.is_user(user));
-        let more = (user.is_some() || positioned || delta).then(|| {
-            Box::new(More {
-                user,
-                followed: None,
-                recovering: positioned.then(Mutex::default),
-                delta: delta.then(DeltaBase::default),
-            })
-        });
+        let rare = (user.is_some() || delta).then(|| Box::new(Rare { user, delta: delta.then(DeltaBase::default) }));
+        let more = (rare.is_some() || positioned)
+            .then(|| Box::new(More { followed: None, recovering: positioned.then(Box::default), rare }));
         Self { conn, join_leave, positioned, more }
     }
 
     /// The buffer of a subscriber that recovers.
     pub(super) fn recovering(&self) -> Option<&Mutex<Vec<Arc<Publication>>>> {
-        self.more.as_ref()?.recovering.as_ref()
+        self.more.as_ref()?.recovering.as_deref()
     }
 
     /// The stream a live positioned subscriber follows.
@@ -73,12 +77,12 @@ impl Subscriber {
 
     /// The base of a delta subscriber's next delta.
     pub(super) fn delta(&self) -> Option<&DeltaBase> {
-        self.more.as_ref()?.delta.as_ref()
+        self.more.as_ref()?.rare.as_ref()?.delta.as_ref()
     }
 
     /// Whether the subscriber is `user` in this channel.
     pub(super) fn is_user(&self, user: &UserId) -> bool {
-        match self.more.as_ref().and_then(|more| more.user.as_ref()) {
+        match self.more.as_ref().and_then(|more| more.rare.as_ref()).and_then(|rare| rare.user.as_ref()) {
             Some(own) => own == user,
             None => self.conn.is_user(user),
         }
@@ -376,5 +380,12 @@ mod tests {
     #[test]
     fn a_subscribers_slot_stays_within_its_budget() {
         assert!(std::mem::size_of::<(ClientId, Subscriber)>() <= 40);
+    }
+
+    /// Every positioned subscriber holds its `More` for its subscription's
+    /// life: its stream, and two pointers.
+    #[test]
+    fn a_positioned_subscribers_box_holds_its_stream_and_little_more() {
+        assert!(std::mem::size_of::<More>() <= std::mem::size_of::<Followed>() + 16);
     }
 }

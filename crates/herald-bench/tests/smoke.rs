@@ -342,6 +342,14 @@ async fn a_reconnect_storm_brings_every_client_back_with_nothing_lost() {
             "{protocol:?}: every client got every publication of its channel: {result:?}"
         );
         assert!(result.anomalies.is_clean(), "{protocol:?}: {:?}", result.anomalies);
+        let spread = [
+            result.seconds_to_half_back,
+            result.seconds_to_90_percent_back,
+            result.seconds_to_99_percent_back,
+            result.seconds_to_all_reconnected,
+        ];
+        assert!(spread.iter().all(|seconds| seconds.is_finite() && *seconds > 0.0), "{protocol:?}: {spread:?}");
+        assert!(spread.windows(2).all(|pair| pair[0] <= pair[1] + 0.01), "{protocol:?}: in order: {spread:?}");
     }
 }
 

@@ -58,6 +58,11 @@ pub struct StormResult {
     pub reconnected: usize,
     /// From the storm until the last client was back.
     pub seconds_to_all_reconnected: f64,
+    /// From the storm until half, nine in ten and 99 in 100 of the
+    /// dropped clients were back: how the storm's time is spread.
+    pub seconds_to_half_back: f64,
+    pub seconds_to_90_percent_back: f64,
+    pub seconds_to_99_percent_back: f64,
     /// Clients told `recovered: false` (their losses are then expected).
     pub not_recovered: usize,
     pub expected_deliveries: u64,
@@ -113,6 +118,8 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
     let storm_began = Arc::new(AtomicU64::new(0));
     let node_stopped = args.kill_pid.or(args.drain_pid).is_some();
     let last_back = Arc::new(std::sync::Mutex::new(Instant::now()));
+    // Microseconds after the storm began at which each client was back.
+    let back_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(args.clients)));
     let mut tasks = Vec::new();
     for (i, mut client) in clients.into_iter().enumerate() {
         let channel = vec![names[i % channels].clone()];
@@ -126,7 +133,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
             subscribed.clone(),
         );
         let (connect, targets, kill) = (args.connect.clone(), targets.clone(), node_stopped);
-        let (latencies, storm_began) = (latencies.clone(), storm_began.clone());
+        let (latencies, storm_began, back_at) = (latencies.clone(), storm_began.clone(), back_at.clone());
         tasks.push(tokio::spawn(async move {
             let mut checker = SequenceChecker::default();
             let observe = |checker: &mut SequenceChecker, received: &[crate::client::Received]| {
@@ -186,6 +193,9 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
                 client = fresh;
                 back.fetch_add(1, Ordering::Relaxed);
                 *last_back.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                let after =
+                    unix_micros(std::time::SystemTime::now()).saturating_sub(storm_began.load(Ordering::Relaxed));
+                back_at.lock().unwrap_or_else(|e| e.into_inner()).push(after);
             }
             Ok::<_, anyhow::Error>((i, checker))
         }));
@@ -279,12 +289,23 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
         let name = &names[i % channels];
         anomalies.add(checker.finish(&HashMap::from([(name.clone(), sent_per_channel[name])])).0);
     }
+    let mut back_at = std::mem::take(&mut *back_at.lock().unwrap_or_else(|e| e.into_inner()));
+    back_at.sort_unstable();
+    // The time by which `share` of the dropped clients were back; NaN when
+    // fewer came back.
+    let back_by = |share: f64| {
+        let needed = ((dropped as f64 * share).ceil() as usize).max(1);
+        back_at.get(needed - 1).map_or(f64::NAN, |&micros| micros as f64 / 1e6)
+    };
     Ok(StormResult {
         clients: args.clients,
         published,
         reconnected,
         dropped,
         seconds_to_all_reconnected: if reconnected == dropped { seconds_to_all } else { f64::NAN },
+        seconds_to_half_back: back_by(0.5),
+        seconds_to_90_percent_back: back_by(0.9),
+        seconds_to_99_percent_back: back_by(0.99),
         not_recovered: not_recovered.load(Ordering::Relaxed),
         expected_deliveries: expected,
         delivered: delivered.load(Ordering::Relaxed),

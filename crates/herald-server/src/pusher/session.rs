@@ -122,7 +122,6 @@ struct Session {
     _slot: AppSlot,
     conn: Arc<Connection>,
     outbox: Arc<Outbox>,
-    socket_id: String,
     /// When the client last sent anything.
     last_heard: Instant,
     /// When the server pinged and still waits for a sign of life.
@@ -181,13 +180,18 @@ impl Session {
             _slot: slot,
             conn,
             outbox,
-            socket_id,
             last_heard: now,
             pinged: None,
             rate_window: (now, 0),
             rates,
             signed_in: false,
         })
+    }
+
+    /// The connection's socket id: its client id in the hub (kept once,
+    /// there).
+    fn socket_id(&self) -> &str {
+        self.conn.client().as_str()
     }
 
     fn send(&self, frame: impl Into<herald_core::Frame>) {
@@ -209,7 +213,7 @@ impl Session {
                 Ok(false)
             }
             Verdict::Abuse => {
-                tracing::info!(socket_id = %self.socket_id, "far over a command rate; disconnecting");
+                tracing::info!(socket_id = %self.socket_id(), "far over a command rate; disconnecting");
                 Err(DisconnectReason::TooManyRequests)
             }
         }
@@ -225,7 +229,7 @@ impl Session {
                 // Never the frame, nor serde's message (which may quote it):
                 // it may carry a signature.
                 let (kind, column) = (error.classify(), error.column());
-                tracing::info!(socket_id = %self.socket_id, ?kind, column, bytes = frame.len(), "malformed pusher frame");
+                tracing::info!(socket_id = %self.socket_id(), ?kind, column, bytes = frame.len(), "malformed pusher frame");
                 self.send(error_frame(None, &format!("Invalid message: {error}"), None));
                 return Ok(());
             }
@@ -250,7 +254,7 @@ impl Session {
                 self.on_client_event(name, message.channel.as_deref(), &message.data).await
             }
             other => {
-                tracing::debug!(socket_id = %self.socket_id, event = other, "unsupported pusher event ignored");
+                tracing::debug!(socket_id = %self.socket_id(), event = other, "unsupported pusher event ignored");
                 self.send(error_frame(None, &format!("Unsupported event: {other}"), None));
             }
         }
@@ -298,7 +302,7 @@ impl Protocol for Session {
     async fn on_message(&mut self, message: Inbound) -> Result<Option<Inbound>, DisconnectReason> {
         self.last_heard = Instant::now();
         self.pinged = None;
-        let frame = driver::text_only(message, &self.socket_id)?;
+        let frame = driver::text_only(message, &self.socket_id())?;
         // One event per message: nothing is ever left for later.
         self.on_frame(&frame).await.map(|()| None)
     }

@@ -30,14 +30,14 @@ pub(super) fn data_text(data: &Value) -> String {
 impl Session {
     pub(super) fn on_signin(&mut self, data: &Value) -> Result<(), DisconnectReason> {
         let refuse = |session: &Self, why: &str| {
-            tracing::info!(socket_id = %session.socket_id, why, "pusher sign-in refused");
+            tracing::info!(socket_id = %session.socket_id(), why, "pusher sign-in refused");
             session.send(error_frame(Some(close::UNAUTHORIZED), &format!("Connection not authorized: {why}"), None));
             Err(DisconnectReason::InvalidToken)
         };
         let Some(request) = data_as::<SigninData>(data) else {
             return refuse(self, "pusher:signin needs auth and user_data");
         };
-        let message = sign::signin_message(&self.socket_id, &request.user_data);
+        let message = sign::signin_message(self.socket_id(), &request.user_data);
         if !sign::verify_auth(&self.app.config.key, self.app.config.secret.expose(), &message, &request.auth) {
             return refuse(self, "invalid signature");
         }
@@ -60,7 +60,7 @@ impl Session {
     pub(super) async fn on_client_event(&mut self, event: &str, name: Option<&str>, data: &Value) {
         let name = name.unwrap_or("");
         if let Err(why) = self.client_event(event, name, data).await {
-            tracing::debug!(socket_id = %self.socket_id, channel = name, event, why = %why, "client event rejected");
+            tracing::debug!(socket_id = %self.socket_id(), channel = name, event, why = %why, "client event rejected");
             self.send(error_frame(Some(close::CLIENT_EVENT_REJECTED), &why, Some(name)));
         }
     }
@@ -103,7 +103,7 @@ impl Session {
             channel: name.to_owned(),
             event: event.to_owned(),
             data: text,
-            socket_id: self.socket_id.clone(),
+            socket_id: self.socket_id().to_owned(),
             user_id,
         };
         self.frontend.webhooks().send(&self.app, hook);

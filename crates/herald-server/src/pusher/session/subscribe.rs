@@ -74,7 +74,7 @@ impl Session {
             Verdict::Allowed => self.subscribe(request).await,
             Verdict::Refused => Err(Refusal::too_fast()),
             Verdict::Abuse => {
-                tracing::info!(socket_id = %self.socket_id, "far over client.subscribe_rate; disconnecting");
+                tracing::info!(socket_id = %self.socket_id(), "far over client.subscribe_rate; disconnecting");
                 return Err(DisconnectReason::TooManyRequests);
             }
         };
@@ -82,10 +82,10 @@ impl Session {
             match refusal.status >= 500 {
                 // Not the client's doing (the engine did not answer): the operator must see it.
                 true => {
-                    tracing::warn!(socket_id = %self.socket_id, channel = %name, error = %refusal.error, "subscription failed on the server's side; the client may retry (check the backplane's load and its command_timeout)")
+                    tracing::warn!(socket_id = %self.socket_id(), channel = %name, error = %refusal.error, "subscription failed on the server's side; the client may retry (check the backplane's load and its command_timeout)")
                 }
                 false => {
-                    tracing::debug!(socket_id = %self.socket_id, channel = %name, error = %refusal.error, "subscription refused")
+                    tracing::debug!(socket_id = %self.socket_id(), channel = %name, error = %refusal.error, "subscription refused")
                 }
             }
             let data = serde_json::json!({ "type": refusal.kind, "error": refusal.error, "status": refusal.status });
@@ -120,7 +120,7 @@ impl Session {
             }
         } else if super::super::is_private(name) {
             let channel_data = request.channel_data.as_deref().filter(|_| kind.is_presence());
-            let message = sign::channel_message(&self.socket_id, name, channel_data);
+            let message = sign::channel_message(self.socket_id(), name, channel_data);
             let auth = request.auth.as_deref().unwrap_or("");
             if !sign::verify_auth(&self.app.config.key, self.app.config.secret.expose(), &message, auth) {
                 return Err(Refusal::auth(

@@ -117,21 +117,14 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
     // Unix microseconds at which the storm began; 0 until then.
     let storm_began = Arc::new(AtomicU64::new(0));
     let node_stopped = args.kill_pid.or(args.drain_pid).is_some();
-    let last_back = Arc::new(std::sync::Mutex::new(Instant::now()));
-    // Microseconds after the storm began at which each client was back.
+    // When each client was back.
     let back_at = Arc::new(std::sync::Mutex::new(Vec::with_capacity(args.clients)));
     let mut tasks = Vec::new();
     for (i, mut client) in clients.into_iter().enumerate() {
         let channel = vec![names[i % channels].clone()];
         let (mut storm, mut stop) = (storm.clone(), stop.clone());
-        let (back, not_recovered, delivered, last_back, dropped_count, subscribed) = (
-            back.clone(),
-            not_recovered.clone(),
-            delivered.clone(),
-            last_back.clone(),
-            dropped.clone(),
-            subscribed.clone(),
-        );
+        let (back, not_recovered, delivered, dropped_count, subscribed) =
+            (back.clone(), not_recovered.clone(), delivered.clone(), dropped.clone(), subscribed.clone());
         let (connect, targets, kill) = (args.connect.clone(), targets.clone(), node_stopped);
         let (latencies, storm_began, back_at) = (latencies.clone(), storm_began.clone(), back_at.clone());
         tasks.push(tokio::spawn(async move {
@@ -192,10 +185,7 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
                 observe(&mut checker, &outcome.publications);
                 client = fresh;
                 back.fetch_add(1, Ordering::Relaxed);
-                *last_back.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                let after =
-                    unix_micros(std::time::SystemTime::now()).saturating_sub(storm_began.load(Ordering::Relaxed));
-                back_at.lock().unwrap_or_else(|e| e.into_inner()).push(after);
+                back_at.lock().unwrap_or_else(|e| e.into_inner()).push(Instant::now());
             }
             Ok::<_, anyhow::Error>((i, checker))
         }));
@@ -273,7 +263,6 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
     }
     let reconnected = back.load(Ordering::Relaxed);
     let dropped = dropped.load(Ordering::Relaxed);
-    let seconds_to_all = last_back.lock().unwrap_or_else(|e| e.into_inner()).duration_since(started).as_secs_f64();
     let published = publisher.await??;
     let sent_per_channel: HashMap<String, u64> =
         (0..channels).map(|c| (names[c].clone(), (total + (channels - c) as u64 - 1) / channels as u64)).collect();
@@ -289,13 +278,20 @@ pub async fn run(args: &StormArgs) -> anyhow::Result<StormResult> {
         let name = &names[i % channels];
         anomalies.add(checker.finish(&HashMap::from([(name.clone(), sent_per_channel[name])])).0);
     }
-    let mut back_at = std::mem::take(&mut *back_at.lock().unwrap_or_else(|e| e.into_inner()));
-    back_at.sort_unstable();
+    // Seconds from the storm until each client was back, in order.
+    let mut back_after: Vec<f64> = back_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|at| at.saturating_duration_since(started).as_secs_f64())
+        .collect();
+    back_after.sort_unstable_by(f64::total_cmp);
+    let seconds_to_all = back_after.last().copied().unwrap_or(0.0);
     // The time by which `share` of the dropped clients were back; NaN when
     // fewer came back.
     let back_by = |share: f64| {
         let needed = ((dropped as f64 * share).ceil() as usize).max(1);
-        back_at.get(needed - 1).map_or(f64::NAN, |&micros| micros as f64 / 1e6)
+        back_after.get(needed - 1).copied().unwrap_or(f64::NAN)
     };
     Ok(StormResult {
         clients: args.clients,

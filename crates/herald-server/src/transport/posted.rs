@@ -100,13 +100,6 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub(crate) struct Poster(Arc<Shared>);
 
-impl Poster {
-    /// Whether the session speaks Protobuf.
-    pub(crate) fn protobuf(&self) -> bool {
-        self.0.protobuf
-    }
-}
-
 impl PartialEq for Poster {
     fn eq(&self, other: &Self) -> bool {
         self.0.key == other.0.key
@@ -142,6 +135,11 @@ pub(crate) enum NotTaken {
 }
 
 impl Poster {
+    /// Whether the session speaks Protobuf.
+    pub(crate) fn protobuf(&self) -> bool {
+        self.0.protobuf
+    }
+
     /// Queues `batch` if there is room now.
     pub(crate) fn try_post(&self, batch: Bytes) -> Result<(), NotTaken> {
         let mut state = self.0.state();

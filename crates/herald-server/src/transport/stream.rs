@@ -13,8 +13,8 @@
 //! What the client sends arrives apart from the socket: the request that
 //! opened the stream (its connect command) and, for bidirectional
 //! emulation, the commands it posts to `/emulation` afterwards, through
-//! its inbox (`transport::posted`). The socket itself only says when the client has gone; a client
-//! that sends anything more on it is cut off.
+//! its inbox (`transport::posted`). The socket itself only says when the
+//! client has gone; a client that sends anything more on it is cut off.
 //!
 //! A Protobuf stream carries length-delimited messages as they are, in
 //! both directions.
@@ -299,10 +299,11 @@ impl<Held: Send> Transport for StreamTransport<Held> {
     async fn recv(&mut self) -> Result<Option<Inbound>, TransportError> {
         poll_fn(|cx| {
             let message = match &mut self.commands {
-                Commands::First(_) => match std::mem::replace(&mut self.commands, Commands::Taken) {
-                    Commands::First(first) => Some(first),
-                    _ => None,
-                },
+                Commands::First(first) => {
+                    let first = std::mem::take(first);
+                    self.commands = Commands::Taken;
+                    Some(first)
+                }
                 Commands::Posted(posted) => match posted.poll_recv(cx) {
                     Poll::Ready(message) => Some(message),
                     Poll::Pending => None,

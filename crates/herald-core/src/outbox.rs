@@ -433,14 +433,16 @@ impl Outbox {
     /// deliveries takes from the budget: its read and timer are parked, and
     /// its writes are tried without `poll_write`).
     pub fn ready(&self) -> impl Future<Output = ()> + Send + '_ {
-        poll_fn(move |cx| {
-            std::task::ready!(
-                self.poll_until(cx, |state| state.closed.is_some() || state.due.is_some_and(Due::has_come))
-            );
-            // Only a take is counted: the wait costs nothing.
-            std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
-            Poll::Ready(())
-        })
+        poll_fn(move |cx| self.poll_ready(cx))
+    }
+
+    /// One poll of [`Outbox::ready`], for a future that waits on the
+    /// outbox beside other things.
+    pub fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        std::task::ready!(self.poll_until(cx, |state| state.closed.is_some() || state.due.is_some_and(Due::has_come)));
+        // Only a take is counted: the wait costs nothing.
+        std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+        Poll::Ready(())
     }
 
     /// Waits until the outbox is closed. Used to abandon a write that a

@@ -11,7 +11,7 @@
 //! ([`Transport`]) moves messages. Neither brings a loop of its own.
 //! The client's side is read, and the timer polled, only when the socket
 //! or the timer has woken the session: the wake-ups of the outbox (one
-//! per delivery) poll neither again (`WhenWoken`).
+//! per delivery) poll neither again (`NextTurn`).
 //!
 //! Everything a session sends goes through the outbox, pings and replies
 //! included, so it is bounded and written by one guarded write: a write
@@ -136,7 +136,9 @@ pub(crate) struct DriverSettings {
 /// future twice (as arguments and as the locals they move into), and this
 /// future lives as long as the connection. The async block uses them in
 /// place, and everything the node shares stays behind the protocol's
-/// [`Protocol::parts`].
+/// [`Protocol::parts`]. What follows the session's end runs in a boxed
+/// future: inline, its locals would take room in every running session's
+/// task.
 #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
 pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) -> impl Future<Output = ()> + Send {
     async move {
@@ -149,87 +151,118 @@ pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) 
             tracing::error!(?client, "a session failed (a bug; see the panic above); closing the connection");
             Some(DisconnectReason::Internal)
         });
-        if let Some(reason) = &reason {
-            let (code, text) = protocol.close_code(reason);
-            let timeout = protocol.parts().settings.write_timeout;
-            // A client that stopped reading may never take the close frame.
-            let _ = Box::pin(tokio::time::timeout(timeout, transport.close(code, text))).await;
-        }
-        let code = reason.as_ref().map(|reason| protocol.close_code(reason).0);
-        let Parts { settings, connection, outbox } = protocol.parts();
-        settings.sessions.leave(outbox);
-        settings.metrics.session_closed(P::NAME, transport.name());
-        settings.metrics.disconnected(P::NAME, code);
-        if let (Some(events), Some(conn)) = (&settings.events, connection) {
-            let text = reason.as_ref().map_or_else(|| "client left".to_owned(), |r| protocol.close_code(r).1);
-            events.disconnected(conn, P::NAME, code, &text);
-        }
-        if let Some(conn) = connection {
-            tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
-            Box::pin(settings.hub.disconnect(conn)).await;
-        }
+        Box::pin(conclude(&mut protocol, &mut transport, reason)).await;
+    }
+}
+
+/// Closes the transport (with the protocol's code for `reason`, when the
+/// server ends the session) and takes the connection out of the hub.
+async fn conclude<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T, reason: Option<DisconnectReason>) {
+    if let Some(reason) = &reason {
+        let (code, text) = protocol.close_code(reason);
+        let timeout = protocol.parts().settings.write_timeout;
+        // A client that stopped reading may never take the close frame.
+        let _ = tokio::time::timeout(timeout, transport.close(code, text)).await;
+    }
+    let code = reason.as_ref().map(|reason| protocol.close_code(reason).0);
+    let Parts { settings, connection, outbox } = protocol.parts();
+    settings.sessions.leave(outbox);
+    settings.metrics.session_closed(P::NAME, transport.name());
+    settings.metrics.disconnected(P::NAME, code);
+    if let (Some(events), Some(conn)) = (&settings.events, connection) {
+        let text = reason.as_ref().map_or_else(|| "client left".to_owned(), |r| protocol.close_code(r).1);
+        events.disconnected(conn, P::NAME, code, &text);
+    }
+    if let Some(conn) = connection {
+        tracing::debug!(client = %conn.client(), user = %conn.user(), ?reason, "connection closed");
+        settings.hub.disconnect(conn).await;
     }
 }
 
 /// Serves until the session ends; `Some(reason)` when the server ends it.
-async fn serve<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -> Option<DisconnectReason> {
-    // The timer lives across iterations: making it anew for every message
-    // would register it again, per message.
-    // The handlers' futures are boxed: they exist only while they run,
-    // and inline they would make every idle connection's task as large
-    // as the largest handler's state.
-    // A protocol that authenticates at the handshake (Pusher) is connected
-    // already; one that waits for a connect command is reported when it
-    // comes (see `receive`).
-    if let Parts { settings: DriverSettings { events: Some(events), .. }, connection: Some(conn), .. } =
-        protocol.parts()
-    {
-        events.connected(conn, P::NAME);
-    }
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(protocol.next_deadline()));
-    loop {
-        let deadline = protocol.next_deadline();
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-            protocol.parts().outbox.unpark(Waiting::Timer);
+///
+/// Every local of this future that lives across an await lives in every
+/// connection's task, so the loop keeps few: the timer, and the one
+/// future that waits for the session's next turn. What a turn does is
+/// decided in plain functions or in boxed futures (they exist only while
+/// they run; inline, every idle connection's task would be as large as
+/// the largest handler's state). Not an `async fn`, as [`run`].
+#[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see `run`
+fn serve<'a, P: Protocol, T: Transport>(
+    protocol: &'a mut P,
+    transport: &'a mut T,
+) -> impl Future<Output = Option<DisconnectReason>> + Send + 'a {
+    async move {
+        // A protocol that authenticates at the handshake (Pusher) is
+        // connected already; one that waits for a connect command is
+        // reported when it comes (see `receive`).
+        if let Parts { settings: DriverSettings { events: Some(events), .. }, connection: Some(conn), .. } =
+            protocol.parts()
+        {
+            events.connected(conn, P::NAME);
         }
-        tokio::select! {
-            biased;
-            _ = protocol.parts().outbox.ready() => {
-                // Nearly every write is taken at once and needs no future;
-                // one that is not finishes in a boxed one.
-                // (Only a flag lives across the boxed finish: the start's
-                // result there would sit in every idle connection's task.)
-                let owed = match start(protocol, transport).await {
-                    Ok(started) => started == Started::Owed,
-                    Err(end) => return end,
-                };
-                if owed {
-                    if let Err(end) = Box::pin(finish_flush(protocol, transport)).await {
-                        return end;
-                    }
-                }
-            }
-            woke = WhenWoken { read: transport.recv(), timer: &mut timer, outbox: protocol.parts().outbox } => {
-                if let Some(end) = Box::pin(woken(protocol, transport, woke)).await {
-                    return end;
-                }
+        // The timer lives across turns: making it anew for every message
+        // would register it again, per message.
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(protocol.next_deadline()));
+        loop {
+            rearm(&*protocol, timer.as_mut());
+            let turn = NextTurn { read: transport.recv(), timer: &mut timer, outbox: protocol.parts().outbox }.await;
+            if let Some(end) = act(protocol, transport, turn).await {
+                return end;
             }
         }
     }
 }
 
-/// Handles what woke the session beside its outbox: what the transport
-/// received, or the protocol's timer. `Some(end)` ends the session, as
-/// for [`receive`].
-async fn woken<P: Protocol, T: Transport>(
-    protocol: &mut P,
-    transport: &mut T,
-    woke: Woke<Result<Option<Inbound>, TransportError>>,
-) -> Option<Option<DisconnectReason>> {
-    match woke {
-        Woke::Read(received) => receive(protocol, transport, received).await,
-        Woke::Timer => protocol.on_timer().await.err().map(Some),
+/// What a session does with a turn, as one future: handles what the
+/// transport received or the due timer (each boxed: they exist only while
+/// they run), or writes what the outbox holds. `Some(end)` ends the
+/// session, as for [`receive`]. The turn is moved in whole: a turn kept in
+/// [`serve`]'s loop while its handling waits would take room in every
+/// connection's task.
+fn act<'a, P: Protocol, T: Transport>(
+    protocol: &'a mut P,
+    transport: &'a mut T,
+    turn: Turn<Result<Option<Inbound>, TransportError>>,
+) -> impl Future<Output = Option<Option<DisconnectReason>>> + Send + 'a {
+    use futures_util::future::Either;
+    match turn {
+        Turn::Read(received) => Either::Left(Box::pin(receive(protocol, transport, received))),
+        Turn::Timer => Either::Right(Either::Left(Box::pin(async move { protocol.on_timer().await.err().map(Some) }))),
+        Turn::Outbox => Either::Right(Either::Right(write(protocol, transport))),
+    }
+}
+
+/// Writes what the outbox holds; `Some(end)` as for [`receive`].
+#[allow(clippy::manual_async_fn)] // not `async fn`, as `run`
+fn write<'a, P: Protocol, T: Transport>(
+    protocol: &'a mut P,
+    transport: &'a mut T,
+) -> impl Future<Output = Option<Option<DisconnectReason>>> + Send + 'a {
+    async move {
+        // Nearly every write is taken at once and needs no future; one
+        // that is not finishes in a boxed one. (Only a flag lives across
+        // the boxed finish: the start's result there would sit in every
+        // idle connection's task.)
+        let owed = match start(protocol, transport).await {
+            Ok(started) => started == Started::Owed,
+            Err(end) => return Some(end),
+        };
+        match owed {
+            true => Box::pin(finish_flush(protocol, transport)).await.err(),
+            false => None,
+        }
+    }
+}
+
+/// Moves the timer to the protocol's next deadline, if that changed. (Not
+/// in [`serve`]'s loop: a deadline kept there would take room in every
+/// connection's task.)
+fn rearm<P: Protocol>(protocol: &P, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+    let deadline = protocol.next_deadline();
+    if timer.deadline() != deadline {
+        timer.reset(deadline);
+        protocol.parts().outbox.unpark(Waiting::Timer);
     }
 }
 
@@ -303,17 +336,17 @@ async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
 }
 
 pin_project_lite::pin_project! {
-    /// What a session waits on beside its outbox: the transport's `read`
-    /// and the protocol's `timer`, each polled only when it may have woken
-    /// the session. Each is polled with the outbox as its waker; one that
-    /// finds nothing stays parked (not polled again) until a wake of that
-    /// waker, so the session's wake-ups for deliveries poll neither the
-    /// socket nor the timer (see `outbox.rs`). A parked one's wake-up
-    /// reaches the task through the outbox's waker, which the `select!`
-    /// registers first. The read is polled before the timer. Both in one
-    /// future, with one reference to the outbox: it lives in every idle
-    /// connection's task.
-    struct WhenWoken<'a, R, T> {
+    /// What a session waits for: its outbox, the transport's `read` and
+    /// the protocol's `timer`, in that order. The outbox is polled at
+    /// every turn; the read and the timer are polled with the outbox as
+    /// their waker, and each only when it may have woken the session: one
+    /// that finds nothing stays parked (not polled again) until a wake of
+    /// that waker, so the session's wake-ups for deliveries poll neither
+    /// the socket nor the timer (see `outbox.rs`). A parked one's wake-up
+    /// reaches the task through the outbox's waker, which the outbox's
+    /// poll registers first. All three in one future, with one reference
+    /// to the outbox: it lives in every idle connection's task.
+    struct NextTurn<'a, R, T> {
         #[pin]
         read: R,
         timer: T,
@@ -321,18 +354,25 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// Which of a [`WhenWoken`]'s two was ready.
-enum Woke<R> {
+/// What a session's next turn is for.
+enum Turn<R> {
+    /// Something in the outbox is due.
+    Outbox,
+    /// The transport received this.
     Read(R),
+    /// The protocol's timer is due.
     Timer,
 }
 
-impl<R: Future, T: Future + Unpin> Future for WhenWoken<'_, R, T> {
-    type Output = Woke<R::Output>;
+impl<R: Future, T: Future + Unpin> Future for NextTurn<'_, R, T> {
+    type Output = Turn<R::Output>;
 
-    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let outbox = *this.outbox;
+        if outbox.poll_ready(cx).is_ready() {
+            return Poll::Ready(Turn::Outbox);
+        }
         let (read_parked, timer_parked) = (outbox.parked(Waiting::Read), outbox.parked(Waiting::Timer));
         if read_parked && timer_parked {
             return Poll::Pending;
@@ -343,14 +383,14 @@ impl<R: Future, T: Future + Unpin> Future for WhenWoken<'_, R, T> {
             outbox.park(Waiting::Read);
             if let Poll::Ready(received) = this.read.poll(&mut cx) {
                 outbox.unpark(Waiting::Read);
-                return Poll::Ready(Woke::Read(received));
+                return Poll::Ready(Turn::Read(received));
             }
         }
         if !timer_parked {
             outbox.park(Waiting::Timer);
             if std::pin::Pin::new(this.timer).poll(&mut cx).is_ready() {
                 outbox.unpark(Waiting::Timer);
-                return Poll::Ready(Woke::Timer);
+                return Poll::Ready(Turn::Timer);
             }
         }
         Poll::Pending
@@ -601,25 +641,20 @@ mod tests {
         });
         let counted = std::pin::pin!(counted);
         let never_read = std::future::pending::<()>();
-        let mut timer = std::pin::pin!(WhenWoken { read: never_read, timer: counted, outbox: &outbox });
+        let mut turn = std::pin::pin!(NextTurn { read: never_read, timer: counted, outbox: &outbox });
         let started = Instant::now();
 
         for n in 0..100 {
             let delivery = Outgoing::Frame(Frame::Text(Text::from(n.to_string())));
             outbox.push(delivery).expect("the outbox has room");
+            assert!(matches!(turn.as_mut().now_or_never(), Some(Turn::Outbox)), "the delivery is due");
             assert!(matches!(outbox.drain(), Drained::Items(_)));
-            assert!(timer.as_mut().now_or_never().is_none(), "the timer is not due");
+            assert!(turn.as_mut().now_or_never().is_none(), "the timer is not due");
         }
         assert_eq!(polls.load(Ordering::SeqCst), 1, "only the first of 100 wake-ups polled the timer");
 
-        // As the session's `select!` does: the outbox registers the task's
-        // waker first, then the timer is polled.
-        let fired = std::future::poll_fn(|cx| {
-            let _ = std::pin::pin!(outbox.ready()).poll(cx);
-            timer.as_mut().poll(cx)
-        });
-        let woke = tokio::time::timeout(Duration::from_secs(60), fired).await;
-        assert!(matches!(woke, Ok(Woke::Timer)), "the parked timer's wake-up polls it");
+        let woke = tokio::time::timeout(Duration::from_secs(60), turn).await;
+        assert!(matches!(woke, Ok(Turn::Timer)), "the parked timer's wake-up polls it");
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert_eq!(polls.load(Ordering::SeqCst), 2);
     }

@@ -75,7 +75,9 @@ pub(crate) struct ConnectQuery {
 /// Not an `async fn`: admission is decided before anything is awaited, so
 /// the future is either the session or the refusal, and a served
 /// connection's future does not also keep a slot for the transport the
-/// refusal would have used.
+/// refusal would have used. The refusal is boxed: it is larger than the
+/// session, and inline it would make every served connection's task as
+/// large.
 pub(crate) fn run<T: Transport>(
     transport: T,
     frontend: Arc<Frontend>,
@@ -87,7 +89,7 @@ pub(crate) fn run<T: Transport>(
         Ok(session) => Either::Left(driver::run(transport, session)),
         Err((code, message)) => {
             tracing::info!(%key, code, %message, "pusher connection refused");
-            Either::Right(refuse(transport, code, message, write_timeout))
+            Either::Right(Box::pin(refuse(transport, code, message, write_timeout)))
         }
     }
 }

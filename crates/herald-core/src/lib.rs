@@ -13,6 +13,7 @@
 //! - [`connection`]: a connection as the hub sees it, and the
 //!   [`PushEncoder`] each front-end supplies.
 //! - [`outbox`]: the bounded per-connection queue; owns backpressure.
+//! - [`alarms`]: one timer for every session of a node ([`Alarms`]).
 //! - [`frame`]: what it holds for a socket: [`Frame`]s, text ([`Text`],
 //!   checked to be UTF-8 once) or binary.
 //! - [`namespace`]: namespaces, their options and permission rules, and the
@@ -31,6 +32,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod alarms;
 pub mod connection;
 pub mod error;
 pub mod fossil;
@@ -40,6 +42,7 @@ pub mod namespace;
 pub mod outbox;
 mod shard;
 
+pub use alarms::Alarms;
 pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription};
 pub use error::HubError;
 pub use frame::{Frame, NotUtf8, Text};

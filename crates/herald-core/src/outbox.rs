@@ -38,11 +38,13 @@
 //! with it, and one that found nothing stays parked, not polled again,
 //! until a wake of that waker (which wakes the session through the
 //! outbox's one waker). The wake does not say whether the socket or the
-//! timer sent it, so it unparks both: the other is polled once more.
+//! timer sent it, so it unparks both: the other is polled once more. The
+//! session's timer is an alarm in the node's [`crate::Alarms`], which
+//! wakes the session the same way; the outbox keeps the alarm's key.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
@@ -272,6 +274,9 @@ pub struct Outbox {
     read_parked: AtomicBool,
     /// The session's timer is not due and waits for its own wake.
     timer_parked: AtomicBool,
+    /// The key of the session's alarm in the node's [`crate::Alarms`], 0
+    /// when it has none. Written only under the alarms' lock.
+    alarm: AtomicU64,
 }
 
 impl Outbox {
@@ -283,7 +288,29 @@ impl Outbox {
             max_bytes,
             read_parked: false.into(),
             timer_parked: false.into(),
+            alarm: 0.into(),
         }
+    }
+
+    /// The key of the session's alarm, 0 if none is set.
+    pub(crate) fn alarm(&self) -> u64 {
+        self.alarm.load(Ordering::SeqCst)
+    }
+
+    /// Records the key of the session's alarm.
+    pub(crate) fn set_alarm(&self, key: u64) {
+        self.alarm.store(key, Ordering::SeqCst);
+    }
+
+    /// Forgets the session's alarm, returning its key.
+    pub(crate) fn take_alarm(&self) -> u64 {
+        self.alarm.swap(0, Ordering::SeqCst)
+    }
+
+    /// The alarm with `key` fired: the session has none until it sets
+    /// another (unless it set another already).
+    pub(crate) fn alarm_fired(&self, key: u64) {
+        let _ = self.alarm.compare_exchange(key, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Whether the session's read or timer is parked: it found nothing, and

@@ -37,7 +37,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
-use herald_core::{ConnEvent, Connection, Drained, Frame, Hub, Outbox, Outgoing, Queued, Text, Waiting};
+use herald_core::{Alarms, ConnEvent, Connection, Drained, Frame, Hub, Outbox, Outgoing, Queued, Text, Waiting};
 use herald_engine::DisconnectReason;
 
 use crate::transport::{Inbound, Started, Transport, TransportError};
@@ -68,8 +68,9 @@ pub(crate) enum Framing {
     Binary,
 }
 
-/// One client protocol, as the driver runs it.
-pub(crate) trait Protocol: Send {
+/// One client protocol, as the driver runs it. (`Sync`: the session's
+/// timer reads the protocol's deadline while its next turn is awaited.)
+pub(crate) trait Protocol: Send + Sync {
     /// How messages queued together are written.
     fn framing(&self) -> Framing;
     /// The protocol's name in metrics.
@@ -127,6 +128,8 @@ pub(crate) struct DriverSettings {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// The events webhooks, told of connections opened and closed.
     pub(crate) events: Option<Arc<crate::events::HubWebhooks>>,
+    /// The node's one timer, which keeps every session's deadline.
+    pub(crate) alarms: Alarms,
 }
 
 /// Runs a session to its end, then closes the transport and takes the
@@ -166,6 +169,7 @@ async fn conclude<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T
     }
     let code = reason.as_ref().map(|reason| protocol.close_code(reason).0);
     let Parts { settings, connection, outbox } = protocol.parts();
+    settings.alarms.cancel(outbox);
     settings.sessions.leave(outbox);
     settings.metrics.session_closed(P::NAME, transport.name());
     settings.metrics.disconnected(P::NAME, code);
@@ -182,8 +186,9 @@ async fn conclude<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T
 /// Serves until the session ends; `Some(reason)` when the server ends it.
 ///
 /// Every local of this future that lives across an await lives in every
-/// connection's task, so the loop keeps few: the timer, and the one
-/// future that waits for the session's next turn. What a turn does is
+/// connection's task, so the loop keeps one: the future that waits for
+/// the session's next turn. (The session's timer is an alarm in the node's
+/// [`Alarms`], found through its outbox.) What a turn does is
 /// decided in plain functions or in boxed futures (they exist only while
 /// they run; inline, every idle connection's task would be as large as
 /// the largest handler's state). Not an `async fn`, as [`run`].
@@ -201,12 +206,10 @@ fn serve<'a, P: Protocol, T: Transport>(
         {
             events.connected(conn, P::NAME);
         }
-        // The timer lives across turns: making it anew for every message
-        // would register it again, per message.
-        let mut timer = std::pin::pin!(tokio::time::sleep_until(protocol.next_deadline()));
         loop {
-            rearm(&*protocol, timer.as_mut());
-            let turn = NextTurn { read: transport.recv(), timer: &mut timer, outbox: protocol.parts().outbox }.await;
+            rearm(&*protocol);
+            let turn =
+                NextTurn { read: transport.recv(), timer: timer(&*protocol), outbox: protocol.parts().outbox }.await;
             if let Some(end) = act(protocol, transport, turn).await {
                 return end;
             }
@@ -255,14 +258,23 @@ fn write<'a, P: Protocol, T: Transport>(
     }
 }
 
-/// Moves the timer to the protocol's next deadline, if that changed. (Not
-/// in [`serve`]'s loop: a deadline kept there would take room in every
-/// connection's task.)
-fn rearm<P: Protocol>(protocol: &P, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
-    let deadline = protocol.next_deadline();
-    if timer.deadline() != deadline {
-        timer.reset(deadline);
-        protocol.parts().outbox.unpark(Waiting::Timer);
+/// The session's timer, for [`NextTurn`]: whether the protocol's deadline
+/// has come; if not, the session's alarm is set to wake it by then.
+fn timer<P: Protocol>(protocol: &P) -> impl FnMut() -> Poll<()> + '_ {
+    move || {
+        let Parts { settings, outbox, .. } = protocol.parts();
+        settings.alarms.poll_due(outbox, protocol.next_deadline())
+    }
+}
+
+/// Has the timer polled again if the session's alarm would fire after
+/// the protocol's next deadline (it moved earlier, or the alarm fired).
+/// An alarm set earlier than the deadline is left: it fires, and the
+/// session, finding its deadline not yet come, sets it anew.
+fn rearm<P: Protocol>(protocol: &P) {
+    let Parts { settings, outbox, .. } = protocol.parts();
+    if !settings.alarms.covers(outbox, protocol.next_deadline()) {
+        outbox.unpark(Waiting::Timer);
     }
 }
 
@@ -338,8 +350,10 @@ async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -
 pin_project_lite::pin_project! {
     /// What a session waits for: its outbox, the transport's `read` and
     /// the protocol's `timer`, in that order. The outbox is polled at
-    /// every turn; the read and the timer are polled with the outbox as
-    /// their waker, and each only when it may have woken the session: one
+    /// every turn; the read is polled with the outbox as its waker, and
+    /// the timer (whether the protocol's deadline has come, else its alarm
+    /// is set to wake the outbox by then: see [`Alarms::poll_due`]) is
+    /// asked as one; each only when it may have woken the session: one
     /// that finds nothing stays parked (not polled again) until a wake of
     /// that waker, so the session's wake-ups for deliveries poll neither
     /// the socket nor the timer (see `outbox.rs`). A parked one's wake-up
@@ -364,7 +378,7 @@ enum Turn<R> {
     Timer,
 }
 
-impl<R: Future, T: Future + Unpin> Future for NextTurn<'_, R, T> {
+impl<R: Future, T: FnMut() -> Poll<()>> Future for NextTurn<'_, R, T> {
     type Output = Turn<R::Output>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -388,7 +402,7 @@ impl<R: Future, T: Future + Unpin> Future for NextTurn<'_, R, T> {
         }
         if !timer_parked {
             outbox.park(Waiting::Timer);
-            if std::pin::Pin::new(this.timer).poll(&mut cx).is_ready() {
+            if (this.timer)().is_ready() {
                 outbox.unpark(Waiting::Timer);
                 return Poll::Ready(Turn::Timer);
             }
@@ -617,6 +631,7 @@ mod tests {
             sessions: Arc::default(),
             metrics: Default::default(),
             events: None,
+            alarms: Alarms::default(),
         };
         let (to_session, inbound) = mpsc::unbounded_channel();
         let (outbound, mut from_session) = mpsc::unbounded_channel();
@@ -633,16 +648,16 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
         let outbox = Arc::new(Outbox::new(1 << 16));
+        let alarms = Alarms::default();
         let polls = AtomicUsize::new(0);
-        let mut sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(5)));
-        let counted = std::future::poll_fn(|cx| {
-            polls.fetch_add(1, Ordering::SeqCst);
-            sleep.as_mut().poll(cx)
-        });
-        let counted = std::pin::pin!(counted);
-        let never_read = std::future::pending::<()>();
-        let mut turn = std::pin::pin!(NextTurn { read: never_read, timer: counted, outbox: &outbox });
         let started = Instant::now();
+        let deadline = started + Duration::from_secs(5);
+        let timer = || {
+            polls.fetch_add(1, Ordering::SeqCst);
+            alarms.poll_due(&outbox, deadline)
+        };
+        let never_read = std::future::pending::<()>();
+        let mut turn = std::pin::pin!(NextTurn { read: never_read, timer, outbox: &outbox });
 
         for n in 0..100 {
             let delivery = Outgoing::Frame(Frame::Text(Text::from(n.to_string())));
@@ -652,9 +667,10 @@ mod tests {
             assert!(turn.as_mut().now_or_never().is_none(), "the timer is not due");
         }
         assert_eq!(polls.load(Ordering::SeqCst), 1, "only the first of 100 wake-ups polled the timer");
+        assert_eq!(alarms.len(), 1, "which set the session's alarm");
 
         let woke = tokio::time::timeout(Duration::from_secs(60), turn).await;
-        assert!(matches!(woke, Ok(Turn::Timer)), "the parked timer's wake-up polls it");
+        assert!(matches!(woke, Ok(Turn::Timer)), "the alarm's wake-up polls the parked timer");
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert_eq!(polls.load(Ordering::SeqCst), 2);
     }

@@ -139,6 +139,7 @@ impl Node {
             sessions: Arc::default(),
             metrics,
             events: events.clone(),
+            alarms: herald_core::Alarms::default(),
         };
         let pusher =
             serves_pusher.then(|| Frontend::new(&config.pusher, &config.client, (body, users), driver.clone()));

@@ -67,6 +67,7 @@ async fn session_over<T: crate::transport::Transport + 'static>(
             sessions: sessions.clone(),
             metrics: Default::default(),
             events: None,
+            alarms: herald_core::Alarms::default(),
         },
         verifier: crate::rotating::Rotating::new(TokenVerifier::from_config(&client).unwrap()),
         settings: SessionSettings {

@@ -53,6 +53,7 @@ async fn node_with(client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, Arc<Sessio
         sessions: sessions.clone(),
         metrics: Default::default(),
         events: None,
+        alarms: herald_core::Alarms::default(),
     };
     let frontend = Frontend::new(&pusher, &client, (body, users), driver);
     hub.observe(frontend.observer());

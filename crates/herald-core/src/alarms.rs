@@ -10,15 +10,14 @@
 //! the session looks at its deadline again.
 //!
 //! A session's alarm is found by a key its outbox keeps, so the session
-//! holds nothing for it. An alarm is moved earlier at once but never
-//! later: when a deadline moves later (the client sent something, a pong
+//! holds nothing for it. An alarm is moved earlier as soon as the session
+//! looks at its timer again, but never later: when a deadline moves later (the client sent something, a pong
 //! came), the alarm still fires at the earlier time, the session finds its
 //! deadline not yet come, and sets its alarm anew. So a session has one
 //! alarm at most, and a busy session's messages cost the map nothing.
 //! Alarms have a resolution of a millisecond, and never fire early.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Poll;
 use std::time::Duration;
@@ -56,7 +55,6 @@ struct Shared {
     /// Tells the task that an alarm earlier than all others was set, or
     /// that the alarms are gone.
     changed: Arc<Notify>,
-    started: AtomicBool,
 }
 
 #[derive(Default)]
@@ -65,16 +63,15 @@ struct Map {
     /// does not keep its outbox alive.
     alarms: BTreeMap<u64, Weak<Outbox>>,
     sequence: u64,
+    /// The task that fires the alarms: started with the first alarm, and
+    /// again should it have ended (its runtime shut down) while sessions
+    /// still set alarms.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Default for Shared {
     fn default() -> Self {
-        Self {
-            epoch: Instant::now(),
-            map: Mutex::default(),
-            changed: Arc::new(Notify::new()),
-            started: AtomicBool::new(false),
-        }
+        Self { epoch: Instant::now(), map: Mutex::default(), changed: Arc::new(Notify::new()) }
     }
 }
 
@@ -150,10 +147,10 @@ impl Alarms {
         map.alarms.insert(key, Arc::downgrade(outbox));
         outbox.set_alarm(key);
         let earliest = map.alarms.first_key_value().is_some_and(|(first, _)| *first == key);
-        drop(map);
-        if !self.0.started.swap(true, Ordering::SeqCst) {
-            tokio::spawn(fire(Arc::downgrade(&self.0), self.0.changed.clone()));
+        if map.task.as_ref().is_none_or(|task| task.is_finished()) {
+            map.task = Some(tokio::spawn(fire(Arc::downgrade(&self.0), self.0.changed.clone())));
         } else if earliest {
+            drop(map);
             self.0.changed.notify_one();
         }
     }
@@ -212,12 +209,14 @@ impl Shared {
         let mut due = Vec::new();
         loop {
             let mut map = self.map();
-            while due.len() < BATCH {
+            let mut taken = 0;
+            while taken < BATCH {
                 let Some(entry) = map.alarms.first_entry() else { break };
                 if entry.key().wrapping_shr(SEQUENCE_BITS) > now {
                     break;
                 }
                 let (key, outbox) = entry.remove_entry();
+                taken = taken.saturating_add(1);
                 if let Some(outbox) = outbox.upgrade() {
                     outbox.alarm_fired(key);
                     due.push(outbox);
@@ -225,7 +224,7 @@ impl Shared {
             }
             let next = map.alarms.first_key_value().map(|(key, _)| key.wrapping_shr(SEQUENCE_BITS));
             drop(map);
-            let more = due.len() == BATCH;
+            let more = taken == BATCH;
             for outbox in due.drain(..) {
                 std::task::Wake::wake(outbox);
             }
@@ -385,6 +384,27 @@ mod tests {
             map.alarms.insert(key, Weak::new());
         }
         assert_eq!(map.vacant_key(7).map(|key| key >> SEQUENCE_BITS), Some(8));
+    }
+
+    #[test]
+    fn alarms_outlive_the_runtime_their_task_ran_on() {
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build();
+        let alarms = Alarms::default();
+        let first = runtime().expect("a runtime");
+        first.block_on(async {
+            assert!(alarms.poll_due(&outbox(), Instant::now() + Duration::from_secs(3600)).is_pending());
+            tokio::task::yield_now().await;
+        });
+        drop(first);
+
+        runtime().expect("a runtime").block_on(async {
+            let session = outbox();
+            session.park(crate::Waiting::Timer);
+            assert!(alarms.poll_due(&session, Instant::now() + Duration::from_secs(1)).is_pending());
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::task::yield_now().await;
+            assert!(woken(&session), "a task of its own fired the alarm");
+        });
     }
 
     #[test]

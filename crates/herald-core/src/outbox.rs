@@ -34,13 +34,13 @@
 //! is woken once per delivery by the outbox. Polling the socket and the
 //! timer again at each of those wake-ups would find nothing, at a cost
 //! comparable to the delivery's write. So an outbox is also a waker for
-//! them ([`Outbox::parked`]): the session polls its read and its timer
-//! with it, and one that found nothing stays parked, not polled again,
-//! until a wake of that waker (which wakes the session through the
-//! outbox's one waker). The wake does not say whether the socket or the
-//! timer sent it, so it unparks both: the other is polled once more. The
-//! session's timer is an alarm in the node's [`crate::Alarms`], which
-//! wakes the session the same way; the outbox keeps the alarm's key.
+//! them ([`Outbox::parked`]): the session polls its read with it, and its
+//! timer is an alarm in the node's [`crate::Alarms`] that wakes it (the
+//! outbox keeps the alarm's key). One that found nothing stays parked,
+//! not polled again, until a wake of the outbox as a waker (which wakes
+//! the session through the outbox's one waker). The wake does not say
+//! whether the socket or the alarm sent it, so it unparks both: the other
+//! is looked at once more.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -202,8 +202,8 @@ impl std::task::Wake for Outbox {
     }
 }
 
-/// What a session waits on beside its outbox, polled with the outbox as
-/// its waker (see the module docs).
+/// What a session waits on beside its outbox, which wakes the outbox as a
+/// waker (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
     /// The client's next message, from the socket.

@@ -382,6 +382,13 @@ impl<R: Future, T: FnMut() -> Poll<()>> Future for NextTurn<'_, R, T> {
     type Output = Turn<R::Output>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // A task whose budget is spent yields before it reads or writes
+        // more (as a `select!` does): a client's reads alone, which take
+        // no budget, must not keep its thread from the other tasks.
+        if !tokio::task::coop::has_budget_remaining() {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let this = self.project();
         let outbox = *this.outbox;
         if outbox.poll_ready(cx).is_ready() {
@@ -625,13 +632,14 @@ mod tests {
                 outbox: outbox.clone(),
             })
             .unwrap();
+        let alarms = Alarms::default();
         let settings = DriverSettings {
             hub: hub.clone(),
             write_timeout: Duration::from_secs(1),
             sessions: Arc::default(),
             metrics: Default::default(),
             events: None,
-            alarms: Alarms::default(),
+            alarms: alarms.clone(),
         };
         let (to_session, inbound) = mpsc::unbounded_channel();
         let (outbound, mut from_session) = mpsc::unbounded_channel();
@@ -641,6 +649,78 @@ mod tests {
         assert_eq!(from_session.recv().await, Some(Sent::Close(3004, "internal server error".into())));
         session.await.expect("the session task ends normally");
         assert_eq!(hub.stats().clients, 0, "no ghost connection is left");
+        assert!(alarms.is_empty(), "and no alarm");
+    }
+
+    /// A protocol whose deadline a server-side event brings nearer, and
+    /// whose timer ends the session.
+    struct Clocked {
+        settings: DriverSettings,
+        outbox: Arc<Outbox>,
+        deadline: Instant,
+    }
+
+    impl Protocol for Clocked {
+        const NAME: &'static str = "test";
+
+        fn framing(&self) -> Framing {
+            Framing::Lines
+        }
+
+        fn parts(&self) -> Parts<'_> {
+            Parts { settings: &self.settings, outbox: &self.outbox, connection: None }
+        }
+
+        fn next_deadline(&self) -> Instant {
+            self.deadline
+        }
+
+        async fn on_message(&mut self, _: Inbound) -> Result<Option<Inbound>, DisconnectReason> {
+            Ok(None)
+        }
+
+        async fn on_timer(&mut self) -> Result<(), DisconnectReason> {
+            Err(DisconnectReason::NoPong)
+        }
+
+        fn on_event(&mut self, _: ConnEvent) -> Result<Option<Frame>, DisconnectReason> {
+            self.deadline = Instant::now() + Duration::from_secs(1);
+            Ok(None)
+        }
+
+        fn close_code(&self, reason: &DisconnectReason) -> (u16, String) {
+            crate::centrifuge::codes::disconnect_code(reason)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_an_event_brings_nearer_is_kept_though_the_timer_was_parked() {
+        let hub = Hub::new(HubConfig::new(NodeId::new("n"), ChannelRules::default()), Engine::memory());
+        let outbox = Arc::new(Outbox::new(1 << 16));
+        let alarms = Alarms::default();
+        let settings = DriverSettings {
+            hub,
+            write_timeout: Duration::from_secs(1),
+            sessions: Arc::default(),
+            metrics: Default::default(),
+            events: None,
+            alarms: alarms.clone(),
+        };
+        let far = Instant::now() + Duration::from_secs(3600);
+        let (_to_session, inbound) = mpsc::unbounded_channel();
+        let (outbound, mut from_session) = mpsc::unbounded_channel();
+        let protocol = Clocked { settings, outbox: outbox.clone(), deadline: far };
+        tokio::spawn(run(MemoryTransport { inbound, outbound }, protocol));
+        while alarms.is_empty() {
+            tokio::task::yield_now().await;
+        }
+
+        let started = Instant::now();
+        let channel = herald_engine::ChannelName::new("news").expect("a channel name");
+        outbox.push(Outgoing::Event(ConnEvent::Subscribed { channel })).expect("the outbox has room");
+        let closed = tokio::time::timeout(Duration::from_secs(60), from_session.recv()).await;
+        assert_eq!(closed, Ok(Some(Sent::Close(3012, "no pong".into()))), "closed at the nearer deadline");
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

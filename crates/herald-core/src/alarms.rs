@@ -189,10 +189,14 @@ impl Shared {
     /// The millisecond `deadline` falls in, rounded up: an alarm never
     /// fires before its deadline.
     fn tick(&self, deadline: Instant) -> u64 {
-        let since = deadline.saturating_duration_since(self.epoch);
-        let whole = u64::try_from(since.as_millis()).unwrap_or(LAST_TICK);
-        let rounded = whole.saturating_add(u64::from(since.subsec_nanos() % 1_000_000 != 0));
-        rounded.min(LAST_TICK)
+        let begun = self.millisecond(deadline);
+        let within = deadline.saturating_duration_since(self.epoch).subsec_nanos() % 1_000_000 != 0;
+        begun.saturating_add(u64::from(within)).min(LAST_TICK)
+    }
+
+    /// The millisecond `at` falls in, counted from the epoch.
+    fn millisecond(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(LAST_TICK)
     }
 
     /// The instant `tick` begins, if the clock can tell one that far.
@@ -203,9 +207,8 @@ impl Shared {
     /// Wakes the sessions whose alarms are due; returns when the next
     /// alarm is, if one is set (and the clock can tell when).
     fn fire_due(&self) -> Option<Instant> {
-        // The millisecond that has fully begun: alarms at or before it are due.
-        let now = Instant::now().saturating_duration_since(self.epoch);
-        let now = u64::try_from(now.as_millis()).unwrap_or(LAST_TICK);
+        // The millisecond that has begun: alarms at or before it are due.
+        let now = self.millisecond(Instant::now());
         let mut due = Vec::new();
         loop {
             let mut map = self.map();
@@ -224,14 +227,13 @@ impl Shared {
             }
             let next = map.alarms.first_key_value().map(|(key, _)| key.wrapping_shr(SEQUENCE_BITS));
             drop(map);
-            let more = taken == BATCH;
             for outbox in due.drain(..) {
                 std::task::Wake::wake(outbox);
             }
-            match (more, next) {
-                (true, _) => continue,
-                (false, Some(tick)) if tick <= now => continue,
-                (false, next) => return next.and_then(|tick| self.instant(tick)),
+            // A batch cut short by the bound may have more due behind it;
+            // else the first alarm left is not due yet.
+            if taken < BATCH {
+                return next.and_then(|tick| self.instant(tick));
             }
         }
     }

@@ -236,7 +236,9 @@ fn act<'a, P: Protocol, T: Transport>(
     }
 }
 
-/// Writes what the outbox holds; `Some(end)` as for [`receive`].
+/// Writes everything the outbox holds; `Some(end)` ends the session, as
+/// for [`receive`]: `end` is `Some(reason)` when the server ends it,
+/// `None` when the transport broke.
 #[allow(clippy::manual_async_fn)] // not `async fn`, as `run`
 fn write<'a, P: Protocol, T: Transport>(
     protocol: &'a mut P,
@@ -324,27 +326,18 @@ async fn handle<P: Protocol, T: Transport>(
         match protocol.on_message(part).await {
             Ok(None) => {}
             Ok(Some(rest)) => {
-                if let Err(end) = flush(protocol, transport).await {
+                if let Some(end) = write(protocol, transport).await {
                     return Some(end);
                 }
                 message = Some(rest);
             }
             Err(reason) => {
-                let _ = flush(protocol, transport).await;
+                let _ = write(protocol, transport).await;
                 return Some(Some(reason));
             }
         }
     }
     None
-}
-
-/// Writes everything queued. `Err` ends the session: `Some(reason)` when
-/// the server ends it, `None` when the transport broke.
-async fn flush<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T) -> Result<(), Option<DisconnectReason>> {
-    match start(protocol, transport).await? {
-        Started::Written => Ok(()),
-        Started::Owed => finish_flush(protocol, transport).await,
-    }
 }
 
 pin_project_lite::pin_project! {

@@ -38,6 +38,10 @@ pub enum HubError {
     /// The engine cannot serve right now (for example Redis is down); retry.
     #[error("engine unavailable: {0}")]
     EngineUnavailable(String),
+    /// The subscription ended (a server-side unsubscribe, or the engine
+    /// interrupted) while its history was read; subscribe again.
+    #[error("the subscription ended while it was being made; subscribe again")]
+    Interrupted,
 }
 
 impl From<EngineError> for HubError {

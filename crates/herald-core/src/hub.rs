@@ -472,3 +472,6 @@ mod delta_tests;
 
 #[cfg(test)]
 mod presence_tests;
+
+#[cfg(test)]
+mod seam_tests;

@@ -60,6 +60,7 @@ pub(crate) fn hub_error(error: &HubError) -> Reported {
         HubError::UnrecoverablePosition => (UNRECOVERABLE_POSITION, false, S::OK, S::BAD_REQUEST, 400),
         HubError::NotAvailable(_) => (NOT_AVAILABLE, false, S::SERVICE_UNAVAILABLE, S::SERVICE_UNAVAILABLE, 503),
         HubError::EngineUnavailable(_) => (INTERNAL, true, S::SERVICE_UNAVAILABLE, S::SERVICE_UNAVAILABLE, 503),
+        HubError::Interrupted => (INTERNAL, true, S::SERVICE_UNAVAILABLE, S::SERVICE_UNAVAILABLE, 503),
     };
     Reported { code, temporary, api_status, pusher_status, pusher_subscription_status }
 }
@@ -69,7 +70,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_hub_error_has_centrifugos_code_and_only_an_engine_outage_is_temporary() {
+    fn each_hub_error_has_centrifugos_code_and_only_an_engine_outage_or_an_interrupted_subscribe_is_temporary() {
         let cases = [
             (HubError::UnknownChannel, 102),
             (HubError::PermissionDenied, 103),
@@ -80,12 +81,14 @@ mod tests {
             (HubError::NotAvailable("off".into()), 108),
             (HubError::UnrecoverablePosition, 112),
             (HubError::EngineUnavailable("down".into()), 100),
+            (HubError::Interrupted, 100),
         ];
         for (error, code) in cases {
             let reported = hub_error(&error);
             assert_eq!(reported.code, code, "{error:?}");
-            assert_eq!(reported.temporary, matches!(error, HubError::EngineUnavailable(_)), "{error:?}");
-            let unavailable = matches!(error, HubError::EngineUnavailable(_) | HubError::NotAvailable(_));
+            let retry = matches!(error, HubError::EngineUnavailable(_) | HubError::Interrupted);
+            assert_eq!(reported.temporary, retry, "{error:?}");
+            let unavailable = retry || matches!(error, HubError::NotAvailable(_));
             assert_eq!(reported.api_status == StatusCode::SERVICE_UNAVAILABLE, unavailable, "{error:?}");
             assert_eq!(reported.pusher_status == StatusCode::SERVICE_UNAVAILABLE, unavailable, "{error:?}");
         }

@@ -34,9 +34,16 @@ struct More {
     /// the last offset it was sent (see [`Followed`]).
     followed: Option<Followed>,
     /// Present while the subscription recovers: publications wait here.
-    recovering: Option<Box<Mutex<Vec<Arc<Publication>>>>>,
+    recovering: Option<Waiting>,
     rare: Option<Box<Rare>>,
 }
+
+/// Where a recovering subscriber's publications wait while its history
+/// is read. The subscribe that reads it keeps a handle to the same buffer:
+/// no lock is held during the read, so when it comes back for the seam it
+/// knows its own subscriber by it (the subscription may have ended, and
+/// another begun, meanwhile).
+pub(super) type Waiting = Arc<Mutex<Vec<Arc<Publication>>>>;
 
 /// What a subscriber needs that few do.
 #[derive(Debug, Default)]
@@ -61,13 +68,24 @@ impl Subscriber {
         let user = user.filter(|user| !conn.is_user(user));
         let rare = (user.is_some() || delta).then(|| Box::new(Rare { user, delta: delta.then(DeltaBase::default) }));
         let more = (rare.is_some() || positioned)
-            .then(|| Box::new(More { followed: None, recovering: positioned.then(Box::default), rare }));
+            .then(|| Box::new(More { followed: None, recovering: positioned.then(Waiting::default), rare }));
         Self { conn, join_leave, positioned, more }
     }
 
     /// The buffer of a subscriber that recovers.
     pub(super) fn recovering(&self) -> Option<&Mutex<Vec<Arc<Publication>>>> {
         self.more.as_ref()?.recovering.as_deref()
+    }
+
+    /// A handle to the buffer of a subscriber that recovers.
+    pub(super) fn waiting(&self) -> Option<Waiting> {
+        self.more.as_ref()?.recovering.clone()
+    }
+
+    /// Whether the subscriber still recovers into `waiting`: it is the
+    /// subscription that buffer was made for, and it is not live yet.
+    pub(super) fn waits_in(&self, waiting: &Waiting) -> bool {
+        self.more.as_ref().and_then(|more| more.recovering.as_ref()).is_some_and(|own| Arc::ptr_eq(own, waiting))
     }
 
     /// The stream a live positioned subscriber follows.
@@ -97,7 +115,7 @@ impl Subscriber {
             more.followed = Some(Followed::at(position));
         }
         match more.recovering.take() {
-            Some(buffer) => buffer.into_inner().unwrap_or_else(|e| e.into_inner()),
+            Some(buffer) => std::mem::take(&mut *buffer.lock().unwrap_or_else(|e| e.into_inner())),
             None => Vec::new(),
         }
     }
@@ -214,6 +232,15 @@ impl Followed {
 /// One channel's local subscribers, by client.
 pub(super) type Subscribers = HashMap<ClientId, Subscriber>;
 
+/// What removing a subscriber left.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Removed {
+    /// How many subscribers the channel has left here.
+    pub(super) left: usize,
+    /// Whether the subscriber had gone live (and its join been announced).
+    pub(super) joined: bool,
+}
+
 /// Every channel with a local subscriber.
 #[derive(Debug)]
 pub(super) struct Channels {
@@ -264,18 +291,25 @@ impl Channels {
         (name, subscribers.len())
     }
 
+    /// Whether `client`'s subscriber to `channel` still recovers into
+    /// `waiting` (see [`Waiting`]).
+    pub(super) fn waits_in(&self, channel: &ChannelName, client: &ClientId, waiting: &Waiting) -> bool {
+        self.read(channel).get(channel).and_then(|s| s.get(client)).is_some_and(|s| s.waits_in(waiting))
+    }
+
     /// Removes `client`'s subscription, dropping the channel when it was
-    /// the last; returns how many subscribers are left, or `None` if the
-    /// channel had none.
-    pub(super) fn remove(&self, channel: &ChannelName, client: &ClientId) -> Option<usize> {
+    /// the last; `None` if the channel had no subscriber.
+    pub(super) fn remove(&self, channel: &ChannelName, client: &ClientId) -> Option<Removed> {
         let mut shard = self.write(channel);
         let subscribers = shard.get_mut(channel)?;
-        subscribers.remove(client);
+        let removed = subscribers.remove(client);
         let left = subscribers.len();
         if left == 0 {
             shard.remove(channel);
         }
-        Some(left)
+        // One still recovering was never live, so never announced.
+        let joined = removed.is_some_and(|subscriber| subscriber.recovering().is_none());
+        Some(Removed { left, joined })
     }
 
     /// Channels with their local subscriber counts, optionally only those

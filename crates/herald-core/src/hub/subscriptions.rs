@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use herald_engine::{ChannelName, HistoryOptions, HistoryQuery};
 
-use super::channels::{in_stream_order, Next, Subscriber};
+use super::channels::{in_stream_order, Next, Removed, Subscriber};
 use super::recovery::{self, Recovery};
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
@@ -43,6 +43,14 @@ impl Hub {
     /// Subscribes `conn` to `channel`. `reply` encodes the front-end's reply
     /// from the outcome; it is queued ahead of the channel's next
     /// publication (and of anything recovered that is not in it).
+    ///
+    /// The channel's interest lock is held while the subscriber is added
+    /// and while it goes live, not while its history is read: a thousand
+    /// clients recovering in one channel read side by side instead of one
+    /// engine round trip after another. Should the subscription end while
+    /// its history is read (a server-side unsubscribe, the engine
+    /// interrupted), the subscribe fails with [`HubError::Interrupted`],
+    /// which clients retry.
     pub async fn subscribe(
         &self,
         conn: &Arc<Connection>,
@@ -52,7 +60,7 @@ impl Hub {
         reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
     ) -> Result<SubscribeOutcome, HubError> {
         let options = &self.authorize_subscribe(conn, channel, access)?;
-        let _interest = self.channels.interest_lock(channel).lock().await;
+        let interest = self.channels.interest_lock(channel).lock().await;
         self.check_subscription_limits(conn, channel, options)?;
 
         let history = options.history();
@@ -66,60 +74,78 @@ impl Hub {
         let subscription = &request.subscription;
         let subscriber =
             Subscriber::new(conn.clone(), subscription.join_leave, positioned, subscription.user.clone(), delta);
+        let waiting = subscriber.waiting();
         let (name, subscribers) = self.channels.add(channel, subscriber);
         conn.subscriptions().insert(name, request.subscription.clone());
         self.occupancy.update(channel, subscribers).await;
 
         let mut outcome = SubscribeOutcome { positioned, recoverable, delta, ..Default::default() };
-        if let Some(history) = &history {
-            if positioned {
-                if let Err(error) = self.read_recovery(channel, &request, options, history, &mut outcome).await {
-                    if let Some(left) = self.remove_subscriber(conn, channel).await {
-                        self.occupancy.update(channel, left).await;
+        let _interest = match (&history, &waiting) {
+            (Some(history), Some(waiting)) => {
+                drop(interest);
+                let read = self.read_recovery(channel, &request, options, history, &mut outcome).await;
+                let interest = self.channels.interest_lock(channel).lock().await;
+                let ours = self.channels.waits_in(channel, &conn.client, waiting);
+                if let Err(error) = read {
+                    if ours {
+                        self.remove_and_update(conn, channel).await;
                     }
                     return Err(error);
                 }
+                if !ours {
+                    return Err(HubError::Interrupted);
+                }
+                interest
             }
-        }
+            _ => interest,
+        };
 
-        if self.go_live_after(conn, channel, &outcome, reply) == Next::Stale {
-            // What came while the subscription recovered does not continue
-            // the stream it read: this node missed publications. The client
-            // is told at once, after its reply, and recovers again.
-            if let Some(left) = self.remove_subscriber(conn, channel).await {
-                self.occupancy.update(channel, left).await;
+        match self.go_live_after(conn, channel, &outcome, reply) {
+            Seam::Live => {}
+            Seam::Gone => return Err(HubError::Interrupted),
+            Seam::Stale => {
+                // What came while the subscription recovered does not
+                // continue the stream it read: this node missed
+                // publications. The client is told at once, after its
+                // reply, and recovers again.
+                self.remove_and_update(conn, channel).await;
+                let reason = UnsubscribeReason::InsufficientState;
+                let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Unsubscribed { channel: channel.clone(), reason }));
+                return Ok(outcome);
             }
-            let reason = UnsubscribeReason::InsufficientState;
-            let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Unsubscribed { channel: channel.clone(), reason }));
-            return Ok(outcome);
         }
 
         self.presence.announce(conn.info_in(channel), channel, options, true).await;
         Ok(outcome)
     }
 
+    /// Removes the subscription and updates occupancy with what is left.
+    /// The caller holds the channel's interest lock.
+    async fn remove_and_update(&self, conn: &Arc<Connection>, channel: &ChannelName) {
+        if let Some(removed) = self.remove_subscriber(conn, channel).await {
+            self.occupancy.update(channel, removed.left).await;
+        }
+    }
+
     /// Queues the reply, then what was buffered above the reply's position (in the stream's order),
     /// and switches the subscriber to live delivery, all under the shard
-    /// lock fanout takes. `Next::Stale` if what was buffered does not
-    /// continue the stream from the reply's position.
+    /// lock fanout takes. `Seam::Stale` if what was buffered does not
+    /// continue the stream from the reply's position, `Seam::Gone` (and
+    /// nothing queued) if the subscription is no longer there.
     fn go_live_after(
         &self,
         conn: &Arc<Connection>,
         channel: &ChannelName,
         outcome: &SubscribeOutcome,
         reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
-    ) -> Next {
+    ) -> Seam {
         let mut shard = self.channels.write(channel);
-        let (buffered, followed, delta) = match shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) {
-            Some(subscriber) => {
-                let mut buffered = subscriber.go_live(outcome.positioned.then_some(&outcome.position));
-                if outcome.positioned {
-                    in_stream_order(&mut buffered, &outcome.position.epoch);
-                }
-                (buffered, subscriber.followed(), subscriber.delta())
-            }
-            None => (Vec::new(), None, None),
-        };
+        let Some(subscriber) = shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) else { return Seam::Gone };
+        let mut buffered = subscriber.go_live(outcome.positioned.then_some(&outcome.position));
+        if outcome.positioned {
+            in_stream_order(&mut buffered, &outcome.position.epoch);
+        }
+        let (followed, delta) = (subscriber.followed(), subscriber.delta());
         if let Some(reply) = reply(outcome) {
             // A full outbox closes itself as slow; the session ends and
             // cleans up this subscription with the rest.
@@ -139,10 +165,10 @@ impl Hub {
                     let _ = conn.outbox.push(Outgoing::Frame(frame));
                 }
                 Next::Skip => {}
-                Next::Stale => return Next::Stale,
+                Next::Stale => return Seam::Stale,
             }
         }
-        Next::Send
+        Seam::Live
     }
 
     /// Reads the stream position and, when recovering, what was missed.
@@ -211,27 +237,39 @@ impl Hub {
         let _interest = self.channels.interest_lock(channel).lock().await;
         // Who the connection was in the channel, read before the subscription goes.
         let info = conn.info_in(channel);
-        let Some(left) = self.remove_subscriber(conn, channel).await else { return false };
-        if let Ok(options) = self.rules().resolve(channel) {
+        let Some(removed) = self.remove_subscriber(conn, channel).await else { return false };
+        // A subscriber still recovering never joined: no leave either.
+        if let (true, Ok(options)) = (removed.joined, self.rules().resolve(channel)) {
             self.presence.announce(info, channel, options, false).await;
         }
-        self.occupancy.update(channel, left).await;
+        self.occupancy.update(channel, removed.left).await;
         true
     }
 
-    /// Removes the subscription and returns how many subscribers the
-    /// channel has left here, or `None` if `conn` was not subscribed. The
-    /// caller holds the channel's interest lock and updates occupancy.
-    async fn remove_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> Option<usize> {
+    /// Removes the subscription and says what that left, or `None` if
+    /// `conn` was not subscribed. The caller holds the channel's interest
+    /// lock and updates occupancy.
+    async fn remove_subscriber(&self, conn: &Arc<Connection>, channel: &ChannelName) -> Option<Removed> {
         if !conn.subscriptions().remove(channel) {
             return None;
         }
-        let left = self.channels.remove(channel, &conn.client);
-        if left == Some(0) && !self.watchers.watching(channel) {
+        let removed = self.channels.remove(channel, &conn.client).unwrap_or(Removed { left: 0, joined: false });
+        if removed.left == 0 && !self.watchers.watching(channel) {
             if let Err(error) = self.engine.broker().unsubscribe(channel).await {
                 tracing::warn!(%channel, %error, "engine unsubscribe failed; the node may receive publications it drops");
             }
         }
-        Some(left.unwrap_or(0))
+        Some(removed)
     }
+}
+
+/// How a subscriber's switch to live delivery came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seam {
+    /// Live, its reply and what it buffered queued.
+    Live,
+    /// What it buffered does not continue the stream it read.
+    Stale,
+    /// The subscription ended while its history was read.
+    Gone,
 }

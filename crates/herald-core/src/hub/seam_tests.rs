@@ -1,0 +1,290 @@
+//! Subscribers recovering in one channel read its history side by side:
+//! the channel's interest lock is not held across the read. What may
+//! happen meanwhile (the subscription ended, or ended and made again)
+//! leaves every subscription whole and every client told the truth.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_engine::{
+    ChannelName, ClientId, Engine, EngineError, History, HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine,
+    NodeId, PresenceEvent, Publication, UserId,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
+use crate::connection::{Connection, ConnectionSpec, PushEncoder};
+use crate::error::HubError;
+use crate::frame::Frame;
+use crate::namespace::{ChannelRules, NamespaceOptions};
+use crate::outbox::{Drained, Outbox, Outgoing};
+
+#[derive(Debug)]
+struct LineEncoder;
+
+impl PushEncoder for LineEncoder {
+    fn protocol(&self) -> &'static str {
+        "test"
+    }
+
+    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Frame {
+        Frame::Text(format!("pub {}", publication.offset).into())
+    }
+    fn encode_presence(&self, _: &ChannelName, event: &PresenceEvent, _: bool) -> Option<Frame> {
+        let line = match event {
+            PresenceEvent::Join { info, .. } => format!("join {}", info.client),
+            PresenceEvent::Leave { info, .. } => format!("leave {}", info.client),
+        };
+        Some(Frame::Text(line.into()))
+    }
+}
+
+/// The memory engine's history, but each read waits at a gate the test
+/// opens one read at a time, in the order the reads arrived; a read may
+/// be made to fail.
+#[derive(Debug)]
+struct GatedHistory {
+    memory: Arc<MemoryEngine>,
+    gate: Arc<Semaphore>,
+    arrived: Arc<AtomicUsize>,
+    fail: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl History for GatedHistory {
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        query: &HistoryQuery,
+        options: &HistoryOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        self.gate.acquire().await.expect("the gate stays open").forget();
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(EngineError::Unavailable("the history read failed".into()));
+        }
+        self.memory.history(channel, query, options).await
+    }
+    async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.memory.remove_history(channel).await
+    }
+}
+
+struct Node {
+    hub: Arc<Hub>,
+    gate: Arc<Semaphore>,
+    arrived: Arc<AtomicUsize>,
+    fail: Arc<AtomicBool>,
+    channel: ChannelName,
+}
+
+impl Node {
+    /// A node whose `feed` namespace keeps history, recovers, and has
+    /// presence with joins and leaves; every history read is held at the gate.
+    async fn start() -> Self {
+        let memory = Arc::new(MemoryEngine::new());
+        let (gate, arrived, fail) = (Arc::new(Semaphore::new(0)), Arc::default(), Arc::default());
+        let history = GatedHistory {
+            memory: memory.clone(),
+            gate: gate.clone(),
+            arrived: Arc::clone(&arrived),
+            fail: Arc::clone(&fail),
+        };
+        let engine =
+            Engine::from_parts("gated", memory.clone(), Arc::new(history), memory.clone(), memory.clone(), memory);
+        let feed = NamespaceOptions {
+            history_size: 100,
+            force_recovery: true,
+            presence: true,
+            join_leave: true,
+            ..Default::default()
+        };
+        let rules = ChannelRules::new(NamespaceOptions::default(), BTreeMap::from([("feed".to_owned(), feed)]));
+        let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), engine);
+        hub.start().await.unwrap();
+        Self { hub, gate, arrived, fail, channel: ChannelName::new("feed:x").unwrap() }
+    }
+
+    fn connect(&self, client: &str) -> Arc<Connection> {
+        self.hub
+            .connect(ConnectionSpec {
+                client: ClientId::new(client),
+                user: UserId::new(client).unwrap(),
+                conn_info: None,
+                encoder: Arc::new(LineEncoder),
+                outbox: Arc::new(Outbox::new(1 << 20)),
+            })
+            .unwrap()
+    }
+
+    /// Starts `conn`'s subscribe, hearing joins and leaves if `join_leave`;
+    /// it reaches the gate and waits there.
+    fn subscribe(&self, conn: &Arc<Connection>, join_leave: bool) -> JoinHandle<Result<SubscribeOutcome, HubError>> {
+        let (hub, conn, channel) = (self.hub.clone(), conn.clone(), self.channel.clone());
+        tokio::spawn(async move {
+            let reply =
+                |o: &SubscribeOutcome| Some(Outgoing::Frame(Frame::Text(format!("sub {}", o.position.offset).into())));
+            let mut request = SubscribeRequest::default();
+            request.subscription.join_leave = join_leave;
+            hub.subscribe(&conn, &channel, SubscribeAccess::Client, request, reply).await
+        })
+    }
+
+    /// Waits until `reads` history reads have reached the gate.
+    async fn reads_waiting(&self, reads: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.arrived.load(Ordering::SeqCst) < reads {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {reads} history reads began: one waits for another",
+                self.arrived.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Lets the next `reads` history reads through, in the order they came.
+    fn open(&self, reads: usize) {
+        self.gate.add_permits(reads);
+    }
+
+    async fn publish(&self) {
+        let publication = Publication::from_data(Bytes::from_static(b"1"));
+        self.hub.publish(&self.channel, publication, None, false).await.unwrap();
+    }
+
+    async fn present(&self) -> Vec<String> {
+        let mut clients: Vec<String> =
+            self.hub.presence(&self.channel).await.unwrap().into_iter().map(|info| info.client.to_string()).collect();
+        clients.sort();
+        clients
+    }
+}
+
+/// What the connection was sent so far, in order, as short lines.
+fn sent(conn: &Connection) -> Vec<String> {
+    match conn.outbox().drain() {
+        Drained::Items(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Outgoing::Frame(frame) => String::from_utf8(frame.as_bytes().to_vec()).unwrap(),
+                Outgoing::Event(event) => format!("{event:?}"),
+            })
+            .collect(),
+        Drained::Closed(reason) => vec![format!("closed: {reason:?}")],
+    }
+}
+
+/// Waits until the connection has been sent `lines`, in order.
+async fn until_sent(conn: &Connection, lines: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while seen.len() < lines.len() && tokio::time::Instant::now() < deadline {
+        seen.extend(sent(conn));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(seen, lines);
+}
+
+async fn finished<T>(task: JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("it finished").expect("it did not panic")
+}
+
+#[tokio::test]
+async fn clients_recovering_in_one_channel_read_its_history_side_by_side() {
+    let node = Node::start().await;
+    let (first, second) = (node.connect("c1"), node.connect("c2"));
+    let subscribing = [node.subscribe(&first, false), node.subscribe(&second, false)];
+    node.reads_waiting(2).await;
+
+    node.publish().await;
+    node.open(2);
+    for task in subscribing {
+        finished(task).await.unwrap();
+    }
+    // The reads came after the publication: it is in each reply's
+    // position, and not sent again though it reached both while they read.
+    until_sent(&first, &["sub 1"]).await;
+    until_sent(&second, &["sub 1"]).await;
+    assert_eq!(node.present().await, ["c1", "c2"]);
+
+    node.publish().await;
+    until_sent(&first, &["pub 2"]).await;
+    until_sent(&second, &["pub 2"]).await;
+}
+
+#[tokio::test]
+async fn a_subscription_ended_while_its_history_is_read_fails_its_subscribe_with_a_retry() {
+    let node = Node::start().await;
+    let watcher = node.connect("watcher");
+    let watching = node.subscribe(&watcher, true);
+    node.open(1);
+    finished(watching).await.unwrap();
+    until_sent(&watcher, &["sub 0", "join watcher"]).await;
+
+    let client = node.connect("c1");
+    let subscribing = node.subscribe(&client, true);
+    node.reads_waiting(2).await;
+    let unsubscribed = tokio::time::timeout(Duration::from_secs(5), node.hub.unsubscribe(&client, &node.channel));
+    assert!(unsubscribed.await.expect("an unsubscribe does not wait for a history read"));
+
+    node.open(1);
+    let refused = finished(subscribing).await.unwrap_err();
+    assert_eq!(refused, HubError::Interrupted);
+    assert!(sent(&client).is_empty(), "no reply of its own: the front-end replies with the error");
+    assert!(!client.subscriptions().contains_key(&node.channel));
+    assert_eq!(node.hub.subscription_count(&node.channel).await.unwrap(), 1, "the watcher alone");
+    assert_eq!(node.present().await, ["watcher"]);
+
+    node.publish().await;
+    // No leave before it: the client never joined.
+    until_sent(&watcher, &["pub 1"]).await;
+    assert!(sent(&client).is_empty());
+}
+
+#[tokio::test]
+async fn a_subscribe_that_outlived_its_subscription_leaves_the_next_one_alone() {
+    let node = Node::start().await;
+    let client = node.connect("c1");
+    let outlived = node.subscribe(&client, true);
+    node.reads_waiting(1).await;
+    let unsubscribed = tokio::time::timeout(Duration::from_secs(5), node.hub.unsubscribe(&client, &node.channel));
+    assert!(unsubscribed.await.expect("an unsubscribe does not wait for a history read"));
+    let again = node.subscribe(&client, true);
+    node.reads_waiting(2).await;
+
+    node.open(1);
+    assert_eq!(finished(outlived).await.unwrap_err(), HubError::Interrupted);
+    assert!(client.subscriptions().contains_key(&node.channel), "the second subscription is still being made");
+    node.publish().await;
+
+    node.open(1);
+    finished(again).await.unwrap();
+    until_sent(&client, &["sub 1", "join c1"]).await;
+    assert_eq!(node.present().await, ["c1"]);
+    node.publish().await;
+    until_sent(&client, &["pub 2"]).await;
+}
+
+#[tokio::test]
+async fn a_history_read_that_fails_leaves_no_subscription_behind() {
+    let node = Node::start().await;
+    let client = node.connect("c1");
+    node.fail.store(true, Ordering::SeqCst);
+    let subscribing = node.subscribe(&client, true);
+    node.open(1);
+    assert!(matches!(finished(subscribing).await, Err(HubError::EngineUnavailable(_))));
+    assert!(!client.subscriptions().contains_key(&node.channel));
+    assert_eq!(node.hub.subscription_count(&node.channel).await.unwrap(), 0);
+    assert!(node.present().await.is_empty(), "it never joined");
+
+    node.fail.store(false, Ordering::SeqCst);
+    let subscribing = node.subscribe(&client, true);
+    node.open(1);
+    finished(subscribing).await.unwrap();
+    until_sent(&client, &["sub 0", "join c1"]).await;
+}

@@ -152,6 +152,20 @@ impl PresenceKeeper {
         }
     }
 
+    /// Removes the entry of a connection whose subscription ended before
+    /// it went live, which a refresh may have written meanwhile (a refresh
+    /// lists every subscription, recovering ones too). Nothing is told:
+    /// its join never was.
+    pub(super) async fn withdraw(&self, info: &ClientInfo, channel: &ChannelName, options: &NamespaceOptions) {
+        if !options.presence {
+            return;
+        }
+        self.note_change(channel, &info.client, false);
+        if let Err(error) = self.engine.presence().remove_presence(channel, info).await {
+            tracing::warn!(%channel, %error, "presence entry of a subscription that never went live may show until its ttl");
+        }
+    }
+
     /// Refreshes those of the live connections' `entries` whose beat this
     /// is (all of them after a failure or a break in the link), so they
     /// outlive their ttl: in one call, which the engine batches.

@@ -88,7 +88,7 @@ impl Hub {
                 let ours = self.channels.waits_in(channel, &conn.client, waiting);
                 if let Err(error) = read {
                     if ours {
-                        self.remove_and_update(conn, channel).await;
+                        self.remove_unjoined(conn, channel, options).await;
                     }
                     return Err(error);
                 }
@@ -108,7 +108,7 @@ impl Hub {
                 // continue the stream it read: this node missed
                 // publications. The client is told at once, after its
                 // reply, and recovers again.
-                self.remove_and_update(conn, channel).await;
+                self.remove_unjoined(conn, channel, options).await;
                 let reason = UnsubscribeReason::InsufficientState;
                 let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Unsubscribed { channel: channel.clone(), reason }));
                 return Ok(outcome);
@@ -119,10 +119,13 @@ impl Hub {
         Ok(outcome)
     }
 
-    /// Removes the subscription and updates occupancy with what is left.
-    /// The caller holds the channel's interest lock.
-    async fn remove_and_update(&self, conn: &Arc<Connection>, channel: &ChannelName) {
+    /// Removes a subscription that never went live (so never joined) and
+    /// updates occupancy with what is left. The caller holds the channel's
+    /// interest lock.
+    async fn remove_unjoined(&self, conn: &Arc<Connection>, channel: &ChannelName, options: &NamespaceOptions) {
+        let info = conn.info_in(channel);
         if let Some(removed) = self.remove_subscriber(conn, channel).await {
+            self.presence.withdraw(&info, channel, options).await;
             self.occupancy.update(channel, removed.left).await;
         }
     }
@@ -232,18 +235,25 @@ impl Hub {
         Ok(())
     }
 
-    /// Unsubscribes `conn` from `channel`; false if it was not subscribed.
+    /// Unsubscribes `conn` from `channel`. True if a live subscription
+    /// ended, one its client was told of (the caller tells it of the end).
+    /// A subscription still being made ends too, and its subscribe fails
+    /// with [`HubError::Interrupted`], which tells the client instead: false
+    /// then, as when `conn` was not subscribed.
     pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
         let _interest = self.channels.interest_lock(channel).lock().await;
         // Who the connection was in the channel, read before the subscription goes.
         let info = conn.info_in(channel);
         let Some(removed) = self.remove_subscriber(conn, channel).await else { return false };
-        // A subscriber still recovering never joined: no leave either.
-        if let (true, Ok(options)) = (removed.joined, self.rules().resolve(channel)) {
-            self.presence.announce(info, channel, options, false).await;
+        if let Ok(options) = self.rules().resolve(channel) {
+            match removed.joined {
+                true => self.presence.announce(info, channel, options, false).await,
+                // It never joined: no leave either.
+                false => self.presence.withdraw(&info, channel, options).await,
+            }
         }
         self.occupancy.update(channel, removed.left).await;
-        true
+        removed.joined
     }
 
     /// Removes the subscription and says what that left, or `None` if

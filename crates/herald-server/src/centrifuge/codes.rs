@@ -80,6 +80,20 @@ pub(crate) fn disconnect_code(reason: &DisconnectReason) -> (u16, String) {
     (code, text.to_owned())
 }
 
+/// How a refused uni-directional connect ends: such a client cannot be
+/// sent an error reply, only a close code, which must still say whether
+/// to come back.
+pub(crate) fn uni_connect_refusal(error: &ClientError) -> DisconnectReason {
+    match error {
+        ClientError::TokenExpired => DisconnectReason::ConnectionExpired,
+        ClientError::TooManyRequests => DisconnectReason::TooManyRequests,
+        // The engine did not answer, a backend was away, a subscription
+        // was interrupted: the next attempt may well work.
+        temporary if temporary.code().1 => DisconnectReason::Internal,
+        _ => DisconnectReason::BadRequest,
+    }
+}
+
 /// The code and reason of an unsubscribe push.
 pub(crate) fn unsubscribe_code(reason: UnsubscribeReason) -> (u32, &'static str) {
     match reason {
@@ -92,6 +106,24 @@ pub(crate) fn unsubscribe_code(reason: UnsubscribeReason) -> (u32, &'static str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_uni_directional_connect_is_told_to_come_back_only_when_the_refusal_may_pass() {
+        let cases = [
+            (ClientError::TokenExpired, 3005),
+            (ClientError::TooManyRequests, 3013),
+            (ClientError::Hub(HubError::EngineUnavailable("down".into())), 3004),
+            (ClientError::Hub(HubError::Interrupted), 3004),
+            (ClientError::BackendUnavailable, 3004),
+            (ClientError::Backend { code: 4000, message: "later".into(), temporary: true }, 3004),
+            (ClientError::Backend { code: 4001, message: "no".into(), temporary: false }, 3501),
+            (ClientError::Hub(HubError::PermissionDenied), 3501),
+            (ClientError::BadRequest("x".into()), 3501),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(disconnect_code(&uni_connect_refusal(&error)).0, expected, "{error:?}");
+        }
+    }
 
     #[test]
     fn reconnect_advice_follows_the_code_ranges() {

@@ -298,10 +298,7 @@ impl Session {
             Err(Failure::Disconnect(reason)) => Err(reason),
             Err(Failure::Reply(error)) => {
                 tracing::info!(%error, "uni-directional connect refused");
-                Err(match error {
-                    ClientError::TokenExpired => DisconnectReason::ConnectionExpired,
-                    _ => DisconnectReason::BadRequest,
-                })
+                Err(super::codes::uni_connect_refusal(&error))
             }
         }
     }

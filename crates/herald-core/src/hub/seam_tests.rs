@@ -16,12 +16,13 @@ use herald_engine::{
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use super::tests::frames;
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::{Connection, ConnectionSpec, PushEncoder};
 use crate::error::HubError;
 use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
-use crate::outbox::{Drained, Outbox, Outgoing};
+use crate::outbox::{Outbox, Outgoing};
 
 #[derive(Debug)]
 struct LineEncoder;
@@ -172,26 +173,12 @@ impl Node {
     }
 }
 
-/// What the connection was sent so far, in order, as short lines.
-fn sent(conn: &Connection) -> Vec<String> {
-    match conn.outbox().drain() {
-        Drained::Items(items) => items
-            .into_iter()
-            .map(|item| match item {
-                Outgoing::Frame(frame) => String::from_utf8(frame.as_bytes().to_vec()).unwrap(),
-                Outgoing::Event(event) => format!("{event:?}"),
-            })
-            .collect(),
-        Drained::Closed(reason) => vec![format!("closed: {reason:?}")],
-    }
-}
-
 /// Waits until the connection has been sent `lines`, in order.
 async fn until_sent(conn: &Connection, lines: &[&str]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut seen = Vec::new();
     while seen.len() < lines.len() && tokio::time::Instant::now() < deadline {
-        seen.extend(sent(conn));
+        seen.extend(frames(conn));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert_eq!(seen, lines);
@@ -247,7 +234,7 @@ async fn a_subscription_ended_while_its_history_is_read_fails_its_subscribe_with
     node.open(1);
     let refused = finished(subscribing).await.unwrap_err();
     assert_eq!(refused, HubError::Interrupted);
-    assert!(sent(&client).is_empty(), "no reply of its own: the front-end replies with the error");
+    assert!(frames(&client).is_empty(), "no reply of its own: the front-end replies with the error");
     assert!(!client.subscriptions().contains_key(&node.channel));
     assert_eq!(node.hub.subscription_count(&node.channel).await.unwrap(), 1, "the watcher alone");
     assert_eq!(node.present().await, ["watcher"], "the entry the refresh wrote is gone");
@@ -255,7 +242,7 @@ async fn a_subscription_ended_while_its_history_is_read_fails_its_subscribe_with
     node.publish().await;
     // No leave before it: the client never joined.
     until_sent(&watcher, &["pub 1"]).await;
-    assert!(sent(&client).is_empty());
+    assert!(frames(&client).is_empty());
 }
 
 #[tokio::test]
@@ -301,4 +288,40 @@ async fn a_history_read_that_fails_leaves_no_subscription_behind() {
     node.open(1);
     finished(subscribing).await.unwrap();
     until_sent(&client, &["sub 0", "join c1"]).await;
+}
+
+#[tokio::test]
+async fn a_recovering_subscription_the_engine_interruption_ends_is_told_only_by_its_subscribes_error() {
+    let node = Node::start().await;
+    let client = node.connect("c1");
+    let subscribing = node.subscribe(&client, true);
+    node.reads_waiting(1).await;
+    // As when the engine's link breaks: every positioned subscription ends.
+    node.hub.clone().end_stale(vec![(client.clone(), node.channel.clone())]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while client.subscriptions().contains_key(&node.channel) {
+        assert!(tokio::time::Instant::now() < deadline, "the subscription was not ended");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    node.open(1);
+    assert_eq!(finished(subscribing).await.unwrap_err(), HubError::Interrupted);
+    assert!(frames(&client).is_empty(), "no unsubscribe for a subscription it was never told of");
+    assert_eq!(node.hub.subscription_count(&node.channel).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_connection_gone_while_its_subscription_recovers_leaves_nothing_behind() {
+    let node = Node::start().await;
+    let client = node.connect("c1");
+    let subscribing = node.subscribe(&client, true);
+    node.reads_waiting(1).await;
+    tokio::time::timeout(Duration::from_secs(5), node.hub.disconnect(&client))
+        .await
+        .expect("a disconnect does not wait for a history read");
+
+    node.open(1);
+    assert_eq!(finished(subscribing).await.unwrap_err(), HubError::Interrupted);
+    assert_eq!(node.hub.subscription_count(&node.channel).await.unwrap(), 0);
+    assert!(node.present().await.is_empty());
 }

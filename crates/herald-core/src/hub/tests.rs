@@ -114,7 +114,8 @@ fn uuid_like() -> String {
     format!("client-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-fn frames(conn: &Connection) -> Vec<String> {
+/// What the connection was sent so far, in order, as text.
+pub(super) fn frames(conn: &Connection) -> Vec<String> {
     match conn.outbox().drain() {
         Drained::Items(items) => items
             .into_iter()

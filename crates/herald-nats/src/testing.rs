@@ -45,13 +45,23 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// `n` free ports, all different: held open together while they are
+/// chosen (one at a time, a port just let go may be handed out again).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("a bound port").port()).collect()
+}
+
 impl NatsServer {
     /// Starts a server on a free port.
     pub fn start() -> Self {
-        Self::start_with(free_port(), Vec::new())
+        Self::start_with(free_port(), Vec::new(), &[])
     }
 
-    fn start_with(port: u16, extra: Vec<String>) -> Self {
+    /// Starts a server on `port` (or, should it not start there, another
+    /// free port that is none of `reserved`: ports its cluster's other
+    /// servers are yet to listen on).
+    fn start_with(port: u16, extra: Vec<String>, reserved: &[u16]) -> Self {
         if let Err(e) = Command::new("nats-server").arg("--version").stdout(Stdio::null()).status() {
             panic!("cannot run nats-server ({e}); install it (Debian: apt-get install nats-server)");
         }
@@ -66,7 +76,7 @@ impl NatsServer {
                 return server;
             }
             server.stop();
-            port = free_port();
+            port = std::iter::repeat_with(free_port).find(|p| !reserved.contains(p)).expect("an endless supply");
         }
         panic!("nats-server did not start on a free port after 5 tries");
     }
@@ -170,12 +180,16 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts `n` servers routed to each other.
     pub fn start(n: usize) -> Self {
-        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        // Every route and client port different: a server whose client
+        // port is another's route port joins the cluster as nothing.
+        let ports = free_ports(2 * n);
+        let (routes, clients) = ports.split_at(n);
         let all_routes = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
         let cluster_name = format!("herald-test-{}-{}", std::process::id(), free_port());
         let servers = routes
             .iter()
-            .map(|route| {
+            .zip(clients)
+            .map(|(route, client)| {
                 let extra = vec![
                     "--cluster_name".to_owned(),
                     cluster_name.clone(),
@@ -184,7 +198,7 @@ impl NatsCluster {
                     "--routes".to_owned(),
                     all_routes.clone(),
                 ];
-                NatsServer::start_with(free_port(), extra)
+                NatsServer::start_with(*client, extra, &ports)
             })
             .collect();
         Self { servers }

@@ -33,7 +33,11 @@
 //!   fanout buffers its publications while the hub reads history. Then,
 //!   under the shard lock, the reply carries the history up to the stream
 //!   top, the buffered publications above the top follow it, and the
-//!   subscriber goes live. Nothing is lost or repeated at that seam.
+//!   subscriber goes live. Nothing is lost or repeated at that seam. The
+//!   interest lock is not held during the read, so that the subscribers
+//!   of one channel read side by side; a subscription that ends meanwhile
+//!   was never live, its client is told only by its subscribe's temporary
+//!   error, and it announces no join or leave.
 //! - A live positioned subscriber is sent each offset of its stream once,
 //!   in order, and nothing else of the stream: a gap or another epoch (the
 //!   node missed publications) ends the subscription with "insufficient

@@ -161,8 +161,11 @@ impl PresenceKeeper {
             return;
         }
         self.note_change(channel, &info.client, false);
+        // Most often there is no such entry; and this fails on every
+        // subscribe a backplane outage fails, which the outage's own
+        // warnings already tell of.
         if let Err(error) = self.engine.presence().remove_presence(channel, info).await {
-            tracing::warn!(%channel, %error, "presence entry of a subscription that never went live may show until its ttl");
+            tracing::debug!(%channel, %error, "presence entry of a subscription that never went live may show until its ttl");
         }
     }
 

@@ -48,9 +48,9 @@ impl Hub {
     /// and while it goes live, not while its history is read: a thousand
     /// clients recovering in one channel read side by side instead of one
     /// engine round trip after another. Should the subscription end while
-    /// its history is read (a server-side unsubscribe, the engine
-    /// interrupted), the subscribe fails with [`HubError::Interrupted`],
-    /// which clients retry.
+    /// its history is read (a server-side unsubscribe, a disconnect, the
+    /// engine interrupted), the subscribe fails with
+    /// [`HubError::Interrupted`], which clients retry.
     pub async fn subscribe(
         &self,
         conn: &Arc<Connection>,
@@ -119,9 +119,9 @@ impl Hub {
         Ok(outcome)
     }
 
-    /// Removes a subscription that never went live (so never joined) and
-    /// updates occupancy with what is left. The caller holds the channel's
-    /// interest lock.
+    /// Removes a subscription whose join was never announced (its history
+    /// read failed, or what it buffered was stale) and updates occupancy
+    /// with what is left. The caller holds the channel's interest lock.
     async fn remove_unjoined(&self, conn: &Arc<Connection>, channel: &ChannelName, options: &NamespaceOptions) {
         let info = conn.info_in(channel);
         if let Some(removed) = self.remove_subscriber(conn, channel).await {

@@ -11,38 +11,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_engine::{
     ChannelName, ClientId, Engine, EngineError, History, HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine,
-    NodeId, Presence, PresenceEvent, Publication, UserId,
+    NodeId, Presence, Publication, UserId,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::tests::frames;
+use super::tests::{frames, OffsetEncoder};
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-use crate::connection::{Connection, ConnectionSpec, PushEncoder};
+use crate::connection::{Connection, ConnectionSpec};
 use crate::error::HubError;
 use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::{Outbox, Outgoing};
-
-#[derive(Debug)]
-struct LineEncoder;
-
-impl PushEncoder for LineEncoder {
-    fn protocol(&self) -> &'static str {
-        "test"
-    }
-
-    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Frame {
-        Frame::Text(format!("pub {}", publication.offset).into())
-    }
-    fn encode_presence(&self, _: &ChannelName, event: &PresenceEvent, _: bool) -> Option<Frame> {
-        let line = match event {
-            PresenceEvent::Join { info, .. } => format!("join {}", info.client),
-            PresenceEvent::Leave { info, .. } => format!("leave {}", info.client),
-        };
-        Some(Frame::Text(line.into()))
-    }
-}
 
 /// The memory engine's history, but each read waits at a gate the test
 /// opens one read at a time, in the order the reads arrived; a read may
@@ -123,7 +103,7 @@ impl Node {
                 client: ClientId::new(client),
                 user: UserId::new(client).unwrap(),
                 conn_info: None,
-                encoder: Arc::new(LineEncoder),
+                encoder: Arc::new(OffsetEncoder),
                 outbox: Arc::new(Outbox::new(1 << 20)),
             })
             .unwrap()
@@ -153,6 +133,13 @@ impl Node {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// Unsubscribes `conn` at once, not after a history read; whether
+    /// its client is to be told (see [`Hub::unsubscribe`]).
+    async fn unsubscribe_now(&self, conn: &Arc<Connection>) -> bool {
+        let unsubscribed = tokio::time::timeout(Duration::from_secs(5), self.hub.unsubscribe(conn, &self.channel));
+        unsubscribed.await.expect("an unsubscribe does not wait for a history read")
     }
 
     /// Lets the next `reads` history reads through, in the order they came.
@@ -227,8 +214,7 @@ async fn a_subscription_ended_while_its_history_is_read_fails_its_subscribe_with
     // the client's entry while its history is read.
     let entry = client.info_in(&node.channel);
     node.memory.add_presence(&node.channel, &entry, Duration::from_secs(60)).await.unwrap();
-    let unsubscribed = tokio::time::timeout(Duration::from_secs(5), node.hub.unsubscribe(&client, &node.channel));
-    let told = unsubscribed.await.expect("an unsubscribe does not wait for a history read");
+    let told = node.unsubscribe_now(&client).await;
     assert!(!told, "no unsubscribe push for a subscription the client was not told of: its subscribe fails instead");
 
     node.open(1);
@@ -251,9 +237,7 @@ async fn a_subscribe_that_outlived_its_subscription_leaves_the_next_one_alone() 
     let client = node.connect("c1");
     let outlived = node.subscribe(&client, true);
     node.reads_waiting(1).await;
-    let unsubscribed = tokio::time::timeout(Duration::from_secs(5), node.hub.unsubscribe(&client, &node.channel));
-    let told = unsubscribed.await.expect("an unsubscribe does not wait for a history read");
-    assert!(!told, "the subscription was still being made");
+    assert!(!node.unsubscribe_now(&client).await, "the subscription was still being made");
     assert!(!client.subscriptions().contains_key(&node.channel));
     let again = node.subscribe(&client, true);
     node.reads_waiting(2).await;

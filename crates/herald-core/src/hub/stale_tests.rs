@@ -16,27 +16,12 @@ use herald_engine::{
 };
 
 use super::channels::{in_stream_order, Followed, Next};
+use super::tests::OffsetEncoder;
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-use crate::connection::{Connection, ConnectionSpec, PushEncoder};
+use crate::connection::{Connection, ConnectionSpec};
 use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::{ConnEvent, Drained, Outbox, Outgoing, UnsubscribeReason};
-
-#[derive(Debug)]
-struct OffsetEncoder;
-
-impl PushEncoder for OffsetEncoder {
-    fn protocol(&self) -> &'static str {
-        "test"
-    }
-
-    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Frame {
-        Frame::Text(format!("pub {}", publication.offset).into())
-    }
-    fn encode_presence(&self, _: &ChannelName, _: &PresenceEvent, _: bool) -> Option<Frame> {
-        None
-    }
-}
 
 /// The memory engine, except that the node never receives the
 /// publications whose offsets are in `lost`, as if its link to the

@@ -114,6 +114,28 @@ fn uuid_like() -> String {
     format!("client-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Encodes a publication as `pub <offset>`, a join or a leave as
+/// `join <client>` or `leave <client>`.
+#[derive(Debug)]
+pub(super) struct OffsetEncoder;
+
+impl PushEncoder for OffsetEncoder {
+    fn protocol(&self) -> &'static str {
+        "test"
+    }
+
+    fn encode_publication(&self, _: &ChannelName, publication: &Publication) -> Frame {
+        Frame::Text(format!("pub {}", publication.offset).into())
+    }
+    fn encode_presence(&self, _: &ChannelName, event: &PresenceEvent, _: bool) -> Option<Frame> {
+        let line = match event {
+            PresenceEvent::Join { info, .. } => format!("join {}", info.client),
+            PresenceEvent::Leave { info, .. } => format!("leave {}", info.client),
+        };
+        Some(Frame::Text(line.into()))
+    }
+}
+
 /// What the connection was sent so far, in order, as text.
 pub(super) fn frames(conn: &Connection) -> Vec<String> {
     match conn.outbox().drain() {

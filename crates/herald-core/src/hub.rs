@@ -9,6 +9,7 @@
 //!   engine interest, the recovery seam);
 //! - `recovery`: deciding a recovery from a history read;
 //! - `presence`: presence entries, joins and leaves;
+//! - `joins`: joins under way, which their leaves wait for;
 //! - `occupancy`: cluster-wide occupancy and its transitions;
 //! - `observer`: who hears the transitions this node decides;
 //! - `meter`: who hears what the hub measures (fanouts, recoveries);
@@ -38,6 +39,10 @@
 //!   of one channel read side by side; a subscription that ends meanwhile
 //!   was never live, its client is told only by its subscribe's temporary
 //!   error, and it announces no join or leave.
+//! - A subscription's join is announced after the interest lock is let go,
+//!   beside the channel's other joins; its leave, announced under the
+//!   lock, waits for it. So a leave never precedes its join, and a later
+//!   subscription of the same client joins after the earlier one left.
 //! - A live positioned subscriber is sent each offset of its stream once,
 //!   in order, and nothing else of the stream: a gap or another epoch (the
 //!   node missed publications) ends the subscription with "insufficient
@@ -51,6 +56,7 @@ mod events;
 mod fanout;
 mod heartbeat;
 mod installed;
+mod joins;
 mod meter;
 mod observer;
 mod occupancy;
@@ -479,3 +485,6 @@ mod presence_tests;
 
 #[cfg(test)]
 mod seam_tests;
+
+#[cfg(test)]
+mod join_tests;

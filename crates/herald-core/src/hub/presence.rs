@@ -16,6 +16,9 @@
 //! ttl, and its leave told twice. Leaves made while a refresh is under way
 //! are noted, and the refresh removes those of its entries again after it
 //! has written.
+//!
+//! A join is announced outside its channel's interest lock, side by side
+//! with the others of the channel; its leave waits for it (see `joins`).
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -25,6 +28,7 @@ use std::time::Duration;
 
 use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent};
 
+use super::joins::{JoinUnderWay, Joins};
 use super::observer::Observer;
 use crate::namespace::NamespaceOptions;
 
@@ -41,6 +45,8 @@ pub(super) struct PresenceKeeper {
     refresh_all: AtomicBool,
     /// While a refresh is under way, the entries removed since it began.
     left_while_refreshing: Mutex<Option<HashSet<(ChannelName, ClientId)>>>,
+    /// Joins being announced, which their leaves wait for.
+    joins: Joins,
 }
 
 /// How many beats apart an entry is refreshed, for beats `interval` apart
@@ -78,6 +84,7 @@ impl PresenceKeeper {
             beats: AtomicU64::new(0),
             refresh_all: AtomicBool::new(false),
             left_while_refreshing: Mutex::new(None),
+            joins: Joins::default(),
         }
     }
 
@@ -103,9 +110,24 @@ impl PresenceKeeper {
         self.refresh_all.store(true, Ordering::Relaxed);
     }
 
+    /// Registers the join of `client` in `channel`, where the namespace
+    /// keeps presence or pushes joins and leaves, so that its leave waits
+    /// for it; the caller then announces it, and drops what this returns
+    /// when it has. Called under the channel's interest lock, as the
+    /// subscription goes live.
+    pub(super) fn begin_join(
+        &self,
+        channel: &ChannelName,
+        client: &ClientId,
+        options: &NamespaceOptions,
+    ) -> Option<JoinUnderWay<'_>> {
+        (options.presence || options.join_leave).then(|| self.joins.begin(channel, client))
+    }
+
     /// Adds the connection's entry and announces its join (`joined`), or
     /// removes it and announces its leave, where the namespace keeps
-    /// presence or pushes joins and leaves.
+    /// presence or pushes joins and leaves. A leave is announced under
+    /// the channel's interest lock, and after its join.
     pub(super) async fn announce(
         &self,
         info: ClientInfo,
@@ -115,6 +137,9 @@ impl PresenceKeeper {
     ) {
         if !options.presence && !options.join_leave {
             return;
+        }
+        if !joined {
+            self.joins.told(channel, &info.client).await;
         }
         let presence = self.engine.presence();
         if options.presence {

@@ -45,12 +45,14 @@ impl Hub {
     /// publication (and of anything recovered that is not in it).
     ///
     /// The channel's interest lock is held while the subscriber is added
-    /// and while it goes live, not while its history is read: a thousand
-    /// clients recovering in one channel read side by side instead of one
-    /// engine round trip after another. Should the subscription end while
-    /// its history is read (a server-side unsubscribe, a disconnect, the
-    /// engine interrupted), the subscribe fails with
-    /// [`HubError::Interrupted`], which clients retry.
+    /// and while it goes live, not while its history is read nor while its
+    /// join is announced: a thousand clients recovering in one channel
+    /// read and join side by side instead of one engine round trip after
+    /// another. Should the subscription end while its history is read (a
+    /// server-side unsubscribe, a disconnect, the engine interrupted), the
+    /// subscribe fails with [`HubError::Interrupted`], which clients
+    /// retry; should it end while its join is announced, its leave is
+    /// announced after the join.
     pub async fn subscribe(
         &self,
         conn: &Arc<Connection>,
@@ -80,7 +82,7 @@ impl Hub {
         self.occupancy.update(channel, subscribers).await;
 
         let mut outcome = SubscribeOutcome { positioned, recoverable, delta, ..Default::default() };
-        let _interest = match (&history, &waiting) {
+        let interest = match (&history, &waiting) {
             (Some(history), Some(waiting)) => {
                 drop(interest);
                 let read = self.read_recovery(channel, &request, options, history, &mut outcome).await;
@@ -115,7 +117,13 @@ impl Hub {
             }
         }
 
-        self.presence.announce(conn.info_in(channel), channel, options, true).await;
+        // Told outside the lock, side by side with the channel's other
+        // joins; a leave of this subscription waits for it.
+        let info = conn.info_in(channel);
+        let joining = self.presence.begin_join(channel, &conn.client, options);
+        drop(interest);
+        self.presence.announce(info, channel, options, true).await;
+        drop(joining);
         Ok(outcome)
     }
 

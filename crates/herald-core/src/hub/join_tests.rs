@@ -1,0 +1,261 @@
+//! The clients joining one channel announce their joins side by side: the
+//! channel's interest lock is not held while a join is told. A leave
+//! still never comes before its join, nor a later subscription's join
+//! before the earlier one's leave.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_engine::{
+    Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, EngineError, ExpiredEntry, MemoryEngine, NodeId,
+    Presence, PresenceStats, UserId,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::tests::{frames, OffsetEncoder};
+use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
+use crate::connection::{Connection, ConnectionSpec};
+use crate::error::HubError;
+use crate::frame::Frame;
+use crate::namespace::{ChannelRules, NamespaceOptions};
+use crate::outbox::{Outbox, Outgoing};
+
+/// The memory engine's presence, but each entry added waits at a gate the
+/// test opens one addition at a time, in the order they arrived; what
+/// reached the engine is written down in order.
+#[derive(Debug)]
+struct GatedPresence {
+    memory: Arc<MemoryEngine>,
+    gate: Arc<Semaphore>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl GatedPresence {
+    fn note(&self, line: String) {
+        self.log.lock().unwrap().push(line);
+    }
+}
+
+#[async_trait::async_trait]
+impl Presence for GatedPresence {
+    async fn add_presence(
+        &self,
+        channel: &ChannelName,
+        info: &ClientInfo,
+        ttl: Duration,
+    ) -> Result<Arrival, EngineError> {
+        self.note(format!("adding {}", info.client));
+        self.gate.acquire().await.expect("the gate stays open").forget();
+        let added = self.memory.add_presence(channel, info, ttl).await;
+        self.note(format!("added {}", info.client));
+        added
+    }
+    async fn remove_presence(&self, channel: &ChannelName, info: &ClientInfo) -> Result<Departure, EngineError> {
+        self.note(format!("removed {}", info.client));
+        self.memory.remove_presence(channel, info).await
+    }
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
+        self.memory.presence(channel).await
+    }
+    async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, EngineError> {
+        self.memory.presence_stats(channel).await
+    }
+    async fn expire_presence(&self, channel: &ChannelName) -> Result<Vec<ExpiredEntry>, EngineError> {
+        self.memory.expire_presence(channel).await
+    }
+}
+
+struct Node {
+    hub: Arc<Hub>,
+    gate: Arc<Semaphore>,
+    log: Arc<Mutex<Vec<String>>>,
+    channel: ChannelName,
+}
+
+impl Node {
+    /// A node whose `room` namespace has presence with joins and leaves
+    /// (and no history); every entry added is held at the gate.
+    async fn start() -> Self {
+        let memory = Arc::new(MemoryEngine::new());
+        let (gate, log) = (Arc::new(Semaphore::new(0)), Arc::default());
+        let presence = GatedPresence { memory: memory.clone(), gate: gate.clone(), log: Arc::clone(&log) };
+        let engine = Engine::from_parts(
+            "gated",
+            memory.clone(),
+            memory.clone(),
+            Arc::new(presence),
+            memory.clone(),
+            memory.clone(),
+        );
+        let room = NamespaceOptions { presence: true, join_leave: true, ..Default::default() };
+        let rules = ChannelRules::new(NamespaceOptions::default(), BTreeMap::from([("room".to_owned(), room)]));
+        let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), engine);
+        hub.start().await.unwrap();
+        Self { hub, gate, log, channel: ChannelName::new("room:x").unwrap() }
+    }
+
+    fn connect(&self, client: &str) -> Arc<Connection> {
+        self.hub
+            .connect(ConnectionSpec {
+                client: ClientId::new(client),
+                user: UserId::new(client).unwrap(),
+                conn_info: None,
+                encoder: Arc::new(OffsetEncoder),
+                outbox: Arc::new(Outbox::new(1 << 20)),
+            })
+            .unwrap()
+    }
+
+    /// Starts `conn`'s subscribe, hearing joins and leaves; its entry's
+    /// addition reaches the gate and waits there.
+    fn subscribe(&self, conn: &Arc<Connection>) -> JoinHandle<Result<SubscribeOutcome, HubError>> {
+        let (hub, conn, channel) = (self.hub.clone(), conn.clone(), self.channel.clone());
+        tokio::spawn(async move {
+            let reply = |_: &SubscribeOutcome| Some(Outgoing::Frame(Frame::Text("sub".into())));
+            let mut request = SubscribeRequest::default();
+            request.subscription.join_leave = true;
+            hub.subscribe(&conn, &channel, SubscribeAccess::Client, request, reply).await
+        })
+    }
+
+    fn unsubscribe(&self, conn: &Arc<Connection>) -> JoinHandle<bool> {
+        let (hub, conn, channel) = (self.hub.clone(), conn.clone(), self.channel.clone());
+        tokio::spawn(async move { hub.unsubscribe(&conn, &channel).await })
+    }
+
+    /// Waits until `additions` entries have reached the gate.
+    async fn additions_waiting(&self, additions: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.reached("adding") < additions {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {additions} presence entries began: one waits for another",
+                self.reached("adding")
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn reached(&self, step: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|line| line.starts_with(step)).count()
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Lets the next `additions` entries through, in the order they came.
+    fn open(&self, additions: usize) {
+        self.gate.add_permits(additions);
+    }
+}
+
+/// Lets every other task run as far as it can without the gate: the
+/// engine here is in memory, so nothing else holds them up.
+async fn settle() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn finished<T>(task: JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("it finished").expect("it did not panic")
+}
+
+/// Waits until the connection has been sent `count` frames, and returns them.
+async fn sent(conn: &Connection, count: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while seen.len() < count && tokio::time::Instant::now() < deadline {
+        seen.extend(frames(conn));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    seen
+}
+
+/// Waits until the connection has been sent `lines`, in order.
+async fn until_sent(conn: &Connection, lines: &[&str]) {
+    assert_eq!(sent(conn, lines.len()).await, lines);
+}
+
+#[tokio::test]
+async fn clients_joining_one_channel_announce_their_joins_side_by_side() {
+    let node = Node::start().await;
+    let clients: Vec<_> = (1..=3).map(|n| node.connect(&format!("c{n}"))).collect();
+    let subscribing: Vec<_> = clients.iter().map(|client| node.subscribe(client)).collect();
+    node.additions_waiting(3).await;
+
+    node.open(3);
+    for task in subscribing {
+        finished(task).await.unwrap();
+    }
+    let mut present: Vec<String> =
+        node.hub.presence(&node.channel).await.unwrap().into_iter().map(|info| info.client.to_string()).collect();
+    present.sort();
+    assert_eq!(present, ["c1", "c2", "c3"]);
+    // Each was subscribed before any join was told: it hears all three.
+    for client in &clients {
+        let mut heard = sent(client, 4).await;
+        assert_eq!(heard.remove(0), "sub");
+        heard.sort();
+        assert_eq!(heard, ["join c1", "join c2", "join c3"]);
+    }
+}
+
+#[tokio::test]
+async fn a_leave_waits_for_its_join_to_be_told() {
+    let node = Node::start().await;
+    let watcher = node.connect("watcher");
+    let watching = node.subscribe(&watcher);
+    node.open(1);
+    finished(watching).await.unwrap();
+    until_sent(&watcher, &["sub", "join watcher"]).await;
+
+    let client = node.connect("c1");
+    let subscribing = node.subscribe(&client);
+    node.additions_waiting(2).await;
+    let unsubscribing = node.unsubscribe(&client);
+    settle().await;
+    assert!(!node.log().contains(&"removed c1".to_owned()), "the entry is not removed before it was added");
+    assert!(frames(&watcher).is_empty(), "no leave before the join");
+
+    node.open(1);
+    finished(subscribing).await.unwrap();
+    assert!(finished(unsubscribing).await, "the client was told of its subscription, so of its end too");
+    assert_eq!(node.log()[2..], ["adding c1", "added c1", "removed c1"]);
+    until_sent(&watcher, &["join c1", "leave c1"]).await;
+    let present: Vec<String> =
+        node.hub.presence(&node.channel).await.unwrap().into_iter().map(|info| info.client.to_string()).collect();
+    assert_eq!(present, ["watcher"]);
+}
+
+#[tokio::test]
+async fn a_subscription_made_again_joins_after_the_earlier_one_left() {
+    let node = Node::start().await;
+    let watcher = node.connect("watcher");
+    let watching = node.subscribe(&watcher);
+    node.open(1);
+    finished(watching).await.unwrap();
+    until_sent(&watcher, &["sub", "join watcher"]).await;
+
+    let client = node.connect("c1");
+    let first = node.subscribe(&client);
+    node.additions_waiting(2).await;
+    let unsubscribing = node.unsubscribe(&client);
+    settle().await;
+    let again = node.subscribe(&client);
+    settle().await;
+    assert_eq!(node.reached("adding"), 2, "the second join waits for the first one's leave");
+
+    node.open(2);
+    finished(first).await.unwrap();
+    assert!(finished(unsubscribing).await);
+    finished(again).await.unwrap();
+    assert_eq!(node.log()[2..], ["adding c1", "added c1", "removed c1", "adding c1", "added c1"]);
+    until_sent(&watcher, &["join c1", "leave c1", "join c1"]).await;
+    // Its first join was told after it had left the channel (the
+    // front-end tells it of the end; the hub sends nothing).
+    until_sent(&client, &["sub", "sub", "join c1"]).await;
+}

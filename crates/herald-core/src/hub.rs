@@ -43,6 +43,10 @@
 //!   beside the channel's other joins; its leave, announced under the
 //!   lock, waits for it. So a leave never precedes its join, and a later
 //!   subscription of the same client joins after the earlier one left.
+//! - Where occupancy is tracked, a change of a channel's local count is
+//!   noted under the interest lock and written after it is let go, one
+//!   write at a time per channel, the last one the latest count (see
+//!   `occupancy`).
 //! - A live positioned subscriber is sent each offset of its stream once,
 //!   in order, and nothing else of the stream: a gap or another epoch (the
 //!   node missed publications) ends the subscription with "insufficient
@@ -488,3 +492,6 @@ mod seam_tests;
 
 #[cfg(test)]
 mod join_tests;
+
+#[cfg(test)]
+mod occupancy_tests;

@@ -9,10 +9,22 @@
 //! entries expire; a channel whose every node died drops out of the
 //! engine's index, and the node whose sweep finds it reports it vacated.
 //!
+//! A change of a channel's local count is noted under its interest lock,
+//! in the order of the changes, and written after the lock is let go: by
+//! the subscribe or unsubscribe that made it if no write for the channel
+//! is under way, or else by the write under way, which writes the latest
+//! count noted when it is done (a task of its own carries on once the
+//! first write is made). So a storm of subscribes to one channel does not
+//! wait for one engine write after another, a node's writes for a channel
+//! never overtake each other, and the last one is its latest count.
+//!
 //! Occupancy is tracked only when `HubConfig::track_occupancy` is on (the
 //! webhooks of occupied and vacated channels need it); otherwise queries
 //! answer for this node.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use herald_engine::{ChannelName, Engine, EngineError, NodeId, OccupancyChange};
@@ -27,41 +39,79 @@ pub(super) struct OccupancyTracker {
     ttl: Duration,
     enabled: bool,
     observer: Observer,
+    writer: Arc<Writer>,
+}
+
+/// Writes each channel's latest local count, one write at a time per
+/// channel.
+#[derive(Debug)]
+struct Writer {
+    engine: Engine,
+    node: NodeId,
+    ttl: Duration,
+    observer: Observer,
+    /// The channels a write is under way for (or about to be), each with
+    /// the latest count noted and not yet taken by a write.
+    pending: Mutex<HashMap<ChannelName, Option<usize>>>,
+}
+
+/// The write of a channel's count that a change noted, to be made after
+/// the interest lock is let go. Dropped unmade (an early return, or the
+/// caller's future dropped), it is made by a task of its own.
+#[derive(Debug)]
+pub(super) struct OccupancyWrite {
+    writer: Arc<Writer>,
+    channel: ChannelName,
+    /// The count being written, put back if the write is abandoned.
+    writing: Option<usize>,
+    made: bool,
 }
 
 impl OccupancyTracker {
     pub(super) fn new(config: &HubConfig, engine: Engine, observer: Observer) -> Self {
-        Self { engine, node: config.node.clone(), ttl: config.presence_ttl, enabled: config.track_occupancy, observer }
+        let writer = Arc::new(Writer {
+            engine: engine.clone(),
+            node: config.node.clone(),
+            ttl: config.presence_ttl,
+            observer: observer.clone(),
+            pending: Mutex::default(),
+        });
+        Self {
+            engine,
+            node: config.node.clone(),
+            ttl: config.presence_ttl,
+            enabled: config.track_occupancy,
+            observer,
+            writer,
+        }
     }
 
-    /// Records this node's subscriber count of `channel` after a change,
-    /// and reports a cluster-wide transition if this node decided it.
-    /// Called under the channel's interest lock.
-    pub(super) async fn update(&self, channel: &ChannelName, subscribers: usize) {
+    /// Notes that `channel` has `subscribers` local subscribers after a
+    /// change. Called under the channel's interest lock. Returns the write
+    /// to make once the lock is let go, or `None` if occupancy is not
+    /// tracked or a write for the channel is under way (it writes this
+    /// count after its own).
+    pub(super) fn changed(&self, channel: &ChannelName, subscribers: usize) -> Option<OccupancyWrite> {
         if let Some(observer) = self.observer.get() {
             observer.subscribers_changed(channel);
         }
         if !self.enabled {
-            return;
+            return None;
         }
-        let occupancy = self.engine.occupancy();
-        let changed = match subscribers {
-            0 => occupancy.vacate(channel, &self.node).await,
-            _ => occupancy.occupy(channel, &self.node, subscribers, self.ttl).await,
-        };
-        match changed {
-            Ok(OccupancyChange::Occupied) => {
-                if let Some(observer) = self.observer.get() {
-                    observer.channel_occupied(channel);
-                }
+        match self.writer.pending().entry(channel.clone()) {
+            Entry::Occupied(mut under_way) => {
+                under_way.insert(Some(subscribers));
+                None
             }
-            Ok(OccupancyChange::Vacated) => {
-                if let Some(observer) = self.observer.get() {
-                    observer.channel_vacated(channel);
-                }
+            Entry::Vacant(free) => {
+                free.insert(Some(subscribers));
+                Some(OccupancyWrite {
+                    writer: self.writer.clone(),
+                    channel: channel.clone(),
+                    writing: None,
+                    made: false,
+                })
             }
-            Ok(OccupancyChange::Unchanged) => {}
-            Err(error) => tracing::warn!(%channel, %error, "occupancy update failed; counts may lag a heartbeat"),
         }
     }
 
@@ -109,5 +159,94 @@ impl OccupancyTracker {
             local.dedup();
         }
         Ok(local)
+    }
+}
+
+impl OccupancyWrite {
+    /// Writes the channel's latest count, and leaves any count noted
+    /// meanwhile to a task of its own.
+    pub(super) async fn make(mut self) {
+        if let Some(subscribers) = self.writer.next(&self.channel) {
+            self.writing = Some(subscribers);
+            self.writer.write(&self.channel, subscribers).await;
+            self.writing = None;
+        }
+        self.made = true;
+        if let Some(subscribers) = self.writer.next(&self.channel) {
+            self.writer.clone().carry_on(self.channel.clone(), Some(subscribers));
+        }
+    }
+}
+
+impl Drop for OccupancyWrite {
+    fn drop(&mut self) {
+        if self.made {
+            return;
+        }
+        if let Some(abandoned) = self.writing.take() {
+            if let Some(latest @ None) = self.writer.pending().get_mut(&self.channel) {
+                *latest = Some(abandoned);
+            }
+        }
+        self.writer.clone().carry_on(self.channel.clone(), None);
+    }
+}
+
+impl Writer {
+    fn pending(&self) -> MutexGuard<'_, HashMap<ChannelName, Option<usize>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the latest count noted for `channel`, or, if there is none,
+    /// ends the channel's writes (the next change starts them again).
+    fn next(&self, channel: &ChannelName) -> Option<usize> {
+        let mut pending = self.pending();
+        let latest = pending.get_mut(channel).and_then(Option::take);
+        if latest.is_none() {
+            pending.remove(channel);
+        }
+        latest
+    }
+
+    /// Writes `first`, if any, then whatever is noted after it, in a task
+    /// of its own.
+    fn carry_on(self: Arc<Self>, channel: ChannelName, first: Option<usize>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime left to write in: the node is shutting down.
+            self.pending().remove(&channel);
+            return;
+        };
+        runtime.spawn(async move {
+            if let Some(subscribers) = first {
+                self.write(&channel, subscribers).await;
+            }
+            while let Some(subscribers) = self.next(&channel) {
+                self.write(&channel, subscribers).await;
+            }
+        });
+    }
+
+    /// Records this node's count of `channel`, and reports a cluster-wide
+    /// transition if this node decided it.
+    async fn write(&self, channel: &ChannelName, subscribers: usize) {
+        let occupancy = self.engine.occupancy();
+        let changed = match subscribers {
+            0 => occupancy.vacate(channel, &self.node).await,
+            _ => occupancy.occupy(channel, &self.node, subscribers, self.ttl).await,
+        };
+        match changed {
+            Ok(OccupancyChange::Occupied) => {
+                if let Some(observer) = self.observer.get() {
+                    observer.channel_occupied(channel);
+                }
+            }
+            Ok(OccupancyChange::Vacated) => {
+                if let Some(observer) = self.observer.get() {
+                    observer.channel_vacated(channel);
+                }
+            }
+            Ok(OccupancyChange::Unchanged) => {}
+            Err(error) => tracing::warn!(%channel, %error, "occupancy update failed; counts may lag a heartbeat"),
+        }
     }
 }

@@ -46,7 +46,7 @@ impl Hub {
     ///
     /// The channel's interest lock is held while the subscriber is added
     /// and while it goes live, not while its history is read nor while its
-    /// join is announced: a thousand clients recovering in one channel
+    /// occupancy is written and its join announced: a thousand clients recovering in one channel
     /// read and join side by side instead of one engine round trip after
     /// another. Should the subscription end while its history is read (a
     /// server-side unsubscribe, a disconnect, the engine interrupted), the
@@ -79,7 +79,8 @@ impl Hub {
         let waiting = subscriber.waiting();
         let (name, subscribers) = self.channels.add(channel, subscriber);
         conn.subscriptions().insert(name, request.subscription.clone());
-        self.occupancy.update(channel, subscribers).await;
+        // Made once the lock is let go; on an early return, in the background.
+        let occupancy = self.occupancy.changed(channel, subscribers);
 
         let mut outcome = SubscribeOutcome { positioned, recoverable, delta, ..Default::default() };
         let interest = match (&history, &waiting) {
@@ -122,6 +123,9 @@ impl Hub {
         let info = conn.info_in(channel);
         let joining = self.presence.begin_join(channel, &conn.client, options);
         drop(interest);
+        if let Some(write) = occupancy {
+            write.make().await;
+        }
         self.presence.announce(info, channel, options, true).await;
         drop(joining);
         Ok(outcome)
@@ -129,12 +133,15 @@ impl Hub {
 
     /// Removes a subscription whose join was never announced (its history
     /// read failed, or what it buffered was stale) and updates occupancy
-    /// with what is left. The caller holds the channel's interest lock.
+    /// with what is left. The caller holds the channel's interest lock (on
+    /// these rare paths, across the occupancy write too).
     async fn remove_unjoined(&self, conn: &Arc<Connection>, channel: &ChannelName, options: &NamespaceOptions) {
         let info = conn.info_in(channel);
         if let Some(removed) = self.remove_subscriber(conn, channel).await {
             self.presence.withdraw(&info, channel, options).await;
-            self.occupancy.update(channel, removed.left).await;
+            if let Some(write) = self.occupancy.changed(channel, removed.left) {
+                write.make().await;
+            }
         }
     }
 
@@ -249,7 +256,7 @@ impl Hub {
     /// with [`HubError::Interrupted`], which tells the client instead: false
     /// then, as when `conn` was not subscribed.
     pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
-        let _interest = self.channels.interest_lock(channel).lock().await;
+        let interest = self.channels.interest_lock(channel).lock().await;
         // Who the connection was in the channel, read before the subscription goes.
         let info = conn.info_in(channel);
         let Some(removed) = self.remove_subscriber(conn, channel).await else { return false };
@@ -260,7 +267,11 @@ impl Hub {
                 false => self.presence.withdraw(&info, channel, options).await,
             }
         }
-        self.occupancy.update(channel, removed.left).await;
+        let occupancy = self.occupancy.changed(channel, removed.left);
+        drop(interest);
+        if let Some(write) = occupancy {
+            write.make().await;
+        }
         removed.joined
     }
 

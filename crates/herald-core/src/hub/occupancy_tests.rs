@@ -1,0 +1,249 @@
+//! Occupancy writes are made after the channel's interest lock is let go:
+//! the subscribes of one channel do not wait for each other's writes, the
+//! changes noted while a write is under way are written after it (only the
+//! latest count), and a write its subscribe abandoned is still made.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_engine::{
+    ChannelName, ClientId, Engine, EngineError, MemoryEngine, NodeId, NodeSubscribers, Occupancy, OccupancyChange,
+    UserId,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::tests::OffsetEncoder;
+use super::{Hub, HubConfig, HubObserver, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
+use crate::connection::{Connection, ConnectionSpec};
+use crate::error::HubError;
+use crate::namespace::{ChannelRules, NamespaceOptions};
+use crate::outbox::Outbox;
+
+/// The memory engine's occupancy, but each write waits at a gate the test
+/// opens one write at a time, in the order they arrived; what reached the
+/// engine is written down in order.
+#[derive(Debug)]
+struct GatedOccupancy {
+    memory: Arc<MemoryEngine>,
+    gate: Arc<Semaphore>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl GatedOccupancy {
+    fn note(&self, line: String) {
+        self.log.lock().unwrap().push(line);
+    }
+}
+
+#[async_trait::async_trait]
+impl Occupancy for GatedOccupancy {
+    async fn occupy(
+        &self,
+        channel: &ChannelName,
+        node: &NodeId,
+        subscribers: usize,
+        ttl: Duration,
+    ) -> Result<OccupancyChange, EngineError> {
+        self.note(format!("writing {subscribers}"));
+        self.gate.acquire().await.expect("the gate stays open").forget();
+        self.note(format!("wrote {subscribers}"));
+        self.memory.occupy(channel, node, subscribers, ttl).await
+    }
+    async fn vacate(&self, channel: &ChannelName, node: &NodeId) -> Result<OccupancyChange, EngineError> {
+        self.note("writing 0".to_owned());
+        self.gate.acquire().await.expect("the gate stays open").forget();
+        self.note("wrote 0".to_owned());
+        self.memory.vacate(channel, node).await
+    }
+    async fn subscribers(&self, channel: &ChannelName) -> Result<Vec<NodeSubscribers>, EngineError> {
+        self.memory.subscribers(channel).await
+    }
+    async fn occupied_channels(&self) -> Result<Vec<ChannelName>, EngineError> {
+        self.memory.occupied_channels().await
+    }
+    async fn expire_vacated(&self) -> Result<Vec<ChannelName>, EngineError> {
+        self.memory.expire_vacated().await
+    }
+}
+
+/// Records the transitions the hub reports.
+#[derive(Debug, Default)]
+struct Transitions(Mutex<Vec<String>>);
+
+impl HubObserver for Transitions {
+    fn channel_occupied(&self, channel: &ChannelName) {
+        self.0.lock().unwrap().push(format!("occupied {channel}"));
+    }
+    fn channel_vacated(&self, channel: &ChannelName) {
+        self.0.lock().unwrap().push(format!("vacated {channel}"));
+    }
+    fn user_joined(&self, _: &ChannelName, _: &herald_engine::ClientInfo) {}
+    fn user_left(&self, _: &ChannelName, _: &herald_engine::ClientInfo) {}
+}
+
+struct Node {
+    hub: Arc<Hub>,
+    memory: Arc<MemoryEngine>,
+    gate: Arc<Semaphore>,
+    log: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Transitions>,
+    channel: ChannelName,
+}
+
+impl Node {
+    /// A node that tracks occupancy, every write of it held at the gate.
+    async fn start() -> Self {
+        let memory = Arc::new(MemoryEngine::new());
+        let (gate, log) = (Arc::new(Semaphore::new(0)), Arc::default());
+        let occupancy = GatedOccupancy { memory: memory.clone(), gate: gate.clone(), log: Arc::clone(&log) };
+        let engine = Engine::from_parts(
+            "gated",
+            memory.clone(),
+            memory.clone(),
+            memory.clone(),
+            Arc::new(occupancy),
+            memory.clone(),
+        );
+        let rules = ChannelRules::new(NamespaceOptions::default(), BTreeMap::new());
+        let config = HubConfig { track_occupancy: true, ..HubConfig::new(NodeId::new("n"), rules) };
+        let hub = Hub::new(config, engine);
+        hub.start().await.unwrap();
+        let seen = Arc::new(Transitions::default());
+        hub.observe(seen.clone());
+        Self { hub, memory, gate, log, seen, channel: ChannelName::new("news").unwrap() }
+    }
+
+    fn connect(&self, client: &str) -> Arc<Connection> {
+        self.hub
+            .connect(ConnectionSpec {
+                client: ClientId::new(client),
+                user: UserId::new(client).unwrap(),
+                conn_info: None,
+                encoder: Arc::new(OffsetEncoder),
+                outbox: Arc::new(Outbox::new(1 << 20)),
+            })
+            .unwrap()
+    }
+
+    fn subscribe(&self, conn: &Arc<Connection>) -> JoinHandle<Result<SubscribeOutcome, HubError>> {
+        let (hub, conn, channel) = (self.hub.clone(), conn.clone(), self.channel.clone());
+        tokio::spawn(async move {
+            hub.subscribe(&conn, &channel, SubscribeAccess::Client, SubscribeRequest::default(), |_| None).await
+        })
+    }
+
+    fn unsubscribe(&self, conn: &Arc<Connection>) -> JoinHandle<bool> {
+        let (hub, conn, channel) = (self.hub.clone(), conn.clone(), self.channel.clone());
+        tokio::spawn(async move { hub.unsubscribe(&conn, &channel).await })
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the engine has been asked for `writes` writes in all.
+    async fn writes_asked(&self, writes: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.log().iter().filter(|line| line.starts_with("writing")).count() < writes {
+            assert!(tokio::time::Instant::now() < deadline, "the writes asked so far: {:?}", self.log());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Lets the next `writes` writes through, in the order they came.
+    fn open(&self, writes: usize) {
+        self.gate.add_permits(writes);
+    }
+
+    /// The node's count of the channel, as the engine holds it.
+    async fn written(&self) -> Vec<usize> {
+        self.memory.subscribers(&self.channel).await.unwrap().into_iter().map(|entry| entry.subscribers).collect()
+    }
+
+    fn transitions(&self) -> Vec<String> {
+        self.seen.0.lock().unwrap().clone()
+    }
+}
+
+async fn finished<T>(task: JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("it finished").expect("it did not panic")
+}
+
+#[tokio::test]
+async fn subscribes_to_one_channel_do_not_wait_for_each_others_occupancy_writes() {
+    let node = Node::start().await;
+    let first = node.connect("c1");
+    let subscribing = node.subscribe(&first);
+    node.writes_asked(1).await;
+
+    let (second, third) = (node.connect("c2"), node.connect("c3"));
+    finished(node.subscribe(&second)).await.unwrap();
+    finished(node.subscribe(&third)).await.unwrap();
+    assert_eq!(node.log(), ["writing 1"], "the others' counts wait for the write under way, not their subscribes");
+
+    node.open(2);
+    finished(subscribing).await.unwrap();
+    node.writes_asked(2).await;
+    // What was noted while the first write was under way is written
+    // after it, once: the latest count.
+    assert_eq!(node.log(), ["writing 1", "wrote 1", "writing 3", "wrote 3"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while node.written().await != [3] {
+        assert!(tokio::time::Instant::now() < deadline, "the engine holds {:?}", node.written().await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(node.transitions(), ["occupied news"]);
+}
+
+#[tokio::test]
+async fn a_channel_emptied_while_its_count_is_written_ends_vacated() {
+    let node = Node::start().await;
+    let (first, second) = (node.connect("c1"), node.connect("c2"));
+    let subscribing = node.subscribe(&first);
+    node.writes_asked(1).await;
+    finished(node.subscribe(&second)).await.unwrap();
+    assert!(finished(node.unsubscribe(&second)).await);
+    assert!(finished(node.unsubscribe(&first)).await);
+
+    node.open(2);
+    finished(subscribing).await.unwrap();
+    node.writes_asked(2).await;
+    assert_eq!(node.log(), ["writing 1", "wrote 1", "writing 0", "wrote 0"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while node.transitions().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "transitions so far: {:?}", node.transitions());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(node.transitions(), ["occupied news", "vacated news"]);
+    assert!(node.written().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_occupancy_write_its_subscribe_abandoned_is_still_made() {
+    let node = Node::start().await;
+    let first = node.connect("c1");
+    let subscribing = node.subscribe(&first);
+    node.writes_asked(1).await;
+    // The connection's task ends while its subscribe waits for the write.
+    subscribing.abort();
+    assert!(subscribing.await.unwrap_err().is_cancelled());
+
+    node.open(1);
+    node.writes_asked(2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while node.written().await != [1] {
+        assert!(tokio::time::Instant::now() < deadline, "the engine holds {:?}", node.written().await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(node.log(), ["writing 1", "writing 1", "wrote 1"]);
+
+    // And the channel's writes go on.
+    let second = node.connect("c2");
+    let subscribing = node.subscribe(&second);
+    node.writes_asked(3).await;
+    node.open(1);
+    finished(subscribing).await.unwrap();
+    assert_eq!(node.log()[3..], ["writing 2", "wrote 2"]);
+}

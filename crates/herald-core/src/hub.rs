@@ -9,7 +9,7 @@
 //!   engine interest, the recovery seam);
 //! - `recovery`: deciding a recovery from a history read;
 //! - `presence`: presence entries, joins and leaves;
-//! - `joins`: joins under way, which their leaves wait for;
+//! - `joins`: joins under way, which leaves wait for;
 //! - `occupancy`: cluster-wide occupancy and its transitions;
 //! - `observer`: who hears the transitions this node decides;
 //! - `meter`: who hears what the hub measures (fanouts, recoveries);
@@ -40,9 +40,11 @@
 //!   was never live, its client is told only by its subscribe's temporary
 //!   error, and it announces no join or leave.
 //! - A subscription's join is announced after the interest lock is let go,
-//!   beside the channel's other joins; its leave, announced under the
-//!   lock, waits for it. So a leave never precedes its join, and a later
-//!   subscription of the same client joins after the earlier one left.
+//!   beside the channel's other joins; a leave, announced under the lock,
+//!   waits for the joins of its user under way. So a leave never precedes
+//!   its join (nor another join of its user it could be told out of order
+//!   with), and a later subscription of the same client joins after the
+//!   earlier one left.
 //! - Where occupancy is tracked, a change of a channel's local count is
 //!   noted under the interest lock and written after it is let go, one
 //!   write at a time per channel, the last one the latest count (see
@@ -118,7 +120,8 @@ pub struct HubConfig {
     /// How long a repeated idempotency key is recognised.
     pub idempotency_window: Duration,
     /// Keep cluster-wide occupancy (see `hub/occupancy.rs`): costs an engine
-    /// write per subscribe and unsubscribe.
+    /// write per change of a channel's local count, fewer when changes come
+    /// faster than the writes.
     pub track_occupancy: bool,
     /// How often positioned subscriptions are checked against their
     /// streams (see `hub/position_check.rs`); zero never.

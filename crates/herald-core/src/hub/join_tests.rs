@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::tests::{frames, OffsetEncoder};
-use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
+use super::{Hub, HubConfig, HubObserver, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::{Connection, ConnectionSpec};
 use crate::error::HubError;
 use crate::frame::Frame;
@@ -67,10 +67,26 @@ impl Presence for GatedPresence {
     }
 }
 
+/// Records the users arriving and departing that the hub reports.
+#[derive(Debug, Default)]
+struct Users(Mutex<Vec<String>>);
+
+impl HubObserver for Users {
+    fn channel_occupied(&self, _: &ChannelName) {}
+    fn channel_vacated(&self, _: &ChannelName) {}
+    fn user_joined(&self, _: &ChannelName, info: &ClientInfo) {
+        self.0.lock().unwrap().push(format!("arrived {}", info.user));
+    }
+    fn user_left(&self, _: &ChannelName, info: &ClientInfo) {
+        self.0.lock().unwrap().push(format!("departed {}", info.user));
+    }
+}
+
 struct Node {
     hub: Arc<Hub>,
     gate: Arc<Semaphore>,
     log: Arc<Mutex<Vec<String>>>,
+    users: Arc<Users>,
     channel: ChannelName,
 }
 
@@ -93,14 +109,20 @@ impl Node {
         let rules = ChannelRules::new(NamespaceOptions::default(), BTreeMap::from([("room".to_owned(), room)]));
         let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), engine);
         hub.start().await.unwrap();
-        Self { hub, gate, log, channel: ChannelName::new("room:x").unwrap() }
+        let users = Arc::new(Users::default());
+        hub.observe(users.clone());
+        Self { hub, gate, log, users, channel: ChannelName::new("room:x").unwrap() }
     }
 
     fn connect(&self, client: &str) -> Arc<Connection> {
+        self.connect_as(client, client)
+    }
+
+    fn connect_as(&self, client: &str, user: &str) -> Arc<Connection> {
         self.hub
             .connect(ConnectionSpec {
                 client: ClientId::new(client),
-                user: UserId::new(client).unwrap(),
+                user: UserId::new(user).unwrap(),
                 conn_info: None,
                 encoder: Arc::new(OffsetEncoder),
                 outbox: Arc::new(Outbox::new(1 << 20)),
@@ -258,4 +280,31 @@ async fn a_subscription_made_again_joins_after_the_earlier_one_left() {
     // Its first join was told after it had left the channel (the
     // front-end tells it of the end; the hub sends nothing).
     until_sent(&client, &["sub", "sub", "join c1"]).await;
+}
+
+#[tokio::test]
+async fn a_users_leave_from_one_tab_waits_for_its_join_from_another() {
+    let node = Node::start().await;
+    let old_tab = node.connect_as("tab1", "ann");
+    let subscribing = node.subscribe(&old_tab);
+    node.open(1);
+    finished(subscribing).await.unwrap();
+
+    // The page reloads: the new tab joins while the old one leaves.
+    let new_tab = node.connect_as("tab2", "ann");
+    let subscribing = node.subscribe(&new_tab);
+    node.additions_waiting(2).await;
+    let leaving = node.unsubscribe(&old_tab);
+    settle().await;
+    assert!(
+        !node.log().contains(&"removed tab1".to_owned()),
+        "the old tab's entry stays until the new one's is written"
+    );
+
+    node.open(1);
+    finished(subscribing).await.unwrap();
+    assert!(finished(leaving).await);
+    assert_eq!(node.log()[2..], ["adding tab2", "added tab2", "removed tab1"]);
+    // So ann never departed, and arrived once.
+    assert_eq!(*node.users.0.lock().unwrap(), ["arrived ann"]);
 }

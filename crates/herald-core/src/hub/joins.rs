@@ -1,33 +1,40 @@
 //! Joins under way. A subscription's join (its presence entry added, its
 //! join published) is announced after the channel's interest lock is let
 //! go, so that the clients joining one channel do so side by side rather
-//! than one engine round trip after another. Its leave must not overtake
-//! it: the leave waits here until the join is told.
+//! than one engine round trip after another. A leave must not overtake a
+//! join it could be told out of order with: it waits here until every
+//! join of the same user in the channel that is under way has been told.
+//!
+//! The same user, not only the same connection: the engine decides "the
+//! user arrived" and "the user departed" with each write, and a tab that
+//! reloads (one connection joining while another of the user leaves)
+//! could otherwise have the leave written first and told last, "arrived"
+//! then "departed" while the user is there.
 //!
 //! A join is registered under the interest lock, as its subscription goes
-//! live, and a leave is announced under that lock; so a leave finds the
-//! join of its own subscription if that is still under way, and a later
-//! subscription of the same client cannot begin its join before the
-//! earlier one's leave is told. Only joins under way are kept: an entry
-//! lives from a subscription's going live to the end of its join.
+//! live, and a leave is announced under that lock; so a leave finds every
+//! such join still under way, and a join that goes live after the leave
+//! began waits for the lock, so for the leave. Only joins under way are
+//! kept: an entry lives from a subscription's going live to the end of
+//! its join.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use herald_engine::{ChannelName, ClientId};
+use herald_engine::{ChannelName, UserId};
 use tokio::sync::watch;
 
-type Key = (ChannelName, ClientId);
+type Key = (ChannelName, UserId);
 
 #[derive(Debug, Default)]
 pub(super) struct Joins {
-    /// Each join under way, by channel and client: the receiving end of
-    /// a channel its announcer closes once the join is told.
-    under_way: Mutex<HashMap<Key, watch::Receiver<()>>>,
+    /// The joins under way, by channel and user: for each, the receiving
+    /// end of a channel its announcer closes once the join is told.
+    under_way: Mutex<HashMap<Key, Vec<watch::Receiver<()>>>>,
 }
 
 /// A join being announced; dropping it (told, failed or abandoned) lets
-/// its leave go ahead.
+/// the leaves that wait for it go ahead.
 #[derive(Debug)]
 pub(super) struct JoinUnderWay<'a> {
     joins: &'a Joins,
@@ -38,26 +45,26 @@ pub(super) struct JoinUnderWay<'a> {
 }
 
 impl Joins {
-    fn under_way(&self) -> MutexGuard<'_, HashMap<Key, watch::Receiver<()>>> {
+    fn under_way(&self) -> MutexGuard<'_, HashMap<Key, Vec<watch::Receiver<()>>>> {
         self.under_way.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers the join of `client` in `channel`, about to be announced.
+    /// Registers a join of `user` in `channel`, about to be announced.
     /// The caller holds the channel's interest lock.
-    pub(super) fn begin(&self, channel: &ChannelName, client: &ClientId) -> JoinUnderWay<'_> {
+    pub(super) fn begin(&self, channel: &ChannelName, user: &UserId) -> JoinUnderWay<'_> {
         let (told, waiting) = watch::channel(());
-        let key = (channel.clone(), client.clone());
-        self.under_way().insert(key.clone(), waiting);
+        let key = (channel.clone(), user.clone());
+        self.under_way().entry(key.clone()).or_default().push(waiting);
         JoinUnderWay { joins: self, key, told }
     }
 
-    /// Waits until the join of `client` in `channel`, if one is under
-    /// way, has been told. The caller holds the channel's interest lock.
-    pub(super) async fn told(&self, channel: &ChannelName, client: &ClientId) {
-        let waiting = self.under_way().get(&(channel.clone(), client.clone())).cloned();
-        if let Some(mut waiting) = waiting {
+    /// Waits until every join of `user` in `channel` under way now has
+    /// been told. The caller holds the channel's interest lock.
+    pub(super) async fn told(&self, channel: &ChannelName, user: &UserId) {
+        let waiting = self.under_way().get(&(channel.clone(), user.clone())).cloned().unwrap_or_default();
+        for mut join in waiting {
             // Nothing is ever sent: the channel closes when the join is told.
-            while waiting.changed().await.is_ok() {}
+            while join.changed().await.is_ok() {}
         }
     }
 }
@@ -65,9 +72,10 @@ impl Joins {
 impl Drop for JoinUnderWay<'_> {
     fn drop(&mut self) {
         let mut under_way = self.joins.under_way();
-        // A later join of the same client in the channel would have a
-        // channel of its own; leave that one alone.
-        if under_way.get(&self.key).is_some_and(|waiting| waiting.same_channel(&self.told.subscribe())) {
+        let Some(joins) = under_way.get_mut(&self.key) else { return };
+        let ours = self.told.subscribe();
+        joins.retain(|join| !join.same_channel(&ours));
+        if joins.is_empty() {
             under_way.remove(&self.key);
         }
     }

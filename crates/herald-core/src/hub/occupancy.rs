@@ -16,7 +16,9 @@
 //! count noted when it is done (a task of its own carries on once the
 //! first write is made). So a storm of subscribes to one channel does not
 //! wait for one engine write after another, a node's writes for a channel
-//! never overtake each other, and the last one is its latest count.
+//! never overtake each other, and the last one is its latest count. A
+//! vacancy that comes and goes while a write is under way is never
+//! written, so never told: only the counts that reach the engine are.
 //!
 //! Occupancy is tracked only when `HubConfig::track_occupancy` is on (the
 //! webhooks of occupied and vacated channels need it); otherwise queries
@@ -192,6 +194,29 @@ impl Drop for OccupancyWrite {
     }
 }
 
+/// A task writing a channel's counts. Should it end without finishing
+/// (a panic in a write or an observer), the channel's writes are not
+/// left marked under way: the next change starts them again.
+struct Draining {
+    writer: Arc<Writer>,
+    channel: ChannelName,
+    done: bool,
+}
+
+impl Draining {
+    fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        if !self.done {
+            self.writer.pending().remove(&self.channel);
+        }
+    }
+}
+
 impl Writer {
     fn pending(&self) -> MutexGuard<'_, HashMap<ChannelName, Option<usize>>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
@@ -217,12 +242,14 @@ impl Writer {
             return;
         };
         runtime.spawn(async move {
+            let draining = Draining { writer: self, channel, done: false };
             if let Some(subscribers) = first {
-                self.write(&channel, subscribers).await;
+                draining.writer.write(&draining.channel, subscribers).await;
             }
-            while let Some(subscribers) = self.next(&channel) {
-                self.write(&channel, subscribers).await;
+            while let Some(subscribers) = draining.writer.next(&draining.channel) {
+                draining.writer.write(&draining.channel, subscribers).await;
             }
+            draining.finish();
         });
     }
 

@@ -18,7 +18,8 @@
 //! has written.
 //!
 //! A join is announced outside its channel's interest lock, side by side
-//! with the others of the channel; its leave waits for it (see `joins`).
+//! with the others of the channel; a leave waits for the joins of its
+//! user under way (see `joins`).
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent};
+use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent, UserId};
 
 use super::joins::{JoinUnderWay, Joins};
 use super::observer::Observer;
@@ -110,24 +111,24 @@ impl PresenceKeeper {
         self.refresh_all.store(true, Ordering::Relaxed);
     }
 
-    /// Registers the join of `client` in `channel`, where the namespace
-    /// keeps presence or pushes joins and leaves, so that its leave waits
+    /// Registers a join of `user` in `channel`, where the namespace keeps
+    /// presence or pushes joins and leaves, so that the user's leaves wait
     /// for it; the caller then announces it, and drops what this returns
     /// when it has. Called under the channel's interest lock, as the
     /// subscription goes live.
     pub(super) fn begin_join(
         &self,
         channel: &ChannelName,
-        client: &ClientId,
+        user: &UserId,
         options: &NamespaceOptions,
     ) -> Option<JoinUnderWay<'_>> {
-        (options.presence || options.join_leave).then(|| self.joins.begin(channel, client))
+        (options.presence || options.join_leave).then(|| self.joins.begin(channel, user))
     }
 
     /// Adds the connection's entry and announces its join (`joined`), or
     /// removes it and announces its leave, where the namespace keeps
     /// presence or pushes joins and leaves. A leave is announced under
-    /// the channel's interest lock, and after its join.
+    /// the channel's interest lock, after the joins of its user under way.
     pub(super) async fn announce(
         &self,
         info: ClientInfo,
@@ -139,7 +140,7 @@ impl PresenceKeeper {
             return;
         }
         if !joined {
-            self.joins.told(channel, &info.client).await;
+            self.joins.told(channel, &info.user).await;
         }
         let presence = self.engine.presence();
         if options.presence {

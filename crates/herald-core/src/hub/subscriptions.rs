@@ -46,13 +46,13 @@ impl Hub {
     ///
     /// The channel's interest lock is held while the subscriber is added
     /// and while it goes live, not while its history is read nor while its
-    /// occupancy is written and its join announced: a thousand clients recovering in one channel
-    /// read and join side by side instead of one engine round trip after
-    /// another. Should the subscription end while its history is read (a
-    /// server-side unsubscribe, a disconnect, the engine interrupted), the
-    /// subscribe fails with [`HubError::Interrupted`], which clients
-    /// retry; should it end while its join is announced, its leave is
-    /// announced after the join.
+    /// occupancy is written and its join announced: a thousand clients
+    /// recovering in one channel read and join side by side instead of one
+    /// engine round trip after another. Should the subscription end while
+    /// its history is read (a server-side unsubscribe, a disconnect, the
+    /// engine interrupted), the subscribe fails with
+    /// [`HubError::Interrupted`], which clients retry; should it end while
+    /// its join is announced, its leave is announced after the join.
     pub async fn subscribe(
         &self,
         conn: &Arc<Connection>,
@@ -79,13 +79,17 @@ impl Hub {
         let waiting = subscriber.waiting();
         let (name, subscribers) = self.channels.add(channel, subscriber);
         conn.subscriptions().insert(name, request.subscription.clone());
-        // Made once the lock is let go; on an early return, in the background.
-        let occupancy = self.occupancy.changed(channel, subscribers);
 
         let mut outcome = SubscribeOutcome { positioned, recoverable, delta, ..Default::default() };
+        let mut occupancy = self.occupancy.changed(channel, subscribers);
         let interest = match (&history, &waiting) {
             (Some(history), Some(waiting)) => {
                 drop(interest);
+                // Made before the read, which may be slow: the channel's
+                // other counts wait for it.
+                if let Some(write) = occupancy.take() {
+                    write.make().await;
+                }
                 let read = self.read_recovery(channel, &request, options, history, &mut outcome).await;
                 let interest = self.channels.interest_lock(channel).lock().await;
                 let ours = self.channels.waits_in(channel, &conn.client, waiting);
@@ -119,10 +123,13 @@ impl Hub {
         }
 
         // Told outside the lock, side by side with the channel's other
-        // joins; a leave of this subscription waits for it.
+        // joins; the leaves of its user wait for it.
         let info = conn.info_in(channel);
-        let joining = self.presence.begin_join(channel, &conn.client, options);
+        let joining = self.presence.begin_join(channel, &info.user, options);
         drop(interest);
+        // The count first, so that a channel is told occupied before its
+        // first member is told arrived. (On an early return above, the
+        // write is made in the background.)
         if let Some(write) = occupancy {
             write.make().await;
         }
@@ -132,16 +139,15 @@ impl Hub {
     }
 
     /// Removes a subscription whose join was never announced (its history
-    /// read failed, or what it buffered was stale) and updates occupancy
-    /// with what is left. The caller holds the channel's interest lock (on
-    /// these rare paths, across the occupancy write too).
+    /// read failed, or what it buffered was stale) and notes the count it
+    /// leaves, written in the background. The caller holds the channel's
+    /// interest lock.
     async fn remove_unjoined(&self, conn: &Arc<Connection>, channel: &ChannelName, options: &NamespaceOptions) {
         let info = conn.info_in(channel);
         if let Some(removed) = self.remove_subscriber(conn, channel).await {
+            // Dropped at once: made by a task of its own.
+            drop(self.occupancy.changed(channel, removed.left));
             self.presence.withdraw(&info, channel, options).await;
-            if let Some(write) = self.occupancy.changed(channel, removed.left) {
-                write.make().await;
-            }
         }
     }
 
@@ -260,6 +266,9 @@ impl Hub {
         // Who the connection was in the channel, read before the subscription goes.
         let info = conn.info_in(channel);
         let Some(removed) = self.remove_subscriber(conn, channel).await else { return false };
+        // Noted before the leave, which may wait for joins: should this
+        // future be dropped there, the count is still written.
+        let occupancy = self.occupancy.changed(channel, removed.left);
         if let Ok(options) = self.rules().resolve(channel) {
             match removed.joined {
                 true => self.presence.announce(info, channel, options, false).await,
@@ -267,7 +276,6 @@ impl Hub {
                 false => self.presence.withdraw(&info, channel, options).await,
             }
         }
-        let occupancy = self.occupancy.changed(channel, removed.left);
         drop(interest);
         if let Some(write) = occupancy {
             write.make().await;

@@ -23,8 +23,8 @@ use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::{Outbox, Outgoing};
 
 /// The memory engine's presence, but each entry added waits at a gate the
-/// test opens one addition at a time, in the order they arrived; what
-/// reached the engine is written down in order.
+/// test opens one addition at a time, in the order they arrived (a
+/// refresh does not); what reached the engine is written down in order.
 #[derive(Debug)]
 struct GatedPresence {
     memory: Arc<MemoryEngine>,
@@ -58,6 +58,12 @@ impl Presence for GatedPresence {
     }
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, EngineError> {
         self.memory.presence(channel).await
+    }
+    async fn refresh_presence(&self, entries: &[(ChannelName, ClientInfo)], ttl: Duration) -> Vec<EngineError> {
+        for (_, info) in entries {
+            self.note(format!("refreshed {}", info.client));
+        }
+        self.memory.refresh_presence(entries, ttl).await
     }
     async fn presence_stats(&self, channel: &ChannelName) -> Result<PresenceStats, EngineError> {
         self.memory.presence_stats(channel).await
@@ -307,4 +313,25 @@ async fn a_users_leave_from_one_tab_waits_for_its_join_from_another() {
     assert_eq!(node.log()[2..], ["adding tab2", "added tab2", "removed tab1"]);
     // So ann never departed, and arrived once.
     assert_eq!(*node.users.0.lock().unwrap(), ["arrived ann"]);
+}
+
+#[tokio::test]
+async fn a_presence_refresh_leaves_the_entry_of_a_join_under_way_to_it() {
+    let node = Node::start().await;
+    let (settled, joining) = (node.connect("c1"), node.connect("c2"));
+    let subscribing = node.subscribe(&settled);
+    node.open(1);
+    finished(subscribing).await.unwrap();
+    let subscribing = node.subscribe(&joining);
+    node.additions_waiting(2).await;
+
+    // A heartbeat lists both subscriptions while c2's entry is being added.
+    let listed = [&settled, &joining].map(|conn| (node.channel.clone(), conn.info_in(&node.channel)));
+    node.hub.presence.refresh(listed.to_vec()).await;
+    assert_eq!(node.log()[2..], ["adding c2", "refreshed c1"], "c2's entry is its join's to write");
+
+    node.open(1);
+    finished(subscribing).await.unwrap();
+    // So its join finds c2 absent, and tells of its arrival.
+    assert_eq!(*node.users.0.lock().unwrap(), ["arrived c1", "arrived c2"]);
 }

@@ -17,11 +17,16 @@
 //! began waits for the lock, so for the leave. Only joins under way are
 //! kept: an entry lives from a subscription's going live to the end of
 //! its join.
+//!
+//! The subscriptions whose join is yet to be told, from their adding on,
+//! are kept too (by channel and connection): a presence refresh leaves
+//! their entries alone. A refresh that wrote one first would have its join
+//! find the user there already, and tell no "the user arrived".
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use herald_engine::{ChannelName, UserId};
+use herald_engine::{ChannelName, ClientId, ClientInfo, UserId};
 use tokio::sync::watch;
 
 type Key = (ChannelName, UserId);
@@ -31,6 +36,18 @@ pub(super) struct Joins {
     /// The joins under way, by channel and user: for each, the receiving
     /// end of a channel its announcer closes once the join is told.
     under_way: Mutex<HashMap<Key, Vec<watch::Receiver<()>>>>,
+    /// The subscriptions whose join is yet to be told, by channel and
+    /// connection, each with how many subscribes of it there are (one
+    /// that ended may not be done yet when the next is added).
+    unannounced: Mutex<HashMap<(ChannelName, ClientId), usize>>,
+}
+
+/// A subscription whose join is yet to be told; dropping it (the join
+/// told, or the subscribe over) lets presence refreshes write its entry.
+#[derive(Debug)]
+pub(super) struct Unannounced<'a> {
+    joins: &'a Joins,
+    key: (ChannelName, ClientId),
 }
 
 /// A join being announced; dropping it (told, failed or abandoned) lets
@@ -47,6 +64,31 @@ pub(super) struct JoinUnderWay<'a> {
 impl Joins {
     fn under_way(&self) -> MutexGuard<'_, HashMap<Key, Vec<watch::Receiver<()>>>> {
         self.under_way.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unannounced(&self) -> MutexGuard<'_, HashMap<(ChannelName, ClientId), usize>> {
+        self.unannounced.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes a subscription of `client` to `channel` just added, whose
+    /// join is yet to be told. The caller holds the channel's interest lock.
+    pub(super) fn expect(&self, channel: &ChannelName, client: &ClientId) -> Unannounced<'_> {
+        let key = (channel.clone(), client.clone());
+        let mut unannounced = self.unannounced();
+        let count = unannounced.entry(key.clone()).or_default();
+        *count = count.saturating_add(1);
+        drop(unannounced);
+        Unannounced { joins: self, key }
+    }
+
+    /// Takes out of `entries` those of subscriptions whose join is yet to
+    /// be told.
+    pub(super) fn leave_out_unannounced(&self, entries: &mut Vec<(ChannelName, ClientInfo)>) {
+        let unannounced = self.unannounced();
+        if unannounced.is_empty() {
+            return;
+        }
+        entries.retain(|(channel, info)| !unannounced.contains_key(&(channel.clone(), info.client.clone())));
     }
 
     /// Registers a join of `user` in `channel`, about to be announced.
@@ -77,6 +119,18 @@ impl Drop for JoinUnderWay<'_> {
         joins.retain(|join| !join.same_channel(&ours));
         if joins.is_empty() {
             under_way.remove(&self.key);
+        }
+    }
+}
+
+impl Drop for Unannounced<'_> {
+    fn drop(&mut self) {
+        let mut unannounced = self.joins.unannounced();
+        if let Some(count) = unannounced.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                unannounced.remove(&self.key);
+            }
         }
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent, UserId};
 
-use super::joins::{JoinUnderWay, Joins};
+use super::joins::{JoinUnderWay, Joins, Unannounced};
 use super::observer::Observer;
 use crate::namespace::NamespaceOptions;
 
@@ -111,6 +111,19 @@ impl PresenceKeeper {
         self.refresh_all.store(true, Ordering::Relaxed);
     }
 
+    /// Notes a subscription of `client` to `channel` just added, where the
+    /// namespace keeps presence: refreshes leave its entry alone until
+    /// what this returns is dropped, once its join is told (or the
+    /// subscribe is over). Called under the channel's interest lock.
+    pub(super) fn expect_join(
+        &self,
+        channel: &ChannelName,
+        client: &ClientId,
+        options: &NamespaceOptions,
+    ) -> Option<Unannounced<'_>> {
+        options.presence.then(|| self.joins.expect(channel, client))
+    }
+
     /// Registers a join of `user` in `channel`, where the namespace keeps
     /// presence or pushes joins and leaves, so that the user's leaves wait
     /// for it; the caller then announces it, and drops what this returns
@@ -178,23 +191,6 @@ impl PresenceKeeper {
         }
     }
 
-    /// Removes the entry of a connection whose subscription ended before
-    /// it went live, which a refresh may have written meanwhile (a refresh
-    /// lists every subscription, recovering ones too). Nothing is told:
-    /// its join never was.
-    pub(super) async fn withdraw(&self, info: &ClientInfo, channel: &ChannelName, options: &NamespaceOptions) {
-        if !options.presence {
-            return;
-        }
-        self.note_change(channel, &info.client, false);
-        // Most often there is no such entry; and this fails on every
-        // subscribe a backplane outage fails, which the outage's own
-        // warnings already tell of.
-        if let Err(error) = self.engine.presence().remove_presence(channel, info).await {
-            tracing::debug!(%channel, %error, "presence entry of a subscription that never went live may show until its ttl");
-        }
-    }
-
     /// Refreshes those of the live connections' `entries` whose beat this
     /// is (all of them after a failure or a break in the link), so they
     /// outlive their ttl: in one call, which the engine batches.
@@ -203,6 +199,8 @@ impl PresenceKeeper {
         if !self.refresh_all.swap(false, Ordering::Relaxed) {
             entries.retain(|(channel, info)| refresh_beat(channel, info.user.as_str(), self.every) == beat);
         }
+        // Those whose join is yet to be told are its to write first.
+        self.joins.leave_out_unannounced(&mut entries);
         if entries.is_empty() {
             return;
         }

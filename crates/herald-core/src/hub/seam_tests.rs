@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_engine::{
     ChannelName, ClientId, Engine, EngineError, History, HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine,
-    NodeId, Presence, Publication, UserId,
+    NodeId, Publication, UserId,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -57,7 +57,6 @@ impl History for GatedHistory {
 
 struct Node {
     hub: Arc<Hub>,
-    memory: Arc<MemoryEngine>,
     gate: Arc<Semaphore>,
     arrived: Arc<AtomicUsize>,
     fail: Arc<AtomicBool>,
@@ -94,7 +93,7 @@ impl Node {
         let rules = ChannelRules::new(NamespaceOptions::default(), BTreeMap::from([("feed".to_owned(), feed)]));
         let hub = Hub::new(HubConfig::new(NodeId::new("n"), rules), engine);
         hub.start().await.unwrap();
-        Self { hub, memory, gate, arrived, fail, channel: ChannelName::new("feed:x").unwrap() }
+        Self { hub, gate, arrived, fail, channel: ChannelName::new("feed:x").unwrap() }
     }
 
     fn connect(&self, client: &str) -> Arc<Connection> {
@@ -210,10 +209,11 @@ async fn a_subscription_ended_while_its_history_is_read_fails_its_subscribe_with
     let client = node.connect("c1");
     let subscribing = node.subscribe(&client, true);
     node.reads_waiting(2).await;
-    // A presence refresh lists recovering subscriptions too, and may write
-    // the client's entry while its history is read.
-    let entry = client.info_in(&node.channel);
-    node.memory.add_presence(&node.channel, &entry, Duration::from_secs(60)).await.unwrap();
+    // A heartbeat lists its subscription while its history is read; the
+    // refresh leaves its entry to its join.
+    let listed = vec![(node.channel.clone(), client.info_in(&node.channel))];
+    node.hub.presence.refresh(listed).await;
+    assert_eq!(node.present().await, ["watcher"]);
     let told = node.unsubscribe_now(&client).await;
     assert!(!told, "no unsubscribe push for a subscription the client was not told of: its subscribe fails instead");
 
@@ -223,7 +223,7 @@ async fn a_subscription_ended_while_its_history_is_read_fails_its_subscribe_with
     assert!(frames(&client).is_empty(), "no reply of its own: the front-end replies with the error");
     assert!(!client.subscriptions().contains_key(&node.channel));
     assert_eq!(node.hub.subscription_count(&node.channel).await.unwrap(), 1, "the watcher alone");
-    assert_eq!(node.present().await, ["watcher"], "the entry the refresh wrote is gone");
+    assert_eq!(node.present().await, ["watcher"], "it never had an entry");
 
     node.publish().await;
     // No leave before it: the client never joined.

@@ -77,6 +77,9 @@ impl Hub {
         let subscriber =
             Subscriber::new(conn.clone(), subscription.join_leave, positioned, subscription.user.clone(), delta);
         let waiting = subscriber.waiting();
+        // Until its join is told, presence refreshes leave its entry alone
+        // (noted before a refresh can list the subscription).
+        let _unannounced = self.presence.expect_join(channel, &conn.client, options);
         let (name, subscribers) = self.channels.add(channel, subscriber);
         conn.subscriptions().insert(name, request.subscription.clone());
 
@@ -95,7 +98,7 @@ impl Hub {
                 let ours = self.channels.waits_in(channel, &conn.client, waiting);
                 if let Err(error) = read {
                     if ours {
-                        self.remove_unjoined(conn, channel, options).await;
+                        self.remove_unjoined(conn, channel).await;
                     }
                     return Err(error);
                 }
@@ -115,7 +118,7 @@ impl Hub {
                 // continue the stream it read: this node missed
                 // publications. The client is told at once, after its
                 // reply, and recovers again.
-                self.remove_unjoined(conn, channel, options).await;
+                self.remove_unjoined(conn, channel).await;
                 let reason = UnsubscribeReason::InsufficientState;
                 let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Unsubscribed { channel: channel.clone(), reason }));
                 return Ok(outcome);
@@ -140,14 +143,13 @@ impl Hub {
 
     /// Removes a subscription whose join was never announced (its history
     /// read failed, or what it buffered was stale) and notes the count it
-    /// leaves, written in the background. The caller holds the channel's
-    /// interest lock.
-    async fn remove_unjoined(&self, conn: &Arc<Connection>, channel: &ChannelName, options: &NamespaceOptions) {
-        let info = conn.info_in(channel);
+    /// leaves, written in the background. It has no presence entry to
+    /// remove: refreshes leave a subscription's entry alone until its join
+    /// is told. The caller holds the channel's interest lock.
+    async fn remove_unjoined(&self, conn: &Arc<Connection>, channel: &ChannelName) {
         if let Some(removed) = self.remove_subscriber(conn, channel).await {
             // Dropped at once: made by a task of its own.
             drop(self.occupancy.changed(channel, removed.left));
-            self.presence.withdraw(&info, channel, options).await;
         }
     }
 
@@ -269,12 +271,9 @@ impl Hub {
         // Noted before the leave, which may wait for joins: should this
         // future be dropped there, the count is still written.
         let occupancy = self.occupancy.changed(channel, removed.left);
-        if let Ok(options) = self.rules().resolve(channel) {
-            match removed.joined {
-                true => self.presence.announce(info, channel, options, false).await,
-                // It never joined: no leave either.
-                false => self.presence.withdraw(&info, channel, options).await,
-            }
+        // One that never joined has no leave, and no presence entry either.
+        if let (true, Ok(options)) = (removed.joined, self.rules().resolve(channel)) {
+            self.presence.announce(info, channel, options, false).await;
         }
         drop(interest);
         if let Some(write) = occupancy {

@@ -45,7 +45,8 @@
 //!   its join (nor another join of its user it could be told out of order
 //!   with), and a later subscription of the same client joins after the
 //!   earlier one left. A presence refresh leaves a subscription's entry
-//!   alone until its join is told, so the join is what writes it first.
+//!   alone until its join is told, so that the join finds no entry of its
+//!   own written before it.
 //! - Where occupancy is tracked, a change of a channel's local count is
 //!   noted under the interest lock and written after it is let go, one
 //!   write at a time per channel, the last one the latest count (see

@@ -49,7 +49,7 @@ where
 
 impl Hub {
     async fn beat(&self) {
-        self.presence.refresh(self.present_entries()).await;
+        self.presence.refresh(|| self.present_entries()).await;
         let local = self.channels.list(None);
         self.occupancy.refresh(&local).await;
         let rules = self.rules();
@@ -63,8 +63,9 @@ impl Hub {
         self.presence.sweep_expired(present).await;
     }
 
-    /// Every local connection's presence entry: (channel, who it is there).
-    fn present_entries(&self) -> Vec<(ChannelName, herald_engine::ClientInfo)> {
+    /// Every local connection's presence entry whose join was told:
+    /// (channel, who it is there).
+    pub(super) fn present_entries(&self) -> Vec<(ChannelName, herald_engine::ClientInfo)> {
         let mut entries = Vec::new();
         let rules = self.rules();
         self.registry.for_each(|conn| {
@@ -73,6 +74,7 @@ impl Hub {
                 .subscriptions()
                 .keys()
                 .filter(|channel| rules.resolve(channel).is_ok_and(|o| o.presence))
+                .filter(|channel| self.presence.announced(channel, &conn.client))
                 .cloned()
                 .collect();
             for channel in present {

@@ -326,8 +326,7 @@ async fn a_presence_refresh_leaves_the_entry_of_a_join_under_way_to_it() {
     node.additions_waiting(2).await;
 
     // A heartbeat lists both subscriptions while c2's entry is being added.
-    let listed = [&settled, &joining].map(|conn| (node.channel.clone(), conn.info_in(&node.channel)));
-    node.hub.presence.refresh(listed.to_vec()).await;
+    node.hub.presence.refresh(|| node.hub.present_entries()).await;
     assert_eq!(node.log()[2..], ["adding c2", "refreshed c1"], "c2's entry is its join's to write");
 
     node.open(1);

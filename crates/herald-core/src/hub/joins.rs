@@ -20,13 +20,14 @@
 //!
 //! The subscriptions whose join is yet to be told, from their adding on,
 //! are kept too (by channel and connection): a presence refresh leaves
-//! their entries alone. A refresh that wrote one first would have its join
+//! their entries alone (it asks while it lists a connection's
+//! subscriptions). A refresh that wrote one first would have its join
 //! find the user there already, and tell no "the user arrived".
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use herald_engine::{ChannelName, ClientId, ClientInfo, UserId};
+use herald_engine::{ChannelName, ClientId, UserId};
 use tokio::sync::watch;
 
 type Key = (ChannelName, UserId);
@@ -81,14 +82,11 @@ impl Joins {
         Unannounced { joins: self, key }
     }
 
-    /// Takes out of `entries` those of subscriptions whose join is yet to
-    /// be told.
-    pub(super) fn leave_out_unannounced(&self, entries: &mut Vec<(ChannelName, ClientInfo)>) {
+    /// Whether a subscription of `client` to `channel` has its join yet
+    /// to be told.
+    pub(super) fn is_unannounced(&self, channel: &ChannelName, client: &ClientId) -> bool {
         let unannounced = self.unannounced();
-        if unannounced.is_empty() {
-            return;
-        }
-        entries.retain(|(channel, info)| !unannounced.contains_key(&(channel.clone(), info.client.clone())));
+        !unannounced.is_empty() && unannounced.contains_key(&(channel.clone(), client.clone()))
     }
 
     /// Registers a join of `user` in `channel`, about to be announced.

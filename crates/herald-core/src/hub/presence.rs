@@ -124,6 +124,23 @@ impl PresenceKeeper {
         options.presence.then(|| self.joins.expect(channel, client))
     }
 
+    /// Removes the entry of a connection whose subscription ended before
+    /// it went live, which a refresh wrote if the subscribe that made it
+    /// was dropped (its connection's task ended) before the subscription
+    /// went. Nothing is told: its join never was.
+    pub(super) async fn withdraw(&self, info: &ClientInfo, channel: &ChannelName, options: &NamespaceOptions) {
+        if !options.presence {
+            return;
+        }
+        self.note_change(channel, &info.client, false);
+        // Most often there is no such entry; and this fails on every
+        // subscribe a backplane outage ends, which the outage's own
+        // warnings already tell of.
+        if let Err(error) = self.engine.presence().remove_presence(channel, info).await {
+            tracing::debug!(%channel, %error, "presence entry of a subscription that never went live may show until its ttl");
+        }
+    }
+
     /// Registers a join of `user` in `channel`, where the namespace keeps
     /// presence or pushes joins and leaves, so that the user's leaves wait
     /// for it; the caller then announces it, and drops what this returns
@@ -191,31 +208,40 @@ impl PresenceKeeper {
         }
     }
 
-    /// Refreshes those of the live connections' `entries` whose beat this
+    /// Refreshes those of the live connections' entries whose beat this
     /// is (all of them after a failure or a break in the link), so they
-    /// outlive their ttl: in one call, which the engine batches.
-    pub(super) async fn refresh(&self, mut entries: Vec<(ChannelName, ClientInfo)>) {
+    /// outlive their ttl: in one call, which the engine batches. `list`
+    /// lists the entries (see [`PresenceKeeper::announced`]); it is called
+    /// once leaves are noted for the refresh, so a leave made while or
+    /// after they are listed is not undone by it.
+    pub(super) async fn refresh(&self, list: impl FnOnce() -> Vec<(ChannelName, ClientInfo)>) {
+        *self.left_while_refreshing() = Some(HashSet::new());
+        let mut entries = list();
         let beat = self.beats.fetch_add(1, Ordering::Relaxed).checked_rem(self.every).unwrap_or(0);
         if !self.refresh_all.swap(false, Ordering::Relaxed) {
             entries.retain(|(channel, info)| refresh_beat(channel, info.user.as_str(), self.every) == beat);
         }
-        // Those whose join is yet to be told are its to write first.
-        self.joins.leave_out_unannounced(&mut entries);
-        if entries.is_empty() {
-            return;
+        if !entries.is_empty() {
+            let failed = self.engine.presence().refresh_presence(&entries, self.ttl).await;
+            if !failed.is_empty() {
+                self.refresh_all.store(true, Ordering::Relaxed);
+            }
+            for error in failed {
+                tracing::warn!(%error, "presence refresh failed for some entries; the next heartbeat refreshes all");
+            }
+            self.remove_again(&entries).await;
         }
-        // The entries were listed just before this call, with no await
-        // between: a leave noted from here on may have come after.
-        *self.left_while_refreshing() = Some(HashSet::new());
-        let failed = self.engine.presence().refresh_presence(&entries, self.ttl).await;
-        if !failed.is_empty() {
-            self.refresh_all.store(true, Ordering::Relaxed);
-        }
-        for error in failed {
-            tracing::warn!(%error, "presence refresh failed for some entries; the next heartbeat refreshes all");
-        }
-        self.remove_again(&entries).await;
         *self.left_while_refreshing() = None;
+    }
+
+    /// Whether the subscription of `client` to `channel` has had its join
+    /// told, so that a refresh may write its entry: until then its entry
+    /// is its join's to write first, or the join would find the user
+    /// there already and tell no arrival. Ask while holding the
+    /// connection's subscriptions, which is exact: a subscription is noted
+    /// as unannounced before it is added to them.
+    pub(super) fn announced(&self, channel: &ChannelName, client: &ClientId) -> bool {
+        !self.joins.is_unannounced(channel, client)
     }
 
     /// Removes again those of a refresh's `entries` that left while it

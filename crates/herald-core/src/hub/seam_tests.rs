@@ -211,8 +211,7 @@ async fn a_subscription_ended_while_its_history_is_read_fails_its_subscribe_with
     node.reads_waiting(2).await;
     // A heartbeat lists its subscription while its history is read; the
     // refresh leaves its entry to its join.
-    let listed = vec![(node.channel.clone(), client.info_in(&node.channel))];
-    node.hub.presence.refresh(listed).await;
+    node.hub.presence.refresh(|| node.hub.present_entries()).await;
     assert_eq!(node.present().await, ["watcher"]);
     let told = node.unsubscribe_now(&client).await;
     assert!(!told, "no unsubscribe push for a subscription the client was not told of: its subscribe fails instead");

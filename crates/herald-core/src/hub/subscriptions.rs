@@ -145,7 +145,8 @@ impl Hub {
     /// read failed, or what it buffered was stale) and notes the count it
     /// leaves, written in the background. It has no presence entry to
     /// remove: refreshes leave a subscription's entry alone until its join
-    /// is told. The caller holds the channel's interest lock.
+    /// is told, and the subscribe is still under way. The caller holds the
+    /// channel's interest lock.
     async fn remove_unjoined(&self, conn: &Arc<Connection>, channel: &ChannelName) {
         if let Some(removed) = self.remove_subscriber(conn, channel).await {
             // Dropped at once: made by a task of its own.
@@ -271,9 +272,12 @@ impl Hub {
         // Noted before the leave, which may wait for joins: should this
         // future be dropped there, the count is still written.
         let occupancy = self.occupancy.changed(channel, removed.left);
-        // One that never joined has no leave, and no presence entry either.
-        if let (true, Ok(options)) = (removed.joined, self.rules().resolve(channel)) {
-            self.presence.announce(info, channel, options, false).await;
+        if let Ok(options) = self.rules().resolve(channel) {
+            match removed.joined {
+                true => self.presence.announce(info, channel, options, false).await,
+                // It never joined: no leave either.
+                false => self.presence.withdraw(&info, channel, options).await,
+            }
         }
         drop(interest);
         if let Some(write) = occupancy {

@@ -8,19 +8,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_engine::{
-    Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, EngineError, ExpiredEntry, MemoryEngine, NodeId,
-    Presence, PresenceStats, UserId,
+    Arrival, ChannelName, ClientInfo, Departure, Engine, EngineError, ExpiredEntry, MemoryEngine, NodeId, Presence,
+    PresenceStats,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::tests::{frames, OffsetEncoder};
+use super::tests::{connect_encoding_offsets, finished, frames, sent, until_sent};
 use super::{Hub, HubConfig, HubObserver, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-use crate::connection::{Connection, ConnectionSpec};
+use crate::connection::Connection;
 use crate::error::HubError;
 use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::Outgoing;
 
 /// The memory engine's presence, but each entry added waits at a gate the
 /// test opens one addition at a time, in the order they arrived (a
@@ -125,15 +125,7 @@ impl Node {
     }
 
     fn connect_as(&self, client: &str, user: &str) -> Arc<Connection> {
-        self.hub
-            .connect(ConnectionSpec {
-                client: ClientId::new(client),
-                user: UserId::new(user).unwrap(),
-                conn_info: None,
-                encoder: Arc::new(OffsetEncoder),
-                outbox: Arc::new(Outbox::new(1 << 20)),
-            })
-            .unwrap()
+        connect_encoding_offsets(&self.hub, client, user)
     }
 
     /// Starts `conn`'s subscribe, hearing joins and leaves; its entry's
@@ -146,6 +138,17 @@ impl Node {
             request.subscription.join_leave = true;
             hub.subscribe(&conn, &channel, SubscribeAccess::Client, request, reply).await
         })
+    }
+
+    /// Connects `client` and has it join, its entry let through the gate;
+    /// it hears joins and leaves from then on.
+    async fn joined(&self, client: &str) -> Arc<Connection> {
+        let conn = self.connect(client);
+        let subscribing = self.subscribe(&conn);
+        self.open(1);
+        finished(subscribing).await.unwrap();
+        until_sent(&conn, &["sub", &format!("join {client}")]).await;
+        conn
     }
 
     fn unsubscribe(&self, conn: &Arc<Connection>) -> JoinHandle<bool> {
@@ -188,26 +191,6 @@ async fn settle() {
     }
 }
 
-async fn finished<T>(task: JoinHandle<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("it finished").expect("it did not panic")
-}
-
-/// Waits until the connection has been sent `count` frames, and returns them.
-async fn sent(conn: &Connection, count: usize) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut seen = Vec::new();
-    while seen.len() < count && tokio::time::Instant::now() < deadline {
-        seen.extend(frames(conn));
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    seen
-}
-
-/// Waits until the connection has been sent `lines`, in order.
-async fn until_sent(conn: &Connection, lines: &[&str]) {
-    assert_eq!(sent(conn, lines.len()).await, lines);
-}
-
 #[tokio::test]
 async fn clients_joining_one_channel_announce_their_joins_side_by_side() {
     let node = Node::start().await;
@@ -235,11 +218,7 @@ async fn clients_joining_one_channel_announce_their_joins_side_by_side() {
 #[tokio::test]
 async fn a_leave_waits_for_its_join_to_be_told() {
     let node = Node::start().await;
-    let watcher = node.connect("watcher");
-    let watching = node.subscribe(&watcher);
-    node.open(1);
-    finished(watching).await.unwrap();
-    until_sent(&watcher, &["sub", "join watcher"]).await;
+    let watcher = node.joined("watcher").await;
 
     let client = node.connect("c1");
     let subscribing = node.subscribe(&client);
@@ -262,11 +241,7 @@ async fn a_leave_waits_for_its_join_to_be_told() {
 #[tokio::test]
 async fn a_subscription_made_again_joins_after_the_earlier_one_left() {
     let node = Node::start().await;
-    let watcher = node.connect("watcher");
-    let watching = node.subscribe(&watcher);
-    node.open(1);
-    finished(watching).await.unwrap();
-    until_sent(&watcher, &["sub", "join watcher"]).await;
+    let watcher = node.joined("watcher").await;
 
     let client = node.connect("c1");
     let first = node.subscribe(&client);

@@ -8,18 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_engine::{
-    ChannelName, ClientId, Engine, EngineError, MemoryEngine, NodeId, NodeSubscribers, Occupancy, OccupancyChange,
-    UserId,
+    ChannelName, Engine, EngineError, MemoryEngine, NodeId, NodeSubscribers, Occupancy, OccupancyChange,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::tests::OffsetEncoder;
+use super::tests::{connect_encoding_offsets, finished};
 use super::{Hub, HubConfig, HubObserver, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-use crate::connection::{Connection, ConnectionSpec};
+use crate::connection::Connection;
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, NamespaceOptions};
-use crate::outbox::Outbox;
 
 /// The memory engine's occupancy, but each write waits at a gate the test
 /// opens one write at a time, in the order they arrived; what reached the
@@ -116,15 +114,7 @@ impl Node {
     }
 
     fn connect(&self, client: &str) -> Arc<Connection> {
-        self.hub
-            .connect(ConnectionSpec {
-                client: ClientId::new(client),
-                user: UserId::new(client).unwrap(),
-                conn_info: None,
-                encoder: Arc::new(OffsetEncoder),
-                outbox: Arc::new(Outbox::new(1 << 20)),
-            })
-            .unwrap()
+        connect_encoding_offsets(&self.hub, client, client)
     }
 
     fn subscribe(&self, conn: &Arc<Connection>) -> JoinHandle<Result<SubscribeOutcome, HubError>> {
@@ -165,10 +155,6 @@ impl Node {
     fn transitions(&self) -> Vec<String> {
         self.seen.0.lock().unwrap().clone()
     }
-}
-
-async fn finished<T>(task: JoinHandle<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("it finished").expect("it did not panic")
 }
 
 #[tokio::test]

@@ -10,19 +10,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_engine::{
-    ChannelName, ClientId, Engine, EngineError, History, HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine,
-    NodeId, Publication, UserId,
+    ChannelName, Engine, EngineError, History, HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine, NodeId,
+    Publication,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::tests::{frames, OffsetEncoder};
+use super::tests::{connect_encoding_offsets, finished, frames, until_sent};
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-use crate::connection::{Connection, ConnectionSpec};
+use crate::connection::Connection;
 use crate::error::HubError;
 use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::Outgoing;
 
 /// The memory engine's history, but each read waits at a gate the test
 /// opens one read at a time, in the order the reads arrived; a read may
@@ -97,15 +97,7 @@ impl Node {
     }
 
     fn connect(&self, client: &str) -> Arc<Connection> {
-        self.hub
-            .connect(ConnectionSpec {
-                client: ClientId::new(client),
-                user: UserId::new(client).unwrap(),
-                conn_info: None,
-                encoder: Arc::new(OffsetEncoder),
-                outbox: Arc::new(Outbox::new(1 << 20)),
-            })
-            .unwrap()
+        connect_encoding_offsets(&self.hub, client, client)
     }
 
     /// Starts `conn`'s subscribe, hearing joins and leaves if `join_leave`;
@@ -157,21 +149,6 @@ impl Node {
         clients.sort();
         clients
     }
-}
-
-/// Waits until the connection has been sent `lines`, in order.
-async fn until_sent(conn: &Connection, lines: &[&str]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut seen = Vec::new();
-    while seen.len() < lines.len() && tokio::time::Instant::now() < deadline {
-        seen.extend(frames(conn));
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert_eq!(seen, lines);
-}
-
-async fn finished<T>(task: JoinHandle<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("it finished").expect("it did not panic")
 }
 
 #[tokio::test]

@@ -136,6 +136,41 @@ impl PushEncoder for OffsetEncoder {
     }
 }
 
+/// Connects `client` as `user` to `hub`, its pushes encoded by
+/// [`OffsetEncoder`] into an outbox of a megabyte.
+pub(super) fn connect_encoding_offsets(hub: &Hub, client: &str, user: &str) -> Arc<Connection> {
+    hub.connect(ConnectionSpec {
+        client: ClientId::new(client),
+        user: UserId::new(user).unwrap(),
+        conn_info: None,
+        encoder: Arc::new(OffsetEncoder),
+        outbox: Arc::new(Outbox::new(1 << 20)),
+    })
+    .unwrap()
+}
+
+/// What `task` came to, within five seconds.
+pub(super) async fn finished<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(5), task).await.expect("it finished").expect("it did not panic")
+}
+
+/// Waits until the connection has been sent `count` frames (five seconds
+/// at most), and returns what it was sent.
+pub(super) async fn sent(conn: &Connection, count: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while seen.len() < count && tokio::time::Instant::now() < deadline {
+        seen.extend(frames(conn));
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    seen
+}
+
+/// Waits until the connection has been sent `lines`, in order.
+pub(super) async fn until_sent(conn: &Connection, lines: &[&str]) {
+    assert_eq!(sent(conn, lines.len()).await, lines);
+}
+
 /// What the connection was sent so far, in order, as text.
 pub(super) fn frames(conn: &Connection) -> Vec<String> {
     match conn.outbox().drain() {

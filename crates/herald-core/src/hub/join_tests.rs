@@ -4,6 +4,7 @@
 //! before the earlier one's leave.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ struct GatedPresence {
     memory: Arc<MemoryEngine>,
     gate: Arc<Semaphore>,
     log: Arc<Mutex<Vec<String>>>,
+    /// When set, a refresh waits at `refresh_gate` before it writes.
+    hold_refreshes: Arc<AtomicBool>,
+    refresh_gate: Arc<Semaphore>,
 }
 
 impl GatedPresence {
@@ -60,6 +64,12 @@ impl Presence for GatedPresence {
         self.memory.presence(channel).await
     }
     async fn refresh_presence(&self, entries: &[(ChannelName, ClientInfo)], ttl: Duration) -> Vec<EngineError> {
+        if self.hold_refreshes.load(Ordering::SeqCst) {
+            for (_, info) in entries {
+                self.note(format!("refreshing {}", info.client));
+            }
+            self.refresh_gate.acquire().await.expect("the gate stays open").forget();
+        }
         for (_, info) in entries {
             self.note(format!("refreshed {}", info.client));
         }
@@ -92,6 +102,8 @@ struct Node {
     hub: Arc<Hub>,
     gate: Arc<Semaphore>,
     log: Arc<Mutex<Vec<String>>>,
+    hold_refreshes: Arc<AtomicBool>,
+    refresh_gate: Arc<Semaphore>,
     users: Arc<Users>,
     channel: ChannelName,
 }
@@ -102,7 +114,14 @@ impl Node {
     async fn start() -> Self {
         let memory = Arc::new(MemoryEngine::new());
         let (gate, log) = (Arc::new(Semaphore::new(0)), Arc::default());
-        let presence = GatedPresence { memory: memory.clone(), gate: gate.clone(), log: Arc::clone(&log) };
+        let (hold_refreshes, refresh_gate) = (Arc::new(AtomicBool::new(false)), Arc::new(Semaphore::new(0)));
+        let presence = GatedPresence {
+            memory: memory.clone(),
+            gate: gate.clone(),
+            log: Arc::clone(&log),
+            hold_refreshes: hold_refreshes.clone(),
+            refresh_gate: refresh_gate.clone(),
+        };
         let engine = Engine::from_parts(
             "gated",
             memory.clone(),
@@ -117,7 +136,7 @@ impl Node {
         hub.start().await.unwrap();
         let users = Arc::new(Users::default());
         hub.observe(users.clone());
-        Self { hub, gate, log, users, channel: ChannelName::new("room:x").unwrap() }
+        Self { hub, gate, log, hold_refreshes, refresh_gate, users, channel: ChannelName::new("room:x").unwrap() }
     }
 
     fn connect(&self, client: &str) -> Arc<Connection> {
@@ -308,4 +327,33 @@ async fn a_presence_refresh_leaves_the_entry_of_a_join_under_way_to_it() {
     finished(subscribing).await.unwrap();
     // So its join finds c2 absent, and tells of its arrival.
     assert_eq!(*node.users.0.lock().unwrap(), ["arrived c1", "arrived c2"]);
+}
+
+#[tokio::test]
+async fn a_connection_that_leaves_and_joins_again_while_a_refresh_writes_is_told_arriving() {
+    let node = Node::start().await;
+    let client = node.joined("c1").await;
+    node.hold_refreshes.store(true, Ordering::SeqCst);
+    let hub = node.hub.clone();
+    let refreshing = tokio::spawn(async move { hub.presence.refresh(|| hub.present_entries()).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !node.log().contains(&"refreshing c1".to_owned()) {
+        assert!(tokio::time::Instant::now() < deadline, "the refresh did not list c1: {:?}", node.log());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    // It leaves and joins again while the refresh, which listed it, has
+    // yet to write its entry back.
+    assert!(finished(node.unsubscribe(&client)).await);
+    let rejoining = node.subscribe(&client);
+    settle().await;
+    node.refresh_gate.add_permits(1);
+    finished(refreshing).await;
+    node.open(1);
+    finished(rejoining).await.unwrap();
+
+    assert_eq!(*node.users.0.lock().unwrap(), ["arrived c1", "departed c1", "arrived c1"]);
+    let present: Vec<String> =
+        node.hub.presence(&node.channel).await.unwrap().into_iter().map(|info| info.client.to_string()).collect();
+    assert_eq!(present, ["c1"]);
 }

@@ -15,7 +15,9 @@
 //! in between would be undone: the entry written back, shown until its
 //! ttl, and its leave told twice. Leaves made while a refresh is under way
 //! are noted, and the refresh removes those of its entries again after it
-//! has written.
+//! has written. A connection that left so and joins again waits for the
+//! refresh to be over before it adds its entry, or its join could find the
+//! refresh's write there and tell no arrival.
 //!
 //! A join is announced outside its channel's interest lock, side by side
 //! with the others of the channel; a leave waits for the joins of its
@@ -28,6 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent, UserId};
+use tokio::sync::watch;
 
 use super::joins::{JoinUnderWay, Joins, Unannounced};
 use super::observer::Observer;
@@ -46,6 +49,8 @@ pub(super) struct PresenceKeeper {
     refresh_all: AtomicBool,
     /// While a refresh is under way, the entries removed since it began.
     left_while_refreshing: Mutex<Option<HashSet<(ChannelName, ClientId)>>>,
+    /// Whether a refresh is under way (see [`PresenceKeeper::announce`]).
+    refreshing: watch::Sender<bool>,
     /// Joins being announced, which their leaves wait for.
     joins: Joins,
 }
@@ -85,18 +90,25 @@ impl PresenceKeeper {
             beats: AtomicU64::new(0),
             refresh_all: AtomicBool::new(false),
             left_while_refreshing: Mutex::new(None),
+            refreshing: watch::Sender::new(false),
             joins: Joins::default(),
         }
     }
 
-    fn left_while_refreshing(&self) -> MutexGuard<'_, Option<HashSet<(ChannelName, ClientId)>>> {
+    fn left_set(&self) -> MutexGuard<'_, Option<HashSet<(ChannelName, ClientId)>>> {
         self.left_while_refreshing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `client` left `channel` while the refresh under way (if
+    /// any) was writing.
+    fn left_while_refreshing(&self, channel: &ChannelName, client: &ClientId) -> bool {
+        self.left_set().as_ref().is_some_and(|left| left.contains(&key(channel, client)))
     }
 
     /// Notes that the entry of `client` in `channel` is being added
     /// (`joined`) or removed, for a refresh under way.
     fn note_change(&self, channel: &ChannelName, client: &ClientId, joined: bool) {
-        if let Some(left) = self.left_while_refreshing().as_mut() {
+        if let Some(left) = self.left_set().as_mut() {
             let key = key(channel, client);
             match joined {
                 true => drop(left.remove(&key)),
@@ -172,6 +184,14 @@ impl PresenceKeeper {
         if !joined {
             self.joins.told(channel, &info.user).await;
         }
+        if joined && options.presence && self.left_while_refreshing(channel, &info.client) {
+            // A refresh under way listed this connection's entry before it
+            // left, and may write it back at any moment: joined now, the
+            // join could find it there and tell no arrival. The refresh
+            // removes it again when it is done.
+            let mut refreshing = self.refreshing.subscribe();
+            let _ = refreshing.wait_for(|under_way| !under_way).await;
+        }
         let presence = self.engine.presence();
         if options.presence {
             self.note_change(channel, &info.client, joined);
@@ -215,7 +235,7 @@ impl PresenceKeeper {
     /// once leaves are noted for the refresh, so a leave made while or
     /// after they are listed is not undone by it.
     pub(super) async fn refresh(&self, list: impl FnOnce() -> Vec<(ChannelName, ClientInfo)>) {
-        *self.left_while_refreshing() = Some(HashSet::new());
+        let _under_way = Refreshing::begin(self);
         let mut entries = list();
         let beat = self.beats.fetch_add(1, Ordering::Relaxed).checked_rem(self.every).unwrap_or(0);
         if !self.refresh_all.swap(false, Ordering::Relaxed) {
@@ -231,7 +251,6 @@ impl PresenceKeeper {
             }
             self.remove_again(&entries).await;
         }
-        *self.left_while_refreshing() = None;
     }
 
     /// Whether the subscription of `client` to `channel` has had its join
@@ -249,7 +268,7 @@ impl PresenceKeeper {
     /// Their leaves were told.
     async fn remove_again(&self, entries: &[(ChannelName, ClientInfo)]) {
         let raced: Vec<_> = {
-            let left = self.left_while_refreshing();
+            let left = self.left_set();
             let Some(left) = left.as_ref().filter(|left| !left.is_empty()) else { return };
             entries.iter().filter(|(channel, info)| left.contains(&key(channel, &info.client))).collect()
         };
@@ -257,7 +276,7 @@ impl PresenceKeeper {
         for (channel, info) in raced {
             // Unless it came back meanwhile.
             let key = key(channel, &info.client);
-            if !self.left_while_refreshing().as_ref().is_some_and(|left| left.contains(&key)) {
+            if !self.left_set().as_ref().is_some_and(|left| left.contains(&key)) {
                 continue;
             }
             if let Err(error) = presence.remove_presence(channel, info).await {
@@ -295,5 +314,24 @@ impl PresenceKeeper {
                 tracing::warn!(%channel, %error, "leave of an expired presence entry not sent");
             }
         }
+    }
+}
+
+/// A refresh under way: leaves are noted for it, and joins of those that
+/// left wait for it. Dropped (done, or its beat abandoned), it is over.
+struct Refreshing<'a>(&'a PresenceKeeper);
+
+impl<'a> Refreshing<'a> {
+    fn begin(keeper: &'a PresenceKeeper) -> Self {
+        *keeper.left_set() = Some(HashSet::new());
+        keeper.refreshing.send_replace(true);
+        Self(keeper)
+    }
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        *self.0.left_set() = None;
+        self.0.refreshing.send_replace(false);
     }
 }

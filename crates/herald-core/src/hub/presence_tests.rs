@@ -293,8 +293,13 @@ async fn a_connection_that_leaves_and_comes_back_while_a_refresh_is_writing_stay
     let held = hold_next_refresh(&hub, &recorded).await;
     let room = ChannelName::new("room:0").unwrap();
     assert!(hub.unsubscribe(&ann, &room).await, "ann leaves");
-    hub.subscribe(&ann, &room, SubscribeAccess::Client, SubscribeRequest::default(), |_| None).await.unwrap();
+    // Her join waits for the refresh, which may write her entry back.
+    let (again, ann_again) = (hub.clone(), ann.clone());
+    let back = tokio::spawn(async move {
+        again.subscribe(&ann_again, &room, SubscribeAccess::Client, SubscribeRequest::default(), |_| None).await
+    });
     finish_beat(&recorded, held).await;
+    back.await.unwrap().unwrap();
 
     assert_eq!(present(&hub, "room:0").await, 1, "she came back: her entry stays");
 }

@@ -177,15 +177,30 @@ impl Node {
 
     /// Waits until `additions` entries have reached the gate.
     async fn additions_waiting(&self, additions: usize) {
+        self.reaching("adding", additions).await;
+    }
+
+    /// Waits until `step` has been reached `times` times (five seconds at
+    /// most).
+    async fn reaching(&self, step: &str, times: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.reached("adding") < additions {
+        while self.reached(step) < times {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{} of {additions} presence entries began: one waits for another",
-                self.reached("adding")
+                "{step}: {} of {times} reached, one waits for another: {:?}",
+                self.reached(step),
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// The clients present in the channel, sorted.
+    async fn present(&self) -> Vec<String> {
+        let mut clients: Vec<String> =
+            self.hub.presence(&self.channel).await.unwrap().into_iter().map(|info| info.client.to_string()).collect();
+        clients.sort();
+        clients
     }
 
     fn reached(&self, step: &str) -> usize {
@@ -221,10 +236,7 @@ async fn clients_joining_one_channel_announce_their_joins_side_by_side() {
     for task in subscribing {
         finished(task).await.unwrap();
     }
-    let mut present: Vec<String> =
-        node.hub.presence(&node.channel).await.unwrap().into_iter().map(|info| info.client.to_string()).collect();
-    present.sort();
-    assert_eq!(present, ["c1", "c2", "c3"]);
+    assert_eq!(node.present().await, ["c1", "c2", "c3"]);
     // Each was subscribed before any join was told: it hears all three.
     for client in &clients {
         let mut heard = sent(client, 4).await;
@@ -252,9 +264,7 @@ async fn a_leave_waits_for_its_join_to_be_told() {
     assert!(finished(unsubscribing).await, "the client was told of its subscription, so of its end too");
     assert_eq!(node.log()[2..], ["adding c1", "added c1", "removed c1"]);
     until_sent(&watcher, &["join c1", "leave c1"]).await;
-    let present: Vec<String> =
-        node.hub.presence(&node.channel).await.unwrap().into_iter().map(|info| info.client.to_string()).collect();
-    assert_eq!(present, ["watcher"]);
+    assert_eq!(node.present().await, ["watcher"]);
 }
 
 #[tokio::test]
@@ -336,11 +346,7 @@ async fn a_connection_that_leaves_and_joins_again_while_a_refresh_writes_is_told
     node.hold_refreshes.store(true, Ordering::SeqCst);
     let hub = node.hub.clone();
     let refreshing = tokio::spawn(async move { hub.presence.refresh(|| hub.present_entries()).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !node.log().contains(&"refreshing c1".to_owned()) {
-        assert!(tokio::time::Instant::now() < deadline, "the refresh did not list c1: {:?}", node.log());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    node.reaching("refreshing c1", 1).await;
 
     // It leaves and joins again while the refresh, which listed it, has
     // yet to write its entry back.
@@ -353,7 +359,5 @@ async fn a_connection_that_leaves_and_joins_again_while_a_refresh_writes_is_told
     finished(rejoining).await.unwrap();
 
     assert_eq!(*node.users.0.lock().unwrap(), ["arrived c1", "departed c1", "arrived c1"]);
-    let present: Vec<String> =
-        node.hub.presence(&node.channel).await.unwrap().into_iter().map(|info| info.client.to_string()).collect();
-    assert_eq!(present, ["c1"]);
+    assert_eq!(node.present().await, ["c1"]);
 }

@@ -36,11 +36,9 @@ use super::HubConfig;
 
 #[derive(Debug)]
 pub(super) struct OccupancyTracker {
-    engine: Engine,
-    node: NodeId,
-    ttl: Duration,
     enabled: bool,
-    observer: Observer,
+    /// The node's engine, id and entry ttl, and the observer, shared with
+    /// the writes made in tasks of their own.
     writer: Arc<Writer>,
 }
 
@@ -72,20 +70,13 @@ pub(super) struct OccupancyWrite {
 impl OccupancyTracker {
     pub(super) fn new(config: &HubConfig, engine: Engine, observer: Observer) -> Self {
         let writer = Arc::new(Writer {
-            engine: engine.clone(),
-            node: config.node.clone(),
-            ttl: config.presence_ttl,
-            observer: observer.clone(),
-            pending: Mutex::default(),
-        });
-        Self {
             engine,
             node: config.node.clone(),
             ttl: config.presence_ttl,
-            enabled: config.track_occupancy,
             observer,
-            writer,
-        }
+            pending: Mutex::default(),
+        });
+        Self { enabled: config.track_occupancy, writer }
     }
 
     /// Notes that `channel` has `subscribers` local subscribers after a
@@ -94,7 +85,7 @@ impl OccupancyTracker {
     /// tracked or a write for the channel is under way (it writes this
     /// count after its own).
     pub(super) fn changed(&self, channel: &ChannelName, subscribers: usize) -> Option<OccupancyWrite> {
-        if let Some(observer) = self.observer.get() {
+        if let Some(observer) = self.writer.observer.get() {
             observer.subscribers_changed(channel);
         }
         if !self.enabled {
@@ -123,9 +114,9 @@ impl OccupancyTracker {
         if !self.enabled {
             return;
         }
-        let occupancy = self.engine.occupancy();
+        let occupancy = self.writer.engine.occupancy();
         for (channel, subscribers) in channels {
-            if let Err(error) = occupancy.occupy(channel, &self.node, *subscribers, self.ttl).await {
+            if let Err(error) = occupancy.occupy(channel, &self.writer.node, *subscribers, self.writer.ttl).await {
                 tracing::warn!(%channel, %error, "occupancy refresh failed");
             }
         }
@@ -133,7 +124,7 @@ impl OccupancyTracker {
             Ok(abandoned) => {
                 for channel in abandoned {
                     tracing::info!(%channel, "every node serving the channel is gone: vacated");
-                    if let Some(observer) = self.observer.get() {
+                    if let Some(observer) = self.writer.observer.get() {
                         observer.channel_vacated(&channel);
                     }
                 }
@@ -148,15 +139,15 @@ impl OccupancyTracker {
         if !self.enabled {
             return Ok(0);
         }
-        let entries = self.engine.occupancy().subscribers(channel).await?;
-        Ok(entries.iter().filter(|e| e.node != self.node).map(|e| e.subscribers).sum())
+        let entries = self.writer.engine.occupancy().subscribers(channel).await?;
+        Ok(entries.iter().filter(|e| e.node != self.writer.node).map(|e| e.subscribers).sum())
     }
 
     /// The channels occupied anywhere in the cluster, with `local` (this
     /// node's), sorted.
     pub(super) async fn occupied(&self, mut local: Vec<ChannelName>) -> Result<Vec<ChannelName>, EngineError> {
         if self.enabled {
-            local.extend(self.engine.occupancy().occupied_channels().await?);
+            local.extend(self.writer.engine.occupancy().occupied_channels().await?);
             local.sort();
             local.dedup();
         }

@@ -26,7 +26,6 @@
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent, UserId};
@@ -47,10 +46,10 @@ pub(super) struct PresenceKeeper {
     beats: AtomicU64,
     /// The next beat refreshes every entry.
     refresh_all: AtomicBool,
-    /// While a refresh is under way, the entries removed since it began.
-    left_while_refreshing: Mutex<Option<HashSet<(ChannelName, ClientId)>>>,
-    /// Whether a refresh is under way (see [`PresenceKeeper::announce`]).
-    refreshing: watch::Sender<bool>,
+    /// While a refresh is under way, the entries removed since it began;
+    /// `None` when none is. A watch, so that a join can wait for the
+    /// refresh to be over (see [`PresenceKeeper::announce`]).
+    left_while_refreshing: watch::Sender<Option<HashSet<(ChannelName, ClientId)>>>,
     /// Joins being announced, which their leaves wait for.
     joins: Joins,
 }
@@ -89,32 +88,31 @@ impl PresenceKeeper {
             every: beats_between_refreshes(interval, ttl),
             beats: AtomicU64::new(0),
             refresh_all: AtomicBool::new(false),
-            left_while_refreshing: Mutex::new(None),
-            refreshing: watch::Sender::new(false),
+            left_while_refreshing: watch::Sender::new(None),
             joins: Joins::default(),
         }
-    }
-
-    fn left_set(&self) -> MutexGuard<'_, Option<HashSet<(ChannelName, ClientId)>>> {
-        self.left_while_refreshing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `client` left `channel` while the refresh under way (if
     /// any) was writing.
     fn left_while_refreshing(&self, channel: &ChannelName, client: &ClientId) -> bool {
-        self.left_set().as_ref().is_some_and(|left| left.contains(&key(channel, client)))
+        self.left_while_refreshing.borrow().as_ref().is_some_and(|left| left.contains(&key(channel, client)))
     }
 
     /// Notes that the entry of `client` in `channel` is being added
     /// (`joined`) or removed, for a refresh under way.
     fn note_change(&self, channel: &ChannelName, client: &ClientId, joined: bool) {
-        if let Some(left) = self.left_set().as_mut() {
-            let key = key(channel, client);
-            match joined {
-                true => drop(left.remove(&key)),
-                false => drop(left.insert(key)),
+        // Not a change joins wait for: they wait for the refresh's end.
+        self.left_while_refreshing.send_if_modified(|left| {
+            if let Some(left) = left.as_mut() {
+                let key = key(channel, client);
+                match joined {
+                    true => drop(left.remove(&key)),
+                    false => drop(left.insert(key)),
+                }
             }
-        }
+            false
+        });
     }
 
     /// The engine's link broke: the backplane may have lost entries, so
@@ -189,8 +187,8 @@ impl PresenceKeeper {
             // left, and may write it back at any moment: joined now, the
             // join could find it there and tell no arrival. The refresh
             // removes it again when it is done.
-            let mut refreshing = self.refreshing.subscribe();
-            let _ = refreshing.wait_for(|under_way| !under_way).await;
+            let mut refreshing = self.left_while_refreshing.subscribe();
+            let _ = refreshing.wait_for(Option::is_none).await;
         }
         let presence = self.engine.presence();
         if options.presence {
@@ -268,15 +266,14 @@ impl PresenceKeeper {
     /// Their leaves were told.
     async fn remove_again(&self, entries: &[(ChannelName, ClientInfo)]) {
         let raced: Vec<_> = {
-            let left = self.left_set();
+            let left = self.left_while_refreshing.borrow();
             let Some(left) = left.as_ref().filter(|left| !left.is_empty()) else { return };
             entries.iter().filter(|(channel, info)| left.contains(&key(channel, &info.client))).collect()
         };
         let presence = self.engine.presence();
         for (channel, info) in raced {
             // Unless it came back meanwhile.
-            let key = key(channel, &info.client);
-            if !self.left_set().as_ref().is_some_and(|left| left.contains(&key)) {
+            if !self.left_while_refreshing(channel, &info.client) {
                 continue;
             }
             if let Err(error) = presence.remove_presence(channel, info).await {
@@ -323,15 +320,13 @@ struct Refreshing<'a>(&'a PresenceKeeper);
 
 impl<'a> Refreshing<'a> {
     fn begin(keeper: &'a PresenceKeeper) -> Self {
-        *keeper.left_set() = Some(HashSet::new());
-        keeper.refreshing.send_replace(true);
+        keeper.left_while_refreshing.send_replace(Some(HashSet::new()));
         Self(keeper)
     }
 }
 
 impl Drop for Refreshing<'_> {
     fn drop(&mut self) {
-        *self.0.left_set() = None;
-        self.0.refreshing.send_replace(false);
+        self.0.left_while_refreshing.send_replace(None);
     }
 }

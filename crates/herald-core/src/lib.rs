@@ -51,6 +51,8 @@ pub use hub::{
     SubscribeRequest, Watch, MAX_WATCHES, NODE_INFO_EVERY, WATCH_QUEUE,
 };
 pub use namespace::{ChannelConventions, ChannelRules, DeltaType, NamespaceOptions, PublishPolicy, SubscribePolicy};
-pub use outbox::{ConnEvent, Drained, Outbox, OutboxClosed, Outgoing, Queued, UnsubscribeReason, Waiting};
+pub use outbox::{
+    ConnEvent, Direct, Drained, Outbox, OutboxClosed, Outgoing, Queued, Sent, UnsubscribeReason, Waiting,
+};
 
 pub use herald_engine as engine;

@@ -28,10 +28,17 @@
 //! without a delay makes everything queued ready at once, so replies are
 //! never held back by a delayed publication.
 //!
+//! # Written by the fanout
+//!
+//! Where the transport allows it, a session lends its socket while it is
+//! idle, and a fanout writes a lone frame it queued itself
+//! ([`Outbox::flush`]) instead of waking the session for it: see
+//! `direct.rs`.
+//!
 //! # What else the session waits on
 //!
 //! The session waits on its outbox, its socket and its timer together, and
-//! is woken once per delivery by the outbox. Polling the socket and the
+//! is woken by the outbox for each delivery it writes itself. Polling the socket and the
 //! timer again at each of those wake-ups would find nothing, at a cost
 //! comparable to the delivery's write. So an outbox is also a waker for
 //! them ([`Outbox::parked`]): the session polls its read with it, and its
@@ -54,6 +61,9 @@ use tokio::time::Instant;
 use herald_engine::{ChannelName, DisconnectReason};
 
 use crate::frame::Frame;
+
+mod direct;
+pub use direct::{Direct, Sent};
 
 /// What a non-frame item counts for against the byte limit.
 const EVENT_COST: usize = 64;
@@ -258,6 +268,9 @@ struct State {
     /// When what is queued must be written; `None` while empty.
     due: Option<Due>,
     closed: Option<DisconnectReason>,
+    /// The session's socket, for [`Outbox::flush`] to write to while the
+    /// session lends it (see `direct.rs`).
+    direct: Option<Arc<dyn Direct>>,
 }
 
 /// A bounded, byte-accounted queue with a wake-up for its single reader.
@@ -350,11 +363,10 @@ impl Outbox {
     }
 
     /// [`Outbox::push`] without waking the writer: the caller must call
-    /// [`Outbox::wake`] soon after, once it has pushed to a few other
-    /// outboxes too. A fanout wakes its subscribers in batches, so that
-    /// the worker thread the first wake-up brings finds several queued and
-    /// takes half at once, rather than taking them one by one as they come
-    /// and parking in between.
+    /// [`Outbox::flush`] (or [`Outbox::wake`]) soon after, once it has
+    /// pushed to a few other outboxes too. A fanout writes or wakes its
+    /// subscribers in batches, so that their writes come together rather
+    /// than one by one with a park in between.
     pub fn push_unwoken(&self, item: Outgoing) -> Result<(), OutboxClosed> {
         self.push_due(item, Due::Now, Waking::ByCaller).map(|_| ())
     }
@@ -502,6 +514,10 @@ impl Outbox {
         }
         state.bytes = 0;
         state.due = None;
+        // Nothing pushed from now on is written before what this takes.
+        if let Some(socket) = &state.direct {
+            socket.reclaim();
+        }
         Drained::Items(std::mem::take(&mut state.items))
     }
 }

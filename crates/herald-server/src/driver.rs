@@ -11,7 +11,12 @@
 //! ([`Transport`]) moves messages. Neither brings a loop of its own.
 //! The client's side is read, and the timer polled, only when the socket
 //! or the timer has woken the session: the wake-ups of the outbox (one
-//! per delivery) poll neither again (`NextTurn`).
+//! per delivery the session writes) poll neither again (`NextTurn`).
+//!
+//! Between turns, once its connection is connected, the session lends its
+//! socket to the fanout ([`Transport::lend`]; see `herald_core::Direct`),
+//! which then writes a publication's lone frame itself, without waking
+//! the session; a drain, or the transport's next write, takes it back.
 //!
 //! Everything a session sends goes through the outbox, pings and replies
 //! included, so it is bounded and written by one guarded write: a write
@@ -42,6 +47,8 @@ use herald_engine::DisconnectReason;
 
 use crate::transport::{Inbound, Started, Transport, TransportError};
 
+#[cfg(test)]
+mod lending_tests;
 mod sessions;
 pub(crate) use sessions::Sessions;
 
@@ -147,6 +154,9 @@ pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) 
     async move {
         let Parts { settings, outbox, .. } = protocol.parts();
         settings.sessions.enter(outbox);
+        if let Some(socket) = transport.direct() {
+            outbox.attach(socket);
+        }
         settings.metrics.session_opened(P::NAME, transport.name());
         let served = AssertUnwindSafe(serve(&mut protocol, &mut transport)).catch_unwind().await;
         let reason = served.unwrap_or_else(|_| {
@@ -161,6 +171,8 @@ pub(crate) fn run<P: Protocol, T: Transport>(mut transport: T, mut protocol: P) 
 /// Closes the transport (with the protocol's code for `reason`, when the
 /// server ends the session) and takes the connection out of the hub.
 async fn conclude<P: Protocol, T: Transport>(protocol: &mut P, transport: &mut T, reason: Option<DisconnectReason>) {
+    // The outbox may outlive the session: it must not keep the socket.
+    protocol.parts().outbox.detach();
     if let Some(reason) = &reason {
         let (code, text) = protocol.close_code(reason);
         let timeout = protocol.parts().settings.write_timeout;
@@ -208,6 +220,13 @@ fn serve<'a, P: Protocol, T: Transport>(
         }
         loop {
             rearm(&*protocol);
+            // Everything the last turn took is written (or the session has
+            // ended): the fanout may write to the socket until the next.
+            // Not before the connection is connected: its connect reply
+            // goes ahead of what is queued for it (`Outbox::push_front`).
+            if protocol.parts().connection.is_some() {
+                transport.lend(protocol.framing() == Framing::Binary);
+            }
             let turn =
                 NextTurn { read: transport.recv(), timer: timer(&*protocol), outbox: protocol.parts().outbox }.await;
             if let Some(end) = act(protocol, transport, turn).await {
@@ -473,13 +492,15 @@ fn start_frames<T: Transport>(
         Framing::Messages => transport.start_texts(cx, frames.filter_map(text)),
         // A lone message (the common case) is sent as it is, shared with
         // every other subscriber; only several are copied.
+        // With nothing to send, what is owed is still written: the rest of
+        // a frame the fanout began, for one.
         Framing::Lines => match Text::join(frames.filter_map(text), "\n") {
             Some(frame) => transport.start_texts(cx, std::iter::once(frame)),
-            None => Ok(Started::Written),
+            None => transport.start_texts(cx, std::iter::empty()),
         },
         Framing::Binary => match concatenated(frames.filter_map(binary)) {
             Some(frame) => transport.start_binary(cx, frame),
-            None => Ok(Started::Written),
+            None => transport.start_texts(cx, std::iter::empty()),
         },
     }
 }

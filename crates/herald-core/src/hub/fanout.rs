@@ -73,32 +73,51 @@ impl DeltaFrames {
     }
 }
 
-/// A fanout queues for this many subscribers, then wakes them together
-/// (see [`Outbox::push_unwoken`]): a second worker thread, woken by the
-/// first of them, then finds a batch to take, rather than one session at
-/// a time with a park in between. All at the end instead overflows the
-/// waking thread's run queue (256 tasks) at a thousand subscribers, and
-/// cost more than it saved there.
-const WAKE_IN_BATCHES_OF: usize = 64;
+/// A fanout writes to its subscribers (or wakes their sessions: see
+/// [`Outbox::flush`]) in batches of this many. A full batch is handed to a
+/// task of its own, which any worker thread may take: a large fanout's
+/// writes are shared by the node's cores, each batch's made in a burst.
+/// The last batch is written by the fanout itself, once it has let the
+/// channel go; a small fanout (a chat room) spawns nothing.
+const FLUSH_IN_BATCHES_OF: usize = 64;
 
-/// Outboxes queued for and not woken yet, woken [`WAKE_IN_BATCHES_OF`] at a time.
-struct WakeBatch<'a>(Vec<&'a Outbox>);
+/// Outboxes queued for and not flushed yet.
+struct FlushBatches {
+    batch: Vec<Arc<Outbox>>,
+    /// Where full batches run; `None` outside a runtime (never in the
+    /// server), where every batch is flushed in place.
+    runtime: Option<tokio::runtime::Handle>,
+}
 
-impl<'a> WakeBatch<'a> {
+impl FlushBatches {
     fn for_subscribers(subscribers: usize) -> Self {
-        Self(Vec::with_capacity(subscribers.min(WAKE_IN_BATCHES_OF)))
+        let runtime = match subscribers > FLUSH_IN_BATCHES_OF {
+            true => tokio::runtime::Handle::try_current().ok(),
+            false => None,
+        };
+        Self { batch: Vec::with_capacity(subscribers.min(FLUSH_IN_BATCHES_OF)), runtime }
     }
 
-    fn add(&mut self, outbox: &'a Outbox) {
-        self.0.push(outbox);
-        if self.0.len() >= WAKE_IN_BATCHES_OF {
-            self.wake_all();
+    fn add(&mut self, outbox: &Arc<Outbox>) {
+        self.batch.push(outbox.clone());
+        if self.batch.len() < FLUSH_IN_BATCHES_OF {
+            return;
+        }
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(FLUSH_IN_BATCHES_OF));
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(async move { flush(full) })),
+            None => flush(full),
         }
     }
 
-    fn wake_all(&mut self) {
-        self.0.drain(..).for_each(|outbox| outbox.wake());
+    /// Flushes the last batch, in place.
+    fn finish(self) {
+        flush(self.batch);
     }
+}
+
+fn flush(outboxes: Vec<Arc<Outbox>>) {
+    outboxes.iter().for_each(|outbox| outbox.flush());
 }
 
 /// Wakes `outboxes` at `due`: one timer for every subscriber a delayed
@@ -112,7 +131,7 @@ fn wake_at(runtime: &tokio::runtime::Handle, due: Instant, outboxes: Vec<Arc<Out
 
 impl Channels {
     /// Delivers one publication to every local subscriber of its channel,
-    /// waking their sessions in batches of [`WAKE_IN_BATCHES_OF`].
+    /// written (or their sessions woken) in batches of [`FLUSH_IN_BATCHES_OF`].
     /// With a `write_delay`, it may wait that long in each outbox so that
     /// what follows leaves in the same write. Returns the positioned
     /// subscribers it found stale (see `channels::Followed`): the hub ends their
@@ -127,6 +146,7 @@ impl Channels {
         let mut queued_for = 0usize;
         let shard = self.read(channel);
         let Some(subscribers) = shard.get(channel) else { return (stale, queued_for) };
+        let mut flush_now = FlushBatches::for_subscribers(subscribers.len());
         // Outside a runtime (never in the server) nothing could wait: no delay.
         let delayed = match write_delay.is_zero() {
             true => None,
@@ -135,7 +155,6 @@ impl Channels {
                 .and_then(|runtime| Some((runtime, Instant::now().checked_add(write_delay)?))),
         };
         let mut to_wake = Vec::new();
-        let mut wake_now = WakeBatch::for_subscribers(subscribers.len());
         let mut frames = SharedFrames::default();
         let mut deltas = DeltaFrames::default();
         for subscriber in subscribers.values() {
@@ -171,7 +190,7 @@ impl Channels {
                 None => {
                     let queued = conn.outbox.push_unwoken(Outgoing::Frame(frame));
                     if queued.is_ok() {
-                        wake_now.add(&conn.outbox);
+                        flush_now.add(&conn.outbox);
                     }
                     queued.map(|_| false)
                 }
@@ -188,7 +207,8 @@ impl Channels {
                 }
             }
         }
-        wake_now.wake_all();
+        drop(shard);
+        flush_now.finish();
         if let Some((runtime, due)) = delayed.filter(|_| !to_wake.is_empty()) {
             wake_at(&runtime, due, to_wake);
         }

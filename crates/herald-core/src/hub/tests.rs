@@ -499,7 +499,7 @@ async fn publications_of_a_namespace_with_a_write_delay_wait_for_it_and_leave_to
 }
 
 #[tokio::test]
-async fn a_publication_to_more_subscribers_than_a_batch_of_wake_ups_wakes_each_of_them_once() {
+async fn a_publication_to_more_subscribers_than_a_flush_batch_wakes_each_of_them_once() {
     let f = Fixture::new().await;
     let conns: Vec<_> = (0..150).map(|n| f.connect(&format!("u{n}"), 1 << 16)).collect();
     for conn in &conns {
@@ -515,6 +515,13 @@ async fn a_publication_to_more_subscribers_than_a_batch_of_wake_ups_wakes_each_o
     }
 
     f.publish("news", "hello").await;
+    // Full batches are flushed by tasks of their own.
+    let all_woken = async {
+        while wakers.iter().any(|w| w.count() == 0) {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), all_woken).await.expect("every subscriber woken");
 
     let woken: Vec<_> = wakers.iter().map(|w| w.count()).collect();
     assert!(woken.iter().all(|times| *times == 1), "wake-ups per subscriber: {woken:?}");

@@ -5,10 +5,13 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::websocket::SharedTcp;
 
 /// Any byte stream a transport can run over.
 pub(crate) trait Socket: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -17,9 +20,13 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Socket for T {}
 
 /// A client's connection: plain TCP, or anything else (TLS, a connection
 /// hyper could not hand back as TCP) boxed, so that it does not make every
-/// plain connection larger.
+/// plain connection larger. A WebSocket's plain TCP is shared with the
+/// fanout, which writes to it while the session lends it
+/// (`websocket::direct`): the session then reads and writes it through
+/// `&`, as the fanout does.
 pub(crate) enum Io {
     Tcp(TcpStream),
+    Shared(Arc<SharedTcp>),
     Boxed(Box<dyn Socket>),
 }
 
@@ -27,6 +34,7 @@ impl fmt::Debug for Io {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Io::Tcp(tcp) => f.debug_tuple("Tcp").field(tcp).finish(),
+            Io::Shared(shared) => f.debug_tuple("Shared").field(&shared.stream).finish(),
             Io::Boxed(_) => f.write_str("Boxed"),
         }
     }
@@ -53,6 +61,14 @@ impl Io {
     pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self {
             Io::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Shared(shared) => loop {
+                ready!(shared.stream.poll_read_ready(cx))?;
+                match shared.stream.try_read_buf(buf) {
+                    // The readiness was stale: the next poll waits anew.
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    read => return Poll::Ready(read.map(|_| ())),
+                }
+            },
             Io::Boxed(other) => Pin::new(other.as_mut()).poll_read(cx, buf),
         }
     }
@@ -68,6 +84,14 @@ impl Io {
             Io::Tcp(tcp) => match tcp.try_write(bytes) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => Pin::new(tcp).poll_write(cx, bytes),
                 written => Poll::Ready(written),
+            },
+            Io::Shared(shared) => loop {
+                match shared.stream.try_write(bytes) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(shared.stream.poll_write_ready(cx))?
+                    }
+                    written => return Poll::Ready(written),
+                }
             },
             Io::Boxed(other) => Pin::new(other.as_mut()).poll_write(cx, bytes),
         }
@@ -96,7 +120,7 @@ impl Io {
 
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Io::Tcp(_) => Poll::Ready(Ok(())),
+            Io::Tcp(_) | Io::Shared(_) => Poll::Ready(Ok(())),
             Io::Boxed(other) => Pin::new(other.as_mut()).poll_flush(cx),
         }
     }
@@ -105,6 +129,9 @@ impl Io {
     pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Io::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Io::Shared(shared) => {
+                Poll::Ready(socket2::SockRef::from(&shared.stream).shutdown(std::net::Shutdown::Write))
+            }
             Io::Boxed(other) => Pin::new(other.as_mut()).poll_shutdown(cx),
         }
     }

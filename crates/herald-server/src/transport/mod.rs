@@ -9,6 +9,7 @@
 //! Herald's own WebSocket (`websocket`).
 
 use std::future::{poll_fn, Future};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 pub(crate) mod io;
@@ -17,7 +18,7 @@ pub(crate) mod stream;
 pub(crate) mod websocket;
 
 use bytes::Bytes;
-use herald_core::Text;
+use herald_core::{Direct, Text};
 
 pub(crate) use websocket::{WebSocket, WsUpgrade};
 
@@ -96,6 +97,17 @@ pub(crate) trait Transport: Send {
 
     /// Closes with a code and reason; errors are moot at this point.
     fn close(&mut self, code: u16, reason: String) -> impl Future<Output = ()> + Send;
+
+    /// The socket the fanout may write to while the session lends it (see
+    /// `herald_core::Direct`), where the transport has one.
+    fn direct(&self) -> Option<Arc<dyn Direct>> {
+        None
+    }
+
+    /// Lends the socket to the fanout, for messages that are binary ones
+    /// when `binary`, until the transport next writes; not while something
+    /// is half written.
+    fn lend(&mut self, _binary: bool) {}
 }
 
 /// Runs `start` with the task's context, then writes what it left owed.

@@ -15,11 +15,17 @@
 //! negotiated (so no compression). `tests/autobahn.rs` holds it to the
 //! Autobahn suite.
 //!
+//! Over plain TCP the socket is shared with the fanout, which writes a
+//! publication's frame to it itself while the session lends it (`direct`):
+//! the session lends it between turns with nothing half written, and takes
+//! it back before it writes (`reclaim`).
+//!
 //! Every state survives a cancelled call: what is half read stays in
 //! `input`, what is half written in `output` (written first by the next
 //! call), so the session driver may drop a receive whenever something else
 //! is ready.
 
+mod direct;
 mod frame;
 #[cfg(test)]
 mod tests;
@@ -28,11 +34,12 @@ mod upgrade;
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::Text;
+use herald_core::{Direct, Text};
 use hyper::upgrade::Upgraded;
 use tokio::io::ReadBuf;
 
@@ -40,6 +47,7 @@ use super::io::Io;
 use super::{Inbound, Started, Transport, TransportError};
 use frame::{Opcode, Violation};
 
+pub(crate) use direct::SharedTcp;
 pub(crate) use upgrade::WsUpgrade;
 
 /// How long the reply to a client's close frame, or the client's reply to
@@ -81,6 +89,9 @@ pub(crate) struct WebSocket {
     /// The client only listens (`/connection/uni_websocket`): only the
     /// transport's name in metrics tells the two apart.
     listen_only: bool,
+    /// The socket may be lent to the fanout (`direct`): it is taken back
+    /// before anything is written.
+    lent: bool,
 }
 
 #[derive(Debug)]
@@ -135,7 +146,11 @@ impl WebSocket {
         WebSocket::over(io, read_ahead.to_vec(), max_message_size)
     }
 
-    fn over(io: Io, read_ahead: Vec<u8>, max_message_size: usize) -> WebSocket {
+    pub(crate) fn over(io: Io, read_ahead: Vec<u8>, max_message_size: usize) -> WebSocket {
+        let io = match io {
+            Io::Tcp(tcp) => Io::Shared(Arc::new(SharedTcp::new(tcp))),
+            other => other,
+        };
         WebSocket {
             io,
             input: read_ahead,
@@ -145,6 +160,7 @@ impl WebSocket {
             max_message_size,
             close_sent: false,
             listen_only: false,
+            lent: false,
         }
     }
 
@@ -233,7 +249,22 @@ impl WebSocket {
 
     /// Writes what is owed; `output` is let go once all of it is written.
     fn poll_write_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.reclaim();
         self.io.poll_write_out(cx, &mut self.output, &mut self.written)
+    }
+
+    /// Takes the socket back from the fanout, before anything is written:
+    /// the rest of a frame the fanout began is owed ahead of everything
+    /// not yet written.
+    fn reclaim(&mut self) {
+        if !std::mem::replace(&mut self.lent, false) {
+            return;
+        }
+        let Io::Shared(socket) = &self.io else { return };
+        if let Some(rest) = socket.take_back() {
+            let at = self.written.min(self.output.len());
+            self.output.splice(at..at, rest);
+        }
     }
 
     /// Writes one frame when nothing is owed, from the stack: header and
@@ -241,6 +272,7 @@ impl WebSocket {
     /// socket does not take at once becomes owed, for `poll_write_owed`.
     /// A frame too large for the buffer, or behind owed bytes, is queued.
     fn poll_write_lone(&mut self, cx: &mut Context<'_>, opcode: Opcode, payload: &[u8]) -> Poll<io::Result<()>> {
+        self.reclaim();
         match frame::frame_len(payload.len()) <= SMALL_FRAME {
             true => self.poll_write_lone_in::<SMALL_FRAME>(cx, opcode, payload),
             false => self.poll_write_lone_in::<LONE_FRAME>(cx, opcode, payload),
@@ -402,6 +434,21 @@ impl Transport for WebSocket {
 
     async fn close(&mut self, code: u16, reason: String) {
         self.send_close(&frame::close_payload(code, &reason), true).await;
+    }
+
+    fn direct(&self) -> Option<Arc<dyn Direct>> {
+        match &self.io {
+            Io::Shared(socket) => Some(socket.clone()),
+            Io::Tcp(_) | Io::Boxed(_) => None,
+        }
+    }
+
+    fn lend(&mut self, binary: bool) {
+        let Io::Shared(socket) = &self.io else { return };
+        if self.output.is_empty() && !self.close_sent {
+            socket.lend(if binary { Opcode::Binary } else { Opcode::Text });
+            self.lent = true;
+        }
     }
 }
 

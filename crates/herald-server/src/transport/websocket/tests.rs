@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use herald_core::Sent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -210,8 +211,8 @@ async fn a_lone_frame_the_socket_cannot_take_now_is_owed_whole_and_follows_what_
     let (mut socket, mut client) = pair(1024).await;
     // The socket's buffers filled, with nothing owed by the WebSocket.
     let mut filled = 0usize;
-    let Io::Tcp(tcp) = &socket.io else { unreachable!() };
-    while let Ok(n) = tcp.try_write(&[b'f'; 4096]) {
+    let Io::Shared(tcp) = &socket.io else { unreachable!() };
+    while let Ok(n) = tcp.stream.try_write(&[b'f'; 4096]) {
         filled += n;
     }
     let send = socket.send_text(Text::from("late"));
@@ -232,9 +233,9 @@ async fn a_lone_frame_the_socket_cannot_take_now_is_owed_whole_and_follows_what_
 #[tokio::test]
 async fn bytes_read_with_the_handshake_are_the_first_message() {
     let (server, _client) = {
-        let (socket, client) = pair(1024).await;
-        let Io::Tcp(tcp) = socket.io else { unreachable!() };
-        (tcp, client)
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        (listener.accept().await.unwrap().0, client)
     };
     let ahead = client_frame(true, 0x1, b"{\"connect\":{}}");
     let mut socket = WebSocket::over(Io::Tcp(server), ahead, 1024);
@@ -278,4 +279,107 @@ async fn a_client_that_pings_without_reading_the_pongs_is_not_read_past_a_bound(
     assert!(owed > 0, "the kernel's buffers filled: pongs are owed");
     assert!(owed <= MAX_OWED + 127, "{owed} bytes of pongs owed");
     flood.abort();
+}
+
+/// The socket the fanout writes to while the WebSocket lends it.
+fn lent(socket: &mut WebSocket, binary: bool) -> Arc<dyn Direct> {
+    let direct = socket.direct().expect("a WebSocket over TCP lends its socket");
+    socket.lend(binary);
+    direct
+}
+
+fn text_frame(text: &'static str) -> herald_core::Frame {
+    herald_core::Frame::Text(Text::from(text))
+}
+
+#[tokio::test]
+async fn a_lent_socket_takes_a_frame_from_the_fanout_as_one_message() {
+    let (mut socket, mut client) = pair(1024).await;
+    let direct = lent(&mut socket, false);
+
+    assert_eq!(direct.try_send(&text_frame("published")), Sent::Whole);
+    assert_eq!(direct.try_send(&herald_core::Frame::Binary(Bytes::from_static(b"\x01\x02"))), Sent::Not);
+
+    assert_eq!(server_frame(&mut client).await, (0x81, b"published".to_vec()));
+    let direct = lent(&mut socket, true);
+    assert_eq!(direct.try_send(&text_frame("text")), Sent::Not, "a binary protocol's socket takes no text");
+    assert_eq!(direct.try_send(&herald_core::Frame::Binary(Bytes::from_static(b"\x01\x02"))), Sent::Whole);
+    assert_eq!(server_frame(&mut client).await, (0x82, vec![1, 2]));
+}
+
+#[tokio::test]
+async fn a_socket_the_session_writes_to_is_taken_back_from_the_fanout() {
+    let (mut socket, mut client) = pair(1024).await;
+    let direct = lent(&mut socket, false);
+
+    socket.send_text(Text::from("the session's")).await.unwrap();
+    assert_eq!(direct.try_send(&text_frame("the fanout's")), Sent::Not);
+    assert_eq!(server_frame(&mut client).await, (0x81, b"the session's".to_vec()));
+
+    lent(&mut socket, false);
+    direct.reclaim();
+    assert_eq!(direct.try_send(&text_frame("the fanout's")), Sent::Not, "taken back by a drain");
+}
+
+#[tokio::test]
+async fn a_frame_the_socket_took_in_part_is_finished_before_anything_of_the_sessions() {
+    let (mut socket, mut client) = pair(1024).await;
+    // The socket's buffers filled, then room made for part of a frame.
+    let mut filled = 0usize;
+    let Io::Shared(tcp) = &socket.io else { unreachable!() };
+    while let Ok(n) = tcp.stream.try_write(&[b'f'; 4096]) {
+        filled += n;
+    }
+    let mut half = vec![0u8; filled / 2];
+    client.read_exact(&mut half).await.unwrap();
+    filled -= half.len();
+    tcp.stream.writable().await.unwrap();
+    let direct = lent(&mut socket, false);
+    let big: &'static str = "b".repeat(4 << 20).leak();
+
+    assert_eq!(direct.try_send(&text_frame(big)), Sent::Begun, "the socket took some, not 4 MiB");
+    assert_eq!(direct.try_send(&text_frame("after")), Sent::Not, "nothing goes between a frame's parts");
+
+    let reader = tokio::spawn(async move {
+        let mut held = vec![0u8; filled];
+        client.read_exact(&mut held).await.unwrap();
+        assert!(held.iter().all(|&b| b == b'f'));
+        (server_frame(&mut client).await, server_frame(&mut client).await)
+    });
+    socket.send_text(Text::from("the session's")).await.unwrap();
+    let (first, second) = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("both frames").unwrap();
+    assert_eq!((first.0, first.1.len()), (0x81, big.len()), "the fanout's frame, whole");
+    assert!(first.1.iter().all(|&b| b == b'b'));
+    assert_eq!(second, (0x81, b"the session's".to_vec()), "then the session's");
+    assert_eq!(socket.output.capacity(), 0);
+}
+
+#[tokio::test]
+async fn a_pong_waits_for_the_rest_of_a_frame_the_fanout_began() {
+    let (mut socket, mut client) = pair(1024).await;
+    let mut filled = 0usize;
+    let Io::Shared(tcp) = &socket.io else { unreachable!() };
+    while let Ok(n) = tcp.stream.try_write(&[b'f'; 4096]) {
+        filled += n;
+    }
+    let mut half = vec![0u8; filled / 2];
+    client.read_exact(&mut half).await.unwrap();
+    filled -= half.len();
+    tcp.stream.writable().await.unwrap();
+    let direct = lent(&mut socket, false);
+    let big: &'static str = "b".repeat(4 << 20).leak();
+    assert_eq!(direct.try_send(&text_frame(big)), Sent::Begun);
+
+    client.write_all(&client_frame(true, 0x9, b"ping")).await.unwrap();
+    client.write_all(&client_frame(true, 0x1, b"hello")).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut held = vec![0u8; filled];
+        client.read_exact(&mut held).await.unwrap();
+        (server_frame(&mut client).await, server_frame(&mut client).await)
+    });
+    assert_eq!(socket.recv().await.unwrap(), Some(Inbound::Text(Bytes::from_static(b"hello"))));
+    socket.send_owed().await.unwrap();
+    let (first, second) = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("both frames").unwrap();
+    assert_eq!((first.0, first.1.len()), (0x81, big.len()), "the fanout's frame, whole");
+    assert_eq!(second, (0x8A, b"ping".to_vec()), "then the pong");
 }

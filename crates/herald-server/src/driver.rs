@@ -13,15 +13,19 @@
 //! or the timer has woken the session: the wake-ups of the outbox (one
 //! per delivery the session writes) poll neither again (`NextTurn`).
 //!
-//! Between turns, once its connection is connected, the session lends its
-//! socket to the fanout ([`Transport::lend`]; see `herald_core::Direct`),
-//! which then writes a publication's lone frame itself, without waking
-//! the session; a drain, or the transport's next write, takes it back.
+//! At the top of its loop, once its connection is connected, the session
+//! lends its socket to the fanout ([`Transport::lend`]; see
+//! `herald_core::Direct`), which then writes a publication's lone frame
+//! itself, without waking the session, until a drain or the transport's
+//! next write takes the socket back (a turn that handles a message or the
+//! timer, and writes nothing, leaves it lent).
 //!
 //! Everything a session sends goes through the outbox, pings and replies
-//! included, so it is bounded and written by one guarded write: a write
-//! that blocks is abandoned when the outbox overflows behind it or after
-//! `write_timeout`, and the client is closed as slow. A write takes
+//! included, so it is bounded. The session writes it by one guarded write:
+//! a write that blocks is abandoned when the outbox overflows behind it or
+//! after `write_timeout`, and the client is closed as slow. (The fanout's
+//! own writes never block: a frame the socket does not take at once is
+//! left to the session.) A write takes
 //! everything queued; the protocol's [`Framing`] says how several messages
 //! share it.
 //!
@@ -496,11 +500,11 @@ fn start_frames<T: Transport>(
         // a frame the fanout began, for one.
         Framing::Lines => match Text::join(frames.filter_map(text), "\n") {
             Some(frame) => transport.start_texts(cx, std::iter::once(frame)),
-            None => transport.start_texts(cx, std::iter::empty()),
+            None => transport.start_owed(cx),
         },
         Framing::Binary => match concatenated(frames.filter_map(binary)) {
             Some(frame) => transport.start_binary(cx, frame),
-            None => transport.start_texts(cx, std::iter::empty()),
+            None => transport.start_owed(cx),
         },
     }
 }

@@ -18,10 +18,11 @@ impl Hub {
                 let rules = self.rules();
                 let delay = rules.resolve(&channel).map(|o| o.write_delay).unwrap_or_default();
                 let started = std::time::Instant::now();
-                let (stale, queued) = self.channels.deliver(&channel, &publication, delay);
+                let (stale, queued, last_batch) = self.channels.deliver(&channel, &publication, delay);
                 if let Some(meter) = self.meter.get() {
                     meter.fanned_out(queued, started.elapsed());
                 }
+                drop(last_batch);
                 let queued_count = u64::try_from(queued).unwrap_or(u64::MAX);
                 self.counters.delivered.fetch_add(queued_count, std::sync::atomic::Ordering::Relaxed);
                 if self.watchers.deliver(&channel, &publication) {

@@ -77,15 +77,16 @@ impl DeltaFrames {
 /// [`Outbox::flush`]) in batches of this many. A full batch is handed to a
 /// task of its own, which any worker thread may take: a large fanout's
 /// writes are shared by the node's cores, each batch's made in a burst.
-/// The last batch is written by the fanout itself, once it has let the
-/// channel go; a small fanout (a chat room) spawns nothing.
+/// The last batch is written in place once the fanout has let the channel
+/// go (see [`Flush`]); a small fanout (a chat room) spawns nothing.
 const FLUSH_IN_BATCHES_OF: usize = 64;
 
 /// Outboxes queued for and not flushed yet.
 struct FlushBatches {
     batch: Vec<Arc<Outbox>>,
-    /// Where full batches run; `None` outside a runtime (never in the
-    /// server), where every batch is flushed in place.
+    /// Where full batches run: `None` for a fanout no larger than one
+    /// batch, and outside a runtime (never in the server), where every
+    /// batch is flushed in place.
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -109,10 +110,17 @@ impl FlushBatches {
             None => flush(full),
         }
     }
+}
 
-    /// Flushes the last batch, in place.
-    fn finish(self) {
-        flush(self.batch);
+/// The last batch of a fanout, flushed when this is dropped: its caller
+/// has it written once it has measured how long queueing took, and it is
+/// written even if the caller forgets to.
+#[must_use = "the last batch is written when this is dropped"]
+pub(super) struct Flush(Vec<Arc<Outbox>>);
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        flush(std::mem::take(&mut self.0));
     }
 }
 
@@ -135,17 +143,18 @@ impl Channels {
     /// With a `write_delay`, it may wait that long in each outbox so that
     /// what follows leaves in the same write. Returns the positioned
     /// subscribers it found stale (see `channels::Followed`): the hub ends their
-    /// subscriptions so that they recover; and how many it queued it for.
+    /// subscriptions so that they recover; how many it queued it for; and
+    /// the last batch, written when dropped.
     pub(super) fn deliver(
         &self,
         channel: &ChannelName,
         publication: &Arc<Publication>,
         write_delay: Duration,
-    ) -> (Vec<Arc<Connection>>, usize) {
+    ) -> (Vec<Arc<Connection>>, usize, Flush) {
         let mut stale = Vec::new();
         let mut queued_for = 0usize;
         let shard = self.read(channel);
-        let Some(subscribers) = shard.get(channel) else { return (stale, queued_for) };
+        let Some(subscribers) = shard.get(channel) else { return (stale, queued_for, Flush(Vec::new())) };
         let mut flush_now = FlushBatches::for_subscribers(subscribers.len());
         // Outside a runtime (never in the server) nothing could wait: no delay.
         let delayed = match write_delay.is_zero() {
@@ -207,12 +216,10 @@ impl Channels {
                 }
             }
         }
-        drop(shard);
-        flush_now.finish();
         if let Some((runtime, due)) = delayed.filter(|_| !to_wake.is_empty()) {
             wake_at(&runtime, due, to_wake);
         }
-        (stale, queued_for)
+        (stale, queued_for, Flush(flush_now.batch))
     }
 
     /// Delivers a join or leave to the local subscribers that hear them:

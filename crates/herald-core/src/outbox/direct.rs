@@ -5,10 +5,10 @@
 //! subscribers that read on the same machine then find their sockets empty
 //! between two writes and sleep, and each write pays to wake its reader.
 //! So where the transport allows it (a WebSocket over plain TCP), the
-//! session lends its socket whenever it is idle, with nothing half written,
-//! and a fanout that finds a lone frame queued in an outbox writes it
-//! itself ([`Outbox::flush`]), in a burst with the other subscribers of
-//! its batch. The session is woken only when that cannot be done: the
+//! session lends its socket at the top of its loop, with nothing half
+//! written, until it next drains its outbox or writes; a fanout that finds
+//! a lone frame queued in an outbox meanwhile writes it itself
+//! ([`Outbox::flush`]), in a burst with the other subscribers of its batch. The session is woken only when that cannot be done: the
 //! socket is not lent, the frame is not alone, or the socket did not take
 //! all of it (the rest is then the session's to write, before anything
 //! else).

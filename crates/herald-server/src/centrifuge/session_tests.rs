@@ -405,6 +405,10 @@ impl crate::transport::Transport for Counted {
         self.inner.start_binary(cx, bytes)
     }
 
+    fn start_owed(&mut self, cx: &mut std::task::Context<'_>) -> Result<crate::transport::Started, TransportError> {
+        self.inner.start_owed(cx)
+    }
+
     async fn send_owed(&mut self) -> Result<(), TransportError> {
         self.inner.send_owed().await
     }

@@ -71,6 +71,10 @@ pub(crate) trait Transport: Send {
     /// Starts sending one binary message, as [`Transport::start_texts`].
     fn start_binary(&mut self, cx: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError>;
 
+    /// Starts writing what is owed (a start's rest, or the rest of a frame
+    /// the fanout began on a socket the session lent), as a start.
+    fn start_owed(&mut self, cx: &mut Context<'_>) -> Result<Started, TransportError>;
+
     /// Writes what a start left owed (nothing: at once).
     fn send_owed(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
 
@@ -163,6 +167,10 @@ pub(crate) mod memory {
 
         fn start_binary(&mut self, _: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError> {
             self.outbound.send(Sent::Binary(bytes.to_vec())).map_err(|_| TransportError::Broken("closed".into()))?;
+            Ok(Started::Written)
+        }
+
+        fn start_owed(&mut self, _: &mut Context<'_>) -> Result<Started, TransportError> {
             Ok(Started::Written)
         }
 

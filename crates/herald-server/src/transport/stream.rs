@@ -235,11 +235,7 @@ impl<Held: Send> StreamTransport<Held> {
         let mut chunk = vec![0; CHUNK_ROOM];
         frame(self, &mut chunk);
         self.queue(chunk);
-        match self.poll_write_owed(cx) {
-            Poll::Ready(Ok(())) => Ok(Started::Written),
-            Poll::Ready(Err(error)) => Err(broken(error)),
-            Poll::Pending => Ok(Started::Owed),
-        }
+        self.start_owed(cx)
     }
 
     /// A message from the client, as the session takes it.
@@ -333,6 +329,14 @@ impl<Held: Send> Transport for StreamTransport<Held> {
     /// into the stream as they are.
     fn start_binary(&mut self, cx: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError> {
         self.start(cx, |_, chunk| chunk.extend_from_slice(&bytes))
+    }
+
+    fn start_owed(&mut self, cx: &mut Context<'_>) -> Result<Started, TransportError> {
+        match self.poll_write_owed(cx) {
+            Poll::Ready(Ok(())) => Ok(Started::Written),
+            Poll::Ready(Err(error)) => Err(broken(error)),
+            Poll::Pending => Ok(Started::Owed),
+        }
     }
 
     async fn send_owed(&mut self) -> Result<(), TransportError> {

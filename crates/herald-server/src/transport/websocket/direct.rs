@@ -30,7 +30,7 @@ struct Lending {
     /// session holds it.
     lent: Option<Opcode>,
     /// The rest of a frame the socket took only part of.
-    rest: Option<Vec<u8>>,
+    rest: Option<Box<[u8]>>,
 }
 
 impl SharedTcp {
@@ -52,28 +52,34 @@ impl SharedTcp {
 
     /// Takes the socket back, with the rest of a frame begun while it was
     /// lent, which must be written before anything else.
-    pub(crate) fn take_back(&self) -> Option<Vec<u8>> {
+    pub(crate) fn take_back(&self) -> Option<Box<[u8]>> {
         let mut lending = self.lending();
         lending.lent = None;
         lending.rest.take()
     }
 
     /// Writes `payload` as one frame from a buffer of `N` bytes on the
-    /// stack (or, larger, from the heap); returns what the socket did not
-    /// take.
-    fn send_frame<const N: usize>(&self, opcode: Opcode, payload: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    /// stack; returns what the socket did not take.
+    fn send_frame<const N: usize>(&self, opcode: Opcode, payload: &[u8]) -> io::Result<Option<Box<[u8]>>> {
         let mut buffer = [0u8; N];
-        let mut heap = Vec::new();
-        let wire = match frame::write_frame_into(&mut buffer, opcode, payload).and_then(|len| buffer.get(..len)) {
-            Some(wire) => wire,
-            None => {
-                heap.reserve_exact(frame::frame_len(payload.len()));
-                frame::write_frame(&mut heap, opcode, payload);
-                &heap[..]
-            }
+        let Some(wire) = frame::write_frame_into(&mut buffer, opcode, payload).and_then(|len| buffer.get(..len)) else {
+            return self.send_frame_vectored(opcode, payload);
         };
         let taken = self.stream.try_write(wire)?;
-        Ok(wire.get(taken..).filter(|rest| !rest.is_empty()).map(<[u8]>::to_vec))
+        Ok(wire.get(taken..).filter(|rest| !rest.is_empty()).map(Box::from))
+    }
+
+    /// Writes a frame too large for the stack as its header and the shared
+    /// payload, uncopied; only what the socket did not take is copied.
+    fn send_frame_vectored(&self, opcode: Opcode, payload: &[u8]) -> io::Result<Option<Box<[u8]>>> {
+        let (header, header_len) = frame::header(opcode, payload.len());
+        let header = header.get(..header_len).unwrap_or_default();
+        let taken = self.stream.try_write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(payload)])?;
+        let rest: Vec<u8> = match taken.checked_sub(header.len()) {
+            Some(of_payload) => payload.get(of_payload..).unwrap_or_default().to_vec(),
+            None => [header.get(taken..).unwrap_or_default(), payload].concat(),
+        };
+        Ok((!rest.is_empty()).then(|| rest.into_boxed_slice()))
     }
 }
 
@@ -89,9 +95,10 @@ impl Direct for SharedTcp {
         if lending.lent != Some(opcode) || payload.is_empty() {
             return Sent::Not;
         }
-        let sent = match frame::frame_len(payload.len()) <= SMALL_FRAME {
-            true => self.send_frame::<SMALL_FRAME>(opcode, payload),
-            false => self.send_frame::<LONE_FRAME>(opcode, payload),
+        let sent = match frame::frame_len(payload.len()) {
+            len if len <= SMALL_FRAME => self.send_frame::<SMALL_FRAME>(opcode, payload),
+            len if len <= LONE_FRAME => self.send_frame::<LONE_FRAME>(opcode, payload),
+            _ => self.send_frame_vectored(opcode, payload),
         };
         match sent {
             Ok(None) => Sent::Whole,

@@ -199,6 +199,25 @@ pub(crate) fn write_frame_into(out: &mut [u8], opcode: Opcode, payload: &[u8]) -
     Some(len)
 }
 
+/// The header of a server frame of `payload_len` bytes, and its length.
+pub(crate) fn header(opcode: Opcode, payload_len: usize) -> ([u8; 10], usize) {
+    let mut header = [0u8; 10];
+    let len = frame_len(payload_len).saturating_sub(payload_len);
+    let first = 0x80 | opcode.bits();
+    match len {
+        2 => header[..2].copy_from_slice(&[first, payload_len as u8]),
+        4 => {
+            header[..2].copy_from_slice(&[first, 126]);
+            header[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
+        }
+        _ => {
+            header[..2].copy_from_slice(&[first, 127]);
+            header[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+        }
+    }
+    (header, len)
+}
+
 /// How many bytes [`write_frame`] writes for `payload_len`.
 pub(crate) fn frame_len(payload_len: usize) -> usize {
     let header = match payload_len {
@@ -320,6 +339,17 @@ mod tests {
             assert_eq!(&buffer[..expected.len()], &expected[..], "{len}");
         }
         assert_eq!(write_frame_into(&mut [0u8; 10], Opcode::Text, b"twelve bytes"), None, "does not fit");
+    }
+
+    #[test]
+    fn a_header_alone_is_the_start_of_the_whole_frame() {
+        for len in [0, 1, 125, 126, 65535, 65536, 100_000] {
+            let payload = vec![b'x'; len];
+            let mut whole = Vec::new();
+            write_frame(&mut whole, Opcode::Binary, &payload);
+            let (header, header_len) = header(Opcode::Binary, len);
+            assert_eq!(&header[..header_len], &whole[..whole.len() - len], "payload of {len}");
+        }
     }
 
     #[test]

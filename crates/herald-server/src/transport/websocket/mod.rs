@@ -17,8 +17,8 @@
 //!
 //! Over plain TCP the socket is shared with the fanout, which writes a
 //! publication's frame to it itself while the session lends it (`direct`):
-//! the session lends it between turns with nothing half written, and takes
-//! it back before it writes (`reclaim`).
+//! the session lends it at the top of its loop with nothing half written,
+//! and takes it back before it writes (`reclaim`).
 //!
 //! Every state survives a cancelled call: what is half read stays in
 //! `input`, what is half written in `output` (written first by the next
@@ -263,7 +263,7 @@ impl WebSocket {
         let Io::Shared(socket) = &self.io else { return };
         if let Some(rest) = socket.take_back() {
             let at = self.written.min(self.output.len());
-            self.output.splice(at..at, rest);
+            self.output.splice(at..at, rest.iter().copied());
         }
     }
 
@@ -426,6 +426,10 @@ impl Transport for WebSocket {
 
     fn start_binary(&mut self, cx: &mut Context<'_>, bytes: Bytes) -> Result<Started, TransportError> {
         self.start_lone(cx, Opcode::Binary, &bytes)
+    }
+
+    fn start_owed(&mut self, cx: &mut Context<'_>) -> Result<Started, TransportError> {
+        started(self.poll_write_owed(cx))
     }
 
     async fn send_owed(&mut self) -> Result<(), TransportError> {

@@ -74,53 +74,55 @@ impl DeltaFrames {
 }
 
 /// A fanout writes to its subscribers (or wakes their sessions: see
-/// [`Outbox::flush`]) in batches of this many. A full batch is handed to a
-/// task of its own, which any worker thread may take: a large fanout's
-/// writes are shared by the node's cores, each batch's made in a burst.
-/// The last batch is written in place once the fanout has let the channel
-/// go (see [`Flush`]); a small fanout (a chat room) spawns nothing.
+/// [`Outbox::flush`]) in batches of this many, each handed to a task of
+/// its own, which any worker thread may take: a publication's writes are
+/// shared by the node's cores, each batch's made in a burst, and the task
+/// that delivers publications (for Redis or NATS, one per subscription to
+/// the backplane) only queues them, for channels large and small.
 const FLUSH_IN_BATCHES_OF: usize = 64;
 
 /// Outboxes queued for and not flushed yet.
 struct FlushBatches {
     batch: Vec<Arc<Outbox>>,
-    /// Where full batches run: `None` for a fanout no larger than one
-    /// batch, and outside a runtime (never in the server), where every
-    /// batch is flushed in place.
+    /// Where batches run; `None` outside a runtime (never in the server),
+    /// where every batch is flushed in place.
     runtime: Option<tokio::runtime::Handle>,
 }
 
 impl FlushBatches {
     fn for_subscribers(subscribers: usize) -> Self {
-        let runtime = match subscribers > FLUSH_IN_BATCHES_OF {
-            true => tokio::runtime::Handle::try_current().ok(),
-            false => None,
-        };
+        let runtime = tokio::runtime::Handle::try_current().ok();
         Self { batch: Vec::with_capacity(subscribers.min(FLUSH_IN_BATCHES_OF)), runtime }
     }
 
     fn add(&mut self, outbox: &Arc<Outbox>) {
         self.batch.push(outbox.clone());
-        if self.batch.len() < FLUSH_IN_BATCHES_OF {
-            return;
+        if self.batch.len() >= FLUSH_IN_BATCHES_OF {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(FLUSH_IN_BATCHES_OF));
+            self.hand_over(full);
         }
-        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(FLUSH_IN_BATCHES_OF));
+    }
+
+    fn hand_over(&self, batch: Vec<Arc<Outbox>>) {
         match &self.runtime {
-            Some(runtime) => drop(runtime.spawn(async move { flush(full) })),
-            None => flush(full),
+            Some(runtime) => drop(runtime.spawn(async move { flush(batch) })),
+            None => flush(batch),
         }
     }
 }
 
-/// The last batch of a fanout, flushed when this is dropped: its caller
-/// has it written once it has measured how long queueing took, and it is
-/// written even if the caller forgets to.
-#[must_use = "the last batch is written when this is dropped"]
-pub(super) struct Flush(Vec<Arc<Outbox>>);
+/// The last batch of a fanout, handed over when this is dropped: its
+/// caller lets the channel go and measures how long queueing took first,
+/// and it is handed over even if the caller forgets to.
+#[must_use = "the last batch is handed over when this is dropped"]
+pub(super) struct Flush(FlushBatches);
 
 impl Drop for Flush {
     fn drop(&mut self) {
-        flush(std::mem::take(&mut self.0));
+        let last = std::mem::take(&mut self.0.batch);
+        if !last.is_empty() {
+            self.0.hand_over(last);
+        }
     }
 }
 
@@ -154,7 +156,9 @@ impl Channels {
         let mut stale = Vec::new();
         let mut queued_for = 0usize;
         let shard = self.read(channel);
-        let Some(subscribers) = shard.get(channel) else { return (stale, queued_for, Flush(Vec::new())) };
+        let Some(subscribers) = shard.get(channel) else {
+            return (stale, queued_for, Flush(FlushBatches { batch: Vec::new(), runtime: None }));
+        };
         let mut flush_now = FlushBatches::for_subscribers(subscribers.len());
         // Outside a runtime (never in the server) nothing could wait: no delay.
         let delayed = match write_delay.is_zero() {
@@ -219,7 +223,7 @@ impl Channels {
         if let Some((runtime, due)) = delayed.filter(|_| !to_wake.is_empty()) {
             wake_at(&runtime, due, to_wake);
         }
-        (stale, queued_for, Flush(flush_now.batch))
+        (stale, queued_for, Flush(flush_now))
     }
 
     /// Delivers a join or leave to the local subscribers that hear them:

@@ -57,7 +57,10 @@
 //!   state" instead, and so does falling behind the stream by a whole
 //!   position check. Its client then recovers, or learns it cannot.
 //! - Fanout never blocks: it encodes a publication once per protocol and
-//!   pushes the shared bytes into bounded outboxes (see `outbox.rs`).
+//!   pushes the shared bytes into bounded outboxes (see `outbox.rs`), then
+//!   hands them to tasks in batches that write a lone frame straight to a
+//!   socket its session lends, in the outbox's order, and wake the session
+//!   otherwise (`outbox/direct.rs`).
 
 mod channels;
 mod events;

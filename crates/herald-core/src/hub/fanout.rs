@@ -74,11 +74,14 @@ impl DeltaFrames {
 }
 
 /// A fanout writes to its subscribers (or wakes their sessions: see
-/// [`Outbox::flush`]) in batches of this many, each handed to a task of
-/// its own, which any worker thread may take: a publication's writes are
-/// shared by the node's cores, each batch's made in a burst, and the task
-/// that delivers publications (for Redis or NATS, one per subscription to
-/// the backplane) only queues them, for channels large and small.
+/// [`Outbox::flush`]) in batches of this many. A full batch is handed to a
+/// task of its own, which any worker thread may take: a large fanout's
+/// writes are shared by the node's cores, each batch's made in a burst,
+/// and its last batch is written in place (see [`Flush`]). A fanout no
+/// larger than one batch (a chat room) is handed to a task whole, so the
+/// task that delivers publications (for Redis or NATS, one per
+/// subscription to the backplane) does not write every small channel's
+/// frames itself.
 const FLUSH_IN_BATCHES_OF: usize = 64;
 
 /// Outboxes queued for and not flushed yet.
@@ -87,12 +90,14 @@ struct FlushBatches {
     /// Where batches run; `None` outside a runtime (never in the server),
     /// where every batch is flushed in place.
     runtime: Option<tokio::runtime::Handle>,
+    /// A full batch was handed over.
+    handed_over: bool,
 }
 
 impl FlushBatches {
     fn for_subscribers(subscribers: usize) -> Self {
         let runtime = tokio::runtime::Handle::try_current().ok();
-        Self { batch: Vec::with_capacity(subscribers.min(FLUSH_IN_BATCHES_OF)), runtime }
+        Self { batch: Vec::with_capacity(subscribers.min(FLUSH_IN_BATCHES_OF)), runtime, handed_over: false }
     }
 
     fn add(&mut self, outbox: &Arc<Outbox>) {
@@ -100,6 +105,7 @@ impl FlushBatches {
         if self.batch.len() >= FLUSH_IN_BATCHES_OF {
             let full = std::mem::replace(&mut self.batch, Vec::with_capacity(FLUSH_IN_BATCHES_OF));
             self.hand_over(full);
+            self.handed_over = true;
         }
     }
 
@@ -111,17 +117,21 @@ impl FlushBatches {
     }
 }
 
-/// The last batch of a fanout, handed over when this is dropped: its
-/// caller lets the channel go and measures how long queueing took first,
-/// and it is handed over even if the caller forgets to.
-#[must_use = "the last batch is handed over when this is dropped"]
+/// The last batch of a fanout, flushed when this is dropped: its caller
+/// lets the channel go and measures how long queueing took first, and it
+/// is flushed even if the caller forgets to. After full batches it is
+/// written in place (a task of its own cost the tail at a thousand
+/// subscribers a publication: BENCHMARKS.md); alone, it is handed over.
+#[must_use = "the last batch is flushed when this is dropped"]
 pub(super) struct Flush(FlushBatches);
 
 impl Drop for Flush {
     fn drop(&mut self) {
         let last = std::mem::take(&mut self.0.batch);
-        if !last.is_empty() {
-            self.0.hand_over(last);
+        match (last.is_empty(), self.0.handed_over) {
+            (true, _) => {}
+            (false, true) => flush(last),
+            (false, false) => self.0.hand_over(last),
         }
     }
 }
@@ -157,7 +167,7 @@ impl Channels {
         let mut queued_for = 0usize;
         let shard = self.read(channel);
         let Some(subscribers) = shard.get(channel) else {
-            return (stale, queued_for, Flush(FlushBatches { batch: Vec::new(), runtime: None }));
+            return (stale, queued_for, Flush(FlushBatches { batch: Vec::new(), runtime: None, handed_over: false }));
         };
         let mut flush_now = FlushBatches::for_subscribers(subscribers.len());
         // Outside a runtime (never in the server) nothing could wait: no delay.

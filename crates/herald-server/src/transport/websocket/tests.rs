@@ -321,10 +321,14 @@ async fn a_socket_the_session_writes_to_is_taken_back_from_the_fanout() {
     assert_eq!(direct.try_send(&text_frame("the fanout's")), Sent::Not, "taken back by a drain");
 }
 
-#[tokio::test]
-async fn a_frame_the_socket_took_in_part_is_finished_before_anything_of_the_sessions() {
-    let (mut socket, mut client) = pair(1024).await;
-    // The socket's buffers filled, then room made for part of a frame.
+/// A text frame of this many bytes of `b`, more than the socket takes.
+const BIG: usize = 4 << 20;
+
+/// Fills the socket's buffers, makes room for part of a frame, and has the
+/// fanout begin a frame of [`BIG`] bytes on the lent socket: returns the
+/// socket as lent, and how many bytes of filler the client has yet to read
+/// before the frame.
+async fn a_frame_begun_by_the_fanout(socket: &mut WebSocket, client: &mut TcpStream) -> (Arc<dyn Direct>, usize) {
     let mut filled = 0usize;
     let Io::Shared(tcp) = &socket.io else { unreachable!() };
     while let Ok(n) = tcp.stream.try_write(&[b'f'; 4096]) {
@@ -332,12 +336,18 @@ async fn a_frame_the_socket_took_in_part_is_finished_before_anything_of_the_sess
     }
     let mut half = vec![0u8; filled / 2];
     client.read_exact(&mut half).await.unwrap();
-    filled -= half.len();
     tcp.stream.writable().await.unwrap();
-    let direct = lent(&mut socket, false);
-    let big: &'static str = "b".repeat(4 << 20).leak();
+    let direct = lent(socket, false);
+    let big: &'static str = "b".repeat(BIG).leak();
+    assert_eq!(direct.try_send(&text_frame(big)), Sent::Begun, "the socket took some, not all");
+    (direct, filled - half.len())
+}
 
-    assert_eq!(direct.try_send(&text_frame(big)), Sent::Begun, "the socket took some, not 4 MiB");
+#[tokio::test]
+async fn a_frame_the_socket_took_in_part_is_finished_before_anything_of_the_sessions() {
+    let (mut socket, mut client) = pair(1024).await;
+    let (direct, filled) = a_frame_begun_by_the_fanout(&mut socket, &mut client).await;
+
     assert_eq!(direct.try_send(&text_frame("after")), Sent::Not, "nothing goes between a frame's parts");
 
     let reader = tokio::spawn(async move {
@@ -348,7 +358,7 @@ async fn a_frame_the_socket_took_in_part_is_finished_before_anything_of_the_sess
     });
     socket.send_text(Text::from("the session's")).await.unwrap();
     let (first, second) = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("both frames").unwrap();
-    assert_eq!((first.0, first.1.len()), (0x81, big.len()), "the fanout's frame, whole");
+    assert_eq!((first.0, first.1.len()), (0x81, BIG), "the fanout's frame, whole");
     assert!(first.1.iter().all(|&b| b == b'b'));
     assert_eq!(second, (0x81, b"the session's".to_vec()), "then the session's");
     assert_eq!(socket.output.capacity(), 0);
@@ -357,18 +367,7 @@ async fn a_frame_the_socket_took_in_part_is_finished_before_anything_of_the_sess
 #[tokio::test]
 async fn a_pong_waits_for_the_rest_of_a_frame_the_fanout_began() {
     let (mut socket, mut client) = pair(1024).await;
-    let mut filled = 0usize;
-    let Io::Shared(tcp) = &socket.io else { unreachable!() };
-    while let Ok(n) = tcp.stream.try_write(&[b'f'; 4096]) {
-        filled += n;
-    }
-    let mut half = vec![0u8; filled / 2];
-    client.read_exact(&mut half).await.unwrap();
-    filled -= half.len();
-    tcp.stream.writable().await.unwrap();
-    let direct = lent(&mut socket, false);
-    let big: &'static str = "b".repeat(4 << 20).leak();
-    assert_eq!(direct.try_send(&text_frame(big)), Sent::Begun);
+    let (_, filled) = a_frame_begun_by_the_fanout(&mut socket, &mut client).await;
 
     client.write_all(&client_frame(true, 0x9, b"ping")).await.unwrap();
     client.write_all(&client_frame(true, 0x1, b"hello")).await.unwrap();
@@ -380,6 +379,6 @@ async fn a_pong_waits_for_the_rest_of_a_frame_the_fanout_began() {
     assert_eq!(socket.recv().await.unwrap(), Some(Inbound::Text(Bytes::from_static(b"hello"))));
     socket.send_owed().await.unwrap();
     let (first, second) = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("both frames").unwrap();
-    assert_eq!((first.0, first.1.len()), (0x81, big.len()), "the fanout's frame, whole");
+    assert_eq!((first.0, first.1.len()), (0x81, BIG), "the fanout's frame, whole");
     assert_eq!(second, (0x8A, b"ping".to_vec()), "then the pong");
 }

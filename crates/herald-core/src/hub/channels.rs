@@ -280,7 +280,12 @@ impl Channels {
 
     /// Adds the subscriber; returns the name as the table holds it and how
     /// many subscribers the channel now has here.
-    pub(super) fn add(&self, channel: &ChannelName, subscriber: Subscriber) -> (ChannelName, usize) {
+    pub(super) fn add(
+        &self,
+        channel: &ChannelName,
+        subscriber: Subscriber,
+        added: impl FnOnce(),
+    ) -> (ChannelName, usize) {
         let mut shard = self.write(channel);
         let entry = shard.entry(channel.clone());
         // The table's own copy of the name (the one it keeps, or is about
@@ -288,6 +293,9 @@ impl Channels {
         let name = entry.key().clone();
         let subscribers = entry.or_default();
         subscribers.insert(subscriber.conn.client.clone(), subscriber);
+        // Under the lock fanout reads under: nothing is delivered to the
+        // subscriber before this.
+        added();
         (name, subscribers.len())
     }
 

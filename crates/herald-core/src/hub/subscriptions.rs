@@ -80,10 +80,19 @@ impl Hub {
         // Until its join is told, presence refreshes leave its entry alone
         // (noted before a refresh can list the subscription).
         let _unannounced = self.presence.expect_join(channel, &conn.client, options);
-        let (name, subscribers) = self.channels.add(channel, subscriber);
+        let mut outcome = SubscribeOutcome { positioned, recoverable, delta, ..Default::default() };
+        // A subscriber that buffers nothing is live as soon as it is added:
+        // its reply is queued in the same step, ahead of the channel's next
+        // publication. One that recovers queues it as it goes live.
+        let mut reply = Some(reply);
+        let (name, subscribers) = self.channels.add(channel, subscriber, || {
+            if let Some(reply) = reply.take_if(|_| waiting.is_none()).and_then(|reply| reply(&outcome)) {
+                // A full outbox closes itself as slow (see `go_live_after`).
+                let _ = conn.outbox.push(reply);
+            }
+        });
         conn.subscriptions().insert(name, request.subscription.clone());
 
-        let mut outcome = SubscribeOutcome { positioned, recoverable, delta, ..Default::default() };
         let mut occupancy = self.occupancy.changed(channel, subscribers);
         let interest = match (&history, &waiting) {
             (Some(history), Some(waiting)) => {
@@ -110,7 +119,11 @@ impl Hub {
             _ => interest,
         };
 
-        match self.go_live_after(conn, channel, &outcome, reply) {
+        let seam = match reply {
+            Some(reply) => self.go_live_after(conn, channel, &outcome, reply),
+            None => Seam::Live,
+        };
+        match seam {
             Seam::Live => {}
             Seam::Gone => return Err(HubError::Interrupted),
             Seam::Stale => {

@@ -639,3 +639,32 @@ async fn the_node_counts_what_it_published_and_delivered() {
     let this = nodes.iter().find(|n| &n.id == f.hub.node()).unwrap();
     assert_eq!((this.num_publications, this.num_deliveries), (2, 4));
 }
+
+/// A subscription with nothing to recover is live as soon as it is added:
+/// its reply must already be queued by then, or a publication fanned out
+/// on another thread in between would reach the client first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_reply_goes_ahead_of_every_publication_of_a_busy_channel() {
+    let f = Arc::new(Fixture::new().await);
+    let publishing = tokio::spawn({
+        let f = f.clone();
+        async move {
+            loop {
+                f.publish("news", "busy").await;
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let subscribing = async {
+        for n in 0..2000 {
+            let conn = f.connect(&format!("u{n}"), 1 << 20);
+            f.subscribe(&conn, "news").await.unwrap();
+            let queued = frames(&conn);
+            assert_eq!(queued.first().map(String::as_str), Some("subscribed news"), "subscription {n}: {queued:?}");
+            f.hub.disconnect(&conn).await;
+        }
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(60), subscribing).await;
+    publishing.abort();
+    finished.expect("2,000 subscriptions in a minute");
+}

@@ -85,6 +85,7 @@ impl DeltaFrames {
 const FLUSH_IN_BATCHES_OF: usize = 64;
 
 /// Outboxes queued for and not flushed yet.
+#[derive(Default)]
 struct FlushBatches {
     batch: Vec<Arc<Outbox>>,
     /// Where batches run; `None` outside a runtime (never in the server),
@@ -167,7 +168,7 @@ impl Channels {
         let mut queued_for = 0usize;
         let shard = self.read(channel);
         let Some(subscribers) = shard.get(channel) else {
-            return (stale, queued_for, Flush(FlushBatches { batch: Vec::new(), runtime: None, handed_over: false }));
+            return (stale, queued_for, Flush(FlushBatches::default()));
         };
         let mut flush_now = FlushBatches::for_subscribers(subscribers.len());
         // Outside a runtime (never in the server) nothing could wait: no delay.

@@ -161,60 +161,42 @@ pub(crate) fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Appends a whole, unmasked frame (as a server sends) to `out`.
 pub(crate) fn write_frame(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8]) {
-    out.push(0x80 | opcode.bits());
-    match payload.len() {
-        short @ 0..=125 => out.push(short as u8),
-        medium @ 126..=0xFFFF => {
-            out.push(126);
-            out.extend_from_slice(&(medium as u16).to_be_bytes());
-        }
-        long => {
-            out.push(127);
-            out.extend_from_slice(&(long as u64).to_be_bytes());
-        }
-    }
+    let (header, header_len) = header(opcode, payload.len());
+    out.extend_from_slice(header.get(..header_len).unwrap_or_default());
     out.extend_from_slice(payload);
 }
 
 /// Writes a server frame (unmasked, final) into the start of `out` and
 /// returns its length, or `None` when it does not fit there.
 pub(crate) fn write_frame_into(out: &mut [u8], opcode: Opcode, payload: &[u8]) -> Option<usize> {
-    let len = frame_len(payload.len());
-    let frame = out.get_mut(..len)?;
-    let (header, body) = frame.split_at_mut_checked(len.saturating_sub(payload.len()))?;
-    let first = 0x80 | opcode.bits();
-    match header {
-        [a, b] => [*a, *b] = [first, payload.len() as u8],
-        [a, b, rest @ ..] if rest.len() == 2 => {
-            [*a, *b] = [first, 126];
-            rest.copy_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        [a, b, rest @ ..] => {
-            [*a, *b] = [first, 127];
-            rest.copy_from_slice(&(payload.len() as u64).to_be_bytes());
-        }
-        _ => return None,
-    }
+    let (header, header_len) = header(opcode, payload.len());
+    let frame = out.get_mut(..header_len.checked_add(payload.len())?)?;
+    let (head, body) = frame.split_at_mut_checked(header_len)?;
+    head.copy_from_slice(header.get(..header_len)?);
     body.copy_from_slice(payload);
-    Some(len)
+    Some(header_len.saturating_add(payload.len()))
 }
 
 /// The header of a server frame of `payload_len` bytes, and its length.
 pub(crate) fn header(opcode: Opcode, payload_len: usize) -> ([u8; 10], usize) {
-    let mut header = [0u8; 10];
-    let len = frame_len(payload_len).saturating_sub(payload_len);
     let first = 0x80 | opcode.bits();
-    match len {
-        2 => header[..2].copy_from_slice(&[first, payload_len as u8]),
-        4 => {
+    let mut header = [0u8; 10];
+    let len = match payload_len {
+        short @ 0..=125 => {
+            header[..2].copy_from_slice(&[first, short as u8]);
+            2
+        }
+        medium @ 126..=0xFFFF => {
             header[..2].copy_from_slice(&[first, 126]);
-            header[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
+            header[2..4].copy_from_slice(&(medium as u16).to_be_bytes());
+            4
         }
-        _ => {
+        long => {
             header[..2].copy_from_slice(&[first, 127]);
-            header[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+            header[2..10].copy_from_slice(&(long as u64).to_be_bytes());
+            10
         }
-    }
+    };
     (header, len)
 }
 

@@ -390,18 +390,7 @@ impl Outbox {
     /// `waking` says so. Returns whether this made the queue due sooner
     /// than it was.
     fn push_due(&self, item: Outgoing, due: Due, waking: Waking) -> Result<bool, OutboxClosed> {
-        let mut state = self.state();
-        if state.closed.is_some() {
-            return Err(OutboxClosed);
-        }
-        let cost = item.cost();
-        if state.bytes > 0 && state.bytes.saturating_add(cost) > self.max_bytes {
-            Self::close_locked(&mut state, DisconnectReason::Slow);
-            drop(state);
-            self.reader.wake();
-            return Err(OutboxClosed);
-        }
-        state.bytes = state.bytes.saturating_add(cost);
+        let mut state = self.admit(item.cost())?;
         state.items.push_back(item);
         let sooner = state.due.is_none_or(|queued| due < queued);
         if sooner {
@@ -426,6 +415,38 @@ impl Outbox {
         state.due = Some(Due::Now);
         drop(state);
         self.reader.wake();
+    }
+
+    /// Queues an item ahead of everything queued, within the byte limit as
+    /// [`Outbox::push`] is: a reply that must precede what the channel it
+    /// answers for sent while it was being made (Pusher's presence
+    /// confirmation, see `Outbox::reclaim`).
+    pub fn push_ahead(&self, item: Outgoing) -> Result<(), OutboxClosed> {
+        let mut state = self.admit(item.cost())?;
+        state.items.push_front(item);
+        state.due = Some(Due::Now);
+        drop(state);
+        self.reader.wake();
+        Ok(())
+    }
+
+    /// Takes the lock to queue an item of `cost` bytes and counts them;
+    /// `Err` if the outbox is closed, or if the item would overflow the
+    /// byte limit, which closes it as slow (one item always fits into an
+    /// empty outbox).
+    fn admit(&self, cost: usize) -> Result<std::sync::MutexGuard<'_, State>, OutboxClosed> {
+        let mut state = self.state();
+        if state.closed.is_some() {
+            return Err(OutboxClosed);
+        }
+        if state.bytes > 0 && state.bytes.saturating_add(cost) > self.max_bytes {
+            Self::close_locked(&mut state, DisconnectReason::Slow);
+            drop(state);
+            self.reader.wake();
+            return Err(OutboxClosed);
+        }
+        state.bytes = state.bytes.saturating_add(cost);
+        Ok(state)
     }
 
     /// Closes the outbox; the first reason given wins.
@@ -623,6 +644,18 @@ mod tests {
         outbox.push(frame(1)).unwrap();
         outbox.push_front(frame(2));
         assert_eq!(items(outbox.drain()), vec![frame(2), frame(1)]);
+    }
+
+    #[test]
+    fn push_ahead_puts_the_item_first_but_within_the_byte_limit() {
+        let outbox = Outbox::new(100);
+        outbox.push(frame(1)).unwrap();
+        outbox.push_ahead(frame(2)).unwrap();
+        assert_eq!(items(outbox.drain()), vec![frame(2), frame(1)]);
+
+        outbox.push(frame(60)).unwrap();
+        assert_eq!(outbox.push_ahead(frame(60)), Err(OutboxClosed));
+        assert!(matches!(outbox.drain(), Drained::Closed(DisconnectReason::Slow)));
     }
 
     #[test]

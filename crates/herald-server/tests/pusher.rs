@@ -377,6 +377,37 @@ async fn a_trigger_skips_the_excluded_socket_and_reports_counts() {
     alice.assert_alive().await; // the pong is the next thing alice sees: the event skipped her
 }
 
+/// Over a real WebSocket, where the fanout writes to an idle socket itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_subscription_is_confirmed_ahead_of_every_event_of_a_busy_channel() {
+    let server = server().await;
+    let addr = server.addr;
+    let publishers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                loop {
+                    let body = json!({"name": "busy", "channels": ["presence-room"], "data": "{}"});
+                    let _ = trigger(addr, body).await;
+                }
+            })
+        })
+        .collect();
+    let joining = async {
+        for n in 0..300 {
+            let mut client = Pusher::connect(&server).await;
+            let member = json!({ "user_id": format!("u{n}") }).to_string();
+            let auth = client.auth("presence-room", Some(&member));
+            let subscribe = json!({"channel": "presence-room", "auth": auth, "channel_data": member});
+            client.send(json!({"event": "pusher:subscribe", "data": subscribe})).await;
+            let first = client.next().await;
+            assert_eq!(first["event"], "pusher_internal:subscription_succeeded", "client {n}: {first}");
+        }
+    };
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(120), joining).await;
+    publishers.iter().for_each(|p| p.abort());
+    finished.expect("300 presence subscriptions in two minutes");
+}
+
 #[tokio::test]
 async fn metrics_count_pusher_connections_and_http_api_calls_by_endpoint() {
     let server = server().await;

@@ -73,6 +73,16 @@ impl Outbox {
         }
     }
 
+    /// Takes the socket back until the session lends it again (at the top
+    /// of its next turn): what is pushed meanwhile stays queued for the
+    /// session, so a reply the session puts ahead of it with
+    /// [`Outbox::push_ahead`] reaches the client first.
+    pub fn reclaim(&self) {
+        if let Some(socket) = &self.state().direct {
+            socket.reclaim();
+        }
+    }
+
     /// Writes what a fanout queued with [`Outbox::push_unwoken`]: itself,
     /// when it is a lone frame due now and the session lends its socket;
     /// otherwise it wakes the session to write it.
@@ -292,6 +302,21 @@ mod tests {
 
         assert_eq!(wakes.count(), 1);
         assert_eq!(drained(&outbox), vec![Outgoing::Frame(frame("a"))]);
+    }
+
+    #[test]
+    fn a_reply_put_ahead_after_a_reclaim_goes_before_what_came_meanwhile() {
+        let socket = Arc::new(Socket::default());
+        let (outbox, _) = outbox_lending(&socket);
+        socket.lend();
+
+        outbox.reclaim();
+        outbox.push_unwoken(Outgoing::Frame(frame("event"))).unwrap();
+        outbox.flush();
+        outbox.push_ahead(Outgoing::Frame(frame("reply"))).unwrap();
+
+        assert!(socket.written().is_empty(), "the event went out ahead of the reply");
+        assert_eq!(drained(&outbox), vec![Outgoing::Frame(frame("reply")), Outgoing::Frame(frame("event"))]);
     }
 
     #[test]

@@ -287,3 +287,41 @@ async fn subscriptions_over_the_subscribe_rate_get_a_429_subscription_error_and_
         }
     }
 }
+
+/// Two workers: a publisher loops on the channel while clients join it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_subscription_is_confirmed_ahead_of_every_event_of_a_busy_channel() {
+    let node = node().await;
+    let room = ChannelName::new("presence-room").unwrap();
+    let publishing = tokio::spawn({
+        let hub = node.0.clone();
+        async move {
+            loop {
+                let mut publication = Publication::from_data(Bytes::from_static(b"{}"));
+                publication.tags.insert(EVENT_TAG.to_owned(), "busy".to_owned());
+                let _ = hub.publish(&room, publication, None, false).await;
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let joining = async {
+        for n in 0..500 {
+            let (mut s, socket_id) = connected_on(node.clone()).await;
+            let member = json!({ "user_id": format!("u{n}") }).to_string();
+            let message = sign::channel_message(&socket_id, "presence-room", Some(&member));
+            let auth = format!("{KEY}:{}", sign::hmac_hex(SECRET, message.as_bytes()));
+            let subscribe = json!({"channel": "presence-room", "auth": auth, "channel_data": member});
+            s.send(json!({"event": "pusher:subscribe", "data": subscribe}));
+            let first = loop {
+                let frame = s.next_json().await;
+                if frame["channel"] == "presence-room" {
+                    break frame;
+                }
+            };
+            assert_eq!(first["event"], "pusher_internal:subscription_succeeded", "client {n}: {first}");
+        }
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(60), joining).await;
+    publishing.abort();
+    finished.expect("500 presence subscriptions in a minute");
+}

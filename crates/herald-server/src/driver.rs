@@ -18,7 +18,9 @@
 //! `herald_core::Direct`), which then writes a publication's lone frame
 //! itself, without waking the session, until a drain or the transport's
 //! next write takes the socket back (a turn that handles a message or the
-//! timer, and writes nothing, leaves it lent).
+//! timer, and writes nothing, leaves it lent, unless its protocol takes it
+//! back to put a reply ahead of what the fanout queues meanwhile:
+//! `Outbox::reclaim`).
 //!
 //! Everything a session sends goes through the outbox, pings and replies
 //! included, so it is bounded. The session writes it by one guarded write:

@@ -382,12 +382,16 @@ async fn a_trigger_skips_the_excluded_socket_and_reports_counts() {
 async fn a_presence_subscription_is_confirmed_ahead_of_every_event_of_a_busy_channel() {
     let server = server().await;
     let addr = server.addr;
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let publishers: Vec<_> = (0..4)
         .map(|_| {
+            let published = published.clone();
             tokio::spawn(async move {
                 loop {
                     let body = json!({"name": "busy", "channels": ["presence-room"], "data": "{}"});
-                    let _ = trigger(addr, body).await;
+                    let (status, _) = trigger(addr, body).await;
+                    assert_eq!(status, 200, "the trigger is accepted");
+                    published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             })
         })
@@ -404,8 +408,15 @@ async fn a_presence_subscription_is_confirmed_ahead_of_every_event_of_a_busy_cha
         }
     };
     let finished = tokio::time::timeout(std::time::Duration::from_secs(120), joining).await;
-    publishers.iter().for_each(|p| p.abort());
+    for publisher in publishers {
+        assert!(!publisher.is_finished(), "a publisher stopped: {:?}", publisher.await);
+        publisher.abort();
+    }
     finished.expect("300 presence subscriptions in two minutes");
+    assert!(
+        published.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the channel was published to while clients joined"
+    );
 }
 
 #[tokio::test]

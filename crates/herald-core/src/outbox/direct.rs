@@ -6,7 +6,8 @@
 //! between two writes and sleep, and each write pays to wake its reader.
 //! So where the transport allows it (a WebSocket over plain TCP), the
 //! session lends its socket at the top of its loop, with nothing half
-//! written, until it next drains its outbox or writes; a fanout that finds
+//! written, until it next drains its outbox or writes (or takes it back
+//! to queue a reply ahead: [`Outbox::reclaim`]); a fanout that finds
 //! a lone frame queued in an outbox meanwhile writes it itself
 //! ([`Outbox::flush`]), in a burst with the other subscribers of its batch. The session is woken only when that cannot be done: the
 //! socket is not lent, the frame is not alone, or the socket did not take

@@ -137,21 +137,21 @@ impl Session {
         }
         if self.conn.is_subscribed(&channel) {
             // pusher-js resubscribes after a reconnect of its own; confirm again.
-            self.confirm(&channel, name, kind, Place::Behind).await?;
+            self.confirm(&channel, name, kind).await?;
             return Ok(());
         }
         if kind.is_presence() {
             self.check_presence_room(&channel, subscription.user.as_ref()).await?;
             // The member list is read once the subscription is live, so that
             // no join falls between the two; what the channel sends meanwhile
-            // stays queued, behind the confirmation (`Place::Ahead`).
+            // stays queued, behind the confirmation (see `confirm`).
             self.outbox.reclaim();
         }
         let reply = (!kind.is_presence()).then(|| Outgoing::Frame(subscription_succeeded(name, "{}").into()));
         let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
         self.frontend.hub().subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
         if kind.is_presence() {
-            self.confirm(&channel, name, kind, Place::Ahead).await?;
+            self.confirm(&channel, name, kind).await?;
         } else if kind.is_cache() {
             self.send_cached(&channel, name).await;
         }
@@ -178,7 +178,17 @@ impl Session {
     /// Sends `subscription_succeeded`: for presence with the member list
     /// (one entry per user), else with empty data; then a cache channel's
     /// last event.
-    async fn confirm(&self, channel: &ChannelName, name: &str, kind: ChannelKind, place: Place) -> Result<(), Refusal> {
+    ///
+    /// The confirmation goes ahead of everything queued, and the socket is
+    /// taken back from the fanout before the member list is read, so that
+    /// no event of the channel reaches the client between the list's read
+    /// and the list: pusher-js takes the list as the whole truth, and a
+    /// member who joined in between would be lost from it. A join or an
+    /// event queued meanwhile comes after the list (a join of a member
+    /// already listed leaves the list as it is, though pusher-js tells the
+    /// app `pusher:member_added` again).
+    async fn confirm(&self, channel: &ChannelName, name: &str, kind: ChannelKind) -> Result<(), Refusal> {
+        self.outbox.reclaim();
         let data = match kind.is_presence() {
             false => "{}".to_owned(),
             true => {
@@ -198,10 +208,7 @@ impl Session {
         };
         let confirmation = Outgoing::Frame(subscription_succeeded(name, &data).into());
         // A full outbox closes itself as slow; the loop then ends the session.
-        let _ = match place {
-            Place::Behind => self.outbox.push(confirmation),
-            Place::Ahead => self.outbox.push_ahead(confirmation),
-        };
+        let _ = self.outbox.push_ahead(confirmation);
         if kind.is_cache() && kind.is_presence() {
             self.send_cached(channel, name).await;
         }
@@ -225,19 +232,6 @@ impl Session {
             Err(error) => tracing::warn!(channel = %name, %error, "cache channel read failed"),
         }
     }
-}
-
-/// Where a confirmation goes in the outbox.
-#[derive(Debug, Clone, Copy)]
-enum Place {
-    /// Behind what is queued: the channel's events already reached the
-    /// client as a subscriber's.
-    Behind,
-    /// Ahead of what is queued: the subscription went live before its
-    /// member list was read, and pusher-js takes the list as the whole
-    /// truth, so every join or event queued since must come after it
-    /// (a join of a member already listed leaves the list as it is).
-    Ahead,
 }
 
 /// The member a presence authorization's `channel_data` names.

@@ -1,6 +1,8 @@
 //! The Pusher session over an in-memory transport, with paused time: the
 //! handshake and its refusals, heartbeats, subscriptions, client frames
-//! the protocol refuses, and shutdown. No test here waits for a real clock.
+//! the protocol refuses, and shutdown. No test here waits for a real clock
+//! but the last, which races clients' subscriptions against a publisher
+//! on two workers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -293,13 +295,15 @@ async fn subscriptions_over_the_subscribe_rate_get_a_429_subscription_error_and_
 async fn a_presence_subscription_is_confirmed_ahead_of_every_event_of_a_busy_channel() {
     let node = node().await;
     let room = ChannelName::new("presence-room").unwrap();
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let publishing = tokio::spawn({
-        let hub = node.0.clone();
+        let (hub, published) = (node.0.clone(), published.clone());
         async move {
             loop {
                 let mut publication = Publication::from_data(Bytes::from_static(b"{}"));
                 publication.tags.insert(EVENT_TAG.to_owned(), "busy".to_owned());
-                let _ = hub.publish(&room, publication, None, false).await;
+                hub.publish(&room, publication, None, false).await.expect("the memory engine publishes");
+                published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::task::yield_now().await;
             }
         }
@@ -322,6 +326,11 @@ async fn a_presence_subscription_is_confirmed_ahead_of_every_event_of_a_busy_cha
         }
     };
     let finished = tokio::time::timeout(Duration::from_secs(60), joining).await;
+    assert!(!publishing.is_finished(), "the publisher stopped: {:?}", publishing.await);
     publishing.abort();
     finished.expect("500 presence subscriptions in a minute");
+    assert!(
+        published.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the channel was published to while clients joined"
+    );
 }

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use herald_bench::client::Protocol;
-use herald_bench::procfs::Machine;
+use herald_bench::procfs::{Machine, Steal};
 use herald_bench::publisher::PublishVia;
 use herald_bench::scenario::chat::{self, ChatArgs};
 use herald_bench::scenario::connections::{self, ConnectionsArgs};
@@ -404,23 +404,36 @@ struct Report<A: Serialize, R: Serialize> {
     /// Kept beside `machine` for the result files written before it.
     cores: usize,
     machine: Machine,
+    /// Seconds of CPU the hypervisor gave to other guests while this ran
+    /// (steal time, all CPUs); `None` where `/proc/stat` does not say. Not
+    /// zero: the run competed with another VM for its cores.
+    steal_seconds: Option<f64>,
     args: A,
     result: R,
 }
 
 fn finish<A: Serialize, R: Serialize>(
+    started: Option<Steal>,
     scenario: &'static str,
     output: Output,
     args: A,
     result: R,
 ) -> anyhow::Result<()> {
     let machine = Machine::this();
+    let steal_seconds = started.zip(Steal::now()).map(|(started, now)| now.seconds_since(&started));
     let Output { label, out } = output;
     let version = env!("CARGO_PKG_VERSION");
-    let report = Report { scenario, label, version, cores: machine.cores, machine, args, result };
+    let report = Report { scenario, label, version, cores: machine.cores, machine, steal_seconds, args, result };
     let json = serde_json::to_string_pretty(&report)?;
     writeln!(std::io::stderr(), "{}", summary(scenario, &serde_json::to_value(&report.result)?))?;
     writeln!(std::io::stderr(), "  measured on {}", report.machine)?;
+    if let Some(stolen) = steal_seconds.filter(|s| *s > 0.0) {
+        writeln!(
+            std::io::stderr(),
+            "  the hypervisor took {stolen:.2} s of CPU from this VM during the run (steal time): \
+             its latencies and CPU figures include another guest's load; compare with a run that had none"
+        )?;
+    }
     writeln!(std::io::stdout(), "{json}")?;
     if let Some(path) = out {
         std::fs::write(&path, &json)?;
@@ -467,6 +480,8 @@ fn summary(scenario: &str, result: &serde_json::Value) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Steal time when the scenario started (see `Report::steal_seconds`).
+    let started = Steal::now();
     match cli.scenario {
         Scenario::Connections { common, count, hold, server_pid, workers } => {
             let args = ConnectionsArgs { connect: common.connect()?, count, hold: hold.into(), server_pid };
@@ -476,7 +491,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     herald_bench::workers::connections(n, count, hold.into(), server_pid, &common.worker_args()).await?
                 }
             };
-            finish("connections", common.output, args, result)
+            finish(started, "connections", common.output, args, result)
         }
         Scenario::Fanout {
             common,
@@ -512,7 +527,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 0 | 1 => fanout::run(&args).await?,
                 n => herald_bench::workers::fanout(n, &args, &common.worker_args()).await?,
             };
-            finish("fanout", common.output, args, result)
+            finish(started, "fanout", common.output, args, result)
         }
         Scenario::Deltas { common, api, api_key, channel, subscribers, delta, publications, rate, state_bytes } => {
             anyhow::ensure!(
@@ -531,7 +546,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let result = deltas::run(&args).await?;
             anyhow::ensure!(result.mismatched == 0, "{} states were rebuilt wrong", result.mismatched);
-            finish("deltas", common.output, args, result)
+            finish(started, "deltas", common.output, args, result)
         }
         Scenario::FanoutWorker { common, subscribers, channels, first_client } => {
             let connect = ConnectArgs { first_client, ..common.connect()? };
@@ -565,7 +580,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 failover_urls,
             };
             let result = storm::run(&args).await?;
-            finish("reconnect-storm", common.output, args, result)
+            finish(started, "reconnect-storm", common.output, args, result)
         }
         Scenario::Floor {
             output,
@@ -593,7 +608,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let args = args.clone();
                 tokio::task::spawn_blocking(move || floor::run(&args, &herald_bench)).await??
             };
-            finish("floor", output, args, result)
+            finish(started, "floor", output, args, result)
         }
         Scenario::FloorWriter { subscribers, rate, length, frame_bytes, writer_threads, writes } => {
             let args = floor::WriterArgs {
@@ -645,7 +660,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for note in &result.notes {
                 writeln!(std::io::stderr(), "  anomaly: {note}")?;
             }
-            finish("soak", output, args, result)?;
+            finish(started, "soak", output, args, result)?;
             anyhow::ensure!(anomalies == 0, "{anomalies} anomalies; the nodes' logs are in {}", dir.display());
             Ok(())
         }
@@ -675,7 +690,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 latency_counts,
             };
             let result = chat::run(&args).await?;
-            finish("chat", common.output, args, result)
+            finish(started, "chat", common.output, args, result)
         }
     }
 }

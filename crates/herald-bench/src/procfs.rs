@@ -1,5 +1,5 @@
 //! Reading a server's memory and CPU from `/proc/<pid>`, and what machine
-//! a run is on, from `/proc` (Linux).
+//! a run is on and what the hypervisor took from it, from `/proc` (Linux).
 
 use std::time::Instant;
 
@@ -81,6 +81,31 @@ impl std::fmt::Display for Machine {
     }
 }
 
+/// The time the hypervisor gave this VM's CPUs to others so far (steal
+/// time, all CPUs together), from `/proc/stat`; `None` where it cannot be
+/// read. A run during which it grew competed with another guest for its
+/// cores, which no figure of the run says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct Steal(u64);
+
+impl Steal {
+    pub fn now() -> Option<Self> {
+        std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(steal_ticks).map(Self)
+    }
+
+    /// Seconds of CPU stolen since `earlier`.
+    pub fn seconds_since(&self, earlier: &Steal) -> f64 {
+        self.0.saturating_sub(earlier.0) as f64 / TICKS_PER_SECOND
+    }
+}
+
+/// The `steal` field of the `cpu` line of `/proc/stat`'s text, in ticks.
+fn steal_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
 /// The CPU's model name in `/proc/cpuinfo`'s text.
 fn cpu_model(cpuinfo: &str) -> Option<String> {
     cpuinfo.lines().find_map(|line| {
@@ -98,6 +123,17 @@ mod tests {
         let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n\n\
                        processor\t: 1\nmodel name\t: AMD EPYC\n";
         assert_eq!(cpu_model(cpuinfo).as_deref(), Some("AMD EPYC"));
+    }
+
+    #[test]
+    fn steal_is_the_eighth_figure_of_the_cpu_line() {
+        let stat = "cpu  333278 2177 83192 383881 2601 0 38186 2086 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(steal_ticks(stat), Some(2086));
+        assert_eq!(steal_ticks("cpu0 1 2 3 4 5 6 7 8\n"), None, "only the line for all CPUs counts");
+        assert_eq!(steal_ticks("cpu  1 2 3\n"), None, "a kernel too old to count steal");
+        let (before, after) = (Steal(2086), Steal(2095));
+        assert!((after.seconds_since(&before) - 0.09).abs() < 1e-9);
+        assert_eq!(before.seconds_since(&after), 0.0);
     }
 
     #[test]

@@ -77,6 +77,7 @@ function load(file) {
     version: data.version,
     cores: data.cores,
     cpu: isObject(data.machine) && typeof data.machine.cpu === 'string' ? data.machine.cpu : null,
+    steal: isNumber(data.steal_seconds) ? data.steal_seconds : null,
     args,
     result: data.result,
     rssKib: readRss(file),
@@ -818,6 +819,7 @@ function main() {
     col('herald-bench', (run) => run.version, String),
     col('cores', (run) => run.cores),
     col('cpu', (run) => run.cpu, (cpu) => cpu ?? 'not recorded'),
+    col('steal', (run) => run.steal, (steal) => `${steal.toFixed(2)} s`),
   ], runs));
   md.push('');
 

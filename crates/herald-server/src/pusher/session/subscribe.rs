@@ -135,6 +135,11 @@ impl Session {
                 subscription.join_leave = true;
             }
         }
+        if kind.is_presence() {
+            // The member list is read with the socket taken back from the
+            // fanout, until the confirmation is queued (see `confirm`).
+            self.outbox.reclaim();
+        }
         if self.conn.is_subscribed(&channel) {
             // pusher-js resubscribes after a reconnect of its own; confirm again.
             self.confirm(&channel, name, kind).await?;
@@ -142,10 +147,6 @@ impl Session {
         }
         if kind.is_presence() {
             self.check_presence_room(&channel, subscription.user.as_ref()).await?;
-            // The member list is read once the subscription is live, so that
-            // no join falls between the two; what the channel sends meanwhile
-            // stays queued, behind the confirmation (see `confirm`).
-            self.outbox.reclaim();
         }
         let reply = (!kind.is_presence()).then(|| Outgoing::Frame(subscription_succeeded(name, "{}").into()));
         let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
@@ -179,16 +180,16 @@ impl Session {
     /// (one entry per user), else with empty data; then a cache channel's
     /// last event.
     ///
-    /// The confirmation goes ahead of everything queued, and the socket is
-    /// taken back from the fanout before the member list is read, so that
-    /// no event of the channel reaches the client between the list's read
-    /// and the list: pusher-js takes the list as the whole truth, and a
-    /// member who joined in between would be lost from it. A join or an
+    /// The confirmation goes ahead of everything queued, and for presence
+    /// the caller has taken the socket back from the fanout before the
+    /// subscription went live (`Outbox::reclaim`), so that no event of the
+    /// channel reaches the client between the list's read and the list:
+    /// pusher-js takes the list as the whole truth, and a member who joined
+    /// in between would be lost from it. A join or an
     /// event queued meanwhile comes after the list (a join of a member
     /// already listed leaves the list as it is, though pusher-js tells the
     /// app `pusher:member_added` again).
     async fn confirm(&self, channel: &ChannelName, name: &str, kind: ChannelKind) -> Result<(), Refusal> {
-        self.outbox.reclaim();
         let data = match kind.is_presence() {
             false => "{}".to_owned(),
             true => {

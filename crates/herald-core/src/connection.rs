@@ -40,6 +40,14 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
     /// are connections of the user that joined or left (a protocol may
     /// announce users, and not a user to itself).
     fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, to_own_user: bool) -> Option<Frame>;
+
+    /// What a subscription that asked for its channel's latest publication
+    /// (`SubscribeRequest::latest`) is sent right after its reply: that
+    /// publication, or, when the channel holds none, what the protocol says
+    /// then (Pusher's `pusher:cache_miss`); `None` sends nothing.
+    fn encode_latest(&self, channel: &ChannelName, latest: Option<&Publication>) -> Option<Frame> {
+        latest.map(|publication| self.encode_publication(channel, publication))
+    }
 }
 
 /// What a front-end tells the hub about a connection it authenticated.

@@ -38,7 +38,10 @@
 //!   interest lock is not held during the read, so that the subscribers
 //!   of one channel read side by side; a subscription that ends meanwhile
 //!   was never live, its client is told only by its subscribe's temporary
-//!   error, and it announces no join or leave.
+//!   error, and it announces no join or leave. A subscription that asks
+//!   for its channel's latest publication (a Pusher cache channel's) waits
+//!   the same way without a position: its reply and that publication are
+//!   followed only by what the read did not see.
 //! - A subscription's join is announced after the interest lock is let go,
 //!   beside the channel's other joins; a leave, announced under the lock,
 //!   waits for the joins of its user under way. So a leave never precedes
@@ -174,6 +177,11 @@ pub struct SubscribeRequest {
     pub recover_since: Option<StreamPosition>,
     /// Asks for fossil deltas (granted where the namespace allows them).
     pub delta: bool,
+    /// Asks for the channel's latest publication (a Pusher cache channel's
+    /// last event): read before the subscription goes live, queued right
+    /// after its reply (see [`crate::PushEncoder::encode_latest`]), and
+    /// followed only by what is newer. Not read when recovering.
+    pub latest: bool,
 }
 
 /// How a subscription came out; front-ends encode their reply from it.
@@ -193,6 +201,9 @@ pub struct SubscribeOutcome {
     pub publications: Vec<Arc<Publication>>,
     /// Publications after the first go to it as fossil deltas.
     pub delta: bool,
+    /// The channel's latest publication, when the subscriber asked for it
+    /// and the channel holds one.
+    pub latest: Option<Arc<Publication>>,
 }
 
 /// The shortest pause between two steps of [`Hub::close_spread`].
@@ -497,6 +508,9 @@ mod presence_tests;
 
 #[cfg(test)]
 mod seam_tests;
+
+#[cfg(test)]
+mod latest_tests;
 
 #[cfg(test)]
 mod join_tests;

@@ -56,19 +56,20 @@ struct Rare {
 
 impl Subscriber {
     /// A subscriber of `conn`; `user` when it is someone else in this
-    /// channel than its connection's user. A positioned subscriber starts
-    /// out recovering: publications wait for its history read.
+    /// channel than its connection's user. One that `reads` history first
+    /// (a positioned subscriber, or one that asked for the channel's latest
+    /// publication) starts out recovering: publications wait for the read.
     pub(super) fn new(
         conn: Arc<Connection>,
         join_leave: bool,
-        positioned: bool,
+        (positioned, reads): (bool, bool),
         user: Option<UserId>,
         delta: bool,
     ) -> Self {
         let user = user.filter(|user| !conn.is_user(user));
         let rare = (user.is_some() || delta).then(|| Box::new(Rare { user, delta: delta.then(DeltaBase::default) }));
-        let more = (rare.is_some() || positioned)
-            .then(|| Box::new(More { followed: None, recovering: positioned.then(Waiting::default), rare }));
+        let more = (rare.is_some() || reads)
+            .then(|| Box::new(More { followed: None, recovering: reads.then(Waiting::default), rare }));
         Self { conn, join_leave, positioned, more }
     }
 
@@ -108,16 +109,21 @@ impl Subscriber {
 
     /// Switches a recovering subscriber to live delivery, following the
     /// stream from `position` when it is positioned; returns what it
-    /// buffered meanwhile.
+    /// buffered meanwhile. A subscriber left needing nothing of [`More`]
+    /// lets it go.
     pub(super) fn go_live(&mut self, position: Option<&StreamPosition>) -> Vec<Arc<Publication>> {
         let Some(more) = self.more.as_mut() else { return Vec::new() };
         if let Some(position) = position {
             more.followed = Some(Followed::at(position));
         }
-        match more.recovering.take() {
+        let buffered = match more.recovering.take() {
             Some(buffer) => std::mem::take(&mut *buffer.lock().unwrap_or_else(|e| e.into_inner())),
             None => Vec::new(),
+        };
+        if more.followed.is_none() && more.rare.is_none() {
+            self.more = None;
         }
+        buffered
     }
 }
 
@@ -422,6 +428,28 @@ mod tests {
     #[test]
     fn a_subscribers_slot_stays_within_its_budget() {
         assert!(std::mem::size_of::<(ClientId, Subscriber)>() <= 40);
+    }
+
+    /// One that asked for its channel's latest publication needs its
+    /// `More` only while that is read: once live it holds a slot alone.
+    #[test]
+    fn a_subscriber_that_waited_for_a_read_alone_lets_its_box_go_when_live() {
+        let spec = crate::connection::ConnectionSpec {
+            client: ClientId::new("c1"),
+            user: UserId::new("u1").unwrap(),
+            conn_info: None,
+            encoder: Arc::new(super::super::tests::OffsetEncoder),
+            outbox: Arc::new(crate::outbox::Outbox::new(1 << 10)),
+        };
+        let conn = Arc::new(Connection::new(spec));
+        let mut latest_only = Subscriber::new(conn.clone(), false, (false, true), None, false);
+        assert!(latest_only.recovering().is_some(), "publications wait while the read is made");
+        latest_only.go_live(None);
+        assert!(latest_only.more.is_none());
+
+        let mut positioned = Subscriber::new(conn, false, (true, true), None, false);
+        positioned.go_live(Some(&StreamPosition::default()));
+        assert!(positioned.followed().is_some(), "a positioned subscriber keeps its stream");
     }
 
     /// Every positioned subscriber holds its `More` for its subscription's

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use herald_engine::{ChannelName, HistoryOptions, HistoryQuery};
+use herald_engine::{ChannelName, HistoryOptions, HistoryQuery, Publication, StreamPosition};
 
 use super::channels::{in_stream_order, Next, Removed, Subscriber};
 use super::recovery::{self, Recovery};
@@ -74,8 +74,9 @@ impl Hub {
         }
         let delta = request.delta && options.allowed_delta_types.contains(&DeltaType::Fossil);
         let subscription = &request.subscription;
+        let reads = (positioned, positioned || request.latest);
         let subscriber =
-            Subscriber::new(conn.clone(), subscription.join_leave, positioned, subscription.user.clone(), delta);
+            Subscriber::new(conn.clone(), subscription.join_leave, reads, subscription.user.clone(), delta);
         let waiting = subscriber.waiting();
         // Until its join is told, presence refreshes leave its entry alone
         // (noted before a refresh can list the subscription).
@@ -120,7 +121,7 @@ impl Hub {
         };
 
         let seam = match reply {
-            Some(reply) => self.go_live_after(conn, channel, &outcome, reply),
+            Some(reply) => self.go_live_after(conn, channel, (&outcome, request.latest), reply),
             None => Seam::Live,
         };
         match seam {
@@ -167,32 +168,42 @@ impl Hub {
         }
     }
 
-    /// Queues the reply, then what was buffered above the reply's position (in the stream's order),
-    /// and switches the subscriber to live delivery, all under the shard
-    /// lock fanout takes. `Seam::Stale` if what was buffered does not
-    /// continue the stream from the reply's position, `Seam::Gone` (and
-    /// nothing queued) if the subscription is no longer there.
+    /// Queues the reply, the channel's latest publication when the
+    /// subscriber asked for it (`latest`), then what was buffered above the
+    /// position the read found (in the stream's order), and switches the
+    /// subscriber to live delivery, all under the shard lock fanout takes.
+    /// `Seam::Stale` if what was buffered does not continue the stream from
+    /// the reply's position, `Seam::Gone` (and nothing queued) if the
+    /// subscription is no longer there.
     fn go_live_after(
         &self,
         conn: &Arc<Connection>,
         channel: &ChannelName,
-        outcome: &SubscribeOutcome,
+        (outcome, latest): (&SubscribeOutcome, bool),
         reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
     ) -> Seam {
         let mut shard = self.channels.write(channel);
         let Some(subscriber) = shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) else { return Seam::Gone };
         let mut buffered = subscriber.go_live(outcome.positioned.then_some(&outcome.position));
-        if outcome.positioned {
-            in_stream_order(&mut buffered, &outcome.position.epoch);
-        }
+        in_stream_order(&mut buffered, &outcome.position.epoch);
         let (followed, delta) = (subscriber.followed(), subscriber.delta());
         if let Some(reply) = reply(outcome) {
             // A full outbox closes itself as slow; the session ends and
             // cleans up this subscription with the rest.
             let _ = conn.outbox.push(reply);
         }
+        if let Some(frame) = latest.then(|| conn.encoder.encode_latest(channel, outcome.latest.as_deref())).flatten() {
+            let _ = conn.outbox.push(Outgoing::Frame(frame));
+        }
         for publication in &buffered {
-            match followed.map_or(Next::Send, |f| f.next(publication)) {
+            let next = match followed {
+                Some(followed) => followed.next(publication),
+                // Not positioned (it asked for the latest publication only):
+                // what the read already found is not sent again.
+                None if read_before(publication, &outcome.position) => Next::Skip,
+                None => Next::Send,
+            };
+            match next {
                 Next::Send => {
                     let frame = match delta {
                         // In full; the next live one may be a delta from it.
@@ -227,10 +238,14 @@ impl Hub {
                 limit: options.recovery_max_publications.saturating_add(1),
                 reverse: false,
             },
+            None if request.latest => HistoryQuery { since: None, limit: 1, reverse: true },
             None => HistoryQuery::default(),
         };
         let read = self.engine.history().history(channel, &query, history).await?;
         outcome.position = read.position.clone();
+        if since.is_none() && request.latest {
+            outcome.latest = read.publications.first().cloned();
+        }
         if let Some(since) = since {
             outcome.was_recovering = true;
             match recovery::decide(&since, read, options.recovery_max_publications) {
@@ -314,6 +329,13 @@ impl Hub {
         }
         Some(removed)
     }
+}
+
+/// Whether `publication` is in the stream a history read found at
+/// `position`, at or below it: the read saw it.
+fn read_before(publication: &Publication, position: &StreamPosition) -> bool {
+    let offset = publication.offset.get();
+    offset > 0 && publication.epoch == position.epoch && offset <= position.offset.get()
 }
 
 /// How a subscriber's switch to live delivery came out.

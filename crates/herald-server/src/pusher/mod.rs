@@ -334,6 +334,15 @@ impl PushEncoder for PusherEncoder {
         Frame { event, channel: Some(name), data: &event_data(&publication.data), user_id }.encode().into()
     }
 
+    /// A cache channel's last event, or `pusher:cache_miss` when it has none.
+    fn encode_latest(&self, channel: &ChannelName, latest: Option<&Publication>) -> Option<herald_core::Frame> {
+        if let Some(publication) = latest {
+            return Some(self.encode_publication(channel, publication));
+        }
+        let name = self.name_of(channel).unwrap_or(channel.as_str());
+        Some(object_frame("pusher:cache_miss", Some(name), &serde_json::json!({})).into())
+    }
+
     /// Pusher announces users, not connections, and not to themselves.
     fn encode_presence(
         &self,

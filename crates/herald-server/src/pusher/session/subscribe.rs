@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use herald_core::{ChannelRules, HubError, Outgoing, SubscribeAccess, SubscribeRequest, Subscription};
-use herald_engine::{ChannelName, DisconnectReason, HistoryQuery, UserId};
+use herald_engine::{ChannelName, DisconnectReason, UserId};
 use tokio::time::Instant;
 
 use super::super::conventions::ChannelKind;
@@ -149,12 +149,17 @@ impl Session {
             self.check_presence_room(&channel, subscription.user.as_ref()).await?;
         }
         let reply = (!kind.is_presence()).then(|| Outgoing::Frame(subscription_succeeded(name, "{}").into()));
-        let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
-        self.frontend.hub().subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
+        // A cache channel's last event is read before the subscription
+        // goes live, and queued after the reply ahead of anything newer
+        // (`PusherEncoder::encode_latest`).
+        let request = SubscribeRequest { subscription, latest: kind.is_cache(), ..SubscribeRequest::default() };
+        let hub = self.frontend.hub();
+        let outcome = hub.subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
+        if kind.is_cache() && outcome.latest.is_none() {
+            self.frontend.webhooks().send(&self.app, Hook::CacheMiss { channel: name.to_owned() });
+        }
         if kind.is_presence() {
             self.confirm(&channel, name, kind).await?;
-        } else if kind.is_cache() {
-            self.send_cached(&channel, name).await;
         }
         Ok(())
     }
@@ -177,8 +182,7 @@ impl Session {
     }
 
     /// Sends `subscription_succeeded`: for presence with the member list
-    /// (one entry per user), else with empty data; then a cache channel's
-    /// last event.
+    /// (one entry per user), else with empty data.
     ///
     /// The confirmation goes ahead of everything queued, and for presence
     /// the caller has taken the socket back from the fanout before the
@@ -210,28 +214,7 @@ impl Session {
         let confirmation = Outgoing::Frame(subscription_succeeded(name, &data).into());
         // A full outbox closes itself as slow; the loop then ends the session.
         let _ = self.outbox.push_ahead(confirmation);
-        if kind.is_cache() && kind.is_presence() {
-            self.send_cached(channel, name).await;
-        }
         Ok(())
-    }
-
-    /// A cache channel's last event, or `pusher:cache_miss` (and its webhook).
-    async fn send_cached(&self, channel: &ChannelName, name: &str) {
-        use herald_core::PushEncoder;
-        let query = HistoryQuery { since: None, limit: 1, reverse: true };
-        match self.frontend.hub().history(channel, query).await {
-            Ok(history) if !history.publications.is_empty() => {
-                if let Some(last) = history.publications.first() {
-                    self.send(self.app.encoder.encode_publication(channel, last));
-                }
-            }
-            Ok(_) => {
-                self.send(object_frame("pusher:cache_miss", Some(name), &serde_json::json!({})));
-                self.frontend.webhooks().send(&self.app, Hook::CacheMiss { channel: name.to_owned() });
-            }
-            Err(error) => tracing::warn!(channel = %name, %error, "cache channel read failed"),
-        }
     }
 }
 

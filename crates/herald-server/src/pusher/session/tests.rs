@@ -117,6 +117,16 @@ impl Harness {
         self.send(json!({"event": "pusher:subscribe", "data": {"channel": channel}}));
         self.next_json().await
     }
+
+    /// Asks to join a presence `channel` as `user`, signed for `socket_id`.
+    fn join(&self, socket_id: &str, channel: &str, user: &str) {
+        let member = json!({ "user_id": user }).to_string();
+        let message = sign::channel_message(socket_id, channel, Some(&member));
+        let auth = format!("{KEY}:{}", sign::hmac_hex(SECRET, message.as_bytes()));
+        self.send(
+            json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": member}}),
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -193,6 +203,33 @@ async fn a_private_channel_needs_this_sockets_signature() {
     let auth = format!("{KEY}:{signature}");
     s.send(json!({"event": "pusher:subscribe", "data": {"channel": "private-orders", "auth": auth}}));
     assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_presence_cache_channel_sends_its_member_list_then_its_last_event_or_a_cache_miss() {
+    let node = node().await;
+    let (mut first, socket_id) = connected_on(node.clone()).await;
+    first.join(&socket_id, "presence-cache-room", "u1");
+    let listed = first.next_json().await;
+    assert_eq!(listed["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(
+        first.next_json().await,
+        json!({"event": "pusher:cache_miss", "channel": "presence-cache-room", "data": {}})
+    );
+
+    let mut publication = Publication::from_data(Bytes::from_static(br#"{"n":1}"#));
+    publication.tags.insert(EVENT_TAG.to_owned(), "score".to_owned());
+    node.0.publish(&ChannelName::new("presence-cache-room").unwrap(), publication, None, false).await.unwrap();
+    let (mut second, socket_id) = connected_on(node).await;
+    second.join(&socket_id, "presence-cache-room", "u2");
+    let listed = second.next_json().await;
+    assert_eq!(listed["event"], "pusher_internal:subscription_succeeded");
+    let members: Value = serde_json::from_str(listed["data"].as_str().unwrap()).unwrap();
+    assert_eq!(members["presence"]["count"], 2, "{members}");
+    assert_eq!(
+        second.next_json().await,
+        json!({"event": "score", "channel": "presence-cache-room", "data": "{\"n\":1}"})
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -311,11 +348,7 @@ async fn a_presence_subscription_is_confirmed_ahead_of_every_event_of_a_busy_cha
     let joining = async {
         for n in 0..500 {
             let (mut s, socket_id) = connected_on(node.clone()).await;
-            let member = json!({ "user_id": format!("u{n}") }).to_string();
-            let message = sign::channel_message(&socket_id, "presence-room", Some(&member));
-            let auth = format!("{KEY}:{}", sign::hmac_hex(SECRET, message.as_bytes()));
-            let subscribe = json!({"channel": "presence-room", "auth": auth, "channel_data": member});
-            s.send(json!({"event": "pusher:subscribe", "data": subscribe}));
+            s.join(&socket_id, "presence-room", &format!("u{n}"));
             let first = loop {
                 let frame = s.next_json().await;
                 if frame["channel"] == "presence-room" {
@@ -333,4 +366,52 @@ async fn a_presence_subscription_is_confirmed_ahead_of_every_event_of_a_busy_cha
         published.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "the channel was published to while clients joined"
     );
+}
+
+/// Two workers: a publisher loops on a cache channel while clients
+/// subscribe to it. Each client's first event is the channel's last one,
+/// and what follows is newer: never an older event after a newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_channels_last_event_reaches_a_subscriber_ahead_of_every_newer_one() {
+    let node = node().await;
+    let price = ChannelName::new("cache-price").unwrap();
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let publishing = tokio::spawn({
+        let (hub, published) = (node.0.clone(), published.clone());
+        async move {
+            for n in 1u64.. {
+                let mut publication = Publication::from_data(Bytes::from(json!({ "n": n }).to_string()));
+                publication.tags.insert(EVENT_TAG.to_owned(), "price".to_owned());
+                hub.publish(&price, publication, None, false).await.expect("the memory engine publishes");
+                published.store(n, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    while published.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let subscribing = async {
+        for client in 0..300 {
+            let (mut s, _) = connected_on(node.clone()).await;
+            s.send(json!({"event": "pusher:subscribe", "data": {"channel": "cache-price"}}));
+            let confirmed = s.next_json().await;
+            assert_eq!(confirmed["event"], "pusher_internal:subscription_succeeded", "client {client}: {confirmed}");
+            let mut seen = Vec::new();
+            while seen.len() < 3 {
+                let event = s.next_json().await;
+                assert_eq!(event["event"], "price", "client {client}, after {seen:?}: {event}");
+                let data: Value = serde_json::from_str(event["data"].as_str().unwrap()).unwrap();
+                seen.push(data["n"].as_u64().unwrap());
+            }
+            assert!(
+                seen.is_sorted_by(|a, b| a < b),
+                "client {client} was sent {seen:?}: an event repeated, or an older one after a newer"
+            );
+        }
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(60), subscribing).await;
+    assert!(!publishing.is_finished(), "the publisher stopped: {:?}", publishing.await);
+    publishing.abort();
+    finished.expect("300 cache subscriptions in a minute");
 }

@@ -41,7 +41,8 @@
 //!   error, and it announces no join or leave. A subscription that asks
 //!   for its channel's latest publication (a Pusher cache channel's) waits
 //!   the same way without a position: its reply and that publication are
-//!   followed only by what the read did not see.
+//!   followed only by what is newer than what it was sent, even when a
+//!   publication the read saw reaches the node after it went live.
 //! - A subscription's join is announced after the interest lock is let go,
 //!   beside the channel's other joins; a leave, announced under the lock,
 //!   waits for the joins of its user under way. So a leave never precedes
@@ -180,7 +181,9 @@ pub struct SubscribeRequest {
     /// Asks for the channel's latest publication (a Pusher cache channel's
     /// last event): read before the subscription goes live, queued right
     /// after its reply (see [`crate::PushEncoder::encode_latest`]), and
-    /// followed only by what is newer. Not read when recovering.
+    /// followed only by what is newer. Not read when recovering (the reply
+    /// carries what was missed). Should the read fail, the subscription
+    /// goes live without it, told there is none, and a warning is logged.
     pub latest: bool,
 }
 

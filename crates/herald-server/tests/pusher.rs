@@ -419,6 +419,58 @@ async fn a_presence_subscription_is_confirmed_ahead_of_every_event_of_a_busy_cha
     );
 }
 
+/// Over Redis, where a publication can reach the node after a history
+/// read that saw it: one publisher triggers rising numbers into a cache
+/// channel while clients subscribe. Each client's first event is the
+/// cached one and every later one is newer: none twice, none older.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_redis_a_cache_channels_last_event_reaches_a_subscriber_ahead_of_every_newer_one() {
+    let redis = herald_redis::testing::RedisServer::start();
+    let engine = herald_server::config::RedisEngineConfig { address: redis.url(), ..Default::default() };
+    let server = TestServer::with(|c| {
+        c.engine = herald_server::config::EngineConfig::Redis(engine);
+        with_app(c, |_| {});
+    })
+    .await;
+    let addr = server.addr;
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let publisher = tokio::spawn({
+        let published = published.clone();
+        async move {
+            for n in 1u64.. {
+                let body = json!({"name": "price", "channels": ["cache-price"], "data": json!({"n": n}).to_string()});
+                let (status, _) = trigger(addr, body).await;
+                assert_eq!(status, 200, "the trigger is accepted");
+                published.store(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    eventually("the first trigger", || published.load(std::sync::atomic::Ordering::Relaxed) > 0).await;
+    let subscribing = async {
+        for client in 0..200 {
+            let mut pusher = Pusher::connect(&server).await;
+            pusher.send(json!({"event": "pusher:subscribe", "data": {"channel": "cache-price"}})).await;
+            let confirmed = pusher.next().await;
+            assert_eq!(confirmed["event"], "pusher_internal:subscription_succeeded", "client {client}: {confirmed}");
+            let mut seen = Vec::new();
+            while seen.len() < 3 {
+                let event = pusher.next().await;
+                assert_eq!(event["event"], "price", "client {client}, after {seen:?}: {event}");
+                let data: Value = serde_json::from_str(event["data"].as_str().unwrap()).unwrap();
+                seen.push(data["n"].as_u64().unwrap());
+            }
+            assert!(
+                seen.is_sorted_by(|a, b| a < b),
+                "client {client} was sent {seen:?}: an event repeated, or an older one after a newer"
+            );
+        }
+    };
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(120), subscribing).await;
+    assert!(!publisher.is_finished(), "the publisher stopped: {:?}", publisher.await);
+    publisher.abort();
+    finished.expect("200 cache subscriptions in two minutes");
+}
+
 #[tokio::test]
 async fn metrics_count_pusher_connections_and_http_api_calls_by_endpoint() {
     let server = server().await;

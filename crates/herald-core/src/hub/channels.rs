@@ -107,23 +107,18 @@ impl Subscriber {
         }
     }
 
-    /// Switches a recovering subscriber to live delivery, following the
-    /// stream from `position` when it is positioned; returns what it
-    /// buffered meanwhile. A subscriber left needing nothing of [`More`]
-    /// lets it go.
-    pub(super) fn go_live(&mut self, position: Option<&StreamPosition>) -> Vec<Arc<Publication>> {
+    /// Switches a recovering subscriber to live delivery, following its
+    /// stream as `followed` says when it was read; returns what it
+    /// buffered meanwhile.
+    pub(super) fn go_live(&mut self, followed: Option<Followed>) -> Vec<Arc<Publication>> {
         let Some(more) = self.more.as_mut() else { return Vec::new() };
-        if let Some(position) = position {
-            more.followed = Some(Followed::at(position));
+        if followed.is_some() {
+            more.followed = followed;
         }
-        let buffered = match more.recovering.take() {
+        match more.recovering.take() {
             Some(buffer) => std::mem::take(&mut *buffer.lock().unwrap_or_else(|e| e.into_inner())),
             None => Vec::new(),
-        };
-        if more.followed.is_none() && more.rare.is_none() {
-            self.more = None;
         }
-        buffered
     }
 }
 
@@ -172,11 +167,19 @@ impl DeltaBase {
 /// Then the subscriber is *stale*: it is sent nothing more, and the hub ends
 /// the subscription with "insufficient state" so that its client recovers
 /// from history or learns it cannot. A subscriber never sees a hole.
+///
+/// A subscriber that asked only for its channel's latest publication
+/// follows its stream loosely ([`Followed::above`]): it is sent nothing at
+/// or below the newest offset it was sent or the read found (a publication
+/// the read saw may reach the node after the subscriber went live, and an
+/// engine may hand one over late), and it is promised nothing of gaps.
 #[derive(Debug)]
 pub(super) struct Followed {
     epoch: Epoch,
     sent: AtomicU64,
     stale: AtomicBool,
+    /// Gaps and other epochs make it stale (a positioned subscriber's).
+    strict: bool,
 }
 
 /// What to do with a publication for a positioned subscriber.
@@ -191,12 +194,20 @@ pub(super) enum Next {
 }
 
 impl Followed {
+    /// A positioned subscriber's, at the position its reply carried.
     pub(super) fn at(position: &StreamPosition) -> Self {
         Self {
             epoch: position.epoch.clone(),
             sent: AtomicU64::new(position.offset.get()),
             stale: AtomicBool::new(false),
+            strict: true,
         }
+    }
+
+    /// A loose one, for a subscriber sent its channel's publication at
+    /// `position` (the latest one a read found).
+    pub(super) fn above(position: &StreamPosition) -> Self {
+        Self { strict: false, ..Self::at(position) }
     }
 
     /// Decides on `publication`, and moves on past it when it is sent.
@@ -214,6 +225,12 @@ impl Followed {
         if publication.epoch == self.epoch && offset <= sent {
             return Next::Skip;
         }
+        if !self.strict {
+            if publication.epoch == self.epoch {
+                self.sent.store(offset, Ordering::Relaxed);
+            }
+            return Next::Send;
+        }
         if publication.epoch == self.epoch && Some(offset) == sent.checked_add(1) {
             self.sent.store(offset, Ordering::Relaxed);
             return Next::Send;
@@ -227,8 +244,12 @@ impl Followed {
     /// Whether the subscriber missed publications, seen from the stream's
     /// position `now` and the one read a check `earlier`: it follows
     /// another epoch, or it was not sent what the stream already held
-    /// then. Marks it stale if so (and returns false if it was already).
+    /// then. Marks it stale if so (and returns false if it was already, or
+    /// if it follows loosely).
     pub(super) fn fell_behind(&self, now: &StreamPosition, earlier: Option<&StreamPosition>) -> bool {
+        if !self.strict {
+            return false;
+        }
         let sent = self.sent.load(Ordering::Relaxed);
         let behind = now.epoch != self.epoch || earlier.is_some_and(|e| e.epoch == self.epoch && sent < e.offset.get());
         behind && !self.stale.swap(true, Ordering::Relaxed)
@@ -361,7 +382,7 @@ impl Channels {
         let mut out = Vec::new();
         self.map.for_each_shard(|shard| {
             for (channel, subscribers) in shard {
-                if subscribers.values().any(|s| s.followed().is_some()) {
+                if subscribers.values().any(|s| s.positioned && s.followed().is_some()) {
                     out.push(channel.clone());
                 }
             }
@@ -430,26 +451,31 @@ mod tests {
         assert!(std::mem::size_of::<(ClientId, Subscriber)>() <= 40);
     }
 
-    /// One that asked for its channel's latest publication needs its
-    /// `More` only while that is read: once live it holds a slot alone.
-    #[test]
-    fn a_subscriber_that_waited_for_a_read_alone_lets_its_box_go_when_live() {
-        let spec = crate::connection::ConnectionSpec {
-            client: ClientId::new("c1"),
-            user: UserId::new("u1").unwrap(),
-            conn_info: None,
-            encoder: Arc::new(super::super::tests::OffsetEncoder),
-            outbox: Arc::new(crate::outbox::Outbox::new(1 << 10)),
-        };
-        let conn = Arc::new(Connection::new(spec));
-        let mut latest_only = Subscriber::new(conn.clone(), false, (false, true), None, false);
-        assert!(latest_only.recovering().is_some(), "publications wait while the read is made");
-        latest_only.go_live(None);
-        assert!(latest_only.more.is_none());
+    fn position(offset: u64, epoch: &str) -> StreamPosition {
+        StreamPosition { offset: herald_engine::Offset::new(offset), epoch: Epoch::new(epoch) }
+    }
 
-        let mut positioned = Subscriber::new(conn, false, (true, true), None, false);
-        positioned.go_live(Some(&StreamPosition::default()));
-        assert!(positioned.followed().is_some(), "a positioned subscriber keeps its stream");
+    fn publication(offset: u64, epoch: &str) -> Publication {
+        let mut publication = Publication::from_data(bytes::Bytes::from_static(b"1"));
+        (publication.offset, publication.epoch) = (herald_engine::Offset::new(offset), Epoch::new(epoch));
+        publication
+    }
+
+    /// A subscriber sent a channel's latest publication at offset 5.
+    #[test]
+    fn a_loose_follower_is_sent_only_what_is_newer_than_what_it_was_sent_and_never_goes_stale() {
+        let followed = Followed::above(&position(5, "e"));
+        let decide = |offset: u64, epoch: &str| followed.next(&publication(offset, epoch));
+        assert_eq!(decide(5, "e"), Next::Skip, "the read saw it; it reached the node later");
+        assert_eq!(decide(7, "e"), Next::Send, "a gap is no concern of a cache channel's");
+        assert_eq!(decide(6, "e"), Next::Skip, "older than one it was sent");
+        assert_eq!(decide(8, "e"), Next::Send);
+        assert_eq!(decide(0, "e"), Next::Send, "published without history");
+        assert_eq!(decide(1, "other"), Next::Send, "another stream: nothing to compare it with");
+        assert!(!followed.fell_behind(&position(20, "e"), Some(&position(19, "e"))), "no position checks");
+
+        let strict = Followed::at(&position(5, "e"));
+        assert_eq!(strict.next(&publication(7, "e")), Next::Stale, "a positioned subscriber's gap");
     }
 
     /// Every positioned subscriber holds its `More` for its subscription's

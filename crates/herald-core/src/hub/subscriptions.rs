@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use herald_engine::{ChannelName, HistoryOptions, HistoryQuery, Publication, StreamPosition};
+use herald_engine::{ChannelName, HistoryOptions, HistoryQuery};
 
-use super::channels::{in_stream_order, Next, Removed, Subscriber};
+use super::channels::{in_stream_order, Followed, Next, Removed, Subscriber};
 use super::recovery::{self, Recovery};
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
@@ -103,7 +103,15 @@ impl Hub {
                 if let Some(write) = occupancy.take() {
                     write.make().await;
                 }
-                let read = self.read_recovery(channel, &request, options, history, &mut outcome).await;
+                let read = match self.read_recovery(channel, &request, options, history, &mut outcome).await {
+                    Err(error) if request.latest && !positioned => {
+                        // Live without it, told there is none: the client
+                        // may fetch the state elsewhere (as after a miss).
+                        tracing::warn!(%channel, %error, "a channel's latest publication could not be read; the subscriber is told it has none (check the engine)");
+                        Ok(())
+                    }
+                    read => read,
+                };
                 let interest = self.channels.interest_lock(channel).lock().await;
                 let ours = self.channels.waits_in(channel, &conn.client, waiting);
                 if let Err(error) = read {
@@ -121,7 +129,9 @@ impl Hub {
         };
 
         let seam = match reply {
-            Some(reply) => self.go_live_after(conn, channel, (&outcome, request.latest), reply),
+            Some(reply) => {
+                self.go_live_after(conn, channel, (&outcome, request.latest && !outcome.was_recovering), reply)
+            }
             None => Seam::Live,
         };
         match seam {
@@ -170,8 +180,9 @@ impl Hub {
 
     /// Queues the reply, the channel's latest publication when the
     /// subscriber asked for it (`latest`), then what was buffered above the
-    /// position the read found (in the stream's order), and switches the
-    /// subscriber to live delivery, all under the shard lock fanout takes.
+    /// position the read found (in the stream's order, but for what the
+    /// publisher excluded it from), and switches the subscriber to live
+    /// delivery, all under the shard lock fanout takes.
     /// `Seam::Stale` if what was buffered does not continue the stream from
     /// the reply's position, `Seam::Gone` (and nothing queued) if the
     /// subscription is no longer there.
@@ -184,7 +195,12 @@ impl Hub {
     ) -> Seam {
         let mut shard = self.channels.write(channel);
         let Some(subscriber) = shard.get_mut(channel).and_then(|s| s.get_mut(&conn.client)) else { return Seam::Gone };
-        let mut buffered = subscriber.go_live(outcome.positioned.then_some(&outcome.position));
+        let followed = match (outcome.positioned, latest) {
+            (true, _) => Some(Followed::at(&outcome.position)),
+            (false, true) => Some(Followed::above(&outcome.position)),
+            (false, false) => None,
+        };
+        let mut buffered = subscriber.go_live(followed);
         in_stream_order(&mut buffered, &outcome.position.epoch);
         let (followed, delta) = (subscriber.followed(), subscriber.delta());
         if let Some(reply) = reply(outcome) {
@@ -196,14 +212,8 @@ impl Hub {
             let _ = conn.outbox.push(Outgoing::Frame(frame));
         }
         for publication in &buffered {
-            let next = match followed {
-                Some(followed) => followed.next(publication),
-                // Not positioned (it asked for the latest publication only):
-                // what the read already found is not sent again.
-                None if read_before(publication, &outcome.position) => Next::Skip,
-                None => Next::Send,
-            };
-            match next {
+            match followed.map_or(Next::Send, |f| f.next(publication)) {
+                Next::Send if publication.exclude.as_ref() == Some(&conn.client) => {}
                 Next::Send => {
                     let frame = match delta {
                         // In full; the next live one may be a delta from it.
@@ -329,13 +339,6 @@ impl Hub {
         }
         Some(removed)
     }
-}
-
-/// Whether `publication` is in the stream a history read found at
-/// `position`, at or below it: the read saw it.
-fn read_before(publication: &Publication, position: &StreamPosition) -> bool {
-    let offset = publication.offset.get();
-    offset > 0 && publication.epoch == position.epoch && offset <= position.offset.get()
 }
 
 /// How a subscriber's switch to live delivery came out.

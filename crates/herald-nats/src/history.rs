@@ -27,6 +27,11 @@
 //! empty message whose `Herald-Epoch` header names a new epoch at offset 0)
 //! so that every node reads the same epoch.
 //!
+//! A history read takes the subject's last message first, then walks the
+//! older ones. The last one is answered as it was read: a publication that
+//! trims it from a short history during the walk (a Pusher cache channel
+//! keeps one) cannot leave the answer without the newest publication.
+//!
 //! # Delivery
 //!
 //! The stream republishes every stored message to the channel's core
@@ -100,6 +105,8 @@ struct Top {
     stored_ms: u64,
     /// An empty stream's marker, not a publication.
     marker: bool,
+    /// The publication it is, read with it.
+    publication: Option<Arc<Publication>>,
 }
 
 /// Channels' history streams in JetStream.
@@ -251,11 +258,15 @@ impl NatsHistory {
         if message.payload.is_empty() {
             let epoch = message.headers.get(EPOCH_HEADER).map(|v| v.as_str().to_owned()).unwrap_or_default();
             let position = StreamPosition { offset: Offset::ZERO, epoch: Epoch::new(&epoch) };
-            return Ok(Some(Top { sequence: message.sequence, position, stored_ms, marker: true }));
+            return Ok(Some(Top { sequence: message.sequence, position, stored_ms, marker: true, publication: None }));
         }
         let decoded = wire::decode(message.payload).map_err(|e| unavailable(format!("{subject}: {e}")))?;
         let position = StreamPosition { offset: decoded.offset, epoch: decoded.epoch };
-        Ok(Some(Top { sequence: message.sequence, position, stored_ms, marker: false }))
+        let publication = match decoded.kind {
+            wire::Kind::Publication(publication) => Some(Arc::new(publication)),
+            wire::Kind::Presence(_) => None,
+        };
+        Ok(Some(Top { sequence: message.sequence, position, stored_ms, marker: false, publication }))
     }
 
     /// The top of `subject`, starting the stream with a marker if it is empty.
@@ -447,7 +458,7 @@ impl NatsHistory {
         .await
     }
 
-    /// Every message of `subject`, oldest first, up to `top`.
+    /// Every publication of `subject`, oldest first, below the sequence `top`.
     async fn read_subject(
         &self,
         stream: &stream::Stream,
@@ -462,7 +473,7 @@ impl NatsHistory {
                 Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
                 Err(error) => return Err(unavailable(error)),
             };
-            if message.sequence > top {
+            if message.sequence >= top {
                 break;
             }
             next = Some(message.sequence.saturating_add(1));
@@ -475,9 +486,6 @@ impl NatsHistory {
                 }
                 Ok(_) => tracing::warn!(subject, "a join or leave in a history stream; skipped"),
                 Err(error) => tracing::warn!(subject, %error, "an unreadable history entry; skipped"),
-            }
-            if message.sequence == top {
-                break;
             }
         }
         Ok(publications)
@@ -501,7 +509,11 @@ impl History for NatsHistory {
             if query.limit == 0 || top.marker || expired {
                 return Ok(HistoryResult { position: top.position, publications: Vec::new() });
             }
+            // The top was read first: should publications trim it from a
+            // short history while the rest is read (a cache channel keeps
+            // one), the answer still ends with it.
             let mut publications = self.read_subject(&stream, &subject, top.sequence).await?;
+            publications.extend(top.publication);
             let surplus = publications.len().saturating_sub(options.size);
             publications.drain(..surplus);
             Ok(query.select(top.position, publications))

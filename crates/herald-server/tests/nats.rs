@@ -92,6 +92,18 @@ async fn on_the_mixed_engine_presence_lives_in_redis_and_the_cluster_still_answe
     assert!(body.contains("redis"), "and says which part is missing: {body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_channels_last_event_reaches_a_subscriber_ahead_of_every_newer_one() {
+    let nats = NatsServer::start();
+    let engine = NatsEngineConfig { addresses: vec![nats.url()], prefix: fresh_prefix(), ..Default::default() };
+    let server = TestServer::with(|c| {
+        c.engine = EngineConfig::Nats(engine);
+        crate::pusher::with_app(c, |_| {});
+    })
+    .await;
+    crate::pusher::a_cache_channels_last_event_reaches_each_subscriber_ahead_of_every_newer_one(&server).await;
+}
+
 #[tokio::test]
 async fn a_subscriber_whose_node_dies_recovers_on_another_node() {
     let nats = NatsServer::start();

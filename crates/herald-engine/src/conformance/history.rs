@@ -64,6 +64,36 @@ pub async fn history_is_trimmed_to_its_size(engine: Engine, _: Clock) {
     assert_eq!(offsets, vec![4, 5, 6, 7, 8], "only the last {} are kept", HISTORY.size);
 }
 
+/// A history of one, read while it is published to: every read answers
+/// with the publication at the position it reports (a Pusher cache
+/// channel's last event is never missing because another came meanwhile).
+pub async fn a_history_of_one_read_while_published_to_answers_with_its_newest(engine: Engine, _: Clock) {
+    let _events = Recorder::start(&engine).await;
+    let ch = channel("conformance:one");
+    let one = crate::HistoryOptions { size: 1, ..HISTORY };
+    let options = crate::PublishOptions { history: Some(one), ..Default::default() };
+    publish(&engine, &ch, "1", &options).await;
+    let publisher = tokio::spawn({
+        let (engine, ch) = (engine.clone(), ch.clone());
+        async move {
+            for i in 2..=300u64 {
+                publish(&engine, &ch, &i.to_string(), &options).await;
+            }
+        }
+    });
+    let newest = HistoryQuery { limit: 1, reverse: true, ..Default::default() };
+    let mut reads = 0usize;
+    while !publisher.is_finished() {
+        let read = engine.history().history(&ch, &newest, &one).await.expect("history read succeeds");
+        let offsets: Vec<u64> = read.publications.iter().map(|p| p.offset.get()).collect();
+        assert_eq!(offsets, [read.position.offset.get()], "read {reads} answered without its newest publication");
+        reads = reads.saturating_add(1);
+        tokio::task::yield_now().await;
+    }
+    publisher.await.expect("the publisher finished");
+    assert!(reads > 0, "reads were made while it published");
+}
+
 /// Past `ttl`, publications are gone but the position stays.
 pub async fn publications_expire_but_the_position_survives(engine: Engine, clock: Clock) {
     let _events = Recorder::start(&engine).await;

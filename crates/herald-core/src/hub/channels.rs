@@ -25,13 +25,15 @@ pub(super) struct Subscriber {
 }
 
 /// What only some subscribers need. A positioned subscriber (recovery
-/// on) holds one for its subscription's life, so the box holds little
-/// more than its stream: what it needs only while recovering, and what
-/// fewer subscribers still need, are boxed again.
+/// on), and one sent its channel's latest publication (a Pusher cache
+/// channel's), holds one for its subscription's life, so the box holds
+/// little more than its stream: what it needs only while recovering, and
+/// what fewer subscribers still need, are boxed again.
 #[derive(Debug, Default)]
 struct More {
-    /// For a positioned subscriber once live: the stream it follows and
-    /// the last offset it was sent (see [`Followed`]).
+    /// For a positioned subscriber once live, or one sent the latest
+    /// publication: the stream it follows and the last offset it was sent
+    /// (see [`Followed`]).
     followed: Option<Followed>,
     /// Present while the subscription recovers: publications wait here.
     recovering: Option<Waiting>,
@@ -89,7 +91,8 @@ impl Subscriber {
         self.more.as_ref().and_then(|more| more.recovering.as_ref()).is_some_and(|own| Arc::ptr_eq(own, waiting))
     }
 
-    /// The stream a live positioned subscriber follows.
+    /// The stream a live positioned subscriber follows (strictly), or one
+    /// sent its channel's latest publication (loosely).
     pub(super) fn followed(&self) -> Option<&Followed> {
         self.more.as_ref()?.followed.as_ref()
     }
@@ -182,7 +185,7 @@ pub(super) struct Followed {
     strict: bool,
 }
 
-/// What to do with a publication for a positioned subscriber.
+/// What to do with a publication for a subscriber that follows its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Next {
     /// The next one of its stream: send it.

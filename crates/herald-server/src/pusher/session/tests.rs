@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use herald_core::{ChannelRules, Hub, HubConfig};
+use herald_core::{ChannelRules, Hub, HubConfig, NamespaceOptions};
 use herald_engine::{ChannelName, Control, Engine, NodeId, Publication, UserId};
 
 use super::{run, ConnectQuery};
@@ -40,7 +40,12 @@ async fn node() -> (Arc<Hub>, Arc<Frontend>, Arc<Sessions>) {
 
 /// The same, with these client settings.
 async fn node_with(client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, Arc<Sessions>) {
-    let rules = ChannelRules::default().with_conventions(Arc::new(PusherConventions));
+    node_on(ChannelRules::default(), client).await
+}
+
+/// The same, with these channel rules (and Pusher's conventions).
+async fn node_on(rules: ChannelRules, client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, Arc<Sessions>) {
+    let rules = rules.with_conventions(Arc::new(PusherConventions));
     let config = HubConfig { track_occupancy: true, ..HubConfig::new(NodeId::new("n"), rules) };
     let hub = Hub::new(config, Engine::memory());
     hub.start().await.unwrap();
@@ -252,6 +257,21 @@ async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_40
     let reason = herald_engine::DisconnectReason::ForceDisconnect;
     s.hub.send_control(Control::Disconnect { user: ann, client: None, reason }).await.unwrap();
     assert!(matches!(s.next().await, Sent::Close(4009, _)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_the_node_ends_for_missed_publications_closes_the_connection_with_4200() {
+    // Every channel positioned: one whose stream starts again under a new
+    // epoch ends its subscriptions, for their clients to subscribe again.
+    let positioned = NamespaceOptions { history_size: 10, force_positioning: true, ..NamespaceOptions::default() };
+    let rules = ChannelRules::new(positioned, std::collections::BTreeMap::new());
+    let (mut s, _) = connected_on(node_on(rules, ClientConfig::default()).await).await;
+    assert_eq!(s.subscribe("news").await["event"], "pusher_internal:subscription_succeeded");
+
+    let news = ChannelName::new("news").unwrap();
+    s.hub.engine().history().remove_history(&news).await.unwrap();
+    s.hub.publish(&news, Publication::from_data(Bytes::from_static(b"{}")), None, false).await.unwrap();
+    assert!(matches!(s.next().await, Sent::Close(4200, _)), "pusher-js reconnects on 4200 and subscribes again");
 }
 
 #[tokio::test(start_paused = true)]

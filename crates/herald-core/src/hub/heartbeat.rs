@@ -50,12 +50,12 @@ where
 impl Hub {
     async fn beat(&self) {
         self.presence.refresh(|| self.present_entries()).await;
-        let local = self.channels.list(None);
-        self.occupancy.refresh(&local).await;
+        let local: Vec<ChannelName> = self.channels.list(None).into_iter().map(|(channel, _)| channel).collect();
+        self.occupancy.refresh(&local, |channel| self.channels.count(channel)).await;
         let rules = self.rules();
         let present = local
             .into_iter()
-            .filter_map(|(channel, _)| {
+            .filter_map(|channel| {
                 let options = rules.resolve(&channel).ok()?;
                 options.presence.then_some((channel, options.join_leave))
             })

@@ -5,7 +5,8 @@
 //! Each node with local subscribers to a channel keeps an entry with its
 //! count in the engine's occupancy, and the engine reports which change
 //! made the channel occupied and which vacated it, each to exactly one
-//! node. Entries are refreshed with the node's heartbeat. A dead node's
+//! node. Entries are refreshed with the node's heartbeat, each refresh one
+//! of its channel's writes (below), with the count of its turn. A dead node's
 //! entries expire; a channel whose every node died drops out of the
 //! engine's index, and the node whose sweep finds it reports it vacated.
 //!
@@ -108,19 +109,37 @@ impl OccupancyTracker {
         }
     }
 
-    /// Refreshes this node's entries for the channels it serves (which
-    /// sweeps dead nodes' entries), and reports channels left by dead nodes.
-    pub(super) async fn refresh(&self, channels: &[(ChannelName, usize)]) {
+    /// Refreshes this node's entries for `channels` (which sweeps dead
+    /// nodes' entries), and reports channels left by dead nodes. Each is
+    /// written as one of the channel's writes, with its count as `count`
+    /// says when its turn comes: a channel whose count is being written is
+    /// left to that write, and one emptied meanwhile is left alone, so a
+    /// refresh never writes a count older than one already written.
+    pub(super) async fn refresh(&self, channels: &[ChannelName], count: impl Fn(&ChannelName) -> usize) {
         if !self.enabled {
             return;
         }
-        let occupancy = self.writer.engine.occupancy();
-        for (channel, subscribers) in channels {
-            if let Err(error) = occupancy.occupy(channel, &self.writer.node, *subscribers, self.writer.ttl).await {
-                tracing::warn!(%channel, %error, "occupancy refresh failed");
-            }
+        for channel in channels {
+            let write = match self.writer.pending().entry(channel.clone()) {
+                Entry::Occupied(_) => continue,
+                // Read under the lock changes are noted under: a change
+                // it does not see yet is noted after, and written after it.
+                Entry::Vacant(free) => match count(channel) {
+                    0 => continue,
+                    subscribers => {
+                        free.insert(Some(subscribers));
+                        OccupancyWrite {
+                            writer: self.writer.clone(),
+                            channel: channel.clone(),
+                            writing: None,
+                            made: false,
+                        }
+                    }
+                },
+            };
+            write.make().await;
         }
-        match occupancy.expire_vacated().await {
+        match self.writer.engine.occupancy().expire_vacated().await {
             Ok(abandoned) => {
                 for channel in abandoned {
                     tracing::info!(%channel, "every node serving the channel is gone: vacated");

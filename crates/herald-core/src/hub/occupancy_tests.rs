@@ -1,7 +1,9 @@
 //! Occupancy writes are made after the channel's interest lock is let go:
 //! the subscribes of one channel do not wait for each other's writes, the
 //! changes noted while a write is under way are written after it (only the
-//! latest count), and a write its subscribe abandoned is still made.
+//! latest count), and a write its subscribe abandoned is still made. The
+//! heartbeat's refresh of a channel is one of its writes, with the count
+//! of its turn: it never writes back a count older than one written.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -118,15 +120,54 @@ impl Node {
     }
 
     fn subscribe(&self, conn: &Arc<Connection>) -> JoinHandle<Result<SubscribeOutcome, HubError>> {
-        let (hub, conn, channel) = (self.hub.clone(), conn.clone(), self.channel.clone());
+        self.subscribe_to(conn, &self.channel)
+    }
+
+    fn subscribe_to(
+        &self,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+    ) -> JoinHandle<Result<SubscribeOutcome, HubError>> {
+        let (hub, conn, channel) = (self.hub.clone(), conn.clone(), channel.clone());
         tokio::spawn(async move {
             hub.subscribe(&conn, &channel, SubscribeAccess::Client, SubscribeRequest::default(), |_| None).await
         })
     }
 
     fn unsubscribe(&self, conn: &Arc<Connection>) -> JoinHandle<bool> {
-        let (hub, conn, channel) = (self.hub.clone(), conn.clone(), self.channel.clone());
+        self.unsubscribe_from(conn, &self.channel)
+    }
+
+    fn unsubscribe_from(&self, conn: &Arc<Connection>, channel: &ChannelName) -> JoinHandle<bool> {
+        let (hub, conn, channel) = (self.hub.clone(), conn.clone(), channel.clone());
         tokio::spawn(async move { hub.unsubscribe(&conn, &channel).await })
+    }
+
+    /// Refreshes the node's entries as its heartbeat does, in a task.
+    fn heartbeat(&self) -> JoinHandle<()> {
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            let channels: Vec<ChannelName> = hub.channels.list(None).into_iter().map(|(channel, _)| channel).collect();
+            hub.occupancy.refresh(&channels, |channel| hub.channels.count(channel)).await
+        })
+    }
+
+    /// Waits until the engine holds `expected` as the node's count of `channel`.
+    async fn holds(&self, channel: &ChannelName, expected: &[usize]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let held: Vec<usize> =
+                self.memory.subscribers(channel).await.unwrap().into_iter().map(|e| e.subscribers).collect();
+            if held == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the engine holds {held:?} for {channel}; {:?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     fn log(&self) -> Vec<String> {
@@ -232,4 +273,56 @@ async fn an_occupancy_write_its_subscribe_abandoned_is_still_made() {
     node.open(1);
     finished(subscribing).await.unwrap();
     assert_eq!(node.log()[3..], ["writing 2", "wrote 2"]);
+}
+
+#[tokio::test]
+async fn a_heartbeat_never_occupies_again_a_channel_emptied_while_it_refreshed_another() {
+    let node = Node::start().await;
+    let sports = ChannelName::new("sports").unwrap();
+    let (first, second) = (node.connect("c1"), node.connect("c2"));
+    let subscribing = node.subscribe(&first);
+    node.writes_asked(1).await;
+    node.open(1);
+    finished(subscribing).await.unwrap();
+    let subscribing = node.subscribe_to(&second, &sports);
+    node.writes_asked(2).await;
+    node.open(1);
+    finished(subscribing).await.unwrap();
+
+    // The heartbeat's refresh of news waits at the gate while sports's
+    // last subscriber leaves.
+    let beating = node.heartbeat();
+    node.writes_asked(3).await;
+    let leaving = node.unsubscribe_from(&second, &sports);
+    node.writes_asked(4).await;
+    node.open(2);
+    assert!(finished(leaving).await);
+    // Whatever else the heartbeat has to write, it may.
+    node.open(2);
+    finished(beating).await;
+
+    node.holds(&sports, &[]).await;
+    node.holds(&node.channel, &[1]).await;
+    assert_eq!(node.transitions(), ["occupied news", "occupied sports", "vacated sports"]);
+}
+
+#[tokio::test]
+async fn a_count_changed_while_the_heartbeat_writes_it_is_written_after_its_refresh() {
+    let node = Node::start().await;
+    let first = node.connect("c1");
+    let subscribing = node.subscribe(&first);
+    node.writes_asked(1).await;
+    node.open(1);
+    finished(subscribing).await.unwrap();
+
+    let beating = node.heartbeat();
+    node.writes_asked(2).await;
+    // The refresh is the channel's write under way: the new count waits
+    // for it, and the subscribe does not.
+    finished(node.subscribe(&node.connect("c2"))).await.unwrap();
+    node.open(2);
+    finished(beating).await;
+    node.holds(&node.channel, &[2]).await;
+    assert_eq!(node.log(), ["writing 1", "wrote 1", "writing 1", "wrote 1", "writing 2", "wrote 2"]);
+    assert_eq!(node.transitions(), ["occupied news"]);
 }

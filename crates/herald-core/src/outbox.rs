@@ -156,6 +156,29 @@ impl Queued {
         };
     }
 
+    /// Keeps the items `keep` accepts, each asked once, in order; returns
+    /// the cost of those it dropped.
+    fn retain(&mut self, mut keep: impl FnMut(&Outgoing) -> bool) -> usize {
+        let mut dropped = 0usize;
+        let mut keep = |item: &Outgoing| {
+            let kept = keep(item);
+            if !kept {
+                dropped = dropped.saturating_add(item.cost());
+            }
+            kept
+        };
+        match self {
+            Queued::Empty => {}
+            Queued::One(item) => {
+                if !keep(item) {
+                    *self = Queued::Empty;
+                }
+            }
+            Queued::Many(items) => items.retain(|item| keep(item)),
+        }
+        dropped
+    }
+
     /// How many items.
     pub fn len(&self) -> usize {
         match self {
@@ -422,6 +445,23 @@ impl Outbox {
     /// answers for sent while it was being made (Pusher's presence
     /// confirmation, see `Outbox::reclaim`).
     pub fn push_ahead(&self, item: Outgoing) -> Result<(), OutboxClosed> {
+        self.push_ahead_superseding(item, |_| false)
+    }
+
+    /// [`Outbox::push_ahead`], first dropping what is queued that the
+    /// item makes stale: the queued items `superseded` says so of, asked
+    /// once each, in order (Pusher's member list, and the joins and leaves
+    /// it already tells).
+    pub fn push_ahead_superseding(
+        &self,
+        item: Outgoing,
+        mut superseded: impl FnMut(&Outgoing) -> bool,
+    ) -> Result<(), OutboxClosed> {
+        {
+            let mut state = self.state();
+            let dropped = state.items.retain(|queued| !superseded(queued));
+            state.bytes = state.bytes.saturating_sub(dropped);
+        }
         let mut state = self.admit(item.cost())?;
         state.items.push_front(item);
         state.due = Some(Due::Now);
@@ -656,6 +696,28 @@ mod tests {
         outbox.push(frame(60)).unwrap();
         assert_eq!(outbox.push_ahead(frame(60)), Err(OutboxClosed));
         assert!(matches!(outbox.drain(), Drained::Closed(DisconnectReason::Slow)));
+    }
+
+    #[test]
+    fn push_ahead_superseding_drops_what_the_item_makes_stale_and_gives_its_bytes_back() {
+        let outbox = Outbox::new(200);
+        for cost in [10, 40, 11, 40] {
+            outbox.push(frame(cost)).unwrap();
+        }
+        let mut asked = Vec::new();
+        let stale = |item: &Outgoing| {
+            asked.push(item.cost());
+            item.cost() == 40
+        };
+        outbox.push_ahead_superseding(frame(12), stale).unwrap();
+        assert_eq!(asked, [10, 40, 11, 40], "each queued item asked once, in order");
+        assert_eq!(outbox.queued_bytes(), 33);
+        outbox.push(frame(60)).unwrap();
+        assert_eq!(items(outbox.drain()), vec![frame(12), frame(10), frame(11), frame(60)]);
+
+        outbox.push(frame(40)).unwrap();
+        outbox.push_ahead_superseding(frame(5), |_| true).unwrap();
+        assert_eq!(items(outbox.drain()), vec![frame(5)], "a lone item dropped too");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use herald_core::{Hub, PushEncoder, Text};
 
@@ -266,6 +266,37 @@ pub(crate) fn subscription_succeeded(channel: &str, data: &str) -> Text {
     Frame { event: "pusher_internal:subscription_succeeded", channel: Some(channel), data, user_id: None }.encode()
 }
 
+/// The member a `pusher_internal:member_added` (`true`) or
+/// `pusher_internal:member_removed` (`false`) frame of `channel` tells of,
+/// read back from the frame [`PusherEncoder`] encoded; `None` for any
+/// other frame.
+pub(crate) fn member_change(frame: &[u8], channel: &str) -> Option<(bool, String)> {
+    #[derive(Deserialize)]
+    struct Told<'a> {
+        event: &'a str,
+        channel: Option<&'a str>,
+        data: String,
+    }
+    #[derive(Deserialize)]
+    struct Member {
+        user_id: String,
+    }
+    if !frame.starts_with(br#"{"event":"pusher_internal:member_"#) {
+        return None;
+    }
+    let told: Told<'_> = serde_json::from_slice(frame).ok()?;
+    let added = match told.event {
+        "pusher_internal:member_added" => true,
+        "pusher_internal:member_removed" => false,
+        _ => return None,
+    };
+    if told.channel != Some(channel) {
+        return None;
+    }
+    let member: Member = serde_json::from_str(&told.data).ok()?;
+    Some((added, member.user_id))
+}
+
 /// A frame whose `data` is an object (`pusher:error`, `pusher:pong`, …).
 pub(crate) fn object_frame(event: &str, channel: Option<&str>, data: &serde_json::Value) -> Text {
     let mut out = bytes::BytesMut::with_capacity(64);
@@ -371,5 +402,34 @@ impl PushEncoder for PusherEncoder {
         fields.end();
         let data = String::from_utf8_lossy(&data);
         Some(Frame { event, channel: Some(name), data: &data, user_id: None }.encode().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_engine::{ClientId, ClientInfo, UserId};
+
+    use super::*;
+
+    /// What `encode_presence` writes, `member_change` reads back.
+    #[test]
+    fn a_join_or_leave_frame_reads_back_as_the_member_it_tells_of() {
+        let encoder = PusherEncoder { namespace: String::new() };
+        let channel = ChannelName::new("presence-room").unwrap();
+        let info = ClientInfo {
+            user: UserId::new("u \"1\"").unwrap(),
+            client: ClientId::new("c1"),
+            conn_info: None,
+            chan_info: Some(Bytes::from_static(br#"{"name":"Ann"}"#)),
+        };
+        let join = PresenceEvent::Join { info: info.clone(), user_arrived: true };
+        let leave = PresenceEvent::Leave { info, user_departed: true };
+        for (event, added) in [(join, true), (leave, false)] {
+            let frame = encoder.encode_presence(&channel, &event, false).unwrap();
+            assert_eq!(member_change(frame.as_bytes(), "presence-room"), Some((added, "u \"1\"".to_owned())));
+            assert_eq!(member_change(frame.as_bytes(), "presence-other"), None, "another channel's");
+        }
+        let event = Frame { event: "news", channel: Some("presence-room"), data: "{}", user_id: None }.encode();
+        assert_eq!(member_change(event.as_bytes(), "presence-room"), None);
     }
 }

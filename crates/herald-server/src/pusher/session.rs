@@ -345,3 +345,6 @@ impl Protocol for Session {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod presence_tests;

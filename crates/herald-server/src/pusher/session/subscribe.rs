@@ -1,6 +1,8 @@
 //! Subscribing a Pusher connection: channel names, authorizations,
 //! presence members and their limit, cache channels.
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,7 +13,7 @@ use tokio::time::Instant;
 
 use super::super::conventions::ChannelKind;
 use super::super::webhooks::Event as Hook;
-use super::super::{error_frame, object_frame, sign, subscription_succeeded};
+use super::super::{error_frame, member_change, object_frame, sign, subscription_succeeded};
 use super::{data_as, Session};
 use crate::rate::{RateLimit, Verdict};
 
@@ -189,13 +191,15 @@ impl Session {
     /// subscription went live (`Outbox::reclaim`), so that no event of the
     /// channel reaches the client between the list's read and the list:
     /// pusher-js takes the list as the whole truth, and a member who joined
-    /// in between would be lost from it. A join or an
-    /// event queued meanwhile comes after the list (a join of a member
-    /// already listed leaves the list as it is, though pusher-js tells the
-    /// app `pusher:member_added` again).
+    /// in between would be lost from it. An event queued meanwhile comes
+    /// after the list, but for the joins and leaves the list already tells
+    /// (see `told_by_the_list`), which are dropped: pusher-js would tell
+    /// the app `pusher:member_added` again for a member it lists. (A join
+    /// written before the read whose event reaches the node after the
+    /// confirmation is still told twice: one engine round trip's window.)
     async fn confirm(&self, channel: &ChannelName, name: &str, kind: ChannelKind) -> Result<(), Refusal> {
-        let data = match kind.is_presence() {
-            false => "{}".to_owned(),
+        let (data, listed) = match kind.is_presence() {
+            false => ("{}".to_owned(), None),
             true => {
                 let present = self.frontend.hub().presence(channel).await?;
                 let mut hash = serde_json::Map::new();
@@ -208,14 +212,40 @@ impl Session {
                     hash.insert(info.user.as_str().to_owned(), user_info);
                 }
                 let ids: Vec<&String> = hash.keys().collect();
-                serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": hash.len() } }).to_string()
+                let data = serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": hash.len() } });
+                (data.to_string(), Some(hash))
             }
         };
         let confirmation = Outgoing::Frame(subscription_succeeded(name, &data).into());
         // A full outbox closes itself as slow; the loop then ends the session.
-        let _ = self.outbox.push_ahead(confirmation);
+        let _ = match listed {
+            None => self.outbox.push_ahead(confirmation),
+            Some(listed) => {
+                let mut seen = HashSet::new();
+                let told = |queued: &Outgoing| told_by_the_list(queued, name, &listed, &mut seen);
+                self.outbox.push_ahead_superseding(confirmation, told)
+            }
+        };
         Ok(())
     }
+}
+
+/// Whether `queued`, about to follow a member list of `channel` that
+/// holds `listed`, is a join or leave the list already tells: the first
+/// one queued of its member (`seen` notes them), a join of a member
+/// listed or a leave of one not. Changes are told in order, so a member's
+/// first change that agrees with the list came before it was read; one
+/// that disagrees, and every later one, came after.
+fn told_by_the_list(
+    queued: &Outgoing,
+    channel: &str,
+    listed: &serde_json::Map<String, Value>,
+    seen: &mut HashSet<String>,
+) -> bool {
+    let Outgoing::Frame(frame) = queued else { return false };
+    let Some((added, user)) = member_change(frame.as_bytes(), channel) else { return false };
+    let listed = listed.contains_key(&user);
+    seen.insert(user) && added == listed
 }
 
 /// The member a presence authorization's `channel_data` names.

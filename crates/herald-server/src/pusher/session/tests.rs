@@ -26,8 +26,8 @@ use crate::transport::{Inbound, TransportError};
 const KEY: &str = "app-key";
 const SECRET: &str = "app-secret-123";
 
-struct Harness {
-    hub: Arc<Hub>,
+pub(super) struct Harness {
+    pub(super) hub: Arc<Hub>,
     to_session: mpsc::UnboundedSender<Result<Inbound, TransportError>>,
     from_session: mpsc::UnboundedReceiver<Sent>,
     shutdown: Arc<Sessions>,
@@ -45,9 +45,18 @@ async fn node_with(client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, Arc<Sessio
 
 /// The same, with these channel rules (and Pusher's conventions).
 async fn node_on(rules: ChannelRules, client: ClientConfig) -> (Arc<Hub>, Arc<Frontend>, Arc<Sessions>) {
+    node_over(Engine::memory(), rules, client).await
+}
+
+/// The same, over this engine.
+pub(super) async fn node_over(
+    engine: Engine,
+    rules: ChannelRules,
+    client: ClientConfig,
+) -> (Arc<Hub>, Arc<Frontend>, Arc<Sessions>) {
     let rules = rules.with_conventions(Arc::new(PusherConventions));
     let config = HubConfig { track_occupancy: true, ..HubConfig::new(NodeId::new("n"), rules) };
-    let hub = Hub::new(config, Engine::memory());
+    let hub = Hub::new(config, engine);
     hub.start().await.unwrap();
     let app = PusherApp { id: "1".into(), key: KEY.into(), secret: Secret::new(SECRET), ..PusherApp::default() };
     let pusher = PusherConfig { apps: vec![app], ..PusherConfig::default() };
@@ -92,7 +101,7 @@ async fn connected() -> (Harness, String) {
 }
 
 /// The same, on this node.
-async fn connected_on(node: (Arc<Hub>, Arc<Frontend>, Arc<Sessions>)) -> (Harness, String) {
+pub(super) async fn connected_on(node: (Arc<Hub>, Arc<Frontend>, Arc<Sessions>)) -> (Harness, String) {
     let mut s = session_on(node, KEY, Some("7"));
     let established = s.next_json().await;
     assert_eq!(established["event"], "pusher:connection_established");
@@ -103,7 +112,7 @@ async fn connected_on(node: (Arc<Hub>, Arc<Frontend>, Arc<Sessions>)) -> (Harnes
 }
 
 impl Harness {
-    fn send(&self, frame: Value) {
+    pub(super) fn send(&self, frame: Value) {
         self.to_session.send(Ok(Inbound::Text(Bytes::from(frame.to_string())))).unwrap();
     }
 
@@ -111,7 +120,7 @@ impl Harness {
         self.from_session.recv().await.expect("the session sent something")
     }
 
-    async fn next_json(&mut self) -> Value {
+    pub(super) async fn next_json(&mut self) -> Value {
         match self.next().await {
             Sent::Text(text) => serde_json::from_str(&text).unwrap(),
             other => panic!("expected a frame, got {other:?}"),
@@ -124,7 +133,7 @@ impl Harness {
     }
 
     /// Asks to join a presence `channel` as `user`, signed for `socket_id`.
-    fn join(&self, socket_id: &str, channel: &str, user: &str) {
+    pub(super) fn join(&self, socket_id: &str, channel: &str, user: &str) {
         let member = json!({ "user_id": user }).to_string();
         let message = sign::channel_message(socket_id, channel, Some(&member));
         let auth = format!("{KEY}:{}", sign::hmac_hex(SECRET, message.as_bytes()));

@@ -66,6 +66,10 @@ pub(super) struct OccupancyWrite {
     /// The count being written, put back if the write is abandoned.
     writing: Option<usize>,
     made: bool,
+    /// Reports the transition its own write makes (a heartbeat's refresh
+    /// does not: its entry had expired, or been lost with the engine, and
+    /// telling the channel occupied again would tell it twice).
+    reports: bool,
 }
 
 impl OccupancyTracker {
@@ -104,6 +108,7 @@ impl OccupancyTracker {
                     channel: channel.clone(),
                     writing: None,
                     made: false,
+                    reports: true,
                 })
             }
         }
@@ -114,7 +119,9 @@ impl OccupancyTracker {
     /// written as one of the channel's writes, with its count as `count`
     /// says when its turn comes: a channel whose count is being written is
     /// left to that write, and one emptied meanwhile is left alone, so a
-    /// refresh never writes a count older than one already written.
+    /// refresh never writes a count older than one already written. A
+    /// refresh tells no transition of its own; changes noted while it
+    /// writes are written, and told, after it.
     pub(super) async fn refresh(&self, channels: &[ChannelName], count: impl Fn(&ChannelName) -> usize) {
         if !self.enabled {
             return;
@@ -133,6 +140,7 @@ impl OccupancyTracker {
                             channel: channel.clone(),
                             writing: None,
                             made: false,
+                            reports: false,
                         }
                     }
                 },
@@ -180,7 +188,7 @@ impl OccupancyWrite {
     pub(super) async fn make(mut self) {
         if let Some(subscribers) = self.writer.next(&self.channel) {
             self.writing = Some(subscribers);
-            self.writer.write(&self.channel, subscribers).await;
+            self.writer.write(&self.channel, subscribers, self.reports).await;
             self.writing = None;
         }
         self.made = true;
@@ -254,24 +262,25 @@ impl Writer {
         runtime.spawn(async move {
             let draining = Draining { writer: self, channel, done: false };
             if let Some(subscribers) = first {
-                draining.writer.write(&draining.channel, subscribers).await;
+                draining.writer.write(&draining.channel, subscribers, true).await;
             }
             while let Some(subscribers) = draining.writer.next(&draining.channel) {
-                draining.writer.write(&draining.channel, subscribers).await;
+                draining.writer.write(&draining.channel, subscribers, true).await;
             }
             draining.finish();
         });
     }
 
     /// Records this node's count of `channel`, and reports a cluster-wide
-    /// transition if this node decided it.
-    async fn write(&self, channel: &ChannelName, subscribers: usize) {
+    /// transition if this node decided it and `reports`.
+    async fn write(&self, channel: &ChannelName, subscribers: usize, reports: bool) {
         let occupancy = self.engine.occupancy();
         let changed = match subscribers {
             0 => occupancy.vacate(channel, &self.node).await,
             _ => occupancy.occupy(channel, &self.node, subscribers, self.ttl).await,
         };
         match changed {
+            Ok(OccupancyChange::Occupied | OccupancyChange::Vacated) if !reports => {}
             Ok(OccupancyChange::Occupied) => {
                 if let Some(observer) = self.observer.get() {
                     observer.channel_occupied(channel);

@@ -326,3 +326,21 @@ async fn a_count_changed_while_the_heartbeat_writes_it_is_written_after_its_refr
     assert_eq!(node.log(), ["writing 1", "wrote 1", "writing 1", "wrote 1", "writing 2", "wrote 2"]);
     assert_eq!(node.transitions(), ["occupied news"]);
 }
+
+#[tokio::test]
+async fn a_heartbeat_writes_back_an_entry_the_engine_lost_without_telling_the_channel_occupied_again() {
+    let node = Node::start().await;
+    let subscribing = node.subscribe(&node.connect("c1"));
+    node.writes_asked(1).await;
+    node.open(1);
+    finished(subscribing).await.unwrap();
+    // The backplane lost the node's entry (a restart without persistence).
+    node.memory.vacate(&node.channel, &NodeId::new("n")).await.unwrap();
+
+    let beating = node.heartbeat();
+    node.writes_asked(2).await;
+    node.open(1);
+    finished(beating).await;
+    node.holds(&node.channel, &[1]).await;
+    assert_eq!(node.transitions(), ["occupied news"], "told once: its clients never left");
+}

@@ -66,8 +66,10 @@ impl Hub {
         self.check_subscription_limits(conn, channel, options)?;
 
         let history = options.history();
-        let recoverable = history.is_some() && (request.recoverable || options.force_recovery);
-        let positioned = recoverable || (history.is_some() && (request.positioned || options.force_positioning));
+        let forced = |option: bool| option && !request.unpositioned;
+        let recoverable = history.is_some() && (request.recoverable || forced(options.force_recovery));
+        let positioned =
+            recoverable || (history.is_some() && (request.positioned || forced(options.force_positioning)));
 
         if !self.channels.contains(channel) && !self.watchers.watching(channel) {
             self.engine.broker().subscribe(channel).await?;

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use herald_core::{ConnEvent, Connection, ConnectionSpec, HubError, Outbox, Outgoing, UnsubscribeReason};
+use herald_core::{ConnEvent, Connection, ConnectionSpec, HubError, Outbox, Outgoing};
 use herald_engine::{ClientId, DisconnectReason, UserId};
 
 use super::{error_frame, object_frame, App, AppSlot, Frame, Frontend};
@@ -320,19 +320,12 @@ impl Protocol for Session {
 
     /// A server-side subscription change, as a Pusher frame. Pusher has no
     /// server-side unsubscribe push; the client simply stops receiving the
-    /// channel. A subscription the node ended because it may have missed
-    /// publications (a namespace that forces positions or recovery, the
-    /// engine interrupted) closes the connection with 4200 instead:
-    /// pusher-js reconnects at once and subscribes again, where silence
-    /// would leave it subscribed to nothing.
+    /// channel. (A Pusher subscription is never positioned, so never ended
+    /// for publications the node missed: see `SubscribeRequest::unpositioned`.)
     fn on_event(&mut self, event: ConnEvent) -> Result<Option<herald_core::Frame>, DisconnectReason> {
         Ok(match event {
             ConnEvent::Subscribed { channel } => {
                 self.app.name_of(&channel).map(|name| super::subscription_succeeded(name, "{}").into())
-            }
-            ConnEvent::Unsubscribed { channel, reason: UnsubscribeReason::InsufficientState } => {
-                tracing::info!(socket_id = %self.socket_id(), %channel, "the node may have missed publications of a channel; asking the client to reconnect");
-                return Err(DisconnectReason::ForceReconnect);
             }
             ConnEvent::Unsubscribed { .. } | ConnEvent::Refresh { .. } => None,
         })

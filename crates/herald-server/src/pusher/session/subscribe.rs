@@ -154,7 +154,12 @@ impl Session {
         // A cache channel's last event is read before the subscription
         // goes live, and queued after the reply ahead of anything newer
         // (`PusherEncoder::encode_latest`).
-        let request = SubscribeRequest { subscription, latest: kind.is_cache(), ..SubscribeRequest::default() };
+        let request = SubscribeRequest {
+            subscription,
+            unpositioned: true,
+            latest: kind.is_cache(),
+            ..SubscribeRequest::default()
+        };
         let hub = self.frontend.hub();
         let outcome = hub.subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
         if kind.is_cache() && outcome.latest.is_none() {
@@ -234,8 +239,10 @@ impl Session {
 /// holds `listed`, is a join or leave the list already tells: the first
 /// one queued of its member (`seen` notes them), a join of a member
 /// listed or a leave of one not. Changes are told in order, so a member's
-/// first change that agrees with the list came before it was read; one
-/// that disagrees, and every later one, came after.
+/// first change that agrees with the list came before it was read. One
+/// dropped agrees with what the list gives the client, so the members it
+/// ends with are the same; what is kept may still be older than the list
+/// (a member who left and came back before the read is told both).
 fn told_by_the_list(
     queued: &Outgoing,
     channel: &str,

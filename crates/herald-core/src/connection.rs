@@ -41,6 +41,14 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
     /// announce users, and not a user to itself).
     fn encode_presence(&self, channel: &ChannelName, event: &PresenceEvent, to_own_user: bool) -> Option<Frame>;
 
+    /// Whether the protocol has stream positions. One without (Pusher)
+    /// has its subscriptions never positioned, whatever the namespace
+    /// forces and whoever subscribed the connection: its clients could not
+    /// recover what they missed, so they are never ended for it.
+    fn has_positions(&self) -> bool {
+        true
+    }
+
     /// What a subscription that asked for its channel's latest publication
     /// (`SubscribeRequest::latest`) is sent right after its reply: that
     /// publication, or, when the channel holds none, what the protocol says

@@ -178,11 +178,6 @@ pub struct SubscribeRequest {
     pub recover_since: Option<StreamPosition>,
     /// Asks for fossil deltas (granted where the namespace allows them).
     pub delta: bool,
-    /// The protocol has no stream positions (Pusher): the namespace's
-    /// `force_positioning` and `force_recovery` do not apply, and the
-    /// subscription is never ended for publications the node missed (its
-    /// client could not recover them).
-    pub unpositioned: bool,
     /// Asks for the channel's latest publication (a Pusher cache channel's
     /// last event): read before the subscription goes live, queued right
     /// after its reply (see [`crate::PushEncoder::encode_latest`]), and

@@ -66,9 +66,12 @@ pub(super) struct OccupancyWrite {
     /// The count being written, put back if the write is abandoned.
     writing: Option<usize>,
     made: bool,
-    /// Reports the transition its own write makes (a heartbeat's refresh
-    /// does not: its entry had expired, or been lost with the engine, and
-    /// telling the channel occupied again would tell it twice).
+    /// Reports the transition its own write makes. A heartbeat's refresh
+    /// does not, as before it was one of the channel's writes: the engine
+    /// says occupied when this node's entry was lost with it (telling it
+    /// would tell it twice) or expired, in which case a sweep may have
+    /// told the channel vacated, and it stays so for the cluster until
+    /// its count next changes.
     reports: bool,
 }
 
@@ -103,13 +106,7 @@ impl OccupancyTracker {
             }
             Entry::Vacant(free) => {
                 free.insert(Some(subscribers));
-                Some(OccupancyWrite {
-                    writer: self.writer.clone(),
-                    channel: channel.clone(),
-                    writing: None,
-                    made: false,
-                    reports: true,
-                })
+                Some(OccupancyWrite::new(&self.writer, channel, true))
             }
         }
     }
@@ -135,13 +132,7 @@ impl OccupancyTracker {
                     0 => continue,
                     subscribers => {
                         free.insert(Some(subscribers));
-                        OccupancyWrite {
-                            writer: self.writer.clone(),
-                            channel: channel.clone(),
-                            writing: None,
-                            made: false,
-                            reports: false,
-                        }
+                        OccupancyWrite::new(&self.writer, channel, false)
                     }
                 },
             };
@@ -183,6 +174,10 @@ impl OccupancyTracker {
 }
 
 impl OccupancyWrite {
+    fn new(writer: &Arc<Writer>, channel: &ChannelName, reports: bool) -> Self {
+        Self { writer: writer.clone(), channel: channel.clone(), writing: None, made: false, reports }
+    }
+
     /// Writes the channel's latest count, and leaves any count noted
     /// meanwhile to a task of its own.
     pub(super) async fn make(mut self) {

@@ -66,7 +66,8 @@ impl Hub {
         self.check_subscription_limits(conn, channel, options)?;
 
         let history = options.history();
-        let forced = |option: bool| option && !request.unpositioned;
+        // A protocol without positions (Pusher) is never forced into them.
+        let forced = |option: bool| option && conn.encoder.has_positions();
         let recoverable = history.is_some() && (request.recoverable || forced(options.force_recovery));
         let positioned =
             recoverable || (history.is_some() && (request.positioned || forced(options.force_positioning)));

@@ -365,6 +365,11 @@ impl PushEncoder for PusherEncoder {
         Frame { event, channel: Some(name), data: &event_data(&publication.data), user_id }.encode().into()
     }
 
+    /// Pusher has no stream positions, and its clients no recovery.
+    fn has_positions(&self) -> bool {
+        false
+    }
+
     /// A cache channel's last event, or `pusher:cache_miss` when it has none.
     fn encode_latest(&self, channel: &ChannelName, latest: Option<&Publication>) -> Option<herald_core::Frame> {
         if let Some(publication) = latest {

@@ -321,7 +321,7 @@ impl Protocol for Session {
     /// A server-side subscription change, as a Pusher frame. Pusher has no
     /// server-side unsubscribe push; the client simply stops receiving the
     /// channel. (A Pusher subscription is never positioned, so never ended
-    /// for publications the node missed: see `SubscribeRequest::unpositioned`.)
+    /// for publications the node missed: see `PusherEncoder::has_positions`.)
     fn on_event(&mut self, event: ConnEvent) -> Result<Option<herald_core::Frame>, DisconnectReason> {
         Ok(match event {
             ConnEvent::Subscribed { channel } => {

@@ -171,7 +171,6 @@ impl Session {
             recover_since: req.position.recover.then(|| position(req.position.offset, &req.position.epoch)),
             // Uni-directional clients never subscribe; others may take deltas.
             delta: req.delta == "fossil",
-            unpositioned: false,
             latest: false,
         };
         let expiry = if by_proxy { ExpiryResult::default() } else { ExpiryResult::at(exp) };

@@ -154,12 +154,7 @@ impl Session {
         // A cache channel's last event is read before the subscription
         // goes live, and queued after the reply ahead of anything newer
         // (`PusherEncoder::encode_latest`).
-        let request = SubscribeRequest {
-            subscription,
-            unpositioned: true,
-            latest: kind.is_cache(),
-            ..SubscribeRequest::default()
-        };
+        let request = SubscribeRequest { subscription, latest: kind.is_cache(), ..SubscribeRequest::default() };
         let hub = self.frontend.hub();
         let outcome = hub.subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
         if kind.is_cache() && outcome.latest.is_none() {

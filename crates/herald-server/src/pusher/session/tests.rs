@@ -269,20 +269,30 @@ async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_40
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_namespace_forcing_recovery_leaves_a_pusher_subscription_unpositioned_and_delivering() {
+async fn a_namespace_forcing_recovery_leaves_pusher_subscriptions_unpositioned_and_delivering() {
     // Centrifuge subscriptions here would be ended when the stream starts
     // again under a new epoch, for their clients to recover; a Pusher
-    // client cannot, and is not told of an end: it keeps receiving.
+    // client cannot, and is not told of an end: it keeps receiving, on a
+    // channel it subscribed to as on one the server subscribed it to.
     let recovering = NamespaceOptions { history_size: 10, force_recovery: true, ..NamespaceOptions::default() };
     let rules = ChannelRules::new(recovering, std::collections::BTreeMap::new());
-    let (mut s, _) = connected_on(node_on(rules, ClientConfig::default()).await).await;
+    let (mut s, socket_id) = connected_on(node_on(rules, ClientConfig::default()).await).await;
     assert_eq!(s.subscribe("news").await["event"], "pusher_internal:subscription_succeeded");
+    let signin = json!({"id": "ann"}).to_string();
+    let auth = format!("{KEY}:{}", sign::hmac_hex(SECRET, sign::signin_message(&socket_id, &signin).as_bytes()));
+    s.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": signin}}));
+    assert_eq!(s.next_json().await["event"], "pusher:signin_success");
+    let (ann, sports) = (UserId::new("ann").unwrap(), ChannelName::new("sports").unwrap());
+    s.hub.send_control(Control::Subscribe { user: ann, channel: sports.clone(), client: None }).await.unwrap();
+    assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
 
-    let news = ChannelName::new("news").unwrap();
-    s.hub.engine().history().remove_history(&news).await.unwrap();
-    s.hub.publish(&news, Publication::from_data(Bytes::from_static(br#"{"n":1}"#)), None, false).await.unwrap();
-    assert_eq!(s.next_json().await["data"], "{\"n\":1}");
-    assert_eq!(s.hub.stats().subscriptions, 1, "still subscribed");
+    for channel in [ChannelName::new("news").unwrap(), sports] {
+        s.hub.engine().history().remove_history(&channel).await.unwrap();
+        s.hub.publish(&channel, Publication::from_data(Bytes::from_static(br#"{"n":1}"#)), None, false).await.unwrap();
+        let event = s.next_json().await;
+        assert_eq!((event["channel"].as_str(), event["data"].as_str()), (Some(channel.as_str()), Some("{\"n\":1}")));
+    }
+    assert_eq!(s.hub.stats().subscriptions, 2, "still subscribed to both");
 }
 
 #[tokio::test(start_paused = true)]

@@ -516,6 +516,9 @@ mod seam_tests;
 mod latest_tests;
 
 #[cfg(test)]
+mod test_engines;
+
+#[cfg(test)]
 mod join_tests;
 
 #[cfg(test)]

@@ -9,14 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use herald_engine::{
-    Broker, ChannelName, ClientId, Control, Engine, EngineError, EngineEvent, EventHandler, Health, History,
-    HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine, NodeId, PresenceEvent, Publication, PublishOptions,
-    PublishResult,
-};
+use herald_engine::{ChannelName, ClientId, Engine, EngineEvent, EventHandler, MemoryEngine, NodeId, Publication};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use super::test_engines::{GatedHistory, WrappedBroker};
 use super::tests::{connect_encoding_offsets, finished, frames, until_sent};
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
@@ -24,43 +21,6 @@ use crate::error::HubError;
 use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::Outgoing;
-
-/// The memory engine's history, but each read waits at a gate the test
-/// opens, may be made to fail, and once answered publishes what the test
-/// left in `then` before handing the answer over: those reach the node
-/// between the read and the subscription going live.
-#[derive(Debug)]
-struct SlowHistory {
-    memory: Arc<MemoryEngine>,
-    gate: Arc<Semaphore>,
-    fail: Arc<AtomicBool>,
-    then: Arc<Mutex<Vec<Publication>>>,
-}
-
-#[async_trait::async_trait]
-impl History for SlowHistory {
-    async fn history(
-        &self,
-        channel: &ChannelName,
-        query: &HistoryQuery,
-        options: &HistoryOptions,
-    ) -> Result<HistoryResult, EngineError> {
-        self.gate.acquire().await.expect("the gate stays open").forget();
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(EngineError::Unavailable("the history read failed".into()));
-        }
-        let read = self.memory.history(channel, query, options).await;
-        let then = std::mem::take(&mut *self.then.lock().unwrap());
-        for publication in then {
-            let options = PublishOptions { history: Some(*options), ..PublishOptions::default() };
-            self.memory.publish(channel, publication, &options).await?;
-        }
-        read
-    }
-    async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.memory.remove_history(channel).await
-    }
-}
 
 /// Hands the memory engine's events to the node, or, while `held`, keeps
 /// them until released: a publication can be in history before the node
@@ -100,41 +60,6 @@ impl EventHandler for Forward {
     }
 }
 
-#[derive(Debug)]
-struct HeldBroker(Arc<MemoryEngine>, Arc<Delivery>);
-
-impl std::fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Delivery")
-    }
-}
-
-#[async_trait::async_trait]
-impl Broker for HeldBroker {
-    async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
-        let _ = self.1.node.set(handler);
-        self.0.start(Arc::new(Forward(self.1.clone()))).await
-    }
-    async fn publish(&self, c: &ChannelName, p: Publication, o: &PublishOptions) -> Result<PublishResult, EngineError> {
-        self.0.publish(c, p, o).await
-    }
-    async fn publish_presence(&self, c: &ChannelName, e: PresenceEvent) -> Result<(), EngineError> {
-        self.0.publish_presence(c, e).await
-    }
-    async fn subscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        Broker::subscribe(&*self.0, c).await
-    }
-    async fn unsubscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        Broker::unsubscribe(&*self.0, c).await
-    }
-    async fn send_control(&self, c: Control) -> Result<(), EngineError> {
-        self.0.send_control(c).await
-    }
-    async fn health(&self) -> Health {
-        self.0.health().await
-    }
-}
-
 struct Node {
     hub: Arc<Hub>,
     gate: Arc<Semaphore>,
@@ -149,15 +74,17 @@ impl Node {
     /// recovery; every history read waits at the gate.
     async fn start() -> Self {
         let memory = Arc::new(MemoryEngine::new());
-        let (gate, fail, then) = (Arc::new(Semaphore::new(0)), Arc::default(), Arc::default());
-        let history = SlowHistory {
-            memory: memory.clone(),
-            gate: gate.clone(),
-            fail: Arc::clone(&fail),
-            then: Arc::clone(&then),
-        };
+        let history = GatedHistory::over(&memory);
+        let (gate, fail, then) = (history.gate.clone(), history.fail.clone(), history.then.clone());
         let delivery = Arc::new(Delivery::default());
-        let broker = HeldBroker(memory.clone(), delivery.clone());
+        let between = delivery.clone();
+        let broker = WrappedBroker::over(
+            &memory,
+            Box::new(move |node| {
+                let _ = between.node.set(node);
+                Arc::new(Forward(between.clone()))
+            }),
+        );
         let engine =
             Engine::from_parts("slow", Arc::new(broker), Arc::new(history), memory.clone(), memory.clone(), memory);
         let cache = NamespaceOptions { history_size: 1, ..Default::default() };

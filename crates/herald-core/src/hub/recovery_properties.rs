@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_engine::{
-    Broker, ChannelName, ClientId, Control, Engine, EngineError, EngineEvent, Epoch, EventHandler, Health, History,
-    HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine, NodeId, Offset, PresenceEvent, Publication,
-    PublishOptions, PublishResult, StreamPosition, UserId,
+    ChannelName, ClientId, Engine, EngineError, EngineEvent, Epoch, EventHandler, History, HistoryOptions,
+    HistoryQuery, HistoryResult, MemoryEngine, NodeId, Offset, PresenceEvent, Publication, StreamPosition, UserId,
 };
 use proptest::prelude::*;
 
+use super::test_engines::WrappedBroker;
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::{Connection, ConnectionSpec, PushEncoder};
 use crate::frame::{Frame, Text};
@@ -63,41 +63,16 @@ impl EventHandler for Forward {
 
 /// The memory engine, but delivery lags behind publishing as with a remote
 /// engine, so history can include a publication the node has not received
-/// yet...
-#[derive(Debug)]
-struct LateBroker(Arc<MemoryEngine>);
-
-#[async_trait::async_trait]
-impl Broker for LateBroker {
-    async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
-        // Deliver later than the publish, in order.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<EngineEvent>();
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                tokio::task::yield_now().await;
-                handler.handle(event);
-            }
-        });
-        self.0.start(Arc::new(Forward(tx))).await
-    }
-    async fn publish(&self, c: &ChannelName, p: Publication, o: &PublishOptions) -> Result<PublishResult, EngineError> {
-        self.0.publish(c, p, o).await
-    }
-    async fn publish_presence(&self, c: &ChannelName, e: PresenceEvent) -> Result<(), EngineError> {
-        self.0.publish_presence(c, e).await
-    }
-    async fn subscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        Broker::subscribe(&*self.0, c).await
-    }
-    async fn unsubscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        Broker::unsubscribe(&*self.0, c).await
-    }
-    async fn send_control(&self, c: Control) -> Result<(), EngineError> {
-        self.0.send_control(c).await
-    }
-    async fn health(&self) -> Health {
-        self.0.health().await
-    }
+/// yet (handed over in order, by a task that lets others run first)...
+fn late(node: Arc<dyn EventHandler>) -> Arc<dyn EventHandler> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<EngineEvent>();
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            tokio::task::yield_now().await;
+            node.handle(event);
+        }
+    });
+    Arc::new(Forward(tx))
 }
 
 /// ...and a history read lets other tasks run before and after it, so
@@ -127,7 +102,7 @@ fn racy_engine() -> Engine {
     let memory = Arc::new(MemoryEngine::new());
     Engine::from_parts(
         "racy",
-        Arc::new(LateBroker(memory.clone())),
+        Arc::new(WrappedBroker::over(&memory, Box::new(late))),
         Arc::new(RacyHistory(memory.clone())),
         memory.clone(),
         memory.clone(),

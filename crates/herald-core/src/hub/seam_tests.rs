@@ -9,13 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_engine::{
-    ChannelName, Engine, EngineError, History, HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine, NodeId,
-    Publication,
-};
+use herald_engine::{ChannelName, Engine, MemoryEngine, NodeId, Publication};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use super::test_engines::GatedHistory;
 use super::tests::{connect_encoding_offsets, finished, frames, until_sent};
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
@@ -23,37 +21,6 @@ use crate::error::HubError;
 use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::Outgoing;
-
-/// The memory engine's history, but each read waits at a gate the test
-/// opens one read at a time, in the order the reads arrived; a read may
-/// be made to fail.
-#[derive(Debug)]
-struct GatedHistory {
-    memory: Arc<MemoryEngine>,
-    gate: Arc<Semaphore>,
-    arrived: Arc<AtomicUsize>,
-    fail: Arc<AtomicBool>,
-}
-
-#[async_trait::async_trait]
-impl History for GatedHistory {
-    async fn history(
-        &self,
-        channel: &ChannelName,
-        query: &HistoryQuery,
-        options: &HistoryOptions,
-    ) -> Result<HistoryResult, EngineError> {
-        self.arrived.fetch_add(1, Ordering::SeqCst);
-        self.gate.acquire().await.expect("the gate stays open").forget();
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(EngineError::Unavailable("the history read failed".into()));
-        }
-        self.memory.history(channel, query, options).await
-    }
-    async fn remove_history(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.memory.remove_history(channel).await
-    }
-}
 
 struct Node {
     hub: Arc<Hub>,
@@ -68,13 +35,8 @@ impl Node {
     /// presence with joins and leaves; every history read is held at the gate.
     async fn start() -> Self {
         let memory = Arc::new(MemoryEngine::new());
-        let (gate, arrived, fail) = (Arc::new(Semaphore::new(0)), Arc::default(), Arc::default());
-        let history = GatedHistory {
-            memory: memory.clone(),
-            gate: gate.clone(),
-            arrived: Arc::clone(&arrived),
-            fail: Arc::clone(&fail),
-        };
+        let history = GatedHistory::over(&memory);
+        let (gate, arrived, fail) = (history.gate.clone(), history.arrived.clone(), history.fail.clone());
         let engine = Engine::from_parts(
             "gated",
             memory.clone(),

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_engine::{
-    Broker, ChannelName, ClientId, Control, Engine, EngineError, EngineEvent, EventHandler, Health, History,
-    HistoryOptions, HistoryQuery, HistoryResult, MemoryEngine, NodeId, PresenceEvent, Publication, PublishOptions,
-    PublishResult, StreamPosition, UserId,
+    ChannelName, ClientId, Engine, EngineError, EngineEvent, EventHandler, History, HistoryOptions, HistoryQuery,
+    HistoryResult, MemoryEngine, NodeId, Publication, StreamPosition, UserId,
 };
 
 use super::channels::{in_stream_order, Followed, Next};
+use super::test_engines::{Between, WrappedBroker};
 use super::tests::OffsetEncoder;
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::{Connection, ConnectionSpec};
@@ -23,18 +23,7 @@ use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::{ConnEvent, Drained, Outbox, Outgoing, UnsubscribeReason};
 
-/// The memory engine, except that the node never receives the
-/// publications whose offsets are in `lost`, as if its link to the
-/// backplane dropped them.
-#[derive(Debug, Default)]
-struct LossyBroker {
-    memory: Arc<MemoryEngine>,
-    lost: Arc<Mutex<BTreeSet<u64>>>,
-    /// Where the node's handler is kept, for `OvertakenOnRead`.
-    handler: Handler,
-}
-
-/// The node's handler, once its broker starts.
+/// The node's handler, once its broker starts (for `OvertakenOnRead`).
 #[derive(Default, Clone)]
 struct Handler(Arc<Mutex<Option<Arc<dyn EventHandler>>>>);
 
@@ -76,6 +65,9 @@ impl History for OvertakenOnRead {
     }
 }
 
+/// Between the memory engine and the node: the node never receives the
+/// publications whose offsets are in `lost`, as if its link to the
+/// backplane dropped them.
 struct DropLost {
     handler: Arc<dyn EventHandler>,
     lost: Arc<Mutex<BTreeSet<u64>>>,
@@ -92,32 +84,6 @@ impl EventHandler for DropLost {
     }
 }
 
-#[async_trait::async_trait]
-impl Broker for LossyBroker {
-    async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
-        *self.handler.0.lock().unwrap() = Some(handler.clone());
-        self.memory.start(Arc::new(DropLost { handler, lost: self.lost.clone() })).await
-    }
-    async fn publish(&self, c: &ChannelName, p: Publication, o: &PublishOptions) -> Result<PublishResult, EngineError> {
-        self.memory.publish(c, p, o).await
-    }
-    async fn publish_presence(&self, c: &ChannelName, e: PresenceEvent) -> Result<(), EngineError> {
-        self.memory.publish_presence(c, e).await
-    }
-    async fn subscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        Broker::subscribe(&*self.memory, c).await
-    }
-    async fn unsubscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        Broker::unsubscribe(&*self.memory, c).await
-    }
-    async fn send_control(&self, c: Control) -> Result<(), EngineError> {
-        self.memory.send_control(c).await
-    }
-    async fn health(&self) -> Health {
-        self.memory.health().await
-    }
-}
-
 struct Node {
     hub: Arc<Hub>,
     lost: Arc<Mutex<BTreeSet<u64>>>,
@@ -127,9 +93,17 @@ struct Node {
 
 impl Node {
     async fn start(position_check_interval: Duration) -> Self {
-        let broker = LossyBroker::default();
-        let (memory, lost) = (broker.memory.clone(), broker.lost.clone());
-        let history = OvertakenOnRead { memory: memory.clone(), handler: broker.handler.clone(), ..Default::default() };
+        let memory = Arc::new(MemoryEngine::new());
+        let (lost, handler) = (Arc::<Mutex<BTreeSet<u64>>>::default(), Handler::default());
+        let between: Between = Box::new({
+            let (lost, kept) = (lost.clone(), handler.clone());
+            move |node| {
+                *kept.0.lock().unwrap() = Some(node.clone());
+                Arc::new(DropLost { handler: node, lost: lost.clone() })
+            }
+        });
+        let broker = WrappedBroker::over(&memory, between);
+        let history = OvertakenOnRead { memory: memory.clone(), handler, ..Default::default() };
         let overtaking = history.overtaking.clone();
         let engine =
             Engine::from_parts("lossy", Arc::new(broker), Arc::new(history), memory.clone(), memory.clone(), memory);

@@ -49,6 +49,14 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
         true
     }
 
+    /// Whether every subscription to `channel` asks for its latest
+    /// publication (`SubscribeRequest::latest`), whoever made it: a
+    /// protocol's convention (Pusher's cache channels).
+    fn wants_latest(&self, channel: &ChannelName) -> bool {
+        let _ = channel;
+        false
+    }
+
     /// What a subscription that asked for its channel's latest publication
     /// (`SubscribeRequest::latest`) is sent right after its reply: that
     /// publication, or, when the channel holds none, what the protocol says

@@ -184,6 +184,8 @@ pub struct SubscribeRequest {
     /// followed only by what is newer. Not read when recovering (the reply
     /// carries what was missed). Should the read fail, the subscription
     /// goes live without it, told there is none, and a warning is logged.
+    /// The connection's encoder may ask for it too
+    /// ([`crate::PushEncoder::wants_latest`]), for every subscription.
     pub latest: bool,
 }
 

@@ -62,6 +62,8 @@ impl Hub {
         reply: impl FnOnce(&SubscribeOutcome) -> Option<Outgoing>,
     ) -> Result<SubscribeOutcome, HubError> {
         let options = &self.authorize_subscribe(conn, channel, access)?;
+        let mut request = request;
+        request.latest |= conn.encoder.wants_latest(channel);
         let interest = self.channels.interest_lock(channel).lock().await;
         self.check_subscription_limits(conn, channel, options)?;
 

@@ -370,6 +370,12 @@ impl PushEncoder for PusherEncoder {
         false
     }
 
+    /// A cache channel's subscribers are sent its last event, however
+    /// subscribed (by the client, or by the server API).
+    fn wants_latest(&self, channel: &ChannelName) -> bool {
+        self.name_of(channel).is_some_and(|name| ChannelKind::of(name).is_cache())
+    }
+
     /// A cache channel's last event, or `pusher:cache_miss` when it has none.
     fn encode_latest(&self, channel: &ChannelName, latest: Option<&Publication>) -> Option<herald_core::Frame> {
         if let Some(publication) = latest {

@@ -153,8 +153,8 @@ impl Session {
         let reply = (!kind.is_presence()).then(|| Outgoing::Frame(subscription_succeeded(name, "{}").into()));
         // A cache channel's last event is read before the subscription
         // goes live, and queued after the reply ahead of anything newer
-        // (`PusherEncoder::encode_latest`).
-        let request = SubscribeRequest { subscription, latest: kind.is_cache(), ..SubscribeRequest::default() };
+        // (`PusherEncoder::wants_latest`, `encode_latest`).
+        let request = SubscribeRequest { subscription, ..SubscribeRequest::default() };
         let hub = self.frontend.hub();
         let outcome = hub.subscribe(&self.conn, &channel, SubscribeAccess::Token, request, |_| reply).await?;
         if kind.is_cache() && outcome.latest.is_none() {

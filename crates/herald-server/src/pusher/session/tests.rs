@@ -132,6 +132,14 @@ impl Harness {
         self.next_json().await
     }
 
+    /// Signs in as `user`, signed for `socket_id`.
+    async fn sign_in(&mut self, socket_id: &str, user: &str) {
+        let signin = json!({ "id": user }).to_string();
+        let auth = format!("{KEY}:{}", sign::hmac_hex(SECRET, sign::signin_message(socket_id, &signin).as_bytes()));
+        self.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": signin}}));
+        assert_eq!(self.next_json().await["event"], "pusher:signin_success");
+    }
+
     /// Asks to join a presence `channel` as `user`, signed for `socket_id`.
     pub(super) fn join(&self, socket_id: &str, channel: &str, user: &str) {
         let member = json!({ "user_id": user }).to_string();
@@ -249,10 +257,7 @@ async fn a_presence_cache_channel_sends_its_member_list_then_its_last_event_or_a
 #[tokio::test(start_paused = true)]
 async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_4009() {
     let (mut s, socket_id) = connected().await;
-    let signin = json!({"id": "ann"}).to_string();
-    let auth = format!("{KEY}:{}", sign::hmac_hex(SECRET, sign::signin_message(&socket_id, &signin).as_bytes()));
-    s.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": signin}}));
-    assert_eq!(s.next_json().await["event"], "pusher:signin_success");
+    s.sign_in(&socket_id, "ann").await;
 
     let ann = UserId::new("ann").unwrap();
     let news = ChannelName::new("news").unwrap();
@@ -278,10 +283,7 @@ async fn a_namespace_forcing_recovery_leaves_pusher_subscriptions_unpositioned_a
     let rules = ChannelRules::new(recovering, std::collections::BTreeMap::new());
     let (mut s, socket_id) = connected_on(node_on(rules, ClientConfig::default()).await).await;
     assert_eq!(s.subscribe("news").await["event"], "pusher_internal:subscription_succeeded");
-    let signin = json!({"id": "ann"}).to_string();
-    let auth = format!("{KEY}:{}", sign::hmac_hex(SECRET, sign::signin_message(&socket_id, &signin).as_bytes()));
-    s.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": signin}}));
-    assert_eq!(s.next_json().await["event"], "pusher:signin_success");
+    s.sign_in(&socket_id, "ann").await;
     let (ann, sports) = (UserId::new("ann").unwrap(), ChannelName::new("sports").unwrap());
     s.hub.send_control(Control::Subscribe { user: ann, channel: sports.clone(), client: None }).await.unwrap();
     assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
@@ -293,6 +295,21 @@ async fn a_namespace_forcing_recovery_leaves_pusher_subscriptions_unpositioned_a
         assert_eq!((event["channel"].as_str(), event["data"].as_str()), (Some(channel.as_str()), Some("{\"n\":1}")));
     }
     assert_eq!(s.hub.stats().subscriptions, 2, "still subscribed to both");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_side_subscription_to_a_cache_channel_is_sent_its_last_event_after_the_confirmation() {
+    let (mut s, socket_id) = connected().await;
+    s.sign_in(&socket_id, "ann").await;
+    let price = ChannelName::new("cache-price").unwrap();
+    let mut publication = Publication::from_data(Bytes::from_static(br#"{"n":1}"#));
+    publication.tags.insert(EVENT_TAG.to_owned(), "price".to_owned());
+    s.hub.publish(&price, publication, None, false).await.unwrap();
+
+    let ann = UserId::new("ann").unwrap();
+    s.hub.send_control(Control::Subscribe { user: ann, channel: price, client: None }).await.unwrap();
+    assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(s.next_json().await, json!({"event": "price", "channel": "cache-price", "data": "{\"n\":1}"}));
 }
 
 #[tokio::test(start_paused = true)]

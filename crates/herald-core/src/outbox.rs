@@ -450,19 +450,17 @@ impl Outbox {
 
     /// [`Outbox::push_ahead`], first dropping what is queued that the
     /// item makes stale: the queued items `superseded` says so of, asked
-    /// once each, in order (Pusher's member list, and the joins and leaves
-    /// it already tells).
+    /// once each, in order, under the same lock as the item is queued
+    /// (Pusher's member list, and the joins and leaves it already tells).
     pub fn push_ahead_superseding(
         &self,
         item: Outgoing,
         mut superseded: impl FnMut(&Outgoing) -> bool,
     ) -> Result<(), OutboxClosed> {
-        {
-            let mut state = self.state();
-            let dropped = state.items.retain(|queued| !superseded(queued));
-            state.bytes = state.bytes.saturating_sub(dropped);
-        }
-        let mut state = self.admit(item.cost())?;
+        let mut state = self.state();
+        let dropped = state.items.retain(|queued| !superseded(queued));
+        state.bytes = state.bytes.saturating_sub(dropped);
+        let mut state = self.admit_locked(state, item.cost())?;
         state.items.push_front(item);
         state.due = Some(Due::Now);
         drop(state);
@@ -475,7 +473,15 @@ impl Outbox {
     /// byte limit, which closes it as slow (one item always fits into an
     /// empty outbox).
     fn admit(&self, cost: usize) -> Result<std::sync::MutexGuard<'_, State>, OutboxClosed> {
-        let mut state = self.state();
+        self.admit_locked(self.state(), cost)
+    }
+
+    /// [`Outbox::admit`], with the lock already taken.
+    fn admit_locked<'a>(
+        &'a self,
+        mut state: std::sync::MutexGuard<'a, State>,
+        cost: usize,
+    ) -> Result<std::sync::MutexGuard<'a, State>, OutboxClosed> {
         if state.closed.is_some() {
             return Err(OutboxClosed);
         }

@@ -511,8 +511,13 @@ impl History for NatsHistory {
             }
             // The top was read first: should publications trim it from a
             // short history while the rest is read (a cache channel keeps
-            // one), the answer still ends with it.
-            let mut publications = self.read_subject(&stream, &subject, top.sequence).await?;
+            // one), the answer still ends with it. Where the top alone is
+            // the answer, nothing older is read.
+            let top_alone = options.size <= 1 || (query.reverse && query.limit == 1 && query.since.is_none());
+            let mut publications = match top_alone {
+                true => Vec::new(),
+                false => self.read_subject(&stream, &subject, top.sequence).await?,
+            };
             publications.extend(top.publication);
             let surplus = publications.len().saturating_sub(options.size);
             publications.drain(..surplus);

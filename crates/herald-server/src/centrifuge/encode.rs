@@ -174,7 +174,7 @@ pub(crate) fn subscribe_result(
         result.bool("expires", true);
     }
     if let Some(ttl) = expiry.ttl {
-        result.u64("ttl", ttl);
+        result.u64("ttl", u64::from(ttl));
     }
     if outcome.recoverable {
         result.bool("recoverable", true);

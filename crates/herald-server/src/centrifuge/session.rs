@@ -199,7 +199,7 @@ struct ConnectResult<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     expires: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ttl: Option<u64>,
+    ttl: Option<u32>,
     ping: u64,
     pong: bool,
     node: &'a str,
@@ -211,21 +211,38 @@ struct ConnectResult<'a> {
     data: Option<&'a serde_json::value::RawValue>,
 }
 
+/// Whether a connection or subscription expires, and in how many seconds.
 #[derive(Debug, Serialize, Default)]
 pub(crate) struct ExpiryResult {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub expires: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<u64>,
+    pub ttl: Option<u32>,
 }
 
 impl ExpiryResult {
+    /// For a token expiring at the unix time `exp`. The protocol's ttl is
+    /// a 32-bit count of seconds: a token that expires later than that
+    /// (`exp: 9999999999`, "never") is told the most it can hold, 136
+    /// years, where a wider one could not be put in Protobuf at all.
     fn at(exp: Option<u64>) -> Self {
         match exp {
-            Some(exp) => Self { expires: true, ttl: Some(exp.saturating_sub(auth::unix_now())) },
+            Some(exp) => {
+                let ttl = u32::try_from(exp.saturating_sub(auth::unix_now())).unwrap_or(u32::MAX);
+                Self { expires: true, ttl: Some(ttl) }
+            }
             None => Self::default(),
         }
     }
+}
+
+/// A `refresh` command's result.
+#[derive(Serialize)]
+struct RefreshResult<'a> {
+    client: &'a str,
+    version: &'static str,
+    #[serde(flatten)]
+    expiry: ExpiryResult,
 }
 
 #[derive(Serialize)]

@@ -48,12 +48,31 @@ async fn session_in(
     session_over(mode, rules, queue_max_bytes, subscriptions, |memory| memory).await
 }
 
+/// A session whose client speaks `encoding`, over the in-memory transport.
+async fn session_speaking(encoding: super::session::Encoding) -> Harness {
+    let rules = ChannelRules::default();
+    session_encoded(Mode::Bidirectional, rules, 1 << 20, SUBSCRIBE_RATE, encoding, |memory| memory).await
+}
+
 /// [`session_in`], over the transport `transport` makes of the in-memory one.
 async fn session_over<T: crate::transport::Transport + 'static>(
     mode: Mode,
     rules: ChannelRules,
     queue_max_bytes: usize,
     subscriptions: crate::rate::RateLimit,
+    transport: impl FnOnce(MemoryTransport) -> T,
+) -> Harness {
+    let json = super::session::Encoding::Json;
+    session_encoded(mode, rules, queue_max_bytes, subscriptions, json, transport).await
+}
+
+/// [`session_over`], its client speaking `encoding`.
+async fn session_encoded<T: crate::transport::Transport + 'static>(
+    mode: Mode,
+    rules: ChannelRules,
+    queue_max_bytes: usize,
+    subscriptions: crate::rate::RateLimit,
+    encoding: super::session::Encoding,
     transport: impl FnOnce(MemoryTransport) -> T,
 ) -> Harness {
     let client = ClientConfig { token_hmac_secret: Some(Secret::new(SECRET)), ..ClientConfig::default() };
@@ -88,13 +107,7 @@ async fn session_over<T: crate::transport::Transport + 'static>(
     });
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();
-    tokio::spawn(run(
-        transport(MemoryTransport { inbound, outbound }),
-        shared,
-        None,
-        mode,
-        super::session::Encoding::Json,
-    ));
+    tokio::spawn(run(transport(MemoryTransport { inbound, outbound }), shared, None, mode, encoding));
     Harness { hub, to_session, from_session, sessions }
 }
 
@@ -119,6 +132,46 @@ impl Harness {
 
 fn ping() -> Sent {
     Sent::Text("{}".into())
+}
+
+/// A Protobuf command, length-delimited as the client frames it.
+fn protobuf_command(command: &super::protobuf::wire::Command) -> Inbound {
+    use prost::Message;
+    Inbound::Binary(Bytes::from(command.encode_length_delimited_to_vec()))
+}
+
+/// The reply in a Protobuf frame the session sent.
+fn protobuf_reply(sent: Sent) -> super::protobuf::wire::Reply {
+    use prost::Message;
+    match sent {
+        Sent::Binary(frame) => {
+            super::protobuf::wire::Reply::decode_length_delimited(frame.as_slice()).expect("a reply")
+        }
+        other => panic!("expected a Protobuf frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn protobuf_clients_get_their_replies_for_tokens_that_never_expire_or_expire_past_the_ttls_range() {
+    use super::protobuf::wire::{Command, ConnectRequest, RefreshRequest};
+    let mut s = session_speaking(super::session::Encoding::Protobuf).await;
+    // "Never", as many backends write it: further off than a 32-bit ttl reaches.
+    let token = TokenMinter::hmac(SECRET).sign(&json!({"sub": "42", "exp": 9_999_999_999u64}));
+    let connect = ConnectRequest { token, ..ConnectRequest::default() };
+    s.to_session.send(Ok(protobuf_command(&Command { id: 1, connect: Some(connect), ..Command::default() }))).unwrap();
+    let reply = protobuf_reply(s.next().await);
+    let connected = reply.connect.expect("the connect reply");
+    assert!(connected.expires);
+    assert_eq!(connected.ttl, u32::MAX, "the longest ttl the protocol holds");
+
+    // Refreshed to a token with no expiry at all.
+    let token = TokenMinter::hmac(SECRET).sign(&json!({"sub": "42"}));
+    let refresh = RefreshRequest { token };
+    s.to_session.send(Ok(protobuf_command(&Command { id: 2, refresh: Some(refresh), ..Command::default() }))).unwrap();
+    let reply = protobuf_reply(s.next().await);
+    assert_eq!(reply.id, 2);
+    let refreshed = reply.refresh.expect("the refresh reply");
+    assert_eq!((refreshed.expires, refreshed.ttl), (false, 0), "{refreshed:?}");
 }
 
 #[tokio::test(start_paused = true)]

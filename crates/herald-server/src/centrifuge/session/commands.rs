@@ -11,7 +11,7 @@ use herald_core::{
 use herald_engine::{ChannelName, ClientId, DisconnectReason, Epoch, HistoryQuery, Offset, StreamPosition, UserId};
 use tokio::time::Instant;
 
-use super::{deadline_after, ConnectResult, Empty, Encoding, ExpiryResult, Failure, Mode, Session};
+use super::{deadline_after, ConnectResult, Empty, Encoding, ExpiryResult, Failure, Mode, RefreshResult, Session};
 use crate::auth::{self, ConnectClaims, TokenError};
 use crate::centrifuge::codes::ClientError;
 use crate::centrifuge::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
@@ -288,13 +288,11 @@ impl Session {
             return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
         }
         self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
-        let expiry = ExpiryResult::at(claims.exp);
-        let result = serde_json::json!({
-            "client": conn.client().as_str(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "expires": expiry.expires,
-            "ttl": expiry.ttl,
-        });
+        let result = RefreshResult {
+            client: conn.client().as_str(),
+            version: env!("CARGO_PKG_VERSION"),
+            expiry: ExpiryResult::at(claims.exp),
+        };
         self.reply(encode::reply(id, "refresh", &result));
         Ok(())
     }

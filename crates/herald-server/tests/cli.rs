@@ -155,7 +155,11 @@ async fn sighup_applies_levels_namespaces_and_keys_names_what_needs_a_restart_an
     herald.hang_up();
     let refused = herald.wait_for("the bad file is refused", |l| l.contains("configuration refused"));
     assert!(refused.contains("http.port"), "{refused}");
-    herald.wait_for("the running config is kept", |l| l.contains("running configuration is kept"));
+    // Every problem at once: the secrets the file lacks are named with its bad setting.
+    herald
+        .wait_for("the missing API key is named too", |l| l.contains("configuration refused") && l.contains("api.key"));
+    let kept = herald.wait_for("the running config is kept", |l| l.contains("running configuration is kept"));
+    assert!(kept.contains("count=3"), "a bad port, no token key, no API key: {kept}");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], herald.port));
     assert_eq!(support::http_get(addr, "/health").await.0, 200, "still serving");
     let _ = std::fs::remove_dir_all(&dir);

@@ -56,10 +56,10 @@ pub(super) fn reload(sources: &Sources, running: &mut Config, live: &Live) {
         tracing::warn!("SIGHUP: no config file to read again (the node runs on generated secrets)");
         return;
     };
-    let fresh = match config::load(sources).map(|config| (config.missing_secrets(), config)) {
+    // Every problem at once, missing secrets with the rest, as at start.
+    let fresh = match config::load_for_serving(sources) {
         Err(errors) => return refused(&errors.0),
-        Ok((missing, _)) if !missing.is_empty() => return refused(&missing),
-        Ok((_, fresh)) => fresh,
+        Ok(fresh) => fresh,
     };
     let mut applied = Vec::new();
     if fresh.log.level != running.log.level {

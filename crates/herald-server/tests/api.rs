@@ -355,3 +355,45 @@ async fn a_missing_and_a_wrong_key_are_told_apart_and_a_get_is_told_to_post() {
     assert!(content_type.starts_with("application/json"), "{content_type}");
     assert!(answer.contains("POST /api/publish"), "{answer}");
 }
+
+/// Log lines the node writes while a test runs (on the test's thread,
+/// where an in-process node's tasks run).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_refused_call_whose_path_holds_a_line_break_cannot_forge_a_log_line() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = TestServer::with(|config| {
+        config
+            .pusher
+            .apps
+            .push(serde_json::from_value(json!({"id": "app", "key": "k", "secret": "s3cr3t-s3cr3t"})).unwrap())
+    })
+    .await;
+    let forged = "%0A2026-01-01T00:00:00Z%20INFO%20herald:%20FORGED";
+    let (status, _) = support::http_post(server.addr, &format!("/api/x{forged}"), &[], "{}").await;
+    assert_eq!(status, 401);
+    let (status, _) = support::http_post(server.addr, &format!("/apps/a{forged}/events"), &[], "{}").await;
+    assert_eq!(status, 404);
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("API call refused") && text.contains("pusher API call refused"), "both logged:\n{text}");
+    assert!(text.contains("FORGED"), "the path is in the log:\n{text}");
+    for line in text.lines() {
+        assert!(!line.starts_with("2026-01-01T00:00:00Z"), "a line the caller wrote: {line:?}\n{text}");
+    }
+}

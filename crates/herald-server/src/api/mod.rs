@@ -111,7 +111,8 @@ pub(crate) async fn handle(
 
 async fn respond(api: &ApiState, method: &str, headers: HeaderMap, body: Body) -> Response {
     if let Err(error) = api.authorize(&headers) {
-        tracing::info!(%method, %error, "API call refused");
+        // `?`: the path's text is the caller's, escaped so it cannot forge log lines.
+        tracing::info!(method = ?method, %error, "API call refused");
         return error.into_response();
     }
     call(api, method, &headers, body).await
@@ -131,7 +132,8 @@ pub(crate) async fn call(api: &ApiState, method: &str, headers: &HeaderMap, body
     let body = match http::body::read(headers, body, api.body).await {
         Ok(body) => body,
         Err(error) => {
-            tracing::info!(%method, %error, "API call refused");
+            // `?`: the path's text is the caller's, escaped so it cannot forge log lines.
+            tracing::info!(method = ?method, %error, "API call refused");
             return ApiError::Body(error).into_response();
         }
     };
@@ -142,7 +144,7 @@ pub(crate) async fn call(api: &ApiState, method: &str, headers: &HeaderMap, body
     match outcome {
         Ok(reply) => ([(header::CONTENT_TYPE, "application/json")], Reply::to_json(&reply)).into_response(),
         Err(error) => {
-            tracing::debug!(%method, %error, "API call failed");
+            tracing::debug!(method = ?method, %error, "API call failed");
             error.into_response()
         }
     }

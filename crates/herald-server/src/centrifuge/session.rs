@@ -433,7 +433,7 @@ impl Session {
             }
             Method::Rpc(req) => self.on_rpc(id, &req.method, req.data.as_deref()).await,
             Method::Unknown(name) => {
-                tracing::debug!(client = ?self.client(), method = %name, "unknown command");
+                tracing::debug!(client = ?self.client(), method = ?name, "unknown command");
                 Err(ClientError::MethodNotFound.into())
             }
             Method::Refresh(req) => self.on_refresh(id, &req.token).await,

@@ -108,7 +108,9 @@ pub(crate) async fn handle(
     let response = match outcome {
         Ok(reply) => Json(reply).into_response(),
         Err(failure) => {
-            tracing::info!(app = %app_id, path = %uri.path(), status = failure.0.as_u16(), error = %failure.1, "pusher API call refused");
+            // `?`: the app id and the error (which may repeat it) are the
+            // caller's text, escaped so they cannot forge log lines.
+            tracing::info!(app = ?app_id, path = %uri.path(), status = failure.0.as_u16(), error = ?failure.1, "pusher API call refused");
             failure.into_response()
         }
     };

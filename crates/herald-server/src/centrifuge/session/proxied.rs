@@ -228,7 +228,7 @@ impl Session {
     pub(super) async fn on_rpc(&mut self, id: u32, method: &str, data: Option<&RawValue>) -> Result<(), Failure> {
         let conn = self.connection()?;
         let Some(proxy) = self.shared.proxies.rpc.clone() else {
-            tracing::debug!(client = %conn.client(), %method, "rpc refused: no client.rpc_proxy to answer it");
+            tracing::debug!(client = %conn.client(), method = ?method, "rpc refused: no client.rpc_proxy to answer it");
             return Err(ClientError::MethodNotFound.into());
         };
         let user = conn.user();

@@ -84,10 +84,10 @@ impl Session {
             match refusal.status >= 500 {
                 // Not the client's doing (the engine did not answer): the operator must see it.
                 true => {
-                    tracing::warn!(socket_id = %self.socket_id(), channel = %name, error = %refusal.error, "subscription failed on the server's side; the client may retry (check the backplane's load and its command_timeout)")
+                    tracing::warn!(socket_id = %self.socket_id(), channel = ?name, error = %refusal.error, "subscription failed on the server's side; the client may retry (check the backplane's load and its command_timeout)")
                 }
                 false => {
-                    tracing::debug!(socket_id = %self.socket_id(), channel = %name, error = %refusal.error, "subscription refused")
+                    tracing::debug!(socket_id = %self.socket_id(), channel = ?name, error = %refusal.error, "subscription refused")
                 }
             }
             let data = serde_json::json!({ "type": refusal.kind, "error": refusal.error, "status": refusal.status });

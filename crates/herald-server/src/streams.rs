@@ -121,7 +121,22 @@ async fn http_stream(State(state): State<AppState>, opening: Opening, body: Body
 
 async fn sse(State(state): State<AppState>, opening: Opening, Query(query): Query<ConnectQuery>) -> Response {
     let first = Bytes::from(query.cf_connect.unwrap_or_default());
+    if let Some(refused) = too_large(&state, &first) {
+        return refused;
+    }
     open_emulated(&state, opening, first, Format::Events)
+}
+
+/// Refuses a connect request in a GET's query larger than a posted one
+/// may be (`client.max_message_size`), as 413.
+fn too_large(state: &AppState, first: &[u8]) -> Option<Response> {
+    if first.len() <= state.max_message_size {
+        return None;
+    }
+    let limit = state.max_message_size;
+    tracing::info!(bytes = first.len(), limit, "stream not opened: its connect request is too large");
+    let message = format!("the connect request is larger than client.max_message_size ({limit} bytes)");
+    Some((StatusCode::PAYLOAD_TOO_LARGE, message).into_response())
 }
 
 async fn emulation(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -149,6 +164,9 @@ async fn uni_sse(State(state): State<AppState>, opening: Opening, Query(query): 
     let last_event_id = opening.headers.get("last-event-id").and_then(|id| id.to_str().ok());
     if let Some(request) = last_event_id.and_then(|id| positions::with_recovery(&first, id)) {
         first = Bytes::from(request);
+    }
+    if let Some(refused) = too_large(&state, &first) {
+        return refused;
     }
     open_unidirectional(&state, opening, first, Format::Events)
 }

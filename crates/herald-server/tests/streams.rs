@@ -353,6 +353,16 @@ async fn a_stream_larger_than_the_message_limit_is_refused_before_any_session() 
         http_post_raw(server.addr, "/connection/http_stream", &[], &format!("{{\"x\":\"{}\"}}", "y".repeat(70_000)))
             .await;
     assert_eq!(status, 413, "{body}");
+    // In a GET's query too, where an `EventSource` puts it (hyper takes
+    // no URI over 64 KiB: a node with a lower limit checks its own).
+    let server = TestServer::with(|config| config.client.max_message_size = 4096).await;
+    let large = form_encoded(&format!("{{\"x\":\"{}\"}}", "y".repeat(5_000)));
+    for path in ["/connection/sse", "/connection/uni_sse"] {
+        let (status, _, body) = support::http_get(server.addr, &format!("{path}?cf_connect={large}")).await;
+        assert_eq!(status, 413, "{path}: {body}");
+        assert!(body.contains("client.max_message_size"), "{path}: {body}");
+    }
+    assert_eq!(server.api("info", json!({})).await.1["result"]["nodes"][0]["num_clients"], 0, "no session opened");
 }
 
 #[tokio::test]

@@ -161,13 +161,10 @@ impl Gate {
     }
 }
 
-/// Whom failures are counted against: an IPv4 address, or an IPv6
-/// address's /64 network.
+/// Whom failures are counted against: as connections are
+/// ([`crate::http::admission::source`]), an IPv4 address or an IPv6 /64.
 fn network_of(peer: IpAddr) -> IpAddr {
-    match peer {
-        IpAddr::V4(_) => peer,
-        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
-    }
+    crate::http::admission::source(peer)
 }
 
 /// The session token in a request's `Cookie` headers, if any.

@@ -183,7 +183,8 @@ pub struct HttpConfig {
     /// (0 = no limit); above it new ones get 503.
     pub max_connections: usize,
     /// Open connections one source address may hold (0 = no limit); above it
-    /// new ones get 429. Behind a proxy every client shares its address.
+    /// new ones get 429. An IPv6 /64 counts as one address. Behind a proxy
+    /// every client shares its address.
     pub max_connections_per_ip: usize,
     /// New connections per second one source address may open, as a token
     /// bucket with as much burst (0 = no limit); above it they get 429.

@@ -43,6 +43,7 @@ max_body_size = 1048576
 # Caps on connections (0 = none): in all, per source address, and new ones
 # per second per source address. Behind a load balancer every client shares
 # its address, so set the per-address ones only where clients connect directly.
+# An IPv6 /64 counts as one address.
 max_connections = 0
 max_connections_per_ip = 0
 connection_rate_per_ip = 0

@@ -1,6 +1,8 @@
 //! Who may open a connection: a cap on the node's open connections, a cap
-//! on each source address's, and a rate of new connections per source
-//! address (a token bucket with as much burst as its rate).
+//! on each source's, and a rate of new connections per source (a token
+//! bucket with as much burst as its rate). A source is an IPv4 address,
+//! also when a dual-stack listener sees it IPv4-mapped, or an IPv6
+//! address's /64 network, which one host can hold whole ([`source`]).
 //!
 //! A [`Permit`] holds a connection's place and gives it back when dropped.
 //! It travels with the connection's requests, so a WebSocket keeps its
@@ -17,6 +19,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::time::Instant;
+
+/// Whom per-address limits count a peer against: an IPv4 address (as
+/// such when it arrives IPv4-mapped), or an IPv6 address's /64 network.
+pub(crate) fn source(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
 
 /// Addresses are swept from the table every this many admissions.
 const SWEEP_EVERY: u64 = 1024;
@@ -102,6 +113,7 @@ impl Admission {
         if self.limits == Limits::default() {
             return Ok(None);
         }
+        let ip = source(ip);
         let max = self.limits.max_connections;
         let counted = self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
             (max == 0 || open < max).then(|| open.saturating_add(1))
@@ -119,6 +131,7 @@ impl Admission {
     }
 
     fn admit_address(&self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        debug_assert_eq!(ip, source(ip), "counted by source");
         let rate = f64::from(self.limits.connection_rate_per_ip);
         let mut table = self.table();
         table.admissions = table.admissions.wrapping_add(1);
@@ -193,6 +206,22 @@ mod tests {
         drop(first);
         assert!(admission.admit(ip(3)).is_ok());
         assert_eq!(admission.remembered(), 0, "no per-address limit, no table");
+    }
+
+    #[test]
+    fn an_ipv4_peer_counts_as_itself_however_it_arrives_and_an_ipv6_one_as_its_64() {
+        let admission = Admission::new(Limits { max_connections_per_ip: 1, ..Limits::default() });
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let _held = admission.admit(v4).unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(admission.admit(mapped).unwrap_err(), Refusal::AddressFull, "the same host, mapped");
+        let other: IpAddr = "::ffff:192.0.2.8".parse().unwrap();
+        assert!(admission.admit(other).is_ok(), "another IPv4 host is not the one mapped before it");
+
+        let _v6 = admission.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let same_64 = admission.admit("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert_eq!(same_64.unwrap_err(), Refusal::AddressFull, "one /64 is one source");
+        assert!(admission.admit("2001:db8:1:3::1".parse().unwrap()).is_ok(), "the next /64 is another");
     }
 
     #[test]

@@ -101,7 +101,8 @@ impl HubWebhooks {
                     Signing { key: None, signature: "X-Herald-Signature", secret: config.secret.expose().to_owned() };
                 let target = Target::start(&config.url, config.events.clone(), config.batch, signing, tls, metrics);
                 if target.is_none() {
-                    tracing::error!(url = %config.url, "an events webhook target cannot be reached (an https:// URL without TLS set up?)");
+                    let url = crate::config::endpoint::for_logs(&config.url);
+                    tracing::error!(%url, "an events webhook target cannot be reached (an https:// URL without TLS set up?)");
                 }
                 target
             })

@@ -82,7 +82,7 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let worker = Worker {
             endpoint,
-            url: url.to_owned(),
+            url: crate::config::endpoint::for_logs(url),
             signing,
             batch,
             tls,
@@ -123,6 +123,7 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
 /// Sends one target's events in order.
 struct Worker {
     endpoint: HttpEndpoint,
+    /// The target as logs show it (no query, which may hold a token).
     url: String,
     signing: Signing,
     batch: bool,

@@ -18,6 +18,16 @@ pub struct HttpEndpoint {
     path: String,
 }
 
+/// `url` as logs may show it: without its query or fragment, or user
+/// name and password, any of which may hold a credential.
+pub(crate) fn for_logs(url: &str) -> String {
+    let base = url.split(['?', '#']).next().unwrap_or_default();
+    let Some((scheme, rest)) = base.split_once("://") else { return "(not a URL)".to_owned() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}{path}")
+}
+
 impl HttpEndpoint {
     /// Parses `http(s)://host[:port][/path]`; `None` for anything else,
     /// user names and passwords included.
@@ -111,6 +121,20 @@ mod tests {
             "not a url",
         ] {
             assert_eq!(HttpEndpoint::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn logs_show_a_url_without_its_query_fragment_or_credentials() {
+        for (url, shown) in [
+            ("https://hooks.example/in?token=s3cret", "https://hooks.example/in"),
+            ("http://[::1]:3000/hook#t=s3cret", "http://[::1]:3000/hook"),
+            ("http://user:s3cret@hooks.example:81/in", "http://hooks.example:81/in"),
+            ("http://user:s3cret@hooks.example?k=s3cret", "http://hooks.example"),
+            ("http://hooks.example", "http://hooks.example"),
+            ("s3cret", "(not a URL)"),
+        ] {
+            assert_eq!(for_logs(url), shown, "{url}");
         }
     }
 }

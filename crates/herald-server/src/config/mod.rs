@@ -5,7 +5,7 @@
 //! The doc comments on these structs are the user documentation of each
 //! setting; `herald config init` writes a commented starter file.
 
-mod endpoint;
+pub(crate) mod endpoint;
 mod keys;
 mod load;
 pub mod template;

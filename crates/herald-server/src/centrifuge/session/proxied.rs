@@ -101,12 +101,15 @@ impl Session {
             }
             None => None,
         };
-        let mut channels: Vec<String> = Vec::new();
-        for name in result.channels.iter().chain(result.subs.keys()) {
-            if !channels.contains(name) {
-                channels.push(name.clone());
-            }
-        }
+        // Each once, in the answer's order; a set, as an answer may list many.
+        let mut listed = std::collections::HashSet::new();
+        let channels: Vec<String> = result
+            .channels
+            .iter()
+            .chain(result.subs.keys())
+            .filter(|name| listed.insert(name.as_str()))
+            .cloned()
+            .collect();
         let claims = ConnectClaims { sub: result.user.clone(), exp: events::expiry(result.expire_at), info, channels };
         Ok((claims, result))
     }

@@ -169,8 +169,9 @@ pub struct HttpConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// How long a client may take to send a request's headers (a WebSocket
-    /// upgrade's included), and how long an idle keep-alive connection may
-    /// wait for its next request, before it is closed.
+    /// upgrade's included), how long an idle keep-alive connection may wait
+    /// for its next request, and how long an HTTP response may wait for its
+    /// client to read it, before the connection is closed.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// How long a client may take to send a request's body (read only

@@ -34,7 +34,8 @@ drain_window = "5s"
 # After that, how long shutdown waits for what is left to close.
 shutdown_timeout = "10s"
 # How long a client may take to send a request's headers (WebSocket upgrades
-# included), and an idle keep-alive connection may wait for its next request.
+# included), an idle keep-alive connection may wait for its next request, and
+# an HTTP response may wait for its client to read it.
 handshake_timeout = "10s"
 # How long a request body may take (read only once the request is
 # authenticated), and how large it may be.

@@ -11,6 +11,8 @@
 //!   `http.handshake_timeout`, and so must the next request of an idle
 //!   keep-alive connection (hyper's header timer, which restarts whenever a
 //!   connection waits for a request);
+//! - a response that cannot be written (its client stopped reading) for
+//!   `http.handshake_timeout` ends the connection (`takeover`'s socket);
 //! - a body is read only by a handler that authenticated the request, with
 //!   a size limit and a deadline (`body`);
 //! - a WebSocket handshake from a web page is accepted only from an
@@ -203,7 +205,7 @@ async fn serve_connection<IO: IntoIo>(
     closing: watch::Receiver<bool>,
 ) {
     let slot = Arc::new(Slot::default());
-    let socket = Takeable::new(stream, slot.clone());
+    let socket = Takeable::new(stream, slot.clone(), handshake_timeout);
     // hyper is gone once this returns: a socket taken over is in the slot.
     let served = serve_http(socket, Takeover(slot.clone()), peer, permit, router, handshake_timeout, closing).await;
     match (slot.taken(), served) {

@@ -18,12 +18,20 @@
 //! the request go with hyper, and so would an earlier response of the
 //! connection that hyper had not finished writing: only a client that
 //! pipelines requests (which no browser does) could send either.
+//!
+//! While hyper serves the connection, its socket also keeps the deadline
+//! of hyper's writes: a response that cannot be written for
+//! `http.handshake_timeout` (its client stopped reading, its window shut)
+//! ends the connection, which would otherwise hold its place, buffers and
+//! unsent bytes for as long as the client keeps the window closed.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
@@ -90,11 +98,34 @@ impl Takeover {
 pub(crate) struct Takeable<IO: IntoIo> {
     io: Option<IO>,
     slot: Arc<Slot>,
+    /// How long a write may wait for the client to read.
+    write_timeout: Duration,
+    /// When the write waiting since then gives up; none while writes go.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO: IntoIo> Takeable<IO> {
-    pub(crate) fn new(io: IO, slot: Arc<Slot>) -> Self {
-        Takeable { io: Some(io), slot }
+    pub(crate) fn new(io: IO, slot: Arc<Slot>, write_timeout: Duration) -> Self {
+        Takeable { io: Some(io), slot, write_timeout, stalled: None }
+    }
+
+    /// `polled`, a write's (or flush's) outcome, with the deadline kept: a
+    /// write that has to wait starts it, one that goes clears it, and one
+    /// still waiting when it passes fails.
+    fn deadline<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                let why = "the client did not read the response within http.handshake_timeout";
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
+            }
+        }
     }
 
     /// The socket itself, while hyper may still use it; an error once it
@@ -125,7 +156,8 @@ impl<IO: IntoIo> AsyncRead for Takeable<IO> {
 
 impl<IO: IntoIo> AsyncWrite for Takeable<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.io()?.poll_write(cx, buf)
+        let polled = self.io()?.poll_write(cx, buf);
+        self.deadline(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -133,7 +165,8 @@ impl<IO: IntoIo> AsyncWrite for Takeable<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.io()?.poll_write_vectored(cx, bufs)
+        let polled = self.io()?.poll_write_vectored(cx, bufs);
+        self.deadline(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -141,11 +174,13 @@ impl<IO: IntoIo> AsyncWrite for Takeable<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.io()?.poll_flush(cx)
+        let polled = self.io()?.poll_flush(cx);
+        self.deadline(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.io()?.poll_shutdown(cx)
+        let polled = self.io()?.poll_shutdown(cx);
+        self.deadline(cx, polled)
     }
 }
 
@@ -211,6 +246,36 @@ mod tests {
             crate::http::serve(listener, router, settings, async move { drop(stopped.await) }).await;
         });
         (addr, stop, serving)
+    }
+
+    /// The size of `/large`'s answer: far more than the socket buffers
+    /// between a client that does not read and the node hold.
+    const LARGE: usize = 32 << 20;
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_a_response_loses_its_connection_after_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/large", get(|| async { vec![b'x'; LARGE] }));
+        let mut settings = ServeSettings::plain(Duration::from_secs(5));
+        settings.handshake_timeout = Duration::from_millis(300);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(async move {
+            crate::http::serve(listener, router, settings, async move { drop(stopped.await) }).await;
+        });
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket.connect(addr).await.unwrap();
+        client.write_all(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        // Not reading, for longer than the deadline: only the clock itself to wait for.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut received)).await;
+        assert!(read.is_ok(), "the node closed the connection: reading it came to an end");
+        assert!(received.len() < LARGE, "the response was cut off, not written whole: {} bytes", received.len());
+        drop(stop);
+        serving.abort();
     }
 
     async fn write_all(io: &mut Io, mut bytes: Vec<u8>) -> io::Result<()> {

@@ -12,14 +12,19 @@
 //! A session's key is 128 random bits, known only to its client, so no
 //! one else can post commands into it (client ids are not secret: presence
 //! shows them). The table of keys holds one entry per open emulated stream,
-//! so the node's connection caps bound it.
+//! so the node's connection caps bound it. A request whose key is not one
+//! a node could have made is refused before it is relayed. On the named
+//! node, a relayed batch its session has no room for waits for room (as a
+//! local POST does) only while fewer than [`RELAYS_WAITING`] do; beyond
+//! that it is dropped, logged, so that a client posting faster than its
+//! session reads cannot pile up waiting batches on the node.
 //!
 //! Answers: 204 once the commands are handed over (replies come on the
 //! stream), also when the session has just ended (its stream ends too);
 //! 404 for a node the cluster does not know (the client reconnects at
 //! once); 503 when the session does not take commands in time or the
-//! engine cannot relay; 400 for a malformed request, 413 for one above
-//! `client.max_message_size`.
+//! engine cannot relay; 400 for a malformed request (a malformed session
+//! key included), 413 for one above `client.max_message_size`.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -45,12 +50,18 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(2);
 /// node the node does not know yet.
 const NODES_REREAD: Duration = Duration::from_secs(1);
 
+/// Relayed batches that may wait at once, node-wide, for their sessions
+/// to make room (each up to [`DELIVERY_WAIT`]).
+pub(crate) const RELAYS_WAITING: usize = 1024;
+
 /// The node's emulated sessions: each one's inbox, found by its key (the
 /// number: its text is the client's, in its connect reply).
 #[derive(Debug)]
 pub(crate) struct Emulation {
     sessions: Mutex<HashSet<Poster>>,
     known_nodes: Mutex<KnownNodes>,
+    /// Places for relayed batches waiting for room (see [`RELAYS_WAITING`]).
+    relays_waiting: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +112,11 @@ impl EmulationRequest {
 
 impl Emulation {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self { sessions: Mutex::default(), known_nodes: Mutex::default() })
+        Arc::new(Self {
+            sessions: Mutex::default(),
+            known_nodes: Mutex::default(),
+            relays_waiting: Arc::new(tokio::sync::Semaphore::new(RELAYS_WAITING)),
+        })
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashSet<Poster>> {
@@ -189,6 +204,10 @@ impl Emulation {
                 return (StatusCode::BAD_REQUEST, message).into_response();
             }
         };
+        if parse_key(&request.session).is_none() {
+            tracing::debug!("emulation request with a malformed session key");
+            return (StatusCode::BAD_REQUEST, "the session key is not one a connect reply gave").into_response();
+        }
         let data = request.data;
         if request.node == hub.node().as_str() {
             return match self.deliver(&request.session, data).await {
@@ -230,6 +249,17 @@ impl SessionRelay for Emulation {
             },
             false => Bytes::from(data),
         };
+        match inbox.try_post(data.clone()) {
+            Ok(()) => return,
+            Err(NotTaken::Ended) => return tracing::debug!("relayed commands for an emulated session that has ended"),
+            Err(NotTaken::Busy) => {}
+        }
+        let Ok(place) = self.relays_waiting.clone().try_acquire_owned() else {
+            return tracing::warn!(
+                waiting = RELAYS_WAITING,
+                "relayed commands for an emulated session dropped: its session has no room and too many relays wait"
+            );
+        };
         tokio::spawn(async move {
             match inbox.post(data, DELIVERY_WAIT).await {
                 Ok(()) => {}
@@ -238,6 +268,7 @@ impl SessionRelay for Emulation {
                 }
                 Err(NotTaken::Ended) => tracing::debug!("relayed commands for an emulated session that has ended"),
             }
+            drop(place);
         });
     }
 }
@@ -254,6 +285,8 @@ fn parse_key(text: &str) -> Option<Key> {
 
 #[cfg(test)]
 mod tests {
+    use std::task::Poll;
+
     use herald_core::{ChannelRules, HubConfig};
     use herald_engine::Engine;
 
@@ -294,6 +327,45 @@ mod tests {
         let (b, _held_b) = emulation.open(Bytes::new(), false);
         assert_ne!(a, b);
         assert_eq!(emulation.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn relayed_batches_a_session_has_no_room_for_wait_only_while_few_do() {
+        let emulation = Emulation::new();
+        let (key, mut inbound) = emulation.open(Bytes::from_static(b"0"), false);
+        let posted = crate::transport::posted::CAPACITY + RELAYS_WAITING + 10;
+        for n in 1..posted {
+            SessionRelay::deliver(&*emulation, key.to_string(), n.to_string());
+        }
+        assert_eq!(emulation.relays_waiting.available_permits(), 0, "every place taken");
+        let mut taken = Vec::new();
+        while taken.len() < crate::transport::posted::CAPACITY + RELAYS_WAITING {
+            taken.push(String::from_utf8(inbound.recv().await.to_vec()).unwrap());
+        }
+        while emulation.relays_waiting.available_permits() < RELAYS_WAITING {
+            tokio::task::yield_now().await;
+        }
+        let more = std::future::poll_fn(|cx| Poll::Ready(inbound.poll_recv(cx).is_ready())).await;
+        assert!(!more, "the batches beyond the places were dropped, not queued");
+        let first: Vec<String> = (0..crate::transport::posted::CAPACITY).map(|n| n.to_string()).collect();
+        assert_eq!(taken[..first.len()], first[..], "the queue's, in order");
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_key_no_node_could_have_made_is_refused_before_it_is_relayed() {
+        let hub = Hub::new(HubConfig::new(NodeId::new("n1"), ChannelRules::default()), Engine::memory());
+        hub.start().await.unwrap();
+        let emulation = Emulation::new();
+        let limits = BodyLimits { max_size: 65536, timeout: Duration::from_secs(5) };
+        for (session, node, status) in [
+            ("x", "n2", StatusCode::BAD_REQUEST),
+            ("x", "n1", StatusCode::BAD_REQUEST),
+            (&*"1f".repeat(16), "n2", StatusCode::NOT_FOUND),
+        ] {
+            let body = serde_json::json!({"session": session, "node": node, "data": "{}"}).to_string();
+            let answer = emulation.handle(&hub, &HeaderMap::new(), axum::body::Body::from(body), limits).await;
+            assert_eq!(answer.status(), status, "{session} on {node}");
+        }
     }
 
     #[tokio::test]

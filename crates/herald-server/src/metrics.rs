@@ -98,7 +98,8 @@ fn engine_histogram() -> Histogram {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Webhook {
     /// `delivered`, `retried` (an attempt failed), `given_up` (after five
-    /// minutes of retries) or `queue_full` (the event was dropped).
+    /// minutes of retries), `queue_full` (the event was dropped) or
+    /// `discarded` (queued for a target a reload removed or changed).
     outcome: &'static str,
 }
 
@@ -217,7 +218,7 @@ impl Metrics {
         registry.register("recoveries", "Subscriptions that asked to recover, by outcome", metrics.recoveries.clone());
         registry.register(
             "webhooks",
-            "Pusher webhook requests, by outcome: delivered, retried, given_up, queue_full",
+            "Pusher webhook requests, by outcome: delivered, retried, given_up, queue_full, discarded",
             metrics.webhooks.clone(),
         );
         registry.register(

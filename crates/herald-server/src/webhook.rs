@@ -10,6 +10,12 @@
 //! dropped with an error in the log. A target that stops answering is
 //! logged once when it starts failing and once when it answers again, not
 //! at every retry: a target nobody runs must not flood the log.
+//!
+//! A target's worker lives as long as the target: once it is dropped (a
+//! reload removed or changed it; an unchanged one is kept across reloads),
+//! the worker stops, even mid-retry, and what its queue held is discarded
+//! (counted): a target removed, or whose secret was replaced, gets no more
+//! requests, and events do not arrive from two workers out of order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +25,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 
 use crate::config::HttpEndpoint;
@@ -64,6 +70,8 @@ pub(crate) struct Target<E> {
     /// Events dropped since the last warning, and when that was.
     dropped: AtomicU64,
     warned_at: Mutex<Option<tokio::time::Instant>>,
+    /// Stops the worker when dropped with the target.
+    _stop: oneshot::Sender<()>,
 }
 
 impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
@@ -80,6 +88,7 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
         let endpoint = HttpEndpoint::parse(url)?;
         let tls = if endpoint.is_tls() { Some(tls?.clone()) } else { None };
         let (queue, receiver) = mpsc::channel(QUEUE);
+        let (stop, stopped) = oneshot::channel();
         let worker = Worker {
             endpoint,
             url: crate::config::endpoint::for_logs(url),
@@ -89,8 +98,15 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
             metrics: metrics.clone(),
             failing_since: None,
         };
-        tokio::spawn(worker.run(receiver));
-        Some(Self { events, queue, metrics: metrics.clone(), dropped: AtomicU64::new(0), warned_at: Mutex::new(None) })
+        tokio::spawn(worker.run_until(receiver, stopped));
+        Some(Self {
+            events,
+            queue,
+            metrics: metrics.clone(),
+            dropped: AtomicU64::new(0),
+            warned_at: Mutex::new(None),
+            _stop: stop,
+        })
     }
 
     /// Whether the target wants events named `name`.
@@ -141,7 +157,26 @@ struct Body<'a, E> {
 }
 
 impl Worker {
-    async fn run<E: Serialize>(mut self, mut queue: mpsc::Receiver<E>) {
+    /// Sends the queue's events until its target is dropped, then
+    /// discards what is left.
+    async fn run_until<E: Serialize>(mut self, mut queue: mpsc::Receiver<E>, stopped: oneshot::Receiver<()>) {
+        tokio::select! {
+            () = self.run(&mut queue) => {}
+            _ = stopped => {
+                queue.close();
+                let mut discarded = 0u64;
+                while queue.try_recv().is_ok() {
+                    self.metrics.webhook("discarded");
+                    discarded = discarded.saturating_add(1);
+                }
+                if discarded > 0 {
+                    tracing::info!(url = %self.url, discarded, "webhook target removed or changed by a reload: its queued events are discarded");
+                }
+            }
+        }
+    }
+
+    async fn run<E: Serialize>(&mut self, queue: &mut mpsc::Receiver<E>) {
         while let Some(first) = queue.recv().await {
             let mut events = vec![first];
             if self.batch {
@@ -211,5 +246,63 @@ impl Worker {
         let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
         let response = client::send(self.tls.as_ref(), endpoint.host(), endpoint.port(), request).await?;
         Ok(response.status().as_u16())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[derive(Clone, Serialize)]
+    struct Ping;
+
+    impl Named for Ping {
+        fn name(&self) -> &'static str {
+            "ping"
+        }
+    }
+
+    /// A receiver that answers every request 500, and how many it got.
+    async fn failing_receiver() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let got = Arc::new(AtomicUsize::new(0));
+        let counted = got.clone();
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (url, got)
+    }
+
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_target_stops_its_worker_mid_retry_and_discards_its_queue() {
+        let (url, got) = failing_receiver().await;
+        let metrics = Arc::new(Metrics::new());
+        let signing = Signing { key: None, signature: "X-Signature", secret: "a-webhook-secret".into() };
+        let target = Target::start(&url, Vec::new(), false, signing, None, &metrics).expect("a usable URL");
+        for _ in 0..3 {
+            target.send(&Ping);
+        }
+        until("the first event's first attempt", || got.load(Ordering::SeqCst) == 1).await;
+
+        drop(target);
+        let discarded = r#"herald_webhooks_total{outcome="discarded"} 2"#;
+        until("the two queued behind it are discarded", || metrics.render().contains(discarded)).await;
+        assert_eq!(got.load(Ordering::SeqCst), 1, "no retry after the target was dropped");
     }
 }

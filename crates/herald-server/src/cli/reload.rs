@@ -13,7 +13,9 @@
 //! - Pusher apps (`[[pusher.apps]]`) are replaced: open connections keep
 //!   the app they opened with, new ones and API calls use the new apps,
 //!   and an API call signed with a replaced secret is accepted during the
-//!   same overlap; webhook workers start for the new targets.
+//!   same overlap; webhook targets left as they were keep their workers
+//!   and queues, workers start for new or changed ones, and those of
+//!   removed or changed ones stop, their queued events discarded.
 //! - Every other changed setting is named in the log as needing a restart
 //!   (the running node keeps its value).
 

@@ -198,7 +198,7 @@ impl Frontend {
             .webhook_tls()
             .map_err(|problem| tracing::error!(%problem, "https:// webhook targets will not be reached"))
             .ok();
-        let webhooks = Webhooks::start(&config.apps, tls.as_ref(), &driver.metrics);
+        let webhooks = Webhooks::start(&config.apps, None, tls.as_ref(), &driver.metrics);
         let settings = PusherSettings {
             activity_timeout: config.activity_timeout,
             pong_timeout: config.pong_timeout,
@@ -225,11 +225,14 @@ impl Frontend {
     /// Replaces the apps (a reload): connections keep the app they opened
     /// with; new connections and API calls use the new apps, and API calls
     /// signed with a replaced secret are accepted for `overlap`. Webhook
-    /// workers start for the new targets; the old ones finish their queues.
+    /// targets the reload left as they were keep their workers and queues;
+    /// workers start for new or changed ones, and those of removed or
+    /// changed ones stop, their queues discarded.
     pub(crate) fn reload_apps(&self, config: &PusherConfig, overlap: std::time::Duration) {
         self.apps.rotate(Apps::new(&config.apps), overlap);
-        let webhooks = Webhooks::start(&config.apps, self.webhook_tls.as_ref(), &self.driver.metrics);
-        *self.webhooks.write().unwrap_or_else(|e| e.into_inner()) = webhooks;
+        let mut webhooks = self.webhooks.write().unwrap_or_else(|e| e.into_inner());
+        let fresh = Webhooks::start(&config.apps, Some(&webhooks), self.webhook_tls.as_ref(), &self.driver.metrics);
+        *webhooks = fresh;
     }
 
     /// The node's hub.

@@ -69,10 +69,36 @@ impl Named for Event {
     }
 }
 
-/// Every app's webhook targets.
+/// Every app's webhook targets, each with what it was made from.
 #[derive(Default)]
 pub(crate) struct Webhooks {
-    targets: std::collections::HashMap<String, Vec<Target<Event>>>,
+    targets: std::collections::HashMap<String, Vec<Made>>,
+}
+
+/// A target, with what it was made from.
+type Made = (Recipe, Arc<Target<Event>>);
+
+/// What a target is made from: a reload keeps a target (its worker and
+/// queue) whose recipe it finds unchanged.
+#[derive(PartialEq)]
+struct Recipe {
+    url: String,
+    events: Vec<String>,
+    batch: bool,
+    key: String,
+    secret: String,
+}
+
+impl Recipe {
+    fn of(app: &PusherApp, hook: &WebhookTarget) -> Self {
+        Recipe {
+            url: hook.url.clone(),
+            events: hook.events.clone(),
+            batch: hook.batch,
+            key: app.key.clone(),
+            secret: app.secret.expose().to_owned(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -82,12 +108,32 @@ impl std::fmt::Debug for Webhooks {
 }
 
 impl Webhooks {
-    /// Starts one worker per target. Call inside the runtime.
-    pub(crate) fn start(apps: &[PusherApp], tls: Option<&TlsConnector>, metrics: &Arc<Metrics>) -> Arc<Self> {
+    /// Starts one worker per target, keeping those of `previous` (the
+    /// targets before a reload) whose app and recipe are unchanged; the
+    /// others' workers stop once `previous` is dropped. Call inside the
+    /// runtime.
+    pub(crate) fn start(
+        apps: &[PusherApp],
+        previous: Option<&Webhooks>,
+        tls: Option<&TlsConnector>,
+        metrics: &Arc<Metrics>,
+    ) -> Arc<Self> {
         let mut targets = std::collections::HashMap::new();
         for app in apps {
-            let list: Vec<Target<Event>> =
-                app.webhooks.iter().filter_map(|hook| Self::target(app, hook, tls, metrics.clone())).collect();
+            let before = previous.and_then(|previous| previous.targets.get(&app.id));
+            let list: Vec<Made> = app
+                .webhooks
+                .iter()
+                .filter_map(|hook| {
+                    let recipe = Recipe::of(app, hook);
+                    let kept = before.and_then(|before| before.iter().find(|(made, _)| *made == recipe));
+                    let target = match kept {
+                        Some((_, target)) => target.clone(),
+                        None => Arc::new(Self::target(app, hook, tls, metrics.clone())?),
+                    };
+                    Some((recipe, target))
+                })
+                .collect();
             targets.insert(app.id.clone(), list);
         }
         Arc::new(Self { targets })
@@ -110,7 +156,7 @@ impl Webhooks {
     /// Queues `event` for every target of `app` that wants it.
     pub(crate) fn send(&self, app: &App, event: Event) {
         let Some(targets) = self.targets.get(&app.config.id) else { return };
-        for target in targets {
+        for (_, target) in targets {
             target.send(&event);
         }
     }
@@ -169,6 +215,47 @@ impl HubObserver for Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
+
+    fn app(id: &str, secret: &str, urls: &[&str]) -> PusherApp {
+        let webhooks =
+            urls.iter().map(|url| WebhookTarget { url: (*url).into(), events: vec![], batch: false }).collect();
+        PusherApp {
+            id: id.into(),
+            key: format!("{id}-key"),
+            secret: Secret::new(secret),
+            webhooks,
+            ..PusherApp::default()
+        }
+    }
+
+    fn target<'a>(webhooks: &'a Webhooks, app: &str, url: &str) -> &'a Arc<Target<Event>> {
+        let targets = webhooks.targets.get(app).expect("the app's targets");
+        &targets.iter().find(|(recipe, _)| recipe.url == url).expect("the target").1
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_targets_it_leaves_as_they_were_and_replaces_the_others() {
+        let metrics = Arc::new(Metrics::new());
+        let (one, two) = ("http://127.0.0.1:9/one", "http://127.0.0.1:9/two");
+        let before = Webhooks::start(
+            &[app("a", "secret-of-a-0", &[one, two]), app("b", "secret-of-b-0", &[one])],
+            None,
+            None,
+            &metrics,
+        );
+        let after = Webhooks::start(
+            &[app("a", "secret-of-a-0", &[one]), app("b", "secret-of-b-1", &[one])],
+            Some(&before),
+            None,
+            &metrics,
+        );
+        assert!(Arc::ptr_eq(target(&before, "a", one), target(&after, "a", one)), "unchanged: its worker kept");
+        assert!(!Arc::ptr_eq(target(&before, "b", one), target(&after, "b", one)), "a new secret: a new worker");
+        assert_eq!(after.targets["a"].len(), 1, "the removed one is gone");
+        drop(before);
+        assert_eq!(Arc::strong_count(target(&after, "a", one)), 1, "held by the new targets alone");
+    }
 
     #[test]
     fn events_serialize_as_pusher_names_them() {

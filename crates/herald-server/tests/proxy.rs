@@ -23,6 +23,8 @@ use tokio::task::JoinSet;
 const ANSWERS: u8 = 0;
 const SLOW: u8 = 1;
 const GARBAGE: u8 = 2;
+/// Acts on the call, then dies before answering: its connection drops.
+const DIES: u8 = 3;
 
 /// What the backend saw of one call: the event, its body, its headers.
 type Seen = (String, Value, HeaderMap);
@@ -45,6 +47,7 @@ async fn answer(
     match backend.mode.load(Ordering::Relaxed) {
         SLOW => tokio::time::sleep(Duration::from_secs(3)).await,
         GARBAGE => return "<html>oops</html>".to_owned(),
+        DIES => panic!("the backend dies after acting on a call (as this test means it to)"),
         _ => {}
     }
     let cookie = headers.get("cookie").and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -310,6 +313,30 @@ async fn a_backend_that_is_down_slow_or_garbled_gives_temporary_errors_and_nothi
     setup.running = Some(setup.backend.serve(setup.backend_addr).await);
     assert!(publish(&mut client, 14).await.get("error").is_none());
     assert!(newcomer.command(json!({"id": 2, "connect": {}})).await["connect"]["client"].is_string());
+}
+
+#[tokio::test]
+async fn a_call_the_backend_may_have_acted_on_is_made_again_only_if_it_asks_for_an_answer() {
+    let setup = setup(Duration::from_secs(2)).await;
+    let (mut client, _) = connect_as(&setup, "cy", json!({})).await;
+    client.subscribe("chat:first").await;
+    let publish = json!({"id": 5, "publish": {"channel": "chat:first", "data": {"text": "one"}}});
+    assert!(client.command(publish).await.get("error").is_none(), "each proxy's connection is open and kept");
+
+    // The backend acts on the next call of each, and its connection drops unanswered.
+    setup.backend.mode.store(DIES, Ordering::Relaxed);
+    let publish = json!({"id": 6, "publish": {"channel": "chat:first", "data": {"text": "two"}}});
+    assert_eq!(client.command(publish).await["error"]["temporary"], true);
+    assert_eq!(
+        setup.backend.events("publish").len(),
+        2,
+        "a publication the backend may have acted on is not made again"
+    );
+    let subscribe = json!({"id": 7, "subscribe": {"channel": "chat:second"}});
+    assert_eq!(client.command(subscribe).await["error"]["temporary"], true);
+    let asked: Vec<Value> =
+        setup.backend.events("subscribe").into_iter().map(|(body, _)| body["channel"].clone()).collect();
+    assert_eq!(asked, ["chat:first", "chat:second", "chat:second"], "a subscribe asks again, on a new connection");
 }
 
 #[tokio::test]

@@ -17,7 +17,12 @@
 //! [`MAX_CONNECTIONS`] per proxy, so a storm of connects (every client of
 //! a failed node at once) queues at the backend's door instead of opening
 //! thousands of connections to it; a call that waits there longer than the
-//! proxy's timeout fails like any slow call.
+//! proxy's timeout fails like any slow call. A request on a reused
+//! connection that the backend had closed is made again on a new one when
+//! it never left; when it may have reached the backend, only if its event
+//! is safe to repeat (`connect`, `refresh`, `subscribe`, `sub_refresh`:
+//! answers, not actions), never a `publish`, `rpc` or `send`, which the
+//! backend could act on twice.
 //!
 //! Which events go where: `client.connect_proxy`, `refresh_proxy`,
 //! `rpc_proxy`, `send_proxy`, and the namespaces' `subscribe_proxy`,
@@ -25,6 +30,12 @@
 //! has each event's request and result).
 
 pub(crate) mod events;
+
+/// Whether a call for `kind` may be made again when it may have reached
+/// the backend already: it asks for an answer and changes nothing.
+fn repeatable(kind: &str) -> bool {
+    matches!(kind, "connect" | "refresh" | "subscribe" | "sub_refresh")
+}
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -188,7 +199,7 @@ impl Proxy {
         body: Vec<u8>,
     ) -> Result<Answer<R>, Failed> {
         let started = Instant::now();
-        let answered = tokio::time::timeout(self.timeout, self.exchange(context, body)).await;
+        let answered = tokio::time::timeout(self.timeout, self.exchange(kind, context, body)).await;
         let outcome = match answered {
             Err(_) => Err(format!("no answer within {:?} (proxies.{}.timeout)", self.timeout, self.name)),
             Ok(Err(problem)) => Err(problem),
@@ -231,20 +242,20 @@ impl Proxy {
         envelope.result.map(Answer::Result).ok_or_else(|| "the answer has no result, error or disconnect".to_owned())
     }
 
-    async fn exchange(&self, context: &ClientContext, body: Vec<u8>) -> Result<Bytes, String> {
+    async fn exchange(&self, kind: &'static str, context: &ClientContext, body: Vec<u8>) -> Result<Bytes, String> {
         let body = Bytes::from(body);
         let _permit = self.in_flight.acquire().await.map_err(|_| "the proxy is closed".to_owned())?;
         let (mut sender, reused) = self.connection().await?;
-        let response = match sender.send_request(self.request(context, body.clone())?).await {
+        let response = match sender.try_send_request(self.request(context, body.clone())?).await {
             Ok(response) => response,
             // The backend closed a kept-alive connection as it was reused:
-            // once more, on a new one.
-            Err(error) if reused => {
-                tracing::debug!(proxy = %self.name, %error, "a reused connection failed; trying a new one");
+            // once more, on a new one, if that cannot make it act twice.
+            Err(failed) if reused && (failed.message().is_some() || repeatable(kind)) => {
+                tracing::debug!(proxy = %self.name, error = %failed.error(), "a reused connection failed; trying a new one");
                 sender = client::open(self.tls.as_ref(), self.endpoint.host(), self.endpoint.port()).await?;
                 sender.send_request(self.request(context, body)?).await.map_err(|e| format!("request failed: {e}"))?
             }
-            Err(error) => return Err(format!("request failed: {error}")),
+            Err(failed) => return Err(format!("request failed: {}", failed.error())),
         };
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER)

@@ -314,6 +314,7 @@ async fn api_requests_are_authenticated_as_pusher_signs_them() {
         ("no body_md5", api(addr, "POST", &path, &body, |p| p.retain(|(k, _)| k != "body_md5")).await),
         ("unknown app", api(addr, "POST", "/apps/nope/events", &body, |_| {}).await),
         ("unsigned", http(addr, "POST", &path, &body).await),
+        ("a name twice", api(addr, "POST", &path, &body, |p| p.push(("auth_key".into(), KEY.into()))).await),
     ];
     let statuses: Vec<(&str, u16)> = cases.iter().map(|(what, (status, _))| (*what, *status)).collect();
     assert_eq!(
@@ -327,6 +328,7 @@ async fn api_requests_are_authenticated_as_pusher_signs_them() {
             ("no body_md5", 401),
             ("unknown app", 404),
             ("unsigned", 401),
+            ("a name twice", 400),
         ]
     );
     for (what, (_, reply)) in &cases[1..] {
@@ -359,8 +361,29 @@ async fn api_triggers_validate_their_events() {
     assert_eq!(status, 400, "a batch carries at most 10 events");
     let (status, _) = api(addr, "GET", &format!("/apps/{APP_ID}/channels?info=user_count"), "", |_| {}).await;
     assert_eq!(status, 400, "user_count needs the presence- prefix");
+    // The signature reads names in lower case; so does the call.
+    let (status, _) = api(addr, "GET", &format!("/apps/{APP_ID}/channels?INFO=user_count"), "", |_| {}).await;
+    assert_eq!(status, 400, "a name in capitals is the same, signed parameter");
     let (status, _) = api(addr, "GET", &format!("/apps/{APP_ID}/channels/news/users"), "", |_| {}).await;
     assert_eq!(status, 400, "users are listed for presence channels only");
+}
+
+#[tokio::test]
+async fn a_batch_with_a_bad_event_publishes_none_of_its_events() {
+    let server = server().await;
+    let mut reader = Pusher::connect(&server).await;
+    reader.subscribe("news").await;
+    let batch = json!({"batch": [
+        {"name": "first", "channel": "news", "data": "{}"},
+        {"name": "second", "channel": "bad name", "data": "{}"},
+    ]});
+    let path = format!("/apps/{APP_ID}/batch_events");
+    let (status, reply) = api(server.addr, "POST", &path, &batch.to_string(), |_| {}).await;
+    assert_eq!(status, 400, "{reply}");
+
+    let (status, _) = trigger(server.addr, json!({"name": "after", "channel": "news", "data": "{}"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(reader.next().await["event"], "after", "nothing of the refused batch came before it");
 }
 
 #[tokio::test]

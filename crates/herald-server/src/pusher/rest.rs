@@ -78,7 +78,7 @@ pub(crate) async fn handle(
         let app = apps
             .by_id(&app_id)
             .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("app {app_id} does not exist")))?;
-        let query = query_pairs(&uri);
+        let query = query_pairs(&uri)?;
         // A call signed with the secret a reload replaced is accepted
         // during the overlap.
         authenticate(app, &method, uri.path(), &query).or_else(|refused| {
@@ -133,8 +133,23 @@ fn endpoint(method: &Method, rest: &str) -> &'static str {
     }
 }
 
-fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
-    serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default()
+/// The query's parameters, their names in lower case as the signature
+/// reads them (so a name in other letters is the same, signed parameter),
+/// each at most once: a second one, which the signature would cover but
+/// the call not read, is refused.
+fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, Failure> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or(""))
+        .map_err(|_| Failure::bad("the query string is not form-encoded"))?;
+    let mut named = std::collections::HashSet::new();
+    let mut lowered = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        let name = name.to_ascii_lowercase();
+        if !named.insert(name.clone()) {
+            return Err(Failure::bad(format!("the query names `{name}` more than once")));
+        }
+        lowered.push((name, value));
+    }
+    Ok(lowered)
 }
 
 fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -193,6 +208,17 @@ struct Batch {
     batch: Vec<Trigger>,
 }
 
+/// A trigger that passed every check, ready to publish.
+struct Checked {
+    event: String,
+    /// The channels as the caller named them, and as the hub knows them.
+    names: Vec<String>,
+    channels: Vec<ChannelName>,
+    payload: bytes::Bytes,
+    exclude: Option<herald_engine::ClientId>,
+    info: Info,
+}
+
 /// Which counts a reply includes.
 #[derive(Debug, Default, Clone, Copy)]
 struct Info {
@@ -238,18 +264,22 @@ impl Api<'_> {
 
     async fn trigger(&self, body: &[u8]) -> Result<Value, Failure> {
         let trigger: Trigger = Self::parse(body)?;
-        let counts = self.publish(trigger).await?;
+        let counts = self.publish(self.check(trigger)?).await?;
         Ok(counts.map_or_else(|| json!({}), |channels| json!({ "channels": channels })))
     }
 
+    /// Publishes a batch's events once every one of them is checked: a
+    /// batch with a bad event publishes none (a retry would repeat those
+    /// published before it).
     async fn batch(&self, body: &[u8]) -> Result<Value, Failure> {
         let batch: Batch = Self::parse(body)?;
         if batch.batch.len() > MAX_BATCH {
             return Err(Failure::bad(format!("a batch carries at most {MAX_BATCH} events")));
         }
-        let mut replies = Vec::with_capacity(batch.batch.len());
+        let checked = batch.batch.into_iter().map(|trigger| self.check(trigger)).collect::<Result<Vec<_>, _>>()?;
+        let mut replies = Vec::with_capacity(checked.len());
         let mut any_info = false;
-        for trigger in batch.batch {
+        for trigger in checked {
             let counts = self.publish(trigger).await?;
             any_info |= counts.is_some();
             // A batch item names one channel: its counts, not keyed by name.
@@ -258,8 +288,8 @@ impl Api<'_> {
         Ok(if any_info { json!({ "batch": replies }) } else { json!({}) })
     }
 
-    /// Publishes one trigger; returns the counts `info` asked for.
-    async fn publish(&self, trigger: Trigger) -> Result<Option<Map<String, Value>>, Failure> {
+    /// Checks one trigger: everything that can refuse it before it is published.
+    fn check(&self, trigger: Trigger) -> Result<Checked, Failure> {
         if trigger.name.is_empty() || trigger.name.len() > MAX_EVENT_NAME {
             return Err(Failure::bad(format!("the event name must be 1 to {MAX_EVENT_NAME} characters")));
         }
@@ -289,19 +319,28 @@ impl Api<'_> {
             None => None,
         };
         let info = Info::parse(trigger.info.as_deref())?;
+        if info.user_count && !names.iter().all(|name| ChannelKind::of(name).is_presence()) {
+            return Err(Failure::bad("user_count is only available for presence channels"));
+        }
         let payload = super::publication_data(&data);
-        for channel in &channels {
-            let mut publication = Publication::from_data(payload.clone());
-            publication.tags.insert(EVENT_TAG.to_owned(), trigger.name.clone());
-            publication.exclude = exclude.clone();
+        Ok(Checked { event: trigger.name, names, channels, payload, exclude, info })
+    }
+
+    /// Publishes one checked trigger; returns the counts `info` asked for.
+    async fn publish(&self, trigger: Checked) -> Result<Option<Map<String, Value>>, Failure> {
+        for channel in &trigger.channels {
+            let mut publication = Publication::from_data(trigger.payload.clone());
+            publication.tags.insert(EVENT_TAG.to_owned(), trigger.event.clone());
+            publication.exclude = trigger.exclude.clone();
             self.frontend.hub().publish(channel, publication, None, false).await?;
             self.frontend.driver.metrics.published("api", 1);
         }
+        let info = trigger.info;
         if !(info.user_count || info.subscription_count) {
             return Ok(None);
         }
         let mut counts = Map::new();
-        for (name, channel) in names.iter().zip(&channels) {
+        for (name, channel) in trigger.names.iter().zip(&trigger.channels) {
             counts.insert(name.clone(), self.counts(name, channel, info).await?);
         }
         Ok(Some(counts))
@@ -387,7 +426,7 @@ impl Api<'_> {
         event.insert("channel".into(), format!("{}{user}", super::USER_CHANNEL_PREFIX).into());
         event.remove("channels");
         let trigger: Trigger = serde_json::from_value(Value::Object(event)).map_err(|e| Failure::bad(e.to_string()))?;
-        self.publish(trigger).await?;
+        self.publish(self.check(trigger)?).await?;
         Ok(json!({}))
     }
 

@@ -59,6 +59,8 @@ pub(crate) enum Violation {
     TooLarge,
     /// Text that is not UTF-8 (1007).
     NotUtf8,
+    /// A message begun and not finished in time (1008).
+    Unfinished,
 }
 
 impl Violation {
@@ -68,6 +70,7 @@ impl Violation {
             Violation::Protocol(_) => 1002,
             Violation::TooLarge => 1009,
             Violation::NotUtf8 => 1007,
+            Violation::Unfinished => 1008,
         }
     }
 
@@ -77,6 +80,7 @@ impl Violation {
             Violation::Protocol(what) => what,
             Violation::TooLarge => "message too large",
             Violation::NotUtf8 => "text is not UTF-8",
+            Violation::Unfinished => "message not finished in time",
         }
     }
 }

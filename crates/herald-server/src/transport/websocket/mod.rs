@@ -9,9 +9,12 @@
 //!
 //! What it does for the client: answers pings, completes the closing
 //! handshake (echoing the client's code), and fails the connection with
-//! 1002 (protocol), 1007 (text that is not UTF-8) or 1009 (too large) when
-//! the client breaks the rules. A message or frame above the limit is
-//! refused from its header, before its payload is read. No extension is
+//! 1002 (protocol), 1007 (text that is not UTF-8), 1008 (a message not
+//! whole within [`MESSAGE_DEADLINE`] of its first byte: a client cannot
+//! keep a half-sent message's buffers, pinging between its fragments) or
+//! 1009 (too large) when the client breaks the rules. A message or frame
+//! above the limit is refused from its header, before its payload is
+//! read. No extension is
 //! negotiated (so no compression). `tests/autobahn.rs` holds it to the
 //! Autobahn suite.
 //!
@@ -31,7 +34,7 @@ mod frame;
 mod tests;
 mod upgrade;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
@@ -65,6 +68,10 @@ const LONE_FRAME: usize = 512;
 /// buffer costs about as much as writing the frame into it.
 const SMALL_FRAME: usize = 256;
 
+/// How long a message (a frame, or a fragmented message's frames) may
+/// take to arrive whole, from its first byte.
+pub(crate) const MESSAGE_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Pongs owed past this many unwritten bytes stop the reading: a client
 /// that pings without reading the answers does not make the server queue
 /// them without end.
@@ -79,6 +86,9 @@ pub(crate) struct WebSocket {
     input: Vec<u8>,
     /// A fragmented message whose last frame has not come.
     partial: Option<Box<Partial>>,
+    /// While a message is unfinished (bytes in `input`, or `partial`):
+    /// when it must be whole.
+    unfinished: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// Frames to send, written up to `written`; empty, and unallocated,
     /// when all is written.
     output: Vec<u8>,
@@ -155,6 +165,7 @@ impl WebSocket {
             io,
             input: read_ahead,
             partial: None,
+            unfinished: None,
             output: Vec::new(),
             written: 0,
             max_message_size,
@@ -182,7 +193,19 @@ impl WebSocket {
         }
         loop {
             if let Some(read) = self.next_frame().map_err(ReadError::Violation)? {
+                if matches!(read, Read::Message(_)) {
+                    // What follows in `input` begins a message of its own.
+                    self.unfinished = None;
+                }
                 return Poll::Ready(Ok(read));
+            }
+            if self.input.is_empty() && self.partial.is_none() {
+                self.unfinished = None;
+            } else {
+                let deadline = self.unfinished.get_or_insert_with(|| Box::pin(tokio::time::sleep(MESSAGE_DEADLINE)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(ReadError::Violation(Violation::Unfinished)));
+                }
             }
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut buf = ReadBuf::uninit(&mut chunk);

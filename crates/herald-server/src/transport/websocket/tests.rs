@@ -67,6 +67,49 @@ async fn fragments_trickled_a_byte_at_a_time_arrive_as_one_message_and_a_ping_be
     assert_eq!(server_frame(&mut client).await, (0x8A, b"are you there".to_vec()), "a pong with the ping's payload");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_message_not_whole_within_its_deadline_closes_with_1008_though_pings_come_between_its_fragments() {
+    let (mut socket, mut client) = pair(1024).await;
+    client.write_all(&client_frame(false, 0x1, b"the start of a message that never ends")).await.unwrap();
+    let pinging = tokio::spawn(async move {
+        // Pings keep a bidirectional session's pong deadline met, not the message's.
+        for _ in 0..4 {
+            client.write_all(&client_frame(true, 0x9, b"still here")).await.unwrap();
+            tokio::time::sleep(MESSAGE_DEADLINE / 3).await;
+        }
+        client
+    });
+
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(MESSAGE_DEADLINE * 2, socket.recv()).await.expect("ended by its deadline");
+    assert!(matches!(ended, Err(TransportError::Broken(_))), "{ended:?}");
+    assert!(started.elapsed() >= MESSAGE_DEADLINE, "not before its deadline: {:?}", started.elapsed());
+    let mut client = pinging.await.unwrap();
+    let mut close = server_frame(&mut client).await;
+    while close.0 == 0x8A {
+        close = server_frame(&mut client).await;
+    }
+    assert_eq!((close.0, code_of(&close.1)), (0x88, 1008), "{close:?}");
+    assert_eq!(socket.input.capacity(), 0);
+}
+
+#[tokio::test]
+async fn a_message_trickled_within_its_deadline_arrives_and_the_next_has_a_deadline_of_its_own() {
+    tokio::time::pause();
+    let (mut socket, mut client) = pair(1024).await;
+    for text in ["first", "second"] {
+        let frame = client_frame(true, 0x1, text.as_bytes());
+        let (head, rest) = frame.split_at(3);
+        client.write_all(head).await.unwrap();
+        let reading = socket.recv();
+        tokio::pin!(reading);
+        assert!((&mut reading).now_or_never().is_none(), "half a frame is no message");
+        tokio::time::advance(MESSAGE_DEADLINE - Duration::from_secs(1)).await;
+        client.write_all(rest).await.unwrap();
+        assert_eq!(reading.await.unwrap(), Some(Inbound::Text(Bytes::from(text))), "{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_receive_dropped_halfway_through_a_frame_loses_none_of_it() {
     let (mut socket, mut client) = pair(1024).await;

@@ -271,11 +271,24 @@ fn table_header(line: &str) -> Option<&str> {
     (line.starts_with('[') && line.ends_with(']') && !name.is_empty() && plain).then_some(name)
 }
 
-/// Reads a flag or environment value as TOML, falling back to a string.
+/// Reads a flag or environment value as TOML, falling back to the text
+/// itself. A number, boolean or date is taken only as written in full and
+/// plainly: `0x1f`, `1_000`, `+42` or `123#rest` (a TOML comment) stay
+/// text, so that a secret is never quietly another (`0x1f` is not `31`);
+/// a number setting given one is told it is not a number.
 fn parse_value(raw: &str) -> Value {
-    match format!("v = {raw}").parse::<Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.to_owned())),
-        Err(_) => Value::String(raw.to_owned()),
+    let text = || Value::String(raw.to_owned());
+    let Ok(mut table) = format!("v = {raw}").parse::<Table>() else { return text() };
+    match table.remove("v") {
+        Some(value @ (Value::Integer(_) | Value::Float(_) | Value::Boolean(_))) => {
+            if value.to_string() == raw.trim() {
+                value
+            } else {
+                text()
+            }
+        }
+        Some(Value::Datetime(_)) | None => text(),
+        Some(value) => value,
     }
 }
 

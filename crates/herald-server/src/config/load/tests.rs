@@ -80,6 +80,21 @@ fn numeric_secrets_from_the_environment_stay_secrets() {
 }
 
 #[test]
+fn a_secret_that_toml_would_read_as_another_value_is_kept_as_written() {
+    for secret in ["0x1f2e3d", "1_000_000", "+42", "123#rest", "1e9", "1979-05-27", "true#x", "12.50"] {
+        let config = load(&sources(None, &[("HERALD_API__KEY", secret)], &[("client.token_hmac_secret", secret)]))
+            .unwrap_or_else(|e| panic!("{secret}: {e:?}"));
+        assert_eq!(config.api.key.unwrap().expose(), secret);
+        assert_eq!(config.client.token_hmac_secret.unwrap().expose(), secret);
+    }
+    let plain = load(&sources(None, &[("HERALD_HTTP__PORT", "2000"), ("HERALD_CLIENT__ALLOW_ANONYMOUS", "true")], &[]));
+    let plain = plain.unwrap();
+    assert_eq!((plain.http.port, plain.client.allow_anonymous), (2000, true), "plain numbers and booleans still are");
+    let errors = load(&sources(None, &[("HERALD_HTTP__PORT", "0x50")], &[])).unwrap_err();
+    assert!(errors.0.iter().any(|e| e.contains("http.port")), "a number written otherwise is named: {errors:?}");
+}
+
+#[test]
 fn the_starter_config_is_valid_and_complete() {
     let f = file(&crate::config::starter_config());
     let config = load(&sources(Some(&f), &[], &[])).unwrap();

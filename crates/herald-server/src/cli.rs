@@ -176,6 +176,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     let log = init_logging(&config);
     warn_of_overridden_mistakes(&sources);
+    warn_of_a_short_token_secret(&config);
 
     run_to_end(serve_async(config, sources, generated, log))
 }
@@ -235,6 +236,26 @@ fn warn_of_overridden_mistakes(sources: &Sources) {
         if overridden.iter().any(|o| o == setting) {
             tracing::warn!(file = %file.display(), %problem, "a mistake in the config file, hidden by a variable or flag that sets the same setting; fix the file");
         }
+    }
+}
+
+/// The least length of an HMAC token secret that one token does not give
+/// away to a guess made offline: 32 bytes, SHA-256's own length.
+const SHORT_TOKEN_SECRET: usize = 32;
+
+/// Warns of a `client.token_hmac_secret` shorter than
+/// [`SHORT_TOKEN_SECRET`]: whoever holds one token can try secrets against
+/// it at leisure, and with the secret mint tokens for any user. (A warning,
+/// not a refusal: existing deployments keep running while they rotate.)
+fn warn_of_a_short_token_secret(config: &Config) {
+    let Some(secret) = &config.client.token_hmac_secret else { return };
+    let bytes = secret.expose().len();
+    if bytes < SHORT_TOKEN_SECRET {
+        tracing::warn!(
+            bytes,
+            "client.token_hmac_secret is short: one token is enough to guess it offline; rotate to {SHORT_TOKEN_SECRET} \
+             random bytes or more (`herald config init` writes 64 hex digits; SIGHUP rotates without a gap)"
+        );
     }
 }
 

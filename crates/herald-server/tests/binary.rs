@@ -214,6 +214,11 @@ async fn without_a_config_file_serve_runs_on_generated_secrets() {
     assert!(connected.get("connect").is_some(), "{connected}");
     let subscribed = client.command(json!({"id": 2, "subscribe": {"channel": "chat:lobby"}})).await;
     assert!(subscribed.get("subscribe").is_some(), "the chat namespace exists without a config: {subscribed}");
+    // 18 bytes: guessable from one token, which the node says (without the secret).
+    let log = with_secret.log.lock().unwrap().join("\n");
+    assert!(log.contains("client.token_hmac_secret is short") && log.contains("bytes=18"), "{log}");
+    assert!(!log.contains("zero-config-secret"), "the secret in the log: {log}");
+    assert!(!served.log.lock().unwrap().iter().any(|l| l.contains("is short")), "a generated secret is long enough");
 }
 
 #[tokio::test]

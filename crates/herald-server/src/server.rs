@@ -162,6 +162,7 @@ impl Node {
             uni_encoder: Arc::new(UniEncoder),
             protobuf_encoder: Arc::default(),
             proxies,
+            pusher: pusher.clone(),
         });
         let api_key = if config.api.insecure { None } else { config.api.key.clone() };
         let metrics = shared.driver.metrics.clone();

@@ -753,3 +753,39 @@ async fn without_subscription_counting_no_count_is_sent() {
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     first.assert_alive().await;
 }
+
+/// A node serving both protocols in one namespace: what the app signs for
+/// its own clients, a Centrifuge client does not get by asking.
+#[tokio::test]
+async fn a_centrifuge_client_reaches_the_apps_private_presence_and_user_channels_only_as_the_server_lets_it() {
+    let server = server().await;
+    let mut client = server.connected("mallory").await;
+    let denied = json!({"code": 103, "message": "permission denied"});
+    for (n, channel) in
+        ["private-orders", "private-encrypted-vault", "presence-room", "#server-to-user-bob"].iter().enumerate()
+    {
+        let id = 10 + n as u32;
+        let reply = client.command(json!({"id": id, "subscribe": {"channel": channel}})).await;
+        assert_eq!(reply["error"], denied, "subscribe to {channel}: {reply}");
+    }
+    let reads = [
+        json!({"id": 20, "publish": {"channel": "private-orders", "data": {"forged": true}}}),
+        json!({"id": 21, "presence": {"channel": "presence-room"}}),
+        json!({"id": 22, "presence_stats": {"channel": "presence-room"}}),
+        json!({"id": 23, "history": {"channel": "private-orders", "limit": 10}}),
+    ];
+    for command in reads {
+        let reply = client.command(command.clone()).await;
+        assert_eq!(reply["error"], denied, "{command}: {reply}");
+    }
+
+    // A public channel is everyone's, and a subscription token is the server's word.
+    assert!(client.subscribe("news").await.get("subscribe").is_some());
+    let token = server.channel_token("mallory", "private-orders", json!({}));
+    let reply = client.command(json!({"id": 30, "subscribe": {"channel": "private-orders", "token": token}})).await;
+    assert!(reply.get("subscribe").is_some(), "{reply}");
+    let (status, _) =
+        trigger(server.addr, json!({"name": "e", "channel": "private-orders", "data": "{\"n\":1}"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(client.next_push().await["pub"]["data"]["n"], 1, "the app's event reaches the subscriber it let in");
+}

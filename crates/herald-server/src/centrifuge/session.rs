@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub protobuf_encoder: Arc<ProtobufEncoder>,
     /// The application's proxies, if any are configured.
     pub proxies: Arc<Proxies>,
+    /// The node's Pusher apps, if it serves any: the channels they
+    /// authorize themselves are not the Centrifuge clients' to take.
+    pub pusher: Option<Arc<crate::pusher::Frontend>>,
 }
 
 impl Shared {

@@ -104,6 +104,7 @@ async fn session_encoded<T: crate::transport::Transport + 'static>(
         uni_encoder: Arc::default(),
         protobuf_encoder: Arc::default(),
         proxies: Default::default(),
+        pusher: None,
     });
     let (to_session, inbound) = mpsc::unbounded_channel();
     let (outbound, from_session) = mpsc::unbounded_channel();

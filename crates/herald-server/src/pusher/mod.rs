@@ -239,6 +239,16 @@ impl Frontend {
     pub(crate) fn hub(&self) -> &Arc<Hub> {
         &self.driver.hub
     }
+
+    /// Whether `channel` is one an app authorizes itself: a private or
+    /// presence channel (its subscribers signed by the app's backend) or a
+    /// user's own channel (for the signed-in user alone). Clients of the
+    /// node's other protocol reach it only as the server lets them.
+    pub(crate) fn authorizes(&self, channel: &ChannelName) -> bool {
+        let (apps, _) = self.apps.accepted();
+        let name = apps.owner(channel).and_then(|app| app.name_of(channel));
+        name.is_some_and(|name| is_private(name) || name.starts_with(USER_CHANNEL_PREFIX))
+    }
 }
 
 /// Encodes pushes for one app's Pusher connections.

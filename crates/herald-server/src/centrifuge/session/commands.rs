@@ -158,6 +158,7 @@ impl Session {
             by_proxy = exp.is_some() && options.as_ref().is_some_and(|o| o.sub_refresh_proxy.is_some());
             (SubscribeAccess::Server, exp)
         } else if req.token.is_empty() {
+            self.refuse_pusher_owned(&conn, &channel)?;
             (SubscribeAccess::Client, None)
         } else {
             let claims = self.verify_subscription(&conn, &channel, &req.token).await?;
@@ -195,6 +196,7 @@ impl Session {
     pub(super) async fn on_history(&mut self, id: u32, req: HistoryRequest) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(&req.channel)?;
+        self.refuse_pusher_owned(&conn, &channel)?;
         self.shared.hub().authorize_read(&conn, &channel, false)?;
         let query = HistoryQuery {
             since: req.since.map(|s| position(s.offset, &s.epoch)),
@@ -209,6 +211,7 @@ impl Session {
     pub(super) async fn on_presence(&mut self, id: u32, channel: &str, stats_only: bool) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
+        self.refuse_pusher_owned(&conn, &channel)?;
         self.shared.hub().authorize_read(&conn, &channel, true)?;
         if stats_only {
             let stats = self.shared.hub().presence_stats(&channel).await?;
@@ -257,6 +260,7 @@ impl Session {
     ) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
+        self.refuse_pusher_owned(&conn, &channel)?;
         let rules = self.shared.hub().rules();
         let proxy = match rules.resolve(&channel) {
             Ok(options) => self.shared.proxies.named(options.publish_proxy.as_ref())?,
@@ -321,6 +325,23 @@ impl Session {
 /// A stream position as a client reports it.
 fn position(offset: u64, epoch: &str) -> StreamPosition {
     StreamPosition { offset: Offset::new(offset), epoch: Epoch::new(epoch) }
+}
+
+impl Session {
+    /// Refuses a command about a channel a Pusher app of the node
+    /// authorizes itself (`private-`, `presence-`, a user's own) from a
+    /// connection the server has not subscribed to it (by a subscription
+    /// token, the connection token or the server API): a Centrifuge client
+    /// would otherwise read, join or publish into it without the app's
+    /// signature.
+    fn refuse_pusher_owned(&self, conn: &Connection, channel: &ChannelName) -> Result<(), Failure> {
+        match &self.shared.pusher {
+            Some(pusher) if pusher.authorizes(channel) && !conn.is_subscribed(channel) => {
+                Err(HubError::PermissionDenied.into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn parse_channel(name: &str) -> Result<ChannelName, Failure> {

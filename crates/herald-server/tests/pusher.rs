@@ -201,6 +201,21 @@ async fn bad_authorizations_refuse_the_subscription_not_the_connection() {
     }
     client.send(json!({"event": "pusher:subscribe", "data": {"channel": "bad name!"}})).await;
     assert_eq!(client.next().await["data"]["status"], 400);
+    // Signed, and still past Pusher's bounds on a member: a 129-character
+    // id, or user_info over 1 KiB (every member list and join carries it).
+    let long_id = json!({"user_id": "u".repeat(129)}).to_string();
+    let large_info = json!({"user_id": "7", "user_info": {"bio": "b".repeat(1024)}}).to_string();
+    for member in [long_id, large_info] {
+        let auth = client.auth("presence-a", Some(&member));
+        let data = json!({"channel": "presence-a", "auth": auth, "channel_data": member});
+        client.send(json!({"event": "pusher:subscribe", "data": data})).await;
+        let refusal = client.next().await;
+        assert_eq!(
+            (refusal["event"].as_str(), refusal["data"]["status"].as_u64()),
+            (Some("pusher:subscription_error"), Some(400)),
+            "{refusal}"
+        );
+    }
     client.assert_alive().await;
 }
 
@@ -234,11 +249,14 @@ async fn client_events_are_refused_where_pusher_refuses_them() {
     for client in [&mut alice, &mut bob] {
         client.subscribe("news").await;
         client.subscribe("private-chat").await;
+        client.subscribe("private-encrypted-vault").await;
     }
+    let sealed = json!({"ciphertext": "c2VhbGVkIGJ5IG5vIGtleQ==", "nonce": "bm9uY2Ugb2YgMjQgYnl0ZXMgZXhhY3RseQ=="});
     let refusals = [
         json!({"event": "client-x", "channel": "news", "data": {}}),
         json!({"event": "client-x", "channel": "private-elsewhere", "data": {}}),
         json!({"event": "client-x", "channel": "private-chat", "data": {"text": "y".repeat(200)}}),
+        json!({"event": "client-x", "channel": "private-encrypted-vault", "data": sealed}),
     ];
     for frame in refusals {
         alice.send(frame.clone()).await;

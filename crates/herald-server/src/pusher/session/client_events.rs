@@ -13,6 +13,10 @@ use super::super::webhooks::Event as Hook;
 use super::super::{error_frame, object_frame, sign, EVENT_TAG, MAX_EVENT_NAME};
 use super::{close, data_as, Session};
 
+/// End-to-end encrypted channels (`private-encrypted-…`): the server never
+/// sees their key, and takes no client events on them.
+const ENCRYPTED_PREFIX: &str = "private-encrypted-";
+
 #[derive(Debug, Deserialize)]
 pub(super) struct SigninData {
     auth: String,
@@ -72,6 +76,12 @@ impl Session {
         }
         if !super::super::is_private(name) {
             return Err("Client events are only allowed on private and presence channels".into());
+        }
+        if name.starts_with(ENCRYPTED_PREFIX) {
+            // As Pusher: its subscribers could not decrypt one, and pusher-js
+            // answers a failed decryption by asking the app's auth endpoint
+            // again (one client's events, every subscriber's requests).
+            return Err("Client events are not supported on encrypted channels".into());
         }
         let channel = self.app.channel(name).filter(|c| self.conn.is_subscribed(c));
         let Some(channel) = channel else { return Err(format!("Not subscribed to channel {name}")) };

@@ -258,7 +258,19 @@ pub(super) fn presence_member(channel_data: &str) -> Result<(UserId, Option<Byte
         Some(Value::Number(id)) => id.to_string(),
         _ => return Err(Refusal::bad("channel_data needs a user_id")),
     };
+    if id.len() > MAX_USER_ID {
+        return Err(Refusal::bad(format!("user_id is longer than {MAX_USER_ID} characters")));
+    }
     let user = UserId::new(&id).map_err(|e| Refusal::bad(e.to_string()))?;
     let info = member.get("user_info").map(|info| Bytes::from(info.to_string()));
+    if info.as_ref().is_some_and(|info| info.len() > MAX_USER_INFO) {
+        return Err(Refusal::bad(format!("user_info is larger than {MAX_USER_INFO} bytes")));
+    }
     Ok((user, info))
 }
+
+/// Pusher's bounds on a presence member: its id, and its `user_info`
+/// (which every member list carries, once per member, and every join
+/// sends to every member).
+const MAX_USER_ID: usize = 128;
+const MAX_USER_INFO: usize = 1024;

@@ -105,6 +105,7 @@ impl<B: Backplane> History for RedisEngine<B> {
         query: &HistoryQuery,
         options: &HistoryOptions,
     ) -> Result<HistoryResult, EngineError> {
+        let (after, newest) = crate::history_needed(query);
         let result: (u64, String, Vec<Vec<u8>>) = self
             .scripts
             .history
@@ -113,6 +114,8 @@ impl<B: Backplane> History for RedisEngine<B> {
             .arg(millis(options.meta_ttl.max(options.ttl)))
             .arg(Epoch::fresh().as_str())
             .arg(self.backplane.generation())
+            .arg(after)
+            .arg(newest)
             .invoke_async(&mut self.connection(channel.as_str()))
             .await
             .map_err(unavailable)?;

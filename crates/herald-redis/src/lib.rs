@@ -295,3 +295,44 @@ impl<B: Backplane> RedisEngine<B> {
         Ok(raw)
     }
 }
+
+/// What of a stream `query` can use, for the history script: the
+/// offset it wants publications after (-1: from the oldest kept), and
+/// how many of the newest at most (-1: no bound). A position read
+/// fetches none, a newest-first read its limit, a recovery what came
+/// after its offset; the query then selects from those as from all.
+fn history_needed(query: &HistoryQuery) -> (i64, i64) {
+    // Bounded so that Lua's numbers hold them exactly.
+    const MOST: u64 = 1 << 40;
+    let bounded = |n: u64| i64::try_from(n.min(MOST)).unwrap_or(0);
+    let after = query.since.as_ref().map_or(-1, |since| bounded(since.offset.get()));
+    let newest = match (query.limit, query.reverse) {
+        (0, _) => 0,
+        (limit, true) => bounded(u64::try_from(limit).unwrap_or(MOST)),
+        (_, false) => -1,
+    };
+    (after, newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_engine::{Epoch, Offset, StreamPosition};
+
+    use super::*;
+
+    #[test]
+    fn a_history_read_fetches_only_what_its_query_can_use() {
+        let since = |offset| Some(StreamPosition { offset: Offset::new(offset), epoch: Epoch::default() });
+        let cases = [
+            (HistoryQuery { limit: 0, ..Default::default() }, (-1, 0), "a position read: none"),
+            (HistoryQuery { limit: 1, reverse: true, ..Default::default() }, (-1, 1), "the newest"),
+            (HistoryQuery { limit: 5, ..Default::default() }, (-1, -1), "the oldest five: from the oldest kept"),
+            (HistoryQuery { since: since(7), limit: usize::MAX, reverse: false }, (7, -1), "after 7"),
+            (HistoryQuery { since: since(7), limit: 2, reverse: true }, (7, 2), "the newest two after 7"),
+            (HistoryQuery { since: since(u64::MAX), limit: usize::MAX, reverse: true }, (1 << 40, 1 << 40), "bounded"),
+        ];
+        for (query, expected, what) in cases {
+            assert_eq!(history_needed(&query), expected, "{what}");
+        }
+    }
+}

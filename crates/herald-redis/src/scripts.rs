@@ -86,11 +86,14 @@ return {0, result}
 }
 
 /// Read a channel's stream: its position (creating the stream if it has
-/// none) and the publications history still holds, oldest first.
+/// none) and, of the publications history still holds, the newest ones
+/// the read can use, oldest first. Offsets in the list run one by one up
+/// to the top, so those after offset `after` are its newest `top - after`.
 ///
 /// KEYS: meta, history
 /// ARGV: meta ttl ms, epoch candidate, generation (see
-///       `reset_on_new_generation!`)
+///       `reset_on_new_generation!`), after (an offset; -1 for none),
+///       newest (how many at most; -1 for no bound)
 /// Returns: {top, epoch, {messages…}}
 pub(crate) fn history() -> Script {
     Script::new(concat!(
@@ -106,7 +109,16 @@ if not epoch then
   redis.call('pexpire', meta, tonumber(ARGV[1]))
 end
 local top = tonumber(redis.call('hget', meta, 'top') or '0')
-return {top, epoch, redis.call('lrange', history, 0, -1)}
+local after, want = tonumber(ARGV[4]), tonumber(ARGV[5])
+local kept = redis.call('llen', history)
+if want < 0 or want > kept then want = kept end
+if after >= 0 then
+  local newer = top - after
+  if newer < 0 then newer = 0 end
+  if newer < want then want = newer end
+end
+if want <= 0 then return {top, epoch, {}} end
+return {top, epoch, redis.call('lrange', history, -want, -1)}
 "#,
     ))
 }

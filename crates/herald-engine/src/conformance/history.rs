@@ -64,6 +64,36 @@ pub async fn history_is_trimmed_to_its_size(engine: Engine, _: Clock) {
     assert_eq!(offsets, vec![4, 5, 6, 7, 8], "only the last {} are kept", HISTORY.size);
 }
 
+/// Reads of part of a trimmed stream get exactly their part: newest
+/// first after a position, oldest first after one, from before what is
+/// kept, from past the top.
+pub async fn reads_of_part_of_a_trimmed_stream_get_exactly_their_part(engine: Engine, _: Clock) {
+    let _events = Recorder::start(&engine).await;
+    let ch = channel("conformance:parts");
+    for i in 1..=8 {
+        publish(&engine, &ch, &i.to_string(), &with_history()).await;
+    }
+    let (top, kept) = read(&engine, &ch, all()).await;
+    assert_eq!(kept, vec![4, 5, 6, 7, 8]);
+    let at = |offset: u64| Some(StreamPosition { offset: Offset::new(offset), epoch: top.epoch.clone() });
+    let any_epoch = |offset: u64| Some(StreamPosition { offset: Offset::new(offset), epoch: Epoch::default() });
+    let cases: [(&str, HistoryQuery, Vec<u64>); 9] = [
+        ("newest two after 5", HistoryQuery { since: at(5), limit: 2, reverse: true }, vec![8, 7]),
+        ("newest five after 7", HistoryQuery { since: at(7), limit: 5, reverse: true }, vec![8]),
+        ("oldest two after 5", HistoryQuery { since: at(5), limit: 2, reverse: false }, vec![6, 7]),
+        ("all after 1, of which 4 on are kept", HistoryQuery { since: at(1), ..all() }, vec![4, 5, 6, 7, 8]),
+        ("newest ten", HistoryQuery { limit: 10, reverse: true, ..Default::default() }, vec![8, 7, 6, 5, 4]),
+        ("after the top", HistoryQuery { since: at(100), ..all() }, vec![]),
+        ("after the largest offset", HistoryQuery { since: at(u64::MAX), limit: 3, reverse: true }, vec![]),
+        ("any epoch, newest one after 6", HistoryQuery { since: any_epoch(6), limit: 1, reverse: true }, vec![8]),
+        ("any epoch, after 6", HistoryQuery { since: any_epoch(6), ..all() }, vec![7, 8]),
+    ];
+    for (what, query, expected) in cases {
+        let (position, offsets) = read(&engine, &ch, query).await;
+        assert_eq!((position, offsets), (top.clone(), expected), "{what}");
+    }
+}
+
 /// A history of one, read while it is published to: every read answers
 /// with the publication at the position it reports (a Pusher cache
 /// channel's last event is never missing because another came meanwhile).

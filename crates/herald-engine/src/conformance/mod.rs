@@ -82,6 +82,7 @@ macro_rules! engine_conformance {
         $crate::engine_conformance!(@group [$(#[$test])*] $make, $clock; history:
             offsets_grow_by_one_and_history_reads_back_in_order,
             history_is_trimmed_to_its_size,
+            reads_of_part_of_a_trimmed_stream_get_exactly_their_part,
             a_history_of_one_read_while_published_to_answers_with_its_newest,
             publications_expire_but_the_position_survives,
             an_expired_stream_starts_again_under_a_new_epoch,

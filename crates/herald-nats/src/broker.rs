@@ -77,12 +77,13 @@ impl NatsBroker {
         let handler: Handler = Arc::default();
         let on_event = handler.clone();
         let lost = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(Dropped::default());
         let options = async_nats::ConnectOptions::new()
             .name("herald")
             .connection_timeout(settings.command_timeout)
             .event_callback(move |event| {
-                let (handler, lost) = (on_event.clone(), lost.clone());
-                async move { on_connection_event(&event, &handler, &lost) }
+                let (handler, lost, dropped) = (on_event.clone(), lost.clone(), dropped.clone());
+                async move { on_connection_event(&event, &handler, &lost, &dropped) }
             });
         let addresses: Vec<async_nats::ServerAddr> = settings
             .addresses
@@ -164,9 +165,34 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Messages the NATS client dropped for subscriptions this node read too
+/// slowly, since the last warning, and when that was.
+#[derive(Default)]
+struct Dropped(std::sync::Mutex<(u64, Option<tokio::time::Instant>)>);
+
+/// The least time between two warnings of dropped messages.
+const DROPPED_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+impl Dropped {
+    /// Counts one drop, and warns (at most every [`DROPPED_WARNING_EVERY`])
+    /// with how many there were: the client reports each one.
+    fn one(&self) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = state.0.saturating_add(1);
+        if state.1.is_none_or(|at| at.elapsed() >= DROPPED_WARNING_EVERY) {
+            tracing::warn!(
+                dropped = state.0,
+                "nats dropped messages for subscriptions this node read too slowly: the node is overloaded \
+                 (positioned subscribers see the gap and recover, others lose them)"
+            );
+            *state = (0, Some(tokio::time::Instant::now()));
+        }
+    }
+}
+
 /// Reports a lost connection, and again the connection coming back: what
-/// was sent meanwhile never reached this node.
-fn on_connection_event(event: &async_nats::Event, handler: &Handler, lost: &AtomicBool) {
+/// was sent meanwhile never reached this node. Warns of dropped messages.
+fn on_connection_event(event: &async_nats::Event, handler: &Handler, lost: &AtomicBool, dropped: &Dropped) {
     match event {
         async_nats::Event::Disconnected => {
             // Positioned subscribers stop now (to recover once NATS is back)
@@ -186,6 +212,7 @@ fn on_connection_event(event: &async_nats::Event, handler: &Handler, lost: &Atom
                 }
             }
         }
+        async_nats::Event::SlowConsumer(_) => dropped.one(),
         other => tracing::debug!(event = %other, "nats connection event"),
     }
 }
@@ -315,5 +342,26 @@ impl Drop for NatsBroker {
         if let Some(task) = self.control.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod dropped_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_messages_are_warned_of_at_once_then_counted_until_the_next_warning() {
+        let dropped = Dropped::default();
+        let state = |d: &Dropped| *d.0.lock().unwrap();
+        dropped.one();
+        let warned_at = state(&dropped).1.expect("the first drop is warned of");
+        assert_eq!(state(&dropped).0, 0, "and counted in that warning");
+        dropped.one();
+        dropped.one();
+        assert_eq!(state(&dropped), (2, Some(warned_at)), "within the interval: counted, not warned");
+        tokio::time::advance(DROPPED_WARNING_EVERY).await;
+        dropped.one();
+        assert_eq!(state(&dropped).0, 0, "the next warning tells the three");
+        assert!(state(&dropped).1 > Some(warned_at));
     }
 }

@@ -247,26 +247,55 @@ impl NatsHistory {
         Ok(stream)
     }
 
-    /// The last message of `subject`, read as a stream top.
+    /// The last message of `subject`, read as a stream top. One that
+    /// cannot be read (written by another writer, or another version) is
+    /// followed by a marker of a new epoch, which becomes the top: the
+    /// channel's history starts again rather than failing every read and
+    /// publish until the message expires.
     async fn top(&self, stream: &stream::Stream, subject: &str) -> Result<Option<Top>, EngineError> {
-        let message = match stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => message,
-            Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(unavailable(error)),
-        };
-        let stored_ms = u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        if message.payload.is_empty() {
-            let epoch = message.headers.get(EPOCH_HEADER).map(|v| v.as_str().to_owned()).unwrap_or_default();
-            let position = StreamPosition { offset: Offset::ZERO, epoch: Epoch::new(&epoch) };
-            return Ok(Some(Top { sequence: message.sequence, position, stored_ms, marker: true, publication: None }));
+        for _ in 0..ATTEMPTS {
+            let message = match stream.direct_get_last_for_subject(subject).await {
+                Ok(message) => message,
+                Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(unavailable(error)),
+            };
+            let (sequence, stored_ms) =
+                (message.sequence, u64::try_from(message.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0));
+            if message.payload.is_empty() {
+                let epoch = message.headers.get(EPOCH_HEADER).map(|v| v.as_str().to_owned()).unwrap_or_default();
+                let position = StreamPosition { offset: Offset::ZERO, epoch: Epoch::new(&epoch) };
+                return Ok(Some(Top { sequence, position, stored_ms, marker: true, publication: None }));
+            }
+            let decoded = match wire::decode(message.payload) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    tracing::warn!(%subject, %error, "a channel's last history message is unreadable (another writer or version?); its history starts again under a new epoch");
+                    self.mark_new_epoch(subject, sequence).await?;
+                    continue;
+                }
+            };
+            let position = StreamPosition { offset: decoded.offset, epoch: decoded.epoch };
+            let publication = match decoded.kind {
+                wire::Kind::Publication(publication) => Some(Arc::new(publication)),
+                wire::Kind::Presence(_) => None,
+            };
+            return Ok(Some(Top { sequence, position, stored_ms, marker: false, publication }));
         }
-        let decoded = wire::decode(message.payload).map_err(|e| unavailable(format!("{subject}: {e}")))?;
-        let position = StreamPosition { offset: decoded.offset, epoch: decoded.epoch };
-        let publication = match decoded.kind {
-            wire::Kind::Publication(publication) => Some(Arc::new(publication)),
-            wire::Kind::Presence(_) => None,
-        };
-        Ok(Some(Top { sequence: message.sequence, position, stored_ms, marker: false, publication }))
+        Err(unavailable(format!("{subject} changed {ATTEMPTS} times while its top was read")))
+    }
+
+    /// Appends a marker of a fresh epoch to `subject` if its last message
+    /// is still the one at `after` (or, with 0, if it has none); another
+    /// node that got there first is as good.
+    async fn mark_new_epoch(&self, subject: &str, after: u64) -> Result<(), EngineError> {
+        let epoch = Epoch::fresh();
+        let marker = Publish::build().header(EPOCH_HEADER, epoch.as_str()).expected_last_subject_sequence(after);
+        let ack = self.jetstream.send_publish(subject.to_owned(), marker).await.map_err(unavailable)?;
+        match ack.await {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => Ok(()),
+            Err(error) => Err(unavailable(error)),
+        }
     }
 
     /// The top of `subject`, starting the stream with a marker if it is empty.
@@ -275,14 +304,7 @@ impl NatsHistory {
             if let Some(top) = self.top(stream, subject).await? {
                 return Ok(top);
             }
-            let epoch = Epoch::fresh();
-            let marker = Publish::build().header(EPOCH_HEADER, epoch.as_str()).expected_last_subject_sequence(0);
-            let ack = self.jetstream.send_publish(subject.to_owned(), marker).await.map_err(unavailable)?;
-            match ack.await {
-                Ok(_) => {}
-                Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {}
-                Err(error) => return Err(unavailable(error)),
-            }
+            self.mark_new_epoch(subject, 0).await?;
         }
         Err(unavailable(format!("{subject} changed {ATTEMPTS} times while its stream was started")))
     }
@@ -458,7 +480,9 @@ impl NatsHistory {
         .await
     }
 
-    /// Every publication of `subject`, oldest first, below the sequence `top`.
+    /// Every publication of `subject`'s stream, oldest first, below the
+    /// sequence `top`: those after its last marker (a marker starts a
+    /// stream under a new epoch; what came before is another's).
     async fn read_subject(
         &self,
         stream: &stream::Stream,
@@ -478,6 +502,7 @@ impl NatsHistory {
             }
             next = Some(message.sequence.saturating_add(1));
             if message.payload.is_empty() {
+                publications.clear();
                 continue;
             }
             match wire::decode(message.payload) {

@@ -216,3 +216,34 @@ async fn a_streams_first_two_publications_arriving_swapped_reach_a_subscriber_th
     let delivered = republish(&server, &mut events, &ch, &read.position.epoch, &[2, 1], 2).await;
     assert_eq!(delivered, [1, 2], "the reader started where the subscriber read, so 2 waited for 1");
 }
+
+#[tokio::test]
+async fn a_history_whose_last_message_is_unreadable_starts_again_under_a_new_epoch() {
+    let server = NatsServer::start();
+    let node = engine(&server).await;
+    let ch = channel("unreadable");
+    let history =
+        herald_engine::HistoryOptions { size: 10, ttl: Duration::from_secs(60), meta_ttl: Duration::from_secs(600) };
+    let options = PublishOptions { history: Some(history), ..Default::default() };
+    let first = node.broker().publish(&ch, Publication::from_data(Bytes::from_static(b"1")), &options).await.unwrap();
+
+    // Another writer on the same NATS (or another version) leaves a message
+    // Herald cannot read on the channel's history subject
+    // (`<prefix>.h.s<size>m<meta ttl ms>.<channel>`).
+    let raw = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    raw.publish("herald-test.h.s10m600000.unreadable", Bytes::from_static(b"\x00 not a herald message"))
+        .await
+        .unwrap()
+        .await
+        .expect("the stream takes it");
+
+    let all = herald_engine::HistoryQuery { limit: usize::MAX, ..Default::default() };
+    let read = node.history().history(&ch, &all, &history).await.expect("a read still answers");
+    assert_ne!(read.position.epoch, first.position.epoch, "under a new epoch");
+    assert_eq!((read.position.offset.get(), read.publications.len()), (0, 0));
+    let next = node.broker().publish(&ch, Publication::from_data(Bytes::from_static(b"2")), &options).await.unwrap();
+    assert_eq!((next.position.offset.get(), &next.position.epoch), (1, &read.position.epoch), "publishing goes on");
+    let read = node.history().history(&ch, &all, &history).await.unwrap();
+    let data: Vec<&[u8]> = read.publications.iter().map(|p| &p.data[..]).collect();
+    assert_eq!(data, [b"2"]);
+}

@@ -512,6 +512,11 @@ impl Outbox {
         state.due = None;
     }
 
+    /// The most bytes of frames it holds.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Whether the outbox was closed.
     pub fn is_closed(&self) -> bool {
         self.state().closed.is_some()

@@ -45,7 +45,35 @@ struct More {
 /// no lock is held during the read, so when it comes back for the seam it
 /// knows its own subscriber by it (the subscription may have ended, and
 /// another begun, meanwhile).
-pub(super) type Waiting = Arc<Mutex<Vec<Arc<Publication>>>>;
+pub(super) type Waiting = Arc<Mutex<Buffered>>;
+
+/// The publications a recovering subscriber waits with, and their bytes:
+/// at most what its connection's outbox holds, which they are queued into
+/// at the seam (more would close it as slow there; see [`Buffered::add`]).
+#[derive(Debug, Default)]
+pub(super) struct Buffered {
+    publications: Vec<Arc<Publication>>,
+    bytes: usize,
+}
+
+impl Buffered {
+    /// Adds `publication`, or, when the buffer's data would pass
+    /// `max_bytes`, empties it and says so (false): the connection could
+    /// not take them all at the seam, and is closed as slow at once rather
+    /// than after the buffer grew with every publication of the read.
+    pub(super) fn add(&mut self, publication: &Arc<Publication>, max_bytes: usize) -> bool {
+        // Counted as no more than its frame will take: its data, and less
+        // than any protocol's envelope around it.
+        const ENVELOPE: usize = 32;
+        self.bytes = self.bytes.saturating_add(publication.data.len().saturating_add(ENVELOPE));
+        if self.bytes > max_bytes {
+            self.publications = Vec::new();
+            return false;
+        }
+        self.publications.push(publication.clone());
+        true
+    }
+}
 
 /// What a subscriber needs that few do.
 #[derive(Debug, Default)]
@@ -76,7 +104,7 @@ impl Subscriber {
     }
 
     /// The buffer of a subscriber that recovers.
-    pub(super) fn recovering(&self) -> Option<&Mutex<Vec<Arc<Publication>>>> {
+    pub(super) fn recovering(&self) -> Option<&Mutex<Buffered>> {
         self.more.as_ref()?.recovering.as_deref()
     }
 
@@ -119,7 +147,7 @@ impl Subscriber {
             more.followed = followed;
         }
         match more.recovering.take() {
-            Some(buffer) => std::mem::take(&mut *buffer.lock().unwrap_or_else(|e| e.into_inner())),
+            Some(buffer) => std::mem::take(&mut buffer.lock().unwrap_or_else(|e| e.into_inner()).publications),
             None => Vec::new(),
         }
     }

@@ -184,7 +184,10 @@ impl Channels {
         for subscriber in subscribers.values() {
             if let Some(buffer) = subscriber.recovering() {
                 // Merged with history once the recovery read is done.
-                buffer.lock().unwrap_or_else(|e| e.into_inner()).push(publication.clone());
+                let max_bytes = subscriber.conn.outbox.max_bytes();
+                if !buffer.lock().unwrap_or_else(|e| e.into_inner()).add(publication, max_bytes) {
+                    subscriber.conn.outbox.close(herald_engine::DisconnectReason::Slow);
+                }
                 continue;
             }
             let conn = &subscriber.conn;

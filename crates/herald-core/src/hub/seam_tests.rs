@@ -247,3 +247,37 @@ async fn a_connection_gone_while_its_subscription_recovers_leaves_nothing_behind
     assert_eq!(node.hub.subscription_count(&node.channel).await.unwrap(), 0);
     assert!(node.present().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_client_sent_more_while_it_recovers_than_its_outbox_holds_is_closed_as_slow_at_once() {
+    let node = Node::start().await;
+    let small = node
+        .hub
+        .connect(crate::connection::ConnectionSpec {
+            client: herald_engine::ClientId::new("small"),
+            user: herald_engine::UserId::new("small").unwrap(),
+            conn_info: None,
+            encoder: Arc::new(super::tests::OffsetEncoder),
+            outbox: Arc::new(crate::outbox::Outbox::new(1000)),
+        })
+        .unwrap();
+    let roomy = node.connect("roomy");
+    let subscribing = [node.subscribe(&small, false), node.subscribe(&roomy, false)];
+    node.reads_waiting(2).await;
+
+    // While both read, more than the small outbox holds reaches them: 20
+    // publications of 100 bytes.
+    for _ in 0..20 {
+        let publication = Publication::from_data(Bytes::from(vec![b'x'; 100]));
+        node.hub.publish(&node.channel, publication, None, false).await.unwrap();
+    }
+    assert!(small.outbox.is_closed(), "closed as soon as its buffer passed what it could take, not at the seam");
+    assert!(matches!(small.outbox.drain(), crate::outbox::Drained::Closed(herald_engine::DisconnectReason::Slow)));
+    assert!(!roomy.outbox.is_closed());
+
+    node.open(2);
+    for task in subscribing {
+        let _ = finished(task).await;
+    }
+    until_sent(&roomy, &["sub 20"]).await;
+}

@@ -136,16 +136,25 @@ impl Shared {
         self.master.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Switches to the master the sentinels name, if it is another.
+    /// Switches to the master the sentinels name, if it is another. It is
+    /// connected to before the subscriptions' lock is taken, within the
+    /// command timeout: subscribes and unsubscribes wait only for the
+    /// switch itself (each subscription made again on it, each within
+    /// the timeout), never for a master that does not answer.
     async fn follow(&self) -> RedisResult<()> {
         let address = master_address(&self.settings, self.timeout).await?;
         if address == self.current().address {
             return Ok(());
         }
+        let connecting = Master::connect(address.clone(), self.timeout, self.subscriber_connections, &self.pushes);
+        let master = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| failed(format!("the master the sentinels name, {address}, did not answer in time")))??;
         let subscribed = self.subscribed.lock().await;
-        let master = Master::connect(address, self.timeout, self.subscriber_connections, &self.pushes).await?;
         for name in subscribed.iter() {
-            master.single.subscribe("", name).await?;
+            tokio::time::timeout(self.timeout, master.single.subscribe("", name))
+                .await
+                .map_err(|_| failed(format!("{address} did not take a subscription in time")))??;
         }
         let old = std::mem::replace(&mut *self.master.write().unwrap_or_else(|e| e.into_inner()), Arc::new(master));
         let new = self.current();

@@ -37,7 +37,9 @@ const FANOUT_BUCKETS: [f64; 12] =
 const ENGINE_BUCKETS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 5.0];
 
 /// The server API's methods; anything else is counted as `unknown`.
-const API_METHODS: [&str; 14] = [
+/// The server API's methods, as metrics name them (`legacy`: a request in
+/// Centrifugo's older format, at `POST /api`).
+const API_METHODS: [&str; 15] = [
     "publish",
     "broadcast",
     "subscribe",
@@ -52,6 +54,7 @@ const API_METHODS: [&str; 14] = [
     "presence_stats",
     "batch",
     "drain",
+    "legacy",
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

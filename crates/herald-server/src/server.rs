@@ -364,8 +364,10 @@ pub(crate) fn channel_rules(config: &Config, serves_pusher: bool) -> ChannelRule
 }
 
 fn router(state: AppState, api: Arc<ApiState>, with_metrics: bool) -> Router {
-    let api_routes =
-        Router::new().route("/api/{method}", post(api::handle).fallback(api::wrong_method)).with_state(api);
+    let api_routes = Router::new()
+        .route("/api/{method}", post(api::handle).fallback(api::wrong_method))
+        .route("/api", post(api::legacy::handle).fallback(api::legacy::wrong_method))
+        .with_state(api);
     let mut routes = crate::streams::routes(&state)
         .route("/", get(index))
         .route("/app/{key}", get(pusher_websocket))

@@ -196,12 +196,30 @@ async fn a_batch_or_broadcast_above_api_max_batch_is_refused_whole() {
     let server = TestServer::with(|config| config.api.max_batch = 3).await;
     let info = || json!({"info": {}});
     let (status, reply) = server.api("batch", json!({"commands": [info(), info(), info(), info()]})).await;
-    assert_eq!((status, reply["error"]["code"].as_u64()), (400, Some(107)), "{reply}");
+    assert_eq!((status, reply["error"]["code"].as_u64()), (200, Some(107)), "{reply}");
+    assert!(reply.get("replies").is_none(), "refused whole: {reply}");
     let (status, reply) = server.api("batch", json!({"commands": [info(), info(), info()]})).await;
     assert_eq!((status, reply["replies"].as_array().map(Vec::len)), (200, Some(3)));
     let channels = json!(["a", "b", "c", "d"]);
-    let (status, _) = server.api("broadcast", json!({"channels": channels, "data": {}})).await;
-    assert_eq!(status, 400);
+    let (status, reply) = server.api("broadcast", json!({"channels": channels, "data": {}})).await;
+    assert_eq!((status, reply["error"]["code"].as_u64()), (200, Some(107)), "{reply}");
+}
+
+#[tokio::test]
+async fn a_channels_call_with_an_empty_pattern_lists_every_channel_as_centrifugo_does() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("42").await;
+    client.subscribe("news").await;
+    let (status, reply) = server.api("channels", json!({"pattern": ""})).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["result"]["channels"]["news"]["num_clients"], 1, "{reply}");
+}
+
+#[tokio::test]
+async fn presence_where_the_namespace_keeps_none_is_error_108_in_a_200_answer() {
+    let server = TestServer::start().await;
+    let (status, reply) = server.api("presence", json!({"channel": "news"})).await;
+    assert_eq!((status, reply["error"]["code"].as_u64()), (200, Some(108)), "{reply}");
 }
 
 /// The samples of an OpenMetrics exposition, by series as written
@@ -396,4 +414,40 @@ async fn a_refused_call_whose_path_holds_a_line_break_cannot_forge_a_log_line() 
     for line in text.lines() {
         assert!(!line.starts_with("2026-01-01T00:00:00Z"), "a line the caller wrote: {line:?}\n{text}");
     }
+}
+
+/// Centrifugo's older format at `POST /api`, as gocent and older cent and
+/// phpcent send it: commands a line each, methods named or numbered,
+/// answers a line each in order, with the ids given.
+#[tokio::test]
+async fn the_older_format_at_post_api_runs_each_command_and_answers_each_in_order() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("42").await;
+    client.subscribe("feed:legacy").await;
+    let body = [
+        r#"{"method":"publish","params":{"channel":"feed:legacy","data":{"n":1}}}"#,
+        r#"{"id":7,"method":0,"params":{"channel":"feed:legacy","data":{"n":2}}}"#,
+        r#"{"method":"presence_stats","params":{"channel":"feed:legacy"}}"#,
+        r#"{"id":8,"method":"teleport","params":{}}"#,
+        r#"{"method":9}"#,
+    ]
+    .join("\n");
+    let auth = [("Authorization", "apikey integration-test-api-key")];
+    let (status, text) = support::http_post_raw(server.addr, "/api", &auth, &body).await;
+    assert_eq!(status, 200, "{text}");
+    let answers: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(answers.len(), 5, "{text}");
+    assert_eq!(answers[0]["result"]["offset"], 1);
+    assert_eq!((&answers[1]["id"], &answers[1]["result"]["offset"]), (&json!(7), &json!(2)), "numbered 0: publish");
+    assert_eq!(answers[2]["error"]["code"], 108, "this namespace keeps no presence");
+    assert_eq!((&answers[3]["id"], &answers[3]["error"]["code"]), (&json!(8), &json!(104)));
+    assert!(answers[4]["result"]["nodes"].is_array(), "numbered 9: info");
+    for n in [1, 2] {
+        assert_eq!(client.next_push().await["pub"]["data"]["n"], n);
+    }
+
+    let (status, _) = support::http_post_raw(server.addr, "/api", &[], &body).await;
+    assert_eq!(status, 401, "the key first");
+    let (status, text) = support::http_post_raw(server.addr, "/api", &auth, "not json").await;
+    assert_eq!((status, text.lines().count()), (200, 1), "a line that is not JSON is answered in its place: {text}");
 }

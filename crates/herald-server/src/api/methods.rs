@@ -137,10 +137,10 @@ impl ApiCommand {
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Ok(T::default());
             }
-            serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))
+            serde_json::from_slice(body).map_err(refused)
         }
         fn required<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-            serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))
+            serde_json::from_slice(body).map_err(refused)
         }
         Ok(match method {
             "publish" => ApiCommand::Publish(required(body)?),
@@ -159,6 +159,16 @@ impl ApiCommand {
             "drain" => ApiCommand::Drain(params(body)?),
             other => return Err(ApiError::MethodNotFound(other.to_owned())),
         })
+    }
+}
+
+/// Why parameters were refused: JSON of the wrong shape (a missing
+/// field, a wrong type) is a bad request; text that is not JSON cannot be
+/// decoded at all.
+pub(crate) fn refused(error: serde_json::Error) -> ApiError {
+    match error.classify() {
+        serde_json::error::Category::Data => ApiError::BadRequest(error.to_string()),
+        _ => ApiError::Undecodable(error.to_string()),
     }
 }
 
@@ -204,7 +214,7 @@ impl ApiState {
         }
     }
 
-    fn within_batch_limit(&self, count: usize, what: &str) -> Result<(), ApiError> {
+    pub(super) fn within_batch_limit(&self, count: usize, what: &str) -> Result<(), ApiError> {
         match count <= self.max_batch {
             true => Ok(()),
             false => Err(ApiError::BadRequest(format!("{count} {what}; at most {} (api.max_batch)", self.max_batch))),
@@ -284,7 +294,11 @@ impl ApiState {
                 hub.send_control(command).await?;
                 Ok(Reply::Done)
             }
-            ApiCommand::Channels(p) => Ok(Reply::Channels(hub.cluster_channels(p.pattern.as_deref()).await?)),
+            // An empty pattern, as SDKs send by default, is every channel (as Centrifugo).
+            ApiCommand::Channels(p) => {
+                let pattern = p.pattern.as_deref().filter(|pattern| !pattern.is_empty());
+                Ok(Reply::Channels(hub.cluster_channels(pattern).await?))
+            }
             ApiCommand::Info(_) => Ok(Reply::Info { nodes: hub.nodes().await?, engine: hub.engine().name() }),
             ApiCommand::History(p) => {
                 let query = HistoryQuery {

@@ -7,6 +7,7 @@
 //! travel through the engine as control commands, so they reach the user's
 //! connections on every node.
 
+pub(crate) mod legacy;
 mod methods;
 mod reply;
 
@@ -51,6 +52,10 @@ pub(crate) enum ApiError {
     WrongKey,
     #[error("method not found: {0}")]
     MethodNotFound(String),
+    /// A body that is not JSON at all.
+    #[error("bad request: {0}")]
+    Undecodable(String),
+    /// JSON whose parameters are wrong.
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -60,12 +65,18 @@ pub(crate) enum ApiError {
 }
 
 impl ApiError {
-    /// The HTTP status and the protocol error code.
+    /// The HTTP status and the protocol error code. As Centrifugo's API,
+    /// a request it could read and refused answers 200 with the error in
+    /// its body (the server SDKs read the code there, and take any other
+    /// status for a transport failure): only a missing or wrong key, an
+    /// unknown method, a body that is not JSON, too large or too slow, and
+    /// an engine that did not answer have statuses of their own.
     pub(crate) fn status_and_code(&self) -> (StatusCode, u32) {
         match self {
             ApiError::MissingKey | ApiError::WrongKey => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
             ApiError::MethodNotFound(_) => (StatusCode::NOT_FOUND, codes::METHOD_NOT_FOUND),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            ApiError::Undecodable(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            ApiError::BadRequest(_) => (StatusCode::OK, codes::BAD_REQUEST),
             ApiError::Body(error @ http::body::BodyError::TooLarge(_)) => (error.status(), codes::LIMIT_EXCEEDED),
             ApiError::Body(error @ (http::body::BodyError::TooSlow | http::body::BodyError::Broken)) => {
                 (error.status(), codes::BAD_REQUEST)

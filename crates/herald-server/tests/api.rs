@@ -451,3 +451,47 @@ async fn the_older_format_at_post_api_runs_each_command_and_answers_each_in_orde
     let (status, text) = support::http_post_raw(server.addr, "/api", &auth, "not json").await;
     assert_eq!((status, text.lines().count()), (200, 1), "a line that is not JSON is answered in its place: {text}");
 }
+
+/// Centrifugo's options Herald does not offer are refused by name, not
+/// dropped: a `session` or `whitelist` ignored would reach more
+/// connections than asked. Their empty values, which SDKs send by
+/// default, pass.
+#[tokio::test]
+async fn options_herald_does_not_offer_are_refused_by_name_and_their_empty_values_pass() {
+    let server = TestServer::start().await;
+    let refused = [
+        ("publish", json!({"channel": "news", "data": {}, "b64data": "AQI="})),
+        ("publish", json!({"channel": "news", "data": {}, "version": 3})),
+        ("broadcast", json!({"channels": ["news"], "data": {}, "b64data": "AQI="})),
+        ("subscribe", json!({"user": "42", "channel": "news", "info": {"role": "x"}})),
+        ("unsubscribe", json!({"user": "42", "channel": "news", "session": "s1"})),
+        ("disconnect", json!({"user": "42", "whitelist": ["c1"]})),
+        ("refresh", json!({"user": "42", "session": "s1"})),
+    ];
+    for (method, params) in refused {
+        let (status, reply) = server.api(method, params.clone()).await;
+        assert_eq!((status, reply["error"]["code"].as_u64()), (200, Some(107)), "{method} {params}: {reply}");
+        let named = params.as_object().unwrap().keys().any(|k| reply["error"]["message"].as_str().unwrap().contains(k));
+        assert!(named, "the option is named: {reply}");
+    }
+    let defaults = json!({"channel": "news", "data": {}, "b64data": "", "version": 0, "version_epoch": ""});
+    assert_eq!(server.api("publish", defaults).await.0, 200);
+    let (_, reply) = server.api("disconnect", json!({"user": "42", "whitelist": [], "session": ""})).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+}
+
+#[tokio::test]
+async fn a_broadcast_takes_publish_s_idempotency_key_and_skip_history_for_each_channel() {
+    let server = TestServer::start().await;
+    let broadcast = json!({"channels": ["feed:a", "feed:b"], "data": {"n": 1}, "idempotency_key": "k1"});
+    let (_, first) = server.api("broadcast", broadcast.clone()).await;
+    let (_, again) = server.api("broadcast", broadcast).await;
+    assert_eq!(first["result"]["responses"], again["result"]["responses"], "a repeat lands where the first did");
+    let (_, history) = server.api("history", json!({"channel": "feed:a", "limit": -1})).await;
+    assert_eq!(history["result"]["publications"].as_array().map(Vec::len), Some(1), "published once: {history}");
+
+    let skipping = json!({"channels": ["feed:a"], "data": {"n": 2}, "skip_history": true});
+    assert_eq!(server.api("broadcast", skipping).await.0, 200);
+    let (_, history) = server.api("history", json!({"channel": "feed:a", "limit": -1})).await;
+    assert_eq!(history["result"]["publications"].as_array().map(Vec::len), Some(1), "not kept: {history}");
+}

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
 use herald_engine::{
     ChannelName, ClientId, Control, DisconnectReason, Epoch, HistoryQuery, Offset, Publication, StreamPosition, UserId,
@@ -46,6 +47,45 @@ pub(crate) struct PublishParams {
     /// Deliver without keeping the publication in history.
     #[serde(default)]
     pub skip_history: bool,
+    /// Centrifugo's options Herald does not offer (see [`Unsupported`]).
+    #[serde(default)]
+    b64data: Option<Value>,
+    #[serde(default)]
+    version: Option<Value>,
+    #[serde(default)]
+    version_epoch: Option<Value>,
+}
+
+impl Unsupported for PublishParams {
+    fn set(&self) -> Vec<(&'static str, &Option<Value>)> {
+        vec![("b64data", &self.b64data), ("version", &self.version), ("version_epoch", &self.version_epoch)]
+    }
+}
+
+/// Options of Centrifugo's API that Herald does not offer. One a caller
+/// set is refused (107, naming it): ignored, it would widen what a call
+/// does (`session`, `whitelist`) or quietly drop what it asks for.
+pub(crate) trait Unsupported {
+    /// Each option by name, with its value if one was sent.
+    fn set(&self) -> Vec<(&'static str, &Option<Value>)>;
+
+    /// Refuses the call if an option was given a value other than an
+    /// empty one (`null`, `false`, `0`, `""`, `[]`, `{}`), which SDKs send
+    /// by default.
+    fn refuse(&self, method: &str) -> Result<(), ApiError> {
+        let given = |value: &Value| match value {
+            Value::Null => false,
+            Value::Bool(set) => *set,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(text) => !text.is_empty(),
+            Value::Array(items) => !items.is_empty(),
+            Value::Object(fields) => !fields.is_empty(),
+        };
+        match self.set().into_iter().find(|(_, value)| value.as_ref().is_some_and(given)) {
+            Some((name, _)) => Err(ApiError::BadRequest(format!("{method}: `{name}` is not supported by Herald"))),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +119,20 @@ pub(crate) struct BroadcastParams {
     pub data: Box<RawValue>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// As publish's, for each channel.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub skip_history: bool,
+    /// Centrifugo's options Herald does not offer (see [`Unsupported`]).
+    #[serde(default)]
+    b64data: Option<Value>,
+}
+
+impl Unsupported for BroadcastParams {
+    fn set(&self) -> Vec<(&'static str, &Option<Value>)> {
+        vec![("b64data", &self.b64data)]
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +141,68 @@ pub(crate) struct UserChannelParams {
     pub channel: String,
     #[serde(default)]
     pub client: Option<String>,
+    #[serde(flatten, default)]
+    pub unsupported: SubscribeUnsupported,
+}
+
+/// Centrifugo's subscribe and unsubscribe options Herald does not offer.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct SubscribeUnsupported {
+    #[serde(default)]
+    session: Option<Value>,
+    #[serde(default)]
+    expire_at: Option<Value>,
+    #[serde(default)]
+    info: Option<Value>,
+    #[serde(default)]
+    b64info: Option<Value>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    b64data: Option<Value>,
+    #[serde(default)]
+    recover_since: Option<Value>,
+    #[serde(default, rename = "override")]
+    overrides: Option<Value>,
+}
+
+impl Unsupported for SubscribeUnsupported {
+    fn set(&self) -> Vec<(&'static str, &Option<Value>)> {
+        vec![
+            ("session", &self.session),
+            ("expire_at", &self.expire_at),
+            ("info", &self.info),
+            ("b64info", &self.b64info),
+            ("data", &self.data),
+            ("b64data", &self.b64data),
+            ("recover_since", &self.recover_since),
+            ("override", &self.overrides),
+        ]
+    }
+}
+
+/// Centrifugo's disconnect and refresh options Herald does not offer.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct UserUnsupported {
+    #[serde(default)]
+    session: Option<Value>,
+    #[serde(default)]
+    whitelist: Option<Value>,
+    #[serde(default)]
+    info: Option<Value>,
+    #[serde(default)]
+    b64info: Option<Value>,
+}
+
+impl Unsupported for UserUnsupported {
+    fn set(&self) -> Vec<(&'static str, &Option<Value>)> {
+        vec![
+            ("session", &self.session),
+            ("whitelist", &self.whitelist),
+            ("info", &self.info),
+            ("b64info", &self.b64info),
+        ]
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +212,8 @@ pub(crate) struct DisconnectParams {
     pub client: Option<String>,
     #[serde(default)]
     pub disconnect: Option<CustomDisconnect>,
+    #[serde(flatten, default)]
+    pub unsupported: UserUnsupported,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +232,8 @@ pub(crate) struct RefreshParams {
     pub expired: bool,
     #[serde(default)]
     pub expire_at: Option<u64>,
+    #[serde(flatten, default)]
+    pub unsupported: UserUnsupported,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,18 +345,25 @@ impl ApiState {
         let hub = &self.hub;
         match command {
             ApiCommand::Publish(p) => {
+                p.refuse("publish")?;
                 let ch = channel(&p.channel)?;
                 let result = hub.publish(&ch, publication(&p.data, p.tags), p.idempotency_key, p.skip_history).await?;
                 self.metrics.published("api", 1);
                 Ok(Reply::Published(result.position))
             }
             ApiCommand::Broadcast(p) => {
+                p.refuse("broadcast")?;
                 self.within_batch_limit(p.channels.len(), "channels in a broadcast")?;
                 let mut responses = Vec::with_capacity(p.channels.len());
                 for name in &p.channels {
                     let outcome = match channel(name) {
                         Ok(ch) => hub
-                            .publish(&ch, publication(&p.data, p.tags.clone()), None, false)
+                            .publish(
+                                &ch,
+                                publication(&p.data, p.tags.clone()),
+                                p.idempotency_key.clone(),
+                                p.skip_history,
+                            )
                             .await
                             .map(|r| {
                                 self.metrics.published("api", 1);
@@ -250,6 +377,7 @@ impl ApiState {
                 Ok(Reply::Broadcast(responses))
             }
             ApiCommand::Subscribe(p) => {
+                p.unsupported.refuse("subscribe")?;
                 let ch = channel(&p.channel)?;
                 hub.rules().resolve(&ch)?;
                 let command = Control::Subscribe { user: user(&p.user)?, channel: ch, client: client(p.client) };
@@ -257,6 +385,7 @@ impl ApiState {
                 Ok(Reply::Done)
             }
             ApiCommand::Unsubscribe(p) => {
+                p.unsupported.refuse("unsubscribe")?;
                 let command = Control::Unsubscribe {
                     user: user(&p.user)?,
                     channel: channel(&p.channel)?,
@@ -266,6 +395,7 @@ impl ApiState {
                 Ok(Reply::Done)
             }
             ApiCommand::Disconnect(p) => {
+                p.unsupported.refuse("disconnect")?;
                 let reason = match p.disconnect {
                     None => DisconnectReason::ForceDisconnect,
                     Some(custom) if (3000..=4999).contains(&custom.code) => DisconnectReason::Custom {
@@ -285,6 +415,7 @@ impl ApiState {
                 Ok(Reply::Done)
             }
             ApiCommand::Refresh(p) => {
+                p.unsupported.refuse("refresh")?;
                 let command = Control::Refresh {
                     user: user(&p.user)?,
                     client: client(p.client),

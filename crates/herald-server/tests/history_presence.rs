@@ -131,6 +131,9 @@ async fn the_history_command_pages_forwards_and_backwards() {
 
     let (_, api) = server.api("history", json!({"channel": "feed:h", "limit": -1})).await;
     assert_eq!(offsets(&api["result"]["publications"]), [1, 2, 3, 4, 5, 6, 7]);
+    // The position alone (no limit: SDKs' default) after an offset behind the top.
+    let (_, api) = server.api("history", json!({"channel": "feed:h", "since": {"offset": 3, "epoch": epoch}})).await;
+    assert_eq!((&api["result"]["offset"], &api["result"]["publications"]), (&json!(7), &json!([])), "{api}");
     server.api("history_remove", json!({"channel": "feed:h"})).await;
     let (_, api) = server.api("history", json!({"channel": "feed:h", "limit": -1})).await;
     assert_eq!(api["result"]["offset"], 0, "{api}");

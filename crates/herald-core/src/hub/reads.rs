@@ -9,7 +9,9 @@ use crate::error::HubError;
 
 impl Hub {
     /// A channel's history. `since` from another epoch, or already
-    /// trimmed, is an unrecoverable position.
+    /// trimmed, is an unrecoverable position (a read of the position alone,
+    /// `limit` 0, reads no publication to tell the latter by: only its
+    /// epoch is checked).
     pub async fn history(&self, channel: &ChannelName, query: HistoryQuery) -> Result<HistoryResult, HubError> {
         let rules = self.rules();
         let options = rules.resolve(channel)?;
@@ -21,6 +23,7 @@ impl Hub {
             let continues = same_epoch
                 && since.offset <= result.position.offset
                 && (query.reverse
+                    || query.limit == 0
                     || since.offset == result.position.offset
                     || result
                         .publications

@@ -47,7 +47,7 @@ pub(crate) struct PublishParams {
     /// Deliver without keeping the publication in history.
     #[serde(default)]
     pub skip_history: bool,
-    /// Centrifugo's options Herald does not offer (see [`Unsupported`]).
+    /// Centrifugo's options Herald does not offer (see [`refuse`]).
     #[serde(default)]
     b64data: Option<Value>,
     #[serde(default)]
@@ -56,35 +56,40 @@ pub(crate) struct PublishParams {
     version_epoch: Option<Value>,
 }
 
-impl Unsupported for PublishParams {
-    fn set(&self) -> Vec<(&'static str, &Option<Value>)> {
-        vec![("b64data", &self.b64data), ("version", &self.version), ("version_epoch", &self.version_epoch)]
+impl PublishParams {
+    /// The first option Herald does not offer that the call set.
+    fn unsupported(&self) -> Option<&'static str> {
+        given([("b64data", &self.b64data), ("version", &self.version), ("version_epoch", &self.version_epoch)])
     }
 }
 
-/// Options of Centrifugo's API that Herald does not offer. One a caller
-/// set is refused (107, naming it): ignored, it would widen what a call
-/// does (`session`, `whitelist`) or quietly drop what it asks for.
-pub(crate) trait Unsupported {
-    /// Each option by name, with its value if one was sent.
-    fn set(&self) -> Vec<(&'static str, &Option<Value>)>;
+/// Options of Centrifugo's API that Herald does not offer: one a caller
+/// set is refused (107, naming it), for ignored it would widen what a call
+/// does (`session`, `whitelist`) or quietly drop what it asks for. Their
+/// empty values (`null`, `false`, `0`, `""`, `[]`, `{}`), which SDKs send
+/// by default, pass.
+fn refuse(method: &str, unsupported: Option<&'static str>) -> Result<(), ApiError> {
+    match unsupported {
+        Some(name) => Err(ApiError::BadRequest(format!("{method}: `{name}` is not supported by Herald"))),
+        None => Ok(()),
+    }
+}
 
-    /// Refuses the call if an option was given a value other than an
-    /// empty one (`null`, `false`, `0`, `""`, `[]`, `{}`), which SDKs send
-    /// by default.
-    fn refuse(&self, method: &str) -> Result<(), ApiError> {
-        let given = |value: &Value| match value {
-            Value::Null => false,
-            Value::Bool(set) => *set,
-            Value::Number(n) => n.as_f64() != Some(0.0),
-            Value::String(text) => !text.is_empty(),
-            Value::Array(items) => !items.is_empty(),
-            Value::Object(fields) => !fields.is_empty(),
-        };
-        match self.set().into_iter().find(|(_, value)| value.as_ref().is_some_and(given)) {
-            Some((name, _)) => Err(ApiError::BadRequest(format!("{method}: `{name}` is not supported by Herald"))),
-            None => Ok(()),
-        }
+/// The first of `options` given a value that asks for something.
+fn given<const N: usize>(options: [(&'static str, &Option<Value>); N]) -> Option<&'static str> {
+    options.into_iter().find(|(_, value)| value.as_ref().is_some_and(meaningful)).map(|(name, _)| name)
+}
+
+/// Whether an option's value asks for something (SDKs send the empty ones
+/// by default).
+fn meaningful(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(set) => *set,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(text) => !text.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(fields) => !fields.is_empty(),
     }
 }
 
@@ -124,14 +129,15 @@ pub(crate) struct BroadcastParams {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub skip_history: bool,
-    /// Centrifugo's options Herald does not offer (see [`Unsupported`]).
+    /// Centrifugo's options Herald does not offer (see [`refuse`]).
     #[serde(default)]
     b64data: Option<Value>,
 }
 
-impl Unsupported for BroadcastParams {
-    fn set(&self) -> Vec<(&'static str, &Option<Value>)> {
-        vec![("b64data", &self.b64data)]
+impl BroadcastParams {
+    /// The first option Herald does not offer that the call set.
+    fn unsupported(&self) -> Option<&'static str> {
+        given([("b64data", &self.b64data)])
     }
 }
 
@@ -141,69 +147,29 @@ pub(crate) struct UserChannelParams {
     pub channel: String,
     #[serde(default)]
     pub client: Option<String>,
-    #[serde(flatten, default)]
-    pub unsupported: SubscribeUnsupported,
+    #[serde(flatten)]
+    pub others: Others,
+}
+
+/// The fields of a call besides those its method reads: some of them
+/// options of Centrifugo's API that Herald does not offer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Others(BTreeMap<String, Value>);
+
+impl Others {
+    /// The first of `names` the call set (see [`refuse`]).
+    fn unsupported(&self, names: &[&'static str]) -> Option<&'static str> {
+        names.iter().copied().find(|name| self.0.get(*name).is_some_and(meaningful))
+    }
 }
 
 /// Centrifugo's subscribe and unsubscribe options Herald does not offer.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct SubscribeUnsupported {
-    #[serde(default)]
-    session: Option<Value>,
-    #[serde(default)]
-    expire_at: Option<Value>,
-    #[serde(default)]
-    info: Option<Value>,
-    #[serde(default)]
-    b64info: Option<Value>,
-    #[serde(default)]
-    data: Option<Value>,
-    #[serde(default)]
-    b64data: Option<Value>,
-    #[serde(default)]
-    recover_since: Option<Value>,
-    #[serde(default, rename = "override")]
-    overrides: Option<Value>,
-}
-
-impl Unsupported for SubscribeUnsupported {
-    fn set(&self) -> Vec<(&'static str, &Option<Value>)> {
-        vec![
-            ("session", &self.session),
-            ("expire_at", &self.expire_at),
-            ("info", &self.info),
-            ("b64info", &self.b64info),
-            ("data", &self.data),
-            ("b64data", &self.b64data),
-            ("recover_since", &self.recover_since),
-            ("override", &self.overrides),
-        ]
-    }
-}
+const SUBSCRIBE_UNSUPPORTED: [&str; 8] =
+    ["session", "expire_at", "info", "b64info", "data", "b64data", "recover_since", "override"];
 
 /// Centrifugo's disconnect and refresh options Herald does not offer.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct UserUnsupported {
-    #[serde(default)]
-    session: Option<Value>,
-    #[serde(default)]
-    whitelist: Option<Value>,
-    #[serde(default)]
-    info: Option<Value>,
-    #[serde(default)]
-    b64info: Option<Value>,
-}
-
-impl Unsupported for UserUnsupported {
-    fn set(&self) -> Vec<(&'static str, &Option<Value>)> {
-        vec![
-            ("session", &self.session),
-            ("whitelist", &self.whitelist),
-            ("info", &self.info),
-            ("b64info", &self.b64info),
-        ]
-    }
-}
+const USER_UNSUPPORTED: [&str; 4] = ["session", "whitelist", "info", "b64info"];
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct DisconnectParams {
@@ -212,8 +178,8 @@ pub(crate) struct DisconnectParams {
     pub client: Option<String>,
     #[serde(default)]
     pub disconnect: Option<CustomDisconnect>,
-    #[serde(flatten, default)]
-    pub unsupported: UserUnsupported,
+    #[serde(flatten)]
+    pub others: Others,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,8 +198,8 @@ pub(crate) struct RefreshParams {
     pub expired: bool,
     #[serde(default)]
     pub expire_at: Option<u64>,
-    #[serde(flatten, default)]
-    pub unsupported: UserUnsupported,
+    #[serde(flatten)]
+    pub others: Others,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -345,14 +311,14 @@ impl ApiState {
         let hub = &self.hub;
         match command {
             ApiCommand::Publish(p) => {
-                p.refuse("publish")?;
+                refuse("publish", p.unsupported())?;
                 let ch = channel(&p.channel)?;
                 let result = hub.publish(&ch, publication(&p.data, p.tags), p.idempotency_key, p.skip_history).await?;
                 self.metrics.published("api", 1);
                 Ok(Reply::Published(result.position))
             }
             ApiCommand::Broadcast(p) => {
-                p.refuse("broadcast")?;
+                refuse("broadcast", p.unsupported())?;
                 self.within_batch_limit(p.channels.len(), "channels in a broadcast")?;
                 let mut responses = Vec::with_capacity(p.channels.len());
                 for name in &p.channels {
@@ -377,7 +343,7 @@ impl ApiState {
                 Ok(Reply::Broadcast(responses))
             }
             ApiCommand::Subscribe(p) => {
-                p.unsupported.refuse("subscribe")?;
+                refuse("subscribe", p.others.unsupported(&SUBSCRIBE_UNSUPPORTED))?;
                 let ch = channel(&p.channel)?;
                 hub.rules().resolve(&ch)?;
                 let command = Control::Subscribe { user: user(&p.user)?, channel: ch, client: client(p.client) };
@@ -385,7 +351,7 @@ impl ApiState {
                 Ok(Reply::Done)
             }
             ApiCommand::Unsubscribe(p) => {
-                p.unsupported.refuse("unsubscribe")?;
+                refuse("unsubscribe", p.others.unsupported(&SUBSCRIBE_UNSUPPORTED))?;
                 let command = Control::Unsubscribe {
                     user: user(&p.user)?,
                     channel: channel(&p.channel)?,
@@ -395,7 +361,7 @@ impl ApiState {
                 Ok(Reply::Done)
             }
             ApiCommand::Disconnect(p) => {
-                p.unsupported.refuse("disconnect")?;
+                refuse("disconnect", p.others.unsupported(&USER_UNSUPPORTED))?;
                 let reason = match p.disconnect {
                     None => DisconnectReason::ForceDisconnect,
                     Some(custom) if (3000..=4999).contains(&custom.code) => DisconnectReason::Custom {
@@ -415,7 +381,7 @@ impl ApiState {
                 Ok(Reply::Done)
             }
             ApiCommand::Refresh(p) => {
-                p.unsupported.refuse("refresh")?;
+                refuse("refresh", p.others.unsupported(&USER_UNSUPPORTED))?;
                 let command = Control::Refresh {
                     user: user(&p.user)?,
                     client: client(p.client),

@@ -367,6 +367,15 @@ async fn a_missing_and_a_wrong_key_are_told_apart_and_a_get_is_told_to_post() {
     let (status, wrong) = support::http_post(server.addr, "/api/publish", &[("X-API-Key", "not-the-key")], body).await;
     assert_eq!(status, 401);
     assert!(wrong["error"]["message"].as_str().unwrap_or_default().contains("wrong API key"), "{wrong}");
+    // `Authorization: apikey <key>`, its scheme in any case and any blanks after it (as Centrifugo).
+    for header in
+        ["apikey integration-test-api-key", "ApiKey  integration-test-api-key", "APIKEY\tintegration-test-api-key"]
+    {
+        let (status, reply) = support::http_post(server.addr, "/api/publish", &[("Authorization", header)], body).await;
+        assert_eq!(status, 200, "{header:?}: {reply}");
+    }
+    let bearer = [("Authorization", "Bearer integration-test-api-key")];
+    assert_eq!(support::http_post(server.addr, "/api/publish", &bearer, body).await.0, 401, "another scheme");
 
     let (status, content_type, answer) = support::http_get(server.addr, "/api/publish").await;
     assert_eq!(status, 405);

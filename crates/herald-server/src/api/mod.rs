@@ -170,9 +170,7 @@ impl ApiState {
         let given = headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
-            .or_else(|| {
-                headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("apikey "))
-            })
+            .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(api_key_of))
             .ok_or(ApiError::MissingKey)?;
         let matches = |key: &Secret| constant_time_eq(given.as_bytes(), key.expose().as_bytes());
         if matches(expected) || previous.as_deref().and_then(Option::as_ref).is_some_and(matches) {
@@ -181,6 +179,13 @@ impl ApiState {
             Err(ApiError::WrongKey)
         }
     }
+}
+
+/// The key in an `Authorization` header's value, `apikey <key>`: the
+/// scheme in any case, the space after it any run of blanks (as Centrifugo).
+fn api_key_of(value: &str) -> Option<&str> {
+    let (scheme, key) = value.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("apikey").then(|| key.trim_start()).filter(|key| !key.is_empty())
 }
 
 /// Compares without revealing, through timing, where the inputs differ or

@@ -504,3 +504,20 @@ async fn a_broadcast_takes_publish_s_idempotency_key_and_skip_history_for_each_c
     let (_, history) = server.api("history", json!({"channel": "feed:a", "limit": -1})).await;
     assert_eq!(history["result"]["publications"].as_array().map(Vec::len), Some(1), "not kept: {history}");
 }
+
+#[tokio::test]
+async fn a_batch_entry_herald_cannot_read_is_answered_in_its_place_and_the_others_run() {
+    let server = TestServer::start().await;
+    let commands = json!({"commands": [
+        {"rpc": {"method": "x"}},
+        {"publish": {"channel": "feed:b"}},
+        {"publish": {"channel": "feed:b", "data": {"n": 1}}},
+        {"info": {}, "publish": {}},
+    ]});
+    let (status, reply) = server.api("batch", commands).await;
+    assert_eq!(status, 200, "{reply}");
+    let codes: Vec<Option<u64>> =
+        reply["replies"].as_array().unwrap().iter().map(|r| r["error"]["code"].as_u64()).collect();
+    assert_eq!(codes, [Some(104), Some(107), None, Some(107)], "{reply}");
+    assert_eq!(reply["replies"][2]["publish"]["offset"], 1, "{reply}");
+}

@@ -14,8 +14,7 @@ use super::reply::{Reply, Response};
 use super::{ApiError, ApiState};
 
 /// One API call. As a batch entry it is written `{"<method>": {params}}`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug)]
 pub(crate) enum ApiCommand {
     Publish(PublishParams),
     Broadcast(BroadcastParams),
@@ -211,9 +210,21 @@ pub(crate) struct ChannelsParams {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Empty {}
 
+/// A batch's commands, each `{"<method>": {params}}`, read one by one
+/// when it runs: an entry Herald cannot read is answered in its place,
+/// the others run (as Centrifugo).
 #[derive(Debug, Deserialize)]
 pub(crate) struct BatchParams {
-    pub commands: Vec<ApiCommand>,
+    pub commands: Vec<BTreeMap<String, Box<RawValue>>>,
+}
+
+/// A batch entry as a command.
+fn batch_entry(entry: BTreeMap<String, Box<RawValue>>) -> Result<ApiCommand, ApiError> {
+    let mut methods = entry.into_iter();
+    match (methods.next(), methods.next()) {
+        (Some((method, params)), None) => ApiCommand::parse(&method, params.get().as_bytes()),
+        _ => Err(ApiError::BadRequest("a batch entry is one {\"<method>\": {params}}".into())),
+    }
 }
 
 impl ApiCommand {
@@ -283,7 +294,15 @@ impl ApiState {
             ApiCommand::Batch(batch) => {
                 self.within_batch_limit(batch.commands.len(), "commands in a batch")?;
                 let mut replies = Vec::with_capacity(batch.commands.len());
-                for command in batch.commands {
+                for entry in batch.commands {
+                    let command = match batch_entry(entry) {
+                        Ok(command) => command,
+                        // Written as `{"error": …}`: the name is not used.
+                        Err(error) => {
+                            replies.push(("error", Err(error)));
+                            continue;
+                        }
+                    };
                     let name = command.name();
                     // It asks every node and may wait for them: a batch of
                     // them would have no deadline worth the name.

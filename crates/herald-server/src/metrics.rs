@@ -221,7 +221,7 @@ impl Metrics {
         registry.register("recoveries", "Subscriptions that asked to recover, by outcome", metrics.recoveries.clone());
         registry.register(
             "webhooks",
-            "Pusher webhook requests, by outcome: delivered, retried, given_up, queue_full, discarded",
+            "Webhook requests (Pusher apps' and the events webhooks), by outcome: delivered, retried, given_up, queue_full, discarded",
             metrics.webhooks.clone(),
         );
         registry.register(

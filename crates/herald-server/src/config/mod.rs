@@ -202,9 +202,9 @@ pub struct HttpConfig {
     /// client's writes block soon, and `client.write_timeout` and
     /// `client.queue_max_bytes` govern it.
     pub max_unsent_bytes: u32,
-    /// A second port for operators: `/metrics` and `/health` are served
-    /// there (and `/metrics` no longer on `port`), to be kept off the
-    /// public network.
+    /// A second port for operators: `/metrics`, `/health`, `/ready` and
+    /// the admin UI are served there (and `/metrics` and the admin UI no
+    /// longer on `port`), to be kept off the public network.
     pub internal_port: Option<u16>,
     /// On SIGTERM (or the API's `drain`), how long the node takes to close
     /// its connections: evenly over this window, so that their clients
@@ -577,7 +577,7 @@ pub struct ApiConfig {
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
     /// The most commands one `batch` carries, and the most channels one
-    /// `broadcast` publishes into (else 400).
+    /// `broadcast` publishes into (else error 107, in a 200 answer).
     pub max_batch: usize,
 }
 
@@ -701,7 +701,7 @@ impl Default for PusherApp {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookTarget {
-    /// An `http://` URL that receives signed POSTs.
+    /// An `http://` or `https://` URL that receives signed POSTs.
     pub url: String,
     /// Which events it receives: `channel_occupied`, `channel_vacated`,
     /// `member_added`, `member_removed`, `client_event`, `cache_miss`.

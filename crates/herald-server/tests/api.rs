@@ -459,6 +459,14 @@ async fn the_older_format_at_post_api_runs_each_command_and_answers_each_in_orde
     assert_eq!(status, 401, "the key first");
     let (status, text) = support::http_post_raw(server.addr, "/api", &auth, "not json").await;
     assert_eq!((status, text.lines().count()), (200, 1), "a line that is not JSON is answered in its place: {text}");
+
+    // A command written over several lines (pretty-printed), then another.
+    let pretty = "{\n  \"method\": \"publish\",\n  \"params\": {\"channel\": \"feed:legacy\", \"data\": {\"n\": 3}}\n}\n{\"method\": \"info\"}";
+    let (status, text) = support::http_post_raw(server.addr, "/api", &auth, pretty).await;
+    let answers: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(answers.len(), 2, "{text}");
+    assert_eq!((&answers[0]["result"]["offset"], answers[1]["result"]["nodes"].is_array()), (&json!(3), true));
 }
 
 /// Centrifugo's options Herald does not offer are refused by name, not

@@ -1,6 +1,7 @@
 //! Centrifugo's older API format, which Centrifugo still serves at
 //! `POST /api` and which some server SDKs speak (gocent, older cent and
-//! phpcent): one or more commands, a JSON object a line,
+//! phpcent): one or more commands, JSON objects one after another (a line
+//! each, as the SDKs write them, or spread over several),
 //! `{"id"?, "method", "params"}`, the method named (`"publish"`) or
 //! numbered as Centrifugo's `MethodType` numbers them (`0`); each is
 //! answered, in order, by a line `{"id"?, "result": …}` or
@@ -82,20 +83,28 @@ async fn respond(api: &ApiState, headers: &HeaderMap, body: Body) -> Response {
         Ok(body) => body,
         Err(error) => return ApiError::Body(error).into_response(),
     };
-    let lines: Vec<&[u8]> =
-        body.split(|byte| *byte == b'\n').filter(|line| !line.iter().all(u8::is_ascii_whitespace)).collect();
-    if lines.is_empty() {
+    // Read one after another; the first that cannot be read is answered
+    // in its place, and ends the reading (what follows it has no start).
+    let mut commands: Vec<Result<Command<'_>, ApiError>> = Vec::new();
+    for read in serde_json::Deserializer::from_slice(&body).into_iter::<Command>() {
+        let failed = read.is_err();
+        commands.push(read.map_err(super::methods::refused));
+        if let Err(error) = api.within_batch_limit(commands.len(), "commands in a request") {
+            return error.into_response();
+        }
+        if failed {
+            break;
+        }
+    }
+    if commands.is_empty() {
         return ApiError::Undecodable("no command: send {\"method\": …, \"params\": {…}}, one a line".into())
             .into_response();
     }
-    if let Err(error) = api.within_batch_limit(lines.len(), "commands in a request") {
-        return error.into_response();
-    }
     let mut out = BytesMut::with_capacity(64);
-    for line in lines {
-        let (id, outcome) = match serde_json::from_slice::<Command>(line) {
+    for command in commands {
+        let (id, outcome) = match command {
             Ok(command) => (command.id, run(api, &command).await),
-            Err(error) => (None, Err(super::methods::refused(error))),
+            Err(error) => (None, Err(error)),
         };
         if !out.is_empty() {
             out.put_u8(b'\n');

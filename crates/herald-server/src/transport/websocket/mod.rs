@@ -38,7 +38,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -199,17 +199,26 @@ impl WebSocket {
                 }
                 return Poll::Ready(Ok(read));
             }
-            if self.input.is_empty() && self.partial.is_none() {
-                self.unfinished = None;
-            } else {
-                let deadline = self.unfinished.get_or_insert_with(|| Box::pin(tokio::time::sleep(MESSAGE_DEADLINE)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(ReadError::Violation(Violation::Unfinished)));
-                }
-            }
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut buf = ReadBuf::uninit(&mut chunk);
-            ready!(self.io.poll_read(cx, &mut buf)).map_err(ReadError::Io)?;
+            if self.io.poll_read(cx, &mut buf).map_err(ReadError::Io)?.is_pending() {
+                // Nothing more to read: an unfinished message is held to its
+                // deadline (not before what already arrived is read).
+                return match self.input.is_empty() && self.partial.is_none() {
+                    true => {
+                        self.unfinished = None;
+                        Poll::Pending
+                    }
+                    false => {
+                        let deadline =
+                            self.unfinished.get_or_insert_with(|| Box::pin(tokio::time::sleep(MESSAGE_DEADLINE)));
+                        match deadline.as_mut().poll(cx) {
+                            Poll::Ready(()) => Poll::Ready(Err(ReadError::Violation(Violation::Unfinished))),
+                            Poll::Pending => Poll::Pending,
+                        }
+                    }
+                };
+            }
             if buf.filled().is_empty() {
                 return Poll::Ready(Ok(Read::Eof));
             }

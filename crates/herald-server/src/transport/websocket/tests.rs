@@ -110,6 +110,25 @@ async fn a_message_trickled_within_its_deadline_arrives_and_the_next_has_a_deadl
     }
 }
 
+#[tokio::test]
+async fn a_message_that_arrived_whole_while_the_session_was_busy_past_the_deadline_is_read() {
+    tokio::time::pause();
+    let (mut socket, mut client) = pair(1024).await;
+    let frame = client_frame(true, 0x1, b"all of it came in time");
+    let (head, rest) = frame.split_at(4);
+    client.write_all(head).await.unwrap();
+    {
+        let reading = socket.recv();
+        tokio::pin!(reading);
+        assert!((&mut reading).now_or_never().is_none(), "half a frame is no message");
+    }
+    client.write_all(rest).await.unwrap();
+    // The session is busy elsewhere past the deadline; the bytes wait in the socket.
+    tokio::time::advance(MESSAGE_DEADLINE * 2).await;
+    let message = socket.recv().await.unwrap();
+    assert_eq!(message, Some(Inbound::Text(Bytes::from("all of it came in time"))));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_receive_dropped_halfway_through_a_frame_loses_none_of_it() {
     let (mut socket, mut client) = pair(1024).await;

@@ -49,7 +49,7 @@ pub(super) type Waiting = Arc<Mutex<Buffered>>;
 
 /// The publications a recovering subscriber waits with, and their bytes:
 /// at most what its connection's outbox holds, which they are queued into
-/// at the seam (more would close it as slow there; see [`Buffered::add`]).
+/// at the seam (more would close it as slow there; see [`Buffered::overflows`]).
 #[derive(Debug, Default)]
 pub(super) struct Buffered {
     publications: Vec<Arc<Publication>>,
@@ -57,21 +57,25 @@ pub(super) struct Buffered {
 }
 
 impl Buffered {
-    /// Adds `publication`, or, when the buffer's data would pass
-    /// `max_bytes`, empties it and says so (false): the connection could
-    /// not take them all at the seam, and is closed as slow at once rather
-    /// than after the buffer grew with every publication of the read.
-    pub(super) fn add(&mut self, publication: &Arc<Publication>, max_bytes: usize) -> bool {
+    /// Adds `publication`; true when it takes the buffer's data past
+    /// `max_bytes`: the connection could not take them all at the seam,
+    /// and is to be closed as slow at once rather than after the buffer
+    /// grew with every publication of the read. The buffer is emptied
+    /// then, and takes nothing more (nor says so again).
+    pub(super) fn overflows(&mut self, publication: &Arc<Publication>, max_bytes: usize) -> bool {
         // Counted as no more than its frame will take: its data, and less
         // than any protocol's envelope around it.
         const ENVELOPE: usize = 32;
+        if self.bytes > max_bytes {
+            return false;
+        }
         self.bytes = self.bytes.saturating_add(publication.data.len().saturating_add(ENVELOPE));
         if self.bytes > max_bytes {
             self.publications = Vec::new();
-            return false;
+            return true;
         }
         self.publications.push(publication.clone());
-        true
+        false
     }
 }
 

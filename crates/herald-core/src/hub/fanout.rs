@@ -185,7 +185,7 @@ impl Channels {
             if let Some(buffer) = subscriber.recovering() {
                 // Merged with history once the recovery read is done.
                 let max_bytes = subscriber.conn.outbox.max_bytes();
-                if !buffer.lock().unwrap_or_else(|e| e.into_inner()).add(publication, max_bytes) {
+                if buffer.lock().unwrap_or_else(|e| e.into_inner()).overflows(publication, max_bytes) {
                     subscriber.conn.outbox.close(herald_engine::DisconnectReason::Slow);
                 }
                 continue;

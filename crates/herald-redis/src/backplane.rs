@@ -13,7 +13,7 @@
 //! - [`Sentinel`](crate::Sentinel) (in `sentinel`): one Redis master
 //!   found through Sentinel, followed when it fails over.
 //!
-//! All hand every pub/sub message to one `mpsc` receiver as `PushInfo`.
+//! All hand every pub/sub message to one bounded queue, [`Pushes`].
 
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
@@ -22,8 +22,9 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{PushInfo, RedisResult};
-use tokio::sync::mpsc;
+use redis::RedisResult;
+
+use crate::pushes::Pushes;
 
 /// What the engine needs from a Redis deployment.
 #[async_trait]
@@ -95,7 +96,7 @@ impl Single {
         address: &str,
         timeout: Duration,
         subscriber_connections: usize,
-        pushes: mpsc::UnboundedSender<PushInfo>,
+        pushes: Pushes,
     ) -> RedisResult<Self> {
         let client = redis::Client::open(with_resp3(address).as_str())?;
         let config = ConnectionManagerConfig::new()
@@ -186,7 +187,7 @@ impl Sharded {
         addresses: &[String],
         timeout: Duration,
         subscriber_connections: usize,
-        pushes: mpsc::UnboundedSender<PushInfo>,
+        pushes: Pushes,
     ) -> RedisResult<Self> {
         let mut shards = Vec::new();
         for address in addresses {
@@ -249,11 +250,7 @@ impl std::fmt::Debug for Cluster {
 
 impl Cluster {
     /// Connects to the cluster through any of `addresses`.
-    pub async fn connect(
-        addresses: &[String],
-        timeout: Duration,
-        pushes: mpsc::UnboundedSender<PushInfo>,
-    ) -> RedisResult<Self> {
+    pub async fn connect(addresses: &[String], timeout: Duration, pushes: Pushes) -> RedisResult<Self> {
         let client = ClusterClientBuilder::new(addresses.iter().map(String::as_str))
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(pushes)

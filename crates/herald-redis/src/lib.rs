@@ -18,6 +18,8 @@
 //! - `sentinel`: the master found through Sentinel, followed on failover.
 //! - `wire`: the message format shared by pub/sub and history.
 //! - `keys`: key and pub/sub channel names.
+//! - [`pushes`]: the bounded queue from the pub/sub connections to the
+//!   dispatch task.
 //!
 //! Interest-based routing: a node subscribes to a channel's pub/sub channel
 //! only while it has local subscribers. Subscriptions run on their own
@@ -32,6 +34,7 @@ mod broker;
 mod keys;
 mod occupancy;
 mod presence;
+pub mod pushes;
 mod scripts;
 mod sentinel;
 #[cfg(feature = "testing")]
@@ -43,8 +46,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::{PushInfo, PushKind, Value};
-use tokio::sync::mpsc;
+use redis::{PushKind, Value};
 
 use herald_engine::{
     Control, Engine, EngineError, EngineEvent, Epoch, EventHandler, HistoryQuery, HistoryResult, Offset, StreamPosition,
@@ -73,7 +75,7 @@ pub struct RedisSettings {
 pub struct RedisEngine<B: Backplane> {
     keys: Keys,
     backplane: B,
-    pushes: Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
+    pushes: Mutex<Option<pushes::Received>>,
     handler: OnceLock<Arc<dyn EventHandler>>,
     scripts: Scripts,
 }
@@ -108,7 +110,7 @@ impl RedisEngine<Single> {
     /// Connects to one Redis.
     pub async fn single(settings: &RedisSettings) -> Result<Self, EngineError> {
         let address = settings.addresses.first().ok_or_else(|| EngineError::Unavailable("no redis address".into()))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = pushes::channel(pushes::Limits::default());
         let backplane = Single::connect(address, settings.command_timeout, settings.subscriber_connections, tx)
             .await
             .map_err(unavailable)?;
@@ -120,7 +122,7 @@ impl RedisEngine<Sharded> {
     /// Connects to several independent Redis instances; channels are spread
     /// over them by rendezvous hashing of the channel name.
     pub async fn sharded(settings: &RedisSettings) -> Result<Self, EngineError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = pushes::channel(pushes::Limits::default());
         let backplane =
             Sharded::connect(&settings.addresses, settings.command_timeout, settings.subscriber_connections, tx)
                 .await
@@ -133,7 +135,7 @@ impl RedisEngine<Sentinel> {
     /// Connects to the master the sentinels name, and follows it through
     /// failovers (`settings.addresses` is not used).
     pub async fn sentinel(settings: &RedisSettings, sentinel: SentinelSettings) -> Result<Self, EngineError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = pushes::channel(pushes::Limits::default());
         let backplane = Sentinel::connect(sentinel, settings.command_timeout, settings.subscriber_connections, tx)
             .await
             .map_err(unavailable)?;
@@ -144,7 +146,7 @@ impl RedisEngine<Sentinel> {
 impl RedisEngine<Cluster> {
     /// Connects to a Redis Cluster through any of its nodes.
     pub async fn cluster(settings: &RedisSettings) -> Result<Self, EngineError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = pushes::channel(pushes::Limits::default());
         let backplane =
             Cluster::connect(&settings.addresses, settings.command_timeout, tx).await.map_err(unavailable)?;
         Ok(Self::with(backplane, rx, settings))
@@ -157,7 +159,7 @@ impl<B: Backplane> RedisEngine<B> {
         Engine::new("redis", Arc::new(self))
     }
 
-    fn with(backplane: B, pushes: mpsc::UnboundedReceiver<PushInfo>, settings: &RedisSettings) -> Self {
+    fn with(backplane: B, pushes: pushes::Received, settings: &RedisSettings) -> Self {
         Self {
             keys: Keys::new(&settings.prefix),
             backplane,
@@ -188,7 +190,7 @@ impl<B: Backplane> RedisEngine<B> {
     }
 
     /// Hands pub/sub messages to the handler, in arrival order.
-    fn dispatch(&self, mut pushes: mpsc::UnboundedReceiver<PushInfo>, handler: Arc<dyn EventHandler>) {
+    fn dispatch(&self, mut pushes: pushes::Received, handler: Arc<dyn EventHandler>) {
         let keys = self.keys.clone();
         tokio::spawn(async move {
             while let Some(push) = pushes.recv().await {

@@ -26,10 +26,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, RedisResult};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::backplane::{Backplane, Single};
+use crate::pushes::Pushes;
 
 /// How often the watcher asks the sentinels where the master is.
 pub(crate) const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -55,7 +56,7 @@ struct Shared {
     settings: SentinelSettings,
     timeout: Duration,
     subscriber_connections: usize,
-    pushes: mpsc::UnboundedSender<PushInfo>,
+    pushes: Pushes,
     master: RwLock<Arc<Master>>,
     /// The pub/sub channels this node follows, to subscribe to on a new
     /// master. Held across a switch, so no subscribe falls between.
@@ -122,7 +123,7 @@ impl Master {
         address: String,
         timeout: Duration,
         subscriber_connections: usize,
-        pushes: &mpsc::UnboundedSender<PushInfo>,
+        pushes: &Pushes,
     ) -> RedisResult<Self> {
         let single = Single::connect(&address, timeout, subscriber_connections, pushes.clone()).await?;
         let run_id =
@@ -175,7 +176,7 @@ impl Sentinel {
         settings: SentinelSettings,
         timeout: Duration,
         subscriber_connections: usize,
-        pushes: mpsc::UnboundedSender<PushInfo>,
+        pushes: Pushes,
     ) -> RedisResult<Self> {
         let address = master_address(&settings, timeout).await?;
         let master = Master::connect(address, timeout, subscriber_connections, &pushes).await?;

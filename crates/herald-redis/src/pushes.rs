@@ -1,0 +1,258 @@
+//! The queue between the Redis connections and the engine's dispatch task.
+//!
+//! A connection's reader hands each pub/sub message to [`Pushes`] and goes
+//! back to reading: it must not wait. When the node cannot keep up (its
+//! cores busy with fanout), messages wait here, and past [`Limits`] they
+//! are dropped rather than held until the node runs out of memory: the
+//! same as the NATS client does for a subscription read too slowly.
+//! Positioned subscribers see the gap in offsets (or the periodic position
+//! check does) and recover from history; others lose what was dropped, as
+//! at-most-once delivery allows. Drops are counted and warned of, at most
+//! every ten seconds.
+//!
+//! Only publications are bounded: notices of a lost connection are rare,
+//! tiny, and must arrive (they make positioned subscribers recover).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{AsyncPushSender, SendError};
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How much may wait for the dispatch task.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages waiting.
+    pub messages: usize,
+    /// Bytes of their names and payloads.
+    pub bytes: usize,
+}
+
+impl Default for Limits {
+    /// 65,536 messages (the NATS client's bound for one subscription) or
+    /// 64 MiB, whichever comes first.
+    fn default() -> Self {
+        Self { messages: 65_536, bytes: 64 << 20 }
+    }
+}
+
+/// The sending side, given to every connection; cheap to clone.
+#[derive(Clone)]
+pub struct Pushes {
+    queue: Arc<Queue>,
+    tx: mpsc::UnboundedSender<PushInfo>,
+}
+
+/// The receiving side, read by the dispatch task.
+pub struct Received {
+    queue: Arc<Queue>,
+    rx: mpsc::UnboundedReceiver<PushInfo>,
+}
+
+struct Queue {
+    limits: Limits,
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+    dropped: Dropped,
+}
+
+/// A queue bounded by `limits`.
+pub fn channel(limits: Limits) -> (Pushes, Received) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queue = Arc::new(Queue {
+        limits,
+        messages: AtomicUsize::new(0),
+        bytes: AtomicUsize::new(0),
+        dropped: Dropped::default(),
+    });
+    (Pushes { queue: queue.clone(), tx }, Received { queue, rx })
+}
+
+impl std::fmt::Debug for Pushes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pushes").field("waiting", &self.queue.messages.load(Ordering::Relaxed)).finish()
+    }
+}
+
+/// The bytes a message holds: the sizes of its strings.
+fn size_of(push: &PushInfo) -> usize {
+    push.data
+        .iter()
+        .map(|value| match value {
+            Value::BulkString(bytes) => bytes.len(),
+            _ => 0,
+        })
+        .fold(0, usize::saturating_add)
+}
+
+fn is_publication(push: &PushInfo) -> bool {
+    matches!(push.kind, PushKind::Message | PushKind::SMessage)
+}
+
+impl Pushes {
+    /// Queues `push`, or drops it (counted) when the queue is full.
+    /// Refused only once the dispatch task is gone.
+    pub fn send(&self, push: PushInfo) -> Result<(), SendError> {
+        if !is_publication(&push) {
+            return self.tx.send(push).map_err(|_| SendError);
+        }
+        let size = size_of(&push);
+        let limits = self.queue.limits;
+        // One reader per connection sends; several connections may at
+        // once, so the room is taken by compare-and-swap, never overshot.
+        let took = self
+            .queue
+            .messages
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limits.messages).then(|| n.saturating_add(1)));
+        if took.is_err() {
+            self.queue.dropped.one();
+            return Ok(());
+        }
+        let took = self.queue.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            // A message larger than the whole bound still passes alone.
+            (n == 0 || n.saturating_add(size) <= limits.bytes).then(|| n.saturating_add(size))
+        });
+        if took.is_err() {
+            self.queue.messages.fetch_sub(1, Ordering::AcqRel);
+            self.queue.dropped.one();
+            return Ok(());
+        }
+        self.tx.send(push).map_err(|_| SendError)
+    }
+}
+
+impl AsyncPushSender for Pushes {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        Pushes::send(self, info)
+    }
+}
+
+impl Received {
+    /// The next message, in arrival order; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<PushInfo> {
+        let push = self.rx.recv().await?;
+        self.taken(&push);
+        Some(push)
+    }
+
+    /// Gives back the room `push` held.
+    fn taken(&self, push: &PushInfo) {
+        if is_publication(push) {
+            self.queue.messages.fetch_sub(1, Ordering::AcqRel);
+            self.queue.bytes.fetch_sub(size_of(push), Ordering::AcqRel);
+        }
+    }
+
+    /// Messages dropped since the queue was made.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped.total()
+    }
+}
+
+/// Drops since the last warning, all of them, and when it was.
+#[derive(Default)]
+struct Dropped(Mutex<DropCount>);
+
+#[derive(Default)]
+struct DropCount {
+    since_warning: u64,
+    total: u64,
+    warned: Option<Instant>,
+}
+
+/// The least time between two warnings of dropped messages.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Dropped {
+    fn one(&self) {
+        let mut count = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        count.since_warning = count.since_warning.saturating_add(1);
+        count.total = count.total.saturating_add(1);
+        if count.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            tracing::warn!(
+                dropped = count.since_warning,
+                "dropped messages from redis this node could not handle in time: it is overloaded \
+                 (positioned subscribers see the gap and recover, others lose them); add nodes or cores"
+            );
+            count.since_warning = 0;
+            count.warned = Some(Instant::now());
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(payload: &[u8]) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Message,
+            data: vec![Value::BulkString(b"ch".to_vec()), Value::BulkString(payload.to_vec())],
+        }
+    }
+
+    fn payloads(received: &mut Received) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Ok(push) = received.rx.try_recv() {
+            received.taken(&push);
+            if let Some(Value::BulkString(payload)) = push.data.get(1) {
+                out.push(payload.clone());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn past_its_message_bound_the_queue_drops_and_counts_until_the_reader_catches_up() {
+        let (pushes, mut received) = channel(Limits { messages: 2, bytes: 1 << 20 });
+        for payload in [b"1", b"2", b"3"] {
+            pushes.send(message(payload)).unwrap();
+        }
+        assert_eq!(received.dropped(), 1, "the third did not fit");
+        assert_eq!(payloads(&mut received), [b"1".to_vec(), b"2".to_vec()]);
+
+        pushes.send(message(b"4")).unwrap();
+        assert_eq!(payloads(&mut received), [b"4".to_vec()], "room again once read");
+        assert_eq!(received.dropped(), 1);
+    }
+
+    #[test]
+    fn past_its_byte_bound_the_queue_drops_but_a_single_large_message_still_passes() {
+        let (pushes, mut received) = channel(Limits { messages: 100, bytes: 10 });
+        pushes.send(message(&[0; 50])).unwrap();
+        pushes.send(message(b"x")).unwrap();
+        assert_eq!(received.dropped(), 1, "nothing fits beside a message over the bound");
+        assert_eq!(payloads(&mut received).len(), 1);
+
+        pushes.send(message(b"abc")).unwrap();
+        pushes.send(message(b"def")).unwrap();
+        pushes.send(message(b"ghi")).unwrap();
+        assert_eq!(received.dropped(), 2, "2 + 3 bytes each: two fit in ten");
+        assert_eq!(payloads(&mut received), [b"abc".to_vec(), b"def".to_vec()]);
+    }
+
+    #[test]
+    fn a_lost_connection_is_never_dropped() {
+        let (pushes, mut received) = channel(Limits { messages: 1, bytes: 1 << 20 });
+        pushes.send(message(b"1")).unwrap();
+        pushes.send(PushInfo { kind: PushKind::Disconnection, data: Vec::new() }).unwrap();
+        assert_eq!(received.dropped(), 0);
+        let kinds: Vec<PushKind> = std::iter::from_fn(|| received.rx.try_recv().ok()).map(|p| p.kind).collect();
+        assert_eq!(kinds, [PushKind::Message, PushKind::Disconnection]);
+    }
+
+    #[test]
+    fn once_the_dispatch_task_is_gone_sends_are_refused() {
+        let (pushes, received) = channel(Limits::default());
+        drop(received);
+        assert!(pushes.send(message(b"1")).is_err());
+    }
+}

@@ -145,7 +145,7 @@ describe('a herald node speaking Pusher protocol 7', () => {
   });
 
   describe('public channels and the HTTP API', () => {
-    test('a subscriber receives an SDK trigger; JSON data arrives parsed, plain text as sent', async () => {
+    test('a subscriber receives an SDK trigger; JSON data arrives parsed once, plain text as sent', async () => {
       const channel = uniqueName('public');
       const c = await env.client();
       await c.subscribe(channel);
@@ -156,11 +156,21 @@ describe('a herald node speaking Pusher protocol 7', () => {
       assert.equal(typeof reply, 'object', `trigger reply: ${JSON.stringify(reply)}`);
       await json(sdk.trigger(channel, 'news-flash', 'plain words, not JSON'));
       await json(sdk.trigger(channel, 'news-flash', '[1,2,3]'));
+      // What PHP's SDK sends for a string (it JSON-encodes every payload):
+      // the client gets the string back, not what the string spells.
+      await json(sdk.trigger(channel, 'news-flash', JSON.stringify('42')));
+      await json(sdk.trigger(channel, 'news-flash', JSON.stringify(JSON.stringify({ a: 1 }))));
 
-      await until(() => received.length >= 3, { what: () => `3 events, got ${JSON.stringify(received)}` });
+      await until(() => received.length >= 5, { what: () => `5 events, got ${JSON.stringify(received)}` });
       assert.deepEqual(
         received.map((r) => r.data),
-        [{ headline: 'herald speaks pusher', n: 1, tags: ['a'] }, 'plain words, not JSON', [1, 2, 3]],
+        [
+          { headline: 'herald speaks pusher', n: 1, tags: ['a'] },
+          'plain words, not JSON',
+          [1, 2, 3],
+          '42',
+          '{"a":1}',
+        ],
       );
     });
 

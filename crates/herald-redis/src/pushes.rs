@@ -78,6 +78,12 @@ impl std::fmt::Debug for Pushes {
     }
 }
 
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received").field("dropped", &self.dropped()).finish()
+    }
+}
+
 /// The bytes a message holds: the sizes of its strings.
 fn size_of(push: &PushInfo) -> usize {
     push.data

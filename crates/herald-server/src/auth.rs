@@ -212,7 +212,12 @@ impl TokenVerifier {
             validation.required_spec_claims.insert("iss".to_owned());
         }
         jsonwebtoken::decode::<T>(token, key, &validation).map(|data| data.claims).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            // Not valid yet counts as expired, as in Centrifugo: the client
+            // asks its backend for a token again and retries, where an
+            // invalid one would end it (a backend clock a second ahead).
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature | jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                TokenError::Expired
+            }
             _ => TokenError::Invalid(e.to_string()),
         })
     }

@@ -65,7 +65,8 @@ pub(crate) struct Signing {
 pub(crate) struct Target<E> {
     /// Event names it wants; empty for all.
     events: Vec<String>,
-    queue: mpsc::Sender<E>,
+    /// Each event with when it happened (Unix milliseconds).
+    queue: mpsc::Sender<(u128, E)>,
     metrics: Arc<Metrics>,
     /// Events dropped since the last warning, and when that was.
     dropped: AtomicU64,
@@ -120,7 +121,7 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
         if !self.wants(event.name()) {
             return;
         }
-        if self.queue.try_send(event.clone()).is_err() {
+        if self.queue.try_send((unix_millis(), event.clone())).is_err() {
             self.metrics.webhook("queue_full");
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed).saturating_add(1);
             let mut warned_at = self.warned_at.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,6 +135,10 @@ impl<E: Named + Serialize + Clone + Send + Sync + 'static> Target<E> {
             }
         }
     }
+}
+
+fn unix_millis() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()
 }
 
 /// Sends one target's events in order.
@@ -159,7 +164,7 @@ struct Body<'a, E> {
 impl Worker {
     /// Sends the queue's events until its target is dropped, then
     /// discards what is left.
-    async fn run_until<E: Serialize>(mut self, mut queue: mpsc::Receiver<E>, stopped: oneshot::Receiver<()>) {
+    async fn run_until<E: Serialize>(mut self, mut queue: mpsc::Receiver<(u128, E)>, stopped: oneshot::Receiver<()>) {
         tokio::select! {
             () = self.run(&mut queue) => {}
             _ = stopped => {
@@ -176,8 +181,8 @@ impl Worker {
         }
     }
 
-    async fn run<E: Serialize>(&mut self, queue: &mut mpsc::Receiver<E>) {
-        while let Some(first) = queue.recv().await {
+    async fn run<E: Serialize>(&mut self, queue: &mut mpsc::Receiver<(u128, E)>) {
+        while let Some((time_ms, first)) = queue.recv().await {
             let mut events = vec![first];
             if self.batch {
                 let window = tokio::time::sleep(BATCH_WINDOW);
@@ -185,20 +190,21 @@ impl Worker {
                 while events.len() < BATCH_MAX {
                     tokio::select! {
                         next = queue.recv() => match next {
-                            Some(event) => events.push(event),
+                            Some((_, event)) => events.push(event),
                             None => break,
                         },
                         _ = &mut window => break,
                     }
                 }
             }
-            self.deliver(&events).await;
+            self.deliver(time_ms, &events).await;
         }
     }
 
-    async fn deliver<E: Serialize>(&mut self, events: &[E]) {
-        let time_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    /// Sends `events`, the first of which happened at `time_ms`: the body
+    /// says when (as Pusher's `time_ms`), however long it waited behind a
+    /// failing target, so the receiver can tell a late webhook.
+    async fn deliver<E: Serialize>(&mut self, time_ms: u128, events: &[E]) {
         let body = Bytes::from(crate::json::to_vec(&Body { time_ms, events }));
         let signature = crate::pusher::sign::hmac_hex(&self.signing.secret, &body);
         let started = tokio::time::Instant::now();
@@ -304,5 +310,52 @@ mod tests {
         let discarded = r#"herald_webhooks_total{outcome="discarded"} 2"#;
         until("the two queued behind it are discarded", || metrics.render().contains(discarded)).await;
         assert_eq!(got.load(Ordering::SeqCst), 1, "no retry after the target was dropped");
+    }
+
+    /// A receiver that answers its first request 500 and the others 200,
+    /// keeping the bodies it took.
+    async fn receiver_failing_once() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let kept = taken.clone();
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+                if !first {
+                    kept.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                }
+                async move {
+                    if first {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (url, taken)
+    }
+
+    #[tokio::test]
+    async fn an_event_that_waited_behind_a_retry_says_when_it_happened_not_when_it_was_sent() {
+        let (url, taken) = receiver_failing_once().await;
+        let metrics = Arc::new(Metrics::new());
+        let signing = Signing { key: None, signature: "X-Signature", secret: "a-webhook-secret".into() };
+        let target = Target::start(&url, Vec::new(), false, signing, None, &metrics).expect("a usable URL");
+        let happened = unix_millis();
+        target.send(&Ping);
+        target.send(&Ping);
+        until("both delivered, the first after a retry 1 s later", || taken.lock().unwrap().len() == 2).await;
+
+        let sent_at = unix_millis();
+        assert!(sent_at >= happened + 1000, "the retry waited its second");
+        for body in taken.lock().unwrap().iter() {
+            let time_ms = u128::from(body["time_ms"].as_u64().unwrap());
+            assert!(time_ms >= happened && time_ms < happened + 500, "{time_ms} is not when it happened ({happened})");
+        }
     }
 }

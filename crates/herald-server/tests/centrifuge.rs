@@ -193,6 +193,33 @@ async fn refreshing_the_token_keeps_the_connection_past_its_first_expiry() {
     assert_eq!(client.closed().await.0, 3500, "a token for another user is refused");
 }
 
+#[tokio::test]
+async fn a_refresh_with_an_expired_token_closes_the_connection_as_expired_so_the_client_comes_back() {
+    let server = TestServer::with(|c| c.client.expired_close_delay = Duration::ZERO).await;
+    let mut client = server.client().await;
+    let token = server.token_with("42", json!({"exp": unix_now() + 600}));
+    client.command(json!({"id": 1, "connect": {"token": token}})).await;
+
+    let expired = server.token_with("42", json!({"exp": unix_now() - 1}));
+    client.send(json!({"id": 2, "refresh": {"token": expired}})).await;
+    assert_eq!(client.closed().await.0, 3005, "3005 reconnects; an error reply would end centrifuge-js");
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_is_answered_as_expired_so_the_client_asks_for_another() {
+    let server = TestServer::start().await;
+    let ahead = unix_now() + 30;
+    let mut client = server.client().await;
+    let early = server.token_with("42", json!({"nbf": ahead}));
+    let reply = client.command(json!({"id": 1, "connect": {"token": early}})).await;
+    assert_eq!(reply["error"]["code"], 109, "{reply}");
+
+    let mut client = server.connected("42").await;
+    let early = server.token_with("42", json!({"channel": "news", "nbf": ahead}));
+    let reply = client.command(json!({"id": 2, "subscribe": {"channel": "news", "token": early}})).await;
+    assert_eq!(reply["error"]["code"], 109, "{reply}");
+}
+
 /// An identity provider's key set on a local port: the fixture keys `rsa-1`,
 /// `ec-1` and `ed-1`.
 async fn serve_key_set() -> String {

@@ -366,7 +366,6 @@ async fn api_triggers_validate_their_events() {
         (json!({"name": "", "channel": "news", "data": "{}"}), 400),
         (json!({"name": "e", "data": "{}"}), 400),
         (json!({"name": "e", "channel": "news", "data": "{}", "socket_id": "nope"}), 400),
-        (json!({"name": "e", "channel": "news", "data": "{}", "info": "user_count"}), 400),
         (json!({"not": "an event"}), 400),
     ];
     for (body, status) in cases {
@@ -416,6 +415,29 @@ async fn a_trigger_skips_the_excluded_socket_and_reports_counts() {
     assert_eq!((status, reply), (200, json!({"channels": {"news": {"subscription_count": 2}}})));
     assert_eq!(bob.next().await["data"], "{\"n\":1}");
     alice.assert_alive().await; // the pong is the next thing alice sees: the event skipped her
+}
+
+#[tokio::test]
+async fn a_trigger_asking_user_count_of_a_public_channel_beside_a_presence_one_is_answered_for_each() {
+    let server = server().await;
+    let mut member = Pusher::connect(&server).await;
+    let data = json!({ "user_id": "7" }).to_string();
+    let auth = member.auth("presence-room", Some(&data));
+    let subscribe = json!({"channel": "presence-room", "auth": auth, "channel_data": data});
+    member.send(json!({"event": "pusher:subscribe", "data": subscribe})).await;
+    assert_eq!(member.next().await["event"], "pusher_internal:subscription_succeeded");
+    member.subscribe("news").await;
+
+    let body = json!({"name": "e", "channels": ["presence-room", "news"], "data": "{}", "info": "user_count,subscription_count"});
+    let (status, reply) = trigger(server.addr, body).await;
+    let counts = json!({"channels": {
+        "presence-room": {"user_count": 1, "subscription_count": 1},
+        "news": {"subscription_count": 1},
+    }});
+    assert_eq!((status, reply), (200, counts), "as Pusher: user_count where there is one");
+    for _ in 0..2 {
+        assert_eq!(member.next().await["event"], "e", "the event went out on both channels");
+    }
 }
 
 /// Over a real WebSocket, where the fanout writes to an idle socket itself.

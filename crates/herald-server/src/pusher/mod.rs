@@ -328,13 +328,18 @@ pub(crate) fn error_frame(code: Option<u16>, message: &str, channel: Option<&str
     object_frame("pusher:error", channel, &serde_json::json!({ "code": code, "message": message }))
 }
 
-/// A publication's payload as the string a Pusher event carries: a JSON
-/// string payload is unwrapped (pusher-js would only parse it back), other
-/// JSON is passed as its text.
+/// A publication's payload as the string a Pusher event carries, which
+/// pusher-js parses as JSON where it can: JSON is passed as its text; a
+/// JSON string is unwrapped when its text is not JSON itself (the event's
+/// data was plain text, stored quoted by [`publication_data`]), and kept
+/// quoted when it is (`"42"`, or an encoded object as PHP's SDK sends a
+/// string: the client must get that string, not the number or object).
 pub(crate) fn event_data(data: &[u8]) -> std::borrow::Cow<'_, str> {
     if data.first() == Some(&b'"') {
         if let Ok(text) = serde_json::from_slice::<String>(data) {
-            return text.into();
+            if serde_json::from_str::<&serde_json::value::RawValue>(&text).is_err() {
+                return text.into();
+            }
         }
     }
     String::from_utf8_lossy(data)
@@ -455,5 +460,23 @@ mod tests {
         }
         let event = Frame { event: "news", channel: Some("presence-room"), data: "{}", user_id: None }.encode();
         assert_eq!(member_change(event.as_bytes(), "presence-room"), None);
+    }
+
+    /// What pusher-js makes of the data Herald sends is what it makes of
+    /// the data the app triggered: plain text as sent, JSON parsed once.
+    #[test]
+    fn an_event_carries_its_data_as_the_app_triggered_it() {
+        let cases = [
+            ("plain words", "plain words", "plain text is stored quoted, sent as it came"),
+            (r#"{"a":1}"#, r#"{"a":1}"#, "an object"),
+            ("42", "42", "a number"),
+            (r#""42""#, r#""42""#, "a string whose text is a number stays a string"),
+            (r#""{\"a\":1}""#, r#""{\"a\":1}""#, "PHP's SDK's encoding of a string holding JSON"),
+            (r#""hello""#, "hello", "a string of plain text: pusher-js gets the same text either way"),
+        ];
+        for (triggered, sent, why) in cases {
+            let stored = publication_data(triggered);
+            assert_eq!(event_data(&stored), sent, "{why}");
+        }
     }
 }

@@ -319,9 +319,6 @@ impl Api<'_> {
             None => None,
         };
         let info = Info::parse(trigger.info.as_deref())?;
-        if info.user_count && !names.iter().all(|name| ChannelKind::of(name).is_presence()) {
-            return Err(Failure::bad("user_count is only available for presence channels"));
-        }
         let payload = super::publication_data(&data);
         Ok(Checked { event: trigger.name, names, channels, payload, exclude, info })
     }
@@ -341,6 +338,9 @@ impl Api<'_> {
         }
         let mut counts = Map::new();
         for (name, channel) in trigger.names.iter().zip(&trigger.channels) {
+            // As Pusher: a channel that is not presence answers what it has
+            // (the event is out; refusing the call now would only hide that).
+            let info = Info { user_count: info.user_count && ChannelKind::of(name).is_presence(), ..info };
             counts.insert(name.clone(), self.counts(name, channel, info).await?);
         }
         Ok(Some(counts))

@@ -281,7 +281,13 @@ impl Session {
         let conn = self.connection()?;
         let claims = match self.shared.verifier.connection_now(token).await {
             Ok(claims) => claims,
-            Err(TokenError::Expired) => return Err(ClientError::TokenExpired.into()),
+            // As Centrifugo: closed as expired, so the client reconnects
+            // and asks for a new token (an error reply to a refresh ends
+            // centrifuge-js for good).
+            Err(TokenError::Expired) => {
+                tracing::info!(client = %conn.client(), "refresh token expired; closing the connection as expired");
+                return Err(Failure::Disconnect(DisconnectReason::ConnectionExpired));
+            }
             Err(TokenError::Invalid(why) | TokenError::UnknownKey(why)) => {
                 tracing::info!(client = %conn.client(), %why, "refresh token refused");
                 return Err(Failure::Disconnect(DisconnectReason::InvalidToken));

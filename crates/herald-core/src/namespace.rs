@@ -28,6 +28,10 @@ pub const NAMESPACE_SEPARATOR: char = ':';
 pub const USER_LIMIT_SEPARATOR: char = '#';
 /// Separates users in that list.
 pub const USER_LIST_SEPARATOR: char = ',';
+/// Starts the name of a private channel (`$news`, `$chat:room`), as in
+/// Centrifugo: a client subscribes to one only with a subscription token
+/// (or the server subscribes it), whatever its namespace's `subscribe`.
+pub const PRIVATE_PREFIX: char = '$';
 
 /// Who may subscribe to a channel without a subscription token. A valid
 /// subscription token for the channel always grants the subscription.
@@ -241,9 +245,16 @@ impl ChannelRules {
         channel.as_str().split_once(NAMESPACE_SEPARATOR).map_or(channel.as_str(), |(_, local)| local)
     }
 
-    /// The namespace part of a channel name, if it has one.
+    /// The namespace part of a channel name, if it has one (after the
+    /// private prefix: `$chat:room` is in `chat`).
     pub fn namespace_of(channel: &ChannelName) -> Option<&str> {
-        channel.as_str().split_once(NAMESPACE_SEPARATOR).map(|(ns, _)| ns)
+        let name = channel.as_str();
+        name.strip_prefix(PRIVATE_PREFIX).unwrap_or(name).split_once(NAMESPACE_SEPARATOR).map(|(ns, _)| ns)
+    }
+
+    /// Whether `channel` is private: subscribed to only with a token.
+    pub fn is_private(channel: &ChannelName) -> bool {
+        channel.as_str().starts_with(PRIVATE_PREFIX)
     }
 
     /// The options that govern `channel`, or `UnknownChannel`.
@@ -291,6 +302,9 @@ mod tests {
         assert_eq!(rules.resolve(&ch("chat:lobby")), Ok(&chat));
         assert_eq!(rules.resolve(&ch("chat:a:b")), Ok(&chat));
         assert_eq!(rules.resolve(&ch("games:1")), Err(HubError::UnknownChannel));
+        assert_eq!(rules.resolve(&ch("$chat:lobby")), Ok(&chat), "a private channel is in its namespace");
+        assert_eq!(rules.resolve(&ch("$news")), Ok(&NamespaceOptions::default()));
+        assert!(ChannelRules::is_private(&ch("$chat:lobby")) && !ChannelRules::is_private(&ch("chat:$lobby")));
     }
 
     /// Channels named `loud-…` push joins and leaves to everyone.

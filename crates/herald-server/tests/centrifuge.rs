@@ -103,6 +103,22 @@ async fn private_channels_need_a_subscription_token_for_this_user_and_channel() 
 }
 
 #[tokio::test]
+async fn a_channel_named_with_a_dollar_is_private_in_any_namespace_as_in_centrifugo() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("42").await;
+    for channel in ["$secret", "$chat:room"] {
+        let id = client.id();
+        let reply = client.command(json!({"id": id, "subscribe": {"channel": channel}})).await;
+        assert_eq!(reply["error"]["code"], 103, "{channel} without a token: {reply}");
+
+        let token = server.channel_token("42", channel, json!({}));
+        let id = client.id();
+        let reply = client.command(json!({"id": id, "subscribe": {"channel": channel, "token": token}})).await;
+        assert!(reply.get("error").is_none(), "{channel} with a token, in its namespace: {reply}");
+    }
+}
+
+#[tokio::test]
 async fn commands_sent_in_one_frame_are_answered_in_one_frame() {
     let server = TestServer::start().await;
     let mut client = server.connected("42").await;

@@ -25,6 +25,9 @@ impl Hub {
         let rules = self.rules();
         let options = rules.resolve(channel)?;
         if access == SubscribeAccess::Client {
+            if ChannelRules::is_private(channel) {
+                return Err(HubError::PermissionDenied);
+            }
             let allowed = match options.subscribe {
                 SubscribePolicy::Anyone => true,
                 SubscribePolicy::Authenticated => !conn.user().is_anonymous(),

@@ -216,6 +216,9 @@ async fn namespace_rules_decide_who_may_subscribe() {
         (&user, "unknown:x", Err(HubError::UnknownChannel)),
         (&user, "dialog#42,43", Ok(())),
         (&user, "dialog#43", Err(HubError::PermissionDenied)),
+        (&anonymous, "$public:x", Err(HubError::PermissionDenied)),
+        (&user, "$news", Err(HubError::PermissionDenied)),
+        (&user, "$unknown:x", Err(HubError::UnknownChannel)),
     ];
     for (conn, channel, expected) in cases {
         assert_eq!(f.subscribe(conn, channel).await, expected, "{channel}");
@@ -226,7 +229,13 @@ async fn namespace_rules_decide_who_may_subscribe() {
 async fn a_token_or_the_server_grants_what_the_namespace_would_not() {
     let f = Fixture::new().await;
     let user = f.connect("42", 1 << 20);
-    for (channel, access) in [("private:a", SubscribeAccess::Token), ("dialog#7", SubscribeAccess::Server)] {
+    let grants = [
+        ("private:a", SubscribeAccess::Token),
+        ("dialog#7", SubscribeAccess::Server),
+        ("$public:a", SubscribeAccess::Token),
+        ("$news", SubscribeAccess::Server),
+    ];
+    for (channel, access) in grants {
         f.hub
             .subscribe(&user, &ch(channel), access, SubscribeRequest::default(), |_| None)
             .await

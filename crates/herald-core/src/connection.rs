@@ -17,6 +17,12 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
     /// The protocol's name, for metrics (`centrifuge`, `pusher`).
     fn protocol(&self) -> &'static str;
 
+    /// The Pusher app its connections belong to, if any: a command for
+    /// one app's users (`Control::Disconnect`'s `app`) reaches only them.
+    fn app(&self) -> Option<&str> {
+        None
+    }
+
     /// A publication push for every subscriber of `channel`.
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> Frame;
 

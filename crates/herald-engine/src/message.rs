@@ -113,6 +113,10 @@ pub enum Control {
         client: Option<ClientId>,
         /// Why, which says which close code the client gets.
         reason: DisconnectReason,
+        /// Only connections of this Pusher app, when given (user ids of
+        /// different apps are different users).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<String>,
     },
     /// Subscribe a user's connections (or one of them) to a channel.
     Subscribe {

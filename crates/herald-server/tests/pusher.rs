@@ -53,7 +53,12 @@ impl Pusher {
     }
 
     async fn connect(server: &TestServer) -> Self {
-        let mut client = Self::open(server, &format!("/app/{KEY}?protocol=7&client=js&version=8.4.0")).await;
+        Self::connect_to(server, KEY).await
+    }
+
+    /// Connects to the app whose key is `key`.
+    async fn connect_to(server: &TestServer, key: &str) -> Self {
+        let mut client = Self::open(server, &format!("/app/{key}?protocol=7&client=js&version=8.4.0")).await;
         let established = next_json(&mut client).await;
         assert_eq!(established["event"], "pusher:connection_established");
         let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
@@ -81,6 +86,15 @@ impl Pusher {
         let reply = self.next().await;
         assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "subscribe to {channel}: {reply}");
         reply
+    }
+
+    /// Signs in as `id` to the app of `key` and `secret`.
+    async fn sign_in(&mut self, id: &str, key: &str, secret: &str) {
+        let user_data = json!({ "id": id }).to_string();
+        let message = sign::signin_message(&self.socket_id, &user_data);
+        let auth = format!("{key}:{}", sign::hmac_hex(secret, message.as_bytes()));
+        self.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
+        assert_eq!(self.next().await["event"], "pusher:signin_success");
     }
 
     /// Asserts the connection still answers a ping.
@@ -308,6 +322,33 @@ async fn a_bad_sign_in_is_refused_with_4009() {
     assert_eq!(client.next().await["data"]["code"], 4009);
     assert_eq!(client.client.closed().await.0, 4009);
     bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn terminating_a_users_connections_closes_them_in_that_app_only() {
+    const OTHER_SECRET: &str = "the-other-apps-secret";
+    let server = TestServer::with(|c| {
+        with_app(c, |_| {});
+        with_app(c, |app| {
+            app.id = "app-2".into();
+            app.key = "other-key".into();
+            app.secret = Secret::new(OTHER_SECRET);
+            app.namespace = "room".into();
+        });
+    })
+    .await;
+    let mut here = Pusher::connect(&server).await;
+    here.sign_in("7", KEY, SECRET).await;
+    let mut in_the_other_app = Pusher::connect_to(&server, "other-key").await;
+    in_the_other_app.sign_in("7", "other-key", OTHER_SECRET).await;
+    let mut centrifuge_user = server.connected("7").await;
+
+    let path = format!("/apps/{APP_ID}/users/7/terminate_connections");
+    let (status, reply) = api(server.addr, "POST", &path, "{}", |_| {}).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(here.client.closed().await.0, 4009);
+    in_the_other_app.assert_alive().await;
+    centrifuge_user.assert_alive().await;
 }
 
 #[tokio::test]

@@ -92,9 +92,11 @@ impl Hub {
                     }
                 }
             }
-            Control::Disconnect { user, client, reason } => {
+            Control::Disconnect { user, client, reason, app } => {
                 for conn in self.registry.of_user(&user, client.as_ref()) {
-                    conn.outbox.close(reason.clone());
+                    if app.is_none() || conn.encoder.app() == app.as_deref() {
+                        conn.outbox.close(reason.clone());
+                    }
                 }
             }
             Control::Subscribe { user, channel, client } => {

@@ -318,7 +318,10 @@ async fn a_disconnect_command_closes_only_that_users_connections() {
     let target = f.connect("42", 1 << 20);
     let bystander = f.connect("43", 1 << 20);
     let reason = DisconnectReason::ForceDisconnect;
-    f.hub.send_control(Control::Disconnect { user: UserId::new("42").unwrap(), client: None, reason }).await.unwrap();
+    f.hub
+        .send_control(Control::Disconnect { user: UserId::new("42").unwrap(), client: None, reason, app: None })
+        .await
+        .unwrap();
     assert_eq!(frames(&target), ["closed: ForceDisconnect"]);
     assert!(!bystander.outbox().is_closed());
 }
@@ -459,7 +462,10 @@ async fn a_connection_that_authenticates_later_is_reached_as_its_new_user() {
     f.hub.set_user(&conn, UserId::new("ann").unwrap());
     assert_eq!(conn.user(), UserId::new("ann").unwrap());
     let reason = DisconnectReason::ForceDisconnect;
-    f.hub.send_control(Control::Disconnect { user: UserId::new("ann").unwrap(), client: None, reason }).await.unwrap();
+    f.hub
+        .send_control(Control::Disconnect { user: UserId::new("ann").unwrap(), client: None, reason, app: None })
+        .await
+        .unwrap();
     assert_eq!(frames(&conn), ["closed: ForceDisconnect"]);
     assert_eq!(f.hub.stats().users, 1, "the anonymous user it was is forgotten");
 }

@@ -123,6 +123,7 @@ pub async fn control_commands_reach_the_sending_node(engine: Engine, _: Clock) {
         user: UserId::new("42").expect("valid user"),
         client: None,
         reason: DisconnectReason::ForceDisconnect,
+        app: Some("app-1".to_owned()),
     };
     engine.broker().send_control(command.clone()).await.expect("send control");
     match events.next("the control command").await {

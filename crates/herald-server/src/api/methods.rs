@@ -395,8 +395,13 @@ impl ApiState {
                         )))
                     }
                 };
-                hub.send_control(Control::Disconnect { user: user(&p.user)?, client: client(p.client), reason })
-                    .await?;
+                hub.send_control(Control::Disconnect {
+                    user: user(&p.user)?,
+                    client: client(p.client),
+                    reason,
+                    app: None,
+                })
+                .await?;
                 Ok(Reply::Done)
             }
             ApiCommand::Refresh(p) => {

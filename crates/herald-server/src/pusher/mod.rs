@@ -60,7 +60,7 @@ pub(crate) struct App {
 
 impl App {
     fn new(config: PusherApp) -> Self {
-        let encoder = Arc::new(PusherEncoder { namespace: config.namespace.clone() });
+        let encoder = Arc::new(PusherEncoder { namespace: config.namespace.clone(), app: config.id.clone() });
         Self { config, encoder, connections: AtomicUsize::new(0) }
     }
 
@@ -255,6 +255,8 @@ impl Frontend {
 #[derive(Debug)]
 pub(crate) struct PusherEncoder {
     namespace: String,
+    /// The app's id.
+    app: String,
 }
 
 /// A Pusher frame: `data` is a string (JSON inside, for pusher-js to parse).
@@ -372,6 +374,10 @@ impl PushEncoder for PusherEncoder {
         "pusher"
     }
 
+    fn app(&self) -> Option<&str> {
+        Some(&self.app)
+    }
+
     fn encode_publication(&self, channel: &ChannelName, publication: &Publication) -> herald_core::Frame {
         let name = self.name_of(channel).unwrap_or(channel.as_str());
         let event = publication.tags.get(EVENT_TAG).map_or(DEFAULT_EVENT, String::as_str);
@@ -443,7 +449,7 @@ mod tests {
     /// What `encode_presence` writes, `member_change` reads back.
     #[test]
     fn a_join_or_leave_frame_reads_back_as_the_member_it_tells_of() {
-        let encoder = PusherEncoder { namespace: String::new() };
+        let encoder = PusherEncoder { namespace: String::new(), app: "app".into() };
         let channel = ChannelName::new("presence-room").unwrap();
         let info = ClientInfo {
             user: UserId::new("u \"1\"").unwrap(),

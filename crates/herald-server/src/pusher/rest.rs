@@ -433,7 +433,8 @@ impl Api<'_> {
     async fn terminate(&self, user: &str) -> Result<Value, Failure> {
         let user = UserId::new(user).map_err(|e| Failure::bad(e.to_string()))?;
         let reason = DisconnectReason::ForceDisconnect;
-        self.frontend.hub().send_control(Control::Disconnect { user, client: None, reason }).await?;
+        let app = Some(self.app.config.id.clone());
+        self.frontend.hub().send_control(Control::Disconnect { user, client: None, reason, app }).await?;
         Ok(json!({}))
     }
 }

@@ -269,7 +269,7 @@ async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_40
     );
 
     let reason = herald_engine::DisconnectReason::ForceDisconnect;
-    s.hub.send_control(Control::Disconnect { user: ann, client: None, reason }).await.unwrap();
+    s.hub.send_control(Control::Disconnect { user: ann, client: None, reason, app: None }).await.unwrap();
     assert!(matches!(s.next().await, Sent::Close(4009, _)));
 }
 

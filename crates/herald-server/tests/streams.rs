@@ -319,6 +319,23 @@ async fn a_uni_directional_client_that_may_have_missed_publications_is_told_to_r
     assert_eq!(stream.rest().await, vec![disconnect], "not a silent gap: the client reconnects with its positions");
 }
 
+/// As Centrifugo: centrifuge-js forgets a server-side subscription it is
+/// unsubscribed from, so one that may have missed publications reconnects.
+#[tokio::test]
+async fn a_websocket_client_whose_server_side_subscription_may_have_missed_publications_reconnects() {
+    let mut redis = RedisServer::start();
+    let engine =
+        RedisEngineConfig { address: redis.url(), prefix: format!("bidi{}", std::process::id()), ..Default::default() };
+    let server = TestServer::with(|c| c.engine = EngineConfig::Redis(engine)).await;
+    let token = server.token_with("max", json!({"channels": ["feed:gone"]}));
+    let mut client = server.client().await;
+    let reply = client.command(json!({"id": 1, "connect": {"token": token}})).await;
+    assert_eq!(reply["connect"]["subs"]["feed:gone"]["recoverable"], true, "{reply}");
+
+    redis.restart();
+    assert_eq!(client.closed().await.0, 3010, "not an unsubscribe the client would never undo");
+}
+
 #[tokio::test]
 async fn a_uni_directional_websocket_connects_with_its_first_message_and_ignores_the_rest() {
     let server = TestServer::start().await;

@@ -152,6 +152,9 @@ struct Session {
     expire_deadline: Option<Instant>,
     /// When each expiring subscription ends (expiry + grace).
     sub_deadlines: SubDeadlines,
+    /// The server-side subscriptions (the token's or the connect proxy's
+    /// channels, the server API's subscribes).
+    server_side: ServerSide,
     /// The client's command and subscription rates.
     rates: ConnectionRates,
     /// The client's request headers and address, for the proxies.
@@ -192,6 +195,36 @@ impl SubDeadlines {
         let (due, kept) = std::mem::take(&mut self.0).into_iter().partition(|(_, deadline, _)| now >= *deadline);
         self.0 = kept;
         due.into_iter().map(|(channel, _, by_proxy)| (channel, by_proxy)).collect()
+    }
+}
+
+/// The channels the server subscribed the connection to. A client cannot
+/// resubscribe to one of them to recover (centrifuge-js forgets a
+/// server-side subscription it is unsubscribed from): it reconnects, as
+/// Centrifugo has it. Boxed, and only when there are any: most
+/// connections have none, and every connection's session holds this.
+#[derive(Debug, Default)]
+struct ServerSide(Option<Box<Vec<ChannelName>>>);
+
+impl ServerSide {
+    fn insert(&mut self, channel: ChannelName) {
+        let channels = self.0.get_or_insert_with(Box::default);
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+    }
+
+    fn remove(&mut self, channel: &ChannelName) {
+        if let Some(channels) = &mut self.0 {
+            channels.retain(|known| known != channel);
+            if channels.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    fn contains(&self, channel: &ChannelName) -> bool {
+        self.0.as_ref().is_some_and(|channels| channels.contains(channel))
     }
 }
 
@@ -274,6 +307,7 @@ impl Session {
             pong_deadline: None,
             expire_deadline: Some(driver::after(now, settings.connect_timeout)),
             sub_deadlines: SubDeadlines::default(),
+            server_side: ServerSide::default(),
             rates: ConnectionRates::new(settings.rates, now),
             conn: None,
             shared,
@@ -576,10 +610,17 @@ impl Session {
     /// The push (JSON) that tells the client of a server-side event.
     fn event_push(&mut self, event: ConnEvent) -> Result<Bytes, DisconnectReason> {
         Ok(match event {
-            ConnEvent::Subscribed { channel } => self.push(Some(&channel), "subscribe", &Empty {}),
-            // A uni-directional client cannot resubscribe to recover: it
-            // reconnects, naming its positions.
-            ConnEvent::Unsubscribed { reason: UnsubscribeReason::InsufficientState, .. } if self.unidirectional() => {
+            ConnEvent::Subscribed { channel } => {
+                let push = self.push(Some(&channel), "subscribe", &Empty {});
+                self.server_side.insert(channel);
+                push
+            }
+            // A uni-directional client, or any client for a server-side
+            // subscription, cannot resubscribe to recover: it reconnects,
+            // naming its positions.
+            ConnEvent::Unsubscribed { channel, reason: UnsubscribeReason::InsufficientState }
+                if self.unidirectional() || self.server_side.contains(&channel) =>
+            {
                 return Err(DisconnectReason::Custom {
                     code: codes::INSUFFICIENT_STATE,
                     reason: "insufficient state".to_owned(),
@@ -588,6 +629,7 @@ impl Session {
             }
             ConnEvent::Unsubscribed { channel, reason } => {
                 self.sub_deadlines.remove(&channel);
+                self.server_side.remove(&channel);
                 self.unsubscribe_push(&channel, reason)
             }
             ConnEvent::Refresh { expired: true, .. } => return Err(DisconnectReason::ConnectionExpired),

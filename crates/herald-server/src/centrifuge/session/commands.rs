@@ -75,11 +75,13 @@ impl Session {
                 Ok(channel) => hub
                     .subscribe(&conn, &channel, SubscribeAccess::Server, request, |_| None)
                     .await
+                    .map(|outcome| (outcome, channel))
                     .map_err(ClientError::Hub),
                 Err(e) => Err(ClientError::BadRequest(format!("channel {name:?} in token: {e}"))),
             };
             match subscribed {
-                Ok(outcome) => {
+                Ok((outcome, channel)) => {
+                    self.server_side.insert(channel);
                     subs.put_u8(if subs.is_empty() { b'{' } else { b',' });
                     crate::json::put_str(&mut subs, name);
                     subs.put_u8(b':');
@@ -248,6 +250,7 @@ impl Session {
         let channel = parse_channel(channel)?;
         self.shared.hub().unsubscribe(&conn, &channel).await;
         self.sub_deadlines.remove(&channel);
+        self.server_side.remove(&channel);
         self.reply(encode::reply(id, "unsubscribe", &Empty {}));
         Ok(())
     }

@@ -201,30 +201,28 @@ impl SubDeadlines {
 /// The channels the server subscribed the connection to. A client cannot
 /// resubscribe to one of them to recover (centrifuge-js forgets a
 /// server-side subscription it is unsubscribed from): it reconnects, as
-/// Centrifugo has it. Boxed, and only when there are any: most
-/// connections have none, and every connection's session holds this.
+/// Centrifugo has it. A boxed slice, rewritten on the rare change: every
+/// connection's session holds this, most of them empty.
 #[derive(Debug, Default)]
-struct ServerSide(Option<Box<Vec<ChannelName>>>);
+struct ServerSide(Box<[ChannelName]>);
 
 impl ServerSide {
     fn insert(&mut self, channel: ChannelName) {
-        let channels = self.0.get_or_insert_with(Box::default);
-        if !channels.contains(&channel) {
+        if !self.contains(&channel) {
+            let mut channels = std::mem::take(&mut self.0).into_vec();
             channels.push(channel);
+            self.0 = channels.into_boxed_slice();
         }
     }
 
     fn remove(&mut self, channel: &ChannelName) {
-        if let Some(channels) = &mut self.0 {
-            channels.retain(|known| known != channel);
-            if channels.is_empty() {
-                self.0 = None;
-            }
+        if self.contains(channel) {
+            self.0 = self.0.iter().filter(|known| *known != channel).cloned().collect();
         }
     }
 
     fn contains(&self, channel: &ChannelName) -> bool {
-        self.0.as_ref().is_some_and(|channels| channels.contains(channel))
+        self.0.contains(channel)
     }
 }
 

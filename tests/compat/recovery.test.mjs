@@ -172,6 +172,36 @@ describe('history, recovery and presence on a herald node', () => {
     );
   });
 
+  test('a subscription with getState, from a position that cannot recover, is refused (112) and loads its state again', async () => {
+    const channel = 'feed:state';
+    await publishSeqs(channel, [1, 2]);
+    const { client: c } = await connectedClient('42');
+    let asked = 0;
+    const sub = c.newSubscription(channel, {
+      minResubscribeDelay: 50,
+      maxResubscribeDelay: 100,
+      // The app's own state, and the position it goes with: first one of an
+      // epoch long gone, then the stream's top as the server API reads it.
+      getState: async () => {
+        asked += 1;
+        if (asked === 1) {
+          return { offset: 1, epoch: 'an-epoch-long-gone' };
+        }
+        const top = await herald.api('history', { channel, limit: 0 });
+        return { offset: top.result.offset, epoch: top.result.epoch };
+      },
+    });
+    const received = recordPublications(sub);
+    const isSubscribed = nextEvent(sub, 'subscribed');
+    sub.subscribe();
+    const ctx = await isSubscribed;
+    assert.equal(asked, 2, `the stale position was refused, not taken as recovered: false: ${JSON.stringify(ctx)}`);
+
+    await publishSeqs(channel, [3]);
+    await waitFor(() => received.some((p) => p.seq === 3), { message: 'publication 3' });
+    assert.deepEqual(received.map((p) => p.seq), [3], 'from the state it loaded on: nothing replayed, nothing missed');
+  });
+
   test('a subscriber pages through the history of feed:b, oldest first and in reverse', async () => {
     const channel = 'feed:b';
     const { client: c } = await connectedClient('42');

@@ -187,6 +187,9 @@ pub struct SubscribeRequest {
     /// The connection's encoder may ask for it too
     /// ([`crate::PushEncoder::wants_latest`]), for every subscription.
     pub latest: bool,
+    /// Refuses the subscription with [`HubError::UnrecoverablePosition`]
+    /// when it cannot recover, instead of making it `recovered: false`.
+    pub reject_unrecovered: bool,
 }
 
 /// How a subscription came out; front-ends encode their reply from it.

@@ -95,6 +95,29 @@ async fn recovery_past_the_limit_or_from_another_epoch_says_recovered_false() {
     assert_eq!(reply["subscribe"]["offset"], 6, "the client continues from the top");
 }
 
+/// centrifuge-js with `getState` sets flag 2: told 112, it loads the state
+/// again and subscribes afresh, where `recovered: false` would leave a gap.
+#[tokio::test]
+async fn a_subscriber_that_asks_to_be_refused_when_it_cannot_recover_gets_112_and_can_subscribe_afresh() {
+    let server = TestServer::start().await;
+    server.publish("feed:d", json!(1)).await;
+    let mut client = server.connected("42").await;
+    let stale = json!({"channel": "feed:d", "recover": true, "offset": 0, "epoch": "gone", "flag": 3});
+    let reply = client.command(json!({"id": 1, "subscribe": stale})).await;
+    assert_eq!(reply["error"]["code"], 112, "{reply}");
+
+    let position = json!({"channel": "feed:d", "recover": true, "offset": 0, "epoch": "gone"});
+    let reply = client.command(json!({"id": 2, "subscribe": position})).await;
+    assert_eq!(reply["subscribe"]["was_recovering"], true, "without the flag, as before: {reply}");
+    assert!(reply["subscribe"].get("recovered").is_none(), "{reply}");
+
+    let epoch = reply["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    let mut again = server.connected("42").await;
+    let recoverable = json!({"channel": "feed:d", "recover": true, "offset": 1, "epoch": epoch, "flag": 3});
+    let reply = again.command(json!({"id": 3, "subscribe": recoverable})).await;
+    assert_eq!(reply["subscribe"]["recovered"], true, "the flag refuses only what cannot recover: {reply}");
+}
+
 #[tokio::test]
 async fn the_history_command_pages_forwards_and_backwards() {
     let server = TestServer::start().await;

@@ -276,6 +276,9 @@ impl Hub {
             if let Some(meter) = self.meter.get() {
                 meter.recovery(outcome.recovered);
             }
+            if !outcome.recovered && request.reject_unrecovered {
+                return Err(HubError::UnrecoverablePosition);
+            }
         }
         Ok(())
     }

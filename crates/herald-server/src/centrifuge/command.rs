@@ -105,7 +105,16 @@ pub(crate) struct SubscribeRequest {
     /// Data for the subscribe proxy.
     #[serde(default)]
     pub data: Option<Box<RawValue>>,
+    /// Features asked for, as bits (see [`REJECT_UNRECOVERED`]; others
+    /// Herald does not offer are ignored, as the protocol has it).
+    #[serde(default)]
+    pub flag: i64,
 }
+
+/// The subscribe flag asking for error 112, instead of `recovered: false`,
+/// when recovery is impossible (centrifuge-js sets it with `getState`,
+/// to load the state again).
+pub(crate) const REJECT_UNRECOVERED: i64 = 2;
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct StreamPositionRequest {

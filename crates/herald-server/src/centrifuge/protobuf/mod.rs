@@ -183,6 +183,7 @@ fn command(wire: wire::Command) -> Result<Command, Malformed> {
             join_leave: r.join_leave,
             delta: r.delta,
             data: json(r.data, "subscribe data")?,
+            flag: r.flag,
         })
     } else if let Some(r) = unsubscribe {
         Method::Unsubscribe(command::ChannelRequest { channel: r.channel })

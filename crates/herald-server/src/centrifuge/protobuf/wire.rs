@@ -339,6 +339,9 @@ pub struct SubscribeRequest {
     pub join_leave: bool,
     #[prost(string, tag = "12")]
     pub delta: ::prost::alloc::string::String,
+    /// Features asked for: 2 = answer 112 when recovery is impossible.
+    #[prost(int64, tag = "14")]
+    pub flag: i64,
 }
 #[derive(serde::Deserialize)]
 #[serde(default)]

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::{deadline_after, ConnectResult, Empty, Encoding, ExpiryResult, Failure, Mode, RefreshResult, Session};
 use crate::auth::{self, ConnectClaims, TokenError};
 use crate::centrifuge::codes::ClientError;
-use crate::centrifuge::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
+use crate::centrifuge::command::{ConnectRequest, HistoryRequest, SubscribeRequest, REJECT_UNRECOVERED};
 use crate::centrifuge::encode;
 use herald_core::Connection;
 
@@ -175,6 +175,7 @@ impl Session {
             // Uni-directional clients never subscribe; others may take deltas.
             delta: req.delta == "fossil",
             latest: false,
+            reject_unrecovered: req.flag & REJECT_UNRECOVERED != 0,
         };
         let expiry = if by_proxy { ExpiryResult::default() } else { ExpiryResult::at(exp) };
         let encoding = self.encoding;

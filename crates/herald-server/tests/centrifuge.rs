@@ -134,13 +134,13 @@ async fn commands_sent_in_one_frame_are_answered_in_one_frame() {
 }
 
 #[tokio::test]
-async fn unknown_methods_get_104_and_rpc_without_a_proxy_too() {
+async fn unknown_methods_get_104_and_rpc_without_a_proxy_108_as_in_centrifugo() {
     let server = TestServer::start().await;
     let mut client = server.connected("42").await;
     let reply = client.command(json!({"id": 5, "teleport": {}})).await;
     assert_eq!(reply["error"]["code"], 104);
     let reply = client.command(json!({"id": 6, "rpc": {"method": "sum", "data": [1, 2]}})).await;
-    assert_eq!(reply["error"]["code"], 104);
+    assert_eq!(reply["error"]["code"], 108, "not available: {reply}");
     client.assert_alive().await;
 }
 

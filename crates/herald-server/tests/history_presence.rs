@@ -193,8 +193,11 @@ async fn presence_lists_every_connection_and_counts_a_user_with_two_tabs_once() 
     })
     .await;
 
-    let reply = bob.command(json!({"id": 52, "presence": {"channel": "news"}})).await;
-    assert_eq!(reply["error"]["code"], 103, "presence reads need allow_presence_for_subscriber: {reply}");
+    let mut carol = server.connected("carol").await;
+    let reply = carol.command(json!({"id": 52, "presence": {"channel": "room:lobby"}})).await;
+    assert_eq!(reply["error"]["code"], 103, "presence is read by subscribers: {reply}");
+    let reply = bob.command(json!({"id": 53, "presence": {"channel": "news"}})).await;
+    assert_eq!(reply["error"]["code"], 108, "a namespace without presence says so first, as Centrifugo: {reply}");
 }
 
 #[tokio::test]

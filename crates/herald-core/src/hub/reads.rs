@@ -62,10 +62,20 @@ impl Hub {
     }
 
     /// Whether `conn` may read history (`presence: false`) or presence
-    /// (`presence: true`) of `channel` as a subscriber.
+    /// (`presence: true`) of `channel` as a subscriber. A namespace without
+    /// the feature answers that first (108), as Centrifugo does.
     pub fn authorize_read(&self, conn: &Connection, channel: &ChannelName, presence: bool) -> Result<(), HubError> {
         let rules = self.rules();
         let options = rules.resolve(channel)?;
+        match presence {
+            true if !options.presence => {
+                return Err(HubError::NotAvailable("presence is off in this namespace".into()));
+            }
+            false if options.history().is_none() => {
+                return Err(HubError::NotAvailable("history is off in this namespace".into()));
+            }
+            _ => {}
+        }
         let allowed = match presence {
             true => options.allow_presence_for_subscriber,
             false => options.allow_history_for_subscriber,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use herald_core::Connection;
+use herald_core::{Connection, HubError};
 use herald_engine::{ChannelName, ClientId, DisconnectReason, Publication};
 
 use super::{deadline_after, Encoding, Failure, Session};
@@ -227,12 +227,13 @@ impl Session {
         Ok(())
     }
 
-    /// Answers an RPC through the RPC proxy (104 without one).
+    /// Answers an RPC through the RPC proxy (108, not available, without
+    /// one, as Centrifugo answers).
     pub(super) async fn on_rpc(&mut self, id: u32, method: &str, data: Option<&RawValue>) -> Result<(), Failure> {
         let conn = self.connection()?;
         let Some(proxy) = self.shared.proxies.rpc.clone() else {
             tracing::debug!(client = %conn.client(), method = ?method, "rpc refused: no client.rpc_proxy to answer it");
-            return Err(ClientError::MethodNotFound.into());
+            return Err(ClientError::Hub(HubError::NotAvailable("no client.rpc_proxy answers RPCs".into())).into());
         };
         let user = conn.user();
         let request =

@@ -730,6 +730,44 @@ impl Hooks {
     }
 }
 
+/// As Pusher: a departure waits three seconds for a return (a page reload).
+#[tokio::test]
+async fn a_member_back_within_the_grace_sends_no_webhook_and_one_gone_for_good_sends_both_departures_after_it() {
+    let hooks = Hooks::start(0).await;
+    let url = format!("http://{}/hooks", hooks.addr);
+    let server = TestServer::with(|c| {
+        with_app(c, |app| app.webhooks.push(WebhookTarget { url, events: Vec::new(), batch: false }))
+    })
+    .await;
+    let member = || async {
+        let mut client = Pusher::connect(&server).await;
+        let data = json!({ "user_id": "7" }).to_string();
+        let auth = client.auth("presence-room", Some(&data));
+        let subscribe = json!({"channel": "presence-room", "auth": auth, "channel_data": data});
+        client.send(json!({"event": "pusher:subscribe", "data": subscribe})).await;
+        assert_eq!(client.next().await["event"], "pusher_internal:subscription_succeeded");
+        client
+    };
+    let arrived = ["channel_occupied presence-room", "member_added presence-room"];
+    let tab = member().await;
+    eventually("the arrival's webhooks", || hooks.names() == arrived).await;
+
+    drop(tab);
+    let mut reloaded = member().await;
+    // Nothing to wait on: what is checked is that nothing comes in the
+    // grace, so the test waits it out.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(hooks.names(), arrived, "back within the grace: neither departure nor arrival again");
+
+    reloaded.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}})).await;
+    let left = std::time::Instant::now();
+    eventually("both departures", || hooks.names().len() == 4).await;
+    assert!(left.elapsed() >= std::time::Duration::from_millis(2900), "sent once the grace ended");
+    let mut departed = hooks.names().split_off(2);
+    departed.sort();
+    assert_eq!(departed, ["channel_vacated presence-room", "member_removed presence-room"]);
+}
+
 #[tokio::test]
 async fn webhooks_are_signed_and_retried_until_delivered() {
     let hooks = Hooks::start(1).await;

@@ -214,7 +214,7 @@ impl Frontend {
     /// What turns the hub's transitions into the apps' webhooks; the node
     /// installs it in the hub (with the events webhooks, if any).
     pub(crate) fn observer(self: &Arc<Self>) -> Arc<dyn herald_core::HubObserver> {
-        Arc::new(webhooks::Observer(Arc::downgrade(self)))
+        Arc::new(webhooks::Observer::new(Arc::downgrade(self)))
     }
 
     /// The webhook targets of the apps as they are now.

@@ -167,46 +167,137 @@ impl Webhooks {
 }
 
 /// Turns the hub's cluster-wide transitions into the owning app's webhooks.
-#[derive(Debug)]
-pub(crate) struct Observer(pub Weak<Frontend>);
+///
+/// As Pusher's, `channel_vacated` and `member_removed` wait
+/// [`DEPARTURE_GRACE`]: a channel filled again, or a member back, in that
+/// time (a page reload) sends neither the departure nor the return. A
+/// return on this node cancels the waiting departure; when the wait ends,
+/// the departure is sent only if the cluster still has the channel empty
+/// or the member gone (the return may have come on another node, which
+/// then told it: the receiver sees an arrival twice, never a departure
+/// after a later arrival).
+#[derive(Debug, Clone)]
+pub(crate) struct Observer {
+    frontend: Weak<Frontend>,
+    departures: Arc<Departures>,
+}
+
+/// How long a departure waits for a return.
+const DEPARTURE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Departures waiting at most; past it they are sent at once.
+const MOST_WAITING: usize = 100_000;
+
+/// A channel (`None`: its vacating) or a member of it waiting to depart.
+type Departure = (ChannelName, Option<String>);
+
+/// The departures waiting for their grace to end.
+#[derive(Debug, Default)]
+struct Departures(std::sync::Mutex<std::collections::HashSet<Departure>>);
+
+impl Departures {
+    /// Notes `departure` as waiting; false when too many already are.
+    fn wait(&self, departure: Departure) -> bool {
+        let mut waiting = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.len() < MOST_WAITING && waiting.insert(departure)
+    }
+
+    /// Takes `departure` out; whether it was waiting.
+    fn take(&self, departure: &Departure) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(departure)
+    }
+}
 
 impl Observer {
-    fn emit(&self, channel: &ChannelName, make: impl FnOnce(String) -> Event) {
-        let Some(frontend) = self.0.upgrade() else { return };
+    pub(crate) fn new(frontend: Weak<Frontend>) -> Self {
+        Self { frontend, departures: Arc::default() }
+    }
+
+    /// The app owning `channel`, when it has webhooks, and the channel's
+    /// name in it (not for `#server-to-user-` channels).
+    fn owner(&self, channel: &ChannelName) -> Option<(Arc<Frontend>, Arc<App>, String)> {
+        let frontend = self.frontend.upgrade()?;
         let (apps, _) = frontend.apps.accepted();
-        let webhooks = frontend.webhooks();
-        let Some(app) = apps.owner(channel) else { return };
-        if !webhooks.wants(app) {
+        let app = apps.owner(channel)?.clone();
+        if !frontend.webhooks().wants(&app) {
+            return None;
+        }
+        let name = app.name_of(channel).filter(|n| !n.starts_with('#') && super::valid_channel_name(n))?.to_owned();
+        Some((frontend, app, name))
+    }
+
+    fn emit(&self, channel: &ChannelName, make: impl FnOnce(String) -> Event) {
+        if let Some((frontend, app, name)) = self.owner(channel) {
+            frontend.webhooks().send(&app, make(name));
+        }
+    }
+
+    /// An arrival: sent, unless it cancels a departure still waiting.
+    fn arrive(&self, departure: Departure, make: impl FnOnce(String) -> Event) {
+        if !self.departures.take(&departure) {
+            self.emit(&departure.0, make);
+        }
+    }
+
+    /// A departure: sent once its grace ends, if nothing cancelled it and
+    /// the cluster still agrees.
+    fn depart(&self, departure: Departure, make: impl FnOnce(String) -> Event + Send + 'static) {
+        if self.owner(&departure.0).is_none() {
             return;
         }
-        let Some(name) = app.name_of(channel).filter(|n| !n.starts_with('#') && super::valid_channel_name(n)) else {
+        let runtime = tokio::runtime::Handle::try_current();
+        let Some(runtime) = runtime.ok().filter(|_| self.departures.wait(departure.clone())) else {
+            self.emit(&departure.0, make);
             return;
         };
-        webhooks.send(app, make(name.to_owned()));
+        let observer = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(DEPARTURE_GRACE).await;
+            if !observer.departures.take(&departure) {
+                return;
+            }
+            let Some(frontend) = observer.frontend.upgrade() else { return };
+            let (channel, member) = &departure;
+            let hub = frontend.hub();
+            let back = match member {
+                None => hub.subscription_count(channel).await.map(|count| count > 0),
+                Some(user) => hub.presence(channel).await.map(|list| list.iter().any(|i| i.user.as_str() == user)),
+            };
+            match back {
+                Ok(true) => {}
+                Ok(false) => observer.emit(channel, make),
+                Err(error) => {
+                    // Sent rather than lost: the receiver may be told of a
+                    // departure a return then follows.
+                    tracing::warn!(%channel, %error, "could not check a departure before its webhook; sending it");
+                    observer.emit(channel, make);
+                }
+            }
+        });
     }
 }
 
 impl HubObserver for Observer {
     fn channel_occupied(&self, channel: &ChannelName) {
-        self.emit(channel, |channel| Event::ChannelOccupied { channel });
+        self.arrive((channel.clone(), None), |channel| Event::ChannelOccupied { channel });
     }
 
     fn channel_vacated(&self, channel: &ChannelName) {
-        self.emit(channel, |channel| Event::ChannelVacated { channel });
+        self.depart((channel.clone(), None), |channel| Event::ChannelVacated { channel });
     }
 
     fn user_joined(&self, channel: &ChannelName, info: &ClientInfo) {
         let user_id = info.user.as_str().to_owned();
-        self.emit(channel, |channel| Event::MemberAdded { channel, user_id });
+        self.arrive((channel.clone(), Some(user_id.clone())), |channel| Event::MemberAdded { channel, user_id });
     }
 
     fn user_left(&self, channel: &ChannelName, info: &ClientInfo) {
         let user_id = info.user.as_str().to_owned();
-        self.emit(channel, |channel| Event::MemberRemoved { channel, user_id });
+        self.depart((channel.clone(), Some(user_id.clone())), |channel| Event::MemberRemoved { channel, user_id });
     }
 
     fn subscribers_changed(&self, channel: &ChannelName) {
-        if let Some(frontend) = self.0.upgrade() {
+        if let Some(frontend) = self.frontend.upgrade() {
             super::counts::changed(&frontend, channel);
         }
     }

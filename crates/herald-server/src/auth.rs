@@ -17,6 +17,7 @@
 
 pub mod jwks;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -55,6 +56,38 @@ pub struct ConnectClaims {
     /// Channels the server subscribes this connection to on connect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// When the connection expires, apart from the token's own `exp`
+    /// (Centrifugo's `expire_at`; 0: never). See [`Self::expiry`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<u64>,
+    /// Server-side subscriptions with their options, beside `channels`
+    /// (Centrifugo's `subs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subs: BTreeMap<String, TokenSubscription>,
+}
+
+/// The options of one of a connection token's `subs`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct TokenSubscription {
+    /// Channel info shown to others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
+    /// Data for the client, in its subscribe result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl ConnectClaims {
+    /// When the connection expires (unix seconds), if it does.
+    pub fn expiry(&self) -> Option<u64> {
+        expiry(self.exp, self.expire_at)
+    }
+
+    /// Every server-side channel: `channels`, then the `subs` not among them.
+    pub fn server_side(&self) -> impl Iterator<Item = &str> {
+        let listed = self.channels.iter().map(String::as_str);
+        listed.chain(self.subs.keys().map(String::as_str).filter(|name| !self.channels.iter().any(|c| c == name)))
+    }
 }
 
 /// A connection token's claims, and whether it names a channel (which
@@ -81,6 +114,41 @@ pub struct SubscribeClaims {
     /// Channel info shown to others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Value>,
+    /// When the subscription expires, apart from the token's own `exp`
+    /// (0: never). See [`Self::expiry`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<u64>,
+    /// The one connection the token is for, when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Data for the client, in its subscribe result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl SubscribeClaims {
+    /// When the subscription expires (unix seconds), if it does.
+    pub fn expiry(&self) -> Option<u64> {
+        expiry(self.exp, self.expire_at)
+    }
+}
+
+/// As Centrifugo: `expire_at` when given (0: never), else `exp`.
+fn expiry(exp: Option<u64>, expire_at: Option<u64>) -> Option<u64> {
+    match expire_at {
+        None => exp,
+        Some(0) => None,
+        Some(at) => Some(at),
+    }
+}
+
+/// Refuses as expired a token whose `expire_at` has passed (`exp` is
+/// checked with the signature).
+fn not_past(expire_at: Option<u64>) -> Result<(), TokenError> {
+    match expire_at {
+        Some(at) if at != 0 && at <= unix_now() => Err(TokenError::Expired),
+        _ => Ok(()),
+    }
 }
 
 /// Verifies tokens with the configured keys.
@@ -164,12 +232,15 @@ impl TokenVerifier {
                 "a subscription token (it names a channel) is not a connection token".into(),
             ));
         }
+        not_past(token.claims.expire_at)?;
         Ok(token.claims)
     }
 
     /// Verifies a subscription token.
     pub fn subscription(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
-        self.verify(token)
+        let claims: SubscribeClaims = self.verify(token)?;
+        not_past(claims.expire_at)?;
+        Ok(claims)
     }
 
     fn verify<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {

@@ -478,8 +478,10 @@ fn token(args: TokenArgs) -> ExitCode {
     let exp = (ttl > 0).then(|| auth::unix_now().saturating_add(ttl));
     let minter = TokenMinter::hmac(&secret);
     let token = match args.channel {
-        Some(channel) => minter.sign(&SubscribeClaims { sub: args.user, channel, exp, info }),
-        None => minter.sign(&ConnectClaims { sub: args.user, exp, info, channels: args.subscribe }),
+        Some(channel) => minter.sign(&SubscribeClaims { sub: args.user, channel, exp, info, ..Default::default() }),
+        None => {
+            minter.sign(&ConnectClaims { sub: args.user, exp, info, channels: args.subscribe, ..Default::default() })
+        }
     };
     let _ = writeln!(std::io::stdout(), "{token}");
     ExitCode::SUCCESS

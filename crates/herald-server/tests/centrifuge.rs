@@ -236,6 +236,50 @@ async fn a_token_not_valid_yet_is_answered_as_expired_so_the_client_asks_for_ano
     assert_eq!(reply["error"]["code"], 109, "{reply}");
 }
 
+#[tokio::test]
+async fn expire_at_sets_the_connections_expiry_apart_from_the_tokens_as_in_centrifugo() {
+    let server = TestServer::with(|c| c.client.expired_close_delay = Duration::ZERO).await;
+    let token_exp = unix_now() + 1;
+    let never = server.token_with("42", json!({"exp": token_exp, "expire_at": 0}));
+    let mut lasting = server.client().await;
+    let reply = lasting.command(json!({"id": 1, "connect": {"token": never}})).await;
+    assert!(reply["connect"].get("expires").is_none(), "expire_at 0: the connection never expires: {reply}");
+
+    let later = server.token_with("43", json!({"expire_at": unix_now() + 600}));
+    let mut expiring = server.client().await;
+    let reply = expiring.command(json!({"id": 1, "connect": {"token": later}})).await;
+    assert_eq!(reply["connect"]["expires"], true, "{reply}");
+    assert!(reply["connect"]["ttl"].as_u64().unwrap() > 500, "{reply}");
+
+    let past = server.token_with("44", json!({"expire_at": unix_now() - 1}));
+    let mut late = server.client().await;
+    let reply = late.command(json!({"id": 1, "connect": {"token": past}})).await;
+    assert_eq!(reply["error"]["code"], 109, "an expire_at already past is an expired token: {reply}");
+
+    support::eventually("the token's own exp has passed", || unix_now() > token_exp + 1).await;
+    lasting.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_connection_tokens_subs_subscribe_it_with_their_data_and_a_subscription_token_may_name_its_connection() {
+    let server = TestServer::start().await;
+    let token =
+        server.token_with("42", json!({"subs": {"chat:news": {"info": {"role": "reader"}, "data": {"welcome": 1}}}}));
+    let mut client = server.client().await;
+    let reply = client.command(json!({"id": 1, "connect": {"token": token}})).await;
+    assert_eq!(reply["connect"]["subs"]["chat:news"]["data"], json!({"welcome": 1}), "{reply}");
+    server.publish("chat:news", json!("hello")).await;
+    assert_eq!(client.next_push().await["pub"]["data"], "hello", "subscribed by the server");
+
+    let me = reply["connect"]["client"].as_str().unwrap().to_owned();
+    let for_another = server.channel_token("42", "private:doc", json!({"client": "someone-else"}));
+    let reply = client.command(json!({"id": 2, "subscribe": {"channel": "private:doc", "token": for_another}})).await;
+    assert_eq!(reply["error"]["code"], 103, "a token for another connection: {reply}");
+    let for_me = server.channel_token("42", "private:doc", json!({"client": me, "data": {"doc": "v1"}}));
+    let reply = client.command(json!({"id": 3, "subscribe": {"channel": "private:doc", "token": for_me}})).await;
+    assert_eq!(reply["subscribe"]["data"], json!({"doc": "v1"}), "the token's data, in the reply: {reply}");
+}
+
 /// An identity provider's key set on a local port: the fixture keys `rsa-1`,
 /// `ec-1` and `ed-1`.
 async fn serve_key_set() -> String {

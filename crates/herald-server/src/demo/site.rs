@@ -144,7 +144,7 @@ async fn token(State(site): State<Arc<Site>>, query: Result<Query<SignIn>, Query
         sub: name.to_owned(),
         exp: Some(auth::unix_now().saturating_add(TOKEN_TTL_SECONDS)),
         info: Some(serde_json::json!({ "name": name })),
-        channels: Vec::new(),
+        ..ConnectClaims::default()
     };
     let token = site.minter.sign(&claims);
     ([(header::CACHE_CONTROL, "no-store")], Json(serde_json::json!({ "token": token }))).into_response()

@@ -63,14 +63,21 @@ impl Session {
             .map_err(|_| Failure::Disconnect(DisconnectReason::Shutdown))?;
 
         let mut subs = BytesMut::new();
-        for name in &claims.channels {
+        for name in claims.server_side() {
             let recover_since = req.subs.get(name).filter(|r| r.recover).map(|r| position(r.offset, &r.epoch));
             let from_backend = backend.as_ref().and_then(|b| b.subs.get(name));
-            let chan_info =
-                from_backend.and_then(|sub| sub.info.as_ref()).map(|info| Bytes::from(info.get().to_owned()));
+            let from_token = claims.subs.get(name);
+            let chan_info = match (from_backend, from_token) {
+                (Some(sub), _) => sub.info.as_ref().map(|info| Bytes::from(info.get().to_owned())),
+                (None, Some(sub)) => auth::info_bytes(&sub.info),
+                (None, None) => None,
+            };
             let subscription = Subscription { chan_info, ..Subscription::default() };
             let request = HubSubscribeRequest { recover_since, subscription, ..Default::default() };
-            let data = from_backend.and_then(|sub| sub.data.as_deref());
+            let token_data = from_token
+                .and_then(|sub| sub.data.as_ref())
+                .and_then(|data| serde_json::value::to_raw_value(data).ok());
+            let data = from_backend.and_then(|sub| sub.data.as_deref()).or(token_data.as_deref());
             let subscribed = match ChannelName::new(name) {
                 Ok(channel) => hub
                     .subscribe(&conn, &channel, SubscribeAccess::Server, request, |_| None)
@@ -98,7 +105,7 @@ impl Session {
         // Connections the refresh proxy extends do not expire for the
         // client: the node asks the backend when the time comes.
         self.refresh_by_proxy = backend.is_some() && self.shared.proxies.refresh.is_some();
-        let expiry = if self.refresh_by_proxy { ExpiryResult::default() } else { ExpiryResult::at(claims.exp) };
+        let expiry = if self.refresh_by_proxy { ExpiryResult::default() } else { ExpiryResult::at(claims.expiry()) };
         let result = ConnectResult {
             client: conn.client().as_str(),
             version: env!("CARGO_PKG_VERSION"),
@@ -133,7 +140,7 @@ impl Session {
         }
         let grace =
             if self.refresh_by_proxy { std::time::Duration::ZERO } else { self.shared.settings.expired_close_delay };
-        self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, grace));
+        self.expire_deadline = claims.expiry().map(|exp| deadline_after(exp, grace));
         self.next_ping = crate::driver::after(Instant::now(), self.shared.settings.ping_interval);
         tracing::debug!(client = %conn.client(), user = %conn.user(), sdk = %req.name, sdk_version = %req.version, "connected");
         self.conn = Some(conn);
@@ -165,7 +172,8 @@ impl Session {
         } else {
             let claims = self.verify_subscription(&conn, &channel, &req.token).await?;
             subscription.chan_info = auth::info_bytes(&claims.info);
-            (SubscribeAccess::Token, claims.exp)
+            backend_data = claims.data.as_ref().and_then(|data| serde_json::value::to_raw_value(data).ok());
+            (SubscribeAccess::Token, claims.expiry())
         };
         let request = HubSubscribeRequest {
             subscription,
@@ -239,8 +247,9 @@ impl Session {
                 Failure::Reply(ClientError::Hub(HubError::PermissionDenied))
             }
         })?;
-        if claims.channel != channel.as_str() || claims.sub != conn.user().as_str() {
-            tracing::info!(client = %conn.client(), %channel, "subscription token is for another channel or user");
+        let other_client = claims.client.as_deref().is_some_and(|client| client != conn.client().as_str());
+        if claims.channel != channel.as_str() || claims.sub != conn.user().as_str() || other_client {
+            tracing::info!(client = %conn.client(), %channel, "subscription token is for another channel, user or connection");
             return Err(HubError::PermissionDenied.into());
         }
         Ok(claims)
@@ -301,11 +310,12 @@ impl Session {
             tracing::info!(client = %conn.client(), "refresh token is for another user");
             return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
         }
-        self.expire_deadline = claims.exp.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
+        let expiry = claims.expiry();
+        self.expire_deadline = expiry.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
         let result = RefreshResult {
             client: conn.client().as_str(),
             version: env!("CARGO_PKG_VERSION"),
-            expiry: ExpiryResult::at(claims.exp),
+            expiry: ExpiryResult::at(expiry),
         };
         self.reply(encode::reply(id, "refresh", &result));
         Ok(())
@@ -318,7 +328,7 @@ impl Session {
         if !conn.is_subscribed(&channel) {
             return Err(HubError::PermissionDenied.into());
         }
-        match claims.exp {
+        match claims.expiry() {
             Some(exp) => {
                 let deadline = deadline_after(exp, self.shared.settings.expired_sub_close_delay);
                 self.sub_deadlines.insert(channel, deadline, false);
@@ -327,7 +337,7 @@ impl Session {
                 self.sub_deadlines.remove(&channel);
             }
         }
-        self.reply(encode::reply(id, "sub_refresh", &ExpiryResult::at(claims.exp)));
+        self.reply(encode::reply(id, "sub_refresh", &ExpiryResult::at(claims.expiry())));
         Ok(())
     }
 }

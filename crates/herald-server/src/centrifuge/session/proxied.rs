@@ -110,7 +110,13 @@ impl Session {
             .filter(|name| listed.insert(name.as_str()))
             .cloned()
             .collect();
-        let claims = ConnectClaims { sub: result.user.clone(), exp: events::expiry(result.expire_at), info, channels };
+        let claims = ConnectClaims {
+            sub: result.user.clone(),
+            exp: events::expiry(result.expire_at),
+            info,
+            channels,
+            ..ConnectClaims::default()
+        };
         Ok((claims, result))
     }
 

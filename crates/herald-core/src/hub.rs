@@ -407,6 +407,9 @@ impl Hub {
         let allowed = match options.publish {
             PublishPolicy::Api => false,
             PublishPolicy::Subscribers => conn.is_subscribed(channel),
+            // A private channel's publishers are its subscribers: they
+            // needed a token (or the server) to be there.
+            PublishPolicy::Clients if ChannelRules::is_private(channel) => conn.is_subscribed(channel),
             PublishPolicy::Clients => true,
         };
         if !allowed {

@@ -116,6 +116,13 @@ fn line(rest: &mut Bytes, what: &'static str) -> Result<Bytes, WireError> {
     Ok(head)
 }
 
+/// Whether `message` is a publication (its kind line is `p`), read
+/// without decoding it: a presence event, or anything else, is not.
+pub fn is_publication(message: &[u8]) -> bool {
+    let mut lines = message.splitn(4, |byte| *byte == b'\n');
+    lines.nth(2) == Some(b"p".as_slice()) && lines.next().is_some()
+}
+
 /// Decodes a message as broadcast or as kept in history.
 pub fn decode(message: Bytes) -> Result<Message, WireError> {
     let mut rest = message;
@@ -180,6 +187,17 @@ mod tests {
         assert_eq!(decoded.epoch, Epoch::new("abc"));
         let expected = Publication { offset: Offset::new(7), epoch: Epoch::new("abc"), ..publication };
         assert_eq!(decoded.kind, Kind::Publication(expected));
+    }
+
+    #[test]
+    fn publications_are_told_from_presence_events_and_other_text_without_decoding() {
+        let publication = Publication::from_data(Bytes::from_static(b"{}"));
+        assert!(is_publication(&publication_message(&publication)));
+        let join = PresenceEvent::Join { info: info(), user_arrived: true };
+        assert!(!is_publication(&presence_message(&join)));
+        for other in [&b"{\"op\":\"disconnect\"}"[..], b"", b"1\ne\np", b"1\ne\npx\n{}\n"] {
+            assert!(!is_publication(other), "{:?}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]

@@ -10,8 +10,12 @@
 //! at-most-once delivery allows. Drops are counted and warned of, at most
 //! every ten seconds.
 //!
-//! Only publications are bounded: notices of a lost connection are rare,
-//! tiny, and must arrive (they make positioned subscribers recover).
+//! Only publications are bounded, the one kind whose loss is repaired:
+//! control commands (disconnects, relayed commands of HTTP-streaming
+//! clients, channel surveys), joins and leaves, and notices of a lost
+//! connection carry no offset, and always wait their turn. (They come at
+//! the rate of commands and connection churn, which the node's own
+//! limits bound, not of publications.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -95,8 +99,10 @@ fn size_of(push: &PushInfo) -> usize {
         .fold(0, usize::saturating_add)
 }
 
+/// A publication, read from its kind line without decoding it.
 fn is_publication(push: &PushInfo) -> bool {
     matches!(push.kind, PushKind::Message | PushKind::SMessage)
+        && matches!(push.data.get(1), Some(Value::BulkString(payload)) if herald_engine::wire::is_publication(payload))
 }
 
 impl Pushes {
@@ -196,12 +202,27 @@ impl Dropped {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use herald_engine::Publication;
+
     use super::*;
 
+    /// A publication carrying `payload`, as the publish script broadcasts it.
     fn message(payload: &[u8]) -> PushInfo {
-        PushInfo {
-            kind: PushKind::Message,
-            data: vec![Value::BulkString(b"ch".to_vec()), Value::BulkString(payload.to_vec())],
+        let publication = Publication::from_data(Bytes::copy_from_slice(payload));
+        pushed(herald_engine::wire::publication_message(&publication))
+    }
+
+    fn pushed(payload: Vec<u8>) -> PushInfo {
+        PushInfo { kind: PushKind::Message, data: vec![Value::BulkString(b"ch".to_vec()), Value::BulkString(payload)] }
+    }
+
+    /// What a publication's payload was.
+    fn payload_of(push: &PushInfo) -> Option<Vec<u8>> {
+        let Some(Value::BulkString(message)) = push.data.get(1) else { return None };
+        match herald_engine::wire::decode(Bytes::copy_from_slice(message)).ok()?.kind {
+            herald_engine::wire::Kind::Publication(publication) => Some(publication.data.to_vec()),
+            herald_engine::wire::Kind::Presence(_) => None,
         }
     }
 
@@ -209,9 +230,7 @@ mod tests {
         let mut out = Vec::new();
         while let Ok(push) = received.rx.try_recv() {
             received.taken(&push);
-            if let Some(Value::BulkString(payload)) = push.data.get(1) {
-                out.push(payload.clone());
-            }
+            out.extend(payload_of(&push));
         }
         out
     }
@@ -232,8 +251,9 @@ mod tests {
 
     #[test]
     fn past_its_byte_bound_the_queue_drops_but_a_single_large_message_still_passes() {
-        let (pushes, mut received) = channel(Limits { messages: 100, bytes: 10 });
-        pushes.send(message(&[0; 50])).unwrap();
+        let small = size_of(&message(b"abc"));
+        let (pushes, mut received) = channel(Limits { messages: 100, bytes: 2 * small + 1 });
+        pushes.send(message(&[b'x'; 500])).unwrap();
         pushes.send(message(b"x")).unwrap();
         assert_eq!(received.dropped(), 1, "nothing fits beside a message over the bound");
         assert_eq!(payloads(&mut received).len(), 1);
@@ -241,18 +261,33 @@ mod tests {
         pushes.send(message(b"abc")).unwrap();
         pushes.send(message(b"def")).unwrap();
         pushes.send(message(b"ghi")).unwrap();
-        assert_eq!(received.dropped(), 2, "2 + 3 bytes each: two fit in ten");
+        assert_eq!(received.dropped(), 2, "two fit, the third does not");
         assert_eq!(payloads(&mut received), [b"abc".to_vec(), b"def".to_vec()]);
     }
 
     #[test]
-    fn a_lost_connection_is_never_dropped() {
+    fn control_commands_presence_events_and_a_lost_connection_are_never_dropped() {
         let (pushes, mut received) = channel(Limits { messages: 1, bytes: 1 << 20 });
         pushes.send(message(b"1")).unwrap();
+        let join = herald_engine::PresenceEvent::Join {
+            info: herald_engine::ClientInfo {
+                user: herald_engine::UserId::new("7").unwrap(),
+                client: herald_engine::ClientId::new("c"),
+                conn_info: None,
+                chan_info: None,
+            },
+            user_arrived: true,
+        };
+        pushes.send(pushed(herald_engine::wire::presence_message(&join))).unwrap();
+        pushes
+            .send(pushed(br#"{"op":"disconnect","user":"7","client":null,"reason":"force_disconnect"}"#.to_vec()))
+            .unwrap();
         pushes.send(PushInfo { kind: PushKind::Disconnection, data: Vec::new() }).unwrap();
-        assert_eq!(received.dropped(), 0);
+        assert_eq!(received.dropped(), 0, "only the publication counts against the bound of one");
         let kinds: Vec<PushKind> = std::iter::from_fn(|| received.rx.try_recv().ok()).map(|p| p.kind).collect();
-        assert_eq!(kinds, [PushKind::Message, PushKind::Disconnection]);
+        assert_eq!(kinds, [PushKind::Message, PushKind::Message, PushKind::Message, PushKind::Disconnection]);
+        pushes.send(message(b"2")).unwrap();
+        assert_eq!(received.dropped(), 1, "the publication still waiting fills it");
     }
 
     #[test]

@@ -753,6 +753,11 @@ async fn a_member_back_within_the_grace_sends_no_webhook_and_one_gone_for_good_s
     eventually("the arrival's webhooks", || hooks.names() == arrived).await;
 
     drop(tab);
+    let users = format!("/apps/{APP_ID}/channels/presence-room/users");
+    support::eventually_async("the node saw the tab close", || async {
+        api(server.addr, "GET", &users, "", |_| {}).await.1 == json!({"users": []})
+    })
+    .await;
     let mut reloaded = member().await;
     // Nothing to wait on: what is checked is that nothing comes in the
     // grace, so the test waits it out.
@@ -766,6 +771,26 @@ async fn a_member_back_within_the_grace_sends_no_webhook_and_one_gone_for_good_s
     let mut departed = hooks.names().split_off(2);
     departed.sort();
     assert_eq!(departed, ["channel_vacated presence-room", "member_removed presence-room"]);
+
+    // Gone, back, and gone again: the second departure waits its own grace.
+    let tab = member().await;
+    eventually("the second arrival's webhooks", || hooks.names().len() == 6).await;
+    drop(tab);
+    support::eventually_async("the node saw the tab close", || async {
+        api(server.addr, "GET", &users, "", |_| {}).await.1 == json!({"users": []})
+    })
+    .await;
+    // A second between leaving and coming back, as a slow reload takes:
+    // the first leave's grace then ends a second before the second's.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut back = member().await;
+    back.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}})).await;
+    let left_again = std::time::Instant::now();
+    eventually("the last departures", || hooks.names().len() == 8).await;
+    assert!(
+        left_again.elapsed() >= std::time::Duration::from_millis(2900),
+        "the first leave's timer did not send them"
+    );
 }
 
 #[tokio::test]

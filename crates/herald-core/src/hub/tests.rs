@@ -56,6 +56,10 @@ fn rules() -> ChannelRules {
         },
     );
     namespaces.insert(
+        "open".to_string(),
+        NamespaceOptions { subscribe: SubscribePolicy::Anyone, publish: PublishPolicy::Clients, ..Default::default() },
+    );
+    namespaces.insert(
         "ticks".to_string(),
         NamespaceOptions {
             subscribe: SubscribePolicy::Anyone,
@@ -269,6 +273,18 @@ async fn clients_publish_only_where_the_namespace_allows() {
     f.subscribe(&conn, "public:a").await.unwrap();
     f.hub.client_publish(&conn, &ch("public:a"), data()).await.unwrap();
     assert_eq!(frames(&conn), ["subscribed public:a", "public:a|1"]);
+}
+
+#[tokio::test]
+async fn a_private_channel_takes_publications_from_its_subscribers_only_even_where_any_client_may_publish() {
+    let f = Fixture::new().await;
+    let conn = f.connect("42", 1 << 20);
+    let data = || Bytes::from_static(b"1");
+    f.hub.client_publish(&conn, &ch("open:a"), data()).await.unwrap();
+    let private = ch("$open:a");
+    assert_eq!(f.hub.client_publish(&conn, &private, data()).await, Err(HubError::PermissionDenied));
+    f.hub.subscribe(&conn, &private, SubscribeAccess::Token, SubscribeRequest::default(), |_| None).await.unwrap();
+    f.hub.client_publish(&conn, &private, data()).await.unwrap();
 }
 
 #[tokio::test]

@@ -177,6 +177,8 @@ pub(crate) struct Frontend {
     webhook_tls: Option<tokio_rustls::TlsConnector>,
     /// Subscription counts about to be sent.
     counts: counts::Counts,
+    /// Departure webhooks waiting out their grace.
+    departures: Arc<webhooks::Departures>,
 }
 
 impl std::fmt::Debug for Frontend {
@@ -208,13 +210,20 @@ impl Frontend {
             users,
         };
         let (apps, webhooks) = (crate::rotating::Rotating::new(apps), std::sync::RwLock::new(webhooks));
-        Arc::new(Self { driver, apps, settings, webhooks, webhook_tls: tls, counts: counts::Counts::default() })
+        let (counts, departures) = (counts::Counts::default(), Arc::default());
+        Arc::new(Self { driver, apps, settings, webhooks, webhook_tls: tls, counts, departures })
     }
 
     /// What turns the hub's transitions into the apps' webhooks; the node
     /// installs it in the hub (with the events webhooks, if any).
     pub(crate) fn observer(self: &Arc<Self>) -> Arc<dyn herald_core::HubObserver> {
-        Arc::new(webhooks::Observer::new(Arc::downgrade(self)))
+        Arc::new(webhooks::Observer::new(Arc::downgrade(self), self.departures.clone()))
+    }
+
+    /// Sends the departure webhooks still waiting out their grace: the
+    /// node is stopping.
+    pub(crate) fn send_waiting_departures(self: &Arc<Self>) {
+        webhooks::Observer::new(Arc::downgrade(self), self.departures.clone()).send_waiting();
     }
 
     /// The webhook targets of the apps as they are now.

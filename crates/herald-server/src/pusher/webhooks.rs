@@ -191,26 +191,27 @@ const MOST_WAITING: usize = 100_000;
 /// A channel (`None`: its vacating) or a member of it waiting to depart.
 type Departure = (ChannelName, Option<String>);
 
-/// The departures waiting for their grace to end.
+/// The departures waiting for their grace to end, each with its number:
+/// a departure made again replaces the one before (whose timer then does
+/// nothing), so each waits its whole grace.
 #[derive(Debug, Default)]
-struct Departures(std::sync::Mutex<std::collections::HashSet<Departure>>);
+pub(crate) struct Departures(std::sync::Mutex<DeparturesState>);
+
+#[derive(Debug, Default)]
+struct DeparturesState {
+    waiting: std::collections::HashMap<Departure, u64>,
+    next: u64,
+}
 
 impl Departures {
-    /// Notes `departure` as waiting; false when too many already are.
-    fn wait(&self, departure: Departure) -> bool {
-        let mut waiting = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        waiting.len() < MOST_WAITING && waiting.insert(departure)
-    }
-
-    /// Takes `departure` out; whether it was waiting.
-    fn take(&self, departure: &Departure) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(departure)
+    fn state(&self) -> std::sync::MutexGuard<'_, DeparturesState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Observer {
-    pub(crate) fn new(frontend: Weak<Frontend>) -> Self {
-        Self { frontend, departures: Arc::default() }
+    pub(crate) fn new(frontend: Weak<Frontend>, departures: Arc<Departures>) -> Self {
+        Self { frontend, departures }
     }
 
     /// The app owning `channel`, when it has webhooks, and the channel's
@@ -234,7 +235,10 @@ impl Observer {
 
     /// An arrival: sent, unless it cancels a departure still waiting.
     fn arrive(&self, departure: Departure, make: impl FnOnce(String) -> Event) {
-        if !self.departures.take(&departure) {
+        let mut state = self.departures.state();
+        if state.waiting.remove(&departure).is_none() {
+            // Under the lock: a departure's timer deciding now sends its
+            // departure before this arrival, or not at all.
             self.emit(&departure.0, make);
         }
     }
@@ -245,15 +249,27 @@ impl Observer {
         if self.owner(&departure.0).is_none() {
             return;
         }
-        let runtime = tokio::runtime::Handle::try_current();
-        let Some(runtime) = runtime.ok().filter(|_| self.departures.wait(departure.clone())) else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             self.emit(&departure.0, make);
             return;
+        };
+        let number = {
+            let mut state = self.departures.state();
+            if state.waiting.len() >= MOST_WAITING && !state.waiting.contains_key(&departure) {
+                drop(state);
+                self.emit(&departure.0, make);
+                return;
+            }
+            state.next = state.next.wrapping_add(1);
+            let number = state.next;
+            state.waiting.insert(departure.clone(), number);
+            number
         };
         let observer = self.clone();
         runtime.spawn(async move {
             tokio::time::sleep(DEPARTURE_GRACE).await;
-            if !observer.departures.take(&departure) {
+            let still = |observer: &Observer| observer.departures.state().waiting.get(&departure) == Some(&number);
+            if !still(&observer) {
                 return;
             }
             let Some(frontend) = observer.frontend.upgrade() else { return };
@@ -263,17 +279,34 @@ impl Observer {
                 None => hub.subscription_count(channel).await.map(|count| count > 0),
                 Some(user) => hub.presence(channel).await.map(|list| list.iter().any(|i| i.user.as_str() == user)),
             };
-            match back {
-                Ok(true) => {}
-                Ok(false) => observer.emit(channel, make),
-                Err(error) => {
-                    // Sent rather than lost: the receiver may be told of a
-                    // departure a return then follows.
-                    tracing::warn!(%channel, %error, "could not check a departure before its webhook; sending it");
+            let back = back.unwrap_or_else(|error| {
+                // Sent rather than lost: the receiver may be told of a
+                // departure a return then follows.
+                tracing::warn!(%channel, %error, "could not check a departure before its webhook; sending it");
+                false
+            });
+            // Taken and sent under the lock, and only if no arrival took it
+            // while the cluster was asked.
+            let mut state = observer.departures.state();
+            if state.waiting.get(&departure) == Some(&number) {
+                state.waiting.remove(&departure);
+                if !back {
                     observer.emit(channel, make);
                 }
             }
         });
+    }
+
+    /// Sends every departure still waiting, at once (the node is stopping:
+    /// its timers would not run out).
+    pub(crate) fn send_waiting(&self) {
+        let mut state = self.departures.state();
+        for ((channel, member), _) in state.waiting.drain() {
+            match member {
+                None => self.emit(&channel, |channel| Event::ChannelVacated { channel }),
+                Some(user_id) => self.emit(&channel, |channel| Event::MemberRemoved { channel, user_id }),
+            }
+        }
     }
 }
 

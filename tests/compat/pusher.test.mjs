@@ -559,6 +559,20 @@ describe('a herald node speaking Pusher protocol 7', () => {
   });
 
   describe('users', () => {
+    test('a signed-in user whose presence authorization names no member joins as the user it signed in as', async () => {
+      const channel = uniqueName('presence-signed');
+      const ivy = await env.client({ user: 'ivy', info: { name: 'Ivy' }, authMode: 'signed_in_member', label: 'ivy' });
+      await ivy.signin();
+      const joined = await ivy.subscription(channel);
+      assert.ok(joined.ok, JSON.stringify(joined));
+      assert.deepEqual(joined.data.me, { id: 'ivy', info: { name: 'Ivy' } });
+
+      const jon = await env.client({ user: 'jon', info: { name: 'Jon' }, label: 'jon' });
+      const seen = await jon.subscription(channel);
+      assert.ok(seen.ok, JSON.stringify(seen));
+      assert.deepEqual(seen.data.get('ivy'), { id: 'ivy', info: { name: 'Ivy' } }, 'the others see her as her sign-in said');
+    });
+
     test('a signed-in user receives events sent to them with sendToUser, and only they do', async () => {
       const reader = await env.client({ user: 'reader-1', label: 'reader-1' });
       const other = await env.client({ user: 'reader-2', label: 'reader-2' });

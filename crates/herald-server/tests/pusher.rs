@@ -90,7 +90,12 @@ impl Pusher {
 
     /// Signs in as `id` to the app of `key` and `secret`.
     async fn sign_in(&mut self, id: &str, key: &str, secret: &str) {
-        let user_data = json!({ "id": id }).to_string();
+        self.sign_in_as(json!({ "id": id }), key, secret).await;
+    }
+
+    /// Signs in with `user_data` to the app of `key` and `secret`.
+    async fn sign_in_as(&mut self, user_data: Value, key: &str, secret: &str) {
+        let user_data = user_data.to_string();
         let message = sign::signin_message(&self.socket_id, &user_data);
         let auth = format!("{key}:{}", sign::hmac_hex(secret, message.as_bytes()));
         self.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})).await;
@@ -349,6 +354,27 @@ async fn terminating_a_users_connections_closes_them_in_that_app_only() {
     assert_eq!(here.client.closed().await.0, 4009);
     in_the_other_app.assert_alive().await;
     centrifuge_user.assert_alive().await;
+}
+
+/// As Pusher: a presence authorization without channel_data makes a
+/// signed-in connection the member its sign-in named.
+#[tokio::test]
+async fn a_signed_in_user_joins_a_presence_channel_as_itself_when_its_authorization_names_no_member() {
+    let server = server().await;
+    let mut ann = Pusher::connect(&server).await;
+    ann.sign_in_as(json!({"id": "7", "user_info": {"name": "Ann"}}), KEY, SECRET).await;
+    let auth = ann.auth("presence-room", None);
+    ann.send(json!({"event": "pusher:subscribe", "data": {"channel": "presence-room", "auth": auth}})).await;
+    let joined = ann.next().await;
+    assert_eq!(joined["event"], "pusher_internal:subscription_succeeded", "{joined}");
+    let data: Value = serde_json::from_str(joined["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["presence"]["hash"], json!({"7": {"name": "Ann"}}), "{data}");
+
+    let mut stranger = Pusher::connect(&server).await;
+    let auth = stranger.auth("presence-room", None);
+    stranger.send(json!({"event": "pusher:subscribe", "data": {"channel": "presence-room", "auth": auth}})).await;
+    let refused = stranger.next().await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "not signed in, no member named: {refused}");
 }
 
 #[tokio::test]

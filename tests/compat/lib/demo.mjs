@@ -12,7 +12,7 @@ import { after, before } from 'node:test';
 
 import puppeteer from 'puppeteer-core';
 
-import { heraldBinary } from './herald.mjs';
+import { heraldBinary, heraldEnv } from './herald.mjs';
 import { startServer } from './process.mjs';
 import { freePort } from './redis.mjs';
 
@@ -58,6 +58,7 @@ export async function startDemo({ secrets = demoSecrets(), redis, feeds = true }
   const server = await startServer({
     bin,
     args,
+    env: heraldEnv(),
     what: 'herald demo',
     answers: () => fetch(`${url}/demos/token?user=probe`).then((response) => response.ok, () => false),
     startTimeout: 15000,

@@ -17,6 +17,16 @@ import WebSocket from 'ws';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
+/**
+ * The environment a herald process starts with: this one's, without
+ * HERALD_BIN (herald reads every HERALD_* variable as configuration, and
+ * would refuse a `bin` section).
+ */
+export function heraldEnv(extra = {}) {
+  const { HERALD_BIN: _bin, ...inherited } = process.env;
+  return { ...inherited, ...extra };
+}
+
 /** Where the herald binary is: HERALD_BIN, else the cargo debug build. */
 export function heraldBinary() {
   if (process.env.HERALD_BIN) {
@@ -169,7 +179,7 @@ export async function startHerald(overrides = {}, { startTimeout = 15000 } = {})
     bin,
     ['serve', '--config', configFile, '--address', '127.0.0.1', '--port', '0'],
     {
-      env: { ...process.env, NO_COLOR: '1' },
+      env: heraldEnv({ NO_COLOR: '1' }),
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   );

@@ -32,10 +32,11 @@ export function serverBinary(name, variable) {
  * Runs `bin args…` and resolves once `answers()` resolves true, with the
  * server's output so far and stop(), which kills it and resolves with how
  * it exited. Fails, with the output, if it exits or does not answer within
- * `startTimeout` ms; `what` names it in that message.
+ * `startTimeout` ms; `what` names it in that message. `env`: its
+ * environment (this process's, unless given).
  */
-export async function startServer({ bin, args, what, answers, startTimeout = 10000 }) {
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServer({ bin, args, what, answers, startTimeout = 10000, env = process.env }) {
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   running.add(child);
   let output = '';
   for (const stream of [child.stdout, child.stderr]) {

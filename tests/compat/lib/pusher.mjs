@@ -355,7 +355,9 @@ export async function startWebhookReceiver({ appId, key, secret, path: hookPath 
  * backend would. Who asks is the `user_id` parameter, else the bearer token
  * of the Authorization header; `user_info` (JSON) is the presence info,
  * else {name: 'user <id>'}. `auth_mode` chooses a misbehaving backend:
- * `deny` answers 403, `forge` signs with a secret that is not the app's.
+ * `deny` answers 403, `forge` signs with a secret that is not the app's;
+ * or `signed_in_member`, which authorizes presence channels without naming
+ * the member (a signed-in user is then the one its sign-in named).
  */
 export async function startAuthServer({ sdk, forger }) {
   const requests = [];
@@ -378,6 +380,8 @@ export async function startAuthServer({ sdk, forger }) {
     if (req.url === '/channel-auth') {
       const channel = params.get('channel_name');
       if (channel.startsWith('presence-')) {
+        // A backend that lets a signed-in user be the member its sign-in named.
+        if (mode === 'signed_in_member') return [200, signer.authorizeChannel(socketId, channel)];
         if (!user.id) return [403, { error: 'a presence channel needs a user' }];
         return [200, signer.authorizeChannel(socketId, channel, { user_id: user.id, user_info: user.info })];
       }

@@ -132,7 +132,16 @@ struct Session {
     rate_window: (Instant, u32),
     /// The client's command and subscription rates.
     rates: ConnectionRates,
-    signed_in: bool,
+    /// Set once the connection signed in (boxed: most never do).
+    signed_in: Option<Box<SignedIn>>,
+}
+
+/// What a sign-in told of its user, beside its id (the connection's user).
+#[derive(Debug)]
+struct SignedIn {
+    /// `user_info` of its `user_data`: what presence channels show of the
+    /// user when their authorization names no member (as Pusher does).
+    user_info: Option<bytes::Bytes>,
 }
 
 /// A frame from the client: `data` may be an object or a JSON string.
@@ -186,7 +195,7 @@ impl Session {
             pinged: None,
             rate_window: (now, 0),
             rates,
-            signed_in: false,
+            signed_in: None,
         })
     }
 

@@ -45,18 +45,20 @@ impl Session {
         if !sign::verify_auth(&self.app.config.key, self.app.config.secret.expose(), &message, &request.auth) {
             return refuse(self, "invalid signature");
         }
-        let id = serde_json::from_str::<Value>(&request.user_data)
-            .ok()
+        let user_data = serde_json::from_str::<Value>(&request.user_data).ok();
+        let id = user_data
+            .as_ref()
             .and_then(|user| user.get("id").and_then(Value::as_str).map(str::to_owned))
             .filter(|id| !id.is_empty());
         let Some(user) = id.and_then(|id| UserId::new(&id).ok()) else {
             return refuse(self, "user_data needs a non-empty string id");
         };
-        if self.signed_in && self.conn.user() != user {
+        if self.signed_in.is_some() && self.conn.user() != user {
             return refuse(self, "the connection is signed in as another user");
         }
+        let user_info = user_data.as_ref().and_then(|user| user.get("user_info")).map(|info| info.to_string().into());
         self.frontend.hub().set_user(&self.conn, user);
-        self.signed_in = true;
+        self.signed_in = Some(Box::new(super::SignedIn { user_info }));
         self.send(object_frame("pusher:signin_success", None, &serde_json::json!({ "user_data": request.user_data })));
         Ok(())
     }

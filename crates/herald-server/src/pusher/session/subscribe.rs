@@ -117,7 +117,7 @@ impl Session {
         let kind = ChannelKind::of(name);
         let mut subscription = Subscription::default();
         if let Some(user) = name.strip_prefix(super::super::USER_CHANNEL_PREFIX) {
-            if !self.signed_in || self.conn.user().as_str() != user {
+            if self.signed_in.is_none() || self.conn.user().as_str() != user {
                 return Err(Refusal::auth("Only the signed-in user may subscribe to its channel"));
             }
         } else if super::super::is_private(name) {
@@ -130,8 +130,15 @@ impl Session {
                 ));
             }
             if kind.is_presence() {
-                let member = channel_data.ok_or_else(|| Refusal::bad("Presence channels need channel_data"))?;
-                let (user, info) = presence_member(member)?;
+                let (user, info) = match (channel_data, &self.signed_in) {
+                    (Some(member), _) => presence_member(member)?,
+                    // As Pusher: a signed-in user is the member its
+                    // sign-in named, unless the authorization names one.
+                    (None, Some(signed_in)) => (self.conn.user(), checked_info(signed_in.user_info.clone())?),
+                    (None, None) => {
+                        return Err(Refusal::bad("Presence channels need channel_data, or a signed-in user"));
+                    }
+                };
                 subscription.user = Some(user);
                 subscription.chan_info = info;
                 subscription.join_leave = true;
@@ -263,10 +270,15 @@ pub(super) fn presence_member(channel_data: &str) -> Result<(UserId, Option<Byte
     }
     let user = UserId::new(&id).map_err(|e| Refusal::bad(e.to_string()))?;
     let info = member.get("user_info").map(|info| Bytes::from(info.to_string()));
+    Ok((user, checked_info(info)?))
+}
+
+/// A member's `user_info`, within Pusher's bound.
+fn checked_info(info: Option<Bytes>) -> Result<Option<Bytes>, Refusal> {
     if info.as_ref().is_some_and(|info| info.len() > MAX_USER_INFO) {
         return Err(Refusal::bad(format!("user_info is larger than {MAX_USER_INFO} bytes")));
     }
-    Ok((user, info))
+    Ok(info)
 }
 
 /// Pusher's bounds on a presence member: its id, and its `user_info`

@@ -285,9 +285,6 @@ impl Node {
                 "connections still open after http.shutdown_timeout; exiting anyway"
             );
         }
-        if let Some(pusher) = &self.pusher {
-            pusher.send_waiting_departures();
-        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -259,7 +259,7 @@ export async function startHerald(overrides = {}, { startTimeout = 15000 } = {})
       if (channel !== undefined) args.push('--channel', channel);
       for (const ch of subscribe) args.push('--subscribe', ch);
       if (info !== undefined) args.push('--info', JSON.stringify(info));
-      return execFileSync(bin, args, { encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } }).trim();
+      return execFileSync(bin, args, { encoding: 'utf8', env: heraldEnv({ NO_COLOR: '1' }) }).trim();
     },
 
     /** Calls the server API; returns the parsed JSON reply, whatever the HTTP status. */

@@ -161,6 +161,16 @@ impl OccupancyTracker {
         Ok(entries.iter().filter(|e| e.node != self.writer.node).map(|e| e.subscribers).sum())
     }
 
+    /// The subscribers of `channel` on every node, this one's as last
+    /// written (not as they are now); `None` unless occupancy is tracked.
+    pub(super) async fn written_subscribers(&self, channel: &ChannelName) -> Result<Option<usize>, EngineError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let entries = self.writer.engine.occupancy().subscribers(channel).await?;
+        Ok(Some(entries.iter().map(|e| e.subscribers).fold(0, usize::saturating_add)))
+    }
+
     /// The channels occupied anywhere in the cluster, with `local` (this
     /// node's), sorted.
     pub(super) async fn occupied(&self, mut local: Vec<ChannelName>) -> Result<Vec<ChannelName>, EngineError> {

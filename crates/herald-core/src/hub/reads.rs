@@ -94,6 +94,18 @@ impl Hub {
         Ok(local.saturating_add(self.occupancy.remote_subscribers(channel).await?))
     }
 
+    /// How many subscribers `channel` has in the cluster as the engine
+    /// last heard from each node, this one included: what its
+    /// `channel_occupied` and `channel_vacated` are decided from (a
+    /// subscriber come and gone before its node wrote its count changed
+    /// neither). This node's count as it is now, unless occupancy is tracked.
+    pub async fn recorded_subscription_count(&self, channel: &ChannelName) -> Result<usize, HubError> {
+        match self.occupancy.written_subscribers(channel).await? {
+            Some(count) => Ok(count),
+            None => Ok(self.channels.count(channel)),
+        }
+    }
+
     /// The channels with subscribers anywhere in the cluster (on this node
     /// only, unless occupancy is tracked), sorted.
     pub async fn occupied_channels(&self) -> Result<Vec<ChannelName>, HubError> {

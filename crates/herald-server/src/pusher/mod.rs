@@ -220,12 +220,6 @@ impl Frontend {
         Arc::new(webhooks::Observer::new(Arc::downgrade(self), self.departures.clone()))
     }
 
-    /// Sends the departure webhooks still waiting out their grace: the
-    /// node is stopping.
-    pub(crate) fn send_waiting_departures(self: &Arc<Self>) {
-        webhooks::Observer::new(Arc::downgrade(self), self.departures.clone()).send_waiting();
-    }
-
     /// The webhook targets of the apps as they are now.
     pub(crate) fn webhooks(&self) -> Arc<Webhooks> {
         self.webhooks.read().unwrap_or_else(|e| e.into_inner()).clone()

@@ -173,9 +173,13 @@ impl Webhooks {
 /// time (a page reload) sends neither the departure nor the return. A
 /// return on this node cancels the waiting departure; when the wait ends,
 /// the departure is sent only if the cluster still has the channel empty
-/// or the member gone (the return may have come on another node, which
-/// then told it: the receiver sees an arrival twice, never a departure
-/// after a later arrival).
+/// (as the engine last heard from each node) or the member gone: a return
+/// on another node, which then told it, drops it, and the receiver sees an
+/// arrival twice. A departure never follows an arrival on this node that
+/// undid it; one on another node deciding in the instant between the
+/// check and the send can still come first. A node that stops drops the
+/// departures still waiting (sent blind, they could follow the arrival of
+/// its clients reconnected elsewhere).
 #[derive(Debug, Clone)]
 pub(crate) struct Observer {
     frontend: Weak<Frontend>,
@@ -256,7 +260,7 @@ impl Observer {
         let number = {
             let mut state = self.departures.state();
             if state.waiting.len() >= MOST_WAITING && !state.waiting.contains_key(&departure) {
-                drop(state);
+                // Under the lock, as an arrival's is.
                 self.emit(&departure.0, make);
                 return;
             }
@@ -276,7 +280,7 @@ impl Observer {
             let (channel, member) = &departure;
             let hub = frontend.hub();
             let back = match member {
-                None => hub.subscription_count(channel).await.map(|count| count > 0),
+                None => hub.recorded_subscription_count(channel).await.map(|count| count > 0),
                 Some(user) => hub.presence(channel).await.map(|list| list.iter().any(|i| i.user.as_str() == user)),
             };
             let back = back.unwrap_or_else(|error| {
@@ -295,18 +299,6 @@ impl Observer {
                 }
             }
         });
-    }
-
-    /// Sends every departure still waiting, at once (the node is stopping:
-    /// its timers would not run out).
-    pub(crate) fn send_waiting(&self) {
-        let mut state = self.departures.state();
-        for ((channel, member), _) in state.waiting.drain() {
-            match member {
-                None => self.emit(&channel, |channel| Event::ChannelVacated { channel }),
-                Some(user_id) => self.emit(&channel, |channel| Event::MemberRemoved { channel, user_id }),
-            }
-        }
     }
 }
 

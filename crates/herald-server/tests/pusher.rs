@@ -88,6 +88,18 @@ impl Pusher {
         reply
     }
 
+    /// Joins the presence channel `channel` as the member `user_id`.
+    async fn join_presence(&mut self, channel: &str, user_id: &str) {
+        let data = json!({ "user_id": user_id }).to_string();
+        let auth = self.auth(channel, Some(&data));
+        self.send(
+            json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth, "channel_data": data}}),
+        )
+        .await;
+        let reply = self.next().await;
+        assert_eq!(reply["event"], "pusher_internal:subscription_succeeded", "join {channel}: {reply}");
+    }
+
     /// Signs in as `id` to the app of `key` and `secret`.
     async fn sign_in(&mut self, id: &str, key: &str, secret: &str) {
         self.sign_in_as(json!({ "id": id }), key, secret).await;
@@ -488,11 +500,7 @@ async fn a_trigger_skips_the_excluded_socket_and_reports_counts() {
 async fn a_trigger_asking_user_count_of_a_public_channel_beside_a_presence_one_is_answered_for_each() {
     let server = server().await;
     let mut member = Pusher::connect(&server).await;
-    let data = json!({ "user_id": "7" }).to_string();
-    let auth = member.auth("presence-room", Some(&data));
-    let subscribe = json!({"channel": "presence-room", "auth": auth, "channel_data": data});
-    member.send(json!({"event": "pusher:subscribe", "data": subscribe})).await;
-    assert_eq!(member.next().await["event"], "pusher_internal:subscription_succeeded");
+    member.join_presence("presence-room", "7").await;
     member.subscribe("news").await;
 
     let body = json!({"name": "e", "channels": ["presence-room", "news"], "data": "{}", "info": "user_count,subscription_count"});
@@ -767,11 +775,7 @@ async fn a_member_back_within_the_grace_sends_no_webhook_and_one_gone_for_good_s
     .await;
     let member = || async {
         let mut client = Pusher::connect(&server).await;
-        let data = json!({ "user_id": "7" }).to_string();
-        let auth = client.auth("presence-room", Some(&data));
-        let subscribe = json!({"channel": "presence-room", "auth": auth, "channel_data": data});
-        client.send(json!({"event": "pusher:subscribe", "data": subscribe})).await;
-        assert_eq!(client.next().await["event"], "pusher_internal:subscription_succeeded");
+        client.join_presence("presence-room", "7").await;
         client
     };
     let arrived = ["channel_occupied presence-room", "member_added presence-room"];

@@ -169,7 +169,16 @@ impl Node {
         let (drain, _) = watch::channel(false);
         let max_batch = config.api.max_batch;
         let key = crate::rotating::Rotating::new(api_key);
-        let api = Arc::new(ApiState { hub: hub.clone(), key, body, max_batch, metrics, drain: drain.clone() });
+        let transport_errors = config.api.error_mode == crate::config::ApiErrorMode::Transport;
+        let api = Arc::new(ApiState {
+            hub: hub.clone(),
+            key,
+            body,
+            max_batch,
+            transport_errors,
+            metrics,
+            drain: drain.clone(),
+        });
         let node_name = config.node.name_or(hub.node().as_str());
         let admin = crate::admin::Admin::start(&config.admin, api.clone(), node_name, body.timeout, drain.subscribe());
         let emulation = Emulation::new();

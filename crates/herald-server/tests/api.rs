@@ -3,7 +3,7 @@
 use crate::support;
 
 use crate::support::TestServer;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn broadcast_publishes_into_every_listed_channel_and_reports_each() {
@@ -528,4 +528,43 @@ async fn a_batch_entry_herald_cannot_read_is_answered_in_its_place_and_the_other
         reply["replies"].as_array().unwrap().iter().map(|r| r["error"]["code"].as_u64()).collect();
     assert_eq!(codes, [Some(104), Some(107), None, Some(107)], "{reply}");
     assert_eq!(reply["replies"][2]["publish"]["offset"], 1, "{reply}");
+}
+
+/// Centrifugo's transport error mode, which apps that check only the HTTP
+/// status ask for: a refused call answers with a status for its code and
+/// the error alone as the body.
+#[tokio::test]
+async fn a_call_asking_for_transport_errors_gets_an_http_status_for_its_error() {
+    let server = TestServer::start().await;
+    let transport = [("X-API-Key", support::API_KEY), ("X-Centrifugo-Error-Mode", "transport")];
+    let call = |method: &str, params: Value| {
+        let path = format!("/api/{method}");
+        async move { support::http_post(server.addr, &path, &transport, &params.to_string()).await }
+    };
+    let cases = [
+        ("publish", json!({"channel": "nowhere:x", "data": {}}), 404, 102),
+        ("publish", json!({"data": {}}), 400, 107),
+        ("history", json!({"channel": "news"}), 400, 108),
+        ("history", json!({"channel": "feed:t", "since": {"offset": 9, "epoch": "gone"}}), 416, 112),
+    ];
+    for (method, params, status, code) in cases {
+        let (got, body) = call(method, params.clone()).await;
+        assert_eq!((got, &body["code"]), (status, &json!(code)), "{method} {params}: {body}");
+        assert!(body["message"].is_string() && body.get("error").is_none(), "the error alone: {body}");
+    }
+    let (got, body) = call("publish", json!({"channel": "news", "data": {}})).await;
+    assert_eq!((got, &body["error"]), (200, &Value::Null), "a call that works answers as ever: {body}");
+    let batch = json!({"commands": [{"publish": {"channel": "nowhere:x", "data": {}}}]});
+    let (got, body) = call("batch", batch).await;
+    assert_eq!((got, &body["replies"][0]["error"]["code"]), (200, &json!(102)), "a batch's are its entries': {body}");
+
+    let (got, body) = server.api("publish", json!({"channel": "nowhere:x", "data": {}})).await;
+    assert_eq!((got, &body["error"]["code"]), (200, &json!(102)), "without the header, in a 200 answer");
+}
+
+#[tokio::test]
+async fn api_error_mode_transport_answers_every_call_so() {
+    let server = TestServer::with(|c| c.api.error_mode = herald_server::config::ApiErrorMode::Transport).await;
+    let (got, body) = server.api("publish", json!({"channel": "nowhere:x", "data": {}})).await;
+    assert_eq!((got, &body["code"]), (404, &json!(102)), "{body}");
 }

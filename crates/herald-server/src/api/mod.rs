@@ -37,6 +37,9 @@ pub(crate) struct ApiState {
     pub body: http::body::BodyLimits,
     /// The most commands a batch, or channels a broadcast, may carry.
     pub max_batch: usize,
+    /// Refused calls answer with an HTTP status for their error
+    /// (`api.error_mode = "transport"`), not in a 200 answer.
+    pub transport_errors: bool,
     /// The node's metrics: calls by method and status, publications.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set to drain the node (`drain`), as SIGTERM does.
@@ -91,6 +94,27 @@ impl ApiError {
     /// The protocol error code.
     pub(crate) fn code(&self) -> u32 {
         self.status_and_code().1
+    }
+}
+
+impl ApiError {
+    /// The answer in Centrifugo's transport error mode: an error answered
+    /// 200 gets the HTTP status Centrifugo gives its code, and the error
+    /// alone as the body (`{"code", "message"}`); others answer as ever.
+    fn into_transport_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status != StatusCode::OK {
+            return self.into_response();
+        }
+        let status = match code {
+            codes::UNKNOWN_CHANNEL | codes::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+            codes::BAD_REQUEST | codes::NOT_AVAILABLE => StatusCode::BAD_REQUEST,
+            codes::UNRECOVERABLE_POSITION => StatusCode::RANGE_NOT_SATISFIABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut body = BytesMut::new();
+        self.write(&mut body);
+        (status, [(header::CONTENT_TYPE, "application/json")], body.freeze()).into_response()
     }
 }
 
@@ -156,9 +180,20 @@ pub(crate) async fn call(api: &ApiState, method: &str, headers: &HeaderMap, body
         Ok(reply) => ([(header::CONTENT_TYPE, "application/json")], Reply::to_json(&reply)).into_response(),
         Err(error) => {
             tracing::debug!(method = ?method, %error, "API call failed");
-            error.into_response()
+            // A batch's refusals are its entries': it answers 200 either way.
+            if method != "batch" && (api.transport_errors || asks_for_transport_errors(headers)) {
+                error.into_transport_response()
+            } else {
+                error.into_response()
+            }
         }
     }
+}
+
+/// Whether the call asked for its error as an HTTP status
+/// (`X-Centrifugo-Error-Mode: transport`).
+fn asks_for_transport_errors(headers: &HeaderMap) -> bool {
+    headers.get("x-centrifugo-error-mode").is_some_and(|mode| mode.as_bytes() == b"transport")
 }
 
 impl ApiState {

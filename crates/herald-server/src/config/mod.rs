@@ -579,11 +579,33 @@ pub struct ApiConfig {
     /// The most commands one `batch` carries, and the most channels one
     /// `broadcast` publishes into (else error 107, in a 200 answer).
     pub max_batch: usize,
+    /// How a refused call answers: `default`, with its error in a 200
+    /// answer's body, or `transport`, with an HTTP status for its code
+    /// (Centrifugo's `http_api.error_mode`; a call may ask for it alone
+    /// with `X-Centrifugo-Error-Mode: transport`).
+    pub error_mode: ApiErrorMode,
+}
+
+/// How the server API answers a call it refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiErrorMode {
+    /// HTTP 200, the error in the body, as Centrifugo's API by default.
+    #[default]
+    Default,
+    /// An HTTP status for the error's code, the error as the body.
+    Transport,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { key: None, insecure: false, idempotency_window: Duration::from_secs(300), max_batch: 1000 }
+        Self {
+            key: None,
+            insecure: false,
+            idempotency_window: Duration::from_secs(300),
+            max_batch: 1000,
+            error_mode: ApiErrorMode::Default,
+        }
     }
 }
 

@@ -306,6 +306,12 @@ async fn client_events_are_refused_where_pusher_refuses_them() {
     );
     assert_eq!(serde_json::from_str::<Value>(delivered["data"].as_str().unwrap()).unwrap(), json!({"on": true}));
     alice.assert_alive().await; // nothing was echoed to the sender, and it is still connected
+
+    // Written by hand: json! would sort the keys before they left.
+    let frame = r#"{"event":"client-typing","channel":"private-chat","data":{"z":1,"a":{"y":2,"b":3}}}"#;
+    alice.client.send_text(frame).await;
+    let delivered = bob.next().await;
+    assert_eq!(delivered["data"], r#"{"z":1,"a":{"y":2,"b":3}}"#, "the data as the client wrote it, keys in order");
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures_util::future::Either;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use herald_core::{ConnEvent, Connection, ConnectionSpec, HubError, Outbox, Outgoing};
@@ -150,15 +150,18 @@ struct ClientFrame {
     event: String,
     #[serde(default)]
     channel: Option<String>,
+    /// As the client wrote it: a client event's data goes on as sent, its
+    /// keys in their order.
     #[serde(default)]
-    data: Value,
+    data: Option<Box<RawValue>>,
 }
 
 /// Reads `data` that may arrive as an object or as a JSON string of one.
-pub(crate) fn data_as<T: for<'de> Deserialize<'de>>(data: &Value) -> Option<T> {
-    match data {
-        Value::String(text) => serde_json::from_str(text).ok(),
-        other => T::deserialize(other).ok(),
+pub(crate) fn data_as<T: for<'de> Deserialize<'de>>(data: Option<&RawValue>) -> Option<T> {
+    let raw = data?.get();
+    match raw.starts_with('"') {
+        true => serde_json::from_str(&serde_json::from_str::<String>(raw).ok()?).ok(),
+        false => serde_json::from_str(raw).ok(),
     }
 }
 
@@ -252,17 +255,17 @@ impl Session {
         match message.event.as_str() {
             "pusher:ping" => self.send(object_frame("pusher:pong", None, &serde_json::json!({}))),
             "pusher:pong" => {}
-            "pusher:subscribe" => self.on_subscribe(&message.data).await?,
+            "pusher:subscribe" => self.on_subscribe(message.data.as_deref()).await?,
             "pusher:unsubscribe" => {
-                let channel =
-                    data_as::<subscribe::SubscribeData>(&message.data).and_then(|d| self.app.channel(&d.channel));
+                let channel = data_as::<subscribe::SubscribeData>(message.data.as_deref())
+                    .and_then(|d| self.app.channel(&d.channel));
                 if let Some(channel) = channel {
                     self.frontend.hub().unsubscribe(&self.conn, &channel).await;
                 }
             }
-            "pusher:signin" => return self.on_signin(&message.data),
+            "pusher:signin" => return self.on_signin(message.data.as_deref()),
             name if name.starts_with("client-") => {
-                self.on_client_event(name, message.channel.as_deref(), &message.data).await
+                self.on_client_event(name, message.channel.as_deref(), message.data.as_deref()).await
             }
             other => {
                 tracing::debug!(socket_id = %self.socket_id(), event = other, "unsupported pusher event ignored");
@@ -281,15 +284,15 @@ mod subscribe;
 #[cfg(feature = "fuzzing")]
 pub(crate) fn read_frame(frame: &[u8]) {
     let Ok(message) = serde_json::from_slice::<ClientFrame>(frame) else { return };
-    if let Some(request) = data_as::<subscribe::SubscribeData>(&message.data) {
+    if let Some(request) = data_as::<subscribe::SubscribeData>(message.data.as_deref()) {
         let _ = super::valid_channel_name(&request.channel);
         let _ = super::conventions::ChannelKind::of(&request.channel);
         if let Some(channel_data) = request.channel_data() {
             let _ = subscribe::presence_member(channel_data);
         }
     }
-    let _ = data_as::<client_events::SigninData>(&message.data);
-    let _ = super::publication_data(&client_events::data_text(&message.data));
+    let _ = data_as::<client_events::SigninData>(message.data.as_deref());
+    let _ = super::publication_data(&client_events::data_text(message.data.as_deref()));
 }
 
 impl Protocol for Session {

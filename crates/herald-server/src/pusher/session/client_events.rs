@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -23,16 +24,27 @@ pub(super) struct SigninData {
     user_data: String,
 }
 
-/// The text of a client event's `data`: a string as it is, anything else as JSON.
-pub(super) fn data_text(data: &Value) -> String {
-    match data {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
+/// The text of a client event's `data`: a string as it is, anything else
+/// as the JSON the client wrote (`null` when it sent none).
+pub(super) fn data_text(data: Option<&RawValue>) -> String {
+    let Some(raw) = data.map(RawValue::get) else { return "null".to_owned() };
+    match raw.starts_with('"') {
+        true => serde_json::from_str::<String>(raw).unwrap_or_default(),
+        false => raw.to_owned(),
     }
 }
 
+/// A sign-in's `user_data`: `user_info` as the backend wrote it.
+#[derive(Deserialize)]
+struct UserData {
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    user_info: Option<Box<RawValue>>,
+}
+
 impl Session {
-    pub(super) fn on_signin(&mut self, data: &Value) -> Result<(), DisconnectReason> {
+    pub(super) fn on_signin(&mut self, data: Option<&RawValue>) -> Result<(), DisconnectReason> {
         let refuse = |session: &Self, why: &str| {
             tracing::info!(socket_id = %session.socket_id(), why, "pusher sign-in refused");
             session.send(error_frame(Some(close::UNAUTHORIZED), &format!("Connection not authorized: {why}"), None));
@@ -45,25 +57,22 @@ impl Session {
         if !sign::verify_auth(&self.app.config.key, self.app.config.secret.expose(), &message, &request.auth) {
             return refuse(self, "invalid signature");
         }
-        let user_data = serde_json::from_str::<Value>(&request.user_data).ok();
-        let id = user_data
-            .as_ref()
-            .and_then(|user| user.get("id").and_then(Value::as_str).map(str::to_owned))
-            .filter(|id| !id.is_empty());
-        let Some(user) = id.and_then(|id| UserId::new(&id).ok()) else {
+        let user_data = serde_json::from_str::<UserData>(&request.user_data).ok();
+        let id = user_data.as_ref().and_then(|user| user.id.as_str()).filter(|id| !id.is_empty());
+        let Some(user) = id.and_then(|id| UserId::new(id).ok()) else {
             return refuse(self, "user_data needs a non-empty string id");
         };
         if self.signed_in.is_some() && self.conn.user() != user {
             return refuse(self, "the connection is signed in as another user");
         }
-        let user_info = user_data.as_ref().and_then(|user| user.get("user_info")).map(|info| info.to_string().into());
+        let user_info = user_data.and_then(|user| user.user_info).map(|info| crate::json::compact(info.get()));
         self.frontend.hub().set_user(&self.conn, user);
         self.signed_in = Some(Box::new(super::SignedIn { user_info }));
         self.send(object_frame("pusher:signin_success", None, &serde_json::json!({ "user_data": request.user_data })));
         Ok(())
     }
 
-    pub(super) async fn on_client_event(&mut self, event: &str, name: Option<&str>, data: &Value) {
+    pub(super) async fn on_client_event(&mut self, event: &str, name: Option<&str>, data: Option<&RawValue>) {
         let name = name.unwrap_or("");
         if let Err(why) = self.client_event(event, name, data).await {
             tracing::debug!(socket_id = %self.socket_id(), channel = name, event, why = %why, "client event rejected");
@@ -71,7 +80,7 @@ impl Session {
         }
     }
 
-    async fn client_event(&mut self, event: &str, name: &str, data: &Value) -> Result<(), String> {
+    async fn client_event(&mut self, event: &str, name: &str, data: Option<&RawValue>) -> Result<(), String> {
         let config = &self.app.config;
         if !config.client_events {
             return Err("Client events are not enabled for this app".into());

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use herald_core::{ChannelRules, HubError, Outgoing, SubscribeAccess, SubscribeRequest, Subscription};
@@ -66,7 +67,7 @@ impl From<HubError> for Refusal {
 impl Session {
     /// Subscribes, or tells the client why not on the channel. `Err` when
     /// the client keeps subscribing far over its rate.
-    pub(super) async fn on_subscribe(&mut self, data: &Value) -> Result<(), DisconnectReason> {
+    pub(super) async fn on_subscribe(&mut self, data: Option<&RawValue>) -> Result<(), DisconnectReason> {
         let Some(request) = data_as::<SubscribeData>(data) else {
             self.send(error_frame(None, "pusher:subscribe needs data with a channel", None));
             return Ok(());
@@ -257,19 +258,29 @@ fn told_by_the_list(
     seen.insert(user) && added == listed
 }
 
+/// A presence authorization's member: `user_info` as the backend wrote it
+/// (its keys in their order).
+#[derive(Deserialize)]
+struct Member {
+    #[serde(default)]
+    user_id: Value,
+    #[serde(default)]
+    user_info: Option<Box<RawValue>>,
+}
+
 /// The member a presence authorization's `channel_data` names.
 pub(super) fn presence_member(channel_data: &str) -> Result<(UserId, Option<Bytes>), Refusal> {
-    let member: Value = serde_json::from_str(channel_data).map_err(|_| Refusal::bad("channel_data is not JSON"))?;
-    let id = match member.get("user_id") {
-        Some(Value::String(id)) if !id.is_empty() => id.clone(),
-        Some(Value::Number(id)) => id.to_string(),
+    let member: Member = serde_json::from_str(channel_data).map_err(|_| Refusal::bad("channel_data is not JSON"))?;
+    let id = match member.user_id {
+        Value::String(id) if !id.is_empty() => id,
+        Value::Number(id) => id.to_string(),
         _ => return Err(Refusal::bad("channel_data needs a user_id")),
     };
     if id.len() > MAX_USER_ID {
         return Err(Refusal::bad(format!("user_id is longer than {MAX_USER_ID} characters")));
     }
     let user = UserId::new(&id).map_err(|e| Refusal::bad(e.to_string()))?;
-    let info = member.get("user_info").map(|info| Bytes::from(info.to_string()));
+    let info = member.user_info.map(|info| crate::json::compact(info.get()));
     Ok((user, checked_info(info)?))
 }
 
@@ -286,3 +297,17 @@ fn checked_info(info: Option<Bytes>) -> Result<Option<Bytes>, Refusal> {
 /// sends to every member).
 const MAX_USER_ID: usize = 128;
 const MAX_USER_INFO: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_members_info_is_kept_as_the_backend_wrote_it_keys_in_order() {
+        let (user, info) = presence_member(r#"{"user_id": 7, "user_info": {"name": "Ann", "age": 3}}"#).ok().unwrap();
+        assert_eq!(user.as_str(), "7");
+        assert_eq!(info.as_deref(), Some(&br#"{"name":"Ann","age":3}"#[..]), "compacted, not reordered");
+        assert!(presence_member(r#"{"user_info": {}}"#).is_err(), "no user_id");
+        assert!(presence_member("not json").is_err());
+    }
+}

@@ -546,6 +546,7 @@ async fn a_call_asking_for_transport_errors_gets_an_http_status_for_its_error() 
         ("publish", json!({"data": {}}), 400, 107),
         ("history", json!({"channel": "news"}), 400, 108),
         ("history", json!({"channel": "feed:t", "since": {"offset": 9, "epoch": "gone"}}), 416, 112),
+        ("batch", json!({"commands": "not a list"}), 400, 107),
     ];
     for (method, params, status, code) in cases {
         let (got, body) = call(method, params.clone()).await;
@@ -556,7 +557,7 @@ async fn a_call_asking_for_transport_errors_gets_an_http_status_for_its_error() 
     assert_eq!((got, &body["error"]), (200, &Value::Null), "a call that works answers as ever: {body}");
     let batch = json!({"commands": [{"publish": {"channel": "nowhere:x", "data": {}}}]});
     let (got, body) = call("batch", batch).await;
-    assert_eq!((got, &body["replies"][0]["error"]["code"]), (200, &json!(102)), "a batch's are its entries': {body}");
+    assert_eq!((got, &body["replies"][0]["error"]["code"]), (200, &json!(102)), "its entries' are theirs: {body}");
 
     let (got, body) = server.api("publish", json!({"channel": "nowhere:x", "data": {}})).await;
     assert_eq!((got, &body["error"]["code"]), (200, &json!(102)), "without the header, in a 200 answer");

@@ -312,6 +312,11 @@ async fn client_events_are_refused_where_pusher_refuses_them() {
     alice.client.send_text(frame).await;
     let delivered = bob.next().await;
     assert_eq!(delivered["data"], r#"{"z":1,"a":{"y":2,"b":3}}"#, "the data as the client wrote it, keys in order");
+
+    // Half an emoji: JSON's grammar allows the escape, but it is no text.
+    alice.client.send_text(r#"{"event":"client-typing","channel":"private-chat","data":"\ud83d"}"#).await;
+    assert_eq!(alice.next().await["event"], "pusher:error", "refused, not sent on as empty data");
+    bob.assert_alive().await;
 }
 
 #[tokio::test]

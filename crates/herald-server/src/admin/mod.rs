@@ -244,7 +244,7 @@ async fn api_call(
     body: Body,
 ) -> Response {
     let response = match refusal(&admin, &headers, true) {
-        None => crate::api::call(&admin.api, &method, &headers, body).await,
+        None => crate::api::call(&admin.api, &method, &headers, body, crate::api::Errors::InBody).await,
         Some(refused) => refused,
     };
     admin.api.metrics.api_request("admin", &method, response.status().as_u16());

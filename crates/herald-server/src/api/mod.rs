@@ -150,7 +150,7 @@ async fn respond(api: &ApiState, method: &str, headers: HeaderMap, body: Body) -
         tracing::info!(method = ?method, %error, "API call refused");
         return error.into_response();
     }
-    call(api, method, &headers, body).await
+    call(api, method, &headers, body, Errors::AsAsked).await
 }
 
 /// Any other HTTP method on `/api/{method}`: 405, saying what to send.
@@ -163,7 +163,7 @@ pub(crate) async fn wrong_method(Path(method): Path<String>) -> Response {
 /// Runs `method` for a caller already authenticated (by its API key, or
 /// by an admin UI session): reads the body within the limits, runs the
 /// command and encodes the reply.
-pub(crate) async fn call(api: &ApiState, method: &str, headers: &HeaderMap, body: Body) -> Response {
+pub(crate) async fn call(api: &ApiState, method: &str, headers: &HeaderMap, body: Body, errors: Errors) -> Response {
     let body = match http::body::read(headers, body, api.body).await {
         Ok(body) => body,
         Err(error) => {
@@ -180,14 +180,24 @@ pub(crate) async fn call(api: &ApiState, method: &str, headers: &HeaderMap, body
         Ok(reply) => ([(header::CONTENT_TYPE, "application/json")], Reply::to_json(&reply)).into_response(),
         Err(error) => {
             tracing::debug!(method = ?method, %error, "API call failed");
-            // A batch's refusals are its entries': it answers 200 either way.
-            if method != "batch" && (api.transport_errors || asks_for_transport_errors(headers)) {
+            if errors == Errors::AsAsked && (api.transport_errors || asks_for_transport_errors(headers)) {
                 error.into_transport_response()
             } else {
                 error.into_response()
             }
         }
     }
+}
+
+/// How a refused call answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Errors {
+    /// In Centrifugo's transport error mode where the call or
+    /// `api.error_mode` asks for it (a batch's entries still answer in
+    /// its body; a batch refused whole answers so too).
+    AsAsked,
+    /// Always in the body (the admin UI reads them there).
+    InBody,
 }
 
 /// Whether the call asked for its error as an HTTP status

@@ -292,7 +292,9 @@ pub(crate) fn read_frame(frame: &[u8]) {
         }
     }
     let _ = data_as::<client_events::SigninData>(message.data.as_deref());
-    let _ = super::publication_data(&client_events::data_text(message.data.as_deref()));
+    if let Some(text) = client_events::data_text(message.data.as_deref()) {
+        let _ = super::publication_data(&text);
+    }
 }
 
 impl Protocol for Session {

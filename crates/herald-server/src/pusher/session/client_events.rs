@@ -25,12 +25,13 @@ pub(super) struct SigninData {
 }
 
 /// The text of a client event's `data`: a string as it is, anything else
-/// as the JSON the client wrote (`null` when it sent none).
-pub(super) fn data_text(data: Option<&RawValue>) -> String {
-    let Some(raw) = data.map(RawValue::get) else { return "null".to_owned() };
+/// as the JSON the client wrote (`null` when it sent none); `None` for a
+/// string that is not text (a lone surrogate escape).
+pub(super) fn data_text(data: Option<&RawValue>) -> Option<String> {
+    let Some(raw) = data.map(RawValue::get) else { return Some("null".to_owned()) };
     match raw.starts_with('"') {
-        true => serde_json::from_str::<String>(raw).unwrap_or_default(),
-        false => raw.to_owned(),
+        true => serde_json::from_str::<String>(raw).ok(),
+        false => Some(raw.to_owned()),
     }
 }
 
@@ -39,7 +40,7 @@ pub(super) fn data_text(data: Option<&RawValue>) -> String {
 struct UserData {
     #[serde(default)]
     id: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::subscribe::present")]
     user_info: Option<Box<RawValue>>,
 }
 
@@ -99,7 +100,7 @@ impl Session {
         if event.len() > MAX_EVENT_NAME {
             return Err(format!("Event name is longer than {MAX_EVENT_NAME} characters"));
         }
-        let text = data_text(data);
+        let text = data_text(data).ok_or("Event data is a string that is not text")?;
         if text.len() > config.max_event_size {
             return Err(format!("Event data is larger than {} bytes", config.max_event_size));
         }

@@ -210,18 +210,11 @@ impl Session {
             false => ("{}".to_owned(), None),
             true => {
                 let present = self.frontend.hub().presence(channel).await?;
-                let mut hash = serde_json::Map::new();
-                for info in &present {
-                    let user_info = info
-                        .chan_info
-                        .as_deref()
-                        .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
-                        .unwrap_or_else(|| serde_json::json!({}));
-                    hash.insert(info.user.as_str().to_owned(), user_info);
-                }
-                let ids: Vec<&String> = hash.keys().collect();
-                let data = serde_json::json!({ "presence": { "ids": ids, "hash": hash, "count": hash.len() } });
-                (data.to_string(), Some(hash))
+                // One entry per user, each member's info as it was written.
+                let members: std::collections::BTreeMap<&str, Option<&[u8]>> =
+                    present.iter().map(|info| (info.user.as_str(), info.chan_info.as_deref())).collect();
+                let data = member_list(&members);
+                (data, Some(members.keys().map(|user| (*user).to_owned()).collect::<HashSet<String>>()))
             }
         };
         let confirmation = Outgoing::Frame(subscription_succeeded(name, &data).into());
@@ -246,16 +239,32 @@ impl Session {
 /// dropped agrees with what the list gives the client, so the members it
 /// ends with are the same; what is kept may still be older than the list
 /// (a member who left and came back before the read is told both).
-fn told_by_the_list(
-    queued: &Outgoing,
-    channel: &str,
-    listed: &serde_json::Map<String, Value>,
-    seen: &mut HashSet<String>,
-) -> bool {
+fn told_by_the_list(queued: &Outgoing, channel: &str, listed: &HashSet<String>, seen: &mut HashSet<String>) -> bool {
     let Outgoing::Frame(frame) = queued else { return false };
     let Some((added, user)) = member_change(frame.as_bytes(), channel) else { return false };
-    let listed = listed.contains_key(&user);
+    let listed = listed.contains(&user);
     seen.insert(user) && added == listed
+}
+
+/// A presence channel's member list, `{"presence": {"ids", "hash",
+/// "count"}}`, each member's info written as it is kept (`{}` for none,
+/// or for any that is not JSON).
+fn member_list(members: &std::collections::BTreeMap<&str, Option<&[u8]>>) -> String {
+    let mut out = bytes::BytesMut::with_capacity(64);
+    let mut data = crate::json::Object::begin(&mut out);
+    let mut presence = crate::json::Object::begin(data.key("presence"));
+    let ids: Vec<&str> = members.keys().copied().collect();
+    crate::json::put_array(presence.key("ids"), &ids, |out, id| crate::json::put_str(out, id));
+    let mut hash = crate::json::Object::begin(presence.key("hash"));
+    for (user, info) in members {
+        let info = info.filter(|raw| serde_json::from_slice::<&RawValue>(raw).is_ok());
+        hash.raw(user, info.unwrap_or(b"{}"));
+    }
+    hash.end();
+    presence.u64("count", u64::try_from(members.len()).unwrap_or(u64::MAX));
+    presence.end();
+    data.end();
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A presence authorization's member: `user_info` as the backend wrote it
@@ -264,8 +273,13 @@ fn told_by_the_list(
 struct Member {
     #[serde(default)]
     user_id: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     user_info: Option<Box<RawValue>>,
+}
+
+/// A field that is there, `null` included: `None` only when it is missing.
+pub(super) fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(field).map(Some)
 }
 
 /// The member a presence authorization's `channel_data` names.
@@ -303,11 +317,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_member_list_carries_each_members_info_as_written_one_entry_a_user() {
+        let members = std::collections::BTreeMap::from([
+            ("7", Some(&br#"{"z":1,"a":2}"#[..])),
+            ("8", None),
+            ("9", Some(&b"not json"[..])),
+        ]);
+        assert_eq!(
+            member_list(&members),
+            r#"{"presence":{"ids":["7","8","9"],"hash":{"7":{"z":1,"a":2},"8":{},"9":{}},"count":3}}"#
+        );
+    }
+
+    #[test]
     fn a_members_info_is_kept_as_the_backend_wrote_it_keys_in_order() {
         let (user, info) = presence_member(r#"{"user_id": 7, "user_info": {"name": "Ann", "age": 3}}"#).ok().unwrap();
         assert_eq!(user.as_str(), "7");
         assert_eq!(info.as_deref(), Some(&br#"{"name":"Ann","age":3}"#[..]), "compacted, not reordered");
         assert!(presence_member(r#"{"user_info": {}}"#).is_err(), "no user_id");
+        let (_, info) = presence_member(r#"{"user_id": "7", "user_info": null}"#).ok().unwrap();
+        assert_eq!(info.as_deref(), Some(&b"null"[..]), "a null info is kept, as before");
         assert!(presence_member("not json").is_err());
     }
 }

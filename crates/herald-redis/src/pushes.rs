@@ -48,13 +48,17 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct Pushes {
     queue: Arc<Queue>,
-    tx: mpsc::UnboundedSender<PushInfo>,
+    tx: mpsc::UnboundedSender<Queued>,
 }
+
+/// A message, with the bytes of room it took (`None`: it took none, not
+/// being a publication), given back as it is read.
+type Queued = (PushInfo, Option<usize>);
 
 /// The receiving side, read by the dispatch task.
 pub struct Received {
     queue: Arc<Queue>,
-    rx: mpsc::UnboundedReceiver<PushInfo>,
+    rx: mpsc::UnboundedReceiver<Queued>,
 }
 
 struct Queue {
@@ -110,7 +114,7 @@ impl Pushes {
     /// Refused only once the dispatch task is gone.
     pub fn send(&self, push: PushInfo) -> Result<(), SendError> {
         if !is_publication(&push) {
-            return self.tx.send(push).map_err(|_| SendError);
+            return self.tx.send((push, None)).map_err(|_| SendError);
         }
         let size = size_of(&push);
         let limits = self.queue.limits;
@@ -133,7 +137,7 @@ impl Pushes {
             self.queue.dropped.one();
             return Ok(());
         }
-        self.tx.send(push).map_err(|_| SendError)
+        self.tx.send((push, Some(size))).map_err(|_| SendError)
     }
 }
 
@@ -146,16 +150,16 @@ impl AsyncPushSender for Pushes {
 impl Received {
     /// The next message, in arrival order; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<PushInfo> {
-        let push = self.rx.recv().await?;
-        self.taken(&push);
+        let (push, room) = self.rx.recv().await?;
+        self.taken(room);
         Some(push)
     }
 
-    /// Gives back the room `push` held.
-    fn taken(&self, push: &PushInfo) {
-        if is_publication(push) {
+    /// Gives back the room a message took, if it took any.
+    fn taken(&self, room: Option<usize>) {
+        if let Some(bytes) = room {
             self.queue.messages.fetch_sub(1, Ordering::AcqRel);
-            self.queue.bytes.fetch_sub(size_of(push), Ordering::AcqRel);
+            self.queue.bytes.fetch_sub(bytes, Ordering::AcqRel);
         }
     }
 
@@ -228,8 +232,8 @@ mod tests {
 
     fn payloads(received: &mut Received) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while let Ok(push) = received.rx.try_recv() {
-            received.taken(&push);
+        while let Ok((push, room)) = received.rx.try_recv() {
+            received.taken(room);
             out.extend(payload_of(&push));
         }
         out
@@ -284,7 +288,7 @@ mod tests {
             .unwrap();
         pushes.send(PushInfo { kind: PushKind::Disconnection, data: Vec::new() }).unwrap();
         assert_eq!(received.dropped(), 0, "only the publication counts against the bound of one");
-        let kinds: Vec<PushKind> = std::iter::from_fn(|| received.rx.try_recv().ok()).map(|p| p.kind).collect();
+        let kinds: Vec<PushKind> = std::iter::from_fn(|| received.rx.try_recv().ok()).map(|(p, _)| p.kind).collect();
         assert_eq!(kinds, [PushKind::Message, PushKind::Message, PushKind::Message, PushKind::Disconnection]);
         pushes.send(message(b"2")).unwrap();
         assert_eq!(received.dropped(), 1, "the publication still waiting fills it");

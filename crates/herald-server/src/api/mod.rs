@@ -95,9 +95,7 @@ impl ApiError {
     pub(crate) fn code(&self) -> u32 {
         self.status_and_code().1
     }
-}
 
-impl ApiError {
     /// The answer in Centrifugo's transport error mode: an error answered
     /// 200 gets the HTTP status Centrifugo gives its code, and the error
     /// alone as the body (`{"code", "message"}`); others answer as ever.

@@ -213,6 +213,14 @@ impl Departures {
     }
 }
 
+impl DeparturesState {
+    /// Whether `departure` still waits under `number` (no arrival took it,
+    /// no later departure of it replaced it).
+    fn waits(&self, departure: &Departure, number: u64) -> bool {
+        self.waiting.get(departure) == Some(&number)
+    }
+}
+
 impl Observer {
     pub(crate) fn new(frontend: Weak<Frontend>, departures: Arc<Departures>) -> Self {
         Self { frontend, departures }
@@ -272,8 +280,7 @@ impl Observer {
         let observer = self.clone();
         runtime.spawn(async move {
             tokio::time::sleep(DEPARTURE_GRACE).await;
-            let still = |observer: &Observer| observer.departures.state().waiting.get(&departure) == Some(&number);
-            if !still(&observer) {
+            if !observer.departures.state().waits(&departure, number) {
                 return;
             }
             let Some(frontend) = observer.frontend.upgrade() else { return };
@@ -292,7 +299,7 @@ impl Observer {
             // Taken and sent under the lock, and only if no arrival took it
             // while the cluster was asked.
             let mut state = observer.departures.state();
-            if state.waiting.get(&departure) == Some(&number) {
+            if state.waits(&departure, number) {
                 state.waiting.remove(&departure);
                 if !back {
                     observer.emit(channel, make);

@@ -10,6 +10,11 @@
 //!   user's arrival; of their removals (or expiries), exactly one reports
 //!   the departure. Expired entries not yet handed out still count;
 //! - a user with several connections counts once in `num_users`;
+//! - the anonymous user (the empty id) stands for many people: each of
+//!   its entries arrives and departs on its own (adding one is an
+//!   arrival, removing or expiring one a departure), so no engine keeps
+//!   all of a channel's anonymous entries in one place; it counts once in
+//!   `num_users`, as in Centrifugo;
 //! - [`Presence::refresh_presence`] and [`Presence::expire_presence_of`]
 //!   do for many channels at once what `add_presence` and
 //!   `expire_presence` do for one: a node's heartbeat refreshes every

@@ -1,6 +1,9 @@
 //! The `Presence` part on a JetStream stream of records (`records`): one
 //! record per user and channel (`<prefix>.pr.<channel>.<user>`) listing
-//! that user's connections with their expiry times.
+//! that user's connections with their expiry times; the anonymous user's
+//! connections, each its own arrival and departure, have a record each
+//! (`subjects::Subjects::presence`), so a channel of many anonymous
+//! visitors never writes one record of them all.
 //!
 //! Keeping a user's connections in one record makes arrivals and
 //! departures exact: the change that takes the record from no connection
@@ -215,7 +218,7 @@ impl Presence for NatsPresence {
     ) -> Result<Arrival, EngineError> {
         within(self.records.timeout, async {
             let stream = self.records.made(collect_after(ttl)).await?;
-            let subject = self.subjects.presence(channel, info.user.as_str());
+            let subject = self.subjects.presence(channel, info);
             Ok(self.upsert(&stream, &subject, &[info], ttl, Known::Unread).await?.0)
         })
         .await
@@ -224,7 +227,7 @@ impl Presence for NatsPresence {
     async fn remove_presence(&self, channel: &ChannelName, info: &ClientInfo) -> Result<Departure, EngineError> {
         within(self.records.timeout, async {
             let Some(stream) = self.records.stream(None).await? else { return Ok(Departure::UserRemains) };
-            let subject = self.subjects.presence(channel, info.user.as_str());
+            let subject = self.subjects.presence(channel, info);
             for _ in 0..ATTEMPTS {
                 let Some(Read { sequence, mut value, .. }) = self.records.read::<UserRecord>(&stream, &subject).await?
                 else {
@@ -262,13 +265,19 @@ impl Presence for NatsPresence {
         within(self.records.timeout, async {
             let now = now_ms();
             let mut stats = PresenceStats::default();
+            let mut anonymous = false;
             for user in self.users(channel).await? {
-                let live = user.value.entries.iter().filter(|e| e.live(now)).count();
-                stats.num_clients = stats.num_clients.saturating_add(live);
-                if live > 0 {
-                    stats.num_users = stats.num_users.saturating_add(1);
+                let live: Vec<&Entry> = user.value.entries.iter().filter(|e| e.live(now)).collect();
+                stats.num_clients = stats.num_clients.saturating_add(live.len());
+                // The anonymous user's connections each have a record; it
+                // counts once.
+                match live.first() {
+                    Some(entry) if entry.info.user.is_anonymous() => anonymous = true,
+                    Some(_) => stats.num_users = stats.num_users.saturating_add(1),
+                    None => {}
                 }
             }
+            stats.num_users = stats.num_users.saturating_add(usize::from(anonymous));
             Ok(stats)
         })
         .await
@@ -291,7 +300,7 @@ impl Presence for NatsPresence {
         let timeout = self.records.timeout;
         let mut records: HashMap<String, Vec<&ClientInfo>> = HashMap::new();
         for (channel, info) in entries {
-            records.entry(self.subjects.presence(channel, info.user.as_str())).or_default().push(info);
+            records.entry(self.subjects.presence(channel, info)).or_default().push(info);
         }
         let stream = match within(timeout, self.records.made(collect_after(ttl))).await {
             Ok(stream) => stream,

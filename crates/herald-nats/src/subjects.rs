@@ -4,7 +4,7 @@
 //! `%XX`. The escape is one-to-one, so two channels never share a subject
 //! and no channel is refused.
 
-use herald_engine::ChannelName;
+use herald_engine::{ChannelName, ClientInfo};
 
 /// Bytes that stay as they are in a channel's token.
 fn kept(byte: u8) -> bool {
@@ -73,9 +73,15 @@ impl Subjects {
         format!("{}.once.*", self.prefix)
     }
 
-    /// The presence record of `user` in `channel`.
-    pub(crate) fn presence(&self, channel: &ChannelName, user: &str) -> String {
-        format!("{}.pr.{}.{}", self.prefix, token(channel.as_str()), token(user))
+    /// The presence record of `info`'s user in `channel`: one per user,
+    /// but one per connection for the anonymous user, whose connections
+    /// are many people (`%%` and the client's token: a user's token never
+    /// holds `%%`, as every `%` of an escape is followed by two digits).
+    pub(crate) fn presence(&self, channel: &ChannelName, info: &ClientInfo) -> String {
+        match info.user.is_anonymous() {
+            true => format!("{}.pr.{}.%%{}", self.prefix, token(channel.as_str()), token(info.client.as_str())),
+            false => format!("{}.pr.{}.{}", self.prefix, token(channel.as_str()), token(info.user.as_str())),
+        }
     }
 
     /// Every user's presence record in `channel`.
@@ -125,6 +131,27 @@ mod tests {
         assert_eq!(subject("news*>"), "herald.ch.news%2A%3E");
         assert_eq!(subject("dialog#42,43"), "herald.ch.dialog#42,43");
         assert_eq!(token(""), "%", "an empty user id is a token too");
+    }
+
+    #[test]
+    fn each_anonymous_connection_has_a_presence_record_of_its_own() {
+        let subjects = Subjects::new("herald");
+        let lobby = ChannelName::new("lobby").unwrap();
+        let record = |user: &str, client: &str| {
+            let info = ClientInfo {
+                user: herald_engine::UserId::new(user).unwrap(),
+                client: herald_engine::ClientId::new(client),
+                conn_info: None,
+                chan_info: None,
+            };
+            subjects.presence(&lobby, &info)
+        };
+        assert_eq!(record("ann", "c1"), record("ann", "c2"), "a user's connections share a record");
+        assert_eq!(record("", "c1"), "herald.pr.lobby.%%c1");
+        assert_ne!(record("", "c1"), record("", "c2"), "anonymous connections do not");
+        for user in ["%", "%%c1", "%25%25c1"] {
+            assert_ne!(record(user, "c9"), record("", "c1"), "no user's record is an anonymous connection's");
+        }
         for name in ["a.b", "a b", "ü", "x>y", "$sys"] {
             let token = subject(name).trim_start_matches("herald.ch.").to_owned();
             assert!(

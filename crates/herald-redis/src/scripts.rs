@@ -128,7 +128,8 @@ return {top, epoch, redis.call('lrange', history, -want, -1)}
 ///
 /// KEYS: presence hash, presence expiry sorted set, per-user entry counts
 /// ARGV: client id, info JSON, ttl ms, user id
-/// Returns: 1 when the entry is new and its user's first, else 0
+/// Returns: 1 when the entry is new and its user's first (or the
+/// anonymous user's, whose entries each arrive on their own), else 0
 pub(crate) fn add_presence() -> Script {
     Script::new(concat!(
         now_ms!(),
@@ -137,7 +138,7 @@ local entries, expiries, users = KEYS[1], KEYS[2], KEYS[3]
 local ttl = tonumber(ARGV[3])
 local arrived = 0
 if redis.call('hset', entries, ARGV[1], ARGV[2]) == 1 then
-  if redis.call('hincrby', users, ARGV[4], 1) == 1 then arrived = 1 end
+  if redis.call('hincrby', users, ARGV[4], 1) == 1 or ARGV[4] == '' then arrived = 1 end
 end
 redis.call('zadd', expiries, now_ms + ttl, ARGV[1])
 for _, key in ipairs(KEYS) do redis.call('pexpire', key, ttl) end
@@ -187,7 +188,8 @@ return 0
 /// KEYS: per channel, its presence hash, expiry sorted set and per-user
 /// entry counts
 /// Returns: per expired entry, the channel's place in KEYS' order (from
-/// 0), its info JSON, and '1' when it was its user's last entry, else '0'
+/// 0), its info JSON, and '1' when it was its user's last entry (or the
+/// anonymous user's), else '0'
 pub(crate) fn expire_presence_of() -> Script {
     Script::new(concat!(
         now_ms!(),
@@ -206,6 +208,8 @@ for k = 1, #KEYS, 3 do
       if redis.call('hincrby', users, user, -1) <= 0 then
         redis.call('hdel', users, user)
         last = '1'
+      elseif user == '' then
+        last = '1'
       end
       table.insert(out, tostring((k - 1) / 3))
       table.insert(out, info)
@@ -222,7 +226,8 @@ return out
 ///
 /// KEYS: presence hash, presence expiry sorted set, per-user entry counts
 /// ARGV: client id, user id
-/// Returns: 1 when the entry existed and was its user's last, else 0
+/// Returns: 1 when the entry existed and was its user's last (or the
+/// anonymous user's), else 0
 pub(crate) fn remove_presence() -> Script {
     Script::new(
         r#"
@@ -233,6 +238,7 @@ if redis.call('hincrby', users, ARGV[2], -1) <= 0 then
   redis.call('hdel', users, ARGV[2])
   return 1
 end
+if ARGV[2] == '' then return 1 end
 return 0
 "#,
     )

@@ -90,6 +90,7 @@ macro_rules! engine_conformance {
         );
         $crate::engine_conformance!(@group [$(#[$test])*] $make, $clock; presence:
             presence_counts_users_once_and_expires,
+            anonymous_connections_arrive_and_depart_each_on_their_own,
             a_users_arrival_and_departure_are_reported_once,
             many_channels_are_refreshed_and_swept_together,
         );

@@ -76,6 +76,49 @@ pub async fn a_users_arrival_and_departure_are_reported_once(engine: Engine, _: 
     assert_eq!(back, Arrival::UserArrived, "after leaving, ann arrives again");
 }
 
+/// The anonymous user's connections are strangers to each other: each
+/// arrives and departs on its own (an engine keeping them in one record
+/// would rewrite all of a busy channel's visitors on every join), and
+/// the anonymous user counts once in `num_users`.
+pub async fn anonymous_connections_arrive_and_depart_each_on_their_own(engine: Engine, clock: Clock) {
+    let _events = Recorder::start(&engine).await;
+    let presence = engine.presence();
+    let ch = channel("conformance:visitors");
+    let ttl = Duration::from_secs(2);
+    let visitors = [info("", "v1"), info("", "v2"), info("", "v3")];
+    for visitor in &visitors {
+        let arrival = presence.add_presence(&ch, visitor, ttl).await.expect("add presence");
+        assert_eq!(arrival, Arrival::UserArrived, "{} arrives on its own", visitor.client);
+    }
+    let again = presence.add_presence(&ch, &visitors[0], ttl).await.expect("refresh presence");
+    assert_eq!(again, Arrival::UserWasPresent, "a refresh is no arrival, anonymous or not");
+    presence.add_presence(&ch, &info("ann", "a1"), ttl).await.expect("add presence");
+    let stats = presence.presence_stats(&ch).await.expect("stats");
+    assert_eq!(stats, PresenceStats { num_clients: 4, num_users: 2 }, "the anonymous user counts once");
+
+    let departure = presence.remove_presence(&ch, &visitors[0]).await.expect("remove presence");
+    assert_eq!(departure, Departure::UserDeparted, "v1 departs though v2 and v3 are still there");
+    assert_eq!(presence.presence_stats(&ch).await.expect("stats"), PresenceStats { num_clients: 3, num_users: 2 });
+
+    clock.advance(ttl / 2).await;
+    for kept in [&visitors[2], &info("ann", "a1")] {
+        presence.add_presence(&ch, kept, ttl).await.expect("refresh presence");
+    }
+    clock.advance(ttl / 2 + Duration::from_millis(500)).await;
+    let expired: Vec<(String, Departure)> = presence
+        .expire_presence(&ch)
+        .await
+        .expect("expire")
+        .into_iter()
+        .map(|entry| (entry.info.client.to_string(), entry.departure))
+        .collect();
+    assert_eq!(expired, [("v2".to_owned(), Departure::UserDeparted)], "v2 expired, its own departure, v3 kept");
+    let present: Vec<String> =
+        presence.presence(&ch).await.expect("presence").into_iter().map(|i| i.client.to_string()).collect();
+    assert_eq!(present.len(), 2, "{present:?}");
+    assert!(present.contains(&"v3".to_owned()) && present.contains(&"a1".to_owned()), "{present:?}");
+}
+
 /// The heartbeat's batches: entries of many channels refreshed in one call
 /// outlive their ttl as if added one by one, and one sweep of many
 /// channels hands out each expired entry once, with its channel. More

@@ -27,7 +27,8 @@ impl Presence for MemoryEngine {
         let new = entries.insert(info.client.clone(), (info.clone(), until)).is_none();
         // Expired entries not yet swept still count, as in the Redis engine:
         // their user's departure is announced by the sweep.
-        let alone = entries.values().filter(|(other, _)| other.user == info.user).count() == 1;
+        let alone =
+            info.user.is_anonymous() || entries.values().filter(|(other, _)| other.user == info.user).count() == 1;
         Ok(if new && alone { Arrival::UserArrived } else { Arrival::UserWasPresent })
     }
 
@@ -35,7 +36,7 @@ impl Presence for MemoryEngine {
         let mut shard = self.shard(channel);
         let Some(entries) = shard.presence.get_mut(channel) else { return Ok(Departure::UserRemains) };
         let removed = entries.remove(&info.client).is_some();
-        let user_left = removed && !entries.values().any(|(other, _)| other.user == info.user);
+        let user_left = removed && last_of_user(entries.values().map(|(other, _)| other), info);
         if entries.is_empty() {
             shard.presence.remove(channel);
         }
@@ -64,7 +65,7 @@ impl Presence for MemoryEngine {
         let mut gone = Vec::with_capacity(expired.len());
         for client in expired {
             if let Some((info, _)) = entries.remove(&client) {
-                let last = !entries.values().any(|(other, _)| other.user == info.user);
+                let last = last_of_user(entries.values().map(|(other, _)| other), &info);
                 let departure = if last { Departure::UserDeparted } else { Departure::UserRemains };
                 gone.push(ExpiredEntry { info, departure });
             }
@@ -74,4 +75,10 @@ impl Presence for MemoryEngine {
         }
         Ok(gone)
     }
+}
+
+/// Whether `gone`'s entry, now removed, was its user's last among `left`
+/// (the anonymous user's entries each depart on their own).
+fn last_of_user<'a>(mut left: impl Iterator<Item = &'a ClientInfo>, gone: &ClientInfo) -> bool {
+    gone.user.is_anonymous() || !left.any(|other| other.user == gone.user)
 }

@@ -148,6 +148,26 @@ describe('history, recovery and presence on a herald node', () => {
     );
   });
 
+  test('a server-side subscription through the API tells centrifuge-js where in the stream it starts', async () => {
+    const channel = 'feed:api';
+    const published = await publishSeqs(channel, [1, 2]);
+    const { client: c } = await connectedClient('api-sub');
+    const serverSubscribed = nextEvent(c, 'subscribed', { filter: (ctx) => ctx.channel === channel });
+    const received = [];
+    c.on('publication', (ctx) => received.push({ seq: ctx.data.seq, offset: ctx.offset }));
+
+    const reply = await herald.api('subscribe', { user: 'api-sub', channel });
+    assert.ok('result' in reply, `subscribe reply: ${JSON.stringify(reply)}`);
+    const ctx = await serverSubscribed;
+    assert.equal(ctx.positioned, true, JSON.stringify(ctx));
+    assert.equal(ctx.recoverable, true, JSON.stringify(ctx));
+    assert.deepEqual(ctx.streamPosition, { offset: published[1].offset, epoch: published[1].epoch }, 'the top of the stream');
+
+    const [next] = await publishSeqs(channel, [3]);
+    await waitFor(() => received.length >= 1, { message: 'publication 3 on the server-side subscription' });
+    assert.deepEqual(received, [{ seq: 3, offset: next.offset }]);
+  });
+
   test(`a subscriber that missed more than ${RECOVERY_LIMIT} publications is told recovered: false and gets no replay`, async () => {
     const channel = 'feed:gap';
     const { client: c, sub, gate, received } = await recoverableSubscriber(channel);

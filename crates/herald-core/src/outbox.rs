@@ -58,7 +58,7 @@ use std::task::Poll;
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
-use herald_engine::{ChannelName, DisconnectReason};
+use herald_engine::{ChannelName, DisconnectReason, StreamPosition};
 
 use crate::frame::Frame;
 
@@ -93,6 +93,12 @@ pub enum ConnEvent {
     Subscribed {
         /// The channel.
         channel: ChannelName,
+        /// Where the subscription starts in the channel's stream, when
+        /// the namespace keeps positions (the client follows it from there
+        /// and names it when it comes back).
+        position: Option<StreamPosition>,
+        /// The subscription recovers what a reconnect missed.
+        recoverable: bool,
     },
     /// The server unsubscribed the connection from a channel.
     Unsubscribed {

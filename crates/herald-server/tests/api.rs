@@ -124,6 +124,27 @@ async fn server_side_subscribe_and_unsubscribe_reach_every_connection_of_the_use
 }
 
 #[tokio::test]
+async fn a_server_side_subscription_to_a_stream_tells_the_client_where_it_starts() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("42").await;
+    server.publish("feed:scores", json!(1)).await;
+    server.publish("feed:scores", json!(2)).await;
+    let (_, position) = server.api("history", json!({"channel": "feed:scores", "limit": 0})).await;
+    let epoch = position["result"]["epoch"].as_str().unwrap().to_owned();
+
+    server.api("subscribe", json!({"user": "42", "channel": "feed:scores"})).await;
+    let push = client.next_push().await;
+    assert_eq!(
+        push,
+        json!({"channel": "feed:scores", "subscribe":
+            {"recoverable": true, "positioned": true, "epoch": epoch, "offset": 2}}),
+        "the position a client names to recover, as a subscribe reply gives it"
+    );
+    server.publish("feed:scores", json!(3)).await;
+    assert_eq!(client.next_push().await["pub"]["offset"], 3, "and it follows on from there");
+}
+
+#[tokio::test]
 async fn disconnect_closes_the_users_connections_with_the_given_or_default_code() {
     let server = TestServer::start().await;
     let mut first = server.connected("42").await;

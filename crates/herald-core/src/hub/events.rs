@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use herald_engine::{ChannelName, Control, EngineEvent};
 
-use super::{Hub, SubscribeAccess, SubscribeRequest};
+use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
 use crate::error::HubError;
 use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
@@ -106,10 +106,15 @@ impl Hub {
                 }
                 tokio::spawn(async move {
                     for conn in conns {
-                        let event = Outgoing::Event(ConnEvent::Subscribed { channel: channel.clone() });
                         let request = SubscribeRequest::default();
-                        let result =
-                            self.subscribe(&conn, &channel, SubscribeAccess::Server, request, |_| Some(event)).await;
+                        let event = |outcome: &SubscribeOutcome| {
+                            Some(Outgoing::Event(ConnEvent::Subscribed {
+                                channel: channel.clone(),
+                                position: outcome.positioned.then(|| outcome.position.clone()),
+                                recoverable: outcome.recoverable,
+                            }))
+                        };
+                        let result = self.subscribe(&conn, &channel, SubscribeAccess::Server, request, event).await;
                         match result {
                             Ok(_) | Err(HubError::AlreadySubscribed) => {}
                             Err(error) => {

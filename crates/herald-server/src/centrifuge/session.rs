@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use herald_core::{ChannelRules, ConnEvent, Connection, Frame, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
-use herald_engine::{ChannelName, ClientId, DisconnectReason};
+use herald_engine::{ChannelName, ClientId, DisconnectReason, StreamPosition};
 
 use super::codes::{self, ClientError};
 use super::command::{self, Command, Method};
@@ -281,6 +281,33 @@ struct RefreshResult<'a> {
 
 #[derive(Serialize)]
 struct Empty {}
+
+/// A `subscribe` push's body: where a server-side subscription starts in
+/// its channel's stream, for the client to follow and to name when it
+/// comes back (Centrifuge's `Subscribe` push).
+#[derive(Serialize)]
+struct SubscribePush {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    recoverable: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    positioned: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    epoch: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    offset: u64,
+}
+
+impl SubscribePush {
+    fn new(position: Option<StreamPosition>, recoverable: bool) -> Self {
+        let positioned = position.is_some();
+        let (epoch, offset) = position.map_or((String::new(), 0), |p| (p.epoch.as_str().to_owned(), p.offset.get()));
+        Self { recoverable, positioned, epoch, offset }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 /// The instant `grace` after the unix time `exp` (which a token or the API
 /// gave, so it may be anything).
@@ -608,8 +635,8 @@ impl Session {
     /// The push (JSON) that tells the client of a server-side event.
     fn event_push(&mut self, event: ConnEvent) -> Result<Bytes, DisconnectReason> {
         Ok(match event {
-            ConnEvent::Subscribed { channel } => {
-                let push = self.push(Some(&channel), "subscribe", &Empty {});
+            ConnEvent::Subscribed { channel, position, recoverable } => {
+                let push = self.push(Some(&channel), "subscribe", &SubscribePush::new(position, recoverable));
                 self.server_side.insert(channel);
                 push
             }

@@ -338,7 +338,7 @@ impl Protocol for Session {
     /// for publications the node missed: see `PusherEncoder::has_positions`.)
     fn on_event(&mut self, event: ConnEvent) -> Result<Option<herald_core::Frame>, DisconnectReason> {
         Ok(match event {
-            ConnEvent::Subscribed { channel } => {
+            ConnEvent::Subscribed { channel, .. } => {
                 self.app.name_of(&channel).map(|name| super::subscription_succeeded(name, "{}").into())
             }
             ConnEvent::Unsubscribed { .. } | ConnEvent::Refresh { .. } => None,

@@ -95,4 +95,10 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether the broker can currently serve.
     async fn health(&self) -> Health;
+
+    /// Messages for this node the broker has dropped since it started,
+    /// because the node did not take them in time (positioned subscribers
+    /// see the gap and recover; others lose them). No default: a wrapper
+    /// that forgot to pass it on would report none.
+    fn dropped(&self) -> u64;
 }

@@ -17,7 +17,7 @@
 //! again when it comes back (for any that subscribed in between).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -63,6 +63,8 @@ pub struct NatsBroker {
     /// The reading task of each channel the node is subscribed to.
     channels: Mutex<HashMap<ChannelName, JoinHandle<()>>>,
     control: Mutex<Option<JoinHandle<()>>>,
+    /// What the client dropped for subscriptions read too slowly.
+    dropped: Arc<Dropped>,
 }
 
 impl std::fmt::Debug for NatsBroker {
@@ -78,11 +80,12 @@ impl NatsBroker {
         let on_event = handler.clone();
         let lost = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(Dropped::default());
+        let counted = dropped.clone();
         let options = async_nats::ConnectOptions::new()
             .name("herald")
             .connection_timeout(settings.command_timeout)
             .event_callback(move |event| {
-                let (handler, lost, dropped) = (on_event.clone(), lost.clone(), dropped.clone());
+                let (handler, lost, dropped) = (on_event.clone(), lost.clone(), counted.clone());
                 async move { on_connection_event(&event, &handler, &lost, &dropped) }
             });
         let addresses: Vec<async_nats::ServerAddr> = settings
@@ -101,6 +104,7 @@ impl NatsBroker {
             timeout: settings.command_timeout,
             channels: Mutex::default(),
             control: Mutex::default(),
+            dropped,
         })
     }
 
@@ -166,9 +170,12 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Messages the NATS client dropped for subscriptions this node read too
-/// slowly, since the last warning, and when that was.
+/// slowly: since the last warning, and when that was, and in all.
 #[derive(Default)]
-struct Dropped(std::sync::Mutex<(u64, Option<tokio::time::Instant>)>);
+struct Dropped {
+    warned: std::sync::Mutex<(u64, Option<tokio::time::Instant>)>,
+    total: AtomicU64,
+}
 
 /// The least time between two warnings of dropped messages.
 const DROPPED_WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -177,7 +184,8 @@ impl Dropped {
     /// Counts one drop, and warns (at most every [`DROPPED_WARNING_EVERY`])
     /// with how many there were: the client reports each one.
     fn one(&self) {
-        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.warned.lock().unwrap_or_else(|e| e.into_inner());
         state.0 = state.0.saturating_add(1);
         if state.1.is_none_or(|at| at.elapsed() >= DROPPED_WARNING_EVERY) {
             tracing::warn!(
@@ -332,6 +340,10 @@ impl Broker for NatsBroker {
             state => Health::NotReady { reason: format!("nats connection is {state:?}") },
         }
     }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.total.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for NatsBroker {
@@ -352,7 +364,7 @@ mod dropped_tests {
     #[tokio::test(start_paused = true)]
     async fn dropped_messages_are_warned_of_at_once_then_counted_until_the_next_warning() {
         let dropped = Dropped::default();
-        let state = |d: &Dropped| *d.0.lock().unwrap();
+        let state = |d: &Dropped| *d.warned.lock().unwrap();
         dropped.one();
         let warned_at = state(&dropped).1.expect("the first drop is warned of");
         assert_eq!(state(&dropped).0, 0, "and counted in that warning");
@@ -363,5 +375,6 @@ mod dropped_tests {
         dropped.one();
         assert_eq!(state(&dropped).0, 0, "the next warning tells the three");
         assert!(state(&dropped).1 > Some(warned_at));
+        assert_eq!(dropped.total.load(Ordering::Relaxed), 4, "the total, for the metrics, counts every one");
     }
 }

@@ -95,6 +95,10 @@ impl<B: Backplane> Broker for RedisEngine<B> {
             Err(e) => Health::NotReady { reason: format!("redis: {e}") },
         }
     }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.total()
+    }
 }
 
 #[async_trait]

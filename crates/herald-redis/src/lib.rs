@@ -76,6 +76,8 @@ pub struct RedisEngine<B: Backplane> {
     keys: Keys,
     backplane: B,
     pushes: Mutex<Option<pushes::Received>>,
+    /// What the queue of pub/sub messages dropped (see `pushes`).
+    dropped: pushes::DropCounter,
     handler: OnceLock<Arc<dyn EventHandler>>,
     scripts: Scripts,
 }
@@ -109,8 +111,14 @@ fn unavailable(error: redis::RedisError) -> EngineError {
 impl RedisEngine<Single> {
     /// Connects to one Redis.
     pub async fn single(settings: &RedisSettings) -> Result<Self, EngineError> {
+        Self::single_bounded(settings, pushes::Limits::default()).await
+    }
+
+    /// Connects to one Redis, its queue of pub/sub messages bounded by
+    /// `limits`.
+    async fn single_bounded(settings: &RedisSettings, limits: pushes::Limits) -> Result<Self, EngineError> {
         let address = settings.addresses.first().ok_or_else(|| EngineError::Unavailable("no redis address".into()))?;
-        let (tx, rx) = pushes::channel(pushes::Limits::default());
+        let (tx, rx) = pushes::channel(limits);
         let backplane = Single::connect(address, settings.command_timeout, settings.subscriber_connections, tx)
             .await
             .map_err(unavailable)?;
@@ -163,6 +171,7 @@ impl<B: Backplane> RedisEngine<B> {
         Self {
             keys: Keys::new(&settings.prefix),
             backplane,
+            dropped: pushes.drop_count(),
             pushes: Mutex::new(Some(pushes)),
             handler: OnceLock::new(),
             scripts: Scripts {
@@ -318,9 +327,66 @@ fn history_needed(query: &HistoryQuery) -> (i64, i64) {
 
 #[cfg(test)]
 mod tests {
-    use herald_engine::{Epoch, Offset, StreamPosition};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use herald_engine::{Broker, ChannelName, Epoch, Offset, Publication, PublishOptions, StreamPosition};
 
     use super::*;
+    use crate::testing::RedisServer;
+
+    /// Counts the publications it takes; blocks the dispatch task on the
+    /// first until the sender of `release` is dropped.
+    struct Stalled {
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        taken: Arc<AtomicUsize>,
+    }
+
+    impl EventHandler for Stalled {
+        fn handle(&self, event: EngineEvent) {
+            if let EngineEvent::Publication { .. } = event {
+                let _released = self.release.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                self.taken.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_a_stalled_node_could_not_take_are_counted_where_the_metrics_read_them() {
+        let redis = RedisServer::start();
+        let settings = RedisSettings {
+            addresses: vec![redis.url()],
+            prefix: "drops".into(),
+            command_timeout: Duration::from_secs(5),
+            subscriber_connections: 1,
+        };
+        let one_waiting = pushes::Limits { messages: 1, bytes: 1 << 20 };
+        let node = RedisEngine::single_bounded(&settings, one_waiting).await.expect("node");
+        let (held, release) = std::sync::mpsc::channel::<()>();
+        let taken = Arc::new(AtomicUsize::new(0));
+        node.start(Arc::new(Stalled { release: release.into(), taken: taken.clone() })).await.expect("started");
+        let channel = ChannelName::new("news").unwrap();
+        Broker::subscribe(&node, &channel).await.expect("subscribed");
+        let publisher = RedisEngine::single(&settings).await.expect("publisher");
+
+        for n in 0..5u8 {
+            let publication = Publication::from_data(Bytes::from(vec![n]));
+            publisher.publish(&channel, publication, &PublishOptions::default()).await.expect("published");
+        }
+        // One in the stalled handler, one waiting in the queue, three dropped.
+        wait_until("three are dropped", || node.dropped() == 3).await;
+        drop(held);
+        wait_until("the two kept are taken", || taken.load(Ordering::SeqCst) == 2).await;
+        assert_eq!(node.dropped(), 3, "nothing else was dropped");
+        assert_eq!(publisher.dropped(), 0, "a node that kept up dropped none");
+    }
 
     #[test]
     fn a_history_read_fetches_only_what_its_query_can_use() {

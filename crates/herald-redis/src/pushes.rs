@@ -167,6 +167,29 @@ impl Received {
     pub fn dropped(&self) -> u64 {
         self.queue.dropped.total()
     }
+
+    /// The queue's drop count, readable after the receiver is handed to
+    /// the dispatch task.
+    pub fn drop_count(&self) -> DropCounter {
+        DropCounter(self.queue.clone())
+    }
+}
+
+/// Reads how many messages a queue dropped (see [`Received::drop_count`]).
+#[derive(Clone)]
+pub struct DropCounter(Arc<Queue>);
+
+impl DropCounter {
+    /// Messages dropped since the queue was made.
+    pub fn total(&self) -> u64 {
+        self.0.dropped.total()
+    }
+}
+
+impl std::fmt::Debug for DropCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DropCounter").field(&self.total()).finish()
+    }
 }
 
 /// Drops since the last warning, all of them, and when it was.

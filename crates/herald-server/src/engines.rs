@@ -152,4 +152,8 @@ impl Broker for MixedBroker {
             not_ready => not_ready,
         }
     }
+
+    fn dropped(&self) -> u64 {
+        self.nats.dropped()
+    }
 }

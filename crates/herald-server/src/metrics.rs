@@ -6,7 +6,8 @@
 //! a label, so a client cannot grow the series.
 //!
 //! Counters are kept here as things happen; the hub's counts (connections,
-//! subscriptions, users, channels) are read from it at each scrape; the hub
+//! subscriptions, users, channels) and the engine's dropped messages are
+//! read from them at each scrape; the hub
 //! reports each fanout and recovery through [`HubMeter`].
 
 mod engine;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use herald_core::{Hub, HubMeter};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
@@ -388,6 +389,10 @@ impl Collector for HubCounts {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
+        let dropped = ConstCounter::new(hub.engine().broker().dropped());
+        let help = "Messages for this node the engine dropped because the node did not take them in time \
+                    (positioned subscribers recover them; others lose them).";
+        dropped.encode(encoder.encode_descriptor("engine_dropped_messages", help, None, dropped.metric_type())?)?;
         Ok(())
     }
 }

@@ -293,6 +293,7 @@ async fn metrics_count_connections_publications_deliveries_api_calls_recoveries_
     assert_eq!(value(r#"herald_subscriptions{protocol="centrifuge"}"#), 2.0);
     assert_eq!(value("herald_users"), 2.0);
     assert_eq!(value("herald_queued_bytes"), 0.0, "both clients have read everything");
+    assert_eq!(value("herald_engine_dropped_messages_total"), 0.0, "the memory engine drops nothing");
     assert_eq!(value(r#"herald_publications_total{source="api"}"#), 2.0);
     assert_eq!(value("herald_deliveries_total"), 2.0);
     assert_eq!(value("herald_fanout_seconds_count"), 2.0);

@@ -108,4 +108,7 @@ impl Broker for WrappedBroker {
     async fn health(&self) -> Health {
         self.memory.health().await
     }
+    fn dropped(&self) -> u64 {
+        self.memory.dropped()
+    }
 }

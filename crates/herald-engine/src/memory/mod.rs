@@ -300,6 +300,11 @@ impl Broker for MemoryEngine {
             None => Health::NotReady { reason: "engine not started".into() },
         }
     }
+
+    /// Publications go straight to the node's handler: none is dropped.
+    fn dropped(&self) -> u64 {
+        0
+    }
 }
 
 #[async_trait]

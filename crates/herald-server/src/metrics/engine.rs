@@ -85,6 +85,9 @@ impl Broker for Metered<dyn Broker> {
     async fn health(&self) -> Health {
         self.part.health().await
     }
+    fn dropped(&self) -> u64 {
+        self.part.dropped()
+    }
 }
 
 #[async_trait]

@@ -341,6 +341,8 @@ impl Broker for NatsBroker {
         }
     }
 
+    /// As the client reports them: a lower bound, for in a burst of drops
+    /// its event queue (128 events) overflows and some go unreported.
     fn dropped(&self) -> u64 {
         self.dropped.total.load(Ordering::Relaxed)
     }

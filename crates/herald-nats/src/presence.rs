@@ -15,7 +15,8 @@
 //! The heartbeat's batches read what they change by one scan of the
 //! stream where that pays (`records::scan_pays`): a refresh of a node's
 //! entries then costs one write per record (a user's connections in a
-//! channel are one record, so one write), and a sweep of every channel a
+//! channel are one record, so one write; each anonymous connection is a
+//! record, so a write each), and a sweep of every channel a
 //! node serves costs the scan and a write per record with an expired
 //! entry, not a listing per channel and a read per record. A write that
 //! meets a record changed since the scan reads it again, as any change.
@@ -188,17 +189,22 @@ impl NatsPresence {
             let departed = live.is_empty();
             let left = UserRecord { entries: live };
             if self.records.replace(stream, &subject, sequence, (!departed).then_some(&left)).await? {
-                // The user departed with the last of its expired entries.
+                // The user departed with the last of its expired entries;
+                // an anonymous connection with its own (a record of them
+                // all is one an older node wrote).
                 let last = expired.len();
                 return Ok(expired
                     .into_iter()
                     .enumerate()
-                    .map(|(i, entry)| ExpiredEntry {
-                        info: entry.info,
-                        departure: match departed && i.saturating_add(1) == last {
-                            true => Departure::UserDeparted,
-                            false => Departure::UserRemains,
-                        },
+                    .map(|(i, entry)| {
+                        let gone = entry.info.user.is_anonymous() || (departed && i.saturating_add(1) == last);
+                        ExpiredEntry {
+                            info: entry.info,
+                            departure: match gone {
+                                true => Departure::UserDeparted,
+                                false => Departure::UserRemains,
+                            },
+                        }
                     })
                     .collect());
             }

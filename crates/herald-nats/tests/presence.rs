@@ -89,3 +89,44 @@ async fn a_sweep_after_a_refresh_hands_out_an_expired_entry_of_a_record_the_refr
     let stats = presence.presence_stats(&lobby).await.expect("stats");
     assert_eq!(stats, PresenceStats { num_clients: 2, num_users: 2 }, "ann's live entry and bob's");
 }
+
+/// An older node kept all of a channel's anonymous connections in one
+/// record (`<prefix>.pr.<channel>.%`); once it dies, the node that sweeps
+/// its entries tells each anonymous connection's departure, as the engine
+/// contract now has it, and counts them as one user meanwhile.
+#[tokio::test]
+async fn an_older_nodes_record_of_anonymous_connections_departs_each_of_them() {
+    let server = NatsServer::start();
+    let engine = engine(&server).await;
+    let presence = engine.presence();
+    let hall = channel("hall");
+    let long = Duration::from_secs(60);
+    presence.add_presence(&hall, &info("ann", "a1"), long).await.expect("ann, on this node");
+
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .saturating_add(Duration::from_millis(800))
+        .as_millis();
+    let entries: Vec<_> =
+        ["v1", "v2"].iter().map(|client| serde_json::json!({"info": info("", client), "expires": expires})).collect();
+    let record = serde_json::to_vec(&serde_json::json!({ "entries": entries })).expect("json");
+    let client = async_nats::connect(server.url()).await.expect("connects");
+    let jetstream = async_nats::jetstream::new(client);
+    let ack = jetstream.publish("herald-presence.pr.hall.%", record.into()).await.expect("published");
+    ack.await.expect("stored");
+    let stats = presence.presence_stats(&hall).await.expect("stats");
+    assert_eq!(stats, PresenceStats { num_clients: 3, num_users: 2 }, "the two visitors count as one user");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while presence.presence(&hall).await.expect("presence").len() > 1 {
+        assert!(Instant::now() < deadline, "the visitors' entries never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let swept = presence.expire_presence_of(std::slice::from_ref(&hall)).await;
+    assert!(swept.failed.is_empty(), "{:?}", swept.failed);
+    let mut handed: Vec<_> = swept.expired.iter().map(|(_, e)| (e.info.client.to_string(), e.departure)).collect();
+    handed.sort_by(|a, b| a.0.cmp(&b.0));
+    let departed = |client: &str| (client.to_owned(), Departure::UserDeparted);
+    assert_eq!(handed, [departed("v1"), departed("v2")], "each visitor departs on its own");
+}

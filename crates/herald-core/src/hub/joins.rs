@@ -27,10 +27,29 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use herald_engine::{ChannelName, ClientId, UserId};
+use herald_engine::{ChannelName, ClientId, ClientInfo, UserId};
 use tokio::sync::watch;
 
-type Key = (ChannelName, UserId);
+/// Whose joins and leaves are told in order of one another: a user's
+/// connections', or one anonymous connection's alone (anonymous
+/// connections arrive and depart each on their own, as
+/// `herald_engine::Presence` has it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Member {
+    User(UserId),
+    Anonymous(ClientId),
+}
+
+impl Member {
+    fn of(info: &ClientInfo) -> Self {
+        match info.user.is_anonymous() {
+            true => Member::Anonymous(info.client.clone()),
+            false => Member::User(info.user.clone()),
+        }
+    }
+}
+
+type Key = (ChannelName, Member);
 
 #[derive(Debug, Default)]
 pub(super) struct Joins {
@@ -89,19 +108,19 @@ impl Joins {
         !unannounced.is_empty() && unannounced.contains_key(&(channel.clone(), client.clone()))
     }
 
-    /// Registers a join of `user` in `channel`, about to be announced.
-    /// The caller holds the channel's interest lock.
-    pub(super) fn begin(&self, channel: &ChannelName, user: &UserId) -> JoinUnderWay<'_> {
+    /// Registers a join of `info`'s member in `channel`, about to be
+    /// announced. The caller holds the channel's interest lock.
+    pub(super) fn begin(&self, channel: &ChannelName, info: &ClientInfo) -> JoinUnderWay<'_> {
         let (told, waiting) = watch::channel(());
-        let key = (channel.clone(), user.clone());
+        let key = (channel.clone(), Member::of(info));
         self.under_way().entry(key.clone()).or_default().push(waiting);
         JoinUnderWay { joins: self, key, told }
     }
 
-    /// Waits until every join of `user` in `channel` under way now has
-    /// been told. The caller holds the channel's interest lock.
-    pub(super) async fn told(&self, channel: &ChannelName, user: &UserId) {
-        let waiting = self.under_way().get(&(channel.clone(), user.clone())).cloned().unwrap_or_default();
+    /// Waits until every join of `info`'s member in `channel` under way
+    /// now has been told. The caller holds the channel's interest lock.
+    pub(super) async fn told(&self, channel: &ChannelName, info: &ClientInfo) {
+        let waiting = self.under_way().get(&(channel.clone(), Member::of(info))).cloned().unwrap_or_default();
         for mut join in waiting {
             // Nothing is ever sent: the channel closes when the join is told.
             while join.changed().await.is_ok() {}

@@ -12,9 +12,11 @@ pub trait HubObserver: Send + Sync + std::fmt::Debug + 'static {
     fn channel_occupied(&self, channel: &ChannelName);
     /// The channel's last subscriber in the cluster left.
     fn channel_vacated(&self, channel: &ChannelName);
-    /// A user's first connection joined a presence channel.
+    /// A user's first connection joined a presence channel (any
+    /// anonymous connection: each is its own arrival).
     fn user_joined(&self, channel: &ChannelName, info: &ClientInfo);
-    /// A user's last connection left a presence channel.
+    /// A user's last connection left a presence channel (any anonymous
+    /// connection: each is its own departure).
     fn user_left(&self, channel: &ChannelName, info: &ClientInfo);
     /// The channel gained or lost a subscriber on this node (its count in
     /// the cluster may have changed). Called on every such change, under

@@ -28,7 +28,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent, UserId};
+use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent};
 use tokio::sync::watch;
 
 use super::joins::{JoinUnderWay, Joins, Unannounced};
@@ -69,13 +69,17 @@ fn key(channel: &ChannelName, client: &ClientId) -> (ChannelName, ClientId) {
     (channel.clone(), client.clone())
 }
 
-/// Which of `every` beats refreshes the entries of `user` in `channel`:
-/// one user's connections in a channel together (engines keep them in one
-/// record), the pairs spread evenly over the beats.
-fn refresh_beat(channel: &ChannelName, user: &str, every: u64) -> u64 {
+/// Which of `every` beats refreshes `info`'s entry in `channel`: one
+/// user's connections in a channel together (an engine may keep them in
+/// one record), an anonymous connection on its own (whose entry is its
+/// own record), spread evenly over the beats.
+fn refresh_beat(channel: &ChannelName, info: &ClientInfo, every: u64) -> u64 {
     let mut hasher = DefaultHasher::new();
     channel.as_str().hash(&mut hasher);
-    user.hash(&mut hasher);
+    match info.user.is_anonymous() {
+        true => info.client.as_str().hash(&mut hasher),
+        false => info.user.as_str().hash(&mut hasher),
+    }
     hasher.finish().checked_rem(every).unwrap_or(0)
 }
 
@@ -151,18 +155,18 @@ impl PresenceKeeper {
         }
     }
 
-    /// Registers a join of `user` in `channel`, where the namespace keeps
-    /// presence or pushes joins and leaves, so that the user's leaves wait
+    /// Registers a join of `info` in `channel`, where the namespace keeps
+    /// presence or pushes joins and leaves, so that its user's leaves wait
     /// for it; the caller then announces it, and drops what this returns
     /// when it has. Called under the channel's interest lock, as the
     /// subscription goes live.
     pub(super) fn begin_join(
         &self,
         channel: &ChannelName,
-        user: &UserId,
+        info: &ClientInfo,
         options: &NamespaceOptions,
     ) -> Option<JoinUnderWay<'_>> {
-        (options.presence || options.join_leave).then(|| self.joins.begin(channel, user))
+        (options.presence || options.join_leave).then(|| self.joins.begin(channel, info))
     }
 
     /// Adds the connection's entry and announces its join (`joined`), or
@@ -180,7 +184,7 @@ impl PresenceKeeper {
             return;
         }
         if !joined {
-            self.joins.told(channel, &info.user).await;
+            self.joins.told(channel, &info).await;
         }
         if joined && options.presence && self.left_while_refreshing(channel, &info.client) {
             // A refresh under way listed this connection's entry before it
@@ -237,7 +241,7 @@ impl PresenceKeeper {
         let mut entries = list();
         let beat = self.beats.fetch_add(1, Ordering::Relaxed).checked_rem(self.every).unwrap_or(0);
         if !self.refresh_all.swap(false, Ordering::Relaxed) {
-            entries.retain(|(channel, info)| refresh_beat(channel, info.user.as_str(), self.every) == beat);
+            entries.retain(|(channel, info)| refresh_beat(channel, info, self.every) == beat);
         }
         if !entries.is_empty() {
             let failed = self.engine.presence().refresh_presence(&entries, self.ttl).await;

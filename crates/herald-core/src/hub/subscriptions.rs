@@ -160,7 +160,7 @@ impl Hub {
         // Told outside the lock, side by side with the channel's other
         // joins; the leaves of its user wait for it.
         let info = conn.info_in(channel);
-        let joining = self.presence.begin_join(channel, &info.user, options);
+        let joining = self.presence.begin_join(channel, &info, options);
         drop(interest);
         // The count first, so that a channel is told occupied before its
         // first member is told arrived. (On an early return above, the

@@ -100,18 +100,16 @@ pub async fn anonymous_connections_arrive_and_depart_each_on_their_own(engine: E
     assert_eq!(departure, Departure::UserDeparted, "v1 departs though v2 and v3 are still there");
     assert_eq!(presence.presence_stats(&ch).await.expect("stats"), PresenceStats { num_clients: 3, num_users: 2 });
 
+    // The heartbeat's batches, which refresh and sweep anonymous entries
+    // as the single calls do.
     clock.advance(ttl / 2).await;
-    for kept in [&visitors[2], &info("ann", "a1")] {
-        presence.add_presence(&ch, kept, ttl).await.expect("refresh presence");
-    }
+    let kept = [(ch.clone(), visitors[2].clone()), (ch.clone(), info("ann", "a1"))];
+    assert!(presence.refresh_presence(&kept, ttl).await.is_empty(), "v3 and ann refreshed");
     clock.advance(ttl / 2 + Duration::from_millis(500)).await;
-    let expired: Vec<(String, Departure)> = presence
-        .expire_presence(&ch)
-        .await
-        .expect("expire")
-        .into_iter()
-        .map(|entry| (entry.info.client.to_string(), entry.departure))
-        .collect();
+    let swept = presence.expire_presence_of(std::slice::from_ref(&ch)).await;
+    assert!(swept.failed.is_empty(), "{:?}", swept.failed);
+    let expired: Vec<(String, Departure)> =
+        swept.expired.into_iter().map(|(_, entry)| (entry.info.client.to_string(), entry.departure)).collect();
     assert_eq!(expired, [("v2".to_owned(), Departure::UserDeparted)], "v2 expired, its own departure, v3 kept");
     let present: Vec<String> =
         presence.presence(&ch).await.expect("presence").into_iter().map(|i| i.client.to_string()).collect();

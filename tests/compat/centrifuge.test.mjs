@@ -208,13 +208,14 @@ describe('a herald node', () => {
     assert.equal(c.state, 'disconnected');
   });
 
-  test('POST /api/subscribe subscribes a connected user to news on the server side', async () => {
+  test('POST /api/subscribe subscribes a connected user to news on the server side, with its data', async () => {
     const { client: c } = await connectedClient('44');
     const serverSubscribed = nextEvent(c, 'subscribed', { filter: (ctx) => ctx.channel === 'news' });
 
-    const reply = await herald.api('subscribe', { user: '44', channel: 'news' });
+    const reply = await herald.api('subscribe', { user: '44', channel: 'news', data: { why: 'you follow news' } });
     assert.ok('result' in reply, `subscribe reply: ${JSON.stringify(reply)}`);
-    await serverSubscribed;
+    const ctx = await serverSubscribed;
+    assert.deepEqual(ctx.data, { why: 'you follow news' }, `the subscribed event: ${JSON.stringify(ctx)}`);
 
     const received = nextEvent(c, 'publication', { filter: (ctx) => ctx.channel === 'news' });
     await herald.api('publish', { channel: 'news', data: { via: 'api subscribe' } });

@@ -55,6 +55,15 @@ pub trait PushEncoder: Send + Sync + std::fmt::Debug + 'static {
         true
     }
 
+    /// Whether the server may subscribe a connection to `channel`
+    /// (`Control::Subscribe`): a protocol's client can be told of it only
+    /// for some channels (Pusher: its app's, and not presence channels,
+    /// whose subscriptions name a member).
+    fn takes_server_subscription(&self, channel: &ChannelName) -> bool {
+        let _ = channel;
+        true
+    }
+
     /// Whether every subscription to `channel` asks for its latest
     /// publication (`SubscribeRequest::latest`), whoever made it: a
     /// protocol's convention (Pusher's cache channels).

@@ -55,6 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
@@ -99,6 +100,8 @@ pub enum ConnEvent {
         position: Option<StreamPosition>,
         /// The subscription recovers what a reconnect missed.
         recoverable: bool,
+        /// What the server sends the client with it, as JSON.
+        data: Option<Bytes>,
     },
     /// The server unsubscribed the connection from a channel.
     Unsubscribed {

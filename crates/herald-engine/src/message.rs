@@ -126,6 +126,14 @@ pub enum Control {
         channel: ChannelName,
         /// Only this connection of the user, when given.
         client: Option<ClientId>,
+        /// The subscription's channel info, as JSON text (as a
+        /// subscription token's `info`). Older nodes ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<String>,
+        /// What the client is sent with the subscription, as JSON text.
+        /// Older nodes ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
     },
     /// Unsubscribe a user's connections (or one of them) from a channel.
     Unsubscribe {

@@ -145,6 +145,28 @@ async fn a_server_side_subscription_to_a_stream_tells_the_client_where_it_starts
 }
 
 #[tokio::test]
+async fn a_server_side_subscription_carries_the_channel_info_and_data_the_api_gave() {
+    let server = TestServer::start().await;
+    let mut client = server.connected("42").await;
+    let subscribe = json!({"user": "42", "channel": "room:lobby", "info": {"seat": 7}, "data": {"welcome": "in"}});
+    let (status, reply) = server.api("subscribe", subscribe).await;
+    assert_eq!((status, reply.get("error")), (200, None), "{reply}");
+    assert_eq!(
+        client.next_push().await,
+        json!({"channel": "room:lobby", "subscribe": {"data": {"welcome": "in"}}}),
+        "the data goes to the client with the subscription"
+    );
+    let (_, presence) = server.api("presence", json!({"channel": "room:lobby"})).await;
+    let entries: Vec<_> = presence["result"]["presence"].as_object().unwrap().values().cloned().collect();
+    assert_eq!(entries.len(), 1, "{presence}");
+    assert_eq!(entries[0]["chan_info"], json!({"seat": 7}), "the info is the subscription's channel info");
+
+    let too_large = json!({"user": "42", "channel": "news", "data": "x".repeat(70 * 1024)});
+    let (status, reply) = server.api("subscribe", too_large).await;
+    assert_eq!((status, reply["error"]["code"].as_u64()), (413, Some(106)), "past max_message_size: {reply}");
+}
+
+#[tokio::test]
 async fn disconnect_closes_the_users_connections_with_the_given_or_default_code() {
     let server = TestServer::start().await;
     let mut first = server.connected("42").await;
@@ -502,7 +524,7 @@ async fn options_herald_does_not_offer_are_refused_by_name_and_their_empty_value
         ("publish", json!({"channel": "news", "data": {}, "b64data": "AQI="})),
         ("publish", json!({"channel": "news", "data": {}, "version": 3})),
         ("broadcast", json!({"channels": ["news"], "data": {}, "b64data": "AQI="})),
-        ("subscribe", json!({"user": "42", "channel": "news", "info": {"role": "x"}})),
+        ("subscribe", json!({"user": "42", "channel": "news", "recover_since": {"offset": 3, "epoch": "e"}})),
         ("unsubscribe", json!({"user": "42", "channel": "news", "session": "s1"})),
         ("disconnect", json!({"user": "42", "whitelist": ["c1"]})),
         ("refresh", json!({"user": "42", "session": "s1"})),

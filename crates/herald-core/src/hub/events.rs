@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use herald_engine::{ChannelName, Control, EngineEvent};
 
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
@@ -99,19 +100,25 @@ impl Hub {
                     }
                 }
             }
-            Control::Subscribe { user, channel, client } => {
+            Control::Subscribe { user, channel, client, info, data } => {
                 let conns = self.registry.of_user(&user, client.as_ref());
                 if conns.is_empty() {
                     return;
                 }
                 tokio::spawn(async move {
                     for conn in conns {
-                        let request = SubscribeRequest::default();
+                        if !conn.encoder.takes_server_subscription(&channel) {
+                            tracing::debug!(client = %conn.client, %channel, "not a channel its protocol can be subscribed to by the server");
+                            continue;
+                        }
+                        let mut request = SubscribeRequest::default();
+                        request.subscription.chan_info = info.clone().map(Bytes::from);
                         let event = |outcome: &SubscribeOutcome| {
                             Some(Outgoing::Event(ConnEvent::Subscribed {
                                 channel: channel.clone(),
                                 position: outcome.positioned.then(|| outcome.position.clone()),
                                 recoverable: outcome.recoverable,
+                                data: data.clone().map(Bytes::from),
                             }))
                         };
                         let result = self.subscribe(&conn, &channel, SubscribeAccess::Server, request, event).await;

@@ -10,6 +10,8 @@ use herald_engine::{
     ChannelName, ClientId, Control, DisconnectReason, Epoch, HistoryQuery, Offset, Publication, StreamPosition, UserId,
 };
 
+use herald_core::HubError;
+
 use super::reply::{Reply, Response};
 use super::{ApiError, ApiState};
 
@@ -18,7 +20,7 @@ use super::{ApiError, ApiState};
 pub(crate) enum ApiCommand {
     Publish(PublishParams),
     Broadcast(BroadcastParams),
-    Subscribe(UserChannelParams),
+    Subscribe(SubscribeParams),
     Unsubscribe(UserChannelParams),
     Disconnect(DisconnectParams),
     Refresh(RefreshParams),
@@ -140,6 +142,50 @@ impl BroadcastParams {
     }
 }
 
+/// A server-side subscription: whose connections, to which channel, and
+/// what it carries.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SubscribeParams {
+    pub user: String,
+    pub channel: String,
+    #[serde(default)]
+    pub client: Option<String>,
+    /// The subscription's channel info, as a subscription token's `info`:
+    /// in presence, joins and leaves, and the client's publications.
+    #[serde(default)]
+    pub info: Option<Box<RawValue>>,
+    /// Sent to the client with the subscription (the `subscribe` push).
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+    /// Centrifugo's options Herald does not offer (see [`refuse`]).
+    #[serde(default)]
+    session: Option<Value>,
+    #[serde(default)]
+    expire_at: Option<Value>,
+    #[serde(default)]
+    b64info: Option<Value>,
+    #[serde(default)]
+    b64data: Option<Value>,
+    #[serde(default)]
+    recover_since: Option<Value>,
+    #[serde(default, rename = "override")]
+    overrides: Option<Value>,
+}
+
+impl SubscribeParams {
+    /// The first option Herald does not offer that the call set.
+    fn unsupported(&self) -> Option<&'static str> {
+        given([
+            ("session", &self.session),
+            ("expire_at", &self.expire_at),
+            ("b64info", &self.b64info),
+            ("b64data", &self.b64data),
+            ("recover_since", &self.recover_since),
+            ("override", &self.overrides),
+        ])
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct UserChannelParams {
     pub user: String,
@@ -164,8 +210,7 @@ impl Others {
 }
 
 /// Centrifugo's subscribe and unsubscribe options Herald does not offer.
-const SUBSCRIBE_UNSUPPORTED: [&str; 8] =
-    ["session", "expire_at", "info", "b64info", "data", "b64data", "recover_since", "override"];
+const UNSUBSCRIBE_UNSUPPORTED: [&str; 1] = ["session"];
 
 /// Centrifugo's disconnect and refresh options Herald does not offer.
 const USER_UNSUPPORTED: [&str; 4] = ["session", "whitelist", "info", "b64info"];
@@ -281,6 +326,13 @@ fn client(id: Option<String>) -> Option<ClientId> {
     id.filter(|c| !c.is_empty()).map(ClientId::from)
 }
 
+/// `raw`, compacted, as text.
+fn compact_text(raw: &RawValue) -> String {
+    let compact = crate::json::compact(raw.get());
+    // Compacting removes ASCII whitespace from valid text: it stays text.
+    String::from_utf8_lossy(&compact).into_owned()
+}
+
 fn publication(data: &RawValue, tags: BTreeMap<String, String>) -> Publication {
     let mut publication = Publication::from_data(crate::json::compact(data.get()));
     publication.tags = tags;
@@ -362,15 +414,23 @@ impl ApiState {
                 Ok(Reply::Broadcast(responses))
             }
             ApiCommand::Subscribe(p) => {
-                refuse("subscribe", p.others.unsupported(&SUBSCRIBE_UNSUPPORTED))?;
+                refuse("subscribe", p.unsupported())?;
                 let ch = channel(&p.channel)?;
-                hub.rules().resolve(&ch)?;
-                let command = Control::Subscribe { user: user(&p.user)?, channel: ch, client: client(p.client) };
+                let limit = hub.rules().resolve(&ch)?.max_message_size;
+                let json = |raw: Option<Box<RawValue>>| raw.map(|raw| compact_text(&raw));
+                let (info, data) = (json(p.info), json(p.data));
+                // What a client is sent, held to what it could be published.
+                let size = [&info, &data].into_iter().flatten().map(String::len).fold(0, usize::saturating_add);
+                if size > limit {
+                    return Err(HubError::MessageTooLarge { size, limit }.into());
+                }
+                let command =
+                    Control::Subscribe { user: user(&p.user)?, channel: ch, client: client(p.client), info, data };
                 hub.send_control(command).await?;
                 Ok(Reply::Done)
             }
             ApiCommand::Unsubscribe(p) => {
-                refuse("unsubscribe", p.others.unsupported(&SUBSCRIBE_UNSUPPORTED))?;
+                refuse("unsubscribe", p.others.unsupported(&UNSUBSCRIBE_UNSUPPORTED))?;
                 let command = Control::Unsubscribe {
                     user: user(&p.user)?,
                     channel: channel(&p.channel)?,

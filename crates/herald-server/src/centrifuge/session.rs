@@ -284,9 +284,12 @@ struct Empty {}
 
 /// A `subscribe` push's body: where a server-side subscription starts in
 /// its channel's stream, for the client to follow and to name when it
-/// comes back (Centrifuge's `Subscribe` push).
+/// comes back, and the data the server sends with it (Centrifuge's
+/// `Subscribe` push).
 #[derive(Serialize)]
 struct SubscribePush {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Box<serde_json::value::RawValue>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     recoverable: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -298,10 +301,14 @@ struct SubscribePush {
 }
 
 impl SubscribePush {
-    fn new(position: Option<StreamPosition>, recoverable: bool) -> Self {
+    fn new(position: Option<StreamPosition>, recoverable: bool, data: Option<Bytes>) -> Self {
         let positioned = position.is_some();
         let (epoch, offset) = position.map_or((String::new(), 0), |p| (p.epoch.as_str().to_owned(), p.offset.get()));
-        Self { recoverable, positioned, epoch, offset }
+        // JSON the server API checked; anything else is left out.
+        let data = data
+            .and_then(|data| String::from_utf8(data.to_vec()).ok())
+            .and_then(|text| serde_json::value::RawValue::from_string(text).ok());
+        Self { data, recoverable, positioned, epoch, offset }
     }
 }
 
@@ -635,8 +642,8 @@ impl Session {
     /// The push (JSON) that tells the client of a server-side event.
     fn event_push(&mut self, event: ConnEvent) -> Result<Bytes, DisconnectReason> {
         Ok(match event {
-            ConnEvent::Subscribed { channel, position, recoverable } => {
-                let push = self.push(Some(&channel), "subscribe", &SubscribePush::new(position, recoverable));
+            ConnEvent::Subscribed { channel, position, recoverable, data } => {
+                let push = self.push(Some(&channel), "subscribe", &SubscribePush::new(position, recoverable, data));
                 self.server_side.insert(channel);
                 push
             }

@@ -397,6 +397,13 @@ impl PushEncoder for PusherEncoder {
         false
     }
 
+    /// The app's channels, but not presence ones: pusher-js takes a
+    /// presence subscription only with its member list, and a member is
+    /// named by the client's authorization, not by the server API.
+    fn takes_server_subscription(&self, channel: &ChannelName) -> bool {
+        self.name_of(channel).is_some_and(|name| !ChannelKind::of(name).is_presence())
+    }
+
     /// A cache channel's subscribers are sent its last event, however
     /// subscribed (by the client, or by the server API).
     fn wants_latest(&self, channel: &ChannelName) -> bool {

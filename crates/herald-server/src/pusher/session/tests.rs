@@ -261,7 +261,10 @@ async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_40
 
     let ann = UserId::new("ann").unwrap();
     let news = ChannelName::new("news").unwrap();
-    s.hub.send_control(Control::Subscribe { user: ann.clone(), channel: news, client: None }).await.unwrap();
+    s.hub
+        .send_control(Control::Subscribe { user: ann.clone(), channel: news, client: None, info: None, data: None })
+        .await
+        .unwrap();
     let confirmed = s.next_json().await;
     assert_eq!(
         (confirmed["event"].as_str(), confirmed["channel"].as_str()),
@@ -271,6 +274,32 @@ async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_40
     let reason = herald_engine::DisconnectReason::ForceDisconnect;
     s.hub.send_control(Control::Disconnect { user: ann, client: None, reason, app: None }).await.unwrap();
     assert!(matches!(s.next().await, Sent::Close(4009, _)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_server_subscribes_a_pusher_connection_to_its_apps_channels_but_not_to_presence_ones() {
+    let (mut s, socket_id) = connected().await;
+    s.sign_in(&socket_id, "ann").await;
+    let ann = UserId::new("ann").unwrap();
+    // pusher-js takes a presence subscription only with its member list;
+    // `chat:x` is no channel of this app (whose channels have no namespace).
+    for name in ["presence-room", "chat:x", "sports"] {
+        let channel = ChannelName::new(name).unwrap();
+        s.hub
+            .send_control(Control::Subscribe { user: ann.clone(), channel, client: None, info: None, data: None })
+            .await
+            .unwrap();
+    }
+    let confirmed = s.next_json().await;
+    assert_eq!(
+        (confirmed["event"].as_str(), confirmed["channel"].as_str()),
+        (Some("pusher_internal:subscription_succeeded"), Some("sports")),
+        "the first thing it hears of is sports"
+    );
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(s.hub.stats().subscriptions, 1, "subscribed to sports alone");
 }
 
 #[tokio::test(start_paused = true)]
@@ -285,7 +314,10 @@ async fn a_namespace_forcing_recovery_leaves_pusher_subscriptions_unpositioned_a
     assert_eq!(s.subscribe("news").await["event"], "pusher_internal:subscription_succeeded");
     s.sign_in(&socket_id, "ann").await;
     let (ann, sports) = (UserId::new("ann").unwrap(), ChannelName::new("sports").unwrap());
-    s.hub.send_control(Control::Subscribe { user: ann, channel: sports.clone(), client: None }).await.unwrap();
+    s.hub
+        .send_control(Control::Subscribe { user: ann, channel: sports.clone(), client: None, info: None, data: None })
+        .await
+        .unwrap();
     assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
 
     for channel in [ChannelName::new("news").unwrap(), sports] {
@@ -307,7 +339,10 @@ async fn a_server_side_subscription_to_a_cache_channel_is_sent_its_last_event_af
     s.hub.publish(&price, publication, None, false).await.unwrap();
 
     let ann = UserId::new("ann").unwrap();
-    s.hub.send_control(Control::Subscribe { user: ann, channel: price, client: None }).await.unwrap();
+    s.hub
+        .send_control(Control::Subscribe { user: ann, channel: price, client: None, info: None, data: None })
+        .await
+        .unwrap();
     assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
     assert_eq!(s.next_json().await, json!({"event": "price", "channel": "cache-price", "data": "{\"n\":1}"}));
 }

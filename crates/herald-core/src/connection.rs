@@ -99,7 +99,8 @@ pub struct ConnectionSpec {
 /// Per-subscription state.
 #[derive(Debug, Clone, Default)]
 pub struct Subscription {
-    /// Channel info from the subscription token, as JSON.
+    /// Channel info, as JSON: a subscription token's, a proxy's, or the
+    /// server API's.
     pub chan_info: Option<Bytes>,
     /// The subscriber asked for join and leave events.
     pub join_leave: bool,

@@ -82,6 +82,9 @@ impl Outgoing {
     fn cost(&self) -> usize {
         match self {
             Outgoing::Frame(frame) => frame.len(),
+            // A server-side subscription's data is the API caller's, up to
+            // the namespace's message size: it counts as a frame would.
+            Outgoing::Event(ConnEvent::Subscribed { data: Some(data), .. }) => EVENT_COST.saturating_add(data.len()),
             Outgoing::Event(_) => EVENT_COST,
         }
     }
@@ -630,6 +633,28 @@ mod tests {
 
     fn frame(n: usize) -> Outgoing {
         Outgoing::Frame(Frame::Text(Text::from("x".repeat(n))))
+    }
+
+    #[test]
+    fn a_server_side_subscriptions_data_counts_against_the_limit_as_a_frame_would() {
+        let outbox = Outbox::new(100 * 1024);
+        let channel = ChannelName::new("news").unwrap();
+        let subscribed = |data: Option<Bytes>| {
+            Outgoing::Event(ConnEvent::Subscribed {
+                channel: channel.clone(),
+                position: None,
+                recoverable: false,
+                data,
+            })
+        };
+        outbox.push(subscribed(None)).unwrap();
+        assert_eq!(outbox.queued_bytes(), EVENT_COST, "an event without data costs what any event does");
+        outbox.push(subscribed(Some(Bytes::from(vec![b'1'; 60 * 1024])))).unwrap();
+        assert_eq!(outbox.queued_bytes(), 2 * EVENT_COST + 60 * 1024);
+        assert!(
+            outbox.push(subscribed(Some(Bytes::from(vec![b'1'; 60 * 1024])))).is_err(),
+            "a second one is over the limit"
+        );
     }
 
     fn items(drained: Drained) -> Vec<Outgoing> {

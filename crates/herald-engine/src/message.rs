@@ -300,3 +300,31 @@ pub struct NodeInfo {
     #[serde(default)]
     pub num_deliveries: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes of two versions share a cluster while it rolls onto the newer:
+    /// each must read the other's control commands.
+    #[test]
+    fn a_subscribe_command_reads_with_or_without_the_fields_newer_nodes_add() {
+        let older = r#"{"op":"subscribe","user":"42","channel":"news","client":null}"#;
+        let command: Control = serde_json::from_str(older).expect("an older node's command");
+        let expected = Control::Subscribe {
+            user: UserId::new("42").unwrap(),
+            channel: ChannelName::new("news").unwrap(),
+            client: None,
+            info: None,
+            data: None,
+        };
+        assert_eq!(command, expected);
+        assert_eq!(serde_json::to_string(&expected).unwrap(), older, "written as older nodes write it");
+
+        let newer = r#"{"op":"subscribe","user":"42","channel":"news","client":null,"info":"{\"seat\":7}","data":"{}","later":1}"#;
+        let command: Control =
+            serde_json::from_str(newer).expect("a newer node's command, fields unknown here ignored");
+        let Control::Subscribe { info, data, .. } = command else { panic!("{command:?}") };
+        assert_eq!((info.as_deref(), data.as_deref()), (Some(r#"{"seat":7}"#), Some("{}")));
+    }
+}

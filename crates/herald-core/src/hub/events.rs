@@ -105,6 +105,7 @@ impl Hub {
                 if conns.is_empty() {
                     return;
                 }
+                let (info, data) = (info.map(Bytes::from), data.map(Bytes::from));
                 tokio::spawn(async move {
                     for conn in conns {
                         if !conn.encoder.takes_server_subscription(&channel) {
@@ -112,13 +113,13 @@ impl Hub {
                             continue;
                         }
                         let mut request = SubscribeRequest::default();
-                        request.subscription.chan_info = info.clone().map(Bytes::from);
+                        request.subscription.chan_info = info.clone();
                         let event = |outcome: &SubscribeOutcome| {
                             Some(Outgoing::Event(ConnEvent::Subscribed {
                                 channel: channel.clone(),
                                 position: outcome.positioned.then(|| outcome.position.clone()),
                                 recoverable: outcome.recoverable,
-                                data: data.clone().map(Bytes::from),
+                                data: data.clone(),
                             }))
                         };
                         let result = self.subscribe(&conn, &channel, SubscribeAccess::Server, request, event).await;

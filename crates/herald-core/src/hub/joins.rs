@@ -9,7 +9,9 @@
 //! user arrived" and "the user departed" with each write, and a tab that
 //! reloads (one connection joining while another of the user leaves)
 //! could otherwise have the leave written first and told last, "arrived"
-//! then "departed" while the user is there.
+//! then "departed" while the user is there. Anonymous connections are
+//! each their own member (the engines tell each one's arrival and
+//! departure), so each waits only for its own joins.
 //!
 //! A join is registered under the interest lock, as its subscription goes
 //! live, and a leave is announced under that lock; so a leave finds every
@@ -53,7 +55,7 @@ type Key = (ChannelName, Member);
 
 #[derive(Debug, Default)]
 pub(super) struct Joins {
-    /// The joins under way, by channel and user: for each, the receiving
+    /// The joins under way, by channel and member: for each, the receiving
     /// end of a channel its announcer closes once the join is told.
     under_way: Mutex<HashMap<Key, Vec<watch::Receiver<()>>>>,
     /// The subscriptions whose join is yet to be told, by channel and

@@ -209,7 +209,7 @@ impl Others {
     }
 }
 
-/// Centrifugo's subscribe and unsubscribe options Herald does not offer.
+/// Centrifugo's unsubscribe option Herald does not offer.
 const UNSUBSCRIBE_UNSUPPORTED: [&str; 1] = ["session"];
 
 /// Centrifugo's disconnect and refresh options Herald does not offer.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use herald_core::{ChannelRules, ConnEvent, Connection, Frame, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
@@ -242,7 +243,7 @@ struct ConnectResult<'a> {
     session: Option<&'a str>,
     /// The connect proxy's data for the client.
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a serde_json::value::RawValue>,
+    data: Option<&'a RawValue>,
 }
 
 /// Whether a connection or subscription expires, and in how many seconds.
@@ -289,7 +290,7 @@ struct Empty {}
 #[derive(Serialize)]
 struct SubscribePush {
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Box<serde_json::value::RawValue>>,
+    data: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     recoverable: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -305,9 +306,13 @@ impl SubscribePush {
         let positioned = position.is_some();
         let (epoch, offset) = position.map_or((String::new(), 0), |p| (p.epoch.as_str().to_owned(), p.offset.get()));
         // JSON the server API checked; anything else is left out.
-        let data = data
-            .and_then(|data| String::from_utf8(data.to_vec()).ok())
-            .and_then(|text| serde_json::value::RawValue::from_string(text).ok());
+        let data = data.and_then(|data| {
+            let raw = String::from_utf8(data.to_vec()).ok().and_then(|text| RawValue::from_string(text).ok());
+            if raw.is_none() {
+                tracing::debug!("a server-side subscription's data is not JSON; sent without it");
+            }
+            raw
+        });
         Self { data, recoverable, positioned, epoch, offset }
     }
 }

@@ -278,11 +278,14 @@ async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_40
 
 #[tokio::test(start_paused = true)]
 async fn the_server_subscribes_a_pusher_connection_to_its_apps_channels_but_not_to_presence_ones() {
-    let (mut s, socket_id) = connected().await;
+    // A `chat` namespace, so that `chat:x` is a channel the node serves,
+    // only not one of this app's (whose channels have no namespace).
+    let chat = std::collections::BTreeMap::from([("chat".to_owned(), NamespaceOptions::default())]);
+    let rules = ChannelRules::new(NamespaceOptions::default(), chat);
+    let (mut s, socket_id) = connected_on(node_on(rules, ClientConfig::default()).await).await;
     s.sign_in(&socket_id, "ann").await;
     let ann = UserId::new("ann").unwrap();
-    // pusher-js takes a presence subscription only with its member list;
-    // `chat:x` is no channel of this app (whose channels have no namespace).
+    // pusher-js takes a presence subscription only with its member list.
     for name in ["presence-room", "chat:x", "sports"] {
         let channel = ChannelName::new(name).unwrap();
         s.hub

@@ -195,7 +195,8 @@ pub struct Connection {
     /// Changes only when the connection authenticates after it connected
     /// (see `Hub::set_user`).
     pub(crate) user: Mutex<UserId>,
-    pub(crate) conn_info: Option<Bytes>,
+    /// Changes when a refresh brings new info (see [`Connection::set_info`]).
+    pub(crate) conn_info: Mutex<Option<Bytes>>,
     pub(crate) encoder: Arc<dyn PushEncoder>,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) subscriptions: Mutex<Subscriptions>,
@@ -206,7 +207,7 @@ impl Connection {
         Self {
             client: spec.client,
             user: Mutex::new(spec.user),
-            conn_info: spec.conn_info,
+            conn_info: Mutex::new(spec.conn_info),
             encoder: spec.encoder,
             outbox: spec.outbox,
             subscriptions: Mutex::new(Subscriptions::default()),
@@ -226,6 +227,14 @@ impl Connection {
     /// Whether its user is `user` (without a copy of the id).
     pub fn is_user(&self, user: &UserId) -> bool {
         *self.user.lock().unwrap_or_else(|e| e.into_inner()) == *user
+    }
+
+    /// Replaces its connection info (a refresh's token or proxy gave a new
+    /// one): its publications carry it from now on, and its presence
+    /// entries from their next refresh (`Hub`'s heartbeat), as in
+    /// Centrifugo.
+    pub fn set_info(&self, info: Bytes) {
+        *self.conn_info.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
     }
 
     /// Its outbox.
@@ -256,7 +265,7 @@ impl Connection {
         ClientInfo {
             user: user.unwrap_or_else(|| self.user()),
             client: self.client.clone(),
-            conn_info: self.conn_info.clone(),
+            conn_info: self.conn_info.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             chan_info,
         }
     }

@@ -154,6 +154,9 @@ pub enum Control {
         expire_at: Option<u64>,
         /// Expire now.
         expired: bool,
+        /// The connections' new info, as JSON text. Older nodes ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<String>,
     },
     /// Every node is asked for its channels (those matching `pattern`) and
     /// their local subscriber counts, for a cluster-wide list.
@@ -326,5 +329,23 @@ mod tests {
             serde_json::from_str(newer).expect("a newer node's command, fields unknown here ignored");
         let Control::Subscribe { info, data, .. } = command else { panic!("{command:?}") };
         assert_eq!((info.as_deref(), data.as_deref()), (Some(r#"{"seat":7}"#), Some("{}")));
+    }
+
+    #[test]
+    fn a_refresh_command_reads_with_or_without_the_info_newer_nodes_add() {
+        let older = r#"{"op":"refresh","user":"42","client":null,"expire_at":null,"expired":false}"#;
+        let command: Control = serde_json::from_str(older).expect("an older node's command");
+        let expected = Control::Refresh {
+            user: UserId::new("42").unwrap(),
+            client: None,
+            expire_at: None,
+            expired: false,
+            info: None,
+        };
+        assert_eq!(command, expected);
+        assert_eq!(serde_json::to_string(&expected).unwrap(), older, "written as older nodes write it");
+        let newer = r#"{"op":"refresh","user":"42","client":null,"expire_at":null,"expired":false,"info":"{}"}"#;
+        let Control::Refresh { info, .. } = serde_json::from_str(newer).expect("a newer node's") else { panic!() };
+        assert_eq!(info.as_deref(), Some("{}"));
     }
 }

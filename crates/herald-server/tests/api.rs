@@ -166,6 +166,51 @@ async fn a_server_side_subscription_carries_the_channel_info_and_data_the_api_ga
     assert_eq!((status, reply["error"]["code"].as_u64()), (413, Some(106)), "past max_message_size: {reply}");
 }
 
+/// As in Centrifugo: a refresh's new token, or the server API's refresh,
+/// gives the connection new info, which its publications carry from then on.
+#[tokio::test]
+async fn a_refresh_with_new_info_changes_what_the_connections_publications_carry() {
+    let server = TestServer::start().await;
+    let mut ann = server.client().await;
+    let token = server.token_with("ann", json!({"info": {"name": "ann"}}));
+    ann.command(json!({"id": 1, "connect": {"token": token}})).await;
+    ann.subscribe("chat:room").await;
+    let mut bob = server.connected("bob").await;
+    bob.subscribe("chat:room").await;
+    /// Ann publishes `n`; what bob is told of her connection's info.
+    async fn conn_info_seen_by_bob(ann: &mut support::Client, bob: &mut support::Client, n: u32) -> Value {
+        let reply = ann.command(json!({"id": 10 + n, "publish": {"channel": "chat:room", "data": {"n": n}}})).await;
+        assert!(reply.get("error").is_none(), "{reply}");
+        let pushed = bob.next_push().await;
+        assert_eq!(pushed["pub"]["data"]["n"], n, "{pushed}");
+        pushed["pub"]["info"]["conn_info"].clone()
+    }
+    assert_eq!(conn_info_seen_by_bob(&mut ann, &mut bob, 1).await, json!({"name": "ann"}));
+
+    let renamed = server.token_with("ann", json!({"info": {"name": "Ann B."}}));
+    let reply = ann.command(json!({"id": 2, "refresh": {"token": renamed}})).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    assert_eq!(conn_info_seen_by_bob(&mut ann, &mut bob, 2).await, json!({"name": "Ann B."}), "the token's new info");
+
+    let plain = server.token("ann");
+    ann.command(json!({"id": 3, "refresh": {"token": plain}})).await;
+    assert_eq!(
+        conn_info_seen_by_bob(&mut ann, &mut bob, 3).await,
+        json!({"name": "Ann B."}),
+        "a token without info keeps it"
+    );
+
+    let (status, reply) = server.api("refresh", json!({"user": "ann", "info": {"name": "A."}})).await;
+    assert_eq!((status, reply.get("error")), (200, None), "{reply}");
+    // Ann hears her own publications too; the refresh push comes after them.
+    let mut pushes = Vec::new();
+    while pushes.last().is_none_or(|push: &Value| push.get("refresh").is_none()) {
+        assert!(pushes.len() < 4, "ann is told of the refresh: {pushes:?}");
+        pushes.push(ann.next_push().await);
+    }
+    assert_eq!(conn_info_seen_by_bob(&mut ann, &mut bob, 4).await, json!({"name": "A."}), "the server API's new info");
+}
+
 #[tokio::test]
 async fn disconnect_closes_the_users_connections_with_the_given_or_default_code() {
     let server = TestServer::start().await;

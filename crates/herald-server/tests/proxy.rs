@@ -62,7 +62,7 @@ async fn answer(
             }}),
             None => json!({"disconnect": {"code": 4501, "reason": "no session"}}),
         },
-        "refresh" => json!({"result": {"expire_at": unix_now() + 2}}),
+        "refresh" => json!({"result": {"expire_at": unix_now() + 2, "info": {"name": "ADA, refreshed"}}}),
         "subscribe" if body["channel"] == "chat:secret" => json!({"error": {"code": 1403, "message": "not for you"}}),
         "subscribe" if body["channel"].as_str().is_some_and(|c| c.starts_with("chat:short")) => {
             json!({"result": {"expire_at": unix_now() + 1}})
@@ -281,6 +281,13 @@ async fn the_refresh_proxy_extends_a_session_the_connect_proxy_made_expiring() {
     client.assert_alive().await;
     let (body, _) = setup.backend.events("refresh").pop().unwrap();
     assert_eq!(body["user"], "ada");
+
+    // The refresh's info replaced the connect's: her publications carry it.
+    client.subscribe("chat:lobby").await;
+    let reply = client.command(json!({"id": 7, "publish": {"channel": "chat:lobby", "data": {"text": "hi"}}})).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    let own = client.next_push().await;
+    assert_eq!(own["pub"]["info"]["conn_info"], json!({"name": "ADA, refreshed"}), "{own}");
 }
 
 #[tokio::test]

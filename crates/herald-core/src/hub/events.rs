@@ -147,8 +147,12 @@ impl Hub {
                     }
                 });
             }
-            Control::Refresh { user, client, expire_at, expired } => {
+            Control::Refresh { user, client, expire_at, expired, info } => {
+                let info = info.map(Bytes::from);
                 for conn in self.registry.of_user(&user, client.as_ref()) {
+                    if let Some(info) = &info {
+                        conn.set_info(info.clone());
+                    }
                     let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Refresh { expire_at, expired }));
                 }
             }

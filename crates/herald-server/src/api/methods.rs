@@ -212,8 +212,8 @@ impl Others {
 /// Centrifugo's unsubscribe option Herald does not offer.
 const UNSUBSCRIBE_UNSUPPORTED: [&str; 1] = ["session"];
 
-/// Centrifugo's disconnect and refresh options Herald does not offer.
-const USER_UNSUPPORTED: [&str; 4] = ["session", "whitelist", "info", "b64info"];
+/// Centrifugo's disconnect options Herald does not offer.
+const DISCONNECT_UNSUPPORTED: [&str; 4] = ["session", "whitelist", "info", "b64info"];
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct DisconnectParams {
@@ -242,8 +242,23 @@ pub(crate) struct RefreshParams {
     pub expired: bool,
     #[serde(default)]
     pub expire_at: Option<u64>,
-    #[serde(flatten)]
-    pub others: Others,
+    /// The connections' new info, as a refresh token's `info`.
+    #[serde(default)]
+    pub info: Option<Box<RawValue>>,
+    /// Centrifugo's options Herald does not offer (see [`refuse`]).
+    #[serde(default)]
+    session: Option<Value>,
+    #[serde(default)]
+    whitelist: Option<Value>,
+    #[serde(default)]
+    b64info: Option<Value>,
+}
+
+impl RefreshParams {
+    /// The first option Herald does not offer that the call set.
+    fn unsupported(&self) -> Option<&'static str> {
+        given([("session", &self.session), ("whitelist", &self.whitelist), ("b64info", &self.b64info)])
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -440,7 +455,7 @@ impl ApiState {
                 Ok(Reply::Done)
             }
             ApiCommand::Disconnect(p) => {
-                refuse("disconnect", p.others.unsupported(&USER_UNSUPPORTED))?;
+                refuse("disconnect", p.others.unsupported(&DISCONNECT_UNSUPPORTED))?;
                 let reason = match p.disconnect {
                     None => DisconnectReason::ForceDisconnect,
                     Some(custom) if (3000..=4999).contains(&custom.code) => DisconnectReason::Custom {
@@ -465,12 +480,13 @@ impl ApiState {
                 Ok(Reply::Done)
             }
             ApiCommand::Refresh(p) => {
-                refuse("refresh", p.others.unsupported(&USER_UNSUPPORTED))?;
+                refuse("refresh", p.unsupported())?;
                 let command = Control::Refresh {
                     user: user(&p.user)?,
                     client: client(p.client),
                     expire_at: p.expire_at,
                     expired: p.expired,
+                    info: p.info.map(|raw| compact_text(&raw)),
                 };
                 hub.send_control(command).await?;
                 Ok(Reply::Done)

@@ -241,7 +241,8 @@ async fn an_expiry_too_far_ahead_to_be_an_instant_never_comes_and_leaves_no_ghos
     assert_eq!(s.next().await, Sent::Text(r#"{"id":2,"ping":{}}"#.into()), "the connection lives");
 
     let user = herald_engine::UserId::new("42").unwrap();
-    let refresh = herald_engine::Control::Refresh { user, client: None, expire_at: Some(u64::MAX), expired: false };
+    let refresh =
+        herald_engine::Control::Refresh { user, client: None, expire_at: Some(u64::MAX), expired: false, info: None };
     s.hub.send_control(refresh).await.unwrap();
     match s.next().await {
         Sent::Text(push) => assert!(push.contains("\"refresh\""), "{push}"),

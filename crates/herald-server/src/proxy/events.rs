@@ -92,6 +92,10 @@ pub(crate) struct RefreshResult {
     /// Unix seconds of the new expiry; 0 for never.
     #[serde(default)]
     pub(crate) expire_at: i64,
+    /// A `refresh`'s new connection info, replacing the connection's (a
+    /// `sub_refresh`'s is not read).
+    #[serde(default)]
+    pub(crate) info: Option<serde_json::Value>,
 }
 
 /// `subscribe`: a client subscribes without a subscription token.

@@ -310,6 +310,11 @@ impl Session {
             tracing::info!(client = %conn.client(), "refresh token is for another user");
             return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
         }
+        // As Centrifugo: a new token's info replaces the connection's; one
+        // without keeps it.
+        if let Some(info) = auth::info_bytes(&claims.info) {
+            conn.set_info(info);
+        }
         let expiry = claims.expiry();
         self.expire_deadline = expiry.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
         let result = RefreshResult {

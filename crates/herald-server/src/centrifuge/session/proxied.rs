@@ -135,6 +135,9 @@ impl Session {
             }
             Ok(Answer::Result(result)) => {
                 self.expire_deadline = events::expiry(result.expire_at).map(|exp| deadline_after(exp, Duration::ZERO));
+                if let Some(info) = crate::auth::info_bytes(&result.info) {
+                    conn.set_info(info);
+                }
                 Ok(())
             }
             Ok(Answer::Disconnect { code, reason }) => Err(backend_disconnect(code, reason)),

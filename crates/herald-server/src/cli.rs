@@ -81,11 +81,17 @@ enum ConfigCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Report every problem in a config file (exit 2 if there are any).
+    /// Report every problem of a config file, as `serve` would run it:
+    /// with the HERALD_* variables and `--set` flags over it (exit 2 if
+    /// there are any).
     Check {
-        /// The file to check.
-        #[arg(default_value = DEFAULT_CONFIG_FILE)]
-        path: PathBuf,
+        /// The file to check (default: $HERALD_CONFIG, else ./herald.toml).
+        #[arg(env = "HERALD_CONFIG")]
+        path: Option<PathBuf>,
+        /// A setting `serve` would be given, e.g. `--set http.port=9000`;
+        /// repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
 }
 
@@ -119,7 +125,9 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::Config { command: ConfigCommand::Init { path, force } } => config_init(&path, force),
-        Command::Config { command: ConfigCommand::Check { path } } => config_check(&path),
+        Command::Config { command: ConfigCommand::Check { path, set } } => {
+            config_check(&path.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE)), &set)
+        }
         Command::Token(args) => token(args),
         Command::Demo(args) => demo::demo(args),
     }
@@ -165,7 +173,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(sources) => sources,
         Err(e) => return fail(e, 2),
     };
-    let mut config = match config::load(&sources) {
+    // With a file, every problem at once, the secrets it lacks among them;
+    // without, the secrets it lacks are made up for this run.
+    let loaded = match sources.file {
+        Some(_) => config::load_for_serving(&sources),
+        None => config::load(&sources),
+    };
+    let mut config = match loaded {
         Ok(config) => config,
         Err(errors) => return fail(errors, 2),
     };
@@ -435,8 +449,12 @@ fn config_init(path: &Path, force: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn config_check(path: &Path) -> ExitCode {
-    let sources = Sources { file: Some(path.to_owned()), ..Sources::default() };
+fn config_check(path: &Path, set: &[String]) -> ExitCode {
+    let overrides = match parse_settings(set) {
+        Ok(overrides) => overrides,
+        Err(e) => return fail(e, 2),
+    };
+    let sources = Sources { file: Some(path.to_owned()), env: Sources::process_env(), overrides };
     let problems = match config::load_for_serving(&sources) {
         Ok(_) => Vec::new(),
         Err(errors) => errors.0,

@@ -123,6 +123,46 @@ fn config_init_writes_a_config_that_check_accepts_and_refuses_to_overwrite() {
     assert_ne!(api_key(&first), api_key(&second), "every init generates fresh secrets");
 }
 
+/// `serve` with a file and `config check` of it see the same problems,
+/// all at once: a bad setting and the secrets the file lacks.
+#[test]
+fn serve_with_a_file_lists_its_problems_and_the_secrets_it_lacks_together() {
+    let dir = Scratch::new("serve-problems");
+    std::fs::write(dir.path("d.toml"), "[client]\nallow_anonymous = true\nmax_message_size = 10\n").unwrap();
+    let out = herald(&["serve", "--config", "d.toml"], &dir);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in ["client.max_message_size", "api.key"] {
+        assert!(stderr.contains(expected), "{expected} missing from:\n{stderr}");
+    }
+}
+
+/// `config check` reads the file as `serve` would run it: with the
+/// HERALD_* variables (HERALD_CONFIG naming the file) and `--set` flags.
+#[test]
+fn config_check_reads_the_variables_and_flags_serve_would() {
+    let dir = Scratch::new("check-env");
+    std::fs::write(dir.path("partial.toml"), "[client]\nallow_anonymous = true\n").unwrap();
+    let bare = herald(&["config", "check", "partial.toml"], &dir);
+    assert_eq!(bare.status.code(), Some(2), "no API key: {bare:?}");
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(HERALD);
+        command.args(args).current_dir(&dir.0).env("NO_COLOR", "1");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().expect("run herald")
+    };
+    let key = ("HERALD_API__KEY", "a-key-from-the-environment-0123");
+    let with_env = check(&["config", "check", "partial.toml"], &[key]);
+    assert!(with_env.status.success(), "{with_env:?}");
+    let with_flag = check(&["config", "check", "partial.toml", "--set", "api.key=a-key-from-a-flag-0123456"], &[]);
+    assert!(with_flag.status.success(), "{with_flag:?}");
+    let named = dir.path("partial.toml");
+    let by_variable = check(&["config", "check"], &[key, ("HERALD_CONFIG", named.to_str().unwrap())]);
+    assert!(by_variable.status.success(), "HERALD_CONFIG names the file: {by_variable:?}");
+}
+
 #[test]
 fn config_check_lists_every_problem_and_exits_2() {
     let dir = Scratch::new("check");

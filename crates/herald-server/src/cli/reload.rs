@@ -139,17 +139,27 @@ fn exposed(secret: &Option<config::Secret>) -> Option<&str> {
     secret.as_ref().map(config::Secret::expose)
 }
 
-/// The client settings tokens are verified with, secrets included.
+/// What a setting that holds PEM text or names a file holds now: a key or
+/// certificate rotated in place, under the same path, changes it.
+fn held(setting: Option<&str>) -> String {
+    setting.map_or_else(String::new, |value| match config::pem_text("", value) {
+        Ok(pem) => String::from_utf8_lossy(&pem).into_owned(),
+        Err(_) => value.to_owned(),
+    })
+}
+
+/// The client settings tokens are verified with, secrets and the keys'
+/// contents included.
 fn token_keys(config: &Config) -> String {
     let c = &config.client;
     let secret = exposed(&c.token_hmac_secret);
     format!(
         "{secret:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-        c.token_rsa_public_key,
-        c.token_ecdsa_public_key,
-        c.token_ed25519_public_key,
+        held(c.token_rsa_public_key.as_deref()),
+        held(c.token_ecdsa_public_key.as_deref()),
+        held(c.token_ed25519_public_key.as_deref()),
         c.token_jwks_url,
-        c.token_jwks_ca,
+        held(c.token_jwks_ca.as_deref()),
         c.token_jwks_refresh,
         c.token_audience,
         c.token_issuer
@@ -193,6 +203,11 @@ fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
         secret(&fresh.client.token_hmac_secret),
     );
     differ("http.tls_key", secret(&running.http.tls_key), secret(&fresh.http.tls_key));
+    // A certificate or key renewed in place, under the same paths.
+    let tls = |c: &Config| {
+        format!("{} {}", held(c.http.tls_cert.as_deref()), held(c.http.tls_key.as_ref().map(config::Secret::expose)))
+    };
+    differ("http.tls_cert / http.tls_key (the files)", tls(running), tls(fresh));
     differ("admin", format!("{:?}", running.admin), format!("{:?}", fresh.admin));
     differ("proxies", format!("{:?}", running.proxies), format!("{:?}", fresh.proxies));
     differ("webhooks", format!("{:?}", running.webhooks), format!("{:?}", fresh.webhooks));
@@ -200,6 +215,55 @@ fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
     let app_secrets =
         |c: &Config| c.pusher.apps.iter().map(|a| a.secret.expose().to_owned()).collect::<Vec<_>>().join(",");
     differ("pusher app secrets", app_secrets(running), app_secrets(fresh));
+    let webhook_secrets = |c: &Config| c.webhooks.iter().map(|w| w.secret.expose().to_owned()).collect::<Vec<_>>();
+    differ("webhooks (secret)", webhook_secrets(running).join(","), webhook_secrets(fresh).join(","));
+    let proxy_headers = |c: &Config| {
+        let headers = c.proxies.iter().flat_map(|(name, proxy)| {
+            proxy.static_headers.iter().map(move |(header, value)| format!("{name}.{header}={}", value.expose()))
+        });
+        headers.collect::<Vec<_>>().join(",")
+    };
+    differ("proxies (static_headers)", proxy_headers(running), proxy_headers(fresh));
     changed.dedup();
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(text: &str) -> Config {
+        let (config, errors) = config::type_toml(text).expect("TOML");
+        assert!(errors.is_empty(), "{errors:?}");
+        config
+    }
+
+    #[test]
+    fn changed_secrets_that_print_alike_are_named_for_a_restart() {
+        let with = |secret: &str, header: &str| {
+            typed(&format!(
+                "[[webhooks]]\nurl = \"http://hooks.example/in\"\nsecret = \"{secret}\"\n\
+                 [proxies.app]\nendpoint = \"http://app.example/proxy\"\nstatic_headers = {{ X-Token = \"{header}\" }}\n"
+            ))
+        };
+        let running = with("first-webhook-secret", "first-header");
+        assert!(needs_restart(&running, &with("first-webhook-secret", "first-header")).is_empty());
+        assert_eq!(needs_restart(&running, &with("second-webhook-secret", "first-header")), ["webhooks (secret)"]);
+        assert_eq!(
+            needs_restart(&running, &with("first-webhook-secret", "second-header")),
+            ["proxies (static_headers)"]
+        );
+    }
+
+    #[test]
+    fn a_key_file_rotated_in_place_is_a_change_of_the_token_keys() {
+        let path = std::env::temp_dir().join(format!("herald-reload-key-{}.pem", std::process::id()));
+        std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nfirst\n-----END PUBLIC KEY-----\n").unwrap();
+        let config = typed(&format!("[client]\ntoken_rsa_public_key = {:?}\n", path.display().to_string()));
+        let before = token_keys(&config);
+        std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nsecond\n-----END PUBLIC KEY-----\n").unwrap();
+        let after = token_keys(&config);
+        let _ = std::fs::remove_file(&path);
+        assert_ne!(before, after, "the same path, another key");
+    }
 }

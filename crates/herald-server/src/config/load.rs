@@ -179,7 +179,7 @@ fn plain_types(message: &str) -> String {
 fn type_table(mut table: Table, errors: &mut Vec<String>) -> Config {
     let config = Config {
         http: section(&mut table, "http", errors),
-        engine: section::<EngineConfig>(&mut table, "engine", errors),
+        engine: engine_section(&mut table, errors),
         client: section(&mut table, "client", errors),
         api: section(&mut table, "api", errors),
         channel: section(&mut table, "channel", errors),
@@ -292,22 +292,34 @@ fn parse_value(raw: &str) -> Value {
     }
 }
 
+/// The most elements a list may be given from variables or flags.
+const MAX_LISTED: usize = 1000;
+
 fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
     let (last, parents) = path.split_last().ok_or("empty setting name")?;
     let mut current = table;
     let mut keys = parents.iter();
     while let Some(key) = keys.next() {
-        let entry = current.entry(key.clone()).or_insert_with(|| Value::Table(Table::new()));
-        // An array of tables is entered by index: `pusher.apps.0.secret`.
+        // A key followed by a number starts a list: `pusher.apps.0.id` makes
+        // `pusher.apps` one even with no file to hold it.
+        let starts_list = keys.clone().next().is_some_and(|next| next.parse::<usize>().is_ok());
+        let entry = current.entry(key.clone()).or_insert_with(|| match starts_list {
+            true => Value::Array(Vec::new()),
+            false => Value::Table(Table::new()),
+        });
+        // An array of tables is entered by index: `pusher.apps.0.secret`;
+        // an index past its end adds the tables up to it.
         let entry = match entry {
             Value::Array(elements) => {
                 let index = keys.next().ok_or_else(|| format!("`{key}` is a list: name an element, as `{key}.0`"))?;
-                let count = elements.len();
-                index
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|position| elements.get_mut(position))
-                    .ok_or_else(|| format!("`{key}` has {count} element(s), numbered from 0; there is no `{index}`"))?
+                let position =
+                    index.parse::<usize>().ok().filter(|position| *position < MAX_LISTED).ok_or_else(|| {
+                        format!("`{key}` is a list: `{index}` is no element number (0 to {MAX_LISTED})")
+                    })?;
+                if elements.len() <= position {
+                    elements.resize_with(position.saturating_add(1), || Value::Table(Table::new()));
+                }
+                elements.get_mut(position).ok_or_else(|| format!("`{key}` has no element `{index}`"))?
             }
             entry => entry,
         };
@@ -328,21 +340,17 @@ fn section<T: DeserializeOwned + Default>(table: &mut Table, name: &str, errors:
         match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(typed) => return typed,
             Err(e) => {
-                let path = e.path().to_string();
                 let full = e.inner().to_string();
                 let message = plain_types(full.lines().next().unwrap_or_default());
-                let unknown = unknown_field(&message);
-                let shown = match (&unknown, path.as_str()) {
-                    (Some(field), ".") => format!("{name}.{field}"),
-                    (Some(field), p) if !p.ends_with(field.as_str()) => {
-                        format!("{name}.{p}.{field}")
+                let mut steps: Vec<Step> = e.path().iter().filter_map(Step::of).collect();
+                // An unknown field's error stands at the table holding it.
+                if let Some(field) = unknown_field(&message) {
+                    if !matches!(steps.last(), Some(Step::Key(last)) if *last == field) {
+                        steps.push(Step::Key(field));
                     }
-                    (_, ".") => name.to_owned(),
-                    (_, p) => format!("{name}.{p}"),
-                };
-                errors.push(format!("{shown}: {message}"));
-                let mut keys: Vec<String> = shown.split('.').skip(1).map(str::to_owned).collect();
-                if keys.is_empty() || !remove_path(&mut value, &mut keys) {
+                }
+                errors.push(format!("{}: {message}", shown(name, &steps)));
+                if steps.is_empty() || !remove_path(&mut value, &steps) {
                     return T::default();
                 }
             }
@@ -356,16 +364,97 @@ fn unknown_field(message: &str) -> Option<String> {
     Some(rest.split('`').next()?.to_owned())
 }
 
-fn remove_path(value: &mut Value, keys: &mut Vec<String>) -> bool {
-    let Some(last) = keys.pop() else { return false };
+/// One step of a setting's path in a section: a key of a table, or an
+/// element of a list (`pusher.apps[0].secret`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+impl Step {
+    fn of(segment: &serde_path_to_error::Segment) -> Option<Self> {
+        match segment {
+            serde_path_to_error::Segment::Map { key } => Some(Step::Key(key.clone())),
+            serde_path_to_error::Segment::Seq { index } => Some(Step::Index(*index)),
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => None,
+        }
+    }
+}
+
+/// The setting's name as the problem list shows it: `pusher.apps[0].secret`.
+fn shown(section: &str, steps: &[Step]) -> String {
+    let mut shown = section.to_owned();
+    for step in steps {
+        match step {
+            Step::Key(key) => {
+                shown.push('.');
+                shown.push_str(key);
+            }
+            Step::Index(index) => shown.push_str(&format!("[{index}]")),
+        }
+    }
+    shown
+}
+
+/// Takes the setting at `steps` out of `value`, so the section can be
+/// typed again without it; false when there is no such setting.
+fn remove_path(value: &mut Value, steps: &[Step]) -> bool {
+    let Some((last, parents)) = steps.split_last() else { return false };
     let mut current = value;
-    for key in keys.iter() {
-        match current.as_table_mut().and_then(|t| t.get_mut(key)) {
+    for step in parents {
+        let next = match step {
+            Step::Key(key) => current.as_table_mut().and_then(|t| t.get_mut(key)),
+            Step::Index(index) => current.as_array_mut().and_then(|a| a.get_mut(*index)),
+        };
+        match next {
             Some(next) => current = next,
             None => return false,
         }
     }
-    current.as_table_mut().and_then(|t| t.remove(&last)).is_some()
+    match last {
+        Step::Key(key) => current.as_table_mut().and_then(|t| t.remove(key)).is_some(),
+        // A list element that is not a table: nothing to keep of it.
+        Step::Index(index) => match current.as_array_mut() {
+            Some(elements) if *index < elements.len() => {
+                elements.remove(*index);
+                true
+            }
+            _ => false,
+        },
+    }
+}
+
+/// `[engine]`, typed by its `type` first and then as that engine's table,
+/// so each of its bad settings is named with its key (an engine typed as
+/// a whole reports one problem, without the key, and hides the others).
+fn engine_section(table: &mut Table, errors: &mut Vec<String>) -> EngineConfig {
+    let Some(value) = table.remove("engine") else { return EngineConfig::default() };
+    let Value::Table(mut engine) = value else {
+        errors.push("engine: must be a table, as `[engine]` with `type = \"redis\"` and its settings".to_owned());
+        return EngineConfig::default();
+    };
+    let kind = match engine.remove("type") {
+        None => "memory".to_owned(),
+        Some(Value::String(kind)) => kind,
+        Some(other) => {
+            errors.push(format!("engine.type: expected a string, found {}", other.type_str()));
+            return EngineConfig::default();
+        }
+    };
+    let mut settings = Table::from_iter([("engine".to_owned(), Value::Table(engine))]);
+    match kind.as_str() {
+        "memory" => EngineConfig::Memory(section(&mut settings, "engine", errors)),
+        "redis" => EngineConfig::Redis(section(&mut settings, "engine", errors)),
+        "redis_cluster" => EngineConfig::RedisCluster(section(&mut settings, "engine", errors)),
+        "nats" => EngineConfig::Nats(section(&mut settings, "engine", errors)),
+        other => {
+            errors.push(format!(
+                "engine.type: `{other}` is not an engine; expected memory, redis, redis_cluster or nats"
+            ));
+            EngineConfig::default()
+        }
+    }
 }
 
 #[cfg(test)]

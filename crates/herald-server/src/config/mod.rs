@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer};
 use herald_core::NamespaceOptions;
 
 pub use endpoint::HttpEndpoint;
+pub(crate) use keys::pem_text;
 pub use keys::TokenKeys;
 pub(crate) use load::type_toml;
 pub use load::{load, load_for_serving, ConfigErrors, Sources};
@@ -798,15 +799,22 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// `url` with its credentials (`user:password@`) hidden, for messages and
-/// logs: backplane URLs may carry a password.
+/// `url` with whatever may be a credential hidden, for messages and logs:
+/// backplane, webhook and proxy URLs may carry a password, and one that
+/// is mistyped (the reason it is shown) still may. Everything up to the
+/// last `@` after the scheme goes, and the whole query.
 pub(crate) fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
-        None => url.to_owned(),
+    let (url, query) = match url.split_once('?') {
+        Some((url, _)) => (url, "?***"),
+        None => (url, ""),
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}***@{host}{query}"),
+        None => format!("{scheme}{rest}{query}"),
     }
 }
 
@@ -818,5 +826,14 @@ mod redaction_tests {
         assert_eq!(super::redacted("nats://user:pw@nats:4222"), "nats://***@nats:4222");
         assert_eq!(super::redacted("nats://nats:4222"), "nats://nats:4222");
         assert_eq!(super::redacted("not a url"), "not a url");
+    }
+
+    #[test]
+    fn credentials_in_mistyped_urls_and_queries_are_hidden_too() {
+        assert_eq!(super::redacted("admin:s3cret@nats:4222"), "***@nats:4222");
+        assert_eq!(super::redacted("redis//:pa/ss#w0rd@10.0.0.1:6379"), "***@10.0.0.1:6379");
+        assert_eq!(super::redacted("10.0.0.1:6379?password=hunter2"), "10.0.0.1:6379?***");
+        assert_eq!(super::redacted("htps://user:whpass@hooks.example/in"), "htps://***@hooks.example/in");
+        assert_eq!(super::redacted("https://app.internal/hook?token=abc"), "https://app.internal/hook?***");
     }
 }

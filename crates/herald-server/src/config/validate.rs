@@ -29,7 +29,10 @@ impl Config {
         self.check_proxies(&mut problems);
         for (n, hook) in self.webhooks.iter().enumerate() {
             if HttpEndpoint::parse(&hook.url).is_none() {
-                problems.push(format!("webhooks[{n}].url: {:?} is not an http(s)://host[:port]/path URL", hook.url));
+                problems.push(format!(
+                    "webhooks[{n}].url: `{}` is not an http(s)://host[:port]/path URL",
+                    super::redacted(&hook.url)
+                ));
             }
             if hook.secret.expose().len() < 16 {
                 problems.push(format!("webhooks[{n}].secret: at least 16 characters, to sign the requests"));
@@ -60,6 +63,19 @@ impl Config {
         }
         if let Err(problem) = self.tls_acceptor() {
             problems.push(problem);
+        }
+        for pattern in http.allowed_origins.iter().filter(|pattern| !is_origin_pattern(pattern)) {
+            problems.push(format!(
+                "http.allowed_origins: {pattern:?} can match no browser's Origin, which is scheme://host[:port] \
+                 with no path: write it as \"https://app.example.com\" (or \"https://*.example.com\")"
+            ));
+        }
+        if self.api.insecure && self.api.key.is_some() {
+            problems.push(
+                "api.insecure: with it the server API takes calls without a key, and api.key would be ignored; \
+                 drop one of them"
+                    .to_owned(),
+            );
         }
         if http.internal_port.is_some_and(|internal| internal == http.port && internal != 0) {
             problems.push(format!(
@@ -265,7 +281,7 @@ impl Config {
                 if HttpEndpoint::parse(&hook.url).is_none() {
                     problems.push(format!(
                         "{at}.webhooks[{w}].url: `{}` is not an http(s)://host[:port]/path URL",
-                        hook.url
+                        super::redacted(&hook.url)
                     ));
                 }
                 for event in hook.events.iter().filter(|e| !super::WEBHOOK_EVENTS.contains(&e.as_str())) {
@@ -357,8 +373,8 @@ impl Config {
             }
             if HttpEndpoint::parse(&proxy.endpoint).is_none() {
                 problems.push(format!(
-                    "proxies.{name}.endpoint: {:?} is not an http(s)://host[:port]/path URL",
-                    proxy.endpoint
+                    "proxies.{name}.endpoint: `{}` is not an http(s)://host[:port]/path URL",
+                    super::redacted(&proxy.endpoint)
                 ));
             }
             if proxy.timeout.is_zero() || proxy.timeout > MAX_PROXY_TIMEOUT {
@@ -434,4 +450,18 @@ fn nats_problems(nats: &super::NatsEngineConfig) -> Vec<String> {
         problems.push("engine.replicas: must be 1 to 5 (JetStream's limit); 3 on a three-server cluster".to_owned());
     }
     problems
+}
+
+/// Whether an `http.allowed_origins` entry can match an Origin: `*`,
+/// `null` (pages without an origin of their own), or `scheme://host[:port]`
+/// with no path, `*` standing for any run of characters.
+fn is_origin_pattern(pattern: &str) -> bool {
+    let pattern = pattern.trim();
+    if pattern == "*" || pattern.eq_ignore_ascii_case("null") {
+        return true;
+    }
+    let Some((scheme, authority)) = pattern.split_once("://") else { return false };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic() || c == '*')
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-*".contains(c));
+    scheme_ok && !authority.is_empty() && !authority.contains(['/', '?', '#', ' '])
 }

@@ -69,8 +69,32 @@ fn an_element_of_a_list_of_tables_is_set_by_its_index() {
     let secrets: Vec<&str> = config.pusher.apps.iter().map(|app| app.secret.expose()).collect();
     assert_eq!(secrets, ["from-a-flag", "from-the-environment"]);
 
-    let errors = load(&sources(Some(&f), &[], &[("pusher.apps.2.secret", "x")])).unwrap_err();
-    assert!(errors.0.iter().any(|e| e.contains("pusher.apps.2.secret") && e.contains("numbered from 0")), "{errors}");
+    // An index past the list's end adds an element: one without an id or
+    // key is named as such (a mistyped index shows where it went).
+    let errors = load(&sources(Some(&f), &[], &[("pusher.apps.2.secret", "long-enough-secret")])).unwrap_err();
+    for named in ["pusher.apps[2].id", "pusher.apps[2].key"] {
+        assert!(errors.0.iter().any(|e| e.starts_with(named)), "{named} in {errors}");
+    }
+    let errors = load(&sources(Some(&f), &[], &[("pusher.apps.x.secret", "s")])).unwrap_err();
+    assert!(errors.0.iter().any(|e| e.contains("`x` is no element number")), "{errors}");
+}
+
+#[test]
+fn a_list_of_tables_is_built_from_the_environment_alone() {
+    let env = [
+        ("HERALD_PUSHER__APPS__1__ID", "app-2"),
+        ("HERALD_PUSHER__APPS__1__KEY", "key-2"),
+        ("HERALD_PUSHER__APPS__1__SECRET", "second-secret"),
+        ("HERALD_PUSHER__APPS__1__NAMESPACE", "two"),
+        ("HERALD_CHANNEL__NAMESPACES__TWO__PRESENCE", "true"),
+        ("HERALD_PUSHER__APPS__0__ID", "app-1"),
+        ("HERALD_PUSHER__APPS__0__KEY", "key-1"),
+        ("HERALD_PUSHER__APPS__0__SECRET", "first-secret"),
+    ];
+    let config = load(&sources(None, &env, &[])).expect("two apps from variables, in any order");
+    let apps: Vec<_> =
+        config.pusher.apps.iter().map(|app| (app.id.as_str(), app.key.as_str(), app.secret.expose())).collect();
+    assert_eq!(apps, [("app-1", "key-1", "first-secret"), ("app-2", "key-2", "second-secret")]);
 }
 
 #[test]
@@ -345,4 +369,73 @@ fn sentinel_settings_need_a_master_name_and_no_shards() {
     for expected in ["engine.master_name", "drop engine.shards", "`sentinel:26379` is not a Redis URL"] {
         assert!(problems.contains(expected), "{expected} in:\n{problems}");
     }
+}
+
+#[test]
+fn a_bad_setting_inside_a_list_or_the_engine_hides_none_of_the_others() {
+    let f = file(
+        r#"
+[engine]
+type = "redis"
+prefix = 5
+command_timeout = "0s"
+
+[[pusher.apps]]
+id = "app-1"
+key = "key-1"
+secret = "s"
+bogus = 1
+[[pusher.apps]]
+id = "app-2"
+key = "key-2"
+secret = "a-long-secret"
+namespace = "two"
+max_event_size = "big"
+[channel.namespaces.two]
+
+[[webhooks]]
+url = "http://hooks.example/in"
+secret = "sixteen-chars-long"
+evnts = ["connected"]
+[[webhooks]]
+url = "nope"
+secret = "short"
+"#,
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    let expected = [
+        "engine.prefix",
+        "engine.command_timeout",
+        "pusher.apps[0].bogus",
+        "pusher.apps[0].secret",
+        "pusher.apps[1].max_event_size",
+        "webhooks[0].evnts",
+        "webhooks[1].url",
+        "webhooks[1].secret",
+    ];
+    for problem in expected {
+        assert!(errors.iter().any(|e| e.starts_with(problem)), "missing {problem:?} in {errors:#?}");
+    }
+    let unknown = load(&sources(Some(&file("[engine]\ntype = \"redys\"\n")), &[], &[])).unwrap_err().0;
+    assert!(unknown.iter().any(|e| e.starts_with("engine.type: `redys` is not an engine")), "{unknown:#?}");
+}
+
+#[test]
+fn origins_no_browser_sends_and_an_open_api_beside_its_key_are_named() {
+    let f = file(
+        r#"
+[http]
+allowed_origins = ["https://app.example.com", "https://*.example.org", "app.example.com", "https://app.example.com/", "null"]
+[api]
+key = "a-key-long-enough-for-the-api"
+insecure = true
+"#,
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    let origins: Vec<_> = errors.iter().filter(|e| e.starts_with("http.allowed_origins")).collect();
+    assert_eq!(origins.len(), 2, "the bare host and the one with a path: {errors:#?}");
+    assert!(
+        origins.iter().any(|e| e.contains("\"app.example.com\"")) && origins.iter().any(|e| e.contains("example.com/"))
+    );
+    assert!(errors.iter().any(|e| e.starts_with("api.insecure")), "{errors:#?}");
 }

@@ -284,11 +284,7 @@ fn fill_development_defaults(config: &mut Config) -> Vec<(&'static str, String)>
     }
     let mut generated = Vec::new();
     let client = &mut config.client;
-    let has_key = client.token_hmac_secret.is_some()
-        || client.token_rsa_public_key.is_some()
-        || client.token_ecdsa_public_key.is_some()
-        || client.token_ed25519_public_key.is_some();
-    if !has_key && !client.allow_anonymous {
+    if !client.has_token_key() && !client.allow_anonymous {
         let secret = config::template::random_secret();
         client.token_hmac_secret = Some(Secret::new(secret.clone()));
         generated.push(("client.token_hmac_secret", secret));
@@ -510,6 +506,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_config_less_node_verifying_tokens_by_jwks_gets_no_made_up_secret() {
+        let mut config = Config::default();
+        config.client.token_jwks_url = Some("https://auth.example/.well-known/jwks.json".into());
+        let generated: Vec<_> = fill_development_defaults(&mut config).into_iter().map(|(name, _)| name).collect();
+        assert_eq!(generated, ["api.key"], "tokens are verified by the JWKS's keys alone");
+        assert!(config.client.token_hmac_secret.is_none());
+    }
 
     /// A reconnect storm reaches the listener faster than the node accepts:
     /// the kernel must hold the connections, not drop them and leave their

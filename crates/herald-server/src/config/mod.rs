@@ -525,6 +525,18 @@ impl TransportName {
     ];
 }
 
+impl ClientConfig {
+    /// Whether connection tokens can be verified: an HMAC secret, a
+    /// public key, or a JWKS to fetch keys from.
+    pub fn has_token_key(&self) -> bool {
+        self.token_hmac_secret.is_some()
+            || self.token_rsa_public_key.is_some()
+            || self.token_ecdsa_public_key.is_some()
+            || self.token_ed25519_public_key.is_some()
+            || self.token_jwks_url.is_some()
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {

@@ -299,12 +299,7 @@ impl Config {
     pub fn missing_secrets(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let client = &self.client;
-        let has_key = client.token_hmac_secret.is_some()
-            || client.token_rsa_public_key.is_some()
-            || client.token_ecdsa_public_key.is_some()
-            || client.token_ed25519_public_key.is_some()
-            || client.token_jwks_url.is_some();
-        if !has_key && !client.allow_anonymous {
+        if !client.has_token_key() && !client.allow_anonymous {
             problems.push(
                 "client: no way to verify connection tokens; set client.token_hmac_secret \
                  (or token_rsa_public_key / token_ecdsa_public_key / token_ed25519_public_key / token_jwks_url), \

@@ -505,9 +505,14 @@ async fn a_refused_call_whose_path_holds_a_line_break_cannot_forge_a_log_line() 
     assert_eq!(status, 401);
     let (status, _) = support::http_post(server.addr, &format!("/apps/a{forged}/events"), &[], "{}").await;
     assert_eq!(status, 404);
+    // A Pusher client's app key, from the WebSocket's path.
+    let url = format!("ws://{}/app/x{forged}?protocol=7", server.addr);
+    let (mut refused, _) = tokio_tungstenite::connect_async(url).await.expect("upgraded, then refused");
+    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut refused).await {}
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("API call refused") && text.contains("pusher API call refused"), "both logged:\n{text}");
+    assert!(text.contains("pusher connection refused"), "the WebSocket too:\n{text}");
     assert!(text.contains("FORGED"), "the path is in the log:\n{text}");
     for line in text.lines() {
         assert!(!line.starts_with("2026-01-01T00:00:00Z"), "a line the caller wrote: {line:?}\n{text}");

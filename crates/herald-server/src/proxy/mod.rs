@@ -130,16 +130,30 @@ impl ClientContext {
         ClientContext { headers: Vec::new(), ip: None, transport: "websocket", emulation_key: None };
 
     /// The headers of `request` that any of `proxies` passes on, of a
-    /// client on `transport`.
+    /// client on `transport`: the first value of each (the one a proxy
+    /// passes on), [`MAX_PASSED_BYTES`] in all. The client chose them and
+    /// they stay as long as its connection: a client that sends more has
+    /// what is over left out (its backend then sees it without them).
     pub(crate) fn capture(proxies: &Proxies, request: &HeaderMap, ip: IpAddr, transport: &'static str) -> Self {
-        let headers = proxies
-            .passed_headers
-            .iter()
-            .flat_map(|name| request.get_all(name).iter().map(move |value| (name.clone(), value.clone())))
-            .collect();
+        let mut headers = Vec::new();
+        let mut kept = 0usize;
+        for name in &proxies.passed_headers {
+            let Some(value) = request.get(name) else { continue };
+            let size = name.as_str().len().saturating_add(value.len());
+            if kept.saturating_add(size) > MAX_PASSED_BYTES {
+                tracing::debug!(header = %name, bytes = value.len(), "a client's header left out: past what is passed on to the backend");
+                continue;
+            }
+            kept = kept.saturating_add(size);
+            headers.push((name.clone(), value.clone()));
+        }
         Self { headers, ip: Some(ip), transport, emulation_key: None }
     }
 }
+
+/// The most bytes of a client's headers kept to pass on to the backend
+/// (names and values): enough for a browser's cookies.
+pub(crate) const MAX_PASSED_BYTES: usize = 16 * 1024;
 
 /// One backend endpoint.
 pub(crate) struct Proxy {
@@ -432,6 +446,27 @@ impl Proxies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_keeps_the_first_value_of_each_passed_header_and_no_more_than_the_bound() {
+        let passed = ["cookie", "authorization", "x-tenant"].map(HeaderName::from_static);
+        let proxies = Proxies { passed_headers: passed.to_vec(), ..Proxies::default() };
+        let mut request = HeaderMap::new();
+        for cookie in ["session=1", "second=2"] {
+            request.append(header::COOKIE, HeaderValue::from_static(cookie));
+        }
+        let huge = HeaderValue::from_str(&"x".repeat(MAX_PASSED_BYTES)).unwrap();
+        request.insert(header::AUTHORIZATION, huge);
+        request.insert("x-tenant", HeaderValue::from_static("acme"));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let context = ClientContext::capture(&proxies, &request, ip, "websocket");
+        let kept: Vec<(&str, &[u8])> = context.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+        assert_eq!(
+            kept,
+            [("cookie", &b"session=1"[..]), ("x-tenant", &b"acme"[..])],
+            "the first cookie; no 16 KiB header"
+        );
+    }
 
     #[test]
     fn a_namespace_naming_a_proxy_the_node_lacks_is_refused_not_waved_through() {

@@ -88,9 +88,19 @@ pub(crate) fn run<T: Transport>(
     match open(&frontend, &key, &query) {
         Ok(session) => Either::Left(driver::run(transport, session)),
         Err((code, message)) => {
-            tracing::info!(%key, code, %message, "pusher connection refused");
+            // Both hold the caller's path: escaped, so no line can be forged.
+            tracing::info!(key = ?shown(&key), code, ?message, "pusher connection refused");
             Either::Right(Box::pin(refuse(transport, code, message, write_timeout)))
         }
+    }
+}
+
+/// An app key as the caller gave it, cut to a length worth showing.
+fn shown(key: &str) -> String {
+    const SHOWN: usize = 64;
+    match key.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", key.get(..end).unwrap_or_default()),
+        None => key.to_owned(),
     }
 }
 
@@ -98,7 +108,8 @@ pub(crate) fn run<T: Transport>(
 /// says with which code and message to refuse it.
 fn open(frontend: &Arc<Frontend>, key: &str, query: &ConnectQuery) -> Result<Session, (u16, String)> {
     let (apps, _) = frontend.apps.accepted();
-    let app = apps.by_key(key).ok_or_else(|| (close::APP_NOT_FOUND, format!("App key {key} does not exist")))?;
+    let app =
+        apps.by_key(key).ok_or_else(|| (close::APP_NOT_FOUND, format!("App key {} does not exist", shown(key))))?;
     match query.protocol.as_deref().map(str::parse::<u32>) {
         None => return Err((close::NO_PROTOCOL, "No protocol version given".into())),
         Some(Ok(version)) if PROTOCOLS.contains(&version) => {}

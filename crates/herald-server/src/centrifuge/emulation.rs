@@ -22,8 +22,10 @@
 //! Answers: 204 once the commands are handed over (replies come on the
 //! stream), also when the session has just ended (its stream ends too);
 //! 404 for a node the cluster does not know (the client reconnects at
-//! once); 503 when the session does not take commands in time or the
-//! engine cannot relay; 400 for a malformed request (a malformed session
+//! once); 503 when the session does not take commands in time, the
+//! engine cannot relay, or the cluster's node list cannot be read (a relay
+//! reaches every node, so none is sent for a node not known to be there);
+//! 400 for a malformed request (a malformed session
 //! key included), 413 for one above `client.max_message_size`.
 
 use std::collections::HashSet;
@@ -163,26 +165,24 @@ impl Emulation {
 
     /// Whether `node` is a live node of the cluster, as last read; a node
     /// not in the list has the list read again (at most every
-    /// [`NODES_REREAD`]).
-    async fn knows(&self, hub: &Hub, node: &str) -> bool {
+    /// [`NODES_REREAD`]). `None` when the list cannot be read: a relay is
+    /// a message to every node, not to be sent on a guess.
+    async fn knows(&self, hub: &Hub, node: &str) -> Option<bool> {
         {
             let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
             if known.ids.contains(node) {
-                return true;
+                return Some(true);
             }
             if known.read_at.is_some_and(|at| at.elapsed() < NODES_REREAD) {
-                return false;
+                return Some(false);
             }
             known.read_at = Some(Instant::now());
         }
-        let Ok(nodes) = hub.registered_nodes().await else {
-            // The engine cannot say; the relay will tell.
-            return true;
-        };
+        let nodes = hub.registered_nodes().await.ok()?;
         let ids: HashSet<String> = nodes.into_iter().map(|node| node.id.as_str().to_owned()).collect();
         let known = ids.contains(node);
         self.known_nodes.lock().unwrap_or_else(|e| e.into_inner()).ids = ids;
-        known
+        Some(known)
     }
 
     /// Answers a POST to `/emulation`.
@@ -218,8 +218,14 @@ impl Emulation {
                 }
             };
         }
-        if !self.knows(hub, &request.node).await {
-            return (StatusCode::NOT_FOUND, "no such node in the cluster; reconnect").into_response();
+        match self.knows(hub, &request.node).await {
+            Some(true) => {}
+            Some(false) => return (StatusCode::NOT_FOUND, "no such node in the cluster; reconnect").into_response(),
+            None => {
+                tracing::warn!("emulated commands not relayed: the cluster's nodes cannot be read");
+                let message = "the cluster's nodes cannot be read to relay the commands; retry";
+                return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+            }
         }
         let data = match protobuf {
             true => base64::engine::general_purpose::STANDARD.encode(&data),
@@ -288,7 +294,7 @@ mod tests {
     use std::task::Poll;
 
     use herald_core::{ChannelRules, HubConfig};
-    use herald_engine::Engine;
+    use herald_engine::{Engine, EngineError};
 
     use super::*;
 
@@ -373,7 +379,41 @@ mod tests {
         let hub = Hub::new(HubConfig::new(NodeId::new("n1"), ChannelRules::default()), Engine::memory());
         hub.start().await.unwrap();
         let emulation = Emulation::new();
-        assert!(!emulation.knows(&hub, "elsewhere").await);
-        assert!(!emulation.knows(&hub, "n1-twin").await, "not read again within a second");
+        assert_eq!(emulation.knows(&hub, "elsewhere").await, Some(false));
+        assert_eq!(emulation.knows(&hub, "n1-twin").await, Some(false), "not read again within a second");
+    }
+
+    /// A node registry that cannot be read.
+    #[derive(Debug)]
+    struct Unreadable;
+
+    #[async_trait::async_trait]
+    impl herald_engine::NodeRegistry for Unreadable {
+        async fn register_node(&self, _: &herald_engine::NodeInfo, _: Duration) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn nodes(&self) -> Result<Vec<herald_engine::NodeInfo>, EngineError> {
+            Err(EngineError::Unavailable("the registry is away".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_for_another_node_are_not_relayed_while_the_cluster_cannot_be_read() {
+        let memory = Arc::new(herald_engine::MemoryEngine::new());
+        let engine = Engine::from_parts(
+            "unreadable",
+            memory.clone(),
+            memory.clone(),
+            memory.clone(),
+            memory,
+            Arc::new(Unreadable),
+        );
+        let hub = Hub::new(HubConfig::new(NodeId::new("n1"), ChannelRules::default()), engine);
+        hub.start().await.unwrap();
+        let emulation = Emulation::new();
+        let limits = BodyLimits { max_size: 1 << 16, timeout: Duration::from_secs(5) };
+        let body = serde_json::json!({"session": "1f".repeat(16), "node": "n2", "data": "{}"}).to_string();
+        let answer = emulation.handle(&hub, &HeaderMap::new(), axum::body::Body::from(body), limits).await;
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "not relayed to every node on a guess");
     }
 }

@@ -148,6 +148,14 @@ async fn the_live_tail_streams_publications_without_joining_the_channel() {
     assert_eq!(present.len(), 1, "only bob is present; the operator is not: {presence}");
     let (_, channels) = server.api("channels", json!({})).await;
     assert_eq!(channels["result"]["channels"]["room:1"]["num_clients"], 1, "{channels}");
+
+    // A log-out ends the tail: the next publication is not shown.
+    let (status, _, _) = post(server.addr, "/admin/logout", Some(&session), json!({})).await;
+    assert_eq!(status, 204);
+    let before = seen.len();
+    server.publish("room:1", json!({"after": "logout"})).await;
+    read_until(&mut tail, &mut seen, "event: end").await;
+    assert!(!seen[before..].contains("logout"), "nothing published after the log-out is shown: {seen}");
 }
 
 #[tokio::test]

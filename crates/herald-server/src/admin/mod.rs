@@ -277,8 +277,11 @@ async fn tail(State((admin, _)): AdminState, headers: HeaderMap, Query(query): Q
             return error(StatusCode::BAD_REQUEST, crate::codes::BAD_REQUEST, &message);
         }
     };
+    let token = login::session_cookie(&headers).unwrap_or_default().to_owned();
+    let gate = admin.clone();
+    let open = move || gate.gate.is_open(&token);
     match admin.hub.watch(&channel).await {
-        Ok(watch) => tail::stream(watch, admin.draining.clone()).into_response(),
+        Ok(watch) => tail::stream(watch, admin.draining.clone(), open).into_response(),
         Err(refused) => {
             let status = match &refused {
                 HubError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -6,7 +6,9 @@
 //! operator is not a subscriber, so presence, occupancy and counts stay
 //! what the application made them. The stream ends with an `end` event
 //! when the watch falls behind or the node drains; the browser's
-//! `EventSource` then reconnects by itself.
+//! `EventSource` then reconnects by itself. It ends too, within
+//! [`SESSION_CHECK`], once the operator's session does (a log-out, its
+//! expiry): the reconnect then needs a new log-in.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -20,19 +22,33 @@ use tokio::sync::watch;
 /// How often an idle stream sends a comment, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// Streams `watch`'s publications until it ends or `draining` turns true.
+/// How often, at the longest, the operator's session is checked again.
+pub(crate) const SESSION_CHECK: Duration = Duration::from_secs(5);
+
+/// Streams `watch`'s publications until it ends, `draining` turns true,
+/// or `open` says the operator's session has ended (asked before every
+/// publication and every [`SESSION_CHECK`]).
 pub(crate) fn stream(
     watch: Watch,
     draining: watch::Receiver<bool>,
+    open: impl Fn() -> bool + Send + Sync + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let events = stream::unfold(Some((watch, draining)), |state| async move {
-        let (mut watch, mut draining) = state?;
-        let next = tokio::select! {
-            next = watch.next() => next,
-            _ = draining.wait_for(|draining| *draining) => None,
+    let open = std::sync::Arc::new(open);
+    let events = stream::unfold(Some((watch, draining, open)), |state| async move {
+        let (mut watch, mut draining, open) = state?;
+        let next = loop {
+            let next = tokio::select! {
+                next = watch.next() => next,
+                _ = draining.wait_for(|draining| *draining) => None,
+                _ = tokio::time::sleep(SESSION_CHECK) => match open() {
+                    true => continue,
+                    false => None,
+                },
+            };
+            break next.filter(|_| open());
         };
         match next {
-            Some(publication) => Some((Ok(publication_event(&publication)), Some((watch, draining)))),
+            Some(publication) => Some((Ok(publication_event(&publication)), Some((watch, draining, open)))),
             None => Some((Ok(Event::default().event("end").data("the tail ended; reconnecting")), None)),
         }
     });

@@ -302,6 +302,11 @@ pub struct NodeInfo {
     /// Publications queued to its clients since it started, for rates.
     #[serde(default)]
     pub num_deliveries: u64,
+    /// The public key (Ed25519, hex) that signs the keys of the node's
+    /// emulated sessions, so another node can check one before it relays
+    /// commands to it; none from a node older than that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_key: Option<String>,
 }
 
 #[cfg(test)]

@@ -226,7 +226,8 @@ fn open_emulated(state: &AppState, opening: Opening, first: Bytes, format: Forma
         return refused;
     }
     let (key, posted) = state.emulation.open(first, format == Format::Binary);
-    open(state, opening, Commands::Posted(posted), format, Closing::Push, Some(key.to_string().into()))
+    let key = state.emulation.key_text(&key);
+    open(state, opening, Commands::Posted(posted), format, Closing::Push, Some(key.into()))
 }
 
 fn open_unidirectional(state: &AppState, opening: Opening, first: Bytes, format: Format) -> Response {

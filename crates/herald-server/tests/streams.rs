@@ -54,7 +54,7 @@ async fn over_http_streaming_a_client_connects_subscribes_by_emulation_and_recei
         StreamClient::post(server.addr, "/connection/http_stream", &connect_command(&server, "ann").to_string()).await;
     assert_eq!(stream.status, 200);
     let connected = reply(&mut stream, 1).await["connect"].clone();
-    assert_eq!(connected["session"].as_str().map(str::len), Some(32), "the emulation key: {connected}");
+    assert_eq!(connected["session"].as_str().map(str::len), Some(160), "the emulation key, signed: {connected}");
     assert!(connected["node"].is_string());
 
     let subscribe = json!({"id": 2, "subscribe": {"channel": "feed:scores"}});

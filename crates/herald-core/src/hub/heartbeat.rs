@@ -103,6 +103,7 @@ impl Hub {
             uptime: self.started.elapsed().as_secs(),
             num_publications: self.counters.published.load(Ordering::Relaxed),
             num_deliveries: self.counters.delivered.load(Ordering::Relaxed),
+            relay_key: self.relay.get().and_then(|relay| relay.relay_key()),
         };
         let ttl = self.config.presence_update_interval.saturating_mul(3);
         if let Err(error) = self.engine.nodes().register_node(&info, ttl).await {

@@ -33,6 +33,12 @@ pub(super) type Observer = super::installed::Installed<dyn HubObserver>;
 pub trait SessionRelay: Send + Sync + std::fmt::Debug + 'static {
     /// Hands `data` to the session with key `session`, if this node holds it.
     fn deliver(&self, session: String, data: String);
+
+    /// The public key the node's session keys are signed with, published
+    /// in the node registry (`NodeInfo::relay_key`).
+    fn relay_key(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The hub's relay target, once installed.

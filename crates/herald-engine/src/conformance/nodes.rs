@@ -23,6 +23,7 @@ pub async fn the_node_registry_forgets_silent_nodes(engine: Engine, clock: Clock
         uptime: 0,
         num_publications: 7,
         num_deliveries: 70,
+        relay_key: Some("ab".repeat(32)),
     };
     let ttl = Duration::from_secs(2);
     registry.register_node(&node("a", 1), ttl).await.expect("register a");

@@ -164,6 +164,7 @@ mod tests {
             uptime: 1,
             num_publications: publications,
             num_deliveries: deliveries,
+            relay_key: None,
         }
     }
 

@@ -11,9 +11,11 @@
 //!
 //! A session's key is 128 random bits, known only to its client, so no
 //! one else can post commands into it (client ids are not secret: presence
-//! shows them). The table of keys holds one entry per open emulated stream,
-//! so the node's connection caps bound it. A request whose key is not one
-//! a node could have made is refused before it is relayed. On the named
+//! shows them), signed by its node (`session_keys`). The table of keys
+//! holds one entry per open emulated stream, so the node's connection caps
+//! bound it. A request whose key is not one the named node gave (checked
+//! against the public key the node registry lists for it) is refused
+//! before it is relayed: a relay is a message to every node. On the named
 //! node, a relayed batch its session has no room for waits for room (as a
 //! local POST does) only while fewer than [`RELAYS_WAITING`] do; beyond
 //! that it is dropped, logged, so that a client posting faster than its
@@ -28,7 +30,7 @@
 //! 400 for a malformed request (a malformed session
 //! key included), 413 for one above `client.max_message_size`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +44,7 @@ use tokio::time::Instant;
 use herald_core::{Hub, SessionRelay};
 use herald_engine::{Control, NodeId};
 
+use super::session_keys::{SessionKey, Signer};
 use crate::http::body::{self, BodyLimits};
 use crate::transport::posted::{inbox, Key, NotTaken, Posted, Poster};
 
@@ -64,12 +67,28 @@ pub(crate) struct Emulation {
     known_nodes: Mutex<KnownNodes>,
     /// Places for relayed batches waiting for room (see [`RELAYS_WAITING`]).
     relays_waiting: Arc<tokio::sync::Semaphore>,
+    /// Signs the keys of this node's sessions (see `session_keys`).
+    signer: Signer,
 }
 
+/// The cluster's nodes as last read: each one's id and the public key its
+/// session keys are signed with (none from an older node).
 #[derive(Debug, Default)]
 struct KnownNodes {
-    ids: HashSet<String>,
+    keys: HashMap<String, Option<String>>,
     read_at: Option<Instant>,
+}
+
+/// What the cluster's node list says of the node a POST names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Listed {
+    /// A live node, with the public key its session keys are signed with.
+    Yes {
+        relay_key: Option<String>,
+    },
+    No,
+    /// The list cannot be read.
+    Unknown,
 }
 
 /// What happened to commands for a session of this node.
@@ -118,7 +137,13 @@ impl Emulation {
             sessions: Mutex::default(),
             known_nodes: Mutex::default(),
             relays_waiting: Arc::new(tokio::sync::Semaphore::new(RELAYS_WAITING)),
+            signer: Signer::new(),
         })
+    }
+
+    /// The text of a session's key, as its connect reply gives it.
+    pub(crate) fn key_text(&self, key: &Key) -> String {
+        self.signer.text(key)
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashSet<Poster>> {
@@ -150,7 +175,7 @@ impl Emulation {
 
     /// The inbox of the session whose key is `text`, if the node has it.
     fn inbox(&self, text: &str) -> Option<Poster> {
-        let key = parse_key(text)?;
+        let key = SessionKey::parse(text)?.key;
         self.table().get(&key).cloned()
     }
 
@@ -163,26 +188,31 @@ impl Emulation {
         }
     }
 
-    /// Whether `node` is a live node of the cluster, as last read; a node
-    /// not in the list has the list read again (at most every
-    /// [`NODES_REREAD`]). `None` when the list cannot be read: a relay is
-    /// a message to every node, not to be sent on a guess.
-    async fn knows(&self, hub: &Hub, node: &str) -> Option<bool> {
+    /// Whether `node` is a live node of the cluster, as last read, and
+    /// with which public key; a node not in the list has the list read
+    /// again (at most every [`NODES_REREAD`]). A list that cannot be read
+    /// says nothing: a relay is a message to every node, not to be sent on
+    /// a guess.
+    async fn listed(&self, hub: &Hub, node: &str) -> Listed {
         {
             let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
-            if known.ids.contains(node) {
-                return Some(true);
+            if let Some(relay_key) = known.keys.get(node) {
+                return Listed::Yes { relay_key: relay_key.clone() };
             }
             if known.read_at.is_some_and(|at| at.elapsed() < NODES_REREAD) {
-                return Some(false);
+                return Listed::No;
             }
             known.read_at = Some(Instant::now());
         }
-        let nodes = hub.registered_nodes().await.ok()?;
-        let ids: HashSet<String> = nodes.into_iter().map(|node| node.id.as_str().to_owned()).collect();
-        let known = ids.contains(node);
-        self.known_nodes.lock().unwrap_or_else(|e| e.into_inner()).ids = ids;
-        Some(known)
+        let Ok(nodes) = hub.registered_nodes().await else { return Listed::Unknown };
+        let keys: HashMap<String, Option<String>> =
+            nodes.into_iter().map(|node| (node.id.as_str().to_owned(), node.relay_key)).collect();
+        let listed = match keys.get(node) {
+            Some(relay_key) => Listed::Yes { relay_key: relay_key.clone() },
+            None => Listed::No,
+        };
+        self.known_nodes.lock().unwrap_or_else(|e| e.into_inner()).keys = keys;
+        listed
     }
 
     /// Answers a POST to `/emulation`.
@@ -204,10 +234,10 @@ impl Emulation {
                 return (StatusCode::BAD_REQUEST, message).into_response();
             }
         };
-        if parse_key(&request.session).is_none() {
+        let Some(session) = SessionKey::parse(&request.session) else {
             tracing::debug!("emulation request with a malformed session key");
             return (StatusCode::BAD_REQUEST, "the session key is not one a connect reply gave").into_response();
-        }
+        };
         let data = request.data;
         if request.node == hub.node().as_str() {
             return match self.deliver(&request.session, data).await {
@@ -218,10 +248,14 @@ impl Emulation {
                 }
             };
         }
-        match self.knows(hub, &request.node).await {
-            Some(true) => {}
-            Some(false) => return (StatusCode::NOT_FOUND, "no such node in the cluster; reconnect").into_response(),
-            None => {
+        match self.listed(hub, &request.node).await {
+            Listed::Yes { relay_key } if session.given_by(relay_key.as_deref()) => {}
+            Listed::Yes { .. } => {
+                tracing::debug!("emulated commands not relayed: the session key is not one the named node gave");
+                return (StatusCode::BAD_REQUEST, "the session key is not one that node gave").into_response();
+            }
+            Listed::No => return (StatusCode::NOT_FOUND, "no such node in the cluster; reconnect").into_response(),
+            Listed::Unknown => {
                 tracing::warn!("emulated commands not relayed: the cluster's nodes cannot be read");
                 let message = "the cluster's nodes cannot be read to relay the commands; retry";
                 return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
@@ -246,6 +280,10 @@ impl Emulation {
 }
 
 impl SessionRelay for Emulation {
+    fn relay_key(&self) -> Option<String> {
+        Some(self.signer.public())
+    }
+
     fn deliver(&self, session: String, data: String) {
         let Some(inbox) = self.inbox(&session) else { return };
         let data = match inbox.protobuf() {
@@ -279,16 +317,6 @@ impl SessionRelay for Emulation {
     }
 }
 
-/// A session's key from its text: exactly the 32 lower-case hex digits
-/// the connect reply gave, no other spelling of the number.
-fn parse_key(text: &str) -> Option<Key> {
-    let digits = text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    match text.len() == 32 && digits {
-        true => u128::from_str_radix(text, 16).ok().map(Key::from),
-        false => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::task::Poll;
@@ -315,15 +343,18 @@ mod tests {
 
     #[test]
     fn a_key_is_taken_only_as_the_connect_reply_spells_it() {
+        let parse = |text: &str| SessionKey::parse(text).map(|session| session.key);
         let key = 0x1f1f_1f1f_1f1f_1f1f_1f1f_1f1f_1f1f_1f1f;
-        assert_eq!(parse_key(&"1f".repeat(16)), Some(Key::from(key)));
+        assert_eq!(parse(&"1f".repeat(16)), Some(Key::from(key)));
         assert_eq!(Key::from(key).to_string(), format!("{key:032x}"), "its text is the number's");
         assert_eq!(Key::from(5).to_string(), format!("{:032x}", 5), "with its leading zeros");
-        assert_eq!(parse_key(&"1F".repeat(16)), None, "upper case");
-        assert_eq!(parse_key(&format!("+{}", "1".repeat(31))), None, "a sign");
-        assert_eq!(parse_key("1f1f"), None, "short");
-        assert_eq!(parse_key(&"1".repeat(33)), None, "long");
-        assert_eq!(parse_key(""), None);
+        assert_eq!(parse(&"1F".repeat(16)), None, "upper case");
+        assert_eq!(parse(&format!("+{}", "1".repeat(31))), None, "a sign");
+        assert_eq!(parse("1f1f"), None, "short");
+        assert_eq!(parse(&"1".repeat(33)), None, "long");
+        assert_eq!(parse(""), None);
+        let signed = Emulation::new().key_text(&Key::from(key));
+        assert_eq!(parse(&signed), Some(Key::from(key)), "a signed key files under its number");
     }
 
     #[tokio::test]
@@ -379,8 +410,48 @@ mod tests {
         let hub = Hub::new(HubConfig::new(NodeId::new("n1"), ChannelRules::default()), Engine::memory());
         hub.start().await.unwrap();
         let emulation = Emulation::new();
-        assert_eq!(emulation.knows(&hub, "elsewhere").await, Some(false));
-        assert_eq!(emulation.knows(&hub, "n1-twin").await, Some(false), "not read again within a second");
+        assert_eq!(emulation.listed(&hub, "elsewhere").await, Listed::No);
+        assert_eq!(emulation.listed(&hub, "n1-twin").await, Listed::No, "not read again within a second");
+    }
+
+    /// A node of the cluster, registered with the public key `relay_key`.
+    async fn register(hub: &Hub, id: &str, relay_key: Option<String>) {
+        let info = herald_engine::NodeInfo {
+            id: NodeId::new(id),
+            name: id.to_owned(),
+            updated_at_ms: 0,
+            version: "test".into(),
+            num_clients: 0,
+            num_users: 0,
+            num_channels: 0,
+            num_subscriptions: 0,
+            uptime: 0,
+            num_publications: 0,
+            num_deliveries: 0,
+            relay_key,
+        };
+        hub.engine().nodes().register_node(&info, Duration::from_secs(60)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn commands_are_relayed_only_with_a_key_the_named_node_signed() {
+        let hub = Hub::new(HubConfig::new(NodeId::new("n1"), ChannelRules::default()), Engine::memory());
+        hub.start().await.unwrap();
+        let (here, there) = (Emulation::new(), Emulation::new());
+        register(&hub, "n2", there.relay_key()).await;
+        register(&hub, "n3-older", None).await;
+        let limits = BodyLimits { max_size: 65536, timeout: Duration::from_secs(5) };
+        let unsigned = Key::from(9).to_string();
+        for (session, node, status, why) in [
+            (there.key_text(&Key::from(9)), "n2", StatusCode::NO_CONTENT, "n2's own key: relayed"),
+            (here.key_text(&Key::from(9)), "n2", StatusCode::BAD_REQUEST, "signed by another node"),
+            (unsigned.clone(), "n2", StatusCode::BAD_REQUEST, "unsigned, for a node that signs"),
+            (unsigned, "n3-older", StatusCode::NO_CONTENT, "unsigned, for a node older than signed keys"),
+        ] {
+            let body = serde_json::json!({"session": session, "node": node, "data": "{}"}).to_string();
+            let answer = here.handle(&hub, &HeaderMap::new(), axum::body::Body::from(body), limits).await;
+            assert_eq!(answer.status(), status, "{why}");
+        }
     }
 
     /// A node registry that cannot be read.

@@ -9,7 +9,7 @@
 //! - [`codes`]: error, unsubscribe and disconnect codes.
 //! - [`session`]: the per-connection state machine.
 //! - [`emulation`]: commands posted by clients on HTTP streams, routed to
-//!   their session's node.
+//!   their session's node; [`session_keys`]: those sessions' signed keys.
 //! - [`positions`]: a uni-directional SSE client's positions, as event ids.
 //! - [`protobuf`]: the Protobuf encoding, at the session's edge.
 
@@ -20,6 +20,7 @@ pub(crate) mod encode;
 pub(crate) mod positions;
 pub(crate) mod protobuf;
 pub(crate) mod session;
+pub(crate) mod session_keys;
 
 pub(crate) use encode::{CentrifugeEncoder, UniEncoder};
 pub(crate) use session::{SessionSettings, Shared};

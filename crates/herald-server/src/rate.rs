@@ -8,7 +8,9 @@
 //! - a connection's commands about one namespace's channels (a namespace's
 //!   `command_rate`);
 //! - a connection's subscriptions (`client.subscribe_rate`): how fast it
-//!   may make the node take up channels.
+//!   may make the node take up channels;
+//! - the commands a node relays for one emulated session of another node
+//!   (`centrifuge::emulation`).
 //!
 //! A command with no token left is refused (the protocol's "too many
 //! requests" error) and still costs one: a client that keeps sending sinks
@@ -158,20 +160,54 @@ impl ConnectionRates {
     }
 }
 
-/// Users are swept of refilled buckets once a shard holds this many.
-const USERS_SWEEP_AT: usize = 4096;
-const USER_SHARDS: usize = 16;
+/// Keys are swept of refilled buckets once a shard holds this many.
+const SWEEP_AT: usize = 4096;
+const SHARDS: usize = 16;
 
-/// A node's per-user buckets: every connection of a user on this node
-/// draws from one. Bounded: a shard that reaches [`USERS_SWEEP_AT`] users
-/// drops the buckets that have refilled, which only users who sent a burst
-/// within the last few seconds keep.
+/// A bucket per key (a user, a session), shared by whatever draws on the
+/// key. Bounded: a shard that reaches [`SWEEP_AT`] keys drops the buckets
+/// that have refilled, which only keys that spent a burst within the last
+/// few seconds keep.
 #[derive(Debug)]
-pub(crate) struct UserRates {
+pub(crate) struct KeyedRates<K> {
     limit: RateLimit,
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<UserId, Bucket>>]>,
+    shards: Box<[Mutex<HashMap<K, Bucket>>]>,
 }
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedRates<K> {
+    pub(crate) fn new(limit: RateLimit) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Self { limit, hasher: RandomState::new(), shards }
+    }
+
+    /// Counts one use of `key`.
+    pub(crate) fn take(&self, key: &K, now: Instant) -> Verdict {
+        let limit = self.limit;
+        if limit.rate == 0 {
+            return Verdict::Allowed;
+        }
+        let hash = self.hasher.hash_one(key).checked_rem(SHARDS as u64).unwrap_or(0);
+        let at = usize::try_from(hash).unwrap_or(0);
+        let Some(shard) = self.shards.get(at) else { return Verdict::Allowed };
+        let mut keys = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= SWEEP_AT && !keys.contains_key(key) {
+            keys.retain(|_, bucket| !bucket.is_full(limit, now));
+        }
+        keys.entry(key.clone()).or_insert_with(|| Bucket::full(limit, now)).take(limit, now)
+    }
+
+    /// Keys with a bucket, for tests.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+    }
+}
+
+/// A node's per-user buckets: every connection of a user on this node
+/// draws from one.
+#[derive(Debug)]
+pub(crate) struct UserRates(KeyedRates<UserId>);
 
 impl UserRates {
     /// From `[client]`.
@@ -180,30 +216,21 @@ impl UserRates {
     }
 
     pub(crate) fn new(limit: RateLimit) -> Self {
-        let shards = (0..USER_SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
-        Self { limit, hasher: RandomState::new(), shards }
+        Self(KeyedRates::new(limit))
     }
 
     /// Counts one command of `user`. Anonymous users are not counted here.
     pub(crate) fn take(&self, user: &UserId, now: Instant) -> Verdict {
-        let limit = self.limit;
-        if limit.rate == 0 || user.is_anonymous() {
-            return Verdict::Allowed;
+        match user.is_anonymous() {
+            true => Verdict::Allowed,
+            false => self.0.take(user, now),
         }
-        let hash = self.hasher.hash_one(user).checked_rem(USER_SHARDS as u64).unwrap_or(0);
-        let at = usize::try_from(hash).unwrap_or(0);
-        let Some(shard) = self.shards.get(at) else { return Verdict::Allowed };
-        let mut users = shard.lock().unwrap_or_else(|e| e.into_inner());
-        if users.len() >= USERS_SWEEP_AT && !users.contains_key(user) {
-            users.retain(|_, bucket| !bucket.is_full(limit, now));
-        }
-        users.entry(user.clone()).or_insert_with(|| Bucket::full(limit, now)).take(limit, now)
     }
 
     /// Users with a bucket, for tests.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+        self.0.len()
     }
 }
 
@@ -254,10 +281,10 @@ mod tests {
     fn the_user_table_sheds_refilled_buckets_when_it_grows() {
         let users = UserRates::new(RateLimit { rate: 100, burst: 1 });
         let start = Instant::now();
-        for n in 0..(USERS_SWEEP_AT * USER_SHARDS * 2) {
+        for n in 0..(SWEEP_AT * SHARDS * 2) {
             users.take(&UserId::new(&format!("u{n}")).unwrap(), start + Duration::from_millis(n as u64));
         }
-        assert!(users.len() <= USERS_SWEEP_AT * USER_SHARDS, "{} users kept", users.len());
+        assert!(users.len() <= SWEEP_AT * SHARDS, "{} users kept", users.len());
     }
 
     #[test]

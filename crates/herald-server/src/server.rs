@@ -104,6 +104,12 @@ impl Node {
             },
             engine,
         );
+        // Installed before the hub starts: its first registration in the
+        // node registry carries the key its emulated sessions' keys are
+        // signed with (a node listed without one has its unsigned keys
+        // relayed, as an older node's).
+        let emulation = Emulation::new();
+        hub.relay_to(emulation.clone());
         hub.start().await.context("starting the engine")?;
 
         let verifier =
@@ -181,8 +187,6 @@ impl Node {
         });
         let node_name = config.node.name_or(hub.node().as_str());
         let admin = crate::admin::Admin::start(&config.admin, api.clone(), node_name, body.timeout, drain.subscribe());
-        let emulation = Emulation::new();
-        hub.relay_to(emulation.clone());
         Ok(Node { hub, shared, api, pusher, shutdown, drain, admin, emulation, also: None, config })
     }
 
@@ -568,5 +572,24 @@ async fn ready(State(state): State<AppState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not ready", "reason": reason})))
                 .into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's first entry in the node registry already carries the key
+    /// its emulated sessions' keys are signed with: listed without one, it
+    /// would pass for an older node whose unsigned keys are relayed.
+    #[tokio::test]
+    async fn a_node_is_registered_with_its_relay_key_from_the_start() {
+        let mut config = Config::default();
+        config.api.key = Some(crate::config::Secret::new("a-key-for-the-test-0123456789"));
+        config.client.allow_anonymous = true;
+        let node = Node::build(config).await.expect("a node");
+        let nodes = node.hub.registered_nodes().await.expect("the registry");
+        assert_eq!(nodes.len(), 1);
+        assert!(nodes.iter().all(|node| node.relay_key.is_some()), "{nodes:?}");
     }
 }

@@ -15,7 +15,8 @@
 //! holds one entry per open emulated stream, so the node's connection caps
 //! bound it. A request whose key is not one the named node gave (checked
 //! against the public key the node registry lists for it) is refused
-//! before it is relayed: a relay is a message to every node. On the named
+//! before it is relayed: a relay is a message to every node; and a signed
+//! key's relays are held to [`RELAY_RATE`]. On the named
 //! node, a relayed batch its session has no room for waits for room (as a
 //! local POST does) only while fewer than [`RELAYS_WAITING`] do; beyond
 //! that it is dropped, logged, so that a client posting faster than its
@@ -46,6 +47,7 @@ use herald_engine::{Control, NodeId};
 
 use super::session_keys::{SessionKey, Signer};
 use crate::http::body::{self, BodyLimits};
+use crate::rate::{KeyedRates, RateLimit, Verdict};
 use crate::transport::posted::{inbox, Key, NotTaken, Posted, Poster};
 
 /// How long a POST waits for its session to take the commands.
@@ -59,6 +61,12 @@ const NODES_REREAD: Duration = Duration::from_secs(1);
 /// to make room (each up to [`DELIVERY_WAIT`]).
 pub(crate) const RELAYS_WAITING: usize = 1024;
 
+/// How many posts a node relays for one session of another node: a
+/// second's worth and a burst. A client posts a request per batch of
+/// commands, a few a second; one that posts far more (a real key taken
+/// for a flood: each relay is a message to every node) is answered 429.
+const RELAY_RATE: RateLimit = RateLimit { rate: 50, burst: 100 };
+
 /// The node's emulated sessions: each one's inbox, found by its key (the
 /// number: its text is the client's, in its connect reply).
 #[derive(Debug)]
@@ -69,6 +77,9 @@ pub(crate) struct Emulation {
     relays_waiting: Arc<tokio::sync::Semaphore>,
     /// Signs the keys of this node's sessions (see `session_keys`).
     signer: Signer,
+    /// Relays made for each signed session key of another node (unsigned
+    /// ones, an older node's, are any number anyone makes up: not kept).
+    relays: KeyedRates<Key>,
 }
 
 /// The cluster's nodes as last read: each one's id and the public key its
@@ -138,6 +149,7 @@ impl Emulation {
             known_nodes: Mutex::default(),
             relays_waiting: Arc::new(tokio::sync::Semaphore::new(RELAYS_WAITING)),
             signer: Signer::new(),
+            relays: KeyedRates::new(RELAY_RATE),
         })
     }
 
@@ -249,7 +261,14 @@ impl Emulation {
             };
         }
         match self.listed(hub, &request.node).await {
-            Listed::Yes { relay_key } if session.given_by(relay_key.as_deref()) => {}
+            Listed::Yes { relay_key: Some(public) } if session.given_by(Some(&public)) => {
+                if self.relays.take(&session.key, Instant::now()) != Verdict::Allowed {
+                    tracing::debug!("emulated commands not relayed: their session posts faster than relays are made");
+                    let message = "too many requests relayed for this session; slow down";
+                    return (StatusCode::TOO_MANY_REQUESTS, message).into_response();
+                }
+            }
+            Listed::Yes { relay_key: None } => {}
             Listed::Yes { .. } => {
                 tracing::debug!("emulated commands not relayed: the session key is not one the named node gave");
                 return (StatusCode::BAD_REQUEST, "the session key is not one that node gave").into_response();
@@ -452,6 +471,38 @@ mod tests {
             let answer = here.handle(&hub, &HeaderMap::new(), axum::body::Body::from(body), limits).await;
             assert_eq!(answer.status(), status, "{why}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_posting_far_faster_than_a_client_does_has_its_relays_refused() {
+        let hub = Hub::new(HubConfig::new(NodeId::new("n1"), ChannelRules::default()), Engine::memory());
+        hub.start().await.unwrap();
+        let (here, there) = (Emulation::new(), Emulation::new());
+        register(&hub, "n2", there.relay_key()).await;
+        let limits = BodyLimits { max_size: 65536, timeout: Duration::from_secs(5) };
+        let headers = HeaderMap::new();
+        let post = |session: String| {
+            let body = serde_json::json!({"session": session, "node": "n2", "data": "{}"}).to_string();
+            here.handle(&hub, &headers, axum::body::Body::from(body), limits)
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..=RELAY_RATE.burst {
+            statuses.push(post(there.key_text(&Key::from(1))).await.status());
+        }
+        let relayed = statuses.iter().filter(|s| **s == StatusCode::NO_CONTENT).count();
+        assert_eq!(relayed, usize::try_from(RELAY_RATE.burst).unwrap(), "a burst's worth");
+        assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "then refused");
+        assert_eq!(
+            post(there.key_text(&Key::from(2))).await.status(),
+            StatusCode::NO_CONTENT,
+            "another session is not"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            post(there.key_text(&Key::from(1))).await.status(),
+            StatusCode::NO_CONTENT,
+            "a pause brings it back"
+        );
     }
 
     /// A node registry that cannot be read.

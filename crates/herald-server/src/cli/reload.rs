@@ -42,8 +42,9 @@ pub(super) async fn on_hangup(sources: Sources, mut running: Config, live: Live)
             return;
         }
     };
+    let mut held = Held::of(&running);
     while hangups.recv().await.is_some() {
-        reload(&sources, &mut running, &live);
+        reload(&sources, &mut running, &mut held, &live);
     }
 }
 
@@ -53,7 +54,7 @@ pub(super) async fn on_hangup(_: Sources, _: Config, _: Live) {}
 
 /// One reload: refuses a configuration with problems, else applies what
 /// can change live and names what cannot.
-pub(super) fn reload(sources: &Sources, running: &mut Config, live: &Live) {
+pub(super) fn reload(sources: &Sources, running: &mut Config, held: &mut Held, live: &Live) {
     let Some(file) = &sources.file else {
         tracing::warn!("SIGHUP: no config file to read again (the node runs on generated secrets)");
         return;
@@ -88,12 +89,14 @@ pub(super) fn reload(sources: &Sources, running: &mut Config, live: &Live) {
         running.api.key.clone_from(&fresh.api.key);
         running.api.insecure = fresh.api.insecure;
     }
-    if token_keys(&fresh) != token_keys(running) {
+    let fresh_held = Held::of(&fresh);
+    if token_keys(&fresh) != token_keys(running) || fresh_held.token_files != held.token_files {
         match live.node.rotate_token_keys(&fresh, overlap) {
             Ok(()) => {
                 let kept = humantime::format_duration(overlap);
                 applied.push(format!("client token keys (the previous ones are accepted for {kept})"));
                 copy_token_keys(&fresh, running);
+                held.token_files = fresh_held.token_files.clone();
             }
             Err(problem) => {
                 tracing::error!(%problem, "SIGHUP: the new token keys cannot be used; the running ones are kept")
@@ -114,7 +117,10 @@ pub(super) fn reload(sources: &Sources, running: &mut Config, live: &Live) {
             Err(problem) => tracing::warn!(%problem, "SIGHUP: pusher apps not reloaded"),
         }
     }
-    let restart = needs_restart(running, &fresh);
+    let mut restart = needs_restart(running, &fresh);
+    if fresh_held.tls_files != held.tls_files {
+        restart.push("http.tls_cert / http.tls_key (the files)");
+    }
     tracing::info!(config = %file.display(), ?applied, "SIGHUP: configuration read again");
     if !restart.is_empty() {
         tracing::warn!(
@@ -139,8 +145,31 @@ fn exposed(secret: &Option<config::Secret>) -> Option<&str> {
     secret.as_ref().map(config::Secret::expose)
 }
 
-/// What a setting that holds PEM text or names a file holds now: a key or
-/// certificate rotated in place, under the same path, changes it.
+/// What the files the configuration names held when it was read (a key
+/// or certificate rewritten in place, under the same path, is a change
+/// only against what was read before).
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    /// The token keys' files.
+    token_files: String,
+    /// The TLS certificate's and key's.
+    tls_files: String,
+}
+
+impl Held {
+    pub(super) fn of(config: &Config) -> Self {
+        let c = &config.client;
+        let token_files =
+            [&c.token_rsa_public_key, &c.token_ecdsa_public_key, &c.token_ed25519_public_key, &c.token_jwks_ca]
+                .map(|setting| held(setting.as_deref()))
+                .join("\n");
+        let tls_key = config.http.tls_key.as_ref().map(config::Secret::expose);
+        let tls_files = format!("{}\n{}", held(config.http.tls_cert.as_deref()), held(tls_key));
+        Self { token_files, tls_files }
+    }
+}
+
+/// What a setting that holds PEM text or names a file holds now.
 fn held(setting: Option<&str>) -> String {
     setting.map_or_else(String::new, |value| match config::pem_text("", value) {
         Ok(pem) => String::from_utf8_lossy(&pem).into_owned(),
@@ -148,18 +177,18 @@ fn held(setting: Option<&str>) -> String {
     })
 }
 
-/// The client settings tokens are verified with, secrets and the keys'
-/// contents included.
+/// The client settings tokens are verified with, secrets included (the
+/// files they name: [`Held`]).
 fn token_keys(config: &Config) -> String {
     let c = &config.client;
     let secret = exposed(&c.token_hmac_secret);
     format!(
         "{secret:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-        held(c.token_rsa_public_key.as_deref()),
-        held(c.token_ecdsa_public_key.as_deref()),
-        held(c.token_ed25519_public_key.as_deref()),
+        c.token_rsa_public_key,
+        c.token_ecdsa_public_key,
+        c.token_ed25519_public_key,
         c.token_jwks_url,
-        held(c.token_jwks_ca.as_deref()),
+        c.token_jwks_ca,
         c.token_jwks_refresh,
         c.token_audience,
         c.token_issuer
@@ -203,11 +232,6 @@ fn needs_restart(running: &Config, fresh: &Config) -> Vec<&'static str> {
         secret(&fresh.client.token_hmac_secret),
     );
     differ("http.tls_key", secret(&running.http.tls_key), secret(&fresh.http.tls_key));
-    // A certificate or key renewed in place, under the same paths.
-    let tls = |c: &Config| {
-        format!("{} {}", held(c.http.tls_cert.as_deref()), held(c.http.tls_key.as_ref().map(config::Secret::expose)))
-    };
-    differ("http.tls_cert / http.tls_key (the files)", tls(running), tls(fresh));
     differ("admin", format!("{:?}", running.admin), format!("{:?}", fresh.admin));
     differ("proxies", format!("{:?}", running.proxies), format!("{:?}", fresh.proxies));
     differ("webhooks", format!("{:?}", running.webhooks), format!("{:?}", fresh.webhooks));
@@ -255,15 +279,20 @@ mod tests {
         );
     }
 
+    /// The running configuration's files as they were read at start, and
+    /// the fresh one's as read at the reload: the same path, another key.
     #[test]
-    fn a_key_file_rotated_in_place_is_a_change_of_the_token_keys() {
+    fn a_key_file_rotated_in_place_is_told_from_what_was_read_before() {
         let path = std::env::temp_dir().join(format!("herald-reload-key-{}.pem", std::process::id()));
         std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nfirst\n-----END PUBLIC KEY-----\n").unwrap();
-        let config = typed(&format!("[client]\ntoken_rsa_public_key = {:?}\n", path.display().to_string()));
-        let before = token_keys(&config);
+        let running = typed(&format!("[client]\ntoken_rsa_public_key = {:?}\n", path.display().to_string()));
+        let held = Held::of(&running);
         std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nsecond\n-----END PUBLIC KEY-----\n").unwrap();
-        let after = token_keys(&config);
+        let fresh = typed(&format!("[client]\ntoken_rsa_public_key = {:?}\n", path.display().to_string()));
+        let fresh_held = Held::of(&fresh);
         let _ = std::fs::remove_file(&path);
-        assert_ne!(before, after, "the same path, another key");
+        assert_eq!(token_keys(&running), token_keys(&fresh), "the settings are alike");
+        assert_ne!(held.token_files, fresh_held.token_files, "what the file holds is not");
+        assert_eq!(held.tls_files, fresh_held.tls_files);
     }
 }

@@ -295,14 +295,23 @@ fn parse_value(raw: &str) -> Value {
 /// The most elements a list may be given from variables or flags.
 const MAX_LISTED: usize = 1000;
 
+/// Whether the setting at `path` is a list of tables: `pusher.apps`,
+/// `webhooks`, or an app's `webhooks` (`pusher.apps.0.webhooks`).
+fn is_list_of_tables(path: &[&str]) -> bool {
+    matches!(path, ["pusher", "apps"] | ["webhooks"] | ["pusher", "apps", _, "webhooks"])
+}
+
 fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), String> {
     let (last, parents) = path.split_last().ok_or("empty setting name")?;
     let mut current = table;
     let mut keys = parents.iter();
+    let mut walked: Vec<&str> = Vec::new();
     while let Some(key) = keys.next() {
-        // A key followed by a number starts a list: `pusher.apps.0.id` makes
-        // `pusher.apps` one even with no file to hold it.
-        let starts_list = keys.clone().next().is_some_and(|next| next.parse::<usize>().is_ok());
+        walked.push(key);
+        // A list of tables followed by a number starts one: `pusher.apps.0.id`
+        // makes `pusher.apps` a list even with no file to hold it (a table's
+        // key that is a number, a namespace's name, stays a key).
+        let starts_list = is_list_of_tables(&walked) && keys.clone().next().is_some_and(|n| n.parse::<usize>().is_ok());
         let entry = current.entry(key.clone()).or_insert_with(|| match starts_list {
             true => Value::Array(Vec::new()),
             false => Value::Table(Table::new()),
@@ -312,9 +321,13 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), Stri
         let entry = match entry {
             Value::Array(elements) => {
                 let index = keys.next().ok_or_else(|| format!("`{key}` is a list: name an element, as `{key}.0`"))?;
+                walked.push(index);
                 let position =
                     index.parse::<usize>().ok().filter(|position| *position < MAX_LISTED).ok_or_else(|| {
-                        format!("`{key}` is a list: `{index}` is no element number (0 to {MAX_LISTED})")
+                        format!(
+                            "`{key}` is a list: `{index}` is no element number (0 to {})",
+                            MAX_LISTED.saturating_sub(1)
+                        )
                     })?;
                 if elements.len() <= position {
                     elements.resize_with(position.saturating_add(1), || Value::Table(Table::new()));
@@ -435,6 +448,16 @@ fn engine_section(table: &mut Table, errors: &mut Vec<String>) -> EngineConfig {
         return EngineConfig::default();
     };
     let kind = match engine.remove("type") {
+        // Settings of another engine, without saying which: named as such,
+        // not as settings the memory engine does not know.
+        None if engine.keys().any(|key| key != "max_streams") => {
+            errors.push(
+                "engine.type: missing; the section has settings of another engine than memory, so say which: \
+                 type = \"redis\", \"redis_cluster\" or \"nats\""
+                    .to_owned(),
+            );
+            return EngineConfig::default();
+        }
         None => "memory".to_owned(),
         Some(Value::String(kind)) => kind,
         Some(other) => {

@@ -447,16 +447,27 @@ fn nats_problems(nats: &super::NatsEngineConfig) -> Vec<String> {
     problems
 }
 
-/// Whether an `http.allowed_origins` entry can match an Origin: `*`,
-/// `null` (pages without an origin of their own), or `scheme://host[:port]`
-/// with no path, `*` standing for any run of characters.
+/// Whether an `http.allowed_origins` entry can match an Origin: `null`
+/// (pages without an origin of their own), `scheme://host[:port]` with no
+/// path, or a pattern starting with `*` (`*`, `*.example.com`: any
+/// scheme), `*` standing for any run of characters.
 fn is_origin_pattern(pattern: &str) -> bool {
     let pattern = pattern.trim();
-    if pattern == "*" || pattern.eq_ignore_ascii_case("null") {
+    if pattern.eq_ignore_ascii_case("null") {
         return true;
     }
-    let Some((scheme, authority)) = pattern.split_once("://") else { return false };
-    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic() || c == '*')
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-*".contains(c));
-    scheme_ok && !authority.is_empty() && !authority.contains(['/', '?', '#', ' '])
+    let authority = match pattern.split_once("://") {
+        Some((scheme, authority)) => {
+            let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic() || c == '*')
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-*".contains(c));
+            if !scheme_ok {
+                return false;
+            }
+            authority
+        }
+        // `*` alone, or `*.example.com`: any scheme.
+        None if pattern.starts_with('*') => pattern,
+        None => return false,
+    };
+    !authority.is_empty() && !authority.contains(['/', '?', '#', ' '])
 }

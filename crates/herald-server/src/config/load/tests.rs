@@ -92,6 +92,15 @@ fn a_list_of_tables_is_built_from_the_environment_alone() {
         ("HERALD_PUSHER__APPS__0__SECRET", "first-secret"),
     ];
     let config = load(&sources(None, &env, &[])).expect("two apps from variables, in any order");
+    let numbered = [
+        ("HERALD_CHANNEL__NAMESPACES__2024__PRESENCE", "true"),
+        ("HERALD_CHANNEL__NAMESPACES__CHAT__PRESENCE", "true"),
+    ];
+    let namespaces = load(&sources(None, &numbered, &[]))
+        .expect("a namespace named by a number is a table's key")
+        .channel
+        .namespaces;
+    assert!(namespaces["2024"].presence && namespaces["chat"].presence);
     let apps: Vec<_> =
         config.pusher.apps.iter().map(|app| (app.id.as_str(), app.key.as_str(), app.secret.expose())).collect();
     assert_eq!(apps, [("app-1", "key-1", "first-secret"), ("app-2", "key-2", "second-secret")]);
@@ -418,6 +427,10 @@ secret = "short"
     }
     let unknown = load(&sources(Some(&file("[engine]\ntype = \"redys\"\n")), &[], &[])).unwrap_err().0;
     assert!(unknown.iter().any(|e| e.starts_with("engine.type: `redys` is not an engine")), "{unknown:#?}");
+    let untyped =
+        load(&sources(Some(&file("[engine]\naddress = \"redis://127.0.0.1:6379\"\n")), &[], &[])).unwrap_err().0;
+    assert_eq!(untyped.len(), 1, "{untyped:#?}");
+    assert!(untyped[0].starts_with("engine.type: missing"), "not as settings memory does not know: {untyped:#?}");
 }
 
 #[test]
@@ -425,7 +438,7 @@ fn origins_no_browser_sends_and_an_open_api_beside_its_key_are_named() {
     let f = file(
         r#"
 [http]
-allowed_origins = ["https://app.example.com", "https://*.example.org", "app.example.com", "https://app.example.com/", "null"]
+allowed_origins = ["https://app.example.com", "https://*.example.org", "*.example.net", "*", "app.example.com", "https://app.example.com/", "null"]
 [api]
 key = "a-key-long-enough-for-the-api"
 insecure = true

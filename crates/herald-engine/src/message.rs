@@ -314,20 +314,21 @@ mod tests {
     use super::*;
 
     /// Nodes of two versions share a cluster while it rolls onto the newer:
-    /// each must read the other's control commands.
-    #[test]
-    fn a_subscribe_command_reads_with_or_without_the_fields_newer_nodes_add() {
-        let older = r#"{"op":"subscribe","user":"42","channel":"news","client":null}"#;
+    /// each must read the other's control commands. `older` is read as
+    /// `expected`, which is written as `older` is.
+    fn read_and_written_as_older_nodes_do(older: &str, expected: Control) {
         let command: Control = serde_json::from_str(older).expect("an older node's command");
-        let expected = Control::Subscribe {
-            user: UserId::new("42").unwrap(),
-            channel: ChannelName::new("news").unwrap(),
-            client: None,
-            info: None,
-            data: None,
-        };
         assert_eq!(command, expected);
         assert_eq!(serde_json::to_string(&expected).unwrap(), older, "written as older nodes write it");
+    }
+
+    #[test]
+    fn a_subscribe_command_reads_with_or_without_the_fields_newer_nodes_add() {
+        let (user, channel) = (UserId::new("42").unwrap(), ChannelName::new("news").unwrap());
+        read_and_written_as_older_nodes_do(
+            r#"{"op":"subscribe","user":"42","channel":"news","client":null}"#,
+            Control::Subscribe { user, channel, client: None, info: None, data: None },
+        );
 
         let newer = r#"{"op":"subscribe","user":"42","channel":"news","client":null,"info":"{\"seat\":7}","data":"{}","later":1}"#;
         let command: Control =
@@ -338,17 +339,11 @@ mod tests {
 
     #[test]
     fn a_refresh_command_reads_with_or_without_the_info_newer_nodes_add() {
-        let older = r#"{"op":"refresh","user":"42","client":null,"expire_at":null,"expired":false}"#;
-        let command: Control = serde_json::from_str(older).expect("an older node's command");
-        let expected = Control::Refresh {
-            user: UserId::new("42").unwrap(),
-            client: None,
-            expire_at: None,
-            expired: false,
-            info: None,
-        };
-        assert_eq!(command, expected);
-        assert_eq!(serde_json::to_string(&expected).unwrap(), older, "written as older nodes write it");
+        let user = UserId::new("42").unwrap();
+        read_and_written_as_older_nodes_do(
+            r#"{"op":"refresh","user":"42","client":null,"expire_at":null,"expired":false}"#,
+            Control::Refresh { user, client: None, expire_at: None, expired: false, info: None },
+        );
         let newer = r#"{"op":"refresh","user":"42","client":null,"expire_at":null,"expired":false,"info":"{}"}"#;
         let Control::Refresh { info, .. } = serde_json::from_str(newer).expect("a newer node's") else { panic!() };
         assert_eq!(info.as_deref(), Some("{}"));

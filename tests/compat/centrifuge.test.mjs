@@ -131,6 +131,39 @@ describe('a herald node', () => {
     assert.deepEqual((await received).data, { page: 1 });
   });
 
+  test('a token refreshed with new info changes what the connection\'s publications carry', async () => {
+    const { client: watcher } = await connectedClient('53');
+    const room = await subscribed(watcher, 'chat:renamed');
+    const names = [];
+    room.on('publication', (ctx) => names.push(ctx.info?.connInfo?.name));
+    let refreshed = false;
+    const { client: c } = await connectedClient('52', {
+      tokenOptions: { ttl: '2s', info: { name: 'before' } },
+      options: {
+        getToken: async () => {
+          refreshed = true;
+          return herald.token({ user: '52', ttl: '60s', info: { name: 'after' } });
+        },
+      },
+    });
+    const own = await subscribed(c, 'chat:renamed');
+    await own.publish({ n: 0 });
+    await waitFor(() => names.length >= 1, { message: 'the first publication' });
+    assert.equal(names[0], 'before');
+
+    await waitFor(() => refreshed, { timeout: 4000, message: 'getToken to be called for a refresh' });
+    // The refresh reaches the server soon after getToken answers: publish
+    // until a publication carries the new name (the old one until then).
+    for (let n = 1; !names.includes('after'); n += 1) {
+      assert.ok(n < 40, `the new info never showed: ${JSON.stringify(names)}`);
+      await own.publish({ n });
+      await waitFor(() => names.length > n, { message: `publication ${n}` });
+    }
+    const firstAfter = names.indexOf('after');
+    assert.ok(names.slice(0, firstAfter).every((name) => name === 'before'), JSON.stringify(names));
+    assert.ok(names.slice(firstAfter).every((name) => name === 'after'), `never back to the old name: ${JSON.stringify(names)}`);
+  });
+
   test('a connection refreshes its 2s token through getToken and outlives the first token', async () => {
     let refreshes = 0;
     const events = [];

@@ -273,14 +273,14 @@ impl Presence for NatsPresence {
             let mut stats = PresenceStats::default();
             let mut anonymous = false;
             for user in self.users(channel).await? {
-                let live: Vec<&Entry> = user.value.entries.iter().filter(|e| e.live(now)).collect();
-                stats.num_clients = stats.num_clients.saturating_add(live.len());
+                let mut live = user.value.entries.iter().filter(|e| e.live(now));
+                let Some(first) = live.next() else { continue };
+                stats.num_clients = stats.num_clients.saturating_add(live.count().saturating_add(1));
                 // The anonymous user's connections each have a record; it
                 // counts once.
-                match live.first() {
-                    Some(entry) if entry.info.user.is_anonymous() => anonymous = true,
-                    Some(_) => stats.num_users = stats.num_users.saturating_add(1),
-                    None => {}
+                match first.info.user.is_anonymous() {
+                    true => anonymous = true,
+                    false => stats.num_users = stats.num_users.saturating_add(1),
                 }
             }
             stats.num_users = stats.num_users.saturating_add(usize::from(anonymous));

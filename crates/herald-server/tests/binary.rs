@@ -34,7 +34,24 @@ impl Drop for Scratch {
 }
 
 fn herald(args: &[&str], dir: &Scratch) -> std::process::Output {
-    Command::new(HERALD).args(args).current_dir(&dir.0).env("NO_COLOR", "1").output().expect("run herald")
+    herald_with(args, dir, &[])
+}
+
+/// `herald` with `env` set besides.
+fn herald_with(args: &[&str], dir: &Scratch, env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(HERALD);
+    command.args(args).current_dir(&dir.0).env("NO_COLOR", "1");
+    command.envs(env.iter().copied());
+    command.output().expect("run herald")
+}
+
+/// `out` is a refusal with exit code 2 naming each of `expected`.
+fn assert_problems(out: &std::process::Output, expected: &[&str]) {
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in expected {
+        assert!(stderr.contains(expected), "{expected} missing from:\n{stderr}");
+    }
 }
 
 /// A running `herald serve` and the address it announced.
@@ -130,11 +147,7 @@ fn serve_with_a_file_lists_its_problems_and_the_secrets_it_lacks_together() {
     let dir = Scratch::new("serve-problems");
     std::fs::write(dir.path("d.toml"), "[client]\nallow_anonymous = true\nmax_message_size = 10\n").unwrap();
     let out = herald(&["serve", "--config", "d.toml"], &dir);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in ["client.max_message_size", "api.key"] {
-        assert!(stderr.contains(expected), "{expected} missing from:\n{stderr}");
-    }
+    assert_problems(&out, &["client.max_message_size", "api.key"]);
 }
 
 /// `config check` reads the file as `serve` would run it: with the
@@ -145,14 +158,7 @@ fn config_check_reads_the_variables_and_flags_serve_would() {
     std::fs::write(dir.path("partial.toml"), "[client]\nallow_anonymous = true\n").unwrap();
     let bare = herald(&["config", "check", "partial.toml"], &dir);
     assert_eq!(bare.status.code(), Some(2), "no API key: {bare:?}");
-    let check = |args: &[&str], env: &[(&str, &str)]| {
-        let mut command = Command::new(HERALD);
-        command.args(args).current_dir(&dir.0).env("NO_COLOR", "1");
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        command.output().expect("run herald")
-    };
+    let check = |args: &[&str], env: &[(&str, &str)]| herald_with(args, &dir, env);
     let key = ("HERALD_API__KEY", "a-key-from-the-environment-0123");
     let with_env = check(&["config", "check", "partial.toml"], &[key]);
     assert!(with_env.status.success(), "{with_env:?}");
@@ -172,11 +178,7 @@ fn config_check_lists_every_problem_and_exits_2() {
     )
     .unwrap();
     let out = herald(&["config", "check", "bad.toml"], &dir);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in ["http.port", "client.ping_interval", "surprise", "token_hmac_secret", "api.key"] {
-        assert!(stderr.contains(expected), "{expected} missing from:\n{stderr}");
-    }
+    assert_problems(&out, &["http.port", "client.ping_interval", "surprise", "token_hmac_secret", "api.key"]);
 }
 
 #[test]

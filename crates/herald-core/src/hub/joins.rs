@@ -37,13 +37,13 @@ use tokio::sync::watch;
 /// connections arrive and depart each on their own, as
 /// `herald_engine::Presence` has it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Member {
+pub(super) enum Member {
     User(UserId),
     Anonymous(ClientId),
 }
 
 impl Member {
-    fn of(info: &ClientInfo) -> Self {
+    pub(super) fn of(info: &ClientInfo) -> Self {
         match info.user.is_anonymous() {
             true => Member::Anonymous(info.client.clone()),
             false => Member::User(info.user.clone()),

@@ -31,7 +31,7 @@ use std::time::Duration;
 use herald_engine::{Arrival, ChannelName, ClientId, ClientInfo, Departure, Engine, PresenceEvent};
 use tokio::sync::watch;
 
-use super::joins::{JoinUnderWay, Joins, Unannounced};
+use super::joins::{JoinUnderWay, Joins, Member, Unannounced};
 use super::observer::Observer;
 use crate::namespace::NamespaceOptions;
 
@@ -76,10 +76,7 @@ fn key(channel: &ChannelName, client: &ClientId) -> (ChannelName, ClientId) {
 fn refresh_beat(channel: &ChannelName, info: &ClientInfo, every: u64) -> u64 {
     let mut hasher = DefaultHasher::new();
     channel.as_str().hash(&mut hasher);
-    match info.user.is_anonymous() {
-        true => info.client.as_str().hash(&mut hasher),
-        false => info.user.as_str().hash(&mut hasher),
-    }
+    Member::of(info).hash(&mut hasher);
     hasher.finish().checked_rem(every).unwrap_or(0)
 }
 

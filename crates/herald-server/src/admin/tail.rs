@@ -33,7 +33,6 @@ pub(crate) fn stream(
     draining: watch::Receiver<bool>,
     open: impl Fn() -> bool + Send + Sync + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let open = std::sync::Arc::new(open);
     let events = stream::unfold(Some((watch, draining, open)), |state| async move {
         let (mut watch, mut draining, open) = state?;
         let next = loop {

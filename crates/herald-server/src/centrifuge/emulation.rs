@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use herald_core::{Hub, SessionRelay};
 use herald_engine::{Control, NodeId};
 
-use super::session_keys::{SessionKey, Signer};
+use super::session_keys::{RelayKey, SessionKey, Signer};
 use crate::http::body::{self, BodyLimits};
 use crate::rate::{KeyedRates, RateLimit, Verdict};
 use crate::transport::posted::{inbox, Key, NotTaken, Posted, Poster};
@@ -83,10 +83,10 @@ pub(crate) struct Emulation {
 }
 
 /// The cluster's nodes as last read: each one's id and the public key its
-/// session keys are signed with (none from an older node).
+/// session keys are signed with, read once (none from an older node).
 #[derive(Debug, Default)]
 struct KnownNodes {
-    keys: HashMap<String, Option<String>>,
+    keys: HashMap<String, Option<RelayKey>>,
     read_at: Option<Instant>,
 }
 
@@ -95,7 +95,7 @@ struct KnownNodes {
 enum Listed {
     /// A live node, with the public key its session keys are signed with.
     Yes {
-        relay_key: Option<String>,
+        relay_key: Option<RelayKey>,
     },
     No,
     /// The list cannot be read.
@@ -217,8 +217,10 @@ impl Emulation {
             known.read_at = Some(Instant::now());
         }
         let Ok(nodes) = hub.registered_nodes().await else { return Listed::Unknown };
-        let keys: HashMap<String, Option<String>> =
-            nodes.into_iter().map(|node| (node.id.as_str().to_owned(), node.relay_key)).collect();
+        let keys: HashMap<String, Option<RelayKey>> = nodes
+            .into_iter()
+            .map(|node| (node.id.as_str().to_owned(), node.relay_key.as_deref().map(RelayKey::parse)))
+            .collect();
         let listed = match keys.get(node) {
             Some(relay_key) => Listed::Yes { relay_key: relay_key.clone() },
             None => Listed::No,
@@ -261,7 +263,7 @@ impl Emulation {
             };
         }
         match self.listed(hub, &request.node).await {
-            Listed::Yes { relay_key: Some(public) } if session.given_by(Some(&public)) => {
+            Listed::Yes { relay_key: Some(public) } if session.given_by(&public) => {
                 if self.relays.take(&session.key, Instant::now()) != Verdict::Allowed {
                     tracing::debug!("emulated commands not relayed: their session posts faster than relays are made");
                     let message = "too many requests relayed for this session; slow down";

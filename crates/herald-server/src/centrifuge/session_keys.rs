@@ -75,21 +75,26 @@ impl SessionKey {
         Some(Self { key, number: number.to_owned(), signature })
     }
 
-    /// Whether the node whose registry entry carries `public` (hex) gave
-    /// this key. A node that publishes no key is older than signed keys:
-    /// any well-formed key may be its.
-    pub(crate) fn given_by(&self, public: Option<&str>) -> bool {
-        let Some(public) = public else { return true };
-        let verifying = hex::decode(public)
-            .ok()
-            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-            .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok());
-        match (verifying, &self.signature) {
+    /// Whether the node whose public key is `public` gave this key.
+    pub(crate) fn given_by(&self, public: &RelayKey) -> bool {
+        match (&public.0, &self.signature) {
             (Some(verifying), Some(signature)) => {
                 verifying.verify(self.number.as_bytes(), &Signature::from_bytes(signature)).is_ok()
             }
             _ => false,
         }
+    }
+}
+
+/// A node's public key as its registry entry publishes it (hex), read
+/// once: one that cannot be read verifies no key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RelayKey(Option<VerifyingKey>);
+
+impl RelayKey {
+    pub(crate) fn parse(public: &str) -> Self {
+        let bytes = hex::decode(public).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+        Self(bytes.and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok()))
     }
 }
 
@@ -104,18 +109,16 @@ mod tests {
         assert_eq!(text.len(), NUMBER_DIGITS + SIGNATURE_DIGITS);
         let key = SessionKey::parse(&text).expect("a key as given");
         assert_eq!(key.key, Key::from(42));
-        assert!(key.given_by(Some(&ours.public())));
-        assert!(!key.given_by(Some(&theirs.public())), "another node's key");
+        let (ours_public, theirs_public) = (RelayKey::parse(&ours.public()), RelayKey::parse(&theirs.public()));
+        assert!(key.given_by(&ours_public));
+        assert!(!key.given_by(&theirs_public), "another node's key");
+        assert!(!key.given_by(&RelayKey::parse("not a key")), "a key that cannot be read verifies none");
 
         let mut forged = text.clone();
         forged.replace_range(..NUMBER_DIGITS, &Key::from(43).to_string());
-        assert!(
-            !SessionKey::parse(&forged).unwrap().given_by(Some(&ours.public())),
-            "another number, the same signature"
-        );
+        assert!(!SessionKey::parse(&forged).unwrap().given_by(&ours_public), "another number, the same signature");
         let unsigned = SessionKey::parse(&Key::from(42).to_string()).expect("an older node's key");
-        assert!(!unsigned.given_by(Some(&ours.public())), "unsigned, for a node that signs");
-        assert!(unsigned.given_by(None), "for a node older than signed keys");
+        assert!(!unsigned.given_by(&ours_public), "unsigned, for a node that signs");
     }
 
     #[test]

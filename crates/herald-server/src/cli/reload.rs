@@ -96,7 +96,7 @@ pub(super) fn reload(sources: &Sources, running: &mut Config, held: &mut Held, l
                 let kept = humantime::format_duration(overlap);
                 applied.push(format!("client token keys (the previous ones are accepted for {kept})"));
                 copy_token_keys(&fresh, running);
-                held.token_files = fresh_held.token_files.clone();
+                held.token_files = fresh_held.token_files;
             }
             Err(problem) => {
                 tracing::error!(%problem, "SIGHUP: the new token keys cannot be used; the running ones are kept")
@@ -148,33 +148,41 @@ fn exposed(secret: &Option<config::Secret>) -> Option<&str> {
 /// What the files the configuration names held when it was read (a key
 /// or certificate rewritten in place, under the same path, is a change
 /// only against what was read before).
+/// Held as digests: a TLS key's text is not kept around for a compare.
 #[derive(Debug, Default)]
 pub(super) struct Held {
     /// The token keys' files.
-    token_files: String,
+    token_files: [u8; 32],
     /// The TLS certificate's and key's.
-    tls_files: String,
+    tls_files: [u8; 32],
 }
 
 impl Held {
     pub(super) fn of(config: &Config) -> Self {
         let c = &config.client;
-        let token_files =
-            [&c.token_rsa_public_key, &c.token_ecdsa_public_key, &c.token_ed25519_public_key, &c.token_jwks_ca]
-                .map(|setting| held(setting.as_deref()))
-                .join("\n");
+        let token_files = held(
+            &[&c.token_rsa_public_key, &c.token_ecdsa_public_key, &c.token_ed25519_public_key, &c.token_jwks_ca]
+                .map(Option::as_deref),
+        );
         let tls_key = config.http.tls_key.as_ref().map(config::Secret::expose);
-        let tls_files = format!("{}\n{}", held(config.http.tls_cert.as_deref()), held(tls_key));
+        let tls_files = held(&[config.http.tls_cert.as_deref(), tls_key]);
         Self { token_files, tls_files }
     }
 }
 
-/// What a setting that holds PEM text or names a file holds now.
-fn held(setting: Option<&str>) -> String {
-    setting.map_or_else(String::new, |value| match config::pem_text("", value) {
-        Ok(pem) => String::from_utf8_lossy(&pem).into_owned(),
-        Err(_) => value.to_owned(),
-    })
+/// A digest of what the settings that hold PEM text or name a file hold
+/// now, in order.
+fn held(settings: &[Option<&str>]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for setting in settings {
+        let text = setting.map(|value| config::pem_text("", value).unwrap_or_else(|_| value.as_bytes().to_vec()));
+        // Each setting's length first, so no two lists of texts run together.
+        let text = text.unwrap_or_default();
+        digest.update(u64::try_from(text.len()).unwrap_or(u64::MAX).to_le_bytes());
+        digest.update(&text);
+    }
+    digest.finalize().into()
 }
 
 /// The client settings tokens are verified with, secrets included (the

@@ -43,6 +43,13 @@ fn sources(file: Option<&tempfile_like::TempFile>, env: &[(&str, &str)], flags: 
     }
 }
 
+/// Each of `expected` begins one of `errors`.
+fn assert_named(errors: &[String], expected: &[&str]) {
+    for problem in expected {
+        assert!(errors.iter().any(|e| e.starts_with(problem)), "missing {problem:?} in {errors:#?}");
+    }
+}
+
 #[test]
 fn no_sources_give_the_defaults() {
     let config = load(&Sources::default()).unwrap();
@@ -317,9 +324,7 @@ namespace = "shop"
         "pusher.apps[1].id: `app-1` is used by another app",
         "pusher.apps[1].namespace: another app already uses namespace `shop`",
     ];
-    for problem in expected {
-        assert!(errors.iter().any(|e| e.starts_with(problem)), "missing {problem:?} in {errors:#?}");
-    }
+    assert_named(&errors, &expected);
 }
 
 #[test]
@@ -422,9 +427,7 @@ secret = "short"
         "webhooks[1].url",
         "webhooks[1].secret",
     ];
-    for problem in expected {
-        assert!(errors.iter().any(|e| e.starts_with(problem)), "missing {problem:?} in {errors:#?}");
-    }
+    assert_named(&errors, &expected);
     let unknown = load(&sources(Some(&file("[engine]\ntype = \"redys\"\n")), &[], &[])).unwrap_err().0;
     assert!(unknown.iter().any(|e| e.starts_with("engine.type: `redys` is not an engine")), "{unknown:#?}");
     let untyped =

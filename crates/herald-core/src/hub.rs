@@ -71,6 +71,7 @@ mod events;
 mod fanout;
 mod heartbeat;
 mod installed;
+mod interest;
 mod joins;
 mod meter;
 mod observer;
@@ -528,6 +529,9 @@ mod test_engines;
 
 #[cfg(test)]
 mod join_tests;
+
+#[cfg(test)]
+mod interest_tests;
 
 #[cfg(test)]
 mod occupancy_tests;

@@ -28,8 +28,8 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         Self { hasher: RandomState::new(), shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
     }
 
-    /// The hash that places `key`, for choosing among other per-shard pools.
-    pub(crate) fn hash(&self, key: &K) -> u64 {
+    /// The hash that places `key`.
+    fn hash(&self, key: &K) -> u64 {
         self.hasher.hash_one(key)
     }
 

@@ -1,6 +1,7 @@
 //! Which local connections are subscribed to each channel, and the
-//! per-channel interest locks that serialize the first subscription and
-//! the last unsubscription with the node's own engine subscription.
+//! per-channel interest locks (see `interest.rs`) that serialize the first
+//! subscription and the last unsubscription with the node's own engine
+//! subscription.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
@@ -9,8 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use herald_engine::{ChannelName, ClientId, Epoch, Publication, StreamPosition, UserId};
 
+use super::interest::{Interest, InterestLocks};
 use crate::connection::Connection;
-use crate::shard::{pick, ShardedMap, SHARDS};
+use crate::shard::ShardedMap;
 
 /// A connection's place in a channel. Kept small: a channel's table holds
 /// one per subscriber (a 19,000-subscriber channel's table is some 32,768
@@ -307,17 +309,18 @@ pub(super) struct Removed {
 #[derive(Debug)]
 pub(super) struct Channels {
     map: ShardedMap<ChannelName, Subscribers>,
-    interest_locks: Box<[tokio::sync::Mutex<()>]>,
+    interest_locks: InterestLocks,
 }
 
 impl Channels {
     pub(super) fn new() -> Self {
-        Self { map: ShardedMap::new(), interest_locks: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect() }
+        Self { map: ShardedMap::new(), interest_locks: InterestLocks::new() }
     }
 
-    /// The lock that serializes changes of the node's interest in `channel`.
-    pub(super) fn interest_lock(&self, channel: &ChannelName) -> &tokio::sync::Mutex<()> {
-        pick(&self.interest_locks, self.map.hash(channel))
+    /// Waits for the lock that serializes changes of the node's interest
+    /// in `channel`, and holds it until the result is dropped.
+    pub(super) async fn lock_interest(&self, channel: &ChannelName) -> Interest<'_> {
+        self.interest_locks.lock(channel).await
     }
 
     /// The shard holding `channel`, for reading (fanout).

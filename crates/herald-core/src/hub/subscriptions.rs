@@ -67,7 +67,7 @@ impl Hub {
         let options = &self.authorize_subscribe(conn, channel, access)?;
         let mut request = request;
         request.latest |= conn.encoder.wants_latest(channel);
-        let interest = self.channels.interest_lock(channel).lock().await;
+        let interest = self.channels.lock_interest(channel).await;
         self.check_subscription_limits(conn, channel, options)?;
 
         let history = options.history();
@@ -120,7 +120,7 @@ impl Hub {
                     }
                     read => read,
                 };
-                let interest = self.channels.interest_lock(channel).lock().await;
+                let interest = self.channels.lock_interest(channel).await;
                 let ours = self.channels.waits_in(channel, &conn.client, waiting);
                 if let Err(error) = read {
                     if ours {
@@ -314,7 +314,7 @@ impl Hub {
     /// with [`HubError::Interrupted`], which tells the client instead: false
     /// then, as when `conn` was not subscribed.
     pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
-        let interest = self.channels.interest_lock(channel).lock().await;
+        let interest = self.channels.lock_interest(channel).await;
         // Who the connection was in the channel, read before the subscription goes.
         let info = conn.info_in(channel);
         let Some(removed) = self.remove_subscriber(conn, channel).await else { return false };

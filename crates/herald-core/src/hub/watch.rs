@@ -142,7 +142,7 @@ impl Hub {
     /// module documentation). The channel must belong to a namespace.
     pub async fn watch(self: &Arc<Self>, channel: &ChannelName) -> Result<Watch, HubError> {
         self.rules().resolve(channel)?;
-        let _interest = self.channels.interest_lock(channel).lock().await;
+        let _interest = self.channels.lock_interest(channel).await;
         if !self.channels.contains(channel) && !self.watchers.watching(channel) {
             self.engine.broker().subscribe(channel).await?;
         }
@@ -161,7 +161,7 @@ impl Hub {
     /// Unsubscribes the node from `channel` on the engine if nothing here
     /// needs it any more.
     pub(super) async fn drop_interest_if_unused(&self, channel: &ChannelName) {
-        let _interest = self.channels.interest_lock(channel).lock().await;
+        let _interest = self.channels.lock_interest(channel).await;
         if self.channels.contains(channel) || self.watchers.watching(channel) {
             return;
         }

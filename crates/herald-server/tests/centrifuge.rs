@@ -83,13 +83,11 @@ async fn subscribe_errors_carry_the_protocol_codes() {
 }
 
 #[tokio::test]
-async fn private_channels_need_a_subscription_token_for_this_user_and_channel() {
+async fn private_channels_need_a_valid_subscription_token() {
     let server = TestServer::start().await;
     let mut client = server.connected("42").await;
     let cases = [
-        (server.channel_token("42", "private:other", json!({})), Some(103u64)),
-        (server.channel_token("43", "private:doc", json!({})), Some(103u64)),
-        (server.channel_token("42", "private:doc", json!({"exp": unix_now() - 5})), Some(109)),
+        (server.channel_token("42", "private:doc", json!({"exp": unix_now() - 5})), Some(109u64)),
         ("garbage".to_owned(), Some(103u64)),
         (server.channel_token("42", "private:doc", json!({"info": {"role": "editor"}})), None),
     ];
@@ -100,6 +98,39 @@ async fn private_channels_need_a_subscription_token_for_this_user_and_channel() 
     }
     server.publish("private:doc", json!("secret")).await;
     assert_eq!(client.next_push().await["pub"]["data"], "secret");
+}
+
+#[tokio::test]
+async fn a_subscription_token_for_another_channel_user_or_connection_closes_the_connection_with_3500_as_in_centrifugo()
+{
+    let server = TestServer::start().await;
+    let misplaced = [
+        ("another channel", server.channel_token("42", "private:other", json!({}))),
+        ("another user", server.channel_token("43", "private:doc", json!({}))),
+        ("another connection", server.channel_token("42", "private:doc", json!({"client": "someone-else"}))),
+    ];
+    for (whose, token) in misplaced {
+        let mut client = server.connected("42").await;
+        client.send(json!({"id": 2, "subscribe": {"channel": "private:doc", "token": token}})).await;
+        assert_eq!(client.closed().await, (3500, "invalid token".to_owned()), "a token for {whose}");
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_refresh_with_a_token_that_does_not_verify_closes_the_connection_with_3500() {
+    let server = TestServer::start().await;
+    let refreshes = [
+        ("garbage", "garbage".to_owned()),
+        ("a token for another user", server.channel_token("43", "private:doc", json!({"exp": unix_now() + 600}))),
+    ];
+    for (what, token) in refreshes {
+        let mut client = server.connected("42").await;
+        let first = server.channel_token("42", "private:doc", json!({"exp": unix_now() + 60}));
+        let reply = client.command(json!({"id": 2, "subscribe": {"channel": "private:doc", "token": first}})).await;
+        assert_eq!(reply["subscribe"]["expires"], true, "{reply}");
+        client.send(json!({"id": 3, "sub_refresh": {"channel": "private:doc", "token": token}})).await;
+        assert_eq!(client.closed().await, (3500, "invalid token".to_owned()), "a refresh with {what}");
+    }
 }
 
 #[tokio::test]
@@ -272,9 +303,6 @@ async fn a_connection_tokens_subs_subscribe_it_with_their_data_and_a_subscriptio
     assert_eq!(client.next_push().await["pub"]["data"], "hello", "subscribed by the server");
 
     let me = reply["connect"]["client"].as_str().unwrap().to_owned();
-    let for_another = server.channel_token("42", "private:doc", json!({"client": "someone-else"}));
-    let reply = client.command(json!({"id": 2, "subscribe": {"channel": "private:doc", "token": for_another}})).await;
-    assert_eq!(reply["error"]["code"], 103, "a token for another connection: {reply}");
     let for_me = server.channel_token("42", "private:doc", json!({"client": me, "data": {"doc": "v1"}}));
     let reply = client.command(json!({"id": 3, "subscribe": {"channel": "private:doc", "token": for_me}})).await;
     assert_eq!(reply["subscribe"]["data"], json!({"doc": "v1"}), "the token's data, in the reply: {reply}");

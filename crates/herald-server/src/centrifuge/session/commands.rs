@@ -249,8 +249,11 @@ impl Session {
         })?;
         let other_client = claims.client.as_deref().is_some_and(|client| client != conn.client().as_str());
         if claims.channel != channel.as_str() || claims.sub != conn.user().as_str() || other_client {
-            tracing::info!(client = %conn.client(), %channel, "subscription token is for another channel, user or connection");
-            return Err(HubError::PermissionDenied.into());
+            // As Centrifugo: a valid token given where it does not belong
+            // is the application's mistake, not the user's; the
+            // connection closes (3500) rather than retry with it.
+            tracing::info!(client = %conn.client(), %channel, "subscription token is for another channel, user or connection; closing the connection");
+            return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
         }
         Ok(claims)
     }
@@ -329,7 +332,14 @@ impl Session {
     pub(super) async fn on_sub_refresh(&mut self, id: u32, channel: &str, token: &str) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
-        let claims = self.verify_subscription(&conn, &channel, token).await?;
+        // As Centrifugo: a refresh with a token that does not verify
+        // closes the connection (3500); an expired one is answered 109.
+        let claims = self.verify_subscription(&conn, &channel, token).await.map_err(|failure| match failure {
+            Failure::Reply(ClientError::Hub(HubError::PermissionDenied)) => {
+                Failure::Disconnect(DisconnectReason::InvalidToken)
+            }
+            other => other,
+        })?;
         if !conn.is_subscribed(&channel) {
             return Err(HubError::PermissionDenied.into());
         }

@@ -387,7 +387,7 @@ async fn anonymous_connections_only_where_the_config_allows() {
     let strict = TestServer::start().await;
     let mut client = strict.client().await;
     client.send(json!({"id": 1, "connect": {}})).await;
-    assert_eq!(client.closed().await.0, 3500);
+    assert_eq!(client.closed().await, (3501, "bad request".to_owned()), "no token, as Centrifugo closes it");
 
     let open = TestServer::with(|c| {
         c.client.allow_anonymous = true;

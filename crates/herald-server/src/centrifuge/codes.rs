@@ -87,6 +87,10 @@ pub(crate) fn uni_connect_refusal(error: &ClientError) -> DisconnectReason {
     match error {
         ClientError::TokenExpired => DisconnectReason::ConnectionExpired,
         ClientError::TooManyRequests => DisconnectReason::TooManyRequests,
+        // Centrifugo's code for it (centrifuge's DisconnectPermissionDenied).
+        ClientError::Hub(HubError::PermissionDenied) => {
+            DisconnectReason::Custom { code: 3507, reason: "permission denied".to_owned(), reconnect: false }
+        }
         // The engine did not answer, a backend was away, a subscription
         // was interrupted: the next attempt may well work.
         temporary if temporary.code().1 => DisconnectReason::Internal,
@@ -117,7 +121,7 @@ mod tests {
             (ClientError::BackendUnavailable, 3004),
             (ClientError::Backend { code: 4000, message: "later".into(), temporary: true }, 3004),
             (ClientError::Backend { code: 4001, message: "no".into(), temporary: false }, 3501),
-            (ClientError::Hub(HubError::PermissionDenied), 3501),
+            (ClientError::Hub(HubError::PermissionDenied), 3507),
             (ClientError::BadRequest("x".into()), 3501),
         ];
         for (error, expected) in cases {

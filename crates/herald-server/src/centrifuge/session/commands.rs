@@ -32,8 +32,10 @@ impl Session {
             claims
         } else if req.token.is_empty() {
             if !self.shared.settings.allow_anonymous {
+                // As Centrifugo ("client credentials not found"): a bad
+                // request, there being no token to call invalid.
                 tracing::info!("connect without a token refused: client.allow_anonymous is off");
-                return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+                return Err(Failure::Disconnect(DisconnectReason::BadRequest));
             }
             ConnectClaims::default()
         } else {

@@ -105,6 +105,9 @@ pub enum ConnEvent {
         recoverable: bool,
         /// What the server sends the client with it, as JSON.
         data: Option<Bytes>,
+        /// When the subscription expires, in unix seconds (the protocol's
+        /// session ends it then, unless a proxy extends it).
+        expire_at: Option<u64>,
     },
     /// The server unsubscribed the connection from a channel.
     Unsubscribed {
@@ -645,6 +648,7 @@ mod tests {
                 position: None,
                 recoverable: false,
                 data,
+                expire_at: None,
             })
         };
         outbox.push(subscribed(None)).unwrap();

@@ -134,6 +134,10 @@ pub enum Control {
         /// Older nodes ignore it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data: Option<String>,
+        /// When the subscription expires, in unix seconds. Older nodes
+        /// ignore it (their subscriptions do not expire).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expire_at: Option<u64>,
     },
     /// Unsubscribe a user's connections (or one of them) from a channel.
     Unsubscribe {
@@ -327,14 +331,15 @@ mod tests {
         let (user, channel) = (UserId::new("42").unwrap(), ChannelName::new("news").unwrap());
         read_and_written_as_older_nodes_do(
             r#"{"op":"subscribe","user":"42","channel":"news","client":null}"#,
-            Control::Subscribe { user, channel, client: None, info: None, data: None },
+            Control::Subscribe { user, channel, client: None, info: None, data: None, expire_at: None },
         );
 
-        let newer = r#"{"op":"subscribe","user":"42","channel":"news","client":null,"info":"{\"seat\":7}","data":"{}","later":1}"#;
+        let newer = r#"{"op":"subscribe","user":"42","channel":"news","client":null,"info":"{\"seat\":7}","data":"{}","expire_at":1900000000,"later":1}"#;
         let command: Control =
             serde_json::from_str(newer).expect("a newer node's command, fields unknown here ignored");
-        let Control::Subscribe { info, data, .. } = command else { panic!("{command:?}") };
+        let Control::Subscribe { info, data, expire_at, .. } = command else { panic!("{command:?}") };
         assert_eq!((info.as_deref(), data.as_deref()), (Some(r#"{"seat":7}"#), Some("{}")));
+        assert_eq!(expire_at, Some(1_900_000_000));
     }
 
     #[test]

@@ -166,6 +166,35 @@ async fn a_server_side_subscription_carries_the_channel_info_and_data_the_api_ga
     assert_eq!((status, reply["error"]["code"].as_u64()), (413, Some(106)), "past max_message_size: {reply}");
 }
 
+/// As in Centrifugo: a server-side subscription given an `expire_at` ends
+/// then with 2501 (no sub_refresh proxy being set to extend it).
+#[tokio::test]
+async fn a_server_side_subscription_with_expire_at_ends_when_it_expires() {
+    let server = TestServer::with(|c| c.client.expired_sub_close_delay = std::time::Duration::ZERO).await;
+    let mut client = server.connected("42").await;
+    let now = herald_server::auth::unix_now();
+
+    let (status, reply) = server.api("subscribe", json!({"user": "42", "channel": "news", "expire_at": now - 1})).await;
+    assert_eq!((status, reply["error"]["code"].as_u64()), (200, Some(107)), "an expiry already past: {reply}");
+    let forever = json!({"user": "42", "channel": "sport", "expire_at": 0});
+    assert_eq!(server.api("subscribe", forever).await.0, 200);
+    assert_eq!(client.next_push().await, json!({"channel": "sport", "subscribe": {}}), "0: it never expires");
+
+    let (status, _) = server.api("subscribe", json!({"user": "42", "channel": "news", "expire_at": now + 1})).await;
+    assert_eq!(status, 200);
+    assert_eq!(client.next_push().await, json!({"channel": "news", "subscribe": {}}));
+    server.publish("news", json!("before")).await;
+    assert_eq!(client.next_push().await["pub"]["data"], "before");
+    assert_eq!(
+        client.next_push().await,
+        json!({"channel": "news", "unsubscribe": {"code": 2501, "reason": "subscription expired"}}),
+        "ended when it expired"
+    );
+    server.publish("news", json!("after")).await;
+    server.publish("sport", json!("still here")).await;
+    assert_eq!(client.next_push().await, json!({"channel": "sport", "pub": {"data": "still here"}}), "nothing of news");
+}
+
 /// As in Centrifugo: a refresh's new token, or the server API's refresh,
 /// gives the connection new info, which its publications carry from then on.
 #[tokio::test]

@@ -131,6 +131,21 @@ async fn a_subscription_refresh_with_a_token_that_does_not_verify_closes_the_con
         client.send(json!({"id": 3, "sub_refresh": {"channel": "private:doc", "token": token}})).await;
         assert_eq!(client.closed().await, (3500, "invalid token".to_owned()), "a refresh with {what}");
     }
+
+    // As Centrifugo, what it can answer without the token is answered first.
+    let mut client = server.connected("42").await;
+    let refresh =
+        |id: u32, channel: &str, token: &str| json!({"id": id, "sub_refresh": {"channel": channel, "token": token}});
+    let reply = client.command(refresh(2, "private:gone", "garbage")).await;
+    assert_eq!(
+        reply["error"]["code"], 103,
+        "a channel it is not subscribed to (its subscription may just have ended): {reply}"
+    );
+    let first = server.channel_token("42", "private:doc", json!({"exp": unix_now() + 60}));
+    client.command(json!({"id": 3, "subscribe": {"channel": "private:doc", "token": first}})).await;
+    let reply = client.command(refresh(4, "private:doc", "")).await;
+    assert_eq!(reply["error"]["code"], 107, "no token: {reply}");
+    client.assert_alive().await;
 }
 
 #[tokio::test]

@@ -323,6 +323,12 @@ impl Channels {
         self.interest_locks.lock(channel).await
     }
 
+    /// How many channels' interest locks are held or awaited.
+    #[cfg(test)]
+    pub(super) fn interest_locks_in_use(&self) -> usize {
+        self.interest_locks.in_use()
+    }
+
     /// The shard holding `channel`, for reading (fanout).
     pub(super) fn read(&self, channel: &ChannelName) -> RwLockReadGuard<'_, HashMap<ChannelName, Subscribers>> {
         self.map.read(channel)

@@ -100,7 +100,7 @@ impl Hub {
                     }
                 }
             }
-            Control::Subscribe { user, channel, client, info, data } => {
+            Control::Subscribe { user, channel, client, info, data, expire_at } => {
                 let conns = self.registry.of_user(&user, client.as_ref());
                 if conns.is_empty() {
                     return;
@@ -120,6 +120,7 @@ impl Hub {
                                 position: outcome.positioned.then(|| outcome.position.clone()),
                                 recoverable: outcome.recoverable,
                                 data: data.clone(),
+                                expire_at,
                             }))
                         };
                         let result = self.subscribe(&conn, &channel, SubscribeAccess::Server, request, event).await;

@@ -157,11 +157,12 @@ pub(crate) struct SubscribeParams {
     /// Sent to the client with the subscription (the `subscribe` push).
     #[serde(default)]
     pub data: Option<Box<RawValue>>,
+    /// When the subscription expires, in unix seconds (0: never).
+    #[serde(default)]
+    pub expire_at: u64,
     /// Centrifugo's options Herald does not offer (see [`refuse`]).
     #[serde(default)]
     session: Option<Value>,
-    #[serde(default)]
-    expire_at: Option<Value>,
     #[serde(default)]
     b64info: Option<Value>,
     #[serde(default)]
@@ -177,7 +178,6 @@ impl SubscribeParams {
     fn unsupported(&self) -> Option<&'static str> {
         given([
             ("session", &self.session),
-            ("expire_at", &self.expire_at),
             ("b64info", &self.b64info),
             ("b64data", &self.b64data),
             ("recover_since", &self.recover_since),
@@ -439,8 +439,17 @@ impl ApiState {
                 if size > limit {
                     return Err(HubError::MessageTooLarge { size, limit }.into());
                 }
-                let command =
-                    Control::Subscribe { user: user(&p.user)?, channel: ch, client: client(p.client), info, data };
+                let expire_at = match p.expire_at {
+                    0 => None,
+                    past if past <= crate::auth::unix_now() => {
+                        return Err(ApiError::BadRequest(format!(
+                            "subscribe: expire_at {past} has passed; give a unix time in the future, or 0 for none"
+                        )))
+                    }
+                    at => Some(at),
+                };
+                let (user, client) = (user(&p.user)?, client(p.client));
+                let command = Control::Subscribe { user, channel: ch, client, info, data, expire_at };
                 hub.send_control(command).await?;
                 Ok(Reply::Done)
             }

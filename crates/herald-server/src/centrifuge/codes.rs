@@ -87,8 +87,9 @@ pub(crate) fn uni_connect_refusal(error: &ClientError) -> DisconnectReason {
     match error {
         ClientError::TokenExpired => DisconnectReason::ConnectionExpired,
         ClientError::TooManyRequests => DisconnectReason::TooManyRequests,
-        // Centrifugo's code for it (centrifuge's DisconnectPermissionDenied).
-        ClientError::Hub(HubError::PermissionDenied) => {
+        // Centrifugo's code for 103, Herald's or a connect proxy's
+        // (centrifuge's DisconnectPermissionDenied).
+        refused if refused.code() == (codes::PERMISSION_DENIED, false) => {
             DisconnectReason::Custom { code: 3507, reason: "permission denied".to_owned(), reconnect: false }
         }
         // The engine did not answer, a backend was away, a subscription
@@ -122,6 +123,7 @@ mod tests {
             (ClientError::Backend { code: 4000, message: "later".into(), temporary: true }, 3004),
             (ClientError::Backend { code: 4001, message: "no".into(), temporary: false }, 3501),
             (ClientError::Hub(HubError::PermissionDenied), 3507),
+            (ClientError::Backend { code: 103, message: "not you".into(), temporary: false }, 3507),
             (ClientError::BadRequest("x".into()), 3501),
         ];
         for (error, expected) in cases {

@@ -617,9 +617,7 @@ impl Protocol for Session {
                 self.sub_refresh_through_proxy(&conn, channel).await?;
                 continue;
             }
-            if self.shared.hub().unsubscribe(&conn, &channel).await {
-                self.reply(self.unsubscribe_push(&channel, UnsubscribeReason::Expired));
-            }
+            self.end_expired_subscription(&conn, channel).await;
         }
         if now >= self.next_ping {
             self.next_ping = driver::after(now, self.shared.settings.ping_interval);
@@ -647,8 +645,19 @@ impl Session {
     /// The push (JSON) that tells the client of a server-side event.
     fn event_push(&mut self, event: ConnEvent) -> Result<Bytes, DisconnectReason> {
         Ok(match event {
-            ConnEvent::Subscribed { channel, position, recoverable, data } => {
+            ConnEvent::Subscribed { channel, position, recoverable, data, expire_at } => {
                 let push = self.push(Some(&channel), "subscribe", &SubscribePush::new(position, recoverable, data));
+                // As Centrifugo: at its expiry the namespace's sub_refresh
+                // proxy is asked to extend it, or it ends (2501).
+                match expire_at {
+                    Some(exp) => {
+                        let rules = self.shared.hub().rules();
+                        let by_proxy = rules.resolve(&channel).is_ok_and(|o| o.sub_refresh_proxy.is_some());
+                        let deadline = deadline_after(exp, self.shared.settings.expired_sub_close_delay);
+                        self.sub_deadlines.insert(channel.clone(), deadline, by_proxy);
+                    }
+                    None => self.sub_deadlines.remove(&channel),
+                }
                 self.server_side.insert(channel);
                 push
             }

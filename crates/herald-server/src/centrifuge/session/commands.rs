@@ -334,17 +334,22 @@ impl Session {
     pub(super) async fn on_sub_refresh(&mut self, id: u32, channel: &str, token: &str) -> Result<(), Failure> {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
-        // As Centrifugo: a refresh with a token that does not verify
-        // closes the connection (3500); an expired one is answered 109.
+        // In Centrifugo's order: a channel not subscribed (it may have just
+        // ended) is answered 103 and an empty token 107, before the token
+        // is read; one that does not verify then closes the connection
+        // (3500), and an expired one is answered 109.
+        if !conn.is_subscribed(&channel) {
+            return Err(HubError::PermissionDenied.into());
+        }
+        if token.is_empty() {
+            return Err(ClientError::BadRequest("sub_refresh needs a token".to_owned()).into());
+        }
         let claims = self.verify_subscription(&conn, &channel, token).await.map_err(|failure| match failure {
             Failure::Reply(ClientError::Hub(HubError::PermissionDenied)) => {
                 Failure::Disconnect(DisconnectReason::InvalidToken)
             }
             other => other,
         })?;
-        if !conn.is_subscribed(&channel) {
-            return Err(HubError::PermissionDenied.into());
-        }
         match claims.expiry() {
             Some(exp) => {
                 let deadline = deadline_after(exp, self.shared.settings.expired_sub_close_delay);

@@ -186,7 +186,9 @@ impl Session {
         Ok(())
     }
 
-    async fn end_expired_subscription(&mut self, conn: &Arc<Connection>, channel: ChannelName) {
+    /// Ends an expired subscription (2501), client's or server's.
+    pub(super) async fn end_expired_subscription(&mut self, conn: &Arc<Connection>, channel: ChannelName) {
+        self.server_side.remove(&channel);
         if self.shared.hub().unsubscribe(conn, &channel).await {
             self.reply(self.unsubscribe_push(&channel, herald_core::UnsubscribeReason::Expired));
         }

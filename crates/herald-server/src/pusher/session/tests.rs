@@ -262,7 +262,14 @@ async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_40
     let ann = UserId::new("ann").unwrap();
     let news = ChannelName::new("news").unwrap();
     s.hub
-        .send_control(Control::Subscribe { user: ann.clone(), channel: news, client: None, info: None, data: None })
+        .send_control(Control::Subscribe {
+            user: ann.clone(),
+            channel: news,
+            client: None,
+            info: None,
+            data: None,
+            expire_at: None,
+        })
         .await
         .unwrap();
     let confirmed = s.next_json().await;
@@ -289,7 +296,14 @@ async fn the_server_subscribes_a_pusher_connection_to_its_apps_channels_but_not_
     for name in ["presence-room", "chat:x", "sports"] {
         let channel = ChannelName::new(name).unwrap();
         s.hub
-            .send_control(Control::Subscribe { user: ann.clone(), channel, client: None, info: None, data: None })
+            .send_control(Control::Subscribe {
+                user: ann.clone(),
+                channel,
+                client: None,
+                info: None,
+                data: None,
+                expire_at: None,
+            })
             .await
             .unwrap();
     }
@@ -318,7 +332,14 @@ async fn a_namespace_forcing_recovery_leaves_pusher_subscriptions_unpositioned_a
     s.sign_in(&socket_id, "ann").await;
     let (ann, sports) = (UserId::new("ann").unwrap(), ChannelName::new("sports").unwrap());
     s.hub
-        .send_control(Control::Subscribe { user: ann, channel: sports.clone(), client: None, info: None, data: None })
+        .send_control(Control::Subscribe {
+            user: ann,
+            channel: sports.clone(),
+            client: None,
+            info: None,
+            data: None,
+            expire_at: None,
+        })
         .await
         .unwrap();
     assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
@@ -343,7 +364,14 @@ async fn a_server_side_subscription_to_a_cache_channel_is_sent_its_last_event_af
 
     let ann = UserId::new("ann").unwrap();
     s.hub
-        .send_control(Control::Subscribe { user: ann, channel: price, client: None, info: None, data: None })
+        .send_control(Control::Subscribe {
+            user: ann,
+            channel: price,
+            client: None,
+            info: None,
+            data: None,
+            expire_at: None,
+        })
         .await
         .unwrap();
     assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");

@@ -39,6 +39,10 @@ pub enum TokenError {
     /// It names a key (`kid`) the JWKS does not have (yet).
     #[error("invalid token: no key {0} in the JWKS")]
     UnknownKey(String),
+    /// It names a key the JWKS did not have, and the JWKS could not be
+    /// fetched again to look for it: it may be valid; ask again later.
+    #[error("the key {0} is not known and the JWKS cannot be fetched now")]
+    KeysUnavailable(String),
 }
 
 /// The claims of a connection token.
@@ -210,10 +214,10 @@ impl TokenVerifier {
         verify: impl Fn(&Self, &str) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
         match (verify(self, token), &self.jwks) {
-            (Err(TokenError::UnknownKey(_)), Some(jwks)) => {
-                jwks.refresh_for_unknown_key().await;
-                verify(self, token).map_err(known_or_invalid)
-            }
+            (Err(TokenError::UnknownKey(kid)), Some(jwks)) => match jwks.refresh_for_unknown_key().await {
+                true => verify(self, token).map_err(known_or_invalid),
+                false => Err(TokenError::KeysUnavailable(kid)),
+            },
             (verified, _) => verified,
         }
     }
@@ -249,9 +253,11 @@ impl TokenVerifier {
         let from_set;
         let key = match (&self.jwks, &header.kid) {
             (Some(jwks), Some(kid)) => {
-                let key = jwks.key(kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+                // The caller's `kid`, in logs: escaped and cut.
+                let shown = || kid.chars().take(64).flat_map(char::escape_debug).collect::<String>();
+                let key = jwks.key(kid).ok_or_else(|| TokenError::UnknownKey(shown()))?;
                 if !key.algorithms.contains(&header.alg) {
-                    return Err(TokenError::Invalid(format!("key {kid} does not verify {:?}", header.alg)));
+                    return Err(TokenError::Invalid(format!("key {} does not verify {:?}", shown(), header.alg)));
                 }
                 from_set = key.key;
                 &from_set

@@ -358,6 +358,24 @@ async fn a_token_naming_a_key_of_the_jwks_connects_and_one_naming_an_unknown_key
     hmac_user.assert_alive().await;
 }
 
+/// A token whose key cannot be looked up, the JWKS being unreachable, is
+/// not known to be invalid: the client is told to try again (100,
+/// temporary), not closed for good with 3500.
+#[tokio::test]
+async fn a_token_whose_key_cannot_be_looked_up_while_the_jwks_is_down_is_answered_as_temporary() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{closed_port}/.well-known/jwks.json");
+    let server = TestServer::with(|c| c.client.token_jwks_url = Some(url)).await;
+
+    let mut client = server.client().await;
+    let reply = client.command(json!({"id": 1, "connect": {"token": signed_by_the_set("ed-1", "42")}})).await;
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    assert_eq!(reply["error"]["temporary"], true, "an error reply, not a close with 3500: {reply}");
+}
+
 #[tokio::test]
 async fn an_expiring_subscription_ends_with_2501_unless_refreshed() {
     let server = TestServer::with(|c| c.client.expired_sub_close_delay = Duration::ZERO).await;

@@ -49,9 +49,10 @@ pub struct Jwks {
     endpoint: HttpEndpoint,
     tls: tokio_rustls::TlsConnector,
     keys: RwLock<Arc<HashMap<String, SetKey>>>,
-    /// When the set was last fetched because of an unknown key; held while
-    /// such a fetch runs, so that concurrent ones wait for it.
-    unknown_fetched: tokio::sync::Mutex<Option<Instant>>,
+    /// When the set was last fetched because of an unknown key, and
+    /// whether that fetch succeeded; held while such a fetch runs, so that
+    /// concurrent ones wait for it.
+    unknown_fetched: tokio::sync::Mutex<Option<(Instant, bool)>>,
     /// [`REFETCH_AFTER`], shorter in tests.
     refetch_after: Duration,
 }
@@ -108,23 +109,30 @@ impl Jwks {
 
     /// A token named a key not in the set: fetches it again, unless that was
     /// done less than [`REFETCH_AFTER`] ago. Returns once the set is as fresh
-    /// as it will get.
-    pub(crate) async fn refresh_for_unknown_key(&self) {
+    /// as it will get: whether it could be fetched (the last time, when
+    /// that was recent). A key missing from a set that could not be fetched
+    /// may yet exist: its token is not known to be invalid.
+    pub(crate) async fn refresh_for_unknown_key(&self) -> bool {
         let mut last = self.unknown_fetched.lock().await;
-        if last.is_some_and(|at| at.elapsed() < self.refetch_after) {
-            return;
+        if let Some((at, fetched)) = *last {
+            if at.elapsed() < self.refetch_after {
+                return fetched;
+            }
         }
-        *last = Some(Instant::now());
-        self.refresh().await;
+        let fetched = self.refresh().await;
+        *last = Some((Instant::now(), fetched));
+        fetched
     }
 
     /// Fetches the set and replaces the keys; on failure keeps them.
-    async fn refresh(&self) {
+    /// Whether it was fetched.
+    async fn refresh(&self) -> bool {
         match tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await {
             Ok(Ok(body)) => match parse_set(&body) {
                 Ok(keys) => {
                     tracing::debug!(keys = keys.len(), "JWKS fetched");
                     *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                    return true;
                 }
                 Err(error) => {
                     tracing::warn!(url = %self.endpoint.authority(), %error, "JWKS unusable; keeping the keys known")
@@ -138,6 +146,7 @@ impl Jwks {
                 "JWKS fetch took over {FETCH_TIMEOUT:?}; keeping the keys known"
             ),
         }
+        false
     }
 
     /// One GET of the set's URL; its body.

@@ -61,6 +61,7 @@ fn outcome(result: Result<ConnectClaims, TokenError>) -> Result<String, &'static
         Ok(claims) => Ok(claims.sub),
         Err(TokenError::Expired) => Err("expired"),
         Err(TokenError::Invalid(_) | TokenError::UnknownKey(_)) => Err("invalid"),
+        Err(TokenError::KeysUnavailable(_)) => Err("unavailable"),
     }
 }
 

@@ -27,7 +27,8 @@ pub(crate) enum ClientError {
     /// The application's backend refused, with its own code.
     #[error("{message}")]
     Backend { code: u32, message: String, temporary: bool },
-    /// The application's backend gave no usable answer: try again.
+    /// The application's backend (a proxy, or the JWKS a token's key is
+    /// looked up in) gave no usable answer: try again.
     #[error("internal server error")]
     BackendUnavailable,
 }

@@ -135,6 +135,7 @@ fn subject(result: Result<crate::auth::ConnectClaims, TokenError>) -> Result<Str
         Ok(claims) => Ok(claims.sub),
         Err(TokenError::Invalid(why) | TokenError::UnknownKey(why)) => Err(why),
         Err(TokenError::Expired) => Err("expired".to_owned()),
+        Err(TokenError::KeysUnavailable(kid)) => Err(format!("unavailable: {kid}")),
     }
 }
 
@@ -238,7 +239,7 @@ async fn a_failed_or_oversized_fetch_keeps_the_keys_already_known() {
 }
 
 #[tokio::test]
-async fn a_provider_that_cannot_be_reached_leaves_tokens_refused_not_hanging() {
+async fn a_provider_that_cannot_be_reached_leaves_tokens_unchecked_not_hanging_nor_called_invalid() {
     let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://127.0.0.1:{}/jwks.json", unused.local_addr().unwrap().port());
     drop(unused);
@@ -247,8 +248,21 @@ async fn a_provider_that_cannot_be_reached_leaves_tokens_refused_not_hanging() {
     let token = token(Algorithm::RS256, "rsa-1", "a");
 
     let outcome = tokio::time::timeout(FETCH_TIMEOUT * 2, verifier.connection_now(&token)).await;
+    let outcome = outcome.expect("a verdict within the fetch timeout");
+    assert!(matches!(outcome, Err(TokenError::KeysUnavailable(_))), "the key may exist: {outcome:?}");
+    let again = verifier.connection_now(&token).await;
+    assert!(matches!(again, Err(TokenError::KeysUnavailable(_))), "within the window, as the last fetch left it");
+}
 
-    assert!(subject(outcome.expect("a verdict within the fetch timeout")).is_err());
+#[tokio::test]
+async fn a_forged_kid_reaches_the_logs_escaped_and_cut() {
+    let provider = Provider::serving(set_of(&["rsa-1"])).await;
+    let (verifier, _) = verifier_of(Jwks::new(&provider.url, None).unwrap());
+    let forged = format!("x\nlevel=ERROR forged line{}", "y".repeat(500));
+    let refused = subject(verifier.connection_now(&token(Algorithm::RS256, &forged, "eve")).await).unwrap_err();
+    assert!(!refused.contains('\n'), "{refused}");
+    assert!(refused.contains("x\\nlevel=ERROR"), "{refused}");
+    assert!(refused.len() < 200, "cut: {} bytes", refused.len());
 }
 
 #[tokio::test]

@@ -46,6 +46,11 @@ impl Session {
                     tracing::info!(%why, "connection token refused");
                     return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
                 }
+                // Not known to be invalid: the client tries again later.
+                Err(unavailable @ TokenError::KeysUnavailable(_)) => {
+                    tracing::warn!(error = %unavailable, "connection token not checked; check the JWKS endpoint");
+                    return Err(ClientError::BackendUnavailable.into());
+                }
             }
         };
         let user = UserId::new(&claims.sub).map_err(|_| Failure::Disconnect(DisconnectReason::InvalidToken))?;
@@ -248,6 +253,10 @@ impl Session {
                 tracing::info!(client = %conn.client(), %channel, %why, "subscription token refused");
                 Failure::Reply(ClientError::Hub(HubError::PermissionDenied))
             }
+            unavailable @ TokenError::KeysUnavailable(_) => {
+                tracing::warn!(client = %conn.client(), %channel, error = %unavailable, "subscription token not checked; check the JWKS endpoint");
+                Failure::Reply(ClientError::BackendUnavailable)
+            }
         })?;
         let other_client = claims.client.as_deref().is_some_and(|client| client != conn.client().as_str());
         if claims.channel != channel.as_str() || claims.sub != conn.user().as_str() || other_client {
@@ -309,6 +318,12 @@ impl Session {
             Err(TokenError::Invalid(why) | TokenError::UnknownKey(why)) => {
                 tracing::info!(client = %conn.client(), %why, "refresh token refused");
                 return Err(Failure::Disconnect(DisconnectReason::InvalidToken));
+            }
+            // Closed so that the client comes back (3004) and connects
+            // again once the keys can be fetched.
+            Err(unavailable @ TokenError::KeysUnavailable(_)) => {
+                tracing::warn!(client = %conn.client(), error = %unavailable, "refresh token not checked; check the JWKS endpoint");
+                return Err(Failure::Disconnect(DisconnectReason::Internal));
             }
         };
         if claims.sub != conn.user().as_str() {

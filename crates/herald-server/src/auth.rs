@@ -324,9 +324,10 @@ impl crate::rotating::Rotating<TokenVerifier> {
     {
         let (current, previous) = self.accepted();
         match (verify(current).await, previous) {
-            (Err(refused @ (TokenError::Invalid(_) | TokenError::UnknownKey(_))), Some(previous)) => {
-                verify(previous).await.map_err(|_| refused)
-            }
+            (
+                Err(refused @ (TokenError::Invalid(_) | TokenError::UnknownKey(_) | TokenError::KeysUnavailable(_))),
+                Some(previous),
+            ) => verify(previous).await.map_err(|_| refused),
             (outcome, _) => outcome,
         }
     }

@@ -179,6 +179,9 @@ async fn a_server_side_subscription_with_expire_at_ends_when_it_expires() {
     let forever = json!({"user": "42", "channel": "sport", "expire_at": 0});
     assert_eq!(server.api("subscribe", forever).await.0, 200);
     assert_eq!(client.next_push().await, json!({"channel": "sport", "subscribe": {}}), "0: it never expires");
+    let (_, reply) = server.api("subscribe", json!({"user": "42", "channel": "chat:x", "expire_at": null})).await;
+    assert!(reply.get("error").is_none(), "null, as SDKs may send it, is none: {reply}");
+    assert_eq!(client.next_push().await, json!({"channel": "chat:x", "subscribe": {}}));
 
     let (status, _) = server.api("subscribe", json!({"user": "42", "channel": "news", "expire_at": now + 1})).await;
     assert_eq!(status, 200);
@@ -193,6 +196,15 @@ async fn a_server_side_subscription_with_expire_at_ends_when_it_expires() {
     server.publish("news", json!("after")).await;
     server.publish("sport", json!("still here")).await;
     assert_eq!(client.next_push().await, json!({"channel": "sport", "pub": {"data": "still here"}}), "nothing of news");
+
+    // The server's to extend, as in Centrifugo: not the client's.
+    let token = server.channel_token("42", "sport", json!({"exp": now + 600}));
+    client.send(json!({"id": 9, "sub_refresh": {"channel": "sport", "token": token}})).await;
+    assert_eq!(
+        client.closed().await,
+        (3501, "bad request".to_owned()),
+        "a client's sub_refresh of a server-side subscription"
+    );
 }
 
 /// As in Centrifugo: a refresh's new token, or the server API's refresh,

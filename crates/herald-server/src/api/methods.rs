@@ -157,9 +157,9 @@ pub(crate) struct SubscribeParams {
     /// Sent to the client with the subscription (the `subscribe` push).
     #[serde(default)]
     pub data: Option<Box<RawValue>>,
-    /// When the subscription expires, in unix seconds (0: never).
+    /// When the subscription expires, in unix seconds (0 or none: never).
     #[serde(default)]
-    pub expire_at: u64,
+    pub expire_at: Option<u64>,
     /// Centrifugo's options Herald does not offer (see [`refuse`]).
     #[serde(default)]
     session: Option<Value>,
@@ -439,7 +439,7 @@ impl ApiState {
                 if size > limit {
                     return Err(HubError::MessageTooLarge { size, limit }.into());
                 }
-                let expire_at = match p.expire_at {
+                let expire_at = match p.expire_at.unwrap_or(0) {
                     0 => None,
                     past if past <= crate::auth::unix_now() => {
                         return Err(ApiError::BadRequest(format!(

@@ -197,6 +197,11 @@ impl SubDeadlines {
         self.0 = kept;
         due.into_iter().map(|(channel, _, by_proxy)| (channel, by_proxy)).collect()
     }
+
+    /// Whether the sub_refresh proxy extends `channel`'s subscription.
+    fn by_proxy(&self, channel: &ChannelName) -> bool {
+        self.0.iter().any(|(known, _, by_proxy)| known == channel && *by_proxy)
+    }
 }
 
 /// The channels the server subscribed the connection to. A client cannot
@@ -648,13 +653,17 @@ impl Session {
             ConnEvent::Subscribed { channel, position, recoverable, data, expire_at } => {
                 let push = self.push(Some(&channel), "subscribe", &SubscribePush::new(position, recoverable, data));
                 // As Centrifugo: at its expiry the namespace's sub_refresh
-                // proxy is asked to extend it, or it ends (2501).
+                // proxy is asked to extend it, or it ends (2501) once the
+                // grace a client's subscription gets has passed too.
                 match expire_at {
                     Some(exp) => {
                         let rules = self.shared.hub().rules();
                         let by_proxy = rules.resolve(&channel).is_ok_and(|o| o.sub_refresh_proxy.is_some());
-                        let deadline = deadline_after(exp, self.shared.settings.expired_sub_close_delay);
-                        self.sub_deadlines.insert(channel.clone(), deadline, by_proxy);
+                        let grace = match by_proxy {
+                            true => Duration::ZERO,
+                            false => self.shared.settings.expired_sub_close_delay,
+                        };
+                        self.sub_deadlines.insert(channel.clone(), deadline_after(exp, grace), by_proxy);
                     }
                     None => self.sub_deadlines.remove(&channel),
                 }

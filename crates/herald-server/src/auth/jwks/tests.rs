@@ -255,6 +255,23 @@ async fn a_provider_that_cannot_be_reached_leaves_tokens_unchecked_not_hanging_n
 }
 
 #[tokio::test]
+async fn while_new_keys_cannot_be_fetched_the_previous_keys_still_verify_during_their_overlap() {
+    let provider = Provider::serving(set_of(&["rsa-1"])).await;
+    let (previous, _) = verifier_of(Jwks::new(&provider.url, None).unwrap());
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let unreachable = format!("http://127.0.0.1:{}/jwks.json", unused.local_addr().unwrap().port());
+    drop(unused);
+    let (current, _) = verifier_of(Jwks::new(&unreachable, None).unwrap());
+    let verifiers = crate::rotating::Rotating::new(previous);
+    verifiers.rotate(current, Duration::from_secs(60));
+
+    let outcome = verifiers.connection_now(&token(Algorithm::RS256, "rsa-1", "ann")).await;
+    assert_eq!(subject(outcome), Ok("ann".into()), "the previous set, still accepted, has the key");
+    let forged = verifiers.connection_now(&token(Algorithm::RS256, "forged", "eve")).await;
+    assert!(matches!(forged, Err(TokenError::KeysUnavailable(_))), "a key neither knows: {forged:?}");
+}
+
+#[tokio::test]
 async fn a_forged_kid_reaches_the_logs_escaped_and_cut() {
     let provider = Provider::serving(set_of(&["rsa-1"])).await;
     let (verifier, _) = verifier_of(Jwks::new(&provider.url, None).unwrap());

@@ -48,7 +48,7 @@ impl Session {
                 }
                 // Not known to be invalid: the client tries again later.
                 Err(unavailable @ TokenError::KeysUnavailable(_)) => {
-                    tracing::warn!(error = %unavailable, "connection token not checked; check the JWKS endpoint");
+                    tracing::info!(error = %unavailable, "connection token not checked: the JWKS cannot be fetched");
                     return Err(ClientError::BackendUnavailable.into());
                 }
             }
@@ -254,7 +254,7 @@ impl Session {
                 Failure::Reply(ClientError::Hub(HubError::PermissionDenied))
             }
             unavailable @ TokenError::KeysUnavailable(_) => {
-                tracing::warn!(client = %conn.client(), %channel, error = %unavailable, "subscription token not checked; check the JWKS endpoint");
+                tracing::info!(client = %conn.client(), %channel, error = %unavailable, "subscription token not checked: the JWKS cannot be fetched");
                 Failure::Reply(ClientError::BackendUnavailable)
             }
         })?;
@@ -322,7 +322,7 @@ impl Session {
             // Closed so that the client comes back (3004) and connects
             // again once the keys can be fetched.
             Err(unavailable @ TokenError::KeysUnavailable(_)) => {
-                tracing::warn!(client = %conn.client(), error = %unavailable, "refresh token not checked; check the JWKS endpoint");
+                tracing::info!(client = %conn.client(), error = %unavailable, "refresh token not checked: the JWKS cannot be fetched");
                 return Err(Failure::Disconnect(DisconnectReason::Internal));
             }
         };
@@ -350,11 +350,19 @@ impl Session {
         let conn = self.connection()?;
         let channel = parse_channel(channel)?;
         // In Centrifugo's order: a channel not subscribed (it may have just
-        // ended) is answered 103 and an empty token 107, before the token
-        // is read; one that does not verify then closes the connection
-        // (3500), and an expired one is answered 109.
+        // ended) is answered 103, a subscription the server extends closes
+        // the connection (3501) and an empty token is answered 107, before
+        // the token is read; one that does not verify then closes the
+        // connection (3500), and an expired one is answered 109.
         if !conn.is_subscribed(&channel) {
             return Err(HubError::PermissionDenied.into());
+        }
+        // The server's to extend, not the client's: a server-side
+        // subscription, or one the sub_refresh proxy extends (centrifuge:
+        // "server-side sub refresh expected").
+        if self.server_side.contains(&channel) || self.sub_deadlines.by_proxy(&channel) {
+            tracing::info!(client = %conn.client(), %channel, "sub_refresh for a subscription the server extends; closing the connection");
+            return Err(Failure::Disconnect(DisconnectReason::BadRequest));
         }
         if token.is_empty() {
             return Err(ClientError::BadRequest("sub_refresh needs a token".to_owned()).into());

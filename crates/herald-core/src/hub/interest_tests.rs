@@ -7,13 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_engine::{
-    Broker, ChannelName, Control, Engine, EngineError, EventHandler, Health, MemoryEngine, NodeId, PresenceEvent,
-    Publication, PublishOptions, PublishResult,
-};
+use herald_engine::{ChannelName, Engine, MemoryEngine, NodeId, Publication};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use super::test_engines::{Stalled, WrappedBroker};
 use super::tests::{connect_encoding_offsets, finished, frames, sent};
 use super::{Hub, HubConfig, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
 use crate::connection::Connection;
@@ -21,48 +19,6 @@ use crate::error::HubError;
 use crate::frame::Frame;
 use crate::namespace::{ChannelRules, NamespaceOptions};
 use crate::outbox::Outgoing;
-
-/// The memory engine's broker, but the node's subscription to `stalled`
-/// waits at a gate the test opens (a backplane slow to answer it).
-#[derive(Debug)]
-struct StalledSubscribe {
-    memory: Arc<MemoryEngine>,
-    stalled: ChannelName,
-    gate: Arc<Semaphore>,
-    arrived: Arc<AtomicBool>,
-}
-
-#[async_trait::async_trait]
-impl Broker for StalledSubscribe {
-    async fn start(&self, handler: Arc<dyn EventHandler>) -> Result<(), EngineError> {
-        self.memory.start(handler).await
-    }
-    async fn publish(&self, c: &ChannelName, p: Publication, o: &PublishOptions) -> Result<PublishResult, EngineError> {
-        self.memory.publish(c, p, o).await
-    }
-    async fn publish_presence(&self, c: &ChannelName, e: PresenceEvent) -> Result<(), EngineError> {
-        self.memory.publish_presence(c, e).await
-    }
-    async fn subscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        if *c == self.stalled {
-            self.arrived.store(true, Ordering::SeqCst);
-            self.gate.acquire().await.expect("the gate stays open").forget();
-        }
-        Broker::subscribe(&*self.memory, c).await
-    }
-    async fn unsubscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
-        Broker::unsubscribe(&*self.memory, c).await
-    }
-    async fn send_control(&self, c: Control) -> Result<(), EngineError> {
-        self.memory.send_control(c).await
-    }
-    async fn health(&self) -> Health {
-        self.memory.health().await
-    }
-    fn dropped(&self) -> u64 {
-        self.memory.dropped()
-    }
-}
 
 struct Node {
     hub: Arc<Hub>,
@@ -76,12 +32,8 @@ impl Node {
         let memory = Arc::new(MemoryEngine::new());
         let slow = ChannelName::new("room:slow").unwrap();
         let (gate, arrived) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicBool::new(false)));
-        let broker = StalledSubscribe {
-            memory: memory.clone(),
-            stalled: slow.clone(),
-            gate: gate.clone(),
-            arrived: arrived.clone(),
-        };
+        let stalled = Stalled { channel: slow.clone(), gate: gate.clone(), arrived: arrived.clone() };
+        let broker = WrappedBroker::over(&memory, Box::new(|node| node)).stalling(stalled);
         let engine =
             Engine::from_parts("stalled", Arc::new(broker), memory.clone(), memory.clone(), memory.clone(), memory);
         let rules =

@@ -1,6 +1,7 @@
 //! Engine parts for the hub's tests: the memory engine's, with a history
 //! read the test holds at a gate, and a broker whose deliveries go
-//! through a handler the test puts between the engine and the node.
+//! through a handler the test puts between the engine and the node (and
+//! whose subscription to one channel may wait at a gate).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,15 +68,31 @@ impl History for GatedHistory {
 /// the node's, it returns the one the engine delivers to.
 pub(super) type Between = Box<dyn Fn(Arc<dyn EventHandler>) -> Arc<dyn EventHandler> + Send + Sync>;
 
-/// The memory engine's broker, its deliveries going through [`Between`].
+/// The memory engine's broker, its deliveries going through [`Between`];
+/// the node's subscription to one channel may be made to wait at a gate
+/// (a backplane slow to answer it: see [`WrappedBroker::stalling`]).
 pub(super) struct WrappedBroker {
     memory: Arc<MemoryEngine>,
     between: Between,
+    stalled: Option<Stalled>,
+}
+
+/// A channel whose engine subscription waits at `gate`; `arrived` is set
+/// when it does.
+pub(super) struct Stalled {
+    pub(super) channel: ChannelName,
+    pub(super) gate: Arc<Semaphore>,
+    pub(super) arrived: Arc<AtomicBool>,
 }
 
 impl WrappedBroker {
     pub(super) fn over(memory: &Arc<MemoryEngine>, between: Between) -> Self {
-        Self { memory: memory.clone(), between }
+        Self { memory: memory.clone(), between, stalled: None }
+    }
+
+    /// Makes the node's subscription to `stalled.channel` wait at its gate.
+    pub(super) fn stalling(self, stalled: Stalled) -> Self {
+        Self { stalled: Some(stalled), ..self }
     }
 }
 
@@ -97,6 +114,10 @@ impl Broker for WrappedBroker {
         self.memory.publish_presence(c, e).await
     }
     async fn subscribe(&self, c: &ChannelName) -> Result<(), EngineError> {
+        if let Some(stalled) = self.stalled.as_ref().filter(|stalled| stalled.channel == *c) {
+            stalled.arrived.store(true, Ordering::SeqCst);
+            stalled.gate.acquire().await.expect("the gate stays open").forget();
+        }
         Broker::subscribe(&*self.memory, c).await
     }
     async fn unsubscribe(&self, c: &ChannelName) -> Result<(), EngineError> {

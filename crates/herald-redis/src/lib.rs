@@ -335,7 +335,11 @@ mod tests {
     use crate::testing::RedisServer;
 
     /// Counts the publications it takes; blocks the dispatch task on the
-    /// first until the sender of `release` is dropped.
+    /// first until the sender of `release` is dropped. It blocks in
+    /// `block_in_place`, which hands the worker's other tasks to another
+    /// thread first: a task left in the blocked worker's LIFO slot (which no
+    /// other worker steals from) could be the one a publish or a timer of
+    /// the test's waits on, and the test would hang.
     struct Stalled {
         release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
         taken: Arc<AtomicUsize>,
@@ -344,7 +348,8 @@ mod tests {
     impl EventHandler for Stalled {
         fn handle(&self, event: EngineEvent) {
             if let EngineEvent::Publication { .. } = event {
-                let _released = self.release.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let _released =
+                    tokio::task::block_in_place(|| self.release.lock().unwrap_or_else(|e| e.into_inner()).recv());
                 self.taken.fetch_add(1, Ordering::SeqCst);
             }
         }

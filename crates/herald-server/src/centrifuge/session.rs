@@ -328,6 +328,16 @@ fn is_zero(n: &u64) -> bool {
 
 /// The instant `grace` after the unix time `exp` (which a token or the API
 /// gave, so it may be anything).
+impl Session {
+    /// Sets when `channel`'s subscription expires (`exp`, unix seconds):
+    /// the sub_refresh proxy is asked then (`by_proxy`), or it ends once
+    /// `client.expired_sub_close_delay` has passed too.
+    fn subscription_expires(&mut self, channel: ChannelName, exp: u64, by_proxy: bool) {
+        let grace = if by_proxy { Duration::ZERO } else { self.shared.settings.expired_sub_close_delay };
+        self.sub_deadlines.insert(channel, deadline_after(exp, grace), by_proxy);
+    }
+}
+
 fn deadline_after(exp: u64, grace: Duration) -> Instant {
     let wait = Duration::from_secs(exp.saturating_sub(auth::unix_now())).saturating_add(grace);
     driver::after(Instant::now(), wait)
@@ -659,11 +669,7 @@ impl Session {
                     Some(exp) => {
                         let rules = self.shared.hub().rules();
                         let by_proxy = rules.resolve(&channel).is_ok_and(|o| o.sub_refresh_proxy.is_some());
-                        let grace = match by_proxy {
-                            true => Duration::ZERO,
-                            false => self.shared.settings.expired_sub_close_delay,
-                        };
-                        self.sub_deadlines.insert(channel.clone(), deadline_after(exp, grace), by_proxy);
+                        self.subscription_expires(channel.clone(), exp, by_proxy);
                     }
                     None => self.sub_deadlines.remove(&channel),
                 }

@@ -205,8 +205,7 @@ impl Session {
             tracing::debug!(client = %conn.client(), %channel, recovered = outcome.recovered, replayed = outcome.publications.len(), "subscription recovery");
         }
         if let Some(exp) = exp {
-            let grace = if by_proxy { std::time::Duration::ZERO } else { self.shared.settings.expired_sub_close_delay };
-            self.sub_deadlines.insert(channel, deadline_after(exp, grace), by_proxy);
+            self.subscription_expires(channel, exp, by_proxy);
         }
         Ok(())
     }
@@ -374,13 +373,8 @@ impl Session {
             other => other,
         })?;
         match claims.expiry() {
-            Some(exp) => {
-                let deadline = deadline_after(exp, self.shared.settings.expired_sub_close_delay);
-                self.sub_deadlines.insert(channel, deadline, false);
-            }
-            None => {
-                self.sub_deadlines.remove(&channel);
-            }
+            Some(exp) => self.subscription_expires(channel, exp, false),
+            None => self.sub_deadlines.remove(&channel),
         }
         self.reply(encode::reply(id, "sub_refresh", &ExpiryResult::at(claims.expiry())));
         Ok(())

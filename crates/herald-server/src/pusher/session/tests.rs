@@ -261,17 +261,7 @@ async fn a_server_side_subscription_is_announced_and_a_disconnect_closes_with_40
 
     let ann = UserId::new("ann").unwrap();
     let news = ChannelName::new("news").unwrap();
-    s.hub
-        .send_control(Control::Subscribe {
-            user: ann.clone(),
-            channel: news,
-            client: None,
-            info: None,
-            data: None,
-            expire_at: None,
-        })
-        .await
-        .unwrap();
+    s.hub.send_control(server_subscribes(&ann, news)).await.unwrap();
     let confirmed = s.next_json().await;
     assert_eq!(
         (confirmed["event"].as_str(), confirmed["channel"].as_str()),
@@ -295,17 +285,7 @@ async fn the_server_subscribes_a_pusher_connection_to_its_apps_channels_but_not_
     // pusher-js takes a presence subscription only with its member list.
     for name in ["presence-room", "chat:x", "sports"] {
         let channel = ChannelName::new(name).unwrap();
-        s.hub
-            .send_control(Control::Subscribe {
-                user: ann.clone(),
-                channel,
-                client: None,
-                info: None,
-                data: None,
-                expire_at: None,
-            })
-            .await
-            .unwrap();
+        s.hub.send_control(server_subscribes(&ann, channel)).await.unwrap();
     }
     let confirmed = s.next_json().await;
     assert_eq!(
@@ -331,17 +311,7 @@ async fn a_namespace_forcing_recovery_leaves_pusher_subscriptions_unpositioned_a
     assert_eq!(s.subscribe("news").await["event"], "pusher_internal:subscription_succeeded");
     s.sign_in(&socket_id, "ann").await;
     let (ann, sports) = (UserId::new("ann").unwrap(), ChannelName::new("sports").unwrap());
-    s.hub
-        .send_control(Control::Subscribe {
-            user: ann,
-            channel: sports.clone(),
-            client: None,
-            info: None,
-            data: None,
-            expire_at: None,
-        })
-        .await
-        .unwrap();
+    s.hub.send_control(server_subscribes(&ann, sports.clone())).await.unwrap();
     assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
 
     for channel in [ChannelName::new("news").unwrap(), sports] {
@@ -363,17 +333,7 @@ async fn a_server_side_subscription_to_a_cache_channel_is_sent_its_last_event_af
     s.hub.publish(&price, publication, None, false).await.unwrap();
 
     let ann = UserId::new("ann").unwrap();
-    s.hub
-        .send_control(Control::Subscribe {
-            user: ann,
-            channel: price,
-            client: None,
-            info: None,
-            data: None,
-            expire_at: None,
-        })
-        .await
-        .unwrap();
+    s.hub.send_control(server_subscribes(&ann, price)).await.unwrap();
     assert_eq!(s.next_json().await["event"], "pusher_internal:subscription_succeeded");
     assert_eq!(s.next_json().await, json!({"event": "price", "channel": "cache-price", "data": "{\"n\":1}"}));
 }
@@ -538,4 +498,9 @@ async fn a_cache_channels_last_event_reaches_a_subscriber_ahead_of_every_newer_o
     assert!(!publishing.is_finished(), "the publisher stopped: {:?}", publishing.await);
     publishing.abort();
     finished.expect("300 cache subscriptions in a minute");
+}
+
+/// The server API's `subscribe` of `user` to `channel`, plainly.
+fn server_subscribes(user: &UserId, channel: ChannelName) -> Control {
+    Control::Subscribe { user: user.clone(), channel, client: None, info: None, data: None, expire_at: None }
 }

@@ -96,6 +96,15 @@ pub struct ConnectionSpec {
     pub outbox: Arc<Outbox>,
 }
 
+/// Names one subscription of a connection to a channel, apart from any
+/// earlier or later one to the same channel. A session that ends a
+/// subscription at its deadline names it by this, so that a subscription
+/// the server made in its place meanwhile (unsubscribed and subscribed
+/// again through the API) is left alone. Given out by the hub from one
+/// counter; it wraps after 2^32 subscribes, far beyond any deadline's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscriptionSerial(pub(crate) u32);
+
 /// Per-subscription state.
 #[derive(Debug, Clone, Default)]
 pub struct Subscription {

@@ -94,7 +94,7 @@ use herald_engine::{
     PublishOptions, PublishResult, StreamPosition, UserId,
 };
 
-use crate::connection::{Connection, ConnectionSpec, Subscription};
+use crate::connection::{Connection, ConnectionSpec, Subscription, SubscriptionSerial};
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, PublishPolicy};
 use channels::Channels;
@@ -213,6 +213,9 @@ pub struct SubscribeOutcome {
     /// The channel's latest publication, when the subscriber asked for it
     /// and the channel holds one.
     pub latest: Option<Arc<Publication>>,
+    /// Names this subscription, for ending it later only if it is still
+    /// the one (see [`Hub::unsubscribe_subscription`]).
+    pub serial: SubscriptionSerial,
 }
 
 /// The shortest pause between two steps of [`Hub::close_spread`].

@@ -43,7 +43,7 @@ pub mod outbox;
 mod shard;
 
 pub use alarms::Alarms;
-pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription};
+pub use connection::{Connection, ConnectionSpec, PushEncoder, Subscription, SubscriptionSerial};
 pub use error::HubError;
 pub use frame::{Frame, NotUtf8, Text};
 pub use hub::{

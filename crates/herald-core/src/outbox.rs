@@ -61,6 +61,7 @@ use tokio::time::Instant;
 
 use herald_engine::{ChannelName, DisconnectReason, StreamPosition};
 
+use crate::connection::SubscriptionSerial;
 use crate::frame::Frame;
 
 mod direct;
@@ -108,6 +109,9 @@ pub enum ConnEvent {
         /// When the subscription expires, in unix seconds (the protocol's
         /// session ends it then, unless a proxy extends it).
         expire_at: Option<u64>,
+        /// Names the subscription, for ending it at `expire_at` only if it
+        /// is still the one.
+        serial: SubscriptionSerial,
     },
     /// The server unsubscribed the connection from a channel.
     Unsubscribed {
@@ -649,6 +653,7 @@ mod tests {
                 recoverable: false,
                 data,
                 expire_at: None,
+                serial: Default::default(),
             })
         };
         outbox.push(subscribed(None)).unwrap();

@@ -737,8 +737,14 @@ mod tests {
 
         let started = Instant::now();
         let channel = herald_engine::ChannelName::new("news").expect("a channel name");
-        let subscribed =
-            ConnEvent::Subscribed { channel, position: None, recoverable: false, data: None, expire_at: None };
+        let subscribed = ConnEvent::Subscribed {
+            channel,
+            position: None,
+            recoverable: false,
+            data: None,
+            expire_at: None,
+            serial: Default::default(),
+        };
         outbox.push(Outgoing::Event(subscribed)).expect("the outbox has room");
         let closed = tokio::time::timeout(Duration::from_secs(60), from_session.recv()).await;
         assert_eq!(closed, Ok(Some(Sent::Close(3012, "no pong".into()))), "closed at the nearer deadline");

@@ -33,6 +33,9 @@ type Seen = (String, Value, HeaderMap);
 struct Backend {
     mode: Arc<AtomicU8>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Holds the answer to the sub_refresh of `chat:short-held` until
+    /// the test lets it go.
+    held: Arc<tokio::sync::Notify>,
 }
 
 /// The backend's answer to each event, as an application would write it.
@@ -68,6 +71,10 @@ async fn answer(
             json!({"result": {"expire_at": unix_now() + 1}})
         }
         "sub_refresh" if body["channel"] == "chat:short-ending" => json!({"result": {"expired": true}}),
+        "sub_refresh" if body["channel"] == "chat:short-held" => {
+            backend.held.notified().await;
+            json!({"result": {"expired": true}})
+        }
         "sub_refresh" => json!({"result": {"expire_at": unix_now() + 1}}),
         "subscribe" => json!({"result": {"info": {"role": "member"}, "data": {"motd": "be nice"}}}),
         "publish" => match body["data"]["text"].as_str() {
@@ -367,6 +374,46 @@ async fn the_sub_refresh_proxy_extends_subscriptions_or_ends_them_when_the_backe
     .await;
     setup.server.publish("chat:short", json!({"still": "here"})).await;
     assert_eq!(client.next_push().await["pub"]["data"], json!({"still": "here"}));
+}
+
+#[tokio::test]
+async fn a_subscription_the_server_made_while_the_backend_was_asked_outlives_the_backends_answer() {
+    let setup = setup(Duration::from_secs(10)).await;
+    let (mut client, _) = connect_as(&setup, "ada", json!({})).await;
+    client.command(json!({"id": 2, "subscribe": {"channel": "chat:short-held"}})).await;
+    let subscribers = || async {
+        let (_, reply) = setup.server.api("channels", json!({})).await;
+        reply["result"]["channels"]["chat:short-held"]["num_clients"].as_u64().unwrap_or(0)
+    };
+
+    // At its expiry the backend is asked to extend it, and takes its time.
+    support::eventually_async("the backend asked to extend chat:short-held", || {
+        let backend = setup.backend.clone();
+        async move { backend.events("sub_refresh").iter().any(|(body, _)| body["channel"] == "chat:short-held") }
+    })
+    .await;
+    // Meanwhile the server unsubscribes the connection and subscribes it
+    // again, this time for good.
+    setup.server.api("unsubscribe", json!({"user": "ada", "channel": "chat:short-held"})).await;
+    support::eventually_async("the subscription ended", || async { subscribers().await == 0 }).await;
+    setup.server.api("subscribe", json!({"user": "ada", "channel": "chat:short-held"})).await;
+    support::eventually_async("the new subscription made", || async { subscribers().await == 1 }).await;
+
+    // The backend's answer ends the subscription it was asked about, which
+    // is gone: the new one stays, and delivers.
+    setup.backend.held.notify_one();
+    let ended = client.next_push().await;
+    assert_eq!(
+        (&ended["channel"], &ended["unsubscribe"]["code"]),
+        (&json!("chat:short-held"), &json!(2000)),
+        "{ended}"
+    );
+    let subscribed = client.next_push().await;
+    assert_eq!(subscribed["channel"], "chat:short-held", "{subscribed}");
+    assert!(subscribed.get("subscribe").is_some(), "{subscribed}");
+    setup.server.publish("chat:short-held", json!({"still": "here"})).await;
+    assert_eq!(client.next_push().await["pub"]["data"], json!({"still": "here"}));
+    assert_eq!(subscribers().await, 1, "the node still holds the subscription the client was told of");
 }
 
 #[test]

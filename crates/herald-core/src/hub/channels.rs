@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use herald_engine::{ChannelName, ClientId, Epoch, Publication, StreamPosition, UserId};
 
 use super::interest::{Interest, InterestLocks};
-use crate::connection::Connection;
+use crate::connection::{Connection, SubscriptionSerial};
 use crate::shard::ShardedMap;
 
 /// A connection's place in a channel. Kept small: a channel's table holds
@@ -23,6 +23,9 @@ pub(super) struct Subscriber {
     pub(super) join_leave: bool,
     /// Tracks stream positions: must recover when the engine was interrupted.
     pub(super) positioned: bool,
+    /// Which of the connection's subscriptions to the channel this is
+    /// (it fits in the padding the two flags leave).
+    pub(super) serial: SubscriptionSerial,
     more: Option<Box<More>>,
 }
 
@@ -96,7 +99,7 @@ impl Subscriber {
     /// (a positioned subscriber, or one that asked for the channel's latest
     /// publication) starts out recovering: publications wait for the read.
     pub(super) fn new(
-        conn: Arc<Connection>,
+        (conn, serial): (Arc<Connection>, SubscriptionSerial),
         join_leave: bool,
         (positioned, reads): (bool, bool),
         user: Option<UserId>,
@@ -106,7 +109,7 @@ impl Subscriber {
         let rare = (user.is_some() || delta).then(|| Box::new(Rare { user, delta: delta.then(DeltaBase::default) }));
         let more = (rare.is_some() || reads)
             .then(|| Box::new(More { followed: None, recovering: reads.then(Waiting::default), rare }));
-        Self { conn, join_leave, positioned, more }
+        Self { conn, join_leave, positioned, serial, more }
     }
 
     /// The buffer of a subscriber that recovers.
@@ -310,11 +313,13 @@ pub(super) struct Removed {
 pub(super) struct Channels {
     map: ShardedMap<ChannelName, Subscribers>,
     interest_locks: InterestLocks,
+    /// The last [`SubscriptionSerial`] given out.
+    serials: AtomicU32,
 }
 
 impl Channels {
     pub(super) fn new() -> Self {
-        Self { map: ShardedMap::new(), interest_locks: InterestLocks::new() }
+        Self { map: ShardedMap::new(), interest_locks: InterestLocks::new(), serials: AtomicU32::new(0) }
     }
 
     /// Waits for the lock that serializes changes of the node's interest
@@ -347,6 +352,16 @@ impl Channels {
     /// How many local subscribers `channel` has.
     pub(super) fn count(&self, channel: &ChannelName) -> usize {
         self.read(channel).get(channel).map_or(0, HashMap::len)
+    }
+
+    /// A serial for a new subscription.
+    pub(super) fn next_serial(&self) -> SubscriptionSerial {
+        SubscriptionSerial(self.serials.fetch_add(1, Ordering::Relaxed).wrapping_add(1))
+    }
+
+    /// Which subscription `client` has to `channel`, if any.
+    pub(super) fn serial_of(&self, channel: &ChannelName, client: &ClientId) -> Option<SubscriptionSerial> {
+        self.read(channel).get(channel).and_then(|s| s.get(client)).map(|s| s.serial)
     }
 
     /// Adds the subscriber; returns the name as the table holds it and how

@@ -121,6 +121,7 @@ impl Hub {
                                 recoverable: outcome.recoverable,
                                 data: data.clone(),
                                 expire_at,
+                                serial: outcome.serial,
                             }))
                         };
                         let result = self.subscribe(&conn, &channel, SubscribeAccess::Server, request, event).await;

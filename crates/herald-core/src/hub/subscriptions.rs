@@ -9,7 +9,7 @@ use herald_engine::{ChannelName, HistoryOptions, HistoryQuery};
 use super::channels::{in_stream_order, Followed, Next, Removed, Subscriber};
 use super::recovery::{self, Recovery};
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-use crate::connection::Connection;
+use crate::connection::{Connection, SubscriptionSerial};
 use crate::error::HubError;
 use crate::namespace::{ChannelRules, DeltaType, NamespaceOptions, SubscribePolicy};
 use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
@@ -83,13 +83,14 @@ impl Hub {
         let delta = request.delta && options.allowed_delta_types.contains(&DeltaType::Fossil);
         let subscription = &request.subscription;
         let reads = (positioned, positioned || request.latest);
+        let serial = self.channels.next_serial();
         let subscriber =
-            Subscriber::new(conn.clone(), subscription.join_leave, reads, subscription.user.clone(), delta);
+            Subscriber::new((conn.clone(), serial), subscription.join_leave, reads, subscription.user.clone(), delta);
         let waiting = subscriber.waiting();
         // Until its join is told, presence refreshes leave its entry alone
         // (noted before a refresh can list the subscription).
         let _unannounced = self.presence.expect_join(channel, &conn.client, options);
-        let mut outcome = SubscribeOutcome { positioned, recoverable, delta, ..Default::default() };
+        let mut outcome = SubscribeOutcome { positioned, recoverable, delta, serial, ..Default::default() };
         // A subscriber that buffers nothing is live as soon as it is added:
         // its reply is queued in the same step, ahead of the channel's next
         // publication. One that recovers queues it as it goes live.
@@ -314,7 +315,41 @@ impl Hub {
     /// with [`HubError::Interrupted`], which tells the client instead: false
     /// then, as when `conn` was not subscribed.
     pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
+        self.unsubscribe_if(conn, channel, None).await
+    }
+
+    /// Unsubscribes `conn` from `channel` as [`Hub::unsubscribe`] does, but
+    /// only if its subscription there is still the one `serial` names
+    /// (see [`SubscribeOutcome::serial`]): a session ending a subscription
+    /// at its deadline leaves alone one the server made in its place while
+    /// the session was busy. False if it was another, or none.
+    pub async fn unsubscribe_subscription(
+        &self,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+        serial: SubscriptionSerial,
+    ) -> bool {
+        self.unsubscribe_if(conn, channel, Some(serial)).await
+    }
+
+    /// Which subscription `conn` has to `channel` (see
+    /// [`SubscribeOutcome::serial`]); `None` if it has none.
+    pub fn subscription_serial(&self, conn: &Connection, channel: &ChannelName) -> Option<SubscriptionSerial> {
+        self.channels.serial_of(channel, &conn.client)
+    }
+
+    async fn unsubscribe_if(
+        &self,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+        serial: Option<SubscriptionSerial>,
+    ) -> bool {
         let interest = self.channels.lock_interest(channel).await;
+        // Under the interest lock, which every subscribe and unsubscribe
+        // of the channel takes: the subscription checked is the one removed.
+        if serial.is_some_and(|serial| self.channels.serial_of(channel, &conn.client) != Some(serial)) {
+            return false;
+        }
         // Who the connection was in the channel, read before the subscription goes.
         let info = conn.info_in(channel);
         let Some(removed) = self.remove_subscriber(conn, channel).await else { return false };

@@ -329,6 +329,26 @@ async fn the_last_unsubscribe_drops_the_channel() {
 }
 
 #[tokio::test]
+async fn a_subscription_named_by_its_serial_ends_only_while_it_is_still_the_one() {
+    let f = Fixture::new().await;
+    let a = f.connect("a", 1 << 20);
+    let news = ch("news");
+    assert_eq!(f.hub.subscription_serial(&a, &news), None);
+    f.subscribe(&a, "news").await.unwrap();
+    let first = f.hub.subscription_serial(&a, &news).expect("subscribed");
+    assert!(f.hub.unsubscribe(&a, &news).await);
+    f.subscribe(&a, "news").await.unwrap();
+    let second = f.hub.subscription_serial(&a, &news).expect("subscribed again");
+    assert_ne!(first, second, "each subscription is named apart");
+
+    assert!(!f.hub.unsubscribe_subscription(&a, &news, first).await, "the first is gone; the second is not its to end");
+    assert!(a.is_subscribed(&news));
+    assert!(f.hub.unsubscribe_subscription(&a, &news, second).await);
+    assert!(!a.is_subscribed(&news));
+    assert_eq!(f.hub.stats().channels, 0);
+}
+
+#[tokio::test]
 async fn a_disconnect_command_closes_only_that_users_connections() {
     let f = Fixture::new().await;
     let target = f.connect("42", 1 << 20);

@@ -16,7 +16,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use herald_core::{ChannelRules, ConnEvent, Connection, Frame, Hub, HubError, Outbox, Outgoing, UnsubscribeReason};
+use herald_core::{
+    ChannelRules, ConnEvent, Connection, Frame, Hub, HubError, Outbox, Outgoing, SubscriptionSerial, UnsubscribeReason,
+};
 use herald_engine::{ChannelName, ClientId, DisconnectReason, StreamPosition};
 
 use super::codes::{self, ClientError};
@@ -167,40 +169,53 @@ struct Session {
     encoding: Encoding,
 }
 
-/// When each expiring subscription ends, or (`true`) is to be extended by
-/// the namespace's sub_refresh proxy. A plain list: a connection has a
-/// handful of expiring subscriptions at most, and every connection's
-/// session holds one (a hash map would cost each of them 24 bytes more).
+/// When an expiring subscription ends, or (`by_proxy`) is to be extended
+/// by the namespace's sub_refresh proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SubDeadline {
+    channel: ChannelName,
+    at: Instant,
+    by_proxy: bool,
+    /// The subscription it is for. The server may have unsubscribed and
+    /// subscribed the connection again (through the API) before the
+    /// session has read of it: that subscription is not this one's to end.
+    serial: SubscriptionSerial,
+}
+
+/// The deadlines of a connection's expiring subscriptions, one a channel.
+/// A plain list: a connection has a handful of expiring subscriptions at
+/// most, and every connection's session holds one (a hash map would cost
+/// each of them 24 bytes more).
 #[derive(Debug, Default)]
-struct SubDeadlines(Vec<(ChannelName, Instant, bool)>);
+struct SubDeadlines(Vec<SubDeadline>);
 
 impl SubDeadlines {
-    fn insert(&mut self, channel: ChannelName, deadline: Instant, by_proxy: bool) {
-        match self.0.iter_mut().find(|(known, _, _)| *known == channel) {
-            Some(entry) => (entry.1, entry.2) = (deadline, by_proxy),
-            None => self.0.push((channel, deadline, by_proxy)),
+    /// Sets the deadline of its channel's subscription, replacing any.
+    fn set(&mut self, deadline: SubDeadline) {
+        match self.0.iter_mut().find(|known| known.channel == deadline.channel) {
+            Some(entry) => *entry = deadline,
+            None => self.0.push(deadline),
         }
     }
 
     fn remove(&mut self, channel: &ChannelName) {
-        self.0.retain(|(known, _, _)| known != channel);
+        self.0.retain(|known| known.channel != *channel);
     }
 
     fn earliest(&self) -> Option<Instant> {
-        self.0.iter().map(|(_, deadline, _)| *deadline).min()
+        self.0.iter().map(|deadline| deadline.at).min()
     }
 
-    /// The channels whose deadline has come (and whether the proxy is to
-    /// extend them), taken out of the list.
-    fn take_due(&mut self, now: Instant) -> Vec<(ChannelName, bool)> {
-        let (due, kept) = std::mem::take(&mut self.0).into_iter().partition(|(_, deadline, _)| now >= *deadline);
+    /// The deadlines that have come, taken out of the list.
+    fn take_due(&mut self, now: Instant) -> Vec<SubDeadline> {
+        let (due, kept) = std::mem::take(&mut self.0).into_iter().partition(|deadline| now >= deadline.at);
         self.0 = kept;
-        due.into_iter().map(|(channel, _, by_proxy)| (channel, by_proxy)).collect()
+        due
     }
 
     /// Whether the sub_refresh proxy extends `channel`'s subscription.
     fn by_proxy(&self, channel: &ChannelName) -> bool {
-        self.0.iter().any(|(known, _, by_proxy)| known == channel && *by_proxy)
+        self.0.iter().any(|known| known.channel == *channel && known.by_proxy)
     }
 }
 
@@ -332,9 +347,10 @@ impl Session {
     /// Sets when `channel`'s subscription expires (`exp`, unix seconds):
     /// the sub_refresh proxy is asked then (`by_proxy`), or it ends once
     /// `client.expired_sub_close_delay` has passed too.
-    fn subscription_expires(&mut self, channel: ChannelName, exp: u64, by_proxy: bool) {
+    /// `serial` names the subscription.
+    fn subscription_expires(&mut self, channel: ChannelName, exp: u64, by_proxy: bool, serial: SubscriptionSerial) {
         let grace = if by_proxy { Duration::ZERO } else { self.shared.settings.expired_sub_close_delay };
-        self.sub_deadlines.insert(channel, deadline_after(exp, grace), by_proxy);
+        self.sub_deadlines.set(SubDeadline { channel, at: deadline_after(exp, grace), by_proxy, serial });
     }
 }
 
@@ -622,17 +638,17 @@ impl Protocol for Session {
         // once, after the driver has written and read), so a slow backend
         // never holds the connection for more than one timeout.
         let mut asked = false;
-        for (channel, by_proxy) in self.sub_deadlines.take_due(now) {
-            if by_proxy && asked {
-                self.sub_deadlines.insert(channel, now, true);
+        for due in self.sub_deadlines.take_due(now) {
+            if due.by_proxy && asked {
+                self.sub_deadlines.set(SubDeadline { at: now, ..due });
                 continue;
             }
-            if by_proxy {
+            if due.by_proxy {
                 asked = true;
-                self.sub_refresh_through_proxy(&conn, channel).await?;
+                self.sub_refresh_through_proxy(&conn, due).await?;
                 continue;
             }
-            self.end_expired_subscription(&conn, channel).await;
+            self.end_expired_subscription(&conn, due.channel, due.serial).await;
         }
         if now >= self.next_ping {
             self.next_ping = driver::after(now, self.shared.settings.ping_interval);
@@ -660,7 +676,7 @@ impl Session {
     /// The push (JSON) that tells the client of a server-side event.
     fn event_push(&mut self, event: ConnEvent) -> Result<Bytes, DisconnectReason> {
         Ok(match event {
-            ConnEvent::Subscribed { channel, position, recoverable, data, expire_at } => {
+            ConnEvent::Subscribed { channel, position, recoverable, data, expire_at, serial } => {
                 let push = self.push(Some(&channel), "subscribe", &SubscribePush::new(position, recoverable, data));
                 // As Centrifugo: at its expiry the namespace's sub_refresh
                 // proxy is asked to extend it, or it ends (2501) once the
@@ -669,7 +685,7 @@ impl Session {
                     Some(exp) => {
                         let rules = self.shared.hub().rules();
                         let by_proxy = rules.resolve(&channel).is_ok_and(|o| o.sub_refresh_proxy.is_some());
-                        self.subscription_expires(channel.clone(), exp, by_proxy);
+                        self.subscription_expires(channel.clone(), exp, by_proxy, serial);
                     }
                     None => self.sub_deadlines.remove(&channel),
                 }
@@ -717,14 +733,20 @@ mod sub_deadline_tests {
     #[test]
     fn a_channel_keeps_one_deadline_and_the_due_ones_are_taken_out() {
         let now = Instant::now();
+        let deadline = |name: &str, secs: u64, by_proxy: bool| SubDeadline {
+            channel: channel(name),
+            at: now + Duration::from_secs(secs),
+            by_proxy,
+            serial: SubscriptionSerial::default(),
+        };
         let mut deadlines = SubDeadlines::default();
         assert_eq!(deadlines.earliest(), None);
-        deadlines.insert(channel("a"), now + Duration::from_secs(5), false);
-        deadlines.insert(channel("b"), now + Duration::from_secs(9), false);
-        deadlines.insert(channel("a"), now + Duration::from_secs(1), true);
+        deadlines.set(deadline("a", 5, false));
+        deadlines.set(deadline("b", 9, false));
+        deadlines.set(deadline("a", 1, true));
         assert_eq!(deadlines.0.len(), 2, "a refreshed channel replaces its deadline");
         assert_eq!(deadlines.earliest(), Some(now + Duration::from_secs(1)));
-        assert_eq!(deadlines.take_due(now + Duration::from_secs(2)), vec![(channel("a"), true)]);
+        assert_eq!(deadlines.take_due(now + Duration::from_secs(2)), vec![deadline("a", 1, true)]);
         assert_eq!(deadlines.earliest(), Some(now + Duration::from_secs(9)));
         deadlines.remove(&channel("b"));
         assert_eq!(deadlines.earliest(), None);

@@ -205,7 +205,7 @@ impl Session {
             tracing::debug!(client = %conn.client(), %channel, recovered = outcome.recovered, replayed = outcome.publications.len(), "subscription recovery");
         }
         if let Some(exp) = exp {
-            self.subscription_expires(channel, exp, by_proxy);
+            self.subscription_expires(channel, exp, by_proxy, outcome.serial);
         }
         Ok(())
     }
@@ -353,9 +353,9 @@ impl Session {
         // the connection (3501) and an empty token is answered 107, before
         // the token is read; one that does not verify then closes the
         // connection (3500), and an expired one is answered 109.
-        if !conn.is_subscribed(&channel) {
+        let Some(serial) = self.shared.hub().subscription_serial(&conn, &channel) else {
             return Err(HubError::PermissionDenied.into());
-        }
+        };
         // The server's to extend, not the client's: a server-side
         // subscription, or one the sub_refresh proxy extends (centrifuge:
         // "server-side sub refresh expected").
@@ -373,7 +373,7 @@ impl Session {
             other => other,
         })?;
         match claims.expiry() {
-            Some(exp) => self.subscription_expires(channel, exp, false),
+            Some(exp) => self.subscription_expires(channel, exp, false, serial),
             None => self.sub_deadlines.remove(&channel),
         }
         self.reply(encode::reply(id, "sub_refresh", &ExpiryResult::at(claims.expiry())));

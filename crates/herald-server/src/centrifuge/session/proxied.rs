@@ -14,10 +14,10 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use herald_core::{Connection, HubError};
+use herald_core::{Connection, HubError, SubscriptionSerial};
 use herald_engine::{ChannelName, ClientId, DisconnectReason, Publication};
 
-use super::{deadline_after, Encoding, Failure, Session};
+use super::{deadline_after, Encoding, Failure, Session, SubDeadline};
 use crate::auth::ConnectClaims;
 use crate::centrifuge::codes::ClientError;
 use crate::centrifuge::command::ConnectRequest;
@@ -155,12 +155,13 @@ impl Session {
     pub(super) async fn sub_refresh_through_proxy(
         &mut self,
         conn: &Arc<Connection>,
-        channel: ChannelName,
+        due: SubDeadline,
     ) -> Result<(), DisconnectReason> {
+        let channel = &due.channel;
         let rules = self.shared.hub().rules();
-        let named = rules.resolve(&channel).ok().map(|o| self.shared.proxies.named(o.sub_refresh_proxy.as_ref()));
+        let named = rules.resolve(channel).ok().map(|o| self.shared.proxies.named(o.sub_refresh_proxy.as_ref()));
         let Some(Ok(Some(proxy))) = named.map(|named| named.map(Option::<&Arc<Proxy>>::cloned)) else {
-            self.end_expired_subscription(conn, channel).await;
+            self.end_expired_subscription(conn, due.channel, due.serial).await;
             return Ok(());
         };
         let user = conn.user();
@@ -173,23 +174,32 @@ impl Session {
         match answer {
             Ok(Answer::Result(result)) if !result.expired && !already_past(result.expire_at) => {
                 if let Some(exp) = events::expiry(result.expire_at) {
-                    self.sub_deadlines.insert(channel, deadline_after(exp, Duration::ZERO), true);
+                    self.sub_deadlines.set(SubDeadline { at: deadline_after(exp, Duration::ZERO), ..due });
                 }
             }
-            Ok(Answer::Result(_)) => self.end_expired_subscription(conn, channel).await,
+            Ok(Answer::Result(_)) => self.end_expired_subscription(conn, due.channel, due.serial).await,
             Ok(Answer::Disconnect { code, reason }) => return Err(backend_disconnect(code, reason)),
             Ok(Answer::Error { .. }) | Err(Failed) => {
                 let retry = crate::driver::after(Instant::now(), RETRY_REFRESH);
-                self.sub_deadlines.insert(channel, retry, true);
+                self.sub_deadlines.set(SubDeadline { at: retry, ..due });
             }
         }
         Ok(())
     }
 
-    /// Ends an expired subscription (2501), client's or server's.
-    pub(super) async fn end_expired_subscription(&mut self, conn: &Arc<Connection>, channel: ChannelName) {
-        self.server_side.remove(&channel);
-        if self.shared.hub().unsubscribe(conn, &channel).await {
+    /// Ends an expired subscription (2501), client's or server's, if it is
+    /// still the one `serial` names: while the session waited on the proxy,
+    /// or before it read its events, the server may have unsubscribed the
+    /// connection and subscribed it again, and the events that tell of
+    /// that (queued for the session) set the new subscription's deadline.
+    pub(super) async fn end_expired_subscription(
+        &mut self,
+        conn: &Arc<Connection>,
+        channel: ChannelName,
+        serial: SubscriptionSerial,
+    ) {
+        if self.shared.hub().unsubscribe_subscription(conn, &channel, serial).await {
+            self.server_side.remove(&channel);
             self.reply(self.unsubscribe_push(&channel, herald_core::UnsubscribeReason::Expired));
         }
     }

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use super::{Config, EngineConfig};
+use paths::{line_of, remove_path, shown, Dropped, Step};
 
 /// The prefix of environment variables that configure Herald.
 pub(super) const ENV_PREFIX: &str = "HERALD_";
@@ -118,15 +119,17 @@ fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErr
         }
     }
 
-    let typed_from = errors.len();
-    let config = type_table(table, &mut errors);
-    // Where in the file each typing problem stands, unless a variable or a
-    // flag set that setting.
+    let mut typing = Typing::default();
+    let config = type_table(table, &mut typing);
+    let Typing { errors: mut problems, dropped } = typing;
+    problems.extend(config.validate().into_iter().map(|problem| dropped.renumbered(problem)));
+    // Where in the file each problem stands, unless a variable or a flag
+    // set that setting.
     if let Some(path) = &sources.file {
         let overridden = sources.overridden_settings();
-        for problem in errors.iter_mut().skip(typed_from) {
+        for problem in &mut problems {
             let Some((setting, _)) = problem.split_once(": ") else { continue };
-            if overridden.iter().any(|o| o == setting) {
+            if overridden.iter().any(|o| *o == setting.replace('[', ".").replace(']', "")) {
                 continue;
             }
             if let Some(line) = line_of(&text, setting) {
@@ -134,32 +137,15 @@ fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErr
             }
         }
     }
-    errors.extend(config.validate());
+    errors.extend(problems);
     Ok((config, errors))
 }
 
-/// The line of `text` (a TOML file) that sets `setting` (`http.port`), if
-/// it is a plain `key = value` line under a `[table]` header.
-fn line_of(text: &str, setting: &str) -> Option<usize> {
-    let unquote = |part: &str| part.trim().trim_matches('"').to_owned();
-    let mut table = String::new();
-    for (number, line) in text.lines().enumerate() {
-        if let Some(header) = table_header(line) {
-            table = header.split('.').map(unquote).collect::<Vec<_>>().join(".");
-            continue;
-        }
-        let line = line.trim();
-        let Some((key, _)) = line.split_once('=') else { continue };
-        if key.trim_start().starts_with('#') {
-            continue;
-        }
-        let key = key.split('.').map(unquote).collect::<Vec<_>>().join(".");
-        let full = if table.is_empty() { key } else { format!("{table}.{key}") };
-        if full == setting {
-            return number.checked_add(1);
-        }
-    }
-    None
+/// What typing found wrong, and the list elements it dropped whole.
+#[derive(Debug, Default)]
+struct Typing {
+    errors: Vec<String>,
+    dropped: Dropped,
 }
 
 /// A serde message in the words of a config file: `expected u16` means
@@ -176,22 +162,22 @@ fn plain_types(message: &str) -> String {
 
 /// Types each section of a merged table, setting aside (and reporting) what
 /// does not type, and reports unknown sections.
-fn type_table(mut table: Table, errors: &mut Vec<String>) -> Config {
+fn type_table(mut table: Table, typing: &mut Typing) -> Config {
     let config = Config {
-        http: section(&mut table, "http", errors),
-        engine: engine_section(&mut table, errors),
-        client: section(&mut table, "client", errors),
-        api: section(&mut table, "api", errors),
-        channel: section(&mut table, "channel", errors),
-        pusher: section(&mut table, "pusher", errors),
-        log: section(&mut table, "log", errors),
-        node: section(&mut table, "node", errors),
-        admin: section(&mut table, "admin", errors),
-        proxies: section(&mut table, "proxies", errors),
-        webhooks: section(&mut table, "webhooks", errors),
+        http: section(&mut table, "http", typing),
+        engine: engine_section(&mut table, typing),
+        client: section(&mut table, "client", typing),
+        api: section(&mut table, "api", typing),
+        channel: section(&mut table, "channel", typing),
+        pusher: section(&mut table, "pusher", typing),
+        log: section(&mut table, "log", typing),
+        node: section(&mut table, "node", typing),
+        admin: section(&mut table, "admin", typing),
+        proxies: section(&mut table, "proxies", typing),
+        webhooks: section(&mut table, "webhooks", typing),
     };
     for unknown in table.keys() {
-        errors.push(format!(
+        typing.errors.push(format!(
             "{unknown}: unknown section; expected one of http, engine, client, api, channel, pusher, log, node, admin, proxies, webhooks"
         ));
     }
@@ -202,9 +188,9 @@ fn type_table(mut table: Table, errors: &mut Vec<String>) -> Config {
 /// (validation reads key files): the config fuzz target's entry, and how a
 /// config-less node reads the starter config's namespaces.
 pub(crate) fn type_toml(text: &str) -> Option<(Config, Vec<String>)> {
-    let mut errors = Vec::new();
+    let mut typing = Typing::default();
     let table = text.parse::<Table>().ok()?;
-    Some((type_table(table, &mut errors), errors))
+    Some((type_table(table, &mut typing), typing.errors))
 }
 
 /// The file's table, and its text (to say where a problem stands).
@@ -343,8 +329,9 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), Stri
 }
 
 /// Types one section; on failure records the problem, sets the bad key
-/// aside and tries again, so every bad key of the section is reported.
-fn section<T: DeserializeOwned + Default>(table: &mut Table, name: &str, errors: &mut Vec<String>) -> T {
+/// (or list element) aside and tries again, so every bad key of the
+/// section is reported.
+fn section<T: DeserializeOwned + Default>(table: &mut Table, name: &str, typing: &mut Typing) -> T {
     let Some(mut value) = table.remove(name) else {
         return T::default();
     };
@@ -362,9 +349,15 @@ fn section<T: DeserializeOwned + Default>(table: &mut Table, name: &str, errors:
                         steps.push(Step::Key(field));
                     }
                 }
-                errors.push(format!("{}: {message}", shown(name, &steps)));
+                let full: Vec<Step> =
+                    std::iter::once(Step::Key(name.to_owned())).chain(steps.iter().cloned()).collect();
+                let in_file = typing.dropped.as_in_file(&full);
+                typing.errors.push(format!("{}: {message}", shown(&in_file)));
                 if steps.is_empty() || !remove_path(&mut value, &steps) {
                     return T::default();
+                }
+                if matches!(steps.last(), Some(Step::Index(_))) {
+                    typing.dropped.note(&in_file);
                 }
             }
         }
@@ -377,81 +370,22 @@ fn unknown_field(message: &str) -> Option<String> {
     Some(rest.split('`').next()?.to_owned())
 }
 
-/// One step of a setting's path in a section: a key of a table, or an
-/// element of a list (`pusher.apps[0].secret`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
-impl Step {
-    fn of(segment: &serde_path_to_error::Segment) -> Option<Self> {
-        match segment {
-            serde_path_to_error::Segment::Map { key } => Some(Step::Key(key.clone())),
-            serde_path_to_error::Segment::Seq { index } => Some(Step::Index(*index)),
-            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => None,
-        }
-    }
-}
-
-/// The setting's name as the problem list shows it: `pusher.apps[0].secret`.
-fn shown(section: &str, steps: &[Step]) -> String {
-    let mut shown = section.to_owned();
-    for step in steps {
-        match step {
-            Step::Key(key) => {
-                shown.push('.');
-                shown.push_str(key);
-            }
-            Step::Index(index) => shown.push_str(&format!("[{index}]")),
-        }
-    }
-    shown
-}
-
-/// Takes the setting at `steps` out of `value`, so the section can be
-/// typed again without it; false when there is no such setting.
-fn remove_path(value: &mut Value, steps: &[Step]) -> bool {
-    let Some((last, parents)) = steps.split_last() else { return false };
-    let mut current = value;
-    for step in parents {
-        let next = match step {
-            Step::Key(key) => current.as_table_mut().and_then(|t| t.get_mut(key)),
-            Step::Index(index) => current.as_array_mut().and_then(|a| a.get_mut(*index)),
-        };
-        match next {
-            Some(next) => current = next,
-            None => return false,
-        }
-    }
-    match last {
-        Step::Key(key) => current.as_table_mut().and_then(|t| t.remove(key)).is_some(),
-        // A list element that is not a table: nothing to keep of it.
-        Step::Index(index) => match current.as_array_mut() {
-            Some(elements) if *index < elements.len() => {
-                elements.remove(*index);
-                true
-            }
-            _ => false,
-        },
-    }
-}
-
 /// `[engine]`, typed by its `type` first and then as that engine's table,
 /// so each of its bad settings is named with its key (an engine typed as
 /// a whole reports one problem, without the key, and hides the others).
-fn engine_section(table: &mut Table, errors: &mut Vec<String>) -> EngineConfig {
+fn engine_section(table: &mut Table, typing: &mut Typing) -> EngineConfig {
     let Some(value) = table.remove("engine") else { return EngineConfig::default() };
     let Value::Table(mut engine) = value else {
-        errors.push("engine: must be a table, as `[engine]` with `type = \"redis\"` and its settings".to_owned());
+        typing
+            .errors
+            .push("engine: must be a table, as `[engine]` with `type = \"redis\"` and its settings".to_owned());
         return EngineConfig::default();
     };
     let kind = match engine.remove("type") {
         // Settings of another engine, without saying which: named as such,
         // not as settings the memory engine does not know.
         None if engine.keys().any(|key| key != "max_streams") => {
-            errors.push(
+            typing.errors.push(
                 "engine.type: missing; the section has settings of another engine than memory, so say which: \
                  type = \"redis\", \"redis_cluster\" or \"nats\""
                     .to_owned(),
@@ -461,18 +395,18 @@ fn engine_section(table: &mut Table, errors: &mut Vec<String>) -> EngineConfig {
         None => "memory".to_owned(),
         Some(Value::String(kind)) => kind,
         Some(other) => {
-            errors.push(format!("engine.type: expected a string, found {}", other.type_str()));
+            typing.errors.push(format!("engine.type: expected a string, found {}", other.type_str()));
             return EngineConfig::default();
         }
     };
     let mut settings = Table::from_iter([("engine".to_owned(), Value::Table(engine))]);
     match kind.as_str() {
-        "memory" => EngineConfig::Memory(section(&mut settings, "engine", errors)),
-        "redis" => EngineConfig::Redis(section(&mut settings, "engine", errors)),
-        "redis_cluster" => EngineConfig::RedisCluster(section(&mut settings, "engine", errors)),
-        "nats" => EngineConfig::Nats(section(&mut settings, "engine", errors)),
+        "memory" => EngineConfig::Memory(section(&mut settings, "engine", typing)),
+        "redis" => EngineConfig::Redis(section(&mut settings, "engine", typing)),
+        "redis_cluster" => EngineConfig::RedisCluster(section(&mut settings, "engine", typing)),
+        "nats" => EngineConfig::Nats(section(&mut settings, "engine", typing)),
         other => {
-            errors.push(format!(
+            typing.errors.push(format!(
                 "engine.type: `{other}` is not an engine; expected memory, redis, redis_cluster or nats"
             ));
             EngineConfig::default()
@@ -480,5 +414,6 @@ fn engine_section(table: &mut Table, errors: &mut Vec<String>) -> EngineConfig {
     }
 }
 
+mod paths;
 #[cfg(test)]
 mod tests;

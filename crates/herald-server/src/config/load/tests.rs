@@ -436,6 +436,64 @@ secret = "short"
     assert!(untyped[0].starts_with("engine.type: missing"), "not as settings memory does not know: {untyped:#?}");
 }
 
+/// The problem that begins with `setting`, from `errors`.
+fn problem<'a>(errors: &'a [String], setting: &str) -> &'a str {
+    errors.iter().find(|e| e.starts_with(setting)).unwrap_or_else(|| panic!("no {setting} in {errors:#?}"))
+}
+
+#[test]
+fn a_list_element_dropped_whole_leaves_the_others_named_as_in_the_file() {
+    let f = file(
+        r#"[pusher]
+apps = [
+  "app-0",
+  { id = "app-1", key = "key-1", secret = "short", namespace = "one" },
+  { id = "app-2", key = "key 2", secret = "a-long-secret", namespace = "two", max_event_size = "big" },
+]
+[channel.namespaces.one]
+[channel.namespaces.two]
+"#,
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    problem(&errors, "pusher.apps[0]: invalid type: string");
+    // Found once the first was dropped, by typing and by validation.
+    problem(&errors, "pusher.apps[1].secret");
+    problem(&errors, "pusher.apps[2].max_event_size");
+    problem(&errors, "pusher.apps[2].key");
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+}
+
+#[test]
+fn a_problem_inside_a_list_of_tables_names_its_line() {
+    let f = file(
+        r#"[[pusher.apps]]
+id = "app-0"
+key = "key-0"
+secret = "a-long-secret"
+namespace = "zero"
+[[pusher.apps.webhooks]]
+url = "http://127.0.0.1:9000/hooks"
+events = ["channel_ocupied"]
+[[pusher.apps]]
+id = "app-1"
+key = "key 1"
+secret = "a-long-secret"
+namespace = "one"
+max_event_size = "big"
+[channel.namespaces.zero]
+[channel.namespaces.one]
+"#,
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    for (setting, line) in
+        [("pusher.apps[0].webhooks[0].events", 8), ("pusher.apps[1].key", 11), ("pusher.apps[1].max_event_size", 14)]
+    {
+        let problem = problem(&errors, setting);
+        assert!(problem.ends_with(&format!("line {line})")), "{problem}");
+    }
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+}
+
 #[test]
 fn origins_no_browser_sends_and_an_open_api_beside_its_key_are_named() {
     let f = file(

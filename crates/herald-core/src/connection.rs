@@ -100,8 +100,10 @@ pub struct ConnectionSpec {
 /// earlier or later one to the same channel. A session that ends a
 /// subscription at its deadline names it by this, so that a subscription
 /// the server made in its place meanwhile (unsubscribed and subscribed
-/// again through the API) is left alone. Given out by the hub from one
-/// counter; it wraps after 2^32 subscribes, far beyond any deadline's life.
+/// again through the API) is left alone. Given out from one counter of the
+/// node's hub, which wraps: two subscriptions of one connection to one
+/// channel share a serial only if exactly a multiple of 2^32 subscribes
+/// were made on the node between them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SubscriptionSerial(pub(crate) u32);
 

@@ -380,7 +380,8 @@ async fn the_sub_refresh_proxy_extends_subscriptions_or_ends_them_when_the_backe
 async fn a_subscription_the_server_made_while_the_backend_was_asked_outlives_the_backends_answer() {
     let setup = setup(Duration::from_secs(10)).await;
     let (mut client, _) = connect_as(&setup, "ada", json!({})).await;
-    client.command(json!({"id": 2, "subscribe": {"channel": "chat:short-held"}})).await;
+    let subscribed = client.command(json!({"id": 2, "subscribe": {"channel": "chat:short-held"}})).await;
+    assert!(subscribed.get("subscribe").is_some(), "{subscribed}");
     let subscribers = || async {
         let (_, reply) = setup.server.api("channels", json!({})).await;
         reply["result"]["channels"]["chat:short-held"]["num_clients"].as_u64().unwrap_or(0)

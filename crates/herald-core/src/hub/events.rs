@@ -70,10 +70,7 @@ impl Hub {
     pub(super) fn end_stale(self: Arc<Self>, subscriptions: Vec<(Arc<Connection>, ChannelName)>) {
         tokio::spawn(async move {
             for (conn, channel) in subscriptions {
-                if self.unsubscribe(&conn, &channel).await {
-                    let reason = UnsubscribeReason::InsufficientState;
-                    let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Unsubscribed { channel, reason }));
-                }
+                self.unsubscribe_telling(&conn, &channel, UnsubscribeReason::InsufficientState).await;
             }
         });
     }
@@ -141,11 +138,7 @@ impl Hub {
                 }
                 tokio::spawn(async move {
                     for conn in conns {
-                        if self.unsubscribe(&conn, &channel).await {
-                            let reason = UnsubscribeReason::Server;
-                            let event = ConnEvent::Unsubscribed { channel: channel.clone(), reason };
-                            let _ = conn.outbox.push(Outgoing::Event(event));
-                        }
+                        self.unsubscribe_telling(&conn, &channel, UnsubscribeReason::Server).await;
                     }
                 });
             }

@@ -315,7 +315,21 @@ impl Hub {
     /// with [`HubError::Interrupted`], which tells the client instead: false
     /// then, as when `conn` was not subscribed.
     pub async fn unsubscribe(&self, conn: &Arc<Connection>, channel: &ChannelName) -> bool {
-        self.unsubscribe_if(conn, channel, None).await
+        self.unsubscribe_if(conn, channel, None, None).await
+    }
+
+    /// Unsubscribes `conn` from `channel` for its session's sake, as the
+    /// server API does: if a live subscription ended, its session is told
+    /// ([`ConnEvent::Unsubscribed`] with `reason`) at once, before a later
+    /// subscribe of the channel can queue its own event, so that the
+    /// session reads the two in the order they happened.
+    pub async fn unsubscribe_telling(
+        &self,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+        reason: UnsubscribeReason,
+    ) -> bool {
+        self.unsubscribe_if(conn, channel, None, Some(reason)).await
     }
 
     /// Unsubscribes `conn` from `channel` as [`Hub::unsubscribe`] does, but
@@ -329,7 +343,7 @@ impl Hub {
         channel: &ChannelName,
         serial: SubscriptionSerial,
     ) -> bool {
-        self.unsubscribe_if(conn, channel, Some(serial)).await
+        self.unsubscribe_if(conn, channel, Some(serial), None).await
     }
 
     /// Which subscription `conn` has to `channel` (see
@@ -343,6 +357,7 @@ impl Hub {
         conn: &Arc<Connection>,
         channel: &ChannelName,
         serial: Option<SubscriptionSerial>,
+        tell: Option<UnsubscribeReason>,
     ) -> bool {
         let interest = self.channels.lock_interest(channel).await;
         // Under the interest lock, which every subscribe and unsubscribe
@@ -353,6 +368,10 @@ impl Hub {
         // Who the connection was in the channel, read before the subscription goes.
         let info = conn.info_in(channel);
         let Some(removed) = self.remove_subscriber(conn, channel).await else { return false };
+        if let Some(reason) = tell.filter(|_| removed.joined) {
+            // A full outbox closes itself as slow.
+            let _ = conn.outbox.push(Outgoing::Event(ConnEvent::Unsubscribed { channel: channel.clone(), reason }));
+        }
         // Noted before the leave, which may wait for joins: should this
         // future be dropped there, the count is still written.
         let occupancy = self.occupancy.changed(channel, removed.left);

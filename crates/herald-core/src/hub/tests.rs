@@ -333,12 +333,12 @@ async fn a_subscription_named_by_its_serial_ends_only_while_it_is_still_the_one(
     let f = Fixture::new().await;
     let a = f.connect("a", 1 << 20);
     let news = ch("news");
+    let subscribe = || f.hub.subscribe(&a, &news, SubscribeAccess::Client, SubscribeRequest::default(), |_| None);
     assert_eq!(f.hub.subscription_serial(&a, &news), None);
-    f.subscribe(&a, "news").await.unwrap();
-    let first = f.hub.subscription_serial(&a, &news).expect("subscribed");
+    let first = subscribe().await.unwrap().serial;
+    assert_eq!(f.hub.subscription_serial(&a, &news), Some(first), "the serial its subscribe gave");
     assert!(f.hub.unsubscribe(&a, &news).await);
-    f.subscribe(&a, "news").await.unwrap();
-    let second = f.hub.subscription_serial(&a, &news).expect("subscribed again");
+    let second = subscribe().await.unwrap().serial;
     assert_ne!(first, second, "each subscription is named apart");
 
     assert!(!f.hub.unsubscribe_subscription(&a, &news, first).await, "the first is gone; the second is not its to end");

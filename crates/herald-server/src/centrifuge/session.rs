@@ -176,9 +176,10 @@ struct SubDeadline {
     channel: ChannelName,
     at: Instant,
     by_proxy: bool,
-    /// The subscription it is for. The server may have unsubscribed and
-    /// subscribed the connection again (through the API) before the
-    /// session has read of it: that subscription is not this one's to end.
+    /// The subscription it is for. The server may have unsubscribed the
+    /// connection and subscribed it again (through the API) before the
+    /// session has read the events that say so: that subscription is not
+    /// this deadline's to end.
     serial: SubscriptionSerial,
 }
 

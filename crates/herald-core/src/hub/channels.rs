@@ -29,6 +29,16 @@ pub(super) struct Subscriber {
     more: Option<Box<More>>,
 }
 
+/// A subscription that missed publications, to be ended so that its
+/// client recovers: named by its serial, so that one the connection has
+/// made since it was found is not ended in its place.
+#[derive(Debug)]
+pub(super) struct Stale {
+    pub(super) conn: Arc<Connection>,
+    pub(super) channel: ChannelName,
+    pub(super) serial: SubscriptionSerial,
+}
+
 /// What only some subscribers need. A positioned subscriber (recovery
 /// on), and one sent its channel's latest publication (a Pusher cache
 /// channel's), holds one for its subscription's life, so the box holds
@@ -457,23 +467,27 @@ impl Channels {
         channel: &ChannelName,
         now: &StreamPosition,
         earlier: Option<&StreamPosition>,
-    ) -> Vec<Arc<Connection>> {
+    ) -> Vec<(Arc<Connection>, SubscriptionSerial)> {
         let shard = self.read(channel);
         let Some(subscribers) = shard.get(channel) else { return Vec::new() };
         subscribers
             .values()
             .filter(|s| s.followed().is_some_and(|f| f.fell_behind(now, earlier)))
-            .map(|s| s.conn.clone())
+            .map(|s| (s.conn.clone(), s.serial))
             .collect()
     }
 
-    /// Every positioned subscription, as (connection, channel).
-    pub(super) fn positioned(&self) -> Vec<(Arc<Connection>, ChannelName)> {
+    /// Every positioned subscription.
+    pub(super) fn positioned(&self) -> Vec<Stale> {
         let mut out = Vec::new();
         self.map.for_each_shard(|shard| {
             for (channel, subscribers) in shard {
                 for subscriber in subscribers.values().filter(|s| s.positioned) {
-                    out.push((subscriber.conn.clone(), channel.clone()));
+                    out.push(Stale {
+                        conn: subscriber.conn.clone(),
+                        channel: channel.clone(),
+                        serial: subscriber.serial,
+                    });
                 }
             }
         });

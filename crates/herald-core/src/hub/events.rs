@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_engine::{ChannelName, Control, EngineEvent};
+use herald_engine::{Control, EngineEvent};
 
+use super::channels::Stale;
 use super::{Hub, SubscribeAccess, SubscribeOutcome, SubscribeRequest};
-use crate::connection::Connection;
 use crate::error::HubError;
 use crate::outbox::{ConnEvent, Outgoing, UnsubscribeReason};
 
@@ -36,7 +36,9 @@ impl Hub {
                         subscriptions = stale.len(),
                         "publications missed here (a gap or a new epoch): those subscriptions will recover"
                     );
-                    self.end_stale(stale.into_iter().map(|conn| (conn, channel.clone())).collect());
+                    let stale =
+                        stale.into_iter().map(|(conn, serial)| Stale { conn, channel: channel.clone(), serial });
+                    self.end_stale(stale.collect());
                 }
             }
             EngineEvent::Presence { channel, event } => {
@@ -67,10 +69,10 @@ impl Hub {
 
     /// Ends each subscription with "insufficient state": its client
     /// resubscribes and recovers from history (or learns it cannot).
-    pub(super) fn end_stale(self: Arc<Self>, subscriptions: Vec<(Arc<Connection>, ChannelName)>) {
+    pub(super) fn end_stale(self: Arc<Self>, subscriptions: Vec<Stale>) {
         tokio::spawn(async move {
-            for (conn, channel) in subscriptions {
-                self.unsubscribe_telling(&conn, &channel, UnsubscribeReason::InsufficientState).await;
+            for Stale { conn, channel, serial } in subscriptions {
+                self.end_stale_one(&conn, &channel, serial).await;
             }
         });
     }

@@ -13,7 +13,7 @@ use herald_engine::{ChannelName, PresenceEvent, Publication};
 use tokio::time::Instant;
 
 use super::channels::{Channels, Next};
-use crate::connection::Connection;
+use crate::connection::{Connection, SubscriptionSerial};
 use crate::frame::Frame;
 use crate::outbox::{Outbox, Outgoing};
 
@@ -163,7 +163,7 @@ impl Channels {
         channel: &ChannelName,
         publication: &Arc<Publication>,
         write_delay: Duration,
-    ) -> (Vec<Arc<Connection>>, usize, Flush) {
+    ) -> (Vec<(Arc<Connection>, SubscriptionSerial)>, usize, Flush) {
         let mut stale = Vec::new();
         let mut queued_for = 0usize;
         let shard = self.read(channel);
@@ -195,7 +195,7 @@ impl Channels {
                 None | Some(Next::Send) => {}
                 Some(Next::Skip) => continue,
                 Some(Next::Stale) => {
-                    stale.push(conn.clone());
+                    stale.push((conn.clone(), subscriber.serial));
                     continue;
                 }
             }

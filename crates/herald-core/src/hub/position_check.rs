@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use herald_engine::{ChannelName, HistoryQuery, StreamPosition};
 
+use super::channels::Stale;
 use super::Hub;
 
 /// Checks every interval in a task of its own; never when it is zero.
@@ -54,7 +55,7 @@ impl Hub {
                 continue;
             };
             let behind = self.channels.fell_behind(&channel, &read.position, earlier.get(&channel));
-            stale.extend(behind.into_iter().map(|conn| (conn, channel.clone())));
+            stale.extend(behind.into_iter().map(|(conn, serial)| Stale { conn, channel: channel.clone(), serial }));
             now.insert(channel, read.position);
         }
         if !stale.is_empty() {

@@ -219,7 +219,12 @@ async fn a_recovering_subscription_the_engine_interruption_ends_is_told_only_by_
     let subscribing = node.subscribe(&client, true);
     node.reads_waiting(1).await;
     // As when the engine's link breaks: every positioned subscription ends.
-    node.hub.clone().end_stale(vec![(client.clone(), node.channel.clone())]);
+    let serial = node.hub.subscription_serial(&client, &node.channel).expect("subscribing");
+    node.hub.clone().end_stale(vec![super::channels::Stale {
+        conn: client.clone(),
+        channel: node.channel.clone(),
+        serial,
+    }]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while client.subscriptions().contains_key(&node.channel) {
         assert!(tokio::time::Instant::now() < deadline, "the subscription was not ended");

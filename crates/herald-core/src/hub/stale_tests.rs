@@ -231,6 +231,25 @@ async fn the_position_check_catches_the_last_publications_missed() {
 }
 
 #[tokio::test]
+async fn a_subscription_made_since_a_stale_one_was_found_is_not_ended_in_its_place() {
+    let node = Node::start(Duration::ZERO).await;
+    let conn = node.subscriber().await;
+    assert_eq!(next_sent(&conn).await, ["sub 0"]);
+    let found_stale = node.hub.subscription_serial(&conn, &node.channel).expect("subscribed");
+    // Before the stale subscription is ended, it ends and another is made.
+    assert!(node.hub.unsubscribe(&conn, &node.channel).await);
+    let request = SubscribeRequest::default();
+    node.hub.subscribe(&conn, &node.channel, SubscribeAccess::Client, request, |_| None).await.unwrap();
+
+    node.hub.end_stale_one(&conn, &node.channel, found_stale).await;
+    assert!(conn.subscriptions().contains_key(&node.channel), "the new subscription stays");
+    assert_eq!(sent(&conn), Vec::<String>::new(), "and its client is not told to recover");
+    let current = node.hub.subscription_serial(&conn, &node.channel).expect("subscribed");
+    node.hub.end_stale_one(&conn, &node.channel, current).await;
+    assert_eq!(sent(&conn), ["recover"]);
+}
+
+#[tokio::test]
 async fn the_position_check_leaves_subscribers_that_are_up_to_date_alone() {
     let node = Node::start(Duration::from_millis(20)).await;
     let conn = node.subscriber().await;

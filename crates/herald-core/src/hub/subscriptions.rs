@@ -346,6 +346,18 @@ impl Hub {
         self.unsubscribe_if(conn, channel, Some(serial), None).await
     }
 
+    /// Ends a subscription that missed publications, if it is still the
+    /// one `serial` names, and tells its session (insufficient state: its
+    /// client recovers).
+    pub(super) async fn end_stale_one(
+        &self,
+        conn: &Arc<Connection>,
+        channel: &ChannelName,
+        serial: SubscriptionSerial,
+    ) {
+        self.unsubscribe_if(conn, channel, Some(serial), Some(UnsubscribeReason::InsufficientState)).await;
+    }
+
     /// Which subscription `conn` has to `channel` (see
     /// [`SubscribeOutcome::serial`]); `None` if it has none.
     pub fn subscription_serial(&self, conn: &Connection, channel: &ChannelName) -> Option<SubscriptionSerial> {

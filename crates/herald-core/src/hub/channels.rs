@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use herald_engine::{ChannelName, ClientId, Epoch, Publication, StreamPosition, UserId};
 
 use super::interest::{Interest, InterestLocks};
-use crate::connection::{Connection, SubscriptionSerial};
+use crate::connection::{Connection, Subscription, SubscriptionSerial};
 use crate::shard::ShardedMap;
 
 /// A connection's place in a channel. Kept small: a channel's table holds
@@ -104,18 +104,20 @@ struct Rare {
 }
 
 impl Subscriber {
-    /// A subscriber of `conn`; `user` when it is someone else in this
-    /// channel than its connection's user. One that `reads` history first
-    /// (a positioned subscriber, or one that asked for the channel's latest
+    /// The subscriber `subscription` of `conn` makes, named by `serial`
+    /// (its `user`, when someone else in this channel than its
+    /// connection's user, is kept). One that `reads` history first (a
+    /// positioned subscriber, or one that asked for the channel's latest
     /// publication) starts out recovering: publications wait for the read.
     pub(super) fn new(
-        (conn, serial): (Arc<Connection>, SubscriptionSerial),
-        join_leave: bool,
+        conn: Arc<Connection>,
+        serial: SubscriptionSerial,
+        subscription: &Subscription,
         (positioned, reads): (bool, bool),
-        user: Option<UserId>,
         delta: bool,
     ) -> Self {
-        let user = user.filter(|user| !conn.is_user(user));
+        let join_leave = subscription.join_leave;
+        let user = subscription.user.clone().filter(|user| !conn.is_user(user));
         let rare = (user.is_some() || delta).then(|| Box::new(Rare { user, delta: delta.then(DeltaBase::default) }));
         let more = (rare.is_some() || reads)
             .then(|| Box::new(More { followed: None, recovering: reads.then(Waiting::default), rare }));

@@ -84,8 +84,7 @@ impl Hub {
         let subscription = &request.subscription;
         let reads = (positioned, positioned || request.latest);
         let serial = self.channels.next_serial();
-        let subscriber =
-            Subscriber::new((conn.clone(), serial), subscription.join_leave, reads, subscription.user.clone(), delta);
+        let subscriber = Subscriber::new(conn.clone(), serial, subscription, reads, delta);
         let waiting = subscriber.waiting();
         // Until its join is told, presence refreshes leave its entry alone
         // (noted before a refresh can list the subscription).

@@ -124,12 +124,15 @@ fn load_collecting(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErr
     let Typing { errors: mut problems, dropped } = typing;
     problems.extend(config.validate().into_iter().map(|problem| dropped.renumbered(problem)));
     // Where in the file each problem stands, unless a variable or a flag
-    // set that setting.
+    // set that setting, or a list or table holding it.
     if let Some(path) = &sources.file {
         let overridden = sources.overridden_settings();
         for problem in &mut problems {
             let Some((setting, _)) = problem.split_once(": ") else { continue };
-            if overridden.iter().any(|o| *o == setting.replace('[', ".").replace(']', "")) {
+            let dotted = setting.replace('[', ".").replace(']', "");
+            let holds =
+                |o: &String| dotted == *o || dotted.strip_prefix(o.as_str()).is_some_and(|r| r.starts_with('.'));
+            if overridden.iter().any(holds) {
                 continue;
             }
             if let Some(line) = line_of(&text, setting) {
@@ -340,8 +343,8 @@ fn section<T: DeserializeOwned + Default>(table: &mut Table, name: &str, typing:
         match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(typed) => return typed,
             Err(e) => {
-                let full = e.inner().to_string();
-                let message = plain_types(full.lines().next().unwrap_or_default());
+                let text = e.inner().to_string();
+                let message = plain_types(text.lines().next().unwrap_or_default());
                 let mut steps: Vec<Step> = e.path().iter().filter_map(Step::of).collect();
                 // An unknown field's error stands at the table holding it.
                 if let Some(field) = unknown_field(&message) {
@@ -349,9 +352,9 @@ fn section<T: DeserializeOwned + Default>(table: &mut Table, name: &str, typing:
                         steps.push(Step::Key(field));
                     }
                 }
-                let full: Vec<Step> =
+                let path: Vec<Step> =
                     std::iter::once(Step::Key(name.to_owned())).chain(steps.iter().cloned()).collect();
-                let in_file = typing.dropped.as_in_file(&full);
+                let in_file = typing.dropped.as_in_file(&path);
                 typing.errors.push(format!("{}: {message}", shown(&in_file)));
                 if steps.is_empty() || !remove_path(&mut value, &steps) {
                     return T::default();

@@ -42,8 +42,7 @@ pub(super) fn shown(steps: &[Step]) -> String {
 }
 
 /// The path of a setting's name as [`shown`] writes it; `None` for text
-/// that is not one (a namespace's problem names the namespace alone, as
-/// `feed: ...`, which parses as a key and is left as it is).
+/// that is not one (`channel namespace feed`, `TLS setup`).
 fn parsed(name: &str) -> Option<Vec<Step>> {
     let mut steps = Vec::new();
     for part in name.split('.') {
@@ -152,15 +151,20 @@ impl Dropped {
 
 /// The line of `text` (a TOML file) that sets `setting` (`http.port`,
 /// `pusher.apps[1].secret`), if it is a plain `key = value` line under a
-/// `[table]` or `[[list]]` header.
+/// `[table]` or `[[list]]` header, or the header that opens it (`webhooks[0]`).
 pub(super) fn line_of(text: &str, setting: &str) -> Option<usize> {
-    let unquote = |part: &str| part.trim().trim_matches('"').to_owned();
+    let unquote = |part: &str| part.trim().trim_matches(|c| c == '"' || c == '\'').to_owned();
     let mut headers = Headers::default();
     let mut table = String::new();
     for (number, line) in text.lines().enumerate() {
         if let Some(header) = super::table_header(line) {
             let plain = header.split('.').map(unquote).collect::<Vec<_>>().join(".");
             table = headers.open(&plain, line.trim_start().starts_with("[["));
+            // A problem with a whole table (a list element missing a
+            // setting it needs) stands at its header.
+            if table == setting {
+                return number.checked_add(1);
+            }
             continue;
         }
         let line = line.trim();
@@ -181,16 +185,17 @@ pub(super) fn line_of(text: &str, setting: &str) -> Option<usize> {
 /// each header opens as a problem names it (`pusher.apps[1].webhooks[0]`).
 #[derive(Debug, Default)]
 struct Headers {
-    /// The list elements open, outermost first: each `[[header]]` as
-    /// written, and the table it opened.
+    /// The list elements open, outermost first: each `[[header]]`'s name
+    /// (unquoted), and the table it opened.
     open: Vec<(String, String)>,
     /// How many elements each list has had so far.
     counts: HashMap<String, usize>,
 }
 
 impl Headers {
-    /// The table a header opens: `plain` as written, under the innermost
-    /// open list element it is inside; a `[[list]]` header's next element.
+    /// The table a header opens: `plain` (the header's name, unquoted),
+    /// under the innermost open list element it is inside; a `[[list]]`
+    /// header's next element.
     fn open(&mut self, plain: &str, list: bool) -> String {
         let inside = self
             .open
@@ -249,20 +254,32 @@ mod tests {
 
     #[test]
     fn a_setting_inside_a_list_element_is_found_on_its_line() {
-        let text = "[pusher]\nactivity_timeout = \"60s\"\n[[pusher.apps]]\nid = \"a\"\n[[pusher.apps.webhooks]]\nurl = \"x\"\n[[pusher.apps]]\nid = \"b\"\n[[pusher.apps.webhooks]]\nurl = \"y\"\n[[pusher.apps.webhooks]]\nurl = \"z\"\n[[webhooks]]\nurl = \"w\"\n";
-        let lines: Vec<_> = [
-            "pusher.activity_timeout",
-            "pusher.apps[0].id",
-            "pusher.apps[0].webhooks[0].url",
-            "pusher.apps[1].id",
-            "pusher.apps[1].webhooks[0].url",
-            "pusher.apps[1].webhooks[1].url",
-            "webhooks[0].url",
-            "pusher.apps[2].id",
-        ]
-        .into_iter()
-        .map(|setting| line_of(text, setting))
-        .collect();
-        assert_eq!(lines, [Some(2), Some(4), Some(6), Some(8), Some(10), Some(12), Some(14), None]);
+        let text = r#"[pusher]
+activity_timeout = "60s"
+[[pusher.apps]]
+id = "a"
+[[pusher.apps.webhooks]]
+url = "x"
+[[pusher.'apps']]  # the same list, spelled otherwise
+id = "b"
+[[pusher.apps.webhooks]]
+url = "y"
+[[pusher.apps.webhooks]]
+url = "z"
+[[webhooks]]
+url = "w"
+"#;
+        for (setting, line) in [
+            ("pusher.activity_timeout", Some(2)),
+            ("pusher.apps[0].id", Some(4)),
+            ("pusher.apps[0].webhooks[0].url", Some(6)),
+            ("pusher.apps[1].id", Some(8)),
+            ("pusher.apps[1].webhooks[0].url", Some(10)),
+            ("pusher.apps[1].webhooks[1].url", Some(12)),
+            ("webhooks[0].url", Some(14)),
+            ("pusher.apps[2].id", None),
+        ] {
+            assert_eq!(line_of(text, setting), line, "{setting}");
+        }
     }
 }

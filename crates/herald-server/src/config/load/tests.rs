@@ -495,6 +495,28 @@ max_event_size = "big"
 }
 
 #[test]
+fn a_webhook_dropped_for_a_missing_setting_leaves_the_next_named_and_placed_as_in_the_file() {
+    let f = file(
+        r#"[[webhooks]]
+url = "http://hooks.example/in"
+[[webhooks]]
+url = "nope"
+secret = "sixteen-chars-long"
+"#,
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    assert!(problem(&errors, "webhooks[0]: missing field `secret`").ends_with("line 1)"), "{errors:#?}");
+    assert!(problem(&errors, "webhooks[1].url").ends_with("line 4)"), "{errors:#?}");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+
+    // A list a variable replaces whole is not the file's: no line of it.
+    let env = [("HERALD_WEBHOOKS", r#"[{url = "nope", secret = "sixteen-chars-long"}]"#)];
+    let errors = load(&sources(Some(&f), &env, &[])).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(problem(&errors, "webhooks[0].url").ends_with("an http(s)://host[:port]/path URL"), "{errors:#?}");
+}
+
+#[test]
 fn origins_no_browser_sends_and_an_open_api_beside_its_key_are_named() {
     let f = file(
         r#"

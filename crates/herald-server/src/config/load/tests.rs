@@ -464,6 +464,24 @@ apps = [
 }
 
 #[test]
+fn an_element_dropped_from_a_list_inside_a_list_element_leaves_the_next_named_as_in_the_file() {
+    let f = file(
+        r#"[[pusher.apps]]
+id = "app-0"
+key = "key-0"
+secret = "a-long-secret"
+namespace = "zero"
+webhooks = ["http://hooks.example/in", { url = "ftp://hooks.example/in" }]
+[channel.namespaces.zero]
+"#,
+    );
+    let errors = load(&sources(Some(&f), &[], &[])).unwrap_err().0;
+    problem(&errors, "pusher.apps[0].webhooks[0]: invalid type: string");
+    problem(&errors, "pusher.apps[0].webhooks[1].url: `ftp://hooks.example/in` is not");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+}
+
+#[test]
 fn a_problem_inside_a_list_of_tables_names_its_line() {
     let f = file(
         r#"[[pusher.apps]]

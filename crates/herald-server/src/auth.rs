@@ -68,6 +68,10 @@ pub struct ConnectClaims {
     /// (Centrifugo's `subs`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub subs: BTreeMap<String, TokenSubscription>,
+    /// What the backend is told of the connection in every proxied request
+    /// after the connect; never shown to clients (Centrifugo's `meta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 /// The options of one of a connection token's `subs`.

@@ -62,10 +62,15 @@ async fn answer(
                 "data": {"welcome": user},
                 "expire_at": body["data"]["expire_in"].as_i64().map_or(0, |s| unix_now() + s),
                 "channels": ["personal:".to_owned() + user],
+                "meta": {"tenant": format!("t-{user}")},
             }}),
             None => json!({"disconnect": {"code": 4501, "reason": "no session"}}),
         },
-        "refresh" => json!({"result": {"expire_at": unix_now() + 2, "info": {"name": "ADA, refreshed"}}}),
+        "refresh" => json!({"result": {
+            "expire_at": unix_now() + 2,
+            "info": {"name": "ADA, refreshed"},
+            "meta": {"tenant": "t-refreshed"},
+        }}),
         "subscribe" if body["channel"] == "chat:secret" => json!({"error": {"code": 1403, "message": "not for you"}}),
         "subscribe" if body["channel"].as_str().is_some_and(|c| c.starts_with("chat:short")) => {
             json!({"result": {"expire_at": unix_now() + 1}})
@@ -271,6 +276,39 @@ async fn an_rpc_is_answered_by_the_backend_and_a_send_reaches_it() {
     support::eventually("the backend got the send", || !setup.backend.events("send").is_empty()).await;
     let (body, _) = setup.backend.events("send").pop().unwrap();
     assert_eq!((body["user"].as_str(), body["data"].clone()), (Some("ada"), json!({"typing": true})));
+}
+
+#[tokio::test]
+async fn a_connections_meta_reaches_the_backend_in_each_call_after_the_connect_and_never_a_client() {
+    let setup = setup(Duration::from_secs(2)).await;
+    // Refreshed in one to two seconds: after the calls below.
+    let (mut client, reply) = connect_as(&setup, "ada", json!({"expire_in": 2})).await;
+    assert!(!reply.to_string().contains("t-ada"), "{reply}");
+    client.command(json!({"id": 2, "subscribe": {"channel": "chat:room"}})).await;
+    let reply = client.command(json!({"id": 3, "publish": {"channel": "chat:room", "data": {"text": "hi"}}})).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    let own = client.next_push().await;
+    assert!(!own.to_string().contains("t-ada"), "nor its subscribers: {own}");
+    let meta_of = |event: &str| -> Vec<Value> {
+        setup.backend.events(event).into_iter().map(|(body, _)| body["meta"].clone()).collect()
+    };
+    assert_eq!(meta_of("connect"), [Value::Null], "the connect has none yet");
+    assert_eq!(meta_of("subscribe"), [json!({"tenant": "t-ada"})]);
+    assert_eq!(meta_of("publish"), [json!({"tenant": "t-ada"})]);
+
+    // The refresh proxy is told it, and its answer replaces it.
+    support::eventually("a refresh", || !setup.backend.events("refresh").is_empty()).await;
+    assert_eq!(meta_of("refresh").first(), Some(&json!({"tenant": "t-ada"})));
+    client.command(json!({"id": 4, "rpc": {"method": "add", "data": {"a": 1, "b": 2}}})).await;
+    assert_eq!(meta_of("rpc"), [json!({"tenant": "t-refreshed"})]);
+
+    // A connection token's meta, on a node that asks a subscribe proxy.
+    let token = setup.server.token_with("bob", json!({"meta": {"tenant": "t-bob"}}));
+    let mut bob = setup.server.client().await;
+    bob.command(json!({"id": 1, "connect": {"token": token}})).await;
+    bob.command(json!({"id": 2, "subscribe": {"channel": "chat:bob"}})).await;
+    let asked = setup.backend.events("subscribe").into_iter().find(|(body, _)| body["channel"] == "chat:bob");
+    assert_eq!(asked.map(|(body, _)| body["meta"].clone()), Some(json!({"tenant": "t-bob"})));
 }
 
 #[tokio::test]

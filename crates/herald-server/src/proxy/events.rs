@@ -2,7 +2,7 @@
 //! with Centrifugo's field names. Every request names the connection
 //! (`client`), how it is connected (`transport`: `websocket`, `http_stream`,
 //! `sse`, `uni_…`; `protocol`: `json` or `protobuf`; `encoding`) and, except
-//! for connect, its `user`. Payloads are JSON in both protocols (`data`;
+//! for connect, its `user` and the connection's `meta` when it has one. Payloads are JSON in both protocols (`data`;
 //! the `b64data` forms of Centrifugo's binary encoding are not used).
 
 use std::collections::BTreeMap;
@@ -10,20 +10,23 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// The fields every request carries.
+/// The fields every request carries, and after the connect the
+/// connection's `meta`, if it has one.
 #[derive(Debug, Serialize)]
 pub(crate) struct Client<'a> {
     pub(crate) client: &'a str,
     pub(crate) transport: &'static str,
     pub(crate) protocol: &'static str,
     pub(crate) encoding: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) meta: Option<&'a RawValue>,
 }
 
 #[cfg(test)]
 impl<'a> Client<'a> {
     /// A Centrifuge JSON client over WebSocket.
     pub(crate) fn websocket(client: &'a str) -> Self {
-        Self { client, transport: "websocket", protocol: "json", encoding: "json" }
+        Self { client, transport: "websocket", protocol: "json", encoding: "json", meta: None }
     }
 }
 
@@ -61,6 +64,10 @@ pub(crate) struct ConnectResult {
     /// The same, each with its channel info and data.
     #[serde(default)]
     pub(crate) subs: BTreeMap<String, ConnectSub>,
+    /// What the backend is to be told of the connection in every proxied
+    /// request after this one; never shown to clients.
+    #[serde(default)]
+    pub(crate) meta: Option<Box<RawValue>>,
 }
 
 /// A server-side subscription a connect result asks for.
@@ -96,6 +103,10 @@ pub(crate) struct RefreshResult {
     /// `sub_refresh`'s is not read).
     #[serde(default)]
     pub(crate) info: Option<serde_json::Value>,
+    /// A `refresh`'s new connection `meta`, replacing the connection's (a
+    /// `sub_refresh`'s is not read).
+    #[serde(default)]
+    pub(crate) meta: Option<Box<RawValue>>,
 }
 
 /// `subscribe`: a client subscribes without a subscription token.
@@ -212,6 +223,7 @@ mod tests {
         assert_eq!((result.user.as_str(), expiry(result.expire_at)), ("56", Some(1_700_000_000)));
         assert_eq!(result.info.unwrap().get(), r#"{"name":"Ada"}"#);
         assert_eq!(result.subs["personal:56"].data.as_ref().unwrap().get(), r#"{"hi":true}"#);
+        assert_eq!(result.meta.unwrap().get(), r#"{"x":1}"#);
         assert_eq!(expiry(0), None);
         assert_eq!(expiry(-5), None);
     }

@@ -46,6 +46,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::config::{Config, HttpEndpoint, ProxyConfig};
@@ -107,7 +108,7 @@ struct DisconnectBody {
 /// when its connection opens. A client on an emulated stream also keeps
 /// here its session's key (the session itself stays small: every idle
 /// connection holds one).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClientContext {
     headers: Vec<(HeaderName, HeaderValue)>,
     ip: Option<IpAddr>,
@@ -116,6 +117,10 @@ pub(crate) struct ClientContext {
     /// The key of an emulated session, which the client's posted
     /// commands carry.
     pub(crate) emulation_key: Option<Arc<str>>,
+    /// The connection's `meta`, as its connection token or the connect
+    /// proxy gave it (the refresh proxy may replace it): never shown to
+    /// clients, passed on in the proxied requests after the connect.
+    pub(crate) meta: Option<Box<RawValue>>,
 }
 
 impl Default for ClientContext {
@@ -127,7 +132,7 @@ impl Default for ClientContext {
 impl ClientContext {
     /// Nothing passed on.
     pub(crate) const EMPTY: ClientContext =
-        ClientContext { headers: Vec::new(), ip: None, transport: "websocket", emulation_key: None };
+        ClientContext { headers: Vec::new(), ip: None, transport: "websocket", emulation_key: None, meta: None };
 
     /// The headers of `request` that any of `proxies` passes on, of a
     /// client on `transport`: the first value of each (the one a proxy
@@ -147,7 +152,12 @@ impl ClientContext {
             kept = kept.saturating_add(size);
             headers.push((name.clone(), value.clone()));
         }
-        Self { headers, ip: Some(ip), transport, emulation_key: None }
+        Self { headers, ip: Some(ip), transport, emulation_key: None, meta: None }
+    }
+
+    /// The same context, with the connection's `meta`.
+    pub(crate) fn with_meta(&self, meta: Box<RawValue>) -> Self {
+        Self { meta: Some(meta), ..self.clone() }
     }
 }
 

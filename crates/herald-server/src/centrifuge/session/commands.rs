@@ -26,7 +26,7 @@ impl Session {
     pub(super) async fn on_connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Failure> {
         let client = ClientId::from(uuid::Uuid::new_v4().to_string());
         let mut backend = None;
-        let claims = if req.token.is_empty() && self.shared.proxies.connect.is_some() {
+        let mut claims = if req.token.is_empty() && self.shared.proxies.connect.is_some() {
             let (claims, result) = self.connect_through_proxy(&client, &req).await?;
             backend = Some(result);
             claims
@@ -145,6 +145,9 @@ impl Session {
             // keep it.
             self.context = None;
         }
+        // The connect proxy's, else the token's.
+        let meta = backend.as_mut().and_then(|b| b.meta.take());
+        self.keep_meta(meta.or_else(|| claims.meta.take().and_then(|m| serde_json::value::to_raw_value(&m).ok())));
         let grace =
             if self.refresh_by_proxy { std::time::Duration::ZERO } else { self.shared.settings.expired_close_delay };
         self.expire_deadline = claims.expiry().map(|exp| deadline_after(exp, grace));

@@ -73,7 +73,15 @@ impl Session {
             Encoding::Json => "json",
             Encoding::Protobuf => "protobuf",
         };
-        Client { client, transport: self.context().transport, protocol, encoding: "json" }
+        let context = self.context();
+        Client { client, transport: context.transport, protocol, encoding: "json", meta: context.meta.as_deref() }
+    }
+
+    /// Keeps the connection's `meta` to pass on to the backend, where some
+    /// proxy may be asked (the context is kept only then).
+    pub(super) fn keep_meta(&mut self, meta: Option<Box<RawValue>>) {
+        let (Some(meta), Some(context)) = (meta, self.context.as_deref()) else { return };
+        self.context = Some(Arc::new(context.with_meta(meta)));
     }
 
     fn context(&self) -> &ClientContext {
@@ -138,6 +146,7 @@ impl Session {
                 if let Some(info) = crate::auth::info_bytes(&result.info) {
                     conn.set_info(info);
                 }
+                self.keep_meta(result.meta);
                 Ok(())
             }
             Ok(Answer::Disconnect { code, reason }) => Err(backend_disconnect(code, reason)),

@@ -155,10 +155,13 @@ fn proxied(config: &mut Config, backend: SocketAddr, timeout: Duration) {
         timeout,
         http_headers: vec!["Cookie".into(), "Origin".into()],
         static_headers: [("X-Backend-Secret".to_owned(), Secret::new("s3cret"))].into(),
+        include_connection_meta: true,
     };
     for event in ["connect", "refresh", "subscribe", "sub_refresh", "publish", "rpc", "send"] {
         let mut proxy = proxy.clone();
         proxy.endpoint = proxy.endpoint.replace("EVENT", event);
+        // One backend that does not ask for the connection's meta.
+        proxy.include_connection_meta = event != "publish";
         config.proxies.insert(event.to_owned(), proxy);
     }
     config.client.connect_proxy = Some("connect".into());
@@ -279,36 +282,54 @@ async fn an_rpc_is_answered_by_the_backend_and_a_send_reaches_it() {
 }
 
 #[tokio::test]
-async fn a_connections_meta_reaches_the_backend_in_each_call_after_the_connect_and_never_a_client() {
+async fn a_connections_meta_goes_to_the_backends_that_ask_for_it_and_never_to_a_client() {
     let setup = setup(Duration::from_secs(2)).await;
-    // Refreshed in one to two seconds: after the calls below.
-    let (mut client, reply) = connect_as(&setup, "ada", json!({"expire_in": 2})).await;
+    let (mut client, reply) = connect_as(&setup, "ada", json!({"expire_in": 1})).await;
     assert!(!reply.to_string().contains("t-ada"), "{reply}");
     client.command(json!({"id": 2, "subscribe": {"channel": "chat:room"}})).await;
     let reply = client.command(json!({"id": 3, "publish": {"channel": "chat:room", "data": {"text": "hi"}}})).await;
     assert!(reply.get("error").is_none(), "{reply}");
     let own = client.next_push().await;
-    assert!(!own.to_string().contains("t-ada"), "nor its subscribers: {own}");
-    let meta_of = |event: &str| -> Vec<Value> {
-        setup.backend.events(event).into_iter().map(|(body, _)| body["meta"].clone()).collect()
-    };
-    assert_eq!(meta_of("connect"), [Value::Null], "the connect has none yet");
-    assert_eq!(meta_of("subscribe"), [json!({"tenant": "t-ada"})]);
-    assert_eq!(meta_of("publish"), [json!({"tenant": "t-ada"})]);
-
-    // The refresh proxy is told it, and its answer replaces it.
+    assert!(!own.to_string().contains("t-ada"), "nor to its subscribers: {own}");
     support::eventually("a refresh", || !setup.backend.events("refresh").is_empty()).await;
-    assert_eq!(meta_of("refresh").first(), Some(&json!({"tenant": "t-ada"})));
     client.command(json!({"id": 4, "rpc": {"method": "add", "data": {"a": 1, "b": 2}}})).await;
-    assert_eq!(meta_of("rpc"), [json!({"tenant": "t-refreshed"})]);
 
-    // A connection token's meta, on a node that asks a subscribe proxy.
-    let token = setup.server.token_with("bob", json!({"meta": {"tenant": "t-bob"}}));
+    // In the order the backend was called: none at the connect, nor for the
+    // publish proxy, which does not ask for it; the connect proxy's until
+    // the refresh proxy's answer replaced it.
+    let calls: Vec<(String, Value)> = setup
+        .backend
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(event, body, _)| (event.clone(), body["meta"].clone()))
+        .collect();
+    let refreshed = calls.iter().position(|(event, _)| event == "refresh").expect("a refresh");
+    for (at, (event, meta)) in calls.iter().enumerate() {
+        let expected = match event.as_str() {
+            "connect" | "publish" => Value::Null,
+            _ if at <= refreshed => json!({"tenant": "t-ada"}),
+            _ => json!({"tenant": "t-refreshed"}),
+        };
+        assert_eq!(meta, &expected, "{event} (call {at} of {calls:?})");
+    }
+    for event in ["subscribe", "publish", "rpc"] {
+        assert!(calls.iter().any(|(called, _)| called == event), "no {event} in {calls:?}");
+    }
+
+    // A connection token's meta, and a refresh token's in its place.
+    let token = |tenant: &str| setup.server.token_with("bob", json!({"meta": {"tenant": tenant}}));
     let mut bob = setup.server.client().await;
-    bob.command(json!({"id": 1, "connect": {"token": token}})).await;
+    bob.command(json!({"id": 1, "connect": {"token": token("t-bob")}})).await;
     bob.command(json!({"id": 2, "subscribe": {"channel": "chat:bob"}})).await;
     let asked = setup.backend.events("subscribe").into_iter().find(|(body, _)| body["channel"] == "chat:bob");
     assert_eq!(asked.map(|(body, _)| body["meta"].clone()), Some(json!({"tenant": "t-bob"})));
+    let refreshed = bob.command(json!({"id": 3, "refresh": {"token": token("t-bob-2")}})).await;
+    assert!(refreshed.get("error").is_none(), "{refreshed}");
+    bob.command(json!({"id": 4, "rpc": {"method": "add", "data": {"a": 1, "b": 2}}})).await;
+    let rpc = setup.backend.events("rpc").pop().map(|(body, _)| (body["user"].clone(), body["meta"].clone()));
+    assert_eq!(rpc, Some((json!("bob"), json!({"tenant": "t-bob-2"}))));
 }
 
 #[tokio::test]

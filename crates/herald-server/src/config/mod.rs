@@ -91,6 +91,9 @@ pub struct ProxyConfig {
     pub http_headers: Vec<String>,
     /// Headers added to every request (for example a shared secret).
     pub static_headers: BTreeMap<String, Secret>,
+    /// Requests carry the connection's `meta` (its connection token's, or
+    /// the connect proxy's), as Centrifugo's option of that name.
+    pub include_connection_meta: bool,
 }
 
 impl Default for ProxyConfig {
@@ -100,6 +103,7 @@ impl Default for ProxyConfig {
             timeout: Duration::from_secs(1),
             http_headers: Vec::new(),
             static_headers: BTreeMap::new(),
+            include_connection_meta: false,
         }
     }
 }

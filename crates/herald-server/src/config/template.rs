@@ -249,6 +249,7 @@ key_overlap = "10m"
 # endpoint = "http://127.0.0.1:3000/centrifugo/connect"
 # timeout = "1s"
 # http_headers = ["Cookie"]
+# include_connection_meta = false   # true: later requests carry the connection's meta
 
 # The hub's events, for clients of both protocols, POSTed to your app and
 # signed (X-Herald-Signature: hex HMAC-SHA256 of the body).

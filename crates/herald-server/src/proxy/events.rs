@@ -211,6 +211,12 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body(&connect)).unwrap();
         assert_eq!(json["name"], "js");
         assert!(json.get("user").is_none() && json.get("version").is_none() && json.get("data").is_none());
+        assert!(json.get("meta").is_none(), "no meta where the connection has none");
+        let meta = RawValue::from_string(r#"{"tenant":"t1"}"#.to_owned()).unwrap();
+        let client = Client { meta: Some(&meta), ..Client::websocket("c3") };
+        let refresh = Refresh { client, user: "42", channel: None };
+        let json: serde_json::Value = serde_json::from_slice(&body(&refresh)).unwrap();
+        assert_eq!(json["meta"], serde_json::json!({"tenant": "t1"}));
     }
 
     #[test]

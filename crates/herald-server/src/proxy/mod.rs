@@ -154,11 +154,6 @@ impl ClientContext {
         }
         Self { headers, ip: Some(ip), transport, emulation_key: None, meta: None }
     }
-
-    /// The same context, with the connection's `meta`.
-    pub(crate) fn with_meta(&self, meta: Box<RawValue>) -> Self {
-        Self { meta: Some(meta), ..self.clone() }
-    }
 }
 
 /// The most bytes of a client's headers kept to pass on to the backend
@@ -177,6 +172,8 @@ pub(crate) struct Proxy {
     /// A permit per request in flight, [`MAX_CONNECTIONS`] in all.
     in_flight: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
+    /// Its requests carry the connection's `meta`.
+    include_meta: bool,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -211,7 +208,13 @@ impl Proxy {
             idle: Mutex::new(Vec::new()),
             in_flight: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
             metrics,
+            include_meta: config.include_connection_meta,
         })
+    }
+
+    /// Whether its requests carry the connection's `meta`.
+    pub(crate) fn includes_meta(&self) -> bool {
+        self.include_meta
     }
 
     /// POSTs `body` for event `kind` on behalf of the client in `context`,
@@ -419,6 +422,12 @@ impl Proxies {
     /// Whether any proxy is defined (else no client context is kept).
     pub(crate) fn any(&self) -> bool {
         !self.by_name.is_empty()
+    }
+
+    /// Whether some proxy's requests carry the connection's `meta` (else
+    /// none is kept).
+    pub(crate) fn any_includes_meta(&self) -> bool {
+        self.by_name.values().any(|proxy| proxy.include_meta)
     }
 
     /// The proxy a namespace names for an event: `Ok(None)` when it names

@@ -337,6 +337,8 @@ impl Session {
         if let Some(info) = auth::info_bytes(&claims.info) {
             conn.set_info(info);
         }
+        // Its meta too, as Centrifugo's.
+        self.keep_meta(claims.meta.as_ref().and_then(|meta| serde_json::value::to_raw_value(meta).ok()));
         let expiry = claims.expiry();
         self.expire_deadline = expiry.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
         let result = RefreshResult {

@@ -68,20 +68,24 @@ fn backend_disconnect(code: u16, mut reason: String) -> DisconnectReason {
 impl Session {
     /// How the proxies name this client: its id, transport and protocol
     /// (payloads are JSON in both protocols).
-    fn proxy_client<'a>(&'a self, client: &'a str) -> Client<'a> {
+    /// The fields every request to `proxy` carries.
+    fn proxy_client<'a>(&'a self, client: &'a str, proxy: &Proxy) -> Client<'a> {
         let protocol = match self.encoding {
             Encoding::Json => "json",
             Encoding::Protobuf => "protobuf",
         };
         let context = self.context();
-        Client { client, transport: context.transport, protocol, encoding: "json", meta: context.meta.as_deref() }
+        let meta = context.meta.as_deref().filter(|_| proxy.includes_meta());
+        Client { client, transport: context.transport, protocol, encoding: "json", meta }
     }
 
-    /// Keeps the connection's `meta` to pass on to the backend, where some
-    /// proxy may be asked (the context is kept only then).
+    /// Keeps the connection's `meta`, replacing any, where some proxy's
+    /// requests carry it (the context is kept only where there are proxies).
     pub(super) fn keep_meta(&mut self, meta: Option<Box<RawValue>>) {
-        let (Some(meta), Some(context)) = (meta, self.context.as_deref()) else { return };
-        self.context = Some(Arc::new(context.with_meta(meta)));
+        let Some(meta) = meta.filter(|_| self.shared.proxies.any_includes_meta()) else { return };
+        if let Some(context) = self.context.as_mut() {
+            Arc::make_mut(context).meta = Some(meta);
+        }
     }
 
     fn context(&self) -> &ClientContext {
@@ -96,7 +100,7 @@ impl Session {
     ) -> Result<(ConnectClaims, events::ConnectResult), Failure> {
         let proxy = self.shared.proxies.connect.clone().ok_or(Failure::Disconnect(DisconnectReason::Internal))?;
         let request = events::Connect {
-            client: self.proxy_client(client.as_str()),
+            client: self.proxy_client(client.as_str(), &proxy),
             name: &req.name,
             version: &req.version,
             data: req.data.as_deref(),
@@ -134,8 +138,11 @@ impl Session {
             return Err(DisconnectReason::ConnectionExpired);
         };
         let user = conn.user();
-        let request =
-            events::Refresh { client: self.proxy_client(conn.client().as_str()), user: user.as_str(), channel: None };
+        let request = events::Refresh {
+            client: self.proxy_client(conn.client().as_str(), &proxy),
+            user: user.as_str(),
+            channel: None,
+        };
         let answer = proxy.call::<events::RefreshResult>("refresh", self.context(), events::body(&request)).await;
         match answer {
             Ok(Answer::Result(result)) if result.expired || already_past(result.expire_at) => {
@@ -175,7 +182,7 @@ impl Session {
         };
         let user = conn.user();
         let request = events::Refresh {
-            client: self.proxy_client(conn.client().as_str()),
+            client: self.proxy_client(conn.client().as_str(), &proxy),
             user: user.as_str(),
             channel: Some(channel.as_str()),
         };
@@ -224,7 +231,7 @@ impl Session {
     ) -> Result<events::SubscribeResult, Failure> {
         let user = conn.user();
         let request = events::Subscribe {
-            client: self.proxy_client(conn.client().as_str()),
+            client: self.proxy_client(conn.client().as_str(), proxy),
             user: user.as_str(),
             channel: channel.as_str(),
             data,
@@ -243,7 +250,7 @@ impl Session {
     ) -> Result<(), Failure> {
         let user = conn.user();
         let request = events::Publish {
-            client: self.proxy_client(conn.client().as_str()),
+            client: self.proxy_client(conn.client().as_str(), proxy),
             user: user.as_str(),
             channel: channel.as_str(),
             data,
@@ -266,8 +273,12 @@ impl Session {
             return Err(ClientError::Hub(HubError::NotAvailable("no client.rpc_proxy answers RPCs".into())).into());
         };
         let user = conn.user();
-        let request =
-            events::Rpc { client: self.proxy_client(conn.client().as_str()), user: user.as_str(), method, data };
+        let request = events::Rpc {
+            client: self.proxy_client(conn.client().as_str(), &proxy),
+            user: user.as_str(),
+            method,
+            data,
+        };
         let result: events::RpcResult = refused(proxy.call("rpc", self.context(), events::body(&request)).await)?;
         let data = result.data.as_deref().map_or(b"null".as_slice(), |data| data.get().as_bytes());
         let mut body = bytes::BytesMut::from(&b"{\"data\":"[..]);
@@ -280,12 +291,13 @@ impl Session {
     /// Hands a `send` message to the send proxy, without waiting for it.
     pub(super) fn on_send(&self, data: Option<&RawValue>) {
         let Some(conn) = &self.conn else { return };
-        if self.shared.proxies.send.is_none() {
+        let Some(proxy) = &self.shared.proxies.send else {
             tracing::debug!(client = %conn.client(), "send dropped: no client.send_proxy to deliver it to");
             return;
-        }
+        };
         let user = conn.user();
-        let request = events::Send { client: self.proxy_client(conn.client().as_str()), user: user.as_str(), data };
+        let request =
+            events::Send { client: self.proxy_client(conn.client().as_str(), proxy), user: user.as_str(), data };
         let context = self.context.clone().unwrap_or_default();
         self.shared.proxies.send(context, events::body(&request));
     }

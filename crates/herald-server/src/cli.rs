@@ -114,6 +114,10 @@ struct TokenArgs {
     /// JSON for the `info` claim, e.g. '{"name":"Ann"}'.
     #[arg(long)]
     info: Option<String>,
+    /// JSON for a connection token's `meta` claim, which only proxies see,
+    /// e.g. '{"tenant":"t1"}'.
+    #[arg(long)]
+    meta: Option<String>,
     /// Sign with this secret instead of the configured client.token_hmac_secret.
     #[arg(long)]
     secret: Option<String>,
@@ -488,13 +492,22 @@ fn token(args: TokenArgs) -> ExitCode {
         Ok(info) => info,
         Err(e) => return fail(format!("--info is not JSON: {e}"), 2),
     };
+    let meta = match args.meta.as_deref().map(serde_json::from_str::<serde_json::Value>).transpose() {
+        Ok(meta) => meta,
+        Err(e) => return fail(format!("--meta is not JSON: {e}"), 2),
+    };
+    if meta.is_some() && args.channel.is_some() {
+        return fail("--meta is a connection token's claim; leave it out with --channel".to_owned(), 2);
+    }
     let ttl = args.ttl.as_secs();
     let exp = (ttl > 0).then(|| auth::unix_now().saturating_add(ttl));
     let minter = TokenMinter::hmac(&secret);
     let token = match args.channel {
         Some(channel) => minter.sign(&SubscribeClaims { sub: args.user, channel, exp, info, ..Default::default() }),
         None => {
-            minter.sign(&ConnectClaims { sub: args.user, exp, info, channels: args.subscribe, ..Default::default() })
+            let claims =
+                ConnectClaims { sub: args.user, exp, info, channels: args.subscribe, meta, ..Default::default() };
+            minter.sign(&claims)
         }
     };
     let _ = writeln!(std::io::stdout(), "{token}");

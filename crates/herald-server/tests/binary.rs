@@ -185,7 +185,22 @@ fn config_check_lists_every_problem_and_exits_2() {
 fn token_mints_connection_and_subscription_tokens_that_verify() {
     let dir = Scratch::new("token");
     herald(&["config", "init"], &dir);
-    let out = herald(&["token", "--user", "42", "--ttl", "1h", "--subscribe", "news", "--info", r#"{"n":1}"#], &dir);
+    let out = herald(
+        &[
+            "token",
+            "--user",
+            "42",
+            "--ttl",
+            "1h",
+            "--subscribe",
+            "news",
+            "--info",
+            r#"{"n":1}"#,
+            "--meta",
+            r#"{"t":2}"#,
+        ],
+        &dir,
+    );
     assert!(out.status.success(), "{out:?}");
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
@@ -197,6 +212,7 @@ fn token_mints_connection_and_subscription_tokens_that_verify() {
     let verifier = herald_server::auth::TokenVerifier::from_config(&config.client).unwrap();
     let claims = verifier.connection(&token).unwrap();
     assert_eq!((claims.sub.as_str(), claims.channels.as_slice()), ("42", &["news".to_owned()][..]));
+    assert_eq!(claims.meta, Some(serde_json::json!({"t": 2})));
     assert!(claims.exp.unwrap() > herald_server::auth::unix_now() + 3000);
 
     let out = herald(&["token", "--user", "42", "--channel", "private:x"], &dir);

@@ -91,6 +91,11 @@ impl ConnectClaims {
         expiry(self.exp, self.expire_at)
     }
 
+    /// The `meta` claim as the JSON the proxies pass on, if there is one.
+    pub(crate) fn meta_json(&self) -> Option<Box<serde_json::value::RawValue>> {
+        self.meta.as_ref().and_then(|meta| serde_json::value::to_raw_value(meta).ok())
+    }
+
     /// Every server-side channel: `channels`, then the `subs` not among them.
     pub fn server_side(&self) -> impl Iterator<Item = &str> {
         let listed = self.channels.iter().map(String::as_str);

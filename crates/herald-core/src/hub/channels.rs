@@ -124,6 +124,11 @@ impl Subscriber {
         Self { conn, join_leave, positioned, serial, more }
     }
 
+    /// This subscription, as one to end because it is stale.
+    pub(super) fn stale_in(&self, channel: &ChannelName) -> Stale {
+        Stale { conn: self.conn.clone(), channel: channel.clone(), serial: self.serial }
+    }
+
     /// The buffer of a subscriber that recovers.
     pub(super) fn recovering(&self) -> Option<&Mutex<Buffered>> {
         self.more.as_ref()?.recovering.as_deref()
@@ -469,13 +474,13 @@ impl Channels {
         channel: &ChannelName,
         now: &StreamPosition,
         earlier: Option<&StreamPosition>,
-    ) -> Vec<(Arc<Connection>, SubscriptionSerial)> {
+    ) -> Vec<Stale> {
         let shard = self.read(channel);
         let Some(subscribers) = shard.get(channel) else { return Vec::new() };
         subscribers
             .values()
             .filter(|s| s.followed().is_some_and(|f| f.fell_behind(now, earlier)))
-            .map(|s| (s.conn.clone(), s.serial))
+            .map(|s| s.stale_in(channel))
             .collect()
     }
 
@@ -484,13 +489,7 @@ impl Channels {
         let mut out = Vec::new();
         self.map.for_each_shard(|shard| {
             for (channel, subscribers) in shard {
-                for subscriber in subscribers.values().filter(|s| s.positioned) {
-                    out.push(Stale {
-                        conn: subscriber.conn.clone(),
-                        channel: channel.clone(),
-                        serial: subscriber.serial,
-                    });
-                }
+                out.extend(subscribers.values().filter(|s| s.positioned).map(|s| s.stale_in(channel)));
             }
         });
         out

@@ -36,9 +36,7 @@ impl Hub {
                         subscriptions = stale.len(),
                         "publications missed here (a gap or a new epoch): those subscriptions will recover"
                     );
-                    let stale =
-                        stale.into_iter().map(|(conn, serial)| Stale { conn, channel: channel.clone(), serial });
-                    self.end_stale(stale.collect());
+                    self.end_stale(stale);
                 }
             }
             EngineEvent::Presence { channel, event } => {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use herald_engine::{ChannelName, PresenceEvent, Publication};
 use tokio::time::Instant;
 
-use super::channels::{Channels, Next};
-use crate::connection::{Connection, SubscriptionSerial};
+use super::channels::{Channels, Next, Stale};
+use crate::connection::Connection;
 use crate::frame::Frame;
 use crate::outbox::{Outbox, Outgoing};
 
@@ -163,7 +163,7 @@ impl Channels {
         channel: &ChannelName,
         publication: &Arc<Publication>,
         write_delay: Duration,
-    ) -> (Vec<(Arc<Connection>, SubscriptionSerial)>, usize, Flush) {
+    ) -> (Vec<Stale>, usize, Flush) {
         let mut stale = Vec::new();
         let mut queued_for = 0usize;
         let shard = self.read(channel);
@@ -195,7 +195,7 @@ impl Channels {
                 None | Some(Next::Send) => {}
                 Some(Next::Skip) => continue,
                 Some(Next::Stale) => {
-                    stale.push((conn.clone(), subscriber.serial));
+                    stale.push(subscriber.stale_in(channel));
                     continue;
                 }
             }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use herald_engine::{ChannelName, HistoryQuery, StreamPosition};
 
-use super::channels::Stale;
 use super::Hub;
 
 /// Checks every interval in a task of its own; never when it is zero.
@@ -54,8 +53,7 @@ impl Hub {
             let Ok(read) = self.engine.history().history(&channel, &HistoryQuery::default(), &history).await else {
                 continue;
             };
-            let behind = self.channels.fell_behind(&channel, &read.position, earlier.get(&channel));
-            stale.extend(behind.into_iter().map(|(conn, serial)| Stale { conn, channel: channel.clone(), serial }));
+            stale.extend(self.channels.fell_behind(&channel, &read.position, earlier.get(&channel)));
             now.insert(channel, read.position);
         }
         if !stale.is_empty() {

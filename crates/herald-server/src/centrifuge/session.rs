@@ -342,8 +342,6 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// The instant `grace` after the unix time `exp` (which a token or the API
-/// gave, so it may be anything).
 impl Session {
     /// Sets when `channel`'s subscription expires (`exp`, unix seconds):
     /// the sub_refresh proxy is asked then (`by_proxy`), or it ends once
@@ -355,6 +353,8 @@ impl Session {
     }
 }
 
+/// The instant `grace` after the unix time `exp` (which a token or the API
+/// gave, so it may be anything).
 fn deadline_after(exp: u64, grace: Duration) -> Instant {
     let wait = Duration::from_secs(exp.saturating_sub(auth::unix_now())).saturating_add(grace);
     driver::after(Instant::now(), wait)

@@ -2,8 +2,9 @@
 //! with Centrifugo's field names. Every request names the connection
 //! (`client`), how it is connected (`transport`: `websocket`, `http_stream`,
 //! `sse`, `uni_…`; `protocol`: `json` or `protobuf`; `encoding`) and, except
-//! for connect, its `user` and the connection's `meta` when it has one. Payloads are JSON in both protocols (`data`;
-//! the `b64data` forms of Centrifugo's binary encoding are not used).
+//! for connect, its `user` (and the connection's `meta`, for a proxy that
+//! asks for it). Payloads are JSON in both protocols (`data`; the `b64data`
+//! forms of Centrifugo's binary encoding are not used).
 
 use std::collections::BTreeMap;
 

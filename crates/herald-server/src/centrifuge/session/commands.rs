@@ -26,7 +26,7 @@ impl Session {
     pub(super) async fn on_connect(&mut self, id: u32, req: ConnectRequest) -> Result<(), Failure> {
         let client = ClientId::from(uuid::Uuid::new_v4().to_string());
         let mut backend = None;
-        let mut claims = if req.token.is_empty() && self.shared.proxies.connect.is_some() {
+        let claims = if req.token.is_empty() && self.shared.proxies.connect.is_some() {
             let (claims, result) = self.connect_through_proxy(&client, &req).await?;
             backend = Some(result);
             claims
@@ -147,7 +147,7 @@ impl Session {
         }
         // The connect proxy's, else the token's.
         let meta = backend.as_mut().and_then(|b| b.meta.take());
-        self.keep_meta(meta.or_else(|| claims.meta.take().and_then(|m| serde_json::value::to_raw_value(&m).ok())));
+        self.keep_meta(meta.or_else(|| claims.meta_json()));
         let grace =
             if self.refresh_by_proxy { std::time::Duration::ZERO } else { self.shared.settings.expired_close_delay };
         self.expire_deadline = claims.expiry().map(|exp| deadline_after(exp, grace));
@@ -338,7 +338,7 @@ impl Session {
             conn.set_info(info);
         }
         // Its meta too, as Centrifugo's.
-        self.keep_meta(claims.meta.as_ref().and_then(|meta| serde_json::value::to_raw_value(meta).ok()));
+        self.keep_meta(claims.meta_json());
         let expiry = claims.expiry();
         self.expire_deadline = expiry.map(|exp| deadline_after(exp, self.shared.settings.expired_close_delay));
         let result = RefreshResult {

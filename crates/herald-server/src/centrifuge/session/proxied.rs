@@ -66,9 +66,9 @@ fn backend_disconnect(code: u16, mut reason: String) -> DisconnectReason {
 }
 
 impl Session {
-    /// How the proxies name this client: its id, transport and protocol
-    /// (payloads are JSON in both protocols).
-    /// The fields every request to `proxy` carries.
+    /// How a request to `proxy` names this client: its id, transport and
+    /// protocol (payloads are JSON in both protocols), and the connection's
+    /// `meta` if the proxy asks for it.
     fn proxy_client<'a>(&'a self, client: &'a str, proxy: &Proxy) -> Client<'a> {
         let protocol = match self.encoding {
             Encoding::Json => "json",

@@ -33,7 +33,8 @@
 //! Where the transport allows it, a session lends its socket while it is
 //! idle, and a fanout writes a lone frame it queued itself
 //! ([`Outbox::flush`]) instead of waking the session for it: see
-//! `direct.rs`.
+//! `direct.rs`. On Linux a fanout's batch of such writes goes to the
+//! kernel in one system call: see `uring.rs`.
 //!
 //! # What else the session waits on
 //!
@@ -65,7 +66,11 @@ use crate::connection::SubscriptionSerial;
 use crate::frame::Frame;
 
 mod direct;
+#[cfg(target_os = "linux")]
+pub(crate) mod uring;
 pub use direct::{Direct, Sent};
+#[cfg(target_os = "linux")]
+pub use uring::write_batches_with_io_uring;
 
 /// What a non-frame item counts for against the byte limit.
 const EVENT_COST: usize = 64;

@@ -215,6 +215,8 @@ impl Node {
         internal: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        #[cfg(target_os = "linux")]
+        herald_core::outbox::write_batches_with_io_uring(self.config.http.io_uring);
         let tracker = Arc::new(Tracker::default());
         let state = AppState {
             shared: self.shared.clone(),

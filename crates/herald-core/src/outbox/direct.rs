@@ -38,6 +38,31 @@ pub trait Direct: Send + Sync {
     /// Takes the socket back: nothing is written through
     /// [`Direct::try_send`] until the session lends it again.
     fn reclaim(&self);
+
+    /// Begins a write the fanout makes in a batch with other sockets'
+    /// (`uring.rs`): where the socket is lent for frames like `frame`,
+    /// appends the bytes it would write to `wire` and returns its
+    /// descriptor. The socket is then the batch's: nothing else is
+    /// written to it, by the fanout or its session, until
+    /// [`Direct::end_batched`]. `None` (the default) leaves the frame to
+    /// [`Direct::try_send`] or the session.
+    #[cfg(target_os = "linux")]
+    fn begin_batched(&self, frame: &Frame, wire: &mut Vec<u8>) -> Option<std::os::fd::RawFd> {
+        let _ = (frame, wire);
+        None
+    }
+
+    /// Ends a write begun with [`Direct::begin_batched`]: `unsent` is what
+    /// the socket did not take of it (all of it, if the send failed),
+    /// which the transport keeps as the rest its session writes first
+    /// ([`Sent::Begun`]). Only called after a `Some` from `begin_batched`.
+    #[cfg(target_os = "linux")]
+    fn end_batched(&self, unsent: &[u8]) -> Sent {
+        match unsent.is_empty() {
+            true => Sent::Whole,
+            false => Sent::Begun,
+        }
+    }
 }
 
 /// What [`Direct::try_send`] did with a frame.
@@ -100,6 +125,39 @@ impl Outbox {
         if wake {
             self.reader.wake();
         }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Outbox {
+    /// Begins a batched write of what a fanout queued (see `uring.rs`):
+    /// where [`Outbox::flush`] would write a lone frame itself and the
+    /// socket begins a batched write of it, the frame leaves the queue (it
+    /// is the socket's now) and the socket is returned, with its
+    /// descriptor; `None` leaves everything as it was.
+    pub(super) fn begin_batched(&self, wire: &mut Vec<u8>) -> Option<(Arc<dyn Direct>, std::os::fd::RawFd)> {
+        let mut state = self.state();
+        let (Some(socket), Queued::One(Outgoing::Frame(frame)), Some(Due::Now), None) =
+            (&state.direct, &state.items, state.due, &state.closed)
+        else {
+            return None;
+        };
+        let fd = socket.begin_batched(frame, wire)?;
+        let socket = socket.clone();
+        state.take_all();
+        Some((socket, fd))
+    }
+
+    /// Ends a batched write begun by [`Outbox::begin_batched`]: what the
+    /// socket did not take is its transport's to keep, and the session is
+    /// woken to write it.
+    pub(super) fn end_batched(&self, socket: &dyn Direct, unsent: &[u8]) {
+        if socket.end_batched(unsent) == Sent::Whole {
+            return;
+        }
+        // Nothing may be queued, but the session must run to write the rest.
+        self.state().due = Some(Due::Now);
+        self.reader.wake();
     }
 }
 

@@ -207,6 +207,10 @@ pub struct HttpConfig {
     /// client's writes block soon, and `client.write_timeout` and
     /// `client.queue_max_bytes` govern it.
     pub max_unsent_bytes: u32,
+    /// On Linux, a fanout's writes to its subscribers' sockets go to the
+    /// kernel in batches, one system call each, through io_uring (where
+    /// the kernel allows it; else one `write` each, as with `false`).
+    pub io_uring: bool,
     /// A second port for operators: `/metrics`, `/health`, `/ready` and
     /// the admin UI are served there (and `/metrics` and the admin UI no
     /// longer on `port`), to be kept off the public network.
@@ -237,6 +241,7 @@ impl Default for HttpConfig {
             connection_rate_per_ip: 0,
             allowed_origins: Vec::new(),
             max_unsent_bytes: 128 * 1024,
+            io_uring: true,
             internal_port: None,
             drain_window: Duration::from_secs(5),
             tls_cert: None,

@@ -55,6 +55,9 @@ allowed_origins = []
 # The most unsent bytes the kernel keeps for one connection (Linux; 0 = the
 # kernel's default, which lets a client that stops reading pin megabytes).
 max_unsent_bytes = 131072
+# Write a publication's deliveries to sockets in batches, one system call
+# each, through io_uring (Linux; used only where the kernel allows it).
+io_uring = true
 # Serve /metrics, /health, /ready and the admin UI on a port of their own,
 # kept off the public network (else they are served on `port`).
 # internal_port = 9000

@@ -1,0 +1,357 @@
+//! A fanout's direct writes in one system call, through Linux's io_uring.
+//!
+//! A direct write ([`Outbox::flush`]) costs a `write` system call per
+//! subscriber, and on a busy node the call's own entry and exit is a
+//! fifth of a delivery's kernel time (BENCHMARKS.md). So a batch of a
+//! fanout's outboxes is written together: each outbox whose lone frame its
+//! lent socket takes in a batch is begun ([`Outbox::begin_batched`]: the
+//! frame leaves the queue, its bytes go into the batch's buffer, and the
+//! socket is the batch's until its send ends), then every send goes to
+//! the kernel in one `io_uring_enter`. The sends carry `MSG_DONTWAIT`, so
+//! a socket that is full answers at once instead of waiting, and the call
+//! returns with every send done. What a socket did not take is handed back
+//! to its transport as the rest of a begun frame, and its session woken to
+//! write it ([`Outbox::end_batched`]), as for a direct write taken in part.
+//! An outbox not begun is flushed as before, one write or a wake-up.
+//!
+//! Each thread that flushes has a ring of its own, made on its first batch.
+//! Where io_uring cannot be had (an old kernel, a container's seccomp
+//! profile, `kernel.io_uring_disabled`) or is turned off
+//! ([`write_batches_with_io_uring`]), every outbox is flushed one write each.
+//!
+//! This is the one module of the crate with `unsafe` code: the kernel reads
+//! a send's bytes after the call that queued it returns, so queuing one is
+//! unsafe in every binding. [`Batch::send`] keeps what makes it sound.
+
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use io_uring::{opcode, types, IoUring};
+
+use super::{Direct, Outbox};
+
+/// Sends per ring: as many as a fanout flushes at once.
+const RING_ENTRIES: u32 = 64;
+
+/// `send` flags: a full socket answers `EAGAIN` at once (and io_uring
+/// then completes the send instead of waiting on the socket); a closed
+/// peer gives `EPIPE`, not a signal.
+const MSG_DONTWAIT: i32 = 0x40;
+const MSG_NOSIGNAL: i32 = 0x4000;
+
+/// `errno` values that only ask for the call to be made again.
+const EINTR: i32 = 4;
+const EAGAIN: i32 = 11;
+const EBUSY: i32 = 16;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether fanouts write their batches through io_uring where the kernel
+/// offers it (the default), or one `write` per subscriber. For the whole
+/// process: the server sets it from its config at start.
+pub fn write_batches_with_io_uring(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+thread_local! {
+    static RING: RefCell<Ring> = const { RefCell::new(Ring::Untried) };
+}
+
+enum Ring {
+    Untried,
+    Ready(Box<Batch>),
+    Unavailable,
+}
+
+/// Flushes `outboxes` (see [`Outbox::flush`]) with their direct writes in
+/// one system call. `false` where that cannot be done on this thread: the
+/// caller flushes them one by one.
+pub(crate) fn flush(outboxes: &[Arc<Outbox>]) -> bool {
+    // One write gains nothing from a ring.
+    if outboxes.len() < 2 || !ENABLED.load(Ordering::Relaxed) {
+        return false;
+    }
+    RING.with(|ring| {
+        // Never re-entered (a flush wakes tasks, it does not run them),
+        // but if it were, the inner flush would go one write each.
+        let Ok(mut ring) = ring.try_borrow_mut() else { return false };
+        if matches!(*ring, Ring::Untried) {
+            *ring = match IoUring::new(RING_ENTRIES) {
+                Ok(uring) => Ring::Ready(Box::new(Batch { uring, wire: Vec::new(), sends: Vec::new() })),
+                Err(error) => {
+                    UNAVAILABLE_TOLD.call_once(
+                        || tracing::info!(%error, "io_uring is not available: fanouts write to each socket in turn"),
+                    );
+                    Ring::Unavailable
+                }
+            };
+        }
+        let Ring::Ready(batch) = &mut *ring else { return false };
+        let mut chunks = outboxes.chunks(RING_ENTRIES as usize);
+        let failed = chunks.by_ref().find_map(|chunk| batch.flush(chunk).err());
+        if let Some(error) = failed {
+            tracing::warn!(%error, "io_uring failed: fanouts on this thread write to each socket in turn");
+            *ring = Ring::Unavailable;
+            chunks.flatten().for_each(|outbox| outbox.flush());
+        }
+        true
+    })
+}
+
+/// The node says once that it has no io_uring, not once per thread.
+static UNAVAILABLE_TOLD: std::sync::Once = std::sync::Once::new();
+
+/// A thread's ring, with the buffers of the batch it writes.
+struct Batch {
+    uring: IoUring,
+    /// The bytes of every send of the batch, one after another.
+    wire: Vec<u8>,
+    sends: Vec<Send>,
+}
+
+/// One socket's send in a batch.
+struct Send {
+    /// The outbox's place in the batch.
+    outbox: usize,
+    /// Kept until the send has ended, so that its descriptor stays open.
+    socket: Arc<dyn Direct>,
+    fd: RawFd,
+    /// Its bytes in the batch's `wire`.
+    bytes: Range<usize>,
+    /// How many bytes the socket took.
+    taken: usize,
+}
+
+impl Batch {
+    /// Flushes at most [`RING_ENTRIES`] outboxes. An error of the ring
+    /// itself ends every send begun as unsent (the session writes it), and
+    /// the ring is not used again.
+    fn flush(&mut self, outboxes: &[Arc<Outbox>]) -> std::io::Result<()> {
+        self.wire.clear();
+        self.sends.clear();
+        for (at, outbox) in outboxes.iter().enumerate() {
+            let start = self.wire.len();
+            match outbox.begin_batched(&mut self.wire) {
+                Some((socket, fd)) => {
+                    self.sends.push(Send { outbox: at, socket, fd, bytes: start..self.wire.len(), taken: 0 })
+                }
+                None => outbox.flush(),
+            }
+        }
+        let sent = match self.sends.len() {
+            0 => Ok(()),
+            _ => self.send(),
+        };
+        for send in self.sends.drain(..) {
+            let unsent = self.wire.get(send.bytes).and_then(|bytes| bytes.get(send.taken..)).unwrap_or_default();
+            if let Some(outbox) = outboxes.get(send.outbox) {
+                outbox.end_batched(&*send.socket, unsent);
+            }
+        }
+        sent
+    }
+
+    /// Sends every begun send once, in one system call (more only if a
+    /// signal interrupts it), and notes what each socket took.
+    ///
+    /// Soundness: each send points into `wire`, which is not touched
+    /// until this returns, and at a descriptor its `socket` keeps open;
+    /// this returns only once every send queued has completed, or the
+    /// ring has failed (its sends are then never made: with
+    /// `MSG_DONTWAIT`, a send the kernel takes completes before the call
+    /// that took it returns, so one not completed was not taken).
+    fn send(&mut self) -> std::io::Result<()> {
+        let mut queued = 0usize;
+        for (tag, send) in self.sends.iter().enumerate() {
+            let Some(bytes) = self.wire.get(send.bytes.clone()) else { continue };
+            let length = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            let entry = opcode::Send::new(types::Fd(send.fd), bytes.as_ptr(), length)
+                .flags(MSG_DONTWAIT | MSG_NOSIGNAL)
+                .build()
+                .user_data(tag as u64);
+            // SAFETY: see the function's doc. The queue has room: a batch
+            // is at most RING_ENTRIES long and the last one was reaped whole.
+            if unsafe { self.uring.submission().push(&entry) }.is_err() {
+                break;
+            }
+            queued = queued.saturating_add(1);
+        }
+        let mut reaped = 0usize;
+        while reaped < queued {
+            match self.uring.submit_and_wait(queued.saturating_sub(reaped)) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(EINTR | EAGAIN | EBUSY)) => {}
+                Err(e) => return Err(e),
+            }
+            for completion in self.uring.completion() {
+                reaped = reaped.saturating_add(1);
+                let Some(send) = self.sends.get_mut(completion.user_data() as usize) else { continue };
+                // A failed send took nothing: the session's own write
+                // meets the error (or the full socket) and deals with it.
+                send.taken = usize::try_from(completion.result()).unwrap_or(0);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::frame::{Frame, Text};
+    use crate::outbox::{CountedWaker, Drained, Outgoing, Sent};
+
+    /// A lent loopback socket that writes only in batches, and keeps what
+    /// a batch's send did not take, as a transport does.
+    struct Socket {
+        stream: TcpStream,
+        lent: Mutex<bool>,
+        rest: Mutex<Option<Vec<u8>>>,
+    }
+
+    impl Direct for Socket {
+        fn try_send(&self, _: &Frame) -> Sent {
+            Sent::Not
+        }
+
+        fn reclaim(&self) {
+            *self.lent.lock().unwrap() = false;
+        }
+
+        fn begin_batched(&self, frame: &Frame, wire: &mut Vec<u8>) -> Option<RawFd> {
+            if !*self.lent.lock().unwrap() {
+                return None;
+            }
+            wire.extend_from_slice(match frame {
+                Frame::Text(text) => text.as_bytes(),
+                Frame::Binary(bytes) => bytes,
+            });
+            Some(self.stream.as_raw_fd())
+        }
+
+        fn end_batched(&self, unsent: &[u8]) -> Sent {
+            if unsent.is_empty() {
+                return Sent::Whole;
+            }
+            *self.lent.lock().unwrap() = false;
+            *self.rest.lock().unwrap() = Some(unsent.to_vec());
+            Sent::Begun
+        }
+    }
+
+    /// A connection: its outbox, lending its socket or not, the count of
+    /// its session's wake-ups, and the client's end of the socket.
+    struct Connection {
+        outbox: Arc<Outbox>,
+        socket: Arc<Socket>,
+        wakes: Arc<CountedWaker>,
+        client: TcpStream,
+    }
+
+    fn connection(listener: &TcpListener, lent: bool) -> Connection {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let socket = Arc::new(Socket { stream, lent: Mutex::new(lent), rest: Mutex::new(None) });
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        outbox.attach(socket.clone());
+        let wakes = Arc::new(CountedWaker::default());
+        let waker = Waker::from(wakes.clone());
+        assert_eq!(outbox.poll_ready(&mut Context::from_waker(&waker)), Poll::Pending);
+        Connection { outbox, socket, wakes, client }
+    }
+
+    fn text(text: String) -> Outgoing {
+        Outgoing::Frame(Frame::Text(Text::from(text)))
+    }
+
+    fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0; len];
+        client.read_exact(&mut got).unwrap();
+        got
+    }
+
+    fn outboxes(connections: &[Connection]) -> Vec<Arc<Outbox>> {
+        connections.iter().map(|c| c.outbox.clone()).collect()
+    }
+
+    #[test]
+    fn a_fanouts_lone_frames_reach_every_lent_socket_whole_without_waking_a_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // More than one ring's worth: two system calls.
+        let mut connections: Vec<_> = (0..RING_ENTRIES + 6).map(|_| connection(&listener, true)).collect();
+        for (n, connection) in connections.iter().enumerate() {
+            connection.outbox.push_unwoken(text(format!("publication for {n}"))).unwrap();
+        }
+
+        assert!(flush(&outboxes(&connections)), "io_uring is available on this machine");
+
+        for (n, connection) in connections.iter_mut().enumerate() {
+            let expected = format!("publication for {n}");
+            assert_eq!(read_exactly(&mut connection.client, expected.len()), expected.as_bytes());
+            assert_eq!(connection.wakes.count(), 0, "connection {n}'s session was woken for a frame written for it");
+            assert_eq!(connection.outbox.queued_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn what_a_full_socket_did_not_take_is_its_sessions_to_write_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut full = connection(&listener, true);
+        let mut taking = connection(&listener, true);
+        // Fill the socket: its client reads nothing yet.
+        let mut stuffed = 0usize;
+        let chunk = vec![b'x'; 1 << 16];
+        loop {
+            match (&full.socket.stream).write(&chunk) {
+                Ok(n) => stuffed += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        full.outbox.push_unwoken(text("behind the backlog".into())).unwrap();
+        taking.outbox.push_unwoken(text("straight through".into())).unwrap();
+
+        assert!(flush(&[full.outbox.clone(), taking.outbox.clone()]));
+
+        assert_eq!(read_exactly(&mut taking.client, 16), b"straight through");
+        assert_eq!(taking.wakes.count(), 0);
+        let rest = full.socket.rest.lock().unwrap().clone().expect("the transport keeps the rest");
+        let _ = read_exactly(&mut full.client, stuffed);
+        // The socket may have taken a part once the client began to read:
+        // what it took and what is kept make the frame, in order.
+        let (taken, kept) = b"behind the backlog".split_at(18 - rest.len());
+        assert_eq!(rest, kept);
+        assert_eq!(read_exactly(&mut full.client, taken.len()), taken);
+        assert_eq!(full.wakes.count(), 1, "the session is woken to write the rest");
+        let waker = Waker::from(full.wakes.clone());
+        assert!(full.outbox.poll_ready(&mut Context::from_waker(&waker)).is_ready());
+        assert!(matches!(full.outbox.drain(), Drained::Items(items) if items.is_empty()), "not written twice");
+    }
+
+    #[test]
+    fn an_outbox_whose_socket_is_not_lent_is_left_to_its_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut lent = connection(&listener, true);
+        let held = connection(&listener, false);
+        lent.outbox.push_unwoken(text("written".into())).unwrap();
+        held.outbox.push_unwoken(text("queued".into())).unwrap();
+
+        assert!(flush(&[lent.outbox.clone(), held.outbox.clone()]));
+
+        assert_eq!(read_exactly(&mut lent.client, 7), b"written");
+        assert_eq!(held.wakes.count(), 1);
+        assert!(matches!(held.outbox.drain(), Drained::Items(items) if items.len() == 1));
+    }
+}

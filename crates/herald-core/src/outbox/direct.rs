@@ -22,7 +22,10 @@
 //! drain overtakes what the drain took; the session lends the socket
 //! again only once everything it took is written. The transport keeps a
 //! frame the socket took in part, and writes its rest before anything of
-//! its own.
+//! its own. A batched write (`uring.rs`) takes its frame out of the queue
+//! under the lock and sends it after: until it ends, the transport lets
+//! nothing else write to the socket, and the session's own writes wait
+//! for it.
 
 use std::sync::Arc;
 
@@ -36,7 +39,9 @@ pub trait Direct: Send + Sync {
     fn try_send(&self, frame: &Frame) -> Sent;
 
     /// Takes the socket back: nothing is written through
-    /// [`Direct::try_send`] until the session lends it again.
+    /// [`Direct::try_send`] or begun in a batch until the session lends it
+    /// again (a batched send begun before may still be under way: the
+    /// transport has the session's writes wait for it).
     fn reclaim(&self);
 
     /// Begins a write the fanout makes in a batch with other sockets'
@@ -92,7 +97,8 @@ impl Outbox {
     }
 
     /// Takes the socket back for good (at the session's end: the outbox
-    /// may outlive it, and must not keep its socket open).
+    /// may outlive it, and must not keep its socket open; a batched send
+    /// under way keeps it until the send ends).
     pub fn detach(&self) {
         if let Some(socket) = self.state().direct.take() {
             socket.reclaim();

@@ -7,17 +7,29 @@
 //! lent socket takes in a batch is begun ([`Outbox::begin_batched`]: the
 //! frame leaves the queue, its bytes go into the batch's buffer, and the
 //! socket is the batch's until its send ends), then every send goes to
-//! the kernel in one `io_uring_enter`. The sends carry `MSG_DONTWAIT`, so
-//! a socket that is full answers at once instead of waiting, and the call
-//! returns with every send done. What a socket did not take is handed back
-//! to its transport as the rest of a begun frame, and its session woken to
-//! write it ([`Outbox::end_batched`]), as for a direct write taken in part.
-//! An outbox not begun is flushed as before, one write or a wake-up.
+//! the kernel in one `io_uring_enter` (another only if a signal interrupts
+//! it). The sends carry `MSG_DONTWAIT`, so a socket that is full answers at
+//! once instead of waiting, and the call returns with every send done.
+//! What a socket did not take is handed back to its transport as the rest
+//! of a begun frame, and its session woken to write it
+//! ([`Outbox::end_batched`]), as for a direct write taken in part. An
+//! outbox not begun is flushed as before, one write or a wake-up.
 //!
 //! Each thread that flushes has a ring of its own, made on its first batch.
 //! Where io_uring cannot be had (an old kernel, a container's seccomp
 //! profile, `kernel.io_uring_disabled`) or is turned off
 //! ([`write_batches_with_io_uring`]), every outbox is flushed one write each.
+//!
+//! # Failure
+//!
+//! Every send begun is ended, whatever happens, so that no session waits
+//! on its socket for ever. Should the ring itself fail, or anything panic
+//! during a batch, a send whose fate is not known (the kernel took it, and
+//! did not say how much it wrote) cannot be handed back without risking
+//! bytes written twice: its connection is closed instead (its client
+//! reconnects and recovers), the ring and its buffer are leaked rather
+//! than freed under the kernel, and the thread writes one socket at a time
+//! from then on.
 //!
 //! This is the one module of the crate with `unsafe` code: the kernel reads
 //! a send's bytes after the call that queued it returns, so queuing one is
@@ -31,12 +43,21 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use herald_engine::DisconnectReason;
 use io_uring::{opcode, types, IoUring};
 
 use super::{Direct, Outbox};
 
 /// Sends per ring: as many as a fanout flushes at once.
 const RING_ENTRIES: u32 = 64;
+
+/// A batch's buffer larger than this after a batch is let go, so that a
+/// burst of large frames does not pin memory on the thread.
+const WIRE_KEPT: usize = 64 * 1024;
+
+/// Calls that only ask to be made again (a signal, the kernel short of
+/// memory for a moment) made in a row before the ring counts as failed.
+const RETRIES: u32 = 64;
 
 /// `send` flags: a full socket answers `EAGAIN` at once (and io_uring
 /// then completes the send instead of waiting on the socket); a closed
@@ -68,6 +89,9 @@ enum Ring {
     Unavailable,
 }
 
+/// The node says once that it has no io_uring, not once per thread.
+static UNAVAILABLE_TOLD: std::sync::Once = std::sync::Once::new();
+
 /// Flushes `outboxes` (see [`Outbox::flush`]) with their direct writes in
 /// one system call. `false` where that cannot be done on this thread: the
 /// caller flushes them one by one.
@@ -76,98 +100,158 @@ pub(crate) fn flush(outboxes: &[Arc<Outbox>]) -> bool {
     if outboxes.len() < 2 || !ENABLED.load(Ordering::Relaxed) {
         return false;
     }
-    RING.with(|ring| {
+    // Not while the thread's locals are torn down.
+    RING.try_with(|ring| {
         // Never re-entered (a flush wakes tasks, it does not run them),
         // but if it were, the inner flush would go one write each.
         let Ok(mut ring) = ring.try_borrow_mut() else { return false };
-        if matches!(*ring, Ring::Untried) {
-            *ring = match IoUring::new(RING_ENTRIES) {
-                Ok(uring) => Ring::Ready(Box::new(Batch { uring, wire: Vec::new(), sends: Vec::new() })),
-                Err(error) => {
-                    UNAVAILABLE_TOLD.call_once(
-                        || tracing::info!(%error, "io_uring is not available: fanouts write to each socket in turn"),
-                    );
-                    Ring::Unavailable
-                }
-            };
+        match &*ring {
+            Ring::Untried => *ring = make_ring(),
+            // A batch that panicked: its ring may hold sends not reaped.
+            Ring::Ready(batch) if batch.poisoned => give_up(&mut ring),
+            _ => {}
         }
         let Ring::Ready(batch) = &mut *ring else { return false };
         let mut chunks = outboxes.chunks(RING_ENTRIES as usize);
         let failed = chunks.by_ref().find_map(|chunk| batch.flush(chunk).err());
         if let Some(error) = failed {
             tracing::warn!(%error, "io_uring failed: fanouts on this thread write to each socket in turn");
-            *ring = Ring::Unavailable;
+            give_up(&mut ring);
             chunks.flatten().for_each(|outbox| outbox.flush());
         }
         true
     })
+    .unwrap_or(false)
 }
 
-/// The node says once that it has no io_uring, not once per thread.
-static UNAVAILABLE_TOLD: std::sync::Once = std::sync::Once::new();
+fn make_ring() -> Ring {
+    match IoUring::new(RING_ENTRIES) {
+        Ok(uring) => Ring::Ready(Box::new(Batch { uring, wire: Vec::new(), sends: Vec::new(), poisoned: false })),
+        Err(error) => {
+            UNAVAILABLE_TOLD.call_once(
+                || tracing::info!(%error, "io_uring is not available: fanouts write to each socket in turn"),
+            );
+            Ring::Unavailable
+        }
+    }
+}
+
+/// Stops using the thread's ring, and leaks it with its buffer: the kernel
+/// may still hold sends that point into it.
+fn give_up(ring: &mut Ring) {
+    if let Ring::Ready(batch) = std::mem::replace(ring, Ring::Unavailable) {
+        let _ = Box::leak(batch);
+    }
+}
 
 /// A thread's ring, with the buffers of the batch it writes.
 struct Batch {
     uring: IoUring,
     /// The bytes of every send of the batch, one after another.
     wire: Vec<u8>,
+    /// The sends begun and not yet ended: empty between batches.
     sends: Vec<Send>,
+    /// A batch panicked: the ring is not used again.
+    poisoned: bool,
+}
+
+/// Ends a batch's sends when dropped, even as a panic unwinds.
+struct Ending<'a>(&'a mut Batch);
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned = true;
+        }
+        self.0.end_sends();
+    }
 }
 
 /// One socket's send in a batch.
 struct Send {
-    /// The outbox's place in the batch.
-    outbox: usize,
+    outbox: Arc<Outbox>,
     /// Kept until the send has ended, so that its descriptor stays open.
     socket: Arc<dyn Direct>,
     fd: RawFd,
     /// Its bytes in the batch's `wire`.
     bytes: Range<usize>,
-    /// How many bytes the socket took.
-    taken: usize,
+    fate: Fate,
+}
+
+/// What became of a send.
+#[derive(Clone, Copy)]
+enum Fate {
+    /// Never given to the kernel: all of it is still to write.
+    Kept,
+    /// Given to the kernel, which has not said what it wrote.
+    Unknown,
+    /// The socket took this many bytes (none if the send failed: the
+    /// session's own write meets the error, or the full socket, and deals
+    /// with it).
+    Took(usize),
 }
 
 impl Batch {
-    /// Flushes at most [`RING_ENTRIES`] outboxes. An error of the ring
-    /// itself ends every send begun as unsent (the session writes it), and
-    /// the ring is not used again.
+    /// Flushes at most [`RING_ENTRIES`] outboxes; an error is the ring's own.
     fn flush(&mut self, outboxes: &[Arc<Outbox>]) -> std::io::Result<()> {
         self.wire.clear();
-        self.sends.clear();
-        for (at, outbox) in outboxes.iter().enumerate() {
-            let start = self.wire.len();
-            match outbox.begin_batched(&mut self.wire) {
-                Some((socket, fd)) => {
-                    self.sends.push(Send { outbox: at, socket, fd, bytes: start..self.wire.len(), taken: 0 })
-                }
+        let batch = Ending(self);
+        for outbox in outboxes {
+            let start = batch.0.wire.len();
+            match outbox.begin_batched(&mut batch.0.wire) {
+                Some((socket, fd)) => batch.0.sends.push(Send {
+                    outbox: outbox.clone(),
+                    socket,
+                    fd,
+                    bytes: start..batch.0.wire.len(),
+                    fate: Fate::Kept,
+                }),
                 None => outbox.flush(),
             }
         }
-        let sent = match self.sends.len() {
-            0 => Ok(()),
-            _ => self.send(),
+        let sent = match batch.0.sends.is_empty() {
+            true => Ok(()),
+            false => batch.0.send(),
         };
-        for send in self.sends.drain(..) {
-            let unsent = self.wire.get(send.bytes).and_then(|bytes| bytes.get(send.taken..)).unwrap_or_default();
-            if let Some(outbox) = outboxes.get(send.outbox) {
-                outbox.end_batched(&*send.socket, unsent);
-            }
+        drop(batch);
+        // Not after an error: the ring and its buffer are leaked then.
+        if sent.is_ok() && self.wire.capacity() > WIRE_KEPT {
+            self.wire = Vec::new();
         }
         sent
     }
 
-    /// Sends every begun send once, in one system call (more only if a
-    /// signal interrupts it), and notes what each socket took.
+    /// Ends every send begun (see [`Outbox::end_batched`]); one whose fate
+    /// is unknown closes its connection.
+    fn end_sends(&mut self) {
+        for send in self.sends.drain(..) {
+            let bytes = self.wire.get(send.bytes);
+            let unsent = match send.fate {
+                Fate::Kept => bytes,
+                Fate::Took(taken) => bytes.and_then(|bytes| bytes.get(taken..)),
+                Fate::Unknown => None,
+            };
+            match unsent {
+                Some(unsent) => send.outbox.end_batched(&*send.socket, unsent),
+                None => {
+                    send.outbox.end_batched(&*send.socket, &[]);
+                    send.outbox.close(DisconnectReason::Internal);
+                }
+            }
+        }
+    }
+
+    /// Sends every begun send once, in one system call (more only if
+    /// interrupted), and notes what each socket took.
     ///
-    /// Soundness: each send points into `wire`, which is not touched
-    /// until this returns, and at a descriptor its `socket` keeps open;
-    /// this returns only once every send queued has completed, or the
-    /// ring has failed (its sends are then never made: with
-    /// `MSG_DONTWAIT`, a send the kernel takes completes before the call
-    /// that took it returns, so one not completed was not taken).
+    /// Soundness: each send points into `wire`, which is not touched until
+    /// this returns, and at a descriptor its `socket` keeps open. This
+    /// returns once every send given to the kernel has completed, or with
+    /// the ring's error; the ring and `wire` are then leaked ([`give_up`]),
+    /// never freed while the kernel might still read them.
     fn send(&mut self) -> std::io::Result<()> {
         let mut queued = 0usize;
-        for (tag, send) in self.sends.iter().enumerate() {
+        for (tag, send) in self.sends.iter_mut().enumerate() {
             let Some(bytes) = self.wire.get(send.bytes.clone()) else { continue };
             let length = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
             let entry = opcode::Send::new(types::Fd(send.fd), bytes.as_ptr(), length)
@@ -179,21 +263,23 @@ impl Batch {
             if unsafe { self.uring.submission().push(&entry) }.is_err() {
                 break;
             }
+            send.fate = Fate::Unknown;
             queued = queued.saturating_add(1);
         }
-        let mut reaped = 0usize;
+        let (mut reaped, mut retries) = (0usize, 0u32);
         while reaped < queued {
             match self.uring.submit_and_wait(queued.saturating_sub(reaped)) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(EINTR | EAGAIN | EBUSY)) => {}
+                Ok(_) => retries = 0,
+                Err(e) if matches!(e.raw_os_error(), Some(EINTR | EAGAIN | EBUSY)) && retries < RETRIES => {
+                    retries = retries.saturating_add(1)
+                }
                 Err(e) => return Err(e),
             }
             for completion in self.uring.completion() {
                 reaped = reaped.saturating_add(1);
-                let Some(send) = self.sends.get_mut(completion.user_data() as usize) else { continue };
-                // A failed send took nothing: the session's own write
-                // meets the error (or the full socket) and deals with it.
-                send.taken = usize::try_from(completion.result()).unwrap_or(0);
+                if let Some(send) = self.sends.get_mut(completion.user_data() as usize) {
+                    send.fate = Fate::Took(usize::try_from(completion.result()).unwrap_or(0));
+                }
             }
         }
         Ok(())
@@ -218,6 +304,9 @@ mod tests {
         stream: TcpStream,
         lent: Mutex<bool>,
         rest: Mutex<Option<Vec<u8>>>,
+        /// Begins a batched send by panicking, for the tests of a batch
+        /// that fails half way.
+        panics: bool,
     }
 
     impl Direct for Socket {
@@ -230,6 +319,7 @@ mod tests {
         }
 
         fn begin_batched(&self, frame: &Frame, wire: &mut Vec<u8>) -> Option<RawFd> {
+            assert!(!self.panics, "a transport's bug");
             if !*self.lent.lock().unwrap() {
                 return None;
             }
@@ -259,11 +349,28 @@ mod tests {
         client: TcpStream,
     }
 
+    /// Whether the kernel gives this process a ring; under `CI=true` it
+    /// must.
+    fn io_uring_here() -> bool {
+        match IoUring::new(2) {
+            Ok(_) => true,
+            Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("skipped: io_uring is not available here ({error})");
+                false
+            }
+            Err(error) => panic!("io_uring is not available here: {error}"),
+        }
+    }
+
     fn connection(listener: &TcpListener, lent: bool) -> Connection {
+        connection_with(listener, lent, false)
+    }
+
+    fn connection_with(listener: &TcpListener, lent: bool, panics: bool) -> Connection {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (stream, _) = listener.accept().unwrap();
         stream.set_nonblocking(true).unwrap();
-        let socket = Arc::new(Socket { stream, lent: Mutex::new(lent), rest: Mutex::new(None) });
+        let socket = Arc::new(Socket { stream, lent: Mutex::new(lent), rest: Mutex::new(None), panics });
         let outbox = Arc::new(Outbox::new(1 << 20));
         outbox.attach(socket.clone());
         let wakes = Arc::new(CountedWaker::default());
@@ -288,6 +395,9 @@ mod tests {
 
     #[test]
     fn a_fanouts_lone_frames_reach_every_lent_socket_whole_without_waking_a_session() {
+        if !io_uring_here() {
+            return;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         // More than one ring's worth: two system calls.
         let mut connections: Vec<_> = (0..RING_ENTRIES + 6).map(|_| connection(&listener, true)).collect();
@@ -295,7 +405,7 @@ mod tests {
             connection.outbox.push_unwoken(text(format!("publication for {n}"))).unwrap();
         }
 
-        assert!(flush(&outboxes(&connections)), "io_uring is available on this machine");
+        assert!(flush(&outboxes(&connections)));
 
         for (n, connection) in connections.iter_mut().enumerate() {
             let expected = format!("publication for {n}");
@@ -307,6 +417,9 @@ mod tests {
 
     #[test]
     fn what_a_full_socket_did_not_take_is_its_sessions_to_write_first() {
+        if !io_uring_here() {
+            return;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut full = connection(&listener, true);
         let mut taking = connection(&listener, true);
@@ -342,6 +455,9 @@ mod tests {
 
     #[test]
     fn an_outbox_whose_socket_is_not_lent_is_left_to_its_session() {
+        if !io_uring_here() {
+            return;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut lent = connection(&listener, true);
         let held = connection(&listener, false);
@@ -353,5 +469,27 @@ mod tests {
         assert_eq!(read_exactly(&mut lent.client, 7), b"written");
         assert_eq!(held.wakes.count(), 1);
         assert!(matches!(held.outbox.drain(), Drained::Items(items) if items.len() == 1));
+    }
+
+    #[test]
+    fn a_batch_that_panics_half_way_ends_what_it_began_and_its_ring_is_not_used_again() {
+        if !io_uring_here() {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let begun = connection(&listener, true);
+        let failing = connection_with(&listener, true, true);
+        begun.outbox.push_unwoken(text("never sent".into())).unwrap();
+        failing.outbox.push_unwoken(text("never begun".into())).unwrap();
+
+        let batch = [begun.outbox.clone(), failing.outbox.clone()];
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flush(&batch))).is_err());
+
+        // Not given to the kernel: the session writes it, and is not left
+        // waiting for a send that will never end.
+        assert_eq!(begun.socket.rest.lock().unwrap().as_deref(), Some(&b"never sent"[..]));
+        assert_eq!(begun.wakes.count(), 1);
+        let later = [begun.outbox.clone(), failing.outbox.clone()];
+        assert!(!flush(&later), "the ring of a batch that panicked was used again");
     }
 }

@@ -10,8 +10,10 @@
 //! A fanout may also write to the socket in a batch with other sockets
 //! (`herald_core`'s `uring.rs`): from `begin_batched` to `end_batched` the
 //! socket is the batch's, and a session taking it back waits for the
-//! batch's send to end (one system call for a batch's sockets, well under a
-//! millisecond), so that what it writes comes after.
+//! batch's send to end, so that what it writes comes after. That is the
+//! length of one batch (up to 64 sockets' frames copied, sent in one
+//! system call, and ended), and rare: only a session that writes while a
+//! publication is written to it waits.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -65,9 +67,10 @@ impl SharedTcp {
 
     /// Takes the socket back, with the rest of a frame begun while it was
     /// lent, which must be written before anything else.
-    /// Waits for a batched send to end first.
+    /// Waits for a batched send to end first (and lets no other begin).
     pub(crate) fn take_back(&self) -> Option<Box<[u8]>> {
         let mut lending = self.lending();
+        lending.lent = None;
         while lending.batched {
             lending.waited_for = true;
             lending = self.batch_ended.wait(lending).unwrap_or_else(PoisonError::into_inner);
@@ -143,7 +146,9 @@ impl Direct for SharedTcp {
             Frame::Text(text) => (Opcode::Text, text.as_bytes()),
             Frame::Binary(bytes) => (Opcode::Binary, &bytes[..]),
         };
-        if lending.lent != Some(opcode) || lending.batched || payload.is_empty() {
+        // A large frame is written by `try_send`, its payload uncopied.
+        let small = frame::frame_len(payload.len()) <= LONE_FRAME;
+        if lending.lent != Some(opcode) || lending.batched || payload.is_empty() || !small {
             return None;
         }
         let (header, header_len) = frame::header(opcode, payload.len());
@@ -209,6 +214,7 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(!session.is_finished(), "the session took the socket back during the batch's send");
+        assert_eq!(socket.lending().lent, None, "another batch could begin before the session has its socket");
 
         assert_eq!(socket.end_batched(b"llo"), Sent::Begun);
         assert_eq!(session.join().unwrap().as_deref(), Some(&b"llo"[..]), "the rest is the session's to write first");
@@ -222,8 +228,15 @@ mod tests {
         let mut wire = Vec::new();
 
         assert_eq!(socket.begin_batched(&Frame::Text(Text::from("text")), &mut wire), None, "not the lent kind");
-        assert!(socket.begin_batched(&Frame::Binary(vec![1, 2, 3].into()), &mut wire).is_some());
+        assert!(socket.begin_batched(&Frame::Binary(vec![7; 200].into()), &mut wire).is_some());
+        assert_eq!(wire.get(..4), Some(&[0x82, 126, 0, 200][..]), "a two-byte length");
+        assert_eq!(wire.len(), 204);
         assert_eq!(socket.end_batched(&[]), Sent::Whole);
+        assert_eq!(
+            socket.begin_batched(&Frame::Binary(vec![7; LONE_FRAME].into()), &mut wire),
+            None,
+            "a large frame is written without a copy"
+        );
 
         assert_eq!(socket.take_back(), None);
     }

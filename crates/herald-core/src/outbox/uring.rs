@@ -155,15 +155,21 @@ struct Batch {
     poisoned: bool,
 }
 
-/// Ends a batch's sends when dropped, even as a panic unwinds.
-struct Ending<'a>(&'a mut Batch);
+/// Ends a batch's sends when dropped, even as a panic unwinds; a panic
+/// that began during the batch poisons its ring.
+struct Ending<'a> {
+    batch: &'a mut Batch,
+    /// Already unwinding when the batch began (a fanout's last batch is
+    /// flushed as its guard drops): not the batch's doing.
+    unwinding_before: bool,
+}
 
 impl Drop for Ending<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.poisoned = true;
+        if std::thread::panicking() && !self.unwinding_before {
+            self.batch.poisoned = true;
         }
-        self.0.end_sends();
+        self.batch.end_sends();
     }
 }
 
@@ -176,6 +182,30 @@ struct Send {
     /// Its bytes in the batch's `wire`.
     bytes: Range<usize>,
     fate: Fate,
+    /// Ended: its socket is no longer the batch's.
+    ended: bool,
+}
+
+/// A send dropped before it was ended (a panic while ending another) is
+/// ended as one whose fate is not known, so that no session waits on its
+/// socket for ever.
+impl Drop for Send {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end_lost();
+        }
+    }
+}
+
+impl Send {
+    /// Ends a send that may have been written in part: its connection is
+    /// closed first, so that nothing more is written to the socket after
+    /// the unknown bytes.
+    fn end_lost(&mut self) {
+        self.ended = true;
+        self.outbox.close(DisconnectReason::Internal);
+        self.outbox.end_batched(&*self.socket, &[]);
+    }
 }
 
 /// What became of a send.
@@ -195,25 +225,26 @@ impl Batch {
     /// Flushes at most [`RING_ENTRIES`] outboxes; an error is the ring's own.
     fn flush(&mut self, outboxes: &[Arc<Outbox>]) -> std::io::Result<()> {
         self.wire.clear();
-        let batch = Ending(self);
+        let ending = Ending { batch: self, unwinding_before: std::thread::panicking() };
         for outbox in outboxes {
-            let start = batch.0.wire.len();
-            match outbox.begin_batched(&mut batch.0.wire) {
-                Some((socket, fd)) => batch.0.sends.push(Send {
+            let start = ending.batch.wire.len();
+            match outbox.begin_batched(&mut ending.batch.wire) {
+                Some((socket, fd)) => ending.batch.sends.push(Send {
                     outbox: outbox.clone(),
                     socket,
                     fd,
-                    bytes: start..batch.0.wire.len(),
+                    bytes: start..ending.batch.wire.len(),
                     fate: Fate::Kept,
+                    ended: false,
                 }),
                 None => outbox.flush(),
             }
         }
-        let sent = match batch.0.sends.is_empty() {
+        let sent = match ending.batch.sends.is_empty() {
             true => Ok(()),
-            false => batch.0.send(),
+            false => ending.batch.send(),
         };
-        drop(batch);
+        drop(ending);
         // Not after an error: the ring and its buffer are leaked then.
         if sent.is_ok() && self.wire.capacity() > WIRE_KEPT {
             self.wire = Vec::new();
@@ -224,19 +255,19 @@ impl Batch {
     /// Ends every send begun (see [`Outbox::end_batched`]); one whose fate
     /// is unknown closes its connection.
     fn end_sends(&mut self) {
-        for send in self.sends.drain(..) {
-            let bytes = self.wire.get(send.bytes);
+        for mut send in self.sends.drain(..) {
+            let bytes = self.wire.get(send.bytes.clone());
             let unsent = match send.fate {
                 Fate::Kept => bytes,
                 Fate::Took(taken) => bytes.and_then(|bytes| bytes.get(taken..)),
                 Fate::Unknown => None,
             };
             match unsent {
-                Some(unsent) => send.outbox.end_batched(&*send.socket, unsent),
-                None => {
-                    send.outbox.end_batched(&*send.socket, &[]);
-                    send.outbox.close(DisconnectReason::Internal);
+                Some(unsent) => {
+                    send.ended = true;
+                    send.outbox.end_batched(&*send.socket, unsent);
                 }
+                None => send.end_lost(),
             }
         }
     }
@@ -273,24 +304,43 @@ impl Batch {
                 Err(e) if matches!(e.raw_os_error(), Some(EINTR | EAGAIN | EBUSY)) && retries < RETRIES => {
                     retries = retries.saturating_add(1)
                 }
-                Err(e) => return Err(e),
-            }
-            for completion in self.uring.completion() {
-                reaped = reaped.saturating_add(1);
-                if let Some(send) = self.sends.get_mut(completion.user_data() as usize) {
-                    send.fate = Fate::Took(usize::try_from(completion.result()).unwrap_or(0));
+                Err(e) => {
+                    self.note_completions(&mut reaped);
+                    self.unqueue_not_taken();
+                    return Err(e);
                 }
             }
+            self.note_completions(&mut reaped);
         }
         Ok(())
+    }
+
+    /// Notes what each completed send took.
+    fn note_completions(&mut self, reaped: &mut usize) {
+        for completion in self.uring.completion() {
+            *reaped = reaped.saturating_add(1);
+            if let Some(send) = self.sends.get_mut(completion.user_data() as usize) {
+                send.fate = Fate::Took(usize::try_from(completion.result()).unwrap_or(0));
+            }
+        }
+    }
+
+    /// After the ring failed: the sends still in its submission queue were
+    /// never taken by the kernel (the last ones queued), and will not be,
+    /// since the ring is not entered again. Their bytes are all still to
+    /// write.
+    fn unqueue_not_taken(&mut self) {
+        let not_taken = self.uring.submission().len();
+        let queued = self.sends.iter_mut().rev().filter(|send| matches!(send.fate, Fate::Unknown));
+        queued.take(not_taken).for_each(|send| send.fate = Fate::Kept);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::{ErrorKind, Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
     use std::sync::Mutex;
     use std::task::{Context, Poll, Waker};
 
@@ -298,12 +348,16 @@ mod tests {
     use crate::frame::{Frame, Text};
     use crate::outbox::{CountedWaker, Drained, Outgoing, Sent};
 
-    /// A lent loopback socket that writes only in batches, and keeps what
-    /// a batch's send did not take, as a transport does.
+    /// A lent socket that writes only in batches, and keeps what a batch's
+    /// send did not take, as a transport does. A Unix stream socket: one
+    /// whose peer reads nothing stays full, as loopback TCP (with its
+    /// acknowledgements and buffer tuning) need not.
     struct Socket {
-        stream: TcpStream,
+        stream: UnixStream,
         lent: Mutex<bool>,
         rest: Mutex<Option<Vec<u8>>>,
+        /// Batched sends ended.
+        ended: Mutex<usize>,
         /// Begins a batched send by panicking, for the tests of a batch
         /// that fails half way.
         panics: bool,
@@ -331,6 +385,7 @@ mod tests {
         }
 
         fn end_batched(&self, unsent: &[u8]) -> Sent {
+            *self.ended.lock().unwrap() += 1;
             if unsent.is_empty() {
                 return Sent::Whole;
             }
@@ -346,7 +401,7 @@ mod tests {
         outbox: Arc<Outbox>,
         socket: Arc<Socket>,
         wakes: Arc<CountedWaker>,
-        client: TcpStream,
+        client: UnixStream,
     }
 
     /// Whether the kernel gives this process a ring; under `CI=true` it
@@ -362,15 +417,15 @@ mod tests {
         }
     }
 
-    fn connection(listener: &TcpListener, lent: bool) -> Connection {
-        connection_with(listener, lent, false)
+    fn connection(lent: bool) -> Connection {
+        connection_with(lent, false)
     }
 
-    fn connection_with(listener: &TcpListener, lent: bool, panics: bool) -> Connection {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (stream, _) = listener.accept().unwrap();
+    fn connection_with(lent: bool, panics: bool) -> Connection {
+        let (stream, client) = UnixStream::pair().unwrap();
         stream.set_nonblocking(true).unwrap();
-        let socket = Arc::new(Socket { stream, lent: Mutex::new(lent), rest: Mutex::new(None), panics });
+        let socket =
+            Arc::new(Socket { stream, lent: Mutex::new(lent), rest: Mutex::new(None), ended: Mutex::new(0), panics });
         let outbox = Arc::new(Outbox::new(1 << 20));
         outbox.attach(socket.clone());
         let wakes = Arc::new(CountedWaker::default());
@@ -383,10 +438,26 @@ mod tests {
         Outgoing::Frame(Frame::Text(Text::from(text)))
     }
 
-    fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+    fn read_exactly(client: &mut UnixStream, len: usize) -> Vec<u8> {
         let mut got = vec![0; len];
         client.read_exact(&mut got).unwrap();
         got
+    }
+
+    /// Fills `socket` until it takes not one byte more; returns how many
+    /// it took.
+    fn stuff(socket: &Socket) -> usize {
+        let mut stuffed = 0;
+        for chunk in [vec![b'x'; 1 << 16], vec![b'x'; 1]] {
+            loop {
+                match (&socket.stream).write(&chunk) {
+                    Ok(n) => stuffed += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        stuffed
     }
 
     fn outboxes(connections: &[Connection]) -> Vec<Arc<Outbox>> {
@@ -398,9 +469,8 @@ mod tests {
         if !io_uring_here() {
             return;
         }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         // More than one ring's worth: two system calls.
-        let mut connections: Vec<_> = (0..RING_ENTRIES + 6).map(|_| connection(&listener, true)).collect();
+        let mut connections: Vec<_> = (0..RING_ENTRIES + 6).map(|_| connection(true)).collect();
         for (n, connection) in connections.iter().enumerate() {
             connection.outbox.push_unwoken(text(format!("publication for {n}"))).unwrap();
         }
@@ -412,6 +482,7 @@ mod tests {
             assert_eq!(read_exactly(&mut connection.client, expected.len()), expected.as_bytes());
             assert_eq!(connection.wakes.count(), 0, "connection {n}'s session was woken for a frame written for it");
             assert_eq!(connection.outbox.queued_bytes(), 0);
+            assert_eq!(*connection.socket.ended.lock().unwrap(), 1);
         }
     }
 
@@ -420,19 +491,9 @@ mod tests {
         if !io_uring_here() {
             return;
         }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut full = connection(&listener, true);
-        let mut taking = connection(&listener, true);
-        // Fill the socket: its client reads nothing yet.
-        let mut stuffed = 0usize;
-        let chunk = vec![b'x'; 1 << 16];
-        loop {
-            match (&full.socket.stream).write(&chunk) {
-                Ok(n) => stuffed += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let mut full = connection(true);
+        let mut taking = connection(true);
+        let stuffed = stuff(&full.socket);
         full.outbox.push_unwoken(text("behind the backlog".into())).unwrap();
         taking.outbox.push_unwoken(text("straight through".into())).unwrap();
 
@@ -440,17 +501,15 @@ mod tests {
 
         assert_eq!(read_exactly(&mut taking.client, 16), b"straight through");
         assert_eq!(taking.wakes.count(), 0);
-        let rest = full.socket.rest.lock().unwrap().clone().expect("the transport keeps the rest");
-        let _ = read_exactly(&mut full.client, stuffed);
-        // The socket may have taken a part once the client began to read:
-        // what it took and what is kept make the frame, in order.
-        let (taken, kept) = b"behind the backlog".split_at(18 - rest.len());
-        assert_eq!(rest, kept);
-        assert_eq!(read_exactly(&mut full.client, taken.len()), taken);
-        assert_eq!(full.wakes.count(), 1, "the session is woken to write the rest");
+        let rest = full.socket.rest.lock().unwrap().clone();
+        assert_eq!(rest.as_deref(), Some(&b"behind the backlog"[..]), "the transport keeps all of it");
+        assert_eq!(full.wakes.count(), 1, "the session is woken to write it");
         let waker = Waker::from(full.wakes.clone());
         assert!(full.outbox.poll_ready(&mut Context::from_waker(&waker)).is_ready());
         assert!(matches!(full.outbox.drain(), Drained::Items(items) if items.is_empty()), "not written twice");
+        assert_eq!(read_exactly(&mut full.client, stuffed).len(), stuffed);
+        full.client.set_nonblocking(true).unwrap();
+        assert_eq!(full.client.read(&mut [0; 64]).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock));
     }
 
     #[test]
@@ -458,9 +517,8 @@ mod tests {
         if !io_uring_here() {
             return;
         }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut lent = connection(&listener, true);
-        let held = connection(&listener, false);
+        let mut lent = connection(true);
+        let held = connection(false);
         lent.outbox.push_unwoken(text("written".into())).unwrap();
         held.outbox.push_unwoken(text("queued".into())).unwrap();
 
@@ -468,6 +526,7 @@ mod tests {
 
         assert_eq!(read_exactly(&mut lent.client, 7), b"written");
         assert_eq!(held.wakes.count(), 1);
+        assert_eq!(*held.socket.ended.lock().unwrap(), 0, "never begun");
         assert!(matches!(held.outbox.drain(), Drained::Items(items) if items.len() == 1));
     }
 
@@ -476,9 +535,8 @@ mod tests {
         if !io_uring_here() {
             return;
         }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let begun = connection(&listener, true);
-        let failing = connection_with(&listener, true, true);
+        let begun = connection(true);
+        let failing = connection_with(true, true);
         begun.outbox.push_unwoken(text("never sent".into())).unwrap();
         failing.outbox.push_unwoken(text("never begun".into())).unwrap();
 
@@ -491,5 +549,24 @@ mod tests {
         assert_eq!(begun.wakes.count(), 1);
         let later = [begun.outbox.clone(), failing.outbox.clone()];
         assert!(!flush(&later), "the ring of a batch that panicked was used again");
+    }
+
+    #[test]
+    fn a_send_whose_fate_is_not_known_closes_its_connection_and_hands_nothing_back() {
+        if !io_uring_here() {
+            return;
+        }
+        let lost = connection(true);
+        lost.outbox.push_unwoken(text("perhaps written".into())).unwrap();
+        let mut batch = Batch { uring: IoUring::new(2).unwrap(), wire: Vec::new(), sends: Vec::new(), poisoned: false };
+        let (socket, fd) = lost.outbox.begin_batched(&mut batch.wire).expect("begun");
+        let bytes = 0..batch.wire.len();
+        batch.sends.push(Send { outbox: lost.outbox.clone(), socket, fd, bytes, fate: Fate::Unknown, ended: false });
+
+        batch.end_sends();
+
+        assert_eq!(*lost.socket.ended.lock().unwrap(), 1, "ended, so that its session does not wait for it");
+        assert_eq!(lost.socket.rest.lock().unwrap().as_deref(), None, "bytes perhaps written handed back");
+        assert!(matches!(lost.outbox.drain(), Drained::Closed(DisconnectReason::Internal)));
     }
 }

@@ -232,10 +232,17 @@ mod tests {
         assert_eq!(wire.get(..4), Some(&[0x82, 126, 0, 200][..]), "a two-byte length");
         assert_eq!(wire.len(), 204);
         assert_eq!(socket.end_batched(&[]), Sent::Whole);
+        assert_eq!(socket.lending().lent, Some(Opcode::Binary), "still lent");
+
+        // The largest frame batched is LONE_FRAME bytes with its 4-byte header.
+        let mut wire = Vec::new();
+        assert!(socket.begin_batched(&Frame::Binary(vec![7; LONE_FRAME - 4].into()), &mut wire).is_some());
+        assert_eq!(wire.len(), LONE_FRAME);
+        assert_eq!(socket.end_batched(&[]), Sent::Whole);
         assert_eq!(
-            socket.begin_batched(&Frame::Binary(vec![7; LONE_FRAME].into()), &mut wire),
+            socket.begin_batched(&Frame::Binary(vec![7; LONE_FRAME - 3].into()), &mut wire),
             None,
-            "a large frame is written without a copy"
+            "a larger frame is written without a copy"
         );
 
         assert_eq!(socket.take_back(), None);

@@ -69,6 +69,7 @@
 mod channels;
 mod events;
 mod fanout;
+pub(crate) use fanout::FLUSH_IN_BATCHES_OF;
 mod heartbeat;
 mod installed;
 mod interest;

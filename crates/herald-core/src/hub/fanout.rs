@@ -82,7 +82,7 @@ impl DeltaFrames {
 /// task that delivers publications (for Redis or NATS, one per
 /// subscription to the backplane) does not write every small channel's
 /// frames itself.
-const FLUSH_IN_BATCHES_OF: usize = 64;
+pub(crate) const FLUSH_IN_BATCHES_OF: usize = 64;
 
 /// Outboxes queued for and not flushed yet.
 #[derive(Default)]

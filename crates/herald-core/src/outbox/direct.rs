@@ -143,11 +143,7 @@ impl Outbox {
     /// descriptor; `None` leaves everything as it was.
     pub(super) fn begin_batched(&self, wire: &mut Vec<u8>) -> Option<(Arc<dyn Direct>, std::os::fd::RawFd)> {
         let mut state = self.state();
-        let (Some(socket), Queued::One(Outgoing::Frame(frame)), Some(Due::Now), None) =
-            (&state.direct, &state.items, state.due, &state.closed)
-        else {
-            return None;
-        };
+        let (socket, frame) = state.lone_frame_to_write()?;
         let fd = socket.begin_batched(frame, wire)?;
         let socket = socket.clone();
         state.take_all();
@@ -173,11 +169,7 @@ impl State {
     /// took in part leaves it too (its transport owes the rest), but its
     /// session must be woken to write that.
     fn write_directly(&mut self) -> Option<Sent> {
-        let (Some(socket), Queued::One(Outgoing::Frame(frame)), Some(Due::Now), None) =
-            (&self.direct, &self.items, self.due, &self.closed)
-        else {
-            return None;
-        };
+        let (socket, frame) = self.lone_frame_to_write()?;
         let sent = socket.try_send(frame);
         match sent {
             Sent::Whole => self.take_all(),
@@ -189,6 +181,15 @@ impl State {
             Sent::Not => {}
         }
         Some(sent)
+    }
+
+    /// The socket lent and the one frame queued, where the fanout may
+    /// write it: a lone frame due now, the outbox open.
+    fn lone_frame_to_write(&self) -> Option<(&Arc<dyn Direct>, &Frame)> {
+        match (&self.direct, &self.items, self.due, &self.closed) {
+            (Some(socket), Queued::One(Outgoing::Frame(frame)), Some(Due::Now), None) => Some((socket, frame)),
+            _ => None,
+        }
     }
 
     fn take_all(&mut self) {

@@ -49,7 +49,7 @@ use io_uring::{opcode, types, IoUring};
 use super::{Direct, Outbox};
 
 /// Sends per ring: as many as a fanout flushes at once.
-const RING_ENTRIES: u32 = 64;
+const RING_ENTRIES: u32 = crate::hub::FLUSH_IN_BATCHES_OF as u32;
 
 /// A batch's buffer larger than this after a batch is let go, so that a
 /// burst of large frames does not pin memory on the thread.

@@ -48,6 +48,24 @@ struct Lending {
     waited_for: bool,
 }
 
+impl Lending {
+    /// Whether the fanout may write a message of `opcode` with `payload`
+    /// now: the socket is lent for that kind and no batch is sending. A
+    /// frame of the other kind is a bug the session logs; an empty one, a
+    /// message it skips.
+    fn takes(&self, opcode: Opcode, payload: &[u8]) -> bool {
+        self.lent == Some(opcode) && !self.batched && !payload.is_empty()
+    }
+}
+
+/// A frame's WebSocket opcode and payload.
+fn message(frame: &Frame) -> (Opcode, &[u8]) {
+    match frame {
+        Frame::Text(text) => (Opcode::Text, text.as_bytes()),
+        Frame::Binary(bytes) => (Opcode::Binary, &bytes[..]),
+    }
+}
+
 impl SharedTcp {
     pub(crate) fn new(stream: TcpStream) -> Self {
         Self { stream, lending: Mutex::default(), batch_ended: Condvar::new() }
@@ -107,13 +125,8 @@ impl SharedTcp {
 impl Direct for SharedTcp {
     fn try_send(&self, frame: &Frame) -> Sent {
         let mut lending = self.lending();
-        let (opcode, payload) = match frame {
-            Frame::Text(text) => (Opcode::Text, text.as_bytes()),
-            Frame::Binary(bytes) => (Opcode::Binary, &bytes[..]),
-        };
-        // A frame of the other kind is a bug the session logs; an empty
-        // one, a message it skips.
-        if lending.lent != Some(opcode) || lending.batched || payload.is_empty() {
+        let (opcode, payload) = message(frame);
+        if !lending.takes(opcode, payload) {
             return Sent::Not;
         }
         let sent = match frame::frame_len(payload.len()) {
@@ -142,13 +155,9 @@ impl Direct for SharedTcp {
 
     fn begin_batched(&self, frame: &Frame, wire: &mut Vec<u8>) -> Option<RawFd> {
         let mut lending = self.lending();
-        let (opcode, payload) = match frame {
-            Frame::Text(text) => (Opcode::Text, text.as_bytes()),
-            Frame::Binary(bytes) => (Opcode::Binary, &bytes[..]),
-        };
+        let (opcode, payload) = message(frame);
         // A large frame is written by `try_send`, its payload uncopied.
-        let small = frame::frame_len(payload.len()) <= LONE_FRAME;
-        if lending.lent != Some(opcode) || lending.batched || payload.is_empty() || !small {
+        if !lending.takes(opcode, payload) || frame::frame_len(payload.len()) > LONE_FRAME {
             return None;
         }
         let (header, header_len) = frame::header(opcode, payload.len());

@@ -281,22 +281,7 @@ impl Batch {
     /// the ring's error; the ring and `wire` are then leaked ([`give_up`]),
     /// never freed while the kernel might still read them.
     fn send(&mut self) -> std::io::Result<()> {
-        let mut queued = 0usize;
-        for (tag, send) in self.sends.iter_mut().enumerate() {
-            let Some(bytes) = self.wire.get(send.bytes.clone()) else { continue };
-            let length = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            let entry = opcode::Send::new(types::Fd(send.fd), bytes.as_ptr(), length)
-                .flags(MSG_DONTWAIT | MSG_NOSIGNAL)
-                .build()
-                .user_data(tag as u64);
-            // SAFETY: see the function's doc. The queue has room: a batch
-            // is at most RING_ENTRIES long and the last one was reaped whole.
-            if unsafe { self.uring.submission().push(&entry) }.is_err() {
-                break;
-            }
-            send.fate = Fate::Unknown;
-            queued = queued.saturating_add(1);
-        }
+        let queued = self.queue();
         let (mut reaped, mut retries) = (0usize, 0u32);
         while reaped < queued {
             match self.uring.submit_and_wait(queued.saturating_sub(reaped)) {
@@ -305,14 +290,45 @@ impl Batch {
                     retries = retries.saturating_add(1)
                 }
                 Err(e) => {
-                    self.note_completions(&mut reaped);
-                    self.unqueue_not_taken();
+                    self.reap_after_failure(&mut reaped);
                     return Err(e);
                 }
             }
             self.note_completions(&mut reaped);
         }
         Ok(())
+    }
+
+    /// Puts every send not yet given to the kernel in the submission
+    /// queue; returns how many it put there.
+    fn queue(&mut self) -> usize {
+        let mut queued = 0usize;
+        for (tag, send) in self.sends.iter_mut().enumerate() {
+            if !matches!(send.fate, Fate::Kept) {
+                continue;
+            }
+            let Some(bytes) = self.wire.get(send.bytes.clone()) else { continue };
+            let length = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            let entry = opcode::Send::new(types::Fd(send.fd), bytes.as_ptr(), length)
+                .flags(MSG_DONTWAIT | MSG_NOSIGNAL)
+                .build()
+                .user_data(tag as u64);
+            // SAFETY: see `send`'s doc. The queue has room: a batch is at
+            // most RING_ENTRIES long and the last one was reaped whole.
+            if unsafe { self.uring.submission().push(&entry) }.is_err() {
+                break;
+            }
+            send.fate = Fate::Unknown;
+            queued = queued.saturating_add(1);
+        }
+        queued
+    }
+
+    /// After the ring failed: notes what the sends it completed took, and
+    /// hands back whole those it never took.
+    fn reap_after_failure(&mut self, reaped: &mut usize) {
+        self.note_completions(reaped);
+        self.unqueue_not_taken();
     }
 
     /// Notes what each completed send took.
@@ -549,6 +565,63 @@ mod tests {
         assert_eq!(begun.wakes.count(), 1);
         let later = [begun.outbox.clone(), failing.outbox.clone()];
         assert!(!flush(&later), "the ring of a batch that panicked was used again");
+    }
+
+    /// Begins `connection`'s lone frame in `batch`, as [`Batch::flush`] does.
+    fn begin(batch: &mut Batch, connection: &Connection) {
+        let start = batch.wire.len();
+        let (socket, fd) = connection.outbox.begin_batched(&mut batch.wire).expect("begun");
+        let bytes = start..batch.wire.len();
+        batch.sends.push(Send { outbox: connection.outbox.clone(), socket, fd, bytes, fate: Fate::Kept, ended: false });
+    }
+
+    #[test]
+    fn when_the_ring_fails_what_the_kernel_sent_stays_sent_and_what_it_never_took_is_handed_back_whole() {
+        if !io_uring_here() {
+            return;
+        }
+        let mut sent: Vec<_> = (0..2).map(|_| connection(true)).collect();
+        let never_taken = connection(true);
+        for (n, connection) in sent.iter().enumerate() {
+            connection.outbox.push_unwoken(text(format!("sent {n}"))).unwrap();
+        }
+        never_taken.outbox.push_unwoken(text("never taken".into())).unwrap();
+        let mut batch = Batch {
+            uring: IoUring::new(4).unwrap(),
+            wire: Vec::with_capacity(1024),
+            sends: Vec::new(),
+            poisoned: false,
+        };
+        sent.iter().for_each(|connection| begin(&mut batch, connection));
+        // The kernel takes and completes the first two sends; the third
+        // is queued after them, and the ring fails before it is entered.
+        assert_eq!(batch.queue(), 2);
+        assert_eq!(batch.uring.submit_and_wait(2).unwrap(), 2);
+        begin(&mut batch, &never_taken);
+        assert_eq!(batch.queue(), 1);
+
+        let mut reaped = 0;
+        batch.reap_after_failure(&mut reaped);
+        batch.end_sends();
+
+        assert_eq!(reaped, 2);
+        for (n, connection) in sent.iter_mut().enumerate() {
+            let expected = format!("sent {n}");
+            assert_eq!(read_exactly(&mut connection.client, expected.len()), expected.as_bytes());
+            connection.client.set_nonblocking(true).unwrap();
+            assert_eq!(connection.client.read(&mut [0; 64]).map_err(|e| e.kind()), Err(ErrorKind::WouldBlock));
+            assert_eq!(
+                connection.socket.rest.lock().unwrap().as_deref(),
+                None,
+                "sent {n} handed back to be written again"
+            );
+            assert_eq!(connection.wakes.count(), 0);
+            assert!(matches!(connection.outbox.drain(), Drained::Items(items) if items.is_empty()), "sent {n} closed");
+        }
+        assert_eq!(never_taken.socket.rest.lock().unwrap().as_deref(), Some(&b"never taken"[..]));
+        assert_eq!(never_taken.wakes.count(), 1, "its session is woken to write it");
+        assert!(matches!(never_taken.outbox.drain(), Drained::Items(_)), "its connection stays open");
+        assert!(batch.sends.is_empty());
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub(crate) fn flush(outboxes: &[Arc<Outbox>]) -> bool {
 
 fn make_ring() -> Ring {
     match IoUring::new(RING_ENTRIES) {
-        Ok(uring) => Ring::Ready(Box::new(Batch { uring, wire: Vec::new(), sends: Vec::new(), poisoned: false })),
+        Ok(uring) => Ring::Ready(Box::new(Batch::new(uring))),
         Err(error) => {
             UNAVAILABLE_TOLD.call_once(
                 || tracing::info!(%error, "io_uring is not available: fanouts write to each socket in turn"),
@@ -222,22 +222,17 @@ enum Fate {
 }
 
 impl Batch {
+    fn new(uring: IoUring) -> Self {
+        Self { uring, wire: Vec::new(), sends: Vec::new(), poisoned: false }
+    }
+
     /// Flushes at most [`RING_ENTRIES`] outboxes; an error is the ring's own.
     fn flush(&mut self, outboxes: &[Arc<Outbox>]) -> std::io::Result<()> {
         self.wire.clear();
         let ending = Ending { batch: self, unwinding_before: std::thread::panicking() };
         for outbox in outboxes {
-            let start = ending.batch.wire.len();
-            match outbox.begin_batched(&mut ending.batch.wire) {
-                Some((socket, fd)) => ending.batch.sends.push(Send {
-                    outbox: outbox.clone(),
-                    socket,
-                    fd,
-                    bytes: start..ending.batch.wire.len(),
-                    fate: Fate::Kept,
-                    ended: false,
-                }),
-                None => outbox.flush(),
+            if !ending.batch.begin(outbox) {
+                outbox.flush();
             }
         }
         let sent = match ending.batch.sends.is_empty() {
@@ -250,6 +245,16 @@ impl Batch {
             self.wire = Vec::new();
         }
         sent
+    }
+
+    /// Begins `outbox`'s send in this batch ([`Outbox::begin_batched`]);
+    /// `false` where its frame is not one to batch.
+    fn begin(&mut self, outbox: &Arc<Outbox>) -> bool {
+        let start = self.wire.len();
+        let Some((socket, fd)) = outbox.begin_batched(&mut self.wire) else { return false };
+        let bytes = start..self.wire.len();
+        self.sends.push(Send { outbox: outbox.clone(), socket, fd, bytes, fate: Fate::Kept, ended: false });
+        true
     }
 
     /// Ends every send begun (see [`Outbox::end_batched`]); one whose fate
@@ -567,14 +572,6 @@ mod tests {
         assert!(!flush(&later), "the ring of a batch that panicked was used again");
     }
 
-    /// Begins `connection`'s lone frame in `batch`, as [`Batch::flush`] does.
-    fn begin(batch: &mut Batch, connection: &Connection) {
-        let start = batch.wire.len();
-        let (socket, fd) = connection.outbox.begin_batched(&mut batch.wire).expect("begun");
-        let bytes = start..batch.wire.len();
-        batch.sends.push(Send { outbox: connection.outbox.clone(), socket, fd, bytes, fate: Fate::Kept, ended: false });
-    }
-
     #[test]
     fn when_the_ring_fails_what_the_kernel_sent_stays_sent_and_what_it_never_took_is_handed_back_whole() {
         if !io_uring_here() {
@@ -586,18 +583,15 @@ mod tests {
             connection.outbox.push_unwoken(text(format!("sent {n}"))).unwrap();
         }
         never_taken.outbox.push_unwoken(text("never taken".into())).unwrap();
-        let mut batch = Batch {
-            uring: IoUring::new(4).unwrap(),
-            wire: Vec::with_capacity(1024),
-            sends: Vec::new(),
-            poisoned: false,
-        };
-        sent.iter().for_each(|connection| begin(&mut batch, connection));
+        let mut batch = Batch::new(IoUring::new(4).unwrap());
+        // No reallocation under the kernel's first two sends.
+        batch.wire.reserve(1024);
+        sent.iter().for_each(|connection| assert!(batch.begin(&connection.outbox)));
         // The kernel takes and completes the first two sends; the third
         // is queued after them, and the ring fails before it is entered.
         assert_eq!(batch.queue(), 2);
         assert_eq!(batch.uring.submit_and_wait(2).unwrap(), 2);
-        begin(&mut batch, &never_taken);
+        assert!(batch.begin(&never_taken.outbox));
         assert_eq!(batch.queue(), 1);
 
         let mut reaped = 0;
@@ -631,10 +625,9 @@ mod tests {
         }
         let lost = connection(true);
         lost.outbox.push_unwoken(text("perhaps written".into())).unwrap();
-        let mut batch = Batch { uring: IoUring::new(2).unwrap(), wire: Vec::new(), sends: Vec::new(), poisoned: false };
-        let (socket, fd) = lost.outbox.begin_batched(&mut batch.wire).expect("begun");
-        let bytes = 0..batch.wire.len();
-        batch.sends.push(Send { outbox: lost.outbox.clone(), socket, fd, bytes, fate: Fate::Unknown, ended: false });
+        let mut batch = Batch::new(IoUring::new(2).unwrap());
+        assert!(batch.begin(&lost.outbox));
+        batch.sends.iter_mut().for_each(|send| send.fate = Fate::Unknown);
 
         batch.end_sends();
 

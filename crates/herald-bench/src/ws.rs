@@ -275,6 +275,35 @@ impl Frames {
     pub fn filled(&mut self, n: usize) {
         self.end += n;
     }
+
+    /// Takes `shared` as the buffer to read into, if no bytes wait in this
+    /// connection's own (the usual case, a message arriving whole) and
+    /// `shared` is no smaller. A reader of many connections then fills one
+    /// buffer that stays in its cache, not a cold one per connection: the
+    /// kernel's copy into a cold buffer costs more than the parse. Swaps
+    /// the two, so `shared` holds the connection's own buffer until
+    /// [`give_back`](Self::give_back). True if it did.
+    pub fn borrow(&mut self, shared: &mut Vec<u8>) -> bool {
+        if self.start != self.end || shared.len() < self.buf.len() {
+            return false;
+        }
+        std::mem::swap(&mut self.buf, shared);
+        (self.start, self.end) = (0, 0);
+        true
+    }
+
+    /// Ends a [`borrow`](Self::borrow): the bytes not consumed yet (the
+    /// start of a message that is still arriving) move to the connection's
+    /// own buffer, which `shared` holds, and `shared` gets its buffer back.
+    pub fn give_back(&mut self, shared: &mut Vec<u8>) {
+        let rest = self.end - self.start;
+        if shared.len() < rest {
+            shared.resize(rest.next_power_of_two(), 0);
+        }
+        shared[..rest].copy_from_slice(&self.buf[self.start..self.end]);
+        std::mem::swap(&mut self.buf, shared);
+        (self.start, self.end) = (0, rest);
+    }
 }
 
 /// Checks the status line and the server's proof that it read our key.
@@ -410,6 +439,33 @@ mod tests {
         let mut payload = pongs[pong.len..].to_vec();
         unmask(&mut payload, pong.mask.expect("a client's pong is masked"));
         assert_eq!(payload, b"hi");
+    }
+
+    #[test]
+    fn reads_into_a_shared_buffer_keep_a_message_split_across_them_and_leave_each_buffer_its_owner() {
+        let mut stream = Vec::new();
+        encode_frame(&mut stream, OP_TEXT, b"first");
+        encode_frame(&mut stream, OP_TEXT, b"second, split between two reads");
+        let split = stream.len() - 10;
+        let mut frames =
+            Frames { buf: vec![0; 4], start: 0, end: 0, fragments: Vec::new(), in_message: false, needed: 1 };
+        let mut shared = vec![0; 64];
+        let mut messages = Vec::new();
+        for chunk in [&stream[..split], &stream[split..]] {
+            let lent = frames.borrow(&mut shared);
+            let room = frames.room();
+            room[..chunk.len()].copy_from_slice(chunk);
+            frames.filled(chunk.len());
+            while let Some(place) = frames.next(&mut Vec::new()).unwrap() {
+                messages.push(String::from_utf8(frames.message(place).to_vec()).unwrap());
+            }
+            if lent {
+                frames.give_back(&mut shared);
+            }
+            assert_eq!(shared.len(), 64, "the shared buffer comes back after every read");
+        }
+        assert_eq!(messages, ["first", "second, split between two reads"]);
+        assert!(!frames.borrow(&mut vec![0; 2]), "a buffer smaller than the connection's own is not taken");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! it read but did not hand out move here, and the same code as before
 //! turns messages into publications and answers heartbeats.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 
 use super::{interpret, keep_publications, network, ws_error, ConnectError, Incoming, Link, Names, Protocol, Received};
@@ -38,6 +39,12 @@ enum Decoder {
 
 /// Bytes asked of the kernel per read of an event stream.
 const SSE_READ: usize = 4 * 1024;
+
+thread_local! {
+    /// What a reader thread's WebSocket clients read into while no part
+    /// of a message waits in their own buffers ([`Frames::borrow`]).
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
+}
 
 impl Detached {
     pub(super) fn new(link: Link, protocol: Protocol, names: Names) -> Result<Self, ConnectError> {
@@ -70,8 +77,24 @@ impl Detached {
     /// of every whole message now read to `received`, answering heartbeats.
     /// True if the socket may hold more (the read filled the space given
     /// it); false once it is drained, when epoll tells of the next bytes.
-    /// An error, the end of the stream included, ends the connection.
+    /// An error, the end of the stream included, ends the connection. A
+    /// WebSocket client reads into its thread's [`READ_BUFFER`] when no
+    /// part of a message waits in its own.
     pub fn read(&mut self, received: &mut Vec<Received>) -> Result<bool, ConnectError> {
+        READ_BUFFER.with_borrow_mut(|shared| {
+            let lent = match &mut self.decoder {
+                Decoder::Ws(frames) => frames.borrow(shared),
+                Decoder::Sse(_) => false,
+            };
+            let read = self.read_once(received);
+            if let (true, Decoder::Ws(frames)) = (lent, &mut self.decoder) {
+                frames.give_back(shared);
+            }
+            read
+        })
+    }
+
+    fn read_once(&mut self, received: &mut Vec<Received>) -> Result<bool, ConnectError> {
         let filled = loop {
             let outcome = match &mut self.decoder {
                 Decoder::Ws(frames) => {

@@ -130,11 +130,15 @@ fn read_share(mut share: Vec<Subscriber>, delivered: &AtomicU64, stop: &AtomicBo
     let mut poll = Poll::new()?;
     let mut latencies = latency_histogram();
     let mut received = Vec::new();
+    // Counted here and added to the shared count once per wake-up, not
+    // per read: the readers' threads would otherwise contend for it.
+    let mut heard_here = 0;
     for (i, subscriber) in share.iter_mut().enumerate() {
         poll.registry().register(subscriber.client.stream(), Token(i), Interest::READABLE)?;
         let taken = subscriber.client.take_messages(&mut received);
-        subscriber.heard(taken.map(|()| false), &mut received, &mut latencies, delivered);
+        subscriber.heard(taken.map(|()| false), &mut received, &mut latencies, &mut heard_here);
     }
+    delivered.fetch_add(std::mem::take(&mut heard_here), Ordering::Relaxed);
     let mut events = Events::with_capacity(1024);
     while !stop.load(Ordering::Relaxed) {
         match poll.poll(&mut events, Some(STOP_CHECK)) {
@@ -145,7 +149,7 @@ fn read_share(mut share: Vec<Subscriber>, delivered: &AtomicU64, stop: &AtomicBo
             let Some(subscriber) = share.get_mut(event.token().0) else { continue };
             while subscriber.open {
                 let read = subscriber.client.read(&mut received);
-                if !subscriber.heard(read, &mut received, &mut latencies, delivered) {
+                if !subscriber.heard(read, &mut received, &mut latencies, &mut heard_here) {
                     break;
                 }
             }
@@ -153,20 +157,21 @@ fn read_share(mut share: Vec<Subscriber>, delivered: &AtomicU64, stop: &AtomicBo
                 poll.registry().deregister(subscriber.client.stream())?;
             }
         }
+        delivered.fetch_add(std::mem::take(&mut heard_here), Ordering::Relaxed);
     }
     let heard = share.into_iter().map(|subscriber| (subscriber.channel, subscriber.checker)).collect();
     Ok(Share { heard, latencies })
 }
 
 impl Subscriber {
-    /// Takes in what a read brought (`received`, emptied); true if the
-    /// socket may hold more.
+    /// Takes in what a read brought (`received`, emptied, its count added
+    /// to `heard`); true if the socket may hold more.
     fn heard(
         &mut self,
         read: Result<bool, crate::client::ConnectError>,
         received: &mut Vec<Received>,
         latencies: &mut Histogram<u64>,
-        delivered: &AtomicU64,
+        heard: &mut u64,
     ) -> bool {
         if !received.is_empty() {
             let now = unix_micros(SystemTime::now());
@@ -174,7 +179,7 @@ impl Subscriber {
                 latencies.saturating_record(now.saturating_sub(publication.sent_at_micros).max(1));
                 self.checker.observe(&publication.channel, publication.seq);
             }
-            delivered.fetch_add(received.len() as u64, Ordering::Relaxed);
+            *heard += received.len() as u64;
             received.clear();
         }
         match read {

@@ -68,6 +68,18 @@ pub trait Direct: Send + Sync {
             false => Sent::Begun,
         }
     }
+
+    /// Ends a write begun with [`Direct::begin_batched`] whose fate is not
+    /// known (the ring failed after the kernel took it): the stream may
+    /// hold any part of the frame, so nothing more may be written to it,
+    /// not even a close frame, which the client would read as the frame's
+    /// rest; the connection is dropped instead. A transport that begins
+    /// batched writes overrides this (the default only ends the send).
+    /// Only called after a `Some` from `begin_batched`.
+    #[cfg(target_os = "linux")]
+    fn end_batched_lost(&self) {
+        let _ = self.end_batched(&[]);
+    }
 }
 
 /// What [`Direct::try_send`] did with a frame.

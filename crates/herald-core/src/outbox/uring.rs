@@ -26,8 +26,10 @@
 //! on its socket for ever. Should the ring itself fail, or anything panic
 //! during a batch, a send whose fate is not known (the kernel took it, and
 //! did not say how much it wrote) cannot be handed back without risking
-//! bytes written twice: its connection is closed instead (its client
-//! reconnects and recovers), the ring and its buffer are leaked rather
+//! bytes written twice: its connection is closed instead, with nothing
+//! more written to it, not even a close frame the client would read as the
+//! frame's rest ([`Direct::end_batched_lost`]; its client reconnects and
+//! recovers), the ring and its buffer are leaked rather
 //! than freed under the kernel, and the thread writes one socket at a time
 //! from then on.
 //!
@@ -199,12 +201,12 @@ impl Drop for Send {
 
 impl Send {
     /// Ends a send that may have been written in part: its connection is
-    /// closed first, so that nothing more is written to the socket after
-    /// the unknown bytes.
+    /// closed first, and its transport told that nothing more may be
+    /// written to the socket after the unknown bytes, not even a close.
     fn end_lost(&mut self) {
         self.ended = true;
         self.outbox.close(DisconnectReason::Internal);
-        self.outbox.end_batched(&*self.socket, &[]);
+        self.socket.end_batched_lost();
     }
 }
 
@@ -379,6 +381,8 @@ mod tests {
         rest: Mutex<Option<Vec<u8>>>,
         /// Batched sends ended.
         ended: Mutex<usize>,
+        /// A batched send was ended as one whose fate is not known.
+        lost: Mutex<bool>,
         /// Begins a batched send by panicking, for the tests of a batch
         /// that fails half way.
         panics: bool,
@@ -414,6 +418,12 @@ mod tests {
             *self.rest.lock().unwrap() = Some(unsent.to_vec());
             Sent::Begun
         }
+
+        fn end_batched_lost(&self) {
+            *self.ended.lock().unwrap() += 1;
+            *self.lent.lock().unwrap() = false;
+            *self.lost.lock().unwrap() = true;
+        }
     }
 
     /// A connection: its outbox, lending its socket or not, the count of
@@ -445,8 +455,14 @@ mod tests {
     fn connection_with(lent: bool, panics: bool) -> Connection {
         let (stream, client) = UnixStream::pair().unwrap();
         stream.set_nonblocking(true).unwrap();
-        let socket =
-            Arc::new(Socket { stream, lent: Mutex::new(lent), rest: Mutex::new(None), ended: Mutex::new(0), panics });
+        let socket = Arc::new(Socket {
+            stream,
+            lent: Mutex::new(lent),
+            rest: Mutex::new(None),
+            ended: Mutex::new(0),
+            lost: Mutex::new(false),
+            panics,
+        });
         let outbox = Arc::new(Outbox::new(1 << 20));
         outbox.attach(socket.clone());
         let wakes = Arc::new(CountedWaker::default());
@@ -632,6 +648,7 @@ mod tests {
         batch.end_sends();
 
         assert_eq!(*lost.socket.ended.lock().unwrap(), 1, "ended, so that its session does not wait for it");
+        assert!(*lost.socket.lost.lock().unwrap(), "its transport told to write nothing more to the socket");
         assert_eq!(lost.socket.rest.lock().unwrap().as_deref(), None, "bytes perhaps written handed back");
         assert!(matches!(lost.outbox.drain(), Drained::Closed(DisconnectReason::Internal)));
     }

@@ -13,7 +13,11 @@
 //! batch's send to end, so that what it writes comes after. That is the
 //! length of one batch (up to 64 sockets' frames copied, sent in one
 //! system call, and ended), and rare: only a session that writes while a
-//! publication is written to it waits.
+//! publication is written to it waits. Should the ring fail after the
+//! kernel took a send and before it said how much it wrote, the socket is
+//! nobody's from then on ([`Lost`]): its session writes nothing more, not
+//! even a close frame the client would read as the frame's rest, and the
+//! connection is dropped with the session.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -24,6 +28,11 @@ use tokio::net::TcpStream;
 
 use super::frame::{self, Opcode};
 use super::{LONE_FRAME, SMALL_FRAME};
+
+/// A batched send to the socket may have been written in part, and how
+/// much is not known: the WebSocket's stream cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lost;
 
 /// A plain TCP socket under a WebSocket.
 #[derive(Debug)]
@@ -46,6 +55,9 @@ struct Lending {
     batched: bool,
     /// The session waits for the batch's send to end.
     waited_for: bool,
+    /// A batched send's fate is not known: the stream may hold any part of
+    /// its frame, and nothing more may be written to it.
+    lost: bool,
 }
 
 impl Lending {
@@ -78,15 +90,16 @@ impl SharedTcp {
     /// Lends the socket for messages of `kind`.
     pub(crate) fn lend(&self, kind: Opcode) {
         let mut lending = self.lending();
-        if lending.rest.is_none() {
+        if lending.rest.is_none() && !lending.lost {
             lending.lent = Some(kind);
         }
     }
 
     /// Takes the socket back, with the rest of a frame begun while it was
-    /// lent, which must be written before anything else.
-    /// Waits for a batched send to end first (and lets no other begin).
-    pub(crate) fn take_back(&self) -> Option<Box<[u8]>> {
+    /// lent, which must be written before anything else; [`Lost`] if the
+    /// stream can take nothing more. Waits for a batched send to end first
+    /// (and lets no other begin).
+    pub(crate) fn take_back(&self) -> Result<Option<Box<[u8]>>, Lost> {
         let mut lending = self.lending();
         lending.lent = None;
         while lending.batched {
@@ -94,7 +107,10 @@ impl SharedTcp {
             lending = self.batch_ended.wait(lending).unwrap_or_else(PoisonError::into_inner);
         }
         lending.lent = None;
-        lending.rest.take()
+        match lending.lost {
+            true => Err(Lost),
+            false => Ok(lending.rest.take()),
+        }
     }
 
     /// Writes `payload` as one frame from a buffer of `N` bytes on the
@@ -183,6 +199,16 @@ impl Direct for SharedTcp {
         }
         sent
     }
+
+    fn end_batched_lost(&self) {
+        let mut lending = self.lending();
+        lending.batched = false;
+        lending.lent = None;
+        lending.lost = true;
+        if std::mem::take(&mut lending.waited_for) {
+            self.batch_ended.notify_all();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,7 +252,11 @@ mod tests {
         assert_eq!(socket.lending().lent, None, "another batch could begin before the session has its socket");
 
         assert_eq!(socket.end_batched(b"llo"), Sent::Begun);
-        assert_eq!(session.join().unwrap().as_deref(), Some(&b"llo"[..]), "the rest is the session's to write first");
+        assert_eq!(
+            session.join().unwrap().unwrap().as_deref(),
+            Some(&b"llo"[..]),
+            "the rest is the session's to write first"
+        );
         assert_eq!(socket.try_send(&frame), Sent::Not, "the socket is the session's until it lends it again");
     }
 
@@ -254,6 +284,30 @@ mod tests {
             "a larger frame is written without a copy"
         );
 
-        assert_eq!(socket.take_back(), None);
+        assert_eq!(socket.take_back(), Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_batched_send_whose_fate_is_not_known_leaves_the_socket_to_nobody() {
+        let (socket, _client) = shared_socket().await;
+        socket.lend(Opcode::Text);
+        let frame = Frame::Text(Text::from("perhaps written in part"));
+        assert!(socket.begin_batched(&frame, &mut Vec::new()).is_some());
+        let session = std::thread::spawn({
+            let socket = socket.clone();
+            move || socket.take_back()
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.lending().waited_for {
+            assert!(Instant::now() < deadline, "the session never waited for the batch");
+            std::thread::yield_now();
+        }
+
+        socket.end_batched_lost();
+
+        assert_eq!(session.join().unwrap(), Err(Lost), "the session learns that it may write nothing");
+        socket.lend(Opcode::Text);
+        assert_eq!(socket.try_send(&frame), Sent::Not, "nor may the fanout, lent again or not");
+        assert_eq!(socket.begin_batched(&frame, &mut Vec::new()), None);
     }
 }

@@ -102,6 +102,10 @@ pub(crate) struct WebSocket {
     /// The socket may be lent to the fanout (`direct`): it is taken back
     /// before anything is written.
     lent: bool,
+    /// The fanout's batched send to the socket may have been written in
+    /// part ([`direct::Lost`]): nothing more is written, and the
+    /// connection goes with the session.
+    lost: bool,
 }
 
 #[derive(Debug)]
@@ -172,6 +176,7 @@ impl WebSocket {
             close_sent: false,
             listen_only: false,
             lent: false,
+            lost: false,
         }
     }
 
@@ -281,21 +286,31 @@ impl WebSocket {
 
     /// Writes what is owed; `output` is let go once all of it is written.
     fn poll_write_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.reclaim();
+        if let Err(error) = self.reclaim() {
+            return Poll::Ready(Err(error));
+        }
         self.io.poll_write_out(cx, &mut self.output, &mut self.written)
     }
 
     /// Takes the socket back from the fanout, before anything is written:
     /// the rest of a frame the fanout began is owed ahead of everything
-    /// not yet written.
-    fn reclaim(&mut self) {
-        if !std::mem::replace(&mut self.lent, false) {
-            return;
+    /// not yet written. An error once the stream can take nothing more.
+    fn reclaim(&mut self) -> io::Result<()> {
+        if std::mem::replace(&mut self.lent, false) {
+            if let Io::Shared(socket) = &self.io {
+                match socket.take_back() {
+                    Ok(Some(rest)) => {
+                        let at = self.written.min(self.output.len());
+                        self.output.splice(at..at, rest.iter().copied());
+                    }
+                    Ok(None) => {}
+                    Err(direct::Lost) => self.lost = true,
+                }
+            }
         }
-        let Io::Shared(socket) = &self.io else { return };
-        if let Some(rest) = socket.take_back() {
-            let at = self.written.min(self.output.len());
-            self.output.splice(at..at, rest.iter().copied());
+        match self.lost {
+            true => Err(io::Error::other("a send to this connection failed part way: it closes without a close frame")),
+            false => Ok(()),
         }
     }
 
@@ -304,7 +319,9 @@ impl WebSocket {
     /// socket does not take at once becomes owed, for `poll_write_owed`.
     /// A frame too large for the buffer, or behind owed bytes, is queued.
     fn poll_write_lone(&mut self, cx: &mut Context<'_>, opcode: Opcode, payload: &[u8]) -> Poll<io::Result<()>> {
-        self.reclaim();
+        if let Err(error) = self.reclaim() {
+            return Poll::Ready(Err(error));
+        }
         match frame::frame_len(payload.len()) <= SMALL_FRAME {
             true => self.poll_write_lone_in::<SMALL_FRAME>(cx, opcode, payload),
             false => self.poll_write_lone_in::<LONE_FRAME>(cx, opcode, payload),
@@ -481,7 +498,7 @@ impl Transport for WebSocket {
 
     fn lend(&mut self, binary: bool) {
         let Io::Shared(socket) = &self.io else { return };
-        if self.output.is_empty() && !self.close_sent {
+        if self.output.is_empty() && !self.close_sent && !self.lost {
             socket.lend(if binary { Opcode::Binary } else { Opcode::Text });
             self.lent = true;
         }

@@ -444,3 +444,28 @@ async fn a_pong_waits_for_the_rest_of_a_frame_the_fanout_began() {
     assert_eq!((first.0, first.1.len()), (0x81, BIG), "the fanout's frame, whole");
     assert_eq!(second, (0x8A, b"ping".to_vec()), "then the pong");
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn after_a_batched_send_whose_fate_is_not_known_nothing_more_is_written_not_even_a_close() {
+    let (mut socket, mut client) = pair(1024).await;
+    let direct = lent(&mut socket, false);
+    let mut wire = Vec::new();
+    assert!(direct.begin_batched(&text_frame("perhaps written in part"), &mut wire).is_some());
+    // The kernel took the start of the frame, and the ring failed before
+    // it said how much.
+    let Io::Shared(tcp) = &socket.io else { unreachable!() };
+    let written = tcp.stream.try_write(&wire[..5]).unwrap();
+
+    direct.end_batched_lost();
+
+    assert_eq!(direct.try_send(&text_frame("after")), Sent::Not, "the fanout writes nothing more");
+    assert!(socket.send_text(Text::from("the session's")).await.is_err(), "nor does the session");
+    socket.close(3004, "internal server error".into()).await;
+    lent(&mut socket, false);
+    assert_eq!(direct.try_send(&text_frame("after")), Sent::Not, "nor is the socket lent again");
+    drop((socket, direct));
+    let mut read = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut read)).await.expect("the end").unwrap();
+    assert_eq!(read, wire[..written], "the client reads what was written of the frame, then the connection's end");
+}

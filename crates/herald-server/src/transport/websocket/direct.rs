@@ -227,6 +227,23 @@ mod tests {
         (Arc::new(SharedTcp::new(stream)), client)
     }
 
+    /// A session taking the socket back during a batch's send, on a thread
+    /// of its own: it waits for the send to end.
+    fn a_session_waiting_for_the_batch(
+        socket: &Arc<SharedTcp>,
+    ) -> std::thread::JoinHandle<Result<Option<Box<[u8]>>, Lost>> {
+        let session = std::thread::spawn({
+            let socket = socket.clone();
+            move || socket.take_back()
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.lending().waited_for {
+            assert!(Instant::now() < deadline, "the session never waited for the batch");
+            std::thread::yield_now();
+        }
+        session
+    }
+
     #[tokio::test]
     async fn a_batched_send_has_the_socket_to_itself_and_the_session_waits_for_its_rest() {
         let (socket, _client) = shared_socket().await;
@@ -239,15 +256,7 @@ mod tests {
         assert_eq!(socket.try_send(&frame), Sent::Not, "a second writer while the batch sends");
         assert_eq!(socket.begin_batched(&frame, &mut wire), None, "a second batch while the first sends");
 
-        let session = std::thread::spawn({
-            let socket = socket.clone();
-            move || socket.take_back()
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.lending().waited_for {
-            assert!(Instant::now() < deadline, "the session never waited for the batch");
-            std::thread::yield_now();
-        }
+        let session = a_session_waiting_for_the_batch(&socket);
         assert!(!session.is_finished(), "the session took the socket back during the batch's send");
         assert_eq!(socket.lending().lent, None, "another batch could begin before the session has its socket");
 
@@ -293,15 +302,7 @@ mod tests {
         socket.lend(Opcode::Text);
         let frame = Frame::Text(Text::from("perhaps written in part"));
         assert!(socket.begin_batched(&frame, &mut Vec::new()).is_some());
-        let session = std::thread::spawn({
-            let socket = socket.clone();
-            move || socket.take_back()
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.lending().waited_for {
-            assert!(Instant::now() < deadline, "the session never waited for the batch");
-            std::thread::yield_now();
-        }
+        let session = a_session_waiting_for_the_batch(&socket);
 
         socket.end_batched_lost();
 

@@ -179,7 +179,7 @@ impl Subscriber {
                 latencies.saturating_record(now.saturating_sub(publication.sent_at_micros).max(1));
                 self.checker.observe(&publication.channel, publication.seq);
             }
-            *heard += received.len() as u64;
+            *heard = heard.saturating_add(received.len() as u64);
             received.clear();
         }
         match read {

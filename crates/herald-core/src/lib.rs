@@ -22,9 +22,11 @@
 //! - [`error`]: [`HubError`], mapped to codes by each front-end.
 //! - [`fossil`]: fossil deltas, which fanout sends to subscribers that ask
 //!   for delta compression.
+//! - `prefetch`: the fanout's hint to the processor's cache, for the
+//!   records of the subscribers it comes to next.
 
 // Denied, not forbidden: the fanout's batched writes (`outbox::uring`)
-// are the one module allowed it.
+// and its hint to the cache (`prefetch`) are the modules allowed it.
 #![deny(unsafe_code)]
 // No input may reach a panic: outside tests, no unwrap, expect, indexing or
 // unchecked arithmetic; each exception is allowed where it stands, with why.
@@ -42,6 +44,7 @@ pub mod frame;
 pub mod hub;
 pub mod namespace;
 pub mod outbox;
+mod prefetch;
 mod shard;
 
 pub use alarms::Alarms;

@@ -52,7 +52,7 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
@@ -68,7 +68,7 @@ use crate::frame::Frame;
 mod direct;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
-pub use direct::{Direct, Sent};
+pub use direct::{Direct, Sent, PREFETCHED_SOCKET_BYTES};
 #[cfg(target_os = "linux")]
 pub use uring::write_batches_with_io_uring;
 
@@ -337,6 +337,10 @@ pub struct Outbox {
     /// The key of the session's alarm in the node's [`crate::Alarms`], 0
     /// when it has none. Written only under the alarms' lock.
     alarm: AtomicU64,
+    /// Where the lent socket's record is, as a hint to the processor's
+    /// cache and nothing else (see `prefetch.rs`): never read through,
+    /// so it may point where the socket was.
+    socket_at: AtomicPtr<u8>,
 }
 
 impl Outbox {
@@ -349,6 +353,7 @@ impl Outbox {
             read_parked: false.into(),
             timer_parked: false.into(),
             alarm: 0.into(),
+            socket_at: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
 
@@ -534,6 +539,21 @@ impl Outbox {
         state.items = Queued::Empty;
         state.bytes = 0;
         state.due = None;
+    }
+
+    /// Asks the processor for the outbox (see `prefetch.rs`), a few
+    /// subscribers before a fanout queues into it or a batch writes it.
+    pub(crate) fn prefetch(&self) {
+        crate::prefetch::prefetch(self);
+    }
+
+    /// Asks the processor for the lent socket's record, a few subscribers
+    /// before a batch writes to it.
+    pub(crate) fn prefetch_socket(&self) {
+        let socket = self.socket_at.load(Ordering::Relaxed);
+        if !socket.is_null() {
+            crate::prefetch::prefetch_lines(socket, PREFETCHED_SOCKET_BYTES);
+        }
     }
 
     /// The most bytes of frames it holds.

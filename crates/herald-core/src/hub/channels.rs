@@ -129,6 +129,17 @@ impl Subscriber {
         Stale { conn: self.conn.clone(), channel: channel.clone(), serial: self.serial }
     }
 
+    /// Asks the processor for what a fanout reads of this subscriber
+    /// first (see `prefetch.rs`): its connection's encoder and outbox, and
+    /// the box of one that follows its stream.
+    pub(super) fn prefetch(&self) {
+        crate::prefetch::prefetch(&self.conn.encoder);
+        crate::prefetch::prefetch(&self.conn.outbox);
+        if let Some(more) = &self.more {
+            crate::prefetch::prefetch(&more.followed);
+        }
+    }
+
     /// The buffer of a subscriber that recovers.
     pub(super) fn recovering(&self) -> Option<&Mutex<Buffered>> {
         self.more.as_ref()?.recovering.as_deref()

@@ -27,6 +27,7 @@
 //! nothing else write to the socket, and the session's own writes wait
 //! for it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Due, Outbox, Outgoing, Queued, State};
@@ -82,6 +83,11 @@ pub trait Direct: Send + Sync {
     }
 }
 
+/// How much of a lent socket's record a batch asks the processor for
+/// ahead of writing to it (see `prefetch.rs`): its first two cache lines,
+/// which hold all of a WebSocket's (a test in `herald-server` checks it).
+pub const PREFETCHED_SOCKET_BYTES: usize = 128;
+
 /// What [`Direct::try_send`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
@@ -105,14 +111,18 @@ impl Outbox {
     /// Lets the fanout write to `socket` while the session lends it (see
     /// the module docs).
     pub fn attach(&self, socket: Arc<dyn Direct>) {
-        self.state().direct = Some(socket);
+        let mut state = self.state();
+        self.socket_at.store(Arc::as_ptr(&socket).cast::<u8>().cast_mut(), Ordering::Relaxed);
+        state.direct = Some(socket);
     }
 
     /// Takes the socket back for good (at the session's end: the outbox
     /// may outlive it, and must not keep its socket open; a batched send
     /// under way keeps it until the send ends).
     pub fn detach(&self) {
-        if let Some(socket) = self.state().direct.take() {
+        let taken = self.state().direct.take();
+        self.socket_at.store(std::ptr::null_mut(), Ordering::Relaxed);
+        if let Some(socket) = taken {
             socket.reclaim();
         }
     }

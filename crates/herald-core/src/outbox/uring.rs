@@ -33,9 +33,9 @@
 //! than freed under the kernel, and the thread writes one socket at a time
 //! from then on.
 //!
-//! This is the one module of the crate with `unsafe` code: the kernel reads
-//! a send's bytes after the call that queued it returns, so queuing one is
-//! unsafe in every binding. [`Batch::send`] keeps what makes it sound.
+//! This module has `unsafe` code (as has `prefetch.rs`, for a hint): the
+//! kernel reads a send's bytes after the call that queued it returns, so
+//! queuing one is unsafe in every binding. [`Batch::send`] keeps what makes it sound.
 
 #![allow(unsafe_code)]
 
@@ -52,6 +52,10 @@ use super::{Direct, Outbox};
 
 /// Sends per ring: as many as a fanout flushes at once.
 const RING_ENTRIES: u32 = crate::hub::FLUSH_IN_BATCHES_OF as u32;
+
+/// How many outboxes ahead a batch asks the processor for them (see
+/// `prefetch.rs`); their sockets, half as far.
+const PREFETCH_AHEAD: usize = 8;
 
 /// A batch's buffer larger than this after a batch is let go, so that a
 /// burst of large frames does not pin memory on the thread.
@@ -232,7 +236,18 @@ impl Batch {
     fn flush(&mut self, outboxes: &[Arc<Outbox>]) -> std::io::Result<()> {
         self.wire.clear();
         let ending = Ending { batch: self, unwinding_before: std::thread::panicking() };
+        // The fanout filled these outboxes, often on the other core: each
+        // is asked for a few ahead (see `prefetch.rs`), and its socket
+        // (whose address is in the outbox) half as far.
+        let mut far_ahead = outboxes.iter().skip(PREFETCH_AHEAD);
+        let mut ahead = outboxes.iter().skip(PREFETCH_AHEAD / 2);
         for outbox in outboxes {
+            if let Some(far) = far_ahead.next() {
+                far.prefetch();
+            }
+            if let Some(near) = ahead.next() {
+                near.prefetch_socket();
+            }
             if !ending.batch.begin(outbox) {
                 outbox.flush();
             }

@@ -227,6 +227,17 @@ mod tests {
         (Arc::new(SharedTcp::new(stream)), client)
     }
 
+    #[test]
+    fn the_whole_socket_record_is_what_a_batch_fetches_ahead() {
+        // A batch asks the processor for this much of a socket before it
+        // writes to it; a larger record would miss the cache past it.
+        let record = std::mem::size_of::<SharedTcp>();
+        assert!(
+            record <= herald_core::outbox::PREFETCHED_SOCKET_BYTES,
+            "SharedTcp is {record} bytes: raise PREFETCHED_SOCKET_BYTES"
+        );
+    }
+
     /// A session taking the socket back during a batch's send, on a thread
     /// of its own: it waits for the send to end.
     fn a_session_waiting_for_the_batch(

@@ -35,7 +35,8 @@
 //!
 //! This module has `unsafe` code (as has `prefetch.rs`, for a hint): the
 //! kernel reads a send's bytes after the call that queued it returns, so
-//! queuing one is unsafe in every binding. [`Batch::send`] keeps what makes it sound.
+//! queuing one is unsafe in every binding. [`Batch::send`] keeps what
+//! makes it sound.
 
 #![allow(unsafe_code)]
 

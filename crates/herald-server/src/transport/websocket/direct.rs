@@ -136,6 +136,15 @@ impl SharedTcp {
         };
         Ok((!rest.is_empty()).then(|| rest.into_boxed_slice()))
     }
+
+    /// The socket is no longer a batch's: a session waiting to take it
+    /// back is told.
+    fn batch_over(&self, lending: &mut Lending) {
+        lending.batched = false;
+        if std::mem::take(&mut lending.waited_for) {
+            self.batch_ended.notify_all();
+        }
+    }
 }
 
 impl Direct for SharedTcp {
@@ -185,7 +194,6 @@ impl Direct for SharedTcp {
 
     fn end_batched(&self, unsent: &[u8]) -> Sent {
         let mut lending = self.lending();
-        lending.batched = false;
         let sent = match unsent.is_empty() {
             true => Sent::Whole,
             false => {
@@ -194,20 +202,15 @@ impl Direct for SharedTcp {
                 Sent::Begun
             }
         };
-        if std::mem::take(&mut lending.waited_for) {
-            self.batch_ended.notify_all();
-        }
+        self.batch_over(&mut lending);
         sent
     }
 
     fn end_batched_lost(&self) {
         let mut lending = self.lending();
-        lending.batched = false;
         lending.lent = None;
         lending.lost = true;
-        if std::mem::take(&mut lending.waited_for) {
-            self.batch_ended.notify_all();
-        }
+        self.batch_over(&mut lending);
     }
 }
 

@@ -119,6 +119,10 @@ enum Scenario {
         /// process may hold only so many open files); this one publishes.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// The server's pid (on this machine): reports its CPU per delivery
+        /// from /proc, over the publications and their delivery only.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// One worker process of `fanout --workers` (not for direct use).
     #[command(hide = true)]
@@ -465,6 +469,15 @@ fn summary(scenario: &str, result: &serde_json::Value) -> String {
             n("reordered")
         ));
     }
+    if let Some(cpu) = result.get("server_cpu").filter(|cpu| cpu.is_object()) {
+        let us = |key: &str| cpu[key].as_f64().map_or("-".to_owned(), |v| format!("{v:.2} µs"));
+        lines.push(format!(
+            "  server    {} a delivery, {} of it user time, over {:.1} s of publishing",
+            us("us_per_delivery"),
+            us("user_us_per_delivery"),
+            cpu["seconds"].as_f64().unwrap_or(0.0)
+        ));
+    }
     for (key, value) in result.as_object().into_iter().flatten() {
         if value.is_number() || value.is_null() || value.is_string() {
             let shown = match (value.as_f64(), value.as_str()) {
@@ -507,6 +520,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             payload_bytes,
             workers,
+            server_pid,
         } => {
             anyhow::ensure!(
                 common.protocol != Protocol::Sse,
@@ -522,6 +536,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rate,
                 duration: duration.into(),
                 payload_bytes,
+                server_pid,
             };
             let result = match workers {
                 0 | 1 => fanout::run(&args).await?,

@@ -151,8 +151,7 @@ pub async fn fanout(workers: usize, args: &FanoutArgs, worker_args: &[String]) -
     }
     progress(&format!("{workers} workers hold {} subscribers; publishing", args.subscribers));
     let total_delivered = || delivered.iter().map(|d| d.load(Ordering::Relaxed)).sum::<u64>();
-    let (published, sent) = fanout::publish_all(args, total_delivered).await?;
-    fanout::drain(fanout::expected_deliveries(&sent, args.subscribers, channels), total_delivered).await;
+    let (published, sent, server_cpu) = fanout::publish_measured(args, total_delivered).await?;
 
     let stop = format!("stop {}\n", serde_json::to_string(&sent)?);
     let (mut connected, mut connect_failures, mut delivered_all) = (0, 0, 0);
@@ -180,6 +179,7 @@ pub async fn fanout(workers: usize, args: &FanoutArgs, worker_args: &[String]) -
         deliveries_per_second: delivered_all as f64 / args.duration.as_secs_f64(),
         latency: Latency::from_histogram(&latencies.merged()),
         anomalies,
+        server_cpu,
     })
 }
 

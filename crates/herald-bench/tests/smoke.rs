@@ -101,6 +101,8 @@ async fn fanout_delivers_every_publication_to_every_subscriber_of_its_channel() 
         rate: 200.0,
         duration: Duration::from_secs(1),
         payload_bytes: 32,
+        // The node runs in this process.
+        server_pid: Some(std::process::id()),
     };
     let result = fanout::run(&args).await.expect("the scenario runs");
     assert_eq!((result.connected, result.connect_failures), (20, 0));
@@ -109,6 +111,10 @@ async fn fanout_delivers_every_publication_to_every_subscriber_of_its_channel() 
     assert_eq!(result.delivered, result.expected_deliveries);
     assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
     assert_eq!(result.latency.samples, result.delivered);
+    let cpu = result.server_cpu.expect("the server's pid was given");
+    assert_eq!(cpu.deliveries, result.delivered, "every delivery falls in the window read");
+    assert!(cpu.seconds >= 0.9, "the window spans the second of publishing: {cpu:?}");
+    assert!(cpu.us_per_delivery >= cpu.user_us_per_delivery && cpu.user_us_per_delivery >= 0.0, "{cpu:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,6 +132,7 @@ async fn fanout_speaks_protobuf_and_uni_directional_sse_too() {
             rate: 100.0,
             duration: Duration::from_secs(1),
             payload_bytes: 16,
+            server_pid: None,
         };
         let result = fanout::run(&args).await.expect("the scenario runs");
         assert_eq!((result.connected, result.published), (10, 100), "{protocol:?}");
@@ -177,11 +184,13 @@ async fn fanout_speaks_the_pusher_protocol_and_signs_its_api_calls() {
         rate: 100.0,
         duration: Duration::from_secs(1),
         payload_bytes: 16,
+        server_pid: None,
     };
     let result = fanout::run(&args).await.expect("the scenario runs");
     assert_eq!((result.connected, result.published), (10, 100));
     assert_eq!(result.delivered, 100 * 5, "each channel has 5 subscribers");
     assert!(result.anomalies.is_clean(), "{:?}", result.anomalies);
+    assert_eq!(result.server_cpu, None, "no server pid was given");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,6 +232,7 @@ async fn fanout_subscribers_answer_every_protocols_heartbeats_and_miss_nothing()
             rate: 20.0,
             duration: Duration::from_millis(3500),
             payload_bytes: 16,
+            server_pid: None,
         };
         let result = fanout::run(&args).await.expect("the scenario runs");
         assert_eq!((result.connected, result.published), (6, 70), "{protocol:?}");
@@ -375,6 +385,8 @@ async fn fanout_over_worker_processes_merges_every_workers_deliveries_and_checks
     let report = herald_bench(&[
         &["fanout", "--url", &url, "--token-secret", SECRET, "--api", &api, "--api-key", KEY],
         &["--subscribers", "31", "--channels", "2", "--rate", "40", "--duration", "1s", "--workers", "3"],
+        // The node runs in this process.
+        &["--server-pid", &std::process::id().to_string()],
     ])
     .await;
     let result = &report["result"];
@@ -384,6 +396,11 @@ async fn fanout_over_worker_processes_merges_every_workers_deliveries_and_checks
     assert_eq!(result["delivered"], result["expected_deliveries"], "{report}");
     assert_eq!(result["latency"]["samples"], result["delivered"], "every worker's latencies merged: {report}");
     assert_eq!(result["anomalies"], serde_json::json!({"lost": 0, "duplicated": 0, "reordered": 0}));
+    assert_eq!(
+        result["server_cpu"]["deliveries"], result["delivered"],
+        "the window read holds every delivery: {report}"
+    );
+    assert!(result["server_cpu"]["us_per_delivery"].as_f64().is_some_and(|us| us >= 0.0), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! `fanout`: N subscribers over M channels, P publications per second
 //! through the server's HTTP API; reports deliveries per second, publish→deliver
-//! latency percentiles, and loss, duplicates and reordering.
+//! latency percentiles, and loss, duplicates and reordering; given the
+//! server's pid, its CPU per delivery too (see `server_cpu.rs`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use crate::publisher::{Alone, ApiClient, PublishVia, Schedule};
 use crate::sequence::Anomalies;
 
 mod listening;
+mod server_cpu;
 pub use listening::{Heard, Listening};
+pub use server_cpu::{ServerCpu, ServerMeter};
 
 /// What the scenario does.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +35,8 @@ pub struct FanoutArgs {
     pub duration: Duration,
     /// Padding added to each publication, in bytes.
     pub payload_bytes: usize,
+    /// The server's process, to read its CPU from `/proc` (on this machine).
+    pub server_pid: Option<u32>,
 }
 
 /// What the scenario measured.
@@ -47,6 +52,8 @@ pub struct FanoutResult {
     pub deliveries_per_second: f64,
     pub latency: Latency,
     pub anomalies: Anomalies,
+    /// The server's CPU while publishing and delivering, when its pid was given.
+    pub server_cpu: Option<ServerCpu>,
 }
 
 /// Concurrent API connections publishing.
@@ -61,8 +68,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let (connected, connect_failures) =
         connect_all(&args.connect, args.subscribers, |i| vec![channel_name(i % channels)]).await?;
     let listening = Listening::start(connected, channels, args.connect.first_client)?;
-    let (published, sent) = publish_all(args, || listening.delivered()).await?;
-    drain(expected_deliveries(&sent, args.subscribers, channels), || listening.delivered()).await;
+    let (published, sent, server_cpu) = publish_measured(args, || listening.delivered()).await?;
     let report = listening.finish(&sent).await?;
     Ok(FanoutResult {
         connected: report.connected,
@@ -74,6 +80,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
         deliveries_per_second: report.delivered as f64 / args.duration.as_secs_f64(),
         latency: Latency::from_histogram(&report.latencies),
         anomalies: report.anomalies,
+        server_cpu,
     })
 }
 
@@ -91,10 +98,24 @@ pub fn expected_deliveries(sent: &SentPerChannel, subscribers: usize, channels: 
         .sum()
 }
 
+/// Publishes on schedule ([`publish_all`]) and lets the deliveries arrive
+/// ([`drain`]), reading the server's CPU over both when its pid is known.
+/// Returns how many were published, to which channel, and that CPU.
+pub async fn publish_measured(
+    args: &FanoutArgs,
+    delivered: impl Fn() -> u64,
+) -> anyhow::Result<(u64, SentPerChannel, Option<ServerCpu>)> {
+    let meter = ServerMeter::start(args.server_pid, delivered())?;
+    let (published, sent) = publish_all(args, &delivered).await?;
+    drain(expected_deliveries(&sent, args.subscribers, args.channels.max(1)), &delivered).await;
+    let server_cpu = meter.map(|meter| meter.finish(delivered())).transpose()?.flatten();
+    Ok((published, sent, server_cpu))
+}
+
 /// Sends `rate × duration` publications on schedule, round-robin over the
 /// channels; `delivered` feeds the progress line. Returns how many were
 /// published and to which channel.
-pub async fn publish_all(args: &FanoutArgs, delivered: impl Fn() -> u64) -> anyhow::Result<(u64, SentPerChannel)> {
+async fn publish_all(args: &FanoutArgs, delivered: impl Fn() -> u64) -> anyhow::Result<(u64, SentPerChannel)> {
     let channels = args.channels.max(1);
     let total = (args.rate * args.duration.as_secs_f64()).round() as u64;
     let schedule = Schedule::new(args.rate);
@@ -193,7 +214,7 @@ impl Drop for OwnThread {
 
 /// Lets the last publications arrive: waits until `delivered` reaches
 /// `expected`, for at most five seconds.
-pub async fn drain(expected: u64, delivered: impl Fn() -> u64) {
+async fn drain(expected: u64, delivered: impl Fn() -> u64) {
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     while delivered() < expected && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -15,11 +15,38 @@
 // The one instruction below, which only hints.
 #![allow(unsafe_code)]
 
+/// How many items ahead [`ahead`] gives its far hint; the near one is
+/// given half as far, so that each fetch has had a few items' work to
+/// arrive in.
+const AHEAD: usize = 8;
+
 /// The cache's line, on every x86-64 processor.
 const LINE: usize = 64;
 
 /// The bits of an address within its line.
 const WITHIN_LINE: usize = LINE - 1;
+
+/// `items`, in order, with `far` called on the item [`AHEAD`] after each
+/// as it is yielded and `near` on the one half as far: a loop asks for one
+/// record of the items it comes to next, then for a record whose address
+/// is in the first once that has had time to arrive.
+pub(crate) fn ahead<I, F, N>(items: I, mut far: F, mut near: N) -> impl Iterator<Item = I::Item>
+where
+    I: Iterator + Clone,
+    F: FnMut(&I::Item),
+    N: FnMut(&I::Item),
+{
+    let mut far_ahead = items.clone().skip(AHEAD);
+    let mut near_ahead = items.clone().skip(AHEAD / 2);
+    items.inspect(move |_| {
+        if let Some(item) = far_ahead.next() {
+            far(&item);
+        }
+        if let Some(item) = near_ahead.next() {
+            near(&item);
+        }
+    })
+}
 
 /// Asks for every cache line of `record`.
 #[inline(always)]
@@ -58,6 +85,8 @@ fn prefetch_line(address: *const u8) {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
 
     #[repr(align(64))]
@@ -75,6 +104,20 @@ mod tests {
         assert_eq!(offsets(&memory, 16, 128), [0, 64, 128], "128 bytes off a line's start touch three");
         assert_eq!(offsets(&memory, 63, 2), [0, 64], "two bytes astride a boundary");
         assert_eq!(offsets(&memory, 70, 8), [64], "a small record within one line");
+    }
+
+    #[test]
+    fn each_item_comes_in_order_with_the_hints_given_ahead_of_it() {
+        let (far, near) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
+        let mut seen = Vec::new();
+        for item in ahead(0..12, |i| far.borrow_mut().push(*i), |i| near.borrow_mut().push(*i)) {
+            seen.push((item, far.borrow().last().copied(), near.borrow().last().copied()));
+        }
+        assert_eq!(seen.iter().map(|(item, ..)| *item).collect::<Vec<_>>(), (0..12).collect::<Vec<_>>());
+        assert_eq!(seen[0], (0, Some(AHEAD), Some(AHEAD / 2)), "hinted before the first item");
+        assert_eq!(seen[3], (3, Some(AHEAD + 3), Some(AHEAD / 2 + 3)));
+        assert_eq!(far.into_inner(), (AHEAD..12).collect::<Vec<_>>(), "each item hinted once, none past the end");
+        assert_eq!(near.into_inner(), (AHEAD / 2..12).collect::<Vec<_>>());
     }
 
     #[test]

@@ -84,12 +84,6 @@ impl DeltaFrames {
 /// frames itself.
 pub(crate) const FLUSH_IN_BATCHES_OF: usize = 64;
 
-/// How many subscribers ahead a fanout asks the processor for their
-/// records (see `prefetch.rs`): their connection and subscription this
-/// far ahead, their outbox (whose address is in the connection) half as
-/// far, so that each fetch has had a few subscribers' work to arrive in.
-const PREFETCH_AHEAD: usize = 8;
-
 /// Outboxes queued for and not flushed yet.
 #[derive(Default)]
 struct FlushBatches {
@@ -193,15 +187,11 @@ impl Channels {
         let mut to_wake = Vec::new();
         let mut frames = SharedFrames::default();
         let mut deltas = DeltaFrames::default();
-        let mut far_ahead = subscribers.values().skip(PREFETCH_AHEAD);
-        let mut ahead = subscribers.values().skip(PREFETCH_AHEAD / 2);
-        for subscriber in subscribers.values() {
-            if let Some(far) = far_ahead.next() {
-                far.prefetch();
-            }
-            if let Some(near) = ahead.next() {
-                near.conn.outbox.prefetch();
-            }
+        // Their connection and subscription asked for a few subscribers
+        // ahead, their outbox (whose address is in the connection) nearer.
+        let each =
+            crate::prefetch::ahead(subscribers.values(), |far| far.prefetch(), |near| near.conn.outbox.prefetch());
+        for subscriber in each {
             if let Some(buffer) = subscriber.recovering() {
                 // Merged with history once the recovery read is done.
                 let max_bytes = subscriber.conn.outbox.max_bytes();

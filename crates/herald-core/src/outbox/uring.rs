@@ -54,10 +54,6 @@ use super::{Direct, Outbox};
 /// Sends per ring: as many as a fanout flushes at once.
 const RING_ENTRIES: u32 = crate::hub::FLUSH_IN_BATCHES_OF as u32;
 
-/// How many outboxes ahead a batch asks the processor for them (see
-/// `prefetch.rs`); their sockets, half as far.
-const PREFETCH_AHEAD: usize = 8;
-
 /// A batch's buffer larger than this after a batch is let go, so that a
 /// burst of large frames does not pin memory on the thread.
 const WIRE_KEPT: usize = 64 * 1024;
@@ -240,15 +236,7 @@ impl Batch {
         // The fanout filled these outboxes, often on the other core: each
         // is asked for a few ahead (see `prefetch.rs`), and its socket
         // (whose address is in the outbox) half as far.
-        let mut far_ahead = outboxes.iter().skip(PREFETCH_AHEAD);
-        let mut ahead = outboxes.iter().skip(PREFETCH_AHEAD / 2);
-        for outbox in outboxes {
-            if let Some(far) = far_ahead.next() {
-                far.prefetch();
-            }
-            if let Some(near) = ahead.next() {
-                near.prefetch_socket();
-            }
+        for outbox in crate::prefetch::ahead(outboxes.iter(), |far| far.prefetch(), |near| near.prefetch_socket()) {
             if !ending.batch.begin(outbox) {
                 outbox.flush();
             }

@@ -739,7 +739,7 @@ impl BenchClient {
             // Its heartbeat answers are posts, which a reader thread does not make.
             return Err(ConnectError::Protocol("an emulated SSE client is read by its own task only".into()));
         }
-        Detached::new(self.link, self.protocol, self.names)
+        Detached::new(self.link, self.protocol)
     }
 
     /// The channels whose subscription the server ended since the last
@@ -790,18 +790,32 @@ fn form_encoded(text: &str) -> String {
     out
 }
 
-/// Channel names seen by one client (a handful), each allocated once.
+/// The names of the channels publications came from, each allocated once
+/// and shared by every publication of its channel: one client's, or those
+/// of all the clients a reader thread reads ([`Detached`]).
 #[derive(Debug, Default)]
-struct Names(Vec<Arc<str>>);
+struct Names {
+    /// The name handed out last: a publication most often comes from the
+    /// same channel as the one before it.
+    last: Option<Arc<str>>,
+    all: std::collections::HashSet<Arc<str>>,
+}
 
 impl Names {
     fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(known) = self.0.iter().find(|known| ***known == *name) {
-            return known.clone();
+        if let Some(last) = self.last.as_ref().filter(|last| ***last == *name) {
+            return last.clone();
         }
-        let name: Arc<str> = name.into();
-        self.0.push(name.clone());
-        name
+        let known = match self.all.get(name) {
+            Some(known) => known.clone(),
+            None => {
+                let name: Arc<str> = name.into();
+                self.all.insert(name.clone());
+                name
+            }
+        };
+        self.last = Some(known.clone());
+        known
     }
 }
 
@@ -1095,6 +1109,17 @@ mod scan {
             assert_eq!(read(Protocol::Socketio, socketio), Some(("room2".into(), 5, 10, None, None)));
             assert_eq!(read(Protocol::Pusher, r#"{"event":"pusher:ping","data":{}}"#), None);
             assert_eq!(read(Protocol::Centrifuge, r#"{"id":3,"subscribe":{}}"#), None);
+        }
+
+        #[test]
+        fn each_channel_name_is_one_allocation_whichever_was_asked_for_last() {
+            let mut names = Names::default();
+            let a = names.get("bench0");
+            let b = names.get("bench1");
+            assert!(std::sync::Arc::ptr_eq(&a, &names.get("bench0")), "asked for again after another");
+            assert!(std::sync::Arc::ptr_eq(&a, &names.get("bench0")), "asked for twice in a row");
+            assert!(std::sync::Arc::ptr_eq(&b, &names.get("bench1")));
+            assert_eq!((&*a, &*b), ("bench0", "bench1"));
         }
     }
 }

@@ -7,7 +7,6 @@
 //! readers and about 0.6 read here (BENCHMARKS.md, "The generator's own
 //! cost").
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use super::{channel_name, SentPerChannel};
 use crate::client::{BenchClient, Detached, Received};
 use crate::publisher::unix_micros;
 use crate::scenario::latency_histogram;
-use crate::sequence::{Anomalies, SequenceChecker};
+use crate::sequence::{Anomalies, Sequence};
 
 /// How long a reader waits on epoll before it looks whether to stop.
 const STOP_CHECK: Duration = Duration::from_millis(50);
@@ -34,13 +33,17 @@ pub struct Listening {
     readers: Vec<JoinHandle<io::Result<Share>>>,
 }
 
-/// One subscriber, on its reader's thread.
+/// One subscriber, on its reader's thread: all it keeps between reads is
+/// in this record (and its socket's), so a delivery fetches no other.
 #[derive(Debug)]
 struct Subscriber {
-    /// The channel it follows.
-    channel: String,
+    /// The channel it follows, as its reader's clients name it
+    /// ([`Detached::channel_named`]).
+    channel: Arc<str>,
     client: Detached,
-    checker: SequenceChecker,
+    /// Its channel's publications, in order. A publication of another
+    /// channel (none is sent to it) is counted as delivered, not checked.
+    sequence: Sequence,
     /// Until the connection fails or ends; what it then misses is lost.
     open: bool,
 }
@@ -48,7 +51,7 @@ struct Subscriber {
 /// What one reader thread saw.
 #[derive(Debug)]
 struct Share {
-    heard: Vec<(String, SequenceChecker)>,
+    heard: Vec<(Arc<str>, Sequence)>,
     latencies: Histogram<u64>,
 }
 
@@ -66,15 +69,9 @@ impl Listening {
     /// Starts reading; client `k` is subscriber `first + k`.
     pub fn start(clients: Vec<BenchClient>, channels: usize, first: usize) -> anyhow::Result<Self> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(clients.len()).max(1);
-        let mut shares: Vec<Vec<Subscriber>> = (0..threads).map(|_| Vec::new()).collect();
+        let mut shares: Vec<Vec<(String, Detached)>> = (0..threads).map(|_| Vec::new()).collect();
         for (k, client) in clients.into_iter().enumerate() {
-            let subscriber = Subscriber {
-                channel: channel_name((first + k) % channels),
-                client: client.detach()?,
-                checker: SequenceChecker::default(),
-                open: true,
-            };
-            shares[k % threads].push(subscriber);
+            shares[k % threads].push((channel_name((first + k) % channels), client.detach()?));
         }
         let delivered = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -115,9 +112,8 @@ impl Listening {
         for share in shares {
             let share = share?;
             heard.latencies.add(&share.latencies).expect("histograms share their bounds");
-            for (channel, checker) in share.heard {
-                let sent_here = sent.get(&channel).copied().unwrap_or(0);
-                heard.anomalies.add(checker.finish(&HashMap::from([(channel, sent_here)])).0);
+            for (channel, sequence) in share.heard {
+                heard.anomalies.add(sequence.finish(sent.get(&*channel).copied().unwrap_or(0)));
                 heard.connected += 1;
             }
         }
@@ -126,7 +122,16 @@ impl Listening {
 }
 
 /// One reader thread: reads its subscribers until told to stop.
-fn read_share(mut share: Vec<Subscriber>, delivered: &AtomicU64, stop: &AtomicBool) -> io::Result<Share> {
+fn read_share(share: Vec<(String, Detached)>, delivered: &AtomicU64, stop: &AtomicBool) -> io::Result<Share> {
+    let mut share: Vec<Subscriber> = share
+        .into_iter()
+        .map(|(channel, client)| Subscriber {
+            channel: Detached::channel_named(&channel),
+            client,
+            sequence: Sequence::default(),
+            open: true,
+        })
+        .collect();
     let mut poll = Poll::new()?;
     let mut latencies = latency_histogram();
     let mut received = Vec::new();
@@ -159,7 +164,7 @@ fn read_share(mut share: Vec<Subscriber>, delivered: &AtomicU64, stop: &AtomicBo
         }
         delivered.fetch_add(std::mem::take(&mut heard_here), Ordering::Relaxed);
     }
-    let heard = share.into_iter().map(|subscriber| (subscriber.channel, subscriber.checker)).collect();
+    let heard = share.into_iter().map(|subscriber| (subscriber.channel, subscriber.sequence)).collect();
     Ok(Share { heard, latencies })
 }
 
@@ -177,7 +182,9 @@ impl Subscriber {
             let now = unix_micros(SystemTime::now());
             for publication in received.iter() {
                 latencies.saturating_record(now.saturating_sub(publication.sent_at_micros).max(1));
-                self.checker.observe(&publication.channel, publication.seq);
+                if Arc::ptr_eq(&publication.channel, &self.channel) || publication.channel == self.channel {
+                    self.sequence.observe(publication.seq);
+                }
             }
             *heard = heard.saturating_add(received.len() as u64);
             received.clear();

@@ -81,8 +81,8 @@ impl Detached {
     }
 
     /// The channel named `name` as the publications this thread's clients
-    /// read name it: the same allocation, so that [`Arc::ptr_eq`] tells a
-    /// publication of that channel without reading its name.
+    /// read name it: the same allocation, so that comparing the two finds
+    /// them equal by their pointers without reading the name.
     pub fn channel_named(name: &str) -> Arc<str> {
         PARSED.with_borrow_mut(|parsed| parsed.names.get(name))
     }
@@ -148,6 +148,8 @@ impl Detached {
     /// bytes the client read before it was detached may hold some).
     pub fn take_messages(&mut self, received: &mut Vec<Received>) -> Result<(), ConnectError> {
         PARSED.with_borrow_mut(|Parsed { names, incoming }| {
+            // What another client's failed message left is not this one's.
+            incoming.clear();
             loop {
                 let message = match &mut self.decoder {
                     Decoder::Ws(frames) => match frames.next(&mut self.owed).map_err(ws_error)? {
@@ -159,8 +161,6 @@ impl Detached {
                         false => break,
                     },
                 };
-                // What another client's failed message left is not this one's.
-                incoming.clear();
                 if let Some(answer) = interpret(self.protocol, message, names, incoming)? {
                     encode_message(&mut self.owed, answer.binary, answer.payload);
                 }

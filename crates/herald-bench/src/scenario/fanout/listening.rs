@@ -182,7 +182,9 @@ impl Subscriber {
             let now = unix_micros(SystemTime::now());
             for publication in received.iter() {
                 latencies.saturating_record(now.saturating_sub(publication.sent_at_micros).max(1));
-                if Arc::ptr_eq(&publication.channel, &self.channel) || publication.channel == self.channel {
+                // Two `Arc<str>`s compare their pointers first: one name's
+                // allocation shared, this reads neither name.
+                if publication.channel == self.channel {
                     self.sequence.observe(publication.seq);
                 }
             }
